@@ -1,0 +1,31 @@
+//! # card-wire
+//!
+//! What both ends of a card dialogue share, and nothing else: the host (`kagi-host`) and the
+//! card simulator (`applet-sim`) depend on this crate, never on each other.
+//!
+//! - [`apdu`]: ISO 7816-4 command/response APDUs (cases 1–4, short and extended), class bytes
+//!   with logical channels 0–19.
+//! - [`sw`]: status words, an open type with names and meanings.
+//! - [`tlv`]: BER-TLV reading and writing.
+//! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
+//! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
+//!
+//! Parsers here never panic on input: each returns a typed error.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod apdu;
+pub mod scp03;
+pub mod sw;
+pub mod tlv;
+pub mod transport;
+
+pub use apdu::{ApduError, Class, Command, Response};
+pub use sw::StatusWord;
+pub use transport::{Capabilities, ResetKind, Transport, TransportError};
+
+/// Uppercase hexadecimal, the way traces and messages show bytes.
+pub fn hex_upper(bytes: &[u8]) -> String {
+    hex::encode_upper(bytes)
+}

@@ -1,0 +1,158 @@
+//! Static key sets, key diversification and session keys.
+
+use super::crypto::{AesKey, CmacKey, DerivationConstant, KeyError, kdf_counter_cmac, scp03_kdf};
+
+/// A static SCP03 key set: K-ENC, K-MAC and K-DEK of one length, with their key version
+/// number. All keys are zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StaticKeys {
+    /// Key version number (KVN).
+    pub kvn: u8,
+    enc: AesKey,
+    mac: AesKey,
+    dek: AesKey,
+}
+
+/// The GlobalPlatform default test key `40 41 … 4F`, published in every GP tool. Use it only
+/// for development cards and simulators.
+pub const DEFAULT_TEST_KEY: [u8; 16] = [
+    0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F,
+];
+
+impl StaticKeys {
+    /// A key set from three keys of the same length.
+    pub fn new(kvn: u8, enc: AesKey, mac: AesKey, dek: AesKey) -> Result<Self, KeyError> {
+        if enc.len() != mac.len() || mac.len() != dek.len() {
+            return Err(KeyError::MixedLengths);
+        }
+        Ok(StaticKeys { kvn, enc, mac, dek })
+    }
+
+    /// The same key as ENC, MAC and DEK.
+    pub fn single(kvn: u8, key: AesKey) -> Self {
+        StaticKeys {
+            kvn,
+            enc: key.clone(),
+            mac: key.clone(),
+            dek: key,
+        }
+    }
+
+    /// The GP default test key set (`40..4F` three times), for simulators and development
+    /// cards only.
+    pub fn default_test_keys(kvn: u8) -> Self {
+        // 16 bytes is always a valid AES length.
+        Self::single(
+            kvn,
+            AesKey::new(&DEFAULT_TEST_KEY).unwrap_or_else(|_| unreachable!()),
+        )
+    }
+
+    /// K-ENC.
+    pub fn enc(&self) -> &AesKey {
+        &self.enc
+    }
+    /// K-MAC.
+    pub fn mac(&self) -> &AesKey {
+        &self.mac
+    }
+    /// K-DEK.
+    pub fn dek(&self) -> &AesKey {
+        &self.dek
+    }
+    /// Key length in bytes.
+    pub fn key_len(&self) -> usize {
+        self.enc.len()
+    }
+
+    /// Derives per-card keys from these master keys with `scheme` and the card's key
+    /// diversification data (INITIALIZE UPDATE response bytes 0–9).
+    pub fn diversify(&self, scheme: Diversification, kdd: &[u8; 10]) -> StaticKeys {
+        match scheme {
+            Diversification::None => self.clone(),
+            Diversification::Kdf3 => StaticKeys {
+                kvn: self.kvn,
+                enc: kdf3(&self.enc, KeyPurpose::Enc, kdd),
+                mac: kdf3(&self.mac, KeyPurpose::Mac, kdd),
+                dek: kdf3(&self.dek, KeyPurpose::Dek, kdd),
+            },
+        }
+    }
+}
+
+/// How static keys are derived from master keys for each card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Diversification {
+    /// The keys are used as they are.
+    #[default]
+    None,
+    /// GlobalPlatformPro's `kdf3` template (AES-CMAC counter KDF over the KDD; not a GP
+    /// standard, but what many SCP03 cards ship with).
+    Kdf3,
+}
+
+impl core::str::FromStr for Diversification {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Diversification::None),
+            "kdf3" => Ok(Diversification::Kdf3),
+            other => Err(format!(
+                "unknown diversification '{other}': use none or kdf3"
+            )),
+        }
+    }
+}
+
+/// Which key of a set a derivation is for (`kdf3` purpose byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KeyPurpose {
+    /// K-ENC.
+    Enc = 1,
+    /// K-MAC.
+    Mac = 2,
+    /// K-DEK.
+    Dek = 3,
+}
+
+/// `kdf3`: the first `len(master)` bytes of `CMAC(master, i ‖ 00 00 00 ‖ p ‖ 00 ‖ KDD)` for
+/// i = 1, 2, …
+pub fn kdf3(master: &AesKey, purpose: KeyPurpose, kdd: &[u8; 10]) -> AesKey {
+    let mut after = [0u8; 15];
+    after[3] = purpose as u8;
+    after[5..].copy_from_slice(kdd);
+    let mut out = kdf_counter_cmac(&CmacKey::new(master), &[], &after, master.len());
+    let key = AesKey::new(&out).unwrap_or_else(|_| unreachable!());
+    zeroize::Zeroize::zeroize(&mut out);
+    key
+}
+
+/// SCP03 session keys, derived from the static keys and `host challenge ‖ card challenge`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionKeys {
+    /// S-ENC.
+    pub s_enc: AesKey,
+    /// S-MAC.
+    pub s_mac: AesKey,
+    /// S-RMAC (from K-MAC).
+    pub s_rmac: AesKey,
+}
+
+impl SessionKeys {
+    /// `S-ENC = KDF(K-ENC, 04, ctx)`, `S-MAC = KDF(K-MAC, 06, ctx)`, `S-RMAC = KDF(K-MAC, 07, ctx)`.
+    pub fn derive(keys: &StaticKeys, context: &[u8]) -> SessionKeys {
+        let len = keys.key_len();
+        let derive = |k: &AesKey, c| {
+            let mut v = scp03_kdf(&CmacKey::new(k), c, context, len);
+            let key = AesKey::new(&v).unwrap_or_else(|_| unreachable!());
+            zeroize::Zeroize::zeroize(&mut v);
+            key
+        };
+        SessionKeys {
+            s_enc: derive(keys.enc(), DerivationConstant::SEnc),
+            s_mac: derive(keys.mac(), DerivationConstant::SMac),
+            s_rmac: derive(keys.mac(), DerivationConstant::SRmac),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The transport seam: raw command bytes in, raw response bytes (with the status word) out.
+//!
+//! Every way of reaching a card implements [`Transport`]: PC/SC readers, the in-process
+//! simulator, remote relays. A card status is never a transport error; all ISO 7816 recovery
+//! (GET RESPONSE, wrong Le, chaining) lives once above this seam, in the host's pipeline.
+
+/// What a transport or its reader can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Extended-length APDUs pass end to end.
+    pub extended_length: bool,
+    /// Largest command APDU the transport carries, in bytes.
+    pub max_command: usize,
+    /// Largest response APDU the transport returns, in bytes (data + SW).
+    pub max_response: usize,
+}
+
+impl Capabilities {
+    /// Short APDUs only (261-byte commands, 258-byte responses).
+    pub const SHORT: Capabilities = Capabilities {
+        extended_length: false,
+        max_command: 261,
+        max_response: 258,
+    };
+    /// Extended APDUs.
+    pub const EXTENDED: Capabilities = Capabilities {
+        extended_length: true,
+        max_command: 65_544,
+        max_response: 65_538,
+    };
+}
+
+/// Cold or warm reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    /// Power cycle.
+    Cold,
+    /// Warm reset (RST line) with power kept.
+    Warm,
+}
+
+/// A failure to exchange bytes with a card (never a card's status word).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No card in the reader.
+    #[error("no card in reader {0}: insert a card or wait for one with a timeout")]
+    NoCard(String),
+    /// The card was removed during the exchange.
+    #[error("the card was removed from reader {0}")]
+    CardRemoved(String),
+    /// The card was reset by someone else and could not be reconnected.
+    #[error("the card in reader {0} was reset and could not be reconnected")]
+    CardReset(String),
+    /// The card is not powered.
+    #[error("the card is powered off; reset it first")]
+    Unpowered,
+    /// The reader is gone or unusable.
+    #[error("reader {reader} is unavailable: {detail}")]
+    ReaderUnavailable {
+        /// Reader name.
+        reader: String,
+        /// What the stack said.
+        detail: String,
+    },
+    /// No reader matched the selector.
+    #[error("no reader matches '{selector}'; available: {available}")]
+    NoSuchReader {
+        /// What the user asked for.
+        selector: String,
+        /// The readers present.
+        available: String,
+    },
+    /// A wait ran out.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The command exceeds what the transport carries.
+    #[error("command of {len} bytes exceeds the transport's maximum of {max}")]
+    CommandTooLong {
+        /// Command length.
+        len: usize,
+        /// Maximum.
+        max: usize,
+    },
+    /// The card answered fewer than two bytes.
+    #[error("the card answered {0} bytes, fewer than a status word")]
+    ShortResponse(usize),
+    /// Any other error of the underlying stack (PC/SC, socket).
+    #[error("transport failure: {0}")]
+    Other(String),
+}
+
+/// The seam between the APDU layer and a card.
+pub trait Transport: Send {
+    /// Sends one command APDU and returns the response APDU, status word included.
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError>;
+
+    /// Resets the card and returns the answer to reset.
+    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError>;
+
+    /// The current answer to reset, if the card is powered.
+    fn atr(&self) -> Option<Vec<u8>>;
+
+    /// What the transport carries.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Returns true once after the card was reset behind our back (by another application or
+    /// by the reader); the caller must re-select and re-open secure channels.
+    fn take_reset_notice(&mut self) -> bool {
+        false
+    }
+
+    /// A short description for logs ("pcsc:Reader 0", "sim").
+    fn describe(&self) -> String;
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        (**self).transmit(command)
+    }
+    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError> {
+        (**self).reset(kind)
+    }
+    fn atr(&self) -> Option<Vec<u8>> {
+        (**self).atr()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn take_reset_notice(&mut self) -> bool {
+        (**self).take_reset_notice()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
