@@ -49,8 +49,12 @@ pub enum TransportError {
     /// The card was removed during the exchange.
     #[error("the card was removed from reader {0}")]
     CardRemoved(String),
-    /// The card was reset by someone else and could not be reconnected.
-    #[error("the card in reader {0} was reset and could not be reconnected")]
+    /// The card was reset by someone else; the transport reconnected. Select the application
+    /// again and re-open any secure channel before retrying.
+    #[error(
+        "the card in reader {0} was reset by another application (reconnected): select the \
+         application again and re-open the secure channel"
+    )]
     CardReset(String),
     /// The card is not powered.
     #[error("the card is powered off; reset it first")]

@@ -1,0 +1,233 @@
+//! Measurements behind `kagi bench` and `scripts/bench.sh`: throughputs and ratios on this
+//! machine, never asserted in tests.
+
+use crate::channel::{ApduChannel, CardChannel};
+use crate::secure::SecureChannel;
+use card_wire::apdu::{Command, Response};
+use card_wire::scp03::handshake::{CardHandshake, CardKeyContext, HostHandshake, HostOptions};
+use card_wire::scp03::{IParam, Mode, SecureSession, SecurityLevel, SessionKeys, StaticKeys};
+use serde::Serialize;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// Operations per second.
+    pub per_second: f64,
+    /// Microseconds per operation.
+    pub micros: f64,
+    /// The goal, as text.
+    pub goal: String,
+    /// Whether the goal is met.
+    pub meets_goal: bool,
+}
+
+/// Runs `op` repeatedly for about `budget` and returns operations per second.
+pub fn rate(budget: Duration, mut op: impl FnMut()) -> f64 {
+    // Warm up, then time batches until the budget is spent.
+    for _ in 0..64 {
+        op();
+    }
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < budget {
+        for _ in 0..256 {
+            op();
+        }
+        n += 256;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn figure(name: &str, per_second: f64, goal: &str, meets: bool) -> Figure {
+    Figure {
+        name: name.into(),
+        per_second,
+        micros: 1e6 / per_second,
+        goal: goal.into(),
+        meets_goal: meets,
+    }
+}
+
+fn keys() -> StaticKeys {
+    StaticKeys::default_test_keys(0x30)
+}
+
+fn session_pair(level: SecurityLevel) -> (SecureSession, SecureSession) {
+    let sk = SessionKeys::derive(&keys(), &[7u8; 16]);
+    (
+        SecureSession::from_keys(&sk, level, Mode::S8, [0; 16], 0),
+        SecureSession::from_keys(&sk, level, Mode::S8, [0; 16], 0),
+    )
+}
+
+/// Host-side SCP03 wrap of a command with `plain_len` data bytes plus unwrap of a response of
+/// the same length, at `level`, one core. Card-side responses are computed beforehand.
+pub fn scp03_host_wrap_unwrap(budget: Duration, level: SecurityLevel, plain_len: usize) -> f64 {
+    let cmd = Command::new(0x80, 0xE2, 0x00, 0x00)
+        .with_data(vec![0x5A; plain_len])
+        .and_then(|c| c.with_le(256))
+        .unwrap_or_else(|_| Command::new(0x80, 0xE2, 0, 0));
+    let resp = Response::success(vec![0xA5; plain_len]);
+    // Estimate how many iterations the budget needs from a short pilot, then precompute the
+    // card's wrapped responses in order.
+    let pilot = {
+        let (mut h, _) = session_pair(level);
+        rate(Duration::from_millis(50), || {
+            black_box(h.wrap_command(&cmd).ok());
+        })
+    };
+    let n = ((pilot * budget.as_secs_f64()) as usize).clamp(1_000, 2_000_000);
+    let (mut pre_host, mut card) = session_pair(level);
+    let mut responses = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w = pre_host.wrap_command(&cmd).ok();
+        let r = w
+            .and_then(|w| card.unwrap_command(&w).ok())
+            .and_then(|_| card.wrap_response(&resp).ok())
+            .unwrap_or_else(|| resp.clone());
+        responses.push(r);
+    }
+    let (mut host, _) = session_pair(level);
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for r in &responses {
+        let w = host.wrap_command(&cmd);
+        let u = host.unwrap_response(r);
+        ok += usize::from(w.is_ok() && u.is_ok());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if ok != n {
+        eprintln!("bench: {} of {n} unwraps failed", n - ok);
+    }
+    n as f64 / elapsed
+}
+
+/// Host-side session opens per second (INITIALIZE UPDATE + card cryptogram check + host
+/// cryptogram + EXTERNAL AUTHENTICATE MAC), crypto only; card answers computed beforehand.
+pub fn scp03_host_session_open(budget: Duration, mode: Mode) -> f64 {
+    let k = keys();
+    let i = IParam(0x70 | u8::from(mode == Mode::S16));
+    let aid = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+    let opts = HostOptions {
+        level: SecurityLevel::FULL,
+        mode,
+        ..HostOptions::default()
+    };
+    let n = ((20_000.0 * budget.as_secs_f64()) as usize).clamp(500, 200_000);
+    let mut prepared = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut hc = vec![0u8; mode.len()];
+        hc[..8].copy_from_slice(&(j as u64).to_be_bytes());
+        let Ok(hs) = HostHandshake::new(k.clone(), opts.clone(), hc.clone()) else {
+            continue;
+        };
+        let Ok(iu) = hs.initialize_update() else {
+            continue;
+        };
+        let ctx = CardKeyContext {
+            keys: &k,
+            kdd: [0; 10],
+            i,
+            sequence_counter: j as u32 % 0xFF_FFFF + 1,
+            sd_aid: Some(&aid),
+        };
+        if let Ok((resp, _)) = CardHandshake::initialize_update(&iu, &ctx, |len| vec![0; len]) {
+            prepared.push((hc, resp));
+        }
+    }
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for (hc, resp) in &prepared {
+        let done = HostHandshake::new(k.clone(), opts.clone(), hc.clone())
+            .and_then(|hs| hs.complete(resp, Some(&aid)));
+        ok += usize::from(done.is_ok());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if ok != prepared.len() {
+        eprintln!(
+            "bench: {} of {} session opens failed",
+            prepared.len() - ok,
+            prepared.len()
+        );
+    }
+    prepared.len() as f64 / elapsed
+}
+
+/// Plain and SCP03 (level 33) GET DATA round trips per second through the in-process
+/// simulator, and plain APDUs per second straight into the simulated card.
+#[cfg(feature = "sim")]
+pub fn simulator_round_trips(budget: Duration) -> crate::Result<(f64, f64, f64)> {
+    use applet_sim::{SimCard, SimConfig};
+    use card_wire::Transport;
+    let get_data = Command::new(0x80, 0xCA, 0x00, 0x66).with_le(256)?;
+    let mut raw_card = SimCard::powered(SimConfig::default().seeded(1));
+    let raw_cmd = get_data.to_bytes();
+    let raw = rate(budget, || {
+        black_box(raw_card.transmit(&raw_cmd).ok());
+    });
+    let mut plain_ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(1)));
+    crate::gp::select_domain(&mut plain_ch, None)?;
+    let plain = rate(budget, || {
+        black_box(plain_ch.transmit(&get_data).ok());
+    });
+    let mut sec_card = CardChannel::new(SimCard::powered(SimConfig::default().seeded(2)));
+    let sd = crate::gp::select_domain(&mut sec_card, None)?;
+    let opts = HostOptions {
+        level: SecurityLevel::FULL,
+        ..HostOptions::default()
+    };
+    let mut sc = SecureChannel::open(&mut sec_card, keys(), opts, Some(&sd.aid))?;
+    let secure = rate(budget, || {
+        black_box(sc.transmit(&get_data).ok());
+    });
+    Ok((raw, plain, secure))
+}
+
+/// Runs every benchmark with `budget` per figure.
+pub fn run_all(budget: Duration) -> crate::Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let wrap = scp03_host_wrap_unwrap(budget, SecurityLevel::FULL, 239);
+    out.push(figure(
+        "SCP03 host wrap+unwrap, level 33, 239-byte data (253-byte wrapped command), 1 core",
+        wrap,
+        ">= 100000/s",
+        wrap >= 100_000.0,
+    ));
+    let open = scp03_host_session_open(budget, Mode::S8);
+    out.push(figure(
+        "SCP03 session open, host crypto only (S8, AES-128)",
+        open,
+        ">= 50000/s",
+        open >= 50_000.0,
+    ));
+    #[cfg(feature = "sim")]
+    {
+        let (raw, plain, secure) = simulator_round_trips(budget)?;
+        out.push(figure(
+            "plain APDU into the in-process simulator (GET DATA 66)",
+            raw,
+            ">= 100000/s",
+            raw >= 100_000.0,
+        ));
+        out.push(figure(
+            "plain GET DATA round trip through the host pipeline + simulator",
+            plain,
+            "-",
+            true,
+        ));
+        let ratio = plain / secure;
+        out.push(figure(
+            &format!(
+                "SCP03 level 33 GET DATA round trip (ratio to plain: {ratio:.2}x, goal <= 2x)"
+            ),
+            secure,
+            "<= 2x plain",
+            ratio <= 2.0,
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,64 @@
+//! The host library's error type: every failure says what happened and what to do next.
+
+use card_wire::apdu::ApduError;
+use card_wire::scp03::Scp03Error;
+use card_wire::sw::StatusWord;
+use card_wire::tlv::TlvError;
+use card_wire::transport::TransportError;
+
+/// A host-side failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport could not exchange bytes with the card.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A command could not be encoded, or the card's bytes could not be parsed.
+    #[error(transparent)]
+    Apdu(#[from] ApduError),
+    /// A secure-channel step failed.
+    #[error(transparent)]
+    Scp03(#[from] Scp03Error),
+    /// The card's data is not valid BER-TLV.
+    #[error("malformed card data: {0}")]
+    Tlv(#[from] TlvError),
+    /// The card refused a command.
+    #[error("the card answered {sw} to {command}")]
+    Status {
+        /// Which command.
+        command: &'static str,
+        /// The card's status word.
+        sw: StatusWord,
+    },
+    /// A command too long for the card and transport, even with chaining.
+    #[error("{0}")]
+    CommandTooLong(String),
+    /// The card does not follow the protocol (unexpected response shape).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Keys could not be loaded.
+    #[error("keys: {0}")]
+    Keys(String),
+}
+
+/// The host library's result type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+impl Error {
+    /// The card's status word, when the error is a card refusal.
+    pub fn status(&self) -> Option<StatusWord> {
+        match self {
+            Error::Status { sw, .. } => Some(*sw),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a non-`9000` response into [`Error::Status`].
+pub fn expect_success(command: &'static str, r: card_wire::Response) -> Result<Vec<u8>> {
+    if r.sw.is_success() {
+        Ok(r.data)
+    } else {
+        Err(Error::Status { command, sw: r.sw })
+    }
+}

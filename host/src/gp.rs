@@ -1,0 +1,365 @@
+//! GlobalPlatform card management on the host: selecting a security domain, reading what it
+//! reports (card recognition data, key information, sequence counter, CPLC) and listing its
+//! registry with GET STATUS (paged with `6310`, legacy format when tags are refused).
+
+use crate::channel::ApduChannel;
+use crate::error::{Error, Result, expect_success};
+use card_wire::apdu::Command;
+use card_wire::sw::StatusWord;
+use card_wire::tlv::{self, Tag};
+use serde::Serialize;
+
+/// Well-known ISD AIDs, tried in order when none is given and the default SELECT fails.
+pub const KNOWN_ISD_AIDS: [&[u8]; 3] = [
+    &[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00],
+    &[0xA0, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00],
+    &[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00],
+];
+
+/// What a security domain's SELECT response says.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SelectedDomain {
+    /// The AID from the FCI (tag `84`), or the one selected.
+    #[serde(serialize_with = "hex_ser")]
+    pub aid: Vec<u8>,
+    /// Maximum command data length (`9F65`), when given.
+    pub max_command_data: Option<u32>,
+    /// Card recognition data, when the FCI carries it.
+    pub recognition: Option<CardRecognition>,
+}
+
+/// Card recognition data (GP Card Specification Annex H).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct CardRecognition {
+    /// GlobalPlatform version, e.g. "2.3.1".
+    pub gp_version: Option<String>,
+    /// Secure channel protocol (3 = SCP03) and its `i`.
+    pub scp: Option<(u8, u8)>,
+}
+
+fn hex_ser<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode_upper(v))
+}
+
+const GP_OID: [u8; 6] = [0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B];
+
+/// Parses card recognition data (the value of tag `73`, or a `66`/`73` wrapper around it).
+pub fn parse_recognition(data: &[u8]) -> Result<CardRecognition> {
+    let mut out = CardRecognition::default();
+    let body = match tlv::find(data, Tag(0x73))? {
+        Some(t) => t.value,
+        None => data,
+    };
+    for item in tlv::parse_all(body)? {
+        let oid = match tlv::find(item.value, Tag(0x06)) {
+            Ok(Some(o)) if o.value.starts_with(&GP_OID) => &o.value[GP_OID.len()..],
+            _ => continue,
+        };
+        match (item.tag.0, oid) {
+            (0x60, [0x02, v @ ..]) => {
+                out.gp_version = Some(
+                    v.iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                )
+            }
+            (0x64, [0x04, scp, i, ..]) => out.scp = Some((*scp, *i)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a SELECT response (FCI) of a security domain.
+pub fn parse_fci(fci: &[u8], selected: &[u8]) -> Result<SelectedDomain> {
+    let aid = match tlv::find(fci, Tag(0x84))? {
+        Some(t) => t.value.to_vec(),
+        None => selected.to_vec(),
+    };
+    let max_command_data = tlv::find(fci, Tag(0x9F65))?
+        .map(|t| t.value.iter().fold(0u32, |a, b| (a << 8) | *b as u32));
+    let recognition = match tlv::find(fci, Tag(0x73))? {
+        Some(t) => Some(parse_recognition(t.value)?),
+        None => None,
+    };
+    Ok(SelectedDomain {
+        aid,
+        max_command_data,
+        recognition,
+    })
+}
+
+/// SELECT by AID (`00 A4 04 00`), returning the FCI.
+pub fn select(ch: &mut impl ApduChannel, aid: &[u8]) -> Result<Vec<u8>> {
+    let cmd = Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(aid.to_vec())?
+        .with_le(256)?;
+    expect_success("SELECT", ch.transmit(&cmd)?)
+}
+
+/// Selects the security domain `aid`, or the card's default one (then the well-known ISD
+/// AIDs) when `aid` is `None`.
+pub fn select_domain(ch: &mut impl ApduChannel, aid: Option<&[u8]>) -> Result<SelectedDomain> {
+    if let Some(aid) = aid {
+        let fci = select(ch, aid)?;
+        return parse_fci(&fci, aid);
+    }
+    let default = Command::new(0x00, 0xA4, 0x04, 0x00).with_le(256)?;
+    let r = ch.transmit(&default)?;
+    if r.sw.is_success() && tlv::find(&r.data, Tag(0x84)).ok().flatten().is_some() {
+        return parse_fci(&r.data, &[]);
+    }
+    let mut last = r.sw;
+    for known in KNOWN_ISD_AIDS {
+        match select(ch, known) {
+            Ok(fci) => return parse_fci(&fci, known),
+            Err(Error::Status { sw, .. }) => last = sw,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Status {
+        command: "SELECT of the issuer security domain (give its AID with --sd)",
+        sw: last,
+    })
+}
+
+/// GET DATA (`80 CA P1 P2`); `Ok(None)` when the card has no such object (`6A88`/`6A82`).
+pub fn get_data(ch: &mut impl ApduChannel, tag: u16) -> Result<Option<Vec<u8>>> {
+    let [p1, p2] = tag.to_be_bytes();
+    let cmd = Command::new(0x80, 0xCA, p1, p2).with_le(256)?;
+    let r = ch.transmit(&cmd)?;
+    match r.sw {
+        StatusWord::SUCCESS => Ok(Some(r.data)),
+        StatusWord::REFERENCED_DATA_NOT_FOUND
+        | StatusWord::NOT_FOUND
+        | StatusWord::INCORRECT_P1P2 => Ok(None),
+        sw => Err(Error::Status {
+            command: "GET DATA",
+            sw,
+        }),
+    }
+}
+
+/// One key of the key information template (`E0`/`C0`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key identifier.
+    pub id: u8,
+    /// Key version number.
+    pub version: u8,
+    /// Key type (`88` AES, `80` DES, …).
+    pub key_type: u8,
+    /// Key length in bytes.
+    pub length: u8,
+}
+
+/// Parses a key information template.
+pub fn parse_key_info(data: &[u8]) -> Result<Vec<KeyInfo>> {
+    let mut out = Vec::new();
+    for c0 in tlv::find_all(data, Tag(0xC0))? {
+        if let [id, version, key_type, length, ..] = *c0.value {
+            out.push(KeyInfo {
+                id,
+                version,
+                key_type,
+                length,
+            });
+        } else {
+            return Err(Error::Protocol(format!(
+                "key information entry of {} bytes is too short",
+                c0.value.len()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Which part of the registry GET STATUS reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StatusScope {
+    /// P1 `80`: the issuer security domain.
+    IssuerDomain,
+    /// P1 `40`: applications and security domains.
+    Applications,
+    /// P1 `20`: executable load files.
+    LoadFiles,
+    /// P1 `10`: executable load files and their modules.
+    LoadFilesAndModules,
+}
+
+impl StatusScope {
+    /// The P1 byte.
+    pub fn p1(self) -> u8 {
+        match self {
+            StatusScope::IssuerDomain => 0x80,
+            StatusScope::Applications => 0x40,
+            StatusScope::LoadFiles => 0x20,
+            StatusScope::LoadFilesAndModules => 0x10,
+        }
+    }
+}
+
+/// One registry entry from GET STATUS.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RegistryEntry {
+    /// Which scope listed it.
+    pub scope: StatusScope,
+    /// AID.
+    #[serde(serialize_with = "hex_ser")]
+    pub aid: Vec<u8>,
+    /// Life-cycle state byte.
+    pub life_cycle: u8,
+    /// Privileges (1 or 3 bytes).
+    #[serde(serialize_with = "hex_ser")]
+    pub privileges: Vec<u8>,
+}
+
+impl RegistryEntry {
+    /// The life-cycle state as GP names it.
+    pub fn life_cycle_name(&self) -> &'static str {
+        match (self.scope, self.life_cycle) {
+            (StatusScope::IssuerDomain, 0x01) => "OP_READY",
+            (StatusScope::IssuerDomain, 0x07) => "INITIALIZED",
+            (StatusScope::IssuerDomain, 0x0F) => "SECURED",
+            (StatusScope::IssuerDomain, 0x7F) => "CARD_LOCKED",
+            (StatusScope::IssuerDomain, 0xFF) => "TERMINATED",
+            (StatusScope::LoadFiles | StatusScope::LoadFilesAndModules, 0x01) => "LOADED",
+            (_, 0x03) => "INSTALLED",
+            (_, 0x07) => "SELECTABLE",
+            (_, 0x0F) => "PERSONALIZED",
+            (_, x) if x & 0x83 == 0x83 => "LOCKED",
+            _ => "application-specific",
+        }
+    }
+}
+
+fn parse_status_tags(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntry>> {
+    let mut out = Vec::new();
+    for e3 in tlv::parse_all(data)? {
+        if e3.tag != Tag(0xE3) {
+            continue;
+        }
+        let aid = e3.require(Tag(0x4F))?.value.to_vec();
+        let life_cycle = e3
+            .find(Tag(0x9F70))?
+            .and_then(|t| t.value.first().copied())
+            .unwrap_or(0);
+        let privileges = e3
+            .find(Tag(0xC5))?
+            .map(|t| t.value.to_vec())
+            .unwrap_or_default();
+        out.push(RegistryEntry {
+            scope,
+            aid,
+            life_cycle,
+            privileges,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_status_legacy(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntry>> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let [len, tail @ ..] = rest {
+        let n = *len as usize;
+        let extra = if scope == StatusScope::LoadFilesAndModules {
+            0
+        } else {
+            2
+        };
+        if tail.len() < n + extra {
+            return Err(Error::Protocol("truncated legacy GET STATUS entry".into()));
+        }
+        let aid = tail[..n].to_vec();
+        let (life_cycle, privileges) = if extra == 2 {
+            (tail[n], vec![tail[n + 1]])
+        } else {
+            (0, Vec::new())
+        };
+        out.push(RegistryEntry {
+            scope,
+            aid,
+            life_cycle,
+            privileges,
+        });
+        rest = &tail[n + extra..];
+    }
+    Ok(out)
+}
+
+/// GET STATUS for `scope`, following `6310` pages; falls back to the legacy format when the
+/// card refuses tags (`6A86`). An empty scope (`6A88`) is an empty list.
+pub fn get_status(ch: &mut impl ApduChannel, scope: StatusScope) -> Result<Vec<RegistryEntry>> {
+    let mut tags = true;
+    let mut entries = Vec::new();
+    let mut next = false;
+    loop {
+        let p2 = if tags { 0x02 } else { 0x00 } | u8::from(next);
+        let cmd = Command::new(0x80, 0xF2, scope.p1(), p2)
+            .with_data(vec![0x4F, 0x00])?
+            .with_le(256)?;
+        let r = ch.transmit(&cmd)?;
+        match r.sw {
+            StatusWord::SUCCESS | StatusWord::MORE_DATA_AVAILABLE => {
+                let mut page = if tags {
+                    parse_status_tags(scope, &r.data)?
+                } else {
+                    parse_status_legacy(scope, &r.data)?
+                };
+                if page.is_empty() && r.sw == StatusWord::MORE_DATA_AVAILABLE {
+                    return Err(Error::Protocol(
+                        "GET STATUS answered 6310 with no entries".into(),
+                    ));
+                }
+                entries.append(&mut page);
+                if r.sw == StatusWord::SUCCESS {
+                    return Ok(entries);
+                }
+                next = true;
+            }
+            StatusWord::INCORRECT_P1P2 if tags && !next => tags = false,
+            StatusWord::REFERENCED_DATA_NOT_FOUND if !next => return Ok(entries),
+            sw => {
+                return Err(Error::Status {
+                    command: "GET STATUS",
+                    sw,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_and_tagged_status() {
+        let tagged = hex::decode("E3124F08A0000001510000009F70010FC5039EFE80").unwrap();
+        let e = parse_status_tags(StatusScope::IssuerDomain, &tagged).unwrap();
+        assert_eq!(e[0].aid, hex::decode("A000000151000000").unwrap());
+        assert_eq!(e[0].life_cycle_name(), "SECURED");
+        let legacy = hex::decode("06F04B414749010700").unwrap();
+        let e = parse_status_legacy(StatusScope::Applications, &legacy).unwrap();
+        assert_eq!(
+            (e[0].life_cycle_name(), e[0].privileges.clone()),
+            ("SELECTABLE", vec![0])
+        );
+        assert!(parse_status_legacy(StatusScope::Applications, &[0x08, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn recognition_data() {
+        // 73 { 06 GP-OID.1, 60 { 06 GP-OID.2.2.3.1 }, 64 { 06 GP-OID.4.3.70 } }
+        let data = hex::decode(
+            "7324 0607 2A864886FC6B01 600C 060A 2A864886FC6B02020301 640B 0609 2A864886FC6B040370"
+                .replace(' ', ""),
+        )
+        .unwrap();
+        let r = parse_recognition(&data).unwrap();
+        assert_eq!(r.gp_version.as_deref(), Some("2.3.1"));
+        assert_eq!(r.scp, Some((3, 0x70)));
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what kagi's build and tests need on a Debian machine, only when it is missing:
+# the PC/SC headers for the `pcsc` crate (libpcsclite-dev, pkg-config), and the real PC/SC
+# stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc).
+# Safe to run again; does nothing when everything is present.
+set -euo pipefail
+
+need=()
+pkg-config --exists libpcsclite 2>/dev/null || need+=(libpcsclite-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v pcscd >/dev/null 2>&1 || need+=(pcscd)
+[ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
+command -v opensc-tool >/dev/null 2>&1 || need+=(opensc)
+
+if [ ${#need[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "kagi setup: missing ${need[*]} and no apt-get; install them with your package manager" >&2
+        exit 1
+    fi
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "kagi setup: installing ${need[*]}" >&2
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
