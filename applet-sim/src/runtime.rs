@@ -252,10 +252,10 @@ impl Runtime {
         let Some(target) = target else {
             // Not an installed AID: the current applet stays selected; it may implement ISO
             // file selection itself.
-            if let Some(c) = current {
-                if self.applets[c].applet.handles_file_select() {
-                    return self.dispatch(ch, cmd);
-                }
+            if let Some(c) = current
+                && self.applets[c].applet.handles_file_select()
+            {
+                return self.dispatch(ch, cmd);
             }
             return Response::status(StatusWord::NOT_FOUND);
         };

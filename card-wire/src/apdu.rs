@@ -173,7 +173,7 @@ impl Class {
         if matches!(coding, ClassCoding::Reserved | ClassCoding::Invalid) {
             return Err(ApduError::ReservedClass(self.0));
         }
-        Ok(Class(if channel < 4 {
+        let byte = if channel < 4 {
             let smbits = match coding {
                 ClassCoding::First => first_sm,
                 _ if sm => 0x04,
@@ -182,7 +182,12 @@ impl Class {
             base | smbits | channel
         } else {
             base | 0x40 | if sm { 0x20 } else { 0 } | (channel - 4)
-        }))
+        };
+        // Proprietary + SM + chaining on channel 19 would be FF, which ISO reserves.
+        if byte == 0xFF {
+            return Err(ApduError::InvalidClass(byte));
+        }
+        Ok(Class(byte))
     }
 
     /// The same class with the chaining bit set or cleared.

@@ -119,11 +119,11 @@ impl<T: Transport> CardChannel<T> {
     /// Sends one (unchained) command, resending on `6Cxx` and collecting `61xx` data.
     fn exchange_recovering(&mut self, cmd: &Command) -> Result<Response> {
         let mut resp = self.exchange(cmd)?;
-        if let Some(le) = resp.sw.correct_le() {
-            if cmd.ne().is_some() {
-                let again = cmd.clone().with_le(le)?;
-                resp = self.exchange(&again)?;
-            }
+        if let Some(le) = resp.sw.correct_le()
+            && cmd.ne().is_some()
+        {
+            let again = cmd.clone().with_le(le)?;
+            resp = self.exchange(&again)?;
         }
         let mut data = std::mem::take(&mut resp.data);
         let mut sw = resp.sw;

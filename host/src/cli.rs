@@ -170,7 +170,7 @@ fn open(target: &Target, trace: bool) -> Result<CardChannel<Box<dyn Transport>>,
         let atr = ch
             .transport()
             .atr()
-            .map(|a| hex::encode_upper(a))
+            .map(hex::encode_upper)
             .unwrap_or_default();
         let desc = ch.transport().describe();
         ch.trace_line(&format!("-- {desc}, ATR {atr}"));

@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn legacy_and_tagged_status() {
-        let tagged = hex::decode("E3124F08A0000001510000009F70010FC5039EFE80").unwrap();
+        let tagged = hex::decode("E3134F08A0000001510000009F70010FC5039EFE80").unwrap();
         let e = parse_status_tags(StatusScope::IssuerDomain, &tagged).unwrap();
         assert_eq!(e[0].aid, hex::decode("A000000151000000").unwrap());
         assert_eq!(e[0].life_cycle_name(), "SECURED");

@@ -103,13 +103,13 @@ pub fn read_key_file(path: &Path, default_kvn: u8) -> Result<StaticKeys> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!(
-                    "warning: key file {} is readable by others; chmod 600 it",
-                    path.display()
-                );
-            }
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: key file {} is readable by others; chmod 600 it",
+                path.display()
+            );
         }
     }
     parse_key_file(&text, default_kvn)

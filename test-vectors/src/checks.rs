@@ -62,9 +62,9 @@ fn check_kdf(v: &KdfCtrCmac) -> Check {
     if !v.output_bits.is_multiple_of(8) {
         return Err(format!("output_bits {} is not whole bytes", v.output_bits));
     }
-    let k = CmacKey::new(&key("key", &v.key)?);
+    let mut k = CmacKey::new(&key("key", &v.key)?);
     let out = kdf_counter_cmac(
-        &k,
+        &mut k,
         &v.before_counter.0,
         &v.after_counter.0,
         v.output_bits / 8,

@@ -147,12 +147,12 @@ impl Aes {
 
     /// AES-CBC encryption in place; `data.len()` must be a multiple of 16 (no padding added).
     pub fn cbc_encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        each!(self, c => cbc::Encryptor::inner_iv_init(c.clone(), iv.into()).encrypt_blocks(blocks(data)))
+        each!(self, c => cbc::Encryptor::inner_iv_init(c, iv.into()).encrypt_blocks(blocks(data)))
     }
 
     /// AES-CBC decryption in place; `data.len()` must be a multiple of 16.
     pub fn cbc_decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        each!(self, c => cbc::Decryptor::inner_iv_init(c.clone(), iv.into()).decrypt_blocks(blocks(data)))
+        each!(self, c => cbc::Decryptor::inner_iv_init(c, iv.into()).decrypt_blocks(blocks(data)))
     }
 }
 
@@ -177,15 +177,15 @@ impl CmacKey {
         }
     }
 
-    /// CMAC over the concatenation of `parts`.
-    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
+    /// CMAC over the concatenation of `parts`. The state is reset afterwards, so the key
+    /// schedule is reused without copying it.
+    pub fn mac(&mut self, parts: &[&[u8]]) -> [u8; 16] {
         macro_rules! run {
             ($m:expr) => {{
-                let mut m = $m.clone();
                 for p in parts {
-                    m.update(p);
+                    $m.update(p);
                 }
-                m.finalize().into_bytes().into()
+                $m.finalize_reset().into_bytes().into()
             }};
         }
         match self {
@@ -203,7 +203,7 @@ pub fn cmac(key: &AesKey, message: &[u8]) -> [u8; 16] {
 
 /// NIST SP 800-108 counter-mode KDF with AES-CMAC and an 8-bit counter between two fixed parts:
 /// the first `out_len` bytes of `CMAC(K, before ‖ i ‖ after)` for i = 1, 2, …
-pub fn kdf_counter_cmac(key: &CmacKey, before: &[u8], after: &[u8], out_len: usize) -> Vec<u8> {
+pub fn kdf_counter_cmac(key: &mut CmacKey, before: &[u8], after: &[u8], out_len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(out_len + 16);
     let mut i: u8 = 1;
     while out.len() < out_len {
@@ -235,7 +235,7 @@ pub enum DerivationConstant {
 /// The SCP03 KDF: `KDF(K, c, ctx, L)` = first L/8 bytes of
 /// `CMAC(K, 00×11 ‖ c ‖ 00 ‖ L(2 bytes) ‖ i ‖ ctx)`, `out_len` in bytes.
 pub fn scp03_kdf(
-    key: &CmacKey,
+    key: &mut CmacKey,
     constant: DerivationConstant,
     context: &[u8],
     out_len: usize,

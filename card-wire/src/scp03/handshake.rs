@@ -96,14 +96,14 @@ pub fn pseudo_random_challenge(
     ctx.extend_from_slice(seq);
     ctx.extend_from_slice(sd_aid);
     scp03_kdf(
-        &CmacKey::new(keys.enc()),
+        &mut CmacKey::new(keys.enc()),
         DerivationConstant::CardChallenge,
         &ctx,
         mode.len(),
     )
 }
 
-fn cryptogram(s_mac: &CmacKey, c: DerivationConstant, ctx: &[u8], mode: Mode) -> Vec<u8> {
+fn cryptogram(s_mac: &mut CmacKey, c: DerivationConstant, ctx: &[u8], mode: Mode) -> Vec<u8> {
     scp03_kdf(s_mac, c, ctx, mode.len())
 }
 
@@ -244,12 +244,12 @@ impl HostHandshake {
         let mut ctx = self.host_challenge.clone();
         ctx.extend_from_slice(&iu.card_challenge);
         let session_keys = SessionKeys::derive(&keys, &ctx);
-        let s_mac = CmacKey::new(&session_keys.s_mac);
-        let card_crypto = cryptogram(&s_mac, DerivationConstant::CardCryptogram, &ctx, mode);
+        let mut s_mac = CmacKey::new(&session_keys.s_mac);
+        let card_crypto = cryptogram(&mut s_mac, DerivationConstant::CardCryptogram, &ctx, mode);
         if !bool::from(card_crypto.ct_eq(&iu.card_cryptogram)) {
             return Err(Scp03Error::CardCryptogramMismatch);
         }
-        let host_crypto = cryptogram(&s_mac, DerivationConstant::HostCryptogram, &ctx, mode);
+        let host_crypto = cryptogram(&mut s_mac, DerivationConstant::HostCryptogram, &ctx, mode);
         let level = self.options.level;
         let mut session = SecureSession::from_keys(&session_keys, level, mode, [0; 16], 0);
         let class = self.class(0x84)?;
@@ -361,8 +361,9 @@ impl CardHandshake {
         let mut ctx = cmd.data().to_vec();
         ctx.extend_from_slice(&card_challenge);
         let session_keys = SessionKeys::derive(key.keys, &ctx);
-        let s_mac = CmacKey::new(&session_keys.s_mac);
-        let card_cryptogram = cryptogram(&s_mac, DerivationConstant::CardCryptogram, &ctx, mode);
+        let mut s_mac = CmacKey::new(&session_keys.s_mac);
+        let card_cryptogram =
+            cryptogram(&mut s_mac, DerivationConstant::CardCryptogram, &ctx, mode);
         let iu = InitUpdateResponse {
             kdd: key.kdd,
             kvn: key.keys.kvn,
@@ -410,8 +411,13 @@ impl CardHandshake {
         if !bool::from(full[..s].ct_eq(mac)) {
             return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
         }
-        let s_mac = CmacKey::new(&self.session_keys.s_mac);
-        let expected = cryptogram(&s_mac, DerivationConstant::HostCryptogram, &self.ctx, mode);
+        let mut s_mac = CmacKey::new(&self.session_keys.s_mac);
+        let expected = cryptogram(
+            &mut s_mac,
+            DerivationConstant::HostCryptogram,
+            &self.ctx,
+            mode,
+        );
         if !bool::from(expected.ct_eq(host_crypto)) {
             return Err(StatusWord::WARNING_NV_CHANGED);
         }

@@ -122,7 +122,7 @@ pub fn kdf3(master: &AesKey, purpose: KeyPurpose, kdd: &[u8; 10]) -> AesKey {
     let mut after = [0u8; 15];
     after[3] = purpose as u8;
     after[5..].copy_from_slice(kdd);
-    let mut out = kdf_counter_cmac(&CmacKey::new(master), &[], &after, master.len());
+    let mut out = kdf_counter_cmac(&mut CmacKey::new(master), &[], &after, master.len());
     let key = AesKey::new(&out).unwrap_or_else(|_| unreachable!());
     zeroize::Zeroize::zeroize(&mut out);
     key
@@ -144,7 +144,7 @@ impl SessionKeys {
     pub fn derive(keys: &StaticKeys, context: &[u8]) -> SessionKeys {
         let len = keys.key_len();
         let derive = |k: &AesKey, c| {
-            let mut v = scp03_kdf(&CmacKey::new(k), c, context, len);
+            let mut v = scp03_kdf(&mut CmacKey::new(k), c, context, len);
             let key = AesKey::new(&v).unwrap_or_else(|_| unreachable!());
             zeroize::Zeroize::zeroize(&mut v);
             key

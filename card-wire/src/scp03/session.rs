@@ -257,8 +257,8 @@ impl SecureSession {
         self.chaining = mac;
     }
 
-    pub(super) fn s_mac(&self) -> &CmacKey {
-        &self.s_mac
+    pub(super) fn s_mac(&mut self) -> &mut CmacKey {
+        &mut self.s_mac
     }
 
     fn check_open(&self) -> Result<(), Scp03Error> {
@@ -285,7 +285,7 @@ impl SecureSession {
 
     /// C-MAC over chaining ‖ class for MAC, INS, P1, P2 ‖ Lc as sent (1 or 3 bytes) ‖ data,
     /// where Lc counts `mac_len` MAC bytes after `data`.
-    fn mac_over(&self, cmd: &Command, extended: bool, data: &[u8], mac_len: usize) -> [u8; 16] {
+    fn mac_over(&mut self, cmd: &Command, extended: bool, data: &[u8], mac_len: usize) -> [u8; 16] {
         let mut header = cmd.header();
         header[0] = cmd.class().for_mac().byte();
         let nc = data.len() + mac_len;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole kagi test suite, from a clean clone on a fresh Debian machine:
+# installs what is missing, checks formatting and lints, runs the public known-answer
+# vectors through the host and card implementations, then every unit, property and
+# integration test (including those that start a private pcscd with a virtual reader).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== known-answer vectors (host and card side)"
+cargo run --quiet --release -p test-vectors -- check test-vectors/vectors
+if [ -d ../shared/test-vectors ]; then
+    cargo run --quiet --release -p test-vectors -- check ../shared/test-vectors
+fi
+
+echo "== cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite: the sum over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
