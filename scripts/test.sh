@@ -27,5 +27,5 @@ status=0
 cargo test --workspace 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite: the sum over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
