@@ -28,6 +28,7 @@ pub mod echo;
 pub mod rng;
 pub mod runtime;
 pub mod security_domain;
+pub mod vpcd;
 
 pub use applet::{Aid, Applet, AppletContext, RegistryEntry};
 pub use card::{SimCard, SimConfig};

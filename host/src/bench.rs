@@ -241,3 +241,46 @@ pub fn run_all(budget: Duration) -> crate::Result<Vec<Figure>> {
     }
     Ok(out)
 }
+
+/// Latency percentiles of `n` round trips of `op`, in microseconds: (median, p99).
+pub fn latency(n: usize, mut op: impl FnMut()) -> (f64, f64) {
+    let mut samples: Vec<f64> = (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            op();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Round trips of a plain GET DATA through a transport (e.g. pcscd + vpcd): median and p99
+/// latency as figures.
+pub fn transport_round_trips<T: card_wire::Transport>(
+    transport: T,
+    n: usize,
+) -> crate::Result<Vec<Figure>> {
+    let mut ch = CardChannel::new(transport);
+    crate::gp::select_domain(&mut ch, None)?;
+    let get_data = Command::new(0x80, 0xCA, 0x00, 0x66).with_le(256)?;
+    let (median, p99) = latency(n, || {
+        black_box(ch.transmit(&get_data).ok());
+    });
+    let desc = ch.transport().describe();
+    Ok(vec![
+        figure(
+            &format!("APDU round trip via {desc}, median of {n}"),
+            1e6 / median,
+            "<= 1 ms median",
+            median <= 1000.0,
+        ),
+        figure(
+            &format!("APDU round trip via {desc}, p99 of {n}"),
+            1e6 / p99,
+            "-",
+            true,
+        ),
+    ])
+}

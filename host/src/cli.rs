@@ -44,7 +44,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// List PC/SC readers and whether each holds a card.
-    Readers,
+    Readers {
+        /// Wait until this reader (index or name substring) holds a card, then list.
+        #[arg(long)]
+        wait: Option<String>,
+        /// How long --wait may take, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// The card simulator.
+    #[command(subcommand)]
+    Sim(SimCmd),
     /// Send raw APDUs (hex) and print the responses (61xx/6Cxx handled).
     Apdu {
         #[command(flatten)]
@@ -61,6 +71,32 @@ enum Cmd {
         /// Seconds per figure.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Measure APDU round trips through this PC/SC reader instead (index or name).
+        #[arg(long, short = 'r')]
+        reader: Option<String>,
+        /// Round trips to time with --reader.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Serve simulated cards to pcscd through vsmartcard's vpcd driver until stopped: card i
+    /// connects to PORT+i (vpcd's slots), reconnecting when pcscd restarts.
+    Serve {
+        /// Where vpcd listens (its first slot).
+        #[arg(long, default_value = "127.0.0.1:35963")]
+        vpcd: String,
+        /// Number of cards (one per vpcd slot).
+        #[arg(long, default_value_t = 1)]
+        cards: u16,
+        /// Run SCP03 in S16 mode (i = 71).
+        #[arg(long)]
+        s16: bool,
+        /// Deterministic randomness from this seed (card i uses seed + i).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -204,9 +240,16 @@ fn print_json(value: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
-fn cmd_readers(json_out: bool) -> Result<(), Failure> {
+fn cmd_readers(json_out: bool, wait: &Option<String>, timeout_ms: u64) -> Result<(), Failure> {
     #[cfg(feature = "pcsc")]
     {
+        if let Some(sel) = wait {
+            kagi::pcsc_transport::PcscTransport::wait_for_card(
+                sel,
+                kagi::pcsc_transport::Share::Shared,
+                Duration::from_millis(timeout_ms),
+            )?;
+        }
         let readers = kagi::pcsc_transport::list_readers()?;
         if json_out {
             print_json(json!({ "readers": readers }));
@@ -225,9 +268,49 @@ fn cmd_readers(json_out: bool) -> Result<(), Failure> {
     }
     #[cfg(not(feature = "pcsc"))]
     {
-        let _ = json_out;
+        let _ = (json_out, wait, timeout_ms);
         Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
     }
+}
+
+fn cmd_sim_serve(vpcd: &str, cards: u16, s16: bool, seed: Option<u64>) -> Result<(), Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (host, port) = vpcd.rsplit_once(':').ok_or("--vpcd takes HOST:PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port in --vpcd {vpcd}"))?;
+    if cards == 0 {
+        return Err("--cards must be at least 1".into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..cards {
+        let mut config = SimConfig::default();
+        if s16 {
+            config = config.s16();
+        }
+        if let Some(s) = seed {
+            config = config.seeded(s + u64::from(i));
+        }
+        let addr = format!(
+            "{host}:{}",
+            port.checked_add(i).ok_or("port range overflows")?
+        );
+        let stop = stop.clone();
+        eprintln!("serving simulated card {i} to vpcd at {addr}");
+        threads.push(std::thread::spawn(move || {
+            let mut card = SimCard::new(config);
+            applet_sim::vpcd::serve(&mut card, &addr, stop, Duration::from_secs(2))
+        }));
+    }
+    for t in threads {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => return Err("a card thread panicked".into()),
+        }
+    }
+    Ok(())
 }
 
 fn cmd_apdu(cli: &Cli, target: &Target, apdus: &[String]) -> Result<(), Failure> {
@@ -403,11 +486,29 @@ fn cmd_gp_list(
     Ok(())
 }
 
-fn cmd_bench(json_out: bool, seconds: f64) -> Result<(), Failure> {
+fn cmd_bench(
+    json_out: bool,
+    seconds: f64,
+    reader: &Option<String>,
+    count: usize,
+) -> Result<(), Failure> {
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err("--seconds must be a positive number".into());
     }
-    let figures = kagi::bench::run_all(Duration::from_secs_f64(seconds))?;
+    let figures = match reader {
+        Some(r) => {
+            let target = Target {
+                sim: false,
+                reader: Some(r.clone()),
+                exclusive: false,
+                extended: false,
+                sim_s16: false,
+                sim_seed: None,
+            };
+            kagi::bench::transport_round_trips(open_reader(r, &target)?, count)?
+        }
+        None => kagi::bench::run_all(Duration::from_secs_f64(seconds))?,
+    };
     if json_out {
         print_json(json!({ "figures": figures }));
         return Ok(());
@@ -428,11 +529,21 @@ fn cmd_bench(json_out: bool, seconds: f64) -> Result<(), Failure> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Cmd::Readers => cmd_readers(cli.json),
+        Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
+        Cmd::Sim(SimCmd::Serve {
+            vpcd,
+            cards,
+            s16,
+            seed,
+        }) => cmd_sim_serve(vpcd, *cards, *s16, *seed),
         Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
         Cmd::Gp(GpCmd::Info { target, sd }) => cmd_gp_info(&cli, target, sd),
         Cmd::Gp(GpCmd::List { target, sd, keys }) => cmd_gp_list(&cli, target, sd, keys),
-        Cmd::Bench { seconds } => cmd_bench(cli.json, *seconds),
+        Cmd::Bench {
+            seconds,
+            reader,
+            count,
+        } => cmd_bench(cli.json, *seconds, reader, *count),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

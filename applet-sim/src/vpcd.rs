@@ -1,0 +1,204 @@
+//! Serving a simulated card to a real pcscd through vsmartcard's vpcd driver.
+//!
+//! vpcd listens on TCP (port 35963 for its first slot, 35964 for the second, …); the card side
+//! connects and then only answers. Every message is a 2-byte big-endian length and a payload. A
+//! 1-byte payload is a control byte: `00` power off, `01` power on, `02` warm reset (no reply to
+//! these), `04` get ATR (reply: the ATR). Anything longer is a command APDU, answered with one
+//! response APDU. Card removal is closing the connection; insertion is connecting again.
+//!
+//! Two traps handled here (`research/simulator-anchors.md` §c): a zero-length reply stalls
+//! pcscd, so an unpowered card answers `6F00`; and without `TCP_QUICKACK` re-armed before each
+//! read every round trip costs ~40 ms of delayed ACK.
+
+use crate::card::SimCard;
+use card_wire::transport::Transport;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// vpcd's first slot port (`0x8C7B`).
+pub const DEFAULT_PORT: u16 = 0x8C7B;
+
+/// What ended a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// pcscd closed the connection (stopped, restarted, reader removed).
+    Closed,
+    /// The stop flag was raised.
+    Stopped,
+}
+
+fn quickack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::TcpStreamExt;
+        let _ = stream.set_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
+fn send(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(payload.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "vpcd frames hold at most 65535 bytes",
+        )
+    })?;
+    let mut frame = Vec::with_capacity(payload.len() + 2);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame)
+}
+
+/// Waits for the next frame's first byte, checking `stop` every `poll`.
+fn wait_readable(stream: &TcpStream, stop: &AtomicBool, poll: Duration) -> io::Result<bool> {
+    stream.set_read_timeout(Some(poll))?;
+    let mut probe = [0u8; 1];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        quickack(stream);
+        match stream.peek(&mut probe) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {
+                stream.set_read_timeout(None)?;
+                return Ok(true);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Answers vpcd on one connection until it closes or `stop` is raised.
+pub fn run_connection(
+    mut stream: TcpStream,
+    card: &mut SimCard,
+    stop: &AtomicBool,
+) -> io::Result<Disconnect> {
+    stream.set_nodelay(true)?;
+    loop {
+        match wait_readable(&stream, stop, Duration::from_millis(200)) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Disconnect::Stopped),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Disconnect::Closed),
+            Err(e) => return Err(e),
+        }
+        let mut len = [0u8; 2];
+        quickack(&stream);
+        match stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Disconnect::Closed),
+            Err(e) => return Err(e),
+        }
+        let mut payload = vec![0u8; u16::from_be_bytes(len) as usize];
+        quickack(&stream);
+        stream.read_exact(&mut payload)?;
+        match payload.as_slice() {
+            [0x00] => card.power_off(),
+            [0x01] => {
+                card.power_on();
+            }
+            [0x02] => {
+                card.power_on();
+            }
+            [0x04] => {
+                // The ATR is offered while the card is inserted, powered or not.
+                send(&mut stream, &crate::card::default_atr())?;
+            }
+            [_] | [] => {} // Unknown control bytes get no reply, so the stream stays in step.
+            apdu => {
+                let resp = card.transmit(apdu).unwrap_or_else(|_| vec![0x6F, 0x00]);
+                send(&mut stream, &resp)?;
+            }
+        }
+    }
+}
+
+/// Keeps a card inserted in the vpcd slot at `addr`: connects, serves, and reconnects with
+/// backoff (up to `max_backoff`) whenever pcscd goes away, until `stop` is raised.
+pub fn serve(
+    card: &mut SimCard,
+    addr: &str,
+    stop: Arc<AtomicBool>,
+    max_backoff: Duration,
+) -> io::Result<()> {
+    let mut backoff = Duration::from_millis(20);
+    while !stop.load(Ordering::Relaxed) {
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                backoff = Duration::from_millis(20);
+                // A new connection is a fresh insertion: the card starts unpowered.
+                card.power_off();
+                match run_connection(stream, card, &stop) {
+                    Ok(Disconnect::Stopped) => break,
+                    Ok(Disconnect::Closed) | Err(_) => {}
+                }
+            }
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::SimConfig;
+    use std::net::TcpListener;
+
+    fn frame(s: &mut TcpStream, payload: &[u8]) {
+        send(s, payload).unwrap();
+    }
+
+    fn reply(s: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut v = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut v).unwrap();
+        v
+    }
+
+    /// A fake vpcd drives the byte stream: ATR, power, APDUs, unknown control bytes.
+    #[test]
+    fn speaks_the_vpcd_protocol() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let server = std::thread::spawn(move || {
+            let mut card = SimCard::new(SimConfig::default());
+            serve(&mut card, &addr, stop2, Duration::from_millis(50)).unwrap();
+        });
+        let (mut s, _) = listener.accept().unwrap();
+        frame(&mut s, &[0x04]);
+        assert_eq!(reply(&mut s), crate::card::default_atr());
+        // Unpowered: a status, never an empty frame.
+        frame(&mut s, &[0x00, 0xA4, 0x04, 0x00, 0x00]);
+        assert_eq!(reply(&mut s), vec![0x6F, 0x00]);
+        frame(&mut s, &[0x01]);
+        frame(&mut s, &[0x03]); // unknown control: ignored, no reply
+        frame(&mut s, &[0x00, 0xA4, 0x04, 0x00, 0x00]);
+        let r = reply(&mut s);
+        assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+        assert_eq!(r[0], 0x6F);
+        // Removal and re-insertion: the card reconnects by itself.
+        drop(s);
+        let (mut s, _) = listener.accept().unwrap();
+        frame(&mut s, &[0x04]);
+        assert_eq!(reply(&mut s), crate::card::default_atr());
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+//! The real PC/SC stack: a private pcscd with vsmartcard's vpcd driver, simulated cards served
+//! by `kagi sim serve`, and clients going through libpcsclite — OpenSC's tools as an
+//! independent client, and `kagi` itself over its PC/SC transport.
+
+mod support;
+
+use support::PrivatePcsc;
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn opensc_sees_the_simulated_card() {
+    let pcsc = PrivatePcsc::start(1);
+    let list = pcsc.run("opensc-tool", &["-l"]);
+    let out = text(&list);
+    assert!(
+        list.status.success() && out.contains("Virtual PCD 00 00"),
+        "{out}"
+    );
+    let atr = pcsc.run("opensc-tool", &["-r", "0", "-a"]);
+    assert!(
+        text(&atr)
+            .to_lowercase()
+            .contains("3b:88:80:01:4b:41:47:49:2d:53:49:4d"),
+        "{}",
+        text(&atr)
+    );
+    // SELECT with an empty AID selects the ISD: 90 00 and its FCI (6F … 84 08 A000000151000000).
+    let sel = pcsc.run("opensc-tool", &["-r", "0", "-s", "00A4040000"]);
+    let out = text(&sel);
+    assert!(out.contains("SW1=0x90, SW2=0x00"), "{out}\n{}", pcsc.logs());
+    assert!(
+        out.contains("6F") && out.contains("A0 00 00 01 51 00 00 00"),
+        "{out}"
+    );
+}
+
+#[test]
+fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
+    let pcsc = PrivatePcsc::start(2);
+    let readers = pcsc.kagi(&["readers", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&readers.stdout).expect("readers json");
+    assert_eq!(v["schema_version"], 1);
+    let names: Vec<&str> = v["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Virtual PCD 00 00") && names.contains(&"Virtual PCD 00 01"),
+        "{names:?}"
+    );
+    for slot in ["Virtual PCD 00 00", "PCD 00 01"] {
+        let list = pcsc.kagi(&["gp", "list", "--reader", slot, "--test-keys", "--json"]);
+        assert!(list.status.success(), "{}\n{}", text(&list), pcsc.logs());
+        let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        assert_eq!(v["security_domain"], "A000000151000000");
+        assert_eq!(v["session"]["level"], "33");
+        assert_eq!(v["session"]["challenge_verified"], true);
+        let aids: Vec<&str> = v["registry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["aid"].as_str().unwrap())
+            .collect();
+        assert_eq!(aids, ["A000000151000000", "F04B41474901"]);
+        // On a real reader the published test keys come with a loud warning.
+        assert!(String::from_utf8_lossy(&list.stderr).contains("WARNING"));
+    }
+    // Ambiguous and unknown reader names are refused with the list of readers.
+    let amb = pcsc.kagi(&["gp", "info", "--reader", "Virtual"]);
+    assert!(
+        !amb.status.success() && text(&amb).contains("ambiguous"),
+        "{}",
+        text(&amb)
+    );
+    let none = pcsc.kagi(&["gp", "info", "--reader", "Nope"]);
+    assert!(
+        !none.status.success() && text(&none).contains("Virtual PCD 00 00"),
+        "{}",
+        text(&none)
+    );
+}
+
+#[test]
+fn long_commands_cross_pcscd_chained_or_extended() {
+    let pcsc = PrivatePcsc::start(1);
+    let data = "5A".repeat(700);
+    let echo = format!("8010000000{:04X}{data}0000", 700);
+    for extra in [&[][..], &["--extended"][..]] {
+        let mut args = vec![
+            "apdu",
+            "--reader",
+            "0",
+            "--json",
+            "00A4040006F04B41474901",
+            &echo,
+        ];
+        args.extend_from_slice(extra);
+        let out = pcsc.kagi(&args);
+        assert!(out.status.success(), "{}\n{}", text(&out), pcsc.logs());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["responses"][1]["sw"], "9000");
+        assert_eq!(v["responses"][1]["data"].as_str().unwrap(), data);
+    }
+    // Without --extended the 700 bytes went as a chain of short APDUs (CLA bit 10), and the
+    // long answer came back through GET RESPONSE: pcscd's log shows both.
+    let log = std::fs::read_to_string(pcsc.work.join("pcscd.log")).unwrap_or_default();
+    assert!(
+        log.contains("APDU: 90 10 00 00 FF"),
+        "no chained APDU in the pcscd log"
+    );
+    assert!(
+        log.contains("APDU: 00 C0 00 00"),
+        "no GET RESPONSE in the pcscd log"
+    );
+}

@@ -1,0 +1,166 @@
+//! A private PC/SC stack for one test: its own pcscd (own config directory with a vpcd reader
+//! file, own socket), isolated in new mount and network namespaces so that it never touches a
+//! pcscd already running on the machine, with `kagi sim serve` inserting simulated cards into
+//! vpcd's slots. Dropping it stops exactly the processes it started.
+//!
+//! Clients reach the daemon through `PCSCLITE_CSOCK_NAME`, which libpcsclite honours.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The script that runs inside the namespaces (shared with scripts/pcsc-sandbox.sh).
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/private-pcscd.sh");
+
+/// A running private pcscd with simulated cards.
+pub struct PrivatePcsc {
+    pub work: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+pub fn kagi_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kagi")
+}
+
+/// Whether this machine can run the private stack (pcscd, vpcd driver, namespaces).
+pub fn available() -> Result<(), String> {
+    for tool in ["pcscd", "unshare", "ip", "opensc-tool"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return Err(format!("{tool} is missing: run scripts/setup.sh"));
+        }
+    }
+    if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() {
+        return Err("vsmartcard-vpcd is missing: run scripts/setup.sh".into());
+    }
+    Ok(())
+}
+
+impl PrivatePcsc {
+    /// Starts pcscd and `cards` simulated cards, and waits until reader 0 holds a card.
+    pub fn start(cards: usize) -> PrivatePcsc {
+        if let Err(why) = available() {
+            panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let work = std::env::temp_dir().join(format!("kagi-pcsc-{}-{n}", std::process::id()));
+        let conf = work.join("reader.conf.d");
+        let run = work.join("run");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            conf.join("vpcd"),
+            "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x8C7B\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7B\n",
+        )
+        .unwrap();
+        let mut child = Command::new("unshare")
+            .args(["-m", "-n", "--", "bash", SCRIPT])
+            .env("WORK", &work)
+            .env("CONF", &conf)
+            .env("RUN", &run)
+            .env("KAGI", kagi_bin())
+            .env("CARDS", cards.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start unshare");
+        let stdin = child.stdin.take();
+        let stack = PrivatePcsc {
+            socket: run.join("pcscd.comm"),
+            work,
+            child: Some(child),
+            stdin,
+        };
+        let start = Instant::now();
+        while !stack.socket.exists() {
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("pcscd did not create its socket:\n{}", stack.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Wait for the card instead of sleeping: `kagi readers --wait` blocks on
+        // SCardGetStatusChange until reader 0 reports a present card.
+        for slot in 0..cards {
+            let out = stack.kagi(&[
+                "readers",
+                "--wait",
+                &format!("Virtual PCD 00 {slot:02}"),
+                "--timeout-ms",
+                "15000",
+            ]);
+            assert!(
+                out.status.success(),
+                "no card in slot {slot}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                stack.logs()
+            );
+        }
+        stack
+    }
+
+    /// Runs a command with this stack's socket, under a timeout.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("60")
+            .arg(program)
+            .args(args)
+            .env("PCSCLITE_CSOCK_NAME", &self.socket)
+            .output()
+            .expect("run client")
+    }
+
+    /// Runs `kagi` against this stack.
+    pub fn kagi(&self, args: &[&str]) -> Output {
+        self.run(kagi_bin(), args)
+    }
+
+    /// pcscd's and the simulator's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.work.join(f)).unwrap_or_default();
+        format!(
+            "--- pcscd.log\n{}\n--- sim.log\n{}",
+            read("pcscd.log"),
+            read("sim.log")
+        )
+    }
+}
+
+impl Drop for PrivatePcsc {
+    fn drop(&mut self) {
+        // Closing stdin makes the script stop pcscd and the simulator it started.
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.write_all(b"\n");
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs a command against a private PC/SC stack: its own pcscd (isolated with unshare, never
+# touching a pcscd already running) with vpcd readers holding N simulated cards.
+#   scripts/pcsc-sandbox.sh [--cards N] -- COMMAND [ARGS...]
+# COMMAND sees PCSCLITE_CSOCK_NAME pointing at the private daemon, e.g.
+#   scripts/pcsc-sandbox.sh -- opensc-tool -l
+#   scripts/pcsc-sandbox.sh -- ./target/release/kagi gp list --reader 0 --test-keys
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cards=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cards) cards="$2"; shift 2 ;;
+        --) shift; break ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [--cards N] -- COMMAND [ARGS...]" >&2; exit 2; }
+KAGI="${KAGI:-$root/target/release/kagi}"
+[ -x "$KAGI" ] || cargo build --quiet --release -p kagi --manifest-path "$root/Cargo.toml"
+
+WORK=$(mktemp -d /tmp/kagi-sandbox.XXXXXX)
+CONF="$WORK/reader.conf.d"; RUN="$WORK/run"; mkdir -p "$CONF" "$RUN"
+cat >"$CONF/vpcd" <<'CONF'
+FRIENDLYNAME "Virtual PCD"
+DEVICENAME   /dev/null:0x8C7B
+LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so
+CHANNELID    0x8C7B
+CONF
+mkfifo "$WORK/ctl"
+WORK="$WORK" CONF="$CONF" RUN="$RUN" KAGI="$KAGI" CARDS="$cards" \
+    unshare -m -n -- bash "$root/scripts/private-pcscd.sh" <"$WORK/ctl" &
+NS=$!
+exec 9>"$WORK/ctl"
+cleanup() { exec 9>&-; wait "$NS" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+export PCSCLITE_CSOCK_NAME="$RUN/pcscd.comm"
+for _ in $(seq 400); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.025; done
+for ((i = 0; i < cards; i++)); do
+    "$KAGI" readers --wait "Virtual PCD 00 $(printf %02d "$i")" --timeout-ms 15000 >/dev/null
+done
+"$@"
