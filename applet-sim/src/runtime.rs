@@ -168,6 +168,11 @@ impl Runtime {
         match state.chain.take() {
             Some(mut head) => {
                 if head.header()[1..] != cmd.header()[1..] {
+                    // The chain is abandoned. SELECT starts afresh; anything else is told
+                    // that the chain's last command was expected (and may be sent again).
+                    if Self::is_applet_select(&cmd) && !chained {
+                        return Ok(Some(cmd));
+                    }
                     return Err(StatusWord::LAST_COMMAND_EXPECTED);
                 }
                 let mut data = head.take_data();

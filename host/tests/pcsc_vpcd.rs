@@ -122,3 +122,68 @@ fn long_commands_cross_pcscd_chained_or_extended() {
         "no GET RESPONSE in the pcscd log"
     );
 }
+
+/// Run in a child process with `PCSCLITE_CSOCK_NAME` set (see `a_reset_by_another_application_is_reported`).
+#[test]
+#[ignore = "runs only as the child of a_reset_by_another_application_is_reported"]
+fn child_reset_scenario() {
+    use card_wire::Transport;
+    use card_wire::transport::TransportError;
+    use kagi::channel::{ApduChannel, CardChannel};
+    use kagi::pcsc_transport::{PcscTransport, Share};
+    let t = PcscTransport::connect("Virtual PCD 00 00", Share::Shared).expect("connect");
+    let mut ch = CardChannel::new(t);
+    kagi::gp::select(&mut ch, &applet_sim::echo::ECHO_AID).expect("select echo");
+    let echo = card_wire::apdu::Command::new(0x80, 0x10, 0, 0)
+        .with_data(vec![1, 2, 3])
+        .unwrap()
+        .with_le(256)
+        .unwrap();
+    assert_eq!(ch.transmit(&echo).unwrap().data, vec![1, 2, 3]);
+    // Another application resets the card behind our back.
+    let socket = std::env::var("PCSCLITE_CSOCK_NAME").unwrap();
+    let other = std::process::Command::new("opensc-tool")
+        .args(["-r", "0", "--reset", "warm"])
+        .env("PCSCLITE_CSOCK_NAME", socket)
+        .output()
+        .unwrap();
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    // Our next command is not sent into the wrong context: we learn of the reset instead.
+    match ch.transmit(&echo) {
+        Err(kagi::Error::Transport(TransportError::CardReset(_))) => {}
+        other => panic!("expected CardReset, got {other:?}"),
+    }
+    assert!(ch.transport_mut().take_reset_notice());
+    assert!(!ch.transport_mut().take_reset_notice());
+    // After re-selecting, work goes on over the reconnected handle.
+    kagi::gp::select(&mut ch, &applet_sim::echo::ECHO_AID).expect("re-select");
+    assert_eq!(ch.transmit(&echo).unwrap().data, vec![1, 2, 3]);
+    println!("CHILD-OK");
+}
+
+#[test]
+fn a_reset_by_another_application_is_reported() {
+    let pcsc = PrivatePcsc::start(1);
+    let me = std::env::current_exe().unwrap();
+    let out = pcsc.run(
+        me.to_str().unwrap(),
+        &[
+            "--exact",
+            "child_reset_scenario",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ],
+    );
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("CHILD-OK"),
+        "{t}\n{}",
+        pcsc.logs()
+    );
+}
