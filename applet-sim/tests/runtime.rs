@@ -124,10 +124,7 @@ fn open_session(c: &mut SimCard, level: SecurityLevel) -> card_wire::scp03::Secu
         .unwrap();
     let resp = card_wire::Response::parse(&iu).unwrap();
     let (ea, session, _) = hs
-        .complete(
-            &resp,
-            Some(&SimConfig::default().isd.aid.as_bytes().to_vec()),
-        )
+        .complete(&resp, Some(SimConfig::default().isd.aid.as_bytes()))
         .unwrap();
     assert_eq!(c.transmit(&ea.to_bytes()).unwrap(), vec![0x90, 0x00]);
     session

@@ -99,31 +99,26 @@ impl StatusWord {
         self.is_success() || self.is_warning()
     }
 
+    /// SW2 as a byte count when SW1 is `sw1` (`00` counts as 256).
+    const fn count_after(self, sw1: u8) -> Option<usize> {
+        if self.sw1() != sw1 {
+            None
+        } else if self.sw2() == 0 {
+            Some(256)
+        } else {
+            Some(self.sw2() as usize)
+        }
+    }
+
     /// `61xx`: the number of further response bytes available with GET RESPONSE (`00` means 256
     /// or more).
     pub const fn bytes_available(self) -> Option<usize> {
-        if self.sw1() == 0x61 {
-            Some(if self.sw2() == 0 {
-                256
-            } else {
-                self.sw2() as usize
-            })
-        } else {
-            None
-        }
+        self.count_after(0x61)
     }
 
     /// `6Cxx`: the exact Le the card asks for (`00` means 256).
     pub const fn correct_le(self) -> Option<usize> {
-        if self.sw1() == 0x6C {
-            Some(if self.sw2() == 0 {
-                256
-            } else {
-                self.sw2() as usize
-            })
-        } else {
-            None
-        }
+        self.count_after(0x6C)
     }
 
     /// `63Cx`: the number of tries left for a PIN or key.

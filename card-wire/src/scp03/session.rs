@@ -297,6 +297,35 @@ impl SecureSession {
         self.s_mac.mac(&[&self.chaining, &header, lc, data])
     }
 
+    /// Encrypts `data` (ISO 9797-1 M2 padded) under S-ENC with the command ICV, or the
+    /// response ICV (counter with its first byte set to `80`). Empty data stays empty.
+    fn encrypt(&self, data: &[u8], response: bool) -> Vec<u8> {
+        if data.is_empty() {
+            return Vec::new();
+        }
+        let mut padded = pad80(data);
+        let icv = self.icv(response);
+        self.s_enc.cbc_encrypt(&icv, &mut padded);
+        padded
+    }
+
+    /// The inverse of [`SecureSession::encrypt`]; a bad length or padding closes the session.
+    fn decrypt(&mut self, data: &[u8], response: bool) -> Result<Vec<u8>, Scp03Error> {
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !data.len().is_multiple_of(16) {
+            return self.fail(Scp03Error::Padding);
+        }
+        let mut buf = data.to_vec();
+        let icv = self.icv(response);
+        self.s_enc.cbc_decrypt(&icv, &mut buf);
+        match unpad80(&buf) {
+            Some(p) => Ok(p.to_vec()),
+            None => self.fail(Scp03Error::Padding),
+        }
+    }
+
     /// Host: protects a command at the session's level (encrypt, then MAC).
     pub fn wrap_command(&mut self, cmd: &Command) -> Result<Command, Scp03Error> {
         self.check_open()?;
@@ -304,11 +333,8 @@ impl SecureSession {
         if !self.level.c_mac() {
             return Ok(cmd.clone());
         }
-        let mut data = if self.level.c_dec() && !cmd.data().is_empty() {
-            let mut padded = pad80(cmd.data());
-            let icv = self.icv(false);
-            self.s_enc.cbc_encrypt(&icv, &mut padded);
-            padded
+        let mut data = if self.level.c_dec() {
+            self.encrypt(cmd.data(), false)
         } else {
             cmd.data().to_vec()
         };
@@ -361,17 +387,8 @@ impl SecureSession {
         }
         self.chaining = full;
         self.counter = self.counter.wrapping_add(1);
-        let plain = if self.level.c_dec() && !data.is_empty() {
-            if data.len() % 16 != 0 {
-                return self.fail(Scp03Error::Padding);
-            }
-            let mut buf = data.to_vec();
-            let icv = self.icv(false);
-            self.s_enc.cbc_decrypt(&icv, &mut buf);
-            match unpad80(&buf) {
-                Some(p) => p.to_vec(),
-                None => return self.fail(Scp03Error::Padding),
-            }
+        let plain = if self.level.c_dec() {
+            self.decrypt(data, false)?
         } else {
             data.to_vec()
         };
@@ -393,11 +410,8 @@ impl SecureSession {
         if !resp.sw.is_normal_or_warning() {
             return Ok(Response::status(resp.sw));
         }
-        let mut data = if self.level.r_enc() && !resp.data.is_empty() {
-            let mut padded = pad80(&resp.data);
-            let icv = self.icv(true);
-            self.s_enc.cbc_encrypt(&icv, &mut padded);
-            padded
+        let mut data = if self.level.r_enc() {
+            self.encrypt(&resp.data, true)
         } else {
             resp.data.clone()
         };
@@ -431,17 +445,8 @@ impl SecureSession {
         if !bool::from(full[..s].ct_eq(mac)) {
             return self.fail(Scp03Error::ResponseMacMismatch);
         }
-        let plain = if self.level.r_enc() && !data.is_empty() {
-            if data.len() % 16 != 0 {
-                return self.fail(Scp03Error::Padding);
-            }
-            let mut buf = data.to_vec();
-            let icv = self.icv(true);
-            self.s_enc.cbc_decrypt(&icv, &mut buf);
-            match unpad80(&buf) {
-                Some(p) => p.to_vec(),
-                None => return self.fail(Scp03Error::Padding),
-            }
+        let plain = if self.level.r_enc() {
+            self.decrypt(data, true)?
         } else {
             data.to_vec()
         };
