@@ -1,6 +1,8 @@
 //! The applet seam: what an applet implements and what the runtime hands it.
 
+use crate::registry::RegistryEntry;
 use crate::rng::CardRng;
+use crate::store::{Store, StoreError};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 
@@ -23,6 +25,12 @@ impl Aid {
         }
     }
 
+    /// An AID from hex text.
+    pub fn from_hex(text: &str) -> Result<Self, AidLengthError> {
+        let bytes = hex::decode(text).map_err(|_| AidLengthError(0))?;
+        Self::new(&bytes)
+    }
+
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -40,52 +48,74 @@ impl core::fmt::Debug for Aid {
     }
 }
 
-/// GlobalPlatform application life-cycle states (Card Specification 5.3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum AppLifeCycle {
-    /// Installed, not yet selectable.
-    Installed = 0x03,
-    /// Selectable.
-    Selectable = 0x07,
-    /// Personalized (security domains and applets after perso).
-    Personalized = 0x0F,
+impl core::fmt::Display for Aid {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", card_wire::hex_upper(&self.0))
+    }
 }
 
-/// What the runtime knows of one installed applet, as GET STATUS reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryEntry {
-    /// The instance AID.
-    pub aid: Aid,
-    /// Life-cycle state byte.
-    pub life_cycle: u8,
-    /// Privileges (3 bytes).
-    pub privileges: [u8; 3],
-    /// Whether this entry is the issuer security domain.
-    pub is_isd: bool,
+/// A persistent write failed: power lost (tearing) or memory full. Applets turn it into a
+/// status word with `?`; the runtime notices a power loss on its own.
+impl From<StoreError> for StatusWord {
+    fn from(e: StoreError) -> StatusWord {
+        match e {
+            StoreError::Torn => StatusWord::MEMORY_FAILURE,
+            StoreError::Full { .. } => StatusWord::NOT_ENOUGH_MEMORY,
+        }
+    }
+}
+
+/// Access from one applet to the others (a security domain forwarding STORE DATA to the
+/// applet it personalises).
+pub trait OtherApplets {
+    /// Hands a personalisation command to the applet `aid`.
+    fn personalize(
+        &mut self,
+        aid: &Aid,
+        cmd: &Command,
+        channel: u8,
+        rng: &mut CardRng,
+        store: &mut Store,
+        registry: &[RegistryEntry],
+    ) -> Result<Response, StatusWord>;
 }
 
 /// What the runtime passes to an applet with each call.
 pub struct AppletContext<'a> {
     /// The logical channel of the command.
     pub channel: u8,
+    /// The applet's own AID.
+    pub aid: &'a Aid,
     /// The card's random source.
     pub rng: &'a mut CardRng,
-    /// Every installed applet (for security domains).
+    /// Persistent memory (the applet's own data lives under `registry::data_prefix(aid)`).
+    pub store: &'a mut Store,
+    /// Every installed instance, as of the start of this command.
     pub registry: &'a [RegistryEntry],
+    /// The other applets.
+    pub others: &'a mut dyn OtherApplets,
+}
+
+impl AppletContext<'_> {
+    /// This applet's registry entry.
+    pub fn me(&self) -> Option<&RegistryEntry> {
+        self.registry.iter().find(|e| &e.aid == self.aid)
+    }
 }
 
 /// An applet, in the Java Card sense: selected by AID, then fed commands.
 ///
 /// The dispatcher owns SELECT routing, logical channels, command chaining and GET RESPONSE;
 /// an applet sees whole commands and returns whole responses, or a status word as its error.
+/// Persistent state goes through `ctx.store` (so it survives power loss and card images);
+/// fields of the applet value are transient and cleared by [`Applet::reset`].
 pub trait Applet: Send {
     /// Called when the applet becomes selected on a channel; returns the FCI data for the
     /// SELECT response. An error leaves no applet selected on that channel.
     fn select(&mut self, ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, StatusWord>;
 
     /// Called before another applet is selected on the channel, or when the channel closes.
-    fn deselect(&mut self, _ctx: &mut AppletContext<'_>) {}
+    fn deselect(&mut self, _channel: u8) {}
 
     /// Processes one command (after chaining is resolved).
     fn process(
@@ -94,11 +124,26 @@ pub trait Applet: Send {
         ctx: &mut AppletContext<'_>,
     ) -> Result<Response, StatusWord>;
 
+    /// STORE DATA forwarded by the applet's security domain after INSTALL [for
+    /// personalization], already unwrapped from the secure channel.
+    fn personalize(
+        &mut self,
+        _command: &Command,
+        _ctx: &mut AppletContext<'_>,
+    ) -> Result<Response, StatusWord> {
+        Err(StatusWord::CONDITIONS_NOT_SATISFIED)
+    }
+
     /// Power loss or reset: clear everything transient (sessions, PIN-validated flags).
     fn reset(&mut self) {}
 
     /// Whether the applet accepts extended-length commands (Java Card `ExtendedLength`).
     fn extended_length(&self) -> bool {
+        false
+    }
+
+    /// Whether several logical channels may select it at once (`MultiSelectable`).
+    fn multi_selectable(&self) -> bool {
         false
     }
 

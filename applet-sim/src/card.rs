@@ -1,12 +1,37 @@
-//! A simulated card: power state, answer to reset and the runtime, behind the transport seam.
+//! A simulated card: persistent memory, power state, answer to reset and the runtime, behind
+//! the transport seam.
 
-use crate::applet::{Aid, AppLifeCycle, RegistryEntry};
-use crate::echo::{ECHO_AID, EchoApplet};
+use crate::applet::Aid;
+use crate::echo::{ECHO_AID, ECHO_PACKAGE};
+use crate::registry::{self, LoadFile, RegistryEntry, app_state};
 use crate::rng::CardRng;
 use crate::runtime::Runtime;
-use crate::security_domain::{DEFAULT_AUTH_LIMIT, DEFAULT_ISD_AID, SdConfig, SecurityDomain};
+use crate::security_domain::{
+    CardSetup, DEFAULT_AUTH_LIMIT, DEFAULT_ISD_AID, ISD_PRIVILEGES, put_keys,
+};
+use crate::store::{DEFAULT_BUDGET, ImageError, Store, StoreError};
 use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
+use std::path::Path;
+
+/// How the issuer security domain of a new card is set up.
+#[derive(Debug, Clone)]
+pub struct SdConfig {
+    /// The ISD's AID.
+    pub aid: Aid,
+    /// SCP03 key sets.
+    pub keys: Vec<StaticKeys>,
+    /// The SCP03 `i` parameter the card announces.
+    pub i: IParam,
+    /// Key diversification data reported in INITIALIZE UPDATE.
+    pub kdd: [u8; 10],
+    /// Card image number (GET DATA `45`).
+    pub cin: Vec<u8>,
+    /// Issuer identification number (GET DATA `42`).
+    pub iin: Vec<u8>,
+    /// Consecutive failed authentications before the ISD locks its keys.
+    pub auth_limit: u32,
+}
 
 /// How a simulated card is built.
 #[derive(Debug, Clone)]
@@ -17,16 +42,24 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// Whether the card accepts extended-length APDUs.
     pub extended_length: bool,
-    /// Whether to install the echo test applet.
+    /// Whether to install the echo test applet (its load file is always present).
     pub echo_applet: bool,
+    /// Persistent memory in bytes.
+    pub memory: usize,
 }
 
 /// KVN of the simulator's default SCP03 key set.
 pub const DEFAULT_KVN: u8 = 0x30;
 
+/// The GP supplementary security domain package and module AIDs.
+pub const SSD_PACKAGE: [u8; 7] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50];
+/// The SSD module (class `gp.sd`).
+pub const SSD_MODULE: [u8; 8] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41];
+
 impl Default for SimConfig {
     /// A GP card with the default test keys (`40..4F`, KVN 30, AES-128), SCP03 `i = 70`
-    /// (S8, pseudo-random challenge, R-MAC and R-ENC), extended length and the echo applet.
+    /// (S8, pseudo-random challenge, R-MAC and R-ENC), extended length, 256 KiB of persistent
+    /// memory and the echo applet.
     fn default() -> Self {
         SimConfig {
             isd: SdConfig {
@@ -41,6 +74,7 @@ impl Default for SimConfig {
             seed: None,
             extended_length: true,
             echo_applet: true,
+            memory: DEFAULT_BUDGET,
         }
     }
 }
@@ -62,6 +96,66 @@ impl SimConfig {
     pub fn seeded(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
+    }
+
+    /// The persistent memory of a card made with this configuration ("manufacturing").
+    pub fn manufacture(&self) -> Result<Store, StoreError> {
+        let mut s = Store::new(self.memory);
+        CardSetup {
+            i: self.isd.i,
+            kdd: self.isd.kdd,
+            cin: self.isd.cin.clone(),
+            iin: self.isd.iin.clone(),
+            auth_limit: self.isd.auth_limit,
+        }
+        .write(&mut s)?;
+        registry::put_entry(
+            &mut s,
+            &RegistryEntry {
+                aid: self.isd.aid.clone(),
+                class: crate::classes::ISD.into(),
+                life_cycle: app_state::PERSONALIZED,
+                privileges: ISD_PRIVILEGES,
+                sd: None,
+                elf: None,
+                params: Vec::new(),
+            },
+        )?;
+        for k in &self.isd.keys {
+            put_keys(&mut s, &self.isd.aid, k)?;
+        }
+        let aid = |b: &[u8]| Aid::new(b).unwrap_or_else(|_| unreachable!());
+        registry::put_load_file(
+            &mut s,
+            &LoadFile {
+                aid: aid(&SSD_PACKAGE),
+                sd: self.isd.aid.clone(),
+                modules: vec![(aid(&SSD_MODULE), crate::classes::SD.into())],
+            },
+        )?;
+        registry::put_load_file(
+            &mut s,
+            &LoadFile {
+                aid: aid(&ECHO_PACKAGE),
+                sd: self.isd.aid.clone(),
+                modules: vec![(aid(&ECHO_AID), crate::classes::ECHO.into())],
+            },
+        )?;
+        if self.echo_applet {
+            registry::put_entry(
+                &mut s,
+                &RegistryEntry {
+                    aid: aid(&ECHO_AID),
+                    class: crate::classes::ECHO.into(),
+                    life_cycle: app_state::SELECTABLE,
+                    privileges: [0, 0, 0],
+                    sd: Some(self.isd.aid.clone()),
+                    elf: Some(aid(&ECHO_PACKAGE)),
+                    params: Vec::new(),
+                },
+            )?;
+        }
+        Ok(s)
     }
 }
 
@@ -85,31 +179,35 @@ pub struct SimCard {
 impl SimCard {
     /// Builds a card from a configuration; it starts powered off.
     pub fn new(config: SimConfig) -> Self {
-        let rng = match config.seed {
+        // The default memory budget always holds the manufacturing data.
+        let store = config
+            .manufacture()
+            .unwrap_or_else(|e| panic!("card memory too small for its own setup: {e}"));
+        Self::from_store(store, config.seed, config.extended_length)
+    }
+
+    /// A card whose persistent memory is `store` (from an image, or a test).
+    pub fn from_store(store: Store, seed: Option<u64>, extended_length: bool) -> Self {
+        let rng = match seed {
             Some(s) => CardRng::seeded(s),
             None => CardRng::Os,
         };
-        let mut runtime = Runtime::new(rng, config.extended_length);
-        let isd = SecurityDomain::new(config.isd);
-        runtime.install(isd.registry_entry(), Box::new(isd), true);
-        if config.echo_applet {
-            runtime.install(
-                RegistryEntry {
-                    aid: Aid::new(&ECHO_AID).unwrap_or_else(|_| unreachable!()),
-                    life_cycle: AppLifeCycle::Selectable as u8,
-                    privileges: [0, 0, 0],
-                    is_isd: false,
-                },
-                Box::new(EchoApplet),
-                false,
-            );
-        }
         SimCard {
-            runtime,
+            runtime: Runtime::new(store, rng, extended_length),
             powered: false,
             atr: default_atr(),
-            extended_length: config.extended_length,
+            extended_length,
         }
+    }
+
+    /// Loads a card from an image file.
+    pub fn from_image(path: &Path, seed: Option<u64>) -> Result<Self, ImageError> {
+        Ok(Self::from_store(Store::load(path)?, seed, true))
+    }
+
+    /// Saves the card's persistent memory to an image file, atomically.
+    pub fn save_image(&self, path: &Path) -> Result<(), ImageError> {
+        self.runtime.store().save(path)
     }
 
     /// Builds and powers on a card.
@@ -119,7 +217,8 @@ impl SimCard {
         card
     }
 
-    /// Cold reset: power on, clear transient state, select the default applet.
+    /// Cold reset: power on; an interrupted transaction rolls back, transient state is
+    /// cleared, the default applet is selected.
     pub fn power_on(&mut self) -> Vec<u8> {
         self.runtime.reset();
         self.powered = true;
@@ -129,7 +228,6 @@ impl SimCard {
     /// Cuts power; transient state is lost.
     pub fn power_off(&mut self) {
         self.powered = false;
-        self.runtime.reset();
     }
 
     /// Whether the card is powered.
@@ -141,6 +239,16 @@ impl SimCard {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
+
+    /// Persistent memory.
+    pub fn store(&self) -> &Store {
+        self.runtime.store()
+    }
+
+    /// Cuts power at the `n`th persistent write from now (tearing injection).
+    pub fn tear_at(&mut self, n: u64) {
+        self.runtime.store_mut().tear_at(n);
+    }
 }
 
 impl Transport for SimCard {
@@ -148,7 +256,13 @@ impl Transport for SimCard {
         if !self.powered {
             return Err(TransportError::Unpowered);
         }
-        Ok(self.runtime.process(command))
+        match self.runtime.process(command) {
+            Some(r) => Ok(r),
+            None => {
+                self.powered = false;
+                Err(TransportError::Mute)
+            }
+        }
     }
 
     fn reset(&mut self, _kind: ResetKind) -> Result<Vec<u8>, TransportError> {

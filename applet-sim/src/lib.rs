@@ -7,9 +7,11 @@
 //! A [`SimCard`] adds power state and an ATR and implements the host's transport seam
 //! ([`card_wire::Transport`]), so the host talks to it exactly as to a PC/SC reader.
 //!
-//! The issuer security domain ([`SecurityDomain`]) runs the card half of SCP03 from
-//! `card-wire`. Persistent memory with transactions and tearing, card images, the full
-//! GlobalPlatform card manager and the vpcd bridge grow on this seam.
+//! Persistent memory ([`Store`]) has Java Card transaction semantics, tearing injection (cut
+//! power at the Nth persistent write) and versioned card images; the GlobalPlatform registry
+//! lives in it, so an image restores the whole card. Security domains ([`SecurityDomain`]) run
+//! the card half of SCP03 from `card-wire` and the GP card manager (INSTALL, LOAD, DELETE,
+//! PUT KEY, SET STATUS, STORE DATA, GET STATUS). [`vpcd`] serves cards to a real pcscd.
 //!
 //! ```
 //! use applet_sim::{SimCard, SimConfig};
@@ -24,13 +26,18 @@
 
 pub mod applet;
 pub mod card;
+pub mod classes;
 pub mod echo;
+pub mod registry;
 pub mod rng;
 pub mod runtime;
 pub mod security_domain;
+pub mod store;
 pub mod vpcd;
 
-pub use applet::{Aid, Applet, AppletContext, RegistryEntry};
-pub use card::{SimCard, SimConfig};
+pub use applet::{Aid, Applet, AppletContext};
+pub use card::{SdConfig, SimCard, SimConfig};
+pub use registry::RegistryEntry;
 pub use runtime::Runtime;
-pub use security_domain::{SdConfig, SecurityDomain};
+pub use security_domain::SecurityDomain;
+pub use store::Store;

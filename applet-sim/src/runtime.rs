@@ -1,11 +1,16 @@
 //! The card runtime: parses APDUs, routes SELECT by AID, keeps one selected applet per
 //! logical channel (0–19), handles MANAGE CHANNEL, command chaining and GET RESPONSE, so that
-//! applets only ever see whole commands.
+//! applets only ever see whole commands. It instantiates applets from the registry kept in
+//! persistent memory, aborts transactions an applet left open, and goes mute when power is
+//! lost in the middle of a persistent write (tearing).
 
-use crate::applet::{Applet, AppletContext, RegistryEntry};
+use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
+use crate::registry::{self, RegistryEntry, card_state};
 use crate::rng::CardRng;
+use crate::store::Store;
 use card_wire::apdu::{ApduError, Class, Command, Response};
 use card_wire::sw::StatusWord;
+use std::collections::BTreeMap;
 
 /// Number of logical channels (0–19).
 pub const CHANNELS: usize = 20;
@@ -13,51 +18,83 @@ pub const CHANNELS: usize = 20;
 /// `6999`: applet selection failed / no applet selected (Java Card's SW_APPLET_SELECT_FAILED).
 pub const SW_NO_APPLET: StatusWord = StatusWord(0x6999);
 
-/// An [`AppletContext`] from disjoint fields of the runtime, so applets can be borrowed
-/// mutably next to it.
-macro_rules! ctx {
-    ($self:ident, $ch:expr) => {
-        AppletContext {
-            channel: $ch as u8,
-            rng: &mut $self.rng,
-            registry: &$self.registry,
-        }
-    };
-}
-
-struct Installed {
-    entry: RegistryEntry,
-    applet: Box<dyn Applet>,
-}
+type Instances = BTreeMap<Aid, Box<dyn Applet>>;
 
 #[derive(Default)]
 struct ChannelState {
     open: bool,
-    selected: Option<usize>,
+    selected: Option<Aid>,
     pending: Vec<u8>,
     pending_sw: Option<StatusWord>,
     chain: Option<Command>,
 }
 
+/// Personalisation forwarding between applets (no further nesting).
+struct Others<'m>(&'m mut Instances);
+
+struct NoOthers;
+
+impl OtherApplets for NoOthers {
+    fn personalize(
+        &mut self,
+        _: &Aid,
+        _: &Command,
+        _: u8,
+        _: &mut CardRng,
+        _: &mut Store,
+        _: &[RegistryEntry],
+    ) -> Result<Response, StatusWord> {
+        Err(StatusWord::CONDITIONS_NOT_SATISFIED)
+    }
+}
+
+impl OtherApplets for Others<'_> {
+    fn personalize(
+        &mut self,
+        aid: &Aid,
+        cmd: &Command,
+        channel: u8,
+        rng: &mut CardRng,
+        store: &mut Store,
+        registry: &[RegistryEntry],
+    ) -> Result<Response, StatusWord> {
+        let applet = self
+            .0
+            .get_mut(aid)
+            .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+        let mut ctx = AppletContext {
+            channel,
+            aid,
+            rng,
+            store,
+            registry,
+            others: &mut NoOthers,
+        };
+        applet.personalize(cmd, &mut ctx)
+    }
+}
+
 /// The applets of a card and the per-channel state that routes commands to them.
 pub struct Runtime {
-    applets: Vec<Installed>,
+    store: Store,
+    instances: Instances,
     registry: Vec<RegistryEntry>,
+    synced: Option<u64>,
     channels: Vec<ChannelState>,
-    default_applet: Option<usize>,
     rng: CardRng,
     extended_length: bool,
 }
 
 impl Runtime {
-    /// An empty runtime with a random source; `extended_length` says whether the card accepts
-    /// extended APDUs at all.
-    pub fn new(rng: CardRng, extended_length: bool) -> Self {
+    /// A runtime over a card's persistent memory; `extended_length` says whether the card
+    /// accepts extended APDUs at all.
+    pub fn new(store: Store, rng: CardRng, extended_length: bool) -> Self {
         let mut rt = Runtime {
-            applets: Vec::new(),
+            store,
+            instances: BTreeMap::new(),
             registry: Vec::new(),
+            synced: None,
             channels: (0..CHANNELS).map(|_| ChannelState::default()).collect(),
-            default_applet: None,
             rng,
             extended_length,
         };
@@ -65,25 +102,88 @@ impl Runtime {
         rt
     }
 
-    /// Installs an applet; the first one marked `default` is selected on channel 0 at reset.
-    pub fn install(&mut self, entry: RegistryEntry, applet: Box<dyn Applet>, default: bool) {
-        self.registry.push(entry.clone());
-        self.applets.push(Installed { entry, applet });
-        if default && self.default_applet.is_none() {
-            self.default_applet = Some(self.applets.len() - 1);
-        }
+    /// Persistent memory.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// The registry as GET STATUS sees it.
+    /// Persistent memory, mutably (tests inject tearing here).
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// The registry as of the last command.
     pub fn registry(&self) -> &[RegistryEntry] {
         &self.registry
     }
 
-    /// Power-on or reset: every channel but 0 closed, transient state cleared, the default
-    /// applet selected on channel 0.
+    /// Brings the instances in line with the registry in persistent memory.
+    fn sync(&mut self) {
+        if self.synced == Some(self.store.generation()) {
+            return;
+        }
+        self.registry = registry::entries(&self.store);
+        let live: Vec<Aid> = self.registry.iter().map(|e| e.aid.clone()).collect();
+        self.instances.retain(|aid, _| live.contains(aid));
+        for e in &self.registry {
+            if !self.instances.contains_key(&e.aid)
+                && let Some(a) = crate::classes::instantiate(&e.class, &e.aid)
+            {
+                self.instances.insert(e.aid.clone(), a);
+            }
+        }
+        for ch in &mut self.channels {
+            if ch
+                .selected
+                .as_ref()
+                .is_some_and(|a| !self.instances.contains_key(a))
+            {
+                ch.selected = None;
+            }
+        }
+        self.synced = Some(self.store.generation());
+    }
+
+    fn default_applet(&self) -> Option<Aid> {
+        let by_priv = self.registry.iter().find(|e| {
+            e.has_privilege(0, registry::privilege::CARD_RESET) && !e.is_isd() && e.selectable()
+        });
+        by_priv
+            .or_else(|| self.registry.iter().find(|e| e.is_isd()))
+            .map(|e| e.aid.clone())
+    }
+
+    /// Calls `f` on applet `aid` with a context; the applet is taken out of the map meanwhile
+    /// so it can reach the others.
+    fn with_applet<T>(
+        &mut self,
+        aid: &Aid,
+        channel: usize,
+        f: impl FnOnce(&mut dyn Applet, &mut AppletContext<'_>) -> T,
+    ) -> Option<T> {
+        let mut applet = self.instances.remove(aid)?;
+        let mut others = Others(&mut self.instances);
+        let mut ctx = AppletContext {
+            channel: channel as u8,
+            aid,
+            rng: &mut self.rng,
+            store: &mut self.store,
+            registry: &self.registry,
+            others: &mut others,
+        };
+        let out = f(applet.as_mut(), &mut ctx);
+        self.instances.insert(aid.clone(), applet);
+        Some(out)
+    }
+
+    /// Power-on or reset: an interrupted transaction rolls back, every channel but 0 closes,
+    /// transient state is cleared and the default applet is selected on channel 0.
     pub fn reset(&mut self) {
-        for a in &mut self.applets {
-            a.applet.reset();
+        self.store.power_up();
+        self.synced = None;
+        self.sync();
+        for a in self.instances.values_mut() {
+            a.reset();
         }
         for (i, ch) in self.channels.iter_mut().enumerate() {
             *ch = ChannelState {
@@ -91,17 +191,29 @@ impl Runtime {
                 ..ChannelState::default()
             };
         }
-        if let Some(d) = self.default_applet {
-            let mut ctx = ctx!(self, 0);
-            if self.applets[d].applet.select(&mut ctx).is_ok() {
-                self.channels[0].selected = Some(d);
-            }
+        if let Some(d) = self.default_applet()
+            && let Some(Ok(_)) = self.with_applet(&d, 0, |a, ctx| a.select(ctx))
+        {
+            self.channels[0].selected = Some(d);
         }
     }
 
-    /// Processes one raw command APDU and returns the raw response.
-    pub fn process(&mut self, raw: &[u8]) -> Vec<u8> {
-        self.process_response(raw).to_bytes()
+    /// Processes one raw command APDU. `None` means the card went mute: power was lost in
+    /// the middle of a persistent write.
+    pub fn process(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        if self.store.is_torn() {
+            return None;
+        }
+        self.sync();
+        let resp = self.process_response(raw);
+        if self.store.in_transaction() {
+            // Java Card aborts a transaction still open when the command ends.
+            self.store.abort();
+        }
+        if self.store.is_torn() {
+            return None;
+        }
+        Some(resp.to_bytes())
     }
 
     fn process_response(&mut self, raw: &[u8]) -> Response {
@@ -121,7 +233,7 @@ impl Runtime {
         let ch = ch as usize;
         if !self.channels[ch].open {
             // SELECT on a closed channel opens it (ISO 7816-4 §5.4.2); everything else fails.
-            if Self::is_applet_select(&cmd) && ch < CHANNELS {
+            if Self::is_applet_select(&cmd) {
                 self.channels[ch].open = true;
             } else {
                 return Response::status(StatusWord::LOGICAL_CHANNEL_NOT_SUPPORTED);
@@ -232,76 +344,103 @@ impl Runtime {
         Response::new(data, Self::more(state.pending.len()))
     }
 
+    fn selectable(&self, e: &RegistryEntry) -> bool {
+        match registry::card_life_cycle(&self.store) {
+            card_state::CARD_LOCKED | card_state::TERMINATED => e.is_isd(),
+            _ => e.selectable() || e.is_isd(),
+        }
+    }
+
     fn select(&mut self, ch: usize, cmd: &Command) -> Response {
         let aid = cmd.data();
         let next = cmd.p2() & 0x03 == 0x02;
         if cmd.p2() & 0x03 == 0x01 || cmd.p2() & 0x03 == 0x03 {
             return Response::status(StatusWord::INCORRECT_P1P2);
         }
-        let current = self.channels[ch].selected;
-        let candidates: Vec<usize> = if aid.is_empty() {
-            self.default_applet.into_iter().collect()
+        let current = self.channels[ch].selected.clone();
+        let candidates: Vec<Aid> = if aid.is_empty() {
+            self.default_applet().into_iter().collect()
         } else {
-            (0..self.applets.len())
-                .filter(|i| self.applets[*i].entry.aid.matches(aid))
+            self.registry
+                .iter()
+                .filter(|e| e.aid.matches(aid) && self.selectable(e))
+                .map(|e| e.aid.clone())
                 .collect()
         };
         let target = if next {
-            match current.and_then(|c| candidates.iter().position(|i| *i == c)) {
-                Some(pos) => candidates.get(pos + 1).copied(),
-                None => candidates.first().copied(),
+            match current
+                .as_ref()
+                .and_then(|c| candidates.iter().position(|i| i == c))
+            {
+                Some(pos) => candidates.get(pos + 1).cloned(),
+                None => candidates.first().cloned(),
             }
         } else {
-            candidates.first().copied()
+            candidates.first().cloned()
         };
         let Some(target) = target else {
-            // Not an installed AID: the current applet stays selected; it may implement ISO
-            // file selection itself.
-            if let Some(c) = current
-                && self.applets[c].applet.handles_file_select()
+            // Not an installed, selectable AID: the current applet stays selected; it may
+            // implement ISO file selection itself.
+            if let Some(c) = &current
+                && self
+                    .instances
+                    .get(c)
+                    .is_some_and(|a| a.handles_file_select())
             {
                 return self.dispatch(ch, cmd);
             }
             return Response::status(StatusWord::NOT_FOUND);
         };
-        if self.applets[target].entry.life_cycle < 0x07 {
+        if !self.instances.contains_key(&target) {
             return Response::status(StatusWord::NOT_FOUND);
         }
-        // The same applet on another channel needs multi-selection (not modelled: refuse).
+        // The same applet on another channel needs MultiSelectable.
         let elsewhere = self
             .channels
             .iter()
             .enumerate()
-            .any(|(i, c)| i != ch && c.open && c.selected == Some(target));
-        if elsewhere && !self.applets[target].entry.is_isd {
+            .any(|(i, c)| i != ch && c.open && c.selected.as_ref() == Some(&target));
+        if elsewhere
+            && !self
+                .instances
+                .get(&target)
+                .is_some_and(|a| a.multi_selectable())
+        {
             return Response::status(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
-        let mut ctx = ctx!(self, ch);
         // Java Card order: the old applet is deselected before the new one is selected.
-        if let Some(old) = current {
-            self.applets[old].applet.deselect(&mut ctx);
+        if let Some(old) = current
+            && let Some(a) = self.instances.get_mut(&old)
+        {
+            a.deselect(ch as u8);
         }
         self.channels[ch].selected = None;
-        match self.applets[target].applet.select(&mut ctx) {
-            Ok(fci) => {
+        match self.with_applet(&target, ch, |a, ctx| a.select(ctx)) {
+            Some(Ok(fci)) => {
                 self.channels[ch].selected = Some(target);
                 Response::success(fci)
             }
-            Err(sw) => Response::status(sw),
+            Some(Err(sw)) => Response::status(sw),
+            None => Response::status(StatusWord::NOT_FOUND),
         }
     }
 
     fn dispatch(&mut self, ch: usize, cmd: &Command) -> Response {
-        let Some(idx) = self.channels[ch].selected else {
+        let Some(aid) = self.channels[ch].selected.clone() else {
             return Response::status(SW_NO_APPLET);
         };
-        if cmd.is_extended() && !self.applets[idx].applet.extended_length() {
+        if cmd.is_extended()
+            && !self
+                .instances
+                .get(&aid)
+                .is_some_and(|a| a.extended_length())
+        {
             return Response::status(StatusWord::WRONG_LENGTH);
         }
-        let mut ctx = ctx!(self, ch);
-        match self.applets[idx].applet.process(cmd, &mut ctx) {
-            Ok(r) => r,
-            Err(sw) => Response::status(sw),
+        match self.with_applet(&aid, ch, |a, ctx| a.process(cmd, ctx)) {
+            Some(Ok(r)) => r,
+            Some(Err(sw)) => Response::status(sw),
+            None => Response::status(SW_NO_APPLET),
         }
     }
 
@@ -326,9 +465,10 @@ impl Runtime {
                 if n == 0 || n >= CHANNELS || !self.channels[n].open {
                     return Response::status(StatusWord::INCORRECT_P1P2);
                 }
-                if let Some(idx) = self.channels[n].selected {
-                    let mut ctx = ctx!(self, n);
-                    self.applets[idx].applet.deselect(&mut ctx);
+                if let Some(aid) = self.channels[n].selected.clone()
+                    && let Some(a) = self.instances.get_mut(&aid)
+                {
+                    a.deselect(n as u8);
                 }
                 self.channels[n] = ChannelState::default();
                 Response::status(StatusWord::SUCCESS)
@@ -344,22 +484,20 @@ impl Runtime {
             ..ChannelState::default()
         };
         let target = if from == 0 {
-            self.default_applet
+            self.default_applet()
         } else {
-            self.channels[from].selected
+            self.channels[from].selected.clone()
         };
         if let Some(t) = target {
-            let shared = self.applets[t].entry.is_isd;
             let busy = self
                 .channels
                 .iter()
                 .enumerate()
-                .any(|(i, c)| i != new && c.selected == Some(t));
-            if busy && !shared {
+                .any(|(i, c)| i != new && c.selected.as_ref() == Some(&t));
+            if busy && !self.instances.get(&t).is_some_and(|a| a.multi_selectable()) {
                 return;
             }
-            let mut ctx = ctx!(self, new);
-            if self.applets[t].applet.select(&mut ctx).is_ok() {
+            if let Some(Ok(_)) = self.with_applet(&t, new, |a, ctx| a.select(ctx)) {
                 self.channels[new].selected = Some(t);
             }
         }

@@ -56,6 +56,10 @@ pub enum TransportError {
          application again and re-open the secure channel"
     )]
     CardReset(String),
+    /// The card did not answer: power was lost in the middle of the command (a torn write on
+    /// a simulator, a pulled card on a reader). Power it up again and check its state.
+    #[error("the card went mute (power lost during the command): reset it and check its state")]
+    Mute,
     /// The card is not powered.
     #[error("the card is powered off; reset it first")]
     Unpowered,

@@ -70,7 +70,15 @@ fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
             .iter()
             .map(|e| e["aid"].as_str().unwrap())
             .collect();
-        assert_eq!(aids, ["A000000151000000", "F04B41474901"]);
+        assert_eq!(
+            aids,
+            [
+                "A000000151000000",
+                "F04B41474901",
+                "A0000001515350",
+                "F04B414749"
+            ]
+        );
         // On a real reader the published test keys come with a loud warning.
         assert!(String::from_utf8_lossy(&list.stderr).contains("WARNING"));
     }

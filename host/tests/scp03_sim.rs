@@ -57,10 +57,11 @@ fn every_level_mode_and_key_size_against_the_simulator() {
                 assert_eq!(isd[0].aid, sd.aid);
                 let apps = gp::get_status(&mut sc, StatusScope::Applications).unwrap();
                 assert_eq!(apps.len(), 1);
-                assert!(
+                assert_eq!(
                     gp::get_status(&mut sc, StatusScope::LoadFiles)
                         .unwrap()
-                        .is_empty()
+                        .len(),
+                    2
                 );
                 // No key bytes in the trace: static keys, nor session keys.
                 let text = trace.lines().join("\n");

@@ -1,0 +1,32 @@
+//! The applet classes this simulator provides. A Rust simulator cannot run CAP bytecode, so a
+//! load file names classes from this list (see `registry::LoadFile`); INSTALL instantiates
+//! them.
+
+use crate::applet::{Aid, Applet};
+use crate::echo::EchoApplet;
+use crate::security_domain::SecurityDomain;
+
+/// The issuer security domain.
+pub const ISD: &str = "gp.isd";
+/// A supplementary security domain.
+pub const SD: &str = "gp.sd";
+/// The echo test applet.
+pub const ECHO: &str = "kagi.echo";
+
+/// Every class name a load file may name.
+pub const KNOWN: &[&str] = &[ISD, SD, ECHO];
+
+/// Whether a class exists.
+pub fn known(class: &str) -> bool {
+    KNOWN.contains(&class)
+}
+
+/// A fresh (transient) instance of `class` for the instance `aid`.
+pub fn instantiate(class: &str, aid: &Aid) -> Option<Box<dyn Applet>> {
+    match class {
+        ISD => Some(Box::new(SecurityDomain::new(aid.clone(), true))),
+        SD => Some(Box::new(SecurityDomain::new(aid.clone(), false))),
+        ECHO => Some(Box::new(EchoApplet)),
+        _ => None,
+    }
+}
