@@ -363,3 +363,251 @@ mod tests {
         assert_eq!(r.scp, Some((3, 0x70)));
     }
 }
+
+/// Card content management under an open secure channel (GP Card Specification §11).
+pub mod manage {
+    use super::*;
+    use card_wire::scp03::StaticKeys;
+    use card_wire::scp03::crypto::AesKey;
+    use card_wire::scp03::putkey::put_key_block;
+
+    /// Largest data block per LOAD / STORE DATA command that still fits a short APDU after
+    /// SCP03 padding and an S16 MAC.
+    pub const BLOCK: usize = 200;
+
+    fn lv(out: &mut Vec<u8>, v: &[u8]) -> Result<()> {
+        match v.len() {
+            0..=0x7F => out.push(v.len() as u8),
+            0x80..=0xFF => out.extend_from_slice(&[0x81, v.len() as u8]),
+            n => {
+                return Err(Error::CommandTooLong(format!(
+                    "an INSTALL field of {n} bytes does not fit"
+                )));
+            }
+        }
+        out.extend_from_slice(v);
+        Ok(())
+    }
+
+    fn gp_command(ch: &mut impl ApduChannel, name: &'static str, cmd: Command) -> Result<Vec<u8>> {
+        expect_success(name, ch.transmit(&cmd)?)
+    }
+
+    /// The load file kagi's simulator accepts: `C4 ‖ len ‖ (4F package, A0 { 4F module,
+    /// 50 class }…)`. Real cards take a CAP file's load file data block instead.
+    pub fn sim_load_file(package: &[u8], modules: &[(Vec<u8>, String)]) -> Vec<u8> {
+        let mut lfdb = tlv::tlv(0x4F, package);
+        for (m, class) in modules {
+            let mut body = tlv::tlv(0x4F, m);
+            body.extend(tlv::tlv(0x50, class.as_bytes()));
+            lfdb.extend(tlv::tlv(0xA0, &body));
+        }
+        tlv::tlv(0xC4, &lfdb)
+    }
+
+    /// SHA-256 over the load file data block (the value of `C4`), as INSTALL [for load]
+    /// carries it.
+    pub fn load_file_hash(load_file: &[u8]) -> Result<Vec<u8>> {
+        use sha2::{Digest, Sha256};
+        let c4 = tlv::parse_single(load_file)?;
+        Ok(Sha256::digest(c4.value).to_vec())
+    }
+
+    /// INSTALL [for load] then LOAD in blocks. `sd` is the security domain the load file
+    /// goes to (`None`: the selected one).
+    pub fn load(
+        ch: &mut impl ApduChannel,
+        package: &[u8],
+        sd: Option<&[u8]>,
+        load_file: &[u8],
+        with_hash: bool,
+    ) -> Result<()> {
+        let hash = if with_hash {
+            load_file_hash(load_file)?
+        } else {
+            Vec::new()
+        };
+        let mut data = Vec::new();
+        lv(&mut data, package)?;
+        lv(&mut data, sd.unwrap_or_default())?;
+        lv(&mut data, &hash)?;
+        lv(&mut data, &[])?;
+        lv(&mut data, &[])?;
+        gp_command(
+            ch,
+            "INSTALL [for load]",
+            Command::new(0x80, 0xE6, 0x02, 0x00)
+                .with_data(data)?
+                .with_le(256)?,
+        )?;
+        let blocks: Vec<&[u8]> = load_file.chunks(BLOCK).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            let p1 = if i + 1 == blocks.len() { 0x80 } else { 0x00 };
+            let cmd = Command::new(0x80, 0xE8, p1, i as u8)
+                .with_data(b.to_vec())?
+                .with_le(256)?;
+            gp_command(ch, "LOAD", cmd)?;
+        }
+        Ok(())
+    }
+
+    /// What INSTALL [for install] creates.
+    #[derive(Debug, Clone, Default)]
+    pub struct InstallSpec {
+        /// Executable load file (package) AID.
+        pub package: Vec<u8>,
+        /// Module (applet class) AID.
+        pub module: Vec<u8>,
+        /// Instance AID.
+        pub instance: Vec<u8>,
+        /// Privileges (1 or 3 bytes).
+        pub privileges: Vec<u8>,
+        /// Install parameters; wrapped in `C9` unless they already start with `C9`.
+        pub params: Vec<u8>,
+        /// Also make it selectable.
+        pub selectable: bool,
+    }
+
+    /// INSTALL [for install (and make selectable)].
+    pub fn install(ch: &mut impl ApduChannel, spec: &InstallSpec) -> Result<()> {
+        let params = if spec.params.first() == Some(&0xC9) {
+            spec.params.clone()
+        } else {
+            tlv::tlv(0xC9, &spec.params)
+        };
+        let mut data = Vec::new();
+        lv(&mut data, &spec.package)?;
+        lv(&mut data, &spec.module)?;
+        lv(&mut data, &spec.instance)?;
+        lv(
+            &mut data,
+            if spec.privileges.is_empty() {
+                &[0]
+            } else {
+                &spec.privileges
+            },
+        )?;
+        lv(&mut data, &params)?;
+        lv(&mut data, &[])?;
+        let p1 = if spec.selectable { 0x0C } else { 0x04 };
+        gp_command(
+            ch,
+            "INSTALL [for install]",
+            Command::new(0x80, 0xE6, p1, 0x00)
+                .with_data(data)?
+                .with_le(256)?,
+        )?;
+        Ok(())
+    }
+
+    /// INSTALL [for make selectable].
+    pub fn make_selectable(ch: &mut impl ApduChannel, instance: &[u8]) -> Result<()> {
+        let mut data = vec![0, 0];
+        lv(&mut data, instance)?;
+        data.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
+        gp_command(
+            ch,
+            "INSTALL [for make selectable]",
+            Command::new(0x80, 0xE6, 0x08, 0x00)
+                .with_data(data)?
+                .with_le(256)?,
+        )?;
+        Ok(())
+    }
+
+    /// INSTALL [for personalization] of `instance`, then STORE DATA with each block (the
+    /// last with P1 bit `80`). `sensitive` keeps the blocks out of traces.
+    pub fn personalize(
+        ch: &mut impl ApduChannel,
+        instance: &[u8],
+        blocks: &[Vec<u8>],
+        sensitive: bool,
+    ) -> Result<()> {
+        let mut data = vec![0, 0];
+        lv(&mut data, instance)?;
+        data.extend_from_slice(&[0x00, 0x00, 0x00]);
+        gp_command(
+            ch,
+            "INSTALL [for personalization]",
+            Command::new(0x80, 0xE6, 0x20, 0x00)
+                .with_data(data)?
+                .with_le(256)?,
+        )?;
+        store_data(ch, blocks, sensitive)
+    }
+
+    /// STORE DATA blocks to the selected security domain (or the applet being personalised).
+    pub fn store_data(
+        ch: &mut impl ApduChannel,
+        blocks: &[Vec<u8>],
+        sensitive: bool,
+    ) -> Result<()> {
+        for (i, b) in blocks.iter().enumerate() {
+            let p1 = if i + 1 == blocks.len() { 0x80 } else { 0x00 };
+            let mut cmd = Command::new(0x80, 0xE2, p1, i as u8).with_data(b.clone())?;
+            if sensitive {
+                cmd = cmd.sensitive();
+            }
+            gp_command(ch, "STORE DATA", cmd)?;
+        }
+        Ok(())
+    }
+
+    /// DELETE an instance or a load file (`related`: with its instances).
+    pub fn delete(ch: &mut impl ApduChannel, aid: &[u8], related: bool) -> Result<()> {
+        let cmd = Command::new(0x80, 0xE4, 0x00, if related { 0x80 } else { 0x00 })
+            .with_data(tlv::tlv(0x4F, aid))?
+            .with_le(256)?;
+        gp_command(ch, "DELETE", cmd)?;
+        Ok(())
+    }
+
+    /// SET STATUS of the card (P1 `80`).
+    pub fn set_card_status(ch: &mut impl ApduChannel, state: u8) -> Result<()> {
+        gp_command(ch, "SET STATUS", Command::new(0x80, 0xF0, 0x80, state))?;
+        Ok(())
+    }
+
+    /// SET STATUS of an application or security domain (P1 `40`): `80` lock, `00` unlock, or
+    /// an application-specific state.
+    pub fn set_app_status(ch: &mut impl ApduChannel, aid: &[u8], state: u8) -> Result<()> {
+        gp_command(
+            ch,
+            "SET STATUS",
+            Command::new(0x80, 0xF0, 0x40, state).with_data(aid.to_vec())?,
+        )?;
+        Ok(())
+    }
+
+    /// PUT KEY of a whole AES key set, encrypted under `dek` (the static DEK of the open
+    /// session). `replace`: the KVN replaced, or `None` to add. The card's key check values
+    /// are verified; returns them.
+    pub fn put_key(
+        ch: &mut impl ApduChannel,
+        dek: &AesKey,
+        new: &StaticKeys,
+        replace: Option<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut pad = [0u8; 16];
+        getrandom::fill(&mut pad).map_err(|e| Error::Keys(format!("random padding: {e}")))?;
+        let mut data = vec![new.kvn];
+        let mut expected = vec![new.kvn];
+        for k in [new.enc(), new.mac(), new.dek()] {
+            data.extend(put_key_block(dek, k, &pad)?);
+            expected.extend_from_slice(&k.kcv());
+        }
+        let cmd = Command::new(0x80, 0xD8, replace.unwrap_or(0), 0x81)
+            .with_data(data)?
+            .with_le(256)?
+            .sensitive();
+        let answer = gp_command(ch, "PUT KEY", cmd)?;
+        if answer != expected {
+            return Err(Error::Protocol(format!(
+                "PUT KEY: the card answered key check values {} instead of {}",
+                hex::encode_upper(&answer),
+                hex::encode_upper(&expected)
+            )));
+        }
+        Ok(answer)
+    }
+}

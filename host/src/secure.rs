@@ -7,7 +7,7 @@ use crate::channel::{ApduChannel, CardChannel};
 use crate::error::{Error, Result};
 use card_wire::apdu::{Command, Response};
 use card_wire::scp03::{
-    HandshakeInfo, HostHandshake, HostOptions, Mode, Scp03Error, SecureSession, StaticKeys,
+    AesKey, HandshakeInfo, HostHandshake, HostOptions, Mode, Scp03Error, SecureSession, StaticKeys,
 };
 use card_wire::sw::StatusWord;
 use card_wire::transport::Transport;
@@ -17,6 +17,7 @@ pub struct SecureChannel<'c, T: Transport> {
     card: &'c mut CardChannel<T>,
     session: SecureSession,
     info: HandshakeInfo,
+    dek: Option<AesKey>,
 }
 
 impl<'c, T: Transport> SecureChannel<'c, T> {
@@ -28,8 +29,14 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         options: HostOptions,
         sd_aid: Option<&[u8]>,
     ) -> Result<Self> {
-        let hs = HostHandshake::random(keys, options.clone())?;
-        Self::open_with(card, hs, sd_aid, options.mode)
+        let hs = HostHandshake::random(keys.clone(), options.clone())?;
+        let mut sc = Self::open_with(card, hs, sd_aid, options.mode)?;
+        sc.dek = Some(
+            keys.diversify(options.diversification, &sc.info.init_update.kdd)
+                .dek()
+                .clone(),
+        );
+        Ok(sc)
     }
 
     /// Like [`SecureChannel::open`] with a given handshake (fixed host challenge).
@@ -60,6 +67,8 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
             card,
             session,
             info,
+            // Set by `open`; a handshake given from outside brings no DEK.
+            dek: None,
         })
     }
 
@@ -71,6 +80,14 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
     /// The session (level, mode, counter).
     pub fn session(&self) -> &SecureSession {
         &self.session
+    }
+
+    /// The static DEK of the key set the session was opened with (for PUT KEY and
+    /// encrypted STORE DATA).
+    pub fn dek(&self) -> Result<&AesKey> {
+        self.dek.as_ref().ok_or_else(|| {
+            Error::Keys("this session was opened from a bare handshake; its DEK is unknown".into())
+        })
     }
 
     /// The card channel underneath.
