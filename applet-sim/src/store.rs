@@ -381,8 +381,9 @@ impl Store {
         Ok(s)
     }
 
-    /// Writes the image atomically: a temporary file in the same directory, fsync, rename,
-    /// fsync of the directory. A crash leaves the old image or the new one.
+    /// Writes the image atomically: a temporary file in the same directory (mode 0600: it
+    /// holds keys), fsync, rename, fsync of the directory. A crash leaves the old image or the
+    /// new one.
     pub fn save(&self, path: &Path) -> Result<(), ImageError> {
         let io = |source| ImageError::Io {
             path: path.display().to_string(),
@@ -397,7 +398,12 @@ impl Store {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // Images hold the card's keys: readable by the owner only.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(io)?;
         f.write_all(&self.to_image()).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);

@@ -57,6 +57,11 @@ impl<T: Transport> CardChannel<T> {
         &self.transport
     }
 
+    /// Gives the transport back.
+    pub fn into_transport(self) -> T {
+        self.transport
+    }
+
     /// The transport, mutably.
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport

@@ -372,7 +372,15 @@ impl SecureSession {
             self.counter = self.counter.wrapping_add(1);
             return Ok(cmd.clone());
         }
-        if !cmd.class().has_secure_messaging() {
+        // Exactly GlobalPlatform's indication: `04` in the first coding, `20` in the further
+        // one. (The MAC covers the class with the indication normalised, so any other SM bits
+        // would go unnoticed otherwise.)
+        if cmd.class()
+            != cmd
+                .class()
+                .with_secure_messaging(false)
+                .with_secure_messaging(true)
+        {
             return self.fail(Scp03Error::MissingSecureMessaging);
         }
         let s = self.mode.len();

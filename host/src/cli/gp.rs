@@ -1,0 +1,534 @@
+//! `kagi gp …`: GlobalPlatform card management.
+
+use super::target::{AnyTransport, Target};
+use super::{Failure, parse_hex, print_json};
+use card_wire::scp03::{Diversification, HostOptions, Mode, SecurityLevel};
+use clap::{Args, Subcommand};
+use kagi::channel::CardChannel;
+use kagi::gp::manage::{self, InstallSpec};
+use kagi::gp::{self, StatusScope};
+use kagi::keys::{self, KeySource};
+use kagi::secure::SecureChannel;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum GpCmd {
+    /// What the security domain reports without authentication (FCI, card data, key
+    /// information, sequence counter, CPLC).
+    Info {
+        #[command(flatten)]
+        target: Target,
+        /// AID of the security domain (hex); default: the card's default or a well-known ISD.
+        #[arg(long)]
+        sd: Option<String>,
+    },
+    /// Open an SCP03 session and list the registry (ISD, applications, load files).
+    List {
+        #[command(flatten)]
+        session: Session,
+    },
+    /// Load an executable load file (INSTALL [for load] + LOAD). The simulator takes a kagi
+    /// load file naming the classes it provides: give --package and --module AID=CLASS.
+    Load {
+        #[command(flatten)]
+        session: Session,
+        /// Package (load file) AID.
+        #[arg(long)]
+        package: String,
+        /// A module: AID=CLASS (simulator classes: gp.sd, kagi.echo). Repeat for more.
+        #[arg(long = "module", required = true)]
+        modules: Vec<String>,
+        /// Associate the load file with this security domain (default: the selected one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Leave out the SHA-256 load file hash.
+        #[arg(long)]
+        no_hash: bool,
+    },
+    /// Install an application or security domain (INSTALL [for install and make selectable]).
+    Install {
+        #[command(flatten)]
+        session: Session,
+        /// Package (load file) AID.
+        #[arg(long)]
+        package: String,
+        /// Module (class) AID.
+        #[arg(long)]
+        module: String,
+        /// Instance AID (default: the module AID).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Privileges, 1 or 3 bytes hex (80 = security domain, 804000 = SD with Authorized
+        /// Management).
+        #[arg(long, default_value = "00")]
+        privileges: String,
+        /// Install parameters (hex; wrapped in C9 unless they start with C9).
+        #[arg(long, default_value = "")]
+        params: String,
+        /// Install only; make selectable later.
+        #[arg(long)]
+        not_selectable: bool,
+    },
+    /// Delete an application, security domain or load file.
+    Delete {
+        #[command(flatten)]
+        session: Session,
+        /// AID to delete.
+        aid: String,
+        /// Also delete the load file's instances.
+        #[arg(long)]
+        related: bool,
+    },
+    /// Add or replace a key set (PUT KEY). The new keys come from a key file, never argv.
+    PutKey {
+        #[command(flatten)]
+        session: Session,
+        /// Key file of the new key set (KEY= or ENC=/MAC=/DEK=, and KVN=).
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// Replace this key version (hex) instead of adding one.
+        #[arg(long, value_parser = parse_hex_byte)]
+        replace: Option<u8>,
+    },
+    /// Change a life cycle (SET STATUS).
+    SetStatus {
+        #[command(flatten)]
+        session: Session,
+        /// Card state: initialized, secured, locked, terminated.
+        #[arg(long, conflicts_with = "app")]
+        card: Option<String>,
+        /// Application or security domain AID.
+        #[arg(long, requires = "state")]
+        app: Option<String>,
+        /// For --app: lock, unlock, or a hex state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Send STORE DATA blocks, to the security domain or (with --app) to an application being
+    /// personalised.
+    StoreData {
+        #[command(flatten)]
+        session: Session,
+        /// Personalise this application (INSTALL [for personalization] first).
+        #[arg(long)]
+        app: Option<String>,
+        /// Data blocks (hex), one STORE DATA each.
+        #[arg(long = "data", conflicts_with = "data_file")]
+        data: Vec<String>,
+        /// Read the blocks from a file (one hex block per line), kept out of traces.
+        #[arg(long)]
+        data_file: Option<PathBuf>,
+    },
+}
+
+/// An SCP03 session to a security domain: card, domain, keys and level.
+#[derive(Args, Clone)]
+pub struct Session {
+    #[command(flatten)]
+    target: Target,
+    /// AID of the security domain (hex); default: the card's default or a well-known ISD.
+    #[arg(long)]
+    sd: Option<String>,
+    /// Key file (KEY=hex, or ENC/MAC/DEK=hex, optional KVN=hex). Also: KAGI_KEY* variables.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Key version number to ask for (hex; 00 = the card's choice).
+    #[arg(long, value_parser = parse_hex_byte, default_value = "00")]
+    kvn: u8,
+    /// Key diversification: none or kdf3.
+    #[arg(long, default_value = "none")]
+    kdf: Diversification,
+    /// Security level: mac, enc, rmac, enc+rmac, full, or hex 01/03/11/13/33.
+    #[arg(long, default_value = "full")]
+    level: SecurityLevel,
+    /// Use SCP03 S16 mode (16-byte challenges and MACs).
+    #[arg(long)]
+    s16: bool,
+    /// Allow the published GP test keys 40..4F (development cards only).
+    #[arg(long)]
+    test_keys: bool,
+}
+
+fn parse_hex_byte(s: &str) -> Result<u8, String> {
+    u8::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("'{s}' is not a hex byte"))
+}
+
+fn sd_aid(sd: &Option<String>) -> Result<Option<Vec<u8>>, Failure> {
+    Ok(match sd {
+        Some(s) => Some(parse_hex("security domain AID", s)?),
+        None => None,
+    })
+}
+
+type Secure<'c> = SecureChannel<'c, AnyTransport>;
+
+/// A SET STATUS to run inside a session.
+type StatusAction = dyn Fn(&mut Secure<'_>) -> kagi::Result<()>;
+
+impl Session {
+    /// Opens the card and an SCP03 session, runs `f`, saves a simulated card's image.
+    fn run<R>(
+        &self,
+        trace: bool,
+        f: impl FnOnce(&mut Secure<'_>, &gp::SelectedDomain, KeySource) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let target = &self.target;
+        let allow_test = self.test_keys || target.sim;
+        let (static_keys, source) = keys::resolve(self.key_file.as_deref(), self.kvn, allow_test)?;
+        if source == KeySource::TestKeys {
+            if target.sim {
+                eprintln!("note: using the GP test keys 40..4F of the simulator");
+            } else {
+                eprintln!(
+                    "WARNING: using the PUBLISHED GP test keys 40..4F. Only development cards use them;"
+                );
+                eprintln!(
+                    "WARNING: a production card will refuse them and may lock after a few failures."
+                );
+            }
+        }
+        let mut ch: CardChannel<AnyTransport> = target.open(trace)?;
+        let aid = sd_aid(&self.sd)?;
+        let domain = gp::select_domain(&mut ch, aid.as_deref())?;
+        let options = HostOptions {
+            kvn: self.kvn,
+            level: self.level,
+            mode: if self.s16 || target.sim_s16 {
+                Mode::S16
+            } else {
+                Mode::S8
+            },
+            diversification: self.kdf,
+            channel: 0,
+        };
+        let result = {
+            let mut sc = SecureChannel::open(&mut ch, static_keys, options, Some(&domain.aid))?;
+            f(&mut sc, &domain, source)?
+        };
+        target.finish(&ch)?;
+        Ok(result)
+    }
+}
+
+fn aid(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
+    let v = parse_hex(what, s)?;
+    if !(5..=16).contains(&v.len()) {
+        return Err(format!("{what} {s} must be 5 to 16 bytes").into());
+    }
+    Ok(v)
+}
+
+fn done(json_out: bool, what: &str, value: serde_json::Value) {
+    if json_out {
+        print_json(value);
+    } else {
+        println!("{what}");
+    }
+}
+
+fn info(target: &Target, sd: &Option<String>, trace: bool, json_out: bool) -> Result<(), Failure> {
+    let mut ch = target.open(trace)?;
+    let aid = sd_aid(sd)?;
+    let domain = gp::select_domain(&mut ch, aid.as_deref())?;
+    let card_data = gp::get_data(&mut ch, 0x0066)?;
+    let recognition = match &card_data {
+        Some(d) => Some(gp::parse_recognition(d)?),
+        None => domain.recognition.clone(),
+    };
+    let key_info = match gp::get_data(&mut ch, 0x00E0)? {
+        Some(d) => gp::parse_key_info(&d)?,
+        None => Vec::new(),
+    };
+    let seq =
+        gp::get_data(&mut ch, 0x00C1)?.map(|d| hex::encode_upper(d.get(2..).unwrap_or_default()));
+    let cplc =
+        gp::get_data(&mut ch, 0x9F7F)?.map(|d| hex::encode_upper(d.get(3..).unwrap_or_default()));
+    use card_wire::Transport;
+    let atr = ch.transport().atr().map(hex::encode_upper);
+    target.finish(&ch)?;
+    if json_out {
+        print_json(json!({
+            "atr": atr, "security_domain": domain, "card_recognition": recognition,
+            "keys": key_info, "sequence_counter": seq, "cplc": cplc,
+        }));
+        return Ok(());
+    }
+    println!("ATR                 {}", atr.unwrap_or_default());
+    println!("Security domain     {}", hex::encode_upper(&domain.aid));
+    if let Some(r) = &recognition {
+        println!(
+            "GlobalPlatform      {}",
+            r.gp_version.as_deref().unwrap_or("?")
+        );
+        if let Some((scp, i)) = r.scp {
+            println!("Secure channel      SCP{scp:02X} i={i:02X}");
+        }
+    }
+    if let Some(m) = domain.max_command_data {
+        println!("Max command data    {m}");
+    }
+    for k in key_info {
+        println!(
+            "Key                 KVN {:02X} ID {:02X} type {:02X} length {}",
+            k.version, k.id, k.key_type, k.length
+        );
+    }
+    if let Some(s) = seq {
+        println!("Sequence counter    {s}");
+    }
+    if let Some(c) = cplc {
+        println!("CPLC                {c}");
+    }
+    Ok(())
+}
+
+fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
+    session.run(trace, |sc, domain, source| {
+        let info = sc.info().clone();
+        let mut entries = Vec::new();
+        for scope in [StatusScope::IssuerDomain, StatusScope::Applications, StatusScope::LoadFiles] {
+            match gp::get_status(sc, scope) {
+                Ok(mut e) => entries.append(&mut e),
+                // A supplementary domain has no ISD entry to report.
+                Err(e) if e.status() == Some(card_wire::StatusWord::INCORRECT_P1P2) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let iu = &info.init_update;
+        if json_out {
+            print_json(json!({
+                "security_domain": hex::encode_upper(&domain.aid),
+                "session": {
+                    "kvn": format!("{:02X}", iu.kvn), "i": format!("{:02X}", iu.i.0),
+                    "mode": format!("{:?}", iu.i.mode()), "level": format!("{:02X}", info.level.byte()),
+                    "kdd": hex::encode_upper(iu.kdd),
+                    "sequence_counter": iu.sequence_counter.map(hex::encode_upper),
+                    "challenge_verified": info.challenge_verified, "keys": source.to_string(),
+                },
+                "registry": entries.iter().map(|e| json!({
+                    "scope": e.scope, "aid": hex::encode_upper(&e.aid),
+                    "life_cycle": e.life_cycle_name(), "privileges": hex::encode_upper(&e.privileges),
+                })).collect::<Vec<_>>(),
+            }));
+            return Ok(());
+        }
+        println!(
+            "SCP03 session to {}: KVN {:02X}, i={:02X} ({:?}), level {}, keys from {}",
+            hex::encode_upper(&domain.aid),
+            iu.kvn,
+            iu.i.0,
+            iu.i.mode(),
+            info.level,
+            source
+        );
+        println!(
+            "KDD {}{}",
+            hex::encode_upper(iu.kdd),
+            iu.sequence_counter
+                .map(|s| format!(", sequence counter {}", hex::encode_upper(s)))
+                .unwrap_or_default()
+        );
+        for e in entries {
+            let tag = match e.scope {
+                StatusScope::IssuerDomain => "ISD",
+                StatusScope::Applications if e.privileges.first().is_some_and(|p| p & 0x80 != 0) => "SSD",
+                StatusScope::Applications => "APP",
+                _ => "PKG",
+            };
+            println!(
+                "{tag}: {:<34} {:<13} privileges {}",
+                hex::encode_upper(&e.aid),
+                e.life_cycle_name(),
+                hex::encode_upper(&e.privileges)
+            );
+        }
+        Ok(())
+    })
+}
+
+fn card_state(s: &str) -> Result<u8, Failure> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "initialized" => 0x07,
+        "secured" => 0x0F,
+        "locked" | "card_locked" => 0x7F,
+        "terminated" => 0xFF,
+        other => {
+            return Err(format!(
+                "unknown card state '{other}': use initialized, secured, locked, terminated"
+            )
+            .into());
+        }
+    })
+}
+
+/// Runs a `kagi gp` command.
+pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
+    match cmd {
+        GpCmd::Info { target, sd } => info(target, sd, trace, json_out),
+        GpCmd::List { session } => list(session, trace, json_out),
+        GpCmd::Load {
+            session,
+            package,
+            modules,
+            to,
+            no_hash,
+        } => {
+            let package = aid("package AID", package)?;
+            let modules = modules
+                .iter()
+                .map(|m| {
+                    let (a, class) = m
+                        .split_once('=')
+                        .ok_or_else(|| format!("--module {m}: use AID=CLASS"))?;
+                    Ok((aid("module AID", a)?, class.to_string()))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let to = to
+                .as_deref()
+                .map(|t| aid("security domain AID", t))
+                .transpose()?;
+            let file = manage::sim_load_file(&package, &modules);
+            session.run(trace, |sc, _, _| {
+                Ok(manage::load(sc, &package, to.as_deref(), &file, !no_hash)?)
+            })?;
+            done(
+                json_out,
+                &format!("loaded {}", hex::encode_upper(&package)),
+                json!({"loaded": hex::encode_upper(&package)}),
+            );
+            Ok(())
+        }
+        GpCmd::Install {
+            session,
+            package,
+            module,
+            instance,
+            privileges,
+            params,
+            not_selectable,
+        } => {
+            let spec = InstallSpec {
+                package: aid("package AID", package)?,
+                module: aid("module AID", module)?,
+                instance: match instance {
+                    Some(i) => aid("instance AID", i)?,
+                    None => aid("module AID", module)?,
+                },
+                privileges: parse_hex("privileges", privileges)?,
+                params: parse_hex("install parameters", params)?,
+                selectable: !not_selectable,
+            };
+            session.run(trace, |sc, _, _| Ok(manage::install(sc, &spec)?))?;
+            let i = hex::encode_upper(&spec.instance);
+            done(json_out, &format!("installed {i}"), json!({"installed": i}));
+            Ok(())
+        }
+        GpCmd::Delete {
+            session,
+            aid: target,
+            related,
+        } => {
+            let a = aid("AID", target)?;
+            session.run(trace, |sc, _, _| Ok(manage::delete(sc, &a, *related)?))?;
+            done(
+                json_out,
+                &format!("deleted {}", hex::encode_upper(&a)),
+                json!({"deleted": hex::encode_upper(&a)}),
+            );
+            Ok(())
+        }
+        GpCmd::PutKey {
+            session,
+            new_key_file,
+            replace,
+        } => {
+            let new = keys::read_key_file(new_key_file, 0x01)?;
+            let kcvs = session.run(trace, |sc, _, _| {
+                let dek = sc.dek()?.clone();
+                Ok(manage::put_key(sc, &dek, &new, *replace)?)
+            })?;
+            let kcv = hex::encode_upper(kcvs.get(1..).unwrap_or_default());
+            done(
+                json_out,
+                &format!("key set {:02X} written, key check values {kcv}", new.kvn),
+                json!({"kvn": format!("{:02X}", new.kvn), "kcv": kcv}),
+            );
+            Ok(())
+        }
+        GpCmd::SetStatus {
+            session,
+            card,
+            app,
+            state,
+        } => {
+            let action: Box<StatusAction> = match (card, app) {
+                (Some(c), None) => {
+                    let s = card_state(c)?;
+                    Box::new(move |sc| manage::set_card_status(sc, s))
+                }
+                (None, Some(a)) => {
+                    let a = aid("application AID", a)?;
+                    let s = match state.as_deref().unwrap_or_default() {
+                        "lock" => 0x80,
+                        "unlock" => 0x00,
+                        h => u8::from_str_radix(h, 16)
+                            .map_err(|_| format!("state '{h}': use lock, unlock or a hex byte"))?,
+                    };
+                    Box::new(move |sc| manage::set_app_status(sc, &a, s))
+                }
+                _ => return Err("give --card STATE or --app AID --state STATE".into()),
+            };
+            session.run(trace, |sc, _, _| Ok(action(sc)?))?;
+            done(json_out, "status set", json!({"status": "set"}));
+            Ok(())
+        }
+        GpCmd::StoreData {
+            session,
+            app,
+            data,
+            data_file,
+        } => {
+            let (blocks, sensitive) = match data_file {
+                Some(p) => {
+                    let text = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                    );
+                    let blocks = text
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| parse_hex("data block", l))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (blocks, true)
+                }
+                None => (
+                    data.iter()
+                        .map(|d| parse_hex("data block", d))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    false,
+                ),
+            };
+            if blocks.is_empty() {
+                return Err("no data: give --data HEX (repeatable) or --data-file FILE".into());
+            }
+            let app = app
+                .as_deref()
+                .map(|a| aid("application AID", a))
+                .transpose()?;
+            session.run(trace, |sc, _, _| {
+                match &app {
+                    Some(a) => manage::personalize(sc, a, &blocks, sensitive)?,
+                    None => manage::store_data(sc, &blocks, sensitive)?,
+                }
+                Ok(())
+            })?;
+            done(
+                json_out,
+                &format!("{} block(s) stored", blocks.len()),
+                json!({"blocks": blocks.len()}),
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Command-line interface: argument parsing and output. Keys and PINs never come from argv.
+
+mod gp;
+mod target;
+
+use applet_sim::{SimCard, SimConfig};
+use card_wire::apdu::Command;
+use clap::{Parser, Subcommand};
+use kagi::channel::ApduChannel;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+pub use target::Target;
+
+/// Version of the `--json` output format. Additions keep it; changes bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Any error, shown as `error: …`.
+pub type Failure = Box<dyn std::error::Error>;
+
+#[derive(Parser)]
+#[command(
+    name = "kagi",
+    version,
+    about = "kagi (鍵): smart-card and SIM toolchain — APDUs, GlobalPlatform SCP03, simulator",
+    long_about = "kagi talks to smart cards and SIMs through PC/SC readers or its in-process \
+simulator: ISO 7816-4 APDUs with chaining and GET RESPONSE, GlobalPlatform card management over \
+SCP03 secure channels, and a card simulator that real PC/SC programs reach through vpcd.\n\n\
+Keys are never taken from the command line: use --key-file or the KAGI_KEY* environment \
+variables. --trace prints the APDU dialogue on stderr with PINs and keys redacted. --json prints \
+machine-readable output carrying a schema_version.",
+    after_help = "Examples:\n  kagi gp list --sim --trace                      SCP03 session to a simulated card, list its content\n  kagi gp install --sim --sim-image card.img ...   change a simulated card kept in an image file\n  kagi sim serve --cards 2                        serve simulated cards to pcscd through vpcd\n  kagi readers                                    list PC/SC readers\n  kagi gp list --reader 0 --key-file keys.txt     a real card\n  kagi bench                                      measure SCP03 and simulator throughput"
+)]
+struct Cli {
+    /// Print the APDU dialogue on stderr (secrets redacted).
+    #[arg(long, global = true)]
+    trace: bool,
+    /// Machine-readable output (JSON with a schema_version).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List PC/SC readers and whether each holds a card.
+    Readers {
+        /// Wait until this reader (index or name substring) holds a card, then list.
+        #[arg(long)]
+        wait: Option<String>,
+        /// How long --wait may take, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Send raw APDUs (hex) and print the responses (61xx/6Cxx handled).
+    Apdu {
+        #[command(flatten)]
+        target: Target,
+        /// Command APDUs in hex, sent in order.
+        #[arg(required = true)]
+        apdus: Vec<String>,
+    },
+    /// GlobalPlatform card management.
+    #[command(subcommand)]
+    Gp(gp::GpCmd),
+    /// The card simulator.
+    #[command(subcommand)]
+    Sim(SimCmd),
+    /// Measure SCP03 crypto and simulator throughput on this machine.
+    Bench {
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Measure APDU round trips through this PC/SC reader instead (index or name).
+        #[arg(long, short = 'r')]
+        reader: Option<String>,
+        /// Round trips to time with --reader.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Serve simulated cards to pcscd through vsmartcard's vpcd driver until stopped (SIGINT
+    /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
+    /// restarts.
+    Serve {
+        /// Where vpcd listens (its first slot).
+        #[arg(long, default_value = "127.0.0.1:35963")]
+        vpcd: String,
+        /// Number of cards (one per vpcd slot).
+        #[arg(long, default_value_t = 1)]
+        cards: u16,
+        /// Card images: loaded when present, saved on exit. With several cards, card i uses
+        /// FILE-i.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Run SCP03 in S16 mode (i = 71; new cards only).
+        #[arg(long)]
+        s16: bool,
+        /// Deterministic randomness from this seed (card i uses seed + i).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+/// Prints a JSON document with the schema version.
+pub fn print_json(value: serde_json::Value) {
+    let mut v = value;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("schema_version".into(), json!(SCHEMA_VERSION));
+    }
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// Hex text to bytes, with a message naming what was wrong.
+pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    hex::decode(&clean).map_err(|e| format!("{what} '{s}' is not hex: {e}"))
+}
+
+fn cmd_readers(json_out: bool, wait: &Option<String>, timeout_ms: u64) -> Result<(), Failure> {
+    #[cfg(feature = "pcsc")]
+    {
+        if let Some(sel) = wait {
+            kagi::pcsc_transport::PcscTransport::wait_for_card(
+                sel,
+                kagi::pcsc_transport::Share::Shared,
+                Duration::from_millis(timeout_ms),
+            )?;
+        }
+        let readers = kagi::pcsc_transport::list_readers()?;
+        if json_out {
+            print_json(json!({ "readers": readers }));
+        } else if readers.is_empty() {
+            println!("no PC/SC readers (is pcscd running and a reader attached?)");
+        } else {
+            for r in readers {
+                let card = r
+                    .atr
+                    .map(|a| format!("card, ATR {a}"))
+                    .unwrap_or_else(|| "no card".into());
+                println!("{}: {}  ({card})", r.index, r.name);
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "pcsc"))]
+    {
+        let _ = (json_out, wait, timeout_ms);
+        Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
+    }
+}
+
+fn image_path(base: &Path, i: u16, cards: u16) -> PathBuf {
+    if cards == 1 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    base.with_file_name(name)
+}
+
+fn cmd_sim_serve(
+    vpcd: &str,
+    cards: u16,
+    image: &Option<PathBuf>,
+    s16: bool,
+    seed: Option<u64>,
+) -> Result<(), Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (host, port) = vpcd.rsplit_once(':').ok_or("--vpcd takes HOST:PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port in --vpcd {vpcd}"))?;
+    if cards == 0 {
+        return Err("--cards must be at least 1".into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))?;
+    }
+    let mut threads = Vec::new();
+    for i in 0..cards {
+        let path = image.as_ref().map(|b| image_path(b, i, cards));
+        let card_seed = seed.map(|s| s + u64::from(i));
+        let mut card = match &path {
+            Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
+            _ => {
+                let mut config = SimConfig::default();
+                if s16 {
+                    config = config.s16();
+                }
+                if let Some(s) = card_seed {
+                    config = config.seeded(s);
+                }
+                SimCard::new(config)
+            }
+        };
+        let addr = format!(
+            "{host}:{}",
+            port.checked_add(i).ok_or("port range overflows")?
+        );
+        let stop = stop.clone();
+        eprintln!("serving simulated card {i} to vpcd at {addr}");
+        threads.push(std::thread::spawn(move || {
+            let r = applet_sim::vpcd::serve(&mut card, &addr, stop, Duration::from_secs(2));
+            (card, path, r)
+        }));
+    }
+    let mut first_error: Option<Failure> = None;
+    for t in threads {
+        let (card, path, r) = t.join().map_err(|_| "a card thread panicked")?;
+        if let Err(e) = r {
+            first_error.get_or_insert(Box::new(e));
+        }
+        if let Some(p) = path {
+            card.save_image(&p)?;
+            eprintln!("saved card image {}", p.display());
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn cmd_apdu(cli: &Cli, target: &Target, apdus: &[String]) -> Result<(), Failure> {
+    let mut ch = target.open(cli.trace)?;
+    let mut out = Vec::new();
+    for a in apdus {
+        let cmd = Command::parse(&parse_hex("APDU", a)?)?;
+        let r = ch.transmit(&cmd)?;
+        if cli.json {
+            out.push(json!({"command": a, "data": hex::encode_upper(&r.data), "sw": format!("{:04X}", r.sw.0)}));
+        } else {
+            println!("{} {}", hex::encode_upper(&r.data), r.sw);
+        }
+    }
+    target.finish(&ch)?;
+    if cli.json {
+        print_json(json!({ "responses": out }));
+    }
+    Ok(())
+}
+
+fn cmd_bench(
+    json_out: bool,
+    seconds: f64,
+    reader: &Option<String>,
+    count: usize,
+) -> Result<(), Failure> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("--seconds must be a positive number".into());
+    }
+    let figures = match reader {
+        Some(r) => {
+            let ch = Target::reader(r).open(false)?;
+            kagi::bench::transport_round_trips(ch.into_transport(), count)?
+        }
+        None => kagi::bench::run_all(Duration::from_secs_f64(seconds))?,
+    };
+    if json_out {
+        print_json(json!({ "figures": figures }));
+        return Ok(());
+    }
+    for f in figures {
+        println!(
+            "{:>12.0}/s {:>9.2} us  [{} {}]  {}",
+            f.per_second,
+            f.micros,
+            f.goal,
+            if f.meets_goal { "ok" } else { "MISSED" },
+            f.name
+        );
+    }
+    Ok(())
+}
+
+/// Runs the CLI.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
+        Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
+        Cmd::Gp(g) => gp::run(g, cli.trace, cli.json),
+        Cmd::Sim(SimCmd::Serve {
+            vpcd,
+            cards,
+            image,
+            s16,
+            seed,
+        }) => cmd_sim_serve(vpcd, *cards, image, *s16, *seed),
+        Cmd::Bench {
+            seconds,
+            reader,
+            count,
+        } => cmd_bench(cli.json, *seconds, reader, *count),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                print_json(json!({ "error": e.to_string() }));
+            }
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening the card a command works on: the in-process simulator (optionally kept in a card
+//! image between runs) or a PC/SC reader.
+
+use super::Failure;
+use applet_sim::{SimCard, SimConfig};
+use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
+use clap::Args;
+use kagi::channel::CardChannel;
+use kagi::trace::StderrTrace;
+use std::path::PathBuf;
+
+/// Which card a command talks to.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Use the in-process simulator.
+    #[arg(long, conflicts_with = "reader")]
+    pub sim: bool,
+    /// Use a PC/SC reader, by index or name substring (see `kagi readers`).
+    #[arg(long, short = 'r')]
+    pub reader: Option<String>,
+    /// Connect exclusively (no other application may use the card meanwhile).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// The reader and card carry extended-length APDUs (otherwise long commands are chained).
+    #[arg(long)]
+    pub extended: bool,
+    /// Simulator: keep the card in this image file (created when missing, saved after a
+    /// successful command), so a card personalised in one run is there in the next.
+    #[arg(long, requires = "sim")]
+    pub sim_image: Option<PathBuf>,
+    /// Simulator: run SCP03 in S16 mode (i = 71; new cards only).
+    #[arg(long, requires = "sim")]
+    pub sim_s16: bool,
+    /// Simulator: deterministic randomness from this seed.
+    #[arg(long, requires = "sim")]
+    pub sim_seed: Option<u64>,
+}
+
+/// The simulator or a reader, behind one transport.
+pub enum AnyTransport {
+    /// The in-process simulator.
+    Sim(Box<SimCard>),
+    /// A PC/SC reader.
+    #[cfg(feature = "pcsc")]
+    Pcsc(kagi::pcsc_transport::PcscTransport),
+}
+
+macro_rules! each {
+    ($self:expr, $t:ident => $body:expr) => {
+        match $self {
+            AnyTransport::Sim($t) => $body,
+            #[cfg(feature = "pcsc")]
+            AnyTransport::Pcsc($t) => $body,
+        }
+    };
+}
+
+impl Transport for AnyTransport {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        each!(self, t => t.transmit(command))
+    }
+    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError> {
+        each!(self, t => t.reset(kind))
+    }
+    fn atr(&self) -> Option<Vec<u8>> {
+        each!(self, t => t.atr())
+    }
+    fn capabilities(&self) -> Capabilities {
+        each!(self, t => t.capabilities())
+    }
+    fn take_reset_notice(&mut self) -> bool {
+        each!(self, t => t.take_reset_notice())
+    }
+    fn describe(&self) -> String {
+        each!(self, t => t.describe())
+    }
+}
+
+impl Target {
+    /// A target on a PC/SC reader.
+    pub fn reader(r: &str) -> Target {
+        Target {
+            sim: false,
+            reader: Some(r.into()),
+            exclusive: false,
+            extended: false,
+            sim_image: None,
+            sim_s16: false,
+            sim_seed: None,
+        }
+    }
+
+    fn sim_card(&self) -> Result<SimCard, Failure> {
+        if let Some(path) = &self.sim_image
+            && path.exists()
+        {
+            let mut card = SimCard::from_image(path, self.sim_seed)?;
+            card.power_on();
+            return Ok(card);
+        }
+        let mut config = SimConfig::default();
+        if self.sim_s16 {
+            config = config.s16();
+        }
+        if let Some(seed) = self.sim_seed {
+            config = config.seeded(seed);
+        }
+        Ok(SimCard::powered(config))
+    }
+
+    /// Opens the card, with a trace on stderr when asked.
+    pub fn open(&self, trace: bool) -> Result<CardChannel<AnyTransport>, Failure> {
+        let transport = if self.sim {
+            AnyTransport::Sim(Box::new(self.sim_card()?))
+        } else if let Some(r) = &self.reader {
+            self.open_reader(r)?
+        } else {
+            return Err(
+                "choose a card: --sim for the simulator, or --reader NAME|INDEX (see `kagi readers`)".into(),
+            );
+        };
+        let mut ch = CardChannel::new(transport);
+        if trace {
+            ch.set_trace(Some(Box::new(StderrTrace)));
+            let atr = ch
+                .transport()
+                .atr()
+                .map(hex::encode_upper)
+                .unwrap_or_default();
+            let desc = ch.transport().describe();
+            ch.trace_line(&format!("-- {desc}, ATR {atr}"));
+        }
+        Ok(ch)
+    }
+
+    #[cfg(feature = "pcsc")]
+    fn open_reader(&self, r: &str) -> Result<AnyTransport, Failure> {
+        use kagi::pcsc_transport::{PcscTransport, Share};
+        let share = if self.exclusive {
+            Share::Exclusive
+        } else {
+            Share::Shared
+        };
+        Ok(AnyTransport::Pcsc(
+            PcscTransport::connect(r, share)?.with_extended_length(self.extended),
+        ))
+    }
+
+    #[cfg(not(feature = "pcsc"))]
+    fn open_reader(&self, _r: &str) -> Result<AnyTransport, Failure> {
+        Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
+    }
+
+    /// Saves the simulated card to its image, when one was named.
+    pub fn finish(&self, ch: &CardChannel<AnyTransport>) -> Result<(), Failure> {
+        if let (Some(path), AnyTransport::Sim(card)) = (&self.sim_image, ch.transport()) {
+            card.save_image(path)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The `kagi` binary as a user runs it: simulated cards kept in image files across
+//! invocations, JSON output with a schema version, keys only from files or the environment,
+//! and clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kagi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(args)
+        .env_remove("KAGI_KEY")
+        .env_remove("KAGI_KEY_ENC")
+        .env_remove("KAGI_KEY_MAC")
+        .env_remove("KAGI_KEY_DEK")
+        .output()
+        .expect("run kagi")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = kagi(args);
+    assert!(
+        o.status.success(),
+        "kagi {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let v: serde_json::Value = serde_json::from_str(&ok(&a)).expect("json output");
+    assert_eq!(v["schema_version"], 1);
+    v
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("kagi-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn aids(v: &serde_json::Value) -> Vec<String> {
+    v["registry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["aid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_simulated_card_kept_in_an_image_across_runs() {
+    let d = Dir::new("image");
+    let img = d.path("card.img");
+    let sim = ["--sim", "--sim-image", img.as_str()];
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(sim.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |extra: &[&str]| ok(&with(extra).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    run(&[
+        "gp",
+        "load",
+        "--package",
+        "F001020304",
+        "--module",
+        "F00102030401=kagi.echo",
+    ]);
+    run(&[
+        "gp",
+        "install",
+        "--package",
+        "F001020304",
+        "--module",
+        "F00102030401",
+    ]);
+    run(&[
+        "gp",
+        "store-data",
+        "--app",
+        "F00102030401",
+        "--data",
+        "6B616769",
+    ]);
+    // The image is private: it holds the card's keys.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().permissions().mode() & 0o077,
+            0
+        );
+    }
+    let r = run(&["apdu", "00A4040006F00102030401", "8014000000"]);
+    assert!(
+        r.lines().nth(1).unwrap().starts_with("6B616769 9000"),
+        "{r}"
+    );
+    let list = json(
+        &with(&["gp", "list"])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert!(aids(&list).contains(&"F00102030401".to_string()));
+    run(&["gp", "delete", "--related", "F001020304"]);
+    let list = json(
+        &with(&["gp", "list"])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert!(!aids(&list).iter().any(|a| a.starts_with("F001020304")));
+}
+
+#[test]
+fn put_key_from_a_key_file_then_only_the_new_keys_work() {
+    let d = Dir::new("putkey");
+    let img = d.path("card.img");
+    let new_keys = d.path("new.keys");
+    std::fs::write(&new_keys, "KVN=30\nENC=00112233445566778899AABBCCDDEEFF\nMAC=102132435465768798A9BACBDCEDFE0F\nDEK=2030405060708090A0B0C0D0E0F00010\n").unwrap();
+    let out = ok(&[
+        "gp",
+        "put-key",
+        "--sim",
+        "--sim-image",
+        &img,
+        "--new-key-file",
+        &new_keys,
+        "--replace",
+        "30",
+    ]);
+    assert!(out.contains("key set 30 written"), "{out}");
+    // The simulator's test keys no longer open it …
+    let o = kagi(&["gp", "list", "--sim", "--sim-image", &img]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("do not retry") || err.contains("Do NOT retry"),
+        "{err}"
+    );
+    // … the new key file does.
+    let v = json(&[
+        "gp",
+        "list",
+        "--sim",
+        "--sim-image",
+        &img,
+        "--key-file",
+        &new_keys,
+    ]);
+    assert_eq!(v["session"]["kvn"], "30");
+    assert!(v["session"]["keys"].as_str().unwrap().contains("new.keys"));
+}
+
+#[test]
+fn keys_never_come_from_argv_and_real_readers_need_them() {
+    // There is no option that takes a key value.
+    let o = kagi(&[
+        "gp",
+        "list",
+        "--sim",
+        "--key",
+        "404142434445464748494A4B4C4D4E4F",
+    ]);
+    assert!(!o.status.success());
+    // Without --sim or --reader, the user is told what to choose.
+    let o = kagi(&["gp", "info"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--sim"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A bad AID is a clear error, not a panic.
+    let o = kagi(&["gp", "delete", "--sim", "F0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("5 to 16 bytes"));
+    let o = kagi(&["apdu", "--sim", "00A4"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shorter than the 4-byte header"));
+}
+
+#[test]
+fn life_cycle_from_the_cli_and_s16_cards() {
+    let d = Dir::new("lc");
+    let img = d.path("card.img");
+    ok(&[
+        "gp",
+        "set-status",
+        "--sim",
+        "--sim-image",
+        &img,
+        "--app",
+        "F04B41474901",
+        "--state",
+        "lock",
+    ]);
+    let v = json(&["gp", "list", "--sim", "--sim-image", &img]);
+    let echo = v["registry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["aid"] == "F04B41474901")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["life_cycle"], "LOCKED");
+    let v = json(&["gp", "list", "--sim", "--sim-s16", "--level", "mac"]);
+    assert_eq!(v["session"]["mode"], "S16");
+    assert_eq!(v["session"]["level"], "01");
+    assert!(Path::new(&img).exists());
+}
