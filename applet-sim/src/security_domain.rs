@@ -227,12 +227,12 @@ impl SecurityDomain {
     }
 
     fn get_data(&self, cmd: &Command, store: &Store) -> Result<Response, Sw> {
-        let keys = key_sets(store, &self.aid);
+        let keys = || key_sets(store, &self.aid);
         let data = match (cmd.p1(), cmd.p2()) {
             (0x00, 0x66) => tlv(0x66, &Self::card_recognition_data(card_i(store))),
             (0x00, 0xE0) => {
                 let mut body = Vec::new();
-                for k in &keys {
+                for k in &keys() {
                     for kid in 1..=3u8 {
                         body.extend(tlv(0xC0, &[kid, k.kvn, 0x88, k.key_len() as u8]));
                     }
@@ -240,7 +240,7 @@ impl SecurityDomain {
                 tlv(0xE0, &body)
             }
             (0x00, 0xC1) => {
-                let kvn = keys.first().map(|k| k.kvn).unwrap_or(0);
+                let kvn = keys().first().map(|k| k.kvn).unwrap_or(0);
                 let c = read_u32(store, &format!("{}/seq/{kvn:02X}", self.prefix())).to_be_bytes();
                 tlv(0xC1, &c[1..])
             }
@@ -324,18 +324,20 @@ impl SecurityDomain {
             .take()
             .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
         let fail_key = format!("{}/fail", self.prefix());
+        // Count the attempt as failed before checking it, persistently: cutting power during
+        // the check cannot then buy a free try (the PIN try-counter rule).
+        let failed = read_u32(ctx.store, &fail_key);
+        ctx.store.put(&fail_key, &(failed + 1).to_be_bytes())?;
         match hs.external_authenticate(cmd) {
             Ok(scp) => {
-                if read_u32(ctx.store, &fail_key) != 0 {
-                    ctx.store.put(&fail_key, &0u32.to_be_bytes())?;
-                }
+                ctx.store.put(&fail_key, &0u32.to_be_bytes())?;
                 self.sessions[ch] = Some(Session { scp, kvn });
                 Ok(Response::status(Sw::SUCCESS))
             }
             Err(sw) => {
-                if sw != Sw::INCORRECT_P1P2 && sw != Sw::WRONG_LENGTH {
-                    let n = read_u32(ctx.store, &fail_key) + 1;
-                    ctx.store.put(&fail_key, &n.to_be_bytes())?;
+                if sw == Sw::INCORRECT_P1P2 || sw == Sw::WRONG_LENGTH {
+                    // A malformed command is not an authentication attempt.
+                    ctx.store.put(&fail_key, &failed.to_be_bytes())?;
                 }
                 Err(sw)
             }

@@ -183,3 +183,36 @@ proptest! {
 fn echo_aid_constant_matches() {
     assert_eq!(hex::encode_upper(ECHO_AID), "F04B41474901");
 }
+
+#[test]
+fn tearing_during_authentication_never_gives_a_free_try() {
+    // Cut power at each write of a failing EXTERNAL AUTHENTICATE: afterwards the failure
+    // counter has counted the attempt, or the card never checked it.
+    for n in 1..=3 {
+        let mut c = card();
+        let hs = HostHandshake::random(StaticKeys::default_test_keys(0x30), HostOptions::default())
+            .unwrap();
+        c.transmit(&hs.initialize_update().unwrap().to_bytes())
+            .unwrap();
+        let before = c
+            .store()
+            .get("sd/A000000151000000/fail")
+            .map(|v| v.to_vec());
+        c.tear_at(n);
+        let r = c.transmit(&h("8482010010 00000000000000000000000000000000"));
+        c.power_on();
+        let after = c
+            .store()
+            .get("sd/A000000151000000/fail")
+            .map(|v| v.to_vec());
+        match r {
+            // The check answered: the failure is counted.
+            Ok(sw) => assert_eq!((sw, after), (vec![0x69, 0x82], Some(vec![0, 0, 0, 1]))),
+            // Power was lost: either nothing was checked (no count change) or the count rose.
+            Err(_) => assert!(
+                after == before || after == Some(vec![0, 0, 0, 1]),
+                "n={n}: {after:?}"
+            ),
+        }
+    }
+}

@@ -193,6 +193,40 @@ pub fn simulator_round_trips(budget: Duration) -> crate::Result<(f64, f64, f64, 
     Ok((raw, plain, secure[0], secure[1]))
 }
 
+/// Full GET STATUS listings per second of a simulated card holding 100 applications (paged
+/// with `6310`, level 33), and how many entries each listing returned.
+#[cfg(feature = "sim")]
+pub fn get_status_100(budget: Duration) -> crate::Result<(f64, usize)> {
+    use applet_sim::echo::{ECHO_AID, ECHO_PACKAGE};
+    use applet_sim::{SimCard, SimConfig};
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(3)));
+    let sd = crate::gp::select_domain(&mut ch, None)?;
+    let opts = HostOptions {
+        level: SecurityLevel::FULL,
+        ..HostOptions::default()
+    };
+    let mut sc = SecureChannel::open(&mut ch, keys(), opts, Some(&sd.aid))?;
+    for i in 0..99u8 {
+        let mut instance = ECHO_AID.to_vec();
+        instance.push(i);
+        let spec = crate::gp::manage::InstallSpec {
+            package: ECHO_PACKAGE.to_vec(),
+            module: ECHO_AID.to_vec(),
+            instance,
+            selectable: true,
+            ..Default::default()
+        };
+        crate::gp::manage::install(&mut sc, &spec)?;
+    }
+    let mut entries = 0;
+    let per_second = rate(budget / 4, || {
+        entries = crate::gp::get_status(&mut sc, crate::gp::StatusScope::Applications)
+            .map(|e| e.len())
+            .unwrap_or(0);
+    });
+    Ok((per_second, entries))
+}
+
 /// Runs every benchmark with `budget` per figure.
 pub fn run_all(budget: Duration) -> crate::Result<Vec<Figure>> {
     let mut out = Vec::new();
@@ -224,6 +258,13 @@ pub fn run_all(budget: Duration) -> crate::Result<Vec<Figure>> {
             plain,
             "-",
             true,
+        ));
+        let (listings, entries) = get_status_100(budget)?;
+        out.push(figure(
+            &format!("GET STATUS of {entries} applications (paged, level 33), full listings"),
+            listings,
+            "-",
+            entries == 100,
         ));
         // Both ends run SCP03 in process: the host wraps and unwraps, the simulated card
         // unwraps and wraps.

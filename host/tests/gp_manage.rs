@@ -497,10 +497,27 @@ fn tearing_at_every_persistent_write_leaves_old_or_new_state() {
         ch.reset(ResetKind::Cold).unwrap();
         let after = ch.transport().card.store().clone();
         // The torn command left the state of just before it or just after it; nothing else.
-        let old = &snapshots[completed];
-        let new = snapshots.get(completed + 1);
+        // The one allowed difference: an EXTERNAL AUTHENTICATE cut short counts as a failed
+        // attempt (the counter is raised before the check, like a PIN try counter).
+        const FAIL: &str = "sd/A000000151000000/fail";
+        let fails = after.get(FAIL).map(|v| v.to_vec());
         assert!(
-            after.same_content(old) || new.is_some_and(|s| after.same_content(s)),
+            matches!(
+                fails.as_deref(),
+                None | Some([0, 0, 0, 0]) | Some([0, 0, 0, 1])
+            ),
+            "n={n}: {fails:?}"
+        );
+        let without_fail = |s: &Store| {
+            let mut s = s.clone();
+            s.remove(FAIL).unwrap();
+            s
+        };
+        let after = without_fail(&after);
+        let old = without_fail(&snapshots[completed]);
+        let new = snapshots.get(completed + 1).map(without_fail);
+        assert!(
+            after.same_content(&old) || new.is_some_and(|s| after.same_content(&s)),
             "tear at write {n} (command {completed}) left a mixed state"
         );
         // The card still works: a new session and the whole sequence again where possible.

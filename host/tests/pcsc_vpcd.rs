@@ -82,6 +82,58 @@ fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
         // On a real reader the published test keys come with a loud warning.
         assert!(String::from_utf8_lossy(&list.stderr).contains("WARNING"));
     }
+    // Card management works over PC/SC as it does in process.
+    for args in [
+        &[
+            "gp",
+            "load",
+            "--reader",
+            "PCD 00 01",
+            "--test-keys",
+            "--package",
+            "F001020304",
+            "--module",
+            "F00102030401=kagi.echo",
+        ][..],
+        &[
+            "gp",
+            "install",
+            "--reader",
+            "PCD 00 01",
+            "--test-keys",
+            "--package",
+            "F001020304",
+            "--module",
+            "F00102030401",
+        ][..],
+        &[
+            "gp",
+            "store-data",
+            "--reader",
+            "PCD 00 01",
+            "--test-keys",
+            "--app",
+            "F00102030401",
+            "--data",
+            "6B616769",
+        ][..],
+    ] {
+        let o = pcsc.kagi(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\n{}",
+            text(&o),
+            pcsc.logs()
+        );
+    }
+    let r = pcsc.kagi(&[
+        "apdu",
+        "--reader",
+        "PCD 00 01",
+        "00A4040006F00102030401",
+        "8014000000",
+    ]);
+    assert!(text(&r).contains("6B616769 9000"), "{}", text(&r));
     // Ambiguous and unknown reader names are refused with the list of readers.
     let amb = pcsc.kagi(&["gp", "info", "--reader", "Virtual"]);
     assert!(
