@@ -538,6 +538,9 @@ impl SecurityDomain {
         if cmd.p2() != 0x00 {
             return Err(Sw::INCORRECT_P1P2);
         }
+        if matches!(cmd.p1(), 0x02 | 0x04 | 0x0C | 0x08) && !self.may_manage_content(ctx) {
+            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+        }
         match cmd.p1() {
             0x02 => self.install_for_load(cmd, ctx),
             0x04 | 0x0C | 0x08 => self.install_for_install(cmd, ctx),
@@ -551,9 +554,6 @@ impl SecurityDomain {
         cmd: &Command,
         ctx: &mut AppletContext<'_>,
     ) -> Result<Response, Sw> {
-        if !self.may_manage_content(ctx) {
-            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
-        }
         let f = lv_fields(cmd.data(), 5)?;
         let elf = aid_of(f[0])?;
         let sd = if f[1].is_empty() {
@@ -649,9 +649,6 @@ impl SecurityDomain {
         cmd: &Command,
         ctx: &mut AppletContext<'_>,
     ) -> Result<Response, Sw> {
-        if !self.may_manage_content(ctx) {
-            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
-        }
         let f = lv_fields(cmd.data(), 6)?;
         let install = cmd.p1() & 0x04 != 0;
         let selectable = cmd.p1() & 0x08 != 0;

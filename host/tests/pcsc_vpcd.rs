@@ -6,6 +6,16 @@ mod support;
 
 use support::PrivatePcsc;
 
+/// The string field `field` of every object in the array `v[key]`.
+fn strings<'a>(v: &'a serde_json::Value, key: &str, field: &str) -> Vec<&'a str> {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap())
+        .collect()
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -47,12 +57,7 @@ fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
     let readers = pcsc.kagi(&["readers", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&readers.stdout).expect("readers json");
     assert_eq!(v["schema_version"], 1);
-    let names: Vec<&str> = v["readers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names = strings(&v, "readers", "name");
     assert!(
         names.contains(&"Virtual PCD 00 00") && names.contains(&"Virtual PCD 00 01"),
         "{names:?}"
@@ -64,12 +69,7 @@ fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
         assert_eq!(v["security_domain"], "A000000151000000");
         assert_eq!(v["session"]["level"], "33");
         assert_eq!(v["session"]["challenge_verified"], true);
-        let aids: Vec<&str> = v["registry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["aid"].as_str().unwrap())
-            .collect();
+        let aids = strings(&v, "registry", "aid");
         assert_eq!(
             aids,
             [
