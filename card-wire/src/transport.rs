@@ -98,6 +98,10 @@ pub enum TransportError {
     Other(String),
 }
 
+/// Sends one command APDU and returns the response APDU (used inside
+/// [`Transport::exclusive`]).
+pub type SendApdu<'a> = dyn FnMut(&[u8]) -> Result<Vec<u8>, TransportError> + 'a;
+
 /// The seam between the APDU layer and a card.
 pub trait Transport: Send {
     /// Sends one command APDU and returns the response APDU, status word included.
@@ -120,6 +124,18 @@ pub trait Transport: Send {
 
     /// A short description for logs ("pcsc:Reader 0", "sim").
     fn describe(&self) -> String;
+
+    /// Runs `f` with the card to ourselves: on PC/SC inside a transaction, so that a command
+    /// and its GET RESPONSEs (or chained parts) are not interleaved with another
+    /// application's. Keep `f` short: readers end idle transactions. Transports without
+    /// other users just run it.
+    fn exclusive(
+        &mut self,
+        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let mut send = |cmd: &[u8]| self.transmit(cmd);
+        f(&mut send)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -140,5 +156,11 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn exclusive(
+        &mut self,
+        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        (**self).exclusive(f)
     }
 }

@@ -1,11 +1,13 @@
 //! The APDU pipeline above the transport seam, written once for every transport: extended
 //! length when the transport carries it, command chaining when it does not, GET RESPONSE for
-//! `61xx`, a resend with the right Le for `6Cxx`, and the redacting trace.
+//! `61xx`, a resend with the right Le for `6Cxx`, and the redacting trace. Each command and
+//! everything it takes (chained parts, GET RESPONSEs) runs in one exclusive use of the card
+//! (a PC/SC transaction).
 
 use crate::error::{Error, Result};
 use crate::trace::{Layer, TraceSink, render_command, render_response};
 use card_wire::apdu::{Class, Command, LengthForm, Response};
-use card_wire::transport::{Capabilities, ResetKind, Transport};
+use card_wire::transport::{Capabilities, ResetKind, SendApdu, Transport};
 
 /// Anything that exchanges whole commands for whole responses: a plain [`CardChannel`] or a
 /// secure channel on top of one.
@@ -18,10 +20,12 @@ pub trait ApduChannel {
 /// cannot hang the host.
 pub const MAX_GET_RESPONSE: usize = 1024;
 
+type Trace = Option<Box<dyn TraceSink>>;
+
 /// A card reached through a transport, with ISO 7816 recovery and tracing.
 pub struct CardChannel<T: Transport> {
     transport: T,
-    trace: Option<Box<dyn TraceSink>>,
+    trace: Trace,
     caps: Capabilities,
 }
 
@@ -92,8 +96,23 @@ impl<T: Transport> CardChannel<T> {
         };
         self.trace_line(&line);
     }
+}
 
-    /// One exchange on the wire, traced.
+/// One command's exchanges on the wire, inside one exclusive use of the card.
+struct Wire<'w, 's> {
+    send: &'w mut SendApdu<'s>,
+    trace: &'w mut Trace,
+    caps: Capabilities,
+}
+
+impl Wire<'_, '_> {
+    fn line(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.line(&line());
+        }
+    }
+
+    /// One exchange, traced.
     fn exchange(&mut self, cmd: &Command) -> Result<Response> {
         let bytes = if self.caps.extended_length {
             cmd.to_bytes()
@@ -107,17 +126,11 @@ impl<T: Transport> CardChannel<T> {
                 self.caps.max_command
             )));
         }
-        if self.trace.is_some() {
-            let line = render_command(Layer::Wire, cmd);
-            self.trace_line(&line);
-        }
-        let raw = self.transport.transmit(&bytes)?;
+        self.line(|| render_command(Layer::Wire, cmd));
+        let raw = (self.send)(&bytes)?;
         let resp = Response::parse(&raw)
             .map_err(|_| card_wire::TransportError::ShortResponse(raw.len()))?;
-        if self.trace.is_some() {
-            let line = render_response(Layer::Wire, cmd, &resp);
-            self.trace_line(&line);
-        }
+        self.line(|| render_response(Layer::Wire, cmd, &resp));
         Ok(resp)
     }
 
@@ -185,9 +198,7 @@ impl<T: Transport> CardChannel<T> {
         }
         Err(Error::Protocol("empty command chain".into()))
     }
-}
 
-impl<T: Transport> ApduChannel for CardChannel<T> {
     fn transmit(&mut self, cmd: &Command) -> Result<Response> {
         if !cmd.is_extended() || self.caps.extended_length {
             return self.exchange_recovering(cmd);
@@ -201,6 +212,20 @@ impl<T: Transport> ApduChannel for CardChannel<T> {
             .with_form(LengthForm::Auto)
             .with_ne(cmd.ne().map(|n| n.min(256)))?;
         self.exchange_recovering(&short)
+    }
+}
+
+impl<T: Transport> ApduChannel for CardChannel<T> {
+    fn transmit(&mut self, cmd: &Command) -> Result<Response> {
+        let caps = self.caps;
+        let trace = &mut self.trace;
+        let mut out: Option<Result<Response>> = None;
+        self.transport.exclusive(&mut |send| {
+            let mut wire = Wire { send, trace, caps };
+            out = Some(wire.transmit(cmd));
+            Ok(())
+        })?;
+        out.unwrap_or_else(|| Err(Error::Protocol("the transport ran no exchange".into())))
     }
 }
 

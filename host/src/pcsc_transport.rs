@@ -6,7 +6,7 @@
 //! [`TransportError::CardReset`], so the caller re-selects and re-opens secure channels instead
 //! of sending a command into the wrong context.
 
-use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
+use card_wire::transport::{Capabilities, ResetKind, SendApdu, Transport, TransportError};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -244,29 +244,80 @@ impl PcscTransport {
     }
 }
 
+/// One SCardTransmit; PC/SC errors kept raw so the caller can recover from a reset.
+fn transmit_on(card: &pcsc::Card, command: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+    let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+    card.transmit(command, &mut buf).map(|r| r.to_vec())
+}
+
+fn checked(r: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+    if r.len() >= 2 {
+        Ok(r)
+    } else {
+        Err(TransportError::ShortResponse(r.len()))
+    }
+}
+
+impl PcscTransport {
+    /// Maps a PC/SC failure; after a reset by someone else, reconnects and reports it.
+    fn recover(&mut self, e: pcsc::Error) -> TransportError {
+        match e {
+            pcsc::Error::ResetCard => {
+                // Someone reset the card: reconnect, and make the caller start over.
+                match self.card.reconnect(
+                    self.share.mode(),
+                    pcsc::Protocols::ANY,
+                    pcsc::Disposition::LeaveCard,
+                ) {
+                    Ok(()) => {
+                        self.refresh_atr();
+                        self.reset_notice = true;
+                        TransportError::CardReset(self.reader_name())
+                    }
+                    Err(e) => other(e),
+                }
+            }
+            pcsc::Error::RemovedCard | pcsc::Error::NoSmartcard => {
+                TransportError::CardRemoved(self.reader_name())
+            }
+            e => other(e),
+        }
+    }
+}
+
 impl Transport for PcscTransport {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        match self.card.transmit(command, &mut buf) {
-            Ok(r) if r.len() >= 2 => Ok(r.to_vec()),
-            Ok(r) => Err(TransportError::ShortResponse(r.len())),
-            Err(pcsc::Error::ResetCard) => {
-                // Someone reset the card: reconnect, and make the caller start over.
-                self.card
-                    .reconnect(
-                        self.share.mode(),
-                        pcsc::Protocols::ANY,
-                        pcsc::Disposition::LeaveCard,
-                    )
-                    .map_err(other)?;
-                self.refresh_atr();
-                self.reset_notice = true;
-                Err(TransportError::CardReset(self.reader_name()))
+        match transmit_on(&self.card, command) {
+            Ok(r) => checked(r),
+            Err(e) => Err(self.recover(e)),
+        }
+    }
+
+    /// Runs `f` inside an SCardBeginTransaction / SCardEndTransaction pair.
+    fn exclusive(
+        &mut self,
+        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let mut failure: Option<pcsc::Error> = None;
+        let result = match self.card.transaction() {
+            Ok(tx) => {
+                let mut send = |cmd: &[u8]| match transmit_on(&tx, cmd) {
+                    Ok(r) => checked(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        Err(TransportError::Other(e.to_string()))
+                    }
+                };
+                f(&mut send)
             }
-            Err(pcsc::Error::RemovedCard | pcsc::Error::NoSmartcard) => {
-                Err(TransportError::CardRemoved(self.reader_name()))
+            Err(e) => {
+                failure = Some(e);
+                Err(TransportError::Other(e.to_string()))
             }
-            Err(e) => Err(other(e)),
+        };
+        match failure {
+            Some(e) => Err(self.recover(e)),
+            None => result,
         }
     }
 

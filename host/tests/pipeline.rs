@@ -135,3 +135,65 @@ fn the_simulator_refuses_extended_when_configured_short() {
         .unwrap();
     assert_eq!(r, vec![0x67, 0x00]);
 }
+
+/// A command and its GET RESPONSEs run inside one exclusive use of the card (one PC/SC
+/// transaction), so no other application can slip a command in between.
+#[test]
+fn a_command_and_its_get_responses_share_one_transaction() {
+    use card_wire::transport::{ResetKind, SendApdu, Transport, TransportError};
+    struct Counting {
+        inner: ScriptedTransport,
+        open: bool,
+        transactions: usize,
+        outside: usize,
+    }
+    impl Transport for Counting {
+        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, TransportError> {
+            if !self.open {
+                self.outside += 1;
+            }
+            self.inner.transmit(c)
+        }
+        fn reset(&mut self, k: ResetKind) -> Result<Vec<u8>, TransportError> {
+            self.inner.reset(k)
+        }
+        fn atr(&self) -> Option<Vec<u8>> {
+            self.inner.atr()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+        fn exclusive(
+            &mut self,
+            f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+        ) -> Result<(), TransportError> {
+            self.transactions += 1;
+            self.open = true;
+            let inner = &mut self.inner;
+            let r = f(&mut |c: &[u8]| inner.transmit(c));
+            self.open = false;
+            r
+        }
+    }
+    let inner = ScriptedTransport::new()
+        .expect("00B0000000", "AABB 6102")
+        .expect("00C0000002", "CCDD 6101")
+        .expect("00C0000001", "EE 9000");
+    let mut ch = CardChannel::new(Counting {
+        inner,
+        open: false,
+        transactions: 0,
+        outside: 0,
+    });
+    let r = ch
+        .transmit(&Command::new(0, 0xB0, 0, 0).with_le(256).unwrap())
+        .unwrap();
+    assert_eq!(r.data.len(), 5);
+    assert_eq!(
+        (ch.transport().transactions, ch.transport().outside),
+        (1, 0)
+    );
+}

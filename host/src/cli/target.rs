@@ -3,7 +3,7 @@
 
 use super::Failure;
 use applet_sim::{SimCard, SimConfig};
-use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
+use card_wire::transport::{Capabilities, ResetKind, SendApdu, Transport, TransportError};
 use clap::Args;
 use kagi::channel::CardChannel;
 use kagi::trace::StderrTrace;
@@ -73,6 +73,12 @@ impl Transport for AnyTransport {
     }
     fn describe(&self) -> String {
         each!(self, t => t.describe())
+    }
+    fn exclusive(
+        &mut self,
+        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        each!(self, t => t.exclusive(f))
     }
 }
 
