@@ -7,6 +7,12 @@
 #   scripts/pcsc-sandbox.sh -- ./target/release/kagi gp list --reader 0 --test-keys
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# The reader that holds card i (see scripts/private-pcscd.sh).
+reader_name() {
+    local e=$(($1 / 2)) s=$(($1 % 2))
+    if [ "$e" -eq 0 ]; then echo "Virtual PCD 00 0$s"
+    else echo "Virtual PCD $(printf "\\$(printf %03o $((65 + e)))") 00 0$s"; fi
+}
 cards=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -20,15 +26,9 @@ KAGI="${KAGI:-$root/target/release/kagi}"
 [ -x "$KAGI" ] || cargo build --quiet --release -p kagi --manifest-path "$root/Cargo.toml"
 
 WORK=$(mktemp -d /tmp/kagi-sandbox.XXXXXX)
-CONF="$WORK/reader.conf.d"; RUN="$WORK/run"; mkdir -p "$CONF" "$RUN"
-cat >"$CONF/vpcd" <<'CONF'
-FRIENDLYNAME "Virtual PCD"
-DEVICENAME   /dev/null:0x8C7B
-LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-CHANNELID    0x8C7B
-CONF
+RUN="$WORK/run"; mkdir -p "$RUN"
 mkfifo "$WORK/ctl"
-WORK="$WORK" CONF="$CONF" RUN="$RUN" KAGI="$KAGI" CARDS="$cards" \
+WORK="$WORK" RUN="$RUN" KAGI="$KAGI" CARDS="$cards" \
     unshare -m -n -- bash "$root/scripts/private-pcscd.sh" <"$WORK/ctl" &
 NS=$!
 exec 9>"$WORK/ctl"
@@ -37,6 +37,6 @@ trap cleanup EXIT
 export PCSCLITE_CSOCK_NAME="$RUN/pcscd.comm"
 for _ in $(seq 400); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.025; done
 for ((i = 0; i < cards; i++)); do
-    "$KAGI" readers --wait "Virtual PCD 00 $(printf %02d "$i")" --timeout-ms 15000 >/dev/null
+    "$KAGI" readers --wait "$(reader_name "$i")" --timeout-ms 15000 >/dev/null
 done
 "$@"

@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
 # Runs INSIDE fresh mount and network namespaces (started by `unshare -m -n`): brings up a
 # private pcscd whose socket lands in $RUN (bind-mounted over /run/pcscd, on a tmpfs /run),
-# with the vpcd reader configuration in $CONF, and `$KAGI sim serve` inserting $CARDS
-# simulated cards. Stays up until its standard input closes, then stops exactly the two
-# processes it started. Used by scripts/pcsc-sandbox.sh and the Rust integration tests.
-# Environment: WORK, CONF, RUN, KAGI, CARDS.
+# with vpcd readers for $CARDS simulated cards (one reader.conf entry per two slots; extra
+# entries load their own copy of the driver, as vpcd keeps per-slot state in globals), and
+# `$KAGI sim serve` inserting the cards. Stays up until its standard input closes, then stops
+# exactly the two processes it started. Used by scripts/pcsc-sandbox.sh and the Rust
+# integration tests. Environment: WORK, RUN, KAGI, CARDS.
+# Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
+# on TCP port 35963 + i).
 set -eu
+DRIVER=/usr/lib/pcsc/drivers/serial/libifdvpcd.so
+CONF="$WORK/reader.conf.d"
+mkdir -p "$CONF" "$WORK/drv"
+entries=$(( (CARDS + 1) / 2 ))
+for ((e = 0; e < entries; e++)); do
+    if [ "$e" -eq 0 ]; then name="Virtual PCD"; lib="$DRIVER"
+    else
+        letter=$(printf "\\$(printf %03o $((65 + e)))")
+        name="Virtual PCD $letter"; lib="$WORK/drv/libifdvpcd-$e.so"
+        cp "$(readlink -f "$DRIVER")" "$lib"
+    fi
+    printf 'FRIENDLYNAME "%s"\nDEVICENAME   /dev/null:0x%X\nLIBPATH      %s\nCHANNELID    0x%X\n' \
+        "$name" $((0x8C7B + 2 * e)) "$lib" $((0x8C7B + 2 * e)) >"$CONF/vpcd-$e"
+done
 ip link set lo up
 mount -t tmpfs tmpfs /run
 mkdir -p /run/pcscd
 mount --bind "$RUN" /run/pcscd
 pcscd --foreground --apdu -c "$CONF" >"$WORK/pcscd.log" 2>&1 &
 P=$!
-"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 >"$WORK/sim.log" 2>&1 &
+# Write `remove I` / `insert I` lines to $WORK/sim-ctl to take card I out and put it back.
+mkfifo "$WORK/sim-ctl"
+exec 8<>"$WORK/sim-ctl"
+"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
 trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT

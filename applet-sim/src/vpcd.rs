@@ -28,6 +28,53 @@ pub enum Disconnect {
     Closed,
     /// The stop flag was raised.
     Stopped,
+    /// The card was taken out of the reader.
+    Removed,
+}
+
+/// Controls one served card from another thread: stop serving, or take the card out of the
+/// reader and put it back (pcscd sees a removal and an insertion).
+#[derive(Debug, Clone)]
+pub struct SlotControl {
+    stop: Arc<AtomicBool>,
+    present: Arc<AtomicBool>,
+}
+
+impl Default for SlotControl {
+    fn default() -> Self {
+        SlotControl {
+            stop: Arc::new(AtomicBool::new(false)),
+            present: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+impl SlotControl {
+    /// A control sharing `stop` with other slots (one flag stops them all).
+    pub fn with_stop(stop: Arc<AtomicBool>) -> Self {
+        SlotControl {
+            stop,
+            ..SlotControl::default()
+        }
+    }
+    /// Stops serving (the connection closes within a poll period).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+    /// Takes the card out of the reader.
+    pub fn remove(&self) {
+        self.present.store(false, Ordering::Relaxed);
+    }
+    /// Puts the card back.
+    pub fn insert(&self) {
+        self.present.store(true, Ordering::Relaxed);
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    fn present(&self) -> bool {
+        self.present.load(Ordering::Relaxed)
+    }
 }
 
 fn quickack(stream: &TcpStream) {
@@ -53,20 +100,27 @@ fn send(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     stream.write_all(&frame)
 }
 
-/// Waits for the next frame's first byte, checking `stop` every `poll`.
-fn wait_readable(stream: &TcpStream, stop: &AtomicBool, poll: Duration) -> io::Result<bool> {
+/// Waits for the next frame's first byte, checking the control every `poll`.
+fn wait_readable(
+    stream: &TcpStream,
+    control: &SlotControl,
+    poll: Duration,
+) -> io::Result<Option<Disconnect>> {
     stream.set_read_timeout(Some(poll))?;
     let mut probe = [0u8; 1];
     loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(false);
+        if control.stopped() {
+            return Ok(Some(Disconnect::Stopped));
+        }
+        if !control.present() {
+            return Ok(Some(Disconnect::Removed));
         }
         quickack(stream);
         match stream.peek(&mut probe) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {
                 stream.set_read_timeout(None)?;
-                return Ok(true);
+                return Ok(None);
             }
             Err(e)
                 if matches!(
@@ -78,17 +132,17 @@ fn wait_readable(stream: &TcpStream, stop: &AtomicBool, poll: Duration) -> io::R
     }
 }
 
-/// Answers vpcd on one connection until it closes or `stop` is raised.
+/// Answers vpcd on one connection until it closes, the card is removed or serving stops.
 pub fn run_connection(
     mut stream: TcpStream,
     card: &mut SimCard,
-    stop: &AtomicBool,
+    control: &SlotControl,
 ) -> io::Result<Disconnect> {
     stream.set_nodelay(true)?;
     loop {
-        match wait_readable(&stream, stop, Duration::from_millis(200)) {
-            Ok(true) => {}
-            Ok(false) => return Ok(Disconnect::Stopped),
+        match wait_readable(&stream, control, Duration::from_millis(50)) {
+            Ok(None) => {}
+            Ok(Some(d)) => return Ok(d),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Disconnect::Closed),
             Err(e) => return Err(e),
         }
@@ -124,22 +178,28 @@ pub fn run_connection(
 }
 
 /// Keeps a card inserted in the vpcd slot at `addr`: connects, serves, and reconnects with
-/// backoff (up to `max_backoff`) whenever pcscd goes away, until `stop` is raised.
+/// backoff (up to `max_backoff`) whenever pcscd goes away, until the control stops it. While
+/// the control says the card is out, it stays disconnected.
 pub fn serve(
     card: &mut SimCard,
     addr: &str,
-    stop: Arc<AtomicBool>,
+    control: &SlotControl,
     max_backoff: Duration,
 ) -> io::Result<()> {
     let mut backoff = Duration::from_millis(20);
-    while !stop.load(Ordering::Relaxed) {
+    while !control.stopped() {
+        if !control.present() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 backoff = Duration::from_millis(20);
                 // A new connection is a fresh insertion: the card starts unpowered.
                 card.power_off();
-                match run_connection(stream, card, &stop) {
+                match run_connection(stream, card, control) {
                     Ok(Disconnect::Stopped) => break,
+                    Ok(Disconnect::Removed) => card.power_off(),
                     Ok(Disconnect::Closed) | Err(_) => {}
                 }
             }
@@ -175,11 +235,11 @@ mod tests {
     fn speaks_the_vpcd_protocol() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        let control = SlotControl::default();
+        let ctl = control.clone();
         let server = std::thread::spawn(move || {
             let mut card = SimCard::new(SimConfig::default());
-            serve(&mut card, &addr, stop2, Duration::from_millis(50)).unwrap();
+            serve(&mut card, &addr, &ctl, Duration::from_millis(50)).unwrap();
         });
         let (mut s, _) = listener.accept().unwrap();
         frame(&mut s, &[0x04]);
@@ -198,7 +258,19 @@ mod tests {
         let (mut s, _) = listener.accept().unwrap();
         frame(&mut s, &[0x04]);
         assert_eq!(reply(&mut s), crate::card::default_atr());
-        stop.store(true, Ordering::Relaxed);
+        // Removal closes the connection; insertion connects again.
+        control.remove();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            0,
+            "removal closes the connection"
+        );
+        control.insert();
+        let (mut s, _) = listener.accept().unwrap();
+        frame(&mut s, &[0x04]);
+        assert_eq!(reply(&mut s), crate::card::default_atr());
+        control.stop();
         server.join().unwrap();
     }
 }

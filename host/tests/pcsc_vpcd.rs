@@ -247,3 +247,73 @@ fn a_reset_by_another_application_is_reported() {
         pcsc.logs()
     );
 }
+
+#[test]
+fn more_than_two_readers_each_with_its_own_card() {
+    let pcsc = PrivatePcsc::start(5);
+    let v: serde_json::Value =
+        serde_json::from_slice(&pcsc.kagi(&["readers", "--json"]).stdout).unwrap();
+    let names = strings(&v, "readers", "name");
+    for i in 0..5 {
+        assert!(
+            names.contains(&support::reader_name(i).as_str()),
+            "{names:?}"
+        );
+    }
+    // Each reader reaches its own card: change one, the others stay as they were.
+    let last = support::reader_name(4);
+    let o = pcsc.kagi(&[
+        "gp",
+        "set-status",
+        "--reader",
+        &last,
+        "--test-keys",
+        "--app",
+        "F04B41474901",
+        "--state",
+        "lock",
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), pcsc.logs());
+    for i in 0..5 {
+        let r = pcsc.kagi(&[
+            "apdu",
+            "--reader",
+            &support::reader_name(i),
+            "00A4040006F04B41474901",
+        ]);
+        let locked = text(&r).contains("6A82");
+        assert_eq!(locked, i == 4, "reader {i}: {}", text(&r));
+    }
+}
+
+#[test]
+fn card_removal_and_insertion_reach_pcscd() {
+    let pcsc = PrivatePcsc::start(1);
+    let present = || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&pcsc.kagi(&["readers", "--json"]).stdout).unwrap();
+        v["readers"][0]["card_present"].as_bool().unwrap()
+    };
+    assert!(present());
+    pcsc.control("remove 0");
+    let start = std::time::Instant::now();
+    while present() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "pcscd never saw the removal\n{}",
+            pcsc.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = pcsc.kagi(&["gp", "info", "--reader", "0"]);
+    assert!(
+        !o.status.success() && text(&o).contains("no card"),
+        "{}",
+        text(&o)
+    );
+    pcsc.control("insert 0");
+    let w = pcsc.kagi(&["readers", "--wait", "0", "--timeout-ms", "10000"]);
+    assert!(w.status.success(), "{}", text(&w));
+    let o = pcsc.kagi(&["gp", "info", "--reader", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+}

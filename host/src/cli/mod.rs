@@ -104,6 +104,10 @@ enum SimCmd {
         /// Deterministic randomness from this seed (card i uses seed + i).
         #[arg(long)]
         seed: Option<u64>,
+        /// Read commands from standard input: `remove I` and `insert I` take card I out of
+        /// its reader and put it back; `quit` stops.
+        #[arg(long)]
+        control: bool,
     },
 }
 
@@ -179,7 +183,9 @@ fn cmd_sim_serve(
     image: &Option<PathBuf>,
     s16: bool,
     seed: Option<u64>,
+    control: bool,
 ) -> Result<(), Failure> {
+    use applet_sim::vpcd::SlotControl;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (host, port) = vpcd.rsplit_once(':').ok_or("--vpcd takes HOST:PORT")?;
@@ -193,6 +199,31 @@ fn cmd_sim_serve(
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))?;
+    }
+    let controls: Vec<SlotControl> = (0..cards)
+        .map(|_| SlotControl::with_stop(stop.clone()))
+        .collect();
+    if control {
+        let controls = controls.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let slot = |w: Option<&&str>| {
+                    w.and_then(|n| n.parse::<usize>().ok())
+                        .and_then(|n| controls.get(n))
+                };
+                match (words.first().copied(), slot(words.get(1))) {
+                    (Some("remove"), Some(c)) => c.remove(),
+                    (Some("insert"), Some(c)) => c.insert(),
+                    (Some("quit"), _) => break,
+                    _ => eprintln!("control: '{line}' not understood (remove I, insert I, quit)"),
+                }
+            }
+            if let Some(c) = controls.first() {
+                c.stop();
+            }
+        });
     }
     let mut threads = Vec::new();
     for i in 0..cards {
@@ -215,10 +246,10 @@ fn cmd_sim_serve(
             "{host}:{}",
             port.checked_add(i).ok_or("port range overflows")?
         );
-        let stop = stop.clone();
+        let slot = controls[i as usize].clone();
         eprintln!("serving simulated card {i} to vpcd at {addr}");
         threads.push(std::thread::spawn(move || {
-            let r = applet_sim::vpcd::serve(&mut card, &addr, stop, Duration::from_secs(2));
+            let r = applet_sim::vpcd::serve(&mut card, &addr, &slot, Duration::from_secs(2));
             (card, path, r)
         }));
     }
@@ -304,7 +335,8 @@ pub fn main() -> ExitCode {
             image,
             s16,
             seed,
-        }) => cmd_sim_serve(vpcd, *cards, image, *s16, *seed),
+            control,
+        }) => cmd_sim_serve(vpcd, *cards, image, *s16, *seed, *control),
         Cmd::Bench {
             seconds,
             reader,

@@ -26,6 +26,14 @@ pub struct PrivatePcsc {
     stdin: Option<ChildStdin>,
 }
 
+/// The reader that holds card `i` (see scripts/private-pcscd.sh).
+pub fn reader_name(i: usize) -> String {
+    match i / 2 {
+        0 => format!("Virtual PCD 00 {:02}", i % 2),
+        e => format!("Virtual PCD {} 00 {:02}", (b'A' + e as u8) as char, i % 2),
+    }
+}
+
 pub fn kagi_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kagi")
 }
@@ -57,19 +65,11 @@ impl PrivatePcsc {
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let work = std::env::temp_dir().join(format!("kagi-pcsc-{}-{n}", std::process::id()));
-        let conf = work.join("reader.conf.d");
         let run = work.join("run");
-        std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(&run).unwrap();
-        std::fs::write(
-            conf.join("vpcd"),
-            "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x8C7B\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7B\n",
-        )
-        .unwrap();
         let mut child = Command::new("unshare")
             .args(["-m", "-n", "--", "bash", SCRIPT])
             .env("WORK", &work)
-            .env("CONF", &conf)
             .env("RUN", &run)
             .env("KAGI", kagi_bin())
             .env("CARDS", cards.to_string())
@@ -98,7 +98,7 @@ impl PrivatePcsc {
             let out = stack.kagi(&[
                 "readers",
                 "--wait",
-                &format!("Virtual PCD 00 {slot:02}"),
+                &reader_name(slot),
                 "--timeout-ms",
                 "15000",
             ]);
@@ -126,6 +126,15 @@ impl PrivatePcsc {
     /// Runs `kagi` against this stack.
     pub fn kagi(&self, args: &[&str]) -> Output {
         self.run(kagi_bin(), args)
+    }
+
+    /// Sends a control line to the simulator (`remove 0`, `insert 0`).
+    pub fn control(&self, line: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.work.join("sim-ctl"))
+            .expect("sim-ctl");
+        writeln!(f, "{line}").expect("write control");
     }
 
     /// pcscd's and the simulator's logs, for failure messages.
