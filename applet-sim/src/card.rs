@@ -79,7 +79,44 @@ impl Default for SimConfig {
     }
 }
 
+/// Named card set-ups for `kagi sim serve --preset` and `--sim-preset`.
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "gp-test",
+        "GP card, test keys 40..4F (KVN 30), SCP03 i=70, echo applet installed",
+    ),
+    (
+        "gp-blank",
+        "GP card, test keys 40..4F (KVN 30), SCP03 i=70, no applet installed",
+    ),
+    (
+        "gp-s16",
+        "GP card, test keys 40..4F (KVN 30), SCP03 S16 (i=71), echo applet installed",
+    ),
+];
+
 impl SimConfig {
+    /// A named set-up (see [`PRESETS`]).
+    pub fn preset(name: &str) -> Result<SimConfig, String> {
+        let base = SimConfig::default();
+        match name {
+            "gp-test" => Ok(base),
+            "gp-blank" => Ok(SimConfig {
+                echo_applet: false,
+                ..base
+            }),
+            "gp-s16" => Ok(base.s16()),
+            other => Err(format!(
+                "unknown preset '{other}'; presets: {}",
+                PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// The same card running SCP03 in S16 mode (`i = 71`).
     pub fn s16(mut self) -> Self {
         self.isd.i = IParam(self.isd.i.0 | 0x01);

@@ -525,3 +525,45 @@ fn tearing_at_every_persistent_write_leaves_old_or_new_state() {
         gp::get_status(&mut sc, StatusScope::Applications).unwrap();
     }
 }
+
+#[test]
+fn a_domain_without_authorized_management_cannot_load_or_install() {
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(1)));
+    let ssd: [u8; 9] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x50, 0x02];
+    {
+        let mut sc = open(&mut ch, test_keys(), &ISD).unwrap();
+        let spec = InstallSpec {
+            package: SSD_PACKAGE.to_vec(),
+            module: SSD_MODULE.to_vec(),
+            instance: ssd.to_vec(),
+            privileges: vec![0x80], // Security Domain only
+            selectable: true,
+            ..InstallSpec::default()
+        };
+        manage::install(&mut sc, &spec).unwrap();
+        // Card-wide privileges cannot be given away by an application install.
+        let mut app = spec.clone();
+        app.package = applet_sim::echo::ECHO_PACKAGE.to_vec();
+        app.module = ECHO_AID.to_vec();
+        app.instance = APP.to_vec();
+        app.privileges = vec![0x80];
+        assert_eq!(
+            manage::install(&mut sc, &app).unwrap_err().status(),
+            Some(StatusWord::INCORRECT_DATA)
+        );
+    }
+    let mut sc = open(&mut ch, test_keys(), &ssd).unwrap();
+    let e = manage::load(&mut sc, &PKG, None, &echo_load_file(1), true).unwrap_err();
+    assert_eq!(e.status(), Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED));
+    assert_eq!(
+        manage::delete(&mut sc, &ECHO_AID, false)
+            .unwrap_err()
+            .status(),
+        Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED)
+    );
+    // Card life cycle belongs to the ISD.
+    assert_eq!(
+        manage::set_card_status(&mut sc, 0x7F).unwrap_err().status(),
+        Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED)
+    );
+}

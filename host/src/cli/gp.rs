@@ -142,7 +142,8 @@ pub struct Session {
     /// Security level: mac, enc, rmac, enc+rmac, full, or hex 01/03/11/13/33.
     #[arg(long, default_value = "full")]
     level: SecurityLevel,
-    /// Use SCP03 S16 mode (16-byte challenges and MACs).
+    /// Use SCP03 S16 mode (16-byte challenges and MACs); chosen automatically when the card
+    /// announces it.
     #[arg(long)]
     s16: bool,
     /// Allow the published GP test keys 40..4F (development cards only).
@@ -195,7 +196,14 @@ impl Session {
         let options = HostOptions {
             kvn: self.kvn,
             level: self.level,
-            mode: if self.s16 || target.sim_s16 {
+            // S16 when asked, or when the card's recognition data announces it (i bit 01).
+            mode: if self.s16
+                || domain
+                    .recognition
+                    .as_ref()
+                    .and_then(|r| r.scp)
+                    .is_some_and(|(_, i)| i & 1 != 0)
+            {
                 Mode::S16
             } else {
                 Mode::S8

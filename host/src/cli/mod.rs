@@ -98,6 +98,9 @@ enum SimCmd {
         /// FILE-i.
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16.
+        #[arg(long, default_value = "gp-test")]
+        preset: String,
         /// Run SCP03 in S16 mode (i = 71; new cards only).
         #[arg(long)]
         s16: bool,
@@ -181,6 +184,7 @@ fn cmd_sim_serve(
     vpcd: &str,
     cards: u16,
     image: &Option<PathBuf>,
+    preset: &str,
     s16: bool,
     seed: Option<u64>,
     control: bool,
@@ -232,7 +236,7 @@ fn cmd_sim_serve(
         let mut card = match &path {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
             _ => {
-                let mut config = SimConfig::default();
+                let mut config = SimConfig::preset(preset)?;
                 if s16 {
                     config = config.s16();
                 }
@@ -333,10 +337,11 @@ pub fn main() -> ExitCode {
             vpcd,
             cards,
             image,
+            preset,
             s16,
             seed,
             control,
-        }) => cmd_sim_serve(vpcd, *cards, image, *s16, *seed, *control),
+        }) => cmd_sim_serve(vpcd, *cards, image, preset, *s16, *seed, *control),
         Cmd::Bench {
             seconds,
             reader,

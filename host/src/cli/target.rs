@@ -28,6 +28,9 @@ pub struct Target {
     /// successful command), so a card personalised in one run is there in the next.
     #[arg(long, requires = "sim")]
     pub sim_image: Option<PathBuf>,
+    /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16).
+    #[arg(long, requires = "sim", default_value = "gp-test")]
+    pub sim_preset: String,
     /// Simulator: run SCP03 in S16 mode (i = 71; new cards only).
     #[arg(long, requires = "sim")]
     pub sim_s16: bool,
@@ -91,6 +94,7 @@ impl Target {
             exclusive: false,
             extended: false,
             sim_image: None,
+            sim_preset: "gp-test".into(),
             sim_s16: false,
             sim_seed: None,
         }
@@ -104,7 +108,7 @@ impl Target {
             card.power_on();
             return Ok(card);
         }
-        let mut config = SimConfig::default();
+        let mut config = SimConfig::preset(&self.sim_preset)?;
         if self.sim_s16 {
             config = config.s16();
         }
