@@ -46,6 +46,8 @@ pub struct SimConfig {
     pub echo_applet: bool,
     /// Persistent memory in bytes.
     pub memory: usize,
+    /// The answer to reset.
+    pub atr: Vec<u8>,
 }
 
 /// KVN of the simulator's default SCP03 key set.
@@ -75,6 +77,7 @@ impl Default for SimConfig {
             extended_length: true,
             echo_applet: true,
             memory: DEFAULT_BUDGET,
+            atr: default_atr(),
         }
     }
 }
@@ -146,6 +149,7 @@ impl SimConfig {
             auth_limit: self.isd.auth_limit,
         }
         .write(&mut s)?;
+        s.put("card/atr", &self.atr)?;
         registry::put_entry(
             &mut s,
             &RegistryEntry {
@@ -229,10 +233,14 @@ impl SimCard {
             Some(s) => CardRng::seeded(s),
             None => CardRng::Os,
         };
+        let atr = store
+            .get("card/atr")
+            .map(|a| a.to_vec())
+            .unwrap_or_else(default_atr);
         SimCard {
             runtime: Runtime::new(store, rng, extended_length),
             powered: false,
-            atr: default_atr(),
+            atr,
             extended_length,
         }
     }

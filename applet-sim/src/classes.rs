@@ -12,9 +12,11 @@ pub const ISD: &str = "gp.isd";
 pub const SD: &str = "gp.sd";
 /// The echo test applet.
 pub const ECHO: &str = "kagi.echo";
+/// The JPKI-style user-authentication applet.
+pub const JPKI: &str = "jpki.ap";
 
 /// Every class name a load file may name.
-pub const KNOWN: &[&str] = &[ISD, SD, ECHO];
+pub const KNOWN: &[&str] = &[ISD, SD, ECHO, JPKI];
 
 /// Whether a class exists.
 pub fn known(class: &str) -> bool {
@@ -27,6 +29,7 @@ pub fn instantiate(class: &str, aid: &Aid) -> Option<Box<dyn Applet>> {
         ISD => Some(Box::new(SecurityDomain::new(aid.clone(), true))),
         SD => Some(Box::new(SecurityDomain::new(aid.clone(), false))),
         ECHO => Some(Box::new(EchoApplet)),
+        JPKI => Some(Box::new(crate::jpki::JpkiApplet::default())),
         _ => None,
     }
 }

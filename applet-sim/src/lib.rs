@@ -28,6 +28,7 @@ pub mod applet;
 pub mod card;
 pub mod classes;
 pub mod echo;
+pub mod jpki;
 pub mod registry;
 pub mod rng;
 pub mod runtime;

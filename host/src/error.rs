@@ -39,6 +39,15 @@ pub enum Error {
     /// Keys could not be loaded.
     #[error("keys: {0}")]
     Keys(String),
+    /// A PIN was wrong.
+    #[error("wrong PIN: {tries_left} tries left before it blocks")]
+    WrongPin {
+        /// Tries left.
+        tries_left: u8,
+    },
+    /// A PIN is blocked.
+    #[error("the PIN is blocked: it must be reset at an issuing counter")]
+    PinBlocked,
 }
 
 /// The host library's result type.

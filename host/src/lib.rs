@@ -34,6 +34,7 @@ pub mod bench;
 pub mod channel;
 pub mod error;
 pub mod gp;
+pub mod jpki;
 pub mod keys;
 pub mod mock;
 #[cfg(feature = "pcsc")]

@@ -1,0 +1,443 @@
+//! A JPKI-style applet (公的個人認証AP), as real clients such as OpenSC's `jpki` driver expect
+//! it (`research/jpki-interface.md`):
+//!
+//! - AID `D3 92 F0 00 26 01 00 00 00 01`; EFs selected with `00 A4 02 0C 02 <FID>`;
+//! - certificates: `000A` user authentication and `000B` its CA, `0002` signature CA — readable
+//!   without PIN; `0001` signature certificate — only after the signature password;
+//!   `0006` token info, `0008` certificate availability;
+//! - keys `0017` (authentication) and `001A` (signature), RSA-2048, signing with
+//!   `80 2A 00 80|SFI` = PKCS#1 v1.5 type 1 over the data as given (a DigestInfo);
+//! - PINs `0018` (4 digits, 3 tries) and `001B` (6–16 upper-case letters and digits, 5 tries):
+//!   VERIFY, the empty VERIFY that reports `63Cx` without spending a try, CHANGE REFERENCE
+//!   DATA; `6984` once blocked, and blocked stays blocked across resets;
+//! - READ BINARY with `6B00` at or past the end; GET CHALLENGE.
+//!
+//! Persistent data lives in the store; the try counter is decremented before the comparison
+//! and restored after a match, so cutting power during VERIFY never grants a free try.
+//! Personalisation arrives as STORE DATA through the security domain (under SCP03): `C1` EF
+//! contents, `C2` private keys (PKCS#1 DER), `C3` PINs, `C4` on-card key generation.
+
+use crate::applet::{Applet, AppletContext};
+use crate::registry;
+use card_wire::apdu::{Command, Response};
+use card_wire::sw::StatusWord;
+use card_wire::tlv;
+use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey, EncodeRsaPublicKey};
+use rsa::pkcs1v15::Pkcs1v15Sign;
+use rsa::traits::PublicKeyParts;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+type Sw = StatusWord;
+
+/// The JPKI AP's AID.
+pub const JPKI_AID: [u8; 10] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00, 0x00, 0x00, 0x01];
+/// The load file (package) of the JPKI class in the simulator.
+pub const JPKI_PACKAGE: [u8; 7] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00];
+/// The ATR of the My Number card's contact interface that OpenSC's jpki driver matches.
+pub const JPKI_ATR: [u8; 9] = [0x3B, 0xE0, 0x00, 0xFF, 0x81, 0x31, 0xFE, 0x45, 0x14];
+
+/// Signature certificate (needs the signature password).
+pub const EF_SIGN_CERT: u16 = 0x0001;
+/// Signature CA certificate.
+pub const EF_SIGN_CA: u16 = 0x0002;
+/// Token information (CK_TOKEN_INFO).
+pub const EF_TOKEN_INFO: u16 = 0x0006;
+/// Certificate availability.
+pub const EF_CERT_AVAILABILITY: u16 = 0x0008;
+/// User-authentication certificate.
+pub const EF_AUTH_CERT: u16 = 0x000A;
+/// User-authentication CA certificate.
+pub const EF_AUTH_CA: u16 = 0x000B;
+/// User-authentication private key.
+pub const EF_AUTH_KEY: u16 = 0x0017;
+/// User-authentication PIN.
+pub const EF_AUTH_PIN: u16 = 0x0018;
+/// Signature private key.
+pub const EF_SIGN_KEY: u16 = 0x001A;
+/// Signature password.
+pub const EF_SIGN_PIN: u16 = 0x001B;
+
+/// Which PIN protects a key or an EF.
+fn pin_for(fid: u16) -> Option<u16> {
+    match fid {
+        EF_AUTH_KEY => Some(EF_AUTH_PIN),
+        EF_SIGN_KEY | EF_SIGN_CERT => Some(EF_SIGN_PIN),
+        _ => None,
+    }
+}
+
+/// Try limit of a PIN.
+fn max_tries(pin: u16) -> u8 {
+    if pin == EF_AUTH_PIN { 3 } else { 5 }
+}
+
+/// Whether `value` has the format of PIN `pin` (4 digits; or 6–16 upper-case letters and
+/// digits with at least one of each).
+pub fn pin_format_ok(pin: u16, value: &[u8]) -> bool {
+    match pin {
+        EF_AUTH_PIN => value.len() == 4 && value.iter().all(u8::is_ascii_digit),
+        EF_SIGN_PIN => {
+            (6..=16).contains(&value.len())
+                && value
+                    .iter()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+                && value.iter().any(u8::is_ascii_digit)
+                && value.iter().any(u8::is_ascii_uppercase)
+        }
+        _ => false,
+    }
+}
+
+/// The JPKI AP. Transient state: the current EF and which PINs are verified (cleared by reset
+/// and by selecting the AP again, as OpenSC's logout expects).
+#[derive(Debug, Default)]
+pub struct JpkiApplet {
+    current: Option<u16>,
+    verified: Vec<u16>,
+    perso: Vec<u8>,
+}
+
+/// Largest personalisation script (all STORE DATA blocks of one INSTALL [for
+/// personalization]).
+pub const MAX_PERSO: usize = 32 * 1024;
+
+fn key_of(ctx: &AppletContext<'_>, kind: &str, fid: u16) -> String {
+    format!("{}/{kind}/{fid:04X}", registry::data_prefix(ctx.aid))
+}
+
+impl JpkiApplet {
+    fn exists(ctx: &AppletContext<'_>, fid: u16) -> bool {
+        let kind = match fid {
+            EF_AUTH_KEY | EF_SIGN_KEY => "key",
+            EF_AUTH_PIN | EF_SIGN_PIN => "pin",
+            _ => "ef",
+        };
+        ctx.store.get(&key_of(ctx, kind, fid)).is_some()
+    }
+
+    fn select_ef(&mut self, cmd: &Command, ctx: &AppletContext<'_>) -> Result<Response, Sw> {
+        if cmd.p2() & 0xF3 != 0x00 && cmd.p2() != 0x0C {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let [a, b] = cmd.data() else {
+            return Err(Sw::WRONG_LENGTH);
+        };
+        let fid = u16::from_be_bytes([*a, *b]);
+        if !Self::exists(ctx, fid) {
+            return Err(Sw::NOT_FOUND);
+        }
+        self.current = Some(fid);
+        Ok(Response::status(Sw::SUCCESS))
+    }
+
+    fn read_binary(&self, cmd: &Command, ctx: &AppletContext<'_>) -> Result<Response, Sw> {
+        if cmd.p1() & 0x80 != 0 {
+            // Short-EF addressing is not offered.
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let fid = self.current.ok_or(Sw::NO_CURRENT_EF)?;
+        if matches!(fid, EF_AUTH_KEY | EF_SIGN_KEY | EF_AUTH_PIN | EF_SIGN_PIN) {
+            return Err(Sw::INCOMPATIBLE_FILE_STRUCTURE);
+        }
+        if let Some(pin) = pin_for(fid) {
+            if !self.verified.contains(&pin) {
+                return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+            }
+        }
+        let data = ctx
+            .store
+            .get(&key_of(ctx, "ef", fid))
+            .ok_or(Sw::NOT_FOUND)?;
+        let offset = u16::from_be_bytes([cmd.p1(), cmd.p2()]) as usize;
+        if offset >= data.len() {
+            return Err(StatusWord(0x6B00));
+        }
+        let n = cmd.ne().unwrap_or(256).min(data.len() - offset);
+        Ok(Response::success(&data[offset..offset + n]))
+    }
+
+    fn current_pin(&self, cmd: &Command) -> Result<u16, Sw> {
+        if cmd.p1() != 0x00 && cmd.ins() == 0x20 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        match cmd.p2() {
+            0x80 => match self.current {
+                Some(f @ (EF_AUTH_PIN | EF_SIGN_PIN)) => Ok(f),
+                Some(_) => Err(Sw::REFERENCED_DATA_NOT_FOUND),
+                None => Err(Sw::NO_CURRENT_EF),
+            },
+            0x98 => Ok(EF_AUTH_PIN),
+            0x9B => Ok(EF_SIGN_PIN),
+            _ => Err(Sw::INCORRECT_P1P2),
+        }
+    }
+
+    fn verify(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
+        let pin = self.current_pin(cmd)?;
+        let key = key_of(ctx, "pin", pin);
+        let record = ctx
+            .store
+            .get(&key)
+            .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?
+            .to_vec();
+        let (tries, max, reference) = match record.as_slice() {
+            [t, m, rest @ ..] => (*t, *m, rest),
+            _ => return Err(Sw::REFERENCED_DATA_NOT_FOUND),
+        };
+        let data = cmd.data();
+        if data.is_empty() {
+            // The retry query: never spends a try, always 63Cx.
+            return Err(StatusWord(0x63C0 | u16::from(tries.min(15))));
+        }
+        if data.len() > 16 {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        if tries == 0 {
+            return Err(Sw::REFERENCE_DATA_NOT_USABLE);
+        }
+        // Spend the try first (persistently), compare, then give it back on a match.
+        let mut spent = record.clone();
+        spent[0] = tries - 1;
+        ctx.store.put(&key, &spent)?;
+        spent.zeroize();
+        let ok = data.len() == reference.len() && bool::from(data.ct_eq(reference));
+        if ok {
+            let mut restored = record.clone();
+            restored[0] = max;
+            ctx.store.put(&key, &restored)?;
+            restored.zeroize();
+            if !self.verified.contains(&pin) {
+                self.verified.push(pin);
+            }
+            Ok(Response::status(Sw::SUCCESS))
+        } else {
+            self.verified.retain(|p| *p != pin);
+            Err(StatusWord(0x63C0 | u16::from(tries - 1)))
+        }
+    }
+
+    fn change_reference_data(
+        &mut self,
+        cmd: &Command,
+        ctx: &mut AppletContext<'_>,
+    ) -> Result<Response, Sw> {
+        if cmd.p1() != 0x01 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let pin = self.current_pin(cmd)?;
+        if !self.verified.contains(&pin) {
+            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+        }
+        if !pin_format_ok(pin, cmd.data()) {
+            return Err(Sw::INCORRECT_DATA);
+        }
+        let max = max_tries(pin);
+        let mut record = vec![max, max];
+        record.extend_from_slice(cmd.data());
+        let key = key_of(ctx, "pin", pin);
+        let r = ctx.store.put(&key, &record);
+        record.zeroize();
+        r?;
+        Ok(Response::status(Sw::SUCCESS))
+    }
+
+    fn sign(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
+        if cmd.p1() != 0x00 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let fid = match cmd.p2() {
+            0x80 => match self.current {
+                Some(f @ (EF_AUTH_KEY | EF_SIGN_KEY)) => f,
+                _ => return Err(Sw::CONDITIONS_NOT_SATISFIED),
+            },
+            0x97 => EF_AUTH_KEY,
+            0x9A => EF_SIGN_KEY,
+            _ => return Err(Sw::INCORRECT_P1P2),
+        };
+        let data = cmd.data();
+        if data.is_empty() || data.len() > 245 {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        let pin = pin_for(fid).unwrap_or(EF_AUTH_PIN);
+        if !self.verified.contains(&pin) {
+            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+        }
+        let der = ctx
+            .store
+            .get(&key_of(ctx, "key", fid))
+            .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
+        let key =
+            rsa::PrivateKey::from_pkcs1_der(der).map_err(|_| Sw::REFERENCE_DATA_NOT_USABLE)?;
+        let sig = key
+            .sign(Pkcs1v15Sign::new_unprefixed(), data)
+            .map_err(|_| Sw::WRONG_LENGTH)?;
+        Ok(Response::success(sig))
+    }
+
+    fn personalize_item(
+        item: &tlv::Tlv<'_>,
+        ctx: &mut AppletContext<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Sw> {
+        let (fid, rest) = match item.value {
+            [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), rest),
+            _ => return Err(Sw::INCORRECT_DATA),
+        };
+        match (item.tag.0, fid) {
+            (
+                0xC1,
+                EF_SIGN_CERT | EF_SIGN_CA | EF_TOKEN_INFO | EF_CERT_AVAILABILITY | EF_AUTH_CERT
+                | EF_AUTH_CA,
+            ) => {
+                ctx.store.put(&key_of(ctx, "ef", fid), rest)?;
+            }
+            (0xC2, EF_AUTH_KEY | EF_SIGN_KEY) => {
+                let key = rsa::PrivateKey::from_pkcs1_der(rest).map_err(|_| Sw::INCORRECT_DATA)?;
+                if key.size() != 256 {
+                    return Err(Sw::INCORRECT_DATA);
+                }
+                ctx.store.put(&key_of(ctx, "key", fid), rest)?;
+            }
+            (0xC3, EF_AUTH_PIN | EF_SIGN_PIN) => {
+                if !pin_format_ok(fid, rest) {
+                    return Err(Sw::INCORRECT_DATA);
+                }
+                let max = max_tries(fid);
+                let mut record = vec![max, max];
+                record.extend_from_slice(rest);
+                let r = ctx.store.put(&key_of(ctx, "pin", fid), &record);
+                record.zeroize();
+                r?;
+            }
+            (0xC4, EF_AUTH_KEY | EF_SIGN_KEY) if rest.is_empty() => {
+                // On-card key generation: only the public key leaves the card.
+                let mut seed = [0u8; 32];
+                ctx.rng.fill(&mut seed);
+                let mut rng = SeedRng(crate::rng::CardRng::seeded(u64::from_be_bytes([
+                    seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+                ])));
+                seed.zeroize();
+                let key = rsa::PrivateKey::new(&mut rng, 2048).map_err(|_| Sw::EXECUTION_ERROR)?;
+                let der = key.to_pkcs1_der().map_err(|_| Sw::EXECUTION_ERROR)?;
+                ctx.store.put(&key_of(ctx, "key", fid), der.as_bytes())?;
+                let public = key
+                    .to_public_key()
+                    .to_pkcs1_der()
+                    .map_err(|_| Sw::EXECUTION_ERROR)?;
+                out.extend(tlv::tlv(0xC4, public.as_bytes()));
+            }
+            _ => return Err(Sw::INCORRECT_DATA),
+        }
+        Ok(())
+    }
+}
+
+/// The card's random source as a `rand_core` generator (for on-card key generation).
+struct SeedRng(crate::rng::CardRng);
+
+impl rand_core::TryRng for SeedRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.0.fill(&mut b);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.0.fill(&mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill(dst);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SeedRng {}
+
+impl Applet for JpkiApplet {
+    fn select(&mut self, _ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, Sw> {
+        self.current = None;
+        self.verified.clear();
+        Ok(Vec::new())
+    }
+
+    fn deselect(&mut self, _channel: u8) {
+        self.current = None;
+        self.verified.clear();
+    }
+
+    fn process(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
+        let cla = cmd.class();
+        if cla.has_secure_messaging() {
+            return Err(Sw::SECURE_MESSAGING_NOT_SUPPORTED);
+        }
+        match (cla.is_proprietary(), cmd.ins()) {
+            (false, 0xA4) if cmd.p1() == 0x02 => self.select_ef(cmd, ctx),
+            (false, 0xA4) => Err(Sw::INCORRECT_P1P2),
+            (false, 0xB0) => self.read_binary(cmd, ctx),
+            (false, 0x20) => self.verify(cmd, ctx),
+            (false, 0x24) => self.change_reference_data(cmd, ctx),
+            (true, 0x2A) => self.sign(cmd, ctx),
+            (false, 0x84) => {
+                let n = cmd.ne().ok_or(Sw::WRONG_LENGTH)?;
+                Ok(Response::success(ctx.rng.bytes(n.min(256))))
+            }
+            (true, _) if cmd.class().byte() & 0xF0 != 0x80 => Err(Sw::CLA_NOT_SUPPORTED),
+            _ => Err(Sw::INS_NOT_SUPPORTED),
+        }
+    }
+
+    /// STORE DATA blocks are collected until the last one (P1 bit `80`); then the whole
+    /// script applies in one transaction, or not at all.
+    fn personalize(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
+        if self.perso.len() + cmd.data().len() > MAX_PERSO {
+            self.perso.clear();
+            return Err(Sw::NOT_ENOUGH_MEMORY);
+        }
+        self.perso.extend_from_slice(cmd.data());
+        if cmd.p1() & 0x80 == 0 {
+            return Ok(Response::status(Sw::SUCCESS));
+        }
+        let script = std::mem::take(&mut self.perso);
+        let items = tlv::parse_all(&script).map_err(|_| Sw::INCORRECT_DATA)?;
+        if items.is_empty() {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        let mut out = Vec::new();
+        ctx.store.begin();
+        for item in &items {
+            if let Err(sw) = Self::personalize_item(item, ctx, &mut out) {
+                ctx.store.abort();
+                return Err(sw);
+            }
+        }
+        ctx.store.commit()?;
+        Ok(Response::success(out))
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+        self.verified.clear();
+        self.perso.zeroize();
+        self.perso.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_formats() {
+        assert!(pin_format_ok(EF_AUTH_PIN, b"1234"));
+        assert!(!pin_format_ok(EF_AUTH_PIN, b"123"));
+        assert!(!pin_format_ok(EF_AUTH_PIN, b"12a4"));
+        assert!(pin_format_ok(EF_SIGN_PIN, b"ABC123"));
+        assert!(!pin_format_ok(EF_SIGN_PIN, b"abc123"));
+        assert!(!pin_format_ok(EF_SIGN_PIN, b"ABCDEF"));
+        assert!(!pin_format_ok(EF_SIGN_PIN, b"A1"));
+        assert!(!pin_format_ok(EF_SIGN_PIN, b"ABCDEFGH123456789"));
+    }
+}
