@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command against a private PC/SC stack: its own pcscd (isolated with unshare, never
 # touching a pcscd already running) with vpcd readers holding N simulated cards.
-#   scripts/pcsc-sandbox.sh [--cards N] -- COMMAND [ARGS...]
+#   scripts/pcsc-sandbox.sh [--cards N] [--preset NAME] -- COMMAND [ARGS...]
 # COMMAND sees PCSCLITE_CSOCK_NAME pointing at the private daemon, e.g.
 #   scripts/pcsc-sandbox.sh -- opensc-tool -l
 #   scripts/pcsc-sandbox.sh -- ./target/release/kagi gp list --reader 0 --test-keys
@@ -17,6 +17,7 @@ cards=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --cards) cards="$2"; shift 2 ;;
+        --preset) export PRESET="$2"; shift 2 ;;
         --) shift; break ;;
         *) break ;;
     esac

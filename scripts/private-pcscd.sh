@@ -5,7 +5,7 @@
 # entries load their own copy of the driver, as vpcd keeps per-slot state in globals), and
 # `$KAGI sim serve` inserting the cards. Stays up until its standard input closes, then stops
 # exactly the two processes it started. Used by scripts/pcsc-sandbox.sh and the Rust
-# integration tests. Environment: WORK, RUN, KAGI, CARDS.
+# integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test).
 # Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
 # on TCP port 35963 + i).
 set -eu
@@ -32,7 +32,7 @@ P=$!
 # Write `remove I` / `insert I` lines to $WORK/sim-ctl to take card I out and put it back.
 mkfifo "$WORK/sim-ctl"
 exec 8<>"$WORK/sim-ctl"
-"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 --control <&8 >"$WORK/sim.log" 2>&1 &
+"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 --preset "${PRESET:-gp-test}" --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
 trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT

@@ -140,10 +140,10 @@ impl JpkiApplet {
         if matches!(fid, EF_AUTH_KEY | EF_SIGN_KEY | EF_AUTH_PIN | EF_SIGN_PIN) {
             return Err(Sw::INCOMPATIBLE_FILE_STRUCTURE);
         }
-        if let Some(pin) = pin_for(fid) {
-            if !self.verified.contains(&pin) {
-                return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
-            }
+        if let Some(pin) = pin_for(fid)
+            && !self.verified.contains(&pin)
+        {
+            return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
         let data = ctx
             .store

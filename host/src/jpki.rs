@@ -372,9 +372,11 @@ pub fn demo_card(seed: Option<u64>) -> Result<(applet_sim::SimCard, DemoIdentity
     use crate::channel::CardChannel;
     use crate::secure::SecureChannel;
     use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
-    let mut config = applet_sim::SimConfig::default();
-    config.atr = applet_sim::jpki::JPKI_ATR.to_vec();
-    config.seed = seed;
+    let config = applet_sim::SimConfig {
+        atr: applet_sim::jpki::JPKI_ATR.to_vec(),
+        seed,
+        ..applet_sim::SimConfig::default()
+    };
     let identity = DemoIdentity::generate()?;
     let mut ch = CardChannel::new(applet_sim::SimCard::powered(config));
     let sd = crate::gp::select_domain(&mut ch, None)?;

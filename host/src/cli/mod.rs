@@ -98,7 +98,9 @@ enum SimCmd {
         /// FILE-i.
         #[arg(long)]
         image: Option<PathBuf>,
-        /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16.
+        /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, jpki-demo (a JPKI
+        /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
+        /// signature password ABC123).
         #[arg(long, default_value = "gp-test")]
         preset: String,
         /// Run SCP03 in S16 mode (i = 71; new cards only).
@@ -112,6 +114,20 @@ enum SimCmd {
         #[arg(long)]
         control: bool,
     },
+}
+
+/// A JPKI demo card (personalised through the GP path); prints the demo PINs.
+pub fn jpki_demo_card(seed: Option<u64>) -> Result<SimCard, Failure> {
+    let (mut card, identity) = kagi::jpki::demo_card(seed)?;
+    eprintln!(
+        "jpki-demo card: auth certificate serial {:08X}; demo PINs: auth PIN {}, signature password {} (test card only)",
+        identity.auth_serial,
+        kagi::jpki::DEMO_AUTH_PIN,
+        kagi::jpki::DEMO_SIGN_PIN
+    );
+    card.power_off();
+    card.power_on();
+    Ok(card)
 }
 
 /// Prints a JSON document with the schema version.
@@ -235,6 +251,7 @@ fn cmd_sim_serve(
         let card_seed = seed.map(|s| s + u64::from(i));
         let mut card = match &path {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
+            _ if preset == "jpki-demo" => jpki_demo_card(card_seed)?,
             _ => {
                 let mut config = SimConfig::preset(preset)?;
                 if s16 {

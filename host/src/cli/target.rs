@@ -28,7 +28,7 @@ pub struct Target {
     /// successful command), so a card personalised in one run is there in the next.
     #[arg(long, requires = "sim")]
     pub sim_image: Option<PathBuf>,
-    /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16).
+    /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16, jpki-demo).
     #[arg(long, requires = "sim", default_value = "gp-test")]
     pub sim_preset: String,
     /// Simulator: run SCP03 in S16 mode (i = 71; new cards only).
@@ -107,6 +107,9 @@ impl Target {
             let mut card = SimCard::from_image(path, self.sim_seed)?;
             card.power_on();
             return Ok(card);
+        }
+        if self.sim_preset == "jpki-demo" {
+            return super::jpki_demo_card(self.sim_seed);
         }
         let mut config = SimConfig::preset(&self.sim_preset)?;
         if self.sim_s16 {

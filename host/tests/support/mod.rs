@@ -60,6 +60,11 @@ pub fn available() -> Result<(), String> {
 impl PrivatePcsc {
     /// Starts pcscd and `cards` simulated cards, and waits until reader 0 holds a card.
     pub fn start(cards: usize) -> PrivatePcsc {
+        Self::start_with(cards, "gp-test")
+    }
+
+    /// Starts pcscd with `cards` cards of a simulator preset.
+    pub fn start_with(cards: usize, preset: &str) -> PrivatePcsc {
         if let Err(why) = available() {
             panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
         }
@@ -73,6 +78,7 @@ impl PrivatePcsc {
             .env("RUN", &run)
             .env("KAGI", kagi_bin())
             .env("CARDS", cards.to_string())
+            .env("PRESET", preset)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
