@@ -87,14 +87,14 @@ fn read_binary(
     ch.transmit(&Command::new(0x00, 0xB0, p1, p2).with_le(len)?)
 }
 
-/// Reads a DER object (a certificate) from an EF with the fewest APDUs: the 4-byte header
-/// `30 82 HH LL` first, then the rest in 256-byte reads.
+/// Reads a DER object (a certificate) from an EF with the fewest APDUs: 256 bytes first
+/// (which carry the `30 82 HH LL` header), then the rest in 256-byte reads.
 pub fn read_der(ch: &mut impl ApduChannel, fid: u16) -> Result<Vec<u8>> {
     select_ef(ch, fid)?;
-    let head = expect_success("READ BINARY", read_binary(ch, 0, 4)?)?;
+    let head = expect_success("READ BINARY", read_binary(ch, 0, 256)?)?;
     let total = match head.as_slice() {
-        [0x30, 0x82, hi, lo] => 4 + u16::from_be_bytes([*hi, *lo]) as usize,
-        [0x30, 0x81, l, _] => 3 + *l as usize,
+        [0x30, 0x82, hi, lo, ..] => 4 + u16::from_be_bytes([*hi, *lo]) as usize,
+        [0x30, 0x81, l, ..] => 3 + *l as usize,
         [0x30, l, ..] if *l < 0x80 => 2 + *l as usize,
         _ => {
             return Err(Error::Protocol(format!(
@@ -227,17 +227,31 @@ pub const DEMO_SIGN_PIN: &str = "ABC123";
 impl DemoIdentity {
     /// A fresh synthetic identity: two test CAs, two RSA-2048 keys, certificates valid a year.
     pub fn generate() -> Result<DemoIdentity> {
-        use std::time::{Duration, SystemTime};
         let pki = |e: test_pki::PkiError| Error::Protocol(format!("test CA: {e}"));
         let auth_ca = test_pki::TestCa::new("JPKI for user authentication").map_err(pki)?;
         let sign_ca = test_pki::TestCa::new("JPKI for digital signature").map_err(pki)?;
+        let now = std::time::SystemTime::now();
+        Self::generate_with(
+            auth_ca,
+            sign_ca,
+            now,
+            now + std::time::Duration::from_secs(365 * 86400),
+        )
+    }
+
+    /// A synthetic identity issued by given CAs with the given validity.
+    pub fn generate_with(
+        auth_ca: test_pki::TestCa,
+        sign_ca: test_pki::TestCa,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> Result<DemoIdentity> {
+        let pki = |e: test_pki::PkiError| Error::Protocol(format!("test CA: {e}"));
         let auth_key = test_pki::generate_rsa_key().map_err(pki)?;
         let sign_key = test_pki::generate_rsa_key().map_err(pki)?;
         let mut serial = [0u8; 4];
         getrandom::fill(&mut serial).map_err(|e| Error::Protocol(e.to_string()))?;
         let auth_serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 0x0100_0000;
-        let now = SystemTime::now();
-        let year = Duration::from_secs(365 * 86400);
         let opaque = format!("KAGITEST{auth_serial:010}");
         use der::Encode;
         let auth_cert = auth_ca
@@ -245,8 +259,8 @@ impl DemoIdentity {
                 &auth_key.to_public_key(),
                 &opaque,
                 auth_serial,
-                now,
-                now + year,
+                not_before,
+                not_after,
             )
             .map_err(pki)?
             .to_der()
@@ -256,8 +270,8 @@ impl DemoIdentity {
                 &sign_key.to_public_key(),
                 &test_pki::BasicFacts::synthetic(),
                 auth_serial + 1,
-                now,
-                now + year,
+                not_before,
+                not_after,
             )
             .map_err(pki)?
             .to_der()
@@ -369,6 +383,14 @@ pub fn personalise_sim(
 /// fresh synthetic identity and the demo PINs, answering to reset like a My Number card.
 #[cfg(feature = "sim")]
 pub fn demo_card(seed: Option<u64>) -> Result<(applet_sim::SimCard, DemoIdentity)> {
+    let identity = DemoIdentity::generate()?;
+    let card = demo_card_for(seed, &identity)?;
+    Ok((card, identity))
+}
+
+/// A simulated JPKI card personalised through the GP path for `identity`.
+#[cfg(feature = "sim")]
+pub fn demo_card_for(seed: Option<u64>, identity: &DemoIdentity) -> Result<applet_sim::SimCard> {
     use crate::channel::CardChannel;
     use crate::secure::SecureChannel;
     use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
@@ -377,7 +399,6 @@ pub fn demo_card(seed: Option<u64>) -> Result<(applet_sim::SimCard, DemoIdentity
         seed,
         ..applet_sim::SimConfig::default()
     };
-    let identity = DemoIdentity::generate()?;
     let mut ch = CardChannel::new(applet_sim::SimCard::powered(config));
     let sd = crate::gp::select_domain(&mut ch, None)?;
     {
@@ -391,7 +412,7 @@ pub fn demo_card(seed: Option<u64>) -> Result<(applet_sim::SimCard, DemoIdentity
             opts,
             Some(&sd.aid),
         )?;
-        personalise_sim(&mut sc, &identity, DEMO_AUTH_PIN, DEMO_SIGN_PIN)?;
+        personalise_sim(&mut sc, identity, DEMO_AUTH_PIN, DEMO_SIGN_PIN)?;
     }
-    Ok((ch.into_transport(), identity))
+    Ok(ch.into_transport())
 }

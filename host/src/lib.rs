@@ -32,6 +32,7 @@
 
 pub mod bench;
 pub mod channel;
+pub mod eligibility;
 pub mod error;
 pub mod gp;
 pub mod jpki;

@@ -401,3 +401,102 @@ mod tests {
         );
     }
 }
+
+/// Files of a CA kept in a directory: `<name>.key.der` (PKCS#8, mode 0600), `<name>.crt.der`
+/// and `<name>.crt.pem`, `<name>.revoked` (one decimal serial per line) and `<name>.crl.der`.
+pub mod store {
+    use super::*;
+    use der::EncodePem;
+    use der::pem::LineEnding;
+    use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    use std::path::{Path, PathBuf};
+
+    fn file(dir: &Path, name: &str, ext: &str) -> PathBuf {
+        dir.join(format!("{name}.{ext}"))
+    }
+
+    fn io(path: &Path, e: std::io::Error) -> PkiError {
+        PkiError::Parse(format!("{}: {e}", path.display()))
+    }
+
+    fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        use std::io::Write;
+        opts.open(path)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| io(path, e))
+    }
+
+    /// Saves a CA under `name` in `dir`.
+    pub fn save(ca: &TestCa, dir: &Path, name: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let key = ca
+            .key
+            .to_pkcs8_der()
+            .map_err(|e| PkiError::Parse(e.to_string()))?;
+        write_private(&file(dir, name, "key.der"), key.as_bytes())?;
+        let p = file(dir, name, "crt.der");
+        std::fs::write(&p, ca.cert.to_der()?).map_err(|e| io(&p, e))?;
+        let p = file(dir, name, "crt.pem");
+        std::fs::write(&p, ca.cert.to_pem(LineEnding::LF)?).map_err(|e| io(&p, e))?;
+        Ok(())
+    }
+
+    /// Loads the CA `name` from `dir`, or creates and saves it (with organisational unit
+    /// `unit`) when absent.
+    pub fn load_or_create(dir: &Path, name: &str, unit: &str) -> Result<TestCa> {
+        let key_path = file(dir, name, "key.der");
+        if !key_path.exists() {
+            let ca = TestCa::new(unit)?;
+            save(&ca, dir, name)?;
+            return Ok(ca);
+        }
+        let key_der = std::fs::read(&key_path).map_err(|e| io(&key_path, e))?;
+        let key = PrivateKey::from_pkcs8_der(&key_der)
+            .map_err(|e| PkiError::Parse(format!("{}: {e}", key_path.display())))?;
+        let cert_path = file(dir, name, "crt.der");
+        let cert = parse_certificate(&std::fs::read(&cert_path).map_err(|e| io(&cert_path, e))?)?;
+        Ok(TestCa { key, cert })
+    }
+
+    /// The serials revoked by CA `name`.
+    pub fn revoked(dir: &Path, name: &str) -> Result<Vec<u32>> {
+        let p = file(dir, name, "revoked");
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                l.parse::<u32>()
+                    .map_err(|_| PkiError::Parse(format!("{}: '{l}' is not a serial", p.display())))
+            })
+            .collect()
+    }
+
+    /// Revokes `serial` and writes a fresh CRL; returns the CRL's path.
+    pub fn revoke(ca: &TestCa, dir: &Path, name: &str, serial: u32) -> Result<PathBuf> {
+        let mut list = revoked(dir, name)?;
+        if !list.contains(&serial) {
+            list.push(serial);
+        }
+        let p = file(dir, name, "revoked");
+        let text: String = list.iter().map(|s| format!("{s}\n")).collect();
+        std::fs::write(&p, text).map_err(|e| io(&p, e))?;
+        write_crl(ca, dir, name)
+    }
+
+    /// Writes the CA's CRL from its revocation list; returns the CRL's path.
+    pub fn write_crl(ca: &TestCa, dir: &Path, name: &str) -> Result<PathBuf> {
+        let list = revoked(dir, name)?;
+        let crl = ca.crl(list.len() as u32 + 1, &list)?;
+        let p = file(dir, name, "crl.der");
+        std::fs::write(&p, crl.to_der()?).map_err(|e| io(&p, e))?;
+        Ok(p)
+    }
+}
