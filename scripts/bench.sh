@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --quiet --release -p kagi
 ./target/release/kagi bench "$@"
-bash scripts/pcsc-sandbox.sh -- ./target/release/kagi bench --reader "Virtual PCD 00 00" --count 2000
+bash scripts/pcsc-sandbox.sh --preset jpki-demo -- ./target/release/kagi bench --reader "Virtual PCD 00 00" --count 2000

@@ -310,7 +310,7 @@ pub fn transport_round_trips<T: card_wire::Transport>(
         black_box(ch.transmit(&get_data).ok());
     });
     let desc = ch.transport().describe();
-    Ok(vec![
+    let mut out = vec![
         figure(
             &format!("APDU round trip via {desc}, median of {n}"),
             1e6 / median,
@@ -323,5 +323,26 @@ pub fn transport_round_trips<T: card_wire::Transport>(
             "-",
             true,
         ),
-    ])
+    ];
+    // A PIN-less eligibility read, when the card has a JPKI AP.
+    let trust = crate::eligibility::Trust::default();
+    let now = std::time::SystemTime::now();
+    if let Ok(r) = crate::eligibility::read(&mut ch, &trust, now) {
+        if r.verdict != crate::eligibility::Verdict::NotAJpkiCard {
+            let reads = (n / 10).max(10);
+            let (median, _) = latency(reads, || {
+                black_box(crate::eligibility::read(&mut ch, &trust, now).ok());
+            });
+            out.push(figure(
+                &format!(
+                    "eligibility read via {desc} ({} commands, no PIN), median of {reads}",
+                    r.commands
+                ),
+                1e6 / median,
+                "-",
+                true,
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -224,3 +224,103 @@ fn life_cycle_from_the_cli_and_s16_cards() {
     assert_eq!(v["session"]["level"], "01");
     assert!(Path::new(&img).exists());
 }
+
+#[test]
+fn jpki_demo_card_ca_and_eligibility_from_the_cli() {
+    let d = Dir::new("jpki");
+    let img = d.path("jcard.img");
+    let pki = d.path("pki");
+    ok(&["ca", "init", "--dir", &pki]);
+    let sim = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--sim",
+                "--sim-preset",
+                "jpki-demo",
+                "--sim-image",
+                &img,
+                "--sim-pki-dir",
+                &pki,
+            ]
+            .map(String::from),
+        );
+        v
+    };
+    let run = |extra: &[&str]| ok(&sim(extra).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let info = run(&["jpki", "info", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["token_label"], "JPKIAPICCTOKEN2");
+    assert_eq!(v["auth_pin_tries"], 3);
+    let serial =
+        u64::from_str_radix(v["auth_certificate"]["serial"].as_str().unwrap(), 16).unwrap();
+    let ca = format!("{pki}/auth-ca.crt.pem");
+    let crl = format!("{pki}/auth-ca.crl.der");
+    let verdict = |out: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        v["verdict"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        verdict(&run(&["eligibility", "read", "--ca", &ca, "--json"])),
+        "eligible"
+    );
+    // A PIN from a file signs; the signature is checked against the card's certificate.
+    let pin = d.path("pin");
+    std::fs::write(&pin, "1234\n").unwrap();
+    let msg = d.path("msg");
+    std::fs::write(&msg, "hello").unwrap();
+    let sig = d.path("sig");
+    let out = run(&["jpki", "sign", "--pin-file", &pin, "-i", &msg, "-o", &sig]);
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(std::fs::metadata(&sig).unwrap().len(), 256);
+    // Revocation at the CA takes effect on the next read.
+    ok(&["ca", "revoke", "--dir", &pki, &serial.to_string()]);
+    assert_eq!(
+        verdict(&run(&[
+            "eligibility",
+            "read",
+            "--ca",
+            &ca,
+            "--crl",
+            &crl,
+            "--json"
+        ])),
+        "revoked"
+    );
+    // A wrong PIN reports the tries left and is counted.
+    let bad = d.path("bad");
+    std::fs::write(&bad, "0000").unwrap();
+    let o = kagi(
+        &sim(&["jpki", "verify", "--pin-file", &bad])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 tries left"));
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["jpki", "pin-status", "--json"])).unwrap();
+    assert_eq!(v["auth_pin_tries"], 2);
+    // A PIN of the wrong format never reaches the card.
+    std::fs::write(&bad, "12345").unwrap();
+    let o = kagi(
+        &sim(&["jpki", "verify", "--pin-file", &bad])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4 digits"));
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["jpki", "pin-status", "--json"])).unwrap();
+    assert_eq!(v["auth_pin_tries"], 2);
+    // An unknown CA: unknown-issuer.
+    let other = d.path("other");
+    ok(&["ca", "init", "--dir", &other]);
+    let out = run(&[
+        "eligibility",
+        "read",
+        "--ca",
+        &format!("{other}/auth-ca.crt.pem"),
+        "--json",
+    ]);
+    assert_eq!(verdict(&out), "unknown-issuer");
+}

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and output. Keys and PINs never come from argv.
 
 mod gp;
+mod jpki;
 mod target;
 
 use applet_sim::{SimCard, SimConfig};
@@ -65,6 +66,15 @@ enum Cmd {
     /// GlobalPlatform card management.
     #[command(subcommand)]
     Gp(gp::GpCmd),
+    /// The JPKI-style applet: certificates, PINs, signatures.
+    #[command(subcommand)]
+    Jpki(jpki::JpkiCmd),
+    /// PIN-less eligibility check: reads the authentication certificate and judges it.
+    #[command(subcommand)]
+    Eligibility(EligibilityCmd),
+    /// The test certification authority (synthetic certificates only).
+    #[command(subcommand)]
+    Ca(jpki::CaCmd),
     /// The card simulator.
     #[command(subcommand)]
     Sim(SimCmd),
@@ -80,6 +90,13 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         count: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum EligibilityCmd {
+    /// Read and judge a card: eligible, expired, revoked, unknown-issuer or
+    /// not-a-jpki-card. Never sends a PIN.
+    Read(jpki::EligibilityArgs),
 }
 
 #[derive(Subcommand)]
@@ -103,6 +120,9 @@ enum SimCmd {
         /// signature password ABC123).
         #[arg(long, default_value = "gp-test")]
         preset: String,
+        /// jpki-demo: issue the cards' certificates with the test CAs in this directory.
+        #[arg(long)]
+        pki_dir: Option<PathBuf>,
         /// Run SCP03 in S16 mode (i = 71; new cards only).
         #[arg(long)]
         s16: bool,
@@ -116,9 +136,23 @@ enum SimCmd {
     },
 }
 
-/// A JPKI demo card (personalised through the GP path); prints the demo PINs.
-pub fn jpki_demo_card(seed: Option<u64>) -> Result<SimCard, Failure> {
-    let (mut card, identity) = kagi::jpki::demo_card(seed)?;
+/// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
+/// `pki_dir`, the test CAs kept there issue its certificates (see `kagi ca init`).
+pub fn jpki_demo_card(seed: Option<u64>, pki_dir: Option<&Path>) -> Result<SimCard, Failure> {
+    let identity = match pki_dir {
+        Some(dir) => {
+            let (auth, sign) = jpki::cas(dir)?;
+            let now = std::time::SystemTime::now();
+            kagi::jpki::DemoIdentity::generate_with(
+                auth,
+                sign,
+                now,
+                now + Duration::from_secs(365 * 86400),
+            )?
+        }
+        None => kagi::jpki::DemoIdentity::generate()?,
+    };
+    let mut card = kagi::jpki::demo_card_for(seed, &identity)?;
     eprintln!(
         "jpki-demo card: auth certificate serial {:08X}; demo PINs: auth PIN {}, signature password {} (test card only)",
         identity.auth_serial,
@@ -201,6 +235,7 @@ fn cmd_sim_serve(
     cards: u16,
     image: &Option<PathBuf>,
     preset: &str,
+    pki_dir: &Option<PathBuf>,
     s16: bool,
     seed: Option<u64>,
     control: bool,
@@ -251,7 +286,7 @@ fn cmd_sim_serve(
         let card_seed = seed.map(|s| s + u64::from(i));
         let mut card = match &path {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
-            _ if preset == "jpki-demo" => jpki_demo_card(card_seed)?,
+            _ if preset == "jpki-demo" => jpki_demo_card(card_seed, pki_dir.as_deref())?,
             _ => {
                 let mut config = SimConfig::preset(preset)?;
                 if s16 {
@@ -350,15 +385,19 @@ pub fn main() -> ExitCode {
         Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
         Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
         Cmd::Gp(g) => gp::run(g, cli.trace, cli.json),
+        Cmd::Jpki(j) => jpki::run(j, cli.trace, cli.json),
+        Cmd::Eligibility(EligibilityCmd::Read(a)) => jpki::eligibility_read(a, cli.trace, cli.json),
+        Cmd::Ca(c) => jpki::ca(c),
         Cmd::Sim(SimCmd::Serve {
             vpcd,
             cards,
             image,
             preset,
+            pki_dir,
             s16,
             seed,
             control,
-        }) => cmd_sim_serve(vpcd, *cards, image, preset, *s16, *seed, *control),
+        }) => cmd_sim_serve(vpcd, *cards, image, preset, pki_dir, *s16, *seed, *control),
         Cmd::Bench {
             seconds,
             reader,

@@ -31,6 +31,10 @@ pub struct Target {
     /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16, jpki-demo).
     #[arg(long, requires = "sim", default_value = "gp-test")]
     pub sim_preset: String,
+    /// Simulator (jpki-demo): issue the card's certificates with the test CAs in this
+    /// directory (see `kagi ca init`).
+    #[arg(long, requires = "sim")]
+    pub sim_pki_dir: Option<PathBuf>,
     /// Simulator: run SCP03 in S16 mode (i = 71; new cards only).
     #[arg(long, requires = "sim")]
     pub sim_s16: bool,
@@ -95,6 +99,7 @@ impl Target {
             extended: false,
             sim_image: None,
             sim_preset: "gp-test".into(),
+            sim_pki_dir: None,
             sim_s16: false,
             sim_seed: None,
         }
@@ -109,7 +114,9 @@ impl Target {
             return Ok(card);
         }
         if self.sim_preset == "jpki-demo" {
-            return super::jpki_demo_card(self.sim_seed);
+            let mut card = super::jpki_demo_card(self.sim_seed, self.sim_pki_dir.as_deref())?;
+            card.power_on();
+            return Ok(card);
         }
         let mut config = SimConfig::preset(&self.sim_preset)?;
         if self.sim_s16 {

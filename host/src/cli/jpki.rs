@@ -1,0 +1,427 @@
+//! `kagi jpki …`, `kagi eligibility read` and `kagi ca …`.
+
+use super::target::Target;
+use super::{Failure, print_json};
+use clap::{Args, Subcommand};
+use kagi::channel::ApduChannel;
+use kagi::eligibility::{self, Trust};
+use kagi::jpki::{self, Pin};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use zeroize::Zeroizing;
+
+#[derive(Subcommand)]
+pub enum JpkiCmd {
+    /// Token label, PIN tries and the authentication certificate's subject (no PIN needed).
+    Info {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a certificate to a file (DER): auth, auth-ca, sign-ca, or sign (needs the
+    /// signature password).
+    ReadCert {
+        #[command(flatten)]
+        target: Target,
+        /// Which certificate.
+        #[arg(long, default_value = "auth")]
+        which: String,
+        /// Output file.
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+        #[command(flatten)]
+        pin: PinSource,
+    },
+    /// Tries left for both PINs (asked without spending one).
+    PinStatus {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check a PIN (auth or sign); reports the tries left when wrong.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// auth (4-digit PIN) or sign (signature password).
+        #[arg(long, default_value = "auth")]
+        key: String,
+        #[command(flatten)]
+        pin: PinSource,
+    },
+    /// Sign a file (SHA-256 DigestInfo) with the auth or sign key; the signature is checked
+    /// against the card's certificate before it is written.
+    Sign {
+        #[command(flatten)]
+        target: Target,
+        /// auth or sign.
+        #[arg(long, default_value = "auth")]
+        key: String,
+        /// File to sign.
+        #[arg(long, short = 'i')]
+        input: PathBuf,
+        /// Signature output (raw, 256 bytes).
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+        #[command(flatten)]
+        pin: PinSource,
+    },
+    /// Change a PIN: the current one from --pin-*, the new one from --new-pin-file,
+    /// --new-pin-env or a prompt.
+    ChangePin {
+        #[command(flatten)]
+        target: Target,
+        /// auth or sign.
+        #[arg(long, default_value = "auth")]
+        key: String,
+        #[command(flatten)]
+        pin: PinSource,
+        /// File holding the new PIN.
+        #[arg(long)]
+        new_pin_file: Option<PathBuf>,
+        /// Environment variable holding the new PIN.
+        #[arg(long)]
+        new_pin_env: Option<String>,
+    },
+}
+
+/// Where a PIN comes from: a file, an environment variable, or a prompt — never argv.
+#[derive(Args, Clone)]
+pub struct PinSource {
+    /// File holding the PIN (first line).
+    #[arg(long)]
+    pin_file: Option<PathBuf>,
+    /// Name of the environment variable holding the PIN.
+    #[arg(long)]
+    pin_env: Option<String>,
+}
+
+fn read_pin(
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    prompt: &str,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let text =
+        if let Some(f) = file {
+            Zeroizing::new(std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?)
+        } else if let Some(v) = env {
+            Zeroizing::new(
+                std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))?,
+            )
+        } else {
+            Zeroizing::new(rpassword::prompt_password(prompt).map_err(|e| {
+                format!("cannot prompt for the PIN: {e}; use --pin-file or --pin-env")
+            })?)
+        };
+    Ok(Zeroizing::new(
+        text.lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .as_bytes()
+            .to_vec(),
+    ))
+}
+
+impl PinSource {
+    fn read(&self, pin: Pin) -> Result<Zeroizing<Vec<u8>>, Failure> {
+        let prompt = match pin {
+            Pin::Auth => "User authentication PIN (4 digits): ",
+            Pin::Sign => "Signature password: ",
+        };
+        read_pin(&self.pin_file, &self.pin_env, prompt)
+    }
+}
+
+fn which_pin(key: &str) -> Result<Pin, Failure> {
+    match key {
+        "auth" => Ok(Pin::Auth),
+        "sign" => Ok(Pin::Sign),
+        other => Err(format!("--key {other}: use auth or sign").into()),
+    }
+}
+
+fn verify(ch: &mut impl ApduChannel, pin: Pin, source: &PinSource) -> Result<(), Failure> {
+    let value = source.read(pin)?;
+    match jpki::verify(ch, pin, &value) {
+        Ok(()) => Ok(()),
+        Err(kagi::Error::WrongPin { tries_left }) => {
+            Err(format!("wrong PIN: {tries_left} tries left before it blocks").into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn public_key(cert_der: &[u8]) -> Result<rsa::PublicKey, Failure> {
+    use der::{Decode, Encode};
+    use rsa::pkcs8::DecodePublicKey;
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
+    let spki = cert.tbs_certificate().subject_public_key_info().to_der()?;
+    Ok(rsa::PublicKey::from_public_key_der(&spki)?)
+}
+
+/// Runs `kagi jpki …`.
+pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
+    match cmd {
+        JpkiCmd::Info { target } => {
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            let token = jpki::read_ef(&mut ch, jpki::EF_TOKEN_INFO)?;
+            let label = String::from_utf8_lossy(token.get(..32).unwrap_or_default())
+                .trim()
+                .to_string();
+            let auth = jpki::pin_tries(&mut ch, Pin::Auth)?;
+            let sign = jpki::pin_tries(&mut ch, Pin::Sign)?;
+            let cert = jpki::read_der(&mut ch, jpki::EF_AUTH_CERT)?;
+            let report = eligibility::judge(&cert, &Trust::default(), SystemTime::now());
+            target.finish(&ch)?;
+            if json_out {
+                print_json(
+                    json!({"token_label": label, "auth_pin_tries": auth, "sign_pin_tries": sign,
+                    "auth_certificate": {"serial": report.serial, "subject": report.subject, "issuer": report.issuer,
+                    "not_before": report.not_before, "not_after": report.not_after}}),
+                );
+            } else {
+                println!("Token               {label}");
+                println!("Auth PIN tries      {auth}");
+                println!("Sign password tries {sign}");
+                println!(
+                    "Auth certificate    serial {} subject {}",
+                    report.serial.unwrap_or_default(),
+                    report.subject.unwrap_or_default()
+                );
+                println!("Issuer              {}", report.issuer.unwrap_or_default());
+            }
+            Ok(())
+        }
+        JpkiCmd::ReadCert {
+            target,
+            which,
+            out,
+            pin,
+        } => {
+            let fid = match which.as_str() {
+                "auth" => jpki::EF_AUTH_CERT,
+                "auth-ca" => jpki::EF_AUTH_CA,
+                "sign" => jpki::EF_SIGN_CERT,
+                "sign-ca" => jpki::EF_SIGN_CA,
+                other => {
+                    return Err(format!("--which {other}: use auth, auth-ca, sign, sign-ca").into());
+                }
+            };
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            if fid == jpki::EF_SIGN_CERT {
+                verify(&mut ch, Pin::Sign, pin)?;
+            }
+            let der = jpki::read_der(&mut ch, fid)?;
+            target.finish(&ch)?;
+            std::fs::write(out, &der).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{} bytes written to {}", der.len(), out.display());
+            Ok(())
+        }
+        JpkiCmd::PinStatus { target } => {
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            let (a, s) = (
+                jpki::pin_tries(&mut ch, Pin::Auth)?,
+                jpki::pin_tries(&mut ch, Pin::Sign)?,
+            );
+            target.finish(&ch)?;
+            if json_out {
+                print_json(json!({"auth_pin_tries": a, "sign_pin_tries": s}));
+            } else {
+                println!(
+                    "auth PIN: {a} tries left{}",
+                    if a == 0 { " (blocked)" } else { "" }
+                );
+                println!(
+                    "signature password: {s} tries left{}",
+                    if s == 0 { " (blocked)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        JpkiCmd::Verify { target, key, pin } => {
+            let p = which_pin(key)?;
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            let r = verify(&mut ch, p, pin);
+            target.finish(&ch)?;
+            r?;
+            println!("PIN correct");
+            Ok(())
+        }
+        JpkiCmd::Sign {
+            target,
+            key,
+            input,
+            out,
+            pin,
+        } => {
+            use rsa::signature::Verifier;
+            let p = which_pin(key)?;
+            let message = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            verify(&mut ch, p, pin)?;
+            let sig = jpki::sign(&mut ch, p, &jpki::sha256_digest_info(&message))?;
+            let cert_fid = if p == Pin::Auth {
+                jpki::EF_AUTH_CERT
+            } else {
+                jpki::EF_SIGN_CERT
+            };
+            let cert = jpki::read_der(&mut ch, cert_fid)?;
+            target.finish(&ch)?;
+            let signature = rsa::pkcs1v15::Signature::try_from(sig.as_slice())?;
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public_key(&cert)?)
+                .verify(&message, &signature)
+                .map_err(|_| "the card's signature does not verify against its certificate")?;
+            std::fs::write(out, &sig).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "signature verified against the card's certificate; written to {}",
+                out.display()
+            );
+            Ok(())
+        }
+        JpkiCmd::ChangePin {
+            target,
+            key,
+            pin,
+            new_pin_file,
+            new_pin_env,
+        } => {
+            let p = which_pin(key)?;
+            let new = read_pin(new_pin_file, new_pin_env, "New PIN: ")?;
+            if !p.format_ok(&new) {
+                return Err("the new PIN has the wrong format (auth: 4 digits; sign: 6-16 upper-case letters and digits)".into());
+            }
+            let mut ch = target.open(trace)?;
+            jpki::select(&mut ch)?;
+            verify(&mut ch, p, pin)?;
+            jpki::select_ef(&mut ch, p.fid())?;
+            let cmd = card_wire::apdu::Command::new(0x00, 0x24, 0x01, 0x80)
+                .with_data(new.to_vec())?
+                .sensitive();
+            kagi::error::expect_success("CHANGE REFERENCE DATA", ch.transmit(&cmd)?)?;
+            target.finish(&ch)?;
+            println!("PIN changed");
+            Ok(())
+        }
+    }
+}
+
+/// `kagi eligibility read`.
+#[derive(Args)]
+pub struct EligibilityArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Trusted CA certificate (DER or PEM); repeat for several.
+    #[arg(long = "ca", required = true)]
+    cas: Vec<PathBuf>,
+    /// CRL of a trusted CA (DER or PEM); repeat for several.
+    #[arg(long = "crl")]
+    crls: Vec<PathBuf>,
+    /// Revocation list file (one serial per line, decimal or 0x-hex).
+    #[arg(long)]
+    revoked: Option<PathBuf>,
+}
+
+fn read_file(p: &Path) -> Result<Vec<u8>, Failure> {
+    Ok(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?)
+}
+
+/// Runs `kagi eligibility read`.
+pub fn eligibility_read(
+    args: &EligibilityArgs,
+    trace: bool,
+    json_out: bool,
+) -> Result<(), Failure> {
+    let mut trust = Trust::default();
+    for c in &args.cas {
+        trust.add_ca_file(&read_file(c)?)?;
+    }
+    for c in &args.crls {
+        trust.add_crl_file(&read_file(c)?)?;
+    }
+    if let Some(r) = &args.revoked {
+        trust.add_revoked_list(&String::from_utf8_lossy(&read_file(r)?))?;
+    }
+    let mut ch = args.target.open(trace)?;
+    let report = eligibility::read(&mut ch, &trust, SystemTime::now())?;
+    args.target.finish(&ch)?;
+    if json_out {
+        print_json(serde_json::to_value(&report)?);
+    } else {
+        let verdict = serde_json::to_value(report.verdict)?;
+        println!("{}", verdict.as_str().unwrap_or_default());
+        for r in &report.reasons {
+            println!("  - {r}");
+        }
+        if let Some(s) = &report.serial {
+            println!(
+                "  serial {s}, subject {}",
+                report.subject.as_deref().unwrap_or_default()
+            );
+        }
+        println!(
+            "  {} commands, {:.1} ms at the card",
+            report.commands,
+            report.card_micros as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Create the test CAs (auth-ca, sign-ca) in DIR, or show the existing ones.
+    Init {
+        /// Directory of the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke an authentication certificate serial and write auth-ca.crl.der.
+    Revoke {
+        /// Directory of the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Serial number (decimal, or 0x-hex).
+        serial: String,
+    },
+}
+
+/// Runs `kagi ca …`.
+pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
+    match cmd {
+        CaCmd::Init { dir } => {
+            let (auth, sign) = cas(dir)?;
+            test_pki::store::write_crl(&auth, dir, "auth-ca")?;
+            for (n, ca) in [("auth-ca", &auth), ("sign-ca", &sign)] {
+                println!(
+                    "{n}: {} ({}/{n}.crt.pem)",
+                    ca.certificate().tbs_certificate().subject(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        CaCmd::Revoke { dir, serial } => {
+            let n = match serial.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16),
+                None => serial.parse(),
+            }
+            .map_err(|_| format!("'{serial}' is not a serial number"))?;
+            let (auth, _) = cas(dir)?;
+            let crl = test_pki::store::revoke(&auth, dir, "auth-ca", n)?;
+            println!("revoked {n}; CRL written to {}", crl.display());
+            Ok(())
+        }
+    }
+}
+
+/// The two test CAs kept in `dir` (created when missing).
+pub fn cas(dir: &Path) -> Result<(test_pki::TestCa, test_pki::TestCa), Failure> {
+    Ok((
+        test_pki::store::load_or_create(dir, "auth-ca", "JPKI for user authentication")?,
+        test_pki::store::load_or_create(dir, "sign-ca", "JPKI for digital signature")?,
+    ))
+}
