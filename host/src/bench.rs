@@ -327,22 +327,22 @@ pub fn transport_round_trips<T: card_wire::Transport>(
     // A PIN-less eligibility read, when the card has a JPKI AP.
     let trust = crate::eligibility::Trust::default();
     let now = std::time::SystemTime::now();
-    if let Ok(r) = crate::eligibility::read(&mut ch, &trust, now) {
-        if r.verdict != crate::eligibility::Verdict::NotAJpkiCard {
-            let reads = (n / 10).max(10);
-            let (median, _) = latency(reads, || {
-                black_box(crate::eligibility::read(&mut ch, &trust, now).ok());
-            });
-            out.push(figure(
-                &format!(
-                    "eligibility read via {desc} ({} commands, no PIN), median of {reads}",
-                    r.commands
-                ),
-                1e6 / median,
-                "-",
-                true,
-            ));
-        }
+    if let Ok(r) = crate::eligibility::read(&mut ch, &trust, now)
+        && r.verdict != crate::eligibility::Verdict::NotAJpkiCard
+    {
+        let reads = (n / 10).max(10);
+        let (median, _) = latency(reads, || {
+            black_box(crate::eligibility::read(&mut ch, &trust, now).ok());
+        });
+        out.push(figure(
+            &format!(
+                "eligibility read via {desc} ({} commands, no PIN), median of {reads}",
+                r.commands
+            ),
+            1e6 / median,
+            "-",
+            true,
+        ));
     }
     Ok(out)
 }
