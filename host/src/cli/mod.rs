@@ -104,36 +104,40 @@ enum SimCmd {
     /// Serve simulated cards to pcscd through vsmartcard's vpcd driver until stopped (SIGINT
     /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
     /// restarts.
-    Serve {
-        /// Where vpcd listens (its first slot).
-        #[arg(long, default_value = "127.0.0.1:35963")]
-        vpcd: String,
-        /// Number of cards (one per vpcd slot).
-        #[arg(long, default_value_t = 1)]
-        cards: u16,
-        /// Card images: loaded when present, saved on exit. With several cards, card i uses
-        /// FILE-i.
-        #[arg(long)]
-        image: Option<PathBuf>,
-        /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, jpki-demo (a JPKI
-        /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
-        /// signature password ABC123).
-        #[arg(long, default_value = "gp-test")]
-        preset: String,
-        /// jpki-demo: issue the cards' certificates with the test CAs in this directory.
-        #[arg(long)]
-        pki_dir: Option<PathBuf>,
-        /// Run SCP03 in S16 mode (i = 71; new cards only).
-        #[arg(long)]
-        s16: bool,
-        /// Deterministic randomness from this seed (card i uses seed + i).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Read commands from standard input: `remove I` and `insert I` take card I out of
-        /// its reader and put it back; `quit` stops.
-        #[arg(long)]
-        control: bool,
-    },
+    Serve(ServeArgs),
+}
+
+/// `kagi sim serve` options.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where vpcd listens (its first slot).
+    #[arg(long, default_value = "127.0.0.1:35963")]
+    vpcd: String,
+    /// Number of cards (one per vpcd slot).
+    #[arg(long, default_value_t = 1)]
+    cards: u16,
+    /// Card images: loaded when present, saved on exit. With several cards, card i uses
+    /// FILE-i.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, jpki-demo (a JPKI
+    /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
+    /// signature password ABC123).
+    #[arg(long, default_value = "gp-test")]
+    preset: String,
+    /// jpki-demo: issue the cards' certificates with the test CAs in this directory.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// Run SCP03 in S16 mode (i = 71; new cards only).
+    #[arg(long)]
+    s16: bool,
+    /// Deterministic randomness from this seed (card i uses seed + i).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Read commands from standard input: `remove I` and `insert I` take card I out of
+    /// its reader and put it back; `quit` stops.
+    #[arg(long)]
+    control: bool,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -230,16 +234,18 @@ fn image_path(base: &Path, i: u16, cards: u16) -> PathBuf {
     base.with_file_name(name)
 }
 
-fn cmd_sim_serve(
-    vpcd: &str,
-    cards: u16,
-    image: &Option<PathBuf>,
-    preset: &str,
-    pki_dir: &Option<PathBuf>,
-    s16: bool,
-    seed: Option<u64>,
-    control: bool,
-) -> Result<(), Failure> {
+fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
+    let ServeArgs {
+        vpcd,
+        cards,
+        image,
+        preset,
+        pki_dir,
+        s16,
+        seed,
+        control,
+    } = args;
+    let (cards, s16, seed, control) = (*cards, *s16, *seed, *control);
     use applet_sim::vpcd::SlotControl;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -388,16 +394,7 @@ pub fn main() -> ExitCode {
         Cmd::Jpki(j) => jpki::run(j, cli.trace, cli.json),
         Cmd::Eligibility(EligibilityCmd::Read(a)) => jpki::eligibility_read(a, cli.trace, cli.json),
         Cmd::Ca(c) => jpki::ca(c),
-        Cmd::Sim(SimCmd::Serve {
-            vpcd,
-            cards,
-            image,
-            preset,
-            pki_dir,
-            s16,
-            seed,
-            control,
-        }) => cmd_sim_serve(vpcd, *cards, image, preset, pki_dir, *s16, *seed, *control),
+        Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
         Cmd::Bench {
             seconds,
             reader,
