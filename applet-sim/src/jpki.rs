@@ -15,7 +15,9 @@
 //! Persistent data lives in the store; the try counter is decremented before the comparison
 //! and restored after a match, so cutting power during VERIFY never grants a free try.
 //! Personalisation arrives as STORE DATA through the security domain (under SCP03): `C1` EF
-//! contents, `C2` private keys (PKCS#1 DER), `C3` PINs, `C4` on-card key generation.
+//! contents, `C2` private keys (PKCS#1 DER), `C6` private keys sealed with the provider's
+//! content key (`card_wire::content`; the key is the install parameter `C9 { CE … }`), `C3`
+//! PINs, `C4` on-card key generation (the response carries only the public key).
 
 use crate::applet::{Applet, AppletContext};
 use crate::registry;
@@ -298,6 +300,32 @@ impl JpkiApplet {
                     return Err(Sw::INCORRECT_DATA);
                 }
                 ctx.store.put(&key_of(ctx, "key", fid), rest)?;
+            }
+            (0xC6, EF_AUTH_KEY | EF_SIGN_KEY) => {
+                // A private key sealed with the provider's content key (install parameter
+                // `C9 { CE <key> }`): neither the relay nor the security domain can read it.
+                let params = ctx.me().map(|e| e.params.clone()).unwrap_or_default();
+                // C9 is primitive for GP: its value holds the applet's own TLVs.
+                let app_params = tlv::find(&params, tlv::Tag(0xC9))
+                    .ok()
+                    .flatten()
+                    .map(|t| t.value)
+                    .unwrap_or(&params);
+                let content_key = tlv::find(app_params, tlv::Tag(0xCE))
+                    .ok()
+                    .flatten()
+                    .and_then(|t| card_wire::scp03::AesKey::new(t.value).ok())
+                    .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
+                let mut der = card_wire::content::open(&content_key, &fid.to_be_bytes(), rest)
+                    .map_err(|_| Sw::INCORRECT_DATA)?;
+                let ok = rsa::PrivateKey::from_pkcs1_der(&der).map(|k| k.size() == 256);
+                if ok != Ok(true) {
+                    der.zeroize();
+                    return Err(Sw::INCORRECT_DATA);
+                }
+                let r = ctx.store.put(&key_of(ctx, "key", fid), &der);
+                der.zeroize();
+                r?;
             }
             (0xC3, EF_AUTH_PIN | EF_SIGN_PIN) => {
                 if !pin_format_ok(fid, rest) {

@@ -9,6 +9,7 @@
 //! - [`tlv`]: BER-TLV reading and writing.
 //! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
+//! - [`content`]: the service provider's content-encryption layer for key material.
 //!
 //! Parsers here never panic on input: each returns a typed error.
 
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod apdu;
+pub mod content;
 pub mod scp03;
 pub mod sw;
 pub mod tlv;

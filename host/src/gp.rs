@@ -522,7 +522,7 @@ pub mod manage {
         instance: &[u8],
         blocks: &[Vec<u8>],
         sensitive: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         let mut data = vec![0, 0];
         lv(&mut data, instance)?;
         data.extend_from_slice(&[0x00, 0x00, 0x00]);
@@ -537,20 +537,24 @@ pub mod manage {
     }
 
     /// STORE DATA blocks to the selected security domain (or the applet being personalised).
+    /// Returns the response data of the last block (e.g. a public key generated on the card).
     pub fn store_data(
         ch: &mut impl ApduChannel,
         blocks: &[Vec<u8>],
         sensitive: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
+        let mut last = Vec::new();
         for (i, b) in blocks.iter().enumerate() {
             let p1 = if i + 1 == blocks.len() { 0x80 } else { 0x00 };
-            let mut cmd = Command::new(0x80, 0xE2, p1, i as u8).with_data(b.clone())?;
+            let mut cmd = Command::new(0x80, 0xE2, p1, i as u8)
+                .with_data(b.clone())?
+                .with_le(256)?;
             if sensitive {
                 cmd = cmd.sensitive();
             }
-            gp_command(ch, "STORE DATA", cmd)?;
+            last = gp_command(ch, "STORE DATA", cmd)?;
         }
-        Ok(())
+        Ok(last)
     }
 
     /// DELETE an instance or a load file (`related`: with its instances).

@@ -376,7 +376,8 @@ pub fn personalise_sim(
     )?;
     let script = identity.script(auth_pin, sign_pin)?;
     let blocks: Vec<Vec<u8>> = script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
-    manage::personalize(sc, &JPKI_AID, &blocks, true)
+    manage::personalize(sc, &JPKI_AID, &blocks, true)?;
+    Ok(())
 }
 
 /// A simulated card personalised end to end through the GP path (SCP03 level 33) with a

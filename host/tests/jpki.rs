@@ -242,3 +242,136 @@ fn tearing_during_verify_never_grants_a_free_try() {
         }
     }
 }
+
+mod provisioning {
+    use super::*;
+    use card_wire::scp03::{AesKey, HostOptions, SecurityLevel, StaticKeys};
+    use card_wire::tlv::tlv;
+    use kagi::gp::manage::{self, InstallSpec};
+    use kagi::secure::SecureChannel;
+    use kagi::trace::MemoryTrace;
+    use rsa::pkcs1::{DecodeRsaPublicKey, EncodeRsaPrivateKey};
+
+    const PACKAGE: [u8; 7] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00];
+
+    /// Loads and installs the JPKI class with `params`; returns the open channel's card.
+    fn fresh(params: Vec<u8>, trace: MemoryTrace) -> CardChannel<applet_sim::SimCard> {
+        let mut ch = CardChannel::new(applet_sim::SimCard::powered(
+            applet_sim::SimConfig::default().seeded(4),
+        ))
+        .with_trace(Box::new(trace));
+        let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
+        let opts = HostOptions {
+            level: SecurityLevel::FULL,
+            ..HostOptions::default()
+        };
+        let mut sc = SecureChannel::open(
+            &mut ch,
+            StaticKeys::default_test_keys(0x30),
+            opts,
+            Some(&sd.aid),
+        )
+        .unwrap();
+        let file = manage::sim_load_file(&PACKAGE, &[(jpki::JPKI_AID.to_vec(), "jpki.ap".into())]);
+        manage::load(&mut sc, &PACKAGE, None, &file, true).unwrap();
+        let spec = InstallSpec {
+            package: PACKAGE.to_vec(),
+            module: jpki::JPKI_AID.to_vec(),
+            instance: jpki::JPKI_AID.to_vec(),
+            params,
+            selectable: true,
+            ..InstallSpec::default()
+        };
+        manage::install(&mut sc, &spec).unwrap();
+        drop(sc);
+        ch
+    }
+
+    fn perso(
+        ch: &mut CardChannel<applet_sim::SimCard>,
+        script: &[u8],
+        sensitive: bool,
+    ) -> kagi::Result<Vec<u8>> {
+        let sd = kagi::gp::select_domain(ch, None)?;
+        let opts = HostOptions {
+            level: SecurityLevel::FULL,
+            ..HostOptions::default()
+        };
+        let mut sc =
+            SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid))?;
+        let blocks: Vec<Vec<u8>> = script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
+        manage::personalize(&mut sc, &jpki::JPKI_AID, &blocks, sensitive)
+    }
+
+    fn item(tag: u32, fid: u16, body: &[u8]) -> Vec<u8> {
+        tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
+    }
+
+    fn sign_and_check(ch: &mut CardChannel<applet_sim::SimCard>, key: rsa::PublicKey) {
+        jpki::select(ch).unwrap();
+        jpki::verify(ch, Pin::Auth, &pin("2468")).unwrap();
+        let sig = jpki::sign(ch, Pin::Auth, &jpki::sha256_digest_info(b"m")).unwrap();
+        VerifyingKey::<sha2::Sha256>::new(key)
+            .verify(b"m", &Signature::try_from(sig.as_slice()).unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn key_generated_on_the_card_then_certified() {
+        let mut ch = fresh(vec![], MemoryTrace::default());
+        // Generate on the card: only the public key comes back.
+        let out = perso(&mut ch, &item(0xC4, 0x0017, &[]), false).unwrap();
+        let c4 = card_wire::tlv::parse_single(&out).unwrap();
+        let public = rsa::PublicKey::from_pkcs1_der(c4.value).unwrap();
+        // Certify it and write the certificate and the PIN.
+        let ca = test_pki::TestCa::new("JPKI for user authentication").unwrap();
+        let now = std::time::SystemTime::now();
+        let cert = ca
+            .issue_auth(
+                &public,
+                "KAGITESTONCARD",
+                7,
+                now,
+                now + std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let mut script = item(0xC1, 0x000A, &der::Encode::to_der(&cert).unwrap());
+        script.extend(item(0xC3, 0x0018, b"2468"));
+        perso(&mut ch, &script, false).unwrap();
+        sign_and_check(&mut ch, public);
+    }
+
+    #[test]
+    fn sealed_key_import_is_unreadable_on_the_way() {
+        let content_key = AesKey::new(&[0x3C; 16]).unwrap();
+        let trace = MemoryTrace::default();
+        let mut ch = fresh(tlv(0xCE, content_key.as_bytes()), trace.clone());
+        let key = test_pki::generate_rsa_key().unwrap();
+        let der = key.to_pkcs1_der().unwrap();
+        let sealed =
+            card_wire::content::seal(&content_key, &0x0017u16.to_be_bytes(), der.as_bytes());
+        // Sealed with another content key: refused, nothing written.
+        let wrong = card_wire::content::seal(
+            &AesKey::new(&[0x3D; 16]).unwrap(),
+            &0x0017u16.to_be_bytes(),
+            der.as_bytes(),
+        );
+        let e = perso(&mut ch, &item(0xC6, 0x0017, &wrong), false).unwrap_err();
+        assert_eq!(e.status(), Some(StatusWord::INCORRECT_DATA));
+        let mut script = item(0xC6, 0x0017, &sealed);
+        script.extend(item(0xC3, 0x0018, b"2468"));
+        // Not even marked secret: the security domain's plain view holds only the sealed form.
+        perso(&mut ch, &script, false).unwrap();
+        let text = trace.lines().join("\n");
+        let probe = hex::encode_upper(&der.as_bytes()[40..72]);
+        assert!(
+            !text.contains(&probe),
+            "private key bytes visible on the way"
+        );
+        assert!(
+            text.contains(&hex::encode_upper(&sealed[..32])),
+            "the sealed form is what travels"
+        );
+        sign_and_check(&mut ch, key.to_public_key());
+    }
+}

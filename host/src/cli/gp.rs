@@ -525,10 +525,10 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 .map(|a| aid("application AID", a))
                 .transpose()?;
             session.run(trace, |sc, _, _| {
-                match &app {
+                let _ = match &app {
                     Some(a) => manage::personalize(sc, a, &blocks, sensitive)?,
                     None => manage::store_data(sc, &blocks, sensitive)?,
-                }
+                };
                 Ok(())
             })?;
             done(
