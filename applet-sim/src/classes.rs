@@ -14,9 +14,11 @@ pub const SD: &str = "gp.sd";
 pub const ECHO: &str = "kagi.echo";
 /// The JPKI-style user-authentication applet.
 pub const JPKI: &str = "jpki.ap";
+/// The text AP (card-face facts behind their own PIN).
+pub const TEXT: &str = "jpki.text";
 
 /// Every class name a load file may name.
-pub const KNOWN: &[&str] = &[ISD, SD, ECHO, JPKI];
+pub const KNOWN: &[&str] = &[ISD, SD, ECHO, JPKI, TEXT];
 
 /// Whether a class exists.
 pub fn known(class: &str) -> bool {
@@ -29,7 +31,8 @@ pub fn instantiate(class: &str, aid: &Aid) -> Option<Box<dyn Applet>> {
         ISD => Some(Box::new(SecurityDomain::new(aid.clone(), true))),
         SD => Some(Box::new(SecurityDomain::new(aid.clone(), false))),
         ECHO => Some(Box::new(EchoApplet)),
-        JPKI => Some(Box::new(crate::jpki::JpkiApplet::default())),
+        JPKI => Some(Box::new(crate::jpki::FileApplet::new(&crate::jpki::JPKI))),
+        TEXT => Some(Box::new(crate::jpki::FileApplet::new(&crate::jpki::TEXT))),
         _ => None,
     }
 }

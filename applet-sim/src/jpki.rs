@@ -60,44 +60,134 @@ pub const EF_SIGN_KEY: u16 = 0x001A;
 /// Signature password.
 pub const EF_SIGN_PIN: u16 = 0x001B;
 
-/// Which PIN protects a key or an EF.
-fn pin_for(fid: u16) -> Option<u16> {
-    match fid {
-        EF_AUTH_KEY => Some(EF_AUTH_PIN),
-        EF_SIGN_KEY | EF_SIGN_CERT => Some(EF_SIGN_PIN),
-        _ => None,
-    }
+/// The format a PIN must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinFormat {
+    /// Exactly four digits.
+    FourDigits,
+    /// 6–16 upper-case letters and digits, with at least one of each.
+    Password,
 }
 
-/// Try limit of a PIN.
-fn max_tries(pin: u16) -> u8 {
-    if pin == EF_AUTH_PIN { 3 } else { 5 }
-}
-
-/// Whether `value` has the format of PIN `pin` (4 digits; or 6–16 upper-case letters and
-/// digits with at least one of each).
-pub fn pin_format_ok(pin: u16, value: &[u8]) -> bool {
-    match pin {
-        EF_AUTH_PIN => value.len() == 4 && value.iter().all(u8::is_ascii_digit),
-        EF_SIGN_PIN => {
-            (6..=16).contains(&value.len())
-                && value
-                    .iter()
-                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
-                && value.iter().any(u8::is_ascii_digit)
-                && value.iter().any(u8::is_ascii_uppercase)
+impl PinFormat {
+    /// Whether `value` has this format.
+    pub fn accepts(self, value: &[u8]) -> bool {
+        match self {
+            PinFormat::FourDigits => value.len() == 4 && value.iter().all(u8::is_ascii_digit),
+            PinFormat::Password => {
+                (6..=16).contains(&value.len())
+                    && value
+                        .iter()
+                        .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+                    && value.iter().any(u8::is_ascii_digit)
+                    && value.iter().any(u8::is_ascii_uppercase)
+            }
         }
-        _ => false,
     }
 }
 
-/// The JPKI AP. Transient state: the current EF and which PINs are verified (cleared by reset
-/// and by selecting the AP again, as OpenSC's logout expects).
-#[derive(Debug, Default)]
-pub struct JpkiApplet {
+/// The files, keys and PINs of a PIN-protected file applet.
+#[derive(Debug)]
+pub struct Profile {
+    /// Data EFs and the PIN that must be verified to read each (none: free).
+    pub data_efs: &'static [(u16, Option<u16>)],
+    /// Private-key EFs and the PIN that opens each.
+    pub keys: &'static [(u16, u16)],
+    /// PIN EFs: format and try limit.
+    pub pins: &'static [(u16, PinFormat, u8)],
+}
+
+impl Profile {
+    fn pin_for(&self, fid: u16) -> Option<u16> {
+        self.data_efs
+            .iter()
+            .find(|(f, _)| *f == fid)
+            .and_then(|(_, p)| *p)
+            .or_else(|| self.keys.iter().find(|(f, _)| *f == fid).map(|(_, p)| *p))
+    }
+    fn pin(&self, fid: u16) -> Option<(PinFormat, u8)> {
+        self.pins
+            .iter()
+            .find(|(f, ..)| *f == fid)
+            .map(|(_, fmt, max)| (*fmt, *max))
+    }
+    fn is_key(&self, fid: u16) -> bool {
+        self.keys.iter().any(|(f, _)| *f == fid)
+    }
+    fn is_data(&self, fid: u16) -> bool {
+        self.data_efs.iter().any(|(f, _)| *f == fid)
+    }
+    /// Whether `value` has the format of PIN `pin`.
+    pub fn pin_format_ok(&self, pin: u16, value: &[u8]) -> bool {
+        self.pin(pin).is_some_and(|(fmt, _)| fmt.accepts(value))
+    }
+}
+
+/// The JPKI AP: certificates, two keys, two PINs.
+pub static JPKI: Profile = Profile {
+    data_efs: &[
+        (EF_SIGN_CERT, Some(EF_SIGN_PIN)),
+        (EF_SIGN_CA, None),
+        (EF_TOKEN_INFO, None),
+        (EF_CERT_AVAILABILITY, None),
+        (EF_AUTH_CERT, None),
+        (EF_AUTH_CA, None),
+    ],
+    keys: &[(EF_AUTH_KEY, EF_AUTH_PIN), (EF_SIGN_KEY, EF_SIGN_PIN)],
+    pins: &[
+        (EF_AUTH_PIN, PinFormat::FourDigits, 3),
+        (EF_SIGN_PIN, PinFormat::Password, 5),
+    ],
+};
+
+/// The text AP's AID (券面事項入力補助AP).
+pub const TEXT_AID: [u8; 10] = [0xD3, 0x92, 0x10, 0x00, 0x31, 0x00, 0x01, 0x01, 0x04, 0x08];
+/// Text AP: My Number (`FF 10 0C` + 12 digits).
+pub const EF_MY_NUMBER: u16 = 0x0001;
+/// Text AP: the four basic facts (`FF 20 …`).
+pub const EF_BASIC_FACTS: u16 = 0x0002;
+/// Text AP: its 4-digit PIN.
+pub const EF_TEXT_PIN: u16 = 0x0011;
+
+/// The text AP: My Number and the four basic facts behind their own 4-digit PIN.
+pub static TEXT: Profile = Profile {
+    data_efs: &[
+        (EF_MY_NUMBER, Some(EF_TEXT_PIN)),
+        (EF_BASIC_FACTS, Some(EF_TEXT_PIN)),
+    ],
+    keys: &[],
+    pins: &[(EF_TEXT_PIN, PinFormat::FourDigits, 3)],
+};
+
+/// Whether `value` has the format of JPKI PIN `pin`.
+pub fn pin_format_ok(pin: u16, value: &[u8]) -> bool {
+    JPKI.pin_format_ok(pin, value)
+}
+
+/// A PIN-protected file applet (the JPKI AP or the text AP, by [`Profile`]). Transient
+/// state: the current EF and which PINs are verified (cleared by reset and by selecting the
+/// AP again, as OpenSC's logout expects), and a personalisation script being received.
+#[derive(Debug)]
+pub struct FileApplet {
+    profile: &'static Profile,
     current: Option<u16>,
     verified: Vec<u16>,
     perso: Vec<u8>,
+}
+
+/// The JPKI AP.
+pub type JpkiApplet = FileApplet;
+
+impl FileApplet {
+    /// An applet with `profile`.
+    pub fn new(profile: &'static Profile) -> Self {
+        FileApplet {
+            profile,
+            current: None,
+            verified: Vec::new(),
+            perso: Vec::new(),
+        }
+    }
 }
 
 /// Largest personalisation script (all STORE DATA blocks of one INSTALL [for
@@ -108,12 +198,14 @@ fn key_of(ctx: &AppletContext<'_>, kind: &str, fid: u16) -> String {
     format!("{}/{kind}/{fid:04X}", registry::data_prefix(ctx.aid))
 }
 
-impl JpkiApplet {
-    fn exists(ctx: &AppletContext<'_>, fid: u16) -> bool {
-        let kind = match fid {
-            EF_AUTH_KEY | EF_SIGN_KEY => "key",
-            EF_AUTH_PIN | EF_SIGN_PIN => "pin",
-            _ => "ef",
+impl FileApplet {
+    fn exists(&self, ctx: &AppletContext<'_>, fid: u16) -> bool {
+        let kind = if self.profile.is_key(fid) {
+            "key"
+        } else if self.profile.pin(fid).is_some() {
+            "pin"
+        } else {
+            "ef"
         };
         ctx.store.get(&key_of(ctx, kind, fid)).is_some()
     }
@@ -126,7 +218,7 @@ impl JpkiApplet {
             return Err(Sw::WRONG_LENGTH);
         };
         let fid = u16::from_be_bytes([*a, *b]);
-        if !Self::exists(ctx, fid) {
+        if !self.exists(ctx, fid) {
             return Err(Sw::NOT_FOUND);
         }
         self.current = Some(fid);
@@ -139,10 +231,10 @@ impl JpkiApplet {
             return Err(Sw::INCORRECT_P1P2);
         }
         let fid = self.current.ok_or(Sw::NO_CURRENT_EF)?;
-        if matches!(fid, EF_AUTH_KEY | EF_SIGN_KEY | EF_AUTH_PIN | EF_SIGN_PIN) {
+        if self.profile.is_key(fid) || self.profile.pin(fid).is_some() {
             return Err(Sw::INCOMPATIBLE_FILE_STRUCTURE);
         }
-        if let Some(pin) = pin_for(fid)
+        if let Some(pin) = self.profile.pin_for(fid)
             && !self.verified.contains(&pin)
         {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
@@ -165,12 +257,14 @@ impl JpkiApplet {
         }
         match cmd.p2() {
             0x80 => match self.current {
-                Some(f @ (EF_AUTH_PIN | EF_SIGN_PIN)) => Ok(f),
+                Some(f) if self.profile.pin(f).is_some() => Ok(f),
                 Some(_) => Err(Sw::REFERENCED_DATA_NOT_FOUND),
                 None => Err(Sw::NO_CURRENT_EF),
             },
-            0x98 => Ok(EF_AUTH_PIN),
-            0x9B => Ok(EF_SIGN_PIN),
+            // P2 = 80 | n names PIN EF 00n directly.
+            p2 if p2 & 0xE0 == 0x80 && self.profile.pin(u16::from(p2 & 0x1F)).is_some() => {
+                Ok(u16::from(p2 & 0x1F))
+            }
             _ => Err(Sw::INCORRECT_P1P2),
         }
     }
@@ -231,10 +325,12 @@ impl JpkiApplet {
         if !self.verified.contains(&pin) {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
-        if !pin_format_ok(pin, cmd.data()) {
+        let Some((format, max)) = self.profile.pin(pin) else {
+            return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+        };
+        if !format.accepts(cmd.data()) {
             return Err(Sw::INCORRECT_DATA);
         }
-        let max = max_tries(pin);
         let mut record = vec![max, max];
         record.extend_from_slice(cmd.data());
         let key = key_of(ctx, "pin", pin);
@@ -250,18 +346,22 @@ impl JpkiApplet {
         }
         let fid = match cmd.p2() {
             0x80 => match self.current {
-                Some(f @ (EF_AUTH_KEY | EF_SIGN_KEY)) => f,
+                Some(f) if self.profile.is_key(f) => f,
                 _ => return Err(Sw::CONDITIONS_NOT_SATISFIED),
             },
-            0x97 => EF_AUTH_KEY,
-            0x9A => EF_SIGN_KEY,
+            // P2 = 80 | n names key EF 00n directly (97 auth, 9A sign).
+            p2 if p2 & 0xE0 == 0x80 && self.profile.is_key(u16::from(p2 & 0x1F)) => {
+                u16::from(p2 & 0x1F)
+            }
             _ => return Err(Sw::INCORRECT_P1P2),
         };
         let data = cmd.data();
         if data.is_empty() || data.len() > 245 {
             return Err(Sw::WRONG_LENGTH);
         }
-        let pin = pin_for(fid).unwrap_or(EF_AUTH_PIN);
+        let Some(pin) = self.profile.pin_for(fid) else {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        };
         if !self.verified.contains(&pin) {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
@@ -278,6 +378,7 @@ impl JpkiApplet {
     }
 
     fn personalize_item(
+        &self,
         item: &tlv::Tlv<'_>,
         ctx: &mut AppletContext<'_>,
         out: &mut Vec<u8>,
@@ -286,22 +387,19 @@ impl JpkiApplet {
             [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), rest),
             _ => return Err(Sw::INCORRECT_DATA),
         };
+        let p = self.profile;
         match (item.tag.0, fid) {
-            (
-                0xC1,
-                EF_SIGN_CERT | EF_SIGN_CA | EF_TOKEN_INFO | EF_CERT_AVAILABILITY | EF_AUTH_CERT
-                | EF_AUTH_CA,
-            ) => {
+            (0xC1, f) if p.is_data(f) => {
                 ctx.store.put(&key_of(ctx, "ef", fid), rest)?;
             }
-            (0xC2, EF_AUTH_KEY | EF_SIGN_KEY) => {
+            (0xC2, f) if p.is_key(f) => {
                 let key = rsa::PrivateKey::from_pkcs1_der(rest).map_err(|_| Sw::INCORRECT_DATA)?;
                 if key.size() != 256 {
                     return Err(Sw::INCORRECT_DATA);
                 }
                 ctx.store.put(&key_of(ctx, "key", fid), rest)?;
             }
-            (0xC6, EF_AUTH_KEY | EF_SIGN_KEY) => {
+            (0xC6, f) if p.is_key(f) => {
                 // A private key sealed with the provider's content key (install parameter
                 // `C9 { CE <key> }`): neither the relay nor the security domain can read it.
                 let params = ctx.me().map(|e| e.params.clone()).unwrap_or_default();
@@ -327,18 +425,18 @@ impl JpkiApplet {
                 der.zeroize();
                 r?;
             }
-            (0xC3, EF_AUTH_PIN | EF_SIGN_PIN) => {
-                if !pin_format_ok(fid, rest) {
+            (0xC3, f) if p.pin(f).is_some() => {
+                if !p.pin_format_ok(fid, rest) {
                     return Err(Sw::INCORRECT_DATA);
                 }
-                let max = max_tries(fid);
+                let max = p.pin(fid).map(|(_, m)| m).unwrap_or(3);
                 let mut record = vec![max, max];
                 record.extend_from_slice(rest);
                 let r = ctx.store.put(&key_of(ctx, "pin", fid), &record);
                 record.zeroize();
                 r?;
             }
-            (0xC4, EF_AUTH_KEY | EF_SIGN_KEY) if rest.is_empty() => {
+            (0xC4, f) if p.is_key(f) && rest.is_empty() => {
                 // On-card key generation: only the public key leaves the card.
                 let mut seed = [0u8; 32];
                 ctx.rng.fill(&mut seed);
@@ -384,7 +482,7 @@ impl rand_core::TryRng for SeedRng {
 
 impl rand_core::TryCryptoRng for SeedRng {}
 
-impl Applet for JpkiApplet {
+impl Applet for FileApplet {
     fn select(&mut self, _ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, Sw> {
         self.current = None;
         self.verified.clear();
@@ -436,7 +534,7 @@ impl Applet for JpkiApplet {
         let mut out = Vec::new();
         ctx.store.begin();
         for item in &items {
-            if let Err(sw) = Self::personalize_item(item, ctx, &mut out) {
+            if let Err(sw) = self.personalize_item(item, ctx, &mut out) {
                 ctx.store.abort();
                 return Err(sw);
             }

@@ -221,6 +221,10 @@ pub struct DemoIdentity {
 
 /// The documented demo PINs of the `jpki-demo` preset.
 pub const DEMO_AUTH_PIN: &str = "1234";
+/// The documented demo PIN of the text AP of the `jpki-demo` preset.
+pub const DEMO_TEXT_PIN: &str = "5678";
+/// The text AP's AID (券面事項入力補助AP).
+pub const TEXT_AID: [u8; 10] = [0xD3, 0x92, 0x10, 0x00, 0x31, 0x00, 0x01, 0x01, 0x04, 0x08];
 /// The documented demo signature password of the `jpki-demo` preset.
 pub const DEMO_SIGN_PIN: &str = "ABC123";
 
@@ -332,6 +336,91 @@ impl DemoIdentity {
     }
 }
 
+/// The text AP's EFs for `facts`: EF 0001 `FF 10 0C` + the 12-digit number + `FF FF`, EF 0002
+/// `FF 20 { DF21 offsets, DF22 name, DF23 address, DF24 birth date, DF25 sex }`.
+pub fn text_efs(my_number: &str, facts: &test_pki::BasicFacts) -> (Vec<u8>, Vec<u8>) {
+    use card_wire::tlv::tlv;
+    let mut number = vec![0xFF, 0x10, 0x0C];
+    number.extend_from_slice(my_number.as_bytes());
+    number.extend_from_slice(&[0xFF, 0xFF]);
+    let fields = [
+        tlv(0xDF22, facts.name.as_bytes()),
+        tlv(0xDF23, facts.address.as_bytes()),
+        tlv(0xDF24, facts.birth_date.as_bytes()),
+        tlv(0xDF25, facts.sex.as_bytes()),
+    ];
+    let mut offsets = Vec::new();
+    let mut at = 3 + 11; // after FF20 header (3) and the DF21 item (3 + 8)
+    for f in &fields {
+        offsets.extend_from_slice(&(at as u16).to_be_bytes());
+        at += f.len();
+    }
+    let mut body = tlv(0xDF21, &offsets);
+    body.extend(fields.concat());
+    (number, tlv(0xFF20, &body))
+}
+
+/// Card-face facts read from the text AP.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TextFacts {
+    /// The 12-digit individual number.
+    pub my_number: String,
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Birth date (`YYYYMMDD`).
+    pub birth_date: String,
+    /// Sex (`1`, `2`, `9`).
+    pub sex: String,
+}
+
+/// SELECTs the text AP, verifies its PIN and reads My Number and the four facts.
+pub fn read_text(ch: &mut impl ApduChannel, pin: &Zeroizing<Vec<u8>>) -> Result<TextFacts> {
+    use card_wire::tlv::{self, Tag};
+    let cmd = Command::new(0x00, 0xA4, 0x04, 0x0C).with_data(TEXT_AID.to_vec())?;
+    expect_success("SELECT text AP", ch.transmit(&cmd)?)?;
+    if !Pin::Auth.format_ok(pin) {
+        return Err(Error::Keys("the text AP PIN is 4 digits".into()));
+    }
+    select_ef(ch, 0x0011)?;
+    let r = ch.transmit(
+        &Command::new(0x00, 0x20, 0x00, 0x80)
+            .with_data(pin.to_vec())?
+            .sensitive(),
+    )?;
+    match r.sw {
+        StatusWord::SUCCESS => {}
+        StatusWord::REFERENCE_DATA_NOT_USABLE | StatusWord(0x63C0) => {
+            return Err(Error::PinBlocked);
+        }
+        sw => {
+            return Err(match sw.retries_left() {
+                Some(n) => Error::WrongPin { tries_left: n },
+                None => Error::Status {
+                    command: "VERIFY",
+                    sw,
+                },
+            });
+        }
+    }
+    let number = read_ef(ch, 0x0001)?;
+    let my_number = String::from_utf8_lossy(number.get(3..15).unwrap_or_default()).into_owned();
+    let facts = read_ef(ch, 0x0002)?;
+    let field = |t: u32| -> Result<String> {
+        Ok(tlv::find(&facts, Tag(t))?
+            .map(|f| String::from_utf8_lossy(f.value).into_owned())
+            .unwrap_or_default())
+    };
+    Ok(TextFacts {
+        my_number,
+        name: field(0xDF22)?,
+        address: field(0xDF23)?,
+        birth_date: field(0xDF24)?,
+        sex: field(0xDF25)?,
+    })
+}
+
 /// EF 0006: a 160-byte CK_TOKEN_INFO labelled `JPKIAPICCTOKEN2`.
 pub fn token_info() -> Vec<u8> {
     let pad = |s: &str, n: usize| {
@@ -362,21 +451,42 @@ pub fn personalise_sim(
 ) -> Result<()> {
     use crate::gp::manage;
     const PACKAGE: [u8; 7] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00];
-    let file = manage::sim_load_file(&PACKAGE, &[(JPKI_AID.to_vec(), "jpki.ap".into())]);
+    let file = manage::sim_load_file(
+        &PACKAGE,
+        &[
+            (JPKI_AID.to_vec(), "jpki.ap".into()),
+            (TEXT_AID.to_vec(), "jpki.text".into()),
+        ],
+    );
     manage::load(sc, &PACKAGE, None, &file, true)?;
-    manage::install(
-        sc,
-        &manage::InstallSpec {
-            package: PACKAGE.to_vec(),
-            module: JPKI_AID.to_vec(),
-            instance: JPKI_AID.to_vec(),
-            selectable: true,
-            ..Default::default()
-        },
-    )?;
+    for aid in [JPKI_AID, TEXT_AID] {
+        manage::install(
+            sc,
+            &manage::InstallSpec {
+                package: PACKAGE.to_vec(),
+                module: aid.to_vec(),
+                instance: aid.to_vec(),
+                selectable: true,
+                ..Default::default()
+            },
+        )?;
+    }
     let script = identity.script(auth_pin, sign_pin)?;
     let blocks: Vec<Vec<u8>> = script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
     manage::personalize(sc, &JPKI_AID, &blocks, true)?;
+    // The text AP: a synthetic number (never a real one), the same synthetic facts, its PIN.
+    let (number, facts) = text_efs(
+        &format!("{:012}", identity.auth_serial),
+        &test_pki::BasicFacts::synthetic(),
+    );
+    let item = |tag: u32, fid: u16, body: &[u8]| {
+        card_wire::tlv::tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
+    };
+    let mut text = Zeroizing::new(item(0xC1, 0x0001, &number));
+    text.extend(item(0xC1, 0x0002, &facts));
+    text.extend(item(0xC3, 0x0011, DEMO_TEXT_PIN.as_bytes()));
+    let blocks: Vec<Vec<u8>> = text.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
+    manage::personalize(sc, &TEXT_AID, &blocks, true)?;
     Ok(())
 }
 

@@ -375,3 +375,34 @@ mod provisioning {
         sign_and_check(&mut ch, key.to_public_key());
     }
 }
+
+#[test]
+fn text_ap_facts_behind_their_own_pin() {
+    let mut ch = channel();
+    // Without the PIN the facts are not readable.
+    ch.transmit(
+        &Command::new(0, 0xA4, 4, 0x0C)
+            .with_data(jpki::TEXT_AID.to_vec())
+            .unwrap(),
+    )
+    .unwrap();
+    jpki::select_ef(&mut ch, 0x0002).unwrap();
+    let r = ch
+        .transmit(&Command::new(0, 0xB0, 0, 0).with_le(256).unwrap())
+        .unwrap();
+    assert_eq!(r.sw, StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+    // A wrong text PIN counts against the text PIN only.
+    assert!(matches!(
+        jpki::read_text(&mut ch, &pin("0000")),
+        Err(kagi::Error::WrongPin { tries_left: 2 })
+    ));
+    let facts = jpki::read_text(&mut ch, &pin(jpki::DEMO_TEXT_PIN)).unwrap();
+    assert_eq!(facts.my_number.len(), 12);
+    assert!(facts.name.contains("TEST ONLY") && facts.address.contains("TEST ONLY"));
+    assert_eq!(
+        (facts.birth_date.as_str(), facts.sex.as_str()),
+        ("20000101", "9")
+    );
+    jpki::select(&mut ch).unwrap();
+    assert_eq!(jpki::pin_tries(&mut ch, Pin::Auth).unwrap(), 3);
+}
