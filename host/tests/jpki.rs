@@ -406,3 +406,92 @@ fn text_ap_facts_behind_their_own_pin() {
     jpki::select(&mut ch).unwrap();
     assert_eq!(jpki::pin_tries(&mut ch, Pin::Auth).unwrap(), 3);
 }
+
+/// Cutting power at every persistent write of the JPKI load + install + personalisation
+/// leaves the card with the state of before or after the interrupted command — never a
+/// half-personalised applet — and it can be personalised again afterwards.
+#[test]
+fn personalisation_is_tearing_safe() {
+    use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
+    use card_wire::transport::{Capabilities, Transport, TransportError};
+    use kagi::secure::SecureChannel;
+
+    struct Recording {
+        card: applet_sim::SimCard,
+        snapshots: Vec<applet_sim::Store>,
+    }
+    impl Transport for Recording {
+        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, TransportError> {
+            let r = self.card.transmit(c);
+            if r.is_ok() {
+                self.snapshots.push(self.card.store().clone());
+            }
+            r
+        }
+        fn reset(&mut self, k: ResetKind) -> Result<Vec<u8>, TransportError> {
+            self.card.reset(k)
+        }
+        fn atr(&self) -> Option<Vec<u8>> {
+            self.card.atr()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.card.capabilities()
+        }
+        fn describe(&self) -> String {
+            "recording".into()
+        }
+    }
+    fn run(ch: &mut CardChannel<Recording>, id: &jpki::DemoIdentity) -> kagi::Result<()> {
+        let sd = kagi::gp::select_domain(ch, None)?;
+        let opts = HostOptions {
+            level: SecurityLevel::FULL,
+            ..HostOptions::default()
+        };
+        let mut sc =
+            SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid))?;
+        jpki::personalise_sim(&mut sc, id, "1234", "ABC123")
+    }
+    let fresh = || {
+        let mut card = applet_sim::SimCard::powered(applet_sim::SimConfig::default().seeded(8));
+        card.power_on();
+        Recording {
+            card,
+            snapshots: Vec::new(),
+        }
+    };
+    let id = jpki::DemoIdentity::generate().unwrap();
+    let mut reference = CardChannel::new(fresh());
+    let start = reference.transport().card.store().clone();
+    let w0 = start.writes();
+    reference.transport_mut().snapshots.push(start);
+    run(&mut reference, &id).unwrap();
+    let total = reference.transport().card.store().writes() - w0;
+    let snapshots = std::mem::take(&mut reference.transport_mut().snapshots);
+    // Ignore the authentication failure counter (raised before each check by design).
+    let norm = |s: &applet_sim::Store| {
+        let mut s = s.clone();
+        s.remove("sd/A000000151000000/fail").unwrap();
+        s
+    };
+    for n in 1..=total {
+        let mut ch = CardChannel::new(fresh());
+        ch.transport_mut().card.tear_at(n);
+        assert!(run(&mut ch, &id).is_err(), "n={n}: power was cut");
+        let done = ch.transport().snapshots.len();
+        ch.reset(ResetKind::Cold).unwrap();
+        let after = norm(ch.transport().card.store());
+        let old = norm(&snapshots[done]);
+        let new = snapshots.get(done + 1).map(norm);
+        assert!(
+            after.same_content(&old) || new.is_some_and(|s| after.same_content(&s)),
+            "write {n}: mixed state"
+        );
+        // Personalised or not, never half: the auth key exists exactly when the PINs do.
+        let keys = after.keys("app/D392F000260100000001/key/").len();
+        let pins = after.keys("app/D392F000260100000001/pin/").len();
+        assert!(
+            (keys, pins) == (0, 0) || (keys, pins) == (2, 2),
+            "write {n}: {keys} keys, {pins} PINs"
+        );
+    }
+}

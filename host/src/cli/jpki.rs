@@ -32,6 +32,13 @@ pub enum JpkiCmd {
         #[command(flatten)]
         pin: PinSource,
     },
+    /// Read My Number and the four basic facts from the text AP (its own 4-digit PIN).
+    Text {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        pin: PinSource,
+    },
     /// Tries left for both PINs (asked without spending one).
     PinStatus {
         #[command(flatten)]
@@ -216,6 +223,30 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             target.finish(&ch)?;
             std::fs::write(out, &der).map_err(|e| format!("{}: {e}", out.display()))?;
             println!("{} bytes written to {}", der.len(), out.display());
+            Ok(())
+        }
+        JpkiCmd::Text { target, pin } => {
+            let value = read_pin(&pin.pin_file, &pin.pin_env, "Text AP PIN (4 digits): ")?;
+            let mut ch = target.open(trace)?;
+            let facts = jpki::read_text(&mut ch, &value);
+            target.finish(&ch)?;
+            let facts = match facts {
+                Err(kagi::Error::WrongPin { tries_left }) => {
+                    return Err(
+                        format!("wrong PIN: {tries_left} tries left before it blocks").into(),
+                    );
+                }
+                r => r?,
+            };
+            if json_out {
+                print_json(serde_json::to_value(&facts)?);
+            } else {
+                println!("My Number   {}", facts.my_number);
+                println!("Name        {}", facts.name);
+                println!("Address     {}", facts.address);
+                println!("Birth date  {}", facts.birth_date);
+                println!("Sex         {}", facts.sex);
+            }
             Ok(())
         }
         JpkiCmd::PinStatus { target } => {
