@@ -216,3 +216,69 @@ fn tearing_during_authentication_never_gives_a_free_try() {
         }
     }
 }
+
+mod jpki_fuzz {
+    use super::*;
+    use applet_sim::jpki::JPKI_AID;
+
+    /// A card with the JPKI class installed (not personalised: no keys, PINs or certificates).
+    fn jpki_card() -> SimCard {
+        use applet_sim::registry::{self, LoadFile, RegistryEntry};
+        let cfg = SimConfig::default().seeded(11);
+        let mut store = cfg.manufacture().unwrap();
+        let aid = applet_sim::Aid::new(&JPKI_AID).unwrap();
+        let pkg = applet_sim::Aid::new(&JPKI_AID[..7]).unwrap();
+        registry::put_load_file(
+            &mut store,
+            &LoadFile {
+                aid: pkg.clone(),
+                sd: cfg.isd.aid.clone(),
+                modules: vec![(aid.clone(), "jpki.ap".into())],
+            },
+        )
+        .unwrap();
+        registry::put_entry(
+            &mut store,
+            &RegistryEntry {
+                aid,
+                class: "jpki.ap".into(),
+                life_cycle: 7,
+                privileges: [0; 3],
+                sd: Some(cfg.isd.aid.clone()),
+                elf: Some(pkg),
+                params: vec![],
+            },
+        )
+        .unwrap();
+        let mut c = SimCard::from_store(store, Some(1), true);
+        c.power_on();
+        c
+    }
+
+    #[test]
+    fn unpersonalised_and_wrong_channel() {
+        let mut c = jpki_card();
+        assert_eq!(tx(&mut c, "00A4040C0A D392F000260100000001"), "9000");
+        assert_eq!(tx(&mut c, "00A4020C02 0018"), "6A82"); // no PIN yet
+        assert_eq!(tx(&mut c, "802A00970A 00000000000000000000 00"), "6982");
+        // Channel 1 is not open: 6881, and channel 0's state is untouched.
+        assert_eq!(tx(&mut c, "01B0000004"), "6881");
+        assert_eq!(tx(&mut c, "00B0000004"), "6986");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn random_commands_to_the_jpki_ap_never_panic(cmds in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), prop::collection::vec(any::<u8>(), 0..40)), 1..30)) {
+            let mut c = jpki_card();
+            tx(&mut c, "00A4040C0A D392F000260100000001");
+            for (cla, ins, p1, p2, data) in cmds {
+                let cla = if cla == 0xFF { 0x00 } else { cla & 0x8F };
+                if let Ok(cmd) = Command::new(cla, ins, p1, p2).with_data(data) {
+                    let r = c.transmit(&cmd.to_bytes()).unwrap();
+                    prop_assert!(r.len() >= 2);
+                }
+            }
+        }
+    }
+}

@@ -324,3 +324,98 @@ fn jpki_demo_card_ca_and_eligibility_from_the_cli() {
     ]);
     assert_eq!(verdict(&out), "unknown-issuer");
 }
+
+#[test]
+fn ca_issues_for_a_public_key_and_eligibility_at_a_given_time() {
+    let d = Dir::new("caissue");
+    let pki = d.path("pki");
+    let img = d.path("j.img");
+    ok(&["ca", "init", "--dir", &pki]);
+    // Use the demo card's own key: read its certificate, take the public key with openssl-free
+    // means (the library), issue a new certificate for it and check it parses.
+    ok(&[
+        "jpki",
+        "read-cert",
+        "--sim",
+        "--sim-preset",
+        "jpki-demo",
+        "--sim-image",
+        &img,
+        "--sim-pki-dir",
+        &pki,
+        "-o",
+        &d.path("auth.der"),
+    ]);
+    let cert = test_pki::parse_certificate(&std::fs::read(d.path("auth.der")).unwrap()).unwrap();
+    let spki = der::Encode::to_der(cert.tbs_certificate().subject_public_key_info()).unwrap();
+    std::fs::write(d.path("pub.der"), spki).unwrap();
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &pki,
+        "--public-key",
+        &d.path("pub.der"),
+        "--serial",
+        "42",
+        "-o",
+        &d.path("new.der"),
+    ]);
+    let new = test_pki::parse_certificate(&std::fs::read(d.path("new.der")).unwrap()).unwrap();
+    assert_eq!(test_pki::serial_u64(&new), Some(42));
+    assert_eq!(
+        new.tbs_certificate().subject_public_key_info(),
+        cert.tbs_certificate().subject_public_key_info()
+    );
+    // Ten years on, the card's certificate has expired.
+    let ca = format!("{pki}/auth-ca.crt.pem");
+    let later = (std::time::SystemTime::now() + std::time::Duration::from_secs(10 * 365 * 86400))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let v = json(&[
+        "eligibility",
+        "read",
+        "--sim",
+        "--sim-image",
+        &img,
+        "--ca",
+        &ca,
+        "--at-unix",
+        &later,
+    ]);
+    assert_eq!(v["verdict"], "expired");
+}
+
+#[test]
+fn sim_serve_saves_its_image_on_sigterm() {
+    let d = Dir::new("serve");
+    let img = d.path("served.img");
+    // Nothing listens on port 1: the card keeps trying to reach vpcd until stopped.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(["sim", "serve", "--vpcd", "127.0.0.1:1", "--image", &img])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line comes after the signal handler is in place.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("serving simulated card 0"), "{first}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let card = applet_sim::SimCard::from_image(Path::new(&img), None).unwrap();
+    assert!(card.store().get("card/i").is_some());
+}

@@ -354,6 +354,9 @@ pub struct EligibilityArgs {
     /// Revocation list file (one serial per line, decimal or 0x-hex).
     #[arg(long)]
     revoked: Option<PathBuf>,
+    /// Judge at this time (seconds since the Unix epoch) instead of now.
+    #[arg(long)]
+    at_unix: Option<u64>,
 }
 
 fn read_file(p: &Path) -> Result<Vec<u8>, Failure> {
@@ -377,7 +380,11 @@ pub fn eligibility_read(
         trust.add_revoked_list(&String::from_utf8_lossy(&read_file(r)?))?;
     }
     let mut ch = args.target.open(trace)?;
-    let report = eligibility::read(&mut ch, &trust, SystemTime::now())?;
+    let when = match args.at_unix {
+        Some(t) => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t),
+        None => SystemTime::now(),
+    };
+    let report = eligibility::read(&mut ch, &trust, when)?;
     args.target.finish(&ch)?;
     if json_out {
         print_json(serde_json::to_value(&report)?);
@@ -410,6 +417,31 @@ pub enum CaCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Issue a synthetic certificate for a public key (PKCS#1 or SubjectPublicKeyInfo, DER or
+    /// PEM — e.g. the key a card generated): auth (opaque subject) or sign (synthetic facts).
+    Issue {
+        /// Directory of the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// auth or sign.
+        #[arg(long, default_value = "auth")]
+        kind: String,
+        /// The subject's public key file.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Opaque identifier for the auth certificate's CN.
+        #[arg(long, default_value = "KAGITEST0000000001")]
+        id: String,
+        /// Serial number (default: random).
+        #[arg(long)]
+        serial: Option<u32>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Output certificate (DER).
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+    },
     /// Revoke an authentication certificate serial and write auth-ca.crl.der.
     Revoke {
         /// Directory of the CA files.
@@ -433,6 +465,59 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
                     dir.display()
                 );
             }
+            Ok(())
+        }
+        CaCmd::Issue {
+            dir,
+            kind,
+            public_key,
+            id,
+            serial,
+            days,
+            out,
+        } => {
+            use der::Encode;
+            use rsa::pkcs1::DecodeRsaPublicKey;
+            use rsa::pkcs8::DecodePublicKey;
+            let bytes = read_file(public_key)?;
+            let der = if bytes.starts_with(b"-----BEGIN") {
+                der::pem::decode_vec(&bytes)
+                    .map_err(|e| format!("{}: {e}", public_key.display()))?
+                    .1
+            } else {
+                bytes
+            };
+            let key = rsa::PublicKey::from_pkcs1_der(&der)
+                .or_else(|_| rsa::PublicKey::from_public_key_der(&der))
+                .map_err(|_| {
+                    format!(
+                        "{}: not an RSA public key (PKCS#1 or SubjectPublicKeyInfo)",
+                        public_key.display()
+                    )
+                })?;
+            let serial = match serial {
+                Some(s) => *s,
+                None => {
+                    let mut b = [0u8; 4];
+                    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+                    u32::from_be_bytes(b) & 0x7FFF_FFFF | 1
+                }
+            };
+            let now = SystemTime::now();
+            let until = now + std::time::Duration::from_secs(days * 86400);
+            let (auth, sign) = cas(dir)?;
+            let cert = match kind.as_str() {
+                "auth" => auth.issue_auth(&key, id, serial, now, until)?,
+                "sign" => {
+                    sign.issue_sign(&key, &test_pki::BasicFacts::synthetic(), serial, now, until)?
+                }
+                other => return Err(format!("--kind {other}: use auth or sign").into()),
+            };
+            std::fs::write(out, cert.to_der()?).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "issued {kind} certificate serial {serial} to {}",
+                out.display()
+            );
             Ok(())
         }
         CaCmd::Revoke { dir, serial } => {
