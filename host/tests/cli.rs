@@ -400,11 +400,8 @@ fn sim_serve_saves_its_image_on_sigterm() {
         .unwrap();
     // The first line comes after the signal handler is in place.
     let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
     assert!(first.contains("serving simulated card 0"), "{first}");
     let pid = child.id().to_string();
     assert!(
@@ -414,6 +411,9 @@ fn sim_serve_saves_its_image_on_sigterm() {
             .unwrap()
             .success()
     );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(rest.contains("saved card image"), "{rest}");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let card = applet_sim::SimCard::from_image(Path::new(&img), None).unwrap();
