@@ -32,59 +32,7 @@ use zeroize::Zeroize;
 
 type Sw = StatusWord;
 
-/// The JPKI AP's AID.
-pub const JPKI_AID: [u8; 10] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00, 0x00, 0x00, 0x01];
-/// The load file (package) of the JPKI class in the simulator.
-pub const JPKI_PACKAGE: [u8; 7] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00];
-/// The ATR of the My Number card's contact interface that OpenSC's jpki driver matches.
-pub const JPKI_ATR: [u8; 9] = [0x3B, 0xE0, 0x00, 0xFF, 0x81, 0x31, 0xFE, 0x45, 0x14];
-
-/// Signature certificate (needs the signature password).
-pub const EF_SIGN_CERT: u16 = 0x0001;
-/// Signature CA certificate.
-pub const EF_SIGN_CA: u16 = 0x0002;
-/// Token information (CK_TOKEN_INFO).
-pub const EF_TOKEN_INFO: u16 = 0x0006;
-/// Certificate availability.
-pub const EF_CERT_AVAILABILITY: u16 = 0x0008;
-/// User-authentication certificate.
-pub const EF_AUTH_CERT: u16 = 0x000A;
-/// User-authentication CA certificate.
-pub const EF_AUTH_CA: u16 = 0x000B;
-/// User-authentication private key.
-pub const EF_AUTH_KEY: u16 = 0x0017;
-/// User-authentication PIN.
-pub const EF_AUTH_PIN: u16 = 0x0018;
-/// Signature private key.
-pub const EF_SIGN_KEY: u16 = 0x001A;
-/// Signature password.
-pub const EF_SIGN_PIN: u16 = 0x001B;
-
-/// The format a PIN must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinFormat {
-    /// Exactly four digits.
-    FourDigits,
-    /// 6–16 upper-case letters and digits, with at least one of each.
-    Password,
-}
-
-impl PinFormat {
-    /// Whether `value` has this format.
-    pub fn accepts(self, value: &[u8]) -> bool {
-        match self {
-            PinFormat::FourDigits => value.len() == 4 && value.iter().all(u8::is_ascii_digit),
-            PinFormat::Password => {
-                (6..=16).contains(&value.len())
-                    && value
-                        .iter()
-                        .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
-                    && value.iter().any(u8::is_ascii_digit)
-                    && value.iter().any(u8::is_ascii_uppercase)
-            }
-        }
-    }
-}
+pub use card_wire::jpki::*;
 
 /// The files, keys and PINs of a PIN-protected file applet.
 #[derive(Debug)]
@@ -139,15 +87,6 @@ pub static JPKI: Profile = Profile {
         (EF_SIGN_PIN, PinFormat::Password, 5),
     ],
 };
-
-/// The text AP's AID (券面事項入力補助AP).
-pub const TEXT_AID: [u8; 10] = [0xD3, 0x92, 0x10, 0x00, 0x31, 0x00, 0x01, 0x01, 0x04, 0x08];
-/// Text AP: My Number (`FF 10 0C` + 12 digits).
-pub const EF_MY_NUMBER: u16 = 0x0001;
-/// Text AP: the four basic facts (`FF 20 …`).
-pub const EF_BASIC_FACTS: u16 = 0x0002;
-/// Text AP: its 4-digit PIN.
-pub const EF_TEXT_PIN: u16 = 0x0011;
 
 /// The text AP: My Number and the four basic facts behind their own 4-digit PIN.
 pub static TEXT: Profile = Profile {

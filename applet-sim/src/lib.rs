@@ -34,6 +34,7 @@ pub mod rng;
 pub mod runtime;
 pub mod security_domain;
 pub mod store;
+pub mod tearing;
 pub mod vpcd;
 
 pub use applet::{Aid, Applet, AppletContext};

@@ -10,6 +10,7 @@
 //! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
 //! - [`content`]: the service provider's content-encryption layer for key material.
+//! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
 //!
 //! Parsers here never panic on input: each returns a typed error.
 
@@ -18,6 +19,7 @@
 
 pub mod apdu;
 pub mod content;
+pub mod jpki;
 pub mod scp03;
 pub mod sw;
 pub mod tlv;

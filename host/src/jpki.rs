@@ -10,18 +10,10 @@ use card_wire::apdu::Command;
 use card_wire::sw::StatusWord;
 use zeroize::Zeroizing;
 
-/// The JPKI AP's AID.
-pub const JPKI_AID: [u8; 10] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00, 0x00, 0x00, 0x01];
-/// User-authentication certificate EF.
-pub const EF_AUTH_CERT: u16 = 0x000A;
-/// User-authentication CA certificate EF.
-pub const EF_AUTH_CA: u16 = 0x000B;
-/// Signature certificate EF (needs the signature password).
-pub const EF_SIGN_CERT: u16 = 0x0001;
-/// Signature CA certificate EF.
-pub const EF_SIGN_CA: u16 = 0x0002;
-/// Token information EF.
-pub const EF_TOKEN_INFO: u16 = 0x0006;
+pub use card_wire::jpki::{
+    EF_AUTH_CA, EF_AUTH_CERT, EF_SIGN_CA, EF_SIGN_CERT, EF_TOKEN_INFO, JPKI_AID, PinFormat,
+    TEXT_AID,
+};
 
 /// The two PINs of the JPKI AP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,15 +43,8 @@ impl Pin {
     /// typo never costs a try).
     pub fn format_ok(self, value: &[u8]) -> bool {
         match self {
-            Pin::Auth => value.len() == 4 && value.iter().all(u8::is_ascii_digit),
-            Pin::Sign => {
-                (6..=16).contains(&value.len())
-                    && value
-                        .iter()
-                        .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
-                    && value.iter().any(u8::is_ascii_digit)
-                    && value.iter().any(u8::is_ascii_uppercase)
-            }
+            Pin::Auth => PinFormat::FourDigits.accepts(value),
+            Pin::Sign => PinFormat::Password.accepts(value),
         }
     }
 }
@@ -223,8 +208,6 @@ pub struct DemoIdentity {
 pub const DEMO_AUTH_PIN: &str = "1234";
 /// The documented demo PIN of the text AP of the `jpki-demo` preset.
 pub const DEMO_TEXT_PIN: &str = "5678";
-/// The text AP's AID (券面事項入力補助AP).
-pub const TEXT_AID: [u8; 10] = [0xD3, 0x92, 0x10, 0x00, 0x31, 0x00, 0x01, 0x01, 0x04, 0x08];
 /// The documented demo signature password of the `jpki-demo` preset.
 pub const DEMO_SIGN_PIN: &str = "ABC123";
 

@@ -412,36 +412,10 @@ fn text_ap_facts_behind_their_own_pin() {
 /// half-personalised applet — and it can be personalised again afterwards.
 #[test]
 fn personalisation_is_tearing_safe() {
+    use applet_sim::tearing::{RecordingCard, old_or_new};
     use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
-    use card_wire::transport::{Capabilities, Transport, TransportError};
     use kagi::secure::SecureChannel;
-
-    struct Recording {
-        card: applet_sim::SimCard,
-        snapshots: Vec<applet_sim::Store>,
-    }
-    impl Transport for Recording {
-        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, TransportError> {
-            let r = self.card.transmit(c);
-            if r.is_ok() {
-                self.snapshots.push(self.card.store().clone());
-            }
-            r
-        }
-        fn reset(&mut self, k: ResetKind) -> Result<Vec<u8>, TransportError> {
-            self.card.reset(k)
-        }
-        fn atr(&self) -> Option<Vec<u8>> {
-            self.card.atr()
-        }
-        fn capabilities(&self) -> Capabilities {
-            self.card.capabilities()
-        }
-        fn describe(&self) -> String {
-            "recording".into()
-        }
-    }
-    fn run(ch: &mut CardChannel<Recording>, id: &jpki::DemoIdentity) -> kagi::Result<()> {
+    fn run(ch: &mut CardChannel<RecordingCard>, id: &jpki::DemoIdentity) -> kagi::Result<()> {
         let sd = kagi::gp::select_domain(ch, None)?;
         let opts = HostOptions {
             level: SecurityLevel::FULL,
@@ -452,38 +426,27 @@ fn personalisation_is_tearing_safe() {
         jpki::personalise_sim(&mut sc, id, "1234", "ABC123")
     }
     let fresh = || {
-        let mut card = applet_sim::SimCard::powered(applet_sim::SimConfig::default().seeded(8));
-        card.power_on();
-        Recording {
-            card,
-            snapshots: Vec::new(),
-        }
+        RecordingCard::new(applet_sim::SimCard::powered(
+            applet_sim::SimConfig::default().seeded(8),
+        ))
     };
     let id = jpki::DemoIdentity::generate().unwrap();
     let mut reference = CardChannel::new(fresh());
-    let start = reference.transport().card.store().clone();
-    let w0 = start.writes();
-    reference.transport_mut().snapshots.push(start);
+    let w0 = reference.transport().card.store().writes();
     run(&mut reference, &id).unwrap();
     let total = reference.transport().card.store().writes() - w0;
     let snapshots = std::mem::take(&mut reference.transport_mut().snapshots);
-    // Ignore the authentication failure counter (raised before each check by design).
-    let norm = |s: &applet_sim::Store| {
-        let mut s = s.clone();
-        s.remove("sd/A000000151000000/fail").unwrap();
-        s
-    };
+    // The authentication failure counter is raised before each check by design.
+    const FAIL: &str = "sd/A000000151000000/fail";
     for n in 1..=total {
         let mut ch = CardChannel::new(fresh());
         ch.transport_mut().card.tear_at(n);
         assert!(run(&mut ch, &id).is_err(), "n={n}: power was cut");
-        let done = ch.transport().snapshots.len();
+        let answered = ch.transport().answered();
         ch.reset(ResetKind::Cold).unwrap();
-        let after = norm(ch.transport().card.store());
-        let old = norm(&snapshots[done]);
-        let new = snapshots.get(done + 1).map(norm);
+        let after = ch.transport().card.store().clone();
         assert!(
-            after.same_content(&old) || new.is_some_and(|s| after.same_content(&s)),
+            old_or_new(&after, &snapshots, answered, &[FAIL]),
             "write {n}: mixed state"
         );
         // Personalised or not, never half: the auth key exists exactly when the PINs do.
