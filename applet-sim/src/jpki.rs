@@ -304,16 +304,12 @@ impl FileApplet {
         if !self.verified.contains(&pin) {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
-        let der = ctx
+        let stored = ctx
             .store
             .get(&key_of(ctx, "key", fid))
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
-        let key =
-            rsa::PrivateKey::from_pkcs1_der(der).map_err(|_| Sw::REFERENCE_DATA_NOT_USABLE)?;
-        let sig = key
-            .sign(Pkcs1v15Sign::new_unprefixed(), data)
-            .map_err(|_| Sw::WRONG_LENGTH)?;
-        Ok(Response::success(sig))
+        let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
+        Ok(Response::success(key.sign(data)?))
     }
 
     fn personalize_item(
@@ -332,10 +328,7 @@ impl FileApplet {
                 ctx.store.put(&key_of(ctx, "ef", fid), rest)?;
             }
             (0xC2, f) if p.is_key(f) => {
-                let key = rsa::PrivateKey::from_pkcs1_der(rest).map_err(|_| Sw::INCORRECT_DATA)?;
-                if key.size() != 256 {
-                    return Err(Sw::INCORRECT_DATA);
-                }
+                CardKey::parse(rest).ok_or(Sw::INCORRECT_DATA)?;
                 ctx.store.put(&key_of(ctx, "key", fid), rest)?;
             }
             (0xC6, f) if p.is_key(f) => {
@@ -355,8 +348,7 @@ impl FileApplet {
                     .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
                 let mut der = card_wire::content::open(&content_key, &fid.to_be_bytes(), rest)
                     .map_err(|_| Sw::INCORRECT_DATA)?;
-                let ok = rsa::PrivateKey::from_pkcs1_der(&der).map(|k| k.size() == 256);
-                if ok != Ok(true) {
+                if CardKey::parse(&der).is_none() {
                     der.zeroize();
                     return Err(Sw::INCORRECT_DATA);
                 }
@@ -376,14 +368,9 @@ impl FileApplet {
                 r?;
             }
             (0xC4, f) if p.is_key(f) && rest.is_empty() => {
-                // On-card key generation: only the public key leaves the card.
-                let mut seed = [0u8; 32];
-                ctx.rng.fill(&mut seed);
-                let mut rng = SeedRng(crate::rng::CardRng::seeded(u64::from_be_bytes([
-                    seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
-                ])));
-                seed.zeroize();
-                let key = rsa::PrivateKey::new(&mut rng, 2048).map_err(|_| Sw::EXECUTION_ERROR)?;
+                // On-card key generation (RSA-2048): only the public key leaves the card.
+                let key = rsa::PrivateKey::new(&mut CardRngCore(ctx.rng), 2048)
+                    .map_err(|_| Sw::EXECUTION_ERROR)?;
                 let der = key.to_pkcs1_der().map_err(|_| Sw::EXECUTION_ERROR)?;
                 ctx.store.put(&key_of(ctx, "key", fid), der.as_bytes())?;
                 let public = key
@@ -392,16 +379,65 @@ impl FileApplet {
                     .map_err(|_| Sw::EXECUTION_ERROR)?;
                 out.extend(tlv::tlv(0xC4, public.as_bytes()));
             }
+            (0xC4, f) if p.is_key(f) && rest == [0x02] => {
+                // On-card P-256 key generation (SIM profiles): the uncompressed point leaves.
+                let key: p256::ecdsa::SigningKey =
+                    p256::elliptic_curve::Generate::generate_from_rng(&mut CardRngCore(ctx.rng));
+                let mut scalar = key.to_bytes().to_vec();
+                let r = ctx.store.put(&key_of(ctx, "key", fid), &scalar);
+                scalar.zeroize();
+                r?;
+                let point = key.verifying_key().to_sec1_point(false);
+                out.extend(tlv::tlv(0xC4, point.as_bytes()));
+            }
             _ => return Err(Sw::INCORRECT_DATA),
         }
         Ok(())
     }
 }
 
-/// The card's random source as a `rand_core` generator (for on-card key generation).
-struct SeedRng(crate::rng::CardRng);
+/// A private key in a key EF: RSA-2048 (PKCS#1 DER) or P-256 (the 32-byte scalar).
+enum CardKey {
+    Rsa(Box<rsa::PrivateKey>),
+    P256(p256::ecdsa::SigningKey),
+}
 
-impl rand_core::TryRng for SeedRng {
+impl CardKey {
+    fn parse(stored: &[u8]) -> Option<CardKey> {
+        if stored.len() == 32 {
+            return p256::ecdsa::SigningKey::from_slice(stored)
+                .ok()
+                .map(CardKey::P256);
+        }
+        let key = rsa::PrivateKey::from_pkcs1_der(stored).ok()?;
+        (key.size() == 256).then(|| CardKey::Rsa(Box::new(key)))
+    }
+
+    /// RSA: PKCS#1 v1.5 type 1 over the data as given (a DigestInfo). P-256: ECDSA over a
+    /// 32-byte hash, answered as r ‖ s.
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, Sw> {
+        match self {
+            CardKey::Rsa(k) => k
+                .sign(Pkcs1v15Sign::new_unprefixed(), data)
+                .map_err(|_| Sw::WRONG_LENGTH),
+            CardKey::P256(k) => {
+                if data.len() != 32 {
+                    return Err(Sw::WRONG_LENGTH);
+                }
+                use p256::ecdsa::signature::hazmat::PrehashSigner;
+                let sig: p256::ecdsa::Signature =
+                    k.sign_prehash(data).map_err(|_| Sw::EXECUTION_ERROR)?;
+                Ok(sig.to_bytes().to_vec())
+            }
+        }
+    }
+}
+
+/// The card's random source as a `rand_core` generator (for on-card key generation): the
+/// operating system's generator, or the seeded one in deterministic mode.
+struct CardRngCore<'a>(&'a mut crate::rng::CardRng);
+
+impl rand_core::TryRng for CardRngCore<'_> {
     type Error = core::convert::Infallible;
     fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
         let mut b = [0u8; 4];
@@ -419,7 +455,7 @@ impl rand_core::TryRng for SeedRng {
     }
 }
 
-impl rand_core::TryCryptoRng for SeedRng {}
+impl rand_core::TryCryptoRng for CardRngCore<'_> {}
 
 impl Applet for FileApplet {
     fn select(&mut self, _ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, Sw> {

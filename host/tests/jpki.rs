@@ -247,6 +247,7 @@ mod provisioning {
     use super::*;
     use card_wire::scp03::{AesKey, HostOptions, SecurityLevel, StaticKeys};
     use card_wire::tlv::tlv;
+    use der::Decode;
     use kagi::gp::manage::{self, InstallSpec};
     use kagi::secure::SecureChannel;
     use kagi::trace::MemoryTrace;
@@ -339,6 +340,51 @@ mod provisioning {
         script.extend(item(0xC3, 0x0018, b"2468"));
         perso(&mut ch, &script, false).unwrap();
         sign_and_check(&mut ch, public);
+    }
+
+    #[test]
+    fn p256_key_generated_on_the_card_for_sim_profiles() {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        let mut ch = fresh(vec![], MemoryTrace::default());
+        let out = perso(&mut ch, &item(0xC4, 0x0017, &[0x02]), false).unwrap();
+        let point = card_wire::tlv::parse_single(&out).unwrap().value.to_vec();
+        assert_eq!(
+            (point.len(), point[0]),
+            (65, 0x04),
+            "an uncompressed P-256 point"
+        );
+        let public = p256::PublicKey::from_sec1_bytes(&point).unwrap();
+        let ca = test_pki::TestCa::new("JPKI for user authentication").unwrap();
+        let now = std::time::SystemTime::now();
+        let cert = ca
+            .issue_auth(
+                &public,
+                "KAGITESTP256",
+                9,
+                now,
+                now + std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let mut script = item(0xC1, 0x000A, &der::Encode::to_der(&cert).unwrap());
+        script.extend(item(0xC3, 0x0018, b"2468"));
+        perso(&mut ch, &script, false).unwrap();
+        jpki::select(&mut ch).unwrap();
+        jpki::verify(&mut ch, Pin::Auth, &pin("2468")).unwrap();
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(b"m");
+        let sig = jpki::sign(&mut ch, Pin::Auth, &hash).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+        // Verified with the key from the certificate read back from the card.
+        let cert =
+            x509_cert::Certificate::from_der(&jpki::read_der(&mut ch, jpki::EF_AUTH_CERT).unwrap())
+                .unwrap();
+        let spki = der::Encode::to_der(cert.tbs_certificate().subject_public_key_info()).unwrap();
+        use p256::pkcs8::DecodePublicKey;
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
+        vk.verify_prehash(&hash, &sig).unwrap();
+        // A P-256 key signs only a 32-byte hash.
+        let e = jpki::sign(&mut ch, Pin::Auth, &jpki::sha256_digest_info(b"m")).unwrap_err();
+        assert_eq!(e.status(), Some(StatusWord::WRONG_LENGTH));
     }
 
     #[test]

@@ -11,16 +11,17 @@
 //!   `1.2.392.200149.8.5.1.1.20`;
 //! - CRLs.
 //!
-//! Keys are RSA-2048 with SHA-256 PKCS#1 v1.5 signatures; every certificate DER starts with
-//! `30 82` as JPKI clients (OpenSC) expect.
+//! The CA keys are RSA-2048 with SHA-256 PKCS#1 v1.5 signatures; subject keys are RSA-2048 or
+//! anything with a SubjectPublicKeyInfo (P-256 for SIM profiles). Every certificate DER starts
+//! with `30 82` as JPKI clients (OpenSC) expect.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use der::asn1::{Any, OctetString, Utf8StringRef};
 use der::{Decode, Encode};
+use rsa::PrivateKey;
 use rsa::pkcs1v15::{Signature, SigningKey};
-use rsa::{PrivateKey, PublicKey};
 use sha2::Sha256;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -146,7 +147,9 @@ fn validity(not_before: SystemTime, not_after: SystemTime) -> Result<Validity> {
     ))
 }
 
-fn spki(key: &PublicKey) -> Result<SubjectPublicKeyInfo<Any, der::asn1::BitString>> {
+fn spki(
+    key: &impl spki::EncodePublicKey,
+) -> Result<SubjectPublicKeyInfo<Any, der::asn1::BitString>> {
     SubjectPublicKeyInfo::from_key(key).map_err(|e| PkiError::Parse(e.to_string()))
 }
 
@@ -200,7 +203,7 @@ impl TestCa {
         profile: Profile,
         serial: SerialNumber,
         validity: Validity,
-        subject_key: &PublicKey,
+        subject_key: &impl spki::EncodePublicKey,
     ) -> Result<Certificate> {
         let signer = SigningKey::<Sha256>::new(key.clone());
         let builder = CertificateBuilder::new(profile, serial, validity, spki(subject_key)?)
@@ -223,7 +226,7 @@ impl TestCa {
     /// Issues a user-authentication certificate: subject `C=JP, CN=<opaque id>`.
     pub fn issue_auth(
         &self,
-        key: &PublicKey,
+        key: &impl spki::EncodePublicKey,
         opaque_id: &str,
         serial: u32,
         not_before: SystemTime,
@@ -260,7 +263,7 @@ impl TestCa {
     /// Issues a signature certificate carrying the four basic facts in subjectAltName.
     pub fn issue_sign(
         &self,
-        key: &PublicKey,
+        key: &impl spki::EncodePublicKey,
         facts: &BasicFacts,
         serial: u32,
         not_before: SystemTime,

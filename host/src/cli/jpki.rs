@@ -157,12 +157,53 @@ fn verify(ch: &mut impl ApduChannel, pin: Pin, source: &PinSource) -> Result<(),
     }
 }
 
-fn public_key(cert_der: &[u8]) -> Result<rsa::PublicKey, Failure> {
-    use der::{Decode, Encode};
-    use rsa::pkcs8::DecodePublicKey;
-    let cert = x509_cert::Certificate::from_der(cert_der)?;
-    let spki = cert.tbs_certificate().subject_public_key_info().to_der()?;
-    Ok(rsa::PublicKey::from_public_key_der(&spki)?)
+/// The public key of a card certificate, to check the card's signatures with.
+enum CertKey {
+    Rsa(rsa::PublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl CertKey {
+    fn from_certificate(cert_der: &[u8]) -> Result<CertKey, Failure> {
+        use der::{Decode, Encode};
+        use rsa::pkcs8::DecodePublicKey;
+        let cert = x509_cert::Certificate::from_der(cert_der)?;
+        let spki = cert.tbs_certificate().subject_public_key_info().to_der()?;
+        if let Ok(k) = rsa::PublicKey::from_public_key_der(&spki) {
+            return Ok(CertKey::Rsa(k));
+        }
+        Ok(CertKey::P256(
+            p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+                .map_err(|_| "the certificate's key is neither RSA nor P-256")?,
+        ))
+    }
+
+    fn to_be_signed(&self, message: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            CertKey::Rsa(_) => jpki::sha256_digest_info(message),
+            CertKey::P256(_) => sha2::Sha256::digest(message).to_vec(),
+        }
+    }
+
+    fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), Failure> {
+        let bad = || "the card's signature does not verify against its certificate";
+        match self {
+            CertKey::Rsa(k) => {
+                use rsa::signature::Verifier;
+                let s = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad())?;
+                rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.clone())
+                    .verify(message, &s)
+                    .map_err(|_| bad())?;
+            }
+            CertKey::P256(k) => {
+                use p256::ecdsa::signature::Verifier;
+                let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
+                k.verify(message, &s).map_err(|_| bad())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs `kagi jpki …`.
@@ -288,24 +329,22 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             out,
             pin,
         } => {
-            use rsa::signature::Verifier;
             let p = which_pin(key)?;
             let message = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
             let mut ch = target.open(trace)?;
             jpki::select(&mut ch)?;
             verify(&mut ch, p, pin)?;
-            let sig = jpki::sign(&mut ch, p, &jpki::sha256_digest_info(&message))?;
             let cert_fid = if p == Pin::Auth {
                 jpki::EF_AUTH_CERT
             } else {
                 jpki::EF_SIGN_CERT
             };
             let cert = jpki::read_der(&mut ch, cert_fid)?;
+            // RSA keys sign a SHA-256 DigestInfo; P-256 keys (SIM profiles) the bare hash.
+            let verifier = CertKey::from_certificate(&cert)?;
+            let sig = jpki::sign(&mut ch, p, &verifier.to_be_signed(&message))?;
             target.finish(&ch)?;
-            let signature = rsa::pkcs1v15::Signature::try_from(sig.as_slice())?;
-            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public_key(&cert)?)
-                .verify(&message, &signature)
-                .map_err(|_| "the card's signature does not verify against its certificate")?;
+            verifier.verify(&message, &sig)?;
             std::fs::write(out, &sig).map_err(|e| format!("{}: {e}", out.display()))?;
             println!(
                 "signature verified against the card's certificate; written to {}",
