@@ -343,6 +343,39 @@ mod provisioning {
     }
 
     #[test]
+    fn on_card_generation_is_tearing_safe() {
+        // Cut power at each write of a generation + PIN script: afterwards the applet has
+        // both the key and the PIN, or neither, and generation works again.
+        let mut script = item(0xC4, 0x0017, &[0x02]);
+        script.extend(item(0xC3, 0x0018, b"2468"));
+        let total = {
+            let mut ch = fresh(vec![], MemoryTrace::default());
+            let w0 = ch.transport().store().writes();
+            perso(&mut ch, &script, false).unwrap();
+            ch.transport().store().writes() - w0
+        };
+        assert!(total >= 5, "{total} writes");
+        for n in 1..=total {
+            let mut ch = fresh(vec![], MemoryTrace::default());
+            ch.transport_mut().tear_at(n);
+            let torn = perso(&mut ch, &script, false).is_err();
+            ch.reset(ResetKind::Cold).unwrap();
+            let store = ch.transport().store();
+            let keys = store.keys("app/D392F000260100000001/key/").len();
+            let pins = store.keys("app/D392F000260100000001/pin/").len();
+            assert!(
+                (keys, pins) == (0, 0) || (keys, pins) == (1, 1),
+                "n={n}: {keys} keys, {pins} PINs"
+            );
+            if torn {
+                perso(&mut ch, &script, false).unwrap();
+            }
+            jpki::select(&mut ch).unwrap();
+            jpki::verify(&mut ch, Pin::Auth, &pin("2468")).unwrap();
+        }
+    }
+
+    #[test]
     fn p256_key_generated_on_the_card_for_sim_profiles() {
         use p256::ecdsa::signature::hazmat::PrehashVerifier;
         let mut ch = fresh(vec![], MemoryTrace::default());
