@@ -45,6 +45,9 @@ pub enum Error {
         /// Tries left.
         tries_left: u8,
     },
+    /// A personalisation profile or input record is not valid.
+    #[error("profile: {0}")]
+    Profile(String),
     /// A PIN is blocked.
     #[error("the PIN is blocked: it must be reset at an issuing counter")]
     PinBlocked,

@@ -40,6 +40,8 @@ pub mod keys;
 pub mod mock;
 #[cfg(feature = "pcsc")]
 pub mod pcsc_transport;
+#[cfg(feature = "sim")]
+pub mod perso;
 pub mod secure;
 pub mod trace;
 

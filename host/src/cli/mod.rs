@@ -2,6 +2,7 @@
 
 mod gp;
 mod jpki;
+mod perso;
 mod target;
 
 use applet_sim::{SimCard, SimConfig};
@@ -72,6 +73,9 @@ enum Cmd {
     /// PIN-less eligibility check: reads the authentication certificate and judges it.
     #[command(subcommand)]
     Eligibility(EligibilityCmd),
+    /// Batch personalisation (profiles, records, journal, parallel stations).
+    #[command(subcommand)]
+    Perso(PersoCmd),
     /// The test certification authority (synthetic certificates only).
     #[command(subcommand)]
     Ca(jpki::CaCmd),
@@ -90,6 +94,15 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         count: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum PersoCmd {
+    /// Personalise a batch: every record on its own card, journalled step by step.
+    Run(perso::BatchArgs),
+    /// Continue a batch after a crash or kill: nothing done twice, nothing skipped; cards
+    /// caught mid-way are completed or reported for rework.
+    Resume(perso::BatchArgs),
 }
 
 #[derive(Subcommand)]
@@ -394,6 +407,8 @@ pub fn main() -> ExitCode {
         Cmd::Jpki(j) => jpki::run(j, cli.trace, cli.json),
         Cmd::Eligibility(EligibilityCmd::Read(a)) => jpki::eligibility_read(a, cli.trace, cli.json),
         Cmd::Ca(c) => jpki::ca(c),
+        Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
+        Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
         Cmd::Bench {
             seconds,

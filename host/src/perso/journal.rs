@@ -1,0 +1,197 @@
+//! The batch journal: append-only JSON lines, each fsynced before the batch goes on. It
+//! records each record's claim, every step done on its card and the outcome, so that after a
+//! crash `kagi perso resume` knows what is done, what is not started and which cards were
+//! caught mid-way. A torn last line (crash while writing) is ignored.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The batch started or resumed.
+    Start {
+        /// Profile name.
+        profile: String,
+        /// Records in the input.
+        records: usize,
+    },
+    /// A record was taken by a station for a card.
+    Claim {
+        /// Record id.
+        record: String,
+        /// The card (reader/slot or simulated card image).
+        card: String,
+    },
+    /// A step finished on the record's card.
+    Step {
+        /// Record id.
+        record: String,
+        /// Step name.
+        step: String,
+    },
+    /// The card is personalised and verified.
+    Done {
+        /// Record id.
+        record: String,
+    },
+    /// The card was caught mid-way and needs manual rework.
+    Rework {
+        /// Record id.
+        record: String,
+        /// Why.
+        reason: String,
+    },
+    /// Personalisation failed (the card refused something).
+    Failed {
+        /// Record id.
+        record: String,
+        /// Why.
+        reason: String,
+    },
+    /// The input record was unusable.
+    BadRecord {
+        /// Where.
+        at: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where each record stands, replayed from the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Claimed; steps done so far.
+    InProgress {
+        /// The card.
+        card: String,
+        /// Steps done.
+        steps: Vec<String>,
+    },
+    /// Done.
+    Done,
+    /// Needs rework.
+    Rework(String),
+    /// Failed.
+    Failed(String),
+}
+
+/// An open journal.
+pub struct Journal {
+    file: File,
+}
+
+impl Journal {
+    /// Opens (creating) the journal for appending.
+    pub fn open(path: &Path) -> Result<Journal> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
+        Ok(Journal { file })
+    }
+
+    /// Appends an event and syncs it to disk before returning.
+    pub fn append(&mut self, event: &Event) -> Result<()> {
+        let mut line = serde_json::to_vec(event).map_err(|e| Error::Profile(e.to_string()))?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::Profile(format!("journal write: {e}")))
+    }
+}
+
+/// Replays a journal: the status of every record mentioned.
+pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
+    let mut state = BTreeMap::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+        Err(e) => return Err(Error::Profile(format!("journal {}: {e}", path.display()))),
+    };
+    let complete = if text.ends_with('\n') {
+        text.as_str()
+    } else {
+        text.rsplit_once('\n').map(|(a, _)| a).unwrap_or("")
+    };
+    for (i, line) in complete.lines().enumerate() {
+        let event: Event = serde_json::from_str(line)
+            .map_err(|e| Error::Profile(format!("journal line {}: {e}", i + 1)))?;
+        match event {
+            Event::Claim { record, card } => {
+                state.insert(
+                    record,
+                    Status::InProgress {
+                        card,
+                        steps: Vec::new(),
+                    },
+                );
+            }
+            Event::Step { record, step } => {
+                if let Some(Status::InProgress { steps, .. }) = state.get_mut(&record) {
+                    steps.push(step);
+                }
+            }
+            Event::Done { record } => {
+                state.insert(record, Status::Done);
+            }
+            Event::Rework { record, reason } => {
+                state.insert(record, Status::Rework(reason));
+            }
+            Event::Failed { record, reason } => {
+                state.insert(record, Status::Failed(reason));
+            }
+            Event::Start { .. } | Event::BadRecord { .. } => {}
+        }
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_ignores_a_torn_last_line() {
+        let dir = std::env::temp_dir().join(format!("kagi-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j");
+        let mut j = Journal::open(&path).unwrap();
+        j.append(&Event::Claim {
+            record: "A".into(),
+            card: "c".into(),
+        })
+        .unwrap();
+        j.append(&Event::Step {
+            record: "A".into(),
+            step: "open".into(),
+        })
+        .unwrap();
+        j.append(&Event::Claim {
+            record: "B".into(),
+            card: "d".into(),
+        })
+        .unwrap();
+        j.append(&Event::Done { record: "B".into() }).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"event\":\"done\",\"rec").unwrap();
+        let s = replay(&path).unwrap();
+        assert_eq!(
+            s["A"],
+            Status::InProgress {
+                card: "c".into(),
+                steps: vec!["open".into()]
+            }
+        );
+        assert_eq!(s["B"], Status::Done);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,390 @@
+//! Personalisation profiles: a versioned TOML file that says what goes on each card. Errors
+//! point at the line.
+//!
+//! ```toml
+//! version = 1
+//! name = "member card"
+//! card = "smartcard"               # or "uicc"
+//! final_state = "secured"           # or "locked"
+//!
+//! [keys]
+//! transport_kvn = "30"             # the key set cards leave the factory with
+//! production_kvn = "31"            # replaces it, diversified per card
+//! diversification = "kdf3"
+//!
+//! [[install]]
+//! package = "F04B414749"
+//! module = "F04B41474901"
+//! instance = "F04B4147490101"
+//! privileges = "00"
+//!
+//! [[store]]
+//! instance = "F04B4147490101"
+//! blocks = ["4D454D424552{member_no}", "{name}"]   # hex; {field} = the record's field (UTF-8)
+//! ```
+
+use crate::error::{Error, Result};
+use card_wire::scp03::Diversification;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The profile format version this build reads.
+pub const PROFILE_VERSION: u32 = 1;
+
+fn hex_bytes(what: &str, s: &str) -> std::result::Result<Vec<u8>, String> {
+    hex::decode(s).map_err(|e| format!("{what} '{s}' is not hex: {e}"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    transport_kvn: String,
+    production_kvn: String,
+    #[serde(default = "default_kdf")]
+    diversification: String,
+}
+
+fn default_kdf() -> String {
+    "kdf3".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstall {
+    package: String,
+    module: String,
+    instance: String,
+    #[serde(default)]
+    privileges: Option<String>,
+    #[serde(default)]
+    params: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    instance: String,
+    blocks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    version: u32,
+    name: String,
+    #[serde(default = "default_card")]
+    card: String,
+    keys: RawKeys,
+    #[serde(default)]
+    install: Vec<RawInstall>,
+    #[serde(default)]
+    store: Vec<RawStore>,
+    #[serde(default = "default_state")]
+    final_state: String,
+}
+
+fn default_card() -> String {
+    "smartcard".into()
+}
+
+fn default_state() -> String {
+    "secured".into()
+}
+
+/// An applet to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    /// Package AID.
+    pub package: Vec<u8>,
+    /// Module AID.
+    pub module: Vec<u8>,
+    /// Instance AID.
+    pub instance: Vec<u8>,
+    /// Privileges.
+    pub privileges: Vec<u8>,
+    /// Install parameters.
+    pub params: Vec<u8>,
+}
+
+/// A template block: literal bytes and record fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal bytes.
+    Bytes(Vec<u8>),
+    /// A record field, as UTF-8.
+    Field(String),
+}
+
+/// Data to STORE into an instance, from templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    /// The instance personalised.
+    pub instance: Vec<u8>,
+    /// One STORE DATA block per template.
+    pub blocks: Vec<Vec<Piece>>,
+}
+
+/// The card type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardType {
+    /// A smart card.
+    SmartCard,
+    /// A SIM / UICC.
+    Uicc,
+}
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Name (reports).
+    pub name: String,
+    /// Card type.
+    pub card: CardType,
+    /// KVN of the transport key set.
+    pub transport_kvn: u8,
+    /// KVN of the production key set.
+    pub production_kvn: u8,
+    /// Diversification of the production keys.
+    pub diversification: Diversification,
+    /// Applets to install.
+    pub install: Vec<Install>,
+    /// Data to store.
+    pub store: Vec<Store>,
+    /// Card life cycle at the end (`0F` secured, `7F` locked).
+    pub final_state: u8,
+}
+
+fn parse_template(t: &str) -> std::result::Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("template '{t}': '{{' without '}}'"))?;
+                let name = &rest[1..end];
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("template '{t}': bad field name '{name}'"));
+                }
+                out.push(Piece::Field(name.to_string()));
+                rest = &rest[end + 1..];
+            }
+            Some(i) => {
+                out.push(Piece::Bytes(hex_bytes("template", &rest[..i])?));
+                rest = &rest[i..];
+            }
+            None => {
+                out.push(Piece::Bytes(hex_bytes("template", rest)?));
+                rest = "";
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn aid(what: &str, s: &str) -> std::result::Result<Vec<u8>, String> {
+    let v = hex_bytes(what, s)?;
+    if !(5..=16).contains(&v.len()) {
+        return Err(format!("{what} {s} must be 5 to 16 bytes"));
+    }
+    Ok(v)
+}
+
+fn kvn(what: &str, s: &str) -> std::result::Result<u8, String> {
+    match hex_bytes(what, s)?.as_slice() {
+        [k] if *k != 0 && *k != 0xFF => Ok(*k),
+        _ => Err(format!("{what} '{s}' must be one hex byte, 01..FE")),
+    }
+}
+
+impl Profile {
+    /// Parses and validates a profile; errors name the line (TOML) or the field (meaning).
+    pub fn parse(text: &str) -> Result<Profile> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| Error::Profile(e.to_string()))?;
+        let bad = |m: String| Error::Profile(m);
+        if raw.version != PROFILE_VERSION {
+            return Err(bad(format!(
+                "profile version {} is not supported (this kagi reads version {PROFILE_VERSION})",
+                raw.version
+            )));
+        }
+        let card = match raw.card.as_str() {
+            "smartcard" => CardType::SmartCard,
+            "uicc" | "sim" => CardType::Uicc,
+            other => return Err(bad(format!("card = '{other}': use smartcard or uicc"))),
+        };
+        let diversification: Diversification = raw.keys.diversification.parse().map_err(bad)?;
+        let transport_kvn = kvn("keys.transport_kvn", &raw.keys.transport_kvn).map_err(bad)?;
+        let production_kvn = kvn("keys.production_kvn", &raw.keys.production_kvn).map_err(bad)?;
+        if transport_kvn == production_kvn {
+            return Err(bad(
+                "keys.production_kvn must differ from keys.transport_kvn".into(),
+            ));
+        }
+        let mut install = Vec::new();
+        for (i, r) in raw.install.iter().enumerate() {
+            let ctx = |m: String| bad(format!("install[{i}]: {m}"));
+            install.push(Install {
+                package: aid("package", &r.package).map_err(ctx)?,
+                module: aid("module", &r.module).map_err(ctx)?,
+                instance: aid("instance", &r.instance).map_err(ctx)?,
+                privileges: hex_bytes("privileges", r.privileges.as_deref().unwrap_or("00"))
+                    .map_err(ctx)?,
+                params: hex_bytes("params", r.params.as_deref().unwrap_or("")).map_err(ctx)?,
+            });
+        }
+        let mut store = Vec::new();
+        for (i, s) in raw.store.iter().enumerate() {
+            let ctx = |m: String| bad(format!("store[{i}]: {m}"));
+            if s.blocks.is_empty() {
+                return Err(ctx("blocks is empty".into()));
+            }
+            store.push(Store {
+                instance: aid("instance", &s.instance).map_err(ctx)?,
+                blocks: s
+                    .blocks
+                    .iter()
+                    .map(|b| parse_template(b))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(ctx)?,
+            });
+        }
+        let final_state = match raw.final_state.as_str() {
+            "secured" => 0x0F,
+            "locked" => 0x7F,
+            other => {
+                return Err(bad(format!(
+                    "final_state = '{other}': use secured or locked"
+                )));
+            }
+        };
+        Ok(Profile {
+            name: raw.name,
+            card,
+            transport_kvn,
+            production_kvn,
+            diversification,
+            install,
+            store,
+            final_state,
+        })
+    }
+
+    /// The record fields the templates use.
+    pub fn fields(&self) -> Vec<String> {
+        let mut f: Vec<String> = self
+            .store
+            .iter()
+            .flat_map(|s| s.blocks.iter().flatten())
+            .filter_map(|p| match p {
+                Piece::Field(n) => Some(n.clone()),
+                Piece::Bytes(_) => None,
+            })
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    }
+
+    /// The STORE DATA blocks of `store` for a record.
+    pub fn render(store: &Store, fields: &BTreeMap<String, String>) -> Result<Vec<Vec<u8>>> {
+        store
+            .blocks
+            .iter()
+            .map(|pieces| {
+                let mut out = Vec::new();
+                for p in pieces {
+                    match p {
+                        Piece::Bytes(b) => out.extend_from_slice(b),
+                        Piece::Field(n) => out.extend_from_slice(
+                            fields
+                                .get(n)
+                                .ok_or_else(|| {
+                                    Error::Profile(format!("record has no field '{n}'"))
+                                })?
+                                .as_bytes(),
+                        ),
+                    }
+                }
+                if out.is_empty() || out.len() > crate::gp::manage::BLOCK {
+                    return Err(Error::Profile(format!(
+                        "a STORE DATA block of {} bytes is outside 1..={}",
+                        out.len(),
+                        crate::gp::manage::BLOCK
+                    )));
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"
+version = 1
+name = "t"
+[keys]
+transport_kvn = "30"
+production_kvn = "31"
+[[install]]
+package = "F04B414749"
+module = "F04B41474901"
+instance = "F04B4147490101"
+[[store]]
+instance = "F04B4147490101"
+blocks = ["4142{member_no}", "{name}"]
+"#;
+
+    #[test]
+    fn parses_and_renders() {
+        let p = Profile::parse(GOOD).unwrap();
+        assert_eq!(
+            (p.transport_kvn, p.production_kvn, p.final_state),
+            (0x30, 0x31, 0x0F)
+        );
+        assert_eq!(p.fields(), vec!["member_no", "name"]);
+        let mut f = BTreeMap::new();
+        f.insert("member_no".to_string(), "007".to_string());
+        f.insert("name".to_string(), "x".to_string());
+        let blocks = Profile::render(&p.store[0], &f).unwrap();
+        assert_eq!(blocks, vec![b"AB007".to_vec(), b"x".to_vec()]);
+        f.remove("name");
+        assert!(Profile::render(&p.store[0], &f).is_err());
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        let e = Profile::parse(&GOOD.replace("version = 1", "version = 9"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 9"), "{e}");
+        let e = Profile::parse(&GOOD.replace("name = \"t\"", "name = \"t\"\ncolour = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line") && e.contains("colour"), "{e}");
+        let e = Profile::parse(&GOOD.replace("F04B4147490101\"\n[[store]]", "F0\"\n[[store]]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("install[0]") && e.contains("5 to 16"), "{e}");
+        let e = Profile::parse(&GOOD.replace("4142{member_no}", "41{member_no"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store[0]"), "{e}");
+        let e = Profile::parse(&GOOD.replace("\"31\"", "\"30\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("differ"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in ".{0,400}") {
+            let _ = Profile::parse(&text);
+        }
+    }
+}
