@@ -9,3 +9,17 @@ bash scripts/setup.sh
 cargo build --quiet --release -p kagi
 ./target/release/kagi bench "$@"
 bash scripts/pcsc-sandbox.sh --preset jpki-demo -- ./target/release/kagi bench --reader "Virtual PCD 00 00" --count 2000
+
+# Personalisation throughput: the data-only example profile across 16 simulated stations,
+# 2000 synthetic records, without card images (pure throughput) and with them (resumable).
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+{
+    echo "id,member_no,name,points"
+    for i in $(seq 0 1999); do echo "B$i,$((300000 + i)),BENCH MEMBER $i,$i"; done
+} >"$tmp/records.csv"
+for mode in --no-images ""; do
+    TIMEFORMAT="  host CPU: %U s user + %S s system for 2000 cards"
+    time ./target/release/kagi perso run --profile examples/perso-member.toml --input "$tmp/records.csv" \
+        --sim 16 --out "$tmp/out$mode" --insecure-file-keys examples/keys $mode 2>/dev/null
+done
