@@ -108,6 +108,26 @@ impl TraceSink for MemoryTrace {
     }
 }
 
+/// Writes trace lines to a file (per-card logs of a batch).
+#[derive(Debug)]
+pub struct FileTrace(std::io::BufWriter<std::fs::File>);
+
+impl FileTrace {
+    /// Creates (truncating) the log file.
+    pub fn create(path: &std::path::Path) -> crate::Result<FileTrace> {
+        std::fs::File::create(path)
+            .map(|f| FileTrace(std::io::BufWriter::new(f)))
+            .map_err(|e| crate::Error::Protocol(format!("log {}: {e}", path.display())))
+    }
+}
+
+impl TraceSink for FileTrace {
+    fn line(&mut self, line: &str) {
+        use std::io::Write;
+        let _ = writeln!(self.0, "{line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

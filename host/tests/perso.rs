@@ -183,3 +183,160 @@ fn a_finished_batch_is_not_run_again_by_mistake() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The JPKI example profile end to end: keys generated on the cards, certificates from the
+/// test CA, PINs only in the encrypted PIN mailer; the cards pass `kagi gp list`, `kagi jpki`
+/// and `kagi eligibility read`; no PIN appears in the journal, report, logs or output.
+#[test]
+fn jpki_profile_end_to_end_without_secrets_in_any_output() {
+    let dir = std::env::temp_dir().join(format!("kagi-perso-jpki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    for f in [
+        "perso-jpki.toml",
+        "jpki-records.csv",
+        "keys/transport.keys",
+        "keys/master.keys",
+        "keys/pin-mailer.pub.pem",
+        "keys/pin-mailer.key.pem",
+    ] {
+        std::fs::copy(examples().join(f), dir.join(f)).unwrap();
+    }
+    let out = dir.join("out");
+    let kagi = env!("CARGO_BIN_EXE_kagi");
+    let run = Command::new(kagi)
+        .args(["perso", "run", "--sim", "2", "--card-logs"])
+        .arg("--profile")
+        .arg(dir.join("perso-jpki.toml"))
+        .arg("--input")
+        .arg(dir.join("jpki-records.csv"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--insecure-file-keys")
+        .arg(dir.join("keys"))
+        .output()
+        .unwrap();
+    let run_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.status.success() && run_out.contains("4 done"),
+        "{run_out}"
+    );
+    // The mailer house opens the PIN mailer.
+    let mailer = Command::new(kagi)
+        .args(["perso", "open-mailer"])
+        .arg("--key")
+        .arg(dir.join("keys/pin-mailer.key.pem"))
+        .arg("--mailer")
+        .arg(out.join("pin-mailer.enc"))
+        .output()
+        .unwrap();
+    let mailer = String::from_utf8_lossy(&mailer.stdout).to_string();
+    assert_eq!(mailer.lines().count(), 4, "{mailer}");
+    let mut outputs = run_out.clone();
+    for f in ["journal.jsonl", "report.csv", "report.json"] {
+        outputs.push_str(&std::fs::read_to_string(out.join(f)).unwrap());
+    }
+    let mut logs = String::new();
+    for e in std::fs::read_dir(out.join("logs")).unwrap() {
+        logs.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    assert!(
+        logs.contains("<redacted"),
+        "PIN-carrying commands are redacted in the card logs"
+    );
+    for line in mailer.lines() {
+        let (id, json) = line.split_once(',').unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let sign_pin = v["sign_pin"].as_str().unwrap();
+        let auth_pin = v["auth_pin"].as_str().unwrap();
+        // The signature password is distinctive: in clear and as APDU hex, it is nowhere.
+        for needle in [sign_pin.to_string(), hex::encode_upper(sign_pin)] {
+            assert!(
+                !outputs.contains(&needle) && !logs.contains(&needle),
+                "{id}: signature password found in an output"
+            );
+        }
+        assert!(
+            !logs.contains(&format!("04 {}", hex::encode_upper(auth_pin))),
+            "{id}: a VERIFY with the PIN in a log"
+        );
+        // The card works with what the mailer says, through the CLI as a holder would.
+        let card = out.join("cards").join(format!("{id}.img"));
+        let pin_file = dir.join(format!("{id}.pin"));
+        std::fs::write(&pin_file, auth_pin).unwrap();
+        let sim = ["--sim", "--sim-image", card.to_str().unwrap()];
+        let jpki_info = Command::new(kagi)
+            .args(["jpki", "info", "--json"])
+            .args(sim)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&jpki_info.stdout).unwrap();
+        assert_eq!(info["auth_pin_tries"], 3);
+        let msg = dir.join("m.txt");
+        std::fs::write(&msg, b"hello").unwrap();
+        let sign = Command::new(kagi)
+            .args([
+                "jpki",
+                "sign",
+                "--pin-file",
+                pin_file.to_str().unwrap(),
+                "-i",
+                msg.to_str().unwrap(),
+                "-o",
+                dir.join("s").to_str().unwrap(),
+            ])
+            .args(sim)
+            .output()
+            .unwrap();
+        assert!(
+            sign.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sign.stderr)
+        );
+        let ca = dir.join("pki/auth-ca.crt.pem");
+        let el = Command::new(kagi)
+            .args([
+                "eligibility",
+                "read",
+                "--json",
+                "--ca",
+                ca.to_str().unwrap(),
+            ])
+            .args(sim)
+            .output()
+            .unwrap();
+        let el: serde_json::Value = serde_json::from_slice(&el.stdout).unwrap();
+        assert_eq!(el["verdict"], "eligible");
+        let list = Command::new(kagi)
+            .args([
+                "gp",
+                "list",
+                "--json",
+                "--kvn",
+                "31",
+                "--kdf",
+                "kdf3",
+                "--key-file",
+                dir.join("keys/master.keys").to_str().unwrap(),
+            ])
+            .args(sim)
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let aids: Vec<&str> = list["registry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["aid"].as_str().unwrap())
+            .collect();
+        assert!(
+            aids.contains(&"D392F000260100000001") && aids.contains(&"D3921000310001010408"),
+            "{aids:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

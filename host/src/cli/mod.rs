@@ -103,6 +103,8 @@ enum PersoCmd {
     /// Continue a batch after a crash or kill: nothing done twice, nothing skipped; cards
     /// caught mid-way are completed or reported for rework.
     Resume(perso::BatchArgs),
+    /// Decrypt a batch's PIN mailer file with the mailer's private key (mailer house only).
+    OpenMailer(perso::MailerArgs),
 }
 
 #[derive(Subcommand)]
@@ -409,6 +411,7 @@ pub fn main() -> ExitCode {
         Cmd::Ca(c) => jpki::ca(c),
         Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
         Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
+        Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
         Cmd::Bench {
             seconds,

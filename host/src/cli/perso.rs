@@ -27,6 +27,9 @@ pub struct BatchArgs {
     /// Do not keep card images (benchmarks only: a batch without images cannot resume).
     #[arg(long)]
     no_images: bool,
+    /// Write a redacted APDU log per card under OUT/logs.
+    #[arg(long)]
+    card_logs: bool,
 }
 
 /// Runs or resumes a batch.
@@ -35,9 +38,7 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
         "WARNING: insecure file key store {} in use: keys are read from plain files. Use an HSM in production.",
         args.insecure_file_keys.display()
     );
-    let text = std::fs::read_to_string(&args.profile)
-        .map_err(|e| format!("{}: {e}", args.profile.display()))?;
-    let profile = Profile::parse(&text).map_err(|e| format!("{}: {e}", args.profile.display()))?;
+    let profile = Profile::read(&args.profile)?;
     let (records, bad) = perso::records::read(&args.input, &profile.fields())?;
     for b in &bad {
         eprintln!("skipping record at {}: {}", b.at, b.reason);
@@ -48,6 +49,7 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
         stations: args.sim,
         progress: !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         keep_images: !args.no_images,
+        card_logs: args.card_logs.then(|| args.out.join("logs")),
     };
     let summary = perso::run::run(&profile, &records, &bad, &keys, &opts, resume)?;
     if json_out {
@@ -65,6 +67,44 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             summary.handled as f64 / summary.seconds.max(1e-9),
             args.out.join("report.csv").display()
         );
+    }
+    Ok(())
+}
+
+/// `kagi perso open-mailer`: what the mailer house does with its private key.
+#[derive(Args)]
+pub struct MailerArgs {
+    /// The mailer's RSA private key (PKCS#8, PEM or DER).
+    #[arg(long)]
+    key: PathBuf,
+    /// The batch's `pin-mailer.enc`.
+    #[arg(long)]
+    mailer: PathBuf,
+}
+
+/// Decrypts the PIN mailer file and prints one line per card (for the mailer house only).
+pub fn open_mailer(args: &MailerArgs) -> Result<(), Failure> {
+    use rsa::pkcs8::DecodePrivateKey;
+    let bytes = std::fs::read(&args.key).map_err(|e| format!("{}: {e}", args.key.display()))?;
+    let key = match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.find("-----BEGIN").map(|i| &t[i..]))
+    {
+        Some(pem) => rsa::PrivateKey::from_pkcs8_pem(pem)?,
+        None => rsa::PrivateKey::from_pkcs8_der(&bytes)?,
+    };
+    let text = std::fs::read_to_string(&args.mailer)
+        .map_err(|e| format!("{}: {e}", args.mailer.display()))?;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (record, ct) = line
+            .split_once(',')
+            .ok_or("PIN mailer line without a comma")?;
+        let ct = hex::decode(ct)?;
+        let plain = zeroize::Zeroizing::new(
+            key.decrypt(rsa::Oaep::<sha2::Sha256>::new(), &ct)
+                .map_err(|_| format!("record {record}: cannot decrypt with this key"))?,
+        );
+        println!("{record},{}", String::from_utf8_lossy(&plain));
     }
     Ok(())
 }

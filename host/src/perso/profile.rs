@@ -69,6 +69,23 @@ struct RawStore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLoad {
+    package: String,
+    modules: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJpki {
+    instance: String,
+    ca_dir: String,
+    pin_mailer_key: String,
+    #[serde(default)]
+    text_instance: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawProfile {
     version: u32,
     name: String,
@@ -76,7 +93,11 @@ struct RawProfile {
     card: String,
     keys: RawKeys,
     #[serde(default)]
+    load: Vec<RawLoad>,
+    #[serde(default)]
     install: Vec<RawInstall>,
+    #[serde(default)]
+    jpki: Option<RawJpki>,
     #[serde(default)]
     store: Vec<RawStore>,
     #[serde(default = "default_state")]
@@ -104,6 +125,30 @@ pub struct Install {
     pub privileges: Vec<u8>,
     /// Install parameters.
     pub params: Vec<u8>,
+}
+
+/// A load file for the simulator (module AID → simulator class).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    /// Package AID.
+    pub package: Vec<u8>,
+    /// (module AID, class).
+    pub modules: Vec<(Vec<u8>, String)>,
+}
+
+/// JPKI issuance: keys generated on the card, certificates from a CA, PINs generated per card
+/// and written only to the PIN mailer file, encrypted to the mailer's public key.
+#[derive(Debug, Clone)]
+pub struct Jpki {
+    /// The JPKI AP instance.
+    pub instance: Vec<u8>,
+    /// The CA directory (`kagi ca init`), relative to the profile.
+    pub ca_dir: std::path::PathBuf,
+    /// The PIN mailer's RSA public key (PEM or DER SubjectPublicKeyInfo), relative to the
+    /// profile.
+    pub pin_mailer_key: std::path::PathBuf,
+    /// The text AP instance, when it is to carry the record's facts.
+    pub text_instance: Option<Vec<u8>>,
 }
 
 /// A template block: literal bytes and record fields.
@@ -146,8 +191,12 @@ pub struct Profile {
     pub production_kvn: u8,
     /// Diversification of the production keys.
     pub diversification: Diversification,
+    /// Load files (simulator classes).
+    pub load: Vec<Load>,
     /// Applets to install.
     pub install: Vec<Install>,
+    /// JPKI issuance, if the profile issues a JPKI credential.
+    pub jpki: Option<Jpki>,
     /// Data to store.
     pub store: Vec<Store>,
     /// Card life cycle at the end (`0F` secured, `7F` locked).
@@ -199,6 +248,20 @@ fn kvn(what: &str, s: &str) -> std::result::Result<u8, String> {
 }
 
 impl Profile {
+    /// Reads a profile file; relative paths in it are taken from the file's directory.
+    pub fn read(path: &std::path::Path) -> Result<Profile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Profile(format!("{}: {e}", path.display())))?;
+        let mut p =
+            Self::parse(&text).map_err(|e| Error::Profile(format!("{}: {e}", path.display())))?;
+        if let Some(j) = p.jpki.as_mut() {
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            j.ca_dir = base.join(&j.ca_dir);
+            j.pin_mailer_key = base.join(&j.pin_mailer_key);
+        }
+        Ok(p)
+    }
+
     /// Parses and validates a profile; errors name the line (TOML) or the field (meaning).
     pub fn parse(text: &str) -> Result<Profile> {
         let raw: RawProfile = toml::from_str(text).map_err(|e| Error::Profile(e.to_string()))?;
@@ -222,6 +285,38 @@ impl Profile {
                 "keys.production_kvn must differ from keys.transport_kvn".into(),
             ));
         }
+        let mut load = Vec::new();
+        for (i, l) in raw.load.iter().enumerate() {
+            let ctx = |m: String| bad(format!("load[{i}]: {m}"));
+            let mut modules = Vec::new();
+            for m in &l.modules {
+                let (a, class) = m
+                    .split_once('=')
+                    .ok_or_else(|| ctx(format!("module '{m}': use AID=CLASS")))?;
+                modules.push((aid("module", a).map_err(ctx)?, class.to_string()));
+            }
+            load.push(Load {
+                package: aid("package", &l.package).map_err(ctx)?,
+                modules,
+            });
+        }
+        let jpki = match &raw.jpki {
+            None => None,
+            Some(j) => {
+                let ctx = |m: String| bad(format!("jpki: {m}"));
+                Some(Jpki {
+                    instance: aid("instance", &j.instance).map_err(ctx)?,
+                    ca_dir: j.ca_dir.clone().into(),
+                    pin_mailer_key: j.pin_mailer_key.clone().into(),
+                    text_instance: j
+                        .text_instance
+                        .as_deref()
+                        .map(|t| aid("text_instance", t))
+                        .transpose()
+                        .map_err(ctx)?,
+                })
+            }
+        };
         let mut install = Vec::new();
         for (i, r) in raw.install.iter().enumerate() {
             let ctx = |m: String| bad(format!("install[{i}]: {m}"));
@@ -265,7 +360,9 @@ impl Profile {
             transport_kvn,
             production_kvn,
             diversification,
+            load,
             install,
+            jpki,
             store,
             final_state,
         })
@@ -282,6 +379,13 @@ impl Profile {
                 Piece::Bytes(_) => None,
             })
             .collect();
+        if self
+            .jpki
+            .as_ref()
+            .is_some_and(|j| j.text_instance.is_some())
+        {
+            f.extend(["name", "address", "birth_date", "sex", "my_number"].map(String::from));
+        }
         f.sort();
         f.dedup();
         f

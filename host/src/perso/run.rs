@@ -50,6 +50,8 @@ pub struct Options {
     pub progress: bool,
     /// Keep simulated cards as image files (needed to resume; off only for benchmarks).
     pub keep_images: bool,
+    /// Write a redacted APDU log per card into this directory.
+    pub card_logs: Option<PathBuf>,
 }
 
 /// What a batch did.
@@ -82,6 +84,112 @@ struct Shared<'a> {
     keys: &'a KeySets,
     opts: &'a Options,
     journal: Mutex<Journal>,
+    issuer: Option<Issuer>,
+}
+
+/// What JPKI issuance needs for the whole batch: the CAs and the PIN mailer.
+struct Issuer {
+    auth_ca: test_pki::TestCa,
+    sign_ca: test_pki::TestCa,
+    mailer_key: rsa::PublicKey,
+    mailer: Mutex<std::fs::File>,
+}
+
+impl Issuer {
+    fn open(j: &super::profile::Jpki, out: &Path) -> Result<Issuer> {
+        let pki = |e: test_pki::PkiError| Error::Profile(format!("CA {}: {e}", j.ca_dir.display()));
+        let auth_ca =
+            test_pki::store::load_or_create(&j.ca_dir, "auth-ca", "JPKI for user authentication")
+                .map_err(pki)?;
+        let sign_ca =
+            test_pki::store::load_or_create(&j.ca_dir, "sign-ca", "JPKI for digital signature")
+                .map_err(pki)?;
+        let bytes = std::fs::read(&j.pin_mailer_key).map_err(|e| {
+            Error::Profile(format!(
+                "PIN mailer key {}: {e}",
+                j.pin_mailer_key.display()
+            ))
+        })?;
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            der::pem::decode_vec(&bytes)
+                .map_err(|e| Error::Profile(format!("PIN mailer key: {e}")))?
+                .1
+        } else {
+            bytes
+        };
+        use rsa::pkcs8::DecodePublicKey;
+        let mailer_key = rsa::PublicKey::from_public_key_der(&der).map_err(|e| {
+            Error::Profile(format!(
+                "PIN mailer key {}: {e}",
+                j.pin_mailer_key.display()
+            ))
+        })?;
+        let mailer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("pin-mailer.enc"))
+            .map_err(|e| Error::Protocol(format!("PIN mailer file: {e}")))?;
+        Ok(Issuer {
+            auth_ca,
+            sign_ca,
+            mailer_key,
+            mailer: Mutex::new(mailer),
+        })
+    }
+
+    /// Appends `record,HEX(RSA-OAEP-SHA256(JSON of the PINs))` and syncs it.
+    fn mail(&self, record: &str, pins: &[(&str, &zeroize::Zeroizing<String>)]) -> Result<()> {
+        use std::io::Write;
+        let mut doc = serde_json::Map::new();
+        for (k, v) in pins {
+            doc.insert((*k).into(), serde_json::Value::String(v.as_str().into()));
+        }
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(&doc).unwrap_or_default());
+        for (_, v) in doc.iter_mut() {
+            if let serde_json::Value::String(s) = v {
+                zeroize::Zeroize::zeroize(s);
+            }
+        }
+        let ct = self
+            .mailer_key
+            .encrypt(
+                &mut getrandom::SysRng,
+                rsa::Oaep::<sha2::Sha256>::new(),
+                &plain,
+            )
+            .map_err(|e| Error::Protocol(format!("PIN mailer encryption: {e}")))?;
+        let mut f = self
+            .mailer
+            .lock()
+            .map_err(|_| Error::Protocol("PIN mailer lock poisoned".into()))?;
+        f.write_all(format!("{record},{}\n", hex::encode_upper(ct)).as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::Protocol(format!("PIN mailer write: {e}")))
+    }
+}
+
+/// A random PIN: 4 digits, or (password) 8 upper-case letters and digits with both.
+fn random_pin(password: bool) -> Result<zeroize::Zeroizing<String>> {
+    const ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    loop {
+        let mut b = zeroize::Zeroizing::new([0u8; 8]);
+        getrandom::fill(b.as_mut()).map_err(|e| Error::Protocol(e.to_string()))?;
+        let pin: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(if password {
+            b.iter()
+                .map(|x| ALNUM[(*x as usize) % ALNUM.len()] as char)
+                .collect()
+        } else {
+            b[..4].iter().map(|x| (b'0' + x % 10) as char).collect()
+        });
+        let which = if password {
+            crate::jpki::Pin::Sign
+        } else {
+            crate::jpki::Pin::Auth
+        };
+        if which.format_ok(pin.as_bytes()) {
+            return Ok(pin);
+        }
+    }
 }
 
 impl Shared<'_> {
@@ -115,7 +223,7 @@ fn personalise(
     ch: &mut CardChannel<SimCard>,
     record: &Record,
     path: &Path,
-) -> Result<()> {
+) -> Result<Option<Issued>> {
     let p = sh.profile;
     let keep = sh.opts.keep_images;
     let step = |name: String| {
@@ -131,9 +239,22 @@ fn personalise(
         kvn: p.transport_kvn,
         ..options()
     };
+    let mut jpki_check = None;
     let mut sc = SecureChannel::open(ch, transport, opts, Some(&sd.aid))?;
     save(sc.card(), path, keep)?;
     step("open".into())?;
+    if !p.load.is_empty() {
+        let loaded = gp::get_status(&mut sc, StatusScope::LoadFiles)?;
+        for l in &p.load {
+            if loaded.iter().any(|e| e.aid == l.package) {
+                continue;
+            }
+            let file = manage::sim_load_file(&l.package, &l.modules);
+            manage::load(&mut sc, &l.package, None, &file, true)?;
+            save(sc.card(), path, keep)?;
+            step(format!("load:{}", hex::encode_upper(&l.package)))?;
+        }
+    }
     for i in &p.install {
         let spec = manage::InstallSpec {
             package: i.package.clone(),
@@ -153,6 +274,12 @@ fn personalise(
         save(sc.card(), path, keep)?;
         step(format!("store:{}", hex::encode_upper(&s.instance)))?;
     }
+    if let (Some(j), Some(issuer)) = (&p.jpki, &sh.issuer) {
+        let issued = issue_jpki(&mut sc, j, issuer, record)?;
+        save(sc.card(), path, keep)?;
+        step("jpki".into())?;
+        jpki_check = Some(issued);
+    }
     // Production keys, diversified for this card, replace the transport keys.
     let kdd = sc.info().init_update.kdd;
     let mut production = sh.keys.master.diversify(p.diversification, &kdd);
@@ -166,7 +293,153 @@ fn personalise(
         save(sc.card(), path, keep)?;
         step("final-state".into())?;
     }
-    Ok(())
+    Ok(jpki_check)
+}
+
+/// What a JPKI issuance checks afterwards: the certificate written and the PIN to sign with.
+struct Issued {
+    auth_cert: Vec<u8>,
+    auth_pin: zeroize::Zeroizing<String>,
+}
+
+/// Keys generated on the card, certificates from the CA, PINs generated and mailed.
+fn issue_jpki(
+    sc: &mut SecureChannel<'_, SimCard>,
+    j: &super::profile::Jpki,
+    issuer: &Issuer,
+    record: &Record,
+) -> Result<Issued> {
+    use card_wire::tlv::{self, tlv};
+    use der::Encode;
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    let item = |tag: u32, fid: u16, body: &[u8]| tlv(tag, &[&fid.to_be_bytes()[..], body].concat());
+    let chunks = |script: &[u8]| {
+        script
+            .chunks(manage::BLOCK)
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>()
+    };
+    // 1. Keys generated on the card: only the public keys come out.
+    let mut gen_script = item(0xC4, 0x0017, &[]);
+    gen_script.extend(item(0xC4, 0x001A, &[]));
+    let out = manage::personalize(sc, &j.instance, &chunks(&gen_script), false)?;
+    let publics: Vec<rsa::PublicKey> = tlv::parse_all(&out)?
+        .iter()
+        .map(|t| {
+            rsa::PublicKey::from_pkcs1_der(t.value)
+                .map_err(|e| Error::Protocol(format!("card public key: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let [auth_pub, sign_pub] = publics.as_slice() else {
+        return Err(Error::Protocol(
+            "the card did not return two public keys".into(),
+        ));
+    };
+    // 2. Certificates from the CA.
+    let pki = |e: test_pki::PkiError| Error::Protocol(format!("CA: {e}"));
+    let der_err = |e: der::Error| Error::Protocol(e.to_string());
+    let mut serial = [0u8; 4];
+    getrandom::fill(&mut serial).map_err(|e| Error::Protocol(e.to_string()))?;
+    let serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 0x0100_0000;
+    let now = std::time::SystemTime::now();
+    let until = now + std::time::Duration::from_secs(5 * 365 * 86400);
+    let opaque = format!("KAGI{}", record.id.to_ascii_uppercase());
+    let auth_cert = issuer
+        .auth_ca
+        .issue_auth(auth_pub, &opaque, serial, now, until)
+        .map_err(pki)?
+        .to_der()
+        .map_err(der_err)?;
+    let f = |k: &str| record.fields.get(k).cloned();
+    let facts = match (f("name"), f("address"), f("birth_date"), f("sex")) {
+        (Some(name), Some(address), Some(birth_date), Some(sex)) => test_pki::BasicFacts {
+            name,
+            address,
+            birth_date,
+            sex,
+        },
+        _ => test_pki::BasicFacts::synthetic(),
+    };
+    let sign_cert = issuer
+        .sign_ca
+        .issue_sign(sign_pub, &facts, serial + 1, now, until)
+        .map_err(pki)?
+        .to_der()
+        .map_err(der_err)?;
+    // 3. Certificates and PINs onto the card; the PINs go nowhere else but the mailer.
+    let auth_pin = random_pin(false)?;
+    let sign_pin = random_pin(true)?;
+    let mut script = zeroize::Zeroizing::new(Vec::new());
+    script.extend(item(0xC1, 0x000A, &auth_cert));
+    script.extend(item(
+        0xC1,
+        0x000B,
+        &issuer.auth_ca.certificate_der().map_err(pki)?,
+    ));
+    script.extend(item(0xC1, 0x0001, &sign_cert));
+    script.extend(item(
+        0xC1,
+        0x0002,
+        &issuer.sign_ca.certificate_der().map_err(pki)?,
+    ));
+    script.extend(item(0xC1, 0x0006, &crate::jpki::token_info()));
+    script.extend(item(0xC1, 0x0008, &[0x8F, 0x8F, 0x00]));
+    script.extend(item(0xC3, 0x0018, auth_pin.as_bytes()));
+    script.extend(item(0xC3, 0x001B, sign_pin.as_bytes()));
+    manage::personalize(sc, &j.instance, &chunks(&script), true)?;
+    let text_pin = random_pin(false)?;
+    let mut pins = vec![("auth_pin", &auth_pin), ("sign_pin", &sign_pin)];
+    if let Some(text) = &j.text_instance {
+        let my_number = record.fields.get("my_number").cloned().unwrap_or_default();
+        let (number, facts_ef) = crate::jpki::text_efs(&my_number, &facts);
+        let mut t = zeroize::Zeroizing::new(item(0xC1, 0x0001, &number));
+        t.extend(item(0xC1, 0x0002, &facts_ef));
+        t.extend(item(0xC3, 0x0011, text_pin.as_bytes()));
+        manage::personalize(sc, text, &chunks(&t), true)?;
+        pins.push(("text_pin", &text_pin));
+    }
+    issuer.mail(&record.id, &pins)?;
+    Ok(Issued {
+        auth_cert,
+        auth_pin,
+    })
+}
+
+/// The JPKI part of verification: the certificate reads back as issued, and a signature with
+/// the new key verifies against it.
+fn verify_jpki(ch: &mut CardChannel<SimCard>, issued: &Issued) -> Result<()> {
+    use der::{Decode, Encode};
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    let e = |m: String| Error::Protocol(m);
+    crate::jpki::select(ch)?;
+    let cert = crate::jpki::read_der(ch, crate::jpki::EF_AUTH_CERT)?;
+    if cert != issued.auth_cert {
+        return Err(e(
+            "the authentication certificate reads back different".into()
+        ));
+    }
+    let pin = zeroize::Zeroizing::new(issued.auth_pin.as_bytes().to_vec());
+    crate::jpki::verify(ch, crate::jpki::Pin::Auth, &pin)?;
+    let challenge = b"kagi personalisation check";
+    let sig = crate::jpki::sign(
+        ch,
+        crate::jpki::Pin::Auth,
+        &crate::jpki::sha256_digest_info(challenge),
+    )?;
+    let c = x509_cert::Certificate::from_der(&cert).map_err(|x| e(x.to_string()))?;
+    let spki = c
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|x| e(x.to_string()))?;
+    let key = rsa::PublicKey::from_public_key_der(&spki).map_err(|x| e(x.to_string()))?;
+    let sig = rsa::pkcs1v15::Signature::try_from(sig.as_slice()).map_err(|x| e(x.to_string()))?;
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key)
+        .verify(challenge, &sig)
+        .map_err(|_| e("the new key's signature does not verify".into()))?;
+    // Leave the PIN state cleared.
+    crate::jpki::select(ch)
 }
 
 /// The verification pass: production keys open a session and the registry holds every
@@ -275,8 +548,17 @@ fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result
         record: record.id.clone(),
         card: card_name,
     })?;
-    let result =
-        personalise(sh, &mut ch, record, &path).and_then(|_| verify(&mut ch, sh.profile, sh.keys));
+    if let Some(dir) = &sh.opts.card_logs {
+        let log = crate::trace::FileTrace::create(&dir.join(format!("{}.log", record.id)))?;
+        ch.set_trace(Some(Box::new(log)));
+    }
+    let result = personalise(sh, &mut ch, record, &path).and_then(|issued| {
+        if let Some(i) = &issued {
+            verify_jpki(&mut ch, i)?;
+        }
+        verify(&mut ch, sh.profile, sh.keys)
+    });
+    ch.set_trace(None);
     save(&ch, &path, sh.opts.keep_images)?;
     match result {
         Ok(()) => sh.log(Event::Done {
@@ -343,11 +625,20 @@ pub fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let issuer = match &profile.jpki {
+        Some(j) => Some(Issuer::open(j, &opts.out)?),
+        None => None,
+    };
+    if let Some(dir) = &opts.card_logs {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Protocol(format!("{}: {e}", dir.display())))?;
+    }
     let sh = Shared {
         profile,
         keys,
         opts,
         journal: Mutex::new(journal),
+        issuer,
     };
     let queue = Mutex::new(todo);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
