@@ -23,3 +23,14 @@ for mode in --no-images ""; do
     time ./target/release/kagi perso run --profile examples/perso-member.toml --input "$tmp/records.csv" \
         --sim 16 --out "$tmp/out$mode" --insecure-file-keys examples/keys $mode 2>/dev/null
 done
+
+# The JPKI profile: two RSA-2048 keys generated on each card, certificates from the test CA,
+# PINs into the encrypted mailer; 64 cards on 2 stations, with where the time goes.
+cp -r examples "$tmp/ex"
+{
+    echo "id,name,address,birth_date,sex,my_number"
+    for i in $(seq 0 63); do echo "J$i,TEST HOLDER $i (TEST ONLY),$i TEST TOWN (TEST ONLY),19900101,9,$(printf %012d "$i")"; done
+} >"$tmp/jpki.csv"
+TIMEFORMAT="  host CPU: %U s user + %S s system for 64 JPKI cards"
+time ./target/release/kagi perso run --profile "$tmp/ex/perso-jpki.toml" --input "$tmp/jpki.csv" \
+    --sim 2 --out "$tmp/jpki-out" --insecure-file-keys "$tmp/ex/keys" 2>/dev/null

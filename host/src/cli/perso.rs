@@ -67,6 +67,17 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             summary.handled as f64 / summary.seconds.max(1e-9),
             args.out.join("report.csv").display()
         );
+        if !summary.step_ms.is_empty() {
+            let parts: Vec<String> = summary
+                .step_ms
+                .iter()
+                .map(|(k, ms)| format!("{k} {ms:.2} ms"))
+                .collect();
+            println!(
+                "where the time goes, per card and step: {}",
+                parts.join(", ")
+            );
+        }
     }
     Ok(())
 }

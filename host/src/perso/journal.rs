@@ -34,6 +34,9 @@ pub enum Event {
         record: String,
         /// Step name.
         step: String,
+        /// How long the step took, microseconds.
+        #[serde(default)]
+        micros: u64,
     },
     /// The card is personalised and verified.
     Done {
@@ -134,7 +137,7 @@ pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
                     },
                 );
             }
-            Event::Step { record, step } => {
+            Event::Step { record, step, .. } => {
                 if let Some(Status::InProgress { steps, .. }) = state.get_mut(&record) {
                     steps.push(step);
                 }
@@ -172,6 +175,7 @@ mod tests {
         j.append(&Event::Step {
             record: "A".into(),
             step: "open".into(),
+            micros: 5,
         })
         .unwrap();
         j.append(&Event::Claim {

@@ -69,6 +69,8 @@ pub struct Summary {
     pub handled: usize,
     /// Seconds this run took.
     pub seconds: f64,
+    /// Average milliseconds per step kind in this run (where the time goes).
+    pub step_ms: std::collections::BTreeMap<String, f64>,
 }
 
 fn journal_path(out: &Path) -> PathBuf {
@@ -85,6 +87,7 @@ struct Shared<'a> {
     opts: &'a Options,
     journal: Mutex<Journal>,
     issuer: Option<Issuer>,
+    times: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 /// What JPKI issuance needs for the whole batch: the CAs and the PIN mailer.
@@ -193,6 +196,15 @@ fn random_pin(password: bool) -> Result<zeroize::Zeroizing<String>> {
 }
 
 impl Shared<'_> {
+    /// Adds a step's duration to the batch's "where the time goes" figures.
+    fn time(&self, step: &str, micros: u64) {
+        let kind = step.split(':').next().unwrap_or(step).to_string();
+        if let Ok(mut t) = self.times.lock() {
+            let e = t.entry(kind).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += micros;
+        }
+    }
     fn log(&self, e: Event) -> Result<()> {
         self.journal
             .lock()
@@ -226,10 +238,15 @@ fn personalise(
 ) -> Result<Option<Issued>> {
     let p = sh.profile;
     let keep = sh.opts.keep_images;
+    let mark = std::cell::Cell::new(Instant::now());
     let step = |name: String| {
+        let micros = mark.get().elapsed().as_micros() as u64;
+        mark.set(Instant::now());
+        sh.time(&name, micros);
         sh.log(Event::Step {
             record: record.id.clone(),
             step: name,
+            micros,
         })
     };
     let sd = gp::select_domain(ch, None)?;
@@ -639,6 +656,7 @@ pub fn run(
         opts,
         journal: Mutex::new(journal),
         issuer,
+        times: Mutex::new(Default::default()),
     };
     let queue = Mutex::new(todo);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -683,6 +701,15 @@ pub fn run(
         bad_records: bad.len(),
         handled,
         seconds: start.elapsed().as_secs_f64(),
+        step_ms: sh
+            .times
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .map(|(k, (n, us))| (k.clone(), *us as f64 / 1000.0 / (*n).max(1) as f64))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     write_reports(&opts.out, records, bad, &final_state)?;
     Ok(summary)
