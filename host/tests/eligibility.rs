@@ -28,8 +28,8 @@ fn verdicts() {
     let r = eligibility::read(&mut ch, &trust(&id), now).unwrap();
     assert_eq!(r.verdict, Verdict::Eligible, "{:?}", r.reasons);
     assert_eq!(
-        r.serial.as_deref(),
-        Some(format!("{:X}", id.auth_serial).as_str())
+        u64::from_str_radix(r.serial.as_deref().unwrap(), 16).unwrap(),
+        u64::from(id.auth_serial)
     );
     // The minimum: SELECT AP, SELECT EF, and one READ BINARY per 256 bytes of certificate.
     assert_eq!(
