@@ -48,6 +48,10 @@ pub enum Error {
     /// A personalisation profile or input record is not valid.
     #[error("profile: {0}")]
     Profile(String),
+    /// A card was caught in the middle of a step whose effect cannot be read back: it must be
+    /// reworked by hand rather than personalised again.
+    #[error("needs rework: {0}")]
+    NeedsRework(String),
     /// A PIN is blocked.
     #[error("the PIN is blocked: it must be reset at an issuing counter")]
     PinBlocked,

@@ -28,6 +28,13 @@ pub enum Event {
         /// The card (reader/slot or simulated card image).
         card: String,
     },
+    /// A step whose effect cannot be read back from the card is about to start.
+    Begin {
+        /// Record id.
+        record: String,
+        /// Step name.
+        step: String,
+    },
     /// A step finished on the record's card.
     Step {
         /// Record id.
@@ -75,6 +82,8 @@ pub enum Status {
         card: String,
         /// Steps done.
         steps: Vec<String>,
+        /// Steps begun and not finished (their effect on the card is unknown).
+        begun: Vec<String>,
     },
     /// Done.
     Done,
@@ -134,11 +143,18 @@ pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
                     Status::InProgress {
                         card,
                         steps: Vec::new(),
+                        begun: Vec::new(),
                     },
                 );
             }
+            Event::Begin { record, step } => {
+                if let Some(Status::InProgress { begun, .. }) = state.get_mut(&record) {
+                    begun.push(step);
+                }
+            }
             Event::Step { record, step, .. } => {
-                if let Some(Status::InProgress { steps, .. }) = state.get_mut(&record) {
+                if let Some(Status::InProgress { steps, begun, .. }) = state.get_mut(&record) {
+                    begun.retain(|b| *b != step);
                     steps.push(step);
                 }
             }
@@ -192,7 +208,8 @@ mod tests {
             s["A"],
             Status::InProgress {
                 card: "c".into(),
-                steps: vec!["open".into()]
+                steps: vec!["open".into()],
+                begun: vec![],
             }
         );
         assert_eq!(s["B"], Status::Done);

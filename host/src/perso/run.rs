@@ -229,12 +229,41 @@ fn save(ch: &CardChannel<SimCard>, path: &Path, keep: bool) -> Result<()> {
     Ok(())
 }
 
-/// Personalises one card, journalling and saving after every step.
+/// What the journal says about a card caught mid-way (empty for a fresh card).
+#[derive(Default)]
+struct Progress {
+    /// Steps finished and journaled.
+    done: Vec<String>,
+    /// Steps begun and never finished.
+    begun: Vec<String>,
+}
+
+impl Progress {
+    /// Whether `name` still has to run. A step whose effect cannot be read back from the card
+    /// (`opaque`: personalisation data, JPKI issuance) and that was begun but never finished
+    /// makes the card a rework case: running it again could duplicate or mix data.
+    fn todo(&self, name: &str, opaque: bool) -> Result<bool> {
+        if self.done.iter().any(|d| d == name) {
+            return Ok(false);
+        }
+        if opaque && self.begun.iter().any(|b| b == name) {
+            return Err(Error::NeedsRework(format!(
+                "interrupted during {name}: the card may hold part of it"
+            )));
+        }
+        Ok(true)
+    }
+}
+
+/// Personalises one card, journalling and saving after every step. With `progress` from the
+/// journal, steps already done are skipped and steps that can be read back from the card
+/// (load files, instances) are checked there.
 fn personalise(
     sh: &Shared<'_>,
     ch: &mut CardChannel<SimCard>,
     record: &Record,
     path: &Path,
+    progress: &Progress,
 ) -> Result<Option<Issued>> {
     let p = sh.profile;
     let keep = sh.opts.keep_images;
@@ -249,6 +278,12 @@ fn personalise(
             micros,
         })
     };
+    let begin = |name: &str| {
+        sh.log(Event::Begin {
+            record: record.id.clone(),
+            step: name.to_string(),
+        })
+    };
     let sd = gp::select_domain(ch, None)?;
     let mut transport = sh.keys.transport.clone();
     transport.kvn = p.transport_kvn;
@@ -259,7 +294,9 @@ fn personalise(
     let mut jpki_check = None;
     let mut sc = SecureChannel::open(ch, transport, opts, Some(&sd.aid))?;
     save(sc.card(), path, keep)?;
-    step("open".into())?;
+    if progress.todo("open", false)? {
+        step("open".into())?;
+    }
     if !p.load.is_empty() {
         let loaded = gp::get_status(&mut sc, StatusScope::LoadFiles)?;
         for l in &p.load {
@@ -272,7 +309,21 @@ fn personalise(
             step(format!("load:{}", hex::encode_upper(&l.package)))?;
         }
     }
+    let present = if progress.done.is_empty() {
+        Vec::new()
+    } else {
+        gp::get_status(&mut sc, StatusScope::Applications)?
+    };
     for i in &p.install {
+        let name = format!("install:{}", hex::encode_upper(&i.instance));
+        if !progress.todo(&name, false)? {
+            continue;
+        }
+        if present.iter().any(|e| e.aid == i.instance) {
+            // Installed before the interruption, journaled only now.
+            step(name)?;
+            continue;
+        }
         let spec = manage::InstallSpec {
             package: i.package.clone(),
             module: i.module.clone(),
@@ -283,21 +334,45 @@ fn personalise(
         };
         manage::install(&mut sc, &spec)?;
         save(sc.card(), path, keep)?;
-        step(format!("install:{}", hex::encode_upper(&i.instance)))?;
+        step(name)?;
     }
     for s in &p.store {
+        let name = format!("store:{}", hex::encode_upper(&s.instance));
+        if !progress.todo(&name, true)? {
+            continue;
+        }
         let blocks = Profile::render(s, &record.fields)?;
+        begin(&name)?;
         manage::personalize(&mut sc, &s.instance, &blocks, true)?;
         save(sc.card(), path, keep)?;
-        step(format!("store:{}", hex::encode_upper(&s.instance)))?;
+        step(name)?;
     }
     if let (Some(j), Some(issuer)) = (&p.jpki, &sh.issuer) {
+        if !progress.todo("jpki", true)? {
+            // Issued before the interruption; its PINs went to the mailer and are not kept,
+            // so the signature check after issuance cannot be repeated.
+            return finish(sh, sc, path, &step).map(|()| None);
+        }
+        begin("jpki")?;
         let issued = issue_jpki(&mut sc, j, issuer, record)?;
         save(sc.card(), path, keep)?;
         step("jpki".into())?;
         jpki_check = Some(issued);
     }
-    // Production keys, diversified for this card, replace the transport keys.
+    finish(sh, sc, path, &step)?;
+    Ok(jpki_check)
+}
+
+/// The last steps: production keys, diversified for this card, replace the transport keys,
+/// then the card moves to the profile's final life-cycle state.
+fn finish(
+    sh: &Shared<'_>,
+    mut sc: SecureChannel<'_, SimCard>,
+    path: &Path,
+    step: &dyn Fn(String) -> Result<()>,
+) -> Result<()> {
+    let p = sh.profile;
+    let keep = sh.opts.keep_images;
     let kdd = sc.info().init_update.kdd;
     let mut production = sh.keys.master.diversify(p.diversification, &kdd);
     production.kvn = p.production_kvn;
@@ -305,12 +380,34 @@ fn personalise(
     manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
     save(sc.card(), path, keep)?;
     step("put-key".into())?;
-    if p.final_state != 0x0F {
-        manage::set_card_status(&mut sc, p.final_state)?;
-        save(sc.card(), path, keep)?;
-        step("final-state".into())?;
+    final_state(sh, &mut sc, path)?;
+    step("final-state".into())
+}
+
+/// Moves the card to the profile's final life-cycle state (nothing to do for SECURED).
+fn final_state(sh: &Shared<'_>, sc: &mut SecureChannel<'_, SimCard>, path: &Path) -> Result<()> {
+    if sh.profile.final_state != 0x0F {
+        manage::set_card_status(sc, sh.profile.final_state)?;
+        save(sc.card(), path, sh.opts.keep_images)?;
     }
-    Ok(jpki_check)
+    Ok(())
+}
+
+/// A session on the card's security domain under the production keys.
+fn production_session<'c>(
+    ch: &'c mut CardChannel<SimCard>,
+    profile: &Profile,
+    keys: &KeySets,
+) -> Result<SecureChannel<'c, SimCard>> {
+    let sd = gp::select_domain(ch, None)?;
+    let opts = HostOptions {
+        kvn: profile.production_kvn,
+        diversification: profile.diversification,
+        ..options()
+    };
+    let mut master = keys.master.clone();
+    master.kvn = profile.production_kvn;
+    SecureChannel::open(ch, master, opts, Some(&sd.aid))
 }
 
 /// What a JPKI issuance checks afterwards: the certificate written and the PIN to sign with.
@@ -459,19 +556,22 @@ fn verify_jpki(ch: &mut CardChannel<SimCard>, issued: &Issued) -> Result<()> {
     crate::jpki::select(ch)
 }
 
-/// The verification pass: production keys open a session and the registry holds every
-/// instance of the profile; the transport keys no longer open a channel.
+/// The verification pass: production keys open a session, the card is in the profile's final
+/// life-cycle state and the registry holds every instance of the profile; the transport keys
+/// no longer open a channel.
 pub fn verify(ch: &mut CardChannel<SimCard>, profile: &Profile, keys: &KeySets) -> Result<()> {
     let sd = gp::select_domain(ch, None)?;
-    let opts = HostOptions {
-        kvn: profile.production_kvn,
-        diversification: profile.diversification,
-        ..options()
-    };
     {
-        let mut master = keys.master.clone();
-        master.kvn = profile.production_kvn;
-        let mut sc = SecureChannel::open(ch, master, opts, Some(&sd.aid))?;
+        let mut sc = production_session(ch, profile, keys)?;
+        let isd = gp::get_status(&mut sc, StatusScope::IssuerDomain)?;
+        if let Some(e) = isd.first()
+            && e.life_cycle != profile.final_state
+        {
+            return Err(Error::Protocol(format!(
+                "the card is in life-cycle state {:02X}, not {:02X}",
+                e.life_cycle, profile.final_state
+            )));
+        }
         let apps = gp::get_status(&mut sc, StatusScope::Applications)?;
         for i in &profile.install {
             if !apps.iter().any(|e| e.aid == i.instance) {
@@ -513,43 +613,18 @@ fn new_card(sh: &Shared<'_>, record: &Record) -> SimCard {
 /// Handles one record: a fresh card, or the inspection of a card caught mid-way.
 fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result<()> {
     let path = card_path(&sh.opts.out, &record.id);
-    let card_name = path.display().to_string();
-    let mut ch = match previous {
-        Some(Status::InProgress { .. }) if path.exists() => {
+    let (mut ch, progress) = match previous {
+        Some(Status::InProgress { steps, begun, .. }) if path.exists() => {
             let mut card =
                 SimCard::from_image(&path, None).map_err(|e| Error::Protocol(e.to_string()))?;
             card.power_on();
-            let mut ch = CardChannel::new(card);
-            if verify(&mut ch, sh.profile, sh.keys).is_ok() {
-                return sh.log(Event::Done {
-                    record: record.id.clone(),
-                });
-            }
-            // Untouched (transport keys work, none of the profile's applets): start over.
-            let untouched = {
-                let sd = gp::select_domain(&mut ch, None)?;
-                let opts = HostOptions {
-                    kvn: sh.profile.transport_kvn,
-                    ..options()
-                };
-                match SecureChannel::open(&mut ch, sh.keys.transport.clone(), opts, Some(&sd.aid)) {
-                    Ok(mut sc) => {
-                        let apps = gp::get_status(&mut sc, StatusScope::Applications)?;
-                        !sh.profile
-                            .install
-                            .iter()
-                            .any(|i| apps.iter().any(|e| e.aid == i.instance))
-                    }
-                    Err(_) => false,
-                }
-            };
-            if !untouched {
-                return sh.log(Event::Rework {
-                    record: record.id.clone(),
-                    reason: "caught mid-way: partly personalised; not redone automatically".into(),
-                });
-            }
-            ch
+            (
+                CardChannel::new(card),
+                Progress {
+                    done: steps.clone(),
+                    begun: begun.clone(),
+                },
+            )
         }
         _ => {
             let ch = CardChannel::new(new_card(sh, record));
@@ -558,34 +633,66 @@ fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result
                     .map_err(|e| Error::Protocol(e.to_string()))?;
             }
             save(&ch, &path, sh.opts.keep_images)?;
-            ch
+            sh.log(Event::Claim {
+                record: record.id.clone(),
+                card: path.display().to_string(),
+            })?;
+            (ch, Progress::default())
         }
     };
-    sh.log(Event::Claim {
-        record: record.id.clone(),
-        card: card_name,
-    })?;
     if let Some(dir) = &sh.opts.card_logs {
         let log = crate::trace::FileTrace::create(&dir.join(format!("{}.log", record.id)))?;
         ch.set_trace(Some(Box::new(log)));
     }
-    let result = personalise(sh, &mut ch, record, &path).and_then(|issued| {
-        if let Some(i) = &issued {
-            verify_jpki(&mut ch, i)?;
-        }
-        verify(&mut ch, sh.profile, sh.keys)
-    });
+    let result = if progress.done.is_empty() && progress.begun.is_empty() {
+        personalise(sh, &mut ch, record, &path, &progress).and_then(|issued| {
+            if let Some(i) = &issued {
+                verify_jpki(&mut ch, i)?;
+            }
+            verify(&mut ch, sh.profile, sh.keys)
+        })
+    } else {
+        resume_card(sh, &mut ch, record, &path, &progress)
+    };
     ch.set_trace(None);
     save(&ch, &path, sh.opts.keep_images)?;
     match result {
         Ok(()) => sh.log(Event::Done {
             record: record.id.clone(),
         }),
+        Err(Error::NeedsRework(reason)) => sh.log(Event::Rework {
+            record: record.id.clone(),
+            reason,
+        }),
         Err(e) => sh.log(Event::Failed {
             record: record.id.clone(),
             reason: e.to_string(),
         }),
     }
+}
+
+/// Continues a card caught mid-way. A card that already passes verification is done; one
+/// whose production keys are in place only lacks its final state; otherwise the steps the
+/// journal does not show as done run again, with the card checked first where it can be.
+fn resume_card(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<SimCard>,
+    record: &Record,
+    path: &Path,
+    progress: &Progress,
+) -> Result<()> {
+    if verify(ch, sh.profile, sh.keys).is_ok() {
+        return Ok(());
+    }
+    // The production keys open a session: every earlier step was journaled before put-key
+    // began, so only the final state may be missing.
+    if let Ok(mut sc) = production_session(ch, sh.profile, sh.keys) {
+        final_state(sh, &mut sc, path)?;
+        drop(sc);
+        return verify(ch, sh.profile, sh.keys);
+    }
+    personalise(sh, ch, record, path, progress)?;
+    verify(ch, sh.profile, sh.keys)
 }
 
 /// Runs (or, with `resume`, continues) a batch.
