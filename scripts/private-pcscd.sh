@@ -5,7 +5,8 @@
 # entries load their own copy of the driver, as vpcd keeps per-slot state in globals), and
 # `$KAGI sim serve` inserting the cards. Stays up until its standard input closes, then stops
 # exactly the two processes it started. Used by scripts/pcsc-sandbox.sh and the Rust
-# integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test).
+# integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test), HOPPER
+# (non-empty: every slot is fed factory-fresh cards with their own serials; `next I` swaps).
 # Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
 # on TCP port 35963 + i).
 set -eu
@@ -29,10 +30,11 @@ mkdir -p /run/pcscd
 mount --bind "$RUN" /run/pcscd
 pcscd --foreground --apdu -c "$CONF" >"$WORK/pcscd.log" 2>&1 &
 P=$!
-# Write `remove I` / `insert I` lines to $WORK/sim-ctl to take card I out and put it back.
+# Write `remove I` / `insert I` lines to $WORK/sim-ctl to take card I out and put it back,
+# `next I` to swap in the next card (with HOPPER).
 mkfifo "$WORK/sim-ctl"
 exec 8<>"$WORK/sim-ctl"
-"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 --preset "${PRESET:-gp-test}" --control <&8 >"$WORK/sim.log" 2>&1 &
+"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --seed 7 --preset "${PRESET:-gp-test}" ${HOPPER:+--hopper} --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
 trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT

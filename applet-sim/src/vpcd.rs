@@ -38,6 +38,7 @@ pub enum Disconnect {
 pub struct SlotControl {
     stop: Arc<AtomicBool>,
     present: Arc<AtomicBool>,
+    swap: Arc<AtomicBool>,
 }
 
 impl Default for SlotControl {
@@ -45,6 +46,7 @@ impl Default for SlotControl {
         SlotControl {
             stop: Arc::new(AtomicBool::new(false)),
             present: Arc::new(AtomicBool::new(true)),
+            swap: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -68,6 +70,12 @@ impl SlotControl {
     /// Puts the card back.
     pub fn insert(&self) {
         self.present.store(true, Ordering::Relaxed);
+    }
+    /// Takes the card out and, once the reader has seen it go, puts the next card of the
+    /// slot's hopper in (see [`serve_hopper`]; without a hopper the same card goes back).
+    pub fn next_card(&self) {
+        self.swap.store(true, Ordering::Relaxed);
+        self.present.store(false, Ordering::Relaxed);
     }
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
@@ -186,9 +194,32 @@ pub fn serve(
     control: &SlotControl,
     max_backoff: Duration,
 ) -> io::Result<()> {
+    serve_hopper(card, addr, control, max_backoff, &mut || None)
+}
+
+/// How long a swapped card stays out: longer than pcscd's presence polling, so that every
+/// client sees a removal before the next card arrives.
+const SWAP_ABSENCE: Duration = Duration::from_millis(600);
+
+/// Like [`serve`], for a slot fed from a hopper: on [`SlotControl::next_card`] the card is
+/// taken out and `next` supplies the one that goes in (a personalisation line's card feeder).
+pub fn serve_hopper(
+    card: &mut SimCard,
+    addr: &str,
+    control: &SlotControl,
+    max_backoff: Duration,
+    next: &mut dyn FnMut() -> Option<SimCard>,
+) -> io::Result<()> {
     let mut backoff = Duration::from_millis(20);
     while !control.stopped() {
         if !control.present() {
+            if control.swap.swap(false, Ordering::Relaxed) {
+                if let Some(c) = next() {
+                    *card = c;
+                }
+                std::thread::sleep(SWAP_ABSENCE);
+                control.insert();
+            }
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }

@@ -220,6 +220,36 @@ impl PcscTransport {
         }
     }
 
+    /// Waits up to `timeout` until the reader `selector` holds no card (the card was taken
+    /// out, or the reader is gone). `Err(Timeout)` if a card is still there.
+    pub fn wait_for_removal(selector: &str, timeout: Duration) -> Result<(), TransportError> {
+        let reader = match resolve_reader(selector) {
+            Ok(r) => r,
+            Err(TransportError::ReaderUnavailable { .. } | TransportError::NoSuchReader { .. }) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let ctx = context()?;
+        let start = Instant::now();
+        let mut state = [pcsc::ReaderState::new(reader, pcsc::State::UNAWARE)];
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match ctx.get_status_change(left, &mut state) {
+                Ok(()) => {}
+                Err(pcsc::Error::Timeout) => {
+                    return Err(TransportError::Timeout(timeout.as_millis() as u64));
+                }
+                Err(e) => return Err(other(e)),
+            }
+            let ev = state[0].event_state();
+            if ev.intersects(pcsc::State::EMPTY | pcsc::State::UNKNOWN | pcsc::State::UNAVAILABLE) {
+                return Ok(());
+            }
+            state[0].sync_current_state();
+        }
+    }
+
     /// Declares that reader and card carry extended-length APDUs end to end.
     pub fn with_extended_length(mut self, on: bool) -> Self {
         self.caps = if on {

@@ -3,6 +3,8 @@
 //! authentication PIN and signs, and `openssl` verifies the signature against the certificate
 //! read back; wrong PINs count down as OpenSC reports them, and a blocked PIN shows as locked.
 
+#![cfg(feature = "pcsc")]
+
 mod support;
 
 use support::PrivatePcsc;

@@ -2,6 +2,8 @@
 //! by `kagi sim serve`, and clients going through libpcsclite — OpenSC's tools as an
 //! independent client, and `kagi` itself over its PC/SC transport.
 
+#![cfg(feature = "pcsc")]
+
 mod support;
 
 use support::PrivatePcsc;

@@ -150,9 +150,14 @@ struct ServeArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Read commands from standard input: `remove I` and `insert I` take card I out of
-    /// its reader and put it back; `quit` stops.
+    /// its reader and put it back, `next I` swaps in the next card (see --hopper); `quit`
+    /// stops.
     #[arg(long)]
     control: bool,
+    /// Feed every slot from a hopper of factory-fresh cards of the preset, each with its own
+    /// serial (KDD and CIN): `next I` replaces card I, as at a personalisation station.
+    #[arg(long)]
+    hopper: bool,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -259,8 +264,9 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         s16,
         seed,
         control,
+        hopper,
     } = args;
-    let (cards, s16, seed, control) = (*cards, *s16, *seed, *control);
+    let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
     use applet_sim::vpcd::SlotControl;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,8 +298,11 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
                 match (words.first().copied(), slot(words.get(1))) {
                     (Some("remove"), Some(c)) => c.remove(),
                     (Some("insert"), Some(c)) => c.insert(),
+                    (Some("next"), Some(c)) => c.next_card(),
                     (Some("quit"), _) => break,
-                    _ => eprintln!("control: '{line}' not understood (remove I, insert I, quit)"),
+                    _ => eprintln!(
+                        "control: '{line}' not understood (remove I, insert I, next I, quit)"
+                    ),
                 }
             }
             if let Some(c) = controls.first() {
@@ -305,19 +314,35 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
     for i in 0..cards {
         let path = image.as_ref().map(|b| image_path(b, i, cards));
         let card_seed = seed.map(|s| s + u64::from(i));
+        let preset_name = preset.clone();
+        let factory = move |serial: Option<String>| -> Result<SimCard, Failure> {
+            let mut config = SimConfig::preset(&preset_name)?;
+            if s16 {
+                config = config.s16();
+            }
+            if let Some(s) = card_seed {
+                config = config.seeded(s);
+            }
+            if let Some(serial) = serial {
+                config = config.with_serial(serial.as_bytes());
+            }
+            Ok(SimCard::new(config))
+        };
         let mut card = match &path {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
             _ if preset == "jpki-demo" => jpki_demo_card(card_seed, pki_dir.as_deref())?,
-            _ => {
-                let mut config = SimConfig::preset(preset)?;
-                if s16 {
-                    config = config.s16();
-                }
-                if let Some(s) = card_seed {
-                    config = config.seeded(s);
-                }
-                SimCard::new(config)
-            }
+            _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
+            _ => factory(None)?,
+        };
+        if hopper && preset == "jpki-demo" {
+            return Err("--hopper feeds factory-fresh cards: use a GP preset".into());
+        }
+        let mut fed = 0u64;
+        let mut next_card = move || {
+            fed += 1;
+            hopper
+                .then(|| factory(Some(format!("{}/{i}/{fed}", seed.unwrap_or(0)))).ok())
+                .flatten()
         };
         let addr = format!(
             "{host}:{}",
@@ -326,7 +351,13 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         let slot = controls[i as usize].clone();
         eprintln!("serving simulated card {i} to vpcd at {addr}");
         threads.push(std::thread::spawn(move || {
-            let r = applet_sim::vpcd::serve(&mut card, &addr, &slot, Duration::from_secs(2));
+            let r = applet_sim::vpcd::serve_hopper(
+                &mut card,
+                &addr,
+                &slot,
+                Duration::from_secs(2),
+                &mut next_card,
+            );
             (card, path, r)
         }));
     }

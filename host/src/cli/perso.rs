@@ -15,8 +15,13 @@ pub struct BatchArgs {
     #[arg(long)]
     input: PathBuf,
     /// Simulated cards in parallel (one per station).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, conflicts_with = "readers")]
     sim: usize,
+    /// Run on PC/SC readers instead: `all`, or reader names (or unique parts of them)
+    /// separated by commas. Each reader is a station: insert a factory-fresh card, take it out
+    /// when the station says so, insert the next.
+    #[arg(long)]
+    readers: Option<String>,
     /// Journal, reports and card images go here.
     #[arg(long)]
     out: PathBuf,
@@ -50,6 +55,10 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
         progress: !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         keep_images: !args.no_images,
         card_logs: args.card_logs.then(|| args.out.join("logs")),
+        readers: match &args.readers {
+            Some(sel) => reader_names(sel)?,
+            None => Vec::new(),
+        },
     };
     let summary = perso::run::run(&profile, &records, &bad, &keys, &opts, resume)?;
     if json_out {
@@ -80,6 +89,29 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+/// The readers `--readers` names: every reader for `all`, else each comma-separated selector
+/// resolved to exactly one reader.
+#[cfg(feature = "pcsc")]
+fn reader_names(sel: &str) -> Result<Vec<String>, Failure> {
+    use kagi::pcsc_transport::{list_readers, resolve_reader};
+    let names: Vec<String> = if sel.trim() == "all" {
+        list_readers()?.into_iter().map(|r| r.name).collect()
+    } else {
+        sel.split(',')
+            .map(|s| resolve_reader(s.trim()).map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?
+    };
+    if names.is_empty() {
+        return Err("no PC/SC readers (is pcscd running and a reader attached?)".into());
+    }
+    Ok(names)
+}
+
+#[cfg(not(feature = "pcsc"))]
+fn reader_names(_sel: &str) -> Result<Vec<String>, Failure> {
+    Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
 }
 
 /// `kagi perso open-mailer`: what the mailer house does with its private key.

@@ -12,6 +12,7 @@ use crate::secure::SecureChannel;
 use applet_sim::{SimCard, SimConfig};
 use card_wire::scp03::{HostOptions, Scp03Error, SecurityLevel, StaticKeys};
 use card_wire::sw::StatusWord;
+use card_wire::transport::Transport;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -52,6 +53,8 @@ pub struct Options {
     pub keep_images: bool,
     /// Write a redacted APDU log per card into this directory.
     pub card_logs: Option<PathBuf>,
+    /// PC/SC readers to run stations on (exact names); empty for simulated cards.
+    pub readers: Vec<String>,
 }
 
 /// What a batch did.
@@ -220,13 +223,35 @@ fn options() -> HostOptions {
     }
 }
 
-fn save(ch: &CardChannel<SimCard>, path: &Path, keep: bool) -> Result<()> {
-    if keep {
-        ch.transport()
-            .save_image(path)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+#[cfg(feature = "pcsc")]
+mod readers;
+
+/// Where a station keeps a card's state between steps: a simulated card is saved as an image
+/// file (so a crash leaves a card that `resume` can inspect); a real card keeps its own.
+pub trait Checkpoint: Transport {
+    /// Saves the card's state to `path`.
+    fn checkpoint(&self, path: &Path) -> Result<()>;
+}
+
+impl Checkpoint for SimCard {
+    fn checkpoint(&self, path: &Path) -> Result<()> {
+        self.save_image(path)
+            .map_err(|e| Error::Protocol(e.to_string()))
     }
-    Ok(())
+}
+
+#[cfg(feature = "pcsc")]
+impl Checkpoint for crate::pcsc_transport::PcscTransport {
+    fn checkpoint(&self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn save<T: Checkpoint>(ch: &CardChannel<T>, path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(p) => ch.transport().checkpoint(p),
+        None => Ok(()),
+    }
 }
 
 /// What the journal says about a card caught mid-way (empty for a fresh card).
@@ -258,15 +283,14 @@ impl Progress {
 /// Personalises one card, journalling and saving after every step. With `progress` from the
 /// journal, steps already done are skipped and steps that can be read back from the card
 /// (load files, instances) are checked there.
-fn personalise(
+fn personalise<T: Checkpoint>(
     sh: &Shared<'_>,
-    ch: &mut CardChannel<SimCard>,
+    ch: &mut CardChannel<T>,
     record: &Record,
-    path: &Path,
+    path: Option<&Path>,
     progress: &Progress,
 ) -> Result<Option<Issued>> {
     let p = sh.profile;
-    let keep = sh.opts.keep_images;
     let mark = std::cell::Cell::new(Instant::now());
     let step = |name: String| {
         let micros = mark.get().elapsed().as_micros() as u64;
@@ -293,7 +317,7 @@ fn personalise(
     };
     let mut jpki_check = None;
     let mut sc = SecureChannel::open(ch, transport, opts, Some(&sd.aid))?;
-    save(sc.card(), path, keep)?;
+    save(sc.card(), path)?;
     if progress.todo("open", false)? {
         step("open".into())?;
     }
@@ -305,7 +329,7 @@ fn personalise(
             }
             let file = manage::sim_load_file(&l.package, &l.modules);
             manage::load(&mut sc, &l.package, None, &file, true)?;
-            save(sc.card(), path, keep)?;
+            save(sc.card(), path)?;
             step(format!("load:{}", hex::encode_upper(&l.package)))?;
         }
     }
@@ -333,7 +357,7 @@ fn personalise(
             selectable: true,
         };
         manage::install(&mut sc, &spec)?;
-        save(sc.card(), path, keep)?;
+        save(sc.card(), path)?;
         step(name)?;
     }
     for s in &p.store {
@@ -344,7 +368,7 @@ fn personalise(
         let blocks = Profile::render(s, &record.fields)?;
         begin(&name)?;
         manage::personalize(&mut sc, &s.instance, &blocks, true)?;
-        save(sc.card(), path, keep)?;
+        save(sc.card(), path)?;
         step(name)?;
     }
     if let (Some(j), Some(issuer)) = (&p.jpki, &sh.issuer) {
@@ -355,7 +379,7 @@ fn personalise(
         }
         begin("jpki")?;
         let issued = issue_jpki(&mut sc, j, issuer, record)?;
-        save(sc.card(), path, keep)?;
+        save(sc.card(), path)?;
         step("jpki".into())?;
         jpki_check = Some(issued);
     }
@@ -365,40 +389,43 @@ fn personalise(
 
 /// The last steps: production keys, diversified for this card, replace the transport keys,
 /// then the card moves to the profile's final life-cycle state.
-fn finish(
+fn finish<T: Checkpoint>(
     sh: &Shared<'_>,
-    mut sc: SecureChannel<'_, SimCard>,
-    path: &Path,
+    mut sc: SecureChannel<'_, T>,
+    path: Option<&Path>,
     step: &dyn Fn(String) -> Result<()>,
 ) -> Result<()> {
     let p = sh.profile;
-    let keep = sh.opts.keep_images;
     let kdd = sc.info().init_update.kdd;
     let mut production = sh.keys.master.diversify(p.diversification, &kdd);
     production.kvn = p.production_kvn;
     let dek = sc.dek()?.clone();
     manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
-    save(sc.card(), path, keep)?;
+    save(sc.card(), path)?;
     step("put-key".into())?;
     final_state(sh, &mut sc, path)?;
     step("final-state".into())
 }
 
 /// Moves the card to the profile's final life-cycle state (nothing to do for SECURED).
-fn final_state(sh: &Shared<'_>, sc: &mut SecureChannel<'_, SimCard>, path: &Path) -> Result<()> {
+fn final_state<T: Checkpoint>(
+    sh: &Shared<'_>,
+    sc: &mut SecureChannel<'_, T>,
+    path: Option<&Path>,
+) -> Result<()> {
     if sh.profile.final_state != 0x0F {
         manage::set_card_status(sc, sh.profile.final_state)?;
-        save(sc.card(), path, sh.opts.keep_images)?;
+        save(sc.card(), path)?;
     }
     Ok(())
 }
 
 /// A session on the card's security domain under the production keys.
-fn production_session<'c>(
-    ch: &'c mut CardChannel<SimCard>,
+fn production_session<'c, T: Transport>(
+    ch: &'c mut CardChannel<T>,
     profile: &Profile,
     keys: &KeySets,
-) -> Result<SecureChannel<'c, SimCard>> {
+) -> Result<SecureChannel<'c, T>> {
     let sd = gp::select_domain(ch, None)?;
     let opts = HostOptions {
         kvn: profile.production_kvn,
@@ -417,8 +444,8 @@ struct Issued {
 }
 
 /// Keys generated on the card, certificates from the CA, PINs generated and mailed.
-fn issue_jpki(
-    sc: &mut SecureChannel<'_, SimCard>,
+fn issue_jpki<T: Transport>(
+    sc: &mut SecureChannel<'_, T>,
     j: &super::profile::Jpki,
     issuer: &Issuer,
     record: &Record,
@@ -521,7 +548,7 @@ fn issue_jpki(
 
 /// The JPKI part of verification: the certificate reads back as issued, and a signature with
 /// the new key verifies against it.
-fn verify_jpki(ch: &mut CardChannel<SimCard>, issued: &Issued) -> Result<()> {
+fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued) -> Result<()> {
     use der::{Decode, Encode};
     use rsa::pkcs8::DecodePublicKey;
     use rsa::signature::Verifier;
@@ -559,7 +586,11 @@ fn verify_jpki(ch: &mut CardChannel<SimCard>, issued: &Issued) -> Result<()> {
 /// The verification pass: production keys open a session, the card is in the profile's final
 /// life-cycle state and the registry holds every instance of the profile; the transport keys
 /// no longer open a channel.
-pub fn verify(ch: &mut CardChannel<SimCard>, profile: &Profile, keys: &KeySets) -> Result<()> {
+pub fn verify<T: Transport>(
+    ch: &mut CardChannel<T>,
+    profile: &Profile,
+    keys: &KeySets,
+) -> Result<()> {
     let sd = gp::select_domain(ch, None)?;
     {
         let mut sc = production_session(ch, profile, keys)?;
@@ -600,19 +631,18 @@ pub fn verify(ch: &mut CardChannel<SimCard>, profile: &Profile, keys: &KeySets) 
 /// A factory-fresh simulated card with the transport keys and its own key diversification
 /// data and card number (from the record id, so every card differs).
 fn new_card(sh: &Shared<'_>, record: &Record) -> SimCard {
-    use sha2::Digest;
     let mut transport = sh.keys.transport.clone();
     transport.kvn = sh.profile.transport_kvn;
-    let mut config = SimConfig::default().with_keys(vec![transport]);
-    let h = sha2::Sha256::digest(record.id.as_bytes());
-    config.isd.kdd[2..].copy_from_slice(&h[..8]);
-    config.isd.cin = h[8..14].to_vec();
+    let config = SimConfig::default()
+        .with_keys(vec![transport])
+        .with_serial(record.id.as_bytes());
     SimCard::powered(config)
 }
 
 /// Handles one record: a fresh card, or the inspection of a card caught mid-way.
 fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result<()> {
     let path = card_path(&sh.opts.out, &record.id);
+    let image = sh.opts.keep_images.then_some(path.as_path());
     let (mut ch, progress) = match previous {
         Some(Status::InProgress { steps, begun, .. }) if path.exists() => {
             let mut card =
@@ -632,7 +662,7 @@ fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result
                 std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
                     .map_err(|e| Error::Protocol(e.to_string()))?;
             }
-            save(&ch, &path, sh.opts.keep_images)?;
+            save(&ch, image)?;
             sh.log(Event::Claim {
                 record: record.id.clone(),
                 card: path.display().to_string(),
@@ -640,22 +670,40 @@ fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result
             (ch, Progress::default())
         }
     };
+    let result = run_card(sh, &mut ch, record, image, &progress)?;
+    save(&ch, image)?;
+    conclude(sh, record, result)
+}
+
+/// Personalises (or continues) and verifies one card, with its APDU log if asked for.
+/// `Err` only for a log that cannot be written; the card's own outcome is the inner result.
+fn run_card<T: Checkpoint>(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<T>,
+    record: &Record,
+    image: Option<&Path>,
+    progress: &Progress,
+) -> Result<Result<()>> {
     if let Some(dir) = &sh.opts.card_logs {
         let log = crate::trace::FileTrace::create(&dir.join(format!("{}.log", record.id)))?;
         ch.set_trace(Some(Box::new(log)));
     }
     let result = if progress.done.is_empty() && progress.begun.is_empty() {
-        personalise(sh, &mut ch, record, &path, &progress).and_then(|issued| {
+        personalise(sh, ch, record, image, progress).and_then(|issued| {
             if let Some(i) = &issued {
-                verify_jpki(&mut ch, i)?;
+                verify_jpki(ch, i)?;
             }
-            verify(&mut ch, sh.profile, sh.keys)
+            verify(ch, sh.profile, sh.keys)
         })
     } else {
-        resume_card(sh, &mut ch, record, &path, &progress)
+        resume_card(sh, ch, record, image, progress)
     };
     ch.set_trace(None);
-    save(&ch, &path, sh.opts.keep_images)?;
+    Ok(result)
+}
+
+/// Journals a card's outcome.
+fn conclude(sh: &Shared<'_>, record: &Record, result: Result<()>) -> Result<()> {
     match result {
         Ok(()) => sh.log(Event::Done {
             record: record.id.clone(),
@@ -674,11 +722,11 @@ fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result
 /// Continues a card caught mid-way. A card that already passes verification is done; one
 /// whose production keys are in place only lacks its final state; otherwise the steps the
 /// journal does not show as done run again, with the card checked first where it can be.
-fn resume_card(
+fn resume_card<T: Checkpoint>(
     sh: &Shared<'_>,
-    ch: &mut CardChannel<SimCard>,
+    ch: &mut CardChannel<T>,
     record: &Record,
-    path: &Path,
+    path: Option<&Path>,
     progress: &Progress,
 ) -> Result<()> {
     if verify(ch, sh.profile, sh.keys).is_ok() {
@@ -693,6 +741,77 @@ fn resume_card(
     }
     personalise(sh, ch, record, path, progress)?;
     verify(ch, sh.profile, sh.keys)
+}
+
+/// Runs the batch's records on PC/SC reader stations, one per reader in `opts.readers`.
+#[cfg(feature = "pcsc")]
+fn run_readers(
+    sh: &Shared<'_>,
+    todo: VecDeque<(&Record, Option<Status>)>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let work = readers::Work {
+        fresh: Mutex::new(VecDeque::new()),
+        waiting: Mutex::new(Default::default()),
+    };
+    for (record, previous) in todo {
+        match previous {
+            Some(Status::InProgress {
+                card, steps, begun, ..
+            }) => {
+                // Claimed on a simulated card (an image path): no reader holds that card.
+                if let (Some(cin), Ok(mut w)) = (readers::claimed_cin(&card), work.waiting.lock()) {
+                    w.insert(cin.to_string(), (record, Progress { done: steps, begun }));
+                }
+            }
+            _ => {
+                if let Ok(mut q) = work.fresh.lock() {
+                    q.push_back(record);
+                }
+            }
+        }
+    }
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    std::thread::scope(|s| {
+        for reader in &sh.opts.readers {
+            let (work, say, first_error) = (&work, &say, &first_error);
+            s.spawn(move || {
+                if let Err(e) = readers::station(sh, reader, work, say)
+                    && let Ok(mut slot) = first_error.lock()
+                {
+                    slot.get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let left = work.waiting.lock().map(|w| w.len()).unwrap_or(0);
+    if left > 0 {
+        say(format!(
+            "{left} card(s) caught mid-way were not seen again: they stay in progress; put them in a reader and resume"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "pcsc"))]
+fn run_readers(
+    _sh: &Shared<'_>,
+    _todo: VecDeque<(&Record, Option<Status>)>,
+    _bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    Err(Error::Protocol(
+        "this kagi was built without PC/SC support (feature `pcsc`)".into(),
+    ))
 }
 
 /// Runs (or, with `resume`, continues) a batch.
@@ -765,8 +884,14 @@ pub fn run(
         issuer,
         times: Mutex::new(Default::default()),
     };
-    let queue = Mutex::new(todo);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let todo = if opts.readers.is_empty() {
+        todo
+    } else {
+        run_readers(&sh, todo, &bar)?;
+        VecDeque::new()
+    };
+    let queue = Mutex::new(todo);
     std::thread::scope(|s| {
         for _ in 0..opts.stations.max(1) {
             s.spawn(|| {

@@ -65,6 +65,16 @@ impl PrivatePcsc {
 
     /// Starts pcscd with `cards` cards of a simulator preset.
     pub fn start_with(cards: usize, preset: &str) -> PrivatePcsc {
+        Self::start_opts(cards, preset, false)
+    }
+
+    /// Starts pcscd with `cards` slots fed from hoppers of factory-fresh `preset` cards, each
+    /// with its own serial; `control("next I")` swaps slot I's card for the next.
+    pub fn start_hopper(cards: usize, preset: &str) -> PrivatePcsc {
+        Self::start_opts(cards, preset, true)
+    }
+
+    fn start_opts(cards: usize, preset: &str, hopper: bool) -> PrivatePcsc {
         if let Err(why) = available() {
             panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
         }
@@ -79,6 +89,7 @@ impl PrivatePcsc {
             .env("KAGI", kagi_bin())
             .env("CARDS", cards.to_string())
             .env("PRESET", preset)
+            .env("HOPPER", if hopper { "1" } else { "" })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,195 @@
+//! Stations on real PC/SC readers: each reader waits for a card, personalises it, reports,
+//! and waits for the next one. Cards are known by their card image number (GET DATA `0045`),
+//! so a card taken out mid-way (or caught by a crash) continues when it comes back, on any
+//! station; a card that is not factory-fresh is never given a record.
+
+use super::{Progress, Shared, conclude, journal_path, run_card};
+use crate::channel::CardChannel;
+use crate::error::{Error, Result};
+use crate::gp;
+use crate::pcsc_transport::{PcscTransport, Share};
+use crate::perso::journal::{self, Event, Status};
+use crate::perso::records::Record;
+use crate::secure::SecureChannel;
+use card_wire::transport::TransportError;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often an idle station looks at the batch's state while it waits for a card.
+const POLL: Duration = Duration::from_millis(300);
+
+/// Records waiting for a card: the fresh ones in order, and those caught mid-way by the card
+/// they were claimed on.
+pub(super) struct Work<'r> {
+    pub(super) fresh: Mutex<VecDeque<&'r Record>>,
+    pub(super) waiting: Mutex<HashMap<String, (&'r Record, Progress)>>,
+}
+
+/// The card identity a Claim records for a reader station: `cin:HEX@READER`.
+fn claim_name(cin: &str, reader: &str) -> String {
+    format!("cin:{cin}@{reader}")
+}
+
+/// The card a reader Claim names (`None` for a simulated card's image path).
+pub(super) fn claimed_cin(card: &str) -> Option<&str> {
+    card.strip_prefix("cin:")
+        .map(|rest| rest.split('@').next().unwrap_or(rest))
+}
+
+fn out_of_work(work: &Work<'_>) -> bool {
+    work.fresh.lock().map(|q| q.is_empty()).unwrap_or(true)
+}
+
+/// Whether `e` means the card or the reader went away (the card can come back).
+fn gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Transport(
+            TransportError::CardRemoved(_)
+                | TransportError::CardReset(_)
+                | TransportError::NoCard(_)
+                | TransportError::ReaderUnavailable { .. }
+                | TransportError::NoSuchReader { .. }
+        )
+    )
+}
+
+/// One station: runs until there are no fresh records left.
+pub(super) fn station(
+    sh: &Shared<'_>,
+    reader: &str,
+    work: &Work<'_>,
+    say: &(dyn Fn(String) + Sync),
+) -> Result<()> {
+    loop {
+        if out_of_work(work) {
+            return Ok(());
+        }
+        let transport = match PcscTransport::wait_for_card(reader, Share::Exclusive, POLL) {
+            Ok(t) => t,
+            Err(TransportError::Timeout(_)) => continue,
+            Err(e) => {
+                let e = Error::Transport(e);
+                if !gone(&e) {
+                    return Err(e);
+                }
+                // Unplugged (or the card went at once): wait for the reader to come back.
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        let mut ch = CardChannel::new(transport);
+        match one_card(sh, &mut ch, reader, work) {
+            Ok(msg) => say(format!("{reader}: {msg}")),
+            Err(e) if gone(&e) => say(format!("{reader}: card taken out: {e}")),
+            Err(e) => return Err(e),
+        }
+        drop(ch);
+        loop {
+            match PcscTransport::wait_for_removal(reader, POLL) {
+                Ok(()) => break,
+                Err(TransportError::Timeout(_)) if out_of_work(work) => return Ok(()),
+                Err(TransportError::Timeout(_)) => {}
+                Err(e) => return Err(Error::Transport(e)),
+            }
+        }
+    }
+}
+
+/// The card image number, from the issuer security domain.
+fn card_number(ch: &mut CardChannel<PcscTransport>) -> Result<Option<String>> {
+    gp::select_domain(ch, None)?;
+    Ok(gp::get_data(ch, 0x0045)?.map(|d| {
+        // `45 L CIN`, or the bare value.
+        let v = match d.as_slice() {
+            [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest.to_vec(),
+            _ => d,
+        };
+        hex::encode_upper(v)
+    }))
+}
+
+/// Whether the card still answers to the transport keys (factory-fresh).
+fn fresh(sh: &Shared<'_>, ch: &mut CardChannel<PcscTransport>) -> Result<bool> {
+    let sd = gp::select_domain(ch, None)?;
+    let opts = card_wire::scp03::HostOptions {
+        kvn: sh.profile.transport_kvn,
+        ..super::options()
+    };
+    match SecureChannel::open(ch, sh.keys.transport.clone(), opts, Some(&sd.aid)) {
+        Ok(_) => Ok(true),
+        Err(e) if gone(&e) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Handles the card in the reader; says what happened.
+fn one_card(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<PcscTransport>,
+    reader: &str,
+    work: &Work<'_>,
+) -> Result<String> {
+    let Some(cin) = card_number(ch)? else {
+        return Ok(
+            "the card has no card image number (GET DATA 0045): kagi cannot track it; remove it"
+                .into(),
+        );
+    };
+    let waiting = work
+        .waiting
+        .lock()
+        .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+        .remove(&cin);
+    let (record, progress) = match waiting {
+        Some(w) => w,
+        None => {
+            if !fresh(sh, ch)? {
+                return Ok(format!(
+                    "card {cin} is not factory-fresh (transport keys refused) and no record waits for it: remove it"
+                ));
+            }
+            let next = work
+                .fresh
+                .lock()
+                .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+                .pop_front();
+            let Some(record) = next else {
+                return Ok(format!("card {cin}: no records left; remove it"));
+            };
+            sh.log(Event::Claim {
+                record: record.id.clone(),
+                card: claim_name(&cin, reader),
+            })?;
+            (record, Progress::default())
+        }
+    };
+    let result = run_card(sh, ch, record, None, &progress)?;
+    match result {
+        Err(e) if gone(&e) => {
+            // Taken out mid-way: the record waits for this card to come back.
+            let progress = match journal::replay(&journal_path(&sh.opts.out))?.remove(&record.id) {
+                Some(Status::InProgress { steps, begun, .. }) => Progress { done: steps, begun },
+                _ => Progress::default(),
+            };
+            work.waiting
+                .lock()
+                .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+                .insert(cin, (record, progress));
+            Err(e)
+        }
+        result => {
+            let outcome = match &result {
+                Ok(()) => "done".to_string(),
+                Err(Error::NeedsRework(why)) => format!("rework ({why})"),
+                Err(e) => format!("failed ({e})"),
+            };
+            conclude(sh, record, result)?;
+            Ok(format!(
+                "{} on card {cin}: {outcome}; remove the card",
+                record.id
+            ))
+        }
+    }
+}
