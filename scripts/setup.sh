@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kagi's build and tests need on a Debian machine, only when it is missing:
 # the PC/SC headers for the `pcsc` crate (libpcsclite-dev, pkg-config), and the real PC/SC
-# stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc).
+# stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc), and SoftHSM2 as the
+# PKCS#11 HSM that holds the tests' master keys.
 # Safe to run again; does nothing when everything is present.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v pcscd >/dev/null 2>&1 || need+=(pcscd)
 [ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
 command -v opensc-tool >/dev/null 2>&1 || need+=(opensc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

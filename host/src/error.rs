@@ -45,6 +45,9 @@ pub enum Error {
         /// Tries left.
         tries_left: u8,
     },
+    /// The HSM (PKCS#11) refused or is not reachable.
+    #[error("HSM: {0}")]
+    Hsm(String),
     /// A personalisation profile or input record is not valid.
     #[error("profile: {0}")]
     Profile(String),

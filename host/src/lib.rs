@@ -35,6 +35,7 @@ pub mod channel;
 pub mod eligibility;
 pub mod error;
 pub mod gp;
+pub mod hsm;
 pub mod jpki;
 pub mod keys;
 pub mod mock;

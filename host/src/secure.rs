@@ -39,6 +39,20 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         Ok(sc)
     }
 
+    /// Like [`SecureChannel::open`], with the card's keys from `source` (an HSM that
+    /// diversifies master keys it never releases). The session carries no DEK: PUT KEY in
+    /// such a session needs the DEK from the source's owner.
+    pub fn open_source(
+        card: &'c mut CardChannel<T>,
+        source: std::sync::Arc<dyn card_wire::scp03::CardKeys>,
+        options: HostOptions,
+        sd_aid: Option<&[u8]>,
+    ) -> Result<Self> {
+        let mode = options.mode;
+        let hs = HostHandshake::with_source(source, options)?;
+        Self::open_with(card, hs, sd_aid, mode)
+    }
+
     /// Like [`SecureChannel::open`] with a given handshake (fixed host challenge).
     pub fn open_with(
         card: &'c mut CardChannel<T>,

@@ -2,7 +2,7 @@
 
 use super::Scp03Error;
 use super::crypto::{CmacKey, DerivationConstant, scp03_kdf};
-use super::keys::{Diversification, SessionKeys, StaticKeys};
+use super::keys::{CardKeys, Diversification, SessionKeys, StaticKeys};
 use super::session::{IParam, Mode, SecureSession, SecurityLevel};
 use crate::apdu::{Class, Command, Response};
 use crate::sw::StatusWord;
@@ -145,9 +145,21 @@ pub struct HandshakeInfo {
     pub level: SecurityLevel,
 }
 
+fn random_challenge(options: &HostOptions) -> Result<Vec<u8>, Scp03Error> {
+    let mut c = vec![0u8; options.mode.len()];
+    getrandom::fill(&mut c).map_err(|e| Scp03Error::Random(e.to_string()))?;
+    Ok(c)
+}
+
+/// Master keys to diversify, or a source that gives each card's keys.
+enum KeySource {
+    Master(StaticKeys),
+    Card(std::sync::Arc<dyn CardKeys>),
+}
+
 /// The host half of mutual authentication.
 pub struct HostHandshake {
-    keys: StaticKeys,
+    keys: KeySource,
     options: HostOptions,
     host_challenge: Vec<u8>,
 }
@@ -157,6 +169,14 @@ impl HostHandshake {
     /// known-answer tests).
     pub fn new(
         keys: StaticKeys,
+        options: HostOptions,
+        host_challenge: Vec<u8>,
+    ) -> Result<Self, Scp03Error> {
+        Self::start(KeySource::Master(keys), options, host_challenge)
+    }
+
+    fn start(
+        keys: KeySource,
         options: HostOptions,
         host_challenge: Vec<u8>,
     ) -> Result<Self, Scp03Error> {
@@ -173,10 +193,19 @@ impl HostHandshake {
         })
     }
 
+    /// Starts a handshake whose keys come from `source` once the card has said its KDD
+    /// (`options.diversification` does not apply: the source diversifies).
+    pub fn with_source(
+        source: std::sync::Arc<dyn CardKeys>,
+        options: HostOptions,
+    ) -> Result<Self, Scp03Error> {
+        let c = random_challenge(&options)?;
+        Self::start(KeySource::Card(source), options, c)
+    }
+
     /// Starts a handshake with a fresh random host challenge.
     pub fn random(keys: StaticKeys, options: HostOptions) -> Result<Self, Scp03Error> {
-        let mut c = vec![0u8; options.mode.len()];
-        getrandom::fill(&mut c).map_err(|e| Scp03Error::Random(e.to_string()))?;
+        let c = random_challenge(&options)?;
         Self::new(keys, options, c)
     }
 
@@ -231,7 +260,10 @@ impl HostHandshake {
                 i: iu.i.0,
             });
         }
-        let keys = self.keys.diversify(self.options.diversification, &iu.kdd);
+        let keys = match &self.keys {
+            KeySource::Master(k) => k.diversify(self.options.diversification, &iu.kdd),
+            KeySource::Card(source) => source.for_card(&iu.kdd)?,
+        };
         let mode = self.options.mode;
         let mut challenge_verified = false;
         if let (Some(seq), Some(aid)) = (iu.sequence_counter, sd_aid) {

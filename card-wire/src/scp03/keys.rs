@@ -116,12 +116,26 @@ pub enum KeyPurpose {
     Dek = 3,
 }
 
-/// `kdf3`: the first `len(master)` bytes of `CMAC(master, i ‖ 00 00 00 ‖ p ‖ 00 ‖ KDD)` for
-/// i = 1, 2, …
-pub fn kdf3(master: &AesKey, purpose: KeyPurpose, kdd: &[u8; 10]) -> AesKey {
+/// What follows the counter byte in each `kdf3` CMAC input: `00 00 00 ‖ p ‖ 00 ‖ KDD`. For
+/// callers that compute the CMAC elsewhere (an HSM holding the master key).
+pub fn kdf3_context(purpose: KeyPurpose, kdd: &[u8; 10]) -> [u8; 15] {
     let mut after = [0u8; 15];
     after[3] = purpose as u8;
     after[5..].copy_from_slice(kdd);
+    after
+}
+
+/// Where a card's static keys come from once its key diversification data (KDD) is known:
+/// diversified from master keys held elsewhere, typically in an HSM.
+pub trait CardKeys: Send + Sync {
+    /// The static keys of the card with this KDD.
+    fn for_card(&self, kdd: &[u8; 10]) -> Result<StaticKeys, super::Scp03Error>;
+}
+
+/// `kdf3`: the first `len(master)` bytes of `CMAC(master, i ‖ 00 00 00 ‖ p ‖ 00 ‖ KDD)` for
+/// i = 1, 2, …
+pub fn kdf3(master: &AesKey, purpose: KeyPurpose, kdd: &[u8; 10]) -> AesKey {
+    let after = kdf3_context(purpose, kdd);
     let mut out = kdf_counter_cmac(&mut CmacKey::new(master), &[], &after, master.len());
     let key = AesKey::new(&out).unwrap_or_else(|_| unreachable!());
     zeroize::Zeroize::zeroize(&mut out);

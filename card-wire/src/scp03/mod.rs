@@ -22,7 +22,7 @@ pub use crypto::{AesKey, KeyError};
 pub use handshake::{
     CardHandshake, CardKeyContext, HandshakeInfo, HostHandshake, HostOptions, InitUpdateResponse,
 };
-pub use keys::{Diversification, SessionKeys, StaticKeys};
+pub use keys::{CardKeys, Diversification, SessionKeys, StaticKeys, kdf3_context};
 pub use session::{IParam, Mode, SecureSession, SecurityLevel};
 
 use crate::apdu::ApduError;
@@ -32,6 +32,9 @@ use crate::sw::StatusWord;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Scp03Error {
+    /// The card's keys could not be obtained (an HSM refused or is unreachable).
+    #[error("the card's keys are not available: {0}")]
+    KeySource(String),
     /// The card answered INITIALIZE UPDATE with an error.
     #[error(
         "the card refused INITIALIZE UPDATE with {0}; check the key version (6A88: no such \

@@ -101,7 +101,7 @@ pub struct PinSource {
     pin_env: Option<String>,
 }
 
-fn read_pin(
+pub(super) fn read_pin(
     file: &Option<PathBuf>,
     env: &Option<String>,
     prompt: &str,

@@ -105,6 +105,8 @@ enum PersoCmd {
     Resume(perso::BatchArgs),
     /// Decrypt a batch's PIN mailer file with the mailer's private key (mailer house only).
     OpenMailer(perso::MailerArgs),
+    /// Put a production master key set into a PKCS#11 HSM (non-extractable AES keys).
+    HsmImport(perso::HsmImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -443,6 +445,7 @@ pub fn main() -> ExitCode {
         Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
         Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
         Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
+        Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
         Cmd::Bench {
             seconds,

@@ -26,9 +26,18 @@ pub struct BatchArgs {
     #[arg(long)]
     out: PathBuf,
     /// Development key store: a directory with transport.keys and master.keys. Insecure:
-    /// production keys belong in an HSM.
-    #[arg(long)]
-    insecure_file_keys: PathBuf,
+    /// production keys belong in an HSM (--hsm-module).
+    #[arg(
+        long,
+        required_unless_present = "hsm_module",
+        conflicts_with = "hsm_module"
+    )]
+    insecure_file_keys: Option<PathBuf>,
+    #[command(flatten)]
+    hsm: HsmArgs,
+    /// With --hsm-module: the cards' transport key file (as the card vendor delivers it).
+    #[arg(long, requires = "hsm_module")]
+    transport_keys: Option<PathBuf>,
     /// Do not keep card images (benchmarks only: a batch without images cannot resume).
     #[arg(long)]
     no_images: bool,
@@ -39,16 +48,25 @@ pub struct BatchArgs {
 
 /// Runs or resumes a batch.
 pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure> {
-    eprintln!(
-        "WARNING: insecure file key store {} in use: keys are read from plain files. Use an HSM in production.",
-        args.insecure_file_keys.display()
-    );
     let profile = Profile::read(&args.profile)?;
+    let keys = match (&args.insecure_file_keys, &args.transport_keys) {
+        (Some(dir), _) => {
+            eprintln!(
+                "WARNING: insecure file key store {} in use: keys are read from plain files. Use an HSM in production.",
+                dir.display()
+            );
+            KeySets::from_insecure_dir(dir, &profile)?
+        }
+        (None, Some(transport)) => {
+            let master = args.hsm.open(profile.production_kvn)?;
+            KeySets::with_hsm(transport, master, &profile)?
+        }
+        (None, None) => return Err("--hsm-module needs --transport-keys FILE".into()),
+    };
     let (records, bad) = perso::records::read(&args.input, &profile.fields())?;
     for b in &bad {
         eprintln!("skipping record at {}: {}", b.at, b.reason);
     }
-    let keys = KeySets::from_insecure_dir(&args.insecure_file_keys, &profile)?;
     let opts = Options {
         out: args.out.clone(),
         stations: args.sim,
@@ -112,6 +130,76 @@ fn reader_names(sel: &str) -> Result<Vec<String>, Failure> {
 #[cfg(not(feature = "pcsc"))]
 fn reader_names(_sel: &str) -> Result<Vec<String>, Failure> {
     Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
+}
+
+/// Where the master keys are in a PKCS#11 HSM. The user PIN comes from --hsm-pin-file, the
+/// variable named by --hsm-pin-env, or a prompt; never from the command line.
+#[derive(Args)]
+pub struct HsmArgs {
+    /// PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long)]
+    hsm_module: Option<PathBuf>,
+    /// Token label.
+    #[arg(long, requires = "hsm_module", default_value = "kagi")]
+    hsm_token: String,
+    /// Key set label (objects LABEL-enc, LABEL-mac, LABEL-dek).
+    #[arg(long, requires = "hsm_module", default_value = "production-master")]
+    hsm_key: String,
+    /// File holding the token's user PIN.
+    #[arg(long, requires = "hsm_module")]
+    hsm_pin_file: Option<PathBuf>,
+    /// Environment variable holding the token's user PIN.
+    #[arg(long, requires = "hsm_module")]
+    hsm_pin_env: Option<String>,
+}
+
+impl HsmArgs {
+    fn config(&self) -> Result<kagi::hsm::HsmConfig, Failure> {
+        Ok(kagi::hsm::HsmConfig {
+            module: self.hsm_module.clone().ok_or("--hsm-module is required")?,
+            token: self.hsm_token.clone(),
+            key: self.hsm_key.clone(),
+        })
+    }
+
+    fn pin(&self) -> Result<zeroize::Zeroizing<String>, Failure> {
+        let pin = super::jpki::read_pin(&self.hsm_pin_file, &self.hsm_pin_env, "HSM user PIN: ")?;
+        Ok(zeroize::Zeroizing::new(
+            String::from_utf8(pin.to_vec()).map_err(|_| "the HSM PIN is not UTF-8")?,
+        ))
+    }
+
+    fn open(&self, kvn: u8) -> Result<kagi::hsm::HsmMaster, Failure> {
+        Ok(kagi::hsm::HsmMaster::open(
+            &self.config()?,
+            &self.pin()?,
+            kvn,
+        )?)
+    }
+}
+
+/// `kagi perso hsm-import`: the master key set from a key file into the HSM.
+#[derive(Args)]
+pub struct HsmImportArgs {
+    #[command(flatten)]
+    hsm: HsmArgs,
+    /// Key file with the master keys (KEY= or ENC=/MAC=/DEK=); delete it afterwards.
+    #[arg(long)]
+    key_file: PathBuf,
+}
+
+/// Imports the master keys into the HSM as non-extractable keys.
+pub fn hsm_import(args: &HsmImportArgs) -> Result<(), Failure> {
+    let keys = kagi::keys::read_key_file(&args.key_file, 0)?;
+    let config = args.hsm.config()?;
+    kagi::hsm::import_master(&config, &args.hsm.pin()?, &keys)?;
+    println!(
+        "imported {}-enc, -mac, -dek into token '{}' (non-extractable); the key file {} is no longer needed",
+        config.key,
+        config.token,
+        args.key_file.display()
+    );
+    Ok(())
 }
 
 /// `kagi perso open-mailer`: what the mailer house does with its private key.

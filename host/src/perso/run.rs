@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 use crate::gp::{self, StatusScope, manage};
 use crate::secure::SecureChannel;
 use applet_sim::{SimCard, SimConfig};
-use card_wire::scp03::{HostOptions, Scp03Error, SecurityLevel, StaticKeys};
+use card_wire::scp03::{
+    CardKeys, Diversification, HostOptions, Scp03Error, SecurityLevel, StaticKeys,
+};
 use card_wire::sw::StatusWord;
 use card_wire::transport::Transport;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -24,10 +27,65 @@ pub struct KeySets {
     /// Transport key set (as the cards leave the factory).
     pub transport: StaticKeys,
     /// Production master key set.
-    pub master: StaticKeys,
+    pub master: MasterKeys,
+}
+
+/// Where the production master keys are.
+pub enum MasterKeys {
+    /// In host memory, from the development file key store.
+    File(StaticKeys),
+    /// In a PKCS#11 HSM; diversification runs there.
+    Hsm(Arc<crate::hsm::HsmMaster>),
+}
+
+/// Diversifies master keys held in memory (the file key store).
+struct FileDiversified {
+    master: StaticKeys,
+    scheme: Diversification,
+    kvn: u8,
+}
+
+impl CardKeys for FileDiversified {
+    fn for_card(&self, kdd: &[u8; 10]) -> std::result::Result<StaticKeys, Scp03Error> {
+        let mut k = self.master.diversify(self.scheme, kdd);
+        k.kvn = self.kvn;
+        Ok(k)
+    }
 }
 
 impl KeySets {
+    /// Master keys in an HSM (`kdf3` diversification runs in the HSM) and transport keys from
+    /// `transport` (a key file).
+    pub fn with_hsm(
+        transport: &Path,
+        master: crate::hsm::HsmMaster,
+        profile: &Profile,
+    ) -> Result<KeySets> {
+        if profile.diversification != Diversification::Kdf3 {
+            return Err(Error::Profile(
+                "master keys in an HSM need diversification = \"kdf3\" (each card gets its own keys; the master never leaves the HSM)".into(),
+            ));
+        }
+        let mut transport = crate::keys::read_key_file(transport, profile.transport_kvn)?;
+        transport.kvn = profile.transport_kvn;
+        Ok(KeySets {
+            transport,
+            master: MasterKeys::Hsm(Arc::new(master)),
+        })
+    }
+
+    /// The production keys of the card with this KDD, as the profile diversifies them.
+    fn production(&self, profile: &Profile) -> Arc<dyn CardKeys> {
+        match &self.master {
+            MasterKeys::File(m) => Arc::new(FileDiversified {
+                master: m.clone(),
+                scheme: profile.diversification,
+                kvn: profile.production_kvn,
+            }),
+            MasterKeys::Hsm(h) => h.clone(),
+        }
+    }
+
     /// The development file key store: `DIR/transport.keys` and `DIR/master.keys` (key files
     /// as `kagi::keys` reads them). Never for production: say so.
     pub fn from_insecure_dir(dir: &Path, profile: &Profile) -> Result<KeySets> {
@@ -36,7 +94,10 @@ impl KeySets {
         transport.kvn = profile.transport_kvn;
         let mut master = read("master.keys", profile.production_kvn)?;
         master.kvn = profile.production_kvn;
-        Ok(KeySets { transport, master })
+        Ok(KeySets {
+            transport,
+            master: MasterKeys::File(master),
+        })
     }
 }
 
@@ -397,8 +458,7 @@ fn finish<T: Checkpoint>(
 ) -> Result<()> {
     let p = sh.profile;
     let kdd = sc.info().init_update.kdd;
-    let mut production = sh.keys.master.diversify(p.diversification, &kdd);
-    production.kvn = p.production_kvn;
+    let production = sh.keys.production(p).for_card(&kdd).map_err(Error::Scp03)?;
     let dek = sc.dek()?.clone();
     manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
     save(sc.card(), path)?;
@@ -429,12 +489,9 @@ fn production_session<'c, T: Transport>(
     let sd = gp::select_domain(ch, None)?;
     let opts = HostOptions {
         kvn: profile.production_kvn,
-        diversification: profile.diversification,
         ..options()
     };
-    let mut master = keys.master.clone();
-    master.kvn = profile.production_kvn;
-    SecureChannel::open(ch, master, opts, Some(&sd.aid))
+    SecureChannel::open_source(ch, keys.production(profile), opts, Some(&sd.aid))
 }
 
 /// What a JPKI issuance checks afterwards: the certificate written and the PIN to sign with.

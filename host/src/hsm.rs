@@ -1,0 +1,222 @@
+//! Master keys in a PKCS#11 HSM (through `cryptoki`): the production master key set lives in
+//! the token as three non-extractable AES keys (`LABEL-enc`, `LABEL-mac`, `LABEL-dek`), and
+//! per-card keys are diversified inside the HSM with `CKM_AES_CMAC` over the `kdf3` input. The
+//! master keys never leave the HSM; a card's diversified keys exist in host memory only while
+//! a station needs them (to wrap them for PUT KEY and to open sessions), in zeroizing buffers.
+//!
+//! The tests use SoftHSM2 (see `scripts/softhsm-init.sh`).
+
+use crate::error::{Error, Result};
+use card_wire::scp03::keys::KeyPurpose;
+use card_wire::scp03::{AesKey, CardKeys, Scp03Error, StaticKeys, kdf3_context};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use std::path::Path;
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// Where the master keys are: the PKCS#11 module, the token and the key label.
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`, a vendor's library).
+    pub module: std::path::PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// The key set's label: objects `LABEL-enc`, `LABEL-mac`, `LABEL-dek`.
+    pub key: String,
+}
+
+fn hsm(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Hsm(format!("{what}: {e}"))
+}
+
+/// Opens a logged-in session on the token labelled `token`.
+fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, Session)> {
+    let ctx = Pkcs11::new(module).map_err(|e| hsm(&module.display().to_string(), e))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| hsm("C_Initialize", e))?;
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| hsm("C_GetSlotList", e))?;
+    let mut labels = Vec::new();
+    let mut found = None;
+    for slot in slots {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| hsm("C_GetTokenInfo", e))?;
+        let label = info.label().trim().to_string();
+        if label == token {
+            found = Some(slot);
+            break;
+        }
+        labels.push(label);
+    }
+    let slot = found.ok_or_else(|| {
+        Error::Hsm(format!(
+            "no token labelled '{token}' (tokens: {})",
+            if labels.is_empty() {
+                "none".into()
+            } else {
+                labels.join(", ")
+            }
+        ))
+    })?;
+    let session = if rw {
+        ctx.open_rw_session(slot)
+    } else {
+        ctx.open_ro_session(slot)
+    }
+    .map_err(|e| hsm("C_OpenSession", e))?;
+    session
+        .login(UserType::User, Some(&AuthPin::new(pin.into())))
+        .map_err(|e| hsm("C_Login (check the user PIN)", e))?;
+    Ok((ctx, session))
+}
+
+const PARTS: [(&str, KeyPurpose); 3] = [
+    ("enc", KeyPurpose::Enc),
+    ("mac", KeyPurpose::Mac),
+    ("dek", KeyPurpose::Dek),
+];
+
+/// Puts a master key set into the token as non-extractable, sensitive AES keys usable only
+/// for CMAC (sign). Refuses if keys with these labels exist already.
+pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result<()> {
+    let (_ctx, session) = session(&config.module, &config.token, pin, true)?;
+    for ((part, _), key) in PARTS.iter().zip([keys.enc(), keys.mac(), keys.dek()]) {
+        let label = format!("{}-{part}", config.key);
+        let existing = session
+            .find_objects(&[Attribute::Label(label.clone().into_bytes())])
+            .map_err(|e| hsm("C_FindObjects", e))?;
+        if !existing.is_empty() {
+            return Err(Error::Hsm(format!(
+                "the token already holds a key labelled '{label}': choose another label"
+            )));
+        }
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Label(label.into_bytes()),
+                Attribute::Value(key.as_bytes().to_vec()),
+            ])
+            .map_err(|e| hsm("C_CreateObject", e))?;
+    }
+    Ok(())
+}
+
+/// A production master key set held in an HSM.
+pub struct HsmMaster {
+    session: Mutex<Session>,
+    keys: [ObjectHandle; 3],
+    len: usize,
+    kvn: u8,
+    _ctx: Pkcs11,
+}
+
+impl HsmMaster {
+    /// Logs in and finds the key set; `kvn` is the version the diversified keys get.
+    pub fn open(config: &HsmConfig, pin: &str, kvn: u8) -> Result<HsmMaster> {
+        let (ctx, session) = session(&config.module, &config.token, pin, false)?;
+        let mut keys = Vec::new();
+        let mut len = 0;
+        for (part, _) in PARTS {
+            let label = format!("{}-{part}", config.key);
+            let found = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Label(label.clone().into_bytes()),
+                ])
+                .map_err(|e| hsm("C_FindObjects", e))?;
+            let [handle] = found.as_slice() else {
+                return Err(Error::Hsm(format!(
+                    "expected one key labelled '{label}' in token '{}', found {}: import the master keys with `kagi hsm import`",
+                    config.token,
+                    found.len()
+                )));
+            };
+            let attrs = session
+                .get_attributes(
+                    *handle,
+                    &[AttributeType::ValueLen, AttributeType::Extractable],
+                )
+                .map_err(|e| hsm("C_GetAttributeValue", e))?;
+            for a in attrs {
+                match a {
+                    Attribute::ValueLen(l) => len = u64::from(l) as usize,
+                    Attribute::Extractable(true) => {
+                        return Err(Error::Hsm(format!(
+                            "the key '{label}' is extractable: master keys must not leave the HSM; re-create it with CKA_EXTRACTABLE false"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            keys.push(*handle);
+        }
+        let keys: [ObjectHandle; 3] = keys
+            .try_into()
+            .map_err(|_| Error::Hsm("three master keys expected".into()))?;
+        Ok(HsmMaster {
+            session: Mutex::new(session),
+            keys,
+            len,
+            kvn,
+            _ctx: ctx,
+        })
+    }
+
+    /// `kdf3` diversification for the card with this KDD, with the CMACs computed in the HSM.
+    pub fn diversify_kdf3(&self, kdd: &[u8; 10]) -> Result<StaticKeys> {
+        let session = self
+            .session
+            .lock()
+            .map_err(|_| Error::Hsm("HSM session lock poisoned".into()))?;
+        let mut out = Vec::with_capacity(3);
+        for (handle, (_, purpose)) in self.keys.iter().zip(PARTS) {
+            let after = kdf3_context(purpose, kdd);
+            let mut bytes = Zeroizing::new(Vec::with_capacity(self.len + 16));
+            let mut i: u8 = 1;
+            while bytes.len() < self.len {
+                let mut msg = vec![i];
+                msg.extend_from_slice(&after);
+                let mac = Zeroizing::new(
+                    session
+                        .sign(&Mechanism::AesCMac, *handle, &msg)
+                        .map_err(|e| hsm("C_Sign (AES-CMAC)", e))?,
+                );
+                bytes.extend_from_slice(&mac);
+                i = i.wrapping_add(1);
+            }
+            bytes.truncate(self.len);
+            out.push(AesKey::new(&bytes).map_err(|e| hsm("derived key", e))?);
+        }
+        let dek = out.pop();
+        let mac = out.pop();
+        let enc = out.pop();
+        match (enc, mac, dek) {
+            (Some(enc), Some(mac), Some(dek)) => {
+                StaticKeys::new(self.kvn, enc, mac, dek).map_err(|e| hsm("derived keys", e))
+            }
+            _ => Err(Error::Hsm("three derived keys expected".into())),
+        }
+    }
+}
+
+impl CardKeys for HsmMaster {
+    fn for_card(&self, kdd: &[u8; 10]) -> std::result::Result<StaticKeys, Scp03Error> {
+        self.diversify_kdf3(kdd)
+            .map_err(|e| Scp03Error::KeySource(e.to_string()))
+    }
+}

@@ -1,0 +1,133 @@
+//! Master keys in a PKCS#11 HSM (SoftHSM2, in a private token directory made by
+//! scripts/softhsm-init.sh): imported as non-extractable keys, then a batch diversifies every
+//! card's keys inside the HSM. The cards are checked with the software `kdf3` (known-answer
+//! tested against GlobalPlatformPro), so the HSM path must derive exactly the same keys.
+
+use kagi::perso::journal::{self, Status};
+use kagi::perso::{KeySets, Profile};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn kagi(conf: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
+    let dir = std::env::temp_dir().join(format!("kagi-hsm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let init = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
+        .arg(dir.join("hsm"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let conf = dir.join("hsm/softhsm2.conf");
+    let pin_file = dir.join("hsm/user.pin");
+    let pin = std::fs::read_to_string(&pin_file).unwrap();
+    let hsm = [
+        "--hsm-module",
+        MODULE,
+        "--hsm-pin-file",
+        pin_file.to_str().unwrap(),
+    ];
+    let master_file = examples().join("keys/master.keys");
+
+    // Import once; a second import under the same label is refused.
+    let mut import = vec!["perso", "hsm-import"];
+    import.extend(hsm);
+    import.extend(["--key-file", master_file.to_str().unwrap()]);
+    let first = kagi(&conf, &import);
+    assert!(first.status.success(), "{}", text(&first));
+    let again = kagi(&conf, &import);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already holds"), "{}", text(&again));
+
+    // A wrong PIN is a clear error, not a panic.
+    std::fs::write(dir.join("wrong.pin"), "00000000").unwrap();
+    let input = dir.join("records.csv");
+    let mut csv = String::from("id,member_no,name,points\n");
+    for i in 0..6 {
+        csv.push_str(&format!("H{i},{},HSM MEMBER {i},{i}\n", 500000 + i));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let batch = |pin: &Path, out: &Path| {
+        kagi(
+            &conf,
+            &[
+                "perso",
+                "run",
+                "--sim",
+                "3",
+                "--profile",
+                examples().join("perso-member.toml").to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--hsm-module",
+                MODULE,
+                "--hsm-pin-file",
+                pin.to_str().unwrap(),
+                "--transport-keys",
+                examples().join("keys/transport.keys").to_str().unwrap(),
+            ],
+        )
+    };
+    let wrong = batch(&dir.join("wrong.pin"), &dir.join("out-wrong"));
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("PIN"), "{}", text(&wrong));
+
+    let out = dir.join("out");
+    let run = batch(&pin_file, &out);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(!text(&run).contains("insecure"), "{}", text(&run));
+
+    // Every card answers to the keys the software kdf3 derives from the same master keys.
+    let profile =
+        Profile::parse(&std::fs::read_to_string(examples().join("perso-member.toml")).unwrap())
+            .unwrap();
+    let software = KeySets::from_insecure_dir(&examples().join("keys"), &profile).unwrap();
+    let state = journal::replay(&out.join("journal.jsonl")).unwrap();
+    for i in 0..6 {
+        let id = format!("H{i}");
+        assert_eq!(state.get(&id), Some(&Status::Done), "{}", text(&run));
+        let mut card =
+            applet_sim::SimCard::from_image(&out.join("cards").join(format!("{id}.img")), None)
+                .unwrap();
+        card.power_on();
+        let mut ch = kagi::channel::CardChannel::new(card);
+        kagi::perso::run::verify(&mut ch, &profile, &software).unwrap();
+    }
+
+    // Neither the master keys nor the HSM PIN appear in any output.
+    let mut outputs = text(&run);
+    for f in ["journal.jsonl", "report.csv", "report.json"] {
+        outputs.push_str(&std::fs::read_to_string(out.join(f)).unwrap_or_default());
+    }
+    let master = std::fs::read_to_string(&master_file).unwrap();
+    for line in master.lines().filter(|l| l.contains('=')) {
+        let (_, key) = line.split_once('=').unwrap();
+        assert!(!outputs.to_uppercase().contains(&key.trim().to_uppercase()));
+    }
+    assert!(!outputs.contains(pin.trim()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
