@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs a command against a private PC/SC stack: its own pcscd (isolated with unshare, never
 # touching a pcscd already running) with vpcd readers holding N simulated cards.
-#   scripts/pcsc-sandbox.sh [--cards N] [--preset NAME] -- COMMAND [ARGS...]
-# COMMAND sees PCSCLITE_CSOCK_NAME pointing at the private daemon, e.g.
+#   scripts/pcsc-sandbox.sh [--cards N] [--preset NAME] [--hopper] -- COMMAND [ARGS...]
+# COMMAND sees PCSCLITE_CSOCK_NAME pointing at the private daemon, and KAGI_SANDBOX (write
+# `next I` to $KAGI_SANDBOX/sim-ctl to swap card I, with --hopper), e.g.
 #   scripts/pcsc-sandbox.sh -- opensc-tool -l
 #   scripts/pcsc-sandbox.sh -- ./target/release/kagi gp list --reader 0 --test-keys
 set -euo pipefail
@@ -18,6 +19,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --cards) cards="$2"; shift 2 ;;
         --preset) export PRESET="$2"; shift 2 ;;
+        --hopper) export HOPPER=1; shift ;;
         --) shift; break ;;
         *) break ;;
     esac
@@ -35,7 +37,7 @@ NS=$!
 exec 9>"$WORK/ctl"
 cleanup() { exec 9>&-; wait "$NS" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-export PCSCLITE_CSOCK_NAME="$RUN/pcscd.comm"
+export PCSCLITE_CSOCK_NAME="$RUN/pcscd.comm" KAGI_SANDBOX="$WORK"
 for _ in $(seq 400); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.025; done
 for ((i = 0; i < cards; i++)); do
     "$KAGI" readers --wait "$(reader_name "$i")" --timeout-ms 15000 >/dev/null

@@ -22,6 +22,11 @@ pub struct BatchArgs {
     /// when the station says so, insert the next.
     #[arg(long)]
     readers: Option<String>,
+    /// With --readers: a shell command run after each card, for an automatic encoder's
+    /// eject-and-feed (environment: KAGI_READER, KAGI_OUTCOME done|rework|failed|refused,
+    /// KAGI_RECORD).
+    #[arg(long, requires = "readers")]
+    feeder_cmd: Option<String>,
     /// Journal, reports and card images go here.
     #[arg(long)]
     out: PathBuf,
@@ -77,6 +82,7 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             Some(sel) => reader_names(sel)?,
             None => Vec::new(),
         },
+        feeder_cmd: args.feeder_cmd.clone(),
     };
     let summary = perso::run::run(&profile, &records, &bad, &keys, &opts, resume)?;
     if json_out {

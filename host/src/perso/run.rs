@@ -116,6 +116,9 @@ pub struct Options {
     pub card_logs: Option<PathBuf>,
     /// PC/SC readers to run stations on (exact names); empty for simulated cards.
     pub readers: Vec<String>,
+    /// Reader stations: a shell command run after each card (an automatic encoder's eject
+    /// and feed), with `KAGI_READER`, `KAGI_OUTCOME` and `KAGI_RECORD` set.
+    pub feeder_cmd: Option<String>,
 }
 
 /// What a batch did.

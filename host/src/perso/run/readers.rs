@@ -80,12 +80,21 @@ pub(super) fn station(
             }
         };
         let mut ch = CardChannel::new(transport);
-        match one_card(sh, &mut ch, reader, work) {
-            Ok(msg) => say(format!("{reader}: {msg}")),
-            Err(e) if gone(&e) => say(format!("{reader}: card taken out: {e}")),
+        let (outcome, record) = match one_card(sh, &mut ch, reader, work) {
+            Ok(handled) => {
+                say(format!("{reader}: {}", handled.message));
+                (handled.outcome, handled.record)
+            }
+            Err(e) if gone(&e) => {
+                say(format!("{reader}: card taken out: {e}"));
+                continue;
+            }
             Err(e) => return Err(e),
-        }
+        };
         drop(ch);
+        if let Some(cmd) = &sh.opts.feeder_cmd {
+            feed(cmd, reader, outcome, record.as_deref(), say);
+        }
         loop {
             match PcscTransport::wait_for_removal(reader, POLL) {
                 Ok(()) => break,
@@ -124,15 +133,60 @@ fn fresh(sh: &Shared<'_>, ch: &mut CardChannel<PcscTransport>) -> Result<bool> {
     }
 }
 
+/// Runs the feeder command after a card: an automatic encoder ejects the card (to the output
+/// or the reject bin, by `KAGI_OUTCOME`) and feeds the next one.
+fn feed(
+    cmd: &str,
+    reader: &str,
+    outcome: &str,
+    record: Option<&str>,
+    say: &(dyn Fn(String) + Sync),
+) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("KAGI_READER", reader)
+        .env("KAGI_OUTCOME", outcome)
+        .env("KAGI_RECORD", record.unwrap_or(""))
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => say(format!(
+            "{reader}: feeder command failed ({s}): take the card out by hand"
+        )),
+        Err(e) => say(format!(
+            "{reader}: feeder command did not start ({e}): take the card out by hand"
+        )),
+    }
+}
+
+/// What a station did with a card.
+struct Handled {
+    /// `done`, `rework`, `failed` or `refused` (no record given to the card).
+    outcome: &'static str,
+    /// The record, when one was given.
+    record: Option<String>,
+    /// What the operator is told.
+    message: String,
+}
+
+fn refused(message: String) -> Result<Handled> {
+    Ok(Handled {
+        outcome: "refused",
+        record: None,
+        message,
+    })
+}
+
 /// Handles the card in the reader; says what happened.
 fn one_card(
     sh: &Shared<'_>,
     ch: &mut CardChannel<PcscTransport>,
     reader: &str,
     work: &Work<'_>,
-) -> Result<String> {
+) -> Result<Handled> {
     let Some(cin) = card_number(ch)? else {
-        return Ok(
+        return refused(
             "the card has no card image number (GET DATA 0045): kagi cannot track it; remove it"
                 .into(),
         );
@@ -146,7 +200,7 @@ fn one_card(
         Some(w) => w,
         None => {
             if !fresh(sh, ch)? {
-                return Ok(format!(
+                return refused(format!(
                     "card {cin} is not factory-fresh (transport keys refused) and no record waits for it: remove it"
                 ));
             }
@@ -156,7 +210,7 @@ fn one_card(
                 .map_err(|_| Error::Protocol("station lock poisoned".into()))?
                 .pop_front();
             let Some(record) = next else {
-                return Ok(format!("card {cin}: no records left; remove it"));
+                return refused(format!("card {cin}: no records left; remove it"));
             };
             sh.log(Event::Claim {
                 record: record.id.clone(),
@@ -180,16 +234,20 @@ fn one_card(
             Err(e)
         }
         result => {
-            let outcome = match &result {
-                Ok(()) => "done".to_string(),
-                Err(Error::NeedsRework(why)) => format!("rework ({why})"),
-                Err(e) => format!("failed ({e})"),
+            let (outcome, detail) = match &result {
+                Ok(()) => ("done", String::new()),
+                Err(Error::NeedsRework(why)) => ("rework", format!(" ({why})")),
+                Err(e) => ("failed", format!(" ({e})")),
             };
             conclude(sh, record, result)?;
-            Ok(format!(
-                "{} on card {cin}: {outcome}; remove the card",
-                record.id
-            ))
+            Ok(Handled {
+                outcome,
+                record: Some(record.id.clone()),
+                message: format!(
+                    "{} on card {cin}: {outcome}{detail}; remove the card",
+                    record.id
+                ),
+            })
         }
     }
 }
