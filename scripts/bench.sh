@@ -24,6 +24,15 @@ for mode in --no-images ""; do
         --sim 16 --out "$tmp/out$mode" --insecure-file-keys examples/keys $mode 2>/dev/null
 done
 
+# The same 2000 cards with the master keys in SoftHSM2 (kdf3 diversification in the HSM).
+eval "$(bash scripts/softhsm-init.sh "$tmp/hsm")"
+./target/release/kagi perso hsm-import --hsm-module /usr/lib/softhsm/libsofthsm2.so \
+    --hsm-pin-file "$tmp/hsm/user.pin" --key-file examples/keys/master.keys >/dev/null
+TIMEFORMAT="  host CPU: %U s user + %S s system for 2000 cards (HSM)"
+time ./target/release/kagi perso run --profile examples/perso-member.toml --input "$tmp/records.csv" \
+    --sim 16 --out "$tmp/out-hsm" --no-images --hsm-module /usr/lib/softhsm/libsofthsm2.so \
+    --hsm-pin-file "$tmp/hsm/user.pin" --transport-keys examples/keys/transport.keys 2>/dev/null
+
 # The JPKI profile: two RSA-2048 keys generated on each card, certificates from the test CA,
 # PINs into the encrypted mailer; 64 cards on 2 stations, with where the time goes.
 cp -r examples "$tmp/ex"

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
 
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +96,23 @@ pub enum Status {
 
 /// An open journal.
 pub struct Journal {
-    file: File,
+    /// The appending handle and how many events were written through it.
+    writer: Mutex<(File, u64)>,
+    /// Which written events are on disk, and whether a sync is running.
+    synced: Mutex<SyncState>,
+    wake: Condvar,
+    /// A second handle to the same file, for syncing without blocking writers.
+    sync_handle: File,
+}
+
+#[derive(Default)]
+struct SyncState {
+    done: u64,
+    running: bool,
+}
+
+fn write_error(e: impl std::fmt::Display) -> Error {
+    Error::Profile(format!("journal write: {e}"))
 }
 
 impl Journal {
@@ -106,17 +123,65 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
-        Ok(Journal { file })
+        let sync_handle = file
+            .try_clone()
+            .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
+        Ok(Journal {
+            writer: Mutex::new((file, 0)),
+            synced: Mutex::new(SyncState::default()),
+            wake: Condvar::new(),
+            sync_handle,
+        })
     }
 
-    /// Appends an event and syncs it to disk before returning.
-    pub fn append(&mut self, event: &Event) -> Result<()> {
+    /// Appends an event and returns once it is on disk. Stations appending at the same time
+    /// share one `fdatasync` (group commit): each waits for a sync that began after its write.
+    pub fn append(&self, event: &Event) -> Result<()> {
         let mut line = serde_json::to_vec(event).map_err(|e| Error::Profile(e.to_string()))?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::Profile(format!("journal write: {e}")))
+        let seq = {
+            let mut w = self
+                .writer
+                .lock()
+                .map_err(|_| write_error("lock poisoned"))?;
+            w.0.write_all(&line).map_err(write_error)?;
+            w.1 += 1;
+            w.1
+        };
+        let mut state = self
+            .synced
+            .lock()
+            .map_err(|_| write_error("lock poisoned"))?;
+        loop {
+            if state.done >= seq {
+                return Ok(());
+            }
+            if state.running {
+                state = self
+                    .wake
+                    .wait(state)
+                    .map_err(|_| write_error("lock poisoned"))?;
+                continue;
+            }
+            state.running = true;
+            let target = self
+                .writer
+                .lock()
+                .map_err(|_| write_error("lock poisoned"))?
+                .1;
+            drop(state);
+            let synced = self.sync_handle.sync_data();
+            state = self
+                .synced
+                .lock()
+                .map_err(|_| write_error("lock poisoned"))?;
+            state.running = false;
+            if synced.is_ok() {
+                state.done = state.done.max(target);
+            }
+            self.wake.notify_all();
+            synced.map_err(write_error)?;
+        }
     }
 }
 
@@ -182,7 +247,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kagi-journal-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("j");
-        let mut j = Journal::open(&path).unwrap();
+        let j = Journal::open(&path).unwrap();
         j.append(&Event::Claim {
             record: "A".into(),
             card: "c".into(),
@@ -214,5 +279,34 @@ mod tests {
         );
         assert_eq!(s["B"], Status::Done);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_all_reach_the_file_whole() {
+        let dir = std::env::temp_dir().join(format!("kagi-journal-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let j = Journal::open(&path).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let j = &j;
+                s.spawn(move || {
+                    for n in 0..50 {
+                        let record = format!("T{t}-{n}");
+                        j.append(&Event::Claim {
+                            record: record.clone(),
+                            card: "c".into(),
+                        })
+                        .unwrap();
+                        j.append(&Event::Done { record }).unwrap();
+                    }
+                });
+            }
+        });
+        let state = replay(&path).unwrap();
+        assert_eq!(state.len(), 400);
+        assert!(state.values().all(|s| *s == Status::Done));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

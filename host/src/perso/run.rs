@@ -152,7 +152,7 @@ struct Shared<'a> {
     profile: &'a Profile,
     keys: &'a KeySets,
     opts: &'a Options,
-    journal: Mutex<Journal>,
+    journal: Journal,
     issuer: Option<Issuer>,
     times: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
@@ -273,10 +273,7 @@ impl Shared<'_> {
         }
     }
     fn log(&self, e: Event) -> Result<()> {
-        self.journal
-            .lock()
-            .map_err(|_| Error::Protocol("journal lock poisoned".into()))?
-            .append(&e)
+        self.journal.append(&e)
     }
 }
 
@@ -894,7 +891,7 @@ pub fn run(
         )));
     }
     let state = super::journal::replay(&jpath)?;
-    let mut journal = Journal::open(&jpath)?;
+    let journal = Journal::open(&jpath)?;
     journal.append(&Event::Start {
         profile: profile.name.clone(),
         records: records.len(),
@@ -940,7 +937,7 @@ pub fn run(
         profile,
         keys,
         opts,
-        journal: Mutex::new(journal),
+        journal,
         issuer,
         times: Mutex::new(Default::default()),
     };
