@@ -28,6 +28,8 @@ done
 eval "$(bash scripts/softhsm-init.sh "$tmp/hsm")"
 ./target/release/kagi perso hsm-import --hsm-module /usr/lib/softhsm/libsofthsm2.so \
     --hsm-pin-file "$tmp/hsm/user.pin" --key-file examples/keys/master.keys >/dev/null
+./target/release/kagi perso hsm-import --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-key provider \
+    --hsm-pin-file "$tmp/hsm/user.pin" --key-file examples/keys/provider.keys >/dev/null
 TIMEFORMAT="  host CPU: %U s user + %S s system for 2000 cards (HSM)"
 time ./target/release/kagi perso run --profile examples/perso-member.toml --input "$tmp/records.csv" \
     --sim 16 --out "$tmp/out-hsm" --no-images --hsm-module /usr/lib/softhsm/libsofthsm2.so \

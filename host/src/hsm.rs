@@ -10,12 +10,14 @@ use crate::error::{Error, Result};
 use card_wire::scp03::keys::KeyPurpose;
 use card_wire::scp03::{AesKey, CardKeys, Scp03Error, StaticKeys, kdf3_context};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
 
 /// Where the master keys are: the PKCS#11 module, the token and the key label.
@@ -33,11 +35,27 @@ fn hsm(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Hsm(format!("{what}: {e}"))
 }
 
-/// Opens a logged-in session on the token labelled `token`.
-fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, Session)> {
+/// The module's context, initialised once per process (PKCS#11 allows one `C_Initialize`)
+/// and shared by every key set and session opened through it.
+fn context(module: &Path) -> Result<Pkcs11> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut contexts = CONTEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| Error::Hsm("PKCS#11 context lock poisoned".into()))?;
+    if let Some(ctx) = contexts.get(module) {
+        return Ok(ctx.clone());
+    }
     let ctx = Pkcs11::new(module).map_err(|e| hsm(&module.display().to_string(), e))?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| hsm("C_Initialize", e))?;
+    contexts.insert(module.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+/// Opens a logged-in session on the token labelled `token`.
+fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, Session)> {
+    let ctx = context(module)?;
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| hsm("C_GetSlotList", e))?;
@@ -70,9 +88,11 @@ fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, S
         ctx.open_ro_session(slot)
     }
     .map_err(|e| hsm("C_OpenSession", e))?;
-    session
-        .login(UserType::User, Some(&AuthPin::new(pin.into())))
-        .map_err(|e| hsm("C_Login (check the user PIN)", e))?;
+    match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+        // Logins are per token and application: a second key set's session shares the first's.
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => return Err(hsm("C_Login (check the user PIN)", e)),
+    }
     Ok((ctx, session))
 }
 

@@ -119,6 +119,23 @@ fn killed_many_times_and_resumed() {
                 // member data went on exactly once.
                 kagi::perso::run::verify(&mut read_card(&card), &profile, &keys).unwrap();
                 assert_eq!(stored_records(&card), 3, "{id} personalised more than once");
+                if done == 1 {
+                    // The operator's security domain answers to the operator's keys through
+                    // the CLI, as the operator would open it.
+                    let list = Command::new(env!("CARGO_BIN_EXE_kagi"))
+                        .args(["gp", "list", "--sim", "--sim-image"])
+                        .arg(&card)
+                        .args(["--sd", "A00000015153505001", "--kvn", "31", "--kdf", "kdf3"])
+                        .arg("--key-file")
+                        .arg(examples().join("keys/provider.keys"))
+                        .output()
+                        .unwrap();
+                    assert!(
+                        list.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&list.stderr)
+                    );
+                }
             }
             Some(Status::Rework(why)) => {
                 // Only a step whose effect cannot be read back (the member data) strands a
@@ -146,7 +163,8 @@ fn killed_many_times_and_resumed() {
     );
     assert!(report.contains("K999,") || report.contains("bad-record"));
     // No key material in any output: journal, report, card list.
-    let master = std::fs::read_to_string(examples().join("keys/master.keys")).unwrap();
+    let master = std::fs::read_to_string(examples().join("keys/master.keys")).unwrap()
+        + &std::fs::read_to_string(examples().join("keys/provider.keys")).unwrap();
     let journal_text = std::fs::read_to_string(&journal_file).unwrap();
     for line in master.lines().filter(|l| l.contains('=')) {
         let key = line.split('=').nth(1).unwrap();

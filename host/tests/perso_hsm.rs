@@ -60,6 +60,13 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     let again = kagi(&conf, &import);
     assert!(!again.status.success());
     assert!(text(&again).contains("already holds"), "{}", text(&again));
+    // The service provider's master keys, for its security domain.
+    let provider_file = examples().join("keys/provider.keys");
+    let mut provider = vec!["perso", "hsm-import", "--hsm-key", "provider"];
+    provider.extend(hsm);
+    provider.extend(["--key-file", provider_file.to_str().unwrap()]);
+    let imported = kagi(&conf, &provider);
+    assert!(imported.status.success(), "{}", text(&imported));
 
     // A wrong PIN is a clear error, not a panic.
     std::fs::write(dir.join("wrong.pin"), "00000000").unwrap();
@@ -123,7 +130,8 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     for f in ["journal.jsonl", "report.csv", "report.json"] {
         outputs.push_str(&std::fs::read_to_string(out.join(f)).unwrap_or_default());
     }
-    let master = std::fs::read_to_string(&master_file).unwrap();
+    let master = std::fs::read_to_string(&master_file).unwrap()
+        + &std::fs::read_to_string(&provider_file).unwrap();
     for line in master.lines().filter(|l| l.contains('=')) {
         let (_, key) = line.split_once('=').unwrap();
         assert!(!outputs.to_uppercase().contains(&key.trim().to_uppercase()));

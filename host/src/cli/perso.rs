@@ -63,8 +63,21 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             KeySets::from_insecure_dir(dir, &profile)?
         }
         (None, Some(transport)) => {
-            let master = args.hsm.open(profile.production_kvn)?;
-            KeySets::with_hsm(transport, master, &profile)?
+            let config = args.hsm.config()?;
+            let pin = args.hsm.pin()?;
+            let open = |label: &str| {
+                let config = kagi::hsm::HsmConfig {
+                    key: label.to_string(),
+                    ..config.clone()
+                };
+                kagi::hsm::HsmMaster::open(&config, &pin, profile.production_kvn)
+            };
+            let master = open(&config.key)?;
+            let mut domains = std::collections::BTreeMap::new();
+            for d in &profile.domains {
+                domains.insert(d.keys.clone(), open(&d.keys)?);
+            }
+            KeySets::with_hsm(transport, master, domains, &profile)?
         }
         (None, None) => return Err("--hsm-module needs --transport-keys FILE".into()),
     };
@@ -173,14 +186,6 @@ impl HsmArgs {
         Ok(zeroize::Zeroizing::new(
             String::from_utf8(pin.to_vec()).map_err(|_| "the HSM PIN is not UTF-8")?,
         ))
-    }
-
-    fn open(&self, kvn: u8) -> Result<kagi::hsm::HsmMaster, Failure> {
-        Ok(kagi::hsm::HsmMaster::open(
-            &self.config()?,
-            &self.pin()?,
-            kvn,
-        )?)
     }
 }
 

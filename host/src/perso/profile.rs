@@ -12,6 +12,11 @@
 //! production_kvn = "31"            # replaces it, diversified per card
 //! diversification = "kdf3"
 //!
+//! [[domain]]                     # a supplementary security domain for a service provider
+//! instance = "A00000015153505001"
+//! privileges = "804000"            # SD + Authorized Management; default 80 (SD only)
+//! keys = "provider"                # its master key set: provider.keys, or HSM label "provider"
+//!
 //! [[install]]
 //! package = "F04B414749"
 //! module = "F04B41474901"
@@ -62,6 +67,19 @@ struct RawInstall {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawDomain {
+    instance: String,
+    keys: String,
+    #[serde(default)]
+    privileges: Option<String>,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    module: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStore {
     instance: String,
     blocks: Vec<String>,
@@ -95,6 +113,8 @@ struct RawProfile {
     #[serde(default)]
     load: Vec<RawLoad>,
     #[serde(default)]
+    domain: Vec<RawDomain>,
+    #[serde(default)]
     install: Vec<RawInstall>,
     #[serde(default)]
     jpki: Option<RawJpki>,
@@ -110,6 +130,23 @@ fn default_card() -> String {
 
 fn default_state() -> String {
     "secured".into()
+}
+
+/// A supplementary security domain: created by the issuer security domain, then its initial
+/// keys (a copy of the installer's, on GlobalPlatform cards that do so) are replaced by keys
+/// diversified from the provider's own master key set, with the production KVN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// The security domain's package AID (GlobalPlatform's `A0000001515350` by default).
+    pub package: Vec<u8>,
+    /// Its module AID (`A000000151535041` by default).
+    pub module: Vec<u8>,
+    /// The new domain's AID.
+    pub instance: Vec<u8>,
+    /// Privileges (Security Domain at least).
+    pub privileges: Vec<u8>,
+    /// The name of its master key set (file `NAME.keys`, or HSM key label `NAME`).
+    pub keys: String,
 }
 
 /// An applet to install.
@@ -193,6 +230,8 @@ pub struct Profile {
     pub diversification: Diversification,
     /// Load files (simulator classes).
     pub load: Vec<Load>,
+    /// Supplementary security domains to create, with their keys.
+    pub domains: Vec<Domain>,
     /// Applets to install.
     pub install: Vec<Install>,
     /// JPKI issuance, if the profile issues a JPKI credential.
@@ -329,6 +368,37 @@ impl Profile {
                 params: hex_bytes("params", r.params.as_deref().unwrap_or("")).map_err(ctx)?,
             });
         }
+        let mut domains = Vec::new();
+        for (i, d) in raw.domain.iter().enumerate() {
+            let ctx = |m: String| bad(format!("domain[{i}]: {m}"));
+            let privileges =
+                hex_bytes("privileges", d.privileges.as_deref().unwrap_or("80")).map_err(ctx)?;
+            if privileges.first().is_none_or(|p| p & 0x80 == 0) {
+                return Err(ctx(
+                    "privileges must include Security Domain (first byte 80)".into(),
+                ));
+            }
+            if d.keys.is_empty()
+                || !d
+                    .keys
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ctx(format!(
+                    "keys = '{}': a key set name (letters, digits, '-', '_')",
+                    d.keys
+                )));
+            }
+            domains.push(Domain {
+                package: aid("package", d.package.as_deref().unwrap_or("A0000001515350"))
+                    .map_err(ctx)?,
+                module: aid("module", d.module.as_deref().unwrap_or("A000000151535041"))
+                    .map_err(ctx)?,
+                instance: aid("instance", &d.instance).map_err(ctx)?,
+                privileges,
+                keys: d.keys.clone(),
+            });
+        }
         let mut store = Vec::new();
         for (i, s) in raw.store.iter().enumerate() {
             let ctx = |m: String| bad(format!("store[{i}]: {m}"));
@@ -361,6 +431,7 @@ impl Profile {
             production_kvn,
             diversification,
             load,
+            domains,
             install,
             jpki,
             store,

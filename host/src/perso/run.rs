@@ -15,7 +15,7 @@ use card_wire::scp03::{
 };
 use card_wire::sw::StatusWord;
 use card_wire::transport::Transport;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -28,6 +28,8 @@ pub struct KeySets {
     pub transport: StaticKeys,
     /// Production master key set.
     pub master: MasterKeys,
+    /// The supplementary domains' master key sets, by the name the profile gives them.
+    pub domains: BTreeMap<String, MasterKeys>,
 }
 
 /// Where the production master keys are.
@@ -59,6 +61,7 @@ impl KeySets {
     pub fn with_hsm(
         transport: &Path,
         master: crate::hsm::HsmMaster,
+        domains: BTreeMap<String, crate::hsm::HsmMaster>,
         profile: &Profile,
     ) -> Result<KeySets> {
         if profile.diversification != Diversification::Kdf3 {
@@ -71,12 +74,30 @@ impl KeySets {
         Ok(KeySets {
             transport,
             master: MasterKeys::Hsm(Arc::new(master)),
+            domains: domains
+                .into_iter()
+                .map(|(k, v)| (k, MasterKeys::Hsm(Arc::new(v))))
+                .collect(),
         })
     }
 
     /// The production keys of the card with this KDD, as the profile diversifies them.
     fn production(&self, profile: &Profile) -> Arc<dyn CardKeys> {
-        match &self.master {
+        Self::source(&self.master, profile)
+    }
+
+    /// The keys of the supplementary domain whose master key set is `name`.
+    fn domain(&self, name: &str, profile: &Profile) -> Result<Arc<dyn CardKeys>> {
+        let master = self.domains.get(name).ok_or_else(|| {
+            Error::Profile(format!(
+                "no master key set '{name}' for a security domain: add {name}.keys (file store) or an HSM key labelled '{name}'"
+            ))
+        })?;
+        Ok(Self::source(master, profile))
+    }
+
+    fn source(master: &MasterKeys, profile: &Profile) -> Arc<dyn CardKeys> {
+        match master {
             MasterKeys::File(m) => Arc::new(FileDiversified {
                 master: m.clone(),
                 scheme: profile.diversification,
@@ -94,9 +115,16 @@ impl KeySets {
         transport.kvn = profile.transport_kvn;
         let mut master = read("master.keys", profile.production_kvn)?;
         master.kvn = profile.production_kvn;
+        let mut domains = BTreeMap::new();
+        for d in &profile.domains {
+            let mut k = read(&format!("{}.keys", d.keys), profile.production_kvn)?;
+            k.kvn = profile.production_kvn;
+            domains.insert(d.keys.clone(), MasterKeys::File(k));
+        }
         Ok(KeySets {
             transport,
             master: MasterKeys::File(master),
+            domains,
         })
     }
 }
@@ -369,15 +397,8 @@ fn personalise<T: Checkpoint>(
             step: name.to_string(),
         })
     };
-    let sd = gp::select_domain(ch, None)?;
-    let mut transport = sh.keys.transport.clone();
-    transport.kvn = p.transport_kvn;
-    let opts = HostOptions {
-        kvn: p.transport_kvn,
-        ..options()
-    };
     let mut jpki_check = None;
-    let mut sc = SecureChannel::open(ch, transport, opts, Some(&sd.aid))?;
+    let mut sc = transport_session(sh, ch, None)?;
     save(sc.card(), path)?;
     if progress.todo("open", false)? {
         step("open".into())?;
@@ -399,6 +420,25 @@ fn personalise<T: Checkpoint>(
     } else {
         gp::get_status(&mut sc, StatusScope::Applications)?
     };
+    for d in &p.domains {
+        let name = format!("domain:{}", hex::encode_upper(&d.instance));
+        if !progress.todo(&name, false)? {
+            continue;
+        }
+        if !present.iter().any(|e| e.aid == d.instance) {
+            let spec = manage::InstallSpec {
+                package: d.package.clone(),
+                module: d.module.clone(),
+                instance: d.instance.clone(),
+                privileges: d.privileges.clone(),
+                params: Vec::new(),
+                selectable: true,
+            };
+            manage::install(&mut sc, &spec)?;
+            save(sc.card(), path)?;
+        }
+        step(name)?;
+    }
     for i in &p.install {
         let name = format!("install:{}", hex::encode_upper(&i.instance));
         if !progress.todo(&name, false)? {
@@ -432,20 +472,96 @@ fn personalise<T: Checkpoint>(
         save(sc.card(), path)?;
         step(name)?;
     }
-    if let (Some(j), Some(issuer)) = (&p.jpki, &sh.issuer) {
-        if !progress.todo("jpki", true)? {
-            // Issued before the interruption; its PINs went to the mailer and are not kept,
-            // so the signature check after issuance cannot be repeated.
-            return finish(sh, sc, path, &step).map(|()| None);
-        }
+    // A JPKI issuance done before an interruption is not repeated; its PINs went to the
+    // mailer and are not kept, so the signature check after issuance is not repeated either.
+    if let (Some(j), Some(issuer)) = (&p.jpki, &sh.issuer)
+        && progress.todo("jpki", true)?
+    {
         begin("jpki")?;
         let issued = issue_jpki(&mut sc, j, issuer, record)?;
         save(sc.card(), path)?;
         step("jpki".into())?;
         jpki_check = Some(issued);
     }
+    if !p.domains.is_empty() {
+        // Each supplementary domain gets its provider's keys in its own session, before the
+        // issuer domain's keys change.
+        drop(sc);
+        domain_keys(sh, ch, path, progress, &step)?;
+        sc = transport_session(sh, ch, None)?;
+    }
     finish(sh, sc, path, &step)?;
     Ok(jpki_check)
+}
+
+/// A session on a security domain (`aid`, or the issuer's) under the transport keys.
+fn transport_session<'c, T: Transport>(
+    sh: &Shared<'_>,
+    ch: &'c mut CardChannel<T>,
+    aid: Option<&[u8]>,
+) -> Result<SecureChannel<'c, T>> {
+    let sd = gp::select_domain(ch, aid)?;
+    let mut transport = sh.keys.transport.clone();
+    transport.kvn = sh.profile.transport_kvn;
+    let opts = HostOptions {
+        kvn: sh.profile.transport_kvn,
+        ..options()
+    };
+    SecureChannel::open(ch, transport, opts, Some(&sd.aid))
+}
+
+/// A session on a supplementary domain under its provider's production keys.
+fn domain_session<'c, T: Transport>(
+    ch: &'c mut CardChannel<T>,
+    profile: &Profile,
+    keys: &KeySets,
+    domain: &super::profile::Domain,
+) -> Result<SecureChannel<'c, T>> {
+    let sd = gp::select_domain(ch, Some(&domain.instance))?;
+    let opts = HostOptions {
+        kvn: profile.production_kvn,
+        ..options()
+    };
+    SecureChannel::open_source(ch, keys.domain(&domain.keys, profile)?, opts, Some(&sd.aid))
+}
+
+/// Replaces each supplementary domain's initial (transport) keys with keys diversified from
+/// its provider's master key set. A domain whose transport keys are already refused must
+/// answer to the provider's keys (replaced before an interruption).
+fn domain_keys<T: Checkpoint>(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<T>,
+    path: Option<&Path>,
+    progress: &Progress,
+    step: &dyn Fn(String) -> Result<()>,
+) -> Result<()> {
+    for d in &sh.profile.domains {
+        let name = format!("domain-keys:{}", hex::encode_upper(&d.instance));
+        if !progress.todo(&name, false)? {
+            continue;
+        }
+        match transport_session(sh, ch, Some(&d.instance)) {
+            Ok(mut sc) => {
+                let kdd = sc.info().init_update.kdd;
+                let keys = sh
+                    .keys
+                    .domain(&d.keys, sh.profile)?
+                    .for_card(&kdd)
+                    .map_err(Error::Scp03)?;
+                let dek = sc.dek()?.clone();
+                manage::put_key(&mut sc, &dek, &keys, Some(sh.profile.transport_kvn))?;
+                save(sc.card(), path)?;
+            }
+            Err(Error::Scp03(Scp03Error::InitializeUpdateRefused(
+                StatusWord::REFERENCED_DATA_NOT_FOUND,
+            ))) => {
+                domain_session(ch, sh.profile, sh.keys, d)?;
+            }
+            Err(e) => return Err(e),
+        }
+        step(name)?;
+    }
+    Ok(())
 }
 
 /// The last steps: production keys, diversified for this card, replace the transport keys,
@@ -661,6 +777,14 @@ pub fn verify<T: Transport>(
             )));
         }
         let apps = gp::get_status(&mut sc, StatusScope::Applications)?;
+        for d in &profile.domains {
+            if !apps.iter().any(|e| e.aid == d.instance) {
+                return Err(Error::Protocol(format!(
+                    "security domain {} is not on the card",
+                    hex::encode_upper(&d.instance)
+                )));
+            }
+        }
         for i in &profile.install {
             if !apps.iter().any(|e| e.aid == i.instance) {
                 return Err(Error::Protocol(format!(
@@ -670,6 +794,21 @@ pub fn verify<T: Transport>(
             }
         }
     }
+    for d in &profile.domains {
+        domain_session(ch, profile, keys, d)?;
+        transport_refused(ch, keys, profile, &d.instance)?;
+    }
+    transport_refused(ch, keys, profile, &sd.aid)
+}
+
+/// Checks that the transport keys no longer open a session on the domain `aid`.
+fn transport_refused<T: Transport>(
+    ch: &mut CardChannel<T>,
+    keys: &KeySets,
+    profile: &Profile,
+    aid: &[u8],
+) -> Result<()> {
+    let sd = gp::select_domain(ch, Some(aid))?;
     let transport = HostOptions {
         kvn: profile.transport_kvn,
         ..options()

@@ -10,7 +10,6 @@ use crate::gp;
 use crate::pcsc_transport::{PcscTransport, Share};
 use crate::perso::journal::{self, Event, Status};
 use crate::perso::records::Record;
-use crate::secure::SecureChannel;
 use card_wire::transport::TransportError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -121,12 +120,7 @@ fn card_number(ch: &mut CardChannel<PcscTransport>) -> Result<Option<String>> {
 
 /// Whether the card still answers to the transport keys (factory-fresh).
 fn fresh(sh: &Shared<'_>, ch: &mut CardChannel<PcscTransport>) -> Result<bool> {
-    let sd = gp::select_domain(ch, None)?;
-    let opts = card_wire::scp03::HostOptions {
-        kvn: sh.profile.transport_kvn,
-        ..super::options()
-    };
-    match SecureChannel::open(ch, sh.keys.transport.clone(), opts, Some(&sd.aid)) {
+    match super::transport_session(sh, ch, None) {
         Ok(_) => Ok(true),
         Err(e) if gone(&e) => Err(e),
         Err(_) => Ok(false),
