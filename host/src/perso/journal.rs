@@ -116,13 +116,27 @@ fn write_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl Journal {
-    /// Opens (creating) the journal for appending.
+    /// Opens (creating) the journal for appending. A torn last line (a write cut short by a
+    /// crash, never acknowledged) is cut off first, so that new events start on a line of
+    /// their own.
     pub fn open(path: &Path) -> Result<Journal> {
+        let err = |e: std::io::Error| Error::Profile(format!("journal {}: {e}", path.display()));
+        match std::fs::read(path) {
+            Ok(bytes) if !bytes.is_empty() && !bytes.ends_with(b"\n") => {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let f = OpenOptions::new().write(true).open(path).map_err(err)?;
+                f.set_len(keep as u64).map_err(err)?;
+                f.sync_all().map_err(err)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
+            .map_err(err)?;
         let sync_handle = file
             .try_clone()
             .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
@@ -279,6 +293,23 @@ mod tests {
         );
         assert_eq!(s["B"], Status::Done);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_appending() {
+        let dir = std::env::temp_dir().join(format!("kagi-journal-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j.jsonl");
+        let whole = serde_json::to_string(&Event::Claim {
+            record: "A".into(),
+            card: "c".into(),
+        })
+        .unwrap();
+        std::fs::write(&path, format!("{whole}\n{{\"Done\":{{\"reco")).unwrap();
+        let j = Journal::open(&path).unwrap();
+        j.append(&Event::Done { record: "A".into() }).unwrap();
+        assert_eq!(replay(&path).unwrap()["A"], Status::Done);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
