@@ -340,4 +340,45 @@ mod tests {
         assert!(state.values().all(|s| *s == Status::Done));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    proptest::proptest! {
+        /// Any bytes in a journal file: a clear error or a state, never a panic.
+        #[test]
+        fn replay_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let dir = std::env::temp_dir().join(format!("kagi-journal-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}.jsonl", bytes.len()));
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = replay(&path);
+            let _ = std::fs::remove_file(&path);
+        }
+
+        /// A journal cut anywhere replays like its complete lines.
+        #[test]
+        fn a_cut_journal_replays_its_whole_lines(n in 1usize..20, cut in 0usize..2000) {
+            let mut text = String::new();
+            for k in 0..n {
+                let record = format!("R{k}");
+                for e in [
+                    Event::Claim { record: record.clone(), card: "c".into() },
+                    Event::Step { record: record.clone(), step: "open".into(), micros: 1 },
+                    Event::Done { record },
+                ] {
+                    text.push_str(&serde_json::to_string(&e).unwrap());
+                    text.push('\n');
+                }
+            }
+            let cut = cut.min(text.len());
+            let whole = match text[..cut].rfind('\n') {
+                Some(i) => &text[..=i],
+                None => "",
+            };
+            let dir = std::env::temp_dir().join(format!("kagi-journal-cut-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (a, b) = (dir.join("cut.jsonl"), dir.join("whole.jsonl"));
+            std::fs::write(&a, &text.as_bytes()[..cut]).unwrap();
+            std::fs::write(&b, whole).unwrap();
+            proptest::prop_assert_eq!(replay(&a).unwrap(), replay(&b).unwrap());
+        }
+    }
 }

@@ -757,8 +757,9 @@ fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued) -> Result
 }
 
 /// The verification pass: production keys open a session, the card is in the profile's final
-/// life-cycle state and the registry holds every instance of the profile; the transport keys
-/// no longer open a channel.
+/// life-cycle state, the registry holds every domain and instance of the profile, each
+/// supplementary domain opens with its provider's keys, and the transport keys no longer open
+/// a channel on any of them.
 pub fn verify<T: Transport>(
     ch: &mut CardChannel<T>,
     profile: &Profile,
