@@ -120,8 +120,9 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
                 .map(|(k, ms)| format!("{k} {ms:.2} ms"))
                 .collect();
             println!(
-                "where the time goes, per card and step: {}",
-                parts.join(", ")
+                "where the time goes, per card and step: {}; host CPU {:.2} ms per card",
+                parts.join(", "),
+                summary.cpu_ms_per_card
             );
         }
     }

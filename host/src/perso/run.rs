@@ -166,6 +166,23 @@ pub struct Summary {
     pub seconds: f64,
     /// Average milliseconds per step kind in this run (where the time goes).
     pub step_ms: std::collections::BTreeMap<String, f64>,
+    /// This process's CPU time (user + system) per card handled in this run, in milliseconds.
+    pub cpu_ms_per_card: f64,
+}
+
+/// CPU time (user + system) this process has used so far (zero where unavailable).
+fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                std::time::Duration::from_secs(t.tv_sec().max(0) as u64)
+                    + std::time::Duration::from_micros(t.tv_usec().max(0) as u64)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => std::time::Duration::ZERO,
+    }
 }
 
 fn journal_path(out: &Path) -> PathBuf {
@@ -1021,6 +1038,7 @@ pub fn run(
     resume: bool,
 ) -> Result<Summary> {
     let start = Instant::now();
+    let cpu_start = cpu_time();
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| Error::Protocol(format!("{}: {e}", opts.out.display())))?;
     let jpath = journal_path(&opts.out);
@@ -1130,6 +1148,8 @@ pub fn run(
         bad_records: bad.len(),
         handled,
         seconds: start.elapsed().as_secs_f64(),
+        cpu_ms_per_card: (cpu_time().saturating_sub(cpu_start)).as_secs_f64() * 1000.0
+            / handled.max(1) as f64,
         step_ms: sh
             .times
             .lock()
