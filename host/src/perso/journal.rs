@@ -350,7 +350,7 @@ mod tests {
             let path = dir.join(format!("{}.jsonl", bytes.len()));
             std::fs::write(&path, &bytes).unwrap();
             let _ = replay(&path);
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&dir);
         }
 
         /// A journal cut anywhere replays like its complete lines.
@@ -378,7 +378,9 @@ mod tests {
             let (a, b) = (dir.join("cut.jsonl"), dir.join("whole.jsonl"));
             std::fs::write(&a, &text.as_bytes()[..cut]).unwrap();
             std::fs::write(&b, whole).unwrap();
-            proptest::prop_assert_eq!(replay(&a).unwrap(), replay(&b).unwrap());
+            let (cut_state, whole_state) = (replay(&a).unwrap(), replay(&b).unwrap());
+            let _ = std::fs::remove_dir_all(&dir);
+            proptest::prop_assert_eq!(cut_state, whole_state);
         }
     }
 }
