@@ -14,6 +14,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ fn context(module: &Path) -> Result<Pkcs11> {
 }
 
 /// Opens a logged-in session on the token labelled `token`.
-fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, Session)> {
+fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, Slot, Session)> {
     let ctx = context(module)?;
     let slots = ctx
         .get_slots_with_token()
@@ -93,7 +94,7 @@ fn session(module: &Path, token: &str, pin: &str, rw: bool) -> Result<(Pkcs11, S
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => return Err(hsm("C_Login (check the user PIN)", e)),
     }
-    Ok((ctx, session))
+    Ok((ctx, slot, session))
 }
 
 const PARTS: [(&str, KeyPurpose); 3] = [
@@ -105,7 +106,7 @@ const PARTS: [(&str, KeyPurpose); 3] = [
 /// Puts a master key set into the token as non-extractable, sensitive AES keys usable only
 /// for CMAC (sign). Refuses if keys with these labels exist already.
 pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result<()> {
-    let (_ctx, session) = session(&config.module, &config.token, pin, true)?;
+    let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
     for ((part, _), key) in PARTS.iter().zip([keys.enc(), keys.mac(), keys.dek()]) {
         let label = format!("{}-{part}", config.key);
         let existing = session
@@ -138,17 +139,19 @@ pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result
 
 /// A production master key set held in an HSM.
 pub struct HsmMaster {
-    session: Mutex<Session>,
+    /// Idle logged-in sessions: each station takes one, so stations do not wait on each other.
+    sessions: Mutex<Vec<Session>>,
+    slot: Slot,
     keys: [ObjectHandle; 3],
     len: usize,
     kvn: u8,
-    _ctx: Pkcs11,
+    ctx: Pkcs11,
 }
 
 impl HsmMaster {
     /// Logs in and finds the key set; `kvn` is the version the diversified keys get.
     pub fn open(config: &HsmConfig, pin: &str, kvn: u8) -> Result<HsmMaster> {
-        let (ctx, session) = session(&config.module, &config.token, pin, false)?;
+        let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
         let mut keys = Vec::new();
         let mut len = 0;
         for (part, _) in PARTS {
@@ -189,20 +192,43 @@ impl HsmMaster {
             .try_into()
             .map_err(|_| Error::Hsm("three master keys expected".into()))?;
         Ok(HsmMaster {
-            session: Mutex::new(session),
+            sessions: Mutex::new(vec![session]),
+            slot,
             keys,
             len,
             kvn,
-            _ctx: ctx,
+            ctx,
         })
+    }
+
+    /// Runs `f` on an idle session (a new one, already logged in with the token, if all are
+    /// busy), and puts the session back.
+    fn with_session<R>(&self, f: impl FnOnce(&Session) -> Result<R>) -> Result<R> {
+        let idle = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Hsm("HSM session lock poisoned".into()))?
+            .pop();
+        let session = match idle {
+            Some(s) => s,
+            None => self
+                .ctx
+                .open_ro_session(self.slot)
+                .map_err(|e| hsm("C_OpenSession", e))?,
+        };
+        let result = f(&session);
+        if let Ok(mut pool) = self.sessions.lock() {
+            pool.push(session);
+        }
+        result
     }
 
     /// `kdf3` diversification for the card with this KDD, with the CMACs computed in the HSM.
     pub fn diversify_kdf3(&self, kdd: &[u8; 10]) -> Result<StaticKeys> {
-        let session = self
-            .session
-            .lock()
-            .map_err(|_| Error::Hsm("HSM session lock poisoned".into()))?;
+        self.with_session(|session| self.kdf3_in(session, kdd))
+    }
+
+    fn kdf3_in(&self, session: &Session, kdd: &[u8; 10]) -> Result<StaticKeys> {
         let mut out = Vec::with_capacity(3);
         for (handle, (_, purpose)) in self.keys.iter().zip(PARTS) {
             let after = kdf3_context(purpose, kdd);
