@@ -997,7 +997,7 @@ fn run_readers(
         for reader in &sh.opts.readers {
             let (work, say, first_error) = (&work, &say, &first_error);
             s.spawn(move || {
-                if let Err(e) = readers::station(sh, reader, work, say)
+                if let Err(e) = readers::station(sh, reader, work, say, bar)
                     && let Ok(mut slot) = first_error.lock()
                 {
                     slot.get_or_insert(e);

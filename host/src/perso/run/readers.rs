@@ -60,6 +60,7 @@ pub(super) fn station(
     reader: &str,
     work: &Work<'_>,
     say: &(dyn Fn(String) + Sync),
+    progress: &indicatif::ProgressBar,
 ) -> Result<()> {
     loop {
         if out_of_work(work) {
@@ -82,6 +83,9 @@ pub(super) fn station(
         let (outcome, record) = match one_card(sh, &mut ch, reader, work) {
             Ok(handled) => {
                 say(format!("{reader}: {}", handled.message));
+                if handled.record.is_some() {
+                    progress.inc(1);
+                }
                 (handled.outcome, handled.record)
             }
             Err(e) if gone(&e) => {
