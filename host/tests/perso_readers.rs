@@ -174,6 +174,11 @@ fn reader_stations_take_fresh_cards_one_after_another() {
     }
     assert_eq!(cards.len(), 5);
     assert_eq!(readers.len(), 2, "both stations worked: {readers:?}");
+    // The report names each record's card and reader, as the journal claimed them.
+    let report = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    for card in &cards {
+        assert!(report.contains(&format!(",done,{card},")), "{card}\n{report}");
+    }
 
     // The last card in reader 0 answers to its diversified production keys, through a
     // separate kagi process, and carries the member applet.

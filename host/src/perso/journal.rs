@@ -199,12 +199,11 @@ impl Journal {
     }
 }
 
-/// Replays a journal: the status of every record mentioned.
-pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
-    let mut state = BTreeMap::new();
+/// The journal's complete events, in order (a torn last line is left out).
+pub fn events(path: &Path) -> Result<Vec<Event>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::Profile(format!("journal {}: {e}", path.display()))),
     };
     let complete = if text.ends_with('\n') {
@@ -212,9 +211,31 @@ pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
     } else {
         text.rsplit_once('\n').map(|(a, _)| a).unwrap_or("")
     };
-    for (i, line) in complete.lines().enumerate() {
-        let event: Event = serde_json::from_str(line)
-            .map_err(|e| Error::Profile(format!("journal line {}: {e}", i + 1)))?;
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::Profile(format!("journal line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// The card each record was (last) claimed on: an image path, or `cin:CIN@READER`.
+pub fn claims(path: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(events(path)?
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Claim { record, card } => Some((record, card)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Replays a journal: the status of every record mentioned.
+pub fn replay(path: &Path) -> Result<BTreeMap<String, Status>> {
+    let mut state = BTreeMap::new();
+    for event in events(path)? {
         match event {
             Event::Claim { record, card } => {
                 state.insert(

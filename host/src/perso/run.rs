@@ -1160,7 +1160,8 @@ pub fn run(
             })
             .unwrap_or_default(),
     };
-    write_reports(&opts.out, records, bad, &final_state)?;
+    let cards = super::journal::claims(&jpath)?;
+    write_reports(&opts.out, records, bad, &final_state, &cards)?;
     Ok(summary)
 }
 
@@ -1170,6 +1171,7 @@ fn write_reports(
     records: &[Record],
     bad: &[BadRecord],
     state: &std::collections::BTreeMap<String, Status>,
+    cards: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut rows = Vec::new();
     for r in records {
@@ -1180,19 +1182,24 @@ fn write_reports(
             Some(Status::InProgress { steps, .. }) => ("in-progress", steps.join(" ")),
             None => ("pending", String::new()),
         };
-        rows.push(serde_json::json!({"record": r.id, "status": status, "detail": detail}));
+        let card = cards.get(&r.id).cloned().unwrap_or_default();
+        rows.push(
+            serde_json::json!({"record": r.id, "status": status, "card": card, "detail": detail}),
+        );
     }
     for b in bad {
-        rows.push(serde_json::json!({"record": b.at, "status": "bad-record", "detail": b.reason}));
+        rows.push(
+            serde_json::json!({"record": b.at, "status": "bad-record", "card": "", "detail": b.reason}),
+        );
     }
     let io = |e: std::io::Error| Error::Protocol(format!("report: {e}"));
     let mut csv = ::csv::Writer::from_path(out.join("report.csv"))
         .map_err(|e| Error::Protocol(e.to_string()))?;
-    csv.write_record(["record", "status", "detail"])
+    csv.write_record(["record", "status", "card", "detail"])
         .map_err(|e| Error::Protocol(e.to_string()))?;
     for row in &rows {
         let f = |k: &str| row[k].as_str().unwrap_or_default().to_string();
-        csv.write_record([f("record"), f("status"), f("detail")])
+        csv.write_record([f("record"), f("status"), f("card"), f("detail")])
             .map_err(|e| Error::Protocol(e.to_string()))?;
     }
     csv.flush().map_err(io)?;
