@@ -177,7 +177,10 @@ fn reader_stations_take_fresh_cards_one_after_another() {
     // The report names each record's card and reader, as the journal claimed them.
     let report = std::fs::read_to_string(out.join("report.csv")).unwrap();
     for card in &cards {
-        assert!(report.contains(&format!(",done,{card},")), "{card}\n{report}");
+        assert!(
+            report.contains(&format!(",done,{card},")),
+            "{card}\n{report}"
+        );
     }
 
     // The last card in reader 0 answers to its diversified production keys, through a
