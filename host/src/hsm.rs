@@ -164,7 +164,7 @@ impl HsmMaster {
                 .map_err(|e| hsm("C_FindObjects", e))?;
             let [handle] = found.as_slice() else {
                 return Err(Error::Hsm(format!(
-                    "expected one key labelled '{label}' in token '{}', found {}: import the master keys with `kagi hsm import`",
+                    "expected one key labelled '{label}' in token '{}', found {}: import the master keys with `kagi perso hsm-import --hsm-key LABEL`",
                     config.token,
                     found.len()
                 )));

@@ -1,7 +1,8 @@
-//! Personalisation bureau: profiles, input records, a crash-safe journal and parallel
-//! stations. This slice runs on simulated cards (each kept as an image file, so a killed batch
-//! resumes without doing a card twice or skipping one); PC/SC stations, HSM-held master keys
-//! and PIN mailers come next.
+//! Personalisation bureau: profiles ([`profile`]), input records ([`records`]), a crash-safe
+//! journal with group commit ([`journal`]) and parallel stations ([`run`]) on simulated cards
+//! (each kept as an image file) or PC/SC readers (cards tracked by their CIN). A killed batch
+//! resumes without doing a card twice or skipping one. Master keys come from the development
+//! file store or a PKCS#11 HSM ([`crate::hsm`]); JPKI PINs go only to an encrypted mailer file.
 
 pub mod journal;
 pub mod profile;

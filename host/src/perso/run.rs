@@ -1,6 +1,7 @@
 //! Running a batch: stations take records from a queue, personalise a card each, verify it,
 //! and journal every step. Simulated stations keep each card as an image file under
-//! `OUT/cards/`, saved after every step, so a crash leaves cards that `resume` can inspect.
+//! `OUT/cards/`, saved after every step, so a crash leaves cards that `resume` can inspect;
+//! reader stations (`readers`) work on the cards in PC/SC readers.
 
 use super::journal::{Event, Journal, Status};
 use super::profile::Profile;
