@@ -194,30 +194,16 @@ impl PcscTransport {
         timeout: Duration,
     ) -> Result<Self, TransportError> {
         let reader = resolve_reader(selector)?;
-        let ctx = context()?;
-        let start = Instant::now();
-        let mut state = [pcsc::ReaderState::new(reader.clone(), pcsc::State::UNAWARE)];
-        loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            match ctx.get_status_change(left, &mut state) {
-                Ok(()) => {}
-                Err(pcsc::Error::Timeout) => {
-                    return Err(TransportError::Timeout(timeout.as_millis() as u64));
-                }
-                Err(e) => return Err(other(e)),
-            }
-            let ev = state[0].event_state();
-            if ev.contains(pcsc::State::PRESENT) && !ev.contains(pcsc::State::MUTE) {
-                return Self::connect_name(reader, share);
-            }
-            if ev.intersects(pcsc::State::UNKNOWN | pcsc::State::UNAVAILABLE) {
-                return Err(TransportError::ReaderUnavailable {
-                    reader: reader.to_string_lossy().into_owned(),
-                    detail: "the reader disappeared".into(),
-                });
-            }
-            state[0].sync_current_state();
+        let ev = wait_state(&reader, timeout, |ev| {
+            (ev.contains(pcsc::State::PRESENT) && !ev.contains(pcsc::State::MUTE)) || gone(ev)
+        })?;
+        if gone(ev) {
+            return Err(TransportError::ReaderUnavailable {
+                reader: reader.to_string_lossy().into_owned(),
+                detail: "the reader disappeared".into(),
+            });
         }
+        Self::connect_name(reader, share)
     }
 
     /// Waits up to `timeout` until the reader `selector` holds no card (the card was taken
@@ -230,24 +216,10 @@ impl PcscTransport {
             }
             Err(e) => return Err(e),
         };
-        let ctx = context()?;
-        let start = Instant::now();
-        let mut state = [pcsc::ReaderState::new(reader, pcsc::State::UNAWARE)];
-        loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            match ctx.get_status_change(left, &mut state) {
-                Ok(()) => {}
-                Err(pcsc::Error::Timeout) => {
-                    return Err(TransportError::Timeout(timeout.as_millis() as u64));
-                }
-                Err(e) => return Err(other(e)),
-            }
-            let ev = state[0].event_state();
-            if ev.intersects(pcsc::State::EMPTY | pcsc::State::UNKNOWN | pcsc::State::UNAVAILABLE) {
-                return Ok(());
-            }
-            state[0].sync_current_state();
-        }
+        wait_state(&reader, timeout, |ev| {
+            ev.contains(pcsc::State::EMPTY) || gone(ev)
+        })
+        .map(|_| ())
     }
 
     /// Declares that reader and card carry extended-length APDUs end to end.
@@ -271,6 +243,41 @@ impl PcscTransport {
             .status2_owned()
             .map(|s| s.atr().to_vec())
             .unwrap_or_default();
+    }
+}
+
+/// Whether a reader state says the reader is gone.
+fn gone(ev: pcsc::State) -> bool {
+    ev.intersects(pcsc::State::UNKNOWN | pcsc::State::UNAVAILABLE)
+}
+
+/// Waits (SCardGetStatusChange) up to `timeout` until the reader's state satisfies `done`;
+/// returns that state.
+fn wait_state(
+    reader: &std::ffi::CStr,
+    timeout: Duration,
+    done: impl Fn(pcsc::State) -> bool,
+) -> Result<pcsc::State, TransportError> {
+    let ctx = context()?;
+    let start = Instant::now();
+    let mut state = [pcsc::ReaderState::new(
+        reader.to_owned(),
+        pcsc::State::UNAWARE,
+    )];
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match ctx.get_status_change(left, &mut state) {
+            Ok(()) => {}
+            Err(pcsc::Error::Timeout) => {
+                return Err(TransportError::Timeout(timeout.as_millis() as u64));
+            }
+            Err(e) => return Err(other(e)),
+        }
+        let ev = state[0].event_state();
+        if done(ev) {
+            return Ok(ev);
+        }
+        state[0].sync_current_state();
     }
 }
 

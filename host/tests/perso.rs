@@ -2,28 +2,19 @@
 //! many points and resumed each time: no record personalised twice, none skipped, the
 //! journal and the report agree with the cards, and no secret appears in any output.
 
+mod support;
+
 use kagi::channel::CardChannel;
 use kagi::perso::journal::{self, Status};
 use kagi::perso::{KeySets, Profile};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+use support::examples;
 
 fn batch(verb: &str, input: &Path, out: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kagi"));
-    c.args(["perso", verb, "--sim", "4"])
-        .arg("--profile")
-        .arg(examples().join("perso-member.toml"))
-        .arg("--input")
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .arg("--insecure-file-keys")
-        .arg(examples().join("keys"));
+    let mut c = support::perso_batch(verb, input, out);
+    c.args(["--sim", "4"]);
     c
 }
 

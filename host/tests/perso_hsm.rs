@@ -3,16 +3,15 @@
 //! card's keys inside the HSM. The cards are checked with the software `kdf3` (known-answer
 //! tested against GlobalPlatformPro), so the HSM path must derive exactly the same keys.
 
+mod support;
+
 use kagi::perso::journal::{self, Status};
 use kagi::perso::{KeySets, Profile};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+use support::examples;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
 
 fn kagi(conf: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kagi"))

@@ -10,30 +10,18 @@ mod support;
 
 use kagi::perso::journal::{self, Event, Status};
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use support::{PrivatePcsc, reader_name};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+use support::{PrivatePcsc, examples, reader_name};
 
 fn start_batch(stack: &PrivatePcsc, input: &Path, out: &Path) -> Child {
     start(stack, "run", input, out)
 }
 
 fn start(stack: &PrivatePcsc, verb: &str, input: &Path, out: &Path) -> Child {
-    Command::new(support::kagi_bin())
-        .args(["perso", verb, "--readers", "all"])
-        .arg("--profile")
-        .arg(examples().join("perso-member.toml"))
-        .arg("--input")
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .arg("--insecure-file-keys")
-        .arg(examples().join("keys"))
+    support::perso_batch(verb, input, out)
+        .args(["--readers", "all"])
         .env("PCSCLITE_CSOCK_NAME", &stack.socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -43,11 +31,7 @@ fn start(stack: &PrivatePcsc, verb: &str, input: &Path, out: &Path) -> Child {
 
 /// The journal's events so far (complete lines only).
 fn events(path: &Path) -> Vec<Event> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    journal::events(path).unwrap()
 }
 
 /// The operator at the two readers: when a station concludes a card, the operator swaps in

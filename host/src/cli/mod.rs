@@ -279,6 +279,9 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
     if cards == 0 {
         return Err("--cards must be at least 1".into());
     }
+    if hopper && preset == "jpki-demo" {
+        return Err("--hopper feeds factory-fresh cards: use a GP preset".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -336,9 +339,6 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
             _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
             _ => factory(None)?,
         };
-        if hopper && preset == "jpki-demo" {
-            return Err("--hopper feeds factory-fresh cards: use a GP preset".into());
-        }
         let mut fed = 0u64;
         let mut next_card = move || {
             fed += 1;

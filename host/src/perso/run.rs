@@ -22,23 +22,15 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The keys of a batch: the cards' transport keys and the production master keys the new
-/// card keys are diversified from.
+/// The keys of a batch: the cards' transport keys, and where each card's production keys
+/// (and its supplementary domains' keys) come from once its KDD is known.
 pub struct KeySets {
-    /// Transport key set (as the cards leave the factory).
+    /// Transport key set (as the cards leave the factory), with the profile's transport KVN.
     pub transport: StaticKeys,
-    /// Production master key set.
-    pub master: MasterKeys,
-    /// The supplementary domains' master key sets, by the name the profile gives them.
-    pub domains: BTreeMap<String, MasterKeys>,
-}
-
-/// Where the production master keys are.
-pub enum MasterKeys {
-    /// In host memory, from the development file key store.
-    File(StaticKeys),
-    /// In a PKCS#11 HSM; diversification runs there.
-    Hsm(Arc<crate::hsm::HsmMaster>),
+    /// The issuer domain's production keys per card: diversified from the master key set.
+    pub production: Arc<dyn CardKeys>,
+    /// The supplementary domains' keys per card, by the key set name the profile gives them.
+    pub domains: BTreeMap<String, Arc<dyn CardKeys>>,
 }
 
 /// Diversifies master keys held in memory (the file key store).
@@ -56,9 +48,15 @@ impl CardKeys for FileDiversified {
     }
 }
 
+fn read_transport(path: &Path, profile: &Profile) -> Result<StaticKeys> {
+    let mut transport = crate::keys::read_key_file(path, profile.transport_kvn)?;
+    transport.kvn = profile.transport_kvn;
+    Ok(transport)
+}
+
 impl KeySets {
-    /// Master keys in an HSM (`kdf3` diversification runs in the HSM) and transport keys from
-    /// `transport` (a key file).
+    /// Master keys in an HSM (`kdf3` diversification runs in the HSM; each `HsmMaster` was
+    /// opened with the production KVN) and transport keys from `transport` (a key file).
     pub fn with_hsm(
         transport: &Path,
         master: crate::hsm::HsmMaster,
@@ -70,62 +68,42 @@ impl KeySets {
                 "master keys in an HSM need diversification = \"kdf3\" (each card gets its own keys; the master never leaves the HSM)".into(),
             ));
         }
-        let mut transport = crate::keys::read_key_file(transport, profile.transport_kvn)?;
-        transport.kvn = profile.transport_kvn;
+        let source = |m: crate::hsm::HsmMaster| -> Arc<dyn CardKeys> { Arc::new(m) };
         Ok(KeySets {
-            transport,
-            master: MasterKeys::Hsm(Arc::new(master)),
-            domains: domains
-                .into_iter()
-                .map(|(k, v)| (k, MasterKeys::Hsm(Arc::new(v))))
-                .collect(),
+            transport: read_transport(transport, profile)?,
+            production: source(master),
+            domains: domains.into_iter().map(|(k, v)| (k, source(v))).collect(),
         })
     }
 
-    /// The production keys of the card with this KDD, as the profile diversifies them.
-    fn production(&self, profile: &Profile) -> Arc<dyn CardKeys> {
-        Self::source(&self.master, profile)
+    /// The development file key store: `DIR/transport.keys`, `DIR/master.keys` and, per
+    /// supplementary domain, `DIR/NAME.keys` (key files as `kagi::keys` reads them). Never for
+    /// production: say so.
+    pub fn from_insecure_dir(dir: &Path, profile: &Profile) -> Result<KeySets> {
+        let source = |name: &str| -> Result<Arc<dyn CardKeys>> {
+            Ok(Arc::new(FileDiversified {
+                master: crate::keys::read_key_file(&dir.join(name), profile.production_kvn)?,
+                scheme: profile.diversification,
+                kvn: profile.production_kvn,
+            }))
+        };
+        let mut domains = BTreeMap::new();
+        for d in &profile.domains {
+            domains.insert(d.keys.clone(), source(&format!("{}.keys", d.keys))?);
+        }
+        Ok(KeySets {
+            transport: read_transport(&dir.join("transport.keys"), profile)?,
+            production: source("master.keys")?,
+            domains,
+        })
     }
 
-    /// The keys of the supplementary domain whose master key set is `name`.
-    fn domain(&self, name: &str, profile: &Profile) -> Result<Arc<dyn CardKeys>> {
-        let master = self.domains.get(name).ok_or_else(|| {
+    /// The keys of the supplementary domain whose key set is `name`.
+    fn domain(&self, name: &str) -> Result<Arc<dyn CardKeys>> {
+        self.domains.get(name).cloned().ok_or_else(|| {
             Error::Profile(format!(
                 "no master key set '{name}' for a security domain: add {name}.keys (file store) or an HSM key labelled '{name}'"
             ))
-        })?;
-        Ok(Self::source(master, profile))
-    }
-
-    fn source(master: &MasterKeys, profile: &Profile) -> Arc<dyn CardKeys> {
-        match master {
-            MasterKeys::File(m) => Arc::new(FileDiversified {
-                master: m.clone(),
-                scheme: profile.diversification,
-                kvn: profile.production_kvn,
-            }),
-            MasterKeys::Hsm(h) => h.clone(),
-        }
-    }
-
-    /// The development file key store: `DIR/transport.keys` and `DIR/master.keys` (key files
-    /// as `kagi::keys` reads them). Never for production: say so.
-    pub fn from_insecure_dir(dir: &Path, profile: &Profile) -> Result<KeySets> {
-        let read = |name: &str, kvn: u8| crate::keys::read_key_file(&dir.join(name), kvn);
-        let mut transport = read("transport.keys", profile.transport_kvn)?;
-        transport.kvn = profile.transport_kvn;
-        let mut master = read("master.keys", profile.production_kvn)?;
-        master.kvn = profile.production_kvn;
-        let mut domains = BTreeMap::new();
-        for d in &profile.domains {
-            let mut k = read(&format!("{}.keys", d.keys), profile.production_kvn)?;
-            k.kvn = profile.production_kvn;
-            domains.insert(d.keys.clone(), MasterKeys::File(k));
-        }
-        Ok(KeySets {
-            transport,
-            master: MasterKeys::File(master),
-            domains,
         })
     }
 }
@@ -416,7 +394,7 @@ fn personalise<T: Checkpoint>(
         })
     };
     let mut jpki_check = None;
-    let mut sc = transport_session(sh, ch, None)?;
+    let mut sc = transport_session(ch, sh.keys, sh.profile, None)?;
     save(sc.card(), path)?;
     if progress.todo("open", false)? {
         step("open".into())?;
@@ -506,7 +484,7 @@ fn personalise<T: Checkpoint>(
         // issuer domain's keys change.
         drop(sc);
         domain_keys(sh, ch, path, progress, &step)?;
-        sc = transport_session(sh, ch, None)?;
+        sc = transport_session(ch, sh.keys, sh.profile, None)?;
     }
     finish(sh, sc, path, &step)?;
     Ok(jpki_check)
@@ -514,18 +492,27 @@ fn personalise<T: Checkpoint>(
 
 /// A session on a security domain (`aid`, or the issuer's) under the transport keys.
 fn transport_session<'c, T: Transport>(
-    sh: &Shared<'_>,
     ch: &'c mut CardChannel<T>,
+    keys: &KeySets,
+    profile: &Profile,
     aid: Option<&[u8]>,
 ) -> Result<SecureChannel<'c, T>> {
     let sd = gp::select_domain(ch, aid)?;
-    let mut transport = sh.keys.transport.clone();
-    transport.kvn = sh.profile.transport_kvn;
     let opts = HostOptions {
-        kvn: sh.profile.transport_kvn,
+        kvn: profile.transport_kvn,
         ..options()
     };
-    SecureChannel::open(ch, transport, opts, Some(&sd.aid))
+    SecureChannel::open(ch, keys.transport.clone(), opts, Some(&sd.aid))
+}
+
+/// Whether `e` is a security domain refusing the transport key version (it was replaced).
+fn transport_keys_replaced(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Scp03(Scp03Error::InitializeUpdateRefused(
+            StatusWord::REFERENCED_DATA_NOT_FOUND
+        ))
+    )
 }
 
 /// A session on a supplementary domain under its provider's production keys.
@@ -535,12 +522,12 @@ fn domain_session<'c, T: Transport>(
     keys: &KeySets,
     domain: &super::profile::Domain,
 ) -> Result<SecureChannel<'c, T>> {
-    let sd = gp::select_domain(ch, Some(&domain.instance))?;
-    let opts = HostOptions {
-        kvn: profile.production_kvn,
-        ..options()
-    };
-    SecureChannel::open_source(ch, keys.domain(&domain.keys, profile)?, opts, Some(&sd.aid))
+    keyed_session(
+        ch,
+        profile,
+        keys.domain(&domain.keys)?,
+        Some(&domain.instance),
+    )
 }
 
 /// Replaces each supplementary domain's initial (transport) keys with keys diversified from
@@ -558,21 +545,19 @@ fn domain_keys<T: Checkpoint>(
         if !progress.todo(&name, false)? {
             continue;
         }
-        match transport_session(sh, ch, Some(&d.instance)) {
+        match transport_session(ch, sh.keys, sh.profile, Some(&d.instance)) {
             Ok(mut sc) => {
                 let kdd = sc.info().init_update.kdd;
                 let keys = sh
                     .keys
-                    .domain(&d.keys, sh.profile)?
+                    .domain(&d.keys)?
                     .for_card(&kdd)
                     .map_err(Error::Scp03)?;
                 let dek = sc.dek()?.clone();
                 manage::put_key(&mut sc, &dek, &keys, Some(sh.profile.transport_kvn))?;
                 save(sc.card(), path)?;
             }
-            Err(Error::Scp03(Scp03Error::InitializeUpdateRefused(
-                StatusWord::REFERENCED_DATA_NOT_FOUND,
-            ))) => {
+            Err(e) if transport_keys_replaced(&e) => {
                 domain_session(ch, sh.profile, sh.keys, d)?;
             }
             Err(e) => return Err(e),
@@ -592,7 +577,7 @@ fn finish<T: Checkpoint>(
 ) -> Result<()> {
     let p = sh.profile;
     let kdd = sc.info().init_update.kdd;
-    let production = sh.keys.production(p).for_card(&kdd).map_err(Error::Scp03)?;
+    let production = sh.keys.production.for_card(&kdd).map_err(Error::Scp03)?;
     let dek = sc.dek()?.clone();
     manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
     save(sc.card(), path)?;
@@ -620,12 +605,23 @@ fn production_session<'c, T: Transport>(
     profile: &Profile,
     keys: &KeySets,
 ) -> Result<SecureChannel<'c, T>> {
-    let sd = gp::select_domain(ch, None)?;
+    keyed_session(ch, profile, keys.production.clone(), None)
+}
+
+/// A session on the domain `aid` (the issuer's by default) with the production KVN and the
+/// card's keys from `source`.
+fn keyed_session<'c, T: Transport>(
+    ch: &'c mut CardChannel<T>,
+    profile: &Profile,
+    source: Arc<dyn CardKeys>,
+    aid: Option<&[u8]>,
+) -> Result<SecureChannel<'c, T>> {
+    let sd = gp::select_domain(ch, aid)?;
     let opts = HostOptions {
         kvn: profile.production_kvn,
         ..options()
     };
-    SecureChannel::open_source(ch, keys.production(profile), opts, Some(&sd.aid))
+    SecureChannel::open_source(ch, source, opts, Some(&sd.aid))
 }
 
 /// What a JPKI issuance checks afterwards: the certificate written and the PIN to sign with.
@@ -827,15 +823,8 @@ fn transport_refused<T: Transport>(
     profile: &Profile,
     aid: &[u8],
 ) -> Result<()> {
-    let sd = gp::select_domain(ch, Some(aid))?;
-    let transport = HostOptions {
-        kvn: profile.transport_kvn,
-        ..options()
-    };
-    match SecureChannel::open(ch, keys.transport.clone(), transport, Some(&sd.aid)) {
-        Err(Error::Scp03(Scp03Error::InitializeUpdateRefused(
-            StatusWord::REFERENCED_DATA_NOT_FOUND,
-        ))) => Ok(()),
+    match transport_session(ch, keys, profile, Some(aid)) {
+        Err(e) if transport_keys_replaced(&e) => Ok(()),
         Ok(_) => Err(Error::Protocol(
             "the transport keys still open a channel".into(),
         )),

@@ -38,6 +38,27 @@ pub fn kagi_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kagi")
 }
 
+/// The repository's `examples/` directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `kagi perso VERB` with the example member profile, `input`, `out` and the development file
+/// key store; the caller adds the stations (`--sim N` or `--readers ...`).
+pub fn perso_batch(verb: &str, input: &Path, out: &Path) -> Command {
+    let mut c = Command::new(kagi_bin());
+    c.args(["perso", verb])
+        .arg("--profile")
+        .arg(examples().join("perso-member.toml"))
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .arg("--insecure-file-keys")
+        .arg(examples().join("keys"));
+    c
+}
+
 /// Whether this machine can run the private stack (pcscd, vpcd driver, namespaces).
 pub fn available() -> Result<(), String> {
     for tool in ["pcscd", "unshare", "ip", "opensc-tool"] {

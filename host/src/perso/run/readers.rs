@@ -124,7 +124,7 @@ fn card_number(ch: &mut CardChannel<PcscTransport>) -> Result<Option<String>> {
 
 /// Whether the card still answers to the transport keys (factory-fresh).
 fn fresh(sh: &Shared<'_>, ch: &mut CardChannel<PcscTransport>) -> Result<bool> {
-    match super::transport_session(sh, ch, None) {
+    match super::transport_session(ch, sh.keys, sh.profile, None) {
         Ok(_) => Ok(true),
         Err(e) if gone(&e) => Err(e),
         Err(_) => Ok(false),
