@@ -10,8 +10,10 @@ use crate::security_domain::{
     CardSetup, DEFAULT_AUTH_LIMIT, DEFAULT_ISD_AID, ISD_PRIVILEGES, put_keys,
 };
 use crate::store::{DEFAULT_BUDGET, ImageError, Store, StoreError};
+use card_wire::atr::Atr;
 use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
+use card_wire::uicc::Iccid;
 use std::path::Path;
 
 /// How the issuer security domain of a new card is set up.
@@ -48,6 +50,9 @@ pub struct SimConfig {
     pub memory: usize,
     /// The answer to reset.
     pub atr: Vec<u8>,
+    /// A UICC's ICCID (`EF.ICCID` under the MF); `None` for a smart card without a SIM file
+    /// system.
+    pub iccid: Option<Iccid>,
 }
 
 /// KVN of the simulator's default SCP03 key set.
@@ -78,6 +83,7 @@ impl Default for SimConfig {
             echo_applet: true,
             memory: DEFAULT_BUDGET,
             atr: default_atr(),
+            iccid: None,
         }
     }
 }
@@ -96,7 +102,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "gp-s16",
         "GP card, test keys 40..4F (KVN 30), SCP03 S16 (i=71), echo applet installed",
     ),
+    (
+        "uicc",
+        "UICC (SIM): T=15 class indicator in the ATR, EF.ICCID under the MF, test keys 40..4F (KVN 30), SCP03 i=70",
+    ),
 ];
+
+/// The ICCID of the `uicc` preset: `89` telecom, `81` Japan, then a test number.
+pub const TEST_ICCID_BODY: &str = "898100000000000001";
 
 impl SimConfig {
     /// A named set-up (see [`PRESETS`]).
@@ -109,6 +122,9 @@ impl SimConfig {
                 ..base
             }),
             "gp-s16" => Ok(base.s16()),
+            "uicc" => {
+                Ok(base.uicc(Iccid::with_check_digit(TEST_ICCID_BODY).map_err(|e| e.to_string())?))
+            }
             other => Err(format!(
                 "unknown preset '{other}'; presets: {}",
                 PRESETS
@@ -126,6 +142,14 @@ impl SimConfig {
         self
     }
 
+    /// The same card as a UICC: its ATR announces voltage classes A, B and C for T=15 (as
+    /// TS 102 221 requires of a UICC) and the MF holds `EF.ICCID` with `iccid`.
+    pub fn uicc(mut self, iccid: Iccid) -> Self {
+        self.atr = Atr::build(false, Some(0x07), b"KAGI-UICC");
+        self.iccid = Some(iccid);
+        self
+    }
+
     /// Replaces the ISD key sets.
     pub fn with_keys(mut self, keys: Vec<StaticKeys>) -> Self {
         self.isd.keys = keys;
@@ -140,6 +164,12 @@ impl SimConfig {
         let n = self.isd.kdd.len();
         self.isd.kdd[n - 8..].copy_from_slice(&h[..8]);
         self.isd.cin = h[8..14].to_vec();
+        if self.iccid.is_some() {
+            // 89 81 00 and twelve digits from the serial's hash, then the check digit.
+            let n = u64::from_be_bytes([0, 0, h[14], h[15], h[16], h[17], h[18], h[19]]);
+            let body = format!("898100{:012}", n % 1_000_000_000_000);
+            self.iccid = Iccid::with_check_digit(&body).ok();
+        }
         self
     }
 
@@ -161,6 +191,9 @@ impl SimConfig {
         }
         .write(&mut s)?;
         s.put("card/atr", &self.atr)?;
+        if let Some(iccid) = &self.iccid {
+            s.put(crate::uicc::ICCID_KEY, &iccid.to_ef())?;
+        }
         registry::put_entry(
             &mut s,
             &RegistryEntry {
@@ -211,13 +244,10 @@ impl SimConfig {
     }
 }
 
-/// The simulator's answer to reset: T=1, historical bytes "KAGI-SIM", with its check byte.
+/// The simulator's answer to reset: T=0 and T=1, historical bytes "KAGI-SIM", with its check
+/// byte (`3B 88 80 01 …`).
 pub fn default_atr() -> Vec<u8> {
-    let mut atr = vec![0x3B, 0x88, 0x80, 0x01];
-    atr.extend_from_slice(b"KAGI-SIM");
-    let tck = atr[1..].iter().fold(0u8, |a, b| a ^ b);
-    atr.push(tck);
-    atr
+    Atr::build(true, None, b"KAGI-SIM")
 }
 
 /// A simulated card in a simulated reader.
@@ -284,6 +314,11 @@ impl SimCard {
     /// Cuts power; transient state is lost.
     pub fn power_off(&mut self) {
         self.powered = false;
+    }
+
+    /// The card's answer to reset (what it sends at the next power-on).
+    pub fn answer_to_reset(&self) -> &[u8] {
+        &self.atr
     }
 
     /// Whether the card is powered.

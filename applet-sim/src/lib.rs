@@ -11,7 +11,9 @@
 //! power at the Nth persistent write) and versioned card images; the GlobalPlatform registry
 //! lives in it, so an image restores the whole card. Security domains ([`SecurityDomain`]) run
 //! the card half of SCP03 from `card-wire` and the GP card manager (INSTALL, LOAD, DELETE,
-//! PUT KEY, SET STATUS, STORE DATA, GET STATUS). [`vpcd`] serves cards to a real pcscd.
+//! PUT KEY, SET STATUS, STORE DATA, GET STATUS). A card made as a UICC ([`SimConfig::uicc`])
+//! announces itself in its ATR and has an MF with `EF.ICCID` ([`uicc`]). [`vpcd`] serves cards
+//! to a real pcscd.
 //!
 //! ```
 //! use applet_sim::{SimCard, SimConfig};
@@ -35,6 +37,7 @@ pub mod runtime;
 pub mod security_domain;
 pub mod store;
 pub mod tearing;
+pub mod uicc;
 pub mod vpcd;
 
 pub use applet::{Aid, Applet, AppletContext};

@@ -27,6 +27,8 @@ struct ChannelState {
     pending: Vec<u8>,
     pending_sw: Option<StatusWord>,
     chain: Option<Command>,
+    /// The current file of a UICC's file system, when a file and no applet is selected.
+    file: Option<u16>,
 }
 
 /// Personalisation forwarding between applets (no further nesting).
@@ -261,10 +263,41 @@ impl Runtime {
         let ne = cmd.ne();
         let resp = if Self::is_applet_select(&cmd) {
             self.select(ch, &cmd)
+        } else if self.is_uicc_file_command(ch, &cmd) {
+            self.uicc_file(ch, &cmd)
         } else {
             self.dispatch(ch, &cmd)
         };
         self.limit(ch, resp, ne)
+    }
+
+    /// A SELECT by file identifier or path, or a READ BINARY of the current file, that the
+    /// UICC file system answers: the card is a UICC and no applet on the channel handles
+    /// file selection itself.
+    fn is_uicc_file_command(&self, ch: usize, cmd: &Command) -> bool {
+        let state = &self.channels[ch];
+        crate::uicc::is_file_command(cmd, state.file.is_some())
+            && crate::uicc::present(&self.store)
+            && !state
+                .selected
+                .as_ref()
+                .and_then(|a| self.instances.get(a))
+                .is_some_and(|a| a.handles_file_select())
+    }
+
+    /// Selecting a file leaves the applet selected on the channel (deselected first).
+    fn uicc_file(&mut self, ch: usize, cmd: &Command) -> Response {
+        let mut file = self.channels[ch].file;
+        let resp = crate::uicc::process(cmd, &self.store, &mut file);
+        if cmd.ins() == 0xA4
+            && resp.sw.is_success()
+            && let Some(old) = self.channels[ch].selected.take()
+            && let Some(a) = self.instances.get_mut(&old)
+        {
+            a.deselect(ch as u8);
+        }
+        self.channels[ch].file = file;
+        resp
     }
 
     fn is_applet_select(cmd: &Command) -> bool {
@@ -418,6 +451,7 @@ impl Runtime {
         match self.with_applet(&target, ch, |a, ctx| a.select(ctx)) {
             Some(Ok(fci)) => {
                 self.channels[ch].selected = Some(target);
+                self.channels[ch].file = None;
                 Response::success(fci)
             }
             Some(Err(sw)) => Response::status(sw),

@@ -174,7 +174,7 @@ pub fn run_connection(
             }
             [0x04] => {
                 // The ATR is offered while the card is inserted, powered or not.
-                send(&mut stream, &crate::card::default_atr())?;
+                send(&mut stream, card.answer_to_reset())?;
             }
             [_] | [] => {} // Unknown control bytes get no reply, so the stream stays in step.
             apdu => {

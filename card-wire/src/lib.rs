@@ -3,6 +3,7 @@
 //! What both ends of a card dialogue share, and nothing else: the host (`kagi-host`) and the
 //! card simulator (`applet-sim`) depend on this crate, never on each other.
 //!
+//! - [`atr`]: the answer to reset (protocols, historical bytes, the UICC class indicator).
 //! - [`apdu`]: ISO 7816-4 command/response APDUs (cases 1–4, short and extended), class bytes
 //!   with logical channels 0–19.
 //! - [`sw`]: status words, an open type with names and meanings.
@@ -11,6 +12,7 @@
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
+//! - [`uicc`]: the ICCID and `EF.ICCID`, the UICC issuer security domain AID.
 //!
 //! Parsers here never panic on input: each returns a typed error.
 
@@ -18,12 +20,14 @@
 #![deny(missing_docs)]
 
 pub mod apdu;
+pub mod atr;
 pub mod content;
 pub mod jpki;
 pub mod scp03;
 pub mod sw;
 pub mod tlv;
 pub mod transport;
+pub mod uicc;
 
 pub use apdu::{ApduError, Class, Command, Response};
 pub use sw::StatusWord;

@@ -9,7 +9,7 @@
 //! - the APDU pipeline ([`channel::CardChannel`]): extended length or chaining, `61xx`, `6Cxx`,
 //!   and a trace with secrets redacted ([`trace`]);
 //! - SCP03 secure channels ([`secure::SecureChannel`]) on the shared core in `card-wire`;
-//! - GlobalPlatform card management ([`gp`]).
+//! - GlobalPlatform card management ([`gp`]), UICC identity ([`uicc`]).
 //!
 //! ```
 //! # #[cfg(feature = "sim")] {
@@ -45,6 +45,7 @@ pub mod pcsc_transport;
 pub mod perso;
 pub mod secure;
 pub mod trace;
+pub mod uicc;
 
 pub use card_wire;
 pub use error::{Error, Result};

@@ -261,6 +261,7 @@ fn jpki_profile_end_to_end_without_secrets_in_any_output() {
         logs.contains("<redacted"),
         "PIN-carrying commands are redacted in the card logs"
     );
+    let mut iccids = std::collections::BTreeSet::new();
     for line in mailer.lines() {
         let (id, json) = line.split_once(',').unwrap();
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -350,6 +351,17 @@ fn jpki_profile_end_to_end_without_secrets_in_any_output() {
             aids.contains(&"D392F000260100000001") && aids.contains(&"D3921000310001010408"),
             "{aids:?}"
         );
+        // The profile says card = "uicc": each card is a SIM with its own valid ICCID.
+        let info = Command::new(kagi)
+            .args(["gp", "info", "--json"])
+            .args(sim)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["card_kind"], "uicc");
+        let iccid = info["iccid"].as_str().unwrap().to_string();
+        assert!(card_wire::uicc::Iccid::new(&iccid).is_ok(), "{iccid}");
+        assert!(iccids.insert(iccid), "two cards with one ICCID");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -298,3 +298,84 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
         eprintln!("note: the kill landed in STORE DATA on every caught card ({caught:?})");
     }
 }
+
+/// A UICC profile on a line fed with SIMs: cards are tracked by their ICCID, and the same
+/// SIMs are refused by a smart-card profile as the wrong card stock, before any claim.
+#[test]
+fn a_uicc_profile_tracks_sims_by_iccid_and_other_stock_is_refused() {
+    let stack = PrivatePcsc::start_hopper(2, "uicc");
+    let dir = stack.work.join("perso");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("records.csv");
+    let mut csv = String::from("id,member_no,name,points\n");
+    for i in 0..3 {
+        csv.push_str(&format!("U{i},{},SIM MEMBER {i},{i}\n", 320000 + i));
+    }
+    std::fs::write(&input, csv).unwrap();
+
+    // The smart-card member profile refuses the SIMs in both readers.
+    let wrong = dir.join("wrong");
+    let child = start_batch(&stack, &input, &wrong);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut child = child;
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wrong card stock"), "{stderr}");
+    assert!(
+        !events(&wrong.join("journal.jsonl"))
+            .iter()
+            .any(|e| matches!(e, Event::Claim { .. })),
+        "a SIM was claimed by a smart-card profile"
+    );
+
+    // The same profile as card = "uicc" takes them.
+    let member = std::fs::read_to_string(examples().join("perso-member.toml")).unwrap();
+    let sim_profile = dir.join("perso-sim.toml");
+    std::fs::write(
+        &sim_profile,
+        member.replace("card = \"smartcard\"", "card = \"uicc\""),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let child = std::process::Command::new(support::kagi_bin())
+        .args(["perso", "run", "--readers", "all", "--profile"])
+        .arg(&sim_profile)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--insecure-file-keys")
+        .arg(examples().join("keys"))
+        .env("PCSCLITE_CSOCK_NAME", &stack.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal_file = out.join("journal.jsonl");
+    let output = Operator::new(3, [true, true]).run(&stack, child, &journal_file, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let state = journal::replay(&journal_file).unwrap();
+    let mut last_on_0 = None;
+    for e in events(&journal_file) {
+        if let Event::Claim { card, .. } = e {
+            let iccid = card
+                .strip_prefix("iccid:")
+                .and_then(|c| c.split('@').next())
+                .unwrap_or_else(|| panic!("claim {card} is not by ICCID"));
+            assert!(card_wire::uicc::Iccid::new(iccid).is_ok(), "{card}");
+            if card.ends_with(&format!("@{}", reader_name(0))) {
+                last_on_0 = Some(iccid.to_string());
+            }
+        }
+    }
+    for i in 0..3 {
+        assert_eq!(state.get(&format!("U{i}")), Some(&Status::Done), "{stderr}");
+    }
+    // The SIM still in reader 0 is the one the journal last claimed there.
+    let info = stack.kagi(&["gp", "info", "--reader", &reader_name(0), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["card_kind"], "uicc");
+    assert_eq!(info["iccid"].as_str(), last_on_0.as_deref());
+}

@@ -254,16 +254,31 @@ fn info(target: &Target, sd: &Option<String>, trace: bool, json_out: bool) -> Re
     let cplc =
         gp::get_data(&mut ch, 0x9F7F)?.map(|d| hex::encode_upper(d.get(3..).unwrap_or_default()));
     use card_wire::Transport;
-    let atr = ch.transport().atr().map(hex::encode_upper);
+    let raw_atr = ch.transport().atr();
+    let kind = raw_atr
+        .as_deref()
+        .and_then(|a| kagi::uicc::CardKind::from_atr(a).ok());
+    let iccid = match kind {
+        Some(kagi::uicc::CardKind::Uicc) => kagi::uicc::read_iccid(&mut ch)?,
+        _ => None,
+    };
+    let atr = raw_atr.map(hex::encode_upper);
     target.finish(&ch)?;
     if json_out {
         print_json(json!({
-            "atr": atr, "security_domain": domain, "card_recognition": recognition,
+            "atr": atr, "card_kind": kind, "iccid": iccid.as_ref().map(|i| i.to_string()),
+            "security_domain": domain, "card_recognition": recognition,
             "keys": key_info, "sequence_counter": seq, "cplc": cplc,
         }));
         return Ok(());
     }
     println!("ATR                 {}", atr.unwrap_or_default());
+    if let Some(k) = kind {
+        println!("Card type           {}", k.name());
+    }
+    if let Some(i) = &iccid {
+        println!("ICCID               {i}");
+    }
     println!("Security domain     {}", hex::encode_upper(&domain.aid));
     if let Some(r) = &recognition {
         println!(

@@ -137,7 +137,8 @@ struct ServeArgs {
     /// FILE-i.
     #[arg(long)]
     image: Option<PathBuf>,
-    /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, jpki-demo (a JPKI
+    /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, uicc (a SIM with
+    /// EF.ICCID and a UICC ATR), jpki-demo (a JPKI
     /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
     /// signature password ABC123).
     #[arg(long, default_value = "gp-test")]

@@ -28,7 +28,7 @@ pub struct Target {
     /// successful command), so a card personalised in one run is there in the next.
     #[arg(long, requires = "sim")]
     pub sim_image: Option<PathBuf>,
-    /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16, jpki-demo).
+    /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16, uicc, jpki-demo).
     #[arg(long, requires = "sim", default_value = "gp-test")]
     pub sim_preset: String,
     /// Simulator (jpki-demo): issue the card's certificates with the test CAs in this

@@ -4,12 +4,13 @@
 //! reader stations (`readers`) work on the cards in PC/SC readers.
 
 use super::journal::{Event, Journal, Status};
-use super::profile::Profile;
+use super::profile::{CardType, Profile};
 use super::records::{BadRecord, Record};
 use crate::channel::CardChannel;
 use crate::error::{Error, Result};
 use crate::gp::{self, StatusScope, manage};
 use crate::secure::SecureChannel;
+use crate::uicc::CardKind;
 use applet_sim::{SimCard, SimConfig};
 use card_wire::scp03::{
     CardKeys, Diversification, HostOptions, Scp03Error, SecurityLevel, StaticKeys,
@@ -394,6 +395,7 @@ fn personalise<T: Checkpoint>(
         })
     };
     let mut jpki_check = None;
+    check_card_kind(p, ch).map_err(Error::Profile)?;
     let mut sc = transport_session(ch, sh.keys, sh.profile, None)?;
     save(sc.card(), path)?;
     if progress.todo("open", false)? {
@@ -488,6 +490,32 @@ fn personalise<T: Checkpoint>(
     }
     finish(sh, sc, path, &step)?;
     Ok(jpki_check)
+}
+
+/// Whether the card is of the profile's type, from its answer to reset: a UICC profile on a
+/// smart card (or the other way round) is wrong card stock in the feeder, refused before any
+/// command changes the card. `Err` says what is wrong, for the operator.
+pub(super) fn check_card_kind<T: Transport>(
+    profile: &Profile,
+    ch: &CardChannel<T>,
+) -> std::result::Result<(), String> {
+    let want = match profile.card {
+        CardType::Uicc => CardKind::Uicc,
+        CardType::SmartCard => CardKind::SmartCard,
+    };
+    let Some(atr) = ch.transport().atr() else {
+        return Err("the card gave no answer to reset: kagi cannot tell its type".into());
+    };
+    let got = CardKind::from_atr(&atr).map_err(|e| e.to_string())?;
+    if got != want {
+        return Err(format!(
+            "the profile is for card = \"{}\", but this card's ATR {} announces a {}: wrong card stock? remove it",
+            want.name(),
+            hex::encode_upper(&atr),
+            got.name()
+        ));
+    }
+    Ok(())
 }
 
 /// A session on a security domain (`aid`, or the issuer's) under the transport keys.
@@ -837,9 +865,16 @@ fn transport_refused<T: Transport>(
 fn new_card(sh: &Shared<'_>, record: &Record) -> SimCard {
     let mut transport = sh.keys.transport.clone();
     transport.kvn = sh.profile.transport_kvn;
-    let config = SimConfig::default()
-        .with_keys(vec![transport])
-        .with_serial(record.id.as_bytes());
+    let mut config = SimConfig::default().with_keys(vec![transport]);
+    if sh.profile.card == CardType::Uicc {
+        // A placeholder ICCID, replaced by one derived from the serial below.
+        if let Ok(iccid) =
+            card_wire::uicc::Iccid::with_check_digit(applet_sim::card::TEST_ICCID_BODY)
+        {
+            config = config.uicc(iccid);
+        }
+    }
+    let config = config.with_serial(record.id.as_bytes());
     SimCard::powered(config)
 }
 
@@ -964,7 +999,8 @@ fn run_readers(
                 card, steps, begun, ..
             }) => {
                 // Claimed on a simulated card (an image path): no reader holds that card.
-                if let (Some(cin), Ok(mut w)) = (readers::claimed_cin(&card), work.waiting.lock()) {
+                if let (Some(cin), Ok(mut w)) = (readers::claimed_card(&card), work.waiting.lock())
+                {
                     w.insert(cin.to_string(), (record, Progress { done: steps, begun }));
                 }
             }

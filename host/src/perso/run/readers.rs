@@ -1,7 +1,8 @@
 //! Stations on real PC/SC readers: each reader waits for a card, personalises it, reports,
-//! and waits for the next one. Cards are known by their card image number (GET DATA `0045`),
-//! so a card taken out mid-way (or caught by a crash) continues when it comes back, on any
-//! station; a card that is not factory-fresh is never given a record.
+//! and waits for the next one. Cards are known by their ICCID (a UICC profile) or their card
+//! image number (GET DATA `0045`), so a card taken out mid-way (or caught by a crash) continues
+//! when it comes back, on any station; a card that is not factory-fresh, or not of the
+//! profile's card type, is never given a record.
 
 use super::{Progress, Shared, conclude, journal_path, run_card};
 use crate::channel::CardChannel;
@@ -9,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gp;
 use crate::pcsc_transport::{PcscTransport, Share};
 use crate::perso::journal::{self, Event, Status};
+use crate::perso::profile::CardType;
 use crate::perso::records::Record;
 use card_wire::transport::TransportError;
 use std::collections::{HashMap, VecDeque};
@@ -25,15 +27,17 @@ pub(super) struct Work<'r> {
     pub(super) waiting: Mutex<HashMap<String, (&'r Record, Progress)>>,
 }
 
-/// The card identity a Claim records for a reader station: `cin:HEX@READER`.
-fn claim_name(cin: &str, reader: &str) -> String {
-    format!("cin:{cin}@{reader}")
+/// The card identity a Claim records for a reader station: `cin:HEX@READER` or
+/// `iccid:DIGITS@READER`.
+fn claim_name(card: &str, reader: &str) -> String {
+    format!("{card}@{reader}")
 }
 
-/// The card a reader Claim names (`None` for a simulated card's image path).
-pub(super) fn claimed_cin(card: &str) -> Option<&str> {
-    card.strip_prefix("cin:")
-        .map(|rest| rest.split('@').next().unwrap_or(rest))
+/// The card a reader Claim names, `cin:HEX` or `iccid:DIGITS` (`None` for a simulated card's
+/// image path).
+pub(super) fn claimed_card(card: &str) -> Option<&str> {
+    (card.starts_with("cin:") || card.starts_with("iccid:"))
+        .then(|| card.split('@').next().unwrap_or(card))
 }
 
 fn out_of_work(work: &Work<'_>) -> bool {
@@ -109,17 +113,39 @@ pub(super) fn station(
     }
 }
 
-/// The card image number, from the issuer security domain.
-fn card_number(ch: &mut CardChannel<PcscTransport>) -> Result<Option<String>> {
+/// The card's identity, or why the station refuses it: a UICC profile takes UICCs only and
+/// knows them by ICCID, a smart-card profile takes other cards only and knows them by their
+/// card image number.
+fn card_identity(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<PcscTransport>,
+) -> Result<std::result::Result<String, String>> {
+    if let Err(why) = super::check_card_kind(sh.profile, ch) {
+        return Ok(Err(why));
+    }
+    if sh.profile.card == CardType::Uicc {
+        return Ok(match crate::uicc::read_iccid(ch)? {
+            Some(iccid) => Ok(format!("iccid:{iccid}")),
+            None => {
+                Err("the UICC has no readable EF.ICCID: kagi cannot track it; remove it".into())
+            }
+        });
+    }
     gp::select_domain(ch, None)?;
-    Ok(gp::get_data(ch, 0x0045)?.map(|d| {
-        // `45 L CIN`, or the bare value.
-        let v = match d.as_slice() {
-            [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest.to_vec(),
-            _ => d,
-        };
-        hex::encode_upper(v)
-    }))
+    Ok(match gp::get_data(ch, 0x0045)? {
+        Some(d) => {
+            // `45 L CIN`, or the bare value.
+            let v = match d.as_slice() {
+                [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest.to_vec(),
+                _ => d,
+            };
+            Ok(format!("cin:{}", hex::encode_upper(v)))
+        }
+        None => Err(
+            "the card has no card image number (GET DATA 0045): kagi cannot track it; remove it"
+                .into(),
+        ),
+    })
 }
 
 /// Whether the card still answers to the transport keys (factory-fresh).
@@ -183,11 +209,9 @@ fn one_card(
     reader: &str,
     work: &Work<'_>,
 ) -> Result<Handled> {
-    let Some(cin) = card_number(ch)? else {
-        return refused(
-            "the card has no card image number (GET DATA 0045): kagi cannot track it; remove it"
-                .into(),
-        );
+    let cin = match card_identity(sh, ch)? {
+        Ok(id) => id,
+        Err(why) => return refused(why),
     };
     let waiting = work
         .waiting
