@@ -7,20 +7,14 @@
 use crate::channel::ApduChannel;
 use crate::error::{Error, Result};
 use crate::jpki;
+use crate::pki::{issued_by as verifies, pem_or_der};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 use der::{Decode, Encode};
-use rsa::pkcs1v15::{Signature, VerifyingKey};
-use rsa::pkcs8::DecodePublicKey;
-use rsa::signature::Verifier;
 use serde::Serialize;
 use std::time::{Instant, SystemTime};
 use x509_cert::Certificate;
 use x509_cert::crl::CertificateList;
-
-/// sha256WithRSAEncryption.
-const SHA256_RSA: der::oid::ObjectIdentifier =
-    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 
 /// The outcome of an eligibility read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,42 +106,6 @@ impl Trust {
         }
         Ok(())
     }
-}
-
-fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>> {
-    if bytes.starts_with(b"-----BEGIN") {
-        let (l, der) =
-            der::pem::decode_vec(bytes).map_err(|e| Error::Protocol(format!("PEM: {e}")))?;
-        if l != label {
-            return Err(Error::Protocol(format!("PEM holds {l}, expected {label}")));
-        }
-        Ok(der)
-    } else {
-        Ok(bytes.to_vec())
-    }
-}
-
-fn verifies(
-    issuer: &Certificate,
-    tbs: &[u8],
-    alg: &der::oid::ObjectIdentifier,
-    sig: &[u8],
-) -> bool {
-    if *alg != SHA256_RSA {
-        return false;
-    }
-    let Ok(spki) = issuer.tbs_certificate().subject_public_key_info().to_der() else {
-        return false;
-    };
-    let Ok(key) = rsa::PublicKey::from_public_key_der(&spki) else {
-        return false;
-    };
-    let Ok(sig) = Signature::try_from(sig) else {
-        return false;
-    };
-    VerifyingKey::<sha2::Sha256>::new(key)
-        .verify(tbs, &sig)
-        .is_ok()
 }
 
 fn strip(serial: &[u8]) -> &[u8] {

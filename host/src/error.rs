@@ -55,6 +55,10 @@ pub enum Error {
     /// reworked by hand rather than personalised again.
     #[error("needs rework: {0}")]
     NeedsRework(String),
+    /// An external CA has not answered a card's certification requests yet: the card stays
+    /// in progress and continues when the certificates are there.
+    #[error("waiting for the CA: {0}")]
+    AwaitingCa(String),
     /// A PIN is blocked.
     #[error("the PIN is blocked: it must be reset at an issuing counter")]
     PinBlocked,

@@ -43,6 +43,7 @@ pub mod mock;
 pub mod pcsc_transport;
 #[cfg(feature = "sim")]
 pub mod perso;
+pub mod pki;
 pub mod secure;
 pub mod trace;
 pub mod uicc;

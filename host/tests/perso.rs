@@ -365,3 +365,180 @@ fn jpki_profile_end_to_end_without_secrets_in_any_output() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The JPKI profile with an external CA reached through the file exchange: the batch writes
+/// one request per key, signed on the card (openssl checks them), and leaves the cards in
+/// progress while the CA is silent; the CA (`kagi ca exchange`) answers; `resume` installs
+/// the certificates. A certificate for another key is refused, not written to the card.
+#[test]
+fn jpki_with_an_external_ca_through_the_file_exchange() {
+    let dir = std::env::temp_dir().join(format!("kagi-perso-extca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    for f in [
+        "jpki-records.csv",
+        "keys/transport.keys",
+        "keys/master.keys",
+        "keys/pin-mailer.pub.pem",
+        "keys/pin-mailer.key.pem",
+    ] {
+        std::fs::copy(examples().join(f), dir.join(f)).unwrap();
+    }
+    let profile = std::fs::read_to_string(examples().join("perso-jpki.toml"))
+        .unwrap()
+        .replace(
+            "ca_dir = \"pki\"",
+            "ca = \"external\"\nca_dir = \"ca-certs\"\nexchange_dir = \"exchange\"\nca_timeout_seconds = 1",
+        );
+    assert!(profile.contains("external"));
+    std::fs::write(dir.join("perso-ext.toml"), profile).unwrap();
+    let kagi = env!("CARGO_BIN_EXE_kagi");
+    // The external CA: its keys stay in ext-ca; the bureau only has its certificates.
+    let init = Command::new(kagi)
+        .args(["ca", "init", "--dir"])
+        .arg(dir.join("ext-ca"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    std::fs::create_dir_all(dir.join("ca-certs")).unwrap();
+    for c in ["auth-ca.crt.pem", "sign-ca.crt.pem"] {
+        std::fs::copy(dir.join("ext-ca").join(c), dir.join("ca-certs").join(c)).unwrap();
+    }
+    let out = dir.join("out");
+    let batch = |verb: &str| {
+        let o = Command::new(kagi)
+            .args(["perso", verb, "--sim", "2", "--profile"])
+            .arg(dir.join("perso-ext.toml"))
+            .arg("--input")
+            .arg(dir.join("jpki-records.csv"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--insecure-file-keys")
+            .arg(dir.join("keys"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    // 1. No CA answers: every card waits, with its two requests written.
+    let first = batch("run");
+    assert!(
+        first.contains("0 done") && first.contains("4 card(s) still in progress"),
+        "{first}"
+    );
+    let requests = dir.join("exchange/requests");
+    for id in ["J0001", "J0002", "J0003", "J0004"] {
+        for key in ["auth", "sign"] {
+            let csr = requests.join(format!("{id}.{key}.csr.pem"));
+            // openssl, independently: the request's signature verifies with its key.
+            let v = Command::new("openssl")
+                .args(["req", "-verify", "-noout", "-in"])
+                .arg(&csr)
+                .output()
+                .unwrap();
+            assert!(
+                v.status.success(),
+                "{}: {}",
+                csr.display(),
+                String::from_utf8_lossy(&v.stderr)
+            );
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert_eq!(report.matches(",in-progress,").count(), 4, "{report}");
+    // 2. The CA answers every request.
+    let ex = Command::new(kagi)
+        .args(["ca", "exchange", "--dir"])
+        .arg(dir.join("ext-ca"))
+        .arg("--exchange")
+        .arg(dir.join("exchange"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ex.stdout).contains("issued 8"),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    // ... but J0004's authentication certificate is swapped for one certifying another key.
+    let other = test_pki::generate_rsa_key().unwrap();
+    let other_pub = dir.join("other.pub.der");
+    {
+        use rsa::pkcs8::EncodePublicKey;
+        let spki = other.to_public_key().to_public_key_der().unwrap();
+        std::fs::write(&other_pub, spki.as_bytes()).unwrap();
+    }
+    let swapped = dir.join("exchange/issued/J0004.auth.crt.pem");
+    let issue = Command::new(kagi)
+        .args(["ca", "issue", "--kind", "auth", "--dir"])
+        .arg(dir.join("ext-ca"))
+        .arg("--public-key")
+        .arg(&other_pub)
+        .arg("-o")
+        .arg(&swapped)
+        .output()
+        .unwrap();
+    assert!(issue.status.success());
+    // 3. Resume: the certificates go onto the cards, the swapped one is refused.
+    let second = batch("resume");
+    assert!(
+        second.contains("3 done") && second.contains("1 failed"),
+        "{second}"
+    );
+    let report = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("J0004,failed,") && l.contains("another public key")),
+        "{report}"
+    );
+    let mailer = Command::new(kagi)
+        .args(["perso", "open-mailer", "--key"])
+        .arg(dir.join("keys/pin-mailer.key.pem"))
+        .arg("--mailer")
+        .arg(out.join("pin-mailer.enc"))
+        .output()
+        .unwrap();
+    let mailer = String::from_utf8_lossy(&mailer.stdout).to_string();
+    for id in ["J0001", "J0002", "J0003"] {
+        let card = out.join("cards").join(format!("{id}.img"));
+        let sim = ["--sim", "--sim-image", card.to_str().unwrap()];
+        let el = Command::new(kagi)
+            .args(["eligibility", "read", "--json", "--ca"])
+            .arg(dir.join("ca-certs/auth-ca.crt.pem"))
+            .args(sim)
+            .output()
+            .unwrap();
+        let el: serde_json::Value = serde_json::from_slice(&el.stdout).unwrap();
+        assert_eq!(el["verdict"], "eligible", "{id}: {el}");
+        assert_eq!(el["subject"], format!("CN=KAGI{id},C=JP"));
+        // The mailed PIN signs with the card's key; the signature checks against the
+        // certificate the external CA issued.
+        let line = mailer.lines().find(|l| l.starts_with(id)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.split_once(',').unwrap().1).unwrap();
+        let pin_file = dir.join(format!("{id}.pin"));
+        std::fs::write(&pin_file, v["auth_pin"].as_str().unwrap()).unwrap();
+        let msg = dir.join("m.txt");
+        std::fs::write(&msg, b"external CA").unwrap();
+        let sign = Command::new(kagi)
+            .args(["jpki", "sign", "--pin-file"])
+            .arg(&pin_file)
+            .arg("-i")
+            .arg(&msg)
+            .arg("-o")
+            .arg(dir.join("s"))
+            .args(sim)
+            .output()
+            .unwrap();
+        assert!(
+            sign.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sign.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

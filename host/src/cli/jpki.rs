@@ -457,7 +457,8 @@ pub enum CaCmd {
         dir: PathBuf,
     },
     /// Issue a synthetic certificate for a public key (PKCS#1 or SubjectPublicKeyInfo, DER or
-    /// PEM — e.g. the key a card generated): auth (opaque subject) or sign (synthetic facts).
+    /// PEM — e.g. the key a card generated) or for a PKCS#10 request (its signature checked):
+    /// auth (opaque subject) or sign (synthetic facts).
     Issue {
         /// Directory of the CA files.
         #[arg(long)]
@@ -466,8 +467,11 @@ pub enum CaCmd {
         #[arg(long, default_value = "auth")]
         kind: String,
         /// The subject's public key file.
+        #[arg(long, required_unless_present = "csr", conflicts_with = "csr")]
+        public_key: Option<PathBuf>,
+        /// A certification request (PEM or DER) instead of a bare public key.
         #[arg(long)]
-        public_key: PathBuf,
+        csr: Option<PathBuf>,
         /// Opaque identifier for the auth certificate's CN.
         #[arg(long, default_value = "KAGITEST0000000001")]
         id: String,
@@ -480,6 +484,25 @@ pub enum CaCmd {
         /// Output certificate (DER).
         #[arg(long, short = 'o')]
         out: PathBuf,
+    },
+    /// Play the external CA of a personalisation batch (`ca = "external"`): issue, with the
+    /// test CAs in DIR, a certificate for every request in EXCHANGE/requests
+    /// (ID.auth.csr.pem, ID.sign.csr.pem) that has none in EXCHANGE/issued yet. Each request's
+    /// signature is checked first (proof that the card holds the key); certificates are
+    /// written atomically.
+    Exchange {
+        /// Directory of the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The batch's exchange directory (the profile's exchange_dir).
+        #[arg(long)]
+        exchange: PathBuf,
+        /// Keep answering new requests until interrupted (checks every 100 ms).
+        #[arg(long)]
+        watch: bool,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365 * 5)]
+        days: u64,
     },
     /// Revoke an authentication certificate serial and write auth-ca.crl.der.
     Revoke {
@@ -510,6 +533,7 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
             dir,
             kind,
             public_key,
+            csr,
             id,
             serial,
             days,
@@ -518,29 +542,39 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
             use der::Encode;
             use rsa::pkcs1::DecodeRsaPublicKey;
             use rsa::pkcs8::DecodePublicKey;
-            let bytes = read_file(public_key)?;
-            let der = if bytes.starts_with(b"-----BEGIN") {
-                der::pem::decode_vec(&bytes)
-                    .map_err(|e| format!("{}: {e}", public_key.display()))?
-                    .1
-            } else {
-                bytes
+            let (path, der) = match (csr, public_key) {
+                (Some(p), _) => {
+                    let req = kagi::pki::verify_csr(&kagi::pki::pem_or_der(
+                        &read_file(p)?,
+                        kagi::pki::CSR_LABEL,
+                    )?)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                    (p, req.info.public_key.to_der()?)
+                }
+                (None, Some(p)) => {
+                    let bytes = read_file(p)?;
+                    let der = if bytes.starts_with(b"-----BEGIN") {
+                        der::pem::decode_vec(&bytes)
+                            .map_err(|e| format!("{}: {e}", p.display()))?
+                            .1
+                    } else {
+                        bytes
+                    };
+                    (p, der)
+                }
+                (None, None) => return Err("give --public-key or --csr".into()),
             };
             let key = rsa::PublicKey::from_pkcs1_der(&der)
                 .or_else(|_| rsa::PublicKey::from_public_key_der(&der))
                 .map_err(|_| {
                     format!(
                         "{}: not an RSA public key (PKCS#1 or SubjectPublicKeyInfo)",
-                        public_key.display()
+                        path.display()
                     )
                 })?;
             let serial = match serial {
                 Some(s) => *s,
-                None => {
-                    let mut b = [0u8; 4];
-                    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
-                    u32::from_be_bytes(b) & 0x7FFF_FFFF | 1
-                }
+                None => random_serial()?,
             };
             let now = SystemTime::now();
             let until = now + std::time::Duration::from_secs(days * 86400);
@@ -559,6 +593,34 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
             );
             Ok(())
         }
+        CaCmd::Exchange {
+            dir,
+            exchange,
+            watch,
+            days,
+        } => {
+            let (auth, sign) = cas(dir)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if *watch {
+                let s = stop.clone();
+                ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst))
+                    .map_err(|e| e.to_string())?;
+            }
+            let mut total = 0;
+            loop {
+                let n = answer_requests(&auth, &sign, exchange, *days)?;
+                total += n;
+                if !*watch || stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            println!(
+                "issued {total} certificate(s) into {}",
+                exchange.join("issued").display()
+            );
+            Ok(())
+        }
         CaCmd::Revoke { dir, serial } => {
             let n = match serial.strip_prefix("0x") {
                 Some(h) => u32::from_str_radix(h, 16),
@@ -571,6 +633,87 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A random positive serial number.
+fn random_serial() -> Result<u32, Failure> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+    Ok(u32::from_be_bytes(b) & 0x7FFF_FFFF | 1)
+}
+
+/// Issues a certificate for each request in `exchange/requests` without one in
+/// `exchange/issued`; returns how many.
+fn answer_requests(
+    auth: &test_pki::TestCa,
+    sign: &test_pki::TestCa,
+    exchange: &Path,
+    days: u64,
+) -> Result<usize, Failure> {
+    use der::Encode;
+    use rsa::pkcs8::DecodePublicKey;
+    let (requests, issued) = (exchange.join("requests"), exchange.join("issued"));
+    std::fs::create_dir_all(&issued).map_err(|e| format!("{}: {e}", issued.display()))?;
+    let entries =
+        std::fs::read_dir(&requests).map_err(|e| format!("{}: {e}", requests.display()))?;
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(stem) = name.strip_suffix(".csr.pem") else {
+            continue;
+        };
+        let Some((id, kind)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        let out = issued.join(format!("{id}.{kind}.crt.pem"));
+        if out.exists() || name.starts_with('.') {
+            continue;
+        }
+        let csr = match kagi::pki::pem_or_der(&read_file(&path)?, kagi::pki::CSR_LABEL)
+            .and_then(|der| kagi::pki::verify_csr(&der))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{}: refused: {e}", path.display());
+                continue;
+            }
+        };
+        let spki = csr.info.public_key.to_der()?;
+        let key = rsa::PublicKey::from_public_key_der(&spki)
+            .map_err(|e| format!("{}: not an RSA key: {e}", path.display()))?;
+        // The opaque id the batch put in the request's subject.
+        let cn = match csr.info.subject.common_name() {
+            Ok(Some(cn)) => cn.value().into_owned(),
+            _ => id.to_ascii_uppercase(),
+        };
+        let now = SystemTime::now();
+        let until = now + std::time::Duration::from_secs(days * 86400);
+        let cert = match kind {
+            "auth" => auth.issue_auth(&key, &cn, random_serial()?, now, until)?,
+            "sign" => sign.issue_sign(
+                &key,
+                &test_pki::BasicFacts::synthetic(),
+                random_serial()?,
+                now,
+                until,
+            )?,
+            other => {
+                eprintln!("{}: refused: unknown key kind '{other}'", path.display());
+                continue;
+            }
+        };
+        let pem = kagi::pki::to_pem(&cert.to_der()?, "CERTIFICATE")?;
+        let tmp = issued.join(format!(".{id}.{kind}.tmp"));
+        std::fs::write(&tmp, pem).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+        eprintln!("issued {} for {id} ({kind})", out.display());
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The two test CAs kept in `dir` (created when missing).

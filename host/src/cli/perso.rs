@@ -23,7 +23,7 @@ pub struct BatchArgs {
     #[arg(long)]
     readers: Option<String>,
     /// With --readers: a shell command run after each card, for an automatic encoder's
-    /// eject-and-feed (environment: KAGI_READER, KAGI_OUTCOME done|rework|failed|refused,
+    /// eject-and-feed (environment: KAGI_READER, KAGI_OUTCOME done|rework|failed|waiting|refused,
     /// KAGI_RECORD).
     #[arg(long, requires = "readers")]
     feeder_cmd: Option<String>,
@@ -113,6 +113,12 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             summary.handled as f64 / summary.seconds.max(1e-9),
             args.out.join("report.csv").display()
         );
+        if summary.in_progress > 0 {
+            println!(
+                "{} card(s) still in progress (waiting for the CA, or stopped mid-way): continue them with `kagi perso resume`",
+                summary.in_progress
+            );
+        }
         if !summary.step_ms.is_empty() {
             let parts: Vec<String> = summary
                 .step_ms

@@ -26,12 +26,23 @@
 //! [[store]]
 //! instance = "F04B4147490101"
 //! blocks = ["4D454D424552{member_no}", "{name}"]   # hex; {field} = the record's field (UTF-8)
+//!
+//! [jpki]                           # a JPKI credential: keys generated on the card
+//! instance = "D392F000260100000001"
+//! text_instance = "D3921000310001010408"   # optional: the text AP gets the record's facts
+//! pin_mailer_key = "keys/pin-mailer.pub.pem"  # PINs are generated and mailed, never stored
+//! ca = "test"                      # the test CA in ca_dir, or "external":
+//! ca_dir = "pki"                   # external: holds auth-ca.crt.pem and sign-ca.crt.pem
+//! # exchange_dir = "exchange"      # external: requests/ID.{auth,sign}.csr.pem out,
+//! #                                #   issued/ID.{auth,sign}.crt.pem in
+//! # ca_timeout_seconds = 600       # external: then the card waits for `kagi perso resume`
 //! ```
 
 use crate::error::{Error, Result};
 use card_wire::scp03::Diversification;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use toml::Spanned;
 
 /// The profile format version this build reads.
 pub const PROFILE_VERSION: u32 = 1;
@@ -100,36 +111,42 @@ struct RawJpki {
     pin_mailer_key: String,
     #[serde(default)]
     text_instance: Option<String>,
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    exchange_dir: Option<String>,
+    #[serde(default)]
+    ca_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
-    version: u32,
+    version: Spanned<u32>,
     name: String,
     #[serde(default = "default_card")]
-    card: String,
-    keys: RawKeys,
+    card: Spanned<String>,
+    keys: Spanned<RawKeys>,
     #[serde(default)]
-    load: Vec<RawLoad>,
+    load: Vec<Spanned<RawLoad>>,
     #[serde(default)]
-    domain: Vec<RawDomain>,
+    domain: Vec<Spanned<RawDomain>>,
     #[serde(default)]
-    install: Vec<RawInstall>,
+    install: Vec<Spanned<RawInstall>>,
     #[serde(default)]
-    jpki: Option<RawJpki>,
+    jpki: Option<Spanned<RawJpki>>,
     #[serde(default)]
-    store: Vec<RawStore>,
+    store: Vec<Spanned<RawStore>>,
     #[serde(default = "default_state")]
-    final_state: String,
+    final_state: Spanned<String>,
 }
 
-fn default_card() -> String {
-    "smartcard".into()
+fn default_card() -> Spanned<String> {
+    Spanned::new(0..0, "smartcard".into())
 }
 
-fn default_state() -> String {
-    "secured".into()
+fn default_state() -> Spanned<String> {
+    Spanned::new(0..0, "secured".into())
 }
 
 /// A supplementary security domain: created by the issuer security domain, then its initial
@@ -173,13 +190,35 @@ pub struct Load {
     pub modules: Vec<(Vec<u8>, String)>,
 }
 
+/// Who issues a JPKI card's certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateAuthority {
+    /// The project's test CA, whose keys are in `ca_dir` (`kagi ca init`).
+    Test,
+    /// An external CA reached through a file exchange: kagi writes one PKCS#10 request per
+    /// key (signed on the card) to `EXCHANGE/requests/ID.auth.csr.pem` and
+    /// `ID.sign.csr.pem`, and waits for the CA to put `ID.auth.crt.pem` and `ID.sign.crt.pem`
+    /// (PEM or DER) into `EXCHANGE/issued/`. `ca_dir` holds the CA certificates
+    /// (`auth-ca.crt.pem`, `sign-ca.crt.pem`) the issued certificates must chain to.
+    External {
+        /// The exchange directory, relative to the profile.
+        exchange_dir: std::path::PathBuf,
+        /// How long a station waits for the certificates before it leaves the card in
+        /// progress (to be continued by `kagi perso resume`).
+        timeout: std::time::Duration,
+    },
+}
+
 /// JPKI issuance: keys generated on the card, certificates from a CA, PINs generated per card
 /// and written only to the PIN mailer file, encrypted to the mailer's public key.
 #[derive(Debug, Clone)]
 pub struct Jpki {
     /// The JPKI AP instance.
     pub instance: Vec<u8>,
-    /// The CA directory (`kagi ca init`), relative to the profile.
+    /// Who issues the certificates.
+    pub ca: CertificateAuthority,
+    /// The CA directory, relative to the profile: the test CA's files, or an external CA's
+    /// certificates.
     pub ca_dir: std::path::PathBuf,
     /// The PIN mailer's RSA public key (PEM or DER SubjectPublicKeyInfo), relative to the
     /// profile.
@@ -297,6 +336,9 @@ impl Profile {
             let base = path.parent().unwrap_or(std::path::Path::new("."));
             j.ca_dir = base.join(&j.ca_dir);
             j.pin_mailer_key = base.join(&j.pin_mailer_key);
+            if let CertificateAuthority::External { exchange_dir, .. } = &mut j.ca {
+                *exchange_dir = base.join(&*exchange_dir);
+            }
         }
         Ok(p)
     }
@@ -304,29 +346,51 @@ impl Profile {
     /// Parses and validates a profile; errors name the line (TOML) or the field (meaning).
     pub fn parse(text: &str) -> Result<Profile> {
         let raw: RawProfile = toml::from_str(text).map_err(|e| Error::Profile(e.to_string()))?;
-        let bad = |m: String| Error::Profile(m);
-        if raw.version != PROFILE_VERSION {
-            return Err(bad(format!(
-                "profile version {} is not supported (this kagi reads version {PROFILE_VERSION})",
-                raw.version
-            )));
+        // Meaning errors name the entry and the line it starts on, as TOML's own errors do.
+        let at = |span: std::ops::Range<usize>, what: &str, m: String| {
+            let end = span.start.min(text.len());
+            let line = text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            Error::Profile(format!("line {line}, {what}: {m}"))
+        };
+        if *raw.version.get_ref() != PROFILE_VERSION {
+            return Err(at(
+                raw.version.span(),
+                "version",
+                format!(
+                    "profile version {} is not supported (this kagi reads version {PROFILE_VERSION})",
+                    raw.version.get_ref()
+                ),
+            ));
         }
-        let card = match raw.card.as_str() {
+        let card = match raw.card.get_ref().as_str() {
             "smartcard" => CardType::SmartCard,
             "uicc" | "sim" => CardType::Uicc,
-            other => return Err(bad(format!("card = '{other}': use smartcard or uicc"))),
+            other => {
+                return Err(at(
+                    raw.card.span(),
+                    "card",
+                    format!("'{other}': use smartcard or uicc"),
+                ));
+            }
         };
-        let diversification: Diversification = raw.keys.diversification.parse().map_err(bad)?;
-        let transport_kvn = kvn("keys.transport_kvn", &raw.keys.transport_kvn).map_err(bad)?;
-        let production_kvn = kvn("keys.production_kvn", &raw.keys.production_kvn).map_err(bad)?;
+        let keys_at = |m: String| at(raw.keys.span(), "[keys]", m);
+        let k = raw.keys.get_ref();
+        let diversification: Diversification = k.diversification.parse().map_err(keys_at)?;
+        let transport_kvn = kvn("transport_kvn", &k.transport_kvn).map_err(keys_at)?;
+        let production_kvn = kvn("production_kvn", &k.production_kvn).map_err(keys_at)?;
         if transport_kvn == production_kvn {
-            return Err(bad(
-                "keys.production_kvn must differ from keys.transport_kvn".into(),
+            return Err(keys_at(
+                "production_kvn must differ from transport_kvn".into(),
             ));
         }
         let mut load = Vec::new();
         for (i, l) in raw.load.iter().enumerate() {
-            let ctx = |m: String| bad(format!("load[{i}]: {m}"));
+            let ctx = |m: String| at(l.span(), &format!("load[{i}]"), m);
+            let l = l.get_ref();
             let mut modules = Vec::new();
             for m in &l.modules {
                 let (a, class) = m
@@ -342,9 +406,33 @@ impl Profile {
         let jpki = match &raw.jpki {
             None => None,
             Some(j) => {
-                let ctx = |m: String| bad(format!("jpki: {m}"));
+                let ctx = |m: String| at(j.span(), "[jpki]", m);
+                let j = j.get_ref();
+                let ca = match (j.ca.as_deref().unwrap_or("test"), &j.exchange_dir) {
+                    ("test", None) if j.ca_timeout_seconds.is_none() => CertificateAuthority::Test,
+                    ("test", _) => {
+                        return Err(ctx(
+                            "exchange_dir and ca_timeout_seconds are for ca = \"external\"".into(),
+                        ));
+                    }
+                    ("external", Some(dir)) => CertificateAuthority::External {
+                        exchange_dir: dir.into(),
+                        timeout: std::time::Duration::from_secs(
+                            j.ca_timeout_seconds.unwrap_or(600),
+                        ),
+                    },
+                    ("external", None) => {
+                        return Err(ctx(
+                            "ca = \"external\" needs exchange_dir (where requests and certificates are exchanged)".into(),
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(ctx(format!("ca = '{other}': use test or external")));
+                    }
+                };
                 Some(Jpki {
                     instance: aid("instance", &j.instance).map_err(ctx)?,
+                    ca,
                     ca_dir: j.ca_dir.clone().into(),
                     pin_mailer_key: j.pin_mailer_key.clone().into(),
                     text_instance: j
@@ -358,7 +446,8 @@ impl Profile {
         };
         let mut install = Vec::new();
         for (i, r) in raw.install.iter().enumerate() {
-            let ctx = |m: String| bad(format!("install[{i}]: {m}"));
+            let ctx = |m: String| at(r.span(), &format!("install[{i}]"), m);
+            let r = r.get_ref();
             install.push(Install {
                 package: aid("package", &r.package).map_err(ctx)?,
                 module: aid("module", &r.module).map_err(ctx)?,
@@ -370,7 +459,8 @@ impl Profile {
         }
         let mut domains = Vec::new();
         for (i, d) in raw.domain.iter().enumerate() {
-            let ctx = |m: String| bad(format!("domain[{i}]: {m}"));
+            let ctx = |m: String| at(d.span(), &format!("domain[{i}]"), m);
+            let d = d.get_ref();
             let privileges =
                 hex_bytes("privileges", d.privileges.as_deref().unwrap_or("80")).map_err(ctx)?;
             if privileges.first().is_none_or(|p| p & 0x80 == 0) {
@@ -401,7 +491,8 @@ impl Profile {
         }
         let mut store = Vec::new();
         for (i, s) in raw.store.iter().enumerate() {
-            let ctx = |m: String| bad(format!("store[{i}]: {m}"));
+            let ctx = |m: String| at(s.span(), &format!("store[{i}]"), m);
+            let s = s.get_ref();
             if s.blocks.is_empty() {
                 return Err(ctx("blocks is empty".into()));
             }
@@ -415,13 +506,15 @@ impl Profile {
                     .map_err(ctx)?,
             });
         }
-        let final_state = match raw.final_state.as_str() {
+        let final_state = match raw.final_state.get_ref().as_str() {
             "secured" => 0x0F,
             "locked" => 0x7F,
             other => {
-                return Err(bad(format!(
-                    "final_state = '{other}': use secured or locked"
-                )));
+                return Err(at(
+                    raw.final_state.span(),
+                    "final_state",
+                    format!("'{other}': use secured or locked"),
+                ));
             }
         };
         Ok(Profile {
@@ -546,14 +639,45 @@ blocks = ["4142{member_no}", "{name}"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("install[0]") && e.contains("5 to 16"), "{e}");
+        assert!(e.contains("line 7,"), "{e}");
         let e = Profile::parse(&GOOD.replace("4142{member_no}", "41{member_no"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("store[0]"), "{e}");
+        assert!(e.contains("store[0]") && e.contains("line 11,"), "{e}");
         let e = Profile::parse(&GOOD.replace("\"31\"", "\"30\""))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("differ"), "{e}");
+        assert!(e.contains("differ") && e.contains("[keys]"), "{e}");
+    }
+
+    #[test]
+    fn jpki_certificate_authority() {
+        let jpki = |extra: &str| {
+            format!(
+                "{GOOD}[jpki]\ninstance = \"D392F000260100000001\"\nca_dir = \"pki\"\npin_mailer_key = \"k.pem\"\n{extra}"
+            )
+        };
+        let p = Profile::parse(&jpki("")).unwrap();
+        assert_eq!(p.jpki.unwrap().ca, CertificateAuthority::Test);
+        let p = Profile::parse(&jpki(
+            "ca = \"external\"\nexchange_dir = \"x\"\nca_timeout_seconds = 5",
+        ))
+        .unwrap();
+        assert_eq!(
+            p.jpki.unwrap().ca,
+            CertificateAuthority::External {
+                exchange_dir: "x".into(),
+                timeout: std::time::Duration::from_secs(5)
+            }
+        );
+        for (extra, says) in [
+            ("ca = \"external\"", "needs exchange_dir"),
+            ("exchange_dir = \"x\"", "are for ca"),
+            ("ca = \"vendor\"", "use test or external"),
+        ] {
+            let e = Profile::parse(&jpki(extra)).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("jpki"), "{extra}: {e}");
+        }
     }
 
     proptest! {

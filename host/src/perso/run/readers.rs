@@ -186,7 +186,8 @@ fn feed(
 
 /// What a station did with a card.
 struct Handled {
-    /// `done`, `rework`, `failed` or `refused` (no record given to the card).
+    /// `done`, `rework`, `failed`, `waiting` (for the CA) or `refused` (no record given to
+    /// the card).
     outcome: &'static str,
     /// The record, when one was given.
     record: Option<String>,
@@ -243,8 +244,9 @@ fn one_card(
     };
     let result = run_card(sh, ch, record, None, &progress)?;
     match result {
-        Err(e) if gone(&e) => {
-            // Taken out mid-way: the record waits for this card to come back.
+        Err(e) if gone(&e) || matches!(e, Error::AwaitingCa(_)) => {
+            // Taken out mid-way, or waiting for the CA: the record waits for this card to
+            // come back.
             let progress = match journal::replay(&journal_path(&sh.opts.out))?.remove(&record.id) {
                 Some(Status::InProgress { steps, begun, .. }) => Progress { done: steps, begun },
                 _ => Progress::default(),
@@ -252,8 +254,18 @@ fn one_card(
             work.waiting
                 .lock()
                 .map_err(|_| Error::Protocol("station lock poisoned".into()))?
-                .insert(cin, (record, progress));
-            Err(e)
+                .insert(cin.clone(), (record, progress));
+            match e {
+                Error::AwaitingCa(why) => Ok(Handled {
+                    outcome: "waiting",
+                    record: Some(record.id.clone()),
+                    message: format!(
+                        "{} on card {cin}: {why}; remove the card and insert it again once the CA has answered",
+                        record.id
+                    ),
+                }),
+                e => Err(e),
+            }
         }
         result => {
             let (outcome, detail) = match &result {
