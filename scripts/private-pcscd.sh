@@ -3,8 +3,10 @@
 # private pcscd whose socket lands in $RUN (bind-mounted over /run/pcscd, on a tmpfs /run),
 # with vpcd readers for $CARDS simulated cards (one reader.conf entry per two slots; extra
 # entries load their own copy of the driver, as vpcd keeps per-slot state in globals), and
-# `$KAGI sim serve` inserting the cards. Stays up until its standard input closes, then stops
-# exactly the two processes it started. Used by scripts/pcsc-sandbox.sh and the Rust
+# `$KAGI sim serve` inserting the cards. Stays up until its standard input closes (or gives
+# an empty line), then stops exactly the two processes it started. A `restart-pcscd` line on
+# standard input stops pcscd and starts it again (every reader goes away and comes back, as
+# when readers are unplugged or pcscd restarts). Used by scripts/pcsc-sandbox.sh and the Rust
 # integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test), HOPPER
 # (non-empty: every slot is fed factory-fresh cards with their own serials; `next I` swaps).
 # Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
@@ -28,8 +30,11 @@ ip link set lo up
 mount -t tmpfs tmpfs /run
 mkdir -p /run/pcscd
 mount --bind "$RUN" /run/pcscd
-pcscd --foreground --apdu -c "$CONF" >"$WORK/pcscd.log" 2>&1 &
-P=$!
+start_pcscd() {
+    pcscd --foreground --apdu -c "$CONF" >>"$WORK/pcscd.log" 2>&1 &
+    P=$!
+}
+start_pcscd
 # Write `remove I` / `insert I` lines to $WORK/sim-ctl to take card I out and put it back,
 # `next I` to swap in the next card (with HOPPER).
 mkfifo "$WORK/sim-ctl"
@@ -38,4 +43,14 @@ exec 8<>"$WORK/sim-ctl"
 S=$!
 echo "$P $S" >"$WORK/pids"
 trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT
-read -r _ || true
+while read -r cmd; do
+    case "$cmd" in
+        restart-pcscd)
+            kill -TERM "$P" 2>/dev/null || true
+            wait "$P" 2>/dev/null || true
+            start_pcscd
+            echo "$P $S" >"$WORK/pids"
+            ;;
+        *) break ;;
+    esac
+done

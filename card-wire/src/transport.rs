@@ -79,6 +79,12 @@ pub enum TransportError {
         /// The readers present.
         available: String,
     },
+    /// The reader service (pcscd) is not running or went away: every reader is gone until it
+    /// is back. Waiting and retrying with a new connection recovers.
+    #[error(
+        "the reader service is not available ({0}): is pcscd running? (start it, or check PCSCLITE_CSOCK_NAME)"
+    )]
+    ServiceUnavailable(String),
     /// A wait ran out.
     #[error("timed out after {0} ms")]
     Timeout(u64),

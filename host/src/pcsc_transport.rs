@@ -44,9 +44,9 @@ pub struct ReaderInfo {
 
 fn other(e: pcsc::Error) -> TransportError {
     match e {
-        pcsc::Error::NoService | pcsc::Error::ServiceStopped => TransportError::Other(format!(
-            "{e}: is pcscd running? (start it, or check PCSCLITE_CSOCK_NAME)"
-        )),
+        pcsc::Error::NoService | pcsc::Error::ServiceStopped | pcsc::Error::CommError => {
+            TransportError::ServiceUnavailable(e.to_string())
+        }
         pcsc::Error::NoReadersAvailable => TransportError::Other("no PC/SC readers".into()),
         _ => TransportError::Other(e.to_string()),
     }
@@ -209,17 +209,27 @@ impl PcscTransport {
     /// Waits up to `timeout` until the reader `selector` holds no card (the card was taken
     /// out, or the reader is gone). `Err(Timeout)` if a card is still there.
     pub fn wait_for_removal(selector: &str, timeout: Duration) -> Result<(), TransportError> {
+        // A reader (or the whole reader service) that is gone holds no card either.
+        let gone_too = |e: &TransportError| {
+            matches!(
+                e,
+                TransportError::ReaderUnavailable { .. }
+                    | TransportError::NoSuchReader { .. }
+                    | TransportError::ServiceUnavailable(_)
+            )
+        };
         let reader = match resolve_reader(selector) {
             Ok(r) => r,
-            Err(TransportError::ReaderUnavailable { .. } | TransportError::NoSuchReader { .. }) => {
-                return Ok(());
-            }
+            Err(e) if gone_too(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
-        wait_state(&reader, timeout, |ev| {
+        match wait_state(&reader, timeout, |ev| {
             ev.contains(pcsc::State::EMPTY) || gone(ev)
-        })
-        .map(|_| ())
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) if gone_too(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Declares that reader and card carry extended-length APDUs end to end.

@@ -46,6 +46,9 @@ struct Operator {
     seen: usize,
     claims: usize,
     claimed_on: BTreeMap<String, usize>,
+    /// Restart pcscd (every reader goes away and comes back) at this claim, while its card
+    /// is being personalised.
+    restart_after: Option<usize>,
 }
 
 impl Operator {
@@ -56,6 +59,7 @@ impl Operator {
             seen: 0,
             claims: 0,
             claimed_on: BTreeMap::new(),
+            restart_after: None,
         }
     }
 
@@ -71,6 +75,9 @@ impl Operator {
                     self.claimed_on.insert(record.clone(), slot);
                     self.fresh[slot] = false;
                     self.claims += 1;
+                    if self.restart_after == Some(self.claims) {
+                        stack.restart_pcscd();
+                    }
                 }
                 Event::Done { record }
                 | Event::Rework { record, .. }
@@ -378,4 +385,53 @@ fn a_uicc_profile_tracks_sims_by_iccid_and_other_stock_is_refused() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["card_kind"], "uicc");
     assert_eq!(info["iccid"].as_str(), last_on_0.as_deref());
+}
+
+/// The readers go away in the middle of a batch and come back (pcscd stopped and started
+/// again, as when readers are unplugged and replugged or pcscd restarts): the stations wait
+/// for them, a card caught mid-way continues on the same card, and every record is done
+/// once.
+#[test]
+fn stations_survive_the_readers_going_away_and_coming_back() {
+    let stack = PrivatePcsc::start_hopper(2, "gp-test");
+    let dir = stack.work.join("perso");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("records.csv");
+    let mut csv = String::from("id,member_no,name,points\n");
+    for i in 0..6 {
+        csv.push_str(&format!("P{i},{},REPLUG MEMBER {i},{i}\n", 330000 + i));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let out = dir.join("out");
+    let journal_file = out.join("journal.jsonl");
+    let pids = || std::fs::read_to_string(stack.work.join("pids")).unwrap();
+    let before = pids();
+    let mut operator = Operator::new(6, [true, true]);
+    operator.restart_after = Some(3);
+    let output = operator.run(
+        &stack,
+        start_batch(&stack, &input, &out),
+        &journal_file,
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", stack.logs());
+    assert_ne!(pids(), before, "pcscd was not restarted");
+    let state = journal::replay(&journal_file).unwrap();
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events(&journal_file) {
+        if let Event::Claim { record, .. } = e {
+            *claims.entry(record).or_default() += 1;
+        }
+    }
+    for i in 0..6 {
+        let id = format!("P{i}");
+        assert_eq!(claims.get(&id), Some(&1), "{id}: {stderr}");
+        match &state[&id] {
+            Status::Done => {}
+            // A card caught in its STORE DATA cannot be continued: reported, not redone.
+            Status::Rework(why) => assert!(why.contains("store:"), "{id}: {why}"),
+            other => panic!("{id}: {other:?}\n{stderr}"),
+        }
+    }
 }

@@ -23,7 +23,7 @@ pub struct PrivatePcsc {
     pub work: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
-    stdin: Option<ChildStdin>,
+    stdin: std::cell::RefCell<Option<ChildStdin>>,
 }
 
 /// The reader that holds card `i` (see scripts/private-pcscd.sh).
@@ -121,7 +121,7 @@ impl PrivatePcsc {
             socket: run.join("pcscd.comm"),
             work,
             child: Some(child),
-            stdin,
+            stdin: std::cell::RefCell::new(stdin),
         };
         let start = Instant::now();
         while !stack.socket.exists() {
@@ -175,6 +175,15 @@ impl PrivatePcsc {
         writeln!(f, "{line}").expect("write control");
     }
 
+    /// Stops pcscd and starts it again: every reader disappears and comes back (what a
+    /// client sees when readers are unplugged and replugged, or pcscd restarts).
+    pub fn restart_pcscd(&self) {
+        let mut guard = self.stdin.borrow_mut();
+        let s = guard.as_mut().expect("stack stdin");
+        s.write_all(b"restart-pcscd\n").expect("restart pcscd");
+        s.flush().expect("flush");
+    }
+
     /// pcscd's and the simulator's logs, for failure messages.
     pub fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.work.join(f)).unwrap_or_default();
@@ -189,7 +198,7 @@ impl PrivatePcsc {
 impl Drop for PrivatePcsc {
     fn drop(&mut self) {
         // Closing stdin makes the script stop pcscd and the simulator it started.
-        if let Some(mut s) = self.stdin.take() {
+        if let Some(mut s) = self.stdin.get_mut().take() {
             let _ = s.write_all(b"\n");
         }
         if let Some(mut child) = self.child.take() {

@@ -44,18 +44,18 @@ fn out_of_work(work: &Work<'_>) -> bool {
     work.fresh.lock().map(|q| q.is_empty()).unwrap_or(true)
 }
 
-/// Whether `e` means the card or the reader went away (the card can come back).
+/// Whether `e` means the conversation with the card was lost — the card or the reader went
+/// away, pcscd restarted, the card went mute — rather than the card refusing something: the
+/// card's state is unknown, so its record waits for the card to come back (and is checked on
+/// the card then), and is never marked failed for it.
 fn gone(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Transport(
-            TransportError::CardRemoved(_)
-                | TransportError::CardReset(_)
-                | TransportError::NoCard(_)
-                | TransportError::ReaderUnavailable { .. }
-                | TransportError::NoSuchReader { .. }
-        )
-    )
+    match e {
+        Error::Transport(t) => !matches!(
+            t,
+            TransportError::CommandTooLong { .. } | TransportError::ShortResponse(_)
+        ),
+        _ => false,
+    }
 }
 
 /// One station: runs until there are no fresh records left.
@@ -93,7 +93,9 @@ pub(super) fn station(
                 (handled.outcome, handled.record)
             }
             Err(e) if gone(&e) => {
-                say(format!("{reader}: card taken out: {e}"));
+                say(format!("{reader}: lost the card: {e}"));
+                // Before trying the reader again (the card may still be in it).
+                std::thread::sleep(POLL);
                 continue;
             }
             Err(e) => return Err(e),
