@@ -10,6 +10,7 @@
 //! - [`tlv`]: BER-TLV reading and writing.
 //! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
+//! - [`gp`]: GlobalPlatform card-management commands as bytes, GET STATUS answers parsed.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
 //! - [`uicc`]: the ICCID and `EF.ICCID`, the UICC issuer security domain AID.
@@ -22,6 +23,7 @@
 pub mod apdu;
 pub mod atr;
 pub mod content;
+pub mod gp;
 pub mod jpki;
 pub mod scp03;
 pub mod sw;

@@ -64,6 +64,21 @@ pub enum Error {
     PinBlocked,
 }
 
+impl From<card_wire::gp::GpError> for Error {
+    fn from(e: card_wire::gp::GpError) -> Self {
+        use card_wire::gp::GpError as G;
+        match e {
+            G::Apdu(a) => Error::Apdu(a),
+            G::Tlv(t) => Error::Tlv(t),
+            G::FieldTooLong(n) => {
+                Error::CommandTooLong(format!("an INSTALL field of {n} bytes does not fit"))
+            }
+            G::Malformed(m) => Error::Protocol(m),
+            G::PutKey(m) => Error::Keys(m),
+        }
+    }
+}
+
 /// The host library's result type.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 

@@ -175,119 +175,7 @@ pub fn parse_key_info(data: &[u8]) -> Result<Vec<KeyInfo>> {
     Ok(out)
 }
 
-/// Which part of the registry GET STATUS reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum StatusScope {
-    /// P1 `80`: the issuer security domain.
-    IssuerDomain,
-    /// P1 `40`: applications and security domains.
-    Applications,
-    /// P1 `20`: executable load files.
-    LoadFiles,
-    /// P1 `10`: executable load files and their modules.
-    LoadFilesAndModules,
-}
-
-impl StatusScope {
-    /// The P1 byte.
-    pub fn p1(self) -> u8 {
-        match self {
-            StatusScope::IssuerDomain => 0x80,
-            StatusScope::Applications => 0x40,
-            StatusScope::LoadFiles => 0x20,
-            StatusScope::LoadFilesAndModules => 0x10,
-        }
-    }
-}
-
-/// One registry entry from GET STATUS.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RegistryEntry {
-    /// Which scope listed it.
-    pub scope: StatusScope,
-    /// AID.
-    #[serde(serialize_with = "hex_ser")]
-    pub aid: Vec<u8>,
-    /// Life-cycle state byte.
-    pub life_cycle: u8,
-    /// Privileges (1 or 3 bytes).
-    #[serde(serialize_with = "hex_ser")]
-    pub privileges: Vec<u8>,
-}
-
-impl RegistryEntry {
-    /// The life-cycle state as GP names it.
-    pub fn life_cycle_name(&self) -> &'static str {
-        match (self.scope, self.life_cycle) {
-            (StatusScope::IssuerDomain, 0x01) => "OP_READY",
-            (StatusScope::IssuerDomain, 0x07) => "INITIALIZED",
-            (StatusScope::IssuerDomain, 0x0F) => "SECURED",
-            (StatusScope::IssuerDomain, 0x7F) => "CARD_LOCKED",
-            (StatusScope::IssuerDomain, 0xFF) => "TERMINATED",
-            (StatusScope::LoadFiles | StatusScope::LoadFilesAndModules, 0x01) => "LOADED",
-            (_, 0x03) => "INSTALLED",
-            (_, 0x07) => "SELECTABLE",
-            (_, 0x0F) => "PERSONALIZED",
-            (_, x) if x & 0x83 == 0x83 => "LOCKED",
-            _ => "application-specific",
-        }
-    }
-}
-
-fn parse_status_tags(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntry>> {
-    let mut out = Vec::new();
-    for e3 in tlv::parse_all(data)? {
-        if e3.tag != Tag(0xE3) {
-            continue;
-        }
-        let aid = e3.require(Tag(0x4F))?.value.to_vec();
-        let life_cycle = e3
-            .find(Tag(0x9F70))?
-            .and_then(|t| t.value.first().copied())
-            .unwrap_or(0);
-        let privileges = e3
-            .find(Tag(0xC5))?
-            .map(|t| t.value.to_vec())
-            .unwrap_or_default();
-        out.push(RegistryEntry {
-            scope,
-            aid,
-            life_cycle,
-            privileges,
-        });
-    }
-    Ok(out)
-}
-
-fn parse_status_legacy(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntry>> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while let [len, tail @ ..] = rest {
-        let n = *len as usize;
-        let extra = if scope == StatusScope::LoadFilesAndModules {
-            0
-        } else {
-            2
-        };
-        if tail.len() < n + extra {
-            return Err(Error::Protocol("truncated legacy GET STATUS entry".into()));
-        }
-        let aid = tail[..n].to_vec();
-        let (life_cycle, privileges) = if extra == 2 {
-            (tail[n], vec![tail[n + 1]])
-        } else {
-            (0, Vec::new())
-        };
-        out.push(RegistryEntry {
-            scope,
-            aid,
-            life_cycle,
-            privileges,
-        });
-        rest = &tail[n + extra..];
-    }
-    Ok(out)
-}
+pub use card_wire::gp::{RegistryEntry, StatusScope};
 
 /// GET STATUS for `scope`, following `6310` pages; falls back to the legacy format when the
 /// card refuses tags (`6A86`). An empty scope (`6A88`) is an empty list.
@@ -296,18 +184,11 @@ pub fn get_status(ch: &mut impl ApduChannel, scope: StatusScope) -> Result<Vec<R
     let mut entries = Vec::new();
     let mut next = false;
     loop {
-        let p2 = if tags { 0x02 } else { 0x00 } | u8::from(next);
-        let cmd = Command::new(0x80, 0xF2, scope.p1(), p2)
-            .with_data(vec![0x4F, 0x00])?
-            .with_le(256)?;
+        let cmd = card_wire::gp::get_status(scope, tags, next)?;
         let r = ch.transmit(&cmd)?;
         match r.sw {
             StatusWord::SUCCESS | StatusWord::MORE_DATA_AVAILABLE => {
-                let mut page = if tags {
-                    parse_status_tags(scope, &r.data)?
-                } else {
-                    parse_status_legacy(scope, &r.data)?
-                };
+                let mut page = card_wire::gp::parse_status(scope, tags, &r.data)?;
                 if page.is_empty() && r.sw == StatusWord::MORE_DATA_AVAILABLE {
                     return Err(Error::Protocol(
                         "GET STATUS answered 6310 with no entries".into(),
@@ -336,21 +217,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn legacy_and_tagged_status() {
-        let tagged = hex::decode("E3134F08A0000001510000009F70010FC5039EFE80").unwrap();
-        let e = parse_status_tags(StatusScope::IssuerDomain, &tagged).unwrap();
-        assert_eq!(e[0].aid, hex::decode("A000000151000000").unwrap());
-        assert_eq!(e[0].life_cycle_name(), "SECURED");
-        let legacy = hex::decode("06F04B414749010700").unwrap();
-        let e = parse_status_legacy(StatusScope::Applications, &legacy).unwrap();
-        assert_eq!(
-            (e[0].life_cycle_name(), e[0].privileges.clone()),
-            ("SELECTABLE", vec![0])
-        );
-        assert!(parse_status_legacy(StatusScope::Applications, &[0x08, 1, 2]).is_err());
-    }
-
-    #[test]
     fn recognition_data() {
         // 73 { 06 GP-OID.1, 60 { 06 GP-OID.2.2.3.1 }, 64 { 06 GP-OID.4.3.70 } }
         let data = hex::decode(
@@ -364,53 +230,18 @@ mod tests {
     }
 }
 
-/// Card content management under an open secure channel (GP Card Specification §11).
+/// Card content management under an open secure channel (GP Card Specification §11): the
+/// commands of [`card_wire::gp`], sent one by one, each answer checked.
 pub mod manage {
     use super::*;
+    use card_wire::gp as cmd;
     use card_wire::scp03::StaticKeys;
     use card_wire::scp03::crypto::AesKey;
-    use card_wire::scp03::putkey::put_key_block;
 
-    /// Largest data block per LOAD / STORE DATA command that still fits a short APDU after
-    /// SCP03 padding and an S16 MAC.
-    pub const BLOCK: usize = 200;
-
-    fn lv(out: &mut Vec<u8>, v: &[u8]) -> Result<()> {
-        match v.len() {
-            0..=0x7F => out.push(v.len() as u8),
-            0x80..=0xFF => out.extend_from_slice(&[0x81, v.len() as u8]),
-            n => {
-                return Err(Error::CommandTooLong(format!(
-                    "an INSTALL field of {n} bytes does not fit"
-                )));
-            }
-        }
-        out.extend_from_slice(v);
-        Ok(())
-    }
+    pub use card_wire::gp::{BLOCK, InstallSpec, load_file_hash, sim_load_file};
 
     fn gp_command(ch: &mut impl ApduChannel, name: &'static str, cmd: Command) -> Result<Vec<u8>> {
         expect_success(name, ch.transmit(&cmd)?)
-    }
-
-    /// The load file kagi's simulator accepts: `C4 ‖ len ‖ (4F package, A0 { 4F module,
-    /// 50 class }…)`. Real cards take a CAP file's load file data block instead.
-    pub fn sim_load_file(package: &[u8], modules: &[(Vec<u8>, String)]) -> Vec<u8> {
-        let mut lfdb = tlv::tlv(0x4F, package);
-        for (m, class) in modules {
-            let mut body = tlv::tlv(0x4F, m);
-            body.extend(tlv::tlv(0x50, class.as_bytes()));
-            lfdb.extend(tlv::tlv(0xA0, &body));
-        }
-        tlv::tlv(0xC4, &lfdb)
-    }
-
-    /// SHA-256 over the load file data block (the value of `C4`), as INSTALL [for load]
-    /// carries it.
-    pub fn load_file_hash(load_file: &[u8]) -> Result<Vec<u8>> {
-        use sha2::{Digest, Sha256};
-        let c4 = tlv::parse_single(load_file)?;
-        Ok(Sha256::digest(c4.value).to_vec())
     }
 
     /// INSTALL [for load] then LOAD in blocks. `sd` is the security domain the load file
@@ -427,90 +258,29 @@ pub mod manage {
         } else {
             Vec::new()
         };
-        let mut data = Vec::new();
-        lv(&mut data, package)?;
-        lv(&mut data, sd.unwrap_or_default())?;
-        lv(&mut data, &hash)?;
-        lv(&mut data, &[])?;
-        lv(&mut data, &[])?;
         gp_command(
             ch,
             "INSTALL [for load]",
-            Command::new(0x80, 0xE6, 0x02, 0x00)
-                .with_data(data)?
-                .with_le(256)?,
+            cmd::install_for_load(package, sd.unwrap_or_default(), &hash)?,
         )?;
-        let blocks: Vec<&[u8]> = load_file.chunks(BLOCK).collect();
-        for (i, b) in blocks.iter().enumerate() {
-            let p1 = if i + 1 == blocks.len() { 0x80 } else { 0x00 };
-            let cmd = Command::new(0x80, 0xE8, p1, i as u8)
-                .with_data(b.to_vec())?
-                .with_le(256)?;
-            gp_command(ch, "LOAD", cmd)?;
+        for block in cmd::load_blocks(load_file)? {
+            gp_command(ch, "LOAD", block)?;
         }
         Ok(())
     }
 
-    /// What INSTALL [for install] creates.
-    #[derive(Debug, Clone, Default)]
-    pub struct InstallSpec {
-        /// Executable load file (package) AID.
-        pub package: Vec<u8>,
-        /// Module (applet class) AID.
-        pub module: Vec<u8>,
-        /// Instance AID.
-        pub instance: Vec<u8>,
-        /// Privileges (1 or 3 bytes).
-        pub privileges: Vec<u8>,
-        /// Install parameters; wrapped in `C9` unless they already start with `C9`.
-        pub params: Vec<u8>,
-        /// Also make it selectable.
-        pub selectable: bool,
-    }
-
     /// INSTALL [for install (and make selectable)].
     pub fn install(ch: &mut impl ApduChannel, spec: &InstallSpec) -> Result<()> {
-        let params = if spec.params.first() == Some(&0xC9) {
-            spec.params.clone()
-        } else {
-            tlv::tlv(0xC9, &spec.params)
-        };
-        let mut data = Vec::new();
-        lv(&mut data, &spec.package)?;
-        lv(&mut data, &spec.module)?;
-        lv(&mut data, &spec.instance)?;
-        lv(
-            &mut data,
-            if spec.privileges.is_empty() {
-                &[0]
-            } else {
-                &spec.privileges
-            },
-        )?;
-        lv(&mut data, &params)?;
-        lv(&mut data, &[])?;
-        let p1 = if spec.selectable { 0x0C } else { 0x04 };
-        gp_command(
-            ch,
-            "INSTALL [for install]",
-            Command::new(0x80, 0xE6, p1, 0x00)
-                .with_data(data)?
-                .with_le(256)?,
-        )?;
+        gp_command(ch, "INSTALL [for install]", cmd::install(spec)?)?;
         Ok(())
     }
 
     /// INSTALL [for make selectable].
     pub fn make_selectable(ch: &mut impl ApduChannel, instance: &[u8]) -> Result<()> {
-        let mut data = vec![0, 0];
-        lv(&mut data, instance)?;
-        data.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
         gp_command(
             ch,
             "INSTALL [for make selectable]",
-            Command::new(0x80, 0xE6, 0x08, 0x00)
-                .with_data(data)?
-                .with_le(256)?,
+            cmd::make_selectable(instance)?,
         )?;
         Ok(())
     }
@@ -523,15 +293,10 @@ pub mod manage {
         blocks: &[Vec<u8>],
         sensitive: bool,
     ) -> Result<Vec<u8>> {
-        let mut data = vec![0, 0];
-        lv(&mut data, instance)?;
-        data.extend_from_slice(&[0x00, 0x00, 0x00]);
         gp_command(
             ch,
             "INSTALL [for personalization]",
-            Command::new(0x80, 0xE6, 0x20, 0x00)
-                .with_data(data)?
-                .with_le(256)?,
+            cmd::install_for_personalization(instance)?,
         )?;
         store_data(ch, blocks, sensitive)
     }
@@ -544,42 +309,28 @@ pub mod manage {
         sensitive: bool,
     ) -> Result<Vec<u8>> {
         let mut last = Vec::new();
-        for (i, b) in blocks.iter().enumerate() {
-            let p1 = if i + 1 == blocks.len() { 0x80 } else { 0x00 };
-            let mut cmd = Command::new(0x80, 0xE2, p1, i as u8)
-                .with_data(b.clone())?
-                .with_le(256)?;
-            if sensitive {
-                cmd = cmd.sensitive();
-            }
-            last = gp_command(ch, "STORE DATA", cmd)?;
+        for c in cmd::store_data(blocks, sensitive)? {
+            last = gp_command(ch, "STORE DATA", c)?;
         }
         Ok(last)
     }
 
     /// DELETE an instance or a load file (`related`: with its instances).
     pub fn delete(ch: &mut impl ApduChannel, aid: &[u8], related: bool) -> Result<()> {
-        let cmd = Command::new(0x80, 0xE4, 0x00, if related { 0x80 } else { 0x00 })
-            .with_data(tlv::tlv(0x4F, aid))?
-            .with_le(256)?;
-        gp_command(ch, "DELETE", cmd)?;
+        gp_command(ch, "DELETE", cmd::delete(aid, related)?)?;
         Ok(())
     }
 
     /// SET STATUS of the card (P1 `80`).
     pub fn set_card_status(ch: &mut impl ApduChannel, state: u8) -> Result<()> {
-        gp_command(ch, "SET STATUS", Command::new(0x80, 0xF0, 0x80, state))?;
+        gp_command(ch, "SET STATUS", cmd::set_card_status(state))?;
         Ok(())
     }
 
     /// SET STATUS of an application or security domain (P1 `40`): `80` lock, `00` unlock, or
     /// an application-specific state.
     pub fn set_app_status(ch: &mut impl ApduChannel, aid: &[u8], state: u8) -> Result<()> {
-        gp_command(
-            ch,
-            "SET STATUS",
-            Command::new(0x80, 0xF0, 0x40, state).with_data(aid.to_vec())?,
-        )?;
+        gp_command(ch, "SET STATUS", cmd::set_app_status(aid, state)?)?;
         Ok(())
     }
 
@@ -594,17 +345,8 @@ pub mod manage {
     ) -> Result<Vec<u8>> {
         let mut pad = [0u8; 16];
         getrandom::fill(&mut pad).map_err(|e| Error::Keys(format!("random padding: {e}")))?;
-        let mut data = vec![new.kvn];
-        let mut expected = vec![new.kvn];
-        for k in [new.enc(), new.mac(), new.dek()] {
-            data.extend(put_key_block(dek, k, &pad)?);
-            expected.extend_from_slice(&k.kcv());
-        }
-        let cmd = Command::new(0x80, 0xD8, replace.unwrap_or(0), 0x81)
-            .with_data(data)?
-            .with_le(256)?
-            .sensitive();
-        let answer = gp_command(ch, "PUT KEY", cmd)?;
+        let (c, expected) = cmd::put_key(dek, new, replace, &pad)?;
+        let answer = gp_command(ch, "PUT KEY", c)?;
         if answer != expected {
             return Err(Error::Protocol(format!(
                 "PUT KEY: the card answered key check values {} instead of {}",

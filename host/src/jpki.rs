@@ -455,7 +455,7 @@ pub fn personalise_sim(
         )?;
     }
     let script = identity.script(auth_pin, sign_pin)?;
-    let blocks: Vec<Vec<u8>> = script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
+    let blocks = card_wire::gp::blocks(&script);
     manage::personalize(sc, &JPKI_AID, &blocks, true)?;
     // The text AP: a synthetic number (never a real one), the same synthetic facts, its PIN.
     let (number, facts) = text_efs(
@@ -468,7 +468,7 @@ pub fn personalise_sim(
     let mut text = Zeroizing::new(item(0xC1, 0x0001, &number));
     text.extend(item(0xC1, 0x0002, &facts));
     text.extend(item(0xC3, 0x0011, DEMO_TEXT_PIN.as_bytes()));
-    let blocks: Vec<Vec<u8>> = text.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
+    let blocks = card_wire::gp::blocks(&text);
     manage::personalize(sc, &TEXT_AID, &blocks, true)?;
     Ok(())
 }

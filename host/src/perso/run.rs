@@ -12,6 +12,7 @@ use crate::gp::{self, StatusScope, manage};
 use crate::secure::SecureChannel;
 use crate::uicc::CardKind;
 use applet_sim::{SimCard, SimConfig};
+use card_wire::gp::blocks;
 use card_wire::scp03::{
     CardKeys, Diversification, HostOptions, Scp03Error, SecurityLevel, StaticKeys,
 };
@@ -742,11 +743,6 @@ struct Issued {
 /// An item of a JPKI personalisation script: `TAG { FID ‖ body }`.
 fn jpki_item(tag: u32, fid: u16, body: &[u8]) -> Vec<u8> {
     card_wire::tlv::tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
-}
-
-/// A script cut into STORE DATA blocks.
-fn blocks(script: &[u8]) -> Vec<Vec<u8>> {
-    script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect()
 }
 
 /// The public keys the card answered an on-card key generation with (authentication, then

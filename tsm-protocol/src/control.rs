@@ -1,0 +1,364 @@
+//! The control API between a service provider (or the mobile operator) and the TSM. Every
+//! request travels signed ([`crate::signing`], kind `ControlRequest`) and every answer is
+//! signed by the TSM (`ControlResponse`), echoing the request's id and nonce.
+//!
+//! A credential's secrets never pass through the TSM in clear: the provider seals the private
+//! key and the PIN with its content key (`card_wire::content`), which only the applet on the
+//! card opens. The relay sees even less: everything it carries is SCP03-encrypted.
+
+use crate::error::ErrorReport;
+use crate::ids::OpId;
+use crate::signing::Sealed;
+use serde::{Deserialize, Serialize};
+
+/// Which card: the SIM's ICCID as the operator knows it; the TSM binds it to the card's
+/// image number (read under the secure channel, never taken from the relay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardTarget {
+    /// The ICCID (digits).
+    pub iccid: String,
+}
+
+/// The JPKI applet to put on the card, under the provider's security domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppletRef {
+    /// Load file (package) AID.
+    pub package: Vec<u8>,
+    /// Module (class) AID, with the simulator class the load file names.
+    pub module: Vec<u8>,
+    /// The simulator class of the module (`jpki.ap`).
+    pub class: String,
+    /// The instance AID.
+    pub instance: Vec<u8>,
+}
+
+/// A user-authentication credential as the provider (the JPKI side) hands it over: the key
+/// and the PIN sealed for the applet, the certificates in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialBundle {
+    /// The private key (PKCS#1 DER for RSA, the 32-byte scalar for P-256) sealed with the
+    /// provider's content key for the key file `0017` (`card_wire::content::seal`).
+    pub sealed_key: Vec<u8>,
+    /// The user-authentication PIN, sealed likewise for the PIN file `0018`.
+    pub sealed_pin: Vec<u8>,
+    /// The certificate (DER).
+    pub certificate: Vec<u8>,
+    /// The issuing CA's certificate (DER).
+    pub ca_certificate: Vec<u8>,
+    /// The serial of the holder's My Number card signature certificate the application was
+    /// signed with (hex): links the phone credential to the card.
+    pub my_number_sign_serial: String,
+}
+
+/// How the user proves the download is theirs: the one-time access code the TSM returns
+/// (delivered out of band by the provider), and a password the provider registered with the
+/// user, given here as a PBKDF2-HMAC-SHA256 verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessGrant {
+    /// PBKDF2 salt.
+    pub password_salt: [u8; 16],
+    /// PBKDF2 iterations.
+    pub password_iterations: u32,
+    /// PBKDF2-HMAC-SHA256(password, salt, iterations), 32 bytes.
+    pub password_verifier: [u8; 32],
+    /// Wrong code or password entries allowed before the operation is locked.
+    pub max_attempts: u8,
+    /// How long the download may take to happen (milliseconds from acceptance).
+    pub valid_for_ms: u64,
+}
+
+/// Why a credential is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeReason {
+    /// The phone or SIM was lost or stolen.
+    CardLost,
+    /// Replaced by a credential on another SIM.
+    Superseded,
+    /// The holder asked.
+    UserRequest,
+    /// The certificate expired.
+    Expired,
+}
+
+/// A request to the TSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Put a credential on a card: the applet installed when absent, key and certificate
+    /// imported, PIN set, everything verified, a receipt signed.
+    Issue {
+        /// The provider's reference for the subscriber.
+        subscriber_ref: String,
+        /// The card.
+        card: CardTarget,
+        /// The applet.
+        applet: AppletRef,
+        /// The credential.
+        credential: CredentialBundle,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
+    /// Revoke a credential: effective at once at the TSM (and in its revocation list); the
+    /// applet is deleted from the card the next time it is reachable.
+    Revoke {
+        /// The issuing operation of the credential.
+        credential: OpId,
+        /// Why.
+        reason: RevokeReason,
+    },
+    /// Move a credential to another SIM: the old one is revoked (superseded) and the new
+    /// credential issued to the new card, as one operation.
+    Transfer {
+        /// The credential moved.
+        credential: OpId,
+        /// The new card.
+        card: CardTarget,
+        /// The new credential (its own key and certificate).
+        new_credential: CredentialBundle,
+        /// The user's access conditions for the new download.
+        access: AccessGrant,
+    },
+    /// A credential's state: revoked or not, expired or not, where.
+    CheckStatus {
+        /// The issuing operation.
+        credential: OpId,
+    },
+    /// Set a new PIN (sealed for the applet) on the card, through the relay.
+    ResetPin {
+        /// The issuing operation.
+        credential: OpId,
+        /// The new PIN, sealed with the content key for the PIN file.
+        sealed_pin: Vec<u8>,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
+    /// Write provider data into the wallet applet (member id, tickets, points), through
+    /// the relay.
+    WalletUpdate {
+        /// The card.
+        card: CardTarget,
+        /// The wallet instance.
+        instance: Vec<u8>,
+        /// The updates, applied on the card in one transaction, at most once each.
+        updates: Vec<WalletUpdate>,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
+    /// An operation's state.
+    GetOperation {
+        /// Which.
+        op: OpId,
+    },
+    /// Abandon an operation that has not completed.
+    Cancel {
+        /// Which.
+        op: OpId,
+    },
+    /// MNO-TSM: a SIM is registered (ICCID ↔ card image number, the provider's security
+    /// domain on it).
+    RegisterCard {
+        /// ICCID.
+        iccid: String,
+        /// Card image number (hex) the card reports under the secure channel.
+        cin: String,
+        /// The provider's security domain AID on that card.
+        sd_aid: Vec<u8>,
+        /// Free persistent memory the operator's records show (bytes).
+        free_memory: u32,
+    },
+    /// MNO-TSM: the subscriber's SIM changed (the provider should transfer credentials).
+    SimChanged {
+        /// Old ICCID.
+        old_iccid: String,
+        /// New ICCID.
+        new_iccid: String,
+    },
+    /// MNO-TSM: the SIM was reported lost: every credential on it is revoked at once.
+    CardLost {
+        /// ICCID.
+        iccid: String,
+    },
+    /// MNO-TSM: whether a SIM can take a credential (registered, not lost, enough memory).
+    CheckEligibility {
+        /// ICCID.
+        iccid: String,
+        /// Bytes needed.
+        memory_needed: u32,
+    },
+}
+
+impl ControlRequest {
+    /// A short name for logs and the audit trail.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlRequest::Issue { .. } => "issue",
+            ControlRequest::Revoke { .. } => "revoke",
+            ControlRequest::Transfer { .. } => "transfer",
+            ControlRequest::CheckStatus { .. } => "check-status",
+            ControlRequest::ResetPin { .. } => "reset-pin",
+            ControlRequest::WalletUpdate { .. } => "wallet-update",
+            ControlRequest::GetOperation { .. } => "get-operation",
+            ControlRequest::Cancel { .. } => "cancel",
+            ControlRequest::RegisterCard { .. } => "register-card",
+            ControlRequest::SimChanged { .. } => "sim-changed",
+            ControlRequest::CardLost { .. } => "card-lost",
+            ControlRequest::CheckEligibility { .. } => "check-eligibility",
+        }
+    }
+
+    /// Whether the request needs an idempotency key (it creates an operation).
+    pub fn creates_operation(&self) -> bool {
+        matches!(
+            self,
+            ControlRequest::Issue { .. }
+                | ControlRequest::Revoke { .. }
+                | ControlRequest::Transfer { .. }
+                | ControlRequest::ResetPin { .. }
+                | ControlRequest::WalletUpdate { .. }
+        )
+    }
+}
+
+/// One change to the wallet applet. Each carries an id the card remembers, so an update
+/// delivered twice (a lost answer, a resumed session) applies once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletUpdate {
+    /// Unique per update (the card keeps the ids it applied).
+    pub id: [u8; 8],
+    /// What changes.
+    pub change: WalletChange,
+}
+
+/// A change to the wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WalletChange {
+    /// Set the member id.
+    SetMemberId(String),
+    /// Add a ticket.
+    AddTicket(String),
+    /// Remove a ticket.
+    RemoveTicket(String),
+    /// Add (or, negative, take) points; refused if the balance would go below zero.
+    Points(i32),
+}
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpState {
+    /// Accepted; waiting for the phone app to connect.
+    AwaitingDevice,
+    /// A relay is connected; the user has not yet given the access code and password.
+    DeviceBound,
+    /// Running card scripts.
+    Running,
+    /// Interrupted (lost relay, unverifiable answers): continues when a relay reconnects.
+    Interrupted,
+    /// Done, with a receipt.
+    Completed,
+    /// Failed (a card refusal, an authentication failure, too many wrong codes).
+    Failed,
+    /// Its time ran out.
+    Expired,
+    /// Cancelled by the provider.
+    Cancelled,
+}
+
+impl OpState {
+    /// Whether the operation can still change.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OpState::Completed | OpState::Failed | OpState::Expired | OpState::Cancelled
+        )
+    }
+
+    /// The word the database and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpState::AwaitingDevice => "awaiting-device",
+            OpState::DeviceBound => "device-bound",
+            OpState::Running => "running",
+            OpState::Interrupted => "interrupted",
+            OpState::Completed => "completed",
+            OpState::Failed => "failed",
+            OpState::Expired => "expired",
+            OpState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A credential's standing at the TSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// The issuing operation.
+    pub credential: OpId,
+    /// The card's ICCID.
+    pub iccid: String,
+    /// `active`, `pending` (not yet on the card), `revoked`.
+    pub state: String,
+    /// Why it was revoked.
+    pub revoked: Option<RevokeReason>,
+    /// The certificate serial (hex).
+    pub serial: String,
+    /// notAfter (Unix seconds).
+    pub not_after: u64,
+    /// Whether notAfter has passed.
+    pub expired: bool,
+    /// The linked My Number signature-certificate serial.
+    pub my_number_sign_serial: String,
+    /// Whether the applet still has to be deleted from the card (revoked while unreachable).
+    pub card_deletion_pending: bool,
+}
+
+/// The TSM's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// An operation was created (or, for a repeated idempotency key, already exists).
+    Accepted {
+        /// The operation.
+        op: OpId,
+        /// Its state.
+        state: OpState,
+        /// For the phone app: the single-use device ticket (deliver with the app link).
+        device_ticket: Option<String>,
+        /// For the user, out of band: the one-time access code.
+        access_code: Option<String>,
+        /// When the operation expires (Unix milliseconds).
+        expires_at: u64,
+    },
+    /// An operation's state, with its receipt once completed.
+    Operation(OperationView),
+    /// A credential's standing.
+    Credential(CredentialStatus),
+    /// Whether a SIM can take a credential.
+    Eligibility {
+        /// Yes or no.
+        eligible: bool,
+        /// Why not.
+        reason: String,
+        /// Free memory on record.
+        free_memory: u32,
+    },
+    /// Done (for requests without an operation).
+    Ok,
+    /// Refused.
+    Rejected(ErrorReport),
+}
+
+/// What the TSM tells about an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationView {
+    /// Which.
+    pub op: OpId,
+    /// What it does.
+    pub kind: String,
+    /// Where it stands.
+    pub state: OpState,
+    /// Steps done (log-safe names).
+    pub steps: Vec<String>,
+    /// The signed receipt (kind `Receipt`), once completed.
+    pub receipt: Option<Sealed>,
+    /// Why it failed.
+    pub error: Option<ErrorReport>,
+    /// Child operations (a transfer's revocation and issuance).
+    pub children: Vec<OpId>,
+}

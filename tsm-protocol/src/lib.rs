@@ -1,0 +1,33 @@
+//! # tsm-protocol
+//!
+//! The trusted-service-manager protocol of kagi: how a service provider's JPKI credential (or
+//! any provider data) gets into its security domain on a phone's SIM through a TSM and a phone
+//! app that only relays encrypted card commands. I/O-free: the TSM server (`tsm-server`), the
+//! provider tools and the relay (`kagi relay`) all build on it.
+//!
+//! - [`signing`]: signed messages (ECDSA P-256) with ids, nonces, validity windows, recipient
+//!   binding and replay protection; [`codec`]: the canonical encoding they are signed in.
+//! - [`control`]: the control API (Issue, Revoke, Transfer, CheckStatus, ResetPin,
+//!   GetOperation, Cancel, and the mobile operator's notices).
+//! - [`relay`]: orders and reports between the TSM and the untrusted relay, exactly once.
+//! - [`access`]: the one-time access code, the password verifier and the device ticket.
+//! - [`receipt`]: the TSM's execution receipt with the on-card key proof.
+//! - [`error`]: errors as the protocol reports them.
+//!
+//! Everything that arrives from outside is parsed without panicking into a typed error.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod access;
+pub mod codec;
+pub mod control;
+pub mod error;
+pub mod ids;
+pub mod receipt;
+pub mod relay;
+pub mod signing;
+
+pub use error::{ErrorReport, Layer};
+pub use ids::{IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
+pub use signing::{Envelope, Header, Kind, Policy, ProtocolError, Sealed, Signer, Trust};

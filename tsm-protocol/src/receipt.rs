@@ -1,0 +1,157 @@
+//! Proof of execution. When an issuance completes the TSM signs an [`ExecutionReceipt`]
+//! (kind `Receipt`) that carries a signature made on the card by the newly installed key over
+//! a nonce of the TSM's: with the certificate alone, the provider can check that the key is
+//! really on the card — not merely that the TSM says so.
+//!
+//! The chain of evidence: the card's R-MACs (checked by the TSM) → the on-card signature
+//! (checkable by anyone with the certificate) → the TSM's signature (checked by the provider).
+
+use crate::ids::{MsgId, Nonce, OpId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One card command of the operation, as digests (the commands carry sealed keys: only their
+/// hashes go into the receipt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// What the step did.
+    pub name: String,
+    /// SHA-256 of the plain command (before SCP03).
+    pub command_sha256: [u8; 32],
+    /// The card's status word (R-MAC verified).
+    pub sw: u16,
+}
+
+/// The TSM's statement that an operation was executed on a card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionReceipt {
+    /// The operation.
+    pub op: OpId,
+    /// What it was (`issue`, `reset-pin`, ...).
+    pub kind: String,
+    /// The provider's request that created it, and that request's nonce.
+    pub request: (MsgId, Nonce),
+    /// The card's ICCID (as the operator registered it).
+    pub iccid: String,
+    /// The card image number read under the secure channel (R-MAC verified).
+    pub cin: String,
+    /// SHA-256 of the certificate written (zero when none).
+    pub certificate_sha256: [u8; 32],
+    /// The linked My Number signature-certificate serial.
+    pub my_number_sign_serial: String,
+    /// The TSM's nonce the new key signed.
+    pub key_proof_nonce: [u8; 32],
+    /// The card's signature over [`key_proof_message`] (empty when the operation installs no
+    /// key).
+    pub key_proof: Vec<u8>,
+    /// The card commands, as digests.
+    pub steps: Vec<StepRecord>,
+    /// When it completed (Unix milliseconds).
+    pub completed_at: u64,
+}
+
+/// What the new key signs: a tag, the operation and the TSM's nonce.
+pub fn key_proof_message(op: &OpId, nonce: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"kagi-tsm key proof\0".to_vec();
+    m.extend_from_slice(&op.0);
+    m.extend_from_slice(nonce);
+    m
+}
+
+/// The public key of a card certificate, to check the card's signatures with: RSA-2048 (the
+/// JPKI card) or P-256 (SIM profiles).
+#[derive(Debug, Clone)]
+pub enum CertKey {
+    /// RSA, PKCS#1 v1.5 with SHA-256.
+    Rsa(rsa::PublicKey),
+    /// ECDSA P-256 with SHA-256.
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl CertKey {
+    /// The key of a DER certificate.
+    pub fn from_certificate(cert_der: &[u8]) -> Result<CertKey, String> {
+        use der::{Decode, Encode};
+        let cert =
+            x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("certificate: {e}"))?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| format!("certificate: {e}"))?;
+        Self::from_spki(&spki)
+    }
+
+    /// The key of a DER SubjectPublicKeyInfo.
+    pub fn from_spki(spki: &[u8]) -> Result<CertKey, String> {
+        use rsa::pkcs8::DecodePublicKey;
+        if let Ok(k) = rsa::PublicKey::from_public_key_der(spki) {
+            return Ok(CertKey::Rsa(k));
+        }
+        p256::ecdsa::VerifyingKey::from_public_key_der(spki)
+            .map(CertKey::P256)
+            .map_err(|_| "the key is neither RSA nor P-256".into())
+    }
+
+    /// What to hand the card's sign command for `message`: the SHA-256 DigestInfo (RSA) or
+    /// the SHA-256 hash (P-256).
+    pub fn to_be_signed(&self, message: &[u8]) -> Vec<u8> {
+        let hash = Sha256::digest(message);
+        match self {
+            CertKey::Rsa(_) => {
+                let mut v = vec![
+                    0x30, 0x31, 0x30, 0x0D, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
+                    0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+                ];
+                v.extend_from_slice(&hash);
+                v
+            }
+            CertKey::P256(_) => hash.to_vec(),
+        }
+    }
+
+    /// Checks the card's signature over `message`.
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), String> {
+        let bad = || "the card's signature does not verify against the certificate".to_string();
+        match self {
+            CertKey::Rsa(k) => {
+                use rsa::signature::Verifier;
+                let s = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad())?;
+                rsa::pkcs1v15::VerifyingKey::<Sha256>::new(k.clone())
+                    .verify(message, &s)
+                    .map_err(|_| bad())
+            }
+            CertKey::P256(k) => {
+                use p256::ecdsa::signature::Verifier;
+                let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
+                k.verify(message, &s).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+impl ExecutionReceipt {
+    /// The provider's checks of a receipt it got for its request: the receipt is for this
+    /// operation and request, certifies `certificate`, and the on-card signature verifies
+    /// with the certificate's key.
+    pub fn check(
+        &self,
+        op: &OpId,
+        request: (MsgId, Nonce),
+        certificate: &[u8],
+    ) -> Result<(), String> {
+        if self.op != *op || self.request != request {
+            return Err("the receipt is for another operation or request".into());
+        }
+        let digest: [u8; 32] = Sha256::digest(certificate).into();
+        if self.certificate_sha256 != digest {
+            return Err("the receipt names another certificate".into());
+        }
+        CertKey::from_certificate(certificate)?
+            .verify(
+                &key_proof_message(op, &self.key_proof_nonce),
+                &self.key_proof,
+            )
+            .map_err(|e| format!("key proof: {e}"))
+    }
+}
