@@ -17,8 +17,11 @@ pub const JPKI: &str = "jpki.ap";
 /// The text AP (card-face facts behind their own PIN).
 pub const TEXT: &str = "jpki.text";
 
+/// The ID wallet applet (member id, tickets, points).
+pub const WALLET: &str = card_wire::wallet::WALLET_CLASS;
+
 /// Every class name a load file may name.
-pub const KNOWN: &[&str] = &[ISD, SD, ECHO, JPKI, TEXT];
+pub const KNOWN: &[&str] = &[ISD, SD, ECHO, JPKI, TEXT, WALLET];
 
 /// Whether a class exists.
 pub fn known(class: &str) -> bool {
@@ -33,6 +36,7 @@ pub fn instantiate(class: &str, aid: &Aid) -> Option<Box<dyn Applet>> {
         ECHO => Some(Box::new(EchoApplet)),
         JPKI => Some(Box::new(crate::jpki::FileApplet::new(&crate::jpki::JPKI))),
         TEXT => Some(Box::new(crate::jpki::FileApplet::new(&crate::jpki::TEXT))),
+        WALLET => Some(Box::new(crate::wallet::WalletApplet::default())),
         _ => None,
     }
 }

@@ -17,7 +17,8 @@
 //! Personalisation arrives as STORE DATA through the security domain (under SCP03): `C1` EF
 //! contents, `C2` private keys (PKCS#1 DER), `C6` private keys sealed with the provider's
 //! content key (`card_wire::content`; the key is the install parameter `C9 { CE … }`), `C3`
-//! PINs, `C4` on-card key generation (the response carries only the public key).
+//! PINs, `C8` PINs sealed likewise, `C4` on-card key generation (the response carries only
+//! the public key), `C7` a key proof for the TSM's receipt (`card_wire::jpki::ITEM_KEY_PROOF`).
 
 use crate::applet::{Applet, AppletContext};
 use crate::registry;
@@ -312,6 +313,19 @@ impl FileApplet {
         Ok(Response::success(key.sign(data)?))
     }
 
+    /// Writes a PIN record (tries left, limit, value) after checking the PIN's format.
+    fn set_pin(&self, ctx: &mut AppletContext<'_>, fid: u16, value: &[u8]) -> Result<(), Sw> {
+        if !self.profile.pin_format_ok(fid, value) {
+            return Err(Sw::INCORRECT_DATA);
+        }
+        let max = self.profile.pin(fid).map(|(_, m)| m).unwrap_or(3);
+        let mut record = vec![max, max];
+        record.extend_from_slice(value);
+        let r = ctx.store.put(&key_of(ctx, "pin", fid), &record);
+        record.zeroize();
+        Ok(r?)
+    }
+
     fn personalize_item(
         &self,
         item: &tlv::Tlv<'_>,
@@ -334,20 +348,9 @@ impl FileApplet {
             (0xC6, f) if p.is_key(f) => {
                 // A private key sealed with the provider's content key (install parameter
                 // `C9 { CE <key> }`): neither the relay nor the security domain can read it.
-                let params = ctx.me().map(|e| e.params.clone()).unwrap_or_default();
-                // C9 is primitive for GP: its value holds the applet's own TLVs.
-                let app_params = tlv::find(&params, tlv::Tag(0xC9))
-                    .ok()
-                    .flatten()
-                    .map(|t| t.value)
-                    .unwrap_or(&params);
-                let content_key = tlv::find(app_params, tlv::Tag(0xCE))
-                    .ok()
-                    .flatten()
-                    .and_then(|t| card_wire::scp03::AesKey::new(t.value).ok())
-                    .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
-                let mut der = card_wire::content::open(&content_key, &fid.to_be_bytes(), rest)
-                    .map_err(|_| Sw::INCORRECT_DATA)?;
+                let mut der =
+                    card_wire::content::open(&content_key(ctx)?, &fid.to_be_bytes(), rest)
+                        .map_err(|_| Sw::INCORRECT_DATA)?;
                 if CardKey::parse(&der).is_none() {
                     der.zeroize();
                     return Err(Sw::INCORRECT_DATA);
@@ -357,15 +360,32 @@ impl FileApplet {
                 r?;
             }
             (0xC3, f) if p.pin(f).is_some() => {
-                if !p.pin_format_ok(fid, rest) {
-                    return Err(Sw::INCORRECT_DATA);
-                }
-                let max = p.pin(fid).map(|(_, m)| m).unwrap_or(3);
-                let mut record = vec![max, max];
-                record.extend_from_slice(rest);
-                let r = ctx.store.put(&key_of(ctx, "pin", fid), &record);
-                record.zeroize();
+                self.set_pin(ctx, fid, rest)?;
+            }
+            (0xC8, f) if p.pin(f).is_some() => {
+                // A PIN sealed with the provider's content key: the TSM never sees it.
+                let mut pin =
+                    card_wire::content::open(&content_key(ctx)?, &fid.to_be_bytes(), rest)
+                        .map_err(|_| Sw::INCORRECT_DATA)?;
+                let r = self.set_pin(ctx, fid, &pin);
+                pin.zeroize();
                 r?;
+            }
+            (0xC7, f) if p.is_key(f) && rest.len() == 48 => {
+                // A key proof for the TSM's receipt: the key signs a message the card builds
+                // from the operation and nonce, so nothing else can be signed without the PIN.
+                let (op, nonce) = rest.split_at(16);
+                let (Ok(op), Ok(nonce)) = (<[u8; 16]>::try_from(op), <[u8; 32]>::try_from(nonce))
+                else {
+                    return Err(Sw::INCORRECT_DATA);
+                };
+                let message = card_wire::jpki::key_proof_message(&op, &nonce);
+                let stored = ctx
+                    .store
+                    .get(&key_of(ctx, "key", fid))
+                    .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
+                let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
+                out.extend(tlv::tlv(0xC7, &key.sign(&key.to_be_signed(&message))?));
             }
             (0xC4, f) if p.is_key(f) && rest.is_empty() => {
                 // On-card key generation (RSA-2048): only the public key leaves the card.
@@ -396,6 +416,22 @@ impl FileApplet {
     }
 }
 
+/// The provider's content key, from the instance's install parameters `C9 { CE <key> }`.
+fn content_key(ctx: &AppletContext<'_>) -> Result<card_wire::scp03::AesKey, Sw> {
+    let params = ctx.me().map(|e| e.params.clone()).unwrap_or_default();
+    // C9 is primitive for GP: its value holds the applet's own TLVs.
+    let app_params = tlv::find(&params, tlv::Tag(0xC9))
+        .ok()
+        .flatten()
+        .map(|t| t.value)
+        .unwrap_or(&params);
+    tlv::find(app_params, tlv::Tag(0xCE))
+        .ok()
+        .flatten()
+        .and_then(|t| card_wire::scp03::AesKey::new(t.value).ok())
+        .ok_or(Sw::CONDITIONS_NOT_SATISFIED)
+}
+
 /// A private key in a key EF: RSA-2048 (PKCS#1 DER) or P-256 (the 32-byte scalar).
 enum CardKey {
     Rsa(Box<rsa::PrivateKey>),
@@ -411,6 +447,15 @@ impl CardKey {
         }
         let key = rsa::PrivateKey::from_pkcs1_der(stored).ok()?;
         (key.size() == 256).then(|| CardKey::Rsa(Box::new(key)))
+    }
+
+    /// What the key signs for `message`: the SHA-256 DigestInfo (RSA) or hash (P-256).
+    fn to_be_signed(&self, message: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            CardKey::Rsa(_) => card_wire::jpki::sha256_digest_info(message),
+            CardKey::P256(_) => sha2::Sha256::digest(message).to_vec(),
+        }
     }
 
     /// RSA: PKCS#1 v1.5 type 1 over the data as given (a DigestInfo). P-256: ECDSA over a

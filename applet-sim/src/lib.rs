@@ -39,6 +39,7 @@ pub mod store;
 pub mod tearing;
 pub mod uicc;
 pub mod vpcd;
+pub mod wallet;
 
 pub use applet::{Aid, Applet, AppletContext};
 pub use card::{SdConfig, SimCard, SimConfig};

@@ -30,6 +30,44 @@ pub const EF_SIGN_KEY: u16 = 0x001A;
 /// Signature password.
 pub const EF_SIGN_PIN: u16 = 0x001B;
 
+/// Personalisation items (STORE DATA through the security domain, `TAG { FID ‖ value }`):
+/// an EF's content.
+pub const ITEM_EF: u32 = 0xC1;
+/// A private key in clear (PKCS#1 DER, or a P-256 scalar).
+pub const ITEM_KEY: u32 = 0xC2;
+/// A PIN in clear.
+pub const ITEM_PIN: u32 = 0xC3;
+/// On-card key generation (`02` after the FID: P-256); the answer carries the public key.
+pub const ITEM_GENERATE: u32 = 0xC4;
+/// A private key sealed with the provider's content key (`crate::content`, label = FID).
+pub const ITEM_SEALED_KEY: u32 = 0xC6;
+/// A key proof: the key in FID signs [`key_proof_message`] of the operation and nonce that
+/// follow the FID (16 + 32 bytes); the answer carries `C7 { signature }`. The card builds
+/// the message itself, so the item cannot be used to sign anything else without the PIN.
+pub const ITEM_KEY_PROOF: u32 = 0xC7;
+/// A PIN sealed with the provider's content key (label = FID).
+pub const ITEM_SEALED_PIN: u32 = 0xC8;
+
+/// What a key proof signs: a fixed tag, then the operation id and the nonce.
+pub fn key_proof_message(op: &[u8; 16], nonce: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"kagi-tsm key proof\0".to_vec();
+    m.extend_from_slice(op);
+    m.extend_from_slice(nonce);
+    m
+}
+
+/// The DER DigestInfo of the SHA-256 hash of `message` (what an RSA key signs for
+/// sha256WithRSAEncryption, PKCS#1 v1.5).
+pub fn sha256_digest_info(message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut v = vec![
+        0x30, 0x31, 0x30, 0x0D, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    v.extend_from_slice(&Sha256::digest(message));
+    v
+}
+
 /// The format a PIN must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PinFormat {

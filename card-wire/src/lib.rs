@@ -13,6 +13,7 @@
 //! - [`gp`]: GlobalPlatform card-management commands as bytes, GET STATUS answers parsed.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
+//! - [`wallet`]: the ID wallet applet's items and summary (member id, tickets, points).
 //! - [`uicc`]: the ICCID and `EF.ICCID`, the UICC issuer security domain AID.
 //!
 //! Parsers here never panic on input: each returns a typed error.
@@ -30,6 +31,7 @@ pub mod sw;
 pub mod tlv;
 pub mod transport;
 pub mod uicc;
+pub mod wallet;
 
 pub use apdu::{ApduError, Class, Command, Response};
 pub use sw::StatusWord;

@@ -177,16 +177,7 @@ pub fn sign(ch: &mut impl ApduChannel, pin: Pin, data: &[u8]) -> Result<Vec<u8>>
     expect_success("COMPUTE DIGITAL SIGNATURE", ch.transmit(&cmd)?)
 }
 
-/// The DER DigestInfo of a SHA-256 hash (what `sha256WithRSAEncryption` signs).
-pub fn sha256_digest_info(message: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut v = vec![
-        0x30, 0x31, 0x30, 0x0D, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-        0x05, 0x00, 0x04, 0x20,
-    ];
-    v.extend_from_slice(&Sha256::digest(message));
-    v
-}
+pub use card_wire::jpki::sha256_digest_info;
 
 /// A synthetic identity and what the card needs for it.
 pub struct DemoIdentity {

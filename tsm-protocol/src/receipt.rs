@@ -50,12 +50,10 @@ pub struct ExecutionReceipt {
     pub completed_at: u64,
 }
 
-/// What the new key signs: a tag, the operation and the TSM's nonce.
+/// What the new key signs: a tag, the operation and the TSM's nonce (built on the card the
+/// same way, `card_wire::jpki::key_proof_message`).
 pub fn key_proof_message(op: &OpId, nonce: &[u8; 32]) -> Vec<u8> {
-    let mut m = b"kagi-tsm key proof\0".to_vec();
-    m.extend_from_slice(&op.0);
-    m.extend_from_slice(nonce);
-    m
+    card_wire::jpki::key_proof_message(&op.0, nonce)
 }
 
 /// The public key of a card certificate, to check the card's signatures with: RSA-2048 (the
@@ -96,17 +94,9 @@ impl CertKey {
     /// What to hand the card's sign command for `message`: the SHA-256 DigestInfo (RSA) or
     /// the SHA-256 hash (P-256).
     pub fn to_be_signed(&self, message: &[u8]) -> Vec<u8> {
-        let hash = Sha256::digest(message);
         match self {
-            CertKey::Rsa(_) => {
-                let mut v = vec![
-                    0x30, 0x31, 0x30, 0x0D, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
-                    0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
-                ];
-                v.extend_from_slice(&hash);
-                v
-            }
-            CertKey::P256(_) => hash.to_vec(),
+            CertKey::Rsa(_) => card_wire::jpki::sha256_digest_info(message),
+            CertKey::P256(_) => Sha256::digest(message).to_vec(),
         }
     }
 

@@ -157,54 +157,7 @@ fn verify(ch: &mut impl ApduChannel, pin: Pin, source: &PinSource) -> Result<(),
     }
 }
 
-/// The public key of a card certificate, to check the card's signatures with.
-enum CertKey {
-    Rsa(rsa::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
-}
-
-impl CertKey {
-    fn from_certificate(cert_der: &[u8]) -> Result<CertKey, Failure> {
-        use der::{Decode, Encode};
-        use rsa::pkcs8::DecodePublicKey;
-        let cert = x509_cert::Certificate::from_der(cert_der)?;
-        let spki = cert.tbs_certificate().subject_public_key_info().to_der()?;
-        if let Ok(k) = rsa::PublicKey::from_public_key_der(&spki) {
-            return Ok(CertKey::Rsa(k));
-        }
-        Ok(CertKey::P256(
-            p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
-                .map_err(|_| "the certificate's key is neither RSA nor P-256")?,
-        ))
-    }
-
-    fn to_be_signed(&self, message: &[u8]) -> Vec<u8> {
-        use sha2::Digest;
-        match self {
-            CertKey::Rsa(_) => jpki::sha256_digest_info(message),
-            CertKey::P256(_) => sha2::Sha256::digest(message).to_vec(),
-        }
-    }
-
-    fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), Failure> {
-        let bad = || "the card's signature does not verify against its certificate";
-        match self {
-            CertKey::Rsa(k) => {
-                use rsa::signature::Verifier;
-                let s = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad())?;
-                rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.clone())
-                    .verify(message, &s)
-                    .map_err(|_| bad())?;
-            }
-            CertKey::P256(k) => {
-                use p256::ecdsa::signature::Verifier;
-                let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
-                k.verify(message, &s).map_err(|_| bad())?;
-            }
-        }
-        Ok(())
-    }
-}
+use tsm_protocol::receipt::CertKey;
 
 /// Runs `kagi jpki …`.
 pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
