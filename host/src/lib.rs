@@ -46,6 +46,7 @@ pub mod perso;
 pub mod pki;
 pub mod secure;
 pub mod trace;
+pub mod tsm;
 pub mod uicc;
 
 pub use card_wire;

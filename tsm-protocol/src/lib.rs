@@ -10,6 +10,8 @@
 //! - [`control`]: the control API (Issue, Revoke, Transfer, CheckStatus, ResetPin,
 //!   GetOperation, Cancel, and the mobile operator's notices).
 //! - [`relay`]: orders and reports between the TSM and the untrusted relay, exactly once.
+//! - [`script`]: card scripts — the engine that turns a plan and the relay's reports into
+//!   SCP03-wrapped orders, with probes, postconditions and key proofs.
 //! - [`access`]: the one-time access code, the password verifier and the device ticket.
 //! - [`receipt`]: the TSM's execution receipt with the on-card key proof.
 //! - [`error`]: errors as the protocol reports them.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod ids;
 pub mod receipt;
 pub mod relay;
+pub mod script;
 pub mod signing;
 
 pub use error::{ErrorReport, Layer};

@@ -157,6 +157,9 @@ pub struct BatchResult {
     pub rapdus: Vec<Vec<u8>>,
     /// A transport failure that stopped the batch.
     pub transport_error: Option<String>,
+    /// `OpenChannel`: the logical channel opened. The TSM builds its commands for it (on
+    /// channels 4–19 the class byte, and so the MAC, differs).
+    pub channel: Option<u8>,
 }
 
 /// How a session ended.
@@ -170,4 +173,220 @@ pub enum StopOutcome {
     Refused,
     /// The session stops; the operation continues with a new session later.
     Interrupted,
+}
+
+/// The card half of the relay: runs orders against a card and keeps them exactly once. It
+/// holds no key: the commands are opaque, the answers go back as they came.
+#[derive(Debug, Default)]
+pub struct Agent {
+    session: Option<SessionId>,
+    channel: Option<u8>,
+    applied: u32,
+    last_report: Option<AgentMsg>,
+    needs_reset: bool,
+}
+
+fn is_ok(sw: [u8; 2]) -> bool {
+    matches!(sw[0], 0x90 | 0x62 | 0x63) && (sw[0] != 0x90 || sw[1] == 0x00)
+}
+
+impl Agent {
+    /// A new agent (no session yet).
+    pub fn new() -> Agent {
+        Agent::default()
+    }
+
+    /// The last order applied.
+    pub fn applied(&self) -> u32 {
+        self.applied
+    }
+
+    /// Closes the logical channel it opened (at the end of a session).
+    pub fn close(&mut self, card: &mut dyn card_wire::Transport) {
+        if let Some(ch) = self.channel.take() {
+            let _ = self.send(card, &[0x00, 0x70, 0x80, ch]);
+        }
+    }
+
+    /// Applies an order exactly once: a new order (`seq` one more than the last) runs on the
+    /// card; the last order again is answered from the stored report without touching the
+    /// card; anything else is refused as out of sequence.
+    pub fn on_order(
+        &mut self,
+        card: &mut dyn card_wire::Transport,
+        session: SessionId,
+        seq: u32,
+        cmds: &[AgentCmd],
+    ) -> AgentMsg {
+        if self.session != Some(session) {
+            // A new session (or a resumed one after this agent restarted) starts from zero.
+            self.session = Some(session);
+            self.applied = seq.saturating_sub(1);
+            self.last_report = None;
+        }
+        if seq == self.applied
+            && let Some(r) = &self.last_report
+        {
+            return r.clone();
+        }
+        if seq != self.applied.wrapping_add(1) {
+            return AgentMsg::Report {
+                session,
+                seq,
+                status: AgentStatus::ScriptFormatError,
+                results: Vec::new(),
+            };
+        }
+        let (status, results) = self.execute(card, cmds);
+        let report = AgentMsg::Report {
+            session,
+            seq,
+            status,
+            results,
+        };
+        self.applied = seq;
+        self.last_report = Some(report.clone());
+        report
+    }
+
+    /// One command, with `61xx` answered by GET RESPONSE on the same channel.
+    fn send(
+        &mut self,
+        card: &mut dyn card_wire::Transport,
+        raw: &[u8],
+    ) -> Result<Vec<u8>, card_wire::TransportError> {
+        let mut resp = card.transmit(raw)?;
+        let mut data = Vec::new();
+        let mut rounds = 0;
+        loop {
+            let n = resp.len();
+            if n < 2 {
+                return Err(card_wire::TransportError::ShortResponse(n));
+            }
+            let (body, sw) = resp.split_at(n - 2);
+            data.extend_from_slice(body);
+            if sw[0] != 0x61 || rounds > 256 {
+                data.extend_from_slice(sw);
+                return Ok(data);
+            }
+            rounds += 1;
+            let cla = card_wire::Class(0x00)
+                .with_channel(self.channel.unwrap_or(0))
+                .map(|c| c.byte())
+                .unwrap_or(0);
+            resp = card.transmit(&[cla, 0xC0, 0x00, 0x00, sw[1]])?;
+        }
+    }
+
+    fn execute(
+        &mut self,
+        card: &mut dyn card_wire::Transport,
+        cmds: &[AgentCmd],
+    ) -> (AgentStatus, Vec<BatchResult>) {
+        if self.needs_reset {
+            if card.reset(card_wire::ResetKind::Cold).is_err() {
+                return (AgentStatus::UnavailableSe, Vec::new());
+            }
+            self.needs_reset = false;
+            self.channel = None;
+        }
+        let mut results = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                AgentCmd::OpenChannel { aid } => {
+                    let mut r = BatchResult {
+                        batch_id: 0,
+                        executed: 0,
+                        rapdus: Vec::new(),
+                        transport_error: None,
+                        channel: None,
+                    };
+                    if let Some(old) = self.channel.take() {
+                        let _ = self.send(card, &[0x00, 0x70, 0x80, old]);
+                    }
+                    let opened = self.send(card, &[0x00, 0x70, 0x00, 0x00, 0x01]);
+                    match opened {
+                        Ok(v) if v.len() == 3 && v[1..] == [0x90, 0x00] => {
+                            self.channel = Some(v[0]);
+                            r.channel = Some(v[0]);
+                        }
+                        Ok(_) => return (AgentStatus::TemporarilyUnavailableApplication, results),
+                        Err(e) => {
+                            self.needs_reset = true;
+                            r.transport_error = Some(e.to_string());
+                            results.push(r);
+                            return (AgentStatus::UnavailableSe, results);
+                        }
+                    }
+                    let cla = card_wire::Class(0x00)
+                        .with_channel(self.channel.unwrap_or(0))
+                        .map(|c| c.byte())
+                        .unwrap_or(0);
+                    let mut select = vec![cla, 0xA4, 0x04, 0x00, aid.len() as u8];
+                    select.extend_from_slice(aid);
+                    select.push(0x00);
+                    match self.send(card, &select) {
+                        Ok(v) => {
+                            r.executed = 1;
+                            r.rapdus.push(v);
+                        }
+                        Err(e) => {
+                            self.needs_reset = true;
+                            r.transport_error = Some(e.to_string());
+                        }
+                    }
+                    results.push(r);
+                }
+                AgentCmd::Apdus {
+                    batch_id,
+                    capdus,
+                    stop_on_error,
+                } => {
+                    let mut r = BatchResult {
+                        batch_id: *batch_id,
+                        executed: 0,
+                        rapdus: Vec::new(),
+                        transport_error: None,
+                        channel: None,
+                    };
+                    let Some(ch) = self.channel else {
+                        return (AgentStatus::ScriptFormatError, results);
+                    };
+                    for raw in capdus {
+                        // The class byte gets this channel's bits (SCP03 MACs leave them out).
+                        let Ok(c) = card_wire::Command::parse(raw) else {
+                            return (AgentStatus::ScriptFormatError, results);
+                        };
+                        let Ok(class) = c.class().with_channel(ch) else {
+                            return (AgentStatus::ScriptFormatError, results);
+                        };
+                        let mut bytes = raw.clone();
+                        bytes[0] = class.byte();
+                        match self.send(card, &bytes) {
+                            Ok(v) => {
+                                r.executed += 1;
+                                let sw = [v[v.len() - 2], v[v.len() - 1]];
+                                r.rapdus.push(v);
+                                if *stop_on_error && !is_ok(sw) {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                self.needs_reset = true;
+                                r.transport_error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    let failed = r.transport_error.is_some();
+                    results.push(r);
+                    if failed {
+                        break;
+                    }
+                }
+                AgentCmd::CloseChannel => self.close(card),
+            }
+        }
+        (AgentStatus::Processed, results)
+    }
 }

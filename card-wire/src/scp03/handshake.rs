@@ -209,6 +209,14 @@ impl HostHandshake {
         Self::new(keys, options, c)
     }
 
+    /// The logical channel the session runs on, when it is known only after INITIALIZE
+    /// UPDATE was sent (a relay opened the channel): EXTERNAL AUTHENTICATE is built for it.
+    /// INITIALIZE UPDATE carries no MAC, so its class byte may have been set by the relay.
+    pub fn on_channel(mut self, channel: u8) -> Self {
+        self.options.channel = channel;
+        self
+    }
+
     /// The host challenge.
     pub fn host_challenge(&self) -> &[u8] {
         &self.host_challenge

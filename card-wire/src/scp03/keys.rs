@@ -132,6 +132,26 @@ pub trait CardKeys: Send + Sync {
     fn for_card(&self, kdd: &[u8; 10]) -> Result<StaticKeys, super::Scp03Error>;
 }
 
+/// Master keys held in memory (a development key store), diversified per card with
+/// `scheme`; the card's keys carry `kvn`.
+#[derive(Debug, Clone)]
+pub struct DiversifiedMaster {
+    /// The master key set.
+    pub master: StaticKeys,
+    /// How each card's keys are derived.
+    pub scheme: Diversification,
+    /// The key version the card's keys have.
+    pub kvn: u8,
+}
+
+impl CardKeys for DiversifiedMaster {
+    fn for_card(&self, kdd: &[u8; 10]) -> Result<StaticKeys, super::Scp03Error> {
+        let mut k = self.master.diversify(self.scheme, kdd);
+        k.kvn = self.kvn;
+        Ok(k)
+    }
+}
+
 /// `kdf3`: the first `len(master)` bytes of `CMAC(master, i ‖ 00 00 00 ‖ p ‖ 00 ‖ KDD)` for
 /// i = 1, 2, …
 pub fn kdf3(master: &AesKey, purpose: KeyPurpose, kdd: &[u8; 10]) -> AesKey {

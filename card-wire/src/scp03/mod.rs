@@ -22,8 +22,10 @@ pub use crypto::{AesKey, KeyError};
 pub use handshake::{
     CardHandshake, CardKeyContext, HandshakeInfo, HostHandshake, HostOptions, InitUpdateResponse,
 };
-pub use keys::{CardKeys, Diversification, SessionKeys, StaticKeys, kdf3_context};
-pub use session::{IParam, Mode, SecureSession, SecurityLevel};
+pub use keys::{
+    CardKeys, Diversification, DiversifiedMaster, SessionKeys, StaticKeys, kdf3_context,
+};
+pub use session::{IParam, Mode, Pending, SecureSession, SecurityLevel};
 
 use crate::apdu::ApduError;
 use crate::sw::StatusWord;

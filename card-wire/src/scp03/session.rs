@@ -179,6 +179,26 @@ impl IParam {
     }
 }
 
+/// What checking the answer to one batched command needs: the C-MAC chaining value and the
+/// encryption counter right after that command was wrapped.
+#[derive(Clone)]
+pub struct Pending {
+    chaining: [u8; 16],
+    counter: u128,
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pending(counter {})", self.counter)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.chaining.zeroize();
+    }
+}
+
 /// The state of an open SCP03 session (after EXTERNAL AUTHENTICATE).
 #[derive(Clone)]
 pub struct SecureSession {
@@ -459,6 +479,40 @@ impl SecureSession {
             data.to_vec()
         };
         Ok(Response::new(plain, resp.sw))
+    }
+
+    /// Host, for scripts sent in batches: wraps a command and returns, with it, what is
+    /// needed to check its answer later, after further commands were wrapped (the R-MAC
+    /// chains on this command's C-MAC, R-ENC's IV on its counter).
+    pub fn wrap_command_pending(
+        &mut self,
+        cmd: &Command,
+    ) -> Result<(Command, Pending), Scp03Error> {
+        let wrapped = self.wrap_command(cmd)?;
+        Ok((
+            wrapped,
+            Pending {
+                chaining: self.chaining,
+                counter: self.counter,
+            },
+        ))
+    }
+
+    /// Host: checks the answer to a command wrapped with
+    /// [`SecureSession::wrap_command_pending`]. Answers must be checked in the order the
+    /// commands were sent; a failure closes the session.
+    pub fn unwrap_response_for(
+        &mut self,
+        pending: &Pending,
+        resp: &Response,
+    ) -> Result<Response, Scp03Error> {
+        let (chaining, counter) = (self.chaining, self.counter);
+        self.chaining = pending.chaining;
+        self.counter = pending.counter;
+        let r = self.unwrap_response(resp);
+        self.chaining = chaining;
+        self.counter = counter;
+        r
     }
 
     /// A status word the card answers when [`SecureSession::unwrap_command`] fails.

@@ -35,21 +35,6 @@ pub struct KeySets {
     pub domains: BTreeMap<String, Arc<dyn CardKeys>>,
 }
 
-/// Diversifies master keys held in memory (the file key store).
-struct FileDiversified {
-    master: StaticKeys,
-    scheme: Diversification,
-    kvn: u8,
-}
-
-impl CardKeys for FileDiversified {
-    fn for_card(&self, kdd: &[u8; 10]) -> std::result::Result<StaticKeys, Scp03Error> {
-        let mut k = self.master.diversify(self.scheme, kdd);
-        k.kvn = self.kvn;
-        Ok(k)
-    }
-}
-
 fn read_transport(path: &Path, profile: &Profile) -> Result<StaticKeys> {
     let mut transport = crate::keys::read_key_file(path, profile.transport_kvn)?;
     transport.kvn = profile.transport_kvn;
@@ -83,7 +68,7 @@ impl KeySets {
     /// production: say so.
     pub fn from_insecure_dir(dir: &Path, profile: &Profile) -> Result<KeySets> {
         let source = |name: &str| -> Result<Arc<dyn CardKeys>> {
-            Ok(Arc::new(FileDiversified {
+            Ok(Arc::new(card_wire::scp03::DiversifiedMaster {
                 master: crate::keys::read_key_file(&dir.join(name), profile.production_kvn)?,
                 scheme: profile.diversification,
                 kvn: profile.production_kvn,
