@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what kagi's build and tests need on a Debian machine, only when it is missing:
 # the PC/SC headers for the `pcsc` crate (libpcsclite-dev, pkg-config), and the real PC/SC
-# stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc), and SoftHSM2 as the
-# PKCS#11 HSM that holds the tests' master keys.
+# stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc), SoftHSM2 as the
+# PKCS#11 HSM that holds the tests' master keys, and PostgreSQL (the TSM's shared-state
+# database; the tests start private instances, never the machine's).
 # Safe to run again; does nothing when everything is present.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ command -v pcscd >/dev/null 2>&1 || need+=(pcscd)
 command -v opensc-tool >/dev/null 2>&1 || need+=(opensc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

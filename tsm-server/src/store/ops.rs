@@ -1,0 +1,660 @@
+//! The typed records the TSM keeps, and the statements that read and write them.
+
+use super::{Stmt, Store, StoreError, Val};
+use serde::{Deserialize, Serialize};
+use tsm_protocol::control::{ControlRequest, OpState};
+use tsm_protocol::{ErrorReport, MsgId, Nonce, OpId, Sealed};
+
+/// What an operation carries beyond its indexed columns (stored as one canonical blob).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpData {
+    /// The provider's request.
+    pub request: ControlRequest,
+    /// Its message id and nonce (echoed in the receipt).
+    pub request_id: (MsgId, Nonce),
+    /// SHA-256 over the operation and the access code (empty when none).
+    pub code_hash: [u8; 32],
+    /// Wrong entries left.
+    pub attempts_left: u8,
+    /// Steps done (log-safe).
+    pub steps: Vec<String>,
+    /// The signed receipt, once completed.
+    pub receipt: Option<Sealed>,
+    /// Why it failed.
+    pub error: Option<ErrorReport>,
+    /// The nonce the new key signs.
+    pub proof_nonce: [u8; 32],
+    /// Child operations.
+    pub children: Vec<OpId>,
+    /// The access code and device ticket, sealed under the TSM's state key, so a provider
+    /// that lost the answer gets them again for the same idempotency key.
+    pub sealed_secrets: Vec<u8>,
+    /// The card image number the card reported under the secure channel.
+    pub cin: String,
+}
+
+/// An operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRow {
+    /// Id.
+    pub id: OpId,
+    /// Kind (`issue`, `reset-pin`, `card-delete`, ...).
+    pub kind: String,
+    /// The party that asked.
+    pub party: String,
+    /// State.
+    pub state: OpState,
+    /// The card.
+    pub iccid: String,
+    /// The client's idempotency key (hex).
+    pub idem_key: Option<String>,
+    /// SHA-256 of the request body, for idempotency conflicts.
+    pub request_hash: Vec<u8>,
+    /// The parent operation.
+    pub parent: Option<OpId>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// Compare-and-swap version.
+    pub version: i64,
+    /// The rest.
+    pub data: OpData,
+}
+
+/// A registered SIM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRow {
+    /// ICCID.
+    pub iccid: String,
+    /// Card image number (hex).
+    pub cin: String,
+    /// The provider domain's AID.
+    pub sd_aid: Vec<u8>,
+    /// Free memory on record.
+    pub free_memory: i64,
+    /// `active`, `lost`, `replaced`.
+    pub state: String,
+    /// The ICCID that replaced it.
+    pub replaced_by: Option<String>,
+    /// The operator that registered it.
+    pub mno: String,
+}
+
+/// A credential issued (or being issued) to a card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRow {
+    /// The issuing operation.
+    pub op_id: OpId,
+    /// The card.
+    pub iccid: String,
+    /// The provider.
+    pub party: String,
+    /// `pending`, `active`, `revoked`.
+    pub state: String,
+    /// Revocation reason.
+    pub reason: Option<String>,
+    /// Certificate serial (hex).
+    pub serial: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// The linked My Number signature-certificate serial.
+    pub my_number_serial: String,
+    /// The applet instance.
+    pub instance: Vec<u8>,
+    /// The applet still has to be deleted from the card.
+    pub deletion_pending: bool,
+}
+
+/// An audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    /// The operation.
+    pub op_id: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Who (a party, `relay`, `tsm`).
+    pub actor: String,
+    /// What.
+    pub event: String,
+    /// Details (log-safe).
+    pub detail: String,
+}
+
+fn decode_state(s: &str) -> OpState {
+    match s {
+        "awaiting-device" => OpState::AwaitingDevice,
+        "device-bound" => OpState::DeviceBound,
+        "running" => OpState::Running,
+        "interrupted" => OpState::Interrupted,
+        "completed" => OpState::Completed,
+        "expired" => OpState::Expired,
+        "cancelled" => OpState::Cancelled,
+        _ => OpState::Failed,
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Db(format!("a stored {what} does not decode"))
+}
+
+fn op_from(r: &[Val]) -> Result<OpRow, StoreError> {
+    Ok(OpRow {
+        id: OpId::from_hex(&r[0].text()).ok_or_else(|| corrupt("operation id"))?,
+        kind: r[1].text(),
+        party: r[2].text(),
+        state: decode_state(&r[3].text()),
+        iccid: r[4].text(),
+        idem_key: r[5].opt_text(),
+        request_hash: r[6].blob(),
+        parent: r[7].opt_text().and_then(|p| OpId::from_hex(&p)),
+        created_at: r[8].int(),
+        expires_at: r[9].int(),
+        updated_at: r[10].int(),
+        version: r[11].int(),
+        data: tsm_protocol::codec::decode(&r[12].blob()).map_err(|_| corrupt("operation"))?,
+    })
+}
+
+fn data_blob(op: &OpRow) -> Result<Vec<u8>, StoreError> {
+    tsm_protocol::codec::encode(&op.data).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+/// What creating an operation found.
+#[derive(Debug)]
+pub enum Created {
+    /// It was created.
+    New,
+    /// The party's idempotency key names an existing operation.
+    Existing(Box<OpRow>),
+}
+
+impl Store {
+    /// Records `(sender, msg_id)`; `false` if it was there already (a replay).
+    pub async fn first_seen(
+        &self,
+        sender: &str,
+        msg_id: &MsgId,
+        keep_until: i64,
+    ) -> Result<bool, StoreError> {
+        match self
+            .commit(vec![Stmt::one(
+                "INSERT INTO replay (sender, msg_id, keep_until) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                vec![sender.into(), msg_id.to_hex().into(), keep_until.into()],
+            )])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets replay entries past their keep time.
+    pub async fn purge_replay(&self, now: i64) -> Result<(), StoreError> {
+        self.commit(vec![Stmt::any(
+            "DELETE FROM replay WHERE keep_until < $1",
+            vec![now.into()],
+        )])
+        .await
+    }
+
+    /// Statement inserting an operation (conflicts with an existing idempotency key).
+    pub fn insert_op(op: &OpRow) -> Result<Stmt, StoreError> {
+        Ok(Stmt::one(
+            "INSERT INTO ops (id, kind, party, state, iccid, idem_key, request_hash, parent, created_at, expires_at, updated_at, version, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+            vec![
+                op.id.to_hex().into(),
+                op.kind.clone().into(),
+                op.party.clone().into(),
+                op.state.name().into(),
+                op.iccid.clone().into(),
+                op.idem_key.clone().into(),
+                op.request_hash.clone().into(),
+                op.parent.map(|p| p.to_hex()).into(),
+                op.created_at.into(),
+                op.expires_at.into(),
+                op.updated_at.into(),
+                op.version.into(),
+                data_blob(op)?.into(),
+            ],
+        ))
+    }
+
+    /// Creates an operation with the other writes of `extra` in one transaction; an existing
+    /// operation with the same party and idempotency key is returned instead.
+    pub async fn create_op(&self, op: &OpRow, extra: Vec<Stmt>) -> Result<Created, StoreError> {
+        let mut batch = vec![Self::insert_op(op)?];
+        batch.extend(extra);
+        match self.commit(batch).await {
+            Ok(()) => Ok(Created::New),
+            Err(StoreError::Conflict(0)) => match &op.idem_key {
+                Some(k) => match self.op_by_idem(&op.party, k).await? {
+                    Some(existing) => Ok(Created::Existing(Box::new(existing))),
+                    None => Err(StoreError::Conflict(0)),
+                },
+                None => Err(StoreError::Conflict(0)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Statement updating an operation if its version is still `op.version` (it becomes
+    /// `op.version + 1`).
+    pub fn update_op(op: &OpRow) -> Result<Stmt, StoreError> {
+        Ok(Stmt::one(
+            "UPDATE ops SET state = $2, updated_at = $3, version = version + 1, data = $4, expires_at = $5
+             WHERE id = $1 AND version = $6",
+            vec![
+                op.id.to_hex().into(),
+                op.state.name().into(),
+                op.updated_at.into(),
+                data_blob(op)?.into(),
+                op.expires_at.into(),
+                op.version.into(),
+            ],
+        ))
+    }
+
+    /// Saves an operation (compare-and-swap on its version) with `extra` writes.
+    pub async fn save_op(&self, op: &OpRow, extra: Vec<Stmt>) -> Result<(), StoreError> {
+        let mut batch = vec![Self::update_op(op)?];
+        batch.extend(extra);
+        self.commit(batch).await
+    }
+
+    /// An operation by id.
+    pub async fn op(&self, id: &OpId) -> Result<Option<OpRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, kind, party, state, iccid, idem_key, request_hash, parent, created_at, expires_at, updated_at, version, data FROM ops WHERE id = $1",
+                vec![id.to_hex().into()],
+            )
+            .await?;
+        rows.first().map(|r| op_from(r)).transpose()
+    }
+
+    /// An operation by its party's idempotency key.
+    pub async fn op_by_idem(&self, party: &str, key: &str) -> Result<Option<OpRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, kind, party, state, iccid, idem_key, request_hash, parent, created_at, expires_at, updated_at, version, data FROM ops WHERE party = $1 AND idem_key = $2",
+                vec![party.into(), key.into()],
+            )
+            .await?;
+        rows.first().map(|r| op_from(r)).transpose()
+    }
+
+    /// The live operations on a card (not final).
+    pub async fn live_ops_on(&self, iccid: &str) -> Result<Vec<OpRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, kind, party, state, iccid, idem_key, request_hash, parent, created_at, expires_at, updated_at, version, data FROM ops
+                 WHERE iccid = $1 AND state IN ('awaiting-device', 'device-bound', 'running', 'interrupted')",
+                vec![iccid.into()],
+            )
+            .await?;
+        rows.iter().map(|r| op_from(r)).collect()
+    }
+
+    /// Statement registering a device ticket for an operation.
+    pub fn insert_ticket(hash: &[u8; 32], op: &OpId) -> Stmt {
+        Stmt::one(
+            "INSERT INTO tickets (hash, op_id) VALUES ($1, $2)",
+            vec![hash.to_vec().into(), op.to_hex().into()],
+        )
+    }
+
+    /// The operation a device ticket is for.
+    pub async fn op_by_ticket(&self, hash: &[u8; 32]) -> Result<Option<OpRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT op_id FROM tickets WHERE hash = $1",
+                vec![hash.to_vec().into()],
+            )
+            .await?;
+        match rows.first().and_then(|r| OpId::from_hex(&r[0].text())) {
+            Some(id) => self.op(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Statement saving a relay session's last order (`reply`) for `seq`.
+    pub fn put_session(id: &str, op: &OpId, seq: i64, reply: Vec<u8>, now: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO sessions (id, op_id, seq, reply, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET seq = $3, reply = $4, updated_at = $5",
+            vec![
+                id.into(),
+                op.to_hex().into(),
+                seq.into(),
+                reply.into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// A relay session: its operation, last order sequence number and the reply sent.
+    pub async fn session(&self, id: &str) -> Result<Option<(OpId, i64, Vec<u8>)>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT op_id, seq, reply FROM sessions WHERE id = $1",
+                vec![id.into()],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| OpId::from_hex(&r[0].text()).map(|op| (op, r[1].int(), r[2].blob()))))
+    }
+
+    /// Statement registering (or updating) a card.
+    pub fn put_card(c: &CardRow, now: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO cards (iccid, cin, sd_aid, free_memory, state, replaced_by, mno, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (iccid) DO UPDATE SET cin = $2, sd_aid = $3, free_memory = $4, state = $5, replaced_by = $6, mno = $7, updated_at = $8",
+            vec![
+                c.iccid.clone().into(),
+                c.cin.clone().into(),
+                c.sd_aid.clone().into(),
+                c.free_memory.into(),
+                c.state.clone().into(),
+                c.replaced_by.clone().into(),
+                c.mno.clone().into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// A card by ICCID.
+    pub async fn card(&self, iccid: &str) -> Result<Option<CardRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT iccid, cin, sd_aid, free_memory, state, replaced_by, mno FROM cards WHERE iccid = $1",
+                vec![iccid.into()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| CardRow {
+            iccid: r[0].text(),
+            cin: r[1].text(),
+            sd_aid: r[2].blob(),
+            free_memory: r[3].int(),
+            state: r[4].text(),
+            replaced_by: r[5].opt_text(),
+            mno: r[6].text(),
+        }))
+    }
+
+    /// Statement writing a credential.
+    pub fn put_credential(c: &CredentialRow, now: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO credentials (op_id, iccid, party, state, reason, serial, not_after, my_number_serial, instance, deletion_pending, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (op_id) DO UPDATE SET state = $4, reason = $5, deletion_pending = $10, updated_at = $11",
+            vec![
+                c.op_id.to_hex().into(),
+                c.iccid.clone().into(),
+                c.party.clone().into(),
+                c.state.clone().into(),
+                c.reason.clone().into(),
+                c.serial.clone().into(),
+                c.not_after.into(),
+                c.my_number_serial.clone().into(),
+                c.instance.clone().into(),
+                i64::from(c.deletion_pending).into(),
+                now.into(),
+            ],
+        )
+    }
+
+    fn credential_from(r: &[Val]) -> Option<CredentialRow> {
+        Some(CredentialRow {
+            op_id: OpId::from_hex(&r[0].text())?,
+            iccid: r[1].text(),
+            party: r[2].text(),
+            state: r[3].text(),
+            reason: r[4].opt_text(),
+            serial: r[5].text(),
+            not_after: r[6].int(),
+            my_number_serial: r[7].text(),
+            instance: r[8].blob(),
+            deletion_pending: r[9].int() != 0,
+        })
+    }
+
+    /// A credential by its issuing operation.
+    pub async fn credential(&self, op: &OpId) -> Result<Option<CredentialRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT op_id, iccid, party, state, reason, serial, not_after, my_number_serial, instance, deletion_pending FROM credentials WHERE op_id = $1",
+                vec![op.to_hex().into()],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| Self::credential_from(r)))
+    }
+
+    /// The credentials on a card.
+    pub async fn credentials_on(&self, iccid: &str) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT op_id, iccid, party, state, reason, serial, not_after, my_number_serial, instance, deletion_pending FROM credentials WHERE iccid = $1",
+                vec![iccid.into()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Self::credential_from(r))
+            .collect())
+    }
+
+    /// Serials of revoked credentials (hex), for the revocation list.
+    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT serial FROM credentials WHERE state = 'revoked' ORDER BY serial",
+                vec![],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r[0].text()).collect())
+    }
+
+    /// Statement appending an audit event.
+    pub fn audit(op: &OpId, at: i64, actor: &str, event: &str, detail: &str) -> Stmt {
+        Stmt::any(
+            "INSERT INTO audit (op_id, at, actor, event, detail) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                op.to_hex().into(),
+                at.into(),
+                actor.into(),
+                event.into(),
+                detail.into(),
+            ],
+        )
+    }
+
+    /// The audit trail of an operation (or of every operation when `op` is `None`), oldest
+    /// first.
+    pub async fn audit_trail(&self, op: Option<&OpId>) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = match op {
+            Some(id) => {
+                self.query(
+                    "SELECT op_id, at, actor, event, detail FROM audit WHERE op_id = $1 ORDER BY id",
+                    vec![id.to_hex().into()],
+                )
+                .await?
+            }
+            None => {
+                self.query(
+                    "SELECT op_id, at, actor, event, detail FROM audit ORDER BY id",
+                    vec![],
+                )
+                .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                op_id: r[0].text(),
+                at: r[1].int(),
+                actor: r[2].text(),
+                event: r[3].text(),
+                detail: r[4].text(),
+            })
+            .collect())
+    }
+
+    /// Operations by state, for the operator's overview.
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT state, COUNT(*) FROM ops GROUP BY state ORDER BY state",
+                vec![],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r[0].text(), r[1].int())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Backend;
+
+    fn op(id: u8, idem: Option<&str>) -> OpRow {
+        OpRow {
+            id: OpId([id; 16]),
+            kind: "issue".into(),
+            party: "sp:bank".into(),
+            state: OpState::AwaitingDevice,
+            iccid: "8981".into(),
+            idem_key: idem.map(String::from),
+            request_hash: vec![1, 2],
+            parent: None,
+            created_at: 1,
+            expires_at: 10,
+            updated_at: 1,
+            version: 0,
+            data: OpData {
+                request: ControlRequest::Cancel { op: OpId([0; 16]) },
+                request_id: (MsgId([0; 16]), Nonce([0; 16])),
+                code_hash: [0; 32],
+                attempts_left: 3,
+                steps: vec![],
+                receipt: None,
+                error: None,
+                proof_nonce: [0; 32],
+                children: vec![],
+                sealed_secrets: vec![],
+                cin: String::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_operations_idempotency_cas_replay() {
+        let dir = std::env::temp_dir().join(format!("kagi-tsm-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = Backend::Sqlite(dir.join("t.db"));
+        exercise(&backend).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_operations_idempotency_cas_replay() {
+        let pg = crate::testing::PrivatePostgres::start("store").unwrap();
+        exercise(&Backend::Postgres(pg.url.clone())).await;
+    }
+
+    async fn exercise(backend: &Backend) {
+        let store = Store::open(backend).await.unwrap();
+        let a = op(1, Some("k1"));
+        assert!(matches!(
+            store.create_op(&a, vec![]).await.unwrap(),
+            Created::New
+        ));
+        // The same idempotency key finds the first operation.
+        match store.create_op(&op(2, Some("k1")), vec![]).await.unwrap() {
+            Created::Existing(e) => assert_eq!(e.id, a.id),
+            other => panic!("{other:?}"),
+        }
+        // Compare-and-swap: the second writer with the old version loses, nothing written.
+        let mut b = store.op(&a.id).await.unwrap().unwrap();
+        b.state = OpState::Running;
+        store
+            .save_op(&b, vec![Store::audit(&a.id, 2, "t", "run", "")])
+            .await
+            .unwrap();
+        let stale = b.clone();
+        assert!(matches!(
+            store
+                .save_op(&stale, vec![Store::audit(&a.id, 3, "t", "lost", "")])
+                .await,
+            Err(StoreError::Conflict(0))
+        ));
+        let now = store.op(&a.id).await.unwrap().unwrap();
+        assert_eq!((now.state, now.version), (OpState::Running, 1));
+        assert_eq!(store.audit_trail(Some(&a.id)).await.unwrap().len(), 1);
+        // Replay cache.
+        let m = MsgId([5; 16]);
+        assert!(store.first_seen("sp:bank", &m, 100).await.unwrap());
+        assert!(!store.first_seen("sp:bank", &m, 100).await.unwrap());
+        assert!(store.first_seen("sp:shop", &m, 100).await.unwrap());
+        store.purge_replay(1000).await.unwrap();
+        assert!(store.first_seen("sp:bank", &m, 2000).await.unwrap());
+        // Sessions, cards, credentials, the revocation list.
+        store
+            .commit(vec![
+                Store::put_session("s1", &a.id, 3, vec![9], 5),
+                Store::put_card(
+                    &CardRow {
+                        iccid: "8981".into(),
+                        cin: "AA".into(),
+                        sd_aid: vec![1, 2, 3, 4, 5],
+                        free_memory: 4096,
+                        state: "active".into(),
+                        replaced_by: None,
+                        mno: "mno:x".into(),
+                    },
+                    5,
+                ),
+                Store::put_credential(
+                    &CredentialRow {
+                        op_id: a.id,
+                        iccid: "8981".into(),
+                        party: "sp:bank".into(),
+                        state: "revoked".into(),
+                        reason: Some("card-lost".into()),
+                        serial: "0A1B".into(),
+                        not_after: 99,
+                        my_number_serial: "77".into(),
+                        instance: vec![6; 5],
+                        deletion_pending: true,
+                    },
+                    5,
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.session("s1").await.unwrap(), Some((a.id, 3, vec![9])));
+        assert_eq!(store.card("8981").await.unwrap().unwrap().free_memory, 4096);
+        assert!(
+            store
+                .credential(&a.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .deletion_pending
+        );
+        assert_eq!(
+            store.revoked_serials().await.unwrap(),
+            vec!["0A1B".to_string()]
+        );
+        // Reopening keeps everything (and does not migrate twice).
+        drop(store);
+        let store = Store::open(backend).await.unwrap();
+        assert!(store.op(&a.id).await.unwrap().is_some());
+    }
+}

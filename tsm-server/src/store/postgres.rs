@@ -1,0 +1,119 @@
+//! PostgreSQL through a connection pool (`deadpool-postgres`, no TLS: local or private
+//! networks; put a TLS-terminating proxy in front otherwise). Several TSM instances share one
+//! database; the compare-and-swap statements of [`super::Store::commit`] keep them apart.
+
+use super::{Expect, Stmt, StoreError, Val};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// An open PostgreSQL database.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::Int(i) => i.to_sql(ty, out),
+            Val::Text(t) => t.to_sql(ty, out),
+            Val::Blob(b) => b.to_sql(ty, out),
+            Val::Null => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl Postgres {
+    /// Connects (the pool holds up to 16 connections).
+    pub async fn open(url: &str) -> Result<Postgres, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(db)?;
+        let mgr = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr).max_size(16).build().map_err(db)?;
+        // Fail now, with the reason, if the server cannot be reached.
+        drop(pool.get().await.map_err(db)?);
+        Ok(Postgres { pool })
+    }
+
+    pub(super) async fn ddl(&self, statements: &[String]) -> Result<(), StoreError> {
+        let c = self.pool.get().await.map_err(db)?;
+        // Several instances may start together: one migrates, the others wait.
+        c.batch_execute("SELECT pg_advisory_lock(4242)")
+            .await
+            .map_err(db)?;
+        let r = c.batch_execute(&statements.join(";\n")).await.map_err(db);
+        c.batch_execute("SELECT pg_advisory_unlock(4242)")
+            .await
+            .map_err(db)?;
+        r
+    }
+
+    pub(super) async fn query(
+        &self,
+        sql: &'static str,
+        params: Vec<Val>,
+    ) -> Result<Vec<Vec<Val>>, StoreError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let st = c.prepare_cached(sql).await.map_err(db)?;
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let rows = c.query(&st, &p).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut row = Vec::with_capacity(r.len());
+            for (k, col) in r.columns().iter().enumerate() {
+                let v = match *col.type_() {
+                    Type::INT8 | Type::INT4 => r
+                        .try_get::<_, Option<i64>>(k)
+                        .map_err(db)?
+                        .map_or(Val::Null, Val::Int),
+                    Type::BYTEA => r
+                        .try_get::<_, Option<Vec<u8>>>(k)
+                        .map_err(db)?
+                        .map_or(Val::Null, Val::Blob),
+                    _ => r
+                        .try_get::<_, Option<String>>(k)
+                        .map_err(db)?
+                        .map_or(Val::Null, Val::Text),
+                };
+                row.push(v);
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        for (i, s) in batch.iter().enumerate() {
+            let st = tx.prepare_cached(s.sql).await.map_err(db)?;
+            let p: Vec<&(dyn ToSql + Sync)> =
+                s.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let n = tx.execute(&st, &p).await.map_err(db)?;
+            if s.expect == Expect::One && n != 1 {
+                // Dropping the transaction rolls it back.
+                return Err(StoreError::Conflict(i));
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+}
