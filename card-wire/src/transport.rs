@@ -144,29 +144,36 @@ pub trait Transport: Send {
     }
 }
 
-impl<T: Transport + ?Sized> Transport for Box<T> {
-    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
-        (**self).transmit(command)
-    }
-    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError> {
-        (**self).reset(kind)
-    }
-    fn atr(&self) -> Option<Vec<u8>> {
-        (**self).atr()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-    fn take_reset_notice(&mut self) -> bool {
-        (**self).take_reset_notice()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-    fn exclusive(
-        &mut self,
-        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
-    ) -> Result<(), TransportError> {
-        (**self).exclusive(f)
-    }
+/// A boxed or borrowed transport is a transport (a card lent to a channel for a while).
+macro_rules! forward {
+    ($($ty:ty),*) => {$(
+        impl<T: Transport + ?Sized> Transport for $ty {
+            fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+                (**self).transmit(command)
+            }
+            fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError> {
+                (**self).reset(kind)
+            }
+            fn atr(&self) -> Option<Vec<u8>> {
+                (**self).atr()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            fn take_reset_notice(&mut self) -> bool {
+                (**self).take_reset_notice()
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+            fn exclusive(
+                &mut self,
+                f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+            ) -> Result<(), TransportError> {
+                (**self).exclusive(f)
+            }
+        }
+    )*};
 }
+
+forward!(Box<T>, &mut T);

@@ -362,3 +362,55 @@ pub struct OperationView {
     /// Child operations (a transfer's revocation and issuance).
     pub children: Vec<OpId>,
 }
+
+/// A provider's (or operator's) request, signed and ready to send, with the header kept to
+/// match the answer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The wire bytes.
+    pub bytes: Vec<u8>,
+    /// The header sent (its id and nonce must come back in the answer).
+    pub header: crate::signing::Header,
+}
+
+/// Signs `request` for the TSM `tsm`, valid `validity_ms`; operations get an idempotency key
+/// (pass the same key again to retry the same request safely).
+pub fn sign_request(
+    signer: &crate::signing::Signer,
+    tsm: &crate::ids::PartyId,
+    request: &ControlRequest,
+    idempotency_key: Option<crate::ids::IdempotencyKey>,
+    now: u64,
+    validity_ms: u64,
+) -> Result<Outgoing, String> {
+    let mut header = signer
+        .header(crate::signing::Kind::ControlRequest, tsm, now, validity_ms)
+        .map_err(|e| e.to_string())?;
+    header.idempotency_key = idempotency_key;
+    let bytes = signer
+        .seal(header.clone(), request)
+        .and_then(|s| s.to_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(Outgoing { bytes, header })
+}
+
+/// Opens the TSM's answer to `sent`: signed by a trusted TSM key, addressed to us, fresh,
+/// and echoing the request's id and nonce.
+pub fn open_answer(
+    bytes: &[u8],
+    sent: &crate::signing::Header,
+    trust: &crate::signing::Trust,
+    now: u64,
+) -> Result<ControlResponse, crate::signing::ProtocolError> {
+    let sealed = crate::signing::Sealed::from_bytes(bytes)?;
+    let policy = crate::signing::Policy::new(sent.sender.clone());
+    let env = crate::signing::verify::<ControlResponse>(
+        &sealed,
+        crate::signing::Kind::ControlResponse,
+        trust,
+        &policy,
+        now,
+    )?;
+    crate::signing::check_answer(&env.header, sent)?;
+    Ok(env.body)
+}

@@ -8,10 +8,11 @@
 //! commands are SCP03-wrapped end to end between the TSM and the card; the only secrets the
 //! user types (access code, password) authorise the download and are checked by the TSM.
 //!
-//! Exactly once: the agent applies `Order { seq }` only if `seq` is one more than the last
-//! order it applied; a repeated order (the server did not get the report) is answered with
-//! the stored report, without touching the card. The server answers a repeated report with
-//! the order it already sent.
+//! Exactly once: the agent applies `Order { seq }` only if `seq` is above the last order it
+//! applied (after a resumed session the server may skip numbers it sent and never got an
+//! answer for); a repeated order (the server did not get the report) is answered with the
+//! stored report, without touching the card; an older one is refused. The server answers a
+//! repeated report with the order it already sent.
 
 use crate::ids::SessionId;
 use serde::{Deserialize, Serialize};
@@ -208,9 +209,9 @@ impl Agent {
         }
     }
 
-    /// Applies an order exactly once: a new order (`seq` one more than the last) runs on the
+    /// Applies an order exactly once: a new order (`seq` above the last applied) runs on the
     /// card; the last order again is answered from the stored report without touching the
-    /// card; anything else is refused as out of sequence.
+    /// card; an older one is refused as out of sequence.
     pub fn on_order(
         &mut self,
         card: &mut dyn card_wire::Transport,
@@ -229,7 +230,7 @@ impl Agent {
         {
             return r.clone();
         }
-        if seq != self.applied.wrapping_add(1) {
+        if seq <= self.applied {
             return AgentMsg::Report {
                 session,
                 seq,

@@ -408,29 +408,8 @@ pub fn verify<T: Serialize + DeserializeOwned>(
     if claimed.proto != PROTOCOL_VERSION {
         return Err(ProtocolError::Version(claimed.proto));
     }
-    let Some((party, key)) = trust.keys.get(&claimed.key_id) else {
-        return Err(ProtocolError::UnknownKey {
-            sender: claimed.sender,
-            key: claimed.key_id,
-        });
-    };
-    if *party != claimed.sender {
-        return Err(ProtocolError::UnknownKey {
-            sender: claimed.sender,
-            key: claimed.key_id,
-        });
-    }
-    let sig = Signature::from_slice(&sealed.signature).map_err(|_| ProtocolError::BadSignature)?;
-    key.verify(&signed_bytes(&sealed.envelope), &sig)
-        .map_err(|_| ProtocolError::BadSignature)?;
-    let env: Envelope<T> = codec::decode(&sealed.envelope)?;
+    let env: Envelope<T> = verify_document(sealed, kind, trust)?;
     let h = &env.header;
-    if h.kind != kind {
-        return Err(ProtocolError::WrongKind {
-            want: kind,
-            got: h.kind,
-        });
-    }
     if h.recipient != policy.me {
         return Err(ProtocolError::Misdirected {
             to: h.recipient.clone(),
@@ -451,6 +430,40 @@ pub fn verify<T: Serialize + DeserializeOwned>(
         return Err(ProtocolError::FromTheFuture {
             issued_at: h.issued_at,
             now,
+        });
+    }
+    Ok(env)
+}
+
+/// Verifies a stored document (a receipt kept for years): the encoding, the key trusted for
+/// its sender, the signature and the kind — not its validity window, recipient or novelty,
+/// which only matter when it is delivered.
+pub fn verify_document<T: Serialize + DeserializeOwned>(
+    sealed: &Sealed,
+    kind: Kind,
+    trust: &Trust,
+) -> Result<Envelope<T>, ProtocolError> {
+    let claimed = sealed.peek_header()?;
+    let Some((party, key)) = trust.keys.get(&claimed.key_id) else {
+        return Err(ProtocolError::UnknownKey {
+            sender: claimed.sender,
+            key: claimed.key_id,
+        });
+    };
+    if *party != claimed.sender {
+        return Err(ProtocolError::UnknownKey {
+            sender: claimed.sender,
+            key: claimed.key_id,
+        });
+    }
+    let sig = Signature::from_slice(&sealed.signature).map_err(|_| ProtocolError::BadSignature)?;
+    key.verify(&signed_bytes(&sealed.envelope), &sig)
+        .map_err(|_| ProtocolError::BadSignature)?;
+    let env: Envelope<T> = codec::decode(&sealed.envelope)?;
+    if env.header.kind != kind {
+        return Err(ProtocolError::WrongKind {
+            want: kind,
+            got: env.header.kind,
         });
     }
     Ok(env)

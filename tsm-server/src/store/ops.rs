@@ -31,6 +31,8 @@ pub struct OpData {
     pub sealed_secrets: Vec<u8>,
     /// The card image number the card reported under the secure channel.
     pub cin: String,
+    /// The relay session currently bound to the operation (a newer one supersedes it).
+    pub session: Option<tsm_protocol::SessionId>,
 }
 
 /// An operation.
@@ -549,6 +551,7 @@ mod tests {
                 children: vec![],
                 sealed_secrets: vec![],
                 cin: String::new(),
+                session: None,
             },
         }
     }

@@ -1,0 +1,168 @@
+//! HTTP to the TSM: one POST with the protocol's binary bodies, retried with backoff when the
+//! TSM cannot answer now (connection refused or reset — a restart —, `409`, `503`), and an
+//! optional link delay that models a phone's network (3G ≈ 300 ms, LTE ≈ 50 ms round trip).
+
+use std::time::{Duration, Instant};
+
+/// A modelled network link between the relay and the TSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    /// Round-trip time added to every request.
+    pub rtt: Duration,
+}
+
+impl Link {
+    /// `lte` (50 ms), `3g` (300 ms), `none`, or a number of milliseconds.
+    pub fn parse(s: &str) -> Result<Link, String> {
+        let ms = match s.to_ascii_lowercase().as_str() {
+            "none" | "0" => 0,
+            "lte" => 50,
+            "3g" => 300,
+            n => n
+                .trim_end_matches("ms")
+                .parse::<u64>()
+                .map_err(|_| format!("link '{s}': use lte, 3g, none or a round trip in ms"))?,
+        };
+        Ok(Link {
+            rtt: Duration::from_millis(ms),
+        })
+    }
+}
+
+/// What one exchange cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exchange {
+    /// The TSM's own time (its `x-tsm-micros`), microseconds.
+    pub tsm_micros: u64,
+    /// Wall time including the link and retries.
+    pub wall: Duration,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Why the TSM could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Gave up after retrying.
+    #[error("the TSM at {url} did not answer within {secs} s ({last}): is it running?")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// How long it was tried.
+        secs: u64,
+        /// The last failure.
+        last: String,
+    },
+    /// The TSM refused the message (`400`): a bug or a mismatch of versions.
+    #[error("the TSM refused the message: {0}")]
+    Refused(String),
+}
+
+/// A client of one TSM.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    link: Link,
+    /// How long a message is retried before giving up.
+    pub retry_for: Duration,
+}
+
+impl Client {
+    /// A client of the TSM at `base` (`http://host:port`).
+    pub fn new(base: &str, link: Link) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            link,
+            retry_for: Duration::from_secs(300),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// POSTs `body` to `path`, retrying what a restart or a busy TSM causes.
+    pub async fn post(&self, path: &str, body: &[u8]) -> Result<(Vec<u8>, Exchange), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if !self.link.rtt.is_zero() {
+                tokio::time::sleep(self.link.rtt / 2).await;
+            }
+            let sent = self
+                .http
+                .post(&url)
+                .header("content-type", "application/octet-stream")
+                .body(body.to_vec())
+                .send()
+                .await;
+            let last = match sent {
+                Ok(r) if r.status().is_success() => {
+                    let tsm_micros = r
+                        .headers()
+                        .get("x-tsm-micros")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    match r.bytes().await {
+                        Ok(b) => {
+                            if !self.link.rtt.is_zero() {
+                                tokio::time::sleep(self.link.rtt / 2).await;
+                            }
+                            return Ok((
+                                b.to_vec(),
+                                Exchange {
+                                    tsm_micros,
+                                    wall: start.elapsed(),
+                                    attempts,
+                                },
+                            ));
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => {
+                    return Err(ClientError::Refused(r.text().await.unwrap_or_default()));
+                }
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() + backoff > self.retry_for {
+                return Err(ClientError::Unreachable {
+                    url,
+                    secs: self.retry_for.as_secs(),
+                    last,
+                });
+            }
+            tracing::debug!(url = %url, error = %last, "retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// GETs `path` as text.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                secs: 0,
+                last: e.to_string(),
+            })?;
+        r.text().await.map_err(|e| ClientError::Unreachable {
+            url,
+            secs: 0,
+            last: e.to_string(),
+        })
+    }
+}

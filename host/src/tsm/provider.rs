@@ -1,0 +1,175 @@
+//! The service provider's side: a JPKI credential sealed for the applet (the private key and
+//! the PIN under the provider's content key), the user's access grant, requests signed and
+//! sent to the TSM, answers and receipts checked.
+
+use super::client::{Client, ClientError};
+use card_wire::jpki;
+use card_wire::scp03::AesKey;
+use tsm_protocol::control::{AccessGrant, ControlRequest, ControlResponse, CredentialBundle};
+use tsm_protocol::receipt::ExecutionReceipt;
+use tsm_protocol::signing::{self, Kind, Signer, Trust};
+use tsm_protocol::{IdempotencyKey, MsgId, Nonce, OpId, PartyId};
+use zeroize::Zeroizing;
+
+/// Why a provider request did not get an answer it can trust.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The TSM was not reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The answer did not verify (or is not to this request).
+    #[error("the TSM's answer does not verify: {0}")]
+    Answer(#[from] tsm_protocol::ProtocolError),
+    /// A local failure (randomness, encoding).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A private key for the card: RSA-2048 (PKCS#1 DER) or P-256 (the scalar).
+pub enum CardKey {
+    /// RSA-2048.
+    Rsa(Box<rsa::PrivateKey>),
+    /// P-256.
+    P256(p256::ecdsa::SigningKey),
+}
+
+impl CardKey {
+    /// The bytes the applet stores (zeroized on drop).
+    pub fn card_bytes(&self) -> Result<Zeroizing<Vec<u8>>, String> {
+        match self {
+            CardKey::Rsa(k) => {
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                k.to_pkcs1_der()
+                    .map(|d| Zeroizing::new(d.as_bytes().to_vec()))
+                    .map_err(|e| e.to_string())
+            }
+            CardKey::P256(k) => Ok(Zeroizing::new(k.to_bytes().to_vec())),
+        }
+    }
+}
+
+/// A credential as the JPKI side hands it over: key and PIN sealed for the applet with the
+/// provider's content key (labels: the key and PIN files), certificates in clear.
+pub fn bundle(
+    content_key: &AesKey,
+    key: &CardKey,
+    certificate: Vec<u8>,
+    ca_certificate: Vec<u8>,
+    pin: &[u8],
+    my_number_sign_serial: &str,
+) -> Result<CredentialBundle, String> {
+    let bytes = key.card_bytes()?;
+    Ok(CredentialBundle {
+        sealed_key: card_wire::content::seal(content_key, &jpki::EF_AUTH_KEY.to_be_bytes(), &bytes),
+        sealed_pin: seal_pin(content_key, pin)?,
+        certificate,
+        ca_certificate,
+        my_number_sign_serial: my_number_sign_serial.into(),
+    })
+}
+
+/// A PIN sealed for the applet's PIN file (4 digits, as the JPKI authentication PIN).
+pub fn seal_pin(content_key: &AesKey, pin: &[u8]) -> Result<Vec<u8>, String> {
+    if !jpki::PinFormat::FourDigits.accepts(pin) {
+        return Err("the authentication PIN is four digits".into());
+    }
+    Ok(card_wire::content::seal(
+        content_key,
+        &jpki::EF_AUTH_PIN.to_be_bytes(),
+        pin,
+    ))
+}
+
+/// The user's access grant: a PBKDF2 verifier of the password with a fresh salt.
+pub fn access_grant(
+    password: &str,
+    max_attempts: u8,
+    valid_for_ms: u64,
+) -> Result<AccessGrant, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+    let iterations = tsm_protocol::access::DEFAULT_ITERATIONS;
+    Ok(AccessGrant {
+        password_salt: salt,
+        password_iterations: iterations,
+        password_verifier: tsm_protocol::access::password_verifier(password, &salt, iterations),
+        max_attempts,
+        valid_for_ms,
+    })
+}
+
+/// A provider (or operator) talking to one TSM.
+pub struct Party {
+    /// Signs the requests.
+    pub signer: Signer,
+    /// The TSM's name.
+    pub tsm: PartyId,
+    /// The TSM's public key.
+    pub trust: Trust,
+    /// The TSM's address.
+    pub client: Client,
+}
+
+/// An answer and the request it answers.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The answer.
+    pub response: ControlResponse,
+    /// The request's id and nonce (a receipt names them).
+    pub request: (MsgId, Nonce),
+    /// What the exchange cost.
+    pub exchange: super::client::Exchange,
+}
+
+impl Party {
+    /// Signs `req`, sends it, and checks the answer. Operations get `idempotency_key` (a new
+    /// one when `None`): sending the same request with the same key again is safe.
+    pub async fn send(
+        &self,
+        req: &ControlRequest,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Answered, ProviderError> {
+        let key = match (req.creates_operation(), idempotency_key) {
+            (true, None) => {
+                Some(IdempotencyKey::random().map_err(|e| ProviderError::Local(e.to_string()))?)
+            }
+            (_, k) => k,
+        };
+        let out = tsm_protocol::control::sign_request(
+            &self.signer,
+            &self.tsm,
+            req,
+            key,
+            signing::now_ms(),
+            120_000,
+        )
+        .map_err(ProviderError::Local)?;
+        let (bytes, exchange) = self.client.post("/v1/control", &out.bytes).await?;
+        let response = tsm_protocol::control::open_answer(
+            &bytes,
+            &out.header,
+            &self.trust,
+            signing::now_ms(),
+        )?;
+        Ok(Answered {
+            response,
+            request: (out.header.msg_id, out.header.nonce),
+            exchange,
+        })
+    }
+}
+
+/// Checks a receipt as its provider: signed by the TSM, for this operation and request, for
+/// this certificate, and the on-card key proof verifies with the certificate's key.
+pub fn check_receipt(
+    receipt: &tsm_protocol::Sealed,
+    tsm: &Trust,
+    op: &OpId,
+    request: (MsgId, Nonce),
+    certificate: &[u8],
+) -> Result<ExecutionReceipt, String> {
+    let env = signing::verify_document::<ExecutionReceipt>(receipt, Kind::Receipt, tsm)
+        .map_err(|e| format!("receipt: {e}"))?;
+    env.body.check(op, request, certificate)?;
+    Ok(env.body)
+}

@@ -1,0 +1,132 @@
+//! The relay ("common app"): connects a card — a PC/SC reader, a vpcd-served or in-process
+//! simulator — to the TSM, and carries orders and reports. It holds no secrets: the card
+//! commands are SCP03-wrapped end to end; the access code and password the user types go to
+//! the TSM, which checks them. A lost connection is retried with the same message (the TSM
+//! answers repeats exactly once); the link delay option models the phone's network.
+
+use super::client::{Client, ClientError};
+use card_wire::Transport;
+use std::time::{Duration, Instant};
+use tsm_protocol::SessionId;
+use tsm_protocol::relay::{Agent, AgentMsg, ServerMsg, StopOutcome, UserCredentials};
+
+/// How a relay session went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub outcome: StopOutcome,
+    /// The TSM's last word.
+    pub message: String,
+    /// Orders applied to the card.
+    pub orders: u32,
+    /// HTTP round trips.
+    pub round_trips: u32,
+    /// Wall time of the whole session.
+    pub elapsed: Duration,
+    /// Time the TSM itself spent, summed over the round trips.
+    pub tsm_time: Duration,
+    /// The session.
+    pub session: Option<SessionId>,
+}
+
+/// What the relay needs.
+pub struct Options<'a> {
+    /// The device ticket.
+    pub ticket: String,
+    /// The user's entries, when already known; else `ask` is called.
+    pub credentials: Option<UserCredentials>,
+    /// Asks the user for the access code and password (`attempts_left` shown); `None` gives
+    /// up.
+    pub ask: &'a mut dyn FnMut(u8) -> Option<UserCredentials>,
+    /// What the app calls itself (logged by the TSM).
+    pub agent: String,
+    /// Every body sent and received is appended here (a capture, for inspection).
+    pub capture: Option<&'a mut Vec<u8>>,
+}
+
+/// Why the relay stopped without an outcome from the TSM.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The TSM could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The TSM sent something that is not a message.
+    #[error("the TSM's answer is not a message: {0}")]
+    Protocol(String),
+    /// The user gave up at the credentials prompt.
+    #[error("no access code and password given")]
+    NoCredentials,
+}
+
+/// Runs one relay session to its end.
+pub async fn run(
+    client: &Client,
+    card: &mut dyn Transport,
+    mut opts: Options<'_>,
+) -> Result<Outcome, RelayError> {
+    let start = Instant::now();
+    let mut agent = Agent::new();
+    let mut out = Outcome {
+        outcome: StopOutcome::Interrupted,
+        message: String::new(),
+        orders: 0,
+        round_trips: 0,
+        elapsed: Duration::ZERO,
+        tsm_time: Duration::ZERO,
+        session: None,
+    };
+    let mut msg = AgentMsg::Hello {
+        ticket: opts.ticket.clone(),
+        agent: opts.agent.clone(),
+        resume: None,
+        credentials: opts.credentials.take(),
+    };
+    loop {
+        let body =
+            tsm_protocol::codec::encode(&msg).map_err(|e| RelayError::Protocol(e.to_string()))?;
+        let (answer, ex) = client.post("/v1/relay", &body).await?;
+        out.round_trips += 1;
+        out.tsm_time += Duration::from_micros(ex.tsm_micros);
+        if let Some(c) = opts.capture.as_deref_mut() {
+            c.extend_from_slice(&body);
+            c.extend_from_slice(&answer);
+        }
+        let reply: ServerMsg = tsm_protocol::codec::decode(&answer)
+            .map_err(|e| RelayError::Protocol(e.to_string()))?;
+        msg = match reply {
+            ServerMsg::AskCredentials {
+                session,
+                attempts_left,
+            } => {
+                out.session = Some(session);
+                let c = (opts.ask)(attempts_left).ok_or(RelayError::NoCredentials)?;
+                AgentMsg::Credentials {
+                    session,
+                    credentials: c,
+                }
+            }
+            ServerMsg::Order {
+                session,
+                seq,
+                delay_ms,
+                cmds,
+            } => {
+                out.session = Some(session);
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+                }
+                out.orders += 1;
+                agent.on_order(card, session, seq, &cmds)
+            }
+            ServerMsg::Stop {
+                outcome, message, ..
+            } => {
+                agent.close(card);
+                out.outcome = outcome;
+                out.message = message;
+                out.elapsed = start.elapsed();
+                return Ok(out);
+            }
+        };
+    }
+}

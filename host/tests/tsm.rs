@@ -1,0 +1,718 @@
+//! The TSM end to end, in process: a TSM on SQLite and on a private PostgreSQL, the operator
+//! registering a simulated SIM, a provider issuing a JPKI credential, the relay carrying the
+//! card scripts, the receipt's key proof checked by the provider, the holder using the
+//! credential; replayed, altered, expired, misdirected and conflicting requests refused; wrong
+//! access codes counted; revocation effective at once and the applet deleted when the card is
+//! next reachable; the TSM killed mid-download and restarted without losing the operation;
+//! and no key, PIN or content key in the relay's traffic.
+
+use card_wire::scp03::AesKey;
+use kagi::tsm::client::{Client, Link};
+use kagi::tsm::provider::{self, CardKey, Party};
+use kagi::tsm::relay;
+use kagi::tsm::sim::{PROVIDER_SD, ProvisionedSim, provider_keys, provision};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tsm_protocol::control::{
+    AppletRef, CardTarget, ControlRequest, ControlResponse, OpState, RevokeReason,
+};
+use tsm_protocol::relay::{StopOutcome, UserCredentials};
+use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::{OpId, PartyId};
+use tsm_server::service::{Config, Provider, Tsm};
+use tsm_server::store::{Backend, Store};
+
+const CONTENT_KEY: [u8; 16] = [0x3C; 16];
+const PASSWORD: &str = "correct horse";
+
+fn party(s: &str) -> PartyId {
+    PartyId::new(s).unwrap()
+}
+
+fn master() -> card_wire::scp03::StaticKeys {
+    kagi::keys::read_key_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/keys/provider.keys"),
+        0x31,
+    )
+    .unwrap()
+}
+
+/// The parties' keys, made once per test.
+struct World {
+    tsm: Arc<Signer>,
+    sp: Signer,
+    mno: Signer,
+    ca: test_pki::TestCa,
+    dir: std::path::PathBuf,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        let dir = std::env::temp_dir().join(format!("kagi-tsm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        World {
+            tsm: Arc::new(Signer::generate(party("tsm:kagi")).unwrap()),
+            sp: Signer::generate(party("sp:bank")).unwrap(),
+            mno: Signer::generate(party("mno:kagi-mobile")).unwrap(),
+            ca: test_pki::TestCa::new("JPKI for user authentication").unwrap(),
+            dir,
+        }
+    }
+
+    fn config(&self) -> Config {
+        let mut trust = Trust::new();
+        trust.add(self.sp.party().clone(), *self.sp.verifying_key());
+        trust.add(self.mno.party().clone(), *self.mno.verifying_key());
+        let mut providers = BTreeMap::new();
+        providers.insert(
+            self.sp.party().clone(),
+            Provider {
+                sd_aid: PROVIDER_SD.to_vec(),
+                kvn: 0x31,
+                keys: Arc::new(provider_keys(master(), 0x31)),
+                content_key: AesKey::new(&CONTENT_KEY).unwrap(),
+            },
+        );
+        Config {
+            signer: Signer::from_pkcs8_pem(
+                self.tsm.party().clone(),
+                &self.tsm.to_pkcs8_pem().unwrap(),
+            )
+            .unwrap(),
+            trust,
+            policy: Policy::new(self.tsm.party().clone()),
+            providers,
+            state_key: AesKey::new(&[0x11; 16]).unwrap(),
+            revocation_list: Some(self.dir.join("revoked.txt")),
+        }
+    }
+
+    fn client_party(&self, who: &Signer, url: &str) -> Party {
+        let mut trust = Trust::new();
+        trust.add(self.tsm.party().clone(), *self.tsm.verifying_key());
+        Party {
+            signer: Signer::from_pkcs8_pem(who.party().clone(), &who.to_pkcs8_pem().unwrap())
+                .unwrap(),
+            tsm: self.tsm.party().clone(),
+            trust,
+            client: Client::new(url, Link::default()),
+        }
+    }
+}
+
+/// A TSM serving on a port of its own until stopped.
+struct Running {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(world: &World, backend: &Backend, port: u16) -> Running {
+    let store = Store::open(backend).await.unwrap();
+    let tsm = Arc::new(Tsm::new(world.config(), store));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        tsm_server::http::serve(tsm, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        url,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Running {
+    /// Stops at once, dropping everything in memory (as a kill would).
+    fn kill(self) {
+        self.task.abort();
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+struct Issued {
+    op: OpId,
+    ticket: String,
+    code: String,
+    request: (tsm_protocol::MsgId, tsm_protocol::Nonce),
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn applet() -> AppletRef {
+    AppletRef {
+        package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
+        module: card_wire::jpki::JPKI_AID.to_vec(),
+        class: "jpki.ap".into(),
+        instance: card_wire::jpki::JPKI_AID.to_vec(),
+    }
+}
+
+fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> (ControlRequest, Vec<u8>, Vec<u8>) {
+    use der::Encode;
+    use p256::elliptic_curve::Generate;
+    let key = p256::ecdsa::SigningKey::try_generate().unwrap();
+    let now = std::time::SystemTime::now();
+    let cert = world
+        .ca
+        .issue_auth(
+            key.verifying_key(),
+            "KAGIPHONE01",
+            0x1234_5678,
+            now,
+            now + std::time::Duration::from_secs(86400 * 365),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let raw = key.to_bytes().to_vec();
+    let bundle = provider::bundle(
+        &AesKey::new(&CONTENT_KEY).unwrap(),
+        &CardKey::P256(key),
+        cert.clone(),
+        world.ca.certificate_der().unwrap(),
+        pin,
+        "0ABCDEF1",
+    )
+    .unwrap();
+    (
+        ControlRequest::Issue {
+            subscriber_ref: "subscriber-1".into(),
+            card: CardTarget {
+                iccid: iccid.into(),
+            },
+            applet: applet(),
+            credential: bundle,
+            access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+        },
+        cert,
+        raw,
+    )
+}
+
+async fn register(world: &World, url: &str, sim: &ProvisionedSim) {
+    let mno = world.client_party(&world.mno, url);
+    let r = mno
+        .send(
+            &ControlRequest::RegisterCard {
+                iccid: sim.iccid.clone(),
+                cin: sim.cin.clone(),
+                sd_aid: PROVIDER_SD.to_vec(),
+                free_memory: 64 * 1024,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.response, ControlResponse::Ok);
+}
+
+async fn issue(world: &World, sp: &Party, iccid: &str) -> Issued {
+    let (req, cert, key) = issue_request(world, iccid, b"2580");
+    let a = sp.send(&req, None).await.unwrap();
+    let ControlResponse::Accepted {
+        op,
+        device_ticket: Some(ticket),
+        access_code: Some(code),
+        ..
+    } = a.response
+    else {
+        panic!("{:?}", a.response)
+    };
+    Issued {
+        op,
+        ticket,
+        code,
+        request: a.request,
+        cert,
+        key,
+    }
+}
+
+async fn download(
+    url: &str,
+    card: &mut dyn card_wire::Transport,
+    ticket: &str,
+    code: &str,
+    capture: Option<&mut Vec<u8>>,
+) -> relay::Outcome {
+    let client = Client::new(url, Link::default());
+    let code = code.to_string();
+    let mut ask = move |_left: u8| {
+        Some(UserCredentials {
+            access_code: code.clone(),
+            password: PASSWORD.into(),
+        })
+    };
+    relay::run(
+        &client,
+        card,
+        relay::Options {
+            ticket: ticket.into(),
+            credentials: None,
+            ask: &mut ask,
+            agent: "kagi-test-relay".into(),
+            capture,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn operation(sp: &Party, op: OpId) -> tsm_protocol::control::OperationView {
+    match sp
+        .send(&ControlRequest::GetOperation { op }, None)
+        .await
+        .unwrap()
+        .response
+    {
+        ControlResponse::Operation(v) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn full_flow(backend: Backend, name: &str) {
+    let world = World::new(name);
+    let server = start(&world, &backend, 0).await;
+    let url = server.url.clone();
+    let sp = world.client_party(&world.sp, &url);
+    let mut sim = provision(b"phone-1", &PROVIDER_SD, &provider_keys(master(), 0x31)).unwrap();
+    register(&world, &url, &sim).await;
+
+    // Issue, download, receipt.
+    let iss = issue(&world, &sp, &sim.iccid).await;
+    let mut capture = Vec::new();
+    let out = download(
+        &url,
+        &mut sim.card,
+        &iss.ticket,
+        &iss.code,
+        Some(&mut capture),
+    )
+    .await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    assert!(out.round_trips <= 6, "{} round trips", out.round_trips);
+    let v = operation(&sp, iss.op).await;
+    assert_eq!(v.state, OpState::Completed);
+    let receipt = provider::check_receipt(
+        v.receipt.as_ref().unwrap(),
+        &sp.trust,
+        &iss.op,
+        iss.request,
+        &iss.cert,
+    )
+    .unwrap();
+    assert_eq!(receipt.cin, sim.cin);
+    assert_eq!(receipt.my_number_sign_serial, "0ABCDEF1");
+    // Nothing secret crossed the relay: not the private key, the content key, or the PIN in
+    // any form a command would carry it.
+    for (what, needle) in [
+        ("private key", &iss.key[..]),
+        ("content key", &CONTENT_KEY[..]),
+        ("PIN record", &[0x00, 0x18, b'2', b'5', b'8', b'0'][..]),
+    ] {
+        assert!(
+            !capture.windows(needle.len()).any(|w| w == needle),
+            "the {what} crossed the relay"
+        );
+    }
+    // The ticket is spent: a second download with it is refused.
+    let again = download(&url, &mut sim.card, &iss.ticket, &iss.code, None).await;
+    assert_eq!(again.outcome, StopOutcome::Refused);
+
+    // The holder uses it; the eligibility read says eligible.
+    {
+        let mut ch =
+            kagi::channel::CardChannel::new(&mut sim.card as &mut dyn card_wire::Transport);
+        let mut trust = kagi::eligibility::Trust::default();
+        trust.cas.push(world.ca.certificate().clone());
+        let r = kagi::eligibility::read(&mut ch, &trust, std::time::SystemTime::now()).unwrap();
+        assert_eq!(
+            r.verdict,
+            kagi::eligibility::Verdict::Eligible,
+            "{:?}",
+            r.reasons
+        );
+    }
+
+    // Protocol checks: a replay, an altered request, the wrong recipient.
+    let (req, _, _) = issue_request(&world, &sim.iccid, b"1111");
+    let out = tsm_protocol::control::sign_request(
+        &sp.signer,
+        &sp.tsm,
+        &req,
+        Some(tsm_protocol::IdempotencyKey::random().unwrap()),
+        tsm_protocol::signing::now_ms(),
+        60_000,
+    )
+    .unwrap();
+    let first = sp.client.post("/v1/control", &out.bytes).await.unwrap().0;
+    let first = tsm_protocol::control::open_answer(
+        &first,
+        &out.header,
+        &sp.trust,
+        tsm_protocol::signing::now_ms(),
+    )
+    .unwrap();
+    assert!(
+        matches!(first, ControlResponse::Accepted { .. }),
+        "{first:?}"
+    );
+    let replay = sp.client.post("/v1/control", &out.bytes).await.unwrap().0;
+    let replay = tsm_protocol::control::open_answer(
+        &replay,
+        &out.header,
+        &sp.trust,
+        tsm_protocol::signing::now_ms(),
+    )
+    .unwrap();
+    assert!(
+        matches!(replay, ControlResponse::Rejected(ref e) if e.code == "protocol.replayed"),
+        "{replay:?}"
+    );
+    let mut altered = out.bytes.clone();
+    let n = altered.len();
+    altered[n / 2] ^= 0x40;
+    let r = sp.client.post("/v1/control", &altered).await;
+    match r {
+        Ok((b, _)) => {
+            let a = tsm_protocol::control::open_answer(
+                &b,
+                &out.header,
+                &sp.trust,
+                tsm_protocol::signing::now_ms(),
+            );
+            assert!(matches!(a, Ok(ControlResponse::Rejected(_))), "{a:?}");
+        }
+        Err(e) => assert!(e.to_string().contains("refused"), "{e}"),
+    }
+    let elsewhere = tsm_protocol::control::sign_request(
+        &sp.signer,
+        &party("tsm:other"),
+        &ControlRequest::CheckStatus { credential: iss.op },
+        None,
+        tsm_protocol::signing::now_ms(),
+        60_000,
+    )
+    .unwrap();
+    let b = sp
+        .client
+        .post("/v1/control", &elsewhere.bytes)
+        .await
+        .unwrap()
+        .0;
+    let mut t2 = Trust::new();
+    t2.add(world.tsm.party().clone(), *world.tsm.verifying_key());
+    let env = tsm_protocol::signing::verify_document::<ControlResponse>(
+        &tsm_protocol::Sealed::from_bytes(&b).unwrap(),
+        tsm_protocol::Kind::ControlResponse,
+        &t2,
+    )
+    .unwrap();
+    assert!(
+        matches!(env.body, ControlResponse::Rejected(ref e) if e.code == "protocol.misdirected"),
+        "{:?}",
+        env.body
+    );
+    // Idempotency: the same key with another request conflicts.
+    let ControlResponse::Accepted { op: pending, .. } = first else {
+        unreachable!()
+    };
+    let (other_req, _, _) = issue_request(&world, &sim.iccid, b"2222");
+    let conflict = sp
+        .send(&other_req, out.header.idempotency_key)
+        .await
+        .unwrap()
+        .response;
+    assert!(
+        matches!(conflict, ControlResponse::Rejected(ref e) if e.code == "protocol.idempotency-conflict"),
+        "{conflict:?}"
+    );
+    // The pending issue is cancelled.
+    let c = sp
+        .send(&ControlRequest::Cancel { op: pending }, None)
+        .await
+        .unwrap()
+        .response;
+    assert!(
+        matches!(c, ControlResponse::Operation(ref v) if v.state == OpState::Cancelled),
+        "{c:?}"
+    );
+
+    // Revocation: at once at the TSM and in its list; the applet goes from the card the next
+    // time the provider's session reaches it (here a wallet update).
+    let r = sp
+        .send(
+            &ControlRequest::Revoke {
+                credential: iss.op,
+                reason: RevokeReason::CardLost,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    let ControlResponse::Credential(status) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(status.state, "revoked");
+    assert!(status.card_deletion_pending);
+    let list = sp.client.get_text("/v1/revoked").await.unwrap();
+    assert!(list.contains("0x12345678"), "{list}");
+    {
+        let mut ch =
+            kagi::channel::CardChannel::new(&mut sim.card as &mut dyn card_wire::Transport);
+        let mut trust = kagi::eligibility::Trust::default();
+        trust.cas.push(world.ca.certificate().clone());
+        trust
+            .add_revoked_list(&std::fs::read_to_string(world.dir.join("revoked.txt")).unwrap())
+            .unwrap();
+        let r = kagi::eligibility::read(&mut ch, &trust, std::time::SystemTime::now()).unwrap();
+        assert_eq!(
+            r.verdict,
+            kagi::eligibility::Verdict::Revoked,
+            "{:?}",
+            r.reasons
+        );
+    }
+    let wallet = [0xF0, 0x4B, 0x41, 0x47, 0x49, 0x57, 0x4C, 0x01, 0x01];
+    let w = sp
+        .send(
+            &ControlRequest::WalletUpdate {
+                card: CardTarget {
+                    iccid: sim.iccid.clone(),
+                },
+                instance: wallet.to_vec(),
+                updates: vec![tsm_protocol::control::WalletUpdate {
+                    id: [1; 8],
+                    change: tsm_protocol::control::WalletChange::Points(120),
+                }],
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    let ControlResponse::Accepted {
+        op: wop,
+        device_ticket: Some(wt),
+        access_code: Some(wc),
+        ..
+    } = w
+    else {
+        panic!("{w:?}")
+    };
+    // A wrong code first: counted, then the right one.
+    let client = Client::new(&url, Link::default());
+    let mut tries = vec![
+        UserCredentials {
+            access_code: wc.clone(),
+            password: PASSWORD.into(),
+        },
+        UserCredentials {
+            access_code: "0000-0000-0000".into(),
+            password: PASSWORD.into(),
+        },
+    ];
+    let mut seen_left = Vec::new();
+    let mut ask = |left: u8| {
+        seen_left.push(left);
+        tries.pop()
+    };
+    let out = relay::run(
+        &client,
+        &mut sim.card,
+        relay::Options {
+            ticket: wt,
+            credentials: None,
+            ask: &mut ask,
+            agent: "kagi-test-relay".into(),
+            capture: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    assert_eq!(seen_left, vec![3, 2]);
+    let v = operation(&sp, wop).await;
+    assert!(
+        v.steps
+            .iter()
+            .any(|s| s.starts_with("delete:D392F000260100000001")),
+        "{:?}",
+        v.steps
+    );
+    let r = sp
+        .send(&ControlRequest::CheckStatus { credential: iss.op }, None)
+        .await
+        .unwrap()
+        .response;
+    assert!(
+        matches!(r, ControlResponse::Credential(ref s) if !s.card_deletion_pending),
+        "{r:?}"
+    );
+    // The audit trail has every step.
+    let trail = Store::open(&backend)
+        .await
+        .unwrap()
+        .audit_trail(Some(&iss.op))
+        .await
+        .unwrap();
+    let events: Vec<&str> = trail.iter().map(|a| a.event.as_str()).collect();
+    for e in [
+        "accepted",
+        "session-opened",
+        "authorised",
+        "completed",
+        "revoked",
+        "deleted-from-card",
+    ] {
+        assert!(events.contains(&e), "{e} missing from {events:?}");
+    }
+    server.stop().await;
+    std::fs::remove_dir_all(&world.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_full_flow() {
+    let dir = std::env::temp_dir().join(format!("kagi-tsm-db-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    full_flow(Backend::Sqlite(dir.join("tsm.db")), "sqlite").await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_full_flow() {
+    let pg = tsm_server::testing::PrivatePostgres::start("flow").unwrap();
+    full_flow(Backend::Postgres(pg.url.clone()), "postgres").await;
+}
+
+/// The TSM dies while the relay is between two orders, and comes back on the same database
+/// and port: the relay's retried report reaches the new process, which has no secure session
+/// for it, opens a new one, probes, and completes the operation once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_download_the_operation_completes_exactly_once() {
+    let world = World::new("kill");
+    let backend = Backend::Sqlite(world.dir.join("tsm.db"));
+    let server = start(&world, &backend, 0).await;
+    let url = server.url.clone();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let sp = world.client_party(&world.sp, &url);
+    let sim = provision(b"phone-kill", &PROVIDER_SD, &provider_keys(master(), 0x31)).unwrap();
+    register(&world, &url, &sim).await;
+    let iss = issue(&world, &sp, &sim.iccid).await;
+    // A card wrapper that kills the TSM right after the card answered its second order.
+    struct Killer {
+        card: applet_sim::SimCard,
+        commands: usize,
+        initialize_updates: usize,
+        kill: Option<Running>,
+        restart: tokio::sync::mpsc::UnboundedSender<Running>,
+    }
+    impl card_wire::Transport for Killer {
+        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, card_wire::TransportError> {
+            self.commands += 1;
+            if c.get(1) == Some(&0x50) {
+                self.initialize_updates += 1;
+            }
+            let r = self.card.transmit(c);
+            if self.commands == 8
+                && let Some(k) = self.kill.take()
+            {
+                let _ = self.restart.send(k);
+            }
+            r
+        }
+        fn reset(&mut self, k: card_wire::ResetKind) -> Result<Vec<u8>, card_wire::TransportError> {
+            self.card.reset(k)
+        }
+        fn atr(&self) -> Option<Vec<u8>> {
+            self.card.atr()
+        }
+        fn capabilities(&self) -> card_wire::Capabilities {
+            self.card.capabilities()
+        }
+        fn describe(&self) -> String {
+            "killer".into()
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut card = Killer {
+        card: sim.card,
+        commands: 0,
+        initialize_updates: 0,
+        kill: Some(server),
+        restart: tx,
+    };
+    let restarter = {
+        let world_cfg = world.config();
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let victim: Running = rx.recv().await.unwrap();
+            victim.kill();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let store = Store::open(&backend).await.unwrap();
+            let tsm = Arc::new(Tsm::new(world_cfg, store));
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tsm_server::http::serve(tsm, listener, std::future::pending())
+                .await
+                .unwrap();
+        })
+    };
+    let ticket = iss.ticket.clone();
+    let code = iss.code.clone();
+    let out = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(download(&url, &mut card, &ticket, &code, None))
+    });
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    assert!(card.kill.is_none(), "the TSM was never killed");
+    assert_eq!(
+        card.initialize_updates, 2,
+        "the restarted TSM continued with a new secure session"
+    );
+    let v = operation(&sp, iss.op).await;
+    assert_eq!(v.state, OpState::Completed);
+    provider::check_receipt(
+        v.receipt.as_ref().unwrap(),
+        &sp.trust,
+        &iss.op,
+        iss.request,
+        &iss.cert,
+    )
+    .unwrap();
+    // Exactly once: one completion in the audit trail, and the applet installed once.
+    let trail = Store::open(&backend)
+        .await
+        .unwrap()
+        .audit_trail(Some(&iss.op))
+        .await
+        .unwrap();
+    assert_eq!(trail.iter().filter(|a| a.event == "completed").count(), 1);
+    let apps = card
+        .card
+        .runtime()
+        .registry()
+        .iter()
+        .filter(|e| e.aid.as_bytes() == card_wire::jpki::JPKI_AID)
+        .count();
+    assert_eq!(apps, 1);
+    restarter.abort();
+    std::fs::remove_dir_all(&world.dir).ok();
+}

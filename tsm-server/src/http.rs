@@ -1,0 +1,113 @@
+//! The TSM over HTTP (axum on tokio). Bodies are the protocol's canonical binary messages
+//! (`application/octet-stream`):
+//!
+//! - `POST /v1/control` — a signed control request; the answer is signed.
+//! - `POST /v1/relay` — the relay's messages (Hello, Credentials, Report); orders or a stop.
+//! - `GET /v1/revoked` — the revocation list (one `0x` serial per line).
+//! - `GET /v1/health` — `ok` and the database backend.
+//!
+//! Status codes: `400` a malformed message, `409` a conflict with another instance (send the
+//! same message again), `503` the database is unavailable (retry later). Every answer carries
+//! `x-tsm-micros`, the time the TSM spent on it.
+
+use crate::service::{ServiceError, Tsm};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
+    let mut resp = match r {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            body,
+        )
+            .into_response(),
+        Err(ServiceError::BadRequest(m)) => (StatusCode::BAD_REQUEST, m).into_response(),
+        Err(ServiceError::Conflict) => (
+            StatusCode::CONFLICT,
+            "the operation changed meanwhile: send the same message again",
+        )
+            .into_response(),
+        Err(ServiceError::Store(e)) => {
+            tracing::error!(error = %e, "database");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the TSM's database is unavailable: retry later",
+            )
+                .into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&start.elapsed().as_micros().to_string()) {
+        resp.headers_mut().insert("x-tsm-micros", v);
+    }
+    resp
+}
+
+async fn control(State(tsm): State<Arc<Tsm>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    answer(start, tsm.control(&body).await)
+}
+
+async fn relay(State(tsm): State<Arc<Tsm>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    answer(start, tsm.relay(&body).await)
+}
+
+async fn revoked(State(tsm): State<Arc<Tsm>>) -> Response {
+    match tsm.revocation_list().await {
+        Ok(t) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response(),
+        Err(e) => answer(Instant::now(), Err(e)),
+    }
+}
+
+async fn health(State(tsm): State<Arc<Tsm>>) -> Response {
+    match tsm.store().count_by_state().await {
+        Ok(_) => format!("ok {} {}\n", tsm.party(), tsm.store().describe()).into_response(),
+        Err(e) => answer(Instant::now(), Err(e.into())),
+    }
+}
+
+/// The routes.
+pub fn router(tsm: Arc<Tsm>) -> Router {
+    Router::new()
+        .route("/v1/control", post(control))
+        .route("/v1/relay", post(relay))
+        .route("/v1/revoked", get(revoked))
+        .route("/v1/health", get(health))
+        .layer(DefaultBodyLimit::max(tsm_protocol::codec::MAX_MESSAGE))
+        .with_state(tsm)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight. A
+/// background task expires operations past their time.
+pub async fn serve(
+    tsm: Arc<Tsm>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = {
+        let tsm = tsm.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                match tsm.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "operations expired"),
+                    Err(e) => tracing::warn!(error = %e, "sweep"),
+                }
+            }
+        })
+    };
+    let r = axum::serve(listener, router(tsm))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    r
+}
