@@ -1495,7 +1495,7 @@ impl Tsm {
                 "tsm",
                 "completed",
                 &format!(
-                    "{} card commands in {} sessions",
+                    "{} card commands, {} secure session(s)",
                     ev.steps.len(),
                     ev.sessions
                 ),

@@ -4,6 +4,8 @@ mod gp;
 mod jpki;
 mod perso;
 mod target;
+mod tsm;
+mod tsm_load;
 
 use applet_sim::{SimCard, SimConfig};
 use card_wire::apdu::Command;
@@ -82,6 +84,12 @@ enum Cmd {
     /// The card simulator.
     #[command(subcommand)]
     Sim(SimCmd),
+    /// The trusted service manager: serve it, and the provider's and operator's requests.
+    #[command(subcommand)]
+    Tsm(tsm::TsmCmd),
+    /// The phone app's part: connect a card to the TSM and relay its orders (holds no
+    /// secrets).
+    Relay(tsm::RelayArgs),
     /// Measure SCP03 crypto and simulator throughput on this machine.
     Bench {
         /// Seconds per figure.
@@ -122,6 +130,23 @@ enum SimCmd {
     /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
     /// restarts.
     Serve(ServeArgs),
+    /// Make a simulated SIM as a bureau leaves it for a TSM: a UICC whose provider domain has
+    /// keys diversified from the provider's master key set; prints its ICCID and card image
+    /// number (to register it with the TSM).
+    Provision {
+        /// The card image to write.
+        #[arg(long)]
+        image: PathBuf,
+        /// Makes the card's identity (ICCID, KDD, CIN).
+        #[arg(long)]
+        serial: String,
+        /// The provider's master keys (key file).
+        #[arg(long)]
+        provider_keys: PathBuf,
+        /// The provider domain's AID.
+        #[arg(long, default_value = "A00000015153505001")]
+        sd: String,
+    },
 }
 
 /// `kagi sim serve` options.
@@ -400,6 +425,40 @@ fn cmd_apdu(cli: &Cli, target: &Target, apdus: &[String]) -> Result<(), Failure>
     Ok(())
 }
 
+fn cmd_sim_provision(
+    json_out: bool,
+    image: &Path,
+    serial: &str,
+    provider_keys: &Path,
+    sd: &str,
+) -> Result<(), Failure> {
+    let master = kagi::keys::read_key_file(provider_keys, 0x31)?;
+    let sd = parse_hex("--sd", sd)?;
+    let sim = kagi::tsm::sim::provision(
+        serial.as_bytes(),
+        &sd,
+        &kagi::tsm::sim::provider_keys(master, 0x31),
+    )?;
+    if let Some(dir) = image.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    sim.card.save_image(image)?;
+    if json_out {
+        print_json(
+            json!({ "image": image.display().to_string(), "iccid": sim.iccid, "cin": sim.cin, "security_domain": hex::encode_upper(&sd) }),
+        );
+    } else {
+        println!(
+            "SIM {} (card image number {}) with provider domain {} written to {}",
+            sim.iccid,
+            sim.cin,
+            hex::encode_upper(&sd),
+            image.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_bench(
     json_out: bool,
     seconds: f64,
@@ -448,6 +507,14 @@ pub fn main() -> ExitCode {
         Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
         Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
+        Cmd::Sim(SimCmd::Provision {
+            image,
+            serial,
+            provider_keys,
+            sd,
+        }) => cmd_sim_provision(cli.json, image, serial, provider_keys, sd),
+        Cmd::Tsm(t) => tsm::run(t, cli.json),
+        Cmd::Relay(r) => tsm::relay(r, cli.json),
         Cmd::Bench {
             seconds,
             reader,

@@ -164,7 +164,7 @@ fn reader_names(_sel: &str) -> Result<Vec<String>, Failure> {
 pub struct HsmArgs {
     /// PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
     #[arg(long)]
-    hsm_module: Option<PathBuf>,
+    pub(super) hsm_module: Option<PathBuf>,
     /// Token label.
     #[arg(long, requires = "hsm_module", default_value = "kagi")]
     hsm_token: String,
@@ -180,7 +180,7 @@ pub struct HsmArgs {
 }
 
 impl HsmArgs {
-    fn config(&self) -> Result<kagi::hsm::HsmConfig, Failure> {
+    pub(super) fn config(&self) -> Result<kagi::hsm::HsmConfig, Failure> {
         Ok(kagi::hsm::HsmConfig {
             module: self.hsm_module.clone().ok_or("--hsm-module is required")?,
             token: self.hsm_token.clone(),
@@ -188,7 +188,7 @@ impl HsmArgs {
         })
     }
 
-    fn pin(&self) -> Result<zeroize::Zeroizing<String>, Failure> {
+    pub(super) fn pin(&self) -> Result<zeroize::Zeroizing<String>, Failure> {
         let pin = super::jpki::read_pin(&self.hsm_pin_file, &self.hsm_pin_env, "HSM user PIN: ")?;
         Ok(zeroize::Zeroizing::new(
             String::from_utf8(pin.to_vec()).map_err(|_| "the HSM PIN is not UTF-8")?,

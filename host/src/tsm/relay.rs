@@ -37,7 +37,7 @@ pub struct Options<'a> {
     pub credentials: Option<UserCredentials>,
     /// Asks the user for the access code and password (`attempts_left` shown); `None` gives
     /// up.
-    pub ask: &'a mut dyn FnMut(u8) -> Option<UserCredentials>,
+    pub ask: &'a mut (dyn FnMut(u8) -> Option<UserCredentials> + Send),
     /// What the app calls itself (logged by the TSM).
     pub agent: String,
     /// Every body sent and received is appended here (a capture, for inspection).
