@@ -6,7 +6,7 @@
 //! report gets a new session and a new probe.
 
 use crate::store::ops::{CardRow, Created, CredentialRow, OpData, OpRow};
-use crate::store::{Store, StoreError};
+use crate::store::{Stmt, Store, StoreError};
 use card_wire::jpki;
 use card_wire::scp03::{AesKey, CardKeys};
 use card_wire::tlv::tlv;
@@ -913,12 +913,6 @@ impl Tsm {
             op.data.session = Some(session);
         }
         op.updated_at = t;
-        let reply = ServerMsg::AskCredentials {
-            session,
-            attempts_left: op.data.attempts_left,
-        };
-        let reply_bytes = tsm_protocol::codec::encode(&reply)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let mut batch = vec![Store::audit(
             &op.id,
             t,
@@ -930,27 +924,30 @@ impl Tsm {
             },
             agent,
         )];
-        if !resumed {
-            batch.push(Store::put_session(
-                &session.to_hex(),
-                &op.id,
-                0,
-                reply_bytes,
-                t,
-            ));
-        }
-        self.store.save_op(&op, batch).await?;
-        op.version += 1;
         tracing::info!(op = %op.id, session = %session, resumed, "relay session");
         if resumed && matches!(op.state, OpState::Running | OpState::Interrupted) {
             // A new secure session continues from a probe; order numbers go on.
-            return self.start_engine(op, session, last_seq).await;
+            return self.start_engine(op, session, last_seq, batch).await;
         }
         match credentials {
             Some(c) if op.state == OpState::DeviceBound => {
-                self.check_credentials(op, session, c).await
+                self.check_credentials(op, session, c, batch).await
             }
-            _ => Ok(reply),
+            _ => {
+                let reply = ServerMsg::AskCredentials {
+                    session,
+                    attempts_left: op.data.attempts_left,
+                };
+                batch.push(Store::put_session(
+                    &session.to_hex(),
+                    &op.id,
+                    last_seq,
+                    encode(&reply)?,
+                    t,
+                ));
+                self.store.save_op(&op, batch).await?;
+                Ok(reply)
+            }
         }
     }
 
@@ -978,7 +975,7 @@ impl Tsm {
                 "credentials are not expected now",
             ));
         }
-        self.check_credentials(op, session, creds).await
+        self.check_credentials(op, session, creds, Vec::new()).await
     }
 
     fn grant(op: &OpRow) -> Option<&tsm_protocol::control::AccessGrant> {
@@ -996,6 +993,7 @@ impl Tsm {
         mut op: OpRow,
         session: SessionId,
         creds: UserCredentials,
+        mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
         let Some(grant) = Self::grant(&op).cloned() else {
@@ -1027,30 +1025,28 @@ impl Tsm {
                     attempts_left: left,
                 }
             };
-            let reply_bytes = tsm_protocol::codec::encode(&reply)
-                .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-            self.store
-                .save_op(
-                    &op,
-                    vec![
-                        Store::put_session(&session.to_hex(), &op.id, 0, reply_bytes, t),
-                        Store::audit(&op.id, t, "relay", "wrong-entries", &format!("{left} left")),
-                    ],
-                )
-                .await?;
+            batch.push(Store::put_session(
+                &session.to_hex(),
+                &op.id,
+                0,
+                encode(&reply)?,
+                t,
+            ));
+            batch.push(Store::audit(
+                &op.id,
+                t,
+                "relay",
+                "wrong-entries",
+                &format!("{left} left"),
+            ));
+            self.store.save_op(&op, batch).await?;
             tracing::warn!(op = %op.id, left, "wrong access code or password");
             return Ok(reply);
         }
         op.state = OpState::Running;
         op.updated_at = t;
-        self.store
-            .save_op(
-                &op,
-                vec![Store::audit(&op.id, t, "relay", "authorised", "")],
-            )
-            .await?;
-        op.version += 1;
-        self.start_engine(op, session, 0).await
+        batch.push(Store::audit(&op.id, t, "relay", "authorised", ""));
+        self.start_engine(op, session, 0, batch).await
     }
 
     /// The plan of an operation: what its provider's domain on the card must hold, with the
@@ -1248,10 +1244,16 @@ impl Tsm {
     }
 
     /// A new engine for the operation's plan, and its first order (`seq` + 1).
-    async fn start_engine(&self, op: OpRow, session: SessionId, seq: i64) -> Result<ServerMsg> {
+    async fn start_engine(
+        &self,
+        op: OpRow,
+        session: SessionId,
+        seq: i64,
+        batch: Vec<Stmt>,
+    ) -> Result<ServerMsg> {
         let (plan, keys, deletions) = match self.plan(&op).await? {
             Ok(p) => p,
-            Err(e) => return self.finish_failed(op, session, e).await,
+            Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
         let mut engine = Engine::new(plan, keys, op.data.proof_nonce);
         let next = engine.open();
@@ -1260,7 +1262,7 @@ impl Tsm {
             engine,
             deletions,
         };
-        self.advance(op, session, seq, running, next).await
+        self.advance(op, session, seq, running, next, batch).await
     }
 
     async fn report(
@@ -1318,13 +1320,13 @@ impl Tsm {
         match running {
             Some(mut r) if r.op == op.id => {
                 let next = r.engine.on_report(status, results);
-                self.advance(op, session, seq, r, next).await
+                self.advance(op, session, seq, r, next, Vec::new()).await
             }
             // This process has no secure session for it (a restart, another instance): a new
             // session and a new probe continue the operation.
             _ => {
                 tracing::info!(op = %op.id, session = %session, "no live secure session here: re-opening");
-                self.start_engine(op, session, seq).await
+                self.start_engine(op, session, seq, Vec::new()).await
             }
         }
     }
@@ -1337,6 +1339,7 @@ impl Tsm {
         seq: i64,
         running: Running,
         next: Next,
+        mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
         match next {
@@ -1352,18 +1355,14 @@ impl Tsm {
                 op.state = OpState::Running;
                 op.updated_at = t;
                 // Written before it is sent: a report for it finds the session where it left.
-                self.store
-                    .save_op(
-                        &op,
-                        vec![Store::put_session(
-                            &session.to_hex(),
-                            &op.id,
-                            seq + 1,
-                            bytes,
-                            t,
-                        )],
-                    )
-                    .await?;
+                batch.push(Store::put_session(
+                    &session.to_hex(),
+                    &op.id,
+                    seq + 1,
+                    bytes,
+                    t,
+                ));
+                self.store.save_op(&op, batch).await?;
                 self.engines
                     .lock()
                     .map_err(|_| ServiceError::BadRequest("engine lock poisoned".into()))?
@@ -1371,25 +1370,23 @@ impl Tsm {
                 Ok(order)
             }
             Next::Done(evidence) => {
-                self.finish_done(op, session, seq, &running, *evidence)
+                self.finish_done(op, session, seq, &running, *evidence, batch)
                     .await
             }
-            Next::Failed(e) => self.finish_failed(op, session, e).await,
+            Next::Failed(e) => self.finish_failed(op, session, e, batch).await,
             Next::Interrupted(e) => {
                 op.state = OpState::Interrupted;
                 op.updated_at = t;
                 let stop = Self::stop(session, StopOutcome::Interrupted, e.detail.clone());
-                let bytes = tsm_protocol::codec::encode(&stop)
-                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-                self.store
-                    .save_op(
-                        &op,
-                        vec![
-                            Store::put_session(&session.to_hex(), &op.id, seq + 1, bytes, t),
-                            Store::audit(&op.id, t, "tsm", "interrupted", &e.code),
-                        ],
-                    )
-                    .await?;
+                batch.push(Store::put_session(
+                    &session.to_hex(),
+                    &op.id,
+                    seq + 1,
+                    encode(&stop)?,
+                    t,
+                ));
+                batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
+                self.store.save_op(&op, batch).await?;
                 tracing::warn!(op = %op.id, code = %e.code, "operation interrupted");
                 Ok(stop)
             }
@@ -1401,12 +1398,13 @@ impl Tsm {
         mut op: OpRow,
         session: SessionId,
         e: ErrorReport,
+        mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
         op.state = OpState::Failed;
         op.updated_at = t;
         op.data.error = Some(e.clone());
-        let mut batch = vec![Store::audit(&op.id, t, "tsm", "failed", &e.code)];
+        batch.push(Store::audit(&op.id, t, "tsm", "failed", &e.code));
         if let Some(mut c) = self.store.credential(&op.id).await?
             && c.state == "pending"
         {
@@ -1425,6 +1423,7 @@ impl Tsm {
         seq: i64,
         running: &Running,
         ev: Evidence,
+        mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
         let cert = credential_of(&op.data.request).map(|c| c.certificate.clone());
@@ -1482,7 +1481,7 @@ impl Tsm {
         let stop = Self::stop(session, StopOutcome::Completed, "the download is complete");
         let bytes = tsm_protocol::codec::encode(&stop)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let mut batch = vec![
+        batch.extend([
             Store::put_session(&session.to_hex(), &op.id, seq + 1, bytes, t),
             // The device ticket is spent.
             crate::store::Stmt::any(
@@ -1500,7 +1499,7 @@ impl Tsm {
                     ev.sessions
                 ),
             ),
-        ];
+        ]);
         if let Some(mut c) = self.store.credential(&op.id).await? {
             c.state = "active".into();
             batch.push(Store::put_credential(&c, t));
@@ -1565,6 +1564,11 @@ impl Tsm {
         self.store.purge_replay(t).await?;
         Ok(n)
     }
+}
+
+/// The canonical encoding of a relay message.
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    tsm_protocol::codec::encode(v).map_err(|e| ServiceError::BadRequest(e.to_string()))
 }
 
 /// What a provider sees of an operation.

@@ -104,11 +104,22 @@ impl Postgres {
     pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
         let mut c = self.pool.get().await.map_err(db)?;
         let tx = c.transaction().await.map_err(db)?;
-        for (i, s) in batch.iter().enumerate() {
-            let st = tx.prepare_cached(s.sql).await.map_err(db)?;
-            let p: Vec<&(dyn ToSql + Sync)> =
-                s.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let n = tx.execute(&st, &p).await.map_err(db)?;
+        let mut prepared = Vec::with_capacity(batch.len());
+        for s in &batch {
+            prepared.push(tx.prepare_cached(s.sql).await.map_err(db)?);
+        }
+        // The statements go out pipelined (one round trip for the batch, not one each);
+        // PostgreSQL runs them in order.
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = batch
+            .iter()
+            .map(|s| s.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let runs = prepared
+            .iter()
+            .zip(&params)
+            .map(|(st, p)| tx.execute(st, p.as_slice()));
+        let counts = futures_util::future::try_join_all(runs).await.map_err(db)?;
+        for (i, (s, n)) in batch.iter().zip(counts).enumerate() {
             if s.expect == Expect::One && n != 1 {
                 // Dropping the transaction rolls it back.
                 return Err(StoreError::Conflict(i));
