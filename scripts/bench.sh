@@ -58,3 +58,6 @@ TIMEFORMAT="  host CPU (kagi, pcscd and simulator together): %U s user + %S s sy
 time bash scripts/pcsc-sandbox.sh --cards 4 --hopper -- ./target/release/kagi perso run --readers all \
     --profile examples/perso-member.toml --input "$tmp/vpcd.csv" --out "$tmp/vpcd-out" \
     --insecure-file-keys examples/keys --feeder-cmd "bash scripts/sandbox-next-card.sh" 2>/dev/null
+
+# The TSM: download time per link, and sessions/s under load on SQLite and PostgreSQL.
+bash scripts/tsm-bench.sh

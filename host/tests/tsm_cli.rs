@@ -44,7 +44,10 @@ fn serve(dir: &Path) -> Child {
 fn wait_port(port: u16) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the TSM did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the TSM did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -69,7 +72,14 @@ fn the_tsm_killed_mid_download_loses_nothing() {
     let mut tsm = serve(&dir);
     wait_port(port);
     let sim = ok(kagi()
-        .args(["sim", "provision", "--json", "--serial", "cli-phone", "--image"])
+        .args([
+            "sim",
+            "provision",
+            "--json",
+            "--serial",
+            "cli-phone",
+            "--image",
+        ])
         .arg(dir.join("sim.img"))
         .arg("--provider-keys")
         .arg(dir.join("tsm/keys/provider.keys")));
@@ -96,7 +106,14 @@ fn the_tsm_killed_mid_download_loses_nothing() {
     std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
     std::fs::write(dir.join("code.txt"), field(&issued, "access_code")).unwrap();
     let relay = kagi()
-        .args(["relay", "--json", "--link", "3g", "--tsm", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "relay",
+            "--json",
+            "--link",
+            "3g",
+            "--tsm",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .arg("--ticket-file")
         .arg(dir.join("ticket.txt"))
         .arg("--access-code-file")
@@ -115,13 +132,19 @@ fn the_tsm_killed_mid_download_loses_nothing() {
     // Kill the TSM once the download runs (the user was authorised, orders are flowing).
     let start = Instant::now();
     while !audit(&dir, &op).contains("authorised") {
-        assert!(start.elapsed() < Duration::from_secs(20), "the download did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the download did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(150));
     tsm.kill().unwrap();
     tsm.wait().unwrap();
-    assert!(!audit(&dir, &op).contains("completed"), "the kill came too late");
+    assert!(
+        !audit(&dir, &op).contains("completed"),
+        "the kill came too late"
+    );
     std::thread::sleep(Duration::from_millis(400));
     let mut tsm = serve(&dir);
     let out = relay.wait_with_output().unwrap();
@@ -144,9 +167,22 @@ fn the_tsm_killed_mid_download_loses_nothing() {
     assert!(receipt.contains("receipt valid"), "{receipt}");
     // Neither the content key nor the PIN (as a command would carry it) crossed the relay.
     let capture = std::fs::read(dir.join("relay.bin")).unwrap();
-    let content = hex::decode(std::fs::read_to_string(dir.join("tsm/content.key")).unwrap().trim()).unwrap();
-    assert!(!capture.windows(content.len()).any(|w| w == content.as_slice()));
-    assert!(!capture.windows(6).any(|w| w == [0x00, 0x18, b'2', b'4', b'6', b'8']));
+    let content = hex::decode(
+        std::fs::read_to_string(dir.join("tsm/content.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert!(
+        !capture
+            .windows(content.len())
+            .any(|w| w == content.as_slice())
+    );
+    assert!(
+        !capture
+            .windows(6)
+            .any(|w| w == [0x00, 0x18, b'2', b'4', b'6', b'8'])
+    );
     assert!(!capture.windows(4).any(|w| w == *b"2468"));
     // The holder's card works.
     std::fs::write(dir.join("m.txt"), "x").unwrap();
