@@ -716,3 +716,151 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
     restarter.abort();
     std::fs::remove_dir_all(&world.dir).ok();
 }
+
+/// The rest of the lifecycle: a PIN reset through the relay (the old PIN stops working), a
+/// transfer to a new SIM (the new credential active, the old one superseded and deleted from
+/// the old SIM when it is next reached), the operator's SIM-changed and card-lost notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_reset_transfer_and_operator_notices() {
+    let world = World::new("lifecycle");
+    let backend = Backend::Sqlite(world.dir.join("tsm.db"));
+    let server = start(&world, &backend, 0).await;
+    let url = server.url.clone();
+    let sp = world.client_party(&world.sp, &url);
+    let mno = world.client_party(&world.mno, &url);
+    let keys = provider_keys(master(), 0x31);
+    let mut a = provision(b"phone-a", &PROVIDER_SD, &keys).unwrap();
+    let mut b = provision(b"phone-b", &PROVIDER_SD, &keys).unwrap();
+    register(&world, &url, &a).await;
+    register(&world, &url, &b).await;
+    let iss = issue(&world, &sp, &a.iccid).await;
+    let out = download(&url, &mut a.card, &iss.ticket, &iss.code, None).await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+
+    // PIN reset: a new PIN sealed for the applet, through the relay; the key proof again.
+    let content = AesKey::new(&CONTENT_KEY).unwrap();
+    let r = sp
+        .send(
+            &ControlRequest::ResetPin {
+                credential: iss.op,
+                sealed_pin: provider::seal_pin(&content, b"9753").unwrap(),
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    let ControlResponse::Accepted {
+        device_ticket: Some(t),
+        access_code: Some(c),
+        ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    let out = download(&url, &mut a.card, &t, &c, None).await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    {
+        let mut ch = kagi::channel::CardChannel::new(&mut a.card);
+        kagi::jpki::select(&mut ch).unwrap();
+        let old = zeroize::Zeroizing::new(b"2580".to_vec());
+        assert!(matches!(
+            kagi::jpki::verify(&mut ch, kagi::jpki::Pin::Auth, &old),
+            Err(kagi::Error::WrongPin { .. })
+        ));
+        let new = zeroize::Zeroizing::new(b"9753".to_vec());
+        kagi::jpki::verify(&mut ch, kagi::jpki::Pin::Auth, &new).unwrap();
+    }
+
+    // Transfer to SIM B.
+    let (req, cert_b, _) = issue_request(&world, &b.iccid, b"1470");
+    let ControlRequest::Issue {
+        credential: new_credential,
+        ..
+    } = req
+    else {
+        unreachable!()
+    };
+    let r = sp
+        .send(
+            &ControlRequest::Transfer {
+                credential: iss.op,
+                card: CardTarget {
+                    iccid: b.iccid.clone(),
+                },
+                new_credential,
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let ControlResponse::Accepted {
+        op: transfer,
+        device_ticket: Some(t),
+        access_code: Some(c),
+        ..
+    } = r.response
+    else {
+        panic!("{:?}", r.response)
+    };
+    let out = download(&url, &mut b.card, &t, &c, None).await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    let v = operation(&sp, transfer).await;
+    provider::check_receipt(v.receipt.as_ref().unwrap(), &sp.trust, &transfer, r.request, &cert_b)
+        .unwrap();
+    let status = |cred: OpId| {
+        let sp = &sp;
+        async move {
+            match sp.send(&ControlRequest::CheckStatus { credential: cred }, None).await.unwrap().response {
+                ControlResponse::Credential(s) => s,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let old = status(iss.op).await;
+    assert_eq!((old.state.as_str(), old.revoked), ("revoked", Some(RevokeReason::Superseded)));
+    assert!(old.card_deletion_pending);
+    let new = status(transfer).await;
+    assert_eq!((new.state.as_str(), new.iccid.as_str()), ("active", b.iccid.as_str()));
+
+    // The operator: SIM A replaced — no more issuing to it; SIM B lost — its credential is
+    // revoked at once.
+    let r = mno
+        .send(
+            &ControlRequest::SimChanged {
+                old_iccid: a.iccid.clone(),
+                new_iccid: b.iccid.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    assert_eq!(r, ControlResponse::Ok);
+    let (req, _, _) = issue_request(&world, &a.iccid, b"1111");
+    let r = sp.send(&req, None).await.unwrap().response;
+    assert!(matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.card-not-active"), "{r:?}");
+    // A provider may not send operator notices.
+    let r = sp.send(&ControlRequest::CardLost { iccid: b.iccid.clone() }, None).await.unwrap().response;
+    assert!(matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"), "{r:?}");
+    let r = mno
+        .send(&ControlRequest::CheckEligibility { iccid: b.iccid.clone(), memory_needed: 1024 }, None)
+        .await
+        .unwrap()
+        .response;
+    assert!(matches!(r, ControlResponse::Eligibility { eligible: true, .. }), "{r:?}");
+    let r = mno.send(&ControlRequest::CardLost { iccid: b.iccid.clone() }, None).await.unwrap().response;
+    assert_eq!(r, ControlResponse::Ok);
+    let new = status(transfer).await;
+    assert_eq!((new.state.as_str(), new.revoked), ("revoked", Some(RevokeReason::CardLost)));
+    let r = mno
+        .send(&ControlRequest::CheckEligibility { iccid: b.iccid.clone(), memory_needed: 1024 }, None)
+        .await
+        .unwrap()
+        .response;
+    assert!(matches!(r, ControlResponse::Eligibility { eligible: false, .. }), "{r:?}");
+    server.stop().await;
+    std::fs::remove_dir_all(&world.dir).ok();
+}
