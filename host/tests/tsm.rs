@@ -74,6 +74,19 @@ impl World {
                 content_key: AesKey::new(&CONTENT_KEY).unwrap(),
             },
         );
+        let mut operators = BTreeMap::new();
+        operators.insert(
+            self.mno.party().clone(),
+            tsm_server::service::Operator {
+                isd_aid: card_wire::uicc::UICC_ISD_AID.to_vec(),
+                kvn: 0x30,
+                keys: Arc::new(card_wire::scp03::DiversifiedMaster {
+                    master: card_wire::scp03::StaticKeys::default_test_keys(0x30),
+                    scheme: card_wire::scp03::Diversification::None,
+                    kvn: 0x30,
+                }),
+            },
+        );
         Config {
             signer: Signer::from_pkcs8_pem(
                 self.tsm.party().clone(),
@@ -83,6 +96,7 @@ impl World {
             trust,
             policy: Policy::new(self.tsm.party().clone()),
             providers,
+            operators,
             state_key: AesKey::new(&[0x11; 16]).unwrap(),
             revocation_list: Some(self.dir.join("revoked.txt")),
         }
@@ -808,22 +822,39 @@ async fn pin_reset_transfer_and_operator_notices() {
     let out = download(&url, &mut b.card, &t, &c, None).await;
     assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
     let v = operation(&sp, transfer).await;
-    provider::check_receipt(v.receipt.as_ref().unwrap(), &sp.trust, &transfer, r.request, &cert_b)
-        .unwrap();
+    provider::check_receipt(
+        v.receipt.as_ref().unwrap(),
+        &sp.trust,
+        &transfer,
+        r.request,
+        &cert_b,
+    )
+    .unwrap();
     let status = |cred: OpId| {
         let sp = &sp;
         async move {
-            match sp.send(&ControlRequest::CheckStatus { credential: cred }, None).await.unwrap().response {
+            match sp
+                .send(&ControlRequest::CheckStatus { credential: cred }, None)
+                .await
+                .unwrap()
+                .response
+            {
                 ControlResponse::Credential(s) => s,
                 other => panic!("{other:?}"),
             }
         }
     };
     let old = status(iss.op).await;
-    assert_eq!((old.state.as_str(), old.revoked), ("revoked", Some(RevokeReason::Superseded)));
+    assert_eq!(
+        (old.state.as_str(), old.revoked),
+        ("revoked", Some(RevokeReason::Superseded))
+    );
     assert!(old.card_deletion_pending);
     let new = status(transfer).await;
-    assert_eq!((new.state.as_str(), new.iccid.as_str()), ("active", b.iccid.as_str()));
+    assert_eq!(
+        (new.state.as_str(), new.iccid.as_str()),
+        ("active", b.iccid.as_str())
+    );
 
     // The operator: SIM A replaced — no more issuing to it; SIM B lost — its credential is
     // revoked at once.
@@ -841,26 +872,176 @@ async fn pin_reset_transfer_and_operator_notices() {
     assert_eq!(r, ControlResponse::Ok);
     let (req, _, _) = issue_request(&world, &a.iccid, b"1111");
     let r = sp.send(&req, None).await.unwrap().response;
-    assert!(matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.card-not-active"), "{r:?}");
+    assert!(
+        matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.card-not-active"),
+        "{r:?}"
+    );
     // A provider may not send operator notices.
-    let r = sp.send(&ControlRequest::CardLost { iccid: b.iccid.clone() }, None).await.unwrap().response;
-    assert!(matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"), "{r:?}");
-    let r = mno
-        .send(&ControlRequest::CheckEligibility { iccid: b.iccid.clone(), memory_needed: 1024 }, None)
+    let r = sp
+        .send(
+            &ControlRequest::CardLost {
+                iccid: b.iccid.clone(),
+            },
+            None,
+        )
         .await
         .unwrap()
         .response;
-    assert!(matches!(r, ControlResponse::Eligibility { eligible: true, .. }), "{r:?}");
-    let r = mno.send(&ControlRequest::CardLost { iccid: b.iccid.clone() }, None).await.unwrap().response;
+    assert!(
+        matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"),
+        "{r:?}"
+    );
+    let r = mno
+        .send(
+            &ControlRequest::CheckEligibility {
+                iccid: b.iccid.clone(),
+                memory_needed: 1024,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    assert!(
+        matches!(r, ControlResponse::Eligibility { eligible: true, .. }),
+        "{r:?}"
+    );
+    let r = mno
+        .send(
+            &ControlRequest::CardLost {
+                iccid: b.iccid.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
     assert_eq!(r, ControlResponse::Ok);
     let new = status(transfer).await;
-    assert_eq!((new.state.as_str(), new.revoked), ("revoked", Some(RevokeReason::CardLost)));
+    assert_eq!(
+        (new.state.as_str(), new.revoked),
+        ("revoked", Some(RevokeReason::CardLost))
+    );
     let r = mno
-        .send(&ControlRequest::CheckEligibility { iccid: b.iccid.clone(), memory_needed: 1024 }, None)
+        .send(
+            &ControlRequest::CheckEligibility {
+                iccid: b.iccid.clone(),
+                memory_needed: 1024,
+            },
+            None,
+        )
         .await
         .unwrap()
         .response;
-    assert!(matches!(r, ControlResponse::Eligibility { eligible: false, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            ControlResponse::Eligibility {
+                eligible: false,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    server.stop().await;
+    std::fs::remove_dir_all(&world.dir).ok();
+}
+
+/// The MNO-TSM's part: a provider's domain created over the air on a blank SIM (installed by
+/// the issuer domain, then given the provider's keys in its own session), after which the
+/// provider downloads into it; creating it again finds everything in place (the domain's
+/// initial keys are gone, the provider's keys open it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_creates_the_provider_domain_over_the_air() {
+    let world = World::new("create-sd");
+    let backend = Backend::Sqlite(world.dir.join("tsm.db"));
+    let server = start(&world, &backend, 0).await;
+    let url = server.url.clone();
+    let sp = world.client_party(&world.sp, &url);
+    let mno = world.client_party(&world.mno, &url);
+    let mut sim = kagi::tsm::sim::blank(b"blank-phone").unwrap();
+    register(&world, &url, &sim).await;
+    for round in 0..2 {
+        let r = mno
+            .send(
+                &ControlRequest::CreateSecurityDomain {
+                    iccid: sim.iccid.clone(),
+                    sd_aid: PROVIDER_SD.to_vec(),
+                    privileges: vec![0x80, 0x40, 0x00],
+                    provider: world.sp.party().clone(),
+                    access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .response;
+        let ControlResponse::Accepted {
+            op,
+            device_ticket: Some(t),
+            access_code: Some(c),
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        let out = download(&url, &mut sim.card, &t, &c, None).await;
+        assert_eq!(
+            out.outcome,
+            StopOutcome::Completed,
+            "round {round}: {}",
+            out.message
+        );
+        let trail = Store::open(&backend)
+            .await
+            .unwrap()
+            .audit_trail(Some(&op))
+            .await
+            .unwrap();
+        assert!(
+            trail.iter().any(|a| a.event == "domain-installed"),
+            "{trail:?}"
+        );
+    }
+    // A provider may not create domains.
+    let r = sp
+        .send(
+            &ControlRequest::CreateSecurityDomain {
+                iccid: sim.iccid.clone(),
+                sd_aid: PROVIDER_SD.to_vec(),
+                privileges: vec![0x80],
+                provider: world.sp.party().clone(),
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .response;
+    assert!(
+        matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"),
+        "{r:?}"
+    );
+    // The provider's download into the new domain.
+    let iss = issue(&world, &sp, &sim.iccid).await;
+    let out = download(&url, &mut sim.card, &iss.ticket, &iss.code, None).await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    // The domain's initial (issuer) keys no longer open it.
+    {
+        let mut ch = kagi::channel::CardChannel::new(&mut sim.card);
+        kagi::gp::select(&mut ch, &PROVIDER_SD).unwrap();
+        let opts = card_wire::scp03::HostOptions {
+            kvn: 0x30,
+            ..Default::default()
+        };
+        let r = kagi::secure::SecureChannel::open(
+            &mut ch,
+            card_wire::scp03::StaticKeys::default_test_keys(0x30),
+            opts,
+            Some(&PROVIDER_SD),
+        );
+        assert!(r.is_err());
+    }
     server.stop().await;
     std::fs::remove_dir_all(&world.dir).ok();
 }

@@ -132,6 +132,8 @@ fn plan(cin: &str, goals: Vec<Goal>) -> Plan {
         kvn: 0x31,
         expected_cin: cin.into(),
         goals,
+        new_keys: None,
+        fallback: None,
     }
 }
 

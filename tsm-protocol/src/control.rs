@@ -165,6 +165,21 @@ pub enum ControlRequest {
         /// Free persistent memory the operator's records show (bytes).
         free_memory: u32,
     },
+    /// MNO-TSM: create a provider's security domain on a SIM, through the relay, with the
+    /// issuer domain's keys, and give it the provider's keys (diversified per card) in place
+    /// of its initial ones.
+    CreateSecurityDomain {
+        /// The SIM.
+        iccid: String,
+        /// The new domain's AID.
+        sd_aid: Vec<u8>,
+        /// Its privileges (Security Domain at least; `80 40 00` with Authorized Management).
+        privileges: Vec<u8>,
+        /// The provider the domain is for (the TSM holds its key set).
+        provider: crate::ids::PartyId,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
     /// MNO-TSM: the subscriber's SIM changed (the provider should transfer credentials).
     SimChanged {
         /// Old ICCID.
@@ -202,6 +217,7 @@ impl ControlRequest {
             ControlRequest::SimChanged { .. } => "sim-changed",
             ControlRequest::CardLost { .. } => "card-lost",
             ControlRequest::CheckEligibility { .. } => "check-eligibility",
+            ControlRequest::CreateSecurityDomain { .. } => "create-sd",
         }
     }
 
@@ -214,6 +230,7 @@ impl ControlRequest {
                 | ControlRequest::Transfer { .. }
                 | ControlRequest::ResetPin { .. }
                 | ControlRequest::WalletUpdate { .. }
+                | ControlRequest::CreateSecurityDomain { .. }
         )
     }
 }

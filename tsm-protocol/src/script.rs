@@ -59,6 +59,13 @@ pub enum Goal {
         /// What the answer must show.
         check: Check,
     },
+    /// The domain's keys are the new key set of the plan ([`Plan::new_keys`]): PUT KEY
+    /// replaces the key version `replace` (the domain's initial keys), the card's key check
+    /// values verified. Met when the session already runs on the new keys.
+    ReplaceKeys {
+        /// The key version replaced.
+        replace: u8,
+    },
     /// The application is absent (deleted when present).
     Absent {
         /// Its AID.
@@ -88,6 +95,21 @@ pub enum Check {
     },
 }
 
+/// A key set the engine may open a domain with: each card's keys, and their version.
+#[derive(Clone)]
+pub struct KeySet {
+    /// Each card's keys (diversified from master keys in an HSM or a file).
+    pub source: Arc<dyn CardKeys>,
+    /// The key version.
+    pub kvn: u8,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySet(KVN {:02X})", self.kvn)
+    }
+}
+
 /// Everything an operation wants on one card, through one security domain.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -101,6 +123,12 @@ pub struct Plan {
     pub expected_cin: String,
     /// What must be true at the end.
     pub goals: Vec<Goal>,
+    /// The key set [`Goal::ReplaceKeys`] puts on the domain.
+    pub new_keys: Option<KeySet>,
+    /// Keys to open the domain with when it does not know the plan's key version (`6A88` to
+    /// INITIALIZE UPDATE — not an authentication failure): a domain whose keys were already
+    /// replaced before an interruption.
+    pub fallback: Option<KeySet>,
 }
 
 /// What the engine found and did, for the receipt.
@@ -148,6 +176,8 @@ enum Expect {
     Proof { certificate: Vec<u8> },
     /// The last STORE DATA of a wallet script.
     Wallet { updates: usize },
+    /// PUT KEY: the card's key version and key check values.
+    KeyCheck { expected: Vec<u8> },
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +209,6 @@ enum State {
 /// The engine of one operation on one card.
 pub struct Engine {
     plan: Plan,
-    keys: Arc<dyn CardKeys>,
     nonce: [u8; 32],
     state: State,
     evidence: Evidence,
@@ -187,6 +216,10 @@ pub struct Engine {
     channel: u8,
     /// Sessions opened in this relay session.
     budget: u32,
+    /// The keys the current session is opened with (the plan's, or the fallback).
+    current: KeySet,
+    /// The card's key diversification data, from the current session's INITIALIZE UPDATE.
+    kdd: Option<[u8; 10]>,
 }
 
 fn report(layer: Layer, code: &str, retryable: bool, detail: impl Into<String>) -> ErrorReport {
@@ -219,9 +252,14 @@ impl Engine {
     /// An engine for `plan`, with the security domain's keys for the card from `keys` and
     /// the TSM's key-proof nonce.
     pub fn new(plan: Plan, keys: Arc<dyn CardKeys>, nonce: [u8; 32]) -> Engine {
+        let current = KeySet {
+            source: keys.clone(),
+            kvn: plan.kvn,
+        };
         Engine {
             plan,
-            keys,
+            current,
+            kdd: None,
             nonce,
             state: State::Idle,
             evidence: Evidence::default(),
@@ -266,7 +304,10 @@ impl Engine {
                 ),
             ));
         }
-        let hs = match HostHandshake::with_source(self.keys.clone(), options(self.plan.kvn)) {
+        let hs = match HostHandshake::with_source(
+            self.current.source.clone(),
+            options(self.current.kvn),
+        ) {
             Ok(h) => h,
             Err(e) => return Next::Failed(report(Layer::Tsm, "tsm.keys", true, e.to_string())),
         };
@@ -353,11 +394,25 @@ impl Engine {
             Ok(r) => r,
             Err(_) => return self.open(),
         };
-        let (ea, session, _info) = match hs
+        let (ea, session, info) = match hs
             .on_channel(self.channel)
             .complete(&iu, Some(&self.plan.sd_aid))
         {
             Ok(x) => x,
+            Err(Scp03Error::InitializeUpdateRefused(StatusWord::REFERENCED_DATA_NOT_FOUND))
+                if self
+                    .plan
+                    .fallback
+                    .as_ref()
+                    .is_some_and(|f| f.kvn != self.current.kvn) =>
+            {
+                // The domain has no key set of that version: its keys were replaced already.
+                // Nothing was authenticated, so opening with the other key set is no retry.
+                if let Some(f) = self.plan.fallback.clone() {
+                    self.current = f;
+                }
+                return self.open();
+            }
             Err(e) => {
                 let sw = match &e {
                     Scp03Error::InitializeUpdateRefused(sw) => Some(sw.0),
@@ -376,6 +431,7 @@ impl Engine {
                 });
             }
         };
+        self.kdd = Some(info.init_update.kdd);
         self.probe(session, Some(ea), Vec::new(), Vec::new(), None)
     }
 
@@ -658,6 +714,37 @@ impl Engine {
                         q.push((format!("store-data:{i}"), c, expect));
                     }
                 }
+                Goal::ReplaceKeys { replace } => {
+                    let Some(new) = &self.plan.new_keys else {
+                        return Err(report(
+                            Layer::Tsm,
+                            "tsm.script",
+                            false,
+                            "no new key set in the plan",
+                        ));
+                    };
+                    if self.current.kvn == new.kvn {
+                        continue;
+                    }
+                    let kdd = self
+                        .kdd
+                        .ok_or_else(|| report(Layer::Tsm, "tsm.script", false, "no KDD"))?;
+                    let keys_err =
+                        |e: Scp03Error| report(Layer::Tsm, "tsm.keys", true, e.to_string());
+                    let mut new_keys = new.source.for_card(&kdd).map_err(keys_err)?;
+                    new_keys.kvn = new.kvn;
+                    let dek = self.current.source.for_card(&kdd).map_err(keys_err)?;
+                    let mut pad = [0u8; 16];
+                    getrandom::fill(&mut pad)
+                        .map_err(|e| report(Layer::Tsm, "tsm.random", true, e.to_string()))?;
+                    let (cmd, expected) =
+                        gp::put_key(dek.dek(), &new_keys, Some(*replace), &pad).map_err(bad)?;
+                    q.push((
+                        format!("put-key:{:02X}", new.kvn),
+                        cmd,
+                        Expect::KeyCheck { expected },
+                    ));
+                }
                 Goal::Absent { aid, related } => {
                     let present = apps.iter().chain(load_files).any(|e| &e.aid == aid);
                     if present {
@@ -767,6 +854,16 @@ impl Engine {
                         ));
                     }
                     self.evidence.key_proof = Some((sig, self.nonce));
+                }
+                Expect::KeyCheck { expected } => {
+                    if &resp.data != expected {
+                        return Next::Failed(report(
+                            Layer::Card,
+                            "card.put-key",
+                            false,
+                            "PUT KEY: the card's key check values differ from the keys sent",
+                        ));
+                    }
                 }
                 Expect::Wallet { updates } => match card_wire::wallet::Summary::parse(&resp.data) {
                     Some(w) if w.applied.len() == *updates => self.evidence.wallet = Some(w),

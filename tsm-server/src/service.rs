@@ -38,6 +38,16 @@ pub struct Provider {
     pub content_key: AesKey,
 }
 
+/// A mobile operator whose issuer security domains the TSM may open (its MNO-TSM role).
+pub struct Operator {
+    /// The issuer domain's AID.
+    pub isd_aid: Vec<u8>,
+    /// Its key version.
+    pub kvn: u8,
+    /// Each card's issuer-domain keys.
+    pub keys: Arc<dyn CardKeys>,
+}
+
 /// How the TSM is set up.
 pub struct Config {
     /// Signs every answer and receipt.
@@ -48,6 +58,8 @@ pub struct Config {
     pub policy: Policy,
     /// The providers, by party.
     pub providers: BTreeMap<PartyId, Provider>,
+    /// The operators whose issuer domains this TSM opens (to create providers' domains).
+    pub operators: BTreeMap<PartyId, Operator>,
     /// Seals the access codes and tickets kept for idempotent answers.
     pub state_key: AesKey,
     /// Where to write the revocation list (one serial per line) after every revocation.
@@ -224,6 +236,7 @@ impl Tsm {
             )))
         };
         match (&req, role) {
+            (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
             (
                 ControlRequest::RegisterCard { .. }
                 | ControlRequest::SimChanged { .. }
@@ -235,7 +248,8 @@ impl Tsm {
                 ControlRequest::RegisterCard { .. }
                 | ControlRequest::SimChanged { .. }
                 | ControlRequest::CardLost { .. }
-                | ControlRequest::CheckEligibility { .. },
+                | ControlRequest::CheckEligibility { .. }
+                | ControlRequest::CreateSecurityDomain { .. },
                 _,
             ) => reject(
                 "business.not-an-operator",
@@ -346,10 +360,22 @@ impl Tsm {
                 "a request that creates an operation needs an idempotency key",
             )));
         };
-        if !self.config.providers.contains_key(party) {
+        let provider = match &req {
+            ControlRequest::CreateSecurityDomain { provider, .. } => {
+                if !self.config.operators.contains_key(party) {
+                    return reject(
+                        "business.unknown-operator",
+                        format!("this TSM holds no issuer-domain keys of {party}"),
+                    );
+                }
+                provider.clone()
+            }
+            _ => party.clone(),
+        };
+        if !self.config.providers.contains_key(&provider) {
             return reject(
                 "business.unknown-provider",
-                format!("this TSM holds no security-domain keys for {party}"),
+                format!("this TSM holds no security-domain keys for {provider}"),
             );
         }
         let request_hash = Sha256::digest(
@@ -447,6 +473,20 @@ impl Tsm {
                     );
                 }
                 ("reset-pin", c.iccid.clone(), access.clone(), None, None)
+            }
+            ControlRequest::CreateSecurityDomain {
+                iccid,
+                access,
+                privileges,
+                ..
+            } => {
+                if privileges.first().is_none_or(|p| p & 0x80 == 0) {
+                    return reject(
+                        "business.bad-privileges",
+                        "a security domain needs the Security Domain privilege (80)".into(),
+                    );
+                }
+                ("create-sd", iccid.clone(), access.clone(), None, None)
             }
             ControlRequest::WalletUpdate {
                 card,
@@ -553,6 +593,7 @@ impl Tsm {
                 sealed_secrets,
                 cin: String::new(),
                 session: None,
+                phase: 0,
             },
         };
         let mut extra = vec![
@@ -983,7 +1024,8 @@ impl Tsm {
             ControlRequest::Issue { access, .. }
             | ControlRequest::Transfer { access, .. }
             | ControlRequest::ResetPin { access, .. }
-            | ControlRequest::WalletUpdate { access, .. } => Some(access),
+            | ControlRequest::WalletUpdate { access, .. }
+            | ControlRequest::CreateSecurityDomain { access, .. } => Some(access),
             _ => None,
         }
     }
@@ -1055,6 +1097,9 @@ impl Tsm {
         &self,
         op: &OpRow,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>, Vec<OpId>), ErrorReport>> {
+        if let ControlRequest::CreateSecurityDomain { .. } = &op.data.request {
+            return self.domain_plan(op).await;
+        }
         let party = PartyId(op.party.clone());
         let Some(p) = self.config.providers.get(&party) else {
             return Ok(Err(err(
@@ -1237,10 +1282,75 @@ impl Tsm {
                 kvn: p.kvn,
                 expected_cin: card.cin.clone(),
                 goals,
+                new_keys: None,
+                fallback: None,
             },
             p.keys.clone(),
             deletions,
         )))
+    }
+
+    /// Creating a provider's domain (the MNO-TSM's part): phase 0 installs it through the
+    /// issuer domain; phase 1 opens it with its initial keys (a copy of the issuer's) and
+    /// replaces them with the provider's — or, when that already happened, finds the
+    /// provider's keys in place.
+    async fn domain_plan(
+        &self,
+        op: &OpRow,
+    ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>, Vec<OpId>), ErrorReport>> {
+        let ControlRequest::CreateSecurityDomain {
+            sd_aid,
+            privileges,
+            provider,
+            ..
+        } = &op.data.request
+        else {
+            return Ok(Err(err(Layer::Tsm, "tsm.script", "not a domain creation")));
+        };
+        let (Some(mno), Some(p)) = (
+            self.config.operators.get(&PartyId(op.party.clone())),
+            self.config.providers.get(provider),
+        ) else {
+            return Ok(Err(err(
+                Layer::Tsm,
+                "tsm.keys",
+                "no keys for the operator or provider",
+            )));
+        };
+        let Some(card) = self.store.card(&op.iccid).await? else {
+            return Ok(Err(err(
+                Layer::Business,
+                "business.unknown-card",
+                "the SIM is not registered",
+            )));
+        };
+        let mut plan = Plan {
+            op: op.id,
+            sd_aid: mno.isd_aid.clone(),
+            kvn: mno.kvn,
+            expected_cin: card.cin.clone(),
+            goals: vec![Goal::Instance(card_wire::gp::InstallSpec {
+                package: vec![0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50],
+                module: vec![0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41],
+                instance: sd_aid.clone(),
+                privileges: privileges.clone(),
+                params: Vec::new(),
+                selectable: true,
+            })],
+            new_keys: None,
+            fallback: None,
+        };
+        if op.data.phase >= 1 {
+            let provider_keys = tsm_protocol::script::KeySet {
+                source: p.keys.clone(),
+                kvn: p.kvn,
+            };
+            plan.sd_aid = sd_aid.clone();
+            plan.goals = vec![Goal::ReplaceKeys { replace: mno.kvn }];
+            plan.new_keys = Some(provider_keys.clone());
+            plan.fallback = Some(provider_keys);
+        }
+        Ok(Ok((plan, mno.keys.clone(), Vec::new())))
     }
 
     /// A new engine for the operation's plan, and its first order (`seq` + 1).
@@ -1368,6 +1478,12 @@ impl Tsm {
                     .map_err(|_| ServiceError::BadRequest("engine lock poisoned".into()))?
                     .insert(session, running);
                 Ok(order)
+            }
+            Next::Done(_) if op.kind == "create-sd" && op.data.phase == 0 => {
+                // The domain exists: now its keys, in a session of its own.
+                op.data.phase = 1;
+                batch.push(Store::audit(&op.id, t, "tsm", "domain-installed", ""));
+                Box::pin(self.start_engine(op, session, seq, batch)).await
             }
             Next::Done(evidence) => {
                 self.finish_done(op, session, seq, &running, *evidence, batch)
@@ -1503,6 +1619,12 @@ impl Tsm {
         if let Some(mut c) = self.store.credential(&op.id).await? {
             c.state = "active".into();
             batch.push(Store::put_credential(&c, t));
+        }
+        if let ControlRequest::CreateSecurityDomain { sd_aid, .. } = &op.data.request
+            && let Some(mut card) = self.store.card(&op.iccid).await?
+        {
+            card.sd_aid = sd_aid.clone();
+            batch.push(Store::put_card(&card, t));
         }
         for d in &running.deletions {
             if let Some(mut c) = self.store.credential(d).await? {

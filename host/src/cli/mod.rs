@@ -141,11 +141,15 @@ enum SimCmd {
         #[arg(long)]
         serial: String,
         /// The provider's master keys (key file).
-        #[arg(long)]
-        provider_keys: PathBuf,
+        #[arg(long, required_unless_present = "no_domain")]
+        provider_keys: Option<PathBuf>,
         /// The provider domain's AID.
         #[arg(long, default_value = "A00000015153505001")]
         sd: String,
+        /// No provider domain: the operator creates it over the air (`kagi tsm mno
+        /// create-sd`).
+        #[arg(long, conflicts_with = "provider_keys")]
+        no_domain: bool,
     },
 }
 
@@ -429,16 +433,22 @@ fn cmd_sim_provision(
     json_out: bool,
     image: &Path,
     serial: &str,
-    provider_keys: &Path,
+    provider_keys: Option<&Path>,
     sd: &str,
+    no_domain: bool,
 ) -> Result<(), Failure> {
-    let master = kagi::keys::read_key_file(provider_keys, 0x31)?;
     let sd = parse_hex("--sd", sd)?;
-    let sim = kagi::tsm::sim::provision(
-        serial.as_bytes(),
-        &sd,
-        &kagi::tsm::sim::provider_keys(master, 0x31),
-    )?;
+    let sim = match provider_keys {
+        Some(file) if !no_domain => {
+            let master = kagi::keys::read_key_file(file, 0x31)?;
+            kagi::tsm::sim::provision(
+                serial.as_bytes(),
+                &sd,
+                &kagi::tsm::sim::provider_keys(master, 0x31),
+            )?
+        }
+        _ => kagi::tsm::sim::blank(serial.as_bytes())?,
+    };
     if let Some(dir) = image.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -448,11 +458,15 @@ fn cmd_sim_provision(
             json!({ "image": image.display().to_string(), "iccid": sim.iccid, "cin": sim.cin, "security_domain": hex::encode_upper(&sd) }),
         );
     } else {
+        let domain = if no_domain {
+            "no provider domain yet".to_string()
+        } else {
+            format!("provider domain {}", hex::encode_upper(&sd))
+        };
         println!(
-            "SIM {} (card image number {}) with provider domain {} written to {}",
+            "SIM {} (card image number {}) with {domain} written to {}",
             sim.iccid,
             sim.cin,
-            hex::encode_upper(&sd),
             image.display()
         );
     }
@@ -512,7 +526,15 @@ pub fn main() -> ExitCode {
             serial,
             provider_keys,
             sd,
-        }) => cmd_sim_provision(cli.json, image, serial, provider_keys, sd),
+            no_domain,
+        }) => cmd_sim_provision(
+            cli.json,
+            image,
+            serial,
+            provider_keys.as_deref(),
+            sd,
+            *no_domain,
+        ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
         Cmd::Relay(r) => tsm::relay(r, cli.json),
         Cmd::Bench {

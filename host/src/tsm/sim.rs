@@ -44,6 +44,37 @@ fn full(kvn: u8) -> HostOptions {
     }
 }
 
+/// A fresh UICC (`serial` makes its identity) with the GP test keys on its issuer domain and
+/// no provider domain yet (the operator creates it over the air).
+pub fn blank(serial: &[u8]) -> Result<ProvisionedSim> {
+    let config = SimConfig::preset("uicc")
+        .map_err(Error::Protocol)?
+        .with_serial(serial);
+    let iccid = config
+        .iccid
+        .as_ref()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let mut ch = CardChannel::new(SimCard::powered(config));
+    gp::select_domain(&mut ch, None)?;
+    let cin = card_image_number(&mut ch)?;
+    Ok(ProvisionedSim {
+        card: ch.into_transport(),
+        cin,
+        iccid,
+    })
+}
+
+/// GET DATA `45` of the selected security domain, hex.
+fn card_image_number(ch: &mut CardChannel<SimCard>) -> Result<String> {
+    Ok(gp::get_data(ch, 0x0045)?
+        .map(|d| match d.as_slice() {
+            [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => hex::encode_upper(rest),
+            other => hex::encode_upper(other),
+        })
+        .unwrap_or_default())
+}
+
 /// A fresh UICC (`serial` makes its identity) with the GP test keys on its issuer domain, and
 /// the provider domain `sd` (Security Domain + Authorized Management) whose initial keys are
 /// replaced by `keys` for this card.
@@ -58,12 +89,7 @@ pub fn provision(serial: &[u8], sd: &[u8], keys: &DiversifiedMaster) -> Result<P
         .unwrap_or_default();
     let mut ch = CardChannel::new(SimCard::powered(config));
     let isd = gp::select_domain(&mut ch, None)?;
-    let cin = gp::get_data(&mut ch, 0x0045)?
-        .map(|d| match d.as_slice() {
-            [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => hex::encode_upper(rest),
-            other => hex::encode_upper(other),
-        })
-        .unwrap_or_default();
+    let cin = card_image_number(&mut ch)?;
     let test_keys = StaticKeys::default_test_keys(0x30);
     {
         let mut sc = SecureChannel::open(&mut ch, test_keys.clone(), full(0x30), Some(&isd.aid))?;

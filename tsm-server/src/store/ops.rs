@@ -33,6 +33,9 @@ pub struct OpData {
     pub cin: String,
     /// The relay session currently bound to the operation (a newer one supersedes it).
     pub session: Option<tsm_protocol::SessionId>,
+    /// The phase of a multi-domain operation (creating a domain: the issuer's, then the new
+    /// domain's keys).
+    pub phase: u8,
 }
 
 /// An operation.
@@ -552,6 +555,7 @@ mod tests {
                 sealed_secrets: vec![],
                 cin: String::new(),
                 session: None,
+                phase: 0,
             },
         }
     }
