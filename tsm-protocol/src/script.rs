@@ -855,15 +855,13 @@ impl Engine {
                     }
                     self.evidence.key_proof = Some((sig, self.nonce));
                 }
-                Expect::KeyCheck { expected } => {
-                    if &resp.data != expected {
-                        return Next::Failed(report(
-                            Layer::Card,
-                            "card.put-key",
-                            false,
-                            "PUT KEY: the card's key check values differ from the keys sent",
-                        ));
-                    }
+                Expect::KeyCheck { expected } if &resp.data != expected => {
+                    return Next::Failed(report(
+                        Layer::Card,
+                        "card.put-key",
+                        false,
+                        "PUT KEY: the card's key check values differ from the keys sent",
+                    ));
                 }
                 Expect::Wallet { updates } => match card_wire::wallet::Summary::parse(&resp.data) {
                     Some(w) if w.applied.len() == *updates => self.evidence.wallet = Some(w),
