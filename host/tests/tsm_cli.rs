@@ -199,3 +199,111 @@ fn the_tsm_killed_mid_download_loses_nothing() {
     tsm.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// HTTPS: `kagi tsm init --tls` makes a self-signed certificate that the provider's,
+/// operator's and relay's configurations pin; the whole download runs over TLS, and a relay
+/// that does not trust the certificate is refused at the handshake.
+#[test]
+fn the_tsm_over_https() {
+    let dir = std::env::temp_dir().join(format!("kagi-tsm-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = tsm_server::testing::free_port().unwrap();
+    ok(kagi()
+        .args(["tsm", "init", "--tls", "--dir"])
+        .arg(dir.join("tsm"))
+        .args(["--listen", &format!("127.0.0.1:{port}")]));
+    assert!(
+        std::fs::read_to_string(dir.join("tsm/sp.toml"))
+            .unwrap()
+            .contains("https://")
+    );
+    ok(kagi().args(["ca", "init", "--dir"]).arg(dir.join("pki")));
+    let mut tsm = serve(&dir);
+    wait_port(port);
+    let sim = ok(kagi()
+        .args([
+            "sim",
+            "provision",
+            "--json",
+            "--serial",
+            "tls-phone",
+            "--image",
+        ])
+        .arg(dir.join("sim.img"))
+        .arg("--provider-keys")
+        .arg(dir.join("tsm/keys/provider.keys")));
+    ok(kagi()
+        .args(["tsm", "mno", "--config"])
+        .arg(dir.join("tsm/mno.toml"))
+        .args([
+            "register-card",
+            "--iccid",
+            &field(&sim, "iccid"),
+            "--cin",
+            &field(&sim, "cin"),
+        ]));
+    std::fs::write(dir.join("pin.txt"), "1234\n").unwrap();
+    std::fs::write(dir.join("pw.txt"), "pw\n").unwrap();
+    ok(kagi()
+        .args(["tsm", "provider", "--config"])
+        .arg(dir.join("tsm/sp.toml"))
+        .args(["issue", "--iccid", &field(&sim, "iccid"), "--ca-dir"])
+        .arg(dir.join("pki"))
+        .arg("--pin-file")
+        .arg(dir.join("pin.txt"))
+        .arg("--password-file")
+        .arg(dir.join("pw.txt"))
+        .arg("--out")
+        .arg(dir.join("issue.json")));
+    let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
+    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
+    std::fs::write(dir.join("code.txt"), field(&issued, "access_code")).unwrap();
+    let relay = |ca: bool| {
+        let mut c = kagi();
+        c.args([
+            "relay",
+            "--json",
+            "--retry-for",
+            "2",
+            "--tsm",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .arg("--ticket-file")
+        .arg(dir.join("ticket.txt"))
+        .arg("--access-code-file")
+        .arg(dir.join("code.txt"))
+        .arg("--password-file")
+        .arg(dir.join("pw.txt"))
+        .arg("--sim")
+        .arg("--sim-image")
+        .arg(dir.join("sim.img"));
+        if ca {
+            c.arg("--tsm-ca").arg(dir.join("tsm/tls.crt.pem"));
+        }
+        c.output().unwrap()
+    };
+    let refused = relay(false);
+    assert!(
+        !refused.status.success(),
+        "a relay without the TSM's certificate got through"
+    );
+    let done = relay(true);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(field(&stdout, "outcome"), "Completed");
+    let receipt = ok(kagi()
+        .args(["tsm", "provider", "--config"])
+        .arg(dir.join("tsm/sp.toml"))
+        .arg("receipt")
+        .arg("--issued")
+        .arg(dir.join("issue.json")));
+    assert!(receipt.contains("receipt valid"), "{receipt}");
+    tsm.kill().unwrap();
+    tsm.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -333,6 +333,73 @@ impl TestCa {
     }
 }
 
+/// A self-signed TLS server certificate (ECDSA P-256, serverAuth, subjectAltName for the given
+/// DNS names and IP addresses) and its private key, both PEM: for a local TSM or broker whose
+/// clients pin this certificate. Not a CA.
+pub fn tls_server_certificate(
+    common_name: &str,
+    dns: &[&str],
+    ips: &[std::net::IpAddr],
+    days: u64,
+) -> Result<(String, String)> {
+    use der::EncodePem;
+    use der::pem::LineEnding;
+    use p256::ecdsa::{DerSignature, SigningKey as EcKey};
+    use p256::elliptic_curve::Generate;
+    use p256::pkcs8::EncodePrivateKey;
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+    const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+    const OID_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+    let key = EcKey::try_generate().map_err(|e| PkiError::Rsa(format!("key generation: {e}")))?;
+    let name = Name::from_str(&format!("CN={common_name},O=kagi (local TLS)"))?;
+    let mut alt = Vec::new();
+    for d in dns {
+        alt.push(GeneralName::DnsName(der::asn1::Ia5String::new(d)?));
+    }
+    for ip in ips {
+        let bytes = match ip {
+            std::net::IpAddr::V4(v) => v.octets().to_vec(),
+            std::net::IpAddr::V6(v) => v.octets().to_vec(),
+        };
+        alt.push(GeneralName::IpAddress(OctetString::new(bytes)?));
+    }
+    let profile = Profile {
+        issuer: name.clone(),
+        subject: name,
+        extensions: vec![
+            ext(
+                OID_KEY_USAGE,
+                true,
+                &KeyUsage(KeyUsages::DigitalSignature.into()),
+            )?,
+            ext(OID_EKU, false, &ExtendedKeyUsage(vec![OID_SERVER_AUTH]))?,
+            ext(OID_SAN, false, &SubjectAltName(alt))?,
+        ],
+    };
+    let mut serial = [0u8; 8];
+    getrandom::fill(&mut serial).map_err(|e| PkiError::Rsa(e.to_string()))?;
+    serial[0] &= 0x7F;
+    let now = SystemTime::now();
+    let builder = CertificateBuilder::new(
+        profile,
+        SerialNumber::new(&serial)?,
+        validity(
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(days * 86400),
+        )?,
+        SubjectPublicKeyInfo::from_key(key.verifying_key())
+            .map_err(|e| PkiError::Parse(e.to_string()))?,
+    )
+    .map_err(|e| PkiError::Builder(e.to_string()))?;
+    let cert = builder
+        .build::<_, DerSignature>(&key)
+        .map_err(|e| PkiError::Builder(e.to_string()))?;
+    let key_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok((cert.to_pem(LineEnding::LF)?, key_pem.to_string()))
+}
+
 /// The serial number of a certificate as an unsigned integer, when it fits in 64 bits.
 pub fn serial_u64(cert: &Certificate) -> Option<u64> {
     let bytes = cert.tbs_certificate().serial_number().as_bytes();

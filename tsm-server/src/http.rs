@@ -6,6 +6,8 @@
 //! - `GET /v1/revoked` — the revocation list (one `0x` serial per line).
 //! - `GET /v1/health` — `ok` and the database backend.
 //!
+//! Plain HTTP for local runs; HTTPS with a certificate and key ([`serve_tls`]).
+//!
 //! Status codes: `400` a malformed message, `409` a conflict with another instance (send the
 //! same message again), `503` the database is unavailable (retry later). Every answer carries
 //! `x-tsm-micros`, the time the TSM spent on it.
@@ -84,12 +86,36 @@ pub fn router(tsm: Arc<Tsm>) -> Router {
         .with_state(tsm)
 }
 
+/// A server certificate and key (PEM) for HTTPS.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM (PKCS#8).
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// Installs rustls's ring provider as the process default (once; later calls do nothing).
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight. A
 /// background task expires operations past their time.
 pub async fn serve(
     tsm: Arc<Tsm>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_tls(tsm, listener, shutdown, None).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given (TLS 1.2/1.3, rustls).
+pub async fn serve_tls(
+    tsm: Arc<Tsm>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tls: Option<TlsFiles>,
 ) -> std::io::Result<()> {
     let sweeper = {
         let tsm = tsm.clone();
@@ -105,9 +131,31 @@ pub async fn serve(
             }
         })
     };
-    let r = axum::serve(listener, router(tsm))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let r = match tls {
+        None => {
+            axum::serve(listener, router(tsm))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(files) => {
+            tls_provider();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+                files.cert_pem.clone(),
+                files.key_pem.to_vec(),
+            )
+            .await?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, config)?
+                .handle(handle)
+                .serve(router(tsm).into_make_service())
+                .await
+        }
+    };
     sweeper.abort();
     r
 }

@@ -9,7 +9,7 @@
 use super::Failure;
 use super::print_json;
 use clap::Args;
-use kagi::tsm::client::{Client, Link};
+use kagi::tsm::client::Client;
 use kagi::tsm::provider::{self, CardKey, Party};
 use kagi::tsm::sim::{PROVIDER_SD, provider_keys, provision};
 use serde_json::json;
@@ -203,7 +203,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         args.concurrency
     );
     let sp = Arc::new(sp);
-    let relay_client = Client::new(&url, Link::default());
+    let relay_client = sp.client.clone();
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let start = Instant::now();
     let results = rt.block_on(async {

@@ -69,14 +69,33 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the TSM at `base` (`http://host:port`).
+    /// A client of the TSM at `base` (`http://host:port`; `https://` uses the system's roots).
     pub fn new(base: &str, link: Link) -> Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Client {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_string(),
             link,
             retry_for: Duration::from_secs(300),
         }
+    }
+
+    /// A client of an HTTPS TSM whose certificate chains to `ca_pem` only (a local TSM's own
+    /// self-signed certificate, or a private CA).
+    pub fn with_ca(base: &str, link: Link, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let bad = |e: reqwest::Error| ClientError::Refused(format!("TLS set-up: {e}"));
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(bad)?;
+        let http = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .build()
+            .map_err(bad)?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            link,
+            retry_for: Duration::from_secs(300),
+        })
     }
 
     /// The base URL.
