@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -95,7 +97,17 @@ impl PrivatePcsc {
         Self::start_opts(cards, preset, true)
     }
 
+    /// Starts pcscd with one card served from the image file `image` (saved back when the
+    /// stack stops).
+    pub fn start_image(image: &Path) -> PrivatePcsc {
+        Self::start_full(1, "gp-test", false, Some(image))
+    }
+
     fn start_opts(cards: usize, preset: &str, hopper: bool) -> PrivatePcsc {
+        Self::start_full(cards, preset, hopper, None)
+    }
+
+    fn start_full(cards: usize, preset: &str, hopper: bool, image: Option<&Path>) -> PrivatePcsc {
         if let Err(why) = available() {
             panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
         }
@@ -111,6 +123,10 @@ impl PrivatePcsc {
             .env("CARDS", cards.to_string())
             .env("PRESET", preset)
             .env("HOPPER", if hopper { "1" } else { "" })
+            .env(
+                "IMAGE",
+                image.map(|p| p.display().to_string()).unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
