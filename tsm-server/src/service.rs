@@ -179,6 +179,11 @@ impl Tsm {
         &self.config.policy.me
     }
 
+    /// The TSM's public key (what providers trust its answers and receipts with).
+    pub fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
+        *self.config.signer.verifying_key()
+    }
+
     // ---------------------------------------------------------------- control API
 
     /// Handles a signed control request; the answer is signed.
