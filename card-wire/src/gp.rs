@@ -220,6 +220,21 @@ pub fn put_key(
     Ok((cmd, expected))
 }
 
+/// GET DATA of the card image number (tag `45`).
+pub fn get_cin() -> Result<Command, GpError> {
+    Ok(Command::new(0x80, 0xCA, 0x00, 0x45).with_le(256)?)
+}
+
+/// The card image number in a GET DATA `45` answer (`45 L CIN`, or the bare value), as
+/// upper-case hex.
+pub fn parse_cin(data: &[u8]) -> String {
+    let v = match data {
+        [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest,
+        other => other,
+    };
+    hex::encode_upper(v)
+}
+
 /// Which part of the registry GET STATUS reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum StatusScope {

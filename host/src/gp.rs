@@ -124,6 +124,12 @@ pub fn select_domain(ch: &mut impl ApduChannel, aid: Option<&[u8]>) -> Result<Se
     })
 }
 
+/// The card image number (GET DATA `45` of the selected security domain), hex; `None` when
+/// the card has none.
+pub fn card_image_number(ch: &mut impl ApduChannel) -> Result<Option<String>> {
+    Ok(get_data(ch, 0x0045)?.map(|d| card_wire::gp::parse_cin(&d)))
+}
+
 /// GET DATA (`80 CA P1 P2`); `Ok(None)` when the card has no such object (`6A88`/`6A82`).
 pub fn get_data(ch: &mut impl ApduChannel, tag: u16) -> Result<Option<Vec<u8>>> {
     let [p1, p2] = tag.to_be_bytes();

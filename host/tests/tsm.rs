@@ -167,15 +167,6 @@ struct Issued {
     key: Vec<u8>,
 }
 
-fn applet() -> AppletRef {
-    AppletRef {
-        package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
-        module: card_wire::jpki::JPKI_AID.to_vec(),
-        class: "jpki.ap".into(),
-        instance: card_wire::jpki::JPKI_AID.to_vec(),
-    }
-}
-
 fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> (ControlRequest, Vec<u8>, Vec<u8>) {
     use der::Encode;
     use p256::elliptic_curve::Generate;
@@ -209,7 +200,7 @@ fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> (ControlRequest, Vec
             card: CardTarget {
                 iccid: iccid.into(),
             },
-            applet: applet(),
+            applet: AppletRef::jpki(),
             credential: bundle,
             access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
         },

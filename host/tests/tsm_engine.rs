@@ -6,16 +6,15 @@
 
 use applet_sim::SimCard;
 use card_wire::Transport;
-use card_wire::jpki::{self, ITEM_EF, ITEM_SEALED_KEY, ITEM_SEALED_PIN};
+use card_wire::jpki;
 use card_wire::scp03::{AesKey, CardKeys, StaticKeys};
-use card_wire::tlv::tlv;
 use card_wire::transport::{Capabilities, ResetKind, TransportError};
 use kagi::channel::CardChannel;
 use kagi::tsm::sim::{PROVIDER_SD, ProvisionedSim, provider_keys, provision};
 use std::sync::Arc;
 use tsm_protocol::ids::{OpId, SessionId};
 use tsm_protocol::relay::{Agent, AgentMsg};
-use tsm_protocol::script::{Check, Engine, Evidence, Goal, Next, Plan};
+use tsm_protocol::script::{Engine, Evidence, Goal, Next, Plan};
 
 const CONTENT_KEY: [u8; 16] = [0x5C; 16];
 const PIN: &[u8] = b"4321";
@@ -42,14 +41,10 @@ fn keys() -> Arc<dyn CardKeys> {
 }
 
 struct Credential {
-    script: Vec<u8>,
+    bundle: tsm_protocol::control::CredentialBundle,
     cert: Vec<u8>,
     ca: test_pki::TestCa,
     key: Vec<u8>,
-}
-
-fn item(tag: u32, fid: u16, body: &[u8]) -> Vec<u8> {
-    tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
 }
 
 /// A P-256 credential, sealed with the provider's content key as the JPKI side sends it.
@@ -69,31 +64,18 @@ fn credential(ca: test_pki::TestCa) -> Credential {
         .unwrap()
         .to_der()
         .unwrap();
-    let ck = AesKey::new(&CONTENT_KEY).unwrap();
     let scalar = key.to_bytes().to_vec();
-    let mut script = item(
-        ITEM_SEALED_KEY,
-        jpki::EF_AUTH_KEY,
-        &card_wire::content::seal(&ck, &jpki::EF_AUTH_KEY.to_be_bytes(), &scalar),
-    );
-    script.extend(item(ITEM_EF, jpki::EF_AUTH_CERT, &cert));
-    script.extend(item(
-        ITEM_EF,
-        jpki::EF_AUTH_CA,
-        &ca.certificate_der().unwrap(),
-    ));
-    script.extend(item(
-        ITEM_EF,
-        jpki::EF_TOKEN_INFO,
-        &kagi::jpki::token_info(),
-    ));
-    script.extend(item(
-        ITEM_SEALED_PIN,
-        jpki::EF_AUTH_PIN,
-        &card_wire::content::seal(&ck, &jpki::EF_AUTH_PIN.to_be_bytes(), PIN),
-    ));
+    let bundle = kagi::tsm::provider::bundle(
+        &AesKey::new(&CONTENT_KEY).unwrap(),
+        &kagi::tsm::provider::CardKey::P256(key),
+        cert.clone(),
+        ca.certificate_der().unwrap(),
+        PIN,
+        "00",
+    )
+    .unwrap();
     Credential {
-        script,
+        bundle,
         cert,
         ca,
         key: scalar,
@@ -101,28 +83,11 @@ fn credential(ca: test_pki::TestCa) -> Credential {
 }
 
 fn jpki_goals(c: &Credential) -> Vec<Goal> {
-    vec![
-        Goal::LoadFile {
-            package: jpki::JPKI_PACKAGE.to_vec(),
-            modules: vec![(jpki::JPKI_AID.to_vec(), "jpki.ap".into())],
-        },
-        Goal::Instance(card_wire::gp::InstallSpec {
-            package: jpki::JPKI_PACKAGE.to_vec(),
-            module: jpki::JPKI_AID.to_vec(),
-            instance: jpki::JPKI_AID.to_vec(),
-            privileges: vec![0x00],
-            params: tlv(0xCE, &CONTENT_KEY),
-            selectable: true,
-        }),
-        Goal::Personalize {
-            instance: jpki::JPKI_AID.to_vec(),
-            script: c.script.clone(),
-            check: Check::KeyProof {
-                key_fid: jpki::EF_AUTH_KEY,
-                certificate: c.cert.clone(),
-            },
-        },
-    ]
+    tsm_protocol::recipes::jpki_credential(
+        &jpki::JPKI_AID,
+        &AesKey::new(&CONTENT_KEY).unwrap(),
+        &c.bundle,
+    )
 }
 
 fn plan(cin: &str, goals: Vec<Goal>) -> Plan {
@@ -436,29 +401,22 @@ fn the_wrong_card_and_the_wrong_keys_fail_at_once_and_authentication_is_not_retr
 
 #[test]
 fn wallet_updates_apply_once_and_deletion_is_a_goal_too() {
-    use card_wire::wallet::{self, kind, update_item};
+    use tsm_protocol::control::{WalletChange, WalletUpdate};
     let mut s = sim("tsm-6");
     let instance = [0xF0, 0x4B, 0x41, 0x47, 0x49, 0x57, 0x4C, 0x01, 0x01];
-    let mut script = update_item(&[1; 8], kind::SET_MEMBER, b"M-42");
-    script.extend(update_item(&[2; 8], kind::POINTS, &300i32.to_be_bytes()));
-    let goals = vec![
-        Goal::LoadFile {
-            package: wallet::WALLET_PACKAGE.to_vec(),
-            modules: vec![(wallet::WALLET_MODULE.to_vec(), wallet::WALLET_CLASS.into())],
-        },
-        Goal::Instance(card_wire::gp::InstallSpec {
-            package: wallet::WALLET_PACKAGE.to_vec(),
-            module: wallet::WALLET_MODULE.to_vec(),
-            instance: instance.to_vec(),
-            selectable: true,
-            ..Default::default()
-        }),
-        Goal::Personalize {
-            instance: instance.to_vec(),
-            script,
-            check: Check::Wallet { updates: 2 },
-        },
-    ];
+    let goals = tsm_protocol::recipes::wallet(
+        &instance,
+        &[
+            WalletUpdate {
+                id: [1; 8],
+                change: WalletChange::SetMemberId("M-42".into()),
+            },
+            WalletUpdate {
+                id: [2; 8],
+                change: WalletChange::Points(300),
+            },
+        ],
+    );
     let ev = done(drive(
         &mut Engine::new(plan(&s.cin, goals.clone()), keys(), [0; 32]),
         &mut s.card,

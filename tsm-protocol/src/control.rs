@@ -32,6 +32,18 @@ pub struct AppletRef {
     pub instance: Vec<u8>,
 }
 
+impl AppletRef {
+    /// kagi's JPKI applet (its simulator class), instance at the JPKI AID.
+    pub fn jpki() -> AppletRef {
+        AppletRef {
+            package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
+            module: card_wire::jpki::JPKI_AID.to_vec(),
+            class: "jpki.ap".into(),
+            instance: card_wire::jpki::JPKI_AID.to_vec(),
+        }
+    }
+}
+
 /// A user-authentication credential as the provider (the JPKI side) hands it over: the key
 /// and the PIN sealed for the applet, the certificates in clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@
 //! - [`relay`]: orders and reports between the TSM and the untrusted relay, exactly once.
 //! - [`script`]: card scripts — the engine that turns a plan and the relay's reports into
 //!   SCP03-wrapped orders, with probes, postconditions and key proofs.
+//! - [`recipes`]: the goals of each operation (JPKI credential, PIN reset, wallet, domain).
 //! - [`access`]: the one-time access code, the password verifier and the device ticket.
 //! - [`receipt`]: the TSM's execution receipt with the on-card key proof.
 //! - [`error`]: errors as the protocol reports them.
@@ -27,6 +28,7 @@ pub mod control;
 pub mod error;
 pub mod ids;
 pub mod receipt;
+pub mod recipes;
 pub mod relay;
 pub mod script;
 pub mod signing;

@@ -461,7 +461,7 @@ impl Engine {
         let first = next_pages.is_none();
         let mut plain: Vec<(&str, Command, Expect)> = Vec::new();
         if first {
-            match Command::new(0x80, 0xCA, 0x00, 0x45).with_le(256) {
+            match gp::get_cin() {
                 Ok(c) => plain.push(("get-data-cin", c, Expect::Cin)),
                 Err(e) => return tsm(e.to_string()),
             }
@@ -574,11 +574,7 @@ impl Engine {
             match &s.expect {
                 Expect::Authenticate => {}
                 Expect::Cin => {
-                    let v = match resp.data.as_slice() {
-                        [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest,
-                        other => other,
-                    };
-                    let cin = hex::encode_upper(v);
+                    let cin = gp::parse_cin(&resp.data);
                     if !resp.sw.is_success() || !cin.eq_ignore_ascii_case(&self.plan.expected_cin) {
                         return Next::Failed(report(
                             Layer::Card,

@@ -9,18 +9,18 @@ use crate::store::ops::{CardRow, Created, CredentialRow, OpData, OpRow};
 use crate::store::{Stmt, Store, StoreError};
 use card_wire::jpki;
 use card_wire::scp03::{AesKey, CardKeys};
-use card_wire::tlv::tlv;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tsm_protocol::access;
 use tsm_protocol::control::{
     CardTarget, ControlRequest, ControlResponse, CredentialBundle, CredentialStatus, OpState,
-    OperationView, RevokeReason, WalletChange,
+    OperationView, RevokeReason,
 };
 use tsm_protocol::receipt::{ExecutionReceipt, StepRecord};
+use tsm_protocol::recipes;
 use tsm_protocol::relay::{AgentMsg, ServerMsg, StopOutcome, UserCredentials};
-use tsm_protocol::script::{Check, Engine, Evidence, Goal, Next, Plan};
+use tsm_protocol::script::{Engine, Evidence, Goal, Next, Plan};
 use tsm_protocol::signing::{self, Kind, Policy, Sealed, Signer, Trust};
 use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, SessionId};
 
@@ -1120,49 +1120,10 @@ impl Tsm {
                 "the SIM is not registered",
             )));
         };
-        let content = tlv(0xCE, p.content_key.as_bytes());
-        let jpki_goals = |instance: &[u8], credential: &CredentialBundle| {
-            let mut script = tlv(
-                jpki::ITEM_SEALED_KEY,
-                &[&jpki::EF_AUTH_KEY.to_be_bytes()[..], &credential.sealed_key].concat(),
-            );
-            for (fid, body) in [
-                (jpki::EF_AUTH_CERT, &credential.certificate),
-                (jpki::EF_AUTH_CA, &credential.ca_certificate),
-            ] {
-                script.extend(tlv(jpki::ITEM_EF, &[&fid.to_be_bytes()[..], body].concat()));
-            }
-            script.extend(tlv(
-                jpki::ITEM_SEALED_PIN,
-                &[&jpki::EF_AUTH_PIN.to_be_bytes()[..], &credential.sealed_pin].concat(),
-            ));
-            vec![
-                Goal::LoadFile {
-                    package: jpki::JPKI_PACKAGE.to_vec(),
-                    modules: vec![(jpki::JPKI_AID.to_vec(), "jpki.ap".into())],
-                },
-                Goal::Instance(card_wire::gp::InstallSpec {
-                    package: jpki::JPKI_PACKAGE.to_vec(),
-                    module: jpki::JPKI_AID.to_vec(),
-                    instance: instance.to_vec(),
-                    privileges: vec![0x00],
-                    params: content.clone(),
-                    selectable: true,
-                }),
-                Goal::Personalize {
-                    instance: instance.to_vec(),
-                    script,
-                    check: Check::KeyProof {
-                        key_fid: jpki::EF_AUTH_KEY,
-                        certificate: credential.certificate.clone(),
-                    },
-                },
-            ]
-        };
         let mut goals = match &op.data.request {
             ControlRequest::Issue {
                 applet, credential, ..
-            } => jpki_goals(&applet.instance, credential),
+            } => recipes::jpki_credential(&applet.instance, &p.content_key, credential),
             ControlRequest::Transfer {
                 credential: old,
                 new_credential,
@@ -1174,7 +1135,7 @@ impl Tsm {
                     .await?
                     .map(|c| c.instance)
                     .unwrap_or_else(|| jpki::JPKI_AID.to_vec());
-                jpki_goals(&instance, new_credential)
+                recipes::jpki_credential(&instance, &p.content_key, new_credential)
             }
             ControlRequest::ResetPin {
                 credential,
@@ -1201,60 +1162,11 @@ impl Tsm {
                     .await?
                     .map(|c| c.instance)
                     .unwrap_or_else(|| jpki::JPKI_AID.to_vec());
-                vec![Goal::Personalize {
-                    instance,
-                    script: tlv(
-                        jpki::ITEM_SEALED_PIN,
-                        &[&jpki::EF_AUTH_PIN.to_be_bytes()[..], sealed_pin].concat(),
-                    ),
-                    check: Check::KeyProof {
-                        key_fid: jpki::EF_AUTH_KEY,
-                        certificate: bundle.certificate.clone(),
-                    },
-                }]
+                recipes::pin_reset(&instance, sealed_pin, &bundle.certificate)
             }
             ControlRequest::WalletUpdate {
                 instance, updates, ..
-            } => {
-                use card_wire::wallet::{self as w, kind, update_item};
-                let mut script = Vec::new();
-                for u in updates {
-                    script.extend(match &u.change {
-                        WalletChange::SetMemberId(m) => {
-                            update_item(&u.id, kind::SET_MEMBER, m.as_bytes())
-                        }
-                        WalletChange::AddTicket(t) => {
-                            update_item(&u.id, kind::ADD_TICKET, t.as_bytes())
-                        }
-                        WalletChange::RemoveTicket(t) => {
-                            update_item(&u.id, kind::REMOVE_TICKET, t.as_bytes())
-                        }
-                        WalletChange::Points(d) => {
-                            update_item(&u.id, kind::POINTS, &d.to_be_bytes())
-                        }
-                    });
-                }
-                vec![
-                    Goal::LoadFile {
-                        package: w::WALLET_PACKAGE.to_vec(),
-                        modules: vec![(w::WALLET_MODULE.to_vec(), w::WALLET_CLASS.into())],
-                    },
-                    Goal::Instance(card_wire::gp::InstallSpec {
-                        package: w::WALLET_PACKAGE.to_vec(),
-                        module: w::WALLET_MODULE.to_vec(),
-                        instance: instance.clone(),
-                        selectable: true,
-                        ..Default::default()
-                    }),
-                    Goal::Personalize {
-                        instance: instance.clone(),
-                        script,
-                        check: Check::Wallet {
-                            updates: updates.len(),
-                        },
-                    },
-                ]
-            }
+            } => recipes::wallet(instance, updates),
             _ => Vec::new(),
         };
         // The provider's revoked applets still on this card go now.
@@ -1334,14 +1246,7 @@ impl Tsm {
             sd_aid: mno.isd_aid.clone(),
             kvn: mno.kvn,
             expected_cin: card.cin.clone(),
-            goals: vec![Goal::Instance(card_wire::gp::InstallSpec {
-                package: vec![0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50],
-                module: vec![0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41],
-                instance: sd_aid.clone(),
-                privileges: privileges.clone(),
-                params: Vec::new(),
-                selectable: true,
-            })],
+            goals: vec![recipes::provider_domain(sd_aid, privileges)],
             new_keys: None,
             fallback: None,
         };

@@ -673,10 +673,13 @@ pub fn load_party(config: &Path) -> Result<(Party, Option<AesKey>), Failure> {
         .as_ref()
         .map(|c| aes_key_file(&rel(config, c)))
         .transpose()?;
-    let client = match &f.tsm_ca {
+    let mut client = match &f.tsm_ca {
         Some(ca) => Client::with_ca(&f.tsm, Link::default(), &std::fs::read(rel(config, ca))?)?,
         None => Client::new(&f.tsm, Link::default()),
     };
+    // A provider's or operator's request is retried briefly (a TSM restarting), not for the
+    // five minutes a phone waits.
+    client.retry_for = std::time::Duration::from_secs(15);
     Ok((
         Party {
             signer: Signer::from_pkcs8_pem(me, &read_secret(&rel(config, &f.signing_key))?)?,
@@ -792,12 +795,7 @@ async fn provider_cmd(config: &Path, cmd: &ProviderCmd, json_out: bool) -> Resul
                 card: CardTarget {
                     iccid: iccid.clone(),
                 },
-                applet: AppletRef {
-                    package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
-                    module: card_wire::jpki::JPKI_AID.to_vec(),
-                    class: "jpki.ap".into(),
-                    instance: card_wire::jpki::JPKI_AID.to_vec(),
-                },
+                applet: AppletRef::jpki(),
                 credential: bundle,
                 access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
             };

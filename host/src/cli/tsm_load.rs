@@ -91,12 +91,7 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
             card: CardTarget {
                 iccid: sim.iccid.clone(),
             },
-            applet: AppletRef {
-                package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
-                module: card_wire::jpki::JPKI_AID.to_vec(),
-                class: "jpki.ap".into(),
-                instance: card_wire::jpki::JPKI_AID.to_vec(),
-            },
+            applet: AppletRef::jpki(),
             credential: bundle,
             access: provider::access_grant("load-password", 3, 600_000)?,
         };

@@ -47,17 +47,7 @@ fn full(kvn: u8) -> HostOptions {
 /// A fresh UICC (`serial` makes its identity) with the GP test keys on its issuer domain and
 /// no provider domain yet (the operator creates it over the air).
 pub fn blank(serial: &[u8]) -> Result<ProvisionedSim> {
-    let config = SimConfig::preset("uicc")
-        .map_err(Error::Protocol)?
-        .with_serial(serial);
-    let iccid = config
-        .iccid
-        .as_ref()
-        .map(|i| i.to_string())
-        .unwrap_or_default();
-    let mut ch = CardChannel::new(SimCard::powered(config));
-    gp::select_domain(&mut ch, None)?;
-    let cin = card_image_number(&mut ch)?;
+    let (ch, _, cin, iccid) = fresh(serial)?;
     Ok(ProvisionedSim {
         card: ch.into_transport(),
         cin,
@@ -65,20 +55,9 @@ pub fn blank(serial: &[u8]) -> Result<ProvisionedSim> {
     })
 }
 
-/// GET DATA `45` of the selected security domain, hex.
-fn card_image_number(ch: &mut CardChannel<SimCard>) -> Result<String> {
-    Ok(gp::get_data(ch, 0x0045)?
-        .map(|d| match d.as_slice() {
-            [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => hex::encode_upper(rest),
-            other => hex::encode_upper(other),
-        })
-        .unwrap_or_default())
-}
-
-/// A fresh UICC (`serial` makes its identity) with the GP test keys on its issuer domain, and
-/// the provider domain `sd` (Security Domain + Authorized Management) whose initial keys are
-/// replaced by `keys` for this card.
-pub fn provision(serial: &[u8], sd: &[u8], keys: &DiversifiedMaster) -> Result<ProvisionedSim> {
+/// A powered fresh UICC with the issuer domain selected: the channel, the ISD's AID, its card
+/// image number and ICCID.
+fn fresh(serial: &[u8]) -> Result<(CardChannel<SimCard>, Vec<u8>, String, String)> {
     let config = SimConfig::preset("uicc")
         .map_err(Error::Protocol)?
         .with_serial(serial);
@@ -89,10 +68,18 @@ pub fn provision(serial: &[u8], sd: &[u8], keys: &DiversifiedMaster) -> Result<P
         .unwrap_or_default();
     let mut ch = CardChannel::new(SimCard::powered(config));
     let isd = gp::select_domain(&mut ch, None)?;
-    let cin = card_image_number(&mut ch)?;
+    let cin = gp::card_image_number(&mut ch)?.unwrap_or_default();
+    Ok((ch, isd.aid, cin, iccid))
+}
+
+/// A fresh UICC (`serial` makes its identity) with the GP test keys on its issuer domain, and
+/// the provider domain `sd` (Security Domain + Authorized Management) whose initial keys are
+/// replaced by `keys` for this card.
+pub fn provision(serial: &[u8], sd: &[u8], keys: &DiversifiedMaster) -> Result<ProvisionedSim> {
+    let (mut ch, isd, cin, iccid) = fresh(serial)?;
     let test_keys = StaticKeys::default_test_keys(0x30);
     {
-        let mut sc = SecureChannel::open(&mut ch, test_keys.clone(), full(0x30), Some(&isd.aid))?;
+        let mut sc = SecureChannel::open(&mut ch, test_keys.clone(), full(0x30), Some(&isd))?;
         manage::install(
             &mut sc,
             &manage::InstallSpec {

@@ -56,3 +56,122 @@ pub fn audit(dir: &Path, op: &str) -> String {
         .args(["tsm", "audit", "--op", op, "--database"])
         .arg(dir.join("tsm/tsm.db")))
 }
+
+/// A TSM set up the way its users do it: `kagi tsm init` (optionally `--tls`) and `kagi ca
+/// init` in a directory of its own, on a port of its own.
+pub struct Scenario {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The TSM's port on 127.0.0.1.
+    pub port: u16,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+impl Scenario {
+    /// A fresh scenario (configuration only; start the TSM with [`serve`]).
+    pub fn new(name: &str, tls: bool) -> Scenario {
+        let dir = std::env::temp_dir().join(format!("kagi-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = tsm_server::testing::free_port().unwrap();
+        let mut init = kagi();
+        init.args(["tsm", "init", "--dir"])
+            .arg(dir.join("tsm"))
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        if tls {
+            init.arg("--tls");
+        }
+        ok(&mut init);
+        ok(kagi().args(["ca", "init", "--dir"]).arg(dir.join("pki")));
+        std::fs::write(dir.join("pin.txt"), "2468\n").unwrap();
+        std::fs::write(dir.join("pw.txt"), "a password\n").unwrap();
+        Scenario {
+            dir,
+            port,
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+
+    /// The TSM's URL.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// A simulated SIM with the provider's domain in `image`, registered with the TSM by the
+    /// operator; its ICCID.
+    pub fn sim(&self, serial: &str, image: &Path) -> String {
+        let sim = ok(kagi()
+            .args(["sim", "provision", "--json", "--serial", serial, "--image"])
+            .arg(image)
+            .arg("--provider-keys")
+            .arg(self.dir.join("tsm/keys/provider.keys")));
+        let iccid = field(&sim, "iccid");
+        ok(kagi()
+            .args(["tsm", "mno", "--config"])
+            .arg(self.dir.join("tsm/mno.toml"))
+            .args([
+                "register-card",
+                "--iccid",
+                &iccid,
+                "--cin",
+                &field(&sim, "cin"),
+            ]));
+        iccid
+    }
+
+    /// The provider issues a credential to `iccid` (PIN in pin.txt); the ticket and access
+    /// code go to ticket.txt and code.txt. Returns issue.json.
+    pub fn issue(&self, iccid: &str, rsa: bool) -> String {
+        let mut c = kagi();
+        c.args(["tsm", "provider", "--config"])
+            .arg(self.dir.join("tsm/sp.toml"))
+            .args(["issue", "--iccid", iccid, "--ca-dir"])
+            .arg(self.dir.join("pki"))
+            .arg("--pin-file")
+            .arg(self.dir.join("pin.txt"))
+            .arg("--password-file")
+            .arg(self.dir.join("pw.txt"))
+            .arg("--out")
+            .arg(self.dir.join("issue.json"));
+        if rsa {
+            c.arg("--rsa");
+        }
+        ok(&mut c);
+        let issued = std::fs::read_to_string(self.dir.join("issue.json")).unwrap();
+        std::fs::write(self.dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
+        std::fs::write(self.dir.join("code.txt"), field(&issued, "access_code")).unwrap();
+        issued
+    }
+
+    /// `kagi relay --json` with the ticket, access code and password files; the caller adds
+    /// the card.
+    pub fn relay(&self) -> Command {
+        let mut c = kagi();
+        c.args(["relay", "--json", "--tsm", &self.url()])
+            .arg("--ticket-file")
+            .arg(self.dir.join("ticket.txt"))
+            .arg("--access-code-file")
+            .arg(self.dir.join("code.txt"))
+            .arg("--password-file")
+            .arg(self.dir.join("pw.txt"));
+        c
+    }
+
+    /// `kagi tsm provider receipt` of the last issuance says it is valid.
+    pub fn receipt_valid(&self) -> bool {
+        ok(kagi()
+            .args(["tsm", "provider", "--config"])
+            .arg(self.dir.join("tsm/sp.toml"))
+            .arg("receipt")
+            .arg("--issued")
+            .arg(self.dir.join("issue.json")))
+        .contains("receipt valid")
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

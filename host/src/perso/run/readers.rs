@@ -134,15 +134,8 @@ fn card_identity(
         });
     }
     gp::select_domain(ch, None)?;
-    Ok(match gp::get_data(ch, 0x0045)? {
-        Some(d) => {
-            // `45 L CIN`, or the bare value.
-            let v = match d.as_slice() {
-                [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest.to_vec(),
-                _ => d,
-            };
-            Ok(format!("cin:{}", hex::encode_upper(v)))
-        }
+    Ok(match gp::card_image_number(ch)? {
+        Some(cin) => Ok(format!("cin:{cin}")),
         None => Err(
             "the card has no card image number (GET DATA 0045): kagi cannot track it; remove it"
                 .into(),
