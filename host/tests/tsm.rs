@@ -102,6 +102,15 @@ impl World {
         }
     }
 
+    /// A TSM on SQLite in the world's directory, with the provider's and operator's clients.
+    async fn serve(&self) -> (Running, Backend, Party, Party) {
+        let backend = Backend::Sqlite(self.dir.join("tsm.db"));
+        let server = start(self, &backend, 0).await;
+        let sp = self.client_party(&self.sp, &server.url);
+        let mno = self.client_party(&self.mno, &server.url);
+        (server, backend, sp, mno)
+    }
+
     fn client_party(&self, who: &Signer, url: &str) -> Party {
         let mut trust = Trust::new();
         trust.add(self.tsm.party().clone(), *self.tsm.verifying_key());
@@ -728,11 +737,8 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_reset_transfer_and_operator_notices() {
     let world = World::new("lifecycle");
-    let backend = Backend::Sqlite(world.dir.join("tsm.db"));
-    let server = start(&world, &backend, 0).await;
+    let (server, _backend, sp, mno) = world.serve().await;
     let url = server.url.clone();
-    let sp = world.client_party(&world.sp, &url);
-    let mno = world.client_party(&world.mno, &url);
     let keys = provider_keys(master(), 0x31);
     let mut a = provision(b"phone-a", &PROVIDER_SD, &keys).unwrap();
     let mut b = provision(b"phone-b", &PROVIDER_SD, &keys).unwrap();
@@ -945,11 +951,8 @@ async fn pin_reset_transfer_and_operator_notices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_creates_the_provider_domain_over_the_air() {
     let world = World::new("create-sd");
-    let backend = Backend::Sqlite(world.dir.join("tsm.db"));
-    let server = start(&world, &backend, 0).await;
+    let (server, backend, sp, mno) = world.serve().await;
     let url = server.url.clone();
-    let sp = world.client_party(&world.sp, &url);
-    let mno = world.client_party(&world.mno, &url);
     let mut sim = kagi::tsm::sim::blank(b"blank-phone").unwrap();
     register(&world, &url, &sim).await;
     for round in 0..2 {

@@ -997,31 +997,53 @@ impl Tsm {
         }
     }
 
+    /// The operation a relay session is bound to, if the session may act on it in `state`;
+    /// otherwise the stop to send.
+    async fn bound(
+        &self,
+        session: SessionId,
+        op_id: &OpId,
+        state: OpState,
+    ) -> Result<std::result::Result<OpRow, ServerMsg>> {
+        let Some(op) = self.store.op(op_id).await? else {
+            return Ok(Err(Self::stop(
+                session,
+                StopOutcome::Refused,
+                "unknown session",
+            )));
+        };
+        if op.state.is_final() {
+            return Ok(Err(Self::stop_final(session, &op)));
+        }
+        if op.data.session != Some(session) {
+            return Ok(Err(Self::stop(
+                session,
+                StopOutcome::Refused,
+                "a newer session took over this download",
+            )));
+        }
+        if op.state != state {
+            return Ok(Err(Self::stop(
+                session,
+                StopOutcome::Interrupted,
+                format!(
+                    "the operation is {}, not {}: open the session again",
+                    op.state.name(),
+                    state.name()
+                ),
+            )));
+        }
+        Ok(Ok(op))
+    }
+
     async fn credentials(&self, session: SessionId, creds: UserCredentials) -> Result<ServerMsg> {
         let Some((op_id, _, _)) = self.store.session(&session.to_hex()).await? else {
             return Ok(Self::stop(session, StopOutcome::Refused, "unknown session"));
         };
-        let Some(op) = self.store.op(&op_id).await? else {
-            return Ok(Self::stop(session, StopOutcome::Refused, "unknown session"));
-        };
-        if op.state.is_final() {
-            return Ok(Self::stop_final(session, &op));
+        match self.bound(session, &op_id, OpState::DeviceBound).await? {
+            Ok(op) => self.check_credentials(op, session, creds, Vec::new()).await,
+            Err(stop) => Ok(stop),
         }
-        if op.data.session != Some(session) {
-            return Ok(Self::stop(
-                session,
-                StopOutcome::Refused,
-                "a newer session took over this download",
-            ));
-        }
-        if op.state != OpState::DeviceBound {
-            return Ok(Self::stop(
-                session,
-                StopOutcome::Refused,
-                "credentials are not expected now",
-            ));
-        }
-        self.check_credentials(op, session, creds, Vec::new()).await
     }
 
     fn grant(op: &OpRow) -> Option<&tsm_protocol::control::AccessGrant> {
@@ -1308,30 +1330,10 @@ impl Tsm {
                 "report out of sequence",
             ));
         }
-        let Some(op) = self.store.op(&op_id).await? else {
-            return Ok(Self::stop(
-                session,
-                StopOutcome::Refused,
-                "unknown operation",
-            ));
+        let op = match self.bound(session, &op_id, OpState::Running).await? {
+            Ok(op) => op,
+            Err(stop) => return Ok(stop),
         };
-        if op.state.is_final() {
-            return Ok(Self::stop_final(session, &op));
-        }
-        if op.data.session != Some(session) {
-            return Ok(Self::stop(
-                session,
-                StopOutcome::Refused,
-                "a newer session took over this download",
-            ));
-        }
-        if op.state != OpState::Running {
-            return Ok(Self::stop(
-                session,
-                StopOutcome::Interrupted,
-                "the operation is not running: open the session again",
-            ));
-        }
         let running = self
             .engines
             .lock()
