@@ -4,12 +4,13 @@
 //!
 //! - [`http`]: the HTTP endpoints (axum), graceful shutdown.
 //! - [`service`]: the control API and the relay endpoint's behaviour, card scripts, receipts.
-//! - [`store`]: state in SQLite or PostgreSQL, one SQL dialect, compare-and-swap writes.
-//! - [`testing`]: a private PostgreSQL for tests and benchmarks.
+//! - [`store`]: its tables and records in [`kagi_db`] (SQLite or PostgreSQL).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod http;
 pub mod service;
 pub mod store;
-pub mod testing;
+
+/// A private PostgreSQL for tests and benchmarks (from `kagi-db`).
+pub use kagi_db::testing;

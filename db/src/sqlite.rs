@@ -3,7 +3,7 @@
 //! killed (the log is in the operating system's cache) and keeps the file consistent on
 //! power loss; `KAGI_TSM_SQLITE_SYNC=full` syncs every commit.
 
-use super::{Expect, Stmt, StoreError, Val, sqlite_sql};
+use crate::{Expect, Stmt, StoreError, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql};
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! PostgreSQL through a connection pool (`deadpool-postgres`, no TLS: local or private
 //! networks; put a TLS-terminating proxy in front otherwise). Several TSM instances share one
-//! database; the compare-and-swap statements of [`super::Store::commit`] keep them apart.
+//! database; the compare-and-swap statements of [`crate::Db::commit`] keep them apart.
 
-use super::{Expect, Stmt, StoreError, Val};
+use crate::{Expect, Stmt, StoreError, Val};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 

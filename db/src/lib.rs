@@ -1,0 +1,299 @@
+//! # kagi-db
+//!
+//! The state of kagi's servers (the TSM, the credential broker) in a real database: SQLite
+//! (embedded, one file, the default) or PostgreSQL (several instances sharing state behind a
+//! load balancer).
+//!
+//! Both backends run the same SQL (PostgreSQL's `$n` placeholders, rewritten to `?n` for
+//! SQLite) through two primitives: a read ([`Db::query`]) and an atomic batch of writes
+//! ([`Db::commit`]) in which a statement may be required to change exactly one row — the
+//! compare-and-swap that keeps two instances from both advancing the same record. Each
+//! server brings its own [`Schema`] and builds its typed records on these.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod postgres;
+mod sqlite;
+pub mod testing;
+
+use thiserror::Error;
+
+/// A value bound to or read from a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    /// A 64-bit integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+    /// SQL NULL.
+    Null,
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.into())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<Vec<u8>> for Val {
+    fn from(v: Vec<u8>) -> Val {
+        Val::Blob(v)
+    }
+}
+impl From<&[u8]> for Val {
+    fn from(v: &[u8]) -> Val {
+        Val::Blob(v.to_vec())
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map(Into::into).unwrap_or(Val::Null)
+    }
+}
+
+impl Val {
+    /// The integer, or 0.
+    pub fn int(&self) -> i64 {
+        match self {
+            Val::Int(i) => *i,
+            _ => 0,
+        }
+    }
+    /// The text, or "".
+    pub fn text(&self) -> String {
+        match self {
+            Val::Text(t) => t.clone(),
+            _ => String::new(),
+        }
+    }
+    /// The bytes, or empty.
+    pub fn blob(&self) -> Vec<u8> {
+        match self {
+            Val::Blob(b) => b.clone(),
+            _ => Vec::new(),
+        }
+    }
+    /// `None` for NULL, else the text.
+    pub fn opt_text(&self) -> Option<String> {
+        match self {
+            Val::Text(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What a write in a batch must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything.
+    Any,
+    /// Change exactly one row; otherwise the whole batch is rolled back and reports a
+    /// conflict.
+    One,
+}
+
+/// One statement of a batch.
+#[derive(Debug, Clone)]
+pub struct Stmt {
+    /// SQL with `$1`, `$2` ... placeholders.
+    pub sql: &'static str,
+    /// The values.
+    pub params: Vec<Val>,
+    /// What it must change.
+    pub expect: Expect,
+}
+
+impl Stmt {
+    /// A statement that may change any number of rows.
+    pub fn any(sql: &'static str, params: Vec<Val>) -> Stmt {
+        Stmt {
+            sql,
+            params,
+            expect: Expect::Any,
+        }
+    }
+    /// A statement that must change exactly one row.
+    pub fn one(sql: &'static str, params: Vec<Val>) -> Stmt {
+        Stmt {
+            sql,
+            params,
+            expect: Expect::One,
+        }
+    }
+}
+
+/// Why the database refused.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused a statement.
+    #[error("database: {0}")]
+    Db(String),
+    /// A statement of a batch that had to change one row did not (another instance got
+    /// there first): nothing was written.
+    #[error("conflict: the state changed meanwhile (statement {0} of the batch)")]
+    Conflict(usize),
+    /// The schema is newer than this build.
+    #[error("the database schema is version {0}, newer than this kagi ({1}): upgrade kagi")]
+    TooNew(i64, i64),
+}
+
+/// Which database.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://user@host/db`).
+    Postgres(String),
+}
+
+impl Backend {
+    /// `postgres://…` (or `postgresql://…`) is PostgreSQL, anything else a SQLite file path
+    /// (`sqlite:` prefix optional).
+    pub fn parse(s: &str) -> Backend {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Backend::Postgres(s.into())
+        } else {
+            Backend::Sqlite(s.strip_prefix("sqlite:").unwrap_or(s).into())
+        }
+    }
+}
+
+/// An open database.
+#[derive(Clone)]
+pub enum Db {
+    /// SQLite.
+    Sqlite(sqlite::Sqlite),
+    /// PostgreSQL.
+    Postgres(postgres::Postgres),
+}
+
+/// A server's tables: DDL in PostgreSQL's words (`BYTES` for binary columns, `SERIAL_PK` for
+/// an auto-increment key; SQLite gets its own types), under a name and a version kept in the
+/// database, so a server never runs on a schema newer than it knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    /// Whose tables (`tsm`, `broker`).
+    pub name: &'static str,
+    /// The version this build writes.
+    pub version: i64,
+    /// `CREATE TABLE IF NOT EXISTS …` / `CREATE INDEX IF NOT EXISTS …` statements.
+    pub ddl: &'static [&'static str],
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database for `schema`.
+    pub async fn open(backend: &Backend, schema: &Schema) -> Result<Db, StoreError> {
+        let db = match backend {
+            Backend::Sqlite(path) => Db::Sqlite(sqlite::Sqlite::open(path)?),
+            Backend::Postgres(url) => Db::Postgres(postgres::Postgres::open(url).await?),
+        };
+        db.migrate(schema).await?;
+        Ok(db)
+    }
+
+    /// Which backend, for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgresql",
+        }
+    }
+
+    async fn migrate(&self, schema: &Schema) -> Result<(), StoreError> {
+        let mut statements = vec![
+            "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+        ];
+        statements.extend_from_slice(schema.ddl);
+        let ddl: Vec<String> = statements
+            .iter()
+            .map(|s| match self {
+                Db::Sqlite(_) => s
+                    .replace("BYTES", "BLOB")
+                    .replace("SERIAL_PK", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+                Db::Postgres(_) => s
+                    .replace("BYTES", "BYTEA")
+                    .replace("SERIAL_PK", "BIGSERIAL PRIMARY KEY"),
+            })
+            .collect();
+        match self {
+            Db::Sqlite(s) => s.ddl(&ddl).await?,
+            Db::Postgres(p) => p.ddl(&ddl).await?,
+        }
+        let rows = self
+            .query(
+                "SELECT version FROM schema_versions WHERE component = $1",
+                vec![schema.name.into()],
+            )
+            .await?;
+        match rows.first().map(|r| r[0].int()) {
+            None => {
+                self.commit(vec![Stmt::any(
+                    "INSERT INTO schema_versions (component, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    vec![schema.name.into(), schema.version.into()],
+                )])
+                .await?;
+            }
+            Some(v) if v > schema.version => {
+                return Err(StoreError::TooNew(v, schema.version));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Runs a read.
+    pub async fn query(
+        &self,
+        sql: &'static str,
+        params: Vec<Val>,
+    ) -> Result<Vec<Vec<Val>>, StoreError> {
+        match self {
+            Db::Sqlite(s) => s.query(sql, params).await,
+            Db::Postgres(p) => p.query(sql, params).await,
+        }
+    }
+
+    /// Runs writes atomically: all of them, or (on any error or an [`Expect::One`] that
+    /// changed another number of rows) none.
+    pub async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(s) => s.commit(batch).await,
+            Db::Postgres(p) => p.commit(batch).await,
+        }
+    }
+}
+
+/// `$1` → `?1` (SQLite's numbered parameters).
+pub(crate) fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_backends() {
+        assert_eq!(sqlite_sql("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
+        assert!(matches!(
+            Backend::parse("postgres://x/y"),
+            Backend::Postgres(_)
+        ));
+        assert!(
+            matches!(Backend::parse("sqlite:/tmp/a.db"), Backend::Sqlite(p) if p.to_str() == Some("/tmp/a.db"))
+        );
+        assert!(matches!(Backend::parse("tsm.db"), Backend::Sqlite(_)));
+    }
+}
