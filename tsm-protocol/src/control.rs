@@ -403,11 +403,13 @@ pub struct Outgoing {
 }
 
 /// Signs `request` for the TSM `tsm`, valid `validity_ms`; operations get an idempotency key
-/// (pass the same key again to retry the same request safely).
-pub fn sign_request(
+/// (pass the same key again to retry the same request safely). Any server speaking this
+/// control envelope (the TSM's [`ControlRequest`], the broker's administrator requests)
+/// takes requests signed this way.
+pub fn sign_request<T: serde::Serialize>(
     signer: &crate::signing::Signer,
     tsm: &crate::ids::PartyId,
-    request: &ControlRequest,
+    request: &T,
     idempotency_key: Option<crate::ids::IdempotencyKey>,
     now: u64,
     validity_ms: u64,
@@ -431,9 +433,19 @@ pub fn open_answer(
     trust: &crate::signing::Trust,
     now: u64,
 ) -> Result<ControlResponse, crate::signing::ProtocolError> {
+    open_answer_as(bytes, sent, trust, now)
+}
+
+/// [`open_answer`] for any answer type (the broker's administrator answers).
+pub fn open_answer_as<R: serde::Serialize + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    sent: &crate::signing::Header,
+    trust: &crate::signing::Trust,
+    now: u64,
+) -> Result<R, crate::signing::ProtocolError> {
     let sealed = crate::signing::Sealed::from_bytes(bytes)?;
     let policy = crate::signing::Policy::new(sent.sender.clone());
-    let env = crate::signing::verify::<ControlResponse>(
+    let env = crate::signing::verify::<R>(
         &sealed,
         crate::signing::Kind::ControlResponse,
         trust,

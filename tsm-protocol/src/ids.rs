@@ -70,7 +70,8 @@ id16!(
     IdempotencyKey
 );
 
-/// A party of the protocol: `sp:NAME` (service provider), `tsm:NAME`, `mno:NAME`.
+/// A party of the protocol: `sp:NAME` (service provider), `tsm:NAME`, `mno:NAME`, and for
+/// the credential broker `broker:NAME` and its administrators `admin:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartyId(pub String);
 
@@ -81,8 +82,10 @@ impl PartyId {
         let (role, name) = s
             .split_once(':')
             .ok_or_else(|| format!("party '{s}': use sp:NAME, tsm:NAME or mno:NAME"))?;
-        if !matches!(role, "sp" | "tsm" | "mno") {
-            return Err(format!("party '{s}': the role must be sp, tsm or mno"));
+        if !matches!(role, "sp" | "tsm" | "mno" | "broker" | "admin") {
+            return Err(format!(
+                "party '{s}': the role must be sp, tsm, mno, broker or admin"
+            ));
         }
         if name.is_empty()
             || name.len() > 64

@@ -86,19 +86,7 @@ pub fn router(tsm: Arc<Tsm>) -> Router {
         .with_state(tsm)
 }
 
-/// A server certificate and key (PEM) for HTTPS.
-#[derive(Clone)]
-pub struct TlsFiles {
-    /// The certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// The private key, PEM (PKCS#8).
-    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
-}
-
-/// Installs rustls's ring provider as the process default (once; later calls do nothing).
-pub fn tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use kagi_serve::{TlsFiles, tls_provider};
 
 /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight. A
 /// background task expires operations past their time.
@@ -117,45 +105,23 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     tls: Option<TlsFiles>,
 ) -> std::io::Result<()> {
-    let sweeper = {
-        let tsm = tsm.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tick.tick().await;
+    let sweeper = tsm.clone();
+    kagi_serve::serve(
+        router(tsm),
+        listener,
+        shutdown,
+        tls,
+        std::time::Duration::from_secs(5),
+        move || {
+            let tsm = sweeper.clone();
+            async move {
                 match tsm.sweep().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "operations expired"),
                     Err(e) => tracing::warn!(error = %e, "sweep"),
                 }
             }
-        })
-    };
-    let r = match tls {
-        None => {
-            axum::serve(listener, router(tsm))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(files) => {
-            tls_provider();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-                files.cert_pem.clone(),
-                files.key_pem.to_vec(),
-            )
-            .await?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, config)?
-                .handle(handle)
-                .serve(router(tsm).into_make_service())
-                .await
-        }
-    };
-    sweeper.abort();
-    r
+        },
+    )
+    .await
 }

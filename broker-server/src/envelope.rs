@@ -1,0 +1,259 @@
+//! Envelope encryption of the per-service credentials: each record is encrypted (AES-256-GCM)
+//! with a data key of its own, and the data key is wrapped by a key-encryption key (KEK) that
+//! lives in an HSM. The database holds only wrapped data keys and ciphertexts: copied files
+//! reveal nothing without the HSM. The additional data binds a record to its row (card,
+//! service, version), so a ciphertext moved to another row does not open.
+//!
+//! [`Envelope`] is the seam. A store only wraps and unwraps 32-byte data keys with its KEKs;
+//! sealing, opening and re-wrapping records are the same everywhere (provided methods). The
+//! HSM store (`kagi::hsm::HsmEnvelope`, PKCS#11) wraps with `CKM_AES_GCM` inside the token,
+//! where the KEKs are non-extractable; a data key is random, exists in host memory only while
+//! its record is sealed or opened (zeroized after), and is never stored unwrapped. Re-wrapping
+//! a record under a new KEK touches only its data key: the credential itself stays encrypted.
+//! [`FileEnvelope`] is the development store, and says so.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use std::collections::BTreeMap;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// A sealed record as the database keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    /// The KEK that wraps the data key.
+    pub kek: String,
+    /// The wrapped data key.
+    pub wrapped_dek: Vec<u8>,
+    /// The record's GCM nonce (12 bytes).
+    pub nonce: Vec<u8>,
+    /// The ciphertext with its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Why a record could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key store: {0}")]
+pub struct EnvelopeError(pub String);
+
+/// Where the key-encryption keys are and what can be done with them.
+pub trait Envelope: Send + Sync {
+    /// The KEKs this store holds.
+    fn keks(&self) -> Vec<String>;
+    /// Wraps a data key with the KEK `kek` (the KEK's id is bound into the wrapping, so a
+    /// wrapped key relabelled with another KEK does not unwrap).
+    fn wrap_dek(&self, kek: &str, dek: &[u8]) -> Result<Vec<u8>, EnvelopeError>;
+    /// Unwraps a data key wrapped by [`Envelope::wrap_dek`].
+    fn unwrap_dek(&self, kek: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError>;
+    /// What the store is, for logs (never key material).
+    fn describe(&self) -> String;
+
+    /// Seals `plaintext` under a new data key wrapped by the KEK `kek`.
+    fn seal(&self, kek: &str, aad: &[u8], plaintext: &[u8]) -> Result<SealedRecord, EnvelopeError> {
+        let dek = random::<32>()?;
+        let (nonce, ciphertext) = gcm_seal(dek.as_ref(), aad, plaintext)?;
+        Ok(SealedRecord {
+            kek: kek.into(),
+            wrapped_dek: self.wrap_dek(kek, dek.as_ref())?,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens a record (its plaintext exists in memory only as long as the caller keeps it).
+    fn open(&self, aad: &[u8], record: &SealedRecord) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        let dek = self.unwrap_dek(&record.kek, &record.wrapped_dek)?;
+        gcm_open(&dek, aad, &record.nonce, &record.ciphertext)
+    }
+
+    /// Re-wraps a record's data key under the KEK `to`; the ciphertext stays as it is.
+    fn rewrap(&self, record: &SealedRecord, to: &str) -> Result<SealedRecord, EnvelopeError> {
+        let dek = self.unwrap_dek(&record.kek, &record.wrapped_dek)?;
+        Ok(SealedRecord {
+            kek: to.into(),
+            wrapped_dek: self.wrap_dek(to, &dek)?,
+            nonce: record.nonce.clone(),
+            ciphertext: record.ciphertext.clone(),
+        })
+    }
+}
+
+fn e(what: &str) -> EnvelopeError {
+    EnvelopeError(what.into())
+}
+
+/// Random bytes.
+pub fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, EnvelopeError> {
+    let mut b = Zeroizing::new([0u8; N]);
+    getrandom::fill(b.as_mut()).map_err(|x| EnvelopeError(x.to_string()))?;
+    Ok(b)
+}
+
+/// AES-256-GCM encryption with a random 12-byte nonce: (nonce, ciphertext ‖ tag).
+pub fn gcm_seal(
+    key: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError> {
+    let key = Key::<Aes256Gcm>::try_from(key).map_err(|_| e("a data key is not 32 bytes"))?;
+    let cipher = Aes256Gcm::new(&key);
+    let n = random::<12>()?;
+    let nonce = Nonce::try_from(&n[..]).map_err(|_| e("nonce"))?;
+    let ct = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| e("encryption failed"))?;
+    Ok((n.to_vec(), ct))
+}
+
+/// The inverse of [`gcm_seal`]; a wrong key, nonce, AAD or ciphertext is refused.
+pub fn gcm_open(
+    key: &[u8],
+    aad: &[u8],
+    nonce: &[u8],
+    ct: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    let (Ok(key), Ok(nonce)) = (Key::<Aes256Gcm>::try_from(key), Nonce::try_from(nonce)) else {
+        return Err(e("malformed record"));
+    };
+    let cipher = Aes256Gcm::new(&key);
+    cipher
+        .decrypt(&nonce, Payload { msg: ct, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| e("the record does not open: altered, moved, or another key"))
+}
+
+/// The development key store: KEKs as files `kek-ID.key` (64 hex digits) in a directory.
+/// Data keys are wrapped with AES-256-GCM in software. Insecure: whoever reads the directory
+/// opens every record.
+pub struct FileEnvelope {
+    keks: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    dir: String,
+}
+
+impl FileEnvelope {
+    /// Reads every `kek-ID.key` in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<FileEnvelope, EnvelopeError> {
+        let mut keks = BTreeMap::new();
+        let entries =
+            std::fs::read_dir(dir).map_err(|x| EnvelopeError(format!("{}: {x}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("kek-")
+                .and_then(|n| n.strip_suffix(".key"))
+            else {
+                continue;
+            };
+            let text = Zeroizing::new(
+                std::fs::read_to_string(entry.path()).map_err(|x| EnvelopeError(x.to_string()))?,
+            );
+            let key = Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| EnvelopeError(format!("{name}: not hex")))?,
+            );
+            if key.len() != 32 {
+                return Err(EnvelopeError(format!("{name}: a KEK is 32 bytes")));
+            }
+            keks.insert(id.to_string(), key);
+        }
+        if keks.is_empty() {
+            return Err(EnvelopeError(format!(
+                "no kek-ID.key in {}: create one with `kagi broker new-kek`",
+                dir.display()
+            )));
+        }
+        Ok(FileEnvelope {
+            keks,
+            dir: dir.display().to_string(),
+        })
+    }
+
+    /// Writes a new random KEK `kek-ID.key` into `dir` (mode 0600).
+    pub fn new_kek(dir: &Path, id: &str) -> Result<(), EnvelopeError> {
+        use std::io::Write;
+        let path = dir.join(format!("kek-{id}.key"));
+        if path.exists() {
+            return Err(EnvelopeError(format!("{} exists", path.display())));
+        }
+        let key = random::<32>()?;
+        let text = Zeroizing::new(hex::encode(*key));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|x| EnvelopeError(format!("{}: {x}", path.display())))
+    }
+
+    fn kek(&self, id: &str) -> Result<&[u8], EnvelopeError> {
+        self.keks
+            .get(id)
+            .map(|k| k.as_slice())
+            .ok_or_else(|| EnvelopeError(format!("no KEK '{id}' in {}", self.dir)))
+    }
+}
+
+impl Envelope for FileEnvelope {
+    fn keks(&self) -> Vec<String> {
+        self.keks.keys().cloned().collect()
+    }
+
+    fn wrap_dek(&self, kek: &str, dek: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let (n, ct) = gcm_seal(self.kek(kek)?, kek.as_bytes(), dek)?;
+        Ok([n, ct].concat())
+    }
+
+    fn unwrap_dek(&self, kek: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        if wrapped.len() < 12 {
+            return Err(e("malformed wrapped key"));
+        }
+        let (n, ct) = wrapped.split_at(12);
+        gcm_open(self.kek(kek)?, kek.as_bytes(), n, ct)
+    }
+
+    fn describe(&self) -> String {
+        format!("INSECURE file key store {}", self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_rewrap_and_refusals() {
+        let dir = std::env::temp_dir().join(format!("kagi-envelope-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        FileEnvelope::new_kek(&dir, "k1").unwrap();
+        FileEnvelope::new_kek(&dir, "k2").unwrap();
+        assert!(FileEnvelope::new_kek(&dir, "k1").is_err());
+        let env = FileEnvelope::open_dir(&dir).unwrap();
+        let r = env.seal("k1", b"card|svc|1", b"service key").unwrap();
+        assert_eq!(
+            env.open(b"card|svc|1", &r).unwrap().as_slice(),
+            b"service key"
+        );
+        assert!(env.open(b"card|svc|2", &r).is_err(), "moved to another row");
+        let mut bad = r.clone();
+        bad.ciphertext[0] ^= 1;
+        assert!(env.open(b"card|svc|1", &bad).is_err());
+        let r2 = env.rewrap(&r, "k2").unwrap();
+        assert_eq!((r2.kek.as_str(), &r2.ciphertext), ("k2", &r.ciphertext));
+        assert_eq!(
+            env.open(b"card|svc|1", &r2).unwrap().as_slice(),
+            b"service key"
+        );
+        // The wrapped key names its KEK: claiming another KEK does not open it.
+        let mut lie = r2.clone();
+        lie.kek = "k1".into();
+        assert!(env.open(b"card|svc|1", &lie).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

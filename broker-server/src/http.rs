@@ -1,0 +1,178 @@
+//! The broker over HTTP (axum on tokio).
+//!
+//! Holders (JSON, [`broker_protocol::api`]):
+//! - `POST /v1/holder/challenge` — a login challenge.
+//! - `POST /v1/holder/login` — the card's signature over it → a session.
+//! - `POST /v1/holder/login-password` — the lower-assurance login → a session.
+//! - `POST /v1/holder/act` — act for the holder at a service.
+//! - `GET /v1/holder/audit` (`Authorization: Bearer <session>`) — the holder's audit trail.
+//!
+//! Services: `GET /v1/keys` — the assertion keys (JWKS).
+//! Administrators: `POST /v1/admin` — a signed request (binary, as the TSM's control API);
+//! the answer is signed. `GET /v1/health` — `ok`, the name, the databases and the key store.
+//!
+//! Refusals are `{"code", "detail"}` with `401` (login and session refusals), `403` (acts
+//! refused by policy, revocation or consent) or `400` (malformed). `503`: a database or the
+//! key store is unavailable (retry later; nothing was changed).
+
+use crate::service::{Broker, BrokerError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use broker_protocol::api::{Act, ApiError, CardLogin, PasswordLogin};
+use serde::Serialize;
+use std::sync::Arc;
+
+pub use kagi_serve::TlsFiles;
+
+fn json<T: Serialize>(r: Result<T, BrokerError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+fn refusal(e: BrokerError) -> Response {
+    let (status, body) = match e {
+        BrokerError::Refused(e) => {
+            let status = if e.code.ends_with(".malformed") {
+                StatusCode::BAD_REQUEST
+            } else if e.code.starts_with("login.") || e.code.starts_with("session.") {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            (status, e)
+        }
+        BrokerError::BadRequest(m) => (
+            StatusCode::BAD_REQUEST,
+            ApiError {
+                code: "request.malformed".into(),
+                detail: m,
+            },
+        ),
+        other => {
+            tracing::error!(error = %other, "unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ApiError {
+                    code: "broker.unavailable".into(),
+                    detail: "the broker's database or key store is unavailable: retry later".into(),
+                },
+            )
+        }
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Parses a JSON body, refusing with `400` and the reason.
+fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, BrokerError> {
+    serde_json::from_slice(b)
+        .map_err(|e| BrokerError::BadRequest(format!("not the expected JSON: {e}")))
+}
+
+async fn challenge(State(b): State<Arc<Broker>>) -> Response {
+    json(b.challenge())
+}
+
+async fn login(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+    match body::<CardLogin>(&raw) {
+        Ok(l) => json(b.login_card(&l).await),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn login_password(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+    match body::<PasswordLogin>(&raw) {
+        Ok(l) => json(b.login_password(&l).await),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn act(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+    match body::<Act>(&raw) {
+        Ok(a) => json(b.act(&a).await),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn audit(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    json(b.holder_audit(token).await)
+}
+
+async fn keys(State(b): State<Arc<Broker>>) -> Response {
+    axum::Json(b.keys()).into_response()
+}
+
+async fn admin(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+    match b.admin(&raw).await {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn health(State(b): State<Arc<Broker>>) -> Response {
+    match b.current_kek().await {
+        Ok(kek) => format!(
+            "ok {} shards={} {} kek={kek} keys={}\n",
+            b.name(),
+            b.shards().all().len(),
+            b.shards().first().0.describe(),
+            b.envelope().describe()
+        )
+        .into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+/// The routes.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/v1/holder/challenge", post(challenge))
+        .route("/v1/holder/login", post(login))
+        .route("/v1/holder/login-password", post(login_password))
+        .route("/v1/holder/act", post(act))
+        .route("/v1/holder/audit", get(audit))
+        .route("/v1/keys", get(keys))
+        .route("/v1/admin", post(admin))
+        .route("/v1/health", get(health))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(broker)
+}
+
+/// Serves on `listener` (HTTPS when `tls` is given) until `shutdown` resolves. A background
+/// task continues any KEK rotation and forgets expired sessions and nonces.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tls: Option<TlsFiles>,
+) -> std::io::Result<()> {
+    let sweeper = broker.clone();
+    kagi_serve::serve(
+        router(broker),
+        listener,
+        shutdown,
+        tls,
+        std::time::Duration::from_secs(10),
+        move || {
+            let b = sweeper.clone();
+            async move {
+                match b.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rewrapped = n, "KEK rotation continued"),
+                    Err(e) => tracing::warn!(error = %e, "sweep"),
+                }
+            }
+        },
+    )
+    .await
+}
