@@ -35,11 +35,9 @@ pub struct Config {
     pub admin_trust: Trust,
     /// What administrators' requests must meet (this broker's party).
     pub policy: Policy,
-    /// The CAs that issue the cards' user-authentication certificates.
-    pub card_cas: Vec<x509_cert::Certificate>,
-    /// Revocation lists (one serial per line, as the TSM and `kagi ca` write them), read at
-    /// every login so a revocation counts at once.
-    pub revocation_lists: Vec<std::path::PathBuf>,
+    /// The CAs that issue the cards' user-authentication certificates, and their
+    /// revocation data (re-read whenever the files change, so a revocation counts at once).
+    pub card_trust: CardTrust,
     /// Where the KEKs are.
     pub envelope: Arc<dyn Envelope>,
     /// The KEK for new records when the database names none.
@@ -162,8 +160,8 @@ fn new_secret(method: Method) -> Result<NewSecret> {
 }
 
 /// The card's id: the common name of its authentication certificate's subject (the opaque
-/// JPKI identifier), and the certificate's serial.
-fn card_identity(cert: &x509_cert::Certificate) -> Option<(String, String)> {
+/// JPKI identifier), and the certificate's serial (upper-case hex).
+pub fn card_identity(cert: &x509_cert::Certificate) -> Option<(String, String)> {
     let tbs = cert.tbs_certificate();
     let cn = tbs.subject().common_name().ok()??.value().into_owned();
     let serial = tbs.serial_number().as_bytes();
@@ -175,19 +173,75 @@ fn card_identity(cert: &x509_cert::Certificate) -> Option<(String, String)> {
     Some((cn, hex::encode_upper(&serial[skip..])))
 }
 
-/// Serial numbers in a revocation list file (`0x` hex or decimal per line), upper-case hex.
-fn revoked_serials(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let n = match l.strip_prefix("0x").or_else(|| l.strip_prefix("0X")) {
-                Some(h) => u128::from_str_radix(h, 16).ok()?,
-                None => l.parse::<u128>().ok()?,
+/// The card CAs and their revocation data, from files: CA certificates (PEM or DER), and
+/// revocation files — CRLs (`.crl`, `.der`, or PEM `X509 CRL`; each must be signed by its CA)
+/// or plain lists of serials (one per line, decimal or `0x` hex, as `kagi ca` writes them).
+/// Re-read when any file's modification time changes; a missing revocation file counts as
+/// empty (a CRL not yet published), a missing CA as an error.
+pub struct CardTrust {
+    cas: Vec<std::path::PathBuf>,
+    revocations: Vec<std::path::PathBuf>,
+    cache: std::sync::Mutex<Option<TrustCache>>,
+}
+
+type TrustCache = (Vec<Option<std::time::SystemTime>>, Arc<kagi_certs::Trust>);
+
+impl CardTrust {
+    /// Trust from these files (read at the first login and whenever they change).
+    pub fn new(cas: Vec<std::path::PathBuf>, revocations: Vec<std::path::PathBuf>) -> CardTrust {
+        CardTrust {
+            cas,
+            revocations,
+            cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn stamps(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.cas
+            .iter()
+            .chain(&self.revocations)
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// The trust as the files say now.
+    pub fn current(&self) -> std::result::Result<Arc<kagi_certs::Trust>, kagi_certs::CertError> {
+        let stamps = self.stamps();
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| kagi_certs::CertError("trust cache poisoned".into()))?;
+        if let Some((s, t)) = cache.as_ref()
+            && *s == stamps
+        {
+            return Ok(t.clone());
+        }
+        let named = |p: &std::path::Path, e: kagi_certs::CertError| {
+            kagi_certs::CertError(format!("{}: {e}", p.display()))
+        };
+        let mut trust = kagi_certs::Trust::default();
+        for p in &self.cas {
+            let bytes = std::fs::read(p)
+                .map_err(|e| kagi_certs::CertError(format!("{}: {e}", p.display())))?;
+            trust.add_ca_file(&bytes).map_err(|e| named(p, e))?;
+        }
+        for p in &self.revocations {
+            let Ok(bytes) = std::fs::read(p) else {
+                continue;
             };
-            Some(format!("{n:X}"))
-        })
-        .collect()
+            let crl = bytes.starts_with(b"-----BEGIN X509 CRL")
+                || p.extension().is_some_and(|e| e == "crl" || e == "der");
+            if crl {
+                trust.add_crl_file(&bytes)
+            } else {
+                trust.add_revoked_list(&String::from_utf8_lossy(&bytes))
+            }
+            .map_err(|e| named(p, e))?;
+        }
+        let trust = Arc::new(trust);
+        *cache = Some((stamps, trust.clone()));
+        Ok(trust)
+    }
 }
 
 impl Broker {
@@ -289,7 +343,7 @@ impl Broker {
     /// user-authentication key; the certificate chains to a trusted CA, is valid now, is not
     /// revoked, and its card is enrolled and not revoked here.
     pub async fn login_card(&self, l: &CardLogin) -> Result<Session> {
-        use der::{Decode, Encode};
+        use der::Decode;
         let nonce = api::unb64(&l.nonce)
             .ok_or_else(|| refuse("login.malformed", "nonce is not base64url"))?;
         let nonce_expiry = self.check_challenge(&nonce)?;
@@ -303,41 +357,36 @@ impl Broker {
                 format!("the certificate does not parse: {e}"),
             )
         })?;
-        let tbs = cert.tbs_certificate();
-        let tbs_der = tbs
-            .to_der()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let issued = self.config.card_cas.iter().any(|ca| {
-            ca.tbs_certificate().subject() == tbs.issuer()
-                && ca
-                    .tbs_certificate()
-                    .subject_public_key_info()
-                    .to_der()
-                    .ok()
-                    .and_then(|spki| CertKey::from_spki(&spki).ok())
-                    .is_some_and(|k| k.verify(&tbs_der, cert.signature().raw_bytes()).is_ok())
-        });
-        if !issued {
-            return Err(refuse(
-                "login.unknown-issuer",
-                format!("no trusted CA issued this certificate ({})", tbs.issuer()),
-            )
-            .into());
-        }
-        let now = std::time::SystemTime::now();
-        if now < tbs.validity().not_before.to_system_time()
-            || now > tbs.validity().not_after.to_system_time()
-        {
-            return Err(refuse("login.expired", "the certificate is not valid now").into());
-        }
-        let (card, serial) = card_identity(&cert)
+        let (card, _) = card_identity(&cert)
             .ok_or_else(|| refuse("login.bad-certificate", "the certificate names no card"))?;
-        for list in &self.config.revocation_lists {
-            let text = std::fs::read_to_string(list).unwrap_or_default();
-            if revoked_serials(&text).contains(&serial) {
+        let trust = self
+            .config
+            .card_trust
+            .current()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let judged = kagi_certs::judge(&der, &trust, std::time::SystemTime::now());
+        match judged.verdict {
+            kagi_certs::Verdict::Eligible => {}
+            kagi_certs::Verdict::Revoked => {
                 self.audit(&card, "", Assurance::Card, "login", "login.revoked")
                     .await?;
                 return Err(refuse("login.revoked", "the certificate is revoked").into());
+            }
+            kagi_certs::Verdict::Expired => {
+                return Err(refuse("login.expired", "the certificate is not valid now").into());
+            }
+            kagi_certs::Verdict::UnknownIssuer => {
+                return Err(refuse(
+                    "login.unknown-issuer",
+                    format!(
+                        "no trusted CA issued this certificate ({})",
+                        judged.issuer.unwrap_or_default()
+                    ),
+                )
+                .into());
+            }
+            kagi_certs::Verdict::NotAJpkiCard => {
+                return Err(refuse("login.bad-certificate", judged.reasons.join("; ")).into());
             }
         }
         let key =
@@ -972,18 +1021,5 @@ impl Broker {
             s.purge(now_ms() / 1000).await?;
         }
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revocation_list_lines() {
-        assert_eq!(
-            revoked_serials("# x\n0x12345678\n255\n\n0xabc\nnot a number\n"),
-            vec!["12345678", "FF", "ABC"]
-        );
     }
 }

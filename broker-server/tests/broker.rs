@@ -8,6 +8,7 @@ use broker_protocol::api::{
 };
 use broker_protocol::{Assurance, Verifier};
 use broker_server::envelope::FileEnvelope;
+use broker_server::service::CardTrust;
 use broker_server::{Broker, BrokerError, Config, Envelope, Shards};
 use kagi_db::Backend;
 use rsa::signature::{SignatureEncoding, Signer as _};
@@ -59,8 +60,10 @@ impl World {
     fn with_backends(dir: PathBuf, backends: Vec<Backend>) -> World {
         let mut state_key = [0u8; 32];
         getrandom::fill(&mut state_key).unwrap();
+        let ca = TestCa::new("Broker test CA").unwrap();
+        std::fs::write(dir.join("ca.crt.der"), ca.certificate_der().unwrap()).unwrap();
         World {
-            ca: TestCa::new("Broker test CA").unwrap(),
+            ca,
             admin: Signer::generate(PartyId::new("admin:ops").unwrap()).unwrap(),
             broker_signer: Signer::generate(PartyId::new(NAME).unwrap()).unwrap(),
             assertion_key: p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap(),
@@ -83,8 +86,10 @@ impl World {
             assertion_key: self.assertion_key.clone(),
             admin_trust: trust,
             policy: Policy::new(PartyId::new(NAME).unwrap()),
-            card_cas: vec![self.ca.certificate().clone()],
-            revocation_lists: vec![self.dir.join("revoked.txt")],
+            card_trust: CardTrust::new(
+                vec![self.dir.join("ca.crt.der")],
+                vec![self.dir.join("revoked.txt"), self.dir.join("ca.crl")],
+            ),
             envelope: Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap()),
             default_kek: "k1".into(),
             state_key: Zeroizing::new(self.state_key),
@@ -561,6 +566,17 @@ async fn login_refusals_and_replays() {
     assert_eq!(code(login(&b, &card).await), "login.revoked");
     std::fs::write(w.dir.join("revoked.txt"), "").unwrap();
     login(&b, &card).await.unwrap();
+    // The same through the CA's signed CRL; a CRL signed by another CA is ignored.
+    let rogue_ca = TestCa::new("Rogue").unwrap();
+    let crl = |ca: &TestCa| {
+        use der::Encode;
+        ca.crl(1, &[0x2002]).unwrap().to_der().unwrap()
+    };
+    std::fs::write(w.dir.join("ca.crl"), crl(&rogue_ca)).unwrap();
+    login(&b, &card).await.unwrap();
+    std::fs::write(w.dir.join("ca.crl"), crl(&w.ca)).unwrap();
+    assert_eq!(code(login(&b, &card).await), "login.revoked");
+    std::fs::remove_file(w.dir.join("ca.crl")).unwrap();
 
     // An administrator's request replayed is refused; a non-administrator's too.
     let broker = PartyId::new(NAME).unwrap();

@@ -137,15 +137,52 @@ pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result
     Ok(())
 }
 
-/// A production master key set held in an HSM.
-pub struct HsmMaster {
-    /// Idle logged-in sessions: each station takes one, so stations do not wait on each other.
+/// Idle logged-in sessions on one token: each user takes one, so concurrent users do not
+/// wait on each other (PKCS#11 sessions are not to be shared between threads).
+struct SessionPool {
     sessions: Mutex<Vec<Session>>,
     slot: Slot,
+    ctx: Pkcs11,
+}
+
+impl SessionPool {
+    fn new(ctx: Pkcs11, slot: Slot, first: Session) -> SessionPool {
+        SessionPool {
+            sessions: Mutex::new(vec![first]),
+            slot,
+            ctx,
+        }
+    }
+
+    /// Runs `f` on an idle session (a new one, already logged in with the token, if all are
+    /// busy), and puts the session back.
+    fn with_session<R>(&self, f: impl FnOnce(&Session) -> Result<R>) -> Result<R> {
+        let idle = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Hsm("HSM session lock poisoned".into()))?
+            .pop();
+        let session = match idle {
+            Some(s) => s,
+            None => self
+                .ctx
+                .open_ro_session(self.slot)
+                .map_err(|e| hsm("C_OpenSession", e))?,
+        };
+        let result = f(&session);
+        if let Ok(mut pool) = self.sessions.lock() {
+            pool.push(session);
+        }
+        result
+    }
+}
+
+/// A production master key set held in an HSM.
+pub struct HsmMaster {
+    pool: SessionPool,
     keys: [ObjectHandle; 3],
     len: usize,
     kvn: u8,
-    ctx: Pkcs11,
 }
 
 impl HsmMaster {
@@ -192,40 +229,16 @@ impl HsmMaster {
             .try_into()
             .map_err(|_| Error::Hsm("three master keys expected".into()))?;
         Ok(HsmMaster {
-            sessions: Mutex::new(vec![session]),
-            slot,
+            pool: SessionPool::new(ctx, slot, session),
             keys,
             len,
             kvn,
-            ctx,
         })
-    }
-
-    /// Runs `f` on an idle session (a new one, already logged in with the token, if all are
-    /// busy), and puts the session back.
-    fn with_session<R>(&self, f: impl FnOnce(&Session) -> Result<R>) -> Result<R> {
-        let idle = self
-            .sessions
-            .lock()
-            .map_err(|_| Error::Hsm("HSM session lock poisoned".into()))?
-            .pop();
-        let session = match idle {
-            Some(s) => s,
-            None => self
-                .ctx
-                .open_ro_session(self.slot)
-                .map_err(|e| hsm("C_OpenSession", e))?,
-        };
-        let result = f(&session);
-        if let Ok(mut pool) = self.sessions.lock() {
-            pool.push(session);
-        }
-        result
     }
 
     /// `kdf3` diversification for the card with this KDD, with the CMACs computed in the HSM.
     pub fn diversify_kdf3(&self, kdd: &[u8; 10]) -> Result<StaticKeys> {
-        self.with_session(|session| self.kdf3_in(session, kdd))
+        self.pool.with_session(|session| self.kdf3_in(session, kdd))
     }
 
     fn kdf3_in(&self, session: &Session, kdd: &[u8; 10]) -> Result<StaticKeys> {
@@ -264,5 +277,176 @@ impl CardKeys for HsmMaster {
     fn for_card(&self, kdd: &[u8; 10]) -> std::result::Result<StaticKeys, Scp03Error> {
         self.diversify_kdf3(kdd)
             .map_err(|e| Scp03Error::KeySource(e.to_string()))
+    }
+}
+
+/// The label prefix of the broker's key-encryption keys in the token.
+pub const KEK_PREFIX: &str = "broker-kek-";
+
+/// Makes a new broker key-encryption key inside the token: AES-256, generated there
+/// (`CKM_AES_KEY_GEN`), sensitive and non-extractable, usable only to encrypt and decrypt
+/// (data keys). Refuses if the label exists.
+pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
+    let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
+    let label = format!("{KEK_PREFIX}{id}");
+    let existing = session
+        .find_objects(&[Attribute::Label(label.clone().into_bytes())])
+        .map_err(|e| hsm("C_FindObjects", e))?;
+    if !existing.is_empty() {
+        return Err(Error::Hsm(format!(
+            "the token already holds a key labelled '{label}': choose another KEK id"
+        )));
+    }
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Sign(false),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Label(label.into_bytes()),
+            ],
+        )
+        .map_err(|e| hsm("C_GenerateKey (AES-256)", e))?;
+    Ok(())
+}
+
+/// The broker's key store in a PKCS#11 token: its KEKs are the token's
+/// `broker-kek-ID` keys ([`create_kek`]); data keys are wrapped and unwrapped inside the
+/// token with `CKM_AES_GCM` (random 96-bit IV, the KEK id as additional data). Sessions are
+/// pooled like [`HsmMaster`]'s, so concurrent requests do not queue on one.
+pub struct HsmEnvelope {
+    pool: SessionPool,
+    keks: std::collections::BTreeMap<String, ObjectHandle>,
+    token: String,
+}
+
+impl HsmEnvelope {
+    /// Logs in and finds every `broker-kek-*` key; refuses extractable ones.
+    pub fn open(config: &HsmConfig, pin: &str) -> Result<HsmEnvelope> {
+        let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
+        let found = session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .map_err(|e| hsm("C_FindObjects", e))?;
+        let mut keks = std::collections::BTreeMap::new();
+        for handle in found {
+            let attrs = session
+                .get_attributes(handle, &[AttributeType::Label, AttributeType::Extractable])
+                .map_err(|e| hsm("C_GetAttributeValue", e))?;
+            let mut label = None;
+            let mut extractable = false;
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                    Attribute::Extractable(x) => extractable = x,
+                    _ => {}
+                }
+            }
+            let Some(id) = label.as_deref().and_then(|l| l.strip_prefix(KEK_PREFIX)) else {
+                continue;
+            };
+            if extractable {
+                return Err(Error::Hsm(format!(
+                    "the KEK '{KEK_PREFIX}{id}' is extractable: KEKs must not leave the HSM; make a new one with `kagi broker new-kek`"
+                )));
+            }
+            keks.insert(id.to_string(), handle);
+        }
+        if keks.is_empty() {
+            return Err(Error::Hsm(format!(
+                "token '{}' holds no broker KEK ({KEK_PREFIX}ID): make one with `kagi broker new-kek --hsm-module …`",
+                config.token
+            )));
+        }
+        Ok(HsmEnvelope {
+            pool: SessionPool::new(ctx, slot, session),
+            keks,
+            token: config.token.clone(),
+        })
+    }
+
+    fn kek(
+        &self,
+        id: &str,
+    ) -> std::result::Result<ObjectHandle, broker_server::envelope::EnvelopeError> {
+        self.keks.get(id).copied().ok_or_else(|| {
+            broker_server::envelope::EnvelopeError(format!(
+                "token '{}' holds no KEK '{KEK_PREFIX}{id}'",
+                self.token
+            ))
+        })
+    }
+}
+
+impl broker_server::Envelope for HsmEnvelope {
+    fn keks(&self) -> Vec<String> {
+        self.keks.keys().cloned().collect()
+    }
+
+    fn wrap_dek(
+        &self,
+        kek: &str,
+        dek: &[u8],
+    ) -> std::result::Result<Vec<u8>, broker_server::envelope::EnvelopeError> {
+        use cryptoki::mechanism::aead::GcmParams;
+        let handle = self.kek(kek)?;
+        let mut iv = [0u8; 12];
+        getrandom::fill(&mut iv)
+            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))?;
+        let mut iv_param = iv;
+        let ct = self
+            .pool
+            .with_session(|s| {
+                let params = GcmParams::new(&mut iv_param, kek.as_bytes(), 128.into())
+                    .map_err(|e| hsm("GCM parameters", e))?;
+                s.encrypt(&Mechanism::AesGcm(params), handle, dek)
+                    .map_err(|e| hsm("C_Encrypt (AES-GCM)", e))
+            })
+            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))?;
+        Ok([iv.as_slice(), &ct].concat())
+    }
+
+    fn unwrap_dek(
+        &self,
+        kek: &str,
+        wrapped: &[u8],
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, broker_server::envelope::EnvelopeError> {
+        use cryptoki::mechanism::aead::GcmParams;
+        let handle = self.kek(kek)?;
+        if wrapped.len() < 12 + 16 {
+            return Err(broker_server::envelope::EnvelopeError(
+                "malformed wrapped key".into(),
+            ));
+        }
+        let (iv, ct) = wrapped.split_at(12);
+        let mut iv = <[u8; 12]>::try_from(iv)
+            .map_err(|_| broker_server::envelope::EnvelopeError("malformed wrapped key".into()))?;
+        self.pool
+            .with_session(|s| {
+                let params = GcmParams::new(&mut iv, kek.as_bytes(), 128.into())
+                    .map_err(|e| hsm("GCM parameters", e))?;
+                s.decrypt(&Mechanism::AesGcm(params), handle, ct)
+                    .map(Zeroizing::new)
+                    .map_err(|_| {
+                        Error::Hsm(
+                        "the wrapped key does not open under this KEK (altered, or another KEK)"
+                            .into(),
+                    )
+                    })
+            })
+            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        format!("PKCS#11 token '{}' ({} KEKs)", self.token, self.keks.len())
     }
 }

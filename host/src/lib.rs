@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod broker;
 pub mod channel;
 pub mod eligibility;
 pub mod error;

@@ -5,70 +5,24 @@
 
 use crate::error::{Error, Result};
 use der::{Decode, Encode};
-use rsa::pkcs1v15::{Signature, VerifyingKey};
-use rsa::pkcs8::DecodePublicKey;
-use rsa::signature::Verifier;
-use x509_cert::Certificate;
 use x509_cert::name::Name;
 use x509_cert::request::{CertReq, CertReqInfo, Version};
 use x509_cert::spki::{AlgorithmIdentifier, SubjectPublicKeyInfo};
-
-/// sha256WithRSAEncryption.
-pub const SHA256_RSA: der::oid::ObjectIdentifier =
-    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 
 /// The PEM label of a PKCS#10 request.
 pub const CSR_LABEL: &str = "CERTIFICATE REQUEST";
 
 /// DER from a file that holds DER, or PEM with `label`.
 pub fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>> {
-    if bytes.starts_with(b"-----BEGIN") {
-        let (l, der) =
-            der::pem::decode_vec(bytes).map_err(|e| Error::Protocol(format!("PEM: {e}")))?;
-        if l != label {
-            return Err(Error::Protocol(format!("PEM holds {l}, expected {label}")));
-        }
-        Ok(der)
-    } else {
-        Ok(bytes.to_vec())
-    }
+    kagi_certs::pem_or_der(bytes, label).map_err(|e| Error::Protocol(e.0))
 }
+
+pub use kagi_certs::{SHA256_RSA, issued_by, rsa_signed};
 
 /// PEM text of `der` under `label`.
 pub fn to_pem(der: &[u8], label: &str) -> Result<String> {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der)
         .map_err(|e| Error::Protocol(format!("PEM: {e}")))
-}
-
-/// Whether `sig` (sha256WithRSAEncryption, the only algorithm JPKI uses) over `tbs` verifies
-/// with the RSA key in `spki` (DER SubjectPublicKeyInfo).
-pub fn rsa_signed(spki: &[u8], tbs: &[u8], alg: &der::oid::ObjectIdentifier, sig: &[u8]) -> bool {
-    if *alg != SHA256_RSA {
-        return false;
-    }
-    let Ok(key) = rsa::PublicKey::from_public_key_der(spki) else {
-        return false;
-    };
-    let Ok(sig) = Signature::try_from(sig) else {
-        return false;
-    };
-    VerifyingKey::<sha2::Sha256>::new(key)
-        .verify(tbs, &sig)
-        .is_ok()
-}
-
-/// Whether `issuer` signed `tbs` (a certificate's or CRL's to-be-signed part).
-pub fn issued_by(
-    issuer: &Certificate,
-    tbs: &[u8],
-    alg: &der::oid::ObjectIdentifier,
-    sig: &[u8],
-) -> bool {
-    issuer
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .is_ok_and(|spki| rsa_signed(&spki, tbs, alg, sig))
 }
 
 /// Builds a PKCS#10 request for the key `spki` (DER) with `subject`; `sign` gets the DER of

@@ -129,7 +129,7 @@ pub(super) fn read_pin(
 }
 
 impl PinSource {
-    fn read(&self, pin: Pin) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    pub(super) fn read(&self, pin: Pin) -> Result<Zeroizing<Vec<u8>>, Failure> {
         let prompt = match pin {
             Pin::Auth => "User authentication PIN (4 digits): ",
             Pin::Sign => "Signature password: ",

@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and output. Keys and PINs never come from argv.
 
+mod broker;
+mod common;
 mod gp;
 mod jpki;
 mod perso;
@@ -90,6 +92,10 @@ enum Cmd {
     /// The phone app's part: connect a card to the TSM and relay its orders (holds no
     /// secrets).
     Relay(tsm::RelayArgs),
+    /// The credential broker: one card login, many services (serve it, administer it, and
+    /// the holder's login).
+    #[command(subcommand)]
+    Broker(broker::BrokerCmd),
     /// Measure SCP03 crypto and simulator throughput on this machine.
     Bench {
         /// Seconds per figure.
@@ -537,6 +543,7 @@ pub fn main() -> ExitCode {
         ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
         Cmd::Relay(r) => tsm::relay(r, cli.json),
+        Cmd::Broker(b) => broker::run(b, cli.trace, cli.json),
         Cmd::Bench {
             seconds,
             reader,

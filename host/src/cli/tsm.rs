@@ -1,6 +1,10 @@
 //! `kagi tsm …` (the TSM server, the provider's and operator's tools, the audit trail) and
 //! `kagi relay` (the phone app's part).
 
+use super::common::{
+    aes_key_file, init_logging, party_id, random_hex, read_secret, read_text, rel, runtime,
+    shutdown_signal, write_private,
+};
 use super::{Failure, parse_hex, print_json};
 use card_wire::scp03::AesKey;
 use clap::{Args, Subcommand};
@@ -11,13 +15,13 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tsm_protocol::OpId;
 use tsm_protocol::control::{
     AppletRef, CardTarget, ControlRequest, ControlResponse, RevokeReason, WalletChange,
     WalletUpdate,
 };
 use tsm_protocol::relay::UserCredentials;
 use tsm_protocol::signing::{Policy, Signer, Trust};
-use tsm_protocol::{OpId, PartyId};
 use zeroize::Zeroizing;
 
 #[derive(Subcommand)]
@@ -367,55 +371,6 @@ struct PartyFile {
     tsm_ca: Option<String>,
 }
 
-fn read_text(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
-}
-
-fn rel(base: &Path, p: &str) -> PathBuf {
-    base.parent().unwrap_or(Path::new(".")).join(p)
-}
-
-/// A secret read from a file: trimmed, zeroized when dropped.
-fn read_secret(path: &Path) -> Result<Zeroizing<String>, Failure> {
-    let s = Zeroizing::new(read_text(path)?);
-    Ok(Zeroizing::new(s.trim().to_string()))
-}
-
-fn aes_key_file(path: &Path) -> Result<AesKey, Failure> {
-    let hexs = read_secret(path)?;
-    let bytes = Zeroizing::new(parse_hex("key", &hexs)?);
-    Ok(AesKey::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
-}
-
-/// Writes a file readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(|e| format!("{}: {e}", path.display()).into())
-}
-
-fn random_hex(n: usize) -> Result<Zeroizing<String>, Failure> {
-    let mut b = Zeroizing::new(vec![0u8; n]);
-    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
-    Ok(Zeroizing::new(hex::encode_upper(&*b)))
-}
-
-fn party_id(s: &str) -> Result<PartyId, Failure> {
-    Ok(PartyId::new(s)?)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
 fn init(dir: &Path, listen: &str, tls: bool) -> Result<(), Failure> {
     std::fs::create_dir_all(dir.join("keys")).map_err(|e| format!("{}: {e}", dir.display()))?;
     if dir.join("tsm.toml").exists() {
@@ -623,20 +578,7 @@ fn load_config(args: &ServeArgs) -> Result<Loaded, Failure> {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KAGI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    init_logging(args.log_json);
     let (config, database, listen, tls) = load_config(args)?;
     runtime()?.block_on(async move {
         let backend = tsm_server::store::Backend::parse(&database);
@@ -646,16 +588,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(listen = %listener.local_addr()?, https = tls.is_some(), database = tsm.store().describe(), party = %tsm.party(), "TSM serving");
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-            }
-            tracing::info!("shutting down: finishing the requests in flight");
-        };
-        tsm_server::http::serve_tls(tsm, listener, shutdown, tls).await?;
+        tsm_server::http::serve_tls(tsm, listener, shutdown_signal(), tls).await?;
         Ok::<(), Failure>(())
     })
 }

@@ -58,6 +58,21 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// An HTTP client (rustls, ring) trusting the system's roots, or only `ca_pem` (a server's
+/// own self-signed certificate, or a private CA).
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(ca_pem) = ca_pem else {
+        return Ok(reqwest::Client::new());
+    };
+    let bad = |e: reqwest::Error| format!("TLS set-up: {e}");
+    let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(bad)?;
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .map_err(bad)
+}
+
 /// A client of one TSM.
 #[derive(Clone)]
 pub struct Client {
@@ -83,13 +98,7 @@ impl Client {
     /// A client of an HTTPS TSM whose certificate chains to `ca_pem` only (a local TSM's own
     /// self-signed certificate, or a private CA).
     pub fn with_ca(base: &str, link: Link, ca_pem: &[u8]) -> Result<Client, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let bad = |e: reqwest::Error| ClientError::Refused(format!("TLS set-up: {e}"));
-        let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(bad)?;
-        let http = reqwest::Client::builder()
-            .tls_certs_only(certs)
-            .build()
-            .map_err(bad)?;
+        let http = http_client(Some(ca_pem)).map_err(ClientError::Refused)?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_string(),
