@@ -47,6 +47,11 @@ pub trait Envelope: Send + Sync {
     fn unwrap_dek(&self, kek: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError>;
     /// What the store is, for logs (never key material).
     fn describe(&self) -> String;
+    /// Looks for KEKs added since the store was opened (a KEK made for a rotation while the
+    /// broker runs). Stores also do this themselves when asked for a KEK they do not know.
+    fn refresh(&self) -> Result<(), EnvelopeError> {
+        Ok(())
+    }
 
     /// Seals `plaintext` under a new data key wrapped by the KEK `kek`.
     fn seal(&self, kek: &str, aad: &[u8], plaintext: &[u8]) -> Result<SealedRecord, EnvelopeError> {
@@ -132,13 +137,20 @@ pub fn gcm_open(
 /// Data keys are wrapped with AES-256-GCM in software. Insecure: whoever reads the directory
 /// opens every record.
 pub struct FileEnvelope {
-    keks: BTreeMap<String, Zeroizing<Vec<u8>>>,
-    dir: String,
+    keks: std::sync::RwLock<BTreeMap<String, Zeroizing<Vec<u8>>>>,
+    dir: std::path::PathBuf,
 }
 
 impl FileEnvelope {
     /// Reads every `kek-ID.key` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<FileEnvelope, EnvelopeError> {
+        Ok(FileEnvelope {
+            keks: std::sync::RwLock::new(Self::read_dir(dir)?),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn read_dir(dir: &Path) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, EnvelopeError> {
         let mut keks = BTreeMap::new();
         let entries =
             std::fs::read_dir(dir).map_err(|x| EnvelopeError(format!("{}: {x}", dir.display())))?;
@@ -167,10 +179,7 @@ impl FileEnvelope {
                 dir.display()
             )));
         }
-        Ok(FileEnvelope {
-            keks,
-            dir: dir.display().to_string(),
-        })
+        Ok(keks)
     }
 
     /// Writes a new random KEK `kek-ID.key` into `dir` (mode 0600).
@@ -191,21 +200,40 @@ impl FileEnvelope {
             .map_err(|x| EnvelopeError(format!("{}: {x}", path.display())))
     }
 
-    fn kek(&self, id: &str) -> Result<&[u8], EnvelopeError> {
-        self.keks
-            .get(id)
-            .map(|k| k.as_slice())
-            .ok_or_else(|| EnvelopeError(format!("no KEK '{id}' in {}", self.dir)))
+    fn kek(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        let find = || {
+            self.keks
+                .read()
+                .map_err(|_| e("key store lock poisoned"))
+                .map(|k| k.get(id).cloned())
+        };
+        if let Some(k) = find()? {
+            return Ok(k);
+        }
+        self.refresh()?;
+        find()?.ok_or_else(|| EnvelopeError(format!("no KEK '{id}' in {}", self.dir.display())))
     }
 }
 
 impl Envelope for FileEnvelope {
     fn keks(&self) -> Vec<String> {
-        self.keks.keys().cloned().collect()
+        self.keks
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn refresh(&self) -> Result<(), EnvelopeError> {
+        let fresh = Self::read_dir(&self.dir)?;
+        *self
+            .keks
+            .write()
+            .map_err(|_| e("key store lock poisoned"))? = fresh;
+        Ok(())
     }
 
     fn wrap_dek(&self, kek: &str, dek: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let (n, ct) = gcm_seal(self.kek(kek)?, kek.as_bytes(), dek)?;
+        let (n, ct) = gcm_seal(&self.kek(kek)?, kek.as_bytes(), dek)?;
         Ok([n, ct].concat())
     }
 
@@ -214,11 +242,11 @@ impl Envelope for FileEnvelope {
             return Err(e("malformed wrapped key"));
         }
         let (n, ct) = wrapped.split_at(12);
-        gcm_open(self.kek(kek)?, kek.as_bytes(), n, ct)
+        gcm_open(&self.kek(kek)?, kek.as_bytes(), n, ct)
     }
 
     fn describe(&self) -> String {
-        format!("INSECURE file key store {}", self.dir)
+        format!("INSECURE file key store {}", self.dir.display())
     }
 }
 

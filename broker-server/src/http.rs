@@ -149,12 +149,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 /// Serves on `listener` (HTTPS when `tls` is given) until `shutdown` resolves. A background
-/// task continues any KEK rotation and forgets expired sessions and nonces.
+/// task, every `sweep_every`, continues any KEK rotation and forgets expired sessions and
+/// nonces.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     tls: Option<TlsFiles>,
+    sweep_every: std::time::Duration,
 ) -> std::io::Result<()> {
     let sweeper = broker.clone();
     kagi_serve::serve(
@@ -162,7 +164,7 @@ pub async fn serve(
         listener,
         shutdown,
         tls,
-        std::time::Duration::from_secs(10),
+        sweep_every,
         move || {
             let b = sweeper.clone();
             async move {

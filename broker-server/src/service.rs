@@ -48,6 +48,19 @@ pub struct Config {
     pub session_secs: u64,
 }
 
+/// What [`Broker::verify_records`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecordCheck {
+    /// Credentials stored (every version).
+    pub records: u64,
+    /// Those that opened.
+    pub opened: u64,
+    /// Those that did not (card / service / version, and the KEK named).
+    pub failed: Vec<String>,
+    /// Records per KEK.
+    pub by_kek: std::collections::BTreeMap<String, u64>,
+}
+
 /// The broker.
 pub struct Broker {
     config: Config,
@@ -834,6 +847,13 @@ impl Broker {
                 self.enrol(&card, &service, true).await
             }
             AdminRequest::RotateKek { to } => {
+                // A KEK made for this rotation while the broker runs.
+                if !self.config.envelope.keks().contains(&to) {
+                    self.config
+                        .envelope
+                        .refresh()
+                        .map_err(|e| BrokerError::Keys(e.to_string()))?;
+                }
                 if !self.config.envelope.keks().contains(&to) {
                     return Err(refuse(
                         "admin.unknown-kek",
@@ -887,6 +907,88 @@ impl Broker {
         }
     }
 
+    /// A new credential: its secret generated here and sealed at once under `kek`.
+    fn make_credential(
+        &self,
+        kek: &str,
+        card: &str,
+        service: &str,
+        method: Method,
+        version: i64,
+    ) -> Result<(CredentialRow, NewSecret)> {
+        let secret = new_secret(method)?;
+        let sealed: SealedRecord = self
+            .config
+            .envelope
+            .seal(
+                kek,
+                &CredentialRow::aad(card, service, version),
+                &secret.secret,
+            )
+            .map_err(|e| BrokerError::Keys(e.to_string()))?;
+        let pairwise = hex::encode(
+            &self.mac(&[b"pairwise", card.as_bytes(), &[0], service.as_bytes()])?[..16],
+        );
+        let row = CredentialRow {
+            card: card.into(),
+            service: service.into(),
+            version,
+            state: "active".into(),
+            sealed,
+            public_key: secret.public_key.clone(),
+            pairwise,
+        };
+        Ok((row, secret))
+    }
+
+    /// Enrols many new cards at once (a migration from another system, or a synthetic load):
+    /// each card active with holder id = card id, and a credential for each of `services`
+    /// (which must be registered), made and sealed as a single enrolment makes them. A card's
+    /// rows are committed together, 200 cards per transaction per shard. Cards already
+    /// enrolled keep what they have (their rows are skipped). Returns the credentials made.
+    pub async fn enrol_many(&self, cards: &[String], services: &[String]) -> Result<u64> {
+        let mut policies = Vec::new();
+        for s in services {
+            let p = self
+                .shards
+                .first()
+                .service(s)
+                .await?
+                .ok_or_else(|| refuse("admin.unknown-service", format!("no service {s}")))?;
+            policies.push(p);
+        }
+        let kek = self.current_kek().await?;
+        let mut made = 0u64;
+        let mut pending: Vec<Vec<kagi_db::Stmt>> = vec![Vec::new(); self.shards.all().len()];
+        let mut in_batch = vec![0usize; pending.len()];
+        for card in cards {
+            let i = self.shards.index_of(card);
+            let t = now_ms();
+            pending[i].push(Shard::insert_card_if_new(card, t));
+            for p in &policies {
+                let (row, _secret) = self.make_credential(&kek, card, &p.id, p.method, 1)?;
+                let mut insert = Shard::insert_credential(&row, t);
+                insert.expect = kagi_db::Expect::Any;
+                pending[i].push(insert);
+                made += 1;
+            }
+            pending[i].push(Shard::audit(card, t, "", "", "enrol-bulk", "ok"));
+            in_batch[i] += 1;
+            if in_batch[i] == 200 {
+                self.shards.all()[i]
+                    .commit(std::mem::take(&mut pending[i]))
+                    .await?;
+                in_batch[i] = 0;
+            }
+        }
+        for (i, batch) in pending.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.shards.all()[i].commit(batch).await?;
+            }
+        }
+        Ok(made)
+    }
+
     /// Makes a card's credential for a service (or, with `rotate`, a new version of it): the
     /// secret generated here, sealed at once, its new version and the old one's retirement in
     /// one transaction — no half-rotated key.
@@ -922,29 +1024,8 @@ impl Broker {
             });
         }
         let version = existing.as_ref().map(|c| c.version + 1).unwrap_or(1);
-        let secret = new_secret(policy.method)?;
         let kek = self.current_kek().await?;
-        let sealed: SealedRecord = self
-            .config
-            .envelope
-            .seal(
-                &kek,
-                &CredentialRow::aad(card, service, version),
-                &secret.secret,
-            )
-            .map_err(|e| BrokerError::Keys(e.to_string()))?;
-        let pairwise = hex::encode(
-            &self.mac(&[b"pairwise", card.as_bytes(), &[0], service.as_bytes()])?[..16],
-        );
-        let row = CredentialRow {
-            card: card.into(),
-            service: service.into(),
-            version,
-            state: "active".into(),
-            sealed,
-            public_key: secret.public_key.clone(),
-            pairwise,
-        };
+        let (row, secret) = self.make_credential(&kek, card, service, policy.method, version)?;
         let t = now_ms();
         let mut batch = vec![Shard::insert_credential(&row, t)];
         if let Some(old) = &existing {
@@ -1011,6 +1092,32 @@ impl Broker {
             remaining += shard.count_not_under(to).await? as u64;
         }
         Ok((done, remaining))
+    }
+
+    /// Opens every stored credential (an integrity check: after a rotation, a restore, or
+    /// with a suspect key store). The secrets are zeroized as soon as each is opened.
+    pub async fn verify_records(&self) -> Result<RecordCheck> {
+        let mut check = RecordCheck::default();
+        for shard in self.shards.all() {
+            let mut after = (String::new(), String::new(), 0i64);
+            loop {
+                let page = shard.credentials_after(&after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = (last.card.clone(), last.service.clone(), last.version);
+                for c in &page {
+                    check.records += 1;
+                    *check.by_kek.entry(c.sealed.kek.clone()).or_default() += 1;
+                    match self.open(c) {
+                        Ok(_) => check.opened += 1,
+                        Err(_) => check.failed.push(format!(
+                            "{} / {} v{} (under {})",
+                            c.card, c.service, c.version, c.sealed.kek
+                        )),
+                    }
+                }
+            }
+        }
+        Ok(check)
     }
 
     /// Background work: continues a KEK rotation, forgets expired sessions and nonces.

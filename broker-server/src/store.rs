@@ -157,6 +157,15 @@ impl Shard {
         )
     }
 
+    /// Statement enrolling a card (active, holder id = card id) unless it exists.
+    pub fn insert_card_if_new(card: &str, now: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO cards (card, holder, state, pw_failures, updated_at) VALUES ($1, $1, 'active', 0, $2)
+             ON CONFLICT (card) DO NOTHING",
+            vec![card.into(), now.into()],
+        )
+    }
+
     fn card_from(r: &[Val]) -> CardRow {
         let password = match (arr::<16>(&r[3]), &r[4], arr::<32>(&r[5])) {
             (Some(s), Val::Int(i), Some(v)) => Some((s, *i as u32, v)),
@@ -292,6 +301,24 @@ impl Shard {
                 "SELECT card, service, version, state, kek, wrapped_dek, nonce, ciphertext, public_key, pairwise
                  FROM credentials WHERE kek <> $1 LIMIT $2",
                 vec![kek.into(), limit.into()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| credential_from(r)).collect())
+    }
+
+    /// Up to `limit` credentials after `(card, service, version)` in key order (a walk over
+    /// every record).
+    pub async fn credentials_after(
+        &self,
+        after: &(String, String, i64),
+        limit: i64,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT card, service, version, state, kek, wrapped_dek, nonce, ciphertext, public_key, pairwise
+                 FROM credentials WHERE (card > $1) OR (card = $1 AND service > $2) OR (card = $1 AND service = $2 AND version > $3)
+                 ORDER BY card, service, version LIMIT $4",
+                vec![after.0.clone().into(), after.1.clone().into(), after.2.into(), limit.into()],
             )
             .await?;
         Ok(rows.iter().map(|r| credential_from(r)).collect())

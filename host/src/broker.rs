@@ -233,15 +233,30 @@ pub fn card_answer(
     })
 }
 
-/// A whole card login: a challenge, the card's answer, the session.
+/// A whole card login: a challenge, the card's answer, the session. When the instance that
+/// took the answer died before replying, the retry on another instance finds the challenge
+/// used (or expired): the login starts over with a new challenge (three times at most); the
+/// PIN is verified again, which costs no try.
 pub async fn login_with_card(
     client: &BrokerClient,
     ch: &mut impl ApduChannel,
     pin: &Zeroizing<Vec<u8>>,
 ) -> Result<Session> {
-    let c = client.challenge().await?;
-    let answer = card_answer(ch, pin, &c)?;
-    client.login_card(&answer).await
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let c = client.challenge().await?;
+        let answer = card_answer(ch, pin, &c)?;
+        match client.login_card(&answer).await {
+            Err(e)
+                if attempt < 3
+                    && matches!(e.code(), Some("login.replayed" | "login.challenge-expired")) =>
+            {
+                tracing::debug!(error = %e, "login starts over with a new challenge");
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The card id the broker knows a card by: its authentication certificate's subject common

@@ -326,41 +326,49 @@ pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
 /// pooled like [`HsmMaster`]'s, so concurrent requests do not queue on one.
 pub struct HsmEnvelope {
     pool: SessionPool,
-    keks: std::collections::BTreeMap<String, ObjectHandle>,
+    keks: std::sync::RwLock<std::collections::BTreeMap<String, ObjectHandle>>,
     token: String,
+}
+
+use broker_server::envelope::EnvelopeError;
+
+/// The `broker-kek-*` keys a session sees; refuses extractable ones.
+fn find_keks(session: &Session) -> Result<std::collections::BTreeMap<String, ObjectHandle>> {
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .map_err(|e| hsm("C_FindObjects", e))?;
+    let mut keks = std::collections::BTreeMap::new();
+    for handle in found {
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::Label, AttributeType::Extractable])
+            .map_err(|e| hsm("C_GetAttributeValue", e))?;
+        let mut label = None;
+        let mut extractable = false;
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                Attribute::Extractable(x) => extractable = x,
+                _ => {}
+            }
+        }
+        let Some(id) = label.as_deref().and_then(|l| l.strip_prefix(KEK_PREFIX)) else {
+            continue;
+        };
+        if extractable {
+            return Err(Error::Hsm(format!(
+                "the KEK '{KEK_PREFIX}{id}' is extractable: KEKs must not leave the HSM; make a new one with `kagi broker new-kek`"
+            )));
+        }
+        keks.insert(id.to_string(), handle);
+    }
+    Ok(keks)
 }
 
 impl HsmEnvelope {
     /// Logs in and finds every `broker-kek-*` key; refuses extractable ones.
     pub fn open(config: &HsmConfig, pin: &str) -> Result<HsmEnvelope> {
         let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
-        let found = session
-            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
-            .map_err(|e| hsm("C_FindObjects", e))?;
-        let mut keks = std::collections::BTreeMap::new();
-        for handle in found {
-            let attrs = session
-                .get_attributes(handle, &[AttributeType::Label, AttributeType::Extractable])
-                .map_err(|e| hsm("C_GetAttributeValue", e))?;
-            let mut label = None;
-            let mut extractable = false;
-            for a in attrs {
-                match a {
-                    Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
-                    Attribute::Extractable(x) => extractable = x,
-                    _ => {}
-                }
-            }
-            let Some(id) = label.as_deref().and_then(|l| l.strip_prefix(KEK_PREFIX)) else {
-                continue;
-            };
-            if extractable {
-                return Err(Error::Hsm(format!(
-                    "the KEK '{KEK_PREFIX}{id}' is extractable: KEKs must not leave the HSM; make a new one with `kagi broker new-kek`"
-                )));
-            }
-            keks.insert(id.to_string(), handle);
-        }
+        let keks = find_keks(&session)?;
         if keks.is_empty() {
             return Err(Error::Hsm(format!(
                 "token '{}' holds no broker KEK ({KEK_PREFIX}ID): make one with `kagi broker new-kek --hsm-module …`",
@@ -369,17 +377,24 @@ impl HsmEnvelope {
         }
         Ok(HsmEnvelope {
             pool: SessionPool::new(ctx, slot, session),
-            keks,
+            keks: std::sync::RwLock::new(keks),
             token: config.token.clone(),
         })
     }
 
-    fn kek(
-        &self,
-        id: &str,
-    ) -> std::result::Result<ObjectHandle, broker_server::envelope::EnvelopeError> {
-        self.keks.get(id).copied().ok_or_else(|| {
-            broker_server::envelope::EnvelopeError(format!(
+    fn kek(&self, id: &str) -> std::result::Result<ObjectHandle, EnvelopeError> {
+        let find = || {
+            self.keks
+                .read()
+                .map(|k| k.get(id).copied())
+                .map_err(|_| EnvelopeError("key store lock poisoned".into()))
+        };
+        if let Some(h) = find()? {
+            return Ok(h);
+        }
+        broker_server::Envelope::refresh(self)?;
+        find()?.ok_or_else(|| {
+            EnvelopeError(format!(
                 "token '{}' holds no KEK '{KEK_PREFIX}{id}'",
                 self.token
             ))
@@ -389,19 +404,29 @@ impl HsmEnvelope {
 
 impl broker_server::Envelope for HsmEnvelope {
     fn keks(&self) -> Vec<String> {
-        self.keks.keys().cloned().collect()
+        self.keks
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
-    fn wrap_dek(
-        &self,
-        kek: &str,
-        dek: &[u8],
-    ) -> std::result::Result<Vec<u8>, broker_server::envelope::EnvelopeError> {
+    fn refresh(&self) -> std::result::Result<(), EnvelopeError> {
+        let fresh = self
+            .pool
+            .with_session(find_keks)
+            .map_err(|e| EnvelopeError(e.to_string()))?;
+        *self
+            .keks
+            .write()
+            .map_err(|_| EnvelopeError("key store lock poisoned".into()))? = fresh;
+        Ok(())
+    }
+
+    fn wrap_dek(&self, kek: &str, dek: &[u8]) -> std::result::Result<Vec<u8>, EnvelopeError> {
         use cryptoki::mechanism::aead::GcmParams;
         let handle = self.kek(kek)?;
         let mut iv = [0u8; 12];
-        getrandom::fill(&mut iv)
-            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))?;
+        getrandom::fill(&mut iv).map_err(|e| EnvelopeError(e.to_string()))?;
         let mut iv_param = iv;
         let ct = self
             .pool
@@ -411,7 +436,7 @@ impl broker_server::Envelope for HsmEnvelope {
                 s.encrypt(&Mechanism::AesGcm(params), handle, dek)
                     .map_err(|e| hsm("C_Encrypt (AES-GCM)", e))
             })
-            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))?;
+            .map_err(|e| EnvelopeError(e.to_string()))?;
         Ok([iv.as_slice(), &ct].concat())
     }
 
@@ -419,17 +444,15 @@ impl broker_server::Envelope for HsmEnvelope {
         &self,
         kek: &str,
         wrapped: &[u8],
-    ) -> std::result::Result<Zeroizing<Vec<u8>>, broker_server::envelope::EnvelopeError> {
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         use cryptoki::mechanism::aead::GcmParams;
         let handle = self.kek(kek)?;
         if wrapped.len() < 12 + 16 {
-            return Err(broker_server::envelope::EnvelopeError(
-                "malformed wrapped key".into(),
-            ));
+            return Err(EnvelopeError("malformed wrapped key".into()));
         }
         let (iv, ct) = wrapped.split_at(12);
-        let mut iv = <[u8; 12]>::try_from(iv)
-            .map_err(|_| broker_server::envelope::EnvelopeError("malformed wrapped key".into()))?;
+        let mut iv =
+            <[u8; 12]>::try_from(iv).map_err(|_| EnvelopeError("malformed wrapped key".into()))?;
         self.pool
             .with_session(|s| {
                 let params = GcmParams::new(&mut iv, kek.as_bytes(), 128.into())
@@ -443,10 +466,14 @@ impl broker_server::Envelope for HsmEnvelope {
                     )
                     })
             })
-            .map_err(|e| broker_server::envelope::EnvelopeError(e.to_string()))
+            .map_err(|e| EnvelopeError(e.to_string()))
     }
 
     fn describe(&self) -> String {
-        format!("PKCS#11 token '{}' ({} KEKs)", self.token, self.keks.len())
+        format!(
+            "PKCS#11 token '{}' ({} KEKs)",
+            self.token,
+            self.keks().len()
+        )
     }
 }

@@ -51,14 +51,11 @@ pub enum BrokerCmd {
     /// Make a key-encryption key: in the HSM (generated inside, non-extractable), or with
     /// --insecure-file-keys as a file (development only).
     NewKek {
-        /// The KEK's id (the HSM object is labelled broker-kek-ID).
+        /// The KEK's id (the HSM object is labelled broker-kek-ID; the file DIR/kek-ID.key).
         #[arg(long)]
         id: String,
-        /// Development key store directory (writes DIR/kek-ID.key).
-        #[arg(long, conflicts_with = "hsm_module")]
-        insecure_file_keys: Option<PathBuf>,
         #[command(flatten)]
-        hsm: HsmArgs,
+        keys: KeyStoreArgs,
     },
     /// Run the broker until SIGINT or SIGTERM (requests in flight finish).
     Serve(ServeArgs),
@@ -73,6 +70,25 @@ pub enum BrokerCmd {
     /// The holder: log in with the card (or a password) and act at a service — print the
     /// assertion, answer the service's challenge, or complete a login at the service itself.
     Login(LoginArgs),
+    /// Enrol many cards at once, straight into the databases (a migration): one card id per
+    /// line of FILE, each with a credential for every --service (registered already).
+    Import {
+        #[command(flatten)]
+        offline: OfflineArgs,
+        /// The card ids, one per line.
+        #[arg(long)]
+        cards_file: PathBuf,
+        /// The services (repeat).
+        #[arg(long, required = true)]
+        service: Vec<String>,
+    },
+    /// Open every stored credential with the key store and report how many are under each
+    /// KEK; non-zero exit if any does not open (an integrity check after a rotation or a
+    /// restore).
+    VerifyRecords(OfflineArgs),
+    /// Measure the broker at scale: load cards × services synthetic credentials, then time
+    /// lookup+unwrap+use, logins per second, database size and a KEK rotation.
+    Scale(super::broker_scale::ScaleArgs),
 }
 
 /// `kagi broker serve`.
@@ -91,11 +107,35 @@ pub struct ServeArgs {
     /// Logs as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Seconds between background sweeps (continuing a KEK rotation, forgetting expired
+    /// sessions).
+    #[arg(long, default_value_t = 10)]
+    sweep_seconds: u64,
+    #[command(flatten)]
+    keys: KeyStoreArgs,
+}
+
+/// Where the broker's KEKs are.
+#[derive(Args)]
+pub struct KeyStoreArgs {
     /// Development key store (DIR/kek-ID.key files).
     #[arg(long, conflicts_with = "hsm_module")]
     insecure_file_keys: Option<PathBuf>,
     #[command(flatten)]
     hsm: HsmArgs,
+}
+
+/// `kagi broker import` and `kagi broker verify-records`.
+#[derive(Args)]
+pub struct OfflineArgs {
+    /// The broker's configuration (broker.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// The databases (default: the configuration's).
+    #[arg(long)]
+    database: Vec<String>,
+    #[command(flatten)]
+    keys: KeyStoreArgs,
 }
 
 #[derive(Subcommand)]
@@ -379,9 +419,15 @@ fn p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey, Failure> {
         .map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
-fn serve(args: &ServeArgs) -> Result<(), Failure> {
-    init_logging(args.log_json);
-    let base = &args.config;
+/// The broker's configuration file, read: its config, databases, address and TLS files.
+struct Loaded {
+    config: broker_server::Config,
+    databases: Vec<String>,
+    listen: String,
+    tls: Option<kagi_serve::TlsFiles>,
+}
+
+fn load_broker(base: &Path, database: &[String], keys: &KeyStoreArgs) -> Result<Loaded, Failure> {
     let text = read_text(base)?;
     let f: BrokerFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", base.display()))?;
     let me = party_id(&f.name)?;
@@ -395,7 +441,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         .as_slice()
         .try_into()
         .map_err(|_| "state_key: 32 bytes (64 hex digits) expected")?;
-    let envelope = key_store(&args.insecure_file_keys, &args.hsm)?;
+    let envelope = key_store(&keys.insecure_file_keys, &keys.hsm)?;
     if !envelope.keks().contains(&f.default_kek) {
         return Err(format!(
             "the key store ({}) holds no KEK '{}' (default_kek): make it with `kagi broker new-kek --id {}`",
@@ -422,7 +468,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     };
     // Fail at start, not at the first login, when a CA file is missing or malformed.
     config.card_trust.current()?;
-    let databases = if args.database.is_empty() {
+    let databases = if database.is_empty() {
         f.database
             .iter()
             .map(|d| {
@@ -434,9 +480,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             })
             .collect()
     } else {
-        args.database.clone()
+        database.to_vec()
     };
-    let listen = args.listen.clone().unwrap_or(f.listen.clone());
+    let listen = f.listen.clone();
     let tls = match (&f.tls_cert, &f.tls_key) {
         (Some(c), Some(k)) => Some(kagi_serve::TlsFiles {
             cert_pem: std::fs::read(rel(base, c)).map_err(|e| format!("{c}: {e}"))?,
@@ -445,26 +491,51 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         (None, None) => None,
         _ => return Err("tls_cert and tls_key go together".into()),
     };
+    Ok(Loaded {
+        config,
+        databases,
+        listen,
+        tls,
+    })
+}
+
+async fn open_broker(
+    loaded_config: broker_server::Config,
+    databases: &[String],
+) -> Result<Arc<broker_server::Broker>, Failure> {
+    let backends: Vec<kagi_db::Backend> = databases
+        .iter()
+        .map(|d| kagi_db::Backend::parse(d))
+        .collect();
+    let shards = broker_server::Shards::open(&backends).await?;
+    Ok(Arc::new(broker_server::Broker::new(loaded_config, shards)))
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    init_logging(args.log_json);
+    let Loaded {
+        config,
+        databases,
+        listen,
+        tls,
+    } = load_broker(&args.config, &args.database, &args.keys)?;
+    let listen = args.listen.clone().unwrap_or(listen);
+    let sweep = std::time::Duration::from_secs(args.sweep_seconds.max(1));
     runtime()?.block_on(async move {
-        let backends: Vec<kagi_db::Backend> = databases
-            .iter()
-            .map(|d| kagi_db::Backend::parse(d))
-            .collect();
-        let shards = broker_server::Shards::open(&backends).await?;
-        let broker = Arc::new(broker_server::Broker::new(config, shards));
+        let broker = open_broker(config, &databases).await?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(
             listen = %listener.local_addr()?,
             https = tls.is_some(),
-            shards = backends.len(),
+            shards = databases.len(),
             database = broker.shards().first().0.describe(),
             keys = %broker.envelope().describe(),
             name = %broker.name(),
             "broker serving"
         );
-        broker_server::http::serve(broker, listener, shutdown_signal(), tls).await?;
+        broker_server::http::serve(broker, listener, shutdown_signal(), tls, sweep).await?;
         Ok::<(), Failure>(())
     })
 }
@@ -768,10 +839,9 @@ fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
             _ => {
                 let pin = args.pin.read(kagi::jpki::Pin::Auth)?;
                 let mut ch = args.target.open(trace)?;
-                let c = client.challenge().await?;
-                let answer = kagi::broker::card_answer(&mut ch, &pin, &c);
+                let session = kagi::broker::login_with_card(&client, &mut ch, &pin).await;
                 args.target.finish(&ch)?;
-                client.login_card(&answer?).await?
+                session?
             }
         };
         let result: ActResult = client
@@ -843,8 +913,11 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
         } => init(dir, listen, ca_dir, *tls, *hsm_keks),
         BrokerCmd::NewKek {
             id,
-            insecure_file_keys,
-            hsm,
+            keys:
+                KeyStoreArgs {
+                    insecure_file_keys,
+                    hsm,
+                },
         } => {
             if id.is_empty()
                 || !id
@@ -879,5 +952,63 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
         BrokerCmd::Serve(args) => serve(args),
         BrokerCmd::Admin { config, cmd } => admin_cmd(config, cmd, json_out),
         BrokerCmd::Login(args) => login(args, trace, json_out),
+        BrokerCmd::Scale(args) => super::broker_scale::run(args, json_out),
+        BrokerCmd::Import {
+            offline,
+            cards_file,
+            service,
+        } => {
+            let loaded = load_broker(&offline.config, &offline.database, &offline.keys)?;
+            let text = read_text(cards_file)?;
+            let cards: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            let made = runtime()?.block_on(async {
+                let broker = open_broker(loaded.config, &loaded.databases).await?;
+                Ok::<_, Failure>(broker.enrol_many(&cards, service).await?)
+            })?;
+            if json_out {
+                print_json(json!({"cards": cards.len(), "credentials": made}));
+            } else {
+                println!("{} cards, {made} credentials made", cards.len());
+            }
+            Ok(())
+        }
+        BrokerCmd::VerifyRecords(offline) => {
+            let loaded = load_broker(&offline.config, &offline.database, &offline.keys)?;
+            let report = runtime()?.block_on(async {
+                let broker = open_broker(loaded.config, &loaded.databases).await?;
+                Ok::<_, Failure>(broker.verify_records().await?)
+            })?;
+            if json_out {
+                print_json(json!({"records": report.records, "opened": report.opened,
+                    "failed": report.failed, "by_kek": report.by_kek}));
+            } else {
+                println!(
+                    "{} records: {} open, {} do not",
+                    report.records,
+                    report.opened,
+                    report.failed.len()
+                );
+                for (k, n) in &report.by_kek {
+                    println!("  under {k}: {n}");
+                }
+                for f in report.failed.iter().take(20) {
+                    println!("  does not open: {f}");
+                }
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} records do not open with this key store",
+                    report.failed.len()
+                )
+                .into())
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and output. Keys and PINs never come from argv.
 
 mod broker;
+mod broker_scale;
 mod common;
 mod gp;
 mod jpki;
