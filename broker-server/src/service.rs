@@ -1067,7 +1067,7 @@ impl Broker {
         for shard in self.shards.all() {
             while done < budget {
                 let batch = shard
-                    .credentials_not_under(to, 500.min((budget - done) as i64))
+                    .credentials_not_under(to, (budget - done).min(500) as i64)
                     .await?;
                 if batch.is_empty() {
                     break;

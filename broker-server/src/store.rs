@@ -299,7 +299,7 @@ impl Shard {
         let rows = self
             .query(
                 "SELECT card, service, version, state, kek, wrapped_dek, nonce, ciphertext, public_key, pairwise
-                 FROM credentials WHERE kek <> $1 LIMIT $2",
+                 FROM credentials WHERE (kek < $1 OR kek > $1) LIMIT $2",
                 vec![kek.into(), limit.into()],
             )
             .await?;
@@ -328,7 +328,7 @@ impl Shard {
     pub async fn count_not_under(&self, kek: &str) -> Result<i64, StoreError> {
         let rows = self
             .query(
-                "SELECT COUNT(*) FROM credentials WHERE kek <> $1",
+                "SELECT COUNT(*) FROM credentials WHERE (kek < $1 OR kek > $1)",
                 vec![kek.into()],
             )
             .await?;

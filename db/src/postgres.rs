@@ -12,8 +12,17 @@ pub struct Postgres {
     pool: Pool,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+/// The error with its causes (tokio-postgres says only "db error" at the top; the server's
+/// message is the source).
+fn db(e: impl std::error::Error) -> StoreError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError::Db(text)
 }
 
 impl ToSql for Val {

@@ -1,0 +1,207 @@
+//! Every way into the broker takes any bytes: the HTTP endpoints (JSON bodies, the signed
+//! administrator's requests, bearer tokens), card logins with forged or altered parts,
+//! assertions with a bit flipped, and sealed records with a bit flipped. Each ends in a
+//! clear refusal (a 4xx with a code), never a panic, a 5xx or a success.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use broker_protocol::api::{self, ApiError, CardLogin};
+use broker_protocol::assertion::{self, Claims, Jwks};
+use broker_server::envelope::FileEnvelope;
+use broker_server::service::CardTrust;
+use broker_server::{Broker, BrokerError, Config, Envelope, Shards};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use std::sync::{Arc, OnceLock};
+use tower::ServiceExt;
+use tsm_protocol::PartyId;
+use tsm_protocol::signing::{Policy, Signer, Trust};
+use zeroize::Zeroizing;
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    broker: Arc<Broker>,
+    envelope: FileEnvelope,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kagi-broker-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        FileEnvelope::new_kek(&dir.join("keys"), "k1").unwrap();
+        let ca = test_pki::TestCa::new("fuzz CA").unwrap();
+        std::fs::write(dir.join("ca.der"), ca.certificate_der().unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let me = PartyId::new("broker:fuzz").unwrap();
+        let config = Config {
+            name: me.0.clone(),
+            signer: Signer::generate(me.clone()).unwrap(),
+            assertion_key: p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap(),
+            admin_trust: Trust::new(),
+            policy: Policy::new(me),
+            card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
+            envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
+            default_kek: "k1".into(),
+            state_key: Zeroizing::new([9u8; 32]),
+            session_secs: 60,
+        };
+        let shards = rt
+            .block_on(Shards::open(&[kagi_db::Backend::Sqlite(
+                dir.join("fuzz.db"),
+            )]))
+            .unwrap();
+        Fixture {
+            broker: Arc::new(Broker::new(config, shards)),
+            envelope: FileEnvelope::open_dir(&dir.join("keys")).unwrap(),
+            rt,
+        }
+    })
+}
+
+fn call(method: &str, path: &str, body: Vec<u8>, bearer: Option<&str>) -> (StatusCode, Vec<u8>) {
+    let f = fixture();
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = bearer {
+        req = req.header("authorization", t);
+    }
+    let req = req.body(Body::from(body)).unwrap();
+    f.rt.block_on(async {
+        let resp = broker_server::http::router(f.broker.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        (
+            status,
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+    })
+}
+
+fn is_refusal(status: StatusCode, body: &[u8]) -> bool {
+    status.is_client_error() && serde_json::from_slice::<ApiError>(body).is_ok()
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof!["[A-Za-z0-9_-]{0,80}", any::<String>(), Just(String::new()),]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn endpoints_refuse_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+        for path in ["/v1/holder/login", "/v1/holder/login-password", "/v1/holder/act"] {
+            let (s, body) = call("POST", path, b.clone(), None);
+            prop_assert!(is_refusal(s, &body), "{path}: {s} {}", String::from_utf8_lossy(&body));
+        }
+        let (s, body) = call("POST", "/v1/admin", b.clone(), None);
+        prop_assert!(is_refusal(s, &body) || s == StatusCode::OK, "admin: {s}");
+        let token = String::from_utf8_lossy(&b).chars().filter(|c| c.is_ascii_graphic()).collect::<String>();
+        let (s, body) = call("GET", "/v1/holder/audit", vec![], Some(&format!("Bearer {token}")));
+        prop_assert!(is_refusal(s, &body), "audit: {s}");
+    }
+
+    #[test]
+    fn json_shaped_garbage_is_refused(nonce in text(), cert in text(), sig in text(),
+                                      session in text(), service in text(), consent in any::<bool>()) {
+        let login = serde_json::json!({"nonce": nonce, "certificate": cert, "signature": sig});
+        let (s, body) = call("POST", "/v1/holder/login", login.to_string().into_bytes(), None);
+        prop_assert!(is_refusal(s, &body), "login: {s}");
+        let act = serde_json::json!({"session": session, "service": service, "consent": consent,
+                                     "challenge": nonce, "nonce": sig});
+        let (s, body) = call("POST", "/v1/holder/act", act.to_string().into_bytes(), None);
+        prop_assert!(is_refusal(s, &body), "act: {s}");
+        let pw = serde_json::json!({"holder": session, "password": service});
+        let (s, body) = call("POST", "/v1/holder/login-password", pw.to_string().into_bytes(), None);
+        prop_assert!(is_refusal(s, &body), "password: {s}");
+    }
+
+    #[test]
+    fn a_challenge_with_any_bit_flipped_is_refused(bit in 0usize..(40 * 8)) {
+        let f = fixture();
+        let c = f.broker.challenge().unwrap();
+        let mut n = api::unb64(&c.nonce).unwrap();
+        n[bit / 8] ^= 1 << (bit % 8);
+        let r = f.rt.block_on(f.broker.login_card(&CardLogin {
+            nonce: api::b64(&n),
+            certificate: api::b64(b"not a certificate"),
+            signature: api::b64(&[0; 256]),
+        }));
+        match r {
+            Err(BrokerError::Refused(e)) => prop_assert!(e.code.starts_with("login."), "{}", e.code),
+            other => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_assertion_with_any_byte_changed_is_refused(pos in any::<usize>(), x in 1u8..=255) {
+        let key = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let keys = Jwks::of(&[*key.verifying_key()]);
+        let claims = Claims {
+            iss: "broker:fuzz".into(), sub: "s".into(), aud: "svc".into(), iat: 1, exp: 2,
+            nonce: "n".into(), acr: "urn:kagi:acr:jpki-card".into(), jti: "j".into(),
+        };
+        let token = assertion::sign(&key, &claims).unwrap();
+        prop_assert!(assertion::verify_signature(&token, &keys).is_ok());
+        let mut bytes = token.into_bytes();
+        let i = pos % bytes.len();
+        bytes[i] ^= x;
+        let altered = String::from_utf8_lossy(&bytes).into_owned();
+        // Base64url may decode two spellings to the same bytes only in its final padding
+        // bits; anything accepted must then carry exactly the signed claims.
+        if let Ok(c) = assertion::verify_signature(&altered, &keys) {
+            prop_assert_eq!(c, claims);
+        }
+    }
+
+    #[test]
+    fn random_strings_are_not_assertions(s in any::<String>()) {
+        let keys = Jwks::of(&[*p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap().verifying_key()]);
+        prop_assert!(assertion::verify_signature(&s, &keys).is_err());
+    }
+
+    #[test]
+    fn sealed_records_with_any_bit_flipped_do_not_open(part in 0usize..3, pos in any::<usize>(), bit in 0u8..8) {
+        let env = &fixture().envelope;
+        let r = env.seal("k1", b"card|svc|1", b"a service key").unwrap();
+        let mut bad = r.clone();
+        let field = match part {
+            0 => &mut bad.wrapped_dek,
+            1 => &mut bad.nonce,
+            _ => &mut bad.ciphertext,
+        };
+        let i = pos % field.len();
+        field[i] ^= 1 << bit;
+        prop_assert!(env.open(b"card|svc|1", &bad).is_err());
+        // A rotation re-wraps only the data key: an altered key is refused there; an altered
+        // record passes through unchanged and still does not open.
+        match env.rewrap(&bad, "k1") {
+            Ok(moved) => {
+                prop_assert!(part != 0);
+                prop_assert!(env.open(b"card|svc|1", &moved).is_err());
+            }
+            Err(_) => prop_assert_eq!(part, 0),
+        }
+    }
+
+    #[test]
+    fn arbitrary_records_do_not_open(w in proptest::collection::vec(any::<u8>(), 0..80),
+                                     n in proptest::collection::vec(any::<u8>(), 0..20),
+                                     c in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let env = &fixture().envelope;
+        let r = broker_server::envelope::SealedRecord { kek: "k1".into(), wrapped_dek: w, nonce: n, ciphertext: c };
+        prop_assert!(env.open(b"x", &r).is_err());
+    }
+}
