@@ -61,3 +61,8 @@ time bash scripts/pcsc-sandbox.sh --cards 4 --hopper -- ./target/release/kagi pe
 
 # The TSM: download time per link, and sessions/s under load on SQLite and PostgreSQL.
 bash scripts/tsm-bench.sh
+
+# The credential broker at the seed's scale: 100,000 cards × 10 services = 1,000,000
+# credentials, sealed under a KEK in SoftHSM2; lookup+unwrap+use latency, card logins per
+# second over HTTP, database size, KEK rotation time (scripts/broker-scale.sh for options).
+bash scripts/broker-scale.sh

@@ -20,7 +20,7 @@ use kagi_db::StoreError;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tsm_protocol::receipt::CertKey;
-use tsm_protocol::signing::{self, Kind, Policy, Sealed, Signer, Trust};
+use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use zeroize::Zeroizing;
 
 /// How the broker is set up.
@@ -728,18 +728,14 @@ impl Broker {
 
     /// Handles a signed administrator's request; the answer is signed.
     pub async fn admin(&self, body: &[u8]) -> Result<Vec<u8>> {
-        let sealed =
-            Sealed::from_bytes(body).map_err(|e| BrokerError::BadRequest(e.to_string()))?;
-        let header = sealed
-            .peek_header()
-            .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
-        let answer = match signing::verify::<AdminRequest>(
-            &sealed,
-            Kind::ControlRequest,
+        let (header, verified) = signing::receive_request::<AdminRequest>(
+            body,
             &self.config.admin_trust,
             &self.config.policy,
             signing::now_ms(),
-        ) {
+        )
+        .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+        let answer = match verified {
             Err(e) => AdminResponse::Rejected {
                 code: tsm_protocol::ErrorReport::from(&e).code,
                 detail: e.to_string(),
@@ -773,22 +769,10 @@ impl Broker {
                 }
             }
         };
-        let mut h = self
-            .config
-            .signer
-            .header(
-                Kind::ControlResponse,
-                &header.sender,
-                signing::now_ms(),
-                300_000,
-            )
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        h.in_reply_to = Some((header.msg_id, header.nonce));
         self.config
             .signer
-            .seal(h, &answer)
-            .and_then(|s| s.to_bytes())
-            .map_err(|e| BrokerError::Internal(e.to_string()))
+            .answer(&header, &answer, signing::now_ms())
+            .map_err(BrokerError::Internal)
     }
 
     /// The KEK new records are sealed under.

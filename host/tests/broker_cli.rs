@@ -43,15 +43,10 @@ impl Broker {
             std::env::temp_dir().join(format!("kagi-broker-cli-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let init = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
-            .arg(dir.join("hsm"))
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "{}", text(&init));
+        let (conf, pin_file) = support::softhsm(&dir.join("hsm"));
         let b = Broker {
-            conf: dir.join("hsm/softhsm2.conf"),
-            pin_file: dir.join("hsm/user.pin"),
+            conf,
+            pin_file,
             ports: [free_port(), free_port()],
             children: Vec::new(),
             dir,
@@ -175,25 +170,27 @@ impl Broker {
         .collect()
     }
 
-    /// `kagi broker login --json` at `service`, with the card (auth PIN 1234).
+    /// `kagi broker login` at `service` with the card, its PIN from `pin`, failing over
+    /// between both instances.
+    fn login_command(&self, service: &str, pin: &Path) -> Command {
+        let mut c = self.kagi();
+        c.args(["broker", "login", "--consent", "--service", service])
+            .args(self.urls())
+            .args(self.card())
+            .arg("--pin-file")
+            .arg(pin);
+        c
+    }
+
+    /// `kagi broker login` with `--json` and the right PIN (1234).
     fn login(&self, service: &str, extra: &[&str]) -> Output {
         let pin = self.dir.join("pin.txt");
         std::fs::write(&pin, "1234\n").unwrap();
-        let mut c = self.kagi();
-        c.args([
-            "--json",
-            "broker",
-            "login",
-            "--consent",
-            "--service",
-            service,
-        ])
-        .args(self.urls())
-        .args(self.card())
-        .arg("--pin-file")
-        .arg(&pin)
-        .args(extra);
-        c.output().unwrap()
+        self.login_command(service, &pin)
+            .arg("--json")
+            .args(extra)
+            .output()
+            .unwrap()
     }
 
     fn logs(&self) -> Vec<u8> {
@@ -353,20 +350,8 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     let wrong = b.dir.join("wrong.txt");
     std::fs::write(&wrong, "9999\n").unwrap();
     let o = b
-        .kagi()
-        .args([
-            "broker",
-            "login",
-            "--consent",
-            "--service",
-            "svc-mac",
-            "--challenge",
-            &c,
-        ])
-        .args(b.urls())
-        .args(b.card())
-        .arg("--pin-file")
-        .arg(&wrong)
+        .login_command("svc-mac", &wrong)
+        .args(["--challenge", &c])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -378,34 +363,18 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
 
     // Instance 0 killed while holders log in: every login completes (on instance 1, with
     // challenges instance 0 issued), nothing enrolled is lost.
-    let logins = std::thread::spawn({
-        let urls = b.urls();
-        let card = b.card();
-        let conf = b.conf.clone();
-        let pin = b.dir.join("pin.txt");
-        move || {
-            (0..12)
-                .map(|_| {
-                    Command::new(env!("CARGO_BIN_EXE_kagi"))
-                        .env("SOFTHSM2_CONF", &conf)
-                        .args([
-                            "broker",
-                            "login",
-                            "--consent",
-                            "--service",
-                            "svc-mac",
-                            "--challenge",
-                            "AAEC",
-                        ])
-                        .args(&urls)
-                        .args(&card)
-                        .arg("--pin-file")
-                        .arg(&pin)
-                        .output()
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
-        }
+    let commands: Vec<Command> = (0..12)
+        .map(|_| {
+            let mut c = b.login_command("svc-mac", &b.dir.join("pin.txt"));
+            c.args(["--challenge", "AAEC"]);
+            c
+        })
+        .collect();
+    let logins = std::thread::spawn(move || {
+        commands
+            .into_iter()
+            .map(|mut c| c.output().unwrap())
+            .collect::<Vec<_>>()
     });
     std::thread::sleep(Duration::from_millis(300));
     b.kill(0);

@@ -33,14 +33,7 @@ fn text(o: &Output) -> String {
 fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     let dir = std::env::temp_dir().join(format!("kagi-hsm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let init = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
-        .arg(dir.join("hsm"))
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init));
-    let conf = dir.join("hsm/softhsm2.conf");
-    let pin_file = dir.join("hsm/user.pin");
+    let (conf, pin_file) = support::softhsm(&dir.join("hsm"));
     let pin = std::fs::read_to_string(&pin_file).unwrap();
     let hsm = [
         "--hsm-module",

@@ -256,6 +256,24 @@ impl Signer {
         })
     }
 
+    /// The signed answer (kind `ControlResponse`, valid five minutes) to the request whose
+    /// header is `request`: addressed to its sender, echoing its id and nonce. What a server
+    /// of the control envelope (the TSM, the broker) sends back.
+    pub fn answer<T: Serialize>(
+        &self,
+        request: &Header,
+        body: &T,
+        now: u64,
+    ) -> Result<Vec<u8>, String> {
+        let mut h = self
+            .header(Kind::ControlResponse, &request.sender, now, 300_000)
+            .map_err(|e| e.to_string())?;
+        h.in_reply_to = Some((request.msg_id, request.nonce));
+        self.seal(h, body)
+            .and_then(|s| s.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+
     /// Signs a header and body.
     pub fn seal<T: Serialize>(&self, header: Header, body: &T) -> Result<Sealed, CodecError> {
         #[derive(Serialize)]
@@ -392,6 +410,22 @@ impl ReplayGuard for MemoryReplayGuard {
         self.seen.insert(key, keep_until);
         Ok(true)
     }
+}
+
+/// A request as a server of the control envelope receives it: the header it claims (to
+/// address the answer, even a refusal) and the request verified by [`verify`] with kind
+/// `ControlRequest`. `Err` only when the bytes are not a message at all.
+#[allow(clippy::type_complexity)]
+pub fn receive_request<T: Serialize + DeserializeOwned>(
+    body: &[u8],
+    trust: &Trust,
+    policy: &Policy,
+    now: u64,
+) -> Result<(Header, Result<Envelope<T>, ProtocolError>), CodecError> {
+    let sealed = Sealed::from_bytes(body)?;
+    let header = sealed.peek_header()?;
+    let verified = verify::<T>(&sealed, Kind::ControlRequest, trust, policy, now);
+    Ok((header, verified))
 }
 
 /// Verifies everything but the replay check: encoding, key, signature, kind, recipient and

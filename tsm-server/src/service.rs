@@ -21,7 +21,7 @@ use tsm_protocol::receipt::{ExecutionReceipt, StepRecord};
 use tsm_protocol::recipes;
 use tsm_protocol::relay::{AgentMsg, ServerMsg, StopOutcome, UserCredentials};
 use tsm_protocol::script::{Engine, Evidence, Goal, Next, Plan};
-use tsm_protocol::signing::{self, Kind, Policy, Sealed, Signer, Trust};
+use tsm_protocol::signing::{self, Kind, Policy, Signer, Trust};
 use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, SessionId};
 
 /// A service provider the TSM acts for: its security domain on the cards and the keys of it.
@@ -188,18 +188,14 @@ impl Tsm {
 
     /// Handles a signed control request; the answer is signed.
     pub async fn control(&self, body: &[u8]) -> Result<Vec<u8>> {
-        let sealed =
-            Sealed::from_bytes(body).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let header = sealed
-            .peek_header()
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let answer = match signing::verify::<ControlRequest>(
-            &sealed,
-            Kind::ControlRequest,
+        let (header, verified) = signing::receive_request::<ControlRequest>(
+            body,
             &self.config.trust,
             &self.config.policy,
             now() as u64,
-        ) {
+        )
+        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let answer = match verified {
             Err(e) => {
                 tracing::warn!(sender = %header.sender, error = %e, "control request refused");
                 ControlResponse::Rejected(ErrorReport::from(&e))
@@ -217,17 +213,10 @@ impl Tsm {
                 }
             }
         };
-        let mut h = self
-            .config
-            .signer
-            .header(Kind::ControlResponse, &header.sender, now() as u64, 300_000)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        h.in_reply_to = Some((header.msg_id, header.nonce));
         self.config
             .signer
-            .seal(h, &answer)
-            .and_then(|s| s.to_bytes())
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))
+            .answer(&header, &answer, now() as u64)
+            .map_err(ServiceError::BadRequest)
     }
 
     async fn handle(&self, h: &signing::Header, req: ControlRequest) -> Result<ControlResponse> {

@@ -2,8 +2,8 @@
 //! administrators' requests) and the holder's login.
 
 use super::common::{
-    init_logging, party_id, random_hex, read_secret, read_text, rel, runtime, shutdown_signal,
-    write_private,
+    init_logging, local_tls, party_id, random_hex, read_secret, read_text, rel, runtime,
+    shutdown_signal, tls_files, write_private,
 };
 use super::jpki::PinSource;
 use super::perso::HsmArgs;
@@ -172,29 +172,9 @@ pub enum AdminCmd {
     },
     /// Make a card's credential for a service; writes what the service needs (a public key
     /// PEM, or a MAC key file 0600) to --out.
-    Enrol {
-        /// The card's id.
-        #[arg(long)]
-        card: String,
-        /// The service.
-        #[arg(long)]
-        service: String,
-        /// Where to write the service's half.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Enrol(CredentialArgs),
     /// Replace a card's key for a service (the old one stops at once).
-    RotateKey {
-        /// The card's id.
-        #[arg(long)]
-        card: String,
-        /// The service.
-        #[arg(long)]
-        service: String,
-        /// Where to write the service's half.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    RotateKey(CredentialArgs),
     /// Make KEK TO the key of new records and re-wrap every record under it (continued in
     /// the background by every instance until done).
     RotateKek {
@@ -214,6 +194,20 @@ pub enum AdminCmd {
         #[arg(long)]
         card: Option<String>,
     },
+}
+
+/// A card's credential for a service.
+#[derive(Args)]
+pub struct CredentialArgs {
+    /// The card's id.
+    #[arg(long)]
+    card: String,
+    /// The service.
+    #[arg(long)]
+    service: String,
+    /// Where to write the service's half.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `kagi broker login`.
@@ -337,23 +331,7 @@ fn init(dir: &Path, listen: &str, ca_dir: &Path, tls: bool, hsm_keks: bool) -> R
     if !hsm_keks {
         broker_server::FileEnvelope::new_kek(&dir.join("keys"), "k1")?;
     }
-    let (scheme, tls_lines, ca_line) = if tls {
-        let (cert, key) = test_pki::tls_server_certificate(
-            "kagi broker",
-            &["localhost"],
-            &[std::net::IpAddr::from([127, 0, 0, 1])],
-            365,
-        )?;
-        std::fs::write(dir.join("tls.crt.pem"), cert)?;
-        write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-        (
-            "https",
-            "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n",
-            "broker_ca = \"tls.crt.pem\"\n",
-        )
-    } else {
-        ("http", "", "")
-    };
+    let (scheme, tls_lines, ca_line) = local_tls(dir, "kagi broker", "broker_ca", tls)?;
     let ca = ca_dir.display();
     std::fs::write(
         dir.join("broker.toml"),
@@ -483,14 +461,7 @@ fn load_broker(base: &Path, database: &[String], keys: &KeyStoreArgs) -> Result<
         database.to_vec()
     };
     let listen = f.listen.clone();
-    let tls = match (&f.tls_cert, &f.tls_key) {
-        (Some(c), Some(k)) => Some(kagi_serve::TlsFiles {
-            cert_pem: std::fs::read(rel(base, c)).map_err(|e| format!("{c}: {e}"))?,
-            key_pem: Zeroizing::new(std::fs::read(rel(base, k)).map_err(|e| format!("{k}: {e}"))?),
-        }),
-        (None, None) => None,
-        _ => return Err("tls_cert and tls_key go together".into()),
-    };
+    let tls = tls_files(base, &f.tls_cert, &f.tls_key)?;
     Ok(Loaded {
         config,
         databases,
@@ -668,13 +639,13 @@ fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result<(), Failur
                 password,
             }
         }
-        AdminCmd::Enrol { card, service, .. } => AdminRequest::EnrolCredential {
-            card: card.clone(),
-            service: service.clone(),
+        AdminCmd::Enrol(c) => AdminRequest::EnrolCredential {
+            card: c.card.clone(),
+            service: c.service.clone(),
         },
-        AdminCmd::RotateKey { card, service, .. } => AdminRequest::RotateServiceKey {
-            card: card.clone(),
-            service: service.clone(),
+        AdminCmd::RotateKey(c) => AdminRequest::RotateServiceKey {
+            card: c.card.clone(),
+            service: c.service.clone(),
         },
         AdminCmd::RotateKek { to } => AdminRequest::RotateKek { to: to.clone() },
         AdminCmd::Revoke { card } => AdminRequest::RevokeCard { card: card.clone() },
@@ -706,7 +677,7 @@ fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result<(), Failur
             shared_key,
         } => {
             let out = match cmd {
-                AdminCmd::Enrol { out, .. } | AdminCmd::RotateKey { out, .. } => out.clone(),
+                AdminCmd::Enrol(c) | AdminCmd::RotateKey(c) => c.out.clone(),
                 _ => None,
             };
             let written = match &out {

@@ -97,3 +97,48 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing the requests in flight");
 }
+
+/// For `init --tls`: a self-signed certificate for 127.0.0.1 and localhost (CN `name`) written
+/// to `dir` (tls.crt.pem, tls.key.pem 0600). Returns the URL scheme, the server
+/// configuration's lines, and the client configuration's line that pins the certificate
+/// (`{client_key} = "tls.crt.pem"`); without `tls`, plain HTTP and no lines.
+pub fn local_tls(
+    dir: &Path,
+    name: &str,
+    client_key: &str,
+    tls: bool,
+) -> Result<(&'static str, String, String), Failure> {
+    if !tls {
+        return Ok(("http", String::new(), String::new()));
+    }
+    let (cert, key) = test_pki::tls_server_certificate(
+        name,
+        &["localhost"],
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        365,
+    )?;
+    std::fs::write(dir.join("tls.crt.pem"), cert)?;
+    write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
+    Ok((
+        "https",
+        "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".into(),
+        format!("{client_key} = \"tls.crt.pem\"\n"),
+    ))
+}
+
+/// A server's certificate and key from its configuration's `tls_cert` and `tls_key`
+/// (relative to the file `base`); neither: plain HTTP.
+pub fn tls_files(
+    base: &Path,
+    cert: &Option<String>,
+    key: &Option<String>,
+) -> Result<Option<kagi_serve::TlsFiles>, Failure> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some(kagi_serve::TlsFiles {
+            cert_pem: std::fs::read(rel(base, c)).map_err(|e| format!("{c}: {e}"))?,
+            key_pem: Zeroizing::new(std::fs::read(rel(base, k)).map_err(|e| format!("{k}: {e}"))?),
+        })),
+        (None, None) => Ok(None),
+        _ => Err("tls_cert and tls_key go together".into()),
+    }
+}

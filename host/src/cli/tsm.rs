@@ -2,8 +2,8 @@
 //! `kagi relay` (the phone app's part).
 
 use super::common::{
-    aes_key_file, init_logging, party_id, random_hex, read_secret, read_text, rel, runtime,
-    shutdown_signal, write_private,
+    aes_key_file, init_logging, local_tls, party_id, random_hex, read_secret, read_text, rel,
+    runtime, shutdown_signal, tls_files, write_private,
 };
 use super::{Failure, parse_hex, print_json};
 use card_wire::scp03::AesKey;
@@ -22,7 +22,6 @@ use tsm_protocol::control::{
 };
 use tsm_protocol::relay::UserCredentials;
 use tsm_protocol::signing::{Policy, Signer, Trust};
-use zeroize::Zeroizing;
 
 #[derive(Subcommand)]
 pub enum TsmCmd {
@@ -398,23 +397,7 @@ fn init(dir: &Path, listen: &str, tls: bool) -> Result<(), Failure> {
         )
         .as_bytes(),
     )?;
-    let (scheme, tls_lines, ca_line) = if tls {
-        let (cert, key) = test_pki::tls_server_certificate(
-            "kagi TSM",
-            &["localhost"],
-            &[std::net::IpAddr::from([127, 0, 0, 1])],
-            365,
-        )?;
-        std::fs::write(dir.join("tls.crt.pem"), cert)?;
-        write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-        (
-            "https",
-            "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n",
-            "tsm_ca = \"tls.crt.pem\"\n",
-        )
-    } else {
-        ("http", "", "")
-    };
+    let (scheme, tls_lines, ca_line) = local_tls(dir, "kagi TSM", "tsm_ca", tls)?;
     write_private(
         &dir.join("keys/isd.keys"),
         b"# DEVELOPMENT ONLY: the operator's issuer-domain keys of the simulated SIMs (the GP test key).\nKEY=404142434445464748494A4B4C4D4E4F\n",
@@ -553,14 +536,7 @@ fn load_config(args: &ServeArgs) -> Result<Loaded, Failure> {
         }
     });
     let listen = args.listen.clone().unwrap_or(f.listen.clone());
-    let tls = match (&f.tls_cert, &f.tls_key) {
-        (Some(c), Some(k)) => Some(tsm_server::http::TlsFiles {
-            cert_pem: std::fs::read(rel(base, c)).map_err(|e| format!("{c}: {e}"))?,
-            key_pem: Zeroizing::new(std::fs::read(rel(base, k)).map_err(|e| format!("{k}: {e}"))?),
-        }),
-        (None, None) => None,
-        _ => return Err("tls_cert and tls_key go together".into()),
-    };
+    let tls = tls_files(base, &f.tls_cert, &f.tls_key)?;
     Ok((
         tsm_server::service::Config {
             signer,

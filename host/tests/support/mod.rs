@@ -40,6 +40,23 @@ pub fn kagi_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kagi")
 }
 
+/// A private SoftHSM2 token (label "kagi") in `dir` made by scripts/softhsm-init.sh; returns
+/// its configuration file (for `SOFTHSM2_CONF`) and its user-PIN file.
+pub fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
+    let init = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&init.stdout),
+        String::from_utf8_lossy(&init.stderr)
+    );
+    (dir.join("softhsm2.conf"), dir.join("user.pin"))
+}
+
 /// The repository's `examples/` directory.
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
