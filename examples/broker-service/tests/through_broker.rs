@@ -1,0 +1,210 @@
+//! The example service against a real broker (in process, SQLite): a holder's card login at
+//! the broker, the broker's assertion for the service's nonce, and the service's verdict —
+//! accepted once; refused when replayed, when made for another service, or for another
+//! login; and no assertion at all once the card is revoked.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use broker_protocol::Assurance;
+use broker_protocol::api::{self, Act, AdminRequest, CardLogin, Method, ServicePolicy};
+use broker_server::envelope::FileEnvelope;
+use broker_server::service::CardTrust;
+use broker_server::store::Shard;
+use broker_server::{Broker, Config, Shards};
+use http_body_util::BodyExt;
+use rsa::signature::{SignatureEncoding, Signer as _};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tower::ServiceExt;
+use tsm_protocol::PartyId;
+use tsm_protocol::signing::{Policy, Signer, Trust};
+
+async fn call(
+    app: &Arc<kagi_example_service::App>,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = kagi_example_service::router(app.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_service_accepts_holders_only_through_the_broker() {
+    use der::Encode;
+    let dir = std::env::temp_dir().join(format!("kagi-example-svc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    FileEnvelope::new_kek(&dir.join("keys"), "k1").unwrap();
+    let ca = test_pki::TestCa::new("example CA").unwrap();
+    std::fs::write(dir.join("ca.der"), ca.certificate_der().unwrap()).unwrap();
+    let me = PartyId::new("broker:test").unwrap();
+    let admin = Signer::generate(PartyId::new("admin:t").unwrap()).unwrap();
+    let mut admins = Trust::new();
+    admins.add(admin.party().clone(), *admin.verifying_key());
+    let broker = Broker::new(
+        Config {
+            name: me.0.clone(),
+            signer: Signer::generate(me.clone()).unwrap(),
+            assertion_key: p256::ecdsa::SigningKey::from_slice(&[6u8; 32]).unwrap(),
+            admin_trust: admins,
+            policy: Policy::new(me.clone()),
+            card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
+            envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
+            default_kek: "k1".into(),
+            state_key: zeroize::Zeroizing::new([8u8; 32]),
+            session_secs: 600,
+        },
+        Shards::open(&[kagi_db::Backend::Sqlite(dir.join("b.db"))])
+            .await
+            .unwrap(),
+    );
+    for id in ["svc-example", "svc-other"] {
+        let p = ServicePolicy {
+            id: id.into(),
+            method: Method::Assertion,
+            min_assurance: Assurance::Card,
+            allowed_hours: None,
+        };
+        broker
+            .shards()
+            .everywhere(vec![Shard::put_service(&p, 1)])
+            .await
+            .unwrap();
+    }
+    let key = test_pki::generate_rsa_key().unwrap();
+    let now = SystemTime::now();
+    let cert = ca
+        .issue_auth(
+            &key.to_public_key(),
+            "EXAMPLE-CARD",
+            77,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let services = vec!["svc-example".to_string(), "svc-other".to_string()];
+    broker
+        .enrol_many(&["EXAMPLE-CARD".to_string()], &services)
+        .await
+        .unwrap();
+
+    // The holder's card logs in at the broker.
+    let c = broker.challenge().unwrap();
+    let nonce = api::unb64(&c.nonce).unwrap();
+    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key)
+        .sign(&api::login_message(&c.broker, &nonce))
+        .to_vec();
+    let session = broker
+        .login_card(&CardLogin {
+            nonce: c.nonce,
+            certificate: api::b64(&cert),
+            signature: api::b64(&sig),
+        })
+        .await
+        .unwrap();
+
+    let app = kagi_example_service::App::new(
+        "http://127.0.0.1:9",
+        "broker:test",
+        "svc-example",
+        broker.keys(),
+        Assurance::Card,
+    );
+    let assertion_for = |service: &str, n: &str| Act {
+        session: session.session.clone(),
+        service: service.into(),
+        consent: true,
+        challenge: None,
+        nonce: Some(n.into()),
+    };
+    let (s, start) = call(&app, "/login/start", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let n = start["nonce"].as_str().unwrap().to_string();
+    let a = broker
+        .act(&assertion_for("svc-example", &n))
+        .await
+        .unwrap()
+        .assertion
+        .unwrap();
+    let (s, ok) = call(&app, "/login/finish", json!({"nonce": n, "assertion": a})).await;
+    assert_eq!(s, StatusCode::OK, "{ok}");
+    assert_eq!(ok["assurance"], Assurance::Card.acr());
+    assert_eq!(ok["welcome"].as_str().unwrap().len(), 32, "{ok}");
+
+    // The same login again: the nonce is used up.
+    let (s, _) = call(&app, "/login/finish", json!({"nonce": n, "assertion": a})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The old assertion for a new login: refused (another nonce).
+    let (_, start) = call(&app, "/login/start", json!({})).await;
+    let n2 = start["nonce"].as_str().unwrap().to_string();
+    let (s, why) = call(&app, "/login/finish", json!({"nonce": n2, "assertion": a})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{why}");
+    // An assertion the broker made for another service: refused.
+    let (_, start) = call(&app, "/login/start", json!({})).await;
+    let n3 = start["nonce"].as_str().unwrap().to_string();
+    let other = broker
+        .act(&assertion_for("svc-other", &n3))
+        .await
+        .unwrap()
+        .assertion
+        .unwrap();
+    let (s, why) = call(
+        &app,
+        "/login/finish",
+        json!({"nonce": n3, "assertion": other}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        why["error"].as_str().unwrap().contains("svc-other"),
+        "{why}"
+    );
+    // A forged one (signed by another key): refused.
+    let (_, start) = call(&app, "/login/start", json!({})).await;
+    let n4 = start["nonce"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &app,
+        "/login/finish",
+        json!({"nonce": n4, "assertion": "e30.e30.AAAA"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // The card revoked at the broker: no assertion for the next login.
+    let out = tsm_protocol::control::sign_request(
+        &admin,
+        &me,
+        &AdminRequest::RevokeCard {
+            card: "EXAMPLE-CARD".into(),
+        },
+        None,
+        tsm_protocol::signing::now_ms(),
+        60_000,
+    )
+    .unwrap();
+    broker.admin(&out.bytes).await.unwrap();
+    let (_, start) = call(&app, "/login/start", json!({})).await;
+    let n5 = start["nonce"].as_str().unwrap().to_string();
+    assert!(
+        broker
+            .act(&assertion_for("svc-example", &n5))
+            .await
+            .is_err()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
