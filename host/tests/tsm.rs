@@ -125,45 +125,86 @@ impl World {
 }
 
 /// A TSM serving on a port of its own until stopped.
+/// A TSM "process": its own runtime, so that a kill drops everything it holds — the service,
+/// its in-memory sessions and every connection task — as a real kill would.
 struct Running {
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 async fn start(world: &World, backend: &Backend, port: u16) -> Running {
-    let store = Store::open(backend).await.unwrap();
-    let tsm = Arc::new(Tsm::new(world.config(), store));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
+    start_with(world.config(), backend, port).await
+}
+
+async fn start_with(config: Config, backend: &Backend, port: u16) -> Running {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
+    let backend = backend.clone();
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    rt.spawn(async move {
+        let store = Store::open(&backend).await.unwrap();
+        let tsm = Arc::new(Tsm::new(config, store));
+        // The port of a killed TSM may take a moment to be free again.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind: {e}"),
+            }
+        };
+        let _ = url_tx.send(format!("http://{}", listener.local_addr().unwrap()));
         tsm_server::http::serve(tsm, listener, async {
-            let _ = rx.await;
+            let _ = stop_rx.await;
         })
         .await
         .unwrap();
+        let _ = done_tx.send(());
     });
     Running {
-        url,
-        stop: Some(tx),
-        task,
+        url: url_rx.await.unwrap(),
+        stop: Some(stop_tx),
+        done: Some(done_rx),
+        rt: Some(rt),
     }
 }
 
 impl Running {
     /// Stops at once, dropping everything in memory (as a kill would).
-    fn kill(self) {
-        self.task.abort();
+    fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 
     async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = self.task.await;
+        if let Some(d) = self.done.take() {
+            let _ = d.await;
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -636,7 +677,7 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
         commands: usize,
         initialize_updates: usize,
         kill: Option<Running>,
-        restart: tokio::sync::mpsc::UnboundedSender<Running>,
+        restart: tokio::sync::mpsc::UnboundedSender<()>,
     }
     impl card_wire::Transport for Killer {
         fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, card_wire::TransportError> {
@@ -648,7 +689,9 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
             if self.commands == 8
                 && let Some(k) = self.kill.take()
             {
-                let _ = self.restart.send(k);
+                // Killed here, between two orders: nothing of it survives.
+                k.kill();
+                let _ = self.restart.send(());
             }
             r
         }
@@ -674,20 +717,12 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
         restart: tx,
     };
     let restarter = {
-        let world_cfg = world.config();
+        let config = world.config();
         let backend = backend.clone();
         tokio::spawn(async move {
-            let victim: Running = rx.recv().await.unwrap();
-            victim.kill();
+            rx.recv().await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let store = Store::open(&backend).await.unwrap();
-            let tsm = Arc::new(Tsm::new(world_cfg, store));
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            tsm_server::http::serve(tsm, listener, std::future::pending())
-                .await
-                .unwrap();
+            start_with(config, &backend, port).await
         })
     };
     let ticket = iss.ticket.clone();
@@ -727,7 +762,7 @@ async fn killed_mid_download_the_operation_completes_exactly_once() {
         .filter(|e| e.aid.as_bytes() == card_wire::jpki::JPKI_AID)
         .count();
     assert_eq!(apps, 1);
-    restarter.abort();
+    restarter.await.unwrap().stop().await;
     std::fs::remove_dir_all(&world.dir).ok();
 }
 
