@@ -18,8 +18,9 @@ pub struct Verifier {
     pub min_assurance: Assurance,
     /// Allowed clock skew, seconds.
     pub skew: u64,
-    /// Assertion ids seen, with their expiry (a replay is refused).
-    seen: Mutex<BTreeMap<String, u64>>,
+    /// Assertion ids seen with their expiry (a replay is refused), and when expired ids were
+    /// last forgotten.
+    seen: Mutex<(BTreeMap<String, u64>, u64)>,
 }
 
 impl Verifier {
@@ -31,7 +32,7 @@ impl Verifier {
             audience: audience.into(),
             min_assurance,
             skew: 30,
-            seen: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new((BTreeMap::new(), 0)),
         }
     }
 
@@ -63,8 +64,14 @@ impl Verifier {
             .seen
             .lock()
             .map_err(|_| AssertionError::Malformed("replay cache poisoned".into()))?;
-        seen.retain(|_, exp| *exp + self.skew >= now);
-        if seen.insert(c.jti.clone(), c.exp).is_some() {
+        let (ids, purged) = &mut *seen;
+        // Forgetting expired ids is a walk over all of them: once a second at most, not per
+        // assertion. An expired assertion is refused above anyway.
+        if now > *purged {
+            ids.retain(|_, exp| *exp + self.skew >= now);
+            *purged = now;
+        }
+        if ids.insert(c.jti.clone(), c.exp).is_some() {
             return Err(AssertionError::Replayed);
         }
         Ok(c)

@@ -172,20 +172,6 @@ fn new_secret(method: Method) -> Result<NewSecret> {
     })
 }
 
-/// The card's id: the common name of its authentication certificate's subject (the opaque
-/// JPKI identifier), and the certificate's serial (upper-case hex).
-pub fn card_identity(cert: &x509_cert::Certificate) -> Option<(String, String)> {
-    let tbs = cert.tbs_certificate();
-    let cn = tbs.subject().common_name().ok()??.value().into_owned();
-    let serial = tbs.serial_number().as_bytes();
-    let skip = serial
-        .iter()
-        .take(serial.len().saturating_sub(1))
-        .take_while(|b| **b == 0)
-        .count();
-    Some((cn, hex::encode_upper(&serial[skip..])))
-}
-
 /// The card CAs and their revocation data, from files: CA certificates (PEM or DER), and
 /// revocation files — CRLs (`.crl`, `.der`, or PEM `X509 CRL`; each must be signed by its CA)
 /// or plain lists of serials (one per line, decimal or `0x` hex, as `kagi ca` writes them).
@@ -356,7 +342,7 @@ impl Broker {
     /// user-authentication key; the certificate chains to a trusted CA, is valid now, is not
     /// revoked, and its card is enrolled and not revoked here.
     pub async fn login_card(&self, l: &CardLogin) -> Result<Session> {
-        use der::Decode;
+        use der::{Decode, Encode};
         let nonce = api::unb64(&l.nonce)
             .ok_or_else(|| refuse("login.malformed", "nonce is not base64url"))?;
         let nonce_expiry = self.check_challenge(&nonce)?;
@@ -370,7 +356,7 @@ impl Broker {
                 format!("the certificate does not parse: {e}"),
             )
         })?;
-        let (card, _) = card_identity(&cert)
+        let card = kagi_certs::subject_cn(&cert)
             .ok_or_else(|| refuse("login.bad-certificate", "the certificate names no card"))?;
         let trust = self
             .config
@@ -402,8 +388,12 @@ impl Broker {
                 return Err(refuse("login.bad-certificate", judged.reasons.join("; ")).into());
             }
         }
-        let key =
-            CertKey::from_certificate(&der).map_err(|e| refuse("login.bad-certificate", e))?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let key = CertKey::from_spki(&spki).map_err(|e| refuse("login.bad-certificate", e))?;
         if key
             .verify(&api::login_message(&self.config.name, &nonce), &sig)
             .is_err()

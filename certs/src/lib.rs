@@ -158,6 +158,18 @@ impl Trust {
     }
 }
 
+/// A certificate's serial as upper-case hex, without the sign byte's leading zeros.
+pub fn serial_hex(cert: &Certificate) -> String {
+    hex::encode_upper(strip(cert.tbs_certificate().serial_number().as_bytes()))
+}
+
+/// The common name of a certificate's subject (a JPKI authentication certificate's opaque
+/// card id).
+pub fn subject_cn(cert: &Certificate) -> Option<String> {
+    let cn = cert.tbs_certificate().subject().common_name().ok()??;
+    Some(cn.value().into_owned())
+}
+
 fn strip(serial: &[u8]) -> &[u8] {
     let skip = serial
         .iter()

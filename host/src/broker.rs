@@ -265,7 +265,6 @@ pub fn card_id(cert_der: &[u8]) -> std::result::Result<String, String> {
     use der::Decode;
     let cert =
         x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("certificate: {e}"))?;
-    broker_server::service::card_identity(&cert)
-        .map(|(id, _)| id)
+    kagi_certs::subject_cn(&cert)
         .ok_or_else(|| "the certificate's subject has no common name".into())
 }

@@ -6,6 +6,8 @@
 //! next reachable; the TSM killed mid-download and restarted without losing the operation;
 //! and no key, PIN or content key in the relay's traffic.
 
+mod support;
+
 use card_wire::scp03::AesKey;
 use kagi::tsm::client::{Client, Link};
 use kagi::tsm::provider::{self, CardKey, Party};
@@ -38,6 +40,11 @@ fn master() -> card_wire::scp03::StaticKeys {
 }
 
 /// The parties' keys, made once per test.
+/// A party's request, answered (no idempotency key of the caller's).
+async fn ask(p: &Party, req: &ControlRequest) -> ControlResponse {
+    p.send(req, None).await.unwrap().response
+}
+
 struct World {
     tsm: Arc<Signer>,
     sp: Signer,
@@ -390,19 +397,12 @@ async fn full_flow(backend: Backend, name: &str) {
     assert_eq!(again.outcome, StopOutcome::Refused);
 
     // The holder uses it; the eligibility read says eligible.
-    {
-        let mut ch =
-            kagi::channel::CardChannel::new(&mut sim.card as &mut dyn card_wire::Transport);
-        let mut trust = kagi::eligibility::Trust::default();
-        trust.cas.push(world.ca.certificate().clone());
-        let r = kagi::eligibility::read(&mut ch, &trust, std::time::SystemTime::now()).unwrap();
-        assert_eq!(
-            r.verdict,
-            kagi::eligibility::Verdict::Eligible,
-            "{:?}",
-            r.reasons
-        );
-    }
+    support::assert_verdict(
+        &mut sim.card,
+        world.ca.certificate(),
+        None,
+        kagi::eligibility::Verdict::Eligible,
+    );
 
     // Protocol checks: a replay, an altered request, the wrong recipient.
     let (req, _, _) = issue_request(&world, &sim.iccid, b"1111");
@@ -510,17 +510,14 @@ async fn full_flow(backend: Backend, name: &str) {
 
     // Revocation: at once at the TSM and in its list; the applet goes from the card the next
     // time the provider's session reaches it (here a wallet update).
-    let r = sp
-        .send(
-            &ControlRequest::Revoke {
-                credential: iss.op,
-                reason: RevokeReason::CardLost,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &sp,
+        &ControlRequest::Revoke {
+            credential: iss.op,
+            reason: RevokeReason::CardLost,
+        },
+    )
+    .await;
     let ControlResponse::Credential(status) = r else {
         panic!("{r:?}")
     };
@@ -528,22 +525,12 @@ async fn full_flow(backend: Backend, name: &str) {
     assert!(status.card_deletion_pending);
     let list = sp.client.get_text("/v1/revoked").await.unwrap();
     assert!(list.contains("0x12345678"), "{list}");
-    {
-        let mut ch =
-            kagi::channel::CardChannel::new(&mut sim.card as &mut dyn card_wire::Transport);
-        let mut trust = kagi::eligibility::Trust::default();
-        trust.cas.push(world.ca.certificate().clone());
-        trust
-            .add_revoked_list(&std::fs::read_to_string(world.dir.join("revoked.txt")).unwrap())
-            .unwrap();
-        let r = kagi::eligibility::read(&mut ch, &trust, std::time::SystemTime::now()).unwrap();
-        assert_eq!(
-            r.verdict,
-            kagi::eligibility::Verdict::Revoked,
-            "{:?}",
-            r.reasons
-        );
-    }
+    support::assert_verdict(
+        &mut sim.card,
+        world.ca.certificate(),
+        Some(&std::fs::read_to_string(world.dir.join("revoked.txt")).unwrap()),
+        kagi::eligibility::Verdict::Revoked,
+    );
     let wallet = [0xF0, 0x4B, 0x41, 0x47, 0x49, 0x57, 0x4C, 0x01, 0x01];
     let w = sp
         .send(
@@ -785,18 +772,15 @@ async fn pin_reset_transfer_and_operator_notices() {
 
     // PIN reset: a new PIN sealed for the applet, through the relay; the key proof again.
     let content = AesKey::new(&CONTENT_KEY).unwrap();
-    let r = sp
-        .send(
-            &ControlRequest::ResetPin {
-                credential: iss.op,
-                sealed_pin: provider::seal_pin(&content, b"9753").unwrap(),
-                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &sp,
+        &ControlRequest::ResetPin {
+            credential: iss.op,
+            sealed_pin: provider::seal_pin(&content, b"9753").unwrap(),
+            access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+        },
+    )
+    .await;
     let ControlResponse::Accepted {
         device_ticket: Some(t),
         access_code: Some(c),
@@ -890,17 +874,14 @@ async fn pin_reset_transfer_and_operator_notices() {
 
     // The operator: SIM A replaced — no more issuing to it; SIM B lost — its credential is
     // revoked at once.
-    let r = mno
-        .send(
-            &ControlRequest::SimChanged {
-                old_iccid: a.iccid.clone(),
-                new_iccid: b.iccid.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &mno,
+        &ControlRequest::SimChanged {
+            old_iccid: a.iccid.clone(),
+            new_iccid: b.iccid.clone(),
+        },
+    )
+    .await;
     assert_eq!(r, ControlResponse::Ok);
     let (req, _, _) = issue_request(&world, &a.iccid, b"1111");
     let r = sp.send(&req, None).await.unwrap().response;
@@ -909,62 +890,50 @@ async fn pin_reset_transfer_and_operator_notices() {
         "{r:?}"
     );
     // A provider may not send operator notices.
-    let r = sp
-        .send(
-            &ControlRequest::CardLost {
-                iccid: b.iccid.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &sp,
+        &ControlRequest::CardLost {
+            iccid: b.iccid.clone(),
+        },
+    )
+    .await;
     assert!(
         matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"),
         "{r:?}"
     );
-    let r = mno
-        .send(
-            &ControlRequest::CheckEligibility {
-                iccid: b.iccid.clone(),
-                memory_needed: 1024,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &mno,
+        &ControlRequest::CheckEligibility {
+            iccid: b.iccid.clone(),
+            memory_needed: 1024,
+        },
+    )
+    .await;
     assert!(
         matches!(r, ControlResponse::Eligibility { eligible: true, .. }),
         "{r:?}"
     );
-    let r = mno
-        .send(
-            &ControlRequest::CardLost {
-                iccid: b.iccid.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &mno,
+        &ControlRequest::CardLost {
+            iccid: b.iccid.clone(),
+        },
+    )
+    .await;
     assert_eq!(r, ControlResponse::Ok);
     let new = status(transfer).await;
     assert_eq!(
         (new.state.as_str(), new.revoked),
         ("revoked", Some(RevokeReason::CardLost))
     );
-    let r = mno
-        .send(
-            &ControlRequest::CheckEligibility {
-                iccid: b.iccid.clone(),
-                memory_needed: 1024,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &mno,
+        &ControlRequest::CheckEligibility {
+            iccid: b.iccid.clone(),
+            memory_needed: 1024,
+        },
+    )
+    .await;
     assert!(
         matches!(
             r,
@@ -991,20 +960,17 @@ async fn the_operator_creates_the_provider_domain_over_the_air() {
     let mut sim = kagi::tsm::sim::blank(b"blank-phone").unwrap();
     register(&world, &url, &sim).await;
     for round in 0..2 {
-        let r = mno
-            .send(
-                &ControlRequest::CreateSecurityDomain {
-                    iccid: sim.iccid.clone(),
-                    sd_aid: PROVIDER_SD.to_vec(),
-                    privileges: vec![0x80, 0x40, 0x00],
-                    provider: world.sp.party().clone(),
-                    access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
-                },
-                None,
-            )
-            .await
-            .unwrap()
-            .response;
+        let r = ask(
+            &mno,
+            &ControlRequest::CreateSecurityDomain {
+                iccid: sim.iccid.clone(),
+                sd_aid: PROVIDER_SD.to_vec(),
+                privileges: vec![0x80, 0x40, 0x00],
+                provider: world.sp.party().clone(),
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+        )
+        .await;
         let ControlResponse::Accepted {
             op,
             device_ticket: Some(t),
@@ -1033,20 +999,17 @@ async fn the_operator_creates_the_provider_domain_over_the_air() {
         );
     }
     // A provider may not create domains.
-    let r = sp
-        .send(
-            &ControlRequest::CreateSecurityDomain {
-                iccid: sim.iccid.clone(),
-                sd_aid: PROVIDER_SD.to_vec(),
-                privileges: vec![0x80],
-                provider: world.sp.party().clone(),
-                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .response;
+    let r = ask(
+        &sp,
+        &ControlRequest::CreateSecurityDomain {
+            iccid: sim.iccid.clone(),
+            sd_aid: PROVIDER_SD.to_vec(),
+            privileges: vec![0x80],
+            provider: world.sp.party().clone(),
+            access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+        },
+    )
+    .await;
     assert!(
         matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.not-an-operator"),
         "{r:?}"

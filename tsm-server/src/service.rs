@@ -143,12 +143,6 @@ fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
     use der::Decode;
     let c = x509_cert::Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
     let tbs = c.tbs_certificate();
-    let serial = tbs.serial_number().as_bytes();
-    let skip = serial
-        .iter()
-        .take(serial.len().saturating_sub(1))
-        .take_while(|b| **b == 0)
-        .count();
     let not_after = tbs
         .validity()
         .not_after
@@ -156,7 +150,7 @@ fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    Ok((hex::encode_upper(&serial[skip..]), not_after))
+    Ok((kagi_certs::serial_hex(&c), not_after))
 }
 
 impl Tsm {

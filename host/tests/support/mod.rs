@@ -57,6 +57,24 @@ pub fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("softhsm2.conf"), dir.join("user.pin"))
 }
 
+/// A PIN-less eligibility read of the card behind `t`, trusting `ca` (and the revocation
+/// list text `revoked`, when given); the verdict, with the reasons when it is not `expect`.
+pub fn assert_verdict(
+    t: &mut dyn card_wire::Transport,
+    ca: &x509_cert::Certificate,
+    revoked: Option<&str>,
+    expect: kagi::eligibility::Verdict,
+) {
+    let mut ch = kagi::channel::CardChannel::new(t);
+    let mut trust = kagi::eligibility::Trust::default();
+    trust.cas.push(ca.clone());
+    if let Some(list) = revoked {
+        trust.add_revoked_list(list).unwrap();
+    }
+    let r = kagi::eligibility::read(&mut ch, &trust, std::time::SystemTime::now()).unwrap();
+    assert_eq!(r.verdict, expect, "{:?}", r.reasons);
+}
+
 /// The repository's `examples/` directory.
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
