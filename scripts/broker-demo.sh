@@ -14,7 +14,8 @@ SERVICE="$PWD/target/release/kagi-example-service"
 work=$(mktemp -d)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    # Each process stops gracefully on SIGTERM (exit 0); the demo's own status stands.
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
     rm -rf "$work"
 }
 trap cleanup EXIT

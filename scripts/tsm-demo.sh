@@ -64,14 +64,17 @@ echo "== provider: receipt (TSM signature, on-card key proof)"
 echo "== holder: sign with the credential; PIN-less eligibility read"
 echo "kagi demo" >"$work/msg.txt"
 "$K" jpki sign --sim --sim-image "$work/sim.img" --pin-file "$work/pin.txt" -i "$work/msg.txt" -o "$work/msg.sig"
-"$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" | head -n 1
+"$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" | sed -n 1p
 
 echo "== provider: revoke (SIM lost); the next eligibility read says revoked"
 "$K" tsm provider --config "$work/tsm/sp.toml" revoke --credential "$op" --reason card-lost >/dev/null
-verdict=$("$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" \
-    --revoked "$work/tsm/revoked.txt" --json | sed -n 's/.*"verdict": *"\([^"]*\)".*/\1/p')
-echo "   verdict: $verdict"
-[ "$verdict" = "revoked" ] || { echo "expected revoked" >&2; exit 1; }
+# A verdict other than eligible exits 4 (the CLI's exit-code table).
+rc=0
+report=$("$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" \
+    --revoked "$work/tsm/revoked.txt" --json) || rc=$?
+verdict=$(printf '%s\n' "$report" | sed -n 's/.*"verdict": *"\([^"]*\)".*/\1/p')
+echo "   verdict: $verdict (exit code $rc)"
+[ "$verdict" = "revoked" ] && [ "$rc" -eq 4 ] || { echo "expected revoked, exit code 4" >&2; exit 1; }
 
 echo "== audit trail"
 "$K" tsm audit --database "$work/tsm/tsm.db" --op "$op" | cut -c1-110

@@ -33,12 +33,32 @@ pub struct SelectedDomain {
 pub struct CardRecognition {
     /// GlobalPlatform version, e.g. "2.3.1".
     pub gp_version: Option<String>,
-    /// Secure channel protocol (3 = SCP03) and its `i`.
+    /// Secure channel protocol (3 = SCP03) and its `i`; in JSON `{"protocol": "03", "i":
+    /// "70"}` (hex, as the text output shows them).
+    #[serde(serialize_with = "scp_ser")]
     pub scp: Option<(u8, u8)>,
 }
 
 fn hex_ser<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode_upper(v))
+}
+
+/// One byte as two hex digits (KVNs, key types, key ids), as kagi prints them.
+fn hex_u8<S: serde::Serializer>(v: &u8, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:02X}"))
+}
+
+fn scp_ser<S: serde::Serializer>(v: &Option<(u8, u8)>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    match v {
+        None => s.serialize_none(),
+        Some((p, i)) => {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("protocol", &format!("{p:02X}"))?;
+            m.serialize_entry("i", &format!("{i:02X}"))?;
+            m.end()
+        }
+    }
 }
 
 const GP_OID: [u8; 6] = [0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B];
@@ -150,11 +170,14 @@ pub fn get_data(ch: &mut impl ApduChannel, tag: u16) -> Result<Option<Vec<u8>>> 
 /// One key of the key information template (`E0`/`C0`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct KeyInfo {
-    /// Key identifier.
+    /// Key identifier (hex in JSON).
+    #[serde(serialize_with = "hex_u8")]
     pub id: u8,
-    /// Key version number.
+    /// Key version number (hex in JSON).
+    #[serde(serialize_with = "hex_u8")]
     pub version: u8,
-    /// Key type (`88` AES, `80` DES, …).
+    /// Key type (`88` AES, `80` DES, …; hex in JSON).
+    #[serde(serialize_with = "hex_u8")]
     pub key_type: u8,
     /// Key length in bytes.
     pub length: u8,

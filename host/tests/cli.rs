@@ -26,6 +26,19 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A command that exits with `code` (the CLI's exit-code table), its stdout.
+fn exits(code: i32, args: &[&str]) -> String {
+    let o = kagi(args);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "kagi {args:?}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.push("--json");
@@ -248,12 +261,23 @@ fn jpki_demo_card_ca_and_eligibility_from_the_cli() {
         v
     };
     let run = |extra: &[&str]| ok(&sim(extra).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    // A verdict other than eligible exits 4 (not eligible), its report on stdout.
+    let not_eligible = |extra: &[&str]| {
+        exits(
+            4,
+            &sim(extra).iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        )
+    };
     let info = run(&["jpki", "info", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["token_label"], "JPKIAPICCTOKEN2");
     assert_eq!(v["auth_pin_tries"], 3);
-    let serial =
-        u64::from_str_radix(v["auth_certificate"]["serial"].as_str().unwrap(), 16).unwrap();
+    // The serial exactly as `jpki info` prints it (hex) is what `ca revoke` takes.
+    let serial = v["auth_certificate"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(u64::from_str_radix(&serial, 16).is_ok(), "{serial}");
     let ca = format!("{pki}/auth-ca.crt.pem");
     let crl = format!("{pki}/auth-ca.crl.der");
     let verdict = |out: &str| -> String {
@@ -274,9 +298,14 @@ fn jpki_demo_card_ca_and_eligibility_from_the_cli() {
     assert!(out.contains("verified"), "{out}");
     assert_eq!(std::fs::metadata(&sig).unwrap().len(), 256);
     // Revocation at the CA takes effect on the next read.
-    ok(&["ca", "revoke", "--dir", &pki, &serial.to_string()]);
+    let revoked: serde_json::Value =
+        serde_json::from_str(&ok(&["ca", "revoke", "--dir", &pki, &serial, "--json"])).unwrap();
     assert_eq!(
-        verdict(&run(&[
+        u64::from_str_radix(revoked["revoked"].as_str().unwrap(), 16).unwrap(),
+        u64::from_str_radix(&serial, 16).unwrap()
+    );
+    assert_eq!(
+        verdict(&not_eligible(&[
             "eligibility",
             "read",
             "--ca",
@@ -315,7 +344,7 @@ fn jpki_demo_card_ca_and_eligibility_from_the_cli() {
     // An unknown CA: unknown-issuer.
     let other = d.path("other");
     ok(&["ca", "init", "--dir", &other]);
-    let out = run(&[
+    let out = not_eligible(&[
         "eligibility",
         "read",
         "--ca",
@@ -357,7 +386,7 @@ fn ca_issues_for_a_public_key_and_eligibility_at_a_given_time() {
         "--public-key",
         &d.path("pub.der"),
         "--serial",
-        "42",
+        "2A",
         "-o",
         &d.path("new.der"),
     ]);
@@ -374,17 +403,23 @@ fn ca_issues_for_a_public_key_and_eligibility_at_a_given_time() {
         .unwrap()
         .as_secs()
         .to_string();
-    let v = json(&[
-        "eligibility",
-        "read",
-        "--sim",
-        "--sim-image",
-        &img,
-        "--ca",
-        &ca,
-        "--at-unix",
-        &later,
-    ]);
+    let out = exits(
+        4,
+        &[
+            "eligibility",
+            "read",
+            "--sim",
+            "--sim-image",
+            &img,
+            "--ca",
+            &ca,
+            "--at-unix",
+            &later,
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["schema_version"], 1);
     assert_eq!(v["verdict"], "expired");
 }
 

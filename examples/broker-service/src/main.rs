@@ -57,6 +57,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.broker_name,
         args.broker
     );
-    axum::serve(listener, router).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal())
+        .await?;
+    eprintln!("{} stopped", args.service);
     Ok(())
+}
+
+/// SIGINT or SIGTERM: the service finishes the requests in flight and exits 0.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {},
+    }
 }

@@ -148,13 +148,8 @@ fn which_pin(key: &str) -> Result<Pin, Failure> {
 
 fn verify(ch: &mut impl ApduChannel, pin: Pin, source: &PinSource) -> Result<(), Failure> {
     let value = source.read(pin)?;
-    match jpki::verify(ch, pin, &value) {
-        Ok(()) => Ok(()),
-        Err(kagi::Error::WrongPin { tries_left }) => {
-            Err(format!("wrong PIN: {tries_left} tries left before it blocks").into())
-        }
-        Err(e) => Err(e.into()),
-    }
+    // A wrong PIN stays a typed error: `--json` reports its `tries_left`.
+    Ok(jpki::verify(ch, pin, &value)?)
 }
 
 use tsm_protocol::receipt::CertKey;
@@ -216,7 +211,15 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             let der = jpki::read_der(&mut ch, fid)?;
             target.finish(&ch)?;
             std::fs::write(out, &der).map_err(|e| format!("{}: {e}", out.display()))?;
-            println!("{} bytes written to {}", der.len(), out.display());
+            if json_out {
+                print_json(json!({
+                    "which": which,
+                    "file": out.display().to_string(),
+                    "bytes": der.len(),
+                }));
+            } else {
+                println!("{} bytes written to {}", der.len(), out.display());
+            }
             Ok(())
         }
         JpkiCmd::Text { target, pin } => {
@@ -224,14 +227,7 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             let mut ch = target.open(trace)?;
             let facts = jpki::read_text(&mut ch, &value);
             target.finish(&ch)?;
-            let facts = match facts {
-                Err(kagi::Error::WrongPin { tries_left }) => {
-                    return Err(
-                        format!("wrong PIN: {tries_left} tries left before it blocks").into(),
-                    );
-                }
-                r => r?,
-            };
+            let facts = facts?;
             if json_out {
                 print_json(serde_json::to_value(&facts)?);
             } else {
@@ -272,7 +268,11 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             let r = verify(&mut ch, p, pin);
             target.finish(&ch)?;
             r?;
-            println!("PIN correct");
+            if json_out {
+                print_json(json!({ "pin": key, "correct": true }));
+            } else {
+                println!("PIN correct");
+            }
             Ok(())
         }
         JpkiCmd::Sign {
@@ -299,10 +299,19 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             target.finish(&ch)?;
             verifier.verify(&message, &sig)?;
             std::fs::write(out, &sig).map_err(|e| format!("{}: {e}", out.display()))?;
-            println!(
-                "signature verified against the card's certificate; written to {}",
-                out.display()
-            );
+            if json_out {
+                print_json(json!({
+                    "key": key,
+                    "file": out.display().to_string(),
+                    "signature_bytes": sig.len(),
+                    "verified": true,
+                }));
+            } else {
+                println!(
+                    "signature verified against the card's certificate; written to {}",
+                    out.display()
+                );
+            }
             Ok(())
         }
         JpkiCmd::ChangePin {
@@ -326,7 +335,11 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 .sensitive();
             kagi::error::expect_success("CHANGE REFERENCE DATA", ch.transmit(&cmd)?)?;
             target.finish(&ch)?;
-            println!("PIN changed");
+            if json_out {
+                print_json(json!({ "pin": key, "changed": true }));
+            } else {
+                println!("PIN changed");
+            }
             Ok(())
         }
     }
@@ -398,7 +411,14 @@ pub fn eligibility_read(
             report.card_micros as f64 / 1000.0
         );
     }
-    Ok(())
+    if report.verdict == eligibility::Verdict::Eligible {
+        return Ok(());
+    }
+    let verdict = serde_json::to_value(report.verdict)?;
+    Err(Box::new(super::exit::Finished::new(
+        super::exit::Exit::NotEligible,
+        format!("not eligible: {}", verdict.as_str().unwrap_or_default()),
+    )))
 }
 
 #[derive(Subcommand)]
@@ -428,9 +448,9 @@ pub enum CaCmd {
         /// Opaque identifier for the auth certificate's CN.
         #[arg(long, default_value = "KAGITEST0000000001")]
         id: String,
-        /// Serial number (default: random).
+        /// Serial number in hex, as kagi prints it (default: random).
         #[arg(long)]
-        serial: Option<u32>,
+        serial: Option<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u64,
@@ -462,23 +482,47 @@ pub enum CaCmd {
         /// Directory of the CA files.
         #[arg(long)]
         dir: PathBuf,
-        /// Serial number (decimal, or 0x-hex).
+        /// Serial number in hex, as `kagi jpki info` and `kagi ca issue` print it (`0x` and
+        /// colons allowed).
         serial: String,
     },
 }
 
+/// A certificate serial as kagi prints it: hex (`455524E9`), with an optional `0x` and colons.
+pub fn parse_serial(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t)
+        .replace(':', "");
+    if t.is_empty() || t.len() > 8 {
+        return Err(format!(
+            "'{s}' is not a serial number: give the hex kagi prints (up to 8 digits, e.g. 455524E9)"
+        ));
+    }
+    u32::from_str_radix(&t, 16).map_err(|_| {
+        format!("'{s}' is not a serial number: give the hex kagi prints (e.g. 455524E9)")
+    })
+}
+
 /// Runs `kagi ca …`.
-pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
+pub fn ca(cmd: &CaCmd, json_out: bool) -> Result<(), Failure> {
     match cmd {
         CaCmd::Init { dir } => {
             let (auth, sign) = cas(dir)?;
             test_pki::store::write_crl(&auth, dir, "auth-ca")?;
+            let mut list = Vec::new();
             for (n, ca) in [("auth-ca", &auth), ("sign-ca", &sign)] {
-                println!(
-                    "{n}: {} ({}/{n}.crt.pem)",
-                    ca.certificate().tbs_certificate().subject(),
-                    dir.display()
-                );
+                let subject = ca.certificate().tbs_certificate().subject().to_string();
+                let file = format!("{}/{n}.crt.pem", dir.display());
+                if !json_out {
+                    println!("{n}: {subject} ({file})");
+                }
+                list.push(json!({ "name": n, "subject": subject, "certificate": file }));
+            }
+            if json_out {
+                print_json(json!({ "cas": list }));
             }
             Ok(())
         }
@@ -526,7 +570,7 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
                     )
                 })?;
             let serial = match serial {
-                Some(s) => *s,
+                Some(s) => parse_serial(s)?,
                 None => random_serial()?,
             };
             let now = SystemTime::now();
@@ -540,10 +584,18 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
                 other => return Err(format!("--kind {other}: use auth or sign").into()),
             };
             std::fs::write(out, cert.to_der()?).map_err(|e| format!("{}: {e}", out.display()))?;
-            println!(
-                "issued {kind} certificate serial {serial} to {}",
-                out.display()
-            );
+            if json_out {
+                print_json(json!({
+                    "kind": kind,
+                    "serial": format!("{serial:08X}"),
+                    "certificate": out.display().to_string(),
+                }));
+            } else {
+                println!(
+                    "issued {kind} certificate serial {serial:08X} to {}",
+                    out.display()
+                );
+            }
             Ok(())
         }
         CaCmd::Exchange {
@@ -568,21 +620,31 @@ pub fn ca(cmd: &CaCmd) -> Result<(), Failure> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            println!(
-                "issued {total} certificate(s) into {}",
-                exchange.join("issued").display()
-            );
+            if json_out {
+                print_json(json!({
+                    "issued": total,
+                    "dir": exchange.join("issued").display().to_string(),
+                }));
+            } else {
+                println!(
+                    "issued {total} certificate(s) into {}",
+                    exchange.join("issued").display()
+                );
+            }
             Ok(())
         }
         CaCmd::Revoke { dir, serial } => {
-            let n = match serial.strip_prefix("0x") {
-                Some(h) => u32::from_str_radix(h, 16),
-                None => serial.parse(),
-            }
-            .map_err(|_| format!("'{serial}' is not a serial number"))?;
+            let n = parse_serial(serial)?;
             let (auth, _) = cas(dir)?;
             let crl = test_pki::store::revoke(&auth, dir, "auth-ca", n)?;
-            println!("revoked {n}; CRL written to {}", crl.display());
+            if json_out {
+                print_json(json!({
+                    "revoked": format!("{n:08X}"),
+                    "crl": crl.display().to_string(),
+                }));
+            } else {
+                println!("revoked {n:08X}; CRL written to {}", crl.display());
+            }
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 mod broker;
 mod broker_scale;
 mod common;
+pub mod exit;
 mod gp;
 mod jpki;
 mod perso;
@@ -37,6 +38,7 @@ SCP03 secure channels, and a card simulator that real PC/SC programs reach throu
 Keys are never taken from the command line: use --key-file or the KAGI_KEY* environment \
 variables. --trace prints the APDU dialogue on stderr with PINs and keys redacted. --json prints \
 machine-readable output carrying a schema_version.",
+    after_long_help = exit::TABLE,
     after_help = "Examples:\n  kagi gp list --sim --trace                      SCP03 session to a simulated card, list its content\n  kagi gp install --sim --sim-image card.img ...   change a simulated card kept in an image file\n  kagi sim serve --cards 2                        serve simulated cards to pcscd through vpcd\n  kagi readers                                    list PC/SC readers\n  kagi gp list --reader 0 --key-file keys.txt     a real card\n  kagi bench                                      measure SCP03 and simulator throughput"
 )]
 struct Cli {
@@ -515,14 +517,39 @@ fn cmd_bench(
 
 /// Runs the CLI.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Writing into a closed pipe (`kagi ... | head -1`) ends the process quietly, as for any
+    // Unix tool, instead of a panic in println!.
+    sigpipe::reset();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) && e.exit_code() == 0
+            {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if std::env::args().any(|a| a == "--json") {
+                print_json(
+                    json!({ "error": { "code": "usage", "message": e.kind().to_string() } }),
+                );
+            }
+            let _ = e.print();
+            return exit::Exit::Usage.into();
+        }
+    };
     let result = match &cli.command {
         Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
         Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
         Cmd::Gp(g) => gp::run(g, cli.trace, cli.json),
         Cmd::Jpki(j) => jpki::run(j, cli.trace, cli.json),
         Cmd::Eligibility(EligibilityCmd::Read(a)) => jpki::eligibility_read(a, cli.trace, cli.json),
-        Cmd::Ca(c) => jpki::ca(c),
+        Cmd::Ca(c) => jpki::ca(c, cli.json),
         Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
         Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
         Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
@@ -554,11 +581,17 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(f) = e.downcast_ref::<exit::Finished>() {
+                if let Some(note) = &f.note {
+                    eprintln!("{note}");
+                }
+                return f.exit.into();
+            }
             if cli.json {
-                print_json(json!({ "error": e.to_string() }));
+                print_json(exit::error_json(e.as_ref()));
             }
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            exit::Exit::Failure.into()
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `kagi perso run | resume`.
 
+use super::exit::{Exit, Finished};
 use super::{Failure, print_json};
 use clap::Args;
 use kagi::perso::{self, KeySets, Options, Profile};
@@ -96,6 +97,11 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             None => Vec::new(),
         },
         feeder_cmd: args.feeder_cmd.clone(),
+        digests: Some(perso::journal::BatchDigests::of_files(
+            &args.profile,
+            &args.input,
+        )?),
+        stop: Some(stop_on_signal()?),
     };
     let summary = perso::run::run(&profile, &records, &bad, &keys, &opts, resume)?;
     if json_out {
@@ -132,7 +138,75 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
             );
         }
     }
+    if summary.interrupted {
+        return Err(Box::new(Finished::new(
+            Exit::Interrupted,
+            format!(
+                "interrupted: the cards in flight were finished or parked; continue with\n  {}",
+                resume_command()
+            ),
+        )));
+    }
+    if summary.failed > 0 || summary.rework > 0 || summary.bad_records > 0 {
+        return Err(Box::new(Finished::new(
+            Exit::DoneWithFailures,
+            format!(
+                "batch finished with failures: {} failed, {} need rework, {} bad records (see {})",
+                summary.failed,
+                summary.rework,
+                summary.bad_records,
+                args.out.join("report.csv").display()
+            ),
+        )));
+    }
     Ok(())
+}
+
+/// A flag set by the first SIGINT or SIGTERM (the batch stops at a safe point); a second one
+/// ends the process at once (the journal makes that safe too).
+fn stop_on_signal() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, Failure> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "interrupted again: stopping at once; `kagi perso resume` continues the batch"
+            );
+            std::process::exit(i32::from(Exit::Interrupted.code()));
+        }
+        eprintln!(
+            "stopping: finishing the cards in flight, then writing the reports (interrupt again to stop at once)"
+        );
+    })?;
+    Ok(stop)
+}
+
+/// This very command line with `run` turned into `resume`, quoted for a POSIX shell.
+fn resume_command() -> String {
+    let mut turned = false;
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = if i == 0 {
+                "kagi".to_string()
+            } else if !turned && a == "run" {
+                turned = true;
+                "resume".to_string()
+            } else {
+                a
+            };
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The readers `--readers` names: every reader for `all`, else each comma-separated selector

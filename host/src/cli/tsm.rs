@@ -604,14 +604,93 @@ fn op_id(s: &str) -> Result<OpId, Failure> {
     OpId::from_hex(s).ok_or_else(|| format!("'{s}' is not an operation id (32 hex digits)").into())
 }
 
+/// A Unix time (seconds) in RFC 3339, as every kagi output writes times.
+fn rfc3339(secs: u64) -> String {
+    der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn revoke_reason(r: &RevokeReason) -> &'static str {
+    match r {
+        RevokeReason::CardLost => "card-lost",
+        RevokeReason::Superseded => "superseded",
+        RevokeReason::UserRequest => "user-request",
+        RevokeReason::Expired => "expired",
+    }
+}
+
+/// The TSM's answer as one JSON object (hex ids, RFC 3339 times, kebab-case words); the text
+/// output shows the same fields.
+fn response_json(r: &ControlResponse) -> serde_json::Value {
+    match r {
+        ControlResponse::Accepted {
+            op,
+            state,
+            device_ticket,
+            access_code,
+            expires_at,
+        } => json!({
+            "answer": "accepted", "op": op.to_hex(), "state": state.name(),
+            "device_ticket": device_ticket, "access_code": access_code,
+            "expires_at": rfc3339(expires_at / 1000),
+        }),
+        ControlResponse::Operation(v) => json!({
+            "answer": "operation", "op": v.op.to_hex(), "operation": v.kind,
+            "state": v.state.name(), "steps": v.steps, "receipt": v.receipt.is_some(),
+            "error": v.error.as_ref().map(|e| json!({"code": e.code, "detail": e.detail, "retryable": e.retryable})),
+            "children": v.children.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),
+        }),
+        ControlResponse::Credential(c) => json!({
+            "answer": "credential", "credential": c.credential.to_hex(), "iccid": c.iccid,
+            "state": c.state, "revoked": c.revoked.as_ref().map(revoke_reason),
+            "serial": c.serial, "not_after": rfc3339(c.not_after), "expired": c.expired,
+            "my_number_sign_serial": c.my_number_sign_serial,
+            "card_deletion_pending": c.card_deletion_pending,
+        }),
+        ControlResponse::Eligibility {
+            eligible,
+            reason,
+            free_memory,
+        } => json!({
+            "answer": "eligibility", "eligible": eligible, "reason": reason,
+            "free_memory": free_memory,
+        }),
+        ControlResponse::Ok => json!({ "answer": "ok" }),
+        ControlResponse::Rejected(e) => json!({
+            "answer": "rejected", "code": e.code, "detail": e.detail,
+        }),
+    }
+}
+
 fn show(json_out: bool, r: &ControlResponse) -> Result<(), Failure> {
     if let ControlResponse::Rejected(e) = r {
         return Err(format!("the TSM refused: {e}").into());
     }
+    let v = response_json(r);
     if json_out {
-        print_json(json!({ "response": format!("{r:?}") }));
-    } else {
-        println!("{r:?}");
+        print_json(v);
+        return Ok(());
+    }
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let shown = match val {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) if a.is_empty() => continue,
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => other.to_string(),
+            };
+            println!("{:<22}{shown}", k.replace('_', " "));
+        }
     }
     Ok(())
 }

@@ -21,6 +21,13 @@ pub enum Event {
         profile: String,
         /// Records in the input.
         records: usize,
+        /// SHA-256 (hex) of the profile file the batch started with; a resume with another
+        /// profile is refused. Absent in journals written before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile_sha256: Option<String>,
+        /// SHA-256 (hex) of the input records file the batch started with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input_sha256: Option<String>,
     },
     /// A record was taken by a station for a card.
     Claim {
@@ -219,6 +226,43 @@ pub fn events(path: &Path) -> Result<Vec<Event>> {
                 .map_err(|e| Error::Profile(format!("journal line {}: {e}", i + 1)))
         })
         .collect()
+}
+
+/// The profile and input digests of the batch's first start, when the journal has them.
+pub fn batch_digests(path: &Path) -> Result<Option<BatchDigests>> {
+    Ok(events(path)?.into_iter().find_map(|e| match e {
+        Event::Start {
+            profile_sha256: Some(profile),
+            input_sha256: Some(input),
+            ..
+        } => Some(BatchDigests { profile, input }),
+        _ => None,
+    }))
+}
+
+/// What identifies a batch's inputs: SHA-256 (hex) of the profile file and of the records file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDigests {
+    /// SHA-256 of the profile file.
+    pub profile: String,
+    /// SHA-256 of the input records file.
+    pub input: String,
+}
+
+impl BatchDigests {
+    /// The digests of two files.
+    pub fn of_files(profile: &Path, input: &Path) -> Result<BatchDigests> {
+        use sha2::{Digest, Sha256};
+        let digest = |p: &Path| -> Result<String> {
+            let bytes =
+                std::fs::read(p).map_err(|e| Error::Profile(format!("{}: {e}", p.display())))?;
+            Ok(hex::encode(Sha256::digest(&bytes)))
+        };
+        Ok(BatchDigests {
+            profile: digest(profile)?,
+            input: digest(input)?,
+        })
+    }
 }
 
 /// The card each record was (last) claimed on: an image path, or `cin:CIN@READER`.

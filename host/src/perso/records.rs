@@ -42,7 +42,49 @@ pub fn read(path: &Path, needed: &[String]) -> crate::Result<(Vec<Record>, Vec<B
     let csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let missing = missing_columns(&text, csv, needed);
+    if !missing.is_empty() {
+        return Err(crate::Error::Profile(format!(
+            "records {}: no column for {} that the profile uses; the records have {}. Fix the column names or the profile's placeholders",
+            path.display(),
+            missing
+                .iter()
+                .map(|m| format!("{{{m}}}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            present_columns(&text, csv).join(", ")
+        )));
+    }
     Ok(parse(&text, csv, needed))
+}
+
+/// The column names the records have: the CSV header, or every key of any JSON line.
+fn present_columns(text: &str, csv: bool) -> Vec<String> {
+    if csv {
+        let mut r = ::csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        return r
+            .headers()
+            .map(|h| h.iter().map(str::to_string).collect())
+            .unwrap_or_default();
+    }
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        if let Ok(m) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(line) {
+            keys.extend(m.into_keys());
+        }
+    }
+    keys.into_iter().collect()
+}
+
+/// The fields (and `id`) the profile needs that no column of the records provides: a batch
+/// with any is refused as a whole before its journal exists, instead of skipping every record.
+pub fn missing_columns(text: &str, csv: bool, needed: &[String]) -> Vec<String> {
+    let present = present_columns(text, csv);
+    std::iter::once("id")
+        .chain(needed.iter().map(String::as_str))
+        .filter(|n| !present.iter().any(|p| p == n))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parses records from text.

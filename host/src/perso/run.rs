@@ -113,6 +113,21 @@ pub struct Options {
     /// Reader stations: a shell command run after each card (an automatic encoder's eject
     /// and feed), with `KAGI_READER`, `KAGI_OUTCOME` and `KAGI_RECORD` set.
     pub feeder_cmd: Option<String>,
+    /// Digests of the profile and input files: written into the journal when the batch
+    /// starts, and checked on resume (a resume with another batch's files is refused).
+    pub digests: Option<super::journal::BatchDigests>,
+    /// Set (by a signal handler) to stop at a safe point: stations finish the cards in flight,
+    /// take no new record, and the batch ends with [`Summary::interrupted`].
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Options {
+    /// Whether a stop was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 /// What a batch did.
@@ -137,6 +152,9 @@ pub struct Summary {
     pub step_ms: std::collections::BTreeMap<String, f64>,
     /// This process's CPU time (user + system) per card handled in this run, in milliseconds.
     pub cpu_ms_per_card: f64,
+    /// The run was stopped (see [`Options::stop`]) before every record was handled: `kagi
+    /// perso resume` continues it.
+    pub interrupted: bool,
 }
 
 /// CPU time (user + system) this process has used so far (zero where unavailable).
@@ -1407,11 +1425,27 @@ pub fn run(
             opts.out.display()
         )));
     }
+    if resume {
+        if let (Some(then), Some(now)) = (super::journal::batch_digests(&jpath)?, &opts.digests) {
+            for (what, a, b) in [
+                ("profile", &then.profile, &now.profile),
+                ("input records", &then.input, &now.input),
+            ] {
+                if a != b {
+                    return Err(Error::Profile(format!(
+                        "this batch was started with another {what} file (SHA-256 {a}, given {b}): resume it with the files it started with, or start a new batch with another --out"
+                    )));
+                }
+            }
+        }
+    }
     let state = super::journal::replay(&jpath)?;
     let journal = Journal::open(&jpath)?;
     journal.append(&Event::Start {
         profile: profile.name.clone(),
         records: records.len(),
+        profile_sha256: opts.digests.as_ref().map(|d| d.profile.clone()),
+        input_sha256: opts.digests.as_ref().map(|d| d.input.clone()),
     })?;
     if !resume {
         for b in bad {
@@ -1470,6 +1504,9 @@ pub fn run(
         for _ in 0..opts.stations.max(1) {
             s.spawn(|| {
                 loop {
+                    if opts.stopping() {
+                        break;
+                    }
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some((record, previous)) = next else {
                         break;
@@ -1509,6 +1546,13 @@ pub fn run(
             .filter(|s| matches!(s, Status::InProgress { .. }))
             .count(),
         bad_records: bad.len(),
+        interrupted: opts.stopping()
+            && records.iter().any(|r| {
+                !matches!(
+                    final_state.get(&r.id),
+                    Some(Status::Done | Status::Rework(_) | Status::Failed(_))
+                )
+            }),
         handled,
         seconds: start.elapsed().as_secs_f64(),
         cpu_ms_per_card: (cpu_time().saturating_sub(cpu_start)).as_secs_f64() * 1000.0

@@ -67,7 +67,7 @@ pub(super) fn station(
     progress: &indicatif::ProgressBar,
 ) -> Result<()> {
     loop {
-        if out_of_work(work) {
+        if out_of_work(work) || sh.opts.stopping() {
             return Ok(());
         }
         let transport = match PcscTransport::wait_for_card(reader, Share::Exclusive, POLL) {
@@ -107,7 +107,9 @@ pub(super) fn station(
         loop {
             match PcscTransport::wait_for_removal(reader, POLL) {
                 Ok(()) => break,
-                Err(TransportError::Timeout(_)) if out_of_work(work) => return Ok(()),
+                Err(TransportError::Timeout(_)) if out_of_work(work) || sh.opts.stopping() => {
+                    return Ok(());
+                }
                 Err(TransportError::Timeout(_)) => {}
                 Err(e) => return Err(Error::Transport(e)),
             }
