@@ -52,8 +52,14 @@ fn check_cmac(v: &Cmac) -> Check {
     let k = key("key", &v.key)?;
     let mac = cmac(&k, &v.message.0);
     eq("cmac", &mac, &v.mac.0)?;
-    if cmac(&k, &flip(&v.message.0, 0)) == mac && !v.message.0.is_empty() {
-        return Err("cmac unchanged by a flipped message bit".into());
+    // Tamper: flip a message bit, or a key bit when the message is empty.
+    let tampered = if v.message.0.is_empty() {
+        cmac(&key("key", &Hex(flip(&v.key.0, 0)))?, &v.message.0)
+    } else {
+        cmac(&k, &flip(&v.message.0, 0))
+    };
+    if tampered == mac {
+        return Err("cmac unchanged by a flipped message or key bit".into());
     }
     Ok(())
 }
@@ -189,11 +195,12 @@ fn check_wrap(v: &Wrap) -> Check {
 
 /// A wrapped command with its last byte before Le (a MAC byte) flipped must be rejected.
 fn tamper_command(card: &mut SecureSession, wrapped: &[u8], n: usize) -> Check {
-    let Ok(cmd) = Command::parse(wrapped) else {
-        return Ok(());
-    };
+    let cmd = Command::parse(wrapped)
+        .map_err(|e| format!("step {n}: cannot tamper with an unparsable wrapped command: {e}"))?;
     if cmd.data().is_empty() {
-        return Ok(());
+        return Err(format!(
+            "step {n}: wrapped command has no data, so no C-MAC to tamper with"
+        ));
     }
     let mut data = cmd.data().to_vec();
     let last = data.len() - 1;
@@ -426,4 +433,52 @@ fn check_session_card(v: &Session) -> Check {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SecureSession {
+        let k = AesKey::new(&[0x40; 16]).unwrap();
+        let keys = SessionKeys {
+            s_enc: k.clone(),
+            s_mac: k.clone(),
+            s_rmac: k,
+        };
+        SecureSession::from_keys(&keys, SecurityLevel::CMAC, Mode::S8, [0; 16], 0)
+    }
+
+    #[test]
+    fn tamper_of_an_unparsable_command_is_a_failure() {
+        // Lc says 5 bytes of data, 1 follows.
+        let e =
+            tamper_command(&mut session(), &[0x84, 0xf2, 0x20, 0x02, 0x05, 0x00], 3).unwrap_err();
+        assert!(e.contains("step 3") && e.contains("unparsable"), "{e}");
+    }
+
+    #[test]
+    fn tamper_of_a_command_without_data_is_a_failure() {
+        let e = tamper_command(&mut session(), &[0x84, 0xf2, 0x20, 0x02], 0).unwrap_err();
+        assert!(e.contains("no C-MAC to tamper with"), "{e}");
+    }
+
+    #[test]
+    fn tamper_of_a_properly_wrapped_command_is_detected() {
+        let mut host = session();
+        let plain = Command::parse(&[0x80, 0xf2, 0x20, 0x02]).unwrap();
+        let wrapped = host.wrap_command(&plain).unwrap().to_bytes();
+        assert_eq!(tamper_command(&mut session(), &wrapped, 0), Ok(()));
+    }
+
+    #[test]
+    fn cmac_with_an_empty_message_is_tampered_through_the_key() {
+        // RFC 4493 example 1 (AES-128, empty message).
+        let v = Cmac {
+            key: Hex(hex::decode("2b7e151628aed2a6abf7158809cf4f3c").unwrap()),
+            message: Hex(vec![]),
+            mac: Hex(hex::decode("bb1d6929e95937287fa37d129b756746").unwrap()),
+        };
+        assert_eq!(check_cmac(&v), Ok(()));
+    }
 }
