@@ -186,6 +186,33 @@ pub struct Session {
     pub expect: SessionExpect,
 }
 
+/// One step of `scp03-channel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelStep {
+    pub plain: Hex,
+    pub wrapped: Hex,
+    pub response_plain: Option<Hex>,
+    pub response_wrapped: Option<Hex>,
+    pub sw: Option<Hex>,
+}
+
+/// `scp03-channel`: a session whose INITIALIZE UPDATE bytes the source does not give.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub enc: Hex,
+    pub mac: Hex,
+    pub host_challenge: Hex,
+    pub card_challenge: Hex,
+    pub card_cryptogram: Option<Hex>,
+    pub level: Byte,
+    pub s16: bool,
+    pub external_authenticate: Hex,
+    pub steps: Vec<ChannelStep>,
+}
+
 /// A loaded vector file.
 #[derive(Debug)]
 pub enum VectorFile {
@@ -205,6 +232,8 @@ pub enum VectorFile {
     Wrap(Vec<Wrap>),
     /// `scp03-session`.
     Session(Vec<Session>),
+    /// `scp03-channel`.
+    Channel(Vec<Channel>),
 }
 
 impl VectorFile {
@@ -219,6 +248,7 @@ impl VectorFile {
             VectorFile::DekEncrypt(_) => "dek-encrypt",
             VectorFile::Wrap(_) => "scp03-wrap",
             VectorFile::Session(_) => "scp03-session",
+            VectorFile::Channel(_) => "scp03-channel",
         }
     }
 }
@@ -321,6 +351,31 @@ impl Shape for Wrap {
     }
 }
 
+impl Shape for Channel {
+    fn shape(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err(format!(
+                "{}: no steps: give at least one plain/wrapped pair",
+                self.name
+            ));
+        }
+        for (n, c) in self.steps.iter().enumerate() {
+            let given = [
+                c.response_plain.is_some(),
+                c.response_wrapped.is_some(),
+                c.sw.is_some(),
+            ];
+            if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+                return Err(format!(
+                    "{}: step {n} has only part of response_plain, response_wrapped, sw (all three or none)",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Shape for Session {
     fn shape(&self) -> Result<(), String> {
         for (n, c) in self.commands.iter().enumerate() {
@@ -367,6 +422,7 @@ pub fn parse(text: &str) -> Result<VectorFile, String> {
         "dek-encrypt" => VectorFile::DekEncrypt(vectors(text)?),
         "scp03-wrap" => VectorFile::Wrap(vectors(text)?),
         "scp03-session" => VectorFile::Session(vectors(text)?),
+        "scp03-channel" => VectorFile::Channel(vectors(text)?),
         other => return Err(format!("unknown kind '{other}'")),
     })
 }

@@ -9,11 +9,12 @@ fn bundled_vectors_all_pass() {
     for f in &report.files {
         println!("{}", f.line());
     }
-    assert_eq!(report.files.len(), 8, "the eight files listed in FORMAT.md");
+    assert_eq!(report.files.len(), 10, "the ten files listed in FORMAT.md");
     assert_eq!(report.failed(), 0, "{:#?}", report.files);
     // 12 CMAC + 120 KDF + 4 KCV + 4 kdf3 + 9 pySim + 6 OpenSCP + 1 securo sessions + 2 securo
-    // wraps, as listed in FORMAT.md (scripts/test.sh pins the same number).
-    assert_eq!(report.passed(), 158);
+    // wraps + 6 scll channels + 1 scll DEK, as listed in FORMAT.md (scripts/test.sh pins the
+    // same number).
+    assert_eq!(report.passed(), 165);
 }
 
 fn check_text(text: &str) -> test_vectors::Report {
@@ -219,4 +220,53 @@ fn check_expect_pins_the_passed_count() {
     );
     let (code, out) = check_cli(&["check", dir, "--expect", "many"]);
     assert_eq!(code, Some(2), "{out}");
+}
+
+/// The first scll channel vector (S8, level 33), edited by `edit`, as a one-vector file.
+fn scll_channel(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text =
+        fs::read_to_string(test_vectors::bundled_dir().join("scp03-channel-scll.json")).unwrap();
+    let mut file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut first = file["vectors"][0].clone();
+    edit(&mut first);
+    file["vectors"] = serde_json::Value::Array(vec![first]);
+    file.to_string()
+}
+
+/// Flips the lowest bit of the byte at `index` of the hex string at `v[field]` (a JSON pointer).
+fn flip_hex(v: &mut serde_json::Value, pointer: &str, index: usize) {
+    let s = v.pointer(pointer).unwrap().as_str().unwrap();
+    let mut b = hex::decode(s).unwrap();
+    b[index] ^= 0x01;
+    *v.pointer_mut(pointer).unwrap() = hex::encode(b).into();
+}
+
+#[test]
+fn channel_vectors_fail_on_any_changed_anchor() {
+    let r = check_text(&scll_channel(|_| {}));
+    assert_eq!((r.passed(), r.failed()), (1, 0), "{:#?}", r.files);
+    for (pointer, index, what) in [
+        ("/external_authenticate", 20, "EXTERNAL AUTHENTICATE"),
+        ("/card_cryptogram", 0, "card cryptogram"),
+        ("/steps/0/wrapped", 7, "step 0 host wrap"),
+        ("/steps/0/response_wrapped", 3, "step 0 card response wrap"),
+    ] {
+        let r = check_text(&scll_channel(|v| flip_hex(v, pointer, index)));
+        assert_eq!(
+            (r.passed(), r.failed()),
+            (0, 1),
+            "{pointer}: {:#?}",
+            r.files
+        );
+        let why = &r.files[0].failures[0].1;
+        assert!(why.contains(what), "{pointer}: {why}");
+    }
+}
+
+#[test]
+fn a_channel_without_steps_is_a_load_error() {
+    let e = load_error(&check_text(&scll_channel(|v| {
+        v["steps"] = serde_json::Value::Array(vec![]);
+    })));
+    assert!(e.contains("vector 0") && e.contains("no steps"), "{e}");
 }
