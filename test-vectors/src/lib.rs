@@ -5,7 +5,8 @@
 //! through **both** halves of kagi's SCP03: the host (initiator) and the card (responder).
 //!
 //! The loader reads every `*.json` in a directory, supports every documented kind (also those
-//! with no file yet) and rejects an unknown kind or an unknown field. Each vector counts once:
+//! with no file yet) and rejects an unknown kind or an unknown field, a file without vectors and
+//! a vector that asserts no expected value (the error names the file and the vector index). Each vector counts once:
 //! it passes only when every host-side and card-side check passes, and when flipping one bit of
 //! a MAC, cryptogram or ciphertext makes the check fail.
 
@@ -32,7 +33,8 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The JSON is malformed, has an unknown kind or an unknown/missing field.
+    /// The JSON is malformed, has an unknown kind or an unknown/missing field, holds no vector,
+    /// or a vector asserts nothing (`vector N: …`).
     #[error("{path}: {message}")]
     Schema {
         /// The file.
