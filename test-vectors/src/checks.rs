@@ -9,9 +9,9 @@ use card_wire::scp03::putkey::{dek_decrypt, dek_encrypt};
 use card_wire::scp03::{IParam, Mode, SecureSession, SecurityLevel};
 use card_wire::sw::StatusWord;
 
-type Check = Result<(), String>;
+pub(crate) type Check = Result<(), String>;
 
-fn eq(what: &str, got: &[u8], want: &[u8]) -> Check {
+pub(crate) fn eq(what: &str, got: &[u8], want: &[u8]) -> Check {
     if got == want {
         Ok(())
     } else {
@@ -23,11 +23,11 @@ fn eq(what: &str, got: &[u8], want: &[u8]) -> Check {
     }
 }
 
-fn key(what: &str, h: &Hex) -> Result<AesKey, String> {
+pub(crate) fn key(what: &str, h: &Hex) -> Result<AesKey, String> {
     AesKey::new(&h.0).map_err(|e| format!("{what}: {e}"))
 }
 
-fn flip(v: &[u8], index: usize) -> Vec<u8> {
+pub(crate) fn flip(v: &[u8], index: usize) -> Vec<u8> {
     let mut v = v.to_vec();
     if let Some(b) = v.get_mut(index) {
         *b ^= 0x01;
@@ -45,6 +45,7 @@ pub(crate) fn run(file: &VectorFile) -> Vec<Check> {
         VectorFile::DekEncrypt(v) => v.iter().map(check_dek).collect(),
         VectorFile::Wrap(v) => v.iter().map(check_wrap).collect(),
         VectorFile::Session(v) => v.iter().map(check_session).collect(),
+        VectorFile::Channel(v) => v.iter().map(crate::channel::check).collect(),
     }
 }
 
@@ -52,8 +53,14 @@ fn check_cmac(v: &Cmac) -> Check {
     let k = key("key", &v.key)?;
     let mac = cmac(&k, &v.message.0);
     eq("cmac", &mac, &v.mac.0)?;
-    if cmac(&k, &flip(&v.message.0, 0)) == mac && !v.message.0.is_empty() {
-        return Err("cmac unchanged by a flipped message bit".into());
+    // Tamper: flip a message bit, or a key bit when the message is empty.
+    let tampered = if v.message.0.is_empty() {
+        cmac(&key("key", &Hex(flip(&v.key.0, 0)))?, &v.message.0)
+    } else {
+        cmac(&k, &flip(&v.message.0, 0))
+    };
+    if tampered == mac {
+        return Err("cmac unchanged by a flipped message or key bit".into());
     }
     Ok(())
 }
@@ -137,7 +144,7 @@ fn parse_cmd(what: &str, bytes: &[u8]) -> Result<Command, String> {
     Command::parse(bytes).map_err(|e| format!("{what}: {e}"))
 }
 
-fn sw_of(h: &Hex) -> Result<StatusWord, String> {
+pub(crate) fn sw_of(h: &Hex) -> Result<StatusWord, String> {
     match h.0.as_slice() {
         [a, b] => Ok(StatusWord::from_bytes(*a, *b)),
         _ => Err("sw must be 2 bytes".into()),
@@ -162,7 +169,32 @@ fn check_wrap(v: &Wrap) -> Check {
     let counter = v.counter_start as u128;
     let mut host = SecureSession::from_keys(&keys, level, mode, chaining, counter);
     let mut card = SecureSession::from_keys(&keys, level, mode, chaining, counter);
-    for (n, step) in v.steps.iter().enumerate() {
+    let steps = v.steps.iter().map(|s| Step {
+        plain: &s.plain,
+        wrapped: &s.wrapped,
+        response: None,
+    });
+    run_steps(&mut host, &mut card, steps)
+}
+
+/// One command of a channel already past EXTERNAL AUTHENTICATE, with its optional response
+/// (`response_plain`, `response_wrapped`, `sw`).
+pub(crate) struct Step<'a> {
+    pub(crate) plain: &'a Hex,
+    pub(crate) wrapped: &'a Hex,
+    pub(crate) response: Option<(&'a Hex, &'a Hex, &'a Hex)>,
+}
+
+/// Host wraps each `plain` → exactly `wrapped`; the card (own state) unwraps `wrapped` → exactly
+/// `plain` and refuses it with a flipped MAC bit; with a response the card wraps
+/// `response_plain` → exactly `response_wrapped` and the host unwraps it back, refusing it with
+/// a flipped bit under R-MAC.
+pub(crate) fn run_steps<'a>(
+    host: &mut SecureSession,
+    card: &mut SecureSession,
+    steps: impl Iterator<Item = Step<'a>>,
+) -> Check {
+    for (n, step) in steps.enumerate() {
         let plain = parse_cmd("plain", &step.plain.0)?;
         let wrapped = host
             .wrap_command(&plain)
@@ -183,17 +215,37 @@ fn check_wrap(v: &Wrap) -> Check {
             &step.plain.0,
         )?;
         tamper_command(&mut tampered_card, &step.wrapped.0, n)?;
+        if let Some((rp, rw, sw)) = step.response {
+            let sw = sw_of(sw)?;
+            let sent = card
+                .wrap_response(&Response::new(rp.0.clone(), sw))
+                .map_err(|e| format!("step {n} card response: {e}"))?;
+            eq(&format!("step {n} card response wrap"), &sent.data, &rw.0)?;
+            let resp = Response::new(rw.0.clone(), sw);
+            let mut tampered_host = host.clone();
+            let got = host
+                .unwrap_response(&resp)
+                .map_err(|e| format!("step {n} host response: {e}"))?;
+            eq(&format!("step {n} host response unwrap"), &got.data, &rp.0)?;
+            if host.level().r_mac() {
+                let bad = Response::new(flip(&rw.0, 0), sw);
+                if tampered_host.unwrap_response(&bad).is_ok() {
+                    return Err(format!("step {n}: host accepted a flipped response bit"));
+                }
+            }
+        }
     }
     Ok(())
 }
 
 /// A wrapped command with its last byte before Le (a MAC byte) flipped must be rejected.
 fn tamper_command(card: &mut SecureSession, wrapped: &[u8], n: usize) -> Check {
-    let Ok(cmd) = Command::parse(wrapped) else {
-        return Ok(());
-    };
+    let cmd = Command::parse(wrapped)
+        .map_err(|e| format!("step {n}: cannot tamper with an unparsable wrapped command: {e}"))?;
     if cmd.data().is_empty() {
-        return Ok(());
+        return Err(format!(
+            "step {n}: wrapped command has no data, so no C-MAC to tamper with"
+        ));
     }
     let mut data = cmd.data().to_vec();
     let last = data.len() - 1;
@@ -426,4 +478,52 @@ fn check_session_card(v: &Session) -> Check {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SecureSession {
+        let k = AesKey::new(&[0x40; 16]).unwrap();
+        let keys = SessionKeys {
+            s_enc: k.clone(),
+            s_mac: k.clone(),
+            s_rmac: k,
+        };
+        SecureSession::from_keys(&keys, SecurityLevel::CMAC, Mode::S8, [0; 16], 0)
+    }
+
+    #[test]
+    fn tamper_of_an_unparsable_command_is_a_failure() {
+        // Lc says 5 bytes of data, 1 follows.
+        let e =
+            tamper_command(&mut session(), &[0x84, 0xf2, 0x20, 0x02, 0x05, 0x00], 3).unwrap_err();
+        assert!(e.contains("step 3") && e.contains("unparsable"), "{e}");
+    }
+
+    #[test]
+    fn tamper_of_a_command_without_data_is_a_failure() {
+        let e = tamper_command(&mut session(), &[0x84, 0xf2, 0x20, 0x02], 0).unwrap_err();
+        assert!(e.contains("no C-MAC to tamper with"), "{e}");
+    }
+
+    #[test]
+    fn tamper_of_a_properly_wrapped_command_is_detected() {
+        let mut host = session();
+        let plain = Command::parse(&[0x80, 0xf2, 0x20, 0x02]).unwrap();
+        let wrapped = host.wrap_command(&plain).unwrap().to_bytes();
+        assert_eq!(tamper_command(&mut session(), &wrapped, 0), Ok(()));
+    }
+
+    #[test]
+    fn cmac_with_an_empty_message_is_tampered_through_the_key() {
+        // RFC 4493 example 1 (AES-128, empty message).
+        let v = Cmac {
+            key: Hex(hex::decode("2b7e151628aed2a6abf7158809cf4f3c").unwrap()),
+            message: Hex(vec![]),
+            mac: Hex(hex::decode("bb1d6929e95937287fa37d129b756746").unwrap()),
+        };
+        assert_eq!(check_cmac(&v), Ok(()));
+    }
 }

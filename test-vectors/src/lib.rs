@@ -5,12 +5,14 @@
 //! through **both** halves of kagi's SCP03: the host (initiator) and the card (responder).
 //!
 //! The loader reads every `*.json` in a directory, supports every documented kind (also those
-//! with no file yet) and rejects an unknown kind or an unknown field. Each vector counts once:
+//! with no file yet) and rejects an unknown kind or an unknown field, a file without vectors and
+//! a vector that asserts no expected value (the error names the file and the vector index). Each vector counts once:
 //! it passes only when every host-side and card-side check passes, and when flipping one bit of
 //! a MAC, cryptogram or ciphertext makes the check fail.
 
 #![deny(missing_docs)]
 
+mod channel;
 mod checks;
 // Field names and meanings are those of `vectors/FORMAT.md`; repeating them here adds nothing.
 #[allow(missing_docs)]
@@ -31,7 +33,8 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The JSON is malformed, has an unknown kind or an unknown/missing field.
+    /// The JSON is malformed, has an unknown kind or an unknown/missing field, holds no vector,
+    /// or a vector asserts nothing (`vector N: …`).
     #[error("{path}: {message}")]
     Schema {
         /// The file.

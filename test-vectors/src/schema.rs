@@ -186,6 +186,33 @@ pub struct Session {
     pub expect: SessionExpect,
 }
 
+/// One step of `scp03-channel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelStep {
+    pub plain: Hex,
+    pub wrapped: Hex,
+    pub response_plain: Option<Hex>,
+    pub response_wrapped: Option<Hex>,
+    pub sw: Option<Hex>,
+}
+
+/// `scp03-channel`: a session whose INITIALIZE UPDATE bytes the source does not give.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub enc: Hex,
+    pub mac: Hex,
+    pub host_challenge: Hex,
+    pub card_challenge: Hex,
+    pub card_cryptogram: Option<Hex>,
+    pub level: Byte,
+    pub s16: bool,
+    pub external_authenticate: Hex,
+    pub steps: Vec<ChannelStep>,
+}
+
 /// A loaded vector file.
 #[derive(Debug)]
 pub enum VectorFile {
@@ -205,6 +232,8 @@ pub enum VectorFile {
     Wrap(Vec<Wrap>),
     /// `scp03-session`.
     Session(Vec<Session>),
+    /// `scp03-channel`.
+    Channel(Vec<Channel>),
 }
 
 impl VectorFile {
@@ -219,6 +248,7 @@ impl VectorFile {
             VectorFile::DekEncrypt(_) => "dek-encrypt",
             VectorFile::Wrap(_) => "scp03-wrap",
             VectorFile::Session(_) => "scp03-session",
+            VectorFile::Channel(_) => "scp03-channel",
         }
     }
 }
@@ -233,10 +263,145 @@ struct Envelope<T> {
     vectors: Vec<T>,
 }
 
-fn vectors<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
-    serde_json::from_str::<Envelope<T>>(text)
+/// What a vector must carry beyond its JSON shape, checked when the file is loaded.
+trait Shape {
+    /// Ok when the vector asserts at least one expected value and is internally complete.
+    fn shape(&self) -> Result<(), String>;
+}
+
+fn vectors<T: DeserializeOwned + Shape>(text: &str) -> Result<Vec<T>, String> {
+    let v = serde_json::from_str::<Envelope<T>>(text)
         .map(|e| e.vectors)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if v.is_empty() {
+        return Err("\"vectors\" is empty: a vector file must hold at least one vector".into());
+    }
+    for (i, one) in v.iter().enumerate() {
+        one.shape().map_err(|e| format!("vector {i}: {e}"))?;
+    }
+    Ok(v)
+}
+
+impl Shape for Cmac {
+    fn shape(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Shape for KdfCtrCmac {
+    fn shape(&self) -> Result<(), String> {
+        if self.output.0.is_empty() || self.output.0.len() * 8 != self.output_bits {
+            return Err(format!(
+                "output holds {} bytes but output_bits is {}: give the expected output in full",
+                self.output.0.len(),
+                self.output_bits
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Shape for Kcv {
+    fn shape(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Shape for Kdf3 {
+    fn shape(&self) -> Result<(), String> {
+        let expected = [
+            &self.enc,
+            &self.mac,
+            &self.dek,
+            &self.kcv_enc,
+            &self.kcv_mac,
+            &self.kcv_dek,
+        ];
+        if expected.iter().all(|e| e.is_none()) {
+            return Err(
+                "no expected value: give at least one of enc, mac, dek, kcv_enc, kcv_mac, kcv_dek"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Shape for SessionKeysVector {
+    fn shape(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Shape for DekEncrypt {
+    fn shape(&self) -> Result<(), String> {
+        if self.plaintext.0.is_empty() {
+            return Err("empty plaintext: nothing is encrypted, nothing can be checked".into());
+        }
+        Ok(())
+    }
+}
+
+impl Shape for Wrap {
+    fn shape(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err("no steps: give at least one plain/wrapped pair".into());
+        }
+        Ok(())
+    }
+}
+
+impl Shape for Channel {
+    fn shape(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err(format!(
+                "{}: no steps: give at least one plain/wrapped pair",
+                self.name
+            ));
+        }
+        for (n, c) in self.steps.iter().enumerate() {
+            let given = [
+                c.response_plain.is_some(),
+                c.response_wrapped.is_some(),
+                c.sw.is_some(),
+            ];
+            if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+                return Err(format!(
+                    "{}: step {n} has only part of response_plain, response_wrapped, sw (all three or none)",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shape for Session {
+    fn shape(&self) -> Result<(), String> {
+        for (n, c) in self.commands.iter().enumerate() {
+            let given = [
+                c.response_plain.is_some(),
+                c.response_wrapped.is_some(),
+                c.sw.is_some(),
+            ];
+            if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+                return Err(format!(
+                    "{}: command {n} has only part of response_plain, response_wrapped, sw (all three or none)",
+                    self.name
+                ));
+            }
+        }
+        // A derived EXTERNAL AUTHENTICATE was computed, not seen: its MAC, and the chaining value
+        // every later C-MAC starts from, would then be anchored by nothing from the source.
+        if self.external_authenticate.derived && self.commands.is_empty() {
+            return Err(format!(
+                "{}: external_authenticate.derived is true and no command follows; a derived \
+                 EXTERNAL AUTHENTICATE needs at least one recorded wrapped command to anchor it",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Parses a file's text, dispatching on its `kind`.
@@ -257,6 +422,7 @@ pub fn parse(text: &str) -> Result<VectorFile, String> {
         "dek-encrypt" => VectorFile::DekEncrypt(vectors(text)?),
         "scp03-wrap" => VectorFile::Wrap(vectors(text)?),
         "scp03-session" => VectorFile::Session(vectors(text)?),
+        "scp03-channel" => VectorFile::Channel(vectors(text)?),
         other => return Err(format!("unknown kind '{other}'")),
     })
 }
