@@ -1425,17 +1425,17 @@ pub fn run(
             opts.out.display()
         )));
     }
-    if resume {
-        if let (Some(then), Some(now)) = (super::journal::batch_digests(&jpath)?, &opts.digests) {
-            for (what, a, b) in [
-                ("profile", &then.profile, &now.profile),
-                ("input records", &then.input, &now.input),
-            ] {
-                if a != b {
-                    return Err(Error::Profile(format!(
-                        "this batch was started with another {what} file (SHA-256 {a}, given {b}): resume it with the files it started with, or start a new batch with another --out"
-                    )));
-                }
+    if resume
+        && let (Some(then), Some(now)) = (super::journal::batch_digests(&jpath)?, &opts.digests)
+    {
+        for (what, a, b) in [
+            ("profile", &then.profile, &now.profile),
+            ("input records", &then.input, &now.input),
+        ] {
+            if a != b {
+                return Err(Error::Profile(format!(
+                    "this batch was started with another {what} file (SHA-256 {a}, given {b}): resume it with the files it started with, or start a new batch with another --out"
+                )));
             }
         }
     }
