@@ -150,7 +150,14 @@ async fn revoke_always_wins(w: &World, rounds: u64) {
     for round in 0..rounds {
         let card = format!("RACE-{round}");
         let holder = format!("holder-{round}");
-        let phc = password::new_verifier("right password", &Policy::cheap_for_tests().new).unwrap();
+        // 2 MiB: a check takes a few milliseconds, the window in which a login that read
+        // the row before the revoke could write it back after (what the old broker did).
+        let params = password::Params {
+            m_kib: 2048,
+            t: 1,
+            p: 1,
+        };
+        let phc = password::new_verifier("right password", &params).unwrap();
         assert_eq!(
             w.admin(
                 &b,
