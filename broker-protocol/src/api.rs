@@ -192,15 +192,16 @@ pub enum AdminRequest {
     /// Register (or update) a service and its policy.
     RegisterService(ServicePolicy),
     /// Enrol a card's holder: the card's id (the JPKI authentication certificate's subject
-    /// common name), the holder's id, and optionally a password verifier (PBKDF2-HMAC-SHA256:
-    /// salt, iterations, verifier) for the lower-assurance path. No card is written.
+    /// common name), the holder's id, and optionally a password verifier for the
+    /// lower-assurance path: an Argon2id PHC string ([`tsm_protocol::password`]; the broker
+    /// refuses one below its floor, m=19456 KiB, t=2, p=1). No card is written.
     EnrolCard {
         /// The card's id.
         card: String,
         /// The holder's id.
         holder: String,
-        /// `(salt, iterations, verifier)`.
-        password: Option<([u8; 16], u32, [u8; 32])>,
+        /// `$argon2id$v=19$m=…,t=…,p=…$salt$hash`.
+        password: Option<String>,
     },
     /// Make (or return the existing) credential of a card for a service.
     EnrolCredential {

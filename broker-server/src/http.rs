@@ -85,9 +85,21 @@ async fn login(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
     }
 }
 
-async fn login_password(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+/// The client's address for the per-client password backoff: the peer of the connection when
+/// the server records it (`ConnectInfo`), else none.
+fn client_of(ext: &axum::http::Extensions) -> Option<String> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+async fn login_password(
+    State(b): State<Arc<Broker>>,
+    ext: axum::http::Extensions,
+    raw: Bytes,
+) -> Response {
+    let client = client_of(&ext);
     match body::<PasswordLogin>(&raw) {
-        Ok(l) => json(b.login_password(&l).await),
+        Ok(l) => json(b.login_password(&l, client.as_deref()).await),
         Err(e) => refusal(e),
     }
 }

@@ -8,17 +8,22 @@
 //!
 //! - [`envelope`]: the seam to where the KEKs live (a key file for tests, PKCS#11 in `kagi`).
 //! - [`store`]: the tables, sharded by card over any number of databases.
-//! - [`service`]: logins, acts, administrators' requests, KEK rotation.
+//! - [`service`]: logins, acts, administrators' requests, KEK rotation (the password login
+//!   and its backoff in a module of its own).
+//! - [`clock`]: the time, injectable for tests.
 //! - [`http`]: the HTTP(S) front.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod envelope;
 pub mod http;
+mod password_login;
 pub mod service;
 pub mod store;
 
 pub use envelope::{Envelope, FileEnvelope};
+pub use password_login::Backoff;
 pub use service::{Broker, BrokerError, Config};
 pub use store::Shards;

@@ -8,17 +8,20 @@
 //! (MAC'd with the broker's state key, valid two minutes) and single-use (recorded on the
 //! card's shard in the same transaction as the session they open).
 
+use crate::clock::{Clock, SystemClock};
 use crate::envelope::{Envelope, SealedRecord};
-use crate::store::{CardRow, CredentialRow, Shard, Shards};
+use crate::password_login::Backoff;
+use crate::store::{CredentialRow, Shard, Shards};
 use broker_protocol::api::{
     self, Act, ActResult, AdminRequest, AdminResponse, ApiError, AuditEntry, CardLogin, Challenge,
-    Method, PasswordLogin, ServicePolicy, Session,
+    Method, ServicePolicy, Session,
 };
 use broker_protocol::assertion::{self, Assurance, Claims, Jwks};
 use hmac::{Hmac, KeyInit, Mac};
 use kagi_db::StoreError;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use tsm_protocol::password;
 use tsm_protocol::receipt::CertKey;
 use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use zeroize::Zeroizing;
@@ -65,14 +68,13 @@ pub struct RecordCheck {
 pub struct Broker {
     config: Config,
     shards: Shards,
+    clock: Arc<dyn Clock>,
+    password_policy: password::Policy,
+    backoff: Backoff,
+    hash_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Unix milliseconds.
-fn now_ms() -> i64 {
-    signing::now_ms() as i64
-}
-
-fn refuse(code: &str, detail: impl Into<String>) -> ApiError {
+pub(crate) fn refuse(code: &str, detail: impl Into<String>) -> ApiError {
     ApiError {
         code: code.into(),
         detail: detail.into(),
@@ -244,9 +246,54 @@ impl CardTrust {
 }
 
 impl Broker {
-    /// A broker over its shards.
+    /// A broker over its shards: the system clock, the production password policy
+    /// ([`password::Policy::production`]) and the default [`Backoff`].
     pub fn new(config: Config, shards: Shards) -> Broker {
-        Broker { config, shards }
+        let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Broker {
+            config,
+            shards,
+            clock: Arc::new(SystemClock),
+            password_policy: password::Policy::production(),
+            backoff: Backoff::default(),
+            hash_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+
+    /// The same broker reading the time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Broker {
+        self.clock = clock;
+        self
+    }
+
+    /// The same broker with another password policy: what verifiers it accepts and makes.
+    /// Only tests weaken it ([`password::Policy::cheap_for_tests`]).
+    pub fn with_password_policy(mut self, policy: password::Policy) -> Broker {
+        self.password_policy = policy;
+        self
+    }
+
+    /// The same broker with another backoff for password tries.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Broker {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Unix milliseconds, from the broker's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn password_policy(&self) -> password::Policy {
+        self.password_policy
+    }
+
+    pub(crate) fn backoff_policy(&self) -> Backoff {
+        self.backoff
+    }
+
+    pub(crate) fn hash_slots(&self) -> &tokio::sync::Semaphore {
+        &self.hash_slots
     }
 
     /// The shards.
@@ -283,7 +330,7 @@ impl Broker {
     /// A login challenge: 16 random bytes and an expiry, MAC'd (stateless, valid 2 minutes).
     pub fn challenge(&self) -> Result<Challenge> {
         let r = random::<16>()?;
-        let expires = (now_ms() / 1000 + 120) as u64;
+        let expires = (self.now() / 1000 + 120) as u64;
         let mut nonce = r.to_vec();
         nonce.extend_from_slice(&expires.to_be_bytes());
         let tag = self.mac(&[b"challenge", &nonce])?;
@@ -322,7 +369,7 @@ impl Broker {
             return Err(bad());
         }
         let expires = u64::from_be_bytes(nonce[16..24].try_into().map_err(|_| bad())?) as i64;
-        if expires < now_ms() / 1000 {
+        if expires < self.now() / 1000 {
             return Err(refuse(
                 "login.challenge-expired",
                 "the challenge expired: ask for a new one",
@@ -420,7 +467,7 @@ impl Broker {
             .await
     }
 
-    async fn open_session(
+    pub(crate) async fn open_session(
         &self,
         shard: &Shard,
         card: &str,
@@ -428,12 +475,16 @@ impl Broker {
         nonce: Option<(&[u8], i64)>,
     ) -> Result<Session> {
         let (token, hash) = self.session_token(card)?;
-        let t = now_ms();
+        let t = self.now();
         let expires = t / 1000 + self.config.session_secs as i64;
         let mut batch = Vec::new();
         if let Some((n, exp)) = nonce {
             batch.push(Shard::use_nonce(n, exp * 1000));
         }
+        // The card must still be active when the session is written: a revoke committed
+        // first fails this batch, one after it ends the session.
+        let guard = batch.len();
+        batch.push(Shard::still_active(card, t));
         batch.push(Shard::put_session(&hash, card, assurance, expires));
         batch.push(Shard::audit(card, t, "", assurance.name(), "login", "ok"));
         match shard.commit(batch).await {
@@ -445,6 +496,9 @@ impl Broker {
                 )
                 .into());
             }
+            Err(StoreError::Conflict(i)) if i == guard => {
+                return Err(refuse("login.revoked", format!("card {card} is revoked")).into());
+            }
             Err(e) => return Err(e.into()),
         }
         tracing::info!(card = %card, assurance = assurance.name(), "login");
@@ -453,58 +507,6 @@ impl Broker {
             assurance,
             expires_at: expires as u64,
         })
-    }
-
-    /// The lower-assurance login: the holder's id and password (five wrong passwords lock
-    /// it).
-    pub async fn login_password(&self, l: &PasswordLogin) -> Result<Session> {
-        let mut found = None;
-        for shard in self.shards.all() {
-            if let Some(c) = shard.card_of_holder(&l.holder).await? {
-                found = Some((shard, c));
-                break;
-            }
-        }
-        let fail = || refuse("login.wrong-password", "wrong holder id or password");
-        let Some((shard, mut c)) = found else {
-            // The same work as a known holder, so timing tells nothing.
-            let _ = tsm_protocol::access::password_verifier(&l.password, &[0; 16], 4096);
-            return Err(fail().into());
-        };
-        if c.state != "active" {
-            return Err(refuse("login.revoked", "the card is revoked").into());
-        }
-        let Some((salt, iterations, verifier)) = c.password else {
-            return Err(refuse("login.no-password", "this holder has no password login").into());
-        };
-        if c.pw_failures >= 5 {
-            return Err(refuse(
-                "login.locked",
-                "too many wrong passwords: the administrator must reset it",
-            )
-            .into());
-        }
-        let ok = tsm_protocol::access::same(
-            &tsm_protocol::access::password_verifier(&l.password, &salt, iterations),
-            &verifier,
-        );
-        let t = now_ms();
-        if !ok {
-            c.pw_failures += 1;
-            shard
-                .commit(vec![
-                    Shard::put_card(&c, t),
-                    Shard::audit(&c.card, t, "", "password", "login", "login.wrong-password"),
-                ])
-                .await?;
-            return Err(fail().into());
-        }
-        if c.pw_failures > 0 {
-            c.pw_failures = 0;
-            shard.commit(vec![Shard::put_card(&c, t)]).await?;
-        }
-        self.open_session(shard, &c.card.clone(), Assurance::Password, None)
-            .await
     }
 
     /// The card and assurance of a live session, if its card is still active.
@@ -522,7 +524,7 @@ impl Broker {
             .ok_or_else(bad)?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let (card, assurance) = shard
-            .session(&hash, now_ms() / 1000)
+            .session(&hash, self.now() / 1000)
             .await?
             .ok_or_else(bad)?;
         match shard.card(&card).await? {
@@ -543,7 +545,7 @@ impl Broker {
             .of(card)
             .commit(vec![Shard::audit(
                 card,
-                now_ms(),
+                self.now(),
                 service,
                 a.name(),
                 event,
@@ -567,7 +569,7 @@ impl Broker {
         shard
             .commit(vec![Shard::audit(
                 &card,
-                now_ms(),
+                self.now(),
                 &a.service,
                 assurance.name(),
                 "act",
@@ -591,10 +593,19 @@ impl Broker {
             )
             .into());
         }
-        let policy = shard
-            .service(&a.service)
+        // An unknown service and one this card has no credential for answer alike (the
+        // holder learns nothing about services that are not theirs).
+        let not_yours = || {
+            refuse(
+                "act.not-enrolled",
+                format!("the card has no credential for {}", a.service),
+            )
+        };
+        let policy = shard.service(&a.service).await?.ok_or_else(not_yours)?;
+        let cred = shard
+            .active_credential(card, &a.service)
             .await?
-            .ok_or_else(|| refuse("act.unknown-service", format!("no service {}", a.service)))?;
+            .ok_or_else(not_yours)?;
         if assurance < policy.min_assurance {
             return Err(refuse(
                 "act.assurance",
@@ -606,7 +617,7 @@ impl Broker {
             )
             .into());
         }
-        let hour = ((now_ms() / 3_600_000) % 24) as u8;
+        let hour = ((self.now() / 3_600_000) % 24) as u8;
         if !policy.allows_hour(hour) {
             return Err(refuse(
                 "act.outside-hours",
@@ -614,15 +625,6 @@ impl Broker {
             )
             .into());
         }
-        let cred = shard
-            .active_credential(card, &a.service)
-            .await?
-            .ok_or_else(|| {
-                refuse(
-                    "act.not-enrolled",
-                    format!("the card has no credential for {}", a.service),
-                )
-            })?;
         let challenge = || {
             a.challenge
                 .as_deref()
@@ -651,7 +653,7 @@ impl Broker {
                     .ok_or_else(|| {
                         refuse("act.no-nonce", "an assertion needs the service's nonce")
                     })?;
-                let iat = (now_ms() / 1000) as u64;
+                let iat = (self.now() / 1000) as u64;
                 let claims = Claims {
                     iss: self.config.name.clone(),
                     sub: cred.pairwise.clone(),
@@ -776,7 +778,7 @@ impl Broker {
     }
 
     async fn handle_admin(&self, req: AdminRequest) -> Result<AdminResponse> {
-        let t = now_ms();
+        let t = self.now();
         match req {
             AdminRequest::RegisterService(p) => {
                 self.shards
@@ -790,29 +792,25 @@ impl Broker {
                 holder,
                 password,
             } => {
+                if let Some(p) = &password {
+                    password::accept(p, &self.password_policy)
+                        .map_err(|e| refuse("admin.weak-password-verifier", e.to_string()))?;
+                }
                 let shard = self.shards.of(&card);
-                let state = match shard.card(&card).await? {
-                    Some(c) if c.state == "revoked" => {
-                        return Err(
-                            refuse("admin.revoked", format!("card {card} is revoked")).into()
-                        );
-                    }
-                    _ => "active",
-                };
-                let row = CardRow {
-                    card: card.clone(),
-                    holder,
-                    state: state.into(),
-                    password,
-                    pw_failures: 0,
-                };
-                shard
+                // One conditional upsert: a revoked card stays revoked, whatever else runs.
+                match shard
                     .commit(vec![
-                        Shard::put_card(&row, t),
+                        Shard::enrol_card(&card, &holder, password.as_deref(), t),
                         Shard::audit(&card, t, "", "", "enrol-card", "ok"),
                     ])
-                    .await?;
-                Ok(AdminResponse::Ok)
+                    .await
+                {
+                    Ok(()) => Ok(AdminResponse::Ok),
+                    Err(StoreError::Conflict(0)) => {
+                        Err(refuse("admin.revoked", format!("card {card} is revoked")).into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             AdminRequest::EnrolCredential { card, service } => {
                 self.enrol(&card, &service, false).await
@@ -847,21 +845,26 @@ impl Broker {
             }
             AdminRequest::RevokeCard { card } => {
                 let shard = self.shards.of(&card);
-                let Some(mut c) = shard.card(&card).await? else {
-                    return Err(refuse(
-                        "admin.unknown-card",
-                        format!("card {card} is not enrolled"),
-                    )
-                    .into());
-                };
-                c.state = "revoked".into();
-                shard
+                // Only the state changes, in one statement with the end of the sessions:
+                // nothing a login or an act writes can bring the card back.
+                match shard
                     .commit(vec![
-                        Shard::put_card(&c, t),
+                        Shard::revoke_card(&card, t),
                         Shard::end_sessions(&card),
                         Shard::audit(&card, t, "", "", "revoke-card", "ok"),
                     ])
-                    .await?;
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(0)) => {
+                        return Err(refuse(
+                            "admin.unknown-card",
+                            format!("card {card} is not enrolled"),
+                        )
+                        .into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 tracing::info!(card = %card, "card revoked");
                 Ok(AdminResponse::Ok)
             }
@@ -937,7 +940,7 @@ impl Broker {
         let mut in_batch = vec![0usize; pending.len()];
         for card in cards {
             let i = self.shards.index_of(card);
-            let t = now_ms();
+            let t = self.now();
             pending[i].push(Shard::insert_card_if_new(card, t));
             for p in &policies {
                 let (row, _secret) = self.make_credential(&kek, card, &p.id, p.method, 1)?;
@@ -1000,7 +1003,7 @@ impl Broker {
         let version = existing.as_ref().map(|c| c.version + 1).unwrap_or(1);
         let kek = self.current_kek().await?;
         let (row, secret) = self.make_credential(&kek, card, service, policy.method, version)?;
-        let t = now_ms();
+        let t = self.now();
         let mut batch = vec![Shard::insert_credential(&row, t)];
         if let Some(old) = &existing {
             batch.push(Shard::retire_credential(card, service, old.version));
@@ -1099,7 +1102,7 @@ impl Broker {
         let kek = self.current_kek().await?;
         let (n, _) = self.rewrap_some(&kek, 5_000).await?;
         for s in self.shards.all() {
-            s.purge(now_ms() / 1000).await?;
+            s.purge(self.now() / 1000).await?;
         }
         Ok(n)
     }

@@ -16,6 +16,7 @@ use broker_protocol::Assurance;
 use broker_protocol::api::{AuditEntry, Method, ServicePolicy};
 use kagi_db::{Backend, Db, Schema, Stmt, StoreError, Val};
 use sha2::{Digest, Sha256};
+use tsm_protocol::password::{Phc, Verifier};
 
 /// The broker's tables.
 pub const SCHEMA: Schema = Schema {
@@ -46,6 +47,11 @@ pub const SCHEMA: Schema = Schema {
             assurance TEXT NOT NULL, event TEXT NOT NULL, outcome TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS audit_card ON audit (card, id)",
         "CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        // Password tries per holder and per client (`holder:<id>`, `client:<address>`), on
+        // the first shard: claimed by compare-and-swap on `failures` before a password is
+        // checked, so concurrent tries never check more than the backoff allows.
+        "CREATE TABLE IF NOT EXISTS pw_backoff (
+            key TEXT PRIMARY KEY, failures BIGINT NOT NULL, next_at BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS replay (
             sender TEXT NOT NULL, msg_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
             PRIMARY KEY (sender, msg_id))",
@@ -61,10 +67,9 @@ pub struct CardRow {
     pub holder: String,
     /// `active` or `revoked`.
     pub state: String,
-    /// PBKDF2 salt, iterations and verifier of the holder's password.
-    pub password: Option<([u8; 16], u32, [u8; 32])>,
-    /// Consecutive wrong passwords.
-    pub pw_failures: i64,
+    /// The holder's password verifier: Argon2id (PHC string in `pw_verifier`), or PBKDF2
+    /// (`pw_salt`, `pw_iterations`, `pw_verifier`) from before, upgraded at the next login.
+    pub password: Option<Verifier>,
 }
 
 /// A card's credential for a service.
@@ -129,31 +134,101 @@ fn credential_from(r: &[Val]) -> CredentialRow {
 }
 
 impl Shard {
-    /// Statement writing a card.
-    pub fn put_card(c: &CardRow, now: i64) -> Stmt {
-        let (salt, iter, verifier) = match &c.password {
-            Some((s, i, v)) => (
-                Val::Blob(s.to_vec()),
-                Val::Int(i64::from(*i)),
-                Val::Blob(v.to_vec()),
-            ),
-            None => (Val::Null, Val::Null, Val::Null),
-        };
-        Stmt::any(
+    /// Statement enrolling (or re-enrolling) a card's holder — only while the card is not
+    /// revoked: changes one row, or none when the card is revoked (a revoke always wins).
+    pub fn enrol_card(card: &str, holder: &str, password_phc: Option<&str>, now: i64) -> Stmt {
+        Stmt::one(
             "INSERT INTO cards (card, holder, state, pw_salt, pw_iterations, pw_verifier, pw_failures, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (card) DO UPDATE SET holder = $2, state = $3, pw_salt = $4, pw_iterations = $5,
-             pw_verifier = $6, pw_failures = $7, updated_at = $8",
+             VALUES ($1, $2, 'active', NULL, NULL, $3, 0, $4)
+             ON CONFLICT (card) DO UPDATE SET holder = $2, pw_salt = NULL, pw_iterations = NULL,
+             pw_verifier = $3, pw_failures = 0, updated_at = $4 WHERE cards.state = 'active'",
             vec![
-                c.card.clone().into(),
-                c.holder.clone().into(),
-                c.state.clone().into(),
-                salt,
-                iter,
-                verifier,
-                c.pw_failures.into(),
+                card.into(),
+                holder.into(),
+                password_phc.map(|p| p.as_bytes().to_vec()).into(),
                 now.into(),
             ],
+        )
+    }
+
+    /// Statement revoking a card (one row; none if the card is unknown). Nothing else of the
+    /// row is written, so no concurrent request can write `active` back.
+    pub fn revoke_card(card: &str, now: i64) -> Stmt {
+        Stmt::one(
+            "UPDATE cards SET state = 'revoked', updated_at = $2 WHERE card = $1",
+            vec![card.into(), now.into()],
+        )
+    }
+
+    /// Statement that changes one row only while the card is active: put first in a batch
+    /// that opens a session, it takes the row's lock (PostgreSQL) or the writer (SQLite), so
+    /// a revoke committed before it makes the batch fail, and a revoke after it waits and
+    /// then ends the session.
+    pub fn still_active(card: &str, now: i64) -> Stmt {
+        Stmt::one(
+            "UPDATE cards SET updated_at = $2 WHERE card = $1 AND state = 'active'",
+            vec![card.into(), now.into()],
+        )
+    }
+
+    /// Statement replacing a holder's password verifier by `new_phc`, only if it is still
+    /// the one that was read (`old`), and touching nothing else of the row.
+    pub fn upgrade_verifier(card: &str, old: &Verifier, new_phc: &str, now: i64) -> Stmt {
+        let old_bytes = match old {
+            Verifier::Argon2id(p) => p.to_phc().into_bytes(),
+            Verifier::Pbkdf2 { hash, .. } => hash.to_vec(),
+        };
+        Stmt::any(
+            "UPDATE cards SET pw_salt = NULL, pw_iterations = NULL, pw_verifier = $2, updated_at = $4
+             WHERE card = $1 AND pw_verifier = $3",
+            vec![
+                card.into(),
+                new_phc.as_bytes().to_vec().into(),
+                old_bytes.into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// A backoff entry: `(failures, next_at ms)`.
+    pub async fn backoff(&self, key: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT failures, next_at FROM pw_backoff WHERE key = $1",
+                vec![key.into()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r[0].int(), r[1].int())))
+    }
+
+    /// Statement claiming a try: the entry goes from `seen` failures (`None`: no entry) to
+    /// `failures`, next try at `next_at` — changes one row only if nobody claimed meanwhile.
+    pub fn claim_try(key: &str, seen: Option<i64>, failures: i64, next_at: i64) -> Stmt {
+        match seen {
+            None => Stmt::one(
+                "INSERT INTO pw_backoff (key, failures, next_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                vec![key.into(), failures.into(), next_at.into()],
+            ),
+            Some(f) => Stmt::one(
+                "UPDATE pw_backoff SET failures = $3, next_at = $4 WHERE key = $1 AND failures = $2",
+                vec![key.into(), f.into(), failures.into(), next_at.into()],
+            ),
+        }
+    }
+
+    /// Statement forgetting a holder's failures (the right password).
+    pub fn clear_backoff(key: &str) -> Stmt {
+        Stmt::any(
+            "UPDATE pw_backoff SET failures = 0, next_at = 0 WHERE key = $1",
+            vec![key.into()],
+        )
+    }
+
+    /// Statement giving a client back the try a right password used.
+    pub fn refund_try(key: &str) -> Stmt {
+        Stmt::any(
+            "UPDATE pw_backoff SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+            vec![key.into()],
         )
     }
 
@@ -168,15 +243,21 @@ impl Shard {
 
     fn card_from(r: &[Val]) -> CardRow {
         let password = match (arr::<16>(&r[3]), &r[4], arr::<32>(&r[5])) {
-            (Some(s), Val::Int(i), Some(v)) => Some((s, *i as u32, v)),
-            _ => None,
+            (Some(salt), Val::Int(i), Some(hash)) => Some(Verifier::Pbkdf2 {
+                salt,
+                iterations: u32::try_from(*i).unwrap_or(0),
+                hash,
+            }),
+            _ => std::str::from_utf8(&r[5].blob())
+                .ok()
+                .and_then(|s| Phc::parse(s).ok())
+                .map(Verifier::Argon2id),
         };
         CardRow {
             card: r[0].text(),
             holder: r[1].text(),
             state: r[2].text(),
             password,
-            pw_failures: r[6].int(),
         }
     }
 
@@ -184,7 +265,7 @@ impl Shard {
     pub async fn card(&self, card: &str) -> Result<Option<CardRow>, StoreError> {
         let rows = self
             .query(
-                "SELECT card, holder, state, pw_salt, pw_iterations, pw_verifier, pw_failures FROM cards WHERE card = $1",
+                "SELECT card, holder, state, pw_salt, pw_iterations, pw_verifier FROM cards WHERE card = $1",
                 vec![card.into()],
             )
             .await?;
@@ -195,7 +276,7 @@ impl Shard {
     pub async fn card_of_holder(&self, holder: &str) -> Result<Option<CardRow>, StoreError> {
         let rows = self
             .query(
-                "SELECT card, holder, state, pw_salt, pw_iterations, pw_verifier, pw_failures FROM cards WHERE holder = $1",
+                "SELECT card, holder, state, pw_salt, pw_iterations, pw_verifier FROM cards WHERE holder = $1",
                 vec![holder.into()],
             )
             .await?;

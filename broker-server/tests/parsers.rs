@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use broker_protocol::api::{self, ApiError, CardLogin};
+use broker_protocol::api::{self, AdminRequest, AdminResponse, ApiError, CardLogin};
 use broker_protocol::assertion::{self, Claims, Jwks};
 use broker_server::envelope::FileEnvelope;
 use broker_server::service::CardTrust;
@@ -15,13 +15,15 @@ use proptest::prelude::*;
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
 use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::signing::{Policy, Sealed, Signer, Trust};
 use zeroize::Zeroizing;
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
     broker: Arc<Broker>,
     envelope: FileEnvelope,
+    /// The broker's answer-signing key.
+    broker_key: p256::ecdsa::VerifyingKey,
 }
 
 fn fixture() -> &'static Fixture {
@@ -39,11 +41,19 @@ fn fixture() -> &'static Fixture {
             .build()
             .unwrap();
         let me = PartyId::new("broker:fuzz").unwrap();
+        let signer = Signer::generate(me.clone()).unwrap();
+        let broker_key = *signer.verifying_key();
+        // One administrator is trusted (requests from anyone else are refused, signed).
+        let mut admins = Trust::new();
+        admins.add(
+            PartyId::new("admin:ops").unwrap(),
+            *admin_signer().verifying_key(),
+        );
         let config = Config {
             name: me.0.clone(),
-            signer: Signer::generate(me.clone()).unwrap(),
+            signer,
             assertion_key: p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap(),
-            admin_trust: Trust::new(),
+            admin_trust: admins,
             policy: Policy::new(me),
             card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
             envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
@@ -59,9 +69,43 @@ fn fixture() -> &'static Fixture {
         Fixture {
             broker: Arc::new(Broker::new(config, shards)),
             envelope: FileEnvelope::open_dir(&dir.join("keys")).unwrap(),
+            broker_key,
             rt,
         }
     })
+}
+
+/// The trusted administrator's key (the same for the whole run).
+fn admin_signer() -> &'static Signer {
+    static S: OnceLock<Signer> = OnceLock::new();
+    S.get_or_init(|| Signer::generate(PartyId::new("admin:ops").unwrap()).unwrap())
+}
+
+/// What `/v1/admin` may answer to `sent` that is not from a trusted administrator: a 4xx
+/// refusal, or a 200 whose body is the broker's signed answer to exactly that request, and
+/// that answer a rejection.
+fn admin_refused(sent: &[u8], status: StatusCode, body: &[u8]) -> Result<(), String> {
+    if is_refusal(status, body) {
+        return Ok(());
+    }
+    if status != StatusCode::OK {
+        return Err(format!("status {status}"));
+    }
+    let header = Sealed::from_bytes(sent)
+        .and_then(|s| s.peek_header())
+        .map_err(|e| format!("200 to bytes that are no request: {e}"))?;
+    let mut trust = Trust::new();
+    trust.add(PartyId::new("broker:fuzz").unwrap(), fixture().broker_key);
+    match tsm_protocol::control::open_answer_as::<AdminResponse>(
+        body,
+        &header,
+        &trust,
+        tsm_protocol::signing::now_ms(),
+    ) {
+        Ok(AdminResponse::Rejected { .. }) => Ok(()),
+        Ok(other) => Err(format!("accepted: {other:?}")),
+        Err(e) => Err(format!("not the broker's signed answer: {e}")),
+    }
 }
 
 fn call(method: &str, path: &str, body: Vec<u8>, bearer: Option<&str>) -> (StatusCode, Vec<u8>) {
@@ -97,6 +141,53 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof!["[A-Za-z0-9_-]{0,80}", any::<String>(), Just(String::new()),]
 }
 
+/// Well-formed, signed administrator's requests that must be refused: from an unknown
+/// administrator, from the trusted one but altered in transit, or expired. Each gets a 200 whose body is the broker's signed rejection of that request.
+#[test]
+fn signed_admin_requests_from_the_wrong_party_get_a_signed_rejection() {
+    let stranger = Signer::generate(PartyId::new("admin:stranger").unwrap()).unwrap();
+    let me = PartyId::new("broker:fuzz").unwrap();
+    let sign_at = |who: &Signer, at: u64| {
+        tsm_protocol::control::sign_request(
+            who,
+            &me,
+            &AdminRequest::Audit { card: None },
+            None,
+            at,
+            60_000,
+        )
+        .unwrap()
+        .bytes
+    };
+    let now = tsm_protocol::signing::now_ms();
+    let sign = |who: &Signer, _to: &PartyId| sign_at(who, now);
+    let mut altered = sign(admin_signer(), &me);
+    let n = altered.len();
+    altered[n - 1] ^= 1;
+    for (what, sent) in [
+        ("unknown administrator", sign(&stranger, &me)),
+        ("altered signature", altered),
+        (
+            "expired ten minutes ago",
+            sign_at(admin_signer(), now - 660_000),
+        ),
+    ] {
+        let (s, body) = call("POST", "/v1/admin", sent.clone(), None);
+        assert_eq!(s, StatusCode::OK, "{what}");
+        admin_refused(&sent, s, &body).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // And the trusted administrator's request is accepted (so the refusals above are about
+    // the party, not a broken fixture).
+    let sent = sign(admin_signer(), &me);
+    let (s, body) = call("POST", "/v1/admin", sent.clone(), None);
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        admin_refused(&sent, s, &body)
+            .unwrap_err()
+            .starts_with("accepted: Audit")
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -107,7 +198,7 @@ proptest! {
             prop_assert!(is_refusal(s, &body), "{path}: {s} {}", String::from_utf8_lossy(&body));
         }
         let (s, body) = call("POST", "/v1/admin", b.clone(), None);
-        prop_assert!(is_refusal(s, &body) || s == StatusCode::OK, "admin: {s}");
+        prop_assert!(admin_refused(&b, s, &body).is_ok(), "admin: {:?}", admin_refused(&b, s, &body));
         let token = String::from_utf8_lossy(&b).chars().filter(|c| c.is_ascii_graphic()).collect::<String>();
         let (s, body) = call("GET", "/v1/holder/audit", vec![], Some(&format!("Bearer {token}")));
         prop_assert!(is_refusal(s, &body), "audit: {s}");

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod control;
 pub mod error;
 pub mod ids;
+pub mod password;
 pub mod receipt;
 pub mod recipes;
 pub mod relay;

@@ -621,14 +621,14 @@ fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result<(), Failur
                     if pw.len() < 8 {
                         return Err("the password must have at least 8 characters".into());
                     }
-                    let mut salt = [0u8; 16];
-                    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
-                    let iterations = 100_000;
-                    Some((
-                        salt,
-                        iterations,
-                        tsm_protocol::access::password_verifier(&pw, &salt, iterations),
-                    ))
+                    // Argon2id at the broker's floor (m=19456 KiB, t=2, p=1).
+                    Some(
+                        tsm_protocol::password::new_verifier(
+                            &pw,
+                            &tsm_protocol::password::Params::OWASP_MIN,
+                        )
+                        .map_err(|e| e.to_string())?,
+                    )
                 }
                 None => None,
             };

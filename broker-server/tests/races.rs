@@ -1,0 +1,506 @@
+//! Racing clients against one broker's state, on SQLite and on a private PostgreSQL (started
+//! for each test on its own port and directory, stopped afterwards). Each race is bounded (a
+//! few seconds): what they prove is an ordering, never a timing.
+//!
+//! - a revoke always wins: once the administrator's `revoke` has returned, no password login
+//!   and no act for that card succeeds, ever, and the row stays revoked;
+//! - 60 simultaneous wrong passwords for one holder check at most the backoff's free tries;
+//! - acts, service-key rotations and a KEK rotation by two instances together lose no record.
+
+use broker_protocol::Assurance;
+use broker_protocol::api::{
+    Act, AdminRequest, AdminResponse, Method, PasswordLogin, ServicePolicy,
+};
+use broker_server::clock::ManualClock;
+use broker_server::envelope::FileEnvelope;
+use broker_server::service::CardTrust;
+use broker_server::{Backoff, Broker, BrokerError, Config, Shards};
+use kagi_db::Backend;
+use kagi_db::testing::PrivatePostgres;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tsm_protocol::ids::PartyId;
+use tsm_protocol::password::{self, Policy};
+use tsm_protocol::signing::{self, Signer, Trust};
+use zeroize::Zeroizing;
+
+const NAME: &str = "broker:races";
+
+struct World {
+    dir: PathBuf,
+    admin: Signer,
+    signer: Signer,
+    backends: Vec<Backend>,
+    _pg: Option<PrivatePostgres>,
+}
+
+impl World {
+    fn new(name: &str, postgres: bool) -> World {
+        let dir = std::env::temp_dir().join(format!("kagi-races-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        FileEnvelope::new_kek(&dir.join("keys"), "k1").unwrap();
+        let ca = test_pki::TestCa::new("races CA").unwrap();
+        std::fs::write(dir.join("ca.der"), ca.certificate_der().unwrap()).unwrap();
+        let (backends, pg) = if postgres {
+            assert!(
+                PrivatePostgres::available(),
+                "PostgreSQL's server programs are missing: run scripts/setup.sh"
+            );
+            let pg = PrivatePostgres::start(&format!("races-{name}")).unwrap();
+            (vec![Backend::Postgres(pg.url.clone())], Some(pg))
+        } else {
+            (vec![Backend::Sqlite(dir.join("shard0.db"))], None)
+        };
+        World {
+            admin: Signer::generate(PartyId::new("admin:ops").unwrap()).unwrap(),
+            signer: Signer::generate(PartyId::new(NAME).unwrap()).unwrap(),
+            backends,
+            _pg: pg,
+            dir,
+        }
+    }
+
+    /// A broker instance (several may share the database), cheap test verifiers allowed.
+    async fn broker(&self, backoff: Backoff) -> Arc<Broker> {
+        use p256::pkcs8::DecodePrivateKey;
+        let mut trust = Trust::new();
+        trust.add(self.admin.party().clone(), *self.admin.verifying_key());
+        let key =
+            p256::ecdsa::SigningKey::from_pkcs8_pem(&self.signer.to_pkcs8_pem().unwrap()).unwrap();
+        let config = Config {
+            name: NAME.into(),
+            signer: Signer::new(self.signer.party().clone(), key),
+            assertion_key: p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap(),
+            admin_trust: trust,
+            policy: signing::Policy::new(PartyId::new(NAME).unwrap()),
+            card_trust: CardTrust::new(vec![self.dir.join("ca.der")], vec![]),
+            envelope: Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap()),
+            default_kek: "k1".into(),
+            state_key: Zeroizing::new([3u8; 32]),
+            session_secs: 600,
+        };
+        Arc::new(
+            Broker::new(config, Shards::open(&self.backends).await.unwrap())
+                .with_password_policy(Policy::cheap_for_tests())
+                .with_backoff(backoff),
+        )
+    }
+
+    async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
+        let broker = PartyId::new(NAME).unwrap();
+        let out = tsm_protocol::control::sign_request(
+            &self.admin,
+            &broker,
+            &req,
+            None,
+            signing::now_ms(),
+            60_000,
+        )
+        .unwrap();
+        let answer = b.admin(&out.bytes).await.unwrap();
+        let mut trust = Trust::new();
+        trust.add(broker, *self.signer.verifying_key());
+        tsm_protocol::control::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
+            .unwrap()
+    }
+}
+
+fn no_backoff() -> Backoff {
+    Backoff {
+        holder_free: i64::MAX / 2,
+        client_free: i64::MAX / 2,
+        ..Backoff::default()
+    }
+}
+
+fn mac_service(id: &str) -> AdminRequest {
+    AdminRequest::RegisterService(ServicePolicy {
+        id: id.into(),
+        method: Method::Mac,
+        min_assurance: Assurance::Password,
+        allowed_hours: None,
+    })
+}
+
+fn act(session: &str, service: &str) -> Act {
+    Act {
+        session: session.into(),
+        service: service.into(),
+        consent: true,
+        challenge: Some(broker_protocol::api::b64(b"race challenge")),
+        nonce: None,
+    }
+}
+
+fn pw(holder: &str, p: &str) -> PasswordLogin {
+    PasswordLogin {
+        holder: holder.into(),
+        password: p.into(),
+    }
+}
+
+/// (a) Four clients alternate wrong and right password logins and acts while the
+/// administrator revokes the card; every operation started after the revoke returned fails,
+/// and the row stays revoked. Several rounds, one card each.
+async fn revoke_always_wins(w: &World, rounds: u64) {
+    let b = w.broker(no_backoff()).await;
+    assert_eq!(w.admin(&b, mac_service("svc")).await, AdminResponse::Ok);
+    for round in 0..rounds {
+        let card = format!("RACE-{round}");
+        let holder = format!("holder-{round}");
+        // 2 MiB: a check takes a few milliseconds, the window in which a login that read
+        // the row before the revoke could write it back after (what the old broker did).
+        let params = password::Params {
+            m_kib: 2048,
+            t: 1,
+            p: 1,
+        };
+        let phc = password::new_verifier("right password", &params).unwrap();
+        assert_eq!(
+            w.admin(
+                &b,
+                AdminRequest::EnrolCard {
+                    card: card.clone(),
+                    holder: holder.clone(),
+                    password: Some(phc),
+                }
+            )
+            .await,
+            AdminResponse::Ok
+        );
+        assert!(matches!(
+            w.admin(
+                &b,
+                AdminRequest::EnrolCredential {
+                    card: card.clone(),
+                    service: "svc".into()
+                }
+            )
+            .await,
+            AdminResponse::Credential { .. }
+        ));
+        let revoked = Arc::new(AtomicBool::new(false));
+        let successes = Arc::new(AtomicU64::new(0));
+        let mut clients = Vec::new();
+        for c in 0..4 {
+            let (b, holder, revoked, successes) = (
+                b.clone(),
+                holder.clone(),
+                revoked.clone(),
+                successes.clone(),
+            );
+            clients.push(tokio::spawn(async move {
+                let mut session = None;
+                let mut after = 0;
+                let mut late_successes = Vec::new();
+                for i in 0u32.. {
+                    // Read before the operation starts: `true` means the revoke had returned.
+                    let started_after = revoked.load(Ordering::SeqCst);
+                    let password = if (i + c) % 2 == 0 {
+                        "right password"
+                    } else {
+                        "wrong password"
+                    };
+                    let login = b
+                        .login_password(&pw(&holder, password), Some("10.0.0.1"))
+                        .await;
+                    if let Ok(s) = &login {
+                        session = Some(s.session.clone());
+                        successes.fetch_add(1, Ordering::SeqCst);
+                        if started_after {
+                            late_successes.push(format!("login #{i}"));
+                        }
+                    }
+                    let started_after = revoked.load(Ordering::SeqCst);
+                    if let Some(s) = &session
+                        && b.act(&act(s, "svc")).await.is_ok()
+                    {
+                        successes.fetch_add(1, Ordering::SeqCst);
+                        if started_after {
+                            late_successes.push(format!("act #{i}"));
+                        }
+                    }
+                    if started_after {
+                        after += 1;
+                        if after == 12 {
+                            break;
+                        }
+                    }
+                }
+                late_successes
+            }));
+        }
+        // The revoke lands while the clients are busy: after some of them succeeded.
+        while successes.load(Ordering::SeqCst) < 4 + round {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            w.admin(&b, AdminRequest::RevokeCard { card: card.clone() })
+                .await,
+            AdminResponse::Ok
+        );
+        revoked.store(true, Ordering::SeqCst);
+        for c in clients {
+            let late = c.await.unwrap();
+            assert!(late.is_empty(), "round {round}: after the revoke: {late:?}");
+        }
+        let row = b.shards().of(&card).card(&card).await.unwrap().unwrap();
+        assert_eq!(row.state, "revoked", "round {round}: the revoke was undone");
+        // And the right password now says so (the password is right, so nothing leaks).
+        match b.login_password(&pw(&holder, "right password"), None).await {
+            Err(BrokerError::Refused(e)) => assert_eq!(e.code, "login.revoked"),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+/// (b) 60 wrong passwords at once for one holder check at most the free tries; all get the
+/// same answer; the clock moving on allows exactly one more try.
+async fn concurrent_wrong_passwords_check_at_most_the_limit(w: &World) {
+    let clock = ManualClock::at(signing::now_ms() as i64);
+    let backoff = Backoff {
+        holder_free: 5,
+        client_free: 1000,
+        base_ms: 10_000,
+        max_ms: 60_000,
+        forget_after_ms: 3_600_000,
+    };
+    let b = Arc::new(
+        Arc::try_unwrap(w.broker(backoff).await)
+            .ok()
+            .unwrap()
+            .with_clock(Arc::new(clock.clone())),
+    );
+    let phc = password::new_verifier("right password", &Policy::cheap_for_tests().new).unwrap();
+    w.admin(
+        &b,
+        AdminRequest::EnrolCard {
+            card: "LIMIT".into(),
+            holder: "limited".into(),
+            password: Some(phc),
+        },
+    )
+    .await;
+    // One wrong try first, so the burst races on an existing counter (not only on its
+    // creation).
+    assert!(
+        b.login_password(&pw("limited", "wrong"), Some("10.0.0.9"))
+            .await
+            .is_err()
+    );
+    let barrier = Arc::new(tokio::sync::Barrier::new(60));
+    let mut tries = Vec::new();
+    for i in 0..60 {
+        let (b, barrier) = (b.clone(), barrier.clone());
+        tries.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let client = format!("10.0.1.{i}");
+            match b
+                .login_password(&pw("limited", "wrong"), Some(&client))
+                .await
+            {
+                Err(BrokerError::Refused(e)) => (e.code, e.detail),
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    let mut answers = std::collections::BTreeSet::new();
+    for t in tries {
+        answers.insert(t.await.unwrap());
+    }
+    assert_eq!(answers.len(), 1, "different answers: {answers:?}");
+    let checked = |b: Arc<Broker>| async move {
+        b.shards()
+            .of("LIMIT")
+            .audit_trail(Some("LIMIT"))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.outcome == "login.wrong-password")
+            .count()
+    };
+    let n = checked(b.clone()).await;
+    assert!((2..=5).contains(&n), "{n} passwords checked (limit 5)");
+    // Tries that lost a race were not checked and not counted: the holder has tries left
+    // until five were checked.
+    for _ in n..5 {
+        let r = b
+            .login_password(&pw("limited", "wrong"), Some("10.0.2.0"))
+            .await;
+        assert!(r.is_err());
+    }
+    assert_eq!(checked(b.clone()).await, 5);
+    // Backing off: even the right password gets the same answer as a wrong one.
+    let same = b
+        .login_password(&pw("limited", "right password"), Some("10.0.2.1"))
+        .await;
+    match same {
+        Err(BrokerError::Refused(e)) => assert!(answers.contains(&(e.code, e.detail))),
+        other => panic!("{other:?}"),
+    }
+    // An unknown holder: the same answer.
+    match b.login_password(&pw("nobody", "x"), Some("10.0.2.2")).await {
+        Err(BrokerError::Refused(e)) => assert!(answers.contains(&(e.code, e.detail))),
+        other => panic!("{other:?}"),
+    }
+    // After the wait (10 s for the 5th failure), one try is checked again, not more.
+    clock.advance(10_000);
+    let mut again = Vec::new();
+    for i in 0..10 {
+        let b = b.clone();
+        again.push(tokio::spawn(async move {
+            let client = format!("10.0.3.{i}");
+            let _ = b
+                .login_password(&pw("limited", "wrong"), Some(&client))
+                .await;
+        }));
+    }
+    for t in again {
+        t.await.unwrap();
+    }
+    assert_eq!(checked(b.clone()).await, 6);
+    // Long enough later, the right password opens a session.
+    clock.advance(3_600_000);
+    b.login_password(&pw("limited", "right password"), Some("10.0.4.1"))
+        .await
+        .unwrap();
+}
+
+/// (c) Acts and service-key rotations run while two instances rotate the KEK: every record
+/// opens afterwards, all under the new KEK, and each card's current key still answers.
+async fn acts_and_kek_rotation_lose_no_record(w: &World) {
+    let a = w.broker(no_backoff()).await;
+    // Records other races on this database left (all must open too).
+    let before = a.verify_records().await.unwrap().records;
+    assert_eq!(w.admin(&a, mac_service("svc")).await, AdminResponse::Ok);
+    let cards: Vec<String> = (0..40).map(|i| format!("ROT-{i}")).collect();
+    for c in &cards {
+        w.admin(
+            &a,
+            AdminRequest::EnrolCard {
+                card: c.clone(),
+                holder: c.clone(),
+                password: None,
+            },
+        )
+        .await;
+        w.admin(
+            &a,
+            AdminRequest::EnrolCredential {
+                card: c.clone(),
+                service: "svc".into(),
+            },
+        )
+        .await;
+    }
+    FileEnvelope::new_kek(&w.dir.join("keys"), "k2").unwrap();
+    let b = w.broker(no_backoff()).await;
+    let a = w.broker(no_backoff()).await;
+    a.shards()
+        .everywhere(vec![broker_server::store::Shard::put_setting(
+            "current_kek",
+            "k2",
+        )])
+        .await
+        .unwrap();
+    // Sessions straight into the shard (card logins are tested elsewhere).
+    let mut sessions = Vec::new();
+    for c in &cards {
+        let token = format!("0.{}", broker_protocol::api::b64(c.as_bytes()));
+        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+        a.shards()
+            .of(c)
+            .commit(vec![broker_server::store::Shard::put_session(
+                &hash,
+                c,
+                Assurance::Card,
+                i64::MAX / 2,
+            )])
+            .await
+            .unwrap();
+        sessions.push(token);
+    }
+    let mut work = Vec::new();
+    for (i, inst) in [a.clone(), b.clone()].into_iter().enumerate() {
+        work.push(tokio::spawn(async move {
+            // Small budgets: many interleavings with the others.
+            while inst.rewrap_some("k2", 7).await.unwrap().1 > 0 {}
+            i
+        }));
+    }
+    let acts = {
+        let (b, sessions) = (b.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..3 {
+                for s in &sessions {
+                    b.act(&act(s, "svc")).await.unwrap();
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    };
+    // Service-key rotations by the administrator on instance b, meanwhile.
+    for c in cards.iter().step_by(3) {
+        let r = w
+            .admin(
+                &b,
+                AdminRequest::RotateServiceKey {
+                    card: c.clone(),
+                    service: "svc".into(),
+                },
+            )
+            .await;
+        assert!(
+            matches!(r, AdminResponse::Credential { version: 2, .. }),
+            "{r:?}"
+        );
+    }
+    for t in work {
+        t.await.unwrap();
+    }
+    assert_eq!(acts.await.unwrap(), 120);
+    // Whatever was written under k1 meanwhile is rewrapped by the sweep.
+    while b.sweep().await.unwrap() > 0 {}
+    let check = b.verify_records().await.unwrap();
+    assert!(check.failed.is_empty(), "{:?}", check.failed);
+    let expected = before + 40 + cards.iter().step_by(3).count() as u64;
+    assert_eq!((check.records, check.opened), (expected, expected));
+    assert_eq!(
+        check.by_kek.get("k2"),
+        Some(&expected),
+        "{:?}",
+        check.by_kek
+    );
+    for s in &sessions {
+        b.act(&act(s, "svc")).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_always_wins_sqlite() {
+    revoke_always_wins(&World::new("revoke-sqlite", false), 6).await;
+}
+
+/// The three races on one private PostgreSQL (one start for all: starting it is most of the
+/// time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_on_postgresql() {
+    let w = World::new("pg", true);
+    revoke_always_wins(&w, 4).await;
+    concurrent_wrong_passwords_check_at_most_the_limit(&w).await;
+    acts_and_kek_rotation_lose_no_record(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_password_limit_sqlite() {
+    concurrent_wrong_passwords_check_at_most_the_limit(&World::new("limit-sqlite", false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acts_and_kek_rotation_sqlite() {
+    acts_and_kek_rotation_lose_no_record(&World::new("rotate-sqlite", false)).await;
+}
