@@ -75,6 +75,34 @@ fn err(layer: Layer, code: &str, detail: impl Into<String>) -> ErrorReport {
     ErrorReport::new(layer, code, false, detail)
 }
 
+/// The refusal for a credential that does not exist or is not the asking party's: the same
+/// code and words either way, so nobody learns about credentials that are not theirs.
+fn unknown_credential(credential: &OpId, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-credential",
+        format!("no credential {credential} of {party}"),
+    ))
+}
+
+/// The refusal for an operation that does not exist or is not the asking party's.
+fn unknown_operation(op: &OpId, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-operation",
+        format!("no operation {op} of {party}"),
+    ))
+}
+
+/// The refusal for a SIM that is not registered or is another operator's.
+fn unknown_card(iccid: &str, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-card",
+        format!("no SIM {iccid} registered by {party}"),
+    ))
+}
+
 /// Why a request could not be handled at all (the HTTP layer maps these).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -114,6 +142,7 @@ pub struct Tsm {
     config: Config,
     store: Store,
     engines: Mutex<HashMap<SessionId, Running>>,
+    entry_checks: std::sync::atomic::AtomicU64,
 }
 
 /// The access code and ticket of an operation, kept sealed.
@@ -160,7 +189,14 @@ impl Tsm {
             config,
             store,
             engines: Mutex::new(HashMap::new()),
+            entry_checks: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many access-code and password entries this instance has checked since it
+    /// started (each one spent an attempt first), for monitoring.
+    pub fn entry_checks(&self) -> u64 {
+        self.entry_checks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store.
@@ -270,37 +306,32 @@ impl Tsm {
                     Some(c) if c.party == party.0 => {
                         Ok(ControlResponse::Credential(self.status_of(&c)))
                     }
-                    _ => Ok(ControlResponse::Rejected(err(
-                        Layer::Business,
-                        "business.unknown-credential",
-                        format!("no credential {credential} of {party}"),
-                    ))),
+                    _ => Ok(unknown_credential(&credential, party)),
                 }
             }
             ControlRequest::GetOperation { op } => match self.store.op(&op).await? {
                 Some(o) if o.party == party.0 => Ok(ControlResponse::Operation(view(&o))),
-                _ => Ok(ControlResponse::Rejected(err(
-                    Layer::Business,
-                    "business.unknown-operation",
-                    format!("no operation {op} of {party}"),
-                ))),
+                _ => Ok(unknown_operation(&op, party)),
             },
             ControlRequest::Cancel { op } => match self.store.op(&op).await? {
-                Some(mut o) if o.party == party.0 => {
+                Some(o) if o.party == party.0 => {
                     if !o.state.is_final() {
-                        o.state = OpState::Cancelled;
-                        o.updated_at = now();
-                        let audit = Store::audit(&o.id, now(), &party.0, "cancelled", "");
-                        self.store.save_op(&o, vec![audit]).await?;
-                        o.version += 1;
+                        // Whatever the relay does meanwhile, the cancellation lands: the
+                        // database cancels the operation if it is not over when this commits.
+                        let t = now();
+                        self.store
+                            .commit(vec![
+                                Store::cancel_op(&o.id, t),
+                                Store::audit(&o.id, t, &party.0, "cancelled", ""),
+                            ])
+                            .await?;
                     }
-                    Ok(ControlResponse::Operation(view(&o)))
+                    match self.store.op(&op).await? {
+                        Some(o) => Ok(ControlResponse::Operation(view(&o))),
+                        None => Ok(unknown_operation(&op, party)),
+                    }
                 }
-                _ => Ok(ControlResponse::Rejected(err(
-                    Layer::Business,
-                    "business.unknown-operation",
-                    format!("no operation {op} of {party}"),
-                ))),
+                _ => Ok(unknown_operation(&op, party)),
             },
             _ => Ok(ControlResponse::Rejected(err(
                 Layer::Protocol,
@@ -413,17 +444,15 @@ impl Tsm {
                 new_credential,
                 access,
             } => {
-                let Some(old) = self.store.credential(credential).await? else {
-                    return reject(
-                        "business.unknown-credential",
-                        format!("no credential {credential}"),
-                    );
+                let old = match self.store.credential(credential).await? {
+                    Some(c) if c.party == party.0 => c,
+                    _ => return Ok(unknown_credential(credential, party)),
                 };
-                if old.party != party.0 || old.state != "active" {
+                if old.state != "active" {
                     return reject(
                         "business.not-transferable",
                         format!(
-                            "credential {credential} is {} (only an active credential of yours moves)",
+                            "credential {credential} is {} (only an active credential moves)",
                             old.state
                         ),
                     );
@@ -448,13 +477,11 @@ impl Tsm {
             ControlRequest::ResetPin {
                 credential, access, ..
             } => {
-                let Some(c) = self.store.credential(credential).await? else {
-                    return reject(
-                        "business.unknown-credential",
-                        format!("no credential {credential}"),
-                    );
+                let c = match self.store.credential(credential).await? {
+                    Some(c) if c.party == party.0 => c,
+                    _ => return Ok(unknown_credential(credential, party)),
                 };
-                if c.party != party.0 || c.state != "active" {
+                if c.state != "active" {
                     return reject(
                         "business.not-active",
                         format!("credential {credential} is {}", c.state),
@@ -504,7 +531,13 @@ impl Tsm {
             );
         }
         let valid_for = access.valid_for_ms.clamp(60_000, 7 * 86_400_000) as i64;
+        let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
         match self.store.card(&iccid).await? {
+            // An operator acts on its own SIMs only; another operator's is as unknown.
+            Some(c) if operator_request && c.mno != party.0 => {
+                return Ok(unknown_card(&iccid, party));
+            }
+            None if operator_request => return Ok(unknown_card(&iccid, party)),
             None => {
                 return reject(
                     "business.unknown-card",
@@ -584,12 +617,15 @@ impl Tsm {
                 phase: 0,
             },
         };
+        // The card must still be active when this commits (a card reported lost meanwhile
+        // gets no new operation).
         let mut extra = vec![
+            Store::require_active_card(&iccid),
             Store::insert_ticket(&access::ticket_hash(&ticket), &id),
             Store::audit(&id, t, &party.0, "accepted", kind),
         ];
         if let Some((serial, not_after, my_number, instance)) = credential_row {
-            extra.push(Store::put_credential(
+            extra.push(Store::insert_credential(
                 &CredentialRow {
                     op_id: id,
                     iccid: iccid.clone(),
@@ -605,7 +641,17 @@ impl Tsm {
                 t,
             ));
         }
-        match self.store.create_op(&op, extra).await? {
+        let created = match self.store.create_op(&op, extra).await {
+            // Statement 1 is the card check.
+            Err(StoreError::Conflict(1)) => {
+                return reject(
+                    "business.card-not-active",
+                    format!("SIM {iccid} is no longer active"),
+                );
+            }
+            r => r?,
+        };
+        match created {
             Created::New => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "operation accepted");
                 Ok(ControlResponse::Accepted {
@@ -658,29 +704,21 @@ impl Tsm {
         credential: &OpId,
         reason: RevokeReason,
     ) -> Result<ControlResponse> {
-        let Some(c) = self.store.credential(credential).await? else {
-            return Ok(ControlResponse::Rejected(err(
-                Layer::Business,
-                "business.unknown-credential",
-                format!("no credential {credential}"),
-            )));
+        let c = match self.store.credential(credential).await? {
+            Some(c) if c.party == party.0 => c,
+            _ => return Ok(unknown_credential(credential, party)),
         };
-        if c.party != party.0 {
-            return Ok(ControlResponse::Rejected(err(
-                Layer::Business,
-                "business.unknown-credential",
-                format!("no credential {credential} of {party}"),
-            )));
-        }
         let c = self.revoke_row(c, reason, &party.0).await?;
         Ok(ControlResponse::Credential(self.status_of(&c)))
     }
 
     /// Revokes a credential at once; a live issuing operation is cancelled; the applet is
-    /// deleted from the card the next time one of the provider's sessions reaches it.
+    /// deleted from the card the next time one of the provider's sessions reaches it. The
+    /// database decides on the rows as they are when this commits, so a download finishing
+    /// meanwhile cannot undo it: the revocation always lands.
     async fn revoke_row(
         &self,
-        mut c: CredentialRow,
+        c: CredentialRow,
         reason: RevokeReason,
         actor: &str,
     ) -> Result<CredentialRow> {
@@ -688,36 +726,24 @@ impl Tsm {
             return Ok(c);
         }
         let t = now();
-        let was_on_card = c.state == "active";
-        c.state = "revoked".into();
-        c.reason = Some(
-            match reason {
-                RevokeReason::CardLost => "card-lost",
-                RevokeReason::Superseded => "superseded",
-                RevokeReason::UserRequest => "user-request",
-                RevokeReason::Expired => "expired",
-            }
-            .into(),
-        );
-        c.deletion_pending = was_on_card;
-        let mut batch = vec![
-            Store::put_credential(&c, t),
-            Store::audit(
-                &c.op_id,
-                t,
-                actor,
-                "revoked",
-                c.reason.as_deref().unwrap_or(""),
-            ),
-        ];
-        if let Some(mut op) = self.store.op(&c.op_id).await?
-            && !op.state.is_final()
-        {
-            op.state = OpState::Cancelled;
-            op.updated_at = t;
-            batch.push(Store::update_op(&op)?);
-        }
-        self.store.commit(batch).await?;
+        let reason_text = match reason {
+            RevokeReason::CardLost => "card-lost",
+            RevokeReason::Superseded => "superseded",
+            RevokeReason::UserRequest => "user-request",
+            RevokeReason::Expired => "expired",
+        };
+        // The credential first, then its operation: the order every writer of both takes.
+        self.store
+            .commit(vec![
+                Store::revoke_credential(&c.op_id, reason_text, t),
+                Store::cancel_op(&c.op_id, t),
+                Store::audit(&c.op_id, t, actor, "revoked", reason_text),
+            ])
+            .await?;
+        let c =
+            self.store.credential(&c.op_id).await?.ok_or_else(|| {
+                ServiceError::Store(StoreError::Db("a credential vanished".into()))
+            })?;
         tracing::info!(credential = %c.op_id, serial = %c.serial, reason = ?reason, "credential revoked");
         self.write_revocation_list().await?;
         Ok(c)
@@ -745,8 +771,21 @@ impl Tsm {
         Ok(text)
     }
 
+    /// The card `iccid` if operator `party` registered it.
+    async fn own_card(&self, party: &PartyId, iccid: &str) -> Result<Option<CardRow>> {
+        Ok(self.store.card(iccid).await?.filter(|c| c.mno == party.0))
+    }
+
     async fn mno(&self, party: &PartyId, req: ControlRequest) -> Result<ControlResponse> {
         let t = now();
+        let bad_iccid = || {
+            Ok(ControlResponse::Rejected(err(
+                Layer::Business,
+                "business.bad-card",
+                "an ICCID (18-20 digits, Luhn) and a hex card image number are needed",
+            )))
+        };
+        let valid = |iccid: &str| card_wire::uicc::Iccid::new(iccid).is_ok();
         match req {
             ControlRequest::RegisterCard {
                 iccid,
@@ -754,12 +793,8 @@ impl Tsm {
                 sd_aid,
                 free_memory,
             } => {
-                if card_wire::uicc::Iccid::new(&iccid).is_err() || hex::decode(&cin).is_err() {
-                    return Ok(ControlResponse::Rejected(err(
-                        Layer::Business,
-                        "business.bad-card",
-                        "an ICCID (18-20 digits, Luhn) and a hex card image number are needed",
-                    )));
+                if !valid(&iccid) || hex::decode(&cin).is_err() {
+                    return bad_iccid();
                 }
                 let row = CardRow {
                     iccid: iccid.clone(),
@@ -770,36 +805,47 @@ impl Tsm {
                     replaced_by: None,
                     mno: party.0.clone(),
                 };
-                self.store.commit(vec![Store::put_card(&row, t)]).await?;
+                // Another operator's SIM stays theirs: the write changes no row.
+                match self.store.commit(vec![Store::register_card(&row, t)]).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => {
+                        return Ok(ControlResponse::Rejected(err(
+                            Layer::Business,
+                            "business.card-taken",
+                            format!("SIM {iccid} is registered by another operator"),
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 tracing::info!(iccid = %iccid, "card registered");
                 Ok(ControlResponse::Ok)
             }
             ControlRequest::SimChanged {
                 old_iccid,
                 new_iccid,
-            } => match self.store.card(&old_iccid).await? {
-                Some(mut c) => {
-                    c.state = "replaced".into();
-                    c.replaced_by = Some(new_iccid);
-                    self.store.commit(vec![Store::put_card(&c, t)]).await?;
-                    Ok(ControlResponse::Ok)
+            } => {
+                if !valid(&old_iccid) || !valid(&new_iccid) {
+                    return bad_iccid();
                 }
-                None => Ok(ControlResponse::Rejected(err(
-                    Layer::Business,
-                    "business.unknown-card",
-                    format!("SIM {old_iccid} is not registered"),
-                ))),
-            },
+                let stmt = Store::mark_card(&old_iccid, &party.0, "replaced", Some(&new_iccid), t);
+                match self.store.commit(vec![stmt]).await {
+                    Ok(()) => Ok(ControlResponse::Ok),
+                    Err(StoreError::Conflict(_)) => Ok(unknown_card(&old_iccid, party)),
+                    Err(e) => Err(e.into()),
+                }
+            }
             ControlRequest::CardLost { iccid } => {
-                let Some(mut c) = self.store.card(&iccid).await? else {
-                    return Ok(ControlResponse::Rejected(err(
-                        Layer::Business,
-                        "business.unknown-card",
-                        format!("SIM {iccid} is not registered"),
-                    )));
-                };
-                c.state = "lost".into();
-                self.store.commit(vec![Store::put_card(&c, t)]).await?;
+                if !valid(&iccid) {
+                    return bad_iccid();
+                }
+                let stmt = Store::mark_card(&iccid, &party.0, "lost", None, t);
+                match self.store.commit(vec![stmt]).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => return Ok(unknown_card(&iccid, party)),
+                    Err(e) => return Err(e.into()),
+                }
+                // The card is lost before its credentials are listed, so an operation
+                // created meanwhile either failed its card check or is listed here.
                 for cred in self.store.credentials_on(&iccid).await? {
                     self.revoke_row(cred, RevokeReason::CardLost, &party.0)
                         .await?;
@@ -810,7 +856,8 @@ impl Tsm {
                 iccid,
                 memory_needed,
             } => {
-                let (eligible, reason, free) = match self.store.card(&iccid).await? {
+                // Another operator's SIM is as unregistered as an unknown one.
+                let (eligible, reason, free) = match self.own_card(party, &iccid).await? {
                     None => (false, "not registered".to_string(), 0),
                     Some(c) if c.state != "active" => {
                         (false, format!("the SIM is {}", c.state), c.free_memory)
@@ -1055,9 +1102,23 @@ impl Tsm {
                 "this operation takes no credentials",
             ));
         };
+        if op.data.attempts_left == 0 {
+            return Ok(Self::stop(
+                session,
+                StopOutcome::Refused,
+                "too many wrong entries: the download is locked",
+            ));
+        }
+        // An entry is checked only after the attempt it spends is written (compare-and-swap
+        // on the operation): racing entries cannot check more than the attempts left, and a
+        // crash after the check costs the attempt rather than giving it back.
+        op.data.attempts_left -= 1;
+        op.updated_at = t;
+        self.store.save_op(&op, std::mem::take(&mut batch)).await?;
+        op.version += 1;
+        self.entry_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !access::check_entries(&op.id, &op.data.code_hash, &grant, &creds) {
-            op.data.attempts_left = op.data.attempts_left.saturating_sub(1);
-            op.updated_at = t;
             let left = op.data.attempts_left;
             let reply = if left == 0 {
                 op.state = OpState::Failed;
@@ -1091,10 +1152,20 @@ impl Tsm {
                 "wrong-entries",
                 &format!("{left} left"),
             ));
-            self.store.save_op(&op, batch).await?;
+            if left == 0 {
+                // The lock: only a cancellation or expiry can have changed the operation
+                // since the attempt was spent (no attempt is left to spend).
+                self.store.save_op(&op, batch).await?;
+            } else {
+                // The attempt is already counted: the answer and the audit event need no
+                // compare-and-swap (racing entries spend their attempts meanwhile).
+                self.store.commit(batch).await?;
+            }
             tracing::warn!(op = %op.id, left, "wrong access code or password");
             return Ok(reply);
         }
+        // Right: the attempt is given back with the move to running.
+        op.data.attempts_left += 1;
         op.state = OpState::Running;
         op.updated_at = t;
         batch.push(Store::audit(&op.id, t, "relay", "authorised", ""));
@@ -1416,13 +1487,12 @@ impl Tsm {
         op.updated_at = t;
         op.data.error = Some(e.clone());
         batch.push(Store::audit(&op.id, t, "tsm", "failed", &e.code));
-        if let Some(mut c) = self.store.credential(&op.id).await?
-            && c.state == "pending"
-        {
-            c.state = "failed".into();
-            batch.push(Store::put_credential(&c, t));
-        }
-        self.store.save_op(&op, batch).await?;
+        // A pending credential fails with it (a revoked one stays revoked); the credential
+        // first, then the operation: the order every writer of both takes.
+        let mut all = vec![Store::credential_state(&op.id, "pending", "failed", t)];
+        all.push(Store::update_op(&op)?);
+        all.extend(batch);
+        self.store.commit(all).await?;
         tracing::warn!(op = %op.id, code = %e.code, detail = %e.detail, "operation failed");
         Ok(Self::stop(session, StopOutcome::Failed, e.to_string()))
     }
@@ -1511,30 +1581,25 @@ impl Tsm {
                 ),
             ),
         ]);
-        if let Some(mut c) = self.store.credential(&op.id).await? {
-            c.state = "active".into();
-            batch.push(Store::put_credential(&c, t));
-        }
-        if let ControlRequest::CreateSecurityDomain { sd_aid, .. } = &op.data.request
-            && let Some(mut card) = self.store.card(&op.iccid).await?
-        {
-            card.sd_aid = sd_aid.clone();
-            batch.push(Store::put_card(&card, t));
-        }
+        // Credentials first, then the operation (compare-and-swap: a cancellation or
+        // revocation that landed first wins and nothing here is written), then the card.
+        let mut all = vec![Store::credential_state(&op.id, "pending", "active", t)];
         for d in &running.deletions {
-            if let Some(mut c) = self.store.credential(d).await? {
-                c.deletion_pending = false;
-                batch.push(Store::put_credential(&c, t));
-                batch.push(Store::audit(
-                    d,
-                    t,
-                    "tsm",
-                    "deleted-from-card",
-                    &op.id.to_hex(),
-                ));
-            }
+            all.push(Store::credential_deleted(d, t));
+            batch.push(Store::audit(
+                d,
+                t,
+                "tsm",
+                "deleted-from-card",
+                &op.id.to_hex(),
+            ));
         }
-        self.store.save_op(&op, batch).await?;
+        all.push(Store::update_op(&op)?);
+        if let ControlRequest::CreateSecurityDomain { sd_aid, .. } = &op.data.request {
+            batch.push(Store::set_card_domain(&op.iccid, sd_aid, t));
+        }
+        all.extend(batch);
+        self.store.commit(all).await?;
         tracing::info!(op = %op.id, kind = %op.kind, sessions = ev.sessions, "operation completed");
         // A transfer completes by revoking the credential it replaces.
         if let ControlRequest::Transfer { credential, .. } = &op.data.request
@@ -1561,17 +1626,23 @@ impl Tsm {
             let Some(id) = OpId::from_hex(&r[0].text()) else {
                 continue;
             };
-            if let Some(mut op) = self.store.op(&id).await? {
+            // Read again: only an operation still waiting and past its time expires (its
+            // version then guards the write).
+            if let Some(mut op) = self.store.op(&id).await?
+                && matches!(
+                    op.state,
+                    OpState::AwaitingDevice | OpState::DeviceBound | OpState::Interrupted
+                )
+                && op.expires_at < t
+            {
                 op.state = OpState::Expired;
                 op.updated_at = t;
-                let mut batch = vec![Store::audit(&id, t, "tsm", "expired", "")];
-                if let Some(mut c) = self.store.credential(&id).await?
-                    && c.state == "pending"
-                {
-                    c.state = "expired".into();
-                    batch.push(Store::put_credential(&c, t));
-                }
-                match self.store.save_op(&op, batch).await {
+                let batch = vec![
+                    Store::credential_state(&id, "pending", "expired", t),
+                    Store::update_op(&op)?,
+                    Store::audit(&id, t, "tsm", "expired", ""),
+                ];
+                match self.store.commit(batch).await {
                     Ok(()) => n += 1,
                     Err(StoreError::Conflict(_)) => {}
                     Err(e) => return Err(e.into()),

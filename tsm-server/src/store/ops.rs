@@ -271,6 +271,17 @@ impl Store {
         self.commit(batch).await
     }
 
+    /// Statement cancelling an operation that is not over yet, whatever its version: a
+    /// cancellation or revocation always lands, and the relay's next compare-and-swap on the
+    /// operation fails.
+    pub fn cancel_op(id: &OpId, now: i64) -> Stmt {
+        Stmt::any(
+            "UPDATE ops SET state = 'cancelled', updated_at = $2, version = version + 1
+             WHERE id = $1 AND state IN ('awaiting-device', 'device-bound', 'running', 'interrupted')",
+            vec![id.to_hex().into(), now.into()],
+        )
+    }
+
     /// An operation by id.
     pub async fn op(&self, id: &OpId) -> Result<Option<OpRow>, StoreError> {
         let rows = self
@@ -355,12 +366,15 @@ impl Store {
             .and_then(|r| OpId::from_hex(&r[0].text()).map(|op| (op, r[1].int(), r[2].blob()))))
     }
 
-    /// Statement registering (or updating) a card.
-    pub fn put_card(c: &CardRow, now: i64) -> Stmt {
-        Stmt::any(
+    /// Statement registering a card for its operator, or updating it when the same
+    /// operator registered it before. It changes no row when another operator holds the ICCID
+    /// (so the batch fails with a conflict and nothing moves).
+    pub fn register_card(c: &CardRow, now: i64) -> Stmt {
+        Stmt::one(
             "INSERT INTO cards (iccid, cin, sd_aid, free_memory, state, replaced_by, mno, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (iccid) DO UPDATE SET cin = $2, sd_aid = $3, free_memory = $4, state = $5, replaced_by = $6, mno = $7, updated_at = $8",
+             ON CONFLICT (iccid) DO UPDATE SET cin = $2, sd_aid = $3, free_memory = $4, state = $5, replaced_by = $6, updated_at = $8
+             WHERE cards.mno = $7",
             vec![
                 c.iccid.clone().into(),
                 c.cin.clone().into(),
@@ -371,6 +385,46 @@ impl Store {
                 c.mno.clone().into(),
                 now.into(),
             ],
+        )
+    }
+
+    /// Statement changing the state of a card of operator `mno` (`lost`, `replaced` with
+    /// the ICCID that replaced it); it changes no row (a conflict) when the card is not that
+    /// operator's.
+    pub fn mark_card(
+        iccid: &str,
+        mno: &str,
+        state: &str,
+        replaced_by: Option<&str>,
+        now: i64,
+    ) -> Stmt {
+        Stmt::one(
+            "UPDATE cards SET state = $3, replaced_by = $4, updated_at = $5 WHERE iccid = $1 AND mno = $2",
+            vec![
+                iccid.into(),
+                mno.into(),
+                state.into(),
+                replaced_by.map(String::from).into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// Statement that changes nothing but fails the batch (a conflict) unless the card is
+    /// active when the batch commits: what a new operation on the card is created with, so a
+    /// card reported lost meanwhile gets none.
+    pub fn require_active_card(iccid: &str) -> Stmt {
+        Stmt::one(
+            "UPDATE cards SET updated_at = updated_at WHERE iccid = $1 AND state = 'active'",
+            vec![iccid.into()],
+        )
+    }
+
+    /// Statement recording the provider domain an operation created on a card.
+    pub fn set_card_domain(iccid: &str, sd_aid: &[u8], now: i64) -> Stmt {
+        Stmt::any(
+            "UPDATE cards SET sd_aid = $2, updated_at = $3 WHERE iccid = $1",
+            vec![iccid.into(), sd_aid.to_vec().into(), now.into()],
         )
     }
 
@@ -393,12 +447,11 @@ impl Store {
         }))
     }
 
-    /// Statement writing a credential.
-    pub fn put_credential(c: &CredentialRow, now: i64) -> Stmt {
-        Stmt::any(
+    /// Statement inserting a new credential (with the operation that issues it).
+    pub fn insert_credential(c: &CredentialRow, now: i64) -> Stmt {
+        Stmt::one(
             "INSERT INTO credentials (op_id, iccid, party, state, reason, serial, not_after, my_number_serial, instance, deletion_pending, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (op_id) DO UPDATE SET state = $4, reason = $5, deletion_pending = $10, updated_at = $11",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             vec![
                 c.op_id.to_hex().into(),
                 c.iccid.clone().into(),
@@ -412,6 +465,37 @@ impl Store {
                 i64::from(c.deletion_pending).into(),
                 now.into(),
             ],
+        )
+    }
+
+    /// Statement moving a credential from state `from` to `to` (nothing when it is in another
+    /// state by then: a revocation that landed first stays).
+    pub fn credential_state(op: &OpId, from: &str, to: &str, now: i64) -> Stmt {
+        Stmt::any(
+            "UPDATE credentials SET state = $3, updated_at = $4 WHERE op_id = $1 AND state = $2",
+            vec![op.to_hex().into(), from.into(), to.into(), now.into()],
+        )
+    }
+
+    /// Statement revoking a credential, decided by the database on the row as it is when the
+    /// statement runs: an active credential, or one whose download was under way, has its
+    /// applet deleted from the card later. A revoked credential stays as it is.
+    pub fn revoke_credential(op: &OpId, reason: &str, now: i64) -> Stmt {
+        Stmt::any(
+            "UPDATE credentials SET state = 'revoked', reason = $2, updated_at = $3,
+             deletion_pending = CASE WHEN state = 'active' OR EXISTS
+                (SELECT 1 FROM ops WHERE ops.id = $1 AND ops.state IN ('running', 'interrupted'))
+                THEN 1 ELSE deletion_pending END
+             WHERE op_id = $1 AND state <> 'revoked'",
+            vec![op.to_hex().into(), reason.into(), now.into()],
+        )
+    }
+
+    /// Statement recording that a revoked credential's applet is gone from the card.
+    pub fn credential_deleted(op: &OpId, now: i64) -> Stmt {
+        Stmt::any(
+            "UPDATE credentials SET deletion_pending = 0, updated_at = $2 WHERE op_id = $1",
+            vec![op.to_hex().into(), now.into()],
         )
     }
 
@@ -615,7 +699,7 @@ mod tests {
         store
             .commit(vec![
                 Store::put_session("s1", &a.id, 3, vec![9], 5),
-                Store::put_card(
+                Store::register_card(
                     &CardRow {
                         iccid: "8981".into(),
                         cin: "AA".into(),
@@ -627,21 +711,22 @@ mod tests {
                     },
                     5,
                 ),
-                Store::put_credential(
+                Store::insert_credential(
                     &CredentialRow {
                         op_id: a.id,
                         iccid: "8981".into(),
                         party: "sp:bank".into(),
-                        state: "revoked".into(),
-                        reason: Some("card-lost".into()),
+                        state: "active".into(),
+                        reason: None,
                         serial: "0A1B".into(),
                         not_after: 99,
                         my_number_serial: "77".into(),
                         instance: vec![6; 5],
-                        deletion_pending: true,
+                        deletion_pending: false,
                     },
                     5,
                 ),
+                Store::revoke_credential(&a.id, "card-lost", 5),
             ])
             .await
             .unwrap();
@@ -659,6 +744,62 @@ mod tests {
             store.revoked_serials().await.unwrap(),
             vec!["0A1B".to_string()]
         );
+        // A second revocation changes nothing (the first reason stays).
+        store
+            .commit(vec![Store::revoke_credential(&a.id, "user-request", 6)])
+            .await
+            .unwrap();
+        let c = store.credential(&a.id).await.unwrap().unwrap();
+        assert_eq!(
+            (c.state.as_str(), c.reason.as_deref()),
+            ("revoked", Some("card-lost"))
+        );
+        // A revoked credential is not activated by a late completion.
+        store
+            .commit(vec![Store::credential_state(&a.id, "pending", "active", 7)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.credential(&a.id).await.unwrap().unwrap().state,
+            "revoked"
+        );
+        // Another operator's registration of the same ICCID moves nothing.
+        let theirs = CardRow {
+            iccid: "8981".into(),
+            cin: "BB".into(),
+            sd_aid: vec![9],
+            free_memory: 1,
+            state: "active".into(),
+            replaced_by: None,
+            mno: "mno:y".into(),
+        };
+        assert!(matches!(
+            store.commit(vec![Store::register_card(&theirs, 8)]).await,
+            Err(StoreError::Conflict(0))
+        ));
+        assert!(matches!(
+            store
+                .commit(vec![Store::mark_card("8981", "mno:y", "lost", None, 8)])
+                .await,
+            Err(StoreError::Conflict(0))
+        ));
+        let card = store.card("8981").await.unwrap().unwrap();
+        assert_eq!(
+            (card.mno.as_str(), card.cin.as_str(), card.state.as_str()),
+            ("mno:x", "AA", "active")
+        );
+        // Cancelling an operation that is over changes nothing.
+        store
+            .commit(vec![Store::cancel_op(&a.id, 9)])
+            .await
+            .unwrap();
+        let o = store.op(&a.id).await.unwrap().unwrap();
+        assert_eq!((o.state, o.version), (OpState::Cancelled, 2));
+        store
+            .commit(vec![Store::cancel_op(&a.id, 10)])
+            .await
+            .unwrap();
+        assert_eq!(store.op(&a.id).await.unwrap().unwrap().version, 2);
         // Reopening keeps everything (and does not migrate twice).
         drop(store);
         let store = Store::open(backend).await.unwrap();
