@@ -79,7 +79,16 @@ mod tests {
             t[n] ^= 1;
             prop_assert!(open(&k, b"0017", &t).is_err());
             prop_assert!(open(&AesKey::new(&[8; 16]).unwrap(), b"0017", &s).is_err());
-            let _ = open(&k, b"0017", &s[..n]);
+            // Any truncation is refused: a length that cannot be ct ‖ tag is malformed; one
+            // that can (cut by a multiple of 16) takes its tag from the ciphertext and fails
+            // the MAC.
+            let cut = &s[..n];
+            let expected = if cut.len() < 24 || !(cut.len() - 8).is_multiple_of(16) {
+                ContentError::Malformed
+            } else {
+                ContentError::BadMac
+            };
+            prop_assert_eq!(open(&k, b"0017", cut), Err(expected));
         }
     }
 }

@@ -182,7 +182,15 @@ mod tests {
         );
         assert!(parse_key_file("PIN=1234", 0).is_err());
         assert!(parse_key_file("", 0).is_err());
+        // Bad key text is named (which entry, and that it is not hex) and never echoed: the
+        // rest of a key with one typo is still secret.
         let err = parse_key_file("KEY=zz", 0).unwrap_err().to_string();
-        assert!(!err.contains("zz") || err.contains("hex"), "{err}");
+        assert!(err.contains("KEY") && err.contains("hexadecimal"), "{err}");
+        assert!(!err.contains("zz"), "{err}");
+        let err = parse_key_file("KEY=404142434445464748494A4B4C4D4Ezz", 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KEY") && err.contains("hexadecimal"), "{err}");
+        assert!(!err.to_uppercase().contains("4142434445"), "{err}");
     }
 }

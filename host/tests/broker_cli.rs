@@ -328,6 +328,8 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     }
     let asserted = json(&b.login("svc-assert", &["--nonce", "n-123"]));
     let keys = reqwest_keys(b.ports[1]);
+    let token = asserted["assertion"].as_str().unwrap();
+    es256_by_hand(token, &keys, "n-123");
     let verifier = broker_protocol::Verifier::new(
         keys,
         "broker:kagi",
@@ -338,7 +340,6 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let token = asserted["assertion"].as_str().unwrap();
     let claims = verifier.verify(token, "n-123", now).unwrap();
     assert_eq!(claims.acr, broker_protocol::Assurance::Card.acr());
     assert!(
@@ -387,6 +388,33 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     }
     let trail = b.admin(&["audit", "--card", &card]);
     assert!(trail.matches(" login ").count() >= 16, "{trail}");
+
+    // The failover itself, step by step: instance 0 issues a challenge and dies (SIGKILL)
+    // before the card's answer arrives; instance 1 redeems that challenge.
+    b.start(0); // children: [instance 1, instance 0]
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = |port: u16| {
+        kagi::broker::BrokerClient::new(&[format!("http://127.0.0.1:{port}")], None).unwrap()
+    };
+    let issued = rt.block_on(client(b.ports[0]).challenge()).unwrap();
+    b.kill(1); // instance 0
+    let mut sim = applet_sim::SimCard::from_image(&b.dir.join("card.img"), None).unwrap();
+    sim.power_on();
+    let mut ch = kagi::channel::CardChannel::new(sim);
+    let answer =
+        kagi::broker::card_answer(&mut ch, &zeroize::Zeroizing::new(b"1234".to_vec()), &issued)
+            .unwrap();
+    let redeemed = rt.block_on(client(b.ports[1]).login_card(&answer));
+    assert!(
+        redeemed.is_ok(),
+        "instance 1 refused instance 0's challenge: {:?}",
+        redeemed.err()
+    );
+    // Once only: the same answer again is a replay, on either instance.
+    assert!(rt.block_on(client(b.ports[1]).login_card(&answer)).is_err());
 
     // Many records, then a KEK rotation on instance 0 killed half-way: every record stays
     // whole, instance 1 finishes it, nothing is lost.
@@ -464,6 +492,13 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
         "a half-rotated record: {mid}"
     );
     assert_eq!(mid["records"].as_u64(), Some(total), "records lost: {mid}");
+    // The kill left work to do: records still under the old KEK (otherwise "instance 1
+    // finishes the rotation" below would prove nothing).
+    let left = mid["by_kek"]["k1"].as_u64().unwrap_or(0);
+    assert!(
+        left > 0 && left < total,
+        "the kill did not land mid-rotation: {mid}"
+    );
     // Instance 1 (restarted) finishes the rotation in the background.
     b.start(1);
     let start = Instant::now();
@@ -517,20 +552,38 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     assert_eq!(v["opened"].as_u64(), Some(0), "{v}");
     assert_eq!(v["failed"].as_array().unwrap().len() as u64, total);
 
-    // The KEKs are non-extractable in the token.
+    // Every KEK the broker created (k1 and k2) is sensitive and was never extractable in the
+    // token, read back by OpenSC's pkcs11-tool (not by kagi).
     let objects = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &b.conf)
         .args(["--module", MODULE, "--login", "--pin"])
         .arg(std::fs::read_to_string(&b.pin_file).unwrap().trim())
         .args(["--list-objects", "--type", "secrkey"])
-        .output();
-    if let Ok(o) = objects {
-        let t = text(&o);
-        assert!(
-            t.contains("broker-kek-k1") && t.contains("never extractable"),
-            "{t}"
-        );
+        .output()
+        .expect("pkcs11-tool (OpenSC) is missing: run scripts/setup.sh");
+    let t = text(&objects);
+    assert!(objects.status.success(), "pkcs11-tool: {t}");
+    let mut keks = Vec::new();
+    for object in t.split("Secret Key Object").skip(1) {
+        let label = object
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("label:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        if label.starts_with("broker-kek-") {
+            let access = object
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Access:"))
+                .unwrap_or_default();
+            assert!(
+                access.contains("never extractable") && access.contains("sensitive"),
+                "{label}: {object}"
+            );
+            keks.push(label.to_string());
+        }
     }
+    keks.sort();
+    assert_eq!(keks, ["broker-kek-k1", "broker-kek-k2"], "{t}");
 
     // Nothing secret in the logs or the answers.
     let logs = b.logs();
@@ -568,6 +621,45 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
 }
 
 /// The broker's published keys.
+/// Verifies a broker assertion as a JOSE implementation other than kagi's would: the
+/// compact JWS split by hand, the header's `alg` ES256 and `kid` looked up in the published
+/// JWKS, and a raw P-256 ECDSA (SHA-256) check with the p256 crate over the ASCII bytes of
+/// `header.payload` (RFC 7515 §5.2, RFC 7518 §3.4: the signature is R ‖ S, 64 bytes).
+fn es256_by_hand(token: &str, keys: &broker_protocol::Jwks, nonce: &str) {
+    use p256::ecdsa::signature::Verifier;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a compact JWS: {token}");
+    let b64 = |s: &str| broker_protocol::api::unb64(s).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&b64(parts[0])).unwrap();
+    assert_eq!(header["alg"], "ES256", "{header}");
+    let jwk = keys
+        .keys
+        .iter()
+        .find(|k| Some(k.kid.as_str()) == header["kid"].as_str())
+        .unwrap_or_else(|| panic!("kid {} not in the JWKS", header["kid"]));
+    assert_eq!((jwk.kty.as_str(), jwk.crv.as_str()), ("EC", "P-256"));
+    let mut point = vec![4u8];
+    point.extend(b64(&jwk.x));
+    point.extend(b64(&jwk.y));
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+    let sig_bytes = b64(parts[2]);
+    assert_eq!(sig_bytes.len(), 64, "ES256 signatures are R ‖ S");
+    let sig = p256::ecdsa::Signature::from_slice(&sig_bytes).unwrap();
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    assert!(
+        vk.verify(signed.as_bytes(), &sig).is_ok(),
+        "the assertion's signature does not verify"
+    );
+    // The same signature over another payload does not.
+    assert!(
+        vk.verify(format!("{}.e30", parts[0]).as_bytes(), &sig)
+            .is_err()
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&b64(parts[1])).unwrap();
+    assert_eq!(claims["nonce"], nonce, "{claims}");
+    assert_eq!(claims["aud"], "svc-assert", "{claims}");
+}
+
 fn reqwest_keys(port: u16) -> broker_protocol::Jwks {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

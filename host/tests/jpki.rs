@@ -16,15 +16,20 @@ fn pin(s: &str) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(s.as_bytes().to_vec())
 }
 
+/// The card image, the two end-entity certificates and the two CA certificates (DER).
+type Demo = (applet_sim::Store, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// One personalised card image for all tests (RSA key generation is the slow part).
-fn demo() -> &'static (applet_sim::Store, Vec<u8>, Vec<u8>) {
-    static CARD: OnceLock<(applet_sim::Store, Vec<u8>, Vec<u8>)> = OnceLock::new();
+fn demo() -> &'static Demo {
+    static CARD: OnceLock<Demo> = OnceLock::new();
     CARD.get_or_init(|| {
         let (card, id) = jpki::demo_card(Some(5)).unwrap();
         (
             card.store().clone(),
             id.auth_cert.clone(),
             id.sign_cert.clone(),
+            id.auth_ca.certificate_der().unwrap(),
+            id.sign_ca.certificate_der().unwrap(),
         )
     })
 }
@@ -45,7 +50,7 @@ fn public_key(cert_der: &[u8]) -> rsa::PublicKey {
 
 #[test]
 fn certificates_pins_and_signatures() {
-    let (_, auth_cert, sign_cert) = demo();
+    let (_, auth_cert, sign_cert, auth_ca, sign_ca) = demo();
     let mut ch = channel();
     jpki::select(&mut ch).unwrap();
     // The authentication certificate and the CAs need no PIN; the signature certificate does.
@@ -53,8 +58,10 @@ fn certificates_pins_and_signatures() {
         &jpki::read_der(&mut ch, jpki::EF_AUTH_CERT).unwrap(),
         auth_cert
     );
-    assert!(jpki::read_der(&mut ch, jpki::EF_AUTH_CA).is_ok());
-    assert!(jpki::read_der(&mut ch, jpki::EF_SIGN_CA).is_ok());
+    // The CA files hold exactly the certificates of the CAs that issued the two certificates.
+    assert_ne!(auth_ca, sign_ca);
+    assert_eq!(&jpki::read_der(&mut ch, jpki::EF_AUTH_CA).unwrap(), auth_ca);
+    assert_eq!(&jpki::read_der(&mut ch, jpki::EF_SIGN_CA).unwrap(), sign_ca);
     let e = jpki::read_der(&mut ch, jpki::EF_SIGN_CERT).unwrap_err();
     assert_eq!(e.status(), Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED));
     assert_eq!(

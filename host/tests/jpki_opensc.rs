@@ -9,7 +9,54 @@ mod support;
 
 use support::PrivatePcsc;
 
-const MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
+/// OpenSC's PKCS#11 module, wherever this machine keeps it: `KAGI_OPENSC_PKCS11` if set,
+/// else the file the `opensc-pkcs11` package installed (`dpkg -L`), else the known library
+/// directories (every multiarch directory under /usr/lib, lib64, /usr/local/lib).
+fn module() -> String {
+    use std::path::PathBuf;
+    if let Ok(m) = std::env::var("KAGI_OPENSC_PKCS11") {
+        return m;
+    }
+    let name = "opensc-pkcs11.so";
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(o) = std::process::Command::new("dpkg")
+        .args(["-L", "opensc-pkcs11"])
+        .output()
+    {
+        candidates.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.ends_with(&format!("/{name}")))
+                .map(PathBuf::from),
+        );
+    }
+    let mut dirs = vec![
+        PathBuf::from("/usr/lib"),
+        PathBuf::from("/usr/lib64"),
+        PathBuf::from("/usr/local/lib"),
+    ];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains("-linux-") {
+                dirs.push(e.path());
+            }
+        }
+    }
+    for d in dirs {
+        candidates.push(d.join(name));
+        candidates.push(d.join("pkcs11").join(name));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "OpenSC's PKCS#11 module ({name}) is not installed: run scripts/setup.sh, or set \
+                 KAGI_OPENSC_PKCS11 to its path"
+            )
+        })
+}
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -27,6 +74,7 @@ fn opensc(pcsc: &PrivatePcsc, tool: &str, args: &[&str]) -> std::process::Output
 
 #[test]
 fn opensc_lists_reads_logs_in_and_signs() {
+    let module = module();
     let pcsc = PrivatePcsc::start_with(1, "jpki-demo");
     let work = pcsc.work.clone();
     let path = |f: &str| work.join(f).display().to_string();
@@ -69,7 +117,7 @@ fn opensc_lists_reads_logs_in_and_signs() {
         "pkcs11-tool",
         &[
             "--module",
-            MODULE,
+            &module,
             "--slot-index",
             "0",
             "--login",
@@ -107,7 +155,7 @@ fn opensc_lists_reads_logs_in_and_signs() {
             "pkcs11-tool",
             &[
                 "--module",
-                MODULE,
+                &module,
                 "--slot-index",
                 "0",
                 "--login",
@@ -137,7 +185,7 @@ fn opensc_lists_reads_logs_in_and_signs() {
         "pkcs11-tool",
         &[
             "--module",
-            MODULE,
+            &module,
             "--slot-index",
             "0",
             "--login",
@@ -154,7 +202,7 @@ fn opensc_lists_reads_logs_in_and_signs() {
             &path("x.bin"),
         ],
     );
-    let tokens = opensc(&pcsc, "pkcs11-tool", &["--module", MODULE, "-T"]);
+    let tokens = opensc(&pcsc, "pkcs11-tool", &["--module", &module, "-T"]);
     assert!(
         text(&tokens).contains("user PIN locked"),
         "{}",

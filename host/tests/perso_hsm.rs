@@ -59,6 +59,10 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     provider.extend(["--key-file", provider_file.to_str().unwrap()]);
     let imported = kagi(&conf, &provider);
     assert!(imported.status.success(), "{}", text(&imported));
+    // Every imported master key (ENC, MAC, DEK of both sets) is sensitive, never extractable
+    // and its value cannot be read, as OpenSC's pkcs11-tool sees them.
+    let imported_keys = support::hsm_keys_unreadable(&conf, MODULE, &pin);
+    assert_eq!(imported_keys.len(), 6, "{imported_keys:?}");
 
     // A wrong PIN is a clear error, not a panic.
     std::fs::write(dir.join("wrong.pin"), "00000000").unwrap();
@@ -128,6 +132,39 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
         let (_, key) = line.split_once('=').unwrap();
         assert!(!outputs.to_uppercase().contains(&key.trim().to_uppercase()));
     }
+    // Nor the per-card keys the HSM diversified, computed here independently (RustCrypto
+    // CMAC over each card's KDD, read from the card): the ISD's and the provider domain's.
+    let keys_of = |file: &Path| -> Vec<String> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains('='))
+            .map(|l| l.split('=').nth(1).unwrap().trim().to_string())
+            .collect()
+    };
+    let (isd_masters, sd_masters) = (keys_of(&master_file), keys_of(&provider_file));
+    let provider_sd = hex::decode("A00000015153505001").unwrap();
+    let upper = outputs.to_uppercase();
+    let mut checked = 0;
+    for i in 0..6 {
+        let card = out.join("cards").join(format!("H{i}.img"));
+        let isd_kdd = support::kdd_of(&card, None, 0);
+        let sd_kdd = support::kdd_of(&card, Some(&provider_sd), 0x31);
+        for (masters, kdd) in [(&isd_masters, &isd_kdd), (&sd_masters, &sd_kdd)] {
+            for (k, master) in masters.iter().enumerate() {
+                let key = &support::kdf3_by_hand(master, kdd)[k];
+                assert!(
+                    !upper.contains(&key[..16]),
+                    "H{i}: a per-card key in an output"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 36);
     assert!(!outputs.contains(pin.trim()));
+    // The batch left no other key in the token, and the masters are as unreadable as before.
+    let after = support::hsm_keys_unreadable(&conf, MODULE, &pin);
+    assert_eq!(after, imported_keys);
     let _ = std::fs::remove_dir_all(&dir);
 }

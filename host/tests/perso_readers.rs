@@ -20,13 +20,69 @@ fn start_batch(stack: &PrivatePcsc, input: &Path, out: &Path) -> Child {
 }
 
 fn start(stack: &PrivatePcsc, verb: &str, input: &Path, out: &Path) -> Child {
-    support::perso_batch(verb, input, out)
-        .args(["--readers", "all"])
+    command(stack, verb, input, out).spawn().unwrap()
+}
+
+/// The batch command, with a feeder command that logs each station's outcome to
+/// [`feeder_log`] (as an automatic encoder would be told to eject the card).
+fn command(stack: &PrivatePcsc, verb: &str, input: &Path, out: &Path) -> std::process::Command {
+    let mut c = support::perso_batch(verb, input, out);
+    c.args(["--readers", "all", "--feeder-cmd"])
+        .arg(feeder_cmd(&feeder_log(out)))
         .env("PCSCLITE_CSOCK_NAME", &stack.socket)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Where the feeder command of a batch writing to `out` logs.
+fn feeder_log(out: &Path) -> std::path::PathBuf {
+    out.with_extension("feeder.log")
+}
+
+fn feeder_cmd(log: &Path) -> String {
+    format!(
+        "printf '%s|%s|%s\\n' \"$KAGI_READER\" \"$KAGI_OUTCOME\" \"$KAGI_RECORD\" >> '{}'",
+        log.display()
+    )
+}
+
+/// The feeder command's calls so far: (reader, outcome, record).
+fn feeder_calls(log: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 3, "feeder log line {l:?}");
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// Waits until the feeder command was called with `outcome` for both readers, while the
+/// batch runs (a station reports every card it refuses).
+fn wait_for_both_readers(child: &mut Child, log: &Path, outcome: &str) {
+    let start = Instant::now();
+    loop {
+        let calls = feeder_calls(log);
+        if (0..2).all(|i| {
+            calls
+                .iter()
+                .any(|(r, o, _)| *r == reader_name(i) && o == outcome)
+        }) {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the batch ended before both readers reported {outcome}: {calls:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no {outcome} from both readers: {calls:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The journal's events so far (complete lines only).
@@ -96,13 +152,14 @@ impl Operator {
         ev.len()
     }
 
-    /// Operates until the batch exits, or kills it once the journal holds `kill_at` events.
+    /// Operates until the batch exits, or kills it once the journal holds an event that
+    /// `kill_at` picks.
     fn run(
         &mut self,
         stack: &PrivatePcsc,
         mut child: Child,
         journal: &Path,
-        kill_at: Option<usize>,
+        kill_at: Option<&dyn Fn(&Event) -> bool>,
     ) -> std::process::Output {
         let start = Instant::now();
         loop {
@@ -114,8 +171,8 @@ impl Operator {
                 "the batch did not finish:\n{}",
                 stack.logs()
             );
-            let n = self.step(stack, journal);
-            if kill_at.is_some_and(|k| n >= k) {
+            self.step(stack, journal);
+            if kill_at.is_some_and(|k| events(journal).iter().any(k)) {
                 child.kill().unwrap();
                 break;
             }
@@ -165,6 +222,24 @@ fn reader_stations_take_fresh_cards_one_after_another() {
     }
     assert_eq!(cards.len(), 5);
     assert_eq!(readers.len(), 2, "both stations worked: {readers:?}");
+    // `--feeder-cmd` ran after every card, on the station that did it, with its outcome and
+    // record: five times "done", once per record, each on the reader that claimed it.
+    let mut claimed_at = BTreeMap::new();
+    for e in events(&journal_file) {
+        if let Event::Claim { record, card } = e {
+            claimed_at.insert(record, card.split('@').nth(1).unwrap().to_string());
+        }
+    }
+    let mut fed: Vec<(String, String, String)> = feeder_calls(&feeder_log(&out))
+        .into_iter()
+        .filter(|(_, outcome, _)| outcome != "refused")
+        .collect();
+    fed.sort_by(|a, b| a.2.cmp(&b.2));
+    let expected: Vec<(String, String, String)> = claimed_at
+        .iter()
+        .map(|(record, reader)| (reader.clone(), "done".to_string(), record.clone()))
+        .collect();
+    assert_eq!(fed, expected);
     // The report names each record's card and reader, as the journal claimed them.
     let report = std::fs::read_to_string(out.join("report.csv")).unwrap();
     for card in &cards {
@@ -205,13 +280,10 @@ fn reader_stations_take_fresh_cards_one_after_another() {
     .unwrap();
     let out2 = dir.join("out2");
     let journal2 = out2.join("journal.jsonl");
-    let child = start_batch(&stack, &input, &out2);
-    let start = Instant::now();
-    while events(&journal2).is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Give both stations time to look at their cards; neither may claim one.
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = start_batch(&stack, &input, &out2);
+    // Both stations have looked at their cards and refused them (the feeder command was told
+    // so); neither claimed one.
+    wait_for_both_readers(&mut child, &feeder_log(&out2), "refused");
     assert!(
         !events(&journal2)
             .iter()
@@ -243,14 +315,21 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
     let out = dir.join("out");
     let journal_file = out.join("journal.jsonl");
     let mut operator = Operator::new(4, [true, true]);
-    // Killed as soon as the first card is claimed: it is mid-way (a card takes some 30
-    // commands through pcscd), most likely before its STORE DATA.
-    operator.run(
-        &stack,
-        start(&stack, "run", &input, &out),
-        &journal_file,
-        Some(2),
-    );
+    // The journal's test hook freezes the batch right after the first card's first step
+    // (mid-way, before its STORE DATA); then it is killed.
+    let child = command(&stack, "run", &input, &out)
+        .env(journal::FREEZE_ENV, "1:step:open")
+        .spawn()
+        .unwrap();
+    let frozen = |e: &Event| matches!(e, Event::Step { step, .. } if step == "open");
+    operator.run(&stack, child, &journal_file, Some(&frozen));
+    let first_open = events(&journal_file)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Step { record, step, .. } if step == "open" => Some(record),
+            _ => None,
+        })
+        .unwrap();
     let before = journal::replay(&journal_file).unwrap();
     let caught: Vec<String> = before
         .iter()
@@ -267,6 +346,10 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
         })
         .cloned()
         .collect();
+    assert!(
+        before_store.contains(&first_open),
+        "{first_open} was frozen after its first step, yet not caught before its data: {before:?}"
+    );
     let output = operator.run(
         &stack,
         start(&stack, "resume", &input, &out),
@@ -301,9 +384,6 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
             "{r} was caught before its data and not completed"
         );
     }
-    if before_store.is_empty() {
-        eprintln!("note: the kill landed in STORE DATA on every caught card ({caught:?})");
-    }
 }
 
 /// A UICC profile on a line fed with SIMs: cards are tracked by their ICCID, and the same
@@ -322,9 +402,9 @@ fn a_uicc_profile_tracks_sims_by_iccid_and_other_stock_is_refused() {
 
     // The smart-card member profile refuses the SIMs in both readers.
     let wrong = dir.join("wrong");
-    let child = start_batch(&stack, &input, &wrong);
-    std::thread::sleep(Duration::from_millis(2500));
-    let mut child = child;
+    let mut child = start_batch(&stack, &input, &wrong);
+    // Both stations have looked at their SIM and refused it.
+    wait_for_both_readers(&mut child, &feeder_log(&wrong), "refused");
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -433,5 +513,89 @@ fn stations_survive_the_readers_going_away_and_coming_back() {
             Status::Rework(why) => assert!(why.contains("store:"), "{id}: {why}"),
             other => panic!("{id}: {other:?}\n{stderr}"),
         }
+    }
+}
+
+/// Whether reader `slot` holds a card, as PC/SC reports it; waits until it is `want`.
+fn wait_present(stack: &PrivatePcsc, slot: usize, want: bool) {
+    let began = Instant::now();
+    loop {
+        let o = stack.kagi(&["readers", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let now = v["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == reader_name(slot))
+            .map(|r| r["card_present"] == true);
+        if now == Some(want) {
+            return;
+        }
+        assert!(began.elapsed() < Duration::from_secs(20), "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A card taken out of the reader mid-way and put back (README: "a card taken out mid-way
+/// continues when it comes back"), on one station (reader 1 stays empty): the journal's test
+/// hook holds the batch right after T0's first step; the card is taken out and put back (pcscd
+/// sees both, so the station's connection is dead); the batch goes on, loses the card, finds
+/// it again by its CIN and completes T0 on it, claimed once; then T1 on the next card.
+#[test]
+fn a_card_taken_out_mid_way_and_put_back_continues() {
+    let stack = PrivatePcsc::start_hopper(2, "gp-test");
+    stack.control("remove 1");
+    wait_present(&stack, 1, false);
+    let dir = stack.work.join("perso");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("records.csv");
+    std::fs::write(
+        &input,
+        "id,member_no,name,points\nT0,340000,TAKEN OUT,1\nT1,340001,NEXT ONE,2\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let journal_file = out.join("journal.jsonl");
+    let release = dir.join("release");
+    let mut child = command(&stack, "run", &input, &out)
+        .env(journal::FREEZE_ENV, "1:step:open")
+        .env(journal::RELEASE_ENV, &release)
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    while !events(&journal_file)
+        .iter()
+        .any(|e| matches!(e, Event::Step { record, step, .. } if record == "T0" && step == "open"))
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the batch ended");
+        assert!(began.elapsed() < Duration::from_secs(60), "no first step");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stack.control("remove 0");
+    wait_present(&stack, 0, false);
+    stack.control("insert 0");
+    wait_present(&stack, 0, true);
+    std::fs::write(&release, b"").unwrap();
+    let output = Operator::new(2, [true, false]).run(&stack, child, &journal_file, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lost the card"),
+        "the removal was not seen: {stderr}"
+    );
+    let mut claimed = BTreeMap::new();
+    for e in events(&journal_file) {
+        if let Event::Claim { record, card } = e {
+            assert!(
+                claimed.insert(record.clone(), card).is_none(),
+                "{record} claimed twice"
+            );
+        }
+    }
+    assert_eq!(claimed.len(), 2, "{stderr}");
+    assert_ne!(claimed["T0"], claimed["T1"]);
+    let state = journal::replay(&journal_file).unwrap();
+    for id in ["T0", "T1"] {
+        assert_eq!(state.get(id), Some(&Status::Done), "{id}: {stderr}");
     }
 }

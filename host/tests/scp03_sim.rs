@@ -89,18 +89,41 @@ fn every_level_mode_and_key_size_against_the_simulator() {
                     assert!(!text.contains(&h), "key bytes in trace");
                     assert!(!text.contains(&h[..16]), "key prefix in trace");
                 }
-                if level.c_dec() {
-                    // Commands on the wire are encrypted: the plain GET STATUS data 4F00 shows
-                    // only on the [scp03] lines.
-                    assert!(
-                        text.lines()
-                            .any(|l| l.starts_with("[scp03] >> 80F2") && l.contains("4F00"))
-                    );
-                    assert!(
-                        !text
-                            .lines()
-                            .any(|l| l.starts_with(">> 84F2") && l.contains(" 02 4F00"))
-                    );
+                // The trace is not empty: the whole session is in it, once, so the checks
+                // above looked at real lines.
+                let lines = trace.lines();
+                let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+                assert_eq!(
+                    count(">> 8050"),
+                    1,
+                    "INITIALIZE UPDATE traced once:\n{text}"
+                );
+                assert_eq!(
+                    count(">> 8482"),
+                    1,
+                    "EXTERNAL AUTHENTICATE traced once:\n{text}"
+                );
+                assert_eq!(count("[scp03] >> 80F2"), 3, "three GET STATUS:\n{text}");
+                // GET STATUS on the wire: CLA 84 with C-MAC (every level but 00), data
+                // encrypted (padded to a block, then the MAC) exactly when C-DECRYPTION is on.
+                let wire: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| l.starts_with(">> 84F2") || l.starts_with(">> 80F2"))
+                    .collect();
+                assert_eq!(wire.len(), 3, "{text}");
+                let mac_len = if mode == Mode::S16 { 16 } else { 8 };
+                for l in wire {
+                    let fields: Vec<&str> = l.split(' ').collect();
+                    let (header, lc, data) = (fields[1], fields[2], fields[3]);
+                    assert_eq!(&header[..2], if level.c_mac() { "84" } else { "80" }, "{l}");
+                    let plain_len = 2 + if level.c_mac() { mac_len } else { 0 };
+                    if level.c_dec() {
+                        assert_eq!(lc, format!("{:02X}", 16 + mac_len), "{l}");
+                        assert!(!data.starts_with("4F00"), "plain data on the wire: {l}");
+                    } else {
+                        assert_eq!(lc, format!("{plain_len:02X}"), "{l}");
+                        assert!(data.starts_with("4F00"), "{l}");
+                    }
                 }
             }
         }
@@ -127,13 +150,15 @@ fn wrong_keys_never_reach_external_authenticate() {
             "{err}"
         );
     }
-    assert!(
-        !trace
-            .lines()
-            .iter()
-            .any(|l| l.starts_with(">> 8482") || l.starts_with(">> 8482"))
+    // Both attempts are in the trace (so the check below reads real lines), and neither went
+    // on to EXTERNAL AUTHENTICATE.
+    let lines = trace.lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with(">> 8050")).count(),
+        2,
+        "{lines:?}"
     );
-    assert!(!trace.lines().iter().any(|l| l.contains(" 8482")));
+    assert!(!lines.iter().any(|l| l.contains(">> 8482")), "{lines:?}");
     // The right keys still work afterwards: nothing was locked.
     SecureChannel::open(&mut ch, keyset(16), HostOptions::default(), Some(&sd.aid)).unwrap();
 }
@@ -220,15 +245,14 @@ fn management_needs_authentication_and_unsecured_commands_end_the_session() {
 
 #[test]
 fn session_on_a_logical_channel() {
-    let mut ch = card(keyset(32), false);
+    let trace = MemoryTrace::default();
+    let mut ch = card(keyset(32), false).with_trace(Box::new(trace.clone()));
     gp::select_domain(&mut ch, None).unwrap();
     // MANAGE CHANNEL OPEN from channel 0 gives channel 1 with the default applet (the ISD).
     let r = ch
         .transmit(&Command::new(0x00, 0x70, 0x00, 0x00).with_le(1).unwrap())
         .unwrap();
     assert_eq!((r.sw, r.data.clone()), (StatusWord::SUCCESS, vec![1]));
-    let sd = card_wire::tlv::find(&[], card_wire::tlv::Tag(0x84)).unwrap();
-    assert!(sd.is_none());
     let opts = HostOptions {
         channel: 1,
         level: SecurityLevel::FULL,
@@ -244,4 +268,14 @@ fn session_on_a_logical_channel() {
     let r = sc.transmit(&status).unwrap();
     assert_eq!(r.sw, StatusWord::SUCCESS);
     assert!(r.data.starts_with(&[0xE3]));
+    // The whole session went over channel 1 (CLA 81, then 85 with secure messaging).
+    let lines = trace.lines();
+    for prefix in [">> 8150", ">> 8582", ">> 85F2"] {
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(prefix)).count(),
+            1,
+            "{prefix}: {lines:?}"
+        );
+    }
+    assert!(!lines.iter().any(|l| l.starts_with(">> 8050")), "{lines:?}");
 }

@@ -110,6 +110,31 @@ pub struct Journal {
     wake: Condvar,
     /// A second handle to the same file, for syncing without blocking writers.
     sync_handle: File,
+    /// The test hook `KAGI_TEST_FREEZE_JOURNAL` (see [`Journal::open`]): freeze after the
+    /// n-th event whose label starts with the prefix; events matched so far.
+    freeze: Option<(u64, String, std::sync::atomic::AtomicU64)>,
+}
+
+/// The environment variable of the journal's test hook (see [`Journal::open`]).
+pub const FREEZE_ENV: &str = "KAGI_TEST_FREEZE_JOURNAL";
+
+/// With the freeze hook: the file whose creation releases the frozen journal (without it,
+/// the freeze is for good).
+pub const RELEASE_ENV: &str = "KAGI_TEST_RELEASE_JOURNAL";
+
+/// The label the freeze hook matches an event by: `claim`, `step:NAME`, `begin:NAME`,
+/// `done`, `rework`, `failed`, `start`, `bad-record`.
+pub fn label(event: &Event) -> String {
+    match event {
+        Event::Start { .. } => "start".into(),
+        Event::Claim { .. } => "claim".into(),
+        Event::Begin { step, .. } => format!("begin:{step}"),
+        Event::Step { step, .. } => format!("step:{step}"),
+        Event::Done { .. } => "done".into(),
+        Event::Rework { .. } => "rework".into(),
+        Event::Failed { .. } => "failed".into(),
+        Event::BadRecord { .. } => "bad-record".into(),
+    }
 }
 
 #[derive(Default)]
@@ -126,6 +151,12 @@ impl Journal {
     /// Opens (creating) the journal for appending. A torn last line (a write cut short by a
     /// crash, never acknowledged) is cut off first, so that new events start on a line of
     /// their own.
+    ///
+    /// Test hook: with `KAGI_TEST_FREEZE_JOURNAL=N:PREFIX` set, once the N-th event whose
+    /// [`label`] starts with PREFIX is on disk, the process stops journaling for good (every
+    /// station halts at its next event), so that a test can kill it at exactly that point;
+    /// with `KAGI_TEST_RELEASE_JOURNAL=FILE` also set, it goes on once FILE exists (a test
+    /// acts on the cards meanwhile). Unset (always, in production), nothing changes.
     pub fn open(path: &Path) -> Result<Journal> {
         let err = |e: std::io::Error| Error::Profile(format!("journal {}: {e}", path.display()));
         match std::fs::read(path) {
@@ -147,17 +178,55 @@ impl Journal {
         let sync_handle = file
             .try_clone()
             .map_err(|e| Error::Profile(format!("journal {}: {e}", path.display())))?;
+        let freeze = std::env::var(FREEZE_ENV).ok().and_then(|v| {
+            let (n, prefix) = v.split_once(':')?;
+            Some((
+                n.parse().ok()?,
+                prefix.to_string(),
+                std::sync::atomic::AtomicU64::new(0),
+            ))
+        });
         Ok(Journal {
             writer: Mutex::new((file, 0)),
             synced: Mutex::new(SyncState::default()),
             wake: Condvar::new(),
             sync_handle,
+            freeze,
         })
+    }
+
+    /// The test hook: halts here for good (holding the writer, so no event follows) when
+    /// `event` is the one `KAGI_TEST_FREEZE_JOURNAL` names.
+    fn maybe_freeze(&self, event: &Event) {
+        let Some((n, prefix, seen)) = &self.freeze else {
+            return;
+        };
+        if !label(event).starts_with(prefix.as_str())
+            || seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 != *n
+        {
+            return;
+        }
+        let _hold = self.writer.lock();
+        eprintln!("{FREEZE_ENV}: journal frozen after event {n} matching {prefix:?}");
+        let release = std::env::var_os(RELEASE_ENV).map(std::path::PathBuf::from);
+        loop {
+            match &release {
+                Some(file) if file.exists() => return,
+                Some(_) => std::thread::park_timeout(std::time::Duration::from_millis(10)),
+                None => std::thread::park(),
+            }
+        }
     }
 
     /// Appends an event and returns once it is on disk. Stations appending at the same time
     /// share one `fdatasync` (group commit): each waits for a sync that began after its write.
     pub fn append(&self, event: &Event) -> Result<()> {
+        self.append_synced(event)?;
+        self.maybe_freeze(event);
+        Ok(())
+    }
+
+    fn append_synced(&self, event: &Event) -> Result<()> {
         let mut line = serde_json::to_vec(event).map_err(|e| Error::Profile(e.to_string()))?;
         line.push(b'\n');
         let seq = {

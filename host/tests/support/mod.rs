@@ -57,6 +57,93 @@ pub fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("softhsm2.conf"), dir.join("user.pin"))
 }
 
+/// `kdf3` per-card keys, computed here with the RustCrypto CMAC directly (not through kagi):
+/// CMAC(master, 01 ‖ 00 00 00 ‖ purpose ‖ 00 ‖ KDD) for 16-byte masters, purposes 1/2/3 for
+/// ENC/MAC/DEK (GlobalPlatformPro's `kdf3` template, see card-wire's test vectors).
+pub fn kdf3_by_hand(master_hex: &str, kdd: &[u8]) -> [String; 3] {
+    use cmac::{Cmac, Mac};
+    let master = hex::decode(master_hex.trim()).unwrap();
+    assert_eq!(master.len(), 16, "the example masters are AES-128");
+    [1u8, 2, 3].map(|purpose| {
+        let mut m = <Cmac<aes::Aes128> as cmac::digest::KeyInit>::new_from_slice(&master).unwrap();
+        m.update(&[1, 0, 0, 0, purpose, 0]);
+        m.update(kdd);
+        hex::encode_upper(m.finalize().into_bytes())
+    })
+}
+
+/// The KDD a card's security domain announces in its INITIALIZE UPDATE response (first 10
+/// bytes), read with raw APDUs.
+pub fn kdd_of(path: &Path, sd: Option<&[u8]>, kvn: u8) -> Vec<u8> {
+    use card_wire::apdu::Command as Apdu;
+    use kagi::channel::ApduChannel;
+    let mut card = applet_sim::SimCard::from_image(path, None).unwrap();
+    card.power_on();
+    let mut ch = kagi::channel::CardChannel::new(card);
+    let select = Apdu::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(sd.map(<[u8]>::to_vec).unwrap_or_default())
+        .unwrap()
+        .with_le(256)
+        .unwrap();
+    assert!(ch.transmit(&select).unwrap().sw.is_success());
+    let iu = Apdu::new(0x80, 0x50, kvn, 0x00)
+        .with_data(vec![0x11; 8])
+        .unwrap()
+        .with_le(256)
+        .unwrap();
+    let r = ch.transmit(&iu).unwrap();
+    assert!(r.sw.is_success(), "INITIALIZE UPDATE: {:?}", r.sw);
+    r.data[..10].to_vec()
+}
+
+/// Reads every secret key in the SoftHSM2 token of `conf` with OpenSC's `pkcs11-tool` (not
+/// kagi): each must be sensitive and not extractable (CKA_SENSITIVE true, CKA_EXTRACTABLE
+/// false), and reading its value (CKA_VALUE) must be refused. Returns the labels.
+pub fn hsm_keys_unreadable(conf: &Path, module: &str, pin: &str) -> Vec<String> {
+    let tool = |args: &[&str]| {
+        Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", conf)
+            .args(["--module", module, "--login", "--pin", pin.trim()])
+            .args(args)
+            .output()
+            .expect("pkcs11-tool (OpenSC) is missing: run scripts/setup.sh")
+    };
+    let list = tool(&["--list-objects", "--type", "secrkey"]);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.status.success(),
+        "pkcs11-tool: {text}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let mut labels = Vec::new();
+    for object in text.split("Secret Key Object").skip(1) {
+        let field = |name: &str| {
+            object
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let label = field("label:");
+        let access = field("Access:");
+        // pkcs11-tool lists the set flags: "sensitive" (CKA_SENSITIVE), "extractable"
+        // (CKA_EXTRACTABLE), "never extractable" (CKA_NEVER_EXTRACTABLE: only for keys made
+        // in the token; an imported key was outside once, so it never has it).
+        let flags: Vec<&str> = access.split(',').map(str::trim).collect();
+        assert!(
+            flags.contains(&"sensitive") && !flags.contains(&"extractable"),
+            "{label} can leave the HSM: {object}"
+        );
+        let read = tool(&["--read-object", "--type", "secrkey", "--label", &label]);
+        assert!(
+            !read.status.success() && read.stdout.is_empty(),
+            "the value of {label} was read out of the HSM"
+        );
+        labels.push(label);
+    }
+    labels
+}
+
 /// A PIN-less eligibility read of the card behind `t`, trusting `ca` (and the revocation
 /// list text `revoked`, when given); the verdict, with the reasons when it is not `expect`.
 pub fn assert_verdict(
@@ -108,6 +195,19 @@ pub fn available() -> Result<(), String> {
         {
             return Err(format!("{tool} is missing: run scripts/setup.sh"));
         }
+    }
+    // `unshare -m -n` (private mount and network namespaces for pcscd and vpcd) needs root.
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        return Err(format!(
+            "they need root (uid 0, this is uid {uid:?}): the private pcscd runs in its own mount \
+             and network namespaces (unshare -m -n); run the tests as root, e.g. in the project's \
+             container"
+        ));
     }
     if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() {
         return Err("vsmartcard-vpcd is missing: run scripts/setup.sh".into());
