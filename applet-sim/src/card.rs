@@ -33,6 +33,9 @@ pub struct SdConfig {
     pub iin: Vec<u8>,
     /// Consecutive failed authentications before the ISD locks its keys.
     pub auth_limit: u32,
+    /// `Some(i)`: the card speaks SCP02 with this `i` instead of SCP03 (its key sets must
+    /// then hold 16-byte keys, used as 3DES keys).
+    pub scp02: Option<card_wire::scp02::IParam02>,
 }
 
 /// How a simulated card is built.
@@ -58,6 +61,9 @@ pub struct SimConfig {
 /// KVN of the simulator's default SCP03 key set.
 pub const DEFAULT_KVN: u8 = 0x30;
 
+/// KVN of the `gp-scp02` preset's 3DES key set.
+pub const SCP02_KVN: u8 = 0x20;
+
 /// The GP supplementary security domain package and module AIDs.
 pub const SSD_PACKAGE: [u8; 7] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50];
 /// The SSD module (class `gp.sd`).
@@ -77,6 +83,7 @@ impl Default for SimConfig {
                 cin: vec![0x4B, 0x41, 0x47, 0x49, 0x00, 0x01],
                 iin: vec![0x4B, 0x47],
                 auth_limit: DEFAULT_AUTH_LIMIT,
+                scp02: None,
             },
             seed: None,
             extended_length: true,
@@ -103,6 +110,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "GP card, test keys 40..4F (KVN 30), SCP03 S16 (i=71), echo applet installed",
     ),
     (
+        "gp-scp02",
+        "GP card speaking SCP02 i=55, 3DES test keys 40..4F (KVN 20), echo applet installed",
+    ),
+    (
         "uicc",
         "UICC (SIM): T=15 class indicator in the ATR, EF.ICCID under the MF, test keys 40..4F (KVN 30), SCP03 i=70",
     ),
@@ -122,6 +133,7 @@ impl SimConfig {
                 ..base
             }),
             "gp-s16" => Ok(base.s16()),
+            "gp-scp02" => Ok(base.scp02(card_wire::scp02::IParam02::I55)),
             "uicc" => {
                 Ok(base.uicc(Iccid::with_check_digit(TEST_ICCID_BODY).map_err(|e| e.to_string())?))
             }
@@ -139,6 +151,14 @@ impl SimConfig {
     /// The same card running SCP03 in S16 mode (`i = 71`).
     pub fn s16(mut self) -> Self {
         self.isd.i = IParam(self.isd.i.0 | 0x01);
+        self
+    }
+
+    /// The same card speaking SCP02 with `i` and the GP test keys as a 3DES key set (KVN 20,
+    /// SCP02's customary range).
+    pub fn scp02(mut self, i: card_wire::scp02::IParam02) -> Self {
+        self.isd.scp02 = Some(i);
+        self.isd.keys = vec![StaticKeys::default_test_keys(SCP02_KVN)];
         self
     }
 
@@ -190,6 +210,9 @@ impl SimConfig {
             auth_limit: self.isd.auth_limit,
         }
         .write(&mut s)?;
+        if let Some(i) = self.isd.scp02 {
+            crate::sd_scp02::write_setup(&mut s, i)?;
+        }
         s.put("card/atr", &self.atr)?;
         if let Some(iccid) = &self.iccid {
             s.put(crate::uicc::ICCID_KEY, &iccid.to_ef())?;

@@ -34,6 +34,7 @@ pub mod jpki;
 pub mod registry;
 pub mod rng;
 pub mod runtime;
+pub mod sd_scp02;
 pub mod security_domain;
 pub mod store;
 pub mod tearing;

@@ -17,12 +17,13 @@
 use crate::applet::{Aid, Applet, AppletContext};
 use crate::registry::{self, LoadFile, RegistryEntry, app_state, card_state, privilege};
 use crate::runtime::CHANNELS;
+use crate::sd_scp02::{self, Channel, Handshake};
 use crate::store::{Store, StoreError};
 use card_wire::apdu::{Command, Response};
 use card_wire::scp03::crypto::AesKey;
 use card_wire::scp03::handshake::{CardHandshake, CardKeyContext};
 use card_wire::scp03::putkey::dek_decrypt;
-use card_wire::scp03::{IParam, SecureSession, StaticKeys};
+use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::sw::StatusWord;
 use card_wire::tlv::tlv;
 use sha2::{Digest, Sha256};
@@ -168,7 +169,7 @@ type StatusItem = (Vec<u8>, u8, Vec<u8>, Vec<Vec<u8>>);
 
 /// An open secure channel and the key version it was opened with.
 struct Session {
-    scp: SecureSession,
+    scp: Channel,
     kvn: u8,
 }
 
@@ -176,7 +177,7 @@ struct Session {
 pub struct SecurityDomain {
     aid: Aid,
     is_isd: bool,
-    pending: Vec<Option<(CardHandshake, u8)>>,
+    pending: Vec<Option<(Handshake, u8)>>,
     sessions: Vec<Option<Session>>,
     status_cursor: Vec<usize>,
     load: Option<LoadContext>,
@@ -207,19 +208,21 @@ impl SecurityDomain {
         self.perso_target[ch] = None;
     }
 
-    /// Card recognition data (GP Card Specification Annex H): GP 2.3.1, SCP03 with `i`.
-    fn card_recognition_data(i: IParam) -> Vec<u8> {
+    /// Card recognition data (GP Card Specification Annex H): GP 2.3.1, SCP03 (or SCP02)
+    /// with `i`.
+    fn card_recognition_data(store: &Store) -> Vec<u8> {
+        let (scp, i) = sd_scp02::announced(store, card_i(store).0);
         const GP: [u8; 6] = [0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B];
         let oid = |arc: &[u8]| tlv(0x06, &[&GP[..], arc].concat());
         let mut body = oid(&[0x01]);
         body.extend(tlv(0x60, &oid(&[0x02, 0x02, 0x03, 0x01])));
         body.extend(tlv(0x63, &oid(&[0x03])));
-        body.extend(tlv(0x64, &oid(&[0x04, 0x03, i.0])));
+        body.extend(tlv(0x64, &oid(&[0x04, scp, i])));
         tlv(0x73, &body)
     }
 
     fn fci(&self, store: &Store) -> Vec<u8> {
-        let mut a5 = Self::card_recognition_data(card_i(store));
+        let mut a5 = Self::card_recognition_data(store);
         a5.extend(tlv(0x9F65, &[0xFF]));
         let mut body = tlv(0x84, self.aid.as_bytes());
         body.extend(tlv(0xA5, &a5));
@@ -229,12 +232,13 @@ impl SecurityDomain {
     fn get_data(&self, cmd: &Command, store: &Store) -> Result<Response, Sw> {
         let keys = || key_sets(store, &self.aid);
         let data = match (cmd.p1(), cmd.p2()) {
-            (0x00, 0x66) => tlv(0x66, &Self::card_recognition_data(card_i(store))),
+            (0x00, 0x66) => tlv(0x66, &Self::card_recognition_data(store)),
             (0x00, 0xE0) => {
                 let mut body = Vec::new();
                 for k in &keys() {
                     for kid in 1..=3u8 {
-                        body.extend(tlv(0xC0, &[kid, k.kvn, 0x88, k.key_len() as u8]));
+                        let t = sd_scp02::key_type(store);
+                        body.extend(tlv(0xC0, &[kid, k.kvn, t, k.key_len() as u8]));
                     }
                 }
                 tlv(0xE0, &body)
@@ -293,6 +297,27 @@ impl SecurityDomain {
         let i = card_i(ctx.store);
         let seq_key = format!("{prefix}/seq/{:02X}", keys.kvn);
         let mut counter = read_u32(ctx.store, &seq_key);
+        if let Some(i02) = sd_scp02::card_i02(ctx.store) {
+            // SCP02: a 2-byte counter, incremented (persistently) before every session.
+            if counter >= 0xFFFF {
+                return Err(Sw::CONDITIONS_NOT_SATISFIED);
+            }
+            counter += 1;
+            ctx.store.put(&seq_key, &counter.to_be_bytes())?;
+            let kdd = card_kdd(ctx.store);
+            let rng = &mut *ctx.rng;
+            let (resp, hs) = sd_scp02::initialize_update(
+                cmd,
+                keys,
+                kdd,
+                i02,
+                counter as u16,
+                self.aid.as_bytes(),
+                |n| rng.bytes(n),
+            )?;
+            self.pending[ch] = Some((hs, keys.kvn));
+            return Ok(resp);
+        }
         if i.pseudo_random() {
             if counter >= 0xFF_FFFF {
                 return Err(Sw::CONDITIONS_NOT_SATISFIED);
@@ -310,7 +335,7 @@ impl SecurityDomain {
         };
         let rng = &mut *ctx.rng;
         let (resp, hs) = CardHandshake::initialize_update(cmd, &key_ctx, |n| rng.bytes(n))?;
-        self.pending[ch] = Some((hs, keys.kvn));
+        self.pending[ch] = Some((Handshake::Scp03(hs), keys.kvn));
         Ok(resp)
     }
 
@@ -466,10 +491,11 @@ impl SecurityDomain {
         if cmd.p2() != 0x81 {
             return Err(Sw::INCORRECT_P1P2);
         }
-        let session_kvn = self.sessions[ch]
+        let session = self.sessions[ch]
             .as_ref()
-            .map(|s| s.kvn)
             .ok_or(Sw::SECURITY_STATUS_NOT_SATISFIED)?;
+        let session_kvn = session.kvn;
+        let scp02_dek = session.scp.scp02_dek().cloned();
         let sets = key_sets(ctx.store, &self.aid);
         let dek = sets
             .iter()
@@ -477,7 +503,7 @@ impl SecurityDomain {
             .map(|k| k.dek().clone())
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
         let data = cmd.data();
-        let (&new_kvn, mut rest) = data.split_first().ok_or(Sw::WRONG_LENGTH)?;
+        let (&new_kvn, rest) = data.split_first().ok_or(Sw::WRONG_LENGTH)?;
         if new_kvn == 0 || new_kvn == 0xFF {
             return Err(Sw::INCORRECT_DATA);
         }
@@ -488,6 +514,28 @@ impl SecurityDomain {
         if replace == 0 && sets.iter().any(|k| k.kvn == new_kvn) {
             return Err(Sw::INCORRECT_DATA);
         }
+        let (new, kcvs) = match scp02_dek {
+            Some(dek) => sd_scp02::parse_put_key(&dek, data)?,
+            None => Self::put_key_aes(&dek, new_kvn, rest)?,
+        };
+        let prefix = self.prefix();
+        let aid = self.aid.clone();
+        ctx.store.atomically(|s| {
+            if replace != 0 {
+                s.remove(&format!("{prefix}/key/{replace:02X}"))?;
+                s.remove(&format!("{prefix}/seq/{replace:02X}"))?;
+            }
+            put_keys(s, &aid, &new)
+        })?;
+        Ok(Response::success(kcvs))
+    }
+
+    /// Decrypts the AES key blocks of an SCP03 PUT KEY.
+    fn put_key_aes(
+        dek: &AesKey,
+        new_kvn: u8,
+        mut rest: &[u8],
+    ) -> Result<(StaticKeys, Vec<u8>), Sw> {
         let mut keys = Vec::with_capacity(3);
         let mut kcvs = vec![new_kvn];
         for _ in 0..3 {
@@ -502,7 +550,7 @@ impl SecurityDomain {
             if tail.len() < ct_len + 4 || tail[ct_len] != 0x03 || ct_len < key_len {
                 return Err(Sw::INCORRECT_DATA);
             }
-            let mut plain = dek_decrypt(&dek, &tail[..ct_len]).map_err(|_| Sw::INCORRECT_DATA)?;
+            let mut plain = dek_decrypt(dek, &tail[..ct_len]).map_err(|_| Sw::INCORRECT_DATA)?;
             let key = AesKey::new(&plain[..key_len]).map_err(|_| Sw::INCORRECT_DATA);
             plain.zeroize();
             let key = key?;
@@ -522,16 +570,7 @@ impl SecurityDomain {
             return Err(Sw::INCORRECT_DATA);
         };
         let new = StaticKeys::new(new_kvn, enc, mac, dek_new).map_err(|_| Sw::INCORRECT_DATA)?;
-        let prefix = self.prefix();
-        let aid = self.aid.clone();
-        ctx.store.atomically(|s| {
-            if replace != 0 {
-                s.remove(&format!("{prefix}/key/{replace:02X}"))?;
-                s.remove(&format!("{prefix}/seq/{replace:02X}"))?;
-            }
-            put_keys(s, &aid, &new)
-        })?;
-        Ok(Response::success(kcvs))
+        Ok((new, kcvs))
     }
 
     fn install(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
@@ -971,10 +1010,10 @@ impl Applet for SecurityDomain {
         };
         let plain = match session.scp.unwrap_command(cmd) {
             Ok(p) => p,
-            Err(e) => {
+            Err(sw) => {
                 // A security error aborts the session (Amendment D 5.6).
                 self.end_session(ch);
-                return Err(SecureSession::failure_status(&e));
+                return Err(sw);
             }
         };
         let resp = match self.handle(&plain, ctx, true) {
@@ -984,10 +1023,7 @@ impl Applet for SecurityDomain {
         let Some(session) = self.sessions[ch].as_mut() else {
             return Ok(resp);
         };
-        session
-            .scp
-            .wrap_response(&resp)
-            .map_err(|e| SecureSession::failure_status(&e))
+        session.scp.wrap_response(&resp)
     }
 
     fn reset(&mut self) {

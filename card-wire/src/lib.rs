@@ -26,6 +26,7 @@ pub mod atr;
 pub mod content;
 pub mod gp;
 pub mod jpki;
+pub mod scp02;
 pub mod scp03;
 pub mod sw;
 pub mod tlv;

@@ -19,6 +19,9 @@ pub enum Error {
     /// A secure-channel step failed.
     #[error(transparent)]
     Scp03(#[from] Scp03Error),
+    /// An SCP02 secure-channel step failed.
+    #[error(transparent)]
+    Scp02(#[from] card_wire::scp02::Scp02Error),
     /// The card's data is not valid BER-TLV.
     #[error("malformed card data: {0}")]
     Tlv(#[from] TlvError),

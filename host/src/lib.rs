@@ -45,6 +45,7 @@ pub mod pcsc_transport;
 #[cfg(feature = "sim")]
 pub mod perso;
 pub mod pki;
+pub mod probe;
 pub mod secure;
 pub mod trace;
 pub mod tsm;

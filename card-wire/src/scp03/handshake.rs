@@ -268,6 +268,17 @@ impl HostHandshake {
                 i: iu.i.0,
             });
         }
+        if matches!(
+            (&self.keys, self.options.diversification),
+            (
+                KeySource::Master(_),
+                Diversification::Emv | Diversification::Visa2
+            )
+        ) {
+            return Err(Scp03Error::UnsupportedDiversification(
+                self.options.diversification,
+            ));
+        }
         let keys = match &self.keys {
             KeySource::Master(k) => k.diversify(self.options.diversification, &iu.kdd),
             KeySource::Card(source) => source.for_card(&iu.kdd)?,

@@ -76,6 +76,10 @@ impl StaticKeys {
                 mac: kdf3(&self.mac, KeyPurpose::Mac, kdd),
                 dek: kdf3(&self.dek, KeyPurpose::Dek, kdd),
             },
+            // EMV CPS 1.1 and VISA2 are 3DES (SCP02) schemes; no public definition exists for
+            // AES keys. The SCP03 handshake refuses them before diversifying
+            // (`Scp03Error::UnsupportedDiversification`), so this arm is never taken there.
+            Diversification::Emv | Diversification::Visa2 => self.clone(),
         }
     }
 }
@@ -89,6 +93,22 @@ pub enum Diversification {
     /// GlobalPlatformPro's `kdf3` template (AES-CMAC counter KDF over the KDD; not a GP
     /// standard, but what many SCP03 cards ship with).
     Kdf3,
+    /// EMV CPS 1.1 (3DES-ECB of `KDD[4..10] ‖ F0 ‖ k ‖ KDD[4..10] ‖ 0F ‖ k`), for SCP02 keys.
+    Emv,
+    /// VISA2 (3DES-ECB of `KDD[0..2] ‖ KDD[4..8] ‖ F0 ‖ k ‖ …`), for SCP02 keys.
+    Visa2,
+}
+
+impl Diversification {
+    /// The name used on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Diversification::None => "none",
+            Diversification::Kdf3 => "kdf3",
+            Diversification::Emv => "emv",
+            Diversification::Visa2 => "visa2",
+        }
+    }
 }
 
 impl core::str::FromStr for Diversification {
@@ -97,8 +117,10 @@ impl core::str::FromStr for Diversification {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Diversification::None),
             "kdf3" => Ok(Diversification::Kdf3),
+            "emv" => Ok(Diversification::Emv),
+            "visa2" => Ok(Diversification::Visa2),
             other => Err(format!(
-                "unknown diversification '{other}': use none or kdf3"
+                "unknown diversification '{other}': use none, kdf3 (SCP03), emv or visa2 (SCP02)"
             )),
         }
     }

@@ -51,6 +51,12 @@ pub enum Scp03Error {
         /// Bytes expected.
         expected: usize,
     },
+    /// A diversification scheme that is not defined for AES keys.
+    #[error(
+        "diversification '{}' is defined for SCP02 (3DES) keys only; SCP03 cards use none or kdf3",
+        .0.name()
+    )]
+    UnsupportedDiversification(Diversification),
     /// The card runs another secure channel protocol.
     #[error("the card answered with SCP{0:02X}, not SCP03")]
     NotScp03(u8),

@@ -8,7 +8,7 @@ use kagi::channel::CardChannel;
 use kagi::gp::manage::{self, InstallSpec};
 use kagi::gp::{self, StatusScope};
 use kagi::keys::{self, KeySource};
-use kagi::secure::SecureChannel;
+use kagi::secure::{ScpChoice, ScpOptions, SecureChannel};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -22,8 +22,19 @@ pub enum GpCmd {
         /// AID of the security domain (hex); default: the card's default or a well-known ISD.
         #[arg(long)]
         sd: Option<String>,
+        /// Check these keys against the card with one INITIALIZE UPDATE (no authentication,
+        /// nothing the card counts as a failure) and name the diversification that matches.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// With --key-file: auto (try none, emv, visa2 for SCP02; none, kdf3 for SCP03) or
+        /// one scheme.
+        #[arg(long, default_value = "auto", requires = "key_file")]
+        kdf: String,
+        /// With --key-file: the key version to ask for (hex; 00 = the card's choice).
+        #[arg(long, value_parser = parse_hex_byte, default_value = "00", requires = "key_file")]
+        kvn: u8,
     },
-    /// Open an SCP03 session and list the registry (ISD, applications, load files).
+    /// Open a secure channel (SCP03 or SCP02) and list the registry (ISD, applications, load files).
     List {
         #[command(flatten)]
         session: Session,
@@ -136,12 +147,17 @@ pub struct Session {
     /// Key version number to ask for (hex; 00 = the card's choice).
     #[arg(long, value_parser = parse_hex_byte, default_value = "00")]
     kvn: u8,
-    /// Key diversification: none or kdf3.
+    /// Key diversification: none, kdf3 (SCP03), emv or visa2 (SCP02).
     #[arg(long, default_value = "none")]
     kdf: Diversification,
-    /// Security level: mac, enc, rmac, enc+rmac, full, or hex 01/03/11/13/33.
-    #[arg(long, default_value = "full")]
-    level: SecurityLevel,
+    /// Security level: mac, enc, rmac, enc+rmac, full, or hex 01/03/11/13/33 (default: full
+    /// for SCP03, enc for SCP02).
+    #[arg(long)]
+    level: Option<SecurityLevel>,
+    /// Secure channel protocol: 02, 03 or auto (the card's recognition data and its answer
+    /// to INITIALIZE UPDATE decide).
+    #[arg(long, default_value = "auto")]
+    scp: ScpChoice,
     /// Use SCP03 S16 mode (16-byte challenges and MACs); chosen automatically when the card
     /// announces it.
     #[arg(long)]
@@ -193,17 +209,19 @@ impl Session {
         let mut ch: CardChannel<AnyTransport> = target.open(trace)?;
         let aid = sd_aid(&self.sd)?;
         let domain = gp::select_domain(&mut ch, aid.as_deref())?;
+        let announced = domain.recognition.as_ref().and_then(|r| r.scp);
+        let scp = ScpOptions::from_recognition(self.scp, announced);
+        let scp02 =
+            self.scp == ScpChoice::Scp02 || (self.scp == ScpChoice::Auto && scp.scp02_i.is_some());
         let options = HostOptions {
             kvn: self.kvn,
-            level: self.level,
-            // S16 when asked, or when the card's recognition data announces it (i bit 01).
-            mode: if self.s16
-                || domain
-                    .recognition
-                    .as_ref()
-                    .and_then(|r| r.scp)
-                    .is_some_and(|(_, i)| i & 1 != 0)
-            {
+            level: self.level.unwrap_or(if scp02 {
+                SecurityLevel::CMAC_CDEC
+            } else {
+                SecurityLevel::FULL
+            }),
+            // S16 when asked, or when the card's recognition data announces it (SCP03 i bit 01).
+            mode: if self.s16 || announced.is_some_and(|(p, i)| p == 0x03 && i & 1 != 0) {
                 Mode::S16
             } else {
                 Mode::S8
@@ -212,7 +230,8 @@ impl Session {
             channel: 0,
         };
         let result = {
-            let mut sc = SecureChannel::open(&mut ch, static_keys, options, Some(&domain.aid))?;
+            let mut sc =
+                SecureChannel::open_scp(&mut ch, static_keys, options, Some(&domain.aid), scp)?;
             f(&mut sc, &domain, source)?
         };
         target.finish(&ch)?;
@@ -236,7 +255,20 @@ fn done(json_out: bool, what: &str, value: serde_json::Value) {
     }
 }
 
-fn info(target: &Target, sd: &Option<String>, trace: bool, json_out: bool) -> Result<(), Failure> {
+/// `gp info --key-file`: keys to check with one INITIALIZE UPDATE.
+struct KeyCheck {
+    keys: card_wire::scp03::StaticKeys,
+    schemes: Option<Vec<Diversification>>,
+    kvn: u8,
+}
+
+fn info(
+    target: &Target,
+    sd: &Option<String>,
+    check: Option<KeyCheck>,
+    trace: bool,
+    json_out: bool,
+) -> Result<(), Failure> {
     let mut ch = target.open(trace)?;
     let aid = sd_aid(sd)?;
     let domain = gp::select_domain(&mut ch, aid.as_deref())?;
@@ -263,14 +295,51 @@ fn info(target: &Target, sd: &Option<String>, trace: bool, json_out: bool) -> Re
         _ => None,
     };
     let atr = raw_atr.map(hex::encode_upper);
+    let probe = match &check {
+        Some(c) => {
+            if kind == Some(kagi::uicc::CardKind::Uicc) {
+                // Reading EF.ICCID selected the MF: select the security domain again.
+                gp::select(&mut ch, &domain.aid)?;
+            }
+            let s16 = recognition
+                .as_ref()
+                .and_then(|r| r.scp)
+                .is_some_and(|(p, i)| p == 0x03 && i & 1 != 0);
+            Some(kagi::probe::probe_keys(
+                &mut ch,
+                &c.keys,
+                c.kvn,
+                c.schemes.as_deref(),
+                s16,
+            )?)
+        }
+        None => None,
+    };
     target.finish(&ch)?;
+    let unmatched = probe.as_ref().is_some_and(|p| p.matched.is_none());
+    let failure = || -> Failure {
+        let p = probe.as_ref().map(|p| {
+            p.tried
+                .iter()
+                .map(|d| d.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        format!(
+            "the keys do not match the card with any scheme tried ({}): ask the card's issuer for \
+             the keys and their diversification; no authentication was attempted",
+            p.unwrap_or_default()
+        )
+        .into()
+    };
     if json_out {
         print_json(json!({
             "atr": atr, "card_kind": kind, "iccid": iccid.as_ref().map(|i| i.to_string()),
             "security_domain": domain, "card_recognition": recognition,
             "keys": key_info, "sequence_counter": seq, "cplc": cplc,
+            "key_check": probe,
         }));
-        return Ok(());
+        return if unmatched { Err(failure()) } else { Ok(()) };
     }
     println!("ATR                 {}", atr.unwrap_or_default());
     if let Some(k) = kind {
@@ -304,6 +373,18 @@ fn info(target: &Target, sd: &Option<String>, trace: bool, json_out: bool) -> Re
     if let Some(c) = cplc {
         println!("CPLC                {c}");
     }
+    if let Some(p) = &probe {
+        match p.matched {
+            Some(d) => println!(
+                "Key check           SCP{:02X} KVN {:02X} KDD {}: card cryptogram matches with diversification {}",
+                p.scp,
+                p.kvn,
+                hex::encode_upper(p.kdd),
+                d.name()
+            ),
+            None => return Err(failure()),
+        }
+    }
     Ok(())
 }
 
@@ -325,7 +406,9 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 "security_domain": hex::encode_upper(&domain.aid),
                 "session": {
                     "kvn": format!("{:02X}", iu.kvn), "i": format!("{:02X}", iu.i.0),
-                    "mode": format!("{:?}", iu.i.mode()), "level": format!("{:02X}", info.level.byte()),
+                    "scp": format!("{:02X}", sc.scp()),
+                    "mode": if sc.scp() == 0x03 { format!("{:?}", iu.i.mode()) } else { "S8".into() },
+                    "level": format!("{:02X}", info.level.byte()),
                     "kdd": hex::encode_upper(iu.kdd),
                     "sequence_counter": iu.sequence_counter.map(hex::encode_upper),
                     "challenge_verified": info.challenge_verified, "keys": source.to_string(),
@@ -337,12 +420,17 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
             }));
             return Ok(());
         }
+        let mode = if sc.scp() == 0x03 {
+            format!(" ({:?})", iu.i.mode())
+        } else {
+            String::new()
+        };
         println!(
-            "SCP03 session to {}: KVN {:02X}, i={:02X} ({:?}), level {}, keys from {}",
+            "SCP{:02X} session to {}: KVN {:02X}, i={:02X}{mode}, level {}, keys from {}",
+            sc.scp(),
             hex::encode_upper(&domain.aid),
             iu.kvn,
             iu.i.0,
-            iu.i.mode(),
             info.level,
             source
         );
@@ -389,7 +477,26 @@ fn card_state(s: &str) -> Result<u8, Failure> {
 /// Runs a `kagi gp` command.
 pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
     match cmd {
-        GpCmd::Info { target, sd } => info(target, sd, trace, json_out),
+        GpCmd::Info {
+            target,
+            sd,
+            key_file,
+            kdf,
+            kvn,
+        } => {
+            let check = match key_file {
+                Some(f) => Some(KeyCheck {
+                    keys: keys::read_key_file(f, 0)?,
+                    schemes: match kdf.as_str() {
+                        "auto" => None,
+                        one => Some(vec![one.parse::<Diversification>()?]),
+                    },
+                    kvn: *kvn,
+                }),
+                None => None,
+            };
+            info(target, sd, check, trace, json_out)
+        }
         GpCmd::List { session } => list(session, trace, json_out),
         GpCmd::Load {
             session,
@@ -468,10 +575,7 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             replace,
         } => {
             let new = keys::read_key_file(new_key_file, 0x01)?;
-            let kcvs = session.run(trace, |sc, _, _| {
-                let dek = sc.dek()?.clone();
-                Ok(manage::put_key(sc, &dek, &new, *replace)?)
-            })?;
+            let kcvs = session.run(trace, |sc, _, _| Ok(sc.put_key_set(&new, *replace)?))?;
             let kcv = hex::encode_upper(kcvs.get(1..).unwrap_or_default());
             done(
                 json_out,
