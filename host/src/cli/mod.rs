@@ -4,6 +4,7 @@ mod broker;
 mod broker_scale;
 mod common;
 mod gp;
+mod gp_cap;
 mod jpki;
 mod perso;
 mod target;
