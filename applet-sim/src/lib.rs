@@ -31,6 +31,7 @@ pub mod card;
 pub mod classes;
 pub mod echo;
 pub mod jpki;
+pub mod load_file;
 pub mod registry;
 pub mod rng;
 pub mod runtime;

@@ -264,6 +264,7 @@ pub fn put_load_file(store: &mut Store, lf: &LoadFile) -> Result<(), StoreError>
 
 /// Removes a load file record.
 pub fn remove_load_file(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
+    crate::load_file::remove_version(store, aid)?;
     store.remove(&key("elf", aid))
 }
 

@@ -26,7 +26,6 @@ use card_wire::scp03::putkey::dek_decrypt;
 use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::sw::StatusWord;
 use card_wire::tlv::tlv;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 /// GlobalPlatform's default ISD AID.
@@ -223,7 +222,8 @@ impl SecurityDomain {
 
     fn fci(&self, store: &Store) -> Vec<u8> {
         let mut a5 = Self::card_recognition_data(store);
-        a5.extend(tlv(0x9F65, &[0xFF]));
+        // Maximum command data: 1024 bytes, in extended APDUs when the reader carries them.
+        a5.extend(tlv(0x9F65, &[0x04, 0x00]));
         let mut body = tlv(0x84, self.aid.as_bytes());
         body.extend(tlv(0xA5, &a5));
         tlv(0x6F, &body)
@@ -453,6 +453,12 @@ impl SecurityDomain {
                 if cmd.p1() != 0x20 && cmd.p1() != 0x10 {
                     body.extend(tlv(0xC5, privs));
                 }
+                if let Some(v) = Aid::new(aid)
+                    .ok()
+                    .and_then(|a| crate::load_file::version(ctx.store, &a))
+                {
+                    body.extend(tlv(0xCE, &v));
+                }
                 for m in modules {
                     body.extend(tlv(0x84, m));
                 }
@@ -605,8 +611,8 @@ impl SecurityDomain {
             return Err(Sw::INCORRECT_DATA);
         }
         match f[2].len() {
-            0 | 32 => {}
-            _ => return Err(Sw::INCORRECT_DATA), // only SHA-256 load file hashes
+            0 | 20 | 32 => {}
+            _ => return Err(Sw::INCORRECT_DATA), // SHA-1 or SHA-256 load file hashes
         }
         if registry::load_file(ctx.store, &elf).is_some()
             || registry::entry(ctx.store, &elf).is_some()
@@ -659,10 +665,11 @@ impl SecurityDomain {
         if c4.tag.0 != 0xC4 {
             return Err(Sw::INCORRECT_DATA);
         }
-        if let Some(hash) = &load.hash
-            && Sha256::digest(c4.value).as_slice() != hash.as_slice()
-        {
-            return Err(Sw::INCORRECT_DATA);
+        crate::load_file::check_hash(c4.value, load.hash.as_deref())?;
+        if crate::load_file::is_cap(c4.value) {
+            let (lf, version) = crate::load_file::accept(ctx.store, c4.value, &load.elf, &load.sd)?;
+            crate::load_file::record(ctx.store, &lf, version)?;
+            return Ok(Response::success(vec![0x00]));
         }
         let (package, modules) = LoadFile::parse_data_block(c4.value).ok_or(Sw::INCORRECT_DATA)?;
         if package != load.elf || modules.is_empty() {
@@ -720,6 +727,9 @@ impl SecurityDomain {
             .find(|(m, _)| *m == module)
             .map(|(_, c)| c.clone())
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
+        if class == crate::load_file::CAP_CLASS {
+            return Err(crate::load_file::SW_NO_JCVM);
+        }
         if registry::entry(ctx.store, &app).is_some()
             || registry::load_file(ctx.store, &app).is_some()
         {

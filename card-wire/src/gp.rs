@@ -286,6 +286,28 @@ pub struct RegistryEntry {
     /// Privileges (1 or 3 bytes).
     #[serde(serialize_with = "hex_ser")]
     pub privileges: Vec<u8>,
+    /// Executable load file version (tag `CE`, e.g. `0100` for 1.0), when the card gives it.
+    #[serde(serialize_with = "hex_opt_ser")]
+    pub version: Option<Vec<u8>>,
+    /// Executable modules (tag `84`; scope [`StatusScope::LoadFilesAndModules`]).
+    #[serde(serialize_with = "hex_list_ser")]
+    pub modules: Vec<Vec<u8>>,
+}
+
+fn hex_opt_ser<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&hex::encode_upper(v)),
+        None => s.serialize_none(),
+    }
+}
+
+fn hex_list_ser<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for m in v {
+        seq.serialize_element(&hex::encode_upper(m))?;
+    }
+    seq.end()
 }
 
 impl RegistryEntry {
@@ -335,44 +357,55 @@ fn parse_status_tags(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntr
             .find(Tag(0xC5))?
             .map(|t| t.value.to_vec())
             .unwrap_or_default();
+        let version = e3.find(Tag(0xCE))?.map(|t| t.value.to_vec());
+        let modules = tlv::find_all(e3.value, Tag(0x84))?
+            .iter()
+            .map(|t| t.value.to_vec())
+            .collect();
         out.push(RegistryEntry {
             scope,
             aid,
             life_cycle,
             privileges,
+            version,
+            modules,
         });
     }
     Ok(out)
 }
 
 fn parse_status_legacy(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntry>, GpError> {
+    let truncated = || GpError::Malformed("truncated legacy GET STATUS entry".into());
     let mut out = Vec::new();
     let mut rest = data;
+    // Each entry: AID length, AID, life cycle, privileges; with P1 10 then the number of
+    // modules and each module's length and AID (GP Card Specification 11.4.3.2).
     while let [len, tail @ ..] = rest {
         let n = *len as usize;
-        let extra = if scope == StatusScope::LoadFilesAndModules {
-            0
-        } else {
-            2
+        let (aid, tail) = (tail.get(..n).ok_or_else(truncated)?, &tail[n..]);
+        let [life_cycle, privilege, tail @ ..] = tail else {
+            return Err(truncated());
         };
-        if tail.len() < n + extra {
-            return Err(GpError::Malformed(
-                "truncated legacy GET STATUS entry".into(),
-            ));
+        let mut modules = Vec::new();
+        rest = tail;
+        if scope == StatusScope::LoadFilesAndModules {
+            let (count, mut t) = rest.split_first().ok_or_else(truncated)?;
+            for _ in 0..*count {
+                let (m, after) = t.split_first().ok_or_else(truncated)?;
+                let m = *m as usize;
+                modules.push(after.get(..m).ok_or_else(truncated)?.to_vec());
+                t = &after[m..];
+            }
+            rest = t;
         }
-        let aid = tail[..n].to_vec();
-        let (life_cycle, privileges) = if extra == 2 {
-            (tail[n], vec![tail[n + 1]])
-        } else {
-            (0, Vec::new())
-        };
         out.push(RegistryEntry {
             scope,
-            aid,
-            life_cycle,
-            privileges,
+            aid: aid.to_vec(),
+            life_cycle: *life_cycle,
+            privileges: vec![*privilege],
+            version: None,
+            modules,
         });
-        rest = &tail[n + extra..];
     }
     Ok(out)
 }
@@ -395,6 +428,29 @@ mod tests {
             ("SELECTABLE", vec![0])
         );
         assert!(parse_status(StatusScope::Applications, false, &[0x08, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn load_files_with_modules() {
+        // Legacy P1 10 (GP Card Specification 11.4.3.2): AID, life cycle, privileges, then the
+        // number of modules and each module's length and AID.
+        let legacy = hex::decode("0501020304050100020601020304050605AABBCCDDEE").unwrap();
+        let e = parse_status(StatusScope::LoadFilesAndModules, false, &legacy).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].aid, [1, 2, 3, 4, 5]);
+        assert_eq!(e[0].life_cycle_name(), "LOADED");
+        assert_eq!(
+            e[0].modules,
+            [vec![1, 2, 3, 4, 5, 6], vec![0xAA, 0xBB, 0xCC, 0xDD, 0xEE]]
+        );
+        assert!(parse_status(StatusScope::LoadFilesAndModules, false, &legacy[..12]).is_err());
+        // Tagged: E3 { 4F AID, 9F70 01, CE 0100, 84 module }.
+        let tagged =
+            hex::decode("E3174F050102030405 9F700101 CE020100 8406010203040506".replace(' ', ""))
+                .unwrap();
+        let e = parse_status(StatusScope::LoadFilesAndModules, true, &tagged).unwrap();
+        assert_eq!(e[0].version.as_deref(), Some(&[1u8, 0][..]));
+        assert_eq!(e[0].modules, [vec![1, 2, 3, 4, 5, 6]]);
     }
 
     #[test]

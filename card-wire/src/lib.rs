@@ -11,6 +11,7 @@
 //! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
 //! - [`gp`]: GlobalPlatform card-management commands as bytes, GET STATUS answers parsed.
+//! - [`gp_load`]: LOAD block sizes from the card's maximum and the secure channel's overhead.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
 //! - [`wallet`]: the ID wallet applet's items and summary (member id, tickets, points).
@@ -25,6 +26,7 @@ pub mod apdu;
 pub mod atr;
 pub mod content;
 pub mod gp;
+pub mod gp_load;
 pub mod jpki;
 pub mod scp02;
 pub mod scp03;

@@ -36,6 +36,7 @@ pub mod channel;
 pub mod eligibility;
 pub mod error;
 pub mod gp;
+pub mod gp_cap;
 pub mod hsm;
 pub mod jpki;
 pub mod keys;

@@ -39,16 +39,21 @@ pub enum GpCmd {
         #[command(flatten)]
         session: Session,
     },
-    /// Load an executable load file (INSTALL [for load] + LOAD). The simulator takes a kagi
-    /// load file naming the classes it provides: give --package and --module AID=CLASS.
+    /// Load an executable load file (INSTALL [for load] + LOAD): a CAP file (or .ijc), or —
+    /// for the simulator's built-in classes — --package and --module AID=CLASS.
     Load {
         #[command(flatten)]
         session: Session,
+        /// CAP file (zip) or .ijc to load.
+        #[arg(required_unless_present = "package", conflicts_with_all = ["package", "modules"])]
+        cap: Option<PathBuf>,
+        #[command(flatten)]
+        cap_opts: super::gp_cap::CapOpts,
         /// Package (load file) AID.
-        #[arg(long)]
-        package: String,
+        #[arg(long, requires = "modules")]
+        package: Option<String>,
         /// A module: AID=CLASS (simulator classes: gp.sd, kagi.echo). Repeat for more.
-        #[arg(long = "module", required = true)]
+        #[arg(long = "module")]
         modules: Vec<String>,
         /// Associate the load file with this security domain (default: the selected one).
         #[arg(long)]
@@ -58,21 +63,31 @@ pub enum GpCmd {
         no_hash: bool,
     },
     /// Install an application or security domain (INSTALL [for install and make selectable]).
+    /// With a CAP file: load it first unless its package is on the card, then install its
+    /// applet (--applet when it has several).
     Install {
         #[command(flatten)]
         session: Session,
+        /// CAP file whose applet to install (loaded first when the card lacks the package).
+        #[arg(required_unless_present = "package", conflicts_with_all = ["package", "module"])]
+        cap: Option<PathBuf>,
+        #[command(flatten)]
+        cap_opts: super::gp_cap::CapOpts,
+        /// With a CAP: the applet (module) AID to install.
+        #[arg(long, requires = "cap")]
+        applet: Option<String>,
         /// Package (load file) AID.
-        #[arg(long)]
-        package: String,
+        #[arg(long, requires = "module")]
+        package: Option<String>,
         /// Module (class) AID.
         #[arg(long)]
-        module: String,
+        module: Option<String>,
         /// Instance AID (default: the module AID).
-        #[arg(long)]
+        #[arg(long, visible_alias = "create")]
         instance: Option<String>,
-        /// Privileges, 1 or 3 bytes hex (80 = security domain, 804000 = SD with Authorized
-        /// Management).
-        #[arg(long, default_value = "00")]
+        /// Privileges: names (security-domain,dap-verification,authorized-management,…) or 1
+        /// or 3 bytes hex (80 = security domain, 804000 = SD with Authorized Management).
+        #[arg(long, visible_alias = "privs", default_value = "00")]
         privileges: String,
         /// Install parameters (hex; wrapped in C9 unless they start with C9).
         #[arg(long, default_value = "")]
@@ -80,6 +95,18 @@ pub enum GpCmd {
         /// Install only; make selectable later.
         #[arg(long)]
         not_selectable: bool,
+    },
+    /// Delete a CAP file's package and all its instances (DELETE with P2 80).
+    Uninstall {
+        #[command(flatten)]
+        session: Session,
+        /// The CAP file (or .ijc) whose package to delete.
+        cap: PathBuf,
+    },
+    /// What a CAP file holds (package, applets, imports, component sizes); no card needed.
+    CapInfo {
+        /// The CAP file (or .ijc).
+        cap: PathBuf,
     },
     /// Delete an application, security domain or load file.
     Delete {
@@ -137,7 +164,7 @@ pub enum GpCmd {
 #[derive(Args, Clone)]
 pub struct Session {
     #[command(flatten)]
-    target: Target,
+    pub(super) target: Target,
     /// AID of the security domain (hex); default: the card's default or a well-known ISD.
     #[arg(long)]
     sd: Option<String>,
@@ -179,14 +206,14 @@ fn sd_aid(sd: &Option<String>) -> Result<Option<Vec<u8>>, Failure> {
     })
 }
 
-type Secure<'c> = SecureChannel<'c, AnyTransport>;
+pub(super) type Secure<'c> = SecureChannel<'c, AnyTransport>;
 
 /// A SET STATUS to run inside a session.
 type StatusAction = dyn Fn(&mut Secure<'_>) -> kagi::Result<()>;
 
 impl Session {
     /// Opens the card and an SCP03 session, runs `f`, saves a simulated card's image.
-    fn run<R>(
+    pub(super) fn run<R>(
         &self,
         trace: bool,
         f: impl FnOnce(&mut Secure<'_>, &gp::SelectedDomain, KeySource) -> Result<R, Failure>,
@@ -239,7 +266,7 @@ impl Session {
     }
 }
 
-fn aid(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
+pub(super) fn aid(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
     let v = parse_hex(what, s)?;
     if !(5..=16).contains(&v.len()) {
         return Err(format!("{what} {s} must be 5 to 16 bytes").into());
@@ -247,7 +274,7 @@ fn aid(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
     Ok(v)
 }
 
-fn done(json_out: bool, what: &str, value: serde_json::Value) {
+pub(super) fn done(json_out: bool, what: &str, value: serde_json::Value) {
     if json_out {
         print_json(value);
     } else {
@@ -392,7 +419,7 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
     session.run(trace, |sc, domain, source| {
         let info = sc.info().clone();
         let mut entries = Vec::new();
-        for scope in [StatusScope::IssuerDomain, StatusScope::Applications, StatusScope::LoadFiles] {
+        for scope in [StatusScope::IssuerDomain, StatusScope::Applications] {
             match gp::get_status(sc, scope) {
                 Ok(mut e) => entries.append(&mut e),
                 // A supplementary domain has no ISD entry to report.
@@ -400,6 +427,7 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             }
         }
+        entries.append(&mut super::gp_cap::packages(sc)?);
         let iu = &info.init_update;
         if json_out {
             print_json(json!({
@@ -416,6 +444,8 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 "registry": entries.iter().map(|e| json!({
                     "scope": e.scope, "aid": hex::encode_upper(&e.aid),
                     "life_cycle": e.life_cycle_name(), "privileges": hex::encode_upper(&e.privileges),
+                    "version": e.version.as_deref().map(super::gp_cap::version_text),
+                    "modules": e.modules.iter().map(hex::encode_upper).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             }));
             return Ok(());
@@ -448,6 +478,10 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 StatusScope::Applications => "APP",
                 _ => "PKG",
             };
+            if tag == "PKG" {
+                super::gp_cap::print_package(&e);
+                continue;
+            }
             println!(
                 "{tag}: {:<34} {:<13} privileges {}",
                 hex::encode_upper(&e.aid),
@@ -500,12 +534,21 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
         GpCmd::List { session } => list(session, trace, json_out),
         GpCmd::Load {
             session,
+            cap: Some(cap),
+            cap_opts,
+            to,
+            no_hash,
+            ..
+        } => super::gp_cap::load(session, cap, cap_opts, to, *no_hash, trace, json_out),
+        GpCmd::Load {
+            session,
             package,
             modules,
             to,
             no_hash,
+            ..
         } => {
-            let package = aid("package AID", package)?;
+            let package = aid("package AID", package.as_deref().unwrap_or_default())?;
             let modules = modules
                 .iter()
                 .map(|m| {
@@ -532,21 +575,51 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
         }
         GpCmd::Install {
             session,
+            cap: Some(cap),
+            cap_opts,
+            applet,
+            instance,
+            privileges,
+            params,
+            not_selectable,
+            ..
+        } => super::gp_cap::install(
+            session,
+            cap,
+            cap_opts,
+            &super::gp_cap::InstallArgs {
+                applet: applet.clone(),
+                instance: instance.clone(),
+                privileges: kagi::gp_cap::parse_privileges(privileges)?,
+                params: params.clone(),
+                selectable: !not_selectable,
+            },
+            trace,
+            json_out,
+        ),
+        GpCmd::Uninstall { session, cap } => {
+            super::gp_cap::uninstall(session, cap, trace, json_out)
+        }
+        GpCmd::CapInfo { cap } => super::gp_cap::info(cap, json_out),
+        GpCmd::Install {
+            session,
             package,
             module,
             instance,
             privileges,
             params,
             not_selectable,
+            ..
         } => {
+            let module = module.as_deref().unwrap_or_default();
             let spec = InstallSpec {
-                package: aid("package AID", package)?,
+                package: aid("package AID", package.as_deref().unwrap_or_default())?,
                 module: aid("module AID", module)?,
                 instance: match instance {
                     Some(i) => aid("instance AID", i)?,
                     None => aid("module AID", module)?,
                 },
-                privileges: parse_hex("privileges", privileges)?,
+                privileges: kagi::gp_cap::parse_privileges(privileges)?,
                 params: parse_hex("install parameters", params)?,
                 selectable: !not_selectable,
             };

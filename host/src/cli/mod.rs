@@ -5,6 +5,7 @@ mod broker_scale;
 mod common;
 pub mod exit;
 mod gp;
+mod gp_cap;
 mod jpki;
 mod perso;
 mod target;

@@ -99,8 +99,13 @@ struct RawStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLoad {
-    package: String,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
     modules: Vec<String>,
+    /// A CAP file, relative to the profile.
+    #[serde(default)]
+    cap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,13 +186,18 @@ pub struct Install {
     pub params: Vec<u8>,
 }
 
-/// A load file for the simulator (module AID → simulator class).
+/// A load file: a CAP file (`cap = "file.cap"`), or for the simulator's own classes a package
+/// with modules (module AID → simulator class).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Load {
-    /// Package AID.
+    /// Package AID (of the CAP once [`Profile::read`] has read it).
     pub package: Vec<u8>,
-    /// (module AID, class).
+    /// (module AID, class); empty for a CAP.
     pub modules: Vec<(Vec<u8>, String)>,
+    /// The CAP file's path as the profile gives it (relative to the profile).
+    pub cap: Option<std::path::PathBuf>,
+    /// The CAP file, read by [`Profile::read`].
+    pub cap_file: Option<kagi_cap::CapFile>,
 }
 
 /// Who issues a JPKI card's certificates.
@@ -332,8 +342,23 @@ impl Profile {
             .map_err(|e| Error::Profile(format!("{}: {e}", path.display())))?;
         let mut p =
             Self::parse(&text).map_err(|e| Error::Profile(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for l in &mut p.load {
+            if let Some(cap) = &l.cap {
+                let full = base.join(cap);
+                let file = kagi_cap::CapFile::from_path(&full).map_err(|e| {
+                    Error::Profile(format!(
+                        "{}: [[load]] {}: {e}",
+                        path.display(),
+                        full.display()
+                    ))
+                })?;
+                l.package = file.package_aid().to_vec();
+                l.cap = Some(full);
+                l.cap_file = Some(file);
+            }
+        }
         if let Some(j) = p.jpki.as_mut() {
-            let base = path.parent().unwrap_or(std::path::Path::new("."));
             j.ca_dir = base.join(&j.ca_dir);
             j.pin_mailer_key = base.join(&j.pin_mailer_key);
             if let CertificateAuthority::External { exchange_dir, .. } = &mut j.ca {
@@ -391,6 +416,24 @@ impl Profile {
         for (i, l) in raw.load.iter().enumerate() {
             let ctx = |m: String| at(l.span(), &format!("load[{i}]"), m);
             let l = l.get_ref();
+            if let Some(cap) = &l.cap {
+                if l.package.is_some() || !l.modules.is_empty() {
+                    return Err(ctx(
+                        "give either cap = \"file.cap\" or package and modules, not both".into(),
+                    ));
+                }
+                load.push(Load {
+                    package: Vec::new(),
+                    modules: Vec::new(),
+                    cap: Some(cap.into()),
+                    cap_file: None,
+                });
+                continue;
+            }
+            let package = l
+                .package
+                .as_deref()
+                .ok_or_else(|| ctx("give cap = \"file.cap\", or package and modules".into()))?;
             let mut modules = Vec::new();
             for m in &l.modules {
                 let (a, class) = m
@@ -399,8 +442,10 @@ impl Profile {
                 modules.push((aid("module", a).map_err(ctx)?, class.to_string()));
             }
             load.push(Load {
-                package: aid("package", &l.package).map_err(ctx)?,
+                package: aid("package", package).map_err(ctx)?,
                 modules,
+                cap: None,
+                cap_file: None,
             });
         }
         let jpki = match &raw.jpki {

@@ -468,8 +468,25 @@ fn personalise<T: Checkpoint>(
             if loaded.iter().any(|e| e.aid == l.package) {
                 continue;
             }
-            let file = manage::sim_load_file(&l.package, &l.modules);
-            manage::load(&mut sc, &l.package, None, &file, true)?;
+            if let Some(cap) = &l.cap_file {
+                // Short LOAD blocks under the session's overhead: every reader carries them.
+                let session = sc.session();
+                let overhead = crate::gp_cap::scp03_overhead(session.level(), session.mode());
+                let opts = crate::gp_cap::LoadOptions {
+                    hash: crate::gp_cap::HashAlg::Sha256,
+                    descriptor: true,
+                    sd: None,
+                    block: card_wire::gp_load::block_size(None, false, overhead),
+                };
+                crate::gp_cap::load(&mut sc, cap, &opts)?;
+            } else if l.cap.is_some() {
+                return Err(Error::Profile(
+                    "a [[load]] cap file is read by Profile::read (its path is relative to the profile)".into(),
+                ));
+            } else {
+                let file = manage::sim_load_file(&l.package, &l.modules);
+                manage::load(&mut sc, &l.package, None, &file, true)?;
+            }
             save(sc.card(), path)?;
             step(format!("load:{}", hex::encode_upper(&l.package)))?;
         }
