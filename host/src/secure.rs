@@ -269,6 +269,19 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         }
     }
 
+    /// What the open protocol adds to a command's data (MAC bytes, encryption padding): the
+    /// LOAD block size is chosen under it. SCP03: an 8- or 16-byte MAC and 16-byte blocks;
+    /// SCP02: an 8-byte MAC and 8-byte (3DES) blocks.
+    pub fn load_overhead(&self) -> card_wire::gp_load::Overhead {
+        match &self.proto {
+            Proto::Scp03(s) => crate::gp_cap::scp03_overhead(s.level(), s.mode()),
+            Proto::Scp02(s) => card_wire::gp_load::Overhead {
+                mac: if s.level().c_mac() { 8 } else { 0 },
+                pad_to: s.level().c_dec().then_some(8),
+            },
+        }
+    }
+
     /// The SCP03 session (level, mode, counter); `None` for SCP02.
     pub fn session(&self) -> Option<&SecureSession> {
         match &self.proto {

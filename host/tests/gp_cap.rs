@@ -65,7 +65,7 @@ fn three_real_caps_load_and_are_listed() {
     // The simulator announces 9F65 = 1024; the in-process transport carries extended length;
     // SCP03 S8 with C-DEC takes the MAC and padding off: 1024 - 8 = 1016 → 1008 - 1.
     assert_eq!(domain.max_command_data, Some(1024));
-    let overhead = gp_cap::scp03_overhead(sc.session().level(), sc.session().mode());
+    let overhead = sc.load_overhead();
     let block = gp_load::block_size(domain.max_command_data, true, overhead);
     assert_eq!(block, 1007);
     for (rel, hash) in [(EMPTY, HashAlg::Sha1), (ISO, HashAlg::Sha256)] {

@@ -51,7 +51,7 @@ fn block_size(sc: &mut Secure<'_>, domain: &gp::SelectedDomain, opts: &CapOpts) 
         return b;
     }
     use card_wire::Transport;
-    let overhead = gp_cap::scp03_overhead(sc.session().level(), sc.session().mode());
+    let overhead = sc.load_overhead();
     let extended = sc.card().transport().capabilities().extended_length;
     gp_load::block_size(domain.max_command_data, extended, overhead)
 }

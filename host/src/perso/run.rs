@@ -470,8 +470,7 @@ fn personalise<T: Checkpoint>(
             }
             if let Some(cap) = &l.cap_file {
                 // Short LOAD blocks under the session's overhead: every reader carries them.
-                let session = sc.session();
-                let overhead = crate::gp_cap::scp03_overhead(session.level(), session.mode());
+                let overhead = sc.load_overhead();
                 let opts = crate::gp_cap::LoadOptions {
                     hash: crate::gp_cap::HashAlg::Sha256,
                     descriptor: true,
