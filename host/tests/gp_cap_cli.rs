@@ -167,7 +167,11 @@ fn perso_profile_loads_a_cap() {
         format!("{profile}\n[[load]]\ncap = \"isoapplet.cap\"\n"),
     )
     .unwrap();
-    std::fs::write(dir.join("in.csv"), "member_no,name,points\n1001,Alice,10\n").unwrap();
+    std::fs::write(
+        dir.join("in.csv"),
+        "id,member_no,name,points\nM0001,100001,TEST MEMBER ONE,10\n",
+    )
+    .unwrap();
     let out = dir.join("out");
     let o = kagi()
         .args(["--json", "perso", "run", "--sim", "1", "--profile"])
