@@ -22,7 +22,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 json_field() { sed -n "s/.*\"$2\": *\"\([^\"]*\)\".*/\1/p" "$1" | head -n 1; }
 start_tsm() { # $1: config dir, rest: extra serve arguments
     local dir=$1; shift
-    KAGI_LOG=warn "$K" tsm serve --config "$dir/tsm.toml" --insecure-file-keys "$dir/keys" "$@" 2>"$dir/log" &
+    KAGI_LOG=warn "$K" tsm serve --config "$dir/tsm.toml" --insecure-file-keys "$dir/keys" --rate-per-second 0 --max-connections 4096 "$@" 2>"$dir/log" &
     tsm_pid=$!
     local port; port=$(sed -n 's/^listen = "127.0.0.1:\([0-9]*\)"/\1/p' "$dir/tsm.toml")
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done

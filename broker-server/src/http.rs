@@ -9,7 +9,9 @@
 //!
 //! Services: `GET /v1/keys` — the assertion keys (JWKS).
 //! Administrators: `POST /v1/admin` — a signed request (binary, as the TSM's control API);
-//! the answer is signed. `GET /v1/health` — `ok`, the name, the databases and the key store.
+//! the answer is signed. `GET /v1/health` — `ok`, the name, the databases and the key store, `db=writable`
+//! after a test write on every shard; `503` and `unwritable …: the broker cannot write its
+//! database (…)` when one cannot.
 //!
 //! Refusals are `{"code", "detail"}` with `401` (login and session refusals), `403` (acts
 //! refused by policy, revocation or consent) or `400` (malformed). `503`: a database or the
@@ -26,7 +28,7 @@ use broker_protocol::api::{Act, ApiError, CardLogin, PasswordLogin};
 use serde::Serialize;
 use std::sync::Arc;
 
-pub use kagi_serve::TlsFiles;
+pub use kagi_serve::{Limits, TlsFiles};
 
 fn json<T: Serialize>(r: Result<T, BrokerError>) -> Response {
     match r {
@@ -132,9 +134,23 @@ async fn admin(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
 }
 
 async fn health(State(b): State<Arc<Broker>>) -> Response {
+    for (i, shard) in b.shards().all().iter().enumerate() {
+        if let Err(e) = shard.writable().await {
+            tracing::error!(error = %e, shard = i, "the database cannot be written");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "unwritable {} shard={i} {}: {UNWRITABLE} ({e})\n",
+                    b.name(),
+                    shard.describe()
+                ),
+            )
+                .into_response();
+        }
+    }
     match b.current_kek().await {
         Ok(kek) => format!(
-            "ok {} shards={} {} kek={kek} keys={}\n",
+            "ok {} shards={} {} kek={kek} keys={} db=writable\n",
             b.name(),
             b.shards().all().len(),
             b.shards().first().0.describe(),
@@ -145,12 +161,33 @@ async fn health(State(b): State<Arc<Broker>>) -> Response {
     }
 }
 
-/// The routes.
+/// What `/v1/health` says (after `unwritable …:`, status `503`) when a shard's database
+/// refuses a write (a disk full, a read-only file system).
+pub const UNWRITABLE: &str = "the broker cannot write its database";
+
+/// The routes, without a rate limit (see [`router_with`]).
 pub fn router(broker: Arc<Broker>) -> Router {
+    router_with(
+        broker,
+        &Limits {
+            rate_per_second: 0,
+            ..Limits::default()
+        },
+    )
+}
+
+/// The routes, the logins (`/v1/holder/login`, `/v1/holder/login-password`) under the
+/// per-client rate limit of `limits`.
+pub fn router_with(broker: Arc<Broker>, limits: &Limits) -> Router {
+    let limited = kagi_serve::rate_limited(
+        Router::new()
+            .route("/v1/holder/login", post(login))
+            .route("/v1/holder/login-password", post(login_password)),
+        limits,
+    );
     Router::new()
         .route("/v1/holder/challenge", post(challenge))
-        .route("/v1/holder/login", post(login))
-        .route("/v1/holder/login-password", post(login_password))
+        .merge(limited)
         .route("/v1/holder/act", post(act))
         .route("/v1/holder/audit", get(audit))
         .route("/v1/keys", get(keys))
@@ -162,7 +199,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 /// Serves on `listener` (HTTPS when `tls` is given) until `shutdown` resolves. A background
 /// task, every `sweep_every`, continues any KEK rotation and forgets expired sessions and
-/// nonces.
+/// nonces. The default [`Limits`] without a rate limit; [`serve_limited`] takes others.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
@@ -170,12 +207,29 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     sweep_every: std::time::Duration,
 ) -> std::io::Result<()> {
+    let limits = Limits {
+        rate_per_second: 0,
+        ..Limits::default()
+    };
+    serve_limited(broker, listener, shutdown, tls, sweep_every, &limits).await
+}
+
+/// [`serve`] under `limits`: timeouts, the connection cap and the rate limit on the logins.
+pub async fn serve_limited(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tls: Option<TlsFiles>,
+    sweep_every: std::time::Duration,
+    limits: &Limits,
+) -> std::io::Result<()> {
     let sweeper = broker.clone();
-    kagi_serve::serve(
-        router(broker),
+    kagi_serve::serve_limited(
+        router_with(broker, limits),
         listener,
         shutdown,
         tls,
+        limits,
         sweep_every,
         move || {
             let b = sweeper.clone();

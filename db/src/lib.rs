@@ -214,6 +214,7 @@ impl Db {
     async fn migrate(&self, schema: &Schema) -> Result<(), StoreError> {
         let mut statements = vec![
             "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS kagi_health (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
         ];
         statements.extend_from_slice(schema.ddl);
         let ddl: Vec<String> = statements
@@ -251,6 +252,20 @@ impl Db {
             Some(_) => {}
         }
         Ok(())
+    }
+
+    /// Whether the database takes a write now (a disk full, a read-only file system or a
+    /// read-only replica refuse): one small committed write to a table of its own.
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.commit(vec![Stmt::any(
+            "INSERT INTO kagi_health (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            vec![now.into()],
+        )])
+        .await
     }
 
     /// Runs a read.

@@ -49,11 +49,24 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl Sqlite {
-    /// Opens (creating) the file.
+    /// Opens (creating) the file. A new file is created readable by its owner only (0600: it
+    /// holds verifiers, sealed keys and the audit trail), and SQLite gives its `-wal` and
+    /// `-shm` files the database file's mode; missing directories are created 0700.
     pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| db(format!("{}: {e}", dir.display())))?;
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir)
+                .map_err(|e| db(format!("{}: {e}", dir.display())))?;
         }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(path)
+            .map_err(|e| db(format!("{}: {e}", path.display())))?;
         let writer = connect(path)?;
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))

@@ -32,6 +32,17 @@ pub enum BrokerClientError {
         /// The last failure.
         last: String,
     },
+    /// Gave up after retrying, and a broker's `/v1/health` says it cannot write its database
+    /// (a disk full, a read-only file system): its operator must fix its storage.
+    #[error(
+        "the broker cannot write its database (its /v1/health says: {health}); gave up after {secs} s: ask its operator to free space or fix its storage"
+    )]
+    CannotWrite {
+        /// How long it was tried.
+        secs: u64,
+        /// What the health check said.
+        health: String,
+    },
     /// The answer was not what the protocol says.
     #[error("the broker's answer is malformed: {0}")]
     Malformed(String),
@@ -91,8 +102,10 @@ impl BrokerClient {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut i = 0usize;
+        let mut unwritable: Option<String> = None;
         loop {
-            let url = format!("{}{path}", self.bases[i % self.bases.len()]);
+            let base = &self.bases[i % self.bases.len()];
+            let url = format!("{base}{path}");
             let mut req = match &body {
                 Some((ct, b)) => self
                     .http
@@ -109,7 +122,10 @@ impl BrokerClient {
                     Ok(b) => return Ok(b.to_vec()),
                     Err(e) => e.to_string(),
                 },
-                Ok(r) if r.status().is_client_error() => {
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
                     let status = r.status();
                     let bytes = r.bytes().await.unwrap_or_default();
                     return Err(match serde_json::from_slice::<ApiError>(&bytes) {
@@ -120,11 +136,26 @@ impl BrokerClient {
                         )),
                     });
                 }
-                Ok(r) => format!("{url}: HTTP {}", r.status()),
+                Ok(r) => {
+                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && let Ok(h) = self.http.get(format!("{base}/v1/health")).send().await
+                        && let Ok(text) = h.text().await
+                        && text.starts_with("unwritable ")
+                    {
+                        unwritable = Some(text.trim().to_string());
+                    }
+                    format!("{url}: HTTP {}", r.status())
+                }
                 Err(e) => format!("{url}: {e}"),
             };
             i += 1;
             if start.elapsed() + backoff > self.retry_for {
+                if let Some(health) = unwritable {
+                    return Err(BrokerClientError::CannotWrite {
+                        secs: self.retry_for.as_secs(),
+                        health,
+                    });
+                }
                 return Err(BrokerClientError::Unreachable {
                     secs: self.retry_for.as_secs(),
                     last,

@@ -5,9 +5,21 @@
 //! provider) with a certificate and key, stopped gracefully (the requests in flight finish,
 //! 30 s at most), with a periodic background task (expiry sweeps, key rotation) that ends
 //! with the server.
+//!
+//! Every connection is bounded ([`Limits`]): a header-read, a body-read and an idle timeout,
+//! a cap on connections served at once with a small reserve that answers only `/v1/health`,
+//! and (on the routes a server chooses, [`rate_limited`]) a per-client rate limit.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod conn;
+mod limits;
+mod rate;
+
+pub use conn::HEALTH;
+pub use limits::{Limits, LimitsError, LimitsFile};
+pub use rate::rate_limited;
 
 use axum::Router;
 use std::future::Future;
@@ -28,12 +40,41 @@ pub fn tls_provider() {
 }
 
 /// Serves `router` on `listener` (over HTTPS when `tls` is given) until `shutdown` resolves,
-/// then finishes the requests in flight. `background` runs every `period` meanwhile.
+/// then finishes the requests in flight. `background` runs every `period` meanwhile. The
+/// default [`Limits`] apply; [`serve_limited`] takes others.
 pub async fn serve<B, F>(
     router: Router,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     tls: Option<TlsFiles>,
+    period: Duration,
+    background: B,
+) -> std::io::Result<()>
+where
+    B: FnMut() -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_limited(
+        router,
+        listener,
+        shutdown,
+        tls,
+        &Limits::default(),
+        period,
+        background,
+    )
+    .await
+}
+
+/// [`serve`] under `limits`: the header-read, body-read and idle timeouts and the connection
+/// cap (with its reserve for `/v1/health`). The rate limit is the router's
+/// ([`rate_limited`]); every request carries the peer's address ([`axum::extract::ConnectInfo`]).
+pub async fn serve_limited<B, F>(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<TlsFiles>,
+    limits: &Limits,
     period: Duration,
     mut background: B,
 ) -> std::io::Result<()>
@@ -48,11 +89,21 @@ where
             background().await;
         }
     });
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(30)));
+    });
+    let acceptor = conn::CapAcceptor::new(router.clone(), limits);
+    let make = router.into_make_service();
     let r = match tls {
         None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let mut server = axum_server::from_tcp(listener.into_std()?)?
+                .acceptor(acceptor)
+                .handle(handle);
+            configure(&mut server, limits);
+            server.serve(make).await
         }
         Some(files) => {
             tls_provider();
@@ -61,18 +112,23 @@ where
                 files.key_pem.to_vec(),
             )
             .await?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(Duration::from_secs(30)));
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, config)?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .handshake_timeout(limits.header_read_timeout)
+                .acceptor(acceptor);
+            let mut server = axum_server::from_tcp(listener.into_std()?)?
+                .acceptor(tls)
+                .handle(handle);
+            configure(&mut server, limits);
+            server.serve(make).await
         }
     };
     task.abort();
     r
+}
+
+fn configure<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>, limits: &Limits) {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout);
 }

@@ -4,7 +4,8 @@
 //! - `POST /v1/control` — a signed control request; the answer is signed.
 //! - `POST /v1/relay` — the relay's messages (Hello, Credentials, Report); orders or a stop.
 //! - `GET /v1/revoked` — the revocation list (one `0x` serial per line).
-//! - `GET /v1/health` — `ok` and the database backend.
+//! - `GET /v1/health` — `ok`, the database backend and `db=writable` after a test write;
+//!   `503` and `unwritable …: the TSM cannot write its database (…)` when it cannot.
 //!
 //! Plain HTTP for local runs; HTTPS with a certificate and key ([`serve_tls`]).
 //!
@@ -69,24 +70,60 @@ async fn revoked(State(tsm): State<Arc<Tsm>>) -> Response {
 }
 
 async fn health(State(tsm): State<Arc<Tsm>>) -> Response {
-    match tsm.store().count_by_state().await {
-        Ok(_) => format!("ok {} {}\n", tsm.party(), tsm.store().describe()).into_response(),
-        Err(e) => answer(Instant::now(), Err(e.into())),
+    if let Err(e) = tsm.store().count_by_state().await {
+        return answer(Instant::now(), Err(e.into()));
+    }
+    match tsm.store().writable().await {
+        Ok(()) => format!(
+            "ok {} {} db=writable\n",
+            tsm.party(),
+            tsm.store().describe()
+        )
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the database cannot be written");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "unwritable {} {}: {UNWRITABLE} ({e})\n",
+                    tsm.party(),
+                    tsm.store().describe()
+                ),
+            )
+                .into_response()
+        }
     }
 }
 
-/// The routes.
+/// What `/v1/health` says (after `unwritable …:`, status `503`) when the TSM's database
+/// refuses a write (a disk full, a read-only file system).
+pub const UNWRITABLE: &str = "the TSM cannot write its database";
+
+/// The routes, without a rate limit (see [`router_with`]).
 pub fn router(tsm: Arc<Tsm>) -> Router {
+    router_with(
+        tsm,
+        &Limits {
+            rate_per_second: 0,
+            ..Limits::default()
+        },
+    )
+}
+
+/// The routes, `/v1/relay` (where access codes and passwords are tried) under the per-client
+/// rate limit of `limits`.
+pub fn router_with(tsm: Arc<Tsm>, limits: &Limits) -> Router {
+    let limited = kagi_serve::rate_limited(Router::new().route("/v1/relay", post(relay)), limits);
     Router::new()
         .route("/v1/control", post(control))
-        .route("/v1/relay", post(relay))
+        .merge(limited)
         .route("/v1/revoked", get(revoked))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(tsm_protocol::codec::MAX_MESSAGE))
         .with_state(tsm)
 }
 
-pub use kagi_serve::{TlsFiles, tls_provider};
+pub use kagi_serve::{Limits, TlsFiles, tls_provider};
 
 /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight. A
 /// background task expires operations past their time.
@@ -98,19 +135,37 @@ pub async fn serve(
     serve_tls(tsm, listener, shutdown, None).await
 }
 
-/// [`serve`], over HTTPS when `tls` is given (TLS 1.2/1.3, rustls).
+/// [`serve`], over HTTPS when `tls` is given (TLS 1.2/1.3, rustls). The default [`Limits`]
+/// without a rate limit; [`serve_limited`] takes others.
 pub async fn serve_tls(
     tsm: Arc<Tsm>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     tls: Option<TlsFiles>,
 ) -> std::io::Result<()> {
+    let limits = Limits {
+        rate_per_second: 0,
+        ..Limits::default()
+    };
+    serve_limited(tsm, listener, shutdown, tls, &limits).await
+}
+
+/// [`serve_tls`] under `limits`: timeouts, the connection cap and the rate limit on
+/// `/v1/relay`.
+pub async fn serve_limited(
+    tsm: Arc<Tsm>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tls: Option<TlsFiles>,
+    limits: &Limits,
+) -> std::io::Result<()> {
     let sweeper = tsm.clone();
-    kagi_serve::serve(
-        router(tsm),
+    kagi_serve::serve_limited(
+        router_with(tsm, limits),
         listener,
         shutdown,
         tls,
+        limits,
         std::time::Duration::from_secs(5),
         move || {
             let tsm = sweeper.clone();

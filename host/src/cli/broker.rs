@@ -2,8 +2,8 @@
 //! administrators' requests) and the holder's login.
 
 use super::common::{
-    init_logging, local_tls, party_id, random_hex, read_secret, read_text, rel, runtime,
-    shutdown_signal, tls_files, write_private,
+    LimitArgs, create_private_dir, init_logging, local_tls, party_id, random_hex, read_secret,
+    read_text, rel, runtime, shutdown_signal, tls_files, write_private,
 };
 use super::jpki::PinSource;
 use super::perso::HsmArgs;
@@ -113,6 +113,8 @@ pub struct ServeArgs {
     sweep_seconds: u64,
     #[command(flatten)]
     keys: KeyStoreArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Where the broker's KEKs are.
@@ -274,6 +276,9 @@ struct BrokerFile {
     tls_key: Option<String>,
     #[serde(default)]
     admin: Vec<AdminEntry>,
+    /// Timeouts, connection cap, rate limit (see the README's security section).
+    #[serde(default)]
+    limits: Option<kagi_serve::LimitsFile>,
 }
 
 fn default_session_minutes() -> u64 {
@@ -300,7 +305,7 @@ struct AdminFile {
 }
 
 fn init(dir: &Path, listen: &str, ca_dir: &Path, tls: bool, hsm_keks: bool) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir.join("keys")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_private_dir(&dir.join("keys"))?;
     if dir.join("broker.toml").exists() {
         return Err(format!("{} already holds a broker configuration", dir.display()).into());
     }
@@ -403,6 +408,7 @@ struct Loaded {
     databases: Vec<String>,
     listen: String,
     tls: Option<kagi_serve::TlsFiles>,
+    limits: Option<kagi_serve::LimitsFile>,
 }
 
 fn load_broker(base: &Path, database: &[String], keys: &KeyStoreArgs) -> Result<Loaded, Failure> {
@@ -467,6 +473,7 @@ fn load_broker(base: &Path, database: &[String], keys: &KeyStoreArgs) -> Result<
         databases,
         listen,
         tls,
+        limits: f.limits.clone(),
     })
 }
 
@@ -489,7 +496,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         databases,
         listen,
         tls,
+        limits,
     } = load_broker(&args.config, &args.database, &args.keys)?;
+    let limits = args.limits.limits(limits.as_ref())?;
     let listen = args.listen.clone().unwrap_or(listen);
     let sweep = std::time::Duration::from_secs(args.sweep_seconds.max(1));
     runtime()?.block_on(async move {
@@ -506,7 +515,16 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             name = %broker.name(),
             "broker serving"
         );
-        broker_server::http::serve(broker, listener, shutdown_signal(), tls, sweep).await?;
+        tracing::info!(?limits, "limits");
+        broker_server::http::serve_limited(
+            broker,
+            listener,
+            shutdown_signal(),
+            tls,
+            sweep,
+            &limits,
+        )
+        .await?;
         Ok::<(), Failure>(())
     })
 }

@@ -43,6 +43,70 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
         .map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
+/// A server's limits on its clients (each overrides the configuration file's `[limits]`,
+/// which overrides the defaults; see the README's security section).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Seconds a request's header may take to arrive (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<f64>,
+    /// Seconds a request's body may take to arrive (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub body_timeout: Option<f64>,
+    /// Seconds a connection may stay without a byte moving either way (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Connections served at once (default 512).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Further connections that may still ask for /v1/health (default 16).
+    #[arg(long, value_name = "N")]
+    pub health_reserve: Option<usize>,
+    /// Per client address, requests a second to the login / access-code endpoints
+    /// (default 5; 0 turns the rate limit off).
+    #[arg(long, value_name = "N")]
+    pub rate_per_second: Option<u32>,
+    /// Per client address, the burst allowed above that rate (default 20).
+    #[arg(long, value_name = "N")]
+    pub rate_burst: Option<u32>,
+}
+
+impl LimitArgs {
+    /// The defaults, then the file's `[limits]`, then these flags.
+    pub fn limits(
+        &self,
+        file: Option<&kagi_serve::LimitsFile>,
+    ) -> Result<kagi_serve::Limits, Failure> {
+        let mut l = kagi_serve::Limits::default();
+        if let Some(f) = file {
+            f.apply(&mut l)
+                .map_err(|e| format!("the configuration's [limits]: {e}"))?;
+        }
+        kagi_serve::LimitsFile {
+            header_timeout_secs: self.header_timeout,
+            body_timeout_secs: self.body_timeout,
+            idle_timeout_secs: self.idle_timeout,
+            max_connections: self.max_connections,
+            health_reserve: self.health_reserve,
+            rate_per_second: self.rate_per_second,
+            rate_burst: self.rate_burst,
+        }
+        .apply(&mut l)
+        .map_err(|e| e.to_string())?;
+        Ok(l)
+    }
+}
+
+/// Creates a directory (and its missing parents) readable by the owner only (0700).
+pub fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()).into())
+}
+
 /// `n` random bytes as upper-case hex.
 pub fn random_hex(n: usize) -> Result<Zeroizing<String>, Failure> {
     let mut b = Zeroizing::new(vec![0u8; n]);

@@ -24,8 +24,9 @@ pub struct Target {
     /// The reader and card carry extended-length APDUs (otherwise long commands are chained).
     #[arg(long)]
     pub extended: bool,
-    /// Simulator: keep the card in this image file (created when missing, saved after a
-    /// successful command), so a card personalised in one run is there in the next.
+    /// Simulator: keep the card in this image file (created when missing, saved after every
+    /// command that changed the card's persistent memory, whatever its status word: a wrong
+    /// PIN stays counted), so a card personalised in one run is there in the next.
     #[arg(long, requires = "sim")]
     pub sim_image: Option<PathBuf>,
     /// Simulator: card set-up for a new card (gp-test, gp-blank, gp-s16, uicc, jpki-demo).
@@ -46,7 +47,7 @@ pub struct Target {
 /// The simulator or a reader, behind one transport.
 pub enum AnyTransport {
     /// The in-process simulator.
-    Sim(Box<SimCard>),
+    Sim(Box<SimTarget>),
     /// A PC/SC reader.
     #[cfg(feature = "pcsc")]
     Pcsc(kagi::pcsc_transport::PcscTransport),
@@ -86,6 +87,87 @@ impl Transport for AnyTransport {
         f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
     ) -> Result<(), TransportError> {
         each!(self, t => t.exclusive(f))
+    }
+}
+
+/// The simulated card, saved to its image (when it has one) after every command that changed
+/// its persistent memory — as a real card's EEPROM keeps what a command wrote, whatever the
+/// status word (a wrong PIN's try counter). Only tearing rolls back an open transaction, and
+/// the simulator's store never shows that to the image (it holds committed writes only).
+pub struct SimTarget {
+    card: SimCard,
+    image: Option<PathBuf>,
+    saved: u64,
+    failed: Option<String>,
+}
+
+impl SimTarget {
+    fn new(card: SimCard, image: Option<PathBuf>) -> SimTarget {
+        let saved = card.store().generation();
+        SimTarget {
+            card,
+            image,
+            saved,
+            failed: None,
+        }
+    }
+
+    /// Saves the image if the card changed since the last save.
+    fn persist(&mut self) -> Result<(), TransportError> {
+        let Some(path) = &self.image else {
+            return Ok(());
+        };
+        let g = self.card.store().generation();
+        if g == self.saved {
+            return Ok(());
+        }
+        match self.card.save_image(path) {
+            Ok(()) => {
+                self.saved = g;
+                Ok(())
+            }
+            Err(e) => {
+                let m = format!("saving the card image: {e}");
+                self.failed = Some(m.clone());
+                Err(TransportError::ReaderUnavailable {
+                    reader: path.display().to_string(),
+                    detail: m,
+                })
+            }
+        }
+    }
+}
+
+impl Transport for SimTarget {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let r = self.card.transmit(command);
+        self.persist()?;
+        r
+    }
+    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, TransportError> {
+        let r = self.card.reset(kind);
+        self.persist()?;
+        r
+    }
+    fn atr(&self) -> Option<Vec<u8>> {
+        self.card.atr()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.card.capabilities()
+    }
+    fn take_reset_notice(&mut self) -> bool {
+        self.card.take_reset_notice()
+    }
+    fn describe(&self) -> String {
+        self.card.describe()
+    }
+    fn exclusive(
+        &mut self,
+        f: &mut dyn FnMut(&mut SendApdu<'_>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let r = self.card.exclusive(f);
+        self.persist()?;
+        r
     }
 }
 
@@ -131,7 +213,10 @@ impl Target {
     /// Opens the card, with a trace on stderr when asked.
     pub fn open(&self, trace: bool) -> Result<CardChannel<AnyTransport>, Failure> {
         let transport = if self.sim {
-            AnyTransport::Sim(Box::new(self.sim_card()?))
+            AnyTransport::Sim(Box::new(SimTarget::new(
+                self.sim_card()?,
+                self.sim_image.clone(),
+            )))
         } else if let Some(r) = &self.reader {
             self.open_reader(r)?
         } else {
@@ -173,8 +258,11 @@ impl Target {
 
     /// Saves the simulated card to its image, when one was named.
     pub fn finish(&self, ch: &CardChannel<AnyTransport>) -> Result<(), Failure> {
-        if let (Some(path), AnyTransport::Sim(card)) = (&self.sim_image, ch.transport()) {
-            card.save_image(path)?;
+        if let (Some(path), AnyTransport::Sim(sim)) = (&self.sim_image, ch.transport()) {
+            if let Some(e) = &sim.failed {
+                return Err(e.clone().into());
+            }
+            sim.card.save_image(path)?;
         }
         Ok(())
     }

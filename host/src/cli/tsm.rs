@@ -2,8 +2,8 @@
 //! `kagi relay` (the phone app's part).
 
 use super::common::{
-    aes_key_file, init_logging, local_tls, party_id, random_hex, read_secret, read_text, rel,
-    runtime, shutdown_signal, tls_files, write_private,
+    LimitArgs, aes_key_file, create_private_dir, init_logging, local_tls, party_id, random_hex,
+    read_secret, read_text, rel, runtime, shutdown_signal, tls_files, write_private,
 };
 use super::{Failure, parse_hex, print_json};
 use card_wire::scp03::AesKey;
@@ -94,6 +94,8 @@ pub struct ServeArgs {
     insecure_file_keys: Option<PathBuf>,
     #[command(flatten)]
     hsm: super::perso::HsmArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Subcommand)]
@@ -315,6 +317,9 @@ struct TsmFile {
     provider: Vec<ProviderEntry>,
     #[serde(default)]
     operator: Vec<OperatorEntry>,
+    /// Timeouts, connection cap, rate limit (see the README's security section).
+    #[serde(default)]
+    limits: Option<kagi_serve::LimitsFile>,
 }
 
 #[derive(Deserialize)]
@@ -371,7 +376,7 @@ struct PartyFile {
 }
 
 fn init(dir: &Path, listen: &str, tls: bool) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir.join("keys")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_private_dir(&dir.join("keys"))?;
     if dir.join("tsm.toml").exists() {
         return Err(format!("{} already holds a TSM configuration", dir.display()).into());
     }
@@ -436,6 +441,7 @@ type Loaded = (
     String,
     String,
     Option<tsm_server::http::TlsFiles>,
+    kagi_serve::Limits,
 );
 
 fn load_config(args: &ServeArgs) -> Result<Loaded, Failure> {
@@ -537,6 +543,7 @@ fn load_config(args: &ServeArgs) -> Result<Loaded, Failure> {
     });
     let listen = args.listen.clone().unwrap_or(f.listen.clone());
     let tls = tls_files(base, &f.tls_cert, &f.tls_key)?;
+    let limits = args.limits.limits(f.limits.as_ref())?;
     Ok((
         tsm_server::service::Config {
             signer,
@@ -550,12 +557,13 @@ fn load_config(args: &ServeArgs) -> Result<Loaded, Failure> {
         database,
         listen,
         tls,
+        limits,
     ))
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     init_logging(args.log_json);
-    let (config, database, listen, tls) = load_config(args)?;
+    let (config, database, listen, tls, limits) = load_config(args)?;
     runtime()?.block_on(async move {
         let backend = tsm_server::store::Backend::parse(&database);
         let store = tsm_server::store::Store::open(&backend).await?;
@@ -564,7 +572,8 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(listen = %listener.local_addr()?, https = tls.is_some(), database = tsm.store().describe(), party = %tsm.party(), "TSM serving");
-        tsm_server::http::serve_tls(tsm, listener, shutdown_signal(), tls).await?;
+        tracing::info!(?limits, "limits");
+        tsm_server::http::serve_limited(tsm, listener, shutdown_signal(), tls, &limits).await?;
         Ok::<(), Failure>(())
     })
 }
@@ -589,6 +598,7 @@ pub fn load_party(config: &Path) -> Result<(Party, Option<AesKey>), Failure> {
     // A provider's or operator's request is retried briefly (a TSM restarting), not for the
     // five minutes a phone waits.
     client.retry_for = std::time::Duration::from_secs(15);
+    client.tell_waiting = true;
     Ok((
         Party {
             signer: Signer::from_pkcs8_pem(me, &read_secret(&rel(config, &f.signing_key))?)?,
@@ -1071,6 +1081,7 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
         None => Client::new(&args.tsm, link),
     };
     client.retry_for = std::time::Duration::from_secs(args.retry_for);
+    client.tell_waiting = true;
     let given = match (&args.access_code_file, &args.password_file) {
         (Some(c), Some(p)) => Some(UserCredentials {
             access_code: read_secret(c)?.to_string(),
@@ -1110,7 +1121,8 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
     })?;
     args.target.finish(&ch)?;
     if let (Some(path), Some(c)) = (&args.capture, &capture) {
-        std::fs::write(path, c).map_err(|e| format!("{}: {e}", path.display()))?;
+        // The messages carried hold access codes and passwords (sealed) and tickets.
+        write_private(path, c)?;
     }
     let ok = out.outcome == tsm_protocol::relay::StopOutcome::Completed;
     if json_out {

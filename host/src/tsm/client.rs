@@ -53,6 +53,19 @@ pub enum ClientError {
         /// The last failure.
         last: String,
     },
+    /// Gave up after retrying, and the TSM's `/v1/health` says it cannot write its database
+    /// (a disk full, a read-only file system): its operator must fix its storage.
+    #[error(
+        "the TSM cannot write its database (its /v1/health at {url} says: {health}); gave up after {secs} s: ask its operator to free space or fix its storage"
+    )]
+    CannotWrite {
+        /// Where.
+        url: String,
+        /// How long it was tried.
+        secs: u64,
+        /// What the health check said.
+        health: String,
+    },
     /// The TSM refused the message (`400`): a bug or a mismatch of versions.
     #[error("the TSM refused the message: {0}")]
     Refused(String),
@@ -81,7 +94,16 @@ pub struct Client {
     link: Link,
     /// How long a message is retried before giving up.
     pub retry_for: Duration,
+    /// Say on stderr, every few seconds, that the TSM is being waited for (for a person
+    /// watching a command; off for libraries and benchmarks).
+    pub tell_waiting: bool,
 }
+
+/// Past this, a person is told the TSM is being waited for, and again every
+/// [`WAIT_NOTICE_EVERY`].
+pub const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(2);
+/// How often the waiting is told.
+pub const WAIT_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 impl Client {
     /// A client of the TSM at `base` (`http://host:port`; `https://` uses the system's roots).
@@ -92,6 +114,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             link,
             retry_for: Duration::from_secs(300),
+            tell_waiting: false,
         }
     }
 
@@ -104,6 +127,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             link,
             retry_for: Duration::from_secs(300),
+            tell_waiting: false,
         })
     }
 
@@ -118,6 +142,8 @@ impl Client {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut attempts = 0;
+        let mut next_notice = WAIT_NOTICE_AFTER;
+        let mut unwritable: Option<String> = None;
         loop {
             attempts += 1;
             if !self.link.rtt.is_zero() {
@@ -158,10 +184,22 @@ impl Client {
                 Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => {
                     return Err(ClientError::Refused(r.text().await.unwrap_or_default()));
                 }
-                Ok(r) => format!("HTTP {}", r.status()),
+                Ok(r) => {
+                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                        unwritable = self.unwritable().await;
+                    }
+                    format!("HTTP {}", r.status())
+                }
                 Err(e) => e.to_string(),
             };
             if start.elapsed() + backoff > self.retry_for {
+                if let Some(health) = unwritable {
+                    return Err(ClientError::CannotWrite {
+                        url: self.base.clone(),
+                        secs: self.retry_for.as_secs(),
+                        health,
+                    });
+                }
                 return Err(ClientError::Unreachable {
                     url,
                     secs: self.retry_for.as_secs(),
@@ -169,9 +207,35 @@ impl Client {
                 });
             }
             tracing::debug!(url = %url, error = %last, "retrying");
+            if self.tell_waiting && start.elapsed() >= next_notice {
+                let why = match &unwritable {
+                    Some(_) => "it cannot write its database".to_string(),
+                    None => last.clone(),
+                };
+                eprintln!(
+                    "waiting for the TSM at {} ({why}); {} s so far, giving up after {} s",
+                    self.base,
+                    start.elapsed().as_secs(),
+                    self.retry_for.as_secs()
+                );
+                next_notice = start.elapsed() + WAIT_NOTICE_EVERY;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// What `/v1/health` says when the TSM reports that it cannot write its database.
+    async fn unwritable(&self) -> Option<String> {
+        let r = self
+            .http
+            .get(format!("{}/v1/health", self.base))
+            .send()
+            .await
+            .ok()?;
+        let text = r.text().await.ok()?;
+        text.starts_with("unwritable ")
+            .then(|| text.trim().to_string())
     }
 
     /// GETs `path` as text.

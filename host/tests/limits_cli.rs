@@ -1,0 +1,267 @@
+//! Safety at the edges, as users run kagi: secrets at rest are the owner's only (file modes),
+//! `/v1/health` reports a database that cannot be written and the CLI says so, and a
+//! simulated card in an image keeps a wrong PIN counted across runs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::cli::{Scenario, field, kagi, ok, serve, wait_port};
+
+/// One GET over a new connection: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: kagi\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tsm_secrets_at_rest_are_the_owners_only() {
+    let s = Scenario::new("modes-tsm", false);
+    let dir = &s.dir;
+    let _tsm = Killed(serve(dir));
+    wait_port(s.port);
+    let iccid = s.sim("modes-phone", &dir.join("sim.img"));
+    s.issue(&iccid, false);
+    let (status, body) = get(s.port, "/v1/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("db=writable"), "{body}");
+    let t = dir.join("tsm");
+    for f in [
+        "tsm.db",
+        "tsm.db-wal",
+        "tsm.db-shm",
+        "tsm.key.pem",
+        "sp.key.pem",
+        "mno.key.pem",
+        "state.key",
+        "content.key",
+        "keys/provider.keys",
+        "keys/isd.keys",
+    ] {
+        assert_eq!(mode(&t.join(f)), 0o600, "{f}");
+    }
+    for d in ["", "keys"] {
+        assert_eq!(mode(&t.join(d)), 0o700, "directory tsm/{d}");
+    }
+    // The card image holds the card's keys.
+    assert_eq!(mode(&dir.join("sim.img")), 0o600, "sim.img");
+}
+
+#[test]
+fn broker_secrets_at_rest_are_the_owners_only() {
+    let dir = std::env::temp_dir().join(format!("kagi-modes-broker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = tsm_server::testing::free_port().unwrap();
+    ok(kagi().args(["ca", "init", "--dir"]).arg(dir.join("pki")));
+    ok(kagi()
+        .args(["broker", "init", "--dir"])
+        .arg(dir.join("broker"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--ca-dir"])
+        .arg(dir.join("pki")));
+    let b = dir.join("broker");
+    let _broker = Killed(
+        kagi()
+            .args(["broker", "serve", "--config"])
+            .arg(b.join("broker.toml"))
+            .arg("--insecure-file-keys")
+            .arg(b.join("keys"))
+            .env("KAGI_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let (status, body) = get(port, "/v1/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("db=writable"), "{body}");
+    get(port, "/v1/keys");
+    for f in [
+        "broker.db",
+        "broker.db-wal",
+        "broker.db-shm",
+        "broker.key.pem",
+        "admin.key.pem",
+        "assertion.key.pem",
+        "state.key",
+        "keys/kek-k1.key",
+    ] {
+        assert_eq!(mode(&b.join(f)), 0o600, "{f}");
+    }
+    for d in ["", "keys"] {
+        assert_eq!(mode(&b.join(d)), 0o700, "directory broker/{d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether this machine lets a test mount a tmpfs in a mount namespace of its own.
+fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn health_reports_a_database_that_cannot_be_written_and_the_cli_says_so() {
+    assert!(
+        can_unshare(),
+        "this test needs `unshare -m` and tmpfs mounts (root, CAP_SYS_ADMIN)"
+    );
+    let s = Scenario::new("health-full", false);
+    let dir = &s.dir;
+    let db_dir = dir.join("db");
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let fill = dir.join("fill-now");
+    let filled = dir.join("filled");
+    // In a private mount namespace: a 1 MiB tmpfs holds the database; when told, it is
+    // filled up (the TSM keeps running).
+    let script = format!(
+        "set -e\nmount -t tmpfs -o size=1m tmpfs '{db}'\n'{kagi}' tsm serve --config '{cfg}' --insecure-file-keys '{keys}' --database '{db}/tsm.db' &\npid=$!\nwhile [ ! -e '{fill}' ]; do sleep 0.05; done\ndd if=/dev/zero of='{db}/filler' bs=4k 2>/dev/null || true\ntouch '{filled}'\nwait $pid\n",
+        db = db_dir.display(),
+        kagi = env!("CARGO_BIN_EXE_kagi"),
+        cfg = dir.join("tsm/tsm.toml").display(),
+        keys = dir.join("tsm/keys").display(),
+        fill = fill.display(),
+        filled = filled.display(),
+    );
+    let _tsm = Killed(
+        Command::new("unshare")
+            .args(["-m", "--kill-child", "sh", "-c", &script])
+            .env("KAGI_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(s.port);
+    let (status, body) = get(s.port, "/v1/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("db=writable"), "{body}");
+
+    std::fs::write(&fill, "").unwrap();
+    let start = Instant::now();
+    while !filled.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "not filled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = get(s.port, "/v1/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("unwritable ") && body.contains("the TSM cannot write its database"),
+        "{body}"
+    );
+
+    // An operator's request that must write: the CLI waits (saying so) and then says why.
+    let sim = ok(kagi()
+        .args([
+            "sim",
+            "provision",
+            "--json",
+            "--serial",
+            "full-phone",
+            "--image",
+        ])
+        .arg(dir.join("sim.img"))
+        .arg("--provider-keys")
+        .arg(dir.join("tsm/keys/provider.keys")));
+    let o = kagi()
+        .args(["tsm", "mno", "--config"])
+        .arg(dir.join("tsm/mno.toml"))
+        .args([
+            "register-card",
+            "--iccid",
+            &field(&sim, "iccid"),
+            "--cin",
+            &field(&sim, "cin"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("the TSM cannot write its database"), "{err}");
+    assert!(!err.contains("is it running?"), "{err}");
+    assert!(err.contains("waiting for the TSM at"), "{err}");
+}
+
+#[test]
+fn wrong_pins_across_runs_block_the_pin_on_a_simulated_card() {
+    let dir = std::env::temp_dir().join(format!("kagi-sim-pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = dir.join("pki");
+    ok(kagi().args(["ca", "init", "--dir"]).arg(&pki));
+    let img = dir.join("card.img");
+    let sim = |c: &mut Command| {
+        c.args(["--sim", "--sim-preset", "jpki-demo", "--sim-image"])
+            .arg(&img)
+            .arg("--sim-pki-dir")
+            .arg(&pki);
+    };
+    let tries = || -> u64 {
+        let mut c = kagi();
+        c.args(["jpki", "pin-status", "--json"]);
+        sim(&mut c);
+        let v: serde_json::Value = serde_json::from_str(&ok(&mut c)).unwrap();
+        v["auth_pin_tries"].as_u64().unwrap()
+    };
+    assert_eq!(tries(), 3, "a new demo card");
+    std::fs::write(dir.join("msg"), "hello").unwrap();
+    std::fs::write(dir.join("bad"), "0000").unwrap();
+    std::fs::write(dir.join("good"), "1234").unwrap();
+    let sign = |pin: &str| {
+        let mut c = kagi();
+        c.args(["jpki", "sign", "--pin-file"])
+            .arg(dir.join(pin))
+            .arg("-i")
+            .arg(dir.join("msg"))
+            .arg("-o")
+            .arg(dir.join("sig"));
+        sim(&mut c);
+        c.output().unwrap()
+    };
+    for left in [2u64, 1, 0] {
+        let o = sign("bad");
+        assert!(!o.status.success());
+        assert_eq!(tries(), left, "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The right PIN no longer opens the blocked key.
+    let o = sign("good");
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(!o.status.success(), "a blocked PIN signed");
+    assert!(err.contains("blocked"), "{err}");
+    assert!(!dir.join("sig").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

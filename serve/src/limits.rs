@@ -1,0 +1,171 @@
+//! The limits a server puts on its clients: timeouts, a connection cap and a per-client rate
+//! limit, with their defaults and the `[limits]` section of a server's configuration file.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// What a server tolerates from its clients. [`Limits::default`] gives the defaults stated in
+/// the README's security section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's header must arrive whole within this time after the server starts waiting
+    /// for it (on a new connection, and on a kept-alive one between requests); otherwise the
+    /// connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this time after its header; otherwise the
+    /// request fails and the connection is closed. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// A connection on which no byte moves either way (a client that neither sends nor reads
+    /// the answer) for this time is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// At most this many connections are served at once. Default 512.
+    pub max_connections: usize,
+    /// Past `max_connections`, this many more connections may still ask for `/v1/health`
+    /// (every other path answers `503`), so monitoring sees a full server; past both, new
+    /// connections are closed at once. Default 16.
+    pub health_reserve: usize,
+    /// Per client address, the rate-limited endpoints (logins, access codes) accept this many
+    /// requests a second on average... 0 turns the rate limit off. Default 5.
+    pub rate_per_second: u32,
+    /// ... and this many in a burst. Default 20.
+    pub rate_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            health_reserve: 16,
+            rate_per_second: 5,
+            rate_burst: 20,
+        }
+    }
+}
+
+/// The `[limits]` section of a server's configuration file (every field optional; seconds for
+/// the timeouts).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// [`Limits::header_read_timeout`], seconds.
+    pub header_timeout_secs: Option<f64>,
+    /// [`Limits::body_read_timeout`], seconds.
+    pub body_timeout_secs: Option<f64>,
+    /// [`Limits::idle_timeout`], seconds.
+    pub idle_timeout_secs: Option<f64>,
+    /// [`Limits::max_connections`].
+    pub max_connections: Option<usize>,
+    /// [`Limits::health_reserve`].
+    pub health_reserve: Option<usize>,
+    /// [`Limits::rate_per_second`].
+    pub rate_per_second: Option<u32>,
+    /// [`Limits::rate_burst`].
+    pub rate_burst: Option<u32>,
+}
+
+/// A limit that makes no sense (a zero or negative timeout, no connection at all).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("limits: {0}")]
+pub struct LimitsError(pub String);
+
+fn secs(name: &str, v: Option<f64>, into: &mut Duration) -> Result<(), LimitsError> {
+    if let Some(s) = v {
+        if !(s.is_finite() && s > 0.0 && s <= 86_400.0) {
+            return Err(LimitsError(format!(
+                "{name} must be a number of seconds between 0 (excluded) and 86400, not {s}"
+            )));
+        }
+        *into = Duration::from_secs_f64(s);
+    }
+    Ok(())
+}
+
+impl LimitsFile {
+    /// Overrides the fields of `limits` this section sets (later sections, such as command-line
+    /// flags, override earlier ones).
+    pub fn apply(&self, limits: &mut Limits) -> Result<(), LimitsError> {
+        secs(
+            "header_timeout_secs",
+            self.header_timeout_secs,
+            &mut limits.header_read_timeout,
+        )?;
+        secs(
+            "body_timeout_secs",
+            self.body_timeout_secs,
+            &mut limits.body_read_timeout,
+        )?;
+        secs(
+            "idle_timeout_secs",
+            self.idle_timeout_secs,
+            &mut limits.idle_timeout,
+        )?;
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(LimitsError(
+                    "max_connections must be at least 1".to_string(),
+                ));
+            }
+            limits.max_connections = n;
+        }
+        if let Some(n) = self.health_reserve {
+            limits.health_reserve = n;
+        }
+        if let Some(n) = self.rate_per_second {
+            limits.rate_per_second = n;
+        }
+        if let Some(n) = self.rate_burst {
+            if n == 0 {
+                return Err(LimitsError(
+                    "rate_burst must be at least 1 (turn the rate limit off with rate_per_second = 0)"
+                        .to_string(),
+                ));
+            }
+            limits.rate_burst = n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_and_refuses_nonsense() {
+        let mut l = Limits::default();
+        let f = LimitsFile {
+            header_timeout_secs: Some(0.5),
+            max_connections: Some(3),
+            rate_per_second: Some(0),
+            ..LimitsFile::default()
+        };
+        f.apply(&mut l).unwrap();
+        assert_eq!(l.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(l.max_connections, 3);
+        assert_eq!(l.rate_per_second, 0);
+        assert_eq!(l.body_read_timeout, Duration::from_secs(30));
+        for bad in [
+            LimitsFile {
+                idle_timeout_secs: Some(0.0),
+                ..LimitsFile::default()
+            },
+            LimitsFile {
+                body_timeout_secs: Some(f64::NAN),
+                ..LimitsFile::default()
+            },
+            LimitsFile {
+                max_connections: Some(0),
+                ..LimitsFile::default()
+            },
+            LimitsFile {
+                rate_burst: Some(0),
+                ..LimitsFile::default()
+            },
+        ] {
+            assert!(bad.apply(&mut Limits::default()).is_err(), "{bad:?}");
+        }
+    }
+}
