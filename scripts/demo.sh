@@ -13,8 +13,11 @@ cargo build --quiet --release -p kagi
 batch=$(mktemp -d)
 trap 'rm -rf "$batch"' EXIT
 cp -r examples/keys "$batch/keys" && chmod 600 "$batch"/keys/*.keys   # git does not keep 0600
+# Exit code 3 = done with failures (here: the two bad records); anything else non-zero fails.
+rc=0
 ./target/release/kagi perso run --profile examples/perso-member.toml \
-    --input examples/member-records.csv --sim 4 --out "$batch/out" --insecure-file-keys "$batch/keys"
+    --input examples/member-records.csv --sim 4 --out "$batch/out" --insecure-file-keys "$batch/keys" || rc=$?
+[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || exit "$rc"
 echo
 ./target/release/kagi gp info --sim
 echo

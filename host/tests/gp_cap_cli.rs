@@ -96,7 +96,8 @@ fn load_install_list_uninstall_on_the_simulator() {
         ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let err = json(&o)["error"].as_str().unwrap().to_string();
+    // Errors under --json are {"error": {"code", "message"}} (the CLI's JSON contract).
+    let err = json(&o)["error"]["message"].as_str().unwrap().to_string();
     assert!(
         err.contains("6A81") && err.contains("no Java Card VM"),
         "{err}"
