@@ -31,7 +31,9 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# Into a file, not a pipe: a process a test failed to stop cannot hold the run open.
+cargo test --workspace --no-fail-fast >"$log" 2>&1 || status=$?
+cat "$log"
 # One closing line for the whole suite: the sum over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "total: %d passed, %d failed\n", p, f }' "$log"

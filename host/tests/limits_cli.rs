@@ -39,12 +39,24 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
+/// A process started in a process group of its own; dropping it kills the whole group (a
+/// shell's background children too), so nothing outlives the test or holds its output pipes.
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `c` in a new process group (see [`Killed`]), its stdout not inherited.
+fn grouped(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0).stdout(Stdio::null())
 }
 
 #[test]
@@ -94,7 +106,7 @@ fn broker_secrets_at_rest_are_the_owners_only() {
         .arg(dir.join("pki")));
     let b = dir.join("broker");
     let _broker = Killed(
-        kagi()
+        grouped(&mut kagi())
             .args(["broker", "serve", "--config"])
             .arg(b.join("broker.toml"))
             .arg("--insecure-file-keys")
@@ -159,7 +171,7 @@ fn health_reports_a_database_that_cannot_be_written_and_the_cli_says_so() {
         filled = filled.display(),
     );
     let _tsm = Killed(
-        Command::new("unshare")
+        grouped(&mut Command::new("unshare"))
             .args(["-m", "--kill-child", "sh", "-c", &script])
             .env("KAGI_LOG", "warn")
             .stderr(Stdio::null())
