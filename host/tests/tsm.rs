@@ -225,18 +225,35 @@ struct Issued {
 }
 
 fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> (ControlRequest, Vec<u8>, Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    issue_request_until(
+        world,
+        iccid,
+        pin,
+        now,
+        now + std::time::Duration::from_secs(86400 * 365),
+    )
+}
+
+/// An issue request whose certificate is valid from `not_before` until `not_after`.
+fn issue_request_until(
+    world: &World,
+    iccid: &str,
+    pin: &[u8],
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> (ControlRequest, Vec<u8>, Vec<u8>) {
     use der::Encode;
     use p256::elliptic_curve::Generate;
     let key = p256::ecdsa::SigningKey::try_generate().unwrap();
-    let now = std::time::SystemTime::now();
     let cert = world
         .ca
         .issue_auth(
             key.verifying_key(),
             "KAGIPHONE01",
             0x1234_5678,
-            now,
-            now + std::time::Duration::from_secs(86400 * 365),
+            not_before,
+            not_after,
         )
         .unwrap()
         .to_der()
@@ -1032,8 +1049,88 @@ async fn the_operator_creates_the_provider_domain_over_the_air() {
             opts,
             Some(&PROVIDER_SD),
         );
-        assert!(r.is_err());
+        // Key set 30 was replaced by the provider's 31: the card no longer knows it.
+        assert!(
+            matches!(
+                r,
+                Err(kagi::Error::Scp03(
+                    card_wire::scp03::Scp03Error::InitializeUpdateRefused(card_wire::StatusWord(
+                        0x6A88
+                    ))
+                ))
+            ),
+            "{:?}",
+            r.err()
+        );
     }
+    server.stop().await;
+    std::fs::remove_dir_all(&world.dir).ok();
+}
+
+/// A credential expires end to end: a certificate already past its notAfter is refused at
+/// issue; one that runs out after its download is reported expired by the TSM's status and
+/// read as expired from the card, while it is neither revoked nor touched on the card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_expires_end_to_end() {
+    let world = World::new("expiry");
+    let (server, _backend, sp, _mno) = world.serve().await;
+    let url = server.url.clone();
+    let mut sim = provision(b"phone-exp", &PROVIDER_SD, &provider_keys(master(), 0x31)).unwrap();
+    register(&world, &url, &sim).await;
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86400);
+    // Already expired: refused, nothing created.
+    let (req, _, _) = issue_request_until(&world, &sim.iccid, b"2580", now - 2 * day, now - day);
+    let r = ask(&sp, &req).await;
+    assert!(
+        matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.expired-certificate"),
+        "{r:?}"
+    );
+    // Valid for a few more seconds (X.509 times have whole seconds).
+    let not_after = now + std::time::Duration::from_secs(4);
+    let (req, _, _) = issue_request_until(&world, &sim.iccid, b"2580", now - day, not_after);
+    let a = sp.send(&req, None).await.unwrap();
+    let ControlResponse::Accepted {
+        op,
+        device_ticket: Some(ticket),
+        access_code: Some(code),
+        ..
+    } = a.response
+    else {
+        panic!("{:?}", a.response)
+    };
+    let out = download(&url, &mut sim.card, &ticket, &code, None).await;
+    assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
+    let status = |r: ControlResponse| match r {
+        ControlResponse::Credential(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let not_after_secs = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let s = status(ask(&sp, &ControlRequest::CheckStatus { credential: op }).await);
+    assert_eq!(s.not_after, not_after_secs);
+    assert_eq!(s.state, "active");
+    // Wait (without asserting any time) until the certificate is past its notAfter.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= not_after_secs + 1
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let s = status(ask(&sp, &ControlRequest::CheckStatus { credential: op }).await);
+    assert!(s.expired, "{s:?}");
+    assert_eq!((s.state.as_str(), s.revoked), ("active", None));
+    assert!(!s.card_deletion_pending);
+    support::assert_verdict(
+        &mut sim.card,
+        world.ca.certificate(),
+        None,
+        kagi::eligibility::Verdict::Expired,
+    );
     server.stop().await;
     std::fs::remove_dir_all(&world.dir).ok();
 }
