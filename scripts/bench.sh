@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet --release -p kagi
+cargo build --quiet --release -p kagi-cli
 ./target/release/kagi bench "$@"
 bash scripts/pcsc-sandbox.sh --preset jpki-demo -- ./target/release/kagi bench --reader "Virtual PCD 00 00" --count 2000
 

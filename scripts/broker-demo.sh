@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p kagi -p kagi-example-service
+cargo build --release -q -p kagi-cli -p kagi-example-service
 K="$PWD/target/release/kagi"
 SERVICE="$PWD/target/release/kagi-example-service"
 work=$(mktemp -d)

@@ -13,7 +13,7 @@ services=${2:-10}
 shift $(( $# > 2 ? 2 : $# )) || true
 [ "${1:-}" = "--" ] && shift
 bash scripts/setup.sh
-cargo build --quiet --release -p kagi
+cargo build --quiet --release -p kagi-cli
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 eval "$(bash scripts/softhsm-init.sh "$work/hsm")"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet --release -p kagi
+cargo build --quiet --release -p kagi-cli
 # A personalisation batch: the example member profile (operator security domain, member
 # applet, member data, per-card production keys) on 4 simulated stations, journalled and
 # verified card by card; two bad example records are reported and skipped.

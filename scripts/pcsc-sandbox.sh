@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "usage: $0 [--cards N] -- COMMAND [ARGS...]" >&2; exit 2; }
 KAGI="${KAGI:-$root/target/release/kagi}"
-[ -x "$KAGI" ] || cargo build --quiet --release -p kagi --manifest-path "$root/Cargo.toml"
+[ -x "$KAGI" ] || cargo build --quiet --release -p kagi-cli --manifest-path "$root/Cargo.toml"
 
 WORK=$(mktemp -d /tmp/kagi-sandbox.XXXXXX)
 RUN="$WORK/run"; mkdir -p "$RUN"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TSM figures (run by scripts/bench.sh, or alone after `cargo build --release -p kagi`):
+# TSM figures (run by scripts/bench.sh, or alone after `cargo build --release -p kagi-cli`):
 #  1. one JPKI download (RSA-2048 credential) over no link, an LTE-like (50 ms) and a 3G-like
 #     (300 ms round trip) link — next to the 2012 trial's ~6 s;
 #  2. load: `kagi tsm load` (a separate process, loopback) drives 1000 complete download

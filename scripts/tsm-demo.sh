@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p kagi
+cargo build --release -q -p kagi-cli
 K="$PWD/target/release/kagi"
 work=$(mktemp -d)
 tsm_pid=""

@@ -74,6 +74,22 @@ pub fn load_commands(load_file: &[u8], block: usize) -> Result<Vec<Command>, GpE
         .collect()
 }
 
+/// What SCP03 secure messaging adds at `level` in `mode`: the MAC (8 bytes in S8, 16 in S16)
+/// and, with C-DECRYPTION, padding to 16 bytes.
+pub fn scp03_overhead(level: crate::scp03::SecurityLevel, mode: crate::scp03::Mode) -> Overhead {
+    Overhead {
+        mac: if level.c_mac() {
+            match mode {
+                crate::scp03::Mode::S8 => 8,
+                crate::scp03::Mode::S16 => 16,
+            }
+        } else {
+            0
+        },
+        pad_to: level.c_dec().then_some(16),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +135,17 @@ mod tests {
         // The GP header: 80 E8 00 00 Lc.
         assert_eq!(&cmds[0].to_bytes()[..5], &[0x80, 0xE8, 0x00, 0x00, 239]);
         assert!(load_commands(&[0; 300], 1).is_err());
+    }
+
+    #[test]
+    fn overheads() {
+        let o = scp03_overhead(crate::scp03::SecurityLevel::FULL, crate::scp03::Mode::S8);
+        assert_eq!((o.mac, o.pad_to), (8, Some(16)));
+        let o = scp03_overhead(crate::scp03::SecurityLevel::CMAC, crate::scp03::Mode::S16);
+        assert_eq!((o.mac, o.pad_to), (16, None));
+        assert_eq!(
+            scp03_overhead(crate::scp03::SecurityLevel::NONE, crate::scp03::Mode::S8),
+            Overhead::NONE
+        );
     }
 }

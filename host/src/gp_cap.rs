@@ -6,8 +6,7 @@
 use crate::channel::ApduChannel;
 use crate::error::{Error, Result, expect_success};
 use crate::gp::manage::{self, InstallSpec};
-use card_wire::gp_load::{self, Overhead};
-use card_wire::scp03::{Mode, SecurityLevel};
+use card_wire::gp_load;
 use card_wire::sw::StatusWord;
 pub use kagi_cap::{CapError, CapFile, HashAlg};
 use serde::Serialize;
@@ -16,21 +15,7 @@ use serde::Serialize;
 /// card lacks; the simulator answers the same.
 pub const SW_IMPORT_NOT_FOUND: StatusWord = StatusWord(0x6438);
 
-/// What SCP03 secure messaging adds at `level` in `mode`: the MAC (8 bytes in S8, 16 in S16)
-/// and, with C-DECRYPTION, padding to 16 bytes.
-pub fn scp03_overhead(level: SecurityLevel, mode: Mode) -> Overhead {
-    Overhead {
-        mac: if level.c_mac() {
-            match mode {
-                Mode::S8 => 8,
-                Mode::S16 => 16,
-            }
-        } else {
-            0
-        },
-        pad_to: level.c_dec().then_some(16),
-    }
-}
+pub use card_wire::gp_load::scp03_overhead;
 
 /// How to load a CAP.
 #[derive(Debug, Clone)]
@@ -219,17 +204,5 @@ mod tests {
         assert_eq!(parse_privileges("04").unwrap(), [0x04, 0, 0]);
         assert!(parse_privileges("root").is_err());
         assert!(parse_privileges("0102").is_err());
-    }
-
-    #[test]
-    fn overheads() {
-        let o = scp03_overhead(SecurityLevel::FULL, Mode::S8);
-        assert_eq!((o.mac, o.pad_to), (8, Some(16)));
-        let o = scp03_overhead(SecurityLevel::CMAC, Mode::S16);
-        assert_eq!((o.mac, o.pad_to), (16, None));
-        assert_eq!(
-            scp03_overhead(SecurityLevel::NONE, Mode::S8),
-            Overhead::NONE
-        );
     }
 }

@@ -179,161 +179,6 @@ pub fn sign(ch: &mut impl ApduChannel, pin: Pin, data: &[u8]) -> Result<Vec<u8>>
 
 pub use card_wire::jpki::sha256_digest_info;
 
-/// A synthetic identity and what the card needs for it.
-pub struct DemoIdentity {
-    /// The test CA (authentication).
-    pub auth_ca: test_pki::TestCa,
-    /// The test CA (signature).
-    pub sign_ca: test_pki::TestCa,
-    /// User-authentication certificate (DER).
-    pub auth_cert: Vec<u8>,
-    /// Signature certificate (DER).
-    pub sign_cert: Vec<u8>,
-    /// Serial of the authentication certificate.
-    pub auth_serial: u32,
-    auth_key: rsa::PrivateKey,
-    sign_key: rsa::PrivateKey,
-}
-
-/// The documented demo PINs of the `jpki-demo` preset.
-pub const DEMO_AUTH_PIN: &str = "1234";
-/// The documented demo PIN of the text AP of the `jpki-demo` preset.
-pub const DEMO_TEXT_PIN: &str = "5678";
-/// The documented demo signature password of the `jpki-demo` preset.
-pub const DEMO_SIGN_PIN: &str = "ABC123";
-
-impl DemoIdentity {
-    /// A fresh synthetic identity: two test CAs, two RSA-2048 keys, certificates valid a year.
-    pub fn generate() -> Result<DemoIdentity> {
-        let pki = |e: test_pki::PkiError| Error::Protocol(format!("test CA: {e}"));
-        let auth_ca = test_pki::TestCa::new("JPKI for user authentication").map_err(pki)?;
-        let sign_ca = test_pki::TestCa::new("JPKI for digital signature").map_err(pki)?;
-        let now = std::time::SystemTime::now();
-        Self::generate_with(
-            auth_ca,
-            sign_ca,
-            now,
-            now + std::time::Duration::from_secs(365 * 86400),
-        )
-    }
-
-    /// A synthetic identity issued by given CAs with the given validity.
-    pub fn generate_with(
-        auth_ca: test_pki::TestCa,
-        sign_ca: test_pki::TestCa,
-        not_before: std::time::SystemTime,
-        not_after: std::time::SystemTime,
-    ) -> Result<DemoIdentity> {
-        let pki = |e: test_pki::PkiError| Error::Protocol(format!("test CA: {e}"));
-        let auth_key = test_pki::generate_rsa_key().map_err(pki)?;
-        let sign_key = test_pki::generate_rsa_key().map_err(pki)?;
-        let mut serial = [0u8; 4];
-        getrandom::fill(&mut serial).map_err(|e| Error::Protocol(e.to_string()))?;
-        let auth_serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 0x0100_0000;
-        let opaque = format!("KAGITEST{auth_serial:010}");
-        use der::Encode;
-        let auth_cert = auth_ca
-            .issue_auth(
-                &auth_key.to_public_key(),
-                &opaque,
-                auth_serial,
-                not_before,
-                not_after,
-            )
-            .map_err(pki)?
-            .to_der()
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        let sign_cert = sign_ca
-            .issue_sign(
-                &sign_key.to_public_key(),
-                &test_pki::BasicFacts::synthetic(),
-                auth_serial + 1,
-                not_before,
-                not_after,
-            )
-            .map_err(pki)?
-            .to_der()
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(DemoIdentity {
-            auth_ca,
-            sign_ca,
-            auth_cert,
-            sign_cert,
-            auth_serial,
-            auth_key,
-            sign_key,
-        })
-    }
-
-    /// The personalisation script for the simulator's JPKI applet: `C1` EFs, `C2` keys,
-    /// `C3` PINs (see `applet_sim::jpki`).
-    pub fn script(&self, auth_pin: &str, sign_pin: &str) -> Result<Zeroizing<Vec<u8>>> {
-        use card_wire::tlv::tlv;
-        use rsa::pkcs1::EncodeRsaPrivateKey;
-        let item =
-            |tag: u32, fid: u16, body: &[u8]| tlv(tag, &[&fid.to_be_bytes()[..], body].concat());
-        let der = |e: der::Error| Error::Protocol(e.to_string());
-        let mut s = Zeroizing::new(Vec::new());
-        s.extend(item(0xC1, EF_AUTH_CERT, &self.auth_cert));
-        s.extend(item(
-            0xC1,
-            EF_AUTH_CA,
-            &self
-                .auth_ca
-                .certificate_der()
-                .map_err(|e| Error::Protocol(e.to_string()))?,
-        ));
-        s.extend(item(0xC1, EF_SIGN_CERT, &self.sign_cert));
-        s.extend(item(
-            0xC1,
-            EF_SIGN_CA,
-            &self
-                .sign_ca
-                .certificate_der()
-                .map_err(|e| Error::Protocol(e.to_string()))?,
-        ));
-        s.extend(item(0xC1, EF_TOKEN_INFO, &token_info()));
-        s.extend(item(0xC1, 0x0008, &[0x8F, 0x8F, 0x00]));
-        for (fid, key) in [
-            (Pin::Auth.key_fid(), &self.auth_key),
-            (Pin::Sign.key_fid(), &self.sign_key),
-        ] {
-            let k = key
-                .to_pkcs1_der()
-                .map_err(|e| Error::Protocol(e.to_string()))?;
-            s.extend(item(0xC2, fid, k.as_bytes()));
-        }
-        let _ = der;
-        s.extend(item(0xC3, Pin::Auth.fid(), auth_pin.as_bytes()));
-        s.extend(item(0xC3, Pin::Sign.fid(), sign_pin.as_bytes()));
-        Ok(s)
-    }
-}
-
-/// The text AP's EFs for `facts`: EF 0001 `FF 10 0C` + the 12-digit number + `FF FF`, EF 0002
-/// `FF 20 { DF21 offsets, DF22 name, DF23 address, DF24 birth date, DF25 sex }`.
-pub fn text_efs(my_number: &str, facts: &test_pki::BasicFacts) -> (Vec<u8>, Vec<u8>) {
-    use card_wire::tlv::tlv;
-    let mut number = vec![0xFF, 0x10, 0x0C];
-    number.extend_from_slice(my_number.as_bytes());
-    number.extend_from_slice(&[0xFF, 0xFF]);
-    let fields = [
-        tlv(0xDF22, facts.name.as_bytes()),
-        tlv(0xDF23, facts.address.as_bytes()),
-        tlv(0xDF24, facts.birth_date.as_bytes()),
-        tlv(0xDF25, facts.sex.as_bytes()),
-    ];
-    let mut offsets = Vec::new();
-    let mut at = 3 + 11; // after FF20 header (3) and the DF21 item (3 + 8)
-    for f in &fields {
-        offsets.extend_from_slice(&(at as u16).to_be_bytes());
-        at += f.len();
-    }
-    let mut body = tlv(0xDF21, &offsets);
-    body.extend(fields.concat());
-    (number, tlv(0xFF20, &body))
-}
-
 /// Card-face facts read from the text AP.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TextFacts {
@@ -395,6 +240,30 @@ pub fn read_text(ch: &mut impl ApduChannel, pin: &Zeroizing<Vec<u8>>) -> Result<
     })
 }
 
+/// The text AP's EFs holding `facts` (what [`read_text`] reads back): EF 0001 `FF 10 0C` + the 12-digit number + `FF FF`, EF 0002
+/// `FF 20 { DF21 offsets, DF22 name, DF23 address, DF24 birth date, DF25 sex }`.
+pub fn text_efs(facts: &TextFacts) -> (Vec<u8>, Vec<u8>) {
+    use card_wire::tlv::tlv;
+    let mut number = vec![0xFF, 0x10, 0x0C];
+    number.extend_from_slice(facts.my_number.as_bytes());
+    number.extend_from_slice(&[0xFF, 0xFF]);
+    let fields = [
+        tlv(0xDF22, facts.name.as_bytes()),
+        tlv(0xDF23, facts.address.as_bytes()),
+        tlv(0xDF24, facts.birth_date.as_bytes()),
+        tlv(0xDF25, facts.sex.as_bytes()),
+    ];
+    let mut offsets = Vec::new();
+    let mut at = 3 + 11; // after FF20 header (3) and the DF21 item (3 + 8)
+    for f in &fields {
+        offsets.extend_from_slice(&(at as u16).to_be_bytes());
+        at += f.len();
+    }
+    let mut body = tlv(0xDF21, &offsets);
+    body.extend(fields.concat());
+    (number, tlv(0xFF20, &body))
+}
+
 /// EF 0006: a 160-byte CK_TOKEN_INFO labelled `JPKIAPICCTOKEN2`.
 pub fn token_info() -> Vec<u8> {
     let pad = |s: &str, n: usize| {
@@ -413,91 +282,4 @@ pub fn token_info() -> Vec<u8> {
     t.extend_from_slice(b"0301");
     t.extend(pad("", 16));
     t
-}
-
-/// Loads and installs the simulator's JPKI class through GlobalPlatform and personalises it
-/// with `identity` under the open secure channel `sc` (keys and PINs marked secret in traces).
-pub fn personalise_sim(
-    sc: &mut impl ApduChannel,
-    identity: &DemoIdentity,
-    auth_pin: &str,
-    sign_pin: &str,
-) -> Result<()> {
-    use crate::gp::manage;
-    const PACKAGE: [u8; 7] = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00];
-    let file = manage::sim_load_file(
-        &PACKAGE,
-        &[
-            (JPKI_AID.to_vec(), "jpki.ap".into()),
-            (TEXT_AID.to_vec(), "jpki.text".into()),
-        ],
-    );
-    manage::load(sc, &PACKAGE, None, &file, true)?;
-    for aid in [JPKI_AID, TEXT_AID] {
-        manage::install(
-            sc,
-            &manage::InstallSpec {
-                package: PACKAGE.to_vec(),
-                module: aid.to_vec(),
-                instance: aid.to_vec(),
-                selectable: true,
-                ..Default::default()
-            },
-        )?;
-    }
-    let script = identity.script(auth_pin, sign_pin)?;
-    let blocks = card_wire::gp::blocks(&script);
-    manage::personalize(sc, &JPKI_AID, &blocks, true)?;
-    // The text AP: a synthetic number (never a real one), the same synthetic facts, its PIN.
-    let (number, facts) = text_efs(
-        &format!("{:012}", identity.auth_serial),
-        &test_pki::BasicFacts::synthetic(),
-    );
-    let item = |tag: u32, fid: u16, body: &[u8]| {
-        card_wire::tlv::tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
-    };
-    let mut text = Zeroizing::new(item(0xC1, 0x0001, &number));
-    text.extend(item(0xC1, 0x0002, &facts));
-    text.extend(item(0xC3, 0x0011, DEMO_TEXT_PIN.as_bytes()));
-    let blocks = card_wire::gp::blocks(&text);
-    manage::personalize(sc, &TEXT_AID, &blocks, true)?;
-    Ok(())
-}
-
-/// A simulated card personalised end to end through the GP path (SCP03 level 33) with a
-/// fresh synthetic identity and the demo PINs, answering to reset like a My Number card.
-#[cfg(feature = "sim")]
-pub fn demo_card(seed: Option<u64>) -> Result<(applet_sim::SimCard, DemoIdentity)> {
-    let identity = DemoIdentity::generate()?;
-    let card = demo_card_for(seed, &identity)?;
-    Ok((card, identity))
-}
-
-/// A simulated JPKI card personalised through the GP path for `identity`.
-#[cfg(feature = "sim")]
-pub fn demo_card_for(seed: Option<u64>, identity: &DemoIdentity) -> Result<applet_sim::SimCard> {
-    use crate::channel::CardChannel;
-    use crate::secure::SecureChannel;
-    use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
-    let config = applet_sim::SimConfig {
-        atr: applet_sim::jpki::JPKI_ATR.to_vec(),
-        seed,
-        ..applet_sim::SimConfig::default()
-    };
-    let mut ch = CardChannel::new(applet_sim::SimCard::powered(config));
-    let sd = crate::gp::select_domain(&mut ch, None)?;
-    {
-        let opts = HostOptions {
-            level: SecurityLevel::FULL,
-            ..HostOptions::default()
-        };
-        let mut sc = SecureChannel::open(
-            &mut ch,
-            StaticKeys::default_test_keys(0x30),
-            opts,
-            Some(&sd.aid),
-        )?;
-        personalise_sim(&mut sc, identity, DEMO_AUTH_PIN, DEMO_SIGN_PIN)?;
-    }
-    Ok(ch.into_transport())
 }

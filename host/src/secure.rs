@@ -274,7 +274,7 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
     /// SCP02: an 8-byte MAC and 8-byte (3DES) blocks.
     pub fn load_overhead(&self) -> card_wire::gp_load::Overhead {
         match &self.proto {
-            Proto::Scp03(s) => crate::gp_cap::scp03_overhead(s.level(), s.mode()),
+            Proto::Scp03(s) => card_wire::gp_load::scp03_overhead(s.level(), s.mode()),
             Proto::Scp02(s) => card_wire::gp_load::Overhead {
                 mac: if s.level().c_mac() { 8 } else { 0 },
                 pad_to: s.level().c_dec().then_some(8),

@@ -3,12 +3,12 @@
 
 use kagi::channel::CardChannel;
 use kagi::eligibility::{self, Trust, Verdict};
-use kagi::jpki::{self, DemoIdentity};
 use kagi::trace::MemoryTrace;
+use kagi_fixtures::jpki::DemoIdentity;
 use std::time::{Duration, SystemTime};
 
 fn card(identity: &DemoIdentity) -> CardChannel<applet_sim::SimCard> {
-    CardChannel::new(jpki::demo_card_for(Some(1), identity).unwrap())
+    CardChannel::new(kagi_fixtures::jpki::demo_card_for(Some(1), identity).unwrap())
 }
 
 fn trust(identity: &DemoIdentity) -> Trust {

@@ -23,7 +23,7 @@ type Demo = (applet_sim::Store, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
 fn demo() -> &'static Demo {
     static CARD: OnceLock<Demo> = OnceLock::new();
     CARD.get_or_init(|| {
-        let (card, id) = jpki::demo_card(Some(5)).unwrap();
+        let (card, id) = kagi_fixtures::jpki::demo_card(Some(5)).unwrap();
         (
             card.store().clone(),
             id.auth_cert.clone(),
@@ -85,7 +85,7 @@ fn certificates_pins_and_signatures() {
         jpki::verify(&mut ch, Pin::Auth, &pin("9999")),
         Err(kagi::Error::WrongPin { tries_left: 2 })
     ));
-    jpki::verify(&mut ch, Pin::Auth, &pin(jpki::DEMO_AUTH_PIN)).unwrap();
+    jpki::verify(&mut ch, Pin::Auth, &pin(kagi_fixtures::jpki::DEMO_AUTH_PIN)).unwrap();
     assert_eq!(jpki::pin_tries(&mut ch, Pin::Auth).unwrap(), 3);
     let sig = jpki::sign(&mut ch, Pin::Auth, &digest).unwrap();
     assert_eq!(sig.len(), 256);
@@ -103,7 +103,7 @@ fn certificates_pins_and_signatures() {
             .status(),
         Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED)
     );
-    jpki::verify(&mut ch, Pin::Sign, &pin(jpki::DEMO_SIGN_PIN)).unwrap();
+    jpki::verify(&mut ch, Pin::Sign, &pin(kagi_fixtures::jpki::DEMO_SIGN_PIN)).unwrap();
     assert_eq!(
         &jpki::read_der(&mut ch, jpki::EF_SIGN_CERT).unwrap(),
         sign_cert
@@ -482,7 +482,7 @@ fn text_ap_facts_behind_their_own_pin() {
         jpki::read_text(&mut ch, &pin("0000")),
         Err(kagi::Error::WrongPin { tries_left: 2 })
     ));
-    let facts = jpki::read_text(&mut ch, &pin(jpki::DEMO_TEXT_PIN)).unwrap();
+    let facts = jpki::read_text(&mut ch, &pin(kagi_fixtures::jpki::DEMO_TEXT_PIN)).unwrap();
     assert_eq!(facts.my_number.len(), 12);
     assert!(facts.name.contains("TEST ONLY") && facts.address.contains("TEST ONLY"));
     assert_eq!(
@@ -501,7 +501,10 @@ fn personalisation_is_tearing_safe() {
     use applet_sim::tearing::{RecordingCard, old_or_new};
     use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
     use kagi::secure::SecureChannel;
-    fn run(ch: &mut CardChannel<RecordingCard>, id: &jpki::DemoIdentity) -> kagi::Result<()> {
+    fn run(
+        ch: &mut CardChannel<RecordingCard>,
+        id: &kagi_fixtures::jpki::DemoIdentity,
+    ) -> kagi::Result<()> {
         let sd = kagi::gp::select_domain(ch, None)?;
         let opts = HostOptions {
             level: SecurityLevel::FULL,
@@ -509,14 +512,14 @@ fn personalisation_is_tearing_safe() {
         };
         let mut sc =
             SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid))?;
-        jpki::personalise_sim(&mut sc, id, "1234", "ABC123")
+        kagi_fixtures::jpki::personalise_sim(&mut sc, id, "1234", "ABC123")
     }
     let fresh = || {
         RecordingCard::new(applet_sim::SimCard::powered(
             applet_sim::SimConfig::default().seeded(8),
         ))
     };
-    let id = jpki::DemoIdentity::generate().unwrap();
+    let id = kagi_fixtures::jpki::DemoIdentity::generate().unwrap();
     let mut reference = CardChannel::new(fresh());
     let w0 = reference.transport().card.store().writes();
     run(&mut reference, &id).unwrap();

@@ -1,0 +1,599 @@
+//! Command-line interface: argument parsing and output. Keys and PINs never come from argv.
+
+mod bench;
+mod broker;
+mod broker_scale;
+mod common;
+mod exit;
+mod gp;
+mod gp_cap;
+mod jpki;
+mod perso;
+mod target;
+mod tsm;
+mod tsm_load;
+
+use applet_sim::{SimCard, SimConfig};
+use card_wire::apdu::Command;
+use clap::{Parser, Subcommand};
+use kagi::channel::ApduChannel;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+pub use target::Target;
+
+/// Version of the `--json` output format. Additions keep it; changes bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Any error, shown as `error: …`.
+pub type Failure = Box<dyn std::error::Error>;
+
+#[derive(Parser)]
+#[command(
+    name = "kagi",
+    version,
+    about = "kagi (鍵): smart-card and SIM toolchain — APDUs, GlobalPlatform SCP03, simulator",
+    long_about = "kagi talks to smart cards and SIMs through PC/SC readers or its in-process \
+simulator: ISO 7816-4 APDUs with chaining and GET RESPONSE, GlobalPlatform card management over \
+SCP03 secure channels, and a card simulator that real PC/SC programs reach through vpcd.\n\n\
+Keys are never taken from the command line: use --key-file or the KAGI_KEY* environment \
+variables. --trace prints the APDU dialogue on stderr with PINs and keys redacted. --json prints \
+machine-readable output carrying a schema_version.",
+    after_long_help = exit::TABLE,
+    after_help = "Examples:\n  kagi gp list --sim --trace                      SCP03 session to a simulated card, list its content\n  kagi gp install --sim --sim-image card.img ...   change a simulated card kept in an image file\n  kagi sim serve --cards 2                        serve simulated cards to pcscd through vpcd\n  kagi readers                                    list PC/SC readers\n  kagi gp list --reader 0 --key-file keys.txt     a real card\n  kagi bench                                      measure SCP03 and simulator throughput"
+)]
+struct Cli {
+    /// Print the APDU dialogue on stderr (secrets redacted).
+    #[arg(long, global = true)]
+    trace: bool,
+    /// Machine-readable output (JSON with a schema_version).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List PC/SC readers and whether each holds a card.
+    Readers {
+        /// Wait until this reader (index or name substring) holds a card, then list.
+        #[arg(long)]
+        wait: Option<String>,
+        /// How long --wait may take, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Send raw APDUs (hex) and print the responses (61xx/6Cxx handled).
+    Apdu {
+        #[command(flatten)]
+        target: Target,
+        /// Command APDUs in hex, sent in order.
+        #[arg(required = true)]
+        apdus: Vec<String>,
+    },
+    /// GlobalPlatform card management.
+    #[command(subcommand)]
+    Gp(gp::GpCmd),
+    /// The JPKI-style applet: certificates, PINs, signatures.
+    #[command(subcommand)]
+    Jpki(jpki::JpkiCmd),
+    /// PIN-less eligibility check: reads the authentication certificate and judges it.
+    #[command(subcommand)]
+    Eligibility(EligibilityCmd),
+    /// Batch personalisation (profiles, records, journal, parallel stations).
+    #[command(subcommand)]
+    Perso(PersoCmd),
+    /// The test certification authority (synthetic certificates only).
+    #[command(subcommand)]
+    Ca(jpki::CaCmd),
+    /// The card simulator.
+    #[command(subcommand)]
+    Sim(SimCmd),
+    /// The trusted service manager: serve it, and the provider's and operator's requests.
+    #[command(subcommand)]
+    Tsm(tsm::TsmCmd),
+    /// The phone app's part: connect a card to the TSM and relay its orders (holds no
+    /// secrets).
+    Relay(tsm::RelayArgs),
+    /// The credential broker: one card login, many services (serve it, administer it, and
+    /// the holder's login).
+    #[command(subcommand)]
+    Broker(broker::BrokerCmd),
+    /// Measure SCP03 crypto and simulator throughput on this machine.
+    Bench {
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Measure APDU round trips through this PC/SC reader instead (index or name).
+        #[arg(long, short = 'r')]
+        reader: Option<String>,
+        /// Round trips to time with --reader.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PersoCmd {
+    /// Personalise a batch: every record on its own card, journalled step by step.
+    Run(perso::BatchArgs),
+    /// Continue a batch after a crash or kill: nothing done twice, nothing skipped; cards
+    /// caught mid-way are completed or reported for rework.
+    Resume(perso::BatchArgs),
+    /// Decrypt a batch's PIN mailer file with the mailer's private key (mailer house only).
+    OpenMailer(perso::MailerArgs),
+    /// Put a production master key set into a PKCS#11 HSM (non-extractable AES keys).
+    HsmImport(perso::HsmImportArgs),
+}
+
+#[derive(Subcommand)]
+enum EligibilityCmd {
+    /// Read and judge a card: eligible, expired, revoked, unknown-issuer or
+    /// not-a-jpki-card. Never sends a PIN.
+    Read(jpki::EligibilityArgs),
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Serve simulated cards to pcscd through vsmartcard's vpcd driver until stopped (SIGINT
+    /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
+    /// restarts.
+    Serve(ServeArgs),
+    /// Make a simulated SIM as a bureau leaves it for a TSM: a UICC whose provider domain has
+    /// keys diversified from the provider's master key set; prints its ICCID and card image
+    /// number (to register it with the TSM).
+    Provision {
+        /// The card image to write.
+        #[arg(long)]
+        image: PathBuf,
+        /// Makes the card's identity (ICCID, KDD, CIN).
+        #[arg(long)]
+        serial: String,
+        /// The provider's master keys (key file).
+        #[arg(long, required_unless_present = "no_domain")]
+        provider_keys: Option<PathBuf>,
+        /// The provider domain's AID.
+        #[arg(long, default_value = "A00000015153505001")]
+        sd: String,
+        /// No provider domain: the operator creates it over the air (`kagi tsm mno
+        /// create-sd`).
+        #[arg(long, conflicts_with = "provider_keys")]
+        no_domain: bool,
+    },
+}
+
+/// `kagi sim serve` options.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where vpcd listens (its first slot).
+    #[arg(long, default_value = "127.0.0.1:35963")]
+    vpcd: String,
+    /// Number of cards (one per vpcd slot).
+    #[arg(long, default_value_t = 1)]
+    cards: u16,
+    /// Card images: loaded when present, saved on exit. With several cards, card i uses
+    /// FILE-i.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, uicc (a SIM with
+    /// EF.ICCID and a UICC ATR), jpki-demo (a JPKI
+    /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
+    /// signature password ABC123).
+    #[arg(long, default_value = "gp-test")]
+    preset: String,
+    /// jpki-demo: issue the cards' certificates with the test CAs in this directory.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// Run SCP03 in S16 mode (i = 71; new cards only).
+    #[arg(long)]
+    s16: bool,
+    /// Deterministic randomness from this seed (card i uses seed + i).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Read commands from standard input: `remove I` and `insert I` take card I out of
+    /// its reader and put it back, `next I` swaps in the next card (see --hopper); `quit`
+    /// stops.
+    #[arg(long)]
+    control: bool,
+    /// Feed every slot from a hopper of factory-fresh cards of the preset, each with its own
+    /// serial (KDD and CIN): `next I` replaces card I, as at a personalisation station.
+    #[arg(long)]
+    hopper: bool,
+}
+
+/// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
+/// `pki_dir`, the test CAs kept there issue its certificates (see `kagi ca init`).
+pub fn jpki_demo_card(seed: Option<u64>, pki_dir: Option<&Path>) -> Result<SimCard, Failure> {
+    let identity = match pki_dir {
+        Some(dir) => {
+            let (auth, sign) = jpki::cas(dir)?;
+            let now = std::time::SystemTime::now();
+            kagi_fixtures::jpki::DemoIdentity::generate_with(
+                auth,
+                sign,
+                now,
+                now + Duration::from_secs(365 * 86400),
+            )?
+        }
+        None => kagi_fixtures::jpki::DemoIdentity::generate()?,
+    };
+    let mut card = kagi_fixtures::jpki::demo_card_for(seed, &identity)?;
+    eprintln!(
+        "jpki-demo card: auth certificate serial {:08X}; demo PINs: auth PIN {}, signature password {} (test card only)",
+        identity.auth_serial,
+        kagi_fixtures::jpki::DEMO_AUTH_PIN,
+        kagi_fixtures::jpki::DEMO_SIGN_PIN
+    );
+    card.power_off();
+    card.power_on();
+    Ok(card)
+}
+
+/// Prints a JSON document with the schema version.
+pub fn print_json(value: serde_json::Value) {
+    let mut v = value;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("schema_version".into(), json!(SCHEMA_VERSION));
+    }
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// Hex text to bytes, with a message naming what was wrong.
+pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    hex::decode(&clean).map_err(|e| format!("{what} '{s}' is not hex: {e}"))
+}
+
+fn cmd_readers(json_out: bool, wait: &Option<String>, timeout_ms: u64) -> Result<(), Failure> {
+    #[cfg(feature = "pcsc")]
+    {
+        if let Some(sel) = wait {
+            kagi::pcsc_transport::PcscTransport::wait_for_card(
+                sel,
+                kagi::pcsc_transport::Share::Shared,
+                Duration::from_millis(timeout_ms),
+            )?;
+        }
+        let readers = kagi::pcsc_transport::list_readers()?;
+        if json_out {
+            print_json(json!({ "readers": readers }));
+        } else if readers.is_empty() {
+            println!("no PC/SC readers (is pcscd running and a reader attached?)");
+        } else {
+            for r in readers {
+                let card = r
+                    .atr
+                    .map(|a| format!("card, ATR {a}"))
+                    .unwrap_or_else(|| "no card".into());
+                println!("{}: {}  ({card})", r.index, r.name);
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "pcsc"))]
+    {
+        let _ = (json_out, wait, timeout_ms);
+        Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
+    }
+}
+
+fn image_path(base: &Path, i: u16, cards: u16) -> PathBuf {
+    if cards == 1 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    base.with_file_name(name)
+}
+
+fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
+    let ServeArgs {
+        vpcd,
+        cards,
+        image,
+        preset,
+        pki_dir,
+        s16,
+        seed,
+        control,
+        hopper,
+    } = args;
+    let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
+    use applet_sim::vpcd::SlotControl;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (host, port) = vpcd.rsplit_once(':').ok_or("--vpcd takes HOST:PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port in --vpcd {vpcd}"))?;
+    if cards == 0 {
+        return Err("--cards must be at least 1".into());
+    }
+    if hopper && preset == "jpki-demo" {
+        return Err("--hopper feeds factory-fresh cards: use a GP preset".into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))?;
+    }
+    let controls: Vec<SlotControl> = (0..cards)
+        .map(|_| SlotControl::with_stop(stop.clone()))
+        .collect();
+    if control {
+        let controls = controls.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let slot = |w: Option<&&str>| {
+                    w.and_then(|n| n.parse::<usize>().ok())
+                        .and_then(|n| controls.get(n))
+                };
+                match (words.first().copied(), slot(words.get(1))) {
+                    (Some("remove"), Some(c)) => c.remove(),
+                    (Some("insert"), Some(c)) => c.insert(),
+                    (Some("next"), Some(c)) => c.next_card(),
+                    (Some("quit"), _) => break,
+                    _ => eprintln!(
+                        "control: '{line}' not understood (remove I, insert I, next I, quit)"
+                    ),
+                }
+            }
+            if let Some(c) = controls.first() {
+                c.stop();
+            }
+        });
+    }
+    let mut threads = Vec::new();
+    for i in 0..cards {
+        let path = image.as_ref().map(|b| image_path(b, i, cards));
+        let card_seed = seed.map(|s| s + u64::from(i));
+        let preset_name = preset.clone();
+        let factory = move |serial: Option<String>| -> Result<SimCard, Failure> {
+            let mut config = SimConfig::preset(&preset_name)?;
+            if s16 {
+                config = config.s16();
+            }
+            if let Some(s) = card_seed {
+                config = config.seeded(s);
+            }
+            if let Some(serial) = serial {
+                config = config.with_serial(serial.as_bytes());
+            }
+            Ok(SimCard::new(config))
+        };
+        let mut card = match &path {
+            Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
+            _ if preset == "jpki-demo" => jpki_demo_card(card_seed, pki_dir.as_deref())?,
+            _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
+            _ => factory(None)?,
+        };
+        let mut fed = 0u64;
+        let mut next_card = move || {
+            fed += 1;
+            hopper
+                .then(|| factory(Some(format!("{}/{i}/{fed}", seed.unwrap_or(0)))).ok())
+                .flatten()
+        };
+        let addr = format!(
+            "{host}:{}",
+            port.checked_add(i).ok_or("port range overflows")?
+        );
+        let slot = controls[i as usize].clone();
+        eprintln!("serving simulated card {i} to vpcd at {addr}");
+        threads.push(std::thread::spawn(move || {
+            let r = applet_sim::vpcd::serve_hopper(
+                &mut card,
+                &addr,
+                &slot,
+                Duration::from_secs(2),
+                &mut next_card,
+            );
+            (card, path, r)
+        }));
+    }
+    let mut first_error: Option<Failure> = None;
+    for t in threads {
+        let (card, path, r) = t.join().map_err(|_| "a card thread panicked")?;
+        if let Err(e) = r {
+            first_error.get_or_insert(Box::new(e));
+        }
+        if let Some(p) = path {
+            card.save_image(&p)?;
+            eprintln!("saved card image {}", p.display());
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn cmd_apdu(cli: &Cli, target: &Target, apdus: &[String]) -> Result<(), Failure> {
+    let mut ch = target.open(cli.trace)?;
+    let mut out = Vec::new();
+    for a in apdus {
+        let cmd = Command::parse(&parse_hex("APDU", a)?)?;
+        let r = ch.transmit(&cmd)?;
+        if cli.json {
+            out.push(json!({"command": a, "data": hex::encode_upper(&r.data), "sw": format!("{:04X}", r.sw.0)}));
+        } else {
+            println!("{} {}", hex::encode_upper(&r.data), r.sw);
+        }
+    }
+    target.finish(&ch)?;
+    if cli.json {
+        print_json(json!({ "responses": out }));
+    }
+    Ok(())
+}
+
+fn cmd_sim_provision(
+    json_out: bool,
+    image: &Path,
+    serial: &str,
+    provider_keys: Option<&Path>,
+    sd: &str,
+    no_domain: bool,
+) -> Result<(), Failure> {
+    let sd = parse_hex("--sd", sd)?;
+    let sim = match provider_keys {
+        Some(file) if !no_domain => {
+            let master = kagi::keys::read_key_file(file, 0x31)?;
+            kagi_fixtures::sim::provision(
+                serial.as_bytes(),
+                &sd,
+                &kagi_fixtures::sim::provider_keys(master, 0x31),
+            )?
+        }
+        _ => kagi_fixtures::sim::blank(serial.as_bytes())?,
+    };
+    if let Some(dir) = image.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    sim.card.save_image(image)?;
+    if json_out {
+        print_json(
+            json!({ "image": image.display().to_string(), "iccid": sim.iccid, "cin": sim.cin, "security_domain": hex::encode_upper(&sd) }),
+        );
+    } else {
+        let domain = if no_domain {
+            "no provider domain yet".to_string()
+        } else {
+            format!("provider domain {}", hex::encode_upper(&sd))
+        };
+        println!(
+            "SIM {} (card image number {}) with {domain} written to {}",
+            sim.iccid,
+            sim.cin,
+            image.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_bench(
+    json_out: bool,
+    seconds: f64,
+    reader: &Option<String>,
+    count: usize,
+) -> Result<(), Failure> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("--seconds must be a positive number".into());
+    }
+    let figures = match reader {
+        Some(r) => {
+            let ch = Target::reader(r).open(false)?;
+            crate::bench::transport_round_trips(ch.into_transport(), count)?
+        }
+        None => crate::bench::run_all(Duration::from_secs_f64(seconds))?,
+    };
+    if json_out {
+        print_json(json!({ "figures": figures }));
+        return Ok(());
+    }
+    for f in figures {
+        println!(
+            "{:>12.0}/s {:>9.2} us  [{} {}]  {}",
+            f.per_second,
+            f.micros,
+            f.goal,
+            if f.meets_goal { "ok" } else { "MISSED" },
+            f.name
+        );
+    }
+    Ok(())
+}
+
+/// Runs the CLI.
+fn main() -> ExitCode {
+    // Writing into a closed pipe (`kagi ... | head -1`) ends the process quietly, as for any
+    // Unix tool, instead of a panic in println!.
+    sigpipe::reset();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) && e.exit_code() == 0
+            {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if std::env::args().any(|a| a == "--json") {
+                print_json(
+                    json!({ "error": { "code": "usage", "message": e.kind().to_string() } }),
+                );
+            }
+            let _ = e.print();
+            return exit::Exit::Usage.into();
+        }
+    };
+    let result = match &cli.command {
+        Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
+        Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
+        Cmd::Gp(g) => gp::run(g, cli.trace, cli.json),
+        Cmd::Jpki(j) => jpki::run(j, cli.trace, cli.json),
+        Cmd::Eligibility(EligibilityCmd::Read(a)) => jpki::eligibility_read(a, cli.trace, cli.json),
+        Cmd::Ca(c) => jpki::ca(c, cli.json),
+        Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
+        Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
+        Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
+        Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a),
+        Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
+        Cmd::Sim(SimCmd::Provision {
+            image,
+            serial,
+            provider_keys,
+            sd,
+            no_domain,
+        }) => cmd_sim_provision(
+            cli.json,
+            image,
+            serial,
+            provider_keys.as_deref(),
+            sd,
+            *no_domain,
+        ),
+        Cmd::Tsm(t) => tsm::run(t, cli.json),
+        Cmd::Relay(r) => tsm::relay(r, cli.json),
+        Cmd::Broker(b) => broker::run(b, cli.trace, cli.json),
+        Cmd::Bench {
+            seconds,
+            reader,
+            count,
+        } => cmd_bench(cli.json, *seconds, reader, *count),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<exit::Finished>() {
+                if let Some(note) = &f.note {
+                    eprintln!("{note}");
+                }
+                return f.exit.into();
+            }
+            if cli.json {
+                print_json(exit::error_json(e.as_ref()));
+            }
+            eprintln!("error: {e}");
+            exit::Exit::Failure.into()
+        }
+    }
+}

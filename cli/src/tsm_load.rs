@@ -1,0 +1,261 @@
+//! `kagi tsm load`: a load generator for a running TSM — a separate process on the same
+//! machine, loopback only, bounded in sessions and time. Before the clock starts it prepares
+//! the simulated SIMs (each with the provider's domain), registers them with the TSM as the
+//! operator, and makes the credentials (P-256 keys certified by the test CA); then it runs
+//! `--sessions` complete downloads (issue request, relay session, card scripts, receipt),
+//! `--concurrency` at a time, and reports sessions per second and the TSM's own time per
+//! session (the sum of its `x-tsm-micros` over the session's requests): p50, p99, max.
+
+use super::Failure;
+use super::print_json;
+use clap::Args;
+use kagi_fixtures::sim::{PROVIDER_SD, provider_keys, provision};
+use kagi_online::tsm::client::Client;
+use kagi_online::tsm::provider::{self, CardKey, Party};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tsm_protocol::control::{AppletRef, CardTarget, ControlRequest, ControlResponse};
+use tsm_protocol::relay::{StopOutcome, UserCredentials};
+
+/// `kagi tsm load` options.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// The provider's configuration (sp.toml; its `tsm` is the target).
+    #[arg(long)]
+    sp: PathBuf,
+    /// The operator's configuration (mno.toml), to register the simulated SIMs.
+    #[arg(long)]
+    mno: PathBuf,
+    /// The provider's security-domain master keys (the TSM's DIR/provider.keys), to make
+    /// SIMs the TSM can open.
+    #[arg(long)]
+    provider_keys: PathBuf,
+    /// The test CA directory for the credentials' certificates.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Download sessions to run.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Sessions in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Stop starting sessions after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+}
+
+struct Prepared {
+    card: applet_sim::SimCard,
+    iccid: String,
+    cin: String,
+    request: ControlRequest,
+}
+
+fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
+    use der::Encode;
+    use p256::elliptic_curve::Generate;
+    let master = kagi::keys::read_key_file(&args.provider_keys, 0x31)?;
+    let keys = provider_keys(master, 0x31);
+    let (auth_ca, _) = super::jpki::cas(&args.ca_dir)?;
+    let ca_der = auth_ca.certificate_der()?;
+    let content = {
+        let (_, content) = super::tsm::load_party(&args.sp)?;
+        content.ok_or("sp.toml has no content_key")?
+    };
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::with_capacity(args.sessions);
+    for i in 0..args.sessions {
+        let sim = provision(format!("load-{run}-{i}").as_bytes(), &PROVIDER_SD, &keys)?;
+        let k = p256::ecdsa::SigningKey::try_generate().map_err(|e| e.to_string())?;
+        let cert = auth_ca
+            .issue_auth(
+                k.verifying_key(),
+                &format!("KAGILOAD{i}"),
+                (i as u32) | 0x1000_0000,
+                now,
+                now + Duration::from_secs(86400 * 30),
+            )?
+            .to_der()?;
+        let bundle = provider::bundle(
+            &content,
+            &CardKey::P256(k),
+            cert,
+            ca_der.clone(),
+            b"1357",
+            "00",
+        )?;
+        let request = ControlRequest::Issue {
+            subscriber_ref: format!("load-{i}"),
+            card: CardTarget {
+                iccid: sim.iccid.clone(),
+            },
+            applet: AppletRef::jpki(),
+            credential: bundle,
+            access: provider::access_grant("load-password", 3, 600_000)?,
+        };
+        out.push(Prepared {
+            card: sim.card,
+            iccid: sim.iccid,
+            cin: sim.cin,
+            request,
+        });
+    }
+    Ok(out)
+}
+
+/// One download: the issue request, then the relay session. Returns the TSM's time.
+async fn session(sp: &Party, relay_client: &Client, mut p: Prepared) -> Result<Duration, String> {
+    let a = sp.send(&p.request, None).await.map_err(|e| e.to_string())?;
+    let mut tsm = Duration::from_micros(a.exchange.tsm_micros);
+    let ControlResponse::Accepted {
+        device_ticket: Some(ticket),
+        access_code: Some(code),
+        ..
+    } = a.response
+    else {
+        return Err(format!("{} refused: {:?}", p.iccid, a.response));
+    };
+    let creds = UserCredentials {
+        access_code: code,
+        password: "load-password".into(),
+    };
+    let mut never = |_| None;
+    let out = kagi_online::tsm::relay::run(
+        relay_client,
+        &mut p.card,
+        kagi_online::tsm::relay::Options {
+            ticket,
+            credentials: Some(creds),
+            ask: &mut never,
+            agent: "kagi tsm load".into(),
+            capture: None,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tsm += out.tsm_time;
+    if out.outcome != StopOutcome::Completed {
+        return Err(format!("{}: {:?} {}", p.iccid, out.outcome, out.message));
+    }
+    Ok(tsm)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the load.
+pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
+    let (sp, _) = super::tsm::load_party(&args.sp)?;
+    let (mno, _) = super::tsm::load_party(&args.mno)?;
+    let url = sp.client.base().to_string();
+    if !(url.contains("127.0.0.1") || url.contains("localhost") || url.contains("[::1]")) {
+        return Err(format!(
+            "the load generator only targets a TSM on this machine (loopback), not {url}"
+        )
+        .into());
+    }
+    let run_id = format!("{:x}", tsm_protocol::signing::now_ms());
+    let t0 = Instant::now();
+    let prepared = prepare(args, &run_id)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Register every SIM, as the operator would have.
+    let cards = prepared;
+    rt.block_on(async {
+        for p in &cards {
+            let r = mno
+                .send(
+                    &ControlRequest::RegisterCard {
+                        iccid: p.iccid.clone(),
+                        cin: p.cin.clone(),
+                        sd_aid: PROVIDER_SD.to_vec(),
+                        free_memory: 65536,
+                    },
+                    None,
+                )
+                .await?;
+            if r.response != ControlResponse::Ok {
+                return Err(format!("registering {}: {:?}", p.iccid, r.response).into());
+            }
+        }
+        Ok::<(), Failure>(())
+    })?;
+    let prep = t0.elapsed();
+    eprintln!(
+        "prepared {} SIMs and credentials in {:.1} s; running {} sessions, {} at a time",
+        cards.len(),
+        prep.as_secs_f64(),
+        cards.len(),
+        args.concurrency
+    );
+    let sp = Arc::new(sp);
+    let relay_client = sp.client.clone();
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let start = Instant::now();
+    let results = rt.block_on(async {
+        let queue = Arc::new(tokio::sync::Mutex::new(cards));
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency.max(1) {
+            let (queue, sp, relay_client) = (queue.clone(), sp.clone(), relay_client.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let Some(p) = queue.lock().await.pop() else {
+                        break;
+                    };
+                    out.push(session(&sp, &relay_client, p).await);
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all
+    });
+    let wall = start.elapsed();
+    let mut ok: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    ok.sort();
+    let per_s = ok.len() as f64 / wall.as_secs_f64().max(1e-9);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if json_out {
+        print_json(json!({
+            "sessions": ok.len(), "failed": failed.len(), "seconds": wall.as_secs_f64(),
+            "sessions_per_second": per_s, "tsm_ms_p50": ms(percentile(&ok, 0.5)),
+            "tsm_ms_p99": ms(percentile(&ok, 0.99)), "tsm_ms_max": ms(percentile(&ok, 1.0)),
+            "concurrency": args.concurrency, "prepare_seconds": prep.as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "{} download sessions in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed",
+            ok.len(),
+            wall.as_secs_f64(),
+            per_s,
+            ms(percentile(&ok, 0.5)),
+            ms(percentile(&ok, 0.99)),
+            ms(percentile(&ok, 1.0)),
+            failed.len()
+        );
+    }
+    if let Some(f) = failed.first() {
+        return Err(format!("{} sessions failed, e.g. {f}", failed.len()).into());
+    }
+    Ok(())
+}
