@@ -162,6 +162,18 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing the requests in flight");
 }
 
+/// For `init --tls`: a self-signed development certificate for 127.0.0.1 and localhost (CN
+/// `name`), valid a year: (certificate PEM, key PEM).
+pub fn dev_tls_certificate(name: &str) -> Result<(String, Zeroizing<String>), Failure> {
+    let (cert, key) = test_pki::tls_server_certificate(
+        name,
+        &["localhost"],
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        365,
+    )?;
+    Ok((cert, Zeroizing::new(key)))
+}
+
 /// For `init --tls`: a self-signed certificate for 127.0.0.1 and localhost (CN `name`) written
 /// to `dir` (tls.crt.pem, tls.key.pem 0600). Returns the URL scheme, the server
 /// configuration's lines, and the client configuration's line that pins the certificate

@@ -11,7 +11,6 @@ mod jpki;
 mod perso;
 mod target;
 mod tsm;
-mod tsm_load;
 
 use applet_sim::{SimCard, SimConfig};
 use card_wire::apdu::Command;

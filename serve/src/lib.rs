@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod conn;
+pub mod files;
 mod limits;
 mod rate;
 

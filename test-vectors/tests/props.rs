@@ -104,8 +104,18 @@ proptest! {
         digits[at] = format!("{d:x}").as_bytes()[0];
         let changed = String::from_utf8(digits).unwrap();
         // INITIALIZE UPDATE P1 `00` means "any key version" (GP), so a vector recorded with the
-        // card's KVN in P1 stays valid with `00` there: the one change that must pass.
-        prop_assume!(!(field == "/initialize_update/command" && &changed[4..6] == "00"));
+        // card's KVN in P1 stays valid with `00` there, and one recorded with `00` stays valid
+        // with the card's KVN (IU response byte 10): the two changes that must pass.
+        let kvn = v
+            .pointer("/initialize_update/response")
+            .and_then(Value::as_str)
+            .and_then(|r| r.get(20..22))
+            .map(str::to_ascii_uppercase);
+        prop_assume!(
+            !(field == "/initialize_update/command"
+                && (&changed[4..6] == "00"
+                    || Some(changed[4..6].to_ascii_uppercase()) == kvn))
+        );
         *v.pointer_mut(field).unwrap() = changed.into();
         file["vectors"] = Value::Array(vec![v]);
         let got = outcome(&file.to_string());

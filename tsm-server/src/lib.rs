@@ -5,11 +5,13 @@
 //! - [`http`]: the HTTP endpoints (axum), graceful shutdown.
 //! - [`service`]: the control API and the relay endpoint's behaviour, card scripts, receipts.
 //! - [`store`]: its tables and records in [`kagi_db`] (SQLite or PostgreSQL).
+//! - [`setup`]: its configuration file, `init` and start-up.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod http;
 pub mod service;
+pub mod setup;
 pub mod store;
 
 /// A private PostgreSQL for tests and benchmarks (from `kagi-db`).

@@ -6,8 +6,8 @@
 //! `--concurrency` at a time, and reports sessions per second and the TSM's own time per
 //! session (the sum of its `x-tsm-micros` over the session's requests): p50, p99, max.
 
-use super::Failure;
-use super::print_json;
+use crate::Failure;
+use crate::print_json;
 use clap::Args;
 use kagi_fixtures::sim::{PROVIDER_SD, provider_keys, provision};
 use kagi_online::tsm::client::Client;
@@ -58,10 +58,10 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
     use p256::elliptic_curve::Generate;
     let master = kagi::keys::read_key_file(&args.provider_keys, 0x31)?;
     let keys = provider_keys(master, 0x31);
-    let (auth_ca, _) = super::jpki::cas(&args.ca_dir)?;
+    let (auth_ca, _) = crate::jpki::cas(&args.ca_dir)?;
     let ca_der = auth_ca.certificate_der()?;
     let content = {
-        let (_, content) = super::tsm::load_party(&args.sp)?;
+        let (_, content) = super::load_party(&args.sp)?;
         content.ok_or("sp.toml has no content_key")?
     };
     let now = std::time::SystemTime::now();
@@ -152,8 +152,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs the load.
 pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
-    let (sp, _) = super::tsm::load_party(&args.sp)?;
-    let (mno, _) = super::tsm::load_party(&args.mno)?;
+    let (sp, _) = super::load_party(&args.sp)?;
+    let (mno, _) = super::load_party(&args.mno)?;
     let url = sp.client.base().to_string();
     if !(url.contains("127.0.0.1") || url.contains("localhost") || url.contains("[::1]")) {
         return Err(format!(

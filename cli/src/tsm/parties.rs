@@ -1,0 +1,478 @@
+//! The provider's and the operator's tools: their configuration files, signed requests to the TSM and what the TSM answers, as text or JSON.
+
+use super::*;
+
+use crate::common::{
+    aes_key_file, party_id, read_secret, read_text, rel, write_private,
+};
+use crate::{Failure, parse_hex, print_json};
+use card_wire::scp03::AesKey;
+use kagi_online::tsm::client::{Client, Link};
+use kagi_online::tsm::provider::{self, CardKey, Party};
+use serde_json::json;
+use std::path::Path;
+use tsm_protocol::OpId;
+use tsm_protocol::control::{
+    AppletRef, CardTarget, ControlRequest, ControlResponse, RevokeReason, WalletChange,
+    WalletUpdate,
+};
+use tsm_protocol::signing::{Signer, Trust};
+
+/// A provider's or operator's identity and its TSM, from its configuration file.
+pub fn load_party(config: &Path) -> Result<(Party, Option<AesKey>), Failure> {
+    let text = read_text(config)?;
+    let f: PartyFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let me = party_id(&f.party)?;
+    let tsm = party_id(&f.tsm_party)?;
+    let mut trust = Trust::new();
+    trust.add_pem(tsm.clone(), &read_text(&rel(config, &f.tsm_public_key))?)?;
+    let content = f
+        .content_key
+        .as_ref()
+        .map(|c| aes_key_file(&rel(config, c)))
+        .transpose()?;
+    let mut client = match &f.tsm_ca {
+        Some(ca) => Client::with_ca(&f.tsm, Link::default(), &std::fs::read(rel(config, ca))?)?,
+        None => Client::new(&f.tsm, Link::default()),
+    };
+    // A provider's or operator's request is retried briefly (a TSM restarting), not for the
+    // five minutes a phone waits.
+    client.retry_for = std::time::Duration::from_secs(15);
+    client.tell_waiting = true;
+    Ok((
+        Party {
+            signer: Signer::from_pkcs8_pem(me, &read_secret(&rel(config, &f.signing_key))?)?,
+            tsm,
+            trust,
+            client,
+        },
+        content,
+    ))
+}
+
+pub(super) fn op_id(s: &str) -> Result<OpId, Failure> {
+    OpId::from_hex(s).ok_or_else(|| format!("'{s}' is not an operation id (32 hex digits)").into())
+}
+
+/// A Unix time (seconds) in RFC 3339, as every kagi output writes times.
+fn rfc3339(secs: u64) -> String {
+    der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn revoke_reason(r: &RevokeReason) -> &'static str {
+    match r {
+        RevokeReason::CardLost => "card-lost",
+        RevokeReason::Superseded => "superseded",
+        RevokeReason::UserRequest => "user-request",
+        RevokeReason::Expired => "expired",
+    }
+}
+
+/// The TSM's answer as one JSON object (hex ids, RFC 3339 times, kebab-case words); the text
+/// output shows the same fields.
+fn response_json(r: &ControlResponse) -> serde_json::Value {
+    match r {
+        ControlResponse::Accepted {
+            op,
+            state,
+            device_ticket,
+            access_code,
+            expires_at,
+        } => json!({
+            "answer": "accepted", "op": op.to_hex(), "state": state.name(),
+            "device_ticket": device_ticket, "access_code": access_code,
+            "expires_at": rfc3339(expires_at / 1000),
+        }),
+        ControlResponse::Operation(v) => json!({
+            "answer": "operation", "op": v.op.to_hex(), "operation": v.kind,
+            "state": v.state.name(), "steps": v.steps, "receipt": v.receipt.is_some(),
+            "error": v.error.as_ref().map(|e| json!({"code": e.code, "detail": e.detail, "retryable": e.retryable})),
+            "children": v.children.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),
+        }),
+        ControlResponse::Credential(c) => json!({
+            "answer": "credential", "credential": c.credential.to_hex(), "iccid": c.iccid,
+            "state": c.state, "revoked": c.revoked.as_ref().map(revoke_reason),
+            "serial": c.serial, "not_after": rfc3339(c.not_after), "expired": c.expired,
+            "my_number_sign_serial": c.my_number_sign_serial,
+            "card_deletion_pending": c.card_deletion_pending,
+        }),
+        ControlResponse::Eligibility {
+            eligible,
+            reason,
+            free_memory,
+        } => json!({
+            "answer": "eligibility", "eligible": eligible, "reason": reason,
+            "free_memory": free_memory,
+        }),
+        ControlResponse::Ok => json!({ "answer": "ok" }),
+        ControlResponse::Rejected(e) => json!({
+            "answer": "rejected", "code": e.code, "detail": e.detail,
+        }),
+    }
+}
+
+fn show(json_out: bool, r: &ControlResponse) -> Result<(), Failure> {
+    if let ControlResponse::Rejected(e) = r {
+        return Err(format!("the TSM refused: {e}").into());
+    }
+    let v = response_json(r);
+    if json_out {
+        print_json(v);
+        return Ok(());
+    }
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let shown = match val {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) if a.is_empty() => continue,
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => other.to_string(),
+            };
+            println!("{:<22}{shown}", k.replace('_', " "));
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the user needs for a download (operation, ticket, access code) as JSON.
+fn write_grant(
+    out: &Path,
+    r: &provider::Answered,
+    extra: serde_json::Value,
+) -> Result<OpId, Failure> {
+    let ControlResponse::Accepted {
+        op,
+        device_ticket,
+        access_code,
+        expires_at,
+        ..
+    } = &r.response
+    else {
+        return Err(format!("the TSM did not accept: {:?}", r.response).into());
+    };
+    let mut doc = json!({
+        "op": op.to_hex(),
+        "ticket": device_ticket,
+        "access_code": access_code,
+        "expires_at": expires_at,
+        "request_msg_id": r.request.0.to_hex(),
+        "request_nonce": r.request.1.to_hex(),
+    });
+    if let (Some(o), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    write_private(out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    println!(
+        "operation {op} accepted; the device ticket and one-time access code for the user are in {} (deliver them separately)",
+        out.display()
+    );
+    Ok(*op)
+}
+
+pub(super) async fn provider_cmd(config: &Path, cmd: &ProviderCmd, json_out: bool) -> Result<(), Failure> {
+    let (sp, content) = load_party(config)?;
+    let content = || {
+        content
+            .clone()
+            .ok_or("the provider configuration has no content_key")
+    };
+    match cmd {
+        ProviderCmd::Issue {
+            iccid,
+            ca_dir,
+            pin_file,
+            password_file,
+            rsa,
+            my_number_serial,
+            out,
+            valid_minutes,
+        } => {
+            use der::Encode;
+            let pin = read_secret(pin_file)?;
+            let password = read_secret(password_file)?;
+            let (auth_ca, _) = crate::jpki::cas(ca_dir)?;
+            let mut serial = [0u8; 4];
+            getrandom::fill(&mut serial).map_err(|e| e.to_string())?;
+            let serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 1;
+            let now = std::time::SystemTime::now();
+            let until = now + std::time::Duration::from_secs(365 * 86400);
+            let opaque = format!("KAGIPHONE{iccid}");
+            let (key, cert) = if *rsa {
+                let k = test_pki::generate_rsa_key()?;
+                let c = auth_ca.issue_auth(&k.to_public_key(), &opaque, serial, now, until)?;
+                (CardKey::Rsa(Box::new(k)), c)
+            } else {
+                use p256::elliptic_curve::Generate;
+                let k = p256::ecdsa::SigningKey::try_generate().map_err(|e| e.to_string())?;
+                let c = auth_ca.issue_auth(k.verifying_key(), &opaque, serial, now, until)?;
+                (CardKey::P256(k), c)
+            };
+            let cert = cert.to_der()?;
+            let bundle = provider::bundle(
+                &content()?,
+                &key,
+                cert.clone(),
+                auth_ca.certificate_der()?,
+                pin.as_bytes(),
+                my_number_serial,
+            )?;
+            drop(key);
+            let req = ControlRequest::Issue {
+                subscriber_ref: iccid.clone(),
+                card: CardTarget {
+                    iccid: iccid.clone(),
+                },
+                applet: AppletRef::jpki(),
+                credential: bundle,
+                access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            let cert_path = out.with_extension("crt.der");
+            std::fs::write(&cert_path, &cert)?;
+            write_grant(
+                out,
+                &r,
+                json!({ "certificate": cert_path.display().to_string(), "serial": format!("{serial:08X}") }),
+            )?;
+            Ok(())
+        }
+        ProviderCmd::Status { op } => {
+            let r = sp
+                .send(&ControlRequest::GetOperation { op: op_id(op)? }, None)
+                .await?;
+            if let ControlResponse::Operation(v) = &r.response {
+                if json_out {
+                    print_json(json!({
+                        "op": v.op.to_hex(), "kind": v.kind, "state": v.state.name(), "steps": v.steps,
+                        "receipt": v.receipt.is_some(), "error": v.error.as_ref().map(|e| e.to_string()),
+                    }));
+                } else {
+                    println!(
+                        "{} {}: {} ({} steps){}",
+                        v.kind,
+                        v.op,
+                        v.state.name(),
+                        v.steps.len(),
+                        v.error
+                            .as_ref()
+                            .map(|e| format!("; {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            show(json_out, &r.response)
+        }
+        ProviderCmd::Receipt { issued } => {
+            let doc: serde_json::Value = serde_json::from_str(&read_text(issued)?)?;
+            let s = |k: &str| doc[k].as_str().unwrap_or_default().to_string();
+            let op = op_id(&s("op"))?;
+            let request = (
+                tsm_protocol::MsgId::from_hex(&s("request_msg_id")).ok_or("no request_msg_id")?,
+                tsm_protocol::Nonce::from_hex(&s("request_nonce")).ok_or("no request_nonce")?,
+            );
+            let cert = std::fs::read(s("certificate"))
+                .map_err(|e| format!("{}: {e}", s("certificate")))?;
+            let r = sp.send(&ControlRequest::GetOperation { op }, None).await?;
+            let ControlResponse::Operation(v) = r.response else {
+                return show(json_out, &r.response);
+            };
+            let Some(receipt) = v.receipt else {
+                return Err(format!("operation {op} is {}: no receipt yet", v.state.name()).into());
+            };
+            let rc = provider::check_receipt(&receipt, &sp.trust, &op, request, &cert)?;
+            if json_out {
+                print_json(
+                    json!({ "op": op.to_hex(), "valid": true, "cin": rc.cin, "iccid": rc.iccid, "steps": rc.steps.len(), "completed_at": rc.completed_at }),
+                );
+            } else {
+                println!(
+                    "receipt valid: signed by the TSM, the key on card {} (ICCID {}) signed the TSM's nonce and matches the certificate; {} card commands",
+                    rc.cin,
+                    rc.iccid,
+                    rc.steps.len()
+                );
+            }
+            Ok(())
+        }
+        ProviderCmd::Revoke { credential, reason } => {
+            let reason = match reason.as_str() {
+                "card-lost" => RevokeReason::CardLost,
+                "superseded" => RevokeReason::Superseded,
+                "user-request" => RevokeReason::UserRequest,
+                "expired" => RevokeReason::Expired,
+                other => {
+                    return Err(format!(
+                        "--reason {other}: card-lost, superseded, user-request or expired"
+                    )
+                    .into());
+                }
+            };
+            let r = sp
+                .send(
+                    &ControlRequest::Revoke {
+                        credential: op_id(credential)?,
+                        reason,
+                    },
+                    None,
+                )
+                .await?;
+            show(json_out, &r.response)
+        }
+        ProviderCmd::Check { credential } => {
+            let r = sp
+                .send(
+                    &ControlRequest::CheckStatus {
+                        credential: op_id(credential)?,
+                    },
+                    None,
+                )
+                .await?;
+            if let ControlResponse::Credential(c) = &r.response {
+                if json_out {
+                    print_json(
+                        json!({ "credential": c.credential.to_hex(), "state": c.state, "serial": c.serial,
+                        "expired": c.expired, "card_deletion_pending": c.card_deletion_pending, "iccid": c.iccid,
+                        "my_number_sign_serial": c.my_number_sign_serial }),
+                    );
+                } else {
+                    println!(
+                        "credential {}: {} (serial {}, ICCID {}{}{})",
+                        c.credential,
+                        c.state,
+                        c.serial,
+                        c.iccid,
+                        if c.expired { ", expired" } else { "" },
+                        if c.card_deletion_pending {
+                            ", to be deleted from the card"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                return Ok(());
+            }
+            show(json_out, &r.response)
+        }
+        ProviderCmd::ResetPin {
+            credential,
+            pin_file,
+            password_file,
+            out,
+        } => {
+            let pin = read_secret(pin_file)?;
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::ResetPin {
+                credential: op_id(credential)?,
+                sealed_pin: provider::seal_pin(&content()?, pin.as_bytes())?,
+                access: provider::access_grant(&password, 5, 30 * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            write_grant(out, &r, json!({}))?;
+            Ok(())
+        }
+        ProviderCmd::Wallet {
+            iccid,
+            member,
+            ticket,
+            points,
+            password_file,
+            out,
+        } => {
+            let password = read_secret(password_file)?;
+            let mut updates = Vec::new();
+            let mut add = |change: WalletChange| -> Result<(), Failure> {
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).map_err(|e| e.to_string())?;
+                updates.push(WalletUpdate { id, change });
+                Ok(())
+            };
+            if let Some(m) = member {
+                add(WalletChange::SetMemberId(m.clone()))?;
+            }
+            for t in ticket {
+                add(WalletChange::AddTicket(t.clone()))?;
+            }
+            if let Some(p) = points {
+                add(WalletChange::Points(*p))?;
+            }
+            let req = ControlRequest::WalletUpdate {
+                card: CardTarget {
+                    iccid: iccid.clone(),
+                },
+                instance: vec![0xF0, 0x4B, 0x41, 0x47, 0x49, 0x57, 0x4C, 0x01, 0x01],
+                updates,
+                access: provider::access_grant(&password, 5, 30 * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            write_grant(out, &r, json!({}))?;
+            Ok(())
+        }
+        ProviderCmd::Cancel { op } => {
+            let r = sp
+                .send(&ControlRequest::Cancel { op: op_id(op)? }, None)
+                .await?;
+            show(json_out, &r.response)
+        }
+    }
+}
+
+pub(super) async fn mno_cmd(config: &Path, cmd: &MnoCmd, json_out: bool) -> Result<(), Failure> {
+    let (mno, _) = load_party(config)?;
+    let req = match cmd {
+        MnoCmd::CreateSd {
+            iccid,
+            sd,
+            provider,
+            password_file,
+            out,
+        } => {
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::CreateSecurityDomain {
+                iccid: iccid.clone(),
+                sd_aid: parse_hex("--sd", sd)?,
+                privileges: vec![0x80, 0x40, 0x00],
+                provider: party_id(provider)?,
+                access: provider::access_grant(&password, 5, 30 * 60_000)?,
+            };
+            let r = mno.send(&req, None).await?;
+            write_grant(out, &r, json!({}))?;
+            return Ok(());
+        }
+        MnoCmd::RegisterCard {
+            iccid,
+            cin,
+            sd,
+            free_memory,
+        } => ControlRequest::RegisterCard {
+            iccid: iccid.clone(),
+            cin: cin.clone(),
+            sd_aid: parse_hex("--sd", sd)?,
+            free_memory: *free_memory,
+        },
+        MnoCmd::CardLost { iccid } => ControlRequest::CardLost {
+            iccid: iccid.clone(),
+        },
+        MnoCmd::SimChanged { old, new } => ControlRequest::SimChanged {
+            old_iccid: old.clone(),
+            new_iccid: new.clone(),
+        },
+        MnoCmd::Eligibility { iccid, memory } => ControlRequest::CheckEligibility {
+            iccid: iccid.clone(),
+            memory_needed: *memory,
+        },
+    };
+    let r = mno.send(&req, None).await?;
+    show(json_out, &r.response)
+}

@@ -1,0 +1,77 @@
+//! `kagi tsm init` and `kagi tsm serve`: the CLI's side of the TSM's own set-up (`tsm_server::setup`), with the master key source chosen on the command line.
+
+use super::*;
+
+use crate::common::{
+    init_logging, runtime,
+    shutdown_signal,
+};
+use crate::Failure;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub(super) fn init(dir: &Path, listen: &str, tls: bool) -> Result<(), Failure> {
+    let tls = tls
+        .then(|| crate::common::dev_tls_certificate("kagi TSM"))
+        .transpose()?;
+    tsm_server::setup::init(dir, listen, tls)?;
+    println!(
+        "TSM configuration in {}: tsm.toml (serve it with `kagi tsm serve --config {}/tsm.toml --insecure-file-keys {}/keys`), sp.toml, mno.toml",
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The master key sets a server configuration names: from an HSM (`--hsm-module`, production)
+/// or from the development file store (`--insecure-file-keys DIR`, DIR/NAME.keys).
+fn master_keys(
+    insecure_file_keys: &Option<PathBuf>,
+    hsm: &crate::perso::HsmArgs,
+) -> Result<Box<tsm_server::setup::MasterKeys<'static>>, Failure> {
+    if let Some(dir) = insecure_file_keys {
+        eprintln!(
+            "WARNING: insecure file key store {} in use: keys are read from plain files. Use an HSM in production.",
+            dir.display()
+        );
+        let dir = dir.clone();
+        return Ok(Box::new(move |name: &str, kvn: u8, scheme| {
+            let master = kagi::keys::read_key_file(&dir.join(format!("{name}.keys")), kvn)
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(card_wire::scp03::DiversifiedMaster {
+                master,
+                scheme,
+                kvn,
+            }) as Arc<dyn card_wire::scp03::CardKeys>)
+        }));
+    }
+    if hsm.hsm_module.is_none() {
+        return Err(
+            "give the providers' master keys: --hsm-module … (production) or --insecure-file-keys DIR (development)".into(),
+        );
+    }
+    let (config, pin) = (hsm.config()?, hsm.pin()?);
+    // The HSM derives card keys with kdf3 inside the token (the only scheme it offers).
+    Ok(Box::new(move |name: &str, kvn: u8, _scheme| {
+        let config = kagi_hsm::HsmConfig {
+            key: name.to_string(),
+            ..config.clone()
+        };
+        Ok(Arc::new(kagi_hsm::HsmMaster::open(&config, &pin, kvn).map_err(|e| e.to_string())?)
+            as Arc<dyn card_wire::scp03::CardKeys>)
+    }))
+}
+
+pub(super) fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    init_logging(args.log_json);
+    let keys = master_keys(&args.insecure_file_keys, &args.hsm)?;
+    let overrides = tsm_server::setup::Overrides {
+        database: args.database.clone(),
+        listen: args.listen.clone(),
+    };
+    let loaded = tsm_server::setup::load(&args.config, &overrides, &*keys)?;
+    let limits = args.limits.limits(loaded.limits.as_ref())?;
+    runtime()?.block_on(tsm_server::setup::serve(loaded, &limits, shutdown_signal()))?;
+    Ok(())
+}

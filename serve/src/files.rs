@@ -1,0 +1,146 @@
+//! What every server's configuration shares: files named relative to the configuration file,
+//! secrets read into zeroizing buffers, private files and directories (0600, 0700), TLS files.
+
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// A configuration, key or certificate file could not be read, written or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file system refused.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but its content is not what it must be.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+}
+
+impl FileError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// An [`FileError::Invalid`] for `path`.
+    pub fn invalid(path: &Path, message: impl Into<String>) -> FileError {
+        FileError::Invalid {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a text file, naming it in the error.
+pub fn read_text(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(FileError::io(path))
+}
+
+/// A path written in a configuration file, relative to that file (`base`).
+pub fn rel(base: &Path, p: &str) -> PathBuf {
+    base.parent().unwrap_or(Path::new(".")).join(p)
+}
+
+/// A secret read from a file: trimmed, zeroized when dropped.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, FileError> {
+    let s = Zeroizing::new(read_text(path)?);
+    Ok(Zeroizing::new(s.trim().to_string()))
+}
+
+/// A key file holding hex: its bytes, zeroized when dropped.
+pub fn read_hex_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let s = read_secret(path)?;
+    hex::decode(s.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| FileError::invalid(path, "not a hex key: write the key as hex digits"))
+}
+
+/// Writes a file readable by its owner only (0600), replacing what was there.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(FileError::io(path))
+}
+
+/// Writes a file anyone may read (public keys, certificates, client configurations).
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    std::fs::write(path, bytes).map_err(FileError::io(path))
+}
+
+/// Creates a directory (and its missing parents) readable by its owner only (0700).
+pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(FileError::io(dir))
+}
+
+/// A server's certificate and key from its configuration's `tls_cert` and `tls_key` (relative
+/// to the configuration file `base`); neither: plain HTTP.
+pub fn tls_files(
+    base: &Path,
+    cert: &Option<String>,
+    key: &Option<String>,
+) -> Result<Option<crate::TlsFiles>, FileError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            let (c, k) = (rel(base, c), rel(base, k));
+            Ok(Some(crate::TlsFiles {
+                cert_pem: std::fs::read(&c).map_err(FileError::io(&c))?,
+                key_pem: Zeroizing::new(std::fs::read(&k).map_err(FileError::io(&k))?),
+            }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(FileError::invalid(
+            base,
+            "tls_cert and tls_key go together: give both, or neither for plain HTTP",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(unix)]
+    fn private_files_and_directories_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kagi-files-{}", std::process::id()));
+        let inner = dir.join("a/b");
+        create_private_dir(&inner).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&inner), 0o700);
+        let f = inner.join("k");
+        write_private(&f, b"00112233").unwrap();
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(&*read_hex_secret(&f).unwrap(), &[0x00, 0x11, 0x22, 0x33]);
+        write_private(&f, b"zz").unwrap();
+        assert!(matches!(read_hex_secret(&f), Err(FileError::Invalid { .. })));
+        assert!(matches!(read_text(&dir.join("none")), Err(FileError::Io { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_configuration() {
+        assert_eq!(rel(Path::new("/etc/kagi/tsm.toml"), "tsm.db"), Path::new("/etc/kagi/tsm.db"));
+        assert_eq!(rel(Path::new("tsm.toml"), "k"), Path::new("k"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The TSM's own configuration file (`tsm.toml`), a development configuration made by
+//! [`init`], and start-up ([`load`], [`serve`]). Where the providers' and operators' master
+//! keys live (an HSM or a development file store) is the caller's choice: [`load`] asks a
+//! [`MasterKeys`] source for each key set named in the file, so this crate never links a
+//! PKCS#11 library.
+
+use crate::service::{Config, Operator, Provider, Tsm};
+use card_wire::scp03::{AesKey, CardKeys, Diversification};
+use kagi_serve::files::{self, FileError, rel};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tsm_protocol::PartyId;
+use tsm_protocol::signing::{Policy, Signer, Trust};
+
+/// The TSM could not be configured or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A file could not be read, written or understood.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The configuration names something invalid.
+    #[error("{config}: {message}")]
+    Config {
+        /// The configuration file.
+        config: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A key set could not be opened in the key store.
+    #[error("key set {name}: {message}")]
+    Keys {
+        /// The key set's name in the configuration.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A signing key, public key or party name could not be used.
+    #[error("{0}")]
+    Party(String),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        /// The address.
+        listen: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped with an error.
+    #[error("the HTTP server failed: {0}")]
+    Serve(String),
+}
+
+impl From<getrandom::Error> for SetupError {
+    fn from(e: getrandom::Error) -> Self {
+        SetupError::Keys {
+            name: "random".into(),
+            message: format!("the system's random source failed: {e}"),
+        }
+    }
+}
+
+impl From<String> for SetupError {
+    fn from(message: String) -> Self {
+        SetupError::Party(message)
+    }
+}
+
+/// Where master key sets come from: called once per key set the configuration names, with the
+/// set's name (a file stem or an HSM label), its key version and how card keys are derived
+/// from it (providers' domains always use `kdf3`; an operator's issuer domains say which).
+pub type MasterKeys<'a> =
+    dyn Fn(&str, u8, Diversification) -> Result<Arc<dyn CardKeys>, String> + 'a;
+
+/// `tsm.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TsmFile {
+    name: String,
+    signing_key: String,
+    state_key: String,
+    database: String,
+    listen: String,
+    #[serde(default)]
+    revocation_list: Option<String>,
+    /// HTTPS: the server certificate (PEM chain) and key (PKCS#8 PEM).
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default)]
+    provider: Vec<ProviderEntry>,
+    #[serde(default)]
+    operator: Vec<OperatorEntry>,
+    /// Timeouts, connection cap, rate limit (see the README's security section).
+    #[serde(default)]
+    limits: Option<kagi_serve::LimitsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderEntry {
+    party: String,
+    public_key: String,
+    security_domain: String,
+    kvn: String,
+    keys: String,
+    content_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorEntry {
+    party: String,
+    public_key: String,
+    /// The operator's issuer-domain master keys (key set name, like a provider's `keys`), for
+    /// the MNO-TSM role: creating providers' domains.
+    #[serde(default)]
+    isd_keys: Option<String>,
+    #[serde(default = "default_isd_kvn")]
+    isd_kvn: String,
+    #[serde(default = "default_isd")]
+    isd: String,
+    #[serde(default = "default_none")]
+    isd_diversification: String,
+}
+
+fn default_isd_kvn() -> String {
+    "30".into()
+}
+fn default_isd() -> String {
+    "A000000151000000".into()
+}
+fn default_none() -> String {
+    "none".into()
+}
+
+/// What the command line may change over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The database instead of the file's: a SQLite path or `postgres://…`.
+    pub database: Option<String>,
+    /// The listening address instead of the file's.
+    pub listen: Option<String>,
+}
+
+/// A loaded configuration, ready to [`serve`].
+pub struct Loaded {
+    /// The service's configuration.
+    pub config: Config,
+    /// The database (SQLite path or PostgreSQL URL).
+    pub database: String,
+    /// The listening address.
+    pub listen: String,
+    /// HTTPS certificate and key; `None`: plain HTTP.
+    pub tls: Option<kagi_serve::TlsFiles>,
+    /// The file's `[limits]` (the caller merges its own overrides and the defaults).
+    pub limits: Option<kagi_serve::LimitsFile>,
+}
+
+fn aes_key_file(path: &Path) -> Result<AesKey, SetupError> {
+    let bytes = files::read_hex_secret(path)?;
+    AesKey::new(&bytes).map_err(|e| FileError::invalid(path, e.to_string()).into())
+}
+
+fn hex_byte(config: &Path, what: &str, s: &str) -> Result<u8, SetupError> {
+    u8::from_str_radix(s, 16).map_err(|_| SetupError::Config {
+        config: config.to_path_buf(),
+        message: format!("{what} '{s}' is not a hex byte"),
+    })
+}
+
+fn hex_aid(config: &Path, what: &str, s: &str) -> Result<Vec<u8>, SetupError> {
+    hex::decode(s).map_err(|_| SetupError::Config {
+        config: config.to_path_buf(),
+        message: format!("{what} '{s}' is not hex"),
+    })
+}
+
+/// Reads `tsm.toml` at `path` (files it names are relative to it), opening each master key set
+/// it names through `keys`.
+pub fn load(
+    path: &Path,
+    overrides: &Overrides,
+    keys: &MasterKeys<'_>,
+) -> Result<Loaded, SetupError> {
+    let text = files::read_text(path)?;
+    let f: TsmFile =
+        toml::from_str(&text).map_err(|e| FileError::invalid(path, e.to_string()))?;
+    let me = PartyId::new(&f.name)?;
+    let signer = Signer::from_pkcs8_pem(me.clone(), &files::read_secret(&rel(path, &f.signing_key))?)?;
+    let mut trust = Trust::new();
+    let open = |name: &str, kvn: u8, d: Diversification| {
+        keys(name, kvn, d).map_err(|message| SetupError::Keys {
+            name: name.to_string(),
+            message,
+        })
+    };
+    let mut providers = BTreeMap::new();
+    for p in &f.provider {
+        let party = PartyId::new(&p.party)?;
+        trust.add_pem(party.clone(), &files::read_text(&rel(path, &p.public_key))?)?;
+        let kvn = hex_byte(path, &format!("provider {}: kvn", p.party), &p.kvn)?;
+        providers.insert(
+            party,
+            Provider {
+                sd_aid: hex_aid(path, "security_domain", &p.security_domain)?,
+                kvn,
+                keys: open(&p.keys, kvn, Diversification::Kdf3)?,
+                content_key: aes_key_file(&rel(path, &p.content_key))?,
+            },
+        );
+    }
+    let mut operators = BTreeMap::new();
+    for o in &f.operator {
+        let party = PartyId::new(&o.party)?;
+        trust.add_pem(party.clone(), &files::read_text(&rel(path, &o.public_key))?)?;
+        if let Some(name) = &o.isd_keys {
+            let kvn = hex_byte(path, &format!("operator {}: isd_kvn", o.party), &o.isd_kvn)?;
+            let scheme: Diversification =
+                o.isd_diversification
+                    .parse()
+                    .map_err(|e: String| SetupError::Config {
+                        config: path.to_path_buf(),
+                        message: format!("operator {}: {e}", o.party),
+                    })?;
+            operators.insert(
+                party,
+                Operator {
+                    isd_aid: hex_aid(path, "isd", &o.isd)?,
+                    kvn,
+                    keys: open(name, kvn, scheme)?,
+                },
+            );
+        }
+    }
+    let database = overrides.database.clone().unwrap_or_else(|| {
+        if f.database.starts_with("postgres") {
+            f.database.clone()
+        } else {
+            rel(path, &f.database).display().to_string()
+        }
+    });
+    Ok(Loaded {
+        config: Config {
+            signer,
+            trust,
+            policy: Policy::new(me),
+            providers,
+            operators,
+            state_key: aes_key_file(&rel(path, &f.state_key))?,
+            revocation_list: f.revocation_list.as_ref().map(|r| rel(path, r)),
+        },
+        database,
+        listen: overrides.listen.clone().unwrap_or(f.listen),
+        tls: files::tls_files(path, &f.tls_cert, &f.tls_key)?,
+        limits: f.limits,
+    })
+}
+
+/// Opens the database and serves the TSM until `shutdown` resolves, within `limits`.
+pub async fn serve(
+    loaded: Loaded,
+    limits: &kagi_serve::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SetupError> {
+    let backend = crate::store::Backend::parse(&loaded.database);
+    let store = crate::store::Store::open(&backend).await?;
+    let tsm = Arc::new(Tsm::new(loaded.config, store));
+    let listener = tokio::net::TcpListener::bind(&loaded.listen)
+        .await
+        .map_err(|source| SetupError::Listen {
+            listen: loaded.listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| SetupError::Listen {
+            listen: loaded.listen.clone(),
+            source,
+        })?;
+    tracing::info!(listen = %addr, https = loaded.tls.is_some(), database = tsm.store().describe(), party = %tsm.party(), "TSM serving");
+    tracing::info!(?limits, "limits");
+    crate::http::serve_limited(tsm, listener, shutdown, loaded.tls, limits)
+        .await
+        .map_err(|e| SetupError::Serve(e.to_string()))
+}
+
+/// A self-signed development certificate for `init --tls` (PEM certificate, PEM key).
+pub type DevTls = (String, zeroize::Zeroizing<String>);
+
+fn random_hex(n: usize) -> Result<zeroize::Zeroizing<String>, SetupError> {
+    let mut b = zeroize::Zeroizing::new(vec![0u8; n]);
+    getrandom::fill(&mut b)?;
+    Ok(zeroize::Zeroizing::new(hex::encode_upper(&*b)))
+}
+
+/// Writes a development TSM in `dir`: signing keys for the TSM, a provider (`sp:kagi-bank`) and
+/// an operator (`mno:kagi-mobile`), state and content keys, development master key files in
+/// `dir/keys` (0700, files 0600), `tsm.toml` serving at `listen` (HTTPS with `tls`) and the
+/// two parties' client configurations `sp.toml` and `mno.toml`. Refuses a directory that
+/// already holds a TSM.
+pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupError> {
+    files::create_private_dir(&dir.join("keys"))?;
+    if dir.join("tsm.toml").exists() {
+        return Err(SetupError::Config {
+            config: dir.join("tsm.toml"),
+            message: "this directory already holds a TSM configuration: choose another".into(),
+        });
+    }
+    let tsm = Signer::generate(PartyId::new("tsm:kagi")?)?;
+    let sp = Signer::generate(PartyId::new("sp:kagi-bank")?)?;
+    let mno = Signer::generate(PartyId::new("mno:kagi-mobile")?)?;
+    for (name, s) in [("tsm", &tsm), ("sp", &sp), ("mno", &mno)] {
+        files::write_private(
+            &dir.join(format!("{name}.key.pem")),
+            s.to_pkcs8_pem()?.as_bytes(),
+        )?;
+        files::write_public(&dir.join(format!("{name}.pub.pem")), s.public_pem()?.as_bytes())?;
+    }
+    files::write_private(&dir.join("state.key"), random_hex(16)?.as_bytes())?;
+    files::write_private(&dir.join("content.key"), random_hex(16)?.as_bytes())?;
+    files::write_private(
+        &dir.join("keys/provider.keys"),
+        format!(
+            "# DEVELOPMENT ONLY: the provider's security-domain master keys (kdf3 per card).\nENC={}\nMAC={}\nDEK={}\n",
+            *random_hex(16)?,
+            *random_hex(16)?,
+            *random_hex(16)?
+        )
+        .as_bytes(),
+    )?;
+    let (scheme, tls_lines, ca_line) = match tls {
+        None => ("http", String::new(), String::new()),
+        Some((cert, key)) => {
+            files::write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
+            files::write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
+            (
+                "https",
+                "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
+                "tsm_ca = \"tls.crt.pem\"\n".to_string(),
+            )
+        }
+    };
+    files::write_private(
+        &dir.join("keys/isd.keys"),
+        b"# DEVELOPMENT ONLY: the operator's issuer-domain keys of the simulated SIMs (the GP test key).\nKEY=404142434445464748494A4B4C4D4E4F\n",
+    )?;
+    files::write_private(
+        &dir.join("tsm.toml"),
+        format!(
+            "# kagi TSM (generated by `kagi tsm init`)\nname = \"tsm:kagi\"\nsigning_key = \"tsm.key.pem\"\nstate_key = \"state.key\"\ndatabase = \"tsm.db\"\nlisten = \"{listen}\"\nrevocation_list = \"revoked.txt\"\n{tls_lines}\n[[provider]]\nparty = \"sp:kagi-bank\"\npublic_key = \"sp.pub.pem\"\nsecurity_domain = \"A00000015153505001\"\nkvn = \"31\"\nkeys = \"provider\"          # DIR/provider.keys with --insecure-file-keys DIR, or HSM label\ncontent_key = \"content.key\"\n\n[[operator]]\nparty = \"mno:kagi-mobile\"\npublic_key = \"mno.pub.pem\"\nisd_keys = \"isd\"              # the MNO-TSM role: the issuer domains' keys (creating providers' domains)\nisd_kvn = \"30\"\n"
+        )
+        .as_bytes(),
+    )?;
+    for (file, who) in [("sp.toml", "sp:kagi-bank"), ("mno.toml", "mno:kagi-mobile")] {
+        let key = if who.starts_with("sp") { "sp" } else { "mno" };
+        let content = if key == "sp" {
+            "content_key = \"content.key\"\n"
+        } else {
+            ""
+        };
+        files::write_private(
+            &dir.join(file),
+            format!(
+                "party = \"{who}\"\nsigning_key = \"{key}.key.pem\"\ntsm = \"{scheme}://{listen}\"\ntsm_party = \"tsm:kagi\"\ntsm_public_key = \"tsm.pub.pem\"\n{ca_line}{content}"
+            )
+            .as_bytes(),
+        )?;
+    }
+    Ok(())
+}
