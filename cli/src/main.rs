@@ -2,7 +2,6 @@
 
 mod bench;
 mod broker;
-mod broker_scale;
 mod common;
 mod exit;
 mod gp;

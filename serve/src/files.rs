@@ -133,14 +133,23 @@ mod tests {
         assert_eq!(mode(&f), 0o600);
         assert_eq!(&*read_hex_secret(&f).unwrap(), &[0x00, 0x11, 0x22, 0x33]);
         write_private(&f, b"zz").unwrap();
-        assert!(matches!(read_hex_secret(&f), Err(FileError::Invalid { .. })));
-        assert!(matches!(read_text(&dir.join("none")), Err(FileError::Io { .. })));
+        assert!(matches!(
+            read_hex_secret(&f),
+            Err(FileError::Invalid { .. })
+        ));
+        assert!(matches!(
+            read_text(&dir.join("none")),
+            Err(FileError::Io { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn paths_are_relative_to_the_configuration() {
-        assert_eq!(rel(Path::new("/etc/kagi/tsm.toml"), "tsm.db"), Path::new("/etc/kagi/tsm.db"));
+        assert_eq!(
+            rel(Path::new("/etc/kagi/tsm.toml"), "tsm.db"),
+            Path::new("/etc/kagi/tsm.db")
+        );
         assert_eq!(rel(Path::new("tsm.toml"), "k"), Path::new("k"));
     }
 }

@@ -189,10 +189,10 @@ pub fn load(
     keys: &MasterKeys<'_>,
 ) -> Result<Loaded, SetupError> {
     let text = files::read_text(path)?;
-    let f: TsmFile =
-        toml::from_str(&text).map_err(|e| FileError::invalid(path, e.to_string()))?;
+    let f: TsmFile = toml::from_str(&text).map_err(|e| FileError::invalid(path, e.to_string()))?;
     let me = PartyId::new(&f.name)?;
-    let signer = Signer::from_pkcs8_pem(me.clone(), &files::read_secret(&rel(path, &f.signing_key))?)?;
+    let signer =
+        Signer::from_pkcs8_pem(me.clone(), &files::read_secret(&rel(path, &f.signing_key))?)?;
     let mut trust = Trust::new();
     let open = |name: &str, kvn: u8, d: Diversification| {
         keys(name, kvn, d).map_err(|message| SetupError::Keys {
@@ -277,12 +277,10 @@ pub async fn serve(
             listen: loaded.listen.clone(),
             source,
         })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| SetupError::Listen {
-            listen: loaded.listen.clone(),
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| SetupError::Listen {
+        listen: loaded.listen.clone(),
+        source,
+    })?;
     tracing::info!(listen = %addr, https = loaded.tls.is_some(), database = tsm.store().describe(), party = %tsm.party(), "TSM serving");
     tracing::info!(?limits, "limits");
     crate::http::serve_limited(tsm, listener, shutdown, loaded.tls, limits)
@@ -320,7 +318,10 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
             &dir.join(format!("{name}.key.pem")),
             s.to_pkcs8_pem()?.as_bytes(),
         )?;
-        files::write_public(&dir.join(format!("{name}.pub.pem")), s.public_pem()?.as_bytes())?;
+        files::write_public(
+            &dir.join(format!("{name}.pub.pem")),
+            s.public_pem()?.as_bytes(),
+        )?;
     }
     files::write_private(&dir.join("state.key"), random_hex(16)?.as_bytes())?;
     files::write_private(&dir.join("content.key"), random_hex(16)?.as_bytes())?;

@@ -1,22 +1,20 @@
 //! `kagi tsm …` (the TSM server, the provider's and operator's tools, the audit trail) and
 //! `kagi relay` (the phone app's part).
 
-use super::common::{
-    LimitArgs, read_secret, runtime, write_private,
-};
+use super::common::{LimitArgs, read_secret, runtime, write_private};
 use super::{Failure, print_json};
 
 mod load;
 mod parties;
 mod serve;
 
-pub use parties::load_party;
-use parties::{mno_cmd, op_id, provider_cmd};
-use serve::{init, serve};
 use clap::{Args, Subcommand};
 use kagi_online::tsm::client::{Client, Link};
+pub use parties::load_party;
+use parties::{mno_cmd, op_id, provider_cmd};
 use serde::Deserialize;
 use serde_json::json;
+use serve::{init, serve};
 use std::path::PathBuf;
 use tsm_protocol::relay::UserCredentials;
 

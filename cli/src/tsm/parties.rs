@@ -2,9 +2,7 @@
 
 use super::*;
 
-use crate::common::{
-    aes_key_file, party_id, read_secret, read_text, rel, write_private,
-};
+use crate::common::{aes_key_file, party_id, read_secret, read_text, rel, write_private};
 use crate::{Failure, parse_hex, print_json};
 use card_wire::scp03::AesKey;
 use kagi_online::tsm::client::{Client, Link};
@@ -180,7 +178,11 @@ fn write_grant(
     Ok(*op)
 }
 
-pub(super) async fn provider_cmd(config: &Path, cmd: &ProviderCmd, json_out: bool) -> Result<(), Failure> {
+pub(super) async fn provider_cmd(
+    config: &Path,
+    cmd: &ProviderCmd,
+    json_out: bool,
+) -> Result<(), Failure> {
     let (sp, content) = load_party(config)?;
     let content = || {
         content

@@ -2,11 +2,8 @@
 
 use super::*;
 
-use crate::common::{
-    init_logging, runtime,
-    shutdown_signal,
-};
 use crate::Failure;
+use crate::common::{init_logging, runtime, shutdown_signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -58,8 +55,10 @@ fn master_keys(
             key: name.to_string(),
             ..config.clone()
         };
-        Ok(Arc::new(kagi_hsm::HsmMaster::open(&config, &pin, kvn).map_err(|e| e.to_string())?)
-            as Arc<dyn card_wire::scp03::CardKeys>)
+        Ok(
+            Arc::new(kagi_hsm::HsmMaster::open(&config, &pin, kvn).map_err(|e| e.to_string())?)
+                as Arc<dyn card_wire::scp03::CardKeys>,
+        )
     }))
 }
 

@@ -12,8 +12,8 @@
 //! - the database's size per million credentials;
 //! - a KEK rotation of every record, per million.
 
-use super::perso::HsmArgs;
-use super::{Failure, print_json};
+use crate::perso::HsmArgs;
+use crate::{Failure, print_json};
 use broker_protocol::Assurance;
 use broker_protocol::api::{self, Act, CardLogin, Method, ServicePolicy};
 use broker_server::store::Shard;
@@ -134,7 +134,7 @@ pub fn run(args: &ScaleArgs, json_out: bool) -> Result<(), Failure> {
     let mut state_key = Zeroizing::new([0u8; 32]);
     getrandom::fill(state_key.as_mut()).map_err(|e| e.to_string())?;
     let name = "broker:scale";
-    let me = super::common::party_id(name)?;
+    let me = crate::common::party_id(name)?;
     let config = broker_server::Config {
         name: name.into(),
         signer: Signer::generate(me.clone())?,
@@ -158,7 +158,7 @@ pub fn run(args: &ScaleArgs, json_out: bool) -> Result<(), Failure> {
     } else {
         args.database.clone()
     };
-    let report = super::common::runtime()?.block_on(async {
+    let report = crate::common::runtime()?.block_on(async {
         let backends: Vec<kagi_db::Backend> =
             databases.iter().map(|d| kagi_db::Backend::parse(d)).collect();
         let shards = Shards::open(&backends).await?;
