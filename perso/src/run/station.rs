@@ -1,0 +1,144 @@
+//! A simulated station: one image file per card, new cards and resumed ones, the result of each card in the journal.
+
+use super::*;
+use crate::journal::{Event, Status};
+use crate::profile::CardType;
+use crate::records::Record;
+use applet_sim::{SimCard, SimConfig};
+use kagi::channel::CardChannel;
+use kagi::error::{Error, Result};
+use std::path::Path;
+
+/// A factory-fresh simulated card with the transport keys and its own key diversification
+/// data and card number (from the record id, so every card differs).
+pub(super) fn new_card(sh: &Shared<'_>, record: &Record) -> SimCard {
+    let mut transport = sh.keys.transport.clone();
+    transport.kvn = sh.profile.transport_kvn;
+    let mut config = SimConfig::default().with_keys(vec![transport]);
+    if sh.profile.card == CardType::Uicc {
+        // A placeholder ICCID, replaced by one derived from the serial below.
+        if let Ok(iccid) =
+            card_wire::uicc::Iccid::with_check_digit(applet_sim::card::TEST_ICCID_BODY)
+        {
+            config = config.uicc(iccid);
+        }
+    }
+    let config = config.with_serial(record.id.as_bytes());
+    SimCard::powered(config)
+}
+
+/// Handles one record: a fresh card, or the inspection of a card caught mid-way.
+pub(super) fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>) -> Result<()> {
+    let path = card_path(&sh.opts.out, &record.id);
+    let image = sh.opts.keep_images.then_some(path.as_path());
+    let (mut ch, progress) = match previous {
+        Some(Status::InProgress { steps, begun, .. }) if path.exists() => {
+            let mut card =
+                SimCard::from_image(&path, None).map_err(|e| Error::Protocol(e.to_string()))?;
+            card.power_on();
+            (
+                CardChannel::new(card),
+                Progress {
+                    done: steps.clone(),
+                    begun: begun.clone(),
+                },
+            )
+        }
+        _ => {
+            let ch = CardChannel::new(new_card(sh, record));
+            if sh.opts.keep_images {
+                std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                    .map_err(|e| Error::Protocol(e.to_string()))?;
+            }
+            save(&ch, image)?;
+            sh.log(Event::Claim {
+                record: record.id.clone(),
+                card: path.display().to_string(),
+            })?;
+            (ch, Progress::default())
+        }
+    };
+    let result = run_card(sh, &mut ch, record, image, &progress)?;
+    save(&ch, image)?;
+    conclude(sh, record, result)
+}
+
+/// Personalises (or continues) and verifies one card, with its APDU log if asked for.
+/// `Err` only for a log that cannot be written; the card's own outcome is the inner result.
+pub(super) fn run_card<T: Checkpoint>(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<T>,
+    record: &Record,
+    image: Option<&Path>,
+    progress: &Progress,
+) -> Result<Result<()>> {
+    if let Some(dir) = &sh.opts.card_logs {
+        let log = kagi::trace::FileTrace::create(&dir.join(format!("{}.log", record.id)))?;
+        ch.set_trace(Some(Box::new(log)));
+    }
+    let result = if progress.done.is_empty() && progress.begun.is_empty() {
+        personalise(sh, ch, record, image, progress).and_then(|issued| {
+            if let Some(i) = &issued {
+                verify_jpki(ch, i)?;
+            }
+            verify(ch, sh.profile, sh.keys)
+        })
+    } else {
+        resume_card(sh, ch, record, image, progress)
+    };
+    ch.set_trace(None);
+    Ok(result)
+}
+
+/// Journals a card's outcome.
+pub(super) fn conclude(sh: &Shared<'_>, record: &Record, result: Result<()>) -> Result<()> {
+    match result {
+        Ok(()) => sh.log(Event::Done {
+            record: record.id.clone(),
+        }),
+        // Nothing to journal: the card stays in progress until the CA has answered.
+        Err(Error::AwaitingCa(_)) => Ok(()),
+        Err(Error::NeedsRework(reason)) => sh.log(Event::Rework {
+            record: record.id.clone(),
+            reason,
+        }),
+        Err(e) => sh.log(Event::Failed {
+            record: record.id.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Continues a card caught mid-way. A card that already passes verification is done; one
+/// whose production keys are in place only lacks its final state; otherwise the steps the
+/// journal does not show as done run again, with the card checked first where it can be.
+pub(super) fn resume_card<T: Checkpoint>(
+    sh: &Shared<'_>,
+    ch: &mut CardChannel<T>,
+    record: &Record,
+    path: Option<&Path>,
+    progress: &Progress,
+) -> Result<()> {
+    if verify(ch, sh.profile, sh.keys).is_ok() {
+        return Ok(());
+    }
+    // The production keys open a session: every earlier step was journaled before put-key
+    // began, so only the final state may be missing.
+    if let Ok(mut sc) = production_session(ch, sh.profile, sh.keys) {
+        final_state(sh, &mut sc, path)?;
+        drop(sc);
+        return verify(ch, sh.profile, sh.keys);
+    }
+    if let Some(issued) = personalise(sh, ch, record, path, progress)? {
+        verify_jpki(ch, &issued)?;
+    }
+    verify(ch, sh.profile, sh.keys)
+}
+
+/// A simulated card's checkpoint is its image file.
+impl Checkpoint for SimCard {
+    fn checkpoint(&self, path: &Path) -> Result<()> {
+        self.save_image(path)
+            .map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
