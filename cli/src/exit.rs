@@ -85,34 +85,19 @@ impl std::error::Error for Finished {}
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::Map<String, Value>) {
     let mut fields = serde_json::Map::new();
     let code: String = if let Some(k) = e.downcast_ref::<kagi::Error>() {
-        use kagi::Error as K;
-        match k {
-            K::Transport(t) => {
-                fields.insert("detail".into(), json!(format!("{t:?}")));
-                "transport".into()
-            }
-            K::Apdu(_) => "card.apdu".into(),
-            K::Scp03(_) => "secure-channel".into(),
-            K::Tlv(_) => "card.malformed".into(),
-            K::Status { command, sw } => {
-                fields.insert("command".into(), json!(command));
-                fields.insert("sw".into(), json!(format!("{:04X}", sw.0)));
-                "card.refused".into()
-            }
-            K::CommandTooLong(_) => "card.command-too-long".into(),
-            K::Protocol(_) => "card.protocol".into(),
-            K::Keys(_) => "keys".into(),
-            K::WrongPin { tries_left } => {
-                fields.insert("tries_left".into(), json!(tries_left));
-                "pin.wrong".into()
-            }
-            K::Hsm(_) => "hsm".into(),
-            K::Profile(_) => "perso.profile".into(),
-            K::NeedsRework(_) => "perso.rework".into(),
-            K::AwaitingCa(_) => "perso.awaiting-ca".into(),
-            K::PinBlocked => "pin.blocked".into(),
-            _ => "card".into(),
+        card_code(k, &mut fields)
+    } else if let Some(p) = e.downcast_ref::<kagi_perso::Error>() {
+        use kagi_perso::Error as P;
+        match p {
+            P::Card(k) => card_code(k, &mut fields),
+            P::Hsm(_) => "hsm".into(),
+            P::Profile(_) => "perso.profile".into(),
+            P::NeedsRework(_) => "perso.rework".into(),
+            P::AwaitingCa(_) => "perso.awaiting-ca".into(),
+            _ => "perso".into(),
         }
+    } else if e.downcast_ref::<kagi_hsm::Error>().is_some() {
+        "hsm".into()
     } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
         fields.insert("kind".into(), json!(format!("{:?}", io.kind())));
         "io".into()
@@ -152,4 +137,33 @@ pub fn error_json(e: &(dyn std::error::Error + 'static)) -> Value {
     fields.insert("code".into(), json!(code));
     fields.insert("message".into(), json!(e.to_string()));
     json!({ "error": Value::Object(fields) })
+}
+
+/// The stable code of a card-level error (and its extra fields).
+fn card_code(k: &kagi::Error, fields: &mut serde_json::Map<String, Value>) -> String {
+    use kagi::Error as K;
+    match k {
+        K::Transport(t) => {
+            fields.insert("detail".into(), json!(format!("{t:?}")));
+            "transport".into()
+        }
+        K::Apdu(_) => "card.apdu".into(),
+        K::Scp03(_) => "secure-channel".into(),
+        K::Tlv(_) => "card.malformed".into(),
+        K::Status { command, sw } => {
+            fields.insert("command".into(), json!(command));
+            fields.insert("sw".into(), json!(format!("{:04X}", sw.0)));
+            "card.refused".into()
+        }
+        K::CommandTooLong(_) => "card.command-too-long".into(),
+        K::Protocol(_) => "card.protocol".into(),
+        K::Keys(_) => "keys".into(),
+        K::WrongPin { tries_left } => {
+            fields.insert("tries_left".into(), json!(tries_left));
+            "pin.wrong".into()
+        }
+        K::CapApplet(_) => "cap.applet".into(),
+        K::PinBlocked => "pin.blocked".into(),
+        _ => "card".into(),
+    }
 }

@@ -48,20 +48,9 @@ pub enum Error {
         /// Tries left.
         tries_left: u8,
     },
-    /// The HSM (PKCS#11) refused or is not reachable.
-    #[error("HSM: {0}")]
-    Hsm(String),
-    /// A personalisation profile or input record is not valid.
-    #[error("profile: {0}")]
-    Profile(String),
-    /// A card was caught in the middle of a step whose effect cannot be read back: it must be
-    /// reworked by hand rather than personalised again.
-    #[error("needs rework: {0}")]
-    NeedsRework(String),
-    /// An external CA has not answered a card's certification requests yet: the card stays
-    /// in progress and continues when the certificates are there.
-    #[error("waiting for the CA: {0}")]
-    AwaitingCa(String),
+    /// A CAP file does not hold the applet asked for, or several and none was chosen.
+    #[error("{0}")]
+    CapApplet(String),
     /// A PIN is blocked.
     #[error("the PIN is blocked: it must be reset at an issuing counter")]
     PinBlocked,

@@ -104,7 +104,7 @@ pub fn pick_applet(cap: &CapFile, wanted: Option<&[u8]>) -> Result<Vec<u8>> {
     let applets: Vec<&[u8]> = cap.applets().iter().map(|a| a.aid.as_slice()).collect();
     match (wanted, applets.as_slice()) {
         (Some(w), list) if list.contains(&w) => Ok(w.to_vec()),
-        (Some(w), list) => Err(Error::Profile(format!(
+        (Some(w), list) => Err(Error::CapApplet(format!(
             "the CAP has no applet {}; its applets: {}",
             hex::encode_upper(w),
             list.iter()
@@ -113,11 +113,11 @@ pub fn pick_applet(cap: &CapFile, wanted: Option<&[u8]>) -> Result<Vec<u8>> {
                 .join(", ")
         ))),
         (None, [one]) => Ok(one.to_vec()),
-        (None, []) => Err(Error::Profile(
+        (None, []) => Err(Error::CapApplet(
             "the CAP is a library package without applets: load it, there is nothing to install"
                 .into(),
         )),
-        (None, list) => Err(Error::Profile(format!(
+        (None, list) => Err(Error::CapApplet(format!(
             "the CAP has {} applets ({}): choose one with --applet",
             list.len(),
             list.iter()

@@ -15,11 +15,23 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use kagi::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
+
+/// The HSM refused, is not reachable, or does not hold the keys asked for; the message names
+/// the module, token or key label to check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The PKCS#11 module or token failed or refused.
+    #[error("HSM: {0}")]
+    Hsm(String),
+}
+
+/// The HSM store's result type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// Where the master keys are: the PKCS#11 module, the token and the key label.
 #[derive(Debug, Clone)]

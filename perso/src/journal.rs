@@ -3,7 +3,7 @@
 //! crash `kagi perso resume` knows what is done, what is not started and which cards were
 //! caught mid-way. A torn last line (crash while writing) is ignored.
 
-use kagi::error::{Error, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod journal;
 pub mod pki;
 pub mod profile;
 pub mod records;
 pub mod run;
 
+pub use error::{Error, Result};
 pub use profile::Profile;
 pub use run::{KeySets, Options, Summary};

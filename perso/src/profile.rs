@@ -38,8 +38,8 @@
 //! # ca_timeout_seconds = 600       # external: then the card waits for `kagi perso resume`
 //! ```
 
+use crate::error::{Error, Result};
 use card_wire::scp03::Diversification;
-use kagi::error::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;

@@ -36,15 +36,15 @@ type Parsed = Result<BTreeMap<String, String>, String>;
 
 /// Reads records from `path` (`.csv`, or JSON lines otherwise); `needed` are the fields the
 /// profile uses.
-pub fn read(path: &Path, needed: &[String]) -> kagi::Result<(Vec<Record>, Vec<BadRecord>)> {
+pub fn read(path: &Path, needed: &[String]) -> crate::Result<(Vec<Record>, Vec<BadRecord>)> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| kagi::Error::Profile(format!("records {}: {e}", path.display())))?;
+        .map_err(|e| crate::Error::Profile(format!("records {}: {e}", path.display())))?;
     let csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let missing = missing_columns(&text, csv, needed);
     if !missing.is_empty() {
-        return Err(kagi::Error::Profile(format!(
+        return Err(crate::Error::Profile(format!(
             "records {}: no column for {} that the profile uses; the records have {}. Fix the column names or the profile's placeholders",
             path.display(),
             missing

@@ -6,10 +6,10 @@
 use super::journal::{Event, Journal, Status};
 use super::profile::Profile;
 use super::records::{BadRecord, Record};
+use crate::error::{Error, Result};
 use card_wire::scp03::{CardKeys, Diversification, HostOptions, SecurityLevel, StaticKeys};
 use card_wire::transport::Transport;
 use kagi::channel::CardChannel;
-use kagi::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -328,7 +328,7 @@ fn run_readers(
     _todo: VecDeque<(&Record, Option<Status>)>,
     _bar: &indicatif::ProgressBar,
 ) -> Result<()> {
-    Err(Error::Protocol(
+    Err(Error::Batch(
         "this kagi was built without PC/SC support (feature `pcsc`)".into(),
     ))
 }
@@ -345,7 +345,7 @@ pub fn run(
     let start = Instant::now();
     let cpu_start = cpu_time();
     std::fs::create_dir_all(&opts.out)
-        .map_err(|e| Error::Protocol(format!("{}: {e}", opts.out.display())))?;
+        .map_err(|e| Error::Batch(format!("{}: {e}", opts.out.display())))?;
     let jpath = journal_path(&opts.out);
     if !resume && jpath.exists() {
         return Err(Error::Profile(format!(
@@ -410,7 +410,7 @@ pub fn run(
     };
     if let Some(dir) = &opts.card_logs {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Protocol(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| Error::Batch(format!("{}: {e}", dir.display())))?;
     }
     let sh = Shared {
         profile,

@@ -1,7 +1,7 @@
 //! Who issues a batch's JPKI certificates: the development CA kept with the batch, or an external CA reached through request and certificate files (the CA exchange), and the PINs sent only to the mailer.
 
+use crate::error::{Error, Result};
 use crate::profile::CertificateAuthority;
-use kagi::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -101,7 +101,7 @@ impl Issuer {
             .create(true)
             .append(true)
             .open(out.join("pin-mailer.enc"))
-            .map_err(|e| Error::Protocol(format!("PIN mailer file: {e}")))?;
+            .map_err(|e| Error::Batch(format!("PIN mailer file: {e}")))?;
         Ok(Issuer {
             authority,
             mailer_key,
@@ -133,14 +133,14 @@ impl Issuer {
                 rsa::Oaep::<sha2::Sha256>::new(),
                 &plain,
             )
-            .map_err(|e| Error::Protocol(format!("PIN mailer encryption: {e}")))?;
+            .map_err(|e| Error::Batch(format!("PIN mailer encryption: {e}")))?;
         let mut f = self
             .mailer
             .lock()
-            .map_err(|_| Error::Protocol("PIN mailer lock poisoned".into()))?;
+            .map_err(|_| Error::Batch("PIN mailer lock poisoned".into()))?;
         f.write_all(format!("{record},{}\n", hex::encode_upper(ct)).as_bytes())
             .and_then(|_| f.sync_data())
-            .map_err(|e| Error::Protocol(format!("PIN mailer write: {e}")))
+            .map_err(|e| Error::Batch(format!("PIN mailer write: {e}")))
     }
 }
 
@@ -149,7 +149,7 @@ pub(super) fn random_pin(password: bool) -> Result<zeroize::Zeroizing<String>> {
     const ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     loop {
         let mut b = zeroize::Zeroizing::new([0u8; 8]);
-        getrandom::fill(b.as_mut()).map_err(|e| Error::Protocol(e.to_string()))?;
+        getrandom::fill(b.as_mut()).map_err(|e| Error::Batch(e.to_string()))?;
         let pin: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(if password {
             b.iter()
                 .map(|x| ALNUM[(*x as usize) % ALNUM.len()] as char)

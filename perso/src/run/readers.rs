@@ -5,12 +5,12 @@
 //! profile's card type, is never given a record.
 
 use super::{Progress, Shared, conclude, journal_path, run_card};
+use crate::error::{Error, Result};
 use crate::journal::{self, Event, Status};
 use crate::profile::CardType;
 use crate::records::Record;
 use card_wire::transport::TransportError;
 use kagi::channel::CardChannel;
-use kagi::error::{Error, Result};
 use kagi::gp;
 use kagi::pcsc_transport::{PcscTransport, Share};
 use std::collections::{HashMap, VecDeque};
@@ -50,7 +50,7 @@ fn out_of_work(work: &Work<'_>) -> bool {
 /// the card then), and is never marked failed for it.
 fn gone(e: &Error) -> bool {
     match e {
-        Error::Transport(t) => !matches!(
+        Error::Card(kagi::Error::Transport(t)) => !matches!(
             t,
             TransportError::CommandTooLong { .. } | TransportError::ShortResponse(_)
         ),
@@ -74,7 +74,7 @@ pub(super) fn station(
             Ok(t) => t,
             Err(TransportError::Timeout(_)) => continue,
             Err(e) => {
-                let e = Error::Transport(e);
+                let e = Error::from(e);
                 if !gone(&e) {
                     return Err(e);
                 }
@@ -111,7 +111,7 @@ pub(super) fn station(
                     return Ok(());
                 }
                 Err(TransportError::Timeout(_)) => {}
-                Err(e) => return Err(Error::Transport(e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -214,7 +214,7 @@ fn one_card(
     let waiting = work
         .waiting
         .lock()
-        .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+        .map_err(|_| Error::Batch("station lock poisoned".into()))?
         .remove(&cin);
     let (record, progress) = match waiting {
         Some(w) => w,
@@ -227,7 +227,7 @@ fn one_card(
             let next = work
                 .fresh
                 .lock()
-                .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+                .map_err(|_| Error::Batch("station lock poisoned".into()))?
                 .pop_front();
             let Some(record) = next else {
                 return refused(format!("card {cin}: no records left; remove it"));
@@ -250,7 +250,7 @@ fn one_card(
             };
             work.waiting
                 .lock()
-                .map_err(|_| Error::Protocol("station lock poisoned".into()))?
+                .map_err(|_| Error::Batch("station lock poisoned".into()))?
                 .insert(cin.clone(), (record, progress));
             match e {
                 Error::AwaitingCa(why) => Ok(Handled {

@@ -1,12 +1,12 @@
 //! A simulated station: one image file per card, new cards and resumed ones, the result of each card in the journal.
 
 use super::*;
+use crate::error::{Error, Result};
 use crate::journal::{Event, Status};
 use crate::profile::CardType;
 use crate::records::Record;
 use applet_sim::{SimCard, SimConfig};
 use kagi::channel::CardChannel;
-use kagi::error::{Error, Result};
 use std::path::Path;
 
 /// A factory-fresh simulated card with the transport keys and its own key diversification
@@ -34,7 +34,7 @@ pub(super) fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>
     let (mut ch, progress) = match previous {
         Some(Status::InProgress { steps, begun, .. }) if path.exists() => {
             let mut card =
-                SimCard::from_image(&path, None).map_err(|e| Error::Protocol(e.to_string()))?;
+                SimCard::from_image(&path, None).map_err(|e| Error::Batch(e.to_string()))?;
             card.power_on();
             (
                 CardChannel::new(card),
@@ -48,7 +48,7 @@ pub(super) fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>
             let ch = CardChannel::new(new_card(sh, record));
             if sh.opts.keep_images {
                 std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-                    .map_err(|e| Error::Protocol(e.to_string()))?;
+                    .map_err(|e| Error::Batch(e.to_string()))?;
             }
             save(&ch, image)?;
             sh.log(Event::Claim {
@@ -139,6 +139,6 @@ pub(super) fn resume_card<T: Checkpoint>(
 impl Checkpoint for SimCard {
     fn checkpoint(&self, path: &Path) -> Result<()> {
         self.save_image(path)
-            .map_err(|e| Error::Protocol(e.to_string()))
+            .map_err(|e| Error::Batch(e.to_string()))
     }
 }

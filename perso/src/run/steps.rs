@@ -1,6 +1,7 @@
 //! The steps of one card: transport keys to production keys, supplementary domains, applets and the final life-cycle state, each journalled and checkpointed.
 
 use super::*;
+use crate::error::{Error, Result};
 use crate::journal::Event;
 use crate::profile::{CardType, Profile};
 use crate::records::Record;
@@ -8,7 +9,6 @@ use card_wire::scp03::{CardKeys, HostOptions, Scp03Error};
 use card_wire::sw::StatusWord;
 use card_wire::transport::Transport;
 use kagi::channel::CardChannel;
-use kagi::error::{Error, Result};
 use kagi::gp::{self, StatusScope, manage};
 use kagi::secure::SecureChannel;
 use kagi::uicc::CardKind;
@@ -219,16 +219,21 @@ pub(super) fn transport_session<'c, T: Transport>(
         kvn: profile.transport_kvn,
         ..options()
     };
-    SecureChannel::open(ch, keys.transport.clone(), opts, Some(&sd.aid))
+    Ok(SecureChannel::open(
+        ch,
+        keys.transport.clone(),
+        opts,
+        Some(&sd.aid),
+    )?)
 }
 
 /// Whether `e` is a security domain refusing the transport key version (it was replaced).
 pub(super) fn transport_keys_replaced(e: &Error) -> bool {
     matches!(
         e,
-        Error::Scp03(Scp03Error::InitializeUpdateRefused(
+        Error::Card(kagi::Error::Scp03(Scp03Error::InitializeUpdateRefused(
             StatusWord::REFERENCED_DATA_NOT_FOUND
-        ))
+        )))
     )
 }
 
@@ -265,11 +270,7 @@ pub(super) fn domain_keys<T: Checkpoint>(
         match transport_session(ch, sh.keys, sh.profile, Some(&d.instance)) {
             Ok(mut sc) => {
                 let kdd = sc.info().init_update.kdd;
-                let keys = sh
-                    .keys
-                    .domain(&d.keys)?
-                    .for_card(&kdd)
-                    .map_err(Error::Scp03)?;
+                let keys = sh.keys.domain(&d.keys)?.for_card(&kdd)?;
                 let dek = sc.dek()?.clone();
                 manage::put_key(&mut sc, &dek, &keys, Some(sh.profile.transport_kvn))?;
                 save(sc.card(), path)?;
@@ -294,7 +295,7 @@ pub(super) fn finish<T: Checkpoint>(
 ) -> Result<()> {
     let p = sh.profile;
     let kdd = sc.info().init_update.kdd;
-    let production = sh.keys.production.for_card(&kdd).map_err(Error::Scp03)?;
+    let production = sh.keys.production.for_card(&kdd)?;
     let dek = sc.dek()?.clone();
     manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
     save(sc.card(), path)?;
@@ -338,5 +339,5 @@ pub(super) fn keyed_session<'c, T: Transport>(
         kvn: profile.production_kvn,
         ..options()
     };
-    SecureChannel::open_source(ch, source, opts, Some(&sd.aid))
+    Ok(SecureChannel::open_source(ch, source, opts, Some(&sd.aid))?)
 }

@@ -1,10 +1,10 @@
 //! Verification of a finished card: its keys, its JPKI credential and the refusal of the transport keys.
 
 use super::*;
+use crate::error::{Error, Result};
 use crate::profile::Profile;
 use card_wire::transport::Transport;
 use kagi::channel::CardChannel;
-use kagi::error::{Error, Result};
 use kagi::gp::{self, StatusScope};
 
 /// The JPKI part of verification: the certificate reads back as issued, and a signature with
@@ -13,7 +13,7 @@ pub(super) fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued
     use der::{Decode, Encode};
     use rsa::pkcs8::DecodePublicKey;
     use rsa::signature::Verifier;
-    let e = |m: String| Error::Protocol(m);
+    let e = |m: String| Error::Batch(m);
     kagi::jpki::select(ch)?;
     let cert = kagi::jpki::read_der(ch, kagi::jpki::EF_AUTH_CERT)?;
     if cert != issued.auth_cert {
@@ -24,7 +24,7 @@ pub(super) fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued
     let Some(auth_pin) = &issued.auth_pin else {
         // The PIN went to the mailer in an earlier run: the card's key was shown to match the
         // certificate by the request it signed.
-        return kagi::jpki::select(ch);
+        return Ok(kagi::jpki::select(ch)?);
     };
     let pin = zeroize::Zeroizing::new(auth_pin.as_bytes().to_vec());
     kagi::jpki::verify(ch, kagi::jpki::Pin::Auth, &pin)?;
@@ -46,7 +46,7 @@ pub(super) fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued
         .verify(challenge, &sig)
         .map_err(|_| e("the new key's signature does not verify".into()))?;
     // Leave the PIN state cleared.
-    kagi::jpki::select(ch)
+    Ok(kagi::jpki::select(ch)?)
 }
 
 /// The verification pass: production keys open a session, the card is in the profile's final
@@ -65,7 +65,7 @@ pub fn verify<T: Transport>(
         if let Some(e) = isd.first()
             && e.life_cycle != profile.final_state
         {
-            return Err(Error::Protocol(format!(
+            return Err(Error::Batch(format!(
                 "the card is in life-cycle state {:02X}, not {:02X}",
                 e.life_cycle, profile.final_state
             )));
@@ -73,7 +73,7 @@ pub fn verify<T: Transport>(
         let apps = gp::get_status(&mut sc, StatusScope::Applications)?;
         for d in &profile.domains {
             if !apps.iter().any(|e| e.aid == d.instance) {
-                return Err(Error::Protocol(format!(
+                return Err(Error::Batch(format!(
                     "security domain {} is not on the card",
                     hex::encode_upper(&d.instance)
                 )));
@@ -81,7 +81,7 @@ pub fn verify<T: Transport>(
         }
         for i in &profile.install {
             if !apps.iter().any(|e| e.aid == i.instance) {
-                return Err(Error::Protocol(format!(
+                return Err(Error::Batch(format!(
                     "{} is not on the card",
                     hex::encode_upper(&i.instance)
                 )));
@@ -104,7 +104,7 @@ pub(super) fn transport_refused<T: Transport>(
 ) -> Result<()> {
     match transport_session(ch, keys, profile, Some(aid)) {
         Err(e) if transport_keys_replaced(&e) => Ok(()),
-        Ok(_) => Err(Error::Protocol(
+        Ok(_) => Err(Error::Batch(
             "the transport keys still open a channel".into(),
         )),
         Err(e) => Err(e),
