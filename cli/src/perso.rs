@@ -89,7 +89,9 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
     let opts = Options {
         out: args.out.clone(),
         stations: args.sim,
-        progress: !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        events: Some(progress_display(
+            !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )),
         keep_images: !args.no_images,
         card_logs: args.card_logs.then(|| args.out.join("logs")),
         readers: match &args.readers {
@@ -230,6 +232,45 @@ fn reader_names(sel: &str) -> Result<Vec<String>, Failure> {
 #[cfg(not(feature = "pcsc"))]
 fn reader_names(_sel: &str) -> Result<Vec<String>, Failure> {
     Err("this kagi was built without PC/SC support (feature `pcsc`)".into())
+}
+
+/// Shows a batch's events: a progress bar on a terminal (messages printed above it), else the
+/// messages alone on stderr.
+fn progress_display(bar: bool) -> perso::EventSink {
+    use perso::BatchEvent as E;
+    let shown: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    perso::EventSink(std::sync::Arc::new(move |e: &E| {
+        let Ok(mut shown) = shown.lock() else {
+            return;
+        };
+        match e {
+            E::Started { cards } if bar => {
+                let b = indicatif::ProgressBar::new(*cards as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} cards {per_sec} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                *shown = Some(b);
+            }
+            E::CardHandled => {
+                if let Some(b) = shown.as_ref() {
+                    b.inc(1);
+                }
+            }
+            E::Message(line) => match shown.as_ref() {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            },
+            E::Finished => {
+                if let Some(b) = shown.take() {
+                    b.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }))
 }
 
 /// Where the master keys are in a PKCS#11 HSM. The user PIN comes from --hsm-pin-file, the

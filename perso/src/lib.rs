@@ -16,4 +16,4 @@ pub mod run;
 
 pub use error::{Error, Result};
 pub use profile::Profile;
-pub use run::{KeySets, Options, Summary};
+pub use run::{BatchEvent, EventSink, KeySets, Options, Summary};

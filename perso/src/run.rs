@@ -31,6 +31,33 @@ use steps::*;
 pub use verify::verify;
 use verify::*;
 
+/// What a running batch tells its user (the CLI draws its progress bar from these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchEvent {
+    /// The batch starts with this many records to handle (new and resumed).
+    Started {
+        /// Records to handle.
+        cards: usize,
+    },
+    /// A record was handled (done, failed or left for later; the journal says which).
+    CardHandled,
+    /// Something the operator should read (a reader station's card, a card not seen again).
+    Message(String),
+    /// The batch's stations have stopped.
+    Finished,
+}
+
+/// Where a batch's [`BatchEvent`]s go.
+#[derive(Clone)]
+pub struct EventSink(pub Arc<dyn Fn(&BatchEvent) + Send + Sync>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
 /// The keys of a batch: the cards' transport keys, and where each card's production keys
 /// (and its supplementary domains' keys) come from once its KDD is known.
 pub struct KeySets {
@@ -109,8 +136,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Parallel stations (simulated cards at a time).
     pub stations: usize,
-    /// Show progress bars.
-    pub progress: bool,
+    /// Told what the batch is doing ([`BatchEvent`]): a progress display, a log. Without
+    /// one, nothing is shown; the library never prints.
+    pub events: Option<EventSink>,
     /// Keep simulated cards as image files (needed to resume; off only for benchmarks).
     pub keep_images: bool,
     /// Write a redacted APDU log per card into this directory.
@@ -266,7 +294,7 @@ impl Progress {
 fn run_readers(
     sh: &Shared<'_>,
     todo: VecDeque<(&Record, Option<Status>)>,
-    bar: &indicatif::ProgressBar,
+    notify: &(dyn Fn(BatchEvent) + Sync),
 ) -> Result<()> {
     let work = readers::Work {
         fresh: Mutex::new(VecDeque::new()),
@@ -291,18 +319,12 @@ fn run_readers(
         }
     }
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let say = |line: String| {
-        if bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
+    let say = |line: String| notify(BatchEvent::Message(line));
     std::thread::scope(|s| {
         for reader in &sh.opts.readers {
             let (work, say, first_error) = (&work, &say, &first_error);
             s.spawn(move || {
-                if let Err(e) = readers::station(sh, reader, work, say, bar)
+                if let Err(e) = readers::station(sh, reader, work, say, notify)
                     && let Ok(mut slot) = first_error.lock()
                 {
                     slot.get_or_insert(e);
@@ -326,7 +348,7 @@ fn run_readers(
 fn run_readers(
     _sh: &Shared<'_>,
     _todo: VecDeque<(&Record, Option<Status>)>,
-    _bar: &indicatif::ProgressBar,
+    _notify: &(dyn Fn(BatchEvent) + Sync),
 ) -> Result<()> {
     Err(Error::Batch(
         "this kagi was built without PC/SC support (feature `pcsc`)".into(),
@@ -392,18 +414,12 @@ pub fn run(
         })
         .collect();
     let handled = todo.len();
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(handled as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} cards {per_sec} eta {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
+    let notify = |e: BatchEvent| {
+        if let Some(EventSink(f)) = &opts.events {
+            f(&e);
+        }
     };
+    notify(BatchEvent::Started { cards: handled });
     let issuer = match &profile.jpki {
         Some(j) => Some(Issuer::open(j, &opts.out)?),
         None => None,
@@ -424,7 +440,7 @@ pub fn run(
     let todo = if opts.readers.is_empty() {
         todo
     } else {
-        run_readers(&sh, todo, &bar)?;
+        run_readers(&sh, todo, &notify)?;
         VecDeque::new()
     };
     let queue = Mutex::new(todo);
@@ -446,12 +462,12 @@ pub fn run(
                         }
                         break;
                     }
-                    bar.inc(1);
+                    notify(BatchEvent::CardHandled);
                 }
             });
         }
     });
-    bar.finish_and_clear();
+    notify(BatchEvent::Finished);
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }

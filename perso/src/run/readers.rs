@@ -64,7 +64,7 @@ pub(super) fn station(
     reader: &str,
     work: &Work<'_>,
     say: &(dyn Fn(String) + Sync),
-    progress: &indicatif::ProgressBar,
+    notify: &(dyn Fn(super::BatchEvent) + Sync),
 ) -> Result<()> {
     loop {
         if out_of_work(work) || sh.opts.stopping() {
@@ -88,7 +88,7 @@ pub(super) fn station(
             Ok(handled) => {
                 say(format!("{reader}: {}", handled.message));
                 if handled.record.is_some() {
-                    progress.inc(1);
+                    notify(super::BatchEvent::CardHandled);
                 }
                 (handled.outcome, handled.record)
             }
