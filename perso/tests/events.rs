@@ -44,8 +44,7 @@ fn batch(out: &Path, resume: bool) -> Vec<BatchEvent> {
     if !resume {
         assert_eq!(summary.done, records.len());
     }
-    let events = seen.lock().unwrap().clone();
-    events
+    seen.lock().unwrap().clone()
 }
 
 #[test]
