@@ -19,11 +19,11 @@ use broker_protocol::api::{
 use broker_protocol::assertion::{self, Assurance, Claims, Jwks};
 use hmac::{Hmac, KeyInit, Mac};
 use kagi_db::StoreError;
+use kagi_signed::certkey::CertKey;
+use kagi_signed::password;
+use kagi_signed::signing::{self, Policy, Signer, Trust};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tsm_protocol::password;
-use tsm_protocol::receipt::CertKey;
-use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use zeroize::Zeroizing;
 
 /// How the broker is set up.
@@ -354,7 +354,7 @@ impl Broker {
             return Err(bad());
         }
         let tag = self.mac(&[b"challenge", &nonce[..24]]).map_err(|_| bad())?;
-        if !tsm_protocol::access::same(
+        if !kagi_signed::access::same(
             &{
                 let mut t = [0u8; 32];
                 t[..16].copy_from_slice(&tag[..16]);
@@ -729,7 +729,7 @@ impl Broker {
         .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
         let answer = match verified {
             Err(e) => AdminResponse::Rejected {
-                code: tsm_protocol::ErrorReport::from(&e).code,
+                code: e.code().to_string(),
                 detail: e.to_string(),
             },
             Ok(env) if env.header.sender.role() != "admin" => AdminResponse::Rejected {

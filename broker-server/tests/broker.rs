@@ -12,14 +12,14 @@ use broker_server::envelope::FileEnvelope;
 use broker_server::service::CardTrust;
 use broker_server::{Broker, BrokerError, Config, Envelope, Shards};
 use kagi_db::Backend;
+use kagi_signed::ids::PartyId;
+use kagi_signed::password::{self, Policy as PwPolicy};
+use kagi_signed::signing::{self, Policy, Signer, Trust};
 use rsa::signature::{SignatureEncoding, Signer as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use test_pki::TestCa;
-use tsm_protocol::ids::PartyId;
-use tsm_protocol::password::{self, Policy as PwPolicy};
-use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use zeroize::Zeroizing;
 
 const NAME: &str = "broker:test";
@@ -148,7 +148,7 @@ impl World {
 
     async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
         let broker = PartyId::new(NAME).unwrap();
-        let out = tsm_protocol::control::sign_request(
+        let out = kagi_signed::request::sign_request(
             &self.admin,
             &broker,
             &req,
@@ -160,7 +160,7 @@ impl World {
         let answer = b.admin(&out.bytes).await.unwrap();
         let mut trust = Trust::new();
         trust.add(broker, *self.broker_signer.verifying_key());
-        tsm_protocol::control::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
+        kagi_signed::request::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
             .unwrap()
     }
 }
@@ -618,7 +618,7 @@ async fn login_refusals_and_replays() {
 
     // An administrator's request replayed is refused; a non-administrator's too.
     let broker = PartyId::new(NAME).unwrap();
-    let out = tsm_protocol::control::sign_request(
+    let out = kagi_signed::request::sign_request(
         &w.admin,
         &broker,
         &AdminRequest::Audit { card: None },
@@ -629,7 +629,7 @@ async fn login_refusals_and_replays() {
     .unwrap();
     let mut trust = Trust::new();
     trust.add(broker.clone(), *w.broker_signer.verifying_key());
-    let first: AdminResponse = tsm_protocol::control::open_answer_as(
+    let first: AdminResponse = kagi_signed::request::open_answer_as(
         &b.admin(&out.bytes).await.unwrap(),
         &out.header,
         &trust,
@@ -637,7 +637,7 @@ async fn login_refusals_and_replays() {
     )
     .unwrap();
     assert!(matches!(first, AdminResponse::Audit(_)));
-    let second: AdminResponse = tsm_protocol::control::open_answer_as(
+    let second: AdminResponse = kagi_signed::request::open_answer_as(
         &b.admin(&out.bytes).await.unwrap(),
         &out.header,
         &trust,
@@ -799,7 +799,7 @@ async fn password_path_is_lower_assurance_and_backs_off() {
     // A PBKDF2 verifier from before (written as the old broker wrote it): it still logs in,
     // and the right password replaces it with an Argon2id verifier.
     let salt = [7u8; 16];
-    let old = tsm_protocol::access::password_verifier("legacy pw", &salt, 4096);
+    let old = kagi_signed::access::password_verifier("legacy pw", &salt, 4096);
     b.shards()
         .of("CARD-L")
         .commit(vec![kagi_db::Stmt::any(

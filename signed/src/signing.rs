@@ -172,6 +172,27 @@ pub enum ProtocolError {
     NotAnAnswer,
 }
 
+impl ProtocolError {
+    /// The stable machine code of the refusal, `subject.reason` (`protocol.replayed`, ...), as
+    /// the TSM's error reports and the broker's rejections carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::Codec(_) => "protocol.malformed",
+            ProtocolError::Version(_) => "protocol.version",
+            ProtocolError::UnknownKey { .. } => "protocol.unknown-key",
+            ProtocolError::BadSignature => "protocol.bad-signature",
+            ProtocolError::WrongKind { .. } => "protocol.wrong-kind",
+            ProtocolError::Misdirected { .. } => "protocol.misdirected",
+            ProtocolError::Expired { .. } => "protocol.expired",
+            ProtocolError::FromTheFuture { .. } => "protocol.clock-skew",
+            ProtocolError::Validity(..) => "protocol.validity",
+            ProtocolError::Replayed(..) => "protocol.replayed",
+            ProtocolError::ReplayStore(_) => "tsm.replay-store",
+            ProtocolError::NotAnAnswer => "protocol.not-an-answer",
+        }
+    }
+}
+
 /// A party's signing key.
 pub struct Signer {
     party: PartyId,
