@@ -115,7 +115,7 @@ impl Broker {
         self.config
             .signer
             .answer(&header, &answer, signing::now_ms())
-            .map_err(BrokerError::Internal)
+            .map_err(|e| BrokerError::Internal(e.to_string()))
     }
 
     /// The KEK new records are sealed under.

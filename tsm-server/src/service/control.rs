@@ -20,7 +20,7 @@ impl Tsm {
             &self.config.policy,
             now() as u64,
         )
-        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        .map_err(|e| ServiceError::BadRequest(e.into()))?;
         let answer = match verified {
             Err(e) => {
                 tracing::warn!(sender = %header.sender, error = %e, "control request refused");
@@ -42,7 +42,7 @@ impl Tsm {
         self.config
             .signer
             .answer(&header, &answer, now() as u64)
-            .map_err(ServiceError::BadRequest)
+            .map_err(ServiceError::from)
     }
 
     async fn handle(&self, h: &signing::Header, req: ControlRequest) -> Result<ControlResponse> {

@@ -10,7 +10,7 @@ use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
 use tsm_protocol::signing::{self};
 use tsm_protocol::{Layer, OpId};
 
-use super::{Result, Secrets, ServiceError, Tsm, err, now, unknown_card, unknown_credential};
+use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
 
 /// Serial (hex) and notAfter (Unix seconds) of a DER certificate.
 fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
@@ -67,11 +67,7 @@ impl Tsm {
                 format!("this TSM holds no security-domain keys for {provider}"),
             );
         }
-        let request_hash = Sha256::digest(
-            tsm_protocol::codec::encode(&req)
-                .map_err(|e| ServiceError::BadRequest(e.to_string()))?,
-        )
-        .to_vec();
+        let request_hash = Sha256::digest(tsm_protocol::codec::encode(&req)?).to_vec();
         // Idempotency first: the same key and request answer as before, another request is
         // a conflict.
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
@@ -238,20 +234,16 @@ impl Tsm {
                 ),
             );
         }
-        let id = OpId::random().map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let code =
-            access::new_access_code().map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let ticket = access::new_ticket().map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let id = OpId::random()?;
+        let code = access::new_access_code()?;
+        let ticket = access::new_ticket()?;
         let mut proof_nonce = [0u8; 32];
-        getrandom::fill(&mut proof_nonce).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        getrandom::fill(&mut proof_nonce)?;
         let secrets = Secrets {
             code: code.to_string(),
             ticket: ticket.to_string(),
         };
-        let plain = zeroize::Zeroizing::new(
-            tsm_protocol::codec::encode(&secrets)
-                .map_err(|e| ServiceError::BadRequest(e.to_string()))?,
-        );
+        let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
         let sealed_secrets = card_wire::content::seal(&self.config.state_key, &id.0, &plain);
         let t = now();
         let mut children = Vec::new();

@@ -27,8 +27,11 @@ impl Tsm {
         let seq = i64::from(seq);
         if seq + 1 == last_seq {
             // The report of an order already answered: the same answer again (exactly once).
-            return tsm_protocol::codec::decode(&reply)
-                .map_err(|e| ServiceError::BadRequest(e.to_string()));
+            return tsm_protocol::codec::decode(&reply).map_err(|e| {
+                ServiceError::Store(crate::store::StoreError::Db(format!(
+                    "a stored session answer does not decode: {e}"
+                )))
+            });
         }
         if seq != last_seq {
             return Ok(Self::stop(
@@ -44,7 +47,7 @@ impl Tsm {
         let running = self
             .engines
             .lock()
-            .map_err(|_| ServiceError::BadRequest("engine lock poisoned".into()))?
+            .map_err(|_| ServiceError::Poisoned)?
             .remove(&session);
         match running {
             Some(mut r) if r.op == op.id => {
@@ -79,8 +82,7 @@ impl Tsm {
                     delay_ms: 0,
                     cmds,
                 };
-                let bytes = tsm_protocol::codec::encode(&order)
-                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+                let bytes = tsm_protocol::codec::encode(&order)?;
                 op.state = OpState::Running;
                 op.updated_at = t;
                 // Written before it is sent: a report for it finds the session where it left.
@@ -94,7 +96,7 @@ impl Tsm {
                 self.store.save_op(&op, batch).await?;
                 self.engines
                     .lock()
-                    .map_err(|_| ServiceError::BadRequest("engine lock poisoned".into()))?
+                    .map_err(|_| ServiceError::Poisoned)?
                     .insert(session, running);
                 Ok(order)
             }
@@ -189,21 +191,13 @@ impl Tsm {
                 .collect(),
             completed_at: t as u64,
         };
-        let h = self
-            .config
-            .signer
-            .header(
-                Kind::Receipt,
-                &PartyId(op.party.clone()),
-                t as u64,
-                86_400_000,
-            )
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let sealed = self
-            .config
-            .signer
-            .seal(h, &receipt)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let h = self.config.signer.header(
+            Kind::Receipt,
+            &PartyId(op.party.clone()),
+            t as u64,
+            86_400_000,
+        )?;
+        let sealed = self.config.signer.seal(h, &receipt)?;
         op.state = OpState::Completed;
         op.updated_at = t;
         op.data.receipt = Some(sealed);
@@ -213,8 +207,7 @@ impl Tsm {
         op.data.code_hash = [0; 32];
         op.data.sealed_secrets.clear();
         let stop = Self::stop(session, StopOutcome::Completed, "the download is complete");
-        let bytes = tsm_protocol::codec::encode(&stop)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let bytes = tsm_protocol::codec::encode(&stop)?;
         batch.extend([
             Store::put_session(&session.to_hex(), &op.id, seq + 1, bytes, t),
             // The device ticket is spent.

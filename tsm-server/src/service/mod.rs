@@ -22,11 +22,12 @@ use crate::store::{Store, StoreError};
 use card_wire::scp03::{AesKey, CardKeys};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use tsm_protocol::codec::CodecError;
 use tsm_protocol::control::{
     CardTarget, ControlRequest, ControlResponse, CredentialBundle, OpState, OperationView,
 };
 use tsm_protocol::script::Engine;
-use tsm_protocol::signing::{self, Policy, Signer, Trust};
+use tsm_protocol::signing::{self, Policy, ProtocolError, SignError, Signer, Trust};
 use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, SessionId};
 
 /// A service provider the TSM acts for: its security domain on the cards and the keys of it.
@@ -111,15 +112,36 @@ fn unknown_card(iccid: &str, party: &PartyId) -> ControlResponse {
 /// Why a request could not be handled at all (the HTTP layer maps these).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// Not a message.
-    #[error("{0}")]
-    BadRequest(String),
+    /// Not a message: the body does not decode, or its signed envelope cannot be read (a
+    /// 400; the sender must send a well-formed message).
+    #[error(transparent)]
+    BadRequest(ProtocolError),
     /// Another instance changed the operation meanwhile: send the same message again.
     #[error("the operation changed meanwhile: send the same message again")]
     Conflict,
-    /// The database failed.
+    /// The database failed, or holds a row that does not decode.
     #[error("{0}")]
     Store(StoreError),
+    /// The system's random numbers failed (ids, nonces, access codes): not the sender's
+    /// fault; retry later, and check the host's entropy source if it persists.
+    #[error("the TSM's random numbers failed: {0}")]
+    Random(#[from] getrandom::Error),
+    /// A message of the TSM's own could not be encoded (too large): not the sender's fault.
+    #[error("the TSM cannot encode its own message: {0}")]
+    Encode(#[from] CodecError),
+    /// A lock of this instance was poisoned by a panic: restart the instance (its state is in
+    /// the database; a running session continues on another instance or after the restart).
+    #[error("a lock of this TSM instance is poisoned: restart it")]
+    Poisoned,
+}
+
+impl From<SignError> for ServiceError {
+    fn from(e: SignError) -> Self {
+        match e {
+            SignError::Random(e) => ServiceError::Random(e),
+            SignError::Encode(e) => ServiceError::Encode(e),
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -249,7 +271,7 @@ impl Tsm {
 
 /// The canonical encoding of a relay message.
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    tsm_protocol::codec::encode(v).map_err(|e| ServiceError::BadRequest(e.to_string()))
+    Ok(tsm_protocol::codec::encode(v)?)
 }
 
 /// What a provider sees of an operation.

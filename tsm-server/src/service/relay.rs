@@ -14,8 +14,8 @@ use super::{Result, ServiceError, Tsm, encode, err, now};
 impl Tsm {
     /// Handles a relay message.
     pub async fn relay(&self, body: &[u8]) -> Result<Vec<u8>> {
-        let msg: AgentMsg = tsm_protocol::codec::decode(body)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let msg: AgentMsg =
+            tsm_protocol::codec::decode(body).map_err(|e| ServiceError::BadRequest(e.into()))?;
         let reply = match msg {
             AgentMsg::Hello {
                 ticket,
@@ -34,7 +34,7 @@ impl Tsm {
                 results,
             } => self.report(session, seq, status, &results).await?,
         };
-        tsm_protocol::codec::encode(&reply).map_err(|e| ServiceError::BadRequest(e.to_string()))
+        Ok(tsm_protocol::codec::encode(&reply)?)
     }
 
     pub(super) fn stop(
@@ -109,7 +109,7 @@ impl Tsm {
         let resumed = resume.is_some() && resume == op.data.session;
         let session = match resume {
             Some(r) if resumed => r,
-            _ => SessionId::random().map_err(|e| ServiceError::BadRequest(e.to_string()))?,
+            _ => SessionId::random()?,
         };
         let last_seq = match self.store.session(&session.to_hex()).await? {
             Some((_, seq, _)) if resumed => seq,
