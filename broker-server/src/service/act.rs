@@ -163,7 +163,7 @@ impl Broker {
                 &CredentialRow::aad(&cred.card, &cred.service, cred.version),
                 &cred.sealed,
             )
-            .map_err(|e| BrokerError::Keys(e.to_string()))
+            .map_err(BrokerError::Keys)
     }
 
     /// The holder's own audit trail: who (which service), when, with which assurance.

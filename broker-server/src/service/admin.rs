@@ -172,10 +172,7 @@ impl Broker {
             AdminRequest::RotateKek { to } => {
                 // A KEK made for this rotation while the broker runs.
                 if !self.config.envelope.keks().contains(&to) {
-                    self.config
-                        .envelope
-                        .refresh()
-                        .map_err(|e| BrokerError::Keys(e.to_string()))?;
+                    self.config.envelope.refresh().map_err(BrokerError::Keys)?;
                 }
                 if !self.config.envelope.keks().contains(&to) {
                     return Err(refuse(
@@ -253,7 +250,7 @@ impl Broker {
                 &CredentialRow::aad(card, service, version),
                 &secret.secret,
             )
-            .map_err(|e| BrokerError::Keys(e.to_string()))?;
+            .map_err(BrokerError::Keys)?;
         let pairwise = hex::encode(
             &self.mac(&[b"pairwise", card.as_bytes(), &[0], service.as_bytes()])?[..16],
         );

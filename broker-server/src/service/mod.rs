@@ -21,7 +21,7 @@ mod trust;
 pub use trust::CardTrust;
 
 use crate::clock::{Clock, SystemClock};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, EnvelopeError};
 use crate::password_login::Backoff;
 use crate::store::Shards;
 use broker_protocol::api::ApiError;
@@ -102,8 +102,8 @@ pub enum BrokerError {
     #[error("{0}")]
     BadRequest(String),
     /// The key store (HSM) failed or refused: nothing was changed.
-    #[error("the key store failed: {0}")]
-    Keys(String),
+    #[error("the key store failed: {}", .0.0)]
+    Keys(#[from] EnvelopeError),
     /// Something that should not fail did (random numbers, encodings).
     #[error("internal error: {0}")]
     Internal(String),

@@ -26,7 +26,7 @@ impl Broker {
                         .config
                         .envelope
                         .rewrap(&c.sealed, to)
-                        .map_err(|e| BrokerError::Keys(e.to_string()))?;
+                        .map_err(BrokerError::Keys)?;
                     let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
                     s.expect = kagi_db::Expect::Any;
                     stmts.push(s);
