@@ -1,5 +1,5 @@
 //! The broker's HTTP API as holders and services use it (JSON), and the administrators'
-//! requests (signed like the TSM's control requests, `tsm_protocol::signing`).
+//! requests (signed like the TSM's control requests, `kagi_signed::signing`).
 
 use crate::assertion::Assurance;
 use base64ct::{Base64UrlUnpadded, Encoding};
@@ -193,7 +193,7 @@ pub enum AdminRequest {
     RegisterService(ServicePolicy),
     /// Enrol a card's holder: the card's id (the JPKI authentication certificate's subject
     /// common name), the holder's id, and optionally a password verifier for the
-    /// lower-assurance path: an Argon2id PHC string ([`tsm_protocol::password`]; the broker
+    /// lower-assurance path: an Argon2id PHC string ([`kagi_signed::password`]; the broker
     /// refuses one below its floor, m=19456 KiB, t=2, p=1). No card is written.
     EnrolCard {
         /// The card's id.

@@ -135,7 +135,7 @@ fn unb64(s: &str) -> Result<Vec<u8>, AssertionError> {
 
 /// The id of a broker signing key (hex of the first 8 bytes of SHA-256 of its SPKI).
 pub fn key_id(key: &VerifyingKey) -> String {
-    tsm_protocol::KeyId::of(key).to_string()
+    kagi_signed::KeyId::of(key).to_string()
 }
 
 /// Signs claims as a compact JWS.

@@ -17,7 +17,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        tsm_protocol::signing::now_ms() as i64
+        kagi_signed::signing::now_ms() as i64
     }
 }
 

@@ -6,131 +6,25 @@
 //!
 //! [`Envelope`] is the seam. A store only wraps and unwraps 32-byte data keys with its KEKs;
 //! sealing, opening and re-wrapping records are the same everywhere (provided methods). The
-//! HSM store (`kagi::hsm::HsmEnvelope`, PKCS#11) wraps with `CKM_AES_GCM` inside the token,
+//! HSM store (`kagi_hsm::HsmEnvelope`, PKCS#11) wraps with `CKM_AES_GCM` inside the token,
 //! where the KEKs are non-extractable; a data key is random, exists in host memory only while
 //! its record is sealed or opened (zeroized after), and is never stored unwrapped. Re-wrapping
 //! a record under a new KEK touches only its data key: the credential itself stays encrypted.
 //! [`FileEnvelope`] is the development store, and says so.
+//!
+//! The trait, its error and the record format live in [`broker_protocol::envelope`] (so a key
+//! store can implement them without depending on this server) and are re-exported here.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+pub use broker_protocol::envelope::{
+    Envelope, EnvelopeError, SealedRecord, gcm_open, gcm_seal, random,
+};
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use zeroize::Zeroizing;
 
-/// A sealed record as the database keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedRecord {
-    /// The KEK that wraps the data key.
-    pub kek: String,
-    /// The wrapped data key.
-    pub wrapped_dek: Vec<u8>,
-    /// The record's GCM nonce (12 bytes).
-    pub nonce: Vec<u8>,
-    /// The ciphertext with its tag.
-    pub ciphertext: Vec<u8>,
-}
-
-/// Why a record could not be sealed or opened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key store: {0}")]
-pub struct EnvelopeError(pub String);
-
-/// Where the key-encryption keys are and what can be done with them.
-pub trait Envelope: Send + Sync {
-    /// The KEKs this store holds.
-    fn keks(&self) -> Vec<String>;
-    /// Wraps a data key with the KEK `kek` (the KEK's id is bound into the wrapping, so a
-    /// wrapped key relabelled with another KEK does not unwrap).
-    fn wrap_dek(&self, kek: &str, dek: &[u8]) -> Result<Vec<u8>, EnvelopeError>;
-    /// Unwraps a data key wrapped by [`Envelope::wrap_dek`].
-    fn unwrap_dek(&self, kek: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError>;
-    /// What the store is, for logs (never key material).
-    fn describe(&self) -> String;
-    /// Looks for KEKs added since the store was opened (a KEK made for a rotation while the
-    /// broker runs). Stores also do this themselves when asked for a KEK they do not know.
-    fn refresh(&self) -> Result<(), EnvelopeError> {
-        Ok(())
-    }
-
-    /// Seals `plaintext` under a new data key wrapped by the KEK `kek`.
-    fn seal(&self, kek: &str, aad: &[u8], plaintext: &[u8]) -> Result<SealedRecord, EnvelopeError> {
-        let dek = random::<32>()?;
-        let (nonce, ciphertext) = gcm_seal(dek.as_ref(), aad, plaintext)?;
-        Ok(SealedRecord {
-            kek: kek.into(),
-            wrapped_dek: self.wrap_dek(kek, dek.as_ref())?,
-            nonce,
-            ciphertext,
-        })
-    }
-
-    /// Opens a record (its plaintext exists in memory only as long as the caller keeps it).
-    fn open(&self, aad: &[u8], record: &SealedRecord) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-        let dek = self.unwrap_dek(&record.kek, &record.wrapped_dek)?;
-        gcm_open(&dek, aad, &record.nonce, &record.ciphertext)
-    }
-
-    /// Re-wraps a record's data key under the KEK `to`; the ciphertext stays as it is.
-    fn rewrap(&self, record: &SealedRecord, to: &str) -> Result<SealedRecord, EnvelopeError> {
-        let dek = self.unwrap_dek(&record.kek, &record.wrapped_dek)?;
-        Ok(SealedRecord {
-            kek: to.into(),
-            wrapped_dek: self.wrap_dek(to, &dek)?,
-            nonce: record.nonce.clone(),
-            ciphertext: record.ciphertext.clone(),
-        })
-    }
-}
-
 fn e(what: &str) -> EnvelopeError {
     EnvelopeError(what.into())
-}
-
-/// Random bytes.
-pub fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, EnvelopeError> {
-    let mut b = Zeroizing::new([0u8; N]);
-    getrandom::fill(b.as_mut()).map_err(|x| EnvelopeError(x.to_string()))?;
-    Ok(b)
-}
-
-/// AES-256-GCM encryption with a random 12-byte nonce: (nonce, ciphertext ‖ tag).
-pub fn gcm_seal(
-    key: &[u8],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError> {
-    let key = Key::<Aes256Gcm>::try_from(key).map_err(|_| e("a data key is not 32 bytes"))?;
-    let cipher = Aes256Gcm::new(&key);
-    let n = random::<12>()?;
-    let nonce = Nonce::try_from(&n[..]).map_err(|_| e("nonce"))?;
-    let ct = cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| e("encryption failed"))?;
-    Ok((n.to_vec(), ct))
-}
-
-/// The inverse of [`gcm_seal`]; a wrong key, nonce, AAD or ciphertext is refused.
-pub fn gcm_open(
-    key: &[u8],
-    aad: &[u8],
-    nonce: &[u8],
-    ct: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-    let (Ok(key), Ok(nonce)) = (Key::<Aes256Gcm>::try_from(key), Nonce::try_from(nonce)) else {
-        return Err(e("malformed record"));
-    };
-    let cipher = Aes256Gcm::new(&key);
-    cipher
-        .decrypt(&nonce, Payload { msg: ct, aad })
-        .map(Zeroizing::new)
-        .map_err(|_| e("the record does not open: altered, moved, or another key"))
 }
 
 /// The development key store: KEKs as files `kek-ID.key` (64 hex digits) in a directory.

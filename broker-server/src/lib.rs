@@ -8,8 +8,8 @@
 //!
 //! - [`envelope`]: the seam to where the KEKs live (a key file for tests, PKCS#11 in `kagi`).
 //! - [`store`]: the tables, sharded by card over any number of databases.
-//! - [`service`]: logins, acts, administrators' requests, KEK rotation (the password login
-//!   and its backoff in a module of its own).
+//! - [`service`]: logins, acts, administrators' requests, KEK rotation, one file per job
+//!   (the password login and its backoff in a module of its own).
 //! - [`clock`]: the time, injectable for tests.
 //! - [`http`]: the HTTP(S) front.
 

@@ -15,7 +15,7 @@ use crate::store::Shard;
 use broker_protocol::api::{PasswordLogin, Session};
 use broker_protocol::assertion::Assurance;
 use kagi_db::StoreError;
-use tsm_protocol::password::{self, Verifier};
+use kagi_signed::password::{self, Verifier};
 use zeroize::Zeroizing;
 
 /// How tries are spaced: `free` tries without waiting, then a wait of `base_ms`, doubling at

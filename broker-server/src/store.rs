@@ -15,8 +15,8 @@ use crate::envelope::SealedRecord;
 use broker_protocol::Assurance;
 use broker_protocol::api::{AuditEntry, Method, ServicePolicy};
 use kagi_db::{Backend, Db, Schema, Stmt, StoreError, Val};
+use kagi_signed::password::{Phc, Verifier};
 use sha2::{Digest, Sha256};
-use tsm_protocol::password::{Phc, Verifier};
 
 /// The broker's tables.
 pub const SCHEMA: Schema = Schema {

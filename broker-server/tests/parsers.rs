@@ -11,11 +11,11 @@ use broker_server::envelope::FileEnvelope;
 use broker_server::service::CardTrust;
 use broker_server::{Broker, BrokerError, Config, Envelope, Shards};
 use http_body_util::BodyExt;
+use kagi_signed::PartyId;
+use kagi_signed::signing::{Policy, Sealed, Signer, Trust};
 use proptest::prelude::*;
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
-use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Sealed, Signer, Trust};
 use zeroize::Zeroizing;
 
 struct Fixture {
@@ -96,11 +96,11 @@ fn admin_refused(sent: &[u8], status: StatusCode, body: &[u8]) -> Result<(), Str
         .map_err(|e| format!("200 to bytes that are no request: {e}"))?;
     let mut trust = Trust::new();
     trust.add(PartyId::new("broker:fuzz").unwrap(), fixture().broker_key);
-    match tsm_protocol::control::open_answer_as::<AdminResponse>(
+    match kagi_signed::request::open_answer_as::<AdminResponse>(
         body,
         &header,
         &trust,
-        tsm_protocol::signing::now_ms(),
+        kagi_signed::signing::now_ms(),
     ) {
         Ok(AdminResponse::Rejected { .. }) => Ok(()),
         Ok(other) => Err(format!("accepted: {other:?}")),
@@ -148,7 +148,7 @@ fn signed_admin_requests_from_the_wrong_party_get_a_signed_rejection() {
     let stranger = Signer::generate(PartyId::new("admin:stranger").unwrap()).unwrap();
     let me = PartyId::new("broker:fuzz").unwrap();
     let sign_at = |who: &Signer, at: u64| {
-        tsm_protocol::control::sign_request(
+        kagi_signed::request::sign_request(
             who,
             &me,
             &AdminRequest::Audit { card: None },
@@ -159,7 +159,7 @@ fn signed_admin_requests_from_the_wrong_party_get_a_signed_rejection() {
         .unwrap()
         .bytes
     };
-    let now = tsm_protocol::signing::now_ms();
+    let now = kagi_signed::signing::now_ms();
     let sign = |who: &Signer, _to: &PartyId| sign_at(who, now);
     let mut altered = sign(admin_signer(), &me);
     let n = altered.len();

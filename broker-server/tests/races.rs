@@ -17,12 +17,12 @@ use broker_server::service::CardTrust;
 use broker_server::{Backoff, Broker, BrokerError, Config, Shards};
 use kagi_db::Backend;
 use kagi_db::testing::PrivatePostgres;
+use kagi_signed::ids::PartyId;
+use kagi_signed::password::{self, Policy};
+use kagi_signed::signing::{self, Signer, Trust};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tsm_protocol::ids::PartyId;
-use tsm_protocol::password::{self, Policy};
-use tsm_protocol::signing::{self, Signer, Trust};
 use zeroize::Zeroizing;
 
 const NAME: &str = "broker:races";
@@ -90,7 +90,7 @@ impl World {
 
     async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
         let broker = PartyId::new(NAME).unwrap();
-        let out = tsm_protocol::control::sign_request(
+        let out = kagi_signed::request::sign_request(
             &self.admin,
             &broker,
             &req,
@@ -102,7 +102,7 @@ impl World {
         let answer = b.admin(&out.bytes).await.unwrap();
         let mut trust = Trust::new();
         trust.add(broker, *self.signer.verifying_key());
-        tsm_protocol::control::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
+        kagi_signed::request::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
             .unwrap()
     }
 }

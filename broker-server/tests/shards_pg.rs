@@ -12,10 +12,10 @@ use broker_server::store::{Shard, jump_hash};
 use broker_server::{Broker, Config, Shards};
 use kagi_db::Backend;
 use kagi_db::testing::PrivatePostgres;
+use kagi_signed::PartyId;
+use kagi_signed::signing::{Policy, Signer, Trust};
 use sha2::Digest;
 use std::sync::Arc;
-use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
 use zeroize::Zeroizing;
 
 /// Jump consistent hash (Lamping & Veach, "A Fast, Minimal Memory, Consistent Hash

@@ -342,7 +342,7 @@ pub struct HsmEnvelope {
     token: String,
 }
 
-use broker_server::envelope::EnvelopeError;
+use broker_protocol::envelope::EnvelopeError;
 
 /// The `broker-kek-*` keys a session sees; refuses extractable ones.
 fn find_keks(session: &Session) -> Result<std::collections::BTreeMap<String, ObjectHandle>> {
@@ -404,7 +404,7 @@ impl HsmEnvelope {
         if let Some(h) = find()? {
             return Ok(h);
         }
-        broker_server::Envelope::refresh(self)?;
+        broker_protocol::envelope::Envelope::refresh(self)?;
         find()?.ok_or_else(|| {
             EnvelopeError(format!(
                 "token '{}' holds no KEK '{KEK_PREFIX}{id}'",
@@ -414,7 +414,7 @@ impl HsmEnvelope {
     }
 }
 
-impl broker_server::Envelope for HsmEnvelope {
+impl broker_protocol::envelope::Envelope for HsmEnvelope {
     fn keks(&self) -> Vec<String> {
         self.keks
             .read()

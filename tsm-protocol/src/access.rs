@@ -4,79 +4,14 @@
 //! stores only hashes of the code and the ticket, binds both to the operation, compares in
 //! constant time, and counts failed entries.
 
+//!
+//! The codes, tickets and verifiers themselves are shared with the credential broker and live
+//! in [`kagi_signed::access`] (re-exported here); this module adds the TSM's check of a
+//! user's entries against an operation's grant.
+
+pub use kagi_signed::access::*;
+
 use crate::ids::OpId;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
-
-/// Digits in an access code.
-pub const ACCESS_CODE_DIGITS: usize = 12;
-
-/// PBKDF2 iterations the tools use for new verifiers.
-pub const DEFAULT_ITERATIONS: u32 = 4096;
-
-/// A fresh access code: 12 decimal digits in groups of four (`1234-5678-9012`).
-pub fn new_access_code() -> Result<Zeroizing<String>, getrandom::Error> {
-    let mut out = Zeroizing::new(String::with_capacity(14));
-    let mut n = 0;
-    while n < ACCESS_CODE_DIGITS {
-        let mut b = Zeroizing::new([0u8; 16]);
-        getrandom::fill(b.as_mut())?;
-        for x in b.iter() {
-            // Rejection sampling: 250 = 25 × 10, no bias.
-            if *x < 250 && n < ACCESS_CODE_DIGITS {
-                if n > 0 && n % 4 == 0 {
-                    out.push('-');
-                }
-                out.push(char::from(b'0' + x % 10));
-                n += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A code as typed, reduced to its digits (users type spaces, dashes).
-pub fn normalise_code(typed: &str) -> Zeroizing<String> {
-    Zeroizing::new(typed.chars().filter(|c| c.is_ascii_digit()).collect())
-}
-
-/// What the TSM keeps of an access code: SHA-256 over the operation and the code's digits,
-/// so a stored hash is worthless for any other operation.
-pub fn code_hash(op: &OpId, code: &str) -> [u8; 32] {
-    let digits = normalise_code(code);
-    let mut h = Sha256::new();
-    h.update(b"kagi-tsm access code\0");
-    h.update(op.0);
-    h.update(digits.as_bytes());
-    h.finalize().into()
-}
-
-/// A fresh device ticket: 128 random bits as 32 hex digits.
-pub fn new_ticket() -> Result<Zeroizing<String>, getrandom::Error> {
-    let b = Zeroizing::new(crate::ids::random16()?);
-    Ok(Zeroizing::new(hex::encode(*b)))
-}
-
-/// What the TSM keeps of a device ticket.
-pub fn ticket_hash(ticket: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"kagi-tsm device ticket\0");
-    h.update(ticket.trim().as_bytes());
-    h.finalize().into()
-}
-
-/// PBKDF2-HMAC-SHA256 of a password.
-pub fn password_verifier(password: &str, salt: &[u8; 16], iterations: u32) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations.max(1), &mut out);
-    out
-}
-
-/// Constant-time equality of two hashes.
-pub fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    bool::from(a.ct_eq(b))
-}
 
 /// Checks a user's entries against an operation's stored code hash and the provider's
 /// password verifier. Both are always computed, so timing says nothing about which was wrong.
@@ -96,35 +31,4 @@ pub fn check_entries(
         &grant.password_verifier,
     );
     code_ok & pw_ok
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_tickets_passwords() {
-        let c = new_access_code().unwrap();
-        assert_eq!(c.len(), 14);
-        assert_eq!(normalise_code(&c).len(), ACCESS_CODE_DIGITS);
-        assert_ne!(*new_access_code().unwrap(), *c);
-        let op = OpId([1; 16]);
-        let other = OpId([2; 16]);
-        assert!(same(
-            &code_hash(&op, &c),
-            &code_hash(&op, &c.replace('-', " "))
-        ));
-        assert!(!same(&code_hash(&op, &c), &code_hash(&other, &c)));
-        let t = new_ticket().unwrap();
-        assert_eq!(t.len(), 32);
-        assert!(same(&ticket_hash(&t), &ticket_hash(&format!(" {}\n", *t))));
-        // The value from Python's hashlib, an independent implementation:
-        // hashlib.pbkdf2_hmac('sha256', b'password', bytes(16), 4096).hex()
-        let v = password_verifier("password", &[0; 16], 4096);
-        assert_eq!(
-            hex::encode(v),
-            "1ca7c6f38c097488abe116ddd7d23ab22a2fba513eb79e5b864e9b13861508b7"
-        );
-        assert_ne!(v, password_verifier("passwore", &[0; 16], 4096));
-    }
 }

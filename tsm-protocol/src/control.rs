@@ -392,38 +392,7 @@ pub struct OperationView {
     pub children: Vec<OpId>,
 }
 
-/// A provider's (or operator's) request, signed and ready to send, with the header kept to
-/// match the answer.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The wire bytes.
-    pub bytes: Vec<u8>,
-    /// The header sent (its id and nonce must come back in the answer).
-    pub header: crate::signing::Header,
-}
-
-/// Signs `request` for the TSM `tsm`, valid `validity_ms`; operations get an idempotency key
-/// (pass the same key again to retry the same request safely). Any server speaking this
-/// control envelope (the TSM's [`ControlRequest`], the broker's administrator requests)
-/// takes requests signed this way.
-pub fn sign_request<T: serde::Serialize>(
-    signer: &crate::signing::Signer,
-    tsm: &crate::ids::PartyId,
-    request: &T,
-    idempotency_key: Option<crate::ids::IdempotencyKey>,
-    now: u64,
-    validity_ms: u64,
-) -> Result<Outgoing, String> {
-    let mut header = signer
-        .header(crate::signing::Kind::ControlRequest, tsm, now, validity_ms)
-        .map_err(|e| e.to_string())?;
-    header.idempotency_key = idempotency_key;
-    let bytes = signer
-        .seal(header.clone(), request)
-        .and_then(|s| s.to_bytes())
-        .map_err(|e| e.to_string())?;
-    Ok(Outgoing { bytes, header })
-}
+pub use kagi_signed::request::{Outgoing, open_answer_as, sign_request};
 
 /// Opens the TSM's answer to `sent`: signed by a trusted TSM key, addressed to us, fresh,
 /// and echoing the request's id and nonce.
@@ -434,24 +403,4 @@ pub fn open_answer(
     now: u64,
 ) -> Result<ControlResponse, crate::signing::ProtocolError> {
     open_answer_as(bytes, sent, trust, now)
-}
-
-/// [`open_answer`] for any answer type (the broker's administrator answers).
-pub fn open_answer_as<R: serde::Serialize + serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    sent: &crate::signing::Header,
-    trust: &crate::signing::Trust,
-    now: u64,
-) -> Result<R, crate::signing::ProtocolError> {
-    let sealed = crate::signing::Sealed::from_bytes(bytes)?;
-    let policy = crate::signing::Policy::new(sent.sender.clone());
-    let env = crate::signing::verify::<R>(
-        &sealed,
-        crate::signing::Kind::ControlResponse,
-        trust,
-        &policy,
-        now,
-    )?;
-    crate::signing::check_answer(&env.header, sent)?;
-    Ok(env.body)
 }

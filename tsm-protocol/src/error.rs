@@ -62,20 +62,7 @@ impl std::fmt::Display for ErrorReport {
 impl From<&crate::signing::ProtocolError> for ErrorReport {
     fn from(e: &crate::signing::ProtocolError) -> Self {
         use crate::signing::ProtocolError as P;
-        let code = match e {
-            P::Codec(_) => "protocol.malformed",
-            P::Version(_) => "protocol.version",
-            P::UnknownKey { .. } => "protocol.unknown-key",
-            P::BadSignature => "protocol.bad-signature",
-            P::WrongKind { .. } => "protocol.wrong-kind",
-            P::Misdirected { .. } => "protocol.misdirected",
-            P::Expired { .. } => "protocol.expired",
-            P::FromTheFuture { .. } => "protocol.clock-skew",
-            P::Validity(..) => "protocol.validity",
-            P::Replayed(..) => "protocol.replayed",
-            P::ReplayStore(_) => "tsm.replay-store",
-            P::NotAnAnswer => "protocol.not-an-answer",
-        };
+        let code = e.code();
         let layer = if matches!(e, P::ReplayStore(_)) {
             Layer::Tsm
         } else {

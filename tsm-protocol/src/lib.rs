@@ -17,22 +17,24 @@
 //! - [`receipt`]: the TSM's execution receipt with the on-card key proof.
 //! - [`error`]: errors as the protocol reports them.
 //!
+//! The signed-message layer ([`signing`], [`codec`], [`ids`], [`password`] and the codes of
+//! [`access`]) lives in `kagi-signed`, shared with the credential broker, and is re-exported
+//! here under its old names.
+//!
 //! Everything that arrives from outside is parsed without panicking into a typed error.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod access;
-pub mod codec;
 pub mod control;
 pub mod error;
-pub mod ids;
-pub mod password;
 pub mod receipt;
 pub mod recipes;
 pub mod relay;
 pub mod script;
-pub mod signing;
+
+pub use kagi_signed::{codec, ids, password, signing};
 
 pub use error::{ErrorReport, Layer};
 pub use ids::{IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};

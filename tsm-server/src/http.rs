@@ -31,7 +31,9 @@ fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
             body,
         )
             .into_response(),
-        Err(ServiceError::BadRequest(m)) => (StatusCode::BAD_REQUEST, m).into_response(),
+        Err(ServiceError::BadRequest(m)) => {
+            (StatusCode::BAD_REQUEST, m.to_string()).into_response()
+        }
         Err(ServiceError::Conflict) => (
             StatusCode::CONFLICT,
             "the operation changed meanwhile: send the same message again",
@@ -42,6 +44,15 @@ fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the TSM's database is unavailable: retry later",
+            )
+                .into_response()
+        }
+        Err(e @ (ServiceError::Random(_) | ServiceError::Encode(_) | ServiceError::Poisoned)) => {
+            // The TSM's own failure, never the sender's: a 500, with the reason in the log.
+            tracing::error!(error = %e, "internal");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the TSM could not answer (an internal error, logged): retry later",
             )
                 .into_response()
         }
@@ -179,4 +190,31 @@ pub async fn serve_limited(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsm_protocol::codec::CodecError;
+    use tsm_protocol::signing::ProtocolError;
+
+    /// HTTP's split (RFC 9110 §15.5, §15.6): the sender's fault is a 4xx, the server's own a
+    /// 5xx — a TSM that cannot encode its answer or lost a lock must not say "bad request".
+    #[test]
+    fn the_tsms_own_failures_are_5xx_the_senders_4xx() {
+        let status = |r| answer(Instant::now(), r).status();
+        assert_eq!(
+            status(Err(ServiceError::Poisoned)),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(Err(ServiceError::Encode(CodecError::TooLarge(1 << 20)))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(Err(ServiceError::BadRequest(ProtocolError::BadSignature))),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status(Err(ServiceError::Conflict)), StatusCode::CONFLICT);
+    }
 }

@@ -10,8 +10,9 @@ use support::*;
 use tsm_protocol::control::{
     CardTarget, ControlRequest, ControlResponse, WalletChange, WalletUpdate,
 };
-use tsm_protocol::relay::AgentMsg;
+use tsm_protocol::relay::{AgentMsg, AgentStatus, ServerMsg};
 use tsm_server::service::ServiceError;
+use tsm_server::store::Stmt;
 
 struct Env {
     rt: tokio::runtime::Runtime,
@@ -123,5 +124,53 @@ proptest! {
         bad[flip % n] ^= 0x01;
         let _ = e.rt.block_on(e.w.tsm.relay(&bad));
         prop_assert_eq!(e.rt.block_on(e.w.dump()), before);
+    }
+}
+
+/// A stored answer that no longer decodes (a damaged database) is the TSM's fault, not the
+/// relay's: the repeated report gets a database error (HTTP 503), never "bad request" (400).
+#[tokio::test]
+async fn a_damaged_stored_answer_is_a_store_error_not_a_bad_request() {
+    let dir = TempDir::new("damaged");
+    let ca = Arc::new(test_pki::TestCa::new("JPKI for user authentication").unwrap());
+    let w = World::new(&dir.sqlite(), ca).await;
+    let card = iccid("898100000000000085");
+    w.register(MNO, &card).await;
+    let a = w.issue(BANK, &card, 3).await;
+    let session = match hello(&w.tsm, &a.ticket, &a.code, PASSWORD).await.unwrap() {
+        ServerMsg::Order { session, .. } => session,
+        other => panic!("the right entries answered {other:?}"),
+    };
+    let (_, seq, _) = w
+        .tsm
+        .store()
+        .session(&session.to_hex())
+        .await
+        .unwrap()
+        .expect("the session is stored");
+    let report = |seq: i64| {
+        tsm_protocol::codec::encode(&AgentMsg::Report {
+            session,
+            seq: u32::try_from(seq).unwrap(),
+            status: AgentStatus::Processed,
+            results: Vec::new(),
+        })
+        .unwrap()
+    };
+    // Undamaged, the report of the order already answered gets the same order again.
+    let again: ServerMsg =
+        tsm_protocol::codec::decode(&w.tsm.relay(&report(seq - 1)).await.unwrap()).unwrap();
+    assert!(matches!(again, ServerMsg::Order { .. }), "{again:?}");
+    w.tsm
+        .store()
+        .commit(vec![Stmt::any(
+            "UPDATE sessions SET reply = $1 WHERE id = $2",
+            vec![vec![0xFF_u8; 3].into(), session.to_hex().into()],
+        )])
+        .await
+        .unwrap();
+    match w.tsm.relay(&report(seq - 1)).await {
+        Err(ServiceError::Store(e)) => assert!(e.to_string().contains("session"), "{e}"),
+        other => panic!("a damaged stored answer gave {other:?}"),
     }
 }

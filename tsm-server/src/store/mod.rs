@@ -1,6 +1,8 @@
 //! The TSM's state: its tables ([`SCHEMA`]) in [`kagi_db`] (SQLite or PostgreSQL), and the
-//! typed records the server reads and writes ([`ops`]).
+//! typed records the server reads and writes ([`ops`]; cards, credentials and the audit
+//! trail in a module of their own, re-exported there).
 
+mod cards;
 pub mod ops;
 
 use kagi_db::Schema;

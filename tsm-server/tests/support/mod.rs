@@ -144,7 +144,7 @@ impl World {
             &self.answers,
             tsm_protocol::signing::now_ms(),
         )
-        .map_err(|e| ServiceError::BadRequest(e.to_string()))
+        .map_err(ServiceError::BadRequest)
     }
 
     /// `req` signed by `who` for this TSM.

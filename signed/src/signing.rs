@@ -172,6 +172,38 @@ pub enum ProtocolError {
     NotAnAnswer,
 }
 
+impl ProtocolError {
+    /// The stable machine code of the refusal, `subject.reason` (`protocol.replayed`, ...), as
+    /// the TSM's error reports and the broker's rejections carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::Codec(_) => "protocol.malformed",
+            ProtocolError::Version(_) => "protocol.version",
+            ProtocolError::UnknownKey { .. } => "protocol.unknown-key",
+            ProtocolError::BadSignature => "protocol.bad-signature",
+            ProtocolError::WrongKind { .. } => "protocol.wrong-kind",
+            ProtocolError::Misdirected { .. } => "protocol.misdirected",
+            ProtocolError::Expired { .. } => "protocol.expired",
+            ProtocolError::FromTheFuture { .. } => "protocol.clock-skew",
+            ProtocolError::Validity(..) => "protocol.validity",
+            ProtocolError::Replayed(..) => "protocol.replayed",
+            ProtocolError::ReplayStore(_) => "tsm.replay-store",
+            ProtocolError::NotAnAnswer => "protocol.not-an-answer",
+        }
+    }
+}
+
+/// Why this party could not make a message of its own: nothing the other side did.
+#[derive(Debug, Error)]
+pub enum SignError {
+    /// The system's random numbers (for the message's id and nonce) failed.
+    #[error("no random numbers for the message's id and nonce: {0}")]
+    Random(#[from] getrandom::Error),
+    /// The message could not be encoded (too large, or not encodable).
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+}
+
 /// A party's signing key.
 pub struct Signer {
     party: PartyId,
@@ -264,14 +296,10 @@ impl Signer {
         request: &Header,
         body: &T,
         now: u64,
-    ) -> Result<Vec<u8>, String> {
-        let mut h = self
-            .header(Kind::ControlResponse, &request.sender, now, 300_000)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Vec<u8>, SignError> {
+        let mut h = self.header(Kind::ControlResponse, &request.sender, now, 300_000)?;
         h.in_reply_to = Some((request.msg_id, request.nonce));
-        self.seal(h, body)
-            .and_then(|s| s.to_bytes())
-            .map_err(|e| e.to_string())
+        Ok(self.seal(h, body).and_then(|s| s.to_bytes())?)
     }
 
     /// Signs a header and body.

@@ -1,0 +1,80 @@
+//! The sealed records themselves: re-wrapping under a new KEK, checking that every record
+//! opens, and the sweep of expired sessions and challenges.
+
+use crate::store::Shard;
+
+use super::{Broker, BrokerError, RecordCheck, Result};
+
+impl Broker {
+    /// Re-wraps up to `budget` records under `to`, shard by shard; returns how many, and how
+    /// many remain under another KEK. Each record changes in its own statement, only if still
+    /// under the KEK it was read with: an interrupted rotation leaves every record whole under
+    /// one KEK, and any instance continues it.
+    pub async fn rewrap_some(&self, to: &str, budget: u64) -> Result<(u64, u64)> {
+        let mut done = 0u64;
+        for shard in self.shards.all() {
+            while done < budget {
+                let batch = shard
+                    .credentials_not_under(to, (budget - done).min(500) as i64)
+                    .await?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut stmts = Vec::with_capacity(batch.len());
+                for c in &batch {
+                    let new = self
+                        .config
+                        .envelope
+                        .rewrap(&c.sealed, to)
+                        .map_err(BrokerError::Keys)?;
+                    let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
+                    s.expect = kagi_db::Expect::Any;
+                    stmts.push(s);
+                }
+                shard.commit(stmts).await?;
+                done += batch.len() as u64;
+            }
+        }
+        let mut remaining = 0;
+        for shard in self.shards.all() {
+            remaining += shard.count_not_under(to).await? as u64;
+        }
+        Ok((done, remaining))
+    }
+
+    /// Opens every stored credential (an integrity check: after a rotation, a restore, or
+    /// with a suspect key store). The secrets are zeroized as soon as each is opened.
+    pub async fn verify_records(&self) -> Result<RecordCheck> {
+        let mut check = RecordCheck::default();
+        for shard in self.shards.all() {
+            let mut after = (String::new(), String::new(), 0i64);
+            loop {
+                let page = shard.credentials_after(&after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = (last.card.clone(), last.service.clone(), last.version);
+                for c in &page {
+                    check.records += 1;
+                    *check.by_kek.entry(c.sealed.kek.clone()).or_default() += 1;
+                    match self.open(c) {
+                        Ok(_) => check.opened += 1,
+                        Err(_) => check.failed.push(format!(
+                            "{} / {} v{} (under {})",
+                            c.card, c.service, c.version, c.sealed.kek
+                        )),
+                    }
+                }
+            }
+        }
+        Ok(check)
+    }
+
+    /// Background work: continues a KEK rotation, forgets expired sessions and nonces.
+    pub async fn sweep(&self) -> Result<u64> {
+        let kek = self.current_kek().await?;
+        let (n, _) = self.rewrap_some(&kek, 5_000).await?;
+        for s in self.shards.all() {
+            s.purge(self.now() / 1000).await?;
+        }
+        Ok(n)
+    }
+}

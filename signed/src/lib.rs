@@ -1,0 +1,30 @@
+//! # kagi-signed
+//!
+//! The signed-message layer kagi's servers share: the TSM (`tsm-protocol`, `tsm-server`) and
+//! the credential broker (`broker-protocol`, `broker-server`) both speak it, and neither
+//! depends on the other for it. I/O-free.
+//!
+//! - [`codec`]: the canonical encoding messages are signed in.
+//! - [`ids`]: message, operation, session and key ids, nonces, party names.
+//! - [`signing`]: signed messages (ECDSA P-256) with ids, nonces, validity windows, recipient
+//!   binding and replay protection.
+//! - [`request`]: a sender's side of the control envelope: sign a request, open its answer.
+//! - [`access`]: one-time access codes, device tickets, PBKDF2 password verifiers.
+//! - [`password`]: password verifiers in PHC form (Argon2id, PBKDF2) with a policy.
+//! - [`certkey`]: the public key of a card certificate, to check the card's signatures.
+//!
+//! Everything that arrives from outside is parsed without panicking into a typed error.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod access;
+pub mod certkey;
+pub mod codec;
+pub mod ids;
+pub mod password;
+pub mod request;
+pub mod signing;
+
+pub use ids::{IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
+pub use signing::{Envelope, Header, Kind, Policy, ProtocolError, Sealed, Signer, Trust};

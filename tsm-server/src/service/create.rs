@@ -1,0 +1,330 @@
+//! Operations created by a request (issuance, PIN reset, wallet update, transfer, a new
+//! security domain): the checks, the access code and ticket, the new rows in one
+//! transaction, idempotent replays of the same request.
+
+use crate::store::ops::{Created, CredentialRow, OpData, OpRow};
+use crate::store::{Store, StoreError};
+use sha2::{Digest, Sha256};
+use tsm_protocol::access;
+use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
+use tsm_protocol::signing::{self};
+use tsm_protocol::{Layer, OpId};
+
+use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
+
+/// Serial (hex) and notAfter (Unix seconds) of a DER certificate.
+fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
+    use der::Decode;
+    let c = x509_cert::Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
+    let tbs = c.tbs_certificate();
+    let not_after = tbs
+        .validity()
+        .not_after
+        .to_system_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok((kagi_certs::serial_hex(&c), not_after))
+}
+
+impl Tsm {
+    /// Creates an operation that needs the card (issue, transfer, PIN reset, wallet update).
+    pub(super) async fn create(
+        &self,
+        h: &signing::Header,
+        req: ControlRequest,
+    ) -> Result<ControlResponse> {
+        let party = &h.sender;
+        let reject = |code: &str, detail: String| {
+            Ok(ControlResponse::Rejected(err(
+                Layer::Business,
+                code,
+                detail,
+            )))
+        };
+        let Some(idem) = h.idempotency_key else {
+            return Ok(ControlResponse::Rejected(err(
+                Layer::Protocol,
+                "protocol.idempotency-key-missing",
+                "a request that creates an operation needs an idempotency key",
+            )));
+        };
+        let provider = match &req {
+            ControlRequest::CreateSecurityDomain { provider, .. } => {
+                if !self.config.operators.contains_key(party) {
+                    return reject(
+                        "business.unknown-operator",
+                        format!("this TSM holds no issuer-domain keys of {party}"),
+                    );
+                }
+                provider.clone()
+            }
+            _ => party.clone(),
+        };
+        if !self.config.providers.contains_key(&provider) {
+            return reject(
+                "business.unknown-provider",
+                format!("this TSM holds no security-domain keys for {provider}"),
+            );
+        }
+        let request_hash = Sha256::digest(tsm_protocol::codec::encode(&req)?).to_vec();
+        // Idempotency first: the same key and request answer as before, another request is
+        // a conflict.
+        if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
+            return self.again(existing, &request_hash);
+        }
+        let (kind, iccid, access, credential_row, supersedes) = match &req {
+            ControlRequest::Issue {
+                card,
+                credential,
+                access,
+                applet,
+                ..
+            } => {
+                let (serial, not_after) = match cert_facts(&credential.certificate) {
+                    Ok(f) => f,
+                    Err(e) => return reject("business.bad-certificate", e),
+                };
+                if not_after < now() / 1000 {
+                    return reject(
+                        "business.expired-certificate",
+                        "the certificate has already expired".into(),
+                    );
+                }
+                (
+                    "issue",
+                    card.iccid.clone(),
+                    access.clone(),
+                    Some((
+                        serial,
+                        not_after,
+                        credential.my_number_sign_serial.clone(),
+                        applet.instance.clone(),
+                    )),
+                    None,
+                )
+            }
+            ControlRequest::Transfer {
+                credential,
+                card,
+                new_credential,
+                access,
+            } => {
+                let old = match self.store.credential(credential).await? {
+                    Some(c) if c.party == party.0 => c,
+                    _ => return Ok(unknown_credential(credential, party)),
+                };
+                if old.state != "active" {
+                    return reject(
+                        "business.not-transferable",
+                        format!(
+                            "credential {credential} is {} (only an active credential moves)",
+                            old.state
+                        ),
+                    );
+                }
+                let (serial, not_after) = match cert_facts(&new_credential.certificate) {
+                    Ok(f) => f,
+                    Err(e) => return reject("business.bad-certificate", e),
+                };
+                (
+                    "transfer",
+                    card.iccid.clone(),
+                    access.clone(),
+                    Some((
+                        serial,
+                        not_after,
+                        new_credential.my_number_sign_serial.clone(),
+                        old.instance.clone(),
+                    )),
+                    Some(*credential),
+                )
+            }
+            ControlRequest::ResetPin {
+                credential, access, ..
+            } => {
+                let c = match self.store.credential(credential).await? {
+                    Some(c) if c.party == party.0 => c,
+                    _ => return Ok(unknown_credential(credential, party)),
+                };
+                if c.state != "active" {
+                    return reject(
+                        "business.not-active",
+                        format!("credential {credential} is {}", c.state),
+                    );
+                }
+                ("reset-pin", c.iccid.clone(), access.clone(), None, None)
+            }
+            ControlRequest::CreateSecurityDomain {
+                iccid,
+                access,
+                privileges,
+                ..
+            } => {
+                if privileges.first().is_none_or(|p| p & 0x80 == 0) {
+                    return reject(
+                        "business.bad-privileges",
+                        "a security domain needs the Security Domain privilege (80)".into(),
+                    );
+                }
+                ("create-sd", iccid.clone(), access.clone(), None, None)
+            }
+            ControlRequest::WalletUpdate {
+                card,
+                access,
+                updates,
+                ..
+            } => {
+                if updates.is_empty() {
+                    return reject("business.nothing-to-do", "no updates".into());
+                }
+                (
+                    "wallet-update",
+                    card.iccid.clone(),
+                    access.clone(),
+                    None,
+                    None,
+                )
+            }
+            _ => return reject("protocol.unsupported", "not an operation".into()),
+        };
+        if access.password_iterations < 1000 || access.max_attempts == 0 || access.max_attempts > 10
+        {
+            return reject(
+                "business.weak-access",
+                "the access grant needs at least 1000 PBKDF2 iterations and 1 to 10 attempts"
+                    .into(),
+            );
+        }
+        let valid_for = access.valid_for_ms.clamp(60_000, 7 * 86_400_000) as i64;
+        let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
+        match self.store.card(&iccid).await? {
+            // An operator acts on its own SIMs only; another operator's is as unknown.
+            Some(c) if operator_request && c.mno != party.0 => {
+                return Ok(unknown_card(&iccid, party));
+            }
+            None if operator_request => return Ok(unknown_card(&iccid, party)),
+            None => {
+                return reject(
+                    "business.unknown-card",
+                    format!("SIM {iccid} is not registered (the operator registers it)"),
+                );
+            }
+            Some(c) if c.state != "active" => {
+                return reject(
+                    "business.card-not-active",
+                    format!("SIM {iccid} is {}", c.state),
+                );
+            }
+            Some(_) => {}
+        }
+        // One live operation per card and provider at a time.
+        if let Some(live) = self
+            .store
+            .live_ops_on(&iccid)
+            .await?
+            .into_iter()
+            .find(|o| o.party == party.0)
+        {
+            return reject(
+                "business.in-progress",
+                format!(
+                    "operation {} is still running on SIM {iccid}: cancel it or wait",
+                    live.id
+                ),
+            );
+        }
+        let id = OpId::random()?;
+        let code = access::new_access_code()?;
+        let ticket = access::new_ticket()?;
+        let mut proof_nonce = [0u8; 32];
+        getrandom::fill(&mut proof_nonce)?;
+        let secrets = Secrets {
+            code: code.to_string(),
+            ticket: ticket.to_string(),
+        };
+        let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
+        let sealed_secrets = card_wire::content::seal(&self.config.state_key, &id.0, &plain);
+        let t = now();
+        let mut children = Vec::new();
+        if let Some(old) = supersedes {
+            children.push(old);
+        }
+        let op = OpRow {
+            id,
+            kind: kind.into(),
+            party: party.0.clone(),
+            state: OpState::AwaitingDevice,
+            iccid: iccid.clone(),
+            idem_key: Some(idem.to_hex()),
+            request_hash,
+            parent: None,
+            created_at: t,
+            expires_at: t + valid_for,
+            updated_at: t,
+            version: 0,
+            data: OpData {
+                request: req,
+                request_id: (h.msg_id, h.nonce),
+                code_hash: access::code_hash(&id, &code),
+                attempts_left: access.max_attempts,
+                steps: Vec::new(),
+                receipt: None,
+                error: None,
+                proof_nonce,
+                children,
+                sealed_secrets,
+                cin: String::new(),
+                session: None,
+                phase: 0,
+            },
+        };
+        // The card must still be active when this commits (a card reported lost meanwhile
+        // gets no new operation).
+        let mut extra = vec![
+            Store::require_active_card(&iccid),
+            Store::insert_ticket(&access::ticket_hash(&ticket), &id),
+            Store::audit(&id, t, &party.0, "accepted", kind),
+        ];
+        if let Some((serial, not_after, my_number, instance)) = credential_row {
+            extra.push(Store::insert_credential(
+                &CredentialRow {
+                    op_id: id,
+                    iccid: iccid.clone(),
+                    party: party.0.clone(),
+                    state: "pending".into(),
+                    reason: None,
+                    serial,
+                    not_after,
+                    my_number_serial: my_number,
+                    instance,
+                    deletion_pending: false,
+                },
+                t,
+            ));
+        }
+        let created = match self.store.create_op(&op, extra).await {
+            // Statement 1 is the card check.
+            Err(StoreError::Conflict(1)) => {
+                return reject(
+                    "business.card-not-active",
+                    format!("SIM {iccid} is no longer active"),
+                );
+            }
+            r => r?,
+        };
+        match created {
+            Created::New => {
+                tracing::info!(op = %id, kind, iccid = %iccid, "operation accepted");
+                Ok(ControlResponse::Accepted {
+                    op: id,
+                    state: op.state,
+                    device_ticket: Some(ticket.to_string()),
+                    access_code: Some(code.to_string()),
+                    expires_at: op.expires_at as u64,
+                })
+            }
+            Created::Existing(e) => self.again(*e, &op.request_hash),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The TSM's behaviour behind its two endpoints: signed control requests from providers and
+//! the operator, and the relay's messages. Every state change is written to the database —
+//! with its audit event, in one transaction, compare-and-swap on the operation's version —
+//! before the answer leaves; the only state kept in memory is the SCP03 session of a running
+//! relay session, which is never resumed: after a restart (or on another instance) the next
+//! report gets a new session and a new probe.
+//!
+//! The methods of [`Tsm`] are split by job: `control` (the control API and the providers'
+//! requests), `create` (operations a request creates), `operator` (the operator's notices),
+//! `relay` (the relay endpoint, device tickets and access entries), `plan` (what a session
+//! runs) and `engine` (a running session and the end of an operation).
+
+mod control;
+mod create;
+mod engine;
+mod operator;
+mod plan;
+mod relay;
+
+use crate::store::ops::OpRow;
+use crate::store::{Store, StoreError};
+use card_wire::scp03::{AesKey, CardKeys};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tsm_protocol::codec::CodecError;
+use tsm_protocol::control::{
+    CardTarget, ControlRequest, ControlResponse, CredentialBundle, OpState, OperationView,
+};
+use tsm_protocol::script::Engine;
+use tsm_protocol::signing::{self, Policy, ProtocolError, SignError, Signer, Trust};
+use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, SessionId};
+
+/// A service provider the TSM acts for: its security domain on the cards and the keys of it.
+pub struct Provider {
+    /// The domain's AID.
+    pub sd_aid: Vec<u8>,
+    /// Its key version.
+    pub kvn: u8,
+    /// Each card's domain keys (diversified from the provider's master keys, in an HSM or
+    /// the development file store).
+    pub keys: Arc<dyn CardKeys>,
+    /// The provider's content key, given to its applets at installation: the layer that
+    /// keeps credentials sealed end to end.
+    pub content_key: AesKey,
+}
+
+/// A mobile operator whose issuer security domains the TSM may open (its MNO-TSM role).
+pub struct Operator {
+    /// The issuer domain's AID.
+    pub isd_aid: Vec<u8>,
+    /// Its key version.
+    pub kvn: u8,
+    /// Each card's issuer-domain keys.
+    pub keys: Arc<dyn CardKeys>,
+}
+
+/// How the TSM is set up.
+pub struct Config {
+    /// Signs every answer and receipt.
+    pub signer: Signer,
+    /// The providers' and operators' public keys.
+    pub trust: Trust,
+    /// What requests are accepted (this TSM's name, clock skew, validity).
+    pub policy: Policy,
+    /// The providers, by party.
+    pub providers: BTreeMap<PartyId, Provider>,
+    /// The operators whose issuer domains this TSM opens (to create providers' domains).
+    pub operators: BTreeMap<PartyId, Operator>,
+    /// Seals the access codes and tickets kept for idempotent answers.
+    pub state_key: AesKey,
+    /// Where to write the revocation list (one serial per line) after every revocation.
+    pub revocation_list: Option<std::path::PathBuf>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now() -> i64 {
+    signing::now_ms() as i64
+}
+
+fn err(layer: Layer, code: &str, detail: impl Into<String>) -> ErrorReport {
+    ErrorReport::new(layer, code, false, detail)
+}
+
+/// The refusal for a credential that does not exist or is not the asking party's: the same
+/// code and words either way, so nobody learns about credentials that are not theirs.
+fn unknown_credential(credential: &OpId, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-credential",
+        format!("no credential {credential} of {party}"),
+    ))
+}
+
+/// The refusal for an operation that does not exist or is not the asking party's.
+fn unknown_operation(op: &OpId, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-operation",
+        format!("no operation {op} of {party}"),
+    ))
+}
+
+/// The refusal for a SIM that is not registered or is another operator's.
+fn unknown_card(iccid: &str, party: &PartyId) -> ControlResponse {
+    ControlResponse::Rejected(err(
+        Layer::Business,
+        "business.unknown-card",
+        format!("no SIM {iccid} registered by {party}"),
+    ))
+}
+
+/// Why a request could not be handled at all (the HTTP layer maps these).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Not a message: the body does not decode, or its signed envelope cannot be read (a
+    /// 400; the sender must send a well-formed message).
+    #[error(transparent)]
+    BadRequest(ProtocolError),
+    /// Another instance changed the operation meanwhile: send the same message again.
+    #[error("the operation changed meanwhile: send the same message again")]
+    Conflict,
+    /// The database failed, or holds a row that does not decode.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The system's random numbers failed (ids, nonces, access codes): not the sender's
+    /// fault; retry later, and check the host's entropy source if it persists.
+    #[error("the TSM's random numbers failed: {0}")]
+    Random(#[from] getrandom::Error),
+    /// A message of the TSM's own could not be encoded (too large): not the sender's fault.
+    #[error("the TSM cannot encode its own message: {0}")]
+    Encode(#[from] CodecError),
+    /// A lock of this instance was poisoned by a panic: restart the instance (its state is in
+    /// the database; a running session continues on another instance or after the restart).
+    #[error("a lock of this TSM instance is poisoned: restart it")]
+    Poisoned,
+}
+
+impl From<SignError> for ServiceError {
+    fn from(e: SignError) -> Self {
+        match e {
+            SignError::Random(e) => ServiceError::Random(e),
+            SignError::Encode(e) => ServiceError::Encode(e),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => ServiceError::Conflict,
+            e => ServiceError::Store(e),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// A running relay session's engine (in memory only).
+struct Running {
+    op: OpId,
+    engine: Engine,
+    /// Goals that delete revoked applets riding along (their credentials, cleared at the
+    /// end).
+    deletions: Vec<OpId>,
+}
+
+/// The TSM.
+pub struct Tsm {
+    config: Config,
+    store: Store,
+    engines: Mutex<HashMap<SessionId, Running>>,
+    entry_checks: std::sync::atomic::AtomicU64,
+}
+
+/// The access code and ticket of an operation, kept sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Secrets {
+    code: String,
+    ticket: String,
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.code);
+        zeroize::Zeroize::zeroize(&mut self.ticket);
+    }
+}
+
+fn credential_of(req: &ControlRequest) -> Option<&CredentialBundle> {
+    match req {
+        ControlRequest::Issue { credential, .. } => Some(credential),
+        ControlRequest::Transfer { new_credential, .. } => Some(new_credential),
+        _ => None,
+    }
+}
+
+impl Tsm {
+    /// A TSM over an open store.
+    pub fn new(config: Config, store: Store) -> Tsm {
+        Tsm {
+            config,
+            store,
+            engines: Mutex::new(HashMap::new()),
+            entry_checks: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many access-code and password entries this instance has checked since it
+    /// started (each one spent an attempt first), for monitoring.
+    pub fn entry_checks(&self) -> u64 {
+        self.entry_checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This TSM's party.
+    pub fn party(&self) -> &PartyId {
+        &self.config.policy.me
+    }
+
+    /// The TSM's public key (what providers trust its answers and receipts with).
+    pub fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
+        *self.config.signer.verifying_key()
+    }
+
+    /// Marks operations past their time as expired; forgets old replay entries.
+    pub async fn sweep(&self) -> Result<usize> {
+        let t = now();
+        let rows = self
+            .store
+            .query(
+                "SELECT id FROM ops WHERE expires_at < $1 AND state IN ('awaiting-device', 'device-bound', 'interrupted')",
+                vec![t.into()],
+            )
+            .await?;
+        let mut n = 0;
+        for r in rows {
+            let Some(id) = OpId::from_hex(&r[0].text()) else {
+                continue;
+            };
+            // Read again: only an operation still waiting and past its time expires (its
+            // version then guards the write).
+            if let Some(mut op) = self.store.op(&id).await?
+                && matches!(
+                    op.state,
+                    OpState::AwaitingDevice | OpState::DeviceBound | OpState::Interrupted
+                )
+                && op.expires_at < t
+            {
+                op.state = OpState::Expired;
+                op.updated_at = t;
+                let batch = vec![
+                    Store::credential_state(&id, "pending", "expired", t),
+                    Store::update_op(&op)?,
+                    Store::audit(&id, t, "tsm", "expired", ""),
+                ];
+                match self.store.commit(batch).await {
+                    Ok(()) => n += 1,
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.store.purge_replay(t).await?;
+        Ok(n)
+    }
+}
+
+/// The canonical encoding of a relay message.
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(tsm_protocol::codec::encode(v)?)
+}
+
+/// What a provider sees of an operation.
+fn view(o: &OpRow) -> OperationView {
+    OperationView {
+        op: o.id,
+        kind: o.kind.clone(),
+        state: o.state,
+        steps: o.data.steps.clone(),
+        receipt: o.data.receipt.clone(),
+        error: o.data.error.clone(),
+        children: o.data.children.clone(),
+    }
+}
+
+/// The card a request is for (for logs).
+pub fn card_of(req: &ControlRequest) -> Option<&CardTarget> {
+    match req {
+        ControlRequest::Issue { card, .. }
+        | ControlRequest::Transfer { card, .. }
+        | ControlRequest::WalletUpdate { card, .. } => Some(card),
+        _ => None,
+    }
+}

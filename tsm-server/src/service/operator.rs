@@ -1,0 +1,122 @@
+//! The mobile operator's notices: cards registered, SIMs changed or lost, eligibility
+//! checks.
+
+use crate::store::ops::CardRow;
+use crate::store::{Store, StoreError};
+use tsm_protocol::control::{ControlRequest, ControlResponse, RevokeReason};
+use tsm_protocol::{Layer, PartyId};
+
+use super::{Result, Tsm, err, now, unknown_card};
+
+impl Tsm {
+    pub(super) async fn mno(
+        &self,
+        party: &PartyId,
+        req: ControlRequest,
+    ) -> Result<ControlResponse> {
+        let t = now();
+        let bad_iccid = || {
+            Ok(ControlResponse::Rejected(err(
+                Layer::Business,
+                "business.bad-card",
+                "an ICCID (18-20 digits, Luhn) and a hex card image number are needed",
+            )))
+        };
+        let valid = |iccid: &str| card_wire::uicc::Iccid::new(iccid).is_ok();
+        match req {
+            ControlRequest::RegisterCard {
+                iccid,
+                cin,
+                sd_aid,
+                free_memory,
+            } => {
+                if !valid(&iccid) || hex::decode(&cin).is_err() {
+                    return bad_iccid();
+                }
+                let row = CardRow {
+                    iccid: iccid.clone(),
+                    cin: cin.to_ascii_uppercase(),
+                    sd_aid,
+                    free_memory: i64::from(free_memory),
+                    state: "active".into(),
+                    replaced_by: None,
+                    mno: party.0.clone(),
+                };
+                // Another operator's SIM stays theirs: the write changes no row.
+                match self.store.commit(vec![Store::register_card(&row, t)]).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => {
+                        return Ok(ControlResponse::Rejected(err(
+                            Layer::Business,
+                            "business.card-taken",
+                            format!("SIM {iccid} is registered by another operator"),
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::info!(iccid = %iccid, "card registered");
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::SimChanged {
+                old_iccid,
+                new_iccid,
+            } => {
+                if !valid(&old_iccid) || !valid(&new_iccid) {
+                    return bad_iccid();
+                }
+                let stmt = Store::mark_card(&old_iccid, &party.0, "replaced", Some(&new_iccid), t);
+                match self.store.commit(vec![stmt]).await {
+                    Ok(()) => Ok(ControlResponse::Ok),
+                    Err(StoreError::Conflict(_)) => Ok(unknown_card(&old_iccid, party)),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            ControlRequest::CardLost { iccid } => {
+                if !valid(&iccid) {
+                    return bad_iccid();
+                }
+                let stmt = Store::mark_card(&iccid, &party.0, "lost", None, t);
+                match self.store.commit(vec![stmt]).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => return Ok(unknown_card(&iccid, party)),
+                    Err(e) => return Err(e.into()),
+                }
+                // The card is lost before its credentials are listed, so an operation
+                // created meanwhile either failed its card check or is listed here.
+                for cred in self.store.credentials_on(&iccid).await? {
+                    self.revoke_row(cred, RevokeReason::CardLost, &party.0)
+                        .await?;
+                }
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::CheckEligibility {
+                iccid,
+                memory_needed,
+            } => {
+                // Another operator's SIM is as unregistered as an unknown one.
+                let (eligible, reason, free) = match self.own_card(party, &iccid).await? {
+                    None => (false, "not registered".to_string(), 0),
+                    Some(c) if c.state != "active" => {
+                        (false, format!("the SIM is {}", c.state), c.free_memory)
+                    }
+                    Some(c) if c.free_memory < i64::from(memory_needed) => (
+                        false,
+                        format!("{} bytes free, {memory_needed} needed", c.free_memory),
+                        c.free_memory,
+                    ),
+                    Some(c) => (true, String::new(), c.free_memory),
+                };
+                Ok(ControlResponse::Eligibility {
+                    eligible,
+                    reason,
+                    free_memory: free.clamp(0, i64::from(u32::MAX)) as u32,
+                })
+            }
+            _ => Ok(ControlResponse::Rejected(err(
+                Layer::Protocol,
+                "protocol.unsupported",
+                "not an operator notice",
+            ))),
+        }
+    }
+}
