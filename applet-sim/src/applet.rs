@@ -6,53 +6,10 @@ use crate::store::{Store, StoreError};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 
-/// An application identifier (5 to 16 bytes).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Aid(Vec<u8>);
+pub use card_wire::aid::Aid;
 
-/// An AID of the wrong length.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an AID is 5 to 16 bytes, got {0}")]
-pub struct AidLengthError(pub usize);
-
-impl Aid {
-    /// An AID from 5 to 16 bytes.
-    pub fn new(bytes: &[u8]) -> Result<Self, AidLengthError> {
-        if (5..=16).contains(&bytes.len()) {
-            Ok(Aid(bytes.to_vec()))
-        } else {
-            Err(AidLengthError(bytes.len()))
-        }
-    }
-
-    /// An AID from hex text.
-    pub fn from_hex(text: &str) -> Result<Self, AidLengthError> {
-        let bytes = hex::decode(text).map_err(|_| AidLengthError(0))?;
-        Self::new(&bytes)
-    }
-
-    /// The bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Whether `prefix` selects this AID (full or right-truncated partial match).
-    pub fn matches(&self, prefix: &[u8]) -> bool {
-        self.0.starts_with(prefix)
-    }
-}
-
-impl core::fmt::Debug for Aid {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Aid({})", card_wire::hex_upper(&self.0))
-    }
-}
-
-impl core::fmt::Display for Aid {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}", card_wire::hex_upper(&self.0))
-    }
-}
+/// An AID of the wrong length or in bad text (kept under its old name).
+pub type AidLengthError = card_wire::aid::AidError;
 
 /// A persistent write failed: power lost (tearing) or memory full. Applets turn it into a
 /// status word with `?`; the runtime notices a power loss on its own.
