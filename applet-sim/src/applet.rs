@@ -1,5 +1,6 @@
 //! The applet seam: what an applet implements and what the runtime hands it.
 
+use crate::applet_store::AppletStore;
 use crate::registry::RegistryEntry;
 use crate::rng::CardRng;
 use crate::store::{Store, StoreError};
@@ -10,6 +11,19 @@ pub use card_wire::aid::Aid;
 
 /// An AID of the wrong length or in bad text (kept under its old name).
 pub type AidLengthError = card_wire::aid::AidError;
+
+/// Number of logical channels (0–19).
+pub const CHANNELS: usize = 20;
+
+/// What the card's class table tells a security domain (LOAD and INSTALL check against it).
+pub trait ClassCatalog {
+    /// Whether a load file may name `class`.
+    fn knows(&self, class: &str) -> bool;
+
+    /// Whether an instance of `class` can be installed as `aid` with `params`: `None` if so,
+    /// otherwise the status word INSTALL answers.
+    fn check_install(&self, class: &str, aid: &Aid, params: &[u8]) -> Option<StatusWord>;
+}
 
 /// A persistent write failed: power lost (tearing) or memory full. Applets turn it into a
 /// status word with `?`; the runtime notices a power loss on its own.
@@ -45,12 +59,15 @@ pub struct AppletContext<'a> {
     pub aid: &'a Aid,
     /// The card's random source.
     pub rng: &'a mut CardRng,
-    /// Persistent memory (the applet's own data lives under `registry::data_prefix(aid)`).
-    pub store: &'a mut Store,
+    /// Persistent memory, scoped to this applet's own AID.
+    pub store: AppletStore<'a>,
     /// Every installed instance, as of the start of this command.
     pub registry: &'a [RegistryEntry],
-    /// The other applets.
+    /// The other applets (reachable only with the whole card's memory, i.e. by security
+    /// domains).
     pub others: &'a mut dyn OtherApplets,
+    /// The classes the card can instantiate.
+    pub classes: &'a dyn ClassCatalog,
 }
 
 impl AppletContext<'_> {
