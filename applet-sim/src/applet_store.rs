@@ -116,3 +116,39 @@ impl<'a> AppletStore<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever names an applet uses, its writes land under `app/<its AID>/` and its reads
+        /// see nothing else: another applet's object, the registry and the keys stay apart.
+        #[test]
+        fn names_never_leave_the_namespace(names in prop::collection::btree_set(".{0,24}", 1..12)) {
+            let mut store = Store::new(64 * 1024);
+            store.put("app/F00102030401/secret", b"Y").unwrap();
+            store.put("reg/F00102030401", b"entry").unwrap();
+            store.put("sd/A000000151000000/key/30", b"keys").unwrap();
+            let before = store.clone();
+            let mut x = AppletStore::new(&mut store, "F001020304", false);
+            for n in &names {
+                prop_assert_eq!(x.get(n), None);
+                x.put(n, b"x").unwrap();
+                prop_assert_eq!(x.get(n), Some(&b"x"[..]));
+            }
+            prop_assert!(x.whole_card().is_none());
+            let mine = x.names("");
+            for n in &names {
+                prop_assert!(mine.contains(n));
+            }
+            for k in store.keys("") {
+                if !k.starts_with("app/F001020304/") {
+                    prop_assert_eq!(store.get(&k), before.get(&k), "{}", k);
+                }
+            }
+            prop_assert_eq!(store.keys("").len(), 3 + mine.len());
+        }
+    }
+}

@@ -122,7 +122,7 @@ fn the_constructor_refuses_bad_install_parameters() {
             &counter::install_params(0),
         )
         .unwrap();
-    assert_eq!(r.sw.0, 0x6A80);
+    assert_eq!(r.sw, card_wire::StatusWord(0x6A80));
     assert_eq!(tx(&mut c, SELECT), "6A82");
 }
 
