@@ -61,7 +61,8 @@ pub struct AppletContext<'a> {
     pub rng: &'a mut CardRng,
     /// Persistent memory, scoped to this applet's own AID.
     pub store: AppletStore<'a>,
-    /// Every installed instance, as of the start of this command.
+    /// The installed instances as of the start of this command: every one for a security
+    /// domain, only the applet's own entry for any other applet.
     pub registry: &'a [RegistryEntry],
     /// The other applets (reachable only with the whole card's memory, i.e. by security
     /// domains).

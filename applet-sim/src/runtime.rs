@@ -65,6 +65,18 @@ pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassErr
     Ok(())
 }
 
+/// The registry as an applet may see it: all of it for a security domain, its own entry
+/// otherwise (other instances' install parameters can hold their providers' keys).
+fn visible<'r>(registry: &'r [RegistryEntry], aid: &Aid, privileged: bool) -> &'r [RegistryEntry] {
+    if privileged {
+        return registry;
+    }
+    match registry.iter().position(|e| &e.aid == aid) {
+        Some(i) => &registry[i..=i],
+        None => &[],
+    }
+}
+
 /// The applet's own view of persistent memory.
 fn scoped<'s>(store: &'s mut Store, aid: &Aid, privileged: bool) -> AppletStore<'s> {
     AppletStore::new(store, &aid.to_hex(), privileged)
@@ -122,7 +134,7 @@ impl OtherApplets for Others<'_> {
             aid,
             rng,
             store: scoped(store, aid, inst.privileged),
-            registry,
+            registry: visible(registry, aid, inst.privileged),
             others: &mut NoOthers,
             classes: self.classes,
         };
@@ -248,7 +260,7 @@ impl Runtime {
             aid,
             rng: &mut self.rng,
             store: scoped(&mut self.store, aid, inst.privileged),
-            registry: &self.registry,
+            registry: visible(&self.registry, aid, inst.privileged),
             others: &mut others,
             classes: &*self.classes,
         };

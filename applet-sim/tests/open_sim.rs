@@ -22,6 +22,10 @@ fn aid(s: &str) -> Aid {
 
 /// Puts an installed, selectable instance of `class` into a manufactured store.
 fn install(store: &mut Store, isd: &Aid, instance: &Aid, class: &str) {
+    install_with(store, isd, instance, class, vec![]);
+}
+
+fn install_with(store: &mut Store, isd: &Aid, instance: &Aid, class: &str, params: Vec<u8>) {
     registry::put_entry(
         store,
         &RegistryEntry {
@@ -31,7 +35,7 @@ fn install(store: &mut Store, isd: &Aid, instance: &Aid, class: &str) {
             privileges: [0; 3],
             sd: Some(isd.clone()),
             elf: None,
-            params: vec![],
+            params,
         },
     )
     .unwrap();
@@ -141,6 +145,15 @@ impl Applet for Peek {
             0x03 => Ok(Response::success(
                 ctx.store.names("").join(";").into_bytes(),
             )),
+            0x05 => {
+                // What the registry shows it: AIDs and install parameters.
+                let mut out = Vec::new();
+                for e in ctx.registry {
+                    out.extend_from_slice(e.aid.as_bytes());
+                    out.extend_from_slice(&e.params);
+                }
+                Ok(Response::success(out))
+            }
             0x04 => {
                 // Asks for the whole card's memory, as a security domain gets it.
                 match ctx.store.whole_card() {
@@ -166,7 +179,14 @@ fn peek_card() -> SimCard {
     let mut store = cfg.manufacture().unwrap();
     // X's AID is a prefix of Y's: their namespaces must still be apart.
     install(&mut store, &cfg.isd.aid, &aid("F001020304"), "test.peek");
-    install(&mut store, &cfg.isd.aid, &aid("F00102030401"), "test.peek");
+    // Y's install parameters hold a (test) content key, as the JPKI AP's do: C9 { CE key }.
+    install_with(
+        &mut store,
+        &cfg.isd.aid,
+        &aid("F00102030401"),
+        "test.peek",
+        h("C912 CE10 000102030405060708090A0B0C0D0E0F"),
+    );
     install(&mut store, &cfg.isd.aid, &aid("F0FA4E5D01"), "test.fake-sd");
     let mut c = SimCard::from_store_with(store, Some(4), true, Arc::new(table)).unwrap();
     c.power_on();
@@ -206,6 +226,8 @@ fn an_applet_cannot_reach_another_applets_records() {
     ] {
         assert_eq!(read(&mut c, name), "6A83", "X read {name}");
     }
+    // X sees its own registry entry only: not Y's install parameters.
+    assert_eq!(tx(&mut c, "8005000000"), "F0010203049000");
     // X sees only its own names, and cannot get the whole card.
     assert_eq!(tx(&mut c, "8003000000"), "9000", "X has no names yet");
     assert_eq!(tx(&mut c, "80040000"), "6982");
