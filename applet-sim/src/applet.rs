@@ -1,57 +1,28 @@
 //! The applet seam: what an applet implements and what the runtime hands it.
 
+use crate::applet_store::AppletStore;
 use crate::registry::RegistryEntry;
 use crate::rng::CardRng;
 use crate::store::{Store, StoreError};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 
-/// An application identifier (5 to 16 bytes).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Aid(Vec<u8>);
+pub use card_wire::aid::Aid;
 
-/// An AID of the wrong length.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an AID is 5 to 16 bytes, got {0}")]
-pub struct AidLengthError(pub usize);
+/// An AID of the wrong length or in bad text (kept under its old name).
+pub type AidLengthError = card_wire::aid::AidError;
 
-impl Aid {
-    /// An AID from 5 to 16 bytes.
-    pub fn new(bytes: &[u8]) -> Result<Self, AidLengthError> {
-        if (5..=16).contains(&bytes.len()) {
-            Ok(Aid(bytes.to_vec()))
-        } else {
-            Err(AidLengthError(bytes.len()))
-        }
-    }
+/// Number of logical channels (0–19).
+pub const CHANNELS: usize = 20;
 
-    /// An AID from hex text.
-    pub fn from_hex(text: &str) -> Result<Self, AidLengthError> {
-        let bytes = hex::decode(text).map_err(|_| AidLengthError(0))?;
-        Self::new(&bytes)
-    }
+/// What the card's class table tells a security domain (LOAD and INSTALL check against it).
+pub trait ClassCatalog {
+    /// Whether a load file may name `class`.
+    fn knows(&self, class: &str) -> bool;
 
-    /// The bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Whether `prefix` selects this AID (full or right-truncated partial match).
-    pub fn matches(&self, prefix: &[u8]) -> bool {
-        self.0.starts_with(prefix)
-    }
-}
-
-impl core::fmt::Debug for Aid {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Aid({})", card_wire::hex_upper(&self.0))
-    }
-}
-
-impl core::fmt::Display for Aid {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}", card_wire::hex_upper(&self.0))
-    }
+    /// Whether an instance of `class` can be installed as `aid` with `params`: `None` if so,
+    /// otherwise the status word INSTALL answers.
+    fn check_install(&self, class: &str, aid: &Aid, params: &[u8]) -> Option<StatusWord>;
 }
 
 /// A persistent write failed: power lost (tearing) or memory full. Applets turn it into a
@@ -88,12 +59,16 @@ pub struct AppletContext<'a> {
     pub aid: &'a Aid,
     /// The card's random source.
     pub rng: &'a mut CardRng,
-    /// Persistent memory (the applet's own data lives under `registry::data_prefix(aid)`).
-    pub store: &'a mut Store,
-    /// Every installed instance, as of the start of this command.
+    /// Persistent memory, scoped to this applet's own AID.
+    pub store: AppletStore<'a>,
+    /// The installed instances as of the start of this command: every one for a security
+    /// domain, only the applet's own entry for any other applet.
     pub registry: &'a [RegistryEntry],
-    /// The other applets.
+    /// The other applets (reachable only with the whole card's memory, i.e. by security
+    /// domains).
     pub others: &'a mut dyn OtherApplets,
+    /// The classes the card can instantiate.
+    pub classes: &'a dyn ClassCatalog,
 }
 
 impl AppletContext<'_> {

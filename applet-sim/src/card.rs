@@ -2,6 +2,7 @@
 //! the transport seam.
 
 use crate::applet::Aid;
+use crate::class_table::{ClassError, ClassTable};
 use crate::echo::{ECHO_AID, ECHO_PACKAGE};
 use crate::registry::{self, LoadFile, RegistryEntry, app_state};
 use crate::rng::CardRng;
@@ -15,6 +16,7 @@ use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
 use card_wire::uicc::Iccid;
 use std::path::Path;
+use std::sync::Arc;
 
 /// How the issuer security domain of a new card is set up.
 #[derive(Debug, Clone)]
@@ -221,7 +223,7 @@ impl SimConfig {
             &mut s,
             &RegistryEntry {
                 aid: self.isd.aid.clone(),
-                class: crate::classes::ISD.into(),
+                class: crate::registry::ISD_CLASS.into(),
                 life_cycle: app_state::PERSONALIZED,
                 privileges: ISD_PRIVILEGES,
                 sd: None,
@@ -238,7 +240,7 @@ impl SimConfig {
             &LoadFile {
                 aid: aid(&SSD_PACKAGE),
                 sd: self.isd.aid.clone(),
-                modules: vec![(aid(&SSD_MODULE), crate::classes::SD.into())],
+                modules: vec![(aid(&SSD_MODULE), crate::registry::SD_CLASS.into())],
             },
         )?;
         registry::put_load_file(
@@ -246,7 +248,7 @@ impl SimConfig {
             &LoadFile {
                 aid: aid(&ECHO_PACKAGE),
                 sd: self.isd.aid.clone(),
-                modules: vec![(aid(&ECHO_AID), crate::classes::ECHO.into())],
+                modules: vec![(aid(&ECHO_AID), crate::echo::ECHO_CLASS.into())],
             },
         )?;
         if self.echo_applet {
@@ -254,7 +256,7 @@ impl SimConfig {
                 &mut s,
                 &RegistryEntry {
                     aid: aid(&ECHO_AID),
-                    class: crate::classes::ECHO.into(),
+                    class: crate::echo::ECHO_CLASS.into(),
                     life_cycle: app_state::SELECTABLE,
                     privileges: [0, 0, 0],
                     sd: Some(self.isd.aid.clone()),
@@ -284,15 +286,23 @@ pub struct SimCard {
 impl SimCard {
     /// Builds a card from a configuration; it starts powered off.
     pub fn new(config: SimConfig) -> Self {
-        // The default memory budget always holds the manufacturing data.
-        let store = config
-            .manufacture()
-            .unwrap_or_else(|e| panic!("card memory too small for its own setup: {e}"));
-        Self::from_store(store, config.seed, config.extended_length)
+        Self::with_classes(config, crate::stock::shared())
     }
 
-    /// A card whose persistent memory is `store` (from an image, or a test).
+    /// A card whose persistent memory is `store` (made by [`SimConfig::manufacture`], or a
+    /// test), with the stock applet classes. The store is not checked: an instance of a class
+    /// the stock table lacks answers SELECT with `6A82`; use [`SimCard::from_store_with`] to
+    /// have it reported.
     pub fn from_store(store: Store, seed: Option<u64>, extended_length: bool) -> Self {
+        Self::from_store_unchecked(store, seed, extended_length, crate::stock::shared())
+    }
+
+    fn from_store_unchecked(
+        store: Store,
+        seed: Option<u64>,
+        extended_length: bool,
+        classes: Arc<ClassTable>,
+    ) -> Self {
         let rng = match seed {
             Some(s) => CardRng::seeded(s),
             None => CardRng::Os,
@@ -302,16 +312,58 @@ impl SimCard {
             .map(|a| a.to_vec())
             .unwrap_or_else(default_atr);
         SimCard {
-            runtime: Runtime::new(store, rng, extended_length),
+            runtime: Runtime::with_classes(store, rng, extended_length, classes),
             powered: false,
             atr,
             extended_length,
         }
     }
 
-    /// Loads a card from an image file.
+    /// Builds a card (powered off) whose runtime instantiates applets from `classes`: the
+    /// stock classes plus your own (see [`crate::ClassTable`]).
+    pub fn with_classes(config: SimConfig, classes: Arc<ClassTable>) -> Self {
+        // The default memory budget always holds the manufacturing data.
+        let store = config
+            .manufacture()
+            .unwrap_or_else(|e| panic!("card memory too small for its own setup: {e}"));
+        Self::from_store_unchecked(store, config.seed, config.extended_length, classes)
+    }
+
+    /// A card over `store` with the applet classes `classes`; refused with
+    /// [`ClassError::Unregistered`] when the store names a class the table lacks.
+    pub fn from_store_with(
+        store: Store,
+        seed: Option<u64>,
+        extended_length: bool,
+        classes: Arc<ClassTable>,
+    ) -> Result<Self, ClassError> {
+        crate::runtime::check_classes(&store, &classes)?;
+        Ok(Self::from_store_unchecked(
+            store,
+            seed,
+            extended_length,
+            classes,
+        ))
+    }
+
+    /// Loads a card from an image file, with the stock applet classes. An image that names
+    /// another class is refused ([`ImageError::Classes`]): load it with
+    /// [`SimCard::from_image_with`] and a table that registers the class.
     pub fn from_image(path: &Path, seed: Option<u64>) -> Result<Self, ImageError> {
-        Ok(Self::from_store(Store::load(path)?, seed, true))
+        Self::from_image_with(path, seed, crate::stock::shared())
+    }
+
+    /// Loads a card from an image file, instantiating applets from `classes`.
+    pub fn from_image_with(
+        path: &Path,
+        seed: Option<u64>,
+        classes: Arc<ClassTable>,
+    ) -> Result<Self, ImageError> {
+        let store = Store::load(path)?;
+        Self::from_store_with(store, seed, true, classes).map_err(|source| ImageError::Classes {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Saves the card's persistent memory to an image file, atomically.

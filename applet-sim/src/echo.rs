@@ -3,7 +3,7 @@
 //! tearing tests of STORE DATA).
 
 use crate::applet::{Applet, AppletContext};
-use crate::registry;
+use crate::class_table::{ClassError, ClassTable};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 
@@ -19,6 +19,14 @@ pub const INS_PATTERN: u8 = 0x12;
 /// `80 14 00 N`: read personalisation record N (`6A83` when absent).
 pub const INS_READ_RECORD: u8 = 0x14;
 
+/// The echo applet's class name.
+pub const ECHO_CLASS: &str = "kagi.echo";
+
+/// Registers the echo applet class.
+pub fn register(table: &mut ClassTable) -> Result<(), ClassError> {
+    table.register(ECHO_CLASS, |_| Ok(Box::new(EchoApplet)))
+}
+
 /// The echo applet. STORE DATA (through its security domain) appends a record: the record
 /// and the record count are written in one transaction.
 #[derive(Debug, Default)]
@@ -26,9 +34,8 @@ pub struct EchoApplet;
 
 impl EchoApplet {
     fn count(ctx: &AppletContext<'_>) -> u8 {
-        let key = format!("{}/count", registry::data_prefix(ctx.aid));
         ctx.store
-            .get(&key)
+            .get("count")
             .and_then(|v| v.first().copied())
             .unwrap_or(0)
     }
@@ -52,13 +59,10 @@ impl Applet for EchoApplet {
                     (0..n).map(|i| i as u8).collect::<Vec<_>>(),
                 ))
             }
-            (true, INS_READ_RECORD) => {
-                let key = format!("{}/rec/{:02X}", registry::data_prefix(ctx.aid), cmd.p2());
-                match ctx.store.get(&key) {
-                    Some(v) => Ok(Response::success(v)),
-                    None => Err(StatusWord::RECORD_NOT_FOUND),
-                }
-            }
+            (true, INS_READ_RECORD) => match ctx.store.get(&format!("rec/{:02X}", cmd.p2())) {
+                Some(v) => Ok(Response::success(v)),
+                None => Err(StatusWord::RECORD_NOT_FOUND),
+            },
             (false, _) => Err(StatusWord::CLA_NOT_SUPPORTED),
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
         }
@@ -76,11 +80,10 @@ impl Applet for EchoApplet {
         if n == 0xFF {
             return Err(StatusWord::NOT_ENOUGH_MEMORY);
         }
-        let prefix = registry::data_prefix(ctx.aid);
         let data = cmd.data().to_vec();
         ctx.store.atomically(|s| {
-            s.put(&format!("{prefix}/rec/{n:02X}"), &data)?;
-            s.put(&format!("{prefix}/count"), &[n + 1])
+            s.put(&format!("rec/{n:02X}"), &data)?;
+            s.put("count", &[n + 1])
         })?;
         Ok(Response::status(StatusWord::SUCCESS))
     }

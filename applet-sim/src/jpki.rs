@@ -21,7 +21,7 @@
 //! the public key), `C7` a key proof for the TSM's receipt (`card_wire::jpki::ITEM_KEY_PROOF`).
 
 use crate::applet::{Applet, AppletContext};
-use crate::registry;
+use crate::class_table::{ClassError, ClassTable};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 use card_wire::tlv;
@@ -99,6 +99,17 @@ pub static TEXT: Profile = Profile {
     pins: &[(EF_TEXT_PIN, PinFormat::FourDigits, 3)],
 };
 
+/// The JPKI AP's class name.
+pub const JPKI_CLASS: &str = "jpki.ap";
+/// The text AP's class name.
+pub const TEXT_CLASS: &str = "jpki.text";
+
+/// Registers the JPKI AP and the text AP classes.
+pub fn register(table: &mut ClassTable) -> Result<(), ClassError> {
+    table.register(JPKI_CLASS, |_| Ok(Box::new(FileApplet::new(&JPKI))))?;
+    table.register(TEXT_CLASS, |_| Ok(Box::new(FileApplet::new(&TEXT))))
+}
+
 /// Whether `value` has the format of JPKI PIN `pin`.
 pub fn pin_format_ok(pin: u16, value: &[u8]) -> bool {
     JPKI.pin_format_ok(pin, value)
@@ -134,8 +145,9 @@ impl FileApplet {
 /// personalization]).
 pub const MAX_PERSO: usize = 32 * 1024;
 
-fn key_of(ctx: &AppletContext<'_>, kind: &str, fid: u16) -> String {
-    format!("{}/{kind}/{fid:04X}", registry::data_prefix(ctx.aid))
+/// The name of an EF, key or PIN object in the applet's own store.
+fn key_of(kind: &str, fid: u16) -> String {
+    format!("{kind}/{fid:04X}")
 }
 
 impl FileApplet {
@@ -147,7 +159,7 @@ impl FileApplet {
         } else {
             "ef"
         };
-        ctx.store.get(&key_of(ctx, kind, fid)).is_some()
+        ctx.store.get(&key_of(kind, fid)).is_some()
     }
 
     fn select_ef(&mut self, cmd: &Command, ctx: &AppletContext<'_>) -> Result<Response, Sw> {
@@ -179,10 +191,7 @@ impl FileApplet {
         {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
-        let data = ctx
-            .store
-            .get(&key_of(ctx, "ef", fid))
-            .ok_or(Sw::NOT_FOUND)?;
+        let data = ctx.store.get(&key_of("ef", fid)).ok_or(Sw::NOT_FOUND)?;
         let offset = u16::from_be_bytes([cmd.p1(), cmd.p2()]) as usize;
         if offset >= data.len() {
             return Err(StatusWord(0x6B00));
@@ -211,7 +220,7 @@ impl FileApplet {
 
     fn verify(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
         let pin = self.current_pin(cmd)?;
-        let key = key_of(ctx, "pin", pin);
+        let key = key_of("pin", pin);
         let record = ctx
             .store
             .get(&key)
@@ -273,7 +282,7 @@ impl FileApplet {
         }
         let mut record = vec![max, max];
         record.extend_from_slice(cmd.data());
-        let key = key_of(ctx, "pin", pin);
+        let key = key_of("pin", pin);
         let r = ctx.store.put(&key, &record);
         record.zeroize();
         r?;
@@ -307,7 +316,7 @@ impl FileApplet {
         }
         let stored = ctx
             .store
-            .get(&key_of(ctx, "key", fid))
+            .get(&key_of("key", fid))
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
         let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
         Ok(Response::success(key.sign(data)?))
@@ -321,7 +330,7 @@ impl FileApplet {
         let max = self.profile.pin(fid).map(|(_, m)| m).unwrap_or(3);
         let mut record = vec![max, max];
         record.extend_from_slice(value);
-        let r = ctx.store.put(&key_of(ctx, "pin", fid), &record);
+        let r = ctx.store.put(&key_of("pin", fid), &record);
         record.zeroize();
         Ok(r?)
     }
@@ -339,11 +348,11 @@ impl FileApplet {
         let p = self.profile;
         match (item.tag.0, fid) {
             (0xC1, f) if p.is_data(f) => {
-                ctx.store.put(&key_of(ctx, "ef", fid), rest)?;
+                ctx.store.put(&key_of("ef", fid), rest)?;
             }
             (0xC2, f) if p.is_key(f) => {
                 CardKey::parse(rest).ok_or(Sw::INCORRECT_DATA)?;
-                ctx.store.put(&key_of(ctx, "key", fid), rest)?;
+                ctx.store.put(&key_of("key", fid), rest)?;
             }
             (0xC6, f) if p.is_key(f) => {
                 // A private key sealed with the provider's content key (install parameter
@@ -355,7 +364,7 @@ impl FileApplet {
                     der.zeroize();
                     return Err(Sw::INCORRECT_DATA);
                 }
-                let r = ctx.store.put(&key_of(ctx, "key", fid), &der);
+                let r = ctx.store.put(&key_of("key", fid), &der);
                 der.zeroize();
                 r?;
             }
@@ -382,7 +391,7 @@ impl FileApplet {
                 let message = card_wire::jpki::key_proof_message(&op, &nonce);
                 let stored = ctx
                     .store
-                    .get(&key_of(ctx, "key", fid))
+                    .get(&key_of("key", fid))
                     .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
                 let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
                 out.extend(tlv::tlv(0xC7, &key.sign(&key.to_be_signed(&message))?));
@@ -392,7 +401,7 @@ impl FileApplet {
                 let key = rsa::PrivateKey::new(&mut CardRngCore(ctx.rng), 2048)
                     .map_err(|_| Sw::EXECUTION_ERROR)?;
                 let der = key.to_pkcs1_der().map_err(|_| Sw::EXECUTION_ERROR)?;
-                ctx.store.put(&key_of(ctx, "key", fid), der.as_bytes())?;
+                ctx.store.put(&key_of("key", fid), der.as_bytes())?;
                 let public = key
                     .to_public_key()
                     .to_pkcs1_der()
@@ -404,7 +413,7 @@ impl FileApplet {
                 let key: p256::ecdsa::SigningKey =
                     p256::elliptic_curve::Generate::generate_from_rng(&mut CardRngCore(ctx.rng));
                 let mut scalar = key.to_bytes().to_vec();
-                let r = ctx.store.put(&key_of(ctx, "key", fid), &scalar);
+                let r = ctx.store.put(&key_of("key", fid), &scalar);
                 scalar.zeroize();
                 r?;
                 let point = key.verifying_key().to_sec1_point(false);

@@ -4,6 +4,10 @@
 //! status word as the error, like Java Card's `Applet`); the [`Runtime`] owns everything an
 //! applet should not: APDU parsing, SELECT by AID (full and partial, next occurrence), one
 //! selected applet per logical channel 0–19, MANAGE CHANNEL, command chaining and GET RESPONSE.
+//! The runtime instantiates applets from a [`ClassTable`] (class name → constructor): the
+//! stock classes register themselves from their own modules ([`stock::classes`]); another
+//! crate registers its own and gives the table to [`SimCard::with_classes`]. Each applet
+//! reaches persistent memory through an [`AppletStore`] scoped to its own AID.
 //! A [`SimCard`] adds power state and an ATR and implements the host's transport seam
 //! ([`card_wire::Transport`]), so the host talks to it exactly as to a PC/SC reader.
 //!
@@ -27,8 +31,10 @@
 #![deny(missing_docs)]
 
 pub mod applet;
+pub mod applet_store;
 pub mod card;
-pub mod classes;
+pub mod class_error;
+pub mod class_table;
 pub mod echo;
 pub mod jpki;
 pub mod load_file;
@@ -37,6 +43,7 @@ pub mod rng;
 pub mod runtime;
 pub mod sd_scp02;
 pub mod security_domain;
+pub mod stock;
 pub mod store;
 pub mod tearing;
 pub mod uicc;
@@ -44,7 +51,9 @@ pub mod vpcd;
 pub mod wallet;
 
 pub use applet::{Aid, Applet, AppletContext};
+pub use applet_store::AppletStore;
 pub use card::{SdConfig, SimCard, SimConfig};
+pub use class_table::{ClassError, ClassTable, Install};
 pub use registry::RegistryEntry;
 pub use runtime::Runtime;
 pub use security_domain::SecurityDomain;

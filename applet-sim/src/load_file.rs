@@ -12,9 +12,7 @@ use crate::store::{Store, StoreError};
 use card_wire::sw::StatusWord;
 use kagi_cap::{CapFile, HashAlg, PackageRef};
 
-/// The class name recorded for modules that come from a CAP file: Java Card bytecode the
-/// simulator cannot run yet.
-pub const CAP_CLASS: &str = "jc.cap";
+pub use crate::registry::CAP_CLASS;
 
 /// LOAD of a CAP whose imported package the card does not have (or has in an older minor
 /// version, or another major version): `6438`, what NXP JCOP cards answer to a CAP built
@@ -24,7 +22,7 @@ pub const SW_IMPORT_NOT_FOUND: StatusWord = StatusWord(0x6438);
 
 /// INSTALL [for install] of an applet from a CAP file: `6A81` (function not supported) —
 /// the simulator has no Java Card VM to run its `install` method.
-pub const SW_NO_JCVM: StatusWord = StatusWord::FUNCTION_NOT_SUPPORTED;
+pub const SW_NO_JCVM: StatusWord = crate::registry::SW_CLASS_UNAVAILABLE;
 
 /// The Java Card Classic 3.0.5 API packages the simulated card provides: AID, major, minor
 /// (from `javacard/api-tokens-3.0.5.json`, the 3.0.5u3 kit's export files).
@@ -67,18 +65,9 @@ pub fn check_hash(block: &[u8], hash: Option<&[u8]>) -> Result<(), StatusWord> {
     Ok(())
 }
 
-fn version_key(aid: &Aid) -> String {
-    format!("elfv/{}", card_wire::hex_upper(aid.as_bytes()))
-}
-
 /// The version (major, minor) of a package loaded from a CAP.
 pub fn version(store: &Store, aid: &Aid) -> Option<[u8; 2]> {
-    store.get(&version_key(aid))?.try_into().ok()
-}
-
-/// Forgets a package's version (with its load file).
-pub fn remove_version(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
-    store.remove(&version_key(aid))
+    registry::package_version(store, aid)
 }
 
 /// Whether the card provides `import`: same major version, minor at least the one imported.
@@ -137,6 +126,6 @@ pub fn accept(
 pub fn record(store: &mut Store, lf: &LoadFile, version: [u8; 2]) -> Result<(), StoreError> {
     store.atomically(|s| {
         registry::put_load_file(s, lf)?;
-        s.put(&version_key(&lf.aid), &version)
+        registry::put_package_version(s, &lf.aid, version)
     })
 }

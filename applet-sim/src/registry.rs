@@ -3,9 +3,22 @@
 //! cycles. The runtime instantiates applets from these records, so a card image restores
 //! everything.
 
-use crate::applet::Aid;
 use crate::store::{Store, StoreError};
+use card_wire::aid::Aid;
+use card_wire::sw::StatusWord;
 use card_wire::tlv::{self, Tag, tlv};
+
+/// The class of the issuer security domain.
+pub const ISD_CLASS: &str = "gp.isd";
+/// The class of a supplementary security domain.
+pub const SD_CLASS: &str = "gp.sd";
+/// The class name recorded for modules that come from a CAP file: Java Card bytecode the
+/// simulator cannot run yet.
+pub const CAP_CLASS: &str = "jc.cap";
+
+/// INSTALL [for install] of a module whose class the card cannot instantiate (a CAP's, or
+/// one missing from the class table): `6A81` (function not supported).
+pub const SW_CLASS_UNAVAILABLE: StatusWord = StatusWord::FUNCTION_NOT_SUPPORTED;
 
 /// Privilege bits of byte 1 (GP Card Specification Table 6-1).
 pub mod privilege {
@@ -88,7 +101,7 @@ pub struct RegistryEntry {
 impl RegistryEntry {
     /// ISD, SSD or application.
     pub fn kind(&self) -> EntryKind {
-        if self.class == crate::classes::ISD {
+        if self.class == ISD_CLASS {
             EntryKind::Isd
         } else if self.privileges[0] & privilege::SECURITY_DOMAIN != 0 {
             EntryKind::Sd
@@ -264,8 +277,26 @@ pub fn put_load_file(store: &mut Store, lf: &LoadFile) -> Result<(), StoreError>
 
 /// Removes a load file record.
 pub fn remove_load_file(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
-    crate::load_file::remove_version(store, aid)?;
+    store.remove(&version_key(aid))?;
     store.remove(&key("elf", aid))
+}
+
+fn version_key(aid: &Aid) -> String {
+    key("elfv", aid)
+}
+
+/// The version (major, minor) of a package loaded from a CAP.
+pub fn package_version(store: &Store, aid: &Aid) -> Option<[u8; 2]> {
+    store.get(&version_key(aid))?.try_into().ok()
+}
+
+/// Writes the version of a package loaded from a CAP.
+pub fn put_package_version(
+    store: &mut Store,
+    aid: &Aid,
+    version: [u8; 2],
+) -> Result<(), StoreError> {
+    store.put(&version_key(aid), &version)
 }
 
 /// Where an applet keeps its persistent data: `app/<AID>`.

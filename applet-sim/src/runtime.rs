@@ -5,20 +5,82 @@
 //! lost in the middle of a persistent write (tearing).
 
 use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
+use crate::applet_store::AppletStore;
+use crate::class_table::{ClassError, ClassTable};
 use crate::registry::{self, RegistryEntry, card_state};
 use crate::rng::CardRng;
 use crate::store::Store;
 use card_wire::apdu::{ApduError, Class, Command, Response};
 use card_wire::sw::StatusWord;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// Number of logical channels (0–19).
-pub const CHANNELS: usize = 20;
+pub use crate::applet::CHANNELS;
 
 /// `6999`: applet selection failed / no applet selected (Java Card's SW_APPLET_SELECT_FAILED).
 pub const SW_NO_APPLET: StatusWord = StatusWord(0x6999);
 
-type Instances = BTreeMap<Aid, Box<dyn Applet>>;
+/// A live applet instance and whether its class sees the whole card's memory.
+struct Instance {
+    applet: Box<dyn Applet>,
+    privileged: bool,
+}
+
+type Instances = BTreeMap<Aid, Instance>;
+
+/// Every registry entry and load file module of `store` whose class `classes` lacks (CAP
+/// modules aside: they are Java Card bytecode), and every instance whose class refuses its
+/// stored install parameters: the first one as an error.
+pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassError> {
+    for e in registry::entries(store) {
+        match classes.instantiate(&e.class, &e.aid, &e.params) {
+            None => {
+                return Err(ClassError::Unregistered {
+                    class: e.class,
+                    what: "instance",
+                    aid: e.aid,
+                });
+            }
+            Some(Err(sw)) => {
+                return Err(ClassError::Refused {
+                    class: e.class,
+                    aid: e.aid,
+                    sw,
+                });
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    for lf in registry::load_files(store) {
+        for (module, class) in lf.modules {
+            if class != registry::CAP_CLASS && !classes.knows(&class) {
+                return Err(ClassError::Unregistered {
+                    class,
+                    what: "load file module",
+                    aid: module,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The registry as an applet may see it: all of it for a security domain, its own entry
+/// otherwise (other instances' install parameters can hold their providers' keys).
+fn visible<'r>(registry: &'r [RegistryEntry], aid: &Aid, privileged: bool) -> &'r [RegistryEntry] {
+    if privileged {
+        return registry;
+    }
+    match registry.iter().position(|e| &e.aid == aid) {
+        Some(i) => &registry[i..=i],
+        None => &[],
+    }
+}
+
+/// The applet's own view of persistent memory.
+fn scoped<'s>(store: &'s mut Store, aid: &Aid, privileged: bool) -> AppletStore<'s> {
+    AppletStore::new(store, &aid.to_hex(), privileged)
+}
 
 #[derive(Default)]
 struct ChannelState {
@@ -32,7 +94,10 @@ struct ChannelState {
 }
 
 /// Personalisation forwarding between applets (no further nesting).
-struct Others<'m>(&'m mut Instances);
+struct Others<'m> {
+    instances: &'m mut Instances,
+    classes: &'m ClassTable,
+}
 
 struct NoOthers;
 
@@ -60,19 +125,20 @@ impl OtherApplets for Others<'_> {
         store: &mut Store,
         registry: &[RegistryEntry],
     ) -> Result<Response, StatusWord> {
-        let applet = self
-            .0
+        let inst = self
+            .instances
             .get_mut(aid)
             .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
         let mut ctx = AppletContext {
             channel,
             aid,
             rng,
-            store,
-            registry,
+            store: scoped(store, aid, inst.privileged),
+            registry: visible(registry, aid, inst.privileged),
             others: &mut NoOthers,
+            classes: self.classes,
         };
-        applet.personalize(cmd, &mut ctx)
+        inst.applet.personalize(cmd, &mut ctx)
     }
 }
 
@@ -85,12 +151,25 @@ pub struct Runtime {
     channels: Vec<ChannelState>,
     rng: CardRng,
     extended_length: bool,
+    classes: Arc<ClassTable>,
 }
 
 impl Runtime {
-    /// A runtime over a card's persistent memory; `extended_length` says whether the card
-    /// accepts extended APDUs at all.
+    /// A runtime over a card's persistent memory with the stock applet classes;
+    /// `extended_length` says whether the card accepts extended APDUs at all.
     pub fn new(store: Store, rng: CardRng, extended_length: bool) -> Self {
+        Self::with_classes(store, rng, extended_length, crate::stock::shared())
+    }
+
+    /// A runtime that instantiates applets from `classes`. An instance whose class the
+    /// table lacks stays unselectable (`6A82`); check a store first with
+    /// [`check_classes`] to have that reported instead.
+    pub fn with_classes(
+        store: Store,
+        rng: CardRng,
+        extended_length: bool,
+        classes: Arc<ClassTable>,
+    ) -> Self {
         let mut rt = Runtime {
             store,
             instances: BTreeMap::new(),
@@ -99,6 +178,7 @@ impl Runtime {
             channels: (0..CHANNELS).map(|_| ChannelState::default()).collect(),
             rng,
             extended_length,
+            classes,
         };
         rt.channels[0].open = true;
         rt
@@ -112,6 +192,11 @@ impl Runtime {
     /// Persistent memory, mutably (tests inject tearing here).
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store
+    }
+
+    /// The applet classes this runtime instantiates.
+    pub fn classes(&self) -> &Arc<ClassTable> {
+        &self.classes
     }
 
     /// The registry as of the last command.
@@ -129,9 +214,11 @@ impl Runtime {
         self.instances.retain(|aid, _| live.contains(aid));
         for e in &self.registry {
             if !self.instances.contains_key(&e.aid)
-                && let Some(a) = crate::classes::instantiate(&e.class, &e.aid)
+                && let Some(Ok(applet)) = self.classes.instantiate(&e.class, &e.aid, &e.params)
             {
-                self.instances.insert(e.aid.clone(), a);
+                let privileged = self.classes.is_privileged(&e.class);
+                self.instances
+                    .insert(e.aid.clone(), Instance { applet, privileged });
             }
         }
         for ch in &mut self.channels {
@@ -163,18 +250,22 @@ impl Runtime {
         channel: usize,
         f: impl FnOnce(&mut dyn Applet, &mut AppletContext<'_>) -> T,
     ) -> Option<T> {
-        let mut applet = self.instances.remove(aid)?;
-        let mut others = Others(&mut self.instances);
+        let mut inst = self.instances.remove(aid)?;
+        let mut others = Others {
+            instances: &mut self.instances,
+            classes: &self.classes,
+        };
         let mut ctx = AppletContext {
             channel: channel as u8,
             aid,
             rng: &mut self.rng,
-            store: &mut self.store,
-            registry: &self.registry,
+            store: scoped(&mut self.store, aid, inst.privileged),
+            registry: visible(&self.registry, aid, inst.privileged),
             others: &mut others,
+            classes: &*self.classes,
         };
-        let out = f(applet.as_mut(), &mut ctx);
-        self.instances.insert(aid.clone(), applet);
+        let out = f(inst.applet.as_mut(), &mut ctx);
+        self.instances.insert(aid.clone(), inst);
         Some(out)
     }
 
@@ -184,8 +275,8 @@ impl Runtime {
         self.store.power_up();
         self.synced = None;
         self.sync();
-        for a in self.instances.values_mut() {
-            a.reset();
+        for i in self.instances.values_mut() {
+            i.applet.reset();
         }
         for (i, ch) in self.channels.iter_mut().enumerate() {
             *ch = ChannelState {
@@ -282,7 +373,7 @@ impl Runtime {
                 .selected
                 .as_ref()
                 .and_then(|a| self.instances.get(a))
-                .is_some_and(|a| a.handles_file_select())
+                .is_some_and(|i| i.applet.handles_file_select())
     }
 
     /// Selecting a file leaves the applet selected on the channel (deselected first).
@@ -294,7 +385,7 @@ impl Runtime {
             && let Some(old) = self.channels[ch].selected.take()
             && let Some(a) = self.instances.get_mut(&old)
         {
-            a.deselect(ch as u8);
+            a.applet.deselect(ch as u8);
         }
         self.channels[ch].file = file;
         resp
@@ -418,7 +509,7 @@ impl Runtime {
                 && self
                     .instances
                     .get(c)
-                    .is_some_and(|a| a.handles_file_select())
+                    .is_some_and(|i| i.applet.handles_file_select())
             {
                 return self.dispatch(ch, cmd);
             }
@@ -437,7 +528,7 @@ impl Runtime {
             && !self
                 .instances
                 .get(&target)
-                .is_some_and(|a| a.multi_selectable())
+                .is_some_and(|i| i.applet.multi_selectable())
         {
             return Response::status(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
@@ -445,7 +536,7 @@ impl Runtime {
         if let Some(old) = current
             && let Some(a) = self.instances.get_mut(&old)
         {
-            a.deselect(ch as u8);
+            a.applet.deselect(ch as u8);
         }
         self.channels[ch].selected = None;
         match self.with_applet(&target, ch, |a, ctx| a.select(ctx)) {
@@ -467,7 +558,7 @@ impl Runtime {
             && !self
                 .instances
                 .get(&aid)
-                .is_some_and(|a| a.extended_length())
+                .is_some_and(|i| i.applet.extended_length())
         {
             return Response::status(StatusWord::WRONG_LENGTH);
         }
@@ -502,7 +593,7 @@ impl Runtime {
                 if let Some(aid) = self.channels[n].selected.clone()
                     && let Some(a) = self.instances.get_mut(&aid)
                 {
-                    a.deselect(n as u8);
+                    a.applet.deselect(n as u8);
                 }
                 self.channels[n] = ChannelState::default();
                 Response::status(StatusWord::SUCCESS)
@@ -528,7 +619,12 @@ impl Runtime {
                 .iter()
                 .enumerate()
                 .any(|(i, c)| i != new && c.selected.as_ref() == Some(&t));
-            if busy && !self.instances.get(&t).is_some_and(|a| a.multi_selectable()) {
+            if busy
+                && !self
+                    .instances
+                    .get(&t)
+                    .is_some_and(|i| i.applet.multi_selectable())
+            {
                 return;
             }
             if let Some(Ok(_)) = self.with_applet(&t, new, |a, ctx| a.select(ctx)) {

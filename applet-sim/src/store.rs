@@ -52,6 +52,15 @@ pub enum ImageError {
     /// Truncated or altered.
     #[error("card image is corrupt ({0}); restore it from a backup")]
     Corrupt(&'static str),
+    /// The image names an applet class the card's class table lacks (or whose
+    /// constructor refuses an instance's install parameters).
+    #[error("card image {path}: {source}")]
+    Classes {
+        /// The file.
+        path: String,
+        /// Which class, and what to do.
+        source: crate::class_error::ClassError,
+    },
     /// File system error.
     #[error("card image {path}: {source}")]
     Io {

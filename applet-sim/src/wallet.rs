@@ -8,7 +8,7 @@
 //! answer, a resumed session — changes points once.
 
 use crate::applet::{Applet, AppletContext};
-use crate::registry;
+use crate::class_table::{ClassError, ClassTable};
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 use card_wire::tlv;
@@ -19,14 +19,17 @@ type Sw = StatusWord;
 /// Largest update script (all STORE DATA blocks of one INSTALL [for personalization]).
 const MAX_SCRIPT: usize = 4096;
 
+/// Registers the wallet applet class ([`card_wire::wallet::WALLET_CLASS`]).
+pub fn register(table: &mut ClassTable) -> Result<(), ClassError> {
+    table.register(card_wire::wallet::WALLET_CLASS, |_| {
+        Ok(Box::new(WalletApplet::default()))
+    })
+}
+
 /// The wallet applet; the script being received is its only transient state.
 #[derive(Debug, Default)]
 pub struct WalletApplet {
     script: Vec<u8>,
-}
-
-fn key(ctx: &AppletContext<'_>, what: &str) -> String {
-    format!("{}/{what}", registry::data_prefix(ctx.aid))
 }
 
 fn text(v: &[u8]) -> Result<String, Sw> {
@@ -40,17 +43,17 @@ impl WalletApplet {
     fn summary(ctx: &AppletContext<'_>) -> Summary {
         let points = ctx
             .store
-            .get(&key(ctx, "points"))
+            .get("points")
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
             .map(u32::from_be_bytes)
             .unwrap_or(0);
         let member = ctx
             .store
-            .get(&key(ctx, "member"))
+            .get("member")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         let mut tickets = Vec::new();
-        let mut rest = ctx.store.get(&key(ctx, "tickets")).unwrap_or_default();
+        let mut rest = ctx.store.get("tickets").unwrap_or_default();
         while let [n, tail @ ..] = rest {
             let n = usize::from(*n).min(tail.len());
             tickets.push(String::from_utf8_lossy(&tail[..n]).into_owned());
@@ -66,7 +69,7 @@ impl WalletApplet {
 
     fn applied_ids(ctx: &AppletContext<'_>) -> Vec<[u8; 8]> {
         ctx.store
-            .get(&key(ctx, "applied"))
+            .get("applied")
             .unwrap_or_default()
             .chunks_exact(8)
             .filter_map(|c| <[u8; 8]>::try_from(c).ok())
@@ -136,8 +139,7 @@ impl WalletApplet {
             ("tickets", tickets),
             ("applied", ids),
         ] {
-            let k = key(ctx, what);
-            ctx.store.put(&k, &value)?;
+            ctx.store.put(what, &value)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! What both ends of a card dialogue share, and nothing else: the host (`kagi-host`) and the
 //! card simulator (`applet-sim`) depend on this crate, never on each other.
 //!
+//! - [`aid`]: application identifiers (5 to 16 bytes), validated once.
 //! - [`atr`]: the answer to reset (protocols, historical bytes, the UICC class indicator).
 //! - [`apdu`]: ISO 7816-4 command/response APDUs (cases 1–4, short and extended), class bytes
 //!   with logical channels 0–19.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod aid;
 pub mod apdu;
 pub mod atr;
 pub mod content;
@@ -36,6 +38,7 @@ pub mod transport;
 pub mod uicc;
 pub mod wallet;
 
+pub use aid::{Aid, AidError};
 pub use apdu::{ApduError, Class, Command, Response};
 pub use sw::StatusWord;
 pub use transport::{Capabilities, ResetKind, Transport, TransportError};
