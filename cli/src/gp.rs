@@ -268,10 +268,9 @@ impl Session {
 
 pub(super) fn aid(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
     let v = parse_hex(what, s)?;
-    if !(5..=16).contains(&v.len()) {
-        return Err(format!("{what} {s} must be 5 to 16 bytes").into());
-    }
-    Ok(v)
+    card_wire::Aid::new(&v)
+        .map(|a| a.as_bytes().to_vec())
+        .map_err(|e| format!("{what} {s}: {e}").into())
 }
 
 pub(super) fn done(json_out: bool, what: &str, value: serde_json::Value) {

@@ -322,10 +322,9 @@ fn parse_template(t: &str) -> std::result::Result<Vec<Piece>, String> {
 
 fn aid(what: &str, s: &str) -> std::result::Result<Vec<u8>, String> {
     let v = hex_bytes(what, s)?;
-    if !(5..=16).contains(&v.len()) {
-        return Err(format!("{what} {s} must be 5 to 16 bytes"));
-    }
-    Ok(v)
+    card_wire::Aid::new(&v)
+        .map(|a| a.as_bytes().to_vec())
+        .map_err(|e| format!("{what} {s}: {e}"))
 }
 
 fn kvn(what: &str, s: &str) -> std::result::Result<u8, String> {
