@@ -51,6 +51,28 @@ pub enum Error {
     /// A CAP file does not hold the applet asked for, or several and none was chosen.
     #[error("{0}")]
     CapApplet(String),
+    /// A file (a trace log, a key file) could not be read or written.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An I/O failure outside any named file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A simulated card's image could not be read or written.
+    #[cfg(feature = "sim")]
+    #[error(transparent)]
+    Image(#[from] applet_sim::store::ImageError),
+    /// A certificate or trust file could not be read.
+    #[cfg(feature = "eligibility")]
+    #[error(transparent)]
+    Certificate(#[from] kagi_certs::CertError),
+    /// The ATR or an identity EF (ICCID) is malformed.
+    #[error("malformed card identity: {0}")]
+    Identity(String),
     /// A PIN is blocked.
     #[error("the PIN is blocked: it must be reset at an issuing counter")]
     PinBlocked,

@@ -117,7 +117,10 @@ impl FileTrace {
     pub fn create(path: &std::path::Path) -> crate::Result<FileTrace> {
         std::fs::File::create(path)
             .map(|f| FileTrace(std::io::BufWriter::new(f)))
-            .map_err(|e| crate::Error::Protocol(format!("log {}: {e}", path.display())))
+            .map_err(|source| crate::Error::File {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
 

@@ -22,7 +22,7 @@ impl CardKind {
     /// Reads the kind from an ATR; an ATR that does not parse is an error that names it.
     pub fn from_atr(atr: &[u8]) -> Result<CardKind> {
         let a = Atr::parse(atr)
-            .map_err(|e| Error::Protocol(format!("ATR {}: {e}", hex::encode_upper(atr))))?;
+            .map_err(|e| Error::Identity(format!("ATR {}: {e}", hex::encode_upper(atr))))?;
         Ok(if a.is_uicc() {
             CardKind::Uicc
         } else {
@@ -60,7 +60,7 @@ pub fn read_iccid(ch: &mut impl ApduChannel) -> Result<Option<Iccid>> {
     }
     Iccid::from_ef(&r.data)
         .map(Some)
-        .map_err(|e| Error::Protocol(e.to_string()))
+        .map_err(|e| Error::Identity(format!("EF ICCID: {e}")))
 }
 
 #[cfg(all(test, feature = "sim"))]
