@@ -6,12 +6,13 @@
 //! card's per-service key, which it keeps sealed under a key-encryption key that never leaves
 //! the HSM, or vouches for the holder with a signed assertion ([`broker_protocol`]).
 //!
-//! - [`envelope`]: the seam to where the KEKs live (a key file for tests, PKCS#11 in `kagi`).
+//! - [`envelope`]: the seam to where the KEKs live (a key file for tests, PKCS#11 in `kagi-hsm`).
 //! - [`store`]: the tables, sharded by card over any number of databases.
 //! - [`service`]: logins, acts, administrators' requests, KEK rotation, one file per job
 //!   (the password login and its backoff in a module of its own).
 //! - [`clock`]: the time, injectable for tests.
 //! - [`http`]: the HTTP(S) front.
+//! - [`setup`]: its configuration file, `init` and start-up.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod envelope;
 pub mod http;
 mod password_login;
 pub mod service;
+pub mod setup;
 pub mod store;
 
 pub use envelope::{Envelope, FileEnvelope};

@@ -254,43 +254,6 @@ pub struct LoginArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BrokerFile {
-    name: String,
-    signing_key: String,
-    assertion_key: String,
-    state_key: String,
-    database: Vec<String>,
-    listen: String,
-    default_kek: String,
-    #[serde(default = "default_session_minutes")]
-    session_minutes: u64,
-    card_cas: Vec<String>,
-    #[serde(default)]
-    revocation: Vec<String>,
-    #[serde(default)]
-    tls_cert: Option<String>,
-    #[serde(default)]
-    tls_key: Option<String>,
-    #[serde(default)]
-    admin: Vec<AdminEntry>,
-    /// Timeouts, connection cap, rate limit (see the README's security section).
-    #[serde(default)]
-    limits: Option<kagi_serve::LimitsFile>,
-}
-
-fn default_session_minutes() -> u64 {
-    30
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdminEntry {
-    party: String,
-    public_key: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct AdminFile {
     party: String,
     signing_key: String,
