@@ -94,6 +94,10 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
             P::Profile(_) => "perso.profile".into(),
             P::NeedsRework(_) => "perso.rework".into(),
             P::AwaitingCa(_) => "perso.awaiting-ca".into(),
+            P::File { .. } => "io".into(),
+            P::Certificate(_) => "perso.certificate".into(),
+            P::Verification(_) => "perso.verification".into(),
+            P::Mailer(_) => "perso.mailer".into(),
             _ => "perso".into(),
         }
     } else if e.downcast_ref::<kagi_hsm::Error>().is_some() {

@@ -22,10 +22,36 @@ pub enum Error {
     /// in progress and continues when the certificates are there.
     #[error("waiting for the CA: {0}")]
     AwaitingCa(String),
-    /// The batch's own files (journal, keys, reports, CA exchange) or a card's answers are not
-    /// what the batch needs; the message says which and what to do.
+    /// A file of the batch (its output directory, a report, a CA exchange file) could not be
+    /// read or written.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A certificate, certification request or CA answer is not what the card needs.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A finished card does not read back as personalised: set it aside for inspection.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    /// The PIN mailer file could not be encrypted or written.
+    #[error("PIN mailer: {0}")]
+    Mailer(String),
+    /// The per-card report could not be written.
+    #[error("report: {0}")]
+    Report(String),
+    /// The system's random source failed.
+    #[error("the system's random source failed: {0}")]
+    Random(#[from] getrandom::Error),
+    /// A station panicked while holding shared state: the batch stops; resume it.
+    #[error("a station stopped while holding shared state: resume the batch")]
+    Poisoned,
+    /// The batch cannot run as asked (say, reader stations in a build without PC/SC).
     #[error("{0}")]
-    Batch(String),
+    Unsupported(String),
 }
 
 impl From<card_wire::scp03::Scp03Error> for Error {
@@ -55,6 +81,13 @@ impl From<card_wire::tlv::TlvError> for Error {
 impl From<card_wire::gp::GpError> for Error {
     fn from(e: card_wire::gp::GpError) -> Self {
         Error::Card(kagi::Error::from(e))
+    }
+}
+
+#[cfg(feature = "sim")]
+impl From<applet_sim::store::ImageError> for Error {
+    fn from(e: applet_sim::store::ImageError) -> Self {
+        Error::Card(kagi::Error::Image(e))
     }
 }
 

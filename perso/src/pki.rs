@@ -14,7 +14,7 @@ pub const CSR_LABEL: &str = "CERTIFICATE REQUEST";
 
 /// DER from a file that holds DER, or PEM with `label`.
 pub fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>> {
-    kagi_certs::pem_or_der(bytes, label).map_err(|e| Error::Batch(e.0))
+    kagi_certs::pem_or_der(bytes, label).map_err(|e| Error::Certificate(e.0))
 }
 
 pub use kagi_certs::{SHA256_RSA, issued_by, rsa_signed};
@@ -22,7 +22,7 @@ pub use kagi_certs::{SHA256_RSA, issued_by, rsa_signed};
 /// PEM text of `der` under `label`.
 pub fn to_pem(der: &[u8], label: &str) -> Result<String> {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der)
-        .map_err(|e| Error::Batch(format!("PEM: {e}")))
+        .map_err(|e| Error::Certificate(format!("PEM: {e}")))
 }
 
 /// Builds a PKCS#10 request for the key `spki` (DER) with `subject`; `sign` gets the DER of
@@ -34,7 +34,7 @@ pub fn build_csr(
     spki: &[u8],
     sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
-    let e = |x: der::Error| Error::Batch(format!("certification request: {x}"));
+    let e = |x: der::Error| Error::Certificate(format!("certification request: {x}"));
     let info = CertReqInfo {
         version: Version::V1,
         subject: subject.clone(),
@@ -59,7 +59,7 @@ pub fn build_csr(
 /// Parses a PKCS#10 request and checks its signature with its own key (proof that whoever
 /// made it holds the private key).
 pub fn verify_csr(der: &[u8]) -> Result<CertReq> {
-    let e = |m: String| Error::Batch(format!("certification request: {m}"));
+    let e = |m: String| Error::Certificate(format!("certification request: {m}"));
     let req = CertReq::from_der(der).map_err(|x| e(x.to_string()))?;
     let tbs = req.info.to_der().map_err(|x| e(x.to_string()))?;
     let spki = req.info.public_key.to_der().map_err(|x| e(x.to_string()))?;

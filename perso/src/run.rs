@@ -350,7 +350,7 @@ fn run_readers(
     _todo: VecDeque<(&Record, Option<Status>)>,
     _notify: &(dyn Fn(BatchEvent) + Sync),
 ) -> Result<()> {
-    Err(Error::Batch(
+    Err(Error::Unsupported(
         "this kagi was built without PC/SC support (feature `pcsc`)".into(),
     ))
 }
@@ -366,8 +366,10 @@ pub fn run(
 ) -> Result<Summary> {
     let start = Instant::now();
     let cpu_start = cpu_time();
-    std::fs::create_dir_all(&opts.out)
-        .map_err(|e| Error::Batch(format!("{}: {e}", opts.out.display())))?;
+    std::fs::create_dir_all(&opts.out).map_err(|source| Error::File {
+        path: opts.out.clone(),
+        source,
+    })?;
     let jpath = journal_path(&opts.out);
     if !resume && jpath.exists() {
         return Err(Error::Profile(format!(
@@ -425,8 +427,10 @@ pub fn run(
         None => None,
     };
     if let Some(dir) = &opts.card_logs {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Batch(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let sh = Shared {
         profile,

@@ -101,7 +101,7 @@ impl Issuer {
             .create(true)
             .append(true)
             .open(out.join("pin-mailer.enc"))
-            .map_err(|e| Error::Batch(format!("PIN mailer file: {e}")))?;
+            .map_err(|e| Error::Mailer(format!("its public key: {e}")))?;
         Ok(Issuer {
             authority,
             mailer_key,
@@ -133,14 +133,11 @@ impl Issuer {
                 rsa::Oaep::<sha2::Sha256>::new(),
                 &plain,
             )
-            .map_err(|e| Error::Batch(format!("PIN mailer encryption: {e}")))?;
-        let mut f = self
-            .mailer
-            .lock()
-            .map_err(|_| Error::Batch("PIN mailer lock poisoned".into()))?;
+            .map_err(|e| Error::Mailer(format!("encryption: {e}")))?;
+        let mut f = self.mailer.lock().map_err(|_| Error::Poisoned)?;
         f.write_all(format!("{record},{}\n", hex::encode_upper(ct)).as_bytes())
             .and_then(|_| f.sync_data())
-            .map_err(|e| Error::Batch(format!("PIN mailer write: {e}")))
+            .map_err(|e| Error::Mailer(format!("write: {e}")))
     }
 }
 
@@ -149,7 +146,7 @@ pub(super) fn random_pin(password: bool) -> Result<zeroize::Zeroizing<String>> {
     const ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     loop {
         let mut b = zeroize::Zeroizing::new([0u8; 8]);
-        getrandom::fill(b.as_mut()).map_err(|e| Error::Batch(e.to_string()))?;
+        getrandom::fill(b.as_mut())?;
         let pin: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(if password {
             b.iter()
                 .map(|x| ALNUM[(*x as usize) % ALNUM.len()] as char)

@@ -31,11 +31,11 @@ pub(super) fn card_public_keys(out: &[u8]) -> Result<[rsa::PublicKey; 2]> {
         .iter()
         .map(|t| {
             rsa::PublicKey::from_pkcs1_der(t.value)
-                .map_err(|e| Error::Batch(format!("card public key: {e}")))
+                .map_err(|e| Error::Certificate(format!("card public key: {e}")))
         })
         .collect::<Result<_>>()?;
     <[rsa::PublicKey; 2]>::try_from(publics)
-        .map_err(|_| Error::Batch("the card did not return two public keys".into()))
+        .map_err(|_| Error::Certificate("the card did not return two public keys".into()))
 }
 
 /// The certificates, their CAs' certificates, token info and certificate availability.
@@ -137,7 +137,9 @@ pub(super) fn issue_jpki<T: Transport>(
 ) -> Result<Issued> {
     use der::Encode;
     let Authority::Test { auth_ca, sign_ca } = &issuer.authority else {
-        return Err(Error::Batch("in-process issuance needs the test CA".into()));
+        return Err(Error::Certificate(
+            "in-process issuance needs the test CA".into(),
+        ));
     };
     // 1. Keys generated on the card: only the public keys come out.
     let mut gen_script = jpki_item(0xC4, 0x0017, &[]);
@@ -145,10 +147,10 @@ pub(super) fn issue_jpki<T: Transport>(
     let out = manage::personalize(sc, &j.instance, &blocks(&gen_script), false)?;
     let [auth_pub, sign_pub] = card_public_keys(&out)?;
     // 2. Certificates from the CA.
-    let pki = |e: test_pki::PkiError| Error::Batch(format!("CA: {e}"));
-    let der_err = |e: der::Error| Error::Batch(e.to_string());
+    let pki = |e: test_pki::PkiError| Error::Certificate(format!("CA: {e}"));
+    let der_err = |e: der::Error| Error::Certificate(e.to_string());
     let mut serial = [0u8; 4];
-    getrandom::fill(&mut serial).map_err(|e| Error::Batch(e.to_string()))?;
+    getrandom::fill(&mut serial)?;
     let serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 0x0100_0000;
     let now = std::time::SystemTime::now();
     let until = now + std::time::Duration::from_secs(5 * 365 * 86400);
@@ -188,7 +190,10 @@ pub(super) fn exchange_file(dir: &Path, record: &Record, key: &str, ext: &str) -
 /// file, synced, renamed over, and the directory synced.
 pub(super) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |e: std::io::Error| Error::Batch(format!("{}: {e}", path.display()));
+    let io = |source: std::io::Error| Error::File {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -220,7 +225,7 @@ pub(super) fn request_certificates<T: Transport>(
     use rsa::pkcs8::EncodePublicKey;
     use std::str::FromStr;
     let Authority::External { requests, .. } = &issuer.authority else {
-        return Err(Error::Batch(
+        return Err(Error::Certificate(
             "certification requests are for an external CA".into(),
         ));
     };
@@ -236,7 +241,7 @@ pub(super) fn request_certificates<T: Transport>(
         keys
     };
     let subject = x509_cert::name::Name::from_str(&format!("CN={},C=JP", opaque_id(record)))
-        .map_err(|e| Error::Batch(format!("request subject: {e}")))?;
+        .map_err(|e| Error::Certificate(format!("request subject: {e}")))?;
     kagi::jpki::select(ch)?;
     for (key, which, pin) in [
         (&keys[0], kagi::jpki::Pin::Auth, &pins.auth),
@@ -244,7 +249,7 @@ pub(super) fn request_certificates<T: Transport>(
     ] {
         let spki = key
             .to_public_key_der()
-            .map_err(|e| Error::Batch(format!("card public key: {e}")))?;
+            .map_err(|e| Error::Certificate(format!("card public key: {e}")))?;
         kagi::jpki::verify(ch, which, &zeroize::Zeroizing::new(pin.as_bytes().to_vec()))?;
         let csr = crate::pki::build_csr(&subject, spki.as_bytes(), |tbs| {
             kagi::jpki::sign(ch, which, &kagi::jpki::sha256_digest_info(tbs)).map_err(Error::from)
@@ -268,7 +273,7 @@ pub(super) fn request_certificates<T: Transport>(
 /// Reads a certificate file (PEM or DER).
 pub(super) fn read_certificate(path: &Path) -> Result<(Vec<u8>, x509_cert::Certificate)> {
     use der::Decode;
-    let bad = |m: String| Error::Batch(format!("{}: {m}", path.display()));
+    let bad = |m: String| Error::Certificate(format!("{}: {m}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let der = crate::pki::pem_or_der(&bytes, "CERTIFICATE")?;
     let cert = x509_cert::Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
@@ -284,7 +289,7 @@ pub(super) fn check_issued(
     ca: &x509_cert::Certificate,
 ) -> Result<()> {
     use der::Encode;
-    let bad = |m: String| Error::Batch(format!("{}: {m}", cert_path.display()));
+    let bad = |m: String| Error::Certificate(format!("{}: {m}", cert_path.display()));
     let csr_bytes =
         std::fs::read(csr_path).map_err(|e| bad(format!("{}: {e}", csr_path.display())))?;
     let csr = crate::pki::verify_csr(&crate::pki::pem_or_der(&csr_bytes, crate::pki::CSR_LABEL)?)?;
@@ -334,7 +339,7 @@ pub(super) fn install_certificates<T: Transport>(
         timeout,
     } = &issuer.authority
     else {
-        return Err(Error::Batch(
+        return Err(Error::Certificate(
             "certificates from the exchange are for an external CA".into(),
         ));
     };
@@ -347,7 +352,7 @@ pub(super) fn install_certificates<T: Transport>(
         match read {
             Ok(certs) => match <[_; 2]>::try_from(certs) {
                 Ok(pair) => break pair,
-                Err(_) => return Err(Error::Batch("two certificates expected".into())),
+                Err(_) => return Err(Error::Certificate("two certificates expected".into())),
             },
             Err(e) if start.elapsed() >= *timeout => {
                 if files.iter().all(|f| f.exists()) {
@@ -377,7 +382,7 @@ pub(super) fn install_certificates<T: Transport>(
         )?;
     }
     let (auth, sign) = (auth.0, sign.0);
-    let der_err = |e: der::Error| Error::Batch(e.to_string());
+    let der_err = |e: der::Error| Error::Certificate(e.to_string());
     let script = certificate_script(
         &auth,
         &auth_ca.to_der().map_err(der_err)?,

@@ -214,7 +214,7 @@ fn one_card(
     let waiting = work
         .waiting
         .lock()
-        .map_err(|_| Error::Batch("station lock poisoned".into()))?
+        .map_err(|_| Error::Poisoned)?
         .remove(&cin);
     let (record, progress) = match waiting {
         Some(w) => w,
@@ -224,11 +224,7 @@ fn one_card(
                     "card {cin} is not factory-fresh (transport keys refused) and no record waits for it: remove it"
                 ));
             }
-            let next = work
-                .fresh
-                .lock()
-                .map_err(|_| Error::Batch("station lock poisoned".into()))?
-                .pop_front();
+            let next = work.fresh.lock().map_err(|_| Error::Poisoned)?.pop_front();
             let Some(record) = next else {
                 return refused(format!("card {cin}: no records left; remove it"));
             };
@@ -250,7 +246,7 @@ fn one_card(
             };
             work.waiting
                 .lock()
-                .map_err(|_| Error::Batch("station lock poisoned".into()))?
+                .map_err(|_| Error::Poisoned)?
                 .insert(cin.clone(), (record, progress));
             match e {
                 Error::AwaitingCa(why) => Ok(Handled {

@@ -33,15 +33,15 @@ pub(super) fn write_reports(
             serde_json::json!({"record": b.at, "status": "bad-record", "card": "", "detail": b.reason}),
         );
     }
-    let io = |e: std::io::Error| Error::Batch(format!("report: {e}"));
+    let io = |e: std::io::Error| Error::Report(e.to_string());
     let mut csv = ::csv::Writer::from_path(out.join("report.csv"))
-        .map_err(|e| Error::Batch(e.to_string()))?;
+        .map_err(|e| Error::Report(e.to_string()))?;
     csv.write_record(["record", "status", "card", "detail"])
-        .map_err(|e| Error::Batch(e.to_string()))?;
+        .map_err(|e| Error::Report(e.to_string()))?;
     for row in &rows {
         let f = |k: &str| row[k].as_str().unwrap_or_default().to_string();
         csv.write_record([f("record"), f("status"), f("card"), f("detail")])
-            .map_err(|e| Error::Batch(e.to_string()))?;
+            .map_err(|e| Error::Report(e.to_string()))?;
     }
     csv.flush().map_err(io)?;
     let json = serde_json::json!({"schema_version": 1, "cards": rows});

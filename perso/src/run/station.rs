@@ -33,8 +33,7 @@ pub(super) fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>
     let image = sh.opts.keep_images.then_some(path.as_path());
     let (mut ch, progress) = match previous {
         Some(Status::InProgress { steps, begun, .. }) if path.exists() => {
-            let mut card =
-                SimCard::from_image(&path, None).map_err(|e| Error::Batch(e.to_string()))?;
+            let mut card = SimCard::from_image(&path, None)?;
             card.power_on();
             (
                 CardChannel::new(card),
@@ -47,8 +46,11 @@ pub(super) fn handle(sh: &Shared<'_>, record: &Record, previous: Option<&Status>
         _ => {
             let ch = CardChannel::new(new_card(sh, record));
             if sh.opts.keep_images {
-                std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-                    .map_err(|e| Error::Batch(e.to_string()))?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir).map_err(|source| Error::File {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
             }
             save(&ch, image)?;
             sh.log(Event::Claim {
@@ -138,7 +140,6 @@ pub(super) fn resume_card<T: Checkpoint>(
 /// A simulated card's checkpoint is its image file.
 impl Checkpoint for SimCard {
     fn checkpoint(&self, path: &Path) -> Result<()> {
-        self.save_image(path)
-            .map_err(|e| Error::Batch(e.to_string()))
+        Ok(self.save_image(path)?)
     }
 }

@@ -13,7 +13,7 @@ pub(super) fn verify_jpki<T: Transport>(ch: &mut CardChannel<T>, issued: &Issued
     use der::{Decode, Encode};
     use rsa::pkcs8::DecodePublicKey;
     use rsa::signature::Verifier;
-    let e = |m: String| Error::Batch(m);
+    let e = |m: String| Error::Verification(m);
     kagi::jpki::select(ch)?;
     let cert = kagi::jpki::read_der(ch, kagi::jpki::EF_AUTH_CERT)?;
     if cert != issued.auth_cert {
@@ -65,7 +65,7 @@ pub fn verify<T: Transport>(
         if let Some(e) = isd.first()
             && e.life_cycle != profile.final_state
         {
-            return Err(Error::Batch(format!(
+            return Err(Error::Verification(format!(
                 "the card is in life-cycle state {:02X}, not {:02X}",
                 e.life_cycle, profile.final_state
             )));
@@ -73,7 +73,7 @@ pub fn verify<T: Transport>(
         let apps = gp::get_status(&mut sc, StatusScope::Applications)?;
         for d in &profile.domains {
             if !apps.iter().any(|e| e.aid == d.instance) {
-                return Err(Error::Batch(format!(
+                return Err(Error::Verification(format!(
                     "security domain {} is not on the card",
                     hex::encode_upper(&d.instance)
                 )));
@@ -81,7 +81,7 @@ pub fn verify<T: Transport>(
         }
         for i in &profile.install {
             if !apps.iter().any(|e| e.aid == i.instance) {
-                return Err(Error::Batch(format!(
+                return Err(Error::Verification(format!(
                     "{} is not on the card",
                     hex::encode_upper(&i.instance)
                 )));
@@ -104,7 +104,7 @@ pub(super) fn transport_refused<T: Transport>(
 ) -> Result<()> {
     match transport_session(ch, keys, profile, Some(aid)) {
         Err(e) if transport_keys_replaced(&e) => Ok(()),
-        Ok(_) => Err(Error::Batch(
+        Ok(_) => Err(Error::Verification(
             "the transport keys still open a channel".into(),
         )),
         Err(e) => Err(e),
