@@ -84,22 +84,7 @@ impl<'a> AppletStore<'a> {
         &mut self,
         f: impl FnOnce(&mut AppletStore<'a>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let outer = self.in_transaction();
-        self.begin();
-        match f(self) {
-            Ok(v) => {
-                if !outer {
-                    self.commit()?;
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                if !outer {
-                    self.abort();
-                }
-                Err(e)
-            }
-        }
+        crate::store::transact(self, f)
     }
 
     /// Bytes of persistent memory free on the card.
@@ -114,6 +99,21 @@ impl<'a> AppletStore<'a> {
         } else {
             None
         }
+    }
+}
+
+impl crate::store::Transactional for AppletStore<'_> {
+    fn begin_tx(&mut self) {
+        self.begin()
+    }
+    fn in_tx(&self) -> bool {
+        self.in_transaction()
+    }
+    fn commit_tx(&mut self) -> Result<(), StoreError> {
+        self.commit()
+    }
+    fn abort_tx(&mut self) {
+        self.abort()
     }
 }
 

@@ -289,22 +289,7 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Store) -> Result<T, E>,
     ) -> Result<T, E> {
-        let outer = self.in_transaction();
-        self.begin();
-        match f(self) {
-            Ok(v) => {
-                if !outer {
-                    self.commit()?;
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                if !outer {
-                    self.abort();
-                }
-                Err(e)
-            }
-        }
+        transact(self, f)
     }
 
     /// Cuts power at the `n`th persistent write from now (1 = the next one).
@@ -462,6 +447,57 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
+    }
+}
+
+/// What runs a Java Card transaction: the card's store and an applet's view of it.
+pub(crate) trait Transactional {
+    /// Opens a transaction (nested ones join the outer one).
+    fn begin_tx(&mut self);
+    /// Whether a transaction is open.
+    fn in_tx(&self) -> bool;
+    /// Commits the open transaction.
+    fn commit_tx(&mut self) -> Result<(), StoreError>;
+    /// Rolls the open transaction back.
+    fn abort_tx(&mut self);
+}
+
+impl Transactional for Store {
+    fn begin_tx(&mut self) {
+        self.begin()
+    }
+    fn in_tx(&self) -> bool {
+        self.in_transaction()
+    }
+    fn commit_tx(&mut self) -> Result<(), StoreError> {
+        self.commit()
+    }
+    fn abort_tx(&mut self) {
+        self.abort()
+    }
+}
+
+/// Runs `f` in a transaction of `s`: commits when it returns `Ok`, rolls back otherwise; inside
+/// an open transaction, `f` joins it and the outer one decides.
+pub(crate) fn transact<S: Transactional, T, E: From<StoreError>>(
+    s: &mut S,
+    f: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<T, E> {
+    let outer = s.in_tx();
+    s.begin_tx();
+    match f(s) {
+        Ok(v) => {
+            if !outer {
+                s.commit_tx()?;
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            if !outer {
+                s.abort_tx();
+            }
+            Err(e)
+        }
     }
 }
 

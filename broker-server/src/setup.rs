@@ -246,14 +246,7 @@ pub async fn serve(
         .map_err(SetupError::Serve)
 }
 
-/// A self-signed development certificate for `init --tls` (PEM certificate, PEM key).
-pub type DevTls = (String, Zeroizing<String>);
-
-fn random_hex(n: usize) -> Result<Zeroizing<String>, SetupError> {
-    let mut b = Zeroizing::new(vec![0u8; n]);
-    getrandom::fill(&mut b)?;
-    Ok(Zeroizing::new(hex::encode_upper(&*b)))
-}
+pub use kagi_serve::files::DevTls;
 
 /// Writes a development broker in `dir`: its signing, assertion and state keys, an
 /// administrator (`admin.toml`, `admin.key.pem`), `broker.toml` serving at `listen` (HTTPS with
@@ -304,7 +297,7 @@ pub fn init(
         &dir.join("assertion.key.pem"),
         assertion.to_pkcs8_pem()?.as_bytes(),
     )?;
-    files::write_private(&dir.join("state.key"), random_hex(32)?.as_bytes())?;
+    files::write_private(&dir.join("state.key"), files::random_hex(32)?.as_bytes())?;
     if file_kek {
         FileEnvelope::new_kek(&dir.join("keys"), "k1")?;
     }

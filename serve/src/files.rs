@@ -92,6 +92,17 @@ pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
     b.create(dir).map_err(FileError::io(dir))
 }
 
+/// `n` random bytes as upper-case hex, zeroized when dropped (state keys, development keys).
+pub fn random_hex(n: usize) -> Result<Zeroizing<String>, getrandom::Error> {
+    let mut b = Zeroizing::new(vec![0u8; n]);
+    getrandom::fill(&mut b)?;
+    Ok(Zeroizing::new(hex::encode_upper(&*b)))
+}
+
+/// A self-signed development certificate for a server's `init --tls`: (certificate PEM, key
+/// PEM).
+pub type DevTls = (String, Zeroizing<String>);
+
 /// A server's certificate and key from its configuration's `tls_cert` and `tls_key` (relative
 /// to the configuration file `base`); neither: plain HTTP.
 pub fn tls_files(
@@ -142,6 +153,17 @@ mod tests {
             Err(FileError::Io { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn random_hex_is_n_fresh_bytes() {
+        let (a, b) = (random_hex(16).unwrap(), random_hex(16).unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        );
+        assert_ne!(*a, *b);
     }
 
     #[test]

@@ -288,14 +288,7 @@ pub async fn serve(
         .map_err(|e| SetupError::Serve(e.to_string()))
 }
 
-/// A self-signed development certificate for `init --tls` (PEM certificate, PEM key).
-pub type DevTls = (String, zeroize::Zeroizing<String>);
-
-fn random_hex(n: usize) -> Result<zeroize::Zeroizing<String>, SetupError> {
-    let mut b = zeroize::Zeroizing::new(vec![0u8; n]);
-    getrandom::fill(&mut b)?;
-    Ok(zeroize::Zeroizing::new(hex::encode_upper(&*b)))
-}
+pub use kagi_serve::files::DevTls;
 
 /// Writes a development TSM in `dir`: signing keys for the TSM, a provider (`sp:kagi-bank`) and
 /// an operator (`mno:kagi-mobile`), state and content keys, development master key files in
@@ -323,15 +316,15 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
             s.public_pem()?.as_bytes(),
         )?;
     }
-    files::write_private(&dir.join("state.key"), random_hex(16)?.as_bytes())?;
-    files::write_private(&dir.join("content.key"), random_hex(16)?.as_bytes())?;
+    files::write_private(&dir.join("state.key"), files::random_hex(16)?.as_bytes())?;
+    files::write_private(&dir.join("content.key"), files::random_hex(16)?.as_bytes())?;
     files::write_private(
         &dir.join("keys/provider.keys"),
         format!(
             "# DEVELOPMENT ONLY: the provider's security-domain master keys (kdf3 per card).\nENC={}\nMAC={}\nDEK={}\n",
-            *random_hex(16)?,
-            *random_hex(16)?,
-            *random_hex(16)?
+            *files::random_hex(16)?,
+            *files::random_hex(16)?,
+            *files::random_hex(16)?
         )
         .as_bytes(),
     )?;
