@@ -346,24 +346,29 @@ impl SimCard {
         ))
     }
 
-    /// Loads a card from an image file, with the stock applet classes. An image that names
-    /// another class is refused ([`ImageError::Classes`]): load it with
-    /// [`SimCard::from_image_with`] and a table that registers the class.
+    /// Loads a card from an image file, with the stock applet classes, powered on (ready for
+    /// its first command, as [`SimCard::powered`] is). An image that names another class is
+    /// refused ([`ImageError::Classes`]): load it with [`SimCard::from_image_with`] and a table
+    /// that registers the class.
     pub fn from_image(path: &Path, seed: Option<u64>) -> Result<Self, ImageError> {
         Self::from_image_with(path, seed, crate::stock::shared())
     }
 
-    /// Loads a card from an image file, instantiating applets from `classes`.
+    /// Loads a card from an image file, instantiating applets from `classes`, powered on.
     pub fn from_image_with(
         path: &Path,
         seed: Option<u64>,
         classes: Arc<ClassTable>,
     ) -> Result<Self, ImageError> {
         let store = Store::load(path)?;
-        Self::from_store_with(store, seed, true, classes).map_err(|source| ImageError::Classes {
-            path: path.display().to_string(),
-            source,
-        })
+        let mut card = Self::from_store_with(store, seed, true, classes).map_err(|source| {
+            ImageError::Classes {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        card.power_on();
+        Ok(card)
     }
 
     /// Saves the card's persistent memory to an image file, atomically.

@@ -222,6 +222,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SetupError> {
     let shards = loaded.databases.len();
+    let locations: Vec<String> = loaded
+        .databases
+        .iter()
+        .map(|d| kagi_db::Backend::parse(d).location())
+        .collect();
     let broker = open(loaded.config, &loaded.databases).await?;
     let bind_error = |source| SetupError::Listen {
         listen: listen.to_string(),
@@ -235,7 +240,7 @@ pub async fn serve(
         listen = %addr,
         https = loaded.tls.is_some(),
         shards,
-        database = broker.shards().first().0.describe(),
+        database = %locations.join(", "),
         keys = %broker.envelope().describe(),
         name = %broker.name(),
         "broker serving"

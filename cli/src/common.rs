@@ -84,8 +84,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .build()?)
 }
 
-/// Logs on stderr (`KAGI_LOG` filters, default `info`), as JSON lines when asked.
+/// Logs on stderr (`KAGI_LOG` filters, default `info`), as JSON lines when asked; colours only
+/// when stderr is a terminal (`NO_COLOR` turns them off there too), never in a log file.
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KAGI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if json {
@@ -97,26 +100,30 @@ pub fn init_logging(json: bool) {
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .init();
     }
 }
 
-/// Resolves at SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        } => {},
-    }
-    tracing::info!("shutting down: finishing the requests in flight");
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed when this is called
+/// (inside the runtime: `let _in = rt.enter()`), not when the future is first polled, so a
+/// signal that arrives while the server is still starting up stops it cleanly too, instead of
+/// killing it.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, Failure>
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| format!("cannot install the SIGINT handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutting down: finishing the requests in flight");
+    })
 }
 
 /// For `init --tls`: a self-signed development certificate for 127.0.0.1 and localhost (CN
@@ -129,4 +136,34 @@ pub fn dev_tls_certificate(name: &str) -> Result<(String, Zeroizing<String>), Fa
         365,
     )?;
     Ok((cert, Zeroizing::new(key)))
+}
+
+/// A Unix time (seconds) in RFC 3339, as every kagi output writes times.
+pub fn rfc3339(secs: u64) -> String {
+    der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+/// A Unix time in milliseconds in RFC 3339 with milliseconds (`2026-12-03T23:36:43.120Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let Ok(ms) = u64::try_from(ms) else {
+        return ms.to_string();
+    };
+    let whole = rfc3339(ms / 1000);
+    match whole.strip_suffix('Z') {
+        Some(head) => format!("{head}.{:03}Z", ms % 1000),
+        None => whole,
+    }
+}
+
+/// Rewrites the named fields of a JSON object from Unix seconds to RFC 3339 text.
+pub fn times_rfc3339(value: &mut serde_json::Value, keys: &[&str]) {
+    if let Some(obj) = value.as_object_mut() {
+        for k in keys {
+            if let Some(secs) = obj.get(*k).and_then(serde_json::Value::as_u64) {
+                obj.insert((*k).to_string(), serde_json::Value::String(rfc3339(secs)));
+            }
+        }
+    }
 }

@@ -646,13 +646,35 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             new_key_file,
             replace,
         } => {
-            let new = keys::read_key_file(new_key_file, 0x01)?;
+            // 00 is no key version: a file without `KVN=` is refused instead of silently
+            // becoming some default set.
+            let new = keys::read_key_file(new_key_file, 0x00)?;
+            if new.kvn == 0 || new.kvn > 0x7F {
+                return Err(format!(
+                    "{} names no usable key version: add a line KVN=hh (01..7F, e.g. KVN=31) \
+                     for the set PUT KEY writes",
+                    new_key_file.display()
+                )
+                .into());
+            }
             let kcvs = session.run(trace, |sc, _, _| Ok(sc.put_key_set(&new, *replace)?))?;
-            let kcv = hex::encode_upper(kcvs.get(1..).unwrap_or_default());
+            // The answer is the KVN, then one 3-byte key check value per key (ENC, MAC, DEK).
+            let kcvs: Vec<String> = kcvs
+                .get(1..)
+                .unwrap_or_default()
+                .chunks(3)
+                .map(hex::encode_upper)
+                .collect();
             done(
                 json_out,
-                &format!("key set {:02X} written, key check values {kcv}", new.kvn),
-                json!({"kvn": format!("{:02X}", new.kvn), "kcv": kcv}),
+                &format!(
+                    "key set {:02X} written; key check values ENC {} MAC {} DEK {}",
+                    new.kvn,
+                    kcvs.first().map_or("-", String::as_str),
+                    kcvs.get(1).map_or("-", String::as_str),
+                    kcvs.get(2).map_or("-", String::as_str)
+                ),
+                json!({"kvn": format!("{:02X}", new.kvn), "replaced": replace.map(|r| format!("{r:02X}")), "kcv": kcvs}),
             );
             Ok(())
         }

@@ -173,7 +173,8 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 print_json(
                     json!({"token_label": label, "auth_pin_tries": auth, "sign_pin_tries": sign,
                     "auth_certificate": {"serial": report.serial, "subject": report.subject, "issuer": report.issuer,
-                    "not_before": report.not_before, "not_after": report.not_after}}),
+                    "not_before": report.not_before.map(crate::common::rfc3339),
+                    "not_after": report.not_after.map(crate::common::rfc3339)}}),
                 );
             } else {
                 println!("Token               {label}");
@@ -392,7 +393,9 @@ pub fn eligibility_read(
     let report = eligibility::read(&mut ch, &trust, when)?;
     args.target.finish(&ch)?;
     if json_out {
-        print_json(serde_json::to_value(&report)?);
+        let mut doc = serde_json::to_value(&report)?;
+        crate::common::times_rfc3339(&mut doc, &["not_before", "not_after"]);
+        print_json(doc);
     } else {
         let verdict = serde_json::to_value(report.verdict)?;
         println!("{}", verdict.as_str().unwrap_or_default());

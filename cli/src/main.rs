@@ -515,6 +515,27 @@ fn cmd_bench(
     Ok(())
 }
 
+/// clap's own explanation without its "error: " prefix, usage lines and help hint, on one
+/// line: what is wrong, naming the argument.
+fn usage_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+        }
+    }
+    if parts.is_empty() {
+        e.kind().to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// Runs the CLI.
 fn main() -> ExitCode {
     // Writing into a closed pipe (`kagi ... | head -1`) ends the process quietly, as for any
@@ -535,9 +556,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             if std::env::args().any(|a| a == "--json") {
-                print_json(
-                    json!({ "error": { "code": "usage", "message": e.kind().to_string() } }),
-                );
+                print_json(json!({ "error": {
+                    "code": "usage",
+                    "message": usage_message(&e),
+                    "kind": e.kind().to_string(),
+                } }));
             }
             let _ = e.print();
             return exit::Exit::Usage.into();

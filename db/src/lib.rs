@@ -168,6 +168,65 @@ impl Backend {
             Backend::Sqlite(s.strip_prefix("sqlite:").unwrap_or(s).into())
         }
     }
+
+    /// Where the data is, for a log line: the SQLite file's path, or the PostgreSQL URL with
+    /// its password (user-info or `password=` parameter) replaced by `***`.
+    pub fn location(&self) -> String {
+        match self {
+            Backend::Sqlite(p) => format!("sqlite {}", p.display()),
+            Backend::Postgres(url) => format!("postgresql {}", redact_url(url)),
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail: Vec<String> = tail
+        .split('&')
+        .map(|kv| {
+            let (head, key_value) = match kv.rfind(['?', '&']) {
+                Some(i) => kv.split_at(i + 1),
+                None => ("", kv),
+            };
+            match key_value.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{head}{k}=***"),
+                _ => kv.to_string(),
+            }
+        })
+        .collect();
+    format!("{scheme}://{authority}{}", tail.join("&"))
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::Backend;
+
+    #[test]
+    fn the_location_names_the_file_or_the_server_never_the_password() {
+        assert_eq!(
+            Backend::parse("sqlite:/var/lib/kagi/tsm.db").location(),
+            "sqlite /var/lib/kagi/tsm.db"
+        );
+        assert_eq!(
+            Backend::parse("postgres://tsm:s3cret@db.example:5432/tsm?sslmode=require").location(),
+            "postgresql postgres://tsm:***@db.example:5432/tsm?sslmode=require"
+        );
+        assert_eq!(
+            Backend::parse("postgresql://tsm@/tsm?host=/run/pg&password=s3cret").location(),
+            "postgresql postgresql://tsm@/tsm?host=/run/pg&password=***"
+        );
+    }
 }
 
 /// An open database.

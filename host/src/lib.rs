@@ -20,12 +20,12 @@
 //! # #[cfg(feature = "sim")] {
 //! use kagi::channel::{ApduChannel, CardChannel};
 //! use kagi::secure::SecureChannel;
-//! use kagi::card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
+//! use kagi::card_wire::scp03::{HostOptions, StaticKeys};
 //!
 //! let card = kagi::sim::SimCard::powered(kagi::sim::SimConfig::default());
 //! let mut ch = CardChannel::new(card);
 //! let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
-//! let opts = HostOptions { level: SecurityLevel::FULL, ..HostOptions::default() };
+//! let opts = HostOptions::default(); // level 33: C-MAC, C-DEC, R-MAC, R-ENC
 //! let mut sc = SecureChannel::open(&mut ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid)).unwrap();
 //! let apps = kagi::gp::get_status(&mut sc, kagi::gp::StatusScope::Applications).unwrap();
 //! assert!(!apps.is_empty());

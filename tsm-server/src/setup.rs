@@ -281,7 +281,7 @@ pub async fn serve(
         listen: loaded.listen.clone(),
         source,
     })?;
-    tracing::info!(listen = %addr, https = loaded.tls.is_some(), database = tsm.store().describe(), party = %tsm.party(), "TSM serving");
+    tracing::info!(listen = %addr, https = loaded.tls.is_some(), database = %backend.location(), party = %tsm.party(), "TSM serving");
     tracing::info!(?limits, "limits");
     crate::http::serve_limited(tsm, listener, shutdown, loaded.tls, limits)
         .await

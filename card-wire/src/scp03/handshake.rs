@@ -122,11 +122,14 @@ pub struct HostOptions {
     pub channel: u8,
 }
 
+/// The safe default: the card's choice of key version, S8, no diversification, channel 0 and
+/// security level 33 (command and response MAC and encryption), the level kagi's CLI uses.
+/// Ask for less only for a card that cannot do R-MAC/R-ENC (its `i` parameter says so).
 impl Default for HostOptions {
     fn default() -> Self {
         HostOptions {
             kvn: 0,
-            level: SecurityLevel::CMAC,
+            level: SecurityLevel::FULL,
             mode: Mode::S8,
             diversification: Diversification::None,
             channel: 0,
@@ -479,5 +482,19 @@ impl CardHandshake {
     /// The session keys (for known-answer checks).
     pub fn session_keys(&self) -> &SessionKeys {
         &self.session_keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that takes the defaults gets the level the CLI uses: 33 (C-MAC, C-DEC, R-MAC,
+    /// R-ENC; GP 2.3 Amendment D §5.1: P1 of EXTERNAL AUTHENTICATE = 0x33), on channel 0.
+    #[test]
+    fn the_default_session_is_level_33() {
+        let d = HostOptions::default();
+        assert_eq!(d.level.byte(), 0x33);
+        assert_eq!((d.kvn, d.channel), (0, 0));
     }
 }

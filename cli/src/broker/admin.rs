@@ -212,6 +212,14 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
         }
         AdminResponse::Audit(entries) => {
             if json_out {
+                let entries: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        json!({"at": crate::common::rfc3339_ms(i64::try_from(e.at).unwrap_or(i64::MAX)),
+                            "card": e.card, "service": e.service, "assurance": e.assurance,
+                            "event": e.event, "outcome": e.outcome})
+                    })
+                    .collect();
                 print_json(json!({"audit": entries}));
             } else {
                 print_audit(&entries);
@@ -223,9 +231,7 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
 
 pub(super) fn print_audit(entries: &[broker_protocol::api::AuditEntry]) {
     for e in entries {
-        let at = der::DateTime::from_unix_duration(std::time::Duration::from_millis(e.at))
-            .map(|t| t.to_string())
-            .unwrap_or_else(|_| e.at.to_string());
+        let at = crate::common::rfc3339_ms(i64::try_from(e.at).unwrap_or(i64::MAX));
         println!(
             "{at}  {:<20}  {:<12}  {:<12}  {:<8}  {}",
             e.card, e.event, e.service, e.assurance, e.outcome

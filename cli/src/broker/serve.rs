@@ -76,12 +76,13 @@ pub(super) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let limits = args.limits.limits(loaded.limits.as_ref())?;
     let listen = args.listen.clone().unwrap_or(loaded.listen.clone());
     let sweep = std::time::Duration::from_secs(args.sweep_seconds.max(1));
-    runtime()?.block_on(broker_server::setup::serve(
-        loaded,
-        &listen,
-        sweep,
-        &limits,
-        shutdown_signal(),
+    let rt = runtime()?;
+    let stop = {
+        let _in = rt.enter();
+        shutdown_signal()?
+    };
+    rt.block_on(broker_server::setup::serve(
+        loaded, &listen, sweep, &limits, stop,
     ))?;
     Ok(())
 }

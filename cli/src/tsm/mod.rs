@@ -324,12 +324,23 @@ pub fn run(cmd: &TsmCmd, json_out: bool) -> Result<(), Failure> {
             let op = op.as_deref().map(op_id).transpose()?;
             let trail = store.audit_trail(op.as_ref()).await?;
             if json_out {
-                print_json(json!({ "audit": trail }));
+                let entries: Vec<serde_json::Value> = trail
+                    .iter()
+                    .map(|a| {
+                        json!({"at": crate::common::rfc3339_ms(a.at), "op_id": a.op_id,
+                            "actor": a.actor, "event": a.event, "detail": a.detail})
+                    })
+                    .collect();
+                print_json(json!({ "audit": entries }));
             } else {
                 for a in trail {
                     println!(
                         "{} {} {:<10} {:<18} {}",
-                        a.at, a.op_id, a.actor, a.event, a.detail
+                        crate::common::rfc3339_ms(a.at),
+                        a.op_id,
+                        a.actor,
+                        a.event,
+                        a.detail
                     );
                 }
             }

@@ -52,12 +52,7 @@ pub(super) fn op_id(s: &str) -> Result<OpId, Failure> {
     OpId::from_hex(s).ok_or_else(|| format!("'{s}' is not an operation id (32 hex digits)").into())
 }
 
-/// A Unix time (seconds) in RFC 3339, as every kagi output writes times.
-fn rfc3339(secs: u64) -> String {
-    der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
-        .map(|d| d.to_string())
-        .unwrap_or_else(|_| secs.to_string())
-}
+use crate::common::rfc3339;
 
 fn revoke_reason(r: &RevokeReason) -> &'static str {
     match r {

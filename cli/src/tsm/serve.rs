@@ -71,6 +71,11 @@ pub(super) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     };
     let loaded = tsm_server::setup::load(&args.config, &overrides, &*keys)?;
     let limits = args.limits.limits(loaded.limits.as_ref())?;
-    runtime()?.block_on(tsm_server::setup::serve(loaded, &limits, shutdown_signal()))?;
+    let rt = runtime()?;
+    let stop = {
+        let _in = rt.enter();
+        shutdown_signal()?
+    };
+    rt.block_on(tsm_server::setup::serve(loaded, &limits, stop))?;
     Ok(())
 }
