@@ -83,7 +83,11 @@ fn kagi_runs_scp02_over_pcsc_and_changes_keys() {
         &pcsc,
     );
     assert_eq!(v["kvn"], "21");
-    assert_eq!(v["kcv"].as_str().unwrap().len(), 18);
+    // One 3-byte key check value per key (ENC, MAC, DEK), published as schemas/gp.put-key.
+    let kcv = v["kcv"].as_array().unwrap();
+    assert_eq!(kcv.len(), 3, "{v}");
+    assert!(kcv.iter().all(|k| k.as_str().unwrap().len() == 6), "{v}");
+    assert!(support::schema::errors("gp.put-key", &v).is_empty(), "{v}");
 
     let v = json(
         &pcsc.kagi(&[

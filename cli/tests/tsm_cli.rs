@@ -54,7 +54,7 @@ fn the_tsm_killed_mid_download_loses_nothing() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(field(&stdout, "outcome"), "Completed", "{stdout}");
+    assert_eq!(field(&stdout, "outcome"), "completed", "{stdout}");
     // Exactly once, and provably on the card.
     let trail = audit(dir, &op);
     assert_eq!(trail.matches(" completed ").count(), 1, "{trail}");
@@ -130,7 +130,7 @@ fn the_tsm_over_https() {
         "{stdout}{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    assert_eq!(field(&stdout, "outcome"), "Completed");
+    assert_eq!(field(&stdout, "outcome"), "completed");
     assert!(s.receipt_valid());
     tsm.kill().unwrap();
     tsm.wait().unwrap();

@@ -32,7 +32,7 @@ fn a_download_through_a_pcsc_reader() {
         String::from_utf8_lossy(&relay.stderr),
         stack.logs()
     );
-    assert_eq!(field(&stdout, "outcome"), "Completed");
+    assert_eq!(field(&stdout, "outcome"), "completed");
     // The credential through the same reader: a PIN-less eligibility read, then a signature.
     let el = stack.kagi(&[
         "eligibility",

@@ -311,7 +311,7 @@ struct PartyFile {
 /// Runs `kagi tsm …`.
 pub fn run(cmd: &TsmCmd, json_out: bool) -> Result<(), Failure> {
     match cmd {
-        TsmCmd::Init { dir, listen, tls } => init(dir, listen, *tls),
+        TsmCmd::Init { dir, listen, tls } => init(dir, listen, *tls, json_out),
         TsmCmd::Serve(a) => serve(a),
         TsmCmd::Provider { config, cmd } => {
             runtime()?.block_on(provider_cmd(config, cmd, json_out))
@@ -409,7 +409,12 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
     let ok = out.outcome == tsm_protocol::relay::StopOutcome::Completed;
     if json_out {
         print_json(json!({
-            "outcome": format!("{:?}", out.outcome), "message": out.message, "orders": out.orders,
+            "outcome": match out.outcome {
+                tsm_protocol::relay::StopOutcome::Completed => "completed",
+                tsm_protocol::relay::StopOutcome::Failed => "failed",
+                tsm_protocol::relay::StopOutcome::Refused => "refused",
+                tsm_protocol::relay::StopOutcome::Interrupted => "interrupted",
+            }, "message": out.message, "orders": out.orders,
             "round_trips": out.round_trips, "seconds": out.elapsed.as_secs_f64(),
             "tsm_ms": out.tsm_time.as_secs_f64() * 1000.0, "link_rtt_ms": link.rtt.as_millis() as u64,
         }));

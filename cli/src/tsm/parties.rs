@@ -138,11 +138,14 @@ fn show(json_out: bool, r: &ControlResponse) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes what the user needs for a download (operation, ticket, access code) as JSON.
+/// Writes what the user needs for a download (operation, ticket, access code) as JSON into
+/// `out` (0600). Under `--json` stdout gets the operation, its deadline and the file, never
+/// the ticket or the access code.
 fn write_grant(
     out: &Path,
     r: &provider::Answered,
     extra: serde_json::Value,
+    json_out: bool,
 ) -> Result<OpId, Failure> {
     let ControlResponse::Accepted {
         op,
@@ -166,6 +169,18 @@ fn write_grant(
         o.extend(e.clone());
     }
     write_private(out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    if json_out {
+        let mut shown = json!({
+            "op": op.to_hex(),
+            "expires_at": rfc3339(expires_at / 1000),
+            "file": out.display().to_string(),
+        });
+        if let (Some(o), Some(e)) = (shown.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        print_json(shown);
+        return Ok(*op);
+    }
     println!(
         "operation {op} accepted; the device ticket and one-time access code for the user are in {} (deliver them separately)",
         out.display()
@@ -241,6 +256,7 @@ pub(super) async fn provider_cmd(
                 out,
                 &r,
                 json!({ "certificate": cert_path.display().to_string(), "serial": format!("{serial:08X}") }),
+                json_out,
             )?;
             Ok(())
         }
@@ -291,7 +307,7 @@ pub(super) async fn provider_cmd(
             let rc = provider::check_receipt(&receipt, &sp.trust, &op, request, &cert)?;
             if json_out {
                 print_json(
-                    json!({ "op": op.to_hex(), "valid": true, "cin": rc.cin, "iccid": rc.iccid, "steps": rc.steps.len(), "completed_at": rc.completed_at }),
+                    json!({ "op": op.to_hex(), "valid": true, "cin": rc.cin, "iccid": rc.iccid, "steps": rc.steps.len(), "completed_at": crate::common::rfc3339_ms(i64::try_from(rc.completed_at).unwrap_or(i64::MAX)) }),
                 );
             } else {
                 println!(
@@ -376,7 +392,7 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = sp.send(&req, None).await?;
-            write_grant(out, &r, json!({}))?;
+            write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
         ProviderCmd::Wallet {
@@ -413,7 +429,7 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = sp.send(&req, None).await?;
-            write_grant(out, &r, json!({}))?;
+            write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
         ProviderCmd::Cancel { op } => {
@@ -444,7 +460,7 @@ pub(super) async fn mno_cmd(config: &Path, cmd: &MnoCmd, json_out: bool) -> Resu
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = mno.send(&req, None).await?;
-            write_grant(out, &r, json!({}))?;
+            write_grant(out, &r, json!({}), json_out)?;
             return Ok(());
         }
         MnoCmd::RegisterCard {

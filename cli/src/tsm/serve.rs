@@ -7,11 +7,21 @@ use crate::common::{init_logging, runtime, shutdown_signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(super) fn init(dir: &Path, listen: &str, tls: bool) -> Result<(), Failure> {
+pub(super) fn init(dir: &Path, listen: &str, tls: bool, json_out: bool) -> Result<(), Failure> {
+    let https = tls;
     let tls = tls
         .then(|| crate::common::dev_tls_certificate("kagi TSM"))
         .transpose()?;
     tsm_server::setup::init(dir, listen, tls)?;
+    if json_out {
+        let file = |f: &str| dir.join(f).display().to_string();
+        crate::print_json(serde_json::json!({
+            "dir": dir.display().to_string(), "listen": listen, "https": https,
+            "tsm": file("tsm.toml"), "provider": file("sp.toml"), "operator": file("mno.toml"),
+            "keys": file("keys"),
+        }));
+        return Ok(());
+    }
     println!(
         "TSM configuration in {}: tsm.toml (serve it with `kagi tsm serve --config {}/tsm.toml --insecure-file-keys {}/keys`), sp.toml, mno.toml",
         dir.display(),
