@@ -212,21 +212,25 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
         }
         AdminResponse::Audit(entries) => {
             if json_out {
-                let entries: Vec<serde_json::Value> = entries
-                    .iter()
-                    .map(|e| {
-                        json!({"at": crate::common::rfc3339_ms(i64::try_from(e.at).unwrap_or(i64::MAX)),
-                            "card": e.card, "service": e.service, "assurance": e.assurance,
-                            "event": e.event, "outcome": e.outcome})
-                    })
-                    .collect();
-                print_json(json!({"audit": entries}));
+                print_json(json!({"audit": audit_json(&entries)}));
             } else {
                 print_audit(&entries);
             }
             Ok(())
         }
     }
+}
+
+/// Audit entries as JSON, times in RFC 3339.
+pub(super) fn audit_json(entries: &[broker_protocol::api::AuditEntry]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            json!({"at": crate::common::rfc3339_ms(i64::try_from(e.at).unwrap_or(i64::MAX)),
+                "card": e.card, "service": e.service, "assurance": e.assurance,
+                "event": e.event, "outcome": e.outcome})
+        })
+        .collect()
 }
 
 pub(super) fn print_audit(entries: &[broker_protocol::api::AuditEntry]) {

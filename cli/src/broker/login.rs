@@ -131,7 +131,7 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 "mac": result.mac,
                 "signature": result.signature,
                 "service_answer": service_answer,
-                "audit": audit,
+                "audit": audit.as_deref().map(super::admin::audit_json),
             }));
         } else {
             println!("logged in at the broker ({} assurance)", session.assurance.name());

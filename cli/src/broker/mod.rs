@@ -273,7 +273,7 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
             ca_dir,
             tls,
             hsm_keks,
-        } => init(dir, listen, ca_dir, *tls, *hsm_keks),
+        } => init(dir, listen, ca_dir, *tls, *hsm_keks, json_out),
         BrokerCmd::NewKek {
             id,
             keys:
@@ -292,19 +292,29 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
             match (insecure_file_keys, &hsm.hsm_module) {
                 (Some(dir), _) => {
                     broker_server::FileEnvelope::new_kek(dir, id)?;
-                    println!(
-                        "KEK {id} written to {}/kek-{id}.key (development only)",
-                        dir.display()
-                    );
+                    if json_out {
+                        print_json(json!({"kek": id, "store": "files",
+                            "file": dir.join(format!("kek-{id}.key")).display().to_string()}));
+                    } else {
+                        println!(
+                            "KEK {id} written to {}/kek-{id}.key (development only)",
+                            dir.display()
+                        );
+                    }
                 }
                 (None, Some(_)) => {
                     let config = hsm.config()?;
                     kagi_hsm::create_kek(&config, &hsm.pin()?, id)?;
-                    println!(
-                        "KEK {id} generated in token '{}' as {}{id} (non-extractable)",
-                        config.token,
-                        kagi_hsm::KEK_PREFIX
-                    );
+                    if json_out {
+                        print_json(json!({"kek": id, "store": "hsm", "token": config.token,
+                            "label": format!("{}{id}", kagi_hsm::KEK_PREFIX)}));
+                    } else {
+                        println!(
+                            "KEK {id} generated in token '{}' as {}{id} (non-extractable)",
+                            config.token,
+                            kagi_hsm::KEK_PREFIX
+                        );
+                    }
                 }
                 (None, None) => {
                     return Err("give --hsm-module … or --insecure-file-keys DIR".into());

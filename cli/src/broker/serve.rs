@@ -16,15 +16,37 @@ pub(super) fn init(
     ca_dir: &Path,
     tls: bool,
     hsm_keks: bool,
+    json_out: bool,
 ) -> Result<(), Failure> {
+    let https = tls;
     let tls = tls
         .then(|| crate::common::dev_tls_certificate("kagi broker"))
         .transpose()?;
     broker_server::setup::init(dir, listen, ca_dir, tls, !hsm_keks)?;
-    println!(
-        "broker configuration in {d}: broker.toml (serve it with `kagi broker serve --config {d}/broker.toml --insecure-file-keys {d}/keys`), admin.toml",
-        d = dir.display()
-    );
+    let d = dir.display();
+    // With --hsm-keks there is no KEK file: the next step is a KEK in the HSM, not the
+    // (empty) development folder.
+    let serve = if hsm_keks {
+        format!(
+            "create a KEK with `kagi broker new-kek --id k1 --hsm-module MODULE --hsm-pin-file PIN`, \
+             then `kagi broker serve --config {d}/broker.toml --hsm-module MODULE --hsm-pin-file PIN`"
+        )
+    } else {
+        format!(
+            "serve it with `kagi broker serve --config {d}/broker.toml --insecure-file-keys {d}/keys`"
+        )
+    };
+    if json_out {
+        let file = |f: &str| dir.join(f).display().to_string();
+        crate::print_json(serde_json::json!({
+            "dir": d.to_string(), "listen": listen, "https": https,
+            "broker": file("broker.toml"), "admin": file("admin.toml"),
+            "keks": if hsm_keks { "hsm" } else { "files" },
+            "next": serve,
+        }));
+    } else {
+        println!("broker configuration in {d}: broker.toml, admin.toml; {serve}");
+    }
     Ok(())
 }
 
