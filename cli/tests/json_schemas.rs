@@ -352,6 +352,51 @@ fn jpki_ca_and_eligibility_print_documents_that_match_their_schemas() {
     assert_eq!(revoked["verdict"], "revoked");
 }
 
+#[test]
+fn a_perso_batch_prints_its_summary_as_documented() {
+    let d = scratch("perso");
+    let ex = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
+    let arg = |p: &str| ex.join(p).display().to_string();
+    let (profile, input, keys) = (
+        arg("perso-member.toml"),
+        arg("member-records.csv"),
+        arg("keys"),
+    );
+    let batch = |verb: &'static str| -> Vec<String> {
+        [
+            "perso",
+            verb,
+            "--profile",
+            &profile,
+            "--input",
+            &input,
+            "--sim",
+            "2",
+            "--out",
+            "batch",
+            "--insecure-file-keys",
+            &keys,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run_v = batch("run");
+    let args: Vec<&str> = run_v.iter().map(String::as_str).collect();
+    // The example input has two bad records (exit 3, "done with failures"); the ten others
+    // are personalised.
+    let s = run(&d, "perso.summary", 3, &args);
+    assert_eq!(
+        (s["done"].as_u64(), s["bad_records"].as_u64()),
+        (Some(10), Some(2)),
+        "{s}"
+    );
+    let resume_v = batch("resume");
+    let args: Vec<&str> = resume_v.iter().map(String::as_str).collect();
+    let again = run(&d, "perso.summary", 3, &args);
+    assert_eq!(again["failed"], 0, "{again}");
+}
+
 /// Every schema is a draft 2020-12 schema that refuses an empty object and an unknown field:
 /// none of them accepts anything.
 #[test]
