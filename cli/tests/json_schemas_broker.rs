@@ -9,6 +9,16 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use support::schema;
 
+/// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn show(o: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -86,7 +96,7 @@ fn broker_commands_print_documents_that_match_their_schemas() {
         ],
     );
     assert_eq!(kek["store"], "files");
-    let mut server = Command::new(support::kagi_bin())
+    let server = Command::new(support::kagi_bin())
         .args([
             "broker",
             "serve",
@@ -100,6 +110,7 @@ fn broker_commands_print_documents_that_match_their_schemas() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let server = Running(server);
     support::cli::wait_port(port);
     let admin = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["broker", "admin", "--config", "broker/admin.toml"]
@@ -185,8 +196,7 @@ fn broker_commands_print_documents_that_match_their_schemas() {
     let trail = run_admin("broker.audit", &["audit", "--card", &card]);
     assert!(!trail["audit"].as_array().unwrap().is_empty());
     run_admin("broker.admin", &["revoke", "--card", &card]);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     let verified = doc(
         d,
         "broker.verify-records",

@@ -8,6 +8,16 @@ use std::process::{Command, Output};
 use support::cli::{Scenario, kagi, serve, wait_port};
 use support::schema;
 
+/// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn show(o: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -36,7 +46,7 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
     );
     assert_eq!(init["https"], false);
     assert!(dir.join("tsm2/tsm.toml").exists());
-    let mut tsm = serve(dir);
+    let _tsm = Running(serve(dir));
     wait_port(s.port);
     let mno = |args: &[&str]| {
         let mut c = kagi();
@@ -135,6 +145,4 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
         .map(|a| a["event"].as_str().unwrap())
         .collect();
     assert!(events.contains(&"completed"), "{events:?}");
-    tsm.kill().unwrap();
-    tsm.wait().unwrap();
 }
