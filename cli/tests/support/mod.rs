@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod gate;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
