@@ -589,7 +589,15 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     assert_eq!(v["failed"].as_array().unwrap().len() as u64, total);
 
     // Every KEK the broker created (k1 and k2) is sensitive and was never extractable in the
-    // token, read back by OpenSC's pkcs11-tool (not by kagi).
+    // token, and its value (CKA_VALUE) cannot be read, as OpenSC's pkcs11-tool (not kagi)
+    // sees them.
+    let pin = std::fs::read_to_string(&b.pin_file).unwrap();
+    let mut unreadable: Vec<String> = support::hsm_keys_unreadable(&b.conf, MODULE, &pin)
+        .into_iter()
+        .filter(|l| l.starts_with("broker-kek-"))
+        .collect();
+    unreadable.sort();
+    assert_eq!(unreadable, ["broker-kek-k1", "broker-kek-k2"]);
     let objects = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &b.conf)
         .args(["--module", MODULE, "--login", "--pin"])
