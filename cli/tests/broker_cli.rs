@@ -173,9 +173,14 @@ impl Broker {
     /// `kagi broker login` at `service` with the card, its PIN from `pin`, failing over
     /// between both instances.
     fn login_command(&self, service: &str, pin: &Path) -> Command {
+        self.login_command_at(service, pin, &self.urls())
+    }
+
+    /// `kagi broker login` at `service` through the instances in `urls` (`--broker URL`…).
+    fn login_command_at(&self, service: &str, pin: &Path, urls: &[String]) -> Command {
         let mut c = self.kagi();
         c.args(["broker", "login", "--consent", "--service", service])
-            .args(self.urls())
+            .args(urls)
             .args(self.card())
             .arg("--pin-file")
             .arg(pin);
@@ -363,31 +368,59 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     );
 
     // Instance 0 killed while holders log in: every login completes (on instance 1, with
-    // challenges instance 0 issued), nothing enrolled is lost.
-    let commands: Vec<Command> = (0..12)
+    // challenges instance 0 issued), nothing enrolled is lost. No sleep decides where the
+    // kill lands: a gate in front of instance 0 holds each card's answer until all N logins
+    // have their challenge from instance 0 and their answer on its way there; then
+    // instance 0 dies and the answers arrive at a dead instance.
+    let logins_before = b
+        .admin(&["audit", "--card", &card])
+        .matches(" login ")
+        .count();
+    let instance1_before = login_lines(&b.dir.join("broker-1.log"));
+    let gate = support::gate::Gate::start(b.ports[0], "POST /v1/holder/login ");
+    let n = 4;
+    let logins: Vec<_> = (0..n)
         .map(|_| {
-            let mut c = b.login_command("svc-mac", &b.dir.join("pin.txt"));
+            // Instance 0 (through the gate) first, instance 1 second.
+            let urls = [
+                "--broker".to_string(),
+                gate.url(),
+                "--broker".into(),
+                format!("http://127.0.0.1:{}", b.ports[1]),
+            ];
+            let mut c = b.login_command_at("svc-mac", &b.dir.join("pin.txt"), &urls);
             c.args(["--challenge", "AAEC"]);
-            c
+            std::thread::spawn(move || c.output().unwrap())
         })
         .collect();
-    let logins = std::thread::spawn(move || {
-        commands
-            .into_iter()
-            .map(|mut c| c.output().unwrap())
-            .collect::<Vec<_>>()
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    gate.wait_held(n, Duration::from_secs(60));
+    assert_eq!(
+        gate.seen("POST /v1/holder/challenge "),
+        n,
+        "every challenge came from instance 0"
+    );
     b.kill(0);
-    for o in logins.join().unwrap() {
+    gate.release();
+    for l in logins {
+        let o = l.join().unwrap();
         assert!(
             o.status.success(),
             "a login failed when an instance died: {}",
             text(&o)
         );
     }
-    let trail = b.admin(&["audit", "--card", &card]);
-    assert!(trail.matches(" login ").count() >= 16, "{trail}");
+    assert_eq!(
+        b.admin(&["audit", "--card", &card])
+            .matches(" login ")
+            .count(),
+        logins_before + n,
+        "every login once"
+    );
+    assert_eq!(
+        login_lines(&b.dir.join("broker-1.log")),
+        instance1_before + n,
+        "instance 1 completed the logins instance 0 started"
+    );
 
     // The failover itself, step by step: instance 0 issues a challenge and dies (SIGKILL)
     // before the card's answer arrives; instance 1 redeems that challenge.
@@ -556,7 +589,15 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     assert_eq!(v["failed"].as_array().unwrap().len() as u64, total);
 
     // Every KEK the broker created (k1 and k2) is sensitive and was never extractable in the
-    // token, read back by OpenSC's pkcs11-tool (not by kagi).
+    // token, and its value (CKA_VALUE) cannot be read, as OpenSC's pkcs11-tool (not kagi)
+    // sees them.
+    let pin = std::fs::read_to_string(&b.pin_file).unwrap();
+    let mut unreadable: Vec<String> = support::hsm_keys_unreadable(&b.conf, MODULE, &pin)
+        .into_iter()
+        .filter(|l| l.starts_with("broker-kek-"))
+        .collect();
+    unreadable.sort();
+    assert_eq!(unreadable, ["broker-kek-k1", "broker-kek-k2"]);
     let objects = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &b.conf)
         .args(["--module", MODULE, "--login", "--pin"])
@@ -675,6 +716,30 @@ fn reqwest_keys(port: u16) -> broker_protocol::Jwks {
             .await
             .unwrap()
     })
+}
+
+/// Card logins an instance completed, by its log (`… broker_server::service::login: login
+/// card=…`, colours removed).
+fn login_lines(log: &Path) -> usize {
+    let raw = std::fs::read_to_string(log).unwrap_or_default();
+    let mut plain = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("broker_server::service::login: login card="))
+        .count()
 }
 
 fn verify(b: &Broker) -> serde_json::Value {

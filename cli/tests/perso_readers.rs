@@ -35,6 +35,16 @@ fn command(stack: &PrivatePcsc, verb: &str, input: &Path, out: &Path) -> std::pr
     c
 }
 
+/// Whether the batch whose stderr goes to `log` says the journal's test hook holds it.
+fn is_frozen(log: &Path) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(&format!(
+            "{}: journal frozen after event 1",
+            journal::FREEZE_ENV
+        ))
+}
+
 /// Where the feeder command of a batch writing to `out` logs.
 fn feeder_log(out: &Path) -> std::path::PathBuf {
     out.with_extension("feeder.log")
@@ -317,12 +327,21 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
     let mut operator = Operator::new(4, [true, true]);
     // The journal's test hook freezes the batch right after the first card's first step
     // (mid-way, before its STORE DATA); then it is killed.
+    // Killed once the hook says it holds the batch (its line on stderr), not on a guess.
+    let frozen_log = dir.join("frozen.stderr");
     let child = command(&stack, "run", &input, &out)
         .env(journal::FREEZE_ENV, "1:step:open")
+        .stderr(std::fs::File::create(&frozen_log).unwrap())
         .spawn()
         .unwrap();
-    let frozen = |e: &Event| matches!(e, Event::Step { step, .. } if step == "open");
-    operator.run(&stack, child, &journal_file, Some(&frozen));
+    let frozen = |_: &Event| is_frozen(&frozen_log);
+    let killed = operator.run(&stack, child, &journal_file, Some(&frozen));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(9),
+        "the batch was not held by the freeze hook (it ended by itself): {}",
+        std::fs::read_to_string(&frozen_log).unwrap_or_default()
+    );
     let first_open = events(&journal_file)
         .into_iter()
         .find_map(|e| match e {
@@ -557,18 +576,25 @@ fn a_card_taken_out_mid_way_and_put_back_continues() {
     let out = dir.join("out");
     let journal_file = out.join("journal.jsonl");
     let release = dir.join("release");
+    let stderr_log = dir.join("batch.stderr");
     let mut child = command(&stack, "run", &input, &out)
         .env(journal::FREEZE_ENV, "1:step:open")
         .env(journal::RELEASE_ENV, &release)
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
         .spawn()
         .unwrap();
     let began = Instant::now();
-    while !events(&journal_file)
-        .iter()
-        .any(|e| matches!(e, Event::Step { record, step, .. } if record == "T0" && step == "open"))
+    // The hook holds the batch right after T0's first step (its line on stderr).
+    while !(is_frozen(&stderr_log)
+        && events(&journal_file).iter().any(
+            |e| matches!(e, Event::Step { record, step, .. } if record == "T0" && step == "open"),
+        ))
     {
         assert!(child.try_wait().unwrap().is_none(), "the batch ended");
-        assert!(began.elapsed() < Duration::from_secs(60), "no first step");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the freeze hook did not hold the batch after T0's first step"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     stack.control("remove 0");
@@ -577,7 +603,7 @@ fn a_card_taken_out_mid_way_and_put_back_continues() {
     wait_present(&stack, 0, true);
     std::fs::write(&release, b"").unwrap();
     let output = Operator::new(2, [true, false]).run(&stack, child, &journal_file, None);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = std::fs::read_to_string(&stderr_log).unwrap();
     assert!(output.status.success(), "{stderr}");
     assert!(
         stderr.contains("lost the card"),

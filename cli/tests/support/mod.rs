@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod gate;
 pub mod schema;
 
 use std::io::Write;
