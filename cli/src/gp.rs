@@ -554,6 +554,18 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                     let (a, class) = m
                         .split_once('=')
                         .ok_or_else(|| format!("--module {m}: use AID=CLASS"))?;
+                    // Built-in load files exist only for the simulator's classes: name the
+                    // ones it has instead of sending a LOAD it must refuse with a bare 6A80.
+                    let table = applet_sim::stock::shared();
+                    if !table.names().any(|n| n == class) {
+                        let known: Vec<&str> = table.names().collect();
+                        return Err(format!(
+                            "--module {m}: the simulator has no applet class '{class}' (it has {}); \
+                             a real card or a real applet takes a CAP file: `kagi gp load FILE.cap`",
+                            known.join(", ")
+                        )
+                        .into());
+                    }
                     Ok((aid("module AID", a)?, class.to_string()))
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;

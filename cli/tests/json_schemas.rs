@@ -194,6 +194,30 @@ fn apdu_bench_and_errors_print_documents_that_match_their_schemas() {
     // A card refusal: the status word as the card sent it.
     let e = run(&d, "error", 1, &["gp", "delete", "--sim", "F0F0F0F0F0"]);
     assert_eq!(e["error"]["sw"], "6A88", "{e}");
+    // An unknown simulator class is named, with the classes there are (not a raw 6A80).
+    let e = run(
+        &d,
+        "error",
+        1,
+        &[
+            "gp",
+            "load",
+            "--sim",
+            "--package",
+            "F001020304",
+            "--module",
+            "F00102030401=no.such.Class",
+        ],
+    );
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no.such.Class") && msg.contains("kagi.echo"),
+        "{msg}"
+    );
+    // A security level that is no level is quoted as given, not as "FF".
+    let e = run(&d, "error", 2, &["gp", "list", "--sim", "--level", "foo"]);
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("'foo' is not a security level"), "{msg}");
     // A usage error names what is missing, as clap's text does.
     let u = run(&d, "error", 2, &["gp", "info", "--sim-image", "x.img"]);
     assert_eq!(u["error"]["code"], "usage");

@@ -97,6 +97,11 @@ pub enum Scp03Error {
     /// Not a GP-defined security level.
     #[error("security level {0:02X} is not defined; use 00, 01, 03, 11, 13 or 33")]
     InvalidSecurityLevel(u8),
+    /// A security level given as text that is neither a name nor a hex byte.
+    #[error(
+        "'{0}' is not a security level: use none, mac, enc, rmac, enc+rmac or full, or hex 00, 01, 03, 11, 13 or 33"
+    )]
+    UnknownSecurityLevel(String),
     /// The pseudo-random card challenge does not match the keys and SD AID.
     #[error(
         "the card challenge is not the pseudo-random value for these keys and this security \

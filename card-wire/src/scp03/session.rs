@@ -114,7 +114,7 @@ impl core::str::FromStr for SecurityLevel {
         match named {
             Some(l) => Ok(l),
             None => u8::from_str_radix(&lower, 16)
-                .map_err(|_| Scp03Error::InvalidSecurityLevel(0xFF))
+                .map_err(|_| Scp03Error::UnknownSecurityLevel(s.to_string()))
                 .and_then(Self::new),
         }
     }
