@@ -248,6 +248,40 @@ async fn revoke_always_wins(w: &World, rounds: u64) {
         }
         let row = b.shards().of(&card).card(&card).await.unwrap().unwrap();
         assert_eq!(row.state, "revoked", "round {round}: the revoke was undone");
+        // No session of the card outlives the revoke (one opened by a login in flight when
+        // the revoke ended the card's sessions would).
+        let live = b
+            .shards()
+            .of(&card)
+            .query(
+                "SELECT COUNT(*) FROM sessions WHERE card = $1",
+                vec![card.clone().into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            live[0][0].int(),
+            0,
+            "round {round}: a session outlived the revoke"
+        );
+        // And a session of a revoked card that is still in the table (written by a broker
+        // that did not end it) is refused when used: the card's state is checked then too.
+        let token = format!("0.{}", broker_protocol::api::b64(card.as_bytes()));
+        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+        b.shards()
+            .of(&card)
+            .commit(vec![broker_server::store::Shard::put_session(
+                &hash,
+                &card,
+                Assurance::Password,
+                i64::MAX / 2,
+            )])
+            .await
+            .unwrap();
+        match b.act(&act(&token, "svc")).await {
+            Err(BrokerError::Refused(e)) => assert_eq!(e.code, "session.revoked"),
+            other => panic!("round {round}: a revoked card's session acted: {other:?}"),
+        }
         // And the right password now says so (the password is right, so nothing leaks).
         match b.login_password(&pw(&holder, "right password"), None).await {
             Err(BrokerError::Refused(e)) => assert_eq!(e.code, "login.revoked"),
@@ -422,6 +456,25 @@ async fn acts_and_kek_rotation_lose_no_record(w: &World) {
             .unwrap();
         sessions.push(token);
     }
+    // Some service keys rotate before the KEK rotation starts: their new versions are under
+    // k2 already, their retired ones still under k1 (a rewrap of the old version must not
+    // touch the new one).
+    let early: Vec<&String> = cards.iter().skip(1).step_by(3).collect();
+    for c in &early {
+        let r = w
+            .admin(
+                &a,
+                AdminRequest::RotateServiceKey {
+                    card: (*c).clone(),
+                    service: "svc".into(),
+                },
+            )
+            .await;
+        assert!(
+            matches!(r, AdminResponse::Credential { version: 2, .. }),
+            "{r:?}"
+        );
+    }
     let mut work = Vec::new();
     for (i, inst) in [a.clone(), b.clone()].into_iter().enumerate() {
         work.push(tokio::spawn(async move {
@@ -467,7 +520,7 @@ async fn acts_and_kek_rotation_lose_no_record(w: &World) {
     while b.sweep().await.unwrap() > 0 {}
     let check = b.verify_records().await.unwrap();
     assert!(check.failed.is_empty(), "{:?}", check.failed);
-    let expected = before + 40 + cards.iter().step_by(3).count() as u64;
+    let expected = before + 40 + (cards.iter().step_by(3).count() + early.len()) as u64;
     assert_eq!((check.records, check.opened), (expected, expected));
     assert_eq!(
         check.by_kek.get("k2"),

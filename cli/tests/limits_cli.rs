@@ -277,3 +277,167 @@ fn wrong_pins_across_runs_block_the_pin_on_a_simulated_card() {
     assert!(!dir.join("sig").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kagi tsm provider issue --out FILE` for SIM `iccid` of scenario `s`.
+fn issue_to(s: &Scenario, iccid: &str, out: &Path) -> std::process::Output {
+    kagi()
+        .args(["tsm", "provider", "--config"])
+        .arg(s.dir.join("tsm/sp.toml"))
+        .args(["issue", "--iccid", iccid, "--ca-dir"])
+        .arg(s.dir.join("pki"))
+        .arg("--pin-file")
+        .arg(s.dir.join("pin.txt"))
+        .arg("--password-file")
+        .arg(s.dir.join("pw.txt"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_access_code_file_is_the_owners_only() {
+    let s = Scenario::new("modes-issue", false);
+    let dir = &s.dir;
+    let _tsm = Killed(serve(dir));
+    wait_port(s.port);
+    // A new file.
+    let iccid = s.sim("out-new", &dir.join("a.img"));
+    let fresh = dir.join("fresh.json");
+    let o = issue_to(&s, &iccid, &fresh);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&fresh), 0o600, "a new access-code file");
+    assert!(
+        std::fs::read_to_string(&fresh)
+            .unwrap()
+            .contains("access_code")
+    );
+    // A file already there, readable by everyone: replaced by an owner-only one.
+    let iccid = s.sim("out-wide", &dir.join("b.img"));
+    let wide = dir.join("wide.json");
+    std::fs::write(&wide, "{}").unwrap();
+    std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = issue_to(&s, &iccid, &wide);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        mode(&wide),
+        0o600,
+        "an access-code file written over a 0644 one"
+    );
+    assert!(
+        std::fs::read_to_string(&wide)
+            .unwrap()
+            .contains("access_code")
+    );
+    // A link: replaced, never followed (its target keeps its bytes and mode).
+    let iccid = s.sim("out-link", &dir.join("c.img"));
+    let target = dir.join("public.txt");
+    std::fs::write(&target, "public\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = issue_to(&s, &iccid, &link);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "public\n");
+    assert_eq!(mode(&target), 0o644);
+    assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(
+        mode(&link),
+        0o600,
+        "an access-code file written over a link"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn at_a_128_descriptor_limit_200_slow_clients_do_not_take_the_tsm_down() {
+    let s = Scenario::new("nofile", false);
+    let dir = &s.dir;
+    // Slow clients are closed after 5 s instead of 10 (the test stays short).
+    let toml = dir.join("tsm/tsm.toml");
+    let mut cfg = std::fs::read_to_string(&toml).unwrap();
+    cfg.push_str("\n[limits]\nheader_timeout_secs = 5.0\n");
+    std::fs::write(&toml, cfg).unwrap();
+    let log = dir.join("tsm.log");
+    let _tsm = Killed(
+        grouped(&mut Command::new("prlimit"))
+            .arg("--nofile=128:128")
+            .arg(env!("CARGO_BIN_EXE_kagi"))
+            .args(["tsm", "serve", "--config"])
+            .arg(&toml)
+            .arg("--insecure-file-keys")
+            .arg(dir.join("tsm/keys"))
+            .env("KAGI_LOG", "warn")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(s.port);
+    // 200 connections sending half a header, held open.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.port)) {
+            let _ = c.write_all(b"GET /v1/health HTTP/1.1\r\nHost: ka");
+            slow.push(c);
+        }
+    }
+    // The cap is fitted to the descriptors (80 + 16 for health): those past it are closed
+    // at once, long before the header timeout, instead of waiting unaccepted while the
+    // listener fails with `Too many open files`.
+    let start = Instant::now();
+    let closed = loop {
+        let closed = slow
+            .iter()
+            .filter(|c| {
+                c.set_nonblocking(true).unwrap();
+                let mut b = [0u8; 64];
+                let mut r: &std::net::TcpStream = c;
+                // Open: nothing to read yet. Closed: end of file, or reset.
+                !matches!(r.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count();
+        if closed >= 200 - 96 || start.elapsed() > Duration::from_secs(3) {
+            break closed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(closed >= 200 - 96, "{closed} of 200 closed at once");
+    // Health answers again once the slow clients are closed by the header timeout; the
+    // slow clients are still held by this test meanwhile.
+    let start = Instant::now();
+    let healthy = loop {
+        let answered = std::net::TcpStream::connect(("127.0.0.1", s.port))
+            .ok()
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                write!(
+                    c,
+                    "GET /v1/health HTTP/1.1\r\nHost: kagi\r\nConnection: close\r\n\r\n"
+                )
+                .ok()?;
+                let mut raw = String::new();
+                c.read_to_string(&mut raw).ok()?;
+                Some(raw)
+            });
+        match answered {
+            Some(raw) if raw.starts_with("HTTP/1.1 200") => break Some(raw),
+            _ if start.elapsed() > Duration::from_secs(20) => break None,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        healthy.is_some(),
+        "/v1/health never answered; the log:\n{}",
+        &text[..text.len().min(4000)]
+    );
+    drop(slow);
+    let emfile = text.matches("Too many open files").count();
+    assert_eq!(emfile, 0, "the log:\n{}", &text[..text.len().min(4000)]);
+    assert!(
+        text.contains("the connection cap is lowered to 80 (+16"),
+        "{}",
+        &text[..text.len().min(4000)]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -66,16 +66,35 @@ pub fn read_hex_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileError> {
         .map_err(|_| FileError::invalid(path, "not a hex key: write the key as hex digits"))
 }
 
-/// Writes a file readable by its owner only (0600), replacing what was there.
+/// Writes a file readable by its owner only (0600), replacing what was there. The bytes go
+/// to a new file (created 0600, never through a link) that is then renamed over `path`: a file
+/// already at `path` with a wider mode is replaced, not reused, and a symbolic link at `path`
+/// is replaced itself, never followed.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| FileError::invalid(path, "not a file name: name a file to write"))?;
+    let suffix = random_hex(8).map_err(|e| FileError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", suffix.as_str()));
+    let tmp = path.with_file_name(tmp_name);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(FileError::io(path))
+    let written = opts
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(FileError::io(path))
 }
 
 /// Writes a file anyone may read (public keys, certificates, client configurations).
@@ -148,6 +167,32 @@ mod tests {
             read_hex_secret(&f),
             Err(FileError::Invalid { .. })
         ));
+        // A file there with a wider mode is replaced by an owner-only one.
+        let wide = inner.join("wide");
+        std::fs::write(&wide, b"old").unwrap();
+        std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&wide, b"new").unwrap();
+        assert_eq!(mode(&wide), 0o600);
+        assert_eq!(std::fs::read(&wide).unwrap(), b"new");
+        // A link there is replaced, never followed: its target keeps its mode and bytes.
+        let target = inner.join("target");
+        std::fs::write(&target, b"theirs").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = inner.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_private(&link, b"secret").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+        assert_eq!(mode(&target), 0o644);
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(mode(&link), 0o600);
+        assert_eq!(std::fs::read(&link).unwrap(), b"secret");
+        // Nothing else is left in the directory.
+        let mut names: Vec<_> = std::fs::read_dir(&inner)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["k", "link", "target", "wide"]);
         assert!(matches!(
             read_text(&dir.join("none")),
             Err(FileError::Io { .. })

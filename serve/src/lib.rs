@@ -96,6 +96,21 @@ where
         shutdown.await;
         h.graceful_shutdown(Some(Duration::from_secs(30)));
     });
+    let fitted = open_files().and_then(|n| limits.fitted_to_descriptors(n).map(|f| (n, f)));
+    let limits = match &fitted {
+        Some((n, f)) => {
+            tracing::warn!(
+                "the connection cap is lowered to {} (+{} for {}) from {} (+{}): the process may open only {n} files (RLIMIT_NOFILE); raise that limit for more connections",
+                f.max_connections,
+                f.health_reserve,
+                conn::HEALTH,
+                limits.max_connections,
+                limits.health_reserve,
+            );
+            f
+        }
+        None => limits,
+    };
     let acceptor = conn::CapAcceptor::new(router.clone(), limits);
     let make = router.into_make_service();
     let r = match tls {
@@ -125,6 +140,18 @@ where
     };
     task.abort();
     r
+}
+
+/// The soft limit on open files of this process, if there is one.
+fn open_files() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+        (soft != nix::sys::resource::RLIM_INFINITY).then_some(soft)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 fn configure<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>, limits: &Limits) {

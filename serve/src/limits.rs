@@ -45,6 +45,32 @@ impl Default for Limits {
     }
 }
 
+/// Descriptors kept free for everything but client connections (the database and its
+/// journal, TLS and key files, logs, the listener, the runtime's own).
+pub const DESCRIPTOR_MARGIN: u64 = 32;
+
+impl Limits {
+    /// These limits with the connection cap (and its reserve) lowered so that, at
+    /// `open_files` descriptors for the process (the soft `RLIMIT_NOFILE`), every connection
+    /// served plus [`DESCRIPTOR_MARGIN`] fits: past the cap a connection is closed at once
+    /// instead of the listener failing with `Too many open files`. The reserve keeps at most a
+    /// quarter of what is left. Unchanged when everything fits; `None` then.
+    pub fn fitted_to_descriptors(&self, open_files: u64) -> Option<Limits> {
+        let budget = usize::try_from(open_files.saturating_sub(DESCRIPTOR_MARGIN))
+            .unwrap_or(usize::MAX)
+            .max(2);
+        if self.max_connections.saturating_add(self.health_reserve) <= budget {
+            return None;
+        }
+        let reserve = self.health_reserve.min(budget / 4);
+        Some(Limits {
+            max_connections: self.max_connections.min(budget - reserve).max(1),
+            health_reserve: reserve,
+            ..self.clone()
+        })
+    }
+}
+
 /// The `[limits]` section of a server's configuration file (every field optional; seconds for
 /// the timeouts).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -132,6 +158,24 @@ impl LimitsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cap_fits_the_descriptor_limit() {
+        let l = Limits::default();
+        // 512 + 16 connections fit in 1024 descriptors less the margin of 32.
+        assert_eq!(l.fitted_to_descriptors(1024), None);
+        assert_eq!(l.fitted_to_descriptors(560), None);
+        // At 128: 96 for connections, 16 of them the reserve.
+        let f = l.fitted_to_descriptors(128).unwrap();
+        assert_eq!((f.max_connections, f.health_reserve), (80, 16));
+        assert_eq!(f.header_read_timeout, l.header_read_timeout);
+        // At 64: 32 left, a quarter (8) the reserve.
+        let f = l.fitted_to_descriptors(64).unwrap();
+        assert_eq!((f.max_connections, f.health_reserve), (24, 8));
+        // Absurdly low: still one connection.
+        let f = l.fitted_to_descriptors(3).unwrap();
+        assert_eq!((f.max_connections, f.health_reserve), (2, 0));
+    }
 
     #[test]
     fn file_overrides_and_refuses_nonsense() {

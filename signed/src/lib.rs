@@ -9,7 +9,7 @@
 //! - [`signing`]: signed messages (ECDSA P-256) with ids, nonces, validity windows, recipient
 //!   binding and replay protection.
 //! - [`request`]: a sender's side of the control envelope: sign a request, open its answer.
-//! - [`access`]: one-time access codes, device tickets, PBKDF2 password verifiers.
+//! - [`access`]: one-time access codes, device tickets, legacy PBKDF2 password verifiers.
 //! - [`password`]: password verifiers in PHC form (Argon2id, PBKDF2) with a policy.
 //! - [`certkey`]: the public key of a card certificate, to check the card's signatures.
 //!

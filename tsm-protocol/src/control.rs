@@ -64,19 +64,90 @@ pub struct CredentialBundle {
 
 /// How the user proves the download is theirs: the one-time access code the TSM returns
 /// (delivered out of band by the provider), and a password the provider registered with the
-/// user, given here as a PBKDF2-HMAC-SHA256 verifier.
+/// user, given here as a verifier ([`GrantVerifier`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessGrant {
-    /// PBKDF2 salt.
-    pub password_salt: [u8; 16],
-    /// PBKDF2 iterations.
-    pub password_iterations: u32,
-    /// PBKDF2-HMAC-SHA256(password, salt, iterations), 32 bytes.
-    pub password_verifier: [u8; 32],
+    /// The verifier of the user's password.
+    pub password: GrantVerifier,
     /// Wrong code or password entries allowed before the operation is locked.
     pub max_attempts: u8,
     /// How long the download may take to happen (milliseconds from acceptance).
     pub valid_for_ms: u64,
+}
+
+/// The verifier of the user's password in an [`AccessGrant`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantVerifier {
+    /// An Argon2id PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), its parameters in
+    /// the record. The TSM refuses one below the OWASP floor (m=19456 KiB, t=2, p=1) with
+    /// `business.weak-verifier`.
+    Argon2id(String),
+    /// A PBKDF2-HMAC-SHA256 verifier, as grants carried before Argon2id. Only operations the
+    /// TSM stored before still hold one (their password still checks); a new request carrying
+    /// one is refused with `business.weak-verifier`.
+    Pbkdf2 {
+        /// Salt.
+        salt: [u8; 16],
+        /// Iterations.
+        iterations: u32,
+        /// PBKDF2-HMAC-SHA256(password, salt, iterations).
+        hash: [u8; 32],
+    },
+}
+
+impl std::fmt::Debug for GrantVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantVerifier::Argon2id(_) => f.write_str("Argon2id(<verifier>)"),
+            GrantVerifier::Pbkdf2 { iterations, .. } => write!(f, "Pbkdf2({iterations})"),
+        }
+    }
+}
+
+impl GrantVerifier {
+    /// A new Argon2id verifier of `password` with `params` and a fresh salt (what the
+    /// provider tools send: [`crate::password::Params::OWASP_MIN`]).
+    pub fn argon2id(
+        password: &str,
+        params: &crate::password::Params,
+    ) -> Result<GrantVerifier, crate::password::PasswordError> {
+        crate::password::new_verifier(password, params).map(GrantVerifier::Argon2id)
+    }
+
+    /// Whether a new grant may carry this verifier under `policy`: Argon2id at or above its
+    /// floor; PBKDF2 never.
+    pub fn accept(
+        &self,
+        policy: &crate::password::Policy,
+    ) -> Result<(), crate::password::PasswordError> {
+        match self {
+            GrantVerifier::Argon2id(phc) => crate::password::accept(phc, policy).map(|_| ()),
+            GrantVerifier::Pbkdf2 { iterations, .. } => {
+                Err(crate::password::PasswordError::Malformed(format!(
+                    "a PBKDF2 verifier ({iterations} iterations) is no longer accepted"
+                )))
+            }
+        }
+    }
+
+    /// The verifier to check a password against; `None` if an Argon2id string does not
+    /// parse (it then matches nothing).
+    pub fn verifier(&self) -> Option<crate::password::Verifier> {
+        match self {
+            GrantVerifier::Argon2id(phc) => crate::password::Phc::parse(phc)
+                .ok()
+                .map(crate::password::Verifier::Argon2id),
+            GrantVerifier::Pbkdf2 {
+                salt,
+                iterations,
+                hash,
+            } => Some(crate::password::Verifier::Pbkdf2 {
+                salt: *salt,
+                iterations: *iterations,
+                hash: *hash,
+            }),
+        }
+    }
 }
 
 /// Why a credential is revoked.

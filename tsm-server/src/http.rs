@@ -47,7 +47,12 @@ fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
             )
                 .into_response()
         }
-        Err(e @ (ServiceError::Random(_) | ServiceError::Encode(_) | ServiceError::Poisoned)) => {
+        Err(
+            e @ (ServiceError::Random(_)
+            | ServiceError::Encode(_)
+            | ServiceError::Poisoned
+            | ServiceError::Hashing(_)),
+        ) => {
             // The TSM's own failure, never the sender's: a 500, with the reason in the log.
             tracing::error!(error = %e, "internal");
             (

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use test_pki::TestCa;
 use zeroize::Zeroizing;
 
+mod http_backoff;
 mod keys;
 mod password_login;
 mod services;

@@ -5,7 +5,9 @@
 use super::client::{Client, ClientError};
 use card_wire::jpki;
 use card_wire::scp03::AesKey;
-use tsm_protocol::control::{AccessGrant, ControlRequest, ControlResponse, CredentialBundle};
+use tsm_protocol::control::{
+    AccessGrant, ControlRequest, ControlResponse, CredentialBundle, GrantVerifier,
+};
 use tsm_protocol::receipt::ExecutionReceipt;
 use tsm_protocol::signing::{self, Kind, Signer, Trust};
 use tsm_protocol::{IdempotencyKey, MsgId, Nonce, OpId, PartyId};
@@ -80,19 +82,17 @@ pub fn seal_pin(content_key: &AesKey, pin: &[u8]) -> Result<Vec<u8>, String> {
     ))
 }
 
-/// The user's access grant: a PBKDF2 verifier of the password with a fresh salt.
+/// The user's access grant: an Argon2id verifier of the password (OWASP's minimum
+/// parameters, m=19456 KiB, t=2, p=1, with a fresh salt).
 pub fn access_grant(
     password: &str,
     max_attempts: u8,
     valid_for_ms: u64,
 ) -> Result<AccessGrant, String> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
-    let iterations = tsm_protocol::access::DEFAULT_ITERATIONS;
+    let password = GrantVerifier::argon2id(password, &tsm_protocol::password::Params::OWASP_MIN)
+        .map_err(|e| e.to_string())?;
     Ok(AccessGrant {
-        password_salt: salt,
-        password_iterations: iterations,
-        password_verifier: tsm_protocol::access::password_verifier(password, &salt, iterations),
+        password,
         max_attempts,
         valid_for_ms,
     })

@@ -188,12 +188,16 @@ impl Tsm {
             }
             _ => return reject("protocol.unsupported", "not an operation".into()),
         };
-        if access.password_iterations < 1000 || access.max_attempts == 0 || access.max_attempts > 10
-        {
+        if access.max_attempts == 0 || access.max_attempts > 10 {
             return reject(
                 "business.weak-access",
-                "the access grant needs at least 1000 PBKDF2 iterations and 1 to 10 attempts"
-                    .into(),
+                "the access grant needs 1 to 10 attempts".into(),
+            );
+        }
+        if let Err(e) = access.password.accept(&self.password_policy) {
+            return reject(
+                "business.weak-verifier",
+                format!("the access grant's password verifier is refused: {e}"),
             );
         }
         let valid_for = access.valid_for_ms.clamp(60_000, 7 * 86_400_000) as i64;

@@ -133,6 +133,10 @@ pub enum ServiceError {
     /// the database; a running session continues on another instance or after the restart).
     #[error("a lock of this TSM instance is poisoned: restart it")]
     Poisoned,
+    /// The worker thread checking a password failed (it panicked or the runtime is shutting
+    /// down): not the sender's fault; the attempt is spent, enter the code and password again.
+    #[error("the TSM could not check the password: {0}; enter it again")]
+    Hashing(String),
 }
 
 impl From<SignError> for ServiceError {
@@ -170,6 +174,7 @@ pub struct Tsm {
     store: Store,
     engines: Mutex<HashMap<SessionId, Running>>,
     entry_checks: std::sync::atomic::AtomicU64,
+    password_policy: tsm_protocol::password::Policy,
 }
 
 /// The access code and ticket of an operation, kept sealed.
@@ -195,14 +200,24 @@ fn credential_of(req: &ControlRequest) -> Option<&CredentialBundle> {
 }
 
 impl Tsm {
-    /// A TSM over an open store.
+    /// A TSM over an open store, accepting password verifiers under the production policy
+    /// ([`tsm_protocol::password::Policy::production`]: Argon2id, m=19456 KiB, t=2, p=1 at
+    /// least).
     pub fn new(config: Config, store: Store) -> Tsm {
         Tsm {
             config,
             store,
             engines: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
+            password_policy: tsm_protocol::password::Policy::production(),
         }
+    }
+
+    /// The same TSM with another password policy (the verifiers a grant may carry). Only
+    /// tests weaken it ([`tsm_protocol::password::Policy::cheap_for_tests`]).
+    pub fn with_password_policy(mut self, policy: tsm_protocol::password::Policy) -> Tsm {
+        self.password_policy = policy;
+        self
     }
 
     /// How many access-code and password entries this instance has checked since it

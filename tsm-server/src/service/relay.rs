@@ -249,7 +249,14 @@ impl Tsm {
         op.version += 1;
         self.entry_checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !access::check_entries(&op.id, &op.data.code_hash, &grant, &creds) {
+        // Argon2id takes tens of milliseconds: off the async runtime.
+        let (id, code_hash, policy) = (op.id, op.data.code_hash, self.password_policy);
+        let ok = tokio::task::spawn_blocking(move || {
+            access::check_entries(&id, &code_hash, &grant, &creds, &policy)
+        })
+        .await
+        .map_err(|e| ServiceError::Hashing(e.to_string()))?;
+        if !ok {
             let left = op.data.attempts_left;
             let reply = if left == 0 {
                 op.state = OpState::Failed;

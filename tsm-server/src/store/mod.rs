@@ -3,6 +3,7 @@
 //! trail in a module of their own, re-exported there).
 
 mod cards;
+pub mod legacy;
 pub mod ops;
 
 use kagi_db::Schema;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tsm_protocol::control::{ControlRequest, OpState};
 use tsm_protocol::{ErrorReport, MsgId, Nonce, OpId, Sealed};
 
-/// What an operation carries beyond its indexed columns (stored as one canonical blob).
+/// What an operation carries beyond its indexed columns (stored as one canonical blob, format
+/// 2; format-1 records still decode, see `store::legacy`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpData {
     /// The provider's request.
@@ -103,12 +104,12 @@ fn op_from(r: &[Val]) -> Result<OpRow, StoreError> {
         expires_at: r[9].int(),
         updated_at: r[10].int(),
         version: r[11].int(),
-        data: tsm_protocol::codec::decode(&r[12].blob()).map_err(|_| corrupt("operation"))?,
+        data: super::legacy::decode(&r[12].blob()).ok_or_else(|| corrupt("operation"))?,
     })
 }
 
 fn data_blob(op: &OpRow) -> Result<Vec<u8>, StoreError> {
-    tsm_protocol::codec::encode(&op.data).map_err(|e| StoreError::Db(e.to_string()))
+    super::legacy::encode(&op.data).map_err(|e| StoreError::Db(e.to_string()))
 }
 
 /// What creating an operation found.

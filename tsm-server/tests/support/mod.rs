@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsm_protocol::control::{
     AccessGrant, AppletRef, CardTarget, ControlRequest, ControlResponse, CredentialBundle,
+    GrantVerifier,
 };
 use tsm_protocol::relay::{AgentMsg, ServerMsg, UserCredentials};
 use tsm_protocol::signing::{Policy, Signer, Trust};
@@ -323,14 +324,12 @@ pub fn register_card(iccid: &str) -> ControlRequest {
     }
 }
 
-/// An access grant for [`PASSWORD`] allowing `attempts` wrong entries.
+/// An access grant for [`PASSWORD`] allowing `attempts` wrong entries: an Argon2id verifier
+/// at the production floor, as the provider tools make it.
 pub fn grant(attempts: u8) -> AccessGrant {
-    let salt = rand16();
-    let iterations = tsm_protocol::access::DEFAULT_ITERATIONS;
     AccessGrant {
-        password_salt: salt,
-        password_iterations: iterations,
-        password_verifier: tsm_protocol::access::password_verifier(PASSWORD, &salt, iterations),
+        password: GrantVerifier::argon2id(PASSWORD, &tsm_protocol::password::Params::OWASP_MIN)
+            .unwrap(),
         max_attempts: attempts,
         valid_for_ms: 600_000,
     }
