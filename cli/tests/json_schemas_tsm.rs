@@ -102,6 +102,21 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
     assert_eq!(file["op"].as_str(), Some(op.as_str()));
     std::fs::write(dir.join("ticket.txt"), file["ticket"].as_str().unwrap()).unwrap();
     std::fs::write(dir.join("code.txt"), file["access_code"].as_str().unwrap()).unwrap();
+    // A wrong access code in the file: the relay says so (with the tries left) and stops, instead
+    // of prompting without a terminal and then blaming a missing code.
+    std::fs::write(dir.join("code.txt"), "WRONG-CODE-0000").unwrap();
+    let wrong = s
+        .relay()
+        .args(["--sim", "--sim-image"])
+        .arg(dir.join("sim.img"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1), "{}", show(&wrong));
+    let e = schema::document("error", &wrong.stdout);
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not accepted (4 tries left)"), "{msg}");
+    std::fs::write(dir.join("code.txt"), file["access_code"].as_str().unwrap()).unwrap();
     let relay = {
         let mut c = s.relay();
         c.args(["--sim", "--sim-image"]).arg(dir.join("sim.img"));

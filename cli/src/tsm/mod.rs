@@ -374,10 +374,21 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
     let mut ch = args.target.open(false)?;
     let mut capture = args.capture.as_ref().map(|_| Vec::new());
     let mut asked = given.is_some();
+    // Set when the files' access code or password was refused: then the relay stops with that
+    // reason instead of prompting (a script has no terminal to answer on).
+    let refused = std::sync::atomic::AtomicU16::new(u16::MAX);
+    let interactive = {
+        use std::io::IsTerminal;
+        std::io::stdin().is_terminal()
+    };
     let mut ask = |left: u8| -> Option<UserCredentials> {
         if !asked {
             asked = true;
         } else if given.is_some() {
+            refused.store(u16::from(left), std::sync::atomic::Ordering::Relaxed);
+            if !interactive {
+                return None;
+            }
             eprintln!("the access code or password was not accepted ({left} tries left)");
         }
         let code = rpassword::prompt_password(format!("access code ({left} tries left): ")).ok()?;
@@ -400,7 +411,21 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
             },
         )
         .await
-    })?;
+    });
+    let refused = match refused.load(std::sync::atomic::Ordering::Relaxed) {
+        u16::MAX => None,
+        left => Some(left),
+    };
+    let out = match (out, refused) {
+        (Err(kagi_online::tsm::relay::RelayError::NoCredentials), Some(left)) => {
+            return Err(format!(
+                "the access code or password in the files was not accepted ({left} tries left): \
+                 check --access-code-file and --password-file and run the relay again"
+            )
+            .into());
+        }
+        (out, _) => out?,
+    };
     args.target.finish(&ch)?;
     if let (Some(path), Some(c)) = (&args.capture, &capture) {
         // The messages carried hold access codes and passwords (sealed) and tickets.
