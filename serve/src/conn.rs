@@ -34,6 +34,43 @@ pub(crate) struct CapAcceptor {
     reserve: Arc<Semaphore>,
     idle: Duration,
     body: Duration,
+    refusals: Arc<Refusals>,
+}
+
+/// Connections refused at the cap, logged as one summary line per second at most, so a flood
+/// of connections cannot flood the log too.
+#[derive(Default)]
+struct Refusals {
+    /// Refused since the last line.
+    pending: std::sync::atomic::AtomicU64,
+    /// When the last line was written (milliseconds since `start`).
+    last_ms: std::sync::atomic::AtomicU64,
+    start: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Refusals {
+    /// Counts one refusal; returns how many to report now, if a line is due.
+    fn refused(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        self.pending.fetch_add(1, AcqRel);
+        let now = u64::try_from(
+            self.start
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+        .saturating_add(1000);
+        let last = self.last_ms.load(Relaxed);
+        if now.saturating_sub(last) < 1000 {
+            return None;
+        }
+        // One writer wins the line for this second; the others keep counting.
+        self.last_ms
+            .compare_exchange(last, now, AcqRel, Relaxed)
+            .ok()
+            .map(|_| self.pending.swap(0, AcqRel))
+    }
 }
 
 impl CapAcceptor {
@@ -52,6 +89,7 @@ impl CapAcceptor {
             health_only,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             reserve: Arc::new(Semaphore::new(limits.health_reserve)),
+            refusals: Arc::default(),
             idle: limits.idle_timeout,
             body: limits.body_read_timeout,
         }
@@ -81,7 +119,12 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for CapAcceptor {
             Err(_) => match self.reserve.clone().try_acquire_owned() {
                 Ok(p) => (p, self.health_only.clone()),
                 Err(_) => {
-                    tracing::warn!("connection refused: at the connection cap and its reserve");
+                    if let Some(n) = self.refusals.refused() {
+                        tracing::warn!(
+                            refused = n,
+                            "connections refused: at the connection cap and its reserve (one line per second at most)"
+                        );
+                    }
                     return std::future::ready(Err(io::Error::other("at the connection cap")));
                 }
             },
@@ -273,5 +316,23 @@ impl http_body::Body for DeadlineBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::Refusals;
+
+    /// A burst of refusals gives one line, counting the whole burst, not one line each.
+    #[test]
+    fn a_burst_of_refusals_is_one_line() {
+        let r = Refusals::default();
+        let lines: Vec<u64> = (0..500).filter_map(|_| r.refused()).collect();
+        assert_eq!(
+            lines,
+            vec![1],
+            "the first refusal is reported at once, the rest wait"
+        );
+        assert_eq!(r.pending.load(std::sync::atomic::Ordering::Relaxed), 499);
     }
 }
