@@ -12,6 +12,7 @@ mod support;
 mod domains;
 mod flow;
 mod lifecycle;
+mod pg_processes;
 
 use card_wire::scp03::AesKey;
 use kagi_fixtures::sim::{PROVIDER_SD, ProvisionedSim, provider_keys, provision};

@@ -3,11 +3,9 @@
 //! document each that matches its published schema in `schemas/` (development file KEKs here;
 //! the HSM path prints the same documents, see broker_cli.rs).
 
-mod support;
-
+use crate::support::schema;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use support::schema;
 
 /// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
 struct Running(std::process::Child);
@@ -29,7 +27,7 @@ fn show(o: &Output) -> String {
 }
 
 fn kagi(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(support::kagi_bin());
+    let mut c = Command::new(crate::support::kagi_bin());
     c.arg("--json").args(args).current_dir(dir);
     c
 }
@@ -96,7 +94,7 @@ fn broker_commands_print_documents_that_match_their_schemas() {
         ],
     );
     assert_eq!(kek["store"], "files");
-    let server = Command::new(support::kagi_bin())
+    let server = Command::new(crate::support::kagi_bin())
         .args([
             "broker",
             "serve",
@@ -111,7 +109,7 @@ fn broker_commands_print_documents_that_match_their_schemas() {
         .spawn()
         .unwrap();
     let server = Running(server);
-    support::cli::wait_port(port);
+    crate::support::cli::wait_port(port);
     let admin = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["broker", "admin", "--config", "broker/admin.toml"]
             .iter()

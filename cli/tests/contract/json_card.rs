@@ -2,15 +2,13 @@
 //! document that matches its published schema in `schemas/`, and errors are JSON too. The
 //! README's command table names a schema and the exit codes for every command `kagi help` lists.
 
-mod support;
-
+use crate::support::schema;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::schema;
 
 fn kagi() -> Command {
-    let mut c = Command::new(support::kagi_bin());
+    let mut c = Command::new(crate::support::kagi_bin());
     c.arg("--json");
     c
 }
@@ -471,7 +469,7 @@ fn every_schema_refuses_what_it_does_not_describe() {
 
 /// The leaf commands of `kagi help`, walked through every level.
 fn leaf_commands(path: &[String]) -> Vec<String> {
-    let o = Command::new(support::kagi_bin())
+    let o = Command::new(crate::support::kagi_bin())
         .args(path)
         .arg("--help")
         .output()

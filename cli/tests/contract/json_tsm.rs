@@ -2,11 +2,9 @@
 //! and provider's requests, `relay` and `tsm audit` print one document each that matches its
 //! published schema in `schemas/`, with times in RFC 3339 and no secret on stdout.
 
-mod support;
-
+use crate::support::cli::{Scenario, kagi, serve, wait_port};
+use crate::support::schema;
 use std::process::{Command, Output};
-use support::cli::{Scenario, kagi, serve, wait_port};
-use support::schema;
 
 /// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
 struct Running(std::process::Child);

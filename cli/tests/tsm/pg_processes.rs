@@ -8,11 +8,9 @@
 //! session took over, or the download is already complete, with nothing sent to its card);
 //! the operation and audit tables hold exactly the expected rows; nothing is left pending.
 
-mod support;
-
+use crate::support::cli::{Scenario, field, kagi, ok, wait_port};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use support::cli::{Scenario, field, kagi, ok, wait_port};
 use tsm_server::store::{Backend, Store};
 
 /// The TSM processes; dropping stops exactly these.
