@@ -376,7 +376,7 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
     let mut asked = given.is_some();
     // Set when the files' access code or password was refused: then the relay stops with that
     // reason instead of prompting (a script has no terminal to answer on).
-    let refused = std::sync::atomic::AtomicU16::new(u16::MAX);
+    let refused = std::sync::Mutex::new(None::<u8>);
     let interactive = {
         use std::io::IsTerminal;
         std::io::stdin().is_terminal()
@@ -385,7 +385,9 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
         if !asked {
             asked = true;
         } else if given.is_some() {
-            refused.store(u16::from(left), std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut r) = refused.lock() {
+                *r = Some(left);
+            }
             if !interactive {
                 return None;
             }
@@ -412,10 +414,7 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
         )
         .await
     });
-    let refused = match refused.load(std::sync::atomic::Ordering::Relaxed) {
-        u16::MAX => None,
-        left => Some(left),
-    };
+    let refused = refused.into_inner().ok().flatten();
     let out = match (out, refused) {
         (Err(kagi_online::tsm::relay::RelayError::NoCredentials), Some(left)) => {
             return Err(format!(

@@ -4,27 +4,9 @@
 //! the HSM path prints the same documents, see broker_cli.rs).
 
 use crate::support::schema;
+use crate::{Running, show};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-/// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::{Command, Stdio};
 
 fn kagi(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(crate::support::kagi_bin());
@@ -40,9 +22,7 @@ fn doc(dir: &Path, name: &str, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn broker_commands_print_documents_that_match_their_schemas() {
-    let dir = std::env::temp_dir().join(format!("kagi-json-broker-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::scratch("json-broker");
     let d = dir.as_path();
     let port = kagi_db::testing::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");

@@ -3,30 +3,15 @@
 //! README's command table names a schema and the exit codes for every command `kagi help` lists.
 
 use crate::support::schema;
+use crate::{scratch, show};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn kagi() -> Command {
     let mut c = Command::new(crate::support::kagi_bin());
     c.arg("--json");
     c
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kagi-json-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `kagi --json ARGS` in `dir`, requires exit `code` and returns the document checked

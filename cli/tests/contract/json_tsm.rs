@@ -4,26 +4,8 @@
 
 use crate::support::cli::{Scenario, kagi, serve, wait_port};
 use crate::support::schema;
-use std::process::{Command, Output};
-
-/// Kills the server it holds when dropped, so a failing assertion leaves no process behind.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::{Running, show};
+use std::process::Command;
 
 fn doc(name: &str, c: &mut Command) -> serde_json::Value {
     let o = c.arg("--json").output().unwrap();

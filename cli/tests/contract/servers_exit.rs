@@ -2,19 +2,13 @@
 //! on SIGINT, close their databases and exit 0, so a service manager sees a clean stop. Their
 //! logs, written to a file, carry no ANSI colour codes.
 
-use std::path::{Path, PathBuf};
+use crate::scratch;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kagi-stop-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn kagi(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kagi"));
