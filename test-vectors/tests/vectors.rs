@@ -21,6 +21,34 @@ fn bundled_vectors_all_pass() {
     assert_eq!(report.passed(), 170);
 }
 
+/// The shared copy beside the repository (`../shared/test-vectors`, 149 vectors): CI always
+/// has it (`CI=true` and the folder missing is a failure); a local checkout without it skips
+/// with a warning on stderr.
+#[test]
+fn shared_vectors_all_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/test-vectors");
+    if !dir.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{} is missing; CI always has it beside the clone",
+            dir.display()
+        );
+        eprintln!(
+            "WARNING: {} is missing: the shared vectors were NOT checked",
+            dir.display()
+        );
+        return;
+    }
+    let report = test_vectors::check_dir(&dir).expect("shared vector dir");
+    for f in &report.files {
+        println!("{}", f.line());
+    }
+    assert_eq!(report.failed(), 0, "{:#?}", report.files);
+    // The count is pinned: a dropped file or vector fails the run.
+    assert_eq!(report.passed(), 149);
+}
+
 fn check_text(text: &str) -> test_vectors::Report {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -10,23 +10,35 @@ pub fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas")
 }
 
-/// The published schema `name` (e.g. `gp.list`), compiled.
-pub fn validator(name: &str) -> jsonschema::Validator {
+/// The published schema `name` (e.g. `gp.list`), compiled as JSON Schema 2020-12 (the schema
+/// itself is checked against the 2020-12 meta-schema on the way).
+pub fn validator(name: &str) -> (boon::Schemas, boon::SchemaIndex) {
     let path = dir().join(format!("{name}.schema.json"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("schema {name}: {}: {e}", path.display()));
     let schema: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("schema {name} is not JSON: {e}"));
-    jsonschema::draft202012::new(&schema)
-        .unwrap_or_else(|e| panic!("schema {name} is not a valid JSON Schema: {e}"))
+    let url = format!("file:///kagi/schemas/{name}.schema.json");
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler.set_default_draft(boon::Draft::V2020_12);
+    compiler
+        .add_resource(&url, schema)
+        .unwrap_or_else(|e| panic!("schema {name}: {e}"));
+    let index = compiler
+        .compile(&url, &mut schemas)
+        .unwrap_or_else(|e| panic!("schema {name} is not a valid JSON Schema: {e:#}"));
+    (schemas, index)
 }
 
-/// The errors `value` has against the schema `name` (empty: valid).
+/// The errors `value` has against the schema `name` (empty: valid), one line per failing
+/// keyword with the instance location.
 pub fn errors(name: &str, value: &serde_json::Value) -> Vec<String> {
-    let v = validator(name);
-    v.iter_errors(value)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect()
+    let (schemas, index) = validator(name);
+    match schemas.validate(value, index) {
+        Ok(()) => Vec::new(),
+        Err(e) => format!("{e:#}").lines().map(str::to_string).collect(),
+    }
 }
 
 /// `stdout` as the one JSON document of schema `name`: parsed strictly (one document, nothing
