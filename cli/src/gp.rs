@@ -118,6 +118,18 @@ pub enum GpCmd {
         #[arg(long)]
         related: bool,
     },
+    /// Delete a key version, or one key of it (DELETE with D2 key version / D0 key id). Cards
+    /// refuse the key set of the open session and their last one.
+    DeleteKey {
+        #[command(flatten)]
+        session: Session,
+        /// Key version number to delete (hex).
+        #[arg(long, value_parser = parse_hex_byte)]
+        kvn: u8,
+        /// Only this key identifier of the version (hex).
+        #[arg(long, value_parser = parse_hex_byte)]
+        id: Option<u8>,
+    },
     /// Add or replace a key set (PUT KEY). The new keys come from a key file, never argv.
     PutKey {
         #[command(flatten)]
@@ -309,8 +321,7 @@ fn info(
     };
     let seq =
         gp::get_data(&mut ch, 0x00C1)?.map(|d| hex::encode_upper(d.get(2..).unwrap_or_default()));
-    let cplc =
-        gp::get_data(&mut ch, 0x9F7F)?.map(|d| hex::encode_upper(d.get(3..).unwrap_or_default()));
+    let card = super::gp_card::read(&mut ch)?;
     use card_wire::Transport;
     let raw_atr = ch.transport().atr();
     let kind = raw_atr
@@ -359,12 +370,15 @@ fn info(
         .into()
     };
     if json_out {
-        print_json(json!({
+        let mut doc = json!({
             "atr": atr, "card_kind": kind, "iccid": iccid.as_ref().map(|i| i.to_string()),
             "security_domain": domain, "card_recognition": recognition,
-            "keys": key_info, "sequence_counter": seq, "cplc": cplc,
-            "key_check": probe,
-        }));
+            "keys": key_info, "sequence_counter": seq, "key_check": probe,
+        });
+        for (k, v) in card.json() {
+            doc[k] = v;
+        }
+        print_json(doc);
         return if unmatched { Err(failure()) } else { Ok(()) };
     }
     println!("ATR                 {}", atr.unwrap_or_default());
@@ -389,16 +403,18 @@ fn info(
     }
     for k in key_info {
         println!(
-            "Key                 KVN {:02X} ID {:02X} type {:02X} length {}",
-            k.version, k.id, k.key_type, k.length
+            "Key                 KVN {:02X} ID {:02X} type {:02X} ({}) length {}",
+            k.version,
+            k.id,
+            k.key_type,
+            k.type_name(),
+            k.length
         );
     }
     if let Some(s) = seq {
         println!("Sequence counter    {s}");
     }
-    if let Some(c) = cplc {
-        println!("CPLC                {c}");
-    }
+    card.print();
     if let Some(p) = &probe {
         match p.matched {
             Some(d) => println!(
@@ -652,6 +668,9 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 json!({"deleted": hex::encode_upper(&a)}),
             );
             Ok(())
+        }
+        GpCmd::DeleteKey { session, kvn, id } => {
+            super::gp_card::delete_key(session, *kvn, *id, trace, json_out)
         }
         GpCmd::PutKey {
             session,

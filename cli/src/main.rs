@@ -6,6 +6,7 @@ mod common;
 mod exit;
 mod gp;
 mod gp_cap;
+mod gp_card;
 mod jpki;
 mod perso;
 mod target;

@@ -157,6 +157,49 @@ impl SecurityDomain {
         Ok(Response::success(kcvs))
     }
 
+    /// DELETE of a key version (`D2`, optionally with a key identifier `D0`). Key sets are
+    /// kept and used whole (ENC, MAC, DEK as identifiers 1–3), so only a whole version goes:
+    /// one key of a set, or one identifier across all versions, is refused with `6985`
+    /// (conditions of use not satisfied), as are the set of the open session and the
+    /// domain's last set (either would leave no way to authenticate); an unknown version or
+    /// identifier is `6A88`.
+    pub(super) fn delete_key(&mut self, cmd: &Command, ctx: &mut SdCtx<'_>) -> Result<Response, Sw> {
+        if cmd.p1() != 0x00 || cmd.p2() != 0x00 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let items = card_wire::tlv::parse_all(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
+        let (mut id, mut kvn) = (None, None);
+        for t in &items {
+            match (t.tag.0, t.value) {
+                (0xD0, [v]) if id.is_none() => id = Some(*v),
+                (0xD2, [v]) if kvn.is_none() => kvn = Some(*v),
+                _ => return Err(Sw::INCORRECT_DATA),
+            }
+        }
+        let kvn = kvn.ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
+        let sets = key_sets(ctx.store, &self.aid);
+        if !sets.iter().any(|k| k.kvn == kvn) {
+            return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+        }
+        match id {
+            Some(1..=3) => return Err(Sw::CONDITIONS_NOT_SATISFIED),
+            Some(_) => return Err(Sw::REFERENCED_DATA_NOT_FOUND),
+            None => {}
+        }
+        let in_use = self.sessions[ctx.channel as usize]
+            .as_ref()
+            .is_some_and(|s| s.kvn == kvn);
+        if in_use || sets.len() < 2 {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        let prefix = self.prefix();
+        ctx.store.atomically(|s| {
+            s.remove(&format!("{prefix}/key/{kvn:02X}"))?;
+            s.remove(&format!("{prefix}/seq/{kvn:02X}"))
+        })?;
+        Ok(Response::success(vec![0x00]))
+    }
+
     /// Decrypts the AES key blocks of an SCP03 PUT KEY.
     pub(super) fn put_key_aes(
         dek: &AesKey,

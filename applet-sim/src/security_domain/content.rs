@@ -235,6 +235,10 @@ impl SecurityDomain {
     }
 
     pub(super) fn delete(&mut self, cmd: &Command, ctx: &mut SdCtx<'_>) -> Result<Response, Sw> {
+        // Key deletion (D0 key identifier / D2 key version): every domain manages its keys.
+        if matches!(cmd.data().first(), Some(0xD0 | 0xD2)) {
+            return self.delete_key(cmd, ctx);
+        }
         if !self.may_manage_content(ctx) {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
@@ -245,7 +249,6 @@ impl SecurityDomain {
         };
         let t = card_wire::tlv::parse_single(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
         if t.tag.0 != 0x4F {
-            // Key deletion (D0/D2) is not modelled.
             return Err(Sw::INCORRECT_DATA);
         }
         let aid = aid_of(t.value)?;
