@@ -195,10 +195,7 @@ mod tests {
         assert_eq!(DayOfYear::from_unix_days(20_791), DEC_4_2026);
         assert_eq!(
             DayOfYear::from_unix_days(0),
-            DayOfYear {
-                year: 1970,
-                day: 1
-            }
+            DayOfYear { year: 1970, day: 1 }
         );
         // 2024-12-31, a leap year's last day: 20 088 days, day 366.
         assert_eq!(

@@ -415,6 +415,28 @@ pub mod manage {
         Ok(())
     }
 
+    /// PUT KEY of a DAP verification public key (key 01 of version `kvn`; `replace`: the
+    /// version replaced). The card answers the key version (no check value).
+    pub fn put_dap_key(
+        ch: &mut impl ApduChannel,
+        kvn: u8,
+        replace: Option<u8>,
+        key: &card_wire::dap::DapPublicKey,
+    ) -> Result<()> {
+        let answer = gp_command(
+            ch,
+            "PUT KEY",
+            card_wire::dap::put_dap_key(kvn, replace, key)?,
+        )?;
+        if answer.first() != Some(&kvn) {
+            return Err(Error::Protocol(format!(
+                "PUT KEY: the card answered {} instead of key version {kvn:02X}",
+                hex::encode_upper(&answer)
+            )));
+        }
+        Ok(())
+    }
+
     /// SET STATUS of the card (P1 `80`).
     pub fn set_card_status(ch: &mut impl ApduChannel, state: u8) -> Result<()> {
         gp_command(ch, "SET STATUS", cmd::set_card_status(state))?;

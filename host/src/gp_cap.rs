@@ -52,8 +52,23 @@ fn hex_ser<S: serde::Serializer>(v: &[u8], s: S) -> std::result::Result<S::Ok, S
 
 /// INSTALL [for load] of the CAP's package with its hash, then its load file in LOAD blocks.
 pub fn load(ch: &mut impl ApduChannel, cap: &CapFile, opts: &LoadOptions) -> Result<LoadStats> {
-    let load_file = cap.load_file(opts.descriptor);
+    load_with_dap(ch, cap, opts, &[])
+}
+
+/// [`load`] with a DAP block for each `(security domain AID, signer)`: the signature over the
+/// load file data block hash (which must not be `none`) in front of the data block.
+pub fn load_with_dap(
+    ch: &mut impl ApduChannel,
+    cap: &CapFile,
+    opts: &LoadOptions,
+    dap: &[(Vec<u8>, &dyn crate::dap::DapSigner)],
+) -> Result<LoadStats> {
     let hash = cap.hash(opts.hash, opts.descriptor);
+    let blocks = dap
+        .iter()
+        .map(|(sd, signer)| crate::dap::dap_block(sd, *signer, &hash))
+        .collect::<Result<Vec<_>>>()?;
+    let load_file = card_wire::dap::with_dap_blocks(&cap.load_file(opts.descriptor), &blocks);
     let mut cmds = vec![card_wire::gp::install_for_load(
         cap.package_aid(),
         opts.sd.as_deref().unwrap_or_default(),

@@ -109,7 +109,10 @@ fn delete_key_needs_a_session_and_well_formed_data() {
     for (data, sw) in [
         (&[0xD2, 0x02, 0x30, 0x31][..], StatusWord::INCORRECT_DATA),
         (&[0xD2, 0x05, 0x30][..], StatusWord::INCORRECT_DATA),
-        (&[0xD0, 0x01, 0x01][..], StatusWord::CONDITIONS_NOT_SATISFIED),
+        (
+            &[0xD0, 0x01, 0x01][..],
+            StatusWord::CONDITIONS_NOT_SATISFIED,
+        ),
     ] {
         let c = Command::new(0x80, 0xE4, 0x00, 0x00)
             .with_data(data.to_vec())
@@ -126,7 +129,9 @@ fn card_data_iin_cin_and_cplc() {
     gp::select(&mut ch, &ISD).unwrap();
     // SimConfig::default(): IIN "KG", CIN "KAGI" 00 01.
     assert_eq!(
-        gp::issuer_identification_number(&mut ch).unwrap().as_deref(),
+        gp::issuer_identification_number(&mut ch)
+            .unwrap()
+            .as_deref(),
         Some("4B47")
     );
     assert_eq!(
@@ -157,10 +162,9 @@ fn card_data_iin_cin_and_cplc() {
 fn key_information_template_from_a_real_card() {
     // GET DATA E0 of a GP 2.1.1 card (a trace posted on java-index.com, "GP 2.1.1. delete
     // command", 2007): key ids 1–3 in versions 2 and 1, key type 81, 16 bytes each.
-    let e0 = hex::decode(
-        "E024C00401028110C00402028110C00403028110C00401018110C00402018110C00403018110",
-    )
-    .unwrap();
+    let e0 =
+        hex::decode("E024C00401028110C00402028110C00403028110C00401018110C00402018110C00403018110")
+            .unwrap();
     let keys = gp::parse_key_info(&e0).unwrap();
     let got: Vec<(u8, u8, u8, u8)> = keys
         .iter()

@@ -92,18 +92,17 @@ impl SecurityDomain {
         let Some(load) = self.load.take() else {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         };
-        // The load file is C4 ‖ length ‖ load file data block (no DAP blocks).
-        let c4 = card_wire::tlv::parse_single(&load.data).map_err(|_| Sw::INCORRECT_DATA)?;
-        if c4.tag.0 != 0xC4 {
-            return Err(Sw::INCORRECT_DATA);
-        }
-        crate::load_file::check_hash(c4.value, load.hash.as_deref())?;
-        if crate::load_file::is_cap(c4.value) {
-            let (lf, version) = crate::load_file::accept(ctx.store, c4.value, &load.elf, &load.sd)?;
+        // The load file: DAP blocks (E2), then C4 ‖ length ‖ load file data block.
+        let split = card_wire::dap::split_load_file(&load.data).map_err(|_| Sw::INCORRECT_DATA)?;
+        let block = split.data_block;
+        crate::load_file::check_hash(block, load.hash.as_deref())?;
+        super::dap::check_daps(ctx, &load.sd, load.hash.as_deref(), &split.daps)?;
+        if crate::load_file::is_cap(block) {
+            let (lf, version) = crate::load_file::accept(ctx.store, block, &load.elf, &load.sd)?;
             crate::load_file::record(ctx.store, &lf, version)?;
             return Ok(Response::success(vec![0x00]));
         }
-        let (package, modules) = LoadFile::parse_data_block(c4.value).ok_or(Sw::INCORRECT_DATA)?;
+        let (package, modules) = LoadFile::parse_data_block(block).ok_or(Sw::INCORRECT_DATA)?;
         if package != load.elf || modules.is_empty() {
             return Err(Sw::INCORRECT_DATA);
         }

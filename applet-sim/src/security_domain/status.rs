@@ -45,6 +45,12 @@ impl SecurityDomain {
                         body.extend(tlv(0xC0, &[kid, k.kvn, t, k.key_len() as u8]));
                     }
                 }
+                // DAP keys whose length fits the template's one length byte.
+                for (kvn, key) in super::dap::dap_keys(store, &self.aid) {
+                    if let (t, Some(len)) = key.template() {
+                        body.extend(tlv(0xC0, &[card_wire::dap::DAP_KEY_ID, kvn, t, len]));
+                    }
+                }
                 tlv(0xE0, &body)
             }
             (0x00, 0xC1) => {

@@ -46,9 +46,15 @@ fn gp_commands_print_documents_that_match_their_schemas() {
     assert_eq!(info["security_domain"]["aid"], "A000000151000000");
     // Card data: the simulator's IIN and CIN, and its CPLC with the IC serial number (the
     // default KDD's last 4 bytes) decoded next to the raw 42 bytes.
-    assert_eq!((info["iin"].as_str(), info["cin"].as_str()), (Some("4B47"), Some("4B4147490001")));
+    assert_eq!(
+        (info["iin"].as_str(), info["cin"].as_str()),
+        (Some("4B47"), Some("4B4147490001"))
+    );
     let serial = &info["cplc_decoded"][6];
-    assert_eq!((serial["name"].as_str(), serial["hex"].as_str()), (Some("ic_serial_number"), Some("00000001")));
+    assert_eq!(
+        (serial["name"].as_str(), serial["hex"].as_str()),
+        (Some("ic_serial_number"), Some("00000001"))
+    );
     assert_eq!(info["cplc"].as_str().map(str::len), Some(84));
     write_private(&d.join("k.txt"), "KEY=404142434445464748494A4B4C4D4E4F\n");
     let checked = run(
@@ -184,7 +190,13 @@ fn gp_commands_print_documents_that_match_their_schemas() {
     let mut args = with(&["gp", "delete-key", "--kvn", "32"]);
     args.extend_from_slice(&auth);
     let del = run(&d, "gp.delete-key", 0, &args);
-    assert_eq!((del["deleted_key"]["kvn"].as_str(), del["deleted_key"]["id"].as_str()), (Some("32"), None));
+    assert_eq!(
+        (
+            del["deleted_key"]["kvn"].as_str(),
+            del["deleted_key"]["id"].as_str()
+        ),
+        (Some("32"), None)
+    );
     let mut args = with(&["gp", "delete-key", "--kvn", "31"]);
     args.extend_from_slice(&auth);
     let e = run(&d, "error", 1, &args);
