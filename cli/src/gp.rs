@@ -123,9 +123,10 @@ pub enum GpCmd {
     DeleteKey {
         #[command(flatten)]
         session: Session,
-        /// Key version number to delete (hex).
-        #[arg(long, value_parser = parse_hex_byte)]
-        kvn: u8,
+        /// Key version number to delete (hex; `--kvn` names the version the session opens
+        /// with).
+        #[arg(value_parser = parse_hex_byte)]
+        version: u8,
         /// Only this key identifier of the version (hex).
         #[arg(long, value_parser = parse_hex_byte)]
         id: Option<u8>,
@@ -135,8 +136,19 @@ pub enum GpCmd {
         #[command(flatten)]
         session: Session,
         /// Key file of the new key set (KEY= or ENC=/MAC=/DEK=, and KVN=).
-        #[arg(long)]
-        new_key_file: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "dap_public_key",
+            conflicts_with = "dap_public_key"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// Instead: a DAP verification public key (PEM: public key, or a private key's public
+        /// half; RSA or P-256) for a domain with DAP Verification, as key 01 of --new-kvn.
+        #[arg(long, requires = "new_kvn")]
+        dap_public_key: Option<PathBuf>,
+        /// With --dap-public-key: the key version (hex, 01..7F).
+        #[arg(long, value_parser = parse_hex_byte)]
+        new_kvn: Option<u8>,
         /// Replace this key version (hex) instead of adding one.
         #[arg(long, value_parser = parse_hex_byte)]
         replace: Option<u8>,
@@ -669,46 +681,29 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             );
             Ok(())
         }
-        GpCmd::DeleteKey { session, kvn, id } => {
-            super::gp_card::delete_key(session, *kvn, *id, trace, json_out)
-        }
+        GpCmd::DeleteKey {
+            session,
+            version,
+            id,
+        } => super::gp_card::delete_key(session, *version, *id, trace, json_out),
         GpCmd::PutKey {
             session,
             new_key_file,
+            dap_public_key,
+            new_kvn,
             replace,
-        } => {
-            // 00 is no key version: a file without `KVN=` is refused instead of silently
-            // becoming some default set.
-            let new = keys::read_key_file(new_key_file, 0x00)?;
-            if new.kvn == 0 || new.kvn > 0x7F {
-                return Err(format!(
-                    "{} names no usable key version: add a line KVN=hh (01..7F, e.g. KVN=31) \
-                     for the set PUT KEY writes",
-                    new_key_file.display()
-                )
-                .into());
-            }
-            let kcvs = session.run(trace, |sc, _, _| Ok(sc.put_key_set(&new, *replace)?))?;
-            // The answer is the KVN, then one 3-byte key check value per key (ENC, MAC, DEK).
-            let kcvs: Vec<String> = kcvs
-                .get(1..)
-                .unwrap_or_default()
-                .chunks(3)
-                .map(hex::encode_upper)
-                .collect();
-            done(
+        } => match (new_key_file, dap_public_key) {
+            (Some(f), None) => super::gp_card::put_key(session, f, *replace, trace, json_out),
+            (None, Some(f)) => super::gp_card::put_dap_key(
+                session,
+                f,
+                new_kvn.unwrap_or_default(),
+                *replace,
+                trace,
                 json_out,
-                &format!(
-                    "key set {:02X} written; key check values ENC {} MAC {} DEK {}",
-                    new.kvn,
-                    kcvs.first().map_or("-", String::as_str),
-                    kcvs.get(1).map_or("-", String::as_str),
-                    kcvs.get(2).map_or("-", String::as_str)
-                ),
-                json!({"kvn": format!("{:02X}", new.kvn), "replaced": replace.map(|r| format!("{r:02X}")), "kcv": kcvs}),
-            );
-            Ok(())
-        }
+            ),
+            _ => Err("give --new-key-file FILE or --dap-public-key FILE --new-kvn N".into()),
+        },
         GpCmd::SetStatus {
             session,
             card,

@@ -24,6 +24,8 @@ pub struct CapOpts {
     /// secure channel allow).
     #[arg(long)]
     block_size: Option<usize>,
+    #[command(flatten)]
+    dap: super::gp_dap::DapOpts,
 }
 
 /// What `kagi gp install FILE.cap` installs.
@@ -63,15 +65,18 @@ fn load_in_session(
     opts: &CapOpts,
     to: Option<Vec<u8>>,
     hash: HashAlg,
+    dap: Option<&super::gp_dap::Dap>,
 ) -> Result<LoadStats, Failure> {
     let block = block_size(sc, domain, opts);
+    let target = to.clone().unwrap_or_else(|| domain.aid.clone());
     let lo = LoadOptions {
         hash,
         descriptor: !opts.no_descriptor,
         sd: to,
         block,
     };
-    Ok(gp_cap::load(sc, cap, &lo)?)
+    let daps: Vec<_> = dap.map(|d| d.for_load(&target)).into_iter().collect();
+    Ok(gp_cap::load_with_dap(sc, cap, &lo, &daps)?)
 }
 
 fn stats_line(s: &LoadStats) -> String {
@@ -97,8 +102,9 @@ pub fn load(
         .map(|t| aid("security domain AID", t))
         .transpose()?;
     let hash = if no_hash { HashAlg::None } else { opts.hash };
+    let dap = opts.dap.signer()?;
     let stats = session.run(trace, |sc, domain, _| {
-        load_in_session(sc, domain, &cap, opts, to.clone(), hash)
+        load_in_session(sc, domain, &cap, opts, to.clone(), hash, dap.as_ref())
     })?;
     let p = hex::encode_upper(cap.package_aid());
     done(
@@ -136,6 +142,7 @@ pub fn install(
         params: parse_hex("install parameters", &args.params)?,
         selectable: args.selectable,
     };
+    let dap = opts.dap.signer()?;
     let (stats, installed) = session.run(trace, |sc, domain, _| {
         let loaded = gp::get_status(sc, StatusScope::LoadFiles)?
             .iter()
@@ -143,7 +150,15 @@ pub fn install(
         let stats = if loaded {
             None
         } else {
-            Some(load_in_session(sc, domain, &cap, opts, None, opts.hash)?)
+            Some(load_in_session(
+                sc,
+                domain,
+                &cap,
+                opts,
+                None,
+                opts.hash,
+                dap.as_ref(),
+            )?)
         };
         // A refused INSTALL still leaves the load done: finish the session (a simulated card's
         // image is saved) before reporting it.

@@ -5,7 +5,9 @@ use super::gp::{Session, done};
 use card_wire::cplc::CplcField;
 use kagi::channel::ApduChannel;
 use kagi::gp::{self, manage};
+use kagi::keys;
 use serde_json::json;
+use std::path::Path;
 
 /// What a security domain tells about the card without authentication.
 pub(super) struct CardData {
@@ -69,7 +71,7 @@ fn field_value(f: &CplcField) -> String {
     }
 }
 
-/// `kagi gp delete-key --kvn N [--id N]`.
+/// `kagi gp delete-key KVN [--id N]`.
 pub(super) fn delete_key(
     session: &Session,
     kvn: u8,
@@ -86,6 +88,76 @@ pub(super) fn delete_key(
         json_out,
         &what,
         json!({"deleted_key": {"kvn": format!("{kvn:02X}"), "id": id.map(|i| format!("{i:02X}"))}}),
+    );
+    Ok(())
+}
+
+/// `kagi gp put-key --new-key-file F`: a whole key set.
+pub(super) fn put_key(
+    session: &Session,
+    new_key_file: &Path,
+    replace: Option<u8>,
+    trace: bool,
+    json_out: bool,
+) -> Result<(), Failure> {
+    // 00 is no key version: a file without `KVN=` is refused instead of silently
+    // becoming some default set.
+    let new = keys::read_key_file(new_key_file, 0x00)?;
+    if new.kvn == 0 || new.kvn > 0x7F {
+        return Err(format!(
+            "{} names no usable key version: add a line KVN=hh (01..7F, e.g. KVN=31) \
+             for the set PUT KEY writes",
+            new_key_file.display()
+        )
+        .into());
+    }
+    let kcvs = session.run(trace, |sc, _, _| Ok(sc.put_key_set(&new, replace)?))?;
+    // The answer is the KVN, then one 3-byte key check value per key (ENC, MAC, DEK).
+    let kcvs: Vec<String> = kcvs
+        .get(1..)
+        .unwrap_or_default()
+        .chunks(3)
+        .map(hex::encode_upper)
+        .collect();
+    done(
+        json_out,
+        &format!(
+            "key set {:02X} written; key check values ENC {} MAC {} DEK {}",
+            new.kvn,
+            kcvs.first().map_or("-", String::as_str),
+            kcvs.get(1).map_or("-", String::as_str),
+            kcvs.get(2).map_or("-", String::as_str)
+        ),
+        json!({"kvn": format!("{:02X}", new.kvn), "replaced": replace.map(|r| format!("{r:02X}")), "kcv": kcvs}),
+    );
+    Ok(())
+}
+
+/// `kagi gp put-key --dap-public-key F --new-kvn N`: a DAP verification key (key 01).
+pub(super) fn put_dap_key(
+    session: &Session,
+    path: &Path,
+    kvn: u8,
+    replace: Option<u8>,
+    trace: bool,
+    json_out: bool,
+) -> Result<(), Failure> {
+    if kvn == 0 || kvn > 0x7F {
+        return Err(format!("--new-kvn {kvn:02X}: use a key version 01..7F").into());
+    }
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = kagi::dap::public_key_from_pem(&pem)?;
+    session.run(trace, |sc, _, _| {
+        Ok(manage::put_dap_key(sc, kvn, replace, &key)?)
+    })?;
+    let kind = match &key {
+        kagi::dap::DapPublicKey::Rsa { n, .. } => format!("RSA-{}", n.len() * 8),
+        kagi::dap::DapPublicKey::P256(_) => "P-256".to_string(),
+    };
+    done(
+        json_out,
+        &format!("DAP key {kind} written as key 01 of version {kvn:02X}"),
+        json!({"kvn": format!("{kvn:02X}"), "replaced": replace.map(|r| format!("{r:02X}")), "kcv": []}),
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ mod exit;
 mod gp;
 mod gp_cap;
 mod gp_card;
+mod gp_dap;
 mod jpki;
 mod perso;
 mod target;

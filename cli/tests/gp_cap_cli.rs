@@ -264,3 +264,93 @@ fn load_through_pcscd_and_vpcd() {
         assert!(p.iter().any(|(a, ..)| a == aid), "{aid} missing: {p:?}");
     }
 }
+
+#[test]
+fn dap_signed_load_into_an_ssd_with_dap_verification() {
+    // An SSD with DAP Verification takes an openssl-made P-256 key (public half from its
+    // PEM); a CAP loaded into it needs --dap-key: refused (6982) without, with another key.
+    let dir = tmp("dap");
+    let img = dir.join("card.img");
+    let (key, other) = (dir.join("dap.pem"), dir.join("other.pem"));
+    for k in [&key, &other] {
+        let o = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(k)
+            .output()
+            .expect("openssl must be installed for the DAP test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let ssd = "A00000015153504401";
+    let o = sim(
+        &img,
+        &[
+            "install",
+            "--package",
+            "A0000001515350",
+            "--module",
+            "A000000151535041",
+            "--create",
+            ssd,
+            "--privs",
+            "security-domain,dap-verification",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = sim(
+        &img,
+        &[
+            "put-key",
+            "--sd",
+            ssd,
+            "--dap-public-key",
+            key.to_str().unwrap(),
+            "--new-kvn",
+            "73",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["kcv"], serde_json::json!([]));
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    for refused in [vec![], vec!["--dap-key", other.to_str().unwrap()]] {
+        let mut args = vec!["load", empty, "--to", ssd];
+        args.extend(refused);
+        let o = sim(&img, &args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+    }
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--to",
+            ssd,
+            "--dap-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["loaded"], "0102030405");
+    // The DAP key is listed by gp info of the SSD (id 01, KVN 73, type B0, 65 bytes) and can
+    // be deleted by version and id.
+    let o = sim(&img, &["info", "--sd", ssd]);
+    let keys = json(&o)["keys"].clone();
+    assert!(
+        keys.as_array().unwrap().iter().any(|k| k["id"] == "01"
+            && k["version"] == "73"
+            && k["key_type"] == "B0"
+            && k["length"] == 65),
+        "{keys}"
+    );
+    let o = sim(&img, &["delete-key", "--sd", ssd, "73", "--id", "01"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -187,7 +187,7 @@ fn gp_commands_print_documents_that_match_their_schemas() {
     let mut args = with(&["gp", "put-key", "--new-key-file", "k32.keys"]);
     args.extend_from_slice(&auth);
     run(&d, "gp.put-key", 0, &args);
-    let mut args = with(&["gp", "delete-key", "--kvn", "32"]);
+    let mut args = with(&["gp", "delete-key", "32"]);
     args.extend_from_slice(&auth);
     let del = run(&d, "gp.delete-key", 0, &args);
     assert_eq!(
@@ -197,7 +197,7 @@ fn gp_commands_print_documents_that_match_their_schemas() {
         ),
         (Some("32"), None)
     );
-    let mut args = with(&["gp", "delete-key", "--kvn", "31"]);
+    let mut args = with(&["gp", "delete-key", "31"]);
     args.extend_from_slice(&auth);
     let e = run(&d, "error", 1, &args);
     assert_eq!(e["error"]["sw"], "6985", "{e}");
