@@ -286,13 +286,19 @@ mod tests {
         }
 
         #[test]
-        fn dates_are_never_after_today_nor_ten_years_before(raw: [u8; 2], days in 0i64..80_000) {
+        fn dates_are_never_after_today_nor_ten_years_before(y in 0u8..10, ddd in 1u16..=366, days in 0i64..80_000) {
             let today = DayOfYear::from_unix_days(days);
-            if let Some(d) = decode_date(raw, today) {
-                let year: i32 = d[..4].parse().unwrap();
-                prop_assert!(year <= today.year && year > today.year - 11, "{} from {:?}", d, today);
-                prop_assert_eq!(year.rem_euclid(10), i32::from(raw[0] >> 4));
-            }
+            let bcd = |v: u16| (v / 100) as u8 * 16 + ((v / 10) % 10) as u8;
+            let raw = [y << 4 | bcd(ddd) >> 4, (bcd(ddd) & 0x0F) << 4 | (ddd % 10) as u8];
+            let Some(d) = decode_date(raw, today) else {
+                // Only day 366 of a year that is not a leap year is no date.
+                prop_assert_eq!(ddd, 366);
+                return Ok(());
+            };
+            let year: i32 = d[..4].parse().unwrap();
+            prop_assert!(year <= today.year && year > today.year - 11, "{} from {:?}", d, today);
+            prop_assert!(year < today.year || ddd <= today.day, "{} from {:?}", d, today);
+            prop_assert_eq!(year.rem_euclid(10), i32::from(y));
         }
     }
 }
