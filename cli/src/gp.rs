@@ -143,9 +143,10 @@ pub enum GpCmd {
         )]
         new_key_file: Option<PathBuf>,
         /// Instead: a DAP verification public key (PEM: public key, or a private key's public
-        /// half; RSA or P-256) for a domain with DAP Verification, as key 01 of --new-kvn.
+        /// half; RSA or P-256; or a PKCS#11 URI as for --dap-key) for a domain with DAP
+        /// Verification, as key 01 of --new-kvn.
         #[arg(long, requires = "new_kvn")]
-        dap_public_key: Option<PathBuf>,
+        dap_public_key: Option<String>,
         /// With --dap-public-key: the key version (hex, 01..7F).
         #[arg(long, value_parser = parse_hex_byte)]
         new_kvn: Option<u8>,

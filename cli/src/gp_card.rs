@@ -136,17 +136,23 @@ pub(super) fn put_key(
 /// `kagi gp put-key --dap-public-key F --new-kvn N`: a DAP verification key (key 01).
 pub(super) fn put_dap_key(
     session: &Session,
-    path: &Path,
+    source: &str,
     kvn: u8,
     replace: Option<u8>,
     trace: bool,
     json_out: bool,
 ) -> Result<(), Failure> {
+    use kagi::dap::DapSigner;
     if kvn == 0 || kvn > 0x7F {
         return Err(format!("--new-kvn {kvn:02X}: use a key version 01..7F").into());
     }
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key = kagi::dap::public_key_from_pem(&pem)?;
+    let key = match source.strip_prefix("pkcs11:") {
+        Some(uri) => super::gp_dap::pkcs11(uri, Default::default())?.public_key()?,
+        None => {
+            let pem = std::fs::read_to_string(source).map_err(|e| format!("{source}: {e}"))?;
+            kagi::dap::public_key_from_pem(&pem)?
+        }
+    };
     session.run(trace, |sc, _, _| {
         Ok(manage::put_dap_key(sc, kvn, replace, &key)?)
     })?;

@@ -4,14 +4,15 @@
 use super::Failure;
 use clap::Args;
 use kagi::dap::{DapKey, DapSigner, RsaDigest};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How the load file is signed for DAP verification.
 #[derive(Args, Clone, Default)]
 pub struct DapOpts {
-    /// Sign a DAP block with this key: a PEM file (RSA or P-256 private key).
+    /// Sign a DAP block with this key: a PEM file (RSA or P-256 private key), or a PKCS#11
+    /// key pair: `pkcs11:token=T;object=LABEL?module-path=LIB&pin-source=file:PINFILE`.
     #[arg(long)]
-    dap_key: Option<PathBuf>,
+    dap_key: Option<String>,
     /// The security domain whose DAP key verifies the block (default: the one the load file
     /// goes to, --to, else the selected one).
     #[arg(long, requires = "dap_key")]
@@ -34,7 +35,10 @@ impl DapOpts {
             return Ok(None);
         };
         let digest: RsaDigest = self.dap_digest.parse()?;
-        let signer: Box<dyn DapSigner> = Box::new(DapKey::from_file(path, digest)?);
+        let signer: Box<dyn DapSigner> = match path.strip_prefix("pkcs11:") {
+            Some(uri) => Box::new(pkcs11(uri, digest)?),
+            None => Box::new(DapKey::from_file(Path::new(path), digest)?),
+        };
         let sd = self
             .dap_sd
             .as_deref()
@@ -53,4 +57,70 @@ impl Dap {
             self.signer.as_ref(),
         )
     }
+}
+
+fn percent_decode(s: &str) -> Result<String, Failure> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("PKCS#11 URI: bad escape at '{}'", &s[i..]))?;
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "PKCS#11 URI: not UTF-8 after unescaping".into())
+}
+
+/// A PKCS#11 URI (RFC 7512) naming the DAP key pair: path attributes `token` and `object`,
+/// query attributes `module-path` and `pin-source` (`file:PATH`; the PIN never on argv).
+pub fn pkcs11(uri: &str, digest: RsaDigest) -> Result<kagi_hsm::dap::HsmDapKey, Failure> {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let (mut token, mut object, mut module, mut pin_file) = (None, None, None, None);
+    for (sep, part) in [(';', path), ('&', query)] {
+        for attr in part.split(sep).filter(|a| !a.is_empty()) {
+            let (k, v) = attr
+                .split_once('=')
+                .ok_or_else(|| format!("PKCS#11 URI: '{attr}' is not name=value"))?;
+            let v = percent_decode(v)?;
+            match k {
+                "token" => token = Some(v),
+                "object" => object = Some(v),
+                "module-path" => module = Some(PathBuf::from(v)),
+                "pin-source" => {
+                    pin_file = Some(PathBuf::from(v.strip_prefix("file:").unwrap_or(&v)))
+                }
+                _ => {}
+            }
+        }
+    }
+    let need = |what: &str| -> Failure {
+        format!(
+            "--dap-key pkcs11:…: add {what} (pkcs11:token=T;object=LABEL?module-path=LIB&pin-source=file:PINFILE)"
+        )
+        .into()
+    };
+    let token = token.ok_or_else(|| need("token=…"))?;
+    let object = object.ok_or_else(|| need("object=…"))?;
+    let module = module.ok_or_else(|| need("module-path=…"))?;
+    let pin_file = pin_file.ok_or_else(|| need("pin-source=file:…"))?;
+    let pin = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&pin_file)
+            .map_err(|e| format!("PIN file {}: {e}", pin_file.display()))?,
+    );
+    kagi_hsm::dap::HsmDapKey::open(
+        &module,
+        &token,
+        pin.trim(),
+        &object,
+        digest == RsaDigest::Sha1,
+    )
+    .map_err(|e| e.to_string().into())
 }

@@ -354,3 +354,111 @@ fn dap_signed_load_into_an_ssd_with_dap_verification() {
     assert!(o.status.success(), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dap_signed_with_a_pkcs11_key_in_softhsm() {
+    // P-256 and RSA-2048 key pairs made inside a private SoftHSM2 token by pkcs11-tool; the
+    // SSD takes the public key from the token, kagi signs in the HSM, the simulator verifies
+    // with RustCrypto. A key pair of another label signs a block the SSD refuses (6982).
+    let dir = tmp("dap-hsm");
+    let (conf, pin) = support::softhsm(&dir.join("hsm"));
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let pin_text = std::fs::read_to_string(&pin).unwrap();
+    for (label, kind) in [
+        ("dap-ec", "EC:prime256v1"),
+        ("dap-rsa", "rsa:2048"),
+        ("other", "EC:prime256v1"),
+    ] {
+        let o = std::process::Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--module",
+                module,
+                "--token-label",
+                "kagi",
+                "--login",
+                "--pin",
+                pin_text.trim(),
+            ])
+            .args(["--keypairgen", "--key-type", kind, "--label", label])
+            .output()
+            .expect("pkcs11-tool (opensc) must be installed for the HSM DAP test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let uri = |label: &str| {
+        format!(
+            "pkcs11:token=kagi;object={label}?module-path={module}&pin-source=file:{}",
+            pin.display()
+        )
+    };
+    let img = dir.join("card.img");
+    let run = |args: &[&str]| -> Output {
+        kagi()
+            .env("SOFTHSM2_CONF", &conf)
+            .arg("--json")
+            .arg("gp")
+            .args(args)
+            .arg("--sim")
+            .arg("--sim-image")
+            .arg(&img)
+            .output()
+            .unwrap()
+    };
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    let ssd = "A00000015153504401";
+    let o = run(&[
+        "install",
+        "--package",
+        "A0000001515350",
+        "--module",
+        "A000000151535041",
+        "--create",
+        ssd,
+        "--privs",
+        "security-domain,dap-verification",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (label, kvn, digest) in [("dap-ec", "73", "sha256"), ("dap-rsa", "74", "sha1")] {
+        let o = run(&[
+            "put-key",
+            "--sd",
+            ssd,
+            "--dap-public-key",
+            &uri(label),
+            "--new-kvn",
+            kvn,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(&["load", empty, "--to", ssd, "--dap-key", &uri("other")]);
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+        let o = run(&[
+            "load",
+            empty,
+            "--to",
+            ssd,
+            "--dap-key",
+            &uri(label),
+            "--dap-digest",
+            digest,
+        ]);
+        assert!(o.status.success(), "{label}: {}", text(&o));
+        let o = run(&["uninstall", empty]);
+        assert!(o.status.success(), "{}", text(&o));
+        // Only this key verifies next time: delete it.
+        let o = run(&["delete-key", "--sd", ssd, kvn]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // A URI without its PIN source is refused before any card is opened.
+    let o = run(&[
+        "load",
+        empty,
+        "--to",
+        ssd,
+        "--dap-key",
+        "pkcs11:token=kagi;object=dap-ec",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("pin-source"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
