@@ -14,6 +14,7 @@
 //! - [`gp`]: GlobalPlatform card-management commands as bytes, GET STATUS answers parsed.
 //! - [`cplc`]: Card Production Life Cycle data decoded (fields, ISO dates).
 //! - [`dap`]: DAP blocks of a load file and PUT KEY of DAP public keys.
+//! - [`dm`]: delegated management tokens (what they sign, where they go).
 //! - [`gp_load`]: LOAD block sizes from the card's maximum and the secure channel's overhead.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
@@ -31,6 +32,7 @@ pub mod atr;
 pub mod content;
 pub mod cplc;
 pub mod dap;
+pub mod dm;
 pub mod gp;
 pub mod gp_load;
 pub mod jpki;

@@ -408,6 +408,54 @@ pub mod manage {
         Ok(())
     }
 
+    /// `cmd` with a delegated-management token by `signer` (the card issuer's token key)
+    /// over what [`card_wire::dm::token_data`] names.
+    pub fn with_token(cmd: Command, signer: &dyn card_wire::dap::DapSigner) -> Result<Command> {
+        let data = card_wire::dm::token_data(&cmd)?;
+        let token = signer.sign(&data).map_err(Error::Keys)?;
+        Ok(card_wire::dm::with_token(&cmd, &token)?)
+    }
+
+    /// [`load`] by a domain under delegated management: INSTALL [for load] (into the
+    /// selected domain) carries a token.
+    pub fn load_delegated(
+        ch: &mut impl ApduChannel,
+        package: &[u8],
+        load_file: &[u8],
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<()> {
+        let hash = load_file_hash(load_file)?;
+        let c = with_token(cmd::install_for_load(package, &[], &hash)?, signer)?;
+        gp_command(ch, "INSTALL [for load] with a token", c)?;
+        for block in cmd::load_blocks(load_file)? {
+            gp_command(ch, "LOAD", block)?;
+        }
+        Ok(())
+    }
+
+    /// [`install`] with a delegated-management token.
+    pub fn install_delegated(
+        ch: &mut impl ApduChannel,
+        spec: &InstallSpec,
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<()> {
+        let c = with_token(cmd::install(spec)?, signer)?;
+        gp_command(ch, "INSTALL [for install] with a token", c)?;
+        Ok(())
+    }
+
+    /// [`delete`] with a delegated-management token.
+    pub fn delete_delegated(
+        ch: &mut impl ApduChannel,
+        aid: &[u8],
+        related: bool,
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<()> {
+        let c = with_token(cmd::delete(aid, related)?, signer)?;
+        gp_command(ch, "DELETE with a token", c)?;
+        Ok(())
+    }
+
     /// DELETE of the key version `kvn` (with `id`: only that key of it). Cards refuse the
     /// key set of the open session and their last one (`6985`), an unknown key (`6A88`).
     pub fn delete_key(ch: &mut impl ApduChannel, kvn: u8, id: Option<u8>) -> Result<()> {

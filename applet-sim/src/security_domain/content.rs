@@ -15,7 +15,10 @@ impl SecurityDomain {
         if cmd.p2() != 0x00 {
             return Err(Sw::INCORRECT_P1P2);
         }
-        if matches!(cmd.p1(), 0x02 | 0x04 | 0x0C | 0x08) && !self.may_manage_content(ctx) {
+        if matches!(cmd.p1(), 0x02 | 0x04 | 0x0C | 0x08)
+            && !self.may_manage_content(ctx)
+            && !self.needs_token(ctx)
+        {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
         match cmd.p1() {
@@ -38,8 +41,11 @@ impl SecurityDomain {
         } else {
             aid_of(f[1])?
         };
-        if !f[4].is_empty() {
-            // Delegated-management tokens are not modelled.
+        if self.needs_token(ctx) {
+            let signed = super::delegated::signed_part(cmd.data(), f[4])?;
+            super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, f[4])?;
+        } else if !f[4].is_empty() {
+            // Only a domain under delegated management takes a token.
             return Err(Sw::INCORRECT_DATA);
         }
         match f[2].len() {
@@ -127,7 +133,10 @@ impl SecurityDomain {
         let f = lv_fields(cmd.data(), 6)?;
         let install = cmd.p1() & 0x04 != 0;
         let selectable = cmd.p1() & 0x08 != 0;
-        if !f[5].is_empty() {
+        if self.needs_token(ctx) {
+            let signed = super::delegated::signed_part(cmd.data(), f[5])?;
+            super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, f[5])?;
+        } else if !f[5].is_empty() {
             return Err(Sw::INCORRECT_DATA);
         }
         let app = aid_of(f[2])?;
@@ -238,7 +247,8 @@ impl SecurityDomain {
         if matches!(cmd.data().first(), Some(0xD0 | 0xD2)) {
             return self.delete_key(cmd, ctx);
         }
-        if !self.may_manage_content(ctx) {
+        let needs_token = self.needs_token(ctx);
+        if !self.may_manage_content(ctx) && !needs_token {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
         let related = match cmd.p2() {
@@ -246,9 +256,21 @@ impl SecurityDomain {
             0x80 => true,
             _ => return Err(Sw::INCORRECT_P1P2),
         };
-        let t = card_wire::tlv::parse_single(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
-        if t.tag.0 != 0x4F {
-            return Err(Sw::INCORRECT_DATA);
+        // 4F AID, then (delegated management) 9E token.
+        let items = card_wire::tlv::parse_all(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
+        let (t, token) = match items.as_slice() {
+            [t] if t.tag.0 == 0x4F => (t, None),
+            [t, k] if t.tag.0 == 0x4F && k.tag.0 == 0x9E => (t, Some(k.value)),
+            _ => return Err(Sw::INCORRECT_DATA),
+        };
+        match (needs_token, token) {
+            (true, token) => {
+                let signed = &cmd.data()[..t.value.len() + 2];
+                let token = token.unwrap_or_default();
+                super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, token)?;
+            }
+            (false, Some(_)) => return Err(Sw::INCORRECT_DATA),
+            (false, None) => {}
         }
         let aid = aid_of(t.value)?;
         if let Some(e) = registry::entry(ctx.store, &aid) {
