@@ -7,12 +7,130 @@
 //!
 //! The issuer security domain (Token Verification privilege) verifies it with its token key:
 //! kagi's simulator keeps it as the public key of version [`TOKEN_KVN`].
+//!
+//! Receipts (Annex C.5): after a delegated LOAD, INSTALL or DELETE the card answers a
+//! confirmation `L receipt ‖ 02 counter(2) ‖ L card-unique-data` instead of `00`; the receipt
+//! is AES-CMAC (16 bytes) with the receipt key over `02 ‖ counter ‖ L ‖ card unique data ‖`
+//! then the AIDs as length-value: load file and security domain (load), load file and
+//! application (install), the deleted AID (delete) — the validation data of the
+//! `globalplatform` library's `validate_*_receipt`. kagi's simulator keeps the receipt key as
+//! key 01 of version [`RECEIPT_KVN`] and uses its KDD as card unique data.
 
 use crate::apdu::Command;
 use crate::gp::GpError;
 
 /// Key version of the token verification key (GP UICC Configuration reserves `70`).
 pub const TOKEN_KVN: u8 = 0x70;
+
+/// Key version of the receipt key (GP UICC Configuration reserves `71`, key 01).
+pub const RECEIPT_KVN: u8 = 0x71;
+
+/// What a receipt confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmed<'a> {
+    /// A load file loaded into a security domain.
+    Load {
+        /// Load file AID.
+        elf: &'a [u8],
+        /// Security domain AID.
+        sd: &'a [u8],
+    },
+    /// An application installed from a load file.
+    Install {
+        /// Load file AID.
+        elf: &'a [u8],
+        /// Application AID.
+        app: &'a [u8],
+    },
+    /// An application or load file deleted.
+    Delete {
+        /// The AID.
+        aid: &'a [u8],
+    },
+}
+
+/// A verified receipt's confirmation counter and card unique data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The card's confirmation counter.
+    pub counter: u16,
+    /// Card unique data.
+    pub card_unique_data: Vec<u8>,
+}
+
+/// The data a receipt MACs.
+pub fn receipt_data(counter: u16, card_unique_data: &[u8], what: &Confirmed<'_>) -> Vec<u8> {
+    let mut d = vec![0x02];
+    d.extend_from_slice(&counter.to_be_bytes());
+    let mut lv = |v: &[u8]| {
+        d.push(v.len() as u8);
+        d.extend_from_slice(v);
+    };
+    lv(card_unique_data);
+    match what {
+        Confirmed::Load { elf, sd } => {
+            lv(elf);
+            lv(sd);
+        }
+        Confirmed::Install { elf, app } => {
+            lv(elf);
+            lv(app);
+        }
+        Confirmed::Delete { aid } => lv(aid),
+    }
+    d
+}
+
+/// The confirmation a card answers: `L receipt ‖ 02 counter ‖ L card unique data`.
+pub fn confirmation(
+    key: &crate::scp03::AesKey,
+    counter: u16,
+    card_unique_data: &[u8],
+    what: &Confirmed<'_>,
+) -> Vec<u8> {
+    let receipt = crate::scp03::crypto::cmac(key, &receipt_data(counter, card_unique_data, what));
+    let mut out = vec![16];
+    out.extend_from_slice(&receipt);
+    out.push(2);
+    out.extend_from_slice(&counter.to_be_bytes());
+    out.push(card_unique_data.len() as u8);
+    out.extend_from_slice(card_unique_data);
+    out
+}
+
+/// Checks a card's confirmation with the receipt key (constant-time comparison).
+pub fn verify_receipt(
+    answer: &[u8],
+    key: &crate::scp03::AesKey,
+    what: &Confirmed<'_>,
+) -> Result<Confirmation, GpError> {
+    let bad = |why: &str| GpError::Malformed(format!("receipt: {why}"));
+    let [16, rest @ ..] = answer else {
+        return Err(bad(
+            "the card sent no 16-byte receipt (is the command delegated?)",
+        ));
+    };
+    let (receipt, rest) = rest.split_at_checked(16).ok_or_else(|| bad("truncated"))?;
+    let [2, hi, lo, n, cud @ ..] = rest else {
+        return Err(bad("no 2-byte confirmation counter"));
+    };
+    if cud.len() != usize::from(*n) {
+        return Err(bad("card unique data of the wrong length"));
+    }
+    let counter = u16::from_be_bytes([*hi, *lo]);
+    let expected = crate::scp03::crypto::cmac(key, &receipt_data(counter, cud, what));
+    use subtle::ConstantTimeEq;
+    if !bool::from(expected.ct_eq(receipt)) {
+        return Err(bad(
+            "the MAC does not verify with this receipt key: the card did not do what was asked, \
+             or the key is not the card's receipt key",
+        ));
+    }
+    Ok(Confirmation {
+        counter,
+        card_unique_data: cud.to_vec(),
+    })
+}
 
 /// What a token signs for `cmd` (built with an empty token field: INSTALL ends with `00`,
 /// DELETE has no `9E`): `P1 ‖ P2 ‖ Lc ‖ data` without the token field.
@@ -81,5 +199,24 @@ mod tests {
         assert_eq!(t.ne(), inst.ne());
         let other = Command::new(0x80, 0xF2, 0x40, 0x00);
         assert!(token_data(&other).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn receipts_round_trip_and_the_parser_never_panics(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            counter: u16,
+            cud in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+        ) {
+            let key = crate::scp03::AesKey::new(&[7; 16]).unwrap();
+            let what = Confirmed::Delete { aid: &[1, 2, 3, 4, 5] };
+            let _ = verify_receipt(&b, &key, &what);
+            let c = confirmation(&key, counter, &cud, &what);
+            let ok = verify_receipt(&c, &key, &what).unwrap();
+            proptest::prop_assert_eq!((ok.counter, ok.card_unique_data), (counter, cud));
+            let mut flipped = c.clone();
+            flipped[1] ^= 1;
+            proptest::prop_assert!(verify_receipt(&flipped, &key, &what).is_err());
+        }
     }
 }

@@ -417,43 +417,43 @@ pub mod manage {
     }
 
     /// [`load`] by a domain under delegated management: INSTALL [for load] (into the
-    /// selected domain) carries a token.
+    /// selected domain) carries a token. Returns the last LOAD's answer: the card's
+    /// confirmation, for [`card_wire::dm::verify_receipt`].
     pub fn load_delegated(
         ch: &mut impl ApduChannel,
         package: &[u8],
         load_file: &[u8],
         signer: &dyn card_wire::dap::DapSigner,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         let hash = load_file_hash(load_file)?;
         let c = with_token(cmd::install_for_load(package, &[], &hash)?, signer)?;
         gp_command(ch, "INSTALL [for load] with a token", c)?;
+        let mut last = Vec::new();
         for block in cmd::load_blocks(load_file)? {
-            gp_command(ch, "LOAD", block)?;
+            last = gp_command(ch, "LOAD", block)?;
         }
-        Ok(())
+        Ok(last)
     }
 
-    /// [`install`] with a delegated-management token.
+    /// [`install`] with a delegated-management token; returns the card's confirmation.
     pub fn install_delegated(
         ch: &mut impl ApduChannel,
         spec: &InstallSpec,
         signer: &dyn card_wire::dap::DapSigner,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         let c = with_token(cmd::install(spec)?, signer)?;
-        gp_command(ch, "INSTALL [for install] with a token", c)?;
-        Ok(())
+        gp_command(ch, "INSTALL [for install] with a token", c)
     }
 
-    /// [`delete`] with a delegated-management token.
+    /// [`delete`] with a delegated-management token; returns the card's confirmation.
     pub fn delete_delegated(
         ch: &mut impl ApduChannel,
         aid: &[u8],
         related: bool,
         signer: &dyn card_wire::dap::DapSigner,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         let c = with_token(cmd::delete(aid, related)?, signer)?;
-        gp_command(ch, "DELETE with a token", c)?;
-        Ok(())
+        gp_command(ch, "DELETE with a token", c)
     }
 
     /// DELETE of the key version `kvn` (with `id`: only that key of it). Cards refuse the

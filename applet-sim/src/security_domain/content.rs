@@ -71,6 +71,7 @@ impl SecurityDomain {
             hash: (!f[2].is_empty()).then(|| f[2].to_vec()),
             next_block: 0,
             data: Vec::new(),
+            delegated: self.needs_token(ctx),
         });
         Ok(Response::success(vec![0x00]))
     }
@@ -103,10 +104,21 @@ impl SecurityDomain {
         let block = split.data_block;
         crate::load_file::check_hash(block, load.hash.as_deref())?;
         super::dap::check_daps(ctx, &load.sd, load.hash.as_deref(), &split.daps)?;
+        let (elf, sd) = (load.elf.clone(), load.sd.clone());
+        let confirm = |ctx: &mut SdCtx<'_>| {
+            if !load.delegated {
+                return Ok(Response::success(vec![0x00]));
+            }
+            let what = card_wire::dm::Confirmed::Load {
+                elf: elf.as_bytes(),
+                sd: sd.as_bytes(),
+            };
+            super::delegated::receipt(ctx, &what).map(Response::success)
+        };
         if crate::load_file::is_cap(block) {
             let (lf, version) = crate::load_file::accept(ctx.store, block, &load.elf, &load.sd)?;
             crate::load_file::record(ctx.store, &lf, version)?;
-            return Ok(Response::success(vec![0x00]));
+            return confirm(ctx);
         }
         let (package, modules) = LoadFile::parse_data_block(block).ok_or(Sw::INCORRECT_DATA)?;
         if package != load.elf || modules.is_empty() {
@@ -117,12 +129,12 @@ impl SecurityDomain {
             return Err(Sw::INCORRECT_DATA);
         }
         let lf = LoadFile {
-            aid: load.elf,
-            sd: load.sd,
+            aid: load.elf.clone(),
+            sd: load.sd.clone(),
             modules,
         };
         ctx.store.atomically(|s| registry::put_load_file(s, &lf))?;
-        Ok(Response::success(vec![0x00]))
+        confirm(ctx)
     }
 
     pub(super) fn install_for_install(
@@ -224,6 +236,13 @@ impl SecurityDomain {
             }
             Ok::<_, StoreError>(())
         })?;
+        if self.needs_token(ctx) {
+            let what = card_wire::dm::Confirmed::Install {
+                elf: f[0],
+                app: app.as_bytes(),
+            };
+            return super::delegated::receipt(ctx, &what).map(Response::success);
+        }
         Ok(Response::success(vec![0x00]))
     }
 
@@ -316,6 +335,12 @@ impl SecurityDomain {
             }
             registry::remove_load_file(s, &aid)
         })?;
+        if needs_token {
+            let what = card_wire::dm::Confirmed::Delete {
+                aid: aid.as_bytes(),
+            };
+            return super::delegated::receipt(ctx, &what).map(Response::success);
+        }
         Ok(Response::success(vec![0x00]))
     }
 

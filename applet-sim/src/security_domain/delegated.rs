@@ -5,9 +5,15 @@
 //! the issuer security domain verifies with its token key, the public key of version
 //! [`card_wire::dm::TOKEN_KVN`] (RSA PKCS#1 v1.5 with SHA-1 or SHA-256, or ECDSA P-256). A
 //! missing or wrong token is refused with `6982`.
+//!
+//! A delegated command that succeeds answers a receipt ([`card_wire::dm::confirmation`])
+//! made with the ISD's receipt key — key 01 (the first key) of its key set of version
+//! [`card_wire::dm::RECEIPT_KVN`] — the card's KDD as card unique data, and the persistent
+//! confirmation counter (`card/confirmation_counter`), incremented for every receipt. Without
+//! a receipt key the answer is the plain `00`.
 
 use super::dap::{dap_keys, verifies};
-use super::setup::Sw;
+use super::setup::{Sw, card_kdd, key_sets, read_u32};
 use super::state::{SdCtx, SecurityDomain};
 use crate::registry::privilege;
 
@@ -62,4 +68,31 @@ pub(super) fn check_token(
     } else {
         Err(refused)
     }
+}
+
+const COUNTER: &str = "card/confirmation_counter";
+
+/// The confirmation of a delegated command (see the module notes).
+pub(super) fn receipt(
+    ctx: &mut SdCtx<'_>,
+    what: &card_wire::dm::Confirmed<'_>,
+) -> Result<Vec<u8>, Sw> {
+    let Some(isd) = ctx.registry.iter().find(|e| e.is_isd()) else {
+        return Ok(vec![0x00]);
+    };
+    let Some(keys) = key_sets(ctx.store, &isd.aid)
+        .into_iter()
+        .find(|k| k.kvn == card_wire::dm::RECEIPT_KVN)
+    else {
+        return Ok(vec![0x00]);
+    };
+    let counter = read_u32(ctx.store, COUNTER) + 1;
+    let counter16 = u16::try_from(counter).map_err(|_| Sw::CONDITIONS_NOT_SATISFIED)?;
+    ctx.store.put(COUNTER, &counter.to_be_bytes())?;
+    Ok(card_wire::dm::confirmation(
+        keys.enc(),
+        counter16,
+        &card_kdd(ctx.store),
+        what,
+    ))
 }
