@@ -1,5 +1,6 @@
 //! `--dap-key` for `kagi gp load|install FILE.cap`: the DAP block a security domain with DAP
-//! Verification requires, signed with a key file (RSA or P-256 PEM) or a PKCS#11 key.
+//! Verification requires, signed with a key file (RSA or P-256 PEM) or a PKCS#11 key; and
+//! `--token-key` / `--receipt-key-file` for a load by a domain under delegated management.
 
 use super::Failure;
 use clap::Args;
@@ -20,6 +21,49 @@ pub struct DapOpts {
     /// RSA DAP signatures: PKCS#1 v1.5 with sha1 or sha256 (P-256 always uses SHA-256).
     #[arg(long, default_value = "sha256", requires = "dap_key")]
     dap_digest: String,
+    /// Delegated management: sign a token for INSTALL [for load] with the card issuer's token
+    /// key (a PEM file or a PKCS#11 URI as for --dap-key), for an SSD with Delegated
+    /// Management (open the session to it with --sd).
+    #[arg(long)]
+    token_key: Option<String>,
+    /// RSA tokens: PKCS#1 v1.5 with sha1 or sha256.
+    #[arg(long, default_value = "sha256", requires = "token_key")]
+    token_digest: String,
+    /// Verify the card's receipt with this receipt key (a key file, KEY=hex; AES).
+    #[arg(long, requires = "token_key")]
+    receipt_key_file: Option<PathBuf>,
+}
+
+/// A signer from a PEM file or a PKCS#11 URI.
+fn signer_from(source: &str, digest: RsaDigest) -> Result<Box<dyn DapSigner>, Failure> {
+    Ok(match source.strip_prefix("pkcs11:") {
+        Some(uri) => Box::new(pkcs11(uri, digest)?),
+        None => Box::new(DapKey::from_file(Path::new(source), digest)?),
+    })
+}
+
+/// The delegated-management part of a load: the token signer and the receipt key.
+pub struct Delegated {
+    /// Signs the token.
+    pub token: Box<dyn DapSigner>,
+    /// Verifies the receipt, when given.
+    pub receipt_key: Option<card_wire::scp03::AesKey>,
+}
+
+impl DapOpts {
+    /// The token signer and receipt key, read before any card is opened; `None` without
+    /// `--token-key`.
+    pub fn delegated(&self) -> Result<Option<Delegated>, Failure> {
+        let Some(source) = &self.token_key else {
+            return Ok(None);
+        };
+        let token = signer_from(source, self.token_digest.parse()?)?;
+        let receipt_key = match &self.receipt_key_file {
+            Some(f) => Some(kagi::keys::read_key_file(f, 0)?.enc().clone()),
+            None => None,
+        };
+        Ok(Some(Delegated { token, receipt_key }))
+    }
 }
 
 /// A DAP signer and the domain it signs for (`None`: the load's target domain).
@@ -35,10 +79,7 @@ impl DapOpts {
             return Ok(None);
         };
         let digest: RsaDigest = self.dap_digest.parse()?;
-        let signer: Box<dyn DapSigner> = match path.strip_prefix("pkcs11:") {
-            Some(uri) => Box::new(pkcs11(uri, digest)?),
-            None => Box::new(DapKey::from_file(Path::new(path), digest)?),
-        };
+        let signer = signer_from(path, digest)?;
         let sd = self
             .dap_sd
             .as_deref()

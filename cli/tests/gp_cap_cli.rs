@@ -462,3 +462,114 @@ fn dap_signed_with_a_pkcs11_key_in_softhsm() {
     assert!(text(&o).contains("pin-source"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn delegated_load_with_a_token_and_a_verified_receipt() {
+    // The ISD gets the issuer's token key (public key, version 70) and a receipt key (key set
+    // 71); an SSD with Delegated Management loads a CAP into itself only with a token, and
+    // the receipt verifies with the receipt key (and not with another one).
+    let dir = tmp("dm");
+    let img = dir.join("card.img");
+    let (token, other) = (dir.join("token.pem"), dir.join("other.pem"));
+    for k in [&token, &other] {
+        let o = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(k)
+            .output()
+            .expect("openssl must be installed for the delegated-management test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let write = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let receipt = write(
+        "receipt.keys",
+        "KVN=71\nKEY=71717171717171717171717171717171\n",
+    );
+    let wrong = write("wrong.keys", "KEY=72727272727272727272727272727272\n");
+    let ok = |o: &Output| assert!(o.status.success(), "{}", text(o));
+    ok(&sim(
+        &img,
+        &[
+            "put-key",
+            "--dap-public-key",
+            token.to_str().unwrap(),
+            "--new-kvn",
+            "70",
+        ],
+    ));
+    ok(&sim(
+        &img,
+        &["put-key", "--new-key-file", receipt.to_str().unwrap()],
+    ));
+    let ssd = "A00000015153504403";
+    ok(&sim(
+        &img,
+        &[
+            "install",
+            "--package",
+            "A0000001515350",
+            "--module",
+            "A000000151535041",
+            "--create",
+            ssd,
+            "--privs",
+            "security-domain,delegated-management",
+        ],
+    ));
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    for refused in [vec![], vec!["--token-key", other.to_str().unwrap()]] {
+        let mut args = vec!["load", empty, "--sd", ssd];
+        args.extend(refused);
+        let o = sim(&img, &args);
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+    }
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--sd",
+            ssd,
+            "--token-key",
+            token.to_str().unwrap(),
+            "--receipt-key-file",
+            receipt.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    let v = json(&o);
+    assert_eq!(v["receipt"]["counter"], 1, "{v}");
+    assert_eq!(v["receipt"]["card_unique_data"], "00004B41474900000001");
+    // Again after uninstalling (from the ISD): the counter moves on; a wrong receipt key
+    // does not verify the receipt.
+    ok(&sim(&img, &["uninstall", empty]));
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--sd",
+            ssd,
+            "--token-key",
+            token.to_str().unwrap(),
+            "--receipt-key-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("receipt"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

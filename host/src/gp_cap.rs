@@ -63,17 +63,34 @@ pub fn load_with_dap(
     opts: &LoadOptions,
     dap: &[(Vec<u8>, &dyn crate::dap::DapSigner)],
 ) -> Result<LoadStats> {
+    load_signed(ch, cap, opts, dap, None).map(|(stats, _)| stats)
+}
+
+/// [`load_with_dap`] that may also carry a delegated-management `token` signer on INSTALL
+/// [for load]; returns the last LOAD's answer too (a delegated load's confirmation, for
+/// [`card_wire::dm::verify_receipt`]).
+pub fn load_signed(
+    ch: &mut impl ApduChannel,
+    cap: &CapFile,
+    opts: &LoadOptions,
+    dap: &[(Vec<u8>, &dyn crate::dap::DapSigner)],
+    token: Option<&dyn crate::dap::DapSigner>,
+) -> Result<(LoadStats, Vec<u8>)> {
     let hash = cap.hash(opts.hash, opts.descriptor);
     let blocks = dap
         .iter()
         .map(|(sd, signer)| crate::dap::dap_block(sd, *signer, &hash))
         .collect::<Result<Vec<_>>>()?;
     let load_file = card_wire::dap::with_dap_blocks(&cap.load_file(opts.descriptor), &blocks);
-    let mut cmds = vec![card_wire::gp::install_for_load(
+    let mut install = card_wire::gp::install_for_load(
         cap.package_aid(),
         opts.sd.as_deref().unwrap_or_default(),
         &hash,
-    )?];
+    )?;
+    if let Some(signer) = token {
+        install = manage::with_token(install, signer)?;
+    }
+    let mut cmds = vec![install];
     cmds.extend(gp_load::load_commands(&load_file, opts.block)?);
     let mut stats = LoadStats {
         package: cap.package_aid().to_vec(),
@@ -82,6 +99,7 @@ pub fn load_with_dap(
         commands: 0,
         apdu_bytes: 0,
     };
+    let mut last = Vec::new();
     for (i, c) in cmds.iter().enumerate() {
         let name = if i == 0 { "INSTALL [for load]" } else { "LOAD" };
         stats.commands += 1;
@@ -93,9 +111,9 @@ pub fn load_with_dap(
                 sw: r.sw,
             });
         }
-        expect_success(name, r)?;
+        last = expect_success(name, r)?;
     }
-    Ok(stats)
+    Ok((stats, last))
 }
 
 /// INSTALL [for install and make selectable] of one of the CAP's applets. A card without a
