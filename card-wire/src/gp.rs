@@ -188,6 +188,19 @@ pub fn delete(aid: &[u8], related: bool) -> Result<Command, GpError> {
     )
 }
 
+/// DELETE of a key (GP Card Specification §11.2): the key version `kvn` (tag `D2`), and
+/// with `id` only that key of the version (tag `D0`), else every key of the version.
+pub fn delete_key(kvn: u8, id: Option<u8>) -> Result<Command, GpError> {
+    let mut data = Vec::new();
+    if let Some(id) = id {
+        data.extend(tlv::tlv(0xD0, &[id]));
+    }
+    data.extend(tlv::tlv(0xD2, &[kvn]));
+    Ok(Command::new(0x80, 0xE4, 0x00, 0x00)
+        .with_data(data)?
+        .with_le(256)?)
+}
+
 /// SET STATUS of the card (P1 `80`).
 pub fn set_card_status(state: u8) -> Command {
     Command::new(0x80, 0xF0, 0x80, state)
@@ -228,8 +241,14 @@ pub fn get_cin() -> Result<Command, GpError> {
 /// The card image number in a GET DATA `45` answer (`45 L CIN`, or the bare value), as
 /// upper-case hex.
 pub fn parse_cin(data: &[u8]) -> String {
+    parse_card_data(0x45, data)
+}
+
+/// A one-byte-tag card data object from a GET DATA answer (`tag L value`, or the bare value
+/// when the card leaves the tag out), as upper-case hex: the IIN (`42`), the CIN (`45`).
+pub fn parse_card_data(tag: u8, data: &[u8]) -> String {
     let v = match data {
-        [0x45, l, rest @ ..] if usize::from(*l) == rest.len() => rest,
+        [t, l, rest @ ..] if *t == tag && usize::from(*l) == rest.len() => rest,
         other => other,
     };
     hex::encode_upper(v)
@@ -465,6 +484,13 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!((s[0].p1(), s[2].p1(), s[2].p2()), (0x00, 0x80, 2));
         assert!(s[0].is_sensitive());
+        // DELETE KEY as a real card took it (a trace on reddeveloper.ru, "DELETE Key APDU
+        // returns 6A80", sent to another card with 9000): 80 E4 00 00 06 D0 01 01 D2 01 71.
+        let k = delete_key(0x71, Some(0x01)).unwrap().to_bytes();
+        assert_eq!(hex::encode_upper(&k[..11]), "80E4000006D00101D20171");
+        // The whole key version 30: D2 only.
+        let k = delete_key(0x30, None).unwrap().to_bytes();
+        assert_eq!(hex::encode_upper(&k[..8]), "80E4000003D20130");
         assert!(matches!(
             install(&InstallSpec {
                 params: vec![0; 300],

@@ -12,6 +12,9 @@
 //! - [`transport`]: the transport seam (`transmit(bytes) -> bytes`).
 //! - [`scp03`]: GlobalPlatform SCP03, host and card halves over one I/O-free core.
 //! - [`gp`]: GlobalPlatform card-management commands as bytes, GET STATUS answers parsed.
+//! - [`cplc`]: Card Production Life Cycle data decoded (fields, ISO dates).
+//! - [`dap`]: DAP blocks of a load file and PUT KEY of DAP public keys.
+//! - [`dm`]: delegated management tokens (what they sign, where they go).
 //! - [`gp_load`]: LOAD block sizes from the card's maximum and the secure channel's overhead.
 //! - [`content`]: the service provider's content-encryption layer for key material.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
@@ -27,6 +30,9 @@ pub mod aid;
 pub mod apdu;
 pub mod atr;
 pub mod content;
+pub mod cplc;
+pub mod dap;
+pub mod dm;
 pub mod gp;
 pub mod gp_load;
 pub mod jpki;

@@ -118,13 +118,38 @@ pub enum GpCmd {
         #[arg(long)]
         related: bool,
     },
+    /// Delete a key version, or one key of it (DELETE with D2 key version / D0 key id). Cards
+    /// refuse the key set of the open session and their last one.
+    DeleteKey {
+        #[command(flatten)]
+        session: Session,
+        /// Key version number to delete (hex; `--kvn` names the version the session opens
+        /// with).
+        #[arg(value_parser = parse_hex_byte)]
+        version: u8,
+        /// Only this key identifier of the version (hex).
+        #[arg(long, value_parser = parse_hex_byte)]
+        id: Option<u8>,
+    },
     /// Add or replace a key set (PUT KEY). The new keys come from a key file, never argv.
     PutKey {
         #[command(flatten)]
         session: Session,
         /// Key file of the new key set (KEY= or ENC=/MAC=/DEK=, and KVN=).
-        #[arg(long)]
-        new_key_file: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "dap_public_key",
+            conflicts_with = "dap_public_key"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// Instead: a DAP verification public key (PEM: public key, or a private key's public
+        /// half; RSA or P-256; or a PKCS#11 URI as for --dap-key) for a domain with DAP
+        /// Verification, as key 01 of --new-kvn.
+        #[arg(long, requires = "new_kvn")]
+        dap_public_key: Option<String>,
+        /// With --dap-public-key: the key version (hex, 01..7F).
+        #[arg(long, value_parser = parse_hex_byte)]
+        new_kvn: Option<u8>,
         /// Replace this key version (hex) instead of adding one.
         #[arg(long, value_parser = parse_hex_byte)]
         replace: Option<u8>,
@@ -309,8 +334,7 @@ fn info(
     };
     let seq =
         gp::get_data(&mut ch, 0x00C1)?.map(|d| hex::encode_upper(d.get(2..).unwrap_or_default()));
-    let cplc =
-        gp::get_data(&mut ch, 0x9F7F)?.map(|d| hex::encode_upper(d.get(3..).unwrap_or_default()));
+    let card = super::gp_card::read(&mut ch)?;
     use card_wire::Transport;
     let raw_atr = ch.transport().atr();
     let kind = raw_atr
@@ -359,12 +383,15 @@ fn info(
         .into()
     };
     if json_out {
-        print_json(json!({
+        let mut doc = json!({
             "atr": atr, "card_kind": kind, "iccid": iccid.as_ref().map(|i| i.to_string()),
             "security_domain": domain, "card_recognition": recognition,
-            "keys": key_info, "sequence_counter": seq, "cplc": cplc,
-            "key_check": probe,
-        }));
+            "keys": key_info, "sequence_counter": seq, "key_check": probe,
+        });
+        for (k, v) in card.json() {
+            doc[k] = v;
+        }
+        print_json(doc);
         return if unmatched { Err(failure()) } else { Ok(()) };
     }
     println!("ATR                 {}", atr.unwrap_or_default());
@@ -389,16 +416,18 @@ fn info(
     }
     for k in key_info {
         println!(
-            "Key                 KVN {:02X} ID {:02X} type {:02X} length {}",
-            k.version, k.id, k.key_type, k.length
+            "Key                 KVN {:02X} ID {:02X} type {:02X} ({}) length {}",
+            k.version,
+            k.id,
+            k.key_type,
+            k.type_name(),
+            k.length
         );
     }
     if let Some(s) = seq {
         println!("Sequence counter    {s}");
     }
-    if let Some(c) = cplc {
-        println!("CPLC                {c}");
-    }
+    card.print();
     if let Some(p) = &probe {
         match p.matched {
             Some(d) => println!(
@@ -653,43 +682,29 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             );
             Ok(())
         }
+        GpCmd::DeleteKey {
+            session,
+            version,
+            id,
+        } => super::gp_card::delete_key(session, *version, *id, trace, json_out),
         GpCmd::PutKey {
             session,
             new_key_file,
+            dap_public_key,
+            new_kvn,
             replace,
-        } => {
-            // 00 is no key version: a file without `KVN=` is refused instead of silently
-            // becoming some default set.
-            let new = keys::read_key_file(new_key_file, 0x00)?;
-            if new.kvn == 0 || new.kvn > 0x7F {
-                return Err(format!(
-                    "{} names no usable key version: add a line KVN=hh (01..7F, e.g. KVN=31) \
-                     for the set PUT KEY writes",
-                    new_key_file.display()
-                )
-                .into());
-            }
-            let kcvs = session.run(trace, |sc, _, _| Ok(sc.put_key_set(&new, *replace)?))?;
-            // The answer is the KVN, then one 3-byte key check value per key (ENC, MAC, DEK).
-            let kcvs: Vec<String> = kcvs
-                .get(1..)
-                .unwrap_or_default()
-                .chunks(3)
-                .map(hex::encode_upper)
-                .collect();
-            done(
+        } => match (new_key_file, dap_public_key) {
+            (Some(f), None) => super::gp_card::put_key(session, f, *replace, trace, json_out),
+            (None, Some(f)) => super::gp_card::put_dap_key(
+                session,
+                f,
+                new_kvn.unwrap_or_default(),
+                *replace,
+                trace,
                 json_out,
-                &format!(
-                    "key set {:02X} written; key check values ENC {} MAC {} DEK {}",
-                    new.kvn,
-                    kcvs.first().map_or("-", String::as_str),
-                    kcvs.get(1).map_or("-", String::as_str),
-                    kcvs.get(2).map_or("-", String::as_str)
-                ),
-                json!({"kvn": format!("{:02X}", new.kvn), "replaced": replace.map(|r| format!("{r:02X}")), "kcv": kcvs}),
-            );
-            Ok(())
-        }
+            ),
+            _ => Err("give --new-key-file FILE or --dap-public-key FILE --new-kvn N".into()),
+        },
         GpCmd::SetStatus {
             session,
             card,

@@ -24,6 +24,8 @@ pub struct CapOpts {
     /// secure channel allow).
     #[arg(long)]
     block_size: Option<usize>,
+    #[command(flatten)]
+    dap: super::gp_dap::DapOpts,
 }
 
 /// What `kagi gp install FILE.cap` installs.
@@ -63,15 +65,41 @@ fn load_in_session(
     opts: &CapOpts,
     to: Option<Vec<u8>>,
     hash: HashAlg,
-) -> Result<LoadStats, Failure> {
+    (dap, delegated): (
+        Option<&super::gp_dap::Dap>,
+        Option<&super::gp_dap::Delegated>,
+    ),
+) -> Result<(LoadStats, Option<card_wire::dm::Confirmation>), Failure> {
     let block = block_size(sc, domain, opts);
+    let target = to.clone().unwrap_or_else(|| domain.aid.clone());
     let lo = LoadOptions {
         hash,
         descriptor: !opts.no_descriptor,
         sd: to,
         block,
     };
-    Ok(gp_cap::load(sc, cap, &lo)?)
+    let daps: Vec<_> = dap.map(|d| d.for_load(&target)).into_iter().collect();
+    let token = delegated.map(|d| d.token.as_ref());
+    let (stats, answer) = gp_cap::load_signed(sc, cap, &lo, &daps, token)?;
+    let receipt = match delegated.and_then(|d| d.receipt_key.as_ref()) {
+        Some(key) => {
+            let what = card_wire::dm::Confirmed::Load {
+                elf: cap.package_aid(),
+                sd: &target,
+            };
+            Some(
+                card_wire::dm::verify_receipt(&answer, key, &what)
+                    .map_err(|e| format!("the package was loaded, but {e}"))?,
+            )
+        }
+        None => {
+            if delegated.is_some() {
+                eprintln!("note: the card's receipt was not verified (give --receipt-key-file)");
+            }
+            None
+        }
+    };
+    Ok((stats, receipt))
 }
 
 fn stats_line(s: &LoadStats) -> String {
@@ -97,14 +125,35 @@ pub fn load(
         .map(|t| aid("security domain AID", t))
         .transpose()?;
     let hash = if no_hash { HashAlg::None } else { opts.hash };
-    let stats = session.run(trace, |sc, domain, _| {
-        load_in_session(sc, domain, &cap, opts, to.clone(), hash)
+    let dap = opts.dap.signer()?;
+    let delegated = opts.dap.delegated()?;
+    let (stats, receipt) = session.run(trace, |sc, domain, _| {
+        load_in_session(
+            sc,
+            domain,
+            &cap,
+            opts,
+            to.clone(),
+            hash,
+            (dap.as_ref(), delegated.as_ref()),
+        )
     })?;
     let p = hex::encode_upper(cap.package_aid());
+    let receipt_line = receipt
+        .as_ref()
+        .map(|c| format!("; receipt verified, confirmation counter {}", c.counter))
+        .unwrap_or_default();
+    let mut doc = json!({"loaded": p, "stats": stats});
+    if let Some(c) = &receipt {
+        doc["receipt"] = json!({
+            "counter": c.counter,
+            "card_unique_data": hex::encode_upper(&c.card_unique_data),
+        });
+    }
     done(
         json_out,
-        &format!("loaded {p}: {}", stats_line(&stats)),
-        json!({"loaded": p, "stats": stats}),
+        &format!("loaded {p}: {}{receipt_line}", stats_line(&stats)),
+        doc,
     );
     Ok(())
 }
@@ -136,6 +185,14 @@ pub fn install(
         params: parse_hex("install parameters", &args.params)?,
         selectable: args.selectable,
     };
+    let dap = opts.dap.signer()?;
+    if opts.dap.delegated()?.is_some() {
+        return Err(
+            "--token-key: kagi gp load FILE.cap carries a token; a delegated INSTALL of a CAP \
+             applet is not offered yet (the simulator has no Java Card VM to run it)"
+                .into(),
+        );
+    }
     let (stats, installed) = session.run(trace, |sc, domain, _| {
         let loaded = gp::get_status(sc, StatusScope::LoadFiles)?
             .iter()
@@ -143,7 +200,18 @@ pub fn install(
         let stats = if loaded {
             None
         } else {
-            Some(load_in_session(sc, domain, &cap, opts, None, opts.hash)?)
+            Some(
+                load_in_session(
+                    sc,
+                    domain,
+                    &cap,
+                    opts,
+                    None,
+                    opts.hash,
+                    (dap.as_ref(), None),
+                )?
+                .0,
+            )
         };
         // A refused INSTALL still leaves the load done: finish the session (a simulated card's
         // image is saved) before reporting it.

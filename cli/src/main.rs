@@ -6,6 +6,8 @@ mod common;
 mod exit;
 mod gp;
 mod gp_cap;
+mod gp_card;
+mod gp_dap;
 mod jpki;
 mod perso;
 mod target;

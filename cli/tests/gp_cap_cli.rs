@@ -264,3 +264,312 @@ fn load_through_pcscd_and_vpcd() {
         assert!(p.iter().any(|(a, ..)| a == aid), "{aid} missing: {p:?}");
     }
 }
+
+#[test]
+fn dap_signed_load_into_an_ssd_with_dap_verification() {
+    // An SSD with DAP Verification takes an openssl-made P-256 key (public half from its
+    // PEM); a CAP loaded into it needs --dap-key: refused (6982) without, with another key.
+    let dir = tmp("dap");
+    let img = dir.join("card.img");
+    let (key, other) = (dir.join("dap.pem"), dir.join("other.pem"));
+    for k in [&key, &other] {
+        let o = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(k)
+            .output()
+            .expect("openssl must be installed for the DAP test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let ssd = "A00000015153504401";
+    let o = sim(
+        &img,
+        &[
+            "install",
+            "--package",
+            "A0000001515350",
+            "--module",
+            "A000000151535041",
+            "--create",
+            ssd,
+            "--privs",
+            "security-domain,dap-verification",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = sim(
+        &img,
+        &[
+            "put-key",
+            "--sd",
+            ssd,
+            "--dap-public-key",
+            key.to_str().unwrap(),
+            "--new-kvn",
+            "73",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["kcv"], serde_json::json!([]));
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    for refused in [vec![], vec!["--dap-key", other.to_str().unwrap()]] {
+        let mut args = vec!["load", empty, "--to", ssd];
+        args.extend(refused);
+        let o = sim(&img, &args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+    }
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--to",
+            ssd,
+            "--dap-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["loaded"], "0102030405");
+    // The DAP key is listed by gp info of the SSD (id 01, KVN 73, type B0, 65 bytes) and can
+    // be deleted by version and id.
+    let o = sim(&img, &["info", "--sd", ssd]);
+    let keys = json(&o)["keys"].clone();
+    assert!(
+        keys.as_array().unwrap().iter().any(|k| k["id"] == "01"
+            && k["version"] == "73"
+            && k["key_type"] == "B0"
+            && k["length"] == 65),
+        "{keys}"
+    );
+    let o = sim(&img, &["delete-key", "--sd", ssd, "73", "--id", "01"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dap_signed_with_a_pkcs11_key_in_softhsm() {
+    // P-256 and RSA-2048 key pairs made inside a private SoftHSM2 token by pkcs11-tool; the
+    // SSD takes the public key from the token, kagi signs in the HSM, the simulator verifies
+    // with RustCrypto. A key pair of another label signs a block the SSD refuses (6982).
+    let dir = tmp("dap-hsm");
+    let (conf, pin) = support::softhsm(&dir.join("hsm"));
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let pin_text = std::fs::read_to_string(&pin).unwrap();
+    for (label, kind) in [
+        ("dap-ec", "EC:prime256v1"),
+        ("dap-rsa", "rsa:2048"),
+        ("other", "EC:prime256v1"),
+    ] {
+        let o = std::process::Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--module",
+                module,
+                "--token-label",
+                "kagi",
+                "--login",
+                "--pin",
+                pin_text.trim(),
+            ])
+            .args(["--keypairgen", "--key-type", kind, "--label", label])
+            .output()
+            .expect("pkcs11-tool (opensc) must be installed for the HSM DAP test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let uri = |label: &str| {
+        format!(
+            "pkcs11:token=kagi;object={label}?module-path={module}&pin-source=file:{}",
+            pin.display()
+        )
+    };
+    let img = dir.join("card.img");
+    let run = |args: &[&str]| -> Output {
+        kagi()
+            .env("SOFTHSM2_CONF", &conf)
+            .arg("--json")
+            .arg("gp")
+            .args(args)
+            .arg("--sim")
+            .arg("--sim-image")
+            .arg(&img)
+            .output()
+            .unwrap()
+    };
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    let ssd = "A00000015153504401";
+    let o = run(&[
+        "install",
+        "--package",
+        "A0000001515350",
+        "--module",
+        "A000000151535041",
+        "--create",
+        ssd,
+        "--privs",
+        "security-domain,dap-verification",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (label, kvn, digest) in [("dap-ec", "73", "sha256"), ("dap-rsa", "74", "sha1")] {
+        let o = run(&[
+            "put-key",
+            "--sd",
+            ssd,
+            "--dap-public-key",
+            &uri(label),
+            "--new-kvn",
+            kvn,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(&["load", empty, "--to", ssd, "--dap-key", &uri("other")]);
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+        let o = run(&[
+            "load",
+            empty,
+            "--to",
+            ssd,
+            "--dap-key",
+            &uri(label),
+            "--dap-digest",
+            digest,
+        ]);
+        assert!(o.status.success(), "{label}: {}", text(&o));
+        let o = run(&["uninstall", empty]);
+        assert!(o.status.success(), "{}", text(&o));
+        // Only this key verifies next time: delete it.
+        let o = run(&["delete-key", "--sd", ssd, kvn]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // A URI without its PIN source is refused before any card is opened.
+    let o = run(&[
+        "load",
+        empty,
+        "--to",
+        ssd,
+        "--dap-key",
+        "pkcs11:token=kagi;object=dap-ec",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("pin-source"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn delegated_load_with_a_token_and_a_verified_receipt() {
+    // The ISD gets the issuer's token key (public key, version 70) and a receipt key (key set
+    // 71); an SSD with Delegated Management loads a CAP into itself only with a token, and
+    // the receipt verifies with the receipt key (and not with another one).
+    let dir = tmp("dm");
+    let img = dir.join("card.img");
+    let (token, other) = (dir.join("token.pem"), dir.join("other.pem"));
+    for k in [&token, &other] {
+        let o = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(k)
+            .output()
+            .expect("openssl must be installed for the delegated-management test");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let write = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let receipt = write(
+        "receipt.keys",
+        "KVN=71\nKEY=71717171717171717171717171717171\n",
+    );
+    let wrong = write("wrong.keys", "KEY=72727272727272727272727272727272\n");
+    let ok = |o: &Output| assert!(o.status.success(), "{}", text(o));
+    ok(&sim(
+        &img,
+        &[
+            "put-key",
+            "--dap-public-key",
+            token.to_str().unwrap(),
+            "--new-kvn",
+            "70",
+        ],
+    ));
+    ok(&sim(
+        &img,
+        &["put-key", "--new-key-file", receipt.to_str().unwrap()],
+    ));
+    let ssd = "A00000015153504403";
+    ok(&sim(
+        &img,
+        &[
+            "install",
+            "--package",
+            "A0000001515350",
+            "--module",
+            "A000000151535041",
+            "--create",
+            ssd,
+            "--privs",
+            "security-domain,delegated-management",
+        ],
+    ));
+    let empty = data(EMPTY);
+    let empty = empty.to_str().unwrap();
+    for refused in [vec![], vec!["--token-key", other.to_str().unwrap()]] {
+        let mut args = vec!["load", empty, "--sd", ssd];
+        args.extend(refused);
+        let o = sim(&img, &args);
+        assert_eq!(json(&o)["error"]["sw"], "6982", "{}", text(&o));
+    }
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--sd",
+            ssd,
+            "--token-key",
+            token.to_str().unwrap(),
+            "--receipt-key-file",
+            receipt.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    let v = json(&o);
+    assert_eq!(v["receipt"]["counter"], 1, "{v}");
+    assert_eq!(v["receipt"]["card_unique_data"], "00004B41474900000001");
+    // Again after uninstalling (from the ISD): the counter moves on; a wrong receipt key
+    // does not verify the receipt.
+    ok(&sim(&img, &["uninstall", empty]));
+    let o = sim(
+        &img,
+        &[
+            "load",
+            empty,
+            "--sd",
+            ssd,
+            "--token-key",
+            token.to_str().unwrap(),
+            "--receipt-key-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("receipt"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,6 +150,40 @@ pub fn card_image_number(ch: &mut impl ApduChannel) -> Result<Option<String>> {
     Ok(get_data(ch, 0x0045)?.map(|d| card_wire::gp::parse_cin(&d)))
 }
 
+/// The issuer identification number (GET DATA `42` of the selected security domain), hex;
+/// `None` when the card has none.
+pub fn issuer_identification_number(ch: &mut impl ApduChannel) -> Result<Option<String>> {
+    Ok(get_data(ch, 0x0042)?.map(|d| card_wire::gp::parse_card_data(0x42, &d)))
+}
+
+/// The card's CPLC (GET DATA `9F7F`): the raw 42 bytes as hex and the decoded fields, dates
+/// relative to `today` (see [`card_wire::cplc`] for the decade assumption); `None` when the
+/// card has none.
+pub fn cplc(
+    ch: &mut impl ApduChannel,
+    today: card_wire::cplc::DayOfYear,
+) -> Result<Option<(String, card_wire::cplc::Cplc)>> {
+    let Some(d) = get_data(ch, 0x9F7F)? else {
+        return Ok(None);
+    };
+    let decoded = card_wire::cplc::parse_cplc(&d, today)
+        .map_err(|e| Error::Protocol(format!("GET DATA 9F7F: {e}")))?;
+    let raw = match d.as_slice() {
+        [0x9F, 0x7F, 0x2A, rest @ ..] => rest,
+        other => other,
+    };
+    Ok(Some((hex::encode_upper(raw), decoded)))
+}
+
+/// Today (UTC) as the reference day for CPLC dates.
+pub fn today_utc() -> card_wire::cplc::DayOfYear {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    card_wire::cplc::DayOfYear::from_unix_days((secs / 86_400) as i64)
+}
+
 /// GET DATA (`80 CA P1 P2`); `Ok(None)` when the card has no such object (`6A88`/`6A82`).
 pub fn get_data(ch: &mut impl ApduChannel, tag: u16) -> Result<Option<Vec<u8>>> {
     let [p1, p2] = tag.to_be_bytes();
@@ -181,6 +215,30 @@ pub struct KeyInfo {
     pub key_type: u8,
     /// Key length in bytes.
     pub length: u8,
+}
+
+impl KeyInfo {
+    /// The key type's name (GP Card Specification table "Key Type Coding").
+    pub fn type_name(&self) -> &'static str {
+        match self.key_type {
+            0x80 => "DES",
+            0x81 => "3DES (reserved)",
+            0x82 => "3DES-CBC",
+            0x83 => "DES-ECB",
+            0x84 => "DES-CBC",
+            0x85 => "TLS PSK",
+            0x88 => "AES",
+            0x90 => "HMAC-SHA1",
+            0x91 => "HMAC-SHA1-160",
+            0xA0 => "RSA public e",
+            0xA1 => "RSA public N",
+            0xA2 => "RSA private N",
+            0xA3 => "RSA private d",
+            0xB0 => "ECC public",
+            0xB1 => "ECC private",
+            _ => "other",
+        }
+    }
 }
 
 /// Parses a key information template.
@@ -347,6 +405,83 @@ pub mod manage {
     /// DELETE an instance or a load file (`related`: with its instances).
     pub fn delete(ch: &mut impl ApduChannel, aid: &[u8], related: bool) -> Result<()> {
         gp_command(ch, "DELETE", cmd::delete(aid, related)?)?;
+        Ok(())
+    }
+
+    /// `cmd` with a delegated-management token by `signer` (the card issuer's token key)
+    /// over what [`card_wire::dm::token_data`] names.
+    pub fn with_token(cmd: Command, signer: &dyn card_wire::dap::DapSigner) -> Result<Command> {
+        let data = card_wire::dm::token_data(&cmd)?;
+        let token = signer.sign(&data).map_err(Error::Keys)?;
+        Ok(card_wire::dm::with_token(&cmd, &token)?)
+    }
+
+    /// [`load`] by a domain under delegated management: INSTALL [for load] (into the
+    /// selected domain) carries a token. Returns the last LOAD's answer: the card's
+    /// confirmation, for [`card_wire::dm::verify_receipt`].
+    pub fn load_delegated(
+        ch: &mut impl ApduChannel,
+        package: &[u8],
+        load_file: &[u8],
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<Vec<u8>> {
+        let hash = load_file_hash(load_file)?;
+        let c = with_token(cmd::install_for_load(package, &[], &hash)?, signer)?;
+        gp_command(ch, "INSTALL [for load] with a token", c)?;
+        let mut last = Vec::new();
+        for block in cmd::load_blocks(load_file)? {
+            last = gp_command(ch, "LOAD", block)?;
+        }
+        Ok(last)
+    }
+
+    /// [`install`] with a delegated-management token; returns the card's confirmation.
+    pub fn install_delegated(
+        ch: &mut impl ApduChannel,
+        spec: &InstallSpec,
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<Vec<u8>> {
+        let c = with_token(cmd::install(spec)?, signer)?;
+        gp_command(ch, "INSTALL [for install] with a token", c)
+    }
+
+    /// [`delete`] with a delegated-management token; returns the card's confirmation.
+    pub fn delete_delegated(
+        ch: &mut impl ApduChannel,
+        aid: &[u8],
+        related: bool,
+        signer: &dyn card_wire::dap::DapSigner,
+    ) -> Result<Vec<u8>> {
+        let c = with_token(cmd::delete(aid, related)?, signer)?;
+        gp_command(ch, "DELETE with a token", c)
+    }
+
+    /// DELETE of the key version `kvn` (with `id`: only that key of it). Cards refuse the
+    /// key set of the open session and their last one (`6985`), an unknown key (`6A88`).
+    pub fn delete_key(ch: &mut impl ApduChannel, kvn: u8, id: Option<u8>) -> Result<()> {
+        gp_command(ch, "DELETE KEY", cmd::delete_key(kvn, id)?)?;
+        Ok(())
+    }
+
+    /// PUT KEY of a DAP verification public key (key 01 of version `kvn`; `replace`: the
+    /// version replaced). The card answers the key version (no check value).
+    pub fn put_dap_key(
+        ch: &mut impl ApduChannel,
+        kvn: u8,
+        replace: Option<u8>,
+        key: &card_wire::dap::DapPublicKey,
+    ) -> Result<()> {
+        let answer = gp_command(
+            ch,
+            "PUT KEY",
+            card_wire::dap::put_dap_key(kvn, replace, key)?,
+        )?;
+        if answer.first() != Some(&kvn) {
+            return Err(Error::Protocol(format!(
+                "PUT KEY: the card answered {} instead of key version {kvn:02X}",
+                hex::encode_upper(&answer)
+            )));
+        }
         Ok(())
     }
 

@@ -52,13 +52,45 @@ fn hex_ser<S: serde::Serializer>(v: &[u8], s: S) -> std::result::Result<S::Ok, S
 
 /// INSTALL [for load] of the CAP's package with its hash, then its load file in LOAD blocks.
 pub fn load(ch: &mut impl ApduChannel, cap: &CapFile, opts: &LoadOptions) -> Result<LoadStats> {
-    let load_file = cap.load_file(opts.descriptor);
+    load_with_dap(ch, cap, opts, &[])
+}
+
+/// [`load`] with a DAP block for each `(security domain AID, signer)`: the signature over the
+/// load file data block hash (which must not be `none`) in front of the data block.
+pub fn load_with_dap(
+    ch: &mut impl ApduChannel,
+    cap: &CapFile,
+    opts: &LoadOptions,
+    dap: &[(Vec<u8>, &dyn crate::dap::DapSigner)],
+) -> Result<LoadStats> {
+    load_signed(ch, cap, opts, dap, None).map(|(stats, _)| stats)
+}
+
+/// [`load_with_dap`] that may also carry a delegated-management `token` signer on INSTALL
+/// [for load]; returns the last LOAD's answer too (a delegated load's confirmation, for
+/// [`card_wire::dm::verify_receipt`]).
+pub fn load_signed(
+    ch: &mut impl ApduChannel,
+    cap: &CapFile,
+    opts: &LoadOptions,
+    dap: &[(Vec<u8>, &dyn crate::dap::DapSigner)],
+    token: Option<&dyn crate::dap::DapSigner>,
+) -> Result<(LoadStats, Vec<u8>)> {
     let hash = cap.hash(opts.hash, opts.descriptor);
-    let mut cmds = vec![card_wire::gp::install_for_load(
+    let blocks = dap
+        .iter()
+        .map(|(sd, signer)| crate::dap::dap_block(sd, *signer, &hash))
+        .collect::<Result<Vec<_>>>()?;
+    let load_file = card_wire::dap::with_dap_blocks(&cap.load_file(opts.descriptor), &blocks);
+    let mut install = card_wire::gp::install_for_load(
         cap.package_aid(),
         opts.sd.as_deref().unwrap_or_default(),
         &hash,
-    )?];
+    )?;
+    if let Some(signer) = token {
+        install = manage::with_token(install, signer)?;
+    }
+    let mut cmds = vec![install];
     cmds.extend(gp_load::load_commands(&load_file, opts.block)?);
     let mut stats = LoadStats {
         package: cap.package_aid().to_vec(),
@@ -67,6 +99,7 @@ pub fn load(ch: &mut impl ApduChannel, cap: &CapFile, opts: &LoadOptions) -> Res
         commands: 0,
         apdu_bytes: 0,
     };
+    let mut last = Vec::new();
     for (i, c) in cmds.iter().enumerate() {
         let name = if i == 0 { "INSTALL [for load]" } else { "LOAD" };
         stats.commands += 1;
@@ -78,9 +111,9 @@ pub fn load(ch: &mut impl ApduChannel, cap: &CapFile, opts: &LoadOptions) -> Res
                 sw: r.sw,
             });
         }
-        expect_success(name, r)?;
+        last = expect_success(name, r)?;
     }
-    Ok(stats)
+    Ok((stats, last))
 }
 
 /// INSTALL [for install and make selectable] of one of the CAP's applets. A card without a

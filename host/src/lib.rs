@@ -14,7 +14,7 @@
 //! - SCP03 secure channels ([`secure::SecureChannel`]) on the shared core in `card-wire`;
 //! - GlobalPlatform card management ([`gp`], CAP loading in [`gp_cap`]), UICC identity
 //!   ([`uicc`]), the JPKI client ([`jpki`]), PIN-less eligibility reads ([`eligibility`]),
-//!   key sources ([`keys`]), secure-channel probing ([`probe`]).
+//!   key sources ([`keys`]), secure-channel probing ([`probe`]), DAP signing ([`dap`]).
 //!
 //! ```
 //! # #[cfg(feature = "sim")] {
@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod channel;
+pub mod dap;
 #[cfg(feature = "eligibility")]
 pub mod eligibility;
 pub mod error;

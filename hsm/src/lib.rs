@@ -4,6 +4,9 @@
 //! master keys never leave the HSM; a card's diversified keys exist in host memory only while
 //! a station needs them (to wrap them for PUT KEY and to open sessions), in zeroizing buffers.
 //!
+//! DAP signing keys live in the token too ([`dap::HsmDapKey`]), and SCP02 3DES masters with
+//! EMV/VISA2 diversification in the HSM ([`scp02::HsmMaster02`]).
+//!
 //! The tests use SoftHSM2 (see `scripts/softhsm-init.sh`).
 
 use card_wire::scp03::keys::KeyPurpose;
@@ -19,6 +22,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
+
+pub mod dap;
+pub mod scp02;
 
 /// The HSM refused, is not reachable, or does not hold the keys asked for; the message names
 /// the module, token or key label to check.

@@ -115,6 +115,12 @@ impl SecurityDomain {
 
     pub(super) fn put_key(&mut self, cmd: &Command, ctx: &mut SdCtx<'_>) -> Result<Response, Sw> {
         let ch = ctx.channel as usize;
+        if cmd.p2() == card_wire::dap::DAP_KEY_ID {
+            if self.sessions[ch].is_none() {
+                return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+            }
+            return self.put_dap_key(cmd, ctx);
+        }
         if cmd.p2() != 0x81 {
             return Err(Sw::INCORRECT_P1P2);
         }
@@ -155,6 +161,63 @@ impl SecurityDomain {
             put_keys(s, &aid, &new)
         })?;
         Ok(Response::success(kcvs))
+    }
+
+    /// DELETE of a key version (`D2`, optionally with a key identifier `D0`). A DAP key
+    /// (identifier 01) goes alone. Key sets are
+    /// kept and used whole (ENC, MAC, DEK as identifiers 1–3), so only a whole version goes:
+    /// one key of a set, or one identifier across all versions, is refused with `6985`
+    /// (conditions of use not satisfied), as are the set of the open session and the
+    /// domain's last set (either would leave no way to authenticate); an unknown version or
+    /// identifier is `6A88`.
+    pub(super) fn delete_key(
+        &mut self,
+        cmd: &Command,
+        ctx: &mut SdCtx<'_>,
+    ) -> Result<Response, Sw> {
+        if cmd.p1() != 0x00 || cmd.p2() != 0x00 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        let items = card_wire::tlv::parse_all(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
+        let (mut id, mut kvn) = (None, None);
+        for t in &items {
+            match (t.tag.0, t.value) {
+                (0xD0, [v]) if id.is_none() => id = Some(*v),
+                (0xD2, [v]) if kvn.is_none() => kvn = Some(*v),
+                _ => return Err(Sw::INCORRECT_DATA),
+            }
+        }
+        let kvn = kvn.ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
+        // A DAP key (identifier 01) is one key: it goes by version, or by version and id.
+        let dap = format!("{}/dap/{kvn:02X}", self.prefix());
+        if ctx.store.get(&dap).is_some() {
+            if !matches!(id, None | Some(card_wire::dap::DAP_KEY_ID)) {
+                return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+            }
+            ctx.store.atomically(|s| s.remove(&dap))?;
+            return Ok(Response::success(vec![0x00]));
+        }
+        let sets = key_sets(ctx.store, &self.aid);
+        if !sets.iter().any(|k| k.kvn == kvn) {
+            return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+        }
+        match id {
+            Some(1..=3) => return Err(Sw::CONDITIONS_NOT_SATISFIED),
+            Some(_) => return Err(Sw::REFERENCED_DATA_NOT_FOUND),
+            None => {}
+        }
+        let in_use = self.sessions[ctx.channel as usize]
+            .as_ref()
+            .is_some_and(|s| s.kvn == kvn);
+        if in_use || sets.len() < 2 {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        let prefix = self.prefix();
+        ctx.store.atomically(|s| {
+            s.remove(&format!("{prefix}/key/{kvn:02X}"))?;
+            s.remove(&format!("{prefix}/seq/{kvn:02X}"))
+        })?;
+        Ok(Response::success(vec![0x00]))
     }
 
     /// Decrypts the AES key blocks of an SCP03 PUT KEY.

@@ -15,7 +15,10 @@ impl SecurityDomain {
         if cmd.p2() != 0x00 {
             return Err(Sw::INCORRECT_P1P2);
         }
-        if matches!(cmd.p1(), 0x02 | 0x04 | 0x0C | 0x08) && !self.may_manage_content(ctx) {
+        if matches!(cmd.p1(), 0x02 | 0x04 | 0x0C | 0x08)
+            && !self.may_manage_content(ctx)
+            && !self.needs_token(ctx)
+        {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
         match cmd.p1() {
@@ -38,8 +41,11 @@ impl SecurityDomain {
         } else {
             aid_of(f[1])?
         };
-        if !f[4].is_empty() {
-            // Delegated-management tokens are not modelled.
+        if self.needs_token(ctx) {
+            let signed = super::delegated::signed_part(cmd.data(), f[4])?;
+            super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, f[4])?;
+        } else if !f[4].is_empty() {
+            // Only a domain under delegated management takes a token.
             return Err(Sw::INCORRECT_DATA);
         }
         match f[2].len() {
@@ -65,6 +71,7 @@ impl SecurityDomain {
             hash: (!f[2].is_empty()).then(|| f[2].to_vec()),
             next_block: 0,
             data: Vec::new(),
+            delegated: self.needs_token(ctx),
         });
         Ok(Response::success(vec![0x00]))
     }
@@ -92,18 +99,28 @@ impl SecurityDomain {
         let Some(load) = self.load.take() else {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         };
-        // The load file is C4 ‖ length ‖ load file data block (no DAP blocks).
-        let c4 = card_wire::tlv::parse_single(&load.data).map_err(|_| Sw::INCORRECT_DATA)?;
-        if c4.tag.0 != 0xC4 {
-            return Err(Sw::INCORRECT_DATA);
-        }
-        crate::load_file::check_hash(c4.value, load.hash.as_deref())?;
-        if crate::load_file::is_cap(c4.value) {
-            let (lf, version) = crate::load_file::accept(ctx.store, c4.value, &load.elf, &load.sd)?;
+        // The load file: DAP blocks (E2), then C4 ‖ length ‖ load file data block.
+        let split = card_wire::dap::split_load_file(&load.data).map_err(|_| Sw::INCORRECT_DATA)?;
+        let block = split.data_block;
+        crate::load_file::check_hash(block, load.hash.as_deref())?;
+        super::dap::check_daps(ctx, &load.sd, load.hash.as_deref(), &split.daps)?;
+        let (elf, sd) = (load.elf.clone(), load.sd.clone());
+        let confirm = |ctx: &mut SdCtx<'_>| {
+            if !load.delegated {
+                return Ok(Response::success(vec![0x00]));
+            }
+            let what = card_wire::dm::Confirmed::Load {
+                elf: elf.as_bytes(),
+                sd: sd.as_bytes(),
+            };
+            super::delegated::receipt(ctx, &what).map(Response::success)
+        };
+        if crate::load_file::is_cap(block) {
+            let (lf, version) = crate::load_file::accept(ctx.store, block, &load.elf, &load.sd)?;
             crate::load_file::record(ctx.store, &lf, version)?;
-            return Ok(Response::success(vec![0x00]));
+            return confirm(ctx);
         }
-        let (package, modules) = LoadFile::parse_data_block(c4.value).ok_or(Sw::INCORRECT_DATA)?;
+        let (package, modules) = LoadFile::parse_data_block(block).ok_or(Sw::INCORRECT_DATA)?;
         if package != load.elf || modules.is_empty() {
             return Err(Sw::INCORRECT_DATA);
         }
@@ -112,12 +129,12 @@ impl SecurityDomain {
             return Err(Sw::INCORRECT_DATA);
         }
         let lf = LoadFile {
-            aid: load.elf,
-            sd: load.sd,
+            aid: load.elf.clone(),
+            sd: load.sd.clone(),
             modules,
         };
         ctx.store.atomically(|s| registry::put_load_file(s, &lf))?;
-        Ok(Response::success(vec![0x00]))
+        confirm(ctx)
     }
 
     pub(super) fn install_for_install(
@@ -128,7 +145,10 @@ impl SecurityDomain {
         let f = lv_fields(cmd.data(), 6)?;
         let install = cmd.p1() & 0x04 != 0;
         let selectable = cmd.p1() & 0x08 != 0;
-        if !f[5].is_empty() {
+        if self.needs_token(ctx) {
+            let signed = super::delegated::signed_part(cmd.data(), f[5])?;
+            super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, f[5])?;
+        } else if !f[5].is_empty() {
             return Err(Sw::INCORRECT_DATA);
         }
         let app = aid_of(f[2])?;
@@ -216,6 +236,13 @@ impl SecurityDomain {
             }
             Ok::<_, StoreError>(())
         })?;
+        if self.needs_token(ctx) {
+            let what = card_wire::dm::Confirmed::Install {
+                elf: f[0],
+                app: app.as_bytes(),
+            };
+            return super::delegated::receipt(ctx, &what).map(Response::success);
+        }
         Ok(Response::success(vec![0x00]))
     }
 
@@ -235,7 +262,12 @@ impl SecurityDomain {
     }
 
     pub(super) fn delete(&mut self, cmd: &Command, ctx: &mut SdCtx<'_>) -> Result<Response, Sw> {
-        if !self.may_manage_content(ctx) {
+        // Key deletion (D0 key identifier / D2 key version): every domain manages its keys.
+        if matches!(cmd.data().first(), Some(0xD0 | 0xD2)) {
+            return self.delete_key(cmd, ctx);
+        }
+        let needs_token = self.needs_token(ctx);
+        if !self.may_manage_content(ctx) && !needs_token {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }
         let related = match cmd.p2() {
@@ -243,10 +275,21 @@ impl SecurityDomain {
             0x80 => true,
             _ => return Err(Sw::INCORRECT_P1P2),
         };
-        let t = card_wire::tlv::parse_single(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
-        if t.tag.0 != 0x4F {
-            // Key deletion (D0/D2) is not modelled.
-            return Err(Sw::INCORRECT_DATA);
+        // 4F AID, then (delegated management) 9E token.
+        let items = card_wire::tlv::parse_all(cmd.data()).map_err(|_| Sw::INCORRECT_DATA)?;
+        let (t, token) = match items.as_slice() {
+            [t] if t.tag.0 == 0x4F => (t, None),
+            [t, k] if t.tag.0 == 0x4F && k.tag.0 == 0x9E => (t, Some(k.value)),
+            _ => return Err(Sw::INCORRECT_DATA),
+        };
+        match (needs_token, token) {
+            (true, token) => {
+                let signed = &cmd.data()[..t.value.len() + 2];
+                let token = token.unwrap_or_default();
+                super::delegated::check_token(ctx, cmd.p1(), cmd.p2(), signed, token)?;
+            }
+            (false, Some(_)) => return Err(Sw::INCORRECT_DATA),
+            (false, None) => {}
         }
         let aid = aid_of(t.value)?;
         if let Some(e) = registry::entry(ctx.store, &aid) {
@@ -292,6 +335,12 @@ impl SecurityDomain {
             }
             registry::remove_load_file(s, &aid)
         })?;
+        if needs_token {
+            let what = card_wire::dm::Confirmed::Delete {
+                aid: aid.as_bytes(),
+            };
+            return super::delegated::receipt(ctx, &what).map(Response::success);
+        }
         Ok(Response::success(vec![0x00]))
     }
 

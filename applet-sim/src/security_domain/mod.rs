@@ -11,11 +11,19 @@
 //!   (forwarded to the applet being personalised). The ISD manages everything; an SSD with
 //!   Authorized Management manages its own content.
 //!
+//! - DAP verification: a domain with DAP Verification (or Mandated DAP) takes an RSA or P-256
+//!   public key in PUT KEY and checks the DAP block of every load file associated with it.
+//!
+//! - Delegated management: an SSD with Delegated Management loads, installs and deletes its own
+//!   content with tokens the ISD verifies (token key: the ISD's public key of version 70).
+//!
 //! Every multi-object change runs in a transaction, so power loss leaves the old or the new
 //! state. Keys, counters and life cycles live in persistent memory (`sd/<AID>/…`, `card/…`).
 
 mod channel;
 mod content;
+mod dap;
+mod delegated;
 mod dispatch;
 mod setup;
 mod state;

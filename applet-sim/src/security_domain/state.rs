@@ -15,6 +15,8 @@ pub(super) struct LoadContext {
     pub(super) hash: Option<Vec<u8>>,
     pub(super) next_block: u8,
     pub(super) data: Vec<u8>,
+    /// Begun with a delegated-management token: the last LOAD answers a receipt.
+    pub(super) delegated: bool,
 }
 
 /// One GET STATUS entry: AID, life cycle, privileges, module AIDs.

@@ -45,6 +45,12 @@ impl SecurityDomain {
                         body.extend(tlv(0xC0, &[kid, k.kvn, t, k.key_len() as u8]));
                     }
                 }
+                // DAP keys whose length fits the template's one length byte.
+                for (kvn, key) in super::dap::dap_keys(store, &self.aid) {
+                    if let (t, Some(len)) = key.template() {
+                        body.extend(tlv(0xC0, &[card_wire::dap::DAP_KEY_ID, kvn, t, len]));
+                    }
+                }
                 tlv(0xE0, &body)
             }
             (0x00, 0xC1) => {
@@ -61,15 +67,29 @@ impl SecurityDomain {
         Ok(Response::success(data))
     }
 
-    /// A synthetic CPLC (42 bytes): fabricator, type, OS and serial fields from the KDD.
+    /// The card's CPLC (42 bytes, the layout of [`card_wire::cplc::FIELDS`]): kagi's own
+    /// fabricator and personaliser codes (`4B47`, "KG"), BCD `YDDD` dates, the IC serial
+    /// number from the KDD.
     pub(super) fn cplc(kdd: &[u8; 10]) -> Vec<u8> {
-        let mut c = vec![0u8; 42];
-        c[0..2].copy_from_slice(&[0x4B, 0x47]); // IC fabricator "KG"
-        c[2..4].copy_from_slice(&[0x53, 0x4D]); // IC type "SM"
-        c[4..6].copy_from_slice(&[0x00, 0x01]); // OS identifier
-        c[6..8].copy_from_slice(&[0x62, 0x30]); // OS release date (YDDD)
-        c[8..10].copy_from_slice(&[0x01, 0x00]); // OS release level
-        c[12..16].copy_from_slice(&kdd[6..10]); // IC serial number
+        let mut c = Vec::with_capacity(42);
+        c.extend_from_slice(&[0x4B, 0x47]); // IC fabricator
+        c.extend_from_slice(&[0x53, 0x4D]); // IC type
+        c.extend_from_slice(&[0x4B, 0x01]); // operating system identifier
+        c.extend_from_slice(&[0x50, 0x60]); // OS release date: 2025, day 60
+        c.extend_from_slice(&[0x01, 0x00]); // OS release level
+        c.extend_from_slice(&[0x51, 0x23]); // IC fabrication date: 2025, day 123
+        c.extend_from_slice(&kdd[6..10]); // IC serial number
+        c.extend_from_slice(&[0x00, 0x01]); // IC batch identifier
+        c.extend_from_slice(&[0x4B, 0x47]); // IC module fabricator
+        c.extend_from_slice(&[0x51, 0x50]); // IC module packaging date: 2025, day 150
+        c.extend_from_slice(&[0x4B, 0x47]); // ICC manufacturer
+        c.extend_from_slice(&[0x51, 0x60]); // IC embedding date: 2025, day 160
+        c.extend_from_slice(&[0x4B, 0x47]); // IC pre-personaliser
+        c.extend_from_slice(&[0x51, 0x70]); // pre-personalisation date: 2025, day 170
+        c.extend_from_slice(&[0x00, 0x00, 0x00, 0x01]); // pre-personalisation equipment
+        c.extend_from_slice(&[0x00, 0x00]); // IC personaliser: not personalised yet
+        c.extend_from_slice(&[0x00, 0x00]); // personalisation date
+        c.extend_from_slice(&[0x00, 0x00, 0x00, 0x00]); // personalisation equipment
         c
     }
 

@@ -44,6 +44,18 @@ fn gp_commands_print_documents_that_match_their_schemas() {
     };
     let info = run(&d, "gp.info", 0, &with(&["gp", "info"]));
     assert_eq!(info["security_domain"]["aid"], "A000000151000000");
+    // Card data: the simulator's IIN and CIN, and its CPLC with the IC serial number (the
+    // default KDD's last 4 bytes) decoded next to the raw 42 bytes.
+    assert_eq!(
+        (info["iin"].as_str(), info["cin"].as_str()),
+        (Some("4B47"), Some("4B4147490001"))
+    );
+    let serial = &info["cplc_decoded"][6];
+    assert_eq!(
+        (serial["name"].as_str(), serial["hex"].as_str()),
+        (Some("ic_serial_number"), Some("00000001"))
+    );
+    assert_eq!(info["cplc"].as_str().map(str::len), Some(84));
     write_private(&d.join("k.txt"), "KEY=404142434445464748494A4B4C4D4E4F\n");
     let checked = run(
         &d,
@@ -166,6 +178,29 @@ fn gp_commands_print_documents_that_match_their_schemas() {
         e["error"]["message"].as_str().unwrap().contains("KVN="),
         "{e}"
     );
+    // DELETE KEY: a second set goes; the set of the session (31, now the last) is refused.
+    write_private(
+        &d.join("k32.keys"),
+        "KVN=32\nKEY=606162636465666768696A6B6C6D6E6F\n",
+    );
+    let auth = ["--key-file", "new.keys"];
+    let mut args = with(&["gp", "put-key", "--new-key-file", "k32.keys"]);
+    args.extend_from_slice(&auth);
+    run(&d, "gp.put-key", 0, &args);
+    let mut args = with(&["gp", "delete-key", "32"]);
+    args.extend_from_slice(&auth);
+    let del = run(&d, "gp.delete-key", 0, &args);
+    assert_eq!(
+        (
+            del["deleted_key"]["kvn"].as_str(),
+            del["deleted_key"]["id"].as_str()
+        ),
+        (Some("32"), None)
+    );
+    let mut args = with(&["gp", "delete-key", "31"]);
+    args.extend_from_slice(&auth);
+    let e = run(&d, "error", 1, &args);
+    assert_eq!(e["error"]["sw"], "6985", "{e}");
 }
 
 #[test]

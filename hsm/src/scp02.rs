@@ -1,0 +1,140 @@
+//! SCP02 3DES master keys in the HSM, for personalising SCP02 cards: the master key set lives
+//! in the token as three non-extractable double-length DES keys (`LABEL-enc`, `LABEL-mac`,
+//! `LABEL-dek`) usable only to encrypt, and EMV CPS 1.1 or VISA2 per-card keys are derived
+//! inside the HSM — `CKM_DES3_ECB` encryption of the scheme's 16 diversification bytes
+//! ([`card_wire::scp02::keys::emv_data`], [`visa2_data`]) under the master.
+//!
+//! [`visa2_data`]: card_wire::scp02::keys::visa2_data
+
+use super::{Error, PARTS, Result, SessionPool, hsm, session};
+use card_wire::scp02::keys::{KeyPurpose02, emv_data, visa2_data};
+use card_wire::scp02::{Des3Key, StaticKeys02};
+use card_wire::scp03::Diversification;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use zeroize::Zeroizing;
+
+/// Puts an SCP02 master key set into the token as non-extractable, sensitive DES2 keys
+/// usable only for encryption. Refuses if keys with these labels exist already.
+pub fn import_master_des(config: &super::HsmConfig, pin: &str, keys: &StaticKeys02) -> Result<()> {
+    let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
+    for ((part, _), key) in PARTS.iter().zip([keys.enc(), keys.mac(), keys.dek()]) {
+        let label = format!("{}-{part}", config.key);
+        let existing = session
+            .find_objects(&[Attribute::Label(label.clone().into_bytes())])
+            .map_err(|e| hsm("C_FindObjects", e))?;
+        if !existing.is_empty() {
+            return Err(Error::Hsm(format!(
+                "the token already holds a key labelled '{label}': choose another label"
+            )));
+        }
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::DES2),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(false),
+                Attribute::Sign(false),
+                Attribute::Label(label.into_bytes()),
+                Attribute::Value(key.as_bytes().to_vec()),
+            ])
+            .map_err(|e| hsm("C_CreateObject", e))?;
+    }
+    Ok(())
+}
+
+/// An SCP02 master key set held in an HSM.
+pub struct HsmMaster02 {
+    pool: SessionPool,
+    keys: [ObjectHandle; 3],
+    kvn: u8,
+}
+
+impl HsmMaster02 {
+    /// Logs in and finds the key set (non-extractable DES2 keys); `kvn` is the version the
+    /// diversified keys get.
+    pub fn open(config: &super::HsmConfig, pin: &str, kvn: u8) -> Result<HsmMaster02> {
+        let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
+        let mut keys = Vec::new();
+        for (part, _) in PARTS {
+            let label = format!("{}-{part}", config.key);
+            let found = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Label(label.clone().into_bytes()),
+                ])
+                .map_err(|e| hsm("C_FindObjects", e))?;
+            let [handle] = found.as_slice() else {
+                return Err(Error::Hsm(format!(
+                    "expected one key labelled '{label}' in token '{}', found {}",
+                    config.token,
+                    found.len()
+                )));
+            };
+            let attrs = session
+                .get_attributes(
+                    *handle,
+                    &[AttributeType::KeyType, AttributeType::Extractable],
+                )
+                .map_err(|e| hsm("C_GetAttributeValue", e))?;
+            for a in attrs {
+                match a {
+                    Attribute::Extractable(true) => {
+                        return Err(Error::Hsm(format!(
+                            "the key '{label}' is extractable: master keys must not leave the HSM; re-create it with CKA_EXTRACTABLE false"
+                        )));
+                    }
+                    Attribute::KeyType(t) if t != KeyType::DES2 && t != KeyType::DES3 => {
+                        return Err(Error::Hsm(format!(
+                            "the key '{label}' is {t}, not a 3DES key: SCP02 masters are DES2 keys"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            keys.push(*handle);
+        }
+        let keys: [ObjectHandle; 3] = keys
+            .try_into()
+            .map_err(|_| Error::Hsm("three master keys expected".into()))?;
+        Ok(HsmMaster02 {
+            pool: SessionPool::new(ctx, slot, session),
+            keys,
+            kvn,
+        })
+    }
+
+    /// The card's keys for its KDD with `scheme` (`emv` or `visa2`), derived in the HSM.
+    pub fn diversify(&self, scheme: Diversification, kdd: &[u8; 10]) -> Result<StaticKeys02> {
+        let data: fn(&[u8; 10], KeyPurpose02) -> [u8; 16] = match scheme {
+            Diversification::Emv => emv_data,
+            Diversification::Visa2 => visa2_data,
+            other => {
+                return Err(Error::Hsm(format!(
+                    "diversification {other:?} is not a 3DES scheme: SCP02 masters in the HSM take emv or visa2"
+                )));
+            }
+        };
+        let purposes = [KeyPurpose02::Enc, KeyPurpose02::Mac, KeyPurpose02::Dek];
+        self.pool.with_session(|session| {
+            let mut out = Vec::with_capacity(3);
+            for (handle, purpose) in self.keys.iter().zip(purposes) {
+                let derived = Zeroizing::new(
+                    session
+                        .encrypt(&Mechanism::Des3Ecb, *handle, &data(kdd, purpose))
+                        .map_err(|e| hsm("C_Encrypt (DES3-ECB)", e))?,
+                );
+                out.push(Des3Key::new(&derived).map_err(|e| hsm("derived key", e))?);
+            }
+            let mut it = out.into_iter();
+            match (it.next(), it.next(), it.next()) {
+                (Some(enc), Some(mac), Some(dek)) => Ok(StaticKeys02::new(self.kvn, enc, mac, dek)),
+                _ => Err(Error::Hsm("three derived keys expected".into())),
+            }
+        })
+    }
+}
