@@ -9,15 +9,28 @@ fn main() {
     println!("cargo:rerun-if-changed={path}");
     let text = std::fs::read_to_string(path).expect("api token table");
     let v: serde_json::Value = serde_json::from_str(&text).expect("api token table is JSON");
-    let mut out = String::from("/// The API packages (generated from data/api-tokens-3.0.5.json).\npub static PACKAGES: &[ApiPackage] = &[\n");
-    let mut classes = String::from("/// Every API class, package by package (generated).\npub static CLASSES: &[ApiClass] = &[\n");
+    let mut out = String::from(
+        "/// The API packages (generated from data/api-tokens-3.0.5.json).\npub static PACKAGES: &[ApiPackage] = &[\n",
+    );
+    let mut classes = String::from(
+        "/// Every API class, package by package (generated).\npub static CLASSES: &[ApiClass] = &[\n",
+    );
     let mut n = 0usize;
-    for (pi, p) in v["packages"].as_array().expect("packages").iter().enumerate() {
+    for (pi, p) in v["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .enumerate()
+    {
         let aid = p["aid"].as_str().expect("aid");
         let bytes: Vec<String> = (0..aid.len() / 2)
             .map(|i| format!("0x{}", &aid[2 * i..2 * i + 2]))
             .collect();
-        let (major, minor) = p["version"].as_str().expect("version").split_once('.').expect("m.n");
+        let (major, minor) = p["version"]
+            .as_str()
+            .expect("version")
+            .split_once('.')
+            .expect("m.n");
         let cs = p["classes"].as_array().expect("classes");
         writeln!(
             out,
@@ -31,7 +44,12 @@ fn main() {
             let flags = c["flags"].as_str().unwrap_or("");
             let strs = |k: &str| -> String {
                 c[k].as_array()
-                    .map(|a| a.iter().map(|s| format!("{:?}", s.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "))
+                    .map(|a| {
+                        a.iter()
+                            .map(|s| format!("{:?}", s.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
                     .unwrap_or_default()
             };
             let mut methods = String::new();
@@ -78,6 +96,7 @@ fn main() {
     out.push_str("];\n");
     classes.push_str("];\n");
     out.push_str(&classes);
-    let dest = std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("api_table.rs");
+    let dest =
+        std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("api_table.rs");
     std::fs::write(dest, out).expect("write api_table.rs");
 }

@@ -33,6 +33,9 @@ type Instances = BTreeMap<Aid, Instance>;
 /// stored install parameters: the first one as an error.
 pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassError> {
     for e in registry::entries(store) {
+        if e.class == registry::CAP_CLASS {
+            continue;
+        }
         match classes.instantiate(&e.class, &e.aid, &e.params) {
             None => {
                 return Err(ClassError::Unregistered {
@@ -213,7 +216,18 @@ impl Runtime {
         let live: Vec<Aid> = self.registry.iter().map(|e| e.aid.clone()).collect();
         self.instances.retain(|aid, _| live.contains(aid));
         for e in &self.registry {
-            if !self.instances.contains_key(&e.aid)
+            if !self.instances.contains_key(&e.aid) && e.class == registry::CAP_CLASS {
+                if let Some(applet) = crate::load_file::instantiate(&self.store, e) {
+                    let applet = Box::new(applet);
+                    self.instances.insert(
+                        e.aid.clone(),
+                        Instance {
+                            applet,
+                            privileged: false,
+                        },
+                    );
+                }
+            } else if !self.instances.contains_key(&e.aid)
                 && let Some(Ok(applet)) = self.classes.instantiate(&e.class, &e.aid, &e.params)
             {
                 let privileged = self.classes.is_privileged(&e.class);

@@ -102,9 +102,10 @@ pub fn is_subclass(sub: usize, sup: usize) -> bool {
     }
     a.supers.contains(&b.name)
         || a.interfaces.contains(&b.name)
-        || a.supers.iter().chain(a.interfaces.iter()).any(|s| {
-            class_by_name(s).is_some_and(|i| CLASSES[i].interfaces.contains(&b.name))
-        })
+        || a.supers
+            .iter()
+            .chain(a.interfaces.iter())
+            .any(|s| class_by_name(s).is_some_and(|i| CLASSES[i].interfaces.contains(&b.name)))
 }
 
 /// The full name of a method, for errors: `javacard.framework.Util.arrayCopy([BS[BSS)S`.

@@ -339,7 +339,9 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                     Data::Bytes(if stored { r.bytes(n)? } else { vec![0; n] })
                 }
                 Elem::Short => Data::Shorts(if stored {
-                    (0..n).map(|_| r.u2().map(|x| x as i16)).collect::<Option<_>>()?
+                    (0..n)
+                        .map(|_| r.u2().map(|x| x as i16))
+                        .collect::<Option<_>>()?
                 } else {
                     vec![0; n]
                 }),

@@ -83,7 +83,9 @@ pub(crate) fn arg_words(desc: &str) -> usize {
 fn s2(code: &[u8], at: usize) -> Res<i16> {
     match (code.get(at), code.get(at + 1)) {
         (Some(a), Some(b)) => Ok(i16::from_be_bytes([*a, *b])),
-        _ => Err(Flow::Fatal("the bytecode runs past the Method component".into())),
+        _ => Err(Flow::Fatal(
+            "the bytecode runs past the Method component".into(),
+        )),
     }
 }
 
@@ -109,6 +111,7 @@ impl Vm {
         self.frames.clear();
         self.words.clear();
         self.last_error = None;
+        self.budget = self.limits.budget;
         let r = self.run(p, call, args);
         self.frames.clear();
         self.words.clear();
@@ -187,8 +190,7 @@ impl Vm {
                     c = lc.super_class?;
                 }
                 ClassId::Api(i) => {
-                    return api::method(usize::from(i), false, token)
-                        .map(|m| Target::Native(i, m));
+                    return api::method(usize::from(i), false, token).map(|m| Target::Native(i, m));
                 }
             }
         }
@@ -370,7 +372,10 @@ impl Vm {
                     return Ok(match n {
                         0 => None,
                         1 => Some(i32::from(self.words[0])),
-                        _ => Some((i32::from(self.words[n - 2]) << 16) | i32::from(self.words[n - 1] as u16)),
+                        _ => Some(
+                            (i32::from(self.words[n - 2]) << 16)
+                                | i32::from(self.words[n - 1] as u16),
+                        ),
                     });
                 }
                 Err(Flow::Throw(h)) => pc = self.catch(h, pc)?,
@@ -402,7 +407,10 @@ impl Vm {
     fn pop(&mut self) -> Res<i16> {
         let sb = self.frames.last().map_or(0, |f| f.sb);
         if self.words.len() <= sb {
-            return Err(Flow::Fatal(format!("operand stack underflow in {}", self.here())));
+            return Err(Flow::Fatal(format!(
+                "operand stack underflow in {}",
+                self.here()
+            )));
         }
         Ok(self.words.pop().unwrap_or(0))
     }
@@ -423,17 +431,29 @@ impl Vm {
     }
 
     fn local(&self, i: usize) -> Res<i16> {
-        let f = self.frames.last().ok_or_else(|| Flow::Fatal("no frame".into()))?;
+        let f = self
+            .frames
+            .last()
+            .ok_or_else(|| Flow::Fatal("no frame".into()))?;
         if f.lb + i >= f.sb {
-            return Err(Flow::Fatal(format!("local {i} out of range in {}", self.here())));
+            return Err(Flow::Fatal(format!(
+                "local {i} out of range in {}",
+                self.here()
+            )));
         }
         Ok(self.words[f.lb + i])
     }
 
     fn set_local(&mut self, i: usize, v: i16) -> Res<()> {
-        let f = *self.frames.last().ok_or_else(|| Flow::Fatal("no frame".into()))?;
+        let f = *self
+            .frames
+            .last()
+            .ok_or_else(|| Flow::Fatal("no frame".into()))?;
         if f.lb + i >= f.sb {
-            return Err(Flow::Fatal(format!("local {i} out of range in {}", self.here())));
+            return Err(Flow::Fatal(format!(
+                "local {i} out of range in {}",
+                self.here()
+            )));
         }
         self.words[f.lb + i] = v;
         Ok(())
@@ -442,7 +462,10 @@ impl Vm {
     fn branch(&self, pc: usize, off: i32) -> Res<usize> {
         let t = pc as i64 + i64::from(off);
         if t < 0 || t as usize >= self.pkg.model.methods.info.len() {
-            return Err(Flow::Fatal(format!("a branch out of the code in {}", self.here())));
+            return Err(Flow::Fatal(format!(
+                "a branch out of the code in {}",
+                self.here()
+            )));
         }
         Ok(t as usize)
     }
@@ -461,7 +484,10 @@ impl Vm {
             Some(Obj::Instance { cells, .. }) if cell + width <= cells.len() => {
                 Ok((obj as u16, cell))
             }
-            Some(_) => Err(Flow::Fatal(format!("a field beyond its object in {}", self.here()))),
+            Some(_) => Err(Flow::Fatal(format!(
+                "a field beyond its object in {}",
+                self.here()
+            ))),
             None => Err(self.throw_api("java.lang.NullPointerException", 0)),
         }
     }
@@ -519,7 +545,9 @@ impl Vm {
 
     fn static_at(&self, cp: u16, width: usize) -> Res<usize> {
         match self.pkg.cp(cp) {
-            Some(Cp::Static(o)) if usize::from(o) + width <= self.statics.len() => Ok(usize::from(o)),
+            Some(Cp::Static(o)) if usize::from(o) + width <= self.statics.len() => {
+                Ok(usize::from(o))
+            }
             other => Err(Flow::Fatal(format!(
                 "unsupported static field reference {other:?} in {}",
                 self.here()
@@ -530,13 +558,13 @@ impl Vm {
     /// Executes one instruction at `pc`; the next pc, or `None` when the host call returned.
     fn step(&mut self, p: &mut dyn Persist, pc: usize) -> Res<Option<usize>> {
         self.executed += 1;
-        if self.limits.budget == 0 {
+        if self.budget == 0 {
             return Err(Flow::Fatal(format!(
                 "the bytecode budget per command is spent (an endless loop?) in {}",
                 self.here()
             )));
         }
-        self.limits.budget -= 1;
+        self.budget -= 1;
         let pkg = self.pkg.clone();
         let code = &pkg.model.methods.info[..];
         let op = u1(code, pc)?;
@@ -559,8 +587,16 @@ impl Vm {
         }
         macro_rules! cond {
             ($c:expr, $wide:expr) => {{
-                let off = if $wide { i32::from(s2(code, pc + 1)?) } else { i32::from(u1(code, pc + 1)? as i8) };
-                return if $c { Ok(Some(self.branch(pc, off)?)) } else { next(if $wide { 3 } else { 2 }) };
+                let off = if $wide {
+                    i32::from(s2(code, pc + 1)?)
+                } else {
+                    i32::from(u1(code, pc + 1)? as i8)
+                };
+                return if $c {
+                    Ok(Some(self.branch(pc, off)?))
+                } else {
+                    next(if $wide { 3 } else { 2 })
+                };
             }};
         }
         match op {
@@ -627,14 +663,25 @@ impl Vm {
                 let (data, _) = array!(self, h);
                 let len = data.len();
                 let v: i32 = match (op, &*data) {
-                    (0x24, Data::Refs(v)) if i >= 0 && (i as usize) < len => i32::from(v[i as usize]),
-                    (0x25, Data::Bytes(v)) if i >= 0 && (i as usize) < len => i32::from(v[i as usize] as i8),
-                    (0x26, Data::Shorts(v)) if i >= 0 && (i as usize) < len => i32::from(v[i as usize]),
+                    (0x24, Data::Refs(v)) if i >= 0 && (i as usize) < len => {
+                        i32::from(v[i as usize])
+                    }
+                    (0x25, Data::Bytes(v)) if i >= 0 && (i as usize) < len => {
+                        i32::from(v[i as usize] as i8)
+                    }
+                    (0x26, Data::Shorts(v)) if i >= 0 && (i as usize) < len => {
+                        i32::from(v[i as usize])
+                    }
                     (0x27, Data::Ints(v)) if i >= 0 && (i as usize) < len => v[i as usize],
                     _ if i < 0 || i as usize >= len => {
                         return Err(self.throw_api("java.lang.ArrayIndexOutOfBoundsException", 0));
                     }
-                    _ => return Err(Flow::Fatal(format!("array load of the wrong type in {}", self.here()))),
+                    _ => {
+                        return Err(Flow::Fatal(format!(
+                            "array load of the wrong type in {}",
+                            self.here()
+                        )));
+                    }
                 };
                 if op == 0x27 {
                     self.push_i(v);
@@ -672,7 +719,11 @@ impl Vm {
                 next(1)
             }
             0x37..=0x3A => {
-                let v: i32 = if op == 0x3A { self.pop_i()? } else { i32::from(self.pop()?) };
+                let v: i32 = if op == 0x3A {
+                    self.pop_i()?
+                } else {
+                    i32::from(self.pop()?)
+                };
                 let i = i32::from(self.pop()?);
                 let h = self.pop()? as u16;
                 if op == 0x37 && v != 0 {
@@ -695,7 +746,12 @@ impl Vm {
                     (0x38, Data::Bytes(a)) => a[i] = v as u8,
                     (0x39, Data::Shorts(a)) => a[i] = v as i16,
                     (0x3A, Data::Ints(a)) => a[i] = v,
-                    _ => return Err(Flow::Fatal(format!("array store of the wrong type in {}", self.here()))),
+                    _ => {
+                        return Err(Flow::Fatal(format!(
+                            "array store of the wrong type in {}",
+                            self.here()
+                        )));
+                    }
                 }
                 self.dirty.insert(h);
                 next(1)
@@ -765,7 +821,11 @@ impl Vm {
                 if b == 0 {
                     return Err(self.throw_api("java.lang.ArithmeticException", 0));
                 }
-                self.push(if op == 0x47 { a.wrapping_div(b) } else { a.wrapping_rem(b) });
+                self.push(if op == 0x47 {
+                    a.wrapping_div(b)
+                } else {
+                    a.wrapping_rem(b)
+                });
                 next(1)
             }
             0x48 | 0x4A => {
@@ -774,7 +834,11 @@ impl Vm {
                 if b == 0 {
                     return Err(self.throw_api("java.lang.ArithmeticException", 0));
                 }
-                self.push_i(if op == 0x48 { a.wrapping_div(b) } else { a.wrapping_rem(b) });
+                self.push_i(if op == 0x48 {
+                    a.wrapping_div(b)
+                } else {
+                    a.wrapping_rem(b)
+                });
                 next(1)
             }
             0x4B => {
@@ -802,14 +866,22 @@ impl Vm {
             0x58 => bin_i!(|a: i32, b: i32| a ^ b),
             0x59 | 0x96 => {
                 let i = usize::from(u1(code, pc + 1)?);
-                let c = if op == 0x59 { i16::from(u1(code, pc + 2)? as i8) } else { s2(code, pc + 2)? };
+                let c = if op == 0x59 {
+                    i16::from(u1(code, pc + 2)? as i8)
+                } else {
+                    s2(code, pc + 2)?
+                };
                 let v = self.local(i)?;
                 self.set_local(i, v.wrapping_add(c))?;
                 next(if op == 0x59 { 3 } else { 4 })
             }
             0x5A | 0x97 => {
                 let i = usize::from(u1(code, pc + 1)?);
-                let c = if op == 0x5A { i32::from(u1(code, pc + 2)? as i8) } else { i32::from(s2(code, pc + 2)?) };
+                let c = if op == 0x5A {
+                    i32::from(u1(code, pc + 2)? as i8)
+                } else {
+                    i32::from(s2(code, pc + 2)?)
+                };
                 let v = (i32::from(self.local(i)?) << 16) | i32::from(self.local(i + 1)? as u16);
                 let r = v.wrapping_add(c);
                 self.set_local(i, (r >> 16) as i16)?;
@@ -863,7 +935,11 @@ impl Vm {
             0x66 | 0x67 | 0x9E | 0x9F => {
                 let v = self.pop()?;
                 let wide = op >= 0x9E;
-                let c = if op == 0x66 || op == 0x9E { v == 0 } else { v != 0 };
+                let c = if op == 0x66 || op == 0x9E {
+                    v == 0
+                } else {
+                    v != 0
+                };
                 cond!(c, wide)
             }
             0x68..=0x6F | 0xA0..=0xA7 => {
@@ -901,21 +977,32 @@ impl Vm {
                 let low = s4(code, pc + 3)?;
                 let high = s4(code, pc + 7)?;
                 let off = if key >= low && key <= high {
-                    i32::from(s2(code, pc + 11 + 2 * (i64::from(key) - i64::from(low)) as usize)?)
+                    i32::from(s2(
+                        code,
+                        pc + 11 + 2 * (i64::from(key) - i64::from(low)) as usize,
+                    )?)
                 } else {
                     def
                 };
                 Ok(Some(self.branch(pc, off)?))
             }
             0x75 | 0x76 => {
-                let key = if op == 0x75 { i32::from(self.pop()?) } else { self.pop_i()? };
+                let key = if op == 0x75 {
+                    i32::from(self.pop()?)
+                } else {
+                    self.pop_i()?
+                };
                 let def = i32::from(s2(code, pc + 1)?);
                 let n = usize::from(s2(code, pc + 3)? as u16);
                 let w = if op == 0x75 { 4 } else { 6 };
                 let mut off = def;
                 for k in 0..n {
                     let at = pc + 5 + w * k;
-                    let m = if op == 0x75 { i32::from(s2(code, at)?) } else { s4(code, at)? };
+                    let m = if op == 0x75 {
+                        i32::from(s2(code, at)?)
+                    } else {
+                        s4(code, at)?
+                    };
                     if m == key {
                         off = i32::from(s2(code, at + w - 2)?);
                         break;
@@ -974,7 +1061,11 @@ impl Vm {
                     _ => (u16::from(u1(code, pc + 1)?), 2, true),
                 };
                 let kind = b"absi"[usize::from((op - 0x83) & 3)];
-                let kind = if (0xA9..=0xB0).contains(&op) { b"absi"[usize::from((op - 0xA9) & 3)] } else { kind };
+                let kind = if (0xA9..=0xB0).contains(&op) {
+                    b"absi"[usize::from((op - 0xA9) & 3)]
+                } else {
+                    kind
+                };
                 let obj = if this { self.local(0)? } else { self.pop()? };
                 self.getfield(obj, cp, kind)?;
                 next(len)
@@ -1000,7 +1091,9 @@ impl Vm {
                 let cp = s2(code, pc + 1)? as u16;
                 let class = match self.pkg.cp(cp) {
                     Some(Cp::Class(c)) => c,
-                    other => return Err(Flow::Fatal(format!("new of {other:?} in {}", self.here()))),
+                    other => {
+                        return Err(Flow::Fatal(format!("new of {other:?} in {}", self.here())));
+                    }
                 };
                 let size = match class {
                     ClassId::Pkg(o) => self.pkg.classes.get(&o).map_or(0, |c| c.size),
@@ -1032,19 +1125,33 @@ impl Vm {
                         11 => (Elem::Byte, Data::Bytes(vec![0; n])),
                         12 => (Elem::Short, Data::Shorts(vec![0; n])),
                         13 => (Elem::Int, Data::Ints(vec![0; n])),
-                        t => return Err(Flow::Fatal(format!("newarray of type {t} in {}", self.here()))),
+                        t => {
+                            return Err(Flow::Fatal(format!(
+                                "newarray of type {t} in {}",
+                                self.here()
+                            )));
+                        }
                     }
                 } else {
                     let cp = s2(code, pc + 1)? as u16;
                     let c = match self.pkg.cp(cp) {
                         Some(Cp::Class(c)) => c,
-                        _ => return Err(Flow::Fatal(format!("anewarray of a non-class in {}", self.here()))),
+                        _ => {
+                            return Err(Flow::Fatal(format!(
+                                "anewarray of a non-class in {}",
+                                self.here()
+                            )));
+                        }
                     };
                     (Elem::Ref(Some(c)), Data::Refs(vec![0; n]))
                 };
                 let h = self
                     .heap
-                    .alloc(Obj::Array { elem, data, transient: None })
+                    .alloc(Obj::Array {
+                        elem,
+                        data,
+                        transient: None,
+                    })
                     .ok_or_else(|| Flow::Fatal("out of object handles".into()))?;
                 self.dirty.insert(h);
                 self.meta_dirty = true;
@@ -1122,8 +1229,18 @@ impl Vm {
         })
     }
 
-    fn invoke(&mut self, p: &mut dyn Persist, op: u8, pc: usize, code: &[u8]) -> Res<Option<usize>> {
-        let cp = if op == 0x8E { s2(code, pc + 2)? } else { s2(code, pc + 1)? } as u16;
+    fn invoke(
+        &mut self,
+        p: &mut dyn Persist,
+        op: u8,
+        pc: usize,
+        code: &[u8],
+    ) -> Res<Option<usize>> {
+        let cp = if op == 0x8E {
+            s2(code, pc + 2)?
+        } else {
+            s2(code, pc + 1)?
+        } as u16;
         let len = if op == 0x8E { 5 } else { 3 };
         let entry = self.pkg.cp(cp);
         let target = match (op, entry) {
@@ -1153,7 +1270,12 @@ impl Vm {
                             .nargs,
                     ),
                     Some(Target::Native(_, m)) => 1 + arg_words(m.descriptor),
-                    None => return Err(Flow::Fatal(format!("no virtual method {t} in {}", self.here()))),
+                    None => {
+                        return Err(Flow::Fatal(format!(
+                            "no virtual method {t} in {}",
+                            self.here()
+                        )));
+                    }
                 };
                 let at = self
                     .words
@@ -1166,8 +1288,9 @@ impl Vm {
                     Some(Obj::Array { .. }) => c,
                     _ => dyn_class,
                 };
-                self.resolve_virtual(dyn_class, t)
-                    .ok_or_else(|| Flow::Fatal(format!("no virtual method {t} in {}", self.here())))?
+                self.resolve_virtual(dyn_class, t).ok_or_else(|| {
+                    Flow::Fatal(format!("no virtual method {t} in {}", self.here()))
+                })?
             }
             (0x8E, Some(Cp::Class(iface))) => {
                 let nargs = usize::from(u1(code, pc + 1)?);
@@ -1218,7 +1341,10 @@ impl Vm {
                                 && let Some(&vt) = ii.index.get(usize::from(token))
                             {
                                 return self.resolve_virtual(class, vt).ok_or_else(|| {
-                                    Flow::Fatal(format!("interface method {token} unresolved in {}", self.here()))
+                                    Flow::Fatal(format!(
+                                        "interface method {token} unresolved in {}",
+                                        self.here()
+                                    ))
                                 });
                             }
                         }
@@ -1228,10 +1354,9 @@ impl Vm {
                     // An API object implementing an API interface: by name and descriptor.
                     if let ClassId::Api(j) = iface
                         && let Some(im) = api::method(usize::from(j), false, token)
-                        && let Some(m) = CLASSES[usize::from(i)]
-                            .methods
-                            .iter()
-                            .find(|m| !m.is_static && m.name == im.name && m.descriptor == im.descriptor)
+                        && let Some(m) = CLASSES[usize::from(i)].methods.iter().find(|m| {
+                            !m.is_static && m.name == im.name && m.descriptor == im.descriptor
+                        })
                     {
                         return Ok(Target::Native(i, m));
                     }

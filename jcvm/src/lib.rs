@@ -116,6 +116,7 @@ pub struct Vm {
     system: std::collections::BTreeMap<u16, u16>,
     last_error: Option<String>,
     executed: u64,
+    budget: u64,
 }
 
 impl std::fmt::Debug for Vm {
@@ -154,6 +155,7 @@ impl Vm {
             system: std::collections::BTreeMap::new(),
             last_error: None,
             executed: 0,
+            budget: 0,
         }
     }
 
@@ -260,17 +262,22 @@ impl Vm {
     /// `register`.
     pub fn install(&mut self, p: &mut dyn Persist, install_offset: u16, params: &[u8]) -> Answer {
         self.load(p);
-        if self.statics.is_empty() && self.pkg.model.static_fields.image_size > 0 {
-            if let Err(a) = self.init_statics() {
-                return a;
-            }
+        if self.statics.is_empty()
+            && self.pkg.model.static_fields.image_size > 0
+            && let Err(a) = self.init_statics()
+        {
+            return a;
         }
         let arr = match self.system_bytes(params) {
             Ok(h) => h,
             Err(a) => return a,
         };
         let len = params.len().min(127) as i16;
-        match self.call(p, interp::Call::Static(install_offset), &[arr as i16, 0, len]) {
+        match self.call(
+            p,
+            interp::Call::Static(install_offset),
+            &[arr as i16, 0, len],
+        ) {
             Ok(_) if self.applet == 0 => {
                 self.last_error = Some("install() returned without calling register()".into());
                 Answer::Sw(SW_UNKNOWN)

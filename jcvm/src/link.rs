@@ -120,7 +120,8 @@ impl Package {
         let class_id = |r: ClassRef| -> Result<ClassId, LinkError> {
             match r {
                 ClassRef::Internal(o) => {
-                    if model.classes.class_at(o).is_none() && model.classes.interface_at(o).is_none()
+                    if model.classes.class_at(o).is_none()
+                        && model.classes.interface_at(o).is_none()
                     {
                         return Err(LinkError::Inconsistent(format!("class offset {o}")));
                     }
@@ -164,7 +165,8 @@ impl Package {
             }
             let own = u32::from(model.classes.classes[classes[&o].index].declared_instance_size);
             let c = classes.get_mut(&o).expect("present");
-            c.base = u16::try_from(base).map_err(|_| LinkError::Inconsistent("huge class".into()))?;
+            c.base =
+                u16::try_from(base).map_err(|_| LinkError::Inconsistent("huge class".into()))?;
             c.size = u16::try_from(base + own)
                 .map_err(|_| LinkError::Inconsistent("huge class".into()))?;
         }
@@ -261,6 +263,17 @@ impl Package {
         })
     }
 
+    /// Whether a class of the package implements the API interface `name`
+    /// (`javacardx.apdu.ExtendedLength`, …).
+    pub fn implements_api(&self, name: &str) -> bool {
+        let Some(i) = api::class_by_name(name) else {
+            return false;
+        };
+        self.classes
+            .keys()
+            .any(|o| self.is_instance(ClassId::Pkg(*o), ClassId::Api(i as u16)))
+    }
+
     /// The constant pool entry `i`.
     pub fn cp(&self, i: u16) -> Option<Cp> {
         self.cp.get(usize::from(i)).copied()
@@ -293,7 +306,10 @@ impl Package {
                     };
                 }
                 ClassId::Pkg(o) => {
-                    if let Some(info) = self.classes.get(&o).map(|c| &self.model.classes.classes[c.index])
+                    if let Some(info) = self
+                        .classes
+                        .get(&o)
+                        .map(|c| &self.model.classes.classes[c.index])
                     {
                         for ii in &info.interfaces {
                             if let Ok(id) = self.class_ref(ii.interface)
@@ -377,7 +393,9 @@ impl Package {
         let mut best: Option<(u16, u8, u8, bool)> = None;
         for c in &d.classes {
             for m in &c.methods {
-                if m.offset != 0 && usize::from(m.offset) <= pc && best.is_none_or(|b| b.0 < m.offset)
+                if m.offset != 0
+                    && usize::from(m.offset) <= pc
+                    && best.is_none_or(|b| b.0 < m.offset)
                 {
                     best = Some((m.offset, c.token, m.token, m.access & 0x08 != 0));
                 }

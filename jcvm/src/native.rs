@@ -62,7 +62,11 @@ impl Vm {
             buf[5..7].copy_from_slice(&(cmd.data.len() as u16).to_be_bytes());
             7
         } else {
-            buf[4] = if cmd.data.is_empty() { cmd.ne as u8 } else { cmd.data.len() as u8 };
+            buf[4] = if cmd.data.is_empty() {
+                cmd.ne as u8
+            } else {
+                cmd.data.len() as u8
+            };
             5
         };
         buf[off..off + cmd.data.len()].copy_from_slice(&cmd.data);
@@ -197,7 +201,9 @@ impl Vm {
             // Exceptions: throwIt, reasons, constructors with a reason.
             (_, "throwIt", "(S)V") => return Err(self.throw_api(cname, arg(0))),
             (_, "<init>", "(S)V") => {
-                if let Some(Obj::Instance { reason, .. }) = self.heap.objects.get_mut(&(arg(0) as u16)) {
+                if let Some(Obj::Instance { reason, .. }) =
+                    self.heap.objects.get_mut(&(arg(0) as u16))
+                {
                     *reason = arg(1);
                 }
                 Ret::Void
@@ -207,7 +213,9 @@ impl Vm {
                 _ => return Err(self.throw_api("java.lang.NullPointerException", 0)),
             },
             (_, "setReason", "(S)V") => {
-                if let Some(Obj::Instance { reason, .. }) = self.heap.objects.get_mut(&(arg(0) as u16)) {
+                if let Some(Obj::Instance { reason, .. }) =
+                    self.heap.objects.get_mut(&(arg(0) as u16))
+                {
                     *reason = arg(1);
                 }
                 Ret::Void
@@ -348,7 +356,9 @@ impl Vm {
             }
             ("javacard.framework.JCSystem", "beginTransaction", _) => {
                 if p.in_transaction() {
-                    return Err(self.throw_api("javacard.framework.TransactionException", T_IN_PROGRESS));
+                    return Err(
+                        self.throw_api("javacard.framework.TransactionException", T_IN_PROGRESS)
+                    );
                 }
                 self.flush(p).map_err(Self::store_fail)?;
                 p.begin();
@@ -356,7 +366,8 @@ impl Vm {
             }
             ("javacard.framework.JCSystem", "commitTransaction", _) => {
                 if !p.in_transaction() {
-                    return Err(self.throw_api("javacard.framework.TransactionException", T_NOT_IN_PROGRESS));
+                    return Err(self
+                        .throw_api("javacard.framework.TransactionException", T_NOT_IN_PROGRESS));
                 }
                 self.flush(p).map_err(Self::store_fail)?;
                 p.commit().map_err(Self::store_fail)?;
@@ -364,7 +375,8 @@ impl Vm {
             }
             ("javacard.framework.JCSystem", "abortTransaction", _) => {
                 if !p.in_transaction() {
-                    return Err(self.throw_api("javacard.framework.TransactionException", T_NOT_IN_PROGRESS));
+                    return Err(self
+                        .throw_api("javacard.framework.TransactionException", T_NOT_IN_PROGRESS));
                 }
                 p.abort();
                 self.reload(p);
@@ -375,9 +387,11 @@ impl Vm {
             }
             ("javacard.framework.JCSystem", "getVersion", _) => Ret::Word(0x0305),
             ("javacard.framework.JCSystem", "getAvailableMemory", "(B)S") => Ret::Word(0x7FFF),
-            ("javacard.framework.JCSystem", "getUnusedCommitCapacity" | "getMaxCommitCapacity", _) => {
-                Ret::Word(0x7FFF)
-            }
+            (
+                "javacard.framework.JCSystem",
+                "getUnusedCommitCapacity" | "getMaxCommitCapacity",
+                _,
+            ) => Ret::Word(0x7FFF),
             ("javacard.framework.JCSystem", "isObjectDeletionSupported", _) => Ret::Word(0),
             ("javacard.framework.JCSystem", "requestObjectDeletion", _) => Ret::Void,
             ("javacard.framework.JCSystem", "getAssignedChannel", _) => {
