@@ -319,8 +319,17 @@ impl Vm {
     }
 
     /// Pops the current frame, returning to the caller (or out of `exec`).
-    fn ret(&mut self, words: usize) -> Option<usize> {
-        let f = self.frames.pop()?;
+    fn ret(&mut self, words: usize) -> Res<Option<usize>> {
+        let Some(f) = self.frames.last().copied() else {
+            return Ok(None);
+        };
+        if self.words.len() < f.sb + words {
+            return Err(Flow::Fatal(format!(
+                "operand stack underflow at a return in {}",
+                self.here()
+            )));
+        }
+        self.frames.pop();
         let n = self.words.len();
         let val: [i16; 2] = match words {
             1 => [self.words[n - 1], 0],
@@ -329,7 +338,7 @@ impl Vm {
         };
         self.words.truncate(f.lb);
         self.words.extend_from_slice(&val[..words]);
-        self.frames.last().map(|c| c.pc)
+        Ok(self.frames.last().map(|c| c.pc))
     }
 
     /// Finds a handler for exception `h` from the current frame outwards; returns the pc to
@@ -364,8 +373,10 @@ impl Vm {
 
     fn exec(&mut self, p: &mut dyn Persist) -> Res<Option<i32>> {
         let mut pc = self.frames.last().map_or(0, |f| f.pc);
+        let pkg = self.pkg.clone();
+        let code = &pkg.model.methods.info[..];
         loop {
-            match self.step(p, pc) {
+            match self.step(p, pc, code) {
                 Ok(Some(next)) => pc = next,
                 Ok(None) => {
                     let n = self.words.len();
@@ -556,7 +567,7 @@ impl Vm {
     }
 
     /// Executes one instruction at `pc`; the next pc, or `None` when the host call returned.
-    fn step(&mut self, p: &mut dyn Persist, pc: usize) -> Res<Option<usize>> {
+    fn step(&mut self, p: &mut dyn Persist, pc: usize, code: &[u8]) -> Res<Option<usize>> {
         self.executed += 1;
         if self.budget == 0 {
             return Err(Flow::Fatal(format!(
@@ -565,8 +576,6 @@ impl Vm {
             )));
         }
         self.budget -= 1;
-        let pkg = self.pkg.clone();
-        let code = &pkg.model.methods.info[..];
         let op = u1(code, pc)?;
         let next = |n: usize| Ok(Some(pc + n));
         macro_rules! bin_s {
@@ -1010,9 +1019,9 @@ impl Vm {
                 }
                 Ok(Some(self.branch(pc, off)?))
             }
-            0x77 | 0x78 => Ok(self.ret(1)),
-            0x79 => Ok(self.ret(2)),
-            0x7A => Ok(self.ret(0)),
+            0x77 | 0x78 => self.ret(1),
+            0x79 => self.ret(2),
+            0x7A => self.ret(0),
             0x7B..=0x82 => {
                 let cp = s2(code, pc + 1)? as u16;
                 let kind = (op - 0x7B) & 3;
