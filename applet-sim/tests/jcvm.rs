@@ -167,3 +167,44 @@ fn isoapplet_loads_links_and_its_install_stops_at_the_first_missing_api() {
             .is_empty()
     );
 }
+
+#[test]
+fn load_refuses_a_cap_whose_api_token_the_card_lacks() {
+    // The conformance CAP with its constant pool's first static method reference pointing at
+    // token 200 (no API class has that many static methods): LOAD answers 6438.
+    let c = cap(CONF);
+    let mut b = c.load_file_data_block(false);
+    let mut at = 0;
+    while b[at] != 5 {
+        at += 3 + usize::from(u16::from_be_bytes([b[at + 1], b[at + 2]]));
+    }
+    let count = usize::from(u16::from_be_bytes([b[at + 3], b[at + 4]]));
+    let i = (0..count)
+        .find(|i| b[at + 5 + 4 * i] == 6 && b[at + 6 + 4 * i] & 0x80 != 0)
+        .expect("an external static method reference");
+    b[at + 5 + 4 * i + 3] = 200;
+    let bad = CapFile::from_ijc(&b).unwrap();
+    let mut store = Store::new(1 << 20);
+    assert_eq!(load(&mut store, &bad), Err(load_file::SW_IMPORT_NOT_FOUND));
+    // The undamaged file loads.
+    load(&mut store, &c).unwrap();
+}
+
+#[test]
+fn after_power_loss_the_applet_sees_the_cards_memory_not_its_lost_ram() {
+    // INS 0D increments a persistent counter and answers it. Power is cut at its first
+    // persistent write; after power-up (same runtime, same applet instance) the counter the
+    // applet reads is the one in the card's memory.
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "800D000000"), "0001000186A000089000");
+    rt.store_mut().tear_at(1);
+    assert_eq!(rt.process(&h("800D000000")), None, "mute: power lost");
+    rt.reset();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "800D000000"), "000200030D4000099000");
+}

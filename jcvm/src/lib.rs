@@ -396,8 +396,14 @@ impl Vm {
         a
     }
 
-    /// Card reset: transient arrays clear, the PINs' validated flags drop.
+    /// Card reset (power-up): transient arrays clear, the PINs' validated flags drop, and the
+    /// persistent objects are read again from the store at the next call (power loss may have
+    /// rolled back writes this machine still holds).
     pub fn reset(&mut self) {
+        self.loaded = false;
+        self.dirty.clear();
+        self.statics_dirty = false;
+        self.meta_dirty = false;
         self.heap.clear_transient(1);
         self.validated.clear();
         self.frames.clear();

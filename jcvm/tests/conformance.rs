@@ -385,3 +385,42 @@ fn measure_bytecodes_per_second() {
         t.elapsed() / 2000
     );
 }
+
+/// The conformance CAP with constant pool entry `index`'s token (its last byte) replaced.
+fn with_cp_token(index: usize, token: u8) -> kagi_cap::CapFile {
+    let mut b = cap(CAP).load_file_data_block(true);
+    let mut at = 0;
+    while b[at] != kagi_cap::Component::ConstantPool.tag() {
+        at += 3 + usize::from(u16::from_be_bytes([b[at + 1], b[at + 2]]));
+    }
+    // tag, size, count, then 4-byte entries.
+    b[at + 5 + 4 * index + 3] = token;
+    kagi_cap::CapFile::from_ijc(&b).unwrap()
+}
+
+#[test]
+fn an_api_token_the_card_lacks_is_refused_at_link_naming_it() {
+    let pkg = link(CAP);
+    // The first external static method reference (an API static method or constructor).
+    let (i, class) = pkg
+        .model
+        .constant_pool
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match e {
+            kagi_cap::CpEntry::StaticMethod(kagi_cap::StaticRef::External {
+                package,
+                class,
+                ..
+            }) => Some((i, (pkg.imports[usize::from(*package)], *class))),
+            _ => None,
+        })
+        .expect("an external static method");
+    let class_name =
+        kagi_jcvm::api::CLASSES[kagi_jcvm::api::class_by_token(class.0, class.1).unwrap()].name;
+    let e = kagi_jcvm::Package::link(&with_cp_token(i, 200)).unwrap_err();
+    assert!(
+        matches!(&e, kagi_jcvm::LinkError::Token(m) if m.contains("static method token 200") && m.contains(class_name)),
+        "{e}"
+    );
+}
