@@ -208,3 +208,50 @@ fn after_power_loss_the_applet_sees_the_cards_memory_not_its_lost_ram() {
     assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
     assert_eq!(tx(&mut rt, "800D000000"), "000200030D4000099000");
 }
+
+#[test]
+#[ignore]
+fn measure_echo_apdus_java_card_vs_native() {
+    // Run with --release --ignored: the same runtime holds kagi's native echo applet and the
+    // conformance applet (its INS 11 echoes through setIncomingAndReceive/arrayCopyNonAtomic/
+    // setOutgoingAndSend).
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let echo = Aid::new(&applet_sim::echo::ECHO_AID).unwrap();
+    registry::put_entry(
+        &mut store,
+        &RegistryEntry {
+            aid: echo.clone(),
+            class: applet_sim::echo::ECHO_CLASS.into(),
+            life_cycle: app_state::SELECTABLE,
+            privileges: [0; 3],
+            sd: Some(Aid::new(&ISD).unwrap()),
+            elf: None,
+            params: vec![],
+        },
+    )
+    .unwrap();
+    let mut rt = runtime(store);
+    let n = 20_000;
+    let data = "30313233343536373839";
+    assert_eq!(tx(&mut rt, "00A4040006 F04B41474901 00"), "9000");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        tx(&mut rt, &format!("801000000A{data}00"));
+    }
+    let native = t.elapsed();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        tx(&mut rt, &format!("801100000A{data}00"));
+    }
+    let jc = t.elapsed();
+    eprintln!(
+        "MEASURE echo APDU: native {:?}, Java Card {:?} each; ratio {:.2}",
+        native / n,
+        jc / n,
+        jc.as_secs_f64() / native.as_secs_f64()
+    );
+}
