@@ -163,4 +163,8 @@ impl Applet for JcApplet {
     fn extended_length(&self) -> bool {
         self.extended
     }
+
+    fn diagnostic(&self) -> Option<String> {
+        self.vm.last_error().map(str::to_string)
+    }
 }

@@ -202,6 +202,13 @@ impl Runtime {
         &self.classes
     }
 
+    /// What the applet `aid` knows about its last failed command beyond the status word
+    /// ([`Applet::diagnostic`]): for a Java Card applet, the uncaught exception or the
+    /// unsupported bytecode or API method and where it happened.
+    pub fn diagnostic(&self, aid: &Aid) -> Option<String> {
+        self.instances.get(aid)?.applet.diagnostic()
+    }
+
     /// The registry as of the last command.
     pub fn registry(&self) -> &[RegistryEntry] {
         &self.registry

@@ -109,6 +109,14 @@ fn a_cap_applet_selects_processes_and_survives_a_card_image() {
     assert_eq!(tx(&mut rt, "800D000000"), "000200030D4000099000");
     // An ISOException's reason is the status word.
     assert_eq!(tx(&mut rt, "800C6A8200"), "6A82");
+    // Unbounded recursion: 6F00, and the runtime tells why and where.
+    assert_eq!(tx(&mut rt, "800B000000"), "6F00");
+    let why = rt.diagnostic(&Aid::new(&app).unwrap()).unwrap();
+    // (The load file here has no Descriptor component, so the method is named by offset.)
+    assert!(
+        why.contains("stack overflow") && why.contains("offset"),
+        "{why}"
+    );
     // The card image keeps the applet and its objects.
     let image = rt.store().to_image();
     let mut rt = runtime(Store::from_image(&image).unwrap());
