@@ -194,8 +194,11 @@ fn load_refuses_a_cap_whose_api_token_the_card_lacks() {
     let bad = CapFile::from_ijc(&b).unwrap();
     let mut store = Store::new(1 << 20);
     assert_eq!(load(&mut store, &bad), Err(load_file::SW_IMPORT_NOT_FOUND));
-    // The undamaged file loads.
-    load(&mut store, &c).unwrap();
+    // The undamaged file loads; removing the load file removes its data block too.
+    let elf = load(&mut store, &c).unwrap();
+    assert!(store.get(&load_file::block_key(&elf)).is_some());
+    registry::remove_load_file(&mut store, &elf).unwrap();
+    assert!(store.get(&load_file::block_key(&elf)).is_none());
 }
 
 #[test]

@@ -112,3 +112,13 @@ pub fn is_subclass(sub: usize, sup: usize) -> bool {
 pub fn method_name(class: usize, m: &ApiMethod) -> String {
     format!("{}.{}{}", CLASSES[class].name, m.name, m.descriptor)
 }
+
+/// The virtual method token of `class.name descriptor` (from the generated table).
+pub fn virtual_token(class: &str, name: &str, descriptor: &str) -> Option<u8> {
+    CLASSES
+        .get(class_by_name(class)?)?
+        .methods
+        .iter()
+        .find(|m| !m.is_static && m.name == name && m.descriptor == descriptor)
+        .map(|m| m.token)
+}

@@ -128,6 +128,11 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// The `javacard.framework.Applet` method the runtime calls, by its token in the API table.
+fn applet_token(name: &str, descriptor: &str) -> u8 {
+    api::virtual_token("javacard.framework.Applet", name, descriptor).unwrap_or(0xFF)
+}
+
 const META: &str = "jc/m";
 const STATICS: &str = "jc/s";
 const OBJ: &str = "jc/o/";
@@ -348,7 +353,11 @@ impl Vm {
         if self.applet == 0 {
             return Answer::Sw(0x6999);
         }
-        match self.call(p, interp::Call::Virtual(self.applet, 6), &[]) {
+        match self.call(
+            p,
+            interp::Call::Virtual(self.applet, applet_token("select", "()Z")),
+            &[],
+        ) {
             Ok(Some(v)) if v != 0 => {}
             Err(Answer::Torn) => return Answer::Torn,
             _ => return Answer::Sw(0x6999),
@@ -373,7 +382,14 @@ impl Vm {
             Ok(h) => h,
             Err(a) => return a,
         };
-        match self.call(p, interp::Call::Virtual(self.applet, 7), &[apdu as i16]) {
+        match self.call(
+            p,
+            interp::Call::Virtual(
+                self.applet,
+                applet_token("process", "(Ljavacard/framework/APDU;)V"),
+            ),
+            &[apdu as i16],
+        ) {
             Ok(_) => Answer::Ok(std::mem::take(&mut self.apdu.out)),
             Err(a) => a,
         }
@@ -384,7 +400,11 @@ impl Vm {
     pub fn deselect(&mut self, p: &mut dyn Persist) -> Answer {
         self.load(p);
         let a = if self.applet != 0 {
-            match self.call(p, interp::Call::Virtual(self.applet, 4), &[]) {
+            match self.call(
+                p,
+                interp::Call::Virtual(self.applet, applet_token("deselect", "()V")),
+                &[],
+            ) {
                 Ok(_) => Answer::Ok(Vec::new()),
                 Err(a) => a,
             }
