@@ -351,6 +351,36 @@ fn loops_casts_util_and_pins() {
 }
 
 #[test]
+fn static_byte_int_ref_fields_dups_pop2_areturn_and_short_lookupswitch() {
+    let (mut vm, mut mem) = card();
+    // INS 13 (`more`): sb += 3 (static byte, from 5), si += 7 (static int, from 100000),
+    // fb = (byte) (sb * 2) read back through self() (areturn), sa == persistent, null test,
+    // ss[1] += 9 and is[1] += 70000 (dup2), m = (ss[0] = 3) (dup_x), twice(5) dropped (pop2),
+    // then a sparse switch on P2 (slookupswitch).
+    for (call, p2, r) in [
+        (1i16, 7u8, 2i16),
+        (2, 0x9C, 1),
+        (3, 100, 3),
+        (4, 31, 4),
+        (5, 8, 0),
+    ] {
+        let sb = 5 + 3 * call;
+        let si = 100_000 + 7 * i32::from(call);
+        let mut want = vec![sb as u8];
+        want.extend_from_slice(&si.to_be_bytes());
+        want.extend_from_slice(&[(sb * 2) as u8, 1, 1]);
+        want.extend_from_slice(&9i16.to_be_bytes());
+        want.extend_from_slice(&70_000i32.to_be_bytes());
+        want.extend_from_slice(&shorts(&[6, r]));
+        assert_eq!(
+            ok(send(&mut vm, &mut mem, 0x13, 0, p2, &[])),
+            want,
+            "call {call}"
+        );
+    }
+}
+
+#[test]
 fn unknown_instruction_and_select_of_the_wrong_kind() {
     let (mut vm, mut mem) = card();
     assert_eq!(send(&mut vm, &mut mem, 0x55, 0, 0, &[]), Answer::Sw(0x6D00));

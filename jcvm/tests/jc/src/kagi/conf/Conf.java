@@ -21,6 +21,10 @@ public class Conf extends Applet {
     private OwnerPIN pin;
     private static short staticCounter = 7;
     private static final byte[] TABLE = {1, 2, 3, 4, 5};
+    private static byte sb = 5;
+    private static int si = 100000;
+    private static Object sa;
+    private byte fb;
 
     private Conf(byte[] b, short off, byte len) {
         persistent = new byte[8];
@@ -87,6 +91,7 @@ public class Conf extends Applet {
             case 0x10: n = util(buf, lc); break;
             case 0x11: n = lc; Util.arrayCopyNonAtomic(buf, ISO7816.OFFSET_CDATA, buf, (short) 0, lc); break;
             case 0x12: n = pins(buf, lc); break;
+            case 0x13: n = more(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
@@ -357,6 +362,48 @@ public class Conf extends Applet {
             buf[o++] = (byte) 0xAA;
         }
         return o;
+    }
+
+    private int twice(int x) {
+        return x * 2;
+    }
+
+    private Conf self() {
+        return this;
+    }
+
+    private short more(byte[] buf) {
+        byte key = buf[ISO7816.OFFSET_P2];
+        short o = 0;
+        sb += 3;
+        si += 7;
+        sa = persistent;
+        fb = (byte) (sb * 2);
+        buf[o++] = sb;
+        o = putInt(buf, o, si);
+        buf[o++] = self().fb;
+        buf[o++] = (byte) (sa == persistent ? 1 : 0);
+        Object none = null;
+        buf[o++] = (byte) (none == null ? 1 : 0);
+        short[] ss = new short[2];
+        int[] is = new int[2];
+        ss[1] += 9;
+        is[1] += 70000;
+        short k = 3;
+        short m = (short) (ss[0] = k);
+        twice(5);
+        o = put(buf, o, ss[1]);
+        o = putInt(buf, o, is[1]);
+        o = put(buf, o, (short) (m + ss[0]));
+        short r;
+        switch (key) {
+            case -100: r = 1; break;
+            case 7: r = 2; break;
+            case 100: r = 3; break;
+            case 31: r = 4; break;
+            default: r = 0;
+        }
+        return put(buf, o, r);
     }
 
     private short pins(byte[] buf, short lc) {
