@@ -276,7 +276,7 @@ impl R<'_> {
         let x = self.u2()?;
         Some(match t {
             0 => Some(ClassId::Pkg(x)),
-            1 => Some(ClassId::Api(x)),
+            1 if usize::from(x) < crate::api::CLASSES.len() => Some(ClassId::Api(x)),
             _ => None,
         })
     }

@@ -110,3 +110,31 @@ fn damaged_method_bytes_mostly_link_and_run() {
     }
     assert!(linked > 150, "only {linked} of 200 linked");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Damaged object records in the card's memory (a corrupted image) never panic the VM.
+    #[test]
+    fn damaged_object_records_never_panic(
+        edits in prop::collection::vec((any::<u16>(), any::<u16>(), any::<u8>()), 1..10),
+        cmds in prop::collection::vec((0u8..0x14, any::<u8>(), prop::collection::vec(any::<u8>(), 0..8)), 1..5),
+    ) {
+        let (_, mut mem, pkg) = installed("tests/jc/conf.cap", Limits { budget: 20_000, ..Limits::default() });
+        let keys: Vec<String> = mem.data.keys().cloned().collect();
+        for (k, at, v) in edits {
+            let key = &keys[usize::from(k) % keys.len()];
+            let rec = mem.data.get_mut(key).unwrap();
+            if rec.is_empty() {
+                continue;
+            }
+            let i = usize::from(at) % rec.len();
+            rec[i] = v;
+        }
+        let mut vm = Vm::new(pkg, &AID, Limits { budget: 20_000, ..Limits::default() });
+        let _ = vm.select(&mut mem, &select_cmd(&AID));
+        for (ins, p1, data) in cmds {
+            let _ = vm.process(&mut mem, &cmd([0x80, ins, p1, 0], &data, 256));
+        }
+    }
+}
