@@ -170,6 +170,31 @@ impl Vm {
         let key = (cname, m.name, m.descriptor);
         let arg = |i: usize| a.get(i).copied().unwrap_or(0);
         Ok(match key {
+            // AID.
+            ("javacard.framework.JCSystem", "getAID", _) => Ret::Word(self.own_aid()? as i16),
+            ("javacard.framework.JCSystem", "lookupAID", "([BSB)Ljavacard/framework/AID;") => {
+                let b = self.bytes_of(arg(0))?.clone();
+                let r = self.range(b.len(), arg(1), arg(2))?;
+                if b[r] == self.aid[..] {
+                    Ret::Word(self.own_aid()? as i16)
+                } else {
+                    Ret::Word(0)
+                }
+            }
+            ("javacard.framework.AID", "<init>", "([BSB)V") => {
+                let b = self.bytes_of(arg(1))?.clone();
+                let r = self.range(b.len(), arg(2), arg(3))?;
+                if !(5..=16).contains(&r.len()) {
+                    return Err(self.throw_api("javacard.framework.SystemException", 1));
+                }
+                let h = arg(0) as u16;
+                if let Some(Obj::Instance { native, .. }) = self.heap.objects.get_mut(&h) {
+                    *native = NativeState::Aid(b[r].to_vec());
+                }
+                self.dirty.insert(h);
+                Ret::Void
+            }
+            ("javacard.framework.AID", name, desc) => self.aid_method(name, desc, a)?,
             // java.lang: constructors and Object.equals.
             (_, "<init>", "()V") => Ret::Void,
             (_, "equals", "(Ljava/lang/Object;)Z") => Ret::Word(i16::from(arg(0) == arg(1))),
@@ -420,6 +445,87 @@ impl Vm {
                 return Err(Flow::Fatal(format!(
                     "unsupported API method {} called from {}",
                     api::method_name(usize::from(class), m),
+                    self.here()
+                )));
+            }
+        })
+    }
+
+    /// The system `AID` object of this instance.
+    fn own_aid(&mut self) -> Res<u16> {
+        let class = api::class_by_name("javacard.framework.AID").unwrap_or(0) as u16;
+        let key = u16::MAX - class;
+        if let Some(h) = self.system.get(&key) {
+            return Ok(*h);
+        }
+        let h = self
+            .heap
+            .alloc_system(Obj::Instance {
+                class: ClassId::Api(class),
+                cells: Vec::new(),
+                reason: 0,
+                native: NativeState::Aid(self.aid.clone()),
+            })
+            .ok_or_else(|| Flow::Fatal("out of system object handles".into()))?;
+        self.system.insert(key, h);
+        Ok(h)
+    }
+
+    fn aid_bytes(&mut self, h: i16) -> Res<Vec<u8>> {
+        match self.heap.objects.get(&(h as u16)) {
+            Some(Obj::Instance {
+                native: NativeState::Aid(b),
+                ..
+            }) => Ok(b.clone()),
+            Some(_) => Ok(Vec::new()),
+            None => Err(self.throw_api("java.lang.NullPointerException", 0)),
+        }
+    }
+
+    fn aid_method(&mut self, name: &str, desc: &str, a: &[i16]) -> Res<Ret> {
+        let arg = |i: usize| a.get(i).copied().unwrap_or(0);
+        let mine = self.aid_bytes(arg(0))?;
+        Ok(match (name, desc) {
+            ("equals", "(Ljava/lang/Object;)Z") => {
+                let other = match self.heap.objects.get(&(arg(1) as u16)) {
+                    Some(Obj::Instance {
+                        native: NativeState::Aid(b),
+                        ..
+                    }) => Some(b.clone()),
+                    _ => None,
+                };
+                Ret::Word(i16::from(other.as_deref() == Some(&mine[..])))
+            }
+            ("RIDEquals", _) => {
+                let other = self.aid_bytes(arg(1))?;
+                Ret::Word(i16::from(
+                    mine.len() >= 5 && other.len() >= 5 && mine[..5] == other[..5],
+                ))
+            }
+            ("equals" | "partialEquals", "([BSB)Z") => {
+                if arg(1) == 0 {
+                    return Ok(Ret::Word(0));
+                }
+                let b = self.bytes_of(arg(1))?.clone();
+                let r = self.range(b.len(), arg(2), arg(3))?;
+                let ok = if name == "equals" {
+                    b[r] == mine[..]
+                } else {
+                    r.len() <= mine.len() && b[r.clone()] == mine[..r.len()]
+                };
+                Ret::Word(i16::from(ok))
+            }
+            ("getBytes", "([BS)B") => {
+                let dst = arg(1);
+                let dl = self.bytes_of(dst)?.len();
+                let w = self.range(dl, arg(2), mine.len() as i16)?;
+                self.bytes_of(dst)?[w].copy_from_slice(&mine);
+                self.dirty.insert(dst as u16);
+                Ret::Word(mine.len() as i16)
+            }
+            _ => {
+                return Err(Flow::Fatal(format!(
+                    "unsupported API method javacard.framework.AID.{name}{desc} called from {}",
                     self.here()
                 )));
             }

@@ -381,6 +381,20 @@ fn static_byte_int_ref_fields_dups_pop2_areturn_and_short_lookupswitch() {
 }
 
 #[test]
+fn the_applets_own_aid() {
+    let (mut vm, mut mem) = card();
+    // getAID().equals(data), partialEquals(first 5 bytes of data), lookupAID(own) == getAID(),
+    // then getBytes: length and the AID itself.
+    let mut want = vec![1, 1, 1, AID.len() as u8];
+    want.extend_from_slice(&AID);
+    assert_eq!(ok(send(&mut vm, &mut mem, 0x14, 0, 0, &AID)), want);
+    let other = [0xF0, 0x6B, 0x61, 0x67, 0x69, 0x09, 0x09];
+    let mut want = vec![0, 1, 1, AID.len() as u8];
+    want.extend_from_slice(&AID);
+    assert_eq!(ok(send(&mut vm, &mut mem, 0x14, 0, 0, &other)), want);
+}
+
+#[test]
 fn unknown_instruction_and_select_of_the_wrong_kind() {
     let (mut vm, mut mem) = card();
     assert_eq!(send(&mut vm, &mut mem, 0x55, 0, 0, &[]), Answer::Sw(0x6D00));
@@ -451,6 +465,35 @@ fn an_api_token_the_card_lacks_is_refused_at_link_naming_it() {
     let e = kagi_jcvm::Package::link(&with_cp_token(i, 200)).unwrap_err();
     assert!(
         matches!(&e, kagi_jcvm::LinkError::Token(m) if m.contains("static method token 200") && m.contains(class_name)),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unsupported_bytecode_is_named_with_its_class_and_method() {
+    // The conformance CAP with the first bytecode of its install method replaced by jsr
+    // (0x71, which no Java Card converter emits and kagi does not run).
+    let c = cap(CAP);
+    let mut b = c.load_file_data_block(true);
+    let mut at = 0;
+    while b[at] != kagi_cap::Component::Method.tag() {
+        at += 3 + usize::from(u16::from_be_bytes([b[at + 1], b[at + 2]]));
+    }
+    let install = c.applets()[0].install_method_offset;
+    let pkg = link(CAP);
+    let code = pkg.model.methods.header(install).unwrap().code;
+    b[at + 3 + usize::from(code)] = 0x71;
+    let bad = kagi_cap::CapFile::from_ijc(&b).unwrap();
+    let pkg = std::sync::Arc::new(kagi_jcvm::Package::link(&bad).unwrap());
+    let mut vm = Vm::new(pkg, &AID, Limits::default());
+    let mut mem = Mem::default();
+    assert_eq!(
+        vm.install(&mut mem, install, &params(&AID, &[])),
+        Answer::Sw(0x6F00)
+    );
+    let e = vm.last_error().unwrap();
+    assert!(
+        e.contains("unsupported bytecode jsr (0x71)") && e.contains("class token 0, static method"),
         "{e}"
     );
 }

@@ -92,6 +92,7 @@ public class Conf extends Applet {
             case 0x11: n = lc; Util.arrayCopyNonAtomic(buf, ISO7816.OFFSET_CDATA, buf, (short) 0, lc); break;
             case 0x12: n = pins(buf, lc); break;
             case 0x13: n = more(buf); break;
+            case 0x14: n = aids(buf, lc); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
@@ -404,6 +405,18 @@ public class Conf extends Applet {
             default: r = 0;
         }
         return put(buf, o, r);
+    }
+
+    private short aids(byte[] buf, short lc) {
+        javacard.framework.AID me = JCSystem.getAID();
+        byte[] copy = new byte[16];
+        byte len = me.getBytes(copy, (short) 0);
+        buf[0] = (byte) (me.equals(buf, ISO7816.OFFSET_CDATA, (byte) lc) ? 1 : 0);
+        buf[1] = (byte) (me.partialEquals(buf, ISO7816.OFFSET_CDATA, (byte) 5) ? 1 : 0);
+        buf[2] = (byte) (JCSystem.lookupAID(copy, (short) 0, len) == me ? 1 : 0);
+        buf[3] = len;
+        Util.arrayCopyNonAtomic(copy, (short) 0, buf, (short) 4, len);
+        return (short) (4 + len);
     }
 
     private short pins(byte[] buf, short lc) {
