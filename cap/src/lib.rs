@@ -4,7 +4,8 @@
 //! back). It tells the package AID and version, the applets' AIDs, the imported packages and
 //! the component sizes, and builds the GlobalPlatform load file: the load file data block (the
 //! components in the order the JCVM specification prescribes, Debug never) inside tag `C4`,
-//! with its hash.
+//! with its hash. [`CapFile::model`] parses every component for a virtual machine (constant
+//! pool, classes, methods, static fields, …) and [`bytecode`] names the instructions.
 //!
 //! Only bytes come in: nothing here does I/O except the [`CapFile::from_path`] convenience.
 //! Every malformed input is a [`CapError`], never a panic.
