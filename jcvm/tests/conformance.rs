@@ -394,6 +394,31 @@ fn the_applets_own_aid() {
     assert_eq!(ok(send(&mut vm, &mut mem, 0x14, 0, 0, &other)), want);
 }
 
+/// A `static final` constant of the API, from the kit's export files (the generated table).
+fn api_constant(class: &str, field: &str) -> i16 {
+    let c = kagi_jcvm::api::class_by_name(class).unwrap();
+    kagi_jcvm::api::CLASSES[c]
+        .fields
+        .iter()
+        .find(|f| f.name == field)
+        .and_then(|f| f.value)
+        .unwrap() as i16
+}
+
+#[test]
+fn api_exceptions_are_throwable_objects_with_reasons() {
+    let (mut vm, mut mem) = card();
+    // commitTransaction without a transaction, a transient array for an unknown event,
+    // ISOException caught as its superclass CardRuntimeException, and a virtual call on null.
+    let mut want = shorts(&[
+        api_constant("javacard.framework.TransactionException", "NOT_IN_PROGRESS"),
+        api_constant("javacard.framework.SystemException", "ILLEGAL_VALUE"),
+        0x6A80,
+    ]);
+    want.push(0x4E);
+    assert_eq!(ok(send(&mut vm, &mut mem, 0x15, 0, 0, &[])), want);
+}
+
 #[test]
 fn unknown_instruction_and_select_of_the_wrong_kind() {
     let (mut vm, mut mem) = card();

@@ -4,6 +4,9 @@
 package kagi.conf;
 
 import javacard.framework.APDU;
+import javacard.framework.CardRuntimeException;
+import javacard.framework.SystemException;
+import javacard.framework.TransactionException;
 import javacard.framework.Applet;
 import javacard.framework.ISO7816;
 import javacard.framework.ISOException;
@@ -93,6 +96,7 @@ public class Conf extends Applet {
             case 0x12: n = pins(buf, lc); break;
             case 0x13: n = more(buf); break;
             case 0x14: n = aids(buf, lc); break;
+            case 0x15: n = apiExceptions(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
@@ -417,6 +421,33 @@ public class Conf extends Applet {
         buf[3] = len;
         Util.arrayCopyNonAtomic(copy, (short) 0, buf, (short) 4, len);
         return (short) (4 + len);
+    }
+
+    private short apiExceptions(byte[] buf) {
+        short o = 0;
+        try {
+            JCSystem.commitTransaction();
+        } catch (TransactionException e) {
+            o = put(buf, o, e.getReason());
+        }
+        try {
+            JCSystem.makeTransientByteArray((short) 2, (byte) 9);
+        } catch (SystemException e) {
+            o = put(buf, o, e.getReason());
+        }
+        try {
+            ISOException.throwIt((short) 0x6A80);
+        } catch (CardRuntimeException e) {
+            o = put(buf, o, e.getReason());
+        }
+        Object x = null;
+        try {
+            buf[o] = (byte) (x.equals(buf) ? 1 : 2);
+        } catch (NullPointerException e) {
+            buf[o] = 0x4E;
+        }
+        o++;
+        return o;
     }
 
     private short pins(byte[] buf, short lc) {
