@@ -66,3 +66,8 @@ bash scripts/tsm-bench.sh
 # credentials, sealed under a KEK in SoftHSM2; lookup+unwrap+use latency, card logins per
 # second over HTTP, database size, KEK rotation time (scripts/broker-scale.sh for options).
 bash scripts/broker-scale.sh
+
+# Java Card VM (#15): bytecodes/s on a tight loop, a Java Card echo APDU against the native
+# echo applet (ratio), and LOAD+INSTALL of GlobalPlatformPro's empty applet and IsoApplet.
+cargo test --quiet --release -p kagi-jcvm --test conformance -- --ignored --nocapture measure 2>&1 | grep MEASURE
+cargo test --quiet --release -p applet-sim --test jcvm -- --include-ignored --nocapture --test-threads=1 2>&1 | grep MEASURE

@@ -127,4 +127,10 @@ pub trait Applet: Send {
     fn handles_file_select(&self) -> bool {
         false
     }
+
+    /// Why the last command failed, when the applet knows more than its status word (a Java
+    /// Card applet's uncaught exception or unsupported API method, with its class and method).
+    fn diagnostic(&self) -> Option<String> {
+        None
+    }
 }

@@ -36,6 +36,7 @@ pub mod card;
 pub mod class_error;
 pub mod class_table;
 pub mod echo;
+pub mod jc_applet;
 pub mod jpki;
 pub mod load_file;
 pub mod registry;

@@ -3,14 +3,19 @@
 //! imports are linked against the packages the card provides — the Java Card 3.0.5 API and
 //! packages loaded before — then the package and its applets (modules) enter the registry.
 //!
-//! The simulator has no Java Card VM yet: an applet from a CAP cannot be instantiated, and
-//! INSTALL [for install] of one answers [`SW_NO_JCVM`].
+//! LOAD links the package with kagi's Java Card VM ([`kagi_jcvm`]) and keeps its load file
+//! data block; INSTALL [for install] runs the applet's `install` method ([`install_cap`]) and
+//! the runtime makes the instance a [`JcApplet`] ([`instantiate`]).
 
 use crate::applet::Aid;
+use crate::jc_applet::{JcApplet, ScopedPersist};
+use crate::registry::RegistryEntry;
 use crate::registry::{self, LoadFile};
 use crate::store::{Store, StoreError};
 use card_wire::sw::StatusWord;
 use kagi_cap::{CapFile, HashAlg, PackageRef};
+use kagi_jcvm::{LinkError, Package};
+use std::sync::Arc;
 
 pub use crate::registry::CAP_CLASS;
 
@@ -20,8 +25,8 @@ pub use crate::registry::CAP_CLASS;
 /// CAP converted with a newer Java Card kit than the card's).
 pub const SW_IMPORT_NOT_FOUND: StatusWord = StatusWord(0x6438);
 
-/// INSTALL [for install] of an applet from a CAP file: `6A81` (function not supported) —
-/// the simulator has no Java Card VM to run its `install` method.
+/// `6A81` (function not supported): kept for callers of the time before the VM; INSTALL of a
+/// CAP applet now runs it.
 pub const SW_NO_JCVM: StatusWord = crate::registry::SW_CLASS_UNAVAILABLE;
 
 /// The Java Card Classic 3.0.5 API packages the simulated card provides: AID, major, minor
@@ -101,6 +106,7 @@ pub fn accept(
     if cap.imports().iter().any(|i| !provided(store, i)) {
         return Err(SW_IMPORT_NOT_FOUND);
     }
+    link(&cap)?;
     let modules = cap
         .applets()
         .iter()
@@ -122,10 +128,109 @@ pub fn accept(
     ))
 }
 
-/// Records a CAP package: its load file and version, in one transaction.
-pub fn record(store: &mut Store, lf: &LoadFile, version: [u8; 2]) -> Result<(), StoreError> {
+/// Links a CAP: a package the VM cannot link is refused as LOAD refuses an import the card
+/// lacks ([`SW_IMPORT_NOT_FOUND`] for a missing package, class or method token, `6A80` for
+/// an inconsistent file).
+pub fn link(cap: &CapFile) -> Result<Package, StatusWord> {
+    Package::link(cap).map_err(|e| match e {
+        LinkError::Import { .. } | LinkError::Token(_) => SW_IMPORT_NOT_FOUND,
+        LinkError::Cap(_) | LinkError::Inconsistent(_) => StatusWord::INCORRECT_DATA,
+    })
+}
+
+/// Where a CAP package's load file data block is kept: `jc.pkg/<AID>`.
+pub fn block_key(elf: &Aid) -> String {
+    format!("jc.pkg/{}", elf.to_hex())
+}
+
+/// Records a CAP package: its load file, version and load file data block, in one
+/// transaction.
+pub fn record(
+    store: &mut Store,
+    lf: &LoadFile,
+    version: [u8; 2],
+    block: &[u8],
+) -> Result<(), StoreError> {
     store.atomically(|s| {
         registry::put_load_file(s, lf)?;
-        registry::put_package_version(s, &lf.aid, version)
+        registry::put_package_version(s, &lf.aid, version)?;
+        s.put(&block_key(&lf.aid), block)
     })
+}
+
+/// The linked package of the load file `elf` and the CAP it came from.
+fn package(store: &Store, elf: &Aid) -> Result<(CapFile, Package), StatusWord> {
+    let block = store
+        .get(&block_key(elf))
+        .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+    let cap = CapFile::from_ijc(block).map_err(|_| StatusWord::INCORRECT_DATA)?;
+    let pkg = link(&cap)?;
+    Ok((cap, pkg))
+}
+
+/// The `install` parameters a Java Card applet receives (GlobalPlatform: instance AID,
+/// privileges, then the application parameters of tag `C9`, each length-value).
+pub fn install_bytes(app: &Aid, privileges: &[u8], params: &[u8]) -> Vec<u8> {
+    let mut c9: &[u8] = &[];
+    let mut rest = params;
+    while let [tag, len, tail @ ..] = rest {
+        let n = usize::from(*len);
+        if n > tail.len() || *len >= 0x80 {
+            break;
+        }
+        if *tag == 0xC9 {
+            c9 = &tail[..n];
+            break;
+        }
+        rest = &tail[n..];
+    }
+    let mut v = vec![app.as_bytes().len() as u8];
+    v.extend_from_slice(app.as_bytes());
+    v.push(privileges.len() as u8);
+    v.extend_from_slice(privileges);
+    v.push(c9.len() as u8);
+    v.extend_from_slice(c9);
+    v
+}
+
+/// INSTALL [for install] of the CAP applet `module` of load file `elf` as instance `app`:
+/// runs its `install(byte[], short, byte)` with the install parameters; the objects it makes
+/// go to the instance's memory (`app/<AID>/jc/…`), removed again when `install` fails.
+pub fn install_cap(
+    store: &mut Store,
+    elf: &Aid,
+    module: &Aid,
+    app: &Aid,
+    privileges: &[u8],
+    params: &[u8],
+) -> Result<(), StatusWord> {
+    let (cap, pkg) = package(store, elf)?;
+    let offset = cap
+        .applets()
+        .iter()
+        .find(|a| a.aid == module.as_bytes())
+        .map(|a| a.install_method_offset)
+        .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+    let mut vm = kagi_jcvm::Vm::new(Arc::new(pkg), app.as_bytes(), kagi_jcvm::Limits::default());
+    let bytes = install_bytes(app, privileges, params);
+    let answer = {
+        let mut scoped = crate::applet_store::AppletStore::new(store, &app.to_hex(), false);
+        vm.install(&mut ScopedPersist(&mut scoped), offset, &bytes)
+    };
+    match crate::jc_applet::answer(answer) {
+        Ok(_) => Ok(()),
+        Err(sw) => {
+            if !store.is_torn() {
+                store.remove_prefix(&registry::data_prefix(app))?;
+            }
+            Err(sw)
+        }
+    }
+}
+
+/// The applet of a registry entry of class [`CAP_CLASS`]: a [`JcApplet`] over its package.
+pub fn instantiate(store: &Store, e: &RegistryEntry) -> Option<JcApplet> {
+    let elf = e.elf.as_ref()?;
+    let (_, pkg) = package(store, elf).ok()?;
+    Some(JcApplet::new(Arc::new(pkg), &e.aid))
 }

@@ -275,8 +275,9 @@ pub fn put_load_file(store: &mut Store, lf: &LoadFile) -> Result<(), StoreError>
     store.put(&key("elf", &lf.aid), &lf.encode())
 }
 
-/// Removes a load file record.
+/// Removes a load file record (and a CAP package's load file data block).
 pub fn remove_load_file(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
+    store.remove(&crate::load_file::block_key(aid))?;
     store.remove(&version_key(aid))?;
     store.remove(&key("elf", aid))
 }

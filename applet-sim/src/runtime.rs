@@ -33,6 +33,9 @@ type Instances = BTreeMap<Aid, Instance>;
 /// stored install parameters: the first one as an error.
 pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassError> {
     for e in registry::entries(store) {
+        if e.class == registry::CAP_CLASS {
+            continue;
+        }
         match classes.instantiate(&e.class, &e.aid, &e.params) {
             None => {
                 return Err(ClassError::Unregistered {
@@ -199,6 +202,13 @@ impl Runtime {
         &self.classes
     }
 
+    /// What the applet `aid` knows about its last failed command beyond the status word
+    /// ([`Applet::diagnostic`]): for a Java Card applet, the uncaught exception or the
+    /// unsupported bytecode or API method and where it happened.
+    pub fn diagnostic(&self, aid: &Aid) -> Option<String> {
+        self.instances.get(aid)?.applet.diagnostic()
+    }
+
     /// The registry as of the last command.
     pub fn registry(&self) -> &[RegistryEntry] {
         &self.registry
@@ -213,7 +223,18 @@ impl Runtime {
         let live: Vec<Aid> = self.registry.iter().map(|e| e.aid.clone()).collect();
         self.instances.retain(|aid, _| live.contains(aid));
         for e in &self.registry {
-            if !self.instances.contains_key(&e.aid)
+            if !self.instances.contains_key(&e.aid) && e.class == registry::CAP_CLASS {
+                if let Some(applet) = crate::load_file::instantiate(&self.store, e) {
+                    let applet = Box::new(applet);
+                    self.instances.insert(
+                        e.aid.clone(),
+                        Instance {
+                            applet,
+                            privileged: false,
+                        },
+                    );
+                }
+            } else if !self.instances.contains_key(&e.aid)
                 && let Some(Ok(applet)) = self.classes.instantiate(&e.class, &e.aid, &e.params)
             {
                 let privileged = self.classes.is_privileged(&e.class);

@@ -1,5 +1,5 @@
 //! The components of a CAP file (JCVM specification chapter 6): their tags and names, and the
-//! few whose contents kagi reads (Header, Applet, Import).
+//! Header, Applet and Import components (the rest are parsed in `model`).
 
 use crate::CapError;
 

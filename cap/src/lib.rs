@@ -4,12 +4,22 @@
 //! back). It tells the package AID and version, the applets' AIDs, the imported packages and
 //! the component sizes, and builds the GlobalPlatform load file: the load file data block (the
 //! components in the order the JCVM specification prescribes, Debug never) inside tag `C4`,
-//! with its hash.
+//! with its hash. [`CapFile::model`] parses every component for a virtual machine (constant
+//! pool, classes, methods, static fields, …) and [`bytecode`] names the instructions.
 //!
 //! Only bytes come in: nothing here does I/O except the [`CapFile::from_path`] convenience.
 //! Every malformed input is a [`CapError`], never a panic.
 
+pub mod bytecode;
 mod component;
+mod model;
+
+pub use model::{
+    ArrayInit, ClassComponent, ClassDescriptor, ClassExport, ClassInfo, ClassRef, CpEntry,
+    Descriptor, Directory, FieldDescriptor, Handler, ImplementedInterface, InterfaceInfo,
+    MethodComponent, MethodDescriptor, MethodHeader, Model, RefLocation, StaticFieldComponent,
+    StaticRef,
+};
 
 pub use component::{ALL, AppletRef, Component, Header, LOAD_ORDER, MAGIC, PackageRef};
 
@@ -91,6 +101,9 @@ pub enum CapError {
     /// Component files of more than one package in one zip.
     #[error("the zip holds components of more than one package ({0} and {1})")]
     TwoPackages(String, String),
+    /// A component whose contents break the JCVM specification's rules.
+    #[error("{0}: {1}; the file is corrupted or made by an unsupported converter")]
+    Malformed(Component, &'static str),
     /// The file could not be read from disk.
     #[error("{0}")]
     Io(String),

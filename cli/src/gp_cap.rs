@@ -189,7 +189,7 @@ pub fn install(
     if opts.dap.delegated()?.is_some() {
         return Err(
             "--token-key: kagi gp load FILE.cap carries a token; a delegated INSTALL of a CAP \
-             applet is not offered yet (the simulator has no Java Card VM to run it)"
+             applet is not offered yet: load the package alone (kagi gp load FILE.cap --token-key ...)"
                 .into(),
         );
     }

@@ -116,14 +116,13 @@ pub fn load_signed(
     Ok((stats, last))
 }
 
-/// INSTALL [for install and make selectable] of one of the CAP's applets. A card without a
-/// Java Card VM (kagi's simulator, for now) refuses with `6A81`: that becomes an error that
-/// says so.
+/// INSTALL [for install and make selectable] of one of the CAP's applets. A card that cannot
+/// run the applet's class refuses with `6A81`: that becomes an error that says so.
 pub fn install(ch: &mut impl ApduChannel, spec: &InstallSpec) -> Result<()> {
     match manage::install(ch, spec) {
         Err(Error::Status { sw, .. }) if sw == StatusWord::FUNCTION_NOT_SUPPORTED => {
             Err(Error::Status {
-                command: "INSTALL [for install]: this card cannot instantiate applets from CAP files (kagi's simulator has no Java Card VM yet); the package stays loaded: install the applet on a real card",
+                command: "INSTALL [for install]: this card cannot run the applet's class (function not supported); the package stays loaded: delete it or install another of its applets",
                 sw,
             })
         }

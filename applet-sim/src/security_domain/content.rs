@@ -117,7 +117,7 @@ impl SecurityDomain {
         };
         if crate::load_file::is_cap(block) {
             let (lf, version) = crate::load_file::accept(ctx.store, block, &load.elf, &load.sd)?;
-            crate::load_file::record(ctx.store, &lf, version)?;
+            crate::load_file::record(ctx.store, &lf, version, block)?;
             return confirm(ctx);
         }
         let (package, modules) = LoadFile::parse_data_block(block).ok_or(Sw::INCORRECT_DATA)?;
@@ -177,9 +177,6 @@ impl SecurityDomain {
             .find(|(m, _)| *m == module)
             .map(|(_, c)| c.clone())
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
-        if class == registry::CAP_CLASS {
-            return Err(registry::SW_CLASS_UNAVAILABLE);
-        }
         if registry::entry(ctx.store, &app).is_some()
             || registry::load_file(ctx.store, &app).is_some()
         {
@@ -204,7 +201,10 @@ impl SecurityDomain {
         }
         // The class's constructor sees the install parameters now, as a Java Card applet's
         // install method does, and may refuse them.
-        if let Some(sw) = ctx.classes.check_install(&class, &app, f[4]) {
+        if class == registry::CAP_CLASS {
+            // A Java Card applet: its install method runs in the VM.
+            crate::load_file::install_cap(ctx.store, &elf, &module, &app, &privileges, f[4])?;
+        } else if let Some(sw) = ctx.classes.check_install(&class, &app, f[4]) {
             return Err(sw);
         }
         let entry = RegistryEntry {

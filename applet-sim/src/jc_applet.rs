@@ -1,0 +1,170 @@
+//! Java Card applets from CAP files, run by kagi's Java Card VM ([`kagi_jcvm`]): the
+//! [`Applet`] seam over a [`Vm`] whose objects live in the applet's own persistent memory.
+
+use crate::applet::{Aid, Applet, AppletContext};
+use crate::applet_store::AppletStore;
+use crate::store::StoreError;
+use card_wire::apdu::{Command, Response};
+use card_wire::sw::StatusWord;
+use kagi_jcvm::{Answer, ApduIn, Limits, Package, Persist, StoreFail, Vm};
+use std::sync::Arc;
+
+/// The applet's persistent memory as the VM sees it.
+pub(crate) struct ScopedPersist<'a, 'b>(pub(crate) &'a mut AppletStore<'b>);
+
+fn fail(e: StoreError) -> StoreFail {
+    match e {
+        StoreError::Torn => StoreFail::Torn,
+        StoreError::Full { .. } => StoreFail::Full,
+    }
+}
+
+impl Persist for ScopedPersist<'_, '_> {
+    fn get(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.get(name).map(<[u8]>::to_vec)
+    }
+    fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.0.put(name, value).map_err(fail)
+    }
+    fn names(&self, prefix: &str) -> Vec<String> {
+        self.0.names(prefix)
+    }
+    fn begin(&mut self) {
+        self.0.begin();
+    }
+    fn commit(&mut self) -> Result<(), StoreFail> {
+        self.0.commit().map_err(fail)
+    }
+    fn abort(&mut self) {
+        self.0.abort();
+    }
+    fn in_transaction(&self) -> bool {
+        self.0.in_transaction()
+    }
+}
+
+/// Writes made where the runtime gives no store (an applet's `deselect()`), kept until the
+/// next call that has one.
+#[derive(Default)]
+struct Deferred(Vec<(String, Vec<u8>)>);
+
+impl Persist for Deferred {
+    fn get(&self, name: &str) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.0.push((name.to_string(), value.to_vec()));
+        Ok(())
+    }
+    fn names(&self, _: &str) -> Vec<String> {
+        Vec::new()
+    }
+    fn begin(&mut self) {}
+    fn commit(&mut self) -> Result<(), StoreFail> {
+        Ok(())
+    }
+    fn abort(&mut self) {}
+    fn in_transaction(&self) -> bool {
+        false
+    }
+}
+
+/// A Java Card applet instance from a CAP file.
+pub struct JcApplet {
+    vm: Vm,
+    extended: bool,
+    deferred: Deferred,
+}
+
+impl std::fmt::Debug for JcApplet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.vm.fmt(f)
+    }
+}
+
+impl JcApplet {
+    /// The instance `aid` of the linked package `pkg`.
+    pub fn new(pkg: Arc<Package>, aid: &Aid) -> Self {
+        let extended = pkg.implements_api("javacardx.apdu.ExtendedLength");
+        JcApplet {
+            vm: Vm::new(pkg, aid.as_bytes(), Limits::default()),
+            extended,
+            deferred: Deferred::default(),
+        }
+    }
+
+    /// The VM (for its last error and counters).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    fn apply_deferred(&mut self, store: &mut AppletStore<'_>) -> Result<(), StatusWord> {
+        for (n, v) in std::mem::take(&mut self.deferred.0) {
+            store.put(&n, &v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The status word an answer of the VM becomes.
+pub(crate) fn answer(a: Answer) -> Result<Vec<u8>, StatusWord> {
+    match a {
+        Answer::Ok(d) => Ok(d),
+        Answer::Sw(0x9000) => Ok(Vec::new()),
+        Answer::Sw(sw) => Err(StatusWord(sw)),
+        Answer::Torn => Err(StatusWord::MEMORY_FAILURE),
+    }
+}
+
+impl Applet for JcApplet {
+    fn select(&mut self, ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, StatusWord> {
+        self.apply_deferred(&mut ctx.store)?;
+        let cla = if ctx.channel < 4 {
+            ctx.channel
+        } else {
+            0x40 | (ctx.channel - 4)
+        };
+        let cmd = ApduIn {
+            header: [cla, 0xA4, 0x04, 0x00],
+            data: ctx.aid.as_bytes().to_vec(),
+            ne: 256,
+            extended: false,
+        };
+        answer(self.vm.select(&mut ScopedPersist(&mut ctx.store), &cmd))
+    }
+
+    fn deselect(&mut self, _channel: u8) {
+        let _ = self.vm.deselect(&mut self.deferred);
+    }
+
+    fn process(
+        &mut self,
+        command: &Command,
+        ctx: &mut AppletContext<'_>,
+    ) -> Result<Response, StatusWord> {
+        self.apply_deferred(&mut ctx.store)?;
+        let cmd = ApduIn {
+            header: command.header(),
+            data: command.data().to_vec(),
+            ne: command.ne().unwrap_or(0),
+            extended: command.is_extended(),
+        };
+        answer(self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd)).map(Response::success)
+    }
+
+    fn reset(&mut self) {
+        self.vm.reset();
+    }
+
+    fn extended_length(&self) -> bool {
+        self.extended
+    }
+
+    fn diagnostic(&self) -> Option<String> {
+        self.vm.last_error().map(str::to_string)
+    }
+}

@@ -1,0 +1,268 @@
+//! Java Card applets from CAP files in the simulator: LOAD links them against the native API,
+//! INSTALL runs their `install`, SELECT and commands go through the VM, objects persist in the
+//! card's store (images, transactions, tearing). The CAP files are real: GlobalPlatformPro's
+//! empty applet, IsoApplet, and kagi's own conformance applets (sources in `tests/jc/`).
+
+use applet_sim::applet::Aid;
+use applet_sim::load_file;
+use applet_sim::registry::{self, RegistryEntry, app_state};
+use applet_sim::rng::CardRng;
+use applet_sim::{Runtime, Store};
+use kagi_cap::CapFile;
+use std::path::Path;
+
+const ISD: [u8; 8] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+
+fn cap(rel: &str) -> CapFile {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    CapFile::from_path(&p).unwrap()
+}
+
+fn h(s: &str) -> Vec<u8> {
+    hex::decode(s.replace(' ', "")).unwrap()
+}
+
+/// Loads `cap` into `store` as INSTALL [for load] + LOAD would; returns the package AID.
+fn load(store: &mut Store, cap: &CapFile) -> Result<Aid, card_wire::sw::StatusWord> {
+    let block = cap.load_file_data_block(false);
+    let elf = Aid::new(cap.package_aid()).unwrap();
+    let isd = Aid::new(&ISD).unwrap();
+    let (lf, v) = load_file::accept(store, &block, &elf, &isd)?;
+    load_file::record(store, &lf, v, &block).unwrap();
+    Ok(elf)
+}
+
+/// INSTALL [for install and make selectable] of module `m` of `cap` as `app`.
+fn install(
+    store: &mut Store,
+    cap: &CapFile,
+    m: usize,
+    app: &[u8],
+    params: &[u8],
+) -> Result<(), card_wire::sw::StatusWord> {
+    let elf = Aid::new(cap.package_aid()).unwrap();
+    let module = Aid::new(&cap.applets()[m].aid).unwrap();
+    let app = Aid::new(app).unwrap();
+    load_file::install_cap(store, &elf, &module, &app, &[0], params)?;
+    registry::put_entry(
+        store,
+        &RegistryEntry {
+            aid: app,
+            class: registry::CAP_CLASS.into(),
+            life_cycle: app_state::SELECTABLE,
+            privileges: [0; 3],
+            sd: Some(Aid::new(&ISD).unwrap()),
+            elf: Some(elf),
+            params: params.to_vec(),
+        },
+    )
+    .unwrap();
+    Ok(())
+}
+
+fn runtime(store: Store) -> Runtime {
+    let mut rt = Runtime::new(store, CardRng::seeded(5), true);
+    rt.reset();
+    rt
+}
+
+fn tx(rt: &mut Runtime, apdu: &str) -> String {
+    hex::encode_upper(rt.process(&h(apdu)).expect("the card answers"))
+}
+
+const EMPTY: &str = "../cap/tests/data/gppro-empty/Empty_0102030405_8d5ac9e2_2.2.1.cap";
+const CONF: &str = "../jcvm/tests/jc/conf.cap";
+const ISO: &str = "../cap/tests/data/isoapplet-v0/isoapplet.cap";
+
+#[test]
+fn gppro_empty_applet_installs_and_runs_its_process() {
+    let c = cap(EMPTY);
+    let mut store = Store::new(1 << 20);
+    let t = std::time::Instant::now();
+    load(&mut store, &c).unwrap();
+    let app = h("0102030405060708");
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    eprintln!(
+        "MEASURE gppro-empty LOAD+INSTALL (direct, no SCP03): {:?}",
+        t.elapsed()
+    );
+    // The instance's objects are in its own memory.
+    assert!(!store.keys("app/0102030405060708/jc/o/").is_empty());
+    let mut rt = runtime(store);
+    // Its process() throws CryptoException 0x6666 for every command, SELECT included (the
+    // applet's source, GlobalPlatformPro testapplets/empty/Empty.java): 6F00 as on a card.
+    assert_eq!(tx(&mut rt, "00A4040008 0102030405060708 00"), "6F00");
+}
+
+#[test]
+fn a_cap_applet_selects_processes_and_survives_a_card_image() {
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    let app = h("F06B616769010101");
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "8011000003 414243 00"), "4142439000");
+    // The persistent counter: 1, then 2 (INS 0D answers counter, int counter, static).
+    assert_eq!(tx(&mut rt, "800D000000"), "0001000186A000089000");
+    assert_eq!(tx(&mut rt, "800D000000"), "000200030D4000099000");
+    // An ISOException's reason is the status word.
+    assert_eq!(tx(&mut rt, "800C6A8200"), "6A82");
+    // Unbounded recursion: 6F00, and the runtime tells why and where.
+    assert_eq!(tx(&mut rt, "800B000000"), "6F00");
+    let why = rt.diagnostic(&Aid::new(&app).unwrap()).unwrap();
+    // (The load file here has no Descriptor component, so the method is named by offset.)
+    assert!(
+        why.contains("stack overflow") && why.contains("offset"),
+        "{why}"
+    );
+    // The card image keeps the applet and its objects.
+    let image = rt.store().to_image();
+    let mut rt = runtime(Store::from_image(&image).unwrap());
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "800D000000"), "0003000493E0000A9000");
+}
+
+#[test]
+fn power_loss_at_every_write_of_a_transaction_keeps_it_atomic() {
+    // INS 07 writes persistent[0] = 1 outside, then a transaction that is aborted and one
+    // that commits persistent[1] = 3. Cut power at each write in turn: after power-up the
+    // committed state is either before or after each transaction, never half of it.
+    let c = cap(CONF);
+    let mut base = Store::new(1 << 20);
+    load(&mut base, &c).unwrap();
+    install(&mut base, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let mut torn = 0;
+    for n in 1..40 {
+        let mut rt = runtime(base.clone());
+        assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+        rt.store_mut().tear_at(n);
+        let answered = rt.process(&h("8007000000")).is_some();
+        if answered {
+            break;
+        }
+        torn += 1;
+        let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+        assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+        // A second run always completes with the same answer as on a fresh card.
+        assert_eq!(
+            tx(&mut rt, "8007000000"),
+            "0101030000000200 9000".replace(' ', "")
+        );
+    }
+    assert!(torn > 2, "only {torn} write points");
+}
+
+#[test]
+fn isoapplet_loads_links_and_its_install_stops_at_the_first_missing_api() {
+    let c = cap(ISO);
+    let mut store = Store::new(1 << 20);
+    let t = std::time::Instant::now();
+    load(&mut store, &c).unwrap();
+    let app = c.applets()[0].aid.clone();
+    let r = install(&mut store, &c, 0, &app, &h("C900"));
+    eprintln!(
+        "MEASURE IsoApplet LOAD+INSTALL attempt (direct): {:?} -> {r:?}",
+        t.elapsed()
+    );
+    // Crypto (javacard.security, javacardx.crypto) is the next slice: install ends in 6F00.
+    assert_eq!(r, Err(card_wire::sw::StatusWord(0x6F00)));
+    // Nothing of the failed instance stays behind.
+    assert!(
+        store
+            .keys(&format!("app/{}/", hex::encode_upper(&app)))
+            .is_empty()
+    );
+}
+
+#[test]
+fn load_refuses_a_cap_whose_api_token_the_card_lacks() {
+    // The conformance CAP with its constant pool's first static method reference pointing at
+    // token 200 (no API class has that many static methods): LOAD answers 6438.
+    let c = cap(CONF);
+    let mut b = c.load_file_data_block(false);
+    let mut at = 0;
+    while b[at] != 5 {
+        at += 3 + usize::from(u16::from_be_bytes([b[at + 1], b[at + 2]]));
+    }
+    let count = usize::from(u16::from_be_bytes([b[at + 3], b[at + 4]]));
+    let i = (0..count)
+        .find(|i| b[at + 5 + 4 * i] == 6 && b[at + 6 + 4 * i] & 0x80 != 0)
+        .expect("an external static method reference");
+    b[at + 5 + 4 * i + 3] = 200;
+    let bad = CapFile::from_ijc(&b).unwrap();
+    let mut store = Store::new(1 << 20);
+    assert_eq!(load(&mut store, &bad), Err(load_file::SW_IMPORT_NOT_FOUND));
+    // The undamaged file loads; removing the load file removes its data block too.
+    let elf = load(&mut store, &c).unwrap();
+    assert!(store.get(&load_file::block_key(&elf)).is_some());
+    registry::remove_load_file(&mut store, &elf).unwrap();
+    assert!(store.get(&load_file::block_key(&elf)).is_none());
+}
+
+#[test]
+fn after_power_loss_the_applet_sees_the_cards_memory_not_its_lost_ram() {
+    // INS 0D increments a persistent counter and answers it. Power is cut at its first
+    // persistent write; after power-up (same runtime, same applet instance) the counter the
+    // applet reads is the one in the card's memory.
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "800D000000"), "0001000186A000089000");
+    rt.store_mut().tear_at(1);
+    assert_eq!(rt.process(&h("800D000000")), None, "mute: power lost");
+    rt.reset();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "800D000000"), "000200030D4000099000");
+}
+
+#[test]
+#[ignore]
+fn measure_echo_apdus_java_card_vs_native() {
+    // Run with --release --ignored: the same runtime holds kagi's native echo applet and the
+    // conformance applet (its INS 11 echoes through setIncomingAndReceive/arrayCopyNonAtomic/
+    // setOutgoingAndSend).
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let echo = Aid::new(&applet_sim::echo::ECHO_AID).unwrap();
+    registry::put_entry(
+        &mut store,
+        &RegistryEntry {
+            aid: echo.clone(),
+            class: applet_sim::echo::ECHO_CLASS.into(),
+            life_cycle: app_state::SELECTABLE,
+            privileges: [0; 3],
+            sd: Some(Aid::new(&ISD).unwrap()),
+            elf: None,
+            params: vec![],
+        },
+    )
+    .unwrap();
+    let mut rt = runtime(store);
+    let n = 20_000;
+    let data = "30313233343536373839";
+    assert_eq!(tx(&mut rt, "00A4040006 F04B41474901 00"), "9000");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        tx(&mut rt, &format!("801000000A{data}00"));
+    }
+    let native = t.elapsed();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        tx(&mut rt, &format!("801100000A{data}00"));
+    }
+    let jc = t.elapsed();
+    eprintln!(
+        "MEASURE echo APDU: native {:?}, Java Card {:?} each; ratio {:.2}",
+        native / n,
+        jc / n,
+        jc.as_secs_f64() / native.as_secs_f64()
+    );
+}

@@ -1,0 +1,369 @@
+//! The object heap: class instances and arrays by 16-bit handle (0 is `null`), their
+//! persistence (one store record per persistent object) and transient arrays.
+
+use crate::link::ClassId;
+use std::collections::BTreeMap;
+
+/// When a transient array is cleared (`JCSystem.CLEAR_ON_RESET` 1, `CLEAR_ON_DESELECT` 2).
+pub type Event = u8;
+
+/// Array element kinds, by the `newarray` type codes (JCVM §7.5.64) and 14 for references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    /// `boolean[]` (10).
+    Boolean,
+    /// `byte[]` (11).
+    Byte,
+    /// `short[]` (12).
+    Short,
+    /// `int[]` (13).
+    Int,
+    /// A reference array with its element class (`None`: `Object[]`).
+    Ref(Option<ClassId>),
+}
+
+/// An array's elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// Bytes (boolean and byte arrays).
+    Bytes(Vec<u8>),
+    /// Shorts.
+    Shorts(Vec<i16>),
+    /// Ints.
+    Ints(Vec<i32>),
+    /// Handles.
+    Refs(Vec<u16>),
+}
+
+impl Data {
+    /// Element count.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Bytes(v) => v.len(),
+            Data::Shorts(v) => v.len(),
+            Data::Ints(v) => v.len(),
+            Data::Refs(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn zero(&mut self) {
+        match self {
+            Data::Bytes(v) => v.fill(0),
+            Data::Shorts(v) => v.fill(0),
+            Data::Ints(v) => v.fill(0),
+            Data::Refs(v) => v.fill(0),
+        }
+    }
+}
+
+/// The native state of API objects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NativeState {
+    /// None.
+    #[default]
+    None,
+    /// `OwnerPIN`: try limit, max size, tries left, the PIN (validated is transient).
+    Pin {
+        /// Try limit.
+        limit: u8,
+        /// Maximum PIN size.
+        max: u8,
+        /// Tries remaining.
+        left: u8,
+        /// The PIN value.
+        value: Vec<u8>,
+    },
+    /// `AID`: the bytes.
+    Aid(Vec<u8>),
+}
+
+/// One heap object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Obj {
+    /// An instance of a class.
+    Instance {
+        /// Its class.
+        class: ClassId,
+        /// Instance fields of the package's classes, in 16-bit cells.
+        cells: Vec<i16>,
+        /// `CardException`/`CardRuntimeException` reason.
+        reason: i16,
+        /// Native state of API classes.
+        native: NativeState,
+    },
+    /// An array.
+    Array {
+        /// Element kind.
+        elem: Elem,
+        /// Elements.
+        data: Data,
+        /// `Some(event)` for a transient array.
+        transient: Option<Event>,
+    },
+}
+
+/// The heap. Handles 1..[`FIRST_PERSISTENT`] are the system's own objects (APDU, its buffer,
+/// the API exception instances), never persisted.
+#[derive(Debug, Default, Clone)]
+pub struct Heap {
+    /// Objects by handle.
+    pub objects: BTreeMap<u16, Obj>,
+    /// The next persistent handle to hand out.
+    pub next: u16,
+    /// Next system handle.
+    pub next_system: u16,
+}
+
+/// The first handle of persistent objects.
+pub const FIRST_PERSISTENT: u16 = 0x0100;
+
+impl Heap {
+    /// An empty heap.
+    pub fn new() -> Self {
+        Heap {
+            objects: BTreeMap::new(),
+            next: FIRST_PERSISTENT,
+            next_system: 1,
+        }
+    }
+
+    /// Allocates a persistent (or transient-array) object; `None` when handles run out.
+    pub fn alloc(&mut self, o: Obj) -> Option<u16> {
+        let h = self.next;
+        if h == u16::MAX {
+            return None;
+        }
+        self.next += 1;
+        self.objects.insert(h, o);
+        Some(h)
+    }
+
+    /// Allocates a system object (never persisted).
+    pub fn alloc_system(&mut self, o: Obj) -> Option<u16> {
+        let h = self.next_system;
+        if h >= FIRST_PERSISTENT {
+            return None;
+        }
+        self.next_system += 1;
+        self.objects.insert(h, o);
+        Some(h)
+    }
+
+    /// Clears the transient arrays of `event` (and, for reset, the deselect ones too).
+    pub fn clear_transient(&mut self, event: Event) {
+        for o in self.objects.values_mut() {
+            if let Obj::Array {
+                data,
+                transient: Some(e),
+                ..
+            } = o
+                && (*e == event || event == 1)
+            {
+                data.zero();
+            }
+        }
+    }
+}
+
+fn class_bytes(c: ClassId, out: &mut Vec<u8>) {
+    match c {
+        ClassId::Pkg(o) => {
+            out.push(0);
+            out.extend_from_slice(&o.to_be_bytes());
+        }
+        ClassId::Api(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+    }
+}
+
+/// The store record of an object (a transient array's contents are not kept).
+pub fn encode(o: &Obj) -> Vec<u8> {
+    let mut v = Vec::new();
+    match o {
+        Obj::Instance {
+            class,
+            cells,
+            reason,
+            native,
+        } => {
+            v.push(1);
+            class_bytes(*class, &mut v);
+            v.extend_from_slice(&(cells.len() as u16).to_be_bytes());
+            for c in cells {
+                v.extend_from_slice(&c.to_be_bytes());
+            }
+            v.extend_from_slice(&reason.to_be_bytes());
+            match native {
+                NativeState::None => v.push(0),
+                NativeState::Pin {
+                    limit,
+                    max,
+                    left,
+                    value,
+                } => {
+                    v.extend_from_slice(&[1, *limit, *max, *left, value.len() as u8]);
+                    v.extend_from_slice(value);
+                }
+                NativeState::Aid(a) => {
+                    v.extend_from_slice(&[2, a.len() as u8]);
+                    v.extend_from_slice(a);
+                }
+            }
+        }
+        Obj::Array {
+            elem,
+            data,
+            transient,
+        } => {
+            v.push(2);
+            let code = match elem {
+                Elem::Boolean => 10,
+                Elem::Byte => 11,
+                Elem::Short => 12,
+                Elem::Int => 13,
+                Elem::Ref(_) => 14,
+            };
+            v.push(code);
+            v.push(transient.unwrap_or(0));
+            v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            if let Elem::Ref(c) = elem {
+                match c {
+                    Some(c) => class_bytes(*c, &mut v),
+                    None => v.extend_from_slice(&[0xFF, 0, 0]),
+                }
+            }
+            if transient.is_none() {
+                match data {
+                    Data::Bytes(b) => v.extend_from_slice(b),
+                    Data::Shorts(s) => s.iter().for_each(|x| v.extend_from_slice(&x.to_be_bytes())),
+                    Data::Ints(s) => s.iter().for_each(|x| v.extend_from_slice(&x.to_be_bytes())),
+                    Data::Refs(s) => s.iter().for_each(|x| v.extend_from_slice(&x.to_be_bytes())),
+                }
+            }
+        }
+    }
+    v
+}
+
+struct R<'a>(&'a [u8]);
+
+impl R<'_> {
+    fn u1(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+    fn u2(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes([self.u1()?, self.u1()?]))
+    }
+    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a.to_vec())
+    }
+    fn class(&mut self) -> Option<Option<ClassId>> {
+        let t = self.u1()?;
+        let x = self.u2()?;
+        Some(match t {
+            0 => Some(ClassId::Pkg(x)),
+            1 if usize::from(x) < crate::api::CLASSES.len() => Some(ClassId::Api(x)),
+            _ => None,
+        })
+    }
+}
+
+/// Reads a store record back; `None` for a damaged record.
+pub fn decode(b: &[u8]) -> Option<Obj> {
+    let mut r = R(b);
+    match r.u1()? {
+        1 => {
+            let class = r.class()??;
+            let n = usize::from(r.u2()?);
+            let cells = (0..n)
+                .map(|_| r.u2().map(|x| x as i16))
+                .collect::<Option<_>>()?;
+            let reason = r.u2()? as i16;
+            let native = match r.u1()? {
+                0 => NativeState::None,
+                1 => {
+                    let limit = r.u1()?;
+                    let max = r.u1()?;
+                    let left = r.u1()?;
+                    let n = usize::from(r.u1()?);
+                    NativeState::Pin {
+                        limit,
+                        max,
+                        left,
+                        value: r.bytes(n)?,
+                    }
+                }
+                2 => {
+                    let n = usize::from(r.u1()?);
+                    NativeState::Aid(r.bytes(n)?)
+                }
+                _ => return None,
+            };
+            Some(Obj::Instance {
+                class,
+                cells,
+                reason,
+                native,
+            })
+        }
+        2 => {
+            let code = r.u1()?;
+            let t = r.u1()?;
+            let transient = (t != 0).then_some(t);
+            let n = usize::from(r.u2()?);
+            let elem = match code {
+                10 => Elem::Boolean,
+                11 => Elem::Byte,
+                12 => Elem::Short,
+                13 => Elem::Int,
+                14 => Elem::Ref(r.class()?),
+                _ => return None,
+            };
+            let stored = transient.is_none();
+            let data = match elem {
+                Elem::Boolean | Elem::Byte => {
+                    Data::Bytes(if stored { r.bytes(n)? } else { vec![0; n] })
+                }
+                Elem::Short => Data::Shorts(if stored {
+                    (0..n)
+                        .map(|_| r.u2().map(|x| x as i16))
+                        .collect::<Option<_>>()?
+                } else {
+                    vec![0; n]
+                }),
+                Elem::Int => Data::Ints(if stored {
+                    (0..n)
+                        .map(|_| Some((u32::from(r.u2()?) << 16 | u32::from(r.u2()?)) as i32))
+                        .collect::<Option<_>>()?
+                } else {
+                    vec![0; n]
+                }),
+                Elem::Ref(_) => Data::Refs(if stored {
+                    (0..n).map(|_| r.u2()).collect::<Option<_>>()?
+                } else {
+                    vec![0; n]
+                }),
+            };
+            Some(Obj::Array {
+                elem,
+                data,
+                transient,
+            })
+        }
+        _ => None,
+    }
+}

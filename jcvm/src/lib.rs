@@ -1,0 +1,432 @@
+//! A Java Card 3.0.5 classic virtual machine for kagi's simulator: it links a CAP package
+//! against a native (Rust) implementation of the Java Card API ([`Package::link`]) and runs
+//! an applet instance ([`Vm`]): `install`, `select`, `process`, `deselect`, with its objects
+//! in persistent memory ([`Persist`]) so that they live through transactions, power loss and
+//! card images.
+//!
+//! Limits, by design: a bounded operand stack and frame depth (overflow is an exception),
+//! a bytecode budget per call (an endless loop ends the command with `6F00`), and an
+//! unsupported bytecode or API method ends the command with `6F00` and an error naming it and
+//! where it happened ([`Vm::last_error`]).
+
+pub mod api;
+pub mod heap;
+mod interp;
+pub mod link;
+mod native;
+
+pub use link::{ClassId, LinkError, Package};
+
+use heap::{Heap, Obj};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A persistent write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFail {
+    /// Power lost in the middle of the write.
+    Torn,
+    /// Persistent memory is full.
+    Full,
+}
+
+/// The applet instance's persistent memory (the simulator's store, scoped to the instance).
+pub trait Persist {
+    /// Reads a record.
+    fn get(&self, name: &str) -> Option<Vec<u8>>;
+    /// Writes a record.
+    fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail>;
+    /// The names of records starting with `prefix`.
+    fn names(&self, prefix: &str) -> Vec<String>;
+    /// Opens the card's transaction.
+    fn begin(&mut self);
+    /// Commits it.
+    fn commit(&mut self) -> Result<(), StoreFail>;
+    /// Rolls it back.
+    fn abort(&mut self);
+    /// Whether a transaction is open.
+    fn in_transaction(&self) -> bool;
+}
+
+/// Limits of the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytecodes per call (install, select, process, deselect).
+    pub budget: u64,
+    /// Words of locals and operand stack over all frames.
+    pub stack_words: usize,
+    /// Frames.
+    pub frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            budget: 20_000_000,
+            stack_words: 2048,
+            frames: 64,
+        }
+    }
+}
+
+/// A command as the applet's `APDU` object sees it.
+#[derive(Debug, Clone, Default)]
+pub struct ApduIn {
+    /// CLA INS P1 P2.
+    pub header: [u8; 4],
+    /// Command data.
+    pub data: Vec<u8>,
+    /// Expected response length (`Ne`), 0 when absent.
+    pub ne: usize,
+    /// Whether the command was extended length.
+    pub extended: bool,
+}
+
+/// How a call into the applet ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Normal completion: response data, `9000`.
+    Ok(Vec<u8>),
+    /// A status word (`ISOException`, or an error of the machine: see [`Vm::last_error`]).
+    Sw(u16),
+    /// Power was lost during a persistent write.
+    Torn,
+}
+
+/// `6F00`: an uncaught exception or an error of the machine.
+pub const SW_UNKNOWN: u16 = 0x6F00;
+
+/// An applet instance of a linked package, with its heap.
+pub struct Vm {
+    pkg: Arc<Package>,
+    limits: Limits,
+    heap: Heap,
+    statics: Vec<u8>,
+    applet: u16,
+    aid: Vec<u8>,
+    loaded: bool,
+    dirty: BTreeSet<u16>,
+    statics_dirty: bool,
+    meta_dirty: bool,
+    words: Vec<i16>,
+    frames: Vec<interp::Frame>,
+    apdu: native::ApduState,
+    selecting: bool,
+    validated: BTreeSet<u16>,
+    system: std::collections::BTreeMap<u16, u16>,
+    last_error: Option<String>,
+    executed: u64,
+    budget: u64,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("aid", &self.aid)
+            .field("objects", &self.heap.objects.len())
+            .finish()
+    }
+}
+
+/// The `javacard.framework.Applet` method the runtime calls, by its token in the API table.
+fn applet_token(name: &str, descriptor: &str) -> u8 {
+    api::virtual_token("javacard.framework.Applet", name, descriptor).unwrap_or(0xFF)
+}
+
+const META: &str = "jc/m";
+const STATICS: &str = "jc/s";
+const OBJ: &str = "jc/o/";
+
+impl Vm {
+    /// A machine for the instance `aid` of `pkg` (its state is read from `Persist` on first
+    /// use).
+    pub fn new(pkg: Arc<Package>, aid: &[u8], limits: Limits) -> Self {
+        Vm {
+            pkg,
+            limits,
+            heap: Heap::new(),
+            statics: Vec::new(),
+            applet: 0,
+            aid: aid.to_vec(),
+            loaded: false,
+            dirty: BTreeSet::new(),
+            statics_dirty: false,
+            meta_dirty: false,
+            words: Vec::new(),
+            frames: Vec::new(),
+            apdu: native::ApduState::default(),
+            selecting: false,
+            validated: BTreeSet::new(),
+            system: std::collections::BTreeMap::new(),
+            last_error: None,
+            executed: 0,
+            budget: 0,
+        }
+    }
+
+    /// What went wrong in the last call that answered `6F00`, naming the exception, the
+    /// unsupported bytecode or API method, and the applet's class and method.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Bytecodes executed since the machine was made.
+    pub fn executed(&self) -> u64 {
+        self.executed
+    }
+
+    /// Whether the applet registered itself.
+    pub fn registered(&self) -> bool {
+        self.applet != 0
+    }
+
+    fn load(&mut self, p: &dyn Persist) {
+        if self.loaded {
+            return;
+        }
+        self.loaded = true;
+        self.reload(p);
+    }
+
+    /// Reads every persistent object, the statics and the meta record from `p`.
+    fn reload(&mut self, p: &dyn Persist) {
+        let keep: Vec<(u16, Obj)> = self
+            .heap
+            .objects
+            .iter()
+            .filter(|(h, _)| **h < heap::FIRST_PERSISTENT)
+            .map(|(h, o)| (*h, o.clone()))
+            .collect();
+        let old = std::mem::take(&mut self.heap.objects);
+        self.heap.objects = keep.into_iter().collect();
+        if let Some(m) = p.get(META)
+            && let [a, b, c, d, ..] = m[..]
+        {
+            self.heap.next = u16::from_be_bytes([a, b]).max(heap::FIRST_PERSISTENT);
+            self.applet = u16::from_be_bytes([c, d]);
+        } else {
+            self.heap.next = heap::FIRST_PERSISTENT;
+            self.applet = 0;
+        }
+        self.statics = p.get(STATICS).unwrap_or_default();
+        for name in p.names(OBJ) {
+            let Some(h) = u16::from_str_radix(&name[OBJ.len()..], 16).ok() else {
+                continue;
+            };
+            let Some(bytes) = p.get(&name) else { continue };
+            let Some(mut o) = heap::decode(&bytes) else {
+                continue;
+            };
+            // Transient arrays keep their (non-transactional) contents.
+            if let (
+                Obj::Array {
+                    transient: Some(_),
+                    data,
+                    ..
+                },
+                Some(Obj::Array { data: old_data, .. }),
+            ) = (&mut o, old.get(&h))
+                && old_data.len() == data.len()
+            {
+                *data = old_data.clone();
+            }
+            self.heap.objects.insert(h, o);
+        }
+        self.dirty.clear();
+        self.statics_dirty = false;
+        self.meta_dirty = false;
+    }
+
+    /// Writes every changed persistent object.
+    fn flush(&mut self, p: &mut dyn Persist) -> Result<(), StoreFail> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for h in dirty {
+            if h < heap::FIRST_PERSISTENT {
+                continue;
+            }
+            if let Some(o) = self.heap.objects.get(&h) {
+                p.put(&format!("{OBJ}{h:04X}"), &heap::encode(o))?;
+            }
+        }
+        if self.statics_dirty {
+            p.put(STATICS, &self.statics)?;
+            self.statics_dirty = false;
+        }
+        if self.meta_dirty {
+            let mut m = self.heap.next.to_be_bytes().to_vec();
+            m.extend_from_slice(&self.applet.to_be_bytes());
+            p.put(META, &m)?;
+            self.meta_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Runs the applet's `install(byte[], short, byte)` (the Applet component's method
+    /// `install_offset`) with the GlobalPlatform install parameters `params` (instance AID,
+    /// privileges and application parameters as length-value fields). The applet must call
+    /// `register`.
+    pub fn install(&mut self, p: &mut dyn Persist, install_offset: u16, params: &[u8]) -> Answer {
+        self.load(p);
+        if self.statics.is_empty()
+            && self.pkg.model.static_fields.image_size > 0
+            && let Err(a) = self.init_statics()
+        {
+            return a;
+        }
+        let arr = match self.system_bytes(params) {
+            Ok(h) => h,
+            Err(a) => return a,
+        };
+        let len = params.len().min(127) as i16;
+        match self.call(
+            p,
+            interp::Call::Static(install_offset),
+            &[arr as i16, 0, len],
+        ) {
+            Ok(_) if self.applet == 0 => {
+                self.last_error = Some("install() returned without calling register()".into());
+                Answer::Sw(SW_UNKNOWN)
+            }
+            Ok(_) => Answer::Ok(Vec::new()),
+            Err(a) => a,
+        }
+    }
+
+    fn init_statics(&mut self) -> Result<(), Answer> {
+        let sf = self.pkg.model.static_fields.clone();
+        self.statics = sf.image();
+        for (i, a) in sf.array_inits.iter().enumerate() {
+            let (elem, data) = match a.kind {
+                2 => (heap::Elem::Boolean, heap::Data::Bytes(a.values.clone())),
+                3 => (heap::Elem::Byte, heap::Data::Bytes(a.values.clone())),
+                4 => (
+                    heap::Elem::Short,
+                    heap::Data::Shorts(
+                        a.values
+                            .chunks_exact(2)
+                            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                            .collect(),
+                    ),
+                ),
+                _ => (
+                    heap::Elem::Int,
+                    heap::Data::Ints(
+                        a.values
+                            .chunks_exact(4)
+                            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    ),
+                ),
+            };
+            let h = self
+                .heap
+                .alloc(Obj::Array {
+                    elem,
+                    data,
+                    transient: None,
+                })
+                .ok_or(Answer::Sw(SW_UNKNOWN))?;
+            self.dirty.insert(h);
+            if let Some(s) = self.statics.get_mut(2 * i..2 * i + 2) {
+                s.copy_from_slice(&h.to_be_bytes());
+            }
+        }
+        self.statics_dirty = true;
+        self.meta_dirty = true;
+        Ok(())
+    }
+
+    fn system_bytes(&mut self, b: &[u8]) -> Result<u16, Answer> {
+        self.heap
+            .alloc_system(Obj::Array {
+                elem: heap::Elem::Byte,
+                data: heap::Data::Bytes(b.to_vec()),
+                transient: Some(1),
+            })
+            .ok_or(Answer::Sw(SW_UNKNOWN))
+    }
+
+    /// SELECT: the applet's `select()`, then (if it accepted) `process(apdu)` with the SELECT
+    /// command; the answer is the SELECT response.
+    pub fn select(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
+        self.load(p);
+        if self.applet == 0 {
+            return Answer::Sw(0x6999);
+        }
+        match self.call(
+            p,
+            interp::Call::Virtual(self.applet, applet_token("select", "()Z")),
+            &[],
+        ) {
+            Ok(Some(v)) if v != 0 => {}
+            Err(Answer::Torn) => return Answer::Torn,
+            _ => return Answer::Sw(0x6999),
+        }
+        self.selecting = true;
+        let a = self.process_inner(p, cmd);
+        self.selecting = false;
+        a
+    }
+
+    /// A command for the selected applet: its `process(apdu)`.
+    pub fn process(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
+        self.load(p);
+        if self.applet == 0 {
+            return Answer::Sw(0x6999);
+        }
+        self.process_inner(p, cmd)
+    }
+
+    fn process_inner(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
+        let apdu = match self.begin_apdu(cmd) {
+            Ok(h) => h,
+            Err(a) => return a,
+        };
+        match self.call(
+            p,
+            interp::Call::Virtual(
+                self.applet,
+                applet_token("process", "(Ljavacard/framework/APDU;)V"),
+            ),
+            &[apdu as i16],
+        ) {
+            Ok(_) => Answer::Ok(std::mem::take(&mut self.apdu.out)),
+            Err(a) => a,
+        }
+    }
+
+    /// Another applet is selected on the channel: the applet's `deselect()` (its persistent
+    /// effects are written with the next call), then its CLEAR_ON_DESELECT arrays clear.
+    pub fn deselect(&mut self, p: &mut dyn Persist) -> Answer {
+        self.load(p);
+        let a = if self.applet != 0 {
+            match self.call(
+                p,
+                interp::Call::Virtual(self.applet, applet_token("deselect", "()V")),
+                &[],
+            ) {
+                Ok(_) => Answer::Ok(Vec::new()),
+                Err(a) => a,
+            }
+        } else {
+            Answer::Ok(Vec::new())
+        };
+        self.heap.clear_transient(2);
+        self.validated.clear();
+        a
+    }
+
+    /// Card reset (power-up): transient arrays clear, the PINs' validated flags drop, and the
+    /// persistent objects are read again from the store at the next call (power loss may have
+    /// rolled back writes this machine still holds).
+    pub fn reset(&mut self) {
+        self.loaded = false;
+        self.dirty.clear();
+        self.statics_dirty = false;
+        self.meta_dirty = false;
+        self.heap.clear_transient(1);
+        self.validated.clear();
+        self.frames.clear();
+        self.words.clear();
+    }
+}

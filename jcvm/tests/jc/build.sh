@@ -1,0 +1,15 @@
+#!/bin/sh
+# Builds conf.cap from src/ with the Java Card 3.0.5u3 kit (not part of the repository:
+# github.com/martinpaljak/oracle_javacard_sdks, jc305u3_kit). Usage: KIT=path/to/jc305u3_kit ./build.sh
+set -eu
+cd "$(dirname "$0")"
+K=${KIT:?set KIT to the jc305u3_kit directory}
+CP=$(ls "$K"/lib/*.jar | tr '\n' ':')
+rm -rf classes out && mkdir classes out
+javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar" -d classes $(find src -name '*.java')
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -classdir classes \
+  -exportpath "$K/api_export_files" -applet 0xF0:0x6B:0x61:0x67:0x69:0x01:0x01 kagi.conf.Conf \
+  -out CAP JCA -d out kagi.conf 0xF0:0x6B:0x61:0x67:0x69:0x01 1.0
+cp out/kagi/conf/javacard/conf.cap conf.cap
+cp out/kagi/conf/javacard/conf.jca conf.jca
+rm -rf classes out

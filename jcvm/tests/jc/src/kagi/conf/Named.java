@@ -1,0 +1,5 @@
+package kagi.conf;
+
+interface Named {
+    short id();
+}

@@ -1,0 +1,5 @@
+package kagi.conf;
+
+class Oops extends Exception {
+    short depth;
+}

@@ -1,0 +1,9 @@
+package kagi.conf;
+
+abstract class Shape {
+    abstract short area();
+
+    short twice() {
+        return (short) (area() * 2);
+    }
+}
