@@ -8,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p kagi-cli -p kagi-example-service
-K="$PWD/target/release/kagi"
-SERVICE="$PWD/target/release/kagi-example-service"
+# KAGI_BIN_DIR: use the binaries there instead of building (the README test does).
+bin="${KAGI_BIN_DIR:-$PWD/target/release}"
+[ -n "${KAGI_BIN_DIR:-}" ] || cargo build --release -q -p kagi-cli -p kagi-example-service
+K="$bin/kagi"
+SERVICE="$bin/kagi-example-service"
 work=$(mktemp -d)
 pids=()
 cleanup() {

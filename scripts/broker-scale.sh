@@ -13,9 +13,13 @@ services=${2:-10}
 shift $(( $# > 2 ? 2 : $# )) || true
 [ "${1:-}" = "--" ] && shift
 bash scripts/setup.sh
-cargo build --quiet --release -p kagi-cli
+# KAGI_BIN_DIR: use the kagi binary there instead of building (the README test does).
+if [ -n "${KAGI_BIN_DIR:-}" ]; then K="$KAGI_BIN_DIR/kagi"; else
+    cargo build --quiet --release -p kagi-cli
+    K=./target/release/kagi
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 eval "$(bash scripts/softhsm-init.sh "$work/hsm")"
-./target/release/kagi broker scale --dir "$work/run" --cards "$cards" --services "$services" \
+"$K" broker scale --dir "$work/run" --cards "$cards" --services "$services" \
     --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-pin-file "$work/hsm/user.pin" "$@"

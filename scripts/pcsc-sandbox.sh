@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 [--cards N] -- COMMAND [ARGS...]" >&2; exit 2; }
-KAGI="${KAGI:-$root/target/release/kagi}"
+KAGI="${KAGI:-${KAGI_BIN_DIR:-$root/target/release}/kagi}"
 [ -x "$KAGI" ] || cargo build --quiet --release -p kagi-cli --manifest-path "$root/Cargo.toml"
 
 WORK=$(mktemp -d /tmp/kagi-sandbox.XXXXXX)

@@ -9,8 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p kagi-cli
-K="$PWD/target/release/kagi"
+# KAGI_BIN_DIR: use the kagi binary there instead of building (the README test does).
+if [ -n "${KAGI_BIN_DIR:-}" ]; then K="$KAGI_BIN_DIR/kagi"; else
+    cargo build --release -q -p kagi-cli
+    K="$PWD/target/release/kagi"
+fi
 work=$(mktemp -d)
 tsm_pid=""
 cleanup() {

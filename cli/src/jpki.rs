@@ -671,7 +671,10 @@ fn answer_requests(
     use der::Encode;
     use rsa::pkcs8::DecodePublicKey;
     let (requests, issued) = (exchange.join("requests"), exchange.join("issued"));
-    std::fs::create_dir_all(&issued).map_err(|e| format!("{}: {e}", issued.display()))?;
+    // Both folders are made here: the CA may start watching before the first station writes.
+    for d in [&requests, &issued] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
     let entries =
         std::fs::read_dir(&requests).map_err(|e| format!("{}: {e}", requests.display()))?;
     let mut n = 0;

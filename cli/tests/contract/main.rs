@@ -9,6 +9,7 @@ mod support;
 mod json_broker;
 mod json_card;
 mod json_tsm;
+mod readme;
 mod servers_exit;
 
 use std::path::PathBuf;
