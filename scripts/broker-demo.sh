@@ -55,8 +55,8 @@ pids+=($!)
 wait_port "$sport"
 
 echo "== a simulated JPKI card (issued by the test CA), enrolled by its certificate"
-CARD=(--sim --sim-preset jpki-demo --sim-pki-dir "$work/pki" --sim-image "$work/card.img")
-"$K" jpki read-cert "${CARD[@]}" --which auth -o "$work/auth.der" 2>/dev/null
+CARD=(--sim --sim-preset jpki-demo --sim-ca-dir "$work/pki" --sim-image "$work/card.img")
+"$K" jpki read-cert "${CARD[@]}" --cert auth -o "$work/auth.der" 2>/dev/null
 card=$("${A[@]}" --json enrol-card --cert "$work/auth.der" --holder holder-1 | sed -n 's/.*"card": *"\([^"]*\)".*/\1/p')
 "${A[@]}" enrol --card "$card" --service svc-example
 echo "   card $card"

@@ -40,7 +40,7 @@ echo "== one JPKI download (RSA-2048 credential) per link; the 2012 trial took ~
 n=0
 for link in none lte 3g; do
     n=$((n + 1))
-    "$K" sim provision --image "$work/sim$n.img" --serial "bench-$n" \
+    "$K" sim provision --sim-image "$work/sim$n.img" --serial "bench-$n" \
         --provider-keys "$work/tsm/keys/provider.keys" --json >"$work/sim$n.json"
     iccid=$(json_field "$work/sim$n.json" iccid)
     "$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$iccid" \

@@ -37,7 +37,7 @@ for _ in $(seq 1 100); do
 done
 
 echo "== operator: a SIM with the provider's security domain, registered"
-"$K" sim provision --image "$work/sim.img" --serial demo-phone-1 \
+"$K" sim provision --sim-image "$work/sim.img" --serial demo-phone-1 \
     --provider-keys "$work/tsm/keys/provider.keys" --json >"$work/sim.json"
 iccid=$(json_field "$work/sim.json" iccid)
 cin=$(json_field "$work/sim.json" cin)

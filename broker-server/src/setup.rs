@@ -280,7 +280,7 @@ pub fn init(
         return Err(SetupError::Config {
             config: ca_dir.clone(),
             message: format!(
-                "no auth-ca.crt.pem: create the test CAs with `kagi ca init --dir {}`",
+                "no auth-ca.crt.pem: create the test CAs with `kagi ca init --ca-dir {}`",
                 ca_dir.display()
             ),
         });

@@ -23,8 +23,8 @@ pub enum JpkiCmd {
     ReadCert {
         #[command(flatten)]
         target: Target,
-        /// Which certificate.
-        #[arg(long, default_value = "auth")]
+        /// Which certificate: auth, sign, auth-ca or sign-ca.
+        #[arg(long = "cert", alias = "which", default_value = "auth")]
         which: String,
         /// Output file.
         #[arg(long, short = 'o')]
@@ -201,7 +201,7 @@ pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 "sign" => jpki::EF_SIGN_CERT,
                 "sign-ca" => jpki::EF_SIGN_CA,
                 other => {
-                    return Err(format!("--which {other}: use auth, auth-ca, sign, sign-ca").into());
+                    return Err(format!("--cert {other}: use auth, auth-ca, sign, sign-ca").into());
                 }
             };
             let mut ch = target.open(trace)?;
@@ -429,7 +429,7 @@ pub enum CaCmd {
     /// Create the test CAs (auth-ca, sign-ca) in DIR, or show the existing ones.
     Init {
         /// Directory of the CA files.
-        #[arg(long)]
+        #[arg(long = "ca-dir", alias = "dir")]
         dir: PathBuf,
     },
     /// Issue a synthetic certificate for a public key (PKCS#1 or SubjectPublicKeyInfo, DER or
@@ -437,7 +437,7 @@ pub enum CaCmd {
     /// auth (opaque subject) or sign (synthetic facts).
     Issue {
         /// Directory of the CA files.
-        #[arg(long)]
+        #[arg(long = "ca-dir", alias = "dir")]
         dir: PathBuf,
         /// auth or sign.
         #[arg(long, default_value = "auth")]
@@ -468,7 +468,7 @@ pub enum CaCmd {
     /// written atomically.
     Exchange {
         /// Directory of the CA files.
-        #[arg(long)]
+        #[arg(long = "ca-dir", alias = "dir")]
         dir: PathBuf,
         /// The batch's exchange directory (the profile's exchange_dir).
         #[arg(long)]
@@ -483,7 +483,7 @@ pub enum CaCmd {
     /// Revoke an authentication certificate serial and write auth-ca.crl.der.
     Revoke {
         /// Directory of the CA files.
-        #[arg(long)]
+        #[arg(long = "ca-dir", alias = "dir")]
         dir: PathBuf,
         /// Serial number in hex, as `kagi jpki info` and `kagi ca issue` print it (`0x` and
         /// colons allowed).

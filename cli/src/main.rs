@@ -146,7 +146,7 @@ enum SimCmd {
     /// number (to register it with the TSM).
     Provision {
         /// The card image to write.
-        #[arg(long)]
+        #[arg(long = "sim-image", alias = "image")]
         image: PathBuf,
         /// Makes the card's identity (ICCID, KDD, CIN).
         #[arg(long)]
@@ -175,22 +175,22 @@ struct ServeArgs {
     cards: u16,
     /// Card images: loaded when present, saved on exit. With several cards, card i uses
     /// FILE-i.
-    #[arg(long)]
+    #[arg(long = "sim-image", alias = "image")]
     image: Option<PathBuf>,
     /// Card set-up for new cards: gp-test (default), gp-blank, gp-s16, uicc (a SIM with
     /// EF.ICCID and a UICC ATR), jpki-demo (a JPKI
     /// applet personalised through GP with a fresh synthetic identity; auth PIN 1234,
     /// signature password ABC123).
-    #[arg(long, default_value = "gp-test")]
+    #[arg(long = "sim-preset", alias = "preset", default_value = "gp-test")]
     preset: String,
     /// jpki-demo: issue the cards' certificates with the test CAs in this directory.
-    #[arg(long)]
+    #[arg(long = "sim-ca-dir", aliases = ["pki-dir", "sim-pki-dir"])]
     pki_dir: Option<PathBuf>,
     /// Run SCP03 in S16 mode (i = 71; new cards only).
-    #[arg(long)]
+    #[arg(long = "sim-s16", alias = "s16")]
     s16: bool,
     /// Deterministic randomness from this seed (card i uses seed + i).
-    #[arg(long)]
+    #[arg(long = "sim-seed", alias = "seed")]
     seed: Option<u64>,
     /// Read commands from standard input: `remove I` and `insert I` take card I out of
     /// its reader and put it back, `next I` swaps in the next card (see --hopper); `quit`

@@ -34,7 +34,7 @@ pub struct Target {
     pub sim_preset: String,
     /// Simulator (jpki-demo): issue the card's certificates with the test CAs in this
     /// directory (see `kagi ca init`).
-    #[arg(long, requires = "sim")]
+    #[arg(long = "sim-ca-dir", alias = "sim-pki-dir", requires = "sim")]
     pub sim_pki_dir: Option<PathBuf>,
     /// Simulator: run SCP03 in S16 mode (i = 71; new cards only).
     #[arg(long, requires = "sim")]

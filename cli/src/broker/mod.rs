@@ -156,7 +156,7 @@ pub enum AdminCmd {
     },
     /// Enrol a card's holder (no card write).
     EnrolCard {
-        /// The card's authentication certificate (`kagi jpki read-cert --which auth`).
+        /// The card's authentication certificate (`kagi jpki read-cert --cert auth`).
         #[arg(long, conflicts_with = "card")]
         cert: Option<PathBuf>,
         /// Or the card's id (the certificate's subject common name).

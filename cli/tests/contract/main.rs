@@ -11,6 +11,7 @@ mod json_card;
 mod json_tsm;
 mod readme;
 mod servers_exit;
+mod vocabulary;
 
 use std::path::PathBuf;
 use std::process::Output;
