@@ -79,6 +79,14 @@ pub enum TransportError {
         /// The readers present.
         available: String,
     },
+    /// The selector matches more than one reader's name.
+    #[error("'{selector}' matches several readers ({matches}): give more of the name, or an index")]
+    AmbiguousReader {
+        /// What the user asked for.
+        selector: String,
+        /// The readers it matches, with their indices.
+        matches: String,
+    },
     /// The reader service (pcscd) is not running or went away: every reader is gone until it
     /// is back. Waiting and retrying with a new connection recovers.
     #[error(

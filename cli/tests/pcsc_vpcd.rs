@@ -139,7 +139,11 @@ fn kagi_lists_readers_and_manages_the_card_over_pcsc() {
     // Ambiguous and unknown reader names are refused with the list of readers.
     let amb = pcsc.kagi(&["gp", "info", "--reader", "Virtual"]);
     assert!(
-        !amb.status.success() && text(&amb).contains("ambiguous"),
+        !amb.status.success()
+            && text(&amb).contains(
+                "'Virtual' matches several readers (0: Virtual PCD 00 00, 1: Virtual PCD 00 01): \
+                 give more of the name, or an index"
+            ),
         "{}",
         text(&amb)
     );

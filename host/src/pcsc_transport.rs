@@ -130,9 +130,15 @@ pub fn resolve_reader(selector: &str) -> Result<CString, TransportError> {
             selector: selector.into(),
             available,
         }),
-        _ => Err(TransportError::NoSuchReader {
-            selector: format!("{selector}' (ambiguous: give more of the name or an index)"),
-            available,
+        _ => Err(TransportError::AmbiguousReader {
+            selector: selector.into(),
+            matches: names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.to_string_lossy().to_lowercase().contains(&needle))
+                .map(|(i, n)| format!("{i}: {}", n.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
