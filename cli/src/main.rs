@@ -577,8 +577,8 @@ fn main() -> ExitCode {
         Cmd::Ca(c) => jpki::ca(c, cli.json),
         Cmd::Perso(PersoCmd::Run(a)) => perso::run(a, false, cli.json),
         Cmd::Perso(PersoCmd::Resume(a)) => perso::run(a, true, cli.json),
-        Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
-        Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a),
+        Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a, cli.json),
+        Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a, cli.json),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
         Cmd::Sim(SimCmd::Provision {
             image,

@@ -322,10 +322,19 @@ pub struct HsmImportArgs {
 }
 
 /// Imports the master keys into the HSM as non-extractable keys.
-pub fn hsm_import(args: &HsmImportArgs) -> Result<(), Failure> {
+pub fn hsm_import(args: &HsmImportArgs, json_out: bool) -> Result<(), Failure> {
     let keys = kagi::keys::read_key_file(&args.key_file, 0)?;
     let config = args.hsm.config()?;
     kagi_hsm::import_master(&config, &args.hsm.pin()?, &keys)?;
+    if json_out {
+        super::print_json(serde_json::json!({
+            "token": config.token,
+            "objects": (["enc", "mac", "dek"].map(|k| format!("{}-{k}", config.key))),
+            "extractable": false,
+            "key_file": args.key_file.display().to_string(),
+        }));
+        return Ok(());
+    }
     println!(
         "imported {}-enc, -mac, -dek into token '{}' (non-extractable); the key file {} is no longer needed",
         config.key,
@@ -347,7 +356,7 @@ pub struct MailerArgs {
 }
 
 /// Decrypts the PIN mailer file and prints one line per card (for the mailer house only).
-pub fn open_mailer(args: &MailerArgs) -> Result<(), Failure> {
+pub fn open_mailer(args: &MailerArgs, json_out: bool) -> Result<(), Failure> {
     use rsa::pkcs8::DecodePrivateKey;
     let bytes = std::fs::read(&args.key).map_err(|e| format!("{}: {e}", args.key.display()))?;
     let key = match std::str::from_utf8(&bytes)
@@ -359,6 +368,7 @@ pub fn open_mailer(args: &MailerArgs) -> Result<(), Failure> {
     };
     let text = std::fs::read_to_string(&args.mailer)
         .map_err(|e| format!("{}: {e}", args.mailer.display()))?;
+    let mut letters = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         let (record, ct) = line
             .split_once(',')
@@ -368,7 +378,17 @@ pub fn open_mailer(args: &MailerArgs) -> Result<(), Failure> {
             key.decrypt(rsa::Oaep::<sha2::Sha256>::new(), &ct)
                 .map_err(|_| format!("record {record}: cannot decrypt with this key"))?,
         );
-        println!("{record},{}", String::from_utf8_lossy(&plain));
+        if !json_out {
+            println!("{record},{}", String::from_utf8_lossy(&plain));
+            continue;
+        }
+        // Each letter is the JSON object the station sealed (record id, ICCID, PINs).
+        let letter: serde_json::Value = serde_json::from_slice(&plain)
+            .map_err(|_| format!("record {record}: the letter is not JSON"))?;
+        letters.push(serde_json::json!({ "record": record, "letter": letter }));
+    }
+    if json_out {
+        super::print_json(serde_json::json!({ "letters": letters }));
     }
     Ok(())
 }

@@ -382,6 +382,23 @@ fn jpki_profile_end_to_end_without_secrets_in_any_output() {
         .unwrap();
     let mailer = String::from_utf8_lossy(&mailer.stdout).to_string();
     assert_eq!(mailer.lines().count(), 4, "{mailer}");
+    // The same letters as one JSON document (schemas/perso.open-mailer.schema.json).
+    let as_json = Command::new(kagi)
+        .args(["--json", "perso", "open-mailer"])
+        .arg("--key")
+        .arg(dir.join("keys/pin-mailer.key.pem"))
+        .arg("--mailer")
+        .arg(out.join("pin-mailer.enc"))
+        .output()
+        .unwrap();
+    let doc = support::schema::document("perso.open-mailer", &as_json.stdout);
+    let letters = doc["letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 4, "{doc}");
+    for (l, line) in letters.iter().zip(mailer.lines()) {
+        let (id, text) = line.split_once(',').unwrap();
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!((l["record"].as_str(), &l["letter"]), (Some(id), &v));
+    }
     let mut outputs = run_out.clone();
     for f in ["journal.jsonl", "report.csv", "report.json"] {
         outputs.push_str(&std::fs::read_to_string(out.join(f)).unwrap());

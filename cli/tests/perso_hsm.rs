@@ -54,11 +54,16 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     assert!(text(&again).contains("already holds"), "{}", text(&again));
     // The service provider's master keys, for its security domain.
     let provider_file = examples().join("keys/provider.keys");
-    let mut provider = vec!["perso", "hsm-import", "--hsm-key", "provider"];
+    let mut provider = vec!["--json", "perso", "hsm-import", "--hsm-key", "provider"];
     provider.extend(hsm);
     provider.extend(["--key-file", provider_file.to_str().unwrap()]);
     let imported = kagi(&conf, &provider);
     assert!(imported.status.success(), "{}", text(&imported));
+    let doc = support::schema::document("perso.hsm-import", &imported.stdout);
+    assert_eq!(
+        doc["objects"],
+        serde_json::json!(["provider-enc", "provider-mac", "provider-dek"])
+    );
     // Every imported master key (ENC, MAC, DEK of both sets) is sensitive, never extractable
     // and its value cannot be read, as OpenSC's pkcs11-tool sees them.
     let imported_keys = support::hsm_keys_unreadable(&conf, MODULE, &pin);
