@@ -208,3 +208,42 @@ fn broker_commands_print_documents_that_match_their_schemas() {
     assert_eq!(imported["cards"], 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn broker_scale_prints_its_report_as_documented() {
+    let dir = crate::scratch("json-broker-scale");
+    let r = doc(
+        &dir,
+        "broker.scale",
+        &[
+            "broker",
+            "scale",
+            "--dir",
+            "run",
+            "--cards",
+            "20",
+            "--services",
+            "3",
+            "--acts",
+            "30",
+            "--logins",
+            "4",
+            "--concurrency",
+            "2",
+            "--insecure-file-keys",
+        ],
+    );
+    // 20 cards × 3 services; every credential re-wrapped by the rotation, none left.
+    assert_eq!(
+        (
+            r["credentials"].as_u64(),
+            r["rotation_rewrapped"].as_u64(),
+            r["rotation_remaining"].as_u64(),
+            r["logins"].as_u64()
+        ),
+        (Some(60), Some(60), Some(0), Some(4)),
+        "{r}"
+    );
+    assert!(!dir.join("run").exists(), "the work directory is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -140,4 +140,30 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
         .map(|a| a["event"].as_str().unwrap())
         .collect();
     assert!(events.contains(&"completed"), "{events:?}");
+    // The load generator's report: 3 sessions, one at a time (within the default rate limit).
+    let load = doc(
+        "tsm.load",
+        kagi()
+            .args([
+                "tsm",
+                "load",
+                "--sessions",
+                "3",
+                "--concurrency",
+                "1",
+                "--sp",
+            ])
+            .arg(dir.join("tsm/sp.toml"))
+            .arg("--mno")
+            .arg(dir.join("tsm/mno.toml"))
+            .arg("--provider-keys")
+            .arg(dir.join("tsm/keys/provider.keys"))
+            .arg("--ca-dir")
+            .arg(dir.join("pki")),
+    );
+    assert_eq!(
+        (load["sessions"].as_u64(), load["failed"].as_u64()),
+        (Some(3), Some(0)),
+        "{load}"
+    );
 }
