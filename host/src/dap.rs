@@ -1,10 +1,13 @@
 //! DAP signing on the host (GP Card Specification §9.2.1): a DAP key from a PEM file (RSA or
 //! P-256; PKCS#8, PKCS#1 or SEC1), the public key a security domain needs, and the DAP
-//! blocks of a load. PKCS#11 keys implement the same [`DapSigner`] in `kagi-hsm`.
+//! blocks of a load. PKCS#11 keys implement the same [`DapSigner`] in `kagi-hsm`. Keys from
+//! PEM files (`DapKey`, `public_key_from_pem`) need the `dap-keys` feature.
 
 use crate::error::{Error, Result};
 pub use card_wire::dap::{DapPublicKey, DapSigner};
+#[cfg(feature = "dap-keys")]
 use std::path::Path;
+#[cfg(feature = "dap-keys")]
 use zeroize::Zeroizing;
 
 /// The digest of an RSA DAP signature (PKCS#1 v1.5).
@@ -31,6 +34,7 @@ impl std::str::FromStr for RsaDigest {
 }
 
 /// A DAP private key held in memory.
+#[cfg(feature = "dap-keys")]
 pub enum DapKey {
     /// RSA, PKCS#1 v1.5 with `digest`.
     Rsa {
@@ -43,6 +47,7 @@ pub enum DapKey {
     P256(p256::ecdsa::SigningKey),
 }
 
+#[cfg(feature = "dap-keys")]
 impl DapKey {
     /// A key from PEM text: PKCS#8 (`PRIVATE KEY`, RSA or P-256), PKCS#1 (`RSA PRIVATE
     /// KEY`) or SEC1 (`EC PRIVATE KEY`).
@@ -92,6 +97,7 @@ impl DapKey {
     }
 }
 
+#[cfg(feature = "dap-keys")]
 impl DapSigner for DapKey {
     fn sign(&self, dtbs: &[u8]) -> std::result::Result<Vec<u8>, String> {
         use rsa::signature::{SignatureEncoding, Signer};
@@ -133,6 +139,7 @@ impl DapSigner for DapKey {
 
 /// A DAP public key from PEM: a SubjectPublicKeyInfo (`PUBLIC KEY`, RSA or P-256), or a
 /// private key (its public half).
+#[cfg(feature = "dap-keys")]
 pub fn public_key_from_pem(pem: &str) -> Result<DapPublicKey> {
     use p256::pkcs8::DecodePublicKey;
     if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
