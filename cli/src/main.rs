@@ -538,6 +538,43 @@ fn usage_message(e: &clap::Error) -> String {
     }
 }
 
+/// `--trace` or `--json` given to a command where it would do nothing (the flags are global):
+/// a usage error that says so, instead of silently ignoring what the script asked for.
+fn flag_without_effect(cli: &Cli) -> Option<String> {
+    let (name, traces, documents) = match &cli.command {
+        Cmd::Apdu { .. } => ("apdu", true, true),
+        Cmd::Gp(_) => ("gp", true, true),
+        Cmd::Jpki(_) => ("jpki", true, true),
+        Cmd::Eligibility(_) => ("eligibility", true, true),
+        Cmd::Broker(broker::BrokerCmd::Login(_)) => ("broker login", true, true),
+        Cmd::Broker(broker::BrokerCmd::Serve(_)) => ("broker serve", false, false),
+        Cmd::Tsm(tsm::TsmCmd::Serve(_)) => ("tsm serve", false, false),
+        Cmd::Sim(SimCmd::Serve(_)) => ("sim serve", false, false),
+        Cmd::Readers { .. } => ("readers", false, true),
+        Cmd::Perso(_) => ("perso", false, true),
+        Cmd::Ca(_) => ("ca", false, true),
+        Cmd::Sim(_) => ("sim provision", false, true),
+        Cmd::Tsm(_) => ("tsm", false, true),
+        Cmd::Relay(_) => ("relay", true, true),
+        Cmd::Broker(_) => ("broker", false, true),
+        Cmd::Bench { .. } => ("bench", false, true),
+    };
+    if cli.trace && !traces {
+        let why = if name == "perso" {
+            "a batch keeps each card's APDU log (secrets redacted) in OUT/logs/"
+        } else {
+            "it prints no APDU dialogue"
+        };
+        return Some(format!("--trace does nothing for kagi {name}: {why}"));
+    }
+    if cli.json && !documents {
+        return Some(format!(
+            "--json does nothing for kagi {name}: a server writes logs (KAGI_LOG), not a document"
+        ));
+    }
+    None
+}
+
 /// Runs the CLI.
 fn main() -> ExitCode {
     // Writing into a closed pipe (`kagi ... | head -1`) ends the process quietly, as for any
@@ -568,6 +605,17 @@ fn main() -> ExitCode {
             return exit::Exit::Usage.into();
         }
     };
+    if let Some(message) = flag_without_effect(&cli) {
+        if cli.json {
+            print_json(json!({ "error": {
+                "code": "usage",
+                "message": message,
+                "kind": "ArgumentConflict",
+            } }));
+        }
+        eprintln!("error: {message}");
+        return exit::Exit::Usage.into();
+    }
     let result = match &cli.command {
         Cmd::Readers { wait, timeout_ms } => cmd_readers(cli.json, wait, *timeout_ms),
         Cmd::Apdu { target, apdus } => cmd_apdu(&cli, target, apdus),
@@ -595,7 +643,7 @@ fn main() -> ExitCode {
             *no_domain,
         ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
-        Cmd::Relay(r) => tsm::relay(r, cli.json),
+        Cmd::Relay(r) => tsm::relay(r, cli.trace, cli.json),
         Cmd::Broker(b) => broker::run(b, cli.trace, cli.json),
         Cmd::Bench {
             seconds,

@@ -351,7 +351,7 @@ pub fn run(cmd: &TsmCmd, json_out: bool) -> Result<(), Failure> {
 }
 
 /// Runs `kagi relay`.
-pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
+pub fn relay(args: &RelayArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
     let ticket = read_secret(&args.ticket_file)?;
     let link = Link::parse(&args.link)?;
     let mut client = match &args.tsm_ca {
@@ -371,7 +371,8 @@ pub fn relay(args: &RelayArgs, json_out: bool) -> Result<(), Failure> {
         }),
         _ => None,
     };
-    let mut ch = args.target.open(false)?;
+    // --trace shows the card side: the provider's SCP03-protected commands the relay carries.
+    let mut ch = args.target.open(trace)?;
     let mut capture = args.capture.as_ref().map(|_| Vec::new());
     let mut asked = given.is_some();
     // Set when the files' access code or password was refused: then the relay stops with that

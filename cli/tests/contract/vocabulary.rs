@@ -67,3 +67,54 @@ fn new_spellings_are_documented_and_old_ones_still_work() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn trace_and_json_where_they_would_do_nothing_are_usage_errors() {
+    let dir = super::scratch("flags-without-effect");
+    for (args, says) in [
+        (
+            &["ca", "init", "--ca-dir", "pki", "--trace"][..],
+            "--trace does nothing for kagi ca",
+        ),
+        (
+            &[
+                "perso",
+                "open-mailer",
+                "--key",
+                "k",
+                "--mailer",
+                "m",
+                "--trace",
+            ][..],
+            "OUT/logs/",
+        ),
+        (
+            &["tsm", "serve", "--config", "none.toml", "--json"][..],
+            "--json does nothing for kagi tsm serve",
+        ),
+    ] {
+        let o = kagi(&dir, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", super::show(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(says),
+            "{args:?}: {}",
+            super::show(&o)
+        );
+        assert!(!dir.join("pki").exists(), "{args:?} did something");
+    }
+    // Under --json the refusal is a JSON error document too.
+    let o = kagi(
+        &dir,
+        &["--json", "ca", "init", "--ca-dir", "pki", "--trace"],
+    );
+    let e = crate::support::schema::document("error", &o.stdout);
+    assert_eq!(e["error"]["code"], "usage");
+    // Where the flags work, they are taken.
+    let o = kagi(&dir, &["apdu", "--sim", "--trace", "00A4040000"]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stderr).contains(">> 00A40400"),
+        "{}",
+        super::show(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
