@@ -5,7 +5,9 @@
 //!   provider allowed (every check spends an attempt first), and lock the download;
 //! - a cancellation or revocation racing the relay always lands (never a conflict to retry),
 //!   and what it cancelled stays cancelled;
-//! - a SIM reported lost while a provider issues to it keeps no live credential.
+//! - a SIM reported lost while a provider issues to it keeps no live credential;
+//! - many requests for the same SIM and provider at once (other idempotency keys) start one
+//!   operation, never two.
 
 mod support;
 
@@ -249,6 +251,72 @@ async fn card_lost_race(backend: Backend) {
             live[0].id
         );
     }
+}
+
+/// 16 wallet updates for one SIM at once (each with its own idempotency key, half on each
+/// instance, signed beforehand and released together): one operation starts, the others are
+/// refused as in progress; never two live operations of one provider on one card.
+async fn one_live_operation_race(backend: Backend) {
+    const N: usize = 16;
+    let w = Arc::new(world(&backend).await);
+    let twin = w.instance().await;
+    for round in 0..4u32 {
+        let card = iccid(&format!("8981000000000{:05}", 300 + round));
+        w.register(MNO, &card).await;
+        let start = Arc::new(tokio::sync::Barrier::new(N));
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let tsm = if i % 2 == 0 {
+                w.tsm.clone()
+            } else {
+                twin.clone()
+            };
+            let idem = Some(tsm_protocol::IdempotencyKey::random().unwrap());
+            let out = w.sign(BANK, &wallet(&card, 3), idem);
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                (tsm.control(&out.bytes).await, out.header)
+            }));
+        }
+        let (mut accepted, mut busy) = (0, 0);
+        for t in tasks {
+            let (answer, header) = t.await.unwrap();
+            let answer = answer.map(|a| {
+                tsm_protocol::control::open_answer(
+                    &a,
+                    &header,
+                    &w.answers,
+                    tsm_protocol::signing::now_ms(),
+                )
+            });
+            match answer {
+                Ok(Ok(ControlResponse::Accepted { .. })) => accepted += 1,
+                Ok(Ok(ControlResponse::Rejected(r))) if r.code == "business.in-progress" => {
+                    busy += 1
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        let live = w.tsm.store().live_ops_on(&card).await.unwrap();
+        assert_eq!(
+            (accepted, busy, live.len()),
+            (1, N - 1, 1),
+            "round {round}: accepted, refused as in progress, live operations"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_one_live_operation_per_card_and_provider() {
+    let dir = TempDir::new("race-live");
+    one_live_operation_race(dir.sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_one_live_operation_per_card_and_provider() {
+    let pg = tsm_server::testing::PrivatePostgres::start("tsm-race-live").unwrap();
+    one_live_operation_race(Backend::Postgres(pg.url.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

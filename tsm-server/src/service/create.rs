@@ -329,6 +329,11 @@ impl Tsm {
                 })
             }
             Created::Existing(e) => self.again(*e, &op.request_hash),
+            // Another request for this card won the race past the check above.
+            Created::Busy(live) => reject(
+                "business.in-progress",
+                format!("operation {live} is still running on SIM {iccid}: cancel it or wait"),
+            ),
         }
     }
 }

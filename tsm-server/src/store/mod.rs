@@ -21,6 +21,10 @@ pub const SCHEMA: Schema = Schema {
         version BIGINT NOT NULL, data BYTES NOT NULL)",
         "CREATE UNIQUE INDEX IF NOT EXISTS ops_idem ON ops (party, idem_key)",
         "CREATE INDEX IF NOT EXISTS ops_card ON ops (iccid, state)",
+        // One live operation per card and party: two requests racing past the service's
+        // check cannot both commit (a partial unique index; SQLite and PostgreSQL).
+        "CREATE UNIQUE INDEX IF NOT EXISTS ops_live ON ops (iccid, party)
+        WHERE state IN ('awaiting-device', 'device-bound', 'running', 'interrupted')",
         "CREATE TABLE IF NOT EXISTS replay (
         sender TEXT NOT NULL, msg_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
         PRIMARY KEY (sender, msg_id))",

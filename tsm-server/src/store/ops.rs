@@ -119,6 +119,8 @@ pub enum Created {
     New,
     /// The party's idempotency key names an existing operation.
     Existing(Box<OpRow>),
+    /// The party has a live operation on this card already (this one).
+    Busy(OpId),
 }
 
 impl Store {
@@ -181,13 +183,24 @@ impl Store {
         batch.extend(extra);
         match self.commit(batch).await {
             Ok(()) => Ok(Created::New),
-            Err(StoreError::Conflict(0)) => match &op.idem_key {
-                Some(k) => match self.op_by_idem(&op.party, k).await? {
-                    Some(existing) => Ok(Created::Existing(Box::new(existing))),
+            Err(StoreError::Conflict(0)) => {
+                // Either the idempotency key was taken, or (ops_live) the party already runs
+                // an operation on this card.
+                if let Some(k) = &op.idem_key
+                    && let Some(existing) = self.op_by_idem(&op.party, k).await?
+                {
+                    return Ok(Created::Existing(Box::new(existing)));
+                }
+                match self
+                    .live_ops_on(&op.iccid)
+                    .await?
+                    .into_iter()
+                    .find(|o| o.party == op.party)
+                {
+                    Some(live) => Ok(Created::Busy(live.id)),
                     None => Err(StoreError::Conflict(0)),
-                },
-                None => Err(StoreError::Conflict(0)),
-            },
+                }
+            }
             Err(e) => Err(e),
         }
     }
