@@ -118,7 +118,7 @@ impl Tsm {
                         self.store
                             .commit(vec![
                                 Store::cancel_op(&o.id, t),
-                                Store::audit(&o.id, t, &party.0, "cancelled", ""),
+                                Store::audit_cancelled(&o.id, t, &party.0),
                             ])
                             .await?;
                     }

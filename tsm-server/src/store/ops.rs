@@ -240,6 +240,18 @@ impl Store {
         )
     }
 
+    /// Statement auditing a cancellation only if [`Store::cancel_op`] at `now`, earlier in the
+    /// same transaction, cancelled the operation: a cancel that finds it over (the download
+    /// finished meanwhile) leaves no "cancelled" entry beside the completion.
+    pub fn audit_cancelled(id: &OpId, now: i64, actor: &str) -> Stmt {
+        Stmt::any(
+            "INSERT INTO audit (op_id, at, actor, event, detail)
+             SELECT $1, $2, CAST($3 AS TEXT), 'cancelled', ''
+             WHERE EXISTS (SELECT 1 FROM ops WHERE id = $1 AND state = 'cancelled' AND updated_at = $2)",
+            vec![id.to_hex().into(), now.into(), actor.into()],
+        )
+    }
+
     /// An operation by id.
     pub async fn op(&self, id: &OpId) -> Result<Option<OpRow>, StoreError> {
         let rows = self
@@ -517,18 +529,32 @@ mod tests {
             (card.mno.as_str(), card.cin.as_str(), card.state.as_str()),
             ("mno:x", "AA", "active")
         );
-        // Cancelling an operation that is over changes nothing.
+        // Cancelling an operation that is over changes nothing, and audits nothing.
+        let audited = || async { store.audit_trail(Some(&a.id)).await.unwrap().len() };
+        let before = audited().await;
         store
-            .commit(vec![Store::cancel_op(&a.id, 9)])
+            .commit(vec![
+                Store::cancel_op(&a.id, 9),
+                Store::audit_cancelled(&a.id, 9, "sp:bank"),
+            ])
             .await
             .unwrap();
         let o = store.op(&a.id).await.unwrap().unwrap();
         assert_eq!((o.state, o.version), (OpState::Cancelled, 2));
+        assert_eq!(audited().await, before + 1);
         store
-            .commit(vec![Store::cancel_op(&a.id, 10)])
+            .commit(vec![
+                Store::cancel_op(&a.id, 10),
+                Store::audit_cancelled(&a.id, 10, "sp:bank"),
+            ])
             .await
             .unwrap();
         assert_eq!(store.op(&a.id).await.unwrap().unwrap().version, 2);
+        assert_eq!(
+            audited().await,
+            before + 1,
+            "a cancel that cancelled nothing"
+        );
         // Reopening keeps everything (and does not migrate twice).
         drop(store);
         let store = Store::open(backend).await.unwrap();
