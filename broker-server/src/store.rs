@@ -47,6 +47,11 @@ pub const SCHEMA: Schema = Schema {
             assurance TEXT NOT NULL, event TEXT NOT NULL, outcome TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS audit_card ON audit (card, id)",
         "CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        // Records a KEK rotation could not open while the key store worked: set aside (and
+        // audited) so that the rotation goes on with the others; `verify-records` lists them.
+        "CREATE TABLE IF NOT EXISTS quarantine (
+        card TEXT NOT NULL, service TEXT NOT NULL, version BIGINT NOT NULL, kek TEXT NOT NULL,
+        at BIGINT NOT NULL, PRIMARY KEY (card, service, version))",
         // Password tries per holder and per client (`holder:<id>`, `client:<address>`), on
         // the first shard: claimed by compare-and-swap on `failures` before a password is
         // checked, so concurrent tries never check more than the backoff allows.
@@ -380,7 +385,10 @@ impl Shard {
         let rows = self
             .query(
                 "SELECT card, service, version, state, kek, wrapped_dek, nonce, ciphertext, public_key, pairwise
-                 FROM credentials WHERE (kek < $1 OR kek > $1) LIMIT $2",
+                 FROM credentials WHERE (kek < $1 OR kek > $1)
+                 AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.card = credentials.card
+                     AND q.service = credentials.service AND q.version = credentials.version)
+                 LIMIT $2",
                 vec![kek.into(), limit.into()],
             )
             .await?;
@@ -409,9 +417,34 @@ impl Shard {
     pub async fn count_not_under(&self, kek: &str) -> Result<i64, StoreError> {
         let rows = self
             .query(
-                "SELECT COUNT(*) FROM credentials WHERE (kek < $1 OR kek > $1)",
+                "SELECT COUNT(*) FROM credentials WHERE (kek < $1 OR kek > $1)
+                 AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.card = credentials.card
+                     AND q.service = credentials.service AND q.version = credentials.version)",
                 vec![kek.into()],
             )
+            .await?;
+        Ok(rows.first().map(|r| r[0].int()).unwrap_or(0))
+    }
+
+    /// Statement setting a record aside from KEK rotations (see the `quarantine` table).
+    pub fn quarantine_stmt(c: &CredentialRow, at: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO quarantine (card, service, version, kek, at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            vec![
+                c.card.clone().into(),
+                c.service.clone().into(),
+                c.version.into(),
+                c.sealed.kek.clone().into(),
+                at.into(),
+            ],
+        )
+    }
+
+    /// How many records are set aside from KEK rotations.
+    pub async fn count_quarantined(&self) -> Result<i64, StoreError> {
+        let rows = self
+            .query("SELECT COUNT(*) FROM quarantine", vec![])
             .await?;
         Ok(rows.first().map(|r| r[0].int()).unwrap_or(0))
     }

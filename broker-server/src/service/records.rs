@@ -7,32 +7,54 @@ use super::{Broker, BrokerError, RecordCheck, Result};
 
 impl Broker {
     /// Re-wraps up to `budget` records under `to`, shard by shard; returns how many, and how
-    /// many remain under another KEK. Each record changes in its own statement, only if still
+    /// many remain under another KEK (not counting quarantined records: one that does not open
+    /// while the key store works is set aside with an audit entry). Each record changes in its own statement, only if still
     /// under the KEK it was read with: an interrupted rotation leaves every record whole under
     /// one KEK, and any instance continues it.
     pub async fn rewrap_some(&self, to: &str, budget: u64) -> Result<(u64, u64)> {
         let mut done = 0u64;
+        let mut looked = 0u64;
         for shard in self.shards.all() {
-            while done < budget {
+            while looked < budget {
                 let batch = shard
-                    .credentials_not_under(to, (budget - done).min(500) as i64)
+                    .credentials_not_under(to, (budget - looked).min(500) as i64)
                     .await?;
                 if batch.is_empty() {
                     break;
                 }
+                let t = self.now();
                 let mut stmts = Vec::with_capacity(batch.len());
                 for c in &batch {
-                    let new = self
-                        .config
-                        .envelope
-                        .rewrap(&c.sealed, to)
-                        .map_err(BrokerError::Keys)?;
-                    let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
-                    s.expect = kagi_db::Expect::Any;
-                    stmts.push(s);
+                    match self.config.envelope.rewrap(&c.sealed, to) {
+                        Ok(new) => {
+                            let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
+                            s.expect = kagi_db::Expect::Any;
+                            stmts.push(s);
+                            done += 1;
+                        }
+                        // The key store works, this record does not open: it is set aside
+                        // (audited) instead of stopping every sweep at it.
+                        Err(e) if self.key_store_works(&c.sealed.kek, to) => {
+                            tracing::error!(
+                                card = %c.card, service = %c.service, version = c.version,
+                                kek = %c.sealed.kek,
+                                "a record does not open: quarantined, the rotation goes on ({e})"
+                            );
+                            stmts.push(Shard::quarantine_stmt(c, t));
+                            stmts.push(Shard::audit(
+                                &c.card,
+                                t,
+                                &c.service,
+                                "",
+                                "kek-rotation",
+                                "quarantined: the record does not open under its KEK",
+                            ));
+                        }
+                        Err(e) => return Err(BrokerError::Keys(e)),
+                    }
                 }
                 shard.commit(stmts).await?;
-                done += batch.len() as u64;
+                looked += batch.len() as u64;
             }
         }
         let mut remaining = 0;
@@ -40,6 +62,23 @@ impl Broker {
             remaining += shard.count_not_under(to).await? as u64;
         }
         Ok((done, remaining))
+    }
+
+    /// Whether the key store wraps and unwraps a fresh data key under both KEKs: when it
+    /// does, a record that does not open is the record's fault, not the key store's (an HSM
+    /// that is down must stop the rotation, never quarantine every record).
+    fn key_store_works(&self, from: &str, to: &str) -> bool {
+        let mut probe = zeroize::Zeroizing::new([0u8; 32]);
+        if getrandom::fill(probe.as_mut()).is_err() {
+            return false;
+        }
+        [from, to].iter().all(|kek| {
+            self.config
+                .envelope
+                .wrap_dek(kek, probe.as_ref())
+                .and_then(|w| self.config.envelope.unwrap_dek(kek, &w))
+                .is_ok_and(|d| d.as_slice() == probe.as_ref())
+        })
     }
 
     /// Opens every stored credential (an integrity check: after a rotation, a restore, or

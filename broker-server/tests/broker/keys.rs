@@ -245,3 +245,73 @@ async fn a_stolen_database_opens_nothing_without_the_key_store() {
     let db = std::fs::read(w.dir.join("shard0.db")).unwrap();
     assert!(!leaks(&db, &secret));
 }
+
+/// A record that does not open (its wrapped data key damaged) while the key store works is
+/// set aside with an audit entry: the rotation moves every other record and is not stopped
+/// by it, now or at the next sweep; `verify-records` still names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_open_is_quarantined_and_the_rotation_goes_on() {
+    let w = World::new("quarantine", 1);
+    let a = w.broker().await;
+    w.admin(
+        &a,
+        AdminRequest::RegisterService(policy("svc", Method::Mac, Assurance::Card)),
+    )
+    .await;
+    for i in 0..6 {
+        let card = format!("Q-{i}");
+        w.admin(
+            &a,
+            AdminRequest::EnrolCard {
+                card: card.clone(),
+                holder: card.clone(),
+                password: None,
+            },
+        )
+        .await;
+        w.admin(
+            &a,
+            AdminRequest::EnrolCredential {
+                card,
+                service: "svc".into(),
+            },
+        )
+        .await;
+    }
+    let shard = &a.shards().all()[0];
+    shard
+        .commit(vec![kagi_db::Stmt::one(
+            "UPDATE credentials SET wrapped_dek = $1 WHERE card = $2",
+            vec![vec![0u8; 40].into(), "Q-3".into()],
+        )])
+        .await
+        .unwrap();
+    FileEnvelope::new_kek(&w.dir.join("keys"), "k2").unwrap();
+    let a = w.broker().await;
+    a.shards()
+        .everywhere(vec![broker_server::store::Shard::put_setting(
+            "current_kek",
+            "k2",
+        )])
+        .await
+        .unwrap();
+    let (done, remaining) = a.rewrap_some("k2", 1_000).await.unwrap();
+    assert_eq!((done, remaining), (5, 0));
+    // The next sweep does not trip over it either.
+    assert_eq!(a.sweep().await.unwrap(), 0);
+    assert_eq!(a.shards().all()[0].count_quarantined().await.unwrap(), 1);
+    let trail = a.shards().all()[0].audit_trail(Some("Q-3")).await.unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.event == "kek-rotation" && e.outcome.starts_with("quarantined")),
+        "{trail:?}"
+    );
+    let check = a.verify_records().await.unwrap();
+    assert_eq!((check.records, check.opened), (6, 5));
+    assert!(
+        check.failed[0].starts_with("Q-3 / svc"),
+        "{:?}",
+        check.failed
+    );
+}
