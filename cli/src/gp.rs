@@ -102,6 +102,8 @@ pub enum GpCmd {
         session: Session,
         /// The CAP file (or .ijc) whose package to delete.
         cap: PathBuf,
+        #[command(flatten)]
+        token: super::gp_dap::TokenOpts,
     },
     /// What a CAP file holds (package, applets, imports, component sizes); no card needed.
     CapInfo {
@@ -117,6 +119,8 @@ pub enum GpCmd {
         /// Also delete the load file's instances.
         #[arg(long)]
         related: bool,
+        #[command(flatten)]
+        token: super::gp_dap::TokenOpts,
     },
     /// Delete a key version, or one key of it (DELETE with D2 key version / D0 key id). Cards
     /// refuse the key set of the open session and their last one.
@@ -637,9 +641,11 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             trace,
             json_out,
         ),
-        GpCmd::Uninstall { session, cap } => {
-            super::gp_cap::uninstall(session, cap, trace, json_out)
-        }
+        GpCmd::Uninstall {
+            session,
+            cap,
+            token,
+        } => super::gp_cap::uninstall(session, cap, token, trace, json_out),
         GpCmd::CapInfo { cap } => super::gp_cap::info(cap, json_out),
         GpCmd::Install {
             session,
@@ -672,15 +678,10 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             session,
             aid: target,
             related,
+            token,
         } => {
             let a = aid("AID", target)?;
-            session.run(trace, |sc, _, _| Ok(manage::delete(sc, &a, *related)?))?;
-            done(
-                json_out,
-                &format!("deleted {}", hex::encode_upper(&a)),
-                json!({"deleted": hex::encode_upper(&a)}),
-            );
-            Ok(())
+            super::gp_cap::delete(session, &a, *related, token, trace, json_out)
         }
         GpCmd::DeleteKey {
             session,
