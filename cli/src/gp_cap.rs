@@ -117,7 +117,7 @@ pub fn load(
         .map(|t| aid("security domain AID", t))
         .transpose()?;
     let hash = if no_hash { HashAlg::None } else { opts.hash };
-    let dap = opts.dap.signer()?;
+    let dap = opts.dap.signer(hash)?;
     let delegated = opts.dap.delegated()?;
     let (stats, receipt) = session.run(trace, |sc, domain, _| {
         load_in_session(
@@ -174,7 +174,7 @@ pub fn install(
         params: parse_hex("install parameters", &args.params)?,
         selectable: args.selectable,
     };
-    let dap = opts.dap.signer()?;
+    let dap = opts.dap.signer(opts.hash)?;
     let delegated = opts.dap.delegated()?;
     let (stats, installed) = session.run(trace, |sc, domain, _| {
         let loaded = gp::get_status(sc, StatusScope::LoadFiles)?

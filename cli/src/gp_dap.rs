@@ -19,9 +19,10 @@ pub struct DapOpts {
     /// goes to, --to, else the selected one).
     #[arg(long, requires = "dap_key")]
     dap_sd: Option<String>,
-    /// RSA DAP signatures: PKCS#1 v1.5 with sha1 or sha256 (P-256 always uses SHA-256).
-    #[arg(long, default_value = "sha256", requires = "dap_key")]
-    dap_digest: String,
+    /// RSA DAP signatures: PKCS#1 v1.5 with sha1 or sha256 (default: the load file hash's
+    /// algorithm, as cards check it; P-256 always uses SHA-256).
+    #[arg(long, requires = "dap_key")]
+    dap_digest: Option<String>,
     #[command(flatten)]
     token: TokenOpts,
 }
@@ -116,12 +117,17 @@ pub struct Dap {
 }
 
 impl DapOpts {
-    /// The signer, read before any card is opened; `None` without `--dap-key`.
-    pub fn signer(&self) -> Result<Option<Dap>, Failure> {
+    /// The signer for a load with load file hash `hash`, read before any card is opened;
+    /// `None` without `--dap-key`.
+    pub fn signer(&self, hash: kagi::gp_cap::HashAlg) -> Result<Option<Dap>, Failure> {
         let Some(path) = &self.dap_key else {
             return Ok(None);
         };
-        let digest: RsaDigest = self.dap_digest.parse()?;
+        let digest: RsaDigest = match &self.dap_digest {
+            Some(d) => d.parse()?,
+            None if hash == kagi::gp_cap::HashAlg::Sha1 => RsaDigest::Sha1,
+            None => RsaDigest::Sha256,
+        };
         let signer = signer_from(path, digest)?;
         let sd = self
             .dap_sd

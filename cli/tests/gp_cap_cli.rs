@@ -428,6 +428,7 @@ fn dap_signed_with_a_pkcs11_key_in_softhsm() {
         "security-domain,dap-verification",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // RSA with SHA-1: over a SHA-1 load file hash (the simulator wants the hash's digest).
     for (label, kvn, digest) in [("dap-ec", "73", "sha256"), ("dap-rsa", "74", "sha1")] {
         let o = run(&[
             "put-key",
@@ -449,6 +450,8 @@ fn dap_signed_with_a_pkcs11_key_in_softhsm() {
             "--dap-key",
             &uri(label),
             "--dap-digest",
+            digest,
+            "--hash",
             digest,
         ]);
         assert!(o.status.success(), "{label}: {}", text(&o));
