@@ -221,41 +221,52 @@ fn scp02_masters_in_softhsm_personalise_emv_and_visa2_cards() {
             ),
         )
         .unwrap();
-        let out = dir.join(format!("out-{name}"));
-        let mut run = vec!["perso", "run", "--sim", "2", "--profile"];
-        run.extend([
-            profile.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ]);
-        run.extend(["--out", out.to_str().unwrap()]);
-        run.extend(hsm);
+        // The HSM, then the development file store with the same master: both derive.
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::copy(&master_file, files.join("master.keys")).unwrap();
         let transport = examples().join("keys/transport.keys");
-        run.extend(["--transport-keys", transport.to_str().unwrap()]);
-        let o = kagi(&conf, &run);
-        assert!(o.status.success(), "{name}: {}", text(&o));
-        for id in ["S0", "S1"] {
-            let image = out.join("cards").join(format!("{id}.img"));
-            let kdd: [u8; 10] = support::kdd_of(&image, None, 0x31).try_into().unwrap();
-            let expected = master.diversify(scheme, &kdd).unwrap();
-            let as_keys = |k: &StaticKeys02| {
-                let aes = |d: &Des3Key| AesKey::new(d.as_bytes()).unwrap();
-                StaticKeys::new(0x31, aes(k.enc()), aes(k.mac()), aes(k.dek())).unwrap()
-            };
-            for (keys, opens) in [(as_keys(&expected), true), (as_keys(&master), false)] {
-                let mut card = applet_sim::SimCard::from_image(&image, None).unwrap();
-                card.power_on();
-                let mut ch = kagi::channel::CardChannel::new(card);
-                let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
-                let opts = HostOptions {
-                    kvn: 0x31,
-                    level: SecurityLevel::CMAC,
-                    ..HostOptions::default()
+        std::fs::copy(&transport, files.join("transport.keys")).unwrap();
+        for store in ["hsm", "files"] {
+            let out = dir.join(format!("out-{name}-{store}"));
+            let mut run = vec!["perso", "run", "--sim", "2", "--profile"];
+            run.extend([
+                profile.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+            ]);
+            run.extend(["--out", out.to_str().unwrap()]);
+            if store == "hsm" {
+                run.extend(hsm);
+                run.extend(["--transport-keys", transport.to_str().unwrap()]);
+            } else {
+                run.extend(["--insecure-file-keys", files.to_str().unwrap()]);
+            }
+            let o = kagi(&conf, &run);
+            assert!(o.status.success(), "{name} {store}: {}", text(&o));
+            for id in ["S0", "S1"] {
+                let image = out.join("cards").join(format!("{id}.img"));
+                let kdd: [u8; 10] = support::kdd_of(&image, None, 0x31).try_into().unwrap();
+                let expected = master.diversify(scheme, &kdd).unwrap();
+                let as_keys = |k: &StaticKeys02| {
+                    let aes = |d: &Des3Key| AesKey::new(d.as_bytes()).unwrap();
+                    StaticKeys::new(0x31, aes(k.enc()), aes(k.mac()), aes(k.dek())).unwrap()
                 };
-                let r = kagi::secure::SecureChannel::open(&mut ch, keys, opts, Some(&sd.aid));
-                assert_eq!(r.is_ok(), opens, "{name} {id}: {:?}", r.err());
-                if let Ok(sc) = r {
-                    assert_eq!(sc.scp(), 0x02);
+                for (keys, opens) in [(as_keys(&expected), true), (as_keys(&master), false)] {
+                    let mut card = applet_sim::SimCard::from_image(&image, None).unwrap();
+                    card.power_on();
+                    let mut ch = kagi::channel::CardChannel::new(card);
+                    let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
+                    let opts = HostOptions {
+                        kvn: 0x31,
+                        level: SecurityLevel::CMAC,
+                        ..HostOptions::default()
+                    };
+                    let r = kagi::secure::SecureChannel::open(&mut ch, keys, opts, Some(&sd.aid));
+                    assert_eq!(r.is_ok(), opens, "{name} {store} {id}: {:?}", r.err());
+                    if let Ok(sc) = r {
+                        assert_eq!(sc.scp(), 0x02);
+                    }
                 }
             }
         }
