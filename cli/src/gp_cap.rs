@@ -47,14 +47,15 @@ fn read_cap(path: &Path) -> Result<CapFile, Failure> {
 }
 
 /// The LOAD block size for this session: the card's maximum (`9F65`), extended length when
-/// the transport carries it, less SCP03's overhead.
+/// the transport carries it and the protocol is SCP03, less the secure channel's overhead.
 fn block_size(sc: &mut Secure<'_>, domain: &gp::SelectedDomain, opts: &CapOpts) -> usize {
     if let Some(b) = opts.block_size {
         return b;
     }
     use card_wire::Transport;
     let overhead = sc.load_overhead();
-    let extended = sc.card().transport().capabilities().extended_length;
+    // SCP02 wraps short APDUs only, whatever the reader carries.
+    let extended = sc.card().transport().capabilities().extended_length && sc.scp() != 0x02;
     gp_load::block_size(domain.max_command_data, extended, overhead)
 }
 

@@ -750,3 +750,35 @@ fn a_domain_without_delegated_management_gets_nowhere_with_a_token() {
     assert!(!has_empty_pkg(&c.img));
     let _ = std::fs::remove_dir_all(&c.dir);
 }
+
+#[test]
+fn caps_load_and_install_through_scp02_on_the_command_line() {
+    // `--sim-preset gp-scp02`: SCP02 wraps short APDUs only, so LOAD blocks stay at 239
+    // bytes (255 - MAC - padding) although the simulated reader carries extended length.
+    let dir = tmp("scp02");
+    let img = dir.join("card.img");
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--sim-preset", "gp-scp02"]);
+        sim(&img, &a)
+    };
+    let (empty, iso) = (data(EMPTY), data(ISO));
+    let v = valid("gp.install", &run(&["install", empty.to_str().unwrap()]));
+    assert_eq!(v["stats"]["block"], 239, "{v}");
+    let v = valid("gp.load", &run(&["load", iso.to_str().unwrap()]));
+    assert_eq!(v["stats"]["block"], 239, "{v}");
+    assert_eq!(v["stats"]["commands"], 1 + 14114_usize.div_ceil(239), "{v}");
+    let list = json(&run(&["list"]));
+    let p = packages(&list);
+    for (pkg, module) in [
+        ("0102030405", "0102030405060708"),
+        ("F276A288BCFBA69D34F310", "F276A288BCFBA69D34F31001"),
+    ] {
+        assert!(
+            p.iter()
+                .any(|(a, _, m)| a == pkg && m == &serde_json::json!([module])),
+            "{p:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
