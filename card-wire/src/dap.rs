@@ -44,13 +44,30 @@ pub enum DapPublicKey {
 }
 
 impl DapPublicKey {
-    /// The key type and length the key information template reports for it (the modulus or
-    /// point length), when the length fits one byte.
-    pub fn template(&self) -> (u8, Option<u8>) {
-        match self {
-            DapPublicKey::Rsa { n, .. } => (KEY_RSA_N, u8::try_from(n.len()).ok()),
-            DapPublicKey::P256(q) => (KEY_ECC_PUBLIC, u8::try_from(q.len()).ok()),
+    /// The key information entry (the value of a `C0` in GET DATA `E0`) of this key as key
+    /// `kid` of version `kvn` (GP Card Specification 2.2.1 §11.3.3.1): the basic format —
+    /// key type and one length byte per component (RSA: `A1` modulus, `A0` exponent; P-256:
+    /// `B0` point) — when every length fits a byte; else the extended format, each component
+    /// as `FF ‖ type ‖ length(2)`, then empty key usage and key access (`00 00`), as an
+    /// RSA-2048 key needs (a 256-byte modulus).
+    pub fn template(&self, kid: u8, kvn: u8) -> Vec<u8> {
+        let components: Vec<(u8, usize)> = match self {
+            DapPublicKey::Rsa { n, e } => vec![(KEY_RSA_N, n.len()), (KEY_RSA_E, e.len())],
+            DapPublicKey::P256(q) => vec![(KEY_ECC_PUBLIC, q.len())],
+        };
+        let mut out = vec![kid, kvn];
+        if components.iter().all(|(_, len)| *len <= 0xFF) {
+            for (t, len) in components {
+                out.extend_from_slice(&[t, len as u8]);
+            }
+        } else {
+            for (t, len) in components {
+                let len = u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes();
+                out.extend_from_slice(&[0xFF, t, len[0], len[1]]);
+            }
+            out.extend_from_slice(&[0x00, 0x00]);
         }
+        out
     }
 }
 

@@ -102,6 +102,8 @@ pub enum GpCmd {
         session: Session,
         /// The CAP file (or .ijc) whose package to delete.
         cap: PathBuf,
+        #[command(flatten)]
+        token: super::gp_dap::TokenOpts,
     },
     /// What a CAP file holds (package, applets, imports, component sizes); no card needed.
     CapInfo {
@@ -112,11 +114,17 @@ pub enum GpCmd {
     Delete {
         #[command(flatten)]
         session: Session,
-        /// AID to delete.
-        aid: String,
+        /// The application or load file to delete (AID); the same as `--app AID`.
+        #[arg(required_unless_present = "app", conflicts_with = "app")]
+        aid: Option<String>,
+        /// The application or load file to delete (AID), as `--app` elsewhere.
+        #[arg(long)]
+        app: Option<String>,
         /// Also delete the load file's instances.
         #[arg(long)]
         related: bool,
+        #[command(flatten)]
+        token: super::gp_dap::TokenOpts,
     },
     /// Delete a key version, or one key of it (DELETE with D2 key version / D0 key id). Cards
     /// refuse the key set of the open session and their last one.
@@ -637,9 +645,11 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             trace,
             json_out,
         ),
-        GpCmd::Uninstall { session, cap } => {
-            super::gp_cap::uninstall(session, cap, trace, json_out)
-        }
+        GpCmd::Uninstall {
+            session,
+            cap,
+            token,
+        } => super::gp_cap::uninstall(session, cap, token, trace, json_out),
         GpCmd::CapInfo { cap } => super::gp_cap::info(cap, json_out),
         GpCmd::Install {
             session,
@@ -671,16 +681,15 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
         GpCmd::Delete {
             session,
             aid: target,
+            app,
             related,
+            token,
         } => {
-            let a = aid("AID", target)?;
-            session.run(trace, |sc, _, _| Ok(manage::delete(sc, &a, *related)?))?;
-            done(
-                json_out,
-                &format!("deleted {}", hex::encode_upper(&a)),
-                json!({"deleted": hex::encode_upper(&a)}),
-            );
-            Ok(())
+            let a = aid(
+                "AID",
+                target.as_ref().or(app.as_ref()).ok_or("give the AID")?,
+            )?;
+            super::gp_cap::delete(session, &a, *related, token, trace, json_out)
         }
         GpCmd::DeleteKey {
             session,

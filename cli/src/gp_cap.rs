@@ -47,14 +47,15 @@ fn read_cap(path: &Path) -> Result<CapFile, Failure> {
 }
 
 /// The LOAD block size for this session: the card's maximum (`9F65`), extended length when
-/// the transport carries it, less SCP03's overhead.
+/// the transport carries it and the protocol is SCP03, less the secure channel's overhead.
 fn block_size(sc: &mut Secure<'_>, domain: &gp::SelectedDomain, opts: &CapOpts) -> usize {
     if let Some(b) = opts.block_size {
         return b;
     }
     use card_wire::Transport;
     let overhead = sc.load_overhead();
-    let extended = sc.card().transport().capabilities().extended_length;
+    // SCP02 wraps short APDUs only, whatever the reader carries.
+    let extended = sc.card().transport().capabilities().extended_length && sc.scp() != 0x02;
     gp_load::block_size(domain.max_command_data, extended, overhead)
 }
 
@@ -81,23 +82,15 @@ fn load_in_session(
     let daps: Vec<_> = dap.map(|d| d.for_load(&target)).into_iter().collect();
     let token = delegated.map(|d| d.token.as_ref());
     let (stats, answer) = gp_cap::load_signed(sc, cap, &lo, &daps, token)?;
-    let receipt = match delegated.and_then(|d| d.receipt_key.as_ref()) {
-        Some(key) => {
+    let receipt = match delegated {
+        Some(d) => {
             let what = card_wire::dm::Confirmed::Load {
                 elf: cap.package_aid(),
                 sd: &target,
             };
-            Some(
-                card_wire::dm::verify_receipt(&answer, key, &what)
-                    .map_err(|e| format!("the package was loaded, but {e}"))?,
-            )
+            d.check(&answer, &what, "the package was loaded")?
         }
-        None => {
-            if delegated.is_some() {
-                eprintln!("note: the card's receipt was not verified (give --receipt-key-file)");
-            }
-            None
-        }
+        None => None,
     };
     Ok((stats, receipt))
 }
@@ -125,7 +118,7 @@ pub fn load(
         .map(|t| aid("security domain AID", t))
         .transpose()?;
     let hash = if no_hash { HashAlg::None } else { opts.hash };
-    let dap = opts.dap.signer()?;
+    let dap = opts.dap.signer(hash)?;
     let delegated = opts.dap.delegated()?;
     let (stats, receipt) = session.run(trace, |sc, domain, _| {
         load_in_session(
@@ -145,10 +138,7 @@ pub fn load(
         .unwrap_or_default();
     let mut doc = json!({"loaded": p, "stats": stats});
     if let Some(c) = &receipt {
-        doc["receipt"] = json!({
-            "counter": c.counter,
-            "card_unique_data": hex::encode_upper(&c.card_unique_data),
-        });
+        doc["receipt"] = super::gp_dap::receipt_json(c);
     }
     done(
         json_out,
@@ -185,50 +175,71 @@ pub fn install(
         params: parse_hex("install parameters", &args.params)?,
         selectable: args.selectable,
     };
-    let dap = opts.dap.signer()?;
-    if opts.dap.delegated()?.is_some() {
-        return Err(
-            "--token-key: kagi gp load FILE.cap carries a token; a delegated INSTALL of a CAP \
-             applet is not offered yet: load the package alone (kagi gp load FILE.cap --token-key ...)"
-                .into(),
-        );
-    }
+    let dap = opts.dap.signer(opts.hash)?;
+    let delegated = opts.dap.delegated()?;
     let (stats, installed) = session.run(trace, |sc, domain, _| {
         let loaded = gp::get_status(sc, StatusScope::LoadFiles)?
             .iter()
             .any(|e| e.aid == cap.package_aid());
-        let stats = if loaded {
+        let loaded_now = if loaded {
             None
         } else {
-            Some(
-                load_in_session(
-                    sc,
-                    domain,
-                    &cap,
-                    opts,
-                    None,
-                    opts.hash,
-                    (dap.as_ref(), None),
-                )?
-                .0,
-            )
+            Some(load_in_session(
+                sc,
+                domain,
+                &cap,
+                opts,
+                None,
+                opts.hash,
+                (dap.as_ref(), delegated.as_ref()),
+            )?)
         };
         // A refused INSTALL still leaves the load done: finish the session (a simulated card's
         // image is saved) before reporting it.
-        Ok((stats, gp_cap::install(sc, &spec)))
+        let token = delegated.as_ref().map(|d| d.token.as_ref());
+        Ok((loaded_now, gp_cap::install_signed(sc, &spec, token)))
     })?;
-    if let Err(e) = installed {
-        return Err(match &stats {
-            Some(s) => format!("{e} (loaded first: {})", stats_line(s)).into(),
-            None => e.into(),
-        });
-    }
+    let load_stats = stats.as_ref().map(|(s, _)| s);
+    let answer = match installed {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(match load_stats {
+                Some(s) => format!("{e} (loaded first: {})", stats_line(s)).into(),
+                None => e.into(),
+            });
+        }
+    };
+    let receipt = match &delegated {
+        Some(d) => {
+            let what = card_wire::dm::Confirmed::Install {
+                elf: cap.package_aid(),
+                app: &spec.instance,
+            };
+            d.check(&answer, &what, "the applet was installed")?
+        }
+        None => None,
+    };
     let i = hex::encode_upper(&spec.instance);
-    let line = match &stats {
+    let mut line = match load_stats {
         Some(s) => format!("loaded and installed {i}: {}", stats_line(s)),
         None => format!("installed {i}"),
     };
-    done(json_out, &line, json!({"installed": i, "stats": stats}));
+    let mut doc = json!({"installed": i});
+    if let Some(s) = load_stats {
+        // Only when it loaded first (the schema has no null stats).
+        doc["stats"] = json!(s);
+    }
+    if let Some(c) = &receipt {
+        line.push_str(&format!(
+            "; receipt verified, confirmation counter {}",
+            c.counter
+        ));
+        doc["receipt"] = super::gp_dap::receipt_json(c);
+    }
+    if let Some(c) = stats.as_ref().and_then(|(_, r)| r.as_ref()) {
+        doc["load_receipt"] = super::gp_dap::receipt_json(c);
+    }
+    done(json_out, &line, doc);
     Ok(())
 }
 
@@ -236,18 +247,57 @@ pub fn install(
 pub fn uninstall(
     session: &Session,
     path: &Path,
+    token: &super::gp_dap::TokenOpts,
     trace: bool,
     json_out: bool,
 ) -> Result<(), Failure> {
     let cap = read_cap(path)?;
-    let p = cap.package_aid().to_vec();
-    session.run(trace, |sc, _, _| Ok(manage::delete(sc, &p, true)?))?;
-    let p = hex::encode_upper(p);
-    done(
-        json_out,
-        &format!("deleted {p} and its instances"),
-        json!({"deleted": p}),
-    );
+    delete(session, cap.package_aid(), true, token, trace, json_out)
+}
+
+/// `kagi gp delete AID` and `uninstall`: DELETE (`related`: with the load file's instances),
+/// with a token and a receipt under delegated management.
+pub fn delete(
+    session: &Session,
+    target: &[u8],
+    related: bool,
+    token: &super::gp_dap::TokenOpts,
+    trace: bool,
+    json_out: bool,
+) -> Result<(), Failure> {
+    let delegated = token.delegated()?;
+    let answer = session.run(trace, |sc, _, _| match &delegated {
+        Some(d) => Ok(manage::delete_delegated(
+            sc,
+            target,
+            related,
+            d.token.as_ref(),
+        )?),
+        None => Ok(manage::delete(sc, target, related).map(|()| Vec::new())?),
+    })?;
+    let receipt = match &delegated {
+        Some(d) => d.check(
+            &answer,
+            &card_wire::dm::Confirmed::Delete { aid: target },
+            "the card deleted it",
+        )?,
+        None => None,
+    };
+    let p = hex::encode_upper(target);
+    let mut line = if related {
+        format!("deleted {p} and its instances")
+    } else {
+        format!("deleted {p}")
+    };
+    let mut doc = json!({"deleted": p});
+    if let Some(c) = &receipt {
+        line.push_str(&format!(
+            "; receipt verified, confirmation counter {}",
+            c.counter
+        ));
+        doc["receipt"] = super::gp_dap::receipt_json(c);
+    }
+    done(json_out, &line, doc);
     Ok(())
 }
 

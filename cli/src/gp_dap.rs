@@ -1,6 +1,7 @@
 //! `--dap-key` for `kagi gp load|install FILE.cap`: the DAP block a security domain with DAP
 //! Verification requires, signed with a key file (RSA or P-256 PEM) or a PKCS#11 key; and
-//! `--token-key` / `--receipt-key-file` for a load by a domain under delegated management.
+//! `--token-key` / `--receipt-key-file` for a load, install or delete by a domain under delegated
+//! management.
 
 use super::Failure;
 use clap::Args;
@@ -18,12 +19,21 @@ pub struct DapOpts {
     /// goes to, --to, else the selected one).
     #[arg(long, requires = "dap_key")]
     dap_sd: Option<String>,
-    /// RSA DAP signatures: PKCS#1 v1.5 with sha1 or sha256 (P-256 always uses SHA-256).
-    #[arg(long, default_value = "sha256", requires = "dap_key")]
-    dap_digest: String,
-    /// Delegated management: sign a token for INSTALL [for load] with the card issuer's token
-    /// key (a PEM file or a PKCS#11 URI as for --dap-key), for an SSD with Delegated
-    /// Management (open the session to it with --sd).
+    /// RSA DAP signatures: PKCS#1 v1.5 with sha1 or sha256 (default: the load file hash's
+    /// algorithm, as cards check it; P-256 always uses SHA-256).
+    #[arg(long, requires = "dap_key")]
+    dap_digest: Option<String>,
+    #[command(flatten)]
+    token: TokenOpts,
+}
+
+/// Delegated management (GP 2.3 Annex C.4): the token a domain with Delegated Management
+/// needs for LOAD, INSTALL and DELETE, and the receipt check.
+#[derive(Args, Clone, Default)]
+pub struct TokenOpts {
+    /// Delegated management: sign a token for INSTALL [for load], INSTALL [for install] and
+    /// DELETE with the card issuer's token key (a PEM file or a PKCS#11 URI as for --dap-key),
+    /// for an SSD with Delegated Management (open the session to it with --sd).
     #[arg(long)]
     token_key: Option<String>,
     /// RSA tokens: PKCS#1 v1.5 with sha1 or sha256.
@@ -51,6 +61,40 @@ pub struct Delegated {
 }
 
 impl DapOpts {
+    /// The token signer and receipt key (see [`TokenOpts::delegated`]).
+    pub fn delegated(&self) -> Result<Option<Delegated>, Failure> {
+        self.token.delegated()
+    }
+}
+
+impl Delegated {
+    /// Checks the card's confirmation `answer` of `what` with the receipt key, when given
+    /// (`done`: what the card did, for the error text); without one, says so on stderr.
+    pub fn check(
+        &self,
+        answer: &[u8],
+        what: &card_wire::dm::Confirmed<'_>,
+        done: &str,
+    ) -> Result<Option<card_wire::dm::Confirmation>, Failure> {
+        let Some(key) = &self.receipt_key else {
+            eprintln!("note: the card's receipt was not verified (give --receipt-key-file)");
+            return Ok(None);
+        };
+        card_wire::dm::verify_receipt(answer, key, what)
+            .map(Some)
+            .map_err(|e| format!("{done}, but {e}").into())
+    }
+}
+
+/// A verified receipt as JSON (`counter`, `card_unique_data`).
+pub fn receipt_json(c: &card_wire::dm::Confirmation) -> serde_json::Value {
+    serde_json::json!({
+        "counter": c.counter,
+        "card_unique_data": hex::encode_upper(&c.card_unique_data),
+    })
+}
+
+impl TokenOpts {
     /// The token signer and receipt key, read before any card is opened; `None` without
     /// `--token-key`.
     pub fn delegated(&self) -> Result<Option<Delegated>, Failure> {
@@ -73,12 +117,17 @@ pub struct Dap {
 }
 
 impl DapOpts {
-    /// The signer, read before any card is opened; `None` without `--dap-key`.
-    pub fn signer(&self) -> Result<Option<Dap>, Failure> {
+    /// The signer for a load with load file hash `hash`, read before any card is opened;
+    /// `None` without `--dap-key`.
+    pub fn signer(&self, hash: kagi::gp_cap::HashAlg) -> Result<Option<Dap>, Failure> {
         let Some(path) = &self.dap_key else {
             return Ok(None);
         };
-        let digest: RsaDigest = self.dap_digest.parse()?;
+        let digest: RsaDigest = match &self.dap_digest {
+            Some(d) => d.parse()?,
+            None if hash == kagi::gp_cap::HashAlg::Sha1 => RsaDigest::Sha1,
+            None => RsaDigest::Sha256,
+        };
         let signer = signer_from(path, digest)?;
         let sd = self
             .dap_sd

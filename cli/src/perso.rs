@@ -73,12 +73,31 @@ pub fn run(args: &BatchArgs, resume: bool, json_out: bool) -> Result<(), Failure
                 };
                 kagi_hsm::HsmMaster::open(&config, &pin, profile.production_kvn)
             };
-            let master = open(&config.key)?;
-            let mut domains = std::collections::BTreeMap::new();
-            for d in &profile.domains {
-                domains.insert(d.keys.clone(), open(&d.keys)?);
+            if matches!(
+                profile.diversification,
+                card_wire::scp03::Diversification::Emv | card_wire::scp03::Diversification::Visa2
+            ) {
+                // 3DES (SCP02) masters, imported with `kagi perso hsm-import --des`.
+                let open = |label: &str| {
+                    let config = kagi_hsm::HsmConfig {
+                        key: label.to_string(),
+                        ..config.clone()
+                    };
+                    kagi_hsm::scp02::HsmMaster02::open(&config, &pin, profile.production_kvn)
+                };
+                let mut domains = std::collections::BTreeMap::new();
+                for d in &profile.domains {
+                    domains.insert(d.keys.clone(), open(&d.keys)?);
+                }
+                KeySets::with_hsm02(transport, open(&config.key)?, domains, &profile)?
+            } else {
+                let master = open(&config.key)?;
+                let mut domains = std::collections::BTreeMap::new();
+                for d in &profile.domains {
+                    domains.insert(d.keys.clone(), open(&d.keys)?);
+                }
+                KeySets::with_hsm(transport, master, domains, &profile)?
             }
-            KeySets::with_hsm(transport, master, domains, &profile)?
         }
         (None, None) => return Err("--hsm-module needs --transport-keys FILE".into()),
     };
@@ -319,17 +338,28 @@ pub struct HsmImportArgs {
     /// Key file with the master keys (KEY= or ENC=/MAC=/DEK=); delete it afterwards.
     #[arg(long)]
     key_file: PathBuf,
+    /// 3DES (SCP02) master keys, 16 bytes each, for profiles with diversification = "emv"
+    /// or "visa2" (default: AES, for kdf3).
+    #[arg(long)]
+    des: bool,
 }
 
 /// Imports the master keys into the HSM as non-extractable keys.
 pub fn hsm_import(args: &HsmImportArgs, json_out: bool) -> Result<(), Failure> {
     let keys = kagi::keys::read_key_file(&args.key_file, 0)?;
     let config = args.hsm.config()?;
-    kagi_hsm::import_master(&config, &args.hsm.pin()?, &keys)?;
+    if args.des {
+        let keys = card_wire::scp02::StaticKeys02::from_scp03(&keys)
+            .map_err(|e| format!("{}: not 3DES keys: {e}", args.key_file.display()))?;
+        kagi_hsm::scp02::import_master_des(&config, &args.hsm.pin()?, &keys)?;
+    } else {
+        kagi_hsm::import_master(&config, &args.hsm.pin()?, &keys)?;
+    }
     if json_out {
         super::print_json(serde_json::json!({
             "token": config.token,
             "objects": (["enc", "mac", "dek"].map(|k| format!("{}-{k}", config.key))),
+            "key_type": if args.des { "3des" } else { "aes" },
             "extractable": false,
             "key_file": args.key_file.display().to_string(),
         }));

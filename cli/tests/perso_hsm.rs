@@ -173,3 +173,108 @@ fn master_keys_in_softhsm_diversify_exactly_like_kdf3() {
     assert_eq!(after, imported_keys);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn scp02_masters_in_softhsm_personalise_emv_and_visa2_cards() {
+    // 3DES masters imported with `perso hsm-import --des`; a profile with diversification
+    // "emv" (then "visa2") personalises SCP02 cards (simulated, i=55) with keys derived inside
+    // the HSM. Each card then opens an SCP02 session with the keys the software derivation
+    // (card_wire::scp02, known-answer tested against GlobalPlatformPro's KCVs) computes from
+    // the same master and the card's KDD, and refuses the undiversified master.
+    use card_wire::scp02::{Des3Key, StaticKeys02};
+    use card_wire::scp03::{AesKey, Diversification, HostOptions, SecurityLevel, StaticKeys};
+    let dir = std::env::temp_dir().join(format!("kagi-hsm02-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (conf, pin_file) = support::softhsm(&dir.join("hsm"));
+    let hsm = [
+        "--hsm-module",
+        MODULE,
+        "--hsm-pin-file",
+        pin_file.to_str().unwrap(),
+    ];
+    let (enc, mac, dek) = (
+        "404142434445464748494A4B4C4D4E4F",
+        "2B7E151628AED2A6ABF7158809CF4F3C",
+        "0123456789ABCDEFFEDCBA9876543210",
+    );
+    let master_file = dir.join("master02.keys");
+    std::fs::write(&master_file, format!("ENC={enc}\nMAC={mac}\nDEK={dek}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&master_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut import = vec!["perso", "hsm-import", "--des"];
+    import.extend(hsm);
+    import.extend(["--key-file", master_file.to_str().unwrap()]);
+    let o = kagi(&conf, &import);
+    assert!(o.status.success(), "{}", text(&o));
+    let des = |h: &str| Des3Key::new(&hex::decode(h).unwrap()).unwrap();
+    let master = StaticKeys02::new(0x31, des(enc), des(mac), des(dek));
+    let input = dir.join("records.csv");
+    std::fs::write(&input, "id\nS0\nS1\n").unwrap();
+    for (scheme, name) in [
+        (Diversification::Emv, "emv"),
+        (Diversification::Visa2, "visa2"),
+    ] {
+        let profile = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &profile,
+            format!(
+                "version = 1\nname = \"scp02 {name}\"\ncard = \"smartcard\"\nfinal_state = \"secured\"\n\n\
+                 [keys]\ntransport_kvn = \"30\"\nproduction_kvn = \"31\"\ndiversification = \"{name}\"\n"
+            ),
+        )
+        .unwrap();
+        // The HSM, then the development file store with the same master: both derive.
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::copy(&master_file, files.join("master.keys")).unwrap();
+        let transport = examples().join("keys/transport.keys");
+        std::fs::copy(&transport, files.join("transport.keys")).unwrap();
+        for store in ["hsm", "files"] {
+            let out = dir.join(format!("out-{name}-{store}"));
+            let mut run = vec!["perso", "run", "--sim", "2", "--profile"];
+            run.extend([
+                profile.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+            ]);
+            run.extend(["--out", out.to_str().unwrap()]);
+            if store == "hsm" {
+                run.extend(hsm);
+                run.extend(["--transport-keys", transport.to_str().unwrap()]);
+            } else {
+                run.extend(["--insecure-file-keys", files.to_str().unwrap()]);
+            }
+            let o = kagi(&conf, &run);
+            assert!(o.status.success(), "{name} {store}: {}", text(&o));
+            for id in ["S0", "S1"] {
+                let image = out.join("cards").join(format!("{id}.img"));
+                let kdd: [u8; 10] = support::kdd_of(&image, None, 0x31).try_into().unwrap();
+                let expected = master.diversify(scheme, &kdd).unwrap();
+                let as_keys = |k: &StaticKeys02| {
+                    let aes = |d: &Des3Key| AesKey::new(d.as_bytes()).unwrap();
+                    StaticKeys::new(0x31, aes(k.enc()), aes(k.mac()), aes(k.dek())).unwrap()
+                };
+                for (keys, opens) in [(as_keys(&expected), true), (as_keys(&master), false)] {
+                    let mut card = applet_sim::SimCard::from_image(&image, None).unwrap();
+                    card.power_on();
+                    let mut ch = kagi::channel::CardChannel::new(card);
+                    let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
+                    let opts = HostOptions {
+                        kvn: 0x31,
+                        level: SecurityLevel::CMAC,
+                        ..HostOptions::default()
+                    };
+                    let r = kagi::secure::SecureChannel::open(&mut ch, keys, opts, Some(&sd.aid));
+                    assert_eq!(r.is_ok(), opens, "{name} {store} {id}: {:?}", r.err());
+                    if let Ok(sc) = r {
+                        assert_eq!(sc.scp(), 0x02);
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

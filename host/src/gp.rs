@@ -213,8 +213,8 @@ pub struct KeyInfo {
     /// Key type (`88` AES, `80` DES, …; hex in JSON).
     #[serde(serialize_with = "hex_u8")]
     pub key_type: u8,
-    /// Key length in bytes.
-    pub length: u8,
+    /// Key length in bytes (of the first component: an RSA key's modulus).
+    pub length: u16,
 }
 
 impl KeyInfo {
@@ -241,23 +241,37 @@ impl KeyInfo {
     }
 }
 
-/// Parses a key information template.
+/// Parses a key information template: each `C0` in the basic format (id, version, key type,
+/// one length byte) or the extended one (id, version, `FF`, key type, two length bytes, …; GP
+/// Card Specification 2.2.1 §11.3.3.1, as GlobalPlatformPro's `GPKeyInfo` reads it). The
+/// first component names the key: an RSA key's modulus.
 pub fn parse_key_info(data: &[u8]) -> Result<Vec<KeyInfo>> {
     let mut out = Vec::new();
     for c0 in tlv::find_all(data, Tag(0xC0))? {
-        if let [id, version, key_type, length, ..] = *c0.value {
-            out.push(KeyInfo {
-                id,
-                version,
-                key_type,
-                length,
-            });
-        } else {
-            return Err(Error::Protocol(format!(
-                "key information entry of {} bytes is too short",
-                c0.value.len()
-            )));
-        }
+        let (id, version, key_type, length) = match *c0.value {
+            [id, version, 0xFF, key_type, hi, lo, ..] => {
+                (id, version, key_type, u16::from_be_bytes([hi, lo]))
+            }
+            [_, _, 0xFF, ..] => {
+                return Err(Error::Protocol(format!(
+                    "extended key information entry of {} bytes is too short",
+                    c0.value.len()
+                )));
+            }
+            [id, version, key_type, length, ..] => (id, version, key_type, u16::from(length)),
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "key information entry of {} bytes is too short",
+                    c0.value.len()
+                )));
+            }
+        };
+        out.push(KeyInfo {
+            id,
+            version,
+            key_type,
+            length,
+        });
     }
     Ok(out)
 }

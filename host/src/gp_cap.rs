@@ -119,7 +119,21 @@ pub fn load_signed(
 /// INSTALL [for install and make selectable] of one of the CAP's applets. A card that cannot
 /// run the applet's class refuses with `6A81`: that becomes an error that says so.
 pub fn install(ch: &mut impl ApduChannel, spec: &InstallSpec) -> Result<()> {
-    match manage::install(ch, spec) {
+    install_signed(ch, spec, None).map(|_| ())
+}
+
+/// [`install`] that may carry a delegated-management `token` signer; returns the card's
+/// answer (a delegated install's confirmation, for [`card_wire::dm::verify_receipt`]).
+pub fn install_signed(
+    ch: &mut impl ApduChannel,
+    spec: &InstallSpec,
+    token: Option<&dyn crate::dap::DapSigner>,
+) -> Result<Vec<u8>> {
+    let r = match token {
+        Some(signer) => manage::install_delegated(ch, spec, signer),
+        None => manage::install(ch, spec).map(|()| vec![0x00]),
+    };
+    match r {
         Err(Error::Status { sw, .. }) if sw == StatusWord::FUNCTION_NOT_SUPPORTED => {
             Err(Error::Status {
                 command: "INSTALL [for install]: this card cannot run the applet's class (function not supported); the package stays loaded: delete it or install another of its applets",

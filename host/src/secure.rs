@@ -223,8 +223,11 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
     }
 
     /// Like [`SecureChannel::open`], with the card's keys from `source` (an HSM that
-    /// diversifies master keys it never releases); SCP03 only. The session carries no DEK:
-    /// PUT KEY in such a session needs the DEK from the source's owner.
+    /// diversifies master keys it never releases) for the KDD the card answers. An SCP03
+    /// session carries no DEK (PUT KEY in it needs the DEK from the source's owner); a card
+    /// that answers SCP02 gets an SCP02 session with the source's keys for its KDD (the
+    /// source diversifies: `options.diversification` is not applied again), where
+    /// [`SecureChannel::put_key_set`] works under the session DEK.
     pub fn open_source(
         card: &'c mut CardChannel<T>,
         source: std::sync::Arc<dyn card_wire::scp03::CardKeys>,
@@ -232,8 +235,27 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         sd_aid: Option<&[u8]>,
     ) -> Result<Self> {
         let mode = options.mode;
-        let hs = HostHandshake::with_source(source, options)?;
-        Self::open_with(card, hs, sd_aid, mode)
+        let hs = HostHandshake::with_source(source.clone(), options.clone())?;
+        let iu = hs.initialize_update()?;
+        let resp = card.transmit(&iu)?;
+        let scp02 = resp.sw.is_success() && resp.data.get(11) == Some(&0x02);
+        if scp02 && mode == Mode::S8 {
+            let kdd: [u8; 10] = resp.data[..10]
+                .try_into()
+                .map_err(|_| Error::Protocol("INITIALIZE UPDATE answer too short".into()))?;
+            let keys = source.for_card(&kdd)?;
+            let hc: [u8; 8] = hs
+                .host_challenge()
+                .try_into()
+                .map_err(|_| Error::Protocol("host challenge is not 8 bytes".into()))?;
+            let options = HostOptions {
+                diversification: card_wire::scp03::Diversification::None,
+                ..options
+            };
+            let scp = ScpOptions::default();
+            return Self::complete02(card, &keys, &options, sd_aid, scp, hc, &resp);
+        }
+        Self::complete03(card, hs, resp, sd_aid, mode)
     }
 
     /// An SCP03 session from a given handshake (fixed host challenge).

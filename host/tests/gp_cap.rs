@@ -1,4 +1,5 @@
-//! CAP files into the simulator through SCP03 with the host library: the three real CAPs load
+//! CAP files into the simulator through SCP03 (and SCP02, the `gp-scp02` preset) with the host
+//! library: the three real CAPs load
 //! (GET STATUS lists package, version and modules), the card checks the load file hash
 //! (SHA-1 and SHA-256) and links the imports against the Java Card 3.0.5 API, DELETE with
 //! P2 80 removes the package, INSTALL of a CAP applet runs its install method in kagi's Java
@@ -294,4 +295,66 @@ impl StatusOf for kagi::Result<()> {
             Err(e) => assert_eq!(e.status(), Some(sw), "{e}"),
         }
     }
+}
+
+#[test]
+fn caps_load_and_install_through_scp02_into_the_gp_scp02_preset() {
+    // The issue's done-when: IsoApplet and GlobalPlatformPro's empty applet load through
+    // SCP02 (i=55, C-MAC + C-DEC) into the `gp-scp02` simulator, GET STATUS lists each
+    // package with its module, and the empty applet installs.
+    let mut ch = CardChannel::new(SimCard::powered(
+        SimConfig::preset("gp-scp02").unwrap().seeded(7),
+    ));
+    let domain = gp::select_domain(&mut ch, None).unwrap();
+    assert_eq!(domain.recognition.as_ref().unwrap().scp, Some((0x02, 0x55)));
+    let keys = StaticKeys::default_test_keys(applet_sim::card::SCP02_KVN);
+    let level = HostOptions {
+        level: SecurityLevel::CMAC_CDEC,
+        ..HostOptions::default()
+    };
+    let scp = kagi::secure::ScpOptions::from_recognition(
+        kagi::secure::ScpChoice::Auto,
+        domain.recognition.as_ref().unwrap().scp,
+    );
+    let mut sc = SecureChannel::open_scp(&mut ch, keys, level, Some(&domain.aid), scp).unwrap();
+    assert_eq!(sc.scp(), 0x02);
+    let block = gp_load::block_size(domain.max_command_data, false, sc.load_overhead());
+    for (rel, hash) in [(ISO, HashAlg::Sha256), (EMPTY, HashAlg::Sha1)] {
+        let c = cap(rel);
+        let t = std::time::Instant::now();
+        let stats = gp_cap::load(&mut sc, &c, &opts(block, hash)).unwrap();
+        assert_eq!(stats.commands, 1 + stats.load_file_bytes.div_ceil(block));
+        eprintln!(
+            "MEASURE in-process SCP02 {rel}: load file {} bytes, block {block}, {} commands, \
+             {} APDU bytes, {:?}",
+            stats.load_file_bytes,
+            stats.commands,
+            stats.apdu_bytes,
+            t.elapsed()
+        );
+    }
+    let pkgs = gp::get_status(&mut sc, StatusScope::LoadFilesAndModules).unwrap();
+    // Package and module AIDs from cap/tests/data/README.md.
+    for (pkg, module) in [
+        ("F276A288BCFBA69D34F310", "F276A288BCFBA69D34F31001"),
+        ("0102030405", "0102030405060708"),
+    ] {
+        let e = pkgs
+            .iter()
+            .find(|e| hex::encode_upper(&e.aid) == pkg)
+            .unwrap_or_else(|| panic!("{pkg} not listed: {pkgs:?}"));
+        assert_eq!(e.modules, [hex::decode(module).unwrap()], "{pkg}");
+    }
+    let empty = cap(EMPTY);
+    let spec = InstallSpec {
+        package: empty.package_aid().to_vec(),
+        module: empty.applets()[0].aid.clone(),
+        instance: empty.applets()[0].aid.clone(),
+        privileges: vec![0, 0, 0],
+        selectable: true,
+        ..InstallSpec::default()
+    };
+    gp_cap::install(&mut sc, &spec).unwrap();
+    let apps = gp::get_status(&mut sc, StatusScope::Applications).unwrap();
+    assert!(apps.iter().any(|e| e.aid == spec.instance), "{apps:?}");
 }

@@ -230,16 +230,29 @@ fn rsa_dap_matches_openssl_and_the_card_checks_it() {
     let other = DapKey::from_file(&other_pem, RsaDigest::Sha256).unwrap();
     // A 2048-bit modulus: PUT KEY travels in an extended APDU.
     let mut ch = card_with_ssd([0xC0, 0, 0], Some((0x74, &good.public_key().unwrap())));
+    // GET DATA E0 lists it in the extended format (a 256-byte modulus needs two length
+    // bytes): id 01, KVN 74, type A1, 256.
+    let keys = with_session(&mut ch, &SSD, |sc| {
+        gp::parse_key_info(&gp::get_data(sc, 0x00E0).unwrap().unwrap()).unwrap()
+    });
+    assert!(
+        keys.iter()
+            .any(|k| (k.id, k.version, k.key_type, k.length) == (0x01, 0x74, 0xA1, 256)),
+        "{keys:?}"
+    );
     let sd = SSD.to_vec();
     let sw = Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
     assert_eq!(load(&mut ch, HashAlg::Sha256, &[]), sw);
     assert_eq!(load(&mut ch, HashAlg::Sha256, &[(sd.clone(), &other)]), sw);
     assert!(!loaded(&mut ch));
-    for signer in [&good, &sha1] {
-        assert_eq!(
-            load(&mut ch, HashAlg::Sha256, &[(sd.clone(), signer)]),
-            None
-        );
+    // The signature's digest must be the load file hash's: SHA-1 over a SHA-256 hash and
+    // SHA-256 over a SHA-1 hash are refused (GlobalPlatformPro's DAPSigner signs with the
+    // hash's algorithm).
+    assert_eq!(load(&mut ch, HashAlg::Sha256, &[(sd.clone(), &sha1)]), sw);
+    assert_eq!(load(&mut ch, HashAlg::Sha1, &[(sd.clone(), &good)]), sw);
+    assert!(!loaded(&mut ch));
+    for (hash, signer) in [(HashAlg::Sha256, &good), (HashAlg::Sha1, &sha1)] {
+        assert_eq!(load(&mut ch, hash, &[(sd.clone(), signer)]), None);
         assert!(loaded(&mut ch));
         with_session(&mut ch, &ISD, |sc| {
             manage::delete(sc, cap().package_aid(), true).unwrap()

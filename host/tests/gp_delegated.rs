@@ -12,7 +12,7 @@ use card_wire::dap::{DapPublicKey, DapSigner};
 use card_wire::scp03::crypto::AesKey;
 use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
 use card_wire::sw::StatusWord;
-use kagi::channel::CardChannel;
+use kagi::channel::{ApduChannel, CardChannel};
 use kagi::gp::manage::{self, InstallSpec};
 use kagi::gp::{self, StatusScope};
 use kagi::secure::SecureChannel;
@@ -136,12 +136,10 @@ fn sw<T>(r: kagi::Result<T>) -> Option<StatusWord> {
     r.err().map(|e| e.status().unwrap_or_else(|| panic!("{e}")))
 }
 
-#[test]
-fn delegated_management_needs_the_issuers_token() {
-    let issuer = key(0x51);
-    let intruder = key(0x52);
-    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(3)));
-    with_session(&mut ch, &ISD, |sc| {
+/// The issuer's token key (public, version 70) and the receipt key (key set 71) in the ISD,
+/// and the SSD with Security Domain + `privileges0` (`A0`: Delegated Management).
+fn setup(ch: &mut CardChannel<SimCard>, issuer: &RawP256, privileges0: u8) {
+    with_session(ch, &ISD, |sc| {
         manage::put_dap_key(
             sc,
             card_wire::dm::TOKEN_KVN,
@@ -160,12 +158,20 @@ fn delegated_management_needs_the_issuers_token() {
             package: SSD_PACKAGE.to_vec(),
             module: SSD_MODULE.to_vec(),
             instance: SSD.to_vec(),
-            privileges: vec![0xA0, 0x00, 0x00], // Security Domain + Delegated Management
+            privileges: vec![privileges0, 0x00, 0x00],
             selectable: true,
             ..InstallSpec::default()
         };
         manage::install(sc, &ssd).unwrap();
     });
+}
+
+#[test]
+fn delegated_management_needs_the_issuers_token() {
+    let issuer = key(0x51);
+    let intruder = key(0x52);
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(3)));
+    setup(&mut ch, &issuer, 0xA0); // Security Domain + Delegated Management
     let refused = Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
     let file = manage::sim_load_file(&PKG, &[(MODULE.to_vec(), "kagi.echo".into())]);
     let app = InstallSpec {
@@ -215,4 +221,135 @@ fn delegated_management_needs_the_issuers_token() {
         );
         assert_eq!(sw(manage::load(sc, &PKG, None, &file, true)), None);
     });
+}
+
+fn echo_file() -> Vec<u8> {
+    manage::sim_load_file(&PKG, &[(MODULE.to_vec(), "kagi.echo".into())])
+}
+
+fn echo_app() -> InstallSpec {
+    InstallSpec {
+        package: PKG.to_vec(),
+        module: MODULE.to_vec(),
+        instance: APP.to_vec(),
+        selectable: true,
+        ..InstallSpec::default()
+    }
+}
+
+#[test]
+fn a_token_for_other_data_or_a_domain_without_delegated_management_is_refused() {
+    let issuer = key(0x51);
+    let refused = Some(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(4)));
+    setup(&mut ch, &issuer, 0xA0);
+    with_session(&mut ch, &SSD, |sc| {
+        // The issuer's token over another INSTALL (another instance AID) on this command.
+        let file = echo_file();
+        manage::load_delegated(sc, &PKG, &file, &issuer).unwrap();
+        let mut other = echo_app();
+        other.instance[6] = 0xA2;
+        let signed_for_other =
+            manage::with_token(card_wire::gp::install(&other).unwrap(), &issuer).unwrap();
+        let token = signed_for_other.data().last_chunk::<64>().unwrap().to_vec();
+        let cmd = card_wire::dm::with_token(&card_wire::gp::install(&echo_app()).unwrap(), &token)
+            .unwrap();
+        let r = ApduChannel::transmit(sc, &cmd).unwrap();
+        assert_eq!(r.sw, StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+        // A DELETE token for the package used on the instance.
+        let del_pkg =
+            manage::with_token(card_wire::gp::delete(&PKG, true).unwrap(), &issuer).unwrap();
+        let token = del_pkg.data().last_chunk::<64>().unwrap().to_vec();
+        let cmd = card_wire::dm::with_token(&card_wire::gp::delete(&APP, false).unwrap(), &token)
+            .unwrap();
+        assert_eq!(
+            ApduChannel::transmit(sc, &cmd).unwrap().sw,
+            StatusWord::SECURITY_STATUS_NOT_SATISFIED
+        );
+        assert_eq!(
+            sw(manage::install_delegated(sc, &echo_app(), &issuer)),
+            None
+        );
+    });
+    // An SSD with Security Domain only: no token makes it load.
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(5)));
+    setup(&mut ch, &issuer, 0x80);
+    with_session(&mut ch, &SSD, |sc| {
+        assert_eq!(
+            sw(manage::load_delegated(sc, &PKG, &echo_file(), &issuer)),
+            refused
+        );
+        assert!(
+            gp::get_status(sc, StatusScope::LoadFiles)
+                .unwrap()
+                .iter()
+                .all(|e| e.aid != PKG)
+        );
+    });
+}
+
+use applet_sim::tearing::{RecordingCard, old_or_new};
+use card_wire::transport::{ResetKind, Transport, TransportError};
+
+/// Delegated load, install, instance delete and package delete, each with its receipt.
+fn delegated_sequence<T: Transport>(
+    ch: &mut CardChannel<T>,
+    issuer: &RawP256,
+) -> kagi::Result<Vec<Vec<u8>>> {
+    gp::select(ch, &SSD)?;
+    let opts = HostOptions {
+        level: SecurityLevel::FULL,
+        ..HostOptions::default()
+    };
+    let mut sc = SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&SSD))?;
+    Ok(vec![
+        manage::load_delegated(&mut sc, &PKG, &echo_file(), issuer)?,
+        manage::install_delegated(&mut sc, &echo_app(), issuer)?,
+        manage::delete_delegated(&mut sc, &APP, false, issuer)?,
+        manage::delete_delegated(&mut sc, &PKG, true, issuer)?,
+    ])
+}
+
+#[test]
+fn tearing_never_separates_a_delegated_change_from_its_receipt_counter() {
+    // The confirmation counter must move in the same transaction as the load, install or
+    // delete it confirms: a power cut at any persistent write leaves the memory of just
+    // before or just after the torn command, never content without its counter step.
+    let issuer = key(0x51);
+    let mut ch = CardChannel::new(SimCard::powered(SimConfig::default().seeded(6)));
+    setup(&mut ch, &issuer, 0xA0);
+    let base = ch.transport().store().clone();
+    let card = || {
+        let mut c = SimCard::from_store(base.clone(), Some(6), false);
+        c.power_on();
+        c
+    };
+    let mut reference = CardChannel::new(RecordingCard::new(card()));
+    let before = reference.transport().card.store().writes();
+    let receipts = delegated_sequence(&mut reference, &issuer).unwrap();
+    // Counters 1..4 in the receipts: the reference run is a real delegated run.
+    let counters: Vec<u8> = receipts.iter().map(|r| r[19]).collect();
+    assert_eq!(counters, [1, 2, 3, 4]);
+    let total = reference.transport().card.store().writes() - before;
+    let snapshots = std::mem::take(&mut reference.transport_mut().snapshots);
+    let fail = format!("sd/{}/fail", hex::encode_upper(SSD));
+    for n in 1..=total {
+        let mut c = card();
+        c.tear_at(n);
+        let mut ch = CardChannel::new(RecordingCard::new(c));
+        let err = delegated_sequence(&mut ch, &issuer).expect_err("power was cut");
+        assert!(
+            matches!(err, kagi::Error::Transport(TransportError::Mute)),
+            "n={n}: {err}"
+        );
+        let answered = ch.transport().answered();
+        ch.reset(ResetKind::Cold).unwrap();
+        let after = ch.transport().card.store().clone();
+        assert!(
+            old_or_new(&after, &snapshots, answered, &[&fail]),
+            "tear at write {n} (command {answered}): content and confirmation counter {:?} \
+             disagree",
+            after.get("card/confirmation_counter")
+        );
+    }
 }

@@ -166,7 +166,7 @@ fn key_information_template_from_a_real_card() {
         hex::decode("E024C00401028110C00402028110C00403028110C00401018110C00402018110C00403018110")
             .unwrap();
     let keys = gp::parse_key_info(&e0).unwrap();
-    let got: Vec<(u8, u8, u8, u8)> = keys
+    let got: Vec<(u8, u8, u8, u16)> = keys
         .iter()
         .map(|k| (k.id, k.version, k.key_type, k.length))
         .collect();
@@ -184,6 +184,16 @@ fn key_information_template_from_a_real_card() {
     assert_eq!(keys[0].type_name(), "3DES (reserved)");
     // An entry too short to hold id, version, type and length is an error.
     assert!(gp::parse_key_info(&hex::decode("E005C003010281").unwrap()).is_err());
+    // The extended format (GP 2.2.1 §11.3.3.1; GlobalPlatformPro's GPKeyInfo reads the type
+    // after FF and a two-byte length): an RSA-2048 public key, modulus 0x0100 bytes, exponent
+    // 3 bytes, empty usage and access.
+    let e0 = hex::decode("E00EC00C0174FFA10100FFA000030000").unwrap();
+    let k = &gp::parse_key_info(&e0).unwrap()[0];
+    assert_eq!(
+        (k.id, k.version, k.key_type, k.length),
+        (1, 0x74, 0xA1, 256)
+    );
+    assert!(gp::parse_key_info(&hex::decode("E007C0050174FFA101").unwrap()).is_err());
 }
 
 proptest! {

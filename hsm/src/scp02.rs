@@ -138,3 +138,32 @@ impl HsmMaster02 {
         })
     }
 }
+
+/// An SCP02 master in the HSM with its diversification scheme: the card key source a
+/// personalisation run uses (each card's keys derived inside the HSM from its KDD). The
+/// 16-byte 3DES keys travel as [`StaticKeys`] (the form SCP03 and SCP02 sessions both take).
+///
+/// [`StaticKeys`]: card_wire::scp03::StaticKeys
+pub struct HsmSource02 {
+    /// The master key set.
+    pub master: HsmMaster02,
+    /// `emv` or `visa2`.
+    pub scheme: Diversification,
+}
+
+impl card_wire::scp03::CardKeys for HsmSource02 {
+    fn for_card(
+        &self,
+        kdd: &[u8; 10],
+    ) -> std::result::Result<card_wire::scp03::StaticKeys, card_wire::scp03::Scp03Error> {
+        use card_wire::scp03::{AesKey, Scp03Error, StaticKeys};
+        let fail = |e: String| Scp03Error::KeySource(e);
+        let k = self
+            .master
+            .diversify(self.scheme, kdd)
+            .map_err(|e| fail(e.to_string()))?;
+        let key = |d: &Des3Key| AesKey::new(d.as_bytes()).map_err(|e| fail(e.to_string()));
+        StaticKeys::new(k.kvn, key(k.enc())?, key(k.mac())?, key(k.dek())?)
+            .map_err(|e| fail(e.to_string()))
+    }
+}

@@ -97,6 +97,32 @@ impl KeySets {
         })
     }
 
+    /// SCP02 master keys in an HSM: each card's 3DES keys are derived inside the HSM with the
+    /// profile's `diversification` (`emv` or `visa2`; each `HsmMaster02` was opened with the
+    /// production KVN); transport keys from `transport` (a key file).
+    pub fn with_hsm02(
+        transport: &Path,
+        master: kagi_hsm::scp02::HsmMaster02,
+        domains: BTreeMap<String, kagi_hsm::scp02::HsmMaster02>,
+        profile: &Profile,
+    ) -> Result<KeySets> {
+        if !scp02(profile) {
+            return Err(Error::Profile(
+                "SCP02 master keys (3DES) in an HSM need diversification = \"emv\" or \"visa2\""
+                    .into(),
+            ));
+        }
+        let scheme = profile.diversification;
+        let source = |master| -> Arc<dyn CardKeys> {
+            Arc::new(kagi_hsm::scp02::HsmSource02 { master, scheme })
+        };
+        Ok(KeySets {
+            transport: read_transport(transport, profile)?,
+            production: source(master),
+            domains: domains.into_iter().map(|(k, v)| (k, source(v))).collect(),
+        })
+    }
+
     /// The development file key store: `DIR/transport.keys`, `DIR/master.keys` and, per
     /// supplementary domain, `DIR/NAME.keys` (key files as `kagi::keys` reads them). Never for
     /// production: say so.
@@ -239,9 +265,24 @@ impl Shared<'_> {
     }
 }
 
-fn options() -> HostOptions {
+/// Whether the profile's cards speak SCP02: their keys are 3DES, diversified with EMV CPS 1.1
+/// or VISA2.
+fn scp02(profile: &Profile) -> bool {
+    matches!(
+        profile.diversification,
+        Diversification::Emv | Diversification::Visa2
+    )
+}
+
+/// Session options: full security for SCP03; C-MAC and C-DEC for SCP02 (it has no response
+/// encryption).
+fn options(profile: &Profile) -> HostOptions {
     HostOptions {
-        level: SecurityLevel::FULL,
+        level: if scp02(profile) {
+            SecurityLevel::CMAC_CDEC
+        } else {
+            SecurityLevel::FULL
+        },
         ..HostOptions::default()
     }
 }

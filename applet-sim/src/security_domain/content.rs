@@ -7,7 +7,7 @@ use super::state::LoadContext;
 use super::state::{SdCtx, SecurityDomain};
 use crate::applet::Aid;
 use crate::registry::{self, LoadFile, RegistryEntry, app_state, card_state, privilege};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use card_wire::apdu::{Command, Response};
 
 impl SecurityDomain {
@@ -105,20 +105,28 @@ impl SecurityDomain {
         crate::load_file::check_hash(block, load.hash.as_deref())?;
         super::dap::check_daps(ctx, &load.sd, load.hash.as_deref(), &split.daps)?;
         let (elf, sd) = (load.elf.clone(), load.sd.clone());
-        let confirm = |ctx: &mut SdCtx<'_>| {
+        let isd = load
+            .delegated
+            .then(|| super::delegated::isd_aid(ctx))
+            .flatten();
+        // A delegated load's receipt counter moves in the transaction that records the file.
+        let confirm = |s: &mut Store| -> Result<Vec<u8>, Sw> {
             if !load.delegated {
-                return Ok(Response::success(vec![0x00]));
+                return Ok(vec![0x00]);
             }
             let what = card_wire::dm::Confirmed::Load {
                 elf: elf.as_bytes(),
                 sd: sd.as_bytes(),
             };
-            super::delegated::receipt(ctx, &what).map(Response::success)
+            super::delegated::receipt(s, isd.as_ref(), &what)
         };
         if crate::load_file::is_cap(block) {
             let (lf, version) = crate::load_file::accept(ctx.store, block, &load.elf, &load.sd)?;
-            crate::load_file::record(ctx.store, &lf, version, block)?;
-            return confirm(ctx);
+            let answer = ctx.store.atomically(|s| {
+                crate::load_file::record(s, &lf, version, block)?;
+                confirm(s)
+            })?;
+            return Ok(Response::success(answer));
         }
         let (package, modules) = LoadFile::parse_data_block(block).ok_or(Sw::INCORRECT_DATA)?;
         if package != load.elf || modules.is_empty() {
@@ -133,8 +141,11 @@ impl SecurityDomain {
             sd: load.sd.clone(),
             modules,
         };
-        ctx.store.atomically(|s| registry::put_load_file(s, &lf))?;
-        confirm(ctx)
+        let answer = ctx.store.atomically(|s| {
+            registry::put_load_file(s, &lf)?;
+            confirm(s)
+        })?;
+        Ok(Response::success(answer))
     }
 
     pub(super) fn install_for_install(
@@ -229,21 +240,26 @@ impl SecurityDomain {
                 .find(|k| k.kvn == s.kvn),
             _ => None,
         };
-        ctx.store.atomically(|s| {
+        let isd = self
+            .needs_token(ctx)
+            .then(|| super::delegated::isd_aid(ctx))
+            .flatten();
+        let delegated = self.needs_token(ctx);
+        let answer = ctx.store.atomically(|s| {
             registry::put_entry(s, &entry)?;
             if let Some(k) = &initial {
                 put_keys(s, &app, k)?;
             }
-            Ok::<_, StoreError>(())
-        })?;
-        if self.needs_token(ctx) {
+            if !delegated {
+                return Ok::<_, Sw>(vec![0x00]);
+            }
             let what = card_wire::dm::Confirmed::Install {
                 elf: f[0],
                 app: app.as_bytes(),
             };
-            return super::delegated::receipt(ctx, &what).map(Response::success);
-        }
-        Ok(Response::success(vec![0x00]))
+            super::delegated::receipt(s, isd.as_ref(), &what)
+        })?;
+        Ok(Response::success(answer))
     }
 
     pub(super) fn install_for_personalization(
@@ -307,8 +323,20 @@ impl SecurityDomain {
             if has_content {
                 return Err(Sw::CONDITIONS_NOT_SATISFIED);
             }
-            ctx.store.atomically(|s| registry::remove_entry(s, &aid))?;
-            return Ok(Response::success(vec![0x00]));
+            let isd = needs_token
+                .then(|| super::delegated::isd_aid(ctx))
+                .flatten();
+            let answer = ctx.store.atomically(|s| {
+                registry::remove_entry(s, &aid)?;
+                if !needs_token {
+                    return Ok::<_, Sw>(vec![0x00]);
+                }
+                let what = card_wire::dm::Confirmed::Delete {
+                    aid: aid.as_bytes(),
+                };
+                super::delegated::receipt(s, isd.as_ref(), &what)
+            })?;
+            return Ok(Response::success(answer));
         }
         let lf = registry::load_file(ctx.store, &aid).ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
         if !self.manages(Some(&lf.sd)) {
@@ -329,19 +357,23 @@ impl SecurityDomain {
         {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         }
-        ctx.store.atomically(|s| {
+        let isd = needs_token
+            .then(|| super::delegated::isd_aid(ctx))
+            .flatten();
+        let answer = ctx.store.atomically(|s| {
             for i in &instances {
                 registry::remove_entry(s, i)?;
             }
-            registry::remove_load_file(s, &aid)
-        })?;
-        if needs_token {
+            registry::remove_load_file(s, &aid)?;
+            if !needs_token {
+                return Ok::<_, Sw>(vec![0x00]);
+            }
             let what = card_wire::dm::Confirmed::Delete {
                 aid: aid.as_bytes(),
             };
-            return super::delegated::receipt(ctx, &what).map(Response::success);
-        }
-        Ok(Response::success(vec![0x00]))
+            super::delegated::receipt(s, isd.as_ref(), &what)
+        })?;
+        Ok(Response::success(answer))
     }
 
     pub(super) fn set_status(

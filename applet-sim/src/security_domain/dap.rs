@@ -4,8 +4,9 @@
 //!
 //! Which domains must sign a load file: the one it is associated with, when that domain has
 //! the DAP Verification privilege, and every domain with Mandated DAP Verification. A missing
-//! block, a missing key or hash, or a signature that does not verify is refused with `6982`
-//! (security status not satisfied) and nothing is stored.
+//! block, a missing key or hash, or a signature that does not verify — an RSA signature must
+//! use the load file hash's own digest ([`verifies_dap`]) — is refused with `6982` (security
+//! status not satisfied) and nothing is stored.
 
 use super::setup::*;
 use super::state::{SdCtx, SecurityDomain};
@@ -34,29 +35,8 @@ pub(super) fn dap_keys(store: &Store, sd: &Aid) -> Vec<(u8, DapPublicKey)> {
 /// Whether `signature` over `dtbs` verifies under `key` (RSA PKCS#1 v1.5 with SHA-1 or
 /// SHA-256; ECDSA P-256 with SHA-256, `r ‖ s`).
 pub(super) fn verifies(key: &DapPublicKey, dtbs: &[u8], signature: &[u8]) -> bool {
-    use rsa::signature::Verifier;
     match key {
-        DapPublicKey::Rsa { n, e } => {
-            let bits = (n.len() * 8) as u32;
-            let (Ok(n), Ok(e)) = (
-                rsa::BoxedUint::from_be_slice(n, bits),
-                rsa::BoxedUint::from_be_slice(e, bits),
-            ) else {
-                return false;
-            };
-            let Ok(pk) = rsa::PublicKey::new(n, e) else {
-                return false;
-            };
-            let Ok(sig) = rsa::pkcs1v15::Signature::try_from(signature) else {
-                return false;
-            };
-            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk.clone())
-                .verify(dtbs, &sig)
-                .is_ok()
-                || rsa::pkcs1v15::VerifyingKey::<sha1::Sha1>::new(pk)
-                    .verify(dtbs, &sig)
-                    .is_ok()
-        }
+        DapPublicKey::Rsa { .. } => rsa_verifies(key, dtbs, signature, None),
         DapPublicKey::P256(q) => {
             let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(q) else {
                 return false;
@@ -66,6 +46,61 @@ pub(super) fn verifies(key: &DapPublicKey, dtbs: &[u8], signature: &[u8]) -> boo
             };
             p256::ecdsa::signature::Verifier::verify(&vk, dtbs, &sig).is_ok()
         }
+    }
+}
+
+/// Whether a DAP `signature` over the load file data block `hash` verifies under `key`, with
+/// the digest the hash asks for: an RSA signature's PKCS#1 digest is the hash's own algorithm
+/// (a 20-byte SHA-1 hash is signed with SHA-1, a 32-byte SHA-256 hash with SHA-256, as
+/// GlobalPlatformPro's `DAPSigner` signs `SHA1withRSA` or `SHA256withRSA` by the load file
+/// hash); ECDSA P-256 always uses SHA-256 (GP 2.3.1 B.4.3).
+pub(super) fn verifies_dap(key: &DapPublicKey, hash: &[u8], signature: &[u8]) -> bool {
+    match key {
+        DapPublicKey::Rsa { .. } => rsa_verifies(key, hash, signature, Some(hash.len())),
+        DapPublicKey::P256(_) => verifies(key, hash, signature),
+    }
+}
+
+/// RSA PKCS#1 v1.5: with `digest_len` `Some(20)` SHA-1 only, `Some(32)` SHA-256 only, `None`
+/// either (tokens: the issuer picks).
+fn rsa_verifies(
+    key: &DapPublicKey,
+    dtbs: &[u8],
+    signature: &[u8],
+    digest_len: Option<usize>,
+) -> bool {
+    use rsa::signature::Verifier;
+    let DapPublicKey::Rsa { n, e } = key else {
+        return false;
+    };
+    let bits = (n.len() * 8) as u32;
+    let (Ok(n), Ok(e)) = (
+        rsa::BoxedUint::from_be_slice(n, bits),
+        rsa::BoxedUint::from_be_slice(e, bits),
+    ) else {
+        return false;
+    };
+    let Ok(pk) = rsa::PublicKey::new(n, e) else {
+        return false;
+    };
+    let Ok(sig) = rsa::pkcs1v15::Signature::try_from(signature) else {
+        return false;
+    };
+    let sha256 = || {
+        rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk.clone())
+            .verify(dtbs, &sig)
+            .is_ok()
+    };
+    let sha1 = || {
+        rsa::pkcs1v15::VerifyingKey::<sha1::Sha1>::new(pk.clone())
+            .verify(dtbs, &sig)
+            .is_ok()
+    };
+    match digest_len {
+        Some(20) => sha1(),
+        Some(32) => sha256(),
+        Some(_) => false,
+        None => sha256() || sha1(),
     }
 }
 
@@ -130,7 +165,7 @@ pub(super) fn check_daps(
             .ok_or(Sw::SECURITY_STATUS_NOT_SATISFIED)?;
         let ok = dap_keys(ctx.store, verifier)
             .iter()
-            .any(|(_, key)| verifies(key, hash, block.signature));
+            .any(|(_, key)| verifies_dap(key, hash, block.signature));
         if !ok {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }

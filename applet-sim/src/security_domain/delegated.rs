@@ -9,13 +9,15 @@
 //! A delegated command that succeeds answers a receipt ([`card_wire::dm::confirmation`])
 //! made with the ISD's receipt key — key 01 (the first key) of its key set of version
 //! [`card_wire::dm::RECEIPT_KVN`] — the card's KDD as card unique data, and the persistent
-//! confirmation counter (`card/confirmation_counter`), incremented for every receipt. Without
+//! confirmation counter (`card/confirmation_counter`), incremented for every receipt in the
+//! same transaction as the content change it confirms. Without
 //! a receipt key the answer is the plain `00`.
 
 use super::dap::{dap_keys, verifies};
 use super::setup::{Sw, card_kdd, key_sets, read_u32};
 use super::state::{SdCtx, SecurityDomain};
 use crate::registry::privilege;
+use crate::store::Store;
 
 impl SecurityDomain {
     /// Whether this domain manages its content only with tokens.
@@ -72,27 +74,38 @@ pub(super) fn check_token(
 
 const COUNTER: &str = "card/confirmation_counter";
 
-/// The confirmation of a delegated command (see the module notes).
+/// The issuer security domain's AID, to find the receipt key inside a transaction.
+pub(super) fn isd_aid(ctx: &SdCtx<'_>) -> Option<crate::applet::Aid> {
+    ctx.registry
+        .iter()
+        .find(|e| e.is_isd())
+        .map(|e| e.aid.clone())
+}
+
+/// The confirmation of a delegated command (see the module notes). Call it inside the
+/// transaction that makes the content change: the counter moves with the change or not at
+/// all (a power cut between the two must not leave a change without its counter step).
 pub(super) fn receipt(
-    ctx: &mut SdCtx<'_>,
+    store: &mut Store,
+    isd: Option<&crate::applet::Aid>,
     what: &card_wire::dm::Confirmed<'_>,
 ) -> Result<Vec<u8>, Sw> {
-    let Some(isd) = ctx.registry.iter().find(|e| e.is_isd()) else {
+    let Some(isd) = isd else {
         return Ok(vec![0x00]);
     };
-    let Some(keys) = key_sets(ctx.store, &isd.aid)
+    let Some(keys) = key_sets(store, isd)
         .into_iter()
         .find(|k| k.kvn == card_wire::dm::RECEIPT_KVN)
     else {
         return Ok(vec![0x00]);
     };
-    let counter = read_u32(ctx.store, COUNTER) + 1;
+    let counter = read_u32(store, COUNTER) + 1;
     let counter16 = u16::try_from(counter).map_err(|_| Sw::CONDITIONS_NOT_SATISFIED)?;
-    ctx.store.put(COUNTER, &counter.to_be_bytes())?;
+    store.put(COUNTER, &counter.to_be_bytes())?;
     Ok(card_wire::dm::confirmation(
         keys.enc(),
         counter16,
-        &card_kdd(ctx.store),
+        &card_kdd(store),
         what,
     ))
 }

@@ -45,11 +45,9 @@ impl SecurityDomain {
                         body.extend(tlv(0xC0, &[kid, k.kvn, t, k.key_len() as u8]));
                     }
                 }
-                // DAP keys whose length fits the template's one length byte.
+                // DAP keys (an RSA-2048 modulus in the extended format).
                 for (kvn, key) in super::dap::dap_keys(store, &self.aid) {
-                    if let (t, Some(len)) = key.template() {
-                        body.extend(tlv(0xC0, &[card_wire::dap::DAP_KEY_ID, kvn, t, len]));
-                    }
+                    body.extend(tlv(0xC0, &key.template(card_wire::dap::DAP_KEY_ID, kvn)));
                 }
                 tlv(0xE0, &body)
             }

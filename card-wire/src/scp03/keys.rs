@@ -167,8 +167,25 @@ pub struct DiversifiedMaster {
 }
 
 impl CardKeys for DiversifiedMaster {
+    /// `kdf3` on AES keys; EMV CPS 1.1 and VISA2 on the master read as 3DES keys (SCP02
+    /// cards; [`crate::scp02::StaticKeys02::diversify`]), never the master itself.
     fn for_card(&self, kdd: &[u8; 10]) -> Result<StaticKeys, super::Scp03Error> {
-        let mut k = self.master.diversify(self.scheme, kdd);
+        let mut k = match self.scheme {
+            Diversification::Emv | Diversification::Visa2 => {
+                let fail = |e: String| super::Scp03Error::KeySource(e);
+                let des = crate::scp02::StaticKeys02::from_scp03(&self.master)
+                    .map_err(|e| fail(format!("3DES master keys: {e}")))?;
+                let d = des
+                    .diversify(self.scheme, kdd)
+                    .map_err(|e| fail(e.to_string()))?;
+                let aes = |k: &crate::scp02::Des3Key| {
+                    AesKey::new(k.as_bytes()).map_err(|e| fail(e.to_string()))
+                };
+                StaticKeys::new(self.kvn, aes(d.enc())?, aes(d.mac())?, aes(d.dek())?)
+                    .map_err(|e| fail(e.to_string()))?
+            }
+            _ => self.master.diversify(self.scheme, kdd),
+        };
         k.kvn = self.kvn;
         Ok(k)
     }

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod gate;
+pub mod gp_cap;
 pub mod schema;
 
 use std::io::Write;

@@ -14,7 +14,12 @@ use std::path::Path;
 pub(super) fn new_card(sh: &Shared<'_>, record: &Record) -> SimCard {
     let mut transport = sh.keys.transport.clone();
     transport.kvn = sh.profile.transport_kvn;
-    let mut config = SimConfig::default().with_keys(vec![transport]);
+    let mut config = SimConfig::default();
+    if scp02(sh.profile) {
+        // 3DES schemes: the card speaks SCP02 (i=55), as the `gp-scp02` preset.
+        config = config.scp02(card_wire::scp02::IParam02::I55);
+    }
+    let mut config = config.with_keys(vec![transport]);
     if sh.profile.card == CardType::Uicc {
         // A placeholder ICCID, replaced by one derived from the serial below.
         if let Ok(iccid) =

@@ -217,7 +217,7 @@ pub(super) fn transport_session<'c, T: Transport>(
     let sd = gp::select_domain(ch, aid)?;
     let opts = HostOptions {
         kvn: profile.transport_kvn,
-        ..options()
+        ..options(profile)
     };
     Ok(SecureChannel::open(
         ch,
@@ -271,8 +271,7 @@ pub(super) fn domain_keys<T: Checkpoint>(
             Ok(mut sc) => {
                 let kdd = sc.info().init_update.kdd;
                 let keys = sh.keys.domain(&d.keys)?.for_card(&kdd)?;
-                let dek = sc.dek()?.clone();
-                manage::put_key(&mut sc, &dek, &keys, Some(sh.profile.transport_kvn))?;
+                sc.put_key_set(&keys, Some(sh.profile.transport_kvn))?;
                 save(sc.card(), path)?;
             }
             Err(e) if transport_keys_replaced(&e) => {
@@ -296,8 +295,8 @@ pub(super) fn finish<T: Checkpoint>(
     let p = sh.profile;
     let kdd = sc.info().init_update.kdd;
     let production = sh.keys.production.for_card(&kdd)?;
-    let dek = sc.dek()?.clone();
-    manage::put_key(&mut sc, &dek, &production, Some(p.transport_kvn))?;
+    // SCP03: AES under the static DEK; SCP02: 3DES under the session DEK.
+    sc.put_key_set(&production, Some(p.transport_kvn))?;
     save(sc.card(), path)?;
     step("put-key".into())?;
     final_state(sh, &mut sc, path)?;
@@ -337,7 +336,7 @@ pub(super) fn keyed_session<'c, T: Transport>(
     let sd = gp::select_domain(ch, aid)?;
     let opts = HostOptions {
         kvn: profile.production_kvn,
-        ..options()
+        ..options(profile)
     };
     Ok(SecureChannel::open_source(ch, source, opts, Some(&sd.aid))?)
 }
