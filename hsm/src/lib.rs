@@ -124,9 +124,33 @@ const PARTS: [(&str, KeyPurpose); 3] = [
 /// Puts a master key set into the token as non-extractable, sensitive AES keys usable only
 /// for CMAC (sign). Refuses if keys with these labels exist already.
 pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result<()> {
+    import_key_set(
+        config,
+        pin,
+        KeyType::AES,
+        &[
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+        ],
+        [keys.enc().as_bytes(), keys.mac().as_bytes(), keys.dek().as_bytes()],
+    )
+}
+
+/// Creates a master key set's three keys (LABEL-enc, -mac, -dek) as non-extractable,
+/// sensitive token objects of `key_type` allowed only `usage`. Every label is checked first:
+/// if one is taken, nothing is created.
+pub(crate) fn import_key_set(
+    config: &HsmConfig,
+    pin: &str,
+    key_type: KeyType,
+    usage: &[Attribute],
+    values: [&[u8]; 3],
+) -> Result<()> {
     let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
-    for ((part, _), key) in PARTS.iter().zip([keys.enc(), keys.mac(), keys.dek()]) {
-        let label = format!("{}-{part}", config.key);
+    let labels = PARTS.map(|(part, _)| format!("{}-{part}", config.key));
+    for label in &labels {
         let existing = session
             .find_objects(&[Attribute::Label(label.clone().into_bytes())])
             .map_err(|e| hsm("C_FindObjects", e))?;
@@ -135,21 +159,21 @@ pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result
                 "the token already holds a key labelled '{label}': choose another label"
             )));
         }
+    }
+    for (label, value) in labels.into_iter().zip(values) {
+        let mut template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(key_type),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Label(label.into_bytes()),
+            Attribute::Value(value.to_vec()),
+        ];
+        template.extend_from_slice(usage);
         session
-            .create_object(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Sign(true),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Label(label.into_bytes()),
-                Attribute::Value(key.as_bytes().to_vec()),
-            ])
+            .create_object(&template)
             .map_err(|e| hsm("C_CreateObject", e))?;
     }
     Ok(())

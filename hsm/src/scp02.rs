@@ -17,34 +17,17 @@ use zeroize::Zeroizing;
 /// Puts an SCP02 master key set into the token as non-extractable, sensitive DES2 keys
 /// usable only for encryption. Refuses if keys with these labels exist already.
 pub fn import_master_des(config: &super::HsmConfig, pin: &str, keys: &StaticKeys02) -> Result<()> {
-    let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
-    for ((part, _), key) in PARTS.iter().zip([keys.enc(), keys.mac(), keys.dek()]) {
-        let label = format!("{}-{part}", config.key);
-        let existing = session
-            .find_objects(&[Attribute::Label(label.clone().into_bytes())])
-            .map_err(|e| hsm("C_FindObjects", e))?;
-        if !existing.is_empty() {
-            return Err(Error::Hsm(format!(
-                "the token already holds a key labelled '{label}': choose another label"
-            )));
-        }
-        session
-            .create_object(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::DES2),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(false),
-                Attribute::Sign(false),
-                Attribute::Label(label.into_bytes()),
-                Attribute::Value(key.as_bytes().to_vec()),
-            ])
-            .map_err(|e| hsm("C_CreateObject", e))?;
-    }
-    Ok(())
+    super::import_key_set(
+        config,
+        pin,
+        KeyType::DES2,
+        &[
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(false),
+            Attribute::Sign(false),
+        ],
+        [keys.enc().as_bytes(), keys.mac().as_bytes(), keys.dek().as_bytes()],
+    )
 }
 
 /// An SCP02 master key set held in an HSM.
