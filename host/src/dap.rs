@@ -7,8 +7,6 @@ use crate::error::{Error, Result};
 pub use card_wire::dap::{DapPublicKey, DapSigner};
 #[cfg(feature = "dap-keys")]
 use std::path::Path;
-#[cfg(feature = "dap-keys")]
-use zeroize::Zeroizing;
 
 /// The digest of an RSA DAP signature (PKCS#1 v1.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,22 +75,7 @@ impl DapKey {
 
     /// A key from a PEM file; warns on stderr when others can read it.
     pub fn from_file(path: &Path, digest: RsaDigest) -> Result<DapKey> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Keys(format!("cannot read {}: {e}", path.display())))?,
-        );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                eprintln!(
-                    "warning: DAP key file {} is readable by others; chmod 600 it",
-                    path.display()
-                );
-            }
-        }
+        let text = crate::keys::read_secret_file(path, "DAP key file")?;
         DapKey::from_pem(&text, digest)
     }
 }

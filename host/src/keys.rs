@@ -96,22 +96,7 @@ pub fn parse_key_file(text: &str, default_kvn: u8) -> Result<StaticKeys> {
 
 /// Reads a key file; warns on stderr when others can read it.
 pub fn read_key_file(path: &Path, default_kvn: u8) -> Result<StaticKeys> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::Keys(format!("cannot read {}: {e}", path.display())))?,
-    );
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            eprintln!(
-                "warning: key file {} is readable by others; chmod 600 it",
-                path.display()
-            );
-        }
-    }
+    let text = read_secret_file(path, "key file")?;
     parse_key_file(&text, default_kvn)
 }
 
@@ -159,6 +144,28 @@ pub fn resolve(
          --test-keys uses the published GP test keys on development cards"
             .into(),
     ))
+}
+
+/// Reads a file holding a secret (`what` names it in messages) into zeroized memory; warns on
+/// stderr when others can read it.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Keys(format!("cannot read {}: {e}", path.display())))?,
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {what} {} is readable by others; chmod 600 it",
+                path.display()
+            );
+        }
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -134,7 +134,11 @@ pub fn import_master(config: &HsmConfig, pin: &str, keys: &StaticKeys) -> Result
             Attribute::Encrypt(false),
             Attribute::Decrypt(false),
         ],
-        [keys.enc().as_bytes(), keys.mac().as_bytes(), keys.dek().as_bytes()],
+        [
+            keys.enc().as_bytes(),
+            keys.mac().as_bytes(),
+            keys.dek().as_bytes(),
+        ],
     )
 }
 

@@ -26,7 +26,11 @@ pub fn import_master_des(config: &super::HsmConfig, pin: &str, keys: &StaticKeys
             Attribute::Decrypt(false),
             Attribute::Sign(false),
         ],
-        [keys.enc().as_bytes(), keys.mac().as_bytes(), keys.dek().as_bytes()],
+        [
+            keys.enc().as_bytes(),
+            keys.mac().as_bytes(),
+            keys.dek().as_bytes(),
+        ],
     )
 }
 
