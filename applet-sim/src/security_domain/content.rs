@@ -328,13 +328,7 @@ impl SecurityDomain {
                 .flatten();
             let answer = ctx.store.atomically(|s| {
                 registry::remove_entry(s, &aid)?;
-                if !needs_token {
-                    return Ok::<_, Sw>(vec![0x00]);
-                }
-                let what = card_wire::dm::Confirmed::Delete {
-                    aid: aid.as_bytes(),
-                };
-                super::delegated::receipt(s, isd.as_ref(), &what)
+                delete_answer(s, needs_token, isd.as_ref(), &aid)
             })?;
             return Ok(Response::success(answer));
         }
@@ -365,13 +359,7 @@ impl SecurityDomain {
                 registry::remove_entry(s, i)?;
             }
             registry::remove_load_file(s, &aid)?;
-            if !needs_token {
-                return Ok::<_, Sw>(vec![0x00]);
-            }
-            let what = card_wire::dm::Confirmed::Delete {
-                aid: aid.as_bytes(),
-            };
-            super::delegated::receipt(s, isd.as_ref(), &what)
+            delete_answer(s, needs_token, isd.as_ref(), &aid)
         })?;
         Ok(Response::success(answer))
     }
@@ -480,4 +468,21 @@ impl SecurityDomain {
         })?;
         Ok(Response::status(Sw::SUCCESS))
     }
+}
+
+/// What a DELETE answers, inside its transaction: `00`, or under delegated management the
+/// receipt (its counter moves with the deletion).
+fn delete_answer(
+    s: &mut Store,
+    needs_token: bool,
+    isd: Option<&Aid>,
+    aid: &Aid,
+) -> Result<Vec<u8>, Sw> {
+    if !needs_token {
+        return Ok(vec![0x00]);
+    }
+    let what = card_wire::dm::Confirmed::Delete {
+        aid: aid.as_bytes(),
+    };
+    super::delegated::receipt(s, isd, &what)
 }
