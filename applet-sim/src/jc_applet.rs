@@ -26,6 +26,12 @@ impl Persist for ScopedPersist<'_, '_> {
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
         self.0.put(name, value).map_err(fail)
     }
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.get_committed(name).map(<[u8]>::to_vec)
+    }
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.0.put_outside(name, value).map_err(fail)
+    }
     fn names(&self, prefix: &str) -> Vec<String> {
         self.0.names(prefix)
     }
@@ -59,6 +65,12 @@ impl Persist for Deferred {
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
         self.0.push((name.to_string(), value.to_vec()));
         Ok(())
+    }
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
+        self.get(name)
+    }
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.put(name, value)
     }
     fn names(&self, _: &str) -> Vec<String> {
         Vec::new()

@@ -351,6 +351,11 @@ impl Vm {
         let pkg = self.pkg.clone();
         let code = &pkg.model.methods.info[..];
         loop {
+            // Outside a transaction every persistent write is its own atomic store write, in
+            // program order: power lost between two writes keeps the first.
+            if self.pending() && !p.in_transaction() {
+                self.flush(p).map_err(Flow::Store)?;
+            }
             match self.step(p, pc, code) {
                 Ok(Some(next)) => pc = next,
                 Ok(None) => {

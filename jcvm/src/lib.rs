@@ -34,8 +34,14 @@ pub enum StoreFail {
 pub trait Persist {
     /// Reads a record.
     fn get(&self, name: &str) -> Option<Vec<u8>>;
-    /// Writes a record.
+    /// Writes a record (into the open transaction, when there is one).
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail>;
+    /// Reads a record as last committed, ignoring the open transaction's writes.
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>>;
+    /// Writes a record outside the open transaction: the write is durable at once and an
+    /// abort (or power loss before the commit) does not roll it back. A later write of the
+    /// same record inside the transaction still wins at commit.
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail>;
     /// The names of records starting with `prefix`.
     fn names(&self, prefix: &str) -> Vec<String>;
     /// Opens the card's transaction.
@@ -235,6 +241,53 @@ impl Vm {
         self.dirty.clear();
         self.statics_dirty = false;
         self.meta_dirty = false;
+    }
+
+    /// Marks a persistent object as changed (a transient array's contents are never written).
+    pub(crate) fn touch(&mut self, h: u16) {
+        if h < heap::FIRST_PERSISTENT {
+            return;
+        }
+        if let Some(Obj::Array {
+            transient: Some(_), ..
+        }) = self.heap.objects.get(&h)
+        {
+            return;
+        }
+        self.dirty.insert(h);
+    }
+
+    /// Whether changed persistent state waits to be written.
+    pub(crate) fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.statics_dirty || self.meta_dirty
+    }
+
+    /// Writes persistent object `h` as it is in memory outside the open transaction too
+    /// (non-atomic array writes, PIN presentation): its committed record gets `patch`
+    /// applied, so an abort or power loss before the commit keeps the change. Without a
+    /// transaction, or for an object not committed yet, nothing is done here (the normal
+    /// write path applies).
+    pub(crate) fn write_outside(
+        &mut self,
+        p: &mut dyn Persist,
+        h: u16,
+        patch: impl FnOnce(&mut Obj),
+    ) -> Result<(), StoreFail> {
+        if h < heap::FIRST_PERSISTENT || !p.in_transaction() {
+            return Ok(());
+        }
+        let name = format!("{OBJ}{h:04X}");
+        let Some(mut o) = p.get_committed(&name).and_then(|b| heap::decode(&b)) else {
+            return Ok(());
+        };
+        if let Obj::Array {
+            transient: Some(_), ..
+        } = o
+        {
+            return Ok(());
+        }
+        patch(&mut o);
+        p.put_outside(&name, &heap::encode(&o))
     }
 
     /// Writes every changed persistent object.
