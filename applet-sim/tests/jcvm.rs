@@ -155,7 +155,7 @@ fn power_loss_at_every_write_of_a_transaction_keeps_it_atomic() {
 }
 
 #[test]
-fn isoapplet_loads_links_and_its_install_stops_at_the_first_missing_api() {
+fn isoapplet_loads_installs_and_selects() {
     let c = cap(ISO);
     let mut store = Store::new(1 << 20);
     let t = std::time::Instant::now();
@@ -163,16 +163,20 @@ fn isoapplet_loads_links_and_its_install_stops_at_the_first_missing_api() {
     let app = c.applets()[0].aid.clone();
     let r = install(&mut store, &c, 0, &app, &h("C900"));
     eprintln!(
-        "MEASURE IsoApplet LOAD+INSTALL attempt (direct): {:?} -> {r:?}",
+        "MEASURE IsoApplet LOAD+INSTALL (direct): {:?} -> {r:?}",
         t.elapsed()
     );
-    // Crypto (javacard.security, javacardx.crypto) is the next slice: install ends in 6F00.
-    assert_eq!(r, Err(card_wire::sw::StatusWord(0x6F00)));
-    // Nothing of the failed instance stays behind.
-    assert!(
-        store
-            .keys(&format!("app/{}/", hex::encode_upper(&app)))
-            .is_empty()
+    // Its constructor builds its crypto engines (Cipher RSA PKCS#1, Signature ECDSA,
+    // RandomData): the install completes.
+    assert_eq!(r, Ok(()));
+    let mut rt = runtime(store);
+    // SELECT answers IsoApplet's API version and features (00 06 06 for v0.6), 9000.
+    assert_eq!(
+        tx(
+            &mut rt,
+            &format!("00A40400{:02X}{}00", app.len(), hex::encode(&app))
+        ),
+        "0006069000"
     );
 }
 

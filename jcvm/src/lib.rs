@@ -10,10 +10,11 @@
 //! where it happened ([`Vm::last_error`]).
 
 pub mod api;
+pub mod crypto;
 pub mod heap;
 mod interp;
 pub mod link;
-mod native;
+pub(crate) mod native;
 
 pub use link::{ClassId, LinkError, Package};
 
@@ -123,6 +124,8 @@ pub struct Vm {
     last_error: Option<String>,
     executed: u64,
     budget: u64,
+    /// RSA-CRT keys ready for use, by key object (and the primes they were made from).
+    crt_cache: std::collections::HashMap<u16, (crypto::Secret, Box<rsa::PrivateKey>)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -167,6 +170,7 @@ impl Vm {
             last_error: None,
             executed: 0,
             budget: 0,
+            crt_cache: std::collections::HashMap::new(),
         }
     }
 

@@ -112,7 +112,7 @@ impl Vm {
         Ok(self.apdu.apdu)
     }
 
-    fn bytes_of(&mut self, h: i16) -> Res<&mut Vec<u8>> {
+    pub(crate) fn bytes_of(&mut self, h: i16) -> Res<&mut Vec<u8>> {
         match self.heap.objects.get(&(h as u16)) {
             Some(Obj::Array {
                 data: Data::Bytes(_),
@@ -130,7 +130,7 @@ impl Vm {
         }
     }
 
-    fn range(&mut self, len: usize, off: i16, n: i16) -> Res<std::ops::Range<usize>> {
+    pub(crate) fn range(&mut self, len: usize, off: i16, n: i16) -> Res<std::ops::Range<usize>> {
         if off < 0 || n < 0 || off as usize + n as usize > len {
             return Err(self.throw_api("java.lang.ArrayIndexOutOfBoundsException", 0));
         }
@@ -469,6 +469,9 @@ impl Vm {
             }
             ("javacard.framework.OwnerPIN", name, desc) => self.pin(p, name, desc, a)?,
             _ => {
+                if let Some(r) = self.crypto_native(p, cname, m, a)? {
+                    return Ok(r);
+                }
                 return Err(Flow::Fatal(format!(
                     "unsupported API method {} called from {}",
                     api::method_name(usize::from(class), m),

@@ -101,6 +101,13 @@ public class Conf extends Applet {
             case 0x15: n = apiExceptions(buf); break;
             case 0x16: n = txSemantics(buf, lc); break;
             case 0x17: n = tearing(buf); break;
+            case 0x18: n = Crypto.ecdsa(buf, lc); break;
+            case 0x19: n = Crypto.rsaSign(buf, lc); break;
+            case 0x1A: n = Crypto.aes(buf, lc); break;
+            case 0x1B: n = Crypto.digest(buf, lc); break;
+            case 0x1C: n = Crypto.ecdh(buf, lc); break;
+            case 0x1D: n = Crypto.unsupported(buf); break;
+            case 0x1E: n = Crypto.rsaCipher(buf, lc); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
