@@ -127,7 +127,7 @@ pub(crate) fn answer(a: Answer) -> Result<Vec<u8>, StatusWord> {
     match a {
         Answer::Ok(d) => Ok(d),
         Answer::Sw(0x9000) => Ok(Vec::new()),
-        Answer::Sw(sw) => Err(StatusWord(sw)),
+        Answer::Sw(sw) | Answer::Data(_, sw) => Err(StatusWord(sw)),
         Answer::Torn => Err(StatusWord::MEMORY_FAILURE),
     }
 }
@@ -165,7 +165,10 @@ impl Applet for JcApplet {
             ne: command.ne().unwrap_or(0),
             extended: command.is_extended(),
         };
-        answer(self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd)).map(Response::success)
+        match self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd) {
+            Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
+            a => answer(a).map(Response::success),
+        }
     }
 
     fn reset(&mut self) {
@@ -174,6 +177,10 @@ impl Applet for JcApplet {
 
     fn extended_length(&self) -> bool {
         self.extended
+    }
+
+    fn own_get_response(&self) -> bool {
+        true
     }
 
     fn diagnostic(&self) -> Option<String> {

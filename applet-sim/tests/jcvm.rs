@@ -180,6 +180,30 @@ fn isoapplet_loads_installs_and_selects() {
     );
 }
 
+/// A Java Card applet that sends part of a long answer and throws `61xx` gets the GET
+/// RESPONSE itself when the runtime holds nothing (IsoApplet's key generation answers this
+/// way); GET RESPONSE of data the runtime split keeps working for every applet.
+#[test]
+fn get_response_goes_to_a_java_card_applet_that_kept_the_rest() {
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    let first: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    assert_eq!(tx(&mut rt, "801F000000"), format!("{first}612C"));
+    assert_eq!(
+        tx(&mut rt, "00C000002C"),
+        format!("{}9000", "C0".repeat(44))
+    );
+    // The applet has nothing left: its own answer, 6985.
+    assert_eq!(tx(&mut rt, "00C000002C"), "6985");
+    // Runtime-split data (Le smaller than the echo's answer) still comes by GET RESPONSE.
+    assert_eq!(tx(&mut rt, "8011000004 31323334 02"), "31326102");
+    assert_eq!(tx(&mut rt, "00C0000002"), "33349000");
+}
+
 #[test]
 fn load_refuses_a_cap_whose_api_token_the_card_lacks() {
     // The conformance CAP with its constant pool's first static method reference pointing at
@@ -268,5 +292,82 @@ fn measure_echo_apdus_java_card_vs_native() {
         native / n,
         jc / n,
         jc.as_secs_f64() / native.as_secs_f64()
+    );
+}
+
+/// IsoApplet's signatures per second (the APDUs OpenSC sends, captured from a pcscd log:
+/// PIN set-up, VERIFY, on-card RSA-2048 and P-256 generation, MSE + PSO COMPUTE DIGITAL
+/// SIGNATURE) against the signing primitive as kagi's native JPKI applet calls it (RSA
+/// PKCS#1 v1.5 over a DigestInfo, P-256 over a hash). Run with --release --ignored.
+#[test]
+#[ignore]
+fn measure_isoapplet_signatures_vs_native() {
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    let c = cap(ISO);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    let app = c.applets()[0].aid.clone();
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    let ok = |r: String| assert!(r.ends_with("9000"), "{r}");
+    ok(tx(&mut rt, "00A404000CF276A288BCFBA69D34F3100100"));
+    ok(tx(
+        &mut rt,
+        "00E00000176F1581021388820138830250158608FF00000000000090",
+    ));
+    ok(tx(&mut rt, "002401021030313233343536373839616263646566"));
+    ok(tx(&mut rt, "0024010106313233343536"));
+    ok(tx(&mut rt, "002000011031323334353600000000000000000000"));
+    ok(tx(&mut rt, "00224100068001F3840100"));
+    let t = std::time::Instant::now();
+    assert!(tx(&mut rt, "0046420000").ends_with("610E"));
+    let rsa_gen = t.elapsed();
+    ok(tx(&mut rt, "00C000000E"));
+    ok(tx(&mut rt, "00224100068001EC840101"));
+    assert!(tx(&mut rt, "00460000CF8120FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF8220FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFC83205AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B8441046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F58520FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC6325518702000100").ends_with("6117"));
+    ok(tx(&mut rt, "00C0000017"));
+    let digest_info = "3031300D06096086480165030402010500042047829C1EAC2D9402F058B9099821AC7E2B147EE708FF70970BB3E382BD97ACE0";
+    let n = 50u32;
+    ok(tx(&mut rt, "002241B60A80011181025015840100"));
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        ok(tx(&mut rt, &format!("002A9E9A33{digest_info}00")));
+    }
+    let iso_rsa = t.elapsed() / n;
+    ok(tx(&mut rt, "002241B60A80012181025015840101"));
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        ok(tx(
+            &mut rt,
+            "002A9E9A146B6167692069736F6170706C657420646174610A00",
+        ));
+    }
+    let iso_ec = t.elapsed() / n;
+    // The native JPKI applet's primitives (applet-sim/src/jpki.rs CardKey::sign).
+    let key = rsa::PrivateKey::new(&mut rand_core::UnwrapErr(getrandom::SysRng), 2048).unwrap();
+    let di = h(digest_info);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        key.sign(rsa::pkcs1v15::Pkcs1v15Sign::new_unprefixed(), &di)
+            .unwrap();
+    }
+    let nat_rsa = t.elapsed() / n;
+    let ek: p256::ecdsa::SigningKey = p256::elliptic_curve::Generate::generate_from_rng(
+        &mut rand_core::UnwrapErr(getrandom::SysRng),
+    );
+    let hash = [7u8; 32];
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let _: p256::ecdsa::Signature = ek.sign_prehash(&hash).unwrap();
+    }
+    let nat_ec = t.elapsed() / n;
+    eprintln!(
+        "MEASURE IsoApplet RSA-2048 sign {:.0}/s vs native {:.0}/s (ratio {:.2}); ECDSA P-256 sign {:.0}/s vs native {:.0}/s (ratio {:.2}); on-card RSA-2048 generation {rsa_gen:?}",
+        1.0 / iso_rsa.as_secs_f64(),
+        1.0 / nat_rsa.as_secs_f64(),
+        iso_rsa.as_secs_f64() / nat_rsa.as_secs_f64(),
+        1.0 / iso_ec.as_secs_f64(),
+        1.0 / nat_ec.as_secs_f64(),
+        iso_ec.as_secs_f64() / nat_ec.as_secs_f64(),
     );
 }

@@ -10,6 +10,7 @@ mod gp_card;
 mod gp_dap;
 mod jpki;
 mod perso;
+mod sim_cap;
 mod target;
 mod tsm;
 
@@ -201,6 +202,11 @@ struct ServeArgs {
     /// serial (KDD and CIN): `next I` replaces card I, as at a personalisation station.
     #[arg(long)]
     hopper: bool,
+    /// Load and install this CAP file's applet into each new card at start-up, through the
+    /// card manager as `kagi gp install FILE.cap --sim` does (repeatable; cards read from an
+    /// existing image are served as they are).
+    #[arg(long = "install", value_name = "FILE.cap")]
+    install: Vec<PathBuf>,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -308,6 +314,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         seed,
         control,
         hopper,
+        install,
     } = args;
     let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
     use applet_sim::vpcd::SlotControl;
@@ -378,7 +385,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
             _ if preset == "jpki-demo" => jpki_demo_card(card_seed, pki_dir.as_deref())?,
             _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
-            _ => factory(None)?,
+            _ => sim_cap::install_caps(factory(None)?, install, card_seed)?,
         };
         let mut fed = 0u64;
         let mut next_card = move || {

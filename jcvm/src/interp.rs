@@ -149,6 +149,11 @@ impl Vm {
             && let Some(iso) = api::class_by_name("javacard.framework.ISOException")
             && api::is_subclass(usize::from(i), iso)
         {
+            // Data the applet already sent goes out with the status word (IsoApplet sends
+            // 256 bytes, then throws 61xx for the rest).
+            if !self.apdu.out.is_empty() {
+                return Answer::Data(std::mem::take(&mut self.apdu.out), reason as u16);
+            }
             return Answer::Sw(reason as u16);
         }
         let name = self.pkg.class_name(class);

@@ -96,6 +96,8 @@ pub enum Answer {
     Ok(Vec<u8>),
     /// A status word (`ISOException`, or an error of the machine: see [`Vm::last_error`]).
     Sw(u16),
+    /// Data the applet sent before it threw `ISOException` with this status word.
+    Data(Vec<u8>, u16),
     /// Power was lost during a persistent write.
     Torn,
 }

@@ -108,6 +108,8 @@ public class Conf extends Applet {
             case 0x1C: n = Crypto.ecdh(buf, lc); break;
             case 0x1D: n = Crypto.unsupported(buf); break;
             case 0x1E: n = Crypto.rsaCipher(buf, lc); break;
+            case 0x1F: n = partial(apdu, buf); break;
+            case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
@@ -518,5 +520,29 @@ public class Conf extends Applet {
             JCSystem.commitTransaction();
         }
         return 0;
+    }
+
+    // INS 1F: sends 256 bytes (0, 1, ... 255), then throws 612C: 44 more bytes wait for the
+    // applet's own GET RESPONSE (INS C0: 44 bytes of C0), as IsoApplet answers long data.
+    private short partial(APDU apdu, byte[] buf) {
+        for (short i = 0; i < 256; i++) {
+            buf[i] = (byte) i;
+        }
+        apdu.setOutgoing();
+        apdu.setOutgoingLength((short) 256);
+        apdu.sendBytes((short) 0, (short) 256);
+        onDeselect[0] = 44;
+        ISOException.throwIt((short) 0x612C);
+        return 0;
+    }
+
+    private short rest(byte[] buf) {
+        short n = onDeselect[0];
+        if (n == 0) {
+            ISOException.throwIt(ISO7816.SW_CONDITIONS_NOT_SATISFIED);
+        }
+        onDeselect[0] = 0;
+        Util.arrayFillNonAtomic(buf, (short) 0, n, (byte) 0xC0);
+        return n;
     }
 }
