@@ -128,6 +128,8 @@ pub struct Vm {
     budget: u64,
     /// RSA-CRT keys ready for use, by key object (and the primes they were made from).
     crt_cache: std::collections::HashMap<u16, (crypto::Secret, Box<rsa::PrivateKey>)>,
+    /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
+    ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -173,6 +175,7 @@ impl Vm {
             executed: 0,
             budget: 0,
             crt_cache: std::collections::HashMap::new(),
+            ec_cache: std::collections::HashMap::new(),
         }
     }
 

@@ -340,7 +340,7 @@ impl Vm {
             }
             5 => {
                 let h = hash(e.md, &data)?;
-                prim::p256_sign(k.get(comp::S).ok_or(CErr::Uninitialized)?, &h)
+                self.p256_sign(e.key, &k, &h)
             }
             6 => self.aes_mac(&k, &data),
             7 => prim::hmac(e.md, k.get(comp::KEY).ok_or(CErr::Uninitialized)?, &data),

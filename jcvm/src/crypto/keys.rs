@@ -146,7 +146,7 @@ impl Vm {
         if let Some(k) = self.key_mut(h) {
             k.set(id, v);
         }
-        self.crt_cache.remove(&(h as u16));
+        self.forget_key(h as u16);
         self.touch(h as u16);
         Ok(())
     }
@@ -189,7 +189,7 @@ impl Vm {
                 if let Some(k) = self.key_mut(h) {
                     k.clear();
                 }
-                self.crt_cache.remove(&(h as u16));
+                self.forget_key(h as u16);
                 self.touch(h as u16);
                 Ret::Void
             }
@@ -368,7 +368,7 @@ impl Vm {
             }
             _ => return Err(self.crypto_err(CErr::IllegalValue)),
         }
-        self.crt_cache.remove(&(private as u16));
+        self.forget_key(private as u16);
         self.touch(public as u16);
         self.touch(private as u16);
         Ok(())
@@ -403,6 +403,24 @@ impl Vm {
             }
             _ => Err(CErr::IllegalValue),
         }
+    }
+
+    /// Drops the ready-made primitives of key object `h` (its components changed).
+    pub(crate) fn forget_key(&mut self, h: u16) {
+        self.crt_cache.remove(&h);
+        self.ec_cache.remove(&h);
+    }
+
+    /// ECDSA P-256 with the private key object `h`, over a hash; DER out.
+    pub(crate) fn p256_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
+        let s = k.get(comp::S).ok_or(CErr::Uninitialized)?;
+        if self.ec_cache.get(&h).is_none_or(|(c, _)| c.0 != s) {
+            let key = prim::p256_key(s)?;
+            self.ec_cache
+                .insert(h, (super::Secret(s.to_vec()), Box::new(key)));
+        }
+        let key = &self.ec_cache.get(&h).ok_or(CErr::Uninitialized)?.1;
+        prim::p256_sign_with(key, hash)
     }
 
     /// The raw RSA public operation of a public key.

@@ -271,12 +271,15 @@ pub(crate) fn p256_generate() -> Result<(Vec<u8>, Vec<u8>), CErr> {
     Ok((k.to_bytes().to_vec(), w))
 }
 
+/// A P-256 signing key from its scalar.
+pub(crate) fn p256_key(s: &[u8]) -> Result<p256::ecdsa::SigningKey, CErr> {
+    p256::ecdsa::SigningKey::from_slice(&left_pad(s, 32)).map_err(|_| CErr::IllegalValue)
+}
+
 /// ECDSA P-256 over a hash (truncated/left-padded per SEC 1), DER-encoded as Java Card
 /// answers it.
-pub(crate) fn p256_sign(s: &[u8], hash: &[u8]) -> Result<Vec<u8>, CErr> {
+pub(crate) fn p256_sign_with(k: &p256::ecdsa::SigningKey, hash: &[u8]) -> Result<Vec<u8>, CErr> {
     use p256::ecdsa::signature::hazmat::PrehashSigner;
-    let k =
-        p256::ecdsa::SigningKey::from_slice(&left_pad(s, 32)).map_err(|_| CErr::IllegalValue)?;
     let sig: p256::ecdsa::Signature = k.sign_prehash(hash).map_err(|_| CErr::IllegalValue)?;
     Ok(sig.to_der().as_bytes().to_vec())
 }
