@@ -52,7 +52,10 @@ fn ok(pcsc: &PrivatePcsc, tool: &str, args: &[&str]) -> String {
 #[test]
 fn opensc_drives_isoapplet_installed_by_sim_serve() {
     let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
-    let pcsc = PrivatePcsc::start_install(std::path::Path::new(&cap));
+    let keep = std::env::temp_dir().join(format!("kagi-isoapplet-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).unwrap();
+    let image = keep.join("card.img");
+    let pcsc = PrivatePcsc::start_install_image(std::path::Path::new(&cap), &image);
     let work = pcsc.work.clone();
     let path = |f: &str| work.join(f).display().to_string();
     // SELECT of the applet: IsoApplet answers its version, 9000.
@@ -225,4 +228,46 @@ fn opensc_drives_isoapplet_installed_by_sim_serve() {
         ],
     );
     assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    std::fs::copy(path("data"), keep.join("data")).unwrap();
+    std::fs::copy(path("rsa.pub"), keep.join("rsa.pub")).unwrap();
+    // The card stopped (its image saved) and served again from the image: the keys it
+    // generated still sign, and the old public key verifies.
+    drop(pcsc);
+    let pcsc = PrivatePcsc::start_image(&image);
+    let k = |f: &str| keep.join(f).display().to_string();
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-d",
+            "1",
+            "-i",
+            &k("data"),
+            "-o",
+            &k("rsa2.sig"),
+        ],
+    );
+    let v = pcsc.run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &k("rsa.pub"),
+            "-signature",
+            &k("rsa2.sig"),
+            &k("data"),
+        ],
+    );
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    drop(pcsc);
+    let _ = std::fs::remove_dir_all(&keep);
 }

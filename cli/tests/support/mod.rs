@@ -246,6 +246,12 @@ impl PrivatePcsc {
         Self::start_all(1, "gp-test", false, None, Some(cap))
     }
 
+    /// Like [`PrivatePcsc::start_install`], the card kept in the image file `image` (saved
+    /// when the stack stops; an existing image is served as it is).
+    pub fn start_install_image(cap: &Path, image: &Path) -> PrivatePcsc {
+        Self::start_all(1, "gp-test", false, Some(image), Some(cap))
+    }
+
     fn start_opts(cards: usize, preset: &str, hopper: bool) -> PrivatePcsc {
         Self::start_full(cards, preset, hopper, None)
     }
