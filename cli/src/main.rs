@@ -142,6 +142,11 @@ enum SimCmd {
     /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
     /// restarts.
     Serve(ServeArgs),
+    /// Run a CAP applet on a fresh simulated card: load and install it through the card
+    /// manager, SELECT it and send each APDU; with --trace, a failing command shows the
+    /// applet's uncaught exception (class, method, bytecode offset) or the unsupported API
+    /// method behind its status word.
+    RunCap(sim_cap::RunCapArgs),
     /// Make a simulated SIM as a bureau leaves it for a TSM: a UICC whose provider domain has
     /// keys diversified from the provider's master key set; prints its ICCID and card image
     /// number (to register it with the TSM).
@@ -587,6 +592,7 @@ fn main() -> ExitCode {
         Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a),
         Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
+        Cmd::Sim(SimCmd::RunCap(args)) => sim_cap::run_cap(args, cli.trace, cli.json),
         Cmd::Sim(SimCmd::Provision {
             image,
             serial,

@@ -157,10 +157,12 @@ impl Vm {
             return Answer::Sw(reason as u16);
         }
         let name = self.pkg.class_name(class);
-        let msg = self
-            .last_error
-            .take()
-            .unwrap_or_else(|| format!("uncaught {name} (reason {reason})"));
+        let msg = self.last_error.take().unwrap_or_else(|| {
+            let at = self.throw_origin.take().unwrap_or_default();
+            format!("uncaught {name} (reason {reason}) {at}")
+                .trim_end()
+                .to_string()
+        });
         self.last_error = Some(msg);
         Answer::Sw(SW_UNKNOWN)
     }
@@ -325,6 +327,17 @@ impl Vm {
     /// continue at, or the exception when no frame catches it.
     fn catch(&mut self, h: u16, mut pc: usize) -> Res<usize> {
         let class = self.class_of(h)?;
+        // Where it was thrown, for the message of an uncaught exception.
+        let start = self
+            .frames
+            .last()
+            .and_then(|f| self.pkg.model.methods.header(f.method).ok())
+            .map_or(0, |m| usize::from(m.code));
+        self.throw_origin = Some(format!(
+            "thrown in {} at bytecode offset {}",
+            self.here(),
+            pc.saturating_sub(start)
+        ));
         loop {
             let Some(f) = self.frames.last().copied() else {
                 return Err(Flow::Throw(h));

@@ -128,6 +128,8 @@ pub struct Vm {
     budget: u64,
     /// RSA-CRT keys ready for use, by key object (and the primes they were made from).
     crt_cache: std::collections::HashMap<u16, (crypto::Secret, Box<rsa::PrivateKey>)>,
+    /// Where the exception in flight was thrown.
+    throw_origin: Option<String>,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
@@ -176,6 +178,7 @@ impl Vm {
             budget: 0,
             crt_cache: std::collections::HashMap::new(),
             ec_cache: std::collections::HashMap::new(),
+            throw_origin: None,
         }
     }
 
