@@ -371,3 +371,86 @@ fn measure_isoapplet_signatures_vs_native() {
         iso_ec.as_secs_f64() / nat_ec.as_secs_f64(),
     );
 }
+
+/// Power cut at every persistent write of IsoApplet's on-card EC P-256 key generation (the
+/// APDUs OpenSC's `pkcs15-init --generate-key ec/secp256r1` sends): after power-up the card
+/// either has a usable key or has none, and a new generation then works and signs with a key
+/// p256 verifies.
+#[test]
+fn isoapplet_power_loss_at_every_write_of_key_generation() {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha1::Digest;
+    const GEN: &str = "00460000CF8120FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF8220FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFC83205AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B8441046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F58520FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC6325518702000100";
+    const SIGN: &str = "002A9E9A146B6167692069736F6170706C657420646174610A00";
+    let c = cap(ISO);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    let app = c.applets()[0].aid.clone();
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    let select = "00A404000CF276A288BCFBA69D34F3100100";
+    for apdu in [
+        select,
+        "00E00000176F1581021388820138830250158608FF00000000000090",
+        "002401021030313233343536373839616263646566",
+        "0024010106313233343536",
+    ] {
+        assert!(tx(&mut rt, apdu).ends_with("9000"), "{apdu}");
+    }
+    let base = rt.store().clone();
+    let login = |rt: &mut Runtime| {
+        assert!(tx(rt, select).ends_with("9000"));
+        assert_eq!(tx(rt, "002000011031323334353600000000000000000000"), "9000");
+    };
+    let (mut torn, mut with_key) = (0, 0);
+    for n in 1..400 {
+        let mut rt = runtime(base.clone());
+        login(&mut rt);
+        assert_eq!(tx(&mut rt, "00224100068001EC840101"), "9000");
+        rt.store_mut().tear_at(n);
+        if rt.process(&h(GEN)).is_some() {
+            break;
+        }
+        torn += 1;
+        let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+        login(&mut rt);
+        // The key is there and signs (a DER signature), or it is not: IsoApplet's MSE then
+        // dereferences its empty key slot (6F00, as on a real card).
+        let had_key = tx(&mut rt, "002241B60A80012181025015840101") == "9000";
+        if had_key {
+            let r = tx(&mut rt, SIGN);
+            assert!(
+                r.starts_with("30") && r.ends_with("9000"),
+                "cut at write {n}: {r}"
+            );
+            with_key += 1;
+        }
+        // A new generation works and its key signs.
+        assert_eq!(tx(&mut rt, "00224100068001EC840101"), "9000");
+        let first = tx(&mut rt, GEN);
+        assert!(first.ends_with("6117"), "{first}");
+        let rest = tx(&mut rt, "00C0000017");
+        let public = format!("{}{}", &first[..first.len() - 4], &rest[..rest.len() - 4]);
+        let bytes = h(&public);
+        let at = bytes
+            .windows(3)
+            .position(|x| x == [0x86, 0x41, 0x04])
+            .expect("the public point (tag 86)")
+            + 2;
+        let w = bytes[at..at + 65].to_vec();
+        assert_eq!(tx(&mut rt, "002241B60A80012181025015840101"), "9000");
+        let r = tx(&mut rt, SIGN);
+        assert!(r.ends_with("9000"), "{r}");
+        let sig = p256::ecdsa::Signature::from_der(&h(&r[..r.len() - 4]))
+            .unwrap_or_else(|e| panic!("{e}: {r}"));
+        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&w)
+            .unwrap_or_else(|e| panic!("{e}: {public}"));
+        let msg = h("6B6167692069736F6170706C657420646174610A");
+        key.verify_prehash(&sha1::Sha1::digest(&msg), &sig)
+            .expect("the new key signs");
+    }
+    assert!(torn > 5, "only {torn} write points");
+    eprintln!(
+        "MEASURE IsoApplet EC key generation: {torn} persistent write points, key usable after {with_key} of the cuts"
+    );
+}
