@@ -271,3 +271,154 @@ fn opensc_drives_isoapplet_installed_by_sim_serve() {
     drop(pcsc);
     let _ = std::fs::remove_dir_all(&keep);
 }
+
+/// The key-import build (as OpenSC's CI builds it): keys made by `openssl` are written to the
+/// card with `pkcs11-tool -w`, then sign on the card; `pkcs11-tool --verify` (ECDSA, against
+/// the public key openssl derived) and `openssl` (RSA) verify.
+#[test]
+fn opensc_imports_openssl_keys_into_isoapplet_and_signs() {
+    let cap = format!(
+        "{}/../cap/tests/data/isoapplet-v0/isoapplet-keyimport.cap",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let pcsc = PrivatePcsc::start_install(std::path::Path::new(&cap));
+    let work = pcsc.work.clone();
+    let path = |f: &str| work.join(f).display().to_string();
+    std::fs::write(path("data"), b"kagi key import").unwrap();
+    let ossl = |args: &[&str]| {
+        let o = pcsc.run("openssl", args);
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    };
+    ossl(&[
+        "ecparam",
+        "-name",
+        "secp256r1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path("ec.pem"),
+    ]);
+    ossl(&[
+        "ec",
+        "-in",
+        &path("ec.pem"),
+        "-pubout",
+        "-out",
+        &path("ecpub.pem"),
+    ]);
+    ossl(&["genrsa", "-out", &path("rsa.pem"), "2048"]);
+    ossl(&[
+        "rsa",
+        "-in",
+        &path("rsa.pem"),
+        "-pubout",
+        "-out",
+        &path("rsapub.pem"),
+    ]);
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--create-pkcs15",
+            "--so-pin",
+            "123456",
+            "--so-puk",
+            "0123456789abcdef",
+        ],
+    );
+    let m = module();
+    for (file, ty, id) in [
+        ("ec.pem", "privkey", "4"),
+        ("ecpub.pem", "pubkey", "4"),
+        ("rsa.pem", "privkey", "5"),
+    ] {
+        ok(
+            &pcsc,
+            "pkcs11-tool",
+            &[
+                "--module",
+                &m,
+                "-l",
+                "-p",
+                "123456",
+                "-w",
+                &path(file),
+                "-y",
+                ty,
+                "-d",
+                id,
+            ],
+        );
+    }
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "4",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("ec.sig"),
+        ],
+    );
+    let v = ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "--verify",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "4",
+            "-i",
+            &path("data"),
+            "--signature-file",
+            &path("ec.sig"),
+        ],
+    );
+    assert!(v.contains("Signature is valid"), "{v}");
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-d",
+            "5",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("rsa.sig"),
+        ],
+    );
+    let v = pcsc.run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &path("rsapub.pem"),
+            "-signature",
+            &path("rsa.sig"),
+            &path("data"),
+        ],
+    );
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+}
