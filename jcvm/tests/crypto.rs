@@ -185,3 +185,38 @@ fn an_unsupported_algorithm_throws_no_such_algorithm_to_the_applet() {
     let (mut vm, mut mem) = card();
     assert_eq!(run(&mut vm, &mut mem, 0x1D, 0, 0, &[]), [0, 3]);
 }
+
+/// RSA-PSS (SHA-256, salt = hash length) signatures verify with the rsa crate; RSA-OAEP
+/// (SHA-1): a ciphertext the rsa crate made for the card's public key decrypts on the card.
+#[test]
+fn rsa_pss_and_oaep_interoperate_with_the_rsa_crate() {
+    use sha2::Digest;
+    let (mut vm, mut mem) = card();
+    run(&mut vm, &mut mem, 0x19, 0, 4, b"x");
+    let n = run(&mut vm, &mut mem, 0x19, 2, 0, &[]);
+    let pk = rsa::PublicKey::new(
+        rsa::BoxedUint::from_be_slice_vartime(&n),
+        rsa::BoxedUint::from_be_slice_vartime(&[1, 0, 1]),
+    )
+    .unwrap();
+    let msg = b"kagi pss message";
+    let sig = run(&mut vm, &mut mem, 0x20, 0, 0, msg);
+    pk.verify(
+        rsa::pss::Pss::<sha2::Sha256>::new(),
+        &sha2::Sha256::digest(msg),
+        &sig,
+    )
+    .expect("the PSS signature verifies");
+    let ct = pk
+        .encrypt(
+            &mut rand_core::UnwrapErr(getrandom::SysRng),
+            rsa::Oaep::<sha1::Sha1>::new(),
+            b"oaep secret",
+        )
+        .unwrap();
+    assert_eq!(run(&mut vm, &mut mem, 0x21, 1, 0, &ct), b"oaep secret");
+    assert_eq!(
+        run(&mut vm, &mut mem, 0x21, 0, 0, b"round trip"),
+        b"round trip"
+    );
+}

@@ -15,6 +15,10 @@ fn signature_alg(alg: u8) -> Option<(u8, u8, u8)> {
         40 => (3, 4, 7),
         41 => (3, 5, 7),
         42 => (3, 6, 7),
+        21 => (3, 1, 8),
+        44 => (3, 4, 8),
+        45 => (3, 5, 8),
+        46 => (3, 6, 8),
         17 => (5, 1, 0),
         37 => (5, 7, 0),
         33 => (5, 4, 0),
@@ -34,6 +38,7 @@ fn cipher_alg(alg: u8) -> Option<(u8, u8)> {
     Some(match alg {
         10 => (7, 7),
         12 => (7, 1),
+        15 => (7, 9),
         13 | 18 | 20 => (1, 1),
         14 | 19 | 21 => (2, 1),
         1 => (3, 1),
@@ -60,7 +65,7 @@ impl Vm {
                 e.kind = EngineKind::Signature;
                 (e.md, e.cipher, e.pad) = (arg(0), arg(1), arg(2));
                 let md_ok = e.md == 0 || prim::digest_len(e.md) > 0;
-                ((e.cipher == 3 && e.pad == 7) || e.cipher == 5)
+                ((e.cipher == 3 && (e.pad == 7 || (e.pad == 8 && e.md != 0))) || e.cipher == 5)
                     .then_some(())
                     .filter(|_| md_ok)
             }
@@ -72,7 +77,7 @@ impl Vm {
             ("javacardx.crypto.Cipher", _) => {
                 e.kind = EngineKind::Cipher;
                 (e.cipher, e.pad) = (arg(0), arg(1));
-                matches!((e.cipher, e.pad), (7, 1 | 7) | (1..=4, 1)).then_some(())
+                matches!((e.cipher, e.pad), (7, 1 | 7 | 9) | (1..=4, 1)).then_some(())
             }
             ("javacard.security.MessageDigest", _) => {
                 e.kind = EngineKind::Digest;
@@ -327,6 +332,11 @@ impl Vm {
             }
         };
         match e.cipher {
+            3 if e.pad == 8 => {
+                let h = hash(e.md, &data)?;
+                let key = self.crt_key_of(e.key, &k)?;
+                prim::pss_sign(key, e.md, &h)
+            }
             3 => {
                 let h = hash(e.md, &data)?;
                 let mut t = if e.md == 0 {
@@ -366,6 +376,13 @@ impl Vm {
             prim::digest(e.md, &data)?
         };
         Ok(match e.cipher {
+            3 if e.pad == 8 => prim::pss_verify(
+                k.get(comp::N).ok_or(CErr::Uninitialized)?,
+                k.get(comp::E).ok_or(CErr::Uninitialized)?,
+                e.md,
+                &h,
+                sig,
+            )?,
             3 => {
                 let Ok(em) = Vm::rsa_public(&k, sig) else {
                     return Ok(false);
@@ -441,6 +458,14 @@ impl Vm {
                 .rsa_private(e.key, &k, &data)
                 .and_then(|m| prim::pkcs1_unpad(2, &m)),
             (7, 1, false) => Vm::rsa_public(&k, &data).and_then(|m| prim::pkcs1_unpad(1, &m)),
+            (9, 2, false) => prim::oaep_encrypt(
+                k.get(comp::N).unwrap_or(&[]),
+                k.get(comp::E).unwrap_or(&[]),
+                &data,
+            ),
+            (9, 1, true) => self
+                .crt_key_of(e.key, &k)
+                .and_then(|key| prim::oaep_decrypt(key, &data)),
             (1, _, true) if data.len() == kb => self.rsa_private(e.key, &k, &data),
             (1, _, false) if data.len() == kb => Vm::rsa_public(&k, &data),
             _ => Err(CErr::IllegalUse),

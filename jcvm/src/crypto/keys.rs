@@ -387,22 +387,28 @@ impl Vm {
                 k.get(comp::E).ok_or(CErr::Uninitialized)?,
                 k.get(comp::N).ok_or(CErr::Uninitialized)?,
             ),
-            6 => {
-                let p = k.get(comp::P).ok_or(CErr::Uninitialized)?;
-                let q = k.get(comp::Q).ok_or(CErr::Uninitialized)?;
-                let mut id = p.to_vec();
-                id.extend_from_slice(q);
-                let id = super::Secret(id);
-                if self.crt_cache.get(&h).is_none_or(|(c, _)| *c != id) {
-                    let dp = k.get(comp::DP).ok_or(CErr::Uninitialized)?;
-                    let key = prim::crt_key(p, q, dp, k.get(comp::CRT_E))?;
-                    self.crt_cache.insert(h, (id, Box::new(key)));
-                }
-                let key = &self.crt_cache.get(&h).ok_or(CErr::Uninitialized)?.1;
-                prim::rsa_crt(key, input)
-            }
+            6 => prim::rsa_crt(self.crt_key_of(h, k)?, input),
             _ => Err(CErr::IllegalValue),
         }
+    }
+
+    /// The RSA-CRT key of private key object `h` ready for use (made once, kept while its
+    /// primes stay the same).
+    pub(crate) fn crt_key_of(&mut self, h: u16, k: &KeyState) -> Result<&rsa::PrivateKey, CErr> {
+        if k.ktype != 6 {
+            return Err(CErr::NoSuchAlgorithm);
+        }
+        let p = k.get(comp::P).ok_or(CErr::Uninitialized)?;
+        let q = k.get(comp::Q).ok_or(CErr::Uninitialized)?;
+        let mut id = p.to_vec();
+        id.extend_from_slice(q);
+        let id = super::Secret(id);
+        if self.crt_cache.get(&h).is_none_or(|(c, _)| *c != id) {
+            let dp = k.get(comp::DP).ok_or(CErr::Uninitialized)?;
+            let key = prim::crt_key(p, q, dp, k.get(comp::CRT_E))?;
+            self.crt_cache.insert(h, (id, Box::new(key)));
+        }
+        Ok(&self.crt_cache.get(&h).ok_or(CErr::Uninitialized)?.1)
     }
 
     /// Drops the ready-made primitives of key object `h` (its components changed).

@@ -415,3 +415,68 @@ pub(crate) fn hmac(md: u8, key: &[u8], data: &[u8]) -> Result<Vec<u8>, CErr> {
         _ => return Err(CErr::NoSuchAlgorithm),
     })
 }
+
+macro_rules! by_digest {
+    ($md:expr, $d:ident => $body:expr) => {
+        match $md {
+            1 => {
+                type $d = Sha1;
+                $body
+            }
+            4 => {
+                type $d = Sha256;
+                $body
+            }
+            5 => {
+                type $d = Sha384;
+                $body
+            }
+            6 => {
+                type $d = Sha512;
+                $body
+            }
+            _ => Err(CErr::NoSuchAlgorithm),
+        }
+    };
+}
+
+/// RSASSA-PSS (salt as long as the hash, MGF1 with the same hash) over a hash.
+pub(crate) fn pss_sign(key: &rsa::PrivateKey, md: u8, hash: &[u8]) -> Result<Vec<u8>, CErr> {
+    by_digest!(md, D => key
+        .sign_with_rng(&mut getrandom::SysRng, rsa::pss::Pss::<D>::new(), hash)
+        .map_err(|_| CErr::IllegalValue))
+}
+
+/// Verifies RSASSA-PSS over a hash with the public key (n, e).
+pub(crate) fn pss_verify(
+    n: &[u8],
+    e: &[u8],
+    md: u8,
+    hash: &[u8],
+    sig: &[u8],
+) -> Result<bool, CErr> {
+    let pk = public_key(n, e)?;
+    by_digest!(md, D => Ok(pk.verify(rsa::pss::Pss::<D>::new(), hash, sig).is_ok()))
+}
+
+fn public_key(n: &[u8], e: &[u8]) -> Result<rsa::PublicKey, CErr> {
+    rsa::PublicKey::new(
+        BoxedUint::from_be_slice_vartime(strip(n)),
+        BoxedUint::from_be_slice_vartime(strip(e)),
+    )
+    .map_err(|_| CErr::IllegalValue)
+}
+
+/// RSAES-OAEP with SHA-1 and MGF1-SHA-1 (Java Card's `ALG_RSA_PKCS1_OAEP`): encryption with
+/// the public key (n, e).
+pub(crate) fn oaep_encrypt(n: &[u8], e: &[u8], msg: &[u8]) -> Result<Vec<u8>, CErr> {
+    public_key(n, e)?
+        .encrypt(&mut getrandom::SysRng, rsa::Oaep::<Sha1>::new(), msg)
+        .map_err(|_| CErr::IllegalUse)
+}
+
+/// RSAES-OAEP (SHA-1) decryption with a CRT key.
+pub(crate) fn oaep_decrypt(key: &rsa::PrivateKey, ct: &[u8]) -> Result<Vec<u8>, CErr> {
+    key.decrypt(rsa::Oaep::<Sha1>::new(), ct)
+        .map_err(|_| CErr::IllegalValue)
+}

@@ -165,4 +165,29 @@ final class Crypto {
         c.init(rsa.getPrivate(), Cipher.MODE_DECRYPT);
         return c.doFinal(tmp, (short) 0, n, buf, (short) 0);
     }
+
+    // INS 20: RSA-SHA-256-PSS signature of the data with the key pair of INS 19.
+    static short pss(byte[] buf, short lc) {
+        Signature s = Signature.getInstance(Signature.ALG_RSA_SHA_256_PKCS1_PSS, false);
+        s.init(rsa.getPrivate(), Signature.MODE_SIGN);
+        byte[] tmp = new byte[512];
+        short n = s.sign(buf, ISO7816.OFFSET_CDATA, lc, tmp, (short) 0);
+        Util.arrayCopyNonAtomic(tmp, (short) 0, buf, (short) 0, n);
+        return n;
+    }
+
+    // INS 21: RSA-OAEP (SHA-1) decryption of the data with the private key of INS 19 (P1 1),
+    // or encryption with its public key then decryption (P1 0).
+    static short oaep(byte[] buf, short lc) {
+        Cipher c = Cipher.getInstance(Cipher.ALG_RSA_PKCS1_OAEP, false);
+        byte[] tmp = new byte[512];
+        short n = lc;
+        Util.arrayCopyNonAtomic(buf, ISO7816.OFFSET_CDATA, tmp, (short) 0, lc);
+        if (buf[ISO7816.OFFSET_P1] == 0) {
+            c.init(rsa.getPublic(), Cipher.MODE_ENCRYPT);
+            n = c.doFinal(buf, ISO7816.OFFSET_CDATA, lc, tmp, (short) 0);
+        }
+        c.init(rsa.getPrivate(), Cipher.MODE_DECRYPT);
+        return c.doFinal(tmp, (short) 0, n, buf, (short) 0);
+    }
 }
