@@ -220,3 +220,19 @@ fn rsa_pss_and_oaep_interoperate_with_the_rsa_crate() {
         b"round trip"
     );
 }
+
+/// P-384: the applet sets the SP 800-186 parameters, generates a key pair and signs with
+/// ECDSA-SHA-384; p384's verifier accepts the DER signature for the point it reports.
+#[test]
+fn ecdsa_p384_signatures_verify_with_an_independent_verifier() {
+    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha2::Digest;
+    let (mut vm, mut mem) = card();
+    let msg = b"kagi p-384 message";
+    let r = run(&mut vm, &mut mem, 0x22, 0, 0, msg);
+    let (w, der) = r.split_at(97);
+    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(w).expect("a P-384 point");
+    let sig = p384::ecdsa::Signature::from_der(der).expect("a DER signature");
+    key.verify_prehash(&sha2::Sha384::digest(msg), &sig)
+        .expect("the signature verifies");
+}

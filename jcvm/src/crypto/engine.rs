@@ -159,7 +159,7 @@ impl Vm {
                 let k = self.key_of(e.key as i16)?;
                 Ret::Word(match e.cipher {
                     3 => (k.bits / 8) as i16,
-                    5 => 72,
+                    5 => 104,
                     6 => 16,
                     _ => prim::digest_len(e.md) as i16,
                 })
@@ -271,7 +271,10 @@ impl Vm {
                 let w = self.input(arg(1), arg(2), arg(3))?;
                 let k = self.key_of(e.key as i16)?;
                 let s = k.get(comp::S).unwrap_or(&[]);
-                let mut x = prim::p256_ecdh(s, &w).map_err(|x| self.crypto_err(x))?;
+                let curve = super::keys::key_curve(&k)
+                    .ok_or(CErr::IllegalValue)
+                    .map_err(|x| self.crypto_err(x))?;
+                let mut x = prim::ec_dh(curve, s, &w).map_err(|x| self.crypto_err(x))?;
                 if e.alg == 1 {
                     // ALG_EC_SVDP_DH: the SHA-1 of the x coordinate.
                     x = prim::digest(1, &x).map_err(|x| self.crypto_err(x))?;
@@ -350,7 +353,7 @@ impl Vm {
             }
             5 => {
                 let h = hash(e.md, &data)?;
-                self.p256_sign(e.key, &k, &h)
+                self.ec_sign(e.key, &k, &h)
             }
             6 => self.aes_mac(&k, &data),
             7 => prim::hmac(e.md, k.get(comp::KEY).ok_or(CErr::Uninitialized)?, &data),
@@ -398,7 +401,12 @@ impl Vm {
                 want.extend_from_slice(&h);
                 t == want
             }
-            5 => prim::p256_verify(k.get(comp::W).ok_or(CErr::Uninitialized)?, &h, sig),
+            5 => prim::ec_verify(
+                super::keys::key_curve(&k).ok_or(CErr::IllegalValue)?,
+                k.get(comp::W).ok_or(CErr::Uninitialized)?,
+                &h,
+                sig,
+            ),
             6 => self.aes_mac(&k, &data)? == sig,
             7 => prim::hmac(e.md, k.get(comp::KEY).ok_or(CErr::Uninitialized)?, &data)? == sig,
             _ => return Err(CErr::NoSuchAlgorithm),

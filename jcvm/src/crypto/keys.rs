@@ -40,7 +40,7 @@ fn size_ok(ktype: u8, bits: i16) -> bool {
     match ktype {
         3 => matches!(bits, 64 | 128 | 192),
         4..=6 => (512..=4096).contains(&bits) && (bits as u16).is_multiple_of(8),
-        11 | 12 => bits == 256,
+        11 | 12 => bits == 256 || bits == 384,
         15 => matches!(bits, 128 | 192 | 256),
         21 => bits > 0,
         _ => false,
@@ -346,10 +346,10 @@ impl Vm {
                 };
                 let params = [comp::FIELD, comp::A, comp::B, comp::G, comp::R]
                     .map(|id| src.get(id).unwrap_or(&[]).to_vec());
-                if !prim::is_p256(params.each_ref().map(|v| v.as_slice())) {
+                let Some(curve) = prim::curve_of(params.each_ref().map(|v| v.as_slice())) else {
                     return Err(self.crypto_err(CErr::IllegalValue));
-                }
-                let (s, w) = prim::p256_generate().map_err(|e| self.crypto_err(e))?;
+                };
+                let (s, w) = prim::ec_generate(curve).map_err(|e| self.crypto_err(e))?;
                 let kk = src.get(comp::K).map(<[u8]>::to_vec);
                 for (h, id, v) in [(public, comp::W, w), (private, comp::S, s)] {
                     if let Some(k) = self.key_mut(h) {
@@ -417,8 +417,11 @@ impl Vm {
         self.ec_cache.remove(&h);
     }
 
-    /// ECDSA P-256 with the private key object `h`, over a hash; DER out.
-    pub(crate) fn p256_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
+    /// ECDSA with the private key object `h` on its curve, over a hash; DER out.
+    pub(crate) fn ec_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
+        if key_curve(k) == Some(prim::Curve::P384) {
+            return prim::p384_sign(k.get(comp::S).ok_or(CErr::Uninitialized)?, hash);
+        }
         let s = k.get(comp::S).ok_or(CErr::Uninitialized)?;
         if self.ec_cache.get(&h).is_none_or(|(c, _)| c.0 != s) {
             let key = prim::p256_key(s)?;
@@ -437,4 +440,10 @@ impl Vm {
             k.get(comp::N).ok_or(CErr::Uninitialized)?,
         )
     }
+}
+
+/// The curve of an EC key's domain parameters.
+pub(crate) fn key_curve(k: &KeyState) -> Option<prim::Curve> {
+    let p = [comp::FIELD, comp::A, comp::B, comp::G, comp::R].map(|id| k.get(id).unwrap_or(&[]));
+    prim::curve_of(p)
 }

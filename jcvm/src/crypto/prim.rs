@@ -254,12 +254,102 @@ const fn nib(c: u8) -> u8 {
     }
 }
 
-/// Whether domain parameters (field, a, b, G, r) are P-256's (leading zeros ignored).
-pub(crate) fn is_p256(params: [&[u8]; 5]) -> bool {
-    params
+/// The P-384 domain parameters (NIST SP 800-186 §G.1.3): p, a, b, G (uncompressed), n.
+const P384: [&str; 5] = [
+    "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+    "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000fffffffc",
+    "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
+    "04aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab73617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f",
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+];
+
+/// The named prime curves kagi recognises from an applet's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Curve {
+    /// NIST P-256 (secp256r1).
+    P256,
+    /// NIST P-384 (secp384r1).
+    P384,
+}
+
+fn unhex(h: &str) -> Vec<u8> {
+    h.as_bytes()
+        .chunks(2)
+        .map(|c| (nib(c[0]) << 4) | nib(c[1]))
+        .collect()
+}
+
+/// The curve whose domain parameters (field, a, b, G, r) these are (leading zeros ignored).
+pub(crate) fn curve_of(params: [&[u8]; 5]) -> Option<Curve> {
+    if params
         .iter()
         .zip(P256.iter())
         .all(|(a, b)| strip(a) == strip(b))
+    {
+        return Some(Curve::P256);
+    }
+    if params
+        .iter()
+        .zip(P384.iter())
+        .all(|(a, b)| strip(a) == strip(&unhex(b)))
+    {
+        return Some(Curve::P384);
+    }
+    None
+}
+
+/// Generates a key on `curve`: (scalar s, uncompressed point W).
+pub(crate) fn ec_generate(curve: Curve) -> Result<(Vec<u8>, Vec<u8>), CErr> {
+    match curve {
+        Curve::P256 => p256_generate(),
+        Curve::P384 => {
+            use p384::elliptic_curve::Generate;
+            let k = p384::ecdsa::SigningKey::try_generate_from_rng(&mut getrandom::SysRng)
+                .map_err(|_| CErr::IllegalUse)?;
+            let w = k.verifying_key().to_sec1_point(false).as_bytes().to_vec();
+            Ok((k.to_bytes().to_vec(), w))
+        }
+    }
+}
+
+/// ECDSA P-384 over a hash, DER out.
+pub(crate) fn p384_sign(s: &[u8], hash: &[u8]) -> Result<Vec<u8>, CErr> {
+    use p384::ecdsa::signature::hazmat::PrehashSigner;
+    let k =
+        p384::ecdsa::SigningKey::from_slice(&left_pad(s, 48)).map_err(|_| CErr::IllegalValue)?;
+    let sig: p384::ecdsa::Signature = k.sign_prehash(hash).map_err(|_| CErr::IllegalValue)?;
+    Ok(sig.to_der().as_bytes().to_vec())
+}
+
+/// Verifies a DER ECDSA signature over a hash on `curve`.
+pub(crate) fn ec_verify(curve: Curve, w: &[u8], hash: &[u8], der: &[u8]) -> bool {
+    match curve {
+        Curve::P256 => p256_verify(w, hash, der),
+        Curve::P384 => {
+            use p384::ecdsa::signature::hazmat::PrehashVerifier;
+            let (Ok(k), Ok(sig)) = (
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(w),
+                p384::ecdsa::Signature::from_der(der),
+            ) else {
+                return false;
+            };
+            k.verify_prehash(hash, &sig).is_ok()
+        }
+    }
+}
+
+/// ECDH on `curve`: the x coordinate of s·W.
+pub(crate) fn ec_dh(curve: Curve, s: &[u8], w: &[u8]) -> Result<Vec<u8>, CErr> {
+    match curve {
+        Curve::P256 => p256_ecdh(s, w),
+        Curve::P384 => {
+            let sk =
+                p384::SecretKey::from_slice(&left_pad(s, 48)).map_err(|_| CErr::IllegalValue)?;
+            let pk = p384::PublicKey::from_sec1_bytes(w).map_err(|_| CErr::IllegalValue)?;
+            let shared = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+            Ok(shared.raw_secret_bytes().to_vec())
+        }
+    }
 }
 
 /// Generates a P-256 key: (scalar s, uncompressed point W).

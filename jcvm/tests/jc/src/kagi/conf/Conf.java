@@ -111,6 +111,7 @@ public class Conf extends Applet {
             case 0x1F: n = partial(apdu, buf); break;
             case 0x20: n = Crypto.pss(buf, lc); break;
             case 0x21: n = Crypto.oaep(buf, lc); break;
+            case 0x22: n = Crypto.ecdsa384(buf, lc); break;
             case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
