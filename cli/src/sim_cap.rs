@@ -69,9 +69,11 @@ fn install_all(image: &Path, caps: &[PathBuf]) -> Result<(), Failure> {
         let stats = w
             .session
             .run(false, |sc, domain, _| {
+                use card_wire::Transport;
+                let extended = sc.card().transport().capabilities().extended_length;
                 let block = card_wire::gp_load::block_size(
                     domain.max_command_data,
-                    false,
+                    extended,
                     sc.load_overhead(),
                 );
                 let lo = LoadOptions {
