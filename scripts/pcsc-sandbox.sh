@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command against a private PC/SC stack: its own pcscd (isolated with unshare, never
 # touching a pcscd already running) with vpcd readers holding N simulated cards.
-#   scripts/pcsc-sandbox.sh [--cards N] [--preset NAME] [--hopper] -- COMMAND [ARGS...]
+#   scripts/pcsc-sandbox.sh [--cards N] [--preset NAME] [--install FILE.cap] [--hopper] -- COMMAND [ARGS...]
+# (--install: the CAP file's applet loaded and installed into every card, as `kagi sim serve --install`)
 # COMMAND sees PCSCLITE_CSOCK_NAME pointing at the private daemon, and KAGI_SANDBOX (write
 # `next I` to $KAGI_SANDBOX/sim-ctl to swap card I, with --hopper), e.g.
 #   scripts/pcsc-sandbox.sh -- opensc-tool -l
@@ -19,6 +20,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --cards) cards="$2"; shift 2 ;;
         --preset) export PRESET="$2"; shift 2 ;;
+        --install) INSTALL="$(realpath "$2")"; export INSTALL; shift 2 ;;
         --hopper) export HOPPER=1; shift ;;
         --) shift; break ;;
         *) break ;;

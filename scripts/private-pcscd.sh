@@ -9,7 +9,8 @@
 # when readers are unplugged or pcscd restarts). Used by scripts/pcsc-sandbox.sh and the Rust
 # integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test), IMAGE (card
 # images, as `kagi sim serve --sim-image`), HOPPER
-# (non-empty: every slot is fed factory-fresh cards with their own serials; `next I` swaps).
+# (non-empty: every slot is fed factory-fresh cards with their own serials; `next I` swaps),
+# INSTALL (a CAP file installed into each new card, as `kagi sim serve --install`).
 # Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
 # on TCP port 35963 + i).
 set -eu
@@ -40,7 +41,7 @@ start_pcscd
 # `next I` to swap in the next card (with HOPPER).
 mkfifo "$WORK/sim-ctl"
 exec 8<>"$WORK/sim-ctl"
-"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --sim-seed 7 --sim-preset "${PRESET:-gp-test}" ${IMAGE:+--sim-image "$IMAGE"} ${HOPPER:+--hopper} --control <&8 >"$WORK/sim.log" 2>&1 &
+"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --sim-seed 7 --sim-preset "${PRESET:-gp-test}" ${IMAGE:+--sim-image "$IMAGE"} ${HOPPER:+--hopper} ${INSTALL:+--install "$INSTALL"} --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
 trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT

@@ -128,6 +128,12 @@ pub trait Applet: Send {
         false
     }
 
+    /// Whether the applet answers GET RESPONSE itself when the runtime holds nothing for it
+    /// (Java Card applets that send part of a response and throw `61xx`, as IsoApplet does).
+    fn own_get_response(&self) -> bool {
+        false
+    }
+
     /// Why the last command failed, when the applet knows more than its status word (a Java
     /// Card applet's uncaught exception or unsupported API method, with its class and method).
     fn diagnostic(&self) -> Option<String> {

@@ -42,6 +42,18 @@ impl<'a> AppletStore<'a> {
         self.store.put(&key, value)
     }
 
+    /// The object `name` as last committed (ignoring the open transaction).
+    pub fn get_committed(&self, name: &str) -> Option<&[u8]> {
+        self.store.get_committed(&self.full(name))
+    }
+
+    /// Writes the object `name` outside the open transaction (Java Card's non-atomic
+    /// writes and PIN try counters: an abort does not roll it back).
+    pub fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = self.full(name);
+        self.store.put_outside(&key, value)
+    }
+
     /// Removes the object `name` (a no-op when absent).
     pub fn remove(&mut self, name: &str) -> Result<(), StoreError> {
         let key = self.full(name);

@@ -26,6 +26,12 @@ impl Persist for ScopedPersist<'_, '_> {
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
         self.0.put(name, value).map_err(fail)
     }
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.get_committed(name).map(<[u8]>::to_vec)
+    }
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.0.put_outside(name, value).map_err(fail)
+    }
     fn names(&self, prefix: &str) -> Vec<String> {
         self.0.names(prefix)
     }
@@ -59,6 +65,12 @@ impl Persist for Deferred {
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
         self.0.push((name.to_string(), value.to_vec()));
         Ok(())
+    }
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
+        self.get(name)
+    }
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.put(name, value)
     }
     fn names(&self, _: &str) -> Vec<String> {
         Vec::new()
@@ -115,7 +127,7 @@ pub(crate) fn answer(a: Answer) -> Result<Vec<u8>, StatusWord> {
     match a {
         Answer::Ok(d) => Ok(d),
         Answer::Sw(0x9000) => Ok(Vec::new()),
-        Answer::Sw(sw) => Err(StatusWord(sw)),
+        Answer::Sw(sw) | Answer::Data(_, sw) => Err(StatusWord(sw)),
         Answer::Torn => Err(StatusWord::MEMORY_FAILURE),
     }
 }
@@ -153,7 +165,10 @@ impl Applet for JcApplet {
             ne: command.ne().unwrap_or(0),
             extended: command.is_extended(),
         };
-        answer(self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd)).map(Response::success)
+        match self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd) {
+            Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
+            a => answer(a).map(Response::success),
+        }
     }
 
     fn reset(&mut self) {
@@ -162,6 +177,10 @@ impl Applet for JcApplet {
 
     fn extended_length(&self) -> bool {
         self.extended
+    }
+
+    fn own_get_response(&self) -> bool {
+        true
     }
 
     fn diagnostic(&self) -> Option<String> {

@@ -357,7 +357,13 @@ impl Runtime {
             return Response::status(StatusWord::WRONG_LENGTH);
         }
         // GET RESPONSE serves what is pending on this channel; anything else drops it.
-        if cmd.ins() == 0xC0 && !cmd.class().is_proprietary() && !cmd.class().has_secure_messaging()
+        // With nothing pending, a Java Card applet that kept the rest of its answer takes it.
+        let applets_own =
+            self.channels[ch].pending.is_empty() && self.selected_answers_get_response(ch);
+        if cmd.ins() == 0xC0
+            && !cmd.class().is_proprietary()
+            && !cmd.class().has_secure_messaging()
+            && !applets_own
         {
             return self.get_response(ch, &cmd);
         }
@@ -453,6 +459,15 @@ impl Runtime {
             }
             None => Ok(Some(cmd)),
         }
+    }
+
+    /// Whether the applet selected on channel `ch` takes GET RESPONSE itself.
+    fn selected_answers_get_response(&self, ch: usize) -> bool {
+        self.channels[ch]
+            .selected
+            .as_ref()
+            .and_then(|a| self.instances.get(a))
+            .is_some_and(|i| i.applet.own_get_response())
     }
 
     fn get_response(&mut self, ch: usize, cmd: &Command) -> Response {

@@ -217,6 +217,29 @@ impl Store {
         Ok(())
     }
 
+    /// An object as last committed, ignoring the open transaction's writes.
+    pub fn get_committed(&self, key: &str) -> Option<&[u8]> {
+        self.committed.get(key).map(|v| v.as_slice())
+    }
+
+    /// Writes an object outside the open transaction: durable at once, not rolled back by
+    /// an abort; a journaled write of the same key still applies at commit.
+    pub fn put_outside(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let old = self.committed.get(key).map(|v| cost(key, v)).unwrap_or(0);
+        let new = cost(key, value);
+        let free = self.free();
+        if new > old && new - old > free {
+            return Err(StoreError::Full {
+                need: new - old,
+                free,
+            });
+        }
+        self.write_cycle()?;
+        self.committed.insert(key.to_string(), value.to_vec());
+        self.generation += 1;
+        Ok(())
+    }
+
     /// Removes an object (a no-op write when absent).
     pub fn remove(&mut self, key: &str) -> Result<(), StoreError> {
         if self.get(key).is_none() {

@@ -10,6 +10,7 @@ mod gp_card;
 mod gp_dap;
 mod jpki;
 mod perso;
+mod sim_cap;
 mod target;
 mod tsm;
 
@@ -141,6 +142,11 @@ enum SimCmd {
     /// or SIGTERM): card i connects to PORT+i (vpcd's slots) and reconnects when pcscd
     /// restarts.
     Serve(ServeArgs),
+    /// Run a CAP applet on a fresh simulated card: load and install it through the card
+    /// manager, SELECT it and send each APDU; with --trace, a failing command shows the
+    /// applet's uncaught exception (class, method, bytecode offset) or the unsupported API
+    /// method behind its status word.
+    RunCap(sim_cap::RunCapArgs),
     /// Make a simulated SIM as a bureau leaves it for a TSM: a UICC whose provider domain has
     /// keys diversified from the provider's master key set; prints its ICCID and card image
     /// number (to register it with the TSM).
@@ -201,6 +207,11 @@ struct ServeArgs {
     /// serial (KDD and CIN): `next I` replaces card I, as at a personalisation station.
     #[arg(long)]
     hopper: bool,
+    /// Load and install this CAP file's applet into each new card at start-up, through the
+    /// card manager as `kagi gp install FILE.cap --sim` does (repeatable; cards read from an
+    /// existing image are served as they are).
+    #[arg(long = "install", value_name = "FILE.cap")]
+    install: Vec<PathBuf>,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -308,6 +319,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         seed,
         control,
         hopper,
+        install,
     } = args;
     let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
     use applet_sim::vpcd::SlotControl;
@@ -378,7 +390,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
             Some(p) if p.exists() => SimCard::from_image(p, card_seed)?,
             _ if preset == "jpki-demo" => jpki_demo_card(card_seed, pki_dir.as_deref())?,
             _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
-            _ => factory(None)?,
+            _ => sim_cap::install_caps(factory(None)?, install, card_seed)?,
         };
         let mut fed = 0u64;
         let mut next_card = move || {
@@ -550,6 +562,7 @@ fn flag_without_effect(cli: &Cli) -> Option<String> {
         Cmd::Broker(broker::BrokerCmd::Serve(_)) => ("broker serve", false, false),
         Cmd::Tsm(tsm::TsmCmd::Serve(_)) => ("tsm serve", false, false),
         Cmd::Sim(SimCmd::Serve(_)) => ("sim serve", false, false),
+        Cmd::Sim(SimCmd::RunCap(_)) => ("sim run-cap", true, true),
         Cmd::Readers { .. } => ("readers", false, true),
         Cmd::Perso(_) => ("perso", false, true),
         Cmd::Ca(_) => ("ca", false, true),
@@ -628,6 +641,7 @@ fn main() -> ExitCode {
         Cmd::Perso(PersoCmd::OpenMailer(a)) => perso::open_mailer(a, cli.json),
         Cmd::Perso(PersoCmd::HsmImport(a)) => perso::hsm_import(a, cli.json),
         Cmd::Sim(SimCmd::Serve(args)) => cmd_sim_serve(args),
+        Cmd::Sim(SimCmd::RunCap(args)) => sim_cap::run_cap(args, cli.trace, cli.json),
         Cmd::Sim(SimCmd::Provision {
             image,
             serial,

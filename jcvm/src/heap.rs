@@ -80,6 +80,21 @@ pub enum NativeState {
     },
     /// `AID`: the bytes.
     Aid(Vec<u8>),
+    /// A key of `javacard.security` (persistent; zeroized on drop).
+    Key(crate::crypto::KeyState),
+    /// A `Signature`, `Cipher`, `MessageDigest`, `RandomData` or `KeyAgreement` engine.
+    Engine(crate::crypto::Engine),
+    /// A `KeyPair`: algorithm, size and its two key objects.
+    Pair {
+        /// `KeyPair.ALG_*`.
+        alg: u8,
+        /// Key size in bits.
+        bits: u16,
+        /// The public key object.
+        public: u16,
+        /// The private key object.
+        private: u16,
+    },
 }
 
 /// One heap object.
@@ -215,6 +230,25 @@ pub fn encode(o: &Obj) -> Vec<u8> {
                     v.extend_from_slice(&[2, a.len() as u8]);
                     v.extend_from_slice(a);
                 }
+                NativeState::Key(k) => {
+                    v.push(3);
+                    k.encode(&mut v);
+                }
+                NativeState::Engine(e) => {
+                    v.push(4);
+                    e.encode(&mut v);
+                }
+                NativeState::Pair {
+                    alg,
+                    bits,
+                    public,
+                    private,
+                } => {
+                    v.extend_from_slice(&[5, *alg]);
+                    v.extend_from_slice(&bits.to_be_bytes());
+                    v.extend_from_slice(&public.to_be_bytes());
+                    v.extend_from_slice(&private.to_be_bytes());
+                }
             }
         }
         Obj::Array {
@@ -252,18 +286,19 @@ pub fn encode(o: &Obj) -> Vec<u8> {
     v
 }
 
-struct R<'a>(&'a [u8]);
+/// A reader over a store record.
+pub(crate) struct R<'a>(pub(crate) &'a [u8]);
 
 impl R<'_> {
-    fn u1(&mut self) -> Option<u8> {
+    pub(crate) fn u1(&mut self) -> Option<u8> {
         let (b, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(*b)
     }
-    fn u2(&mut self) -> Option<u16> {
+    pub(crate) fn u2(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes([self.u1()?, self.u1()?]))
     }
-    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
         if self.0.len() < n {
             return None;
         }
@@ -311,6 +346,14 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                     let n = usize::from(r.u1()?);
                     NativeState::Aid(r.bytes(n)?)
                 }
+                3 => NativeState::Key(crate::crypto::KeyState::decode(&mut r)?),
+                4 => NativeState::Engine(crate::crypto::Engine::decode(&mut r)?),
+                5 => NativeState::Pair {
+                    alg: r.u1()?,
+                    bits: r.u2()?,
+                    public: r.u2()?,
+                    private: r.u2()?,
+                },
                 _ => return None,
             };
             Some(Obj::Instance {

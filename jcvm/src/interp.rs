@@ -149,13 +149,20 @@ impl Vm {
             && let Some(iso) = api::class_by_name("javacard.framework.ISOException")
             && api::is_subclass(usize::from(i), iso)
         {
+            // Data the applet already sent goes out with the status word (IsoApplet sends
+            // 256 bytes, then throws 61xx for the rest).
+            if !self.apdu.out.is_empty() {
+                return Answer::Data(std::mem::take(&mut self.apdu.out), reason as u16);
+            }
             return Answer::Sw(reason as u16);
         }
         let name = self.pkg.class_name(class);
-        let msg = self
-            .last_error
-            .take()
-            .unwrap_or_else(|| format!("uncaught {name} (reason {reason})"));
+        let msg = self.last_error.take().unwrap_or_else(|| {
+            let at = self.throw_origin.take().unwrap_or_default();
+            format!("uncaught {name} (reason {reason}) {at}")
+                .trim_end()
+                .to_string()
+        });
         self.last_error = Some(msg);
         Answer::Sw(SW_UNKNOWN)
     }
@@ -320,6 +327,17 @@ impl Vm {
     /// continue at, or the exception when no frame catches it.
     fn catch(&mut self, h: u16, mut pc: usize) -> Res<usize> {
         let class = self.class_of(h)?;
+        // Where it was thrown, for the message of an uncaught exception.
+        let start = self
+            .frames
+            .last()
+            .and_then(|f| self.pkg.model.methods.header(f.method).ok())
+            .map_or(0, |m| usize::from(m.code));
+        self.throw_origin = Some(format!(
+            "thrown in {} at bytecode offset {}",
+            self.here(),
+            pc.saturating_sub(start)
+        ));
         loop {
             let Some(f) = self.frames.last().copied() else {
                 return Err(Flow::Throw(h));
@@ -351,6 +369,11 @@ impl Vm {
         let pkg = self.pkg.clone();
         let code = &pkg.model.methods.info[..];
         loop {
+            // Outside a transaction every persistent write is its own atomic store write, in
+            // program order: power lost between two writes keeps the first.
+            if self.pending() && !p.in_transaction() {
+                self.flush(p).map_err(Flow::Store)?;
+            }
             match self.step(p, pc, code) {
                 Ok(Some(next)) => pc = next,
                 Ok(None) => {

@@ -10,10 +10,11 @@
 //! where it happened ([`Vm::last_error`]).
 
 pub mod api;
+pub mod crypto;
 pub mod heap;
 mod interp;
 pub mod link;
-mod native;
+pub(crate) mod native;
 
 pub use link::{ClassId, LinkError, Package};
 
@@ -34,8 +35,14 @@ pub enum StoreFail {
 pub trait Persist {
     /// Reads a record.
     fn get(&self, name: &str) -> Option<Vec<u8>>;
-    /// Writes a record.
+    /// Writes a record (into the open transaction, when there is one).
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail>;
+    /// Reads a record as last committed, ignoring the open transaction's writes.
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>>;
+    /// Writes a record outside the open transaction: the write is durable at once and an
+    /// abort (or power loss before the commit) does not roll it back. A later write of the
+    /// same record inside the transaction still wins at commit.
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail>;
     /// The names of records starting with `prefix`.
     fn names(&self, prefix: &str) -> Vec<String>;
     /// Opens the card's transaction.
@@ -89,6 +96,8 @@ pub enum Answer {
     Ok(Vec<u8>),
     /// A status word (`ISOException`, or an error of the machine: see [`Vm::last_error`]).
     Sw(u16),
+    /// Data the applet sent before it threw `ISOException` with this status word.
+    Data(Vec<u8>, u16),
     /// Power was lost during a persistent write.
     Torn,
 }
@@ -117,6 +126,12 @@ pub struct Vm {
     last_error: Option<String>,
     executed: u64,
     budget: u64,
+    /// RSA-CRT keys ready for use, by key object (and the primes they were made from).
+    crt_cache: std::collections::HashMap<u16, (crypto::Secret, Box<rsa::PrivateKey>)>,
+    /// Where the exception in flight was thrown.
+    throw_origin: Option<String>,
+    /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
+    ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -161,6 +176,9 @@ impl Vm {
             last_error: None,
             executed: 0,
             budget: 0,
+            crt_cache: std::collections::HashMap::new(),
+            ec_cache: std::collections::HashMap::new(),
+            throw_origin: None,
         }
     }
 
@@ -235,6 +253,53 @@ impl Vm {
         self.dirty.clear();
         self.statics_dirty = false;
         self.meta_dirty = false;
+    }
+
+    /// Marks a persistent object as changed (a transient array's contents are never written).
+    pub(crate) fn touch(&mut self, h: u16) {
+        if h < heap::FIRST_PERSISTENT {
+            return;
+        }
+        if let Some(Obj::Array {
+            transient: Some(_), ..
+        }) = self.heap.objects.get(&h)
+        {
+            return;
+        }
+        self.dirty.insert(h);
+    }
+
+    /// Whether changed persistent state waits to be written.
+    pub(crate) fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.statics_dirty || self.meta_dirty
+    }
+
+    /// Writes persistent object `h` as it is in memory outside the open transaction too
+    /// (non-atomic array writes, PIN presentation): its committed record gets `patch`
+    /// applied, so an abort or power loss before the commit keeps the change. Without a
+    /// transaction, or for an object not committed yet, nothing is done here (the normal
+    /// write path applies).
+    pub(crate) fn write_outside(
+        &mut self,
+        p: &mut dyn Persist,
+        h: u16,
+        patch: impl FnOnce(&mut Obj),
+    ) -> Result<(), StoreFail> {
+        if h < heap::FIRST_PERSISTENT || !p.in_transaction() {
+            return Ok(());
+        }
+        let name = format!("{OBJ}{h:04X}");
+        let Some(mut o) = p.get_committed(&name).and_then(|b| heap::decode(&b)) else {
+            return Ok(());
+        };
+        if let Obj::Array {
+            transient: Some(_), ..
+        } = o
+        {
+            return Ok(());
+        }
+        patch(&mut o);
+        p.put_outside(&name, &heap::encode(&o))
     }
 
     /// Writes every changed persistent object.

@@ -48,6 +48,18 @@ pub(crate) struct ApduState {
     pub(crate) out: Vec<u8>,
 }
 
+/// Applies `f` to the bytes `w` of a byte array object (a committed record being patched).
+fn patch_bytes(o: &mut Obj, w: std::ops::Range<usize>, f: impl FnOnce(&mut [u8])) {
+    if let Obj::Array {
+        data: Data::Bytes(b),
+        ..
+    } = o
+        && let Some(b) = b.get_mut(w)
+    {
+        f(b);
+    }
+}
+
 const T_IN_PROGRESS: i16 = 1;
 const T_NOT_IN_PROGRESS: i16 = 2;
 
@@ -100,7 +112,7 @@ impl Vm {
         Ok(self.apdu.apdu)
     }
 
-    fn bytes_of(&mut self, h: i16) -> Res<&mut Vec<u8>> {
+    pub(crate) fn bytes_of(&mut self, h: i16) -> Res<&mut Vec<u8>> {
         match self.heap.objects.get(&(h as u16)) {
             Some(Obj::Array {
                 data: Data::Bytes(_),
@@ -118,7 +130,7 @@ impl Vm {
         }
     }
 
-    fn range(&mut self, len: usize, off: i16, n: i16) -> Res<std::ops::Range<usize>> {
+    pub(crate) fn range(&mut self, len: usize, off: i16, n: i16) -> Res<std::ops::Range<usize>> {
         if off < 0 || n < 0 || off as usize + n as usize > len {
             return Err(self.throw_api("java.lang.ArrayIndexOutOfBoundsException", 0));
         }
@@ -313,22 +325,37 @@ impl Vm {
                 Ret::Word(i16::from(self.apdu.cmd.header[0] & 0x0C != 0))
             }
             // Util.
-            ("javacard.framework.Util", "arrayCopy" | "arrayCopyNonAtomic", "([BS[BSS)S") => {
+            (
+                "javacard.framework.Util",
+                op @ ("arrayCopy" | "arrayCopyNonAtomic"),
+                "([BS[BSS)S",
+            ) => {
                 let (src, so, dst, d_o, n) = (arg(0), arg(1), arg(2), arg(3), arg(4));
                 let s = self.bytes_of(src)?.clone();
                 let r = self.range(s.len(), so, n)?;
                 let dl = self.bytes_of(dst)?.len();
                 let w = self.range(dl, d_o, n)?;
-                self.bytes_of(dst)?[w].copy_from_slice(&s[r]);
-                self.dirty.insert(dst as u16);
+                let bytes = s[r].to_vec();
+                self.bytes_of(dst)?[w.clone()].copy_from_slice(&bytes);
+                self.touch(dst as u16);
+                if op == "arrayCopyNonAtomic" {
+                    // Not part of the open transaction (JC 3.0.5 API, Util): it survives an
+                    // abort.
+                    self.write_outside(p, dst as u16, |o| {
+                        patch_bytes(o, w, |b| b.copy_from_slice(&bytes))
+                    })
+                    .map_err(Self::store_fail)?;
+                }
                 Ret::Word(d_o.wrapping_add(n))
             }
             ("javacard.framework.Util", "arrayFillNonAtomic", "([BSSB)S") => {
                 let (dst, off, n, v) = (arg(0), arg(1), arg(2), arg(3));
                 let dl = self.bytes_of(dst)?.len();
                 let w = self.range(dl, off, n)?;
-                self.bytes_of(dst)?[w].fill(v as u8);
-                self.dirty.insert(dst as u16);
+                self.bytes_of(dst)?[w.clone()].fill(v as u8);
+                self.touch(dst as u16);
+                self.write_outside(p, dst as u16, |o| patch_bytes(o, w, |b| b.fill(v as u8)))
+                    .map_err(Self::store_fail)?;
                 Ret::Word(off.wrapping_add(n))
             }
             ("javacard.framework.Util", "arrayCompare", "([BS[BSS)B") => {
@@ -352,7 +379,7 @@ impl Vm {
                 let dl = self.bytes_of(dst)?.len();
                 let w = self.range(dl, arg(1), 2)?;
                 self.bytes_of(dst)?[w].copy_from_slice(&arg(2).to_be_bytes());
-                self.dirty.insert(dst as u16);
+                self.touch(dst as u16);
                 Ret::Word(arg(1).wrapping_add(2))
             }
             ("javacard.framework.Util", "makeShort", "(BB)S") => {
@@ -442,6 +469,9 @@ impl Vm {
             }
             ("javacard.framework.OwnerPIN", name, desc) => self.pin(p, name, desc, a)?,
             _ => {
+                if let Some(r) = self.crypto_native(p, cname, m, a)? {
+                    return Ok(r);
+                }
                 return Err(Flow::Fatal(format!(
                     "unsupported API method {} called from {}",
                     api::method_name(usize::from(class), m),
@@ -520,7 +550,7 @@ impl Vm {
                 let dl = self.bytes_of(dst)?.len();
                 let w = self.range(dl, arg(2), mine.len() as i16)?;
                 self.bytes_of(dst)?[w].copy_from_slice(&mine);
-                self.dirty.insert(dst as u16);
+                self.touch(dst as u16);
                 Ret::Word(mine.len() as i16)
             }
             _ => {
@@ -599,9 +629,8 @@ impl Vm {
                 Ret::Void
             }
             ("update", "([BSB)V") => {
-                if p.in_transaction() {
-                    // The PIN's own update is atomic; inside a transaction it simply joins.
-                }
+                // An administrative update joins an open transaction (JC 3.0.5 API,
+                // OwnerPINx); its own record write is atomic.
                 let b = self.bytes_of(arg(1))?.clone();
                 if arg(3) < 0 || arg(3) > i16::from(max) {
                     return Err(self.throw_api("javacard.framework.PINException", 1));
@@ -616,8 +645,12 @@ impl Vm {
                 if left == 0 {
                     return Ok(Ret::Word(0));
                 }
-                // The try counter drops before the comparison (tearing-safe order).
+                // The try counter drops before the comparison (tearing-safe order), and PIN
+                // presentation never joins a transaction (JC 3.0.5 API, OwnerPIN): an applet
+                // must not win its tries back by aborting.
                 set(self, left - 1, None);
+                self.write_outside(p, h, |o| pin_left(o, left - 1))
+                    .map_err(Self::store_fail)?;
                 self.flush(p).map_err(Self::store_fail)?;
                 let b = self.bytes_of(arg(1))?.clone();
                 let ok = arg(3) >= 0
@@ -628,6 +661,8 @@ impl Vm {
                 if ok {
                     self.validated.insert(h);
                     set(self, limit, None);
+                    self.write_outside(p, h, |o| pin_left(o, limit))
+                        .map_err(Self::store_fail)?;
                 }
                 Ret::Word(i16::from(ok))
             }
@@ -638,5 +673,16 @@ impl Vm {
                 )));
             }
         })
+    }
+}
+
+/// Sets the try counter of a PIN object (a committed record being patched).
+fn pin_left(o: &mut Obj, n: u8) {
+    if let Obj::Instance {
+        native: NativeState::Pin { left, .. },
+        ..
+    } = o
+    {
+        *left = n;
     }
 }

@@ -10,6 +10,7 @@ mod json_broker;
 mod json_card;
 mod json_tsm;
 mod readme;
+mod run_cap;
 mod servers_exit;
 mod vocabulary;
 

@@ -241,11 +241,33 @@ impl PrivatePcsc {
         Self::start_full(1, "gp-test", false, Some(image))
     }
 
+    /// Starts pcscd with one gp-test card into which `kagi sim serve --install` loaded and
+    /// installed the CAP file `cap`.
+    pub fn start_install(cap: &Path) -> PrivatePcsc {
+        Self::start_all(1, "gp-test", false, None, Some(cap))
+    }
+
+    /// Like [`PrivatePcsc::start_install`], the card kept in the image file `image` (saved
+    /// when the stack stops; an existing image is served as it is).
+    pub fn start_install_image(cap: &Path, image: &Path) -> PrivatePcsc {
+        Self::start_all(1, "gp-test", false, Some(image), Some(cap))
+    }
+
     fn start_opts(cards: usize, preset: &str, hopper: bool) -> PrivatePcsc {
         Self::start_full(cards, preset, hopper, None)
     }
 
     fn start_full(cards: usize, preset: &str, hopper: bool, image: Option<&Path>) -> PrivatePcsc {
+        Self::start_all(cards, preset, hopper, image, None)
+    }
+
+    fn start_all(
+        cards: usize,
+        preset: &str,
+        hopper: bool,
+        image: Option<&Path>,
+        install: Option<&Path>,
+    ) -> PrivatePcsc {
         if let Err(why) = available() {
             panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
         }
@@ -264,6 +286,10 @@ impl PrivatePcsc {
             .env(
                 "IMAGE",
                 image.map(|p| p.display().to_string()).unwrap_or_default(),
+            )
+            .env(
+                "INSTALL",
+                install.map(|p| p.display().to_string()).unwrap_or_default(),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -219,7 +219,7 @@ impl Vm {
                         )));
                     }
                 }
-                self.dirty.insert(h);
+                self.touch(h);
                 next(1)
             }
             0x3B => {

@@ -18,6 +18,32 @@ pub struct Mem {
     pub journal: Option<BTreeMap<String, Vec<u8>>>,
     /// Writes so far.
     pub writes: u64,
+    /// Power is cut at this write (counted in `writes`, 1-based): it and every later write
+    /// fail with `Torn` until [`Mem::power_up`].
+    pub tear_at: Option<u64>,
+    /// Whether power was cut.
+    pub torn: bool,
+}
+
+impl Mem {
+    fn cycle(&mut self) -> Result<(), StoreFail> {
+        if self.torn {
+            return Err(StoreFail::Torn);
+        }
+        self.writes += 1;
+        if self.tear_at == Some(self.writes) {
+            self.torn = true;
+            return Err(StoreFail::Torn);
+        }
+        Ok(())
+    }
+
+    /// Power comes back: the open transaction's journal is lost, writing works again.
+    pub fn power_up(&mut self) {
+        self.journal = None;
+        self.torn = false;
+        self.tear_at = None;
+    }
 }
 
 impl Persist for Mem {
@@ -29,11 +55,19 @@ impl Persist for Mem {
             .cloned()
     }
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.writes += 1;
+        self.cycle()?;
         match &mut self.journal {
             Some(j) => j.insert(name.into(), value.to_vec()),
             None => self.data.insert(name.into(), value.to_vec()),
         };
+        Ok(())
+    }
+    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
+        self.data.get(name).cloned()
+    }
+    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
+        self.cycle()?;
+        self.data.insert(name.into(), value.to_vec());
         Ok(())
     }
     fn names(&self, prefix: &str) -> Vec<String> {
@@ -52,6 +86,9 @@ impl Persist for Mem {
         self.journal.get_or_insert_with(BTreeMap::new);
     }
     fn commit(&mut self) -> Result<(), StoreFail> {
+        if self.journal.as_ref().is_some_and(|j| !j.is_empty()) {
+            self.cycle()?;
+        }
         if let Some(j) = self.journal.take() {
             self.data.extend(j);
         }

@@ -28,9 +28,11 @@ public class Conf extends Applet {
     private static int si = 100000;
     private static Object sa;
     private byte fb;
+    private byte[] nonAtomic;
 
     private Conf(byte[] b, short off, byte len) {
         persistent = new byte[8];
+        nonAtomic = new byte[8];
         onDeselect = JCSystem.makeTransientByteArray((short) 4, JCSystem.CLEAR_ON_DESELECT);
         onReset = JCSystem.makeTransientByteArray((short) 4, JCSystem.CLEAR_ON_RESET);
         shapes = new Shape[3];
@@ -97,6 +99,20 @@ public class Conf extends Applet {
             case 0x13: n = more(buf); break;
             case 0x14: n = aids(buf, lc); break;
             case 0x15: n = apiExceptions(buf); break;
+            case 0x16: n = txSemantics(buf, lc); break;
+            case 0x17: n = tearing(buf); break;
+            case 0x18: n = Crypto.ecdsa(buf, lc); break;
+            case 0x19: n = Crypto.rsaSign(buf, lc); break;
+            case 0x1A: n = Crypto.aes(buf, lc); break;
+            case 0x1B: n = Crypto.digest(buf, lc); break;
+            case 0x1C: n = Crypto.ecdh(buf, lc); break;
+            case 0x1D: n = Crypto.unsupported(buf); break;
+            case 0x1E: n = Crypto.rsaCipher(buf, lc); break;
+            case 0x1F: n = partial(apdu, buf); break;
+            case 0x20: n = Crypto.pss(buf, lc); break;
+            case 0x21: n = Crypto.oaep(buf, lc); break;
+            case 0x22: n = Crypto.ecdsa384(buf, lc); break;
+            case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
@@ -455,5 +471,81 @@ public class Conf extends Applet {
         buf[1] = pin.getTriesRemaining();
         buf[2] = (byte) (pin.isValidated() ? 1 : 0);
         return 3;
+    }
+
+    // Transaction semantics of JC 3.0.5: PIN presentation and the non-atomic Util methods do
+    // not join a transaction, transient arrays never do, fields and atomic copies do.
+    private short txSemantics(byte[] buf, short lc) {
+        if (buf[ISO7816.OFFSET_P1] == 0) {
+            JCSystem.beginTransaction();
+            buf[0] = (byte) (pin.check(buf, ISO7816.OFFSET_CDATA, (byte) lc) ? 1 : 0);
+            JCSystem.abortTransaction();
+            buf[1] = pin.getTriesRemaining();
+            buf[2] = (byte) (pin.isValidated() ? 1 : 0);
+            return 3;
+        }
+        byte[] a = nonAtomic;
+        Util.arrayFillNonAtomic(a, (short) 0, (short) 8, (byte) 0);
+        counter = 10;
+        onReset[0] = 1;
+        JCSystem.beginTransaction();
+        a[0] = 0x11;
+        Util.arrayFillNonAtomic(a, (short) 1, (short) 2, (byte) 0x22);
+        Util.arrayCopyNonAtomic(TABLE, (short) 0, a, (short) 3, (short) 2);
+        Util.arrayCopy(TABLE, (short) 2, a, (short) 5, (short) 2);
+        a[7] = 0x77;
+        counter = 77;
+        onReset[0] = 5;
+        JCSystem.abortTransaction();
+        Util.arrayCopyNonAtomic(a, (short) 0, buf, (short) 0, (short) 8);
+        put(buf, (short) 8, counter);
+        buf[10] = onReset[0];
+        return 11;
+    }
+
+    // Four persistent writes in one command (P1 0), the same inside a transaction (P1 1), or
+    // read them back (P1 2): the tearing tests cut power between them.
+    private short tearing(byte[] buf) {
+        byte[] a = nonAtomic;
+        byte p1 = buf[ISO7816.OFFSET_P1];
+        if (p1 == 2) {
+            Util.arrayCopyNonAtomic(a, (short) 0, buf, (short) 0, (short) 3);
+            return put(buf, (short) 3, counter);
+        }
+        if (p1 == 1) {
+            JCSystem.beginTransaction();
+        }
+        a[0] = buf[ISO7816.OFFSET_CDATA];
+        a[1] = buf[(short) (ISO7816.OFFSET_CDATA + 1)];
+        counter = Util.getShort(buf, (short) (ISO7816.OFFSET_CDATA + 2));
+        a[2] = buf[(short) (ISO7816.OFFSET_CDATA + 4)];
+        if (p1 == 1) {
+            JCSystem.commitTransaction();
+        }
+        return 0;
+    }
+
+    // INS 1F: sends 256 bytes (0, 1, ... 255), then throws 612C: 44 more bytes wait for the
+    // applet's own GET RESPONSE (INS C0: 44 bytes of C0), as IsoApplet answers long data.
+    private short partial(APDU apdu, byte[] buf) {
+        for (short i = 0; i < 256; i++) {
+            buf[i] = (byte) i;
+        }
+        apdu.setOutgoing();
+        apdu.setOutgoingLength((short) 256);
+        apdu.sendBytes((short) 0, (short) 256);
+        onDeselect[0] = 44;
+        ISOException.throwIt((short) 0x612C);
+        return 0;
+    }
+
+    private short rest(byte[] buf) {
+        short n = onDeselect[0];
+        if (n == 0) {
+            ISOException.throwIt(ISO7816.SW_CONDITIONS_NOT_SATISFIED);
+        }
+        onDeselect[0] = 0;
+        Util.arrayFillNonAtomic(buf, (short) 0, n, (byte) 0xC0);
+        return n;
     }
 }

@@ -1,0 +1,424 @@
+//! IsoApplet — a real Java Card applet, its CAP file as OpenSC's CI builds it — loaded and
+//! installed by `kagi sim serve --install` into a simulated card through the card manager,
+//! served through a private pcscd + vpcd, and driven by the installed OpenSC tools along the
+//! flow OpenSC's own CI runs (`/work/shared/javacard/README.md`): SELECT, `pkcs15-init
+//! --create-pkcs15`, PIN change and unblock, on-card RSA-2048 and EC P-256 key generation,
+//! `pkcs15-tool -D`, ECDSA and RSA signatures verified by `pkcs11-tool` and `openssl`.
+//! Everything runs in the test's own namespaces and stops with it.
+
+#![cfg(feature = "pcsc")]
+
+mod support;
+
+use support::PrivatePcsc;
+
+const ISO: &str = "/../cap/tests/data/isoapplet-v0/isoapplet.cap";
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn module() -> String {
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/usr/lib64",
+    ] {
+        let p = format!("{d}/opensc-pkcs11.so");
+        if std::path::Path::new(&p).is_file() {
+            return p;
+        }
+    }
+    std::env::var("KAGI_OPENSC_PKCS11").expect("OpenSC's PKCS#11 module (scripts/setup.sh)")
+}
+
+/// Runs an OpenSC tool against the card and asserts it succeeded.
+fn ok(pcsc: &PrivatePcsc, tool: &str, args: &[&str]) -> String {
+    let o = pcsc.run(tool, args);
+    let t = text(&o);
+    assert!(
+        o.status.success(),
+        "{tool} {args:?} failed:\n{t}\n{}",
+        pcsc.logs()
+    );
+    t
+}
+
+#[test]
+fn opensc_drives_isoapplet_installed_by_sim_serve() {
+    let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
+    let keep = std::env::temp_dir().join(format!("kagi-isoapplet-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).unwrap();
+    let image = keep.join("card.img");
+    let pcsc = PrivatePcsc::start_install_image(std::path::Path::new(&cap), &image);
+    let work = pcsc.work.clone();
+    let path = |f: &str| work.join(f).display().to_string();
+    // SELECT of the applet: IsoApplet answers its version, 9000.
+    let t = ok(
+        &pcsc,
+        "opensc-tool",
+        &["-r", "0", "-s", "00A404000CF276A288BCFBA69D34F3100100"],
+    );
+    assert!(
+        t.contains("SW1=0x90, SW2=0x00") && t.contains("00 06 06"),
+        "{t}"
+    );
+    // The PKCS#15 structure, with the SO PIN and PUK.
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--create-pkcs15",
+            "--so-pin",
+            "123456",
+            "--so-puk",
+            "0123456789abcdef",
+        ],
+    );
+    ok(
+        &pcsc,
+        "pkcs15-tool",
+        &["--change-pin", "--pin", "123456", "--new-pin", "654321"],
+    );
+    ok(
+        &pcsc,
+        "pkcs15-tool",
+        &[
+            "--unblock-pin",
+            "--puk",
+            "0123456789abcdef",
+            "--new-pin",
+            "123456",
+        ],
+    );
+    // On-card key generation: RSA-2048 and EC P-256.
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--generate-key",
+            "rsa/2048",
+            "--id",
+            "1",
+            "--key-usage",
+            "decrypt,sign",
+            "--auth-id",
+            "FF",
+            "--pin",
+            "123456",
+        ],
+    );
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--generate-key",
+            "ec/secp256r1",
+            "--id",
+            "3",
+            "--key-usage",
+            "sign",
+            "--auth-id",
+            "FF",
+            "--pin",
+            "123456",
+        ],
+    );
+    let dump = ok(&pcsc, "pkcs15-tool", &["-D"]);
+    assert!(
+        dump.contains("Private RSA Key") && dump.contains("Private EC Key"),
+        "{dump}"
+    );
+    let m = module();
+    // The PKCS#11 self test: digests, RSA signatures with every mechanism, verification and
+    // decryption with the on-card key. (OpenSC's isoApplet driver offers no random numbers:
+    // its C_GenerateRandom line is OpenSC's, not the card's.)
+    let t = ok(
+        &pcsc,
+        "pkcs11-tool",
+        &["--module", &m, "-l", "-t", "-p", "123456"],
+    );
+    assert!(t.contains("SHA256-RSA-PKCS: OK"), "{t}");
+    assert!(t.contains("Decryption (currently only for RSA)"), "{t}");
+    assert!(
+        !t.contains("FAILED") && !t.contains("ERR: signature"),
+        "{t}"
+    );
+    // ECDSA-SHA1 with key 3, verified by pkcs11-tool.
+    std::fs::write(path("data"), b"kagi isoapplet data").unwrap();
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "3",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("ec.sig"),
+        ],
+    );
+    let v = ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "--verify",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "3",
+            "-i",
+            &path("data"),
+            "--signature-file",
+            &path("ec.sig"),
+        ],
+    );
+    assert!(v.contains("Signature is valid"), "{v}");
+    // RSA PKCS#1 SHA-256 with key 1, verified by openssl against the public key read back.
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-d",
+            "1",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("rsa.sig"),
+        ],
+    );
+    ok(
+        &pcsc,
+        "pkcs15-tool",
+        &["--read-public-key", "1", "-o", &path("rsa.pub")],
+    );
+    let v = pcsc.run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &path("rsa.pub"),
+            "-signature",
+            &path("rsa.sig"),
+            &path("data"),
+        ],
+    );
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    std::fs::copy(path("data"), keep.join("data")).unwrap();
+    std::fs::copy(path("rsa.pub"), keep.join("rsa.pub")).unwrap();
+    // The card stopped (its image saved) and served again from the image: the keys it
+    // generated still sign, and the old public key verifies.
+    drop(pcsc);
+    let pcsc = PrivatePcsc::start_image(&image);
+    let k = |f: &str| keep.join(f).display().to_string();
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-d",
+            "1",
+            "-i",
+            &k("data"),
+            "-o",
+            &k("rsa2.sig"),
+        ],
+    );
+    let v = pcsc.run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &k("rsa.pub"),
+            "-signature",
+            &k("rsa2.sig"),
+            &k("data"),
+        ],
+    );
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    drop(pcsc);
+    let _ = std::fs::remove_dir_all(&keep);
+}
+
+/// The key-import build (as OpenSC's CI builds it): keys made by `openssl` are written to the
+/// card with `pkcs11-tool -w`, then sign on the card; `pkcs11-tool --verify` (ECDSA, against
+/// the public key openssl derived) and `openssl` (RSA) verify.
+#[test]
+fn opensc_imports_openssl_keys_into_isoapplet_and_signs() {
+    let cap = format!(
+        "{}/../cap/tests/data/isoapplet-v0/isoapplet-keyimport.cap",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let pcsc = PrivatePcsc::start_install(std::path::Path::new(&cap));
+    let work = pcsc.work.clone();
+    let path = |f: &str| work.join(f).display().to_string();
+    std::fs::write(path("data"), b"kagi key import").unwrap();
+    let ossl = |args: &[&str]| {
+        let o = pcsc.run("openssl", args);
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    };
+    ossl(&[
+        "ecparam",
+        "-name",
+        "secp256r1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path("ec.pem"),
+    ]);
+    ossl(&[
+        "ec",
+        "-in",
+        &path("ec.pem"),
+        "-pubout",
+        "-out",
+        &path("ecpub.pem"),
+    ]);
+    ossl(&["genrsa", "-out", &path("rsa.pem"), "2048"]);
+    ossl(&[
+        "rsa",
+        "-in",
+        &path("rsa.pem"),
+        "-pubout",
+        "-out",
+        &path("rsapub.pem"),
+    ]);
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--create-pkcs15",
+            "--so-pin",
+            "123456",
+            "--so-puk",
+            "0123456789abcdef",
+        ],
+    );
+    let m = module();
+    for (file, ty, id) in [
+        ("ec.pem", "privkey", "4"),
+        ("ecpub.pem", "pubkey", "4"),
+        ("rsa.pem", "privkey", "5"),
+    ] {
+        ok(
+            &pcsc,
+            "pkcs11-tool",
+            &[
+                "--module",
+                &m,
+                "-l",
+                "-p",
+                "123456",
+                "-w",
+                &path(file),
+                "-y",
+                ty,
+                "-d",
+                id,
+            ],
+        );
+    }
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "4",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("ec.sig"),
+        ],
+    );
+    let v = ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "--verify",
+            "-m",
+            "ECDSA-SHA1",
+            "-d",
+            "4",
+            "-i",
+            &path("data"),
+            "--signature-file",
+            &path("ec.sig"),
+        ],
+    );
+    assert!(v.contains("Signature is valid"), "{v}");
+    ok(
+        &pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            &m,
+            "-l",
+            "-p",
+            "123456",
+            "-s",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-d",
+            "5",
+            "-i",
+            &path("data"),
+            "-o",
+            &path("rsa.sig"),
+        ],
+    );
+    let v = pcsc.run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &path("rsapub.pem"),
+            "-signature",
+            &path("rsa.sig"),
+            &path("data"),
+        ],
+    );
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+}
