@@ -49,6 +49,39 @@ fn ok(pcsc: &PrivatePcsc, tool: &str, args: &[&str]) -> String {
     t
 }
 
+/// `pkcs11-tool` signs `data` by `mech` with key `id` after the user PIN (123456), into `sig`.
+fn sign(pcsc: &PrivatePcsc, m: &str, mech: &str, id: &str, data: &str, sig: &str) {
+    ok(
+        pcsc,
+        "pkcs11-tool",
+        &[
+            "--module", m, "-l", "-p", "123456", "-s", "-m", mech, "-d", id, "-i", data, "-o", sig,
+        ],
+    );
+}
+
+/// `pkcs11-tool --verify` accepts `sig` over `data` by `mech` with key `id`.
+fn verify(pcsc: &PrivatePcsc, m: &str, mech: &str, id: &str, data: &str, sig: &str) {
+    let v = ok(
+        pcsc,
+        "pkcs11-tool",
+        &[
+            "--module",
+            m,
+            "--verify",
+            "-m",
+            mech,
+            "-d",
+            id,
+            "-i",
+            data,
+            "--signature-file",
+            sig,
+        ],
+    );
+    assert!(v.contains("Signature is valid"), "{v}");
+}
+
 #[test]
 fn opensc_drives_isoapplet_installed_by_sim_serve() {
     let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
@@ -151,64 +184,16 @@ fn opensc_drives_isoapplet_installed_by_sim_serve() {
     );
     // ECDSA-SHA1 with key 3, verified by pkcs11-tool.
     std::fs::write(path("data"), b"kagi isoapplet data").unwrap();
-    ok(
-        &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "-l",
-            "-p",
-            "123456",
-            "-s",
-            "-m",
-            "ECDSA-SHA1",
-            "-d",
-            "3",
-            "-i",
-            &path("data"),
-            "-o",
-            &path("ec.sig"),
-        ],
-    );
-    let v = ok(
-        &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "--verify",
-            "-m",
-            "ECDSA-SHA1",
-            "-d",
-            "3",
-            "-i",
-            &path("data"),
-            "--signature-file",
-            &path("ec.sig"),
-        ],
-    );
-    assert!(v.contains("Signature is valid"), "{v}");
+    sign(&pcsc, &m, "ECDSA-SHA1", "3", &path("data"), &path("ec.sig"));
+    verify(&pcsc, &m, "ECDSA-SHA1", "3", &path("data"), &path("ec.sig"));
     // RSA PKCS#1 SHA-256 with key 1, verified by openssl against the public key read back.
-    ok(
+    sign(
         &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "-l",
-            "-p",
-            "123456",
-            "-s",
-            "-m",
-            "SHA256-RSA-PKCS",
-            "-d",
-            "1",
-            "-i",
-            &path("data"),
-            "-o",
-            &path("rsa.sig"),
-        ],
+        &m,
+        "SHA256-RSA-PKCS",
+        "1",
+        &path("data"),
+        &path("rsa.sig"),
     );
     ok(
         &pcsc,
@@ -235,25 +220,13 @@ fn opensc_drives_isoapplet_installed_by_sim_serve() {
     drop(pcsc);
     let pcsc = PrivatePcsc::start_image(&image);
     let k = |f: &str| keep.join(f).display().to_string();
-    ok(
+    sign(
         &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "-l",
-            "-p",
-            "123456",
-            "-s",
-            "-m",
-            "SHA256-RSA-PKCS",
-            "-d",
-            "1",
-            "-i",
-            &k("data"),
-            "-o",
-            &k("rsa2.sig"),
-        ],
+        &m,
+        "SHA256-RSA-PKCS",
+        "1",
+        &k("data"),
+        &k("rsa2.sig"),
     );
     let v = pcsc.run(
         "openssl",
@@ -350,63 +323,15 @@ fn opensc_imports_openssl_keys_into_isoapplet_and_signs() {
             ],
         );
     }
-    ok(
+    sign(&pcsc, &m, "ECDSA-SHA1", "4", &path("data"), &path("ec.sig"));
+    verify(&pcsc, &m, "ECDSA-SHA1", "4", &path("data"), &path("ec.sig"));
+    sign(
         &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "-l",
-            "-p",
-            "123456",
-            "-s",
-            "-m",
-            "ECDSA-SHA1",
-            "-d",
-            "4",
-            "-i",
-            &path("data"),
-            "-o",
-            &path("ec.sig"),
-        ],
-    );
-    let v = ok(
-        &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "--verify",
-            "-m",
-            "ECDSA-SHA1",
-            "-d",
-            "4",
-            "-i",
-            &path("data"),
-            "--signature-file",
-            &path("ec.sig"),
-        ],
-    );
-    assert!(v.contains("Signature is valid"), "{v}");
-    ok(
-        &pcsc,
-        "pkcs11-tool",
-        &[
-            "--module",
-            &m,
-            "-l",
-            "-p",
-            "123456",
-            "-s",
-            "-m",
-            "SHA256-RSA-PKCS",
-            "-d",
-            "5",
-            "-i",
-            &path("data"),
-            "-o",
-            &path("rsa.sig"),
-        ],
+        &m,
+        "SHA256-RSA-PKCS",
+        "5",
+        &path("data"),
+        &path("rsa.sig"),
     );
     let v = pcsc.run(
         "openssl",
