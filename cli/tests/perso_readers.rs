@@ -405,6 +405,58 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
     }
 }
 
+/// A batch whose only record is caught mid-way on a reader: the resume has no fresh record
+/// left, yet its stations wait for that card (still in its reader) and finish it, instead of
+/// ending at once with the card in progress.
+#[test]
+fn a_resume_whose_only_work_is_a_card_caught_mid_way_finishes_it() {
+    let stack = PrivatePcsc::start_hopper(2, "gp-test");
+    let dir = stack.work.join("perso-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("records.csv");
+    std::fs::write(
+        &input,
+        "id,member_no,name,points\nW0,320000,WAITING MEMBER,5\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let journal_file = out.join("journal.jsonl");
+    let mut operator = Operator::new(1, [true, true]);
+    let frozen_log = dir.join("frozen.stderr");
+    let child = command(&stack, "run", &input, &out)
+        .env(journal::FREEZE_ENV, "1:step:open")
+        .stderr(std::fs::File::create(&frozen_log).unwrap())
+        .spawn()
+        .unwrap();
+    let frozen = |_: &Event| is_frozen(&frozen_log);
+    let killed = operator.run(&stack, child, &journal_file, Some(&frozen));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(9),
+        "the batch was not held by the freeze hook"
+    );
+    assert!(
+        matches!(
+            journal::replay(&journal_file).unwrap()["W0"],
+            Status::InProgress { .. }
+        ),
+        "the kill did not catch W0 mid-way"
+    );
+    let output = operator.run(
+        &stack,
+        start(&stack, "resume", &input, &out),
+        &journal_file,
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        journal::replay(&journal_file).unwrap()["W0"],
+        Status::Done,
+        "{stderr}"
+    );
+}
+
 /// A UICC profile on a line fed with SIMs: cards are tracked by their ICCID, and the same
 /// SIMs are refused by a smart-card profile as the wrong card stock, before any claim.
 #[test]

@@ -340,6 +340,7 @@ fn run_readers(
     let work = readers::Work {
         fresh: Mutex::new(VecDeque::new()),
         waiting: Mutex::new(Default::default()),
+        last_card: Mutex::new(std::time::Instant::now()),
     };
     for (record, previous) in todo {
         match previous {
@@ -361,6 +362,14 @@ fn run_readers(
     }
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let say = |line: String| notify(BatchEvent::Message(line));
+    let waiting = work.waiting.lock().map(|w| w.len()).unwrap_or(0);
+    if waiting > 0 {
+        say(format!(
+            "{waiting} card(s) caught mid-way are awaited: put each in a reader (the stations wait \
+             up to {} s after the last card; Ctrl-C stops at once)",
+            readers::WAITING_GRACE.as_secs()
+        ));
+    }
     std::thread::scope(|s| {
         for reader in &sh.opts.readers {
             let (work, say, first_error) = (&work, &say, &first_error);

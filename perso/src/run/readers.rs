@@ -25,7 +25,14 @@ const POLL: Duration = Duration::from_millis(300);
 pub(super) struct Work<'r> {
     pub(super) fresh: Mutex<VecDeque<&'r Record>>,
     pub(super) waiting: Mutex<HashMap<String, (&'r Record, Progress)>>,
+    /// When a station last had a card to handle: with no fresh record left, stations wait
+    /// for the cards caught mid-way until [`WAITING_GRACE`] has passed without a card.
+    pub(super) last_card: Mutex<std::time::Instant>,
 }
+
+/// How long stations with only cards caught mid-way left wait for one of them to be put in a
+/// reader (since the last card any station handled).
+pub(super) const WAITING_GRACE: Duration = Duration::from_secs(120);
 
 /// The card identity a Claim records for a reader station: `cin:HEX@READER` or
 /// `iccid:DIGITS@READER`.
@@ -40,8 +47,20 @@ pub(super) fn claimed_card(card: &str) -> Option<&str> {
         .then(|| card.split('@').next().unwrap_or(card))
 }
 
+/// No fresh record is left, and no card caught mid-way waits (or none came for
+/// [`WAITING_GRACE`]): a resumed batch whose only work is such cards waits for them instead of
+/// ending at once.
 fn out_of_work(work: &Work<'_>) -> bool {
-    work.fresh.lock().map(|q| q.is_empty()).unwrap_or(true)
+    if !work.fresh.lock().map(|q| q.is_empty()).unwrap_or(true) {
+        return false;
+    }
+    let waiting = work.waiting.lock().map(|w| !w.is_empty()).unwrap_or(false);
+    !waiting
+        || work
+            .last_card
+            .lock()
+            .map(|t| t.elapsed() > WAITING_GRACE)
+            .unwrap_or(true)
 }
 
 /// Whether `e` means the conversation with the card was lost — the card or the reader went
@@ -83,6 +102,9 @@ pub(super) fn station(
                 continue;
             }
         };
+        if let Ok(mut t) = work.last_card.lock() {
+            *t = std::time::Instant::now();
+        }
         let mut ch = CardChannel::new(transport);
         let (outcome, record) = match one_card(sh, &mut ch, reader, work) {
             Ok(handled) => {
