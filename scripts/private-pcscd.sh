@@ -44,7 +44,18 @@ exec 8<>"$WORK/sim-ctl"
 "$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --sim-seed 7 --sim-preset "${PRESET:-gp-test}" ${IMAGE:+--sim-image "$IMAGE"} ${HOPPER:+--hopper} ${INSTALL:+--install "$INSTALL"} --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
-trap 'kill $S 2>/dev/null; kill -TERM $P 2>/dev/null; wait' EXIT
+# pcscd may not finish a graceful stop while a vpcd reader still waits for its simulator (the
+# simulator failed to start): after 5 s it is killed, so no private pcscd outlives its sandbox.
+# (Each step may fail — the simulator may be gone already — and must not end the trap under
+# `set -e`: that is how a sandbox whose simulator failed used to leave its pcscd running.)
+stop_all() {
+    kill "$S" 2>/dev/null || true
+    kill -TERM "$P" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$P" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$P" 2>/dev/null || true
+    wait || true
+}
+trap stop_all EXIT
 while read -r cmd; do
     case "$cmd" in
         restart-pcscd)
