@@ -503,11 +503,11 @@ impl Vm {
         }
     }
 
-    fn cells(&mut self, h: u16) -> &mut Vec<i16> {
+    fn cells(&mut self, h: u16) -> Res<&mut Vec<i16>> {
         self.dirty.insert(h);
         match self.heap.objects.get_mut(&h) {
-            Some(Obj::Instance { cells, .. }) => cells,
-            _ => unreachable!("checked by field_cell"),
+            Some(Obj::Instance { cells, .. }) => Ok(cells),
+            _ => Err(Flow::Fatal(format!("object {h} is not an instance"))),
         }
     }
 
@@ -546,7 +546,7 @@ impl Vm {
         if kind == b'a' && v != 0 && !self.heap.objects.contains_key(&(v as u16)) {
             return Err(Flow::Fatal("a dangling reference".into()));
         }
-        let cells = self.cells(h);
+        let cells = self.cells(h)?;
         cells[c] = if kind == b'b' { i16::from(v as i8) } else { v };
         if kind == b'i' {
             cells[c + 1] = lo;

@@ -164,7 +164,9 @@ impl Package {
                 }
             }
             let own = u32::from(model.classes.classes[classes[&o].index].declared_instance_size);
-            let c = classes.get_mut(&o).expect("present");
+            let c = classes
+                .get_mut(&o)
+                .ok_or_else(|| LinkError::Inconsistent(format!("class offset {o}")))?;
             c.base =
                 u16::try_from(base).map_err(|_| LinkError::Inconsistent("huge class".into()))?;
             c.size = u16::try_from(base + own)
