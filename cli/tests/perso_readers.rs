@@ -311,6 +311,35 @@ fn reader_stations_take_fresh_cards_one_after_another() {
     );
 }
 
+/// Runs a batch of `records` records (in `input`) on the two readers, frozen by the journal's
+/// test hook right after the first card's first step (mid-way, before its STORE DATA) and
+/// killed once the hook says it holds the batch (its line on stderr), not on a guess. Returns
+/// the operator (to go on) and the batch's output folder.
+fn killed_after_first_step(
+    stack: &PrivatePcsc,
+    dir: &Path,
+    input: &Path,
+    records: usize,
+) -> (Operator, std::path::PathBuf) {
+    let out = dir.join("out");
+    let mut operator = Operator::new(records, [true, true]);
+    let frozen_log = dir.join("frozen.stderr");
+    let child = command(stack, "run", input, &out)
+        .env(journal::FREEZE_ENV, "1:step:open")
+        .stderr(std::fs::File::create(&frozen_log).unwrap())
+        .spawn()
+        .unwrap();
+    let frozen = |_: &Event| is_frozen(&frozen_log);
+    let killed = operator.run(stack, child, &out.join("journal.jsonl"), Some(&frozen));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(9),
+        "the batch was not held by the freeze hook (it ended by itself): {}",
+        std::fs::read_to_string(&frozen_log).unwrap_or_default()
+    );
+    (operator, out)
+}
+
 #[test]
 fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
     let stack = PrivatePcsc::start_hopper(2, "gp-test");
@@ -322,26 +351,8 @@ fn a_reader_batch_killed_mid_card_continues_on_the_same_card() {
         csv.push_str(&format!("K{i},{},KILLED MEMBER {i},{i}\n", 310000 + i));
     }
     std::fs::write(&input, csv).unwrap();
-    let out = dir.join("out");
+    let (mut operator, out) = killed_after_first_step(&stack, &dir, &input, 4);
     let journal_file = out.join("journal.jsonl");
-    let mut operator = Operator::new(4, [true, true]);
-    // The journal's test hook freezes the batch right after the first card's first step
-    // (mid-way, before its STORE DATA); then it is killed.
-    // Killed once the hook says it holds the batch (its line on stderr), not on a guess.
-    let frozen_log = dir.join("frozen.stderr");
-    let child = command(&stack, "run", &input, &out)
-        .env(journal::FREEZE_ENV, "1:step:open")
-        .stderr(std::fs::File::create(&frozen_log).unwrap())
-        .spawn()
-        .unwrap();
-    let frozen = |_: &Event| is_frozen(&frozen_log);
-    let killed = operator.run(&stack, child, &journal_file, Some(&frozen));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&killed.status),
-        Some(9),
-        "the batch was not held by the freeze hook (it ended by itself): {}",
-        std::fs::read_to_string(&frozen_log).unwrap_or_default()
-    );
     let first_open = events(&journal_file)
         .into_iter()
         .find_map(|e| match e {
@@ -419,22 +430,8 @@ fn a_resume_whose_only_work_is_a_card_caught_mid_way_finishes_it() {
         "id,member_no,name,points\nW0,320000,WAITING MEMBER,5\n",
     )
     .unwrap();
-    let out = dir.join("out");
+    let (mut operator, out) = killed_after_first_step(&stack, &dir, &input, 1);
     let journal_file = out.join("journal.jsonl");
-    let mut operator = Operator::new(1, [true, true]);
-    let frozen_log = dir.join("frozen.stderr");
-    let child = command(&stack, "run", &input, &out)
-        .env(journal::FREEZE_ENV, "1:step:open")
-        .stderr(std::fs::File::create(&frozen_log).unwrap())
-        .spawn()
-        .unwrap();
-    let frozen = |_: &Event| is_frozen(&frozen_log);
-    let killed = operator.run(&stack, child, &journal_file, Some(&frozen));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&killed.status),
-        Some(9),
-        "the batch was not held by the freeze hook"
-    );
     assert!(
         matches!(
             journal::replay(&journal_file).unwrap()["W0"],
