@@ -23,6 +23,27 @@ async fn keks_in_use(w: &World) -> Vec<(String, i64)> {
     out
 }
 
+/// Enrols `card` (no password) and a credential of it for `service`.
+async fn enrol(w: &World, b: &Broker, card: &str, holder: &str, service: &str) {
+    w.admin(
+        b,
+        AdminRequest::EnrolCard {
+            card: card.into(),
+            holder: holder.into(),
+            password: None,
+        },
+    )
+    .await;
+    w.admin(
+        b,
+        AdminRequest::EnrolCredential {
+            card: card.into(),
+            service: service.into(),
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_rotation_interrupted_and_continued_by_another_instance() {
     let w = World::new("rotation", 2);
@@ -62,23 +83,7 @@ async fn kek_rotation_interrupted_and_continued_by_another_instance() {
     }
     // Many more records, straight into the shards (the same path enrolment takes).
     for i in 0..200 {
-        w.admin(
-            &a,
-            AdminRequest::EnrolCard {
-                card: format!("BULK-{i}"),
-                holder: format!("bulk-{i}"),
-                password: None,
-            },
-        )
-        .await;
-        w.admin(
-            &a,
-            AdminRequest::EnrolCredential {
-                card: format!("BULK-{i}"),
-                service: "svc".into(),
-            },
-        )
-        .await;
+        enrol(&w, &a, &format!("BULK-{i}"), &format!("bulk-{i}"), "svc").await;
     }
     // Both shards are used.
     for s in a.shards().all() {
@@ -260,23 +265,7 @@ async fn a_record_that_does_not_open_is_quarantined_and_the_rotation_goes_on() {
     .await;
     for i in 0..6 {
         let card = format!("Q-{i}");
-        w.admin(
-            &a,
-            AdminRequest::EnrolCard {
-                card: card.clone(),
-                holder: card.clone(),
-                password: None,
-            },
-        )
-        .await;
-        w.admin(
-            &a,
-            AdminRequest::EnrolCredential {
-                card,
-                service: "svc".into(),
-            },
-        )
-        .await;
+        enrol(&w, &a, &card, &card, "svc").await;
     }
     let shard = &a.shards().all()[0];
     shard
