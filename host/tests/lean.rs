@@ -7,13 +7,17 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 fn distinct_crates(extra: &[&str]) -> BTreeSet<String> {
+    crates_of("kagi", extra)
+}
+
+fn crates_of(package: &str, extra: &[&str]) -> BTreeSet<String> {
     let o = Command::new(env!("CARGO"))
         .args([
             "tree",
             "--offline",
             "--locked",
             "-p",
-            "kagi",
+            package,
             "-e",
             "normal",
         ])
@@ -54,4 +58,36 @@ fn the_library_stays_within_its_dependency_budget() {
     );
     assert!(bare.len() <= 45, "{} crates: {bare:#?}", bare.len());
     assert!(bare.is_subset(&default));
+}
+
+/// Test fixtures (the test CA, the demo cards) are never a library's normal dependency with
+/// its default features: only the CLI (which has demo modes) and the fixture crate itself
+/// may name them. kagi-perso's development CA is the opt-in feature `dev-ca`.
+#[test]
+fn no_library_depends_on_a_test_fixture() {
+    for lib in [
+        "kagi",
+        "kagi-perso",
+        "kagi-hsm",
+        "kagi-online",
+        "kagi-certs",
+        "kagi-signed",
+        "kagi-cap",
+        "kagi-jcvm",
+        "card-wire",
+        "applet-sim",
+        "tsm-protocol",
+        "broker-protocol",
+    ] {
+        let crates = crates_of(lib, &[]);
+        for fixture in ["test-pki ", "kagi-fixtures "] {
+            assert!(
+                !crates.iter().any(|c| c.starts_with(fixture)),
+                "{lib} has {fixture}among its normal dependencies"
+            );
+        }
+    }
+    // The opt-in feature does bring the development CA (so the check above can fail).
+    let with_ca = crates_of("kagi-perso", &["--features", "dev-ca"]);
+    assert!(with_ca.iter().any(|c| c.starts_with("test-pki ")));
 }

@@ -2,6 +2,11 @@
 //! and journal every step. Simulated stations keep each card as an image file under
 //! `OUT/cards/`, saved after every step, so a crash leaves cards that `resume` can inspect;
 //! reader stations (`readers`) work on the cards in PC/SC readers.
+// Without a station feature (`sim`, `pcsc`) the batch machinery compiles but runs no card.
+#![cfg_attr(
+    not(any(feature = "sim", feature = "pcsc")),
+    allow(dead_code, unused_imports)
+)]
 
 use super::journal::{Event, Journal, Status};
 use super::profile::Profile;
@@ -16,16 +21,20 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
+mod card;
 mod issuer;
 mod jpki;
 mod report;
+#[cfg(feature = "sim")]
 mod station;
 mod steps;
 mod verify;
 
+use card::*;
 use issuer::*;
 use jpki::*;
 use report::*;
+#[cfg(feature = "sim")]
 use station::*;
 use steps::*;
 pub use verify::verify;
@@ -237,10 +246,6 @@ fn journal_path(out: &Path) -> PathBuf {
     out.join("journal.jsonl")
 }
 
-fn card_path(out: &Path, id: &str) -> PathBuf {
-    out.join("cards").join(format!("{id}.img"))
-}
-
 struct Shared<'a> {
     profile: &'a Profile,
     keys: &'a KeySets,
@@ -392,6 +397,14 @@ fn run_readers(
         ));
     }
     Ok(())
+}
+
+/// Without simulated stations a batch runs only on readers.
+#[cfg(not(feature = "sim"))]
+fn handle(_: &Shared<'_>, _: &Record, _: Option<&Status>) -> Result<()> {
+    Err(Error::Unsupported(
+        "this kagi was built without simulated stations (feature `sim`): give the readers to run the batch on".into(),
+    ))
 }
 
 #[cfg(not(feature = "pcsc"))]

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 /// Who issues the certificates of a batch (one value per batch: its size does not matter).
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Authority {
-    /// The project's test CAs, issuing in process.
+    /// The project's test CAs, issuing in process (the `dev-ca` feature).
+    #[cfg(feature = "dev-ca")]
     Test {
         auth_ca: test_pki::TestCa,
         sign_ca: test_pki::TestCa,
@@ -40,23 +41,46 @@ pub(super) fn ca_certificate(path: &Path) -> Result<x509_cert::Certificate> {
         .map_err(|e| Error::Profile(format!("CA certificate {}: {e}", path.display())))
 }
 
+#[cfg(feature = "dev-ca")]
+fn dev_ca_error(dir: &Path, e: test_pki::PkiError) -> Error {
+    Error::Profile(format!("CA {}: {e}", dir.display()))
+}
+
+impl Authority {
+    /// Whether certificates are issued in process (the development CA) rather than through
+    /// the CA exchange.
+    pub(super) fn in_process(&self) -> bool {
+        #[cfg(feature = "dev-ca")]
+        if let Authority::Test { .. } = self {
+            return true;
+        }
+        false
+    }
+}
+
 impl Issuer {
     pub(super) fn open(j: &crate::profile::Jpki, out: &Path) -> Result<Issuer> {
-        let pki = |e: test_pki::PkiError| Error::Profile(format!("CA {}: {e}", j.ca_dir.display()));
         let authority = match &j.ca {
+            #[cfg(not(feature = "dev-ca"))]
+            CertificateAuthority::Test => {
+                return Err(Error::Profile(
+                    "ca = \"test\" (the development CA) is not in this build: use ca = \"external\" (your CA through a file exchange), or build kagi-perso with the `dev-ca` feature (the kagi CLI has it)".into(),
+                ));
+            }
+            #[cfg(feature = "dev-ca")]
             CertificateAuthority::Test => Authority::Test {
                 auth_ca: test_pki::store::load_or_create(
                     &j.ca_dir,
                     "auth-ca",
                     "JPKI for user authentication",
                 )
-                .map_err(pki)?,
+                .map_err(|e| dev_ca_error(&j.ca_dir, e))?,
                 sign_ca: test_pki::store::load_or_create(
                     &j.ca_dir,
                     "sign-ca",
                     "JPKI for digital signature",
                 )
-                .map_err(pki)?,
+                .map_err(|e| dev_ca_error(&j.ca_dir, e))?,
             },
             CertificateAuthority::External {
                 exchange_dir,

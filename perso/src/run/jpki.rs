@@ -55,16 +55,41 @@ pub(super) fn certificate_script(
 }
 
 /// The record's four basic facts, or synthetic ones when the record lacks them.
-pub(super) fn basic_facts(record: &Record) -> test_pki::BasicFacts {
+pub(super) fn basic_facts(record: &Record) -> BasicFacts {
     let f = |k: &str| record.fields.get(k).cloned();
     match (f("name"), f("address"), f("birth_date"), f("sex")) {
-        (Some(name), Some(address), Some(birth_date), Some(sex)) => test_pki::BasicFacts {
+        (Some(name), Some(address), Some(birth_date), Some(sex)) => BasicFacts {
             name,
             address,
             birth_date,
             sex,
         },
-        _ => test_pki::BasicFacts::synthetic(),
+        _ => BasicFacts {
+            name: "試験 太郎 (TEST ONLY)".into(),
+            sex: "9".into(),
+            birth_date: "20000101".into(),
+            address: "テスト県テスト市1-1 (TEST ONLY)".into(),
+        },
+    }
+}
+
+/// The four basic facts (基本4情報) of a record: name, address, date of birth, sex.
+pub(super) struct BasicFacts {
+    pub(super) name: String,
+    pub(super) address: String,
+    pub(super) birth_date: String,
+    pub(super) sex: String,
+}
+
+#[cfg(feature = "dev-ca")]
+impl From<BasicFacts> for test_pki::BasicFacts {
+    fn from(f: BasicFacts) -> Self {
+        test_pki::BasicFacts {
+            name: f.name,
+            address: f.address,
+            birth_date: f.birth_date,
+            sex: f.sex,
+        }
     }
 }
 
@@ -129,6 +154,7 @@ pub(super) fn opaque_id(record: &Record) -> String {
 
 /// With the test CA: keys generated on the card, certificates issued in process, PINs
 /// generated and mailed, all in one step.
+#[cfg(feature = "dev-ca")]
 pub(super) fn issue_jpki<T: Transport>(
     sc: &mut SecureChannel<'_, T>,
     j: &crate::profile::Jpki,
@@ -160,7 +186,13 @@ pub(super) fn issue_jpki<T: Transport>(
         .to_der()
         .map_err(der_err)?;
     let sign_cert = sign_ca
-        .issue_sign(&sign_pub, &basic_facts(record), serial + 1, now, until)
+        .issue_sign(
+            &sign_pub,
+            &basic_facts(record).into(),
+            serial + 1,
+            now,
+            until,
+        )
         .map_err(pki)?
         .to_der()
         .map_err(der_err)?;
@@ -224,6 +256,8 @@ pub(super) fn request_certificates<T: Transport>(
 ) -> Result<zeroize::Zeroizing<String>> {
     use rsa::pkcs8::EncodePublicKey;
     use std::str::FromStr;
+    // One variant without the `dev-ca` feature.
+    #[allow(irrefutable_let_patterns)]
     let Authority::External { requests, .. } = &issuer.authority else {
         return Err(Error::Certificate(
             "certification requests are for an external CA".into(),
@@ -331,6 +365,8 @@ pub(super) fn install_certificates<T: Transport>(
     record: &Record,
 ) -> Result<Vec<u8>> {
     use der::Encode;
+    // One variant without the `dev-ca` feature.
+    #[allow(irrefutable_let_patterns)]
     let Authority::External {
         auth_ca,
         sign_ca,
