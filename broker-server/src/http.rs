@@ -49,11 +49,11 @@ fn refusal(e: BrokerError) -> Response {
             };
             (status, e)
         }
-        BrokerError::BadRequest(m) => (
+        e @ (BrokerError::BadJson(_) | BrokerError::NotAMessage(_)) => (
             StatusCode::BAD_REQUEST,
             ApiError {
                 code: "request.malformed".into(),
-                detail: m,
+                detail: e.to_string(),
             },
         ),
         other => {
@@ -72,8 +72,7 @@ fn refusal(e: BrokerError) -> Response {
 
 /// Parses a JSON body, refusing with `400` and the reason.
 fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, BrokerError> {
-    serde_json::from_slice(b)
-        .map_err(|e| BrokerError::BadRequest(format!("not the expected JSON: {e}")))
+    Ok(serde_json::from_slice(b)?)
 }
 
 async fn challenge(State(b): State<Arc<Broker>>) -> Response {

@@ -124,10 +124,10 @@ impl Broker {
             .hash_slots()
             .acquire()
             .await
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            .map_err(|e| BrokerError::Password(format!("the broker is stopping: {e}")))?;
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| BrokerError::Internal(format!("password task: {e}")))
+            .map_err(|e| BrokerError::Password(format!("its task failed: {e}")))
     }
 
     /// The lower-assurance login, from `client` (its address, for the per-client backoff;
@@ -194,7 +194,7 @@ impl Broker {
                 let pw = pw.clone();
                 self.hashing(move || password::new_verifier(&pw, &policy.new))
                     .await?
-                    .map_err(|e| BrokerError::Internal(e.to_string()))?
+                    .map_err(|e| BrokerError::Password(e.to_string()))?
             };
             shard
                 .commit(vec![Shard::upgrade_verifier(&card.card, &old, &new, t)])

@@ -32,6 +32,12 @@ pub enum SetupError {
     /// A signing key, public key or party name could not be used.
     #[error("{0}")]
     Party(String),
+    /// A party name in the configuration is not one.
+    #[error(transparent)]
+    PartyName(#[from] kagi_signed::BadPartyId),
+    /// A signing or public key file could not be read or written.
+    #[error(transparent)]
+    KeyFile(#[from] kagi_signed::KeyFileError),
     /// The card CAs or revocation lists could not be read.
     #[error("card trust: {0}")]
     CardTrust(#[from] kagi_certs::CertError),

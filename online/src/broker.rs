@@ -46,6 +46,13 @@ pub enum BrokerClientError {
     /// The answer was not what the protocol says.
     #[error("the broker's answer is malformed: {0}")]
     Malformed(String),
+    /// The request could not be signed (randomness, encoding).
+    #[error("the request could not be signed: {0}")]
+    Sign(#[from] tsm_protocol::SignError),
+    /// The card's certificate has no usable key, or the card's signature does not verify
+    /// with it: the card is not a JPKI card of the kind the broker knows.
+    #[error("the card's certificate: {0}")]
+    CardCertificate(#[from] tsm_protocol::receipt::CertKeyError),
     /// The card failed.
     #[error(transparent)]
     Card(#[from] kagi::Error),
@@ -220,8 +227,7 @@ impl BrokerClient {
         req: &AdminRequest,
     ) -> Result<AdminResponse> {
         let now = tsm_protocol::signing::now_ms();
-        let out = tsm_protocol::control::sign_request(signer, broker, req, None, now, 120_000)
-            .map_err(BrokerClientError::Malformed)?;
+        let out = tsm_protocol::control::sign_request(signer, broker, req, None, now, 120_000)?;
         let answer = self
             .send(
                 "/v1/admin",
@@ -252,11 +258,10 @@ pub fn card_answer(
     jpki::select(ch)?;
     let cert = jpki::read_der(ch, jpki::EF_AUTH_CERT)?;
     jpki::verify(ch, Pin::Auth, pin)?;
-    let key = CertKey::from_certificate(&cert).map_err(BrokerClientError::Malformed)?;
+    let key = CertKey::from_certificate(&cert)?;
     let message = api::login_message(&challenge.broker, &nonce);
     let sig = jpki::sign(ch, Pin::Auth, &key.to_be_signed(&message))?;
-    key.verify(&message, &sig)
-        .map_err(|e| BrokerClientError::Malformed(format!("the card's own signature: {e}")))?;
+    key.verify(&message, &sig)?;
     Ok(CardLogin {
         nonce: challenge.nonce.clone(),
         certificate: api::b64(&cert),

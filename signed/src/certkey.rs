@@ -3,6 +3,20 @@
 
 use sha2::{Digest, Sha256};
 
+/// Why a card certificate's key could not be had, or a card signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertKeyError {
+    /// The bytes are not a DER X.509 certificate (or SubjectPublicKeyInfo).
+    #[error("not a DER X.509 certificate: {0}")]
+    Certificate(der::Error),
+    /// A key of another type.
+    #[error("the key is neither RSA nor P-256 (a card certificate carries one of them)")]
+    UnsupportedKey,
+    /// The signature is malformed or does not verify.
+    #[error("the card's signature does not verify against the certificate")]
+    BadSignature,
+}
+
 /// The public key of a card certificate, to check the card's signatures with: RSA-2048 (the
 /// JPKI card) or P-256 (SIM profiles).
 #[derive(Debug, Clone)]
@@ -15,27 +29,26 @@ pub enum CertKey {
 
 impl CertKey {
     /// The key of a DER certificate.
-    pub fn from_certificate(cert_der: &[u8]) -> Result<CertKey, String> {
+    pub fn from_certificate(cert_der: &[u8]) -> Result<CertKey, CertKeyError> {
         use der::{Decode, Encode};
-        let cert =
-            x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("certificate: {e}"))?;
+        let cert = x509_cert::Certificate::from_der(cert_der).map_err(CertKeyError::Certificate)?;
         let spki = cert
             .tbs_certificate()
             .subject_public_key_info()
             .to_der()
-            .map_err(|e| format!("certificate: {e}"))?;
+            .map_err(CertKeyError::Certificate)?;
         Self::from_spki(&spki)
     }
 
     /// The key of a DER SubjectPublicKeyInfo.
-    pub fn from_spki(spki: &[u8]) -> Result<CertKey, String> {
+    pub fn from_spki(spki: &[u8]) -> Result<CertKey, CertKeyError> {
         use rsa::pkcs8::DecodePublicKey;
         if let Ok(k) = rsa::PublicKey::from_public_key_der(spki) {
             return Ok(CertKey::Rsa(k));
         }
         p256::ecdsa::VerifyingKey::from_public_key_der(spki)
             .map(CertKey::P256)
-            .map_err(|_| "the key is neither RSA nor P-256".into())
+            .map_err(|_| CertKeyError::UnsupportedKey)
     }
 
     /// What to hand the card's sign command for `message`: the SHA-256 DigestInfo (RSA) or
@@ -48,8 +61,8 @@ impl CertKey {
     }
 
     /// Checks the card's signature over `message`.
-    pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), String> {
-        let bad = || "the card's signature does not verify against the certificate".to_string();
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), CertKeyError> {
+        let bad = || CertKeyError::BadSignature;
         match self {
             CertKey::Rsa(k) => {
                 use rsa::signature::Verifier;

@@ -70,6 +70,25 @@ id16!(
     IdempotencyKey
 );
 
+/// A party name that is not one: which, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("party '{party}': {why}")]
+pub struct BadPartyId {
+    /// The name given.
+    pub party: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl BadPartyId {
+    fn new(party: &str, why: &'static str) -> BadPartyId {
+        BadPartyId {
+            party: party.into(),
+            why,
+        }
+    }
+}
+
 /// A party of the protocol: `sp:NAME` (service provider), `tsm:NAME`, `mno:NAME`, and for
 /// the credential broker `broker:NAME` and its administrators `admin:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,13 +97,14 @@ pub struct PartyId(pub String);
 impl PartyId {
     /// A party name: a role prefix (`sp`, `tsm`, `mno`) and up to 64 letters, digits, `-`,
     /// `_` or `.`.
-    pub fn new(s: &str) -> Result<PartyId, String> {
+    pub fn new(s: &str) -> Result<PartyId, BadPartyId> {
         let (role, name) = s
             .split_once(':')
-            .ok_or_else(|| format!("party '{s}': use sp:NAME, tsm:NAME or mno:NAME"))?;
+            .ok_or_else(|| BadPartyId::new(s, "use sp:NAME, tsm:NAME or mno:NAME"))?;
         if !matches!(role, "sp" | "tsm" | "mno" | "broker" | "admin") {
-            return Err(format!(
-                "party '{s}': the role must be sp, tsm, mno, broker or admin"
+            return Err(BadPartyId::new(
+                s,
+                "the role must be sp, tsm, mno, broker or admin",
             ));
         }
         if name.is_empty()
@@ -93,8 +113,9 @@ impl PartyId {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(format!(
-                "party '{s}': the name is 1 to 64 letters, digits, '-', '_' or '.'"
+            return Err(BadPartyId::new(
+                s,
+                "the name is 1 to 64 letters, digits, '-', '_' or '.'",
             ));
         }
         Ok(PartyId(s.into()))

@@ -26,5 +26,7 @@ pub mod password;
 pub mod request;
 pub mod signing;
 
-pub use ids::{IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
-pub use signing::{Envelope, Header, Kind, Policy, ProtocolError, Sealed, Signer, Trust};
+pub use ids::{BadPartyId, IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
+pub use signing::{
+    Envelope, Header, KeyFileError, Kind, Policy, ProtocolError, Sealed, SignError, Signer, Trust,
+};

@@ -2,7 +2,7 @@
 //! (the TSM's control API, the broker's administrator API) and open its signed answer.
 
 use crate::ids::{IdempotencyKey, PartyId};
-use crate::signing::{self, Header, Kind, Policy, ProtocolError, Sealed, Signer, Trust};
+use crate::signing::{self, Header, Kind, Policy, ProtocolError, Sealed, SignError, Signer, Trust};
 
 /// A provider's (or operator's) request, signed and ready to send, with the header kept to
 /// match the answer.
@@ -25,15 +25,12 @@ pub fn sign_request<T: serde::Serialize>(
     idempotency_key: Option<IdempotencyKey>,
     now: u64,
     validity_ms: u64,
-) -> Result<Outgoing, String> {
-    let mut header = signer
-        .header(Kind::ControlRequest, tsm, now, validity_ms)
-        .map_err(|e| e.to_string())?;
+) -> Result<Outgoing, SignError> {
+    let mut header = signer.header(Kind::ControlRequest, tsm, now, validity_ms)?;
     header.idempotency_key = idempotency_key;
     let bytes = signer
         .seal(header.clone(), request)
-        .and_then(|s| s.to_bytes())
-        .map_err(|e| e.to_string())?;
+        .and_then(|s| s.to_bytes())?;
     Ok(Outgoing { bytes, header })
 }
 

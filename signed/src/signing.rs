@@ -204,6 +204,20 @@ pub enum SignError {
     Encode(#[from] CodecError),
 }
 
+/// Why a key file's text was refused, or a key could not be written as one.
+#[derive(Debug, Error)]
+pub enum KeyFileError {
+    /// Not a P-256 private key in PKCS#8 PEM.
+    #[error("not a P-256 PKCS#8 private key: {0}")]
+    PrivateKey(p256::pkcs8::Error),
+    /// Not a P-256 public key in SubjectPublicKeyInfo PEM.
+    #[error("not a P-256 public key (SubjectPublicKeyInfo PEM): {0}")]
+    PublicKey(p256::pkcs8::spki::Error),
+    /// The key could not be encoded as PEM.
+    #[error("the key could not be written as PEM: {0}")]
+    Encode(String),
+}
+
 /// A party's signing key.
 pub struct Signer {
     party: PartyId,
@@ -225,29 +239,29 @@ impl Signer {
     }
 
     /// A key from a PKCS#8 PEM file's text.
-    pub fn from_pkcs8_pem(party: PartyId, pem: &str) -> Result<Signer, String> {
+    pub fn from_pkcs8_pem(party: PartyId, pem: &str) -> Result<Signer, KeyFileError> {
         use p256::pkcs8::DecodePrivateKey;
         SigningKey::from_pkcs8_pem(pem)
             .map(|k| Signer::new(party, k))
-            .map_err(|e| format!("not a P-256 PKCS#8 private key: {e}"))
+            .map_err(KeyFileError::PrivateKey)
     }
 
     /// The key as PKCS#8 PEM (for a key file, mode 0600).
-    pub fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, String> {
+    pub fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyFileError> {
         use p256::pkcs8::EncodePrivateKey;
         self.key
             .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
             .map(|s| zeroize::Zeroizing::new(s.to_string()))
-            .map_err(|e| e.to_string())
+            .map_err(|e| KeyFileError::Encode(e.to_string()))
     }
 
     /// The public key as SubjectPublicKeyInfo PEM (to give the other party).
-    pub fn public_pem(&self) -> Result<String, String> {
+    pub fn public_pem(&self) -> Result<String, KeyFileError> {
         use p256::pkcs8::EncodePublicKey;
         self.key
             .verifying_key()
             .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-            .map_err(|e| e.to_string())
+            .map_err(|e| KeyFileError::Encode(e.to_string()))
     }
 
     /// Who signs.
@@ -351,10 +365,9 @@ impl Trust {
     }
 
     /// Trusts a SubjectPublicKeyInfo PEM key for `party`.
-    pub fn add_pem(&mut self, party: PartyId, pem: &str) -> Result<KeyId, String> {
+    pub fn add_pem(&mut self, party: PartyId, pem: &str) -> Result<KeyId, KeyFileError> {
         use p256::pkcs8::DecodePublicKey;
-        let key = VerifyingKey::from_public_key_pem(pem)
-            .map_err(|e| format!("not a P-256 public key: {e}"))?;
+        let key = VerifyingKey::from_public_key_pem(pem).map_err(KeyFileError::PublicKey)?;
         Ok(self.add(party, key))
     }
 

@@ -37,5 +37,7 @@ pub mod script;
 pub use kagi_signed::{codec, ids, password, signing};
 
 pub use error::{ErrorReport, Layer};
-pub use ids::{IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
-pub use signing::{Envelope, Header, Kind, Policy, ProtocolError, Sealed, Signer, Trust};
+pub use ids::{BadPartyId, IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};
+pub use signing::{
+    Envelope, Header, KeyFileError, Kind, Policy, ProtocolError, Sealed, SignError, Signer, Trust,
+};

@@ -56,7 +56,22 @@ pub fn key_proof_message(op: &OpId, nonce: &[u8; 32]) -> Vec<u8> {
     card_wire::jpki::key_proof_message(&op.0, nonce)
 }
 
-pub use kagi_signed::certkey::CertKey;
+pub use kagi_signed::certkey::{CertKey, CertKeyError};
+
+/// Why a provider refuses a receipt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Another operation's or request's receipt.
+    #[error("the receipt is for another operation or request")]
+    OtherOperation,
+    /// It certifies another certificate than the one issued.
+    #[error("the receipt names another certificate")]
+    OtherCertificate,
+    /// The on-card key proof does not verify with the certificate's key (or the certificate
+    /// is unreadable): the key may not be on the card.
+    #[error("key proof: {0}")]
+    KeyProof(#[from] CertKeyError),
+}
 
 impl ExecutionReceipt {
     /// The provider's checks of a receipt it got for its request: the receipt is for this
@@ -67,19 +82,17 @@ impl ExecutionReceipt {
         op: &OpId,
         request: (MsgId, Nonce),
         certificate: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), ReceiptError> {
         if self.op != *op || self.request != request {
-            return Err("the receipt is for another operation or request".into());
+            return Err(ReceiptError::OtherOperation);
         }
         let digest: [u8; 32] = Sha256::digest(certificate).into();
         if self.certificate_sha256 != digest {
-            return Err("the receipt names another certificate".into());
+            return Err(ReceiptError::OtherCertificate);
         }
-        CertKey::from_certificate(certificate)?
-            .verify(
-                &key_proof_message(op, &self.key_proof_nonce),
-                &self.key_proof,
-            )
-            .map_err(|e| format!("key proof: {e}"))
+        Ok(CertKey::from_certificate(certificate)?.verify(
+            &key_proof_message(op, &self.key_proof_nonce),
+            &self.key_proof,
+        )?)
     }
 }

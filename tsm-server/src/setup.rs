@@ -39,6 +39,12 @@ pub enum SetupError {
     /// A signing key, public key or party name could not be used.
     #[error("{0}")]
     Party(String),
+    /// A party name in the configuration is not one.
+    #[error(transparent)]
+    PartyName(#[from] tsm_protocol::BadPartyId),
+    /// A signing or public key file could not be read or written.
+    #[error(transparent)]
+    KeyFile(#[from] tsm_protocol::KeyFileError),
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

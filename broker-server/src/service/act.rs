@@ -122,14 +122,14 @@ impl Broker {
                 };
                 out.assertion = Some(
                     assertion::sign(&self.config.assertion_key, &claims)
-                        .map_err(|e| BrokerError::Internal(e.to_string()))?,
+                        .map_err(|e| BrokerError::Sign(e.to_string()))?,
                 );
             }
             Method::Mac => {
                 let c = challenge()?;
                 let secret = self.open(&cred)?;
                 let key = card_wire::scp03::AesKey::new(&secret)
-                    .map_err(|_| BrokerError::Internal("a stored MAC key is malformed".into()))?;
+                    .map_err(|_| BrokerError::CorruptKey("MAC"))?;
                 out.mac = Some(api::b64(&card_wire::scp03::crypto::cmac(&key, &c)));
             }
             Method::SignP256 => {
@@ -137,7 +137,7 @@ impl Broker {
                 let c = challenge()?;
                 let secret = self.open(&cred)?;
                 let key = p256::ecdsa::SigningKey::from_slice(&secret)
-                    .map_err(|_| BrokerError::Internal("a stored P-256 key is malformed".into()))?;
+                    .map_err(|_| BrokerError::CorruptKey("P-256"))?;
                 let sig: p256::ecdsa::Signature = key.sign(&c);
                 out.signature = Some(api::b64(&sig.to_bytes()));
             }
@@ -147,7 +147,7 @@ impl Broker {
                 let c = challenge()?;
                 let secret = self.open(&cred)?;
                 let key = rsa::PrivateKey::from_pkcs1_der(&secret)
-                    .map_err(|_| BrokerError::Internal("a stored RSA key is malformed".into()))?;
+                    .map_err(|_| BrokerError::CorruptKey("RSA"))?;
                 let sig = rsa::pkcs1v15::SigningKey::<Sha256>::new(key).sign(&c);
                 out.signature = Some(api::b64(&sig.to_vec()));
             }

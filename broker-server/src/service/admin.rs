@@ -19,7 +19,6 @@ struct NewSecret {
 
 fn new_secret(method: Method) -> Result<NewSecret> {
     use p256::pkcs8::EncodePublicKey;
-    let bad = |e: String| BrokerError::Internal(e);
     Ok(match method {
         Method::Mac => NewSecret {
             secret: Zeroizing::new(random::<16>()?.to_vec()),
@@ -27,7 +26,11 @@ fn new_secret(method: Method) -> Result<NewSecret> {
         },
         Method::SignP256 => {
             use p256::elliptic_curve::Generate;
-            let k = p256::ecdsa::SigningKey::try_generate().map_err(|e| bad(e.to_string()))?;
+            let bad = |e: String| BrokerError::KeyGeneration {
+                method: "P-256",
+                why: e,
+            };
+            let k = p256::ecdsa::SigningKey::try_generate()?;
             NewSecret {
                 secret: Zeroizing::new(k.to_bytes().to_vec()),
                 public_key: Some(
@@ -42,6 +45,10 @@ fn new_secret(method: Method) -> Result<NewSecret> {
         Method::SignRsa => {
             use rsa::pkcs1::EncodeRsaPrivateKey;
             use rsa::pkcs8::EncodePublicKey as _;
+            let bad = |e: String| BrokerError::KeyGeneration {
+                method: "RSA",
+                why: e,
+            };
             let k = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)
                 .map_err(|e| bad(e.to_string()))?;
             NewSecret {
@@ -76,8 +83,7 @@ impl Broker {
             &self.config.admin_trust,
             &self.config.policy,
             signing::now_ms(),
-        )
-        .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+        )?;
         let answer = match verified {
             Err(e) => AdminResponse::Rejected {
                 code: e.code().to_string(),
@@ -115,7 +121,7 @@ impl Broker {
         self.config
             .signer
             .answer(&header, &answer, signing::now_ms())
-            .map_err(|e| BrokerError::Internal(e.to_string()))
+            .map_err(|e| BrokerError::Sign(e.to_string()))
     }
 
     /// The KEK new records are sealed under.

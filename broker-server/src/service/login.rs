@@ -9,7 +9,7 @@ use kagi_db::StoreError;
 use kagi_signed::certkey::CertKey;
 use sha2::{Digest, Sha256};
 
-use super::{Broker, BrokerError, Result, random, refuse};
+use super::{Broker, Result, random, refuse};
 
 impl Broker {
     /// A login challenge: 16 random bytes and an expiry, MAC'd (stateless, valid 2 minutes).
@@ -90,11 +90,7 @@ impl Broker {
         })?;
         let card = kagi_certs::subject_cn(&cert)
             .ok_or_else(|| refuse("login.bad-certificate", "the certificate names no card"))?;
-        let trust = self
-            .config
-            .card_trust
-            .current()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let trust = self.config.card_trust.current()?;
         let judged = kagi_certs::judge(&der, &trust, std::time::SystemTime::now());
         match judged.verdict {
             kagi_certs::Verdict::Eligible => {}
@@ -120,12 +116,9 @@ impl Broker {
                 return Err(refuse("login.bad-certificate", judged.reasons.join("; ")).into());
             }
         }
-        let spki = cert
-            .tbs_certificate()
-            .subject_public_key_info()
-            .to_der()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let key = CertKey::from_spki(&spki).map_err(|e| refuse("login.bad-certificate", e))?;
+        let spki = cert.tbs_certificate().subject_public_key_info().to_der()?;
+        let key = CertKey::from_spki(&spki)
+            .map_err(|e| refuse("login.bad-certificate", e.to_string()))?;
         if key
             .verify(&api::login_message(&self.config.name, &nonce), &sig)
             .is_err()

@@ -98,15 +98,42 @@ pub enum BrokerError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Not a message.
-    #[error("{0}")]
-    BadRequest(String),
+    /// The body is not the JSON the endpoint takes.
+    #[error("not the expected JSON: {0}")]
+    BadJson(#[from] serde_json::Error),
+    /// The body is not a signed message at all.
+    #[error("not a signed message: {0}")]
+    NotAMessage(#[from] kagi_signed::codec::CodecError),
     /// The key store (HSM) failed or refused: nothing was changed.
     #[error("the key store failed: {}", .0.0)]
     Keys(#[from] EnvelopeError),
-    /// Something that should not fail did (random numbers, encodings).
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The system's random numbers failed.
+    #[error("no random numbers: {0}")]
+    Random(#[from] getrandom::Error),
+    /// A credential opened from the database is not a key of its method: the record is
+    /// damaged (`kagi broker verify-records` lists such records).
+    #[error("a stored {0} key is malformed: run `kagi broker verify-records`")]
+    CorruptKey(&'static str),
+    /// A new key could not be generated or encoded.
+    #[error("a new {method} key could not be made: {why}")]
+    KeyGeneration {
+        /// The method's key type.
+        method: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The broker's own signature (answer, assertion) could not be made.
+    #[error("the broker could not sign: {0}")]
+    Sign(String),
+    /// The card trust (CAs, revocation lists) could not be read.
+    #[error("card trust: {0}")]
+    CardTrust(#[from] kagi_certs::CertError),
+    /// A certificate already parsed could not be re-encoded.
+    #[error("a certificate could not be encoded: {0}")]
+    Encoding(#[from] der::Error),
+    /// A password could not be hashed or checked (its task failed, or the broker is stopping).
+    #[error("password hashing: {0}")]
+    Password(String),
 }
 
 impl From<ApiError> for BrokerError {
@@ -121,7 +148,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>> {
     let mut b = Zeroizing::new([0u8; N]);
-    getrandom::fill(b.as_mut()).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    getrandom::fill(b.as_mut())?;
     Ok(b)
 }
 
@@ -198,7 +225,7 @@ impl Broker {
 
     fn mac(&self, parts: &[&[u8]]) -> Result<[u8; 32]> {
         let mut m = HmacSha256::new_from_slice(self.config.state_key.as_ref())
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            .map_err(|e| BrokerError::Sign(format!("the state key: {e}")))?;
         for p in parts {
             m.update(p);
         }

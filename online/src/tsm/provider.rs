@@ -25,6 +25,9 @@ pub enum ProviderError {
     /// A local failure (randomness, encoding).
     #[error("{0}")]
     Local(String),
+    /// The request could not be signed (randomness, encoding).
+    #[error("the request could not be signed: {0}")]
+    Sign(#[from] tsm_protocol::SignError),
 }
 
 /// A private key for the card: RSA-2048 (PKCS#1 DER) or P-256 (the scalar).
@@ -142,8 +145,7 @@ impl Party {
             key,
             signing::now_ms(),
             120_000,
-        )
-        .map_err(ProviderError::Local)?;
+        )?;
         let (bytes, exchange) = self.client.post("/v1/control", &out.bytes).await?;
         let response = tsm_protocol::control::open_answer(
             &bytes,
@@ -170,6 +172,8 @@ pub fn check_receipt(
 ) -> Result<ExecutionReceipt, String> {
     let env = signing::verify_document::<ExecutionReceipt>(receipt, Kind::Receipt, tsm)
         .map_err(|e| format!("receipt: {e}"))?;
-    env.body.check(op, request, certificate)?;
+    env.body
+        .check(op, request, certificate)
+        .map_err(|e| e.to_string())?;
     Ok(env.body)
 }
