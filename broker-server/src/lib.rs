@@ -20,12 +20,11 @@
 pub mod clock;
 pub mod envelope;
 pub mod http;
-mod password_login;
 pub mod service;
 pub mod setup;
 pub mod store;
 
 pub use envelope::{Envelope, FileEnvelope};
-pub use password_login::Backoff;
+pub use service::password_login::Backoff;
 pub use service::{Broker, BrokerError, Config};
 pub use store::Shards;

@@ -1,5 +1,9 @@
 //! `kagi gp …`: GlobalPlatform card management.
 
+mod cap;
+mod card;
+mod dap;
+
 use super::target::{AnyTransport, Target};
 use super::{Failure, parse_hex, print_json};
 use card_wire::scp03::{Diversification, HostOptions, Mode, SecurityLevel};
@@ -48,7 +52,7 @@ pub enum GpCmd {
         #[arg(required_unless_present = "package", conflicts_with_all = ["package", "modules"])]
         cap: Option<PathBuf>,
         #[command(flatten)]
-        cap_opts: super::gp_cap::CapOpts,
+        cap_opts: cap::CapOpts,
         /// Package (load file) AID.
         #[arg(long, requires = "modules")]
         package: Option<String>,
@@ -72,7 +76,7 @@ pub enum GpCmd {
         #[arg(required_unless_present = "package", conflicts_with_all = ["package", "module"])]
         cap: Option<PathBuf>,
         #[command(flatten)]
-        cap_opts: super::gp_cap::CapOpts,
+        cap_opts: cap::CapOpts,
         /// With a CAP: the applet (module) AID to install.
         #[arg(long, requires = "cap")]
         applet: Option<String>,
@@ -103,7 +107,7 @@ pub enum GpCmd {
         /// The CAP file (or .ijc) whose package to delete.
         cap: PathBuf,
         #[command(flatten)]
-        token: super::gp_dap::TokenOpts,
+        token: dap::TokenOpts,
     },
     /// What a CAP file holds (package, applets, imports, component sizes); no card needed.
     CapInfo {
@@ -124,7 +128,7 @@ pub enum GpCmd {
         #[arg(long)]
         related: bool,
         #[command(flatten)]
-        token: super::gp_dap::TokenOpts,
+        token: dap::TokenOpts,
     },
     /// Delete a key version, or one key of it (DELETE with D2 key version / D0 key id). Cards
     /// refuse the key set of the open session and their last one.
@@ -342,7 +346,7 @@ fn info(
     };
     let seq =
         gp::get_data(&mut ch, 0x00C1)?.map(|d| hex::encode_upper(d.get(2..).unwrap_or_default()));
-    let card = super::gp_card::read(&mut ch)?;
+    let card = card::read(&mut ch)?;
     use card_wire::Transport;
     let raw_atr = ch.transport().atr();
     let kind = raw_atr
@@ -463,7 +467,7 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             }
         }
-        entries.append(&mut super::gp_cap::packages(sc)?);
+        entries.append(&mut cap::packages(sc)?);
         let iu = &info.init_update;
         if json_out {
             print_json(json!({
@@ -480,7 +484,7 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 "registry": entries.iter().map(|e| json!({
                     "scope": e.scope, "aid": hex::encode_upper(&e.aid),
                     "life_cycle": e.life_cycle_name(), "privileges": hex::encode_upper(&e.privileges),
-                    "version": e.version.as_deref().map(super::gp_cap::version_text),
+                    "version": e.version.as_deref().map(cap::version_text),
                     "modules": e.modules.iter().map(hex::encode_upper).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             }));
@@ -515,7 +519,7 @@ fn list(session: &Session, trace: bool, json_out: bool) -> Result<(), Failure> {
                 _ => "PKG",
             };
             if tag == "PKG" {
-                super::gp_cap::print_package(&e);
+                cap::print_package(&e);
                 continue;
             }
             println!(
@@ -575,7 +579,7 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             to,
             no_hash,
             ..
-        } => super::gp_cap::load(session, cap, cap_opts, to, *no_hash, trace, json_out),
+        } => cap::load(session, cap, cap_opts, to, *no_hash, trace, json_out),
         GpCmd::Load {
             session,
             package,
@@ -631,11 +635,11 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             params,
             not_selectable,
             ..
-        } => super::gp_cap::install(
+        } => cap::install(
             session,
             cap,
             cap_opts,
-            &super::gp_cap::InstallArgs {
+            &cap::InstallArgs {
                 applet: applet.clone(),
                 instance: instance.clone(),
                 privileges: kagi::gp_cap::parse_privileges(privileges)?,
@@ -649,8 +653,8 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             session,
             cap,
             token,
-        } => super::gp_cap::uninstall(session, cap, token, trace, json_out),
-        GpCmd::CapInfo { cap } => super::gp_cap::info(cap, json_out),
+        } => cap::uninstall(session, cap, token, trace, json_out),
+        GpCmd::CapInfo { cap } => cap::info(cap, json_out),
         GpCmd::Install {
             session,
             package,
@@ -689,13 +693,13 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
                 "AID",
                 target.as_ref().or(app.as_ref()).ok_or("give the AID")?,
             )?;
-            super::gp_cap::delete(session, &a, *related, token, trace, json_out)
+            cap::delete(session, &a, *related, token, trace, json_out)
         }
         GpCmd::DeleteKey {
             session,
             version,
             id,
-        } => super::gp_card::delete_key(session, *version, *id, trace, json_out),
+        } => card::delete_key(session, *version, *id, trace, json_out),
         GpCmd::PutKey {
             session,
             new_key_file,
@@ -703,8 +707,8 @@ pub fn run(cmd: &GpCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
             new_kvn,
             replace,
         } => match (new_key_file, dap_public_key) {
-            (Some(f), None) => super::gp_card::put_key(session, f, *replace, trace, json_out),
-            (None, Some(f)) => super::gp_card::put_dap_key(
+            (Some(f), None) => card::put_key(session, f, *replace, trace, json_out),
+            (None, Some(f)) => card::put_dap_key(
                 session,
                 f,
                 new_kvn.unwrap_or_default(),

@@ -1,5 +1,7 @@
 //! The checks of each kind, host side and card side, with one-bit tamper checks.
 
+mod channel;
+
 use crate::schema::*;
 use card_wire::apdu::{Command, Response};
 use card_wire::scp03::crypto::{AesKey, CmacKey, cmac, kdf_counter_cmac};
@@ -45,7 +47,7 @@ pub(crate) fn run(file: &VectorFile) -> Vec<Check> {
         VectorFile::DekEncrypt(v) => v.iter().map(check_dek).collect(),
         VectorFile::Wrap(v) => v.iter().map(check_wrap).collect(),
         VectorFile::Session(v) => v.iter().map(check_session).collect(),
-        VectorFile::Channel(v) => v.iter().map(crate::channel::check).collect(),
+        VectorFile::Channel(v) => v.iter().map(channel::check).collect(),
     }
 }
 

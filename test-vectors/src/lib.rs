@@ -12,7 +12,6 @@
 
 #![deny(missing_docs)]
 
-mod channel;
 mod checks;
 // Field names and meanings are those of `vectors/FORMAT.md`; repeating them here adds nothing.
 #[allow(missing_docs)]

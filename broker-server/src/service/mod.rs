@@ -15,6 +15,7 @@
 mod act;
 mod admin;
 mod login;
+pub(crate) mod password_login;
 mod records;
 mod trust;
 
@@ -22,7 +23,6 @@ pub use trust::CardTrust;
 
 use crate::clock::{Clock, SystemClock};
 use crate::envelope::{Envelope, EnvelopeError};
-use crate::password_login::Backoff;
 use crate::store::Shards;
 use broker_protocol::api::ApiError;
 use broker_protocol::assertion::Jwks;
@@ -30,6 +30,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use kagi_db::StoreError;
 use kagi_signed::password;
 use kagi_signed::signing::{Policy, Signer, Trust};
+use password_login::Backoff;
 use sha2::Sha256;
 use std::sync::Arc;
 use zeroize::Zeroizing;

@@ -16,15 +16,17 @@
 
 pub mod crypto;
 pub mod handshake;
+mod iparam;
 pub mod keys;
 pub mod putkey;
 pub mod session;
 
 pub use crypto::{Des3Key, DesKeyError};
 pub use handshake::{
-    CardHandshake02, CardKeyContext02, HandshakeInfo02, HostHandshake02, HostOptions02, IParam02,
-    InitUpdateResponse02, SCP02,
+    CardHandshake02, CardKeyContext02, HandshakeInfo02, HostHandshake02, HostOptions02,
+    InitUpdateResponse02,
 };
+pub use iparam::{IParam02, SCP02};
 pub use keys::{KeyPurpose02, SessionKeys02, StaticKeys02};
 pub use session::Scp02Session;
 

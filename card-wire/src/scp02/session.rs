@@ -9,7 +9,7 @@
 
 use super::Scp02Error;
 use super::crypto::{Des3Key, Tdes, des_encrypt_k1, pad80, retail_mac, unpad80};
-use super::handshake::IParam02;
+use super::iparam::IParam02;
 use super::keys::SessionKeys02;
 use crate::apdu::{Command, Response};
 use crate::scp03::SecurityLevel;

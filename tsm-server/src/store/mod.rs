@@ -3,8 +3,8 @@
 //! trail in a module of their own, re-exported there).
 
 mod cards;
-pub mod legacy;
 pub mod ops;
+pub use ops::legacy;
 
 use kagi_db::Schema;
 pub use kagi_db::{Backend, Db, Expect, Stmt, StoreError, Val};

@@ -3,6 +3,8 @@
 //! the audit trail are in `cards` (re-exported here).
 
 pub use super::cards::{AuditRow, CardRow, CredentialRow};
+pub mod legacy;
+
 use super::{Stmt, Store, StoreError, Val};
 use serde::{Deserialize, Serialize};
 use tsm_protocol::control::{ControlRequest, OpState};
@@ -104,12 +106,12 @@ fn op_from(r: &[Val]) -> Result<OpRow, StoreError> {
         expires_at: r[9].int(),
         updated_at: r[10].int(),
         version: r[11].int(),
-        data: super::legacy::decode(&r[12].blob()).ok_or_else(|| corrupt("operation"))?,
+        data: legacy::decode(&r[12].blob()).ok_or_else(|| corrupt("operation"))?,
     })
 }
 
 fn data_blob(op: &OpRow) -> Result<Vec<u8>, StoreError> {
-    super::legacy::encode(&op.data).map_err(|e| StoreError::Db(e.to_string()))
+    legacy::encode(&op.data).map_err(|e| StoreError::Db(e.to_string()))
 }
 
 /// What creating an operation found.

@@ -1,7 +1,7 @@
 //! `scp03-channel`: static keys, both challenges, the EXTERNAL AUTHENTICATE as sent and the
 //! commands after it, for sources that do not give the INITIALIZE UPDATE bytes (KDD, KVN, `i`).
 
-use crate::checks::{Check, Step, eq, key, run_steps};
+use super::{Check, Step, eq, key, run_steps};
 use crate::schema::Channel;
 use card_wire::scp03::crypto::{CmacKey, DerivationConstant, cmac, scp03_kdf};
 use card_wire::scp03::keys::{SessionKeys, StaticKeys};

@@ -10,7 +10,7 @@
 //! holder's failures and gives the client its try back; a PBKDF2 verifier, or an Argon2id one
 //! below the current parameters, is replaced then.
 
-use crate::service::{Broker, BrokerError, refuse};
+use super::{Broker, BrokerError, refuse};
 use crate::store::Shard;
 use broker_protocol::api::{PasswordLogin, Session};
 use broker_protocol::assertion::Assurance;

@@ -1,8 +1,8 @@
 //! `kagi gp load FILE.cap`, `kagi gp install FILE.cap`, `kagi gp uninstall FILE.cap`,
 //! `kagi gp cap-info FILE.cap`, and the package lines of `kagi gp list`.
 
-use super::gp::{Secure, Session, aid, done};
 use super::{Failure, parse_hex, print_json};
+use super::{Secure, Session, aid, done};
 use card_wire::gp_load;
 use clap::Args;
 use kagi::gp::manage::{self, InstallSpec};
@@ -25,7 +25,7 @@ pub struct CapOpts {
     #[arg(long)]
     block_size: Option<usize>,
     #[command(flatten)]
-    dap: super::gp_dap::DapOpts,
+    dap: super::dap::DapOpts,
 }
 
 /// What `kagi gp install FILE.cap` installs.
@@ -66,10 +66,7 @@ fn load_in_session(
     opts: &CapOpts,
     to: Option<Vec<u8>>,
     hash: HashAlg,
-    (dap, delegated): (
-        Option<&super::gp_dap::Dap>,
-        Option<&super::gp_dap::Delegated>,
-    ),
+    (dap, delegated): (Option<&super::dap::Dap>, Option<&super::dap::Delegated>),
 ) -> Result<(LoadStats, Option<card_wire::dm::Confirmation>), Failure> {
     let block = block_size(sc, domain, opts);
     let target = to.clone().unwrap_or_else(|| domain.aid.clone());
@@ -138,7 +135,7 @@ pub fn load(
         .unwrap_or_default();
     let mut doc = json!({"loaded": p, "stats": stats});
     if let Some(c) = &receipt {
-        doc["receipt"] = super::gp_dap::receipt_json(c);
+        doc["receipt"] = super::dap::receipt_json(c);
     }
     done(
         json_out,
@@ -234,10 +231,10 @@ pub fn install(
             "; receipt verified, confirmation counter {}",
             c.counter
         ));
-        doc["receipt"] = super::gp_dap::receipt_json(c);
+        doc["receipt"] = super::dap::receipt_json(c);
     }
     if let Some(c) = stats.as_ref().and_then(|(_, r)| r.as_ref()) {
-        doc["load_receipt"] = super::gp_dap::receipt_json(c);
+        doc["load_receipt"] = super::dap::receipt_json(c);
     }
     done(json_out, &line, doc);
     Ok(())
@@ -247,7 +244,7 @@ pub fn install(
 pub fn uninstall(
     session: &Session,
     path: &Path,
-    token: &super::gp_dap::TokenOpts,
+    token: &super::dap::TokenOpts,
     trace: bool,
     json_out: bool,
 ) -> Result<(), Failure> {
@@ -261,7 +258,7 @@ pub fn delete(
     session: &Session,
     target: &[u8],
     related: bool,
-    token: &super::gp_dap::TokenOpts,
+    token: &super::dap::TokenOpts,
     trace: bool,
     json_out: bool,
 ) -> Result<(), Failure> {
@@ -295,7 +292,7 @@ pub fn delete(
             "; receipt verified, confirmation counter {}",
             c.counter
         ));
-        doc["receipt"] = super::gp_dap::receipt_json(c);
+        doc["receipt"] = super::dap::receipt_json(c);
     }
     done(json_out, &line, doc);
     Ok(())

@@ -132,7 +132,7 @@ impl DapOpts {
         let sd = self
             .dap_sd
             .as_deref()
-            .map(|s| super::gp::aid("DAP security domain AID", s))
+            .map(|s| super::aid("DAP security domain AID", s))
             .transpose()?;
         Ok(Some(Dap { signer, sd }))
     }

@@ -1,7 +1,7 @@
 //! `kagi gp info`'s card data (IIN, CIN, CPLC decoded) and `kagi gp delete-key`.
 
 use super::Failure;
-use super::gp::{Session, done};
+use super::{Session, done};
 use card_wire::cplc::CplcField;
 use kagi::channel::ApduChannel;
 use kagi::gp::{self, manage};
@@ -147,7 +147,7 @@ pub(super) fn put_dap_key(
         return Err(format!("--new-kvn {kvn:02X}: use a key version 01..7F").into());
     }
     let key = match source.strip_prefix("pkcs11:") {
-        Some(uri) => super::gp_dap::pkcs11(uri, Default::default())?.public_key()?,
+        Some(uri) => super::dap::pkcs11(uri, Default::default())?.public_key()?,
         None => {
             let pem = std::fs::read_to_string(source).map_err(|e| format!("{source}: {e}"))?;
             kagi::dap::public_key_from_pem(&pem)?

@@ -9,7 +9,7 @@
 //! through `#[serde(into)]`), so a format-1 record is read by decoding it into the mirror and
 //! re-encoding that as format 2.
 
-use super::ops::OpData;
+use super::OpData;
 use serde::{Deserialize, Serialize};
 use tsm_protocol::control::{
     AccessGrant, AppletRef, CardTarget, CredentialBundle, GrantVerifier, RevokeReason, WalletUpdate,
