@@ -149,9 +149,7 @@ impl Wire<'_, '_> {
         while let Some(n) = sw.bytes_available() {
             rounds += 1;
             if rounds > MAX_GET_RESPONSE {
-                return Err(Error::Protocol(format!(
-                    "card kept answering 61xx after {MAX_GET_RESPONSE} GET RESPONSE commands"
-                )));
+                return Err(Error::EndlessResponse(MAX_GET_RESPONSE));
             }
             let channel = cmd.class().channel().unwrap_or(0);
             let class = Class(0x00).with_channel(channel)?;

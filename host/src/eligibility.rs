@@ -51,9 +51,7 @@ pub struct Counting<'c, C: ApduChannel> {
 impl<C: ApduChannel> ApduChannel for Counting<'_, C> {
     fn transmit(&mut self, cmd: &Command) -> Result<Response> {
         if matches!(cmd.ins(), 0x20 | 0x21 | 0x24 | 0x2C) {
-            return Err(Error::Protocol(
-                "an eligibility read never sends a PIN command".into(),
-            ));
+            return Err(Error::PinCommandRefused(cmd.ins()));
         }
         self.commands += 1;
         self.inner.transmit(cmd)

@@ -39,6 +39,27 @@ pub enum Error {
     /// The card does not follow the protocol (unexpected response shape).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The card's answer to PUT KEY is not the key check values (or key version) of the keys
+    /// sent: the card may hold other keys now. Check with GET DATA 00E0 before using them.
+    #[error(
+        "PUT KEY: the card answered {} instead of {}: check its keys (GET DATA 00E0) before using the new ones",
+        hex::encode_upper(got),
+        hex::encode_upper(expected)
+    )]
+    KeyCheck {
+        /// What the card answered.
+        got: Vec<u8>,
+        /// The key version and key check values of the keys sent.
+        expected: Vec<u8>,
+    },
+    /// The card kept answering `61xx` (more data) past the limit of GET RESPONSE rounds.
+    #[error(
+        "the card kept answering 61xx after {0} GET RESPONSE commands: it may be faulty, or try another reader"
+    )]
+    EndlessResponse(usize),
+    /// A PIN command was about to be sent where none may be (an eligibility read).
+    #[error("an eligibility read never sends a PIN command (INS {0:02X} refused)")]
+    PinCommandRefused(u8),
     /// Keys could not be loaded.
     #[error("keys: {0}")]
     Keys(String),

@@ -491,10 +491,10 @@ pub mod manage {
             card_wire::dap::put_dap_key(kvn, replace, key)?,
         )?;
         if answer.first() != Some(&kvn) {
-            return Err(Error::Protocol(format!(
-                "PUT KEY: the card answered {} instead of key version {kvn:02X}",
-                hex::encode_upper(&answer)
-            )));
+            return Err(Error::KeyCheck {
+                got: answer,
+                expected: vec![kvn],
+            });
         }
         Ok(())
     }
@@ -526,11 +526,10 @@ pub mod manage {
         let (c, expected) = cmd::put_key(dek, new, replace, &pad)?;
         let answer = gp_command(ch, "PUT KEY", c)?;
         if answer != expected {
-            return Err(Error::Protocol(format!(
-                "PUT KEY: the card answered key check values {} instead of {}",
-                hex::encode_upper(&answer),
-                hex::encode_upper(&expected)
-            )));
+            return Err(Error::KeyCheck {
+                got: answer,
+                expected,
+            });
         }
         Ok(answer)
     }

@@ -343,11 +343,10 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         let expected = put_key_answer(&new02);
         let answer = expect_success("PUT KEY", self.transmit(&cmd)?)?;
         if answer != expected {
-            return Err(Error::Protocol(format!(
-                "PUT KEY: the card answered key check values {} instead of {}",
-                hex::encode_upper(&answer),
-                hex::encode_upper(&expected)
-            )));
+            return Err(Error::KeyCheck {
+                got: answer,
+                expected,
+            });
         }
         Ok(answer)
     }

@@ -197,3 +197,21 @@ fn a_command_and_its_get_responses_share_one_transaction() {
         (1, 0)
     );
 }
+
+#[test]
+fn a_card_that_never_stops_answering_61xx_is_an_error_not_a_hang() {
+    // The limit is the library's published constant; the card answers 6101 to every command.
+    let mut t = ScriptedTransport::new().expect("00B0000000", "AA 6101");
+    for _ in 0..kagi::channel::MAX_GET_RESPONSE {
+        t = t.expect("00C0000001", "AA 6101");
+    }
+    let mut ch = CardChannel::new(t);
+    let e = ch
+        .transmit(&Command::new(0x00, 0xB0, 0, 0).with_le(256).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e, kagi::Error::EndlessResponse(n) if n == kagi::channel::MAX_GET_RESPONSE),
+        "{e}"
+    );
+    assert!(ch.transport().finished());
+}
