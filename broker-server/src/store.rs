@@ -57,6 +57,12 @@ pub const SCHEMA: Schema = Schema {
         // checked, so concurrent tries never check more than the backoff allows.
         "CREATE TABLE IF NOT EXISTS pw_backoff (
             key TEXT PRIMARY KEY, failures BIGINT NOT NULL, next_at BIGINT NOT NULL)",
+        // A KEK rotation's claim on a record: instances rotating together take disjoint
+        // records (a claim is an upsert that only replaces an expired one), and the claim of
+        // an instance that died expires.
+        "CREATE TABLE IF NOT EXISTS rekey_leases (
+            card TEXT NOT NULL, service TEXT NOT NULL, version BIGINT NOT NULL,
+            owner TEXT NOT NULL, until BIGINT NOT NULL, PRIMARY KEY (card, service, version))",
         "CREATE TABLE IF NOT EXISTS replay (
             sender TEXT NOT NULL, msg_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
             PRIMARY KEY (sender, msg_id))",
@@ -381,6 +387,7 @@ impl Shard {
         &self,
         kek: &str,
         limit: i64,
+        now: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         let rows = self
             .query(
@@ -388,11 +395,61 @@ impl Shard {
                  FROM credentials WHERE (kek < $1 OR kek > $1)
                  AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.card = credentials.card
                      AND q.service = credentials.service AND q.version = credentials.version)
+                 AND NOT EXISTS (SELECT 1 FROM rekey_leases l WHERE l.card = credentials.card
+                     AND l.service = credentials.service AND l.version = credentials.version
+                     AND l.until >= $3)
                  LIMIT $2",
-                vec![kek.into(), limit.into()],
+                vec![kek.into(), limit.into(), now.into()],
             )
             .await?;
         Ok(rows.iter().map(|r| credential_from(r)).collect())
+    }
+
+    /// Statement claiming a record for a KEK rotation by `owner` until `until`: changes one
+    /// row when the record is free (no claim, or an expired one), none when another instance
+    /// holds it.
+    pub fn claim_rekey(c: &CredentialRow, owner: &str, now: i64, until: i64) -> Stmt {
+        Stmt::any(
+            "INSERT INTO rekey_leases (card, service, version, owner, until) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (card, service, version) DO UPDATE SET owner = excluded.owner, until = excluded.until
+             WHERE rekey_leases.until < $6",
+            vec![
+                c.card.clone().into(),
+                c.service.clone().into(),
+                c.version.into(),
+                owner.into(),
+                until.into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// The records `owner` holds claims on that are still under another KEK than `to`, as
+    /// they are now (read after the claims were committed: a record another instance
+    /// re-wrapped before this one could claim it is not among them).
+    pub async fn claimed_not_under(
+        &self,
+        owner: &str,
+        to: &str,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT c.card, c.service, c.version, c.state, c.kek, c.wrapped_dek, c.nonce, c.ciphertext, c.public_key, c.pairwise
+                 FROM credentials c JOIN rekey_leases l
+                   ON l.card = c.card AND l.service = c.service AND l.version = c.version
+                 WHERE l.owner = $1 AND (c.kek < $2 OR c.kek > $2)",
+                vec![owner.into(), to.into()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| credential_from(r)).collect())
+    }
+
+    /// Statement releasing every claim of `owner`.
+    pub fn release_rekeys(owner: &str) -> Stmt {
+        Stmt::any(
+            "DELETE FROM rekey_leases WHERE owner = $1",
+            vec![owner.into()],
+        )
     }
 
     /// Up to `limit` credentials after `(card, service, version)` in key order (a walk over

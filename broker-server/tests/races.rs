@@ -64,6 +64,16 @@ impl World {
 
     /// A broker instance (several may share the database), cheap test verifiers allowed.
     async fn broker(&self, backoff: Backoff) -> Arc<Broker> {
+        let envelope = Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap());
+        self.broker_with(backoff, envelope).await
+    }
+
+    /// A broker instance with its own key store.
+    async fn broker_with(
+        &self,
+        backoff: Backoff,
+        envelope: Arc<dyn broker_server::Envelope>,
+    ) -> Arc<Broker> {
         use p256::pkcs8::DecodePrivateKey;
         let mut trust = Trust::new();
         trust.add(self.admin.party().clone(), *self.admin.verifying_key());
@@ -76,7 +86,7 @@ impl World {
             admin_trust: trust,
             policy: signing::Policy::new(PartyId::new(NAME).unwrap()),
             card_trust: CardTrust::new(vec![self.dir.join("ca.der")], vec![]),
-            envelope: Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap()),
+            envelope,
             default_kek: "k1".into(),
             state_key: Zeroizing::new([3u8; 32]),
             session_secs: 600,
@@ -533,6 +543,122 @@ async fn acts_and_kek_rotation_lose_no_record(w: &World) {
     }
 }
 
+/// A key store that counts the data keys it unwraps and holds its first unwrap until the
+/// other instance's key store has reached its own first unwrap (or 10 s passed): both
+/// instances have then read their first batch before either re-wraps anything.
+struct Gated {
+    inner: FileEnvelope,
+    unwraps: AtomicU64,
+    gate: Arc<(std::sync::Mutex<u32>, std::sync::Condvar)>,
+}
+
+impl broker_server::Envelope for Gated {
+    fn keks(&self) -> Vec<String> {
+        self.inner.keks()
+    }
+    fn wrap_dek(
+        &self,
+        kek: &str,
+        dek: &[u8],
+    ) -> Result<Vec<u8>, broker_server::envelope::EnvelopeError> {
+        self.inner.wrap_dek(kek, dek)
+    }
+    fn unwrap_dek(
+        &self,
+        kek: &str,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, broker_server::envelope::EnvelopeError> {
+        if self.unwraps.fetch_add(1, Ordering::SeqCst) == 0 {
+            let (arrived, cv) = &*self.gate;
+            let mut n = arrived.lock().unwrap();
+            *n += 1;
+            cv.notify_all();
+            let _ = cv
+                .wait_timeout_while(n, std::time::Duration::from_secs(10), |n| *n < 2)
+                .unwrap();
+        }
+        self.inner.unwrap_dek(kek, wrapped)
+    }
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+}
+
+/// (d) Two instances rotating the KEK together split the records: every record is unwrapped
+/// once in all (the old code had both instances read, unwrap and re-wrap the same batch), and
+/// the counts they report add up to the records (the old code counted a re-wrap that found the
+/// record already moved).
+async fn two_instances_split_a_kek_rotation(w: &World) {
+    let a = w.broker(no_backoff()).await;
+    assert_eq!(w.admin(&a, mac_service("split")).await, AdminResponse::Ok);
+    let not_k3 = |v: &broker_server::service::RecordCheck| {
+        v.records - v.by_kek.get("k3").copied().unwrap_or(0)
+    };
+    for i in 0..30 {
+        let card = format!("SPLIT-{i}");
+        for req in [
+            AdminRequest::EnrolCard {
+                card: card.clone(),
+                holder: card.clone(),
+                password: None,
+            },
+            AdminRequest::EnrolCredential {
+                card: card.clone(),
+                service: "split".into(),
+            },
+        ] {
+            w.admin(&a, req).await;
+        }
+    }
+    let records = not_k3(&a.verify_records().await.unwrap());
+    assert!(records >= 30);
+    FileEnvelope::new_kek(&w.dir.join("keys"), "k3").unwrap();
+    let gate = Arc::new((std::sync::Mutex::new(0u32), std::sync::Condvar::new()));
+    let mut envelopes = Vec::new();
+    let mut work = Vec::new();
+    for _ in 0..2 {
+        let e = Arc::new(Gated {
+            inner: FileEnvelope::open_dir(&w.dir.join("keys")).unwrap(),
+            unwraps: AtomicU64::new(0),
+            gate: gate.clone(),
+        });
+        envelopes.push(e.clone());
+        let inst = w.broker_with(no_backoff(), e).await;
+        work.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let (n, left) = inst.rewrap_some("k3", 10).await.unwrap();
+                done += n;
+                if left == 0 {
+                    break done;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut reported = 0;
+    for t in work {
+        reported += t.await.unwrap();
+    }
+    let unwrapped: u64 = envelopes
+        .iter()
+        .map(|e| e.unwraps.load(Ordering::SeqCst))
+        .sum();
+    let check = a.verify_records().await.unwrap();
+    assert!(check.failed.is_empty(), "{:?}", check.failed);
+    assert_eq!(not_k3(&check), 0);
+    assert_eq!(reported, records, "re-wraps reported by the two instances");
+    assert_eq!(
+        unwrapped, records,
+        "data keys unwrapped by the two instances"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kek_rotation_split_sqlite() {
+    two_instances_split_a_kek_rotation(&World::new("split-sqlite", false)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoke_always_wins_sqlite() {
     revoke_always_wins(&World::new("revoke-sqlite", false), 6).await;
@@ -546,6 +672,7 @@ async fn races_on_postgresql() {
     revoke_always_wins(&w, 4).await;
     concurrent_wrong_passwords_check_at_most_the_limit(&w).await;
     acts_and_kek_rotation_lose_no_record(&w).await;
+    two_instances_split_a_kek_rotation(&w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -342,6 +342,12 @@ impl Db {
     /// Runs writes atomically: all of them, or (on any error or an [`Expect::One`] that
     /// changed another number of rows) none.
     pub async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
+        self.commit_counted(batch).await.map(drop)
+    }
+
+    /// As [`Db::commit`], and says how many rows each statement changed (a conditional
+    /// update that found its row already changed by someone else counts 0).
+    pub async fn commit_counted(&self, batch: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
         match self {
             Db::Sqlite(s) => s.commit(batch).await,
             Db::Postgres(p) => p.commit(batch).await,

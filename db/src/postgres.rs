@@ -110,7 +110,7 @@ impl Postgres {
         Ok(out)
     }
 
-    pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
+    pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
         let mut c = self.pool.get().await.map_err(db)?;
         let tx = c.transaction().await.map_err(db)?;
         let mut prepared = Vec::with_capacity(batch.len());
@@ -128,12 +128,13 @@ impl Postgres {
             .zip(&params)
             .map(|(st, p)| tx.execute(st, p.as_slice()));
         let counts = futures_util::future::try_join_all(runs).await.map_err(db)?;
-        for (i, (s, n)) in batch.iter().zip(counts).enumerate() {
-            if s.expect == Expect::One && n != 1 {
+        for (i, (s, n)) in batch.iter().zip(&counts).enumerate() {
+            if s.expect == Expect::One && *n != 1 {
                 // Dropping the transaction rolls it back.
                 return Err(StoreError::Conflict(i));
             }
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        Ok(counts)
     }
 }

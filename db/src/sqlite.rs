@@ -128,13 +128,14 @@ impl Sqlite {
         .await
     }
 
-    pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<(), StoreError> {
+    pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
         let w = self.writer.clone();
         Self::blocking(move || {
             let mut c = w.lock().map_err(|_| db("writer lock poisoned"))?;
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db)?;
+            let mut counts = Vec::with_capacity(batch.len());
             for (i, s) in batch.iter().enumerate() {
                 let mut st = tx.prepare_cached(&sqlite_sql(s.sql)).map_err(db)?;
                 let p: Vec<&dyn ToSql> = s.params.iter().map(|v| v as &dyn ToSql).collect();
@@ -142,8 +143,10 @@ impl Sqlite {
                 if s.expect == Expect::One && n != 1 {
                     return Err(StoreError::Conflict(i));
                 }
+                counts.push(n as u64);
             }
-            tx.commit().map_err(db)
+            tx.commit().map_err(db)?;
+            Ok(counts)
         })
         .await
     }

@@ -3,34 +3,61 @@
 
 use crate::store::Shard;
 
-use super::{Broker, BrokerError, RecordCheck, Result};
+use super::{Broker, BrokerError, RecordCheck, Result, random};
+
+/// How long a rotation's claim on a record lasts: longer than re-wrapping a batch of
+/// [`REKEY_BATCH`] takes, short enough that the records of an instance that died are taken
+/// up again soon. A claim is only about sharing the work: a claim that ran out while its
+/// owner still works costs a record unwrapped twice, never a record written twice (each
+/// re-wrap is conditional on the KEK it was read with).
+const REKEY_LEASE_MS: i64 = 10_000;
+/// Records claimed (and re-wrapped) at a time.
+const REKEY_BATCH: u64 = 100;
 
 impl Broker {
-    /// Re-wraps up to `budget` records under `to`, shard by shard; returns how many, and how
-    /// many remain under another KEK (not counting quarantined records: one that does not open
-    /// while the key store works is set aside with an audit entry). Each record changes in its own statement, only if still
-    /// under the KEK it was read with: an interrupted rotation leaves every record whole under
-    /// one KEK, and any instance continues it.
+    /// Re-wraps up to `budget` records under `to`, shard by shard; returns how many it
+    /// re-wrapped, and how many remain under another KEK (not counting quarantined records: one
+    /// that does not open while the key store works is set aside with an audit entry).
+    /// Records are claimed first (`rekey_leases`: a conditional upsert), so instances rotating
+    /// together split the work instead of unwrapping the same records; each record then
+    /// changes in its own statement, only if still under the KEK it was read with: an
+    /// interrupted rotation leaves every record whole under one KEK, and any instance
+    /// continues it.
     pub async fn rewrap_some(&self, to: &str, budget: u64) -> Result<(u64, u64)> {
+        // This call's claims; instances (and calls) rotating together take disjoint records.
+        let owner = hex::encode(random::<8>()?.as_ref());
         let mut done = 0u64;
         let mut looked = 0u64;
         for shard in self.shards.all() {
             while looked < budget {
+                let now = self.now();
                 let batch = shard
-                    .credentials_not_under(to, (budget - looked).min(500) as i64)
+                    .credentials_not_under(to, (budget - looked).min(REKEY_BATCH) as i64, now)
                     .await?;
                 if batch.is_empty() {
                     break;
                 }
+                looked += batch.len() as u64;
+                let claims = batch
+                    .iter()
+                    .map(|c| Shard::claim_rekey(c, &owner, now, now + REKEY_LEASE_MS))
+                    .collect();
+                shard.commit(claims).await?;
+                // What was claimed, read again now that the claims are in: a record another
+                // instance re-wrapped (and released) before the claim is not work any more.
+                let mine = shard.claimed_not_under(&owner, to).await?;
                 let t = self.now();
-                let mut stmts = Vec::with_capacity(batch.len());
-                for c in &batch {
+                let mut stmts = Vec::with_capacity(2 * mine.len());
+                let mut rewraps = Vec::with_capacity(mine.len());
+                let mut failure = None;
+                for c in &mine {
                     match self.config.envelope.rewrap(&c.sealed, to) {
                         Ok(new) => {
                             let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
+                            // Changed meanwhile (a new version, another rotation): not counted.
                             s.expect = kagi_db::Expect::Any;
+                            rewraps.push(stmts.len());
                             stmts.push(s);
-                            done += 1;
                         }
                         // The key store works, this record does not open: it is set aside
                         // (audited) instead of stopping every sweep at it.
@@ -50,11 +77,20 @@ impl Broker {
                                 "quarantined: the record does not open under its KEK",
                             ));
                         }
-                        Err(e) => return Err(BrokerError::Keys(e)),
+                        Err(e) => {
+                            failure = Some(BrokerError::Keys(e));
+                            break;
+                        }
                     }
                 }
-                shard.commit(stmts).await?;
-                looked += batch.len() as u64;
+                // The claims end with the work (or with the failure, so that a retry at once
+                // finds the records free).
+                stmts.push(Shard::release_rekeys(&owner));
+                let counts = shard.commit_counted(stmts).await?;
+                done += rewraps.iter().map(|&i| counts[i]).sum::<u64>();
+                if let Some(e) = failure {
+                    return Err(e);
+                }
             }
         }
         let mut remaining = 0;

@@ -16,7 +16,11 @@ async fn keks_in_use(w: &World) -> Vec<(String, i64)> {
     for k in ["k1", "k2"] {
         let mut n = 0;
         for s in shards.all() {
-            n += s.credentials_not_under(k, 1_000_000).await.unwrap().len() as i64;
+            n += s
+                .credentials_not_under(k, 1_000_000, 0)
+                .await
+                .unwrap()
+                .len() as i64;
         }
         out.push((k.to_string(), n));
     }
@@ -87,7 +91,12 @@ async fn kek_rotation_interrupted_and_continued_by_another_instance() {
     }
     // Both shards are used.
     for s in a.shards().all() {
-        assert!(!s.credentials_not_under("none", 1).await.unwrap().is_empty());
+        assert!(
+            !s.credentials_not_under("none", 1, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     // The new KEK appears in the key store; instance A starts the rotation and "dies" after
