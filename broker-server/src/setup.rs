@@ -186,16 +186,7 @@ pub fn load(path: &Path, databases: &[String], keys: &KeyStore<'_>) -> Result<Lo
     // Fail at start, not at the first login, when a CA file is missing or malformed.
     config.card_trust.current()?;
     let databases = if databases.is_empty() {
-        f.database
-            .iter()
-            .map(|d| {
-                if d.starts_with("postgres") {
-                    d.clone()
-                } else {
-                    rel(path, d).display().to_string()
-                }
-            })
-            .collect()
+        file_databases(path, &f)
     } else {
         databases.to_vec()
     };
@@ -206,6 +197,28 @@ pub fn load(path: &Path, databases: &[String], keys: &KeyStore<'_>) -> Result<Lo
         tls: files::tls_files(path, &f.tls_cert, &f.tls_key)?,
         limits: f.limits,
     })
+}
+
+fn file_databases(path: &Path, f: &BrokerFile) -> Vec<String> {
+    f.database
+        .iter()
+        .map(|d| {
+            if d.starts_with("postgres") {
+                d.clone()
+            } else {
+                rel(path, d).display().to_string()
+            }
+        })
+        .collect()
+}
+
+/// The databases `broker.toml` at `path` names, one per shard in order (SQLite paths made
+/// relative to the file, PostgreSQL URLs), without opening any key store.
+pub fn databases(path: &Path) -> Result<Vec<String>, SetupError> {
+    let text = files::read_text(path)?;
+    let f: BrokerFile =
+        toml::from_str(&text).map_err(|e| FileError::invalid(path, e.to_string()))?;
+    Ok(file_databases(path, &f))
 }
 
 /// Opens the broker's shards and the broker itself.

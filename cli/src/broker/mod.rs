@@ -8,6 +8,7 @@ use super::target::Target;
 use super::{Failure, print_json};
 
 mod admin;
+mod backup;
 mod login;
 mod scale;
 mod serve;
@@ -86,6 +87,14 @@ pub enum BrokerCmd {
     /// Measure the broker at scale: load cards × services synthetic credentials, then time
     /// lookup+unwrap+use, logins per second, database size and a KEK rotation.
     Scale(scale::ScaleArgs),
+    /// Back up the broker's databases while it runs (SQLite's online backup API; pg_dump for
+    /// PostgreSQL): one file per shard in --out (created, 0700; files 0600) and a manifest.
+    /// The keys are not in it: back up the key store (the HSM) by its own procedure.
+    Backup(backup::BackupArgs),
+    /// Restore a backup of `kagi broker backup` into fresh databases (SQLite files that do
+    /// not exist yet, or empty PostgreSQL databases), one per shard in order; then check it
+    /// with `kagi broker verify-records`.
+    Restore(backup::RestoreArgs),
 }
 
 /// `kagi broker serve`.
@@ -350,6 +359,8 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
             }
             Ok(())
         }
+        BrokerCmd::Backup(args) => backup::backup(args, json_out),
+        BrokerCmd::Restore(args) => backup::restore(args, json_out),
         BrokerCmd::VerifyRecords(offline) => {
             let loaded = load_broker(&offline.config, &offline.database, &offline.keys)?;
             let report = runtime()?.block_on(async {

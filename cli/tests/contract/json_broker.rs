@@ -188,6 +188,96 @@ fn broker_commands_print_documents_that_match_their_schemas() {
         ],
     );
     assert_eq!(verified["failed"], serde_json::json!([]));
+    // The operator's backup drill: an online backup, a restore into a fresh database, every
+    // record opens there.
+    let backup = doc(
+        d,
+        "broker.backup",
+        &[
+            "broker",
+            "backup",
+            "--config",
+            "broker/broker.toml",
+            "--out",
+            "bk",
+        ],
+    );
+    assert_eq!(backup["shards"].as_array().unwrap().len(), 1);
+    let file = d
+        .join("bk")
+        .join(backup["shards"][0]["file"].as_str().unwrap());
+    assert_eq!(
+        backup["shards"][0]["sha256"].as_str().unwrap(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(&file).unwrap()
+        ))
+    );
+    let restored = doc(
+        d,
+        "broker.restore",
+        &[
+            "broker",
+            "restore",
+            "--from",
+            "bk",
+            "--database",
+            "restored.db",
+        ],
+    );
+    assert_eq!(restored["restored"][0]["shard"], 0);
+    let again = doc(
+        d,
+        "broker.verify-records",
+        &[
+            "broker",
+            "verify-records",
+            "--config",
+            "broker/broker.toml",
+            "--insecure-file-keys",
+            "broker/keys",
+            "--database",
+            "restored.db",
+        ],
+    );
+    assert_eq!(again["failed"], serde_json::json!([]));
+    assert_eq!(again["records"], verified["records"]);
+    // A restore never overwrites: the same target again fails, and says so.
+    let o = kagi(
+        d,
+        &[
+            "broker",
+            "restore",
+            "--from",
+            "bk",
+            "--database",
+            "restored.db",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(show(&o).contains("never overwrites"), "{}", show(&o));
+    // A damaged backup file is refused before anything is written.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let o = kagi(
+        d,
+        &[
+            "broker",
+            "restore",
+            "--from",
+            "bk",
+            "--database",
+            "other.db",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(show(&o).contains("damaged"), "{}", show(&o));
+    assert!(!d.join("other.db").exists());
     std::fs::write(d.join("cards.txt"), "IMPORTED-1\nIMPORTED-2\n").unwrap();
     let imported = doc(
         d,
