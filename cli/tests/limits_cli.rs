@@ -285,6 +285,8 @@ fn issue_to(s: &Scenario, iccid: &str, out: &Path) -> std::process::Output {
         .arg(s.dir.join("tsm/sp.toml"))
         .args(["issue", "--iccid", iccid, "--ca-dir"])
         .arg(s.dir.join("pki"))
+        .arg("--manufacturer-ca")
+        .arg(s.maker_ca())
         .arg("--pin-file")
         .arg(s.dir.join("pin.txt"))
         .arg("--password-file")

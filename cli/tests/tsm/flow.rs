@@ -35,16 +35,45 @@ async fn full_flow(backend: Backend, name: &str) {
     .unwrap();
     assert_eq!(receipt.cin, sim.cin);
     assert_eq!(receipt.my_number_sign_serial, "0ABCDEF1");
-    // Nothing secret crossed the relay: not the private key, the content key, or the PIN in
-    // any form a command would carry it.
-    for (what, needle) in [
+    // The content keys the two values were sealed under (worked out from the card's key).
+    let key_ck = derived_key(&sim.card, &sim.iccid, [0x01, 0x00, 0x17], &iss.sealed[0]);
+    let pin_ck = derived_key(&sim.card, &sim.iccid, [0x02, 0x00, 0x18], &iss.sealed[1]);
+    assert_ne!(key_ck, pin_ck, "each sealed value has its own key");
+    // What must be nowhere but on the card: the private key, the PIN in any form a command
+    // would carry it, the content keys. Not in what the relay carried, not in the TSM's
+    // database (the SQLite file and its journal, every table) — and the sealed values
+    // themselves are no longer in any table once the download is done.
+    let secrets = [
         ("private key", &iss.key[..]),
-        ("content key", &CONTENT_KEY[..]),
         ("PIN record", &[0x00, 0x18, b'2', b'5', b'8', b'0'][..]),
+        ("key's content key", &key_ck[..]),
+        ("PIN's content key", &pin_ck[..]),
+    ];
+    let mut places: Vec<(String, Vec<u8>)> = vec![("relay capture".into(), capture.clone())];
+    if let Backend::Sqlite(db) = &backend {
+        for f in [db.clone(), db.with_extension("db-wal")] {
+            if let Ok(bytes) = std::fs::read(&f) {
+                places.push((f.display().to_string(), bytes));
+            }
+        }
+    }
+    places.push(("database rows".into(), table_bytes(&backend).await));
+    for (place, hay) in &places {
+        for (what, needle) in secrets {
+            assert!(
+                !hay.windows(needle.len()).any(|w| w == needle),
+                "the {what} is in the {place}"
+            );
+        }
+    }
+    let rows = table_bytes(&backend).await;
+    for (what, sealed) in [
+        ("sealed key", &iss.sealed[0]),
+        ("sealed PIN", &iss.sealed[1]),
     ] {
         assert!(
-            !capture.windows(needle.len()).any(|w| w == needle),
-            "the {what} crossed the relay"
+            !rows.windows(32).any(|w| w == &sealed[sealed.len() - 32..]),
+            "the {what} is still kept after the download"
         );
     }
     // The ticket is spent: a second download with it is refused.
@@ -60,12 +89,12 @@ async fn full_flow(backend: Backend, name: &str) {
     );
 
     // Protocol checks: a replay, an altered request, the wrong recipient.
-    let (req, _, _) = issue_request(&world, &sim.iccid, b"1111");
+    let (req, _, _, rid) = issue_request(&world, &sim.iccid, b"1111");
     let out = tsm_protocol::control::sign_request(
         &sp.signer,
         &sp.tsm,
         &req,
-        Some(tsm_protocol::IdempotencyKey::random().unwrap()),
+        Some(rid),
         tsm_protocol::signing::now_ms(),
         60_000,
     )
@@ -142,7 +171,7 @@ async fn full_flow(backend: Backend, name: &str) {
     let ControlResponse::Accepted { op: pending, .. } = first else {
         unreachable!()
     };
-    let (other_req, _, _) = issue_request(&world, &sim.iccid, b"2222");
+    let (other_req, _, _, _) = issue_request(&world, &sim.iccid, b"2222");
     let conflict = sp
         .send(&other_req, out.header.idempotency_key)
         .await
