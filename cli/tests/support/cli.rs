@@ -40,6 +40,24 @@ pub fn serve(dir: &Path) -> Child {
         .unwrap()
 }
 
+/// [`serve`] with every log line at `KAGI_LOG=trace` appended to `log`.
+pub fn serve_logged(dir: &Path, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    kagi()
+        .args(["tsm", "serve", "--config"])
+        .arg(dir.join("tsm/tsm.toml"))
+        .arg("--insecure-file-keys")
+        .arg(dir.join("tsm/keys"))
+        .env("KAGI_LOG", "trace")
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap()
+}
+
 pub fn wait_port(port: u16) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -471,3 +471,32 @@ async fn table_bytes(backend: &Backend) -> Vec<u8> {
     }
     out
 }
+
+/// Everything the in-process TSMs of this test binary log, at every level (tracing's TRACE):
+/// captured once for the whole binary, to search for what must never be logged.
+fn tsm_log() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOG: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct W(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || W(buf))
+            .finish();
+        // Another test of this binary may have set it first: then this one logs there too.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+}
