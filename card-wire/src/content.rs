@@ -274,6 +274,48 @@ mod tests {
         assert!(p256::PublicKey::from_sec1_bytes(&s[1..66]).is_ok());
     }
 
+    /// The format as documented, worked by hand (HMAC-SHA256 for HKDF, AES-256-GCM from the
+    /// `aes-gcm` crate directly): a value [`seal`] made opens this way, so the layout, salt,
+    /// info and associated data are what the module says.
+    #[test]
+    fn the_documented_recipe_opens_what_seal_made() {
+        use hmac::{KeyInit as _, Mac};
+        use p256::elliptic_curve::sec1::ToSec1Point;
+        let card = key(5);
+        let bind = binding(Role::KeyEf(0x17));
+        let s = seal(&card.public_key(), &bind, b"the private key").unwrap();
+        let (eph, nonce, ct) = (&s[1..66], &s[66..78], &s[78..]);
+        let eph_key = p256::PublicKey::from_sec1_bytes(eph).unwrap();
+        let z = p256::ecdh::diffie_hellman(card.to_nonzero_scalar(), eph_key.as_affine());
+        let hmac = |k: &[u8], m: &[&[u8]]| {
+            let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(k).unwrap();
+            for p in m {
+                h.update(p);
+            }
+            h.finalize().into_bytes()
+        };
+        let salt = [eph, card.public_key().to_sec1_point(false).as_bytes()].concat();
+        let prk = hmac(&salt, &[z.raw_secret_bytes()]);
+        let mut info = b"kagi content v1".to_vec();
+        for f in [bind.iccid.as_bytes(), bind.card_serial, bind.instance] {
+            info.extend((f.len() as u16).to_be_bytes());
+            info.extend(f);
+        }
+        info.extend([0x01, 0x00, 0x17]);
+        let k = hmac(&prk, &[&info, &[0x01]]);
+        let mut aad = info.clone();
+        aad.extend(16u16.to_be_bytes());
+        aad.extend(RID);
+        let plain = Aes256Gcm::new_from_slice(&k)
+            .unwrap()
+            .decrypt(
+                &Nonce::try_from(nonce).unwrap(),
+                Payload { msg: ct, aad: &aad },
+            )
+            .unwrap();
+        assert_eq!(plain, b"the private key");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]

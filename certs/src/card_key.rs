@@ -80,3 +80,67 @@ pub fn check_card_certificate(
         serial: tbs.serial_number().as_bytes().to_vec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn card_cert(
+        ca: &test_pki::TestCa,
+        iccid: &str,
+        from: SystemTime,
+        until: SystemTime,
+    ) -> Vec<u8> {
+        let key = p256::SecretKey::from_slice(&[0x24; 32]).unwrap();
+        ca.issue_card_key(&key.public_key(), iccid, 0x0102, from, until)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_the_manufacturers_certificate_for_this_sim_passes() {
+        let maker = test_pki::TestCa::new("card manufacturer").unwrap();
+        let rogue = test_pki::TestCa::new("card manufacturer").unwrap();
+        let now = SystemTime::now();
+        let (from, until) = (
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        );
+        let iccid = "8981100000000000019";
+        let good = card_cert(&maker, iccid, from, until);
+        let c = check_card_certificate(maker.certificate(), &good, iccid, now).unwrap();
+        // The key is the P-256 point the certificate carries (SEC1 uncompressed), the serial
+        // the DER integer's bytes.
+        let expected = p256::SecretKey::from_slice(&[0x24; 32])
+            .unwrap()
+            .public_key();
+        assert_eq!(
+            p256::PublicKey::from_sec1_bytes(&c.public_key).unwrap(),
+            expected
+        );
+        assert_eq!(c.serial, vec![0x01, 0x02]);
+        // The same subject and name from another CA (same DN): its signature does not verify.
+        let forged = card_cert(&rogue, iccid, from, until);
+        let e = check_card_certificate(maker.certificate(), &forged, iccid, now).unwrap_err();
+        assert!(e.0.contains("not signed by the manufacturer CA"), "{e}");
+        // Another SIM's certificate.
+        let e = check_card_certificate(maker.certificate(), &good, "8981100000000000027", now)
+            .unwrap_err();
+        assert!(e.0.contains("not for SIM 8981100000000000027"), "{e}");
+        // Out of its validity.
+        let old = card_cert(
+            &maker,
+            iccid,
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        );
+        let e = check_card_certificate(maker.certificate(), &old, iccid, now).unwrap_err();
+        assert!(e.0.contains("validity"), "{e}");
+        // Not a certificate at all.
+        let e = check_card_certificate(maker.certificate(), b"\x30\x03\x02\x01\x01", iccid, now)
+            .unwrap_err();
+        assert!(e.0.contains("does not parse"), "{e}");
+    }
+}
