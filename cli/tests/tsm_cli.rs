@@ -156,3 +156,27 @@ fn the_tsm_over_https() {
     tsm.kill().unwrap();
     tsm.wait().unwrap();
 }
+
+/// A provider configuration from before per-card sealing names a content key: the provider
+/// tools refuse it, saying which line to remove, before anything is sent.
+#[test]
+fn an_old_provider_configuration_with_a_content_key_is_refused() {
+    let s = Scenario::new("tsm-old-sp", false);
+    let sp = s.dir.join("tsm/sp.toml");
+    let mut text = std::fs::read_to_string(&sp).unwrap();
+    assert!(!text.contains("content_key"), "init writes none any more");
+    text.push_str("content_key = \"content.key\"\n");
+    std::fs::write(&sp, text).unwrap();
+    let o = kagi()
+        .args(["tsm", "provider", "--config"])
+        .arg(&sp)
+        .args(["status", "--op", "00112233445566778899aabbccddeeff"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("content_key"), "{err}");
+    assert!(err.contains("remove the line"), "{err}");
+    // Nothing was sent: no TSM runs, and the refusal is not a connection error.
+    assert!(!err.contains("waiting for the TSM"), "{err}");
+}
