@@ -110,6 +110,37 @@ fn the_tsm_killed_mid_download_loses_nothing() {
         .arg(dir.join("m.txt"))
         .arg("-o")
         .arg(dir.join("m.sig")));
+    // A PIN reset from the provider's tool: the new PIN sealed to this SIM's key (fetched from
+    // the TSM, checked against the manufacturer CA), carried by the relay; the new PIN signs.
+    std::fs::write(dir.join("pin2.txt"), "1357\n").unwrap();
+    ok(kagi()
+        .args(["tsm", "provider", "--config"])
+        .arg(dir.join("tsm/sp.toml"))
+        .args(["reset-pin", "--credential", &op, "--manufacturer-ca"])
+        .arg(s.maker_ca())
+        .arg("--pin-file")
+        .arg(dir.join("pin2.txt"))
+        .arg("--password-file")
+        .arg(dir.join("pw.txt"))
+        .arg("--out")
+        .arg(dir.join("reset.json")));
+    let reset = std::fs::read_to_string(dir.join("reset.json")).unwrap();
+    std::fs::write(dir.join("ticket.txt"), field(&reset, "ticket")).unwrap();
+    std::fs::write(dir.join("code.txt"), field(&reset, "access_code")).unwrap();
+    let out = ok(s
+        .relay()
+        .args(["--sim", "--sim-image"])
+        .arg(dir.join("sim.img")));
+    assert_eq!(field(&out, "outcome"), "completed", "{out}");
+    ok(kagi()
+        .args(["jpki", "sign", "--sim", "--sim-image"])
+        .arg(dir.join("sim.img"))
+        .arg("--pin-file")
+        .arg(dir.join("pin2.txt"))
+        .arg("-i")
+        .arg(dir.join("m.txt"))
+        .arg("-o")
+        .arg(dir.join("m2.sig")));
     tsm.kill().unwrap();
     tsm.wait().unwrap();
 }
