@@ -41,11 +41,14 @@ n=0
 for link in none lte 3g; do
     n=$((n + 1))
     "$K" sim provision --sim-image "$work/sim$n.img" --serial "bench-$n" \
-        --provider-keys "$work/tsm/keys/provider.keys" --json >"$work/sim$n.json"
+        --provider-keys "$work/tsm/keys/provider.keys" --manufacturer-ca "$work/maker" \
+        --json >"$work/sim$n.json"
     iccid=$(json_field "$work/sim$n.json" iccid)
     "$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$iccid" \
-        --cin "$(json_field "$work/sim$n.json" cin)" >/dev/null
+        --cin "$(json_field "$work/sim$n.json" cin)" \
+        --card-certificate "$(json_field "$work/sim$n.json" card_certificate)" >/dev/null
     "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
+        --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" \
         --pin-file "$work/pin.txt" --password-file "$work/pw.txt" --out "$work/issue$n.json" >/dev/null
     json_field "$work/issue$n.json" ticket >"$work/t$n"
     json_field "$work/issue$n.json" access_code >"$work/c$n"

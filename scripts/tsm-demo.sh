@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The over-the-air download on the embedded default, in well under a minute: a TSM up on
-# SQLite; the operator registers a simulated SIM (with the provider's security domain); the
-# provider requests a JPKI credential; the relay carries the card scripts over an LTE-like
+# SQLite; the operator registers a simulated SIM (with the provider's security domain and
+# the manufacturer's certificate for the key agreement key the card made); the provider
+# checks that certificate against the manufacturer CA and requests a JPKI credential sealed
+# to the SIM's key; the relay carries the card scripts over an LTE-like
 # link; the provider checks the receipt (the new key's signature over the TSM's nonce); the
 # holder signs with the credential and a PIN-less eligibility read says eligible; then the
 # credential is revoked and the next eligibility read says revoked. Prints the download time
@@ -36,18 +38,21 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-echo "== operator: a SIM with the provider's security domain, registered"
+echo "== operator: a SIM with the provider's security domain and a certified card key, registered"
 "$K" sim provision --sim-image "$work/sim.img" --serial demo-phone-1 \
-    --provider-keys "$work/tsm/keys/provider.keys" --json >"$work/sim.json"
+    --provider-keys "$work/tsm/keys/provider.keys" --manufacturer-ca "$work/maker" \
+    --json >"$work/sim.json"
 iccid=$(json_field "$work/sim.json" iccid)
 cin=$(json_field "$work/sim.json" cin)
-"$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$iccid" --cin "$cin" >/dev/null
+"$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$iccid" --cin "$cin" \
+    --card-certificate "$(json_field "$work/sim.json" card_certificate)" >/dev/null
 echo "   SIM $iccid (card $cin)"
 
-echo "== provider: issue a JPKI user-authentication credential"
+echo "== provider: issue a JPKI user-authentication credential, sealed to the SIM's own key"
 echo 2468 >"$work/pin.txt"
 echo "demo password" >"$work/password.txt"
 "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
+    --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" \
     --pin-file "$work/pin.txt" --password-file "$work/password.txt" --out "$work/issue.json"
 op=$(json_field "$work/issue.json" op)
 json_field "$work/issue.json" ticket >"$work/ticket.txt"

@@ -27,6 +27,23 @@ impl<'a> AppletStore<'a> {
         }
     }
 
+    /// The whole card's memory, read-only (the runtime's services such as
+    /// [`AppletStore::open_sealed`] read card-level objects through it).
+    pub(crate) fn card(&self) -> &Store {
+        self.store
+    }
+
+    /// The AID of the instance this namespace belongs to (from the namespace itself, so an
+    /// applet cannot claim another's).
+    pub(crate) fn instance(&self) -> Vec<u8> {
+        let hex = self
+            .prefix
+            .strip_prefix("app/")
+            .and_then(|p| p.strip_suffix('/'))
+            .unwrap_or_default();
+        hex::decode(hex).unwrap_or_default()
+    }
+
     fn full(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

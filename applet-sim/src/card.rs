@@ -416,6 +416,23 @@ impl SimCard {
         self.runtime.store()
     }
 
+    /// Provisioning: the card generates its key agreement key pair ([`crate::card_key`]) and
+    /// answers the public key (uncompressed SEC1) for the manufacturer CA to certify.
+    pub fn generate_card_key(&mut self) -> Result<Vec<u8>, StoreError> {
+        crate::card_key::generate(self.runtime.store_mut())
+    }
+
+    /// Provisioning: the manufacturer's certificate for the card's key, with its serial
+    /// number (big-endian bytes).
+    pub fn set_card_certificate(&mut self, der: &[u8], serial: &[u8]) -> Result<(), StoreError> {
+        crate::card_key::set_certificate(self.runtime.store_mut(), der, serial)
+    }
+
+    /// The manufacturer's certificate for the card's key agreement key, if provisioned.
+    pub fn card_certificate(&self) -> Option<Vec<u8>> {
+        crate::card_key::certificate(self.runtime.store()).map(<[u8]>::to_vec)
+    }
+
     /// Cuts power at the `n`th persistent write from now (tearing injection).
     pub fn tear_at(&mut self, n: u64) {
         self.runtime.store_mut().tear_at(n);

@@ -15,14 +15,15 @@
 //! Persistent data lives in the store; the try counter is decremented before the comparison
 //! and restored after a match, so cutting power during VERIFY never grants a free try.
 //! Personalisation arrives as STORE DATA through the security domain (under SCP03): `C1` EF
-//! contents, `C2` private keys (PKCS#1 DER), `C6` private keys sealed with the provider's
-//! content key (`card_wire::content`; the key is the install parameter `C9 { CE … }`), `C3`
-//! PINs, `C8` PINs sealed likewise, `C4` on-card key generation (the response carries only
+//! contents, `C2` private keys (PKCS#1 DER), `C6` private keys sealed to this card and this
+//! instance (`card_wire::content`, opened by the runtime with the card's key agreement key,
+//! [`crate::card_key`]), `C3` PINs, `C8` PINs sealed likewise, `C4` on-card key generation (the response carries only
 //! the public key), `C7` a key proof for the TSM's receipt (`card_wire::jpki::ITEM_KEY_PROOF`).
 
 use crate::applet::{Applet, AppletContext};
 use crate::class_table::{ClassError, ClassTable};
 use card_wire::apdu::{Command, Response};
+use card_wire::content::Role;
 use card_wire::sw::StatusWord;
 use card_wire::tlv;
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey, EncodeRsaPublicKey};
@@ -355,11 +356,9 @@ impl FileApplet {
                 ctx.store.put(&key_of("key", fid), rest)?;
             }
             (0xC6, f) if p.is_key(f) => {
-                // A private key sealed with the provider's content key (install parameter
-                // `C9 { CE <key> }`): neither the relay nor the security domain can read it.
-                let mut der =
-                    card_wire::content::open(&content_key(ctx)?, &fid.to_be_bytes(), rest)
-                        .map_err(|_| Sw::INCORRECT_DATA)?;
+                // A private key sealed to this card and this instance (`card_wire::content`):
+                // neither the TSM, the relay nor the security domain can read it.
+                let mut der = open_sealed(ctx, Role::KeyEf(fid), rest)?;
                 if CardKey::parse(&der).is_none() {
                     der.zeroize();
                     return Err(Sw::INCORRECT_DATA);
@@ -372,13 +371,9 @@ impl FileApplet {
                 self.set_pin(ctx, fid, rest)?;
             }
             (0xC8, f) if p.pin(f).is_some() => {
-                // A PIN sealed with the provider's content key: the TSM never sees it.
-                let mut pin =
-                    card_wire::content::open(&content_key(ctx)?, &fid.to_be_bytes(), rest)
-                        .map_err(|_| Sw::INCORRECT_DATA)?;
-                let r = self.set_pin(ctx, fid, &pin);
-                pin.zeroize();
-                r?;
+                // A PIN sealed to this card and instance: the TSM never sees it.
+                let pin = open_sealed(ctx, Role::PinEf(fid), rest)?;
+                self.set_pin(ctx, fid, &pin)?;
             }
             (0xC7, f) if p.is_key(f) && rest.len() == 48 => {
                 // A key proof for the TSM's receipt: the key signs a message the card builds
@@ -425,20 +420,24 @@ impl FileApplet {
     }
 }
 
-/// The provider's content key, from the instance's install parameters `C9 { CE <key> }`.
-fn content_key(ctx: &AppletContext<'_>) -> Result<card_wire::scp03::AesKey, Sw> {
-    let params = ctx.me().map(|e| e.params.clone()).unwrap_or_default();
-    // C9 is primitive for GP: its value holds the applet's own TLVs.
-    let app_params = tlv::find(&params, tlv::Tag(0xC9))
-        .ok()
-        .flatten()
-        .map(|t| t.value)
-        .unwrap_or(&params);
-    tlv::find(app_params, tlv::Tag(0xCE))
-        .ok()
-        .flatten()
-        .and_then(|t| card_wire::scp03::AesKey::new(t.value).ok())
-        .ok_or(Sw::CONDITIONS_NOT_SATISFIED)
+/// Opens a sealed item's value (`request id ‖ sealed`, after the FID) through the runtime,
+/// for this instance and `role`: `6985` on a card provisioned without a key agreement key,
+/// `6A80` for a value that does not open here.
+fn open_sealed(
+    ctx: &AppletContext<'_>,
+    role: Role,
+    body: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Sw> {
+    let (request_id, sealed) =
+        card_wire::jpki::split_sealed_item(body).ok_or(Sw::INCORRECT_DATA)?;
+    ctx.store
+        .open_sealed(role, request_id, sealed)
+        .map_err(|e| match e {
+            crate::card_key::OpenError::NoCardKey | crate::card_key::OpenError::NoIccid => {
+                Sw::CONDITIONS_NOT_SATISFIED
+            }
+            crate::card_key::OpenError::Content(_) => Sw::INCORRECT_DATA,
+        })
 }
 
 /// A private key in a key EF: RSA-2048 (PKCS#1 DER) or P-256 (the 32-byte scalar).

@@ -33,6 +33,7 @@
 pub mod applet;
 pub mod applet_store;
 pub mod card;
+pub mod card_key;
 pub mod class_error;
 pub mod class_table;
 pub mod echo;

@@ -179,7 +179,7 @@ fn peek_card() -> SimCard {
     let mut store = cfg.manufacture().unwrap();
     // X's AID is a prefix of Y's: their namespaces must still be apart.
     install(&mut store, &cfg.isd.aid, &aid("F001020304"), "test.peek");
-    // Y's install parameters hold a (test) content key, as the JPKI AP's do: C9 { CE key }.
+    // Y's install parameters hold a secret other applets must not read (a test key): C9 { CE key }.
     install_with(
         &mut store,
         &cfg.isd.aid,

@@ -39,14 +39,35 @@ pub const ITEM_KEY: u32 = 0xC2;
 pub const ITEM_PIN: u32 = 0xC3;
 /// On-card key generation (`02` after the FID: P-256); the answer carries the public key.
 pub const ITEM_GENERATE: u32 = 0xC4;
-/// A private key sealed with the provider's content key (`crate::content`, label = FID).
+/// A private key sealed to this card and applet instance (`crate::content`, role = the key
+/// EF): `C6 { FID ‖ len ‖ request id ‖ sealed }` ([`sealed_item_body`]).
 pub const ITEM_SEALED_KEY: u32 = 0xC6;
 /// A key proof: the key in FID signs [`key_proof_message`] of the operation and nonce that
 /// follow the FID (16 + 32 bytes); the answer carries `C7 { signature }`. The card builds
 /// the message itself, so the item cannot be used to sign anything else without the PIN.
 pub const ITEM_KEY_PROOF: u32 = 0xC7;
-/// A PIN sealed with the provider's content key (label = FID).
+/// A PIN sealed to this card and applet instance (role = the PIN EF), laid out as
+/// [`ITEM_SEALED_KEY`].
 pub const ITEM_SEALED_PIN: u32 = 0xC8;
+
+/// What follows the FID in a sealed item: the request id the value was sealed under (one
+/// length byte, then the id), then the sealed value.
+pub fn sealed_item_body(request_id: &[u8], sealed: &[u8]) -> Vec<u8> {
+    let n = request_id.len().min(255);
+    let mut v = Vec::with_capacity(1 + n + sealed.len());
+    v.push(n as u8);
+    v.extend_from_slice(&request_id[..n]);
+    v.extend_from_slice(sealed);
+    v
+}
+
+/// Splits a sealed item's body (after the FID) into the request id and the sealed value;
+/// `None` when the length byte runs past the end.
+pub fn split_sealed_item(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&n, rest) = body.split_first()?;
+    let n = usize::from(n);
+    (rest.len() >= n).then(|| rest.split_at(n))
+}
 
 /// What a key proof signs: a fixed tag, then the operation id and the nonce.
 pub fn key_proof_message(op: &[u8; 16], nonce: &[u8; 32]) -> Vec<u8> {

@@ -16,7 +16,8 @@
 //! - [`dap`]: DAP blocks of a load file and PUT KEY of DAP public keys.
 //! - [`dm`]: delegated management tokens (what they sign, where they go).
 //! - [`gp_load`]: LOAD block sizes from the card's maximum and the secure channel's overhead.
-//! - [`content`]: the service provider's content-encryption layer for key material.
+//! - [`content`]: key material sealed to one card and applet instance (ECDH-ES, AES-GCM).
+//! - [`state_seal`]: the TSM's symmetric sealing of its own operation secrets.
 //! - [`jpki`]: the JPKI card interface (AIDs, EFs, PIN formats).
 //! - [`wallet`]: the ID wallet applet's items and summary (member id, tickets, points).
 //! - [`uicc`]: the ICCID and `EF.ICCID`, the UICC issuer security domain AID.
@@ -38,6 +39,7 @@ pub mod gp_load;
 pub mod jpki;
 pub mod scp02;
 pub mod scp03;
+pub mod state_seal;
 pub mod sw;
 pub mod tlv;
 pub mod transport;

@@ -2,20 +2,11 @@
 //! read into zeroizing buffers, private files written 0600), the runtime, logging and the
 //! shutdown signal.
 
-use super::{Failure, parse_hex};
-use card_wire::scp03::AesKey;
-use std::path::Path;
+use super::Failure;
 use tsm_protocol::PartyId;
 use zeroize::Zeroizing;
 
 pub use kagi_serve::files::{read_secret, read_text, rel, write_private};
-
-/// An AES key file (hex).
-pub fn aes_key_file(path: &Path) -> Result<AesKey, Failure> {
-    let hexs = read_secret(path)?;
-    let bytes = Zeroizing::new(parse_hex("key", &hexs)?);
-    Ok(AesKey::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
-}
 
 /// A server's limits on its clients (each overrides the configuration file's `[limits]`,
 /// which overrides the defaults; see the README's security section).

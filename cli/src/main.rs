@@ -145,8 +145,9 @@ enum SimCmd {
     /// method behind its status word.
     RunCap(sim_cap::RunCapArgs),
     /// Make a simulated SIM as a bureau leaves it for a TSM: a UICC whose provider domain has
-    /// keys diversified from the provider's master key set; prints its ICCID and card image
-    /// number (to register it with the TSM).
+    /// keys diversified from the provider's master key set, and whose key agreement key
+    /// (generated on the card) is certified by the card manufacturer's CA; prints its ICCID
+    /// and card image number and writes its certificate (to register it with the TSM).
     Provision {
         /// The card image to write.
         #[arg(long = "sim-image", alias = "image")]
@@ -164,6 +165,10 @@ enum SimCmd {
         /// create-sd`).
         #[arg(long, conflicts_with = "provider_keys")]
         no_domain: bool,
+        /// The card manufacturer's test CA directory (`manufacturer-ca.*`, made on first
+        /// use); the default is the image's directory.
+        #[arg(long)]
+        manufacturer_ca: Option<PathBuf>,
     },
 }
 
@@ -449,6 +454,7 @@ fn cmd_apdu(cli: &Cli, target: &Target, apdus: &[String]) -> Result<(), Failure>
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_sim_provision(
     json_out: bool,
     image: &Path,
@@ -456,26 +462,36 @@ fn cmd_sim_provision(
     provider_keys: Option<&Path>,
     sd: &str,
     no_domain: bool,
+    manufacturer_ca: Option<&Path>,
 ) -> Result<(), Failure> {
     let sd = parse_hex("--sd", sd)?;
+    let image_dir = image
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(image_dir)?;
+    let maker_dir = manufacturer_ca.unwrap_or(image_dir);
+    let maker = test_pki::store::load_or_create(maker_dir, "manufacturer-ca", "card manufacturer")?;
     let sim = match provider_keys {
         Some(file) if !no_domain => {
             let master = kagi::keys::read_key_file(file, 0x31)?;
-            kagi_fixtures::sim::provision(
+            kagi_fixtures::sim::provision_with(
                 serial.as_bytes(),
                 &sd,
                 &kagi_fixtures::sim::provider_keys(master, 0x31),
+                &maker,
             )?
         }
-        _ => kagi_fixtures::sim::blank(serial.as_bytes())?,
+        _ => kagi_fixtures::sim::blank_with(serial.as_bytes(), &maker)?,
     };
-    if let Some(dir) = image.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     sim.card.save_image(image)?;
+    let cert_path = image.with_extension("card.crt.der");
+    std::fs::write(&cert_path, &sim.card_certificate)?;
+    let maker_cert = maker_dir.join("manufacturer-ca.crt.pem");
     if json_out {
         print_json(
-            json!({ "image": image.display().to_string(), "iccid": sim.iccid, "cin": sim.cin, "security_domain": hex::encode_upper(&sd) }),
+            json!({ "image": image.display().to_string(), "iccid": sim.iccid, "cin": sim.cin, "security_domain": hex::encode_upper(&sd),
+                "card_certificate": cert_path.display().to_string(), "manufacturer_ca": maker_cert.display().to_string() }),
         );
     } else {
         let domain = if no_domain {
@@ -484,10 +500,12 @@ fn cmd_sim_provision(
             format!("provider domain {}", hex::encode_upper(&sd))
         };
         println!(
-            "SIM {} (card image number {}) with {domain} written to {}",
+            "SIM {} (card image number {}) with {domain} written to {}; its key agreement certificate is {} (issued by {})",
             sim.iccid,
             sim.cin,
-            image.display()
+            image.display(),
+            cert_path.display(),
+            maker_cert.display()
         );
     }
     Ok(())
@@ -645,6 +663,7 @@ fn main() -> ExitCode {
             provider_keys,
             sd,
             no_domain,
+            manufacturer_ca,
         }) => cmd_sim_provision(
             cli.json,
             image,
@@ -652,6 +671,7 @@ fn main() -> ExitCode {
             provider_keys.as_deref(),
             sd,
             *no_domain,
+            manufacturer_ca.as_deref(),
         ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
         Cmd::Relay(r) => tsm::relay(r, cli.trace, cli.json),

@@ -79,7 +79,6 @@ fn tsm_secrets_at_rest_are_the_owners_only() {
         "sp.key.pem",
         "mno.key.pem",
         "state.key",
-        "content.key",
         "keys/provider.keys",
         "keys/isd.keys",
     ] {
@@ -88,8 +87,15 @@ fn tsm_secrets_at_rest_are_the_owners_only() {
     for d in ["", "keys"] {
         assert_eq!(mode(&t.join(d)), 0o700, "directory tsm/{d}");
     }
-    // The card image holds the card's keys.
+    // No content key any more.
+    assert!(!t.join("content.key").exists());
+    // The card image holds the card's keys; the manufacturer CA's key is its own.
     assert_eq!(mode(&dir.join("sim.img")), 0o600, "sim.img");
+    assert_eq!(
+        mode(&dir.join("maker/manufacturer-ca.key.der")),
+        0o600,
+        "the manufacturer CA's key"
+    );
 }
 
 #[test]
@@ -285,6 +291,8 @@ fn issue_to(s: &Scenario, iccid: &str, out: &Path) -> std::process::Output {
         .arg(s.dir.join("tsm/sp.toml"))
         .args(["issue", "--iccid", iccid, "--ca-dir"])
         .arg(s.dir.join("pki"))
+        .arg("--manufacturer-ca")
+        .arg(s.maker_ca())
         .arg("--pin-file")
         .arg(s.dir.join("pin.txt"))
         .arg("--password-file")

@@ -18,8 +18,9 @@ use tsm_protocol::ids::{OpId, SessionId};
 use tsm_protocol::relay::{Agent, AgentMsg};
 use tsm_protocol::script::{Engine, Evidence, Goal, Next, Plan};
 
-const CONTENT_KEY: [u8; 16] = [0x5C; 16];
 const PIN: &[u8] = b"4321";
+/// The request id the credentials are sealed under.
+const RID: tsm_protocol::IdempotencyKey = tsm_protocol::IdempotencyKey([0x5C; 16]);
 
 fn master() -> StaticKeys {
     kagi::keys::read_key_file(
@@ -45,12 +46,13 @@ fn keys() -> Arc<dyn CardKeys> {
 struct Credential {
     bundle: tsm_protocol::control::CredentialBundle,
     cert: Vec<u8>,
-    ca: test_pki::TestCa,
+    ca: &'static test_pki::TestCa,
     key: Vec<u8>,
 }
 
-/// A P-256 credential, sealed with the provider's content key as the JPKI side sends it.
-fn credential(ca: test_pki::TestCa) -> Credential {
+/// A P-256 credential for SIM `s`, sealed to its key agreement key (its certificate checked
+/// against the fixtures' manufacturer CA) as the JPKI side sends it.
+fn credential(ca: &'static test_pki::TestCa, s: &ProvisionedSim) -> Credential {
     use der::Encode;
     use p256::elliptic_curve::Generate;
     let key = p256::ecdsa::SigningKey::try_generate().unwrap();
@@ -67,8 +69,17 @@ fn credential(ca: test_pki::TestCa) -> Credential {
         .to_der()
         .unwrap();
     let scalar = key.to_bytes().to_vec();
+    let target = kagi_online::tsm::provider::SealTarget::verify(
+        kagi_fixtures::sim::manufacturer_ca().unwrap().certificate(),
+        &s.card_certificate,
+        &s.iccid,
+        now,
+    )
+    .unwrap();
     let bundle = kagi_online::tsm::provider::bundle(
-        &AesKey::new(&CONTENT_KEY).unwrap(),
+        &target,
+        &jpki::JPKI_AID,
+        &RID,
         &kagi_online::tsm::provider::CardKey::P256(key),
         cert.clone(),
         ca.certificate_der().unwrap(),
@@ -85,11 +96,7 @@ fn credential(ca: test_pki::TestCa) -> Credential {
 }
 
 fn jpki_goals(c: &Credential) -> Vec<Goal> {
-    tsm_protocol::recipes::jpki_credential(
-        &jpki::JPKI_AID,
-        &AesKey::new(&CONTENT_KEY).unwrap(),
-        &c.bundle,
-    )
+    tsm_protocol::recipes::jpki_credential(&jpki::JPKI_AID, &RID.0, &c.bundle)
 }
 
 fn plan(cin: &str, goals: Vec<Goal>) -> Plan {
@@ -190,14 +197,15 @@ fn holder_checks(mut card: SimCard, c: &Credential) {
     );
 }
 
-fn ca() -> test_pki::TestCa {
-    test_pki::TestCa::new("JPKI for user authentication").unwrap()
+fn ca() -> &'static test_pki::TestCa {
+    static CA: std::sync::OnceLock<test_pki::TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| test_pki::TestCa::new("JPKI for user authentication").unwrap())
 }
 
 #[test]
 fn a_credential_downloads_with_a_key_proof_and_nothing_secret_crosses_the_relay() {
     let mut s = sim("tsm-1");
-    let c = credential(ca());
+    let c = credential(ca(), &s);
     let mut engine = Engine::new(plan(&s.cin, jpki_goals(&c)), keys(), [9; 32]);
     let mut wire = Wire::default();
     let ev = done(drive(&mut engine, &mut s.card, &mut wire, |_, _| {}));
@@ -212,17 +220,12 @@ fn a_credential_downloads_with_a_key_proof_and_nothing_secret_crosses_the_relay(
         )
         .unwrap();
     assert!(ev.steps.iter().any(|s| s.name.starts_with("load:")));
-    // The private key, the content key and the PIN are nowhere in the relay's traffic, not
-    // even sealed: SCP03 encrypts the commands.
-    let seal_key = card_wire::content::seal(
-        &AesKey::new(&CONTENT_KEY).unwrap(),
-        &jpki::EF_AUTH_KEY.to_be_bytes(),
-        &c.key,
-    );
+    // The private key and the PIN are nowhere in the relay's traffic, not even sealed:
+    // SCP03 encrypts the commands.
     for (what, needle) in [
         ("private key", &c.key[..]),
-        ("content key", &CONTENT_KEY[..]),
-        ("sealed key", &seal_key[..16]),
+        ("sealed key", &c.bundle.sealed_key[..16]),
+        ("sealed key's ciphertext", &c.bundle.sealed_key[78..94]),
     ] {
         assert!(
             !wire.0.windows(needle.len()).any(|w| w == needle),
@@ -284,13 +287,14 @@ impl Transport for Flaky {
 
 #[test]
 fn a_lost_link_at_any_command_reopens_and_completes_once() {
-    let c = credential(ca());
     // How many commands a clean run sends.
+    let first = sim("tsm-2");
+    let c = credential(ca(), &first);
+    let cin = first.cin.clone();
     let mut probe = Flaky {
-        card: sim("tsm-2").card,
+        card: first.card,
         left: Some(usize::MAX),
     };
-    let cin = sim("tsm-2").cin;
     done(drive(
         &mut Engine::new(plan(&cin, jpki_goals(&c)), keys(), [1; 32]),
         &mut probe,
@@ -300,8 +304,11 @@ fn a_lost_link_at_any_command_reopens_and_completes_once() {
     let total = usize::MAX - probe.left.unwrap();
     assert!(total > 10, "{total}");
     for cut in (0..total).step_by(3) {
+        // A fresh SIM (the same identity, a new key agreement key) and its own credential.
+        let s = sim("tsm-2");
+        let c = credential(ca(), &s);
         let mut card = Flaky {
-            card: sim("tsm-2").card,
+            card: s.card,
             left: Some(cut),
         };
         let ev = done(drive(
@@ -322,10 +329,10 @@ fn a_lost_link_at_any_command_reopens_and_completes_once() {
 
 #[test]
 fn a_lying_relay_is_caught_and_the_download_still_completes() {
-    let c = credential(ca());
     // An error status substituted for the card's success on the first action round: the
     // engine does not believe it, re-opens, probes, and finishes.
     let mut s = sim("tsm-3");
+    let c = credential(ca(), &s);
     let mut lied = false;
     let ev = done(drive(
         &mut Engine::new(plan(&s.cin, jpki_goals(&c)), keys(), [3; 32]),
@@ -346,6 +353,7 @@ fn a_lying_relay_is_caught_and_the_download_still_completes() {
     // A byte of an answer altered, every time: the R-MAC catches it; the engine gives up as
     // interrupted after its sessions, never mistaking it for the card's word.
     let mut s = sim("tsm-4");
+    let c = credential(ca(), &s);
     let next = drive_with(
         &mut Engine::new(plan(&s.cin, jpki_goals(&c)), keys(), [4; 32]),
         &mut s.card,
@@ -369,8 +377,8 @@ fn a_lying_relay_is_caught_and_the_download_still_completes() {
 
 #[test]
 fn the_wrong_card_and_the_wrong_keys_fail_at_once_and_authentication_is_not_retried() {
-    let c = credential(ca());
     let mut s = sim("tsm-5");
+    let c = credential(ca(), &s);
     let next = drive(
         &mut Engine::new(plan("0011223344AA", jpki_goals(&c)), keys(), [5; 32]),
         &mut s.card,
@@ -467,7 +475,7 @@ fn a_session_on_a_further_interindustry_channel_works() {
         let r = s.card.transmit(&[0x00, 0x70, 0x00, 0x00, 0x01]).unwrap();
         assert_eq!(&r[1..], &[0x90, 0x00]);
     }
-    let c = credential(ca());
+    let c = credential(ca(), &s);
     let mut wire = Wire::default();
     let mut channel = None;
     let ev = done(drive(

@@ -252,7 +252,7 @@ fn tearing_during_verify_never_grants_a_free_try() {
 
 mod provisioning {
     use super::*;
-    use card_wire::scp03::{AesKey, HostOptions, SecurityLevel, StaticKeys};
+    use card_wire::scp03::{HostOptions, SecurityLevel, StaticKeys};
     use card_wire::tlv::tlv;
     use der::Decode;
     use kagi::gp::manage::{self, InstallSpec};
@@ -264,10 +264,35 @@ mod provisioning {
 
     /// Loads and installs the JPKI class with `params`; returns the open channel's card.
     fn fresh(params: Vec<u8>, trace: MemoryTrace) -> CardChannel<applet_sim::SimCard> {
-        let mut ch = CardChannel::new(applet_sim::SimCard::powered(
-            applet_sim::SimConfig::default().seeded(4),
-        ))
-        .with_trace(Box::new(trace));
+        fresh_card(
+            applet_sim::SimCard::powered(applet_sim::SimConfig::default().seeded(4)),
+            params,
+            trace,
+        )
+    }
+
+    /// A UICC (`serial` makes its ICCID) whose key agreement key the fixtures' manufacturer CA
+    /// certified, with the JPKI class installed; the channel, ICCID and card certificate.
+    fn fresh_sim(
+        serial: &[u8],
+        trace: MemoryTrace,
+    ) -> (CardChannel<applet_sim::SimCard>, String, Vec<u8>) {
+        let config = applet_sim::SimConfig::preset("uicc")
+            .unwrap()
+            .with_serial(serial);
+        let iccid = config.iccid.as_ref().unwrap().to_string();
+        let mut card = applet_sim::SimCard::powered(config);
+        let ca = kagi_fixtures::sim::manufacturer_ca().unwrap();
+        let cert = kagi_fixtures::sim::certify_card_key(&mut card, &iccid, ca).unwrap();
+        (fresh_card(card, vec![], trace), iccid, cert)
+    }
+
+    fn fresh_card(
+        card: applet_sim::SimCard,
+        params: Vec<u8>,
+        trace: MemoryTrace,
+    ) -> CardChannel<applet_sim::SimCard> {
+        let mut ch = CardChannel::new(card).with_trace(Box::new(trace));
         let sd = kagi::gp::select_domain(&mut ch, None).unwrap();
         let opts = HostOptions {
             level: SecurityLevel::FULL,
@@ -300,6 +325,35 @@ mod provisioning {
         script: &[u8],
         sensitive: bool,
     ) -> kagi::Result<Vec<u8>> {
+        perso_to(ch, &jpki::JPKI_AID, script, sensitive)
+    }
+
+    /// Installs one more instance of the JPKI class at `instance`.
+    fn install_instance(ch: &mut CardChannel<applet_sim::SimCard>, instance: &[u8]) {
+        let sd = kagi::gp::select_domain(ch, None).unwrap();
+        let opts = HostOptions {
+            level: SecurityLevel::FULL,
+            ..HostOptions::default()
+        };
+        let mut sc =
+            SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid))
+                .unwrap();
+        let spec = InstallSpec {
+            package: PACKAGE.to_vec(),
+            module: jpki::JPKI_AID.to_vec(),
+            instance: instance.to_vec(),
+            selectable: true,
+            ..InstallSpec::default()
+        };
+        manage::install(&mut sc, &spec).unwrap();
+    }
+
+    fn perso_to(
+        ch: &mut CardChannel<applet_sim::SimCard>,
+        instance: &[u8],
+        script: &[u8],
+        sensitive: bool,
+    ) -> kagi::Result<Vec<u8>> {
         let sd = kagi::gp::select_domain(ch, None)?;
         let opts = HostOptions {
             level: SecurityLevel::FULL,
@@ -308,7 +362,7 @@ mod provisioning {
         let mut sc =
             SecureChannel::open(ch, StaticKeys::default_test_keys(0x30), opts, Some(&sd.aid))?;
         let blocks: Vec<Vec<u8>> = script.chunks(manage::BLOCK).map(|c| c.to_vec()).collect();
-        manage::personalize(&mut sc, &jpki::JPKI_AID, &blocks, sensitive)
+        manage::personalize(&mut sc, instance, &blocks, sensitive)
     }
 
     fn item(tag: u32, fid: u16, body: &[u8]) -> Vec<u8> {
@@ -427,19 +481,57 @@ mod provisioning {
         assert_eq!(e.status(), Some(StatusWord::WRONG_LENGTH));
     }
 
+    const RID: [u8; 16] = [0x42; 16];
+
+    /// Seals `value` to the card whose certificate is `cert` (checked against the fixtures'
+    /// manufacturer CA), for `instance` and `role`, under [`RID`]; the item body.
+    fn sealed_for(
+        cert: &[u8],
+        iccid: &str,
+        instance: &[u8],
+        role: card_wire::content::Role,
+        value: &[u8],
+    ) -> Vec<u8> {
+        let ca = kagi_fixtures::sim::manufacturer_ca().unwrap().certificate();
+        let c = kagi_certs::card_key::check_card_certificate(
+            ca,
+            cert,
+            iccid,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let binding = card_wire::content::Binding {
+            iccid,
+            card_serial: &c.serial,
+            instance,
+            role,
+            request_id: &RID,
+        };
+        let key = card_wire::content::card_public_key(&c.public_key).unwrap();
+        let sealed = card_wire::content::seal(&key, &binding, value).unwrap();
+        card_wire::jpki::sealed_item_body(&RID, &sealed)
+    }
+
     #[test]
     fn sealed_key_import_is_unreadable_on_the_way() {
-        let content_key = AesKey::new(&[0x3C; 16]).unwrap();
+        use card_wire::content::Role;
         let trace = MemoryTrace::default();
-        let mut ch = fresh(tlv(0xCE, content_key.as_bytes()), trace.clone());
+        let (mut ch, iccid, cert) = fresh_sim(b"sealed-import", trace.clone());
         let key = test_pki::generate_rsa_key().unwrap();
         let der = key.to_pkcs1_der().unwrap();
-        let sealed =
-            card_wire::content::seal(&content_key, &0x0017u16.to_be_bytes(), der.as_bytes());
-        // Sealed with another content key: refused, nothing written.
-        let wrong = card_wire::content::seal(
-            &AesKey::new(&[0x3D; 16]).unwrap(),
-            &0x0017u16.to_be_bytes(),
+        let sealed = sealed_for(
+            &cert,
+            &iccid,
+            &jpki::JPKI_AID,
+            Role::KeyEf(0x17),
+            der.as_bytes(),
+        );
+        // Sealed for the PIN file's role: refused, nothing written.
+        let wrong = sealed_for(
+            &cert,
+            &iccid,
+            &jpki::JPKI_AID,
+            Role::PinEf(0x17),
             der.as_bytes(),
         );
         let e = perso(&mut ch, &item(0xC6, 0x0017, &wrong), false).unwrap_err();
@@ -459,6 +551,43 @@ mod provisioning {
             "the sealed form is what travels"
         );
         sign_and_check(&mut ch, key.to_public_key());
+    }
+
+    /// A PIN sealed for card A opens neither on card B nor in another instance of the same
+    /// applet on A; on A, for its own instance, it opens and the PIN verifies.
+    #[test]
+    fn a_value_sealed_for_one_card_and_instance_opens_nowhere_else() {
+        use card_wire::content::Role;
+        let (mut a, iccid_a, cert_a) = fresh_sim(b"card-a", MemoryTrace::default());
+        let (mut b, iccid_b, _) = fresh_sim(b"card-b", MemoryTrace::default());
+        assert_ne!(iccid_a, iccid_b);
+        let other: Vec<u8> = [&jpki::JPKI_AID[..9], &[0x02]].concat();
+        install_instance(&mut a, &other);
+        let for_a = item(
+            0xC8,
+            0x0018,
+            &sealed_for(
+                &cert_a,
+                &iccid_a,
+                &jpki::JPKI_AID,
+                Role::PinEf(0x18),
+                b"7391",
+            ),
+        );
+        // Card B (its own key; the same instance AID and PIN file): does not open.
+        let e = perso(&mut b, &for_a, false).unwrap_err();
+        assert_eq!(e.status(), Some(StatusWord::INCORRECT_DATA));
+        // Another instance on card A: does not open there either.
+        let e = perso_to(&mut a, &other, &for_a, false).unwrap_err();
+        assert_eq!(e.status(), Some(StatusWord::INCORRECT_DATA));
+        // The instance it was sealed for: opens, and the PIN is set.
+        perso(&mut a, &for_a, false).unwrap();
+        jpki::select(&mut a).unwrap();
+        jpki::verify(&mut a, Pin::Auth, &pin("7391")).unwrap();
+        // A card provisioned without a key agreement key cannot open anything.
+        let mut plain = fresh(vec![], MemoryTrace::default());
+        let e = perso(&mut plain, &for_a, false).unwrap_err();
+        assert_eq!(e.status(), Some(StatusWord::CONDITIONS_NOT_SATISFIED));
     }
 }
 

@@ -260,6 +260,35 @@ impl TestCa {
         )
     }
 
+    /// As a card manufacturer's CA: certifies a card's key agreement key (P-256, generated on
+    /// the card at provisioning; GlobalPlatform's `CERT.SD.ECKA`): subject `C=JP, OU=card key
+    /// agreement, CN=<ICCID>`, a critical keyAgreement key usage.
+    pub fn issue_card_key(
+        &self,
+        key: &impl spki::EncodePublicKey,
+        iccid: &str,
+        serial: u32,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Certificate> {
+        let profile = Profile {
+            issuer: self.cert.tbs_certificate().subject().clone(),
+            subject: Name::from_str(&format!("CN={iccid},OU=card key agreement,C=JP"))?,
+            extensions: vec![ext(
+                OID_KEY_USAGE,
+                true,
+                &KeyUsage(KeyUsages::KeyAgreement.into()),
+            )?],
+        };
+        Self::sign(
+            &self.key,
+            profile,
+            SerialNumber::from(serial),
+            validity(not_before, not_after)?,
+            key,
+        )
+    }
+
     /// Issues a signature certificate carrying the four basic facts in subjectAltName.
     pub fn issue_sign(
         &self,

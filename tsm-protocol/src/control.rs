@@ -3,8 +3,11 @@
 //! signed by the TSM (`ControlResponse`), echoing the request's id and nonce.
 //!
 //! A credential's secrets never pass through the TSM in clear: the provider seals the private
-//! key and the PIN with its content key (`card_wire::content`), which only the applet on the
-//! card opens. The relay sees even less: everything it carries is SCP03-encrypted.
+//! key and the PIN to the card's key agreement key and the applet instance
+//! (`card_wire::content`), after checking the card's certificate (which the TSM hands out as
+//! the operator registered it, [`ControlRequest::CardCertificate`]) against the card
+//! manufacturer's CA; only the card opens them, for that instance only. The relay sees even
+//! less: everything it carries is SCP03-encrypted.
 
 use crate::error::ErrorReport;
 use crate::ids::OpId;
@@ -45,11 +48,13 @@ impl AppletRef {
 }
 
 /// A user-authentication credential as the provider (the JPKI side) hands it over: the key
-/// and the PIN sealed for the applet, the certificates in clear.
+/// and the PIN sealed to the card and the applet instance, under the request's idempotency
+/// key as request id, the certificates in clear. The TSM keeps the sealed parts only while
+/// the operation runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialBundle {
-    /// The private key (PKCS#1 DER for RSA, the 32-byte scalar for P-256) sealed with the
-    /// provider's content key for the key file `0017` (`card_wire::content::seal`).
+    /// The private key (PKCS#1 DER for RSA, the 32-byte scalar for P-256) sealed for the key
+    /// file `0017` (`card_wire::content::seal`, role `KeyEf(0017)`).
     pub sealed_key: Vec<u8>,
     /// The user-authentication PIN, sealed likewise for the PIN file `0018`.
     pub sealed_pin: Vec<u8>,
@@ -209,7 +214,8 @@ pub enum ControlRequest {
     ResetPin {
         /// The issuing operation.
         credential: OpId,
-        /// The new PIN, sealed with the content key for the PIN file.
+        /// The new PIN, sealed to the card and instance for the PIN file (request id: this
+        /// request's idempotency key).
         sealed_pin: Vec<u8>,
         /// The user's access conditions.
         access: AccessGrant,
@@ -247,6 +253,9 @@ pub enum ControlRequest {
         sd_aid: Vec<u8>,
         /// Free persistent memory the operator's records show (bytes).
         free_memory: u32,
+        /// The card manufacturer's certificate for the SIM's key agreement key (DER), as the
+        /// manufacturer delivered it with the SIM; providers check it before sealing.
+        card_certificate: Option<Vec<u8>>,
     },
     /// MNO-TSM: create a provider's security domain on a SIM, through the relay, with the
     /// issuer domain's keys, and give it the provider's keys (diversified per card) in place
@@ -282,6 +291,12 @@ pub enum ControlRequest {
         /// Bytes needed.
         memory_needed: u32,
     },
+    /// A provider: the certificate of a registered SIM's key agreement key, to check against
+    /// the manufacturer CA and seal content to.
+    CardCertificate {
+        /// ICCID.
+        iccid: String,
+    },
 }
 
 impl ControlRequest {
@@ -301,6 +316,7 @@ impl ControlRequest {
             ControlRequest::CardLost { .. } => "card-lost",
             ControlRequest::CheckEligibility { .. } => "check-eligibility",
             ControlRequest::CreateSecurityDomain { .. } => "create-sd",
+            ControlRequest::CardCertificate { .. } => "card-certificate",
         }
     }
 
@@ -442,6 +458,13 @@ pub enum ControlResponse {
     Ok,
     /// Refused.
     Rejected(ErrorReport),
+    /// A SIM's key agreement certificate as the operator registered it.
+    CardCertificate {
+        /// ICCID.
+        iccid: String,
+        /// The certificate (DER).
+        certificate: Vec<u8>,
+    },
 }
 
 /// What the TSM tells about an operation.

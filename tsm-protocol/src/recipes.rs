@@ -11,18 +11,19 @@ fn item(tag: u32, fid: u16, body: &[u8]) -> Vec<u8> {
     tlv(tag, &[&fid.to_be_bytes()[..], body].concat())
 }
 
-/// The JPKI applet loaded if absent, its instance installed with the provider's content key
-/// (install parameter `CE`), and the credential written — the key and PIN still sealed, the
+/// The JPKI applet loaded if absent, its instance installed (no install parameters: nothing
+/// secret reaches the applet that way), and the credential written — the key and PIN still
+/// sealed to the card and instance under `request_id` (`card_wire::content`), the
 /// certificates in clear — with a key proof as the postcondition.
 pub fn jpki_credential(
     instance: &[u8],
-    content_key: &card_wire::scp03::AesKey,
+    request_id: &[u8],
     credential: &CredentialBundle,
 ) -> Vec<Goal> {
     let mut script = item(
         jpki::ITEM_SEALED_KEY,
         jpki::EF_AUTH_KEY,
-        &credential.sealed_key,
+        &jpki::sealed_item_body(request_id, &credential.sealed_key),
     );
     script.extend(item(
         jpki::ITEM_EF,
@@ -37,7 +38,7 @@ pub fn jpki_credential(
     script.extend(item(
         jpki::ITEM_SEALED_PIN,
         jpki::EF_AUTH_PIN,
-        &credential.sealed_pin,
+        &jpki::sealed_item_body(request_id, &credential.sealed_pin),
     ));
     vec![
         Goal::LoadFile {
@@ -49,7 +50,7 @@ pub fn jpki_credential(
             module: jpki::JPKI_AID.to_vec(),
             instance: instance.to_vec(),
             privileges: vec![0x00],
-            params: tlv(0xCE, content_key.as_bytes()),
+            params: Vec::new(),
             selectable: true,
         }),
         Goal::Personalize {
@@ -63,11 +64,20 @@ pub fn jpki_credential(
     ]
 }
 
-/// A new PIN (sealed for the applet), and the key proof again.
-pub fn pin_reset(instance: &[u8], sealed_pin: &[u8], certificate: &[u8]) -> Vec<Goal> {
+/// A new PIN (sealed to the card and instance under `request_id`), and the key proof again.
+pub fn pin_reset(
+    instance: &[u8],
+    request_id: &[u8],
+    sealed_pin: &[u8],
+    certificate: &[u8],
+) -> Vec<Goal> {
     vec![Goal::Personalize {
         instance: instance.to_vec(),
-        script: item(jpki::ITEM_SEALED_PIN, jpki::EF_AUTH_PIN, sealed_pin),
+        script: item(
+            jpki::ITEM_SEALED_PIN,
+            jpki::EF_AUTH_PIN,
+            &jpki::sealed_item_body(request_id, sealed_pin),
+        ),
         check: Check::KeyProof {
             key_fid: jpki::EF_AUTH_KEY,
             certificate: certificate.to_vec(),

@@ -4,7 +4,7 @@
 //! - many simultaneous wrong access codes and wrong passwords check at most the attempts the
 //!   provider allowed (every check spends an attempt first), and lock the download;
 //! - a cancellation or revocation racing the relay always lands (never a conflict to retry),
-//!   and what it cancelled stays cancelled;
+//!   what it cancelled stays cancelled, and the sealed parts of its request are gone;
 //! - a SIM reported lost while a provider issues to it keeps no live credential;
 //! - many requests for the same SIM and provider at once (other idempotency keys) start one
 //!   operation, never two.
@@ -144,6 +144,12 @@ async fn cancel_and_revoke_race(backend: Backend) {
         } else {
             accepted(w.send(BANK, &wallet(&card, 10)).await)
         };
+        // An issuance's sealed parts are kept while it runs.
+        assert_eq!(
+            w.tsm.store().sealed(&a.op).await.unwrap().is_some(),
+            revoke,
+            "round {round}"
+        );
         let mut tasks = Vec::new();
         for i in 0..6 {
             let tsm: Arc<Tsm> = if i % 2 == 0 {
@@ -189,6 +195,12 @@ async fn cancel_and_revoke_race(backend: Backend) {
             let c = w.tsm.store().credential(&a.op).await.unwrap().unwrap();
             assert_eq!(c.state, "revoked", "round {round}");
         }
+        // Whoever won, the sealed parts went with the operation's end.
+        assert_eq!(
+            w.tsm.store().sealed(&a.op).await.unwrap(),
+            None,
+            "round {round}"
+        );
         let r = hello(&twin, &a.ticket, &a.code, PASSWORD).await.unwrap();
         assert!(
             matches!(

@@ -24,7 +24,6 @@ fn init_writes_private_secrets_and_load_reads_them_back() {
         "sp.key.pem",
         "mno.key.pem",
         "state.key",
-        "content.key",
         "keys/provider.keys",
         "keys/isd.keys",
         "tsm.toml",
@@ -72,6 +71,43 @@ fn init_writes_private_secrets_and_load_reads_them_back() {
     match setup::load(&dir.join("tsm.toml"), &Overrides::default(), &refuse) {
         Err(SetupError::Keys { name, .. }) => assert_eq!(name, "provider"),
         other => panic!("expected a key error, got {:?}", other.err()),
+    }
+    // No content key is made any more: content is sealed to each SIM's own key.
+    assert!(!dir.join("content.key").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A configuration from before per-card sealing names a provider content key: it is refused
+/// with a message that says which line to remove, never silently kept.
+#[test]
+fn an_old_provider_content_key_is_refused_with_what_to_remove() {
+    let dir = std::env::temp_dir().join(format!("kagi-tsm-setup-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    setup::init(&dir, "127.0.0.1:0", None).unwrap();
+    let path = dir.join("tsm.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The line as `kagi tsm init` wrote it before, in the [[provider]] table.
+    let old = text.replacen(
+        "kvn = \"31\"\n",
+        "kvn = \"31\"\ncontent_key = \"content.key\"\n",
+        1,
+    );
+    assert_ne!(old, text, "the provider table has its kvn line");
+    std::fs::write(&path, old).unwrap();
+    std::fs::write(dir.join("content.key"), "00112233445566778899AABBCCDDEEFF").unwrap();
+    let keys = |_: &str, kvn: u8, scheme: Diversification| {
+        Ok(Arc::new(DiversifiedMaster {
+            master: StaticKeys::default_test_keys(kvn),
+            scheme,
+            kvn,
+        }) as Arc<dyn CardKeys>)
+    };
+    match setup::load(&path, &Overrides::default(), &keys) {
+        Err(SetupError::Config { message, .. }) => {
+            assert!(message.contains("content_key"), "{message}");
+            assert!(message.contains("remove the line"), "{message}");
+        }
+        other => panic!("an old content_key must be refused: {:?}", other.err()),
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -50,7 +50,9 @@ struct Prepared {
     card: applet_sim::SimCard,
     iccid: String,
     cin: String,
+    card_certificate: Vec<u8>,
     request: ControlRequest,
+    request_id: tsm_protocol::IdempotencyKey,
 }
 
 fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
@@ -60,10 +62,7 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
     let keys = provider_keys(master, 0x31);
     let (auth_ca, _) = crate::jpki::cas(&args.ca_dir)?;
     let ca_der = auth_ca.certificate_der()?;
-    let content = {
-        let (_, content) = super::load_party(&args.sp)?;
-        content.ok_or("sp.toml has no content_key")?
-    };
+    let maker = kagi_fixtures::sim::manufacturer_ca()?.certificate().clone();
     let now = std::time::SystemTime::now();
     let mut out = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
@@ -78,8 +77,14 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
                 now + Duration::from_secs(86400 * 30),
             )?
             .to_der()?;
+        // Sealed to this SIM's own key, as its (fixture) manufacturer certified it.
+        let target = provider::SealTarget::verify(&maker, &sim.card_certificate, &sim.iccid, now)?;
+        let request_id = tsm_protocol::IdempotencyKey::random().map_err(|e| e.to_string())?;
+        let applet = AppletRef::jpki();
         let bundle = provider::bundle(
-            &content,
+            &target,
+            &applet.instance,
+            &request_id,
             &CardKey::P256(k),
             cert,
             ca_der.clone(),
@@ -91,7 +96,7 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
             card: CardTarget {
                 iccid: sim.iccid.clone(),
             },
-            applet: AppletRef::jpki(),
+            applet,
             credential: bundle,
             access: provider::access_grant("load-password", 3, 600_000)?,
         };
@@ -99,7 +104,9 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
             card: sim.card,
             iccid: sim.iccid,
             cin: sim.cin,
+            card_certificate: sim.card_certificate,
             request,
+            request_id,
         });
     }
     Ok(out)
@@ -107,7 +114,10 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
 
 /// One download: the issue request, then the relay session. Returns the TSM's time.
 async fn session(sp: &Party, relay_client: &Client, mut p: Prepared) -> Result<Duration, String> {
-    let a = sp.send(&p.request, None).await.map_err(|e| e.to_string())?;
+    let a = sp
+        .send(&p.request, Some(p.request_id))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut tsm = Duration::from_micros(a.exchange.tsm_micros);
     let ControlResponse::Accepted {
         device_ticket: Some(ticket),
@@ -152,8 +162,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs the load.
 pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
-    let (sp, _) = super::load_party(&args.sp)?;
-    let (mno, _) = super::load_party(&args.mno)?;
+    let sp = super::load_party(&args.sp)?;
+    let mno = super::load_party(&args.mno)?;
     let url = sp.client.base().to_string();
     if !(url.contains("127.0.0.1") || url.contains("localhost") || url.contains("[::1]")) {
         return Err(format!(
@@ -179,6 +189,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
                         cin: p.cin.clone(),
                         sd_aid: PROVIDER_SD.to_vec(),
                         free_memory: 65536,
+                        card_certificate: Some(p.card_certificate.clone()),
                     },
                     None,
                 )

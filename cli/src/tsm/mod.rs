@@ -96,8 +96,10 @@ pub struct ServeArgs {
 #[derive(Subcommand)]
 pub enum ProviderCmd {
     /// Issue a JPKI user-authentication credential to a SIM: the key is made here (the JPKI
-    /// side), certified by the test CA, sealed with the content key together with the PIN;
-    /// prints the operation, the device ticket and the one-time access code to deliver.
+    /// side), certified by the test CA, sealed together with the PIN to the SIM's own key
+    /// agreement key (its certificate, fetched from the TSM, must check against the
+    /// manufacturer CA) and the applet instance; prints the operation, the device ticket and
+    /// the one-time access code to deliver.
     Issue {
         /// The SIM.
         #[arg(long)]
@@ -105,6 +107,10 @@ pub enum ProviderCmd {
         /// The test CA directory (`kagi ca init`).
         #[arg(long)]
         ca_dir: PathBuf,
+        /// The card manufacturer's CA certificate (PEM or DER) the SIM's key agreement
+        /// certificate must check against (`kagi sim provision` prints where it is).
+        #[arg(long)]
+        manufacturer_ca: PathBuf,
         /// File with the authentication PIN (4 digits).
         #[arg(long)]
         pin_file: PathBuf,
@@ -158,6 +164,10 @@ pub enum ProviderCmd {
         /// The issuing operation.
         #[arg(long)]
         credential: String,
+        /// The card manufacturer's CA certificate (PEM or DER) the SIM's key agreement
+        /// certificate must check against.
+        #[arg(long)]
+        manufacturer_ca: PathBuf,
         /// File with the new PIN.
         #[arg(long)]
         pin_file: PathBuf,
@@ -213,6 +223,10 @@ pub enum MnoCmd {
         /// Free memory on record, bytes.
         #[arg(long, default_value_t = 65536)]
         free_memory: u32,
+        /// The SIM's key agreement certificate from its manufacturer (PEM or DER; `kagi sim
+        /// provision` writes it): providers seal credentials to it.
+        #[arg(long)]
+        card_certificate: Option<PathBuf>,
     },
     /// Create a provider's security domain on a SIM through the relay (the issuer domain's
     /// keys, then the provider's keys in place of the domain's initial ones); writes the
@@ -301,6 +315,7 @@ struct PartyFile {
     tsm: String,
     tsm_party: String,
     tsm_public_key: String,
+    /// No longer used: present only to refuse an old configuration with a clear message.
     #[serde(default)]
     content_key: Option<String>,
     /// An HTTPS TSM's certificate (or CA) to trust, instead of the system's roots.

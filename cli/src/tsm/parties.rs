@@ -2,9 +2,8 @@
 
 use super::*;
 
-use crate::common::{aes_key_file, party_id, read_secret, read_text, rel, write_private};
+use crate::common::{party_id, read_secret, read_text, rel, write_private};
 use crate::{Failure, parse_hex, print_json};
-use card_wire::scp03::AesKey;
 use kagi_online::tsm::client::{Client, Link};
 use kagi_online::tsm::provider::{self, CardKey, Party};
 use serde_json::json;
@@ -17,18 +16,20 @@ use tsm_protocol::control::{
 use tsm_protocol::signing::{Signer, Trust};
 
 /// A provider's or operator's identity and its TSM, from its configuration file.
-pub fn load_party(config: &Path) -> Result<(Party, Option<AesKey>), Failure> {
+pub fn load_party(config: &Path) -> Result<Party, Failure> {
     let text = read_text(config)?;
     let f: PartyFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    if let Some(old) = &f.content_key {
+        return Err(format!(
+            "{}: `content_key = \"{old}\"` is no longer used — credentials are sealed to each SIM's own key agreement key (give `--manufacturer-ca` to issue and reset-pin): remove the line and delete the key file",
+            config.display()
+        )
+        .into());
+    }
     let me = party_id(&f.party)?;
     let tsm = party_id(&f.tsm_party)?;
     let mut trust = Trust::new();
     trust.add_pem(tsm.clone(), &read_text(&rel(config, &f.tsm_public_key))?)?;
-    let content = f
-        .content_key
-        .as_ref()
-        .map(|c| aes_key_file(&rel(config, c)))
-        .transpose()?;
     let mut client = match &f.tsm_ca {
         Some(ca) => Client::with_ca(&f.tsm, Link::default(), &std::fs::read(rel(config, ca))?)?,
         None => Client::new(&f.tsm, Link::default()),
@@ -37,15 +38,22 @@ pub fn load_party(config: &Path) -> Result<(Party, Option<AesKey>), Failure> {
     // five minutes a phone waits.
     client.retry_for = std::time::Duration::from_secs(15);
     client.tell_waiting = true;
-    Ok((
-        Party {
-            signer: Signer::from_pkcs8_pem(me, &read_secret(&rel(config, &f.signing_key))?)?,
-            tsm,
-            trust,
-            client,
-        },
-        content,
-    ))
+    Ok(Party {
+        signer: Signer::from_pkcs8_pem(me, &read_secret(&rel(config, &f.signing_key))?)?,
+        tsm,
+        trust,
+        client,
+    })
+}
+
+/// The card manufacturer's CA certificate from a PEM or DER file.
+fn manufacturer_ca(path: &Path) -> Result<x509_cert::Certificate, Failure> {
+    use der::Decode;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let der = kagi_certs::pem_or_der(&bytes, "CERTIFICATE")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    x509_cert::Certificate::from_der(&der)
+        .map_err(|e| format!("{}: not a certificate ({e})", path.display()).into())
 }
 
 pub(super) fn op_id(s: &str) -> Result<OpId, Failure> {
@@ -100,6 +108,9 @@ fn response_json(r: &ControlResponse) -> serde_json::Value {
             "free_memory": free_memory,
         }),
         ControlResponse::Ok => json!({ "answer": "ok" }),
+        ControlResponse::CardCertificate { iccid, certificate } => json!({
+            "answer": "card-certificate", "iccid": iccid, "certificate": hex::encode_upper(certificate),
+        }),
         ControlResponse::Rejected(e) => json!({
             "answer": "rejected", "code": e.code, "detail": e.detail,
         }),
@@ -193,16 +204,12 @@ pub(super) async fn provider_cmd(
     cmd: &ProviderCmd,
     json_out: bool,
 ) -> Result<(), Failure> {
-    let (sp, content) = load_party(config)?;
-    let content = || {
-        content
-            .clone()
-            .ok_or("the provider configuration has no content_key")
-    };
+    let sp = load_party(config)?;
     match cmd {
         ProviderCmd::Issue {
             iccid,
             ca_dir,
+            manufacturer_ca: maker,
             pin_file,
             password_file,
             rsa,
@@ -231,8 +238,15 @@ pub(super) async fn provider_cmd(
                 (CardKey::P256(k), c)
             };
             let cert = cert.to_der()?;
+            // The SIM's own key, as its manufacturer certified it: the TSM cannot substitute
+            // one of its own.
+            let target = sp.seal_target(iccid, &manufacturer_ca(maker)?).await?;
+            let applet = AppletRef::jpki();
+            let request_id = tsm_protocol::IdempotencyKey::random().map_err(|e| e.to_string())?;
             let bundle = provider::bundle(
-                &content()?,
+                &target,
+                &applet.instance,
+                &request_id,
                 &key,
                 cert.clone(),
                 auth_ca.certificate_der()?,
@@ -245,11 +259,11 @@ pub(super) async fn provider_cmd(
                 card: CardTarget {
                     iccid: iccid.clone(),
                 },
-                applet: AppletRef::jpki(),
+                applet,
                 credential: bundle,
                 access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
             };
-            let r = sp.send(&req, None).await?;
+            let r = sp.send(&req, Some(request_id)).await?;
             let cert_path = out.with_extension("crt.der");
             std::fs::write(&cert_path, &cert)?;
             write_grant(
@@ -380,18 +394,34 @@ pub(super) async fn provider_cmd(
         }
         ProviderCmd::ResetPin {
             credential,
+            manufacturer_ca: maker,
             pin_file,
             password_file,
             out,
         } => {
             let pin = read_secret(pin_file)?;
             let password = read_secret(password_file)?;
+            let credential = op_id(credential)?;
+            // The SIM the credential is on, and its own key (checked against the maker's CA).
+            let status = sp
+                .send(&ControlRequest::CheckStatus { credential }, None)
+                .await?;
+            let ControlResponse::Credential(c) = &status.response else {
+                return show(json_out, &status.response);
+            };
+            let target = sp.seal_target(&c.iccid, &manufacturer_ca(maker)?).await?;
+            let request_id = tsm_protocol::IdempotencyKey::random().map_err(|e| e.to_string())?;
             let req = ControlRequest::ResetPin {
-                credential: op_id(credential)?,
-                sealed_pin: provider::seal_pin(&content()?, pin.as_bytes())?,
+                credential,
+                sealed_pin: provider::seal_pin(
+                    &target,
+                    &AppletRef::jpki().instance,
+                    &request_id,
+                    pin.as_bytes(),
+                )?,
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
-            let r = sp.send(&req, None).await?;
+            let r = sp.send(&req, Some(request_id)).await?;
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
@@ -442,7 +472,7 @@ pub(super) async fn provider_cmd(
 }
 
 pub(super) async fn mno_cmd(config: &Path, cmd: &MnoCmd, json_out: bool) -> Result<(), Failure> {
-    let (mno, _) = load_party(config)?;
+    let mno = load_party(config)?;
     let req = match cmd {
         MnoCmd::CreateSd {
             iccid,
@@ -468,11 +498,20 @@ pub(super) async fn mno_cmd(config: &Path, cmd: &MnoCmd, json_out: bool) -> Resu
             cin,
             sd,
             free_memory,
+            card_certificate,
         } => ControlRequest::RegisterCard {
             iccid: iccid.clone(),
             cin: cin.clone(),
             sd_aid: parse_hex("--sd", sd)?,
             free_memory: *free_memory,
+            card_certificate: card_certificate
+                .as_deref()
+                .map(|p| -> Result<Vec<u8>, Failure> {
+                    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    kagi_certs::pem_or_der(&bytes, "CERTIFICATE")
+                        .map_err(|e| format!("{}: {e}", p.display()).into())
+                })
+                .transpose()?,
         },
         MnoCmd::CardLost { iccid } => ControlRequest::CardLost {
             iccid: iccid.clone(),

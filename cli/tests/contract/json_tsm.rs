@@ -52,9 +52,19 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
     );
     let iccid = sim["iccid"].as_str().unwrap().to_string();
     let cin = sim["cin"].as_str().unwrap().to_string();
+    let card_cert = sim["card_certificate"].as_str().unwrap().to_string();
+    let maker_ca = sim["manufacturer_ca"].as_str().unwrap().to_string();
     let ok = doc(
         "tsm.answer",
-        &mut mno(&["register-card", "--iccid", &iccid, "--cin", &cin]),
+        &mut mno(&[
+            "register-card",
+            "--iccid",
+            &iccid,
+            "--cin",
+            &cin,
+            "--card-certificate",
+            &card_cert,
+        ]),
     );
     assert_eq!(ok["answer"], "ok");
     let el = doc("tsm.answer", &mut mno(&["eligibility", "--iccid", &iccid]));
@@ -63,6 +73,7 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
         "tsm.provider.issue",
         sp(&["issue", "--iccid", &iccid, "--ca-dir"])
             .arg(dir.join("pki"))
+            .args(["--manufacturer-ca", &maker_ca])
             .arg("--pin-file")
             .arg(dir.join("pin.txt"))
             .arg("--password-file")

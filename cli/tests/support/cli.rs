@@ -40,6 +40,24 @@ pub fn serve(dir: &Path) -> Child {
         .unwrap()
 }
 
+/// [`serve`] with every log line at `KAGI_LOG=trace` appended to `log`.
+pub fn serve_logged(dir: &Path, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    kagi()
+        .args(["tsm", "serve", "--config"])
+        .arg(dir.join("tsm/tsm.toml"))
+        .arg("--insecure-file-keys")
+        .arg(dir.join("tsm/keys"))
+        .env("KAGI_LOG", "trace")
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap()
+}
+
 pub fn wait_port(port: u16) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -98,14 +116,22 @@ impl Scenario {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
-    /// A simulated SIM with the provider's domain in `image`, registered with the TSM by the
-    /// operator; its ICCID.
+    /// The card manufacturer's test CA certificate (its directory is `maker`).
+    pub fn maker_ca(&self) -> std::path::PathBuf {
+        self.dir.join("maker/manufacturer-ca.crt.pem")
+    }
+
+    /// A simulated SIM with the provider's domain in `image`, its key agreement key certified
+    /// by the manufacturer CA in `maker`, registered with the TSM by the operator (with that
+    /// certificate); its ICCID.
     pub fn sim(&self, serial: &str, image: &Path) -> String {
         let sim = ok(kagi()
             .args(["sim", "provision", "--json", "--serial", serial, "--image"])
             .arg(image)
             .arg("--provider-keys")
-            .arg(self.dir.join("tsm/keys/provider.keys")));
+            .arg(self.dir.join("tsm/keys/provider.keys"))
+            .arg("--manufacturer-ca")
+            .arg(self.dir.join("maker")));
         let iccid = field(&sim, "iccid");
         ok(kagi()
             .args(["tsm", "mno", "--config"])
@@ -116,6 +142,8 @@ impl Scenario {
                 &iccid,
                 "--cin",
                 &field(&sim, "cin"),
+                "--card-certificate",
+                &field(&sim, "card_certificate"),
             ]));
         iccid
     }
@@ -128,6 +156,8 @@ impl Scenario {
             .arg(self.dir.join("tsm/sp.toml"))
             .args(["issue", "--iccid", iccid, "--ca-dir"])
             .arg(self.dir.join("pki"))
+            .arg("--manufacturer-ca")
+            .arg(self.maker_ca())
             .arg("--pin-file")
             .arg(self.dir.join("pin.txt"))
             .arg("--password-file")

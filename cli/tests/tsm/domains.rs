@@ -117,16 +117,17 @@ async fn a_credential_expires_end_to_end() {
     let now = std::time::SystemTime::now();
     let day = std::time::Duration::from_secs(86400);
     // Already expired: refused, nothing created.
-    let (req, _, _) = issue_request_until(&world, &sim.iccid, b"2580", now - 2 * day, now - day);
-    let r = ask(&sp, &req).await;
+    let (req, _, _, rid) =
+        issue_request_until(&world, &sim.iccid, b"2580", now - 2 * day, now - day);
+    let r = sp.send(&req, Some(rid)).await.unwrap().response;
     assert!(
         matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.expired-certificate"),
         "{r:?}"
     );
     // Valid for a few more seconds (X.509 times have whole seconds).
     let not_after = now + std::time::Duration::from_secs(4);
-    let (req, _, _) = issue_request_until(&world, &sim.iccid, b"2580", now - day, not_after);
-    let a = sp.send(&req, None).await.unwrap();
+    let (req, _, _, rid) = issue_request_until(&world, &sim.iccid, b"2580", now - day, not_after);
+    let a = sp.send(&req, Some(rid)).await.unwrap();
     let ControlResponse::Accepted {
         op,
         device_ticket: Some(ticket),

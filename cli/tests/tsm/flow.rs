@@ -3,6 +3,7 @@
 use super::*;
 
 async fn full_flow(backend: Backend, name: &str) {
+    let log = tsm_log();
     let world = World::new(name);
     let server = start(&world, &backend, 0).await;
     let url = server.url.clone();
@@ -35,16 +36,66 @@ async fn full_flow(backend: Backend, name: &str) {
     .unwrap();
     assert_eq!(receipt.cin, sim.cin);
     assert_eq!(receipt.my_number_sign_serial, "0ABCDEF1");
-    // Nothing secret crossed the relay: not the private key, the content key, or the PIN in
-    // any form a command would carry it.
-    for (what, needle) in [
+    // The content keys the two values were sealed under (worked out from the card's key).
+    let key_ck = derived_key(&sim.card, &sim.iccid, [0x01, 0x00, 0x17], &iss.sealed[0]);
+    let pin_ck = derived_key(&sim.card, &sim.iccid, [0x02, 0x00, 0x18], &iss.sealed[1]);
+    assert_ne!(key_ck, pin_ck, "each sealed value has its own key");
+    // What must be nowhere but on the card: the private key, the PIN in any form a command
+    // would carry it, the content keys. Not in what the relay carried, not in the TSM's
+    // database (the SQLite file and its journal, every table) — and the sealed values
+    // themselves are no longer in any table once the download is done.
+    let secrets = [
         ("private key", &iss.key[..]),
-        ("content key", &CONTENT_KEY[..]),
         ("PIN record", &[0x00, 0x18, b'2', b'5', b'8', b'0'][..]),
+        ("key's content key", &key_ck[..]),
+        ("PIN's content key", &pin_ck[..]),
+    ];
+    let mut places: Vec<(String, Vec<u8>)> = vec![("relay capture".into(), capture.clone())];
+    if let Backend::Sqlite(db) = &backend {
+        for f in [db.clone(), db.with_extension("db-wal")] {
+            if let Ok(bytes) = std::fs::read(&f) {
+                places.push((f.display().to_string(), bytes));
+            }
+        }
+    }
+    places.push(("database rows".into(), table_bytes(&backend).await));
+    let logged = log.lock().unwrap().clone();
+    assert!(
+        String::from_utf8_lossy(&logged).contains("operation completed"),
+        "the TSM's log is captured"
+    );
+    // In the log, as bytes and as hex either way.
+    places.push(("TSM log".into(), logged));
+    let hex_forms: Vec<(String, Vec<u8>)> = secrets
+        .iter()
+        .flat_map(|(what, s)| {
+            [
+                (format!("{what} (hex)"), hex::encode(s).into_bytes()),
+                (format!("{what} (HEX)"), hex::encode_upper(s).into_bytes()),
+            ]
+        })
+        .collect();
+    let mut needles: Vec<(String, Vec<u8>)> = secrets
+        .iter()
+        .map(|(w, s)| (w.to_string(), s.to_vec()))
+        .collect();
+    needles.extend(hex_forms);
+    for (place, hay) in &places {
+        for (what, needle) in &needles {
+            assert!(
+                !hay.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "the {what} is in the {place}"
+            );
+        }
+    }
+    let rows = table_bytes(&backend).await;
+    for (what, sealed) in [
+        ("sealed key", &iss.sealed[0]),
+        ("sealed PIN", &iss.sealed[1]),
     ] {
         assert!(
-            !capture.windows(needle.len()).any(|w| w == needle),
-            "the {what} crossed the relay"
+            !rows.windows(32).any(|w| w == &sealed[sealed.len() - 32..]),
+            "the {what} is still kept after the download"
         );
     }
     // The ticket is spent: a second download with it is refused.
@@ -60,12 +111,12 @@ async fn full_flow(backend: Backend, name: &str) {
     );
 
     // Protocol checks: a replay, an altered request, the wrong recipient.
-    let (req, _, _) = issue_request(&world, &sim.iccid, b"1111");
+    let (req, _, _, rid) = issue_request(&world, &sim.iccid, b"1111");
     let out = tsm_protocol::control::sign_request(
         &sp.signer,
         &sp.tsm,
         &req,
-        Some(tsm_protocol::IdempotencyKey::random().unwrap()),
+        Some(rid),
         tsm_protocol::signing::now_ms(),
         60_000,
     )
@@ -142,7 +193,7 @@ async fn full_flow(backend: Backend, name: &str) {
     let ControlResponse::Accepted { op: pending, .. } = first else {
         unreachable!()
     };
-    let (other_req, _, _) = issue_request(&world, &sim.iccid, b"2222");
+    let (other_req, _, _, _) = issue_request(&world, &sim.iccid, b"2222");
     let conflict = sp
         .send(&other_req, out.header.idempotency_key)
         .await
@@ -297,4 +348,70 @@ async fn sqlite_full_flow() {
 async fn postgres_full_flow() {
     let pg = tsm_server::testing::PrivatePostgres::start("flow").unwrap();
     full_flow(Backend::Postgres(pg.url.clone()), "postgres").await;
+}
+
+/// Whoever registers or serves a SIM's certificate cannot make the provider seal to a key of
+/// their own: a certificate from another CA, or the manufacturer's certificate of another
+/// SIM, is refused before anything is sealed; the SIM's own certificate is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_seals_only_to_a_key_the_manufacturer_certified_for_that_sim() {
+    use der::Encode;
+    let world = World::new("substitute");
+    let (server, _backend, sp, mno) = world.serve().await;
+    let url = server.url.clone();
+    let keys = provider_keys(master(), 0x31);
+    let a = provision(b"phone-sub-a", &PROVIDER_SD, &keys).unwrap();
+    let b = provision(b"phone-sub-b", &PROVIDER_SD, &keys).unwrap();
+    register(&world, &url, &b).await;
+    let maker = kagi_fixtures::sim::manufacturer_ca().unwrap().certificate();
+    let register_a = |cert: Vec<u8>| ControlRequest::RegisterCard {
+        iccid: a.iccid.clone(),
+        cin: a.cin.clone(),
+        sd_aid: PROVIDER_SD.to_vec(),
+        free_memory: 65536,
+        card_certificate: Some(cert),
+    };
+    // A key the TSM (or anyone in the middle) made, certified by a CA of its own, with the
+    // SIM's ICCID as subject.
+    let rogue = test_pki::TestCa::new("card manufacturer").unwrap();
+    let own = p256::SecretKey::from_slice(&[0x42; 32]).unwrap();
+    let now = std::time::SystemTime::now();
+    let forged = rogue
+        .issue_card_key(
+            &own.public_key(),
+            &a.iccid,
+            7,
+            now - std::time::Duration::from_secs(60),
+            now + std::time::Duration::from_secs(3600),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    assert_eq!(ask(&mno, &register_a(forged)).await, ControlResponse::Ok);
+    let e = sp
+        .seal_target(&a.iccid, maker)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not signed by the manufacturer CA"), "{e}");
+    // The manufacturer's genuine certificate, but SIM B's.
+    assert_eq!(
+        ask(&mno, &register_a(b.card_certificate.clone())).await,
+        ControlResponse::Ok
+    );
+    let e = sp
+        .seal_target(&a.iccid, maker)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("not for SIM {}", a.iccid)), "{e}");
+    // SIM A's own certificate: sealed to.
+    assert_eq!(
+        ask(&mno, &register_a(a.card_certificate.clone())).await,
+        ControlResponse::Ok
+    );
+    let target = sp.seal_target(&a.iccid, maker).await.unwrap();
+    assert_eq!(target.iccid(), a.iccid);
+    server.stop().await;
+    std::fs::remove_dir_all(&world.dir).ok();
 }

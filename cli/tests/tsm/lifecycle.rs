@@ -128,17 +128,42 @@ async fn pin_reset_transfer_and_operator_notices() {
     let out = download(&url, &mut a.card, &iss.ticket, &iss.code, None).await;
     assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
 
-    // PIN reset: a new PIN sealed for the applet, through the relay; the key proof again.
-    let content = AesKey::new(&CONTENT_KEY).unwrap();
-    let r = ask(
-        &sp,
-        &ControlRequest::ResetPin {
-            credential: iss.op,
-            sealed_pin: provider::seal_pin(&content, b"9753").unwrap(),
-            access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
-        },
-    )
-    .await;
+    // Equal PINs never seal to equal bytes: not for two SIMs, not twice for one (a table of
+    // the 10,000 sealed PINs reverses nothing).
+    let seal = |iccid: &str| {
+        let rid = tsm_protocol::IdempotencyKey::random().unwrap();
+        provider::seal_pin(
+            &seal_target(&world, iccid),
+            &card_wire::jpki::JPKI_AID,
+            &rid,
+            b"2468",
+        )
+        .unwrap()
+    };
+    let (a1, a2, b1) = (seal(&a.iccid), seal(&a.iccid), seal(&b.iccid));
+    assert!(a1 != a2 && a1 != b1 && a2 != b1);
+
+    // PIN reset: a new PIN sealed to SIM A and the applet, through the relay; the key proof
+    // again.
+    let rid = tsm_protocol::IdempotencyKey::random().unwrap();
+    let r = sp
+        .send(
+            &ControlRequest::ResetPin {
+                credential: iss.op,
+                sealed_pin: provider::seal_pin(
+                    &seal_target(&world, &a.iccid),
+                    &card_wire::jpki::JPKI_AID,
+                    &rid,
+                    b"9753",
+                )
+                .unwrap(),
+                access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
+            },
+            Some(rid),
+        )
+        .await
+        .unwrap()
+        .response;
     let ControlResponse::Accepted {
         device_ticket: Some(t),
         access_code: Some(c),
@@ -162,7 +187,7 @@ async fn pin_reset_transfer_and_operator_notices() {
     }
 
     // Transfer to SIM B.
-    let (req, cert_b, _) = issue_request(&world, &b.iccid, b"1470");
+    let (req, cert_b, _, rid) = issue_request(&world, &b.iccid, b"1470");
     let ControlRequest::Issue {
         credential: new_credential,
         ..
@@ -180,7 +205,7 @@ async fn pin_reset_transfer_and_operator_notices() {
                 new_credential,
                 access: provider::access_grant(PASSWORD, 3, 600_000).unwrap(),
             },
-            None,
+            Some(rid),
         )
         .await
         .unwrap();
@@ -241,8 +266,8 @@ async fn pin_reset_transfer_and_operator_notices() {
     )
     .await;
     assert_eq!(r, ControlResponse::Ok);
-    let (req, _, _) = issue_request(&world, &a.iccid, b"1111");
-    let r = sp.send(&req, None).await.unwrap().response;
+    let (req, _, _, rid) = issue_request(&world, &a.iccid, b"1111");
+    let r = sp.send(&req, Some(rid)).await.unwrap().response;
     assert!(
         matches!(r, ControlResponse::Rejected(ref e) if e.code == "business.card-not-active"),
         "{r:?}"

@@ -4,7 +4,9 @@
 //! credential; replayed, altered, expired, misdirected and conflicting requests refused; wrong
 //! access codes counted; revocation effective at once and the applet deleted when the card is
 //! next reachable; the TSM killed mid-download and restarted without losing the operation;
-//! and no key, PIN or content key in the relay's traffic.
+//! credentials sealed to the SIM's own key (its certificate checked against the manufacturer
+//! CA, a substituted one refused); and no key, PIN or content key in the relay's traffic, the
+//! TSM's database or its log.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -26,11 +28,10 @@ use tsm_protocol::control::{
 };
 use tsm_protocol::relay::{StopOutcome, UserCredentials};
 use tsm_protocol::signing::{Policy, Signer, Trust};
-use tsm_protocol::{OpId, PartyId};
+use tsm_protocol::{IdempotencyKey, OpId, PartyId};
 use tsm_server::service::{Config, Provider, Tsm};
 use tsm_server::store::{Backend, Store};
 
-const CONTENT_KEY: [u8; 16] = [0x3C; 16];
 const PASSWORD: &str = "correct horse";
 
 fn party(s: &str) -> PartyId {
@@ -57,6 +58,8 @@ struct World {
     mno: Signer,
     ca: test_pki::TestCa,
     dir: std::path::PathBuf,
+    /// The SIMs' key agreement certificates, as registered (what the provider seals to).
+    card_certs: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl World {
@@ -70,6 +73,7 @@ impl World {
             mno: Signer::generate(party("mno:kagi-mobile")).unwrap(),
             ca: test_pki::TestCa::new("JPKI for user authentication").unwrap(),
             dir,
+            card_certs: Default::default(),
         }
     }
 
@@ -84,7 +88,6 @@ impl World {
                 sd_aid: PROVIDER_SD.to_vec(),
                 kvn: 0x31,
                 keys: Arc::new(provider_keys(master(), 0x31)),
-                content_key: AesKey::new(&CONTENT_KEY).unwrap(),
             },
         );
         let mut operators = BTreeMap::new();
@@ -228,9 +231,15 @@ struct Issued {
     request: (tsm_protocol::MsgId, tsm_protocol::Nonce),
     cert: Vec<u8>,
     key: Vec<u8>,
+    /// The sealed key and PIN as the provider sent them.
+    sealed: [Vec<u8>; 2],
 }
 
-fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> (ControlRequest, Vec<u8>, Vec<u8>) {
+/// An issue request as the provider makes it: the credential sealed to SIM `iccid`'s
+/// registered key agreement key (checked against the fixtures' manufacturer CA) under a fresh
+/// request id — send it with that id as idempotency key. The request, the certificate, the
+/// private key and the request id.
+fn issue_request(world: &World, iccid: &str, pin: &[u8]) -> IssueRequest {
     let now = std::time::SystemTime::now();
     issue_request_until(
         world,
@@ -248,7 +257,7 @@ fn issue_request_until(
     pin: &[u8],
     not_before: std::time::SystemTime,
     not_after: std::time::SystemTime,
-) -> (ControlRequest, Vec<u8>, Vec<u8>) {
+) -> IssueRequest {
     use der::Encode;
     use p256::elliptic_curve::Generate;
     let key = p256::ecdsa::SigningKey::try_generate().unwrap();
@@ -265,8 +274,11 @@ fn issue_request_until(
         .to_der()
         .unwrap();
     let raw = key.to_bytes().to_vec();
+    let rid = IdempotencyKey::random().unwrap();
     let bundle = provider::bundle(
-        &AesKey::new(&CONTENT_KEY).unwrap(),
+        &seal_target(world, iccid),
+        &card_wire::jpki::JPKI_AID,
+        &rid,
         &CardKey::P256(key),
         cert.clone(),
         world.ca.certificate_der().unwrap(),
@@ -286,7 +298,24 @@ fn issue_request_until(
         },
         cert,
         raw,
+        rid,
     )
+}
+
+/// What [`issue_request`] makes: the request, certificate, private key and request id.
+type IssueRequest = (ControlRequest, Vec<u8>, Vec<u8>, IdempotencyKey);
+
+/// SIM `iccid` as the provider seals to it: its registered certificate, checked against the
+/// fixtures' manufacturer CA.
+fn seal_target(world: &World, iccid: &str) -> provider::SealTarget {
+    let cert = world.card_certs.lock().unwrap()[iccid].clone();
+    provider::SealTarget::verify(
+        kagi_fixtures::sim::manufacturer_ca().unwrap().certificate(),
+        &cert,
+        iccid,
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
 }
 
 async fn register(world: &World, url: &str, sim: &ProvisionedSim) {
@@ -298,17 +327,27 @@ async fn register(world: &World, url: &str, sim: &ProvisionedSim) {
                 cin: sim.cin.clone(),
                 sd_aid: PROVIDER_SD.to_vec(),
                 free_memory: 64 * 1024,
+                card_certificate: Some(sim.card_certificate.clone()),
             },
             None,
         )
         .await
         .unwrap();
     assert_eq!(r.response, ControlResponse::Ok);
+    world
+        .card_certs
+        .lock()
+        .unwrap()
+        .insert(sim.iccid.clone(), sim.card_certificate.clone());
 }
 
 async fn issue(world: &World, sp: &Party, iccid: &str) -> Issued {
-    let (req, cert, key) = issue_request(world, iccid, b"2580");
-    let a = sp.send(&req, None).await.unwrap();
+    let (req, cert, key, rid) = issue_request(world, iccid, b"2580");
+    let ControlRequest::Issue { credential, .. } = &req else {
+        unreachable!("an issue request")
+    };
+    let sealed = [credential.sealed_key.clone(), credential.sealed_pin.clone()];
+    let a = sp.send(&req, Some(rid)).await.unwrap();
     let ControlResponse::Accepted {
         op,
         device_ticket: Some(ticket),
@@ -325,7 +364,44 @@ async fn issue(world: &World, sp: &Party, iccid: &str) -> Issued {
         request: a.request,
         cert,
         key,
+        sealed,
     }
+}
+
+/// The AES-256 key a value sealed for the JPKI instance on `card` was sealed under, worked
+/// out here from the card's private key by the content layer's published recipe (ECDH on
+/// P-256; HKDF-SHA256 with salt `eph ‖ card`, info = "kagi content v1" and the
+/// length-prefixed ICCID, certificate serial and instance, then the role), independently of
+/// `card_wire::content` — to look for it where it must not be.
+fn derived_key(card: &applet_sim::SimCard, iccid: &str, role: [u8; 3], sealed: &[u8]) -> [u8; 32] {
+    use der::Decode;
+    use hmac::{KeyInit, Mac};
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let store = card.store();
+    let secret = p256::SecretKey::from_slice(store.get("card/ecka/key").unwrap()).unwrap();
+    let cert = x509_cert::Certificate::from_der(store.get("card/ecka/cert").unwrap()).unwrap();
+    let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
+    let eph = p256::PublicKey::from_sec1_bytes(&sealed[1..66]).unwrap();
+    let z = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), eph.as_affine());
+    let card_pub = secret.public_key().to_sec1_point(false);
+    let hmac = |key: &[u8], parts: &[&[u8]]| {
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
+    };
+    let prk = hmac(
+        &[&sealed[1..66], card_pub.as_bytes()].concat(),
+        &[z.raw_secret_bytes()],
+    );
+    let mut info = b"kagi content v1".to_vec();
+    for field in [iccid.as_bytes(), &serial, &card_wire::jpki::JPKI_AID] {
+        info.extend((field.len() as u16).to_be_bytes());
+        info.extend(field);
+    }
+    info.extend(role);
+    hmac(&prk, &[&info, &[1]]).try_into().unwrap()
 }
 
 async fn download(
@@ -368,4 +444,59 @@ async fn operation(sp: &Party, op: OpId) -> tsm_protocol::control::OperationView
         ControlResponse::Operation(v) => v,
         other => panic!("{other:?}"),
     }
+}
+
+/// Every byte of every row of every table of the TSM's database (through the database, so
+/// PostgreSQL is searched as well as SQLite).
+async fn table_bytes(backend: &Backend) -> Vec<u8> {
+    let store = Store::open(backend).await.unwrap();
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT * FROM ops",
+        "SELECT * FROM cards",
+        "SELECT * FROM credentials",
+        "SELECT * FROM tickets",
+        "SELECT * FROM sessions",
+        "SELECT * FROM audit",
+        "SELECT * FROM replay",
+        "SELECT * FROM sealed",
+        "SELECT * FROM card_certs",
+    ] {
+        for row in store.query(sql, vec![]).await.unwrap() {
+            for v in row {
+                out.extend(v.blob());
+                out.extend(v.text().into_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Everything the in-process TSMs of this test binary log, at every level (tracing's TRACE):
+/// captured once for the whole binary, to search for what must never be logged.
+fn tsm_log() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOG: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct W(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || W(buf))
+            .finish();
+        // Another test of this binary may have set it first: then this one logs there too.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
 }

@@ -45,6 +45,8 @@ fn issue(s: &Scenario, name: &str, iccid: &str) -> Download {
         .arg(s.dir.join("tsm/sp.toml"))
         .args(["issue", "--iccid", iccid, "--ca-dir"])
         .arg(s.dir.join("pki"))
+        .arg("--manufacturer-ca")
+        .arg(s.maker_ca())
         .arg("--pin-file")
         .arg(s.dir.join("pin.txt"))
         .arg("--password-file")

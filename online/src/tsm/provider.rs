@@ -1,10 +1,11 @@
-//! The service provider's side: a JPKI credential sealed for the applet (the private key and
-//! the PIN under the provider's content key), the user's access grant, requests signed and
+//! The service provider's side: a JPKI credential sealed to one SIM and applet instance (the
+//! private key and the PIN, `card_wire::content`, after the SIM's key agreement certificate
+//! checks against the card manufacturer's CA), the user's access grant, requests signed and
 //! sent to the TSM, answers and receipts checked.
 
 use super::client::{Client, ClientError};
+use card_wire::content::{Binding, Role};
 use card_wire::jpki;
-use card_wire::scp03::AesKey;
 use tsm_protocol::control::{
     AccessGrant, ControlRequest, ControlResponse, CredentialBundle, GrantVerifier,
 };
@@ -53,10 +54,73 @@ impl CardKey {
     }
 }
 
-/// A credential as the JPKI side hands it over: key and PIN sealed for the applet with the
-/// provider's content key (labels: the key and PIN files), certificates in clear.
+/// A SIM content can be sealed to: its ICCID and the key agreement key and serial of a
+/// certificate that checked against the card manufacturer's CA.
+#[derive(Debug, Clone)]
+pub struct SealTarget {
+    iccid: String,
+    public_key: p256::PublicKey,
+    serial: Vec<u8>,
+}
+
+impl SealTarget {
+    /// Checks `card_certificate` (DER) against the manufacturer CA `manufacturer_ca` for SIM
+    /// `iccid`: anything else — a key the TSM or relay made up, another SIM's certificate —
+    /// is refused, and nothing is sealed.
+    pub fn verify(
+        manufacturer_ca: &x509_cert::Certificate,
+        card_certificate: &[u8],
+        iccid: &str,
+        now: std::time::SystemTime,
+    ) -> Result<SealTarget, String> {
+        let c = kagi_certs::card_key::check_card_certificate(
+            manufacturer_ca,
+            card_certificate,
+            iccid,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        let public_key =
+            card_wire::content::card_public_key(&c.public_key).map_err(|e| e.to_string())?;
+        Ok(SealTarget {
+            iccid: iccid.to_string(),
+            public_key,
+            serial: c.serial,
+        })
+    }
+
+    /// The ICCID.
+    pub fn iccid(&self) -> &str {
+        &self.iccid
+    }
+
+    /// Seals `value` for applet `instance` on this SIM, as `role`, under `request_id` (the
+    /// request's idempotency key).
+    pub fn seal(
+        &self,
+        instance: &[u8],
+        role: Role,
+        request_id: &IdempotencyKey,
+        value: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let binding = Binding {
+            iccid: &self.iccid,
+            card_serial: &self.serial,
+            instance,
+            role,
+            request_id: &request_id.0,
+        };
+        card_wire::content::seal(&self.public_key, &binding, value).map_err(|e| e.to_string())
+    }
+}
+
+/// A credential as the JPKI side hands it over: key and PIN sealed to the SIM `to` and the
+/// applet `instance` under `request_id` (roles: the key and PIN files), certificates in clear.
+#[allow(clippy::too_many_arguments)]
 pub fn bundle(
-    content_key: &AesKey,
+    to: &SealTarget,
+    instance: &[u8],
+    request_id: &IdempotencyKey,
     key: &CardKey,
     certificate: Vec<u8>,
     ca_certificate: Vec<u8>,
@@ -65,24 +129,26 @@ pub fn bundle(
 ) -> Result<CredentialBundle, String> {
     let bytes = key.card_bytes()?;
     Ok(CredentialBundle {
-        sealed_key: card_wire::content::seal(content_key, &jpki::EF_AUTH_KEY.to_be_bytes(), &bytes),
-        sealed_pin: seal_pin(content_key, pin)?,
+        sealed_key: to.seal(instance, Role::KeyEf(jpki::EF_AUTH_KEY), request_id, &bytes)?,
+        sealed_pin: seal_pin(to, instance, request_id, pin)?,
         certificate,
         ca_certificate,
         my_number_sign_serial: my_number_sign_serial.into(),
     })
 }
 
-/// A PIN sealed for the applet's PIN file (4 digits, as the JPKI authentication PIN).
-pub fn seal_pin(content_key: &AesKey, pin: &[u8]) -> Result<Vec<u8>, String> {
+/// A PIN sealed to the SIM `to` for the applet `instance`'s PIN file (4 digits, as the JPKI
+/// authentication PIN).
+pub fn seal_pin(
+    to: &SealTarget,
+    instance: &[u8],
+    request_id: &IdempotencyKey,
+    pin: &[u8],
+) -> Result<Vec<u8>, String> {
     if !jpki::PinFormat::FourDigits.accepts(pin) {
         return Err("the authentication PIN is four digits".into());
     }
-    Ok(card_wire::content::seal(
-        content_key,
-        &jpki::EF_AUTH_PIN.to_be_bytes(),
-        pin,
-    ))
+    to.seal(instance, Role::PinEf(jpki::EF_AUTH_PIN), request_id, pin)
 }
 
 /// The user's access grant: an Argon2id verifier of the password (OWASP's minimum
@@ -158,6 +224,44 @@ impl Party {
             request: (out.header.msg_id, out.header.nonce),
             exchange,
         })
+    }
+}
+
+impl Party {
+    /// The SIM `iccid` as something to seal to: its key agreement certificate as the operator
+    /// registered it at the TSM, checked against `manufacturer_ca` (the TSM cannot substitute
+    /// a key of its own).
+    pub async fn seal_target(
+        &self,
+        iccid: &str,
+        manufacturer_ca: &x509_cert::Certificate,
+    ) -> Result<SealTarget, ProviderError> {
+        let r = self
+            .send(
+                &ControlRequest::CardCertificate {
+                    iccid: iccid.to_string(),
+                },
+                None,
+            )
+            .await?;
+        match r.response {
+            ControlResponse::CardCertificate {
+                iccid: answered,
+                certificate,
+            } if answered == iccid => SealTarget::verify(
+                manufacturer_ca,
+                &certificate,
+                iccid,
+                std::time::SystemTime::now(),
+            )
+            .map_err(ProviderError::Local),
+            ControlResponse::Rejected(e) => Err(ProviderError::Local(format!(
+                "the TSM has no card certificate for SIM {iccid}: {e}"
+            ))),
+            other => Err(ProviderError::Local(format!(
+                "the TSM answered a card certificate request with {other:?}"
+            ))),
+        }
     }
 }
 

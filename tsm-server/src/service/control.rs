@@ -119,6 +119,7 @@ impl Tsm {
                             .commit(vec![
                                 Store::cancel_op(&o.id, t),
                                 Store::audit_cancelled(&o.id, t, &party.0),
+                                Store::erase_sealed_if_over(&o.id),
                             ])
                             .await?;
                     }
@@ -129,6 +130,27 @@ impl Tsm {
                 }
                 _ => Ok(unknown_operation(&op, party)),
             },
+            ControlRequest::CardCertificate { iccid } => {
+                if !self.config.providers.contains_key(party) {
+                    return Ok(ControlResponse::Rejected(err(
+                        Layer::Business,
+                        "business.unknown-provider",
+                        format!("this TSM holds no security-domain keys for {party}"),
+                    )));
+                }
+                match self.store.card_certificate(&iccid).await? {
+                    Some(certificate) => {
+                        Ok(ControlResponse::CardCertificate { iccid, certificate })
+                    }
+                    None => Ok(ControlResponse::Rejected(err(
+                        Layer::Business,
+                        "business.no-card-certificate",
+                        format!(
+                            "SIM {iccid} has no registered key agreement certificate: the operator registers it with the SIM (register-card --card-certificate)"
+                        ),
+                    ))),
+                }
+            }
             _ => Ok(ControlResponse::Rejected(err(
                 Layer::Protocol,
                 "protocol.unsupported",
@@ -170,7 +192,7 @@ impl Tsm {
                 ),
             )));
         }
-        let secrets = card_wire::content::open(
+        let secrets = card_wire::state_seal::open(
             &self.config.state_key,
             &existing.id.0,
             &existing.data.sealed_secrets,
@@ -230,6 +252,7 @@ impl Tsm {
                 Store::revoke_credential(&c.op_id, reason_text, t),
                 Store::cancel_op(&c.op_id, t),
                 Store::audit(&c.op_id, t, actor, "revoked", reason_text),
+                Store::erase_sealed_if_over(&c.op_id),
             ])
             .await?;
         let c =

@@ -68,6 +68,9 @@ impl Tsm {
             );
         }
         let request_hash = Sha256::digest(tsm_protocol::codec::encode(&req)?).to_vec();
+        // The sealed parts are kept apart from the record, and only while the operation runs.
+        let mut req = req;
+        let sealed = crate::store::sealed::take_sealed(&mut req);
         // Idempotency first: the same key and request answer as before, another request is
         // a conflict.
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
@@ -248,7 +251,7 @@ impl Tsm {
             ticket: ticket.to_string(),
         };
         let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
-        let sealed_secrets = card_wire::content::seal(&self.config.state_key, &id.0, &plain);
+        let sealed_secrets = card_wire::state_seal::seal(&self.config.state_key, &id.0, &plain);
         let t = now();
         let mut children = Vec::new();
         if let Some(old) = supersedes {
@@ -290,6 +293,9 @@ impl Tsm {
             Store::insert_ticket(&access::ticket_hash(&ticket), &id),
             Store::audit(&id, t, &party.0, "accepted", kind),
         ];
+        if let Some(blob) = sealed {
+            extra.push(Store::insert_sealed(&id, blob));
+        }
         if let Some((serial, not_after, my_number, instance)) = credential_row {
             extra.push(Store::insert_credential(
                 &CredentialRow {

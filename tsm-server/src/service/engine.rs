@@ -147,6 +147,7 @@ impl Tsm {
         let mut all = vec![Store::credential_state(&op.id, "pending", "failed", t)];
         all.push(Store::update_op(&op)?);
         all.extend(batch);
+        all.push(Store::erase_sealed_if_over(&op.id));
         self.store.commit(all).await?;
         tracing::warn!(op = %op.id, code = %e.code, detail = %e.detail, "operation failed");
         Ok(Self::stop(session, StopOutcome::Failed, e.to_string()))
@@ -245,6 +246,7 @@ impl Tsm {
             batch.push(Store::set_card_domain(&op.iccid, sd_aid, t));
         }
         all.extend(batch);
+        all.push(Store::erase_sealed_if_over(&op.id));
         self.store.commit(all).await?;
         tracing::info!(op = %op.id, kind = %op.kind, sessions = ev.sessions, "operation completed");
         // A transfer completes by revoking the credential it replaces.

@@ -39,9 +39,6 @@ pub struct Provider {
     /// Each card's domain keys (diversified from the provider's master keys, in an HSM or
     /// the development file store).
     pub keys: Arc<dyn CardKeys>,
-    /// The provider's content key, given to its applets at installation: the layer that
-    /// keeps credentials sealed end to end.
-    pub content_key: AesKey,
 }
 
 /// A mobile operator whose issuer security domains the TSM may open (its MNO-TSM role).
@@ -271,6 +268,7 @@ impl Tsm {
                     Store::credential_state(&id, "pending", "expired", t),
                     Store::update_op(&op)?,
                     Store::audit(&id, t, "tsm", "expired", ""),
+                    Store::erase_sealed_if_over(&id),
                 ];
                 match self.store.commit(batch).await {
                     Ok(()) => n += 1,

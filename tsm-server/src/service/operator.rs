@@ -29,9 +29,22 @@ impl Tsm {
                 cin,
                 sd_aid,
                 free_memory,
+                card_certificate,
             } => {
                 if !valid(&iccid) || hex::decode(&cin).is_err() {
                     return bad_iccid();
+                }
+                if let Some(c) = &card_certificate {
+                    use der::Decode;
+                    if let Err(e) = x509_cert::Certificate::from_der(c) {
+                        return Ok(ControlResponse::Rejected(err(
+                            Layer::Business,
+                            "business.bad-card-certificate",
+                            format!(
+                                "the SIM's key agreement certificate does not parse ({e}): send the DER certificate the card manufacturer issued"
+                            ),
+                        )));
+                    }
                 }
                 let row = CardRow {
                     iccid: iccid.clone(),
@@ -43,7 +56,11 @@ impl Tsm {
                     mno: party.0.clone(),
                 };
                 // Another operator's SIM stays theirs: the write changes no row.
-                match self.store.commit(vec![Store::register_card(&row, t)]).await {
+                let batch = vec![
+                    Store::register_card(&row, t),
+                    Store::set_card_certificate(&iccid, card_certificate, t),
+                ];
+                match self.store.commit(batch).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict(_)) => {
                         return Ok(ControlResponse::Rejected(err(

@@ -39,10 +39,27 @@ impl Tsm {
                 "the SIM is not registered",
             )));
         };
-        let mut goals = match &op.data.request {
+        // The sealed parts live beside the operation while it runs (`store::sealed`).
+        let mut request = op.data.request.clone();
+        if let Some(blob) = self.store.sealed(&op.id).await?
+            && !crate::store::sealed::restore_sealed(&mut request, &blob)
+        {
+            return Ok(Err(err(
+                Layer::Tsm,
+                "tsm.sealed-content",
+                "the operation's sealed content does not decode: the provider must send it again",
+            )));
+        }
+        // The request id the provider sealed under: its idempotency key.
+        let request_id = op
+            .idem_key
+            .as_deref()
+            .and_then(|k| hex::decode(k).ok())
+            .unwrap_or_default();
+        let mut goals = match &request {
             ControlRequest::Issue {
                 applet, credential, ..
-            } => recipes::jpki_credential(&applet.instance, &p.content_key, credential),
+            } => recipes::jpki_credential(&applet.instance, &request_id, credential),
             ControlRequest::Transfer {
                 credential: old,
                 new_credential,
@@ -54,7 +71,7 @@ impl Tsm {
                     .await?
                     .map(|c| c.instance)
                     .unwrap_or_else(|| jpki::JPKI_AID.to_vec());
-                recipes::jpki_credential(&instance, &p.content_key, new_credential)
+                recipes::jpki_credential(&instance, &request_id, new_credential)
             }
             ControlRequest::ResetPin {
                 credential,
@@ -81,7 +98,7 @@ impl Tsm {
                     .await?
                     .map(|c| c.instance)
                     .unwrap_or_else(|| jpki::JPKI_AID.to_vec());
-                recipes::pin_reset(&instance, sealed_pin, &bundle.certificate)
+                recipes::pin_reset(&instance, &request_id, sealed_pin, &bundle.certificate)
             }
             ControlRequest::WalletUpdate {
                 instance, updates, ..

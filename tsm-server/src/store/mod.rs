@@ -5,6 +5,7 @@
 mod cards;
 pub mod ops;
 pub use ops::legacy;
+pub mod sealed;
 
 use kagi_db::Schema;
 pub use kagi_db::{Backend, Db, Expect, Stmt, StoreError, Val};
@@ -46,6 +47,11 @@ pub const SCHEMA: Schema = Schema {
         id SERIAL_PK, op_id TEXT NOT NULL, at BIGINT NOT NULL, actor TEXT NOT NULL,
         event TEXT NOT NULL, detail TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS audit_op ON audit (op_id, id)",
+        // The sealed parts of a running operation's request (`sealed`): deleted when it ends.
+        "CREATE TABLE IF NOT EXISTS sealed (op_id TEXT PRIMARY KEY, data BYTES NOT NULL)",
+        // The SIMs' key agreement certificates, as their operators registered them.
+        "CREATE TABLE IF NOT EXISTS card_certs (
+        iccid TEXT PRIMARY KEY, cert BYTES NOT NULL, updated_at BIGINT NOT NULL)",
     ],
 };
 

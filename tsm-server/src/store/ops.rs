@@ -228,6 +228,8 @@ impl Store {
     pub async fn save_op(&self, op: &OpRow, extra: Vec<Stmt>) -> Result<(), StoreError> {
         let mut batch = vec![Self::update_op(op)?];
         batch.extend(extra);
+        // An operation that ends here takes its sealed parts with it.
+        batch.push(Self::erase_sealed_if_over(&op.id));
         self.commit(batch).await
     }
 

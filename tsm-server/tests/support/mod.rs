@@ -261,7 +261,6 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
                 sd_aid: vec![0xA0, 0, 0, 1, 0x51, 0x53, 0x50, 0x50, 1 + i as u8],
                 kvn: 0x31,
                 keys: keys(0x31, Diversification::Kdf3),
-                content_key: AesKey::new(&[0x3C; 16]).unwrap(),
             },
         );
     }
@@ -297,6 +296,8 @@ pub async fn dump(store: &Store) -> String {
         "SELECT * FROM tickets ORDER BY op_id",
         "SELECT * FROM sessions ORDER BY id",
         "SELECT * FROM audit ORDER BY id",
+        "SELECT * FROM sealed ORDER BY op_id",
+        "SELECT * FROM card_certs ORDER BY iccid",
     ] {
         out.push_str(sql);
         out.push('\n');
@@ -321,6 +322,7 @@ pub fn register_card(iccid: &str) -> ControlRequest {
         cin: "0102030405060708090A".into(),
         sd_aid: vec![],
         free_memory: 64 * 1024,
+        card_certificate: None,
     }
 }
 

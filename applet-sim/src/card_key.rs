@@ -1,0 +1,120 @@
+//! The card's key agreement key, as GlobalPlatform's Controlling Authority Security Domain
+//! keeps one (Card Specification Amendment A, confidential card content management; SCP11's
+//! `SK.SD.ECKA` / `CERT.SD.ECKA`): a P-256 key pair generated **on the card** at
+//! provisioning — the private half never leaves it — and the certificate the card
+//! manufacturer's CA issued for the public half.
+//!
+//! Applets never see the private key. The runtime opens a value sealed to this card
+//! ([`card_wire::content`]) for the calling applet only, binding it to the card's ICCID and
+//! certificate serial and to the caller's **own** instance AID, which comes from the
+//! applet's memory namespace ([`AppletStore`]) — an applet cannot name another instance.
+
+use crate::applet_store::AppletStore;
+use crate::store::{Store, StoreError};
+use card_wire::content::{self, Binding, ContentError, Role};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Where the card keeps its private key agreement key (the 32-byte scalar).
+pub const KEY: &str = "card/ecka/key";
+/// Where the card keeps its certificate (DER).
+pub const CERT: &str = "card/ecka/cert";
+/// Where the card keeps its certificate's serial number (big-endian bytes).
+pub const SERIAL: &str = "card/ecka/serial";
+
+/// Why the card could not open a sealed value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The card was provisioned without a key agreement key or certificate.
+    #[error(
+        "this card has no key agreement key and certificate: provision it with a manufacturer CA"
+    )]
+    NoCardKey,
+    /// The card has no ICCID (not a UICC).
+    #[error("this card has no ICCID to bind sealed content to")]
+    NoIccid,
+    /// The value does not open.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+}
+
+/// Generates the card's key agreement key pair on the card (replacing any earlier one, and
+/// forgetting its certificate); returns the public key, uncompressed SEC1 (65 bytes).
+pub fn generate(store: &mut Store) -> Result<Vec<u8>, StoreError> {
+    use p256::elliptic_curve::Generate;
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let key = p256::SecretKey::generate();
+    let mut scalar = key.to_bytes().to_vec();
+    store.begin();
+    let r = store
+        .put(KEY, &scalar)
+        .and_then(|_| store.remove(CERT))
+        .and_then(|_| store.remove(SERIAL));
+    scalar.zeroize();
+    match r {
+        Ok(()) => store.commit()?,
+        Err(e) => {
+            store.abort();
+            return Err(e);
+        }
+    }
+    Ok(key.public_key().to_sec1_point(false).as_bytes().to_vec())
+}
+
+/// Stores the manufacturer's certificate for the card's key and its serial number.
+pub fn set_certificate(store: &mut Store, der: &[u8], serial: &[u8]) -> Result<(), StoreError> {
+    store.begin();
+    let r = store.put(CERT, der).and_then(|_| store.put(SERIAL, serial));
+    match r {
+        Ok(()) => store.commit(),
+        Err(e) => {
+            store.abort();
+            Err(e)
+        }
+    }
+}
+
+/// The card's certificate, if it has one.
+pub fn certificate(store: &Store) -> Option<&[u8]> {
+    store.get(CERT)
+}
+
+/// Opens `sealed` for the instance whose namespace is `applet`, with `role` and
+/// `request_id` as the item names them.
+pub(crate) fn open_for(
+    applet: &AppletStore<'_>,
+    role: Role,
+    request_id: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let store = applet.card();
+    let (Some(scalar), Some(serial)) = (store.get(KEY), store.get(SERIAL)) else {
+        return Err(OpenError::NoCardKey);
+    };
+    let key = p256::SecretKey::from_slice(scalar).map_err(|_| OpenError::NoCardKey)?;
+    let iccid = store
+        .get(crate::uicc::ICCID_KEY)
+        .and_then(|ef| card_wire::uicc::Iccid::from_ef(ef).ok())
+        .ok_or(OpenError::NoIccid)?;
+    let instance = applet.instance();
+    let binding = Binding {
+        iccid: iccid.as_str(),
+        card_serial: serial,
+        instance: &instance,
+        role,
+        request_id,
+    };
+    Ok(content::open(&key, &binding, sealed)?)
+}
+
+impl AppletStore<'_> {
+    /// Opens a value sealed to this card for this applet instance (the runtime's service:
+    /// the card key stays out of the applet's reach, and the instance is the caller's own).
+    pub fn open_sealed(
+        &self,
+        role: Role,
+        request_id: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        open_for(self, role, request_id, sealed)
+    }
+}
