@@ -44,19 +44,17 @@ fn install(
     let module = Aid::new(&cap.applets()[m].aid).unwrap();
     let app = Aid::new(app).unwrap();
     load_file::install_cap(store, &elf, &module, &app, &[0], params)?;
-    registry::put_entry(
-        store,
-        &RegistryEntry {
-            aid: app,
-            class: registry::CAP_CLASS.into(),
-            life_cycle: app_state::SELECTABLE,
-            privileges: [0; 3],
-            sd: Some(Aid::new(&ISD).unwrap()),
-            elf: Some(elf),
-            params: params.to_vec(),
-        },
-    )
-    .unwrap();
+    // The card manager writes the registry entry in a transaction after `install` ran.
+    let entry = RegistryEntry {
+        aid: app,
+        class: registry::CAP_CLASS.into(),
+        life_cycle: app_state::SELECTABLE,
+        privileges: [0; 3],
+        sd: Some(Aid::new(&ISD).unwrap()),
+        elf: Some(elf),
+        params: params.to_vec(),
+    };
+    store.atomically(|s| registry::put_entry(s, &entry))?;
     Ok(())
 }
 
@@ -453,4 +451,50 @@ fn isoapplet_power_loss_at_every_write_of_key_generation() {
     eprintln!(
         "MEASURE IsoApplet EC key generation: {torn} persistent write points, key usable after {with_key} of the cuts"
     );
+}
+
+/// Power cut at every persistent write of an INSTALL of a CAP applet (the objects its
+/// `install` method makes, then the registry entry, in the card manager's order): after
+/// power-up the applet is installed and works, or it is absent and no object of it is left in
+/// the card's memory; a new INSTALL of the same AID then works.
+#[test]
+fn power_loss_at_every_write_of_a_cap_install_leaves_it_installed_or_absent() {
+    let c = cap(CONF);
+    let mut base = Store::new(1 << 20);
+    load(&mut base, &c).unwrap();
+    let app = h("F06B616769010101");
+    let aid = Aid::new(&app).unwrap();
+    let works = |rt: &mut Runtime| {
+        assert_eq!(tx(rt, "00A4040008 F06B616769010101 00"), "9000");
+        // INS 0D on a fresh instance: counter 1, int counter 100000, static 8.
+        assert_eq!(tx(rt, "800D000000"), "0001000186A000089000");
+    };
+    let (mut absent, mut present) = (0, 0);
+    for n in 1..2000 {
+        let mut store = base.clone();
+        store.tear_at(n);
+        let r = install(&mut store, &c, 0, &app, &h("C900"));
+        if !store.is_torn() {
+            assert_eq!(r, Ok(()));
+            assert!(absent > 3, "only {absent} write points");
+            break;
+        }
+        let mut rt = runtime(Store::from_image(&store.to_image()).unwrap());
+        if registry::entry(rt.store(), &aid).is_some() {
+            present += 1;
+            works(&mut rt);
+        } else {
+            absent += 1;
+            let left = rt.store().keys("app/F06B616769010101/");
+            assert!(
+                left.is_empty(),
+                "cut at write {n}: {} records left: {left:?}",
+                left.len()
+            );
+            let mut store = rt.store().clone();
+            install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+            works(&mut runtime(store));
+        }
+    }
+    eprintln!("MEASURE CAP install: {absent} cuts left it absent, {present} installed");
 }
