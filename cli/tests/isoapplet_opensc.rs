@@ -347,3 +347,116 @@ fn opensc_imports_openssl_keys_into_isoapplet_and_signs() {
     );
     assert!(text(&v).contains("Verified OK"), "{}", text(&v));
 }
+
+/// The persistent writes the simulator logged when it stopped (`kagi sim serve` prints
+/// "saved card image … (N persistent writes since start-up…").
+fn writes_logged(log: &str) -> u64 {
+    let at = log
+        .find("saved card image")
+        .unwrap_or_else(|| panic!("no image saved:\n{log}"));
+    let tail = &log[at..];
+    let open = tail.find('(').expect("a write count") + 1;
+    tail[open..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no write count in {tail}"))
+}
+
+/// The acceptance under power loss: power is cut at persistent writes spread over
+/// OpenSC's `pkcs15-init --generate-key ec/secp256r1` (the first, the last, and the write count
+/// of an uncut run split in seven), the card is restarted from its image, and OpenSC still
+/// works with it: `pkcs15-tool -D` reads it; the key is either listed and signs (verified by
+/// `pkcs11-tool --verify` once OpenSC wrote its public key object, its last step) or absent
+/// with no public key object; a new key is then generated, signs and verifies.
+#[test]
+fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
+    let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
+    let keep = std::env::temp_dir().join(format!("kagi-isoapplet-tear-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keep);
+    std::fs::create_dir_all(&keep).unwrap();
+    let k = |f: &str| keep.join(f).display().to_string();
+    let base = keep.join("base.img");
+    let pcsc = PrivatePcsc::start_install_image(std::path::Path::new(&cap), &base);
+    ok(
+        &pcsc,
+        "pkcs15-init",
+        &[
+            "--create-pkcs15",
+            "--so-pin",
+            "123456",
+            "--so-puk",
+            "0123456789abcdef",
+        ],
+    );
+    drop(pcsc);
+    std::fs::write(k("data"), b"kagi isoapplet torn").unwrap();
+    let generate = [
+        "--generate-key",
+        "ec/secp256r1",
+        "--id",
+        "3",
+        "--key-usage",
+        "sign",
+        "--auth-id",
+        "FF",
+        "--pin",
+        "123456",
+    ];
+    let m = module();
+    // An uncut run: how many persistent writes the whole session makes.
+    let img = keep.join("card.img");
+    std::fs::copy(&base, &img).unwrap();
+    let pcsc = PrivatePcsc::start_image(&img);
+    ok(&pcsc, "pkcs15-init", &generate);
+    let total = writes_logged(&pcsc.stop());
+    assert!(total > 20, "only {total} writes in a key generation");
+    let (mut with_key, mut without) = (0, 0);
+    let mut cuts: Vec<u64> = (1..=6).map(|i| total * i / 7).collect();
+    cuts.insert(0, 1);
+    cuts.push(total);
+    for n in cuts {
+        std::fs::copy(&base, &img).unwrap();
+        let pcsc = PrivatePcsc::start_image_tear(&img, n);
+        let g = pcsc.run("pkcs15-init", &generate);
+        let log = pcsc.stop();
+        // The card went mute at write n and stayed so (pkcs15-init fails, unless the cut
+        // write was one of the last, whose answers it does not need).
+        assert!(
+            writes_logged(&log) == n && log.contains(", power lost"),
+            "power was not cut at write {n} (generation: {})\n{log}",
+            text(&g)
+        );
+        let pcsc = PrivatePcsc::start_image(&img);
+        let dump = ok(&pcsc, "pkcs15-tool", &["-D"]);
+        let sig = k(&format!("ec-{n}.sig"));
+        if dump.contains("Private EC Key") {
+            // The key is there and signs (ECDSA: r ‖ s, 64 bytes for P-256). OpenSC writes
+            // the public key object last: where it made it, pkcs11-tool verifies with it.
+            with_key += 1;
+            sign(&pcsc, &m, "ECDSA-SHA1", "3", &k("data"), &sig);
+            assert_eq!(
+                std::fs::metadata(&sig).unwrap().len(),
+                64,
+                "cut at write {n}"
+            );
+            if dump.contains("Public EC Key") {
+                verify(&pcsc, &m, "ECDSA-SHA1", "3", &k("data"), &sig);
+            }
+        } else {
+            without += 1;
+            assert!(!dump.contains("Public EC Key"), "cut at write {n}:\n{dump}");
+        }
+        // OpenSC goes on working with the card: a new key is made, signs and verifies.
+        let mut again = generate;
+        again[3] = "4";
+        ok(&pcsc, "pkcs15-init", &again);
+        let sig = k(&format!("ec4-{n}.sig"));
+        sign(&pcsc, &m, "ECDSA-SHA1", "4", &k("data"), &sig);
+        verify(&pcsc, &m, "ECDSA-SHA1", "4", &k("data"), &sig);
+    }
+    eprintln!(
+        "MEASURE OpenSC EC key generation: {total} persistent writes; cut at 8 of them: key there and signing after {with_key}, absent after {without}"
+    );
+    let _ = std::fs::remove_dir_all(&keep);
+}
