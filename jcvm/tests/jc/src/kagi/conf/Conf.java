@@ -29,6 +29,8 @@ public class Conf extends Applet {
     private static Object sa;
     private byte fb;
     private byte[] nonAtomic;
+    private short deselects;
+    private Object kept;
 
     private Conf(byte[] b, short off, byte len) {
         persistent = new byte[8];
@@ -112,10 +114,37 @@ public class Conf extends Applet {
             case 0x20: n = Crypto.pss(buf, lc); break;
             case 0x21: n = Crypto.oaep(buf, lc); break;
             case 0x22: n = Crypto.ecdsa384(buf, lc); break;
+            case 0x23:
+                Util.setShort(buf, (short) 0, deselects);
+                buf[2] = onDeselect[0];
+                n = 3;
+                break;
+            case 0x24: n = garbage(buf); break;
+            case 0x25: n = Curves.run(buf, lc); break;
             case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
+    }
+
+    public void deselect() {
+        deselects++;
+    }
+
+    // P1 byte arrays made and dropped at once, then `kept` replaced by a new short[2] (the
+    // old one dropped); P2 = 1: requestObjectDeletion. Answers isObjectDeletionSupported.
+    private short garbage(byte[] buf) {
+        byte n = buf[ISO7816.OFFSET_P1];
+        for (byte i = 0; i < n; i++) {
+            byte[] g = new byte[8];
+            g[0] = i;
+        }
+        kept = new short[2];
+        if (buf[ISO7816.OFFSET_P2] == 1) {
+            JCSystem.requestObjectDeletion();
+        }
+        buf[0] = JCSystem.isObjectDeletionSupported() ? (byte) 1 : (byte) 0;
+        return 1;
     }
 
     private static short put(byte[] buf, short at, short v) {
