@@ -590,3 +590,52 @@ fn extended_apdus_reach_only_an_applet_that_implements_extended_length() {
     // The same command in short form is Conf's echo.
     assert_eq!(tx(&mut rt, "8011000003 414243 00"), "4142439000");
 }
+
+/// `KeyBuilder.TYPE_AES_TRANSIENT_DESELECT` (14) and `_RESET` (13) keys keep their material in
+/// RAM only: no store record holds the key bytes, and it is gone after a deselect (14) or a
+/// power cycle (13, which a re-SELECT leaves). A persistent `TYPE_AES` (15) key is in its
+/// record and survives both (the contrast that shows the record check can fail).
+#[test]
+fn transient_keys_stay_out_of_the_store_and_clear_on_their_event() {
+    let key = hex::encode_upper(b"kagi transient!!");
+    let in_store = |rt: &Runtime| {
+        rt.store()
+            .keys("app/F06B616769010101/jc/o/")
+            .iter()
+            .any(|k| {
+                rt.store()
+                    .get(k)
+                    .unwrap()
+                    .windows(16)
+                    .any(|w| w == b"kagi transient!!")
+            })
+    };
+    for (ty, in_record, after_reselect, after_power) in [
+        (0x0E, false, "00", "00"),
+        (0x0D, false, "01", "00"),
+        (0x0F, true, "01", "01"),
+    ] {
+        let mut rt = conf_card();
+        let select = "00A4040008 F06B616769010101 00";
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, &format!("802600{ty:02X}10{key}00")),
+            "019000",
+            "type {ty}"
+        );
+        assert_eq!(in_store(&rt), in_record, "type {ty}: key bytes in a record");
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, "8026010000"),
+            format!("{after_reselect}9000"),
+            "type {ty} after re-SELECT"
+        );
+        rt.reset();
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, "8026010000"),
+            format!("{after_power}9000"),
+            "type {ty} after power-up"
+        );
+    }
+}

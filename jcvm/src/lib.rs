@@ -266,7 +266,8 @@ impl Vm {
             let Some(mut o) = heap::decode(&bytes) else {
                 continue;
             };
-            // Transient arrays keep their (non-transactional) contents.
+            // Transient arrays keep their (non-transactional) contents, transient keys their
+            // material (never in the store).
             if let (
                 Obj::Array {
                     transient: Some(_),
@@ -278,6 +279,19 @@ impl Vm {
                 && old_data.len() == data.len()
             {
                 *data = old_data.clone();
+            }
+            if let (
+                Obj::Instance {
+                    native: heap::NativeState::Key(k),
+                    ..
+                },
+                Some(Obj::Instance {
+                    native: heap::NativeState::Key(old_k),
+                    ..
+                }),
+            ) = (&mut o, old.get(&h))
+            {
+                k.keep_material(old_k);
             }
             self.heap.objects.insert(h, o);
         }

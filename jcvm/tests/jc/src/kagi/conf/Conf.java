@@ -13,6 +13,8 @@ import javacard.framework.ISOException;
 import javacard.framework.JCSystem;
 import javacard.framework.OwnerPIN;
 import javacard.framework.Util;
+import javacard.security.AESKey;
+import javacard.security.KeyBuilder;
 
 public class Conf extends Applet {
     private byte[] persistent;
@@ -31,6 +33,7 @@ public class Conf extends Applet {
     private byte[] nonAtomic;
     private short deselects;
     private Object kept;
+    private AESKey tk;
 
     private Conf(byte[] b, short off, byte len) {
         persistent = new byte[8];
@@ -121,6 +124,7 @@ public class Conf extends Applet {
                 break;
             case 0x24: n = garbage(buf); break;
             case 0x25: n = Curves.run(buf, lc); break;
+            case 0x26: n = aesKey(buf); break;
             case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
@@ -144,6 +148,18 @@ public class Conf extends Applet {
             JCSystem.requestObjectDeletion();
         }
         buf[0] = JCSystem.isObjectDeletionSupported() ? (byte) 1 : (byte) 0;
+        return 1;
+    }
+
+    // INS 26: P1 0 builds an AES-128 key of KeyBuilder type P2 (15 persistent, 13 transient
+    // clear-on-reset, 14 transient clear-on-deselect) set from the 16 data bytes; then (any
+    // P1) answers whether the key is initialised.
+    private short aesKey(byte[] buf) {
+        if (buf[ISO7816.OFFSET_P1] == 0) {
+            tk = (AESKey) KeyBuilder.buildKey(buf[ISO7816.OFFSET_P2], KeyBuilder.LENGTH_AES_128, false);
+            tk.setKey(buf, ISO7816.OFFSET_CDATA);
+        }
+        buf[0] = tk.isInitialized() ? (byte) 1 : (byte) 0;
         return 1;
     }
 
