@@ -541,17 +541,18 @@ fn request_object_deletion_deletes_what_the_applet_dropped_and_its_records() {
     let first = tx(&mut rt, "8018000003 616263 00");
     let w = first[..130].to_string();
     // A first collection: what is left is what the applet reaches (and `kept`).
-    assert_eq!(tx(&mut rt, "8024000100"), "019000", "deletion is supported");
+    // Deletion is supported; `kept` was null.
+    assert_eq!(tx(&mut rt, "8024000100"), "01009000");
     let base = records(&rt);
     // INS 18 P1 1 (the kept pair): a Signature and a byte[80] made and dropped.
     let again = tx(&mut rt, "8018010003 616263 00");
     assert_eq!(&again[..130], w);
     assert_eq!(records(&rt), base + 2);
     // INS 24 P1 5, no deletion: five byte[8] dropped, `kept` replaced (the old one dropped).
-    assert_eq!(tx(&mut rt, "8024050000"), "019000");
+    assert_eq!(tx(&mut rt, "8024050000"), "01029000");
     assert_eq!(records(&rt), base + 8);
     // With deletion: a new `kept`; the nine dropped objects go (2 + 5 + two old `kept`).
-    assert_eq!(tx(&mut rt, "8024000100"), "019000");
+    assert_eq!(tx(&mut rt, "8024000100"), "01029000");
     assert_eq!(records(&rt), base);
     // The key pair, reached only through a static field and the KeyPair, still signs, and
     // p256 verifies the signature with the W the applet answered at first.
@@ -638,4 +639,46 @@ fn transient_keys_stay_out_of_the_store_and_clear_on_their_event() {
             "type {ty} after power-up"
         );
     }
+}
+
+/// Power cut at every persistent write of a command that requests object deletion (its own
+/// writes, then one record removal per dropped object): after power-up the objects the applet
+/// reaches are all there (its `kept` array, its EC key pair that still signs as the same key),
+/// and the next request deletes what was left.
+#[test]
+fn power_loss_during_object_deletion_loses_nothing_the_applet_reaches() {
+    let mut rt = conf_card();
+    let records = |rt: &Runtime| rt.store().keys("app/F06B616769010101/jc/o/").len();
+    let select = "00A4040008 F06B616769010101 00";
+    assert_eq!(tx(&mut rt, select), "9000");
+    let w = tx(&mut rt, "8018000003 616263 00")[..130].to_string();
+    assert_eq!(tx(&mut rt, "8024000100"), "01009000");
+    let base = records(&rt);
+    assert!(tx(&mut rt, "8018010003 616263 00").starts_with(&w));
+    assert_eq!(tx(&mut rt, "8024050000"), "01029000");
+    assert_eq!(records(&rt), base + 8);
+    let before = rt.store().clone();
+    let mut torn = 0;
+    for n in 1..100 {
+        let mut rt = runtime(before.clone());
+        assert_eq!(tx(&mut rt, select), "9000");
+        rt.store_mut().tear_at(n);
+        if rt.process(&h("8024000100")).is_some() {
+            assert_eq!(records(&rt), base);
+            break;
+        }
+        torn += 1;
+        let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+        assert_eq!(tx(&mut rt, select), "9000");
+        let r = tx(&mut rt, "8018010003 616263 00");
+        assert!(
+            r.starts_with(&w) && r.ends_with("9000"),
+            "cut at write {n}: {r}"
+        );
+        // `kept` (the one before the cut command, or the one it made) is there: a short[2].
+        assert_eq!(tx(&mut rt, "8024000100"), "01029000", "cut at write {n}");
+        // Two more dropped by INS 18 (its Signature and byte[80]): all gone.
+        assert_eq!(records(&rt), base, "cut at write {n}");
+    }
+    assert!(torn > 9, "only {torn} write points");
 }

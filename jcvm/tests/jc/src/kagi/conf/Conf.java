@@ -137,8 +137,10 @@ public class Conf extends Applet {
     }
 
     // P1 byte arrays made and dropped at once, then `kept` replaced by a new short[2] (the
-    // old one dropped); P2 = 1: requestObjectDeletion. Answers isObjectDeletionSupported.
+    // old one dropped); P2 = 1: requestObjectDeletion. Answers isObjectDeletionSupported and
+    // the length of the `kept` found on entry (0 when null).
     private short garbage(byte[] buf) {
+        buf[1] = kept == null ? (byte) 0 : (byte) ((short[]) kept).length;
         byte n = buf[ISO7816.OFFSET_P1];
         for (byte i = 0; i < n; i++) {
             byte[] g = new byte[8];
@@ -149,7 +151,7 @@ public class Conf extends Applet {
             JCSystem.requestObjectDeletion();
         }
         buf[0] = JCSystem.isObjectDeletionSupported() ? (byte) 1 : (byte) 0;
-        return 1;
+        return 2;
     }
 
     // INS 26: P1 0 builds an AES-128 key of KeyBuilder type P2 (15 persistent, 13 transient
