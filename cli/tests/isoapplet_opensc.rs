@@ -364,11 +364,12 @@ fn writes_logged(log: &str) -> u64 {
 }
 
 /// The acceptance under power loss: power is cut at persistent writes spread over
-/// OpenSC's `pkcs15-init --generate-key ec/secp256r1` (the first, the last, and the write count
-/// of an uncut run split in seven), the card is restarted from its image, and OpenSC still
-/// works with it: `pkcs15-tool -D` reads it; the key is either listed and signs (verified by
-/// `pkcs11-tool --verify` once OpenSC wrote its public key object, its last step) or absent
-/// with no public key object; a new key is then generated, signs and verifies.
+/// OpenSC's `pkcs15-init --generate-key` (EC P-256: the first, the last, and the write count of
+/// an uncut run split in seven; RSA-2048: the first and four spread), the card is restarted
+/// from its image, and OpenSC still works with it: `pkcs15-tool -D` reads it; the key is
+/// either listed and signs (verified by `pkcs11-tool --verify` once OpenSC wrote its public
+/// key object, its last step) or absent with no public key object; a new key is then
+/// generated, signs and verifies.
 #[test]
 fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
     let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
@@ -391,72 +392,83 @@ fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
     );
     drop(pcsc);
     std::fs::write(k("data"), b"kagi isoapplet torn").unwrap();
-    let generate = [
-        "--generate-key",
-        "ec/secp256r1",
-        "--id",
-        "3",
-        "--key-usage",
-        "sign",
-        "--auth-id",
-        "FF",
-        "--pin",
-        "123456",
-    ];
     let m = module();
-    // An uncut run: how many persistent writes the whole session makes.
     let img = keep.join("card.img");
-    std::fs::copy(&base, &img).unwrap();
-    let pcsc = PrivatePcsc::start_image(&img);
-    ok(&pcsc, "pkcs15-init", &generate);
-    let total = writes_logged(&pcsc.stop());
-    assert!(total > 20, "only {total} writes in a key generation");
-    let (mut with_key, mut without) = (0, 0);
-    let mut cuts: Vec<u64> = (1..=6).map(|i| total * i / 7).collect();
-    cuts.insert(0, 1);
-    cuts.push(total);
-    for n in cuts {
+    for (alg, kind, mech, sig_len, parts) in [
+        ("ec/secp256r1", "EC", "ECDSA-SHA1", 64, 7u64),
+        ("rsa/2048", "RSA", "SHA256-RSA-PKCS", 256, 4),
+    ] {
+        let generate = |id: &'static str| {
+            [
+                "--generate-key",
+                alg,
+                "--id",
+                id,
+                "--key-usage",
+                "sign",
+                "--auth-id",
+                "FF",
+                "--pin",
+                "123456",
+            ]
+        };
+        // An uncut run: how many persistent writes the whole session makes.
         std::fs::copy(&base, &img).unwrap();
-        let pcsc = PrivatePcsc::start_image_tear(&img, n);
-        let g = pcsc.run("pkcs15-init", &generate);
-        let log = pcsc.stop();
-        // The card went mute at write n and stayed so (pkcs15-init fails, unless the cut
-        // write was one of the last, whose answers it does not need).
-        assert!(
-            writes_logged(&log) == n && log.contains(", power lost"),
-            "power was not cut at write {n} (generation: {})\n{log}",
-            text(&g)
-        );
         let pcsc = PrivatePcsc::start_image(&img);
-        let dump = ok(&pcsc, "pkcs15-tool", &["-D"]);
-        let sig = k(&format!("ec-{n}.sig"));
-        if dump.contains("Private EC Key") {
-            // The key is there and signs (ECDSA: r ‖ s, 64 bytes for P-256). OpenSC writes
-            // the public key object last: where it made it, pkcs11-tool verifies with it.
-            with_key += 1;
-            sign(&pcsc, &m, "ECDSA-SHA1", "3", &k("data"), &sig);
-            assert_eq!(
-                std::fs::metadata(&sig).unwrap().len(),
-                64,
-                "cut at write {n}"
-            );
-            if dump.contains("Public EC Key") {
-                verify(&pcsc, &m, "ECDSA-SHA1", "3", &k("data"), &sig);
-            }
-        } else {
-            without += 1;
-            assert!(!dump.contains("Public EC Key"), "cut at write {n}:\n{dump}");
+        ok(&pcsc, "pkcs15-init", &generate("3"));
+        let total = writes_logged(&pcsc.stop());
+        assert!(total > 20, "only {total} writes in a key generation");
+        let (mut with_key, mut without) = (0, 0);
+        let mut cuts: Vec<u64> = (1..parts).map(|i| total * i / parts).collect();
+        cuts.insert(0, 1);
+        if kind == "EC" {
+            cuts.push(total);
         }
-        // OpenSC goes on working with the card: a new key is made, signs and verifies.
-        let mut again = generate;
-        again[3] = "4";
-        ok(&pcsc, "pkcs15-init", &again);
-        let sig = k(&format!("ec4-{n}.sig"));
-        sign(&pcsc, &m, "ECDSA-SHA1", "4", &k("data"), &sig);
-        verify(&pcsc, &m, "ECDSA-SHA1", "4", &k("data"), &sig);
+        let n_cuts = cuts.len();
+        for n in cuts {
+            std::fs::copy(&base, &img).unwrap();
+            let pcsc = PrivatePcsc::start_image_tear(&img, n);
+            let g = pcsc.run("pkcs15-init", &generate("3"));
+            let log = pcsc.stop();
+            // The card went mute at write n and stayed so (pkcs15-init fails, unless the cut
+            // write was one of the last, whose answers it does not need).
+            assert!(
+                writes_logged(&log) == n && log.contains(", power lost"),
+                "{alg}: power was not cut at write {n} (generation: {})\n{log}",
+                text(&g)
+            );
+            let pcsc = PrivatePcsc::start_image(&img);
+            let dump = ok(&pcsc, "pkcs15-tool", &["-D"]);
+            let sig = k(&format!("{kind}-{n}.sig"));
+            if dump.contains(&format!("Private {kind} Key")) {
+                // The key is there and signs. OpenSC writes the public key object last:
+                // where it made it, pkcs11-tool verifies with it.
+                with_key += 1;
+                sign(&pcsc, &m, mech, "3", &k("data"), &sig);
+                assert_eq!(
+                    std::fs::metadata(&sig).unwrap().len(),
+                    sig_len,
+                    "{alg}: cut at write {n}"
+                );
+                if dump.contains(&format!("Public {kind} Key")) {
+                    verify(&pcsc, &m, mech, "3", &k("data"), &sig);
+                }
+            } else {
+                without += 1;
+                assert!(
+                    !dump.contains(&format!("Public {kind} Key")),
+                    "{alg}: cut at write {n}:\n{dump}"
+                );
+            }
+            // OpenSC goes on working with the card: a new key is made, signs and verifies.
+            ok(&pcsc, "pkcs15-init", &generate("4"));
+            let sig = k(&format!("{kind}4-{n}.sig"));
+            sign(&pcsc, &m, mech, "4", &k("data"), &sig);
+            verify(&pcsc, &m, mech, "4", &k("data"), &sig);
+        }
+        eprintln!(
+            "MEASURE OpenSC {alg} key generation: {total} persistent writes; cut at {n_cuts} of them: key there and signing after {with_key}, absent after {without}"
+        );
     }
-    eprintln!(
-        "MEASURE OpenSC EC key generation: {total} persistent writes; cut at 8 of them: key there and signing after {with_key}, absent after {without}"
-    );
     let _ = std::fs::remove_dir_all(&keep);
 }
