@@ -372,8 +372,28 @@ fn writes_logged(log: &str) -> u64 {
 /// generated, signs and verifies.
 #[test]
 fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
+    power_loss_sweep(false);
+}
+
+/// The same at every persistent write of both generations (~215 cuts, minutes: run with
+/// `--ignored`), except that it lists the cuts after which OpenSC can make no new key instead
+/// of failing at the first. IsoApplet v0 has such cuts of its own: `DedicatedFile.addChildren`
+/// (called by CREATE FILE, outside any transaction) stores `currentNumChildren + 1` before
+/// `children[n] = file`, so a cut between the two leaves a directory with a null child, and
+/// every later path lookup through it throws NullPointerException (`6F00`), as on a real card
+/// (each persistent write atomic on its own, in program order).
+#[test]
+#[ignore]
+fn power_loss_at_every_write_of_opensc_key_generation() {
+    power_loss_sweep(true);
+}
+
+fn power_loss_sweep(every: bool) {
     let cap = format!("{}{ISO}", env!("CARGO_MANIFEST_DIR"));
-    let keep = std::env::temp_dir().join(format!("kagi-isoapplet-tear-{}", std::process::id()));
+    let keep = std::env::temp_dir().join(format!(
+        "kagi-isoapplet-tear-{}-{every}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&keep);
     std::fs::create_dir_all(&keep).unwrap();
     let k = |f: &str| keep.join(f).display().to_string();
@@ -424,7 +444,11 @@ fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
         if kind == "EC" {
             cuts.push(total);
         }
+        if every {
+            cuts = (1..=total).collect();
+        }
         let n_cuts = cuts.len();
+        let mut stuck = Vec::new();
         for n in cuts {
             std::fs::copy(&base, &img).unwrap();
             let pcsc = PrivatePcsc::start_image_tear(&img, n);
@@ -461,13 +485,27 @@ fn power_loss_during_opensc_key_generation_leaves_a_card_opensc_still_uses() {
                 );
             }
             // OpenSC goes on working with the card: a new key is made, signs and verifies.
-            ok(&pcsc, "pkcs15-init", &generate("4"));
+            // (In the sweep of every write, the cuts after which it cannot are collected
+            // instead: see `power_loss_at_every_write_of_opensc_key_generation`.)
+            let g = pcsc.run("pkcs15-init", &generate("4"));
+            if !g.status.success() {
+                assert!(
+                    every,
+                    "{alg}: after the cut at write {n} OpenSC can make no new key (one of \
+                     IsoApplet v0's own non-atomic CREATE FILE points? see \
+                     power_loss_at_every_write_of_opensc_key_generation):\n{}\n{}",
+                    text(&g),
+                    pcsc.logs()
+                );
+                stuck.push(n);
+                continue;
+            }
             let sig = k(&format!("{kind}4-{n}.sig"));
             sign(&pcsc, &m, mech, "4", &k("data"), &sig);
             verify(&pcsc, &m, mech, "4", &k("data"), &sig);
         }
         eprintln!(
-            "MEASURE OpenSC {alg} key generation: {total} persistent writes; cut at {n_cuts} of them: key there and signing after {with_key}, absent after {without}"
+            "MEASURE OpenSC {alg} key generation: {total} persistent writes; cut at {n_cuts} of them: key there and signing after {with_key}, absent after {without}; no new key possible after the cuts at writes {stuck:?}"
         );
     }
     let _ = std::fs::remove_dir_all(&keep);
