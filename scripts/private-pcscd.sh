@@ -10,7 +10,8 @@
 # integration tests. Environment: WORK, RUN, KAGI, CARDS, PRESET (default gp-test), IMAGE (card
 # images, as `kagi sim serve --sim-image`), HOPPER
 # (non-empty: every slot is fed factory-fresh cards with their own serials; `next I` swaps),
-# INSTALL (a CAP file installed into each new card, as `kagi sim serve --install`).
+# INSTALL (a CAP file installed into each new card, as `kagi sim serve --install`), TEAR (cut
+# each card's power at its Nth persistent write, as `kagi sim serve --sim-tear-at`).
 # Readers: "Virtual PCD 00 00", "Virtual PCD 00 01", then "Virtual PCD B 00 00", … (card i is
 # on TCP port 35963 + i).
 set -eu
@@ -41,7 +42,7 @@ start_pcscd
 # `next I` to swap in the next card (with HOPPER).
 mkfifo "$WORK/sim-ctl"
 exec 8<>"$WORK/sim-ctl"
-"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --sim-seed 7 --sim-preset "${PRESET:-gp-test}" ${IMAGE:+--sim-image "$IMAGE"} ${HOPPER:+--hopper} ${INSTALL:+--install "$INSTALL"} --control <&8 >"$WORK/sim.log" 2>&1 &
+"$KAGI" sim serve --vpcd 127.0.0.1:35963 --cards "$CARDS" --sim-seed 7 --sim-preset "${PRESET:-gp-test}" ${IMAGE:+--sim-image "$IMAGE"} ${HOPPER:+--hopper} ${INSTALL:+--install "$INSTALL"} ${TEAR:+--sim-tear-at "$TEAR"} --control <&8 >"$WORK/sim.log" 2>&1 &
 S=$!
 echo "$P $S" >"$WORK/pids"
 # pcscd may not finish a graceful stop while a vpcd reader still waits for its simulator (the

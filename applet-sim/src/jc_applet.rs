@@ -47,12 +47,15 @@ impl Persist for ScopedPersist<'_, '_> {
     fn in_transaction(&self) -> bool {
         self.0.in_transaction()
     }
+    fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
+        self.0.remove(name).map_err(fail)
+    }
 }
 
 /// Writes made where the runtime gives no store (an applet's `deselect()`), kept until the
 /// next call that has one.
 #[derive(Default)]
-struct Deferred(Vec<(String, Vec<u8>)>);
+struct Deferred(Vec<(String, Option<Vec<u8>>)>);
 
 impl Persist for Deferred {
     fn get(&self, name: &str) -> Option<Vec<u8>> {
@@ -60,10 +63,10 @@ impl Persist for Deferred {
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .and_then(|(_, v)| v.clone())
     }
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.0.push((name.to_string(), value.to_vec()));
+        self.0.push((name.to_string(), Some(value.to_vec())));
         Ok(())
     }
     fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
@@ -83,12 +86,15 @@ impl Persist for Deferred {
     fn in_transaction(&self) -> bool {
         false
     }
+    fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
+        self.0.push((name.to_string(), None));
+        Ok(())
+    }
 }
 
 /// A Java Card applet instance from a CAP file.
 pub struct JcApplet {
     vm: Vm,
-    extended: bool,
     deferred: Deferred,
 }
 
@@ -101,10 +107,8 @@ impl std::fmt::Debug for JcApplet {
 impl JcApplet {
     /// The instance `aid` of the linked package `pkg`.
     pub fn new(pkg: Arc<Package>, aid: &Aid) -> Self {
-        let extended = pkg.implements_api("javacardx.apdu.ExtendedLength");
         JcApplet {
             vm: Vm::new(pkg, aid.as_bytes(), Limits::default()),
-            extended,
             deferred: Deferred::default(),
         }
     }
@@ -116,7 +120,10 @@ impl JcApplet {
 
     fn apply_deferred(&mut self, store: &mut AppletStore<'_>) -> Result<(), StatusWord> {
         for (n, v) in std::mem::take(&mut self.deferred.0) {
-            store.put(&n, &v)?;
+            match v {
+                Some(v) => store.put(&n, &v)?,
+                None => store.remove(&n)?,
+            }
         }
         Ok(())
     }
@@ -176,7 +183,10 @@ impl Applet for JcApplet {
     }
 
     fn extended_length(&self) -> bool {
-        self.extended
+        // The instance's own class, not any class of its package (Java Card 3.0.5
+        // `javacardx.apdu.ExtendedLength`: the applet implements it). Commands reach an
+        // applet after its SELECT, when the machine has read its state.
+        self.vm.applet_implements("javacardx.apdu.ExtendedLength")
     }
 
     fn own_get_response(&self) -> bool {

@@ -195,7 +195,9 @@ pub fn install_bytes(app: &Aid, privileges: &[u8], params: &[u8]) -> Vec<u8> {
 
 /// INSTALL [for install] of the CAP applet `module` of load file `elf` as instance `app`:
 /// runs its `install(byte[], short, byte)` with the install parameters; the objects it makes
-/// go to the instance's memory (`app/<AID>/jc/…`), removed again when `install` fails.
+/// go to the instance's memory (`app/<AID>/jc/…`), removed again when `install` fails. The
+/// caller writes the registry entry afterwards; objects of an install cut by power loss
+/// before that entry are collected at the next power-up ([`crate::Runtime::reset`]).
 pub fn install_cap(
     store: &mut Store,
     elf: &Aid,
@@ -221,7 +223,7 @@ pub fn install_cap(
         Ok(_) => Ok(()),
         Err(sw) => {
             if !store.is_torn() {
-                store.remove_prefix(&registry::data_prefix(app))?;
+                store.remove_prefix(&format!("{}/", registry::data_prefix(app)))?;
             }
             Err(sw)
         }

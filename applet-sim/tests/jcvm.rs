@@ -44,19 +44,17 @@ fn install(
     let module = Aid::new(&cap.applets()[m].aid).unwrap();
     let app = Aid::new(app).unwrap();
     load_file::install_cap(store, &elf, &module, &app, &[0], params)?;
-    registry::put_entry(
-        store,
-        &RegistryEntry {
-            aid: app,
-            class: registry::CAP_CLASS.into(),
-            life_cycle: app_state::SELECTABLE,
-            privileges: [0; 3],
-            sd: Some(Aid::new(&ISD).unwrap()),
-            elf: Some(elf),
-            params: params.to_vec(),
-        },
-    )
-    .unwrap();
+    // The card manager writes the registry entry in a transaction after `install` ran.
+    let entry = RegistryEntry {
+        aid: app,
+        class: registry::CAP_CLASS.into(),
+        life_cycle: app_state::SELECTABLE,
+        privileges: [0; 3],
+        sd: Some(Aid::new(&ISD).unwrap()),
+        elf: Some(elf),
+        params: params.to_vec(),
+    };
+    store.atomically(|s| registry::put_entry(s, &entry))?;
     Ok(())
 }
 
@@ -453,4 +451,234 @@ fn isoapplet_power_loss_at_every_write_of_key_generation() {
     eprintln!(
         "MEASURE IsoApplet EC key generation: {torn} persistent write points, key usable after {with_key} of the cuts"
     );
+}
+
+/// Power cut at every persistent write of an INSTALL of a CAP applet (the objects its
+/// `install` method makes, then the registry entry, in the card manager's order): after
+/// power-up the applet is installed and works, or it is absent and no object of it is left in
+/// the card's memory; a new INSTALL of the same AID then works.
+#[test]
+fn power_loss_at_every_write_of_a_cap_install_leaves_it_installed_or_absent() {
+    let c = cap(CONF);
+    let mut base = Store::new(1 << 20);
+    load(&mut base, &c).unwrap();
+    let app = h("F06B616769010101");
+    let aid = Aid::new(&app).unwrap();
+    let works = |rt: &mut Runtime| {
+        assert_eq!(tx(rt, "00A4040008 F06B616769010101 00"), "9000");
+        // INS 0D on a fresh instance: counter 1, int counter 100000, static 8.
+        assert_eq!(tx(rt, "800D000000"), "0001000186A000089000");
+    };
+    let (mut absent, mut present) = (0, 0);
+    for n in 1..2000 {
+        let mut store = base.clone();
+        store.tear_at(n);
+        let r = install(&mut store, &c, 0, &app, &h("C900"));
+        if !store.is_torn() {
+            assert_eq!(r, Ok(()));
+            assert!(absent > 3, "only {absent} write points");
+            break;
+        }
+        let mut rt = runtime(Store::from_image(&store.to_image()).unwrap());
+        if registry::entry(rt.store(), &aid).is_some() {
+            present += 1;
+            works(&mut rt);
+        } else {
+            absent += 1;
+            let left = rt.store().keys("app/F06B616769010101/");
+            assert!(
+                left.is_empty(),
+                "cut at write {n}: {} records left: {left:?}",
+                left.len()
+            );
+            let mut store = rt.store().clone();
+            install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+            works(&mut runtime(store));
+        }
+    }
+    eprintln!("MEASURE CAP install: {absent} cuts left it absent, {present} installed");
+}
+
+/// A loaded conformance package with its applet `Conf` installed as `F06B616769010101` and
+/// (module 1, `Ext`) as `F06B616769010201`, in a powered runtime.
+fn conf_card() -> Runtime {
+    let c = cap(CONF);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    install(&mut store, &c, 1, &h("F06B616769010201"), &h("C900")).unwrap();
+    runtime(store)
+}
+
+/// Java Card runtime §4 (applet selection): SELECT of the applet already selected on the
+/// channel deselects it first — its `deselect()` runs and its CLEAR_ON_DESELECT arrays clear —
+/// then selects it again. CLEAR_ON_RESET arrays keep their contents.
+#[test]
+fn selecting_the_selected_applet_again_deselects_it_first() {
+    let mut rt = conf_card();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    // INS 08: onDeselect[0] = P1, onReset[0] = P2. INS 23: deselect() calls, onDeselect[0].
+    assert_eq!(tx(&mut rt, "8008112200"), "9000");
+    assert_eq!(tx(&mut rt, "8023000000"), "0000119000");
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "8023000000"), "0001009000");
+    // INS 09: onDeselect[0], onReset[0].
+    assert_eq!(tx(&mut rt, "8009000000"), "00229000");
+}
+
+/// `JCSystem.requestObjectDeletion`: the objects the applet dropped are deleted at the end of
+/// the command, their store records with them; what its fields and statics reach (the EC key
+/// pair kept in a static field, its keys reached through the `KeyPair` only) stays and works.
+/// The counts come from the applet's source (`Conf.garbage`, `Crypto.ecdsa`).
+#[test]
+fn request_object_deletion_deletes_what_the_applet_dropped_and_its_records() {
+    use p256::ecdsa::signature::Verifier;
+    let mut rt = conf_card();
+    let records = |rt: &Runtime| rt.store().keys("app/F06B616769010101/jc/o/").len();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    // INS 18 P1 0: a new P-256 key pair in a static field, then W and an ECDSA-SHA-256
+    // signature over the data.
+    let first = tx(&mut rt, "8018000003 616263 00");
+    let w = first[..130].to_string();
+    // A first collection: what is left is what the applet reaches (and `kept`).
+    // Deletion is supported; `kept` was null.
+    assert_eq!(tx(&mut rt, "8024000100"), "01009000");
+    let base = records(&rt);
+    // INS 18 P1 1 (the kept pair): a Signature and a byte[80] made and dropped.
+    let again = tx(&mut rt, "8018010003 616263 00");
+    assert_eq!(&again[..130], w);
+    assert_eq!(records(&rt), base + 2);
+    // INS 24 P1 5, no deletion: five byte[8] dropped, `kept` replaced (the old one dropped).
+    assert_eq!(tx(&mut rt, "8024050000"), "01029000");
+    assert_eq!(records(&rt), base + 8);
+    // With deletion: a new `kept`; the nine dropped objects go (2 + 5 + two old `kept`).
+    assert_eq!(tx(&mut rt, "8024000100"), "01029000");
+    assert_eq!(records(&rt), base);
+    // The key pair, reached only through a static field and the KeyPair, still signs, and
+    // p256 verifies the signature with the W the applet answered at first.
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&h(&w)).unwrap();
+    let mut restored = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+    for rt in [&mut rt, &mut restored] {
+        assert_eq!(tx(rt, "00A4040008 F06B616769010101 00"), "9000");
+        let r = tx(rt, "8018010003 616263 00");
+        assert!(r.starts_with(&w) && r.ends_with("9000"), "{r}");
+        let sig = p256::ecdsa::Signature::from_der(&h(&r[130..r.len() - 4])).unwrap();
+        key.verify(b"abc", &sig).expect("the kept key signs");
+        // The objects reached through instance fields: the shapes (INS 05: Square(5) area 25
+        // id 1 twice 50, Rect(3,7) 21 2 42, Cube(2) 24 3 48) and the PIN "1234" (INS 12:
+        // validated, 3 tries, validated).
+        assert_eq!(
+            tx(rt, "8005000000"),
+            "0019000100320015000200\
+2A0018000300309000"
+        );
+        assert_eq!(tx(rt, "8012000004 31323334 00"), "0103019000");
+    }
+}
+
+/// `javacardx.apdu.ExtendedLength`: the package's applet `Ext` implements it and gets a
+/// 300-byte extended command, answering 602 bytes (data, length, data); `Conf`, of the same
+/// package, does not implement it and gets `6700` for an extended command.
+#[test]
+fn extended_apdus_reach_only_an_applet_that_implements_extended_length() {
+    let mut rt = conf_card();
+    let data: String = (0..300u16).map(|i| format!("{:02X}", i as u8)).collect();
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010201 00"), "9000");
+    let r = tx(&mut rt, &format!("80100000 00012C {data} 0000"));
+    assert_eq!(r, format!("{data}012C{data}9000"));
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "80110000 000003 414243 0000"), "6700");
+    // The same command in short form is Conf's echo.
+    assert_eq!(tx(&mut rt, "8011000003 414243 00"), "4142439000");
+}
+
+/// `KeyBuilder.TYPE_AES_TRANSIENT_DESELECT` (14) and `_RESET` (13) keys keep their material in
+/// RAM only: no store record holds the key bytes, and it is gone after a deselect (14) or a
+/// power cycle (13, which a re-SELECT leaves). A persistent `TYPE_AES` (15) key is in its
+/// record and survives both (the contrast that shows the record check can fail).
+#[test]
+fn transient_keys_stay_out_of_the_store_and_clear_on_their_event() {
+    let key = hex::encode_upper(b"kagi transient!!");
+    let in_store = |rt: &Runtime| {
+        rt.store()
+            .keys("app/F06B616769010101/jc/o/")
+            .iter()
+            .any(|k| {
+                rt.store()
+                    .get(k)
+                    .unwrap()
+                    .windows(16)
+                    .any(|w| w == b"kagi transient!!")
+            })
+    };
+    for (ty, in_record, after_reselect, after_power) in [
+        (0x0E, false, "00", "00"),
+        (0x0D, false, "01", "00"),
+        (0x0F, true, "01", "01"),
+    ] {
+        let mut rt = conf_card();
+        let select = "00A4040008 F06B616769010101 00";
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, &format!("802600{ty:02X}10{key}00")),
+            "019000",
+            "type {ty}"
+        );
+        assert_eq!(in_store(&rt), in_record, "type {ty}: key bytes in a record");
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, "8026010000"),
+            format!("{after_reselect}9000"),
+            "type {ty} after re-SELECT"
+        );
+        rt.reset();
+        assert_eq!(tx(&mut rt, select), "9000");
+        assert_eq!(
+            tx(&mut rt, "8026010000"),
+            format!("{after_power}9000"),
+            "type {ty} after power-up"
+        );
+    }
+}
+
+/// Power cut at every persistent write of a command that requests object deletion (its own
+/// writes, then one record removal per dropped object): after power-up the objects the applet
+/// reaches are all there (its `kept` array, its EC key pair that still signs as the same key),
+/// and the next request deletes what was left.
+#[test]
+fn power_loss_during_object_deletion_loses_nothing_the_applet_reaches() {
+    let mut rt = conf_card();
+    let records = |rt: &Runtime| rt.store().keys("app/F06B616769010101/jc/o/").len();
+    let select = "00A4040008 F06B616769010101 00";
+    assert_eq!(tx(&mut rt, select), "9000");
+    let w = tx(&mut rt, "8018000003 616263 00")[..130].to_string();
+    assert_eq!(tx(&mut rt, "8024000100"), "01009000");
+    let base = records(&rt);
+    assert!(tx(&mut rt, "8018010003 616263 00").starts_with(&w));
+    assert_eq!(tx(&mut rt, "8024050000"), "01029000");
+    assert_eq!(records(&rt), base + 8);
+    let before = rt.store().clone();
+    let mut torn = 0;
+    for n in 1..100 {
+        let mut rt = runtime(before.clone());
+        assert_eq!(tx(&mut rt, select), "9000");
+        rt.store_mut().tear_at(n);
+        if rt.process(&h("8024000100")).is_some() {
+            assert_eq!(records(&rt), base);
+            break;
+        }
+        torn += 1;
+        let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+        assert_eq!(tx(&mut rt, select), "9000");
+        let r = tx(&mut rt, "8018010003 616263 00");
+        assert!(
+            r.starts_with(&w) && r.ends_with("9000"),
+            "cut at write {n}: {r}"
+        );
+        // `kept` (the one before the cut command, or the one it made) is there: a short[2].
+        assert_eq!(tx(&mut rt, "8024000100"), "01029000", "cut at write {n}");
+        // Two more dropped by INS 18 (its Signature and byte[80]): all gone.
+        assert_eq!(records(&rt), base, "cut at write {n}");
+    }
+    assert!(torn > 9, "only {torn} write points");
 }

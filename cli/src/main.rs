@@ -214,6 +214,11 @@ struct ServeArgs {
     /// existing image are served as they are).
     #[arg(long = "install", value_name = "FILE.cap")]
     install: Vec<PathBuf>,
+    /// Tearing tests: cut each card's power at its Nth persistent write after start-up (the
+    /// card answers nothing but 6F00 until pcscd powers it up again; the image saved on exit
+    /// holds what was committed). The number of writes is logged on exit.
+    #[arg(long = "sim-tear-at", value_name = "N")]
+    tear_at: Option<u64>,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -322,6 +327,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         control,
         hopper,
         install,
+        tear_at,
     } = args;
     let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
     use applet_sim::vpcd::SlotControl;
@@ -394,6 +400,9 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
             _ if hopper => factory(Some(format!("{}/{i}/0", seed.unwrap_or(0))))?,
             _ => sim_cap::install_caps(factory(None)?, install, card_seed)?,
         };
+        if let Some(n) = tear_at {
+            card.tear_at(*n);
+        }
         let mut fed = 0u64;
         let mut next_card = move || {
             fed += 1;
@@ -426,7 +435,16 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         }
         if let Some(p) = path {
             card.save_image(&p)?;
-            eprintln!("saved card image {}", p.display());
+            eprintln!(
+                "saved card image {} ({} persistent writes since start-up{})",
+                p.display(),
+                card.store().writes(),
+                if card.store().is_torn() {
+                    ", power lost"
+                } else {
+                    ""
+                }
+            );
         }
     }
     match first_error {

@@ -57,7 +57,12 @@ fn install_all(image: &Path, caps: &[PathBuf]) -> Result<(), Failure> {
     for path in caps {
         let what = |e: &dyn std::fmt::Display| format!("--install {}: {e}", path.display());
         let cap = CapFile::from_path(path).map_err(|e| what(&e))?;
-        let module = kagi::gp_cap::pick_applet(&cap, None).map_err(|e| what(&e))?;
+        // Its first applet, as documented (a package of several applets installs too).
+        let module = cap
+            .applets()
+            .first()
+            .map(|a| a.aid.clone())
+            .ok_or_else(|| what(&"the CAP file has no applet"))?;
         let spec = InstallSpec {
             package: cap.package_aid().to_vec(),
             module: module.clone(),

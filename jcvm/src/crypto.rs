@@ -116,11 +116,40 @@ impl KeyState {
         self.comps.clear();
     }
 
+    /// When a transient key's material is cleared (`JCSystem.CLEAR_ON_RESET` 1 for the
+    /// `TYPE_*_TRANSIENT_RESET` types, `CLEAR_ON_DESELECT` 2 for `TYPE_*_TRANSIENT_DESELECT`);
+    /// `None` for a persistent key.
+    pub fn transient(&self) -> Option<u8> {
+        match self.asked {
+            1 | 13 | 19 | 22 | 24 | 30 => Some(1),
+            2 | 14 | 20 | 23 | 25 | 31 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// Takes the key material of `old` (the same transient key as the machine held it in
+    /// RAM before its persistent state was read again).
+    pub(crate) fn keep_material(&mut self, old: &KeyState) {
+        if self.transient().is_some() && self.asked == old.asked && self.bits == old.bits {
+            self.comps = old
+                .comps
+                .iter()
+                .map(|(i, s)| (*i, Secret(s.0.clone())))
+                .collect();
+        }
+    }
+
+    /// A transient key's record holds its type and size only: its material stays in RAM.
     pub(crate) fn encode(&self, v: &mut Vec<u8>) {
         v.extend_from_slice(&[self.ktype, self.asked]);
         v.extend_from_slice(&self.bits.to_be_bytes());
-        v.push(self.comps.len() as u8);
-        for (id, s) in &self.comps {
+        let comps: &[(u8, Secret)] = if self.transient().is_some() {
+            &[]
+        } else {
+            &self.comps
+        };
+        v.push(comps.len() as u8);
+        for (id, s) in comps {
             v.push(*id);
             v.extend_from_slice(&(s.0.len() as u16).to_be_bytes());
             v.extend_from_slice(&s.0);

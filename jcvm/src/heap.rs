@@ -172,14 +172,17 @@ impl Heap {
     /// Clears the transient arrays of `event` (and, for reset, the deselect ones too).
     pub fn clear_transient(&mut self, event: Event) {
         for o in self.objects.values_mut() {
-            if let Obj::Array {
-                data,
-                transient: Some(e),
-                ..
-            } = o
-                && (*e == event || event == 1)
-            {
-                data.zero();
+            match o {
+                Obj::Array {
+                    data,
+                    transient: Some(e),
+                    ..
+                } if *e == event || event == 1 => data.zero(),
+                Obj::Instance {
+                    native: NativeState::Key(k),
+                    ..
+                } if k.transient().is_some_and(|e| e == event || event == 1) => k.clear(),
+                _ => {}
             }
         }
     }

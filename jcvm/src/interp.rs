@@ -122,7 +122,10 @@ impl Vm {
             p.abort();
             self.reload(p);
         }
-        let flushed = self.flush(p);
+        let mut flushed = self.flush(p);
+        if std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
+            flushed = self.delete_unreachable(p).map(|_| ());
+        }
         let out = match r {
             Ok(v) => Ok(v),
             Err(Flow::Store(StoreFail::Torn)) => Err(Answer::Torn),

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod crypto;
+mod gc;
 pub mod heap;
 mod interp;
 pub mod link;
@@ -53,6 +54,9 @@ pub trait Persist {
     fn abort(&mut self);
     /// Whether a transaction is open.
     fn in_transaction(&self) -> bool;
+    /// Removes a record (the machine removes records only when no transaction is open:
+    /// objects `JCSystem.requestObjectDeletion` found unreachable).
+    fn remove(&mut self, name: &str) -> Result<(), StoreFail>;
 }
 
 /// Limits of the machine.
@@ -130,6 +134,8 @@ pub struct Vm {
     crt_cache: std::collections::HashMap<u16, (crypto::Secret, Box<rsa::PrivateKey>)>,
     /// Where the exception in flight was thrown.
     throw_origin: Option<String>,
+    /// `JCSystem.requestObjectDeletion` was called: collect at the end of the call.
+    deletion_requested: bool,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
@@ -179,6 +185,7 @@ impl Vm {
             crt_cache: std::collections::HashMap::new(),
             ec_cache: std::collections::HashMap::new(),
             throw_origin: None,
+            deletion_requested: false,
         }
     }
 
@@ -196,6 +203,30 @@ impl Vm {
     /// Whether the applet registered itself.
     pub fn registered(&self) -> bool {
         self.applet != 0
+    }
+
+    /// Whether the registered applet's class implements the API interface `name`
+    /// (`javacardx.apdu.ExtendedLength`): false before the instance's state was read (its
+    /// first call) or when it never registered.
+    pub fn applet_implements(&self, name: &str) -> bool {
+        let Some(i) = api::class_by_name(name) else {
+            return false;
+        };
+        match self.heap.objects.get(&self.applet) {
+            Some(Obj::Instance { class, .. }) => {
+                self.pkg.is_instance(*class, link::ClassId::Api(i as u16))
+            }
+            _ => false,
+        }
+    }
+
+    /// Persistent objects of the instance in memory (after its last call).
+    pub fn objects(&self) -> usize {
+        self.heap
+            .objects
+            .keys()
+            .filter(|h| **h >= heap::FIRST_PERSISTENT)
+            .count()
     }
 
     fn load(&mut self, p: &dyn Persist) {
@@ -235,7 +266,8 @@ impl Vm {
             let Some(mut o) = heap::decode(&bytes) else {
                 continue;
             };
-            // Transient arrays keep their (non-transactional) contents.
+            // Transient arrays keep their (non-transactional) contents, transient keys their
+            // material (never in the store).
             if let (
                 Obj::Array {
                     transient: Some(_),
@@ -247,6 +279,19 @@ impl Vm {
                 && old_data.len() == data.len()
             {
                 *data = old_data.clone();
+            }
+            if let (
+                Obj::Instance {
+                    native: heap::NativeState::Key(k),
+                    ..
+                },
+                Some(Obj::Instance {
+                    native: heap::NativeState::Key(old_k),
+                    ..
+                }),
+            ) = (&mut o, old.get(&h))
+            {
+                k.keep_material(old_k);
             }
             self.heap.objects.insert(h, o);
         }

@@ -444,8 +444,11 @@ impl Vm {
                 "getUnusedCommitCapacity" | "getMaxCommitCapacity",
                 _,
             ) => Ret::Word(0x7FFF),
-            ("javacard.framework.JCSystem", "isObjectDeletionSupported", _) => Ret::Word(0),
-            ("javacard.framework.JCSystem", "requestObjectDeletion", _) => Ret::Void,
+            ("javacard.framework.JCSystem", "isObjectDeletionSupported", _) => Ret::Word(1),
+            ("javacard.framework.JCSystem", "requestObjectDeletion", _) => {
+                self.deletion_requested = true;
+                Ret::Void
+            }
             ("javacard.framework.JCSystem", "getAssignedChannel", _) => {
                 Ret::Word(i16::from(self.apdu.cmd.header[0] & 3))
             }

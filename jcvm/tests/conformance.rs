@@ -496,8 +496,8 @@ fn an_api_token_the_card_lacks_is_refused_at_link_naming_it() {
 
 #[test]
 fn an_unsupported_bytecode_is_named_with_its_class_and_method() {
-    // The conformance CAP with the first bytecode of its install method replaced by jsr
-    // (0x71, which no Java Card converter emits and kagi does not run).
+    // The conformance CAP with the first bytecode of its install method replaced by impdep1
+    // (0xFE, reserved for implementations: kagi has none).
     let c = cap(CAP);
     let mut b = c.load_file_data_block(true);
     let mut at = 0;
@@ -507,7 +507,7 @@ fn an_unsupported_bytecode_is_named_with_its_class_and_method() {
     let install = c.applets()[0].install_method_offset;
     let pkg = link(CAP);
     let code = pkg.model.methods.header(install).unwrap().code;
-    b[at + 3 + usize::from(code)] = 0x71;
+    b[at + 3 + usize::from(code)] = 0xFE;
     let bad = kagi_cap::CapFile::from_ijc(&b).unwrap();
     let pkg = std::sync::Arc::new(kagi_jcvm::Package::link(&bad).unwrap());
     let mut vm = Vm::new(pkg, &AID, Limits::default());
@@ -518,7 +518,59 @@ fn an_unsupported_bytecode_is_named_with_its_class_and_method() {
     );
     let e = vm.last_error().unwrap();
     assert!(
-        e.contains("unsupported bytecode jsr (0x71)") && e.contains("class token 0, static method"),
+        // Conf is public class token 1 (the converter's listing conf.jca: `.class public
+        // Conf 1`; Ext is 0).
+        e.contains("unsupported bytecode impdep1 (0xfe)")
+            && e.contains("class token 1, static method"),
         "{e}"
+    );
+}
+
+/// jsr and ret (JCVM §7.5.55, §7.5.83), which today's converters no longer emit: the
+/// conformance applet's `jsrSlot(x)` (INS 27; as compiled, x * 3 + 7 — its bytecode from the
+/// converter's listing conf.jca) is replaced by a subroutine that adds 5 to local 0, called
+/// twice by jsr and left by ret through the return address it stored in local 1: x + 10.
+#[test]
+fn jsr_and_ret_run_a_subroutine_twice() {
+    let (mut vm, mut mem) = card();
+    assert_eq!(
+        ok(send(&mut vm, &mut mem, 0x27, 0, 0, &shorts(&[0x1234]))),
+        shorts(&[0x1234i16.wrapping_mul(3).wrapping_add(7)])
+    );
+    // sload_0 sconst_3 smul sstore_1 sload_1 bspush 7 sadd sstore_2 sload_2 sconst_1 ssub
+    // sstore_3 sload_3 sconst_1 sadd sstore 4 sload 4 sreturn
+    let compiled = [
+        0x1C, 0x06, 0x45, 0x30, 0x1D, 0x10, 0x07, 0x41, 0x31, 0x1E, 0x04, 0x43, 0x32, 0x1F, 0x04,
+        0x41, 0x29, 0x04, 0x16, 0x04, 0x78,
+    ];
+    // 0: jsr +9; 3: jsr +6; 6: sload_0; 7: sreturn; 8: nop;
+    // 9: astore_1; 10: sload_0; 11: bspush 5; 13: sadd; 14: sstore_0; 15: ret 1; nops.
+    let patched = [
+        0x71, 0x00, 0x09, 0x71, 0x00, 0x06, 0x1C, 0x78, 0x00, 0x2C, 0x1C, 0x10, 0x05, 0x41, 0x2F,
+        0x72, 0x01, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let c = cap(CAP);
+    let mut b = c.load_file_data_block(true);
+    let at: Vec<usize> = b
+        .windows(compiled.len())
+        .enumerate()
+        .filter(|(_, w)| *w == compiled)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "jsrSlot's code occurs once");
+    b[at[0]..at[0] + patched.len()].copy_from_slice(&patched);
+    let bad = kagi_cap::CapFile::from_ijc(&b).unwrap();
+    let pkg = std::sync::Arc::new(kagi_jcvm::Package::link(&bad).unwrap());
+    let mut vm = Vm::new(pkg, &AID, Limits::default());
+    let mut mem = Mem::default();
+    let install = c.applets()[0].install_method_offset;
+    assert_eq!(
+        vm.install(&mut mem, install, &params(&AID, &[])),
+        Answer::Ok(vec![])
+    );
+    assert_eq!(vm.select(&mut mem, &select_cmd(&AID)), Answer::Ok(vec![]));
+    assert_eq!(
+        ok(send(&mut vm, &mut mem, 0x27, 0, 0, &shorts(&[0x1234]))),
+        shorts(&[0x1234 + 10])
     );
 }

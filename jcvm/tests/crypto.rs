@@ -236,3 +236,110 @@ fn ecdsa_p384_signatures_verify_with_an_independent_verifier() {
     key.verify_prehash(&sha2::Sha384::digest(msg), &sig)
         .expect("the signature verifies");
 }
+
+/// DER with a definite length (short or long form).
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    match body.len() {
+        n if n < 0x80 => v.push(n as u8),
+        n if n < 0x100 => v.extend([0x81, n as u8]),
+        n => v.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// `openssl dgst` verifies the DER ECDSA signature `sig` over `msg` for the point `w` on the
+/// named curve whose DER OID is `curve` (a SubjectPublicKeyInfo built here, RFC 5480).
+fn openssl_verifies(curve: &[u8], w: &[u8], md: &str, msg: &[u8], sig: &[u8]) {
+    let alg = der(0x30, &[&hex("06072A8648CE3D0201")[..], curve].concat());
+    let spki = der(0x30, &[alg, der(0x03, &[&[0u8][..], w].concat())].concat());
+    let dir = std::env::temp_dir().join(format!("kagi-jcvm-curves-{}-{}", std::process::id(), md));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, b) in [("pub.der", &spki[..]), ("msg", msg), ("sig", sig)] {
+        std::fs::write(dir.join(f), b).unwrap();
+    }
+    let o = std::process::Command::new("openssl")
+        .args(["dgst", md, "-verify"])
+        .arg(dir.join("pub.der"))
+        .args(["-keyform", "DER", "-signature"])
+        .arg(dir.join("sig"))
+        .arg(dir.join("msg"))
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Verified OK"),
+        "openssl: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// NIST P-521 and brainpoolP256r1, set by the applet through their domain parameters (`Curves`,
+/// INS 25, the parameters as `openssl ecparam -param_enc explicit` prints them): the key pair
+/// the applet generates gives ECDSA signatures (SHA-512 on P-521, SHA-256 on brainpoolP256r1)
+/// that the RustCrypto verifiers accept for the point W the applet reports, and not for another
+/// message; ECDH of the applet's key with a point made here equals ECDH of this side's own
+/// secret with W.
+#[test]
+fn p521_and_brainpool_p256r1_sign_and_agree_as_an_independent_implementation_checks() {
+    use ecdsa::signature::hazmat::PrehashVerifier;
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    use sha2::Digest;
+    let (mut vm, mut mem) = card();
+    let msg = b"kagi named curves";
+    // P-521.
+    let w = run(&mut vm, &mut mem, 0x25, 0, 0, &[]);
+    assert_eq!((w.len(), w[0]), (133, 4), "an uncompressed P-521 point");
+    let der = run(&mut vm, &mut mem, 0x25, 0, 2, msg);
+    let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(&w).expect("a P-521 point");
+    let sig = p521::ecdsa::Signature::from_der(&der).expect("a DER signature");
+    key.verify_prehash(&sha2::Sha512::digest(msg), &sig)
+        .expect("the P-521 signature verifies");
+    // secp521r1 is OID 1.3.132.0.35.
+    openssl_verifies(&hex("06052B81040023"), &w, "-sha512", msg, &der);
+    assert!(
+        key.verify_prehash(&sha2::Sha512::digest(b"other"), &sig)
+            .is_err()
+    );
+    let mut s = [0x5Au8; 66];
+    s[0] = 0;
+    let ours = p521::SecretKey::from_slice(&s).unwrap();
+    let q = ours.public_key().to_sec1_point(false);
+    let x = run(&mut vm, &mut mem, 0x25, 0, 1, q.as_bytes());
+    let pk = p521::PublicKey::from_sec1_bytes(&w).unwrap();
+    let expect =
+        p256::elliptic_curve::ecdh::diffie_hellman(ours.to_nonzero_scalar(), pk.as_affine());
+    assert_eq!(x, expect.raw_secret_bytes().to_vec(), "P-521 ECDH");
+    // brainpoolP256r1.
+    type Bp = bp256::BrainpoolP256r1;
+    let w = run(&mut vm, &mut mem, 0x25, 1, 0, &[]);
+    assert_eq!(
+        (w.len(), w[0]),
+        (65, 4),
+        "an uncompressed brainpoolP256r1 point"
+    );
+    let der = run(&mut vm, &mut mem, 0x25, 1, 2, msg);
+    let key = ecdsa::VerifyingKey::<Bp>::from_sec1_bytes(&w).expect("a brainpoolP256r1 point");
+    let sig = ecdsa::Signature::<Bp>::from_der(&der).expect("a DER signature");
+    key.verify_prehash(&sha2::Sha256::digest(msg), &sig)
+        .expect("the brainpoolP256r1 signature verifies");
+    // brainpoolP256r1 is OID 1.3.36.3.3.2.8.1.1.7.
+    openssl_verifies(&hex("06092B2403030208010107"), &w, "-sha256", msg, &der);
+    assert!(
+        key.verify_prehash(&sha2::Sha256::digest(b"other"), &sig)
+            .is_err()
+    );
+    let ours = p256::elliptic_curve::SecretKey::<Bp>::from_slice(&[0x3C; 32]).unwrap();
+    let q = ours.public_key().to_sec1_point(false);
+    let x = run(&mut vm, &mut mem, 0x25, 1, 1, q.as_bytes());
+    let pk = p256::elliptic_curve::PublicKey::<Bp>::from_sec1_bytes(&w).unwrap();
+    let expect =
+        p256::elliptic_curve::ecdh::diffie_hellman(ours.to_nonzero_scalar(), pk.as_affine());
+    assert_eq!(
+        x,
+        expect.raw_secret_bytes().to_vec(),
+        "brainpoolP256r1 ECDH"
+    );
+}

@@ -253,6 +253,18 @@ impl PrivatePcsc {
         Self::start_all(1, "gp-test", false, Some(image), Some(cap))
     }
 
+    /// Like [`PrivatePcsc::start_image`], the card's power cut at its `tear`th persistent
+    /// write after start-up (`kagi sim serve --sim-tear-at`).
+    pub fn start_image_tear(image: &Path, tear: u64) -> PrivatePcsc {
+        Self::start_any(1, "gp-test", false, Some(image), None, Some(tear))
+    }
+
+    /// Stops the stack (the simulator saves its image) and answers its logs.
+    pub fn stop(mut self) -> String {
+        self.halt();
+        self.logs()
+    }
+
     fn start_opts(cards: usize, preset: &str, hopper: bool) -> PrivatePcsc {
         Self::start_full(cards, preset, hopper, None)
     }
@@ -267,6 +279,17 @@ impl PrivatePcsc {
         hopper: bool,
         image: Option<&Path>,
         install: Option<&Path>,
+    ) -> PrivatePcsc {
+        Self::start_any(cards, preset, hopper, image, install, None)
+    }
+
+    fn start_any(
+        cards: usize,
+        preset: &str,
+        hopper: bool,
+        image: Option<&Path>,
+        install: Option<&Path>,
+        tear: Option<u64>,
     ) -> PrivatePcsc {
         if let Err(why) = available() {
             panic!("the PC/SC integration tests need a real PC/SC stack: {why}");
@@ -291,6 +314,7 @@ impl PrivatePcsc {
                 "INSTALL",
                 install.map(|p| p.display().to_string()).unwrap_or_default(),
             )
+            .env("TEAR", tear.map(|n| n.to_string()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -375,8 +399,9 @@ impl PrivatePcsc {
     }
 }
 
-impl Drop for PrivatePcsc {
-    fn drop(&mut self) {
+impl PrivatePcsc {
+    /// Stops pcscd and the simulator (which saves its image), waiting up to 10 s.
+    fn halt(&mut self) {
         // Closing stdin makes the script stop pcscd and the simulator it started.
         if let Some(mut s) = self.stdin.get_mut().take() {
             let _ = s.write_all(b"\n");
@@ -397,6 +422,12 @@ impl Drop for PrivatePcsc {
                 }
             }
         }
+    }
+}
+
+impl Drop for PrivatePcsc {
+    fn drop(&mut self) {
+        self.halt();
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }

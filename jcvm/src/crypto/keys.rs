@@ -40,7 +40,7 @@ fn size_ok(ktype: u8, bits: i16) -> bool {
     match ktype {
         3 => matches!(bits, 64 | 128 | 192),
         4..=6 => (512..=4096).contains(&bits) && (bits as u16).is_multiple_of(8),
-        11 | 12 => bits == 256 || bits == 384,
+        11 | 12 => matches!(bits, 256 | 384 | 521),
         15 => matches!(bits, 128 | 192 | 256),
         21 => bits > 0,
         _ => false,
@@ -419,10 +419,12 @@ impl Vm {
 
     /// ECDSA with the private key object `h` on its curve, over a hash; DER out.
     pub(crate) fn ec_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
-        if key_curve(k) == Some(prim::Curve::P384) {
-            return prim::p384_sign(k.get(comp::S).ok_or(CErr::Uninitialized)?, hash);
-        }
         let s = k.get(comp::S).ok_or(CErr::Uninitialized)?;
+        match key_curve(k) {
+            Some(prim::Curve::P256) => {}
+            Some(c) => return prim::ec_sign_uncached(c, s, hash),
+            None => return Err(CErr::IllegalValue),
+        }
         if self.ec_cache.get(&h).is_none_or(|(c, _)| c.0 != s) {
             let key = prim::p256_key(s)?;
             self.ec_cache

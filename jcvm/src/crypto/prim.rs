@@ -263,6 +263,25 @@ const P384: [&str; 5] = [
     "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
 ];
 
+/// The P-521 domain parameters (NIST SP 800-186 §G.1.4, as `openssl ecparam -name secp521r1
+/// -param_enc explicit` prints them): p, a, b, G (uncompressed), n.
+const P521: [&str; 5] = [
+    "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "01fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffc",
+    "0051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00",
+    "0400c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd66011839296a789a3bc0045c8a5fb42c7d1bd998f54449579b446817afbd17273e662c97ee72995ef42640c550b9013fad0761353c7086a272c24088be94769fd16650",
+    "01fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409",
+];
+
+/// The brainpoolP256r1 domain parameters (RFC 5639 §3.4): p, a, b, G (uncompressed), q.
+const BP256R1: [&str; 5] = [
+    "a9fb57dba1eea9bc3e660a909d838d726e3bf623d52620282013481d1f6e5377",
+    "7d5a0975fc2c3057eef67530417affe7fb8055c126dc5c6ce94a4b44f330b5d9",
+    "26dc5c6ce94a4b44f330b5d9bbd77cbf958416295cf7e1ce6bccdc18ff8c07b6",
+    "048bd2aeb9cb7e57cb2c4b482ffc81b7afb9de27e1e3bd23c23a4453bd9ace3262547ef835c3dac4fd97f8461a14611dc9c27745132ded8e545c1d54c72f046997",
+    "a9fb57dba1eea9bc3e660a909d838d718c397aa3b561a6f7901e0e82974856a7",
+];
+
 /// The named prime curves kagi recognises from an applet's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Curve {
@@ -270,6 +289,10 @@ pub(crate) enum Curve {
     P256,
     /// NIST P-384 (secp384r1).
     P384,
+    /// NIST P-521 (secp521r1).
+    P521,
+    /// brainpoolP256r1.
+    Bp256,
 }
 
 fn unhex(h: &str) -> Vec<u8> {
@@ -295,7 +318,77 @@ pub(crate) fn curve_of(params: [&[u8]; 5]) -> Option<Curve> {
     {
         return Some(Curve::P384);
     }
+    for (named, curve) in [(&P521, Curve::P521), (&BP256R1, Curve::Bp256)] {
+        if params
+            .iter()
+            .zip(named.iter())
+            .all(|(a, b)| strip(a) == strip(&unhex(b)))
+        {
+            return Some(curve);
+        }
+    }
     None
+}
+
+/// Key generation, ECDSA over a hash (DER out) and ECDH (x of s·W) on one curve of the
+/// RustCrypto `elliptic-curve` 0.14 generation, its scalars `$n` bytes long.
+macro_rules! curve_ops {
+    ($m:ident, $c:ty, $n:expr) => {
+        mod $m {
+            use super::{CErr, left_pad};
+            use p256::elliptic_curve::Generate;
+
+            pub(crate) fn generate() -> Result<(Vec<u8>, Vec<u8>), CErr> {
+                let k = ecdsa::SigningKey::<$c>::try_generate_from_rng(&mut getrandom::SysRng)
+                    .map_err(|_| CErr::IllegalUse)?;
+                let w = k.verifying_key().to_sec1_point(false).as_bytes().to_vec();
+                Ok((left_pad(&k.to_bytes(), $n), w))
+            }
+
+            pub(crate) fn sign(s: &[u8], hash: &[u8]) -> Result<Vec<u8>, CErr> {
+                use ecdsa::signature::hazmat::PrehashSigner;
+                let k = ecdsa::SigningKey::<$c>::from_slice(&left_pad(s, $n))
+                    .map_err(|_| CErr::IllegalValue)?;
+                let sig: ecdsa::Signature<$c> =
+                    k.sign_prehash(hash).map_err(|_| CErr::IllegalValue)?;
+                Ok(sig.to_der().as_bytes().to_vec())
+            }
+
+            pub(crate) fn verify(w: &[u8], hash: &[u8], der: &[u8]) -> bool {
+                use ecdsa::signature::hazmat::PrehashVerifier;
+                let (Ok(k), Ok(sig)) = (
+                    ecdsa::VerifyingKey::<$c>::from_sec1_bytes(w),
+                    ecdsa::Signature::<$c>::from_der(der),
+                ) else {
+                    return false;
+                };
+                k.verify_prehash(hash, &sig).is_ok()
+            }
+
+            pub(crate) fn dh(s: &[u8], w: &[u8]) -> Result<Vec<u8>, CErr> {
+                let sk = p256::elliptic_curve::SecretKey::<$c>::from_slice(&left_pad(s, $n))
+                    .map_err(|_| CErr::IllegalValue)?;
+                let pk = p256::elliptic_curve::PublicKey::<$c>::from_sec1_bytes(w)
+                    .map_err(|_| CErr::IllegalValue)?;
+                let shared =
+                    p256::elliptic_curve::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+                Ok(shared.raw_secret_bytes().to_vec())
+            }
+        }
+    };
+}
+
+curve_ops!(p521_ops, p521::NistP521, 66);
+curve_ops!(bp256_ops, bp256::BrainpoolP256r1, 32);
+
+/// ECDSA over a hash on the curves without a key cache (P-384, P-521, brainpoolP256r1).
+pub(crate) fn ec_sign_uncached(curve: Curve, s: &[u8], hash: &[u8]) -> Result<Vec<u8>, CErr> {
+    match curve {
+        Curve::P384 => p384_sign(s, hash),
+        Curve::P521 => p521_ops::sign(s, hash),
+        Curve::Bp256 => bp256_ops::sign(s, hash),
+        Curve::P256 => p256_sign_with(&p256_key(s)?, hash),
+    }
 }
 
 /// Generates a key on `curve`: (scalar s, uncompressed point W).
@@ -309,6 +402,8 @@ pub(crate) fn ec_generate(curve: Curve) -> Result<(Vec<u8>, Vec<u8>), CErr> {
             let w = k.verifying_key().to_sec1_point(false).as_bytes().to_vec();
             Ok((k.to_bytes().to_vec(), w))
         }
+        Curve::P521 => p521_ops::generate(),
+        Curve::Bp256 => bp256_ops::generate(),
     }
 }
 
@@ -335,6 +430,8 @@ pub(crate) fn ec_verify(curve: Curve, w: &[u8], hash: &[u8], der: &[u8]) -> bool
             };
             k.verify_prehash(hash, &sig).is_ok()
         }
+        Curve::P521 => p521_ops::verify(w, hash, der),
+        Curve::Bp256 => bp256_ops::verify(w, hash, der),
     }
 }
 
@@ -349,6 +446,8 @@ pub(crate) fn ec_dh(curve: Curve, s: &[u8], w: &[u8]) -> Result<Vec<u8>, CErr> {
             let shared = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
             Ok(shared.raw_secret_bytes().to_vec())
         }
+        Curve::P521 => p521_ops::dh(s, w),
+        Curve::Bp256 => bp256_ops::dh(s, w),
     }
 }
 

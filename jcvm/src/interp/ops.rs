@@ -638,6 +638,20 @@ impl Vm {
                 }
                 Err(Flow::Throw(h))
             }
+            0x71 => {
+                // jsr: the return address (the next instruction) goes on the stack, then the
+                // branch (JCVM §7.5.55; no converter emits it any more).
+                let off = i32::from(s2(code, pc + 1)?);
+                let back = u16::try_from(pc + 3)
+                    .map_err(|_| Flow::Fatal(format!("jsr beyond the code in {}", self.here())))?;
+                self.push(back as i16);
+                Ok(Some(self.branch(pc, off)?))
+            }
+            0x72 => {
+                // ret: back to the return address in the local variable (JCVM §7.5.83).
+                let back = self.local(usize::from(u1(code, pc + 1)?))? as u16;
+                Ok(Some(self.branch(usize::from(back), 0)?))
+            }
             0x94 | 0x95 => {
                 let atype = u1(code, pc + 1)?;
                 let cp = s2(code, pc + 2)? as u16;

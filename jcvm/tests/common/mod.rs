@@ -70,6 +70,14 @@ impl Persist for Mem {
         self.data.insert(name.into(), value.to_vec());
         Ok(())
     }
+    fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
+        self.cycle()?;
+        self.data.remove(name);
+        if let Some(j) = &mut self.journal {
+            j.remove(name);
+        }
+        Ok(())
+    }
     fn names(&self, prefix: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .data

@@ -9,6 +9,7 @@ rm -rf classes out && mkdir classes out
 javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar" -d classes $(find src -name '*.java')
 java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -classdir classes \
   -exportpath "$K/api_export_files" -applet 0xF0:0x6B:0x61:0x67:0x69:0x01:0x01 kagi.conf.Conf \
+  -applet 0xF0:0x6B:0x61:0x67:0x69:0x01:0x02 kagi.conf.Ext \
   -out CAP JCA -d out kagi.conf 0xF0:0x6B:0x61:0x67:0x69:0x01 1.0
 cp out/kagi/conf/javacard/conf.cap conf.cap
 cp out/kagi/conf/javacard/conf.jca conf.jca

@@ -13,6 +13,8 @@ import javacard.framework.ISOException;
 import javacard.framework.JCSystem;
 import javacard.framework.OwnerPIN;
 import javacard.framework.Util;
+import javacard.security.AESKey;
+import javacard.security.KeyBuilder;
 
 public class Conf extends Applet {
     private byte[] persistent;
@@ -29,6 +31,9 @@ public class Conf extends Applet {
     private static Object sa;
     private byte fb;
     private byte[] nonAtomic;
+    private short deselects;
+    private Object kept;
+    private AESKey tk;
 
     private Conf(byte[] b, short off, byte len) {
         persistent = new byte[8];
@@ -112,10 +117,63 @@ public class Conf extends Applet {
             case 0x20: n = Crypto.pss(buf, lc); break;
             case 0x21: n = Crypto.oaep(buf, lc); break;
             case 0x22: n = Crypto.ecdsa384(buf, lc); break;
+            case 0x23:
+                Util.setShort(buf, (short) 0, deselects);
+                buf[2] = onDeselect[0];
+                n = 3;
+                break;
+            case 0x24: n = garbage(buf); break;
+            case 0x25: n = Curves.run(buf, lc); break;
+            case 0x26: n = aesKey(buf); break;
+            case 0x27: n = Util.setShort(buf, (short) 0, jsrSlot(Util.getShort(buf, ISO7816.OFFSET_CDATA))); break;
             case (byte) 0xC0: n = rest(buf); break;
             default: ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
         apdu.setOutgoingAndSend((short) 0, n);
+    }
+
+    public void deselect() {
+        deselects++;
+    }
+
+    // P1 byte arrays made and dropped at once, then `kept` replaced by a new short[2] (the
+    // old one dropped); P2 = 1: requestObjectDeletion. Answers isObjectDeletionSupported and
+    // the length of the `kept` found on entry (0 when null).
+    private short garbage(byte[] buf) {
+        buf[1] = kept == null ? (byte) 0 : (byte) ((short[]) kept).length;
+        byte n = buf[ISO7816.OFFSET_P1];
+        for (byte i = 0; i < n; i++) {
+            byte[] g = new byte[8];
+            g[0] = i;
+        }
+        kept = new short[2];
+        if (buf[ISO7816.OFFSET_P2] == 1) {
+            JCSystem.requestObjectDeletion();
+        }
+        buf[0] = JCSystem.isObjectDeletionSupported() ? (byte) 1 : (byte) 0;
+        return 2;
+    }
+
+    // INS 26: P1 0 builds an AES-128 key of KeyBuilder type P2 (15 persistent, 13 transient
+    // clear-on-reset, 14 transient clear-on-deselect) set from the 16 data bytes; then (any
+    // P1) answers whether the key is initialised.
+    private short aesKey(byte[] buf) {
+        if (buf[ISO7816.OFFSET_P1] == 0) {
+            tk = (AESKey) KeyBuilder.buildKey(buf[ISO7816.OFFSET_P2], KeyBuilder.LENGTH_AES_128, false);
+            tk.setKey(buf, ISO7816.OFFSET_CDATA);
+        }
+        buf[0] = tk.isInitialized() ? (byte) 1 : (byte) 0;
+        return 1;
+    }
+
+    // INS 27: jsrSlot(x), x from the data. javac no longer emits jsr/ret: the VM's test
+    // replaces this method's bytecode with a jsr/ret subroutine. As written: x * 3 + 7.
+    private static short jsrSlot(short x) {
+        short a = (short) (x * 3);
+        short b = (short) (a + 7);
+        short c = (short) (b - 1);
+        short d = (short) (c + 1);
+        return d;
     }
 
     private static short put(byte[] buf, short at, short v) {
