@@ -138,10 +138,7 @@ pub fn link(cap: &CapFile) -> Result<Package, StatusWord> {
     })
 }
 
-/// Where a CAP package's load file data block is kept: `jc.pkg/<AID>`.
-pub fn block_key(elf: &Aid) -> String {
-    format!("jc.pkg/{}", elf.to_hex())
-}
+pub use crate::registry::block_key;
 
 /// Records a CAP package: its load file, version and load file data block, in one
 /// transaction.

@@ -277,9 +277,14 @@ pub fn put_load_file(store: &mut Store, lf: &LoadFile) -> Result<(), StoreError>
 
 /// Removes a load file record (and a CAP package's load file data block).
 pub fn remove_load_file(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
-    store.remove(&crate::load_file::block_key(aid))?;
+    store.remove(&block_key(aid))?;
     store.remove(&version_key(aid))?;
     store.remove(&key("elf", aid))
+}
+
+/// Where a CAP package's load file data block is kept: `jc.pkg/<AID>`.
+pub fn block_key(elf: &Aid) -> String {
+    format!("jc.pkg/{}", elf.to_hex())
 }
 
 fn version_key(aid: &Aid) -> String {

@@ -2,6 +2,7 @@
 //! persistence (one store record per persistent object) and transient arrays.
 
 use crate::link::ClassId;
+use crate::record::R;
 use std::collections::BTreeMap;
 
 /// When a transient array is cleared (`JCSystem.CLEAR_ON_RESET` 1, `CLEAR_ON_DESELECT` 2).
@@ -81,9 +82,9 @@ pub enum NativeState {
     /// `AID`: the bytes.
     Aid(Vec<u8>),
     /// A key of `javacard.security` (persistent; zeroized on drop).
-    Key(crate::crypto::KeyState),
+    Key(crate::crypto::state::KeyState),
     /// A `Signature`, `Cipher`, `MessageDigest`, `RandomData` or `KeyAgreement` engine.
-    Engine(crate::crypto::Engine),
+    Engine(crate::crypto::state::Engine),
     /// A `KeyPair`: algorithm, size and its two key objects.
     Pair {
         /// `KeyPair.ALG_*`.
@@ -289,35 +290,15 @@ pub fn encode(o: &Obj) -> Vec<u8> {
     v
 }
 
-/// A reader over a store record.
-pub(crate) struct R<'a>(pub(crate) &'a [u8]);
-
-impl R<'_> {
-    pub(crate) fn u1(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-    pub(crate) fn u2(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes([self.u1()?, self.u1()?]))
-    }
-    pub(crate) fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a.to_vec())
-    }
-    fn class(&mut self) -> Option<Option<ClassId>> {
-        let t = self.u1()?;
-        let x = self.u2()?;
-        Some(match t {
-            0 => Some(ClassId::Pkg(x)),
-            1 if usize::from(x) < crate::api::CLASSES.len() => Some(ClassId::Api(x)),
-            _ => None,
-        })
-    }
+/// The class a record names.
+fn read_class(r: &mut R<'_>) -> Option<Option<ClassId>> {
+    let t = r.u1()?;
+    let x = r.u2()?;
+    Some(match t {
+        0 => Some(ClassId::Pkg(x)),
+        1 if usize::from(x) < crate::api::CLASSES.len() => Some(ClassId::Api(x)),
+        _ => None,
+    })
 }
 
 /// Reads a store record back; `None` for a damaged record.
@@ -325,7 +306,7 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
     let mut r = R(b);
     match r.u1()? {
         1 => {
-            let class = r.class()??;
+            let class = read_class(&mut r)??;
             let n = usize::from(r.u2()?);
             let cells = (0..n)
                 .map(|_| r.u2().map(|x| x as i16))
@@ -349,8 +330,8 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                     let n = usize::from(r.u1()?);
                     NativeState::Aid(r.bytes(n)?)
                 }
-                3 => NativeState::Key(crate::crypto::KeyState::decode(&mut r)?),
-                4 => NativeState::Engine(crate::crypto::Engine::decode(&mut r)?),
+                3 => NativeState::Key(crate::crypto::state::KeyState::decode(&mut r)?),
+                4 => NativeState::Engine(crate::crypto::state::Engine::decode(&mut r)?),
                 5 => NativeState::Pair {
                     alg: r.u1()?,
                     bits: r.u2()?,
@@ -376,7 +357,7 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                 11 => Elem::Byte,
                 12 => Elem::Short,
                 13 => Elem::Int,
-                14 => Elem::Ref(r.class()?),
+                14 => Elem::Ref(read_class(&mut r)?),
                 _ => return None,
             };
             let stored = transient.is_none();

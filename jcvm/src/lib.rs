@@ -16,6 +16,7 @@ pub mod heap;
 mod interp;
 pub mod link;
 pub(crate) mod native;
+mod record;
 
 pub use link::{ClassId, LinkError, Package};
 
