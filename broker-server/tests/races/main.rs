@@ -7,149 +7,21 @@
 //! - 60 simultaneous wrong passwords for one holder check at most the backoff's free tries;
 //! - acts, service-key rotations and a KEK rotation by two instances together lose no record.
 
+mod failover;
+mod world;
+
 use broker_protocol::Assurance;
-use broker_protocol::api::{
-    Act, AdminRequest, AdminResponse, Method, PasswordLogin, ServicePolicy,
-};
+use broker_protocol::api::{AdminRequest, AdminResponse};
 use broker_server::clock::ManualClock;
 use broker_server::envelope::FileEnvelope;
-use broker_server::service::CardTrust;
-use broker_server::{Backoff, Broker, BrokerError, Config, Shards};
-use kagi_db::Backend;
-use kagi_db::testing::PrivatePostgres;
-use kagi_signed::ids::PartyId;
+use broker_server::{Backoff, Broker, BrokerError};
 use kagi_signed::password::{self, Policy};
-use kagi_signed::signing::{self, Signer, Trust};
-use std::path::PathBuf;
+use kagi_signed::signing::{self};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
-const NAME: &str = "broker:races";
-
-struct World {
-    dir: PathBuf,
-    admin: Signer,
-    signer: Signer,
-    backends: Vec<Backend>,
-    _pg: Option<PrivatePostgres>,
-}
-
-impl World {
-    fn new(name: &str, postgres: bool) -> World {
-        let dir = std::env::temp_dir().join(format!("kagi-races-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("keys")).unwrap();
-        FileEnvelope::new_kek(&dir.join("keys"), "k1").unwrap();
-        let ca = test_pki::TestCa::new("races CA").unwrap();
-        std::fs::write(dir.join("ca.der"), ca.certificate_der().unwrap()).unwrap();
-        let (backends, pg) = if postgres {
-            assert!(
-                PrivatePostgres::available(),
-                "PostgreSQL's server programs are missing: run scripts/setup.sh"
-            );
-            let pg = PrivatePostgres::start(&format!("races-{name}")).unwrap();
-            (vec![Backend::Postgres(pg.url.clone())], Some(pg))
-        } else {
-            (vec![Backend::Sqlite(dir.join("shard0.db"))], None)
-        };
-        World {
-            admin: Signer::generate(PartyId::new("admin:ops").unwrap()).unwrap(),
-            signer: Signer::generate(PartyId::new(NAME).unwrap()).unwrap(),
-            backends,
-            _pg: pg,
-            dir,
-        }
-    }
-
-    /// A broker instance (several may share the database), cheap test verifiers allowed.
-    async fn broker(&self, backoff: Backoff) -> Arc<Broker> {
-        let envelope = Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap());
-        self.broker_with(backoff, envelope).await
-    }
-
-    /// A broker instance with its own key store.
-    async fn broker_with(
-        &self,
-        backoff: Backoff,
-        envelope: Arc<dyn broker_server::Envelope>,
-    ) -> Arc<Broker> {
-        use p256::pkcs8::DecodePrivateKey;
-        let mut trust = Trust::new();
-        trust.add(self.admin.party().clone(), *self.admin.verifying_key());
-        let key =
-            p256::ecdsa::SigningKey::from_pkcs8_pem(&self.signer.to_pkcs8_pem().unwrap()).unwrap();
-        let config = Config {
-            name: NAME.into(),
-            signer: Signer::new(self.signer.party().clone(), key),
-            assertion_key: p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap(),
-            admin_trust: trust,
-            policy: signing::Policy::new(PartyId::new(NAME).unwrap()),
-            card_trust: CardTrust::new(vec![self.dir.join("ca.der")], vec![]),
-            envelope,
-            default_kek: "k1".into(),
-            state_key: Zeroizing::new([3u8; 32]),
-            session_secs: 600,
-        };
-        Arc::new(
-            Broker::new(config, Shards::open(&self.backends).await.unwrap())
-                .with_password_policy(Policy::cheap_for_tests())
-                .with_backoff(backoff),
-        )
-    }
-
-    async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
-        let broker = PartyId::new(NAME).unwrap();
-        let out = kagi_signed::request::sign_request(
-            &self.admin,
-            &broker,
-            &req,
-            None,
-            signing::now_ms(),
-            60_000,
-        )
-        .unwrap();
-        let answer = b.admin(&out.bytes).await.unwrap();
-        let mut trust = Trust::new();
-        trust.add(broker, *self.signer.verifying_key());
-        kagi_signed::request::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
-            .unwrap()
-    }
-}
-
-fn no_backoff() -> Backoff {
-    Backoff {
-        holder_free: i64::MAX / 2,
-        client_free: i64::MAX / 2,
-        ..Backoff::default()
-    }
-}
-
-fn mac_service(id: &str) -> AdminRequest {
-    AdminRequest::RegisterService(ServicePolicy {
-        id: id.into(),
-        method: Method::Mac,
-        min_assurance: Assurance::Password,
-        allowed_hours: None,
-    })
-}
-
-fn act(session: &str, service: &str) -> Act {
-    Act {
-        session: session.into(),
-        service: service.into(),
-        consent: true,
-        challenge: Some(broker_protocol::api::b64(b"race challenge")),
-        nonce: None,
-    }
-}
-
-fn pw(holder: &str, p: &str) -> PasswordLogin {
-    PasswordLogin {
-        holder: holder.into(),
-        password: p.into(),
-    }
-}
+use world::*;
 
 /// (a) Four clients alternate wrong and right password logins and acts while the
 /// administrator revokes the card; every operation started after the revoke returned fails,
@@ -683,4 +555,9 @@ async fn wrong_password_limit_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acts_and_kek_rotation_sqlite() {
     acts_and_kek_rotation_lose_no_record(&World::new("rotate-sqlite", false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acts_and_rotation_survive_a_failover() {
+    failover::acts_and_rotation_survive_a_failover(&World::ha("failover")).await;
 }
