@@ -32,6 +32,78 @@ pub struct SealedRecord {
     pub ciphertext: Vec<u8>,
 }
 
+/// The form of a record whose credential is wrapped directly under the KEK (by a store
+/// that uses credentials only inside itself, [`Envelope::generate`]): its `nonce` is empty
+/// (a record of the data-key form always has a 12-byte nonce), `wrapped_dek` is
+/// `[FORM_IN_STORE, kind, binding…]` and `ciphertext` is the wrapped credential.
+pub const FORM_IN_STORE: u8 = 2;
+
+impl SealedRecord {
+    /// The credential's kind if the record is of the in-store form, `None` for a record of
+    /// the data-key form (its credential is opened in memory).
+    pub fn in_store_kind(&self) -> Option<KeyKind> {
+        if !self.nonce.is_empty() {
+            return None;
+        }
+        match self.wrapped_dek.as_slice() {
+            [FORM_IN_STORE, k, ..] => KeyKind::from_byte(*k),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of credential a key store generates and uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A 16-byte AES key (CMAC), shared with the service.
+    Aes128,
+    /// A P-256 private key (ECDSA with SHA-256).
+    P256,
+    /// An RSA-2048 private key (PKCS#1 v1.5 with SHA-256).
+    Rsa2048,
+}
+
+impl KeyKind {
+    /// The kind's byte in a record of the in-store form.
+    pub fn byte(self) -> u8 {
+        match self {
+            KeyKind::Aes128 => 1,
+            KeyKind::P256 => 2,
+            KeyKind::Rsa2048 => 3,
+        }
+    }
+    /// The kind a record's byte names.
+    pub fn from_byte(b: u8) -> Option<KeyKind> {
+        match b {
+            1 => Some(KeyKind::Aes128),
+            2 => Some(KeyKind::P256),
+            3 => Some(KeyKind::Rsa2048),
+            _ => None,
+        }
+    }
+}
+
+/// A credential generated inside a key store and sealed there.
+pub struct Generated {
+    /// The sealed record (in-store form).
+    pub record: SealedRecord,
+    /// The public key as a DER SubjectPublicKeyInfo (signature kinds).
+    pub public_key: Option<Vec<u8>>,
+    /// The AES key for the service (it shares it by design; never kept by the broker).
+    pub shared: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// A use of a credential inside the key store: the message is the service's challenge.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyUse<'a> {
+    /// AES-CMAC of the message.
+    Cmac(&'a [u8]),
+    /// ECDSA P-256 over SHA-256 of the message (r ‖ s, 64 bytes).
+    EcdsaSha256(&'a [u8]),
+    /// RSASSA-PKCS1-v1_5 with SHA-256 of the message.
+    RsaSha256(&'a [u8]),
+}
+
 /// Why a record could not be sealed or opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key store: {0}")]
@@ -54,6 +126,54 @@ pub trait Envelope: Send + Sync {
         Ok(())
     }
 
+    /// Generates a credential of `kind` inside the store and seals it under `kek` bound to
+    /// `aad`, or `None` if this store (or this KEK) does not keep credentials inside: the
+    /// caller then generates it itself and [`Envelope::seal`]s it.
+    fn generate(
+        &self,
+        _kek: &str,
+        _aad: &[u8],
+        _kind: KeyKind,
+    ) -> Result<Option<Generated>, EnvelopeError> {
+        Ok(None)
+    }
+
+    /// Uses a record's credential inside the store, or `None` if the record is not of the
+    /// in-store form (the caller then opens it and uses it itself).
+    fn use_key(
+        &self,
+        _aad: &[u8],
+        _record: &SealedRecord,
+        _use: KeyUse<'_>,
+    ) -> Result<Option<Vec<u8>>, EnvelopeError> {
+        Ok(None)
+    }
+
+    /// The AES key shared with a service (asked for again at a repeated enrolment).
+    fn shared_secret(
+        &self,
+        aad: &[u8],
+        record: &SealedRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        self.open(aad, record)
+    }
+
+    /// Checks that a record opens (its plaintext, if it comes into memory, is dropped at once).
+    fn check(&self, aad: &[u8], record: &SealedRecord) -> Result<(), EnvelopeError> {
+        self.open(aad, record).map(drop)
+    }
+
+    /// Re-wraps the record of the row `aad` under the KEK `to` (a store whose records are
+    /// bound to their rows under the KEK needs the row).
+    fn rewrap_row(
+        &self,
+        _aad: &[u8],
+        record: &SealedRecord,
+        to: &str,
+    ) -> Result<SealedRecord, EnvelopeError> {
+        self.rewrap(record, to)
+    }
+
     /// Seals `plaintext` under a new data key wrapped by the KEK `kek`.
     fn seal(&self, kek: &str, aad: &[u8], plaintext: &[u8]) -> Result<SealedRecord, EnvelopeError> {
         let dek = random::<32>()?;
@@ -68,6 +188,11 @@ pub trait Envelope: Send + Sync {
 
     /// Opens a record (its plaintext exists in memory only as long as the caller keeps it).
     fn open(&self, aad: &[u8], record: &SealedRecord) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        if record.in_store_kind().is_some() {
+            return Err(e(
+                "this record's credential is kept inside the HSM: it is used there, never opened (open the broker with its HSM key store)",
+            ));
+        }
         let dek = self.unwrap_dek(&record.kek, &record.wrapped_dek)?;
         gcm_open(&dek, aad, &record.nonce, &record.ciphertext)
     }
