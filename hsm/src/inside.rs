@@ -120,6 +120,7 @@ fn unwrap_into<'a>(
     aad: &[u8],
     record: &SealedRecord,
     extra: &[Attribute],
+    locked: bool,
 ) -> Result<(Temp<'a>, KeyKind)> {
     let kind = verify(session, kek, aad, record)?;
     let (class, kt) = key_type(kind);
@@ -139,22 +140,23 @@ fn unwrap_into<'a>(
         )
         .map_err(|e| hsm("C_UnwrapKey (AES-KWP)", e))?;
     let key = Temp { session, handle };
-    // The token must have honoured the template (a module that ignores CKA_SENSITIVE or
-    // CKA_EXTRACTABLE on unwrap would leave the credential readable): read it back.
-    let asked: Vec<&Attribute> = extra
-        .iter()
-        .filter(|a| matches!(a, Attribute::Sensitive(_) | Attribute::Extractable(_)))
-        .collect();
-    let got = session
-        .get_attributes(
-            key.handle,
-            &[AttributeType::Sensitive, AttributeType::Extractable],
-        )
-        .map_err(|e| hsm("C_GetAttributeValue", e))?;
-    if asked.iter().any(|a| !got.contains(a)) {
-        return Err(Error::Hsm(format!(
-            "the token did not apply the unwrap template (asked {asked:?}, got {got:?}): this module cannot keep the broker's keys"
-        )));
+    // A key unwrapped for use must come out sensitive and not extractable, whatever the
+    // template said: read it back (a module that ignored the template, or a template
+    // changed by mistake, would leave the credential readable).
+    if locked {
+        let got = session
+            .get_attributes(
+                key.handle,
+                &[AttributeType::Sensitive, AttributeType::Extractable],
+            )
+            .map_err(|e| hsm("C_GetAttributeValue", e))?;
+        if !(got.contains(&Attribute::Sensitive(true))
+            && got.contains(&Attribute::Extractable(false)))
+        {
+            return Err(Error::Hsm(format!(
+                "an unwrapped key is not sensitive and non-extractable ({got:?}): this module or template cannot keep the broker's keys"
+            )));
+        }
     }
     Ok((key, kind))
 }
@@ -176,7 +178,7 @@ pub(crate) fn use_key(
     record: &SealedRecord,
     u: KeyUse<'_>,
 ) -> Result<Vec<u8>> {
-    let (key, kind) = unwrap_into(session, kek, aad, record, &use_template())?;
+    let (key, kind) = unwrap_into(session, kek, aad, record, &use_template(), true)?;
     match (kind, u) {
         (KeyKind::Aes128, KeyUse::Cmac(m)) => session
             .sign(&Mechanism::AesCMac, key.handle, m)
@@ -212,7 +214,7 @@ pub(crate) fn check(
     aad: &[u8],
     record: &SealedRecord,
 ) -> Result<()> {
-    unwrap_into(session, kek, aad, record, &use_template()).map(drop)
+    unwrap_into(session, kek, aad, record, &use_template(), true).map(drop)
 }
 
 /// Wraps a session object under `kek` and binds it: the record of the in-HSM form.
@@ -245,7 +247,7 @@ pub(crate) fn rewrap(
     record: &SealedRecord,
 ) -> Result<SealedRecord> {
     let extra = [Attribute::Sensitive(true), Attribute::Extractable(true)];
-    let (key, kind) = unwrap_into(session, from, aad, record, &extra)?;
+    let (key, kind) = unwrap_into(session, from, aad, record, &extra, false)?;
     seal(session, to_id, to, aad, kind, key.handle)
 }
 

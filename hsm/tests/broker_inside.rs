@@ -246,9 +246,9 @@ fn main_body(pin: &str) {
         last.len()
     );
     assert!(seen > 0, "the watcher saw no session key");
-    // No value was ever readable; that every key came out of C_UnwrapKey sensitive and
-    // not extractable is checked by the store itself after each unwrap (the acts above
-    // would have failed otherwise).
+    // No value was ever readable (PKCS#11 hides CKA_VALUE of a sensitive or non-extractable
+    // key); that every key came out of C_UnwrapKey sensitive and not extractable is checked
+    // by the store itself after each unwrap (the acts above would have failed otherwise).
     assert_eq!(readable, 0, "a session key's value was readable");
 
     // KEK rotation inside the token: every record moves to k2 and still acts; the old
