@@ -10,6 +10,9 @@
 //! where the KEKs are non-extractable; a data key is random, exists in host memory only while
 //! its record is sealed or opened (zeroized after), and is never stored unwrapped. Re-wrapping
 //! a record under a new KEK touches only its data key: the credential itself stays encrypted.
+//! Under a KEK that may wrap keys, the HSM store keeps credentials inside the token instead
+//! (records of the in-store form, [`FORM_IN_STORE`]: generated, wrapped and used there;
+//! [`Envelope::generate`], [`Envelope::use_key`]); records of the data-key form still open.
 //! The development store (`broker_server::FileEnvelope`) keeps its KEKs in files, and says so.
 //!
 //! The trait lives here, apart from the broker server, so a key store can implement it
@@ -257,4 +260,77 @@ pub fn gcm_open(
         .decrypt(&nonce, Payload { msg: ct, aad })
         .map(Zeroizing::new)
         .map_err(|_| e("the record does not open: altered, moved, or another key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A store that wraps data keys with a fixed software key (enough to reach `open`).
+    struct Soft;
+    impl Envelope for Soft {
+        fn keks(&self) -> Vec<String> {
+            vec!["k".into()]
+        }
+        fn wrap_dek(&self, kek: &str, dek: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+            let (n, ct) = gcm_seal(&[7u8; 32], kek.as_bytes(), dek)?;
+            Ok([n, ct].concat())
+        }
+        fn unwrap_dek(&self, kek: &str, w: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+            if w.len() < 12 {
+                return Err(e("malformed wrapped key"));
+            }
+            gcm_open(&[7u8; 32], kek.as_bytes(), &w[..12], &w[12..])
+        }
+        fn describe(&self) -> String {
+            "test".into()
+        }
+    }
+
+    #[test]
+    fn the_two_record_forms_are_told_apart() {
+        let old = Soft.seal("k", b"row", b"secret").unwrap();
+        assert_eq!(old.in_store_kind(), None);
+        assert_eq!(Soft.open(b"row", &old).unwrap().as_slice(), b"secret");
+        // Form 2, kind 2 (P-256): never opened in memory, with a message saying why.
+        let inside = SealedRecord {
+            kek: "k".into(),
+            wrapped_dek: [&[2u8, 2][..], &[0u8; 28]].concat(),
+            nonce: Vec::new(),
+            ciphertext: vec![0; 40],
+        };
+        assert_eq!(inside.in_store_kind(), Some(KeyKind::P256));
+        let err = Soft.open(b"row", &inside).unwrap_err();
+        assert!(err.to_string().contains("inside the HSM"), "{err}");
+        // A default store does not use or generate inside: the caller falls back.
+        assert_eq!(
+            Soft.use_key(b"row", &inside, KeyUse::Cmac(b"c")).unwrap(),
+            None
+        );
+        assert!(
+            Soft.generate("k", b"row", KeyKind::Aes128)
+                .unwrap()
+                .is_none()
+        );
+        // An unknown kind byte is not the in-store form.
+        let mut unknown = inside.clone();
+        unknown.wrapped_dek[1] = 9;
+        assert_eq!(unknown.in_store_kind(), None);
+    }
+
+    proptest! {
+        /// Any stored bytes: the form is read without a panic, and opening fails cleanly.
+        #[test]
+        fn any_record_bytes_are_refused_cleanly(
+            wrapped in proptest::collection::vec(any::<u8>(), 0..64),
+            nonce in proptest::collection::vec(any::<u8>(), 0..16),
+            ct in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let r = SealedRecord { kek: "k".into(), wrapped_dek: wrapped, nonce, ciphertext: ct };
+            let kind = r.in_store_kind();
+            prop_assert!(kind.is_none() || r.nonce.is_empty());
+            prop_assert!(Soft.open(b"row", &r).is_err());
+        }
+    }
 }
