@@ -10,7 +10,11 @@
 //! where the KEKs are non-extractable; a data key is random, exists in host memory only while
 //! its record is sealed or opened (zeroized after), and is never stored unwrapped. Re-wrapping
 //! a record under a new KEK touches only its data key: the credential itself stays encrypted.
-//! [`FileEnvelope`] is the development store, and says so.
+//! With a KEK that may wrap keys, the HSM store goes further: credentials are generated,
+//! wrapped (`CKM_AES_KEY_WRAP_PAD`) and used only inside the token
+//! ([`Envelope::generate`], [`Envelope::use_key`]); the broker never holds them.
+//! [`FileEnvelope`] is the development store, and says so: it opens every credential in
+//! memory.
 //!
 //! The trait, its error and the record format live in [`broker_protocol::envelope`] (so a key
 //! store can implement them without depending on this server) and are re-exported here.
@@ -29,7 +33,9 @@ fn e(what: &str) -> EnvelopeError {
 
 /// The development key store: KEKs as files `kek-ID.key` (64 hex digits) in a directory.
 /// Data keys are wrapped with AES-256-GCM in software. Insecure: whoever reads the directory
-/// opens every record.
+/// opens every record. It is **not** the HSM mode of issue #17: every credential is
+/// generated and opened in the broker's own memory for each use (the HSM store,
+/// `kagi_hsm::HsmEnvelope`, keeps them inside the token).
 pub struct FileEnvelope {
     keks: std::sync::RwLock<BTreeMap<String, Zeroizing<Vec<u8>>>>,
     dir: std::path::PathBuf,
@@ -140,7 +146,10 @@ impl Envelope for FileEnvelope {
     }
 
     fn describe(&self) -> String {
-        format!("INSECURE file key store {}", self.dir.display())
+        format!(
+            "INSECURE file key store {} (credentials opened in this process's memory)",
+            self.dir.display()
+        )
     }
 }
 

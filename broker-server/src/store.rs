@@ -506,11 +506,13 @@ impl Shard {
         Ok(rows.first().map(|r| r[0].int()).unwrap_or(0))
     }
 
-    /// Statement swapping a record's wrapped data key (only if it is still under `from`: a
+    /// Statement swapping a record's sealed form under a new KEK (only if it is still under `from`: a
     /// rotation run twice, or by two instances, re-wraps each record once).
     pub fn rewrap_stmt(c: &CredentialRow, from: &str, to: &SealedRecord) -> Stmt {
         Stmt::one(
-            "UPDATE credentials SET kek = $4, wrapped_dek = $5 WHERE card = $1 AND service = $2 AND version = $3 AND kek = $6",
+            // The whole sealed form: a record kept in the HSM is re-wrapped as a whole (its
+            // ciphertext is the wrapped key); a data-key record keeps nonce and ciphertext.
+            "UPDATE credentials SET kek = $4, wrapped_dek = $5, nonce = $7, ciphertext = $8 WHERE card = $1 AND service = $2 AND version = $3 AND kek = $6",
             vec![
                 c.card.clone().into(),
                 c.service.clone().into(),
@@ -518,6 +520,8 @@ impl Shard {
                 to.kek.clone().into(),
                 to.wrapped_dek.clone().into(),
                 from.into(),
+                to.nonce.clone().into(),
+                to.ciphertext.clone().into(),
             ],
         )
     }

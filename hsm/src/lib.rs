@@ -24,6 +24,7 @@ use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
 
 pub mod dap;
+mod inside;
 pub mod scp02;
 
 /// The HSM refused, is not reachable, or does not hold the keys asked for; the message names
@@ -331,7 +332,8 @@ pub const KEK_PREFIX: &str = "broker-kek-";
 
 /// Makes a new broker key-encryption key inside the token: AES-256, generated there
 /// (`CKM_AES_KEY_GEN`), sensitive and non-extractable, usable only to encrypt and decrypt
-/// (data keys). Refuses if the label exists.
+/// (data keys, the binding of records to their rows) and to wrap and unwrap (credentials
+/// used only inside the token). Refuses if the label exists.
 pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
     let (_ctx, _slot, session) = session(&config.module, &config.token, pin, true)?;
     let label = format!("{KEK_PREFIX}{id}");
@@ -357,8 +359,8 @@ pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
                 Attribute::Encrypt(true),
                 Attribute::Decrypt(true),
                 Attribute::Sign(false),
-                Attribute::Wrap(false),
-                Attribute::Unwrap(false),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
                 Attribute::Label(label.into_bytes()),
             ],
         )
@@ -367,33 +369,55 @@ pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
 }
 
 /// The broker's key store in a PKCS#11 token: its KEKs are the token's
-/// `broker-kek-ID` keys ([`create_kek`]); data keys are wrapped and unwrapped inside the
-/// token with `CKM_AES_GCM` (random 96-bit IV, the KEK id as additional data). Sessions are
-/// pooled like [`HsmMaster`]'s, so concurrent requests do not queue on one.
+/// `broker-kek-ID` keys ([`create_kek`]). Sessions are pooled like [`HsmMaster`]'s, so
+/// concurrent requests do not queue on one.
+///
+/// Under a KEK that may wrap and unwrap (every KEK [`create_kek`] makes now), credentials
+/// are generated in the token, wrapped directly under the KEK and used only inside the
+/// token (see the `inside` module: `C_UnwrapKey` into a sensitive, non-extractable session
+/// object for each use, destroyed after): the broker never holds their plaintext. Under an
+/// older KEK (encrypt/decrypt only), records keep the data-key form: the data key is
+/// unwrapped with `CKM_AES_GCM` (random 96-bit IV, the KEK id as additional data) and the
+/// credential opened in the broker's memory. Records of that form stay usable, and a KEK
+/// rotation to a wrapping KEK re-wraps their data keys (their form does not change).
 pub struct HsmEnvelope {
     pool: SessionPool,
-    keks: std::sync::RwLock<std::collections::BTreeMap<String, ObjectHandle>>,
+    keks: std::sync::RwLock<std::collections::BTreeMap<String, (ObjectHandle, bool)>>,
     token: String,
 }
 
 use broker_protocol::envelope::EnvelopeError;
 
-/// The `broker-kek-*` keys a session sees; refuses extractable ones.
-fn find_keks(session: &Session) -> Result<std::collections::BTreeMap<String, ObjectHandle>> {
+/// The `broker-kek-*` keys a session sees, with whether each may wrap and unwrap; refuses
+/// extractable ones.
+type Keks = std::collections::BTreeMap<String, (ObjectHandle, bool)>;
+
+fn find_keks(session: &Session) -> Result<Keks> {
     let found = session
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .map_err(|e| hsm("C_FindObjects", e))?;
     let mut keks = std::collections::BTreeMap::new();
     for handle in found {
         let attrs = session
-            .get_attributes(handle, &[AttributeType::Label, AttributeType::Extractable])
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Extractable,
+                    AttributeType::Wrap,
+                    AttributeType::Unwrap,
+                ],
+            )
             .map_err(|e| hsm("C_GetAttributeValue", e))?;
         let mut label = None;
         let mut extractable = false;
+        let (mut wrap, mut unwrap) = (false, false);
         for a in attrs {
             match a {
                 Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
                 Attribute::Extractable(x) => extractable = x,
+                Attribute::Wrap(x) => wrap = x,
+                Attribute::Unwrap(x) => unwrap = x,
                 _ => {}
             }
         }
@@ -405,7 +429,7 @@ fn find_keks(session: &Session) -> Result<std::collections::BTreeMap<String, Obj
                 "the KEK '{KEK_PREFIX}{id}' is extractable: KEKs must not leave the HSM; make a new one with `kagi broker new-kek`"
             )));
         }
-        keks.insert(id.to_string(), handle);
+        keks.insert(id.to_string(), (handle, wrap && unwrap));
     }
     Ok(keks)
 }
@@ -429,6 +453,11 @@ impl HsmEnvelope {
     }
 
     fn kek(&self, id: &str) -> std::result::Result<ObjectHandle, EnvelopeError> {
+        self.kek_and_mode(id).map(|(h, _)| h)
+    }
+
+    /// A KEK's handle and whether it keeps credentials inside (may wrap and unwrap).
+    fn kek_and_mode(&self, id: &str) -> std::result::Result<(ObjectHandle, bool), EnvelopeError> {
         let find = || {
             self.keks
                 .read()
@@ -448,7 +477,120 @@ impl HsmEnvelope {
     }
 }
 
+fn env_err(e: Error) -> EnvelopeError {
+    EnvelopeError(e.to_string())
+}
+
+impl HsmEnvelope {
+    /// Seals a credential whose value the caller knows into a record of the in-HSM form
+    /// under `kek` (an AES key or a P-256 private scalar): a migration from another store,
+    /// and the tests that must know a credential's value. Prefer
+    /// [`Envelope::generate`](broker_protocol::envelope::Envelope::generate).
+    pub fn import_credential(
+        &self,
+        kek: &str,
+        aad: &[u8],
+        kind: broker_protocol::envelope::KeyKind,
+        value: &[u8],
+    ) -> std::result::Result<broker_protocol::envelope::SealedRecord, EnvelopeError> {
+        let (h, inside) = self.kek_and_mode(kek)?;
+        if !inside {
+            return Err(EnvelopeError(format!(
+                "the KEK '{KEK_PREFIX}{kek}' may not wrap keys: make a new KEK with `kagi broker new-kek`"
+            )));
+        }
+        self.pool
+            .with_session(|s| inside::import(s, kek, h, aad, kind, value))
+            .map_err(env_err)
+    }
+}
+
 impl broker_protocol::envelope::Envelope for HsmEnvelope {
+    fn generate(
+        &self,
+        kek: &str,
+        aad: &[u8],
+        kind: broker_protocol::envelope::KeyKind,
+    ) -> std::result::Result<Option<broker_protocol::envelope::Generated>, EnvelopeError> {
+        let (h, inside) = self.kek_and_mode(kek)?;
+        if !inside {
+            return Ok(None);
+        }
+        let (record, public_key, shared) = self
+            .pool
+            .with_session(|s| inside::generate(s, kek, h, aad, kind))
+            .map_err(env_err)?;
+        Ok(Some(broker_protocol::envelope::Generated {
+            record,
+            public_key,
+            shared,
+        }))
+    }
+
+    fn use_key(
+        &self,
+        aad: &[u8],
+        record: &broker_protocol::envelope::SealedRecord,
+        u: broker_protocol::envelope::KeyUse<'_>,
+    ) -> std::result::Result<Option<Vec<u8>>, EnvelopeError> {
+        if record.in_store_kind().is_none() {
+            return Ok(None);
+        }
+        let h = self.kek(&record.kek)?;
+        self.pool
+            .with_session(|s| inside::use_key(s, h, aad, record, u))
+            .map(Some)
+            .map_err(env_err)
+    }
+
+    fn shared_secret(
+        &self,
+        aad: &[u8],
+        record: &broker_protocol::envelope::SealedRecord,
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        if record.in_store_kind().is_none() {
+            return self.open(aad, record);
+        }
+        Err(EnvelopeError(
+            "the service's AES key was given once, at enrolment, and stays inside the HSM since: rotate the service key to give the service a new one".into(),
+        ))
+    }
+
+    fn check(
+        &self,
+        aad: &[u8],
+        record: &broker_protocol::envelope::SealedRecord,
+    ) -> std::result::Result<(), EnvelopeError> {
+        if record.in_store_kind().is_none() {
+            return self.open(aad, record).map(drop);
+        }
+        let h = self.kek(&record.kek)?;
+        self.pool
+            .with_session(|s| inside::check(s, h, aad, record))
+            .map_err(env_err)
+    }
+
+    fn rewrap_row(
+        &self,
+        aad: &[u8],
+        record: &broker_protocol::envelope::SealedRecord,
+        to: &str,
+    ) -> std::result::Result<broker_protocol::envelope::SealedRecord, EnvelopeError> {
+        if record.in_store_kind().is_none() {
+            return self.rewrap(record, to);
+        }
+        let from = self.kek(&record.kek)?;
+        let (h, inside) = self.kek_and_mode(to)?;
+        if !inside {
+            return Err(EnvelopeError(format!(
+                "the KEK '{KEK_PREFIX}{to}' may not wrap keys: a record kept inside the HSM cannot move under it"
+            )));
+        }
+        self.pool
+            .with_session(|s| inside::rewrap(s, from, to, h, aad, record))
+            .map_err(env_err)
+    }
+
     fn keks(&self) -> Vec<String> {
         self.keks
             .read()

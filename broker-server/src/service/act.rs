@@ -3,8 +3,9 @@
 //! trail.
 
 use crate::store::{CredentialRow, Shard};
-use broker_protocol::api::{self, Act, ActResult, AuditEntry, Method};
+use broker_protocol::api::{self, Act, ActResult, AuditEntry, Method, ServicePolicy};
 use broker_protocol::assertion::{self, Assurance, Claims};
+use broker_protocol::envelope::KeyUse;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -127,6 +128,10 @@ impl Broker {
             }
             Method::Mac => {
                 let c = challenge()?;
+                if let Some(mac) = self.use_inside(&cred, KeyUse::Cmac(&c))? {
+                    out.mac = Some(api::b64(&mac));
+                    return Ok(self.acted(card, &policy, out));
+                }
                 let secret = self.open(&cred)?;
                 let key = card_wire::scp03::AesKey::new(&secret)
                     .map_err(|_| BrokerError::CorruptKey("MAC"))?;
@@ -135,6 +140,10 @@ impl Broker {
             Method::SignP256 => {
                 use p256::ecdsa::signature::Signer as _;
                 let c = challenge()?;
+                if let Some(sig) = self.use_inside(&cred, KeyUse::EcdsaSha256(&c))? {
+                    out.signature = Some(api::b64(&sig));
+                    return Ok(self.acted(card, &policy, out));
+                }
                 let secret = self.open(&cred)?;
                 let key = p256::ecdsa::SigningKey::from_slice(&secret)
                     .map_err(|_| BrokerError::CorruptKey("P-256"))?;
@@ -145,6 +154,10 @@ impl Broker {
                 use rsa::pkcs1::DecodeRsaPrivateKey;
                 use rsa::signature::{SignatureEncoding, Signer as _};
                 let c = challenge()?;
+                if let Some(sig) = self.use_inside(&cred, KeyUse::RsaSha256(&c))? {
+                    out.signature = Some(api::b64(&sig));
+                    return Ok(self.acted(card, &policy, out));
+                }
                 let secret = self.open(&cred)?;
                 let key = rsa::PrivateKey::from_pkcs1_der(&secret)
                     .map_err(|_| BrokerError::CorruptKey("RSA"))?;
@@ -152,8 +165,25 @@ impl Broker {
                 out.signature = Some(api::b64(&sig.to_vec()));
             }
         }
+        Ok(self.acted(card, &policy, out))
+    }
+
+    fn acted(&self, card: &str, policy: &ServicePolicy, out: ActResult) -> ActResult {
         tracing::info!(card = %card, service = %policy.id, method = policy.method.name(), "acted");
-        Ok(out)
+        out
+    }
+
+    /// Uses the credential inside the key store if its record is of that form (`None`: the
+    /// record is of the data-key form, to be opened here).
+    fn use_inside(&self, cred: &CredentialRow, u: KeyUse<'_>) -> Result<Option<Vec<u8>>> {
+        self.config
+            .envelope
+            .use_key(
+                &CredentialRow::aad(&cred.card, &cred.service, cred.version),
+                &cred.sealed,
+                u,
+            )
+            .map_err(BrokerError::Keys)
     }
 
     pub(super) fn open(&self, cred: &CredentialRow) -> Result<Zeroizing<Vec<u8>>> {

@@ -4,6 +4,7 @@
 use crate::envelope::SealedRecord;
 use crate::store::{CredentialRow, Shard};
 use broker_protocol::api::{AdminRequest, AdminResponse, Method, ServicePolicy};
+use broker_protocol::envelope::KeyKind;
 use kagi_db::StoreError;
 use kagi_signed::password;
 use kagi_signed::signing::{self};
@@ -247,16 +248,40 @@ impl Broker {
         method: Method,
         version: i64,
     ) -> Result<(CredentialRow, NewSecret)> {
-        let secret = new_secret(method)?;
-        let sealed: SealedRecord = self
-            .config
-            .envelope
-            .seal(
-                kek,
-                &CredentialRow::aad(card, service, version),
-                &secret.secret,
-            )
-            .map_err(BrokerError::Keys)?;
+        let aad = CredentialRow::aad(card, service, version);
+        let kind = match method {
+            Method::Mac => Some(KeyKind::Aes128),
+            Method::SignP256 => Some(KeyKind::P256),
+            Method::SignRsa => Some(KeyKind::Rsa2048),
+            Method::Assertion => None,
+        };
+        // Generated inside the key store when it keeps credentials there; else here.
+        let inside = match kind {
+            Some(k) => self
+                .config
+                .envelope
+                .generate(kek, &aad, k)
+                .map_err(BrokerError::Keys)?,
+            None => None,
+        };
+        let (sealed, secret): (SealedRecord, NewSecret) = match inside {
+            Some(g) => (
+                g.record,
+                NewSecret {
+                    secret: g.shared.unwrap_or_default(),
+                    public_key: g.public_key,
+                },
+            ),
+            None => {
+                let secret = new_secret(method)?;
+                let sealed = self
+                    .config
+                    .envelope
+                    .seal(kek, &aad, &secret.secret)
+                    .map_err(BrokerError::Keys)?;
+                (sealed, secret)
+            }
+        };
         let pairwise = hex::encode(
             &self.mac(&[b"pairwise", card.as_bytes(), &[0], service.as_bytes()])?[..16],
         );
@@ -343,8 +368,25 @@ impl Broker {
         let existing = shard.active_credential(card, service).await?;
         if let (Some(c), false) = (&existing, rotate) {
             // Enrolled already: the same answer again.
+            if policy.method == Method::Mac && c.sealed.in_store_kind().is_some() {
+                // The AES key was read once, for this service, and stays in the HSM since.
+                return Err(refuse(
+                    "admin.key-in-hsm",
+                    format!(
+                        "{card} is enrolled at {service} already and its key stays inside the HSM: rotate the service key to give the service a new one"
+                    ),
+                )
+                .into());
+            }
             let shared = if policy.method == Method::Mac {
-                Some(self.open(c)?.to_vec())
+                let aad = CredentialRow::aad(&c.card, &c.service, c.version);
+                Some(
+                    self.config
+                        .envelope
+                        .shared_secret(&aad, &c.sealed)
+                        .map_err(BrokerError::Keys)?
+                        .to_vec(),
+                )
             } else {
                 None
             };

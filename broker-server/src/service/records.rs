@@ -51,7 +51,8 @@ impl Broker {
                 let mut rewraps = Vec::with_capacity(mine.len());
                 let mut failure = None;
                 for c in &mine {
-                    match self.config.envelope.rewrap(&c.sealed, to) {
+                    let aad = crate::store::CredentialRow::aad(&c.card, &c.service, c.version);
+                    match self.config.envelope.rewrap_row(&aad, &c.sealed, to) {
                         Ok(new) => {
                             let mut s = Shard::rewrap_stmt(c, &c.sealed.kek, &new);
                             // Changed meanwhile (a new version, another rotation): not counted.
@@ -130,8 +131,9 @@ impl Broker {
                 for c in &page {
                     check.records += 1;
                     *check.by_kek.entry(c.sealed.kek.clone()).or_default() += 1;
-                    match self.open(c) {
-                        Ok(_) => check.opened += 1,
+                    let aad = crate::store::CredentialRow::aad(&c.card, &c.service, c.version);
+                    match self.config.envelope.check(&aad, &c.sealed) {
+                        Ok(()) => check.opened += 1,
                         Err(_) => check.failed.push(format!(
                             "{} / {} v{} (under {})",
                             c.card, c.service, c.version, c.sealed.kek

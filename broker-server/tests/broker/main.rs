@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use test_pki::TestCa;
 use zeroize::Zeroizing;
 
+mod hsm;
 mod http_backoff;
 mod keys;
 mod password_login;
@@ -47,6 +48,8 @@ struct World {
     assertion_key: p256::ecdsa::SigningKey,
     state_key: [u8; 32],
     backends: Vec<Backend>,
+    /// The key store instead of the directory's KEK files (an HSM).
+    envelope: Option<Arc<dyn broker_server::envelope::Envelope>>,
 }
 
 fn dir(name: &str) -> PathBuf {
@@ -79,6 +82,7 @@ impl World {
             state_key,
             backends,
             dir,
+            envelope: None,
         }
     }
 
@@ -99,7 +103,10 @@ impl World {
                 vec![self.dir.join("ca.crt.der")],
                 vec![self.dir.join("revoked.txt"), self.dir.join("ca.crl")],
             ),
-            envelope: Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap()),
+            envelope: match &self.envelope {
+                Some(e) => e.clone(),
+                None => Arc::new(FileEnvelope::open_dir(&self.dir.join("keys")).unwrap()),
+            },
             default_kek: "k1".into(),
             state_key: Zeroizing::new(self.state_key),
             session_secs: 600,

@@ -1,0 +1,158 @@
+//! The broker with its keys in SoftHSM2 (issue #17): credentials generated in the token,
+//! every act done there and checked the way each service checks it (the MAC key the
+//! service was given, the public keys it got); a repeated enrolment does not read an AES
+//! key out again; a KEK rotation re-wraps inside the token and every record still opens.
+//!
+//! PKCS#11 reads `SOFTHSM2_CONF` once per process, so the test runs itself again as a
+//! child with a private token's configuration in its environment.
+
+use super::*;
+use std::path::Path;
+use std::process::Command;
+
+const CHILD: &str = "KAGI_BROKER_HSM_CHILD";
+
+fn hsm_config() -> kagi_hsm::HsmConfig {
+    kagi_hsm::HsmConfig {
+        module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+        token: "kagi".into(),
+        key: String::new(),
+    }
+}
+
+async fn body(pin: &str) {
+    kagi_hsm::create_kek(&hsm_config(), pin, "k1").unwrap();
+    let envelope = Arc::new(kagi_hsm::HsmEnvelope::open(&hsm_config(), pin).unwrap());
+    let mut w = World::new("hsm", 1);
+    w.envelope = Some(envelope.clone());
+    let b = w.broker().await;
+    let card = w.card("CARD-H", 0x4801);
+    assert_eq!(
+        w.admin(
+            &b,
+            AdminRequest::EnrolCard {
+                card: card.id.clone(),
+                holder: "h".into(),
+                password: None
+            }
+        )
+        .await,
+        AdminResponse::Ok
+    );
+    let sides = setup_services(&w, &b, &card).await;
+    // The records are of the in-HSM form (nothing opens them in memory).
+    let shard = Shards::open(&w.backends).await.unwrap();
+    for (id, m) in &SERVICES[..3] {
+        let c = shard.all()[0]
+            .active_credential(&card.id, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.sealed.in_store_kind().is_some(), "{id} ({m:?})");
+        assert!(c.sealed.nonce.is_empty());
+    }
+    let session = login(&b, &card).await.unwrap();
+    for round in 0..2 {
+        for ((id, _), side) in SERVICES.iter().zip(&sides) {
+            let challenge = format!("challenge {round} for {id}");
+            let r = b
+                .act(&act(&session, id, challenge.as_bytes()))
+                .await
+                .unwrap();
+            assert!(service_accepts(side, &r, challenge.as_bytes()), "{id}");
+            assert!(!service_accepts(side, &r, b"another challenge") || *id == "svc-assert");
+        }
+        if round == 0 {
+            // KEK rotation inside the token, then the same acts again.
+            kagi_hsm::create_kek(&hsm_config(), pin, "k2").unwrap();
+            let r = w
+                .admin(&b, AdminRequest::RotateKek { to: "k2".into() })
+                .await;
+            assert!(
+                matches!(r, AdminResponse::Rotation { ref kek, remaining: 0, .. } if kek == "k2"),
+                "{r:?}"
+            );
+        }
+    }
+    let check = b.verify_records().await.unwrap();
+    assert_eq!((check.records, check.opened), (4, 4), "{check:?}");
+    assert_eq!(check.by_kek.get("k2"), Some(&4));
+    // Enrolled again at the MAC service: the key is not read out of the HSM again.
+    let r = w
+        .admin(
+            &b,
+            AdminRequest::EnrolCredential {
+                card: card.id.clone(),
+                service: "svc-mac".into(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(r, AdminResponse::Rejected { ref code, .. } if code == "admin.key-in-hsm"),
+        "{r:?}"
+    );
+    // A service key rotation gives the MAC service a new key, and acts use it.
+    let AdminResponse::Credential {
+        version: 2,
+        shared_key: Some(k2),
+        ..
+    } = w
+        .admin(
+            &b,
+            AdminRequest::RotateServiceKey {
+                card: card.id.clone(),
+                service: "svc-mac".into(),
+            },
+        )
+        .await
+    else {
+        panic!("no new MAC key");
+    };
+    let r = b.act(&act(&session, "svc-mac", b"fresh")).await.unwrap();
+    assert!(service_accepts(&ServiceSide::Mac(k2), &r, b"fresh"));
+    let _ = std::fs::remove_dir_all(&w.dir);
+}
+
+#[test]
+fn the_broker_acts_with_keys_only_inside_softhsm() {
+    if let Ok(pin) = std::env::var(CHILD) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body(&pin));
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kagi-broker-hsm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let pin = std::fs::read_to_string(dir.join("user.pin")).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hsm::the_broker_acts_with_keys_only_inside_softhsm",
+            "--nocapture",
+        ])
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .env(CHILD, pin.trim())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
