@@ -25,7 +25,7 @@ fn text(o: &Output) -> String {
 /// is refused (exit 1), `None` when it succeeds.
 fn issue_code(s: &Scenario, iccid: &str, application: &Path) -> Option<String> {
     let o = s
-        .issue_command(iccid, application)
+        .issue_command(iccid, application, &s.dir.join("issue.json"))
         .arg("--json")
         .output()
         .unwrap();
@@ -156,7 +156,7 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
 
     // The old flag is refused, naming the new flow, before anything is checked or sent.
     let o = s
-        .issue_command(&iccid, &app)
+        .issue_command(&iccid, &app, &s.dir.join("issue.json"))
         .args(["--my-number-serial", "0ABC"])
         .output()
         .unwrap();
@@ -166,7 +166,7 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
     // Accepted; the credential is linked to the certificate's serial (the issue output and
     // the TSM's receipt say so).
     let issued = {
-        let mut c = s.issue_command(&iccid, &app);
+        let mut c = s.issue_command(&iccid, &app, &s.dir.join("issue.json"));
         ok(c.arg("--json"));
         std::fs::read_to_string(dir.join("issue.json")).unwrap()
     };
@@ -250,7 +250,7 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
     let list = dir.join("revoked.txt");
     std::fs::write(&list, format!("0x{serial}\n")).unwrap();
     let o = s
-        .issue_command(&iccid, &dir.join("o5.bin"))
+        .issue_command(&iccid, &dir.join("o5.bin"), &dir.join("issue.json"))
         .arg("--json")
         .arg("--sign-revoked")
         .arg(&list)

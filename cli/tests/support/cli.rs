@@ -201,8 +201,8 @@ impl Scenario {
     }
 
     /// `kagi tsm provider issue` for `iccid` with the application file `application` (PIN in
-    /// pin.txt, output issue.json), not yet run.
-    pub fn issue_command(&self, iccid: &str, application: &Path) -> Command {
+    /// pin.txt, output `out`), not yet run.
+    pub fn issue_command(&self, iccid: &str, application: &Path, out: &Path) -> Command {
         let mut c = kagi();
         c.args(["tsm", "provider", "--config"])
             .arg(self.dir.join("tsm/sp.toml"))
@@ -217,7 +217,7 @@ impl Scenario {
             .arg("--application")
             .arg(application)
             .arg("--out")
-            .arg(self.dir.join("issue.json"));
+            .arg(out);
         c
     }
 
@@ -226,7 +226,7 @@ impl Scenario {
     /// and code.txt. Returns issue.json.
     pub fn issue(&self, iccid: &str, rsa: bool) -> String {
         let application = self.apply(iccid);
-        let mut c = self.issue_command(iccid, &application);
+        let mut c = self.issue_command(iccid, &application, &self.dir.join("issue.json"));
         if rsa {
             c.arg("--rsa");
         }
