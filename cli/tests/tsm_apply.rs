@@ -172,6 +172,21 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
     };
     let hex = |h: &str| u64::from_str_radix(h, 16).unwrap();
     assert_eq!(hex(&field(&issued, "my_number_sign_serial")), hex(&serial));
+    // Downloaded through the relay, the TSM's stored credential carries that serial.
+    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
+    std::fs::write(dir.join("code.txt"), field(&issued, "access_code")).unwrap();
+    let relay = s
+        .relay()
+        .args(["--sim", "--sim-image"])
+        .arg(dir.join("sim.img"))
+        .output()
+        .unwrap();
+    assert!(relay.status.success(), "{}", text(&relay));
+    let check = ok(kagi()
+        .args(["--json", "tsm", "provider", "--config"])
+        .arg(dir.join("tsm/sp.toml"))
+        .args(["check", "--credential", &field(&issued, "op")]));
+    assert_eq!(hex(&field(&check, "my_number_sign_serial")), hex(&serial));
     // The same application again: a replay.
     assert_eq!(
         issue_code(&s, &iccid, &app).as_deref(),
