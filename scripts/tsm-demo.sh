@@ -2,7 +2,8 @@
 # The over-the-air download on the embedded default, in well under a minute: a TSM up on
 # SQLite; the operator registers a simulated SIM (with the provider's security domain and
 # the manufacturer's certificate for the key agreement key the card made); the provider
-# checks that certificate against the manufacturer CA and requests a JPKI credential sealed
+# checks that certificate and the user's application (signed with a simulated My Number card's
+# signature key) and requests a JPKI credential sealed
 # to the SIM's key; the relay carries the card scripts over an LTE-like
 # link; the provider checks the receipt (the new key's signature over the TSM's nonce); the
 # holder signs with the credential and a PIN-less eligibility read says eligible; then the
@@ -48,10 +49,18 @@ cin=$(json_field "$work/sim.json" cin)
     --card-certificate "$(json_field "$work/sim.json" card_certificate)" >/dev/null
 echo "   SIM $iccid (card $cin)"
 
-echo "== provider: issue a JPKI user-authentication credential, sealed to the SIM's own key"
+echo "== user: apply, signed with the My Number card's signature key (a simulated jpki-demo card)"
+echo ABC123 >"$work/sign-password.txt"
+sp_party=$(sed -n 's/^party = "\(.*\)"/\1/p' "$work/tsm/sp.toml")
+"$K" jpki apply --sim --sim-preset jpki-demo --sim-image "$work/mynumber.img" --sim-pki-dir "$work/pki" \
+    --iccid "$iccid" --provider "$sp_party" --subscriber-ref demo-user \
+    --pin-file "$work/sign-password.txt" --out "$work/application.bin" 2>/dev/null
+
+echo "== provider: check the application, issue a JPKI user-authentication credential, sealed to the SIM's own key"
 echo 2468 >"$work/pin.txt"
 echo "demo password" >"$work/password.txt"
 "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
+    --application "$work/application.bin" \
     --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" \
     --pin-file "$work/pin.txt" --password-file "$work/password.txt" --out "$work/issue.json"
 op=$(json_field "$work/issue.json" op)

@@ -4,11 +4,14 @@
 //! sha256WithRSAEncryption signature verifies), whether it is revoked (the issuer's signed
 //! CRLs, or a plain list of serials), and whether it is valid now — a verdict with its
 //! reasons. The PIN-less eligibility read (`kagi::eligibility`) judges the certificate it
-//! read from a card; the credential broker judges the certificate a card logs in with.
+//! read from a card; the credential broker judges the certificate a card logs in with; the
+//! provider checks the application signed with a My Number card's signature key
+//! ([`application`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod application;
 pub mod card_key;
 
 use der::{Decode, Encode};

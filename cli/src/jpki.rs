@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use zeroize::Zeroizing;
 
+pub mod apply;
+
 #[derive(Subcommand)]
 pub enum JpkiCmd {
     /// Token label, PIN tries and the authentication certificate's subject (no PIN needed).
@@ -71,6 +73,11 @@ pub enum JpkiCmd {
         #[command(flatten)]
         pin: PinSource,
     },
+    /// Apply for a phone credential: sign, with the card's signature key, an application
+    /// naming the SIM, the provider, the subscriber reference, a fresh nonce and the time,
+    /// carrying the signature certificate (the provider checks it, `kagi tsm provider issue
+    /// --application`). The signature password comes from --pin-file, --pin-env or a prompt.
+    Apply(apply::ApplyArgs),
     /// Change a PIN: the current one from --pin-*, the new one from --new-pin-file,
     /// --new-pin-env or a prompt.
     ChangePin {
@@ -157,6 +164,7 @@ use tsm_protocol::receipt::CertKey;
 /// Runs `kagi jpki …`.
 pub fn run(cmd: &JpkiCmd, trace: bool, json_out: bool) -> Result<(), Failure> {
     match cmd {
+        JpkiCmd::Apply(a) => apply::run(a, trace, json_out),
         JpkiCmd::Info { target } => {
             let mut ch = target.open(trace)?;
             jpki::select(&mut ch)?;
@@ -480,11 +488,15 @@ pub enum CaCmd {
         #[arg(long, default_value_t = 365 * 5)]
         days: u64,
     },
-    /// Revoke an authentication certificate serial and write auth-ca.crl.der.
+    /// Revoke a certificate serial and write the CA's CRL (auth-ca.crl.der or
+    /// sign-ca.crl.der).
     Revoke {
         /// Directory of the CA files.
         #[arg(long = "ca-dir", alias = "dir")]
         dir: PathBuf,
+        /// auth (an authentication certificate) or sign (a signature certificate).
+        #[arg(long, default_value = "auth")]
+        kind: String,
         /// Serial number in hex, as `kagi jpki info` and `kagi ca issue` print it (`0x` and
         /// colons allowed).
         serial: String,
@@ -636,10 +648,15 @@ pub fn ca(cmd: &CaCmd, json_out: bool) -> Result<(), Failure> {
             }
             Ok(())
         }
-        CaCmd::Revoke { dir, serial } => {
+        CaCmd::Revoke { dir, kind, serial } => {
             let n = parse_serial(serial)?;
-            let (auth, _) = cas(dir)?;
-            let crl = test_pki::store::revoke(&auth, dir, "auth-ca", n)?;
+            let (auth, sign) = cas(dir)?;
+            let (ca, name) = match kind.as_str() {
+                "auth" => (&auth, "auth-ca"),
+                "sign" => (&sign, "sign-ca"),
+                other => return Err(format!("--kind {other}: use auth or sign").into()),
+            };
+            let crl = test_pki::store::revoke(ca, dir, name, n)?;
             if json_out {
                 print_json(json!({
                     "revoked": format!("{n:08X}"),

@@ -284,23 +284,11 @@ fn wrong_pins_across_runs_block_the_pin_on_a_simulated_card() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `kagi tsm provider issue --out FILE` for SIM `iccid` of scenario `s`.
+/// `kagi tsm provider issue --out FILE` for SIM `iccid` of scenario `s`, on a fresh
+/// application signed on the scenario's simulated My Number card.
 fn issue_to(s: &Scenario, iccid: &str, out: &Path) -> std::process::Output {
-    kagi()
-        .args(["tsm", "provider", "--config"])
-        .arg(s.dir.join("tsm/sp.toml"))
-        .args(["issue", "--iccid", iccid, "--ca-dir"])
-        .arg(s.dir.join("pki"))
-        .arg("--manufacturer-ca")
-        .arg(s.maker_ca())
-        .arg("--pin-file")
-        .arg(s.dir.join("pin.txt"))
-        .arg("--password-file")
-        .arg(s.dir.join("pw.txt"))
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+    let application = s.apply(iccid);
+    s.issue_command(iccid, &application, out).output().unwrap()
 }
 
 #[test]

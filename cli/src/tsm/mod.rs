@@ -95,8 +95,9 @@ pub struct ServeArgs {
 
 #[derive(Subcommand)]
 pub enum ProviderCmd {
-    /// Issue a JPKI user-authentication credential to a SIM: the key is made here (the JPKI
-    /// side), certified by the test CA, sealed together with the PIN to the SIM's own key
+    /// Issue a JPKI user-authentication credential to a SIM, on the user's application signed
+    /// with their My Number card (checked first; each application is accepted once): the key
+    /// is made here (the JPKI side), certified by the test CA, sealed together with the PIN to the SIM's own key
     /// agreement key (its certificate, fetched from the TSM, must check against the
     /// manufacturer CA) and the applet instance; prints the operation, the device ticket and
     /// the one-time access code to deliver.
@@ -120,9 +121,22 @@ pub enum ProviderCmd {
         /// An RSA-2048 key (as the My Number card's) instead of P-256.
         #[arg(long)]
         rsa: bool,
-        /// The My Number card signature-certificate serial the application was signed with.
-        #[arg(long, default_value = "00")]
-        my_number_serial: String,
+        /// The user's application, signed with their My Number card's signature key
+        /// (`kagi jpki apply`): it must verify against the signature CA of --ca-dir
+        /// (sign-ca.crt.der, its CRL sign-ca.crl.der when present), be recent and name this
+        /// SIM and provider. The credential is linked to its certificate's serial.
+        #[arg(long)]
+        application: PathBuf,
+        /// Revoked signature-certificate serials, one per line (decimal or 0x hex), besides
+        /// the CA's CRL.
+        #[arg(long)]
+        sign_revoked: Option<PathBuf>,
+        /// How old (seconds) an application may be.
+        #[arg(long, default_value_t = 600)]
+        application_max_age: u64,
+        /// Removed: the serial now comes from the verified application's certificate.
+        #[arg(long, hide = true)]
+        my_number_serial: Option<String>,
         /// Write the operation, ticket, access code and certificate here (JSON; the
         /// certificate next to it as .crt.der).
         #[arg(long)]

@@ -213,18 +213,49 @@ pub(super) async fn provider_cmd(
             pin_file,
             password_file,
             rsa,
+            application,
+            sign_revoked,
+            application_max_age,
             my_number_serial,
             out,
             valid_minutes,
         } => {
             use der::Encode;
+            use kagi_certs::application as app;
+            if my_number_serial.is_some() {
+                return Err(Box::new(crate::exit::Finished::new(
+                    crate::exit::Exit::Usage,
+                    "error: --my-number-serial is gone: the user signs an application with their My Number card (`kagi jpki apply --iccid … --provider … --out application.bin`) and the provider passes it with `--application application.bin`; the serial is taken from its verified signature certificate",
+                )));
+            }
+            // The application first: nothing is made or sent for one that does not check.
+            let bytes = std::fs::read(application)
+                .map_err(|e| format!("{}: {e}", application.display()))?;
+            let now = std::time::SystemTime::now();
+            let me = sp.signer.party().to_string();
+            let verified = app::check(
+                &bytes,
+                &crate::jpki::apply::sign_trust(ca_dir, sign_revoked.as_deref())?,
+                &app::Expect {
+                    iccid,
+                    provider: &me,
+                    now,
+                    max_age: std::time::Duration::from_secs(*application_max_age),
+                },
+            )?;
+            let seen = config
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("applications.seen");
+            let log = app::NonceLog::open(&seen)?;
+            log.prune(now, std::time::Duration::from_secs(*application_max_age));
+            log.claim(&verified)?;
             let pin = read_secret(pin_file)?;
             let password = read_secret(password_file)?;
             let (auth_ca, _) = crate::jpki::cas(ca_dir)?;
             let mut serial = [0u8; 4];
             getrandom::fill(&mut serial).map_err(|e| e.to_string())?;
             let serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 1;
-            let now = std::time::SystemTime::now();
             let until = now + std::time::Duration::from_secs(365 * 86400);
             let opaque = format!("KAGIPHONE{iccid}");
             let (key, cert) = if *rsa {
@@ -251,7 +282,7 @@ pub(super) async fn provider_cmd(
                 cert.clone(),
                 auth_ca.certificate_der()?,
                 pin.as_bytes(),
-                my_number_serial,
+                &verified.sign_serial,
             )?;
             drop(key);
             let req = ControlRequest::Issue {
@@ -269,7 +300,8 @@ pub(super) async fn provider_cmd(
             write_grant(
                 out,
                 &r,
-                json!({ "certificate": cert_path.display().to_string(), "serial": format!("{serial:08X}") }),
+                json!({ "certificate": cert_path.display().to_string(), "serial": format!("{serial:08X}"),
+                        "my_number_sign_serial": verified.sign_serial }),
                 json_out,
             )?;
             Ok(())

@@ -69,10 +69,28 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
     assert_eq!(ok["answer"], "ok");
     let el = doc("tsm.answer", &mut mno(&["eligibility", "--iccid", &iccid]));
     assert_eq!(el["eligible"], true);
+    // The user's application, signed on a simulated My Number card.
+    let applied = doc(
+        "jpki.apply",
+        kagi()
+            .args(["jpki", "apply", "--sim", "--sim-preset", "jpki-demo"])
+            .arg("--sim-image")
+            .arg(dir.join("mynumber.img"))
+            .arg("--sim-pki-dir")
+            .arg(dir.join("pki"))
+            .args(["--iccid", &iccid, "--provider", "sp:kagi-bank"])
+            .arg("--pin-file")
+            .arg(dir.join("sign-password.txt"))
+            .arg("--out")
+            .arg(dir.join("application.bin")),
+    );
+    assert_eq!(applied["iccid"], iccid.as_str());
     let issued = doc(
         "tsm.provider.issue",
         sp(&["issue", "--iccid", &iccid, "--ca-dir"])
             .arg(dir.join("pki"))
+            .arg("--application")
+            .arg(dir.join("application.bin"))
             .args(["--manufacturer-ca", &maker_ca])
             .arg("--pin-file")
             .arg(dir.join("pin.txt"))

@@ -104,6 +104,8 @@ impl Scenario {
         ok(kagi().args(["ca", "init", "--dir"]).arg(dir.join("pki")));
         std::fs::write(dir.join("pin.txt"), "2468\n").unwrap();
         std::fs::write(dir.join("pw.txt"), "a password\n").unwrap();
+        // The jpki-demo card's signature password (its documented test value).
+        std::fs::write(dir.join("sign-password.txt"), "ABC123\n").unwrap();
         Scenario {
             dir,
             port,
@@ -148,9 +150,59 @@ impl Scenario {
         iccid
     }
 
-    /// The provider issues a credential to `iccid` (PIN in pin.txt); the ticket and access
-    /// code go to ticket.txt and code.txt. Returns issue.json.
-    pub fn issue(&self, iccid: &str, rsa: bool) -> String {
+    /// `kagi jpki apply` on the simulated My Number card in `card` (a jpki-demo card whose
+    /// certificates the CAs in `pki` issue, made on first use) for SIM `iccid` and provider
+    /// `provider`, with `extra` arguments; the command's output.
+    pub fn apply_with(
+        &self,
+        card: &str,
+        pki: &str,
+        iccid: &str,
+        provider: &str,
+        out: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
+        kagi()
+            .args([
+                "--json",
+                "jpki",
+                "apply",
+                "--sim",
+                "--sim-preset",
+                "jpki-demo",
+            ])
+            .arg("--sim-image")
+            .arg(self.dir.join(card))
+            .arg("--sim-pki-dir")
+            .arg(self.dir.join(pki))
+            .args(["--iccid", iccid, "--provider", provider])
+            .arg("--pin-file")
+            .arg(self.dir.join("sign-password.txt"))
+            .arg("--out")
+            .arg(self.dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    /// The user's application for `iccid` to the demo provider, signed on the simulated My
+    /// Number card (mynumber.img, certified by the scenario's CAs): application.bin.
+    pub fn apply(&self, iccid: &str) -> std::path::PathBuf {
+        let o = self.apply_with(
+            "mynumber.img",
+            "pki",
+            iccid,
+            "sp:kagi-bank",
+            "application.bin",
+            &[],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        self.dir.join("application.bin")
+    }
+
+    /// `kagi tsm provider issue` for `iccid` with the application file `application` (PIN in
+    /// pin.txt, output `out`), not yet run.
+    pub fn issue_command(&self, iccid: &str, application: &Path, out: &Path) -> Command {
         let mut c = kagi();
         c.args(["tsm", "provider", "--config"])
             .arg(self.dir.join("tsm/sp.toml"))
@@ -162,8 +214,19 @@ impl Scenario {
             .arg(self.dir.join("pin.txt"))
             .arg("--password-file")
             .arg(self.dir.join("pw.txt"))
+            .arg("--application")
+            .arg(application)
             .arg("--out")
-            .arg(self.dir.join("issue.json"));
+            .arg(out);
+        c
+    }
+
+    /// The user applies (signed on the simulated My Number card) and the provider issues a
+    /// credential to `iccid` (PIN in pin.txt); the ticket and access code go to ticket.txt
+    /// and code.txt. Returns issue.json.
+    pub fn issue(&self, iccid: &str, rsa: bool) -> String {
+        let application = self.apply(iccid);
+        let mut c = self.issue_command(iccid, &application, &self.dir.join("issue.json"));
         if rsa {
             c.arg("--rsa");
         }

@@ -283,7 +283,7 @@ fn issue_request_until(
         cert.clone(),
         world.ca.certificate_der().unwrap(),
         pin,
-        "0ABCDEF1",
+        &my_number_application(world, iccid).sign_serial,
     )
     .unwrap();
     (
@@ -300,6 +300,63 @@ fn issue_request_until(
         raw,
         rid,
     )
+}
+
+/// The user's application for `iccid` to the world's provider, signed with a My Number
+/// card's signature key (an RSA key certified, serial 0ABCDEF1, by a test signature CA) and
+/// checked as the provider checks it: the serial the credential is linked to comes from the
+/// verified certificate.
+fn my_number_application(world: &World, iccid: &str) -> kagi_certs::application::Verified {
+    use der::Encode;
+    use kagi_certs::application::{Application, Body, Expect, check};
+    use rsa::signature::{SignatureEncoding, Signer as _};
+    static CARD: std::sync::OnceLock<(test_pki::TestCa, rsa::PrivateKey, Vec<u8>)> =
+        std::sync::OnceLock::new();
+    let (ca, key, cert) = CARD.get_or_init(|| {
+        let ca = test_pki::TestCa::new("JPKI for digital signature").unwrap();
+        let key = test_pki::generate_rsa_key().unwrap();
+        let now = std::time::SystemTime::now();
+        let cert = ca
+            .issue_sign(
+                &key.to_public_key(),
+                &test_pki::BasicFacts::synthetic(),
+                0x0ABC_DEF1,
+                now - std::time::Duration::from_secs(60),
+                now + std::time::Duration::from_secs(365 * 86400),
+            )
+            .unwrap()
+            .to_der()
+            .unwrap();
+        (ca, key, cert)
+    });
+    let now = std::time::SystemTime::now();
+    let provider = world.sp.party().to_string();
+    let body = Body::new(iccid, &provider, "subscriber-1", now).unwrap();
+    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone())
+        .sign(&body.signed_bytes().unwrap())
+        .to_vec();
+    let bytes = Application {
+        body,
+        certificate: cert.clone(),
+        signature,
+    }
+    .encode()
+    .unwrap();
+    let trust = kagi_certs::Trust {
+        cas: vec![ca.certificate().clone()],
+        ..Default::default()
+    };
+    check(
+        &bytes,
+        &trust,
+        &Expect {
+            iccid,
+            provider: &provider,
+            now,
+            max_age: std::time::Duration::from_secs(600),
+        },
+    )
+    .unwrap()
 }
 
 /// What [`issue_request`] makes: the request, certificate, private key and request id.

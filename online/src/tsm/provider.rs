@@ -116,6 +116,8 @@ impl SealTarget {
 
 /// A credential as the JPKI side hands it over: key and PIN sealed to the SIM `to` and the
 /// applet `instance` under `request_id` (roles: the key and PIN files), certificates in clear.
+/// `my_number_sign_serial` is the serial of the signature certificate of the user's verified
+/// application (`kagi_certs::application::Verified::sign_serial`), never a value typed in.
 #[allow(clippy::too_many_arguments)]
 pub fn bundle(
     to: &SealTarget,
