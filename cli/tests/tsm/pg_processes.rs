@@ -40,19 +40,9 @@ struct Download {
 
 fn issue(s: &Scenario, name: &str, iccid: &str) -> Download {
     let issued = s.dir.join(format!("{name}.json"));
-    ok(kagi()
-        .args(["tsm", "provider", "--config"])
-        .arg(s.dir.join("tsm/sp.toml"))
-        .args(["issue", "--iccid", iccid, "--ca-dir"])
-        .arg(s.dir.join("pki"))
-        .arg("--manufacturer-ca")
-        .arg(s.maker_ca())
-        .arg("--pin-file")
-        .arg(s.dir.join("pin.txt"))
-        .arg("--password-file")
-        .arg(s.dir.join("pw.txt"))
-        .arg("--out")
-        .arg(&issued));
+    // The user's application, signed on the simulated My Number card, then the issue.
+    let application = s.apply(iccid);
+    ok(&mut s.issue_command(iccid, &application, &issued));
     let text = std::fs::read_to_string(&issued).unwrap();
     let ticket = s.dir.join(format!("{name}.ticket"));
     let code = s.dir.join(format!("{name}.code"));
