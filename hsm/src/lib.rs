@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 pub mod dap;
 mod inside;
 pub mod scp02;
+pub mod testing;
 
 /// The HSM refused, is not reachable, or does not hold the keys asked for; the message names
 /// the module, token or key label to check.

@@ -9,10 +9,8 @@ use card_wire::scp02::{Des3Key, StaticKeys02};
 use card_wire::scp03::Diversification;
 use kagi_hsm::HsmConfig;
 use kagi_hsm::scp02::{HsmMaster02, import_master_des};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-const CHILD: &str = "KAGI_HSM_TEST_CHILD";
 const KDD: [u8; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 fn config(key: &str) -> HsmConfig {
@@ -55,39 +53,9 @@ fn body(pin: &str) {
 
 #[test]
 fn emv_and_visa2_diversification_inside_softhsm() {
-    if let Ok(pin) = std::env::var(CHILD) {
+    if let Some(pin) =
+        kagi_hsm::testing::in_private_softhsm("emv_and_visa2_diversification_inside_softhsm")
+    {
         body(&pin);
-        return;
     }
-    let dir = std::env::temp_dir().join(format!("kagi-hsm-scp02-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let init = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let pin = std::fs::read_to_string(dir.join("user.pin")).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "emv_and_visa2_diversification_inside_softhsm",
-            "--nocapture",
-        ])
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env(CHILD, pin.trim())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && text.contains("1 passed"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

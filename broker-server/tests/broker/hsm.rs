@@ -7,10 +7,6 @@
 //! child with a private token's configuration in its environment.
 
 use super::*;
-use std::path::Path;
-use std::process::Command;
-
-const CHILD: &str = "KAGI_BROKER_HSM_CHILD";
 
 fn hsm_config() -> kagi_hsm::HsmConfig {
     kagi_hsm::HsmConfig {
@@ -115,44 +111,14 @@ async fn body(pin: &str) {
 
 #[test]
 fn the_broker_acts_with_keys_only_inside_softhsm() {
-    if let Ok(pin) = std::env::var(CHILD) {
+    if let Some(pin) =
+        kagi_hsm::testing::in_private_softhsm("hsm::the_broker_acts_with_keys_only_inside_softhsm")
+    {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap()
             .block_on(body(&pin));
-        return;
     }
-    let dir = std::env::temp_dir().join(format!("kagi-broker-hsm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let init = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let pin = std::fs::read_to_string(dir.join("user.pin")).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "hsm::the_broker_acts_with_keys_only_inside_softhsm",
-            "--nocapture",
-        ])
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env(CHILD, pin.trim())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && text.contains("1 passed"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

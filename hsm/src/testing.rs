@@ -1,0 +1,50 @@
+//! Support for tests: run a test's body in a child process that has a private SoftHSM2 token
+//! of its own (`scripts/softhsm-init.sh`), so that no test touches a token it did not make.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The variable that carries the token's user PIN to the child.
+const CHILD_PIN: &str = "KAGI_SOFTHSM_CHILD_PIN";
+
+/// In the child: `Some(user PIN)`, run the test's body. In the parent: makes a private token
+/// under the temporary directory, runs the test `test` (its exact name) again as a child with
+/// `SOFTHSM2_CONF` pointing at it, panics with the child's output unless it passed, and
+/// returns `None`.
+pub fn in_private_softhsm(test: &str) -> Option<String> {
+    if let Ok(pin) = std::env::var(CHILD_PIN) {
+        return Some(pin);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "kagi-softhsm-{}-{}",
+        test.replace("::", "-"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let init = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm-init.sh"))
+        .arg(&dir)
+        .output()
+        .expect("bash");
+    assert!(
+        init.status.success(),
+        "softhsm-init.sh: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("the token's user PIN");
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test, "--nocapture"])
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .env(CHILD_PIN, pin.trim())
+        .output()
+        .expect("the test binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    None
+}
