@@ -17,8 +17,15 @@ printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level 
 [ -s "$dir/user.pin" ] || od -An -N8 -tx1 /dev/urandom | tr -d ' \n' >"$dir/user.pin"
 [ -s "$dir/so.pin" ] || od -An -N8 -tx1 /dev/urandom | tr -d ' \n' >"$dir/so.pin"
 export SOFTHSM2_CONF="$dir/softhsm2.conf"
+# The PINs go to OpenSC's pkcs11-tool through its `env:` form, never on a command line
+# (softhsm2-util takes them only as arguments or from a terminal).
 if ! softhsm2-util --show-slots 2>/dev/null | grep -q 'Label:\s*kagi\s*$'; then
-    softhsm2-util --init-token --free --label kagi \
-        --so-pin "$(cat "$dir/so.pin")" --pin "$(cat "$dir/user.pin")" >/dev/null
+    module=/usr/lib/softhsm/libsofthsm2.so
+    KAGI_SO_PIN=$(cat "$dir/so.pin") KAGI_USER_PIN=$(cat "$dir/user.pin")
+    export KAGI_SO_PIN KAGI_USER_PIN
+    p11() { out=$(pkcs11-tool --module "$module" "$@" 2>&1) || { echo "$out" >&2; exit 1; }; }
+    p11 --init-token --label kagi --so-pin env:KAGI_SO_PIN
+    p11 --token-label kagi --init-pin --so-pin env:KAGI_SO_PIN --pin env:KAGI_USER_PIN
+    unset KAGI_SO_PIN KAGI_USER_PIN
 fi
 echo "export SOFTHSM2_CONF=$dir/softhsm2.conf"

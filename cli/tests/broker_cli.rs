@@ -600,8 +600,11 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
     assert_eq!(unreadable, ["broker-kek-k1", "broker-kek-k2"]);
     let objects = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &b.conf)
-        .args(["--module", MODULE, "--login", "--pin"])
-        .arg(std::fs::read_to_string(&b.pin_file).unwrap().trim())
+        .env(
+            "KAGI_TEST_HSM_PIN",
+            std::fs::read_to_string(&b.pin_file).unwrap().trim(),
+        )
+        .args(["--module", MODULE, "--login", "--pin", "env:KAGI_TEST_HSM_PIN"])
         .args(["--list-objects", "--type", "secrkey"])
         .output()
         .expect("pkcs11-tool (OpenSC) is missing: run scripts/setup.sh");

@@ -359,6 +359,7 @@ fn dap_signed_with_a_pkcs11_key_in_softhsm() {
     ] {
         let o = std::process::Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", &conf)
+            .env("KAGI_TEST_HSM_PIN", pin_text.trim())
             .args([
                 "--module",
                 module,
@@ -366,7 +367,7 @@ fn dap_signed_with_a_pkcs11_key_in_softhsm() {
                 "kagi",
                 "--login",
                 "--pin",
-                pin_text.trim(),
+                "env:KAGI_TEST_HSM_PIN",
             ])
             .args(["--keypairgen", "--key-type", kind, "--label", label])
             .output()

@@ -1,7 +1,9 @@
 //! SQLite: one file in WAL mode, a writer connection and a few readers, each call on the
 //! blocking thread pool. `synchronous = NORMAL` in WAL mode loses nothing when the process is
 //! killed (the log is in the operating system's cache) and keeps the file consistent on
-//! power loss; `KAGI_TSM_SQLITE_SYNC=full` syncs every commit.
+//! power loss; `KAGI_TSM_SQLITE_SYNC=full` syncs every commit. Deleted rows are overwritten
+//! with zeros (`secure_delete`: sealed parts and one-time values leave no trace in free space
+//! of the file once checkpointed; until then their frames are in the log).
 
 use crate::{Expect, Stmt, StoreError, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -11,6 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const READERS: usize = 4;
+
+/// The size the write-ahead log is cut back to when it is reset after a checkpoint (bytes):
+/// frames of deleted rows do not outlive the next reset by more than this.
+const WAL_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// An open SQLite database.
 #[derive(Clone)]
@@ -42,7 +48,8 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         _ => "NORMAL",
     };
     c.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000;"
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000; \
+         PRAGMA secure_delete = ON; PRAGMA journal_size_limit = {WAL_LIMIT};"
     ))
     .map_err(db)?;
     Ok(c)
