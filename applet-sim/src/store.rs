@@ -16,6 +16,12 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use zeroize::Zeroizing;
+
+/// An object's bytes: overwritten with zeros when replaced, removed, rolled back or dropped,
+/// as a card's EEPROM cell is rewritten, so an old key or PIN record does not linger in the
+/// simulator's memory.
+type Value = Zeroizing<Vec<u8>>;
 
 /// Why a persistent write did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,8 +90,8 @@ pub const DEFAULT_BUDGET: usize = 256 * 1024;
 /// The card's persistent memory.
 #[derive(Debug, Clone)]
 pub struct Store {
-    committed: BTreeMap<String, Vec<u8>>,
-    journal: Option<BTreeMap<String, Option<Vec<u8>>>>,
+    committed: BTreeMap<String, Value>,
+    journal: Option<BTreeMap<String, Option<Value>>>,
     budget: usize,
     writes: u64,
     tear_at: Option<u64>,
@@ -116,7 +122,7 @@ impl Store {
         if let Some(j) = &self.journal
             && let Some(v) = j.get(key)
         {
-            return v.as_deref();
+            return v.as_ref().map(|v| v.as_slice());
         }
         self.committed.get(key).map(|v| v.as_slice())
     }
@@ -207,10 +213,11 @@ impl Store {
         self.write_cycle()?;
         match &mut self.journal {
             Some(j) => {
-                j.insert(key.to_string(), Some(value.to_vec()));
+                j.insert(key.to_string(), Some(Zeroizing::new(value.to_vec())));
             }
             None => {
-                self.committed.insert(key.to_string(), value.to_vec());
+                self.committed
+                    .insert(key.to_string(), Zeroizing::new(value.to_vec()));
                 self.generation += 1;
             }
         }
@@ -235,7 +242,8 @@ impl Store {
             });
         }
         self.write_cycle()?;
-        self.committed.insert(key.to_string(), value.to_vec());
+        self.committed
+            .insert(key.to_string(), Zeroizing::new(value.to_vec()));
         self.generation += 1;
         Ok(())
     }
@@ -341,9 +349,9 @@ impl Store {
         self.torn = false;
     }
 
-    /// The committed state as a card image.
-    pub fn to_image(&self) -> Vec<u8> {
-        let mut body = Vec::new();
+    /// The committed state as a card image (zeroed when dropped: it holds the card's keys).
+    pub fn to_image(&self) -> Zeroizing<Vec<u8>> {
+        let mut body = Zeroizing::new(Vec::with_capacity(self.used() + 12));
         body.extend_from_slice(&(self.budget as u64).to_be_bytes());
         body.extend_from_slice(&(self.committed.len() as u32).to_be_bytes());
         for (k, v) in &self.committed {
@@ -352,11 +360,12 @@ impl Store {
             body.extend_from_slice(&(v.len() as u32).to_be_bytes());
             body.extend_from_slice(v);
         }
-        let mut out = Vec::with_capacity(body.len() + 42);
+        let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 42));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&IMAGE_VERSION.to_be_bytes());
         out.extend_from_slice(&body);
-        out.extend_from_slice(&Sha256::digest(&out));
+        let digest = Sha256::digest(out.as_slice());
+        out.extend_from_slice(&digest);
         out
     }
 
@@ -388,7 +397,7 @@ impl Store {
             let key = String::from_utf8(r.take(klen)?.to_vec())
                 .map_err(|_| ImageError::Corrupt("object name is not UTF-8"))?;
             let vlen = r.u32()? as usize;
-            committed.insert(key, r.take(vlen)?.to_vec());
+            committed.insert(key, Zeroizing::new(r.take(vlen)?.to_vec()));
         }
         if !r.0.is_empty() {
             return Err(ImageError::Corrupt("trailing bytes"));
@@ -433,10 +442,10 @@ impl Store {
 
     /// Reads an image file.
     pub fn load(path: &Path) -> Result<Store, ImageError> {
-        let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| ImageError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        })?);
         Store::from_image(&bytes)
     }
 

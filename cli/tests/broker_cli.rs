@@ -604,7 +604,13 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
             "KAGI_TEST_HSM_PIN",
             std::fs::read_to_string(&b.pin_file).unwrap().trim(),
         )
-        .args(["--module", MODULE, "--login", "--pin", "env:KAGI_TEST_HSM_PIN"])
+        .args([
+            "--module",
+            MODULE,
+            "--login",
+            "--pin",
+            "env:KAGI_TEST_HSM_PIN",
+        ])
         .args(["--list-objects", "--type", "secrkey"])
         .output()
         .expect("pkcs11-tool (OpenSC) is missing: run scripts/setup.sh");

@@ -24,19 +24,28 @@ async fn a_deleted_row_is_erased_from_the_file() {
     // 300 bytes no other row holds; neighbours on the same page keep the page in use.
     let marker: Vec<u8> = (0..300u32).map(|i| (i * 7 + 13) as u8 ^ 0xA5).collect();
     {
-        let db = Db::open(&Backend::Sqlite(path.clone()), &SCHEMA).await.unwrap();
+        let db = Db::open(&Backend::Sqlite(path.clone()), &SCHEMA)
+            .await
+            .unwrap();
         let mut batch = Vec::new();
         for id in 0..6i64 {
-            let v = if id == 3 { marker.clone() } else { vec![b'n'; 300] };
+            let v = if id == 3 {
+                marker.clone()
+            } else {
+                vec![b'n'; 300]
+            };
             batch.push(Stmt::one(
                 "INSERT INTO s (id, v) VALUES ($1, $2)",
                 vec![id.into(), v.into()],
             ));
         }
         db.commit(batch).await.unwrap();
-        db.commit(vec![Stmt::one("DELETE FROM s WHERE id = $1", vec![3i64.into()])])
-            .await
-            .unwrap();
+        db.commit(vec![Stmt::one(
+            "DELETE FROM s WHERE id = $1",
+            vec![3i64.into()],
+        )])
+        .await
+        .unwrap();
         let left = db.query("SELECT COUNT(*) FROM s", vec![]).await.unwrap();
         assert_eq!(left[0][0].int(), 5);
     }

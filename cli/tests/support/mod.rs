@@ -108,7 +108,13 @@ pub fn hsm_keys_unreadable(conf: &Path, module: &str, pin: &str) -> Vec<String> 
             .env("SOFTHSM2_CONF", conf)
             .env("KAGI_TEST_HSM_PIN", pin.trim())
             // The PIN through OpenSC's `env:` form: never on a command line.
-            .args(["--module", module, "--login", "--pin", "env:KAGI_TEST_HSM_PIN"])
+            .args([
+                "--module",
+                module,
+                "--login",
+                "--pin",
+                "env:KAGI_TEST_HSM_PIN",
+            ])
             .args(args)
             .output()
             .expect("pkcs11-tool (OpenSC) is missing: run scripts/setup.sh")
