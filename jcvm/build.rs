@@ -1,16 +1,22 @@
-//! Generates the Java Card 3.0.5 API token table (`$OUT_DIR/api_table.rs`) from
-//! `data/api-tokens-3.0.5.json` (the 3.0.5u3 kit's export files, dumped): no token is typed
-//! by hand.
+//! Generates the API token table (`$OUT_DIR/api_table.rs`) from `data/api-tokens-3.0.5.json`
+//! (the Java Card 3.0.5u3 kit's export files, dumped) and `data/gp-api-tokens-1.6.json` (the
+//! GlobalPlatform Card API 1.6 export file, dumped the same way; `data/exp2json.py`): no token
+//! is typed by hand.
 
 use std::fmt::Write;
 
 fn main() {
-    let path = "data/api-tokens-3.0.5.json";
-    println!("cargo:rerun-if-changed={path}");
-    let text = std::fs::read_to_string(path).expect("api token table");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("api token table is JSON");
+    // The Java Card API, then the GlobalPlatform Card API (`org.globalplatform`).
+    let mut packages = Vec::new();
+    for path in ["data/api-tokens-3.0.5.json", "data/gp-api-tokens-1.6.json"] {
+        println!("cargo:rerun-if-changed={path}");
+        let text = std::fs::read_to_string(path).expect("api token table");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("api token table is JSON");
+        packages.extend(v["packages"].as_array().expect("packages").iter().cloned());
+    }
+    let v = serde_json::json!({ "packages": packages });
     let mut out = String::from(
-        "/// The API packages (generated from data/api-tokens-3.0.5.json).\npub static PACKAGES: &[ApiPackage] = &[\n",
+        "/// The API packages (generated from data/api-tokens-3.0.5.json and data/gp-api-tokens-1.6.json).\npub static PACKAGES: &[ApiPackage] = &[\n",
     );
     let mut classes = String::from(
         "/// Every API class, package by package (generated).\npub static CLASSES: &[ApiClass] = &[\n",

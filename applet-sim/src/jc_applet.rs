@@ -50,6 +50,15 @@ impl Persist for ScopedPersist<'_, '_> {
     fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
         self.0.remove(name).map_err(fail)
     }
+    fn card_state(&self) -> u8 {
+        crate::registry::card_life_cycle(self.0.card())
+    }
+    fn life_cycle(&self) -> u8 {
+        self.0.own_life_cycle()
+    }
+    fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
+        self.0.set_own_life_cycle(state).map_err(fail)
+    }
 }
 
 /// Writes made where the runtime gives no store (an applet's `deselect()`), kept until the

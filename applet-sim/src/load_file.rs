@@ -1,6 +1,7 @@
 //! CAP load files in the card manager, as a real Java Card takes them: the load file data
 //! block (Header, Directory, Import, … components) is checked against its hash and its
-//! imports are linked against the packages the card provides — the Java Card 3.0.5 API and
+//! imports are linked against the packages the card provides — the Java Card 3.0.5 API, the
+//! GlobalPlatform Card API 1.6 and
 //! packages loaded before — then the package and its applets (modules) enter the registry.
 //!
 //! LOAD links the package with kagi's Java Card VM ([`kagi_jcvm`]) and keeps its load file
@@ -29,29 +30,6 @@ pub const SW_IMPORT_NOT_FOUND: StatusWord = StatusWord(0x6438);
 /// CAP applet now runs it.
 pub const SW_NO_JCVM: StatusWord = crate::registry::SW_CLASS_UNAVAILABLE;
 
-/// The Java Card Classic 3.0.5 API packages the simulated card provides: AID, major, minor
-/// (from `javacard/api-tokens-3.0.5.json`, the 3.0.5u3 kit's export files).
-pub const API_3_0_5: &[(&str, u8, u8)] = &[
-    ("A0000000620002", 1, 0),     // java.io
-    ("A0000000620001", 1, 0),     // java.lang
-    ("A0000000620003", 1, 0),     // java.rmi
-    ("A0000000620101", 1, 6),     // javacard.framework
-    ("A000000062010101", 1, 0),   // javacard.framework.service
-    ("A0000000620102", 1, 6),     // javacard.security
-    ("A0000000620209", 1, 0),     // javacardx.apdu
-    ("A000000062020901", 1, 0),   // javacardx.apdu.util
-    ("A0000000620202", 1, 2),     // javacardx.biometry
-    ("A0000000620204", 1, 0),     // javacardx.biometry1toN
-    ("A0000000620201", 1, 6),     // javacardx.crypto
-    ("A0000000620203", 1, 0),     // javacardx.external
-    ("A000000062020802", 1, 0),   // javacardx.framework.math
-    ("A000000062020804", 1, 0),   // javacardx.framework.string
-    ("A000000062020803", 1, 0),   // javacardx.framework.tlv
-    ("A00000006202080101", 1, 0), // javacardx.framework.util.intx
-    ("A000000062020801", 1, 1),   // javacardx.framework.util
-    ("A0000000620205", 1, 0),     // javacardx.security
-];
-
 /// Whether a load file data block is a CAP's (it starts with the Header component, tag 1)
 /// rather than the simulator's own class-naming format (tag `4F`).
 pub fn is_cap(block: &[u8]) -> bool {
@@ -77,11 +55,12 @@ pub fn version(store: &Store, aid: &Aid) -> Option<[u8; 2]> {
 
 /// Whether the card provides `import`: same major version, minor at least the one imported.
 fn provided(store: &Store, import: &PackageRef) -> bool {
-    let hex = card_wire::hex_upper(&import.aid);
     let ok = |major: u8, minor: u8| major == import.major && minor >= import.minor;
-    if API_3_0_5
+    // The APIs the VM implements natively: the Java Card 3.0.5 classic API and the
+    // GlobalPlatform Card API 1.6, as their export files give them (`kagi_jcvm::api`).
+    if kagi_jcvm::api::PACKAGES
         .iter()
-        .any(|(aid, major, minor)| *aid == hex && ok(*major, *minor))
+        .any(|p| p.aid == import.aid.as_slice() && ok(p.major, p.minor))
     {
         return true;
     }

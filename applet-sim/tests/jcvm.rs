@@ -682,3 +682,52 @@ fn power_loss_during_object_deletion_loses_nothing_the_applet_reaches() {
     }
     assert!(torn > 9, "only {torn} write points");
 }
+
+const GP: &str = "../jcvm/tests/jc/gp.cap";
+
+/// `org.globalplatform.GPSystem` (its source: `jcvm/tests/jc/gp/`): the applet reads the card's
+/// and its own life-cycle state and sets application-specific states, which the card manager's
+/// registry then holds. Expected values from the GlobalPlatform Card Specification 2.3 §5.3
+/// and the GPSystem API: INSTALLED (03) while `install` runs, SELECTABLE (07) after; card
+/// SECURED (0F); application-specific states are 07..7F with the three low bits set, so
+/// 0F and 7F are taken and LOCKED (83), INSTALLED (03) and 05 refused; without the Card Lock /
+/// Card Terminate privileges lockCard and terminateCard answer false and change nothing.
+#[test]
+fn gpsystem_life_cycle_states_reach_the_registry() {
+    let c = cap(GP);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    let app = h("F06B6167690201");
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    let aid = Aid::new(&app).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690201 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000003"), "0F07039000");
+    for (state, answer, registry) in [
+        ("0F", "010F", 0x0F),
+        ("83", "000F", 0x0F),
+        ("03", "000F", 0x0F),
+        ("05", "000F", 0x0F),
+        ("7F", "017F", 0x7F),
+        ("07", "0107", 0x07),
+        ("1F", "011F", 0x1F),
+    ] {
+        assert_eq!(
+            tx(&mut rt, &format!("8002{state}0002")),
+            format!("{answer}9000"),
+            "setCardContentState({state})"
+        );
+        let e = registry::entry(rt.store(), &aid).expect("the applet's registry entry");
+        assert_eq!(
+            e.life_cycle, registry,
+            "registry after setCardContentState({state})"
+        );
+    }
+    assert_eq!(tx(&mut rt, "8003000003"), "00000F9000");
+    assert_eq!(registry::card_life_cycle(rt.store()), 0x0F);
+    // The state is the card manager's: it survives a card image, and the applet in its own
+    // state 1F is still selectable.
+    let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690201 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000003"), "0F1F039000");
+}

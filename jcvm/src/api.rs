@@ -1,6 +1,8 @@
-//! The Java Card 3.0.5 classic API as the converter links it: packages (AID, version), classes
-//! (token, superclasses, interfaces), method and field tokens. Generated at build time from
-//! `data/api-tokens-3.0.5.json` (the 3.0.5u3 kit's export files), never typed by hand.
+//! The Java Card 3.0.5 classic API and the GlobalPlatform Card API 1.6 (`org.globalplatform`)
+//! as the converter links them: packages (AID, version), classes (token, superclasses,
+//! interfaces), method and field tokens. Generated at build time from
+//! `data/api-tokens-3.0.5.json` (the 3.0.5u3 kit's export files) and
+//! `data/gp-api-tokens-1.6.json` (GlobalPlatform's export file), never typed by hand.
 
 /// An API package.
 #[derive(Debug)]

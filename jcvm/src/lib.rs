@@ -58,6 +58,23 @@ pub trait Persist {
     /// Removes a record (the machine removes records only when no transaction is open:
     /// objects `JCSystem.requestObjectDeletion` found unreachable).
     fn remove(&mut self, name: &str) -> Result<(), StoreFail>;
+    /// The card's GlobalPlatform life-cycle state (`GPSystem.getCardState`; `0x0F` SECURED
+    /// unless the card manager says otherwise).
+    fn card_state(&self) -> u8 {
+        0x0F
+    }
+    /// The instance's life-cycle state in the card manager's registry
+    /// (`GPSystem.getCardContentState`; `0x03` INSTALLED while its `install` runs).
+    fn life_cycle(&self) -> u8 {
+        0x07
+    }
+    /// Writes the instance's life-cycle state into the registry (`GPSystem.
+    /// setCardContentState`, after the machine checked it is an application-specific
+    /// state). `Ok(false)` when the card manager keeps no registry for it.
+    fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
+        let _ = state;
+        Ok(false)
+    }
 }
 
 /// Limits of the machine.

@@ -207,6 +207,27 @@ impl Vm {
                 Ret::Void
             }
             ("javacard.framework.AID", name, desc) => self.aid_method(name, desc, a)?,
+            // org.globalplatform.GPSystem: the card manager's registry as the applet sees it.
+            ("org.globalplatform.GPSystem", "getCardState", "()B") => {
+                Ret::Word(i16::from(p.card_state() as i8))
+            }
+            ("org.globalplatform.GPSystem", "getCardContentState", "()B") => {
+                Ret::Word(i16::from(p.life_cycle() as i8))
+            }
+            ("org.globalplatform.GPSystem", "setCardContentState", "(B)Z") => {
+                let state = arg(0) as u8;
+                // GP Card API: application-specific states are 0x07..=0x7F with the three low
+                // bits set; INSTALLED and LOCKED (b8) are refused, as is any change of a
+                // locked application.
+                let allowed = state & 0x87 == 0x07 && p.life_cycle() & 0x80 == 0;
+                let done = allowed && p.set_life_cycle(state).map_err(Self::store_fail)?;
+                Ret::Word(i16::from(done))
+            }
+            // Without the Card Lock / Card Terminate privilege (kagi gives CAP applets
+            // neither) the card manager refuses: `false`, the card unchanged.
+            ("org.globalplatform.GPSystem", "lockCard" | "terminateCard", "()Z") => Ret::Word(0),
+            // No Card Reset privilege either: the ATR stays.
+            ("org.globalplatform.GPSystem", "setATRHistBytes", "([BSB)Z") => Ret::Word(0),
             // java.lang: constructors and Object.equals.
             (_, "<init>", "()V") => Ret::Void,
             (_, "equals", "(Ljava/lang/Object;)Z") => Ret::Word(i16::from(arg(0) == arg(1))),

@@ -14,3 +14,19 @@ java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -classdir class
 cp out/kagi/conf/javacard/conf.cap conf.cap
 cp out/kagi/conf/javacard/conf.jca conf.jca
 rm -rf classes out
+
+# gp.cap: the GPSystem conformance applet (gp/), built when GP names the GlobalPlatform Card
+# API 1.6 directory of github.com/OpenJavaCard/globalplatform-exports (org.globalplatform-1.6:
+# its gpapi-globalplatform.jar and exports/).
+if [ -n "${GP:-}" ]; then
+  rm -rf classes out && mkdir classes out
+  javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar:$GP/gpapi-globalplatform.jar" \
+    -d classes $(find gp -name '*.java')
+  java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -classdir classes \
+    -exportpath "$K/api_export_files:$GP/exports" \
+    -applet 0xF0:0x6B:0x61:0x67:0x69:0x02:0x01 kagi.gp.GpConf \
+    -out CAP JCA -d out kagi.gp 0xF0:0x6B:0x61:0x67:0x69:0x02 1.0
+  cp out/kagi/gp/javacard/gp.cap gp.cap
+  cp out/kagi/gp/javacard/gp.jca gp.jca
+  rm -rf classes out
+fi
