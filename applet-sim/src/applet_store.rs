@@ -121,6 +121,11 @@ impl<'a> AppletStore<'a> {
         self.store.free()
     }
 
+    /// Records an operation of the chip for the card's timing model.
+    pub fn charge(&mut self, op: kagi_jcvm::CardOp) {
+        self.store.charge(op);
+    }
+
     /// The instance's life-cycle state in the registry (`INSTALLED` before the card manager
     /// has written its entry, i.e. while its `install` runs).
     pub(crate) fn own_life_cycle(&self) -> u8 {

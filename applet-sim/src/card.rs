@@ -11,12 +11,14 @@ use crate::security_domain::{
     CardSetup, DEFAULT_AUTH_LIMIT, DEFAULT_ISD_AID, ISD_PRIVILEGES, put_keys,
 };
 use crate::store::{DEFAULT_BUDGET, ImageError, Store, StoreError};
+use crate::timing::{Pace, TimingProfile};
 use card_wire::atr::Atr;
 use card_wire::scp03::{IParam, StaticKeys};
 use card_wire::transport::{Capabilities, ResetKind, Transport, TransportError};
 use card_wire::uicc::Iccid;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How the issuer security domain of a new card is set up.
 #[derive(Debug, Clone)]
@@ -281,6 +283,7 @@ pub struct SimCard {
     powered: bool,
     atr: Vec<u8>,
     extended_length: bool,
+    pace: Pace,
 }
 
 impl SimCard {
@@ -316,6 +319,7 @@ impl SimCard {
             powered: false,
             atr,
             extended_length,
+            pace: Pace::Account,
         }
     }
 
@@ -433,6 +437,18 @@ impl SimCard {
         crate::card_key::certificate(self.runtime.store()).map(<[u8]>::to_vec)
     }
 
+    /// Turns the card timing model on: each command is charged what it would take on the
+    /// chip `profile` describes, and with [`Pace::Sleep`] the answer comes after that time.
+    pub fn set_timing(&mut self, profile: TimingProfile, pace: Pace) {
+        self.runtime.set_timing(Some(profile));
+        self.pace = pace;
+    }
+
+    /// The modelled card time of every command since the timing model was turned on.
+    pub fn card_time(&self) -> Duration {
+        self.runtime.card_time()
+    }
+
     /// Cuts power at the `n`th persistent write from now (tearing injection).
     pub fn tear_at(&mut self, n: u64) {
         self.runtime.store_mut().tear_at(n);
@@ -445,7 +461,12 @@ impl Transport for SimCard {
             return Err(TransportError::Unpowered);
         }
         match self.runtime.process(command) {
-            Some(r) => Ok(r),
+            Some(r) => {
+                if self.pace == Pace::Sleep {
+                    std::thread::sleep(self.runtime.last_card_time());
+                }
+                Ok(r)
+            }
             None => {
                 self.powered = false;
                 Err(TransportError::Mute)

@@ -59,6 +59,9 @@ impl Persist for ScopedPersist<'_, '_> {
     fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
         self.0.set_own_life_cycle(state).map_err(fail)
     }
+    fn charge(&mut self, op: kagi_jcvm::CardOp) {
+        self.0.charge(op);
+    }
 }
 
 /// Writes made where the runtime gives no store (an applet's `deselect()`), kept until the

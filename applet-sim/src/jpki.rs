@@ -22,6 +22,7 @@
 
 use crate::applet::{Applet, AppletContext};
 use crate::class_table::{ClassError, ClassTable};
+use crate::timing::CardOp;
 use card_wire::apdu::{Command, Response};
 use card_wire::content::Role;
 use card_wire::sw::StatusWord;
@@ -320,7 +321,9 @@ impl FileApplet {
             .get(&key_of("key", fid))
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
         let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
-        Ok(Response::success(key.sign(data)?))
+        let signature = key.sign(data)?;
+        ctx.store.charge(key.cost());
+        Ok(Response::success(signature))
     }
 
     /// Writes a PIN record (tries left, limit, value) after checking the PIN's format.
@@ -395,6 +398,7 @@ impl FileApplet {
                 // On-card key generation (RSA-2048): only the public key leaves the card.
                 let key = rsa::PrivateKey::new(&mut CardRngCore(ctx.rng), 2048)
                     .map_err(|_| Sw::EXECUTION_ERROR)?;
+                ctx.store.charge(CardOp::RsaKeyGen { bits: 2048 });
                 let der = key.to_pkcs1_der().map_err(|_| Sw::EXECUTION_ERROR)?;
                 ctx.store.put(&key_of("key", fid), der.as_bytes())?;
                 let public = key
@@ -407,6 +411,7 @@ impl FileApplet {
                 // On-card P-256 key generation (SIM profiles): the uncompressed point leaves.
                 let key: p256::ecdsa::SigningKey =
                     p256::elliptic_curve::Generate::generate_from_rng(&mut CardRngCore(ctx.rng));
+                ctx.store.charge(CardOp::EcKeyGen { bits: 256 });
                 let mut scalar = key.to_bytes().to_vec();
                 let r = ctx.store.put(&key_of("key", fid), &scalar);
                 scalar.zeroize();
@@ -424,12 +429,17 @@ impl FileApplet {
 /// for this instance and `role`: `6985` on a card provisioned without a key agreement key,
 /// `6A80` for a value that does not open here.
 fn open_sealed(
-    ctx: &AppletContext<'_>,
+    ctx: &mut AppletContext<'_>,
     role: Role,
     body: &[u8],
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, Sw> {
     let (request_id, sealed) =
         card_wire::jpki::split_sealed_item(body).ok_or(Sw::INCORRECT_DATA)?;
+    // ECDH with the card key, then AES-GCM over the value (and its tag and length block).
+    ctx.store.charge(CardOp::Ecdh { bits: 256 });
+    ctx.store.charge(CardOp::Aes {
+        blocks: u32::try_from(sealed.len() / 16 + 2).unwrap_or(u32::MAX),
+    });
     ctx.store
         .open_sealed(role, request_id, sealed)
         .map_err(|e| match e {
@@ -447,6 +457,17 @@ enum CardKey {
 }
 
 impl CardKey {
+    /// What a signature with this key costs the chip.
+    fn cost(&self) -> CardOp {
+        match self {
+            CardKey::Rsa(k) => CardOp::RsaPrivate {
+                bits: u16::try_from(rsa::traits::PublicKeyParts::size(k.as_ref()) * 8)
+                    .unwrap_or(u16::MAX),
+            },
+            CardKey::P256(_) => CardOp::EcSign { bits: 256 },
+        }
+    }
+
     fn parse(stored: &[u8]) -> Option<CardKey> {
         if stored.len() == 32 {
             return p256::ecdsa::SigningKey::from_slice(stored)

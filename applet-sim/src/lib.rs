@@ -48,6 +48,7 @@ pub mod security_domain;
 pub mod stock;
 pub mod store;
 pub mod tearing;
+pub mod timing;
 pub mod uicc;
 pub mod vpcd;
 pub mod wallet;

@@ -10,10 +10,12 @@ use crate::class_table::{ClassError, ClassTable};
 use crate::registry::{self, RegistryEntry, card_state};
 use crate::rng::CardRng;
 use crate::store::Store;
+use crate::timing::TimingProfile;
 use card_wire::apdu::{ApduError, Class, Command, Response};
 use card_wire::sw::StatusWord;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::applet::CHANNELS;
 
@@ -184,6 +186,9 @@ pub struct Runtime {
     rng: CardRng,
     extended_length: bool,
     classes: Arc<ClassTable>,
+    timing: Option<TimingProfile>,
+    card_time: Duration,
+    last_time: Duration,
 }
 
 impl Runtime {
@@ -211,9 +216,28 @@ impl Runtime {
             rng,
             extended_length,
             classes,
+            timing: None,
+            card_time: Duration::ZERO,
+            last_time: Duration::ZERO,
         };
         rt.channels[0].open = true;
         rt
+    }
+
+    /// Turns the card timing model on (or off with `None`): from now on each command is
+    /// charged what it would take on that chip ([`crate::timing`]).
+    pub fn set_timing(&mut self, profile: Option<TimingProfile>) {
+        self.timing = profile;
+    }
+
+    /// The modelled card time of every command since the model was turned on.
+    pub fn card_time(&self) -> Duration {
+        self.card_time
+    }
+
+    /// The modelled time of the last command (zero without a model).
+    pub fn last_card_time(&self) -> Duration {
+        self.last_time
     }
 
     /// Persistent memory.
@@ -349,15 +373,23 @@ impl Runtime {
             return None;
         }
         self.sync();
+        self.store.take_activity();
         let resp = self.process_response(raw);
         if self.store.in_transaction() {
             // Java Card aborts a transaction still open when the command ends.
             self.store.abort();
         }
+        let (nvm, ops) = self.store.take_activity();
         if self.store.is_torn() {
             return None;
         }
-        Some(resp.to_bytes())
+        let out = resp.to_bytes();
+        self.last_time = match &self.timing {
+            Some(t) => t.command_time(raw.len() + out.len(), nvm, &ops),
+            None => Duration::ZERO,
+        };
+        self.card_time += self.last_time;
+        Some(out)
     }
 
     fn process_response(&mut self, raw: &[u8]) -> Response {

@@ -97,6 +97,10 @@ pub struct Store {
     tear_at: Option<u64>,
     torn: bool,
     generation: u64,
+    /// Bytes written to persistent memory since the last [`Store::take_activity`].
+    nvm_bytes: u64,
+    /// Operations the chip did since then (for the timing model; not persistent).
+    ops: Vec<kagi_jcvm::CardOp>,
 }
 
 fn cost(key: &str, value: &[u8]) -> usize {
@@ -114,6 +118,8 @@ impl Store {
             tear_at: None,
             torn: false,
             generation: 0,
+            nvm_bytes: 0,
+            ops: Vec::new(),
         }
     }
 
@@ -211,6 +217,7 @@ impl Store {
             });
         }
         self.write_cycle()?;
+        self.nvm_bytes += (key.len() + value.len()) as u64;
         match &mut self.journal {
             Some(j) => {
                 j.insert(key.to_string(), Some(Zeroizing::new(value.to_vec())));
@@ -242,6 +249,7 @@ impl Store {
             });
         }
         self.write_cycle()?;
+        self.nvm_bytes += (key.len() + value.len()) as u64;
         self.committed
             .insert(key.to_string(), Zeroizing::new(value.to_vec()));
         self.generation += 1;
@@ -341,6 +349,20 @@ impl Store {
     /// Bumped on every committed change (so the runtime knows to re-read its registry).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Records an operation of the chip (the timing model charges its time).
+    pub fn charge(&mut self, op: kagi_jcvm::CardOp) {
+        self.ops.push(op);
+    }
+
+    /// The bytes written and the operations done since the last call, and starts counting
+    /// afresh.
+    pub fn take_activity(&mut self) -> (u64, Vec<kagi_jcvm::CardOp>) {
+        (
+            std::mem::take(&mut self.nvm_bytes),
+            std::mem::take(&mut self.ops),
+        )
     }
 
     /// Power-up: an interrupted transaction is rolled back; the card speaks again.

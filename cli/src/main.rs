@@ -219,6 +219,10 @@ struct ServeArgs {
     /// holds what was committed). The number of writes is logged on exit.
     #[arg(long = "sim-tear-at", value_name = "N")]
     tear_at: Option<u64>,
+    /// Answer each command after the time the chip would take (`modern`, `sim`; see
+    /// `--sim-timing` of the card commands).
+    #[arg(long = "sim-timing", value_name = "PROFILE", value_parser = target::timing_profile)]
+    timing: Option<&'static applet_sim::timing::TimingProfile>,
 }
 
 /// A JPKI demo card (personalised through the GP path); prints the demo PINs. With
@@ -328,6 +332,7 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         hopper,
         install,
         tear_at,
+        timing,
     } = args;
     let (cards, s16, seed, control, hopper) = (*cards, *s16, *seed, *control, *hopper);
     use applet_sim::vpcd::SlotControl;
@@ -403,12 +408,20 @@ fn cmd_sim_serve(args: &ServeArgs) -> Result<(), Failure> {
         if let Some(n) = tear_at {
             card.tear_at(*n);
         }
+        if let Some(profile) = *timing {
+            card.set_timing(profile.clone(), applet_sim::timing::Pace::Sleep);
+        }
         let mut fed = 0u64;
+        let timed = *timing;
         let mut next_card = move || {
             fed += 1;
-            hopper
+            let mut card = hopper
                 .then(|| factory(Some(format!("{}/{i}/{fed}", seed.unwrap_or(0)))).ok())
-                .flatten()
+                .flatten()?;
+            if let Some(profile) = timed {
+                card.set_timing(profile.clone(), applet_sim::timing::Pace::Sleep);
+            }
+            Some(card)
         };
         let addr = format!(
             "{host}:{}",

@@ -42,6 +42,16 @@ pub struct Target {
     /// Simulator: deterministic randomness from this seed.
     #[arg(long, requires = "sim")]
     pub sim_seed: Option<u64>,
+    /// Simulator: answer each command after the time the chip would take (`modern`: a
+    /// JCOP4-class secure element; `sim`: a SIM-class chip) — per-command turnaround, wire
+    /// bytes, persistent writes and crypto, from published measurements (README).
+    #[arg(long, requires = "sim", value_name = "PROFILE", value_parser = timing_profile)]
+    pub sim_timing: Option<&'static applet_sim::timing::TimingProfile>,
+}
+
+/// Parses `--sim-timing`.
+pub fn timing_profile(s: &str) -> Result<&'static applet_sim::timing::TimingProfile, String> {
+    applet_sim::timing::TimingProfile::named(s).map_err(|e| e.to_string())
 }
 
 /// The simulator or a reader, behind one transport.
@@ -184,10 +194,19 @@ impl Target {
             sim_pki_dir: None,
             sim_s16: false,
             sim_seed: None,
+            sim_timing: None,
         }
     }
 
     fn sim_card(&self) -> Result<SimCard, Failure> {
+        let mut card = self.sim_card_untimed()?;
+        if let Some(profile) = self.sim_timing {
+            card.set_timing(profile.clone(), applet_sim::timing::Pace::Sleep);
+        }
+        Ok(card)
+    }
+
+    fn sim_card_untimed(&self) -> Result<SimCard, Failure> {
         if let Some(path) = &self.sim_image
             && path.exists()
         {

@@ -676,3 +676,31 @@ fn personalisation_is_tearing_safe() {
         );
     }
 }
+
+/// The card timing model (`applet_sim::timing`, profile "modern": NXP JCOP4 figures published
+/// by JCAlgTest and GlobalPlatformPro traces): an RSA-2048 signature through the JPKI applet
+/// costs what the chip would take — two commands (SELECT of the key EF, 7 command and 2
+/// response bytes; COMPUTE DIGITAL SIGNATURE with a 51-byte DigestInfo and Le, 57 command and
+/// 258 response bytes), each 12 ms of turnaround plus 24 us a wire byte, and 61 ms of RSA-2048
+/// CRT signing; neither writes persistent memory.
+#[test]
+fn the_timing_model_charges_a_signature_as_a_chip() {
+    let mut card = applet_sim::SimCard::from_store(demo().0.clone(), Some(6), true);
+    card.power_on();
+    let profile = applet_sim::timing::TimingProfile::named("modern").unwrap();
+    card.set_timing(profile.clone(), applet_sim::timing::Pace::Account);
+    let mut ch = CardChannel::new(card);
+    jpki::select(&mut ch).unwrap();
+    jpki::verify(&mut ch, Pin::Auth, &pin(kagi_fixtures::jpki::DEMO_AUTH_PIN)).unwrap();
+    let before = ch.transport().card_time();
+    let digest = jpki::sha256_digest_info(b"login challenge");
+    assert_eq!(digest.len(), 51);
+    jpki::sign(&mut ch, Pin::Auth, &digest).unwrap();
+    let spent = ch.transport().card_time() - before;
+    let expected = std::time::Duration::from_micros(2 * 12_000 + (9 + 57 + 258) * 24 + 61_000);
+    assert_eq!(spent, expected);
+    // Without the model nothing is charged.
+    let mut plain = channel();
+    jpki::select(&mut plain).unwrap();
+    assert_eq!(plain.transport().card_time(), std::time::Duration::ZERO);
+}

@@ -123,6 +123,9 @@ impl Vm {
             self.reload(p);
         }
         let mut flushed = self.flush(p);
+        for op in std::mem::take(&mut self.charges) {
+            p.charge(op);
+        }
         if std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
             flushed = self.delete_unreachable(p).map(|_| ());
         }

@@ -10,6 +10,7 @@
 //! where it happened ([`Vm::last_error`]).
 
 pub mod api;
+mod cost;
 pub mod crypto;
 mod gc;
 pub mod heap;
@@ -18,6 +19,7 @@ pub mod link;
 pub(crate) mod native;
 mod record;
 
+pub use cost::CardOp;
 pub use link::{ClassId, LinkError, Package};
 
 use heap::{Heap, Obj};
@@ -74,6 +76,11 @@ pub trait Persist {
     fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
         let _ = state;
         Ok(false)
+    }
+    /// Tells the card what the chip computed (its timing model charges the time); ignored by
+    /// default.
+    fn charge(&mut self, op: CardOp) {
+        let _ = op;
     }
 }
 
@@ -154,6 +161,8 @@ pub struct Vm {
     throw_origin: Option<String>,
     /// `JCSystem.requestObjectDeletion` was called: collect at the end of the call.
     deletion_requested: bool,
+    /// The chip's work in this call, told to the card at its end ([`Persist::charge`]).
+    charges: Vec<CardOp>,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
@@ -204,6 +213,7 @@ impl Vm {
             ec_cache: std::collections::HashMap::new(),
             throw_origin: None,
             deletion_requested: false,
+            charges: Vec::new(),
         }
     }
 
@@ -363,6 +373,11 @@ impl Vm {
         }
         patch(&mut o);
         p.put_outside(&name, &heap::encode(&o))
+    }
+
+    /// Records the chip's work for the card's timing model.
+    pub(crate) fn charge(&mut self, op: CardOp) {
+        self.charges.push(op);
     }
 
     /// Writes every changed persistent object.

@@ -19,6 +19,8 @@ impl SecurityDomain {
         ctx: &mut SdCtx<'_>,
     ) -> Result<Response, Sw> {
         let ch = ctx.channel as usize;
+        // Three session keys by the CMAC KDF and the card cryptogram: about 8 AES blocks.
+        ctx.store.charge(crate::timing::CardOp::Aes { blocks: 8 });
         // A new INITIALIZE UPDATE ends any session on this channel.
         self.end_session(ch);
         if cmd.class().has_secure_messaging() {
@@ -89,6 +91,8 @@ impl SecurityDomain {
         ctx: &mut SdCtx<'_>,
     ) -> Result<Response, Sw> {
         let ch = ctx.channel as usize;
+        // The host cryptogram and the command's C-MAC: about 4 AES blocks.
+        ctx.store.charge(crate::timing::CardOp::Aes { blocks: 4 });
         let (hs, kvn) = self.pending[ch]
             .take()
             .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;

@@ -5,6 +5,7 @@ use super::setup::*;
 use super::state::{SdCtx, SecurityDomain};
 use crate::applet::{Applet, AppletContext, CHANNELS};
 use crate::registry::{self, card_state};
+use crate::timing::CardOp;
 use card_wire::apdu::{Command, Response};
 
 impl SecurityDomain {
@@ -59,6 +60,12 @@ impl SecurityDomain {
             }
             return self.handle(cmd, ctx, false);
         };
+        // The chip's AES work: C-MAC (and decryption) of the command, R-MAC (and encryption)
+        // of the answer, about two passes over each.
+        let blocks = |n: usize| u32::try_from(2 * (n / 16 + 1)).unwrap_or(u32::MAX);
+        ctx.store.charge(CardOp::Aes {
+            blocks: blocks(cmd.data().len()),
+        });
         let plain = match session.scp.unwrap_command(cmd) {
             Ok(p) => p,
             Err(sw) => {
@@ -74,6 +81,9 @@ impl SecurityDomain {
         let Some(session) = self.sessions[ch].as_mut() else {
             return Ok(resp);
         };
+        ctx.store.charge(CardOp::Aes {
+            blocks: blocks(resp.data.len()),
+        });
         session.scp.wrap_response(&resp)
     }
 }

@@ -274,6 +274,7 @@ impl Vm {
                 let curve = super::keys::key_curve(&k)
                     .ok_or(CErr::IllegalValue)
                     .map_err(|x| self.crypto_err(x))?;
+                self.charge(crate::CardOp::Ecdh { bits: k.bits });
                 let mut x = prim::ec_dh(curve, s, &w).map_err(|x| self.crypto_err(x))?;
                 if e.alg == 1 {
                     // ALG_EC_SVDP_DH: the SHA-1 of the x coordinate.
@@ -337,6 +338,7 @@ impl Vm {
         match e.cipher {
             3 if e.pad == 8 => {
                 let h = hash(e.md, &data)?;
+                self.charge(crate::CardOp::RsaPrivate { bits: k.bits });
                 let key = self.crt_key_of(e.key, &k)?;
                 prim::pss_sign(key, e.md, &h)
             }
@@ -418,6 +420,8 @@ impl Vm {
             return Err(CErr::IllegalUse);
         }
         let b = prim::Block::new(true, k.get(comp::KEY).ok_or(CErr::Uninitialized)?)?;
+        let blocks = u32::try_from(data.len() / 16).unwrap_or(u32::MAX);
+        self.charge(crate::CardOp::Aes { blocks });
         let mut d = data.to_vec();
         let mut iv = vec![0u8; 16];
         b.run(true, Some(&mut iv), &mut d);
@@ -445,6 +449,10 @@ impl Vm {
         } else {
             b.run(encrypt, None, &mut d);
         }
+        if n == 16 {
+            let blocks = u32::try_from(d.len() / 16).unwrap_or(u32::MAX);
+            self.charge(crate::CardOp::Aes { blocks });
+        }
         Ok(d)
     }
 
@@ -471,9 +479,11 @@ impl Vm {
                 k.get(comp::E).unwrap_or(&[]),
                 &data,
             ),
-            (9, 1, true) => self
-                .crt_key_of(e.key, &k)
-                .and_then(|key| prim::oaep_decrypt(key, &data)),
+            (9, 1, true) => {
+                self.charge(crate::CardOp::RsaPrivate { bits: k.bits });
+                self.crt_key_of(e.key, &k)
+                    .and_then(|key| prim::oaep_decrypt(key, &data))
+            }
             (1, _, true) if data.len() == kb => self.rsa_private(e.key, &k, &data),
             (1, _, false) if data.len() == kb => Vm::rsa_public(&k, &data),
             _ => Err(CErr::IllegalUse),

@@ -311,6 +311,7 @@ impl Vm {
         let sk = self.key_of(private)?;
         match (pk.ktype, sk.ktype) {
             (4, 5 | 6) => {
+                self.charge(crate::CardOp::RsaKeyGen { bits: sk.bits });
                 let [n, e, p, q, dp, dq, qinv] =
                     prim::rsa_generate(usize::from(sk.bits)).map_err(|e| self.crypto_err(e))?;
                 if let Some(k) = self.key_mut(public) {
@@ -338,6 +339,7 @@ impl Vm {
                 }
             }
             (11, 12) => {
+                self.charge(crate::CardOp::EcKeyGen { bits: sk.bits });
                 // Domain parameters: from either key (the public one's win, as set first).
                 let src = if pk.get(comp::FIELD).is_some() {
                     &pk
@@ -381,6 +383,7 @@ impl Vm {
         k: &KeyState,
         input: &[u8],
     ) -> Result<Vec<u8>, CErr> {
+        self.charge(crate::CardOp::RsaPrivate { bits: k.bits });
         match k.ktype {
             5 => prim::modpow(
                 input,
@@ -419,6 +422,7 @@ impl Vm {
 
     /// ECDSA with the private key object `h` on its curve, over a hash; DER out.
     pub(crate) fn ec_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
+        self.charge(crate::CardOp::EcSign { bits: k.bits });
         let s = k.get(comp::S).ok_or(CErr::Uninitialized)?;
         match key_curve(k) {
             Some(prim::Curve::P256) => {}
