@@ -49,6 +49,33 @@ pub trait OtherApplets {
         store: &mut Store,
         registry: &[RegistryEntry],
     ) -> Result<Response, StatusWord>;
+
+    /// Asks applet `server` for its shareable object for `client` (`None`: refused, absent,
+    /// or not reachable from here).
+    fn shareable_object(
+        &mut self,
+        _server: &Aid,
+        _client: &Aid,
+        _parameter: u8,
+        _rng: &mut CardRng,
+        _store: &mut Store,
+    ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
+        Ok(None)
+    }
+
+    /// Runs a shareable call in the context of applet `owner` (the default refuses).
+    fn call_shareable(
+        &mut self,
+        _owner: &Aid,
+        call: kagi_jcvm::share::ShareCall,
+        _rng: &mut CardRng,
+        _store: &mut Store,
+    ) -> kagi_jcvm::share::ShareOutcome {
+        kagi_jcvm::share::ShareOutcome {
+            ret: kagi_jcvm::share::ShareReturn::Security,
+            buffer: call.buffer,
+        }
+    }
 }
 
 /// What the runtime passes to an applet with each call.
@@ -107,6 +134,30 @@ pub trait Applet: Send {
         _ctx: &mut AppletContext<'_>,
     ) -> Result<Response, StatusWord> {
         Err(StatusWord::CONDITIONS_NOT_SATISFIED)
+    }
+
+    /// `getShareableInterfaceObject(clientAID, parameter)` of a Java Card applet: its object
+    /// for the applet `client` (another package's), or `None` (the default: not shared).
+    fn shareable_object(
+        &mut self,
+        _client: &[u8],
+        _parameter: u8,
+        _ctx: &mut AppletContext<'_>,
+    ) -> Option<kagi_jcvm::share::Sio> {
+        None
+    }
+
+    /// Runs a method of a shareable interface object of this applet for another context
+    /// (the applet firewall's only door; the default refuses).
+    fn call_shareable(
+        &mut self,
+        call: kagi_jcvm::share::ShareCall,
+        _ctx: &mut AppletContext<'_>,
+    ) -> kagi_jcvm::share::ShareOutcome {
+        kagi_jcvm::share::ShareOutcome {
+            ret: kagi_jcvm::share::ShareReturn::Security,
+            buffer: call.buffer,
+        }
     }
 
     /// Power loss or reset: clear everything transient (sessions, PIN-validated flags).

@@ -121,6 +121,12 @@ impl<'a> AppletStore<'a> {
         self.store.free()
     }
 
+    /// The whole card's memory, for the runtime's own services (another applet's context for
+    /// a shareable call); never handed to an applet.
+    pub(crate) fn card_mut(&mut self) -> &mut Store {
+        self.store
+    }
+
     /// Records an operation of the chip for the card's timing model.
     pub fn charge(&mut self, op: kagi_jcvm::CardOp) {
         self.store.charge(op);

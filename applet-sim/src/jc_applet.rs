@@ -1,16 +1,39 @@
 //! Java Card applets from CAP files, run by kagi's Java Card VM ([`kagi_jcvm`]): the
 //! [`Applet`] seam over a [`Vm`] whose objects live in the applet's own persistent memory.
 
-use crate::applet::{Aid, Applet, AppletContext};
+use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
 use crate::applet_store::AppletStore;
+use crate::rng::CardRng;
 use crate::store::StoreError;
 use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
+use kagi_jcvm::share::{ShareCall, ShareOutcome, ShareReturn, Sio};
 use kagi_jcvm::{Answer, ApduIn, Limits, Package, Persist, StoreFail, Vm};
 use std::sync::Arc;
 
-/// The applet's persistent memory as the VM sees it.
-pub(crate) struct ScopedPersist<'a, 'b>(pub(crate) &'a mut AppletStore<'b>);
+/// The applet's persistent memory as the VM sees it, and (when the runtime gives them) the
+/// other applets, for `JCSystem.lookupAID` and shareable interface objects.
+pub(crate) struct ScopedPersist<'a, 'b> {
+    store: &'a mut AppletStore<'b>,
+    others: Option<Reach<'a>>,
+}
+
+/// The other applets as an applet reaches them through the runtime.
+pub(crate) struct Reach<'a> {
+    applets: &'a mut dyn OtherApplets,
+    rng: &'a mut CardRng,
+    me: &'a Aid,
+}
+
+impl<'a, 'b> ScopedPersist<'a, 'b> {
+    /// The applet's memory alone (no other applets reachable).
+    pub(crate) fn new(store: &'a mut AppletStore<'b>) -> Self {
+        ScopedPersist {
+            store,
+            others: None,
+        }
+    }
+}
 
 fn fail(e: StoreError) -> StoreFail {
     match e {
@@ -21,46 +44,75 @@ fn fail(e: StoreError) -> StoreFail {
 
 impl Persist for ScopedPersist<'_, '_> {
     fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.0.get(name).map(<[u8]>::to_vec)
+        self.store.get(name).map(<[u8]>::to_vec)
     }
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.0.put(name, value).map_err(fail)
+        self.store.put(name, value).map_err(fail)
     }
     fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
-        self.0.get_committed(name).map(<[u8]>::to_vec)
+        self.store.get_committed(name).map(<[u8]>::to_vec)
     }
     fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.0.put_outside(name, value).map_err(fail)
+        self.store.put_outside(name, value).map_err(fail)
     }
     fn names(&self, prefix: &str) -> Vec<String> {
-        self.0.names(prefix)
+        self.store.names(prefix)
     }
     fn begin(&mut self) {
-        self.0.begin();
+        self.store.begin();
     }
     fn commit(&mut self) -> Result<(), StoreFail> {
-        self.0.commit().map_err(fail)
+        self.store.commit().map_err(fail)
     }
     fn abort(&mut self) {
-        self.0.abort();
+        self.store.abort();
     }
     fn in_transaction(&self) -> bool {
-        self.0.in_transaction()
+        self.store.in_transaction()
     }
     fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
-        self.0.remove(name).map_err(fail)
+        self.store.remove(name).map_err(fail)
     }
     fn card_state(&self) -> u8 {
-        crate::registry::card_life_cycle(self.0.card())
+        crate::registry::card_life_cycle(self.store.card())
     }
     fn life_cycle(&self) -> u8 {
-        self.0.own_life_cycle()
+        self.store.own_life_cycle()
     }
     fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
-        self.0.set_own_life_cycle(state).map_err(fail)
+        self.store.set_own_life_cycle(state).map_err(fail)
     }
     fn charge(&mut self, op: kagi_jcvm::CardOp) {
-        self.0.charge(op);
+        self.store.charge(op);
+    }
+    fn applet_exists(&self, aid: &[u8]) -> bool {
+        Aid::new(aid)
+            .ok()
+            .and_then(|a| crate::registry::entry(self.store.card(), &a))
+            .is_some_and(|e| e.selectable())
+    }
+    fn shareable_object(&mut self, server: &[u8], parameter: u8) -> Result<Option<Sio>, StoreFail> {
+        let (Some(reach), Ok(server)) = (self.others.as_mut(), Aid::new(server)) else {
+            return Ok(None);
+        };
+        reach.applets.shareable_object(
+            &server,
+            reach.me,
+            parameter,
+            reach.rng,
+            self.store.card_mut(),
+        )
+    }
+    fn call_shareable(&mut self, owner: &[u8], call: ShareCall) -> ShareOutcome {
+        let (Some(reach), Ok(owner)) = (self.others.as_mut(), Aid::new(owner)) else {
+            return ShareOutcome {
+                ret: ShareReturn::Security,
+                buffer: call.buffer,
+            };
+        };
+        reach
+            .applets
+            .call_shareable(&owner, call, reach.rng, self.store.card_mut())
     }
 }
 
@@ -141,6 +193,18 @@ impl JcApplet {
     }
 }
 
+/// The applet's memory and the other applets, from its context.
+fn reach<'a, 'b>(ctx: &'a mut AppletContext<'b>) -> ScopedPersist<'a, 'b> {
+    ScopedPersist {
+        store: &mut ctx.store,
+        others: Some(Reach {
+            applets: &mut *ctx.others,
+            rng: &mut *ctx.rng,
+            me: ctx.aid,
+        }),
+    }
+}
+
 /// The status word an answer of the VM becomes.
 pub(crate) fn answer(a: Answer) -> Result<Vec<u8>, StatusWord> {
     match a {
@@ -165,7 +229,7 @@ impl Applet for JcApplet {
             ne: 256,
             extended: false,
         };
-        answer(self.vm.select(&mut ScopedPersist(&mut ctx.store), &cmd))
+        answer(self.vm.select(&mut reach(ctx), &cmd))
     }
 
     fn deselect(&mut self, _channel: u8) {
@@ -184,7 +248,7 @@ impl Applet for JcApplet {
             ne: command.ne().unwrap_or(0),
             extended: command.is_extended(),
         };
-        match self.vm.process(&mut ScopedPersist(&mut ctx.store), &cmd) {
+        match self.vm.process(&mut reach(ctx), &cmd) {
             Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
             a => answer(a).map(Response::success),
         }
@@ -192,6 +256,30 @@ impl Applet for JcApplet {
 
     fn reset(&mut self) {
         self.vm.reset();
+    }
+
+    fn shareable_object(
+        &mut self,
+        client: &[u8],
+        parameter: u8,
+        ctx: &mut AppletContext<'_>,
+    ) -> Option<Sio> {
+        self.apply_deferred(&mut ctx.store).ok()?;
+        self.vm
+            .shareable_object(&mut ScopedPersist::new(&mut ctx.store), client, parameter)
+            .ok()
+            .flatten()
+    }
+
+    fn call_shareable(&mut self, call: ShareCall, ctx: &mut AppletContext<'_>) -> ShareOutcome {
+        if self.apply_deferred(&mut ctx.store).is_err() {
+            return ShareOutcome {
+                ret: ShareReturn::Full,
+                buffer: call.buffer,
+            };
+        }
+        self.vm
+            .call_shareable(&mut ScopedPersist::new(&mut ctx.store), call)
     }
 
     fn extended_length(&self) -> bool {

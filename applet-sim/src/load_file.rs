@@ -193,7 +193,7 @@ pub fn install_cap(
     let bytes = install_bytes(app, privileges, params);
     let answer = {
         let mut scoped = crate::applet_store::AppletStore::new(store, &app.to_hex(), false);
-        vm.install(&mut ScopedPersist(&mut scoped), offset, &bytes)
+        vm.install(&mut ScopedPersist::new(&mut scoped), offset, &bytes)
     };
     match crate::jc_applet::answer(answer) {
         Ok(_) => Ok(()),

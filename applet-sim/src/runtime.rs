@@ -174,6 +174,61 @@ impl OtherApplets for Others<'_> {
         };
         inst.applet.personalize(cmd, &mut ctx)
     }
+
+    // A shareable object's applet runs with no further applets in reach: a server cannot
+    // call on into a third context (nor back into its caller, whose machine is running).
+    fn shareable_object(
+        &mut self,
+        server: &Aid,
+        client: &Aid,
+        parameter: u8,
+        rng: &mut CardRng,
+        store: &mut Store,
+    ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
+        let Some(inst) = self.instances.get_mut(server) else {
+            return Ok(None);
+        };
+        if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
+            return Ok(None);
+        }
+        let mut ctx = AppletContext {
+            channel: 0,
+            aid: server,
+            rng,
+            store: scoped(store, server, inst.privileged),
+            registry: &[],
+            others: &mut NoOthers,
+            classes: self.classes,
+        };
+        Ok(inst
+            .applet
+            .shareable_object(client.as_bytes(), parameter, &mut ctx))
+    }
+
+    fn call_shareable(
+        &mut self,
+        owner: &Aid,
+        call: kagi_jcvm::share::ShareCall,
+        rng: &mut CardRng,
+        store: &mut Store,
+    ) -> kagi_jcvm::share::ShareOutcome {
+        let Some(inst) = self.instances.get_mut(owner) else {
+            return kagi_jcvm::share::ShareOutcome {
+                ret: kagi_jcvm::share::ShareReturn::Security,
+                buffer: call.buffer,
+            };
+        };
+        let mut ctx = AppletContext {
+            channel: 0,
+            aid: owner,
+            rng,
+            store: scoped(store, owner, inst.privileged),
+            registry: &[],
+            others: &mut NoOthers,
+            classes: self.classes,
+        };
+        inst.applet.call_shareable(call, &mut ctx)
+    }
 }
 
 /// The applets of a card and the per-channel state that routes commands to them.

@@ -96,6 +96,18 @@ pub enum NativeState {
         /// The private key object.
         private: u16,
     },
+    /// An object of another context (the applet firewall, `crate::share`): only shareable
+    /// interface calls reach it, in its owner's context.
+    Proxy {
+        /// The owning applet instance's AID.
+        owner: Vec<u8>,
+        /// The object's handle in the owner's heap.
+        handle: u16,
+        /// The owner's package AID (empty for a caller's object seen by a server).
+        package: Vec<u8>,
+        /// The shareable interfaces (class tokens of that package) it implements.
+        interfaces: Vec<u8>,
+    },
 }
 
 /// One heap object.
@@ -199,6 +211,7 @@ fn class_bytes(c: ClassId, out: &mut Vec<u8>) {
             out.push(1);
             out.extend_from_slice(&i.to_be_bytes());
         }
+        ClassId::Ext(p, t) => out.extend_from_slice(&[2, p, t]),
     }
 }
 
@@ -253,6 +266,19 @@ pub fn encode(o: &Obj) -> Vec<u8> {
                     v.extend_from_slice(&public.to_be_bytes());
                     v.extend_from_slice(&private.to_be_bytes());
                 }
+                NativeState::Proxy {
+                    owner,
+                    handle,
+                    package,
+                    interfaces,
+                } => {
+                    v.push(6);
+                    for part in [owner, package, interfaces] {
+                        v.push(part.len() as u8);
+                        v.extend_from_slice(part);
+                    }
+                    v.extend_from_slice(&handle.to_be_bytes());
+                }
             }
         }
         Obj::Array {
@@ -297,6 +323,7 @@ fn read_class(r: &mut R<'_>) -> Option<Option<ClassId>> {
     Some(match t {
         0 => Some(ClassId::Pkg(x)),
         1 if usize::from(x) < crate::api::CLASSES.len() => Some(ClassId::Api(x)),
+        2 => Some(ClassId::Ext((x >> 8) as u8, x as u8)),
         _ => None,
     })
 }
@@ -338,6 +365,19 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                     public: r.u2()?,
                     private: r.u2()?,
                 },
+                6 => {
+                    let mut part = || {
+                        let n = usize::from(r.u1()?);
+                        r.bytes(n)
+                    };
+                    let (owner, package, interfaces) = (part()?, part()?, part()?);
+                    NativeState::Proxy {
+                        owner,
+                        handle: r.u2()?,
+                        package,
+                        interfaces,
+                    }
+                }
                 _ => return None,
             };
             Some(Obj::Instance {

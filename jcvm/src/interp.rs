@@ -111,24 +111,7 @@ impl Vm {
         call: Call,
         args: &[i16],
     ) -> Result<Option<i32>, Answer> {
-        self.frames.clear();
-        self.words.clear();
-        self.last_error = None;
-        self.budget = self.limits.budget;
-        let r = self.run(p, call, args);
-        self.frames.clear();
-        self.words.clear();
-        if p.in_transaction() {
-            p.abort();
-            self.reload(p);
-        }
-        let mut flushed = self.flush(p);
-        for op in std::mem::take(&mut self.charges) {
-            p.charge(op);
-        }
-        if std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
-            flushed = self.delete_unreachable(p).map(|_| ());
-        }
+        let (r, flushed) = self.call_raw(p, call, args, true);
         let out = match r {
             Ok(v) => Ok(v),
             Err(Flow::Store(StoreFail::Torn)) => Err(Answer::Torn),
@@ -144,6 +127,37 @@ impl Vm {
             Err(StoreFail::Full) => Err(Answer::Sw(0x6A84)),
             Ok(()) => out,
         }
+    }
+
+    /// Runs a call to completion and writes the changed objects. A `top` call (a command of
+    /// the card) rolls back a transaction the applet left open; a shareable call from another
+    /// context runs inside the caller's transaction and leaves it open.
+    pub(crate) fn call_raw(
+        &mut self,
+        p: &mut dyn Persist,
+        call: Call,
+        args: &[i16],
+        top: bool,
+    ) -> (Res<Option<i32>>, Result<(), StoreFail>) {
+        self.frames.clear();
+        self.words.clear();
+        self.last_error = None;
+        self.budget = self.limits.budget;
+        let r = self.run(p, call, args);
+        self.frames.clear();
+        self.words.clear();
+        if top && p.in_transaction() {
+            p.abort();
+            self.reload(p);
+        }
+        let mut flushed = self.flush(p);
+        for op in std::mem::take(&mut self.charges) {
+            p.charge(op);
+        }
+        if std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
+            flushed = self.delete_unreachable(p).map(|_| ());
+        }
+        (r, flushed)
     }
 
     fn uncaught(&mut self, h: u16) -> Answer {
@@ -497,6 +511,9 @@ impl Vm {
                 )));
             }
         };
+        if self.is_proxy(obj as u16) {
+            return Err(self.firewall());
+        }
         match self.heap.objects.get(&(obj as u16)) {
             Some(Obj::Instance { cells, .. }) if cell + width <= cells.len() => {
                 Ok((obj as u16, cell))

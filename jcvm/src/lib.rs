@@ -18,6 +18,7 @@ mod interp;
 pub mod link;
 pub(crate) mod native;
 mod record;
+pub mod share;
 
 pub use cost::CardOp;
 pub use link::{ClassId, LinkError, Package};
@@ -81,6 +82,32 @@ pub trait Persist {
     /// default.
     fn charge(&mut self, op: CardOp) {
         let _ = op;
+    }
+    /// Whether an applet instance `aid` is on the card (`JCSystem.lookupAID`); by default
+    /// only the instance itself is known.
+    fn applet_exists(&self, aid: &[u8]) -> bool {
+        let _ = aid;
+        false
+    }
+    /// Asks applet `server` for its shareable object for this instance with `parameter`
+    /// (`JCSystem.getAppletShareableInterfaceObject`); `None` when it refuses or is not there
+    /// (the default: no other contexts).
+    fn shareable_object(
+        &mut self,
+        server: &[u8],
+        parameter: u8,
+    ) -> Result<Option<share::Sio>, StoreFail> {
+        let _ = (server, parameter);
+        Ok(None)
+    }
+    /// Runs a shareable interface method in the context of applet `owner`
+    /// ([`Vm::call_shareable`] there); by default the firewall refuses.
+    fn call_shareable(&mut self, owner: &[u8], call: share::ShareCall) -> share::ShareOutcome {
+        let _ = owner;
+        share::ShareOutcome {
+            ret: share::ShareReturn::Security,
+            buffer: call.buffer,
+        }
     }
 }
 
@@ -163,6 +190,10 @@ pub struct Vm {
     deletion_requested: bool,
     /// The chip's work in this call, told to the card at its end ([`Persist::charge`]).
     charges: Vec<CardOp>,
+    /// The calling context's AID while a shareable call of another context runs here.
+    caller: Option<Vec<u8>>,
+    /// AID objects of other contexts (system objects, one per AID).
+    foreign_aids: std::collections::HashMap<Vec<u8>, u16>,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
@@ -214,6 +245,8 @@ impl Vm {
             throw_origin: None,
             deletion_requested: false,
             charges: Vec::new(),
+            caller: None,
+            foreign_aids: std::collections::HashMap::new(),
         }
     }
 

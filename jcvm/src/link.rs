@@ -17,7 +17,13 @@ pub enum ClassId {
     Pkg(u16),
     /// An API class or interface.
     Api(u16),
+    /// A shareable interface of another package on the card: import index and class token.
+    Ext(u8, u8),
 }
+
+/// An import that is not the API: another package on the card (the card checked at LOAD
+/// that it is there).
+const LOADED: usize = usize::MAX;
 
 /// Why a package cannot be linked (LOAD refuses it).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -86,8 +92,10 @@ pub struct Class {
 pub struct Package {
     /// The parsed components.
     pub model: Model,
-    /// Import index → API package index.
+    /// Import index → API package index (`usize::MAX` for another package on the card).
     pub imports: Vec<usize>,
+    /// Import index → package AID.
+    pub import_aids: Vec<Vec<u8>>,
     /// The resolved constant pool.
     pub cp: Vec<Cp>,
     /// Package classes by offset.
@@ -98,6 +106,11 @@ fn api_class(imports: &[usize], package: u8, class: u8) -> Result<u16, LinkError
     let p = *imports
         .get(usize::from(package))
         .ok_or_else(|| LinkError::Inconsistent(format!("import index {package}")))?;
+    if p == LOADED {
+        return Err(LinkError::Token(format!(
+            "a class, method or field of imported package {package} (another package on the card): kagi links only its shareable interfaces"
+        )));
+    }
     api::class_by_token(p, class)
         .map(|i| i as u16)
         .ok_or_else(|| LinkError::Token(format!("class token {class} of {}", PACKAGES[p].name)))
@@ -109,14 +122,21 @@ impl Package {
         let model = cap.model()?;
         let mut imports = Vec::new();
         for i in &model.imports {
-            let p = api::package_by_aid(&i.aid)
-                .filter(|&p| PACKAGES[p].major == i.major && PACKAGES[p].minor >= i.minor)
-                .ok_or_else(|| LinkError::Import {
-                    aid: i.aid.iter().map(|b| format!("{b:02X}")).collect(),
-                    version: i.version(),
-                })?;
+            let p = match api::package_by_aid(&i.aid) {
+                Some(p) if PACKAGES[p].major == i.major && PACKAGES[p].minor >= i.minor => p,
+                // An API package in a version the card lacks.
+                Some(_) => {
+                    return Err(LinkError::Import {
+                        aid: i.aid.iter().map(|b| format!("{b:02X}")).collect(),
+                        version: i.version(),
+                    });
+                }
+                // Another package: the card manager checked that it is loaded.
+                None => LOADED,
+            };
             imports.push(p);
         }
+        let import_aids: Vec<Vec<u8>> = model.imports.iter().map(|i| i.aid.clone()).collect();
         let class_id = |r: ClassRef| -> Result<ClassId, LinkError> {
             match r {
                 ClassRef::Internal(o) => {
@@ -128,15 +148,28 @@ impl Package {
                     Ok(ClassId::Pkg(o))
                 }
                 ClassRef::External { package, class } => {
+                    if imports.get(usize::from(package)) == Some(&LOADED) {
+                        return Ok(ClassId::Ext(package, class));
+                    }
                     Ok(ClassId::Api(api_class(&imports, package, class)?))
                 }
             }
+        };
+        // Of another package only its interfaces are linked (as types and for interface
+        // calls): a class extending, or a field or method of, one of its classes is refused.
+        let not_shared = |what: &str| {
+            LinkError::Token(format!(
+                "{what} of another package on the card: kagi links only its shareable interfaces"
+            ))
         };
         // Classes: superclass chain and instance layout (superclasses may come later in the
         // component, so sizes are computed by walking the chain).
         let mut classes = HashMap::new();
         for (index, c) in model.classes.classes.iter().enumerate() {
             let super_class = c.super_class.map(class_id).transpose()?;
+            if let Some(ClassId::Ext(..)) = super_class {
+                return Err(not_shared("a superclass"));
+            }
             classes.insert(
                 c.offset,
                 Class {
@@ -192,9 +225,13 @@ impl Package {
                         Cp::Field(c.base + u16::from(t))
                     }
                     ClassId::Api(i) => Cp::ApiField(i, t),
+                    ClassId::Ext(..) => return Err(not_shared("an instance field")),
                 },
                 CpEntry::VirtualMethod(r, t) => {
                     let id = class_id(r)?;
+                    if let ClassId::Ext(..) = id {
+                        return Err(not_shared("a virtual method"));
+                    }
                     if let ClassId::Api(i) = id
                         && api::method(usize::from(i), false, t).is_none()
                     {
@@ -205,7 +242,10 @@ impl Package {
                     }
                     Cp::Virtual(id, t)
                 }
-                CpEntry::SuperMethod(r, t) => Cp::Super(class_id(r)?, t),
+                CpEntry::SuperMethod(r, t) => match class_id(r)? {
+                    ClassId::Ext(..) => return Err(not_shared("a superclass method")),
+                    id => Cp::Super(id, t),
+                },
                 CpEntry::StaticField(StaticRef::Internal(o)) => {
                     if usize::from(o) >= image {
                         return Err(LinkError::Inconsistent(format!("static field offset {o}")));
@@ -260,6 +300,7 @@ impl Package {
         Ok(Package {
             model,
             imports,
+            import_aids,
             cp,
             classes,
         })
@@ -276,6 +317,11 @@ impl Package {
             .any(|o| self.is_instance(ClassId::Pkg(*o), ClassId::Api(i as u16)))
     }
 
+    /// The AID of import `i`.
+    pub fn import_aid(&self, i: u8) -> Option<&[u8]> {
+        self.import_aids.get(usize::from(i)).map(Vec::as_slice)
+    }
+
     /// The constant pool entry `i`.
     pub fn cp(&self, i: u16) -> Option<Cp> {
         self.cp.get(usize::from(i)).copied()
@@ -289,6 +335,7 @@ impl Package {
                 let s = CLASSES.get(usize::from(i))?.supers.last()?;
                 api::class_by_name(s).map(|x| ClassId::Api(x as u16))
             }
+            ClassId::Ext(..) => None,
         }
     }
 
@@ -304,8 +351,15 @@ impl Package {
                 ClassId::Api(i) => {
                     return match sup {
                         ClassId::Api(j) => api::is_subclass(usize::from(i), usize::from(j)),
-                        ClassId::Pkg(_) => false,
+                        ClassId::Pkg(_) | ClassId::Ext(..) => false,
                     };
+                }
+                // Another package's interface: its own super-interfaces are not linked here;
+                // it is a Shareable (and an Object) by definition.
+                ClassId::Ext(..) => {
+                    return matches!(sup, ClassId::Api(j)
+                        if matches!(CLASSES[usize::from(j)].name,
+                            "javacard.framework.Shareable" | "java.lang.Object"));
                 }
                 ClassId::Pkg(o) => {
                     if let Some(info) = self
@@ -332,15 +386,17 @@ impl Package {
         false
     }
 
-    fn interface_extends(&self, i: ClassId, sup: ClassId) -> bool {
+    /// Whether interface `i` is `sup` or extends it.
+    pub fn interface_extends(&self, i: ClassId, sup: ClassId) -> bool {
         if i == sup {
             return true;
         }
         match i {
             ClassId::Api(a) => match sup {
                 ClassId::Api(b) => api::is_subclass(usize::from(a), usize::from(b)),
-                ClassId::Pkg(_) => false,
+                ClassId::Pkg(_) | ClassId::Ext(..) => false,
             },
+            ClassId::Ext(..) => self.is_instance(i, sup),
             ClassId::Pkg(o) => self.model.classes.interface_at(o).is_some_and(|ii| {
                 ii.supers
                     .iter()
@@ -354,6 +410,9 @@ impl Package {
         match r {
             ClassRef::Internal(o) => Ok(ClassId::Pkg(o)),
             ClassRef::External { package, class } => {
+                if self.imports.get(usize::from(package)) == Some(&LOADED) {
+                    return Ok(ClassId::Ext(package, class));
+                }
                 Ok(ClassId::Api(api_class(&self.imports, package, class)?))
             }
         }
@@ -366,6 +425,10 @@ impl Package {
             ClassId::Api(i) => CLASSES
                 .get(usize::from(i))
                 .map_or_else(|| format!("api class {i}"), |c| c.name.to_string()),
+            ClassId::Ext(p, t) => format!(
+                "class token {t} of package {}",
+                self.import_aid(p).map(hex_upper).unwrap_or_default()
+            ),
             ClassId::Pkg(o) => {
                 let token = self.model.descriptor.as_ref().and_then(|d| {
                     d.classes
@@ -411,4 +474,8 @@ impl Package {
             None => format!("method at offset {pc}"),
         }
     }
+}
+
+fn hex_upper(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
 }

@@ -82,26 +82,8 @@ impl Vm {
             5
         };
         buf[off..off + cmd.data.len()].copy_from_slice(&cmd.data);
-        if self.apdu.apdu == 0 {
-            let apdu_class = api::class_by_name("javacard.framework.APDU").unwrap_or(0) as u16;
-            self.apdu.apdu = self
-                .heap
-                .alloc_system(Obj::Instance {
-                    class: ClassId::Api(apdu_class),
-                    cells: Vec::new(),
-                    reason: 0,
-                    native: NativeState::None,
-                })
-                .ok_or(crate::Answer::Sw(crate::SW_UNKNOWN))?;
-            self.apdu.buffer = self
-                .heap
-                .alloc_system(Obj::Array {
-                    elem: Elem::Byte,
-                    data: Data::Bytes(Vec::new()),
-                    transient: Some(1),
-                })
-                .ok_or(crate::Answer::Sw(crate::SW_UNKNOWN))?;
-        }
+        self.apdu_buffer()
+            .map_err(|_| crate::Answer::Sw(crate::SW_UNKNOWN))?;
         if let Some(Obj::Array { data, .. }) = self.heap.objects.get_mut(&self.apdu.buffer) {
             *data = Data::Bytes(buf);
         }
@@ -112,7 +94,35 @@ impl Vm {
         Ok(self.apdu.apdu)
     }
 
+    /// The `APDU` object and its buffer (made on first use); returns the buffer's handle.
+    pub(crate) fn apdu_buffer(&mut self) -> Res<u16> {
+        if self.apdu.apdu == 0 {
+            let apdu_class = api::class_by_name("javacard.framework.APDU").unwrap_or(0) as u16;
+            self.apdu.apdu = self
+                .heap
+                .alloc_system(Obj::Instance {
+                    class: ClassId::Api(apdu_class),
+                    cells: Vec::new(),
+                    reason: 0,
+                    native: NativeState::None,
+                })
+                .ok_or_else(|| Flow::Fatal("out of system object handles".into()))?;
+            self.apdu.buffer = self
+                .heap
+                .alloc_system(Obj::Array {
+                    elem: Elem::Byte,
+                    data: Data::Bytes(vec![0; 261]),
+                    transient: Some(1),
+                })
+                .ok_or_else(|| Flow::Fatal("out of system object handles".into()))?;
+        }
+        Ok(self.apdu.buffer)
+    }
+
     pub(crate) fn bytes_of(&mut self, h: i16) -> Res<&mut Vec<u8>> {
+        if self.is_proxy(h as u16) {
+            return Err(self.firewall());
+        }
         match self.heap.objects.get(&(h as u16)) {
             Some(Obj::Array {
                 data: Data::Bytes(_),
@@ -187,11 +197,31 @@ impl Vm {
             ("javacard.framework.JCSystem", "lookupAID", "([BSB)Ljavacard/framework/AID;") => {
                 let b = self.bytes_of(arg(0))?.clone();
                 let r = self.range(b.len(), arg(1), arg(2))?;
-                if b[r] == self.aid[..] {
+                if b[r.clone()] == self.aid[..] {
                     Ret::Word(self.own_aid()? as i16)
+                } else if p.applet_exists(&b[r.clone()]) {
+                    Ret::Word(self.aid_object(&b[r])? as i16)
                 } else {
                     Ret::Word(0)
                 }
+            }
+            (
+                "javacard.framework.JCSystem",
+                "getAppletShareableInterfaceObject",
+                "(Ljavacard/framework/AID;B)Ljavacard/framework/Shareable;",
+            ) => {
+                let server = match self.heap.objects.get(&(arg(0) as u16)) {
+                    Some(Obj::Instance {
+                        native: NativeState::Aid(a),
+                        ..
+                    }) => a.clone(),
+                    None => return Ok(Ret::Word(0)),
+                    Some(_) => return Err(self.firewall()),
+                };
+                Ret::Word(self.get_shareable(p, server, arg(1) as u8)?)
+            }
+            ("javacard.framework.JCSystem", "getPreviousContextAID", _) => {
+                Ret::Word(self.previous_context()?)
             }
             ("javacard.framework.AID", "<init>", "([BSB)V") => {
                 let b = self.bytes_of(arg(1))?.clone();
@@ -506,7 +536,7 @@ impl Vm {
     }
 
     /// The system `AID` object of this instance.
-    fn own_aid(&mut self) -> Res<u16> {
+    pub(crate) fn own_aid(&mut self) -> Res<u16> {
         let class = api::class_by_name("javacard.framework.AID").unwrap_or(0) as u16;
         let key = u16::MAX - class;
         if let Some(h) = self.system.get(&key) {

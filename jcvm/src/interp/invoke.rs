@@ -34,6 +34,7 @@ impl Vm {
                 ClassId::Api(i) => {
                     return api::method(usize::from(i), false, token).map(|m| Target::Native(i, m));
                 }
+                ClassId::Ext(..) => return None,
             }
         }
         None
@@ -103,6 +104,13 @@ impl Vm {
                 let token = u1(code, pc + 4)?;
                 let at = self.args_at(nargs.max(1))?;
                 let obj = self.words[at] as u16;
+                if self.is_proxy(obj) {
+                    // An object of another context: the card runs the method there.
+                    let mut args = self.words.split_off(at);
+                    args.remove(0);
+                    self.invoke_proxy(p, obj, iface, token, args)?;
+                    return Ok(Some(pc + len));
+                }
                 let class = self.class_of(obj)?;
                 self.resolve_interface(class, iface, token)?
             }
@@ -126,7 +134,12 @@ impl Vm {
         }
     }
 
-    fn resolve_interface(&self, class: ClassId, iface: ClassId, token: u8) -> Res<Target> {
+    pub(crate) fn resolve_interface(
+        &self,
+        class: ClassId,
+        iface: ClassId,
+        token: u8,
+    ) -> Res<Target> {
         let mut cur = Some(class);
         let mut depth = 0;
         while let Some(c) = cur {
@@ -160,6 +173,7 @@ impl Vm {
                     }
                     break;
                 }
+                ClassId::Ext(..) => break,
             }
             cur = self.pkg.super_of(c);
             depth += 1;

@@ -11,6 +11,10 @@ macro_rules! array {
     ($vm:expr, $h:expr) => {
         match $vm.heap.objects.get_mut(&($h as u16)) {
             Some(Obj::Array { data, elem, .. }) => (data, *elem),
+            Some(Obj::Instance {
+                native: $crate::heap::NativeState::Proxy { .. },
+                ..
+            }) => return Err($vm.firewall()),
             Some(_) => return Err(Flow::Fatal("array access on a non-array".into())),
             None => return Err($vm.throw_api("java.lang.NullPointerException", 0)),
         }
@@ -564,6 +568,12 @@ impl Vm {
                 let size = match class {
                     ClassId::Pkg(o) => self.pkg.classes.get(&o).map_or(0, |c| c.size),
                     ClassId::Api(_) => 0,
+                    ClassId::Ext(..) => {
+                        return Err(Flow::Fatal(format!(
+                            "new of another package's class in {}",
+                            self.here()
+                        )));
+                    }
                 };
                 let h = self
                     .heap
@@ -687,6 +697,29 @@ impl Vm {
             _ => None,
         };
         Ok(match (self.heap.objects.get(&h), atype) {
+            // An object of another context is an Object, a Shareable and each shareable
+            // interface its owner said it implements.
+            (
+                Some(Obj::Instance {
+                    native:
+                        crate::heap::NativeState::Proxy {
+                            package,
+                            interfaces,
+                            ..
+                        },
+                    ..
+                }),
+                0,
+            ) => match target {
+                Some(ClassId::Ext(i, t)) => {
+                    self.pkg.import_aid(i) == Some(package.as_slice()) && interfaces.contains(&t)
+                }
+                Some(ClassId::Api(i)) => matches!(
+                    CLASSES[usize::from(i)].name,
+                    "java.lang.Object" | "javacard.framework.Shareable"
+                ),
+                _ => target.is_none(),
+            },
             (Some(Obj::Instance { class, .. }), 0) => {
                 target.is_some_and(|t| self.pkg.is_instance(*class, t))
             }

@@ -30,3 +30,20 @@ if [ -n "${GP:-}" ]; then
   cp out/kagi/gp/javacard/gp.jca gp.jca
   rm -rf classes out
 fi
+
+# share.cap and client.cap: a server applet sharing an interface (share/kagi/share/) and a
+# client applet in another package calling it (share/kagi/client/). The converter is told
+# not to generate its proxy classes (-useproxyclass): they are for the Connected edition, and
+# generating them needs an older JDK.
+rm -rf classes out && mkdir classes out
+javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar" -d classes \
+  $(find share -name '*.java')
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files" -applet 0xF0:0x6B:0x61:0x67:0x69:0x03:0x01 kagi.share.Server \
+  -out CAP JCA EXP -d out kagi.share 0xF0:0x6B:0x61:0x67:0x69:0x03 1.0
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files:out" -applet 0xF0:0x6B:0x61:0x67:0x69:0x04:0x01 kagi.client.Client \
+  -out CAP JCA -d out kagi.client 0xF0:0x6B:0x61:0x67:0x69:0x04 1.0
+cp out/kagi/share/javacard/share.cap out/kagi/share/javacard/share.jca .
+cp out/kagi/client/javacard/client.cap out/kagi/client/javacard/client.jca .
+rm -rf classes out
