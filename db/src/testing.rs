@@ -123,6 +123,11 @@ impl PrivateFormation {
         Err(format!("the private formation did not start: {last}"))
     }
 
+    /// The formation's directory (its nodes' data directories and logs).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Whether the machine has pg_auto_failover.
     pub fn available() -> bool {
         PrivatePostgres::available()

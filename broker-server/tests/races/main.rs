@@ -8,6 +8,7 @@
 //! - acts, service-key rotations and a KEK rotation by two instances together lose no record.
 
 mod failover;
+mod soak;
 mod world;
 
 use broker_protocol::Assurance;
@@ -560,4 +561,11 @@ async fn acts_and_kek_rotation_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acts_and_rotation_survive_a_failover() {
     failover::acts_and_rotation_survive_a_failover(&World::ha("failover")).await;
+}
+
+/// `scripts/soak.sh` runs it (not part of the suite: it runs for minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak run of minutes: scripts/soak.sh"]
+async fn soak_on_a_formation() {
+    soak::soak(&World::ha("soak")).await;
 }
