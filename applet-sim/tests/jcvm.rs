@@ -782,6 +782,21 @@ fn shareable_interface_objects_cross_the_firewall_and_nothing_else_does() {
     // fill(an array of the client's): SecurityException in the server, caught by the
     // client and answered 6982; the client's array is unchanged (zeros would be "KAGI").
     assert_eq!(tx(&mut rt, "8004000000"), "6982");
+    // The caller's objects a call passes are the call's alone: the server's memory (its
+    // object records and its handle counter) is the same after many more such calls.
+    let server_memory = |rt: &Runtime| {
+        let keys = rt.store().keys("app/F06B6167690301/jc/");
+        let meta = rt
+            .store()
+            .get("app/F06B6167690301/jc/m")
+            .map(<[u8]>::to_vec);
+        (keys, meta)
+    };
+    let seen = server_memory(&rt);
+    for _ in 0..50 {
+        assert_eq!(tx(&mut rt, "8004000000"), "6982");
+    }
+    assert_eq!(server_memory(&rt), seen);
     // The server saw the client calling.
     assert_eq!(tx(&mut rt, "8005000000"), "F06B61676904019000");
     // The server's own view of its total (its own command): 0x0107.

@@ -147,6 +147,11 @@ pub struct Heap {
     pub next_system: u16,
 }
 
+/// The first handle of call-scoped objects: the caller's objects a shareable call passes to
+/// this context, removed when the call ends (a handle there is always such a reference, so one
+/// the applet kept can never reach anything but a caller's object, whose access is refused).
+pub const FIRST_CALL_SCOPED: u16 = 0xFF00;
+
 /// The first handle of persistent objects.
 pub const FIRST_PERSISTENT: u16 = 0x0100;
 
@@ -163,7 +168,7 @@ impl Heap {
     /// Allocates a persistent (or transient-array) object; `None` when handles run out.
     pub fn alloc(&mut self, o: Obj) -> Option<u16> {
         let h = self.next;
-        if h == u16::MAX {
+        if h >= FIRST_CALL_SCOPED {
             return None;
         }
         self.next += 1;

@@ -192,8 +192,8 @@ pub struct Vm {
     charges: Vec<CardOp>,
     /// The calling context's AID while a shareable call of another context runs here.
     caller: Option<Vec<u8>>,
-    /// AID objects of other contexts (system objects, one per AID).
-    foreign_aids: std::collections::HashMap<Vec<u8>, u16>,
+    /// AID objects (system objects, one per AID): this instance's and other contexts'.
+    aid_objects: std::collections::HashMap<Vec<u8>, u16>,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
 }
@@ -246,7 +246,7 @@ impl Vm {
             deletion_requested: false,
             charges: Vec::new(),
             caller: None,
-            foreign_aids: std::collections::HashMap::new(),
+            aid_objects: std::collections::HashMap::new(),
         }
     }
 

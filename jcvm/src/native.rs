@@ -537,22 +537,8 @@ impl Vm {
 
     /// The system `AID` object of this instance.
     pub(crate) fn own_aid(&mut self) -> Res<u16> {
-        let class = api::class_by_name("javacard.framework.AID").unwrap_or(0) as u16;
-        let key = u16::MAX - class;
-        if let Some(h) = self.system.get(&key) {
-            return Ok(*h);
-        }
-        let h = self
-            .heap
-            .alloc_system(Obj::Instance {
-                class: ClassId::Api(class),
-                cells: Vec::new(),
-                reason: 0,
-                native: NativeState::Aid(self.aid.clone()),
-            })
-            .ok_or_else(|| Flow::Fatal("out of system object handles".into()))?;
-        self.system.insert(key, h);
-        Ok(h)
+        let aid = self.aid.clone();
+        self.aid_object(&aid)
     }
 
     fn aid_bytes(&mut self, h: i16) -> Res<Vec<u8>> {

@@ -13,7 +13,7 @@
 //! become proxies in the client. Interfaces are named across packages by package AID and
 //! class token (the server package's Export component).
 
-use crate::heap::{NativeState, Obj};
+use crate::heap::{self, NativeState, Obj};
 use crate::interp::{Call, Flow, Target};
 use crate::link::ClassId;
 use crate::{Answer, Persist, StoreFail, Vm, api};
@@ -114,12 +114,10 @@ fn signature(nibbles: &[u8]) -> Option<(Vec<(usize, bool)>, u8)> {
 }
 
 impl Vm {
-    /// The AID object of `aid` in this context (a system object, one per AID).
+    /// The AID object of `aid` in this context (a system object, one per AID: this
+    /// instance's own, and those of other contexts it meets).
     pub(crate) fn aid_object(&mut self, aid: &[u8]) -> Result<u16, Flow> {
-        if aid == self.aid.as_slice() {
-            return self.own_aid();
-        }
-        if let Some(h) = self.foreign_aids.get(aid) {
+        if let Some(h) = self.aid_objects.get(aid) {
             return Ok(*h);
         }
         let class = api::class_by_name("javacard.framework.AID").unwrap_or(0) as u16;
@@ -132,33 +130,39 @@ impl Vm {
                 native: NativeState::Aid(aid.to_vec()),
             })
             .ok_or_else(|| Flow::Fatal("out of system object handles".into()))?;
-        self.foreign_aids.insert(aid.to_vec(), h);
+        self.aid_objects.insert(aid.to_vec(), h);
         Ok(h)
     }
 
-    /// A proxy in this context for object `handle` of the context `owner` (persistent when
-    /// `keep`: a shareable object the applet may store in a field).
+    /// A proxy in this context for object `sio.handle` of the context `owner`: a persistent
+    /// object when `keep` (a shareable object the applet may store in a field), else a
+    /// call-scoped one (a caller's argument, gone when the call ends).
     pub(crate) fn proxy(&mut self, owner: &[u8], sio: Sio, keep: bool) -> Result<u16, Flow> {
         let object = api::class_by_name("java.lang.Object").unwrap_or(0) as u16;
+        let o = Obj::Instance {
+            class: ClassId::Api(object),
+            cells: Vec::new(),
+            reason: 0,
+            native: NativeState::Proxy {
+                owner: owner.to_vec(),
+                handle: sio.handle,
+                package: sio.package,
+                interfaces: sio.interfaces,
+            },
+        };
+        if !keep {
+            let h = (heap::FIRST_CALL_SCOPED..u16::MAX)
+                .find(|h| !self.heap.objects.contains_key(h))
+                .ok_or_else(|| Flow::Fatal("too many references in one shareable call".into()))?;
+            self.heap.objects.insert(h, o);
+            return Ok(h);
+        }
         let h = self
             .heap
-            .alloc(Obj::Instance {
-                class: ClassId::Api(object),
-                cells: Vec::new(),
-                reason: 0,
-                native: NativeState::Proxy {
-                    owner: owner.to_vec(),
-                    handle: sio.handle,
-                    package: sio.package,
-                    interfaces: sio.interfaces,
-                },
-            })
+            .alloc(o)
             .ok_or_else(|| Flow::Fatal("out of object handles".into()))?;
-        // The handle counter is persistent either way, so a handle is never given twice.
         self.meta_dirty = true;
-        if keep {
-            self.dirty.insert(h);
-        }
+        self.dirty.insert(h);
         Ok(h)
     }
 
@@ -344,6 +348,9 @@ impl Vm {
         self.caller = Some(call.caller.clone());
         let (r, flushed) = self.call_raw(p, Call::Static(offset), &args, false);
         self.caller = None;
+        self.heap
+            .objects
+            .retain(|h, _| *h < heap::FIRST_CALL_SCOPED);
         if let Some(b) = self.buffer_bytes(own_buffer) {
             buffer.clone_from(b);
         }

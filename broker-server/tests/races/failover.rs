@@ -11,36 +11,7 @@ pub(crate) async fn acts_and_rotation_survive_a_failover(w: &World) {
     let a = w.broker(no_backoff()).await;
     let b = w.broker(no_backoff()).await;
     assert_eq!(w.admin(&a, mac_service("ha")).await, AdminResponse::Ok);
-    let cards: Vec<String> = (0..20).map(|i| format!("HA-{i}")).collect();
-    let mut sessions = Vec::new();
-    for c in &cards {
-        for req in [
-            AdminRequest::EnrolCard {
-                card: c.clone(),
-                holder: c.clone(),
-                password: None,
-            },
-            AdminRequest::EnrolCredential {
-                card: c.clone(),
-                service: "ha".into(),
-            },
-        ] {
-            w.admin(&a, req).await;
-        }
-        let token = format!("0.{}", broker_protocol::api::b64(c.as_bytes()));
-        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
-        a.shards()
-            .of(c)
-            .commit(vec![broker_server::store::Shard::put_session(
-                &hash,
-                c,
-                Assurance::Card,
-                i64::MAX / 2,
-            )])
-            .await
-            .unwrap();
-        sessions.push(token);
-    }
+    let sessions = w.cards_with_sessions(&a, "ha", "HA", 20).await;
     // Each card's answer before anything happens.
     let mut before = Vec::new();
     for s in &sessions {

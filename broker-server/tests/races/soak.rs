@@ -74,36 +74,7 @@ pub(crate) async fn soak(w: &World) {
     let a = w.broker(no_backoff()).await;
     let b = w.broker(no_backoff()).await;
     assert_eq!(w.admin(&a, mac_service("soak")).await, AdminResponse::Ok);
-    let mut sessions = Vec::new();
-    for i in 0..50 {
-        let c = format!("SOAK-{i}");
-        for req in [
-            AdminRequest::EnrolCard {
-                card: c.clone(),
-                holder: c.clone(),
-                password: None,
-            },
-            AdminRequest::EnrolCredential {
-                card: c.clone(),
-                service: "soak".into(),
-            },
-        ] {
-            w.admin(&a, req).await;
-        }
-        let token = format!("0.{}", broker_protocol::api::b64(c.as_bytes()));
-        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
-        a.shards()
-            .of(&c)
-            .commit(vec![broker_server::store::Shard::put_session(
-                &hash,
-                &c,
-                Assurance::Card,
-                i64::MAX / 2,
-            )])
-            .await
-            .unwrap();
-        sessions.push(token);
-    }
+    let sessions = w.cards_with_sessions(&a, "soak", "SOAK", 50).await;
     let mut before = Vec::new();
     for s in &sessions {
         before.push(a.act(&act(s, "soak")).await.unwrap().mac);

@@ -106,6 +106,48 @@ impl World {
         )
     }
 
+    /// Enrols `n` cards `{prefix}-{i}` with a credential for `service` and gives each a card
+    /// session (written straight into its shard); returns the session tokens.
+    pub(crate) async fn cards_with_sessions(
+        &self,
+        b: &Broker,
+        service: &str,
+        prefix: &str,
+        n: usize,
+    ) -> Vec<String> {
+        let mut sessions = Vec::new();
+        for i in 0..n {
+            let c = format!("{prefix}-{i}");
+            for req in [
+                AdminRequest::EnrolCard {
+                    card: c.clone(),
+                    holder: c.clone(),
+                    password: None,
+                },
+                AdminRequest::EnrolCredential {
+                    card: c.clone(),
+                    service: service.into(),
+                },
+            ] {
+                self.admin(b, req).await;
+            }
+            let token = format!("0.{}", broker_protocol::api::b64(c.as_bytes()));
+            let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+            b.shards()
+                .of(&c)
+                .commit(vec![broker_server::store::Shard::put_session(
+                    &hash,
+                    &c,
+                    Assurance::Card,
+                    i64::MAX / 2,
+                )])
+                .await
+                .unwrap();
+            sessions.push(token);
+        }
+        sessions
+    }
+
     pub(crate) async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
         let broker = PartyId::new(NAME).unwrap();
         let out = kagi_signed::request::sign_request(
