@@ -126,6 +126,40 @@ pub struct FileApplet {
     current: Option<u16>,
     verified: Vec<u16>,
     perso: Vec<u8>,
+    keys: KeyCache,
+}
+
+/// Signing keys as parsed from their records (RAM only, cleared on reset), each with the
+/// SHA-256 of the record it came from: a key rewritten in the store is parsed again. Parsing
+/// a PKCS#1 RSA key (checks and CRT precomputation) costs about as much as a signature.
+#[derive(Default)]
+struct KeyCache(Vec<(u16, [u8; 32], CardKey)>);
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyCache({} keys)", self.0.len())
+    }
+}
+
+impl KeyCache {
+    fn get(&mut self, fid: u16, stored: &[u8]) -> Option<&CardKey> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(stored).into();
+        let at = match self
+            .0
+            .iter()
+            .position(|(f, d, _)| *f == fid && *d == digest)
+        {
+            Some(i) => i,
+            None => {
+                let key = CardKey::parse(stored)?;
+                self.0.retain(|(f, _, _)| *f != fid);
+                self.0.push((fid, digest, key));
+                self.0.len() - 1
+            }
+        };
+        self.0.get(at).map(|(_, _, k)| k)
+    }
 }
 
 /// The JPKI AP.
@@ -139,6 +173,7 @@ impl FileApplet {
             current: None,
             verified: Vec::new(),
             perso: Vec::new(),
+            keys: KeyCache::default(),
         }
     }
 }
@@ -320,7 +355,10 @@ impl FileApplet {
             .store
             .get(&key_of("key", fid))
             .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?;
-        let key = CardKey::parse(stored).ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
+        let key = self
+            .keys
+            .get(fid, stored)
+            .ok_or(Sw::REFERENCE_DATA_NOT_USABLE)?;
         let signature = key.sign(data)?;
         ctx.store.charge(key.cost());
         Ok(Response::success(signature))
@@ -597,6 +635,7 @@ impl Applet for FileApplet {
         self.verified.clear();
         self.perso.zeroize();
         self.perso.clear();
+        self.keys = KeyCache::default();
     }
 }
 
@@ -614,5 +653,31 @@ mod tests {
         assert!(!pin_format_ok(EF_SIGN_PIN, b"ABCDEF"));
         assert!(!pin_format_ok(EF_SIGN_PIN, b"A1"));
         assert!(!pin_format_ok(EF_SIGN_PIN, b"ABCDEFGH123456789"));
+    }
+
+    /// A key record rewritten in the store is parsed again: the cache never signs with the
+    /// key a record held before.
+    #[test]
+    fn the_key_cache_follows_the_record() {
+        let public = |k: &CardKey| match k {
+            CardKey::P256(k) => k.verifying_key().to_sec1_point(false).as_bytes().to_vec(),
+            CardKey::Rsa(_) => Vec::new(),
+        };
+        let (a, b) = ([7u8; 32], [9u8; 32]);
+        let expect = |s: &[u8; 32]| {
+            p256::ecdsa::SigningKey::from_slice(s)
+                .unwrap()
+                .verifying_key()
+                .to_sec1_point(false)
+                .as_bytes()
+                .to_vec()
+        };
+        let mut cache = KeyCache::default();
+        assert_eq!(public(cache.get(0x17, &a).unwrap()), expect(&a));
+        assert_eq!(public(cache.get(0x17, &a).unwrap()), expect(&a));
+        assert_eq!(public(cache.get(0x17, &b).unwrap()), expect(&b));
+        assert_eq!(public(cache.get(0x1A, &a).unwrap()), expect(&a));
+        assert_eq!(cache.0.len(), 2);
+        assert!(cache.get(0x17, b"not a key").is_none());
     }
 }
