@@ -56,6 +56,16 @@ impl Tsm {
             )))
         };
         match (&req, role) {
+            // An SP-TSM asks the MNO-TSM (this one holds issuer-domain keys) to prepare a SIM.
+            (ControlRequest::PrepareSim { .. }, "tsm") if !self.config.operators.is_empty() => {
+                self.create(h, req).await
+            }
+            (ControlRequest::PrepareSim { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not ask for a SIM preparation here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
             (
                 ControlRequest::RegisterCard { .. }
@@ -203,6 +213,10 @@ impl Tsm {
             tsm_protocol::codec::decode::<Secrets>(&p).ok()
         });
         let live = !existing.state.is_final();
+        if existing.kind == "prepare-sim" {
+            let ticket = secrets.as_ref().filter(|_| live).map(|s| s.ticket.clone());
+            return Ok(self.prepared(&existing.id, existing.state, ticket, existing.expires_at));
+        }
         Ok(ControlResponse::Accepted {
             op: existing.id,
             state: existing.state,
