@@ -155,10 +155,25 @@ fn an_sp_tsm_config_naming_issuer_domain_keys_is_refused() {
 fn an_mno_tsm_is_its_own_configuration_and_the_sp_tsm_links_to_it() {
     let base = std::env::temp_dir().join(format!("kagi-tsm-setup-mno-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let (sp, mno) = (base.join("sp"), base.join("mno"));
+    // The SP-TSM deeper than the working directory, so that a path relative to the working
+    // directory cannot happen to resolve from the SP-TSM's directory too.
+    let (sp, mno) = (base.join("a/b/c/d/e/f/g/sp"), base.join("mno"));
     setup::init(&sp, "127.0.0.1:0", None).unwrap();
     let sp_tsm = tsm_protocol::PartyId::new("tsm:kagi").unwrap();
-    setup::init_mno(&mno, "127.0.0.1:9", None, &sp_tsm, &sp.join("tsm.pub.pem")).unwrap();
+    // Given as a path relative to the working directory (as `kagi mno-tsm init --dir mno`
+    // is typed): the link file must still name the MNO-TSM's key for the SP-TSM's directory.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = Path::new(&up).join(mno.strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    setup::init_mno(
+        &relative,
+        "127.0.0.1:9",
+        None,
+        &sp_tsm,
+        &sp.join("tsm.pub.pem"),
+    )
+    .unwrap();
     for private in [
         "mno-tsm.key.pem",
         "mno.key.pem",

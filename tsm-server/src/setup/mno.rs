@@ -203,6 +203,11 @@ pub fn init_mno(
             message: "this directory already holds an MNO-TSM configuration: choose another".into(),
         });
     }
+    // The link file names this directory's files for another configuration: absolute paths.
+    let abs = std::fs::canonicalize(dir).map_err(|e| SetupError::Config {
+        config: dir.to_path_buf(),
+        message: format!("cannot resolve the directory: {e}"),
+    })?;
     let sp_pub = files::read_text(sp_tsm_key)?;
     files::write_public(&dir.join("sp-tsm.pub.pem"), sp_pub.as_bytes())?;
     let me = Signer::generate(PartyId::new(MNO_TSM_PARTY)?)?;
@@ -230,7 +235,7 @@ pub fn init_mno(
             (
                 "https",
                 "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
-                format!("tls_ca = \"{}\"\n", dir.join("tls.crt.pem").display()),
+                format!("tls_ca = \"{}\"\n", abs.join("tls.crt.pem").display()),
             )
         }
     };
@@ -253,7 +258,7 @@ pub fn init_mno(
         &dir.join("sp-tsm-link.toml"),
         format!(
             "\n[mno_tsm]\nparty = \"{MNO_TSM_PARTY}\"\nurl = \"{scheme}://{listen}\"\npublic_key = \"{}\"\n{ca_line}",
-            dir.join("mno-tsm.pub.pem").display()
+            abs.join("mno-tsm.pub.pem").display()
         )
         .as_bytes(),
     )?;
