@@ -263,7 +263,9 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     }
     let logged = log.lock().unwrap().clone();
     assert!(String::from_utf8_lossy(&logged).contains("SIM preparation accepted"));
-    sp_places.push(("the TSMs' log".into(), logged));
+    // One log for both in-process services: what is absent from it is absent from each.
+    sp_places.push(("the TSMs' log".into(), logged.clone()));
+    mno_places.push(("the TSMs' log".into(), logged));
     let forms = |s: &[u8]| {
         vec![
             s.to_vec(),
