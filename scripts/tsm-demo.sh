@@ -58,11 +58,9 @@ echo "== operator: a SIM without the provider's domain, with a certified card ke
     --manufacturer-ca "$work/maker" --json >"$work/sim.json"
 iccid=$(json_field "$work/sim.json" iccid)
 cin=$(json_field "$work/sim.json" cin)
-# With its MNO-TSM; and with the SP-TSM, whose registry the provider's tools read.
-for cfg in "$work/mno/operator.toml" "$work/tsm/mno.toml"; do
-    "$K" tsm mno --config "$cfg" register-card --iccid "$iccid" --cin "$cin" \
-        --card-certificate "$(json_field "$work/sim.json" card_certificate)" >/dev/null
-done
+# With its MNO-TSM only: the SP-TSM reads the SIM's record from there.
+"$K" tsm mno --config "$work/mno/operator.toml" register-card --iccid "$iccid" --cin "$cin" \
+    --card-certificate "$(json_field "$work/sim.json" card_certificate)" >/dev/null
 echo "   SIM $iccid (card $cin)"
 
 echo "== user: apply, signed with the My Number card's signature key (a simulated jpki-demo card)"

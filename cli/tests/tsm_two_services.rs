@@ -88,8 +88,8 @@ fn two_processes(name: &str, databases: Option<(String, String)>) {
     wait_port(mno_port);
     wait_port(s.port);
 
-    // A SIM as the operator sells it: no provider domain; registered with the MNO-TSM and
-    // (until the SP-TSM reads the MNO-TSM's registry) with the SP-TSM.
+    // A SIM as the operator sells it: no provider domain; registered with the MNO-TSM only
+    // (the SP-TSM reads the record from there).
     let sim = ok(kagi()
         .args([
             "sim",
@@ -104,20 +104,18 @@ fn two_processes(name: &str, databases: Option<(String, String)>) {
         .arg("--manufacturer-ca")
         .arg(dir.join("maker")));
     let iccid = field(&sim, "iccid");
-    for config in ["mno/operator.toml", "tsm/mno.toml"] {
-        ok(kagi()
-            .args(["tsm", "mno", "--config"])
-            .arg(dir.join(config))
-            .args([
-                "register-card",
-                "--iccid",
-                &iccid,
-                "--cin",
-                &field(&sim, "cin"),
-                "--card-certificate",
-                &field(&sim, "card_certificate"),
-            ]));
-    }
+    ok(kagi()
+        .args(["tsm", "mno", "--config"])
+        .arg(dir.join("mno/operator.toml"))
+        .args([
+            "register-card",
+            "--iccid",
+            &iccid,
+            "--cin",
+            &field(&sim, "cin"),
+            "--card-certificate",
+            &field(&sim, "card_certificate"),
+        ]));
 
     let issued = s.issue(&iccid, false);
     let op = field(&issued, "op");

@@ -315,6 +315,13 @@ pub enum ControlRequest {
         /// The JPKI applet instance to install into it.
         instance: Vec<u8>,
     },
+    /// SP-TSM to MNO-TSM: a SIM as the operator registered it (the SP-TSM keeps a copy of
+    /// the records it needs, refreshed before each use). Answered with
+    /// [`ControlResponse::CardRecord`].
+    CardRecord {
+        /// ICCID.
+        iccid: String,
+    },
 }
 
 impl ControlRequest {
@@ -336,6 +343,7 @@ impl ControlRequest {
             ControlRequest::CreateSecurityDomain { .. } => "create-sd",
             ControlRequest::CardCertificate { .. } => "card-certificate",
             ControlRequest::PrepareSim { .. } => "prepare-sim",
+            ControlRequest::CardRecord { .. } => "card-record",
         }
     }
 
@@ -501,6 +509,25 @@ pub enum ControlResponse {
         initial_keys: InitialKeys,
         /// When the operation expires (Unix milliseconds).
         expires_at: u64,
+    },
+    /// A SIM as its operator registered it with the MNO-TSM.
+    CardRecord {
+        /// ICCID.
+        iccid: String,
+        /// Card image number (hex).
+        cin: String,
+        /// The provider domain's AID on it, when the operator named one.
+        sd_aid: Vec<u8>,
+        /// `active`, `lost` or `replaced`.
+        state: String,
+        /// The ICCID that replaced it.
+        replaced_by: Option<String>,
+        /// Free memory on record (bytes).
+        free_memory: u32,
+        /// The operator.
+        operator: crate::ids::PartyId,
+        /// The manufacturer's certificate of its key agreement key (DER).
+        card_certificate: Option<Vec<u8>>,
     },
 }
 

@@ -98,6 +98,15 @@ fn response_json(r: &ControlResponse) -> serde_json::Value {
             "device_ticket": device_ticket, "access_code": null,
             "expires_at": rfc3339(expires_at / 1000),
         }),
+        // Only an SP-TSM reads the MNO-TSM's registry; shown as a certificate answer.
+        ControlResponse::CardRecord {
+            iccid,
+            card_certificate,
+            ..
+        } => json!({
+            "answer": "card-certificate", "iccid": iccid,
+            "certificate": hex::encode_upper(card_certificate.as_deref().unwrap_or_default()),
+        }),
         ControlResponse::Operation(v) => json!({
             "answer": "operation", "op": v.op.to_hex(), "operation": v.kind,
             "state": v.state.name(), "steps": v.steps, "receipt": v.receipt.is_some(),

@@ -130,8 +130,7 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     let sp = world.client_party(&world.sp, &sp_url);
     let operator = at_mno(&world.mno, &me, &mno_url);
 
-    // A SIM with no provider domain: the operator registers it with its MNO-TSM (and, until
-    // the SP-TSM reads the MNO-TSM's registry, with the SP-TSM).
+    // A SIM with no provider domain: the operator registers it with its MNO-TSM only.
     let mut sim = kagi_fixtures::sim::blank(format!("{name}-phone").as_bytes()).unwrap();
     let reg = ControlRequest::RegisterCard {
         iccid: sim.iccid.clone(),
@@ -141,7 +140,11 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
         card_certificate: Some(sim.card_certificate.clone()),
     };
     assert_eq!(ask(&operator, &reg).await, ControlResponse::Ok);
-    register(&world, &sp_url, &sim).await;
+    world
+        .card_certs
+        .lock()
+        .unwrap()
+        .insert(sim.iccid.clone(), sim.card_certificate.clone());
 
     // The download: ⑬ at the SP-TSM, ⑭⑮ at the MNO-TSM, ⑱ at the SP-TSM.
     let iss = issue(&world, &sp, &sim.iccid).await;
@@ -185,6 +188,18 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
             "{e} missing from the MNO-TSM's {events:?}"
         );
     }
+    // The SP-TSM's copy of the SIM's record came from the MNO-TSM's registry.
+    let copy = Store::open(&sp_backend)
+        .await
+        .unwrap()
+        .card(&sim.iccid)
+        .await
+        .unwrap()
+        .expect("the SP-TSM's copy of the SIM's record");
+    assert_eq!(
+        (copy.cin.as_str(), copy.mno.as_str(), copy.state.as_str()),
+        (sim.cin.as_str(), world.mno.party().0.as_str(), "active")
+    );
     let sp_trail = Store::open(&sp_backend)
         .await
         .unwrap()

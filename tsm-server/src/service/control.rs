@@ -60,6 +60,15 @@ impl Tsm {
             (ControlRequest::PrepareSim { .. }, "tsm") if !self.config.operators.is_empty() => {
                 self.create(h, req).await
             }
+            (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
+                self.card_record(iccid).await
+            }
+            (ControlRequest::CardRecord { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not read the SIM registry here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
             (ControlRequest::PrepareSim { .. }, _) => reject(
                 "business.not-an-mno-tsm",
                 format!(
@@ -148,6 +157,7 @@ impl Tsm {
                         format!("this TSM holds no security-domain keys for {party}"),
                     )));
                 }
+                self.refresh_card(&iccid).await?;
                 match self.store.card_certificate(&iccid).await? {
                     Some(certificate) => {
                         Ok(ControlResponse::CardCertificate { iccid, certificate })

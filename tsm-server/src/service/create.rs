@@ -236,6 +236,10 @@ impl Tsm {
             .map_or(1_800_000, |a| a.valid_for_ms)
             .clamp(60_000, 7 * 86_400_000) as i64;
         let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
+        if !operator_request && kind != "prepare-sim" {
+            // An SP-TSM with an MNO-TSM: the operator's record, as it is now.
+            self.refresh_card(&iccid).await?;
+        }
         let card_row = self.store.card(&iccid).await?;
         if let ControlRequest::PrepareSim { sd_aid, .. } = &req {
             // The MNO-TSM acts on its own operators' SIMs, for the provider on record.

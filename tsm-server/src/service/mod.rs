@@ -16,6 +16,7 @@ mod engine;
 mod operator;
 mod plan;
 mod prepare;
+mod registry;
 mod relay;
 
 pub use prepare::{INITIAL_KVN, MnoLink};

@@ -207,38 +207,21 @@ impl Tsm {
         }
     }
 
-    /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key
-    /// every time: the first call creates the MNO-TSM's operation, the next ones read it).
-    async fn ask_mno(
+    /// SP-TSM: sends `req` to the MNO-TSM, signed, with a fresh message id and nonce; its
+    /// verified answer, or why there is none (`tsm.mno-unreachable` may succeed later).
+    pub(super) async fn send_to_mno(
         &self,
-        op: &OpRow,
-    ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
+        req: &ControlRequest,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<std::result::Result<ControlResponse, ErrorReport>> {
         let Some(mno) = &self.config.mno else {
             return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
-        };
-        let ControlRequest::Issue { applet, .. } = &op.data.request else {
-            return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue")));
-        };
-        let provider = PartyId(op.party.clone());
-        let Some(p) = self.config.providers.get(&provider) else {
-            return Ok(Err(err(
-                Layer::Tsm,
-                "tsm.unknown-provider",
-                "no keys for the provider",
-            )));
-        };
-        let req = ControlRequest::PrepareSim {
-            iccid: op.iccid.clone(),
-            provider,
-            sd_aid: p.sd_aid.clone(),
-            privileges: vec![0x80, 0x40, 0x00],
-            instance: applet.instance.clone(),
         };
         let out = tsm_protocol::control::sign_request(
             &self.config.signer,
             &mno.party,
-            &req,
-            Some(IdempotencyKey(op.id.0)),
+            req,
+            idempotency_key,
             signing::now_ms(),
             120_000,
         )?;
@@ -248,7 +231,7 @@ impl Tsm {
                 "tsm.mno-unreachable",
                 true,
                 format!(
-                    "the operator's TSM at {} cannot be reached ({e}): try the download again later",
+                    "the operator's TSM at {} cannot be reached ({e}): try again later",
                     mno.url
                 ),
             )
@@ -268,20 +251,51 @@ impl Tsm {
             Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
             Err(e) => return Ok(Err(unreachable(e.to_string()))),
         };
-        let answer = match tsm_protocol::control::open_answer(
+        Ok(tsm_protocol::control::open_answer(
             &bytes,
             &out.header,
             &self.config.trust,
             signing::now_ms(),
-        ) {
+        )
+        .map_err(|e| {
+            err(
+                Layer::Protocol,
+                "protocol.mno-answer",
+                format!("the operator's TSM's answer does not verify: {e}"),
+            )
+        }))
+    }
+
+    /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key
+    /// every time: the first call creates the MNO-TSM's operation, the next ones read it).
+    async fn ask_mno(
+        &self,
+        op: &OpRow,
+    ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
+        let ControlRequest::Issue { applet, .. } = &op.data.request else {
+            return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue")));
+        };
+        let provider = PartyId(op.party.clone());
+        let Some(p) = self.config.providers.get(&provider) else {
+            return Ok(Err(err(
+                Layer::Tsm,
+                "tsm.unknown-provider",
+                "no keys for the provider",
+            )));
+        };
+        let req = ControlRequest::PrepareSim {
+            iccid: op.iccid.clone(),
+            provider,
+            sd_aid: p.sd_aid.clone(),
+            privileges: vec![0x80, 0x40, 0x00],
+            instance: applet.instance.clone(),
+        };
+        let answer = match self
+            .send_to_mno(&req, Some(IdempotencyKey(op.id.0)))
+            .await?
+        {
             Ok(a) => a,
-            Err(e) => {
-                return Ok(Err(err(
-                    Layer::Protocol,
-                    "protocol.mno-answer",
-                    format!("the operator's TSM's answer does not verify: {e}"),
-                )));
-            }
+            Err(e) => return Ok(Err(e)),
         };
         match answer {
             ControlResponse::Prepared {
