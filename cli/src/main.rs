@@ -89,9 +89,14 @@ enum Cmd {
     /// The card simulator.
     #[command(subcommand)]
     Sim(SimCmd),
-    /// The trusted service manager: serve it, and the provider's and operator's requests.
-    #[command(subcommand)]
+    /// The trusted service manager (the provider's SP-TSM; alias `sp-tsm`): serve it, and the
+    /// provider's and operator's requests.
+    #[command(subcommand, visible_alias = "sp-tsm")]
     Tsm(tsm::TsmCmd),
+    /// The mobile operator's own TSM (MNO-TSM): the SIMs' issuer-domain keys and registry; it
+    /// prepares SIMs for providers at their SP-TSM's signed request.
+    #[command(subcommand, name = "mno-tsm")]
+    MnoTsm(tsm::mno_tsm::MnoTsmCmd),
     /// The phone app's part: connect a card to the TSM and relay its orders (holds no
     /// secrets).
     Relay(tsm::RelayArgs),
@@ -607,6 +612,8 @@ fn flag_without_effect(cli: &Cli) -> Option<String> {
         Cmd::Broker(broker::BrokerCmd::Login(_)) => ("broker login", true, true),
         Cmd::Broker(broker::BrokerCmd::Serve(_)) => ("broker serve", false, false),
         Cmd::Tsm(tsm::TsmCmd::Serve(_)) => ("tsm serve", false, false),
+        Cmd::MnoTsm(tsm::mno_tsm::MnoTsmCmd::Serve(_)) => ("mno-tsm serve", false, false),
+        Cmd::MnoTsm(_) => ("mno-tsm", false, true),
         Cmd::Sim(SimCmd::Serve(_)) => ("sim serve", false, false),
         Cmd::Sim(SimCmd::RunCap(_)) => ("sim run-cap", true, true),
         Cmd::Readers { .. } => ("readers", false, true),
@@ -705,6 +712,7 @@ fn main() -> ExitCode {
             manufacturer_ca.as_deref(),
         ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
+        Cmd::MnoTsm(t) => tsm::mno_tsm::run(t, cli.json),
         Cmd::Relay(r) => tsm::relay(r, cli.trace, cli.json),
         Cmd::Broker(b) => broker::run(b, cli.trace, cli.json),
         Cmd::Bench {

@@ -80,7 +80,6 @@ fn tsm_secrets_at_rest_are_the_owners_only() {
         "mno.key.pem",
         "state.key",
         "keys/provider.keys",
-        "keys/isd.keys",
     ] {
         assert_eq!(mode(&t.join(f)), 0o600, "{f}");
     }

@@ -297,6 +297,31 @@ pub enum ControlRequest {
         /// ICCID.
         iccid: String,
     },
+    /// SP-TSM to MNO-TSM (seed 004 step ⑭): prepare a SIM for a provider — create the
+    /// provider's security domain with initial keys only the two TSMs know, and load and
+    /// install the JPKI applet into it — in a relay session the MNO-TSM runs itself under the
+    /// SIM's issuer domain keys (⑮). Answered with [`ControlResponse::Prepared`]. The MNO-TSM
+    /// acts only for a provider in its trust list that the asking SP-TSM serves, on a SIM it
+    /// registered whose provider domain (if one is on record) is that provider's.
+    PrepareSim {
+        /// The SIM.
+        iccid: String,
+        /// The provider the domain is for.
+        provider: crate::ids::PartyId,
+        /// The new domain's AID.
+        sd_aid: Vec<u8>,
+        /// Its privileges (Security Domain at least).
+        privileges: Vec<u8>,
+        /// The JPKI applet instance to install into it.
+        instance: Vec<u8>,
+    },
+    /// SP-TSM to MNO-TSM: a SIM as the operator registered it (the SP-TSM keeps a copy of
+    /// the records it needs, refreshed before each use). Answered with
+    /// [`ControlResponse::CardRecord`].
+    CardRecord {
+        /// ICCID.
+        iccid: String,
+    },
 }
 
 impl ControlRequest {
@@ -317,6 +342,8 @@ impl ControlRequest {
             ControlRequest::CheckEligibility { .. } => "check-eligibility",
             ControlRequest::CreateSecurityDomain { .. } => "create-sd",
             ControlRequest::CardCertificate { .. } => "card-certificate",
+            ControlRequest::PrepareSim { .. } => "prepare-sim",
+            ControlRequest::CardRecord { .. } => "card-record",
         }
     }
 
@@ -330,6 +357,7 @@ impl ControlRequest {
                 | ControlRequest::ResetPin { .. }
                 | ControlRequest::WalletUpdate { .. }
                 | ControlRequest::CreateSecurityDomain { .. }
+                | ControlRequest::PrepareSim { .. }
         )
     }
 }
@@ -465,6 +493,70 @@ pub enum ControlResponse {
         /// The certificate (DER).
         certificate: Vec<u8>,
     },
+    /// The MNO-TSM accepted a [`ControlRequest::PrepareSim`] (or, for a repeated idempotency
+    /// key, already has it).
+    Prepared {
+        /// The MNO-TSM's operation.
+        op: OpId,
+        /// Its state.
+        state: OpState,
+        /// The single-use ticket the phone's relay presents at the MNO-TSM (the SP-TSM hands
+        /// it over in a [`crate::relay::ServerMsg::Continue`]); `None` once the operation is
+        /// over.
+        device_ticket: Option<String>,
+        /// The initial keys the new domain gets: the SP-TSM opens the domain with them once
+        /// and replaces them with its own (GP PUT KEY) before writing anything there.
+        initial_keys: InitialKeys,
+        /// When the operation expires (Unix milliseconds).
+        expires_at: u64,
+    },
+    /// A SIM as its operator registered it with the MNO-TSM.
+    CardRecord {
+        /// ICCID.
+        iccid: String,
+        /// Card image number (hex).
+        cin: String,
+        /// The provider domain's AID on it, when the operator named one.
+        sd_aid: Vec<u8>,
+        /// `active`, `lost` or `replaced`.
+        state: String,
+        /// The ICCID that replaced it.
+        replaced_by: Option<String>,
+        /// Free memory on record (bytes).
+        free_memory: u32,
+        /// The operator.
+        operator: crate::ids::PartyId,
+        /// The manufacturer's certificate of its key agreement key (DER).
+        card_certificate: Option<Vec<u8>>,
+    },
+}
+
+/// A security domain's initial SCP03 key set (AES-128), handed from the MNO-TSM to the SP-TSM
+/// in a signed answer. Zeroized on drop; never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitialKeys {
+    /// Key version number.
+    pub kvn: u8,
+    /// K-ENC.
+    pub enc: [u8; 16],
+    /// K-MAC.
+    pub mac: [u8; 16],
+    /// K-DEK.
+    pub dek: [u8; 16],
+}
+
+impl std::fmt::Debug for InitialKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InitialKeys(kvn {:02X}, <redacted>)", self.kvn)
+    }
+}
+
+impl Drop for InitialKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.enc);
+        zeroize::Zeroize::zeroize(&mut self.mac);
+        zeroize::Zeroize::zeroize(&mut self.dek);
+    }
 }
 
 /// What the TSM tells about an operation.

@@ -40,6 +40,21 @@ pub fn jpki_credential(
         jpki::EF_AUTH_PIN,
         &jpki::sealed_item_body(request_id, &credential.sealed_pin),
     ));
+    let mut goals = jpki_applet(instance);
+    goals.push(Goal::Personalize {
+        instance: instance.to_vec(),
+        script,
+        check: Check::KeyProof {
+            key_fid: jpki::EF_AUTH_KEY,
+            certificate: credential.certificate.clone(),
+        },
+    });
+    goals
+}
+
+/// The JPKI applet loaded if absent and its instance installed (no install parameters), in
+/// the domain the session runs on: what the MNO-TSM puts into a provider's new domain.
+pub fn jpki_applet(instance: &[u8]) -> Vec<Goal> {
     vec![
         Goal::LoadFile {
             package: jpki::JPKI_PACKAGE.to_vec(),
@@ -53,14 +68,6 @@ pub fn jpki_credential(
             params: Vec::new(),
             selectable: true,
         }),
-        Goal::Personalize {
-            instance: instance.to_vec(),
-            script,
-            check: Check::KeyProof {
-                key_fid: jpki::EF_AUTH_KEY,
-                certificate: credential.certificate.clone(),
-            },
-        },
     ]
 }
 

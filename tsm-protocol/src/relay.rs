@@ -94,6 +94,17 @@ pub enum ServerMsg {
         /// What to do, in order.
         cmds: Vec<AgentCmd>,
     },
+    /// Seed 004 ⑮: the MNO-TSM prepares the SIM first. The relay opens a session at `url`
+    /// (the MNO-TSM's relay endpoint) with `ticket`, relays it to its end as any other, then
+    /// comes back here with `Hello { resume: Some(session) }` and this session's ticket.
+    Continue {
+        /// This session (resumed afterwards).
+        session: SessionId,
+        /// The MNO-TSM's base URL (`http(s)://host:port`).
+        url: String,
+        /// The single-use ticket for the MNO-TSM.
+        ticket: String,
+    },
     /// The session is over.
     Stop {
         /// The session.

@@ -4,7 +4,7 @@
 //! [`MasterKeys`] source for each key set named in the file, so this crate never links a
 //! PKCS#11 library.
 
-use crate::service::{Config, Operator, Provider, Tsm};
+use crate::service::{Config, Provider, Tsm};
 use card_wire::scp03::{AesKey, CardKeys, Diversification};
 use kagi_serve::files::{self, FileError, rel};
 use serde::Deserialize;
@@ -102,6 +102,8 @@ struct TsmFile {
     provider: Vec<ProviderEntry>,
     #[serde(default)]
     operator: Vec<OperatorEntry>,
+    #[serde(default)]
+    mno_tsm: Option<MnoTsmEntry>,
     /// Timeouts, connection cap, rate limit (see the README's security section).
     #[serde(default)]
     limits: Option<kagi_serve::LimitsFile>,
@@ -126,26 +128,31 @@ struct ProviderEntry {
 struct OperatorEntry {
     party: String,
     public_key: String,
-    /// The operator's issuer-domain master keys (key set name, like a provider's `keys`), for
-    /// the MNO-TSM role: creating providers' domains.
+    /// No longer accepted here (the issuer-domain keys belong to the MNO-TSM, `kagi mno-tsm`):
+    /// present only to refuse an old configuration with a clear message.
     #[serde(default)]
     isd_keys: Option<String>,
-    #[serde(default = "default_isd_kvn")]
-    isd_kvn: String,
-    #[serde(default = "default_isd")]
-    isd: String,
-    #[serde(default = "default_none")]
-    isd_diversification: String,
+    #[serde(default)]
+    isd_kvn: Option<String>,
+    #[serde(default)]
+    isd: Option<String>,
+    #[serde(default)]
+    isd_diversification: Option<String>,
 }
 
-fn default_isd_kvn() -> String {
-    "30".into()
-}
-fn default_isd() -> String {
-    "A000000151000000".into()
-}
-fn default_none() -> String {
-    "none".into()
+/// `[mno_tsm]` of `tsm.toml`: the MNO-TSM that prepares SIMs for this SP-TSM.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MnoTsmEntry {
+    party: String,
+    url: String,
+    public_key: String,
+    /// Where phones reach it (default: `url`).
+    #[serde(default)]
+    relay_url: Option<String>,
+    /// Its HTTPS certificate (or CA), PEM; default: the system's roots.
+    #[serde(default)]
+    tls_ca: Option<String>,
 }
 
 /// What the command line may change over the file.
@@ -232,29 +239,58 @@ pub fn load(
             },
         );
     }
-    let mut operators = BTreeMap::new();
     for o in &f.operator {
         let party = PartyId::new(&o.party)?;
-        trust.add_pem(party.clone(), &files::read_text(&rel(path, &o.public_key))?)?;
-        if let Some(name) = &o.isd_keys {
-            let kvn = hex_byte(path, &format!("operator {}: isd_kvn", o.party), &o.isd_kvn)?;
-            let scheme: Diversification =
-                o.isd_diversification
-                    .parse()
-                    .map_err(|e: String| SetupError::Config {
-                        config: path.to_path_buf(),
-                        message: format!("operator {}: {e}", o.party),
-                    })?;
-            operators.insert(
-                party,
-                Operator {
-                    isd_aid: hex_aid(path, "isd", &o.isd)?,
-                    kvn,
-                    keys: open(name, kvn, scheme)?,
-                },
-            );
+        if o.isd_keys.is_some()
+            || o.isd_kvn.is_some()
+            || o.isd.is_some()
+            || o.isd_diversification.is_some()
+        {
+            return Err(SetupError::Config {
+                config: path.to_path_buf(),
+                message: format!(
+                    "operator {}: the SP-TSM holds no issuer-domain keys any more — they belong to the operator's own MNO-TSM (`kagi mno-tsm init`): remove isd_keys, isd_kvn, isd and isd_diversification from [[operator]] and name the MNO-TSM in a [mno_tsm] section",
+                    o.party
+                ),
+            });
         }
+        trust.add_pem(party.clone(), &files::read_text(&rel(path, &o.public_key))?)?;
     }
+    let mno = match &f.mno_tsm {
+        None => None,
+        Some(m) => {
+            let party = PartyId::new(&m.party)?;
+            trust.add_pem(party.clone(), &files::read_text(&rel(path, &m.public_key))?)?;
+            kagi_serve::tls_provider();
+            let http = match &m.tls_ca {
+                None => reqwest::Client::new(),
+                Some(ca) => {
+                    let pem = files::read_text(&rel(path, ca))?;
+                    let bad = |e: reqwest::Error| SetupError::Config {
+                        config: path.to_path_buf(),
+                        message: format!("[mno_tsm] tls_ca: {e}"),
+                    };
+                    let certs =
+                        reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(bad)?;
+                    reqwest::Client::builder()
+                        .tls_certs_only(certs)
+                        .build()
+                        .map_err(bad)?
+                }
+            };
+            let url = m.url.trim_end_matches('/').to_string();
+            Some(crate::service::MnoLink {
+                party,
+                relay_url: m
+                    .relay_url
+                    .as_deref()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .unwrap_or_else(|| url.clone()),
+                url,
+                http,
+            })
+        }
+    };
     let database = overrides.database.clone().unwrap_or_else(|| {
         if f.database.starts_with("postgres") {
             f.database.clone()
@@ -268,7 +304,9 @@ pub fn load(
             trust,
             policy: Policy::new(me),
             providers,
-            operators,
+            operators: BTreeMap::new(),
+            hosted: BTreeMap::new(),
+            mno,
             state_key: aes_key_file(&rel(path, &f.state_key))?,
             revocation_list: f.revocation_list.as_ref().map(|r| rel(path, r)),
         },
@@ -306,6 +344,9 @@ pub async fn serve(
 }
 
 pub use kagi_serve::files::DevTls;
+
+mod mno;
+pub use mno::{MNO_TSM_PARTY, init_mno, load_mno};
 
 /// Writes a development TSM in `dir`: signing keys for the TSM, a provider (`sp:kagi-bank`) and
 /// an operator (`mno:kagi-mobile`), the state key, development master key files in
@@ -357,13 +398,9 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
         }
     };
     files::write_private(
-        &dir.join("keys/isd.keys"),
-        b"# DEVELOPMENT ONLY: the operator's issuer-domain keys of the simulated SIMs (the GP test key).\nKEY=404142434445464748494A4B4C4D4E4F\n",
-    )?;
-    files::write_private(
         &dir.join("tsm.toml"),
         format!(
-            "# kagi TSM (generated by `kagi tsm init`)\nname = \"tsm:kagi\"\nsigning_key = \"tsm.key.pem\"\nstate_key = \"state.key\"\ndatabase = \"tsm.db\"\nlisten = \"{listen}\"\nrevocation_list = \"revoked.txt\"\n{tls_lines}\n[[provider]]\nparty = \"sp:kagi-bank\"\npublic_key = \"sp.pub.pem\"\nsecurity_domain = \"A00000015153505001\"\nkvn = \"31\"\nkeys = \"provider\"          # DIR/provider.keys with --insecure-file-keys DIR, or HSM label\n\n[[operator]]\nparty = \"mno:kagi-mobile\"\npublic_key = \"mno.pub.pem\"\nisd_keys = \"isd\"              # the MNO-TSM role: the issuer domains' keys (creating providers' domains)\nisd_kvn = \"30\"\n"
+            "# kagi TSM (generated by `kagi tsm init`)\nname = \"tsm:kagi\"\nsigning_key = \"tsm.key.pem\"\nstate_key = \"state.key\"\ndatabase = \"tsm.db\"\nlisten = \"{listen}\"\nrevocation_list = \"revoked.txt\"\n{tls_lines}\n[[provider]]\nparty = \"sp:kagi-bank\"\npublic_key = \"sp.pub.pem\"\nsecurity_domain = \"A00000015153505001\"\nkvn = \"31\"\nkeys = \"provider\"          # DIR/provider.keys with --insecure-file-keys DIR, or HSM label\n\n[[operator]]\nparty = \"mno:kagi-mobile\"\npublic_key = \"mno.pub.pem\"\n"
         )
         .as_bytes(),
     )?;

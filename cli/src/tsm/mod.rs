@@ -5,6 +5,7 @@ use super::common::{LimitArgs, read_secret, runtime, write_private};
 use super::{Failure, print_json};
 
 mod load;
+pub mod mno_tsm;
 mod parties;
 mod serve;
 

@@ -86,6 +86,27 @@ fn response_json(r: &ControlResponse) -> serde_json::Value {
             "device_ticket": device_ticket, "access_code": access_code,
             "expires_at": rfc3339(expires_at / 1000),
         }),
+        // Only an SP-TSM asks for a SIM preparation; never shown with its initial keys.
+        ControlResponse::Prepared {
+            op,
+            state,
+            device_ticket,
+            expires_at,
+            ..
+        } => json!({
+            "answer": "accepted", "op": op.to_hex(), "state": state.name(),
+            "device_ticket": device_ticket, "access_code": null,
+            "expires_at": rfc3339(expires_at / 1000),
+        }),
+        // Only an SP-TSM reads the MNO-TSM's registry; shown as a certificate answer.
+        ControlResponse::CardRecord {
+            iccid,
+            card_certificate,
+            ..
+        } => json!({
+            "answer": "card-certificate", "iccid": iccid,
+            "certificate": hex::encode_upper(card_certificate.as_deref().unwrap_or_default()),
+        }),
         ControlResponse::Operation(v) => json!({
             "answer": "operation", "op": v.op.to_hex(), "operation": v.kind,
             "state": v.state.name(), "steps": v.steps, "receipt": v.receipt.is_some(),

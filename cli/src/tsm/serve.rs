@@ -33,7 +33,7 @@ pub(super) fn init(dir: &Path, listen: &str, tls: bool, json_out: bool) -> Resul
 
 /// The master key sets a server configuration names: from an HSM (`--hsm-module`, production)
 /// or from the development file store (`--insecure-file-keys DIR`, DIR/NAME.keys).
-fn master_keys(
+pub(super) fn master_keys(
     insecure_file_keys: &Option<PathBuf>,
     hsm: &crate::perso::HsmArgs,
 ) -> Result<Box<tsm_server::setup::MasterKeys<'static>>, Failure> {

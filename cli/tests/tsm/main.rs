@@ -15,6 +15,7 @@ mod domains;
 mod flow;
 mod lifecycle;
 mod pg_processes;
+mod two_services;
 
 use card_wire::scp03::AesKey;
 use kagi_fixtures::sim::{PROVIDER_SD, ProvisionedSim, provider_keys, provision};
@@ -113,6 +114,8 @@ impl World {
             policy: Policy::new(self.tsm.party().clone()),
             providers,
             operators,
+            hosted: BTreeMap::new(),
+            mno: None,
             state_key: AesKey::new(&[0x11; 16]).unwrap(),
             revocation_list: Some(self.dir.join("revoked.txt")),
         }

@@ -131,6 +131,15 @@ impl Client {
         })
     }
 
+    /// A client of another server at `base`, with this one's link, trust roots and retry
+    /// policy (the operator's TSM the provider's TSM sends the relay to).
+    pub fn with_base(&self, base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base

@@ -81,10 +81,14 @@ pub async fn run(
         resume: None,
         credentials: opts.credentials.take(),
     };
+    // While the operator's TSM prepares the SIM (a `Continue`): its client, and the provider's
+    // session to resume afterwards.
+    let mut detour: Option<(Client, SessionId)> = None;
     loop {
         let body =
             tsm_protocol::codec::encode(&msg).map_err(|e| RelayError::Protocol(e.to_string()))?;
-        let (answer, ex) = client.post("/v1/relay", &body).await?;
+        let at = detour.as_ref().map(|(c, _)| c).unwrap_or(client);
+        let (answer, ex) = at.post("/v1/relay", &body).await?;
         out.round_trips += 1;
         out.tsm_time += Duration::from_micros(ex.tsm_micros);
         if let Some(c) = opts.capture.as_deref_mut() {
@@ -94,6 +98,53 @@ pub async fn run(
         let reply: ServerMsg = tsm_protocol::codec::decode(&answer)
             .map_err(|e| RelayError::Protocol(e.to_string()))?;
         msg = match reply {
+            ServerMsg::AskCredentials { .. } if detour.is_some() => {
+                return Err(RelayError::Protocol(
+                    "the operator's TSM asked for the access code and password: it never needs them"
+                        .into(),
+                ));
+            }
+            ServerMsg::Continue { .. } if detour.is_some() => {
+                return Err(RelayError::Protocol(
+                    "the operator's TSM sent the relay on to yet another server".into(),
+                ));
+            }
+            ServerMsg::Continue {
+                session,
+                url,
+                ticket,
+            } => {
+                // The provider's TSM hands the card to the operator's TSM for a while: a new
+                // session there, from a clean card state.
+                agent.close(card);
+                agent = Agent::new();
+                detour = Some((client.with_base(&url), session));
+                AgentMsg::Hello {
+                    ticket,
+                    agent: opts.agent.clone(),
+                    resume: None,
+                    credentials: None,
+                }
+            }
+            ServerMsg::Stop {
+                outcome, message, ..
+            } if detour.is_some() => {
+                agent.close(card);
+                agent = Agent::new();
+                let home = detour.take().map(|(_, h)| h);
+                if outcome != StopOutcome::Completed {
+                    out.outcome = outcome;
+                    out.message = format!("the operator's TSM: {message}");
+                    out.elapsed = start.elapsed();
+                    return Ok(out);
+                }
+                AgentMsg::Hello {
+                    ticket: opts.ticket.clone(),
+                    agent: opts.agent.clone(),
+                    resume: home,
+                    credentials: None,
+                }
+            }
             ServerMsg::AskCredentials {
                 session,
                 attempts_left,

@@ -56,6 +56,25 @@ impl Tsm {
             )))
         };
         match (&req, role) {
+            // An SP-TSM asks the MNO-TSM (this one holds issuer-domain keys) to prepare a SIM.
+            (ControlRequest::PrepareSim { .. }, "tsm") if !self.config.operators.is_empty() => {
+                self.create(h, req).await
+            }
+            (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
+                self.card_record(iccid).await
+            }
+            (ControlRequest::CardRecord { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not read the SIM registry here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
+            (ControlRequest::PrepareSim { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not ask for a SIM preparation here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
             (
                 ControlRequest::RegisterCard { .. }
@@ -138,6 +157,7 @@ impl Tsm {
                         format!("this TSM holds no security-domain keys for {party}"),
                     )));
                 }
+                self.refresh_card(&iccid).await?;
                 match self.store.card_certificate(&iccid).await? {
                     Some(certificate) => {
                         Ok(ControlResponse::CardCertificate { iccid, certificate })
@@ -203,6 +223,10 @@ impl Tsm {
             tsm_protocol::codec::decode::<Secrets>(&p).ok()
         });
         let live = !existing.state.is_final();
+        if existing.kind == "prepare-sim" {
+            let ticket = secrets.as_ref().filter(|_| live).map(|s| s.ticket.clone());
+            return Ok(self.prepared(&existing.id, existing.state, ticket, existing.expires_at));
+        }
         Ok(ControlResponse::Accepted {
             op: existing.id,
             state: existing.state,

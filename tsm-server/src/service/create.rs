@@ -50,6 +50,12 @@ impl Tsm {
             )));
         };
         let provider = match &req {
+            ControlRequest::PrepareSim { .. } => {
+                if let Some(e) = self.prepare_refusal(party, &req) {
+                    return Ok(ControlResponse::Rejected(e));
+                }
+                None
+            }
             ControlRequest::CreateSecurityDomain { provider, .. } => {
                 if !self.config.operators.contains_key(party) {
                     return reject(
@@ -57,11 +63,13 @@ impl Tsm {
                         format!("this TSM holds no issuer-domain keys of {party}"),
                     );
                 }
-                provider.clone()
+                Some(provider.clone())
             }
-            _ => party.clone(),
+            _ => Some(party.clone()),
         };
-        if !self.config.providers.contains_key(&provider) {
+        if let Some(provider) = provider
+            && !self.config.providers.contains_key(&provider)
+        {
             return reject(
                 "business.unknown-provider",
                 format!("this TSM holds no security-domain keys for {provider}"),
@@ -97,7 +105,7 @@ impl Tsm {
                 (
                     "issue",
                     card.iccid.clone(),
-                    access.clone(),
+                    Some(access.clone()),
                     Some((
                         serial,
                         not_after,
@@ -133,7 +141,7 @@ impl Tsm {
                 (
                     "transfer",
                     card.iccid.clone(),
-                    access.clone(),
+                    Some(access.clone()),
                     Some((
                         serial,
                         not_after,
@@ -156,7 +164,13 @@ impl Tsm {
                         format!("credential {credential} is {}", c.state),
                     );
                 }
-                ("reset-pin", c.iccid.clone(), access.clone(), None, None)
+                (
+                    "reset-pin",
+                    c.iccid.clone(),
+                    Some(access.clone()),
+                    None,
+                    None,
+                )
             }
             ControlRequest::CreateSecurityDomain {
                 iccid,
@@ -170,7 +184,18 @@ impl Tsm {
                         "a security domain needs the Security Domain privilege (80)".into(),
                     );
                 }
-                ("create-sd", iccid.clone(), access.clone(), None, None)
+                ("create-sd", iccid.clone(), Some(access.clone()), None, None)
+            }
+            ControlRequest::PrepareSim {
+                iccid, privileges, ..
+            } => {
+                if privileges.first().is_none_or(|p| p & 0x80 == 0) {
+                    return reject(
+                        "business.bad-privileges",
+                        "a security domain needs the Security Domain privilege (80)".into(),
+                    );
+                }
+                ("prepare-sim", iccid.clone(), None, None, None)
             }
             ControlRequest::WalletUpdate {
                 card,
@@ -184,28 +209,67 @@ impl Tsm {
                 (
                     "wallet-update",
                     card.iccid.clone(),
-                    access.clone(),
+                    Some(access.clone()),
                     None,
                     None,
                 )
             }
             _ => return reject("protocol.unsupported", "not an operation".into()),
         };
-        if access.max_attempts == 0 || access.max_attempts > 10 {
-            return reject(
-                "business.weak-access",
-                "the access grant needs 1 to 10 attempts".into(),
-            );
+        if let Some(access) = &access {
+            if access.max_attempts == 0 || access.max_attempts > 10 {
+                return reject(
+                    "business.weak-access",
+                    "the access grant needs 1 to 10 attempts".into(),
+                );
+            }
+            if let Err(e) = access.password.accept(&self.password_policy) {
+                return reject(
+                    "business.weak-verifier",
+                    format!("the access grant's password verifier is refused: {e}"),
+                );
+            }
         }
-        if let Err(e) = access.password.accept(&self.password_policy) {
-            return reject(
-                "business.weak-verifier",
-                format!("the access grant's password verifier is refused: {e}"),
-            );
-        }
-        let valid_for = access.valid_for_ms.clamp(60_000, 7 * 86_400_000) as i64;
+        // A SIM preparation runs within the SP-TSM's download: half an hour.
+        let valid_for = access
+            .as_ref()
+            .map_or(1_800_000, |a| a.valid_for_ms)
+            .clamp(60_000, 7 * 86_400_000) as i64;
         let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
-        match self.store.card(&iccid).await? {
+        if !operator_request && kind != "prepare-sim" {
+            // An SP-TSM with an MNO-TSM: the operator's record, as it is now.
+            self.refresh_card(&iccid).await?;
+        }
+        let card_row = self.store.card(&iccid).await?;
+        if let ControlRequest::PrepareSim { sd_aid, .. } = &req {
+            // The MNO-TSM acts on its own operators' SIMs, for the provider on record.
+            match &card_row {
+                Some(c)
+                    if self
+                        .config
+                        .operators
+                        .contains_key(&tsm_protocol::PartyId(c.mno.clone())) =>
+                {
+                    if !c.sd_aid.is_empty() && &c.sd_aid != sd_aid {
+                        return reject(
+                            "business.not-the-sims-provider",
+                            format!(
+                                "SIM {iccid} is registered for the provider domain {}, not {}",
+                                hex::encode_upper(&c.sd_aid),
+                                hex::encode_upper(sd_aid)
+                            ),
+                        );
+                    }
+                }
+                _ => {
+                    return reject(
+                        "business.unknown-card",
+                        format!("SIM {iccid} is not registered with this MNO-TSM"),
+                    );
+                }
+            }
+        }
+        match card_row {
             // An operator acts on its own SIMs only; another operator's is as unknown.
             Some(c) if operator_request && c.mno != party.0 => {
                 return Ok(unknown_card(&iccid, party));
@@ -274,7 +338,7 @@ impl Tsm {
                 request: req,
                 request_id: (h.msg_id, h.nonce),
                 code_hash: access::code_hash(&id, &code),
-                attempts_left: access.max_attempts,
+                attempts_left: access.as_ref().map_or(0, |a| a.max_attempts),
                 steps: Vec::new(),
                 receipt: None,
                 error: None,
@@ -324,6 +388,10 @@ impl Tsm {
             r => r?,
         };
         match created {
+            Created::New if kind == "prepare-sim" => {
+                tracing::info!(op = %id, kind, iccid = %iccid, "SIM preparation accepted");
+                Ok(self.prepared(&id, op.state, Some(ticket.to_string()), op.expires_at))
+            }
             Created::New => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "operation accepted");
                 Ok(ControlResponse::Accepted {

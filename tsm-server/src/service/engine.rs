@@ -100,7 +100,9 @@ impl Tsm {
                     .insert(session, running);
                 Ok(order)
             }
-            Next::Done(_) if op.kind == "create-sd" && op.data.phase == 0 => {
+            Next::Done(_)
+                if (op.kind == "create-sd" || op.kind == "prepare-sim") && op.data.phase == 0 =>
+            {
                 // The domain exists: now its keys, in a session of its own.
                 op.data.phase = 1;
                 batch.push(Store::audit(&op.id, t, "tsm", "domain-installed", ""));

@@ -15,7 +15,11 @@ mod create;
 mod engine;
 mod operator;
 mod plan;
+mod prepare;
+mod registry;
 mod relay;
+
+pub use prepare::{INITIAL_KVN, MnoLink};
 
 use crate::store::ops::OpRow;
 use crate::store::{Store, StoreError};
@@ -41,6 +45,15 @@ pub struct Provider {
     pub keys: Arc<dyn CardKeys>,
 }
 
+/// A provider an MNO-TSM prepares SIMs for (its trust list): the domain's AID, and the SP-TSM
+/// that may ask for it.
+pub struct Hosted {
+    /// The provider's security domain AID.
+    pub sd_aid: Vec<u8>,
+    /// The SP-TSM acting for the provider (its requests are signed with a key in the trust).
+    pub sp_tsm: PartyId,
+}
+
 /// A mobile operator whose issuer security domains the TSM may open (its MNO-TSM role).
 pub struct Operator {
     /// The issuer domain's AID.
@@ -61,8 +74,14 @@ pub struct Config {
     pub policy: Policy,
     /// The providers, by party.
     pub providers: BTreeMap<PartyId, Provider>,
-    /// The operators whose issuer domains this TSM opens (to create providers' domains).
+    /// The operators whose issuer domains this TSM opens (to create providers' domains):
+    /// filled on an MNO-TSM only (`kagi mno-tsm`); an SP-TSM holds no issuer-domain key.
     pub operators: BTreeMap<PartyId, Operator>,
+    /// On an MNO-TSM: the providers it prepares SIMs for, by party.
+    pub hosted: BTreeMap<PartyId, Hosted>,
+    /// On an SP-TSM: the MNO-TSM that prepares SIMs (seed 004 ⑭⑮); `None` when the
+    /// providers' domains and applets are already on the SIMs.
+    pub mno: Option<MnoLink>,
     /// Seals the access codes and tickets kept for idempotent answers.
     pub state_key: AesKey,
     /// Where to write the revocation list (one serial per line) after every revocation.

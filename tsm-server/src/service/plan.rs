@@ -24,6 +24,9 @@ impl Tsm {
         if let ControlRequest::CreateSecurityDomain { .. } = &op.data.request {
             return self.domain_plan(op).await;
         }
+        if let ControlRequest::PrepareSim { .. } = &op.data.request {
+            return self.prepare_plan(op).await;
+        }
         let party = PartyId(op.party.clone());
         let Some(p) = self.config.providers.get(&party) else {
             return Ok(Err(err(
@@ -124,23 +127,30 @@ impl Tsm {
                 deletions.push(c.op_id);
             }
         }
-        Ok(Ok((
-            Plan {
-                op: op.id,
-                sd_aid: if card.sd_aid.is_empty() {
-                    p.sd_aid.clone()
-                } else {
-                    card.sd_aid.clone()
-                },
-                kvn: p.kvn,
-                expected_cin: card.cin.clone(),
-                goals,
-                new_keys: None,
-                fallback: None,
+        let plan = Plan {
+            op: op.id,
+            sd_aid: if card.sd_aid.is_empty() {
+                p.sd_aid.clone()
+            } else {
+                card.sd_aid.clone()
             },
-            p.keys.clone(),
-            deletions,
-        )))
+            kvn: p.kvn,
+            expected_cin: card.cin.clone(),
+            goals,
+            new_keys: None,
+            fallback: None,
+        };
+        if self.needs_mno(op) && op.data.phase >= 1 {
+            let provider = tsm_protocol::script::KeySet {
+                source: p.keys.clone(),
+                kvn: p.kvn,
+            };
+            return Ok(match self.after_mno(op, plan, provider).await? {
+                Ok((plan, keys)) => Ok((plan, keys, deletions)),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(Ok((plan, p.keys.clone(), deletions)))
     }
 
     /// Creating a provider's domain (the MNO-TSM's part): phase 0 installs it through the

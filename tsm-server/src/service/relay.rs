@@ -136,6 +136,13 @@ impl Tsm {
             // A new secure session continues from a probe; order numbers go on.
             return self.start_engine(op, session, last_seq, batch).await;
         }
+        if op.kind == "prepare-sim" {
+            // The MNO-TSM's part of a download: the ticket alone opens it (it reached the
+            // phone only through the SP-TSM, which checked the user's entries).
+            op.state = OpState::Running;
+            batch.push(Store::audit(&op.id, t, "relay", "authorised", "ticket"));
+            return self.start_engine(op, session, last_seq, batch).await;
+        }
         match credentials {
             Some(c) if op.state == OpState::DeviceBound => {
                 self.check_credentials(op, session, c, batch).await
@@ -307,6 +314,9 @@ impl Tsm {
         op.state = OpState::Running;
         op.updated_at = t;
         batch.push(Store::audit(&op.id, t, "relay", "authorised", ""));
+        if self.needs_mno(&op) && op.data.phase == 0 {
+            return self.continue_at_mno(op, session, batch).await;
+        }
         self.start_engine(op, session, 0, batch).await
     }
 }

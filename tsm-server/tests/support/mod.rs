@@ -281,6 +281,8 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
         policy: Policy::new(party("tsm:kagi")),
         providers,
         operators,
+        hosted: BTreeMap::new(),
+        mno: None,
         state_key: AesKey::new(&[0x11; 16]).unwrap(),
         revocation_list: None,
     }

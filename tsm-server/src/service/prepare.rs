@@ -1,0 +1,414 @@
+//! The two TSMs of seed 004 talking to each other (⑭⑮).
+//!
+//! On the **MNO-TSM** (it holds the SIMs' issuer-domain keys): a signed
+//! [`ControlRequest::PrepareSim`] from an SP-TSM becomes an operation of kind `prepare-sim`
+//! whose relay session, opened with the ticket alone (it reached the phone only through the
+//! SP-TSM, which checked the user's access code and password), installs the provider's
+//! domain through the issuer domain (phase 0), then in a session on the new domain loads and
+//! installs the JPKI applet into it and replaces the domain's inherited issuer keys by
+//! **initial keys** made for this operation (phase 1). The initial keys are derived from the
+//! MNO-TSM's state key and the operation id (NIST SP 800-108 CMAC KDF, as SCP03's `kdf3`), so
+//! nothing about them is stored; they go to the SP-TSM in the signed answer.
+//!
+//! On the **SP-TSM** (it holds the providers' domain keys only): after the user's access code
+//! and password (⑬) an issue asks the MNO-TSM to prepare the SIM (a fresh signed request; the
+//! SP-TSM's operation id is the idempotency key) and answers the relay with
+//! [`ServerMsg::Continue`]: the relay runs the MNO-TSM's session with its ticket, then resumes
+//! here. The SP-TSM's own session then opens the domain with the initial keys, replaces them
+//! with the provider's (GP PUT KEY) before anything else, and writes the credential (⑱): from
+//! then on the operator's keys open nothing in the provider's domain.
+
+use crate::store::Stmt;
+use crate::store::ops::OpRow;
+use card_wire::scp03::keys::{KeyPurpose, kdf3};
+use card_wire::scp03::{AesKey, CardKeys, Scp03Error, StaticKeys};
+use std::sync::Arc;
+use tsm_protocol::control::{ControlRequest, ControlResponse, InitialKeys, OpState};
+use tsm_protocol::recipes;
+use tsm_protocol::relay::{ServerMsg, StopOutcome};
+use tsm_protocol::script::{Goal, KeySet, Plan};
+use tsm_protocol::signing;
+use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, SessionId};
+
+use super::{Result, Tsm, encode, err, now};
+use crate::store::Store;
+
+/// The key version of a new provider domain's initial keys.
+pub const INITIAL_KVN: u8 = 0x20;
+
+/// The MNO-TSM an SP-TSM asks to prepare SIMs.
+pub struct MnoLink {
+    /// Its party (its answers are signed with a key in the trust).
+    pub party: PartyId,
+    /// Its control API's base URL (`http(s)://host:port`).
+    pub url: String,
+    /// The base URL the phone's relay reaches it at (often the same).
+    pub relay_url: String,
+    /// The HTTP client (trusting its TLS certificate).
+    pub http: reqwest::Client,
+}
+
+impl MnoLink {
+    /// A link to the MNO-TSM `party` at `url` (phones reach it there too), trusting the
+    /// system's TLS roots.
+    pub fn new(party: PartyId, url: &str) -> MnoLink {
+        kagi_serve::tls_provider();
+        let url = url.trim_end_matches('/').to_string();
+        MnoLink {
+            party,
+            relay_url: url.clone(),
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// One fixed key set, whatever the card (a domain's initial keys).
+struct Fixed(StaticKeys);
+
+impl CardKeys for Fixed {
+    fn for_card(&self, _kdd: &[u8; 10]) -> std::result::Result<StaticKeys, Scp03Error> {
+        Ok(self.0.clone())
+    }
+}
+
+fn static_keys(k: &InitialKeys) -> std::result::Result<StaticKeys, String> {
+    let aes = |b: &[u8; 16]| AesKey::new(b).map_err(|e| e.to_string());
+    StaticKeys::new(k.kvn, aes(&k.enc)?, aes(&k.mac)?, aes(&k.dek)?).map_err(|e| e.to_string())
+}
+
+type PlanResult = std::result::Result<(Plan, Arc<dyn CardKeys>, Vec<OpId>), ErrorReport>;
+
+impl Tsm {
+    /// The initial keys of the domain a `prepare-sim` operation creates.
+    pub(super) fn initial_keys(&self, op: &OpId) -> InitialKeys {
+        let mut kdd = [0u8; 10];
+        kdd.copy_from_slice(&op.0[..10]);
+        let part = |p: KeyPurpose| {
+            let k = kdf3(&self.config.state_key, p, &kdd);
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&k.as_bytes()[..16]);
+            b
+        };
+        InitialKeys {
+            kvn: INITIAL_KVN,
+            enc: part(KeyPurpose::Enc),
+            mac: part(KeyPurpose::Mac),
+            dek: part(KeyPurpose::Dek),
+        }
+    }
+
+    /// The MNO-TSM's refusal of a `PrepareSim` it must not act on, or `None`.
+    pub(super) fn prepare_refusal(
+        &self,
+        sender: &PartyId,
+        req: &ControlRequest,
+    ) -> Option<ErrorReport> {
+        let ControlRequest::PrepareSim {
+            provider, sd_aid, ..
+        } = req
+        else {
+            return None;
+        };
+        match self.config.hosted.get(provider) {
+            None => Some(err(
+                Layer::Business,
+                "business.unknown-provider",
+                format!(
+                    "this MNO-TSM prepares no SIMs for {provider}: its operator must add the provider to its trust list"
+                ),
+            )),
+            Some(h) if &h.sp_tsm != sender => Some(err(
+                Layer::Business,
+                "business.not-your-provider",
+                format!("{sender} does not act for {provider}"),
+            )),
+            Some(h) if &h.sd_aid != sd_aid => Some(err(
+                Layer::Business,
+                "business.wrong-domain",
+                format!(
+                    "{provider}'s domain is {}, not {}",
+                    hex::encode_upper(&h.sd_aid),
+                    hex::encode_upper(sd_aid)
+                ),
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// The MNO-TSM's plan of a `prepare-sim` operation.
+    pub(super) async fn prepare_plan(&self, op: &OpRow) -> Result<PlanResult> {
+        let ControlRequest::PrepareSim {
+            sd_aid,
+            privileges,
+            instance,
+            ..
+        } = &op.data.request
+        else {
+            return Ok(Err(err(Layer::Tsm, "tsm.script", "not a SIM preparation")));
+        };
+        let Some(card) = self.store.card(&op.iccid).await? else {
+            return Ok(Err(err(
+                Layer::Business,
+                "business.unknown-card",
+                "the SIM is not registered",
+            )));
+        };
+        let Some(mno) = self.config.operators.get(&PartyId(card.mno.clone())) else {
+            return Ok(Err(err(
+                Layer::Tsm,
+                "tsm.keys",
+                "no issuer-domain keys of the SIM's operator",
+            )));
+        };
+        let initial = match static_keys(&self.initial_keys(&op.id)) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(err(Layer::Tsm, "tsm.keys", e))),
+        };
+        let initial = KeySet {
+            source: Arc::new(Fixed(initial)),
+            kvn: INITIAL_KVN,
+        };
+        let mut plan = Plan {
+            op: op.id,
+            sd_aid: mno.isd_aid.clone(),
+            kvn: mno.kvn,
+            expected_cin: card.cin.clone(),
+            goals: vec![recipes::provider_domain(sd_aid, privileges)],
+            new_keys: None,
+            fallback: None,
+        };
+        if op.data.phase >= 1 {
+            // On the new domain, opened with the issuer keys it inherited: the applet into it,
+            // then the inherited keys replaced by the initial ones.
+            plan.sd_aid = sd_aid.clone();
+            plan.goals = recipes::jpki_applet(instance);
+            plan.goals.push(Goal::ReplaceKeys { replace: mno.kvn });
+            plan.new_keys = Some(initial.clone());
+            plan.fallback = Some(initial);
+        }
+        Ok(Ok((plan, mno.keys.clone(), Vec::new())))
+    }
+
+    /// The MNO-TSM's answer to an accepted (or repeated) `PrepareSim`.
+    pub(super) fn prepared(
+        &self,
+        op: &OpId,
+        state: OpState,
+        ticket: Option<String>,
+        expires_at: i64,
+    ) -> ControlResponse {
+        ControlResponse::Prepared {
+            op: *op,
+            state,
+            device_ticket: ticket,
+            initial_keys: self.initial_keys(op),
+            expires_at: expires_at as u64,
+        }
+    }
+
+    /// SP-TSM: sends `req` to the MNO-TSM, signed, with a fresh message id and nonce; its
+    /// verified answer, or why there is none (`tsm.mno-unreachable` may succeed later).
+    pub(super) async fn send_to_mno(
+        &self,
+        req: &ControlRequest,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<std::result::Result<ControlResponse, ErrorReport>> {
+        let Some(mno) = &self.config.mno else {
+            return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
+        };
+        let out = tsm_protocol::control::sign_request(
+            &self.config.signer,
+            &mno.party,
+            req,
+            idempotency_key,
+            signing::now_ms(),
+            120_000,
+        )?;
+        let unreachable = |e: String| {
+            ErrorReport::new(
+                Layer::Tsm,
+                "tsm.mno-unreachable",
+                true,
+                format!(
+                    "the operator's TSM at {} cannot be reached ({e}): try again later",
+                    mno.url
+                ),
+            )
+        };
+        let sent = mno
+            .http
+            .post(format!("{}/v1/control", mno.url))
+            .header("content-type", "application/octet-stream")
+            .body(out.bytes.clone())
+            .send()
+            .await;
+        let bytes = match sent {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(unreachable(e.to_string()))),
+            },
+            Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
+            Err(e) => return Ok(Err(unreachable(e.to_string()))),
+        };
+        Ok(tsm_protocol::control::open_answer(
+            &bytes,
+            &out.header,
+            &self.config.trust,
+            signing::now_ms(),
+        )
+        .map_err(|e| {
+            err(
+                Layer::Protocol,
+                "protocol.mno-answer",
+                format!("the operator's TSM's answer does not verify: {e}"),
+            )
+        }))
+    }
+
+    /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key
+    /// every time: the first call creates the MNO-TSM's operation, the next ones read it).
+    async fn ask_mno(
+        &self,
+        op: &OpRow,
+    ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
+        let ControlRequest::Issue { applet, .. } = &op.data.request else {
+            return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue")));
+        };
+        let provider = PartyId(op.party.clone());
+        let Some(p) = self.config.providers.get(&provider) else {
+            return Ok(Err(err(
+                Layer::Tsm,
+                "tsm.unknown-provider",
+                "no keys for the provider",
+            )));
+        };
+        let req = ControlRequest::PrepareSim {
+            iccid: op.iccid.clone(),
+            provider,
+            sd_aid: p.sd_aid.clone(),
+            privileges: vec![0x80, 0x40, 0x00],
+            instance: applet.instance.clone(),
+        };
+        let answer = match self
+            .send_to_mno(&req, Some(IdempotencyKey(op.id.0)))
+            .await?
+        {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        match answer {
+            ControlResponse::Prepared {
+                state,
+                device_ticket,
+                initial_keys,
+                ..
+            } => Ok(Ok((state, device_ticket, initial_keys))),
+            ControlResponse::Rejected(e) => {
+                tracing::warn!(op = %op.id, code = %e.code, "the MNO-TSM refused to prepare the SIM");
+                Ok(Err(e))
+            }
+            other => Ok(Err(err(
+                Layer::Protocol,
+                "protocol.mno-answer",
+                format!("the operator's TSM answered {other:?} to a SIM preparation"),
+            ))),
+        }
+    }
+
+    /// Whether an operation first needs the MNO-TSM (an issue on an SP-TSM with one).
+    pub(super) fn needs_mno(&self, op: &OpRow) -> bool {
+        self.config.mno.is_some() && op.kind == "issue"
+    }
+
+    /// SP-TSM, after the user's entries were right: the relay goes to the MNO-TSM first.
+    pub(super) async fn continue_at_mno(
+        &self,
+        mut op: OpRow,
+        session: SessionId,
+        mut batch: Vec<Stmt>,
+    ) -> Result<ServerMsg> {
+        let t = now();
+        let (url, asked) = match &self.config.mno {
+            Some(m) => (m.relay_url.clone(), self.ask_mno(&op).await?),
+            None => return self.start_engine(op, session, 0, batch).await,
+        };
+        let reply = match asked {
+            Ok((_, Some(ticket), _)) => {
+                op.data.phase = 1;
+                batch.push(Store::audit(&op.id, t, "tsm", "sent-to-mno", &url));
+                ServerMsg::Continue {
+                    session,
+                    url,
+                    ticket,
+                }
+            }
+            Ok((state, None, _)) => {
+                // The MNO-TSM's operation is over already (a repeat): go on here.
+                if state == OpState::Completed {
+                    op.data.phase = 1;
+                    return self.start_engine(op, session, 0, batch).await;
+                }
+                let e = err(
+                    Layer::Business,
+                    "business.mno-not-prepared",
+                    format!(
+                        "the operator's TSM could not prepare the SIM (its operation is {})",
+                        state.name()
+                    ),
+                );
+                return self.finish_failed(op, session, e, batch).await;
+            }
+            Err(e) if e.code == "tsm.mno-unreachable" => {
+                op.state = OpState::Interrupted;
+                batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
+                Self::stop(session, StopOutcome::Interrupted, e.detail.clone())
+            }
+            Err(e) => return self.finish_failed(op, session, e, batch).await,
+        };
+        op.updated_at = t;
+        batch.push(Store::put_session(
+            &session.to_hex(),
+            &op.id,
+            0,
+            encode(&reply)?,
+            t,
+        ));
+        self.store.save_op(&op, batch).await?;
+        Ok(reply)
+    }
+
+    /// SP-TSM: the issue's plan after the MNO-TSM prepared the SIM: the domain opened with
+    /// its initial keys, which are replaced by the provider's before anything is written.
+    pub(super) async fn after_mno(
+        &self,
+        op: &OpRow,
+        mut plan: Plan,
+        provider: KeySet,
+    ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>), ErrorReport>> {
+        let keys = match self.ask_mno(op).await? {
+            Ok((OpState::Completed, _, k)) => k,
+            Ok((state, _, _)) => {
+                return Ok(Err(err(
+                    Layer::Business,
+                    "business.mno-not-prepared",
+                    format!(
+                        "the operator's TSM has not prepared the SIM (its operation is {}): run the download again",
+                        state.name()
+                    ),
+                )));
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        let initial = match static_keys(&keys) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(err(Layer::Tsm, "tsm.keys", e))),
+        };
+        plan.goals
+            .insert(0, Goal::ReplaceKeys { replace: keys.kvn });
+        plan.kvn = keys.kvn;
+        plan.new_keys = Some(provider.clone());
+        plan.fallback = Some(provider);
+        Ok(Ok((plan, Arc::new(Fixed(initial)))))
+    }
+}
