@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use test_pki::TestCa;
 use zeroize::Zeroizing;
 
+mod admin_idem;
 mod back_channel;
 mod hsm;
 mod http_backoff;
