@@ -193,7 +193,7 @@ proptest! {
 
     #[test]
     fn endpoints_refuse_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-        for path in ["/v1/holder/login", "/v1/holder/login-password", "/v1/holder/act"] {
+        for path in ["/v1/holder/login", "/v1/holder/login-password", "/v1/holder/act", "/v1/service/redeem"] {
             let (s, body) = call("POST", path, b.clone(), None);
             prop_assert!(is_refusal(s, &body), "{path}: {s} {}", String::from_utf8_lossy(&body));
         }
