@@ -115,6 +115,15 @@ impl Broker {
                     None => None,
                 };
                 let keep = h.expires_at.saturating_add(self.config.policy.max_skew_ms) as i64;
+                // A request with an idempotency key is carried out at most once by its key
+                // (the same bytes again after a failure that kept no answer are carried out
+                // then); the others at most once by their message id.
+                let replayed = idem.is_none()
+                    && !self
+                        .shards
+                        .first()
+                        .first_seen(&h.sender.0, &h.msg_id.to_hex(), keep)
+                        .await?;
                 if let Some(a) = stored {
                     // A retry of a request already carried out: its first answer, nothing done.
                     a
@@ -125,12 +134,7 @@ impl Broker {
                         code: "admin.idempotency-key-missing".into(),
                         detail: "a key rotation needs an idempotency key (send the same key again to retry it safely)".into(),
                     }
-                } else if !self
-                    .shards
-                    .first()
-                    .first_seen(&h.sender.0, &h.msg_id.to_hex(), keep)
-                    .await?
-                {
+                } else if replayed {
                     AdminResponse::Rejected {
                         code: "protocol.replayed".into(),
                         detail: "this request was already received".into(),
