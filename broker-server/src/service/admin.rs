@@ -20,6 +20,7 @@ pub const IDEM_KEEP_MS: i64 = 86_400_000;
 /// Where and under which key a request's answer is kept for retries.
 pub(super) struct Idem<'a> {
     shard: &'a Shard,
+    index: usize,
     sender: String,
     key: String,
     request_hash: Vec<u8>,
@@ -509,6 +510,7 @@ impl Broker {
         };
         Ok(Some(Idem {
             shard: self.shards.of(card),
+            index: self.shards.index_of(card),
             sender: h.sender.0.clone(),
             key: key.to_hex(),
             request_hash: Sha256::digest(kagi_signed::codec::encode(req)?).to_vec(),
@@ -548,14 +550,23 @@ impl Broker {
     /// The answer kept for this idempotency key: the first answer for the same request, a
     /// refusal for another request under the same key, `None` if the key is new.
     async fn stored_answer(&self, i: &Idem<'_>) -> Result<Option<AdminResponse>> {
+        let conflict = || AdminResponse::Rejected {
+            code: "admin.idempotency-conflict".into(),
+            detail:
+                "this idempotency key was used for another request: use a new key for a new request"
+                    .into(),
+        };
         let Some(row) = i.shard.idem(&i.sender, &i.key).await? else {
+            // The key kept on another shard: it was used for another card's request.
+            for (n, s) in self.shards.all().iter().enumerate() {
+                if n != i.index && s.idem(&i.sender, &i.key).await?.is_some() {
+                    return Ok(Some(conflict()));
+                }
+            }
             return Ok(None);
         };
         if row.request_hash != i.request_hash {
-            return Ok(Some(AdminResponse::Rejected {
-                code: "admin.idempotency-conflict".into(),
-                detail: "this idempotency key was used for another request: use a new key for a new request".into(),
-            }));
+            return Ok(Some(conflict()));
         }
         let plain = self
             .config

@@ -144,6 +144,45 @@ async fn scenario(w: &World) {
     assert_eq!(version(&r), 4);
 }
 
+/// Two shards: the key of one card's rotation, used again for a card on the other shard, is
+/// refused as a conflict there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_one_request_across_shards() {
+    let w = World::new("idem-shards", 2);
+    let b = w.broker().await;
+    // Two cards on different shards.
+    let ids: Vec<String> = (0..64).map(|i| format!("IDEM-SHARD-{i}")).collect();
+    let first = ids[0].clone();
+    let second = ids
+        .iter()
+        .find(|c| b.shards().index_of(c) != b.shards().index_of(&first))
+        .unwrap()
+        .clone();
+    for (n, id) in [&first, &second].into_iter().enumerate() {
+        let card = w.card(id, 60 + n as u32);
+        w.admin(
+            &b,
+            AdminRequest::EnrolCard {
+                card: card.id.clone(),
+                holder: format!("h-{n}"),
+                password: None,
+            },
+        )
+        .await;
+        setup_services(&w, &b, &card).await;
+    }
+    let k = IdempotencyKey::random().unwrap();
+    let r = w.admin_with(&b, &rotate(&first, "svc-mac"), Some(k)).await;
+    assert_eq!(version(&r), 2);
+    let r = w.admin_with(&b, &rotate(&second, "svc-mac"), Some(k)).await;
+    assert!(
+        matches!(&r, AdminResponse::Rejected { code, .. } if code == "admin.idempotency-conflict"),
+        "{r:?}"
+    );
+    assert_eq!(rotations(&w, &b, &second).await, 0);
+    std::fs::remove_dir_all(&w.dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_rotation_sqlite() {
     let w = World::new("idem", 1);
