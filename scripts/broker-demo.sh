@@ -3,8 +3,9 @@
 # SQLite with its key-encryption key in a private SoftHSM2 token; the example service
 # registered; a simulated JPKI card enrolled (its authentication certificate only — nothing
 # is written to the card); the holder logs in with the card (PIN) and the example service
-# accepts the broker's assertion; the card is revoked at the broker and the next login is
-# refused. Exits non-zero on any failure. Stops only the processes it started.
+# accepts the broker's assertion; a second service in back-channel mode gets only a one-time
+# code through the holder's client and redeems it at the broker itself; the card is revoked
+# at the broker and the next login is refused. Exits non-zero on any failure. Stops only the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -65,6 +66,23 @@ echo "== the holder logs in with the card; the service accepts the broker's asse
 echo 1234 >"$work/pin.txt"
 "$K" broker login --broker "$url" --service svc-example --service-url "http://127.0.0.1:$sport" \
     --consent "${CARD[@]}" --pin-file "$work/pin.txt"
+
+echo "== back channel: a second service takes only a one-time code and redeems it itself"
+cport=$(free_port)
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/svc-code.key.pem" 2>/dev/null
+openssl pkey -in "$work/svc-code.key.pem" -pubout -out "$work/svc-code.pub.pem"
+"${A[@]}" register-service --id svc-code --method assertion --min-assurance card
+"${A[@]}" back-channel --service svc-code --mode code --service-key "$work/svc-code.pub.pem" --code-secs 60
+"${A[@]}" enrol --card "$card" --service svc-code
+"$SERVICE" --broker "$url" --service svc-code --service-key "$work/svc-code.key.pem" \
+    --listen "127.0.0.1:$cport" 2>"$work/service-code.log" &
+pids+=($!)
+wait_port "$cport"
+"$K" --json broker login --broker "$url" --service svc-code --service-url "http://127.0.0.1:$cport" \
+    --consent "${CARD[@]}" --pin-file "$work/pin.txt" >"$work/code-login.json"
+jq -e '.code != null and .assertion == null and .service_answer.welcome != null' "$work/code-login.json" >/dev/null \
+    || { cat "$work/code-login.json" >&2; exit 1; }
+echo "   the holder's client got only a code; svc-code redeemed it: $(jq -c .service_answer "$work/code-login.json")"
 
 echo "== the card is revoked at the broker; the next login is refused"
 "${A[@]}" revoke --card "$card"

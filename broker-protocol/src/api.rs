@@ -133,6 +133,59 @@ pub struct ActResult {
     pub signature: Option<String>,
     /// The signed assertion (compact JWS).
     pub assertion: Option<String>,
+    /// Services with a [`BackChannel::Code`]: instead of the proof, a single-use code the
+    /// holder's client hands to the service, which redeems it at the broker
+    /// ([`Redeem`]) for the proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// How a service receives the broker's proof (MAC, signature or assertion) of a login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackChannel {
+    /// Through the holder's client: the act's answer carries the proof (the default).
+    Relayed,
+    /// The act's answer carries only a single-use code; the service redeems it at the broker
+    /// (`POST /v1/service/redeem`, a [`Redeem`] signed with its key as party
+    /// `sp:<service id>`) and receives the proof for its own challenge.
+    Code {
+        /// The service's signing key: a P-256 public key (DER SubjectPublicKeyInfo).
+        service_key: Vec<u8>,
+        /// How long a code can be redeemed, seconds (1 to 600).
+        code_secs: u32,
+    },
+}
+
+impl BackChannel {
+    /// `relayed` or `code`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackChannel::Relayed => "relayed",
+            BackChannel::Code { .. } => "code",
+        }
+    }
+}
+
+/// The party a service signs its redemptions as: `sp:<service id>`.
+pub fn service_party(service: &str) -> String {
+    format!("sp:{service}")
+}
+
+/// `POST /v1/service/redeem` (signed request, kind `ControlRequest`, from
+/// [`service_party`], to the broker): a service redeems a code its user's client handed it.
+/// The answer is JSON: the [`ActResult`] for the service's challenge (or nonce), or an
+/// [`ApiError`] (`redeem.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redeem {
+    /// The service (the code must have been made for it).
+    pub service: String,
+    /// The code.
+    pub code: String,
+    /// MAC and signature services: the challenge the holder's client was given
+    /// (base64url); the code must have been made for it.
+    pub challenge: Option<String>,
+    /// Assertion services: the nonce of this login; the code must have been made for it.
+    pub nonce: Option<String>,
 }
 
 /// A refusal, as every endpoint gives it (with a 4xx status).
@@ -231,6 +284,13 @@ pub enum AdminRequest {
     Audit {
         /// The card.
         card: Option<String>,
+    },
+    /// How a registered service receives the broker's proofs ([`BackChannel`]).
+    SetBackChannel {
+        /// The service.
+        service: String,
+        /// The mode.
+        back_channel: BackChannel,
     },
 }
 

@@ -7,7 +7,9 @@
 //! - `POST /v1/holder/act` — act for the holder at a service.
 //! - `GET /v1/holder/audit` (`Authorization: Bearer <session>`) — the holder's audit trail.
 //!
-//! Services: `GET /v1/keys` — the assertion keys (JWKS).
+//! Services: `GET /v1/keys` — the assertion keys (JWKS); `POST /v1/service/redeem` — a
+//! one-time code redeemed by the service it was made for (a signed [`broker_protocol::api::Redeem`];
+//! the answer is the JSON `ActResult`, refusals `redeem.*` with `401` for `redeem.forged`).
 //! Administrators: `POST /v1/admin` — a signed request (binary, as the TSM's control API);
 //! the answer is signed. `GET /v1/health` — `ok`, the name, the databases and the key store, `db=writable`
 //! after a test write on every shard; `503` and `unwritable …: the broker cannot write its
@@ -42,7 +44,10 @@ fn refusal(e: BrokerError) -> Response {
         BrokerError::Refused(e) => {
             let status = if e.code.ends_with(".malformed") {
                 StatusCode::BAD_REQUEST
-            } else if e.code.starts_with("login.") || e.code.starts_with("session.") {
+            } else if e.code.starts_with("login.")
+                || e.code.starts_with("session.")
+                || e.code == "redeem.forged"
+            {
                 StatusCode::UNAUTHORIZED
             } else {
                 StatusCode::FORBIDDEN
@@ -132,6 +137,10 @@ async fn admin(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
     }
 }
 
+async fn redeem(State(b): State<Arc<Broker>>, raw: Bytes) -> Response {
+    json(b.redeem(&raw).await)
+}
+
 async fn health(State(b): State<Arc<Broker>>) -> Response {
     for (i, shard) in b.shards().all().iter().enumerate() {
         if let Err(e) = shard.writable().await {
@@ -190,6 +199,7 @@ pub fn router_with(broker: Arc<Broker>, limits: &Limits) -> Router {
         .route("/v1/holder/act", post(act))
         .route("/v1/holder/audit", get(audit))
         .route("/v1/keys", get(keys))
+        .route("/v1/service/redeem", post(redeem))
         .route("/v1/admin", post(admin))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(64 * 1024))

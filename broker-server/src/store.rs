@@ -11,6 +11,8 @@
 //! per million credentials, indexes and audit rows included), well within one instance; the broker instances in front are
 //! stateless and share the shards.
 
+pub mod back_channel;
+
 use crate::envelope::SealedRecord;
 use broker_protocol::Assurance;
 use broker_protocol::api::{AuditEntry, Method, ServicePolicy};
@@ -66,6 +68,9 @@ pub const SCHEMA: Schema = Schema {
         "CREATE TABLE IF NOT EXISTS replay (
             sender TEXT NOT NULL, msg_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
             PRIMARY KEY (sender, msg_id))",
+        back_channel::DDL[0],
+        back_channel::DDL[1],
+        back_channel::DDL[2],
     ],
 };
 

@@ -1,5 +1,5 @@
 //! Every way into the broker takes any bytes: the HTTP endpoints (JSON bodies, the signed
-//! administrator's requests, bearer tokens), card logins with forged or altered parts,
+//! administrator's requests, services' signed redemptions, bearer tokens), card logins with forged or altered parts,
 //! assertions with a bit flipped, and sealed records with a bit flipped. Each ends in a
 //! clear refusal (a 4xx with a code), never a panic, a 5xx or a success.
 
@@ -66,6 +66,34 @@ fn fixture() -> &'static Fixture {
                 dir.join("fuzz.db"),
             )]))
             .unwrap();
+        // A service taking one-time codes, whose key signs the fuzzed redemptions.
+        let policy = api::ServicePolicy {
+            id: "svc-fuzz".into(),
+            method: api::Method::Mac,
+            min_assurance: broker_protocol::Assurance::Card,
+            allowed_hours: None,
+        };
+        let spki = {
+            use p256::pkcs8::EncodePublicKey;
+            service_signer()
+                .verifying_key()
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes()
+                .to_vec()
+        };
+        rt.block_on(shards.everywhere(vec![
+            broker_server::store::Shard::put_service(&policy, 1),
+            broker_server::store::Shard::put_back_channel(
+                "svc-fuzz",
+                &api::BackChannel::Code {
+                    service_key: spki,
+                    code_secs: 60,
+                },
+                1,
+            ),
+        ]))
+        .unwrap();
         Fixture {
             broker: Arc::new(Broker::new(config, shards)),
             envelope: FileEnvelope::open_dir(&dir.join("keys")).unwrap(),
@@ -73,6 +101,12 @@ fn fixture() -> &'static Fixture {
             rt,
         }
     })
+}
+
+/// The code-mode service's key (the same for the whole run).
+fn service_signer() -> &'static Signer {
+    static S: OnceLock<Signer> = OnceLock::new();
+    S.get_or_init(|| Signer::generate(PartyId::new("sp:svc-fuzz").unwrap()).unwrap())
 }
 
 /// The trusted administrator's key (the same for the whole run).
@@ -193,7 +227,7 @@ proptest! {
 
     #[test]
     fn endpoints_refuse_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-        for path in ["/v1/holder/login", "/v1/holder/login-password", "/v1/holder/act"] {
+        for path in ["/v1/holder/login", "/v1/holder/login-password", "/v1/holder/act", "/v1/service/redeem"] {
             let (s, body) = call("POST", path, b.clone(), None);
             prop_assert!(is_refusal(s, &body), "{path}: {s} {}", String::from_utf8_lossy(&body));
         }
@@ -202,6 +236,31 @@ proptest! {
         let token = String::from_utf8_lossy(&b).chars().filter(|c| c.is_ascii_graphic()).collect::<String>();
         let (s, body) = call("GET", "/v1/holder/audit", vec![], Some(&format!("Bearer {token}")));
         prop_assert!(is_refusal(s, &body), "audit: {s}");
+    }
+
+    /// Redemptions signed by the service's own key, with any code and any challenge or
+    /// nonce: refused with a code (no such code exists), never a panic or a success.
+    #[test]
+    fn signed_redemptions_of_any_code_are_refused(code in prop_oneof![text(), "[0-9]{1,4}\\.[A-Za-z0-9_-]{0,50}"],
+                                                 challenge in text(),
+                                                 nonce in proptest::option::of(text())) {
+        let r = api::Redeem {
+            service: "svc-fuzz".into(),
+            code,
+            challenge: nonce.is_none().then_some(challenge),
+            nonce,
+        };
+        let out = kagi_signed::request::sign_request(
+            service_signer(),
+            &PartyId::new("broker:fuzz").unwrap(),
+            &r,
+            None,
+            kagi_signed::signing::now_ms(),
+            60_000,
+        )
+        .unwrap();
+        let (s, body) = call("POST", "/v1/service/redeem", out.bytes, None);
+        prop_assert!(is_refusal(s, &body), "redeem: {s} {}", String::from_utf8_lossy(&body));
     }
 
     #[test]

@@ -217,6 +217,33 @@ impl BrokerClient {
         serde_json::from_slice(&out).map_err(|e| BrokerClientError::Malformed(e.to_string()))
     }
 
+    /// A service redeems a one-time code (back channel): `redeem` signed by the service's key
+    /// `signer` (party `sp:<service id>`) for the broker `broker`; the proof for the
+    /// service's challenge or nonce.
+    pub async fn redeem(
+        &self,
+        signer: &Signer,
+        broker: &PartyId,
+        redeem: &broker_protocol::api::Redeem,
+    ) -> Result<ActResult> {
+        let out = tsm_protocol::control::sign_request(
+            signer,
+            broker,
+            redeem,
+            None,
+            tsm_protocol::signing::now_ms(),
+            60_000,
+        )?;
+        let answer = self
+            .send(
+                "/v1/service/redeem",
+                Some(("application/octet-stream", out.bytes)),
+                None,
+            )
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| BrokerClientError::Malformed(e.to_string()))
+    }
+
     /// An administrator's request, signed by `signer` for the broker `broker` (trusted with
     /// `trust`); the signed answer is checked.
     pub async fn admin(
@@ -227,7 +254,13 @@ impl BrokerClient {
         req: &AdminRequest,
     ) -> Result<AdminResponse> {
         let now = tsm_protocol::signing::now_ms();
-        let out = tsm_protocol::control::sign_request(signer, broker, req, None, now, 120_000)?;
+        // Every request carries an idempotency key: when an answer is lost and the same
+        // bytes are sent again, a key rotation is not done twice — the broker answers its
+        // first answer.
+        let key = tsm_protocol::IdempotencyKey::random()
+            .map_err(|e| BrokerClientError::Malformed(format!("no random numbers: {e}")))?;
+        let out =
+            tsm_protocol::control::sign_request(signer, broker, req, Some(key), now, 120_000)?;
         let answer = self
             .send(
                 "/v1/admin",

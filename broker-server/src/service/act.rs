@@ -3,12 +3,13 @@
 //! trail.
 
 use crate::store::{CredentialRow, Shard};
-use broker_protocol::api::{self, Act, ActResult, AuditEntry, Method, ServicePolicy};
+use broker_protocol::api::{self, Act, ActResult, AuditEntry, BackChannel, Method, ServicePolicy};
 use broker_protocol::assertion::{self, Assurance, Claims};
 use broker_protocol::envelope::KeyUse;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::back_channel::ProofInput;
 use super::{Broker, BrokerError, Result, random, refuse};
 
 impl Broker {
@@ -82,34 +83,69 @@ impl Broker {
             )
             .into());
         }
-        let challenge = || {
-            a.challenge
-                .as_deref()
-                .and_then(api::unb64)
-                .filter(|c| !c.is_empty() && c.len() <= 1024)
-                .ok_or_else(|| {
-                    refuse(
-                        "act.no-challenge",
-                        "this service needs its challenge (1 to 1024 bytes, base64url)",
-                    )
-                })
-        };
-        let mut out = ActResult {
-            service: a.service.clone(),
-            method: policy.method,
-            mac: None,
-            signature: None,
-            assertion: None,
-        };
-        match policy.method {
-            Method::Assertion => {
-                let nonce = a
-                    .nonce
+        let input = match policy.method {
+            Method::Assertion => ProofInput::Nonce(
+                a.nonce
                     .clone()
                     .filter(|n| !n.is_empty() && n.len() <= 256)
                     .ok_or_else(|| {
                         refuse("act.no-nonce", "an assertion needs the service's nonce")
-                    })?;
+                    })?,
+            ),
+            _ => ProofInput::Challenge(
+                a.challenge
+                    .as_deref()
+                    .and_then(api::unb64)
+                    .filter(|c| !c.is_empty() && c.len() <= 1024)
+                    .ok_or_else(|| {
+                        refuse(
+                            "act.no-challenge",
+                            "this service needs its challenge (1 to 1024 bytes, base64url)",
+                        )
+                    })?,
+            ),
+        };
+        // A service with a back channel gets the proof from the broker, not from the holder.
+        if let BackChannel::Code { code_secs, .. } = shard.back_channel(&policy.id).await? {
+            return self
+                .issue_code(shard, card, assurance, &policy, &input, code_secs)
+                .await;
+        }
+        self.prove(card, assurance, &policy, &cred, &input)
+    }
+
+    /// The proof for `input` with the card's credential for the service (a MAC or a
+    /// signature over the challenge, or an assertion for the nonce).
+    pub(super) fn prove(
+        &self,
+        card: &str,
+        assurance: Assurance,
+        policy: &ServicePolicy,
+        cred: &CredentialRow,
+        input: &ProofInput,
+    ) -> Result<ActResult> {
+        let mut out = ActResult {
+            service: policy.id.clone(),
+            method: policy.method,
+            mac: None,
+            signature: None,
+            assertion: None,
+            code: None,
+        };
+        let challenge = || match input {
+            ProofInput::Challenge(c) => Ok(c.as_slice()),
+            ProofInput::Nonce(_) => Err(refuse(
+                "act.no-challenge",
+                "this service needs its challenge (1 to 1024 bytes, base64url)",
+            )),
+        };
+        match policy.method {
+            Method::Assertion => {
+                let ProofInput::Nonce(nonce) = input else {
+                    return Err(
+                        refuse("act.no-nonce", "an assertion needs the service's nonce").into(),
+                    );
+                };
                 let iat = (self.now() / 1000) as u64;
                 let claims = Claims {
                     iss: self.config.name.clone(),
@@ -117,7 +153,7 @@ impl Broker {
                     aud: policy.id.clone(),
                     iat,
                     exp: iat + 120,
-                    nonce,
+                    nonce: nonce.clone(),
                     acr: assurance.acr().into(),
                     jti: api::b64(random::<16>()?.as_ref()),
                 };
@@ -128,44 +164,44 @@ impl Broker {
             }
             Method::Mac => {
                 let c = challenge()?;
-                if let Some(mac) = self.use_inside(&cred, KeyUse::Cmac(&c))? {
+                if let Some(mac) = self.use_inside(cred, KeyUse::Cmac(c))? {
                     out.mac = Some(api::b64(&mac));
-                    return Ok(self.acted(card, &policy, out));
+                    return Ok(self.acted(card, policy, out));
                 }
-                let secret = self.open(&cred)?;
+                let secret = self.open(cred)?;
                 let key = card_wire::scp03::AesKey::new(&secret)
                     .map_err(|_| BrokerError::CorruptKey("MAC"))?;
-                out.mac = Some(api::b64(&card_wire::scp03::crypto::cmac(&key, &c)));
+                out.mac = Some(api::b64(&card_wire::scp03::crypto::cmac(&key, c)));
             }
             Method::SignP256 => {
                 use p256::ecdsa::signature::Signer as _;
                 let c = challenge()?;
-                if let Some(sig) = self.use_inside(&cred, KeyUse::EcdsaSha256(&c))? {
+                if let Some(sig) = self.use_inside(cred, KeyUse::EcdsaSha256(c))? {
                     out.signature = Some(api::b64(&sig));
-                    return Ok(self.acted(card, &policy, out));
+                    return Ok(self.acted(card, policy, out));
                 }
-                let secret = self.open(&cred)?;
+                let secret = self.open(cred)?;
                 let key = p256::ecdsa::SigningKey::from_slice(&secret)
                     .map_err(|_| BrokerError::CorruptKey("P-256"))?;
-                let sig: p256::ecdsa::Signature = key.sign(&c);
+                let sig: p256::ecdsa::Signature = key.sign(c);
                 out.signature = Some(api::b64(&sig.to_bytes()));
             }
             Method::SignRsa => {
                 use rsa::pkcs1::DecodeRsaPrivateKey;
                 use rsa::signature::{SignatureEncoding, Signer as _};
                 let c = challenge()?;
-                if let Some(sig) = self.use_inside(&cred, KeyUse::RsaSha256(&c))? {
+                if let Some(sig) = self.use_inside(cred, KeyUse::RsaSha256(c))? {
                     out.signature = Some(api::b64(&sig));
-                    return Ok(self.acted(card, &policy, out));
+                    return Ok(self.acted(card, policy, out));
                 }
-                let secret = self.open(&cred)?;
+                let secret = self.open(cred)?;
                 let key = rsa::PrivateKey::from_pkcs1_der(&secret)
                     .map_err(|_| BrokerError::CorruptKey("RSA"))?;
-                let sig = rsa::pkcs1v15::SigningKey::<Sha256>::new(key).sign(&c);
+                let sig = rsa::pkcs1v15::SigningKey::<Sha256>::new(key).sign(c);
                 out.signature = Some(api::b64(&sig.to_vec()));
             }
         }
-        Ok(self.acted(card, &policy, out))
+        Ok(self.acted(card, policy, out))
     }
 
     fn acted(&self, card: &str, policy: &ServicePolicy, out: ActResult) -> ActResult {

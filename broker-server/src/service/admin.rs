@@ -2,15 +2,29 @@
 //! credentials they make.
 
 use crate::envelope::SealedRecord;
+use crate::store::back_channel::IdemRow;
 use crate::store::{CredentialRow, Shard};
-use broker_protocol::api::{AdminRequest, AdminResponse, Method, ServicePolicy};
+use broker_protocol::api::{AdminRequest, AdminResponse, BackChannel, Method, ServicePolicy};
 use broker_protocol::envelope::KeyKind;
 use kagi_db::StoreError;
 use kagi_signed::password;
 use kagi_signed::signing::{self};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{Broker, BrokerError, Result, random, refuse};
+
+/// How long an idempotent answer is kept (a day).
+pub const IDEM_KEEP_MS: i64 = 86_400_000;
+
+/// Where and under which key a request's answer is kept for retries.
+pub(super) struct Idem<'a> {
+    shard: &'a Shard,
+    index: usize,
+    sender: String,
+    key: String,
+    request_hash: Vec<u8>,
+}
 
 /// A credential's secret, made at enrolment.
 struct NewSecret {
@@ -96,19 +110,38 @@ impl Broker {
             },
             Ok(env) => {
                 let h = &env.header;
+                let idem = self.idem_scope(h, &env.body)?;
+                let stored = match &idem {
+                    Some(i) => self.stored_answer(i).await?,
+                    None => None,
+                };
                 let keep = h.expires_at.saturating_add(self.config.policy.max_skew_ms) as i64;
-                if !self
-                    .shards
-                    .first()
-                    .first_seen(&h.sender.0, &h.msg_id.to_hex(), keep)
-                    .await?
+                // A request with an idempotency key is carried out at most once by its key
+                // (the same bytes again after a failure that kept no answer are carried out
+                // then); the others at most once by their message id.
+                let replayed = idem.is_none()
+                    && !self
+                        .shards
+                        .first()
+                        .first_seen(&h.sender.0, &h.msg_id.to_hex(), keep)
+                        .await?;
+                if let Some(a) = stored {
+                    // A retry of a request already carried out: its first answer, nothing done.
+                    a
+                } else if matches!(env.body, AdminRequest::RotateServiceKey { .. })
+                    && idem.is_none()
                 {
+                    AdminResponse::Rejected {
+                        code: "admin.idempotency-key-missing".into(),
+                        detail: "a key rotation needs an idempotency key (send the same key again to retry it safely)".into(),
+                    }
+                } else if replayed {
                     AdminResponse::Rejected {
                         code: "protocol.replayed".into(),
                         detail: "this request was already received".into(),
                     }
                 } else {
-                    match self.handle_admin(env.body).await {
+                    match self.handle_admin(env.body, idem.as_ref()).await {
                         Ok(r) => r,
                         Err(BrokerError::Refused(e)) => AdminResponse::Rejected {
                             code: e.code,
@@ -135,7 +168,11 @@ impl Broker {
             .unwrap_or_else(|| self.config.default_kek.clone()))
     }
 
-    async fn handle_admin(&self, req: AdminRequest) -> Result<AdminResponse> {
+    async fn handle_admin(
+        &self,
+        req: AdminRequest,
+        idem: Option<&Idem<'_>>,
+    ) -> Result<AdminResponse> {
         let t = self.now();
         match req {
             AdminRequest::RegisterService(p) => {
@@ -171,10 +208,10 @@ impl Broker {
                 }
             }
             AdminRequest::EnrolCredential { card, service } => {
-                self.enrol(&card, &service, false).await
+                self.enrol(&card, &service, false, idem).await
             }
             AdminRequest::RotateServiceKey { card, service } => {
-                self.enrol(&card, &service, true).await
+                self.enrol(&card, &service, true, idem).await
             }
             AdminRequest::RotateKek { to } => {
                 // A KEK made for this rotation while the broker runs.
@@ -221,6 +258,13 @@ impl Broker {
                     Err(e) => return Err(e.into()),
                 }
                 tracing::info!(card = %card, "card revoked");
+                Ok(AdminResponse::Ok)
+            }
+            AdminRequest::SetBackChannel {
+                service,
+                back_channel,
+            } => {
+                self.set_back_channel(&service, &back_channel, t).await?;
                 Ok(AdminResponse::Ok)
             }
             AdminRequest::Audit { card } => {
@@ -348,7 +392,13 @@ impl Broker {
     /// Makes a card's credential for a service (or, with `rotate`, a new version of it): the
     /// secret generated here, sealed at once, its new version and the old one's retirement in
     /// one transaction — no half-rotated key.
-    async fn enrol(&self, card: &str, service: &str, rotate: bool) -> Result<AdminResponse> {
+    async fn enrol(
+        &self,
+        card: &str,
+        service: &str,
+        rotate: bool,
+        idem: Option<&Idem<'_>>,
+    ) -> Result<AdminResponse> {
         let shard = self.shards.of(card);
         match shard.card(card).await? {
             Some(c) if c.state == "active" => {}
@@ -412,9 +462,24 @@ impl Broker {
             if rotate { "rotate-key" } else { "enrol" },
             "ok",
         ));
+        let answer = AdminResponse::Credential {
+            version: version as u32,
+            public_key: secret.public_key,
+            shared_key: (policy.method == Method::Mac).then(|| secret.secret.to_vec()),
+        };
+        // The answer kept for retries, written with the change it answers.
+        if let Some(i) = idem {
+            batch.push(self.store_answer(i, &kek, &answer, t)?);
+        }
         match shard.commit(batch).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
+                // The same request, sent again at the same time, committed first: its answer.
+                if let Some(i) = idem
+                    && let Some(a) = self.stored_answer(i).await?
+                {
+                    return Ok(a);
+                }
                 return Err(refuse(
                     "admin.conflict",
                     "another request changed this credential meanwhile: ask again",
@@ -424,10 +489,129 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(card = %card, service = %service, version, "credential made");
-        Ok(AdminResponse::Credential {
-            version: version as u32,
-            public_key: secret.public_key,
-            shared_key: (policy.method == Method::Mac).then(|| secret.secret.to_vec()),
-        })
+        Ok(answer)
+    }
+
+    /// The idempotency scope of a request that changes a card's credentials and carries an
+    /// idempotency key: its answer is kept on the card's shard, in the transaction of the
+    /// change. Other requests are idempotent by themselves (upserts, a revocation).
+    fn idem_scope<'a>(
+        &'a self,
+        h: &signing::Header,
+        req: &AdminRequest,
+    ) -> Result<Option<Idem<'a>>> {
+        let card = match req {
+            AdminRequest::EnrolCredential { card, .. }
+            | AdminRequest::RotateServiceKey { card, .. } => card,
+            _ => return Ok(None),
+        };
+        let Some(key) = h.idempotency_key else {
+            return Ok(None);
+        };
+        Ok(Some(Idem {
+            shard: self.shards.of(card),
+            index: self.shards.index_of(card),
+            sender: h.sender.0.clone(),
+            key: key.to_hex(),
+            request_hash: Sha256::digest(kagi_signed::codec::encode(req)?).to_vec(),
+        }))
+    }
+
+    fn idem_aad(i: &Idem<'_>) -> Vec<u8> {
+        format!("kagi-broker idempotent answer\0{}\0{}", i.sender, i.key).into_bytes()
+    }
+
+    /// The statement keeping `answer` (sealed under `kek`: it may carry a MAC key) for
+    /// retries with the same key, a day.
+    fn store_answer(
+        &self,
+        i: &Idem<'_>,
+        kek: &str,
+        answer: &AdminResponse,
+        t: i64,
+    ) -> Result<kagi_db::Stmt> {
+        let plain = Zeroizing::new(kagi_signed::codec::encode(answer)?);
+        let sealed = self
+            .config
+            .envelope
+            .seal(kek, &Self::idem_aad(i), &plain)
+            .map_err(BrokerError::Keys)?;
+        Ok(Shard::put_idem(
+            &i.sender,
+            &i.key,
+            &IdemRow {
+                request_hash: i.request_hash.clone(),
+                sealed,
+            },
+            t + IDEM_KEEP_MS,
+        ))
+    }
+
+    /// The answer kept for this idempotency key: the first answer for the same request, a
+    /// refusal for another request under the same key, `None` if the key is new.
+    async fn stored_answer(&self, i: &Idem<'_>) -> Result<Option<AdminResponse>> {
+        let conflict = || AdminResponse::Rejected {
+            code: "admin.idempotency-conflict".into(),
+            detail:
+                "this idempotency key was used for another request: use a new key for a new request"
+                    .into(),
+        };
+        let Some(row) = i.shard.idem(&i.sender, &i.key).await? else {
+            // The key kept on another shard: it was used for another card's request.
+            for (n, s) in self.shards.all().iter().enumerate() {
+                if n != i.index && s.idem(&i.sender, &i.key).await?.is_some() {
+                    return Ok(Some(conflict()));
+                }
+            }
+            return Ok(None);
+        };
+        if row.request_hash != i.request_hash {
+            return Ok(Some(conflict()));
+        }
+        let plain = self
+            .config
+            .envelope
+            .open(&Self::idem_aad(i), &row.sealed)
+            .map_err(BrokerError::Keys)?;
+        Ok(Some(kagi_signed::codec::decode(&plain)?))
+    }
+
+    /// Sets how a registered service receives proofs: its key must be a P-256 public key,
+    /// its codes live 1 to [`super::back_channel::MAX_CODE_SECS`] seconds.
+    async fn set_back_channel(&self, service: &str, bc: &BackChannel, t: i64) -> Result<()> {
+        if self.shards.first().service(service).await?.is_none() {
+            return Err(refuse(
+                "admin.unknown-service",
+                format!("no service {service}: register it first"),
+            )
+            .into());
+        }
+        if let BackChannel::Code {
+            service_key,
+            code_secs,
+        } = bc
+        {
+            use p256::pkcs8::DecodePublicKey;
+            let bad = |why: String| refuse("admin.bad-back-channel", why);
+            kagi_signed::ids::PartyId::new(&broker_protocol::api::service_party(service))
+                .map_err(|e| bad(format!("the service id cannot sign redemptions: {e}")))?;
+            p256::ecdsa::VerifyingKey::from_public_key_der(service_key).map_err(|e| {
+                bad(format!(
+                    "the service key is not a P-256 public key (DER SubjectPublicKeyInfo): {e}"
+                ))
+            })?;
+            if !(1..=super::back_channel::MAX_CODE_SECS).contains(code_secs) {
+                return Err(bad(format!(
+                    "codes live 1 to {} seconds, not {code_secs}",
+                    super::back_channel::MAX_CODE_SECS
+                ))
+                .into());
+            }
+        }
+        self.shards
+            .everywhere(vec![Shard::put_back_channel(service, bc, t)])
+            .await?;
+        tracing::info!(service = %service, mode = bc.name(), "back channel set");
+        Ok(())
     }
 }

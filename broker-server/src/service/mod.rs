@@ -9,11 +9,12 @@
 //! card's shard in the same transaction as the session they open).
 //!
 //! The methods of [`Broker`] are split by job: `login` (card logins and sessions), `act`
-//! (acting for a holder), `admin` (administrators' requests and enrolments) and `records`
+//! (acting for a holder), `back_channel` (one-time codes services redeem), `admin` (administrators' requests and enrolments) and `records`
 //! (re-wrapping and checking the sealed records, the sweep); [`CardTrust`] is in `trust`.
 
 mod act;
 mod admin;
+pub mod back_channel;
 mod login;
 pub(crate) mod password_login;
 mod records;

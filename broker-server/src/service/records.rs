@@ -151,6 +151,7 @@ impl Broker {
         let (n, _) = self.rewrap_some(&kek, 5_000).await?;
         for s in self.shards.all() {
             s.purge(self.now() / 1000).await?;
+            s.purge_back_channel(self.now()).await?;
         }
         Ok(n)
     }

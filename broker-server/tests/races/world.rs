@@ -148,13 +148,25 @@ impl World {
         sessions
     }
 
+    /// A signed administrator's request (with a fresh idempotency key), its answer checked.
     pub(crate) async fn admin(&self, b: &Broker, req: AdminRequest) -> AdminResponse {
+        let key = kagi_signed::IdempotencyKey::random().unwrap();
+        self.admin_with(b, &req, Some(key)).await
+    }
+
+    /// A signed administrator's request with the idempotency key `key`.
+    pub(crate) async fn admin_with(
+        &self,
+        b: &Broker,
+        req: &AdminRequest,
+        key: Option<kagi_signed::IdempotencyKey>,
+    ) -> AdminResponse {
         let broker = PartyId::new(NAME).unwrap();
         let out = kagi_signed::request::sign_request(
             &self.admin,
             &broker,
-            &req,
-            None,
+            req,
+            key,
             signing::now_ms(),
             60_000,
         )

@@ -5,7 +5,7 @@ use super::*;
 use crate::common::{party_id, read_secret, read_text, rel, runtime, write_private};
 use crate::{Failure, print_json};
 use broker_protocol::Assurance;
-use broker_protocol::api::{AdminRequest, AdminResponse, Method, ServicePolicy};
+use broker_protocol::api::{AdminRequest, AdminResponse, BackChannel, Method, ServicePolicy};
 use kagi_online::broker::BrokerClient;
 use serde_json::json;
 use std::path::Path;
@@ -152,6 +152,31 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
         AdminCmd::RotateKek { to } => AdminRequest::RotateKek { to: to.clone() },
         AdminCmd::Revoke { card } => AdminRequest::RevokeCard { card: card.clone() },
         AdminCmd::Audit { card } => AdminRequest::Audit { card: card.clone() },
+        AdminCmd::BackChannel {
+            service,
+            mode,
+            service_key,
+            code_secs,
+        } => AdminRequest::SetBackChannel {
+            service: service.clone(),
+            back_channel: match (mode.as_str(), service_key) {
+                ("relayed", None) => BackChannel::Relayed,
+                ("code", Some(p)) => BackChannel::Code {
+                    service_key: kagi_perso::pki::pem_or_der(
+                        &std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                        "PUBLIC KEY",
+                    )?,
+                    code_secs: *code_secs,
+                },
+                ("code", None) => {
+                    return Err("--mode code needs --service-key FILE (the service's P-256 public key, PEM)".into());
+                }
+                ("relayed", Some(_)) => {
+                    return Err("--mode relayed takes no --service-key".into());
+                }
+                _ => return Err(format!("--mode {mode}: use relayed or code").into()),
+            },
+        },
     };
     let answer = runtime()?.block_on(admin.client.admin(
         &admin.signer,

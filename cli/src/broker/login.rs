@@ -112,7 +112,7 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 let (status, v) = post_json(
                     &http,
                     &format!("{url}/login/finish"),
-                    &json!({"nonce": nonce, "assertion": result.assertion, "mac": result.mac, "signature": result.signature}),
+                    &json!({"nonce": nonce, "assertion": result.assertion, "mac": result.mac, "signature": result.signature, "code": result.code}),
                 )
                 .await?;
                 if status != 200 {
@@ -130,6 +130,7 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 "assertion": result.assertion,
                 "mac": result.mac,
                 "signature": result.signature,
+                "code": result.code,
                 "service_answer": service_answer,
                 "audit": audit.as_deref().map(super::admin::audit_json),
             }));
@@ -140,7 +141,14 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 (None, Some(a), ..) => println!("assertion for {}:\n{a}", args.service),
                 (None, None, Some(m), _) => println!("MAC over the challenge: {m}"),
                 (None, None, None, Some(s)) => println!("signature over the challenge: {s}"),
-                _ => {}
+                _ => {
+                    if let Some(c) = &result.code {
+                        println!(
+                            "one-time code for {} (the service redeems it at the broker): {c}",
+                            args.service
+                        );
+                    }
+                }
             }
             if let Some(a) = &audit {
                 print_audit(a);

@@ -202,6 +202,24 @@ pub enum AdminCmd {
         #[arg(long)]
         card: Option<String>,
     },
+    /// How a registered service receives the broker's proofs: `relayed` (through the
+    /// holder's client) or `code` (the holder's client gets a one-time code the service
+    /// redeems at the broker, signing with the key given here).
+    BackChannel {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// relayed or code.
+        #[arg(long)]
+        mode: String,
+        /// code: the service's P-256 public key (PEM), which signs its redemptions as
+        /// party sp:<service>.
+        #[arg(long)]
+        service_key: Option<PathBuf>,
+        /// code: how long a code can be redeemed, seconds (1 to 600).
+        #[arg(long, default_value_t = 60)]
+        code_secs: u32,
+    },
 }
 
 /// A card's credential for a service.

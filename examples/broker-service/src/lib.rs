@@ -6,7 +6,13 @@
 //! - `POST /login/start` → `{"service", "nonce"}`: a fresh single-use nonce (valid 2 min).
 //! - `POST /login/finish` with `{"nonce", "assertion"}` → `200 {"welcome", "assurance"}` if
 //!   the broker's assertion is for this service and this nonce, fresh, strong enough and
-//!   not replayed; else `401 {"error"}`.
+//!   not replayed; else `401 {"error"}`. This is the relayed mode: the holder's client
+//!   carries the assertion.
+//! - `POST /login/finish` with `{"nonce", "code"}` (back channel, one-time-code mode, when
+//!   the service was started with its signing key): the service redeems the code at the
+//!   broker itself (`POST /v1/service/redeem`, signed with its key as `sp:<service>`) and
+//!   checks the assertion it receives exactly as above. The holder's client never carries
+//!   the assertion; the service's own nonce login is unchanged.
 //! - `GET /health` → `ok`.
 //!
 //! The broker's keys are fetched from its `GET /v1/keys` at start (retried until the broker
@@ -14,6 +20,7 @@
 //!
 //! ```text
 //! kagi-example-service --broker http://127.0.0.1:8760 --service svc-example --listen 127.0.0.1:8770
+//! kagi-example-service --broker http://127.0.0.1:8760 --service svc-example --service-key svc.key.pem
 //! ```
 
 #![forbid(unsafe_code)]
@@ -24,8 +31,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use broker_protocol::api::{ActResult, ApiError, Redeem};
 use broker_protocol::assertion::AssertionError;
 use broker_protocol::{Assurance, Jwks, Verifier};
+use kagi_signed::PartyId;
+use kagi_signed::signing::Signer;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -41,6 +51,8 @@ pub struct App {
     /// Nonces given out and not yet used, with their expiry (Unix seconds).
     nonces: Mutex<HashMap<String, u64>>,
     http: reqwest::Client,
+    /// The back channel: the service's signing key and the broker's party.
+    back_channel: Option<(Signer, PartyId)>,
 }
 
 fn now() -> u64 {
@@ -79,6 +91,53 @@ async fn start(State(app): State<Arc<App>>) -> Response {
 struct Finish {
     nonce: String,
     assertion: Option<String>,
+    code: Option<String>,
+}
+
+/// Redeems a one-time code at the broker for the assertion of login `nonce`.
+async fn redeem(app: &App, code: &str, nonce: &str) -> Result<String, String> {
+    let Some((signer, broker)) = &app.back_channel else {
+        return Err("this service takes no codes (start it with --service-key)".into());
+    };
+    let r = Redeem {
+        service: app.service.clone(),
+        code: code.into(),
+        challenge: None,
+        nonce: Some(nonce.into()),
+    };
+    let out = kagi_signed::request::sign_request(
+        signer,
+        broker,
+        &r,
+        None,
+        kagi_signed::signing::now_ms(),
+        60_000,
+    )
+    .map_err(|e| e.to_string())?;
+    let url = format!("{}/v1/service/redeem", app.broker);
+    let resp = app
+        .http
+        .post(&url)
+        .header("content-type", "application/octet-stream")
+        .body(out.bytes)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let ok = resp.status().is_success();
+    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if !ok {
+        let e: ApiError = serde_json::from_slice(&bytes)
+            .map_err(|_| format!("{url}: {}", String::from_utf8_lossy(&bytes)))?;
+        return Err(format!(
+            "the broker refused the code: {} ({})",
+            e.detail, e.code
+        ));
+    }
+    let result: ActResult =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{url}: not an act result: {e}"))?;
+    result
+        .assertion
+        .ok_or_else(|| "the broker answered no assertion".into())
 }
 
 fn refuse(why: impl std::fmt::Display) -> Response {
@@ -100,8 +159,13 @@ async fn finish(State(app): State<Arc<App>>, Json(f): Json<Finish>) -> Response 
     if !known {
         return refuse("unknown or expired login: start again");
     }
-    let Some(token) = f.assertion else {
-        return refuse("no assertion");
+    let token = match (f.assertion, f.code) {
+        (Some(a), None) => a,
+        (None, Some(code)) => match redeem(&app, &code, &f.nonce).await {
+            Ok(a) => a,
+            Err(e) => return refuse(e),
+        },
+        _ => return refuse("give the broker's assertion or its one-time code"),
     };
     let mut result = app
         .verifier
@@ -139,6 +203,30 @@ impl App {
             verifier: RwLock::new(Verifier::new(keys, broker_name, service, min)),
             nonces: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
+            back_channel: None,
+        })
+    }
+
+    /// The same service taking one-time codes (back channel): it redeems them at the
+    /// broker (party `broker_party`) with requests signed by `signer` (its key registered
+    /// at the broker, party `sp:<service>`).
+    pub fn with_back_channel(
+        broker: &str,
+        broker_name: &str,
+        service: &str,
+        keys: Jwks,
+        min: Assurance,
+        signer: Signer,
+        broker_party: PartyId,
+    ) -> Arc<App> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Arc::new(App {
+            broker: broker.trim_end_matches('/').to_string(),
+            service: service.into(),
+            verifier: RwLock::new(Verifier::new(keys, broker_name, service, min)),
+            nonces: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
+            back_channel: Some((signer, broker_party)),
         })
     }
 }

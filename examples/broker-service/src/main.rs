@@ -22,6 +22,10 @@ struct Args {
     /// The weakest holder login accepted: card or password.
     #[arg(long, default_value = "card")]
     min_assurance: String,
+    /// The service's signing key (P-256, PKCS#8 PEM), registered at the broker for the back
+    /// channel: the service then takes one-time codes and redeems them itself.
+    #[arg(long)]
+    service_key: Option<std::path::PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8770")]
     listen: String,
@@ -47,7 +51,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => return Err(e.into()),
         }
     };
-    let app = App::new(&broker, &args.broker_name, &args.service, keys, min);
+    let app = match &args.service_key {
+        None => App::new(&broker, &args.broker_name, &args.service, keys, min),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("--service-key {}: {e}", path.display()))?;
+            let party =
+                kagi_signed::PartyId::new(&broker_protocol::api::service_party(&args.service))?;
+            let signer = kagi_signed::signing::Signer::from_pkcs8_pem(party, &pem)
+                .map_err(|e| format!("--service-key {}: {e}", path.display()))?;
+            let broker_party = kagi_signed::PartyId::new(&args.broker_name)?;
+            App::with_back_channel(
+                &broker,
+                &args.broker_name,
+                &args.service,
+                keys,
+                min,
+                signer,
+                broker_party,
+            )
+        }
+    };
     let router = router(app);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!(

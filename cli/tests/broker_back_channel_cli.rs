@@ -1,0 +1,201 @@
+//! The one-time-code back channel through the CLI, process by process (file KEKs): the
+//! administrator registers a MAC service with its signing key (`kagi broker admin
+//! back-channel --mode code`), `kagi broker login` with a simulated JPKI card gets only a
+//! code (`--json`: `code`, no `mac`), and the service redeems it at the broker itself
+//! (`BrokerClient::redeem`, signed with its key) for the MAC over its own challenge — once.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use support::cli::wait_port;
+
+fn kagi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kagi"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let o: Output = kagi().args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "kagi {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_service_redeems_the_code_the_holder_got() {
+    use broker_protocol::api::{self, Redeem};
+    let dir = std::env::temp_dir().join(format!("kagi-broker-bc-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |s: &str| dir.join(s).display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ok(&["ca", "init", "--dir", &p("pki")]);
+    ok(&[
+        "broker",
+        "init",
+        "--dir",
+        &p("broker"),
+        "--ca-dir",
+        &p("pki"),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let mut server = kagi()
+        .args(["broker", "serve", "--config", &p("broker/broker.toml")])
+        .args(["--insecure-file-keys", &p("broker/keys")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let admin = |args: &[&str]| {
+        let mut all = vec!["broker", "admin", "--config"];
+        let c = p("broker/admin.toml");
+        all.push(&c);
+        all.extend(args);
+        ok(&all)
+    };
+
+    // The service's own key; its public half registered for the back channel.
+    let key = p256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).unwrap();
+    let spki = {
+        use p256::pkcs8::EncodePublicKey;
+        key.verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    std::fs::write(
+        dir.join("svc.pub.pem"),
+        kagi_perso::pki::to_pem(&spki, "PUBLIC KEY").unwrap(),
+    )
+    .unwrap();
+    admin(&["register-service", "--id", "svc-mac", "--method", "mac"]);
+    admin(&[
+        "back-channel",
+        "--service",
+        "svc-mac",
+        "--mode",
+        "code",
+        "--service-key",
+        &p("svc.pub.pem"),
+        "--code-secs",
+        "60",
+    ]);
+    let card_args = [
+        "--sim",
+        "--sim-preset",
+        "jpki-demo",
+        "--sim-ca-dir",
+        &p("pki"),
+        "--sim-image",
+        &p("card.img"),
+    ];
+    let mut read = vec!["jpki", "read-cert", "--cert", "auth", "-o"];
+    let auth = p("auth.der");
+    read.push(&auth);
+    read.extend(card_args);
+    ok(&read);
+    let enrolled: serde_json::Value = serde_json::from_str(&admin(&[
+        "--json",
+        "enrol-card",
+        "--cert",
+        &auth,
+        "--holder",
+        "h-1",
+    ]))
+    .unwrap();
+    let card = enrolled["card"].as_str().unwrap().to_string();
+    admin(&[
+        "enrol",
+        "--card",
+        &card,
+        "--service",
+        "svc-mac",
+        "--out",
+        &p("svc-mac.key"),
+    ]);
+    let mac_key = hex::decode(
+        std::fs::read_to_string(dir.join("svc-mac.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+
+    // The holder's login: a code, no MAC.
+    std::fs::write(dir.join("pin.txt"), "1234\n").unwrap();
+    let challenge = b"the service's challenge 7";
+    let url = format!("http://127.0.0.1:{port}");
+    let mut login = vec![
+        "--json",
+        "broker",
+        "login",
+        "--consent",
+        "--service",
+        "svc-mac",
+        "--broker",
+        &url,
+    ];
+    let c = api::b64(challenge);
+    let pin = p("pin.txt");
+    login.extend(["--challenge", &c, "--pin-file", &pin]);
+    login.extend(card_args);
+    let out = support::schema::document("broker.login", ok(&login).as_bytes());
+    assert!(out["mac"].is_null(), "{out}");
+    let code = out["code"].as_str().expect("a code").to_string();
+
+    // The service redeems it, signing as sp:svc-mac, for the MAC over its challenge.
+    let admin_toml: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.join("broker/admin.toml")).unwrap()).unwrap();
+    let broker_party =
+        tsm_protocol::PartyId::new(admin_toml["broker_party"].as_str().unwrap()).unwrap();
+    let signer = tsm_protocol::signing::Signer::new(
+        tsm_protocol::PartyId::new(&api::service_party("svc-mac")).unwrap(),
+        key,
+    );
+    let client = kagi_online::broker::BrokerClient::new(std::slice::from_ref(&url), None).unwrap();
+    let redeem = Redeem {
+        service: "svc-mac".into(),
+        code,
+        challenge: Some(c.clone()),
+        nonce: None,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt
+        .block_on(client.redeem(&signer, &broker_party, &redeem))
+        .unwrap();
+    let expect = card_wire::scp03::crypto::cmac(
+        &card_wire::scp03::AesKey::new(&mac_key).unwrap(),
+        challenge,
+    );
+    assert_eq!(r.mac.as_deref().and_then(api::unb64), Some(expect.to_vec()));
+    // Once only.
+    let again = rt.block_on(client.redeem(&signer, &broker_party, &redeem));
+    assert_eq!(
+        again
+            .err()
+            .and_then(|e| e.code().map(String::from))
+            .as_deref(),
+        Some("redeem.replayed")
+    );
+    // A mode that does not exist: refused before anything is sent.
+    let o = kagi()
+        .args(["broker", "admin", "--config", &p("broker/admin.toml")])
+        .args(["back-channel", "--service", "svc-mac", "--mode", "push"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use relayed or code"));
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
