@@ -132,31 +132,6 @@ impl<'a> AppletStore<'a> {
         self.store.charge(op);
     }
 
-    /// The instance's life-cycle state in the registry (`INSTALLED` before the card manager
-    /// has written its entry, i.e. while its `install` runs).
-    pub(crate) fn own_life_cycle(&self) -> u8 {
-        crate::applet::Aid::new(&self.instance())
-            .ok()
-            .and_then(|aid| crate::registry::entry(self.store, &aid))
-            .map(|e| e.life_cycle)
-            .unwrap_or(crate::registry::app_state::INSTALLED)
-    }
-
-    /// Sets the instance's own life-cycle state in its registry entry (GPSystem's
-    /// application-specific states; the caller checked the value). `Ok(false)` when the
-    /// instance has no entry yet.
-    pub(crate) fn set_own_life_cycle(&mut self, state: u8) -> Result<bool, StoreError> {
-        let Some(mut e) = crate::applet::Aid::new(&self.instance())
-            .ok()
-            .and_then(|aid| crate::registry::entry(self.store, &aid))
-        else {
-            return Ok(false);
-        };
-        e.life_cycle = state;
-        crate::registry::put_entry(self.store, &e)?;
-        Ok(true)
-    }
-
     /// The whole card's memory, for privileged classes (security domains) only.
     pub fn whole_card(&mut self) -> Option<&mut Store> {
         if self.privileged {

@@ -76,11 +76,27 @@ impl Persist for ScopedPersist<'_, '_> {
     fn card_state(&self) -> u8 {
         crate::registry::card_life_cycle(self.store.card())
     }
+    /// The instance's life-cycle state in the registry (`INSTALLED` before the card manager
+    /// has written its entry, i.e. while its `install` runs).
     fn life_cycle(&self) -> u8 {
-        self.store.own_life_cycle()
+        Aid::new(&self.store.instance())
+            .ok()
+            .and_then(|aid| crate::registry::entry(self.store.card(), &aid))
+            .map(|e| e.life_cycle)
+            .unwrap_or(crate::registry::app_state::INSTALLED)
     }
     fn set_life_cycle(&mut self, state: u8) -> Result<bool, StoreFail> {
-        self.store.set_own_life_cycle(state).map_err(fail)
+        // The instance's own registry entry (GPSystem's application-specific states; the VM
+        // checked the value); `false` when it has no entry yet.
+        let Some(mut e) = Aid::new(&self.store.instance())
+            .ok()
+            .and_then(|aid| crate::registry::entry(self.store.card(), &aid))
+        else {
+            return Ok(false);
+        };
+        e.life_cycle = state;
+        crate::registry::put_entry(self.store.card_mut(), &e).map_err(fail)?;
+        Ok(true)
     }
     fn charge(&mut self, op: kagi_jcvm::CardOp) {
         self.store.charge(op);
