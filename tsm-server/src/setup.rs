@@ -197,6 +197,18 @@ fn hex_aid(config: &Path, what: &str, s: &str) -> Result<Vec<u8>, SetupError> {
     })
 }
 
+/// Where a configuration's database is: the `--database` override, a PostgreSQL URL as
+/// given, or a SQLite file relative to the configuration file.
+fn database_location(path: &Path, configured: &str, overrides: &Overrides) -> String {
+    overrides.database.clone().unwrap_or_else(|| {
+        if configured.starts_with("postgres") {
+            configured.to_string()
+        } else {
+            rel(path, configured).display().to_string()
+        }
+    })
+}
+
 /// Reads `tsm.toml` at `path` (files it names are relative to it), opening each master key set
 /// it names through `keys`.
 pub fn load(
@@ -291,13 +303,7 @@ pub fn load(
             })
         }
     };
-    let database = overrides.database.clone().unwrap_or_else(|| {
-        if f.database.starts_with("postgres") {
-            f.database.clone()
-        } else {
-            rel(path, &f.database).display().to_string()
-        }
-    });
+    let database = database_location(path, &f.database, overrides);
     Ok(Loaded {
         config: Config {
             signer,

@@ -4,7 +4,6 @@
 
 use super::ServeArgs;
 use crate::Failure;
-use crate::common::{init_logging, runtime, shutdown_signal};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
@@ -69,21 +68,7 @@ fn init(
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
-    init_logging(args.log_json);
-    let keys = super::serve::master_keys(&args.insecure_file_keys, &args.hsm)?;
-    let overrides = tsm_server::setup::Overrides {
-        database: args.database.clone(),
-        listen: args.listen.clone(),
-    };
-    let loaded = tsm_server::setup::load_mno(&args.config, &overrides, &*keys)?;
-    let limits = args.limits.limits(loaded.limits.as_ref())?;
-    let rt = runtime()?;
-    let stop = {
-        let _in = rt.enter();
-        shutdown_signal()?
-    };
-    rt.block_on(tsm_server::setup::serve(loaded, &limits, stop))?;
-    Ok(())
+    super::serve::serve_loaded(args, tsm_server::setup::load_mno)
 }
 
 /// Runs `kagi mno-tsm …`.

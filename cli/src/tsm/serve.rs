@@ -73,13 +73,26 @@ pub(super) fn master_keys(
 }
 
 pub(super) fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    serve_loaded(args, tsm_server::setup::load)
+}
+
+/// Loads a TSM's configuration with `load` (the SP-TSM's or the MNO-TSM's) and serves it until
+/// SIGINT or SIGTERM.
+pub(super) fn serve_loaded(
+    args: &ServeArgs,
+    load: fn(
+        &std::path::Path,
+        &tsm_server::setup::Overrides,
+        &tsm_server::setup::MasterKeys<'_>,
+    ) -> Result<tsm_server::setup::Loaded, tsm_server::setup::SetupError>,
+) -> Result<(), Failure> {
     init_logging(args.log_json);
     let keys = master_keys(&args.insecure_file_keys, &args.hsm)?;
     let overrides = tsm_server::setup::Overrides {
         database: args.database.clone(),
         listen: args.listen.clone(),
     };
-    let loaded = tsm_server::setup::load(&args.config, &overrides, &*keys)?;
+    let loaded = load(&args.config, &overrides, &*keys)?;
     let limits = args.limits.limits(loaded.limits.as_ref())?;
     let rt = runtime()?;
     let stop = {

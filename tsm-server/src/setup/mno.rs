@@ -156,13 +156,7 @@ pub fn load_mno(
             },
         );
     }
-    let database = overrides.database.clone().unwrap_or_else(|| {
-        if f.database.starts_with("postgres") {
-            f.database.clone()
-        } else {
-            rel(path, &f.database).display().to_string()
-        }
-    });
+    let database = super::database_location(path, &f.database, overrides);
     Ok(Loaded {
         config: Config {
             signer,
