@@ -308,14 +308,7 @@ pub fn init(
     let admin = Signer::generate(PartyId::new("admin:ops")?)?;
     let assertion = Signer::generate(PartyId::new("broker:kagi")?)?;
     for (name, s) in [("broker", &broker), ("admin", &admin)] {
-        files::write_private(
-            &dir.join(format!("{name}.key.pem")),
-            s.to_pkcs8_pem()?.as_bytes(),
-        )?;
-        files::write_public(
-            &dir.join(format!("{name}.pub.pem")),
-            s.public_pem()?.as_bytes(),
-        )?;
+        files::write_key_pair(dir, name, &s.to_pkcs8_pem()?, &s.public_pem()?)?;
     }
     files::write_private(
         &dir.join("assertion.key.pem"),

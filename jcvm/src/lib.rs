@@ -36,7 +36,11 @@ pub enum StoreFail {
     Full,
 }
 
-/// The applet instance's persistent memory (the simulator's store, scoped to the instance).
+/// The card as the machine sees it: the applet instance's persistent memory (the simulator's
+/// store, scoped to the instance), and the card's services around it — GlobalPlatform's
+/// registry (`GPSystem`), other applets (`lookupAID`, shareable interface objects) and the
+/// timing model's charges. Only the memory is required; the services default to a card with
+/// nothing else on it.
 pub trait Persist {
     /// Reads a record.
     fn get(&self, name: &str) -> Option<Vec<u8>>;

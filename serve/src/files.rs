@@ -102,6 +102,17 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     std::fs::write(path, bytes).map_err(FileError::io(path))
 }
 
+/// Writes a party's key pair as `DIR/NAME.key.pem` (private, 0600) and `DIR/NAME.pub.pem`.
+pub fn write_key_pair(
+    dir: &Path,
+    name: &str,
+    private_pem: &str,
+    public_pem: &str,
+) -> Result<(), FileError> {
+    write_private(&dir.join(format!("{name}.key.pem")), private_pem.as_bytes())?;
+    write_public(&dir.join(format!("{name}.pub.pem")), public_pem.as_bytes())
+}
+
 /// Creates a directory (and its missing parents) readable by its owner only (0700).
 pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
     let mut b = std::fs::DirBuilder::new();

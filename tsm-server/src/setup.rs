@@ -371,14 +371,7 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
     let sp = Signer::generate(PartyId::new("sp:kagi-bank")?)?;
     let mno = Signer::generate(PartyId::new("mno:kagi-mobile")?)?;
     for (name, s) in [("tsm", &tsm), ("sp", &sp), ("mno", &mno)] {
-        files::write_private(
-            &dir.join(format!("{name}.key.pem")),
-            s.to_pkcs8_pem()?.as_bytes(),
-        )?;
-        files::write_public(
-            &dir.join(format!("{name}.pub.pem")),
-            s.public_pem()?.as_bytes(),
-        )?;
+        files::write_key_pair(dir, name, &s.to_pkcs8_pem()?, &s.public_pem()?)?;
     }
     files::write_private(&dir.join("state.key"), files::random_hex(16)?.as_bytes())?;
     files::write_private(

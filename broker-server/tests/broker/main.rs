@@ -5,6 +5,9 @@
 //! This file holds the shared world and helpers; the tests are in `services`,
 //! `password_login` and `keys` (one test binary).
 
+#[path = "../common/admin.rs"]
+mod admin_common;
+
 use broker_protocol::api::{
     self, Act, AdminRequest, AdminResponse, CardLogin, Method, ServicePolicy, Session,
 };
@@ -175,21 +178,7 @@ impl World {
         req: &AdminRequest,
         key: Option<kagi_signed::IdempotencyKey>,
     ) -> AdminResponse {
-        let broker = PartyId::new(NAME).unwrap();
-        let out = kagi_signed::request::sign_request(
-            &self.admin,
-            &broker,
-            req,
-            key,
-            signing::now_ms(),
-            60_000,
-        )
-        .unwrap();
-        let answer = b.admin(&out.bytes).await.unwrap();
-        let mut trust = Trust::new();
-        trust.add(broker, *self.broker_signer.verifying_key());
-        kagi_signed::request::open_answer_as(&answer, &out.header, &trust, signing::now_ms())
-            .unwrap()
+        crate::admin_common::signed_admin(&self.admin, NAME, &self.broker_signer, b, req, key).await
     }
 }
 

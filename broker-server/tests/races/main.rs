@@ -7,6 +7,8 @@
 //! - 60 simultaneous wrong passwords for one holder check at most the backoff's free tries;
 //! - acts, service-key rotations and a KEK rotation by two instances together lose no record.
 
+#[path = "../common/admin.rs"]
+mod admin_common;
 mod failover;
 mod soak;
 mod world;

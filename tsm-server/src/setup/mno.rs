@@ -207,14 +207,7 @@ pub fn init_mno(
     let me = Signer::generate(PartyId::new(MNO_TSM_PARTY)?)?;
     let op = Signer::generate(PartyId::new("mno:kagi-mobile")?)?;
     for (name, s) in [("mno-tsm", &me), ("mno", &op)] {
-        files::write_private(
-            &dir.join(format!("{name}.key.pem")),
-            s.to_pkcs8_pem()?.as_bytes(),
-        )?;
-        files::write_public(
-            &dir.join(format!("{name}.pub.pem")),
-            s.public_pem()?.as_bytes(),
-        )?;
+        files::write_key_pair(dir, name, &s.to_pkcs8_pem()?, &s.public_pem()?)?;
     }
     files::write_private(&dir.join("state.key"), files::random_hex(16)?.as_bytes())?;
     files::write_private(
