@@ -157,6 +157,24 @@ impl Vm {
             self.heap.objects.insert(h, o);
             return Ok(h);
         }
+        // The same object of the owner is the same reference here (asking again, or a method
+        // returning it again, makes no new object).
+        if let Some(h) = self.heap.objects.iter().find_map(|(h, x)| match x {
+            Obj::Instance {
+                native:
+                    NativeState::Proxy {
+                        owner: o,
+                        handle: oh,
+                        ..
+                    },
+                ..
+            } if *h < heap::FIRST_CALL_SCOPED && o.as_slice() == owner && *oh == sio.handle => {
+                Some(*h)
+            }
+            _ => None,
+        }) {
+            return Ok(h);
+        }
         let h = self
             .heap
             .alloc(o)

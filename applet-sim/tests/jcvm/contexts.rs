@@ -82,8 +82,14 @@ fn shareable_interface_objects_cross_the_firewall_and_nothing_else_does() {
     // Parameter 2: the server refuses (null).
     assert_eq!(tx(&mut rt, "8001020001"), "009000");
     assert_eq!(tx(&mut rt, "8002000500"), "6A83");
-    // Parameter 1: granted.
+    // Parameter 1: granted; asking again gives the same reference (no new object).
     assert_eq!(tx(&mut rt, "8001010001"), "019000");
+    let client_objects = rt.store().keys("app/F06B6167690401/jc/o/").len();
+    assert_eq!(tx(&mut rt, "8001010001"), "019000");
+    assert_eq!(
+        rt.store().keys("app/F06B6167690401/jc/o/").len(),
+        client_objects
+    );
     // add(5), add(0x0102): the server's total 5, then 0x0107.
     assert_eq!(tx(&mut rt, "8002000500"), "00059000");
     assert_eq!(tx(&mut rt, "8002010200"), "01079000");
