@@ -116,8 +116,11 @@ pub trait Applet: Send {
     /// SELECT response. An error leaves no applet selected on that channel.
     fn select(&mut self, ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, StatusWord>;
 
-    /// Called before another applet is selected on the channel, or when the channel closes.
-    fn deselect(&mut self, _channel: u8) {}
+    /// Called before another applet is selected on the channel (`ctx.channel`), or when the
+    /// channel closes; persistent memory is reachable as in any call.
+    fn deselect(&mut self, ctx: &mut AppletContext<'_>) {
+        let _ = ctx;
+    }
 
     /// Processes one command (after chaining is resolved).
     fn process(

@@ -9,12 +9,17 @@ use card_wire::apdu::{Command, Response};
 use card_wire::sw::StatusWord;
 use kagi_jcvm::share::{ShareCall, ShareOutcome, ShareReturn, Sio};
 use kagi_jcvm::{Answer, ApduIn, Limits, Package, Persist, StoreFail, Vm};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 /// The applet's persistent memory as the VM sees it, and (when the runtime gives them) the
 /// other applets, for `JCSystem.lookupAID` and shareable interface objects.
+///
+/// A package context's records (`jc/…`) are the package's, under `jcctx/<package AID>/`;
+/// an old-form instance keeps them in its own namespace. Transactions are the card's.
 pub(crate) struct ScopedPersist<'a, 'b> {
     store: &'a mut AppletStore<'b>,
+    /// The package context's records prefix, `None` for an old-form instance.
+    records: Option<&'a str>,
     others: Option<Reach<'a>>,
 }
 
@@ -26,12 +31,19 @@ pub(crate) struct Reach<'a> {
 }
 
 impl<'a, 'b> ScopedPersist<'a, 'b> {
-    /// The applet's memory alone (no other applets reachable).
-    pub(crate) fn new(store: &'a mut AppletStore<'b>) -> Self {
+    /// The memory of a context (`records`: its records prefix, see
+    /// [`crate::registry::context_prefix`]) as instance `store` sees it, with no other
+    /// applets reachable.
+    pub(crate) fn new(store: &'a mut AppletStore<'b>, records: Option<&'a str>) -> Self {
         ScopedPersist {
             store,
+            records,
             others: None,
         }
+    }
+
+    fn key(&self, name: &str) -> Option<String> {
+        self.records.map(|p| format!("{p}{name}"))
     }
 }
 
@@ -44,19 +56,44 @@ fn fail(e: StoreError) -> StoreFail {
 
 impl Persist for ScopedPersist<'_, '_> {
     fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.store.get(name).map(<[u8]>::to_vec)
+        match self.key(name) {
+            Some(k) => self.store.card().get(&k),
+            None => self.store.get(name),
+        }
+        .map(<[u8]>::to_vec)
     }
     fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.store.put(name, value).map_err(fail)
+        match self.key(name) {
+            Some(k) => self.store.card_mut().put(&k, value),
+            None => self.store.put(name, value),
+        }
+        .map_err(fail)
     }
     fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
-        self.store.get_committed(name).map(<[u8]>::to_vec)
+        match self.key(name) {
+            Some(k) => self.store.card().get_committed(&k),
+            None => self.store.get_committed(name),
+        }
+        .map(<[u8]>::to_vec)
     }
     fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.store.put_outside(name, value).map_err(fail)
+        match self.key(name) {
+            Some(k) => self.store.card_mut().put_outside(&k, value),
+            None => self.store.put_outside(name, value),
+        }
+        .map_err(fail)
     }
     fn names(&self, prefix: &str) -> Vec<String> {
-        self.store.names(prefix)
+        match (self.records, self.key(prefix)) {
+            (Some(p), Some(k)) => self
+                .store
+                .card()
+                .keys(&k)
+                .into_iter()
+                .map(|k| k[p.len()..].to_string())
+                .collect(),
+            _ => self.store.names(prefix),
+        }
     }
     fn begin(&mut self) {
         self.store.begin();
@@ -71,7 +108,11 @@ impl Persist for ScopedPersist<'_, '_> {
         self.store.in_transaction()
     }
     fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
-        self.store.remove(name).map_err(fail)
+        match self.key(name) {
+            Some(k) => self.store.card_mut().remove(&k),
+            None => self.store.remove(name),
+        }
+        .map_err(fail)
     }
     fn card_state(&self) -> u8 {
         crate::registry::card_life_cycle(self.store.card())
@@ -132,87 +173,86 @@ impl Persist for ScopedPersist<'_, '_> {
     }
 }
 
-/// Writes made where the runtime gives no store (an applet's `deselect()`), kept until the
-/// next call that has one.
-#[derive(Default)]
-struct Deferred(Vec<(String, Option<Vec<u8>>)>);
+/// A package's context: its machine, shared by every instance of the package (old-form
+/// instances have one each).
+pub type Context = Arc<Mutex<Vm>>;
 
-impl Persist for Deferred {
-    fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.clone())
-    }
-    fn put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.0.push((name.to_string(), Some(value.to_vec())));
-        Ok(())
-    }
-    fn get_committed(&self, name: &str) -> Option<Vec<u8>> {
-        self.get(name)
-    }
-    fn put_outside(&mut self, name: &str, value: &[u8]) -> Result<(), StoreFail> {
-        self.put(name, value)
-    }
-    fn names(&self, _: &str) -> Vec<String> {
-        Vec::new()
-    }
-    fn begin(&mut self) {}
-    fn commit(&mut self) -> Result<(), StoreFail> {
-        Ok(())
-    }
-    fn abort(&mut self) {}
-    fn in_transaction(&self) -> bool {
-        false
-    }
-    fn remove(&mut self, name: &str) -> Result<(), StoreFail> {
-        self.0.push((name.to_string(), None));
-        Ok(())
-    }
-}
-
-/// A Java Card applet instance from a CAP file.
+/// A Java Card applet instance from a CAP file: an instance of its package's [`Context`].
 pub struct JcApplet {
-    vm: Vm,
-    deferred: Deferred,
+    aid: Aid,
+    context: Context,
+    /// The context's records prefix (`None`: an old-form instance's own namespace).
+    records: Option<String>,
 }
 
 impl std::fmt::Debug for JcApplet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.vm.fmt(f)
+        f.debug_struct("JcApplet")
+            .field("aid", &self.aid)
+            .field("records", &self.records)
+            .finish()
     }
 }
 
+/// The machine, even if a panic in another thread poisoned its lock (its state is the store's).
+fn lock(c: &Context) -> MutexGuard<'_, Vm> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl JcApplet {
-    /// The instance `aid` of the linked package `pkg`.
-    pub fn new(pkg: Arc<Package>, aid: &Aid) -> Self {
+    /// The instance `aid` in the package context `context` whose records are under
+    /// `records` ([`crate::registry::context_prefix`]).
+    pub fn member(context: Context, records: String, aid: &Aid) -> Self {
         JcApplet {
-            vm: Vm::new(pkg, aid.as_bytes(), Limits::default()),
-            deferred: Deferred::default(),
+            aid: aid.clone(),
+            context,
+            records: Some(records),
         }
     }
 
-    /// The VM (for its last error and counters).
-    pub fn vm(&self) -> &Vm {
-        &self.vm
+    /// The old-form instance `aid` of the linked package `pkg`: a context of its own, its
+    /// records in its own namespace (card images made before package contexts).
+    pub fn solo(pkg: Arc<Package>, aid: &Aid) -> Self {
+        JcApplet {
+            aid: aid.clone(),
+            context: Arc::new(Mutex::new(Vm::new(pkg, aid.as_bytes(), Limits::default()))),
+            records: None,
+        }
     }
 
-    fn apply_deferred(&mut self, store: &mut AppletStore<'_>) -> Result<(), StatusWord> {
-        for (n, v) in std::mem::take(&mut self.deferred.0) {
-            match v {
-                Some(v) => store.put(&n, &v)?,
-                None => store.remove(&n)?,
-            }
-        }
-        Ok(())
+    /// The instance's context.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The machine, entered for this instance.
+    fn vm(&self) -> MutexGuard<'_, Vm> {
+        let mut vm = lock(&self.context);
+        vm.enter(self.aid.as_bytes());
+        vm
+    }
+
+    /// The machine for a call the runtime makes on another applet's behalf: `None` when the
+    /// context is busy (its own instance is the caller), which the firewall refuses.
+    fn vm_if_free(&self) -> Option<MutexGuard<'_, Vm>> {
+        let mut vm = match self.context.try_lock() {
+            Ok(vm) => vm,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        vm.enter(self.aid.as_bytes());
+        Some(vm)
     }
 }
 
 /// The applet's memory and the other applets, from its context.
-fn reach<'a, 'b>(ctx: &'a mut AppletContext<'b>) -> ScopedPersist<'a, 'b> {
+fn reach<'a, 'b>(
+    ctx: &'a mut AppletContext<'b>,
+    records: Option<&'a str>,
+) -> ScopedPersist<'a, 'b> {
     ScopedPersist {
         store: &mut ctx.store,
+        records,
         others: Some(Reach {
             applets: &mut *ctx.others,
             rng: &mut *ctx.rng,
@@ -233,7 +273,6 @@ pub(crate) fn answer(a: Answer) -> Result<Vec<u8>, StatusWord> {
 
 impl Applet for JcApplet {
     fn select(&mut self, ctx: &mut AppletContext<'_>) -> Result<Vec<u8>, StatusWord> {
-        self.apply_deferred(&mut ctx.store)?;
         let cla = if ctx.channel < 4 {
             ctx.channel
         } else {
@@ -245,11 +284,13 @@ impl Applet for JcApplet {
             ne: 256,
             extended: false,
         };
-        answer(self.vm.select(&mut reach(ctx), &cmd))
+        let mut vm = self.vm();
+        answer(vm.select(&mut reach(ctx, self.records.as_deref()), &cmd))
     }
 
-    fn deselect(&mut self, _channel: u8) {
-        let _ = self.vm.deselect(&mut self.deferred);
+    fn deselect(&mut self, ctx: &mut AppletContext<'_>) {
+        let mut vm = self.vm();
+        let _ = vm.deselect(&mut reach(ctx, self.records.as_deref()));
     }
 
     fn process(
@@ -257,21 +298,21 @@ impl Applet for JcApplet {
         command: &Command,
         ctx: &mut AppletContext<'_>,
     ) -> Result<Response, StatusWord> {
-        self.apply_deferred(&mut ctx.store)?;
         let cmd = ApduIn {
             header: command.header(),
             data: command.data().to_vec(),
             ne: command.ne().unwrap_or(0),
             extended: command.is_extended(),
         };
-        match self.vm.process(&mut reach(ctx), &cmd) {
+        let mut vm = self.vm();
+        match vm.process(&mut reach(ctx, self.records.as_deref()), &cmd) {
             Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
             a => answer(a).map(Response::success),
         }
     }
 
     fn reset(&mut self) {
-        self.vm.reset();
+        lock(&self.context).reset();
     }
 
     fn shareable_object(
@@ -280,29 +321,27 @@ impl Applet for JcApplet {
         parameter: u8,
         ctx: &mut AppletContext<'_>,
     ) -> Option<Sio> {
-        self.apply_deferred(&mut ctx.store).ok()?;
-        self.vm
-            .shareable_object(&mut ScopedPersist::new(&mut ctx.store), client, parameter)
+        let mut vm = self.vm_if_free()?;
+        vm.shareable_object(&mut reach(ctx, self.records.as_deref()), client, parameter)
             .ok()
             .flatten()
     }
 
     fn call_shareable(&mut self, call: ShareCall, ctx: &mut AppletContext<'_>) -> ShareOutcome {
-        if self.apply_deferred(&mut ctx.store).is_err() {
+        let Some(mut vm) = self.vm_if_free() else {
             return ShareOutcome {
-                ret: ShareReturn::Full,
+                ret: ShareReturn::Security,
                 buffer: call.buffer,
             };
-        }
-        self.vm
-            .call_shareable(&mut ScopedPersist::new(&mut ctx.store), call)
+        };
+        vm.call_shareable(&mut reach(ctx, self.records.as_deref()), call)
     }
 
     fn extended_length(&self) -> bool {
         // The instance's own class, not any class of its package (Java Card 3.0.5
         // `javacardx.apdu.ExtendedLength`: the applet implements it). Commands reach an
         // applet after its SELECT, when the machine has read its state.
-        self.vm.applet_implements("javacardx.apdu.ExtendedLength")
+        self.vm().applet_implements("javacardx.apdu.ExtendedLength")
     }
 
     fn own_get_response(&self) -> bool {
@@ -310,6 +349,6 @@ impl Applet for JcApplet {
     }
 
     fn diagnostic(&self) -> Option<String> {
-        self.vm.last_error().map(str::to_string)
+        lock(&self.context).last_error().map(str::to_string)
     }
 }

@@ -576,7 +576,7 @@ impl Applet for FileApplet {
         Ok(Vec::new())
     }
 
-    fn deselect(&mut self, _channel: u8) {
+    fn deselect(&mut self, _: &mut AppletContext<'_>) {
         self.current = None;
         self.verified.clear();
     }

@@ -36,6 +36,7 @@ pub mod card;
 pub mod card_key;
 pub mod class_error;
 pub mod class_table;
+mod contexts;
 pub mod echo;
 pub mod jc_applet;
 pub mod jpki;

@@ -6,11 +6,11 @@
 //!
 //! LOAD links the package with kagi's Java Card VM ([`kagi_jcvm`]) and keeps its load file
 //! data block; INSTALL [for install] runs the applet's `install` method ([`install_cap`]) and
-//! the runtime makes the instance a [`JcApplet`] ([`instantiate`]).
+//! the runtime makes the instance a [`crate::jc_applet::JcApplet`] of its package's context
+//! ([`crate::contexts`]).
 
 use crate::applet::Aid;
-use crate::jc_applet::{JcApplet, ScopedPersist};
-use crate::registry::RegistryEntry;
+use crate::jc_applet::ScopedPersist;
 use crate::registry::{self, LoadFile};
 use crate::store::{Store, StoreError};
 use card_wire::sw::StatusWord;
@@ -119,8 +119,9 @@ pub fn link(cap: &CapFile) -> Result<Package, StatusWord> {
 
 pub use crate::registry::block_key;
 
-/// Records a CAP package: its load file, version and load file data block, in one
-/// transaction.
+/// Records a CAP package: its load file, version and load file data block, and its static
+/// fields initialised from the Static Field component (as the card's installer does at load),
+/// in one transaction.
 pub fn record(
     store: &mut Store,
     lf: &LoadFile,
@@ -130,7 +131,18 @@ pub fn record(
     store.atomically(|s| {
         registry::put_load_file(s, lf)?;
         registry::put_package_version(s, &lf.aid, version)?;
-        s.put(&block_key(&lf.aid), block)
+        s.put(&block_key(&lf.aid), block)?;
+        if let Ok((_, pkg)) = package(s, &lf.aid) {
+            let records = registry::context_prefix(&lf.aid);
+            let mut vm = kagi_jcvm::Vm::context(Arc::new(pkg), kagi_jcvm::Limits::default());
+            let mut scoped = crate::applet_store::AppletStore::new(s, &lf.aid.to_hex(), false);
+            vm.init_package(&mut ScopedPersist::new(&mut scoped, Some(&records)))
+                .map_err(|e| match e {
+                    kagi_jcvm::StoreFail::Torn => StoreError::Torn,
+                    kagi_jcvm::StoreFail::Full => StoreError::Full { need: 0, free: 0 },
+                })?;
+        }
+        Ok(())
     })
 }
 
@@ -170,10 +182,12 @@ pub fn install_bytes(app: &Aid, privileges: &[u8], params: &[u8]) -> Vec<u8> {
 }
 
 /// INSTALL [for install] of the CAP applet `module` of load file `elf` as instance `app`:
-/// runs its `install(byte[], short, byte)` with the install parameters; the objects it makes
-/// go to the instance's memory (`app/<AID>/jc/…`), removed again when `install` fails. The
-/// caller writes the registry entry afterwards; objects of an install cut by power loss
-/// before that entry are collected at the next power-up ([`crate::Runtime::reset`]).
+/// runs its `install(byte[], short, byte)` with the install parameters in the package's
+/// context (its records under [`registry::context_prefix`], shared with the package's other
+/// instances). When `install` fails, the instance's registration goes, the package's static
+/// fields and meta record are put back and the objects it made are collected. The caller
+/// writes the registry entry afterwards; the registration of an install cut by power loss
+/// before that entry is collected at the next power-up ([`crate::Runtime::reset`]).
 pub fn install_cap(
     store: &mut Store,
     elf: &Aid,
@@ -189,26 +203,53 @@ pub fn install_cap(
         .find(|a| a.aid == module.as_bytes())
         .map(|a| a.install_method_offset)
         .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
-    let mut vm = kagi_jcvm::Vm::new(Arc::new(pkg), app.as_bytes(), kagi_jcvm::Limits::default());
+    let records = registry::context_prefix(elf);
+    let kept: Vec<(String, Option<Vec<u8>>)> = ["jc/m", "jc/s"]
+        .iter()
+        .map(|n| {
+            let k = format!("{records}{n}");
+            let v = store.get(&k).map(<[u8]>::to_vec);
+            (k, v)
+        })
+        .collect();
+    // The registration first (no applet object yet): power lost at any later write leaves an
+    // orphan registration, which the next power-up removes and whose objects it collects.
+    let registration = format!("{records}{}", kagi_jcvm::instance_record(app.as_bytes()));
+    store.put(&registration, &[0, 0])?;
+    let mut vm = kagi_jcvm::Vm::context(Arc::new(pkg), kagi_jcvm::Limits::default());
+    vm.enter(app.as_bytes());
     let bytes = install_bytes(app, privileges, params);
     let answer = {
         let mut scoped = crate::applet_store::AppletStore::new(store, &app.to_hex(), false);
-        vm.install(&mut ScopedPersist::new(&mut scoped), offset, &bytes)
+        vm.install(
+            &mut ScopedPersist::new(&mut scoped, Some(&records)),
+            offset,
+            &bytes,
+        )
     };
     match crate::jc_applet::answer(answer) {
         Ok(_) => Ok(()),
         Err(sw) => {
             if !store.is_torn() {
+                store.remove(&registration)?;
+                for (k, v) in kept {
+                    match v {
+                        Some(v) => store.put(&k, &v)?,
+                        None => store.remove(&k)?,
+                    }
+                }
                 store.remove_prefix(&format!("{}/", registry::data_prefix(app)))?;
+                vm.invalidate();
+                let mut scoped = crate::applet_store::AppletStore::new(store, &app.to_hex(), false);
+                vm.collect_garbage(&mut ScopedPersist::new(&mut scoped, Some(&records)))
+                    .map_err(|_| StatusWord::MEMORY_FAILURE)?;
             }
             Err(sw)
         }
     }
 }
 
-/// The applet of a registry entry of class [`CAP_CLASS`]: a [`JcApplet`] over its package.
-pub fn instantiate(store: &Store, e: &RegistryEntry) -> Option<JcApplet> {
-    let elf = e.elf.as_ref()?;
-    let (_, pkg) = package(store, elf).ok()?;
-    Some(JcApplet::new(Arc::new(pkg), &e.aid))
+/// The linked package of load file `elf` (for the runtime's contexts).
+pub(crate) fn linked(store: &Store, elf: &Aid) -> Option<Package> {
+    package(store, elf).ok().map(|(_, p)| p)
 }

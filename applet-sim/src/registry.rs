@@ -249,8 +249,16 @@ pub fn put_entry(store: &mut Store, e: &RegistryEntry) -> Result<(), StoreError>
     store.put(&key("reg", &e.aid), &e.encode())
 }
 
-/// Removes an instance record and its applet data.
+/// Removes an instance record and its applet data (for a Java Card applet, its registration
+/// in its package's context: the objects only it reached are then garbage).
 pub fn remove_entry(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
+    if let Some(elf) = entry(store, aid).and_then(|e| e.elf) {
+        store.remove(&format!(
+            "{}{}",
+            context_prefix(&elf),
+            kagi_jcvm::instance_record(aid.as_bytes())
+        ))?;
+    }
     store.remove(&key("reg", aid))?;
     store.remove_prefix(&format!("{}/", data_prefix(aid)))?;
     store.remove_prefix(&format!("{}/", sd_prefix(aid)))
@@ -277,6 +285,7 @@ pub fn put_load_file(store: &mut Store, lf: &LoadFile) -> Result<(), StoreError>
 
 /// Removes a load file record (and a CAP package's load file data block).
 pub fn remove_load_file(store: &mut Store, aid: &Aid) -> Result<(), StoreError> {
+    store.remove_prefix(&context_prefix(aid))?;
     store.remove(&block_key(aid))?;
     store.remove(&version_key(aid))?;
     store.remove(&key("elf", aid))
@@ -308,6 +317,12 @@ pub fn put_package_version(
 /// Where an applet keeps its persistent data: `app/<AID>`.
 pub fn data_prefix(aid: &Aid) -> String {
     key("app", aid)
+}
+
+/// Where the Java Card context of CAP package `elf` keeps its records (static fields, objects,
+/// the instances' registrations), shared by all its instances: `jcctx/<AID>/`.
+pub fn context_prefix(elf: &Aid) -> String {
+    format!("{}/", key("jcctx", elf))
 }
 
 /// Where a security domain keeps its keys and counters: `sd/<AID>`.

@@ -175,8 +175,10 @@ impl OtherApplets for Others<'_> {
         inst.applet.personalize(cmd, &mut ctx)
     }
 
-    // A shareable object's applet runs with no further applets in reach: a server cannot
-    // call on into a third context (nor back into its caller, whose machine is running).
+    // A server runs with the applets not already running in reach: it may call on into a
+    // third context, but not back into one whose call is under way (its caller's), which is
+    // out of the map (or, for another instance of a running package, busy): the firewall
+    // refuses that. Each level takes one instance out, so nesting ends.
     fn shareable_object(
         &mut self,
         server: &Aid,
@@ -185,24 +187,31 @@ impl OtherApplets for Others<'_> {
         rng: &mut CardRng,
         store: &mut Store,
     ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
-        let Some(inst) = self.instances.get_mut(server) else {
-            return Ok(None);
-        };
         if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
             return Ok(None);
         }
-        let mut ctx = AppletContext {
-            channel: 0,
-            aid: server,
-            rng,
-            store: scoped(store, server, inst.privileged),
-            registry: &[],
-            others: &mut NoOthers,
-            classes: self.classes,
+        let Some(mut inst) = self.instances.remove(server) else {
+            return Ok(None);
         };
-        Ok(inst
-            .applet
-            .shareable_object(client.as_bytes(), parameter, &mut ctx))
+        let out = {
+            let mut rest = Others {
+                instances: &mut *self.instances,
+                classes: self.classes,
+            };
+            let mut ctx = AppletContext {
+                channel: 0,
+                aid: server,
+                rng,
+                store: scoped(store, server, inst.privileged),
+                registry: &[],
+                others: &mut rest,
+                classes: self.classes,
+            };
+            inst.applet
+                .shareable_object(client.as_bytes(), parameter, &mut ctx)
+        };
+        self.instances.insert(server.clone(), inst);
+        Ok(out)
     }
 
     fn call_shareable(
@@ -212,22 +221,30 @@ impl OtherApplets for Others<'_> {
         rng: &mut CardRng,
         store: &mut Store,
     ) -> kagi_jcvm::share::ShareOutcome {
-        let Some(inst) = self.instances.get_mut(owner) else {
+        let Some(mut inst) = self.instances.remove(owner) else {
             return kagi_jcvm::share::ShareOutcome {
                 ret: kagi_jcvm::share::ShareReturn::Security,
                 buffer: call.buffer,
             };
         };
-        let mut ctx = AppletContext {
-            channel: 0,
-            aid: owner,
-            rng,
-            store: scoped(store, owner, inst.privileged),
-            registry: &[],
-            others: &mut NoOthers,
-            classes: self.classes,
+        let out = {
+            let mut rest = Others {
+                instances: &mut *self.instances,
+                classes: self.classes,
+            };
+            let mut ctx = AppletContext {
+                channel: 0,
+                aid: owner,
+                rng,
+                store: scoped(store, owner, inst.privileged),
+                registry: &[],
+                others: &mut rest,
+                classes: self.classes,
+            };
+            inst.applet.call_shareable(call, &mut ctx)
         };
-        inst.applet.call_shareable(call, &mut ctx)
+        self.instances.insert(owner.clone(), inst);
+        out
     }
 }
 
@@ -235,6 +252,10 @@ impl OtherApplets for Others<'_> {
 pub struct Runtime {
     store: Store,
     instances: Instances,
+    /// Java Card package contexts, shared by their instances.
+    contexts: crate::contexts::Contexts,
+    /// Packages whose contexts have garbage to collect (an instance went).
+    gc_due: std::collections::BTreeSet<Aid>,
     registry: Vec<RegistryEntry>,
     synced: Option<u64>,
     channels: Vec<ChannelState>,
@@ -265,6 +286,8 @@ impl Runtime {
         let mut rt = Runtime {
             store,
             instances: BTreeMap::new(),
+            contexts: BTreeMap::new(),
+            gc_due: std::collections::BTreeSet::new(),
             registry: Vec::new(),
             synced: None,
             channels: (0..CHANNELS).map(|_| ChannelState::default()).collect(),
@@ -327,12 +350,29 @@ impl Runtime {
         if self.synced == Some(self.store.generation()) {
             return;
         }
-        self.registry = registry::entries(&self.store);
+        let old = std::mem::replace(&mut self.registry, registry::entries(&self.store));
         let live: Vec<Aid> = self.registry.iter().map(|e| e.aid.clone()).collect();
+        for e in old {
+            if e.class == registry::CAP_CLASS
+                && !live.contains(&e.aid)
+                && let Some(elf) = e.elf
+            {
+                self.gc_due.insert(elf);
+            }
+        }
         self.instances.retain(|aid, _| live.contains(aid));
+        let packages: Vec<&Aid> = self
+            .registry
+            .iter()
+            .filter(|e| e.class == registry::CAP_CLASS)
+            .filter_map(|e| e.elf.as_ref())
+            .collect();
+        self.contexts.retain(|elf, _| packages.contains(&elf));
         for e in &self.registry {
             if !self.instances.contains_key(&e.aid) && e.class == registry::CAP_CLASS {
-                if let Some(applet) = crate::load_file::instantiate(&self.store, e) {
+                if let Some(applet) =
+                    crate::contexts::instantiate(&self.store, e, &mut self.contexts)
+                {
                     let applet = Box::new(applet);
                     self.instances.insert(
                         e.aid.clone(),
@@ -358,6 +398,11 @@ impl Runtime {
             {
                 ch.selected = None;
             }
+        }
+        // An instance went: what only it reached is garbage now (a failure leaves it for
+        // the next collection).
+        for elf in std::mem::take(&mut self.gc_due) {
+            let _ = crate::contexts::collect(&mut self.store, &elf, &self.contexts);
         }
         self.synced = Some(self.store.generation());
     }
@@ -403,6 +448,11 @@ impl Runtime {
     pub fn reset(&mut self) {
         self.store.power_up();
         collect_orphans(&mut self.store);
+        self.gc_due
+            .extend(crate::contexts::collect_orphans(&mut self.store));
+        for aid in crate::contexts::migrate(&mut self.store) {
+            self.instances.remove(&aid);
+        }
         self.synced = None;
         self.sync();
         for i in self.instances.values_mut() {
@@ -527,9 +577,8 @@ impl Runtime {
         if cmd.ins() == 0xA4
             && resp.sw.is_success()
             && let Some(old) = self.channels[ch].selected.take()
-            && let Some(a) = self.instances.get_mut(&old)
         {
-            a.applet.deselect(ch as u8);
+            self.with_applet(&old, ch, |a, ctx| a.deselect(ctx));
         }
         self.channels[ch].file = file;
         resp
@@ -686,10 +735,8 @@ impl Runtime {
             return Response::status(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
         // Java Card order: the old applet is deselected before the new one is selected.
-        if let Some(old) = current
-            && let Some(a) = self.instances.get_mut(&old)
-        {
-            a.applet.deselect(ch as u8);
+        if let Some(old) = current {
+            self.with_applet(&old, ch, |a, ctx| a.deselect(ctx));
         }
         self.channels[ch].selected = None;
         match self.with_applet(&target, ch, |a, ctx| a.select(ctx)) {
@@ -743,10 +790,8 @@ impl Runtime {
                 if n == 0 || n >= CHANNELS || !self.channels[n].open {
                     return Response::status(StatusWord::INCORRECT_P1P2);
                 }
-                if let Some(aid) = self.channels[n].selected.clone()
-                    && let Some(a) = self.instances.get_mut(&aid)
-                {
-                    a.applet.deselect(n as u8);
+                if let Some(aid) = self.channels[n].selected.clone() {
+                    self.with_applet(&aid, n, |a, ctx| a.deselect(ctx));
                 }
                 self.channels[n] = ChannelState::default();
                 Response::status(StatusWord::SUCCESS)

@@ -57,6 +57,7 @@ impl Vm {
     pub(crate) fn unreachable(&self) -> Vec<u16> {
         let mut seen: BTreeSet<u16> = BTreeSet::new();
         let mut todo: Vec<u16> = vec![self.applet];
+        todo.extend(self.applets.values().copied());
         let refs = usize::from(self.pkg.model.static_fields.reference_count);
         for i in 0..refs {
             if let Some(b) = self.statics.get(2 * i..2 * i + 2) {

@@ -107,6 +107,9 @@ pub enum NativeState {
         package: Vec<u8>,
         /// The shareable interfaces (class tokens of that package) it implements.
         interfaces: Vec<u8>,
+        /// The shareable interfaces of other packages it implements: package AID and class
+        /// token.
+        foreign: Vec<(Vec<u8>, u8)>,
     },
 }
 
@@ -276,6 +279,7 @@ pub fn encode(o: &Obj) -> Vec<u8> {
                     handle,
                     package,
                     interfaces,
+                    foreign,
                 } => {
                     v.push(6);
                     for part in [owner, package, interfaces] {
@@ -283,6 +287,15 @@ pub fn encode(o: &Obj) -> Vec<u8> {
                         v.extend_from_slice(part);
                     }
                     v.extend_from_slice(&handle.to_be_bytes());
+                    // Records written before foreign interfaces end here.
+                    if !foreign.is_empty() {
+                        v.push(foreign.len() as u8);
+                        for (aid, token) in foreign {
+                            v.push(aid.len() as u8);
+                            v.extend_from_slice(aid);
+                            v.push(*token);
+                        }
+                    }
                 }
             }
         }
@@ -376,11 +389,20 @@ pub fn decode(b: &[u8]) -> Option<Obj> {
                         r.bytes(n)
                     };
                     let (owner, package, interfaces) = (part()?, part()?, part()?);
+                    let handle = r.u2()?;
+                    let mut foreign = Vec::new();
+                    if let Some(n) = r.u1() {
+                        for _ in 0..n {
+                            let len = usize::from(r.u1()?);
+                            foreign.push((r.bytes(len)?, r.u1()?));
+                        }
+                    }
                     NativeState::Proxy {
                         owner,
-                        handle: r.u2()?,
+                        handle,
                         package,
                         interfaces,
+                        foreign,
                     }
                 }
                 _ => return None,

@@ -195,7 +195,7 @@ impl Vm {
         }
     }
 
-    fn class_of(&self, h: u16) -> Res<ClassId> {
+    pub(crate) fn class_of(&self, h: u16) -> Res<ClassId> {
         match self.heap.objects.get(&h) {
             Some(Obj::Instance { class, .. }) => Ok(*class),
             Some(Obj::Array { .. }) => Ok(ClassId::Api(

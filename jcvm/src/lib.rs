@@ -173,6 +173,17 @@ pub struct Vm {
     statics: Vec<u8>,
     applet: u16,
     aid: Vec<u8>,
+    /// The registered applet object of each instance of the package in this context.
+    applets: std::collections::BTreeMap<Vec<u8>, u16>,
+    /// Instances whose registration waits to be written.
+    applets_dirty: BTreeSet<Vec<u8>>,
+    /// The instance whose records predate package contexts (its meta record names its
+    /// applet); `None` for a package context.
+    home: Option<Vec<u8>>,
+    /// The applet handle of an old-form meta record, written back unchanged.
+    meta_applet: u16,
+    /// Channels on which an instance of this context is selected.
+    active: u16,
     loaded: bool,
     dirty: BTreeSet<u16>,
     statics_dirty: bool,
@@ -219,18 +230,45 @@ fn applet_token(name: &str, descriptor: &str) -> u8 {
 const META: &str = "jc/m";
 const STATICS: &str = "jc/s";
 const OBJ: &str = "jc/o/";
+const INSTANCE: &str = "jc/i/";
+
+/// The record that names instance `aid`'s applet object in its package's context
+/// (`jc/i/<AID in hex>`: remove it and the instance's objects are garbage).
+pub fn instance_record(aid: &[u8]) -> String {
+    format!("{INSTANCE}{}", hex::encode_upper(aid))
+}
 
 impl Vm {
-    /// A machine for the instance `aid` of `pkg` (its state is read from `Persist` on first
-    /// use).
+    /// The context of package `pkg` (Java Card 3.0.5 runtime environment specification
+    /// §6.1.2: one context per package): every instance of the package runs in it, sharing
+    /// its static fields and objects. Its state is read from `Persist` on first use; name the
+    /// instance each call is for with [`Vm::enter`].
+    pub fn context(pkg: Arc<Package>, limits: Limits) -> Self {
+        Self::make(pkg, None, limits)
+    }
+
+    /// A context of one instance `aid` of `pkg` whose records are of the old form (the
+    /// instance's own meta record names its applet object): the form of card images made
+    /// before package contexts, which keep running as they were.
     pub fn new(pkg: Arc<Package>, aid: &[u8], limits: Limits) -> Self {
+        let mut vm = Self::make(pkg, Some(aid.to_vec()), limits);
+        vm.aid = aid.to_vec();
+        vm
+    }
+
+    fn make(pkg: Arc<Package>, home: Option<Vec<u8>>, limits: Limits) -> Self {
         Vm {
             pkg,
             limits,
             heap: Heap::new(),
             statics: Vec::new(),
             applet: 0,
-            aid: aid.to_vec(),
+            aid: Vec::new(),
+            applets: std::collections::BTreeMap::new(),
+            applets_dirty: BTreeSet::new(),
+            home,
+            meta_applet: 0,
+            active: 0,
             loaded: false,
             dirty: BTreeSet::new(),
             statics_dirty: false,
@@ -252,6 +290,34 @@ impl Vm {
             caller: None,
             aid_objects: std::collections::HashMap::new(),
         }
+    }
+
+    /// Names the instance the following calls are for (its AID, as the card manager
+    /// installed it).
+    pub fn enter(&mut self, instance: &[u8]) {
+        if self.aid != instance {
+            self.aid = instance.to_vec();
+        }
+        self.applet = self.applets.get(instance).copied().unwrap_or(0);
+    }
+
+    /// The instances registered in this context (after its state was read).
+    pub fn instances(&self) -> Vec<Vec<u8>> {
+        self.applets.keys().cloned().collect()
+    }
+
+    /// Forgets what the machine holds of the store: the next call reads every persistent
+    /// object again (after another machine — an installation — changed the context's
+    /// records). Transient arrays keep their contents.
+    pub fn invalidate(&mut self) {
+        self.loaded = false;
+    }
+
+    /// Deletes the persistent objects no instance, static field or system object reaches
+    /// (after an instance was deleted, or an installation failed); returns how many.
+    pub fn collect_garbage(&mut self, p: &mut dyn Persist) -> Result<usize, StoreFail> {
+        self.load(p);
+        self.delete_unreachable(p)
     }
 
     /// What went wrong in the last call that answered `6F00`, naming the exception, the
@@ -295,11 +361,11 @@ impl Vm {
     }
 
     fn load(&mut self, p: &dyn Persist) {
-        if self.loaded {
-            return;
+        if !self.loaded {
+            self.loaded = true;
+            self.reload(p);
         }
-        self.loaded = true;
-        self.reload(p);
+        self.applet = self.applets.get(&self.aid).copied().unwrap_or(0);
     }
 
     /// Reads every persistent object, the statics and the meta record from `p`.
@@ -313,15 +379,30 @@ impl Vm {
             .collect();
         let old = std::mem::take(&mut self.heap.objects);
         self.heap.objects = keep.into_iter().collect();
+        self.applets.clear();
         if let Some(m) = p.get(META)
             && let [a, b, c, d, ..] = m[..]
         {
             self.heap.next = u16::from_be_bytes([a, b]).max(heap::FIRST_PERSISTENT);
-            self.applet = u16::from_be_bytes([c, d]);
+            self.meta_applet = u16::from_be_bytes([c, d]);
         } else {
             self.heap.next = heap::FIRST_PERSISTENT;
-            self.applet = 0;
+            self.meta_applet = 0;
         }
+        if let Some(home) = &self.home
+            && self.meta_applet != 0
+        {
+            self.applets.insert(home.clone(), self.meta_applet);
+        }
+        for name in p.names(INSTANCE) {
+            if let (Ok(aid), Some([a, b])) = (
+                hex::decode(&name[INSTANCE.len()..]),
+                p.get(&name).as_deref(),
+            ) {
+                self.applets.insert(aid, u16::from_be_bytes([*a, *b]));
+            }
+        }
+        self.applets_dirty.clear();
         self.statics = p.get(STATICS).unwrap_or_default();
         for name in p.names(OBJ) {
             let Some(h) = u16::from_str_radix(&name[OBJ.len()..], 16).ok() else {
@@ -381,7 +462,10 @@ impl Vm {
 
     /// Whether changed persistent state waits to be written.
     pub(crate) fn pending(&self) -> bool {
-        !self.dirty.is_empty() || self.statics_dirty || self.meta_dirty
+        !self.dirty.is_empty()
+            || self.statics_dirty
+            || self.meta_dirty
+            || !self.applets_dirty.is_empty()
     }
 
     /// Writes persistent object `h` as it is in memory outside the open transaction too
@@ -434,9 +518,13 @@ impl Vm {
         }
         if self.meta_dirty {
             let mut m = self.heap.next.to_be_bytes().to_vec();
-            m.extend_from_slice(&self.applet.to_be_bytes());
+            m.extend_from_slice(&self.meta_applet.to_be_bytes());
             p.put(META, &m)?;
             self.meta_dirty = false;
+        }
+        for aid in std::mem::take(&mut self.applets_dirty) {
+            let h = self.applets.get(&aid).copied().unwrap_or(0);
+            p.put(&instance_record(&aid), &h.to_be_bytes())?;
         }
         Ok(())
     }
@@ -470,6 +558,20 @@ impl Vm {
             Ok(_) => Answer::Ok(Vec::new()),
             Err(a) => a,
         }
+    }
+
+    /// Initialises the package's static fields from its Static Field component (its arrays
+    /// made) and writes them, unless the context has them already: what the card's installer
+    /// does when it loads the package.
+    pub fn init_package(&mut self, p: &mut dyn Persist) -> Result<(), StoreFail> {
+        self.load(p);
+        if self.statics.is_empty()
+            && self.pkg.model.static_fields.image_size > 0
+            && self.init_statics().is_err()
+        {
+            return Err(StoreFail::Full);
+        }
+        self.flush(p)
     }
 
     fn init_statics(&mut self) -> Result<(), Answer> {
@@ -545,6 +647,9 @@ impl Vm {
         self.selecting = true;
         let a = self.process_inner(p, cmd);
         self.selecting = false;
+        if matches!(a, Answer::Ok(_) | Answer::Sw(0x9000)) {
+            self.active = self.active.saturating_add(1);
+        }
         a
     }
 
@@ -591,8 +696,13 @@ impl Vm {
         } else {
             Answer::Ok(Vec::new())
         };
-        self.heap.clear_transient(2);
-        self.validated.clear();
+        // CLEAR_ON_DESELECT arrays belong to the context: they clear when no instance of the
+        // package stays selected on another channel (JCRE 3.0.5 §4.3, multiselection).
+        self.active = self.active.saturating_sub(1);
+        if self.active == 0 {
+            self.heap.clear_transient(2);
+            self.validated.clear();
+        }
         a
     }
 
@@ -604,6 +714,8 @@ impl Vm {
         self.dirty.clear();
         self.statics_dirty = false;
         self.meta_dirty = false;
+        self.applets_dirty.clear();
+        self.active = 0;
         self.heap.clear_transient(1);
         self.validated.clear();
         self.frames.clear();

@@ -14,6 +14,10 @@ pub(crate) enum Ret {
     Word(i16),
     #[allow(dead_code)]
     Int(i32),
+    /// The native's answer is that of a method of the package, run as if the applet had
+    /// invoked it (its arguments, `this` first): a sibling instance's
+    /// `getShareableInterfaceObject` in the same context.
+    Code(u16, Vec<i16>),
 }
 
 impl Ret {
@@ -25,12 +29,13 @@ impl Ret {
                 words.push((*i >> 16) as i16);
                 words.push(*i as i16);
             }
+            Ret::Code(..) => {}
         }
     }
 
     pub(crate) fn as_i32(&self) -> Option<i32> {
         match self {
-            Ret::Void => None,
+            Ret::Void | Ret::Code(..) => None,
             Ret::Word(w) => Some(i32::from(*w)),
             Ret::Int(i) => Some(*i),
         }
@@ -218,7 +223,7 @@ impl Vm {
                     None => return Ok(Ret::Word(0)),
                     Some(_) => return Err(self.firewall()),
                 };
-                Ret::Word(self.get_shareable(p, server, arg(1) as u8)?)
+                self.get_shareable(p, server, arg(1) as u8)?
             }
             ("javacard.framework.JCSystem", "getPreviousContextAID", _) => {
                 Ret::Word(self.previous_context()?)
@@ -263,8 +268,7 @@ impl Vm {
             (_, "equals", "(Ljava/lang/Object;)Z") => Ret::Word(i16::from(arg(0) == arg(1))),
             // Applet.
             ("javacard.framework.Applet", "register", "()V") => {
-                self.applet = arg(0) as u16;
-                self.meta_dirty = true;
+                self.register(arg(0) as u16);
                 Ret::Void
             }
             ("javacard.framework.Applet", "register", "([BSB)V") => {
@@ -275,8 +279,7 @@ impl Vm {
                     // SystemException.ILLEGAL_AID
                     return Err(self.throw_api("javacard.framework.SystemException", 2));
                 }
-                self.applet = arg(0) as u16;
-                self.meta_dirty = true;
+                self.register(arg(0) as u16);
                 Ret::Void
             }
             ("javacard.framework.Applet", "selectingApplet", "()Z") => {
@@ -536,6 +539,13 @@ impl Vm {
     }
 
     /// The system `AID` object of this instance.
+    /// `Applet.register`: `h` is the applet object of the instance being installed.
+    fn register(&mut self, h: u16) {
+        self.applet = h;
+        self.applets.insert(self.aid.clone(), h);
+        self.applets_dirty.insert(self.aid.clone());
+    }
+
     pub(crate) fn own_aid(&mut self) -> Res<u16> {
         let aid = self.aid.clone();
         self.aid_object(&aid)

@@ -16,6 +16,7 @@
 use crate::heap::{self, NativeState, Obj};
 use crate::interp::{Call, Flow, Target};
 use crate::link::ClassId;
+use crate::native::Ret;
 use crate::{Answer, Persist, StoreFail, Vm, api};
 
 /// A server's shareable object as a client gets it.
@@ -28,6 +29,8 @@ pub struct Sio {
     /// Class tokens (the server package's Export component) of the shareable interfaces the
     /// object implements.
     pub interfaces: Vec<u8>,
+    /// The shareable interfaces of other packages (package AID, class token) it implements.
+    pub foreign: Vec<(Vec<u8>, u8)>,
 }
 
 /// A method of a shareable interface called from another context.
@@ -148,6 +151,7 @@ impl Vm {
                 handle: sio.handle,
                 package: sio.package,
                 interfaces: sio.interfaces,
+                foreign: sio.foreign,
             },
         };
         if !keep {
@@ -227,6 +231,73 @@ impl Vm {
         out
     }
 
+    /// The other packages' shareable interfaces class `c` (or a superclass) implements.
+    fn foreign_interfaces(&self, c: ClassId) -> Vec<(Vec<u8>, u8)> {
+        let mut out = Vec::new();
+        let mut cur = Some(c);
+        for _ in 0..256 {
+            let Some(ClassId::Pkg(o)) = cur else { break };
+            if let Some(lc) = self.pkg.classes.get(&o) {
+                for ii in &self.pkg.model.classes.classes[lc.index].interfaces {
+                    if let Ok(ClassId::Ext(i, t)) = self.pkg.class_ref(ii.interface)
+                        && let Some(aid) = self.pkg.import_aid(i)
+                        && !out.iter().any(|(a, x): &(Vec<u8>, u8)| a == aid && *x == t)
+                    {
+                        out.push((aid.to_vec(), t));
+                    }
+                }
+            }
+            cur = self.pkg.super_of(ClassId::Pkg(o));
+        }
+        out
+    }
+
+    /// The export token of this package's interface at class offset `o` (how other packages
+    /// name it).
+    pub(crate) fn export_token(&self, o: u16) -> Option<u8> {
+        self.pkg
+            .model
+            .export
+            .iter()
+            .position(|e| e.class_offset == o)
+            .and_then(|t| u8::try_from(t).ok())
+    }
+
+    /// Whether proxy `h` implements shareable interface `iface` as this package names it.
+    pub(crate) fn proxy_implements(&self, h: u16, iface: ClassId) -> bool {
+        let Some(Obj::Instance {
+            native:
+                NativeState::Proxy {
+                    package,
+                    interfaces,
+                    foreign,
+                    ..
+                },
+            ..
+        }) = self.heap.objects.get(&h)
+        else {
+            return false;
+        };
+        let Some((aid, t)) = self.interface_name(iface) else {
+            return false;
+        };
+        (aid == package.as_slice() && interfaces.contains(&t))
+            || foreign.iter().any(|(a, x)| a.as_slice() == aid && *x == t)
+    }
+
+    /// A shareable interface as packages name it across the firewall: its package's AID
+    /// and its class token there.
+    fn interface_name(&self, iface: ClassId) -> Option<(&[u8], u8)> {
+        match iface {
+            ClassId::Ext(i, t) => Some((self.pkg.import_aid(i)?, t)),
+            ClassId::Pkg(o) => Some((
+                self.pkg.model.header.package.aid.as_slice(),
+                self.export_token(o)?,
+            )),
+            ClassId::Api(_) => None,
+        }
+    }
+
     fn sio_of(&self, h: u16) -> Option<Sio> {
         match self.heap.objects.get(&h) {
             Some(Obj::Instance { class, native, .. })
@@ -236,6 +307,7 @@ impl Vm {
                     handle: h,
                     package: self.pkg.model.header.package.aid.clone(),
                     interfaces: self.shareable_tokens(*class),
+                    foreign: self.foreign_interfaces(*class),
                 })
             }
             _ => None,
@@ -283,7 +355,9 @@ impl Vm {
             Err(Flow::Store(StoreFail::Torn)) => return Err(Answer::Torn),
             _ => return Ok(None),
         };
-        Ok(self.sio_of(h).filter(|s| !s.interfaces.is_empty()))
+        Ok(self
+            .sio_of(h)
+            .filter(|s| !s.interfaces.is_empty() || !s.foreign.is_empty()))
     }
 
     /// The server side of a shareable call: checks the object and the interface, maps the
@@ -302,13 +376,6 @@ impl Vm {
         call: &ShareCall,
         buffer: &mut Vec<u8>,
     ) -> ShareReturn {
-        if call.package != self.pkg.model.header.package.aid {
-            return ShareReturn::Security;
-        }
-        let Some(e) = self.pkg.model.export.get(usize::from(call.interface)) else {
-            return ShareReturn::Security;
-        };
-        let iface = ClassId::Pkg(e.class_offset);
         let class = match self.heap.objects.get(&call.handle) {
             Some(Obj::Instance { class, native, .. })
                 if !matches!(native, NativeState::Proxy { .. }) =>
@@ -317,9 +384,27 @@ impl Vm {
             }
             _ => return ShareReturn::Security,
         };
-        if !self.shareable_tokens(class).contains(&call.interface) {
-            return ShareReturn::Security;
-        }
+        let iface = if call.package == self.pkg.model.header.package.aid {
+            let Some(e) = self.pkg.model.export.get(usize::from(call.interface)) else {
+                return ShareReturn::Security;
+            };
+            if !self.shareable_tokens(class).contains(&call.interface) {
+                return ShareReturn::Security;
+            }
+            ClassId::Pkg(e.class_offset)
+        } else {
+            // Another package's shareable interface the object implements.
+            let wanted = (call.package.clone(), call.interface);
+            if !self.foreign_interfaces(class).contains(&wanted) {
+                return ShareReturn::Security;
+            }
+            let Some(i) =
+                (0..=u8::MAX).find(|i| self.pkg.import_aid(*i) == Some(&call.package[..]))
+            else {
+                return ShareReturn::Security;
+            };
+            ClassId::Ext(i, call.interface)
+        };
         let offset = match self.resolve_interface(class, iface, call.method) {
             Ok(Target::Code(o)) => o,
             _ => return ShareReturn::Failed("interface method not implemented".into()),
@@ -353,6 +438,7 @@ impl Vm {
                         handle: w as u16,
                         package: Vec::new(),
                         interfaces: Vec::new(),
+                        foreign: Vec::new(),
                     };
                     match self.proxy(&call.caller, sio, false) {
                         Ok(h) => h as i16,
@@ -433,12 +519,9 @@ impl Vm {
             return Err(self.firewall());
         };
         let (owner, handle) = (owner.clone(), *handle);
-        let (package, interface) = match iface {
-            ClassId::Ext(i, t) => match self.pkg.import_aid(i) {
-                Some(a) => (a.to_vec(), t),
-                None => return Err(self.firewall()),
-            },
-            _ => return Err(self.firewall()),
+        let Some((package, interface)) = self.interface_name(iface).map(|(a, t)| (a.to_vec(), t))
+        else {
+            return Err(self.firewall());
         };
         let caller_buffer = self.apdu.buffer;
         let buffer = self
@@ -493,13 +576,36 @@ impl Vm {
         p: &mut dyn Persist,
         server: Vec<u8>,
         parameter: u8,
-    ) -> Result<i16, Flow> {
+    ) -> Result<Ret, Flow> {
         if server == self.aid {
-            return Ok(0);
+            return Ok(Ret::Word(0));
+        }
+        // Another instance of this package: the same context, so its object comes as it is
+        // (no proxy); its getShareableInterfaceObject runs here as a call of the applet.
+        if let Some(&sibling) = self.applets.get(&server) {
+            if !p.applet_exists(&server) {
+                return Ok(Ret::Word(0));
+            }
+            let aid = self.aid_object(&self.aid.clone())?;
+            let token = api::virtual_token(
+                "javacard.framework.Applet",
+                "getShareableInterfaceObject",
+                "(Ljavacard/framework/AID;B)Ljavacard/framework/Shareable;",
+            )
+            .unwrap_or(0);
+            let class = self.class_of(sibling)?;
+            return Ok(match self.resolve_virtual(class, token) {
+                Some(Target::Code(o)) => Ret::Code(
+                    o,
+                    vec![sibling as i16, aid as i16, i16::from(parameter as i8)],
+                ),
+                // The API's own method: null.
+                _ => Ret::Word(0),
+            });
         }
         match p.shareable_object(&server, parameter) {
-            Ok(Some(sio)) => Ok(self.proxy(&server, sio, true)? as i16),
-            Ok(None) => Ok(0),
+            Ok(Some(sio)) => Ok(Ret::Word(self.proxy(&server, sio, true)? as i16)),
+            Ok(None) => Ok(Ret::Word(0)),
             Err(e) => Err(Flow::Store(e)),
         }
     }

@@ -110,8 +110,8 @@ impl Applet for SecurityDomain {
         Ok(self.fci(sd.store))
     }
 
-    fn deselect(&mut self, channel: u8) {
-        self.end_session(channel as usize);
+    fn deselect(&mut self, ctx: &mut AppletContext<'_>) {
+        self.end_session(usize::from(ctx.channel));
     }
 
     fn process(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {

@@ -84,10 +84,10 @@ fn shareable_interface_objects_cross_the_firewall_and_nothing_else_does() {
     assert_eq!(tx(&mut rt, "8002000500"), "6A83");
     // Parameter 1: granted; asking again gives the same reference (no new object).
     assert_eq!(tx(&mut rt, "8001010001"), "019000");
-    let client_objects = rt.store().keys("app/F06B6167690401/jc/o/").len();
+    let client_objects = rt.store().keys("jcctx/F06B61676904/jc/o/").len();
     assert_eq!(tx(&mut rt, "8001010001"), "019000");
     assert_eq!(
-        rt.store().keys("app/F06B6167690401/jc/o/").len(),
+        rt.store().keys("jcctx/F06B61676904/jc/o/").len(),
         client_objects
     );
     // add(5), add(0x0102): the server's total 5, then 0x0107.
@@ -101,10 +101,10 @@ fn shareable_interface_objects_cross_the_firewall_and_nothing_else_does() {
     // The caller's objects a call passes are the call's alone: the server's memory (its
     // object records and its handle counter) is the same after many more such calls.
     let server_memory = |rt: &Runtime| {
-        let keys = rt.store().keys("app/F06B6167690301/jc/");
+        let keys = rt.store().keys("jcctx/F06B61676903/jc/");
         let meta = rt
             .store()
-            .get("app/F06B6167690301/jc/m")
+            .get("jcctx/F06B61676903/jc/m")
             .map(<[u8]>::to_vec);
         (keys, meta)
     };
@@ -143,4 +143,194 @@ fn a_client_without_its_server_package_is_refused_at_load() {
         .diagnostic(&Aid::new(&h("F06B6167690401")).unwrap())
         .unwrap_or_default();
     assert!(why.contains("Descriptor"), "{why}");
+}
+
+const PKGCTX: &str = "../jcvm/tests/jc/pkgctx.cap";
+
+/// The persistent objects of the `kagi.pkgctx` package's context.
+fn context_objects(rt: &Runtime) -> usize {
+    rt.store().keys("jcctx/F06B61676905/jc/o/").len()
+}
+
+/// One context per package (Java Card 3.0.5 runtime environment specification §6.1.2): two
+/// instances of `kagi.pkgctx.Member` (source: `jcvm/tests/jc/pkgctx/`) share the static field
+/// `hits` but each has its own `own`; an array one instance made and put in a static is
+/// written by the other; one instance reads the other's field directly (across packages that
+/// is a SecurityException, see the test above); `JCSystem.getAID` names each instance. All of
+/// it survives a card image. Expected values follow from the Java source.
+#[test]
+fn instances_of_one_package_share_its_context() {
+    let c = cap(PKGCTX);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000100019000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000200029000");
+    assert_eq!(tx(&mut rt, "8005000007"), "F06B61676905019000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    // hits is the package's (3), own the instance's (1).
+    assert_eq!(tx(&mut rt, "8001000004"), "000300019000");
+    assert_eq!(tx(&mut rt, "8005000007"), "F06B61676905029000");
+    // 0502 makes the board (a static) and writes 5A at 1.
+    assert_eq!(tx(&mut rt, "80025A01"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8003000101"), "5A9000");
+    // 0501 writes 3C at 2 into the board 0502 made.
+    assert_eq!(tx(&mut rt, "80023C02"), "9000");
+    // 0501 reads 0502's field through the object the JCRE gives it: 1 (no firewall).
+    assert_eq!(tx(&mut rt, "8004000007 F06B6167690502 02"), "00019000");
+    // An AID that is not on the card: lookupAID answers null, the applet 6A82.
+    assert_eq!(tx(&mut rt, "8004000007 F06B6167690599 02"), "6A82");
+    let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8003000201"), "3C9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000400029000");
+    assert_eq!(tx(&mut rt, "8004000007 F06B6167690501 02"), "00029000");
+}
+
+/// Deleting an instance takes its registration out of the package's context: the objects only
+/// it reached (its applet object) are collected at the next command, what the package's
+/// statics reach (the board) stays for the other instance; deleting the package takes its
+/// context's records.
+#[test]
+fn deleting_an_instance_collects_what_only_it_reached() {
+    let c = cap(PKGCTX);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "80025A01"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    let before = context_objects(&rt);
+    let gone = Aid::new(&h("F06B6167690502")).unwrap();
+    rt.store_mut()
+        .atomically(|s| registry::remove_entry(s, &gone))
+        .unwrap();
+    assert_eq!(tx(&mut rt, "8001000004"), "000100019000");
+    assert_eq!(
+        context_objects(&rt),
+        before - 1,
+        "0502's applet object collected"
+    );
+    assert!(
+        rt.store()
+            .keys("jcctx/F06B61676905/jc/i/")
+            .iter()
+            .all(|k| !k.ends_with("F06B6167690502"))
+    );
+    assert_eq!(tx(&mut rt, "8003000101"), "5A9000");
+    let elf = Aid::new(&h("F06B61676905")).unwrap();
+    let only = Aid::new(&h("F06B6167690501")).unwrap();
+    rt.store_mut()
+        .atomically(|s| {
+            registry::remove_entry(s, &only)?;
+            registry::remove_load_file(s, &elf)
+        })
+        .unwrap();
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "6A82");
+    assert!(rt.store().keys("jcctx/").is_empty());
+}
+
+/// A card image made before package contexts (`tests/data/legacy-contexts-*.img`, written by
+/// kagi at commit ad7630b: `kagi.pkgctx` with its instances' records in their own namespaces,
+/// 0501 having counted twice and written 5A at board[1]; in `-two` 0502 counted once, on a
+/// board of its own). With one such instance the package's records move into its context at
+/// power-up and a new instance shares them; with two, each keeps its context as it was.
+#[test]
+fn card_images_from_before_package_contexts_keep_their_state() {
+    let image = |name: &str| {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}"));
+        Store::from_image(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut rt = runtime(image("legacy-contexts-one.img"));
+    assert!(rt.store().keys("app/F06B6167690501/jc/").is_empty());
+    assert_eq!(
+        rt.store()
+            .get("jcctx/F06B61676905/jc/i/F06B6167690501")
+            .map(<[u8]>::len),
+        Some(2)
+    );
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000300039000");
+    assert_eq!(tx(&mut rt, "8003000101"), "5A9000");
+    let c = cap(PKGCTX);
+    install(rt.store_mut(), &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000400019000");
+    assert_eq!(tx(&mut rt, "8003000101"), "5A9000");
+
+    let mut rt = runtime(image("legacy-contexts-two.img"));
+    assert_eq!(rt.store().keys("app/F06B6167690501/jc/m").len(), 1);
+    assert!(rt.store().keys("jcctx/F06B61676905/jc/i/").is_empty());
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000300039000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000200029000");
+    assert_eq!(tx(&mut rt, "8003000101"), "009000");
+}
+
+/// Power lost at any write of the migration at power-up leaves the old form (tried again at
+/// the next power-up) or the new one, and the applet's state either way.
+#[test]
+fn power_loss_during_the_migration_loses_nothing() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/legacy-contexts-one.img");
+    let base = Store::from_image(&std::fs::read(p).unwrap()).unwrap();
+    let mut cuts = 0;
+    for n in 1..200 {
+        let mut store = base.clone();
+        store.tear_at(n);
+        let mut rt = Runtime::new(store, CardRng::seeded(5), true);
+        rt.reset();
+        if !rt.store().is_torn() {
+            break;
+        }
+        cuts += 1;
+        let mut rt = runtime(Store::from_image(&rt.store().to_image()).unwrap());
+        assert_eq!(
+            tx(&mut rt, "00A4040007 F06B6167690501 00"),
+            "9000",
+            "cut {n}"
+        );
+        assert_eq!(tx(&mut rt, "8001000004"), "000300039000", "cut {n}");
+        assert_eq!(tx(&mut rt, "8003000101"), "5A9000", "cut {n}");
+    }
+    assert!(cuts > 3, "only {cuts} write points");
+}
+
+/// A shareable call that calls on into a third context (Java Card 3.0.5 runtime environment
+/// specification §6.2.5: each call switches context, nested): a `kagi.pkgctx` member asks
+/// `kagi.relay`'s Relay (installed as F06B6167690401, the instance the `kagi.share` server
+/// grants) for its count; Relay adds 1 to the server's total and answers it. A call back into
+/// the package whose call is under way (the member's sibling) is refused: Relay gets null
+/// (FFFE). A sibling in the same package answers directly.
+#[test]
+fn a_shareable_call_reaches_a_third_context_but_not_back() {
+    let (s, m, r) = (cap(SHARE), cap(PKGCTX), cap("../jcvm/tests/jc/relay.cap"));
+    let mut store = Store::new(1 << 20);
+    load_block(&mut store, &s, true).unwrap();
+    install(&mut store, &s, 0, &h("F06B6167690301"), &h("C900")).unwrap();
+    load_block(&mut store, &m, true).unwrap();
+    install(&mut store, &m, 0, &h("F06B6167690501"), &h("C900")).unwrap();
+    install(&mut store, &m, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    load_block(&mut store, &r, true).unwrap();
+    install(&mut store, &r, 0, &h("F06B6167690401"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00019000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00029000");
+    // The sibling, directly: its own count (0).
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690502 02"), "00009000");
+    // The server's own view: the two adds Relay made.
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690301 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000002"), "00029000");
+    // Relay in mode 1: back into kagi.pkgctx, whose call is under way: refused.
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690401 00"), "9000");
+    assert_eq!(tx(&mut rt, "80010100"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "FFFE9000");
 }

@@ -96,8 +96,9 @@ fn gppro_empty_applet_installs_and_runs_its_process() {
         "MEASURE gppro-empty LOAD+INSTALL (direct, no SCP03): {:?}",
         t.elapsed()
     );
-    // The instance's objects are in its own memory.
-    assert!(!store.keys("app/0102030405060708/jc/o/").is_empty());
+    // The instance's objects are in its package's context.
+    let context = format!("jcctx/{}/jc/o/", hex::encode_upper(c.package_aid()));
+    assert!(!store.keys(&context).is_empty());
     let mut rt = runtime(store);
     // Its process() throws CryptoException 0x6666 for every command, SELECT included (the
     // applet's source, GlobalPlatformPro testapplets/empty/Empty.java): 6F00 as on a card.
@@ -497,12 +498,17 @@ fn power_loss_at_every_write_of_a_cap_install_leaves_it_installed_or_absent() {
             works(&mut rt);
         } else {
             absent += 1;
-            let left = rt.store().keys("app/F06B616769010101/");
-            assert!(
-                left.is_empty(),
-                "cut at write {n}: {} records left: {left:?}",
-                left.len()
-            );
+            // Nothing of the instance is left: no registration, and the package's context
+            // holds what it held after LOAD (its static fields), the handle counter aside.
+            let context = |s: &Store| {
+                s.keys("jcctx/F06B61676901/")
+                    .into_iter()
+                    .filter(|k| !k.ends_with("/jc/m"))
+                    .map(|k| (s.get(&k).map(<[u8]>::to_vec), k))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(context(rt.store()), context(&base), "cut at write {n}");
+            assert!(rt.store().keys("app/F06B616769010101/").is_empty());
             let mut store = rt.store().clone();
             install(&mut store, &c, 0, &app, &h("C900")).unwrap();
             works(&mut runtime(store));
@@ -546,7 +552,7 @@ fn selecting_the_selected_applet_again_deselects_it_first() {
 fn request_object_deletion_deletes_what_the_applet_dropped_and_its_records() {
     use p256::ecdsa::signature::Verifier;
     let mut rt = conf_card();
-    let records = |rt: &Runtime| rt.store().keys("app/F06B616769010101/jc/o/").len();
+    let records = |rt: &Runtime| rt.store().keys("jcctx/F06B61676901/jc/o/").len();
     assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
     // INS 18 P1 0: a new P-256 key pair in a static field, then W and an ECDSA-SHA-256
     // signature over the data.
@@ -612,16 +618,13 @@ fn extended_apdus_reach_only_an_applet_that_implements_extended_length() {
 fn transient_keys_stay_out_of_the_store_and_clear_on_their_event() {
     let key = hex::encode_upper(b"kagi transient!!");
     let in_store = |rt: &Runtime| {
-        rt.store()
-            .keys("app/F06B616769010101/jc/o/")
-            .iter()
-            .any(|k| {
-                rt.store()
-                    .get(k)
-                    .unwrap()
-                    .windows(16)
-                    .any(|w| w == b"kagi transient!!")
-            })
+        rt.store().keys("jcctx/F06B61676901/jc/o/").iter().any(|k| {
+            rt.store()
+                .get(k)
+                .unwrap()
+                .windows(16)
+                .any(|w| w == b"kagi transient!!")
+        })
     };
     for (ty, in_record, after_reselect, after_power) in [
         (0x0E, false, "00", "00"),
@@ -660,7 +663,7 @@ fn transient_keys_stay_out_of_the_store_and_clear_on_their_event() {
 #[test]
 fn power_loss_during_object_deletion_loses_nothing_the_applet_reaches() {
     let mut rt = conf_card();
-    let records = |rt: &Runtime| rt.store().keys("app/F06B616769010101/jc/o/").len();
+    let records = |rt: &Runtime| rt.store().keys("jcctx/F06B61676901/jc/o/").len();
     let select = "00A4040008 F06B616769010101 00";
     assert_eq!(tx(&mut rt, select), "9000");
     let w = tx(&mut rt, "8018000003 616263 00")[..130].to_string();

@@ -4,7 +4,7 @@ use super::{Flow, Res, Target, arg_words, s2, u1};
 use crate::api::{self, CLASSES};
 use crate::heap::Obj;
 use crate::link::{ClassId, Cp};
-use crate::{Persist, Vm};
+use crate::{Persist, Vm, native};
 
 impl Vm {
     /// Resolves a virtual method token on class `c`, walking up the superclasses.
@@ -127,9 +127,16 @@ impl Vm {
                 let n = arg_words(m.descriptor) + usize::from(!m.is_static || m.name == "<init>");
                 let at = self.args_at(n)?;
                 let args: Vec<i16> = self.words.split_off(at);
-                let r = self.native(p, c, m, &args)?;
-                r.push_to(&mut self.words);
-                Ok(Some(pc + len))
+                match self.native(p, c, m, &args)? {
+                    native::Ret::Code(o, args) => {
+                        self.words.extend(args);
+                        Ok(Some(self.push_frame(o, pc + len)?))
+                    }
+                    r => {
+                        r.push_to(&mut self.words);
+                        Ok(Some(pc + len))
+                    }
+                }
             }
         }
     }

@@ -701,19 +701,12 @@ impl Vm {
             // interface its owner said it implements.
             (
                 Some(Obj::Instance {
-                    native:
-                        crate::heap::NativeState::Proxy {
-                            package,
-                            interfaces,
-                            ..
-                        },
+                    native: crate::heap::NativeState::Proxy { .. },
                     ..
                 }),
                 0,
             ) => match target {
-                Some(ClassId::Ext(i, t)) => {
-                    self.pkg.import_aid(i) == Some(package.as_slice()) && interfaces.contains(&t)
-                }
+                Some(t @ (ClassId::Ext(..) | ClassId::Pkg(_))) => self.proxy_implements(h, t),
                 Some(ClassId::Api(i)) => matches!(
                     CLASSES[usize::from(i)].name,
                     "java.lang.Object" | "javacard.framework.Shareable"

@@ -47,3 +47,23 @@ java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass 
 cp out/kagi/share/javacard/share.cap out/kagi/share/javacard/share.jca .
 cp out/kagi/client/javacard/client.cap out/kagi/client/javacard/client.jca .
 rm -rf classes out
+
+# pkgctx.cap (pkgctx/kagi/pkgctx/: package F06B61676905, applet Member F06B6167690501, several
+# instances of which share their package's context) and relay.cap (pkgctx/kagi/relay/: package
+# F06B61676906, applet Relay F06B6167690601, importing kagi.pkgctx and kagi.share: a shareable
+# call that calls on into a third context).
+rm -rf classes out && mkdir classes out
+javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar" -d classes \
+  $(find share pkgctx -name '*.java')
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files" -applet 0xF0:0x6B:0x61:0x67:0x69:0x03:0x01 kagi.share.Server \
+  -out EXP -d out kagi.share 0xF0:0x6B:0x61:0x67:0x69:0x03 1.0
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files" -applet 0xF0:0x6B:0x61:0x67:0x69:0x05:0x01 kagi.pkgctx.Member \
+  -out CAP JCA EXP -d out kagi.pkgctx 0xF0:0x6B:0x61:0x67:0x69:0x05 1.0
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files:out" -applet 0xF0:0x6B:0x61:0x67:0x69:0x06:0x01 kagi.relay.Relay \
+  -out CAP JCA -d out kagi.relay 0xF0:0x6B:0x61:0x67:0x69:0x06 1.0
+cp out/kagi/pkgctx/javacard/pkgctx.cap out/kagi/pkgctx/javacard/pkgctx.jca .
+cp out/kagi/relay/javacard/relay.cap out/kagi/relay/javacard/relay.jca .
+rm -rf classes out
