@@ -41,6 +41,7 @@ pub mod echo;
 pub mod jc_applet;
 pub mod jpki;
 pub mod load_file;
+mod others;
 pub mod registry;
 pub mod rng;
 pub mod runtime;

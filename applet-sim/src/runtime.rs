@@ -4,9 +4,9 @@
 //! persistent memory, aborts transactions an applet left open, and goes mute when power is
 //! lost in the middle of a persistent write (tearing).
 
-use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
-use crate::applet_store::AppletStore;
+use crate::applet::{Aid, Applet, AppletContext};
 use crate::class_table::{ClassError, ClassTable};
+use crate::others::{Instance, Instances, Others, scoped, visible};
 use crate::registry::{self, RegistryEntry, card_state};
 use crate::rng::CardRng;
 use crate::store::Store;
@@ -21,14 +21,6 @@ pub use crate::applet::CHANNELS;
 
 /// `6999`: applet selection failed / no applet selected (Java Card's SW_APPLET_SELECT_FAILED).
 pub const SW_NO_APPLET: StatusWord = StatusWord(0x6999);
-
-/// A live applet instance and whether its class sees the whole card's memory.
-struct Instance {
-    applet: Box<dyn Applet>,
-    privileged: bool,
-}
-
-type Instances = BTreeMap<Aid, Instance>;
 
 /// Every registry entry and load file module of `store` whose class `classes` lacks (CAP
 /// modules aside: they are Java Card bytecode), and every instance whose class refuses its
@@ -70,18 +62,6 @@ pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassErr
     Ok(())
 }
 
-/// The registry as an applet may see it: all of it for a security domain, its own entry
-/// otherwise (other instances' install parameters can hold their providers' keys).
-fn visible<'r>(registry: &'r [RegistryEntry], aid: &Aid, privileged: bool) -> &'r [RegistryEntry] {
-    if privileged {
-        return registry;
-    }
-    match registry.iter().position(|e| &e.aid == aid) {
-        Some(i) => &registry[i..=i],
-        None => &[],
-    }
-}
-
 /// Power-up clean-up: the Java Card objects (`app/<AID>/jc/…`) of an instance the registry
 /// does not know — an INSTALL whose `install` method ran but whose registry entry was never
 /// written (power lost in between), or a DELETE cut after its registry entry went — are
@@ -111,11 +91,6 @@ fn collect_orphans(store: &mut Store) {
     }
 }
 
-/// The applet's own view of persistent memory.
-fn scoped<'s>(store: &'s mut Store, aid: &Aid, privileged: bool) -> AppletStore<'s> {
-    AppletStore::new(store, &aid.to_hex(), privileged)
-}
-
 #[derive(Default)]
 struct ChannelState {
     open: bool,
@@ -125,127 +100,6 @@ struct ChannelState {
     chain: Option<Command>,
     /// The current file of a UICC's file system, when a file and no applet is selected.
     file: Option<u16>,
-}
-
-/// Personalisation forwarding between applets (no further nesting).
-struct Others<'m> {
-    instances: &'m mut Instances,
-    classes: &'m ClassTable,
-}
-
-struct NoOthers;
-
-impl OtherApplets for NoOthers {
-    fn personalize(
-        &mut self,
-        _: &Aid,
-        _: &Command,
-        _: u8,
-        _: &mut CardRng,
-        _: &mut Store,
-        _: &[RegistryEntry],
-    ) -> Result<Response, StatusWord> {
-        Err(StatusWord::CONDITIONS_NOT_SATISFIED)
-    }
-}
-
-impl OtherApplets for Others<'_> {
-    fn personalize(
-        &mut self,
-        aid: &Aid,
-        cmd: &Command,
-        channel: u8,
-        rng: &mut CardRng,
-        store: &mut Store,
-        registry: &[RegistryEntry],
-    ) -> Result<Response, StatusWord> {
-        let inst = self
-            .instances
-            .get_mut(aid)
-            .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
-        let mut ctx = AppletContext {
-            channel,
-            aid,
-            rng,
-            store: scoped(store, aid, inst.privileged),
-            registry: visible(registry, aid, inst.privileged),
-            others: &mut NoOthers,
-            classes: self.classes,
-        };
-        inst.applet.personalize(cmd, &mut ctx)
-    }
-
-    // A server runs with the applets not already running in reach: it may call on into a
-    // third context, but not back into one whose call is under way (its caller's), which is
-    // out of the map (or, for another instance of a running package, busy): the firewall
-    // refuses that. Each level takes one instance out, so nesting ends.
-    fn shareable_object(
-        &mut self,
-        server: &Aid,
-        client: &Aid,
-        parameter: u8,
-        rng: &mut CardRng,
-        store: &mut Store,
-    ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
-        if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
-            return Ok(None);
-        }
-        let Some(mut inst) = self.instances.remove(server) else {
-            return Ok(None);
-        };
-        let out = {
-            let mut rest = Others {
-                instances: &mut *self.instances,
-                classes: self.classes,
-            };
-            let mut ctx = AppletContext {
-                channel: 0,
-                aid: server,
-                rng,
-                store: scoped(store, server, inst.privileged),
-                registry: &[],
-                others: &mut rest,
-                classes: self.classes,
-            };
-            inst.applet
-                .shareable_object(client.as_bytes(), parameter, &mut ctx)
-        };
-        self.instances.insert(server.clone(), inst);
-        Ok(out)
-    }
-
-    fn call_shareable(
-        &mut self,
-        owner: &Aid,
-        call: kagi_jcvm::share::ShareCall,
-        rng: &mut CardRng,
-        store: &mut Store,
-    ) -> kagi_jcvm::share::ShareOutcome {
-        let Some(mut inst) = self.instances.remove(owner) else {
-            return kagi_jcvm::share::ShareOutcome {
-                ret: kagi_jcvm::share::ShareReturn::Security,
-                buffer: call.buffer,
-            };
-        };
-        let out = {
-            let mut rest = Others {
-                instances: &mut *self.instances,
-                classes: self.classes,
-            };
-            let mut ctx = AppletContext {
-                channel: 0,
-                aid: owner,
-                rng,
-                store: scoped(store, owner, inst.privileged),
-                registry: &[],
-                others: &mut rest,
-                classes: self.classes,
-            };
-            inst.applet.call_shareable(call, &mut ctx)
-        };
-        self.instances.insert(owner.clone(), inst);
-        out
-    }
 }
 
 /// The applets of a card and the per-channel state that routes commands to them.

@@ -1,0 +1,164 @@
+//! How applets reach each other through the runtime: a security domain's personalisation
+//! forwarding, and Java Card shareable interface objects across contexts.
+
+use crate::applet::Applet;
+use crate::applet::{Aid, AppletContext, OtherApplets};
+use crate::applet_store::AppletStore;
+use crate::class_table::ClassTable;
+use crate::registry::RegistryEntry;
+use crate::rng::CardRng;
+use crate::store::Store;
+use card_wire::apdu::{Command, Response};
+use card_wire::sw::StatusWord;
+use std::collections::BTreeMap;
+
+/// A live applet instance and whether its class sees the whole card's memory.
+pub(crate) struct Instance {
+    pub(crate) applet: Box<dyn Applet>,
+    pub(crate) privileged: bool,
+}
+
+pub(crate) type Instances = BTreeMap<Aid, Instance>;
+
+/// The registry as an applet may see it: all of it for a security domain, its own entry
+/// otherwise (other instances' install parameters can hold their providers' keys).
+pub(crate) fn visible<'r>(
+    registry: &'r [RegistryEntry],
+    aid: &Aid,
+    privileged: bool,
+) -> &'r [RegistryEntry] {
+    if privileged {
+        return registry;
+    }
+    match registry.iter().position(|e| &e.aid == aid) {
+        Some(i) => &registry[i..=i],
+        None => &[],
+    }
+}
+
+/// The applet's own view of persistent memory.
+pub(crate) fn scoped<'s>(store: &'s mut Store, aid: &Aid, privileged: bool) -> AppletStore<'s> {
+    AppletStore::new(store, &aid.to_hex(), privileged)
+}
+
+/// The other applets as the running one reaches them: a security domain forwards
+/// personalisation (no further nesting), a Java Card applet calls shareable objects.
+pub(crate) struct Others<'m> {
+    pub(crate) instances: &'m mut Instances,
+    pub(crate) classes: &'m ClassTable,
+}
+
+struct NoOthers;
+
+impl OtherApplets for NoOthers {
+    fn personalize(
+        &mut self,
+        _: &Aid,
+        _: &Command,
+        _: u8,
+        _: &mut CardRng,
+        _: &mut Store,
+        _: &[RegistryEntry],
+    ) -> Result<Response, StatusWord> {
+        Err(StatusWord::CONDITIONS_NOT_SATISFIED)
+    }
+}
+
+impl OtherApplets for Others<'_> {
+    fn personalize(
+        &mut self,
+        aid: &Aid,
+        cmd: &Command,
+        channel: u8,
+        rng: &mut CardRng,
+        store: &mut Store,
+        registry: &[RegistryEntry],
+    ) -> Result<Response, StatusWord> {
+        let inst = self
+            .instances
+            .get_mut(aid)
+            .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+        let mut ctx = AppletContext {
+            channel,
+            aid,
+            rng,
+            store: scoped(store, aid, inst.privileged),
+            registry: visible(registry, aid, inst.privileged),
+            others: &mut NoOthers,
+            classes: self.classes,
+        };
+        inst.applet.personalize(cmd, &mut ctx)
+    }
+
+    // A server runs with the applets not already running in reach: it may call on into a
+    // third context, but not back into one whose call is under way (its caller's), which is
+    // out of the map (or, for another instance of a running package, busy): the firewall
+    // refuses that. Each level takes one instance out, so nesting ends.
+    fn shareable_object(
+        &mut self,
+        server: &Aid,
+        client: &Aid,
+        parameter: u8,
+        rng: &mut CardRng,
+        store: &mut Store,
+    ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
+        if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
+            return Ok(None);
+        }
+        let Some(mut inst) = self.instances.remove(server) else {
+            return Ok(None);
+        };
+        let out = {
+            let mut rest = Others {
+                instances: &mut *self.instances,
+                classes: self.classes,
+            };
+            let mut ctx = AppletContext {
+                channel: 0,
+                aid: server,
+                rng,
+                store: scoped(store, server, inst.privileged),
+                registry: &[],
+                others: &mut rest,
+                classes: self.classes,
+            };
+            inst.applet
+                .shareable_object(client.as_bytes(), parameter, &mut ctx)
+        };
+        self.instances.insert(server.clone(), inst);
+        Ok(out)
+    }
+
+    fn call_shareable(
+        &mut self,
+        owner: &Aid,
+        call: kagi_jcvm::share::ShareCall,
+        rng: &mut CardRng,
+        store: &mut Store,
+    ) -> kagi_jcvm::share::ShareOutcome {
+        let Some(mut inst) = self.instances.remove(owner) else {
+            return kagi_jcvm::share::ShareOutcome {
+                ret: kagi_jcvm::share::ShareReturn::Security,
+                buffer: call.buffer,
+            };
+        };
+        let out = {
+            let mut rest = Others {
+                instances: &mut *self.instances,
+                classes: self.classes,
+            };
+            let mut ctx = AppletContext {
+                channel: 0,
+                aid: owner,
+                rng,
+                store: scoped(store, owner, inst.privileged),
+                registry: &[],
+                others: &mut rest,
+                classes: self.classes,
+            };
+            inst.applet.call_shareable(call, &mut ctx)
+        };
+        self.instances.insert(owner.clone(), inst);
+        out
+    }
+}
