@@ -3,7 +3,8 @@
 # the PC/SC headers for the `pcsc` crate (libpcsclite-dev, pkg-config), and the real PC/SC
 # stack the integration tests drive (pcscd, vsmartcard-vpcd, opensc), SoftHSM2 as the
 # PKCS#11 HSM that holds the tests' master keys, and PostgreSQL (the TSM's shared-state
-# database; the tests start private instances, never the machine's) with pg_auto_failover.
+# database; the tests start private instances, never the machine's) with pg_auto_failover,
+# and aiosmtpd (a private SMTP server for the mail sender's tests).
 # Safe to run again; does nothing when everything is present.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# aiosmtpd: the private SMTP server the mail sender's tests start (STARTTLS, a maildir).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 # pg_auto_failover (the highly available formation the failover tests start): its extension
 # is built per PostgreSQL major version; Debian bookworm's PostgreSQL is 15.
 command -v pg_autoctl >/dev/null 2>&1 || need+=(pg-auto-failover-cli)
