@@ -344,6 +344,11 @@ impl Applet for JcApplet {
         self.vm().applet_implements("javacardx.apdu.ExtendedLength")
     }
 
+    fn multi_selectable(&self) -> bool {
+        self.vm()
+            .applet_implements("javacard.framework.MultiSelectable")
+    }
+
     fn own_get_response(&self) -> bool {
         true
     }

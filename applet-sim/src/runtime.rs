@@ -574,13 +574,9 @@ impl Runtime {
         if !self.instances.contains_key(&target) {
             return Response::status(StatusWord::NOT_FOUND);
         }
-        // The same applet on another channel needs MultiSelectable.
-        let elsewhere = self
-            .channels
-            .iter()
-            .enumerate()
-            .any(|(i, c)| i != ch && c.open && c.selected.as_ref() == Some(&target));
-        if elsewhere
+        // The same applet, or (Java Card) another instance of its package, on another channel
+        // needs MultiSelectable.
+        if self.active_elsewhere(ch, &target)
             && !self
                 .instances
                 .get(&target)
@@ -654,6 +650,25 @@ impl Runtime {
         }
     }
 
+    /// Whether `target`, or another instance of its Java Card package (one context), is
+    /// selected on a channel other than `ch`.
+    fn active_elsewhere(&self, ch: usize, target: &Aid) -> bool {
+        let package = |aid: &Aid| {
+            self.registry
+                .iter()
+                .find(|e| &e.aid == aid && e.class == registry::CAP_CLASS)
+                .and_then(|e| e.elf.clone())
+        };
+        let mine = package(target);
+        self.channels.iter().enumerate().any(|(i, c)| {
+            i != ch
+                && c.open
+                && c.selected
+                    .as_ref()
+                    .is_some_and(|s| s == target || (mine.is_some() && package(s) == mine))
+        })
+    }
+
     /// Opening from channel 0 selects the default applet; from channel n, n's applet.
     fn open_channel(&mut self, from: usize, new: usize) {
         self.channels[new] = ChannelState {
@@ -666,12 +681,7 @@ impl Runtime {
             self.channels[from].selected.clone()
         };
         if let Some(t) = target {
-            let busy = self
-                .channels
-                .iter()
-                .enumerate()
-                .any(|(i, c)| i != new && c.selected.as_ref() == Some(&t));
-            if busy
+            if self.active_elsewhere(new, &t)
                 && !self
                     .instances
                     .get(&t)

@@ -182,8 +182,8 @@ pub struct Vm {
     home: Option<Vec<u8>>,
     /// The applet handle of an old-form meta record, written back unchanged.
     meta_applet: u16,
-    /// Channels on which an instance of this context is selected.
-    active: u16,
+    /// Channels on which each instance of this context is selected.
+    active: std::collections::BTreeMap<Vec<u8>, u16>,
     loaded: bool,
     dirty: BTreeSet<u16>,
     statics_dirty: bool,
@@ -268,7 +268,7 @@ impl Vm {
             applets_dirty: BTreeSet::new(),
             home,
             meta_applet: 0,
-            active: 0,
+            active: std::collections::BTreeMap::new(),
             loaded: false,
             dirty: BTreeSet::new(),
             statics_dirty: false,
@@ -628,18 +628,51 @@ impl Vm {
             .ok_or(Answer::Sw(SW_UNKNOWN))
     }
 
-    /// SELECT: the applet's `select()`, then (if it accepted) `process(apdu)` with the SELECT
-    /// command; the answer is the SELECT response.
+    /// Whether an instance of this package is selected on some channel.
+    fn context_active(&self) -> bool {
+        self.active.values().any(|n| *n > 0)
+    }
+
+    /// The applet's `MultiSelectable` method `name` when its class implements that interface
+    /// (called instead of `Applet.select()`/`deselect()` while the package is active on
+    /// another channel, Java Card 3.0.5 runtime environment specification §4.2).
+    fn multi_selectable(&self, name: &str, descriptor: &str) -> Option<u16> {
+        let i = api::class_by_name("javacard.framework.MultiSelectable")?;
+        let token = api::virtual_token("javacard.framework.MultiSelectable", name, descriptor)?;
+        let class = match self.heap.objects.get(&self.applet) {
+            Some(Obj::Instance { class, .. }) => *class,
+            _ => return None,
+        };
+        match self.resolve_interface(class, link::ClassId::Api(i as u16), token) {
+            Ok(interp::Target::Code(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// SELECT: the applet's `select()` (or, while its package is active on another channel,
+    /// `MultiSelectable.select(appInstAlreadyActive)`), then (if it accepted) `process(apdu)`
+    /// with the SELECT command; the answer is the SELECT response.
     pub fn select(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
         self.load(p);
         if self.applet == 0 {
             return Answer::Sw(0x6999);
         }
-        match self.call(
-            p,
-            interp::Call::Virtual(self.applet, applet_token("select", "()Z")),
-            &[],
-        ) {
+        let call = match self.multi_selectable("select", "(Z)Z") {
+            Some(o) if self.context_active() => {
+                let here = self.active.get(&self.aid).is_some_and(|n| *n > 0);
+                self.call(
+                    p,
+                    interp::Call::Static(o),
+                    &[self.applet as i16, i16::from(here)],
+                )
+            }
+            _ => self.call(
+                p,
+                interp::Call::Virtual(self.applet, applet_token("select", "()Z")),
+                &[],
+            ),
+        };
+        match call {
             Ok(Some(v)) if v != 0 => {}
             Err(Answer::Torn) => return Answer::Torn,
             _ => return Answer::Sw(0x6999),
@@ -648,7 +681,7 @@ impl Vm {
         let a = self.process_inner(p, cmd);
         self.selecting = false;
         if matches!(a, Answer::Ok(_) | Answer::Sw(0x9000)) {
-            self.active = self.active.saturating_add(1);
+            *self.active.entry(self.aid.clone()).or_default() += 1;
         }
         a
     }
@@ -680,26 +713,39 @@ impl Vm {
         }
     }
 
-    /// Another applet is selected on the channel: the applet's `deselect()` (its persistent
-    /// effects are written with the next call), then its CLEAR_ON_DESELECT arrays clear.
+    /// Another applet is selected on the channel: the applet's `deselect()` (or, while its
+    /// package stays active on another channel, `MultiSelectable.deselect(appInstStillActive)`),
+    /// then, when no instance of the package is selected any more, the context's
+    /// CLEAR_ON_DESELECT arrays clear (JCRE 3.0.5 §4.2, multiselection).
     pub fn deselect(&mut self, p: &mut dyn Persist) -> Answer {
         self.load(p);
+        if let Some(n) = self.active.get_mut(&self.aid) {
+            *n = n.saturating_sub(1);
+        }
         let a = if self.applet != 0 {
-            match self.call(
-                p,
-                interp::Call::Virtual(self.applet, applet_token("deselect", "()V")),
-                &[],
-            ) {
+            let call = match self.multi_selectable("deselect", "(Z)V") {
+                Some(o) if self.context_active() => {
+                    let here = self.active.get(&self.aid).is_some_and(|n| *n > 0);
+                    self.call(
+                        p,
+                        interp::Call::Static(o),
+                        &[self.applet as i16, i16::from(here)],
+                    )
+                }
+                _ => self.call(
+                    p,
+                    interp::Call::Virtual(self.applet, applet_token("deselect", "()V")),
+                    &[],
+                ),
+            };
+            match call {
                 Ok(_) => Answer::Ok(Vec::new()),
                 Err(a) => a,
             }
         } else {
             Answer::Ok(Vec::new())
         };
-        // CLEAR_ON_DESELECT arrays belong to the context: they clear when no instance of the
-        // package stays selected on another channel (JCRE 3.0.5 §4.3, multiselection).
-        self.active = self.active.saturating_sub(1);
-        if self.active == 0 {
+        if !self.context_active() {
             self.heap.clear_transient(2);
             self.validated.clear();
         }
@@ -715,7 +761,7 @@ impl Vm {
         self.statics_dirty = false;
         self.meta_dirty = false;
         self.applets_dirty.clear();
-        self.active = 0;
+        self.active.clear();
         self.heap.clear_transient(1);
         self.validated.clear();
         self.frames.clear();

@@ -192,7 +192,7 @@ fn instances_of_one_package_share_its_context() {
 }
 
 /// Deleting an instance takes its registration out of the package's context: the objects only
-/// it reached (its applet object) are collected at the next command, what the package's
+/// it reached (its applet object and the transient array in its field) are collected at the next command, what the package's
 /// statics reach (the board) stays for the other instance; deleting the package takes its
 /// context's records.
 #[test]
@@ -214,8 +214,8 @@ fn deleting_an_instance_collects_what_only_it_reached() {
     assert_eq!(tx(&mut rt, "8001000004"), "000100019000");
     assert_eq!(
         context_objects(&rt),
-        before - 1,
-        "0502's applet object collected"
+        before - 2,
+        "0502's applet object and its scratch array collected"
     );
     assert!(
         rt.store()
@@ -333,4 +333,64 @@ fn a_shareable_call_reaches_a_third_context_but_not_back() {
     assert_eq!(tx(&mut rt, "80010100"), "9000");
     assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
     assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "FFFE9000");
+}
+
+/// Multiselection within one package (Java Card 3.0.5 runtime environment specification
+/// §4.2): while an instance of the package is selected on another channel, a `MultiSelectable`
+/// applet gets `select(appInstAlreadyActive)` / `deselect(appInstStillActive)` instead of
+/// `Applet.select()` / `deselect()`, and the context's CLEAR_ON_DESELECT arrays clear only
+/// when no instance of the package stays selected. `Member` answers (INS 09) its scratch byte
+/// and how it was selected (00 Applet.select, 01 select(false), 02 select(true)).
+#[test]
+fn multiselection_keeps_the_package_active_until_its_last_channel() {
+    let c = cap(PKGCTX);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let s = cap(SHARE);
+    load(&mut store, &s).unwrap();
+    install(&mut store, &s, 0, &h("F06B6167690301"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8009000002"), "00009000");
+    assert_eq!(tx(&mut rt, "80081100"), "9000");
+    assert_eq!(tx(&mut rt, "0070000001"), "019000");
+    assert_eq!(tx(&mut rt, "01A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8109000002"), "00019000");
+    assert_eq!(tx(&mut rt, "81082200"), "9000");
+    // 0502 leaves (channel 1 closed); 0501 keeps the package active: nothing cleared.
+    assert_eq!(tx(&mut rt, "00708001"), "9000");
+    assert_eq!(tx(&mut rt, "8009000002"), "11009000");
+    // 0501 on a second channel too: select(true), the same scratch.
+    assert_eq!(tx(&mut rt, "0070000001"), "019000");
+    assert_eq!(tx(&mut rt, "01A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8109000002"), "11029000");
+    // 0502 on channel 0 (0501 stays on 1): select(false), its scratch kept since the package
+    // never went inactive.
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8009000002"), "22019000");
+    // The last instance leaves: another package's applet on channel 0 after channel 1
+    // closed. Then the arrays are cleared and 0501 comes back through Applet.select.
+    assert_eq!(tx(&mut rt, "00708001"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690301 00"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8009000002"), "00009000");
+}
+
+/// Two applets of one package that are not `MultiSelectable` cannot be selected at once:
+/// the second SELECT is refused (6985) while the first stays selected.
+#[test]
+fn a_package_without_multiselectable_is_selected_on_one_channel_at_a_time() {
+    let c = cap("../jcvm/tests/jc/conf.cap");
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B616769010101"), &h("C900")).unwrap();
+    install(&mut store, &c, 1, &h("F06B616769010201"), &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010101 00"), "9000");
+    assert_eq!(tx(&mut rt, "0070000001"), "019000");
+    assert_eq!(tx(&mut rt, "01A4040008 F06B616769010201 00"), "6985");
+    assert_eq!(tx(&mut rt, "00708001"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040008 F06B616769010201 00"), "9000");
 }

@@ -6,6 +6,7 @@ import javacard.framework.Applet;
 import javacard.framework.ISO7816;
 import javacard.framework.ISOException;
 import javacard.framework.JCSystem;
+import javacard.framework.MultiSelectable;
 import javacard.framework.Shareable;
 import javacard.framework.Util;
 
@@ -23,14 +24,36 @@ import javacard.framework.Util;
  * INS 06: drops the board and requests object deletion.
  * INS 07: data = an applet's AID: gets its Peer (parameter 1) and answers its count(): a
  *         sibling's own field, or what another package's Peer answers (6A83: refused).
+ * INS 08: scratch[0] = P1 (scratch: CLEAR_ON_DESELECT). INS 09: answers scratch[0] and how
+ *         this instance was last selected: 00 Applet.select(), 01 MultiSelectable.select(false),
+ *         02 MultiSelectable.select(true).
  */
-public class Member extends Applet implements Peer {
+public class Member extends Applet implements Peer, MultiSelectable {
     private static short hits;
     private static byte[] board;
     private short own;
+    private byte how;
+    private final byte[] scratch;
+
+    private Member() {
+        scratch = JCSystem.makeTransientByteArray((short) 2, JCSystem.CLEAR_ON_DESELECT);
+    }
 
     public static void install(byte[] b, short off, byte len) {
         new Member().register(b, (short) (off + 1), b[off]);
+    }
+
+    public boolean select() {
+        how = 0;
+        return true;
+    }
+
+    public boolean select(boolean appInstAlreadyActive) {
+        how = appInstAlreadyActive ? (byte) 2 : (byte) 1;
+        return true;
+    }
+
+    public void deselect(boolean appInstStillActive) {
     }
 
     public Shareable getShareableInterfaceObject(AID client, byte param) {
@@ -104,6 +127,14 @@ public class Member extends Applet implements Peer {
                 apdu.setOutgoingAndSend((short) 0, (short) 2);
                 return;
             }
+            case 0x08:
+                scratch[0] = buf[ISO7816.OFFSET_P1];
+                return;
+            case 0x09:
+                buf[0] = scratch[0];
+                buf[1] = how;
+                apdu.setOutgoingAndSend((short) 0, (short) 2);
+                return;
             default:
                 ISOException.throwIt(ISO7816.SW_INS_NOT_SUPPORTED);
         }
