@@ -64,6 +64,37 @@ impl OtherApplets for NoOthers {
     }
 }
 
+impl Others<'_> {
+    /// Runs `f` on the applet `aid` taken out of the map, with the rest in its reach.
+    fn with_server<T>(
+        &mut self,
+        aid: &Aid,
+        rng: &mut CardRng,
+        store: &mut Store,
+        f: impl FnOnce(&mut dyn Applet, &mut AppletContext<'_>) -> T,
+    ) -> Option<T> {
+        let mut inst = self.instances.remove(aid)?;
+        let out = {
+            let mut rest = Others {
+                instances: &mut *self.instances,
+                classes: self.classes,
+            };
+            let mut ctx = AppletContext {
+                channel: 0,
+                aid,
+                rng,
+                store: scoped(store, aid, inst.privileged),
+                registry: &[],
+                others: &mut rest,
+                classes: self.classes,
+            };
+            f(inst.applet.as_mut(), &mut ctx)
+        };
+        self.instances.insert(aid.clone(), inst);
+        Some(out)
+    }
+}
+
 impl OtherApplets for Others<'_> {
     fn personalize(
         &mut self,
@@ -105,28 +136,11 @@ impl OtherApplets for Others<'_> {
         if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
             return Ok(None);
         }
-        let Some(mut inst) = self.instances.remove(server) else {
-            return Ok(None);
-        };
-        let out = {
-            let mut rest = Others {
-                instances: &mut *self.instances,
-                classes: self.classes,
-            };
-            let mut ctx = AppletContext {
-                channel: 0,
-                aid: server,
-                rng,
-                store: scoped(store, server, inst.privileged),
-                registry: &[],
-                others: &mut rest,
-                classes: self.classes,
-            };
-            inst.applet
-                .shareable_object(client.as_bytes(), parameter, &mut ctx)
-        };
-        self.instances.insert(server.clone(), inst);
-        Ok(out)
+        Ok(self
+            .with_server(server, rng, store, |a, ctx| {
+                a.shareable_object(client.as_bytes(), parameter, ctx)
+            })
+            .flatten())
     }
 
     fn call_shareable(
@@ -136,29 +150,16 @@ impl OtherApplets for Others<'_> {
         rng: &mut CardRng,
         store: &mut Store,
     ) -> kagi_jcvm::share::ShareOutcome {
-        let Some(mut inst) = self.instances.remove(owner) else {
+        if !self.instances.contains_key(owner) {
             return kagi_jcvm::share::ShareOutcome {
                 ret: kagi_jcvm::share::ShareReturn::Security,
                 buffer: call.buffer,
             };
-        };
-        let out = {
-            let mut rest = Others {
-                instances: &mut *self.instances,
-                classes: self.classes,
-            };
-            let mut ctx = AppletContext {
-                channel: 0,
-                aid: owner,
-                rng,
-                store: scoped(store, owner, inst.privileged),
-                registry: &[],
-                others: &mut rest,
-                classes: self.classes,
-            };
-            inst.applet.call_shareable(call, &mut ctx)
-        };
-        self.instances.insert(owner.clone(), inst);
-        out
+        }
+        self.with_server(owner, rng, store, |a, ctx| a.call_shareable(call, ctx))
+            .unwrap_or(kagi_jcvm::share::ShareOutcome {
+                ret: kagi_jcvm::share::ShareReturn::Security,
+                buffer: Vec::new(),
+            })
     }
 }

@@ -649,15 +649,17 @@ impl Vm {
         }
     }
 
-    /// SELECT: the applet's `select()` (or, while its package is active on another channel,
-    /// `MultiSelectable.select(appInstAlreadyActive)`), then (if it accepted) `process(apdu)`
-    /// with the SELECT command; the answer is the SELECT response.
-    pub fn select(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
-        self.load(p);
-        if self.applet == 0 {
-            return Answer::Sw(0x6999);
-        }
-        let call = match self.multi_selectable("select", "(Z)Z") {
+    /// The applet's `Applet.<name><plain>`, or, while its package is active on another
+    /// channel and its class is `MultiSelectable`, `MultiSelectable.<name><multi>` with
+    /// whether this instance is (still) active on another channel.
+    fn selection_call(
+        &mut self,
+        p: &mut dyn Persist,
+        name: &str,
+        plain: &str,
+        multi: &str,
+    ) -> Result<Option<i32>, Answer> {
+        match self.multi_selectable(name, multi) {
             Some(o) if self.context_active() => {
                 let here = self.active.get(&self.aid).is_some_and(|n| *n > 0);
                 self.call(
@@ -668,11 +670,21 @@ impl Vm {
             }
             _ => self.call(
                 p,
-                interp::Call::Virtual(self.applet, applet_token("select", "()Z")),
+                interp::Call::Virtual(self.applet, applet_token(name, plain)),
                 &[],
             ),
-        };
-        match call {
+        }
+    }
+
+    /// SELECT: the applet's `select()` (or, while its package is active on another channel,
+    /// `MultiSelectable.select(appInstAlreadyActive)`), then (if it accepted) `process(apdu)`
+    /// with the SELECT command; the answer is the SELECT response.
+    pub fn select(&mut self, p: &mut dyn Persist, cmd: &ApduIn) -> Answer {
+        self.load(p);
+        if self.applet == 0 {
+            return Answer::Sw(0x6999);
+        }
+        match self.selection_call(p, "select", "()Z", "(Z)Z") {
             Ok(Some(v)) if v != 0 => {}
             Err(Answer::Torn) => return Answer::Torn,
             _ => return Answer::Sw(0x6999),
@@ -723,22 +735,7 @@ impl Vm {
             *n = n.saturating_sub(1);
         }
         let a = if self.applet != 0 {
-            let call = match self.multi_selectable("deselect", "(Z)V") {
-                Some(o) if self.context_active() => {
-                    let here = self.active.get(&self.aid).is_some_and(|n| *n > 0);
-                    self.call(
-                        p,
-                        interp::Call::Static(o),
-                        &[self.applet as i16, i16::from(here)],
-                    )
-                }
-                _ => self.call(
-                    p,
-                    interp::Call::Virtual(self.applet, applet_token("deselect", "()V")),
-                    &[],
-                ),
-            };
-            match call {
+            match self.selection_call(p, "deselect", "()V", "(Z)V") {
                 Ok(_) => Answer::Ok(Vec::new()),
                 Err(a) => a,
             }

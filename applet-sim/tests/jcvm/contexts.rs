@@ -147,6 +147,16 @@ fn a_client_without_its_server_package_is_refused_at_load() {
 
 const PKGCTX: &str = "../jcvm/tests/jc/pkgctx.cap";
 
+/// A card with `kagi.pkgctx` loaded and two instances of `Member` (0501, 0502) installed.
+fn two_members() -> Store {
+    let c = cap(PKGCTX);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
+    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    store
+}
+
 /// The persistent objects of the `kagi.pkgctx` package's context.
 fn context_objects(rt: &Runtime) -> usize {
     rt.store().keys("jcctx/F06B61676905/jc/o/").len()
@@ -160,11 +170,7 @@ fn context_objects(rt: &Runtime) -> usize {
 /// it survives a card image. Expected values follow from the Java source.
 #[test]
 fn instances_of_one_package_share_its_context() {
-    let c = cap(PKGCTX);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let store = two_members();
     let mut rt = runtime(store);
     assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
     assert_eq!(tx(&mut rt, "8001000004"), "000100019000");
@@ -197,11 +203,7 @@ fn instances_of_one_package_share_its_context() {
 /// context's records.
 #[test]
 fn deleting_an_instance_collects_what_only_it_reached() {
-    let c = cap(PKGCTX);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let store = two_members();
     let mut rt = runtime(store);
     assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
     assert_eq!(tx(&mut rt, "80025A01"), "9000");
@@ -343,11 +345,7 @@ fn a_shareable_call_reaches_a_third_context_but_not_back() {
 /// and how it was selected (00 Applet.select, 01 select(false), 02 select(true)).
 #[test]
 fn multiselection_keeps_the_package_active_until_its_last_channel() {
-    let c = cap(PKGCTX);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690501"), &h("C900")).unwrap();
-    install(&mut store, &c, 0, &h("F06B6167690502"), &h("C900")).unwrap();
+    let mut store = two_members();
     let s = cap(SHARE);
     load(&mut store, &s).unwrap();
     install(&mut store, &s, 0, &h("F06B6167690301"), &h("C900")).unwrap();
