@@ -18,7 +18,7 @@ proptest! {
 
     #[test]
     fn crypto_records_decode_or_refuse_and_round_trip(
-        tag in 3u8..=5,
+        tag in 3u8..=6,
         rest in proptest::collection::vec(any::<u8>(), 0..80),
     ) {
         let b = instance(tag, &rest);
@@ -50,5 +50,54 @@ fn a_key_record_round_trips_byte_for_byte() {
     // Cut short anywhere, it is refused.
     for n in 0..b.len() {
         assert_eq!(decode(&b[..n]), None, "cut at {n}");
+    }
+}
+
+/// A proxy record (an object of another context): the old form (owner, package, interfaces,
+/// handle) decodes with no foreign interfaces and encodes to the same bytes; with a foreign
+/// interface (package AID, class token) appended it round-trips too; cut short inside the
+/// foreign list it is refused.
+#[test]
+fn proxy_records_of_both_forms_round_trip() {
+    use kagi_jcvm::heap::{NativeState, Obj};
+    let old = instance(
+        6,
+        &[3, 0xF0, 0x01, 0x02, 2, 0xF0, 0x09, 1, 0x00, 0x01, 0x23],
+    );
+    let o = decode(&old).expect("an old-form proxy");
+    match &o {
+        Obj::Instance {
+            native:
+                NativeState::Proxy {
+                    handle,
+                    foreign,
+                    interfaces,
+                    ..
+                },
+            ..
+        } => {
+            assert_eq!(*handle, 0x0123);
+            assert_eq!(interfaces, &vec![0]);
+            assert!(foreign.is_empty());
+        }
+        other => panic!("not a proxy: {other:?}"),
+    }
+    assert_eq!(encode(&o), old);
+    let mut new = old.clone();
+    new.extend_from_slice(&[1, 6, 0xF0, 0x6B, 0x61, 0x67, 0x69, 0x05, 0x00]);
+    let o = decode(&new).expect("a proxy with a foreign interface");
+    match &o {
+        Obj::Instance {
+            native: NativeState::Proxy { foreign, .. },
+            ..
+        } => assert_eq!(
+            foreign,
+            &vec![(vec![0xF0, 0x6B, 0x61, 0x67, 0x69, 0x05], 0)]
+        ),
+        other => panic!("not a proxy: {other:?}"),
+    }
+    assert_eq!(encode(&o), new);
+    for n in old.len() + 1..new.len() {
+        assert_eq!(decode(&new[..n]), None, "cut at {n}");
     }
 }
