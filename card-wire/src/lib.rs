@@ -40,6 +40,7 @@ pub mod gp_load;
 pub mod jpki;
 pub mod scp02;
 pub mod scp03;
+#[cfg(feature = "content")]
 pub mod state_seal;
 pub mod sw;
 pub mod tlv;
