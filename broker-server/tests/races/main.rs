@@ -490,7 +490,11 @@ async fn two_instances_split_a_kek_rotation(w: &World) {
     FileEnvelope::new_kek(&w.dir.join("keys"), "k3").unwrap();
     let gate = Arc::new((std::sync::Mutex::new(0u32), std::sync::Condvar::new()));
     let mut envelopes = Vec::new();
-    let mut work = Vec::new();
+    let mut instances = Vec::new();
+    // Both instances up before either starts: the gate then holds the first one only while
+    // the other reaches its first unwrap, never long enough for its claims (leased for 10 s)
+    // to lapse — which, with a slow start of the second under load, let both unwrap the same
+    // records once.
     for _ in 0..2 {
         let e = Arc::new(Gated {
             inner: FileEnvelope::open_dir(&w.dir.join("keys")).unwrap(),
@@ -498,7 +502,10 @@ async fn two_instances_split_a_kek_rotation(w: &World) {
             gate: gate.clone(),
         });
         envelopes.push(e.clone());
-        let inst = w.broker_with(no_backoff(), e).await;
+        instances.push(w.broker_with(no_backoff(), e).await);
+    }
+    let mut work = Vec::new();
+    for inst in instances {
         work.push(tokio::spawn(async move {
             let mut done = 0;
             loop {
