@@ -1,8 +1,8 @@
 //! A Java Card 3.0.5 classic virtual machine for kagi's simulator: it links a CAP package
 //! against a native (Rust) implementation of the Java Card API ([`Package::link`]) and runs
-//! an applet instance ([`Vm`]): `install`, `select`, `process`, `deselect`, with its objects
-//! in persistent memory ([`Persist`]) so that they live through transactions, power loss and
-//! card images.
+//! the package's context ([`Vm`]: one per package, shared by its applet instances):
+//! `install`, `select`, `process`, `deselect`, with its objects in persistent memory
+//! ([`Persist`]) so that they live through transactions, power loss and card images.
 //!
 //! Limits, by design: a bounded operand stack and frame depth (overflow is an exception),
 //! a bytecode budget per call (an endless loop ends the command with `6F00`), and an
@@ -36,8 +36,9 @@ pub enum StoreFail {
     Full,
 }
 
-/// The card as the machine sees it: the applet instance's persistent memory (the simulator's
-/// store, scoped to the instance), and the card's services around it — GlobalPlatform's
+/// The card as the machine sees it: the context's persistent memory (the simulator's store,
+/// scoped to the package or, in the old form, to one instance), and the card's services around
+/// it — GlobalPlatform's
 /// registry (`GPSystem`), other applets (`lookupAID`, shareable interface objects) and the
 /// timing model's charges. Only the memory is required; the services default to a card with
 /// nothing else on it.
@@ -165,7 +166,8 @@ pub enum Answer {
 /// `6F00`: an uncaught exception or an error of the machine.
 pub const SW_UNKNOWN: u16 = 0x6F00;
 
-/// An applet instance of a linked package, with its heap.
+/// The context of a linked package: its heap and static fields, and the instances that run
+/// in it ([`Vm::enter`] names the one each call is for).
 pub struct Vm {
     pkg: Arc<Package>,
     limits: Limits,
