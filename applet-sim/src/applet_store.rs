@@ -4,6 +4,10 @@
 //! another applet's objects, the registry, or a security domain's keys. Transactions are the
 //! card's (Java Card has one transaction at a time for the whole card).
 //!
+//! Java Card (CAP) applets keep their objects in their package's context instead
+//! (`jcctx/<package AID>/`, [`crate::registry::context_prefix`]), a prefix the runtime takes
+//! from the registry, never one the applet names.
+//!
 //! Security domains are privileged classes ([`crate::ClassTable`] registers them inside this
 //! crate only): [`AppletStore::whole_card`] gives them the unscoped store.
 
