@@ -125,6 +125,8 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
         .is_some()
     {
         "broker".into()
+    } else if let Some(r) = e.downcast_ref::<crate::tsm::parties::Refused>() {
+        r.0.code.clone()
     } else if let Some(a) = e.downcast_ref::<kagi_certs::application::ApplicationError>() {
         format!("application.{}", a.code())
     } else if e.downcast_ref::<serde_json::Error>().is_some()

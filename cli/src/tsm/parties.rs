@@ -15,6 +15,12 @@ use tsm_protocol::control::{
 };
 use tsm_protocol::signing::{Signer, Trust};
 
+/// The TSM's (or, through it, the JPKI issuer's) refusal: its code is the error's `--json`
+/// code (`application.revoked`, `protocol.replayed`, …).
+#[derive(Debug, thiserror::Error)]
+#[error("the TSM refused: {0}")]
+pub struct Refused(pub tsm_protocol::ErrorReport);
+
 /// A provider's or operator's identity and its TSM, from its configuration file.
 pub fn load_party(config: &Path) -> Result<Party, Failure> {
     let text = read_text(config)?;
@@ -68,6 +74,7 @@ fn revoke_reason(r: &RevokeReason) -> &'static str {
         RevokeReason::Superseded => "superseded",
         RevokeReason::UserRequest => "user-request",
         RevokeReason::Expired => "expired",
+        RevokeReason::SignatureRevoked => "sign-revoked",
     }
 }
 
@@ -327,6 +334,32 @@ pub(super) async fn provider_cmd(
             )?;
             Ok(())
         }
+        ProviderCmd::Apply {
+            iccid,
+            application,
+            password_file,
+            out,
+            valid_minutes,
+        } => {
+            let bytes = std::fs::read(application)
+                .map_err(|e| format!("{}: {e}", application.display()))?;
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::Apply {
+                subscriber_ref: iccid.clone(),
+                card: CardTarget {
+                    iccid: iccid.clone(),
+                },
+                applet: AppletRef::jpki(),
+                application: bytes,
+                access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            if let ControlResponse::Rejected(e) = r.response {
+                return Err(Box::new(Refused(e)));
+            }
+            write_grant(out, &r, json!({}), json_out)?;
+            Ok(())
+        }
         ProviderCmd::Status { op } => {
             let r = sp
                 .send(&ControlRequest::GetOperation { op: op_id(op)? }, None)
@@ -424,13 +457,18 @@ pub(super) async fn provider_cmd(
                     print_json(
                         json!({ "credential": c.credential.to_hex(), "state": c.state, "serial": c.serial,
                         "expired": c.expired, "card_deletion_pending": c.card_deletion_pending, "iccid": c.iccid,
-                        "my_number_sign_serial": c.my_number_sign_serial }),
+                        "my_number_sign_serial": c.my_number_sign_serial,
+                        "revoked": c.revoked.as_ref().map(revoke_reason) }),
                     );
                 } else {
                     println!(
-                        "credential {}: {} (serial {}, ICCID {}{}{})",
+                        "credential {}: {}{} (serial {}, ICCID {}{}{})",
                         c.credential,
                         c.state,
+                        c.revoked
+                            .as_ref()
+                            .map(|r| format!(" ({})", revoke_reason(r)))
+                            .unwrap_or_default(),
                         c.serial,
                         c.iccid,
                         if c.expired { ", expired" } else { "" },

@@ -47,6 +47,7 @@ fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
         operators,
         hosted,
         mno: None,
+        issuer: None,
         state_key: AesKey::new(&[0x22; 16]).unwrap(),
         revocation_list: None,
     }

@@ -13,12 +13,14 @@
 mod control;
 mod create;
 mod engine;
+mod issuer_link;
 mod operator;
 mod plan;
 mod prepare;
 mod registry;
 mod relay;
 
+pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
 
 use crate::store::ops::OpRow;
@@ -82,6 +84,9 @@ pub struct Config {
     /// On an SP-TSM: the MNO-TSM that prepares SIMs (seed 004 ⑭⑮); `None` when the
     /// providers' domains and applets are already on the SIMs.
     pub mno: Option<MnoLink>,
+    /// On an SP-TSM: the JPKI issuer that makes credentials for applications (seed 004
+    /// ⑯⑰); `None` when providers bring their credentials sealed themselves.
+    pub issuer: Option<IssuerLink>,
     /// Seals the access codes and tickets kept for idempotent answers.
     pub state_key: AesKey,
     /// Where to write the revocation list (one serial per line) after every revocation.
