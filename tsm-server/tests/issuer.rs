@@ -121,6 +121,11 @@ impl Drop for World {
 }
 
 async fn world(name: &str) -> World {
+    let dir = std::env::temp_dir().join(format!("kagi-issuer-{name}-{}", std::process::id()));
+    world_on(name, kagi_db::Backend::Sqlite(dir.join("issuer.db"))).await
+}
+
+async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
     let c = cas();
     let dir = std::env::temp_dir().join(format!("kagi-issuer-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -167,9 +172,7 @@ async fn world(name: &str) -> World {
         validity: Duration::from_secs(365 * 86_400),
         max_age: Duration::from_secs(600),
     };
-    let issuer = Issuer::open(config, &kagi_db::Backend::Sqlite(dir.join("issuer.db")))
-        .await
-        .unwrap();
+    let issuer = Issuer::open(config, &backend).await.unwrap();
     World {
         issuer,
         sp_tsm,
@@ -443,7 +446,34 @@ async fn revoking_the_card_revokes_its_phone_certificates() {
 /// every issuance that was answered `Issued` before the revocation is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revocation_racing_issuances_never_leaves_an_active_link() {
-    let w = Arc::new(world("race").await);
+    race(Arc::new(world("race").await)).await;
+}
+
+/// The same race on PostgreSQL (READ COMMITTED: the row lock on the signature serial orders
+/// the two transactions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_race_on_postgres_too() {
+    let pg = tsm_server::testing::PrivatePostgres::start("issuer-race").unwrap();
+    let w = Arc::new(world_on("race-pg", kagi_db::Backend::Postgres(pg.url.clone())).await);
+    assert_eq!(w.issuer.db().describe(), "postgresql");
+    race(w.clone()).await;
+    // And a whole issuance with its link on PostgreSQL.
+    let IssuerResponse::Issued { serial, .. } =
+        w.send(&w.issue_request(valid_application(900), SP)).await
+    else {
+        panic!("not issued");
+    };
+    let link = tsm_server::issuer::store::link(w.issuer.db(), &serial)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (link.sign_serial.as_str(), link.state.as_str()),
+        ("0384", "active")
+    );
+}
+
+async fn race(w: Arc<World>) {
     let mut tasks = Vec::new();
     for i in 0..12 {
         let w = w.clone();
@@ -455,11 +485,22 @@ async fn a_revocation_racing_issuances_never_leaves_an_active_link() {
             w.send(&req).await
         }));
     }
-    // The revocation lands while the issuances run.
-    tokio::task::yield_now().await;
+    // The revocation lands while the issuances run: once the first link is in.
     let revoker = {
         let w = w.clone();
-        tokio::spawn(async move { w.issuer.revoke_sign_serial("0320", "test").await.unwrap() })
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                let n = tsm_server::issuer::store::links_of(w.issuer.db(), "0320")
+                    .await
+                    .unwrap()
+                    .len();
+                if n > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            w.issuer.revoke_sign_serial("0320", "test").await.unwrap()
+        })
     };
     let mut issued = 0;
     let mut refused = 0;

@@ -61,7 +61,7 @@ impl Tsm {
                 self.create(h, req).await
             }
             (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
-                self.card_record(iccid).await
+                self.card_record(party, iccid).await
             }
             (ControlRequest::CardRecord { .. }, _) => reject(
                 "business.not-an-mno-tsm",
