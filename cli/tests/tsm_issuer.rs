@@ -57,7 +57,8 @@ fn certificate_of(application: &[u8]) -> Vec<u8> {
         .expect("a DER certificate before the signature")
 }
 
-/// The certificate's serial as openssl prints it (upper-case hex, leading zeros dropped).
+/// The certificate's serial as openssl prints it (upper-case hex of whole bytes), without
+/// zero bytes in front (kagi prints serials that way).
 fn openssl_serial(dir: &Path, der: &[u8]) -> String {
     let p = dir.join("sign-cert.der");
     std::fs::write(&p, der).unwrap();
@@ -66,12 +67,16 @@ fn openssl_serial(dir: &Path, der: &[u8]) -> String {
         .arg(&p)
         .output()
         .unwrap();
-    String::from_utf8_lossy(&o.stdout)
+    let serial = String::from_utf8_lossy(&o.stdout)
         .trim()
         .strip_prefix("serial=")
         .unwrap()
-        .trim_start_matches('0')
-        .to_string()
+        .to_string();
+    let mut s = serial.as_str();
+    while s.len() > 2 && s.starts_with("00") {
+        s = &s[2..];
+    }
+    s.to_string()
 }
 
 /// `kagi --json tsm provider apply`: the refusal code, or `None` when accepted.

@@ -248,6 +248,11 @@ async fn a_valid_application_gets_a_credential_only_the_sim_opens() {
     else {
         panic!("not issued");
     };
+    // The serial answered is the certificate's, as kagi prints serials (the SP-TSM asks by it).
+    assert_eq!(
+        serial,
+        kagi_certs::serial_hex(&x509_cert::Certificate::from_der(&credential.certificate).unwrap())
+    );
     // 501 = 0x01F5 (whole bytes, as kagi prints serials), the serial of the card's signature certificate.
     assert_eq!(credential.my_number_sign_serial, "01F5");
     // The certificate: under the UA CA (its signature checks with the CA's key), never past

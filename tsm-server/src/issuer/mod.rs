@@ -359,7 +359,7 @@ impl Issuer {
         )
         .map_err(IssuerError::Internal)?;
         drop(key);
-        let serial_hex = format!("{serial:X}");
+        let serial_hex = serial_hex(serial);
         let not_after = until
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -484,6 +484,25 @@ impl Issuer {
         self.sync_revocations().await?;
         store::purge_replay(&self.db, now_ms()).await?;
         Ok(())
+    }
+}
+
+/// A serial as kagi prints it (`kagi_certs::serial_hex`): upper-case hex of whole bytes, no
+/// zero bytes in front — the form the SP-TSM asks for it by.
+fn serial_hex(serial: u32) -> String {
+    let b = serial.to_be_bytes();
+    let skip = b.iter().take(3).take_while(|x| **x == 0).count();
+    hex::encode_upper(&b[skip..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serials_print_in_whole_bytes_as_certificates_do() {
+        assert_eq!(super::serial_hex(0x0FAC_7022), "0FAC7022");
+        assert_eq!(super::serial_hex(0x7F00_0001), "7F000001");
+        assert_eq!(super::serial_hex(0x0000_7022), "7022");
+        assert_eq!(super::serial_hex(1), "01");
     }
 }
 
