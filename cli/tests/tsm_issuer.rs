@@ -93,6 +93,7 @@ fn apply_code(s: &Scenario, iccid: &str, application: &Path, out: &str) -> Optio
         .output()
         .unwrap();
     if o.status.success() {
+        support::schema::document("tsm.provider.issue", &o.stdout);
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {

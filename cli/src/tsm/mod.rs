@@ -98,8 +98,9 @@ pub struct ServeArgs {
 #[derive(Subcommand)]
 pub enum ProviderCmd {
     /// Issue a JPKI user-authentication credential to a SIM, on the user's application signed
-    /// with their My Number card (checked first; each application is accepted once): the key
-    /// is made here (the JPKI side), certified by the test CA, sealed together with the PIN to the SIM's own key
+    /// with their My Number card (checked first; each application is accepted once), the
+    /// provider playing the JPKI system itself (single-organisation mode; with a JPKI issuer
+    /// use `apply`): the key is made here, certified by the test CA, sealed together with the PIN to the SIM's own key
     /// agreement key (its certificate, fetched from the TSM, must check against the
     /// manufacturer CA) and the applet instance; prints the operation, the device ticket and
     /// the one-time access code to deliver.

@@ -495,17 +495,6 @@ fn serial_hex(serial: u32) -> String {
     hex::encode_upper(&b[skip..])
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn serials_print_in_whole_bytes_as_certificates_do() {
-        assert_eq!(super::serial_hex(0x0FAC_7022), "0FAC7022");
-        assert_eq!(super::serial_hex(0x7F00_0001), "7F000001");
-        assert_eq!(super::serial_hex(0x0000_7022), "7022");
-        assert_eq!(super::serial_hex(1), "01");
-    }
-}
-
 /// A fresh four-digit PIN, uniform (rejection sampling).
 fn new_pin() -> Result<Zeroizing<String>, String> {
     loop {
@@ -515,5 +504,16 @@ fn new_pin() -> Result<Zeroizing<String>, String> {
         if n < 60_000 {
             return Ok(Zeroizing::new(format!("{:04}", n % 10_000)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serials_print_in_whole_bytes_as_certificates_do() {
+        assert_eq!(super::serial_hex(0x0FAC_7022), "0FAC7022");
+        assert_eq!(super::serial_hex(0x7F00_0001), "7F000001");
+        assert_eq!(super::serial_hex(0x0000_7022), "7022");
+        assert_eq!(super::serial_hex(1), "01");
     }
 }
