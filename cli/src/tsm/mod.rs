@@ -7,7 +7,7 @@ use super::{Failure, print_json};
 pub mod jpki_issuer;
 mod load;
 pub mod mno_tsm;
-pub(crate) mod parties;
+mod parties;
 mod serve;
 
 use clap::{Args, Subcommand};

@@ -15,12 +15,6 @@ use tsm_protocol::control::{
 };
 use tsm_protocol::signing::{Signer, Trust};
 
-/// The TSM's (or, through it, the JPKI issuer's) refusal: its code is the error's `--json`
-/// code (`application.revoked`, `protocol.replayed`, …).
-#[derive(Debug, thiserror::Error)]
-#[error("the TSM refused: {0}")]
-pub struct Refused(pub tsm_protocol::ErrorReport);
-
 /// A provider's or operator's identity and its TSM, from its configuration file.
 pub fn load_party(config: &Path) -> Result<Party, Failure> {
     let text = read_text(config)?;
@@ -355,7 +349,7 @@ pub(super) async fn provider_cmd(
             };
             let r = sp.send(&req, None).await?;
             if let ControlResponse::Rejected(e) = r.response {
-                return Err(Box::new(Refused(e)));
+                return Err(Box::new(crate::exit::Refused(e)));
             }
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
