@@ -313,7 +313,13 @@ async fn a_valid_application_gets_a_credential_only_the_sim_opens() {
         &credential.sealed_pin,
     )
     .unwrap();
-    let mailed = std::fs::read_to_string(w.dir.join(format!("pin-mailer/{serial}.pin"))).unwrap();
+    let letter = w.dir.join(format!("pin-mailer/{serial}.pin"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&letter).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the PIN letter is the holder's only");
+    }
+    let mailed = std::fs::read_to_string(&letter).unwrap();
     assert_eq!(mailed.trim().as_bytes(), &pin[..]);
     // Another SIM key opens nothing.
     let other = {
