@@ -163,6 +163,40 @@ impl Trust {
     }
 }
 
+impl Trust {
+    /// Every revoked serial (upper-case hex, no sign padding) this trust knows of: the plain
+    /// list's, and those of each CRL signed by one of the CAs (a CRL no trusted CA signed is
+    /// ignored, as [`judge`] ignores it). Sorted, without duplicates.
+    pub fn revoked_serials(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.revoked.iter().map(hex::encode_upper).collect();
+        for crl in &self.crls {
+            let list = &crl.tbs_cert_list;
+            let crl_tbs = list.to_der().unwrap_or_default();
+            let signed = self.cas.iter().any(|ca| {
+                list.issuer == *ca.tbs_certificate().subject()
+                    && issued_by(
+                        ca,
+                        &crl_tbs,
+                        &crl.signature_algorithm.oid,
+                        crl.signature.raw_bytes(),
+                    )
+            });
+            if !signed {
+                continue;
+            }
+            out.extend(
+                list.revoked_certificates
+                    .iter()
+                    .flatten()
+                    .map(|r| hex::encode_upper(strip(r.serial_number.as_bytes()))),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// A certificate's serial as upper-case hex, without the sign byte's leading zeros.
 pub fn serial_hex(cert: &Certificate) -> String {
     hex::encode_upper(strip(cert.tbs_certificate().serial_number().as_bytes()))

@@ -293,3 +293,14 @@ proptest! {
         prop_assert!(check(&b, &trust(), &expect()).is_err());
     }
 }
+
+/// The serials the JPKI issuer revokes linked phone certificates for: a trusted CA's CRL
+/// (77 = 0x4D, 300 = 0x012C) and the plain list (0x1F), never a CRL no trusted CA signed.
+#[test]
+fn revoked_serials_come_from_trusted_crls_and_the_list_only() {
+    let mut t = trust();
+    t.crls.push(world().ca.crl(1, &[77, 300]).unwrap());
+    t.crls.push(world().other_ca.crl(1, &[99]).unwrap());
+    t.add_revoked_list("0x1f\n77\n").unwrap();
+    assert_eq!(t.revoked_serials(), vec!["012C", "1F", "4D"]);
+}

@@ -125,6 +125,8 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
         .is_some()
     {
         "broker".into()
+    } else if let Some(r) = e.downcast_ref::<Refused>() {
+        r.0.code.clone()
     } else if let Some(a) = e.downcast_ref::<kagi_certs::application::ApplicationError>() {
         format!("application.{}", a.code())
     } else if e.downcast_ref::<serde_json::Error>().is_some()
@@ -136,6 +138,12 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
     };
     (code, fields)
 }
+
+/// A TSM's (or, through it, the JPKI issuer's) refusal: its code is the error's `--json`
+/// code (`application.revoked`, `protocol.replayed`, …).
+#[derive(Debug, thiserror::Error)]
+#[error("the TSM refused: {0}")]
+pub struct Refused(pub tsm_protocol::ErrorReport);
 
 /// The `--json` form of an error.
 pub fn error_json(e: &(dyn std::error::Error + 'static)) -> Value {

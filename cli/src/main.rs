@@ -97,6 +97,11 @@ enum Cmd {
     /// prepares SIMs for providers at their SP-TSM's signed request.
     #[command(subcommand, name = "mno-tsm")]
     MnoTsm(tsm::mno_tsm::MnoTsmCmd),
+    /// The JPKI issuer (the JPKI system as its own service): verifies applications signed with
+    /// the My Number card, issues the phones' certificates, links and revokes them, and seals
+    /// credentials to the SIM for the SP-TSM to relay.
+    #[command(subcommand, name = "jpki-issuer")]
+    JpkiIssuer(tsm::jpki_issuer::JpkiIssuerCmd),
     /// The phone app's part: connect a card to the TSM and relay its orders (holds no
     /// secrets).
     Relay(tsm::RelayArgs),
@@ -614,6 +619,10 @@ fn flag_without_effect(cli: &Cli) -> Option<String> {
         Cmd::Tsm(tsm::TsmCmd::Serve(_)) => ("tsm serve", false, false),
         Cmd::MnoTsm(tsm::mno_tsm::MnoTsmCmd::Serve(_)) => ("mno-tsm serve", false, false),
         Cmd::MnoTsm(_) => ("mno-tsm", false, true),
+        Cmd::JpkiIssuer(tsm::jpki_issuer::JpkiIssuerCmd::Serve(_)) => {
+            ("jpki-issuer serve", false, false)
+        }
+        Cmd::JpkiIssuer(_) => ("jpki-issuer", false, true),
         Cmd::Sim(SimCmd::Serve(_)) => ("sim serve", false, false),
         Cmd::Sim(SimCmd::RunCap(_)) => ("sim run-cap", true, true),
         Cmd::Readers { .. } => ("readers", false, true),
@@ -713,6 +722,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Tsm(t) => tsm::run(t, cli.json),
         Cmd::MnoTsm(t) => tsm::mno_tsm::run(t, cli.json),
+        Cmd::JpkiIssuer(t) => tsm::jpki_issuer::run(t, cli.json),
         Cmd::Relay(r) => tsm::relay(r, cli.trace, cli.json),
         Cmd::Broker(b) => broker::run(b, cli.trace, cli.json),
         Cmd::Bench {

@@ -95,16 +95,16 @@ impl BadPartyId {
 pub struct PartyId(pub String);
 
 impl PartyId {
-    /// A party name: a role prefix (`sp`, `tsm`, `mno`) and up to 64 letters, digits, `-`,
-    /// `_` or `.`.
+    /// A party name: a role prefix (`sp`, `tsm`, `mno`, `jpki` — the JPKI issuer —, `broker`,
+    /// `admin`) and up to 64 letters, digits, `-`, `_` or `.`.
     pub fn new(s: &str) -> Result<PartyId, BadPartyId> {
         let (role, name) = s
             .split_once(':')
             .ok_or_else(|| BadPartyId::new(s, "use sp:NAME, tsm:NAME or mno:NAME"))?;
-        if !matches!(role, "sp" | "tsm" | "mno" | "broker" | "admin") {
+        if !matches!(role, "sp" | "tsm" | "mno" | "jpki" | "broker" | "admin") {
             return Err(BadPartyId::new(
                 s,
-                "the role must be sp, tsm, mno, broker or admin",
+                "the role must be sp, tsm, mno, jpki, broker or admin",
             ));
         }
         if name.is_empty()

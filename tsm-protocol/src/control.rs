@@ -166,6 +166,9 @@ pub enum RevokeReason {
     UserRequest,
     /// The certificate expired.
     Expired,
+    /// The JPKI issuer revoked the phone certificate because the linked signature certificate
+    /// of the holder's My Number card was revoked (seed 004 ⑧).
+    SignatureRevoked,
 }
 
 /// A request to the TSM.
@@ -322,6 +325,23 @@ pub enum ControlRequest {
         /// ICCID.
         iccid: String,
     },
+    /// A provider, at an SP-TSM linked to a JPKI issuer (seed 004 ②⑤⑯⑰): put a credential
+    /// on a card for the user's signed application. The SP-TSM asks the JPKI issuer
+    /// ([`crate::issuer::IssuerRequest::Issue`]), which verifies the application and answers
+    /// the credential sealed to the SIM; from then on it is an [`ControlRequest::Issue`]. The
+    /// provider never holds the key, the PIN or the issuing CA.
+    Apply {
+        /// The provider's reference for the subscriber.
+        subscriber_ref: String,
+        /// The card.
+        card: CardTarget,
+        /// The applet.
+        applet: AppletRef,
+        /// The application as `kagi jpki apply` wrote it.
+        application: Vec<u8>,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
 }
 
 impl ControlRequest {
@@ -344,6 +364,7 @@ impl ControlRequest {
             ControlRequest::CardCertificate { .. } => "card-certificate",
             ControlRequest::PrepareSim { .. } => "prepare-sim",
             ControlRequest::CardRecord { .. } => "card-record",
+            ControlRequest::Apply { .. } => "apply",
         }
     }
 
@@ -352,6 +373,7 @@ impl ControlRequest {
         matches!(
             self,
             ControlRequest::Issue { .. }
+                | ControlRequest::Apply { .. }
                 | ControlRequest::Revoke { .. }
                 | ControlRequest::Transfer { .. }
                 | ControlRequest::ResetPin { .. }

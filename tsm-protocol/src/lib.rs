@@ -9,6 +9,8 @@
 //!   binding and replay protection; [`codec`]: the canonical encoding they are signed in.
 //! - [`control`]: the control API (Issue, Revoke, Transfer, CheckStatus, ResetPin,
 //!   GetOperation, Cancel, and the mobile operator's notices).
+//! - [`issuer`]: the JPKI issuer's API (the SP-TSM asks it for a credential sealed to the SIM).
+//! - [`seal`]: a credential sealed to one SIM (its manufacturer-certified key) and applet.
 //! - [`relay`]: orders and reports between the TSM and the untrusted relay, exactly once.
 //! - [`script`]: card scripts — the engine that turns a plan and the relay's reports into
 //!   SCP03-wrapped orders, with probes, postconditions and key proofs.
@@ -29,10 +31,12 @@
 pub mod access;
 pub mod control;
 pub mod error;
+pub mod issuer;
 pub mod receipt;
 pub mod recipes;
 pub mod relay;
 pub mod script;
+pub mod seal;
 
 pub use kagi_signed::{codec, ids, password, signing};
 

@@ -104,6 +104,8 @@ struct TsmFile {
     operator: Vec<OperatorEntry>,
     #[serde(default)]
     mno_tsm: Option<MnoTsmEntry>,
+    #[serde(default)]
+    jpki_issuer: Option<IssuerEntry>,
     /// Timeouts, connection cap, rate limit (see the README's security section).
     #[serde(default)]
     limits: Option<kagi_serve::LimitsFile>,
@@ -155,6 +157,15 @@ struct MnoTsmEntry {
     tls_ca: Option<String>,
 }
 
+/// `[jpki_issuer]` of `tsm.toml`: the JPKI issuer that makes credentials for applications.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerEntry {
+    party: String,
+    url: String,
+    public_key: String,
+}
+
 /// What the command line may change over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -199,7 +210,7 @@ fn hex_aid(config: &Path, what: &str, s: &str) -> Result<Vec<u8>, SetupError> {
 
 /// Where a configuration's database is: the `--database` override, a PostgreSQL URL as
 /// given, or a SQLite file relative to the configuration file.
-fn database_location(path: &Path, configured: &str, overrides: &Overrides) -> String {
+pub(crate) fn database_location(path: &Path, configured: &str, overrides: &Overrides) -> String {
     overrides.database.clone().unwrap_or_else(|| {
         if configured.starts_with("postgres") {
             configured.to_string()
@@ -303,6 +314,14 @@ pub fn load(
             })
         }
     };
+    let issuer = match &f.jpki_issuer {
+        None => None,
+        Some(i) => {
+            let party = PartyId::new(&i.party)?;
+            trust.add_pem(party.clone(), &files::read_text(&rel(path, &i.public_key))?)?;
+            Some(crate::service::IssuerLink::new(party, &i.url))
+        }
+    };
     let database = database_location(path, &f.database, overrides);
     Ok(Loaded {
         config: Config {
@@ -313,6 +332,7 @@ pub fn load(
             operators: BTreeMap::new(),
             hosted: BTreeMap::new(),
             mno,
+            issuer,
             state_key: aes_key_file(&rel(path, &f.state_key))?,
             revocation_list: f.revocation_list.as_ref().map(|r| rel(path, r)),
         },

@@ -87,6 +87,40 @@ async fn sealed_parts_live_apart_and_go_when_the_operation_ends() {
     assert_eq!(w.tsm.store().sealed(&b.op).await.unwrap(), None);
 }
 
+/// A running operation whose relay vanished: past its deadline and without progress for the
+/// stall time it expires (code `tsm.deadline`, sealed parts gone); one that moved recently
+/// stays running.
+#[tokio::test]
+async fn a_running_operation_whose_relay_vanished_expires_at_its_deadline() {
+    let dir = TempDir::new("running-deadline");
+    let w = world(&dir.sqlite()).await;
+    let card = iccid("898100000000000062");
+    w.register(MNO, &card).await;
+    let a = w.issue(BANK, &card, 3).await;
+    let set = |updated_at: i64| {
+        tsm_server::store::Stmt::one(
+            "UPDATE ops SET state = 'running', expires_at = 1, updated_at = $2 WHERE id = $1",
+            vec![a.op.to_hex().into(), updated_at.into()],
+        )
+    };
+    // Past its deadline, but the session moved a moment ago: left alone.
+    let just_now = tsm_protocol::signing::now_ms() as i64 - 1_000;
+    w.tsm.store().commit(vec![set(just_now)]).await.unwrap();
+    assert_eq!(w.tsm.sweep().await.unwrap(), 0);
+    assert_eq!(
+        w.tsm.store().op(&a.op).await.unwrap().unwrap().state,
+        tsm_protocol::control::OpState::Running
+    );
+    // No progress for longer than the stall time: expired, with its reason.
+    let stalled = just_now - tsm_server::service::RUNNING_STALL_MS - 1_000;
+    w.tsm.store().commit(vec![set(stalled)]).await.unwrap();
+    assert_eq!(w.tsm.sweep().await.unwrap(), 1);
+    let op = w.tsm.store().op(&a.op).await.unwrap().unwrap();
+    assert_eq!(op.state, tsm_protocol::control::OpState::Expired);
+    assert_eq!(op.data.error.unwrap().code, "tsm.deadline");
+    assert_eq!(w.tsm.store().sealed(&a.op).await.unwrap(), None);
+}
+
 fn rejected_code(r: &ControlResponse) -> Option<&str> {
     match r {
         ControlResponse::Rejected(ErrorReport { code, .. }) => Some(code),

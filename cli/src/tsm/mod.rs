@@ -4,6 +4,7 @@
 use super::common::{LimitArgs, read_secret, runtime, write_private};
 use super::{Failure, print_json};
 
+pub mod jpki_issuer;
 mod load;
 pub mod mno_tsm;
 mod parties;
@@ -97,8 +98,9 @@ pub struct ServeArgs {
 #[derive(Subcommand)]
 pub enum ProviderCmd {
     /// Issue a JPKI user-authentication credential to a SIM, on the user's application signed
-    /// with their My Number card (checked first; each application is accepted once): the key
-    /// is made here (the JPKI side), certified by the test CA, sealed together with the PIN to the SIM's own key
+    /// with their My Number card (checked first; each application is accepted once), the
+    /// provider playing the JPKI system itself (single-organisation mode; with a JPKI issuer
+    /// use `apply`): the key is made here, certified by the test CA, sealed together with the PIN to the SIM's own key
     /// agreement key (its certificate, fetched from the TSM, must check against the
     /// manufacturer CA) and the applet instance; prints the operation, the device ticket and
     /// the one-time access code to deliver.
@@ -140,6 +142,29 @@ pub enum ProviderCmd {
         my_number_serial: Option<String>,
         /// Write the operation, ticket, access code and certificate here (JSON; the
         /// certificate next to it as .crt.der).
+        #[arg(long)]
+        out: PathBuf,
+        /// Minutes the download may take to happen.
+        #[arg(long, default_value_t = 30)]
+        valid_minutes: u64,
+    },
+    /// Ask for a JPKI user-authentication credential on the user's application signed with
+    /// their My Number card, through an SP-TSM linked to a JPKI issuer (`kagi jpki-issuer`):
+    /// the issuer checks the application, makes the key and certificate and seals them with
+    /// a PIN (sent to the holder by its PIN mailer) to the SIM; the provider holds neither
+    /// key nor PIN nor CA. Prints the operation, the device ticket and the one-time access
+    /// code to deliver.
+    Apply {
+        /// The SIM.
+        #[arg(long)]
+        iccid: String,
+        /// The user's application (`kagi jpki apply`).
+        #[arg(long)]
+        application: PathBuf,
+        /// File with the user's password (as registered with the provider).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Write the operation, ticket and access code here (JSON, 0600).
         #[arg(long)]
         out: PathBuf,
         /// Minutes the download may take to happen.

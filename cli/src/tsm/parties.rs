@@ -68,6 +68,7 @@ fn revoke_reason(r: &RevokeReason) -> &'static str {
         RevokeReason::Superseded => "superseded",
         RevokeReason::UserRequest => "user-request",
         RevokeReason::Expired => "expired",
+        RevokeReason::SignatureRevoked => "sign-revoked",
     }
 }
 
@@ -327,6 +328,32 @@ pub(super) async fn provider_cmd(
             )?;
             Ok(())
         }
+        ProviderCmd::Apply {
+            iccid,
+            application,
+            password_file,
+            out,
+            valid_minutes,
+        } => {
+            let bytes = std::fs::read(application)
+                .map_err(|e| format!("{}: {e}", application.display()))?;
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::Apply {
+                subscriber_ref: iccid.clone(),
+                card: CardTarget {
+                    iccid: iccid.clone(),
+                },
+                applet: AppletRef::jpki(),
+                application: bytes,
+                access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            if let ControlResponse::Rejected(e) = r.response {
+                return Err(Box::new(crate::exit::Refused(e)));
+            }
+            write_grant(out, &r, json!({}), json_out)?;
+            Ok(())
+        }
         ProviderCmd::Status { op } => {
             let r = sp
                 .send(&ControlRequest::GetOperation { op: op_id(op)? }, None)
@@ -424,13 +451,18 @@ pub(super) async fn provider_cmd(
                     print_json(
                         json!({ "credential": c.credential.to_hex(), "state": c.state, "serial": c.serial,
                         "expired": c.expired, "card_deletion_pending": c.card_deletion_pending, "iccid": c.iccid,
-                        "my_number_sign_serial": c.my_number_sign_serial }),
+                        "my_number_sign_serial": c.my_number_sign_serial,
+                        "revoked": c.revoked.as_ref().map(revoke_reason) }),
                     );
                 } else {
                     println!(
-                        "credential {}: {} (serial {}, ICCID {}{}{})",
+                        "credential {}: {}{} (serial {}, ICCID {}{}{})",
                         c.credential,
                         c.state,
+                        c.revoked
+                            .as_ref()
+                            .map(|r| format!(" ({})", revoke_reason(r)))
+                            .unwrap_or_default(),
                         c.serial,
                         c.iccid,
                         if c.expired { ", expired" } else { "" },

@@ -116,6 +116,7 @@ impl World {
             operators,
             hosted: BTreeMap::new(),
             mno: None,
+            issuer: None,
             state_key: AesKey::new(&[0x11; 16]).unwrap(),
             revocation_list: Some(self.dir.join("revoked.txt")),
         }

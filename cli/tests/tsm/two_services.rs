@@ -47,6 +47,7 @@ fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
         operators,
         hosted,
         mno: None,
+        issuer: None,
         state_key: AesKey::new(&[0x22; 16]).unwrap(),
         revocation_list: None,
     }
@@ -331,6 +332,23 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     let other_at_mno = at_mno(&other, &me, &mno_url);
     let r = ask(&other_at_mno, &prepare(&world, "sp:bank", &sim.iccid)).await;
     assert_eq!(refused(&r), "business.not-your-provider");
+    // Nor does it read the SIM's record: that SIM is another SP-TSM's provider's.
+    let r = ask(
+        &other_at_mno,
+        &ControlRequest::CardRecord {
+            iccid: sim.iccid.clone(),
+        },
+    )
+    .await;
+    assert_eq!(refused(&r), "business.unknown-card");
+    let r = ask(
+        &sp_tsm_at_mno,
+        &ControlRequest::CardRecord {
+            iccid: sim.iccid.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(r, ControlResponse::CardRecord { .. }), "{r:?}");
     let r = ask(&sp_tsm_at_mno, &prepare(&world, "sp:shop", &sim.iccid)).await;
     assert_eq!(refused(&r), "business.unknown-provider");
     let r = ask(&sp_tsm_at_mno, &prepare(&world, "sp:bank", &sim2.iccid)).await;

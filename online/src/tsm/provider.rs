@@ -4,8 +4,6 @@
 //! sent to the TSM, answers and receipts checked.
 
 use super::client::{Client, ClientError};
-use card_wire::content::{Binding, Role};
-use card_wire::jpki;
 use tsm_protocol::control::{
     AccessGrant, ControlRequest, ControlResponse, CredentialBundle, GrantVerifier,
 };
@@ -54,65 +52,7 @@ impl CardKey {
     }
 }
 
-/// A SIM content can be sealed to: its ICCID and the key agreement key and serial of a
-/// certificate that checked against the card manufacturer's CA.
-#[derive(Debug, Clone)]
-pub struct SealTarget {
-    iccid: String,
-    public_key: p256::PublicKey,
-    serial: Vec<u8>,
-}
-
-impl SealTarget {
-    /// Checks `card_certificate` (DER) against the manufacturer CA `manufacturer_ca` for SIM
-    /// `iccid`: anything else — a key the TSM or relay made up, another SIM's certificate —
-    /// is refused, and nothing is sealed.
-    pub fn verify(
-        manufacturer_ca: &x509_cert::Certificate,
-        card_certificate: &[u8],
-        iccid: &str,
-        now: std::time::SystemTime,
-    ) -> Result<SealTarget, String> {
-        let c = kagi_certs::card_key::check_card_certificate(
-            manufacturer_ca,
-            card_certificate,
-            iccid,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-        let public_key =
-            card_wire::content::card_public_key(&c.public_key).map_err(|e| e.to_string())?;
-        Ok(SealTarget {
-            iccid: iccid.to_string(),
-            public_key,
-            serial: c.serial,
-        })
-    }
-
-    /// The ICCID.
-    pub fn iccid(&self) -> &str {
-        &self.iccid
-    }
-
-    /// Seals `value` for applet `instance` on this SIM, as `role`, under `request_id` (the
-    /// request's idempotency key).
-    pub fn seal(
-        &self,
-        instance: &[u8],
-        role: Role,
-        request_id: &IdempotencyKey,
-        value: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        let binding = Binding {
-            iccid: &self.iccid,
-            card_serial: &self.serial,
-            instance,
-            role,
-            request_id: &request_id.0,
-        };
-        card_wire::content::seal(&self.public_key, &binding, value).map_err(|e| e.to_string())
-    }
-}
+pub use tsm_protocol::seal::{SealTarget, seal_pin};
 
 /// A credential as the JPKI side hands it over: key and PIN sealed to the SIM `to` and the
 /// applet `instance` under `request_id` (roles: the key and PIN files), certificates in clear.
@@ -130,27 +70,16 @@ pub fn bundle(
     my_number_sign_serial: &str,
 ) -> Result<CredentialBundle, String> {
     let bytes = key.card_bytes()?;
-    Ok(CredentialBundle {
-        sealed_key: to.seal(instance, Role::KeyEf(jpki::EF_AUTH_KEY), request_id, &bytes)?,
-        sealed_pin: seal_pin(to, instance, request_id, pin)?,
+    tsm_protocol::seal::bundle(
+        to,
+        instance,
+        request_id,
+        &bytes,
         certificate,
         ca_certificate,
-        my_number_sign_serial: my_number_sign_serial.into(),
-    })
-}
-
-/// A PIN sealed to the SIM `to` for the applet `instance`'s PIN file (4 digits, as the JPKI
-/// authentication PIN).
-pub fn seal_pin(
-    to: &SealTarget,
-    instance: &[u8],
-    request_id: &IdempotencyKey,
-    pin: &[u8],
-) -> Result<Vec<u8>, String> {
-    if !jpki::PinFormat::FourDigits.accepts(pin) {
-        return Err("the authentication PIN is four digits".into());
-    }
-    to.seal(instance, Role::PinEf(jpki::EF_AUTH_PIN), request_id, pin)
+        pin,
+        my_number_sign_serial,
+    )
 }
 
 /// The user's access grant: an Argon2id verifier of the password (OWASP's minimum

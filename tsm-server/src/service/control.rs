@@ -61,7 +61,7 @@ impl Tsm {
                 self.create(h, req).await
             }
             (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
-                self.card_record(iccid).await
+                self.card_record(party, iccid).await
             }
             (ControlRequest::CardRecord { .. }, _) => reject(
                 "business.not-an-mno-tsm",
@@ -110,6 +110,7 @@ impl Tsm {
         let party = &h.sender;
         match req {
             ControlRequest::Issue { .. }
+            | ControlRequest::Apply { .. }
             | ControlRequest::ResetPin { .. }
             | ControlRequest::WalletUpdate { .. }
             | ControlRequest::Transfer { .. } => self.create(h, req).await,
@@ -119,6 +120,8 @@ impl Tsm {
             ControlRequest::CheckStatus { credential } => {
                 match self.store.credential(&credential).await? {
                     Some(c) if c.party == party.0 => {
+                        // Revoked at the JPKI issuer (linked revocation): revoked here too.
+                        let c = self.linked_status(c).await?;
                         Ok(ControlResponse::Credential(self.status_of(&c)))
                     }
                     _ => Ok(unknown_credential(&credential, party)),
@@ -185,6 +188,7 @@ impl Tsm {
             "superseded" => Some(RevokeReason::Superseded),
             "user-request" => Some(RevokeReason::UserRequest),
             "expired" => Some(RevokeReason::Expired),
+            "sign-revoked" => Some(RevokeReason::SignatureRevoked),
             _ => None,
         });
         CredentialStatus {
@@ -269,6 +273,7 @@ impl Tsm {
             RevokeReason::Superseded => "superseded",
             RevokeReason::UserRequest => "user-request",
             RevokeReason::Expired => "expired",
+            RevokeReason::SignatureRevoked => "sign-revoked",
         };
         // The credential first, then its operation: the order every writer of both takes.
         self.store

@@ -76,14 +76,22 @@ impl Tsm {
             );
         }
         let request_hash = Sha256::digest(tsm_protocol::codec::encode(&req)?).to_vec();
-        // The sealed parts are kept apart from the record, and only while the operation runs.
-        let mut req = req;
-        let sealed = crate::store::sealed::take_sealed(&mut req);
         // Idempotency first: the same key and request answer as before, another request is
         // a conflict.
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
             return self.again(existing, &request_hash);
         }
+        // An application: the JPKI issuer makes the credential (sealed to the SIM), and the
+        // request goes on as an issue.
+        let mut req = match req {
+            ControlRequest::Apply { .. } => match self.apply_at_issuer(party, &idem, req).await? {
+                Ok(issue) => issue,
+                Err(refused) => return Ok(refused),
+            },
+            req => req,
+        };
+        // The sealed parts are kept apart from the record, and only while the operation runs.
+        let sealed = crate::store::sealed::take_sealed(&mut req);
         let (kind, iccid, access, credential_row, supersedes) = match &req {
             ControlRequest::Issue {
                 card,

@@ -13,12 +13,14 @@
 mod control;
 mod create;
 mod engine;
+mod issuer_link;
 mod operator;
 mod plan;
 mod prepare;
 mod registry;
 mod relay;
 
+pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
 
 use crate::store::ops::OpRow;
@@ -82,11 +84,18 @@ pub struct Config {
     /// On an SP-TSM: the MNO-TSM that prepares SIMs (seed 004 ⑭⑮); `None` when the
     /// providers' domains and applets are already on the SIMs.
     pub mno: Option<MnoLink>,
+    /// On an SP-TSM: the JPKI issuer that makes credentials for applications (seed 004
+    /// ⑯⑰); `None` when providers bring their credentials sealed themselves.
+    pub issuer: Option<IssuerLink>,
     /// Seals the access codes and tickets kept for idempotent answers.
     pub state_key: AesKey,
     /// Where to write the revocation list (one serial per line) after every revocation.
     pub revocation_list: Option<std::path::PathBuf>,
 }
+
+/// How long a running operation past its deadline may go without progress before the sweeper
+/// ends it (its relay vanished mid-session): five minutes.
+pub const RUNNING_STALL_MS: i64 = 300_000;
 
 /// Milliseconds since the Unix epoch.
 fn now() -> i64 {
@@ -257,14 +266,17 @@ impl Tsm {
         *self.config.signer.verifying_key()
     }
 
-    /// Marks operations past their time as expired; forgets old replay entries.
+    /// Marks operations past their time as expired — waiting ones, and running ones whose
+    /// session made no progress for [`RUNNING_STALL_MS`] — by a conditional update on each
+    /// operation's version; forgets old replay entries.
     pub async fn sweep(&self) -> Result<usize> {
         let t = now();
         let rows = self
             .store
             .query(
-                "SELECT id FROM ops WHERE expires_at < $1 AND state IN ('awaiting-device', 'device-bound', 'interrupted')",
-                vec![t.into()],
+                "SELECT id FROM ops WHERE expires_at < $1 AND (state IN ('awaiting-device', 'device-bound', 'interrupted')
+                 OR (state = 'running' AND updated_at < $2))",
+                vec![t.into(), (t - RUNNING_STALL_MS).into()],
             )
             .await?;
         let mut n = 0;
@@ -275,12 +287,22 @@ impl Tsm {
             // Read again: only an operation still waiting and past its time expires (its
             // version then guards the write).
             if let Some(mut op) = self.store.op(&id).await?
-                && matches!(
+                && (matches!(
                     op.state,
                     OpState::AwaitingDevice | OpState::DeviceBound | OpState::Interrupted
-                )
+                ) || (op.state == OpState::Running && op.updated_at < t - RUNNING_STALL_MS))
                 && op.expires_at < t
             {
+                if op.state == OpState::Running {
+                    // Its relay vanished mid-session: the operation ends at its deadline
+                    // (the version guard loses to a session that moved meanwhile).
+                    op.data.error = Some(ErrorReport::new(
+                        Layer::Tsm,
+                        "tsm.deadline",
+                        false,
+                        "the download stopped mid-session and its time ran out: issue it again",
+                    ));
+                }
                 op.state = OpState::Expired;
                 op.updated_at = t;
                 let batch = vec![

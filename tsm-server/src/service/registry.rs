@@ -11,15 +11,34 @@ use tsm_protocol::{Layer, PartyId};
 use super::{Result, Tsm, err, now};
 
 impl Tsm {
-    /// MNO-TSM: a SIM's record for an SP-TSM it trusts.
-    pub(super) async fn card_record(&self, iccid: &str) -> Result<ControlResponse> {
-        let Some(c) = self.store.card(iccid).await? else {
-            return Ok(ControlResponse::Rejected(err(
+    /// MNO-TSM: a SIM's record for the SP-TSM of the SIM's provider: the provider whose domain
+    /// the SIM is registered for, or — a SIM without one on record — any provider the SP-TSM
+    /// serves here. Anyone else is told the SIM is unknown (the same words as for a SIM that
+    /// is not registered).
+    pub(super) async fn card_record(
+        &self,
+        sender: &PartyId,
+        iccid: &str,
+    ) -> Result<ControlResponse> {
+        let unknown = || {
+            ControlResponse::Rejected(err(
                 Layer::Business,
                 "business.unknown-card",
                 format!("SIM {iccid} is not registered with this MNO-TSM"),
-            )));
+            ))
         };
+        let Some(c) = self.store.card(iccid).await? else {
+            return Ok(unknown());
+        };
+        let serves = self
+            .config
+            .hosted
+            .values()
+            .any(|h| &h.sp_tsm == sender && (c.sd_aid.is_empty() || h.sd_aid == c.sd_aid));
+        if !serves {
+            tracing::warn!(sender = %sender, iccid, "a SIM record asked for by an SP-TSM that is not the SIM's provider's");
+            return Ok(unknown());
+        }
         Ok(ControlResponse::CardRecord {
             iccid: c.iccid,
             cin: c.cin,

@@ -166,6 +166,7 @@ pub fn load_mno(
             operators,
             hosted,
             mno: None,
+            issuer: None,
             state_key: aes_key_file(&rel(path, &f.state_key))?,
             revocation_list: None,
         },

@@ -283,6 +283,7 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
         operators,
         hosted: BTreeMap::new(),
         mno: None,
+        issuer: None,
         state_key: AesKey::new(&[0x11; 16]).unwrap(),
         revocation_list: None,
     }

@@ -1,0 +1,107 @@
+//! The JPKI issuer's API (seed 004 別紙1 ⑥⑦⑧⑯⑰): what an SP-TSM asks the JPKI system
+//! (`kagi jpki-issuer serve`) and what it answers. Requests travel signed by the SP-TSM
+//! (`crate::signing`, kind `ControlRequest`, addressed to the issuer, replay-protected by
+//! message id on the issuer's side) and answers signed by the issuer, echoing the request's id
+//! and nonce — the control envelope of [`crate::control`] with bodies of their own.
+//!
+//! The issuer verifies the user's application (signed with the My Number card's signature
+//! key, `kagi_certs::application`) against the signature CA and its revocation data, makes the
+//! phone's user-authentication key and certificate, keeps the link phone-certificate serial ↔
+//! signature-certificate serial, and answers the credential **sealed to the SIM's own key
+//! agreement key** (`card_wire::content`, after checking the SIM's certificate against the
+//! card manufacturer's CA): the SP-TSM relays a bundle it cannot open.
+
+use crate::control::CredentialBundle;
+use crate::error::ErrorReport;
+use crate::ids::{IdempotencyKey, PartyId};
+use serde::{Deserialize, Serialize};
+
+/// A request to the JPKI issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IssuerRequest {
+    /// ⑥⑯: issue the phone's user-authentication credential for the user's signed
+    /// application. Answered with [`IssuerResponse::Issued`].
+    Issue {
+        /// The application as `kagi jpki apply` wrote it (`kagi_certs::application`).
+        application: Vec<u8>,
+        /// The provider the application names (one the asking SP-TSM serves).
+        provider: PartyId,
+        /// The SIM the credential goes to (the application must name it).
+        iccid: String,
+        /// The SIM's key agreement certificate (DER) as its operator registered it: the
+        /// issuer checks it against the card manufacturer's CA before sealing to it.
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance the sealed values are for.
+        instance: Vec<u8>,
+        /// The request id the sealed values are bound to (the SP-TSM's idempotency key of
+        /// the issue: the card opens them only under it).
+        request_id: IdempotencyKey,
+    },
+    /// The standing of phone certificates this SP-TSM relayed (linked revocation). Answered
+    /// with [`IssuerResponse::Status`].
+    Status {
+        /// Phone certificate serials (upper-case hex).
+        serials: Vec<String>,
+    },
+}
+
+impl IssuerRequest {
+    /// A short name for logs and the audit trail.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IssuerRequest::Issue { .. } => "issue",
+            IssuerRequest::Status { .. } => "status",
+        }
+    }
+}
+
+/// A phone certificate the issuer revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedPhone {
+    /// The phone certificate's serial (upper-case hex).
+    pub serial: String,
+    /// The linked signature certificate's serial (upper-case hex).
+    pub sign_serial: String,
+    /// Why: `sign-revoked` (the card's signature certificate was revoked).
+    pub reason: String,
+    /// When (Unix milliseconds).
+    pub revoked_at: u64,
+}
+
+/// The issuer's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IssuerResponse {
+    /// The credential, its key and PIN sealed to the SIM and applet instance.
+    Issued {
+        /// The bundle the SP-TSM writes to the card (it cannot open its sealed parts).
+        credential: CredentialBundle,
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// Its notAfter (Unix seconds), never after the signature certificate's.
+        not_after: u64,
+    },
+    /// Which of the asked serials are revoked (the others are not, or not this issuer's).
+    Status {
+        /// The revoked ones.
+        revoked: Vec<RevokedPhone>,
+    },
+    /// Refused: `application.*` (the application's own checks, `kagi_certs::application`),
+    /// `issuer.*` (the issuer's: an untrusted SP-TSM or provider, a SIM certificate that does
+    /// not check), `protocol.*`.
+    Rejected(ErrorReport),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_in_the_canonical_encoding() {
+        let r = IssuerRequest::Status {
+            serials: vec!["0A".into()],
+        };
+        let bytes = crate::codec::encode(&r).unwrap();
+        assert_eq!(crate::codec::decode::<IssuerRequest>(&bytes).unwrap(), r);
+        assert_eq!(r.name(), "status");
+    }
+}
