@@ -71,6 +71,7 @@ pub const SCHEMA: Schema = Schema {
         back_channel::DDL[0],
         back_channel::DDL[1],
         back_channel::DDL[2],
+        back_channel::DDL[3],
     ],
 };
 

@@ -576,8 +576,9 @@ impl Broker {
         Ok(Some(kagi_signed::codec::decode(&plain)?))
     }
 
-    /// Sets how a registered service receives proofs: its key must be a P-256 public key,
-    /// its codes live 1 to [`super::back_channel::MAX_CODE_SECS`] seconds.
+    /// Sets how a registered service receives proofs: code mode — its key must be a P-256
+    /// public key, its codes live 1 to [`super::back_channel::MAX_CODE_SECS`] seconds; push
+    /// mode — an `https://` URL and a usable CA.
     async fn set_back_channel(&self, service: &str, bc: &BackChannel, t: i64) -> Result<()> {
         if self.shards.first().service(service).await?.is_none() {
             return Err(refuse(
@@ -608,8 +609,17 @@ impl Broker {
                 .into());
             }
         }
+        if let BackChannel::Push { url, service_ca } = bc {
+            let bad = |why: String| refuse("admin.bad-back-channel", why);
+            kagi_signed::ids::PartyId::new(&broker_protocol::api::service_party(service))
+                .map_err(|e| bad(format!("the service id cannot receive pushes: {e}")))?;
+            super::push::check_endpoint(url, service_ca).map_err(bad)?;
+        }
         self.shards
-            .everywhere(vec![Shard::put_back_channel(service, bc, t)])
+            .everywhere(vec![
+                Shard::put_back_channel(service, bc, t),
+                Shard::put_push_endpoint(service, bc, t),
+            ])
             .await?;
         tracing::info!(service = %service, mode = bc.name(), "back channel set");
         Ok(())

@@ -254,13 +254,32 @@ async fn scenario(w: &World) {
     );
     let r = b.act(&act(&session, "svc-rsa", ch)).await.unwrap();
     assert!(r.code.is_none() && service_accepts(&sides[2], &r, ch));
-    assert_eq!(
-        code_of(
-            b.redeem(&redemption(&signers[2], "svc-rsa", &code, ch, false))
-                .await
-        ),
-        "redeem.not-back-channel"
+    // Before the signature is checked, an unauthenticated caller learns nothing about a
+    // service's mode: a redemption for a relayed service, for an unknown one, and one with
+    // the wrong key for a code-mode service get the same answer.
+    let answer = |r: Result<ActResult, BrokerError>| match r {
+        Err(BrokerError::Refused(e)) => (e.code, e.detail),
+        other => panic!("{other:?}"),
+    };
+    let code_mode = answer(
+        b.redeem(&redemption(
+            &service_signer("svc-mac"),
+            "svc-mac",
+            &code,
+            ch,
+            false,
+        ))
+        .await,
     );
+    assert_eq!(code_mode.0, "redeem.forged");
+    for (signer, id) in [
+        (&signers[2], "svc-rsa"),
+        (&service_signer("svc-nowhere"), "svc-nowhere"),
+    ] {
+        let mut got = answer(b.redeem(&redemption(signer, id, &code, ch, false)).await);
+        got.1 = got.1.replace(id, "svc-mac");
+        assert_eq!(got, code_mode, "{id}");
+    }
 
     // The card revoked after the code was made: the code gives nothing.
     let code = code_for(&b, &session, "svc-mac", ch).await;
