@@ -12,6 +12,7 @@
 //! stateless and share the shards.
 
 pub mod back_channel;
+mod kek;
 
 use crate::envelope::SealedRecord;
 use broker_protocol::Assurance;

@@ -186,14 +186,75 @@ fn a_service_redeems_the_code_the_holder_got() {
             .as_deref(),
         Some("redeem.replayed")
     );
-    // A mode that does not exist: refused before anything is sent.
+    // A mode that does not exist, and push mode without its endpoint: refused before
+    // anything is sent.
+    for (mode, says) in [
+        ("bogus", "use relayed, code or push"),
+        ("push", "--mode push needs --url"),
+    ] {
+        let o = kagi()
+            .args(["broker", "admin", "--config", &p("broker/admin.toml")])
+            .args(["back-channel", "--service", "svc-mac", "--mode", mode])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{mode}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{mode}");
+    }
+
+    // --idempotency-key: a script retrying across runs with the same key gets the same
+    // answer and one rotation; a new key rotates again; the same key for another request
+    // is refused.
+    let rotate = |key: &str, out: &str| -> serde_json::Value {
+        serde_json::from_str(&admin(&[
+            "--json",
+            "rotate-key",
+            "--idempotency-key",
+            key,
+            "--card",
+            &card,
+            "--service",
+            "svc-mac",
+            "--out",
+            &p(out),
+        ]))
+        .unwrap()
+    };
+    let first = rotate("nightly-rotation-1", "rot-a.key");
+    let again = rotate("nightly-rotation-1", "rot-b.key");
+    assert_eq!(first["version"], again["version"]);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(
+        read("rot-a.key"),
+        read("rot-b.key"),
+        "the same key both times"
+    );
+    let next = rotate("nightly-rotation-2", "rot-c.key");
+    assert_eq!(
+        next["version"].as_u64().unwrap(),
+        first["version"].as_u64().unwrap() + 1
+    );
+    assert_ne!(read("rot-a.key"), read("rot-c.key"));
+    let audit: serde_json::Value =
+        serde_json::from_str(&admin(&["--json", "audit", "--card", &card])).unwrap();
+    let rotations = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "rotate-key")
+        .count();
+    assert_eq!(rotations, 2, "{audit}");
     let o = kagi()
         .args(["broker", "admin", "--config", &p("broker/admin.toml")])
-        .args(["back-channel", "--service", "svc-mac", "--mode", "push"])
+        .args(["--idempotency-key", "nightly-rotation-1"])
+        .args(["enrol", "--card", &card, "--service", "svc-mac"])
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("use relayed or code"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("admin.idempotency-conflict"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     server.kill().unwrap();
     server.wait().unwrap();
