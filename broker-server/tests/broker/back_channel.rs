@@ -281,6 +281,40 @@ async fn scenario(w: &World) {
         assert_eq!(got, code_mode, "{id}");
     }
 
+    // Push mode is stored (on every shard) and read back as registered; this broker has no
+    // client certificate, so an act for the service is refused with its own code and the
+    // holder's client gets no proof. Set back to relayed, the proof travels again.
+    let push = BackChannel::Push {
+        url: "https://127.0.0.1:9/back-channel/push".into(),
+        service_ca: test_pki::tls::TlsCa::new("svc-rsa CA")
+            .unwrap()
+            .cert_pem()
+            .as_bytes()
+            .to_vec(),
+    };
+    let set = |bc: BackChannel| AdminRequest::SetBackChannel {
+        service: "svc-rsa".into(),
+        back_channel: bc,
+    };
+    assert_eq!(w.admin(&b, set(push.clone())).await, AdminResponse::Ok);
+    for shard in b.shards().all() {
+        assert_eq!(shard.back_channel("svc-rsa").await.unwrap(), push);
+    }
+    assert_eq!(
+        code_of(b.act(&act(&session, "svc-rsa", ch)).await),
+        "push.no-client-certificate"
+    );
+    assert_eq!(
+        w.admin(&b, set(BackChannel::Relayed)).await,
+        AdminResponse::Ok
+    );
+    assert_eq!(
+        b.shards().first().back_channel("svc-rsa").await.unwrap(),
+        BackChannel::Relayed
+    );
+    let r = b.act(&act(&session, "svc-rsa", ch)).await.unwrap();
+    assert!(service_accepts(&sides[2], &r, ch));
+
     // The card revoked after the code was made: the code gives nothing.
     let code = code_for(&b, &session, "svc-mac", ch).await;
     assert_eq!(
