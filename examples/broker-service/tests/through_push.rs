@@ -498,3 +498,39 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
     push_server.await.unwrap().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Any bytes POSTed to the push endpoint: a 401 refusal with `push.malformed` or
+    /// `push.forged`, never a panic, never accepted.
+    #[test]
+    fn any_bytes_pushed_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+        static RT: std::sync::OnceLock<(tokio::runtime::Runtime, Arc<kagi_example_service::App>)> =
+            std::sync::OnceLock::new();
+        let (rt, app) = RT.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let broker = Signer::generate(PartyId::new("broker:test").unwrap()).unwrap();
+            let app = kagi_example_service::App::with_push(
+                "http://127.0.0.1:9",
+                "broker:test",
+                "svc-example",
+                broker_protocol::Jwks { keys: vec![] },
+                Assurance::Card,
+                *broker.verifying_key(),
+                broker.party().clone(),
+            )
+            .unwrap();
+            (rt, app)
+        });
+        let (status, body) = rt.block_on(async {
+            let req = Request::post("/back-channel/push").body(Body::from(bytes)).unwrap();
+            let resp = kagi_example_service::push_router(app.clone()).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null))
+        });
+        proptest::prop_assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let code = body["code"].as_str().unwrap_or("").to_string();
+        proptest::prop_assert!(code == "push.malformed" || code == "push.forged", "{}", body);
+    }
+}
