@@ -494,6 +494,42 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
         );
     }
 
+    // Figures (printed, never asserted): acts answered by a push over loopback mutual TLS
+    // (the connection kept by the broker's client), against relayed acts of the same kind.
+    assert_eq!(
+        admin_req(AdminRequest::RegisterService(ServicePolicy {
+            id: "svc-relayed".into(),
+            method: Method::Assertion,
+            min_assurance: Assurance::Card,
+            allowed_hours: None,
+        }))
+        .await,
+        AdminResponse::Ok
+    );
+    broker
+        .enrol_many(
+            &["PUSH-EXAMPLE-CARD".to_string()],
+            &["svc-relayed".to_string()],
+        )
+        .await
+        .unwrap();
+    let mut figures = Vec::new();
+    for service in ["svc-example", "svc-relayed"] {
+        let mut ms = Vec::new();
+        for _ in 0..100 {
+            let n = start().await;
+            let t = std::time::Instant::now();
+            broker.act(&act(service, &n)).await.unwrap();
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        figures.push(format!(
+            "{service}: p50 {:.2} ms, p99 {:.2} ms",
+            ms[50], ms[98]
+        ));
+    }
+    eprintln!("acts, 100 each: {}", figures.join("; "));
+
     let _ = stop.send(());
     push_server.await.unwrap().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
