@@ -458,6 +458,27 @@ fn the_broker_pushes_the_proof_to_the_service() {
     .unwrap();
     let card = enrolled["card"].as_str().unwrap().to_string();
     admin(&["enrol", "--card", &card, "--service", "svc-push"]);
+    // A second push service with nothing listening at its URL.
+    admin(&[
+        "register-service",
+        "--id",
+        "svc-down",
+        "--method",
+        "assertion",
+    ]);
+    let down_url = format!("https://127.0.0.1:{}/back-channel/push", free());
+    admin(&[
+        "back-channel",
+        "--service",
+        "svc-down",
+        "--mode",
+        "push",
+        "--url",
+        &down_url,
+        "--service-ca",
+        &p("svc-ca.pem"),
+    ]);
+    admin(&["enrol", "--card", &card, "--service", "svc-down"]);
 
     std::fs::write(dir.join("pin.txt"), "1234\n").unwrap();
     let service_url = format!("http://127.0.0.1:{login_port}");
@@ -490,6 +511,27 @@ fn the_broker_pushes_the_proof_to_the_service() {
         32,
         "{out}"
     );
+
+    // The unreachable service: the broker's refusal reaches the holder at once (a 502 with
+    // its code is an answer, not an instance to fail over from).
+    let mut login = vec![
+        "broker",
+        "login",
+        "--consent",
+        "--service",
+        "svc-down",
+        "--broker",
+        &url,
+        "--nonce",
+        "n-down",
+        "--pin-file",
+        &pin,
+    ];
+    login.extend(card_args);
+    let o = kagi().args(&login).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("push.unreachable"), "{err}");
 
     server.kill().unwrap();
     server.wait().unwrap();
