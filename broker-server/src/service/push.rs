@@ -248,7 +248,7 @@ impl Broker {
                 format!("the CA registered for {service}: {why}: register it again"),
             )
         })?;
-        let resp = client
+        let mut resp = client
             .post(url)
             .header("content-type", "application/octet-stream")
             .body(out.bytes)
@@ -257,8 +257,16 @@ impl Broker {
             .map_err(|e| failed(&e, url))?;
         let status = resp.status();
         if !status.is_success() {
-            let body = resp.bytes().await.unwrap_or_default();
-            let said = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            // What the service said, its first 300 bytes (never more is read).
+            let mut body = Vec::new();
+            while body.len() < 300 {
+                match resp.chunk().await {
+                    Ok(Some(c)) => body.extend_from_slice(&c),
+                    _ => break,
+                }
+            }
+            body.truncate(300);
+            let said = String::from_utf8_lossy(&body).into_owned();
             return Err(refuse(
                 "push.refused",
                 format!("the service at {url} refused the proof ({status}: {said})"),
