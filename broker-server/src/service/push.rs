@@ -173,23 +173,21 @@ fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
 
 /// What a failed push tells the holder's client.
 fn failed(e: &reqwest::Error, url: &str) -> ApiError {
-    {
-        if let Some(t) = tls_error(e) {
-            return match t {
-                rustls::Error::InvalidCertificate(why) => refuse(
-                    "push.service-untrusted",
-                    format!(
-                        "the service at {url} showed a certificate the broker does not accept ({why:?}): its certificate must chain to the CA registered for it (`kagi broker admin back-channel --service-ca`)"
-                    ),
+    if let Some(t) = tls_error(e) {
+        return match t {
+            rustls::Error::InvalidCertificate(why) => refuse(
+                "push.service-untrusted",
+                format!(
+                    "the service at {url} showed a certificate the broker does not accept ({why:?}): its certificate must chain to the CA registered for it (`kagi broker admin back-channel --service-ca`)"
                 ),
-                other => refuse(
-                    "push.tls",
-                    format!(
-                        "TLS with the service at {url} failed ({other}): the service must accept the broker's client certificate"
-                    ),
+            ),
+            other => refuse(
+                "push.tls",
+                format!(
+                    "TLS with the service at {url} failed ({other}): the service must accept the broker's client certificate"
                 ),
-            };
-        }
+            ),
+        };
     }
     refuse(
         "push.unreachable",

@@ -8,7 +8,9 @@
 //! (`push.replayed`), a misdirected push (`push.misdirected`, the act answering
 //! `push.refused`), a client without the broker's client certificate (TLS refused in the
 //! handshake), a service certificate not under the registered CA (`push.service-untrusted`),
-//! a service that cannot be reached (`push.unreachable`, `502` over HTTP).
+//! a service that cannot be reached (`push.unreachable`, `502` over HTTP); and a service
+//! refusing the broker's client certificate (`push.tls`, or `push.unreachable` when TLS 1.3
+//! shows the broker only the closed connection).
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -212,6 +214,36 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
             .await
         }
     });
+    // A second listener of the service that takes clients of the stranger's CA only.
+    let strict = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let strict_url = format!(
+        "https://127.0.0.1:{}/back-channel/push",
+        strict.local_addr().unwrap().port()
+    );
+    let (stop_strict, strict_stopped) = tokio::sync::oneshot::channel::<()>();
+    let strict_server = tokio::spawn({
+        let router = kagi_example_service::push_router(app.clone());
+        let files = kagi_serve::TlsFiles {
+            cert_pem: service_tls.0.clone().into_bytes(),
+            key_pem: zeroize::Zeroizing::new(service_tls.1.clone().into_bytes()),
+        };
+        let ca = stranger_ca.cert_pem().as_bytes().to_vec();
+        async move {
+            kagi_serve::serve_client_auth(
+                router,
+                strict,
+                async {
+                    let _ = strict_stopped.await;
+                },
+                &files,
+                &ca,
+                &kagi_serve::Limits::default(),
+                Duration::from_secs(3600),
+                || async {},
+            )
+            .await
+        }
+    });
     // A port with nothing behind it.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -225,6 +257,7 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
         ("svc-example", push_url.clone(), service_ca.cert_pem()),
         ("svc-other", push_url.clone(), service_ca.cert_pem()),
         ("svc-untrusted", push_url.clone(), stranger_ca.cert_pem()),
+        ("svc-strict", strict_url.clone(), service_ca.cert_pem()),
         (
             "svc-down",
             format!("https://127.0.0.1:{closed}/back-channel/push"),
@@ -459,6 +492,17 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
     // 7. The broker refuses a service certificate not under the registered CA.
     let e = refusal(broker.act(&act("svc-untrusted", &start().await)).await);
     assert_eq!(e.code, "push.service-untrusted", "{e:?}");
+
+    // 7b. A service that refuses the broker's client certificate: the act is refused, as
+    // push.tls (the service's alert read) or push.unreachable (TLS 1.3 lets the client finish
+    // its handshake first, so it may see only the closed connection) — never delivered.
+    let e = refusal(broker.act(&act("svc-strict", &start().await)).await);
+    assert!(
+        ["push.tls", "push.unreachable"].contains(&e.code.as_str()),
+        "{e:?}"
+    );
+    let _ = stop_strict.send(());
+    strict_server.await.unwrap().unwrap();
 
     // 8. A service that cannot be reached: a refusal, 502 over HTTP.
     let e = refusal(broker.act(&act("svc-down", &start().await)).await);
