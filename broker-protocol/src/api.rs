@@ -138,6 +138,10 @@ pub struct ActResult {
     /// ([`Redeem`]) for the proof.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Services with a [`BackChannel::Push`]: `true` when the broker delivered the proof to
+    /// the service itself (the answer then carries no proof).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delivered: bool,
 }
 
 /// How a service receives the broker's proof (MAC, signature or assertion) of a login.
@@ -154,16 +158,50 @@ pub enum BackChannel {
         /// How long a code can be redeemed, seconds (1 to 600).
         code_secs: u32,
     },
+    /// The broker delivers the proof itself: on an act it POSTs a [`Push`] (signed as the
+    /// broker, to party `sp:<service id>`) to `url` over TLS, presenting its client
+    /// certificate and accepting only a service certificate under `service_ca`. The holder's
+    /// client is told only that the proof was delivered.
+    Push {
+        /// The service's endpoint (`https://…`).
+        url: String,
+        /// The CA certificates the service's TLS certificate must chain to (PEM).
+        service_ca: Vec<u8>,
+    },
 }
 
 impl BackChannel {
-    /// `relayed` or `code`.
+    /// `relayed`, `code` or `push`.
     pub fn name(&self) -> &'static str {
         match self {
             BackChannel::Relayed => "relayed",
             BackChannel::Code { .. } => "code",
+            BackChannel::Push { .. } => "push",
         }
     }
+}
+
+/// What the broker POSTs to a push-mode service (signed, kind `ControlRequest`, from the
+/// broker to [`service_party`]; the header's message id is fresh for every push): the proof
+/// of one login, bound to the service, its challenge (or nonce) and the card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    /// The service the proof is for.
+    pub service: String,
+    /// The card as this service knows it: its pairwise id at the service.
+    pub card: String,
+    /// MAC and signature services: the challenge (base64url).
+    pub challenge: Option<String>,
+    /// Assertion services: the login's nonce.
+    pub nonce: Option<String>,
+    /// The service's method.
+    pub method: Method,
+    /// MAC services: the MAC over the challenge (base64url).
+    pub mac: Option<String>,
+    /// Signature services: the signature over the challenge (base64url).
+    pub signature: Option<String>,
+    /// Assertion services: the signed assertion (compact JWS).
+    pub assertion: Option<String>,
 }
 
 /// The party a service signs its redemptions as: `sp:<service id>`.

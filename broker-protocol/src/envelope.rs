@@ -152,6 +152,12 @@ pub trait Envelope: Send + Sync {
         Ok(None)
     }
 
+    /// Whether records of the in-store form can be moved under the KEK `kek` (it may wrap
+    /// and unwrap keys). Stores without that form have no such records: `true`.
+    fn holds_inside(&self, _kek: &str) -> Result<bool, EnvelopeError> {
+        Ok(true)
+    }
+
     /// The AES key shared with a service (asked for again at a repeated enrolment).
     fn shared_secret(
         &self,

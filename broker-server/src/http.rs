@@ -16,7 +16,8 @@
 //! database (…)` when one cannot.
 //!
 //! Refusals are `{"code", "detail"}` with `401` (login and session refusals), `403` (acts
-//! refused by policy, revocation or consent) or `400` (malformed). `503`: a database or the
+//! refused by policy, revocation or consent), `400` (malformed) or `502` (`push.*`: a
+//! push-mode service could not be reached, failed TLS or refused the proof). `503`: a database or the
 //! key store is unavailable (retry later; nothing was changed).
 
 use crate::service::{Broker, BrokerError};
@@ -42,7 +43,10 @@ fn json<T: Serialize>(r: Result<T, BrokerError>) -> Response {
 fn refusal(e: BrokerError) -> Response {
     let (status, body) = match e {
         BrokerError::Refused(e) => {
-            let status = if e.code.ends_with(".malformed") {
+            let status = if e.code.starts_with("push.") {
+                // The service behind the broker failed or refused (push mode).
+                StatusCode::BAD_GATEWAY
+            } else if e.code.ends_with(".malformed") {
                 StatusCode::BAD_REQUEST
             } else if e.code.starts_with("login.")
                 || e.code.starts_with("session.")

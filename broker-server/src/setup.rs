@@ -95,6 +95,12 @@ struct BrokerFile {
     tls_cert: Option<String>,
     #[serde(default)]
     tls_key: Option<String>,
+    /// Push-mode services: the broker's TLS client certificate (PEM chain) and its key
+    /// (PEM, a file only its owner may read).
+    #[serde(default)]
+    push_client_cert: Option<String>,
+    #[serde(default)]
+    push_client_key: Option<String>,
     #[serde(default)]
     admin: Vec<AdminEntry>,
     /// Timeouts, connection cap, rate limit (see the README's security section).
@@ -125,6 +131,54 @@ pub struct Loaded {
     pub tls: Option<kagi_serve::TlsFiles>,
     /// The file's `[limits]` (the caller merges its own overrides and the defaults).
     pub limits: Option<kagi_serve::LimitsFile>,
+    /// The TLS client identity for push-mode services (`push_client_cert`,
+    /// `push_client_key`); `None`: push mode is refused.
+    pub push: Option<crate::service::push::PushIdentity>,
+}
+
+/// The push client identity the configuration names: both files or neither; the key file
+/// must be readable by its owner only.
+fn push_identity(
+    path: &Path,
+    cert: &Option<String>,
+    key: &Option<String>,
+) -> Result<Option<crate::service::push::PushIdentity>, SetupError> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (rel(path, c), rel(path, k)),
+        _ => {
+            return Err(SetupError::Config {
+                config: path.to_path_buf(),
+                message: "push_client_cert and push_client_key go together: give both, or neither (no push mode)".into(),
+            });
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&key).map_err(|source| FileError::Io {
+            path: key.clone(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(FileError::invalid(
+                &key,
+                format!(
+                    "the push client key is readable by others (mode {:o}): chmod 600 it",
+                    meta.permissions().mode() & 0o777
+                ),
+            )
+            .into());
+        }
+    }
+    let cert_pem = files::read_text(&cert)?;
+    let key_pem = files::read_secret(&key)?;
+    crate::service::push::PushIdentity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
+        .map(Some)
+        .map_err(|e| SetupError::Config {
+            config: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// The key store, opened when [`load`] needs it.
@@ -196,6 +250,7 @@ pub fn load(path: &Path, databases: &[String], keys: &KeyStore<'_>) -> Result<Lo
         listen: f.listen,
         tls: files::tls_files(path, &f.tls_cert, &f.tls_key)?,
         limits: f.limits,
+        push: push_identity(path, &f.push_client_cert, &f.push_client_key)?,
     })
 }
 
@@ -246,7 +301,19 @@ pub async fn serve(
         .iter()
         .map(|d| kagi_db::Backend::parse(d).location())
         .collect();
-    let broker = open(loaded.config, &loaded.databases).await?;
+    let shards_open = Shards::open(
+        &loaded
+            .databases
+            .iter()
+            .map(|d| kagi_db::Backend::parse(d))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let mut broker = Broker::new(loaded.config, shards_open);
+    if let Some(identity) = loaded.push {
+        broker = broker.with_push_identity(identity);
+    }
+    let broker = Arc::new(broker);
     let bind_error = |source| SetupError::Listen {
         listen: listen.to_string(),
         source,

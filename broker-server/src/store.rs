@@ -12,6 +12,7 @@
 //! stateless and share the shards.
 
 pub mod back_channel;
+mod kek;
 
 use crate::envelope::SealedRecord;
 use broker_protocol::Assurance;
@@ -71,6 +72,7 @@ pub const SCHEMA: Schema = Schema {
         back_channel::DDL[0],
         back_channel::DDL[1],
         back_channel::DDL[2],
+        back_channel::DDL[3],
     ],
 };
 

@@ -354,4 +354,49 @@ proptest! {
         let r = broker_server::envelope::SealedRecord { kek: "k1".into(), wrapped_dek: w, nonce: n, ciphertext: c };
         prop_assert!(env.open(b"x", &r).is_err());
     }
+
+    /// Push-mode registrations with any URL and any CA bytes (a PEM armour around random
+    /// bytes too): registered, or refused with `admin.bad-back-channel`; never a panic.
+    #[test]
+    fn push_registrations_with_any_url_and_ca_are_checked(
+        url in prop_oneof!["https://[a-z0-9.]{0,20}(:[0-9]{1,6})?/[a-z/]{0,10}", text()],
+        ca in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(|b| {
+                // Standard base64 (padding left off) inside the armour.
+                let body = api::b64(&b).replace('-', "+").replace('_', "/");
+                format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+                    .into_bytes()
+            }),
+        ]) {
+        let f = fixture();
+        let me = PartyId::new("broker:fuzz").unwrap();
+        let mut trust = Trust::new();
+        trust.add(me.clone(), f.broker_key);
+        let send = |req: &AdminRequest| {
+            let out = kagi_signed::request::sign_request(
+                admin_signer(), &me, req, None, kagi_signed::signing::now_ms(), 60_000,
+            ).unwrap();
+            let answer = f.rt.block_on(f.broker.admin(&out.bytes)).unwrap();
+            kagi_signed::request::open_answer_as::<AdminResponse>(
+                &answer, &out.header, &trust, kagi_signed::signing::now_ms(),
+            ).unwrap()
+        };
+        let policy = api::ServicePolicy {
+            id: "svc-fuzz-push".into(),
+            method: api::Method::Assertion,
+            min_assurance: broker_protocol::Assurance::Card,
+            allowed_hours: None,
+        };
+        prop_assert_eq!(send(&AdminRequest::RegisterService(policy)), AdminResponse::Ok);
+        let r = send(&AdminRequest::SetBackChannel {
+            service: "svc-fuzz-push".into(),
+            back_channel: api::BackChannel::Push { url, service_ca: ca },
+        });
+        match r {
+            AdminResponse::Ok => {}
+            AdminResponse::Rejected { code, .. } => prop_assert_eq!(code, "admin.bad-back-channel"),
+            other => prop_assert!(false, "{:?}", other),
+        }
+    }
 }

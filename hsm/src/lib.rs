@@ -544,6 +544,10 @@ impl broker_protocol::envelope::Envelope for HsmEnvelope {
             .map_err(env_err)
     }
 
+    fn holds_inside(&self, kek: &str) -> std::result::Result<bool, EnvelopeError> {
+        self.kek_and_mode(kek).map(|(_, inside)| inside)
+    }
+
     fn shared_secret(
         &self,
         aad: &[u8],

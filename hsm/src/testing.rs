@@ -48,3 +48,36 @@ pub fn in_private_softhsm(test: &str) -> Option<String> {
     let _ = std::fs::remove_dir_all(&dir);
     None
 }
+
+/// Makes a broker KEK of the older kind in the token: encrypt and decrypt only, no wrap or
+/// unwrap rights (records kept inside the HSM cannot move under it). For tests of the
+/// rotation guard; [`crate::create_kek`] makes the current kind.
+pub fn create_encrypt_only_kek(
+    config: &crate::HsmConfig,
+    pin: &str,
+    id: &str,
+) -> crate::Result<()> {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let (_ctx, _slot, session) = crate::session(&config.module, &config.token, pin, true)?;
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Label(format!("{}{id}", crate::KEK_PREFIX).into_bytes()),
+            ],
+        )
+        .map_err(|e| crate::Error::Hsm(format!("C_GenerateKey (AES-256): {e}")))?;
+    Ok(())
+}

@@ -143,6 +143,16 @@ impl BrokerClient {
                         )),
                     });
                 }
+                // A push-mode service behind the broker failed or refused (`push.*`): the
+                // broker answered, so this is its refusal, not an instance to skip.
+                Ok(r) if r.status() == reqwest::StatusCode::BAD_GATEWAY => {
+                    let status = r.status();
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    match serde_json::from_slice::<ApiError>(&bytes) {
+                        Ok(e) => return Err(BrokerClientError::Refused(e)),
+                        Err(_) => format!("{url}: HTTP {status}"),
+                    }
+                }
                 Ok(r) => {
                     if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
                         && let Ok(h) = self.http.get(format!("{base}/v1/health")).send().await
@@ -253,12 +263,29 @@ impl BrokerClient {
         trust: &Trust,
         req: &AdminRequest,
     ) -> Result<AdminResponse> {
+        self.admin_with_key(signer, broker, trust, req, None).await
+    }
+
+    /// [`BrokerClient::admin`] under the idempotency key `key` (`None`: a fresh random one).
+    /// The same key with the same request, even signed again by another run, gets the first
+    /// answer and changes nothing more (a key rotation is done once).
+    pub async fn admin_with_key(
+        &self,
+        signer: &Signer,
+        broker: &PartyId,
+        trust: &Trust,
+        req: &AdminRequest,
+        key: Option<tsm_protocol::IdempotencyKey>,
+    ) -> Result<AdminResponse> {
         let now = tsm_protocol::signing::now_ms();
         // Every request carries an idempotency key: when an answer is lost and the same
         // bytes are sent again, a key rotation is not done twice — the broker answers its
         // first answer.
-        let key = tsm_protocol::IdempotencyKey::random()
-            .map_err(|e| BrokerClientError::Malformed(format!("no random numbers: {e}")))?;
+        let key = match key {
+            Some(k) => k,
+            None => tsm_protocol::IdempotencyKey::random()
+                .map_err(|e| BrokerClientError::Malformed(format!("no random numbers: {e}")))?,
+        };
         let out =
             tsm_protocol::control::sign_request(signer, broker, req, Some(key), now, 120_000)?;
         let answer = self

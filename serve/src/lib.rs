@@ -77,6 +77,111 @@ pub async fn serve_limited<B, F>(
     tls: Option<TlsFiles>,
     limits: &Limits,
     period: Duration,
+    background: B,
+) -> std::io::Result<()>
+where
+    B: FnMut() -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tls = match tls {
+        None => None,
+        Some(files) => {
+            tls_provider();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem(
+                    files.cert_pem.clone(),
+                    files.key_pem.to_vec(),
+                )
+                .await?,
+            )
+        }
+    };
+    serve_with(router, listener, shutdown, tls, limits, period, background).await
+}
+
+/// [`serve_limited`] over HTTPS that requires every client to present a certificate chaining
+/// to `client_ca_pem` (PEM CA certificates; mutually authenticated TLS): a connection without
+/// one, or with one from another CA, fails in the handshake and reaches no route.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_client_auth<B, F>(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: &TlsFiles,
+    client_ca_pem: &[u8],
+    limits: &Limits,
+    period: Duration,
+    background: B,
+) -> std::io::Result<()>
+where
+    B: FnMut() -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let config = client_auth_config(tls, client_ca_pem)?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config));
+    serve_with(
+        router,
+        listener,
+        shutdown,
+        Some(tls),
+        limits,
+        period,
+        background,
+    )
+    .await
+}
+
+/// The rustls server configuration of [`serve_client_auth`].
+pub fn client_auth_config(
+    tls: &TlsFiles,
+    client_ca_pem: &[u8],
+) -> std::io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, e: String| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca_pem) {
+        let c = c.map_err(|e| invalid("the client CA", e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| invalid("the client CA", e.to_string()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| {
+        invalid(
+            "the client CA (give at least one CA certificate, PEM)",
+            e.to_string(),
+        )
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the server certificate", e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
+        .map_err(|e| invalid("the server key", e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("the server certificate and key", e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn serve_with<B, F>(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    limits: &Limits,
+    period: Duration,
     mut background: B,
 ) -> std::io::Result<()>
 where
@@ -121,13 +226,7 @@ where
             configure(&mut server, limits);
             server.serve(make).await
         }
-        Some(files) => {
-            tls_provider();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-                files.cert_pem.clone(),
-                files.key_pem.to_vec(),
-            )
-            .await?;
+        Some(config) => {
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
                 .handshake_timeout(limits.header_read_timeout)
                 .acceptor(acceptor);

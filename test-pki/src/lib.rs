@@ -79,6 +79,8 @@ pub enum PkiError {
 
 type Result<T> = std::result::Result<T, PkiError>;
 
+pub mod tls;
+
 /// A new RSA-2048 key from the operating system's generator.
 pub fn generate_rsa_key() -> Result<PrivateKey> {
     PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| PkiError::Rsa(e.to_string()))

@@ -106,12 +106,18 @@ impl Broker {
             ),
         };
         // A service with a back channel gets the proof from the broker, not from the holder.
-        if let BackChannel::Code { code_secs, .. } = shard.back_channel(&policy.id).await? {
-            return self
-                .issue_code(shard, card, assurance, &policy, &input, code_secs)
-                .await;
+        match shard.back_channel(&policy.id).await? {
+            BackChannel::Code { code_secs, .. } => {
+                self.issue_code(shard, card, assurance, &policy, &input, code_secs)
+                    .await
+            }
+            BackChannel::Push { url, service_ca } => {
+                let proof = self.prove(card, assurance, &policy, &cred, &input)?;
+                self.push(&cred.pairwise, &input, proof, &url, &service_ca)
+                    .await
+            }
+            BackChannel::Relayed => self.prove(card, assurance, &policy, &cred, &input),
         }
-        self.prove(card, assurance, &policy, &cred, &input)
     }
 
     /// The proof for `input` with the card's credential for the service (a MAC or a
@@ -131,6 +137,7 @@ impl Broker {
             signature: None,
             assertion: None,
             code: None,
+            delivered: false,
         };
         let challenge = || match input {
             ProofInput::Challenge(c) => Ok(c.as_slice()),

@@ -225,6 +225,28 @@ impl Broker {
                     )
                     .into());
                 }
+                // Records kept inside the HSM move only under a KEK that may wrap keys: say
+                // so now, not record by record in the sweep.
+                if !self
+                    .config
+                    .envelope
+                    .holds_inside(&to)
+                    .map_err(BrokerError::Keys)?
+                {
+                    let mut inside = 0u64;
+                    for s in self.shards.all() {
+                        inside += s.inside_records_not_under(&to).await?;
+                    }
+                    if inside > 0 {
+                        return Err(refuse(
+                            "admin.kek-cannot-wrap",
+                            format!(
+                                "the KEK '{to}' may not wrap keys, and {inside} records are kept inside the HSM under other KEKs: nothing was changed; make a new KEK with `kagi broker new-kek` (it may wrap) and rotate to it"
+                            ),
+                        )
+                        .into());
+                    }
+                }
                 self.shards
                     .everywhere(vec![Shard::put_setting("current_kek", &to)])
                     .await?;
@@ -467,9 +489,23 @@ impl Broker {
             public_key: secret.public_key,
             shared_key: (policy.method == Method::Mac).then(|| secret.secret.to_vec()),
         };
-        // The answer kept for retries, written with the change it answers.
+        // The answer kept for retries, written with the change it answers. An AES key made
+        // inside the HSM is given once: what is kept says so (a retry learns the change was
+        // done) instead of keeping a copy of the key, openable outside the HSM, for a day.
         if let Some(i) = idem {
-            batch.push(self.store_answer(i, &kek, &answer, t)?);
+            let kept = match &answer {
+                AdminResponse::Credential {
+                    shared_key: Some(_),
+                    ..
+                } if row.sealed.in_store_kind().is_some() => AdminResponse::Rejected {
+                    code: "admin.key-given-once".into(),
+                    detail: format!(
+                        "this request was done: {card} has credential version {version} at {service}, whose MAC key was given in the first answer only and stays inside the HSM; if that answer was lost, rotate the service key again with a new idempotency key"
+                    ),
+                },
+                a => a.clone(),
+            };
+            batch.push(self.store_answer(i, &kek, &kept, t)?);
         }
         match shard.commit(batch).await {
             Ok(()) => {}
@@ -576,8 +612,9 @@ impl Broker {
         Ok(Some(kagi_signed::codec::decode(&plain)?))
     }
 
-    /// Sets how a registered service receives proofs: its key must be a P-256 public key,
-    /// its codes live 1 to [`super::back_channel::MAX_CODE_SECS`] seconds.
+    /// Sets how a registered service receives proofs: code mode — its key must be a P-256
+    /// public key, its codes live 1 to [`super::back_channel::MAX_CODE_SECS`] seconds; push
+    /// mode — an `https://` URL and a usable CA.
     async fn set_back_channel(&self, service: &str, bc: &BackChannel, t: i64) -> Result<()> {
         if self.shards.first().service(service).await?.is_none() {
             return Err(refuse(
@@ -608,8 +645,17 @@ impl Broker {
                 .into());
             }
         }
+        if let BackChannel::Push { url, service_ca } = bc {
+            let bad = |why: String| refuse("admin.bad-back-channel", why);
+            kagi_signed::ids::PartyId::new(&broker_protocol::api::service_party(service))
+                .map_err(|e| bad(format!("the service id cannot receive pushes: {e}")))?;
+            super::push::check_endpoint(url, service_ca).map_err(bad)?;
+        }
         self.shards
-            .everywhere(vec![Shard::put_back_channel(service, bc, t)])
+            .everywhere(vec![
+                Shard::put_back_channel(service, bc, t),
+                Shard::put_push_endpoint(service, bc, t),
+            ])
             .await?;
         tracing::info!(service = %service, mode = bc.name(), "back channel set");
         Ok(())

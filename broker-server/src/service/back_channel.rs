@@ -87,13 +87,15 @@ impl Broker {
             signature: None,
             assertion: None,
             code: Some(code),
+            delivered: false,
         })
     }
 
     /// A service redeems a code (`body`: a [`Redeem`] signed by the service's registered
     /// key as `sp:<service>`, to this broker): the proof for the service's challenge or
-    /// nonce, once. Refusals: `redeem.malformed`, `redeem.forged` (not signed by the
-    /// service's key), `redeem.not-back-channel` (the service has no code mode),
+    /// nonce, once. Refusals: `redeem.malformed`, `redeem.forged` (not signed by the key
+    /// registered for the service's codes — also when the service is not in code mode: before
+    /// the signature is checked the answer tells nothing about the mode),
     /// `redeem.unknown-code`, `redeem.misdirected` (made for another service),
     /// `redeem.replayed`, `redeem.expired`, `redeem.wrong-challenge`, `redeem.revoked`.
     pub async fn redeem(&self, body: &[u8]) -> Result<ActResult> {
@@ -113,22 +115,29 @@ impl Broker {
                 .into());
             }
         };
+        // Until the signature is checked, every refusal is this one, whatever the service's
+        // mode: an unauthenticated caller learns nothing about it (the reason is logged).
+        let forged = |why: String| {
+            tracing::info!(service = %service, reason = %why, "redemption refused as forged");
+            refuse(
+                "redeem.forged",
+                format!(
+                    "the redemption is not a valid request signed by the key {} registered for one-time codes",
+                    claimed.sender
+                ),
+            )
+        };
         let BackChannel::Code { service_key, .. } =
             self.shards.first().back_channel(&service).await?
         else {
-            return Err(refuse(
-                "redeem.not-back-channel",
-                format!("service {service} is not registered for one-time codes: the administrator sets its back channel"),
-            )
-            .into());
+            return Err(forged(format!("service {service} is not in code mode")).into());
         };
         let key = {
             use p256::pkcs8::DecodePublicKey;
             p256::ecdsa::VerifyingKey::from_public_key_der(&service_key).map_err(|e| {
-                refuse(
-                    "redeem.not-back-channel",
-                    format!("the key registered for {service} is not a P-256 key ({e}): register it again"),
-                )
+                forged(format!(
+                    "the key registered for {service} is not a P-256 key ({e}): register it again"
+                ))
             })?
         };
         let mut trust = Trust::new();
@@ -143,12 +152,7 @@ impl Broker {
             &self.config.policy,
             signing::now_ms(),
         )
-        .map_err(|e| {
-            refuse(
-                "redeem.forged",
-                format!("the redemption is not a valid request of {service}: {e}"),
-            )
-        })?;
+        .map_err(|e| forged(e.to_string()))?;
         let r = env.body;
         if r.service != service {
             return Err(refuse(

@@ -9,7 +9,7 @@
 //! card's shard in the same transaction as the session they open).
 //!
 //! The methods of [`Broker`] are split by job: `login` (card logins and sessions), `act`
-//! (acting for a holder), `back_channel` (one-time codes services redeem), `admin` (administrators' requests and enrolments) and `records`
+//! (acting for a holder), `back_channel` (one-time codes services redeem), `push` (proofs delivered to services over mutually authenticated TLS), `admin` (administrators' requests and enrolments) and `records`
 //! (re-wrapping and checking the sealed records, the sweep); [`CardTrust`] is in `trust`.
 
 mod act;
@@ -17,6 +17,7 @@ mod admin;
 pub mod back_channel;
 mod login;
 pub(crate) mod password_login;
+pub mod push;
 mod records;
 mod trust;
 
@@ -82,6 +83,7 @@ pub struct Broker {
     password_policy: password::Policy,
     backoff: Backoff,
     hash_slots: Arc<tokio::sync::Semaphore>,
+    pusher: Option<push::Pusher>,
 }
 
 pub(crate) fn refuse(code: &str, detail: impl Into<String>) -> ApiError {
@@ -166,7 +168,15 @@ impl Broker {
             password_policy: password::Policy::production(),
             backoff: Backoff::default(),
             hash_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            pusher: None,
         }
+    }
+
+    /// The same broker delivering proofs to push-mode services ([`push`]) with this TLS
+    /// client identity.
+    pub fn with_push_identity(mut self, identity: push::PushIdentity) -> Broker {
+        self.pusher = Some(push::Pusher::new(identity));
+        self
     }
 
     /// The same broker reading the time from `clock` (tests).

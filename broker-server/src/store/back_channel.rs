@@ -8,7 +8,7 @@ use broker_protocol::api::BackChannel;
 use kagi_db::{Stmt, StoreError, Val};
 
 /// The tables (added to the broker's schema).
-pub const DDL: [&str; 3] = [
+pub const DDL: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS back_channels (
         service TEXT PRIMARY KEY, mode TEXT NOT NULL, service_key BYTES, code_secs BIGINT,
         updated_at BIGINT NOT NULL)",
@@ -25,6 +25,11 @@ pub const DDL: [&str; 3] = [
         kek TEXT NOT NULL, wrapped_dek BYTES NOT NULL, nonce BYTES NOT NULL,
         ciphertext BYTES NOT NULL, keep_until BIGINT NOT NULL,
         PRIMARY KEY (sender, idem_key))",
+    // Push mode: where the broker delivers a service's proofs, and the CA its TLS
+    // certificate must chain to (a table of its own, so older databases only gain it).
+    "CREATE TABLE IF NOT EXISTS push_endpoints (
+        service TEXT PRIMARY KEY, url TEXT NOT NULL, service_ca BYTES NOT NULL,
+        updated_at BIGINT NOT NULL)",
 ];
 
 /// A code as it is stored.
@@ -54,10 +59,11 @@ pub struct IdemRow {
 }
 
 impl Shard {
-    /// Statement writing a service's back-channel mode.
+    /// Statement writing a service's back-channel mode (a push endpoint needs
+    /// [`Shard::put_push_endpoint`] in the same transaction).
     pub fn put_back_channel(service: &str, bc: &BackChannel, now: i64) -> Stmt {
         let (key, secs) = match bc {
-            BackChannel::Relayed => (Val::Null, Val::Null),
+            BackChannel::Relayed | BackChannel::Push { .. } => (Val::Null, Val::Null),
             BackChannel::Code {
                 service_key,
                 code_secs,
@@ -74,11 +80,34 @@ impl Shard {
         )
     }
 
+    /// Statement writing (push mode) or removing (other modes) a service's push endpoint.
+    pub fn put_push_endpoint(service: &str, bc: &BackChannel, now: i64) -> Stmt {
+        match bc {
+            BackChannel::Push { url, service_ca } => Stmt::any(
+                "INSERT INTO push_endpoints (service, url, service_ca, updated_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (service) DO UPDATE SET url = $2, service_ca = $3, updated_at = $4",
+                vec![
+                    service.into(),
+                    url.clone().into(),
+                    service_ca.clone().into(),
+                    now.into(),
+                ],
+            ),
+            _ => Stmt::any(
+                "DELETE FROM push_endpoints WHERE service = $1",
+                vec![service.into()],
+            ),
+        }
+    }
+
     /// A service's back-channel mode ([`BackChannel::Relayed`] when none was set).
     pub async fn back_channel(&self, service: &str) -> Result<BackChannel, StoreError> {
         let rows = self
             .query(
-                "SELECT mode, service_key, code_secs FROM back_channels WHERE service = $1",
+                "SELECT b.mode, b.service_key, b.code_secs, p.url, p.service_ca
+                 FROM back_channels b LEFT JOIN push_endpoints p ON p.service = b.service
+                 WHERE b.service = $1",
                 vec![service.into()],
             )
             .await?;
@@ -86,6 +115,10 @@ impl Shard {
             Some(r) if r[0].text() == "code" => BackChannel::Code {
                 service_key: r[1].blob(),
                 code_secs: u32::try_from(r[2].int()).unwrap_or(0),
+            },
+            Some(r) if r[0].text() == "push" => BackChannel::Push {
+                url: r[3].text(),
+                service_ca: r[4].blob(),
             },
             _ => BackChannel::Relayed,
         })

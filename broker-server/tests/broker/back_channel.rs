@@ -254,13 +254,66 @@ async fn scenario(w: &World) {
     );
     let r = b.act(&act(&session, "svc-rsa", ch)).await.unwrap();
     assert!(r.code.is_none() && service_accepts(&sides[2], &r, ch));
-    assert_eq!(
-        code_of(
-            b.redeem(&redemption(&signers[2], "svc-rsa", &code, ch, false))
-                .await
-        ),
-        "redeem.not-back-channel"
+    // Before the signature is checked, an unauthenticated caller learns nothing about a
+    // service's mode: a redemption for a relayed service, for an unknown one, and one with
+    // the wrong key for a code-mode service get the same answer.
+    let answer = |r: Result<ActResult, BrokerError>| match r {
+        Err(BrokerError::Refused(e)) => (e.code, e.detail),
+        other => panic!("{other:?}"),
+    };
+    let code_mode = answer(
+        b.redeem(&redemption(
+            &service_signer("svc-mac"),
+            "svc-mac",
+            &code,
+            ch,
+            false,
+        ))
+        .await,
     );
+    assert_eq!(code_mode.0, "redeem.forged");
+    for (signer, id) in [
+        (&signers[2], "svc-rsa"),
+        (&service_signer("svc-nowhere"), "svc-nowhere"),
+    ] {
+        let mut got = answer(b.redeem(&redemption(signer, id, &code, ch, false)).await);
+        got.1 = got.1.replace(id, "svc-mac");
+        assert_eq!(got, code_mode, "{id}");
+    }
+
+    // Push mode is stored (on every shard) and read back as registered; this broker has no
+    // client certificate, so an act for the service is refused with its own code and the
+    // holder's client gets no proof. Set back to relayed, the proof travels again.
+    let push = BackChannel::Push {
+        url: "https://127.0.0.1:9/back-channel/push".into(),
+        service_ca: test_pki::tls::TlsCa::new("svc-rsa CA")
+            .unwrap()
+            .cert_pem()
+            .as_bytes()
+            .to_vec(),
+    };
+    let set = |bc: BackChannel| AdminRequest::SetBackChannel {
+        service: "svc-rsa".into(),
+        back_channel: bc,
+    };
+    assert_eq!(w.admin(&b, set(push.clone())).await, AdminResponse::Ok);
+    for shard in b.shards().all() {
+        assert_eq!(shard.back_channel("svc-rsa").await.unwrap(), push);
+    }
+    assert_eq!(
+        code_of(b.act(&act(&session, "svc-rsa", ch)).await),
+        "push.no-client-certificate"
+    );
+    assert_eq!(
+        w.admin(&b, set(BackChannel::Relayed)).await,
+        AdminResponse::Ok
+    );
+    assert_eq!(
+        b.shards().first().back_channel("svc-rsa").await.unwrap(),
+        BackChannel::Relayed
+    );
+    let r = b.act(&act(&session, "svc-rsa", ch)).await.unwrap();
+    assert!(service_accepts(&sides[2], &r, ch));
 
     // The card revoked after the code was made: the code gives nothing.
     let code = code_for(&b, &session, "svc-mac", ch).await;

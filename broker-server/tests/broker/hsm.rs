@@ -106,6 +106,66 @@ async fn body(pin: &str) {
     };
     let r = b.act(&act(&session, "svc-mac", b"fresh")).await.unwrap();
     assert!(service_accepts(&ServiceSide::Mac(k2), &r, b"fresh"));
+
+    // A rotation with an idempotency key: the answer kept for retries holds no copy of the
+    // new MAC key (it would open outside the HSM); a retry learns the rotation was done, and
+    // it is done once.
+    let key = kagi_signed::IdempotencyKey::random().unwrap();
+    let rotate = AdminRequest::RotateServiceKey {
+        card: card.id.clone(),
+        service: "svc-mac".into(),
+    };
+    let AdminResponse::Credential {
+        version: 3,
+        shared_key: Some(k3),
+        ..
+    } = w.admin_with(&b, &rotate, Some(key)).await
+    else {
+        panic!("no new MAC key");
+    };
+    let kept = shard.all()[0]
+        .idem(&w.admin.party().0, &key.to_hex())
+        .await
+        .unwrap()
+        .expect("the answer is kept for retries");
+    let aad = format!(
+        "kagi-broker idempotent answer\0{}\0{}",
+        w.admin.party().0,
+        key.to_hex()
+    );
+    let plain =
+        broker_server::Envelope::open(envelope.as_ref(), aad.as_bytes(), &kept.sealed).unwrap();
+    assert!(
+        !plain.windows(k3.len()).any(|w| w == k3.as_slice()),
+        "the kept answer holds the MAC key"
+    );
+    let again = w.admin_with(&b, &rotate, Some(key)).await;
+    assert!(
+        matches!(again, AdminResponse::Rejected { ref code, .. } if code == "admin.key-given-once"),
+        "{again:?}"
+    );
+    let now = shard.all()[0]
+        .active_credential(&card.id, "svc-mac")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.version, 3, "rotated once");
+
+    // A KEK that may not wrap keys: the rotation to it is refused at its start, nothing
+    // changes, and every record still opens under the KEK it was under.
+    kagi_hsm::testing::create_encrypt_only_kek(&hsm_config(), pin, "k-old").unwrap();
+    let r = w
+        .admin(&b, AdminRequest::RotateKek { to: "k-old".into() })
+        .await;
+    assert!(
+        matches!(r, AdminResponse::Rejected { ref code, .. } if code == "admin.kek-cannot-wrap"),
+        "{r:?}"
+    );
+    assert_eq!(b.current_kek().await.unwrap(), "k2");
+    let check = b.verify_records().await.unwrap();
+    assert_eq!(check.opened, check.records, "{check:?}");
+    assert!(check.failed.is_empty(), "{check:?}");
+    assert_eq!(check.by_kek.get("k-old"), None);
     let _ = std::fs::remove_dir_all(&w.dir);
 }
 

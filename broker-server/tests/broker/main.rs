@@ -33,6 +33,7 @@ mod hsm;
 mod http_backoff;
 mod keys;
 mod password_login;
+mod push_config;
 mod services;
 
 const NAME: &str = "broker:test";

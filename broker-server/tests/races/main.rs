@@ -5,11 +5,13 @@
 //! - a revoke always wins: once the administrator's `revoke` has returned, no password login
 //!   and no act for that card succeeds, ever, and the row stays revoked;
 //! - 60 simultaneous wrong passwords for one holder check at most the backoff's free tries;
-//! - acts, service-key rotations and a KEK rotation by two instances together lose no record.
+//! - acts, service-key rotations and a KEK rotation by two instances together lose no record;
+//! - a rolling restart of two instances under a stream of logins loses none.
 
 #[path = "../common/admin.rs"]
 mod admin_common;
 mod failover;
+mod rolling;
 mod soak;
 mod world;
 
@@ -555,6 +557,12 @@ async fn races_on_postgresql() {
     concurrent_wrong_passwords_check_at_most_the_limit(&w).await;
     acts_and_kek_rotation_lose_no_record(&w).await;
     two_instances_split_a_kek_rotation(&w).await;
+    rolling::a_rolling_restart_loses_no_login(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_sqlite() {
+    rolling::a_rolling_restart_loses_no_login(&World::new("rolling-sqlite", false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -84,8 +84,38 @@ pub(super) fn write_service_half(
     }
 }
 
-pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result<(), Failure> {
+/// The idempotency key a text names: the first 16 bytes of SHA-256 over a tag, the
+/// administrator's party and the text (the same text from the same administrator, the same
+/// key; 1 to 200 characters).
+pub(super) fn idempotency_key(
+    party: &PartyId,
+    text: &str,
+) -> Result<tsm_protocol::IdempotencyKey, Failure> {
+    use sha2::{Digest, Sha256};
+    if text.is_empty() || text.chars().count() > 200 {
+        return Err("--idempotency-key: 1 to 200 characters".into());
+    }
+    let mut h = Sha256::new();
+    h.update(b"kagi broker admin idempotency key\0");
+    h.update(party.0.as_bytes());
+    h.update([0]);
+    h.update(text.as_bytes());
+    let d = h.finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    Ok(tsm_protocol::IdempotencyKey(k))
+}
+
+pub(super) fn admin_cmd(
+    config: &Path,
+    idem: Option<&str>,
+    cmd: &AdminCmd,
+    json_out: bool,
+) -> Result<(), Failure> {
     let admin = load_admin(config)?;
+    let idem = idem
+        .map(|t| idempotency_key(admin.signer.party(), t))
+        .transpose()?;
     let mut enrolled = None;
     let req = match cmd {
         AdminCmd::RegisterService {
@@ -157,9 +187,27 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
             mode,
             service_key,
             code_secs,
+            url,
+            service_ca,
         } => AdminRequest::SetBackChannel {
             service: service.clone(),
             back_channel: match (mode.as_str(), service_key) {
+                _ if mode != "push" && (url.is_some() || service_ca.is_some()) => {
+                    return Err("--url and --service-ca go with --mode push only".into());
+                }
+                ("push", None) => match (url, service_ca) {
+                    (Some(url), Some(ca)) => BackChannel::Push {
+                        url: url.clone(),
+                        service_ca: std::fs::read(ca)
+                            .map_err(|e| format!("--service-ca {}: {e}", ca.display()))?,
+                    },
+                    _ => {
+                        return Err("--mode push needs --url https://… (the service's endpoint) and --service-ca FILE (the CA of its TLS certificate, PEM)".into());
+                    }
+                },
+                ("push", Some(_)) => {
+                    return Err("--mode push takes no --service-key (the service checks the broker's signature and client certificate)".into());
+                }
                 ("relayed", None) => BackChannel::Relayed,
                 ("code", Some(p)) => BackChannel::Code {
                     service_key: kagi_perso::pki::pem_or_der(
@@ -174,15 +222,16 @@ pub(super) fn admin_cmd(config: &Path, cmd: &AdminCmd, json_out: bool) -> Result
                 ("relayed", Some(_)) => {
                     return Err("--mode relayed takes no --service-key".into());
                 }
-                _ => return Err(format!("--mode {mode}: use relayed or code").into()),
+                _ => return Err(format!("--mode {mode}: use relayed, code or push").into()),
             },
         },
     };
-    let answer = runtime()?.block_on(admin.client.admin(
+    let answer = runtime()?.block_on(admin.client.admin_with_key(
         &admin.signer,
         &admin.broker,
         &admin.trust,
         &req,
+        idem,
     ))?;
     match answer {
         AdminResponse::Rejected { code, detail } => {

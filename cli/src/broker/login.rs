@@ -112,7 +112,7 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 let (status, v) = post_json(
                     &http,
                     &format!("{url}/login/finish"),
-                    &json!({"nonce": nonce, "assertion": result.assertion, "mac": result.mac, "signature": result.signature, "code": result.code}),
+                    &json!({"nonce": nonce, "assertion": result.assertion, "mac": result.mac, "signature": result.signature, "code": result.code, "delivered": result.delivered}),
                 )
                 .await?;
                 if status != 200 {
@@ -131,6 +131,7 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 "mac": result.mac,
                 "signature": result.signature,
                 "code": result.code,
+                "delivered": result.delivered,
                 "service_answer": service_answer,
                 "audit": audit.as_deref().map(super::admin::audit_json),
             }));
@@ -141,6 +142,10 @@ pub(super) fn login(args: &LoginArgs, trace: bool, json_out: bool) -> Result<(),
                 (None, Some(a), ..) => println!("assertion for {}:\n{a}", args.service),
                 (None, None, Some(m), _) => println!("MAC over the challenge: {m}"),
                 (None, None, None, Some(s)) => println!("signature over the challenge: {s}"),
+                _ if result.delivered => println!(
+                    "the broker delivered the proof to {} itself (push mode)",
+                    args.service
+                ),
                 _ => {
                     if let Some(c) = &result.code {
                         println!(

@@ -62,6 +62,11 @@ pub enum BrokerCmd {
         /// The administrator's configuration (admin.toml from `kagi broker init`).
         #[arg(long)]
         config: PathBuf,
+        /// A key naming this request for retries across runs (any text): run the same
+        /// command with the same key again after a lost answer and the broker answers as the
+        /// first time, doing it once (key enrolments and rotations; kept a day).
+        #[arg(long, global = true)]
+        idempotency_key: Option<String>,
         #[command(subcommand)]
         cmd: AdminCmd,
     },
@@ -203,15 +208,22 @@ pub enum AdminCmd {
         card: Option<String>,
     },
     /// How a registered service receives the broker's proofs: `relayed` (through the
-    /// holder's client) or `code` (the holder's client gets a one-time code the service
-    /// redeems at the broker, signing with the key given here).
+    /// holder's client), `code` (the holder's client gets a one-time code the service
+    /// redeems at the broker, signing with the key given here) or `push` (the broker POSTs
+    /// the signed proof to the service's URL over mutually authenticated TLS).
     BackChannel {
         /// The service.
         #[arg(long)]
         service: String,
-        /// relayed or code.
+        /// relayed, code or push.
         #[arg(long)]
         mode: String,
+        /// push: the service's endpoint (https://…) the broker POSTs proofs to.
+        #[arg(long)]
+        url: Option<String>,
+        /// push: the CA certificate (PEM) the service's TLS certificate must chain to.
+        #[arg(long)]
+        service_ca: Option<PathBuf>,
         /// code: the service's P-256 public key (PEM), which signs its redemptions as
         /// party sp:<service>.
         #[arg(long)]
@@ -350,7 +362,11 @@ pub fn run(cmd: &BrokerCmd, trace: bool, json_out: bool) -> Result<(), Failure> 
             Ok(())
         }
         BrokerCmd::Serve(args) => serve(args),
-        BrokerCmd::Admin { config, cmd } => admin_cmd(config, cmd, json_out),
+        BrokerCmd::Admin {
+            config,
+            idempotency_key,
+            cmd,
+        } => admin_cmd(config, idempotency_key.as_deref(), cmd, json_out),
         BrokerCmd::Login(args) => login(args, trace, json_out),
         BrokerCmd::Scale(args) => scale::run(args, json_out),
         BrokerCmd::Import {

@@ -13,6 +13,17 @@
 //!   broker itself (`POST /v1/service/redeem`, signed with its key as `sp:<service>`) and
 //!   checks the assertion it receives exactly as above. The holder's client never carries
 //!   the assertion; the service's own nonce login is unchanged.
+//! - `POST /login/finish` with `{"nonce", "delivered": true}` (back channel, push mode, when
+//!   the service was started with the broker's client CA and signing key): the broker has
+//!   already POSTed the assertion to the service's `POST /back-channel/push` (a separate
+//!   listener over mutually authenticated TLS: only clients with a certificate from the
+//!   broker's CA get through the handshake); the service checks it exactly as above.
+//! - `POST /back-channel/push` ([`push_router`]): a [`Push`] signed by the broker to
+//!   `sp:<service>`. Checked: the broker's signature, the recipient and service (this one),
+//!   the validity window, the message id (kept until the push expires; a second push with
+//!   the same id is refused), and a login of this service open for its nonce. Refusals are
+//!   `401 {"code", "error"}` with `push.malformed`, `push.forged`, `push.misdirected`,
+//!   `push.stale`, `push.replayed`, `push.unknown-login`, `push.no-proof`.
 //! - `GET /health` → `ok`.
 //!
 //! The broker's keys are fetched from its `GET /v1/keys` at start (retried until the broker
@@ -31,11 +42,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use broker_protocol::api::{ActResult, ApiError, Redeem};
+use broker_protocol::api::{ActResult, ApiError, Push, Redeem};
 use broker_protocol::assertion::AssertionError;
 use broker_protocol::{Assurance, Jwks, Verifier};
 use kagi_signed::PartyId;
-use kagi_signed::signing::Signer;
+use kagi_signed::signing::{
+    Kind, MemoryReplayGuard, Policy, ProtocolError, ReplayGuard, Sealed, Signer, Trust,
+};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -53,6 +66,17 @@ pub struct App {
     http: reqwest::Client,
     /// The back channel: the service's signing key and the broker's party.
     back_channel: Option<(Signer, PartyId)>,
+    /// Push mode: the broker's signing key, what a push must meet, the message ids seen.
+    push: Option<PushCheck>,
+    /// Push mode: the proofs delivered for open logins (nonce → assertion, card).
+    delivered: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// What a push must meet at this service.
+struct PushCheck {
+    trust: Trust,
+    policy: Policy,
+    seen: Mutex<MemoryReplayGuard>,
 }
 
 fn now() -> u64 {
@@ -84,6 +108,10 @@ async fn start(State(app): State<Arc<App>>) -> Response {
     let t = now();
     nonces.retain(|_, exp| *exp >= t);
     nonces.insert(nonce.clone(), t + 120);
+    app.delivered
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|n, _| nonces.contains_key(n));
     Json(json!({"service": app.service, "nonce": nonce})).into_response()
 }
 
@@ -92,6 +120,8 @@ struct Finish {
     nonce: String,
     assertion: Option<String>,
     code: Option<String>,
+    #[serde(default)]
+    delivered: Option<bool>,
 }
 
 /// Redeems a one-time code at the broker for the assertion of login `nonce`.
@@ -159,13 +189,23 @@ async fn finish(State(app): State<Arc<App>>, Json(f): Json<Finish>) -> Response 
     if !known {
         return refuse("unknown or expired login: start again");
     }
-    let token = match (f.assertion, f.code) {
-        (Some(a), None) => a,
-        (None, Some(code)) => match redeem(&app, &code, &f.nonce).await {
-            Ok(a) => a,
+    // Push mode: the proof the broker delivered for this login, and the card it is for.
+    let pushed = app
+        .delivered
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&f.nonce);
+    let (token, card) = match (f.assertion, f.code, f.delivered) {
+        (Some(a), None, None | Some(false)) => (a, None),
+        (None, Some(code), None | Some(false)) => match redeem(&app, &code, &f.nonce).await {
+            Ok(a) => (a, None),
             Err(e) => return refuse(e),
         },
-        _ => return refuse("give the broker's assertion or its one-time code"),
+        (None, None, Some(true)) => match pushed {
+            Some((a, card)) => (a, Some(card)),
+            None => return refuse("the broker has delivered no proof for this login"),
+        },
+        _ => return refuse("give the broker's assertion, its one-time code, or delivered"),
     };
     let mut result = app
         .verifier
@@ -181,12 +221,105 @@ async fn finish(State(app): State<Arc<App>>, Json(f): Json<Finish>) -> Response 
         }
     }
     match result {
+        Ok(claims) if card.as_ref().is_some_and(|c| *c != claims.sub) => {
+            refuse("the delivered proof is for another card than the push said")
+        }
         Ok(claims) => Json(json!({"welcome": claims.sub, "assurance": claims.acr})).into_response(),
         Err(e) => refuse(e),
     }
 }
 
+fn push_refused(code: &str, why: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"code": code, "error": format!("{code}: {why}")})),
+    )
+        .into_response()
+}
+
+/// `POST /back-channel/push`: the broker delivers the proof of a login (see the crate docs).
+async fn pushed(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let Some(check) = &app.push else {
+        return push_refused("push.not-push-mode", "this service takes no pushes");
+    };
+    let sealed = match Sealed::from_bytes(&body) {
+        Ok(s) => s,
+        Err(e) => return push_refused("push.malformed", e),
+    };
+    let now_ms = kagi_signed::signing::now_ms();
+    let env = match kagi_signed::signing::verify::<Push>(
+        &sealed,
+        Kind::ControlRequest,
+        &check.trust,
+        &check.policy,
+        now_ms,
+    ) {
+        Ok(env) => env,
+        Err(e @ ProtocolError::Misdirected { .. }) => return push_refused("push.misdirected", e),
+        Err(e @ (ProtocolError::Expired { .. } | ProtocolError::FromTheFuture { .. })) => {
+            return push_refused("push.stale", e);
+        }
+        Err(e) => return push_refused("push.forged", e),
+    };
+    let (h, push) = (env.header, env.body);
+    if push.service != app.service {
+        return push_refused(
+            "push.misdirected",
+            format!("a proof for {} sent to {}", push.service, app.service),
+        );
+    }
+    // The message id, once: checked and recorded in one step under the lock.
+    let first = {
+        let mut seen = check.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.purge(now_ms);
+        seen.first_seen(
+            &h.sender,
+            h.msg_id,
+            h.expires_at.saturating_add(check.policy.max_skew_ms),
+        )
+    };
+    match first {
+        Ok(true) => {}
+        Ok(false) => return push_refused("push.replayed", "this push was delivered already"),
+        Err(e) => return push_refused("push.replayed", e),
+    }
+    let Some(nonce) = push.nonce else {
+        return push_refused("push.unknown-login", "this service logs in with nonces");
+    };
+    let open = app
+        .nonces
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&nonce)
+        .is_some_and(|exp| *exp >= now());
+    if !open {
+        return push_refused("push.unknown-login", "no open login has this nonce");
+    }
+    let Some(assertion) = push.assertion else {
+        return push_refused("push.no-proof", "the push carries no assertion");
+    };
+    app.delivered
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(nonce, (assertion, push.card));
+    Json(json!({"ok": true})).into_response()
+}
+
 impl App {
+    fn build(broker: &str, broker_name: &str, service: &str, keys: Jwks, min: Assurance) -> App {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        App {
+            broker: broker.trim_end_matches('/').to_string(),
+            service: service.into(),
+            verifier: RwLock::new(Verifier::new(keys, broker_name, service, min)),
+            nonces: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
+            back_channel: None,
+            push: None,
+            delivered: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// A service `service` trusting the broker `broker_name` at `broker` (whose keys are
     /// `keys`), accepting holders who logged in at least with `min`.
     pub fn new(
@@ -196,15 +329,30 @@ impl App {
         keys: Jwks,
         min: Assurance,
     ) -> Arc<App> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Arc::new(App {
-            broker: broker.trim_end_matches('/').to_string(),
-            service: service.into(),
-            verifier: RwLock::new(Verifier::new(keys, broker_name, service, min)),
-            nonces: Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
-            back_channel: None,
-        })
+        Arc::new(App::build(broker, broker_name, service, keys, min))
+    }
+
+    /// The same service taking pushed proofs (back channel, push mode): pushes must be
+    /// signed by `broker_key` as `broker_party`, to `sp:<service>`. Serve [`push_router`]
+    /// over TLS that requires the broker's client certificate.
+    pub fn with_push(
+        broker: &str,
+        broker_name: &str,
+        service: &str,
+        keys: Jwks,
+        min: Assurance,
+        broker_key: p256::ecdsa::VerifyingKey,
+        broker_party: PartyId,
+    ) -> Result<Arc<App>, kagi_signed::BadPartyId> {
+        let mut app = App::build(broker, broker_name, service, keys, min);
+        let mut trust = Trust::new();
+        trust.add(broker_party, broker_key);
+        app.push = Some(PushCheck {
+            trust,
+            policy: Policy::new(PartyId::new(&broker_protocol::api::service_party(service))?),
+            seen: Mutex::new(MemoryReplayGuard::default()),
+        });
+        Ok(Arc::new(app))
     }
 
     /// The same service taking one-time codes (back channel): it redeems them at the
@@ -227,8 +375,19 @@ impl App {
             nonces: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             back_channel: Some((signer, broker_party)),
+            push: None,
+            delivered: Mutex::new(HashMap::new()),
         })
     }
+}
+
+/// The push endpoint (`POST /back-channel/push`), to serve apart from [`router`] over TLS
+/// that requires a client certificate from the broker's CA
+/// (`kagi_serve::serve_client_auth`).
+pub fn push_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/back-channel/push", post(pushed))
+        .with_state(app)
 }
 
 /// The service's routes.

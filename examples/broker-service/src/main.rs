@@ -4,7 +4,7 @@
 
 use broker_protocol::Assurance;
 use clap::Parser;
-use kagi_example_service::{App, fetch_keys, router};
+use kagi_example_service::{App, fetch_keys, push_router, router};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -29,6 +29,60 @@ struct Args {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8770")]
     listen: String,
+    /// Push mode: where the broker delivers proofs (HTTPS requiring the broker's client
+    /// certificate; give --push-cert, --push-key, --broker-client-ca, --broker-public-key).
+    #[arg(long)]
+    push_listen: Option<String>,
+    /// Push mode: this service's TLS certificate (PEM chain).
+    #[arg(long)]
+    push_cert: Option<std::path::PathBuf>,
+    /// Push mode: its private key (PEM PKCS#8).
+    #[arg(long)]
+    push_key: Option<std::path::PathBuf>,
+    /// Push mode: the CA (PEM) the broker's client certificate must chain to.
+    #[arg(long)]
+    broker_client_ca: Option<std::path::PathBuf>,
+    /// Push mode: the broker's signing public key (PEM), which signs its pushes.
+    #[arg(long)]
+    broker_public_key: Option<std::path::PathBuf>,
+}
+
+/// Push mode's files, read.
+struct PushFiles {
+    listen: String,
+    tls: kagi_serve::TlsFiles,
+    client_ca: Vec<u8>,
+    broker_key: p256::ecdsa::VerifyingKey,
+}
+
+fn push_files(args: &Args) -> Result<Option<PushFiles>, Box<dyn std::error::Error>> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    match (
+        &args.push_listen,
+        &args.push_cert,
+        &args.push_key,
+        &args.broker_client_ca,
+        &args.broker_public_key,
+    ) {
+        (None, None, None, None, None) => Ok(None),
+        (Some(listen), Some(cert), Some(key), Some(ca), Some(pubkey)) => {
+            use p256::pkcs8::DecodePublicKey;
+            let pem = String::from_utf8(read(pubkey)?)
+                .map_err(|_| format!("{}: not PEM", pubkey.display()))?;
+            let broker_key = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
+                .map_err(|e| format!("{}: not a P-256 public key: {e}", pubkey.display()))?;
+            Ok(Some(PushFiles {
+                listen: listen.clone(),
+                tls: kagi_serve::TlsFiles {
+                    cert_pem: read(cert)?,
+                    key_pem: zeroize::Zeroizing::new(read(key)?),
+                },
+                client_ca: read(ca)?,
+                broker_key,
+            }))
+        }
+        _ => Err("push mode needs all of --push-listen, --push-cert, --push-key, --broker-client-ca, --broker-public-key".into()),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -51,9 +105,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => return Err(e.into()),
         }
     };
-    let app = match &args.service_key {
-        None => App::new(&broker, &args.broker_name, &args.service, keys, min),
-        Some(path) => {
+    let push = push_files(&args)?;
+    let app = match (&args.service_key, &push) {
+        (Some(_), Some(_)) => {
+            return Err("--service-key (code mode) and push mode exclude each other".into());
+        }
+        (None, None) => App::new(&broker, &args.broker_name, &args.service, keys, min),
+        (None, Some(p)) => App::with_push(
+            &broker,
+            &args.broker_name,
+            &args.service,
+            keys,
+            min,
+            p.broker_key,
+            kagi_signed::PartyId::new(&args.broker_name)?,
+        )?,
+        (Some(path), None) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| format!("--service-key {}: {e}", path.display()))?;
             let party =
@@ -72,6 +139,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
+    if let Some(p) = push {
+        let listener = tokio::net::TcpListener::bind(&p.listen).await?;
+        eprintln!(
+            "{} takes pushes on https://{}/back-channel/push (client certificates from the broker's CA only)",
+            args.service,
+            listener.local_addr()?
+        );
+        let push_router = push_router(app.clone());
+        tokio::spawn(async move {
+            let r = kagi_serve::serve_client_auth(
+                push_router,
+                listener,
+                stop_signal(),
+                &p.tls,
+                &p.client_ca,
+                &kagi_serve::Limits::default(),
+                Duration::from_secs(3600),
+                || async {},
+            )
+            .await;
+            if let Err(e) = r {
+                eprintln!("the push listener stopped: {e}");
+            }
+        });
+    }
     let router = router(app);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!(
