@@ -435,3 +435,25 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
     }
     Ok(())
 }
+
+/// A `[[sp_tsm]]` entry of a service's configuration `config`: the SP-TSM's party (role
+/// `tsm`) with its public key (a file relative to the configuration) added to `trust`.
+pub(crate) fn trusted_sp_tsm(
+    config: &std::path::Path,
+    party: &str,
+    public_key: &str,
+    trust: &mut tsm_protocol::signing::Trust,
+) -> Result<tsm_protocol::PartyId, SetupError> {
+    let id = tsm_protocol::PartyId::new(party)?;
+    if id.role() != "tsm" {
+        return Err(SetupError::Config {
+            config: config.to_path_buf(),
+            message: format!("[[sp_tsm]] {party}: an SP-TSM's party is tsm:NAME"),
+        });
+    }
+    trust.add_pem(
+        id.clone(),
+        &kagi_serve::files::read_text(&kagi_serve::files::rel(config, public_key))?,
+    )?;
+    Ok(id)
+}

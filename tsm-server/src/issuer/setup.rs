@@ -101,14 +101,7 @@ pub fn load_issuer(
     let mut trust = Trust::new();
     let mut sp_tsms = BTreeMap::new();
     for s in &f.sp_tsm {
-        let party = PartyId::new(&s.party)?;
-        if party.role() != "tsm" {
-            return Err(SetupError::Config {
-                config: path.to_path_buf(),
-                message: format!("[[sp_tsm]] {}: an SP-TSM's party is tsm:NAME", s.party),
-            });
-        }
-        trust.add_pem(party.clone(), &files::read_text(&rel(path, &s.public_key))?)?;
+        let party = crate::setup::trusted_sp_tsm(path, &s.party, &s.public_key, &mut trust)?;
         let providers = s
             .providers
             .iter()

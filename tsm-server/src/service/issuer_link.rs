@@ -13,7 +13,7 @@ use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
 use tsm_protocol::signing;
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, PartyId};
 
-use super::{Result, Tsm, err};
+use super::{Result, Tsm, err, post_signed};
 
 /// The JPKI issuer an SP-TSM asks for credentials.
 pub struct IssuerLink {
@@ -59,31 +59,17 @@ impl Tsm {
             signing::now_ms(),
             120_000,
         )?;
-        let unreachable = |e: String| {
-            ErrorReport::new(
-                Layer::Tsm,
-                "tsm.issuer-unreachable",
-                true,
-                format!(
-                    "the JPKI issuer at {} cannot be reached ({e}): try again later",
-                    issuer.url
-                ),
-            )
-        };
-        let sent = issuer
-            .http
-            .post(format!("{}/v1/issuer", issuer.url))
-            .header("content-type", "application/octet-stream")
-            .body(out.bytes.clone())
-            .send()
-            .await;
-        let bytes = match sent {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) => b,
-                Err(e) => return Ok(Err(unreachable(e.to_string()))),
-            },
-            Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
-            Err(e) => return Ok(Err(unreachable(e.to_string()))),
+        let bytes = match post_signed(
+            &issuer.http,
+            &format!("{}/v1/issuer", issuer.url),
+            out.bytes.clone(),
+            "tsm.issuer-unreachable",
+            &format!("the JPKI issuer at {}", issuer.url),
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(tsm_protocol::control::open_answer_as::<IssuerResponse>(
             &bytes,

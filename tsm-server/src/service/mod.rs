@@ -350,3 +350,37 @@ pub fn card_of(req: &ControlRequest) -> Option<&CardTarget> {
         _ => None,
     }
 }
+
+/// POSTs a signed message to another service (the MNO-TSM, the JPKI issuer) and returns its
+/// answer's bytes; a transport failure or an HTTP error is `code` (retryable), naming `who`.
+pub(crate) async fn post_signed(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    code: &'static str,
+    who: &str,
+) -> std::result::Result<Vec<u8>, ErrorReport> {
+    let unreachable = |e: String| {
+        ErrorReport::new(
+            Layer::Tsm,
+            code,
+            true,
+            format!("{who} cannot be reached ({e}): try again later"),
+        )
+    };
+    match http
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| unreachable(e.to_string())),
+        Ok(r) => Err(unreachable(format!("HTTP {}", r.status()))),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
+}

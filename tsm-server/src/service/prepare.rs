@@ -30,7 +30,7 @@ use tsm_protocol::script::{Goal, KeySet, Plan};
 use tsm_protocol::signing;
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, SessionId};
 
-use super::{Result, Tsm, encode, err, now};
+use super::{Result, Tsm, encode, err, now, post_signed};
 use crate::store::Store;
 
 /// The key version of a new provider domain's initial keys.
@@ -225,31 +225,17 @@ impl Tsm {
             signing::now_ms(),
             120_000,
         )?;
-        let unreachable = |e: String| {
-            ErrorReport::new(
-                Layer::Tsm,
-                "tsm.mno-unreachable",
-                true,
-                format!(
-                    "the operator's TSM at {} cannot be reached ({e}): try again later",
-                    mno.url
-                ),
-            )
-        };
-        let sent = mno
-            .http
-            .post(format!("{}/v1/control", mno.url))
-            .header("content-type", "application/octet-stream")
-            .body(out.bytes.clone())
-            .send()
-            .await;
-        let bytes = match sent {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) => b,
-                Err(e) => return Ok(Err(unreachable(e.to_string()))),
-            },
-            Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
-            Err(e) => return Ok(Err(unreachable(e.to_string()))),
+        let bytes = match post_signed(
+            &mno.http,
+            &format!("{}/v1/control", mno.url),
+            out.bytes.clone(),
+            "tsm.mno-unreachable",
+            &format!("the operator's TSM at {}", mno.url),
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(tsm_protocol::control::open_answer(
             &bytes,
