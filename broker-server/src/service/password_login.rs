@@ -72,15 +72,46 @@ fn refused() -> BrokerError {
     .into()
 }
 
+/// Rounds a try may lose to concurrent ones before it counts as backing off.
+const CLAIM_ROUNDS: usize = 64;
+
+/// How one claim round ended.
+enum Claim {
+    /// The try is ours.
+    Taken,
+    /// The holder or the client must wait.
+    Wait,
+    /// A concurrent try changed a counter first: read again.
+    Lost,
+}
+
 impl Broker {
-    /// Claims a try for `holder` from `client`: `false` if either must wait (or another try
-    /// claimed the same step meanwhile).
+    /// Claims a try for `holder` from `client`: `false` if either must wait. A claim that
+    /// loses its compare-and-swap to a concurrent try (another holder behind the same address,
+    /// or the same holder twice) reads the counters again and tries again: each round one
+    /// contender wins, so the rounds are bounded by the tries in flight.
     async fn claim_try(
         &self,
         holder: &str,
         client: Option<&str>,
         t: i64,
     ) -> Result<bool, BrokerError> {
+        for _ in 0..CLAIM_ROUNDS {
+            match self.claim_try_once(holder, client, t).await? {
+                Claim::Taken => return Ok(true),
+                Claim::Wait => return Ok(false),
+                Claim::Lost => tokio::task::yield_now().await,
+            }
+        }
+        Ok(false)
+    }
+
+    async fn claim_try_once(
+        &self,
+        holder: &str,
+        client: Option<&str>,
+        t: i64,
+    ) -> Result<Claim, BrokerError> {
         let b = self.backoff_policy();
         let shard = self.shards().first();
         let mut batch = Vec::new();
@@ -92,7 +123,7 @@ impl Broker {
             let seen = shard.backoff(&key).await?;
             let (failures, next_at) = seen.unwrap_or((0, 0));
             if t < next_at {
-                return Ok(false);
+                return Ok(Claim::Wait);
             }
             let failures = if t >= next_at.saturating_add(b.forget_after_ms) {
                 0
@@ -108,8 +139,8 @@ impl Broker {
             ));
         }
         match shard.commit(batch).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict(_)) => Ok(false),
+            Ok(()) => Ok(Claim::Taken),
+            Err(StoreError::Conflict(_)) => Ok(Claim::Lost),
             Err(e) => Err(e.into()),
         }
     }

@@ -280,3 +280,55 @@ async fn service_hours_on_both_sides_of_each_boundary() {
         }
     }
 }
+
+/// Password logins of many holders racing from one address (one NAT, one proxy): every one
+/// with the right password gets in. The per-address counter takes each try by compare-and-swap;
+/// a try that loses the swap to another one tries again rather than being refused as if the
+/// address were backing off (it was refused `login.wrong-password` with the right password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_logins_from_one_address_all_get_in() {
+    let w = World::new("password-race", 1);
+    let clock = ManualClock::at(T0);
+    let b = w.broker_with(&clock, PwPolicy::cheap_for_tests()).await;
+    let verifier =
+        password::new_verifier("correct horse", &PwPolicy::cheap_for_tests().new).unwrap();
+    const N: usize = 12;
+    for i in 0..N {
+        w.admin(
+            &b,
+            AdminRequest::EnrolCard {
+                card: format!("CARD-R{i:02}"),
+                holder: format!("racer{i}"),
+                password: Some(verifier.clone()),
+            },
+        )
+        .await;
+    }
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.login_password(
+                    &PasswordLogin {
+                        holder: format!("racer{i}"),
+                        password: "correct horse".into(),
+                    },
+                    Some("198.51.100.7"),
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            refused.push(format!("{e:?}"));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {N} refused: {refused:?}",
+        refused.len()
+    );
+}
