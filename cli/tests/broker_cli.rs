@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::cli::wait_port;
+use support::cli::{contains, wait_port};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -233,10 +233,6 @@ fn b64(bytes: &[u8]) -> String {
 
 fn unb64(v: &serde_json::Value) -> Vec<u8> {
     broker_protocol::api::unb64(v.as_str().unwrap()).unwrap()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn leaks(hay: &[u8], secret: &[u8]) -> bool {

@@ -13,32 +13,8 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use support::cli::{Scenario, field, kagi, ok, wait_port};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut c: Command, log: &Path) -> Killed {
-    let file = std::fs::File::create(log).unwrap();
-    Killed(
-        c.env("KAGI_LOG", "trace")
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+use std::process::Command;
+use support::cli::{Scenario, contains, field, kagi, ok, spawn_logged as spawn, wait_port};
 
 /// The signature certificate inside an application file, found by its own framing: the file
 /// ends with the 256-byte signature after its length (varint 256 = 80 02), and the DER

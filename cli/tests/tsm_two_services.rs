@@ -7,37 +7,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use support::cli::{Scenario, field, kagi, ok, wait_port};
+use support::cli::{Scenario, contains, field, kagi, ok, spawn_logged as spawn, wait_port};
 
 /// The GP test key: the simulated SIMs' issuer-domain key (the MNO-TSM's keys/isd.keys).
 const ISD_KEY: &str = "404142434445464748494A4B4C4D4E4F";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A server process with its log (trace level) in `log`.
-fn spawn(mut c: Command, log: &Path) -> Killed {
-    let file = std::fs::File::create(log).unwrap();
-    Killed(
-        c.env("KAGI_LOG", "trace")
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// Every file in `paths` that exists, read.
 fn files(paths: &[std::path::PathBuf]) -> Vec<(String, Vec<u8>)> {

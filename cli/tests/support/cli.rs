@@ -268,3 +268,30 @@ impl Drop for Scenario {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A child process killed (and reaped) when dropped: a failing test leaves no server behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server process with its log (trace level) in `log`, killed when dropped.
+pub fn spawn_logged(mut c: Command, log: &Path) -> Killed {
+    let file = std::fs::File::create(log).unwrap();
+    Killed(
+        c.env("KAGI_LOG", "trace")
+            .stderr(Stdio::from(file))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Whether `needle` occurs in `hay` (a secret searched for in a database, log or capture).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
