@@ -9,7 +9,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Output;
-use support::cli::{Scenario, field, kagi, ok, serve, wait_port};
+use support::cli::{Killed, Scenario, field, kagi, ok, serve, wait_port};
 
 const SP: &str = "sp:kagi-bank";
 
@@ -85,7 +85,7 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
     let s = Scenario::new("tsm-apply", false);
     let dir = &s.dir;
     let p = |n: &str| dir.join(n).display().to_string();
-    let mut tsm = serve(dir);
+    let mut tsm = Killed(serve(dir));
     wait_port(s.port);
     let iccid = s.sim("apply-phone", &dir.join("sim.img"));
 
@@ -282,6 +282,6 @@ fn an_application_signed_on_the_my_number_card_is_checked_before_issuing() {
         issue_code(&s, &iccid, &dir.join("o5.bin")).as_deref(),
         Some("application.revoked")
     );
-    tsm.kill().unwrap();
-    tsm.wait().unwrap();
+    tsm.0.kill().unwrap();
+    tsm.0.wait().unwrap();
 }

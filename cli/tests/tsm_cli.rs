@@ -9,14 +9,14 @@ mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::cli::{Scenario, audit, field, kagi, ok, serve, serve_logged, wait_port};
+use support::cli::{Killed, Scenario, audit, field, kagi, ok, serve, serve_logged, wait_port};
 
 #[test]
 fn the_tsm_killed_mid_download_loses_nothing() {
     let s = Scenario::new("tsm-cli", false);
     let dir = &s.dir;
     let log = dir.join("tsm.log");
-    let mut tsm = serve_logged(dir, &log);
+    let mut tsm = Killed(serve_logged(dir, &log));
     wait_port(s.port);
     let iccid = s.sim("cli-phone", &dir.join("sim.img"));
     let op = field(&s.issue(&iccid, false), "op");
@@ -40,14 +40,14 @@ fn the_tsm_killed_mid_download_loses_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(150));
-    tsm.kill().unwrap();
-    tsm.wait().unwrap();
+    tsm.0.kill().unwrap();
+    tsm.0.wait().unwrap();
     assert!(
         !audit(dir, &op).contains("completed"),
         "the kill came too late"
     );
     std::thread::sleep(Duration::from_millis(400));
-    let mut tsm = serve_logged(dir, &log);
+    let mut tsm = Killed(serve_logged(dir, &log));
     let out = relay.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -141,8 +141,8 @@ fn the_tsm_killed_mid_download_loses_nothing() {
         .arg(dir.join("m.txt"))
         .arg("-o")
         .arg(dir.join("m2.sig")));
-    tsm.kill().unwrap();
-    tsm.wait().unwrap();
+    tsm.0.kill().unwrap();
+    tsm.0.wait().unwrap();
 }
 
 /// HTTPS: `kagi tsm init --tls` makes a self-signed certificate that the provider's,
@@ -157,7 +157,7 @@ fn the_tsm_over_https() {
             .unwrap()
             .contains("https://")
     );
-    let mut tsm = serve(dir);
+    let mut tsm = Killed(serve(dir));
     wait_port(s.port);
     let iccid = s.sim("tls-phone", &dir.join("sim.img"));
     s.issue(&iccid, false);
@@ -184,8 +184,8 @@ fn the_tsm_over_https() {
     );
     assert_eq!(field(&stdout, "outcome"), "completed");
     assert!(s.receipt_valid());
-    tsm.kill().unwrap();
-    tsm.wait().unwrap();
+    tsm.0.kill().unwrap();
+    tsm.0.wait().unwrap();
 }
 
 /// A provider configuration from before per-card sealing names a content key: the provider
