@@ -5,6 +5,10 @@
 
 use std::fmt::Write;
 
+#[path = "src/descriptor.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod descriptor;
+
 fn main() {
     // The Java Card API, then the GlobalPlatform Card API (`org.globalplatform`).
     let mut packages = Vec::new();
@@ -65,10 +69,11 @@ fn main() {
                 let is_static = mf.split_whitespace().any(|w| w == "static") || name == "<init>";
                 write!(
                     methods,
-                    "ApiMethod {{ name: {:?}, descriptor: {:?}, token: {}, is_static: {is_static} }}, ",
+                    "ApiMethod {{ name: {:?}, descriptor: {:?}, token: {}, is_static: {is_static}, words: {} }}, ",
                     name,
                     m["descriptor"].as_str().unwrap_or(""),
-                    m["token"].as_u64().unwrap_or(255)
+                    m["token"].as_u64().unwrap_or(255),
+                    descriptor::arg_words(m["descriptor"].as_str().unwrap_or("")),
                 )
                 .unwrap();
             }

@@ -53,6 +53,8 @@ pub struct ApiMethod {
     pub token: u8,
     /// Static methods and constructors (the static token space).
     pub is_static: bool,
+    /// Operand-stack words of the parameters (an `int` takes two; `this` not counted).
+    pub words: u8,
 }
 
 /// An API field.

@@ -48,41 +48,6 @@ pub(crate) enum Target {
 
 pub(crate) type Res<T> = Result<T, Flow>;
 
-/// Argument words of an API method descriptor (`this` not included).
-pub(crate) fn arg_words(desc: &str) -> usize {
-    let params = desc
-        .strip_prefix('(')
-        .and_then(|d| d.split(')').next())
-        .unwrap_or("");
-    let b = params.as_bytes();
-    let (mut i, mut n) = (0, 0);
-    while i < b.len() {
-        match b[i] {
-            b'I' => n += 2,
-            b'[' => {
-                while i < b.len() && b[i] == b'[' {
-                    i += 1;
-                }
-                if b.get(i) == Some(&b'L') {
-                    while i < b.len() && b[i] != b';' {
-                        i += 1;
-                    }
-                }
-                n += 1;
-            }
-            b'L' => {
-                while i < b.len() && b[i] != b';' {
-                    i += 1;
-                }
-                n += 1;
-            }
-            _ => n += 1,
-        }
-        i += 1;
-    }
-    n
-}
-
 fn s2(code: &[u8], at: usize) -> Res<i16> {
     match (code.get(at), code.get(at + 1)) {
         (Some(a), Some(b)) => Ok(i16::from_be_bytes([*a, *b])),

@@ -12,6 +12,8 @@
 pub mod api;
 mod cost;
 pub mod crypto;
+#[cfg(test)]
+mod descriptor;
 mod gc;
 pub mod heap;
 mod interp;
@@ -213,6 +215,8 @@ pub struct Vm {
     aid_objects: std::collections::HashMap<Vec<u8>, u16>,
     /// P-256 signing keys ready for use, by key object (and the scalar they were made from).
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
+    /// The arguments of the native call under way (kept to reuse its allocation).
+    native_args: Vec<i16>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -291,6 +295,7 @@ impl Vm {
             charges: Vec::new(),
             caller: None,
             aid_objects: std::collections::HashMap::new(),
+            native_args: Vec::new(),
         }
     }
 
@@ -372,6 +377,10 @@ impl Vm {
 
     /// Reads every persistent object, the statics and the meta record from `p`.
     fn reload(&mut self, p: &dyn Persist) {
+        // Key objects may come back with other components (an aborted transaction): the
+        // ready-made primitives are built again from what is reloaded.
+        self.crt_cache.clear();
+        self.ec_cache.clear();
         let keep: Vec<(u16, Obj)> = self
             .heap
             .objects

@@ -193,11 +193,16 @@ impl Vm {
                     Vec::new()
                 };
                 let en = self.engine_of(this)?;
+                // Only the key and the mode are persistent: an init with the same ones (an
+                // applet re-initialising before each signature) writes nothing.
+                let changed = en.key != arg(1) as u16 || en.mode != mode;
                 en.key = arg(1) as u16;
                 en.mode = mode;
                 en.buf = Secret::default();
                 en.iv = Secret(iv);
-                self.touch(this as u16);
+                if changed {
+                    self.touch(this as u16);
+                }
                 Ret::Void
             }
             ("init", "(Ljavacard/security/PrivateKey;)V") => {
@@ -205,8 +210,12 @@ impl Vm {
                 if k.ktype != 12 || !initialized(&k) {
                     return Err(self.crypto_err(CErr::IllegalValue));
                 }
-                self.engine_of(this)?.key = arg(1) as u16;
-                self.touch(this as u16);
+                let en = self.engine_of(this)?;
+                let changed = en.key != arg(1) as u16;
+                en.key = arg(1) as u16;
+                if changed {
+                    self.touch(this as u16);
+                }
                 Ret::Void
             }
             ("update", "([BSS)V") => {

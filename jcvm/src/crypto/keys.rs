@@ -406,7 +406,7 @@ impl Vm {
         let mut id = p.to_vec();
         id.extend_from_slice(q);
         let id = super::Secret(id);
-        if self.crt_cache.get(&h).is_none_or(|(c, _)| *c != id) {
+        if self.crt_cache.get(&h).is_none_or(|(c, _)| !c.is(&id.0)) {
             let dp = k.get(comp::DP).ok_or(CErr::Uninitialized)?;
             let key = prim::crt_key(p, q, dp, k.get(comp::CRT_E))?;
             self.crt_cache.insert(h, (id, Box::new(key)));
@@ -424,12 +424,19 @@ impl Vm {
     pub(crate) fn ec_sign(&mut self, h: u16, k: &KeyState, hash: &[u8]) -> Result<Vec<u8>, CErr> {
         self.charge(crate::CardOp::EcSign { bits: k.bits });
         let s = k.get(comp::S).ok_or(CErr::Uninitialized)?;
+        // A key made ready before: only P-256 keys are kept, and any change of the key's
+        // components (or a reload) drops them, so its curve was checked then.
+        if let Some((c, key)) = self.ec_cache.get(&h)
+            && c.is(s)
+        {
+            return prim::p256_sign_with(key, hash);
+        }
         match key_curve(k) {
             Some(prim::Curve::P256) => {}
             Some(c) => return prim::ec_sign_uncached(c, s, hash),
             None => return Err(CErr::IllegalValue),
         }
-        if self.ec_cache.get(&h).is_none_or(|(c, _)| c.0 != s) {
+        if self.ec_cache.get(&h).is_none_or(|(c, _)| !c.is(s)) {
             let key = prim::p256_key(s)?;
             self.ec_cache
                 .insert(h, (super::Secret(s.to_vec()), Box::new(key)));

@@ -8,6 +8,14 @@ use zeroize::Zeroize;
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub Vec<u8>);
 
+impl Secret {
+    /// Whether the secret is `other`, compared in constant time.
+    pub fn is(&self, other: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.len() && bool::from(self.0.ct_eq(other))
+    }
+}
+
 impl Drop for Secret {
     fn drop(&mut self) {
         self.0.zeroize();

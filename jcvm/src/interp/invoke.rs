@@ -1,6 +1,6 @@
 //! Method invocation: virtual, super, static and interface dispatch, and the API's natives.
 
-use super::{Flow, Res, Target, arg_words, s2, u1};
+use super::{Flow, Res, Target, s2, u1};
 use crate::api::{self, CLASSES};
 use crate::heap::Obj;
 use crate::link::{ClassId, Cp};
@@ -80,7 +80,7 @@ impl Vm {
                             .map_err(|_| Flow::Fatal("bad method".into()))?
                             .nargs,
                     ),
-                    Some(Target::Native(_, m)) => 1 + arg_words(m.descriptor),
+                    Some(Target::Native(_, m)) => 1 + usize::from(m.words),
                     None => {
                         return Err(Flow::Fatal(format!(
                             "no virtual method {t} in {}",
@@ -124,10 +124,17 @@ impl Vm {
         match target {
             Target::Code(o) => Ok(Some(self.push_frame(o, pc + len)?)),
             Target::Native(c, m) => {
-                let n = arg_words(m.descriptor) + usize::from(!m.is_static || m.name == "<init>");
+                let n = usize::from(m.words) + usize::from(!m.is_static || m.name == "<init>");
                 let at = self.args_at(n)?;
-                let args: Vec<i16> = self.words.split_off(at);
-                match self.native(p, c, m, &args)? {
+                // The arguments move off the operand stack into a buffer the VM keeps (a
+                // native that runs bytecode again takes a fresh one).
+                let mut args = std::mem::take(&mut self.native_args);
+                args.clear();
+                args.extend_from_slice(&self.words[at..]);
+                self.words.truncate(at);
+                let r = self.native(p, c, m, &args);
+                self.native_args = args;
+                match r? {
                     native::Ret::Code(o, args) => {
                         self.words.extend(args);
                         Ok(Some(self.push_frame(o, pc + len)?))
