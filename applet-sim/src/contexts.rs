@@ -95,13 +95,32 @@ pub(crate) fn collect(
     vm.collect_garbage(&mut ScopedPersist::new(&mut scoped, Some(&records)))
 }
 
-/// Power-up clean-up of contexts: the registration of an instance the registry does not
-/// know (an INSTALL whose `install` ran but whose registry entry was never written) and the
-/// records of a package no longer loaded are removed. Returns the packages whose garbage is
-/// then due ([`collect`]).
+/// Whether the registry has instance `hex` (an AID in hex, as in record keys).
+fn registered(store: &Store, hex: &str) -> bool {
+    hex::decode(hex)
+        .ok()
+        .and_then(|b| Aid::new(&b).ok())
+        .is_some_and(|aid| registry::entry(store, &aid).is_some())
+}
+
+/// Power-up clean-up, so that an INSTALL is all-or-nothing: the records of an instance the
+/// registry does not know — an INSTALL whose `install` ran but whose registry entry was never
+/// written (power lost in between), or a DELETE cut after its registry entry went — are
+/// removed: an old-form instance's objects (`app/<AID>/jc/…`) and a context's registration;
+/// so are the records of a package no longer loaded. Returns the packages whose garbage is
+/// then due ([`collect`]). A power loss during the clean-up leaves the rest for the next
+/// power-up.
 pub(crate) fn collect_orphans(store: &mut Store) -> BTreeSet<Aid> {
     let mut due = BTreeSet::new();
     let mut dead: Vec<String> = Vec::new();
+    for k in store.keys("app/") {
+        if let Some((hex, rest)) = k["app/".len()..].split_once('/')
+            && rest.starts_with("jc/")
+            && !registered(store, hex)
+        {
+            dead.push(k);
+        }
+    }
     for k in store.keys("jcctx/") {
         let Some((hex, rest)) = k["jcctx/".len()..].split_once('/') else {
             continue;
@@ -116,11 +135,7 @@ pub(crate) fn collect_orphans(store: &mut Store) -> BTreeSet<Aid> {
         let Some(inst) = rest.strip_prefix("jc/i/") else {
             continue;
         };
-        let known = hex::decode(inst)
-            .ok()
-            .and_then(|b| Aid::new(&b).ok())
-            .is_some_and(|aid| registry::entry(store, &aid).is_some());
-        if !known {
+        if !registered(store, inst) {
             dead.push(k);
             due.insert(elf);
         }

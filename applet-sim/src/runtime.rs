@@ -62,35 +62,6 @@ pub fn check_classes(store: &Store, classes: &ClassTable) -> Result<(), ClassErr
     Ok(())
 }
 
-/// Power-up clean-up: the Java Card objects (`app/<AID>/jc/…`) of an instance the registry
-/// does not know — an INSTALL whose `install` method ran but whose registry entry was never
-/// written (power lost in between), or a DELETE cut after its registry entry went — are
-/// removed, so an INSTALL is all-or-nothing. A power loss during the clean-up leaves the rest
-/// for the next power-up.
-fn collect_orphans(store: &mut Store) {
-    let mut orphans: Vec<String> = Vec::new();
-    for k in store.keys("app/") {
-        let Some((hex, rest)) = k["app/".len()..].split_once('/') else {
-            continue;
-        };
-        if !rest.starts_with("jc/") {
-            continue;
-        }
-        let known = hex::decode(hex)
-            .ok()
-            .and_then(|b| Aid::new(&b).ok())
-            .is_some_and(|aid| registry::entry(store, &aid).is_some());
-        if !known {
-            orphans.push(k);
-        }
-    }
-    for k in orphans {
-        if store.remove(&k).is_err() {
-            return;
-        }
-    }
-}
-
 #[derive(Default)]
 struct ChannelState {
     open: bool,
@@ -301,7 +272,6 @@ impl Runtime {
     /// transient state is cleared and the default applet is selected on channel 0.
     pub fn reset(&mut self) {
         self.store.power_up();
-        collect_orphans(&mut self.store);
         self.gc_due
             .extend(crate::contexts::collect_orphans(&mut self.store));
         for aid in crate::contexts::migrate(&mut self.store) {

@@ -220,9 +220,28 @@ fn every_readme_command_block_runs_in_order() {
     link(&shared.canonicalize().unwrap(), &root.join("shared"));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_kagi"));
     let bin_dir = bin.parent().unwrap();
+    if !bin_dir.join("kagi-example-service").exists() {
+        // `cargo test --workspace` builds it beside kagi; `cargo test -p kagi-cli` does not.
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "kagi-example-service",
+                "--target-dir",
+            ])
+            .arg(bin_dir.parent().unwrap())
+            .current_dir(&repo);
+        if bin_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building kagi-example-service: {status}");
+    }
     assert!(
         bin_dir.join("kagi-example-service").exists(),
-        "kagi-example-service is built beside kagi by `cargo test --workspace`"
+        "kagi-example-service is built beside kagi"
     );
     let path = format!(
         "{}:{}",
