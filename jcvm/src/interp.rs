@@ -476,10 +476,12 @@ impl Vm {
                 )));
             }
         };
-        if self.is_proxy(obj as u16) {
-            return Err(self.firewall());
-        }
         match self.heap.objects.get(&(obj as u16)) {
+            // An object of another context (its fields are not reachable from here).
+            Some(Obj::Instance {
+                native: crate::heap::NativeState::Proxy { .. },
+                ..
+            }) => Err(self.firewall()),
             Some(Obj::Instance { cells, .. }) if cell + width <= cells.len() => {
                 Ok((obj as u16, cell))
             }
@@ -501,12 +503,28 @@ impl Vm {
 
     fn getfield(&mut self, obj: i16, cp: u16, kind: u8) -> Res<()> {
         let w = if kind == b'i' { 2 } else { 1 };
-        let (h, c) = self.field_cell(obj, cp, w)?;
-        let cells = match self.heap.objects.get(&h) {
-            Some(Obj::Instance { cells, .. }) => cells,
-            _ => return Err(Flow::Fatal("field".into())),
+        // One look-up for the common case (a field of an instance of this context).
+        let (a, b) = match (self.pkg.cp(cp), self.heap.objects.get(&(obj as u16))) {
+            (
+                Some(Cp::Field(c)),
+                Some(Obj::Instance {
+                    cells,
+                    native: crate::heap::NativeState::None,
+                    ..
+                }),
+            ) if usize::from(c) + w <= cells.len() => {
+                let c = usize::from(c);
+                (cells[c], cells.get(c + 1).copied().unwrap_or(0))
+            }
+            _ => {
+                let (h, c) = self.field_cell(obj, cp, w)?;
+                let cells = match self.heap.objects.get(&h) {
+                    Some(Obj::Instance { cells, .. }) => cells,
+                    _ => return Err(Flow::Fatal("field".into())),
+                };
+                (cells[c], cells.get(c + 1).copied().unwrap_or(0))
+            }
         };
-        let (a, b) = (cells[c], cells.get(c + 1).copied().unwrap_or(0));
         match kind {
             b'b' => self.push(i16::from(a as i8)),
             b'i' => {

@@ -217,6 +217,9 @@ pub struct Vm {
     ec_cache: std::collections::HashMap<u16, (crypto::Secret, Box<p256::ecdsa::SigningKey>)>,
     /// The arguments of the native call under way (kept to reuse its allocation).
     native_args: Vec<i16>,
+    /// Argument words (with `this`) of each virtual method reference of the constant pool,
+    /// by index, as found at its first call (0: not yet).
+    virtual_nargs: Vec<u8>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -296,6 +299,7 @@ impl Vm {
             caller: None,
             aid_objects: std::collections::HashMap::new(),
             native_args: Vec::new(),
+            virtual_nargs: Vec::new(),
         }
     }
 

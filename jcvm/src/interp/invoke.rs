@@ -70,23 +70,41 @@ impl Vm {
                     .ok_or_else(|| Flow::Fatal(format!("no super method {t} in {}", self.here())))?
             }
             (0x8B, Some(Cp::Virtual(c, t))) => {
-                // The argument count comes from the statically named method.
-                let nargs = match self.resolve_virtual(c, t) {
-                    Some(Target::Code(o)) => usize::from(
-                        self.pkg
-                            .model
-                            .methods
-                            .header(o)
-                            .map_err(|_| Flow::Fatal("bad method".into()))?
-                            .nargs,
-                    ),
-                    Some(Target::Native(_, m)) => 1 + usize::from(m.words),
-                    None => {
-                        return Err(Flow::Fatal(format!(
-                            "no virtual method {t} in {}",
-                            self.here()
-                        )));
+                // The argument count comes from the statically named method (found once
+                // per constant pool entry).
+                let known = self
+                    .virtual_nargs
+                    .get(usize::from(cp))
+                    .copied()
+                    .unwrap_or(0);
+                let nargs = if known != 0 {
+                    usize::from(known)
+                } else {
+                    let n = match self.resolve_virtual(c, t) {
+                        Some(Target::Code(o)) => usize::from(
+                            self.pkg
+                                .model
+                                .methods
+                                .header(o)
+                                .map_err(|_| Flow::Fatal("bad method".into()))?
+                                .nargs,
+                        ),
+                        Some(Target::Native(_, m)) => 1 + usize::from(m.words),
+                        None => {
+                            return Err(Flow::Fatal(format!(
+                                "no virtual method {t} in {}",
+                                self.here()
+                            )));
+                        }
+                    };
+                    if let Ok(b) = u8::try_from(n) {
+                        let i = usize::from(cp);
+                        if self.virtual_nargs.len() <= i {
+                            self.virtual_nargs.resize(i + 1, 0);
+                        }
+                        self.virtual_nargs[i] = b;
                     }
+                    n
                 };
                 let at = self.args_at(nargs.max(1))?;
                 let obj = self.words[at] as u16;
