@@ -311,6 +311,27 @@ fn measure_echo_apdus_java_card_vs_native() {
 const GEN: &str = "00460000CF8120FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF8220FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFC83205AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B8441046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F58520FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC6325518702000100";
 const SIGN: &str = "002A9E9A146B6167692069736F6170706C657420646174610A00";
 
+/// IsoApplet installed, selected, its file system created and its PINs set (as OpenSC's
+/// `pkcs15-init --create-pkcs15` leaves it): the runtime and the SELECT command.
+fn isoapplet_with_pins() -> (Runtime, &'static str) {
+    const SELECT: &str = "00A404000CF276A288BCFBA69D34F3100100";
+    let c = cap(ISO);
+    let mut store = Store::new(1 << 20);
+    load(&mut store, &c).unwrap();
+    let app = c.applets()[0].aid.clone();
+    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
+    let mut rt = runtime(store);
+    for apdu in [
+        SELECT,
+        "00E00000176F1581021388820138830250158608FF00000000000090",
+        "002401021030313233343536373839616263646566",
+        "0024010106313233343536",
+    ] {
+        assert!(tx(&mut rt, apdu).ends_with("9000"), "{apdu}");
+    }
+    (rt, SELECT)
+}
+
 /// IsoApplet's signatures per second (the APDUs OpenSC sends, captured from a pcscd log:
 /// PIN set-up, VERIFY, on-card RSA-2048 and P-256 generation, MSE + PSO COMPUTE DIGITAL
 /// SIGNATURE) against the signing primitive as kagi's native JPKI applet calls it (RSA
@@ -319,20 +340,8 @@ const SIGN: &str = "002A9E9A146B6167692069736F6170706C657420646174610A00";
 #[ignore]
 fn measure_isoapplet_signatures_vs_native() {
     use p256::ecdsa::signature::hazmat::PrehashSigner;
-    let c = cap(ISO);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    let app = c.applets()[0].aid.clone();
-    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
-    let mut rt = runtime(store);
+    let (mut rt, _) = isoapplet_with_pins();
     let ok = |r: String| assert!(r.ends_with("9000"), "{r}");
-    ok(tx(&mut rt, "00A404000CF276A288BCFBA69D34F3100100"));
-    ok(tx(
-        &mut rt,
-        "00E00000176F1581021388820138830250158608FF00000000000090",
-    ));
-    ok(tx(&mut rt, "002401021030313233343536373839616263646566"));
-    ok(tx(&mut rt, "0024010106313233343536"));
     ok(tx(&mut rt, "002000011031323334353600000000000000000000"));
     ok(tx(&mut rt, "00224100068001F3840100"));
     let t = std::time::Instant::now();
@@ -401,21 +410,7 @@ fn measure_isoapplet_signatures_vs_native() {
 fn isoapplet_power_loss_at_every_write_of_key_generation() {
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
     use sha1::Digest;
-    let c = cap(ISO);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    let app = c.applets()[0].aid.clone();
-    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
-    let mut rt = runtime(store);
-    let select = "00A404000CF276A288BCFBA69D34F3100100";
-    for apdu in [
-        select,
-        "00E00000176F1581021388820138830250158608FF00000000000090",
-        "002401021030313233343536373839616263646566",
-        "0024010106313233343536",
-    ] {
-        assert!(tx(&mut rt, apdu).ends_with("9000"), "{apdu}");
-    }
+    let (rt, select) = isoapplet_with_pins();
     let base = rt.store().clone();
     let login = |rt: &mut Runtime| {
         assert!(tx(rt, select).ends_with("9000"));
@@ -481,17 +476,8 @@ fn isoapplet_power_loss_at_every_write_of_key_generation() {
 fn isoapplet_signatures_write_no_persistent_memory() {
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
     use sha1::Digest;
-    let c = cap(ISO);
-    let mut store = Store::new(1 << 20);
-    load(&mut store, &c).unwrap();
-    let app = c.applets()[0].aid.clone();
-    install(&mut store, &c, 0, &app, &h("C900")).unwrap();
-    let mut rt = runtime(store);
+    let (mut rt, _) = isoapplet_with_pins();
     for apdu in [
-        "00A404000CF276A288BCFBA69D34F3100100",
-        "00E00000176F1581021388820138830250158608FF00000000000090",
-        "002401021030313233343536373839616263646566",
-        "0024010106313233343536",
         "002000011031323334353600000000000000000000",
         "00224100068001EC840101",
     ] {
