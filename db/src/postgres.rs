@@ -123,11 +123,26 @@ impl Postgres {
             .iter()
             .map(|s| s.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
             .collect();
+        // The transaction writes to the WAL even when its statements change nothing (an
+        // idempotent retry whose row is already there): a transactional logical message (no
+        // table, any user may emit it) gives it a transaction id and a WAL record, so its
+        // COMMIT waits for the synchronous standby like any write. PostgreSQL acknowledges a
+        // commit that wrote no WAL at once; a retry that found its row on a primary the
+        // standby never heard from would be acknowledged and the row lost at the failover.
+        let xid = tx
+            .prepare_cached("SELECT pg_logical_emit_message(true, 'kagi', '')")
+            .await
+            .map_err(db)?;
         let runs = prepared
             .iter()
             .zip(&params)
             .map(|(st, p)| tx.execute(st, p.as_slice()));
-        let counts = futures_util::future::try_join_all(runs).await.map_err(db)?;
+        let (_, counts) = futures_util::future::try_join(
+            tx.execute(&xid, &[]),
+            futures_util::future::try_join_all(runs),
+        )
+        .await
+        .map_err(db)?;
         for (i, (s, n)) in batch.iter().zip(&counts).enumerate() {
             if s.expect == Expect::One && *n != 1 {
                 // Dropping the transaction rolls it back.
