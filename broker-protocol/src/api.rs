@@ -354,7 +354,11 @@ pub enum AdminResponse {
         kek: String,
         /// Records re-wrapped by this request.
         rewrapped: u64,
-        /// Records still under another KEK.
+        /// Records of the older data-key form converted to the in-HSM form by this request
+        /// (absent from an older broker's answer: 0).
+        #[serde(default)]
+        converted: u64,
+        /// Records the rotation still has to do (under another KEK, or to convert).
         remaining: u64,
     },
     /// Audit entries, oldest first.

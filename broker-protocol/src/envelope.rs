@@ -158,6 +158,26 @@ pub trait Envelope: Send + Sync {
         Ok(true)
     }
 
+    /// Whether a KEK rotation to `kek` converts records of the data-key form to the in-store
+    /// form ([`Envelope::convert_row`]). Stores without that form: `false`.
+    fn converts_to(&self, _kek: &str) -> Result<bool, EnvelopeError> {
+        Ok(false)
+    }
+
+    /// Converts the record of the row `aad`, of the data-key form, to the in-store form
+    /// under the KEK `to`: its credential (of `kind`) is taken into the store and from then
+    /// on used only there. `None` if this store (or `to`) does not keep credentials inside,
+    /// or the record is already of the in-store form.
+    fn convert_row(
+        &self,
+        _aad: &[u8],
+        _record: &SealedRecord,
+        _to: &str,
+        _kind: KeyKind,
+    ) -> Result<Option<SealedRecord>, EnvelopeError> {
+        Ok(None)
+    }
+
     /// The AES key shared with a service (asked for again at a repeated enrolment).
     fn shared_secret(
         &self,

@@ -396,67 +396,7 @@ impl Shard {
         limit: i64,
         now: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT card, service, version, state, kek, wrapped_dek, nonce, ciphertext, public_key, pairwise
-                 FROM credentials WHERE (kek < $1 OR kek > $1)
-                 AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.card = credentials.card
-                     AND q.service = credentials.service AND q.version = credentials.version)
-                 AND NOT EXISTS (SELECT 1 FROM rekey_leases l WHERE l.card = credentials.card
-                     AND l.service = credentials.service AND l.version = credentials.version
-                     AND l.until >= $3)
-                 LIMIT $2",
-                vec![kek.into(), limit.into(), now.into()],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| credential_from(r)).collect())
-    }
-
-    /// Statement claiming a record for a KEK rotation by `owner` until `until`: changes one
-    /// row when the record is free (no claim, or an expired one), none when another instance
-    /// holds it.
-    pub fn claim_rekey(c: &CredentialRow, owner: &str, now: i64, until: i64) -> Stmt {
-        Stmt::any(
-            "INSERT INTO rekey_leases (card, service, version, owner, until) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (card, service, version) DO UPDATE SET owner = excluded.owner, until = excluded.until
-             WHERE rekey_leases.until < $6",
-            vec![
-                c.card.clone().into(),
-                c.service.clone().into(),
-                c.version.into(),
-                owner.into(),
-                until.into(),
-                now.into(),
-            ],
-        )
-    }
-
-    /// The records `owner` holds claims on that are still under another KEK than `to`, as
-    /// they are now (read after the claims were committed: a record another instance
-    /// re-wrapped before this one could claim it is not among them).
-    pub async fn claimed_not_under(
-        &self,
-        owner: &str,
-        to: &str,
-    ) -> Result<Vec<CredentialRow>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT c.card, c.service, c.version, c.state, c.kek, c.wrapped_dek, c.nonce, c.ciphertext, c.public_key, c.pairwise
-                 FROM credentials c JOIN rekey_leases l
-                   ON l.card = c.card AND l.service = c.service AND l.version = c.version
-                 WHERE l.owner = $1 AND (c.kek < $2 OR c.kek > $2)",
-                vec![owner.into(), to.into()],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| credential_from(r)).collect())
-    }
-
-    /// Statement releasing every claim of `owner`.
-    pub fn release_rekeys(owner: &str) -> Stmt {
-        Stmt::any(
-            "DELETE FROM rekey_leases WHERE owner = $1",
-            vec![owner.into()],
-        )
+        self.rotation_work(kek, false, limit, now).await
     }
 
     /// Up to `limit` credentials after `(card, service, version)` in key order (a walk over
@@ -479,15 +419,7 @@ impl Shard {
 
     /// How many credentials are not under `kek`.
     pub async fn count_not_under(&self, kek: &str) -> Result<i64, StoreError> {
-        let rows = self
-            .query(
-                "SELECT COUNT(*) FROM credentials WHERE (kek < $1 OR kek > $1)
-                 AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.card = credentials.card
-                     AND q.service = credentials.service AND q.version = credentials.version)",
-                vec![kek.into()],
-            )
-            .await?;
-        Ok(rows.first().map(|r| r[0].int()).unwrap_or(0))
+        self.count_rotation_work(kek, false).await
     }
 
     /// Statement setting a record aside from KEK rotations (see the `quarantine` table).
@@ -511,26 +443,6 @@ impl Shard {
             .query("SELECT COUNT(*) FROM quarantine", vec![])
             .await?;
         Ok(rows.first().map(|r| r[0].int()).unwrap_or(0))
-    }
-
-    /// Statement swapping a record's sealed form under a new KEK (only if it is still under `from`: a
-    /// rotation run twice, or by two instances, re-wraps each record once).
-    pub fn rewrap_stmt(c: &CredentialRow, from: &str, to: &SealedRecord) -> Stmt {
-        Stmt::one(
-            // The whole sealed form: a record kept in the HSM is re-wrapped as a whole (its
-            // ciphertext is the wrapped key); a data-key record keeps nonce and ciphertext.
-            "UPDATE credentials SET kek = $4, wrapped_dek = $5, nonce = $7, ciphertext = $8 WHERE card = $1 AND service = $2 AND version = $3 AND kek = $6",
-            vec![
-                c.card.clone().into(),
-                c.service.clone().into(),
-                c.version.into(),
-                to.kek.clone().into(),
-                to.wrapped_dek.clone().into(),
-                from.into(),
-                to.nonce.clone().into(),
-                to.ciphertext.clone().into(),
-            ],
-        )
     }
 
     /// Statement creating a session.

@@ -531,16 +531,20 @@ fn broker_processes_every_service_kind_failover_rotation_and_no_leaks() {
         left > 0 && left < total,
         "the kill did not land mid-rotation: {mid}"
     );
-    // Instance 1 (restarted) finishes the rotation in the background.
+    // Instance 1 (restarted) finishes the rotation in the background. Waited for with a
+    // count of the rows still under k1 (one query), then every record opened once.
     b.start(1);
     let start = Instant::now();
-    while verify(&b)["by_kek"]["k2"].as_u64() != Some(total) {
+    while moved() != total as i64 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the rotation was not continued"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let done = verify(&b);
+    assert_eq!(done["failed"].as_array().unwrap().len(), 0, "{done}");
+    assert_eq!(done["by_kek"]["k2"].as_u64(), Some(total), "{done}");
     let after = json(&b.login("svc-mac", &["--challenge", &c]));
     assert_eq!(
         unb64(&after["mac"]),

@@ -398,8 +398,9 @@ fn der_uint(big_endian: &[u8]) -> Vec<u8> {
 }
 
 /// Imports a known credential into a record of the in-HSM form (a migration from another
-/// store, and the tests that must know a credential's value): an AES key or a P-256 private
-/// scalar, created as a sensitive session object, wrapped under `kek` and destroyed.
+/// store or from the data-key form, and the tests that must know a credential's value): an
+/// AES key, a P-256 private scalar or a PKCS#1 RSA private key, created as a sensitive
+/// session object, wrapped under `kek` and destroyed.
 pub(crate) fn import(
     session: &Session,
     kek_id: &str,
@@ -427,15 +428,24 @@ pub(crate) fn import(
             t.push(Attribute::EcParams(P256_PARAMS.to_vec()));
         }
         KeyKind::Rsa2048 => {
-            return Err(Error::Hsm(
-                "an RSA key is not imported: generate it in the HSM".into(),
-            ));
+            // The PKCS#1 RSAPrivateKey (RFC 8017 A.1.2) as its components.
+            t.retain(|a| !matches!(a, Attribute::Value(_)));
+            t.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
+            t.push(Attribute::KeyType(KeyType::RSA));
+            t.extend(rsa_components(value)?);
         }
     }
     let made = session.create_object(&t);
     for a in &mut t {
-        if let Attribute::Value(v) = a {
-            zeroize::Zeroize::zeroize(v);
+        match a {
+            Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => zeroize::Zeroize::zeroize(v),
+            _ => {}
         }
     }
     let key = Temp {
@@ -443,4 +453,30 @@ pub(crate) fn import(
         handle: made.map_err(|e| hsm("C_CreateObject", e))?,
     };
     seal(session, kek_id, kek, aad, kind, key.handle)
+}
+
+/// The attributes of an RSA private key object from its PKCS#1 DER encoding.
+fn rsa_components(der: &[u8]) -> Result<Vec<Attribute>> {
+    use pkcs1::der::Decode;
+    let k = pkcs1::RsaPrivateKeyRef::from_der(der).map_err(|_| {
+        Error::Hsm(
+            "the record's RSA key is not a PKCS#1 RSAPrivateKey: it cannot be taken into the HSM"
+                .into(),
+        )
+    })?;
+    if k.other_prime_infos.is_some() {
+        return Err(Error::Hsm(
+            "a multi-prime RSA key cannot be taken into the HSM".into(),
+        ));
+    }
+    Ok(vec![
+        Attribute::Modulus(k.modulus.as_bytes().to_vec()),
+        Attribute::PublicExponent(k.public_exponent.as_bytes().to_vec()),
+        Attribute::PrivateExponent(k.private_exponent.as_bytes().to_vec()),
+        Attribute::Prime1(k.prime1.as_bytes().to_vec()),
+        Attribute::Prime2(k.prime2.as_bytes().to_vec()),
+        Attribute::Exponent1(k.exponent1.as_bytes().to_vec()),
+        Attribute::Exponent2(k.exponent2.as_bytes().to_vec()),
+        Attribute::Coefficient(k.coefficient.as_bytes().to_vec()),
+    ])
 }

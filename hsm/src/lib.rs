@@ -380,7 +380,8 @@ pub fn create_kek(config: &HsmConfig, pin: &str, id: &str) -> Result<()> {
 /// older KEK (encrypt/decrypt only), records keep the data-key form: the data key is
 /// unwrapped with `CKM_AES_GCM` (random 96-bit IV, the KEK id as additional data) and the
 /// credential opened in the broker's memory. Records of that form stay usable, and a KEK
-/// rotation to a wrapping KEK re-wraps their data keys (their form does not change).
+/// rotation to a wrapping KEK converts them to the in-HSM form (opened once more, taken
+/// into the token and wrapped there: `Envelope::convert_row`).
 pub struct HsmEnvelope {
     pool: SessionPool,
     keks: std::sync::RwLock<std::collections::BTreeMap<String, (ObjectHandle, bool)>>,
@@ -546,6 +547,34 @@ impl broker_protocol::envelope::Envelope for HsmEnvelope {
 
     fn holds_inside(&self, kek: &str) -> std::result::Result<bool, EnvelopeError> {
         self.kek_and_mode(kek).map(|(_, inside)| inside)
+    }
+
+    fn converts_to(&self, kek: &str) -> std::result::Result<bool, EnvelopeError> {
+        self.kek_and_mode(kek).map(|(_, inside)| inside)
+    }
+
+    fn convert_row(
+        &self,
+        aad: &[u8],
+        record: &broker_protocol::envelope::SealedRecord,
+        to: &str,
+        kind: broker_protocol::envelope::KeyKind,
+    ) -> std::result::Result<Option<broker_protocol::envelope::SealedRecord>, EnvelopeError> {
+        if record.in_store_kind().is_some() {
+            return Ok(None);
+        }
+        let (h, inside) = self.kek_and_mode(to)?;
+        if !inside {
+            return Ok(None);
+        }
+        // The data-key form can only be opened in memory (its data key is unwrapped with
+        // CKM_AES_GCM, which C_UnwrapKey does not take): opened once more here, taken into
+        // the token at once and zeroized; from then on the credential is used only inside.
+        let plain = self.open(aad, record)?;
+        self.pool
+            .with_session(|s| inside::import(s, to, h, aad, kind, &plain))
+            .map(Some)
+            .map_err(env_err)
     }
 
     fn shared_secret(

@@ -81,3 +81,35 @@ pub fn create_encrypt_only_kek(
         .map_err(|e| crate::Error::Hsm(format!("C_GenerateKey (AES-256): {e}")))?;
     Ok(())
 }
+
+/// Encrypts `data` with AES-GCM (96-bit `iv`, additional data `aad`, 128-bit tag) under the
+/// broker KEK `id` in the token: raw `C_Encrypt`, for tests that build stored records of
+/// a given form themselves (the data-key form's wrapped data key is `iv ‖ this`, with the
+/// KEK id as additional data).
+pub fn encrypt_under_kek(
+    config: &crate::HsmConfig,
+    pin: &str,
+    id: &str,
+    iv: [u8; 12],
+    aad: &[u8],
+    data: &[u8],
+) -> crate::Result<Vec<u8>> {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::mechanism::aead::GcmParams;
+    use cryptoki::object::Attribute;
+    let (_ctx, _slot, session) = crate::session(&config.module, &config.token, pin, false)?;
+    let label = format!("{}{id}", crate::KEK_PREFIX).into_bytes();
+    let found = session
+        .find_objects(&[Attribute::Label(label)])
+        .map_err(|e| crate::Error::Hsm(format!("C_FindObjects: {e}")))?;
+    let kek = found
+        .first()
+        .copied()
+        .ok_or_else(|| crate::Error::Hsm(format!("no KEK '{id}' in the token")))?;
+    let mut iv = iv;
+    let params = GcmParams::new(&mut iv, aad, 128.into())
+        .map_err(|e| crate::Error::Hsm(format!("GCM parameters: {e}")))?;
+    session
+        .encrypt(&Mechanism::AesGcm(params), kek, data)
+        .map_err(|e| crate::Error::Hsm(format!("C_Encrypt (AES-GCM): {e}")))
+}

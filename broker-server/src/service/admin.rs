@@ -250,11 +250,12 @@ impl Broker {
                 self.shards
                     .everywhere(vec![Shard::put_setting("current_kek", &to)])
                     .await?;
-                let (rewrapped, remaining) = self.rewrap_some(&to, 20_000).await?;
+                let r = self.rotate_some(&to, 20_000).await?;
                 Ok(AdminResponse::Rotation {
                     kek: to,
-                    rewrapped,
-                    remaining,
+                    rewrapped: r.rewrapped,
+                    converted: r.converted,
+                    remaining: r.remaining,
                 })
             }
             AdminRequest::RevokeCard { card } => {

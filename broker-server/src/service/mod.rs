@@ -21,6 +21,7 @@ pub mod push;
 mod records;
 mod trust;
 
+pub use records::Rotated;
 pub use trust::CardTrust;
 
 use crate::clock::{Clock, SystemClock};

@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 mod admin_idem;
 mod back_channel;
 mod hsm;
+mod hsm_migrate;
 mod http_backoff;
 mod keys;
 mod password_login;

@@ -273,13 +273,16 @@ pub(super) fn admin_cmd(
         AdminResponse::Rotation {
             kek,
             rewrapped,
+            converted,
             remaining,
         } => {
             if json_out {
-                print_json(json!({"kek": kek, "rewrapped": rewrapped, "remaining": remaining}));
+                print_json(
+                    json!({"kek": kek, "rewrapped": rewrapped, "converted": converted, "remaining": remaining}),
+                );
             } else {
                 println!(
-                    "new records under {kek}; {rewrapped} re-wrapped now, {remaining} left (the broker continues in the background)"
+                    "new records under {kek}; {rewrapped} re-wrapped now, {converted} converted to the in-HSM form, {remaining} left (the broker continues in the background)"
                 );
             }
             Ok(())

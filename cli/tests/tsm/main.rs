@@ -6,12 +6,14 @@
 //! next reachable; the TSM killed mid-download and restarted without losing the operation;
 //! credentials sealed to the SIM's own key (its certificate checked against the manufacturer
 //! CA, a substituted one refused); and no key, PIN or content key in the relay's traffic, the
-//! TSM's database or its log.
+//! TSM's database or its log; and issues and downloads through a killed PostgreSQL primary
+//! (a pg_auto_failover formation).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod domains;
+mod failover;
 mod flow;
 mod lifecycle;
 mod pg_processes;

@@ -85,12 +85,29 @@ fn push_files(args: &Args) -> Result<Option<PushFiles>, Box<dyn std::error::Erro
     }
 }
 
+/// Runs the service; a failure is printed as one line and exits 1 (a usage error, from
+/// clap, exits 2).
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kagi-example-service: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let min = Assurance::parse(&args.min_assurance)
         .ok_or_else(|| format!("--min-assurance {}: card or password", args.min_assurance))?;
+    // The flags are checked before the broker is asked for anything: a bad one ends the
+    // service at once, not after waiting for the broker.
+    let push = push_files(&args)?;
+    if args.service_key.is_some() && push.is_some() {
+        return Err("--service-key (code mode) and push mode exclude each other".into());
+    }
     let http = reqwest::Client::new();
     let broker = args.broker.trim_end_matches('/').to_string();
     let mut waited = Duration::ZERO;
@@ -105,7 +122,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => return Err(e.into()),
         }
     };
-    let push = push_files(&args)?;
     let app = match (&args.service_key, &push) {
         (Some(_), Some(_)) => {
             return Err("--service-key (code mode) and push mode exclude each other".into());

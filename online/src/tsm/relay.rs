@@ -27,6 +27,9 @@ pub struct Outcome {
     pub tsm_time: Duration,
     /// The session.
     pub session: Option<SessionId>,
+    /// HTTP attempts that failed and were retried (a TSM restarting, or its database failing
+    /// over), over all the round trips.
+    pub retries: u32,
 }
 
 /// What the relay needs.
@@ -74,6 +77,7 @@ pub async fn run(
         elapsed: Duration::ZERO,
         tsm_time: Duration::ZERO,
         session: None,
+        retries: 0,
     };
     let mut msg = AgentMsg::Hello {
         ticket: opts.ticket.clone(),
@@ -90,6 +94,7 @@ pub async fn run(
         let at = detour.as_ref().map(|(c, _)| c).unwrap_or(client);
         let (answer, ex) = at.post("/v1/relay", &body).await?;
         out.round_trips += 1;
+        out.retries += ex.attempts.saturating_sub(1);
         out.tsm_time += Duration::from_micros(ex.tsm_micros);
         if let Some(c) = opts.capture.as_deref_mut() {
             c.extend_from_slice(&body);
