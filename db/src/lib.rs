@@ -346,6 +346,18 @@ impl Db {
         self.commit_counted(batch).await.map(drop)
     }
 
+    /// Waits until what this server has committed is where a commit would be (PostgreSQL:
+    /// on the synchronous standby — an empty transaction that writes to the WAL; SQLite: at
+    /// once). Call it before answering from a row read without a commit (an idempotent
+    /// replay's stored answer): the row may be one a crashed primary committed and its
+    /// standby never received, which the failover would drop.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(p) => p.commit(Vec::new()).await.map(drop),
+        }
+    }
+
     /// As [`Db::commit`], and says how many rows each statement changed (a conditional
     /// update that found its row already changed by someone else counts 0).
     pub async fn commit_counted(&self, batch: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {

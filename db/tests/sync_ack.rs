@@ -8,7 +8,8 @@
 //!
 //! Here a private PostgreSQL names a synchronous standby that never connects: a commit that
 //! waits for the standby does not complete until the setting is taken back. kagi's commit of
-//! an `INSERT … ON CONFLICT DO NOTHING` of a row already there must wait like any write.
+//! an `INSERT … ON CONFLICT DO NOTHING` of a row already there must wait like any write, and
+//! so must `Db::settle` (called before an idempotent replay repeats a stored answer).
 
 use kagi_db::testing::PrivatePostgres;
 use kagi_db::{Backend, Db, Schema, Stmt};
@@ -61,18 +62,29 @@ async fn a_commit_that_changes_nothing_still_waits_for_the_synchronous_standby()
         let db = db.clone();
         async move { db.commit(insert()).await }
     });
+    // So does a settle before answering from a row read without a commit.
+    let settle = tokio::spawn({
+        let db = db.clone();
+        async move { db.settle().await }
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !retry.is_finished(),
         "a commit that changed nothing was acknowledged without the synchronous standby"
     );
-    // Without a standby to wait for, it completes, and the row is there once.
+    assert!(
+        !settle.is_finished(),
+        "settle returned without the synchronous standby"
+    );
+    // Without a standby to wait for, both complete, and the row is there once.
     set_standby(&pg.url, "").await;
-    tokio::time::timeout(Duration::from_secs(60), retry)
-        .await
-        .expect("the commit completes once no standby is named")
-        .unwrap()
-        .unwrap();
+    for t in [retry, settle] {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("completes once no standby is named")
+            .unwrap()
+            .unwrap();
+    }
     let rows = db.query("SELECT count(*) FROM ops", vec![]).await.unwrap();
     assert_eq!(rows[0][0].int(), 1);
 }

@@ -605,6 +605,8 @@ impl Broker {
         if row.request_hash != i.request_hash {
             return Ok(Some(conflict()));
         }
+        // The first answer is repeated only once it is sure to survive a failover.
+        i.shard.settle().await?;
         let plain = self
             .config
             .envelope
