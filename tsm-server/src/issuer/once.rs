@@ -82,18 +82,18 @@ impl Issuer {
                     tracing::info!(sender = %sender, request_id = %key, "issue request answered again (same idempotency key)");
                     return Ok(answer);
                 }
-                Some(_) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Ok(IssuerResponse::Rejected(ErrorReport::new(
-                            Layer::Tsm,
-                            "issuer.in-progress",
-                            true,
-                            format!(
-                                "another request with the idempotency key {key} is still being issued: send it again later"
-                            ),
-                        )));
-                    }
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(IssuerResponse::Rejected(ErrorReport::new(
+                        Layer::Tsm,
+                        "issuer.in-progress",
+                        true,
+                        format!(
+                            "another request with the idempotency key {key} is still being issued: send it again later"
+                        ),
+                    )));
                 }
+                // Another request is issuing it: wait for its answer.
+                Some(_) => {}
             }
             tokio::time::sleep(POLL).await;
         }
