@@ -351,6 +351,11 @@ impl Tsm {
             .into_iter()
             .find(|o| o.party == party.0)
         {
+            // It may be this request's own, made meanwhile by a request racing with the same
+            // idempotency key: answer as it.
+            if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
+                return self.again_mailed(existing, &request_hash).await;
+            }
             return reject(
                 "business.in-progress",
                 format!(
