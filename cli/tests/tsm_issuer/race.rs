@@ -89,5 +89,32 @@ fn racing_applys_with_one_key_issue_once() {
         1,
         "one mail"
     );
+    // An application whose access grant the SP-TSM refuses is refused before the issuer
+    // makes anything (no certificate to withdraw).
+    let fresh = std::fs::read(s.apply(&iccid)).unwrap();
+    let weak = ControlRequest::Apply {
+        subscriber_ref: iccid.clone(),
+        card: CardTarget {
+            iccid: iccid.clone(),
+        },
+        applet: AppletRef::jpki(),
+        application: fresh,
+        access: provider::access_grant("a password", 0, 30 * 60_000).unwrap(),
+    };
+    let refused = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sp.send(&weak, None))
+        .unwrap()
+        .response;
+    match refused {
+        tsm_protocol::control::ControlResponse::Rejected(e) => {
+            assert_eq!(e.code, "business.weak-access")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        count("issuer/jpki-issuer.db", "SELECT count(*) FROM links"),
+        "1"
+    );
     drop(services);
 }

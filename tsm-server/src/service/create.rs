@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tsm_protocol::access;
 use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
 use tsm_protocol::signing::{self};
-use tsm_protocol::{Layer, OpId};
+use tsm_protocol::{ErrorReport, Layer, OpId};
 
 use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
 
@@ -28,6 +28,29 @@ fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
 }
 
 impl Tsm {
+    /// Why the user's access grant is refused (attempts outside 1–10, a password verifier
+    /// weaker than the policy), if it is.
+    fn access_refusal(&self, access: &tsm_protocol::control::AccessGrant) -> Option<ErrorReport> {
+        if access.max_attempts == 0 || access.max_attempts > 10 {
+            return Some(err(
+                Layer::Business,
+                "business.weak-access",
+                "the access grant needs 1 to 10 attempts",
+            ));
+        }
+        access
+            .password
+            .accept(&self.password_policy)
+            .err()
+            .map(|e| {
+                err(
+                    Layer::Business,
+                    "business.weak-verifier",
+                    format!("the access grant's password verifier is refused: {e}"),
+                )
+            })
+    }
+
     /// Creates an operation that needs the card (issue, transfer, PIN reset, wallet update).
     /// An application the JPKI issuer issued a certificate for but that ends refused here
     /// has that certificate withdrawn (`withdraw`).
@@ -108,6 +131,12 @@ impl Tsm {
         // a conflict.
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
             return self.again_mailed(existing, &request_hash).await;
+        }
+        // An application's access grant is checked before the issuer makes anything.
+        if let ControlRequest::Apply { access, .. } = &req
+            && let Some(e) = self.access_refusal(access)
+        {
+            return Ok(ControlResponse::Rejected(e));
         }
         // An application names the user's mail address: the access code goes there (⑪),
         // never into the answer.
@@ -270,19 +299,8 @@ impl Tsm {
             }
             _ => return reject("protocol.unsupported", "not an operation".into()),
         };
-        if let Some(access) = &access {
-            if access.max_attempts == 0 || access.max_attempts > 10 {
-                return reject(
-                    "business.weak-access",
-                    "the access grant needs 1 to 10 attempts".into(),
-                );
-            }
-            if let Err(e) = access.password.accept(&self.password_policy) {
-                return reject(
-                    "business.weak-verifier",
-                    format!("the access grant's password verifier is refused: {e}"),
-                );
-            }
+        if let Some(e) = access.as_ref().and_then(|a| self.access_refusal(a)) {
+            return Ok(ControlResponse::Rejected(e));
         }
         // A SIM preparation runs within the SP-TSM's download: half an hour.
         let valid_for = access
