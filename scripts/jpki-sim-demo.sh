@@ -9,7 +9,9 @@
 # Number card (②); the provider hands it to the SP-TSM, which asks the issuer (⑯): the issuer
 # checks it against the signature CA and its CRL (③), makes the key and certificate (⑦),
 # links them to the card's signature serial (⑧), sends the PIN to its PIN mailer and answers
-# key and PIN sealed to the SIM (⑰); the relay runs the download over an LTE-like link through
+# key and PIN sealed to the SIM (⑰); the SP-TSM mails the access code to the address the user
+# signed into the application (⑪: its maildir outbox here, read back as the user would); the
+# relay runs the download over an LTE-like link through
 # the SP-TSM and the MNO-TSM (⑬⑭⑮⑱); the holder signs with the credential; then the card's
 # signature certificate is revoked at the CA, the issuer revokes the linked phone certificate
 # and the SP-TSM's next status query marks it revoked: the eligibility read says revoked.
@@ -63,8 +65,8 @@ done
 echo "== ② the user applies, signed with the My Number card's signature key"
 echo ABC123 >"$work/sign-password.txt"
 "$K" jpki apply --sim --sim-preset jpki-demo --sim-image "$work/mynumber.img" --sim-pki-dir "$work/pki" \
-    --iccid "$iccid" --provider sp:kagi-bank --pin-file "$work/sign-password.txt" \
-    --out "$work/application.bin" 2>/dev/null
+    --iccid "$iccid" --provider sp:kagi-bank --contact holder@example.jp \
+    --pin-file "$work/sign-password.txt" --out "$work/application.bin" 2>/dev/null
 
 echo "== ⑤⑯⑰ the provider passes it to the SP-TSM, which gets the credential from the issuer"
 echo "demo password" >"$work/password.txt"
@@ -72,7 +74,12 @@ echo "demo password" >"$work/password.txt"
     --application "$work/application.bin" --password-file "$work/password.txt" --out "$work/issue.json"
 op=$(json_field "$work/issue.json" op)
 json_field "$work/issue.json" ticket >"$work/ticket.txt"
-json_field "$work/issue.json" access_code >"$work/code.txt"
+
+echo "== ⑪ the SP-TSM mailed the access code to the user (its maildir outbox; the provider never saw it)"
+mail=$(ls "$work"/sp-tsm/outbox/new/*)
+sed -n 's/^To: //p' "$mail" | tr -d '\r'
+sed -n 's/^Access code: \([0-9-]*\).*/\1/p' "$mail" | tr -d '\r' >"$work/code.txt"
+[ -s "$work/code.txt" ] || { echo "no access code in $mail" >&2; exit 1; }
 
 echo "== ⑬⑭⑮⑱ the relay over an LTE-like link: SP-TSM, MNO-TSM, SP-TSM"
 "$K" relay --tsm "http://127.0.0.1:$sp_port" --ticket-file "$work/ticket.txt" \

@@ -67,7 +67,7 @@ echo "== user: apply, signed with the My Number card's signature key (a simulate
 echo ABC123 >"$work/sign-password.txt"
 sp_party=$(sed -n 's/^party = "\(.*\)"/\1/p' "$work/tsm/sp.toml")
 "$K" jpki apply --sim --sim-preset jpki-demo --sim-image "$work/mynumber.img" --sim-pki-dir "$work/pki" \
-    --iccid "$iccid" --provider "$sp_party" --subscriber-ref demo-user \
+    --iccid "$iccid" --provider "$sp_party" --subscriber-ref demo-user --contact holder@example.jp \
     --pin-file "$work/sign-password.txt" --out "$work/application.bin" 2>/dev/null
 
 echo "== provider: check the application, issue a JPKI user-authentication credential, sealed to the SIM's own key"

@@ -1,6 +1,7 @@
 //! The application for a phone credential, signed with the My Number card (seed 004, 別紙1
 //! steps ②③⑧): what is applied for — the SIM's ICCID, the provider, the subscriber
-//! reference, a fresh nonce and the time — signed with the card's **signature key** and
+//! reference, the user's mail address (where the SP-TSM sends the access code, ⑪: signed by
+//! the user, so no intermediary can redirect it), a fresh nonce and the time — signed with the card's **signature key** and
 //! carrying the signature certificate.
 //!
 //! The document is versioned and canonically encoded (`kagi_signed::codec`); the card signs
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The version this code writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// What the card signs before the body's encoding (domain separation: these bytes are never
 /// a valid other kagi message).
@@ -43,6 +44,9 @@ pub struct Body {
     pub provider: String,
     /// The user's reference at the provider.
     pub subscriber_ref: String,
+    /// The user's mail address (a bare `name@domain`, see [`check_contact`]): the SP-TSM
+    /// sends the download's access code there (⑪).
+    pub contact: String,
     /// A fresh random nonce (a replay is refused).
     pub nonce: [u8; 16],
     /// When it was made (seconds since the Unix epoch).
@@ -50,13 +54,16 @@ pub struct Body {
 }
 
 impl Body {
-    /// A new application body made at `now` with a fresh nonce.
+    /// A new application body made at `now` with a fresh nonce; refused when `contact` is not
+    /// a mail address ([`check_contact`]).
     pub fn new(
         iccid: &str,
         provider: &str,
         subscriber_ref: &str,
+        contact: &str,
         now: SystemTime,
     ) -> Result<Body, ApplicationError> {
+        check_contact(contact)?;
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|e| ApplicationError::Local(e.to_string()))?;
         Ok(Body {
@@ -64,6 +71,7 @@ impl Body {
             iccid: iccid.into(),
             provider: provider.into(),
             subscriber_ref: subscriber_ref.into(),
+            contact: contact.into(),
             nonce,
             created_at: secs(now),
         })
@@ -168,6 +176,11 @@ pub enum ApplicationError {
         /// What was expected.
         want: String,
     },
+    /// The contact is not a mail address.
+    #[error(
+        "the application's contact `{0}` is not a mail address: give the user's own as name@domain (--contact)"
+    )]
+    Contact(String),
     /// Its nonce was seen before.
     #[error("the application was already used (replay): make a fresh one")]
     Replayed,
@@ -190,6 +203,7 @@ impl ApplicationError {
             ApplicationError::Stale { .. } => "stale",
             ApplicationError::WrongSim { .. } => "wrong-sim",
             ApplicationError::WrongProvider { .. } => "wrong-provider",
+            ApplicationError::Contact(_) => "contact",
             ApplicationError::Replayed => "replayed",
             ApplicationError::Local(_) => "local",
         }
@@ -221,6 +235,28 @@ pub struct Verified {
     pub not_after: u64,
 }
 
+/// The longest mail address accepted (RFC 5321's path limit less the angle brackets).
+pub const MAX_CONTACT: usize = 254;
+
+/// Checks that `contact` is one bare mail address (`name@domain.tld`: no display name, no
+/// comment, no line break, at most [`MAX_CONTACT`] bytes), as the `email_address` crate
+/// parses RFC 5322 addr-specs.
+pub fn check_contact(contact: &str) -> Result<(), ApplicationError> {
+    use email_address::{EmailAddress, Options};
+    let shown = || ApplicationError::Contact(contact.chars().take(80).collect());
+    if contact.len() > MAX_CONTACT || contact.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(shown());
+    }
+    let options = Options::default()
+        .without_display_text()
+        .without_domain_literal()
+        .with_required_tld();
+    match EmailAddress::parse_with_options(contact, options) {
+        Ok(a) if a.as_str() == contact => Ok(()),
+        _ => Err(shown()),
+    }
+}
+
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -232,6 +268,7 @@ fn secs(t: SystemTime) -> u64 {
 /// ([`NonceLog::claim`]) once this passes.
 pub fn check(bytes: &[u8], trust: &Trust, expect: &Expect) -> Result<Verified, ApplicationError> {
     let app = Application::decode(bytes)?;
+    check_contact(&app.body.contact)?;
     let key = CertKey::from_certificate(&app.certificate)
         .map_err(|e| ApplicationError::Certificate(e.to_string()))?;
     let CertKey::Rsa(_) = key else {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use test_pki::{BasicFacts, TestCa};
 
 const ICCID: &str = "8981100000000000017";
+const CONTACT: &str = "holder@example.jp";
 const SP: &str = "demo-sp";
 
 struct World {
@@ -72,7 +73,7 @@ fn body_bytes(b: &Body) -> Vec<u8> {
         }
     }
     let mut out = vec![b.version];
-    for s in [&b.iccid, &b.provider, &b.subscriber_ref] {
+    for s in [&b.iccid, &b.provider, &b.subscriber_ref, &b.contact] {
         varint(s.len() as u64, &mut out);
         out.extend(s.as_bytes());
     }
@@ -101,7 +102,7 @@ fn application(body: Body, certificate: Vec<u8>) -> Vec<u8> {
 }
 
 fn body_at(t: SystemTime) -> Body {
-    Body::new(ICCID, SP, "user-42", t).unwrap()
+    Body::new(ICCID, SP, "user-42", CONTACT, t).unwrap()
 }
 
 fn trust() -> Trust {
@@ -255,12 +256,12 @@ fn stale_future_and_replayed_applications_are_refused() {
 fn another_sim_or_provider_is_refused() {
     let now = SystemTime::now();
     let other_sim = application(
-        Body::new("8981100000000000099", SP, "u", now).unwrap(),
+        Body::new("8981100000000000099", SP, "u", CONTACT, now).unwrap(),
         valid_cert(4),
     );
     assert_eq!(refused(&other_sim, &trust(), &expect()), "wrong-sim");
     let other_sp = application(
-        Body::new(ICCID, "other-sp", "u", now).unwrap(),
+        Body::new(ICCID, "other-sp", "u", CONTACT, now).unwrap(),
         valid_cert(4),
     );
     assert_eq!(refused(&other_sp, &trust(), &expect()), "wrong-provider");
@@ -269,9 +270,42 @@ fn another_sim_or_provider_is_refused() {
 #[test]
 fn an_unknown_version_is_refused() {
     let mut body = body_at(SystemTime::now());
-    body.version = 2;
+    body.version = 1;
     let bytes = application(body, valid_cert(4));
     assert_eq!(refused(&bytes, &trust(), &expect()), "version");
+}
+
+/// The contact the access code goes to: one bare address with a domain that has a dot, as
+/// RFC 5322's addr-spec writes it; a display name, a line break (a header injection), two
+/// addresses, no domain or an over-long one are refused — when the body is made and, for an
+/// application made otherwise, by the checker.
+#[test]
+fn the_contact_must_be_one_bare_mail_address() {
+    let now = SystemTime::now();
+    for good in ["holder@example.jp", "a.b+tag@mail.example.co.jp"] {
+        assert!(Body::new(ICCID, SP, "u", good, now).is_ok(), "{good}");
+    }
+    let long = format!("{}@example.jp", "a".repeat(250));
+    for bad in [
+        "",
+        "holder",
+        "holder@",
+        "@example.jp",
+        "holder@localhost",
+        "Holder <holder@example.jp>",
+        "holder@example.jp\r\nBcc: x@evil.example",
+        "holder@example.jp, other@example.jp",
+        " holder@example.jp",
+        long.as_str(),
+    ] {
+        let e = Body::new(ICCID, SP, "u", bad, now).unwrap_err();
+        assert_eq!(e.code(), "contact", "{bad:?}");
+    }
+    // Made without the constructor's check: the checker refuses it before anything else.
+    let mut body = body_at(now);
+    body.contact = "not an address".into();
+    let bytes = application(body, valid_cert(4));
+    assert_eq!(refused(&bytes, &trust(), &expect()), "contact");
 }
 
 proptest! {

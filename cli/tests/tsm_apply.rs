@@ -52,11 +52,12 @@ fn varint(b: &[u8], i: &mut usize) -> u64 {
 }
 
 /// The application file taken apart by its documented layout (postcard: version byte,
-/// three length-prefixed strings, 16-byte nonce, varint time; then the certificate and the
+/// four length-prefixed strings — ICCID, provider, subscriber reference, contact —, 16-byte
+/// nonce, varint time; then the certificate and the
 /// signature, length-prefixed): the signed bytes (domain + body), certificate, signature.
 fn parts(b: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let mut i = 1;
-    for _ in 0..3 {
+    for _ in 0..4 {
         let n = varint(b, &mut i) as usize;
         i += n;
     }

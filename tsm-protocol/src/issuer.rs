@@ -43,6 +43,17 @@ pub enum IssuerRequest {
         /// Phone certificate serials (upper-case hex).
         serials: Vec<String>,
     },
+    /// Revoke a phone certificate this SP-TSM got but could not deliver (the operation
+    /// failed, expired or was cancelled, or the SP-TSM refused the application after the
+    /// issuer had issued): the compensation that keeps no undelivered certificate valid.
+    /// Answered with [`IssuerResponse::Status`] listing it revoked (also when it already
+    /// was); refused (`issuer.unknown-certificate`) for a serial this SP-TSM was not issued.
+    Withdraw {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// Why (log-safe words: `not-delivered`, `refused: business.in-progress`, …).
+        reason: String,
+    },
 }
 
 impl IssuerRequest {
@@ -51,6 +62,7 @@ impl IssuerRequest {
         match self {
             IssuerRequest::Issue { .. } => "issue",
             IssuerRequest::Status { .. } => "status",
+            IssuerRequest::Withdraw { .. } => "withdraw",
         }
     }
 }
@@ -62,7 +74,8 @@ pub struct RevokedPhone {
     pub serial: String,
     /// The linked signature certificate's serial (upper-case hex).
     pub sign_serial: String,
-    /// Why: `sign-revoked` (the card's signature certificate was revoked).
+    /// Why: `sign-revoked` (the card's signature certificate was revoked) or `withdrawn`
+    /// (the SP-TSM could not deliver it).
     pub reason: String,
     /// When (Unix milliseconds).
     pub revoked_at: u64,

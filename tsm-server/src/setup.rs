@@ -106,6 +106,14 @@ struct TsmFile {
     mno_tsm: Option<MnoTsmEntry>,
     #[serde(default)]
     jpki_issuer: Option<IssuerEntry>,
+    /// The sender address of the access-code mails (⑪); [`DEFAULT_NOTIFY_FROM`] when absent.
+    #[serde(default)]
+    notify_from: Option<String>,
+    /// Where the access-code mails go (`kagi_notify::OutboxConfig`: `kind = "maildir"` or
+    /// `"smtp"`; relative paths are relative to this file). With a `[jpki_issuer]` and no
+    /// `[notify]`: the maildir `outbox` beside this file.
+    #[serde(default)]
+    notify: Option<kagi_notify::OutboxConfig>,
     /// Timeouts, connection cap, rate limit (see the README's security section).
     #[serde(default)]
     limits: Option<kagi_serve::LimitsFile>,
@@ -164,6 +172,9 @@ struct IssuerEntry {
     party: String,
     url: String,
     public_key: String,
+    /// Its HTTPS certificate (or CA), PEM; default: the system's roots.
+    #[serde(default)]
+    tls_ca: Option<String>,
 }
 
 /// What the command line may change over the file.
@@ -284,23 +295,7 @@ pub fn load(
         Some(m) => {
             let party = PartyId::new(&m.party)?;
             trust.add_pem(party.clone(), &files::read_text(&rel(path, &m.public_key))?)?;
-            kagi_serve::tls_provider();
-            let http = match &m.tls_ca {
-                None => reqwest::Client::new(),
-                Some(ca) => {
-                    let pem = files::read_text(&rel(path, ca))?;
-                    let bad = |e: reqwest::Error| SetupError::Config {
-                        config: path.to_path_buf(),
-                        message: format!("[mno_tsm] tls_ca: {e}"),
-                    };
-                    let certs =
-                        reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(bad)?;
-                    reqwest::Client::builder()
-                        .tls_certs_only(certs)
-                        .build()
-                        .map_err(bad)?
-                }
-            };
+            let http = https_client(path, "mno_tsm", m.tls_ca.as_deref())?;
             let url = m.url.trim_end_matches('/').to_string();
             Some(crate::service::MnoLink {
                 party,
@@ -319,9 +314,14 @@ pub fn load(
         Some(i) => {
             let party = PartyId::new(&i.party)?;
             trust.add_pem(party.clone(), &files::read_text(&rel(path, &i.public_key))?)?;
-            Some(crate::service::IssuerLink::new(party, &i.url))
+            Some(crate::service::IssuerLink {
+                party,
+                url: i.url.trim_end_matches('/').to_string(),
+                http: https_client(path, "jpki_issuer", i.tls_ca.as_deref())?,
+            })
         }
     };
+    let outbox = open_outbox(path, &f)?;
     let database = database_location(path, &f.database, overrides);
     Ok(Loaded {
         config: Config {
@@ -335,12 +335,83 @@ pub fn load(
             issuer,
             state_key: aes_key_file(&rel(path, &f.state_key))?,
             revocation_list: f.revocation_list.as_ref().map(|r| rel(path, r)),
+            outbox,
         },
         database,
         listen: overrides.listen.clone().unwrap_or(f.listen),
         tls: files::tls_files(path, &f.tls_cert, &f.tls_key)?,
         limits: f.limits,
     })
+}
+
+/// The client for another service of a `[section]` of `tsm.toml`: trusting only the PEM
+/// certificates in `tls_ca` (relative to the file) when given, else the system's roots.
+fn https_client(
+    path: &Path,
+    section: &str,
+    tls_ca: Option<&str>,
+) -> Result<reqwest::Client, SetupError> {
+    kagi_serve::tls_provider();
+    let Some(ca) = tls_ca else {
+        return Ok(reqwest::Client::new());
+    };
+    let pem = files::read_text(&rel(path, ca))?;
+    let bad = |e: reqwest::Error| SetupError::Config {
+        config: path.to_path_buf(),
+        message: format!("[{section}] tls_ca: {e}"),
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(bad)?;
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .map_err(bad)
+}
+
+/// The sender of access-code mails when `notify_from` is not set.
+pub const DEFAULT_NOTIFY_FROM: &str = "kagi-sp-tsm@localhost.localdomain";
+
+/// The SP-TSM's outbox (⑪): the `[notify]` section with its paths made relative to the
+/// configuration file, or the maildir `outbox` beside it for an SP-TSM with a JPKI issuer;
+/// none for a TSM that takes no applications.
+fn open_outbox(path: &Path, f: &TsmFile) -> Result<Option<Arc<kagi_notify::Outbox>>, SetupError> {
+    use kagi_notify::OutboxConfig;
+    let config = match &f.notify {
+        None if f.jpki_issuer.is_none() => return Ok(None),
+        None => OutboxConfig::Maildir {
+            path: rel(path, "outbox"),
+        },
+        Some(OutboxConfig::Maildir { path: p }) => OutboxConfig::Maildir {
+            path: rel(path, &p.display().to_string()),
+        },
+        Some(OutboxConfig::Smtp {
+            host,
+            port,
+            tls,
+            ca_file,
+            user,
+            password_file,
+            timeout_secs,
+        }) => OutboxConfig::Smtp {
+            host: host.clone(),
+            port: *port,
+            tls: *tls,
+            ca_file: ca_file
+                .as_ref()
+                .map(|c| rel(path, &c.display().to_string())),
+            user: user.clone(),
+            password_file: password_file
+                .as_ref()
+                .map(|p| rel(path, &p.display().to_string())),
+            timeout_secs: *timeout_secs,
+        },
+    };
+    let from = f.notify_from.as_deref().unwrap_or(DEFAULT_NOTIFY_FROM);
+    kagi_notify::Outbox::open(&config, from)
+        .map(|o| Some(Arc::new(o)))
+        .map_err(|e| SetupError::Config {
+            config: path.to_path_buf(),
+            message: format!("[notify]: {e}"),
+        })
 }
 
 /// Opens the database and serves the TSM until `shutdown` resolves, within `limits`.

@@ -83,7 +83,7 @@ fn sign_cert(ca: &TestCa, serial: u32, from: SystemTime, until: SystemTime) -> V
 /// An application for the SIM, signed with the card's key (RSA PKCS#1 v1.5, SHA-256).
 fn application(cert: Vec<u8>) -> Vec<u8> {
     use rsa::signature::{SignatureEncoding, Signer as _};
-    let body = Body::new(ICCID, SP, "user-1", SystemTime::now()).unwrap();
+    let body = Body::new(ICCID, SP, "user-1", "holder@example.jp", SystemTime::now()).unwrap();
     let key = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(cas().card_key.clone());
     let signature = key.sign(&body.signed_bytes().unwrap()).to_vec();
     Application {
@@ -184,14 +184,24 @@ async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
 }
 
 impl World {
+    /// An issue request under a fresh idempotency key.
     fn issue_request(&self, application: Vec<u8>, provider: &str) -> IssuerRequest {
+        self.issue_request_keyed(application, provider, IdempotencyKey::random().unwrap())
+    }
+
+    fn issue_request_keyed(
+        &self,
+        application: Vec<u8>,
+        provider: &str,
+        request_id: IdempotencyKey,
+    ) -> IssuerRequest {
         IssuerRequest::Issue {
             application,
             provider: PartyId::new(provider).unwrap(),
             iccid: ICCID.into(),
             card_certificate: self.sim_cert.clone(),
             instance: card_wire::jpki::JPKI_AID.to_vec(),
-            request_id: IdempotencyKey([9; 16]),
+            request_id,
         }
     }
 
@@ -244,7 +254,9 @@ async fn a_valid_application_gets_a_credential_only_the_sim_opens() {
         credential,
         serial,
         not_after: na,
-    } = w.send(&w.issue_request(app, SP)).await
+    } = w
+        .send(&w.issue_request_keyed(app, SP, IdempotencyKey([9; 16])))
+        .await
     else {
         panic!("not issued");
     };
@@ -375,7 +387,8 @@ async fn each_refusal_has_its_own_code() {
     )
     .unwrap();
     assert_eq!(w.code(valid_application(604)).await, "application.revoked");
-    // The same application twice: the second is a replay.
+    // The same application twice (two requests, two idempotency keys): the second is a
+    // replay.
     let app = valid_application(605);
     assert!(matches!(
         w.send(&w.issue_request(app.clone(), SP)).await,
@@ -468,6 +481,7 @@ async fn the_race_on_postgres_too() {
     let w = Arc::new(world_on("race-pg", kagi_db::Backend::Postgres(pg.url.clone())).await);
     assert_eq!(w.issuer.db().describe(), "postgresql");
     race(w.clone()).await;
+    one_key_race(&w, 951, "03B7").await;
     // And a whole issuance with its link on PostgreSQL.
     let IssuerResponse::Issued { serial, .. } =
         w.send(&w.issue_request(valid_application(900), SP)).await
@@ -536,4 +550,68 @@ async fn race(w: Arc<World>) {
         "an active phone certificate is linked to the revoked card: {links:?}"
     );
     assert_eq!(issued + refused, 12);
+}
+
+/// Sixteen racing issue requests with one idempotency key (an SP-TSM sending the same `Apply`
+/// sixteen times at once; each its own signed message): one certificate, one link, one PIN
+/// letter, and the same answer for all; then the key with another application is a conflict,
+/// and the application under a fresh key a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_issue_requests_with_one_key_issue_once() {
+    let w = Arc::new(world("one-key").await);
+    // 950 = 0x03B6, as kagi prints serials.
+    one_key_race(&w, 950, "03B6").await;
+}
+
+async fn one_key_race(w: &Arc<World>, sign_serial: u32, sign_hex: &str) {
+    let app = valid_application(sign_serial);
+    let key = IdempotencyKey::random().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (w, app) = (w.clone(), app.clone());
+        tasks.push(tokio::spawn(async move {
+            w.send(&w.issue_request_keyed(app, SP, key)).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let IssuerResponse::Issued { serial, .. } = &answers[0] else {
+        panic!("not issued: {:?}", answers[0]);
+    };
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "the answers differ: {answers:?}"
+    );
+    let links = tsm_server::issuer::store::links_of(w.issuer.db(), sign_hex)
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 1, "one certificate: {links:?}");
+    assert_eq!(&links[0].serial, serial);
+    let letters = std::fs::read_dir(w.dir.join("pin-mailer"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() == format!("{serial}.pin"))
+        .count();
+    assert_eq!(letters, 1, "its PIN letter");
+    let issued = tsm_server::issuer::store::audit_trail(w.issuer.db())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, _, event, detail)| {
+            event == "issued" && detail.contains(&format!("sign {sign_hex} "))
+        })
+        .count();
+    assert_eq!(issued, 1, "one issuance in the audit trail");
+    // The key again with another application: refused, nothing issued.
+    match w
+        .send(&w.issue_request_keyed(valid_application(sign_serial), SP, key))
+        .await
+    {
+        IssuerResponse::Rejected(e) => assert_eq!(e.code, "protocol.idempotency-conflict"),
+        other => panic!("{other:?}"),
+    }
+    // The application under a fresh key: a replay.
+    assert_eq!(w.code(app).await, "application.replayed");
 }

@@ -26,6 +26,10 @@ pub struct ApplyArgs {
     /// The user's reference at the provider.
     #[arg(long, default_value = "")]
     subscriber_ref: String,
+    /// The user's own mail address (name@domain): signed into the application, it is where
+    /// the SP-TSM sends the download's access code (the provider never sees the code).
+    #[arg(long)]
+    contact: String,
     /// Where to write the signed application (binary, canonical encoding).
     #[arg(long, short = 'o')]
     out: PathBuf,
@@ -45,6 +49,7 @@ pub fn run(a: &ApplyArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
         &a.iccid,
         &a.provider,
         &a.subscriber_ref,
+        &a.contact,
         match a.at_unix {
             Some(t) => std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
             None => std::time::SystemTime::now(),
@@ -75,6 +80,7 @@ pub fn run(a: &ApplyArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
             "file": a.out.display().to_string(),
             "iccid": a.iccid,
             "provider": a.provider,
+            "contact": a.contact,
             "sign_serial": serial,
             "created_at": app.body.created_at,
             "nonce": hex::encode(app.body.nonce),

@@ -26,6 +26,10 @@ pub enum JpkiIssuerCmd {
         /// The issuer's address in the configuration files.
         #[arg(long, default_value = "127.0.0.1:8770")]
         listen: String,
+        /// Serve HTTPS with a self-signed development certificate (tls.crt.pem; the SP-TSM's
+        /// link trusts it as its tls_ca).
+        #[arg(long)]
+        tls: bool,
         /// The SP-TSM's public key (tsm.pub.pem from `kagi tsm init`).
         #[arg(long)]
         sp_tsm_key: PathBuf,
@@ -41,6 +45,23 @@ pub enum JpkiIssuerCmd {
     },
     /// Run the JPKI issuer until SIGINT or SIGTERM.
     Serve(Box<IssuerServeArgs>),
+    /// Read the issuer's audit trail (issued, sign-revoked, withdrawn), oldest first,
+    /// optionally only the entries about one signature certificate or from a time on.
+    Audit {
+        /// The issuer's configuration (its database is read; no key is opened).
+        #[arg(long, required_unless_present = "database")]
+        config: Option<PathBuf>,
+        /// The database instead: a SQLite file or postgres://user@host/db.
+        #[arg(long)]
+        database: Option<String>,
+        /// Only entries about this signature-certificate serial (hex, as `kagi tsm provider
+        /// check` prints `my_number_sign_serial`).
+        #[arg(long)]
+        sign_serial: Option<String>,
+        /// Only entries from this time on (seconds since the Unix epoch).
+        #[arg(long)]
+        since: Option<u64>,
+    },
 }
 
 /// `kagi jpki-issuer serve`.
@@ -112,9 +133,11 @@ fn open_ua_ca(cert: &Path, key: &Path) -> Result<Arc<dyn tsm_server::issuer::UaC
     Ok(Arc::new(FileUaCa { ca, der }))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn init(
     dir: &Path,
     listen: &str,
+    tls: bool,
     sp_tsm_key: &Path,
     sp_tsm: &str,
     ca_dir: &Path,
@@ -122,11 +145,15 @@ fn init(
     json_out: bool,
 ) -> Result<(), Failure> {
     let sp_tsm = tsm_protocol::PartyId::new(sp_tsm)?;
-    tsm_server::issuer::setup::init_issuer(dir, listen, &sp_tsm, sp_tsm_key, ca_dir, maker)?;
+    let https = tls;
+    let tls = tls
+        .then(|| crate::common::dev_tls_certificate("kagi JPKI issuer"))
+        .transpose()?;
+    tsm_server::issuer::setup::init_issuer(dir, listen, tls, &sp_tsm, sp_tsm_key, ca_dir, maker)?;
     let file = |f: &str| dir.join(f).display().to_string();
     if json_out {
         crate::print_json(serde_json::json!({
-            "dir": dir.display().to_string(), "listen": listen,
+            "dir": dir.display().to_string(), "listen": listen, "https": https,
             "jpki_issuer": file("jpki-issuer.toml"), "sp_tsm_link": file("sp-tsm-link.toml"),
             "pin_mailer": file("pin-mailer"),
         }));
@@ -167,6 +194,7 @@ pub fn run(cmd: &JpkiIssuerCmd, json_out: bool) -> Result<(), Failure> {
         JpkiIssuerCmd::Init {
             dir,
             listen,
+            tls,
             sp_tsm_key,
             sp_tsm,
             ca_dir,
@@ -174,6 +202,7 @@ pub fn run(cmd: &JpkiIssuerCmd, json_out: bool) -> Result<(), Failure> {
         } => init(
             dir,
             listen,
+            *tls,
             sp_tsm_key,
             sp_tsm,
             ca_dir,
@@ -181,5 +210,76 @@ pub fn run(cmd: &JpkiIssuerCmd, json_out: bool) -> Result<(), Failure> {
             json_out,
         ),
         JpkiIssuerCmd::Serve(a) => serve(a),
+        JpkiIssuerCmd::Audit {
+            config,
+            database,
+            sign_serial,
+            since,
+        } => audit(
+            config.as_deref(),
+            database.as_deref(),
+            sign_serial.as_deref(),
+            *since,
+            json_out,
+        ),
     }
+}
+
+/// `kagi jpki-issuer audit`.
+fn audit(
+    config: Option<&Path>,
+    database: Option<&str>,
+    sign_serial: Option<&str>,
+    since: Option<u64>,
+    json_out: bool,
+) -> Result<(), Failure> {
+    let database = match (database, config) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(c)) => {
+            tsm_server::issuer::setup::issuer_database(c, &tsm_server::setup::Overrides::default())?
+        }
+        (None, None) => return Err("give --config or --database".into()),
+    };
+    // Serials as kagi prints them: upper-case hex of whole bytes.
+    let wanted = sign_serial.map(|s| {
+        let s = s.trim().trim_start_matches("0x").to_ascii_uppercase();
+        if s.len() % 2 == 1 { format!("0{s}") } else { s }
+    });
+    let since_ms = i64::try_from(since.unwrap_or(0).saturating_mul(1000)).unwrap_or(i64::MAX);
+    let entries = runtime()?.block_on(async {
+        let db = kagi_db::Db::open(
+            &kagi_db::Backend::parse(&database),
+            &tsm_server::issuer::store::SCHEMA,
+        )
+        .await?;
+        tsm_server::issuer::store::audit_since(&db, since_ms).await
+    })?;
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| wanted.as_deref().is_none_or(|w| e.sign_serial() == Some(w)))
+        .collect();
+    if json_out {
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at": crate::common::rfc3339_ms(e.at), "at_ms": e.at, "actor": e.actor,
+                    "event": e.event, "detail": e.detail, "sign_serial": e.sign_serial(),
+                    "phone_serial": e.phone_serial(),
+                })
+            })
+            .collect();
+        crate::print_json(serde_json::json!({ "audit": list }));
+        return Ok(());
+    }
+    for e in &entries {
+        println!(
+            "{} {:<16} {:<13} {}",
+            crate::common::rfc3339_ms(e.at),
+            e.actor,
+            e.event,
+            e.detail
+        );
+    }
+    Ok(())
 }

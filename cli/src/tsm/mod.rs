@@ -152,8 +152,9 @@ pub enum ProviderCmd {
     /// their My Number card, through an SP-TSM linked to a JPKI issuer (`kagi jpki-issuer`):
     /// the issuer checks the application, makes the key and certificate and seals them with
     /// a PIN (sent to the holder by its PIN mailer) to the SIM; the provider holds neither
-    /// key nor PIN nor CA. Prints the operation, the device ticket and the one-time access
-    /// code to deliver.
+    /// key nor PIN nor CA. Writes the operation and the device ticket; the SP-TSM mails the
+    /// one-time access code to the address the user signed into the application (⑪), so the
+    /// provider never learns it (`access_code` is null in the --out file).
     Apply {
         /// The SIM.
         #[arg(long)]
@@ -164,7 +165,7 @@ pub enum ProviderCmd {
         /// File with the user's password (as registered with the provider).
         #[arg(long)]
         password_file: PathBuf,
-        /// Write the operation, ticket and access code here (JSON, 0600).
+        /// Write the operation and ticket here (JSON, 0600).
         #[arg(long)]
         out: PathBuf,
         /// Minutes the download may take to happen.

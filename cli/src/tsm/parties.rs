@@ -214,10 +214,17 @@ fn write_grant(
         print_json(shown);
         return Ok(*op);
     }
-    println!(
-        "operation {op} accepted; the device ticket and one-time access code for the user are in {} (deliver them separately)",
-        out.display()
-    );
+    if access_code.is_none() {
+        println!(
+            "operation {op} accepted; the device ticket for the user is in {}; the TSM sends the one-time access code to the user's own mail address",
+            out.display()
+        );
+    } else {
+        println!(
+            "operation {op} accepted; the device ticket and one-time access code for the user are in {} (deliver them separately)",
+            out.display()
+        );
+    }
     Ok(*op)
 }
 

@@ -79,6 +79,7 @@ fn tsm_commands_print_documents_that_match_their_schemas() {
             .arg("--sim-pki-dir")
             .arg(dir.join("pki"))
             .args(["--iccid", &iccid, "--provider", "sp:kagi-bank"])
+            .args(["--contact", "holder@example.jp"])
             .arg("--pin-file")
             .arg(dir.join("sign-password.txt"))
             .arg("--out")

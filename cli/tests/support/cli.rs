@@ -7,6 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The user's mail address in the applications tests make (where an SP-TSM sends the access
+/// code).
+pub const CONTACT: &str = "holder@example.jp";
+
 pub fn kagi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kagi"))
 }
@@ -176,6 +180,7 @@ impl Scenario {
             .arg("--sim-pki-dir")
             .arg(self.dir.join(pki))
             .args(["--iccid", iccid, "--provider", provider])
+            .args(["--contact", CONTACT])
             .arg("--pin-file")
             .arg(self.dir.join("sign-password.txt"))
             .arg("--out")

@@ -121,6 +121,7 @@ impl World {
             issuer: None,
             state_key: AesKey::new(&[0x11; 16]).unwrap(),
             revocation_list: Some(self.dir.join("revoked.txt")),
+            outbox: None,
         }
     }
 
@@ -337,7 +338,7 @@ fn my_number_application(world: &World, iccid: &str) -> kagi_certs::application:
     });
     let now = std::time::SystemTime::now();
     let provider = world.sp.party().to_string();
-    let body = Body::new(iccid, &provider, "subscriber-1", now).unwrap();
+    let body = Body::new(iccid, &provider, "subscriber-1", "holder@example.jp", now).unwrap();
     let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone())
         .sign(&body.signed_bytes().unwrap())
         .to_vec();

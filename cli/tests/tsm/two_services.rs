@@ -50,6 +50,7 @@ fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
         issuer: None,
         state_key: AesKey::new(&[0x22; 16]).unwrap(),
         revocation_list: None,
+        outbox: None,
     }
 }
 

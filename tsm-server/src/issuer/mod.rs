@@ -24,6 +24,7 @@
 //! an HSM-backed CA is the production choice.
 
 pub mod http;
+mod once;
 pub mod setup;
 pub mod store;
 
@@ -227,7 +228,7 @@ impl Issuer {
                         format!("{sender} does not act for {provider}"),
                     ));
                 }
-                self.issue(
+                self.issue_once(
                     sender,
                     &provider,
                     &iccid,
@@ -263,9 +264,63 @@ impl Issuer {
                 }
                 Ok(IssuerResponse::Status { revoked })
             }
+            IssuerRequest::Withdraw { serial, reason } => {
+                self.withdraw(sender, &serial, &reason).await
+            }
         }
     }
 
+    /// Revokes phone certificate `serial` that `sender` got but could not deliver (seed 004's
+    /// flow broken after ⑰): only that SP-TSM's own, with an audit entry naming the reason.
+    async fn withdraw(
+        &self,
+        sender: &PartyId,
+        serial: &str,
+        reason: &str,
+    ) -> Result<IssuerResponse, IssuerError> {
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        let at = now_ms();
+        let Some(sign_serial) = store::link(&self.db, serial)
+            .await?
+            .filter(|l| l.sp_tsm == sender.0)
+            .map(|l| l.sign_serial)
+        else {
+            return Ok(reject(
+                Layer::Business,
+                "issuer.unknown-certificate",
+                format!("no phone certificate {serial} was issued to {sender}"),
+            ));
+        };
+        let detail = format!("phone {serial} sign {sign_serial}: {reason}");
+        self.db
+            .commit(store::withdraw_batch(serial, &sender.0, &detail, at))
+            .await?;
+        match store::link(&self.db, serial).await? {
+            Some(l) if l.sp_tsm == sender.0 && l.state == "revoked" => {
+                tracing::info!(serial, sp_tsm = %sender, reason = %reason, "undelivered phone certificate revoked");
+                Ok(IssuerResponse::Status {
+                    revoked: vec![RevokedPhone {
+                        serial: l.serial,
+                        sign_serial: l.sign_serial,
+                        reason: l.reason.unwrap_or_default(),
+                        revoked_at: l.revoked_at.unwrap_or(0).max(0) as u64,
+                    }],
+                })
+            }
+            _ => Ok(reject(
+                Layer::Business,
+                "issuer.unknown-certificate",
+                format!("no phone certificate {serial} was issued to {sender}"),
+            )),
+        }
+    }
+
+    /// Issues for a request whose idempotency key this worker claimed ([`Issuer::issue_once`]):
+    /// an `Issued` answer is recorded under the key in the transaction that commits its link.
     #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
@@ -375,19 +430,27 @@ impl Issuer {
             not_after: not_after as i64,
             revoked_at: None,
         };
+        let answer = IssuerResponse::Issued {
+            credential,
+            serial: serial_hex.clone(),
+            not_after,
+        };
+        let encoded = tsm_protocol::codec::encode(&answer)
+            .map_err(|e| IssuerError::Internal(e.to_string()))?;
+        let finish = store::finish_issue(&sender.0, &request_id.to_hex(), encoded, now_ms());
         if let Some(refused) = self
-            .record(&link, &hex::encode(verified.application.body.nonce))
+            .record_with(
+                &link,
+                &hex::encode(verified.application.body.nonce),
+                vec![finish],
+            )
             .await?
         {
             return Ok(refused);
         }
         self.mail_pin(&serial_hex, &pin)?;
         tracing::info!(serial = %serial_hex, sign_serial = %verified.sign_serial, iccid, "phone certificate issued");
-        Ok(IssuerResponse::Issued {
-            credential,
-            serial: serial_hex,
-            not_after,
-        })
+        Ok(answer)
     }
 
     /// Commits an issuance's link (and the application's nonce): `Some(refusal)` when the
@@ -397,11 +460,23 @@ impl Issuer {
         link: &store::Link,
         nonce_hex: &str,
     ) -> Result<Option<IssuerResponse>, IssuerError> {
-        match self
-            .db
-            .commit(store::issue_batch(link, nonce_hex, now_ms()))
-            .await
-        {
+        self.record_with(link, nonce_hex, Vec::new()).await
+    }
+
+    /// [`Issuer::record`] with more writes in the same transaction.
+    async fn record_with(
+        &self,
+        link: &store::Link,
+        nonce_hex: &str,
+        extra: Vec<kagi_db::Stmt>,
+    ) -> Result<Option<IssuerResponse>, IssuerError> {
+        let mut batch = store::issue_batch(link, nonce_hex, now_ms());
+        let first_extra = batch.len();
+        batch.extend(extra);
+        match self.db.commit(batch).await {
+            Err(StoreError::Conflict(i)) if i >= first_extra => Err(IssuerError::Internal(
+                "another worker took over this issue request meanwhile; nothing was issued".into(),
+            )),
             Ok(()) => Ok(None),
             Err(StoreError::Conflict(store::CONFLICT_REVOKED)) => Ok(Some(reject(
                 Layer::Business,

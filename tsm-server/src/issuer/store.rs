@@ -34,8 +34,107 @@ pub const SCHEMA: Schema = Schema {
         "CREATE TABLE IF NOT EXISTS audit (
         id SERIAL_PK, at BIGINT NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL,
         detail TEXT NOT NULL)",
+        // Issue requests by idempotency key ([`claim_issue`]): `pending` while one request
+        // works on it, then `done` with the answer every request with that key gets.
+        "CREATE TABLE IF NOT EXISTS issues (
+        sp_tsm TEXT NOT NULL, request_id TEXT NOT NULL, request_hash BYTES NOT NULL,
+        state TEXT NOT NULL, answer BYTES, at BIGINT NOT NULL,
+        PRIMARY KEY (sp_tsm, request_id))",
     ],
 };
+
+/// How long a `pending` claim of an issue request holds before another request with the same
+/// key may take it over (its worker died).
+pub const ISSUE_LEASE_MS: i64 = 60_000;
+
+/// How long a finished issue request's answer is kept for requests with the same key (the
+/// sealed credential in it is needed no longer than the SP-TSM's operation).
+pub const ISSUE_ANSWER_KEEP_MS: i64 = 3_600_000;
+
+/// An issue request as recorded under its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRecord {
+    /// SHA-256 of the request.
+    pub request_hash: Vec<u8>,
+    /// `pending` or `done`.
+    pub state: String,
+    /// The answer (canonical encoding), once `done`.
+    pub answer: Option<Vec<u8>>,
+}
+
+/// Claims the issue request `request_id` of `sp_tsm` for this worker — one atomic
+/// conditional insert: a new key, or a `pending` claim of the same request whose lease ran
+/// out. `false`: another request holds or finished it (read it with [`issue_record`]).
+pub async fn claim_issue(
+    db: &Db,
+    sp_tsm: &str,
+    request_id: &str,
+    request_hash: &[u8],
+    now: i64,
+) -> Result<bool, StoreError> {
+    match db
+        .commit(vec![Stmt::one(
+            "INSERT INTO issues (sp_tsm, request_id, request_hash, state, answer, at)
+             VALUES ($1, $2, $3, 'pending', NULL, $4)
+             ON CONFLICT (sp_tsm, request_id) DO UPDATE SET at = excluded.at
+             WHERE issues.state = 'pending' AND issues.at < $5
+             AND issues.request_hash = excluded.request_hash",
+            vec![
+                sp_tsm.into(),
+                request_id.into(),
+                request_hash.into(),
+                now.into(),
+                (now - ISSUE_LEASE_MS).into(),
+            ],
+        )])
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Statement finishing a claimed issue request with its answer (in the transaction that
+/// commits what the answer says, for an issuance).
+pub fn finish_issue(sp_tsm: &str, request_id: &str, answer: Vec<u8>, now: i64) -> Stmt {
+    Stmt::one(
+        "UPDATE issues SET state = 'done', answer = $3, at = $4
+         WHERE sp_tsm = $1 AND request_id = $2 AND state = 'pending'",
+        vec![sp_tsm.into(), request_id.into(), answer.into(), now.into()],
+    )
+}
+
+/// Statement giving up a claim without an answer to keep (a refusal the next request with
+/// the key decides again).
+pub fn release_issue(sp_tsm: &str, request_id: &str) -> Stmt {
+    Stmt::any(
+        "DELETE FROM issues WHERE sp_tsm = $1 AND request_id = $2 AND state = 'pending'",
+        vec![sp_tsm.into(), request_id.into()],
+    )
+}
+
+/// The issue request `request_id` of `sp_tsm`, if recorded.
+pub async fn issue_record(
+    db: &Db,
+    sp_tsm: &str,
+    request_id: &str,
+) -> Result<Option<IssueRecord>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT request_hash, state, answer FROM issues WHERE sp_tsm = $1 AND request_id = $2",
+            vec![sp_tsm.into(), request_id.into()],
+        )
+        .await?;
+    Ok(rows.into_iter().next().map(|r| IssueRecord {
+        request_hash: r[0].blob(),
+        state: r[1].text(),
+        answer: match &r[2] {
+            kagi_db::Val::Blob(b) => Some(b.clone()),
+            _ => None,
+        },
+    }))
+}
 
 /// A phone certificate and its link, as the issuer records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,12 +208,14 @@ pub fn issue_batch(link: &Link, nonce_hex: &str, at: i64) -> Vec<Stmt> {
 }
 
 /// The revocation of signature serial `sign_serial` and of every active phone certificate
-/// linked to it, in one transaction.
+/// linked to it, in one transaction; audited only by the revocation that marked the serial
+/// revoked (two syncs racing over the same CRL entry leave one `sign-revoked` entry).
 pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
     vec![
         Stmt::any(
             "INSERT INTO sign_certs (serial, revoked, updated_at) VALUES ($1, 1, $2)
-             ON CONFLICT (serial) DO UPDATE SET revoked = 1, updated_at = excluded.updated_at",
+             ON CONFLICT (serial) DO UPDATE SET revoked = 1, updated_at = excluded.updated_at
+             WHERE sign_certs.revoked = 0",
             vec![sign_serial.into(), at.into()],
         ),
         Stmt::any(
@@ -122,7 +223,33 @@ pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
              WHERE sign_serial = $1 AND state = 'active'",
             vec![sign_serial.into(), at.into()],
         ),
-        audit(at, actor, "sign-revoked", sign_serial),
+        Stmt::any(
+            "INSERT INTO audit (at, actor, event, detail)
+             SELECT $1, CAST($2 AS TEXT), 'sign-revoked', $3
+             WHERE EXISTS (SELECT 1 FROM sign_certs WHERE serial = $3 AND revoked = 1 AND updated_at = $1)",
+            vec![at.into(), actor.into(), sign_serial.into()],
+        ),
+    ]
+}
+
+/// The compensation for phone certificate `serial` that SP-TSM `sp_tsm` could not deliver:
+/// revoked (`withdrawn`) if it is that SP-TSM's and still active, with an audit entry (only
+/// when this revoked it).
+/// `detail` is the audit entry's text (name the signature serial: `phone X sign Y: why`).
+pub fn withdraw_batch(serial: &str, sp_tsm: &str, detail: &str, at: i64) -> Vec<Stmt> {
+    vec![
+        Stmt::any(
+            "UPDATE links SET state = 'revoked', reason = 'withdrawn', revoked_at = $3
+             WHERE serial = $1 AND sp_tsm = $2 AND state = 'active'",
+            vec![serial.into(), sp_tsm.into(), at.into()],
+        ),
+        Stmt::any(
+            "INSERT INTO audit (at, actor, event, detail)
+             SELECT $1, $2, 'withdrawn', CAST($3 AS TEXT)
+             WHERE EXISTS (SELECT 1 FROM links WHERE serial = $4 AND sp_tsm = $2
+             AND state = 'revoked' AND reason = 'withdrawn' AND revoked_at = $1)",
+            vec![at.into(), sp_tsm.into(), detail.into(), serial.into()],
+        ),
     ]
 }
 
@@ -198,6 +325,59 @@ pub async fn audit_trail(db: &Db) -> Result<Vec<(i64, String, String, String)>, 
         .collect())
 }
 
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When (Unix milliseconds).
+    pub at: i64,
+    /// Who (an SP-TSM's party, `sign-ca`, …).
+    pub actor: String,
+    /// What: `issued`, `sign-revoked`, `withdrawn`.
+    pub event: String,
+    /// Details (`phone SERIAL sign SERIAL …`; a `sign-revoked` entry: the signature serial).
+    pub detail: String,
+}
+
+impl AuditEntry {
+    /// The signature-certificate serial the entry is about: the word after `sign`, or the
+    /// whole detail of a `sign-revoked` entry.
+    pub fn sign_serial(&self) -> Option<&str> {
+        if self.event == "sign-revoked" {
+            return Some(self.detail.as_str());
+        }
+        self.word_after("sign")
+    }
+
+    /// The phone certificate's serial the entry is about (the word after `phone`).
+    pub fn phone_serial(&self) -> Option<&str> {
+        self.word_after("phone")
+    }
+
+    fn word_after(&self, key: &str) -> Option<&str> {
+        let mut words = self.detail.split(' ');
+        words.find(|w| *w == key)?;
+        words.next().map(|w| w.trim_end_matches(':'))
+    }
+}
+
+/// The audit trail from `since` (Unix milliseconds) on, oldest first.
+pub async fn audit_since(db: &Db, since: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT at, actor, event, detail FROM audit WHERE at >= $1 ORDER BY id",
+            vec![since.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|r| AuditEntry {
+            at: r[0].int(),
+            actor: r[1].text(),
+            event: r[2].text(),
+            detail: r[3].text(),
+        })
+        .collect())
+}
+
 /// Records a signed request's message id; `false` when it was seen before (a replay).
 pub async fn first_seen(
     db: &Db,
@@ -218,11 +398,15 @@ pub async fn first_seen(
     }
 }
 
-/// Forgets replay entries past their time.
+/// Forgets replay entries past their time, and finished issue answers older than
+/// [`ISSUE_ANSWER_KEEP_MS`].
 pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
-    db.commit(vec![Stmt::any(
-        "DELETE FROM replay WHERE keep_until < $1",
-        vec![now.into()],
-    )])
+    db.commit(vec![
+        Stmt::any("DELETE FROM replay WHERE keep_until < $1", vec![now.into()]),
+        Stmt::any(
+            "DELETE FROM issues WHERE state = 'done' AND at < $1",
+            vec![(now - ISSUE_ANSWER_KEEP_MS).into()],
+        ),
+    ])
     .await
 }

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tsm_protocol::access;
 use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
 use tsm_protocol::signing::{self};
-use tsm_protocol::{Layer, OpId};
+use tsm_protocol::{ErrorReport, Layer, OpId};
 
 use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
 
@@ -28,11 +28,62 @@ fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
 }
 
 impl Tsm {
+    /// Why the user's access grant is refused (attempts outside 1–10, a password verifier
+    /// weaker than the policy), if it is.
+    fn access_refusal(&self, access: &tsm_protocol::control::AccessGrant) -> Option<ErrorReport> {
+        if access.max_attempts == 0 || access.max_attempts > 10 {
+            return Some(err(
+                Layer::Business,
+                "business.weak-access",
+                "the access grant needs 1 to 10 attempts",
+            ));
+        }
+        access
+            .password
+            .accept(&self.password_policy)
+            .err()
+            .map(|e| {
+                err(
+                    Layer::Business,
+                    "business.weak-verifier",
+                    format!("the access grant's password verifier is refused: {e}"),
+                )
+            })
+    }
+
     /// Creates an operation that needs the card (issue, transfer, PIN reset, wallet update).
+    /// An application the JPKI issuer issued a certificate for but that ends refused here
+    /// has that certificate withdrawn (`withdraw`).
     pub(super) async fn create(
         &self,
         h: &signing::Header,
         req: ControlRequest,
+    ) -> Result<ControlResponse> {
+        let mut issued = None;
+        let answer = self.create_inner(h, req, &mut issued).await;
+        if let Some(serial) = issued {
+            let why = match &answer {
+                Ok(ControlResponse::Accepted { .. }) => None,
+                Ok(ControlResponse::Rejected(e)) => Some(e.code.clone()),
+                Ok(_) => Some("an unexpected answer".to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why
+                && let Err(e) = self.withdraw_refused(&serial, &why).await
+            {
+                tracing::error!(serial = %serial, error = %e, "an undelivered phone certificate could not be recorded for withdrawal: revoke it at the JPKI issuer");
+            }
+        }
+        answer
+    }
+
+    /// [`Tsm::create`]; `issued` gets the serial of a certificate the JPKI issuer made for
+    /// an application.
+    async fn create_inner(
+        &self,
+        h: &signing::Header,
+        req: ControlRequest,
+        issued: &mut Option<String>,
     ) -> Result<ControlResponse> {
         let party = &h.sender;
         let reject = |code: &str, detail: String| {
@@ -79,13 +130,37 @@ impl Tsm {
         // Idempotency first: the same key and request answer as before, another request is
         // a conflict.
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
-            return self.again(existing, &request_hash);
+            return self.again_mailed(existing, &request_hash).await;
         }
+        // An application's access grant is checked before the issuer makes anything.
+        if let ControlRequest::Apply { access, .. } = &req
+            && let Some(e) = self.access_refusal(access)
+        {
+            return Ok(ControlResponse::Rejected(e));
+        }
+        // An application names the user's mail address: the access code goes there (⑪),
+        // never into the answer.
+        let contact = match self.apply_contact(&req) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return Ok(ControlResponse::Rejected(e)),
+        };
         // An application: the JPKI issuer makes the credential (sealed to the SIM), and the
         // request goes on as an issue.
         let mut req = match req {
             ControlRequest::Apply { .. } => match self.apply_at_issuer(party, &idem, req).await? {
-                Ok(issue) => issue,
+                Ok(issue) => {
+                    if let ControlRequest::Issue { credential, .. } = &issue {
+                        *issued = cert_facts(&credential.certificate).ok().map(|f| f.0);
+                    }
+                    // A request racing this one with the same key got the same credential
+                    // (the issuer answers a key once) and may have made the operation
+                    // meanwhile: answer as it.
+                    if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
+                        return self.again_mailed(existing, &request_hash).await;
+                    }
+                    issue
+                }
                 Err(refused) => return Ok(refused),
             },
             req => req,
@@ -224,19 +299,8 @@ impl Tsm {
             }
             _ => return reject("protocol.unsupported", "not an operation".into()),
         };
-        if let Some(access) = &access {
-            if access.max_attempts == 0 || access.max_attempts > 10 {
-                return reject(
-                    "business.weak-access",
-                    "the access grant needs 1 to 10 attempts".into(),
-                );
-            }
-            if let Err(e) = access.password.accept(&self.password_policy) {
-                return reject(
-                    "business.weak-verifier",
-                    format!("the access grant's password verifier is refused: {e}"),
-                );
-            }
+        if let Some(e) = access.as_ref().and_then(|a| self.access_refusal(a)) {
+            return Ok(ControlResponse::Rejected(e));
         }
         // A SIM preparation runs within the SP-TSM's download: half an hour.
         let valid_for = access
@@ -305,6 +369,11 @@ impl Tsm {
             .into_iter()
             .find(|o| o.party == party.0)
         {
+            // It may be this request's own, made meanwhile by a request racing with the same
+            // idempotency key: answer as it.
+            if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
+                return self.again_mailed(existing, &request_hash).await;
+            }
             return reject(
                 "business.in-progress",
                 format!(
@@ -368,6 +437,15 @@ impl Tsm {
         if let Some(blob) = sealed {
             extra.push(Store::insert_sealed(&id, blob));
         }
+        if let Some(to) = &contact {
+            extra.push(Store::queue_code_mail(&id, to, t));
+        }
+        if contact.is_some()
+            && let Some((serial, ..)) = &credential_row
+        {
+            // The issuer's certificate, watched until delivered (withdrawn otherwise).
+            extra.push(Store::watch_issued(serial, &id, t));
+        }
         if let Some((serial, not_after, my_number, instance)) = credential_row {
             extra.push(Store::insert_credential(
                 &CredentialRow {
@@ -402,15 +480,21 @@ impl Tsm {
             }
             Created::New => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "operation accepted");
+                if contact.is_some()
+                    && let Err(e) = self.deliver_code(&id).await
+                {
+                    // The operation and its queued mail are committed: the sweeper retries.
+                    tracing::warn!(op = %id, error = %e, "the access code mail stays queued");
+                }
                 Ok(ControlResponse::Accepted {
                     op: id,
                     state: op.state,
                     device_ticket: Some(ticket.to_string()),
-                    access_code: Some(code.to_string()),
+                    access_code: contact.is_none().then(|| code.to_string()),
                     expires_at: op.expires_at as u64,
                 })
             }
-            Created::Existing(e) => self.again(*e, &op.request_hash),
+            Created::Existing(e) => self.again_mailed(*e, &op.request_hash).await,
             // Another request for this card won the race past the check above.
             Created::Busy(live) => reject(
                 "business.in-progress",

@@ -40,7 +40,7 @@ impl IssuerLink {
 impl Tsm {
     /// Sends `req` to the JPKI issuer, signed; its verified answer, or why there is none
     /// (`tsm.issuer-unreachable` may succeed later).
-    async fn send_to_issuer(
+    pub(super) async fn send_to_issuer(
         &self,
         req: &IssuerRequest,
     ) -> Result<std::result::Result<IssuerResponse, ErrorReport>> {

@@ -14,11 +14,13 @@ mod control;
 mod create;
 mod engine;
 mod issuer_link;
+mod mail;
 mod operator;
 mod plan;
 mod prepare;
 mod registry;
 mod relay;
+mod withdraw;
 
 pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
@@ -91,6 +93,10 @@ pub struct Config {
     pub state_key: AesKey,
     /// Where to write the revocation list (one serial per line) after every revocation.
     pub revocation_list: Option<std::path::PathBuf>,
+    /// On an SP-TSM: the outbox the access codes of applications go to their users through
+    /// (seed 004 ⑪; `[notify]` in tsm.toml, a maildir by default); `None`: applications are
+    /// refused (`business.no-outbox`).
+    pub outbox: Option<Arc<kagi_notify::Outbox>>,
 }
 
 /// How long a running operation past its deadline may go without progress before the sweeper
@@ -319,6 +325,14 @@ impl Tsm {
             }
         }
         self.store.purge_replay(t).await?;
+        let mailed = self.retry_code_mails().await?;
+        if mailed > 0 {
+            tracing::info!(mailed, "access codes sent on retry");
+        }
+        let withdrawn = self.retry_withdrawals().await?;
+        if withdrawn > 0 {
+            tracing::info!(withdrawn, "undelivered phone certificates withdrawn");
+        }
         Ok(n)
     }
 }

@@ -162,6 +162,7 @@ pub fn load_mno(
             issuer: None,
             state_key: aes_key_file(&rel(path, &f.state_key))?,
             revocation_list: None,
+            outbox: None,
         },
         database,
         listen: overrides.listen.clone().unwrap_or(f.listen),

@@ -3,9 +3,11 @@
 //! trail in a module of their own, re-exported there).
 
 mod cards;
+pub mod mail;
 pub mod ops;
 pub use ops::legacy;
 pub mod sealed;
+pub mod withdraw;
 
 use kagi_db::Schema;
 pub use kagi_db::{Backend, Db, Expect, Stmt, StoreError, Val};
@@ -52,6 +54,18 @@ pub const SCHEMA: Schema = Schema {
         // The SIMs' key agreement certificates, as their operators registered them.
         "CREATE TABLE IF NOT EXISTS card_certs (
         iccid TEXT PRIMARY KEY, cert BYTES NOT NULL, updated_at BIGINT NOT NULL)",
+        // An SP-TSM's access-code mails (`mail`, seed 004 ⑪): queued with the operation,
+        // the address blanked once sent or once the operation is over.
+        "CREATE TABLE IF NOT EXISTS code_mail (
+        op_id TEXT PRIMARY KEY, recipient TEXT NOT NULL, tries BIGINT NOT NULL,
+        next_at BIGINT NOT NULL, sent_at BIGINT, message_id TEXT, last_error TEXT)",
+        // The phone certificates the JPKI issuer made for this SP-TSM, until delivered or
+        // withdrawn (`withdraw`).
+        "CREATE TABLE IF NOT EXISTS withdrawals (
+        serial TEXT PRIMARY KEY, op_id TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL,
+        tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
+        updated_at BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS withdrawals_state ON withdrawals (state, next_at)",
     ],
 };
 

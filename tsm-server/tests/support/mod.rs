@@ -286,6 +286,7 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
         issuer: None,
         state_key: AesKey::new(&[0x11; 16]).unwrap(),
         revocation_list: None,
+        outbox: None,
     }
 }
 

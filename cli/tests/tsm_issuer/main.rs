@@ -10,11 +10,17 @@
 //! issuer and, on the next status query, at the SP-TSM. Then the SP-TSM's and MNO-TSM's files
 //! and the relay capture are searched for the PIN and the user-authentication CA's key.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod race;
+mod smtp;
 
 use std::path::Path;
 use std::process::Command;
-use support::cli::{Scenario, contains, field, kagi, ok, spawn_logged as spawn, wait_port};
+use support::cli::{
+    CONTACT, Scenario, audit, contains, field, kagi, ok, spawn_logged as spawn, wait_port,
+};
 
 /// The signature certificate inside an application file, found by its own framing: the file
 /// ends with the 256-byte signature after its length (varint 256 = 80 02), and the DER
@@ -82,6 +88,40 @@ fn apply_code(s: &Scenario, iccid: &str, application: &Path, out: &str) -> Optio
     Some(v["error"]["code"].as_str().unwrap().to_string())
 }
 
+/// The one message in the maildir `maildir` (its `new/`): its file and the access code on
+/// its `Access code:` line; checks it is addressed to the contact the application names.
+fn mailed_code(maildir: &Path) -> (std::path::PathBuf, String) {
+    let mails: Vec<_> = std::fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(mails.len(), 1, "one mail: {mails:?}");
+    let text = std::fs::read_to_string(&mails[0]).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.trim_end() == format!("To: {CONTACT}")),
+        "addressed to the user: {text}"
+    );
+    let code = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Access code: "))
+        .unwrap_or_else(|| panic!("no access code line: {text}"))
+        .trim()
+        .to_string();
+    // 12 digits in groups of four (signed/src/access.rs).
+    assert!(
+        code.len() == 14
+            && code.char_indices().all(|(i, c)| if i % 5 == 4 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }),
+        "{code}"
+    );
+    (mails[0].clone(), code)
+}
+
 fn check(s: &Scenario, op: &str) -> serde_json::Value {
     let out = ok(kagi()
         .args(["--json", "tsm", "provider", "--config"])
@@ -118,8 +158,23 @@ fn issuer_row(dir: &Path, pg: &Option<String>, sql: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-fn three_processes(name: &str, issuer_db: Option<String>) {
-    let s = Scenario::new(name, false);
+/// The three services of a scenario running, each killed when dropped, and the SIM they
+/// serve.
+struct Services {
+    iccid: String,
+    _running: Vec<support::cli::Killed>,
+}
+
+/// Sets up and starts the issuer (its state on `issuer_db`, else SQLite), the MNO-TSM and the
+/// SP-TSM (with `notify` added to its tsm.toml, if given; the issuer over HTTPS with
+/// `issuer_tls`, its development certificate the SP-TSM's `tls_ca`) and registers a SIM as
+/// its operator sells it.
+fn start_services(
+    s: &Scenario,
+    issuer_db: &Option<String>,
+    notify: Option<&str>,
+    issuer_tls: bool,
+) -> Services {
     let dir = &s.dir;
     let (mno_port, issuer_port) = (
         tsm_server::testing::free_port().unwrap(),
@@ -147,8 +202,8 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         .args(["--listen", &format!("127.0.0.1:{mno_port}")])
         .arg("--sp-tsm-key")
         .arg(dir.join("tsm/tsm.pub.pem")));
-    let init = ok(kagi()
-        .args(["--json", "jpki-issuer", "init", "--dir"])
+    let mut init = kagi();
+    init.args(["--json", "jpki-issuer", "init", "--dir"])
         .arg(dir.join("issuer"))
         .args(["--listen", &format!("127.0.0.1:{issuer_port}")])
         .arg("--sp-tsm-key")
@@ -156,18 +211,34 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         .arg("--ca-dir")
         .arg(dir.join("pki"))
         .arg("--manufacturer-ca")
-        .arg(s.maker_ca()));
+        .arg(s.maker_ca());
+    if issuer_tls {
+        init.arg("--tls");
+    }
+    let init = ok(&mut init);
     support::schema::document("jpki-issuer.init", init.as_bytes());
+    let link = std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap();
+    assert_eq!(
+        link.contains(&format!("url = \"https://127.0.0.1:{issuer_port}\"")),
+        issuer_tls,
+        "{link}"
+    );
     let mut sp_toml = std::fs::read_to_string(dir.join("tsm/tsm.toml")).unwrap();
+    // Its top-level keys go before the file's first table, its tables at the end.
+    let (top, tables) = notify
+        .map(|n| n.split_at(n.find("\n[").map_or(n.len(), |i| i + 1)))
+        .unwrap_or(("", ""));
+    sp_toml = format!("{top}{sp_toml}");
     sp_toml.push_str(&std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap());
     sp_toml.push_str(&std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap());
+    sp_toml.push_str(tables);
     std::fs::write(dir.join("tsm/tsm.toml"), sp_toml).unwrap();
 
     let mut issuer = kagi();
     issuer
         .args(["jpki-issuer", "serve", "--config"])
         .arg(dir.join("issuer/jpki-issuer.toml"));
-    if let Some(url) = &issuer_db {
+    if let Some(url) = issuer_db {
         issuer.args(["--database", url]);
     }
     let mut mno = kagi();
@@ -180,9 +251,11 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         .arg(dir.join("tsm/tsm.toml"))
         .arg("--insecure-file-keys")
         .arg(dir.join("tsm/keys"));
-    let _issuer = spawn(issuer, &dir.join("issuer.log"));
-    let _mno = spawn(mno, &dir.join("mno.log"));
-    let _sp = spawn(sp, &dir.join("sp.log"));
+    let running = vec![
+        spawn(sp, &dir.join("sp.log")),
+        spawn(mno, &dir.join("mno.log")),
+        spawn(issuer, &dir.join("issuer.log")),
+    ];
     for p in [issuer_port, mno_port, s.port] {
         wait_port(p);
     }
@@ -198,6 +271,17 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
             "--card-certificate",
             &field(&sim, "card_certificate"),
         ]));
+    Services {
+        iccid,
+        _running: running,
+    }
+}
+
+fn three_processes(name: &str, issuer_db: Option<String>) {
+    let s = Scenario::new(name, false);
+    let dir = &s.dir;
+    let services = start_services(&s, &issuer_db, None, false);
+    let iccid = services.iccid.clone();
 
     // ②⑤⑯⑰: the application through the SP-TSM to the issuer.
     let application = s.apply(&iccid);
@@ -215,11 +299,78 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
     let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
     let op = field(&issued, "op");
     std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
-    std::fs::write(dir.join("code.txt"), field(&issued, "access_code")).unwrap();
+    // ⑪ the access code went to the user's mail address (the SP-TSM's maildir outbox), not
+    // to the provider.
+    let (mail, code) = mailed_code(&dir.join("tsm/outbox"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&issued).unwrap()["access_code"],
+        serde_json::Value::Null
+    );
+    assert!(
+        !issued.contains(&code),
+        "the provider's answer has the code"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&mail).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", mail.display());
+    }
+    std::fs::write(dir.join("code.txt"), &code).unwrap();
+    assert!(audit(dir, &op).contains("code-sent"), "{}", audit(dir, &op));
     // The same application again (a new request): the issuer's nonce record refuses it.
     assert_eq!(
         apply_code(&s, &iccid, &application, "again.json").as_deref(),
         Some("application.replayed")
+    );
+    // A fresh application while the first download still waits: the issuer issues, the
+    // SP-TSM refuses (one operation per SIM at a time) and withdraws that certificate at the
+    // issuer at once — the one the user will download stays active.
+    let second = s.apply_with(
+        "mynumber.img",
+        "pki",
+        &iccid,
+        "sp:kagi-bank",
+        "second.bin",
+        &[],
+    );
+    assert!(second.status.success());
+    assert_eq!(
+        apply_code(&s, &iccid, &dir.join("second.bin"), "second.json").as_deref(),
+        Some("business.in-progress")
+    );
+    let links = |state: &str| {
+        issuer_row(
+            dir,
+            &issuer_db,
+            &format!(
+                "SELECT count(*) FROM links WHERE sign_serial = '{sign_serial}' AND state = '{state}'"
+            ),
+        )
+    };
+    assert_eq!(links("active"), "1");
+    assert_eq!(links("revoked"), "1");
+    assert_eq!(
+        issuer_row(
+            dir,
+            &issuer_db,
+            &format!(
+                "SELECT reason FROM links WHERE sign_serial = '{sign_serial}' AND state = 'revoked'"
+            )
+        ),
+        "withdrawn"
+    );
+    let withdrawn = issuer_row(
+        dir,
+        &issuer_db,
+        "SELECT actor, detail FROM audit WHERE event = 'withdrawn'",
+    );
+    assert!(
+        withdrawn.starts_with("tsm:kagi|phone ")
+            && withdrawn.contains(&format!(
+                " sign {sign_serial}: refused: business.in-progress"
+            )),
+        "{withdrawn}"
     );
 
     // ⑬⑭⑮⑱ through both TSMs.
@@ -232,12 +383,19 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         .arg(dir.join("relay.bin")));
     assert_eq!(field(&out, "outcome"), "completed", "{out}");
     // The PIN came to the holder by the issuer's mailer; the credential signs with it.
-    let mailer: Vec<_> = std::fs::read_dir(dir.join("issuer/pin-mailer"))
+    // (Two letters: the withdrawn certificate had one too.)
+    let letters = std::fs::read_dir(dir.join("issuer/pin-mailer"))
         .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(mailer.len(), 1, "one PIN letter: {mailer:?}");
+        .count();
+    assert_eq!(letters, 2, "a PIN letter per certificate");
+    let active = issuer_row(
+        dir,
+        &issuer_db,
+        &format!(
+            "SELECT serial FROM links WHERE sign_serial = '{sign_serial}' AND state = 'active'"
+        ),
+    );
+    let mailer = [dir.join(format!("issuer/pin-mailer/{active}.pin"))];
     let pin = std::fs::read_to_string(&mailer[0])
         .unwrap()
         .trim()
@@ -286,6 +444,50 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         ),
         "revoked|sign-revoked"
     );
+    // The issuer's audit trail about this card: both issuances, the withdrawal and the
+    // revocation — nothing else's; and nothing from a time still to come.
+    let issuer_audit = |extra: &[&str]| {
+        let mut c = kagi();
+        c.args(["--json", "jpki-issuer", "audit", "--config"])
+            .arg(dir.join("issuer/jpki-issuer.toml"))
+            .args(extra);
+        if let Some(url) = &issuer_db {
+            c.args(["--database", url]);
+        }
+        let out = ok(&mut c);
+        support::schema::document("jpki-issuer.audit", out.as_bytes());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["audit"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let trail = issuer_audit(&["--sign-serial", &sign_serial]);
+    let events: Vec<&str> = trail.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["issued", "issued", "withdrawn", "sign-revoked"],
+        "{trail:?}"
+    );
+    assert!(
+        trail
+            .iter()
+            .all(|e| e["sign_serial"] == sign_serial.as_str())
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|e| e["event"] == "issued" && e["phone_serial"] == phone_serial.as_str())
+    );
+    assert_eq!(trail[3]["actor"], "sign-ca");
+    assert!(issuer_audit(&["--sign-serial", "7FFFFFFF"]).is_empty());
+    let later = (std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    assert!(issuer_audit(&["--since", &later]).is_empty());
+    assert_eq!(issuer_audit(&["--since", "0"]).len(), 4);
+
     // A fresh application from the revoked card: refused.
     let fresh = s.apply_with(
         "mynumber.img",
@@ -302,9 +504,23 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
     );
 
     // What the SP-TSM, the MNO-TSM and the relay must not hold.
-    drop(_sp);
-    drop(_mno);
-    drop(_issuer);
+    drop(services);
+    // The access code is in no log or database (it rests sealed in the SP-TSM's record).
+    for f in [
+        "sp.log",
+        "tsm/tsm.db",
+        "tsm/tsm.db-wal",
+        "mno.log",
+        "issuer.log",
+    ] {
+        let Ok(bytes) = std::fs::read(dir.join(f)) else {
+            continue;
+        };
+        assert!(
+            !contains(&bytes, code.as_bytes()),
+            "the access code is in {f}"
+        );
+    }
     let ca_key = std::fs::read(dir.join("pki/auth-ca.key.der")).unwrap();
     let needles: Vec<(&str, Vec<u8>)> = vec![
         ("PIN record", [&[0x00, 0x18][..], pin.as_bytes()].concat()),
