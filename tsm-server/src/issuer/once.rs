@@ -76,6 +76,8 @@ impl Issuer {
                     ));
                 }
                 Some(r) if r.state == "done" => {
+                    // Repeated only once it is sure to survive a failover (`Db::settle`).
+                    self.db.settle().await?;
                     let bytes = r.answer.unwrap_or_default();
                     let answer = tsm_protocol::codec::decode::<IssuerResponse>(&bytes)
                         .map_err(|e| IssuerError::Internal(format!("a kept answer: {e}")))?;

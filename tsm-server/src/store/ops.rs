@@ -267,7 +267,9 @@ impl Store {
         rows.first().map(|r| op_from(r)).transpose()
     }
 
-    /// An operation by its party's idempotency key.
+    /// An operation by its party's idempotency key. A request repeated with its key is
+    /// answered from it, so a row found is first made sure to survive a failover
+    /// ([`kagi_db::Db::settle`]).
     pub async fn op_by_idem(&self, party: &str, key: &str) -> Result<Option<OpRow>, StoreError> {
         let rows = self
             .query(
@@ -275,6 +277,9 @@ impl Store {
                 vec![party.into(), key.into()],
             )
             .await?;
+        if !rows.is_empty() {
+            self.settle().await?;
+        }
         rows.first().map(|r| op_from(r)).transpose()
     }
 
