@@ -385,18 +385,8 @@ pub fn init(
     if file_kek {
         FileEnvelope::new_kek(&dir.join("keys"), "k1")?;
     }
-    let (scheme, tls_lines, ca_line) = match tls {
-        None => ("http", String::new(), String::new()),
-        Some((cert, key)) => {
-            files::write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
-            files::write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-            (
-                "https",
-                "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
-                "broker_ca = \"tls.crt.pem\"\n".to_string(),
-            )
-        }
-    };
+    let (scheme, tls_lines, ca_line) =
+        files::write_dev_tls(dir, tls, || "broker_ca = \"tls.crt.pem\"\n".to_string())?;
     let ca = ca_dir.display();
     files::write_private(
         &dir.join("broker.toml"),

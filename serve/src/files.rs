@@ -133,6 +133,27 @@ pub fn random_hex(n: usize) -> Result<Zeroizing<String>, getrandom::Error> {
 /// PEM).
 pub type DevTls = (String, Zeroizing<String>);
 
+/// A server's `init --tls`: writes the development certificate and key into `dir`
+/// (`tls.crt.pem`, `tls.key.pem` 0600). Returns the URL scheme, the server configuration's
+/// lines naming the two files, and `ca_line()` (the line of a client's configuration that
+/// trusts the certificate); without a certificate `http` and no lines.
+pub fn write_dev_tls(
+    dir: &Path,
+    tls: Option<DevTls>,
+    ca_line: impl FnOnce() -> String,
+) -> Result<(&'static str, String, String), FileError> {
+    let Some((cert, key)) = tls else {
+        return Ok(("http", String::new(), String::new()));
+    };
+    write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
+    write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
+    Ok((
+        "https",
+        "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
+        ca_line(),
+    ))
+}
+
 /// A server's certificate and key from its configuration's `tls_cert` and `tls_key` (relative
 /// to the configuration file `base`); neither: plain HTTP.
 pub fn tls_files(

@@ -475,18 +475,8 @@ pub fn init(dir: &Path, listen: &str, tls: Option<DevTls>) -> Result<(), SetupEr
         )
         .as_bytes(),
     )?;
-    let (scheme, tls_lines, ca_line) = match tls {
-        None => ("http", String::new(), String::new()),
-        Some((cert, key)) => {
-            files::write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
-            files::write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-            (
-                "https",
-                "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
-                "tsm_ca = \"tls.crt.pem\"\n".to_string(),
-            )
-        }
-    };
+    let (scheme, tls_lines, ca_line) =
+        files::write_dev_tls(dir, tls, || "tsm_ca = \"tls.crt.pem\"\n".to_string())?;
     files::write_private(
         &dir.join("tsm.toml"),
         format!(

@@ -5,14 +5,14 @@
 //! through. An incomplete set of push flags, or a broker key that is not one, ends the binary
 //! at once with a non-zero exit and a message naming what is wrong.
 
+mod common;
+
 use broker_protocol::Assurance;
 use broker_protocol::api::{
     self, Act, AdminRequest, AdminResponse, BackChannel, CardLogin, Method, ServicePolicy,
 };
 use broker_server::envelope::FileEnvelope;
-use broker_server::service::CardTrust;
 use broker_server::service::push::PushIdentity;
-use broker_server::{Broker, Config, Shards};
 use rsa::signature::{SignatureEncoding, Signer as _};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use test_pki::tls::{TlsCa, Usage};
 use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::signing::{Signer, Trust};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kagi-example-service");
 
@@ -97,26 +97,12 @@ async fn the_binary_takes_pushes_with_its_flags() {
     let mut broker_trust = Trust::new();
     broker_trust.add(me.clone(), broker_key);
     let broker = Arc::new(
-        Broker::new(
-            Config {
-                name: me.0.clone(),
-                signer: broker_signer,
-                assertion_key: p256::ecdsa::SigningKey::from_slice(&[6u8; 32]).unwrap(),
-                admin_trust: admins,
-                policy: Policy::new(me.clone()),
-                card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
-                envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
-                default_kek: "k1".into(),
-                state_key: zeroize::Zeroizing::new([8u8; 32]),
-                session_secs: 600,
-            },
-            Shards::open(&[kagi_db::Backend::Sqlite(dir.join("b.db"))])
-                .await
-                .unwrap(),
-        )
-        .with_push_identity(
-            PushIdentity::from_pem(broker_client.0.as_bytes(), broker_client.1.as_bytes()).unwrap(),
-        ),
+        common::broker(&dir, &me, broker_signer, admins)
+            .await
+            .with_push_identity(
+                PushIdentity::from_pem(broker_client.0.as_bytes(), broker_client.1.as_bytes())
+                    .unwrap(),
+            ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let broker_url = format!("http://{}", listener.local_addr().unwrap());

@@ -4,6 +4,8 @@
 //! its nonce login unchanged. A code is accepted once; a replayed code, a code made for
 //! another login's nonce, or one made for another service is refused.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use broker_protocol::Assurance;
@@ -11,8 +13,6 @@ use broker_protocol::api::{
     self, Act, AdminRequest, AdminResponse, BackChannel, CardLogin, Method, ServicePolicy,
 };
 use broker_server::envelope::FileEnvelope;
-use broker_server::service::CardTrust;
-use broker_server::{Broker, Config, Shards};
 use http_body_util::BodyExt;
 use rsa::signature::{SignatureEncoding, Signer as _};
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tower::ServiceExt;
 use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::signing::{Signer, Trust};
 
 async fn call(
     app: &Arc<kagi_example_service::App>,
@@ -60,23 +60,7 @@ async fn the_service_redeems_codes_at_the_broker() {
     let broker_signer = Signer::generate(me.clone()).unwrap();
     let mut broker_trust = Trust::new();
     broker_trust.add(me.clone(), *broker_signer.verifying_key());
-    let broker = Arc::new(Broker::new(
-        Config {
-            name: me.0.clone(),
-            signer: broker_signer,
-            assertion_key: p256::ecdsa::SigningKey::from_slice(&[6u8; 32]).unwrap(),
-            admin_trust: admins,
-            policy: Policy::new(me.clone()),
-            card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
-            envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
-            default_kek: "k1".into(),
-            state_key: zeroize::Zeroizing::new([8u8; 32]),
-            session_secs: 600,
-        },
-        Shards::open(&[kagi_db::Backend::Sqlite(dir.join("b.db"))])
-            .await
-            .unwrap(),
-    ));
+    let broker = Arc::new(common::broker(&dir, &me, broker_signer, admins).await);
     let admin_req = |req: AdminRequest| {
         let (broker, admin, me, trust) = (broker.clone(), &admin, me.clone(), broker_trust.clone());
         async move {

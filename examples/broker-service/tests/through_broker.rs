@@ -3,14 +3,14 @@
 //! accepted once; refused when replayed, when made for another service, or for another
 //! login; and no assertion at all once the card is revoked.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use broker_protocol::Assurance;
 use broker_protocol::api::{self, Act, AdminRequest, CardLogin, Method, ServicePolicy};
 use broker_server::envelope::FileEnvelope;
-use broker_server::service::CardTrust;
 use broker_server::store::Shard;
-use broker_server::{Broker, Config, Shards};
 use http_body_util::BodyExt;
 use rsa::signature::{SignatureEncoding, Signer as _};
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tower::ServiceExt;
 use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::signing::{Signer, Trust};
 
 async fn call(
     app: &Arc<kagi_example_service::App>,
@@ -54,23 +54,7 @@ async fn the_service_accepts_holders_only_through_the_broker() {
     let admin = Signer::generate(PartyId::new("admin:t").unwrap()).unwrap();
     let mut admins = Trust::new();
     admins.add(admin.party().clone(), *admin.verifying_key());
-    let broker = Broker::new(
-        Config {
-            name: me.0.clone(),
-            signer: Signer::generate(me.clone()).unwrap(),
-            assertion_key: p256::ecdsa::SigningKey::from_slice(&[6u8; 32]).unwrap(),
-            admin_trust: admins,
-            policy: Policy::new(me.clone()),
-            card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
-            envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
-            default_kek: "k1".into(),
-            state_key: zeroize::Zeroizing::new([8u8; 32]),
-            session_secs: 600,
-        },
-        Shards::open(&[kagi_db::Backend::Sqlite(dir.join("b.db"))])
-            .await
-            .unwrap(),
-    );
+    let broker = common::broker(&dir, &me, Signer::generate(me.clone()).unwrap(), admins).await;
     for id in ["svc-example", "svc-other"] {
         let p = ServicePolicy {
             id: id.into(),

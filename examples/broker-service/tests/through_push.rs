@@ -12,6 +12,8 @@
 //! refusing the broker's client certificate (`push.tls`, or `push.unreachable` when TLS 1.3
 //! shows the broker only the closed connection).
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use broker_protocol::Assurance;
@@ -19,10 +21,9 @@ use broker_protocol::api::{
     self, Act, ActResult, AdminRequest, AdminResponse, ApiError, BackChannel, CardLogin, Method,
     Push, ServicePolicy,
 };
+use broker_server::BrokerError;
 use broker_server::envelope::FileEnvelope;
-use broker_server::service::CardTrust;
 use broker_server::service::push::PushIdentity;
-use broker_server::{Broker, BrokerError, Config, Shards};
 use http_body_util::BodyExt;
 use rsa::signature::{SignatureEncoding, Signer as _};
 use rustls::pki_types::pem::PemObject;
@@ -34,7 +35,7 @@ use std::time::{Duration, SystemTime};
 use test_pki::tls::{TlsCa, Usage};
 use tower::ServiceExt;
 use tsm_protocol::PartyId;
-use tsm_protocol::signing::{Policy, Signer, Trust};
+use tsm_protocol::signing::{Signer, Trust};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -130,26 +131,12 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
     let mut broker_trust = Trust::new();
     broker_trust.add(me.clone(), broker_key);
     let broker = Arc::new(
-        Broker::new(
-            Config {
-                name: me.0.clone(),
-                signer: broker_signer,
-                assertion_key: p256::ecdsa::SigningKey::from_slice(&[6u8; 32]).unwrap(),
-                admin_trust: admins,
-                policy: Policy::new(me.clone()),
-                card_trust: CardTrust::new(vec![dir.join("ca.der")], vec![]),
-                envelope: Arc::new(FileEnvelope::open_dir(&dir.join("keys")).unwrap()),
-                default_kek: "k1".into(),
-                state_key: zeroize::Zeroizing::new([8u8; 32]),
-                session_secs: 600,
-            },
-            Shards::open(&[kagi_db::Backend::Sqlite(dir.join("b.db"))])
-                .await
-                .unwrap(),
-        )
-        .with_push_identity(
-            PushIdentity::from_pem(broker_client.0.as_bytes(), broker_client.1.as_bytes()).unwrap(),
-        ),
+        common::broker(&dir, &me, broker_signer, admins)
+            .await
+            .with_push_identity(
+                PushIdentity::from_pem(broker_client.0.as_bytes(), broker_client.1.as_bytes())
+                    .unwrap(),
+            ),
     );
     let admin_req = |req: AdminRequest| {
         let (broker, admin, me, trust) = (broker.clone(), &admin, me.clone(), broker_trust.clone());

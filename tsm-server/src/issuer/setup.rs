@@ -241,18 +241,9 @@ pub fn init_issuer(
     )?;
     let me = Signer::generate(PartyId::new(ISSUER_PARTY)?)?;
     files::write_key_pair(dir, "issuer", &me.to_pkcs8_pem()?, &me.public_pem()?)?;
-    let (scheme, tls_lines, ca_line) = match tls {
-        None => ("http", String::new(), String::new()),
-        Some((cert, key)) => {
-            files::write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
-            files::write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-            (
-                "https",
-                "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
-                format!("tls_ca = \"{}\"\n", abs.join("tls.crt.pem").display()),
-            )
-        }
-    };
+    let (scheme, tls_lines, ca_line) = files::write_dev_tls(dir, tls, || {
+        format!("tls_ca = \"{}\"\n", abs.join("tls.crt.pem").display())
+    })?;
     let p = |f: &str| pki.join(f).display().to_string();
     files::write_private(
         &dir.join("jpki-issuer.toml"),

@@ -209,18 +209,9 @@ pub fn init_mno(
         &dir.join("keys/isd.keys"),
         b"# DEVELOPMENT ONLY: the operator's issuer-domain keys of the simulated SIMs (the GP test key).\nKEY=404142434445464748494A4B4C4D4E4F\n",
     )?;
-    let (scheme, tls_lines, ca_line) = match tls {
-        None => ("http", String::new(), String::new()),
-        Some((cert, key)) => {
-            files::write_public(&dir.join("tls.crt.pem"), cert.as_bytes())?;
-            files::write_private(&dir.join("tls.key.pem"), key.as_bytes())?;
-            (
-                "https",
-                "tls_cert = \"tls.crt.pem\"\ntls_key = \"tls.key.pem\"\n".to_string(),
-                format!("tls_ca = \"{}\"\n", abs.join("tls.crt.pem").display()),
-            )
-        }
-    };
+    let (scheme, tls_lines, ca_line) = files::write_dev_tls(dir, tls, || {
+        format!("tls_ca = \"{}\"\n", abs.join("tls.crt.pem").display())
+    })?;
     files::write_private(
         &dir.join("mno-tsm.toml"),
         format!(
