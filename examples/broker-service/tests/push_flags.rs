@@ -148,28 +148,7 @@ async fn the_binary_takes_pushes_with_its_flags() {
     let (login_addr, push_addr) = addresses(&mut service.0);
 
     // The service registered in push mode at the binary's push listener.
-    let admin_req = |req: AdminRequest| {
-        let (broker, admin, me, trust) = (broker.clone(), &admin, me.clone(), broker_trust.clone());
-        async move {
-            let out = tsm_protocol::control::sign_request(
-                admin,
-                &me,
-                &req,
-                Some(tsm_protocol::IdempotencyKey::random().unwrap()),
-                tsm_protocol::signing::now_ms(),
-                60_000,
-            )
-            .unwrap();
-            let answer = broker.admin(&out.bytes).await.unwrap();
-            tsm_protocol::control::open_answer_as::<AdminResponse>(
-                &answer,
-                &out.header,
-                &trust,
-                tsm_protocol::signing::now_ms(),
-            )
-            .unwrap()
-        }
-    };
+    let admin_req = |req: AdminRequest| common::admin(&broker, &admin, &me, &broker_trust, req);
     let policy = ServicePolicy {
         id: "svc-example".into(),
         method: Method::Assertion,

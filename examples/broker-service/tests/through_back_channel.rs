@@ -61,28 +61,7 @@ async fn the_service_redeems_codes_at_the_broker() {
     let mut broker_trust = Trust::new();
     broker_trust.add(me.clone(), *broker_signer.verifying_key());
     let broker = Arc::new(common::broker(&dir, &me, broker_signer, admins).await);
-    let admin_req = |req: AdminRequest| {
-        let (broker, admin, me, trust) = (broker.clone(), &admin, me.clone(), broker_trust.clone());
-        async move {
-            let out = tsm_protocol::control::sign_request(
-                admin,
-                &me,
-                &req,
-                Some(tsm_protocol::IdempotencyKey::random().unwrap()),
-                tsm_protocol::signing::now_ms(),
-                60_000,
-            )
-            .unwrap();
-            let answer = broker.admin(&out.bytes).await.unwrap();
-            tsm_protocol::control::open_answer_as::<AdminResponse>(
-                &answer,
-                &out.header,
-                &trust,
-                tsm_protocol::signing::now_ms(),
-            )
-            .unwrap()
-        }
-    };
+    let admin_req = |req: AdminRequest| common::admin(&broker, &admin, &me, &broker_trust, req);
     // Two services in code mode, each with its own key.
     let keys: Vec<Signer> = ["svc-example", "svc-other"]
         .iter()

@@ -138,28 +138,7 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
                     .unwrap(),
             ),
     );
-    let admin_req = |req: AdminRequest| {
-        let (broker, admin, me, trust) = (broker.clone(), &admin, me.clone(), broker_trust.clone());
-        async move {
-            let out = tsm_protocol::control::sign_request(
-                admin,
-                &me,
-                &req,
-                Some(tsm_protocol::IdempotencyKey::random().unwrap()),
-                tsm_protocol::signing::now_ms(),
-                60_000,
-            )
-            .unwrap();
-            let answer = broker.admin(&out.bytes).await.unwrap();
-            tsm_protocol::control::open_answer_as::<AdminResponse>(
-                &answer,
-                &out.header,
-                &trust,
-                tsm_protocol::signing::now_ms(),
-            )
-            .unwrap()
-        }
-    };
+    let admin_req = |req: AdminRequest| common::admin(&broker, &admin, &me, &broker_trust, req);
 
     // The service: its login API in process, its push listener over mutual TLS.
     let app = kagi_example_service::App::with_push(

@@ -1,5 +1,6 @@
 //! What the example service's tests share: the broker they log in through.
 
+use broker_protocol::api::{AdminRequest, AdminResponse};
 use broker_server::envelope::FileEnvelope;
 use broker_server::service::CardTrust;
 use broker_server::{Broker, Config, Shards};
@@ -28,4 +29,33 @@ pub async fn broker(dir: &Path, me: &PartyId, signer: Signer, admins: Trust) -> 
             .await
             .unwrap(),
     )
+}
+
+/// An administrator's signed request to the broker (a fresh idempotency key), and its
+/// answer, opened with the broker's key in `trust`.
+#[allow(dead_code)] // a test binary that only revokes signs its one request itself
+pub async fn admin(
+    broker: &Broker,
+    admin: &Signer,
+    me: &PartyId,
+    trust: &Trust,
+    req: AdminRequest,
+) -> AdminResponse {
+    let out = tsm_protocol::control::sign_request(
+        admin,
+        me,
+        &req,
+        Some(tsm_protocol::IdempotencyKey::random().unwrap()),
+        tsm_protocol::signing::now_ms(),
+        60_000,
+    )
+    .unwrap();
+    let answer = broker.admin(&out.bytes).await.unwrap();
+    tsm_protocol::control::open_answer_as::<AdminResponse>(
+        &answer,
+        &out.header,
+        trust,
+        tsm_protocol::signing::now_ms(),
+    )
+    .unwrap()
 }
