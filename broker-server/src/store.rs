@@ -565,26 +565,6 @@ impl Shard {
         )
     }
 
-    /// Records an administrator's message; `false` if seen before.
-    pub async fn first_seen(
-        &self,
-        sender: &str,
-        msg_id: &str,
-        keep_until: i64,
-    ) -> Result<bool, StoreError> {
-        match self
-            .commit(vec![Stmt::one(
-                "INSERT INTO replay (sender, msg_id, keep_until) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                vec![sender.into(), msg_id.into(), keep_until.into()],
-            )])
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Forgets expired sessions, nonces and replay entries.
     pub async fn purge(&self, now: i64) -> Result<(), StoreError> {
         self.commit(vec![

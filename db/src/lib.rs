@@ -346,6 +346,28 @@ impl Db {
         self.commit_counted(batch).await.map(drop)
     }
 
+    /// Records a signed message's id in the schema's `replay (sender, msg_id, keep_until)`
+    /// table (primary key `(sender, msg_id)`); `false` when it was there already (a replay).
+    /// One conditional insert: of two racing deliveries of one message, one gets `true`.
+    pub async fn first_seen(
+        &self,
+        sender: &str,
+        msg_id: &str,
+        keep_until: i64,
+    ) -> Result<bool, StoreError> {
+        match self
+            .commit(vec![Stmt::one(
+                "INSERT INTO replay (sender, msg_id, keep_until) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                vec![sender.into(), msg_id.into(), keep_until.into()],
+            )])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until what this server has committed is where a commit would be (PostgreSQL:
     /// on the synchronous standby — an empty transaction that writes to the WAL; SQLite: at
     /// once). Call it before answering from a row read without a commit (an idempotent

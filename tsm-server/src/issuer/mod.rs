@@ -182,7 +182,11 @@ impl Issuer {
             Ok(env) => {
                 let h = &env.header;
                 let keep = h.expires_at.saturating_add(self.config.policy.max_skew_ms) as i64;
-                if !store::first_seen(&self.db, &h.sender.0, &h.msg_id.to_hex(), keep).await? {
+                if !self
+                    .db
+                    .first_seen(&h.sender.0, &h.msg_id.to_hex(), keep)
+                    .await?
+                {
                     let e = signing::ProtocolError::Replayed(h.msg_id, h.sender.clone());
                     tracing::warn!(sender = %h.sender, "replayed issuer request");
                     IssuerResponse::Rejected(ErrorReport::from(&e))

@@ -378,26 +378,6 @@ pub async fn audit_since(db: &Db, since: i64) -> Result<Vec<AuditEntry>, StoreEr
         .collect())
 }
 
-/// Records a signed request's message id; `false` when it was seen before (a replay).
-pub async fn first_seen(
-    db: &Db,
-    sender: &str,
-    msg_id: &str,
-    keep_until: i64,
-) -> Result<bool, StoreError> {
-    match db
-        .commit(vec![Stmt::one(
-            "INSERT INTO replay (sender, msg_id, keep_until) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            vec![sender.into(), msg_id.into(), keep_until.into()],
-        )])
-        .await
-    {
-        Ok(()) => Ok(true),
-        Err(StoreError::Conflict(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Forgets replay entries past their time, and finished issue answers older than
 /// [`ISSUE_ANSWER_KEEP_MS`].
 pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {

@@ -10,10 +10,9 @@
 use crate::store::ops::CredentialRow;
 use tsm_protocol::control::{ControlRequest, ControlResponse, RevokeReason};
 use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
-use tsm_protocol::signing;
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, PartyId};
 
-use super::{Result, Tsm, err, post_signed};
+use super::{Peer, Result, Tsm, err};
 
 /// The JPKI issuer an SP-TSM asks for credentials.
 pub struct IssuerLink {
@@ -51,39 +50,15 @@ impl Tsm {
                 "this SP-TSM has no JPKI issuer ([jpki_issuer] in tsm.toml): the provider must bring a sealed credential (Issue)",
             )));
         };
-        let out = tsm_protocol::control::sign_request(
-            &self.config.signer,
-            &issuer.party,
-            req,
-            None,
-            signing::now_ms(),
-            120_000,
-        )?;
-        let bytes = match post_signed(
-            &issuer.http,
-            &format!("{}/v1/issuer", issuer.url),
-            out.bytes.clone(),
-            "tsm.issuer-unreachable",
-            &format!("the JPKI issuer at {}", issuer.url),
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(e)),
+        let peer = Peer {
+            party: &issuer.party,
+            http: &issuer.http,
+            url: format!("{}/v1/issuer", issuer.url),
+            who: format!("the JPKI issuer at {}", issuer.url),
+            unreachable: "tsm.issuer-unreachable",
+            bad_answer: "protocol.issuer-answer",
         };
-        Ok(tsm_protocol::control::open_answer_as::<IssuerResponse>(
-            &bytes,
-            &out.header,
-            &self.config.trust,
-            signing::now_ms(),
-        )
-        .map_err(|e| {
-            err(
-                Layer::Protocol,
-                "protocol.issuer-answer",
-                format!("the JPKI issuer's answer does not verify: {e}"),
-            )
-        }))
+        self.exchange(peer, req, None).await
     }
 
     /// An `Apply` made an `Issue`: the JPKI issuer's credential for the application, sealed

@@ -365,36 +365,79 @@ pub fn card_of(req: &ControlRequest) -> Option<&CardTarget> {
     }
 }
 
-/// POSTs a signed message to another service (the MNO-TSM, the JPKI issuer) and returns its
-/// answer's bytes; a transport failure or an HTTP error is `code` (retryable), naming `who`.
-pub(crate) async fn post_signed(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    code: &'static str,
-    who: &str,
-) -> std::result::Result<Vec<u8>, ErrorReport> {
-    let unreachable = |e: String| {
-        ErrorReport::new(
-            Layer::Tsm,
-            code,
-            true,
-            format!("{who} cannot be reached ({e}): try again later"),
-        )
-    };
-    match http
-        .post(url)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
+/// Another service this one sends signed requests to (the MNO-TSM, the JPKI issuer).
+pub(crate) struct Peer<'a> {
+    /// Its party (the requests' recipient, the answers' signer).
+    pub party: &'a PartyId,
+    /// Its client.
+    pub http: &'a reqwest::Client,
+    /// The endpoint (full URL).
+    pub url: String,
+    /// What it is, for messages ("the JPKI issuer at …").
+    pub who: String,
+    /// The error code when it cannot be reached (retryable).
+    pub unreachable: &'static str,
+    /// The error code when its answer does not verify.
+    pub bad_answer: &'static str,
+}
+
+impl Tsm {
+    /// Signs `req` for `peer` (a fresh message id and nonce, `idem` if given), POSTs it and
+    /// opens its signed answer as `A`; or why there is none (`peer.unreachable`, which may
+    /// succeed later, or `peer.bad_answer`).
+    pub(crate) async fn exchange<Q, A>(
+        &self,
+        peer: Peer<'_>,
+        req: &Q,
+        idem: Option<tsm_protocol::IdempotencyKey>,
+    ) -> Result<std::result::Result<A, ErrorReport>>
+    where
+        Q: serde::Serialize,
+        A: serde::Serialize + serde::de::DeserializeOwned,
     {
-        Ok(r) if r.status().is_success() => r
-            .bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| unreachable(e.to_string())),
-        Ok(r) => Err(unreachable(format!("HTTP {}", r.status()))),
-        Err(e) => Err(unreachable(e.to_string())),
+        let out = tsm_protocol::control::sign_request(
+            &self.config.signer,
+            peer.party,
+            req,
+            idem,
+            signing::now_ms(),
+            120_000,
+        )?;
+        let unreachable = |e: String| {
+            ErrorReport::new(
+                Layer::Tsm,
+                peer.unreachable,
+                true,
+                format!("{} cannot be reached ({e}): try again later", peer.who),
+            )
+        };
+        let sent = peer
+            .http
+            .post(&peer.url)
+            .header("content-type", "application/octet-stream")
+            .body(out.bytes)
+            .send()
+            .await;
+        let bytes = match sent {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(unreachable(e.to_string()))),
+            },
+            Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
+            Err(e) => return Ok(Err(unreachable(e.to_string()))),
+        };
+        Ok(tsm_protocol::control::open_answer_as::<A>(
+            &bytes,
+            &out.header,
+            &self.config.trust,
+            signing::now_ms(),
+        )
+        .map_err(|e| {
+            err(
+                Layer::Protocol,
+                peer.bad_answer,
+                format!("the answer of {} does not verify: {e}", peer.who),
+            )
+        }))
     }
 }

@@ -27,10 +27,9 @@ use tsm_protocol::control::{ControlRequest, ControlResponse, InitialKeys, OpStat
 use tsm_protocol::recipes;
 use tsm_protocol::relay::{ServerMsg, StopOutcome};
 use tsm_protocol::script::{Goal, KeySet, Plan};
-use tsm_protocol::signing;
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, SessionId};
 
-use super::{Result, Tsm, encode, err, now, post_signed};
+use super::{Peer, Result, Tsm, encode, err, now};
 use crate::store::Store;
 
 /// The key version of a new provider domain's initial keys.
@@ -217,39 +216,15 @@ impl Tsm {
         let Some(mno) = &self.config.mno else {
             return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
         };
-        let out = tsm_protocol::control::sign_request(
-            &self.config.signer,
-            &mno.party,
-            req,
-            idempotency_key,
-            signing::now_ms(),
-            120_000,
-        )?;
-        let bytes = match post_signed(
-            &mno.http,
-            &format!("{}/v1/control", mno.url),
-            out.bytes.clone(),
-            "tsm.mno-unreachable",
-            &format!("the operator's TSM at {}", mno.url),
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(e)),
+        let peer = Peer {
+            party: &mno.party,
+            http: &mno.http,
+            url: format!("{}/v1/control", mno.url),
+            who: format!("the operator's TSM at {}", mno.url),
+            unreachable: "tsm.mno-unreachable",
+            bad_answer: "protocol.mno-answer",
         };
-        Ok(tsm_protocol::control::open_answer(
-            &bytes,
-            &out.header,
-            &self.config.trust,
-            signing::now_ms(),
-        )
-        .map_err(|e| {
-            err(
-                Layer::Protocol,
-                "protocol.mno-answer",
-                format!("the operator's TSM's answer does not verify: {e}"),
-            )
-        }))
+        self.exchange(peer, req, idempotency_key).await
     }
 
     /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key

@@ -133,17 +133,9 @@ impl Store {
         msg_id: &MsgId,
         keep_until: i64,
     ) -> Result<bool, StoreError> {
-        match self
-            .commit(vec![Stmt::one(
-                "INSERT INTO replay (sender, msg_id, keep_until) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                vec![sender.into(), msg_id.to_hex().into(), keep_until.into()],
-            )])
+        self.0
+            .first_seen(sender, &msg_id.to_hex(), keep_until)
             .await
-        {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     /// Forgets replay entries past their keep time.
