@@ -3,6 +3,7 @@
 
 use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
 use crate::applet_store::AppletStore;
+use crate::callers::{Busy, Callers, MAX_NESTING};
 use crate::rng::CardRng;
 use crate::store::StoreError;
 use card_wire::apdu::{Command, Response};
@@ -21,6 +22,8 @@ pub(crate) struct ScopedPersist<'a, 'b> {
     /// The package context's records prefix, `None` for an old-form instance.
     records: Option<&'a str>,
     others: Option<Reach<'a>>,
+    /// The contexts whose calls are under way (a shareable call's client among them).
+    callers: Callers<'a>,
 }
 
 /// The other applets as an applet reaches them through the runtime.
@@ -39,6 +42,7 @@ impl<'a, 'b> ScopedPersist<'a, 'b> {
             store,
             records,
             others: None,
+            callers: Callers::default(),
         }
     }
 
@@ -148,28 +152,120 @@ impl Persist for ScopedPersist<'_, '_> {
             .and_then(|a| crate::registry::entry(self.store.card(), &a))
             .is_some_and(|e| e.selectable())
     }
-    fn shareable_object(&mut self, server: &[u8], parameter: u8) -> Result<Option<Sio>, StoreFail> {
+    fn shareable_object(
+        &mut self,
+        server: &[u8],
+        parameter: u8,
+        caller: &mut Vm,
+    ) -> Result<Option<Sio>, StoreFail> {
         let (Some(reach), Ok(server)) = (self.others.as_mut(), Aid::new(server)) else {
             return Ok(None);
         };
+        let mut me = Busy {
+            vm: caller,
+            records: self.records,
+            privileged: self.store.privileged(),
+            up: self.callers.reborrow(),
+        };
+        let mut callers = Callers::of(&mut me);
+        if callers.depth() >= MAX_NESTING {
+            return Ok(None);
+        }
+        // A context whose call is under way: its machine, called back.
+        let store = self.store.card_mut();
+        let mut out = None;
+        let client = reach.me;
+        let busy = callers.find(server.as_bytes(), &mut |found, mut rest| {
+            if !crate::registry::entry(store, &server).is_some_and(|e| e.selectable()) {
+                out = Some(Ok(None));
+                return;
+            }
+            let mut st = crate::others::scoped(store, &server, found.privileged);
+            let mut p = ScopedPersist {
+                store: &mut st,
+                records: found.records,
+                others: Some(Reach {
+                    applets: &mut *reach.applets,
+                    rng: &mut *reach.rng,
+                    me: &server,
+                }),
+                callers: rest.reborrow(),
+            };
+            out = Some(found.vm.reenter(server.as_bytes(), |vm| {
+                match vm.shareable_object(&mut p, client.as_bytes(), parameter) {
+                    Ok(sio) => Ok(sio),
+                    Err(Answer::Torn) => Err(StoreFail::Torn),
+                    Err(_) => Ok(None),
+                }
+            }));
+        });
+        if busy {
+            return out.unwrap_or(Ok(None));
+        }
         reach.applets.shareable_object(
             &server,
             reach.me,
             parameter,
             reach.rng,
             self.store.card_mut(),
+            callers,
         )
     }
-    fn call_shareable(&mut self, owner: &[u8], call: ShareCall) -> ShareOutcome {
+    fn call_shareable(&mut self, owner: &[u8], call: ShareCall, caller: &mut Vm) -> ShareOutcome {
+        let refused = |call: ShareCall| ShareOutcome {
+            ret: ShareReturn::Security,
+            buffer: call.buffer,
+        };
         let (Some(reach), Ok(owner)) = (self.others.as_mut(), Aid::new(owner)) else {
+            return refused(call);
+        };
+        let mut me = Busy {
+            vm: caller,
+            records: self.records,
+            privileged: self.store.privileged(),
+            up: self.callers.reborrow(),
+        };
+        let mut callers = Callers::of(&mut me);
+        if callers.depth() >= MAX_NESTING {
+            return refused(call);
+        }
+        // A context whose call is under way: its machine runs the call, nested.
+        let store = self.store.card_mut();
+        let mut call = Some(call);
+        let mut out = None;
+        callers.find(owner.as_bytes(), &mut |found, mut rest| {
+            let Some(call) = call.take() else {
+                return;
+            };
+            let mut st = crate::others::scoped(store, &owner, found.privileged);
+            let mut p = ScopedPersist {
+                store: &mut st,
+                records: found.records,
+                others: Some(Reach {
+                    applets: &mut *reach.applets,
+                    rng: &mut *reach.rng,
+                    me: &owner,
+                }),
+                callers: rest.reborrow(),
+            };
+            out = Some(
+                found
+                    .vm
+                    .reenter(owner.as_bytes(), |vm| vm.call_shareable(&mut p, call)),
+            );
+        });
+        if let Some(out) = out {
+            return out;
+        }
+        let Some(call) = call else {
             return ShareOutcome {
                 ret: ShareReturn::Security,
-                buffer: call.buffer,
+                buffer: Vec::new(),
             };
         };
         reach
             .applets
-            .call_shareable(&owner, call, reach.rng, self.store.card_mut())
+            .call_shareable(&owner, call, reach.rng, self.store.card_mut(), callers)
     }
 }
 
@@ -233,7 +329,9 @@ impl JcApplet {
     }
 
     /// The machine for a call the runtime makes on another applet's behalf: `None` when the
-    /// context is busy (its own instance is the caller), which the firewall refuses.
+    /// context is busy outside the callers the card handed on (a call back into a context
+    /// whose call is under way runs on its machine from [`Callers`] instead), which the
+    /// firewall refuses.
     fn vm_if_free(&self) -> Option<MutexGuard<'_, Vm>> {
         let mut vm = match self.context.try_lock() {
             Ok(vm) => vm,
@@ -249,6 +347,7 @@ impl JcApplet {
 fn reach<'a, 'b>(
     ctx: &'a mut AppletContext<'b>,
     records: Option<&'a str>,
+    callers: Callers<'a>,
 ) -> ScopedPersist<'a, 'b> {
     ScopedPersist {
         store: &mut ctx.store,
@@ -258,6 +357,7 @@ fn reach<'a, 'b>(
             rng: &mut *ctx.rng,
             me: ctx.aid,
         }),
+        callers,
     }
 }
 
@@ -285,12 +385,15 @@ impl Applet for JcApplet {
             extended: false,
         };
         let mut vm = self.vm();
-        answer(vm.select(&mut reach(ctx, self.records.as_deref()), &cmd))
+        answer(vm.select(
+            &mut reach(ctx, self.records.as_deref(), Callers::default()),
+            &cmd,
+        ))
     }
 
     fn deselect(&mut self, ctx: &mut AppletContext<'_>) {
         let mut vm = self.vm();
-        let _ = vm.deselect(&mut reach(ctx, self.records.as_deref()));
+        let _ = vm.deselect(&mut reach(ctx, self.records.as_deref(), Callers::default()));
     }
 
     fn process(
@@ -305,7 +408,10 @@ impl Applet for JcApplet {
             extended: command.is_extended(),
         };
         let mut vm = self.vm();
-        match vm.process(&mut reach(ctx, self.records.as_deref()), &cmd) {
+        match vm.process(
+            &mut reach(ctx, self.records.as_deref(), Callers::default()),
+            &cmd,
+        ) {
             Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
             a => answer(a).map(Response::success),
         }
@@ -320,21 +426,34 @@ impl Applet for JcApplet {
         client: &[u8],
         parameter: u8,
         ctx: &mut AppletContext<'_>,
+        mut callers: Callers<'_>,
     ) -> Option<Sio> {
         let mut vm = self.vm_if_free()?;
-        vm.shareable_object(&mut reach(ctx, self.records.as_deref()), client, parameter)
-            .ok()
-            .flatten()
+        vm.shareable_object(
+            &mut reach(ctx, self.records.as_deref(), callers.reborrow()),
+            client,
+            parameter,
+        )
+        .ok()
+        .flatten()
     }
 
-    fn call_shareable(&mut self, call: ShareCall, ctx: &mut AppletContext<'_>) -> ShareOutcome {
+    fn call_shareable(
+        &mut self,
+        call: ShareCall,
+        ctx: &mut AppletContext<'_>,
+        mut callers: Callers<'_>,
+    ) -> ShareOutcome {
         let Some(mut vm) = self.vm_if_free() else {
             return ShareOutcome {
                 ret: ShareReturn::Security,
                 buffer: call.buffer,
             };
         };
-        vm.call_shareable(&mut reach(ctx, self.records.as_deref()), call)
+        vm.call_shareable(
+            &mut reach(ctx, self.records.as_deref(), callers.reborrow()),
+            call,
+        )
     }
 
     fn extended_length(&self) -> bool {

@@ -98,19 +98,27 @@ pub trait Persist {
     }
     /// Asks applet `server` for its shareable object for this instance with `parameter`
     /// (`JCSystem.getAppletShareableInterfaceObject`); `None` when it refuses or is not there
-    /// (the default: no other contexts).
+    /// (the default: no other contexts). `caller` is the asking machine, whose call is under
+    /// way: the card may need it again if `server` calls back into its context.
     fn shareable_object(
         &mut self,
         server: &[u8],
         parameter: u8,
+        caller: &mut Vm,
     ) -> Result<Option<share::Sio>, StoreFail> {
-        let _ = (server, parameter);
+        let _ = (server, parameter, caller);
         Ok(None)
     }
     /// Runs a shareable interface method in the context of applet `owner`
-    /// ([`Vm::call_shareable`] there); by default the firewall refuses.
-    fn call_shareable(&mut self, owner: &[u8], call: share::ShareCall) -> share::ShareOutcome {
-        let _ = owner;
+    /// ([`Vm::call_shareable`] there); by default the firewall refuses. `caller` is the
+    /// calling machine, whose call is under way (the owner may call back into its context).
+    fn call_shareable(
+        &mut self,
+        owner: &[u8],
+        call: share::ShareCall,
+        caller: &mut Vm,
+    ) -> share::ShareOutcome {
+        let _ = (owner, caller);
         share::ShareOutcome {
             ret: share::ShareReturn::Security,
             buffer: call.buffer,
@@ -310,6 +318,25 @@ impl Vm {
             self.aid = instance.to_vec();
         }
         self.applet = self.applets.get(instance).copied().unwrap_or(0);
+    }
+
+    /// Whether the instance `aid` belongs to this context (it is the instance entered, or
+    /// one registered in the context's state).
+    pub fn serves(&self, aid: &[u8]) -> bool {
+        self.aid == aid || self.applets.contains_key(aid)
+    }
+
+    /// Runs `f` for the instance `aid` of this context and enters the instance it had
+    /// before again afterwards: a call back into a context whose own call is under way (the
+    /// Java Card runtime environment lets a server call a shareable object of the context
+    /// that called it).
+    pub fn reenter<T>(&mut self, aid: &[u8], f: impl FnOnce(&mut Vm) -> T) -> T {
+        let (was, applet) = (self.aid.clone(), self.applet);
+        self.enter(aid);
+        let out = f(self);
+        self.aid = was;
+        self.applet = applet;
+        out
     }
 
     /// The instances registered in this context (after its state was read).
