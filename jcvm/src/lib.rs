@@ -320,25 +320,6 @@ impl Vm {
         self.applet = self.applets.get(instance).copied().unwrap_or(0);
     }
 
-    /// Whether the instance `aid` belongs to this context (it is the instance entered, or
-    /// one registered in the context's state).
-    pub fn serves(&self, aid: &[u8]) -> bool {
-        self.aid == aid || self.applets.contains_key(aid)
-    }
-
-    /// Runs `f` for the instance `aid` of this context and enters the instance it had
-    /// before again afterwards: a call back into a context whose own call is under way (the
-    /// Java Card runtime environment lets a server call a shareable object of the context
-    /// that called it).
-    pub fn reenter<T>(&mut self, aid: &[u8], f: impl FnOnce(&mut Vm) -> T) -> T {
-        let (was, applet) = (self.aid.clone(), self.applet);
-        self.enter(aid);
-        let out = f(self);
-        self.aid = was;
-        self.applet = applet;
-        out
-    }
-
     /// The instances registered in this context (after its state was read).
     pub fn instances(&self) -> Vec<Vec<u8>> {
         self.applets.keys().cloned().collect()

@@ -117,6 +117,25 @@ fn signature(nibbles: &[u8]) -> Option<(Vec<(usize, bool)>, u8)> {
 }
 
 impl Vm {
+    /// Whether the instance `aid` belongs to this context (it is the instance entered, or
+    /// one registered in the context's state).
+    pub fn serves(&self, aid: &[u8]) -> bool {
+        self.aid == aid || self.applets.contains_key(aid)
+    }
+
+    /// Runs `f` for the instance `aid` of this context and enters the instance it had
+    /// before again afterwards: a call back into a context whose own call is under way (the
+    /// Java Card runtime environment lets a server call a shareable object of the context
+    /// that called it).
+    pub fn reenter<T>(&mut self, aid: &[u8], f: impl FnOnce(&mut Vm) -> T) -> T {
+        let (was, applet) = (self.aid.clone(), self.applet);
+        self.enter(aid);
+        let out = f(self);
+        self.aid = was;
+        self.applet = applet;
+        out
+    }
+
     /// The AID object of `aid` in this context (a system object, one per AID: this
     /// instance's own, and those of other contexts it meets).
     pub(crate) fn aid_object(&mut self, aid: &[u8]) -> Result<u16, Flow> {
