@@ -39,6 +39,7 @@ port=$(free_port)
 "$K" ca init --dir "$work/pki" >/dev/null
 echo 1357 >"$work/pin.txt"
 echo "bench password" >"$work/pw.txt"
+echo ABC123 >"$work/sign-password.txt"
 start_tsm "$work/tsm"
 echo "== one download per link, relay session only: a JPKI credential (RSA-2048) on the plain"
 echo "   simulator and with the SIM-class timing model (--sim-timing sim), and wallet data (a"
@@ -65,8 +66,12 @@ for link in none lte 3g; do
     for timing in none sim; do
         n=$((n + 1))
         iccid=$(sim_for $n)
+        # The user's application, signed with a simulated My Number card of the test CAs.
+        "$K" jpki apply --sim --sim-preset jpki-demo --sim-image "$work/mynumber.img" --sim-pki-dir "$work/pki" \
+            --iccid "$iccid" --provider sp:kagi-bank --contact holder@example.jp \
+            --pin-file "$work/sign-password.txt" --out "$work/app$n.bin" 2>/dev/null >/dev/null
         "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
-            --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" \
+            --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" --application "$work/app$n.bin" \
             --pin-file "$work/pin.txt" --password-file "$work/pw.txt" --out "$work/issue$n.json" >/dev/null
         if [ "$timing" = none ]; then
             relay_run $n "$link" "JPKI"
