@@ -158,67 +158,73 @@ impl Persist for ScopedPersist<'_, '_> {
         parameter: u8,
         caller: &mut Vm,
     ) -> Result<Option<Sio>, StoreFail> {
-        let (Some(reach), Ok(server)) = (self.others.as_mut(), Aid::new(server)) else {
+        let (Some(client), Ok(server)) = (
+            self.others.as_ref().map(|r| r.me.as_bytes().to_vec()),
+            Aid::new(server),
+        ) else {
             return Ok(None);
         };
-        let mut me = Busy {
-            vm: caller,
-            records: self.records,
-            privileged: self.store.privileged(),
-            up: self.callers.reborrow(),
-        };
-        let mut callers = Callers::of(&mut me);
-        if callers.depth() >= MAX_NESTING {
-            return Ok(None);
-        }
-        // A context whose call is under way: its machine, called back.
-        let store = self.store.card_mut();
-        let mut out = None;
-        let client = reach.me;
-        let busy = callers.find(server.as_bytes(), &mut |found, mut rest| {
-            if !crate::registry::entry(store, &server).is_some_and(|e| e.selectable()) {
-                out = Some(Ok(None));
-                return;
-            }
-            let mut st = crate::others::scoped(store, &server, found.privileged);
-            let mut p = ScopedPersist {
-                store: &mut st,
-                records: found.records,
-                others: Some(Reach {
-                    applets: &mut *reach.applets,
-                    rng: &mut *reach.rng,
-                    me: &server,
-                }),
-                callers: rest.reborrow(),
-            };
-            out = Some(found.vm.reenter(server.as_bytes(), |vm| {
-                match vm.shareable_object(&mut p, client.as_bytes(), parameter) {
-                    Ok(sio) => Ok(sio),
-                    Err(Answer::Torn) => Err(StoreFail::Torn),
-                    Err(_) => Ok(None),
-                }
-            }));
-        });
-        if busy {
-            return out.unwrap_or(Ok(None));
-        }
-        reach.applets.shareable_object(
+        self.route(
+            caller,
             &server,
-            reach.me,
-            parameter,
-            reach.rng,
-            self.store.card_mut(),
-            callers,
+            |vm, p| {
+                let selectable =
+                    crate::registry::entry(p.store.card(), &server).is_some_and(|e| e.selectable());
+                match selectable.then(|| vm.shareable_object(p, &client, parameter)) {
+                    Some(Ok(sio)) => Ok(sio),
+                    Some(Err(Answer::Torn)) => Err(StoreFail::Torn),
+                    _ => Ok(None),
+                }
+            },
+            |reach, store, callers| {
+                reach
+                    .applets
+                    .shareable_object(&server, reach.me, parameter, reach.rng, store, callers)
+            },
         )
+        .unwrap_or(Ok(None))
     }
     fn call_shareable(&mut self, owner: &[u8], call: ShareCall, caller: &mut Vm) -> ShareOutcome {
-        let refused = |call: ShareCall| ShareOutcome {
+        let refused = |buffer: Vec<u8>| ShareOutcome {
             ret: ShareReturn::Security,
-            buffer: call.buffer,
+            buffer,
         };
-        let (Some(reach), Ok(owner)) = (self.others.as_mut(), Aid::new(owner)) else {
-            return refused(call);
+        let Ok(owner) = Aid::new(owner) else {
+            return refused(call.buffer);
         };
+        let call = std::cell::Cell::new(Some(call));
+        let out = self.route(
+            caller,
+            &owner,
+            |vm, p| match call.take() {
+                Some(c) => vm.call_shareable(p, c),
+                None => refused(Vec::new()),
+            },
+            |reach, store, callers| match call.take() {
+                Some(c) => reach
+                    .applets
+                    .call_shareable(&owner, c, reach.rng, store, callers),
+                None => refused(Vec::new()),
+            },
+        );
+        out.unwrap_or_else(|| refused(call.take().map(|c| c.buffer).unwrap_or_default()))
+    }
+}
+
+impl ScopedPersist<'_, '_> {
+    /// Sends a call from `caller` (this context's machine, whose call is under way) for the
+    /// instance `owner`: to `busy` when `owner`'s context has a call under way too (its
+    /// machine, entered for `owner`, and its memory), else to `free` (the other applets as
+    /// the runtime reaches them, the card's memory, the callers with this one); `None` when
+    /// no other applet is reachable or calls are nested [`MAX_NESTING`] deep.
+    fn route<T>(
+        &mut self,
+        caller: &mut Vm,
+        owner: &Aid,
+        mut busy: impl FnMut(&mut Vm, &mut ScopedPersist<'_, '_>) -> T,
+        free: impl FnOnce(&mut Reach<'_>, &mut crate::store::Store, Callers<'_>) -> T,
+    ) -> Option<T> {
+        let reach = self.others.as_mut()?;
         let mut me = Busy {
             vm: caller,
             records: self.records,
@@ -227,45 +233,28 @@ impl Persist for ScopedPersist<'_, '_> {
         };
         let mut callers = Callers::of(&mut me);
         if callers.depth() >= MAX_NESTING {
-            return refused(call);
+            return None;
         }
-        // A context whose call is under way: its machine runs the call, nested.
         let store = self.store.card_mut();
-        let mut call = Some(call);
         let mut out = None;
         callers.find(owner.as_bytes(), &mut |found, mut rest| {
-            let Some(call) = call.take() else {
-                return;
-            };
-            let mut st = crate::others::scoped(store, &owner, found.privileged);
+            let mut st = crate::others::scoped(store, owner, found.privileged);
             let mut p = ScopedPersist {
                 store: &mut st,
                 records: found.records,
                 others: Some(Reach {
                     applets: &mut *reach.applets,
                     rng: &mut *reach.rng,
-                    me: &owner,
+                    me: owner,
                 }),
                 callers: rest.reborrow(),
             };
-            out = Some(
-                found
-                    .vm
-                    .reenter(owner.as_bytes(), |vm| vm.call_shareable(&mut p, call)),
-            );
+            out = Some(found.vm.reenter(owner.as_bytes(), |vm| busy(vm, &mut p)));
         });
-        if let Some(out) = out {
-            return out;
-        }
-        let Some(call) = call else {
-            return ShareOutcome {
-                ret: ShareReturn::Security,
-                buffer: Vec::new(),
-            };
-        };
-        reach
-            .applets
-            .call_shareable(&owner, call, reach.rng, self.store.card_mut(), callers)
+        Some(match out {
+            Some(o) => o,
+            None => free(reach, store, callers),
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 //! MNO-TSM and JPKI issuer, [`super::load_three`]): each session is the whole path from the
 //! user's signed application to the credential on the SIM.
 
-use super::load_job::{Job, Prepared};
+use super::load_job::{Job, PASSWORD, Prepared};
 use super::load_three;
 use crate::Failure;
 use crate::print_json;
@@ -71,6 +71,7 @@ fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>,
     let ca_der = auth_ca.certificate_der()?;
     let maker = kagi_fixtures::sim::manufacturer_ca()?.certificate().clone();
     let now = std::time::SystemTime::now();
+    let grant = provider::access_grant(PASSWORD, 3, 600_000)?;
     let mut out = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
         let sim = provision(format!("load-{run}-{i}").as_bytes(), &PROVIDER_SD, &keys)?;
@@ -105,19 +106,15 @@ fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>,
             },
             applet,
             credential: bundle,
-            access: provider::access_grant("load-password", 3, 600_000)?,
+            access: grant.clone(),
         };
-        out.push(Prepared {
-            card: sim.card,
-            iccid: sim.iccid,
-            cin: sim.cin,
-            card_certificate: sim.card_certificate,
-            sd_aid: PROVIDER_SD.to_vec(),
-            job: Job::Issue {
+        out.push(Prepared::new(
+            sim,
+            Job::Issue {
                 request,
                 request_id,
             },
-        });
+        ));
     }
     Ok(out)
 }
@@ -171,7 +168,7 @@ async fn session(
     };
     let creds = UserCredentials {
         access_code: code,
-        password: load_three::PASSWORD.into(),
+        password: PASSWORD.into(),
     };
     let mut never = |_| None;
     let out = kagi_online::tsm::relay::run(

@@ -1,6 +1,10 @@
 //! What one session of `kagi tsm load` runs: a SIM and the request that starts its download.
 
+use kagi_fixtures::sim::{PROVIDER_SD, ProvisionedSim};
 use tsm_protocol::control::ControlRequest;
+
+/// The password every session's user registers (the load's own, not a secret).
+pub(crate) const PASSWORD: &str = "load-password";
 
 /// A SIM ready for one session, and what the session asks.
 pub(crate) struct Prepared {
@@ -25,4 +29,18 @@ pub(crate) enum Job {
         request: ControlRequest,
         contact: String,
     },
+}
+
+impl Prepared {
+    /// The session of `sim` (the provider's domain at [`PROVIDER_SD`]) that runs `job`.
+    pub(crate) fn new(sim: ProvisionedSim, job: Job) -> Prepared {
+        Prepared {
+            card: sim.card,
+            iccid: sim.iccid,
+            cin: sim.cin,
+            card_certificate: sim.card_certificate,
+            sd_aid: PROVIDER_SD.to_vec(),
+            job,
+        }
+    }
 }

@@ -8,11 +8,10 @@
 //! from the SP-TSM's maildir outbox, and the relay runs the download (SP-TSM, MNO-TSM,
 //! SP-TSM).
 
-use super::load_job::{Job, Prepared};
+use super::load_job::{Job, PASSWORD, Prepared};
 use crate::Failure;
 use kagi::jpki::{self, Pin};
 use kagi_certs::application::{Application, Body};
-use kagi_fixtures::sim::PROVIDER_SD;
 use kagi_online::tsm::provider;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tsm_protocol::control::{AppletRef, CardTarget, ControlRequest};
 use tsm_protocol::receipt::CertKey;
 use zeroize::Zeroizing;
-
-/// The password every session's user registers (the load's own, not a secret).
-pub const PASSWORD: &str = "load-password";
 
 /// `sessions` SIMs (their keys certified by the manufacturer CA kept in `maker_dir`) and
 /// applications to `provider`, signed on a My Number card of the CAs in `ca_dir`.
@@ -76,14 +72,7 @@ pub fn prepare(
             application,
             access: grant.clone(),
         };
-        out.push(Prepared {
-            card: sim.card,
-            iccid: sim.iccid,
-            cin: sim.cin,
-            card_certificate: sim.card_certificate,
-            sd_aid: PROVIDER_SD.to_vec(),
-            job: Job::Apply { request, contact },
-        });
+        out.push(Prepared::new(sim, Job::Apply { request, contact }));
     }
     Ok(out)
 }
