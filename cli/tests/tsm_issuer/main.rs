@@ -13,6 +13,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[cfg(feature = "pcsc")]
+mod as_card;
 mod load;
 mod race;
 mod smtp;
