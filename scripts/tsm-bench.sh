@@ -105,8 +105,9 @@ pg=$(bash scripts/private-postgres.sh start "$work/pg" "$(free_port)")
 load postgresql --database "$pg"
 
 echo "== three organisations, each its own process and SQLite database on these 2 cores (SP-TSM,"
-echo "   MNO-TSM, JPKI issuer): 1000 sessions from the signed application to the credential on"
-echo "   the SIM (application, issuer's key and certificate, mailed access code, relay session)"
+echo "   MNO-TSM, JPKI issuer): one session per link from the user's application (signed on the"
+echo "   My Number card, modern timing) to the credential on the SIM (SIM timing), then 1000"
+echo "   sessions (application, issuer's key and certificate, mailed access code, relay session)"
 three="$work/three"
 sp_port=$(free_port) mno_port=$(free_port) issuer_port=$(free_port)
 "$K" sim provision --sim-image "$three/x.img" --serial x --no-domain --manufacturer-ca "$three/maker" >/dev/null
@@ -127,6 +128,38 @@ KAGI_LOG=warn "$K" sp-tsm serve --config "$three/sp-tsm/tsm.toml" --insecure-fil
 three_pids+=($!)
 for p in "$issuer_port" "$mno_port" "$sp_port"; do
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+done
+echo ABC123 >"$three/sign-password.txt"
+echo "bench password" >"$three/pw.txt"
+i=0
+for link in lte 3g; do
+    i=$((i + 1))
+    "$K" sim provision --sim-image "$three/sim$i.img" --serial "three-$i" --no-domain \
+        --manufacturer-ca "$three/maker" --json >"$three/sim$i.json"
+    iccid=$(json_field "$three/sim$i.json" iccid)
+    "$K" tsm mno --config "$three/mno-tsm/operator.toml" register-card --iccid "$iccid" \
+        --cin "$(json_field "$three/sim$i.json" cin)" \
+        --card-certificate "$(json_field "$three/sim$i.json" card_certificate)" >/dev/null
+    # The My Number card made beforehand (its RSA keys), so the clock sees only the session.
+    "$K" jpki info --sim --sim-preset jpki-demo --sim-image "$three/mynumber$i.img" \
+        --sim-pki-dir "$work/pki" >/dev/null 2>&1
+    rm -f "$three"/sp-tsm/outbox/new/*
+    t0=$(date +%s.%N)
+    "$K" jpki apply --sim --sim-image "$three/mynumber$i.img" --sim-timing modern \
+        --iccid "$iccid" --provider sp:kagi-bank --contact holder@example.jp \
+        --pin-file "$three/sign-password.txt" --out "$three/app$i.bin" >/dev/null 2>&1
+    "$K" tsm provider --config "$three/sp-tsm/sp.toml" apply --iccid "$iccid" \
+        --application "$three/app$i.bin" --password-file "$three/pw.txt" --out "$three/issue$i.json" >/dev/null
+    json_field "$three/issue$i.json" ticket >"$three/t$i"
+    mail=""
+    for _ in $(seq 1 500); do mail=$(ls "$three"/sp-tsm/outbox/new/* 2>/dev/null | head -n 1); [ -n "$mail" ] && break; sleep 0.01; done
+    sed -n 's/^Access code: \([0-9-]*\).*/\1/p' "$mail" | tr -d '\r' >"$three/c$i"
+    "$K" relay --tsm "http://127.0.0.1:$sp_port" --ticket-file "$three/t$i" --access-code-file "$three/c$i" \
+        --password-file "$three/pw.txt" --sim --sim-image "$three/sim$i.img" --link "$link" \
+        --sim-timing sim --json >"$three/relay$i.json"
+    t1=$(date +%s.%N)
+    printf '  %-5s application to credential, card timing models on: %.2f s (relay session %s s)\n' \
+        "$link" "$(python3 -c "print($t1 - $t0)")" "$(sed -n 's/.*"seconds": *\([0-9.]*\).*/\1/p' "$three/relay$i.json")"
 done
 printf '  %-10s ' "sqlite"
 "$K" tsm load --sp "$three/sp-tsm/sp.toml" --mno "$three/mno-tsm/operator.toml" --ca-dir "$work/pki" \
