@@ -8,19 +8,16 @@
 mod common;
 
 use broker_protocol::Assurance;
-use broker_protocol::api::{
-    self, Act, AdminRequest, AdminResponse, BackChannel, CardLogin, Method, ServicePolicy,
-};
+use broker_protocol::api::{Act, AdminRequest, AdminResponse, BackChannel, Method, ServicePolicy};
 use broker_server::envelope::FileEnvelope;
 use broker_server::service::push::PushIdentity;
-use rsa::signature::{SignatureEncoding, Signer as _};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use test_pki::tls::{TlsCa, Usage};
 use tsm_protocol::PartyId;
 use tsm_protocol::signing::{Signer, Trust};
@@ -68,7 +65,6 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_takes_pushes_with_its_flags() {
-    use der::Encode;
     use p256::pkcs8::EncodePublicKey;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("kagi-example-flags-{}", std::process::id()));
@@ -173,36 +169,9 @@ async fn the_binary_takes_pushes_with_its_flags() {
 
     // The holder: a card login at the broker, the service's nonce, the act (delivered by
     // push), and the login finished at the binary.
-    let card_key = test_pki::generate_rsa_key().unwrap();
-    let now = SystemTime::now();
-    let card_cert = ca
-        .issue_auth(
-            &card_key.to_public_key(),
-            "FLAGS-CARD",
-            81,
-            now - Duration::from_secs(60),
-            now + Duration::from_secs(3600),
-        )
-        .unwrap()
-        .to_der()
-        .unwrap();
-    broker
-        .enrol_many(&["FLAGS-CARD".to_string()], &["svc-example".to_string()])
-        .await
-        .unwrap();
-    let c = broker.challenge().unwrap();
-    let nonce = api::unb64(&c.nonce).unwrap();
-    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(card_key)
-        .sign(&api::login_message(&c.broker, &nonce))
-        .to_vec();
-    let session = broker
-        .login_card(&CardLogin {
-            nonce: c.nonce,
-            certificate: api::b64(&card_cert),
-            signature: api::b64(&sig),
-        })
-        .await
-        .unwrap();
+    let card =
+        common::enrolled_card(&broker, &ca, "FLAGS-CARD", 81, &["svc-example".to_string()]).await;
+    let session = common::card_login(&broker, card).await;
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         let req = http

@@ -6,46 +6,22 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use common::call;
+
+use axum::http::StatusCode;
 use broker_protocol::Assurance;
 use broker_protocol::api::{
-    self, Act, AdminRequest, AdminResponse, BackChannel, CardLogin, Method, ServicePolicy,
+    self, Act, AdminRequest, AdminResponse, BackChannel, Method, ServicePolicy,
 };
 use broker_server::envelope::FileEnvelope;
-use http_body_util::BodyExt;
-use rsa::signature::{SignatureEncoding, Signer as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tower::ServiceExt;
+use std::time::Duration;
 use tsm_protocol::PartyId;
 use tsm_protocol::signing::{Signer, Trust};
 
-async fn call(
-    app: &Arc<kagi_example_service::App>,
-    path: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = kagi_example_service::router(app.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_redeems_codes_at_the_broker() {
-    use der::Encode;
     use p256::pkcs8::EncodePublicKey;
     let dir = std::env::temp_dir().join(format!("kagi-example-bc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -96,26 +72,14 @@ async fn the_service_redeems_codes_at_the_broker() {
             AdminResponse::Ok
         );
     }
-    let key = test_pki::generate_rsa_key().unwrap();
-    let now = SystemTime::now();
-    let cert = ca
-        .issue_auth(
-            &key.to_public_key(),
-            "BC-EXAMPLE-CARD",
-            78,
-            now - Duration::from_secs(60),
-            now + Duration::from_secs(3600),
-        )
-        .unwrap()
-        .to_der()
-        .unwrap();
-    broker
-        .enrol_many(
-            &["BC-EXAMPLE-CARD".to_string()],
-            &["svc-example".to_string(), "svc-other".to_string()],
-        )
-        .await
-        .unwrap();
+    let card = common::enrolled_card(
+        &broker,
+        &ca,
+        "BC-EXAMPLE-CARD",
+        78,
+        &["svc-example".to_string(), "svc-other".to_string()],
+    )
+    .await;
 
     // The broker over HTTP, where the service redeems.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,19 +96,7 @@ async fn the_service_redeems_codes_at_the_broker() {
     ));
 
     // The holder logs in at the broker with the card.
-    let c = broker.challenge().unwrap();
-    let nonce = api::unb64(&c.nonce).unwrap();
-    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key)
-        .sign(&api::login_message(&c.broker, &nonce))
-        .to_vec();
-    let session = broker
-        .login_card(&CardLogin {
-            nonce: c.nonce,
-            certificate: api::b64(&cert),
-            signature: api::b64(&sig),
-        })
-        .await
-        .unwrap();
+    let session = common::card_login(&broker, card).await;
     let code_for = |service: &str, n: &str| {
         let (broker, a) = (
             broker.clone(),

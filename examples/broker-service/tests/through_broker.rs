@@ -5,45 +5,19 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use common::call;
+
+use axum::http::StatusCode;
 use broker_protocol::Assurance;
-use broker_protocol::api::{self, Act, AdminRequest, CardLogin, Method, ServicePolicy};
+use broker_protocol::api::{Act, AdminRequest, Method, ServicePolicy};
 use broker_server::envelope::FileEnvelope;
 use broker_server::store::Shard;
-use http_body_util::BodyExt;
-use rsa::signature::{SignatureEncoding, Signer as _};
-use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tower::ServiceExt;
+use serde_json::json;
 use tsm_protocol::PartyId;
 use tsm_protocol::signing::{Signer, Trust};
 
-async fn call(
-    app: &Arc<kagi_example_service::App>,
-    path: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = kagi_example_service::router(app.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn the_service_accepts_holders_only_through_the_broker() {
-    use der::Encode;
     let dir = std::env::temp_dir().join(format!("kagi-example-svc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -68,39 +42,11 @@ async fn the_service_accepts_holders_only_through_the_broker() {
             .await
             .unwrap();
     }
-    let key = test_pki::generate_rsa_key().unwrap();
-    let now = SystemTime::now();
-    let cert = ca
-        .issue_auth(
-            &key.to_public_key(),
-            "EXAMPLE-CARD",
-            77,
-            now - Duration::from_secs(60),
-            now + Duration::from_secs(3600),
-        )
-        .unwrap()
-        .to_der()
-        .unwrap();
     let services = vec!["svc-example".to_string(), "svc-other".to_string()];
-    broker
-        .enrol_many(&["EXAMPLE-CARD".to_string()], &services)
-        .await
-        .unwrap();
+    let card = common::enrolled_card(&broker, &ca, "EXAMPLE-CARD", 77, &services).await;
 
     // The holder's card logs in at the broker.
-    let c = broker.challenge().unwrap();
-    let nonce = api::unb64(&c.nonce).unwrap();
-    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key)
-        .sign(&api::login_message(&c.broker, &nonce))
-        .to_vec();
-    let session = broker
-        .login_card(&CardLogin {
-            nonce: c.nonce,
-            certificate: api::b64(&cert),
-            signature: api::b64(&sig),
-        })
-        .await
-        .unwrap();
+    let session = common::card_login(&broker, card).await;
 
     let app = kagi_example_service::App::new(
         "http://127.0.0.1:9",

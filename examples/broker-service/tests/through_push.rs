@@ -14,51 +14,31 @@
 
 mod common;
 
+use common::call;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use broker_protocol::Assurance;
 use broker_protocol::api::{
-    self, Act, ActResult, AdminRequest, AdminResponse, ApiError, BackChannel, CardLogin, Method,
-    Push, ServicePolicy,
+    self, Act, ActResult, AdminRequest, AdminResponse, ApiError, BackChannel, Method, Push,
+    ServicePolicy,
 };
 use broker_server::BrokerError;
 use broker_server::envelope::FileEnvelope;
 use broker_server::service::push::PushIdentity;
 use http_body_util::BodyExt;
-use rsa::signature::{SignatureEncoding, Signer as _};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use test_pki::tls::{TlsCa, Usage};
 use tower::ServiceExt;
 use tsm_protocol::PartyId;
 use tsm_protocol::signing::{Signer, Trust};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-async fn call(
-    app: &Arc<kagi_example_service::App>,
-    path: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = kagi_example_service::router(app.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// An HTTPS client trusting `ca_pem`, presenting `identity` (certificate, key PEM) if given.
 fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
@@ -97,7 +77,6 @@ fn refusal(r: Result<ActResult, BrokerError>) -> ApiError {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_pushes_proofs_over_mutual_tls() {
-    use der::Encode;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("kagi-example-push-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -274,37 +253,9 @@ async fn the_broker_pushes_proofs_over_mutual_tls() {
     }
 
     // The holder logs in at the broker with the card.
-    let key = test_pki::generate_rsa_key().unwrap();
-    let now = SystemTime::now();
-    let cert = ca
-        .issue_auth(
-            &key.to_public_key(),
-            "PUSH-EXAMPLE-CARD",
-            79,
-            now - Duration::from_secs(60),
-            now + Duration::from_secs(3600),
-        )
-        .unwrap()
-        .to_der()
-        .unwrap();
     let ids: Vec<String> = services.iter().map(|s| s.0.to_string()).collect();
-    broker
-        .enrol_many(&["PUSH-EXAMPLE-CARD".to_string()], &ids)
-        .await
-        .unwrap();
-    let c = broker.challenge().unwrap();
-    let nonce = api::unb64(&c.nonce).unwrap();
-    let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key)
-        .sign(&api::login_message(&c.broker, &nonce))
-        .to_vec();
-    let session = broker
-        .login_card(&CardLogin {
-            nonce: c.nonce,
-            certificate: api::b64(&cert),
-            signature: api::b64(&sig),
-        })
-        .await
-        .unwrap();
+    let card = common::enrolled_card(&broker, &ca, "PUSH-EXAMPLE-CARD", 79, &ids).await;
+    let session = common::card_login(&broker, card).await;
     let act = |service: &str, n: &str| Act {
         session: session.session.clone(),
         service: service.into(),
