@@ -225,6 +225,49 @@ impl SessionPool {
     }
 }
 
+/// The three master keys (`LABEL-enc`, `-mac`, `-dek` after [`PARTS`]) of `config` in the
+/// session's token: each found exactly once (`missing_hint` ends the error otherwise) and not
+/// extractable; `check` sees each key's `attribute` (with its label) and may refuse it.
+pub(crate) fn master_keys(
+    session: &Session,
+    config: &HsmConfig,
+    attribute: AttributeType,
+    missing_hint: &str,
+    mut check: impl FnMut(&str, &Attribute) -> Result<()>,
+) -> Result<[ObjectHandle; 3]> {
+    let mut keys = Vec::new();
+    for (part, _) in PARTS {
+        let label = format!("{}-{part}", config.key);
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.clone().into_bytes()),
+            ])
+            .map_err(|e| hsm("C_FindObjects", e))?;
+        let [handle] = found.as_slice() else {
+            return Err(Error::Hsm(format!(
+                "expected one key labelled '{label}' in token '{}', found {}{missing_hint}",
+                config.token,
+                found.len()
+            )));
+        };
+        let attrs = session
+            .get_attributes(*handle, &[attribute, AttributeType::Extractable])
+            .map_err(|e| hsm("C_GetAttributeValue", e))?;
+        for a in &attrs {
+            if let Attribute::Extractable(true) = a {
+                return Err(Error::Hsm(format!(
+                    "the key '{label}' is extractable: master keys must not leave the HSM; re-create it with CKA_EXTRACTABLE false"
+                )));
+            }
+            check(&label, a)?;
+        }
+        keys.push(*handle);
+    }
+    keys.try_into()
+        .map_err(|_| Error::Hsm("three master keys expected".into()))
+}
+
 /// A production master key set held in an HSM.
 pub struct HsmMaster {
     pool: SessionPool,
@@ -237,45 +280,19 @@ impl HsmMaster {
     /// Logs in and finds the key set; `kvn` is the version the diversified keys get.
     pub fn open(config: &HsmConfig, pin: &str, kvn: u8) -> Result<HsmMaster> {
         let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
-        let mut keys = Vec::new();
         let mut len = 0;
-        for (part, _) in PARTS {
-            let label = format!("{}-{part}", config.key);
-            let found = session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Label(label.clone().into_bytes()),
-                ])
-                .map_err(|e| hsm("C_FindObjects", e))?;
-            let [handle] = found.as_slice() else {
-                return Err(Error::Hsm(format!(
-                    "expected one key labelled '{label}' in token '{}', found {}: import the master keys with `kagi perso hsm-import --hsm-key LABEL`",
-                    config.token,
-                    found.len()
-                )));
-            };
-            let attrs = session
-                .get_attributes(
-                    *handle,
-                    &[AttributeType::ValueLen, AttributeType::Extractable],
-                )
-                .map_err(|e| hsm("C_GetAttributeValue", e))?;
-            for a in attrs {
-                match a {
-                    Attribute::ValueLen(l) => len = u64::from(l) as usize,
-                    Attribute::Extractable(true) => {
-                        return Err(Error::Hsm(format!(
-                            "the key '{label}' is extractable: master keys must not leave the HSM; re-create it with CKA_EXTRACTABLE false"
-                        )));
-                    }
-                    _ => {}
+        let keys = master_keys(
+            &session,
+            config,
+            AttributeType::ValueLen,
+            ": import the master keys with `kagi perso hsm-import --hsm-key LABEL`",
+            |_, a| {
+                if let Attribute::ValueLen(l) = a {
+                    len = u64::from(*l) as usize;
                 }
-            }
-            keys.push(*handle);
-        }
-        let keys: [ObjectHandle; 3] = keys
-            .try_into()
-            .map_err(|_| Error::Hsm("three master keys expected".into()))?;
+                Ok(())
+            },
+        )?;
         Ok(HsmMaster {
             pool: SessionPool::new(ctx, slot, session),
             keys,

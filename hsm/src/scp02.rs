@@ -6,12 +6,12 @@
 //!
 //! [`visa2_data`]: card_wire::scp02::keys::visa2_data
 
-use super::{Error, PARTS, Result, SessionPool, hsm, session};
+use super::{Error, Result, SessionPool, hsm, session};
 use card_wire::scp02::keys::{KeyPurpose02, emv_data, visa2_data};
 use card_wire::scp02::{Des3Key, StaticKeys02};
 use card_wire::scp03::Diversification;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 use zeroize::Zeroizing;
 
 /// Puts an SCP02 master key set into the token as non-extractable, sensitive DES2 keys
@@ -46,48 +46,21 @@ impl HsmMaster02 {
     /// diversified keys get.
     pub fn open(config: &super::HsmConfig, pin: &str, kvn: u8) -> Result<HsmMaster02> {
         let (ctx, slot, session) = session(&config.module, &config.token, pin, false)?;
-        let mut keys = Vec::new();
-        for (part, _) in PARTS {
-            let label = format!("{}-{part}", config.key);
-            let found = session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Label(label.clone().into_bytes()),
-                ])
-                .map_err(|e| hsm("C_FindObjects", e))?;
-            let [handle] = found.as_slice() else {
-                return Err(Error::Hsm(format!(
-                    "expected one key labelled '{label}' in token '{}', found {}",
-                    config.token,
-                    found.len()
-                )));
-            };
-            let attrs = session
-                .get_attributes(
-                    *handle,
-                    &[AttributeType::KeyType, AttributeType::Extractable],
-                )
-                .map_err(|e| hsm("C_GetAttributeValue", e))?;
-            for a in attrs {
-                match a {
-                    Attribute::Extractable(true) => {
-                        return Err(Error::Hsm(format!(
-                            "the key '{label}' is extractable: master keys must not leave the HSM; re-create it with CKA_EXTRACTABLE false"
-                        )));
-                    }
-                    Attribute::KeyType(t) if t != KeyType::DES2 && t != KeyType::DES3 => {
-                        return Err(Error::Hsm(format!(
+        let keys =
+            super::master_keys(
+                &session,
+                config,
+                AttributeType::KeyType,
+                "",
+                |label, a| match a {
+                    Attribute::KeyType(t) if *t != KeyType::DES2 && *t != KeyType::DES3 => {
+                        Err(Error::Hsm(format!(
                             "the key '{label}' is {t}, not a 3DES key: SCP02 masters are DES2 keys"
-                        )));
+                        )))
                     }
-                    _ => {}
-                }
-            }
-            keys.push(*handle);
-        }
-        let keys: [ObjectHandle; 3] = keys
-            .try_into()
-            .map_err(|_| Error::Hsm("three master keys expected".into()))?;
+                    _ => Ok(()),
+                },
+            )?;
         Ok(HsmMaster02 {
             pool: SessionPool::new(ctx, slot, session),
             keys,
