@@ -54,7 +54,8 @@ impl AppletRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialBundle {
     /// The private key (PKCS#1 DER for RSA, the 32-byte scalar for P-256) sealed for the key
-    /// file `0017` (`card_wire::content::seal`, role `KeyEf(0017)`).
+    /// file `0017` (`card_wire::content::seal`, role `KeyEf(0017)`); empty when the key was
+    /// made on the SIM (the JPKI issuer's on-card mode: no private key travels).
     pub sealed_key: Vec<u8>,
     /// The user-authentication PIN, sealed likewise for the PIN file `0018`.
     pub sealed_pin: Vec<u8>,
