@@ -63,6 +63,19 @@ pub fn jpki_generate_script(challenge: &[u8]) -> Vec<u8> {
     item(jpki::ITEM_GENERATE_PROVEN, jpki::EF_AUTH_KEY, challenge)
 }
 
+/// The on-card mode's first session: the JPKI applet loaded if absent, its instance
+/// installed, and the phone's key generated in it against the issuer's `challenge` (the
+/// answer kept for the issuer, [`Check::Generated`]).
+pub fn jpki_generate(instance: &[u8], challenge: &[u8]) -> Vec<Goal> {
+    let mut goals = jpki_applet(instance);
+    goals.push(Goal::Personalize {
+        instance: instance.to_vec(),
+        script: jpki_generate_script(challenge),
+        check: Check::Generated,
+    });
+    goals
+}
+
 /// The JPKI applet loaded if absent and its instance installed (no install parameters), in
 /// the domain the session runs on: what the MNO-TSM puts into a provider's new domain.
 pub fn jpki_applet(instance: &[u8]) -> Vec<Goal> {
