@@ -454,3 +454,77 @@ async fn a_substituted_key_another_sims_proof_and_a_replayed_nonce_are_refused()
         "keygen.unknown-challenge"
     );
 }
+
+/// Eight Certify requests racing with one challenge and request id (an SP-TSM resending):
+/// one certificate, one spent nonce, the same answer to all; a Certify racing under another
+/// request id with the same nonce is refused.
+#[tokio::test]
+async fn racing_certifies_with_one_challenge_issue_once() {
+    let w = world("race").await;
+    let (mut ch, a) = sim(&[0x16, 0x04]);
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    let req = IssuerRequest::Certify {
+        application: application(&a.iccid, 1609),
+        provider: PartyId::new(SP).unwrap(),
+        iccid: a.iccid.clone(),
+        card_certificate: a.card_certificate.clone(),
+        instance: AID.to_vec(),
+        request_id: rid,
+        nonce: challenge[65..].to_vec(),
+        proof: proof.clone(),
+    };
+    let mut other = req.clone();
+    if let IssuerRequest::Certify { request_id, .. } = &mut other {
+        *request_id = IdempotencyKey::random().unwrap();
+    }
+    let same = (0..8).map(|_| w.send(&req));
+    let (answers, stray) = tokio::join!(futures_join_all(same.collect()), w.send(&other));
+    let serials: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| match a {
+            IssuerResponse::Issued { serial, .. } => serial.clone(),
+            other => panic!("not issued: {other:?}"),
+        })
+        .collect();
+    assert_eq!(serials.len(), 1, "one certificate for all eight");
+    assert!(matches!(
+        code(stray).as_str(),
+        "keygen.replayed" | "keygen.unknown-challenge"
+    ));
+    let links = w
+        .issuer
+        .db()
+        .query("SELECT count(*) FROM links", vec![])
+        .await
+        .unwrap();
+    assert_eq!(links[0][0].int(), 1);
+}
+
+/// Awaits every future (in this task: the issuer's work interleaves at its awaits).
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut out = Vec::new();
+    // Polled together, so each request's database steps interleave with the others'.
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
