@@ -144,6 +144,10 @@ impl Tsm {
         mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
+        // An on-card key's challenge, if one was pending, is of no use any more.
+        if let Ok(mut c) = self.challenges.lock() {
+            c.remove(&op.id);
+        }
         op.state = OpState::Failed;
         op.updated_at = t;
         op.data.error = Some(e.clone());

@@ -299,6 +299,29 @@ impl Tsm {
         };
         let credential = match self.issue_at_issuer(req).await? {
             Ok(c) => c,
+            Err(e) if e.code == "tsm.issuer-unreachable" => {
+                // Not asked: a later session generates again against a new challenge.
+                let t = super::now();
+                op.state = tsm_protocol::control::OpState::Interrupted;
+                op.updated_at = t;
+                let stop = Self::stop(
+                    session,
+                    tsm_protocol::relay::StopOutcome::Interrupted,
+                    e.detail.clone(),
+                );
+                let mut batch = batch;
+                batch.push(Store::put_session(
+                    &session.to_hex(),
+                    &op.id,
+                    seq + 1,
+                    super::encode(&stop)?,
+                    t,
+                ));
+                batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
+                self.store.save_op(&op, batch).await?;
+                tracing::warn!(op = %op.id, "the JPKI issuer is unreachable: the download stops here for now");
+                return Ok(stop);
+            }
             Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
         let (serial, not_after) = match super::create::cert_facts(&credential.certificate) {
