@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # TSM figures (run by scripts/bench.sh, or alone after `cargo build --release -p kagi-cli`):
-#  1. one JPKI download (RSA-2048 credential) over no link, an LTE-like (50 ms) and a 3G-like
-#     (300 ms round trip) link — next to the 2012 trial's ~6 s;
+#  1. one JPKI download (RSA-2048 credential; without and with the SIM-class card timing model)
+#     and one wallet write (member id + points in one operation, SIM timing) over no link, an
+#     LTE-like (50 ms) and a 3G-like (300 ms round trip) link — next to the 2012 trial's ~6 s
+#     for ID and point data;
 #  2. load: `kagi tsm load` (a separate process, loopback) drives 1000 complete download
 #     sessions, 8 at a time, against one TSM on SQLite, then on a private PostgreSQL;
 #     sessions/s and the TSM's own time per session (p50/p99).
@@ -12,8 +14,10 @@ K="$PWD/target/release/kagi"
 work=$(mktemp -d)
 chmod 755 "$work"
 tsm_pid=""
+three_pids=()
 cleanup() {
     [ -n "$tsm_pid" ] && kill "$tsm_pid" 2>/dev/null && wait "$tsm_pid" 2>/dev/null
+    for p in "${three_pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     [ -d "$work/pg/data" ] && bash scripts/private-postgres.sh stop "$work/pg"
     rm -rf "$work"
 }
@@ -35,26 +39,51 @@ port=$(free_port)
 "$K" ca init --dir "$work/pki" >/dev/null
 echo 1357 >"$work/pin.txt"
 echo "bench password" >"$work/pw.txt"
+echo ABC123 >"$work/sign-password.txt"
 start_tsm "$work/tsm"
-echo "== one JPKI download (RSA-2048 credential) per link; the 2012 trial took ~6 s"
+echo "== one download per link, relay session only: a JPKI credential (RSA-2048) on the plain"
+echo "   simulator and with the SIM-class timing model (--sim-timing sim), and wallet data (a"
+echo "   member id and points written in one operation, as seed 003's trial did in ~6 s in 2012)"
 n=0
-for link in none lte 3g; do
-    n=$((n + 1))
-    "$K" sim provision --sim-image "$work/sim$n.img" --serial "bench-$n" \
+sim_for() { # $1: n; prints the ICCID of a fresh SIM registered at the MNO side
+    "$K" sim provision --sim-image "$work/sim$1.img" --serial "bench-$1" \
         --provider-keys "$work/tsm/keys/provider.keys" --manufacturer-ca "$work/maker" \
-        --json >"$work/sim$n.json"
-    iccid=$(json_field "$work/sim$n.json" iccid)
-    "$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$iccid" \
-        --cin "$(json_field "$work/sim$n.json" cin)" \
-        --card-certificate "$(json_field "$work/sim$n.json" card_certificate)" >/dev/null
-    "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
-        --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" \
-        --pin-file "$work/pin.txt" --password-file "$work/pw.txt" --out "$work/issue$n.json" >/dev/null
-    json_field "$work/issue$n.json" ticket >"$work/t$n"
-    json_field "$work/issue$n.json" access_code >"$work/c$n"
-    printf '  %-5s ' "$link"
-    "$K" relay --tsm "http://127.0.0.1:$port" --ticket-file "$work/t$n" --access-code-file "$work/c$n" \
-        --password-file "$work/pw.txt" --sim --sim-image "$work/sim$n.img" --link "$link"
+        --json >"$work/sim$1.json"
+    "$K" tsm mno --config "$work/tsm/mno.toml" register-card --iccid "$(json_field "$work/sim$1.json" iccid)" \
+        --cin "$(json_field "$work/sim$1.json" cin)" \
+        --card-certificate "$(json_field "$work/sim$1.json" card_certificate)" >/dev/null
+    json_field "$work/sim$1.json" iccid
+}
+relay_run() { # $1: n, $2: link, $3: label, rest: relay arguments
+    local i=$1 link=$2 label=$3; shift 3
+    json_field "$work/issue$i.json" ticket >"$work/t$i"
+    json_field "$work/issue$i.json" access_code >"$work/c$i"
+    printf '  %-5s %-22s ' "$link" "$label"
+    "$K" relay --tsm "http://127.0.0.1:$port" --ticket-file "$work/t$i" --access-code-file "$work/c$i" \
+        --password-file "$work/pw.txt" --sim --sim-image "$work/sim$i.img" --link "$link" "$@"
+}
+for link in none lte 3g; do
+    for timing in none sim; do
+        n=$((n + 1))
+        iccid=$(sim_for $n)
+        # The user's application, signed with a simulated My Number card of the test CAs.
+        "$K" jpki apply --sim --sim-preset jpki-demo --sim-image "$work/mynumber.img" --sim-pki-dir "$work/pki" \
+            --iccid "$iccid" --provider sp:kagi-bank --contact holder@example.jp \
+            --pin-file "$work/sign-password.txt" --out "$work/app$n.bin" 2>/dev/null >/dev/null
+        "$K" tsm provider --config "$work/tsm/sp.toml" issue --rsa --iccid "$iccid" --ca-dir "$work/pki" \
+            --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" --application "$work/app$n.bin" \
+            --pin-file "$work/pin.txt" --password-file "$work/pw.txt" --out "$work/issue$n.json" >/dev/null
+        if [ "$timing" = none ]; then
+            relay_run $n "$link" "JPKI"
+        else
+            relay_run $n "$link" "JPKI, SIM timing" --sim-timing "$timing"
+        fi
+    done
+    n=$((n + 1))
+    iccid=$(sim_for $n)
+    "$K" tsm provider --config "$work/tsm/sp.toml" wallet --iccid "$iccid" --member "M-0012345678" \
+        --points 120 --password-file "$work/pw.txt" --out "$work/issue$n.json" >/dev/null
+    relay_run $n "$link" "ID + points, SIM tim." --sim-timing sim
 done
 stop_tsm
 
@@ -74,3 +103,32 @@ load() { # $1: label, rest: serve arguments
 load sqlite
 pg=$(bash scripts/private-postgres.sh start "$work/pg" "$(free_port)")
 load postgresql --database "$pg"
+
+echo "== three organisations, each its own process and SQLite database on these 2 cores (SP-TSM,"
+echo "   MNO-TSM, JPKI issuer): 1000 sessions from the signed application to the credential on"
+echo "   the SIM (application, issuer's key and certificate, mailed access code, relay session)"
+three="$work/three"
+sp_port=$(free_port) mno_port=$(free_port) issuer_port=$(free_port)
+"$K" sim provision --sim-image "$three/x.img" --serial x --no-domain --manufacturer-ca "$three/maker" >/dev/null
+"$K" sp-tsm init --dir "$three/sp-tsm" --listen "127.0.0.1:$sp_port" >/dev/null
+"$K" mno-tsm init --dir "$three/mno-tsm" --listen "127.0.0.1:$mno_port" \
+    --sp-tsm-key "$three/sp-tsm/tsm.pub.pem" >/dev/null
+"$K" jpki-issuer init --dir "$three/issuer" --listen "127.0.0.1:$issuer_port" \
+    --sp-tsm-key "$three/sp-tsm/tsm.pub.pem" --ca-dir "$work/pki" \
+    --manufacturer-ca "$three/maker/manufacturer-ca.crt.pem" >/dev/null
+cat "$three/mno-tsm/sp-tsm-link.toml" "$three/issuer/sp-tsm-link.toml" >>"$three/sp-tsm/tsm.toml"
+KAGI_LOG=warn "$K" jpki-issuer serve --config "$three/issuer/jpki-issuer.toml" 2>"$three/issuer.log" &
+three_pids+=($!)
+KAGI_LOG=warn "$K" mno-tsm serve --config "$three/mno-tsm/mno-tsm.toml" --insecure-file-keys "$three/mno-tsm/keys" \
+    --rate-per-second 0 --max-connections 4096 2>"$three/mno.log" &
+three_pids+=($!)
+KAGI_LOG=warn "$K" sp-tsm serve --config "$three/sp-tsm/tsm.toml" --insecure-file-keys "$three/sp-tsm/keys" \
+    --rate-per-second 0 --max-connections 4096 2>"$three/sp.log" &
+three_pids+=($!)
+for p in "$issuer_port" "$mno_port" "$sp_port"; do
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+done
+printf '  %-10s ' "sqlite"
+"$K" tsm load --sp "$three/sp-tsm/sp.toml" --mno "$three/mno-tsm/operator.toml" --ca-dir "$work/pki" \
+    --outbox "$three/sp-tsm/outbox" --manufacturer-ca "$three/maker" \
+    --sessions 1000 --concurrency 8 --max-seconds 120 2>/dev/null

@@ -1,6 +1,7 @@
 //! The applet seam: what an applet implements and what the runtime hands it.
 
 use crate::applet_store::AppletStore;
+use crate::callers::Callers;
 use crate::registry::RegistryEntry;
 use crate::rng::CardRng;
 use crate::store::{Store, StoreError};
@@ -51,7 +52,7 @@ pub trait OtherApplets {
     ) -> Result<Response, StatusWord>;
 
     /// Asks applet `server` for its shareable object for `client` (`None`: refused, absent,
-    /// or not reachable from here).
+    /// or not reachable from here); `callers` are the contexts whose calls are under way.
     fn shareable_object(
         &mut self,
         _server: &Aid,
@@ -59,17 +60,20 @@ pub trait OtherApplets {
         _parameter: u8,
         _rng: &mut CardRng,
         _store: &mut Store,
+        _callers: Callers<'_>,
     ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
         Ok(None)
     }
 
-    /// Runs a shareable call in the context of applet `owner` (the default refuses).
+    /// Runs a shareable call in the context of applet `owner` (the default refuses);
+    /// `callers` are the contexts whose calls are under way.
     fn call_shareable(
         &mut self,
         _owner: &Aid,
         call: kagi_jcvm::share::ShareCall,
         _rng: &mut CardRng,
         _store: &mut Store,
+        _callers: Callers<'_>,
     ) -> kagi_jcvm::share::ShareOutcome {
         kagi_jcvm::share::ShareOutcome {
             ret: kagi_jcvm::share::ShareReturn::Security,
@@ -141,21 +145,25 @@ pub trait Applet: Send {
 
     /// `getShareableInterfaceObject(clientAID, parameter)` of a Java Card applet: its object
     /// for the applet `client` (another package's), or `None` (the default: not shared).
+    /// `callers` are the contexts whose calls are under way (the client's among them).
     fn shareable_object(
         &mut self,
         _client: &[u8],
         _parameter: u8,
         _ctx: &mut AppletContext<'_>,
+        _callers: Callers<'_>,
     ) -> Option<kagi_jcvm::share::Sio> {
         None
     }
 
     /// Runs a method of a shareable interface object of this applet for another context
-    /// (the applet firewall's only door; the default refuses).
+    /// (the applet firewall's only door; the default refuses). `callers` are the contexts
+    /// whose calls are under way (the caller's among them).
     fn call_shareable(
         &mut self,
         call: kagi_jcvm::share::ShareCall,
         _ctx: &mut AppletContext<'_>,
+        _callers: Callers<'_>,
     ) -> kagi_jcvm::share::ShareOutcome {
         kagi_jcvm::share::ShareOutcome {
             ret: kagi_jcvm::share::ShareReturn::Security,

@@ -31,6 +31,11 @@ impl<'a> AppletStore<'a> {
         }
     }
 
+    /// Whether the instance's class sees the whole card's memory.
+    pub(crate) fn privileged(&self) -> bool {
+        self.privileged
+    }
+
     /// The whole card's memory, read-only (the runtime's services such as
     /// [`AppletStore::open_sealed`] read card-level objects through it).
     pub(crate) fn card(&self) -> &Store {

@@ -3,6 +3,7 @@
 
 use crate::applet::{Aid, Applet, AppletContext, OtherApplets};
 use crate::applet_store::AppletStore;
+use crate::callers::{Busy, Callers, MAX_NESTING};
 use crate::rng::CardRng;
 use crate::store::StoreError;
 use card_wire::apdu::{Command, Response};
@@ -21,6 +22,8 @@ pub(crate) struct ScopedPersist<'a, 'b> {
     /// The package context's records prefix, `None` for an old-form instance.
     records: Option<&'a str>,
     others: Option<Reach<'a>>,
+    /// The contexts whose calls are under way (a shareable call's client among them).
+    callers: Callers<'a>,
 }
 
 /// The other applets as an applet reaches them through the runtime.
@@ -39,6 +42,7 @@ impl<'a, 'b> ScopedPersist<'a, 'b> {
             store,
             records,
             others: None,
+            callers: Callers::default(),
         }
     }
 
@@ -148,28 +152,109 @@ impl Persist for ScopedPersist<'_, '_> {
             .and_then(|a| crate::registry::entry(self.store.card(), &a))
             .is_some_and(|e| e.selectable())
     }
-    fn shareable_object(&mut self, server: &[u8], parameter: u8) -> Result<Option<Sio>, StoreFail> {
-        let (Some(reach), Ok(server)) = (self.others.as_mut(), Aid::new(server)) else {
+    fn shareable_object(
+        &mut self,
+        server: &[u8],
+        parameter: u8,
+        caller: &mut Vm,
+    ) -> Result<Option<Sio>, StoreFail> {
+        let (Some(client), Ok(server)) = (
+            self.others.as_ref().map(|r| r.me.as_bytes().to_vec()),
+            Aid::new(server),
+        ) else {
             return Ok(None);
         };
-        reach.applets.shareable_object(
+        self.route(
+            caller,
             &server,
-            reach.me,
-            parameter,
-            reach.rng,
-            self.store.card_mut(),
+            |vm, p| {
+                let selectable =
+                    crate::registry::entry(p.store.card(), &server).is_some_and(|e| e.selectable());
+                match selectable.then(|| vm.shareable_object(p, &client, parameter)) {
+                    Some(Ok(sio)) => Ok(sio),
+                    Some(Err(Answer::Torn)) => Err(StoreFail::Torn),
+                    _ => Ok(None),
+                }
+            },
+            |reach, store, callers| {
+                reach
+                    .applets
+                    .shareable_object(&server, reach.me, parameter, reach.rng, store, callers)
+            },
         )
+        .unwrap_or(Ok(None))
     }
-    fn call_shareable(&mut self, owner: &[u8], call: ShareCall) -> ShareOutcome {
-        let (Some(reach), Ok(owner)) = (self.others.as_mut(), Aid::new(owner)) else {
-            return ShareOutcome {
-                ret: ShareReturn::Security,
-                buffer: call.buffer,
-            };
+    fn call_shareable(&mut self, owner: &[u8], call: ShareCall, caller: &mut Vm) -> ShareOutcome {
+        let refused = |buffer: Vec<u8>| ShareOutcome {
+            ret: ShareReturn::Security,
+            buffer,
         };
-        reach
-            .applets
-            .call_shareable(&owner, call, reach.rng, self.store.card_mut())
+        let Ok(owner) = Aid::new(owner) else {
+            return refused(call.buffer);
+        };
+        let call = std::cell::Cell::new(Some(call));
+        let out = self.route(
+            caller,
+            &owner,
+            |vm, p| match call.take() {
+                Some(c) => vm.call_shareable(p, c),
+                None => refused(Vec::new()),
+            },
+            |reach, store, callers| match call.take() {
+                Some(c) => reach
+                    .applets
+                    .call_shareable(&owner, c, reach.rng, store, callers),
+                None => refused(Vec::new()),
+            },
+        );
+        out.unwrap_or_else(|| refused(call.take().map(|c| c.buffer).unwrap_or_default()))
+    }
+}
+
+impl ScopedPersist<'_, '_> {
+    /// Sends a call from `caller` (this context's machine, whose call is under way) for the
+    /// instance `owner`: to `busy` when `owner`'s context has a call under way too (its
+    /// machine, entered for `owner`, and its memory), else to `free` (the other applets as
+    /// the runtime reaches them, the card's memory, the callers with this one); `None` when
+    /// no other applet is reachable or calls are nested [`MAX_NESTING`] deep.
+    fn route<T>(
+        &mut self,
+        caller: &mut Vm,
+        owner: &Aid,
+        mut busy: impl FnMut(&mut Vm, &mut ScopedPersist<'_, '_>) -> T,
+        free: impl FnOnce(&mut Reach<'_>, &mut crate::store::Store, Callers<'_>) -> T,
+    ) -> Option<T> {
+        let reach = self.others.as_mut()?;
+        let mut me = Busy {
+            vm: caller,
+            records: self.records,
+            privileged: self.store.privileged(),
+            up: self.callers.reborrow(),
+        };
+        let mut callers = Callers::of(&mut me);
+        if callers.depth() >= MAX_NESTING {
+            return None;
+        }
+        let store = self.store.card_mut();
+        let mut out = None;
+        callers.find(owner.as_bytes(), &mut |found, mut rest| {
+            let mut st = crate::others::scoped(store, owner, found.privileged);
+            let mut p = ScopedPersist {
+                store: &mut st,
+                records: found.records,
+                others: Some(Reach {
+                    applets: &mut *reach.applets,
+                    rng: &mut *reach.rng,
+                    me: owner,
+                }),
+                callers: rest.reborrow(),
+            };
+            out = Some(found.vm.reenter(owner.as_bytes(), |vm| busy(vm, &mut p)));
+        });
+        Some(match out {
+            Some(o) => o,
+            None => free(reach, store, callers),
+        })
     }
 }
 
@@ -233,7 +318,9 @@ impl JcApplet {
     }
 
     /// The machine for a call the runtime makes on another applet's behalf: `None` when the
-    /// context is busy (its own instance is the caller), which the firewall refuses.
+    /// context is busy outside the callers the card handed on (a call back into a context
+    /// whose call is under way runs on its machine from [`Callers`] instead), which the
+    /// firewall refuses.
     fn vm_if_free(&self) -> Option<MutexGuard<'_, Vm>> {
         let mut vm = match self.context.try_lock() {
             Ok(vm) => vm,
@@ -249,6 +336,7 @@ impl JcApplet {
 fn reach<'a, 'b>(
     ctx: &'a mut AppletContext<'b>,
     records: Option<&'a str>,
+    callers: Callers<'a>,
 ) -> ScopedPersist<'a, 'b> {
     ScopedPersist {
         store: &mut ctx.store,
@@ -258,6 +346,7 @@ fn reach<'a, 'b>(
             rng: &mut *ctx.rng,
             me: ctx.aid,
         }),
+        callers,
     }
 }
 
@@ -285,12 +374,15 @@ impl Applet for JcApplet {
             extended: false,
         };
         let mut vm = self.vm();
-        answer(vm.select(&mut reach(ctx, self.records.as_deref()), &cmd))
+        answer(vm.select(
+            &mut reach(ctx, self.records.as_deref(), Callers::default()),
+            &cmd,
+        ))
     }
 
     fn deselect(&mut self, ctx: &mut AppletContext<'_>) {
         let mut vm = self.vm();
-        let _ = vm.deselect(&mut reach(ctx, self.records.as_deref()));
+        let _ = vm.deselect(&mut reach(ctx, self.records.as_deref(), Callers::default()));
     }
 
     fn process(
@@ -305,7 +397,10 @@ impl Applet for JcApplet {
             extended: command.is_extended(),
         };
         let mut vm = self.vm();
-        match vm.process(&mut reach(ctx, self.records.as_deref()), &cmd) {
+        match vm.process(
+            &mut reach(ctx, self.records.as_deref(), Callers::default()),
+            &cmd,
+        ) {
             Answer::Data(d, sw) => Ok(Response::new(d, StatusWord(sw))),
             a => answer(a).map(Response::success),
         }
@@ -320,21 +415,34 @@ impl Applet for JcApplet {
         client: &[u8],
         parameter: u8,
         ctx: &mut AppletContext<'_>,
+        mut callers: Callers<'_>,
     ) -> Option<Sio> {
         let mut vm = self.vm_if_free()?;
-        vm.shareable_object(&mut reach(ctx, self.records.as_deref()), client, parameter)
-            .ok()
-            .flatten()
+        vm.shareable_object(
+            &mut reach(ctx, self.records.as_deref(), callers.reborrow()),
+            client,
+            parameter,
+        )
+        .ok()
+        .flatten()
     }
 
-    fn call_shareable(&mut self, call: ShareCall, ctx: &mut AppletContext<'_>) -> ShareOutcome {
+    fn call_shareable(
+        &mut self,
+        call: ShareCall,
+        ctx: &mut AppletContext<'_>,
+        mut callers: Callers<'_>,
+    ) -> ShareOutcome {
         let Some(mut vm) = self.vm_if_free() else {
             return ShareOutcome {
                 ret: ShareReturn::Security,
                 buffer: call.buffer,
             };
         };
-        vm.call_shareable(&mut reach(ctx, self.records.as_deref()), call)
+        vm.call_shareable(
+            &mut reach(ctx, self.records.as_deref(), callers.reborrow()),
+            call,
+        )
     }
 
     fn extended_length(&self) -> bool {

@@ -9,7 +9,9 @@
 //!   `80 2A 00 80|SFI` = PKCS#1 v1.5 type 1 over the data as given (a DigestInfo);
 //! - PINs `0018` (4 digits, 3 tries) and `001B` (6–16 upper-case letters and digits, 5 tries):
 //!   VERIFY, the empty VERIFY that reports `63Cx` without spending a try, CHANGE REFERENCE
-//!   DATA; `6984` once blocked, and blocked stays blocked across resets;
+//!   DATA; `6984` once blocked, and blocked stays blocked across resets; a PIN never set (a
+//!   phone's AP with the user-authentication credential alone has no signature PIN) selects
+//!   and counts as blocked (`63C0`, `6984`), so OpenSC lists such a card;
 //! - READ BINARY with `6B00` at or past the end; GET CHALLENGE.
 //!
 //! Persistent data lives in the store; the try counter is decremented before the comparison
@@ -203,6 +205,16 @@ impl FileApplet {
         ctx.store.get(&key_of(kind, fid)).is_some()
     }
 
+    /// Whether `fid` is a PIN of the profile that was never set while another one was.
+    fn unset_pin(&self, ctx: &AppletContext<'_>, fid: u16) -> bool {
+        self.profile.pin(fid).is_some()
+            && self
+                .profile
+                .pins
+                .iter()
+                .any(|(f, ..)| *f != fid && ctx.store.get(&key_of("pin", *f)).is_some())
+    }
+
     fn select_ef(&mut self, cmd: &Command, ctx: &AppletContext<'_>) -> Result<Response, Sw> {
         if cmd.p2() & 0xF3 != 0x00 && cmd.p2() != 0x0C {
             return Err(Sw::INCORRECT_P1P2);
@@ -211,7 +223,10 @@ impl FileApplet {
             return Err(Sw::WRONG_LENGTH);
         };
         let fid = u16::from_be_bytes([*a, *b]);
-        if !self.exists(ctx, fid) {
+        // A PIN of the profile selects even when it was never set, once the AP holds another
+        // one: a JPKI AP with the user-authentication credential alone (a phone's) has no
+        // signature PIN, which then answers as blocked (see `verify`).
+        if !self.exists(ctx, fid) && !self.unset_pin(ctx, fid) {
             return Err(Sw::NOT_FOUND);
         }
         self.current = Some(fid);
@@ -262,11 +277,20 @@ impl FileApplet {
     fn verify(&mut self, cmd: &Command, ctx: &mut AppletContext<'_>) -> Result<Response, Sw> {
         let pin = self.current_pin(cmd)?;
         let key = key_of("pin", pin);
-        let record = ctx
-            .store
-            .get(&key)
-            .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)?
-            .to_vec();
+        let Some(record) = ctx.store.get(&key).map(<[u8]>::to_vec) else {
+            // A PIN never set beside one that is (no credential behind it): no tries to give.
+            // OpenSC 0.23's jpki driver reads both PINs' counters before it lists a card, so a
+            // phone's JPKI AP with the user-authentication credential alone lists, its
+            // signature PIN blocked.
+            if !self.unset_pin(ctx, pin) {
+                return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+            }
+            return Err(if cmd.data().is_empty() {
+                StatusWord(0x63C0)
+            } else {
+                Sw::REFERENCE_DATA_NOT_USABLE
+            });
+        };
         let (tries, max, reference) = match record.as_slice() {
             [t, m, rest @ ..] => (*t, *m, rest),
             _ => return Err(Sw::REFERENCED_DATA_NOT_FOUND),

@@ -32,6 +32,7 @@
 
 pub mod applet;
 pub mod applet_store;
+pub mod callers;
 pub mod card;
 pub mod card_key;
 pub mod class_error;

@@ -4,6 +4,7 @@
 use crate::applet::Applet;
 use crate::applet::{Aid, AppletContext, OtherApplets};
 use crate::applet_store::AppletStore;
+use crate::callers::Callers;
 use crate::class_table::ClassTable;
 use crate::registry::RegistryEntry;
 use crate::rng::CardRng;
@@ -122,9 +123,9 @@ impl OtherApplets for Others<'_> {
     }
 
     // A server runs with the applets not already running in reach: it may call on into a
-    // third context, but not back into one whose call is under way (its caller's), which is
-    // out of the map (or, for another instance of a running package, busy): the firewall
-    // refuses that. Each level takes one instance out, so nesting ends.
+    // third context. A context whose call is under way (its caller's) is out of the map (or,
+    // for another instance of a running package, busy): a call back into it finds its machine
+    // in `callers` before it gets here (`jc_applet`), and nesting is bounded there.
     fn shareable_object(
         &mut self,
         server: &Aid,
@@ -132,13 +133,14 @@ impl OtherApplets for Others<'_> {
         parameter: u8,
         rng: &mut CardRng,
         store: &mut Store,
+        callers: Callers<'_>,
     ) -> Result<Option<kagi_jcvm::share::Sio>, kagi_jcvm::StoreFail> {
         if !crate::registry::entry(store, server).is_some_and(|e| e.selectable()) {
             return Ok(None);
         }
         Ok(self
             .with_server(server, rng, store, |a, ctx| {
-                a.shareable_object(client.as_bytes(), parameter, ctx)
+                a.shareable_object(client.as_bytes(), parameter, ctx, callers)
             })
             .flatten())
     }
@@ -149,6 +151,7 @@ impl OtherApplets for Others<'_> {
         call: kagi_jcvm::share::ShareCall,
         rng: &mut CardRng,
         store: &mut Store,
+        callers: Callers<'_>,
     ) -> kagi_jcvm::share::ShareOutcome {
         if !self.instances.contains_key(owner) {
             return kagi_jcvm::share::ShareOutcome {
@@ -156,10 +159,12 @@ impl OtherApplets for Others<'_> {
                 buffer: call.buffer,
             };
         }
-        self.with_server(owner, rng, store, |a, ctx| a.call_shareable(call, ctx))
-            .unwrap_or(kagi_jcvm::share::ShareOutcome {
-                ret: kagi_jcvm::share::ShareReturn::Security,
-                buffer: Vec::new(),
-            })
+        self.with_server(owner, rng, store, |a, ctx| {
+            a.call_shareable(call, ctx, callers)
+        })
+        .unwrap_or(kagi_jcvm::share::ShareOutcome {
+            ret: kagi_jcvm::share::ShareReturn::Security,
+            buffer: Vec::new(),
+        })
     }
 }

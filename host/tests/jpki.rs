@@ -378,6 +378,31 @@ mod provisioning {
             .unwrap();
     }
 
+    /// An AP with the user-authentication PIN alone (a phone's credential, no signature
+    /// function): the signature PIN EF selects, reports no tries (63C0) and refuses a VERIFY
+    /// as blocked (6984, ISO 7816-4 "reference data not usable"); the authentication PIN
+    /// keeps its three tries.
+    #[test]
+    fn an_ap_without_a_signature_pin_reports_it_blocked() {
+        let mut ch = fresh(vec![], MemoryTrace::default());
+        perso(&mut ch, &item(0xC3, 0x0018, b"2468"), false).unwrap();
+        let sw = |ch: &mut CardChannel<applet_sim::SimCard>, apdu: &str| {
+            ch.transmit(&Command::parse(&hex::decode(apdu.replace(' ', "")).unwrap()).unwrap())
+                .unwrap()
+                .sw
+                .0
+        };
+        jpki::select(&mut ch).unwrap();
+        assert_eq!(sw(&mut ch, "00A4020C 02 001B"), 0x9000);
+        assert_eq!(sw(&mut ch, "00200080"), 0x63C0);
+        assert_eq!(sw(&mut ch, "0020008006 414243313233"), 0x6984);
+        assert_eq!(sw(&mut ch, "0020009B"), 0x63C0); // P2 80|1B names the PIN EF
+        assert_eq!(sw(&mut ch, "00A4020C 02 0018"), 0x9000);
+        assert_eq!(sw(&mut ch, "00200080"), 0x63C3);
+        // Another unknown EF still does not exist.
+        assert_eq!(sw(&mut ch, "00A4020C 02 001C"), 0x6A82);
+    }
+
     #[test]
     fn key_generated_on_the_card_then_certified() {
         let mut ch = fresh(vec![], MemoryTrace::default());

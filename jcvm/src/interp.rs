@@ -104,13 +104,35 @@ impl Vm {
         args: &[i16],
         top: bool,
     ) -> (Res<Option<i32>>, Result<(), StoreFail>) {
-        self.frames.clear();
-        self.words.clear();
-        self.last_error = None;
-        self.budget = self.limits.budget;
+        // A call back into this context while its own call is under way (a server calling a
+        // shareable object of its caller's context) runs on fresh stacks, within what is
+        // left of the running call's budget, and gives the suspended call its stacks back.
+        let suspended = (!self.frames.is_empty()).then(|| {
+            (
+                std::mem::take(&mut self.frames),
+                std::mem::take(&mut self.words),
+            )
+        });
+        if suspended.is_none() {
+            self.frames.clear();
+            self.words.clear();
+            self.last_error = None;
+            self.budget = self.limits.budget;
+        }
         let r = self.run(p, call, args);
         self.frames.clear();
         self.words.clear();
+        if let Some((frames, words)) = suspended {
+            self.frames = frames;
+            self.words = words;
+            // The suspended call's stacks hold references the collector cannot see: object
+            // deletion waits for the end of the running call.
+            let flushed = self.flush(p);
+            for op in std::mem::take(&mut self.charges) {
+                p.charge(op);
+            }
+            return (r, flushed);
+        }
         if top && p.in_transaction() {
             p.abort();
             self.reload(p);

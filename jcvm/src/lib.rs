@@ -98,19 +98,27 @@ pub trait Persist {
     }
     /// Asks applet `server` for its shareable object for this instance with `parameter`
     /// (`JCSystem.getAppletShareableInterfaceObject`); `None` when it refuses or is not there
-    /// (the default: no other contexts).
+    /// (the default: no other contexts). `caller` is the asking machine, whose call is under
+    /// way: the card may need it again if `server` calls back into its context.
     fn shareable_object(
         &mut self,
         server: &[u8],
         parameter: u8,
+        caller: &mut Vm,
     ) -> Result<Option<share::Sio>, StoreFail> {
-        let _ = (server, parameter);
+        let _ = (server, parameter, caller);
         Ok(None)
     }
     /// Runs a shareable interface method in the context of applet `owner`
-    /// ([`Vm::call_shareable`] there); by default the firewall refuses.
-    fn call_shareable(&mut self, owner: &[u8], call: share::ShareCall) -> share::ShareOutcome {
-        let _ = owner;
+    /// ([`Vm::call_shareable`] there); by default the firewall refuses. `caller` is the
+    /// calling machine, whose call is under way (the owner may call back into its context).
+    fn call_shareable(
+        &mut self,
+        owner: &[u8],
+        call: share::ShareCall,
+        caller: &mut Vm,
+    ) -> share::ShareOutcome {
+        let _ = (owner, caller);
         share::ShareOutcome {
             ret: share::ShareReturn::Security,
             buffer: call.buffer,

@@ -69,8 +69,8 @@ pub enum ShareReturn {
     Object(Sio),
     /// An API exception came out of the call: its class and reason.
     Throw(&'static str, i16),
-    /// The firewall refused the call (no such shareable object or interface, or the callee's
-    /// context is busy): the caller gets `SecurityException`.
+    /// The firewall refused the call (no such shareable object or interface, the callee's
+    /// context unreachable, or calls nested too deep): the caller gets `SecurityException`.
     Security,
     /// Power was lost during a write.
     Torn,
@@ -117,6 +117,25 @@ fn signature(nibbles: &[u8]) -> Option<(Vec<(usize, bool)>, u8)> {
 }
 
 impl Vm {
+    /// Whether the instance `aid` belongs to this context (it is the instance entered, or
+    /// one registered in the context's state).
+    pub fn serves(&self, aid: &[u8]) -> bool {
+        self.aid == aid || self.applets.contains_key(aid)
+    }
+
+    /// Runs `f` for the instance `aid` of this context and enters the instance it had
+    /// before again afterwards: a call back into a context whose own call is under way (the
+    /// Java Card runtime environment lets a server call a shareable object of the context
+    /// that called it).
+    pub fn reenter<T>(&mut self, aid: &[u8], f: impl FnOnce(&mut Vm) -> T) -> T {
+        let (was, applet) = (self.aid.clone(), self.applet);
+        self.enter(aid);
+        let out = f(self);
+        self.aid = was;
+        self.applet = applet;
+        out
+    }
+
     /// The AID object of `aid` in this context (a system object, one per AID: this
     /// instance's own, and those of other contexts it meets).
     pub(crate) fn aid_object(&mut self, aid: &[u8]) -> Result<u16, Flow> {
@@ -336,7 +355,7 @@ impl Vm {
             "(Ljavacard/framework/AID;B)Ljavacard/framework/Shareable;",
         )
         .unwrap_or(0);
-        self.caller = Some(client.to_vec());
+        let previous = self.caller.replace(client.to_vec());
         // Inside the client's transaction, if one is open (not rolled back here).
         let (r, flushed) = self.call_raw(
             p,
@@ -344,7 +363,7 @@ impl Vm {
             &[aid as i16, i16::from(parameter as i8)],
             false,
         );
-        self.caller = None;
+        self.caller = previous;
         match flushed {
             Err(StoreFail::Torn) => return Err(Answer::Torn),
             Err(StoreFail::Full) => return Err(Answer::Sw(0x6A84)),
@@ -422,6 +441,12 @@ impl Vm {
             Ok(h) => h,
             Err(_) => return ShareReturn::Failed("out of object handles".into()),
         };
+        let scoped_before: Vec<u16> = self
+            .heap
+            .objects
+            .range(heap::FIRST_CALL_SCOPED..)
+            .map(|(h, _)| *h)
+            .collect();
         let mut args = vec![call.handle as i16];
         let mut words = call.words.iter().copied();
         for (n, is_ref) in params {
@@ -449,12 +474,14 @@ impl Vm {
             }
         }
         self.set_buffer(own_buffer, buffer);
-        self.caller = Some(call.caller.clone());
+        let previous = self.caller.replace(call.caller.clone());
         let (r, flushed) = self.call_raw(p, Call::Static(offset), &args, false);
-        self.caller = None;
+        self.caller = previous;
+        // The caller's objects this call was given; those of a call under way in this
+        // context (this one called back into it) stay.
         self.heap
             .objects
-            .retain(|h, _| *h < heap::FIRST_CALL_SCOPED);
+            .retain(|h, _| *h < heap::FIRST_CALL_SCOPED || scoped_before.contains(h));
         if let Some(b) = self.buffer_bytes(own_buffer) {
             buffer.clone_from(b);
         }
@@ -540,6 +567,7 @@ impl Vm {
                 caller_buffer,
                 buffer,
             },
+            self,
         );
         if caller_buffer != 0 {
             self.set_buffer(caller_buffer, &out.buffer);
@@ -603,7 +631,7 @@ impl Vm {
                 _ => Ret::Word(0),
             });
         }
-        match p.shareable_object(&server, parameter) {
+        match p.shareable_object(&server, parameter, self) {
             Ok(Some(sio)) => Ok(Ret::Word(self.proxy(&server, sio, true)? as i16)),
             Ok(None) => Ok(Ret::Word(0)),
             Err(e) => Err(Flow::Store(e)),

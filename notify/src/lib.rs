@@ -6,10 +6,12 @@
 //! or a given CA; plain SMTP only to a loopback relay).
 //!
 //! The message carries a secret (the access code): it is never logged (a log line names the
-//! message id only), the formatted bytes kept here are zeroized after use, and the SMTP
-//! password comes from a file readable by its owner only, never from the command line.
+//! message id only); lettre builds the headers around a placeholder and never holds the body
+//! (its buffers are not zeroized): the body goes into the formatted bytes here, which are
+//! zeroized after use; the SMTP password comes from a file readable by its owner only, never
+//! from the command line.
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -105,6 +107,12 @@ pub enum NotifyError {
     /// The message could not be built.
     #[error("the message could not be built: {0}")]
     Build(String),
+    /// The body is not plain 7-bit text.
+    #[error(
+        "the message body must be 7-bit ASCII text with lines of at most 998 characters (it \
+         is sent as it is, 7bit); write it so"
+    )]
+    Body,
 }
 
 impl NotifyError {
@@ -261,37 +269,89 @@ impl Outbox {
         Ok(Outbox { from, route })
     }
 
-    /// Sends a plain-text message to `to`. The body may hold a secret: it is not logged.
+    /// Sends a plain-text message to `to`. The body may hold a secret: it is not logged, and
+    /// no buffer outside this call keeps it (see the crate documentation).
     pub fn send(&self, to: &str, subject: &str, body: &str) -> Result<Sent, NotifyError> {
+        let (message, bytes, message_id) = self.compose(to, subject, body)?;
+        match &self.route {
+            Route::Maildir(path) => {
+                maildir::deliver(path, &bytes)?;
+            }
+            Route::Smtp { transport, relay } => {
+                transport
+                    .send_raw(message.envelope(), &bytes)
+                    .map_err(|e| NotifyError::Smtp {
+                        relay: relay.clone(),
+                        reason: e.to_string(),
+                        transient: !e.is_permanent(),
+                    })?;
+            }
+        }
+        tracing::info!(message_id = %message_id, "message handed over");
+        Ok(Sent { message_id })
+    }
+
+    /// The message lettre built (headers, envelope, a placeholder for the body) and its
+    /// bytes with the body in place of the placeholder.
+    fn compose(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(Message, Zeroizing<Vec<u8>>, String), NotifyError> {
         if subject.chars().any(char::is_control) {
             return Err(NotifyError::Subject);
         }
+        let body = seven_bit(body)?;
         let to = mailbox(to)?;
         let message_id = message_id(&self.from)?;
+        let mut slot = [0u8; 16];
+        getrandom::fill(&mut slot).map_err(|e| NotifyError::Build(format!("randomness: {e}")))?;
+        let slot = format!("kagi-body-{}", hex(&slot));
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject)
             .message_id(Some(message_id.clone()))
             .header(ContentType::TEXT_PLAIN)
-            .body(body.to_string())
+            .header(ContentTransferEncoding::SevenBit)
+            .body(slot.clone())
             .map_err(|e| NotifyError::Build(e.to_string()))?;
-        match &self.route {
-            Route::Maildir(path) => {
-                let bytes = Zeroizing::new(message.formatted());
-                maildir::deliver(path, &bytes)?;
-            }
-            Route::Smtp { transport, relay } => {
-                transport.send(&message).map_err(|e| NotifyError::Smtp {
-                    relay: relay.clone(),
-                    reason: e.to_string(),
-                    transient: !e.is_permanent(),
-                })?;
-            }
-        }
-        tracing::info!(message_id = %message_id, "message handed over");
-        Ok(Sent { message_id })
+        let formatted = Zeroizing::new(message.formatted());
+        let at = formatted
+            .windows(slot.len())
+            .position(|w| w == slot.as_bytes())
+            .ok_or_else(|| NotifyError::Build("the body's place was not found".into()))?;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(formatted.len() + body.len()));
+        bytes.extend_from_slice(&formatted[..at]);
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&formatted[at + slot.len()..]);
+        Ok((message, bytes, message_id))
     }
+}
+
+/// `body` as 7-bit text with CRLF line ends, or [`NotifyError::Body`].
+fn seven_bit(body: &str) -> Result<Zeroizing<Vec<u8>>, NotifyError> {
+    let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 16));
+    for (i, line) in body.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() > 998
+            || !line
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7F).contains(&b))
+        {
+            return Err(NotifyError::Body);
+        }
+        if i > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line.as_bytes());
+    }
+    Ok(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A fresh `Message-ID`: time, a counter and 64 random bits at the sender's domain.
@@ -309,4 +369,65 @@ fn message_id(from: &Mailbox) -> Result<String, NotifyError> {
         u64::from_be_bytes(r),
         from.email.domain()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lettre's message (whose buffers are not zeroized) holds a placeholder, never the body;
+    /// the bytes sent are lettre's with the body, CRLF line ends, in the placeholder's place.
+    #[test]
+    fn the_body_never_enters_lettres_message() {
+        let dir = std::env::temp_dir().join(format!("kagi-notify-unit-{}", std::process::id()));
+        let outbox = Outbox::open(
+            &OutboxConfig::Maildir { path: dir.clone() },
+            "SP-TSM <tsm@sp.example.jp>",
+        )
+        .unwrap();
+        let body = "Your code: 7Q4M-2XKD-SECRET\nBye\n";
+        let (message, bytes, _) = outbox.compose("u@example.jp", "Code", body).unwrap();
+        let lettre_bytes = message.formatted();
+        let lettre_text = String::from_utf8_lossy(&lettre_bytes);
+        assert!(!lettre_text.contains("7Q4M-2XKD-SECRET"), "{lettre_text}");
+        let sent = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            sent.contains("\r\n\r\nYour code: 7Q4M-2XKD-SECRET\r\nBye\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("Content-Transfer-Encoding: 7bit\r\n"),
+            "{sent}"
+        );
+        // lettre's headers as they are, only the body differs.
+        let head = |t: &str| t.split("\r\n\r\n").next().unwrap().to_string();
+        assert_eq!(head(&sent), head(&lettre_text));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A body that is not 7-bit text (non-ASCII, a control character, a line longer than
+    /// SMTP allows) is refused before anything is written.
+    #[test]
+    fn a_body_that_is_not_seven_bit_text_is_refused() {
+        let dir = std::env::temp_dir().join(format!("kagi-notify-8bit-{}", std::process::id()));
+        let outbox = Outbox::open(
+            &OutboxConfig::Maildir { path: dir.clone() },
+            "SP-TSM <tsm@sp.example.jp>",
+        )
+        .unwrap();
+        let long = "x".repeat(999);
+        for body in ["アクセスコード 1234", "a\u{7}b", long.as_str()] {
+            assert!(matches!(
+                outbox.send("u@example.jp", "Code", body),
+                Err(NotifyError::Body)
+            ));
+        }
+        assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
+        assert!(
+            outbox
+                .send("u@example.jp", "Code", &"x".repeat(998))
+                .is_ok()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -308,10 +308,34 @@ fn power_loss_during_the_migration_loses_nothing() {
 /// specification §6.2.5: each call switches context, nested): a `kagi.pkgctx` member asks
 /// `kagi.relay`'s Relay (installed as F06B6167690401, the instance the `kagi.share` server
 /// grants) for its count; Relay adds 1 to the server's total and answers it. A call back into
-/// the package whose call is under way (the member's sibling) is refused: Relay gets null
-/// (FFFE). A sibling in the same package answers directly.
+/// the package whose call is under way (the member's sibling, whose own count is 1) runs there,
+/// nested in the call that is waiting. A sibling in the same package answers directly.
 #[test]
-fn a_shareable_call_reaches_a_third_context_but_not_back() {
+fn a_shareable_call_reaches_a_third_context_and_back() {
+    let mut rt = relay_card(false);
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00019000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00029000");
+    // The sibling, directly: its own count (0), then one hit (own 1).
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690502 02"), "00009000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690502 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000004"), "000100019000");
+    // The server's own view: the two adds Relay made.
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690301 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000002"), "00029000");
+    // Relay in mode 1: back into kagi.pkgctx, whose call (0501's) is under way: 0502's own
+    // count, read in the package's context.
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690401 00"), "9000");
+    assert_eq!(tx(&mut rt, "80010100"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00019000");
+    // 0501's own state is what it was (the nested call ran as 0502, then 0501 went on).
+    assert_eq!(tx(&mut rt, "8001000004"), "000200019000");
+}
+
+/// Share, pkgctx (members 0501, 0502), Relay (F06B6167690401) and, with `pong`, Pong
+/// (F06B6167690701) on one card.
+fn relay_card(pong: bool) -> Runtime {
     let (s, m, r) = (cap(SHARE), cap(PKGCTX), cap("../jcvm/tests/jc/relay.cap"));
     let mut store = Store::new(1 << 20);
     load_block(&mut store, &s, true).unwrap();
@@ -321,20 +345,37 @@ fn a_shareable_call_reaches_a_third_context_but_not_back() {
     install(&mut store, &m, 0, &h("F06B6167690502"), &h("C900")).unwrap();
     load_block(&mut store, &r, true).unwrap();
     install(&mut store, &r, 0, &h("F06B6167690401"), &h("C900")).unwrap();
-    let mut rt = runtime(store);
-    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
-    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00019000");
-    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "00029000");
-    // The sibling, directly: its own count (0).
-    assert_eq!(tx(&mut rt, "8007000007 F06B6167690502 02"), "00009000");
-    // The server's own view: the two adds Relay made.
-    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690301 00"), "9000");
-    assert_eq!(tx(&mut rt, "8001000002"), "00029000");
-    // Relay in mode 1: back into kagi.pkgctx, whose call is under way: refused.
+    if pong {
+        let p = cap("../jcvm/tests/jc/pong.cap");
+        load_block(&mut store, &p, true).unwrap();
+        install(&mut store, &p, 0, &h("F06B6167690701"), &h("C900")).unwrap();
+    }
+    runtime(store)
+}
+
+/// Two applets that call each other back without end (Pong asks Relay in mode 2, which asks
+/// Pong again, each a call back into a context whose call is under way) end in an exception
+/// at the nesting bound, never in a host stack overflow. With at most
+/// `applet_sim::callers::MAX_NESTING` (8) contexts' calls under way, the command's context
+/// (the member 0501) is followed by Pong, Relay, Pong, Relay, Pong, Relay, Pong: four Pong
+/// calls, the innermost refused Relay's object and answers 1, each outer one adds 1 → 4, and
+/// Pong's persistent count of calls, written in every nested call, is 4.
+#[test]
+fn applets_calling_each_other_back_stop_at_the_nesting_bound() {
+    assert_eq!(applet_sim::callers::MAX_NESTING, 8);
+    let mut rt = relay_card(true);
     assert_eq!(tx(&mut rt, "00A4040007 F06B6167690401 00"), "9000");
-    assert_eq!(tx(&mut rt, "80010100"), "9000");
+    assert_eq!(tx(&mut rt, "80010200"), "9000");
     assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
-    assert_eq!(tx(&mut rt, "8007000007 F06B6167690401 02"), "FFFE9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690701 02"), "00049000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690701 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000002"), "00049000");
+    // Again, from Pong's count reset: the same answer (nothing left busy).
+    assert_eq!(tx(&mut rt, "80020000"), "9000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690501 00"), "9000");
+    assert_eq!(tx(&mut rt, "8007000007 F06B6167690701 02"), "00049000");
+    assert_eq!(tx(&mut rt, "00A4040007 F06B6167690701 00"), "9000");
+    assert_eq!(tx(&mut rt, "8001000002"), "00049000");
 }
 
 /// Multiselection within one package (Java Card 3.0.5 runtime environment specification

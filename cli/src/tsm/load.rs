@@ -5,7 +5,13 @@
 //! `--sessions` complete downloads (issue request, relay session, card scripts, receipt),
 //! `--concurrency` at a time, and reports sessions per second and the TSM's own time per
 //! session (the sum of its `x-tsm-micros` over the session's requests): p50, p99, max.
+//!
+//! With `--outbox` it loads the three organisations of seed 004 instead (an SP-TSM with its
+//! MNO-TSM and JPKI issuer, [`super::load_three`]): each session is the whole path from the
+//! user's signed application to the credential on the SIM.
 
+use super::load_job::{Job, PASSWORD, Prepared};
+use super::load_three;
 use crate::Failure;
 use crate::print_json;
 use clap::Args;
@@ -13,7 +19,7 @@ use kagi_fixtures::sim::{PROVIDER_SD, provider_keys, provision};
 use kagi_online::tsm::client::Client;
 use kagi_online::tsm::provider::{self, CardKey, Party};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsm_protocol::control::{AppletRef, CardTarget, ControlRequest, ControlResponse};
@@ -29,12 +35,22 @@ pub struct LoadArgs {
     #[arg(long)]
     mno: PathBuf,
     /// The provider's security-domain master keys (the TSM's DIR/provider.keys), to make
-    /// SIMs the TSM can open.
-    #[arg(long)]
-    provider_keys: PathBuf,
-    /// The test CA directory for the credentials' certificates.
+    /// SIMs the TSM can open (one TSM; not with `--outbox`).
+    #[arg(long, required_unless_present = "outbox")]
+    provider_keys: Option<PathBuf>,
+    /// The test CA directory: the credentials' certificates (one TSM), or the signature CA
+    /// of the simulated My Number card that signs the applications (`--outbox`).
     #[arg(long)]
     ca_dir: PathBuf,
+    /// Three organisations: the SP-TSM's maildir outbox, where each session's access code is
+    /// read from (`--sp` is the provider at the SP-TSM, `--mno` the operator at the
+    /// MNO-TSM; the SIMs are blank, the MNO-TSM makes the provider's domain).
+    #[arg(long, value_name = "MAILDIR", requires = "manufacturer_ca")]
+    outbox: Option<PathBuf>,
+    /// With `--outbox`: the directory of the card manufacturer CA the JPKI issuer trusts
+    /// (`kagi sim provision --manufacturer-ca`), which certifies the load's SIMs.
+    #[arg(long, value_name = "DIR")]
+    manufacturer_ca: Option<PathBuf>,
     /// Download sessions to run.
     #[arg(long, default_value_t = 1000)]
     sessions: usize,
@@ -46,24 +62,16 @@ pub struct LoadArgs {
     max_seconds: u64,
 }
 
-struct Prepared {
-    card: applet_sim::SimCard,
-    iccid: String,
-    cin: String,
-    card_certificate: Vec<u8>,
-    request: ControlRequest,
-    request_id: tsm_protocol::IdempotencyKey,
-}
-
-fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
+fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>, Failure> {
     use der::Encode;
     use p256::elliptic_curve::Generate;
-    let master = kagi::keys::read_key_file(&args.provider_keys, 0x31)?;
+    let master = kagi::keys::read_key_file(key_file, 0x31)?;
     let keys = provider_keys(master, 0x31);
     let (auth_ca, _) = crate::jpki::cas(&args.ca_dir)?;
     let ca_der = auth_ca.certificate_der()?;
     let maker = kagi_fixtures::sim::manufacturer_ca()?.certificate().clone();
     let now = std::time::SystemTime::now();
+    let grant = provider::access_grant(PASSWORD, 3, 600_000)?;
     let mut out = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
         let sim = provision(format!("load-{run}-{i}").as_bytes(), &PROVIDER_SD, &keys)?;
@@ -98,38 +106,69 @@ fn prepare(args: &LoadArgs, run: &str) -> Result<Vec<Prepared>, Failure> {
             },
             applet,
             credential: bundle,
-            access: provider::access_grant("load-password", 3, 600_000)?,
+            access: grant.clone(),
         };
-        out.push(Prepared {
-            card: sim.card,
-            iccid: sim.iccid,
-            cin: sim.cin,
-            card_certificate: sim.card_certificate,
-            request,
-            request_id,
-        });
+        out.push(Prepared::new(
+            sim,
+            Job::Issue {
+                request,
+                request_id,
+            },
+        ));
     }
     Ok(out)
 }
 
-/// One download: the issue request, then the relay session. Returns the TSM's time.
-async fn session(sp: &Party, relay_client: &Client, mut p: Prepared) -> Result<Duration, String> {
+/// One download: the issue request (or the application), then the relay session. Returns
+/// the TSM's time and the session's own.
+async fn session(
+    sp: &Party,
+    relay_client: &Client,
+    mailbox: Option<&load_three::Mailbox>,
+    mut p: Prepared,
+) -> Result<(Duration, Duration), String> {
+    let start = Instant::now();
+    let (request, request_id) = match &p.job {
+        Job::Issue {
+            request,
+            request_id,
+        } => (request, Some(*request_id)),
+        Job::Apply { request, .. } => (request, None),
+    };
     let a = sp
-        .send(&p.request, Some(p.request_id))
+        .send(request, request_id)
         .await
         .map_err(|e| e.to_string())?;
     let mut tsm = Duration::from_micros(a.exchange.tsm_micros);
-    let ControlResponse::Accepted {
-        device_ticket: Some(ticket),
-        access_code: Some(code),
-        ..
-    } = a.response
-    else {
-        return Err(format!("{} refused: {:?}", p.iccid, a.response));
+    let (ticket, code) = match (a.response, &p.job, mailbox) {
+        (
+            ControlResponse::Accepted {
+                device_ticket: Some(ticket),
+                access_code: Some(code),
+                ..
+            },
+            Job::Issue { .. },
+            _,
+        ) => (ticket, code),
+        (
+            ControlResponse::Accepted {
+                device_ticket: Some(ticket),
+                ..
+            },
+            Job::Apply { contact, .. },
+            Some(mailbox),
+        ) => {
+            let code = mailbox
+                .code_for(contact, Duration::from_secs(30))
+                .await
+                .ok_or_else(|| format!("{}: no access code mailed to {contact}", p.iccid))?;
+            (ticket, code.to_string())
+        }
+        (other, _, _) => return Err(format!("{} refused: {other:?}", p.iccid)),
     };
     let creds = UserCredentials {
         access_code: code,
-        password: "load-password".into(),
+        password: PASSWORD.into(),
     };
     let mut never = |_| None;
     let out = kagi_online::tsm::relay::run(
@@ -149,7 +188,7 @@ async fn session(sp: &Party, relay_client: &Client, mut p: Prepared) -> Result<D
     if out.outcome != StopOutcome::Completed {
         return Err(format!("{}: {:?} {}", p.iccid, out.outcome, out.message));
     }
-    Ok(tsm)
+    Ok((tsm, start.elapsed()))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -173,7 +212,17 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     }
     let run_id = format!("{:x}", tsm_protocol::signing::now_ms());
     let t0 = Instant::now();
-    let prepared = prepare(args, &run_id)?;
+    let prepared = match (&args.outbox, &args.manufacturer_ca, &args.provider_keys) {
+        (Some(_), Some(maker), _) => load_three::prepare(
+            args.sessions,
+            &args.ca_dir,
+            &run_id,
+            maker,
+            &sp.signer.party().0,
+        )?,
+        (None, _, Some(keys)) => prepare(args, &run_id, keys)?,
+        _ => return Err("give --provider-keys (one TSM) or --outbox and --manufacturer-ca".into()),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,7 +236,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
                     &ControlRequest::RegisterCard {
                         iccid: p.iccid.clone(),
                         cin: p.cin.clone(),
-                        sd_aid: PROVIDER_SD.to_vec(),
+                        sd_aid: p.sd_aid.clone(),
                         free_memory: 65536,
                         card_certificate: Some(p.card_certificate.clone()),
                     },
@@ -210,6 +259,10 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     );
     let sp = Arc::new(sp);
     let relay_client = sp.client.clone();
+    let mailbox = args
+        .outbox
+        .as_deref()
+        .map(|o| Arc::new(load_three::Mailbox::watch(o)));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let start = Instant::now();
     let results = rt.block_on(async {
@@ -217,6 +270,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency.max(1) {
             let (queue, sp, relay_client) = (queue.clone(), sp.clone(), relay_client.clone());
+            let mailbox = mailbox.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
                 loop {
@@ -226,7 +280,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
                     let Some(p) = queue.lock().await.pop() else {
                         break;
                     };
-                    out.push(session(&sp, &relay_client, p).await);
+                    out.push(session(&sp, &relay_client, mailbox.as_deref(), p).await);
                 }
                 out
             }));
@@ -240,10 +294,20 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     let wall = start.elapsed();
     let mut ok: Vec<Duration> = results
         .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
+        .filter_map(|r| r.as_ref().ok().map(|t| t.0))
+        .collect();
+    let mut whole: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|t| t.1))
         .collect();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     ok.sort();
+    whole.sort();
+    let mode = if args.outbox.is_some() {
+        "three-services"
+    } else {
+        "one-tsm"
+    };
     let per_s = ok.len() as f64 / wall.as_secs_f64().max(1e-9);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if json_out {
@@ -251,17 +315,21 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             "sessions": ok.len(), "failed": failed.len(), "seconds": wall.as_secs_f64(),
             "sessions_per_second": per_s, "tsm_ms_p50": ms(percentile(&ok, 0.5)),
             "tsm_ms_p99": ms(percentile(&ok, 0.99)), "tsm_ms_max": ms(percentile(&ok, 1.0)),
+            "session_ms_p50": ms(percentile(&whole, 0.5)),
+            "session_ms_p99": ms(percentile(&whole, 0.99)), "mode": mode,
             "concurrency": args.concurrency, "prepare_seconds": prep.as_secs_f64(),
         }));
     } else {
         println!(
-            "{} download sessions in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed",
+            "{} download sessions ({mode}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed",
             ok.len(),
             wall.as_secs_f64(),
             per_s,
             ms(percentile(&ok, 0.5)),
             ms(percentile(&ok, 0.99)),
             ms(percentile(&ok, 1.0)),
+            ms(percentile(&whole, 0.5)),
+            ms(percentile(&whole, 0.99)),
             failed.len()
         );
     }

@@ -6,6 +6,8 @@ use super::{Failure, print_json};
 
 pub mod jpki_issuer;
 mod load;
+mod load_job;
+mod load_three;
 pub mod mno_tsm;
 mod parties;
 mod serve;

@@ -13,6 +13,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[cfg(feature = "pcsc")]
+mod as_card;
+mod load;
 mod on_card;
 mod race;
 mod smtp;

@@ -51,7 +51,9 @@ rm -rf classes out
 # pkgctx.cap (pkgctx/kagi/pkgctx/: package F06B61676905, applet Member F06B6167690501, several
 # instances of which share their package's context) and relay.cap (pkgctx/kagi/relay/: package
 # F06B61676906, applet Relay F06B6167690601, importing kagi.pkgctx and kagi.share: a shareable
-# call that calls on into a third context).
+# call that calls on into a third context) and pong.cap (pkgctx/kagi/pong/: package
+# F06B61676907, applet Pong F06B6167690701, importing kagi.pkgctx: Pong and Relay call each
+# other back until the card stops the nesting).
 rm -rf classes out && mkdir classes out
 javac -source 7 -target 7 -g:none -nowarn -cp "$K/lib/api_classic.jar" -d classes \
   $(find share pkgctx -name '*.java')
@@ -64,6 +66,10 @@ java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass 
 java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
   -exportpath "$K/api_export_files:out" -applet 0xF0:0x6B:0x61:0x67:0x69:0x06:0x01 kagi.relay.Relay \
   -out CAP JCA -d out kagi.relay 0xF0:0x6B:0x61:0x67:0x69:0x06 1.0
+java -Djc.home="$K" -cp "$CP" com.sun.javacard.converter.Main -i -useproxyclass -classdir classes \
+  -exportpath "$K/api_export_files:out" -applet 0xF0:0x6B:0x61:0x67:0x69:0x07:0x01 kagi.pong.Pong \
+  -out CAP JCA -d out kagi.pong 0xF0:0x6B:0x61:0x67:0x69:0x07 1.0
 cp out/kagi/pkgctx/javacard/pkgctx.cap out/kagi/pkgctx/javacard/pkgctx.jca .
 cp out/kagi/relay/javacard/relay.cap out/kagi/relay/javacard/relay.jca .
+cp out/kagi/pong/javacard/pong.cap out/kagi/pong/javacard/pong.jca .
 rm -rf classes out

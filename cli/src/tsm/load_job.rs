@@ -1,0 +1,46 @@
+//! What one session of `kagi tsm load` runs: a SIM and the request that starts its download.
+
+use kagi_fixtures::sim::{PROVIDER_SD, ProvisionedSim};
+use tsm_protocol::control::ControlRequest;
+
+/// The password every session's user registers (the load's own, not a secret).
+pub(crate) const PASSWORD: &str = "load-password";
+
+/// A SIM ready for one session, and what the session asks.
+pub(crate) struct Prepared {
+    pub(crate) card: applet_sim::SimCard,
+    pub(crate) iccid: String,
+    pub(crate) cin: String,
+    pub(crate) card_certificate: Vec<u8>,
+    /// The provider's domain (made already, or to be made by the MNO-TSM).
+    pub(crate) sd_aid: Vec<u8>,
+    pub(crate) job: Job,
+}
+
+/// What a session asks of the TSM.
+pub(crate) enum Job {
+    /// One TSM: the provider's issue request with the credential it made.
+    Issue {
+        request: ControlRequest,
+        request_id: tsm_protocol::IdempotencyKey,
+    },
+    /// Three organisations: the user's application; the access code goes to `contact`.
+    Apply {
+        request: ControlRequest,
+        contact: String,
+    },
+}
+
+impl Prepared {
+    /// The session of `sim` (the provider's domain at [`PROVIDER_SD`]) that runs `job`.
+    pub(crate) fn new(sim: ProvisionedSim, job: Job) -> Prepared {
+        Prepared {
+            card: sim.card,
+            iccid: sim.iccid,
+            cin: sim.cin,
+            card_certificate: sim.card_certificate,
+            sd_aid: PROVIDER_SD.to_vec(),
+            job,
+        }
+    }
+}

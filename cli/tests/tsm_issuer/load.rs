@@ -1,0 +1,52 @@
+//! `kagi tsm load --outbox`: the load generator drives the three organisations end to end.
+
+use super::support::cli::{Scenario, kagi, ok};
+use super::{issuer_row, start_services};
+
+/// Three sessions, two at a time, each from a fresh blank SIM and an application signed on
+/// the simulated My Number card to the credential on the SIM: the report (its schema) counts
+/// three done and none failed, and the issuer's own table (read with sqlite3) links three
+/// more active phone certificates to the card's signature certificate; every mailed code was
+/// read (the outbox's `new/` is empty).
+#[test]
+fn the_load_generator_runs_whole_sessions_through_three_services() {
+    let s = Scenario::new("three-load", false);
+    let dir = &s.dir;
+    let _services = start_services(&s, &None, None, false);
+    let out = ok(kagi()
+        .args(["--json", "tsm", "load", "--sp"])
+        .arg(dir.join("tsm/sp.toml"))
+        .arg("--mno")
+        .arg(dir.join("mno/operator.toml"))
+        .arg("--ca-dir")
+        .arg(dir.join("pki"))
+        .arg("--outbox")
+        .arg(dir.join("tsm/outbox"))
+        .arg("--manufacturer-ca")
+        .arg(dir.join("maker"))
+        .args([
+            "--sessions",
+            "3",
+            "--concurrency",
+            "2",
+            "--max-seconds",
+            "120",
+        ]));
+    super::support::schema::document("tsm.load", out.as_bytes());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sessions"], 3, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["mode"], "three-services", "{v}");
+    assert_eq!(
+        issuer_row(
+            dir,
+            &None,
+            "SELECT count(DISTINCT sign_serial) || '|' || count(*) FROM links WHERE state = 'active'"
+        ),
+        "1|3"
+    );
+    let left = std::fs::read_dir(dir.join("tsm/outbox/new"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+}
