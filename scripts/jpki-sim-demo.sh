@@ -15,6 +15,10 @@
 # the SP-TSM and the MNO-TSM (⑬⑭⑮⑱); the holder signs with the credential; then the card's
 # signature certificate is revoked at the CA, the issuer revokes the linked phone certificate
 # and the SP-TSM's next status query marks it revoked: the eligibility read says revoked.
+# Key generation: KAGI_KEY_GENERATION=on-card (the default, preferred: the SIM's JPKI applet
+# generates the key in the download's first session against the issuer's challenge, the issuer
+# checks its proof and certifies it; no private key travels) or =issuer (as the seed draws it:
+# the issuer makes the key and seals it to the SIM, ⑦⑯⑰).
 # Exits non-zero on any failure; stops only the server processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +53,10 @@ echo "== three organisations, three configurations"
     --sp-tsm-key "$work/sp-tsm/tsm.pub.pem" --ca-dir "$work/pki" \
     --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" >/dev/null
 cat "$work/mno-tsm/sp-tsm-link.toml" "$work/issuer/sp-tsm-link.toml" >>"$work/sp-tsm/tsm.toml"
+mode=${KAGI_KEY_GENERATION:-on-card}
+case "$mode" in on-card | issuer) ;; *) echo "KAGI_KEY_GENERATION is on-card or issuer, not $mode" >&2; exit 2 ;; esac
+echo "key_generation = \"$mode\"" >>"$work/sp-tsm/tsm.toml"
+echo "   key generation: $mode"
 echo "   JPKI issuer: signing key, UA CA key (file key store), signature CA + CRL, $work/issuer/jpki-issuer.db"
 echo "   SP-TSM:      signing key, provider domain keys, $work/sp-tsm/tsm.db"
 echo "   MNO-TSM:     signing key, issuer-domain keys, SIM registry, $work/mno-tsm/mno-tsm.db"
@@ -68,7 +76,11 @@ echo ABC123 >"$work/sign-password.txt"
     --iccid "$iccid" --provider sp:kagi-bank --contact holder@example.jp \
     --pin-file "$work/sign-password.txt" --out "$work/application.bin" 2>/dev/null
 
-echo "== ⑤⑯⑰ the provider passes it to the SP-TSM, which gets the credential from the issuer"
+if [ "$mode" = on-card ]; then
+    echo "== ⑤ the provider passes it to the SP-TSM (the key is made on the SIM during the download)"
+else
+    echo "== ⑤⑯⑰ the provider passes it to the SP-TSM, which gets the credential from the issuer"
+fi
 echo "demo password" >"$work/password.txt"
 "$K" tsm provider --config "$work/sp-tsm/sp.toml" apply --iccid "$iccid" \
     --application "$work/application.bin" --password-file "$work/password.txt" --out "$work/issue.json"
@@ -81,7 +93,11 @@ sed -n 's/^To: //p' "$mail" | tr -d '\r'
 sed -n 's/^Access code: \([0-9-]*\).*/\1/p' "$mail" | tr -d '\r' >"$work/code.txt"
 [ -s "$work/code.txt" ] || { echo "no access code in $mail" >&2; exit 1; }
 
-echo "== ⑬⑭⑮⑱ the relay over an LTE-like link: SP-TSM, MNO-TSM, SP-TSM"
+if [ "$mode" = on-card ]; then
+    echo "== ⑬⑭⑮⑯⑰⑱ the relay over an LTE-like link: SP-TSM, MNO-TSM, SP-TSM (the SIM makes the key, the issuer certifies it)"
+else
+    echo "== ⑬⑭⑮⑱ the relay over an LTE-like link: SP-TSM, MNO-TSM, SP-TSM"
+fi
 "$K" relay --tsm "http://127.0.0.1:$sp_port" --ticket-file "$work/ticket.txt" \
     --access-code-file "$work/code.txt" --password-file "$work/password.txt" \
     --sim --sim-image "$work/sim.img" --link lte --json >"$work/relay.json"
@@ -92,6 +108,13 @@ pin_file=$(ls "$work"/issuer/pin-mailer/*.pin)
 echo "jpki sim demo" >"$work/msg.txt"
 "$K" jpki sign --sim --sim-image "$work/sim.img" --pin-file "$pin_file" -i "$work/msg.txt" -o "$work/msg.sig"
 "$K" tsm provider --config "$work/sp-tsm/sp.toml" check --credential "$op"
+
+echo "== the holder sets a PIN of their own on the SIM's applet (with the mailed one)"
+mailed=$(tr -d '[:space:]' <"$pin_file")
+own=8642; [ "$mailed" = "$own" ] && own=8643
+(umask 077 && echo "$own" >"$work/own.pin")
+"$K" jpki change-pin --sim --sim-image "$work/sim.img" --pin-file "$pin_file" --new-pin-file "$work/own.pin"
+"$K" jpki sign --sim --sim-image "$work/sim.img" --pin-file "$work/own.pin" -i "$work/msg.txt" -o "$work/msg.sig"
 
 echo "== the My Number card's signature certificate revoked at the CA: linked revocation"
 sign_serial=$("$K" --json tsm provider --config "$work/sp-tsm/sp.toml" check --credential "$op" |

@@ -12,6 +12,7 @@
 use crate::applet_store::AppletStore;
 use crate::store::{Store, StoreError};
 use card_wire::content::{self, Binding, ContentError, Role};
+use card_wire::keygen;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Where the card keeps its private key agreement key (the 32-byte scalar).
@@ -106,7 +107,48 @@ pub(crate) fn open_for(
     Ok(content::open(&key, &binding, sealed)?)
 }
 
+/// The card's tag over a key the instance `applet` generated ([`card_wire::keygen`]).
+fn tag_for(
+    applet: &AppletStore<'_>,
+    key_fid: u16,
+    challenge: &[u8],
+    point: &[u8],
+    pop: &[u8],
+) -> Result<[u8; keygen::TAG_LEN], OpenError> {
+    let store = applet.card();
+    let (Some(scalar), Some(serial)) = (store.get(KEY), store.get(SERIAL)) else {
+        return Err(OpenError::NoCardKey);
+    };
+    let key = p256::SecretKey::from_slice(scalar).map_err(|_| OpenError::NoCardKey)?;
+    let iccid = store
+        .get(crate::uicc::ICCID_KEY)
+        .and_then(|ef| card_wire::uicc::Iccid::from_ef(ef).ok())
+        .ok_or(OpenError::NoIccid)?;
+    let instance = applet.instance();
+    let id = keygen::Identity {
+        iccid: iccid.as_str(),
+        card_serial: serial,
+        instance: &instance,
+        key_fid,
+    };
+    keygen::card_tag(&key, &id, challenge, point, pop)
+        .map_err(|_| OpenError::Content(ContentError::DoesNotOpen))
+}
+
 impl AppletStore<'_> {
+    /// The card's word that this applet instance made the key `point` in `key_fid` for the
+    /// issuer's `challenge` ([`card_wire::keygen`]): the runtime's service, under the card's
+    /// certified key agreement key, for the caller's own instance.
+    pub fn key_generation_tag(
+        &self,
+        key_fid: u16,
+        challenge: &[u8],
+        point: &[u8],
+        pop: &[u8],
+    ) -> Result<[u8; keygen::TAG_LEN], OpenError> {
+        tag_for(self, key_fid, challenge, point, pop)
+    }
+
     /// Opens a value sealed to this card for this applet instance (the runtime's service:
     /// the card key stays out of the applet's reach, and the instance is the caller's own).
     pub fn open_sealed(

@@ -20,7 +20,11 @@
 //! contents, `C2` private keys (PKCS#1 DER), `C6` private keys sealed to this card and this
 //! instance (`card_wire::content`, opened by the runtime with the card's key agreement key,
 //! [`crate::card_key`]), `C3` PINs, `C8` PINs sealed likewise, `C4` on-card key generation (the response carries only
-//! the public key), `C7` a key proof for the TSM's receipt (`card_wire::jpki::ITEM_KEY_PROOF`).
+//! the public key), `C7` a key proof for the TSM's receipt (`card_wire::jpki::ITEM_KEY_PROOF`),
+//! `C9` on-card key generation with a proof for the JPKI issuer (`card_wire::keygen`: ISO
+//! 7816-8 GENERATE ASYMMETRIC KEY PAIR, offered only as this personalisation item — so only
+//! under the provider's security-domain secure channel, never to whoever talks to the applet
+//! in clear — and only until the key's certificate is written).
 
 use crate::applet::{Applet, AppletContext};
 use crate::class_table::{ClassError, ClassTable};
@@ -481,8 +485,61 @@ impl FileApplet {
                 let point = key.verifying_key().to_sec1_point(false);
                 out.extend(tlv::tlv(0xC4, point.as_bytes()));
             }
+            (0xC9, f) if p.is_key(f) && rest.len() == card_wire::keygen::CHALLENGE_LEN => {
+                self.generate_proven(ctx, fid, rest, out)?;
+            }
             _ => return Err(Sw::INCORRECT_DATA),
         }
+        Ok(())
+    }
+
+    /// GENERATE ASYMMETRIC KEY PAIR with a proof ([`card_wire::keygen`]): a P-256 key made
+    /// here for key EF `fid`, answered as its point, a proof of possession over the issuer's
+    /// nonce and the card's tag (the runtime's, under the card's certified key agreement key,
+    /// for this instance). Only in the personalisation state: `6985` once the key's
+    /// certificate EF is written (a personalised applet's key is never replaced this way).
+    fn generate_proven(
+        &self,
+        ctx: &mut AppletContext<'_>,
+        fid: u16,
+        challenge: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Sw> {
+        use p256::ecdsa::signature::Signer;
+        let cert_ef = if fid == EF_SIGN_KEY {
+            EF_SIGN_CERT
+        } else {
+            EF_AUTH_CERT
+        };
+        if ctx.store.get(&key_of("ef", cert_ef)).is_some() {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        let (_, nonce) =
+            card_wire::keygen::split_challenge(challenge).map_err(|_| Sw::INCORRECT_DATA)?;
+        let key: p256::ecdsa::SigningKey =
+            p256::elliptic_curve::Generate::generate_from_rng(&mut CardRngCore(ctx.rng));
+        ctx.store.charge(CardOp::EcKeyGen { bits: 256 });
+        let point = key.verifying_key().to_sec1_point(false);
+        let pop: p256::ecdsa::Signature =
+            key.sign(&card_wire::keygen::pop_message(point.as_bytes(), nonce));
+        ctx.store.charge(CardOp::EcSign { bits: 256 });
+        let pop = pop.to_bytes();
+        ctx.store.charge(CardOp::Ecdh { bits: 256 });
+        let tag = ctx
+            .store
+            .key_generation_tag(fid, challenge, point.as_bytes(), &pop)
+            .map_err(|e| match e {
+                crate::card_key::OpenError::Content(_) => Sw::INCORRECT_DATA,
+                _ => Sw::CONDITIONS_NOT_SATISFIED,
+            })?;
+        let mut scalar = key.to_bytes().to_vec();
+        let r = ctx.store.put(&key_of("key", fid), &scalar);
+        scalar.zeroize();
+        r?;
+        out.extend(tlv::tlv(
+            card_wire::jpki::ITEM_GENERATE_PROVEN,
+            &[point.as_bytes(), &pop[..], &tag[..]].concat(),
+        ));
         Ok(())
     }
 }

@@ -49,6 +49,12 @@ pub const ITEM_KEY_PROOF: u32 = 0xC7;
 /// A PIN sealed to this card and applet instance (role = the PIN EF), laid out as
 /// [`ITEM_SEALED_KEY`].
 pub const ITEM_SEALED_PIN: u32 = 0xC8;
+/// On-card key generation with a proof (the issuer's on-card mode, [`crate::keygen`]): the
+/// applet's GENERATE ASYMMETRIC KEY PAIR (ISO 7816-8 INS 46, P-256), offered only as a
+/// personalisation item, so only under the provider's security-domain secure channel.
+/// `C9 { FID ‖ challenge (97: the issuer's ephemeral point ‖ nonce) }`; the answer carries
+/// `C9 { point (65) ‖ proof of possession (64) ‖ the card's tag (32) }`.
+pub const ITEM_GENERATE_PROVEN: u32 = 0xC9;
 
 /// What follows the FID in a sealed item: the request id the value was sealed under (one
 /// length byte, then the id), then the sealed value.

@@ -38,6 +38,8 @@ pub mod dm;
 pub mod gp;
 pub mod gp_load;
 pub mod jpki;
+#[cfg(feature = "content")]
+pub mod keygen;
 pub mod scp02;
 pub mod scp03;
 #[cfg(feature = "content")]

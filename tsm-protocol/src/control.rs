@@ -54,7 +54,8 @@ impl AppletRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialBundle {
     /// The private key (PKCS#1 DER for RSA, the 32-byte scalar for P-256) sealed for the key
-    /// file `0017` (`card_wire::content::seal`, role `KeyEf(0017)`).
+    /// file `0017` (`card_wire::content::seal`, role `KeyEf(0017)`); empty when the key was
+    /// made on the SIM (the JPKI issuer's on-card mode: no private key travels).
     pub sealed_key: Vec<u8>,
     /// The user-authentication PIN, sealed likewise for the PIN file `0018`.
     pub sealed_pin: Vec<u8>,
@@ -317,6 +318,9 @@ pub enum ControlRequest {
         privileges: Vec<u8>,
         /// The JPKI applet instance to install into it.
         instance: Vec<u8>,
+        /// The SP-TSM's reply key (P-256, uncompressed SEC1): the new domain's initial keys
+        /// are sealed to it ([`crate::keyseal`]), so only this SP-TSM reads them.
+        reply_key: Vec<u8>,
     },
     /// SP-TSM to MNO-TSM: a SIM as the operator registered it (the SP-TSM keeps a copy of
     /// the records it needs, refreshed before each use). Answered with
@@ -526,9 +530,11 @@ pub enum ControlResponse {
         /// it over in a [`crate::relay::ServerMsg::Continue`]); `None` once the operation is
         /// over.
         device_ticket: Option<String>,
-        /// The initial keys the new domain gets: the SP-TSM opens the domain with them once
-        /// and replaces them with its own (GP PUT KEY) before writing anything there.
-        initial_keys: InitialKeys,
+        /// The initial keys the new domain gets, sealed to the asking SP-TSM's reply key
+        /// ([`crate::keyseal`]: bound to both parties, the provider, the SIM, the domain and
+        /// this operation): the SP-TSM opens the domain with them once and replaces them with
+        /// its own (GP PUT KEY) before writing anything there.
+        sealed_initial_keys: Vec<u8>,
         /// When the operation expires (Unix milliseconds).
         expires_at: u64,
     },
@@ -554,7 +560,8 @@ pub enum ControlResponse {
 }
 
 /// A security domain's initial SCP03 key set (AES-128), handed from the MNO-TSM to the SP-TSM
-/// in a signed answer. Zeroized on drop; never printed.
+/// in a signed answer, sealed to the SP-TSM ([`crate::keyseal`]). Zeroized on drop; never
+/// printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitialKeys {
     /// Key version number.

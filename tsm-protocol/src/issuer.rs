@@ -37,6 +37,47 @@ pub enum IssuerRequest {
         /// the issue: the card opens them only under it).
         request_id: IdempotencyKey,
     },
+    /// The on-card mode, step 1: a challenge for the SIM's applet to generate the phone's
+    /// key against ([`card_wire::keygen`]: the issuer's ephemeral point and a fresh nonce,
+    /// usable once, for this SIM, applet instance and request only). Answered with
+    /// [`IssuerResponse::Challenge`].
+    Challenge {
+        /// The provider (one the asking SP-TSM serves).
+        provider: PartyId,
+        /// The SIM.
+        iccid: String,
+        /// The SIM's key agreement certificate (checked against the card manufacturer's CA).
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance that generates the key.
+        instance: Vec<u8>,
+        /// The SP-TSM's idempotency key of the issue (the [`IssuerRequest::Certify`] that
+        /// follows must carry the same).
+        request_id: IdempotencyKey,
+    },
+    /// The on-card mode, step 2 (⑥⑯⑰ with the key made on the SIM): the user's application
+    /// and the SIM applet's answer to the challenge (its new public key, the proof of
+    /// possession over the nonce, the card's tag under its certified key). The issuer checks
+    /// the application as for [`IssuerRequest::Issue`], spends the nonce (once), checks the
+    /// proof and certifies that key: the answer's [`IssuerResponse::Issued`] carries no
+    /// sealed key (`sealed_key` empty), only the certificates and the sealed PIN.
+    Certify {
+        /// The application as `kagi jpki apply` wrote it.
+        application: Vec<u8>,
+        /// The provider the application names.
+        provider: PartyId,
+        /// The SIM (the application must name it).
+        iccid: String,
+        /// The SIM's key agreement certificate (as its operator registered it).
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance that made the key.
+        instance: Vec<u8>,
+        /// The request id of the challenge (and what the PIN is sealed under).
+        request_id: IdempotencyKey,
+        /// The challenge's nonce (32 bytes).
+        nonce: Vec<u8>,
+        /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
+        proof: Vec<u8>,
+    },
     /// The standing of phone certificates this SP-TSM relayed (linked revocation). Answered
     /// with [`IssuerResponse::Status`].
     Status {
@@ -61,6 +102,8 @@ impl IssuerRequest {
     pub fn name(&self) -> &'static str {
         match self {
             IssuerRequest::Issue { .. } => "issue",
+            IssuerRequest::Challenge { .. } => "challenge",
+            IssuerRequest::Certify { .. } => "certify",
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
         }
@@ -93,6 +136,13 @@ pub enum IssuerResponse {
         /// Its notAfter (Unix seconds), never after the signature certificate's.
         not_after: u64,
     },
+    /// A challenge for on-card key generation: `E ‖ nonce` ([`card_wire::keygen`]).
+    Challenge {
+        /// The issuer's ephemeral point (65) and the nonce (32).
+        challenge: Vec<u8>,
+        /// Until when the issuer accepts an answer to it (Unix milliseconds).
+        expires_at: u64,
+    },
     /// Which of the asked serials are revoked (the others are not, or not this issuer's).
     Status {
         /// The revoked ones.
@@ -100,7 +150,9 @@ pub enum IssuerResponse {
     },
     /// Refused: `application.*` (the application's own checks, `kagi_certs::application`),
     /// `issuer.*` (the issuer's: an untrusted SP-TSM or provider, a SIM certificate that does
-    /// not check), `protocol.*`.
+    /// not check), `keygen.*` (the on-card mode's: `keygen.unknown-challenge`,
+    /// `keygen.replayed`, `keygen.possession`, `keygen.not-this-sim`, `keygen.malformed`),
+    /// `protocol.*`.
     Rejected(ErrorReport),
 }
 

@@ -32,6 +32,7 @@ pub mod access;
 pub mod control;
 pub mod error;
 pub mod issuer;
+pub mod keyseal;
 pub mod receipt;
 pub mod recipes;
 pub mod relay;

@@ -20,11 +20,16 @@ pub fn jpki_credential(
     request_id: &[u8],
     credential: &CredentialBundle,
 ) -> Vec<Goal> {
-    let mut script = item(
-        jpki::ITEM_SEALED_KEY,
-        jpki::EF_AUTH_KEY,
-        &jpki::sealed_item_body(request_id, &credential.sealed_key),
-    );
+    // A key made on the SIM (the issuer's on-card mode) is already in its key file.
+    let mut script = if credential.sealed_key.is_empty() {
+        Vec::new()
+    } else {
+        item(
+            jpki::ITEM_SEALED_KEY,
+            jpki::EF_AUTH_KEY,
+            &jpki::sealed_item_body(request_id, &credential.sealed_key),
+        )
+    };
     script.extend(item(
         jpki::ITEM_EF,
         jpki::EF_AUTH_CERT,
@@ -48,6 +53,25 @@ pub fn jpki_credential(
             key_fid: jpki::EF_AUTH_KEY,
             certificate: credential.certificate.clone(),
         },
+    });
+    goals
+}
+
+/// The script that asks the JPKI applet to generate the phone's key on the SIM against the
+/// issuer's `challenge` (`card_wire::keygen`; the answer carries the key and its proofs).
+pub fn jpki_generate_script(challenge: &[u8]) -> Vec<u8> {
+    item(jpki::ITEM_GENERATE_PROVEN, jpki::EF_AUTH_KEY, challenge)
+}
+
+/// The on-card mode's first session: the JPKI applet loaded if absent, its instance
+/// installed, and the phone's key generated in it against the issuer's `challenge` (the
+/// answer kept for the issuer, [`Check::Generated`]).
+pub fn jpki_generate(instance: &[u8], challenge: &[u8]) -> Vec<Goal> {
+    let mut goals = jpki_applet(instance);
+    goals.push(Goal::Personalize {
+        instance: instance.to_vec(),
+        script: jpki_generate_script(challenge),
+        check: Check::Generated,
     });
     goals
 }

@@ -49,6 +49,16 @@ impl SealTarget {
         &self.iccid
     }
 
+    /// The SIM's key agreement key, as its manufacturer certified it.
+    pub fn public_key(&self) -> &p256::PublicKey {
+        &self.public_key
+    }
+
+    /// The serial number of the SIM's certificate (big-endian bytes, as in the DER).
+    pub fn serial(&self) -> &[u8] {
+        &self.serial
+    }
+
     /// Seals `value` for applet `instance` on this SIM, as `role`, under `request_id` (the
     /// request's idempotency key).
     pub fn seal(

@@ -175,6 +175,10 @@ struct IssuerEntry {
     /// Its HTTPS certificate (or CA), PEM; default: the system's roots.
     #[serde(default)]
     tls_ca: Option<String>,
+    /// `"on-card"` (preferred: the SIM's applet generates the key, the issuer certifies it)
+    /// or `"issuer"` (the issuer makes the key and seals it to the SIM); default `issuer`.
+    #[serde(default)]
+    key_generation: Option<String>,
 }
 
 /// What the command line may change over the file.
@@ -318,6 +322,18 @@ pub fn load(
                 party,
                 url: i.url.trim_end_matches('/').to_string(),
                 http: https_client(path, "jpki_issuer", i.tls_ca.as_deref())?,
+                key_on_card: match i.key_generation.as_deref() {
+                    None | Some("issuer") => false,
+                    Some("on-card") => true,
+                    Some(other) => {
+                        return Err(SetupError::Config {
+                            config: path.to_path_buf(),
+                            message: format!(
+                                "[jpki_issuer] key_generation = \"{other}\": write \"on-card\" (the SIM makes the key) or \"issuer\""
+                            ),
+                        });
+                    }
+                },
             })
         }
     };

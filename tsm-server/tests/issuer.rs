@@ -171,6 +171,7 @@ async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
         pin_mailer: dir.join("pin-mailer"),
         validity: Duration::from_secs(365 * 86_400),
         max_age: Duration::from_secs(600),
+        challenge_key: zeroize::Zeroizing::new([0x3C; 32]),
     };
     let issuer = Issuer::open(config, &backend).await.unwrap();
     World {

@@ -67,6 +67,16 @@ fn at_mno(who: &Signer, me: &Signer, url: &str) -> Party {
 }
 
 fn prepare(world: &World, provider: &str, iccid: &str) -> ControlRequest {
+    prepare_for(world, provider, iccid, &[0; 16])
+}
+
+/// The SP-TSM's reply key for its operation `op` (its state key is `[0x11; 16]` here).
+fn reply_secret(op: &[u8; 16]) -> p256::SecretKey {
+    tsm_protocol::keyseal::reply_secret(&[0x11; 16], op).unwrap()
+}
+
+/// The `PrepareSim` the SP-TSM sends for its operation `op` (with its reply key).
+fn prepare_for(world: &World, provider: &str, iccid: &str, op: &[u8; 16]) -> ControlRequest {
     let _ = world;
     ControlRequest::PrepareSim {
         iccid: iccid.into(),
@@ -74,6 +84,7 @@ fn prepare(world: &World, provider: &str, iccid: &str) -> ControlRequest {
         sd_aid: PROVIDER_SD.to_vec(),
         privileges: vec![0x80, 0x40, 0x00],
         instance: card_wire::jpki::JPKI_AID.to_vec(),
+        reply_key: tsm_protocol::keyseal::reply_public(&reply_secret(op)),
     }
 }
 
@@ -218,21 +229,49 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     let sp_tsm_at_mno = at_mno(&world.tsm, &me, &mno_url);
     let again = sp_tsm_at_mno
         .send(
-            &prepare(&world, "sp:bank", &sim.iccid),
+            &prepare_for(&world, "sp:bank", &sim.iccid, &iss.op.0),
             Some(IdempotencyKey(iss.op.0)),
         )
         .await
         .unwrap()
         .response;
+    let answer_bytes = tsm_protocol::codec::encode(&again).unwrap();
     let ControlResponse::Prepared {
+        op: mno_op,
         state: OpState::Completed,
         device_ticket: None,
-        initial_keys,
+        sealed_initial_keys,
         ..
     } = again
     else {
         panic!("{again:?}")
     };
+    // Sealed to the asking SP-TSM: it opens them; another SP-TSM's reply key does not, nor
+    // does a seal with one bit changed; the answer's bytes hold none of the keys.
+    let ctx = tsm_protocol::keyseal::Context {
+        mno: &me.party().0,
+        sp_tsm: &world.tsm.party().0,
+        provider: "sp:bank",
+        iccid: &sim.iccid,
+        sd_aid: &PROVIDER_SD,
+        op: &mno_op.0,
+    };
+    let initial_keys =
+        tsm_protocol::keyseal::open(&reply_secret(&iss.op.0), &ctx, &sealed_initial_keys).unwrap();
+    let other_sp_tsm = tsm_protocol::keyseal::reply_secret(&[0x12; 16], &iss.op.0).unwrap();
+    assert_eq!(
+        tsm_protocol::keyseal::open(&other_sp_tsm, &ctx, &sealed_initial_keys),
+        Err(tsm_protocol::keyseal::KeySealError::DoesNotOpen)
+    );
+    let mut tampered = sealed_initial_keys.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        tsm_protocol::keyseal::open(&reply_secret(&iss.op.0), &ctx, &tampered),
+        Err(tsm_protocol::keyseal::KeySealError::DoesNotOpen)
+    );
+    for k in [&initial_keys.enc, &initial_keys.mac, &initial_keys.dek] {
+        assert!(!answer_bytes.windows(16).any(|w| w == &k[..]));
+    }
     assert_eq!(initial_keys.kvn, 0x20);
     let initial = StaticKeys::new(
         0x20,
@@ -307,6 +346,9 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
             ("key's content key", &key_ck[..]),
             ("PIN's content key", &pin_ck[..]),
             ("sealed key", &iss.sealed[0][..]),
+            ("initial K-ENC", &initial_keys.enc[..]),
+            ("initial K-MAC", &initial_keys.mac[..]),
+            ("initial K-DEK", &initial_keys.dek[..]),
         ] {
             if place == "relay capture" && what == "sealed key" {
                 continue; // the relay carries it sealed, by design

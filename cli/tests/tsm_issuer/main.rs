@@ -16,6 +16,7 @@ mod support;
 #[cfg(feature = "pcsc")]
 mod as_card;
 mod load;
+mod on_card;
 mod race;
 mod smtp;
 
@@ -178,6 +179,18 @@ fn start_services(
     notify: Option<&str>,
     issuer_tls: bool,
 ) -> Services {
+    start_services_in(s, issuer_db, notify, issuer_tls, "issuer")
+}
+
+/// [`start_services`] with the SP-TSM asking the issuer in `key_generation` mode
+/// (`issuer` or `on-card`).
+fn start_services_in(
+    s: &Scenario,
+    issuer_db: &Option<String>,
+    notify: Option<&str>,
+    issuer_tls: bool,
+    key_generation: &str,
+) -> Services {
     let dir = &s.dir;
     let (mno_port, issuer_port) = (
         tsm_server::testing::free_port().unwrap(),
@@ -234,6 +247,7 @@ fn start_services(
     sp_toml = format!("{top}{sp_toml}");
     sp_toml.push_str(&std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap());
     sp_toml.push_str(&std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap());
+    sp_toml.push_str(&format!("key_generation = \"{key_generation}\"\n"));
     sp_toml.push_str(tables);
     std::fs::write(dir.join("tsm/tsm.toml"), sp_toml).unwrap();
 

@@ -72,6 +72,7 @@ impl Engine {
                             }
                         }
                         Check::Wallet { updates } => Expect::Wallet { updates: *updates },
+                        Check::Generated => Expect::Generated,
                     };
                     q.push((
                         format!(
@@ -240,6 +241,24 @@ impl Engine {
                         false,
                         "PUT KEY: the card's key check values differ from the keys sent",
                     ));
+                }
+                Expect::Generated => {
+                    let answer = card_wire::tlv::find(
+                        &resp.data,
+                        card_wire::tlv::Tag(card_wire::jpki::ITEM_GENERATE_PROVEN),
+                    )
+                    .ok()
+                    .flatten()
+                    .map(|t| t.value.to_vec());
+                    let Some(answer) = answer else {
+                        return Next::Failed(report(
+                            Layer::Card,
+                            "card.no-generated-key",
+                            false,
+                            "the applet did not answer the key it generated: is it a kagi JPKI applet with on-card key generation?",
+                        ));
+                    };
+                    self.evidence.generated = Some(answer);
                 }
                 Expect::Wallet { updates } => match card_wire::wallet::Summary::parse(&resp.data) {
                     Some(w) if w.applied.len() == *updates => self.evidence.wallet = Some(w),

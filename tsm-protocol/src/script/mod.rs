@@ -90,6 +90,10 @@ pub enum Check {
         /// The certificate (DER) the key must match.
         certificate: Vec<u8>,
     },
+    /// The applet's answer to an on-card key generation with a proof
+    /// (`card_wire::jpki::ITEM_GENERATE_PROVEN`), kept as [`Evidence::generated`] for the
+    /// JPKI issuer to check.
+    Generated,
     /// A wallet summary whose outcome list covers `updates` updates.
     Wallet {
         /// Updates in the script.
@@ -142,6 +146,9 @@ pub struct Evidence {
     pub key_proof: Option<(Vec<u8>, [u8; 32])>,
     /// The wallet after the update.
     pub wallet: Option<card_wire::wallet::Summary>,
+    /// The applet's answer to an on-card key generation ([`Check::Generated`]): point ‖
+    /// proof of possession ‖ card tag (`card_wire::keygen`).
+    pub generated: Option<Vec<u8>>,
     /// The card commands of the action rounds, as digests.
     pub steps: Vec<StepRecord>,
     /// Secure sessions opened.
@@ -178,6 +185,8 @@ enum Expect {
     Proof { certificate: Vec<u8> },
     /// The last STORE DATA of a wallet script.
     Wallet { updates: usize },
+    /// The last STORE DATA of an on-card key generation.
+    Generated,
     /// PUT KEY: the card's key version and key check values.
     KeyCheck { expected: Vec<u8> },
 }

@@ -13,6 +13,13 @@
 //!   applet instance. The SP-TSM relays what it cannot open. The PIN goes to the holder through
 //!   the issuer's PIN mailer (a directory, one 0600 file per phone certificate), never to the
 //!   SP-TSM.
+//! - **Challenge** and **Certify** (the on-card mode, preferred: the private key never leaves
+//!   the chip; [`on_card`]): a challenge (an ephemeral point and a nonce, for one SIM,
+//!   applet instance and request) for the SIM's JPKI applet, which generates the key under
+//!   the provider's secure channel and answers its public key with a proof of possession and
+//!   the card's tag under its manufacturer-certified key (`card_wire::keygen`); Certify checks
+//!   the application as Issue does, spends the nonce once, checks the proof and certifies that
+//!   key — same link, same validity rule — and seals only the PIN.
 //! - **Status**: which of the asked phone certificates are revoked. Before answering (and every
 //!   few seconds while serving) the issuer reloads the signature CA's CRL and revocation list
 //!   and revokes, per newly revoked signature serial and in one transaction, every phone
@@ -24,6 +31,7 @@
 //! an HSM-backed CA is the production choice.
 
 pub mod http;
+mod on_card;
 mod once;
 pub mod setup;
 pub mod store;
@@ -107,6 +115,9 @@ pub struct IssuerConfig {
     pub validity: Duration,
     /// How old an application may be.
     pub max_age: Duration,
+    /// The secret the on-card mode's challenge keys are derived from (one per issuer, shared
+    /// by all its instances: `challenge_key` in `jpki-issuer.toml`, 32 bytes, 0600).
+    pub challenge_key: Zeroizing<[u8; 32]>,
 }
 
 /// Why a request could not be answered at all.
@@ -240,6 +251,56 @@ impl Issuer {
                     &card_certificate,
                     &instance,
                     &request_id,
+                    None,
+                )
+                .await
+            }
+            IssuerRequest::Challenge {
+                provider,
+                iccid,
+                card_certificate,
+                instance,
+                request_id,
+            } => {
+                if !providers.contains(&provider) {
+                    return Ok(reject(
+                        Layer::Business,
+                        "issuer.not-your-provider",
+                        format!("{sender} does not act for {provider}"),
+                    ));
+                }
+                self.challenge(sender, &iccid, &card_certificate, &instance, &request_id)
+                    .await
+            }
+            IssuerRequest::Certify {
+                application,
+                provider,
+                iccid,
+                card_certificate,
+                instance,
+                request_id,
+                nonce,
+                proof,
+            } => {
+                if !providers.contains(&provider) {
+                    return Ok(reject(
+                        Layer::Business,
+                        "issuer.not-your-provider",
+                        format!("{sender} does not act for {provider}"),
+                    ));
+                }
+                self.issue_once(
+                    sender,
+                    &provider,
+                    &iccid,
+                    &application,
+                    &card_certificate,
+                    &instance,
+                    &request_id,
+                    Some(on_card::OnCard {
+                        nonce: &nonce,
+                        proof: &proof,
+                    }),
                 )
                 .await
             }
@@ -335,6 +396,7 @@ impl Issuer {
         card_certificate: &[u8],
         instance: &[u8],
         request_id: &IdempotencyKey,
+        on_card: Option<on_card::OnCard<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         use kagi_certs::application as app;
         let now = SystemTime::now();
@@ -387,37 +449,64 @@ impl Issuer {
                 ));
             }
         };
-        // The phone's key, its certificate (never past the signature certificate's end).
-        let key = {
-            use p256::elliptic_curve::Generate;
-            p256::ecdsa::SigningKey::try_generate()
-                .map_err(|e| IssuerError::Internal(e.to_string()))?
+        // The phone's key — made on the SIM (its proof checked, its nonce spent) or here —,
+        // its certificate (never past the signature certificate's end).
+        let (public, key) = match on_card {
+            Some(c) => match self
+                .on_card_key(sender, &target, instance, request_id, c)
+                .await?
+            {
+                Ok(public) => (public, None),
+                Err(refused) => return Ok(refused),
+            },
+            None => {
+                use p256::elliptic_curve::Generate;
+                let key = p256::ecdsa::SigningKey::try_generate()
+                    .map_err(|e| IssuerError::Internal(e.to_string()))?;
+                ((*key.verifying_key()).into(), Some(key))
+            }
         };
         let mut serial = [0u8; 4];
         getrandom::fill(&mut serial).map_err(|e| IssuerError::Internal(e.to_string()))?;
         let serial = u32::from_be_bytes(serial) & 0x7FFF_FFFF | 1;
         let sign_end = SystemTime::UNIX_EPOCH + Duration::from_secs(verified.not_after);
         let until = (now + self.config.validity).min(sign_end);
-        let public: p256::PublicKey = (*key.verifying_key()).into();
         let cert = self
             .config
             .ua_ca
             .certify(&public, &format!("KAGIPHONE{iccid}"), serial, now, until)
             .map_err(IssuerError::Internal)?;
         let pin = new_pin().map_err(IssuerError::Internal)?;
-        let key_bytes = Zeroizing::new(key.to_bytes().to_vec());
-        let credential = tsm_protocol::seal::bundle(
-            &target,
-            instance,
-            request_id,
-            &key_bytes,
-            cert,
-            self.config.ua_ca.certificate_der(),
-            pin.as_bytes(),
-            &verified.sign_serial,
-        )
-        .map_err(IssuerError::Internal)?;
-        drop(key);
+        let credential = match key {
+            Some(key) => {
+                let key_bytes = Zeroizing::new(key.to_bytes().to_vec());
+                tsm_protocol::seal::bundle(
+                    &target,
+                    instance,
+                    request_id,
+                    &key_bytes,
+                    cert,
+                    self.config.ua_ca.certificate_der(),
+                    pin.as_bytes(),
+                    &verified.sign_serial,
+                )
+                .map_err(IssuerError::Internal)?
+            }
+            // Made on the SIM: nothing private to seal but the PIN.
+            None => tsm_protocol::control::CredentialBundle {
+                sealed_key: Vec::new(),
+                sealed_pin: tsm_protocol::seal::seal_pin(
+                    &target,
+                    instance,
+                    request_id,
+                    pin.as_bytes(),
+                )
+                .map_err(IssuerError::Internal)?,
+                certificate: cert,
+                ca_certificate: self.config.ua_ca.certificate_der(),
+                my_number_sign_serial: verified.sign_serial.clone(),
+            },
+        };
         let serial_hex = serial_hex(serial);
         let not_after = until
             .duration_since(SystemTime::UNIX_EPOCH)

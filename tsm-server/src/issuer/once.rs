@@ -31,6 +31,7 @@ impl Issuer {
         card_certificate: &[u8],
         instance: &[u8],
         request_id: &IdempotencyKey,
+        on_card: Option<super::on_card::OnCard<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         let key = request_id.to_hex();
         let hash = tsm_protocol::codec::encode(&(
@@ -39,6 +40,7 @@ impl Issuer {
             application,
             card_certificate,
             instance,
+            on_card.map(|c| (c.nonce, c.proof)),
         ))
         .map(|b| Sha256::digest(b).to_vec())
         .map_err(|e| IssuerError::Internal(e.to_string()))?;
@@ -54,6 +56,7 @@ impl Issuer {
                         card_certificate,
                         instance,
                         request_id,
+                        on_card,
                     )
                     .await;
                 if !matches!(answer, Ok(IssuerResponse::Issued { .. })) {

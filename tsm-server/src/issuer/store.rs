@@ -40,6 +40,13 @@ pub const SCHEMA: Schema = Schema {
         sp_tsm TEXT NOT NULL, request_id TEXT NOT NULL, request_hash BYTES NOT NULL,
         state TEXT NOT NULL, answer BYTES, at BIGINT NOT NULL,
         PRIMARY KEY (sp_tsm, request_id))",
+        // The on-card mode's challenges: a nonce is `open` until one Certify spends it
+        // (`used`), by one conditional update; no secret is kept (the challenge key is
+        // derived again from the issuer's challenge secret and the nonce).
+        "CREATE TABLE IF NOT EXISTS challenges (
+        nonce TEXT PRIMARY KEY, sp_tsm TEXT NOT NULL, iccid TEXT NOT NULL,
+        instance TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,
+        expires_at BIGINT NOT NULL)",
     ],
 };
 
@@ -386,6 +393,11 @@ pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
         Stmt::any(
             "DELETE FROM issues WHERE state = 'done' AND at < $1",
             vec![(now - ISSUE_ANSWER_KEEP_MS).into()],
+        ),
+        // Spent and expired challenges are kept a day (a replay is told as one), then go.
+        Stmt::any(
+            "DELETE FROM challenges WHERE expires_at < $1",
+            vec![(now - 86_400_000).into()],
         ),
     ])
     .await

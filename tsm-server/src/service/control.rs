@@ -229,7 +229,14 @@ impl Tsm {
         let live = !existing.state.is_final();
         if existing.kind == "prepare-sim" {
             let ticket = secrets.as_ref().filter(|_| live).map(|s| s.ticket.clone());
-            return Ok(self.prepared(&existing.id, existing.state, ticket, existing.expires_at));
+            return Ok(self.prepared(
+                &existing.id,
+                existing.state,
+                ticket,
+                existing.expires_at,
+                &existing.data.request,
+                &existing.party,
+            ));
         }
         Ok(ControlResponse::Accepted {
             op: existing.id,

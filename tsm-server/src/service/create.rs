@@ -13,7 +13,7 @@ use tsm_protocol::{ErrorReport, Layer, OpId};
 use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
 
 /// Serial (hex) and notAfter (Unix seconds) of a DER certificate.
-fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
+pub(super) fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
     use der::Decode;
     let c = x509_cert::Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
     let tbs = c.tbs_certificate();
@@ -148,6 +148,9 @@ impl Tsm {
         // An application: the JPKI issuer makes the credential (sealed to the SIM), and the
         // request goes on as an issue.
         let mut req = match req {
+            // The on-card mode: the SIM makes the key in the download's first session, and
+            // the issuer is asked then (`Tsm::certify_on_card`).
+            ControlRequest::Apply { .. } if self.key_on_card() => req,
             ControlRequest::Apply { .. } => match self.apply_at_issuer(party, &idem, req).await? {
                 Ok(issue) => {
                     if let ControlRequest::Issue { credential, .. } = &issue {
@@ -198,6 +201,13 @@ impl Tsm {
                     None,
                 )
             }
+            ControlRequest::Apply { card, access, .. } => (
+                "issue",
+                card.iccid.clone(),
+                Some(access.clone()),
+                None,
+                None,
+            ),
             ControlRequest::Transfer {
                 credential,
                 card,
@@ -476,7 +486,14 @@ impl Tsm {
         match created {
             Created::New if kind == "prepare-sim" => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "SIM preparation accepted");
-                Ok(self.prepared(&id, op.state, Some(ticket.to_string()), op.expires_at))
+                Ok(self.prepared(
+                    &id,
+                    op.state,
+                    Some(ticket.to_string()),
+                    op.expires_at,
+                    &op.data.request,
+                    &party.0,
+                ))
             }
             Created::New => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "operation accepted");

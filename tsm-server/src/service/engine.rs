@@ -108,6 +108,10 @@ impl Tsm {
                 batch.push(Store::audit(&op.id, t, "tsm", "domain-installed", ""));
                 Box::pin(self.start_engine(op, session, seq, batch)).await
             }
+            Next::Done(evidence) if matches!(op.data.request, ControlRequest::Apply { .. }) => {
+                // The on-card mode's first session: the SIM made the key.
+                Box::pin(self.certify_on_card(op, session, seq, *evidence, batch)).await
+            }
             Next::Done(evidence) => {
                 self.finish_done(op, session, seq, &running, *evidence, batch)
                     .await
@@ -140,6 +144,10 @@ impl Tsm {
         mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
+        // An on-card key's challenge, if one was pending, is of no use any more.
+        if let Ok(mut c) = self.challenges.lock() {
+            c.remove(&op.id);
+        }
         op.state = OpState::Failed;
         op.updated_at = t;
         op.data.error = Some(e.clone());

@@ -60,6 +60,16 @@ impl Tsm {
             .and_then(|k| hex::decode(k).ok())
             .unwrap_or_default();
         let mut goals = match &request {
+            // The on-card mode's first session: the key made on the SIM.
+            ControlRequest::Apply { card, applet, .. } => {
+                match self
+                    .challenge_for(op, &card.iccid, &applet.instance)
+                    .await?
+                {
+                    Ok(challenge) => recipes::jpki_generate(&applet.instance, &challenge),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
             ControlRequest::Issue {
                 applet, credential, ..
             } => recipes::jpki_credential(&applet.instance, &request_id, credential),

@@ -189,20 +189,50 @@ impl Tsm {
         Ok(Ok((plan, mno.keys.clone(), Vec::new())))
     }
 
-    /// The MNO-TSM's answer to an accepted (or repeated) `PrepareSim`.
+    /// The MNO-TSM's answer to an accepted (or repeated) `PrepareSim` `req` of the SP-TSM
+    /// `sp_tsm`: the initial keys sealed to its reply key (a fresh seal every answer).
     pub(super) fn prepared(
         &self,
         op: &OpId,
         state: OpState,
         ticket: Option<String>,
         expires_at: i64,
+        req: &ControlRequest,
+        sp_tsm: &str,
     ) -> ControlResponse {
-        ControlResponse::Prepared {
-            op: *op,
-            state,
-            device_ticket: ticket,
-            initial_keys: self.initial_keys(op),
-            expires_at: expires_at as u64,
+        let ControlRequest::PrepareSim {
+            iccid,
+            provider,
+            sd_aid,
+            reply_key,
+            ..
+        } = req
+        else {
+            return ControlResponse::Rejected(err(
+                Layer::Tsm,
+                "tsm.script",
+                "not a SIM preparation",
+            ));
+        };
+        let ctx = tsm_protocol::keyseal::Context {
+            mno: &self.config.policy.me.0,
+            sp_tsm,
+            provider: &provider.0,
+            iccid,
+            sd_aid,
+            op: &op.0,
+        };
+        match tsm_protocol::keyseal::seal(reply_key, &ctx, &self.initial_keys(op)) {
+            Ok(sealed_initial_keys) => ControlResponse::Prepared {
+                op: *op,
+                state,
+                device_ticket: ticket,
+                sealed_initial_keys,
+                expires_at: expires_at as u64,
+            },
+            Err(e) => {
+                ControlResponse::Rejected(err(Layer::Protocol, "protocol.reply-key", e.to_string()))
+            }
         }
     }
 
@@ -233,7 +263,9 @@ impl Tsm {
         &self,
         op: &OpRow,
     ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
-        let ControlRequest::Issue { applet, .. } = &op.data.request else {
+        let (ControlRequest::Issue { applet, .. } | ControlRequest::Apply { applet, .. }) =
+            &op.data.request
+        else {
             return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue")));
         };
         let provider = PartyId(op.party.clone());
@@ -244,12 +276,19 @@ impl Tsm {
                 "no keys for the provider",
             )));
         };
+        // The reply key: derived again for every ask of this operation (the same request).
+        let reply =
+            match tsm_protocol::keyseal::reply_secret(self.config.state_key.as_bytes(), &op.id.0) {
+                Ok(k) => k,
+                Err(e) => return Ok(Err(err(Layer::Tsm, "tsm.keys", e.to_string()))),
+            };
         let req = ControlRequest::PrepareSim {
             iccid: op.iccid.clone(),
-            provider,
+            provider: provider.clone(),
             sd_aid: p.sd_aid.clone(),
             privileges: vec![0x80, 0x40, 0x00],
             instance: applet.instance.clone(),
+            reply_key: tsm_protocol::keyseal::reply_public(&reply),
         };
         let answer = match self
             .send_to_mno(&req, Some(IdempotencyKey(op.id.0)))
@@ -260,11 +299,35 @@ impl Tsm {
         };
         match answer {
             ControlResponse::Prepared {
+                op: mno_op,
                 state,
                 device_ticket,
-                initial_keys,
+                sealed_initial_keys,
                 ..
-            } => Ok(Ok((state, device_ticket, initial_keys))),
+            } => {
+                let Some(mno) = &self.config.mno else {
+                    return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
+                };
+                let ctx = tsm_protocol::keyseal::Context {
+                    mno: &mno.party.0,
+                    sp_tsm: &self.config.policy.me.0,
+                    provider: &provider.0,
+                    iccid: &op.iccid,
+                    sd_aid: &p.sd_aid,
+                    op: &mno_op.0,
+                };
+                match tsm_protocol::keyseal::open(&reply, &ctx, &sealed_initial_keys) {
+                    Ok(keys) => Ok(Ok((state, device_ticket, keys))),
+                    Err(e) => {
+                        tracing::warn!(op = %op.id, error = %e, "the MNO-TSM's sealed initial keys do not open");
+                        Ok(Err(err(
+                            Layer::Protocol,
+                            "protocol.mno-sealed-keys",
+                            e.to_string(),
+                        )))
+                    }
+                }
+            }
             ControlResponse::Rejected(e) => {
                 tracing::warn!(op = %op.id, code = %e.code, "the MNO-TSM refused to prepare the SIM");
                 Ok(Err(e))

@@ -217,6 +217,7 @@ impl Tsm {
     fn grant(op: &OpRow) -> Option<&tsm_protocol::control::AccessGrant> {
         match &op.data.request {
             ControlRequest::Issue { access, .. }
+            | ControlRequest::Apply { access, .. }
             | ControlRequest::Transfer { access, .. }
             | ControlRequest::ResetPin { access, .. }
             | ControlRequest::WalletUpdate { access, .. }

@@ -1,0 +1,530 @@
+//! The JPKI issuer's on-card mode against simulated SIMs (`applet-sim`, SQLite): the SIM's
+//! JPKI applet generates the phone's key under the provider's secure channel and proves it
+//! (`card_wire::keygen`); the issuer certifies that key and seals only the PIN. The applet
+//! then signs with the key and the signature verifies under the certificate's public key
+//! (read from the certificate here with `x509-cert` and checked with `p256`). Refused, each
+//! with its own code: a substituted public key, a proof another SIM made, a replayed nonce.
+//! Neither the issuer's database nor its answer holds the private key (read out of the
+//! simulated SIM's store for the comparison).
+
+use der::{Decode, Encode};
+use kagi::channel::CardChannel;
+use kagi::gp::{self, manage};
+use kagi::secure::SecureChannel;
+use kagi_certs::application::{Application, Body};
+use kagi_fixtures::sim::PROVIDER_SD;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+use test_pki::{BasicFacts, TestCa};
+use tsm_protocol::control::{CredentialBundle, open_answer_as};
+use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
+use tsm_protocol::signing::{self, Policy, Signer, Trust};
+use tsm_protocol::{IdempotencyKey, PartyId};
+use tsm_server::issuer::{Issuer, IssuerConfig, SignCa, UaCa};
+use zeroize::Zeroizing;
+
+const SP: &str = "sp:kagi-bank";
+const AID: [u8; 10] = card_wire::jpki::JPKI_AID;
+
+struct TestCaUa(TestCa);
+
+impl UaCa for TestCaUa {
+    fn certify(
+        &self,
+        key: &p256::PublicKey,
+        opaque_id: &str,
+        serial: u32,
+        nb: SystemTime,
+        na: SystemTime,
+    ) -> Result<Vec<u8>, String> {
+        Ok(self
+            .0
+            .issue_auth(key, opaque_id, serial, nb, na)
+            .map_err(|e| e.to_string())?
+            .to_der()
+            .unwrap())
+    }
+    fn certificate_der(&self) -> Vec<u8> {
+        self.0.certificate_der().unwrap()
+    }
+}
+
+struct Cas {
+    sign: TestCa,
+    ua: Arc<TestCaUa>,
+    card_key: rsa::PrivateKey,
+}
+
+fn cas() -> &'static Cas {
+    static C: OnceLock<Cas> = OnceLock::new();
+    C.get_or_init(|| Cas {
+        sign: TestCa::new("JPKI for digital signature").unwrap(),
+        ua: Arc::new(TestCaUa(
+            TestCa::new("JPKI for user authentication").unwrap(),
+        )),
+        card_key: test_pki::generate_rsa_key().unwrap(),
+    })
+}
+
+/// A fresh application for `iccid`, signed with the My Number card's key.
+fn application(iccid: &str, serial: u32) -> Vec<u8> {
+    use rsa::signature::{SignatureEncoding, Signer as _};
+    let now = SystemTime::now();
+    let cert = cas()
+        .sign
+        .issue_sign(
+            &cas().card_key.to_public_key(),
+            &BasicFacts::synthetic(),
+            serial,
+            now - Duration::from_secs(86_400),
+            now + Duration::from_secs(30 * 86_400),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let body = Body::new(iccid, SP, "user-1", "holder@example.jp", now).unwrap();
+    let key = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(cas().card_key.clone());
+    let signature = key.sign(&body.signed_bytes().unwrap()).to_vec();
+    Application {
+        body,
+        certificate: cert,
+        signature,
+    }
+    .encode()
+    .unwrap()
+}
+
+fn provider_keys() -> card_wire::scp03::DiversifiedMaster {
+    kagi_fixtures::sim::provider_keys(card_wire::scp03::StaticKeys::default_test_keys(0x31), 0x31)
+}
+
+/// A SIM with the provider's domain (its keys diversified from the provider's master) and
+/// its key agreement key certified by the fixtures' manufacturer CA, the JPKI applet loaded
+/// and installed in the provider's domain.
+fn sim(serial: &[u8]) -> (CardChannel<applet_sim::SimCard>, Ids) {
+    let s = kagi_fixtures::sim::provision(serial, &PROVIDER_SD, &provider_keys()).unwrap();
+    let mut ch = CardChannel::new(s.card);
+    with_sd(&mut ch, |sc| {
+        let file = manage::sim_load_file(
+            &card_wire::jpki::JPKI_PACKAGE,
+            &[(AID.to_vec(), "jpki.ap".into())],
+        );
+        manage::load(sc, &card_wire::jpki::JPKI_PACKAGE, None, &file, true).unwrap();
+        manage::install(
+            sc,
+            &manage::InstallSpec {
+                package: card_wire::jpki::JPKI_PACKAGE.to_vec(),
+                module: AID.to_vec(),
+                instance: AID.to_vec(),
+                selectable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    });
+    let ids = Ids {
+        iccid: s.iccid,
+        card_certificate: s.card_certificate,
+    };
+    (ch, ids)
+}
+
+/// A SIM's ICCID and its manufacturer certificate (what its operator registered).
+struct Ids {
+    iccid: String,
+    card_certificate: Vec<u8>,
+}
+
+type Sd<'a> = SecureChannel<'a, applet_sim::SimCard>;
+
+/// Runs `f` under a full-security SCP03 session with the provider's domain.
+fn with_sd<T>(ch: &mut CardChannel<applet_sim::SimCard>, f: impl FnOnce(&mut Sd<'_>) -> T) -> T {
+    gp::select(ch, &PROVIDER_SD).unwrap();
+    let opts = card_wire::scp03::HostOptions {
+        kvn: 0x31,
+        level: card_wire::scp03::SecurityLevel::FULL,
+        ..Default::default()
+    };
+    let mut sc =
+        SecureChannel::open_source(ch, Arc::new(provider_keys()), opts, Some(&PROVIDER_SD))
+            .unwrap();
+    f(&mut sc)
+}
+
+/// The applet's answer to `challenge`: the key made in `0017` under the provider's domain.
+fn generate_on_card(ch: &mut CardChannel<applet_sim::SimCard>, challenge: &[u8]) -> Vec<u8> {
+    let script = tsm_protocol::recipes::jpki_generate_script(challenge);
+    let out = with_sd(ch, |sc| {
+        manage::personalize(sc, &AID, &card_wire::gp::blocks(&script), false).unwrap()
+    });
+    let items = card_wire::tlv::parse_all(&out).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].tag.0, card_wire::jpki::ITEM_GENERATE_PROVEN);
+    items[0].value.to_vec()
+}
+
+/// The credential written as the SP-TSM writes it (`recipes::jpki_credential` with no
+/// sealed key: certificate EFs and the sealed PIN), through the provider's domain.
+fn write_credential(
+    ch: &mut CardChannel<applet_sim::SimCard>,
+    request_id: &IdempotencyKey,
+    credential: &CredentialBundle,
+) {
+    let goals = tsm_protocol::recipes::jpki_credential(&AID, &request_id.0, credential);
+    let Some(tsm_protocol::script::Goal::Personalize { script, .. }) = goals.last() else {
+        panic!("no personalisation goal");
+    };
+    assert!(
+        card_wire::tlv::parse_all(script)
+            .unwrap()
+            .iter()
+            .all(|i| i.tag.0 != card_wire::jpki::ITEM_SEALED_KEY),
+        "no key travels in the on-card mode"
+    );
+    with_sd(ch, |sc| {
+        manage::personalize(sc, &AID, &card_wire::gp::blocks(script), true).unwrap()
+    });
+}
+
+struct World {
+    issuer: Issuer,
+    sp_tsm: Signer,
+    issuer_trust: Trust,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn world(name: &str) -> World {
+    let c = cas();
+    let dir = std::env::temp_dir().join(format!("kagi-csr16-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sign-ca.der"), c.sign.certificate_der().unwrap()).unwrap();
+    let me = Signer::generate(PartyId::new("jpki:test-issuer").unwrap()).unwrap();
+    let sp_tsm = Signer::generate(PartyId::new("tsm:kagi").unwrap()).unwrap();
+    let mut trust = Trust::new();
+    trust.add(sp_tsm.party().clone(), *sp_tsm.verifying_key());
+    let mut issuer_trust = Trust::new();
+    issuer_trust.add(me.party().clone(), *me.verifying_key());
+    let mut challenge_key = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut challenge_key[..]).unwrap();
+    let config = IssuerConfig {
+        policy: Policy::new(me.party().clone()),
+        signer: me,
+        trust,
+        sp_tsms: [(sp_tsm.party().clone(), vec![PartyId::new(SP).unwrap()])]
+            .into_iter()
+            .collect(),
+        sign_ca: SignCa {
+            certificate: dir.join("sign-ca.der"),
+            crl: None,
+            revoked: None,
+        },
+        ua_ca: c.ua.clone(),
+        manufacturer_ca: kagi_fixtures::sim::manufacturer_ca()
+            .unwrap()
+            .certificate()
+            .clone(),
+        pin_mailer: dir.join("pin-mailer"),
+        validity: Duration::from_secs(365 * 86_400),
+        max_age: Duration::from_secs(600),
+        challenge_key,
+    };
+    let backend = kagi_db::Backend::Sqlite(dir.join("issuer.db"));
+    World {
+        issuer: Issuer::open(config, &backend).await.unwrap(),
+        sp_tsm,
+        issuer_trust,
+        dir,
+    }
+}
+
+impl World {
+    async fn send(&self, req: &IssuerRequest) -> IssuerResponse {
+        let out = tsm_protocol::control::sign_request(
+            &self.sp_tsm,
+            self.issuer.party(),
+            req,
+            None,
+            signing::now_ms(),
+            60_000,
+        )
+        .unwrap();
+        let a = self.issuer.handle(&out.bytes).await.unwrap();
+        open_answer_as(&a, &out.header, &self.issuer_trust, signing::now_ms()).unwrap()
+    }
+
+    async fn challenge(&self, s: &Ids, request_id: IdempotencyKey) -> Vec<u8> {
+        match self
+            .send(&IssuerRequest::Challenge {
+                provider: PartyId::new(SP).unwrap(),
+                iccid: s.iccid.clone(),
+                card_certificate: s.card_certificate.clone(),
+                instance: AID.to_vec(),
+                request_id,
+            })
+            .await
+        {
+            IssuerResponse::Challenge { challenge, .. } => challenge,
+            other => panic!("no challenge: {other:?}"),
+        }
+    }
+
+    async fn certify(
+        &self,
+        s: &Ids,
+        sign_serial: u32,
+        request_id: IdempotencyKey,
+        challenge: &[u8],
+        proof: Vec<u8>,
+    ) -> IssuerResponse {
+        self.send(&IssuerRequest::Certify {
+            application: application(&s.iccid, sign_serial),
+            provider: PartyId::new(SP).unwrap(),
+            iccid: s.iccid.clone(),
+            card_certificate: s.card_certificate.clone(),
+            instance: AID.to_vec(),
+            request_id,
+            nonce: challenge[65..].to_vec(),
+            proof,
+        })
+        .await
+    }
+}
+
+fn code(r: IssuerResponse) -> String {
+    match r {
+        IssuerResponse::Rejected(e) => e.code,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// The private key the applet keeps in `0017` (a 32-byte P-256 scalar), read out of the
+/// simulated SIM's store.
+fn key_on_card(card: &applet_sim::SimCard) -> Vec<u8> {
+    let store = card.store();
+    let names: Vec<String> = store
+        .keys("app/")
+        .into_iter()
+        .filter(|k| k.ends_with("key/0017"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    store.get(&names[0]).unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn the_key_made_on_the_sim_is_certified_and_signs() {
+    let w = world("happy").await;
+    let (mut ch, s) = sim(&[0x16, 0x01]);
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&s, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    let IssuerResponse::Issued {
+        credential, serial, ..
+    } = w.certify(&s, 1601, rid, &challenge, proof.clone()).await
+    else {
+        panic!("not issued");
+    };
+    assert!(credential.sealed_key.is_empty(), "nothing private sealed");
+    // The certificate's key is the point the card answered and the key on the card.
+    let cert = x509_cert::Certificate::from_der(&credential.certificate).unwrap();
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    let cert_point = spki.subject_public_key.raw_bytes().to_vec();
+    assert_eq!(cert_point, proof[..65]);
+    let scalar = key_on_card(ch.transport());
+    let on_card = p256::SecretKey::from_slice(&scalar).unwrap();
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    assert_eq!(
+        on_card.public_key().to_sec1_point(false).as_bytes(),
+        &cert_point[..]
+    );
+    // Written as the SP-TSM writes it; the PIN is the mailed one; the applet signs with the
+    // key and the signature verifies under the certificate's public key.
+    write_credential(&mut ch, &rid, &credential);
+    let pin = std::fs::read_to_string(w.dir.join(format!("pin-mailer/{serial}.pin"))).unwrap();
+    kagi::jpki::select(&mut ch).unwrap();
+    assert_eq!(
+        kagi::jpki::read_der(&mut ch, card_wire::jpki::EF_AUTH_CERT).unwrap(),
+        credential.certificate
+    );
+    kagi::jpki::verify(
+        &mut ch,
+        kagi::jpki::Pin::Auth,
+        &Zeroizing::new(pin.trim().as_bytes().to_vec()),
+    )
+    .unwrap();
+    let message = b"a broker login challenge";
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(message).into()
+    };
+    let sig = kagi::jpki::sign(&mut ch, kagi::jpki::Pin::Auth, &digest).unwrap();
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&cert_point).unwrap();
+    let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+    use p256::ecdsa::signature::Verifier;
+    vk.verify(message, &sig).unwrap();
+    // The issuer's database and its answer hold no private key.
+    let db = std::fs::read(w.dir.join("issuer.db")).unwrap();
+    let enc = tsm_protocol::codec::encode(&credential).unwrap();
+    for hay in [&db, &enc] {
+        assert!(!hay.windows(32).any(|x| x == &scalar[..]));
+    }
+    // The applet is personalised now: the key is not generated again this way.
+    let rid2 = IdempotencyKey::random().unwrap();
+    let challenge2 = w.challenge(&s, rid2).await;
+    let script = tsm_protocol::recipes::jpki_generate_script(&challenge2);
+    let refused = with_sd(&mut ch, |sc| {
+        manage::personalize(sc, &AID, &card_wire::gp::blocks(&script), false)
+    });
+    assert!(refused.is_err());
+    assert_eq!(key_on_card(ch.transport()), scalar);
+}
+
+#[tokio::test]
+async fn a_substituted_key_another_sims_proof_and_a_replayed_nonce_are_refused() {
+    use p256::ecdsa::signature::Signer as _;
+    let w = world("refused").await;
+    let (mut ch, a) = sim(&[0x16, 0x02]);
+    let (mut other, _b) = sim(&[0x16, 0x03]);
+    // A public key swapped on the way (the SP-TSM's or a relay's own).
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    let mine = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let mine_point = mine
+        .verifying_key()
+        .to_sec1_point(false)
+        .as_bytes()
+        .to_vec();
+    let mut swapped = proof.clone();
+    swapped[..65].copy_from_slice(&mine_point);
+    assert_eq!(
+        code(w.certify(&a, 1602, rid, &challenge, swapped).await),
+        "keygen.possession"
+    );
+    // A refused proof spent its challenge: the same nonce again is a replay.
+    assert_eq!(
+        code(w.certify(&a, 1603, rid, &challenge, proof.clone()).await),
+        "keygen.replayed"
+    );
+    // The key swapped with a proof of possession of its own: not this SIM's word.
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    let pop: p256::ecdsa::Signature = mine.sign(&card_wire::keygen::pop_message(
+        &mine_point,
+        &challenge[65..],
+    ));
+    let forged = [&mine_point[..], &pop.to_bytes()[..], &proof[129..]].concat();
+    assert_eq!(
+        code(w.certify(&a, 1604, rid, &challenge, forged).await),
+        "keygen.not-this-sim"
+    );
+    // Another SIM's applet answering this SIM's challenge.
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let from_other = generate_on_card(&mut other, &challenge);
+    assert_eq!(
+        code(w.certify(&a, 1605, rid, &challenge, from_other).await),
+        "keygen.not-this-sim"
+    );
+    // A good proof is certified once; its nonce under another request is a replay.
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    assert!(matches!(
+        w.certify(&a, 1606, rid, &challenge, proof.clone()).await,
+        IssuerResponse::Issued { .. }
+    ));
+    let rid2 = IdempotencyKey::random().unwrap();
+    assert_eq!(
+        code(w.certify(&a, 1607, rid2, &challenge, proof.clone()).await),
+        "keygen.replayed"
+    );
+    // A nonce the issuer never handed out.
+    let mut made_up = challenge.clone();
+    made_up[70] ^= 1;
+    assert_eq!(
+        code(w.certify(&a, 1608, rid2, &made_up, proof).await),
+        "keygen.unknown-challenge"
+    );
+}
+
+/// Eight Certify requests racing with one challenge and request id (an SP-TSM resending):
+/// one certificate, one spent nonce, the same answer to all; a Certify racing under another
+/// request id with the same nonce is refused.
+#[tokio::test]
+async fn racing_certifies_with_one_challenge_issue_once() {
+    let w = world("race").await;
+    let (mut ch, a) = sim(&[0x16, 0x04]);
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&a, rid).await;
+    let proof = generate_on_card(&mut ch, &challenge);
+    let req = IssuerRequest::Certify {
+        application: application(&a.iccid, 1609),
+        provider: PartyId::new(SP).unwrap(),
+        iccid: a.iccid.clone(),
+        card_certificate: a.card_certificate.clone(),
+        instance: AID.to_vec(),
+        request_id: rid,
+        nonce: challenge[65..].to_vec(),
+        proof: proof.clone(),
+    };
+    let mut other = req.clone();
+    if let IssuerRequest::Certify { request_id, .. } = &mut other {
+        *request_id = IdempotencyKey::random().unwrap();
+    }
+    let same = (0..8).map(|_| w.send(&req));
+    let (answers, stray) = tokio::join!(futures_join_all(same.collect()), w.send(&other));
+    let serials: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| match a {
+            IssuerResponse::Issued { serial, .. } => serial.clone(),
+            other => panic!("not issued: {other:?}"),
+        })
+        .collect();
+    assert_eq!(serials.len(), 1, "one certificate for all eight");
+    assert!(matches!(
+        code(stray).as_str(),
+        "keygen.replayed" | "keygen.unknown-challenge"
+    ));
+    let links = w
+        .issuer
+        .db()
+        .query("SELECT count(*) FROM links", vec![])
+        .await
+        .unwrap();
+    assert_eq!(links[0][0].int(), 1);
+}
+
+/// Awaits every future (in this task: the issuer's work interleaves at its awaits).
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut out = Vec::new();
+    // Polled together, so each request's database steps interleave with the others'.
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
