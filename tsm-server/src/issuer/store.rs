@@ -390,3 +390,35 @@ pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
     ])
     .await
 }
+
+/// One row of [`crl_rows`]: the CRL number, and a revoked or held phone certificate
+/// (serial, state, reason, when in Unix milliseconds) — none when nothing is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRow {
+    /// The newest audit entry's id (the CRL number).
+    pub number: i64,
+    /// A revoked or held phone certificate.
+    pub entry: Option<(String, String, String, i64)>,
+}
+
+/// The revoked and held phone certificates with the newest audit id, in one statement (one
+/// snapshot of the database): what the issuer's CRL lists ([`super::crl`]).
+pub async fn crl_rows(db: &Db) -> Result<Vec<CrlRow>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT CAST((SELECT COALESCE(MAX(id), 0) FROM audit) AS BIGINT), l.serial, l.state,
+             COALESCE(l.reason, ''), COALESCE(l.revoked_at, l.issued_at)
+             FROM (SELECT 1 AS one) d LEFT JOIN links l ON l.state IN ('revoked', 'held')
+             ORDER BY l.serial",
+            vec![],
+        )
+        .await?
+        .into_iter()
+        .map(|r| CrlRow {
+            number: r[0].int(),
+            entry: r[1]
+                .opt_text()
+                .map(|serial| (serial, r[2].text(), r[3].text(), r[4].int())),
+        })
+        .collect())
+}
