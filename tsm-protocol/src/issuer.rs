@@ -46,6 +46,9 @@ pub enum IssuerRequest {
     /// Revoke a phone certificate this SP-TSM got but could not deliver (the operation
     /// failed, expired or was cancelled, or the SP-TSM refused the application after the
     /// issuer had issued): the compensation that keeps no undelivered certificate valid.
+    /// Also the SP-TSM's revocation of a delivered one: a `reason` starting `sim-lost:`,
+    /// `sim-changed:` or `holder-request:` is recorded as that reason (and on the issuer's
+    /// CRL with its reason code), any other as `withdrawn`.
     /// Answered with [`IssuerResponse::Status`] listing it revoked (also when it already
     /// was); refused (`issuer.unknown-certificate`) for a serial this SP-TSM was not issued.
     Withdraw {

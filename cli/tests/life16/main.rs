@@ -1,11 +1,13 @@
 //! Issue #16's lifecycle across the three organisations, with every service a process of
 //! its own: linked revocation reaching the relying parties — the JPKI issuer's CRL of the
 //! phone certificates (signed by the user-authentication CA) read by `kagi eligibility read`
-//! on the SIM and by the broker's card logins with the SIM's key.
+//! on the SIM and by the broker's card logins with the SIM's key (here); a lost or changed
+//! SIM pushed from the MNO-TSM to the SP-TSM and on to the issuer (`notices`).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod notices;
 mod services;
 
 use std::path::Path;

@@ -41,7 +41,8 @@ pub fn start(s: &Scenario) -> Services {
         .arg(dir.join("mno"))
         .args(["--listen", &format!("127.0.0.1:{mno_port}")])
         .arg("--sp-tsm-key")
-        .arg(dir.join("tsm/tsm.pub.pem")));
+        .arg(dir.join("tsm/tsm.pub.pem"))
+        .args(["--sp-tsm-url", &s.url()]));
     let init = ok(kagi()
         .args(["--json", "jpki-issuer", "init", "--dir"])
         .arg(dir.join("issuer"))
@@ -73,7 +74,7 @@ pub fn start(s: &Scenario) -> Services {
         .arg("--insecure-file-keys")
         .arg(dir.join("tsm/keys"));
     let running = vec![
-        spawn(sp, &dir.join("sp.log")),
+        spawn(sp, &dir.join("sp.log")), // first: `restart_sp_tsm` replaces it
         spawn(mno, &dir.join("mno.log")),
         spawn(issuer, &dir.join("issuer.log")),
     ];
@@ -97,6 +98,25 @@ pub fn start(s: &Scenario) -> Services {
         issuer_port,
         _running: running,
     }
+}
+
+/// The SP-TSM's process stopped (killed, reaped).
+pub fn stop_sp_tsm(services: &mut Services) {
+    drop(services._running.remove(0));
+}
+
+/// The SP-TSM started again on its configuration and database (its log appended to
+/// sp2.log), listening when this returns.
+pub fn restart_sp_tsm(s: &Scenario, services: &mut Services) {
+    let mut sp = kagi();
+    sp.args(["sp-tsm", "serve", "--config"])
+        .arg(s.dir.join("tsm/tsm.toml"))
+        .arg("--insecure-file-keys")
+        .arg(s.dir.join("tsm/keys"));
+    services
+        ._running
+        .insert(0, spawn(sp, &s.dir.join("sp2.log")));
+    wait_port(s.port);
 }
 
 /// The user applies (application.bin, signed on the simulated My Number card), the provider

@@ -329,8 +329,19 @@ impl Issuer {
             ));
         };
         let detail = format!("phone {serial} sign {sign_serial}: {reason}");
+        // The SP-TSM's revocation of a delivered one names why first (`sim-lost: …`).
+        let link_reason = match reason.split(':').next().unwrap_or_default() {
+            r @ ("sim-lost" | "sim-changed" | "holder-request") => r,
+            _ => "withdrawn",
+        };
         self.db
-            .commit(store::withdraw_batch(serial, &sender.0, &detail, at))
+            .commit(store::withdraw_batch(
+                serial,
+                &sender.0,
+                link_reason,
+                &detail,
+                at,
+            ))
             .await?;
         self.refresh_crl().await;
         match store::link(&self.db, serial).await? {

@@ -232,23 +232,42 @@ pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
     ]
 }
 
-/// The compensation for phone certificate `serial` that SP-TSM `sp_tsm` could not deliver:
-/// revoked (`withdrawn`) if it is that SP-TSM's and still active, with an audit entry (only
-/// when this revoked it).
-/// `detail` is the audit entry's text (name the signature serial: `phone X sign Y: why`).
-pub fn withdraw_batch(serial: &str, sp_tsm: &str, detail: &str, at: i64) -> Vec<Stmt> {
+/// The compensation for phone certificate `serial` that SP-TSM `sp_tsm` could not deliver —
+/// or its revocation at that SP-TSM's request (`reason`: `withdrawn`, or `sim-lost`,
+/// `sim-changed`, `holder-request`): revoked for `reason` if it is that SP-TSM's and still
+/// active (or held), with an audit entry (`withdrawn`, else `revoked`; only when this revoked
+/// it). `detail` is the audit entry's text (name the signature serial: `phone X sign Y: why`).
+pub fn withdraw_batch(
+    serial: &str,
+    sp_tsm: &str,
+    reason: &str,
+    detail: &str,
+    at: i64,
+) -> Vec<Stmt> {
+    let event = if reason == "withdrawn" {
+        "withdrawn"
+    } else {
+        "revoked"
+    };
     vec![
         Stmt::any(
-            "UPDATE links SET state = 'revoked', reason = 'withdrawn', revoked_at = $3
-             WHERE serial = $1 AND sp_tsm = $2 AND state = 'active'",
-            vec![serial.into(), sp_tsm.into(), at.into()],
+            "UPDATE links SET state = 'revoked', reason = $4, revoked_at = $3
+             WHERE serial = $1 AND sp_tsm = $2 AND state IN ('active', 'held')",
+            vec![serial.into(), sp_tsm.into(), at.into(), reason.into()],
         ),
         Stmt::any(
             "INSERT INTO audit (at, actor, event, detail)
-             SELECT $1, $2, 'withdrawn', CAST($3 AS TEXT)
+             SELECT $1, $2, CAST($5 AS TEXT), CAST($3 AS TEXT)
              WHERE EXISTS (SELECT 1 FROM links WHERE serial = $4 AND sp_tsm = $2
-             AND state = 'revoked' AND reason = 'withdrawn' AND revoked_at = $1)",
-            vec![at.into(), sp_tsm.into(), detail.into(), serial.into()],
+             AND state = 'revoked' AND reason = $6 AND revoked_at = $1)",
+            vec![
+                at.into(),
+                sp_tsm.into(),
+                detail.into(),
+                serial.into(),
+                event.into(),
+                reason.into(),
+            ],
         ),
     ]
 }

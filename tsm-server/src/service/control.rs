@@ -76,6 +76,12 @@ impl Tsm {
                 ),
             ),
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
+            // An SP-TSM hears of a lost or changed SIM from its MNO-TSM (`sim_notice`).
+            (ControlRequest::SimChanged { .. } | ControlRequest::CardLost { .. }, "tsm")
+                if self.config.mno.as_ref().is_some_and(|m| &m.party == party) =>
+            {
+                self.sim_notice(party, req).await
+            }
             (
                 ControlRequest::RegisterCard { .. }
                 | ControlRequest::SimChanged { .. }
@@ -276,14 +282,30 @@ impl Tsm {
             RevokeReason::SignatureRevoked => "sign-revoked",
         };
         // The credential first, then its operation: the order every writer of both takes.
-        self.store
-            .commit(vec![
-                Store::revoke_credential(&c.op_id, reason_text, t),
-                Store::cancel_op(&c.op_id, t),
-                Store::audit(&c.op_id, t, actor, "revoked", reason_text),
-                Store::erase_sealed_if_over(&c.op_id),
-            ])
-            .await?;
+        let mut batch = vec![
+            Store::revoke_credential(&c.op_id, reason_text, t),
+            Store::cancel_op(&c.op_id, t),
+            Store::audit(&c.op_id, t, actor, "revoked", reason_text),
+            Store::erase_sealed_if_over(&c.op_id),
+        ];
+        // A certificate the JPKI issuer made is revoked there too (its CRL is what relying
+        // parties read): queued in this transaction, sent below and retried until confirmed.
+        let at_issuer = issuer_reason(reason)
+            .filter(|_| self.config.issuer.is_some() && !c.serial.is_empty())
+            .map(|why| crate::store::withdraw::Withdrawal {
+                serial: c.serial.clone(),
+                op_id: c.op_id.to_hex(),
+                reason: format!("{why}: {reason_text} ({actor})"),
+            });
+        if let Some(w) = &at_issuer {
+            batch.extend(Store::revoke_at_issuer(w, t));
+        }
+        self.store.commit(batch).await?;
+        if let Some(w) = &at_issuer
+            && let Err(e) = self.run_withdrawal(w).await
+        {
+            tracing::warn!(serial = %w.serial, error = %e, "the issuer's revocation is retried by the sweeper");
+        }
         let c =
             self.store.credential(&c.op_id).await?.ok_or_else(|| {
                 ServiceError::Store(StoreError::Db("a credential vanished".into()))
@@ -318,5 +340,17 @@ impl Tsm {
     /// The card `iccid` if operator `party` registered it.
     pub(super) async fn own_card(&self, party: &PartyId, iccid: &str) -> Result<Option<CardRow>> {
         Ok(self.store.card(iccid).await?.filter(|c| c.mno == party.0))
+    }
+}
+
+/// The reason the JPKI issuer records for a revocation the SP-TSM asks of it (the first word
+/// of its `Withdraw`); `None` for what the issuer knows itself (a revoked signature
+/// certificate, an expiry).
+fn issuer_reason(reason: RevokeReason) -> Option<&'static str> {
+    match reason {
+        RevokeReason::CardLost => Some("sim-lost"),
+        RevokeReason::Superseded => Some("sim-changed"),
+        RevokeReason::UserRequest => Some("holder-request"),
+        RevokeReason::Expired | RevokeReason::SignatureRevoked => None,
     }
 }

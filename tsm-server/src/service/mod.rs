@@ -20,10 +20,12 @@ mod plan;
 mod prepare;
 mod registry;
 mod relay;
+mod sim_notice;
 mod withdraw;
 
 pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
+pub use sim_notice::{SpTsmLink, SpTsmLinks};
 
 use crate::store::ops::OpRow;
 use crate::store::{Store, StoreError};
@@ -206,6 +208,8 @@ pub struct Tsm {
     engines: Mutex<HashMap<SessionId, Running>>,
     entry_checks: std::sync::atomic::AtomicU64,
     password_policy: tsm_protocol::password::Policy,
+    /// On an MNO-TSM: the SP-TSMs it notifies of lost and changed SIMs.
+    sp_tsm_links: SpTsmLinks,
 }
 
 /// The access code and ticket of an operation, kept sealed.
@@ -241,6 +245,7 @@ impl Tsm {
             engines: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
             password_policy: tsm_protocol::password::Policy::production(),
+            sp_tsm_links: SpTsmLinks::new(),
         }
     }
 
@@ -328,6 +333,10 @@ impl Tsm {
         let mailed = self.retry_code_mails().await?;
         if mailed > 0 {
             tracing::info!(mailed, "access codes sent on retry");
+        }
+        let notified = self.deliver_sim_notices(None).await?;
+        if notified > 0 {
+            tracing::info!(notified, "SIM notices acknowledged on retry");
         }
         let withdrawn = self.retry_withdrawals().await?;
         if withdrawn > 0 {
