@@ -342,6 +342,17 @@ pub enum ControlRequest {
         /// The user's access conditions.
         access: AccessGrant,
     },
+    /// The holder's request, through the provider, to suspend (`hold`) or resume a
+    /// credential the JPKI issuer made: recorded at the issuer (its CRL lists a suspended
+    /// certificate as certificateHold, and drops it on resumption). Answered with
+    /// [`ControlResponse::Credential`] (`state` `suspended` or `active`); a revoked one stays
+    /// revoked.
+    Suspend {
+        /// The issuing operation of the credential.
+        credential: OpId,
+        /// `true` suspend, `false` resume.
+        hold: bool,
+    },
 }
 
 impl ControlRequest {
@@ -365,6 +376,8 @@ impl ControlRequest {
             ControlRequest::PrepareSim { .. } => "prepare-sim",
             ControlRequest::CardRecord { .. } => "card-record",
             ControlRequest::Apply { .. } => "apply",
+            ControlRequest::Suspend { hold: true, .. } => "suspend",
+            ControlRequest::Suspend { hold: false, .. } => "resume",
         }
     }
 
@@ -459,7 +472,8 @@ pub struct CredentialStatus {
     pub credential: OpId,
     /// The card's ICCID.
     pub iccid: String,
-    /// `active`, `pending` (not yet on the card), `revoked`.
+    /// `active`, `pending` (not yet on the card), `suspended` (on hold at the JPKI issuer),
+    /// `revoked`.
     pub state: String,
     /// Why it was revoked.
     pub revoked: Option<RevokeReason>,

@@ -57,6 +57,15 @@ pub enum IssuerRequest {
         /// Why (log-safe words: `not-delivered`, `refused: business.in-progress`, …).
         reason: String,
     },
+    /// Suspend (`hold: Some(true)`) or resume (`Some(false)`) a phone certificate this
+    /// SP-TSM relayed, at the holder's request — or (`None`) only read its standing.
+    /// Answered with [`IssuerResponse::Standing`]; a revoked one stays revoked.
+    Suspension {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// What to do.
+        hold: Option<bool>,
+    },
 }
 
 impl IssuerRequest {
@@ -66,6 +75,7 @@ impl IssuerRequest {
             IssuerRequest::Issue { .. } => "issue",
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
+            IssuerRequest::Suspension { .. } => "suspension",
         }
     }
 }
@@ -105,6 +115,13 @@ pub enum IssuerResponse {
     /// `issuer.*` (the issuer's: an untrusted SP-TSM or provider, a SIM certificate that does
     /// not check), `protocol.*`.
     Rejected(ErrorReport),
+    /// A phone certificate's standing now (the answer to a suspension).
+    Standing {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// `active`, `held` (suspended) or `revoked`.
+        state: String,
+    },
 }
 
 #[cfg(test)]

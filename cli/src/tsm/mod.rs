@@ -194,6 +194,19 @@ pub enum ProviderCmd {
         #[arg(long, default_value = "card-lost")]
         reason: String,
     },
+    /// Suspend a credential at the holder's request: recorded at the JPKI issuer (its CRL
+    /// lists the certificate as certificateHold) until `resume`.
+    Suspend {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+    },
+    /// Resume a suspended credential (the issuer's next CRL no longer lists it).
+    Resume {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+    },
     /// A credential's standing.
     Check {
         /// The issuing operation.

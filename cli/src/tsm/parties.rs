@@ -444,6 +444,15 @@ pub(super) async fn provider_cmd(
                 .await?;
             show(json_out, &r.response)
         }
+        ProviderCmd::Suspend { credential } | ProviderCmd::Resume { credential } => {
+            let hold = matches!(cmd, ProviderCmd::Suspend { .. });
+            let req = ControlRequest::Suspend {
+                credential: op_id(credential)?,
+                hold,
+            };
+            let r = sp.send(&req, None).await?;
+            show(json_out, &r.response)
+        }
         ProviderCmd::Check { credential } => {
             let r = sp
                 .send(

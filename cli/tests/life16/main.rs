@@ -2,13 +2,15 @@
 //! its own: linked revocation reaching the relying parties — the JPKI issuer's CRL of the
 //! phone certificates (signed by the user-authentication CA) read by `kagi eligibility read`
 //! on the SIM and by the broker's card logins with the SIM's key (here); a lost or changed
-//! SIM pushed from the MNO-TSM to the SP-TSM and on to the issuer (`notices`).
+//! SIM pushed from the MNO-TSM to the SP-TSM and on to the issuer (`notices`); suspension
+//! and resumption recorded at the issuer (`suspension`).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod notices;
 mod services;
+mod suspension;
 
 use std::path::Path;
 use std::process::{Command, Output};

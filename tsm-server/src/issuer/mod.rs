@@ -24,6 +24,7 @@
 //! an HSM-backed CA is the production choice.
 
 pub mod crl;
+mod hold;
 pub mod http;
 mod once;
 pub mod setup;
@@ -299,6 +300,9 @@ impl Issuer {
             }
             IssuerRequest::Withdraw { serial, reason } => {
                 self.withdraw(sender, &serial, &reason).await
+            }
+            IssuerRequest::Suspension { serial, hold } => {
+                self.suspension(sender, &serial, hold).await
             }
         }
     }

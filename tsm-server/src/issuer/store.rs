@@ -149,7 +149,7 @@ pub struct Link {
     pub provider: String,
     /// The SP-TSM that relayed it.
     pub sp_tsm: String,
-    /// `active` or `revoked`.
+    /// `active`, `held` (suspended) or `revoked`.
     pub state: String,
     /// Why revoked (`sign-revoked`).
     pub reason: Option<String>,
@@ -220,7 +220,7 @@ pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
         ),
         Stmt::any(
             "UPDATE links SET state = 'revoked', reason = 'sign-revoked', revoked_at = $2
-             WHERE sign_serial = $1 AND state = 'active'",
+             WHERE sign_serial = $1 AND state IN ('active', 'held')",
             vec![sign_serial.into(), at.into()],
         ),
         Stmt::any(

@@ -123,12 +123,15 @@ impl Tsm {
             ControlRequest::Revoke { credential, reason } => {
                 self.revoke(party, &credential, reason).await
             }
+            ControlRequest::Suspend { credential, hold } => {
+                self.suspend(party, &credential, hold).await
+            }
             ControlRequest::CheckStatus { credential } => {
                 match self.store.credential(&credential).await? {
                     Some(c) if c.party == party.0 => {
                         // Revoked at the JPKI issuer (linked revocation): revoked here too.
-                        let c = self.linked_status(c).await?;
-                        Ok(ControlResponse::Credential(self.status_of(&c)))
+                        // Suspended at the issuer: `suspended`.
+                        Ok(ControlResponse::Credential(self.checked_status(c).await?))
                     }
                     _ => Ok(unknown_credential(&credential, party)),
                 }
@@ -188,7 +191,7 @@ impl Tsm {
         }
     }
 
-    fn status_of(&self, c: &CredentialRow) -> CredentialStatus {
+    pub(super) fn status_of(&self, c: &CredentialRow) -> CredentialStatus {
         let reason = c.reason.as_deref().and_then(|r| match r {
             "card-lost" => Some(RevokeReason::CardLost),
             "superseded" => Some(RevokeReason::Superseded),

@@ -21,6 +21,7 @@ mod prepare;
 mod registry;
 mod relay;
 mod sim_notice;
+mod suspend;
 mod withdraw;
 
 pub use issuer_link::IssuerLink;
