@@ -223,7 +223,7 @@ fn linked_revocation_reaches_eligibility_reads_and_the_broker() {
         .unwrap();
     assert!(got.success());
     assert_eq!(
-        services::issuer_row(
+        services.issuer_row(
             dir,
             &format!("SELECT state, reason FROM links WHERE serial = '{phone}'")
         ),

@@ -59,15 +59,13 @@ fn code(r: &ControlResponse) -> String {
     }
 }
 
-fn mno_audit(dir: &Path, iccid: &str) -> Vec<String> {
-    let o = Command::new("sqlite3")
-        .arg(dir.join("mno/mno-tsm.db"))
-        .arg(format!(
-            "SELECT event FROM audit WHERE op_id = 'sim:{iccid}' ORDER BY id"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
+/// The MNO-TSM's audit events about SIM `iccid`'s notices, oldest first.
+fn mno_audit(services: &Services, dir: &Path, iccid: &str) -> Vec<String> {
+    services
+        .mno_row(
+            dir,
+            &format!("SELECT event FROM audit WHERE op_id = 'sim:{iccid}' ORDER BY id"),
+        )
         .lines()
         .map(str::to_string)
         .collect()
@@ -125,7 +123,7 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
         .args(["tsm", "mno", "--config"])
         .arg(dir.join("mno/operator.toml"))
         .args(["card-lost", "--iccid", &iccid]));
-    let trail = mno_audit(dir, &iccid);
+    let trail = mno_audit(&services, dir, &iccid);
     assert_eq!(
         trail[..2],
         ["sim-notice-queued", "sim-notice-failed"],
@@ -135,11 +133,11 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
     // for by its audit entry, not by time).
     services::restart_sp_tsm(&s, &mut services);
     let start = std::time::Instant::now();
-    while !mno_audit(dir, &iccid).contains(&"sim-notice-delivered".to_string()) {
+    while !mno_audit(&services, dir, &iccid).contains(&"sim-notice-delivered".to_string()) {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(120),
             "never delivered: {:?}",
-            mno_audit(dir, &iccid)
+            mno_audit(&services, dir, &iccid)
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -156,13 +154,13 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
     );
     assert!(sp_audit.contains("withdrawn"), "{sp_audit}");
     assert_eq!(
-        services::issuer_row(
+        services.issuer_row(
             dir,
             &format!("SELECT state, reason FROM links WHERE serial = '{phone}'")
         ),
         "revoked|sim-lost"
     );
-    let issuer_audit = services::issuer_row(
+    let issuer_audit = services.issuer_row(
         dir,
         &format!("SELECT actor, event FROM audit WHERE detail LIKE 'phone {phone} %'"),
     );
@@ -191,9 +189,20 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
 
 #[test]
 fn a_changed_sim_supersedes_the_phone_certificate() {
-    let s = Scenario::new("life16-changed", false);
+    changed_sim("life16-changed", None);
+}
+
+/// The same with the issuer's and the MNO-TSM's state on PostgreSQL.
+#[test]
+fn a_changed_sim_supersedes_the_phone_certificate_on_postgres() {
+    let pg = tsm_server::testing::PrivatePostgres::start("life16-changed").unwrap();
+    changed_sim("life16-changed-pg", Some(services::pg_databases(&pg)));
+}
+
+fn changed_sim(name: &str, pg: Option<(String, String)>) {
+    let s = Scenario::new(name, false);
     let dir = &s.dir;
-    let services = services::start(&s);
+    let services = services::start_on(&s, pg);
     let iccid = services.iccid.clone();
     let (op, _) = services::download(&s, &iccid);
     let phone = phone_serial(&s);
@@ -217,13 +226,13 @@ fn a_changed_sim_supersedes_the_phone_certificate() {
         .args(["sim-changed", "--old", &iccid, "--new", &new_iccid]));
     // Delivered at once (the SP-TSM is up): no retry needed.
     assert_eq!(
-        mno_audit(dir, &iccid),
+        mno_audit(&services, dir, &iccid),
         ["sim-notice-queued", "sim-notice-delivered"]
     );
     let status = services::check(&s, &op);
     assert_eq!(status["state"], "revoked", "{status}");
     assert_eq!(
-        services::issuer_row(
+        services.issuer_row(
             dir,
             &format!("SELECT state, reason FROM links WHERE serial = '{phone}'")
         ),

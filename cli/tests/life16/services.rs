@@ -11,12 +11,58 @@ use support::cli::{Scenario, field, kagi, ok, spawn_logged as spawn, wait_port};
 pub struct Services {
     pub iccid: String,
     pub issuer_port: u16,
+    /// The issuer's and the MNO-TSM's PostgreSQL databases (SQLite files when `None`).
+    pub pg: Option<(String, String)>,
     pub _running: Vec<support::cli::Killed>,
+}
+
+impl Services {
+    /// One row of the issuer's database as `a|b` (sqlite3's and psql's unaligned form).
+    pub fn issuer_row(&self, dir: &Path, sql: &str) -> String {
+        let pg = self.pg.as_ref().map(|p| p.0.as_str());
+        row(&dir.join("issuer/jpki-issuer.db"), pg, sql)
+    }
+
+    /// The same in the MNO-TSM's database.
+    pub fn mno_row(&self, dir: &Path, sql: &str) -> String {
+        let pg = self.pg.as_ref().map(|p| p.1.as_str());
+        row(&dir.join("mno/mno-tsm.db"), pg, sql)
+    }
+}
+
+fn row(sqlite: &Path, pg: Option<&str>, sql: &str) -> String {
+    let o = match pg {
+        None => Command::new("sqlite3").arg(sqlite).arg(sql).output(),
+        Some(url) => Command::new("psql")
+            .args([url, "-At", "-F", "|", "-c", sql])
+            .output(),
+    }
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Two databases of the private PostgreSQL `pg` for the issuer and the MNO-TSM.
+pub fn pg_databases(pg: &tsm_server::testing::PrivatePostgres) -> (String, String) {
+    for db in ["issuer", "mno"] {
+        let o = Command::new("psql")
+            .args([pg.url.as_str(), "-c", &format!("CREATE DATABASE {db}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let base = pg.url.rsplit_once('/').unwrap().0;
+    (format!("{base}/issuer"), format!("{base}/mno"))
 }
 
 /// Sets up and starts the issuer, the MNO-TSM and the SP-TSM (SQLite each) and registers a
 /// SIM (sim.img) as its operator sells it.
 pub fn start(s: &Scenario) -> Services {
+    start_on(s, None)
+}
+
+/// [`start`] with the issuer and the MNO-TSM on the PostgreSQL databases `pg`.
+pub fn start_on(s: &Scenario, pg: Option<(String, String)>) -> Services {
     let dir = &s.dir;
     let (mno_port, issuer_port) = (
         tsm_server::testing::free_port().unwrap(),
@@ -68,6 +114,10 @@ pub fn start(s: &Scenario) -> Services {
         .arg(dir.join("mno/mno-tsm.toml"))
         .arg("--insecure-file-keys")
         .arg(dir.join("mno/keys"));
+    if let Some((i, m)) = &pg {
+        issuer.args(["--database", i]);
+        mno.args(["--database", m]);
+    }
     let mut sp = kagi();
     sp.args(["sp-tsm", "serve", "--config"])
         .arg(dir.join("tsm/tsm.toml"))
@@ -96,6 +146,7 @@ pub fn start(s: &Scenario) -> Services {
     Services {
         iccid,
         issuer_port,
+        pg,
         _running: running,
     }
 }
@@ -173,15 +224,4 @@ pub fn check(s: &Scenario, op: &str) -> serde_json::Value {
         .arg(s.dir.join("tsm/sp.toml"))
         .args(["check", "--credential", op]));
     serde_json::from_str(&out).unwrap()
-}
-
-/// One row of the issuer's SQLite database as `a|b`.
-pub fn issuer_row(dir: &Path, sql: &str) -> String {
-    let o = Command::new("sqlite3")
-        .arg(dir.join("issuer/jpki-issuer.db"))
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }

@@ -38,9 +38,20 @@ fn crl(s: &Scenario, port: u16) -> Vec<(String, String)> {
 
 #[test]
 fn suspension_and_resumption_are_recorded_at_the_issuer_and_race_safely() {
-    let s = Scenario::new("life16-hold", false);
+    suspension("life16-hold", None);
+}
+
+/// The same with the issuer's state on PostgreSQL.
+#[test]
+fn suspension_and_resumption_on_postgres() {
+    let pg = tsm_server::testing::PrivatePostgres::start("life16-hold").unwrap();
+    suspension("life16-hold-pg", Some(services::pg_databases(&pg)));
+}
+
+fn suspension(name: &str, pg: Option<(String, String)>) {
+    let s = Scenario::new(name, false);
     let dir = &s.dir;
-    let services = services::start(&s);
+    let services = services::start_on(&s, pg);
     let iccid = services.iccid.clone();
     let port = services.issuer_port;
     let (op, _) = services::download(&s, &iccid);
@@ -51,7 +62,7 @@ fn suspension_and_resumption_are_recorded_at_the_issuer_and_race_safely() {
         .unwrap()
         .to_string();
     let link = || {
-        services::issuer_row(
+        services.issuer_row(
             dir,
             &format!("SELECT state FROM links WHERE serial = '{phone}'"),
         )
@@ -98,7 +109,7 @@ fn suspension_and_resumption_are_recorded_at_the_issuer_and_race_safely() {
     for mut r in racers {
         assert!(r.wait().unwrap().success());
     }
-    let events = services::issuer_row(
+    let events = services.issuer_row(
         dir,
         &format!(
             "SELECT event FROM audit WHERE event IN ('held', 'released') AND detail LIKE 'phone {phone} %' ORDER BY id"
