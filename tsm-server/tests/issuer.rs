@@ -4,7 +4,8 @@
 //! code — an expired, revoked (CRL), forged or foreign card, an SP-TSM the issuer does not
 //! trust, one acting for another provider, a replayed message, a replayed application; a
 //! revocation racing issuances for the same signature serial never leaves an active phone
-//! certificate linked to it.
+//! certificate linked to it; revocations, suspensions and resumptions of one phone
+//! certificate racing each other change it at most once each, and its CRL agrees.
 //!
 //! The CAs, cards and SIM keys are made here with `test-pki`, `rsa` and `p256` directly.
 
@@ -50,6 +51,28 @@ impl UaCa for TestCaUa {
     }
     fn certificate_der(&self) -> Vec<u8> {
         self.0.certificate_der().unwrap()
+    }
+    fn crl(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: &[tsm_server::issuer::crl::CrlEntry],
+    ) -> Result<Vec<u8>, String> {
+        let entries: Vec<test_pki::CrlEntry> = entries
+            .iter()
+            .map(|e| test_pki::CrlEntry {
+                serial: e.serial.clone(),
+                revoked_at: e.revoked_at,
+                reason: Some(e.reason),
+            })
+            .collect();
+        Ok(self
+            .0
+            .crl_entries(number, this_update, next_update, &entries)
+            .map_err(|e| e.to_string())?
+            .to_der()
+            .unwrap())
     }
 }
 
@@ -614,4 +637,101 @@ async fn one_key_race(w: &Arc<World>, sign_serial: u32, sign_hex: &str) {
     }
     // The application under a fresh key: a replay.
     assert_eq!(w.code(app).await, "application.replayed");
+}
+
+/// Revocations (a lost SIM, reported several times at once; the card's signature
+/// certificate), suspensions and resumptions of one phone certificate, all racing: the link
+/// ends revoked; exactly one revocation took it (one audit entry naming the phone says so,
+/// and the link's reason is that one's); suspensions and resumptions alternate and none comes
+/// after it; the CRL (parsed with x509-cert) lists the certificate once, with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_revocations_and_suspensions_act_once() {
+    use tsm_server::issuer::store;
+    let w = Arc::new(world("life16-race").await);
+    let IssuerResponse::Issued { serial, .. } =
+        w.send(&w.issue_request(valid_application(702), SP)).await
+    else {
+        panic!("not issued");
+    };
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let w = w.clone();
+        let serial = serial.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = match i % 3 {
+                0 => IssuerRequest::Withdraw {
+                    serial,
+                    reason: "sim-lost: card-lost (tsm:kagi-mobile)".into(),
+                },
+                1 => IssuerRequest::Suspension {
+                    serial,
+                    hold: Some(true),
+                },
+                _ => IssuerRequest::Suspension {
+                    serial,
+                    hold: Some(false),
+                },
+            };
+            w.send(&req).await
+        }));
+    }
+    let revoker = {
+        let w = w.clone();
+        tokio::spawn(async move { w.issuer.revoke_sign_serial("02BE", "sign-ca").await })
+    };
+    for t in tasks {
+        assert!(!matches!(t.await.unwrap(), IssuerResponse::Rejected(_)));
+    }
+    revoker.await.unwrap().unwrap();
+
+    let link = store::link(w.issuer.db(), &serial).await.unwrap().unwrap();
+    assert_eq!(link.state, "revoked");
+    let trail = store::audit_trail(w.issuer.db()).await.unwrap();
+    let about_phone: Vec<&str> = trail
+        .iter()
+        .filter(|(_, _, _, d)| d.starts_with(&format!("phone {serial} ")))
+        .map(|(_, _, e, _)| e.as_str())
+        .filter(|e| *e != "issued")
+        .collect();
+    let revoked_by_loss = about_phone.iter().filter(|e| **e == "revoked").count();
+    assert!(revoked_by_loss <= 1, "{about_phone:?}");
+    let reason = link.reason.clone().unwrap();
+    assert_eq!(
+        reason,
+        if revoked_by_loss == 1 {
+            "sim-lost"
+        } else {
+            "sign-revoked"
+        }
+    );
+    let holds: Vec<&str> = about_phone
+        .iter()
+        .take_while(|e| **e != "revoked")
+        .copied()
+        .collect();
+    assert!(
+        about_phone[holds.len()..].iter().all(|e| *e == "revoked"),
+        "{about_phone:?}"
+    );
+    for (i, e) in holds.iter().enumerate() {
+        assert_eq!(
+            *e,
+            if i % 2 == 0 { "held" } else { "released" },
+            "{holds:?}"
+        );
+    }
+
+    let (_, der) = w.issuer.crl().await.unwrap();
+    let crl: x509_cert::crl::CertificateList =
+        x509_cert::crl::CertificateList::from_der(&der).unwrap();
+    let entries = crl.tbs_cert_list.revoked_certificates.unwrap_or_default();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        hex::encode_upper(entries[0].serial_number.as_bytes()),
+        serial
+    );
+    // reasonCode: keyCompromise (1) for the loss, privilegeWithdrawn (9) for the card.
+    let ext = entries[0].crl_entry_extensions.as_ref().unwrap();
+    let code = ext[0].extn_value.as_bytes();
+    assert_eq!(code, [0x0A, 0x01, if reason == "sim-lost" { 1 } else { 9 }]);
 }
