@@ -66,6 +66,22 @@ pub enum IssuerRequest {
         /// What to do.
         hold: Option<bool>,
     },
+    /// A new PIN for phone certificate `serial`, only on the holder's fresh **pin-reset**
+    /// application (`kagi_certs::application::Kind::PinReset`) signed with the same My Number
+    /// card its link names; the PIN is sealed to the SIM like an issued one and mailed to the
+    /// holder. Answered with [`IssuerResponse::PinReset`].
+    ResetPin {
+        /// The signed pin-reset application.
+        application: Vec<u8>,
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// The SIM's key agreement certificate (DER), as at issue.
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance the PIN is for.
+        instance: Vec<u8>,
+        /// The request id the sealed PIN is bound to (the SP-TSM's idempotency key).
+        request_id: IdempotencyKey,
+    },
 }
 
 impl IssuerRequest {
@@ -76,6 +92,7 @@ impl IssuerRequest {
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
             IssuerRequest::Suspension { .. } => "suspension",
+            IssuerRequest::ResetPin { .. } => "reset-pin",
         }
     }
 }
@@ -121,6 +138,14 @@ pub enum IssuerResponse {
         serial: String,
         /// `active`, `held` (suspended) or `revoked`.
         state: String,
+    },
+    /// The new PIN, sealed to the SIM and applet instance (the SP-TSM writes it through its
+    /// secure channel; it cannot open it).
+    PinReset {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// The PIN sealed for the applet's PIN file.
+        sealed_pin: Vec<u8>,
     },
 }
 

@@ -27,6 +27,7 @@ pub mod crl;
 mod hold;
 pub mod http;
 mod once;
+mod pin_reset;
 pub mod setup;
 pub mod store;
 
@@ -303,6 +304,23 @@ impl Issuer {
             }
             IssuerRequest::Suspension { serial, hold } => {
                 self.suspension(sender, &serial, hold).await
+            }
+            IssuerRequest::ResetPin {
+                application,
+                serial,
+                card_certificate,
+                instance,
+                request_id,
+            } => {
+                self.reset_pin(
+                    sender,
+                    &application,
+                    &serial,
+                    &card_certificate,
+                    &instance,
+                    &request_id,
+                )
+                .await
             }
         }
     }
