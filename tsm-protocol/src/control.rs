@@ -353,6 +353,19 @@ pub enum ControlRequest {
         /// `true` suspend, `false` resume.
         hold: bool,
     },
+    /// Reset a credential's PIN on the holder's fresh **pin-reset** application (signed with
+    /// the My Number card the credential is linked to, `kagi jpki apply --kind pin-reset`):
+    /// the JPKI issuer checks it and makes the PIN, sealed to the SIM; the request goes on as
+    /// a [`ControlRequest::ResetPin`] (the access code mailed to the application's contact).
+    /// An SP-TSM with a JPKI issuer takes no other PIN reset.
+    ApplyPinReset {
+        /// The issuing operation.
+        credential: OpId,
+        /// The signed pin-reset application.
+        application: Vec<u8>,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
 }
 
 impl ControlRequest {
@@ -378,6 +391,7 @@ impl ControlRequest {
             ControlRequest::Apply { .. } => "apply",
             ControlRequest::Suspend { hold: true, .. } => "suspend",
             ControlRequest::Suspend { hold: false, .. } => "resume",
+            ControlRequest::ApplyPinReset { .. } => "apply-pin-reset",
         }
     }
 
@@ -390,6 +404,7 @@ impl ControlRequest {
                 | ControlRequest::Revoke { .. }
                 | ControlRequest::Transfer { .. }
                 | ControlRequest::ResetPin { .. }
+                | ControlRequest::ApplyPinReset { .. }
                 | ControlRequest::WalletUpdate { .. }
                 | ControlRequest::CreateSecurityDomain { .. }
                 | ControlRequest::PrepareSim { .. }

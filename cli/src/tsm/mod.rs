@@ -232,6 +232,24 @@ pub enum ProviderCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Reset a credential's PIN on the holder's fresh pin-reset application (`kagi jpki
+    /// apply --kind pin-reset`, signed with the same My Number card): the JPKI issuer makes
+    /// the PIN (the holder's letter) sealed to the SIM; the access code is mailed to the
+    /// application's contact. The only PIN reset an SP-TSM with a JPKI issuer takes.
+    ApplyPinReset {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+        /// The signed pin-reset application.
+        #[arg(long)]
+        application: PathBuf,
+        /// File with the user's password.
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Where to write the operation and device ticket (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write wallet data (member id, tickets, points) through the relay.
     Wallet {
         /// The SIM.

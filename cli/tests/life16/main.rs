@@ -3,12 +3,14 @@
 //! phone certificates (signed by the user-authentication CA) read by `kagi eligibility read`
 //! on the SIM and by the broker's card logins with the SIM's key (here); a lost or changed
 //! SIM pushed from the MNO-TSM to the SP-TSM and on to the issuer (`notices`); suspension
-//! and resumption recorded at the issuer (`suspension`).
+//! and resumption recorded at the issuer (`suspension`); a PIN reset only on a fresh
+//! signature with the My Number card (`pin_reset`).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod notices;
+mod pin_reset;
 mod services;
 mod suspension;
 

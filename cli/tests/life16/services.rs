@@ -188,7 +188,7 @@ pub fn download(s: &Scenario, iccid: &str) -> (String, PathBuf) {
     let _ = issued;
     let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
     std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
-    std::fs::write(dir.join("code.txt"), mailed_code(&dir.join("tsm/outbox"))).unwrap();
+    std::fs::write(dir.join("code.txt"), newest_code(&dir.join("tsm/outbox"))).unwrap();
     let out = ok(s
         .relay()
         .arg("--sim")
@@ -202,7 +202,7 @@ pub fn download(s: &Scenario, iccid: &str) -> (String, PathBuf) {
 }
 
 /// The access code in the newest mail of the maildir `maildir`.
-fn mailed_code(maildir: &Path) -> String {
+pub fn newest_code(maildir: &Path) -> String {
     let mut mails: Vec<_> = std::fs::read_dir(maildir.join("new"))
         .unwrap()
         .flatten()

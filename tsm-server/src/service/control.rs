@@ -115,8 +115,17 @@ impl Tsm {
     ) -> Result<ControlResponse> {
         let party = &h.sender;
         match req {
+            // With a JPKI issuer, a PIN is reset only on the holder's fresh signature.
+            ControlRequest::ResetPin { .. } if self.config.issuer.is_some() => {
+                Ok(ControlResponse::Rejected(err(
+                    Layer::Business,
+                    "business.pin-reset-needs-signature",
+                    "this SP-TSM resets a PIN only on the holder's fresh pin-reset application (kagi jpki apply --kind pin-reset; kagi tsm provider apply-pin-reset)",
+                )))
+            }
             ControlRequest::Issue { .. }
             | ControlRequest::Apply { .. }
+            | ControlRequest::ApplyPinReset { .. }
             | ControlRequest::ResetPin { .. }
             | ControlRequest::WalletUpdate { .. }
             | ControlRequest::Transfer { .. } => self.create(h, req).await,

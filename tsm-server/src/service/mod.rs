@@ -16,6 +16,7 @@ mod engine;
 mod issuer_link;
 mod mail;
 mod operator;
+mod pin_reset;
 mod plan;
 mod prepare;
 mod registry;
