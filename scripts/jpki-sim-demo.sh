@@ -14,7 +14,8 @@
 # relay runs the download over an LTE-like link through
 # the SP-TSM and the MNO-TSM (⑬⑭⑮⑱); the holder signs with the credential; then the card's
 # signature certificate is revoked at the CA, the issuer revokes the linked phone certificate
-# and the SP-TSM's next status query marks it revoked: the eligibility read says revoked.
+# and the SP-TSM's next status query marks it revoked: the eligibility read of the issuer's CRL
+# says revoked (before that, a suspension at the holder's request and its resumption).
 # Key generation: KAGI_KEY_GENERATION=on-card (the default, preferred: the SIM's JPKI applet
 # generates the key in the download's first session against the issuer's challenge, the issuer
 # checks its proof and certifies it; no private key travels) or =issuer (as the seed draws it:
@@ -116,16 +117,32 @@ own=8642; [ "$mailed" = "$own" ] && own=8643
 "$K" jpki change-pin --sim --sim-image "$work/sim.img" --pin-file "$pin_file" --new-pin-file "$work/own.pin"
 "$K" jpki sign --sim --sim-image "$work/sim.img" --pin-file "$work/own.pin" -i "$work/msg.txt" -o "$work/msg.sig"
 
+echo "== suspended at the holder's request (at the issuer: certificateHold on its CRL), then resumed"
+issuer_crl() { "$K" jpki-issuer crl --config "$work/issuer/jpki-issuer.toml" --out "$work/ua-crl.der" >/dev/null; }
+read_with_crl() {
+    rc=0
+    "$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" \
+        --crl "$work/ua-crl.der" >"$work/verdict.txt" || rc=$?
+    sed -n 1p "$work/verdict.txt"
+}
+"$K" tsm provider --config "$work/sp-tsm/sp.toml" suspend --credential "$op" >/dev/null
+issuer_crl
+read_with_crl
+[ "$rc" -eq 4 ] || { echo "expected the eligibility read to refuse a suspended phone (exit code 4)" >&2; exit 1; }
+"$K" tsm provider --config "$work/sp-tsm/sp.toml" resume --credential "$op" >/dev/null
+issuer_crl
+read_with_crl
+[ "$rc" -eq 0 ] || { echo "expected the resumed phone to be eligible" >&2; exit 1; }
+
 echo "== the My Number card's signature certificate revoked at the CA: linked revocation"
 sign_serial=$("$K" --json tsm provider --config "$work/sp-tsm/sp.toml" check --credential "$op" |
     sed -n 's/.*"my_number_sign_serial": *"\([^"]*\)".*/\1/p')
 "$K" ca revoke --kind sign --dir "$work/pki" "$sign_serial" >/dev/null
 "$K" tsm provider --config "$work/sp-tsm/sp.toml" check --credential "$op"
-rc=0
-"$K" eligibility read --sim --sim-image "$work/sim.img" --ca "$work/pki/auth-ca.crt.pem" \
-    --revoked "$work/sp-tsm/revoked.txt" >"$work/verdict.txt" || rc=$?
-sed -n 1p "$work/verdict.txt"
+# The relying party reads the issuer's CRL (signed by the UA CA), not the SP-TSM's list.
+issuer_crl
+read_with_crl
 [ "$rc" -eq 4 ] || { echo "expected the eligibility read to say revoked (exit code 4)" >&2; exit 1; }
 
 echo
-echo "download time over the LTE-like link: ${seconds} s; linked revocation reached the SP-TSM and the eligibility read"
+echo "download time over the LTE-like link: ${seconds} s; linked revocation reached the SP-TSM and, through the issuer's CRL, the eligibility read"

@@ -27,6 +27,31 @@ pub const VERSION: u8 = 2;
 /// a valid other kagi message).
 pub const DOMAIN: &[u8] = b"kagi jpki application v1\0";
 
+/// What the card signs before the body of a **pin-reset** application (the holder's fresh
+/// consent to a new PIN for the phone credential linked to this card): another domain, so an
+/// issue application never passes for a pin-reset one, nor the other way round.
+pub const DOMAIN_PIN_RESET: &[u8] = b"kagi jpki pin-reset v1\0";
+
+/// The kinds of signed application (each signed under its own domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Apply for a phone credential ([`DOMAIN`]).
+    Issue,
+    /// Reset the PIN of the phone credential linked to the signing card
+    /// ([`DOMAIN_PIN_RESET`]).
+    PinReset,
+}
+
+impl Kind {
+    /// The bytes signed before the body.
+    pub fn domain(self) -> &'static [u8] {
+        match self {
+            Kind::Issue => DOMAIN,
+            Kind::PinReset => DOMAIN_PIN_RESET,
+        }
+    }
+}
+
 /// How old an application may be by default (seconds).
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -79,7 +104,13 @@ impl Body {
 
     /// The bytes the card signs: [`DOMAIN`] and the body's canonical encoding.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, ApplicationError> {
-        let mut m = DOMAIN.to_vec();
+        self.signed_bytes_for(Kind::Issue)
+    }
+
+    /// The bytes the card signs for an application of `kind`: its domain and the body's
+    /// canonical encoding.
+    pub fn signed_bytes_for(&self, kind: Kind) -> Result<Vec<u8>, ApplicationError> {
+        let mut m = kind.domain().to_vec();
         m.extend(codec::encode(self).map_err(|e| ApplicationError::Malformed(e.to_string()))?);
         Ok(m)
     }
@@ -267,6 +298,17 @@ fn secs(t: SystemTime) -> u64 {
 /// `trust` and what the checker expects. Replays are the caller's to refuse
 /// ([`NonceLog::claim`]) once this passes.
 pub fn check(bytes: &[u8], trust: &Trust, expect: &Expect) -> Result<Verified, ApplicationError> {
+    check_kind(bytes, trust, expect, Kind::Issue)
+}
+
+/// [`check`] for an application of `kind`: signed under that kind's domain (an application
+/// of another kind does not verify: [`ApplicationError::BadSignature`]).
+pub fn check_kind(
+    bytes: &[u8],
+    trust: &Trust,
+    expect: &Expect,
+    kind: Kind,
+) -> Result<Verified, ApplicationError> {
     let app = Application::decode(bytes)?;
     check_contact(&app.body.contact)?;
     let key = CertKey::from_certificate(&app.certificate)
@@ -276,7 +318,7 @@ pub fn check(bytes: &[u8], trust: &Trust, expect: &Expect) -> Result<Verified, A
             "a My Number card's signature key is RSA".into(),
         ));
     };
-    key.verify(&app.body.signed_bytes()?, &app.signature)
+    key.verify(&app.body.signed_bytes_for(kind)?, &app.signature)
         .map_err(|_| ApplicationError::BadSignature)?;
     let j = judge(&app.certificate, trust, expect.now);
     let serial = j.serial.clone().unwrap_or_default();

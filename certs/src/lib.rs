@@ -164,6 +164,38 @@ impl Trust {
 }
 
 impl Trust {
+    /// Whether one of the CAs signed `crl` (its issuer named and its signature verifying).
+    pub fn signed_by_a_ca(&self, crl: &CertificateList) -> bool {
+        let list = &crl.tbs_cert_list;
+        let Ok(crl_tbs) = list.to_der() else {
+            return false;
+        };
+        self.cas.iter().any(|ca| {
+            list.issuer == *ca.tbs_certificate().subject()
+                && issued_by(
+                    ca,
+                    &crl_tbs,
+                    &crl.signature_algorithm.oid,
+                    crl.signature.raw_bytes(),
+                )
+        })
+    }
+
+    /// Refuses revocation data no trusted CA signed: an error naming the first CRL whose
+    /// signature does not verify with any of the CAs (a relying party given such a CRL
+    /// cannot know what is revoked, so it must not go on as if nothing were).
+    pub fn check_crls(&self) -> Result<()> {
+        match self.crls.iter().find(|c| !self.signed_by_a_ca(c)) {
+            None => Ok(()),
+            Some(c) => Err(CertError(format!(
+                "the CRL of {} is not signed by any trusted CA: refused (get the CRL its CA published, or add that CA)",
+                c.tbs_cert_list.issuer
+            ))),
+        }
+    }
+}
+
+impl Trust {
     /// Every revoked serial (upper-case hex, no sign padding) this trust knows of: the plain
     /// list's, and those of each CRL signed by one of the CAs (a CRL no trusted CA signed is
     /// ignored, as [`judge`] ignores it). Sorted, without duplicates.
@@ -328,4 +360,30 @@ pub fn judge(cert_der: &[u8], trust: &Trust, now: SystemTime) -> Judgement {
     }
     report.reasons.push("valid now and not revoked".into());
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crl_no_trusted_ca_signed_is_refused() {
+        let ca = test_pki::TestCa::new("UA").unwrap();
+        let other = test_pki::TestCa::new("Other").unwrap();
+        let mut trust = Trust::default();
+        trust.add_ca_file(&ca.certificate_der().unwrap()).unwrap();
+        trust
+            .add_crl_file(&ca.crl(1, &[7]).unwrap().to_der().unwrap())
+            .unwrap();
+        assert!(trust.check_crls().is_ok());
+        // The same CRL with one bit of its signature flipped, and one of another CA.
+        let mut forged = ca.crl(2, &[7]).unwrap().to_der().unwrap();
+        *forged.last_mut().unwrap() ^= 1;
+        for bad in [forged, other.crl(1, &[7]).unwrap().to_der().unwrap()] {
+            let mut t = trust.clone();
+            t.add_crl_file(&bad).unwrap();
+            let e = t.check_crls().unwrap_err();
+            assert!(e.0.contains("not signed by any trusted CA"), "{e}");
+        }
+    }
 }

@@ -362,7 +362,8 @@ pub struct EligibilityArgs {
     /// Trusted CA certificate (DER or PEM); repeat for several.
     #[arg(long = "ca", required = true)]
     cas: Vec<PathBuf>,
-    /// CRL of a trusted CA (DER or PEM); repeat for several.
+    /// CRL of a trusted CA (DER or PEM; e.g. the JPKI issuer's CRL of phone certificates,
+    /// `kagi jpki-issuer crl`); repeat for several. One no --ca signed is refused (exit 1).
     #[arg(long = "crl")]
     crls: Vec<PathBuf>,
     /// Revocation list file (one serial per line, decimal or 0x-hex).
@@ -389,6 +390,9 @@ pub fn eligibility_read(
     }
     for c in &args.crls {
         trust.add_crl_file(&read_file(c)?)?;
+        trust
+            .check_crls()
+            .map_err(|e| format!("{}: {e}", c.display()))?;
     }
     if let Some(r) = &args.revoked {
         trust.add_revoked_list(&String::from_utf8_lossy(&read_file(r)?))?;

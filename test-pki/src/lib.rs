@@ -364,6 +364,55 @@ impl TestCa {
     }
 }
 
+/// One entry of a CRL made by [`TestCa::crl_entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// The certificate's serial (big-endian, unsigned).
+    pub serial: Vec<u8>,
+    /// When it was revoked (or put on hold).
+    pub revoked_at: SystemTime,
+    /// The reasonCode entry extension (RFC 5280 §5.3.1), if any.
+    pub reason: Option<x509_cert::ext::pkix::crl::CrlReason>,
+}
+
+/// The reasonCode CRL entry extension's OID.
+const OID_CRL_REASON: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.21");
+
+impl TestCa {
+    /// An X.509 v2 CRL numbered `number`, issued `this_update`, due again by `next_update`,
+    /// listing `entries` with their dates and reason codes.
+    pub fn crl_entries(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: &[CrlEntry],
+    ) -> Result<CertificateList> {
+        let mut revoked = Vec::with_capacity(entries.len());
+        for e in entries {
+            revoked.push(RevokedCert {
+                serial_number: SerialNumber::new(&e.serial)?,
+                revocation_date: Time::try_from(e.revoked_at)?,
+                crl_entry_extensions: match e.reason {
+                    Some(r) => Some(vec![ext(OID_CRL_REASON, false, &r)?]),
+                    None => None,
+                },
+            });
+        }
+        let builder = CrlBuilder::new_with_this_update(
+            &self.cert,
+            CrlNumber::from(der::asn1::Uint::new(&number.to_be_bytes())?),
+            Time::try_from(this_update)?,
+        )?
+        .with_next_update(Some(Time::try_from(next_update)?))
+        .with_certificates(revoked.into_iter());
+        let signer = SigningKey::<Sha256>::new(self.key.clone());
+        builder
+            .build::<_, Signature>(&signer)
+            .map_err(|e| PkiError::Builder(e.to_string()))
+    }
+}
+
 /// A self-signed TLS server certificate (ECDSA P-256, serverAuth, subjectAltName for the given
 /// DNS names and IP addresses) and its private key, both PEM: for a local TSM or broker whose
 /// clients pin this certificate. Not a CA.

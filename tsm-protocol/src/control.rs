@@ -346,6 +346,30 @@ pub enum ControlRequest {
         /// The user's access conditions.
         access: AccessGrant,
     },
+    /// The holder's request, through the provider, to suspend (`hold`) or resume a
+    /// credential the JPKI issuer made: recorded at the issuer (its CRL lists a suspended
+    /// certificate as certificateHold, and drops it on resumption). Answered with
+    /// [`ControlResponse::Credential`] (`state` `suspended` or `active`); a revoked one stays
+    /// revoked.
+    Suspend {
+        /// The issuing operation of the credential.
+        credential: OpId,
+        /// `true` suspend, `false` resume.
+        hold: bool,
+    },
+    /// Reset a credential's PIN on the holder's fresh **pin-reset** application (signed with
+    /// the My Number card the credential is linked to, `kagi jpki apply --kind pin-reset`):
+    /// the JPKI issuer checks it and makes the PIN, sealed to the SIM; the request goes on as
+    /// a [`ControlRequest::ResetPin`] (the access code mailed to the application's contact).
+    /// An SP-TSM with a JPKI issuer takes no other PIN reset.
+    ApplyPinReset {
+        /// The issuing operation.
+        credential: OpId,
+        /// The signed pin-reset application.
+        application: Vec<u8>,
+        /// The user's access conditions.
+        access: AccessGrant,
+    },
 }
 
 impl ControlRequest {
@@ -369,6 +393,9 @@ impl ControlRequest {
             ControlRequest::PrepareSim { .. } => "prepare-sim",
             ControlRequest::CardRecord { .. } => "card-record",
             ControlRequest::Apply { .. } => "apply",
+            ControlRequest::Suspend { hold: true, .. } => "suspend",
+            ControlRequest::Suspend { hold: false, .. } => "resume",
+            ControlRequest::ApplyPinReset { .. } => "apply-pin-reset",
         }
     }
 
@@ -381,6 +408,7 @@ impl ControlRequest {
                 | ControlRequest::Revoke { .. }
                 | ControlRequest::Transfer { .. }
                 | ControlRequest::ResetPin { .. }
+                | ControlRequest::ApplyPinReset { .. }
                 | ControlRequest::WalletUpdate { .. }
                 | ControlRequest::CreateSecurityDomain { .. }
                 | ControlRequest::PrepareSim { .. }
@@ -463,7 +491,8 @@ pub struct CredentialStatus {
     pub credential: OpId,
     /// The card's ICCID.
     pub iccid: String,
-    /// `active`, `pending` (not yet on the card), `revoked`.
+    /// `active`, `pending` (not yet on the card), `suspended` (on hold at the JPKI issuer),
+    /// `revoked`.
     pub state: String,
     /// Why it was revoked.
     pub revoked: Option<RevokeReason>,

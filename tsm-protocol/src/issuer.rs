@@ -87,6 +87,9 @@ pub enum IssuerRequest {
     /// Revoke a phone certificate this SP-TSM got but could not deliver (the operation
     /// failed, expired or was cancelled, or the SP-TSM refused the application after the
     /// issuer had issued): the compensation that keeps no undelivered certificate valid.
+    /// Also the SP-TSM's revocation of a delivered one: a `reason` starting `sim-lost:`,
+    /// `sim-changed:` or `holder-request:` is recorded as that reason (and on the issuer's
+    /// CRL with its reason code), any other as `withdrawn`.
     /// Answered with [`IssuerResponse::Status`] listing it revoked (also when it already
     /// was); refused (`issuer.unknown-certificate`) for a serial this SP-TSM was not issued.
     Withdraw {
@@ -94,6 +97,31 @@ pub enum IssuerRequest {
         serial: String,
         /// Why (log-safe words: `not-delivered`, `refused: business.in-progress`, …).
         reason: String,
+    },
+    /// Suspend (`hold: Some(true)`) or resume (`Some(false)`) a phone certificate this
+    /// SP-TSM relayed, at the holder's request — or (`None`) only read its standing.
+    /// Answered with [`IssuerResponse::Standing`]; a revoked one stays revoked.
+    Suspension {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// What to do.
+        hold: Option<bool>,
+    },
+    /// A new PIN for phone certificate `serial`, only on the holder's fresh **pin-reset**
+    /// application (`kagi_certs::application::Kind::PinReset`) signed with the same My Number
+    /// card its link names; the PIN is sealed to the SIM like an issued one and mailed to the
+    /// holder. Answered with [`IssuerResponse::PinReset`].
+    ResetPin {
+        /// The signed pin-reset application.
+        application: Vec<u8>,
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// The SIM's key agreement certificate (DER), as at issue.
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance the PIN is for.
+        instance: Vec<u8>,
+        /// The request id the sealed PIN is bound to (the SP-TSM's idempotency key).
+        request_id: IdempotencyKey,
     },
 }
 
@@ -106,6 +134,8 @@ impl IssuerRequest {
             IssuerRequest::Certify { .. } => "certify",
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
+            IssuerRequest::Suspension { .. } => "suspension",
+            IssuerRequest::ResetPin { .. } => "reset-pin",
         }
     }
 }
@@ -154,6 +184,21 @@ pub enum IssuerResponse {
     /// `keygen.replayed`, `keygen.possession`, `keygen.not-this-sim`, `keygen.malformed`),
     /// `protocol.*`.
     Rejected(ErrorReport),
+    /// A phone certificate's standing now (the answer to a suspension).
+    Standing {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// `active`, `held` (suspended) or `revoked`.
+        state: String,
+    },
+    /// The new PIN, sealed to the SIM and applet instance (the SP-TSM writes it through its
+    /// secure channel; it cannot open it).
+    PinReset {
+        /// The phone certificate's serial (upper-case hex).
+        serial: String,
+        /// The PIN sealed for the applet's PIN file.
+        sealed_pin: Vec<u8>,
+    },
 }
 
 #[cfg(test)]

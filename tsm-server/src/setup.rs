@@ -202,6 +202,8 @@ pub struct Loaded {
     pub tls: Option<kagi_serve::TlsFiles>,
     /// The file's `[limits]` (the caller merges its own overrides and the defaults).
     pub limits: Option<kagi_serve::LimitsFile>,
+    /// On an MNO-TSM: the SP-TSMs it sends SIM notices to (`url` of each `[[sp_tsm]]`).
+    pub sp_tsm_links: crate::service::SpTsmLinks,
 }
 
 fn aes_key_file(path: &Path) -> Result<AesKey, SetupError> {
@@ -357,12 +359,13 @@ pub fn load(
         listen: overrides.listen.clone().unwrap_or(f.listen),
         tls: files::tls_files(path, &f.tls_cert, &f.tls_key)?,
         limits: f.limits,
+        sp_tsm_links: Default::default(),
     })
 }
 
 /// The client for another service of a `[section]` of `tsm.toml`: trusting only the PEM
 /// certificates in `tls_ca` (relative to the file) when given, else the system's roots.
-fn https_client(
+pub(crate) fn https_client(
     path: &Path,
     section: &str,
     tls_ca: Option<&str>,
@@ -438,7 +441,7 @@ pub async fn serve(
 ) -> Result<(), SetupError> {
     let backend = crate::store::Backend::parse(&loaded.database);
     let store = crate::store::Store::open(&backend).await?;
-    let tsm = Arc::new(Tsm::new(loaded.config, store));
+    let tsm = Arc::new(Tsm::new(loaded.config, store).with_sp_tsm_links(loaded.sp_tsm_links));
     let listener = tokio::net::TcpListener::bind(&loaded.listen)
         .await
         .map_err(|source| SetupError::Listen {

@@ -4,7 +4,8 @@
 //! code — an expired, revoked (CRL), forged or foreign card, an SP-TSM the issuer does not
 //! trust, one acting for another provider, a replayed message, a replayed application; a
 //! revocation racing issuances for the same signature serial never leaves an active phone
-//! certificate linked to it.
+//! certificate linked to it; revocations, suspensions and resumptions of one phone
+//! certificate racing each other change it at most once each, and its CRL agrees.
 //!
 //! The CAs, cards and SIM keys are made here with `test-pki`, `rsa` and `p256` directly.
 
@@ -50,6 +51,28 @@ impl UaCa for TestCaUa {
     }
     fn certificate_der(&self) -> Vec<u8> {
         self.0.certificate_der().unwrap()
+    }
+    fn crl(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: &[tsm_server::issuer::crl::CrlEntry],
+    ) -> Result<Vec<u8>, String> {
+        let entries: Vec<test_pki::CrlEntry> = entries
+            .iter()
+            .map(|e| test_pki::CrlEntry {
+                serial: e.serial.clone(),
+                revoked_at: e.revoked_at,
+                reason: Some(e.reason),
+            })
+            .collect();
+        Ok(self
+            .0
+            .crl_entries(number, this_update, next_update, &entries)
+            .map_err(|e| e.to_string())?
+            .to_der()
+            .unwrap())
     }
 }
 
@@ -616,3 +639,6 @@ async fn one_key_race(w: &Arc<World>, sign_serial: u32, sign_hex: &str) {
     // The application under a fresh key: a replay.
     assert_eq!(w.code(app).await, "application.replayed");
 }
+
+#[path = "issuer/lifecycle.rs"]
+mod lifecycle;

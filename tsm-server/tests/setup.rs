@@ -172,6 +172,7 @@ fn an_mno_tsm_is_its_own_configuration_and_the_sp_tsm_links_to_it() {
         None,
         &sp_tsm,
         &sp.join("tsm.pub.pem"),
+        None,
     )
     .unwrap();
     for private in [

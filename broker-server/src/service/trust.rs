@@ -6,6 +6,9 @@ use std::sync::Arc;
 /// The card CAs and their revocation data, from files: CA certificates (PEM or DER), and
 /// revocation files — CRLs (`.crl`, `.der`, or PEM `X509 CRL`; each must be signed by its CA)
 /// or plain lists of serials (one per line, decimal or `0x` hex, as `kagi ca` writes them).
+/// A CRL no configured CA signed is refused: the trust is an error (every card login fails
+/// with `card trust: FILE: …`) until a CRL its CA signed replaces it — a forged or wrong CRL
+/// never passes for "nothing revoked".
 /// Re-read when any file's modification time changes; a missing revocation file counts as
 /// empty (a CRL not yet published), a missing CA as an error.
 pub struct CardTrust {
@@ -62,7 +65,7 @@ impl CardTrust {
             let crl = bytes.starts_with(b"-----BEGIN X509 CRL")
                 || p.extension().is_some_and(|e| e == "crl" || e == "der");
             if crl {
-                trust.add_crl_file(&bytes)
+                trust.add_crl_file(&bytes).and_then(|()| trust.check_crls())
             } else {
                 trust.add_revoked_list(&String::from_utf8_lossy(&bytes))
             }

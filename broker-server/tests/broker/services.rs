@@ -288,14 +288,20 @@ async fn login_refusals_and_replays() {
     assert_eq!(code(login(&b, &card).await), "login.revoked");
     std::fs::write(w.dir.join("revoked.txt"), "").unwrap();
     login(&b, &card).await.unwrap();
-    // The same through the CA's signed CRL; a CRL signed by another CA is ignored.
+    // The same through the CA's signed CRL; a CRL signed by another CA is refused: no card
+    // logs in until the CA's own CRL replaces it (it could hide a revocation).
     let rogue_ca = TestCa::new("Rogue").unwrap();
     let crl = |ca: &TestCa| {
         use der::Encode;
         ca.crl(1, &[0x2002]).unwrap().to_der().unwrap()
     };
     std::fs::write(w.dir.join("ca.crl"), crl(&rogue_ca)).unwrap();
-    login(&b, &card).await.unwrap();
+    match login(&b, &card).await {
+        Err(BrokerError::CardTrust(e)) => {
+            assert!(e.0.contains("ca.crl") && e.0.contains("not signed"), "{e}")
+        }
+        other => panic!("a rogue CRL must stop logins: {other:?}"),
+    }
     std::fs::write(w.dir.join("ca.crl"), crl(&w.ca)).unwrap();
     assert_eq!(code(login(&b, &card).await), "login.revoked");
     std::fs::remove_file(w.dir.join("ca.crl")).unwrap();

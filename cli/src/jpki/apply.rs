@@ -37,6 +37,10 @@ pub struct ApplyArgs {
     /// provider refuses one outside its time window.
     #[arg(long)]
     at_unix: Option<u64>,
+    /// What is applied for: `issue` (a phone credential) or `pin-reset` (a new PIN for the
+    /// phone credential linked to this card; signed under its own domain).
+    #[arg(long, default_value = "issue", value_parser = ["issue", "pin-reset"])]
+    kind: String,
     /// The signature password (6–16 upper-case letters and digits), from a file, an
     /// environment variable or a prompt.
     #[command(flatten)]
@@ -55,7 +59,11 @@ pub fn run(a: &ApplyArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
             None => std::time::SystemTime::now(),
         },
     )?;
-    let message = body.signed_bytes()?;
+    let kind = match a.kind.as_str() {
+        "pin-reset" => kagi_certs::application::Kind::PinReset,
+        _ => kagi_certs::application::Kind::Issue,
+    };
+    let message = body.signed_bytes_for(kind)?;
     let mut ch = a.target.open(trace)?;
     jpki::select(&mut ch)?;
     verify(&mut ch, Pin::Sign, &a.pin)?;

@@ -45,6 +45,22 @@ pub enum JpkiIssuerCmd {
     },
     /// Run the JPKI issuer until SIGINT or SIGTERM.
     Serve(Box<IssuerServeArgs>),
+    /// Write the issuer's CRL now: every phone certificate it revoked or holds, signed by the
+    /// user-authentication CA (the file relying parties give `kagi eligibility read --crl`
+    /// and the broker's `revocation`). The signature CA's revocations are synced first. A
+    /// serving issuer also keeps the configuration's `crl` file current and serves GET
+    /// /v1/crl.
+    Crl {
+        /// The issuer's configuration (its database and the CA key are opened).
+        #[arg(long)]
+        config: PathBuf,
+        /// The database instead of the configuration's: a SQLite file or postgres://….
+        #[arg(long)]
+        database: Option<String>,
+        /// Where to write the CRL (DER).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Read the issuer's audit trail (issued, sign-revoked, withdrawn), oldest first,
     /// optionally only the entries about one signature certificate or from a time on.
     Audit {
@@ -109,6 +125,29 @@ impl tsm_server::issuer::UaCa for FileUaCa {
     fn certificate_der(&self) -> Vec<u8> {
         self.der.clone()
     }
+
+    fn crl(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: &[tsm_server::issuer::crl::CrlEntry],
+    ) -> Result<Vec<u8>, String> {
+        use der::Encode;
+        let entries: Vec<test_pki::CrlEntry> = entries
+            .iter()
+            .map(|e| test_pki::CrlEntry {
+                serial: e.serial.clone(),
+                revoked_at: e.revoked_at,
+                reason: Some(e.reason),
+            })
+            .collect();
+        self.ca
+            .crl_entries(number, this_update, next_update, &entries)
+            .map_err(|e| e.to_string())?
+            .to_der()
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Opens the CA whose key is `key` (`DIR/NAME.key.der`, certificate `DIR/NAME.crt.der`).
@@ -155,7 +194,7 @@ fn init(
         crate::print_json(serde_json::json!({
             "dir": dir.display().to_string(), "listen": listen, "https": https,
             "jpki_issuer": file("jpki-issuer.toml"), "sp_tsm_link": file("sp-tsm-link.toml"),
-            "pin_mailer": file("pin-mailer"),
+            "pin_mailer": file("pin-mailer"), "crl": file("ua-crl.der"),
         }));
         return Ok(());
     }
@@ -210,6 +249,11 @@ pub fn run(cmd: &JpkiIssuerCmd, json_out: bool) -> Result<(), Failure> {
             json_out,
         ),
         JpkiIssuerCmd::Serve(a) => serve(a),
+        JpkiIssuerCmd::Crl {
+            config,
+            database,
+            out,
+        } => crl(config, database.clone(), out, json_out),
         JpkiIssuerCmd::Audit {
             config,
             database,
@@ -223,6 +267,35 @@ pub fn run(cmd: &JpkiIssuerCmd, json_out: bool) -> Result<(), Failure> {
             json_out,
         ),
     }
+}
+
+/// `kagi jpki-issuer crl`.
+fn crl(config: &Path, database: Option<String>, out: &Path, json_out: bool) -> Result<(), Failure> {
+    let overrides = tsm_server::setup::Overrides {
+        database,
+        listen: None,
+    };
+    let loaded = tsm_server::issuer::setup::load_issuer(config, &overrides, &open_ua_ca)?;
+    let (number, der, entries) = runtime()?.block_on(async {
+        let backend = kagi_db::Backend::parse(&loaded.database);
+        let issuer = tsm_server::issuer::Issuer::open(loaded.config, &backend).await?;
+        issuer.sync_revocations().await?;
+        let (number, der) = issuer.crl().await?;
+        let (_, entries) = tsm_server::issuer::crl::entries(issuer.db()).await?;
+        Ok::<_, Failure>((number, der, entries.len()))
+    })?;
+    std::fs::write(out, &der).map_err(|e| format!("{}: {e}", out.display()))?;
+    if json_out {
+        crate::print_json(serde_json::json!({
+            "out": out.display().to_string(), "crl_number": number, "entries": entries,
+        }));
+    } else {
+        println!(
+            "CRL number {number} with {entries} revoked or held phone certificates written to {}",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// `kagi jpki-issuer audit`.

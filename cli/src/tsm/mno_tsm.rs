@@ -31,6 +31,11 @@ pub enum MnoTsmCmd {
         /// The SP-TSM's party.
         #[arg(long, default_value = "tsm:kagi")]
         sp_tsm: String,
+        /// The SP-TSM's address (http(s)://host:port): where this MNO-TSM sends its notices
+        /// of lost and changed SIMs (`kagi tsm mno card-lost|sim-changed`), retried until
+        /// acknowledged. Without it the notices wait (url of [[sp_tsm]] in mno-tsm.toml).
+        #[arg(long)]
+        sp_tsm_url: Option<String>,
     },
     /// Run the MNO-TSM until SIGINT or SIGTERM (its configuration is mno-tsm.toml;
     /// --insecure-file-keys DIR reads the issuer-domain keys from DIR/NAME.keys).
@@ -43,6 +48,7 @@ fn init(
     tls: bool,
     sp_tsm_key: &Path,
     sp_tsm: &str,
+    sp_tsm_url: Option<&str>,
     json_out: bool,
 ) -> Result<(), Failure> {
     let https = tls;
@@ -50,7 +56,7 @@ fn init(
         .then(|| crate::common::dev_tls_certificate("kagi MNO-TSM"))
         .transpose()?;
     let sp_tsm = tsm_protocol::PartyId::new(sp_tsm)?;
-    tsm_server::setup::init_mno(dir, listen, tls, &sp_tsm, sp_tsm_key)?;
+    tsm_server::setup::init_mno(dir, listen, tls, &sp_tsm, sp_tsm_key, sp_tsm_url)?;
     let file = |f: &str| dir.join(f).display().to_string();
     if json_out {
         crate::print_json(serde_json::json!({
@@ -80,7 +86,16 @@ pub fn run(cmd: &MnoTsmCmd, json_out: bool) -> Result<(), Failure> {
             tls,
             sp_tsm_key,
             sp_tsm,
-        } => init(dir, listen, *tls, sp_tsm_key, sp_tsm, json_out),
+            sp_tsm_url,
+        } => init(
+            dir,
+            listen,
+            *tls,
+            sp_tsm_key,
+            sp_tsm,
+            sp_tsm_url.as_deref(),
+            json_out,
+        ),
         MnoTsmCmd::Serve(a) => serve(a),
     }
 }

@@ -196,6 +196,19 @@ pub enum ProviderCmd {
         #[arg(long, default_value = "card-lost")]
         reason: String,
     },
+    /// Suspend a credential at the holder's request: recorded at the JPKI issuer (its CRL
+    /// lists the certificate as certificateHold) until `resume`.
+    Suspend {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+    },
+    /// Resume a suspended credential (the issuer's next CRL no longer lists it).
+    Resume {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+    },
     /// A credential's standing.
     Check {
         /// The issuing operation.
@@ -218,6 +231,24 @@ pub enum ProviderCmd {
         #[arg(long)]
         password_file: PathBuf,
         /// Where to write the ticket and access code (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Reset a credential's PIN on the holder's fresh pin-reset application (`kagi jpki
+    /// apply --kind pin-reset`, signed with the same My Number card): the JPKI issuer makes
+    /// the PIN (the holder's letter) sealed to the SIM; the access code is mailed to the
+    /// application's contact. The only PIN reset an SP-TSM with a JPKI issuer takes.
+    ApplyPinReset {
+        /// The issuing operation.
+        #[arg(long)]
+        credential: String,
+        /// The signed pin-reset application.
+        #[arg(long)]
+        application: PathBuf,
+        /// File with the user's password.
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Where to write the operation and device ticket (JSON).
         #[arg(long)]
         out: PathBuf,
     },

@@ -444,6 +444,15 @@ pub(super) async fn provider_cmd(
                 .await?;
             show(json_out, &r.response)
         }
+        ProviderCmd::Suspend { credential } | ProviderCmd::Resume { credential } => {
+            let hold = matches!(cmd, ProviderCmd::Suspend { .. });
+            let req = ControlRequest::Suspend {
+                credential: op_id(credential)?,
+                hold,
+            };
+            let r = sp.send(&req, None).await?;
+            show(json_out, &r.response)
+        }
         ProviderCmd::Check { credential } => {
             let r = sp
                 .send(
@@ -514,6 +523,27 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = sp.send(&req, Some(request_id)).await?;
+            write_grant(out, &r, json!({}), json_out)?;
+            Ok(())
+        }
+        ProviderCmd::ApplyPinReset {
+            credential,
+            application,
+            password_file,
+            out,
+        } => {
+            let bytes = std::fs::read(application)
+                .map_err(|e| format!("{}: {e}", application.display()))?;
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::ApplyPinReset {
+                credential: op_id(credential)?,
+                application: bytes,
+                access: provider::access_grant(&password, 5, 30 * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            if let ControlResponse::Rejected(e) = r.response {
+                return Err(Box::new(crate::exit::Refused(e)));
+            }
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }

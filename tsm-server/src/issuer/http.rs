@@ -1,5 +1,7 @@
 //! The JPKI issuer over HTTP: `POST /v1/issuer` (a signed [`tsm_protocol::issuer`] request;
-//! the answer is signed), `GET /v1/health`. `400` a malformed message, `503` the database is
+//! the answer is signed), `GET /v1/crl` (the CRL of its phone certificates, DER,
+//! `application/pkix-crl`, after syncing the signature CA's revocations; the published file
+//! is rewritten with it), `GET /v1/health`. `400` a malformed message, `503` the database is
 //! unavailable, `500` the issuer's own failure (logged).
 
 use super::{Issuer, IssuerError};
@@ -39,6 +41,29 @@ async fn issuer(State(i): State<Arc<Issuer>>, body: Bytes) -> Response {
     }
 }
 
+async fn crl(State(i): State<Arc<Issuer>>) -> Response {
+    let made = match i.sync_revocations().await {
+        Ok(_) => i.current_crl().await,
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok((_, der)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/pkix-crl")],
+            der,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "CRL");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the issuer could not make its CRL (logged): retry later",
+            )
+                .into_response()
+        }
+    }
+}
+
 async fn health(State(i): State<Arc<Issuer>>) -> Response {
     match i.db().writable().await {
         Ok(()) => format!("ok {} {} db=writable\n", i.party(), i.db().describe()).into_response(),
@@ -54,6 +79,7 @@ async fn health(State(i): State<Arc<Issuer>>) -> Response {
 pub fn router(i: Arc<Issuer>) -> Router {
     Router::new()
         .route("/v1/issuer", post(issuer))
+        .route("/v1/crl", get(crl))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(tsm_protocol::codec::MAX_MESSAGE))
         .with_state(i)

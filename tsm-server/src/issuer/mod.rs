@@ -30,9 +30,12 @@
 //! [`UaCa`] — in this build a file key store (`ua_ca_key`, PKCS#8 DER, 0600) the CLI opens;
 //! an HSM-backed CA is the production choice.
 
+pub mod crl;
+mod hold;
 pub mod http;
 mod on_card;
 mod once;
+mod pin_reset;
 pub mod setup;
 pub mod store;
 
@@ -61,6 +64,19 @@ pub trait UaCa: Send + Sync {
     ) -> Result<Vec<u8>, String>;
     /// The CA's certificate (DER).
     fn certificate_der(&self) -> Vec<u8>;
+    /// An X.509 v2 CRL (DER) of this CA numbered `number`, listing `entries`
+    /// ([`crl`]: the issuer's CRL of its phone certificates). The default: this CA cannot
+    /// sign CRLs (an error naming it).
+    fn crl(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: &[crl::CrlEntry],
+    ) -> Result<Vec<u8>, String> {
+        let _ = (number, this_update, next_update, entries);
+        Err("this user-authentication CA cannot sign CRLs: configure one that can".into())
+    }
 }
 
 /// Where the signature CA and its revocation data are (read again for every check).
@@ -147,12 +163,27 @@ fn reject(layer: Layer, code: &str, detail: impl Into<String>) -> IssuerResponse
 pub struct Issuer {
     config: IssuerConfig,
     db: Db,
+    /// Where the CRL is published ([`crl`]), if anywhere.
+    crl_file: Option<PathBuf>,
+    published: std::sync::Mutex<crl::Published>,
 }
 
 impl Issuer {
     /// An issuer over an open database ([`store::SCHEMA`]).
     pub fn new(config: IssuerConfig, db: Db) -> Issuer {
-        Issuer { config, db }
+        Issuer {
+            config,
+            db,
+            crl_file: None,
+            published: Default::default(),
+        }
+    }
+
+    /// Publishes the CRL ([`crl`]) to `path` from now on: at every sweep when it changed,
+    /// and after every revocation.
+    pub fn with_crl_file(mut self, path: PathBuf) -> Issuer {
+        self.crl_file = Some(path);
+        self
     }
 
     /// Opens (creating) the database at `backend` and makes the issuer.
@@ -332,6 +363,26 @@ impl Issuer {
             IssuerRequest::Withdraw { serial, reason } => {
                 self.withdraw(sender, &serial, &reason).await
             }
+            IssuerRequest::Suspension { serial, hold } => {
+                self.suspension(sender, &serial, hold).await
+            }
+            IssuerRequest::ResetPin {
+                application,
+                serial,
+                card_certificate,
+                instance,
+                request_id,
+            } => {
+                self.reset_pin(
+                    sender,
+                    &application,
+                    &serial,
+                    &card_certificate,
+                    &instance,
+                    &request_id,
+                )
+                .await
+            }
         }
     }
 
@@ -361,9 +412,21 @@ impl Issuer {
             ));
         };
         let detail = format!("phone {serial} sign {sign_serial}: {reason}");
+        // The SP-TSM's revocation of a delivered one names why first (`sim-lost: …`).
+        let link_reason = match reason.split(':').next().unwrap_or_default() {
+            r @ ("sim-lost" | "sim-changed" | "holder-request") => r,
+            _ => "withdrawn",
+        };
         self.db
-            .commit(store::withdraw_batch(serial, &sender.0, &detail, at))
+            .commit(store::withdraw_batch(
+                serial,
+                &sender.0,
+                link_reason,
+                &detail,
+                at,
+            ))
             .await?;
+        self.refresh_crl().await;
         match store::link(&self.db, serial).await? {
             Some(l) if l.sp_tsm == sender.0 && l.state == "revoked" => {
                 tracing::info!(serial, sp_tsm = %sender, reason = %reason, "undelivered phone certificate revoked");
@@ -609,6 +672,7 @@ impl Issuer {
         self.db
             .commit(store::revoke_batch(sign_serial, actor, now_ms()))
             .await?;
+        self.refresh_crl().await;
         let revoked: Vec<String> = store::links_of(&self.db, sign_serial)
             .await?
             .into_iter()
@@ -650,6 +714,7 @@ impl Issuer {
     /// The periodic work while serving: revocations synced, old replay entries dropped.
     pub async fn sweep(&self) -> Result<(), IssuerError> {
         self.sync_revocations().await?;
+        self.publish_crl(false).await?;
         store::purge_replay(&self.db, now_ms()).await?;
         Ok(())
     }

@@ -156,7 +156,7 @@ pub struct Link {
     pub provider: String,
     /// The SP-TSM that relayed it.
     pub sp_tsm: String,
-    /// `active` or `revoked`.
+    /// `active`, `held` (suspended) or `revoked`.
     pub state: String,
     /// Why revoked (`sign-revoked`).
     pub reason: Option<String>,
@@ -227,7 +227,7 @@ pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
         ),
         Stmt::any(
             "UPDATE links SET state = 'revoked', reason = 'sign-revoked', revoked_at = $2
-             WHERE sign_serial = $1 AND state = 'active'",
+             WHERE sign_serial = $1 AND state IN ('active', 'held')",
             vec![sign_serial.into(), at.into()],
         ),
         Stmt::any(
@@ -239,23 +239,42 @@ pub fn revoke_batch(sign_serial: &str, actor: &str, at: i64) -> Vec<Stmt> {
     ]
 }
 
-/// The compensation for phone certificate `serial` that SP-TSM `sp_tsm` could not deliver:
-/// revoked (`withdrawn`) if it is that SP-TSM's and still active, with an audit entry (only
-/// when this revoked it).
-/// `detail` is the audit entry's text (name the signature serial: `phone X sign Y: why`).
-pub fn withdraw_batch(serial: &str, sp_tsm: &str, detail: &str, at: i64) -> Vec<Stmt> {
+/// The compensation for phone certificate `serial` that SP-TSM `sp_tsm` could not deliver —
+/// or its revocation at that SP-TSM's request (`reason`: `withdrawn`, or `sim-lost`,
+/// `sim-changed`, `holder-request`): revoked for `reason` if it is that SP-TSM's and still
+/// active (or held), with an audit entry (`withdrawn`, else `revoked`; only when this revoked
+/// it). `detail` is the audit entry's text (name the signature serial: `phone X sign Y: why`).
+pub fn withdraw_batch(
+    serial: &str,
+    sp_tsm: &str,
+    reason: &str,
+    detail: &str,
+    at: i64,
+) -> Vec<Stmt> {
+    let event = if reason == "withdrawn" {
+        "withdrawn"
+    } else {
+        "revoked"
+    };
     vec![
         Stmt::any(
-            "UPDATE links SET state = 'revoked', reason = 'withdrawn', revoked_at = $3
-             WHERE serial = $1 AND sp_tsm = $2 AND state = 'active'",
-            vec![serial.into(), sp_tsm.into(), at.into()],
+            "UPDATE links SET state = 'revoked', reason = $4, revoked_at = $3
+             WHERE serial = $1 AND sp_tsm = $2 AND state IN ('active', 'held')",
+            vec![serial.into(), sp_tsm.into(), at.into(), reason.into()],
         ),
         Stmt::any(
             "INSERT INTO audit (at, actor, event, detail)
-             SELECT $1, $2, 'withdrawn', CAST($3 AS TEXT)
+             SELECT $1, $2, CAST($5 AS TEXT), CAST($3 AS TEXT)
              WHERE EXISTS (SELECT 1 FROM links WHERE serial = $4 AND sp_tsm = $2
-             AND state = 'revoked' AND reason = 'withdrawn' AND revoked_at = $1)",
-            vec![at.into(), sp_tsm.into(), detail.into(), serial.into()],
+             AND state = 'revoked' AND reason = $6 AND revoked_at = $1)",
+            vec![
+                at.into(),
+                sp_tsm.into(),
+                detail.into(),
+                serial.into(),
+                event.into(),
+                reason.into(),
+            ],
         ),
     ]
 }
@@ -401,4 +420,36 @@ pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
         ),
     ])
     .await
+}
+
+/// One row of [`crl_rows`]: the CRL number, and a revoked or held phone certificate
+/// (serial, state, reason, when in Unix milliseconds) — none when nothing is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRow {
+    /// The newest audit entry's id (the CRL number).
+    pub number: i64,
+    /// A revoked or held phone certificate.
+    pub entry: Option<(String, String, String, i64)>,
+}
+
+/// The revoked and held phone certificates with the newest audit id, in one statement (one
+/// snapshot of the database): what the issuer's CRL lists ([`super::crl`]).
+pub async fn crl_rows(db: &Db) -> Result<Vec<CrlRow>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT CAST((SELECT COALESCE(MAX(id), 0) FROM audit) AS BIGINT), l.serial, l.state,
+             COALESCE(l.reason, ''), COALESCE(l.revoked_at, l.issued_at)
+             FROM (SELECT 1 AS one) d LEFT JOIN links l ON l.state IN ('revoked', 'held')
+             ORDER BY l.serial",
+            vec![],
+        )
+        .await?
+        .into_iter()
+        .map(|r| CrlRow {
+            number: r[0].int(),
+            entry: r[1]
+                .opt_text()
+                .map(|serial| (serial, r[2].text(), r[3].text(), r[4].int())),
+        })
+        .collect())
 }

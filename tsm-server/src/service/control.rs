@@ -76,6 +76,12 @@ impl Tsm {
                 ),
             ),
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
+            // An SP-TSM hears of a lost or changed SIM from its MNO-TSM (`sim_notice`).
+            (ControlRequest::SimChanged { .. } | ControlRequest::CardLost { .. }, "tsm")
+                if self.config.mno.as_ref().is_some_and(|m| &m.party == party) =>
+            {
+                self.sim_notice(party, req).await
+            }
             (
                 ControlRequest::RegisterCard { .. }
                 | ControlRequest::SimChanged { .. }
@@ -109,20 +115,32 @@ impl Tsm {
     ) -> Result<ControlResponse> {
         let party = &h.sender;
         match req {
+            // With a JPKI issuer, a PIN is reset only on the holder's fresh signature.
+            ControlRequest::ResetPin { .. } if self.config.issuer.is_some() => {
+                Ok(ControlResponse::Rejected(err(
+                    Layer::Business,
+                    "business.pin-reset-needs-signature",
+                    "this SP-TSM resets a PIN only on the holder's fresh pin-reset application (kagi jpki apply --kind pin-reset; kagi tsm provider apply-pin-reset)",
+                )))
+            }
             ControlRequest::Issue { .. }
             | ControlRequest::Apply { .. }
+            | ControlRequest::ApplyPinReset { .. }
             | ControlRequest::ResetPin { .. }
             | ControlRequest::WalletUpdate { .. }
             | ControlRequest::Transfer { .. } => self.create(h, req).await,
             ControlRequest::Revoke { credential, reason } => {
                 self.revoke(party, &credential, reason).await
             }
+            ControlRequest::Suspend { credential, hold } => {
+                self.suspend(party, &credential, hold).await
+            }
             ControlRequest::CheckStatus { credential } => {
                 match self.store.credential(&credential).await? {
                     Some(c) if c.party == party.0 => {
                         // Revoked at the JPKI issuer (linked revocation): revoked here too.
-                        let c = self.linked_status(c).await?;
-                        Ok(ControlResponse::Credential(self.status_of(&c)))
+                        // Suspended at the issuer: `suspended`.
+                        Ok(ControlResponse::Credential(self.checked_status(c).await?))
                     }
                     _ => Ok(unknown_credential(&credential, party)),
                 }
@@ -182,7 +200,7 @@ impl Tsm {
         }
     }
 
-    fn status_of(&self, c: &CredentialRow) -> CredentialStatus {
+    pub(super) fn status_of(&self, c: &CredentialRow) -> CredentialStatus {
         let reason = c.reason.as_deref().and_then(|r| match r {
             "card-lost" => Some(RevokeReason::CardLost),
             "superseded" => Some(RevokeReason::Superseded),
@@ -283,14 +301,30 @@ impl Tsm {
             RevokeReason::SignatureRevoked => "sign-revoked",
         };
         // The credential first, then its operation: the order every writer of both takes.
-        self.store
-            .commit(vec![
-                Store::revoke_credential(&c.op_id, reason_text, t),
-                Store::cancel_op(&c.op_id, t),
-                Store::audit(&c.op_id, t, actor, "revoked", reason_text),
-                Store::erase_sealed_if_over(&c.op_id),
-            ])
-            .await?;
+        let mut batch = vec![
+            Store::revoke_credential(&c.op_id, reason_text, t),
+            Store::cancel_op(&c.op_id, t),
+            Store::audit(&c.op_id, t, actor, "revoked", reason_text),
+            Store::erase_sealed_if_over(&c.op_id),
+        ];
+        // A certificate the JPKI issuer made is revoked there too (its CRL is what relying
+        // parties read): queued in this transaction, sent below and retried until confirmed.
+        let at_issuer = issuer_reason(reason)
+            .filter(|_| self.config.issuer.is_some() && !c.serial.is_empty())
+            .map(|why| crate::store::withdraw::Withdrawal {
+                serial: c.serial.clone(),
+                op_id: c.op_id.to_hex(),
+                reason: format!("{why}: {reason_text} ({actor})"),
+            });
+        if let Some(w) = &at_issuer {
+            batch.extend(Store::revoke_at_issuer(w, t));
+        }
+        self.store.commit(batch).await?;
+        if let Some(w) = &at_issuer
+            && let Err(e) = self.run_withdrawal(w).await
+        {
+            tracing::warn!(serial = %w.serial, error = %e, "the issuer's revocation is retried by the sweeper");
+        }
         let c =
             self.store.credential(&c.op_id).await?.ok_or_else(|| {
                 ServiceError::Store(StoreError::Db("a credential vanished".into()))
@@ -325,5 +359,17 @@ impl Tsm {
     /// The card `iccid` if operator `party` registered it.
     pub(super) async fn own_card(&self, party: &PartyId, iccid: &str) -> Result<Option<CardRow>> {
         Ok(self.store.card(iccid).await?.filter(|c| c.mno == party.0))
+    }
+}
+
+/// The reason the JPKI issuer records for a revocation the SP-TSM asks of it (the first word
+/// of its `Withdraw`); `None` for what the issuer knows itself (a revoked signature
+/// certificate, an expiry).
+fn issuer_reason(reason: RevokeReason) -> Option<&'static str> {
+    match reason {
+        RevokeReason::CardLost => Some("sim-lost"),
+        RevokeReason::Superseded => Some("sim-changed"),
+        RevokeReason::UserRequest => Some("holder-request"),
+        RevokeReason::Expired | RevokeReason::SignatureRevoked => None,
     }
 }

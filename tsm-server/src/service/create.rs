@@ -133,7 +133,8 @@ impl Tsm {
             return self.again_mailed(existing, &request_hash).await;
         }
         // An application's access grant is checked before the issuer makes anything.
-        if let ControlRequest::Apply { access, .. } = &req
+        if let ControlRequest::Apply { access, .. } | ControlRequest::ApplyPinReset { access, .. } =
+            &req
             && let Some(e) = self.access_refusal(access)
         {
             return Ok(ControlResponse::Rejected(e));
@@ -166,6 +167,21 @@ impl Tsm {
                 }
                 Err(refused) => return Ok(refused),
             },
+            // A pin-reset application: the issuer checks it and makes the PIN, the request
+            // goes on as a PIN reset.
+            ControlRequest::ApplyPinReset { .. } => {
+                match self.pin_reset_at_issuer(party, &idem, req).await? {
+                    Ok(reset) => {
+                        if let Some(existing) =
+                            self.store.op_by_idem(&party.0, &idem.to_hex()).await?
+                        {
+                            return self.again_mailed(existing, &request_hash).await;
+                        }
+                        reset
+                    }
+                    Err(refused) => return Ok(refused),
+                }
+            }
             req => req,
         };
         // The sealed parts are kept apart from the record, and only while the operation runs.

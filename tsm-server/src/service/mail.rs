@@ -51,7 +51,9 @@ impl Tsm {
         &self,
         req: &ControlRequest,
     ) -> Option<std::result::Result<String, ErrorReport>> {
-        let ControlRequest::Apply { application, .. } = req else {
+        let (ControlRequest::Apply { application, .. }
+        | ControlRequest::ApplyPinReset { application, .. }) = req
+        else {
             return None;
         };
         if self.config.outbox.is_none() {

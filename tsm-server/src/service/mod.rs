@@ -16,14 +16,18 @@ mod engine;
 mod issuer_link;
 mod mail;
 mod operator;
+mod pin_reset;
 mod plan;
 mod prepare;
 mod registry;
 mod relay;
+mod sim_notice;
+mod suspend;
 mod withdraw;
 
 pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
+pub use sim_notice::{SpTsmLink, SpTsmLinks};
 
 use crate::store::ops::OpRow;
 use crate::store::{Store, StoreError};
@@ -209,6 +213,8 @@ pub struct Tsm {
     challenges: Mutex<HashMap<OpId, Vec<u8>>>,
     entry_checks: std::sync::atomic::AtomicU64,
     password_policy: tsm_protocol::password::Policy,
+    /// On an MNO-TSM: the SP-TSMs it notifies of lost and changed SIMs.
+    sp_tsm_links: SpTsmLinks,
 }
 
 /// The access code and ticket of an operation, kept sealed.
@@ -245,6 +251,7 @@ impl Tsm {
             challenges: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
             password_policy: tsm_protocol::password::Policy::production(),
+            sp_tsm_links: SpTsmLinks::new(),
         }
     }
 
@@ -332,6 +339,10 @@ impl Tsm {
         let mailed = self.retry_code_mails().await?;
         if mailed > 0 {
             tracing::info!(mailed, "access codes sent on retry");
+        }
+        let notified = self.deliver_sim_notices(None).await?;
+        if notified > 0 {
+            tracing::info!(notified, "SIM notices acknowledged on retry");
         }
         let withdrawn = self.retry_withdrawals().await?;
         if withdrawn > 0 {

@@ -81,23 +81,34 @@ impl Tsm {
                 if !valid(&old_iccid) || !valid(&new_iccid) {
                     return bad_iccid();
                 }
-                let stmt = Store::mark_card(&old_iccid, &party.0, "replaced", Some(&new_iccid), t);
-                match self.store.commit(vec![stmt]).await {
-                    Ok(()) => Ok(ControlResponse::Ok),
-                    Err(StoreError::Conflict(_)) => Ok(unknown_card(&old_iccid, party)),
-                    Err(e) => Err(e.into()),
+                let mut batch = vec![Store::mark_card(
+                    &old_iccid,
+                    &party.0,
+                    "replaced",
+                    Some(&new_iccid),
+                    t,
+                )];
+                batch.extend(self.notices(&old_iccid, "changed", &new_iccid, party, t));
+                match self.store.commit(batch).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => return Ok(unknown_card(&old_iccid, party)),
+                    Err(e) => return Err(e.into()),
                 }
+                self.notify_now(&old_iccid).await;
+                Ok(ControlResponse::Ok)
             }
             ControlRequest::CardLost { iccid } => {
                 if !valid(&iccid) {
                     return bad_iccid();
                 }
-                let stmt = Store::mark_card(&iccid, &party.0, "lost", None, t);
-                match self.store.commit(vec![stmt]).await {
+                let mut batch = vec![Store::mark_card(&iccid, &party.0, "lost", None, t)];
+                batch.extend(self.notices(&iccid, "lost", "", party, t));
+                match self.store.commit(batch).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict(_)) => return Ok(unknown_card(&iccid, party)),
                     Err(e) => return Err(e.into()),
                 }
+                self.notify_now(&iccid).await;
                 // The card is lost before its credentials are listed, so an operation
                 // created meanwhile either failed its card check or is listed here.
                 for cred in self.store.credentials_on(&iccid).await? {
@@ -134,6 +145,31 @@ impl Tsm {
                 "protocol.unsupported",
                 "not an operator notice",
             ))),
+        }
+    }
+}
+
+impl Tsm {
+    /// On an MNO-TSM: the notices of `kind` about `iccid` for the SP-TSMs on it, queued in
+    /// the transaction that marks the SIM ([`super::sim_notice`]); nothing on an SP-TSM.
+    fn notices(
+        &self,
+        iccid: &str,
+        kind: &str,
+        new_iccid: &str,
+        party: &PartyId,
+        t: i64,
+    ) -> Vec<kagi_db::Stmt> {
+        if self.config.operators.is_empty() {
+            return Vec::new();
+        }
+        super::sim_notice::queue(iccid, kind, new_iccid, &party.0, t)
+    }
+
+    /// Sends the notices about `iccid` at once (the sweeper retries what fails).
+    async fn notify_now(&self, iccid: &str) {
+        if let Err(e) = self.deliver_sim_notices(Some(iccid)).await {
+            tracing::warn!(iccid, error = %e, "SIM notices are retried by the sweeper");
         }
     }
 }

@@ -39,7 +39,7 @@ impl Tsm {
     }
 
     /// One attempt at withdrawal `w`, if nobody else holds it; whether the issuer confirmed.
-    async fn run_withdrawal(&self, w: &Withdrawal) -> Result<bool> {
+    pub(super) async fn run_withdrawal(&self, w: &Withdrawal) -> Result<bool> {
         let t = now();
         match self
             .store

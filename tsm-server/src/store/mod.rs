@@ -66,6 +66,12 @@ pub const SCHEMA: Schema = Schema {
         tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
         updated_at BIGINT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS withdrawals_state ON withdrawals (state, next_at)",
+        // An MNO-TSM's notices of lost and changed SIMs to the SP-TSMs on them
+        // (`service::sim_notice`), until each acknowledges.
+        "CREATE TABLE IF NOT EXISTS sim_notices (
+        sp_tsm TEXT NOT NULL, iccid TEXT NOT NULL, kind TEXT NOT NULL, new_iccid TEXT NOT NULL,
+        state TEXT NOT NULL, tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
+        updated_at BIGINT NOT NULL, PRIMARY KEY (sp_tsm, iccid, kind))",
     ],
 };
 

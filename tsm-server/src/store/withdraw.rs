@@ -41,6 +41,30 @@ impl Store {
         )
     }
 
+    /// Statements making a delivered (or still watched) certificate due for revocation at
+    /// the issuer — the SP-TSM revoked its credential (a lost or changed SIM, the holder's
+    /// request) — in the transaction of that revocation; one not recorded yet is added. A
+    /// revocation already due or done is left as it is.
+    pub fn revoke_at_issuer(w: &Withdrawal, now: i64) -> Vec<Stmt> {
+        vec![
+            Stmt::any(
+                "INSERT INTO withdrawals (serial, op_id, reason, state, tries, next_at, updated_at)
+                 VALUES ($1, $2, $3, 'due', 0, $4, $4) ON CONFLICT (serial) DO NOTHING",
+                vec![
+                    w.serial.clone().into(),
+                    w.op_id.clone().into(),
+                    w.reason.clone().into(),
+                    now.into(),
+                ],
+            ),
+            Stmt::any(
+                "UPDATE withdrawals SET state = 'due', reason = $2, tries = 0, next_at = $3, updated_at = $3
+                 WHERE serial = $1 AND state IN ('watch', 'delivered')",
+                vec![w.serial.clone().into(), w.reason.clone().into(), now.into()],
+            ),
+        ]
+    }
+
     /// Statements settling watched certificates whose operation ended: delivered when it
     /// completed, due (`not-delivered`) when it failed, expired or was cancelled.
     pub fn settle_watched(now: i64) -> Vec<Stmt> {
