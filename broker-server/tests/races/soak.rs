@@ -1,13 +1,19 @@
 //! The soak run (`scripts/soak.sh`; ignored in the suite): two broker instances on a
-//! pg_auto_failover formation under a steady load of acts from several clients for a given
-//! time, the primary killed (SIGKILL) every few minutes and a KEK rotation started after each
-//! failover. Every interval it prints the acts answered and the tries that failed, latency
-//! percentiles of the answered ones, and the memory (RSS) of this process (the brokers) and of
-//! each PostgreSQL postmaster of the formation. At the end every record opens under the last
-//! KEK and each card's key still gives the answer it gave at the start.
+//! pg_auto_failover formation under a steady mixed load for a given time — acts from several
+//! clients, and password logins (each followed by an act with the new session) from another —,
+//! the primary killed (SIGKILL) every few minutes and a KEK rotation started after each
+//! failover. Every interval it prints the acts and logins answered and the tries that failed,
+//! latency percentiles of the answered acts and logins, and the memory (RSS) of this process
+//! (the brokers) and of each PostgreSQL postmaster of the formation. At the end every record
+//! opens under the last KEK and each card's key still gives the answer it gave at the start.
 //!
 //! `KAGI_SOAK_SECONDS` (default 120), `KAGI_SOAK_FAILOVER_SECONDS` (default 60),
-//! `KAGI_SOAK_INTERVAL_SECONDS` (default 10), `KAGI_SOAK_CLIENTS` (default 4).
+//! `KAGI_SOAK_INTERVAL_SECONDS` (default 10), `KAGI_SOAK_CLIENTS` (default 4),
+//! `KAGI_SOAK_LOGIN_CLIENTS` (default 1).
+
+/// The holders that log in with a password during the soak (each with a card and a
+/// credential of the soak's service).
+const LOGIN_HOLDERS: usize = 8;
 
 use super::*;
 use std::sync::Mutex;
@@ -71,6 +77,7 @@ pub(crate) async fn soak(w: &World) {
     let every = Duration::from_secs(env_secs("KAGI_SOAK_FAILOVER_SECONDS", 60));
     let interval = Duration::from_secs(env_secs("KAGI_SOAK_INTERVAL_SECONDS", 10));
     let clients = env_secs("KAGI_SOAK_CLIENTS", 4) as usize;
+    let login_clients = env_secs("KAGI_SOAK_LOGIN_CLIENTS", 1) as usize;
     let a = w.broker(no_backoff()).await;
     let b = w.broker(no_backoff()).await;
     assert_eq!(w.admin(&a, mac_service("soak")).await, AdminResponse::Ok);
@@ -79,8 +86,34 @@ pub(crate) async fn soak(w: &World) {
     for s in &sessions {
         before.push(a.act(&act(s, "soak")).await.unwrap().mac);
     }
+    // The password holders, and each one's answer through a first login.
+    let verifier = password::new_verifier("soak password", &Policy::cheap_for_tests().new).unwrap();
+    let mut login_before = Vec::new();
+    for j in 0..LOGIN_HOLDERS {
+        let card = format!("SOAK-LOGIN-{j}");
+        for req in [
+            AdminRequest::EnrolCard {
+                card: card.clone(),
+                holder: card.clone(),
+                password: Some(verifier.clone()),
+            },
+            AdminRequest::EnrolCredential {
+                card: card.clone(),
+                service: "soak".into(),
+            },
+        ] {
+            w.admin(&a, req).await;
+        }
+        let s = a
+            .login_password(&pw(&card, "soak password"), None)
+            .await
+            .unwrap();
+        login_before.push(a.act(&act(&s.session, "soak")).await.unwrap().mac);
+    }
     let sessions = Arc::new(sessions);
     let before = Arc::new(before);
+    let login_before = Arc::new(login_before);
+    let login_latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -119,17 +152,61 @@ pub(crate) async fn soak(w: &World) {
             }
         }));
     }
+    for k in 0..login_clients {
+        let (a, b, login_before) = (a.clone(), b.clone(), login_before.clone());
+        let (stop, login_latencies, failed, wrong) = (
+            stop.clone(),
+            login_latencies.clone(),
+            failed.clone(),
+            wrong.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = k;
+            while !stop.load(Ordering::Relaxed) {
+                let inst = if i.is_multiple_of(2) { &b } else { &a };
+                let j = i % LOGIN_HOLDERS;
+                let t = Instant::now();
+                let holder = format!("SOAK-LOGIN-{j}");
+                let done = match inst
+                    .login_password(&pw(&holder, "soak password"), None)
+                    .await
+                {
+                    Ok(s) => inst.act(&act(&s.session, "soak")).await,
+                    Err(e) => Err(e),
+                };
+                match done {
+                    Ok(r) => {
+                        if r.mac != login_before[j] {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                        login_latencies
+                            .lock()
+                            .unwrap()
+                            .push(t.elapsed().as_secs_f64() * 1000.0);
+                        i += login_clients;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
     let start = Instant::now();
     let mut next_failover = start + every;
     let mut kek = 1;
     let mut rotation: Option<tokio::task::JoinHandle<usize>> = None;
-    let (mut all_acts, mut all_failed, mut failovers) = (0usize, 0usize, 0usize);
+    let (mut all_acts, mut all_logins, mut all_failed, mut failovers) = (0usize, 0, 0, 0usize);
     eprintln!(
-        "soak: {} s, a failover every {} s, {clients} clients, 2 brokers, 50 cards",
+        "soak: {} s, a failover every {} s, {clients} act clients and {login_clients} login \
+         clients, 2 brokers, 50 cards and {LOGIN_HOLDERS} password holders",
         total.as_secs(),
         every.as_secs()
     );
-    eprintln!("   t(s)   acts  failed  p50(ms)  p99(ms)  max(ms)  brokers(MiB)  postmasters(MiB)");
+    eprintln!(
+        "   t(s)   acts  logins  failed  p50(ms)  p99(ms)  max(ms)  login p50/p99(ms)  brokers(MiB)  postmasters(MiB)"
+    );
     while start.elapsed() < total {
         tokio::time::sleep(interval).await;
         if Instant::now() >= next_failover {
@@ -164,21 +241,27 @@ pub(crate) async fn soak(w: &World) {
         }
         let mut l = std::mem::take(&mut *latencies.lock().unwrap());
         l.sort_by(f64::total_cmp);
+        let mut g = std::mem::take(&mut *login_latencies.lock().unwrap());
+        g.sort_by(f64::total_cmp);
         let fails = failed.swap(0, Ordering::Relaxed);
         all_acts += l.len();
+        all_logins += g.len();
         all_failed += fails;
         let pm: Vec<String> = postmasters(f.dir())
             .iter()
             .map(|(pid, r)| format!("{pid}:{r:.0}"))
             .collect();
         eprintln!(
-            "{:7.0} {:6} {:7} {:8.2} {:8.2} {:8.2} {:13.0}  {}",
+            "{:7.0} {:6} {:7} {:7} {:8.2} {:8.2} {:8.2} {:8.1}/{:<8.1} {:13.0}  {}",
             start.elapsed().as_secs_f64(),
             l.len(),
+            g.len(),
             fails,
             percentile(&l, 0.5),
             percentile(&l, 0.99),
             l.last().copied().unwrap_or(0.0),
+            percentile(&g, 0.5),
+            percentile(&g, 0.99),
             rss_mib(std::process::id()).unwrap_or(0.0),
             pm.join(" ")
         );
@@ -195,10 +278,11 @@ pub(crate) async fn soak(w: &World) {
     }
     let check = b.verify_records().await.unwrap();
     assert!(check.failed.is_empty(), "{:?}", check.failed);
-    assert_eq!(check.opened, 50);
+    let records = 50 + LOGIN_HOLDERS as u64;
+    assert_eq!(check.opened, records);
     assert_eq!(
         check.by_kek.get(&format!("k{kek}")),
-        Some(&50),
+        Some(&records),
         "{:?}",
         check.by_kek
     );
@@ -207,8 +291,8 @@ pub(crate) async fn soak(w: &World) {
     }
     let wrong = wrong.load(Ordering::Relaxed);
     eprintln!(
-        "soak done: {all_acts} acts answered, {all_failed} tries failed ({:.3} %), {failovers} failovers, {wrong} wrong answers",
-        100.0 * all_failed as f64 / (all_acts + all_failed).max(1) as f64
+        "soak done: {all_acts} acts and {all_logins} logins (each with an act) answered, {all_failed} tries failed ({:.3} %), {failovers} failovers, {wrong} wrong answers",
+        100.0 * all_failed as f64 / (all_acts + all_logins + all_failed).max(1) as f64
     );
     assert_eq!(wrong, 0, "an act answered with another card's key");
 }
