@@ -30,6 +30,7 @@
 pub mod aid;
 pub mod apdu;
 pub mod atr;
+pub mod channel;
 #[cfg(feature = "content")]
 pub mod content;
 pub mod cplc;

@@ -2,6 +2,7 @@
 //! `tests/scp02/SOURCES.md`.
 
 use card_wire::apdu::{Command, Response};
+use card_wire::channel::ChannelFault;
 use card_wire::scp02::handshake::{CardHandshake02, CardKeyContext02};
 use card_wire::scp02::putkey::key_block;
 use card_wire::scp02::{
@@ -113,7 +114,10 @@ fn pysim_wrong_card_cryptogram_is_refused_before_external_authenticate() {
     let err = pysim_host(0)
         .complete(&Response::success(bad), None)
         .unwrap_err();
-    assert_eq!(err, Scp02Error::CardCryptogramMismatch);
+    assert_eq!(
+        err,
+        Scp02Error::Channel(ChannelFault::CardCryptogramMismatch)
+    );
 }
 
 #[test]

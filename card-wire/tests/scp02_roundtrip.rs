@@ -2,6 +2,7 @@
 //! and `i`; tampered bytes are detected; malformed input never panics.
 
 use card_wire::apdu::{Command, Response};
+use card_wire::channel::ChannelFault;
 use card_wire::scp02::handshake::{CardHandshake02, CardKeyContext02};
 use card_wire::scp02::putkey::{parse_put_key_data, put_key_data};
 use card_wire::scp02::{
@@ -115,7 +116,7 @@ fn wrong_keys_are_caught_before_external_authenticate() {
     let host = HostHandshake02::random(keys(2), opts).unwrap();
     assert_eq!(
         host.complete(&resp, Some(&AID)).unwrap_err(),
-        Scp02Error::CardCryptogramMismatch
+        Scp02Error::Channel(ChannelFault::CardCryptogramMismatch)
     );
     // With i = 55 the pseudo-random challenge already betrays the wrong keys.
     let ctx = CardKeyContext02 {
@@ -126,7 +127,7 @@ fn wrong_keys_are_caught_before_external_authenticate() {
     let host = HostHandshake02::random(keys(2), HostOptions02::default()).unwrap();
     assert_eq!(
         host.complete(&resp, Some(&AID)).unwrap_err(),
-        Scp02Error::CardChallengeMismatch
+        Scp02Error::Channel(ChannelFault::CardChallengeMismatch)
     );
 }
 
@@ -183,10 +184,16 @@ fn failure_closes_the_session_for_good() {
     let mut w = h.wrap_command(&cmd).unwrap().to_bytes();
     w[6] ^= 1;
     let w = Command::parse(&w).unwrap();
-    assert_eq!(c.unwrap_command(&w), Err(Scp02Error::CommandMacMismatch));
+    assert_eq!(
+        c.unwrap_command(&w),
+        Err(Scp02Error::Channel(ChannelFault::CommandMacMismatch))
+    );
     // Even the genuine next command is refused now.
     let w2 = h.wrap_command(&cmd).unwrap();
-    assert_eq!(c.unwrap_command(&w2), Err(Scp02Error::SessionClosed));
+    assert_eq!(
+        c.unwrap_command(&w2),
+        Err(Scp02Error::Channel(ChannelFault::SessionClosed))
+    );
 }
 
 #[test]

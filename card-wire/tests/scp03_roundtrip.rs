@@ -3,6 +3,7 @@
 //! detected; malformed input never panics.
 
 use card_wire::apdu::{Class, Command, LengthForm, Response};
+use card_wire::channel::ChannelFault;
 use card_wire::scp03::handshake::{CardHandshake, CardKeyContext, HostHandshake, HostOptions};
 use card_wire::scp03::{AesKey, IParam, Mode, SecureSession, SecurityLevel, StaticKeys};
 use card_wire::sw::StatusWord;
@@ -122,12 +123,18 @@ fn wrong_keys_are_caught_before_external_authenticate() {
     // With the AID the pseudo-random challenge already betrays the wrong keys; without it
     // the card cryptogram does.
     let err = host.complete(&resp, Some(&AID)).err().unwrap();
-    assert_eq!(err, card_wire::scp03::Scp03Error::CardChallengeMismatch);
+    assert_eq!(
+        err,
+        card_wire::scp03::Scp03Error::Channel(ChannelFault::CardChallengeMismatch)
+    );
     let host = HostHandshake::random(keys(16, 2), HostOptions::default()).unwrap();
     let iu = host.initialize_update().unwrap();
     let (resp, _) = CardHandshake::initialize_update(&iu, &ctx, |_| unreachable!()).unwrap();
     let err = host.complete(&resp, None).err().unwrap();
-    assert_eq!(err, card_wire::scp03::Scp03Error::CardCryptogramMismatch);
+    assert_eq!(
+        err,
+        card_wire::scp03::Scp03Error::Channel(ChannelFault::CardCryptogramMismatch)
+    );
     assert!(err.to_string().contains("Do NOT retry"));
 }
 
@@ -207,13 +214,17 @@ fn failure_closes_the_session_for_good() {
     let w = h.wrap_command(&cmd).unwrap();
     assert_eq!(
         c.unwrap_command(&w),
-        Err(card_wire::scp03::Scp03Error::SessionClosed)
+        Err(card_wire::scp03::Scp03Error::Channel(
+            ChannelFault::SessionClosed
+        ))
     );
     // A plain command where C-MAC is required is refused.
     let (_, mut c2) = open(SecurityLevel::CMAC, Mode::S8, 16, 0);
     assert_eq!(
         c2.unwrap_command(&cmd),
-        Err(card_wire::scp03::Scp03Error::MissingSecureMessaging)
+        Err(card_wire::scp03::Scp03Error::Channel(
+            ChannelFault::MissingSecureMessaging
+        ))
     );
 }
 

@@ -6,6 +6,7 @@
 
 use crate::channel::{ApduChannel, CardChannel};
 use crate::error::Result;
+use card_wire::channel::ChannelFault;
 use card_wire::scp02::{HostHandshake02, HostOptions02, IParam02, Scp02Error, StaticKeys02};
 use card_wire::scp03::{
     Diversification, HostHandshake, HostOptions, Mode, Scp03Error, SecurityLevel, StaticKeys,
@@ -107,7 +108,8 @@ pub fn probe_keys<T: Transport>(
             match HostHandshake02::new(keys02, opts, hc8)?.complete(&resp, None) {
                 Ok(_) => true,
                 Err(
-                    Scp02Error::CardCryptogramMismatch | Scp02Error::UnsupportedDiversification(_),
+                    Scp02Error::Channel(ChannelFault::CardCryptogramMismatch)
+                    | Scp02Error::UnsupportedDiversification(_),
                 ) => false,
                 Err(e) => return Err(e.into()),
             }
@@ -119,7 +121,8 @@ pub fn probe_keys<T: Transport>(
             match HostHandshake::new(keys.clone(), opts, hc.clone())?.complete(&resp, None) {
                 Ok(_) => true,
                 Err(
-                    Scp03Error::CardCryptogramMismatch | Scp03Error::UnsupportedDiversification(_),
+                    Scp03Error::Channel(ChannelFault::CardCryptogramMismatch)
+                    | Scp03Error::UnsupportedDiversification(_),
                 ) => false,
                 Err(e) => return Err(e.into()),
             }

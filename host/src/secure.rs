@@ -14,6 +14,7 @@
 use crate::channel::{ApduChannel, CardChannel};
 use crate::error::{Error, Result, expect_success};
 use card_wire::apdu::{Command, Response};
+use card_wire::channel::ChannelFault;
 use card_wire::scp02::{
     HandshakeInfo02, HostHandshake02, HostOptions02, IParam02, Scp02Error, Scp02Session,
     StaticKeys02,
@@ -160,7 +161,9 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         let (ea, session, info02) = hs.complete(resp, aid)?;
         let r = card.transmit(&ea)?;
         if !r.sw.is_success() {
-            return Err(Scp02Error::ExternalAuthenticateRefused(r.sw).into());
+            return Err(
+                Scp02Error::Channel(ChannelFault::ExternalAuthenticateRefused(r.sw)).into(),
+            );
         }
         let iu = &info02.init_update;
         let seq = iu.sequence_counter;
@@ -206,7 +209,9 @@ impl<'c, T: Transport> SecureChannel<'c, T> {
         let (ea, session, info) = hs.complete(&resp, sd_aid)?;
         let r = card.transmit(&ea)?;
         if !r.sw.is_success() {
-            return Err(Error::Scp03(Scp03Error::ExternalAuthenticateRefused(r.sw)));
+            return Err(Error::Scp03(Scp03Error::Channel(
+                ChannelFault::ExternalAuthenticateRefused(r.sw),
+            )));
         }
         card.trace_line(&format!(
             "-- SCP03 session open: KVN {:02X}, i {:02X}, level {}",

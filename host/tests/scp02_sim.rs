@@ -5,6 +5,7 @@
 
 use applet_sim::card::SCP02_KVN;
 use applet_sim::{SimCard, SimConfig};
+use card_wire::channel::ChannelFault;
 use card_wire::scp02::{IParam02, Scp02Error, StaticKeys02};
 use card_wire::scp03::crypto::AesKey;
 use card_wire::scp03::{Diversification, HostOptions, Scp03Error, SecurityLevel, StaticKeys};
@@ -119,7 +120,10 @@ fn put_key_of_a_3des_set_then_reauthenticate() {
         .err()
         .unwrap();
     assert!(
-        matches!(err, Error::Scp02(Scp02Error::CardCryptogramMismatch)),
+        matches!(
+            err,
+            Error::Scp02(Scp02Error::Channel(ChannelFault::CardCryptogramMismatch))
+        ),
         "{err}"
     );
 }
@@ -153,7 +157,10 @@ fn diversified_cards_open_with_the_master_and_the_scheme() {
             .err()
             .unwrap();
         assert!(
-            matches!(err, Error::Scp02(Scp02Error::CardCryptogramMismatch)),
+            matches!(
+                err,
+                Error::Scp02(Scp02Error::Channel(ChannelFault::CardCryptogramMismatch))
+            ),
             "{err}"
         );
     }

@@ -4,6 +4,7 @@
 
 use applet_sim::{SimCard, SimConfig};
 use card_wire::apdu::Command;
+use card_wire::channel::ChannelFault;
 use card_wire::scp03::crypto::AesKey;
 use card_wire::scp03::{
     Diversification, HostOptions, Mode, Scp03Error, SecurityLevel, SessionKeys, StaticKeys,
@@ -144,7 +145,8 @@ fn wrong_keys_never_reach_external_authenticate() {
             matches!(
                 err,
                 Error::Scp03(
-                    Scp03Error::CardChallengeMismatch | Scp03Error::CardCryptogramMismatch
+                    Scp03Error::Channel(ChannelFault::CardChallengeMismatch)
+                        | Scp03Error::Channel(ChannelFault::CardCryptogramMismatch)
                 )
             ),
             "{err}"

@@ -7,6 +7,7 @@ pub use super::iparam::{IParam02, SCP02};
 use super::keys::{SessionKeys02, StaticKeys02};
 use super::session::Scp02Session;
 use crate::apdu::{Class, Command, Response};
+use crate::channel::ChannelFault;
 use crate::scp03::{Diversification, SecurityLevel};
 use crate::sw::StatusWord;
 use subtle::ConstantTimeEq;
@@ -218,14 +219,14 @@ impl HostHandshake02 {
         if let (true, Some(aid)) = (i.pseudo_random(), sd_aid) {
             let expected = pseudo_random_challenge(&sk, aid);
             if !bool::from(expected.ct_eq(&iu.card_challenge)) {
-                return Err(Scp02Error::CardChallengeMismatch);
+                return Err(Scp02Error::Channel(ChannelFault::CardChallengeMismatch));
             }
             challenge_verified = true;
         }
         let card = iu.card_part();
         let cc = card_cryptogram(&sk, &self.host_challenge, &card);
         if !bool::from(cc.ct_eq(&iu.card_cryptogram)) {
-            return Err(Scp02Error::CardCryptogramMismatch);
+            return Err(Scp02Error::Channel(ChannelFault::CardCryptogramMismatch));
         }
         let hc = host_cryptogram(&sk, &self.host_challenge, &card);
         let level = self.options.level;

@@ -12,6 +12,7 @@ use super::crypto::{Des3Key, Tdes, des_encrypt_k1, pad80, retail_mac, unpad80};
 use super::iparam::IParam02;
 use super::keys::SessionKeys02;
 use crate::apdu::{Command, Response};
+use crate::channel::ChannelFault;
 use crate::scp03::SecurityLevel;
 use crate::sw::StatusWord;
 use core::fmt;
@@ -91,7 +92,7 @@ impl Scp02Session {
 
     fn check_open(&self) -> Result<(), Scp02Error> {
         if self.closed {
-            Err(Scp02Error::SessionClosed)
+            Err(Scp02Error::Channel(ChannelFault::SessionClosed))
         } else {
             Ok(())
         }
@@ -183,7 +184,7 @@ impl Scp02Session {
         self.check_open()?;
         if !self.level.c_mac() {
             if cmd.class().has_secure_messaging() {
-                return self.fail(Scp02Error::UnexpectedSecureMessaging);
+                return self.fail(Scp02Error::Channel(ChannelFault::UnexpectedSecureMessaging));
             }
             return Ok(cmd.clone());
         }
@@ -193,29 +194,29 @@ impl Scp02Session {
                 .with_secure_messaging(false)
                 .with_secure_messaging(true)
         {
-            return self.fail(Scp02Error::MissingSecureMessaging);
+            return self.fail(Scp02Error::Channel(ChannelFault::MissingSecureMessaging));
         }
         let body = cmd.data();
         if body.len() < 8 || cmd.is_extended() {
-            return self.fail(Scp02Error::MissingMac);
+            return self.fail(Scp02Error::Channel(ChannelFault::MissingMac));
         }
         let (data, mac) = body.split_at(body.len() - 8);
         let plain = if self.level.c_dec() && !data.is_empty() {
             if !data.len().is_multiple_of(8) {
-                return self.fail(Scp02Error::Padding);
+                return self.fail(Scp02Error::Channel(ChannelFault::Padding));
             }
             let mut buf = data.to_vec();
             self.s_enc.cbc_decrypt(&[0; 8], &mut buf);
             match unpad80(&buf) {
                 Some(p) => p.to_vec(),
-                None => return self.fail(Scp02Error::Padding),
+                None => return self.fail(Scp02Error::Channel(ChannelFault::Padding)),
             }
         } else {
             data.to_vec()
         };
         let expected = self.c_mac_of(cmd, &plain);
         if !bool::from(expected.ct_eq(mac)) {
-            return self.fail(Scp02Error::CommandMacMismatch);
+            return self.fail(Scp02Error::Channel(ChannelFault::CommandMacMismatch));
         }
         self.last_mac = expected;
         let class = cmd.class().with_secure_messaging(false);
@@ -244,12 +245,14 @@ impl Scp02Session {
             return Ok(resp.clone());
         }
         if resp.data.len() < 8 {
-            return self.fail(Scp02Error::MissingResponseMac(resp.sw));
+            return self.fail(Scp02Error::Channel(ChannelFault::MissingResponseMac(
+                resp.sw,
+            )));
         }
         let (data, mac) = resp.data.split_at(resp.data.len() - 8);
         let expected = self.rmac_of(data, resp.sw);
         if !bool::from(expected.ct_eq(mac)) {
-            return self.fail(Scp02Error::ResponseMacMismatch);
+            return self.fail(Scp02Error::Channel(ChannelFault::ResponseMacMismatch));
         }
         self.ricv = expected;
         Ok(Response::new(data.to_vec(), resp.sw))

@@ -5,6 +5,7 @@ use super::crypto::{CmacKey, DerivationConstant, scp03_kdf};
 use super::keys::{CardKeys, Diversification, SessionKeys, StaticKeys};
 use super::session::{IParam, Mode, SecureSession, SecurityLevel};
 use crate::apdu::{Class, Command, Response};
+use crate::channel::ChannelFault;
 use crate::sw::StatusWord;
 use subtle::ConstantTimeEq;
 
@@ -291,7 +292,7 @@ impl HostHandshake {
         if let (Some(seq), Some(aid)) = (iu.sequence_counter, sd_aid) {
             let expected = pseudo_random_challenge(&keys, &seq, aid, mode);
             if !bool::from(expected.ct_eq(&iu.card_challenge)) {
-                return Err(Scp03Error::CardChallengeMismatch);
+                return Err(Scp03Error::Channel(ChannelFault::CardChallengeMismatch));
             }
             challenge_verified = true;
         }
@@ -301,7 +302,7 @@ impl HostHandshake {
         let mut s_mac = CmacKey::new(&session_keys.s_mac);
         let card_crypto = cryptogram(&mut s_mac, DerivationConstant::CardCryptogram, &ctx, mode);
         if !bool::from(card_crypto.ct_eq(&iu.card_cryptogram)) {
-            return Err(Scp03Error::CardCryptogramMismatch);
+            return Err(Scp03Error::Channel(ChannelFault::CardCryptogramMismatch));
         }
         let host_crypto = cryptogram(&mut s_mac, DerivationConstant::HostCryptogram, &ctx, mode);
         let level = self.options.level;

@@ -10,6 +10,7 @@ use super::Scp03Error;
 use super::crypto::{Aes, CmacKey, pad80, unpad80};
 use super::keys::SessionKeys;
 use crate::apdu::{Command, LengthForm, Response};
+use crate::channel::ChannelFault;
 use crate::sw::StatusWord;
 use core::fmt;
 use subtle::ConstantTimeEq;
@@ -283,7 +284,7 @@ impl SecureSession {
 
     fn check_open(&self) -> Result<(), Scp03Error> {
         if self.closed {
-            Err(Scp03Error::SessionClosed)
+            Err(Scp03Error::Channel(ChannelFault::SessionClosed))
         } else {
             Ok(())
         }
@@ -335,14 +336,14 @@ impl SecureSession {
             return Ok(Vec::new());
         }
         if !data.len().is_multiple_of(16) {
-            return self.fail(Scp03Error::Padding);
+            return self.fail(Scp03Error::Channel(ChannelFault::Padding));
         }
         let mut buf = data.to_vec();
         let icv = self.icv(response);
         self.s_enc.cbc_decrypt(&icv, &mut buf);
         match unpad80(&buf) {
             Some(p) => Ok(p.to_vec()),
-            None => self.fail(Scp03Error::Padding),
+            None => self.fail(Scp03Error::Channel(ChannelFault::Padding)),
         }
     }
 
@@ -387,7 +388,7 @@ impl SecureSession {
         self.check_open()?;
         if !self.level.c_mac() {
             if cmd.class().has_secure_messaging() {
-                return self.fail(Scp03Error::UnexpectedSecureMessaging);
+                return self.fail(Scp03Error::Channel(ChannelFault::UnexpectedSecureMessaging));
             }
             self.counter = self.counter.wrapping_add(1);
             return Ok(cmd.clone());
@@ -401,17 +402,17 @@ impl SecureSession {
                 .with_secure_messaging(false)
                 .with_secure_messaging(true)
         {
-            return self.fail(Scp03Error::MissingSecureMessaging);
+            return self.fail(Scp03Error::Channel(ChannelFault::MissingSecureMessaging));
         }
         let s = self.mode.len();
         let body = cmd.data();
         if body.len() < s {
-            return self.fail(Scp03Error::MissingMac);
+            return self.fail(Scp03Error::Channel(ChannelFault::MissingMac));
         }
         let (data, mac) = body.split_at(body.len() - s);
         let full = self.mac_over(cmd, cmd.is_extended(), data, s);
         if !bool::from(full[..s].ct_eq(mac)) {
-            return self.fail(Scp03Error::CommandMacMismatch);
+            return self.fail(Scp03Error::Channel(ChannelFault::CommandMacMismatch));
         }
         self.chaining = full;
         self.counter = self.counter.wrapping_add(1);
@@ -464,14 +465,16 @@ impl SecureSession {
         }
         let s = self.mode.len();
         if resp.data.len() < s {
-            return self.fail(Scp03Error::MissingResponseMac(resp.sw));
+            return self.fail(Scp03Error::Channel(ChannelFault::MissingResponseMac(
+                resp.sw,
+            )));
         }
         let (data, mac) = resp.data.split_at(resp.data.len() - s);
         let full = self
             .s_rmac
             .mac(&[&self.chaining, data, &resp.sw.to_bytes()]);
         if !bool::from(full[..s].ct_eq(mac)) {
-            return self.fail(Scp03Error::ResponseMacMismatch);
+            return self.fail(Scp03Error::Channel(ChannelFault::ResponseMacMismatch));
         }
         let plain = if self.level.r_enc() {
             self.decrypt(data, true)?
