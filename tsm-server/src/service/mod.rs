@@ -204,9 +204,6 @@ pub struct Tsm {
     config: Config,
     store: Store,
     engines: Mutex<HashMap<SessionId, Running>>,
-    /// The on-card mode: the issuer's challenge each operation's key is being generated
-    /// against (in memory: a restart asks for a new one and generates again).
-    challenges: Mutex<HashMap<OpId, Vec<u8>>>,
     entry_checks: std::sync::atomic::AtomicU64,
     password_policy: tsm_protocol::password::Policy,
 }
@@ -242,7 +239,6 @@ impl Tsm {
             config,
             store,
             engines: Mutex::new(HashMap::new()),
-            challenges: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
             password_policy: tsm_protocol::password::Policy::production(),
         }
