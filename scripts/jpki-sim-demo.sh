@@ -53,10 +53,10 @@ echo "== three organisations, three configurations"
 "$K" jpki-issuer init --dir "$work/issuer" --listen "127.0.0.1:$issuer_port" \
     --sp-tsm-key "$work/sp-tsm/tsm.pub.pem" --ca-dir "$work/pki" \
     --manufacturer-ca "$work/maker/manufacturer-ca.crt.pem" >/dev/null
-cat "$work/mno-tsm/sp-tsm-link.toml" "$work/issuer/sp-tsm-link.toml" >>"$work/sp-tsm/tsm.toml"
 mode=${KAGI_KEY_GENERATION:-on-card}
 case "$mode" in on-card | issuer) ;; *) echo "KAGI_KEY_GENERATION is on-card or issuer, not $mode" >&2; exit 2 ;; esac
-echo "key_generation = \"$mode\"" >>"$work/sp-tsm/tsm.toml"
+cat "$work/mno-tsm/sp-tsm-link.toml" >>"$work/sp-tsm/tsm.toml"
+sed "s/^key_generation = .*/key_generation = \"$mode\"/" "$work/issuer/sp-tsm-link.toml" >>"$work/sp-tsm/tsm.toml"
 echo "   key generation: $mode"
 echo "   JPKI issuer: signing key, UA CA key (file key store), signature CA + CRL, $work/issuer/jpki-issuer.db"
 echo "   SP-TSM:      signing key, provider domain keys, $work/sp-tsm/tsm.db"

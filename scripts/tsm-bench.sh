@@ -117,7 +117,9 @@ sp_port=$(free_port) mno_port=$(free_port) issuer_port=$(free_port)
 "$K" jpki-issuer init --dir "$three/issuer" --listen "127.0.0.1:$issuer_port" \
     --sp-tsm-key "$three/sp-tsm/tsm.pub.pem" --ca-dir "$work/pki" \
     --manufacturer-ca "$three/maker/manufacturer-ca.crt.pem" >/dev/null
-cat "$three/mno-tsm/sp-tsm-link.toml" "$three/issuer/sp-tsm-link.toml" >>"$three/sp-tsm/tsm.toml"
+# The seed's mode (the issuer makes the key), as the README's figures were measured.
+cat "$three/mno-tsm/sp-tsm-link.toml" >>"$three/sp-tsm/tsm.toml"
+sed 's/^key_generation = .*/key_generation = "issuer"/' "$three/issuer/sp-tsm-link.toml" >>"$three/sp-tsm/tsm.toml"
 KAGI_LOG=warn "$K" jpki-issuer serve --config "$three/issuer/jpki-issuer.toml" 2>"$three/issuer.log" &
 three_pids+=($!)
 KAGI_LOG=warn "$K" mno-tsm serve --config "$three/mno-tsm/mno-tsm.toml" --insecure-file-keys "$three/mno-tsm/keys" \

@@ -502,6 +502,122 @@ async fn racing_certifies_with_one_challenge_issue_once() {
     assert_eq!(links[0][0].int(), 1);
 }
 
+/// The point a certificate certifies (uncompressed SEC1).
+fn certified_point(der: &[u8]) -> Vec<u8> {
+    let cert = x509_cert::Certificate::from_der(der).unwrap();
+    cert.tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec()
+}
+
+/// A Certify whose answer is lost (the issuer issued, the SP-TSM never saved it): its
+/// repetition is answered with the same certificate; the SP-TSM's next session makes the key
+/// again against a new challenge under the same request, and the issuer certifies the new key
+/// and revokes the first certificate in the same transaction (audited `withdrawn`) — one
+/// active certificate for the request, none left valid undelivered. A stale copy of the
+/// first Certify changes nothing (its nonce is spent); another SIM under the same request id
+/// is still an idempotency conflict.
+#[tokio::test]
+async fn a_key_made_again_after_a_lost_answer_replaces_the_first_certificate() {
+    use tsm_server::issuer::store;
+    let w = world("lost").await;
+    let (mut ch, a) = sim(&[0x16, 0x05]);
+    let rid = IdempotencyKey::random().unwrap();
+    let app = application(&a.iccid, 1610);
+    let certify = |challenge: &[u8], proof: Vec<u8>| IssuerRequest::Certify {
+        application: app.clone(),
+        provider: PartyId::new(SP).unwrap(),
+        iccid: a.iccid.clone(),
+        card_certificate: a.card_certificate.clone(),
+        instance: AID.to_vec(),
+        request_id: rid,
+        nonce: challenge[65..].to_vec(),
+        proof,
+    };
+    let issued = |r: IssuerResponse| match r {
+        IssuerResponse::Issued {
+            serial, credential, ..
+        } => (serial, credential.certificate),
+        other => panic!("not issued: {other:?}"),
+    };
+    let c1 = w.challenge(&a, rid).await;
+    let p1 = generate_on_card(&mut ch, &c1);
+    let first = certify(&c1, p1.clone());
+    let (s1, cert1) = issued(w.send(&first).await);
+    assert_eq!(certified_point(&cert1), p1[..65]);
+    // The same Certify again (a retry with the same key): the same certificate.
+    assert_eq!(issued(w.send(&first).await), (s1.clone(), cert1.clone()));
+
+    // The answer never reached the SP-TSM: the key is made again under the same request.
+    let c2 = w.challenge(&a, rid).await;
+    let p2 = generate_on_card(&mut ch, &c2);
+    assert_ne!(p1[..65], p2[..65], "a new key");
+    let second = certify(&c2, p2.clone());
+    let (s2, cert2) = issued(w.send(&second).await);
+    assert_ne!(s2, s1);
+    assert_eq!(certified_point(&cert2), p2[..65]);
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let on_card = p256::SecretKey::from_slice(&key_on_card(ch.transport())).unwrap();
+    assert_eq!(
+        on_card.public_key().to_sec1_point(false).as_bytes(),
+        &p2[..65],
+        "the certified key is the one on the SIM now"
+    );
+    let old = store::link(w.issuer.db(), &s1).await.unwrap().unwrap();
+    assert_eq!(old.state, "revoked");
+    assert_eq!(old.reason.as_deref(), Some("withdrawn"));
+    let new = store::link(w.issuer.db(), &s2).await.unwrap().unwrap();
+    assert_eq!(new.state, "active");
+    let active = w
+        .issuer
+        .db()
+        .query("SELECT count(*) FROM links WHERE state = 'active'", vec![])
+        .await
+        .unwrap();
+    assert_eq!(active[0][0].int(), 1, "one active certificate");
+    let trail = store::audit_trail(w.issuer.db()).await.unwrap();
+    assert_eq!(
+        trail
+            .iter()
+            .filter(|(_, _, event, detail)| event == "withdrawn" && detail.contains(&s1))
+            .count(),
+        1,
+        "{trail:?}"
+    );
+
+    // Its retry: the new certificate again. A stale copy of the first: refused, nothing moves.
+    assert_eq!(issued(w.send(&second).await), (s2.clone(), cert2.clone()));
+    assert_eq!(code(w.send(&first).await), "keygen.replayed");
+    let new = store::link(w.issuer.db(), &s2).await.unwrap().unwrap();
+    assert_eq!(new.state, "active");
+    assert_eq!(issued(w.send(&second).await), (s2.clone(), cert2));
+
+    // Another SIM under the same request id is another request.
+    let (mut ch_b, b) = sim(&[0x16, 0x06]);
+    let cb = w.challenge(&b, rid).await;
+    let pb = generate_on_card(&mut ch_b, &cb);
+    let mut other = certify(&cb, pb);
+    if let IssuerRequest::Certify {
+        iccid,
+        card_certificate,
+        ..
+    } = &mut other
+    {
+        iccid.clone_from(&b.iccid);
+        card_certificate.clone_from(&b.card_certificate);
+    }
+    assert_eq!(code(w.send(&other).await), "protocol.idempotency-conflict");
+    let links = w
+        .issuer
+        .db()
+        .query("SELECT count(*) FROM links", vec![])
+        .await
+        .unwrap();
+    assert_eq!(links[0][0].int(), 2);
+}
+
 /// Awaits every future (in this task: the issuer's work interleaves at its awaits).
 async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();

@@ -16,7 +16,8 @@ use std::time::SystemTime;
 #[derive(Subcommand)]
 pub enum JpkiIssuerCmd {
     /// Create a JPKI issuer's configuration in DIR: jpki-issuer.toml, its P-256 signing key,
-    /// and sp-tsm-link.toml — the [jpki_issuer] section to append to the SP-TSM's tsm.toml.
+    /// and sp-tsm-link.toml — the [jpki_issuer] section to append to the SP-TSM's tsm.toml
+    /// (key_generation = "on-card": the SIM makes the phone's key; "issuer" is the alternative).
     /// The CAs are those of --ca-dir (`kagi ca init`): the signature CA it trusts (and its
     /// CRL) and the user-authentication CA it issues with (its key stays a file there).
     Init {

@@ -246,8 +246,16 @@ fn start_services_in(
         .unwrap_or(("", ""));
     sp_toml = format!("{top}{sp_toml}");
     sp_toml.push_str(&std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap());
-    sp_toml.push_str(&std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap());
-    sp_toml.push_str(&format!("key_generation = \"{key_generation}\"\n"));
+    // `jpki-issuer init` links in the on-card mode (the preferred one); the seed's mode is
+    // chosen by changing that line.
+    assert!(
+        link.lines().any(|l| l == "key_generation = \"on-card\""),
+        "{link}"
+    );
+    sp_toml.push_str(&link.replace(
+        "key_generation = \"on-card\"",
+        &format!("key_generation = \"{key_generation}\""),
+    ));
     sp_toml.push_str(tables);
     std::fs::write(dir.join("tsm/tsm.toml"), sp_toml).unwrap();
 

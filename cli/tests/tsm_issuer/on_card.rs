@@ -7,7 +7,7 @@
 //! PIN of their own with `kagi jpki change-pin` and the mailed one. The private key — read
 //! out of the SIM image — is in no database, log or relay capture of any service.
 
-use super::support::cli::{Scenario, contains, field, kagi, ok};
+use super::support::cli::{Scenario, contains, field, kagi, ok, spawn_logged, wait_port};
 use super::{apply_code, mailed_code, start_services_in};
 use std::process::Command;
 
@@ -173,4 +173,81 @@ fn the_key_made_on_the_sim_through_three_services() {
         );
     }
     assert!(searched >= 7, "the databases, logs and capture were there");
+}
+
+/// The issuer is down when the download's first session asks for its challenge: the
+/// download is interrupted, not failed (no certificate, no PIN letter), and the relay's next
+/// session — the issuer back — generates the key and completes.
+#[test]
+fn an_unreachable_issuer_at_the_challenge_interrupts_the_download() {
+    let s = Scenario::new("on-card-down", false);
+    let dir = &s.dir;
+    let mut services = start_services_in(&s, &None, None, false, "on-card");
+    let iccid = services.iccid.clone();
+    let application = s.apply(&iccid);
+    assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
+    let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
+    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
+    let (_, code) = mailed_code(&dir.join("tsm/outbox"));
+    std::fs::write(dir.join("code.txt"), &code).unwrap();
+    // The issuer is the last service started: stopped (killed, waited for).
+    drop(services._running.pop());
+    let relay = |capture: &str| {
+        let o = s
+            .relay()
+            .arg("--sim")
+            .arg("--sim-image")
+            .arg(dir.join("sim.img"))
+            .arg("--capture")
+            .arg(dir.join(capture))
+            .output()
+            .unwrap();
+        // Its first JSON document says how the session ended (an error document follows
+        // when it did not complete).
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let last = serde_json::Deserializer::from_str(&out)
+            .into_iter::<serde_json::Value>()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no JSON: {out}{}", String::from_utf8_lossy(&o.stderr)));
+        (
+            last["outcome"].as_str().unwrap_or_default().to_string(),
+            out,
+        )
+    };
+    let (outcome, out) = relay("relay1.bin");
+    assert_eq!(outcome, "interrupted", "{out}");
+    assert_eq!(
+        std::fs::read_dir(dir.join("issuer/pin-mailer"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "nothing issued"
+    );
+    let link = std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap();
+    let port: u16 = link
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("url = \"http://127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .expect("the issuer's port in sp-tsm-link.toml");
+    let mut issuer = kagi();
+    issuer
+        .args(["jpki-issuer", "serve", "--config"])
+        .arg(dir.join("issuer/jpki-issuer.toml"));
+    services
+        ._running
+        .push(spawn_logged(issuer, &dir.join("issuer2.log")));
+    wait_port(port);
+    let (outcome, out) = relay("relay2.bin");
+    assert_eq!(outcome, "completed", "{out}");
+    let letters = std::fs::read_dir(dir.join("issuer/pin-mailer"))
+        .unwrap()
+        .count();
+    assert_eq!(letters, 1, "one certificate, one PIN letter");
+    let status = ok(kagi()
+        .args(["--json", "tsm", "provider", "--config"])
+        .arg(dir.join("tsm/sp.toml"))
+        .args(["check", "--credential", &field(&issued, "op")]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "active", "{status}");
 }

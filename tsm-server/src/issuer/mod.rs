@@ -460,6 +460,7 @@ impl Issuer {
         instance: &[u8],
         request_id: &IdempotencyKey,
         on_card: Option<on_card::OnCard<'_>>,
+        replacing: Option<once::Replacing>,
     ) -> Result<IssuerResponse, IssuerError> {
         use kagi_certs::application as app;
         let now = SystemTime::now();
@@ -593,12 +594,23 @@ impl Issuer {
         };
         let encoded = tsm_protocol::codec::encode(&answer)
             .map_err(|e| IssuerError::Internal(e.to_string()))?;
-        let finish = store::finish_issue(&sender.0, &request_id.to_hex(), encoded, now_ms());
+        let at = now_ms();
+        let finish = match &replacing {
+            None => vec![store::finish_issue(
+                &sender.0,
+                &request_id.to_hex(),
+                encoded,
+                at,
+            )],
+            Some(r) => once::replace_batch(&sender.0, request_id, r, encoded, &link, at),
+        };
+        // A replacement's application was spent by the issuance it replaces (same request).
         if let Some(refused) = self
             .record_with(
                 &link,
                 &hex::encode(verified.application.body.nonce),
-                vec![finish],
+                finish,
+                replacing.is_some(),
             )
             .await?
         {
@@ -616,17 +628,22 @@ impl Issuer {
         link: &store::Link,
         nonce_hex: &str,
     ) -> Result<Option<IssuerResponse>, IssuerError> {
-        self.record_with(link, nonce_hex, Vec::new()).await
+        self.record_with(link, nonce_hex, Vec::new(), false).await
     }
 
-    /// [`Issuer::record`] with more writes in the same transaction.
+    /// [`Issuer::record`] with more writes in the same transaction; `application_spent`: the
+    /// application's nonce is not recorded again (the issuance replaces one made for it).
     async fn record_with(
         &self,
         link: &store::Link,
         nonce_hex: &str,
         extra: Vec<kagi_db::Stmt>,
+        application_spent: bool,
     ) -> Result<Option<IssuerResponse>, IssuerError> {
         let mut batch = store::issue_batch(link, nonce_hex, now_ms());
+        if application_spent {
+            batch.remove(store::CONFLICT_REPLAYED);
+        }
         let first_extra = batch.len();
         batch.extend(extra);
         match self.db.commit(batch).await {

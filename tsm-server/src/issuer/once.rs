@@ -5,7 +5,13 @@
 //! and records its `Issued` answer under the key in the transaction that commits the link; the
 //! others wait for that answer (at most [`WAIT`], then `issuer.in-progress`, retryable) and
 //! return it. A refusal is not kept: the claim is released and the next request with the key
-//! is decided again. The same key with another request is `protocol.idempotency-conflict`.
+//! is decided again. The same key with another request is `protocol.idempotency-conflict`,
+//! except a Certify whose key the SIM made again (the same application, SIM and applet, a
+//! new challenge): its answer was lost before the SP-TSM saved it, so the new key is
+//! certified and, in the same transaction, the previous certificate is revoked (`withdrawn`,
+//! audited) and the recorded answer replaced — never two active certificates for one
+//! request, never an undelivered one left valid. A stale copy of the first Certify cannot do
+//! it: its nonce is spent.
 
 use super::{Issuer, IssuerError, now_ms, reject, store};
 use sha2::{Digest, Sha256};
@@ -34,16 +40,14 @@ impl Issuer {
         on_card: Option<super::on_card::OnCard<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         let key = request_id.to_hex();
-        let hash = tsm_protocol::codec::encode(&(
-            &provider.0,
+        let hash = request_hash(
+            provider,
             iccid,
             application,
             card_certificate,
             instance,
-            on_card.map(|c| (c.nonce, c.proof)),
-        ))
-        .map(|b| Sha256::digest(b).to_vec())
-        .map_err(|e| IssuerError::Internal(e.to_string()))?;
+            on_card,
+        )?;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if store::claim_issue(&self.db, &sender.0, &key, &hash, now_ms()).await? {
@@ -57,6 +61,7 @@ impl Issuer {
                         instance,
                         request_id,
                         on_card,
+                        None,
                     )
                     .await;
                 if !matches!(answer, Ok(IssuerResponse::Issued { .. })) {
@@ -69,6 +74,42 @@ impl Issuer {
             match store::issue_record(&self.db, &sender.0, &key).await? {
                 // Released meanwhile (a refusal): claim it again.
                 None => {}
+                // The same Certify with a key made again (its answer was lost): the new key
+                // is certified and the previous certificate revoked in one transaction.
+                Some(r)
+                    if on_card.is_some()
+                        && r.state == "done"
+                        && r.request_hash.len() == hash.len()
+                        && r.request_hash[..32] == hash[..32]
+                        && r.request_hash != hash =>
+                {
+                    let bytes = r.answer.clone().unwrap_or_default();
+                    let Ok(IssuerResponse::Issued { serial, .. }) =
+                        tsm_protocol::codec::decode::<IssuerResponse>(&bytes)
+                    else {
+                        return Err(IssuerError::Internal(
+                            "a kept Certify answer is not an issuance".into(),
+                        ));
+                    };
+                    tracing::warn!(sender = %sender, request_id = %key, previous = %serial, "Certify with a key made again under the same request: the previous certificate is revoked if this one is issued");
+                    return self
+                        .issue(
+                            sender,
+                            provider,
+                            iccid,
+                            application,
+                            card_certificate,
+                            instance,
+                            request_id,
+                            on_card,
+                            Some(Replacing {
+                                request_hash: r.request_hash,
+                                serial,
+                                new_hash: hash,
+                            }),
+                        )
+                        .await;
+                }
                 Some(r) if r.request_hash != hash => {
                     return Ok(reject(
                         Layer::Protocol,
@@ -103,4 +144,68 @@ impl Issuer {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// A Certify's earlier issuance that a new key replaces (its answer never reached the SP-TSM).
+pub(super) struct Replacing {
+    /// The recorded request's hash (the record is replaced only if it is still this one).
+    pub request_hash: Vec<u8>,
+    /// The previous phone certificate's serial, revoked in the same transaction.
+    pub serial: String,
+    /// This request's hash, recorded instead.
+    pub new_hash: Vec<u8>,
+}
+
+/// What an issue request is recognised by: SHA-256 over the application, SIM and applet;
+/// for a Certify, a second SHA-256 over the challenge's nonce and the SIM's answer follows
+/// (so the same request with a key made again is told from another request).
+fn request_hash(
+    provider: &PartyId,
+    iccid: &str,
+    application: &[u8],
+    card_certificate: &[u8],
+    instance: &[u8],
+    on_card: Option<super::on_card::OnCard<'_>>,
+) -> Result<Vec<u8>, IssuerError> {
+    let internal = |e: tsm_protocol::codec::CodecError| IssuerError::Internal(e.to_string());
+    let mut hash =
+        tsm_protocol::codec::encode(&(&provider.0, iccid, application, card_certificate, instance))
+            .map(|b| Sha256::digest(b).to_vec())
+            .map_err(internal)?;
+    if let Some(c) = on_card {
+        let key = tsm_protocol::codec::encode(&(c.nonce, c.proof)).map_err(internal)?;
+        hash.extend(Sha256::digest(key));
+    }
+    Ok(hash)
+}
+
+/// Statements replacing a Certify's recorded issuance by `link`'s (answer `answer`): the
+/// record, only if it is still the one read (`r.request_hash`), and the previous certificate
+/// revoked (`withdrawn`, audited).
+pub(super) fn replace_batch(
+    sp_tsm: &str,
+    request_id: &IdempotencyKey,
+    r: &Replacing,
+    answer: Vec<u8>,
+    link: &store::Link,
+    at: i64,
+) -> Vec<kagi_db::Stmt> {
+    let mut batch = vec![kagi_db::Stmt::one(
+        "UPDATE issues SET request_hash = $3, answer = $4, at = $5
+         WHERE sp_tsm = $1 AND request_id = $2 AND state = 'done' AND request_hash = $6",
+        vec![
+            sp_tsm.into(),
+            request_id.to_hex().into(),
+            r.new_hash.clone().into(),
+            answer.into(),
+            at.into(),
+            r.request_hash.clone().into(),
+        ],
+    )];
+    let detail = format!(
+        "phone {} sign {}: its Certify answer was lost, replaced by {} (key made again)",
+        r.serial, link.sign_serial, link.serial
+    );
+    batch.extend(store::withdraw_batch(&r.serial, sp_tsm, &detail, at));
+    batch
 }

@@ -247,7 +247,8 @@ fn absolute(p: &Path) -> Result<PathBuf, SetupError> {
 /// issuing with its user-authentication CA (`auth-ca.crt.der`, key `auth-ca.key.der` — a file
 /// key store), checking SIM certificates against `manufacturer_ca`, answering the SP-TSM
 /// `sp_tsm` (public key copied from `sp_tsm_key`) for the provider `sp:kagi-bank`; and
-/// `sp-tsm-link.toml`, the `[jpki_issuer]` section to add to that SP-TSM's `tsm.toml`. With
+/// `sp-tsm-link.toml`, the `[jpki_issuer]` section to add to that SP-TSM's `tsm.toml` (in the
+/// on-card mode, `key_generation = "on-card"`: the SIM makes the phone's key). With
 /// `tls` (a development certificate and key) it serves HTTPS (`tls.crt.pem`, `tls.key.pem`
 /// 0600) and the link trusts that certificate (`tls_ca`). Refuses a directory that already
 /// holds an issuer.
@@ -304,7 +305,7 @@ pub fn init_issuer(
     files::write_public(
         &dir.join("sp-tsm-link.toml"),
         format!(
-            "\n[jpki_issuer]\nparty = \"{ISSUER_PARTY}\"\nurl = \"{scheme}://{listen}\"\npublic_key = \"{}\"\n{ca_line}",
+            "\n[jpki_issuer]\nparty = \"{ISSUER_PARTY}\"\nurl = \"{scheme}://{listen}\"\npublic_key = \"{}\"\n{ca_line}# How the phone's key is made: \"on-card\" (preferred: the SIM's JPKI applet generates it, the issuer certifies it) or \"issuer\" (the issuer makes it and seals it to the SIM, seed 004's 7, 16, 17).\nkey_generation = \"on-card\"\n",
             abs.join("issuer.pub.pem").display()
         )
         .as_bytes(),

@@ -145,9 +145,7 @@ impl Tsm {
     ) -> Result<ServerMsg> {
         let t = now();
         // An on-card key's challenge, if one was pending, is of no use any more.
-        if let Ok(mut c) = self.challenges.lock() {
-            c.remove(&op.id);
-        }
+        batch.push(Store::drop_challenge(&op.id));
         op.state = OpState::Failed;
         op.updated_at = t;
         op.data.error = Some(e.clone());

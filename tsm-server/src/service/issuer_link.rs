@@ -179,7 +179,8 @@ impl Tsm {
 /// The on-card mode (`[jpki_issuer] key_generation = "on-card"`): an `Apply` stays an
 /// application until the SIM made the key. The download's first session loads and installs
 /// the JPKI applet and has it generate the key against the issuer's challenge
-/// ([`Tsm::challenge_for`], `recipes::jpki_generate`); its answer goes to the issuer
+/// ([`Tsm::challenge_for`], `recipes::jpki_generate`; the challenge is kept with the
+/// operation, `store::keygen`); its answer goes to the issuer
 /// ([`Tsm::certify_on_card`]), and the certificate and the sealed PIN it answers make the
 /// operation an issue, written in the next session as any other (no key item: the key is on
 /// the card). The relay only carries the card's commands and answers.
@@ -195,13 +196,21 @@ impl Tsm {
     }
 
     /// The issuer's challenge for the key operation `op` generates on SIM `iccid` in applet
-    /// `instance` (remembered for [`Tsm::certify_on_card`]).
+    /// `instance`: the one kept with the operation while it has a minute left (a restarted
+    /// SP-TSM, or a session after a lost one, carries on with it), else a new one, kept with
+    /// the operation for [`Tsm::certify_on_card`] (`store::keygen`).
     pub(super) async fn challenge_for(
         &self,
         op: &OpRow,
         iccid: &str,
         instance: &[u8],
     ) -> Result<std::result::Result<Vec<u8>, ErrorReport>> {
+        let t = super::now();
+        if let Some(kept) = self.store.challenge(&op.id).await?
+            && kept.expires_at > t + CHALLENGE_MARGIN_MS
+        {
+            return Ok(Ok(kept.challenge));
+        }
         let Some(card_certificate) = self.store.card_certificate(iccid).await? else {
             return Ok(Err(no_card_certificate(iccid)));
         };
@@ -220,12 +229,25 @@ impl Tsm {
             request_id,
         };
         match self.send_to_issuer(&req).await? {
-            Ok(IssuerResponse::Challenge { challenge, .. }) => {
-                self.challenges
-                    .lock()
-                    .map_err(|_| super::ServiceError::Poisoned)?
-                    .insert(op.id, challenge.clone());
-                Ok(Ok(challenge))
+            Ok(IssuerResponse::Challenge {
+                challenge,
+                expires_at,
+            }) => {
+                let keep = Store::put_challenge(
+                    &op.id,
+                    challenge.clone(),
+                    i64::try_from(expires_at).unwrap_or(i64::MAX),
+                    t,
+                );
+                match self.store.commit(keep).await {
+                    Ok(()) => Ok(Ok(challenge)),
+                    Err(crate::store::StoreError::Conflict(_)) => Ok(Err(err(
+                        Layer::Business,
+                        "business.op-over",
+                        "the operation ended while the issuer's challenge was asked for",
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
             }
             Ok(IssuerResponse::Rejected(e)) => Ok(Err(e)),
             Ok(_) => Ok(Err(err(
@@ -265,11 +287,7 @@ impl Tsm {
                 )
                 .await;
         };
-        let challenge = self
-            .challenges
-            .lock()
-            .map_err(|_| super::ServiceError::Poisoned)?
-            .remove(&op.id);
+        let challenge = self.store.challenge(&op.id).await?.map(|c| c.challenge);
         let (Some(challenge), Some(proof), Some(request_id)) =
             (challenge, ev.generated, Self::request_id(&op))
         else {
@@ -284,6 +302,12 @@ impl Tsm {
             let e = no_card_certificate(&card.iccid);
             return self.finish_failed(op, session, e, batch).await;
         };
+        // Spent from here on, whatever comes back: a Certify may reach the issuer although its
+        // answer does not reach us, and the next session then needs a fresh challenge (the
+        // issuer replaces the lost certificate by the new key's).
+        self.store
+            .commit(vec![Store::drop_challenge(&op.id)])
+            .await?;
         let req = IssuerRequest::Certify {
             application,
             provider: PartyId(op.party.clone()),
@@ -300,27 +324,9 @@ impl Tsm {
         let credential = match self.issue_at_issuer(req).await? {
             Ok(c) => c,
             Err(e) if e.code == "tsm.issuer-unreachable" => {
-                // Not asked: a later session generates again against a new challenge.
-                let t = super::now();
-                op.state = tsm_protocol::control::OpState::Interrupted;
-                op.updated_at = t;
-                let stop = Self::stop(
-                    session,
-                    tsm_protocol::relay::StopOutcome::Interrupted,
-                    e.detail.clone(),
-                );
-                let mut batch = batch;
-                batch.push(Store::put_session(
-                    &session.to_hex(),
-                    &op.id,
-                    seq + 1,
-                    super::encode(&stop)?,
-                    t,
-                ));
-                batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
-                self.store.save_op(&op, batch).await?;
-                tracing::warn!(op = %op.id, "the JPKI issuer is unreachable: the download stops here for now");
-                return Ok(stop);
+                // A later session generates again against a new challenge (if the issuer
+                // did issue, it revokes that certificate when it certifies the new key).
+                return self.issuer_unreachable(op, session, seq, e, batch).await;
             }
             Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
@@ -369,6 +375,42 @@ impl Tsm {
         Box::pin(self.start_engine(op, session, seq, Vec::new())).await
     }
 }
+
+impl Tsm {
+    /// The JPKI issuer could not be reached (asking for a challenge, or certifying): the
+    /// operation is interrupted, not failed — a later session of the relay carries on.
+    pub(super) async fn issuer_unreachable(
+        &self,
+        mut op: OpRow,
+        session: SessionId,
+        seq: i64,
+        e: ErrorReport,
+        mut batch: Vec<Stmt>,
+    ) -> Result<ServerMsg> {
+        let t = super::now();
+        op.state = tsm_protocol::control::OpState::Interrupted;
+        op.updated_at = t;
+        let stop = Self::stop(
+            session,
+            tsm_protocol::relay::StopOutcome::Interrupted,
+            e.detail.clone(),
+        );
+        batch.push(Store::put_session(
+            &session.to_hex(),
+            &op.id,
+            seq + 1,
+            super::encode(&stop)?,
+            t,
+        ));
+        batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
+        self.store.save_op(&op, batch).await?;
+        tracing::warn!(op = %op.id, "the JPKI issuer is unreachable: the download stops here for now");
+        Ok(stop)
+    }
+}
+
+/// How long a kept challenge must still be valid to be generated against again.
+const CHALLENGE_MARGIN_MS: i64 = 60_000;
 
 fn no_card_certificate(iccid: &str) -> ErrorReport {
     err(

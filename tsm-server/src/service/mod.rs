@@ -208,9 +208,6 @@ pub struct Tsm {
     config: Config,
     store: Store,
     engines: Mutex<HashMap<SessionId, Running>>,
-    /// The on-card mode: the issuer's challenge each operation's key is being generated
-    /// against (in memory: a restart asks for a new one and generates again).
-    challenges: Mutex<HashMap<OpId, Vec<u8>>>,
     entry_checks: std::sync::atomic::AtomicU64,
     password_policy: tsm_protocol::password::Policy,
     /// On an MNO-TSM: the SP-TSMs it notifies of lost and changed SIMs.
@@ -248,7 +245,6 @@ impl Tsm {
             config,
             store,
             engines: Mutex::new(HashMap::new()),
-            challenges: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
             password_policy: tsm_protocol::password::Policy::production(),
             sp_tsm_links: SpTsmLinks::new(),

@@ -229,6 +229,10 @@ impl Tsm {
     ) -> Result<ServerMsg> {
         let (plan, keys, deletions) = match self.plan(&op).await? {
             Ok(p) => p,
+            // The issuer's challenge could not be asked for: a later session asks again.
+            Err(e) if e.code == "tsm.issuer-unreachable" => {
+                return self.issuer_unreachable(op, session, seq, e, batch).await;
+            }
             Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
         let mut engine = Engine::new(plan, keys, op.data.proof_nonce);

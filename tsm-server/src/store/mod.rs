@@ -3,6 +3,7 @@
 //! trail in a module of their own, re-exported there).
 
 mod cards;
+pub mod keygen;
 pub mod mail;
 pub mod ops;
 pub use ops::legacy;
@@ -72,6 +73,10 @@ pub const SCHEMA: Schema = Schema {
         sp_tsm TEXT NOT NULL, iccid TEXT NOT NULL, kind TEXT NOT NULL, new_iccid TEXT NOT NULL,
         state TEXT NOT NULL, tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
         updated_at BIGINT NOT NULL, PRIMARY KEY (sp_tsm, iccid, kind))",
+        // The on-card mode's pending challenge of an operation (`keygen`).
+        "CREATE TABLE IF NOT EXISTS keygen_challenges (
+        op_id TEXT PRIMARY KEY, challenge BYTES NOT NULL, expires_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL)",
     ],
 };
 

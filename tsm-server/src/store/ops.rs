@@ -222,6 +222,7 @@ impl Store {
         batch.extend(extra);
         // An operation that ends here takes its sealed parts with it.
         batch.push(Self::erase_sealed_if_over(&op.id));
+        batch.push(Self::drop_challenge_if_over(&op.id));
         self.commit(batch).await
     }
 
