@@ -206,6 +206,12 @@ pub(super) fn replace_batch(
         "phone {} sign {}: its Certify answer was lost, replaced by {} (key made again)",
         r.serial, link.sign_serial, link.serial
     );
-    batch.extend(store::withdraw_batch(&r.serial, sp_tsm, &detail, at));
+    batch.extend(store::withdraw_batch(
+        &r.serial,
+        sp_tsm,
+        "withdrawn",
+        &detail,
+        at,
+    ));
     batch
 }
