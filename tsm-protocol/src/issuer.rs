@@ -126,6 +126,17 @@ pub enum IssuerRequest {
 }
 
 impl IssuerRequest {
+    /// The provider a request is made for, when it names one (the issuer checks the asking
+    /// SP-TSM acts for it).
+    pub fn provider(&self) -> Option<&PartyId> {
+        match self {
+            IssuerRequest::Issue { provider, .. }
+            | IssuerRequest::Challenge { provider, .. }
+            | IssuerRequest::Certify { provider, .. } => Some(provider),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and the audit trail.
     pub fn name(&self) -> &'static str {
         match self {

@@ -244,6 +244,20 @@ impl Issuer {
             .map_err(|e| IssuerError::Internal(e.to_string()))
     }
 
+    /// The signature CA and its revocation data as they are now, or the answer saying the
+    /// issuer cannot read them (retry later).
+    fn sign_trust(&self) -> Result<kagi_certs::Trust, Box<IssuerResponse>> {
+        self.config.sign_ca.load().map_err(|e| {
+            tracing::error!(error = %e, "the signature CA's files");
+            Box::new(IssuerResponse::Rejected(ErrorReport::new(
+                Layer::Tsm,
+                "issuer.sign-ca",
+                true,
+                "the issuer cannot read its signature CA or revocation data: retry later",
+            )))
+        })
+    }
+
     async fn answer(
         &self,
         sender: &PartyId,
@@ -258,6 +272,15 @@ impl Issuer {
                 ),
             ));
         };
+        if let Some(provider) = req.provider()
+            && !providers.contains(provider)
+        {
+            return Ok(reject(
+                Layer::Business,
+                "issuer.not-your-provider",
+                format!("{sender} does not act for {provider}"),
+            ));
+        }
         match req {
             IssuerRequest::Issue {
                 application,
@@ -267,13 +290,6 @@ impl Issuer {
                 instance,
                 request_id,
             } => {
-                if !providers.contains(&provider) {
-                    return Ok(reject(
-                        Layer::Business,
-                        "issuer.not-your-provider",
-                        format!("{sender} does not act for {provider}"),
-                    ));
-                }
                 self.issue_once(
                     sender,
                     &provider,
@@ -287,19 +303,12 @@ impl Issuer {
                 .await
             }
             IssuerRequest::Challenge {
-                provider,
+                provider: _,
                 iccid,
                 card_certificate,
                 instance,
                 request_id,
             } => {
-                if !providers.contains(&provider) {
-                    return Ok(reject(
-                        Layer::Business,
-                        "issuer.not-your-provider",
-                        format!("{sender} does not act for {provider}"),
-                    ));
-                }
                 self.challenge(sender, &iccid, &card_certificate, &instance, &request_id)
                     .await
             }
@@ -313,13 +322,6 @@ impl Issuer {
                 nonce,
                 proof,
             } => {
-                if !providers.contains(&provider) {
-                    return Ok(reject(
-                        Layer::Business,
-                        "issuer.not-your-provider",
-                        format!("{sender} does not act for {provider}"),
-                    ));
-                }
                 self.issue_once(
                     sender,
                     &provider,
@@ -464,17 +466,9 @@ impl Issuer {
     ) -> Result<IssuerResponse, IssuerError> {
         use kagi_certs::application as app;
         let now = SystemTime::now();
-        let trust = match self.config.sign_ca.load() {
+        let trust = match self.sign_trust() {
             Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "the signature CA's files");
-                return Ok(IssuerResponse::Rejected(ErrorReport::new(
-                    Layer::Tsm,
-                    "issuer.sign-ca",
-                    true,
-                    "the issuer cannot read its signature CA or revocation data: retry later",
-                )));
-            }
+            Err(answer) => return Ok(*answer),
         };
         let verified = match app::check(
             application,

@@ -12,7 +12,7 @@ use kagi_db::{Stmt, StoreError};
 use std::time::SystemTime;
 use tsm_protocol::issuer::IssuerResponse;
 use tsm_protocol::seal::SealTarget;
-use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, PartyId};
+use tsm_protocol::{IdempotencyKey, Layer, PartyId};
 
 impl Issuer {
     /// [`tsm_protocol::issuer::IssuerRequest::ResetPin`] from `sender`.
@@ -47,17 +47,9 @@ impl Issuer {
             ));
         }
         let now = SystemTime::now();
-        let trust = match self.config.sign_ca.load() {
+        let trust = match self.sign_trust() {
             Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "the signature CA's files");
-                return Ok(IssuerResponse::Rejected(ErrorReport::new(
-                    Layer::Tsm,
-                    "issuer.sign-ca",
-                    true,
-                    "the issuer cannot read its signature CA or revocation data: retry later",
-                )));
-            }
+            Err(answer) => return Ok(*answer),
         };
         let expect = app::Expect {
             iccid: &link.iccid,
