@@ -131,11 +131,22 @@ fn content_key(
     card: &[u8],
     binding: &Binding<'_>,
 ) -> Zeroizing<[u8; 32]> {
+    agreed_key(shared, eph, card, &binding.info())
+}
+
+/// A 32-byte key from an ECDH secret between an ephemeral key `eph` and the card's key
+/// `card` (both SEC1 points, the salt of HKDF-SHA256), for the purpose `info`.
+pub(crate) fn agreed_key(
+    shared: &p256::ecdh::SharedSecret,
+    eph: &[u8],
+    card: &[u8],
+    info: &[u8],
+) -> Zeroizing<[u8; 32]> {
     let salt = [eph, card].concat();
     let hk = shared.extract::<sha2::Sha256>(Some(&salt));
     let mut k = Zeroizing::new([0u8; 32]);
     // 32 bytes is far below HKDF-SHA256's limit of 255 · 32.
-    if hk.expand(&binding.info(), &mut k[..]).is_err() {
+    if hk.expand(info, &mut k[..]).is_err() {
         unreachable!("HKDF-SHA256 expands to 32 bytes")
     }
     k

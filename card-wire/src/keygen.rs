@@ -119,14 +119,7 @@ fn mac_key(
     card_pub: &[u8],
     id: &Identity<'_>,
 ) -> Zeroizing<[u8; 32]> {
-    let salt = [issuer_eph, card_pub].concat();
-    let hk = shared.extract::<sha2::Sha256>(Some(&salt));
-    let mut k = Zeroizing::new([0u8; 32]);
-    // 32 bytes is far below HKDF-SHA256's limit of 255 · 32.
-    if hk.expand(&id.info(), &mut k[..]).is_err() {
-        unreachable!("HKDF-SHA256 expands to 32 bytes")
-    }
-    k
+    crate::content::agreed_key(shared, issuer_eph, card_pub, &id.info())
 }
 
 fn hmac(key: &[u8; 32], message: &[u8]) -> [u8; TAG_LEN] {
