@@ -81,39 +81,14 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::Backend;
-    use crate::store::ops::{OpData, OpRow};
-    use tsm_protocol::control::{ControlRequest, OpState};
-    use tsm_protocol::{MsgId, Nonce};
+    use crate::store::ops::OpRow;
+    use tsm_protocol::control::OpState;
 
     fn op(id: u8) -> OpRow {
         OpRow {
-            id: OpId([id; 16]),
-            kind: "issue".into(),
-            party: "sp:bank".into(),
-            state: OpState::AwaitingDevice,
             iccid: format!("8981{id}"),
-            idem_key: Some(format!("k{id}")),
-            request_hash: vec![1, 2],
-            parent: None,
-            created_at: 1,
             expires_at: i64::MAX,
-            updated_at: 1,
-            version: 0,
-            data: OpData {
-                request: ControlRequest::Cancel { op: OpId([0; 16]) },
-                request_id: (MsgId([0; 16]), Nonce([0; 16])),
-                code_hash: [0; 32],
-                attempts_left: 3,
-                steps: vec![],
-                receipt: None,
-                error: None,
-                proof_nonce: [0; 32],
-                children: vec![],
-                sealed_secrets: vec![],
-                cin: String::new(),
-                session: None,
-                phase: 0,
-            },
+            ..crate::store::ops::tests::op(id, Some(&format!("k{id}")))
         }
     }
 

@@ -351,11 +351,12 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Backend;
 
-    fn op(id: u8, idem: Option<&str>) -> OpRow {
+    /// An operation row for store tests: operation `id`, idempotency key `idem`.
+    pub(crate) fn op(id: u8, idem: Option<&str>) -> OpRow {
         OpRow {
             id: OpId([id; 16]),
             kind: "issue".into(),
