@@ -122,18 +122,11 @@ impl Vm {
         let r = self.run(p, call, args);
         self.frames.clear();
         self.words.clear();
+        let nested = suspended.is_some();
         if let Some((frames, words)) = suspended {
             self.frames = frames;
             self.words = words;
-            // The suspended call's stacks hold references the collector cannot see: object
-            // deletion waits for the end of the running call.
-            let flushed = self.flush(p);
-            for op in std::mem::take(&mut self.charges) {
-                p.charge(op);
-            }
-            return (r, flushed);
-        }
-        if top && p.in_transaction() {
+        } else if top && p.in_transaction() {
             p.abort();
             self.reload(p);
         }
@@ -141,7 +134,9 @@ impl Vm {
         for op in std::mem::take(&mut self.charges) {
             p.charge(op);
         }
-        if std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
+        // A suspended call's stacks hold references the collector cannot see: object
+        // deletion waits for the end of the running call.
+        if !nested && std::mem::take(&mut self.deletion_requested) && flushed.is_ok() {
             flushed = self.delete_unreachable(p).map(|_| ());
         }
         (r, flushed)
