@@ -642,3 +642,6 @@ async fn one_key_race(w: &Arc<World>, sign_serial: u32, sign_hex: &str) {
 
 #[path = "issuer/lifecycle.rs"]
 mod lifecycle;
+
+#[path = "issuer/supersede.rs"]
+mod supersede;

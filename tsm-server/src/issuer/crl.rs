@@ -10,8 +10,13 @@
 //! | revoked, `withdrawn` (the SP-TSM could not deliver it) | cessationOfOperation |
 //! | revoked, `sim-lost` (the operator's loss notice) | keyCompromise |
 //! | revoked, `sim-changed` (the SIM was replaced) | superseded |
+//! | revoked, `superseded` (a newer certificate was issued for the same SIM and provider) | superseded |
 //! | held (suspended at the holder's request) | certificateHold |
 //! | anything else revoked | unspecified |
+//!
+//! A certificate stays listed until one CRL validity period after its notAfter (so at least
+//! one CRL issued after it expired lists it, RFC 5280 §5), then is left off; the periodic
+//! sweep audits each such drop (`crl-dropped`), which raises the number.
 //!
 //! Its CRL number is the id of the newest entry of the issuer's audit trail (append-only,
 //! and every state change writes one), read in the same statement as the entries, so a later
@@ -50,14 +55,22 @@ pub fn reason_code(state: &str, reason: &str) -> CrlReason {
         (_, "sign-revoked") => CrlReason::PrivilegeWithdrawn,
         (_, "withdrawn") => CrlReason::CessationOfOperation,
         (_, "sim-lost") => CrlReason::KeyCompromise,
-        (_, "sim-changed") => CrlReason::Superseded,
+        (_, "sim-changed" | "superseded") => CrlReason::Superseded,
         _ => CrlReason::Unspecified,
     }
 }
 
-/// The CRL's number and entries, as the database says now (one statement).
-pub async fn entries(db: &kagi_db::Db) -> Result<(u64, Vec<CrlEntry>), kagi_db::StoreError> {
-    let rows = store::crl_rows(db).await?;
+/// The CRL's number and entries at `now`, as the database says (one statement); a
+/// certificate expired longer than [`store::CRL_KEEP_EXPIRED_S`] is left off.
+pub async fn entries(
+    db: &kagi_db::Db,
+    now: SystemTime,
+) -> Result<(u64, Vec<CrlEntry>), kagi_db::StoreError> {
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let rows = store::crl_rows(db, now_s).await?;
     let mut number = 0u64;
     let mut out = Vec::new();
     for r in rows {
@@ -101,8 +114,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl Issuer {
     /// The issuer's CRL now (DER) and its number, signed by the user-authentication CA.
     pub async fn crl(&self) -> Result<(u64, Vec<u8>), IssuerError> {
-        let (number, list) = entries(&self.db).await?;
         let now = SystemTime::now();
+        let (number, list) = entries(&self.db, now).await?;
         let der = self
             .config
             .ua_ca
@@ -117,7 +130,7 @@ impl Issuer {
         if self.crl_file.is_none() {
             return Ok(());
         }
-        let (number, _) = entries(&self.db).await?;
+        let (number, _) = entries(&self.db, SystemTime::now()).await?;
         let due = {
             let p = self
                 .published

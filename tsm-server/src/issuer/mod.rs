@@ -634,12 +634,15 @@ impl Issuer {
         extra: Vec<kagi_db::Stmt>,
         application_spent: bool,
     ) -> Result<Option<IssuerResponse>, IssuerError> {
-        let mut batch = store::issue_batch(link, nonce_hex, now_ms());
+        let at = now_ms();
+        let mut batch = store::issue_batch(link, nonce_hex, at);
         if application_spent {
             batch.remove(store::CONFLICT_REPLAYED);
         }
         let first_extra = batch.len();
         batch.extend(extra);
+        // Last: a replaced certificate (in `extra`) is already revoked as `withdrawn`.
+        batch.extend(store::supersede_batch(link, at));
         match self.db.commit(batch).await {
             Err(StoreError::Conflict(i)) if i >= first_extra => Err(IssuerError::Internal(
                 "another worker took over this issue request meanwhile; nothing was issued".into(),
@@ -725,6 +728,9 @@ impl Issuer {
     /// The periodic work while serving: revocations synced, old replay entries dropped.
     pub async fn sweep(&self) -> Result<(), IssuerError> {
         self.sync_revocations().await?;
+        self.db
+            .commit(vec![store::note_crl_drops(now_ms() / 1000, now_ms())])
+            .await?;
         self.publish_crl(false).await?;
         store::purge_replay(&self.db, now_ms()).await?;
         Ok(())

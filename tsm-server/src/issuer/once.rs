@@ -11,7 +11,10 @@
 //! certified and, in the same transaction, the previous certificate is revoked (`withdrawn`,
 //! audited) and the recorded answer replaced — never two active certificates for one
 //! request, never an undelivered one left valid. A stale copy of the first Certify cannot do
-//! it: its nonce is spent.
+//! it: its nonce is spent. Past [`store::ISSUE_ANSWER_KEEP_MS`] the record is gone and a key
+//! made again is a new issuance; the SIM's earlier certificate is then revoked as
+//! `superseded` by the issuance itself ([`store::supersede_batch`]: one certificate per SIM
+//! and provider).
 
 use super::{Issuer, IssuerError, now_ms, reject, store};
 use sha2::{Digest, Sha256};

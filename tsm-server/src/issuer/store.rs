@@ -47,6 +47,13 @@ pub const SCHEMA: Schema = Schema {
         nonce TEXT PRIMARY KEY, sp_tsm TEXT NOT NULL, iccid TEXT NOT NULL,
         instance TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,
         expires_at BIGINT NOT NULL)",
+        // The phone certificate each SIM holds for each provider: an issuance writes its row
+        // first, so two issuances for one SIM are ordered and the later one supersedes the
+        // earlier ([`supersede_batch`]).
+        "CREATE TABLE IF NOT EXISTS sims (
+        iccid TEXT NOT NULL, provider TEXT NOT NULL, serial TEXT NOT NULL, at BIGINT NOT NULL,
+        PRIMARY KEY (iccid, provider))",
+        "CREATE INDEX IF NOT EXISTS audit_event ON audit (event, detail)",
     ],
 };
 
@@ -55,7 +62,9 @@ pub const SCHEMA: Schema = Schema {
 pub const ISSUE_LEASE_MS: i64 = 60_000;
 
 /// How long a finished issue request's answer is kept for requests with the same key (the
-/// sealed credential in it is needed no longer than the SP-TSM's operation).
+/// sealed credential in it is needed no longer than the SP-TSM's operation). A later request
+/// for the same SIM is a new issuance that supersedes the earlier certificate
+/// ([`supersede_batch`]), so none is left valid beside the one the SIM holds.
 pub const ISSUE_ANSWER_KEEP_MS: i64 = 3_600_000;
 
 /// An issue request as recorded under its idempotency key.
@@ -212,6 +221,71 @@ pub fn issue_batch(link: &Link, nonce_hex: &str, at: i64) -> Vec<Stmt> {
             ),
         ),
     ]
+}
+
+/// The statements that make `link` the one phone certificate of its SIM and provider, run
+/// last in its issuance's transaction: the SIM's row is written first (a second issuance for
+/// the same SIM waits for this one to commit, then sees its link), then every other active or
+/// held certificate of that SIM and provider is revoked (`superseded`, audited one by one): a
+/// SIM has one JPKI applet per provider, so an earlier certificate is one whose key the SIM
+/// no longer holds — made again after a lost answer the issuer no longer remembers, or
+/// replaced by a new download.
+pub fn supersede_batch(link: &Link, at: i64) -> Vec<Stmt> {
+    vec![
+        Stmt::any(
+            "INSERT INTO sims (iccid, provider, serial, at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (iccid, provider) DO UPDATE SET serial = excluded.serial, at = excluded.at",
+            vec![
+                link.iccid.clone().into(),
+                link.provider.clone().into(),
+                link.serial.clone().into(),
+                at.into(),
+            ],
+        ),
+        Stmt::any(
+            "INSERT INTO audit (at, actor, event, detail)
+             SELECT $1, CAST($2 AS TEXT), 'revoked',
+             'phone ' || serial || ' sign ' || sign_serial || ': superseded by ' || CAST($5 AS TEXT)
+             || ' on the same SIM'
+             FROM links WHERE iccid = $3 AND provider = $4 AND serial <> $5
+             AND state IN ('active', 'held')",
+            vec![
+                at.into(),
+                link.sp_tsm.clone().into(),
+                link.iccid.clone().into(),
+                link.provider.clone().into(),
+                link.serial.clone().into(),
+            ],
+        ),
+        Stmt::any(
+            "UPDATE links SET state = 'revoked', reason = 'superseded', revoked_at = $1
+             WHERE iccid = $2 AND provider = $3 AND serial <> $4 AND state IN ('active', 'held')",
+            vec![
+                at.into(),
+                link.iccid.clone().into(),
+                link.provider.clone().into(),
+                link.serial.clone().into(),
+            ],
+        ),
+    ]
+}
+
+/// How long after a revoked or held phone certificate expires it stays on the CRL: one CRL
+/// validity period, so that it appears on at least one CRL issued after its notAfter (RFC
+/// 5280 §5, "Revoked Certificates"), then it is dropped.
+pub const CRL_KEEP_EXPIRED_S: i64 = 24 * 3600;
+
+/// Records (once each, audited `crl-dropped`) the revoked or held phone certificates that
+/// expired more than [`CRL_KEEP_EXPIRED_S`] before `now_s`, so the CRL that leaves them off
+/// carries a higher number than the last one listing them.
+pub fn note_crl_drops(now_s: i64, now_ms: i64) -> Stmt {
+    Stmt::any(
+        "INSERT INTO audit (at, actor, event, detail)
+         SELECT $1, 'issuer', 'crl-dropped', l.serial FROM links l
+         WHERE l.state IN ('revoked', 'held') AND l.not_after < $2
+         AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.event = 'crl-dropped' AND a.detail = l.serial)",
+        vec![now_ms.into(), (now_s - CRL_KEEP_EXPIRED_S).into()],
+    )
 }
 
 /// The revocation of signature serial `sign_serial` and of every active phone certificate
@@ -433,15 +507,17 @@ pub struct CrlRow {
 }
 
 /// The revoked and held phone certificates with the newest audit id, in one statement (one
-/// snapshot of the database): what the issuer's CRL lists ([`super::crl`]).
-pub async fn crl_rows(db: &Db) -> Result<Vec<CrlRow>, StoreError> {
+/// snapshot of the database): what the issuer's CRL lists ([`super::crl`]) at `now_s` (Unix
+/// seconds) — without those expired longer than [`CRL_KEEP_EXPIRED_S`].
+pub async fn crl_rows(db: &Db, now_s: i64) -> Result<Vec<CrlRow>, StoreError> {
     Ok(db
         .query(
             "SELECT CAST((SELECT COALESCE(MAX(id), 0) FROM audit) AS BIGINT), l.serial, l.state,
              COALESCE(l.reason, ''), COALESCE(l.revoked_at, l.issued_at)
              FROM (SELECT 1 AS one) d LEFT JOIN links l ON l.state IN ('revoked', 'held')
+             AND l.not_after >= $1
              ORDER BY l.serial",
-            vec![],
+            vec![(now_s - CRL_KEEP_EXPIRED_S).into()],
         )
         .await?
         .into_iter()
