@@ -51,76 +51,93 @@ impl Issuer {
             instance,
             on_card,
         )?;
+        // The same Certify with a key made again (its answer was lost).
+        let made_again = |r: &store::IssueRecord| {
+            on_card.is_some()
+                && r.state == "done"
+                && r.request_hash.len() == hash.len()
+                && r.request_hash[..32] == hash[..32]
+                && r.request_hash != hash
+        };
+        let issue = async |replacing| {
+            self.issue(
+                sender,
+                provider,
+                iccid,
+                application,
+                card_certificate,
+                instance,
+                request_id,
+                on_card,
+                replacing,
+            )
+            .await
+        };
+        let r = match self
+            .once(sender, &key, &hash, async || issue(None).await, made_again)
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(r) => r,
+        };
+        // The new key is certified and the previous certificate revoked in one transaction.
+        let bytes = r.answer.clone().unwrap_or_default();
+        let Ok(IssuerResponse::Issued { serial, .. }) =
+            tsm_protocol::codec::decode::<IssuerResponse>(&bytes)
+        else {
+            return Err(IssuerError::Internal(
+                "a kept Certify answer is not an issuance".into(),
+            ));
+        };
+        tracing::warn!(sender = %sender, request_id = %key, previous = %serial, "Certify with a key made again under the same request: the previous certificate is revoked if this one is issued");
+        issue(Some(Replacing {
+            request_hash: r.request_hash,
+            serial,
+            new_hash: hash,
+        }))
+        .await
+    }
+
+    /// `work` at most once per (`sender`, idempotency key `key`) for the request recognised by
+    /// `hash`: the winner of the claim runs it (its success — `Issued`, `PinReset` — records
+    /// the answer in its own transaction; a refusal releases the claim); a request finding the
+    /// key taken waits for the answer and returns it, or is refused as a conflict when the key
+    /// was used for another request — unless `diverted` says the record is one the caller
+    /// handles itself (`Err(record)`).
+    pub(super) async fn once(
+        &self,
+        sender: &PartyId,
+        key: &str,
+        hash: &[u8],
+        work: impl AsyncFnOnce() -> Result<IssuerResponse, IssuerError>,
+        diverted: impl Fn(&store::IssueRecord) -> bool,
+    ) -> Result<Result<IssuerResponse, store::IssueRecord>, IssuerError> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if store::claim_issue(&self.db, &sender.0, &key, &hash, now_ms()).await? {
-                let answer = self
-                    .issue(
-                        sender,
-                        provider,
-                        iccid,
-                        application,
-                        card_certificate,
-                        instance,
-                        request_id,
-                        on_card,
-                        None,
-                    )
-                    .await;
-                if !matches!(answer, Ok(IssuerResponse::Issued { .. })) {
+            if store::claim_issue(&self.db, &sender.0, key, hash, now_ms()).await? {
+                let answer = work().await;
+                if !matches!(
+                    answer,
+                    Ok(IssuerResponse::Issued { .. } | IssuerResponse::PinReset { .. })
+                ) {
                     self.db
-                        .commit(vec![store::release_issue(&sender.0, &key)])
+                        .commit(vec![store::release_issue(&sender.0, key)])
                         .await?;
                 }
-                return answer;
+                return answer.map(Ok);
             }
-            match store::issue_record(&self.db, &sender.0, &key).await? {
+            match store::issue_record(&self.db, &sender.0, key).await? {
                 // Released meanwhile (a refusal): claim it again.
                 None => {}
-                // The same Certify with a key made again (its answer was lost): the new key
-                // is certified and the previous certificate revoked in one transaction.
-                Some(r)
-                    if on_card.is_some()
-                        && r.state == "done"
-                        && r.request_hash.len() == hash.len()
-                        && r.request_hash[..32] == hash[..32]
-                        && r.request_hash != hash =>
-                {
-                    let bytes = r.answer.clone().unwrap_or_default();
-                    let Ok(IssuerResponse::Issued { serial, .. }) =
-                        tsm_protocol::codec::decode::<IssuerResponse>(&bytes)
-                    else {
-                        return Err(IssuerError::Internal(
-                            "a kept Certify answer is not an issuance".into(),
-                        ));
-                    };
-                    tracing::warn!(sender = %sender, request_id = %key, previous = %serial, "Certify with a key made again under the same request: the previous certificate is revoked if this one is issued");
-                    return self
-                        .issue(
-                            sender,
-                            provider,
-                            iccid,
-                            application,
-                            card_certificate,
-                            instance,
-                            request_id,
-                            on_card,
-                            Some(Replacing {
-                                request_hash: r.request_hash,
-                                serial,
-                                new_hash: hash,
-                            }),
-                        )
-                        .await;
-                }
+                Some(r) if diverted(&r) => return Ok(Err(r)),
                 Some(r) if r.request_hash != hash => {
-                    return Ok(reject(
+                    return Ok(Ok(reject(
                         Layer::Protocol,
                         "protocol.idempotency-conflict",
                         format!(
-                            "the idempotency key {key} was used for another issue request: use a fresh key"
+                            "the idempotency key {key} was used for another request: use a fresh key"
                         ),
-                    ));
+                    )));
                 }
                 Some(r) if r.state == "done" => {
                     // Repeated only once it is sure to survive a failover (`Db::settle`).
@@ -128,20 +145,20 @@ impl Issuer {
                     let bytes = r.answer.unwrap_or_default();
                     let answer = tsm_protocol::codec::decode::<IssuerResponse>(&bytes)
                         .map_err(|e| IssuerError::Internal(format!("a kept answer: {e}")))?;
-                    tracing::info!(sender = %sender, request_id = %key, "issue request answered again (same idempotency key)");
-                    return Ok(answer);
+                    tracing::info!(sender = %sender, request_id = %key, "request answered again (same idempotency key)");
+                    return Ok(Ok(answer));
                 }
                 Some(_) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(IssuerResponse::Rejected(ErrorReport::new(
+                    return Ok(Ok(IssuerResponse::Rejected(ErrorReport::new(
                         Layer::Tsm,
                         "issuer.in-progress",
                         true,
                         format!(
-                            "another request with the idempotency key {key} is still being issued: send it again later"
+                            "another request with the idempotency key {key} is still being answered: send it again later"
                         ),
-                    )));
+                    ))));
                 }
-                // Another request is issuing it: wait for its answer.
+                // Another request is working on it: wait for its answer.
                 Some(_) => {}
             }
             tokio::time::sleep(POLL).await;

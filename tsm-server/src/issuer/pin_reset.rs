@@ -5,18 +5,61 @@
 //! signed by the **same card** the phone certificate is linked to (`application.other-card`
 //! otherwise), records its nonce (a replay is `application.replayed`) in the transaction that
 //! also requires the link to be still active, and answers a fresh PIN sealed to the SIM for the
-//! applet's PIN file — the holder's letter goes to the PIN mailer as at issue.
+//! applet's PIN file — the holder's letter goes to the PIN mailer as at issue. Once per
+//! idempotency key ([`Issuer::once`], as an issue): a retry after a lost answer gets the same
+//! sealed PIN (kept [`store::ISSUE_ANSWER_KEEP_MS`]), not a replay refusal.
 
 use super::{Issuer, IssuerError, new_pin, now_ms, reject, store};
 use kagi_db::{Stmt, StoreError};
+use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 use tsm_protocol::issuer::IssuerResponse;
 use tsm_protocol::seal::SealTarget;
 use tsm_protocol::{IdempotencyKey, Layer, PartyId};
 
 impl Issuer {
-    /// [`tsm_protocol::issuer::IssuerRequest::ResetPin`] from `sender`.
+    /// [`tsm_protocol::issuer::IssuerRequest::ResetPin`] from `sender`, at most once per
+    /// idempotency key.
     pub(super) async fn reset_pin(
+        &self,
+        sender: &PartyId,
+        application: &[u8],
+        serial: &str,
+        card_certificate: &[u8],
+        instance: &[u8],
+        request_id: &IdempotencyKey,
+    ) -> Result<IssuerResponse, IssuerError> {
+        let hash = tsm_protocol::codec::encode(&(
+            "reset-pin",
+            serial,
+            application,
+            card_certificate,
+            instance,
+        ))
+        .map(|b| Sha256::digest(b).to_vec())
+        .map_err(|e| IssuerError::Internal(e.to_string()))?;
+        let key = request_id.to_hex();
+        let work = async || {
+            self.reset_pin_now(
+                sender,
+                application,
+                serial,
+                card_certificate,
+                instance,
+                request_id,
+            )
+            .await
+        };
+        match self.once(sender, &key, &hash, work, |_| false).await? {
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(IssuerError::Internal(
+                "a PIN reset's idempotency record was diverted".into(),
+            )),
+        }
+    }
+
+    /// The PIN reset itself, its answer recorded under the claimed key.
+    async fn reset_pin_now(
         &self,
         sender: &PartyId,
         application: &[u8],
@@ -99,6 +142,12 @@ impl Issuer {
         let sealed_pin =
             tsm_protocol::seal::seal_pin(&target, instance, request_id, pin.as_bytes())
                 .map_err(IssuerError::Internal)?;
+        let answer = IssuerResponse::PinReset {
+            serial: serial.into(),
+            sealed_pin,
+        };
+        let encoded = tsm_protocol::codec::encode(&answer)
+            .map_err(|e| IssuerError::Internal(e.to_string()))?;
         let at = now_ms();
         let batch = vec![
             Stmt::one(
@@ -122,6 +171,7 @@ impl Issuer {
                     link.sign_serial
                 ),
             ),
+            store::finish_issue(&sender.0, &request_id.to_hex(), encoded, at),
         ];
         match self.db.commit(batch).await {
             Ok(()) => {}
@@ -130,6 +180,11 @@ impl Issuer {
                     Layer::Business,
                     "application.replayed",
                     "the pin-reset application was already used (replay): make a fresh one",
+                ));
+            }
+            Err(StoreError::Conflict(3)) => {
+                return Err(IssuerError::Internal(
+                    "another worker took over this PIN reset meanwhile; nothing was reset".into(),
                 ));
             }
             Err(StoreError::Conflict(_)) => {
@@ -143,9 +198,6 @@ impl Issuer {
         }
         self.mail_pin(serial, &pin)?;
         tracing::info!(serial, "PIN reset on a fresh signature");
-        Ok(IssuerResponse::PinReset {
-            serial: serial.into(),
-            sealed_pin,
-        })
+        Ok(answer)
     }
 }

@@ -121,8 +121,9 @@ fn pin_reset_application(cert: Vec<u8>, made: SystemTime) -> Vec<u8> {
 
 /// A PIN reset only on a fresh pin-reset application signed with the card the phone
 /// certificate is linked to: the new PIN opens with the SIM's key for the PIN file and is the
-/// holder's letter; an issue application, another card's, a stale one, a replayed one and one
-/// for a revoked phone certificate are refused, each with its own code.
+/// holder's letter, and the same request again gets the same answer; an issue application,
+/// another card's, a stale one, a replayed one and one for a revoked phone certificate are
+/// refused, each with its own code.
 #[tokio::test]
 async fn a_pin_reset_needs_a_fresh_signature_of_the_same_card() {
     let w = world("pin-reset").await;
@@ -176,6 +177,27 @@ async fn a_pin_reset_needs_a_fresh_signature_of_the_same_card() {
     let letter = std::fs::read_to_string(w.dir.join(format!("pin-mailer/{serial}.pin"))).unwrap();
     assert_eq!(letter.trim().as_bytes(), pin.as_slice());
 
+    // The same request again (the answer was lost): the same sealed PIN, no new letter.
+    let IssuerResponse::PinReset {
+        sealed_pin: again, ..
+    } = w.send(&reset(fresh.clone(), 3)).await
+    else {
+        panic!("not answered again");
+    };
+    assert_eq!(again, sealed_pin);
+    assert_eq!(
+        std::fs::read_to_string(w.dir.join(format!("pin-mailer/{serial}.pin"))).unwrap(),
+        letter
+    );
+    // Its key with another application is a conflict; the application under another key a
+    // replay.
+    assert_eq!(
+        code(
+            w.send(&reset(pin_reset_application(cert(705), now), 3))
+                .await
+        ),
+        "protocol.idempotency-conflict"
+    );
     assert_eq!(code(w.send(&reset(fresh, 4)).await), "application.replayed");
     // An issue application is no pin-reset one (another signature domain).
     assert_eq!(
