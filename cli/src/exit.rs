@@ -126,9 +126,24 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
     {
         "broker".into()
     } else if let Some(r) = e.downcast_ref::<Refused>() {
+        if let Some(c) = tsm_protocol::codes::lookup(&r.0.code) {
+            fields.insert("hint".into(), json!(c.meaning));
+        }
+        fields.insert("retryable".into(), json!(r.0.retryable));
         r.0.code.clone()
     } else if let Some(a) = e.downcast_ref::<kagi_certs::application::ApplicationError>() {
-        format!("application.{}", a.code())
+        let code = format!("application.{}", a.code());
+        if let Some(c) = tsm_protocol::codes::lookup(&code) {
+            fields.insert("hint".into(), json!(c.meaning));
+        }
+        fields.insert(
+            "retryable".into(),
+            json!(matches!(
+                a,
+                kagi_certs::application::ApplicationError::Local(_)
+            )),
+        );
+        code
     } else if e.downcast_ref::<serde_json::Error>().is_some()
         || e.downcast_ref::<toml::de::Error>().is_some()
     {
@@ -140,7 +155,8 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> (String, serde_json::M
 }
 
 /// A TSM's (or, through it, the JPKI issuer's) refusal: its code is the error's `--json`
-/// code (`application.revoked`, `protocol.replayed`, …).
+/// code (`application.revoked`, `protocol.replayed`, …), with the catalogue's words for it
+/// (`tsm_protocol::codes`) as `hint` and whether sending it again may help as `retryable`.
 #[derive(Debug, thiserror::Error)]
 #[error("the TSM refused: {0}")]
 pub struct Refused(pub tsm_protocol::ErrorReport);

@@ -35,6 +35,13 @@ fn issue_code(s: &Scenario, iccid: &str, application: &Path) -> Option<String> {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not a JSON error ({e}): {}", text(&o)));
+    // Every TSM refusal says in words what to do (the refusal-code catalogue) and whether a
+    // retry may help: none of an application's refusals does.
+    assert!(
+        v["error"]["hint"].as_str().is_some_and(|h| h.len() > 10),
+        "{v}"
+    );
+    assert_eq!(v["error"]["retryable"], false, "{v}");
     Some(v["error"]["code"].as_str().unwrap().to_string())
 }
 

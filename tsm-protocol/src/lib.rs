@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod codes;
 pub mod control;
 pub mod error;
 pub mod issuer;

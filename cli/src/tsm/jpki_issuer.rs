@@ -282,7 +282,8 @@ fn crl(config: &Path, database: Option<String>, out: &Path, json_out: bool) -> R
         let issuer = tsm_server::issuer::Issuer::open(loaded.config, &backend).await?;
         issuer.sync_revocations().await?;
         let (number, der) = issuer.crl().await?;
-        let (_, entries) = tsm_server::issuer::crl::entries(issuer.db()).await?;
+        let (_, entries) =
+            tsm_server::issuer::crl::entries(issuer.db(), std::time::SystemTime::now()).await?;
         Ok::<_, Failure>((number, der, entries.len()))
     })?;
     std::fs::write(out, &der).map_err(|e| format!("{}: {e}", out.display()))?;

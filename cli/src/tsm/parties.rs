@@ -141,7 +141,7 @@ fn response_json(r: &ControlResponse) -> serde_json::Value {
 
 fn show(json_out: bool, r: &ControlResponse) -> Result<(), Failure> {
     if let ControlResponse::Rejected(e) = r {
-        return Err(format!("the TSM refused: {e}").into());
+        return Err(Box::new(crate::exit::Refused(e.clone())));
     }
     let v = response_json(r);
     if json_out {
