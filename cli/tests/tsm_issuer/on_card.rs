@@ -7,8 +7,8 @@
 //! PIN of their own with `kagi jpki change-pin` and the mailed one. The private key — read
 //! out of the SIM image — is in no database, log or relay capture of any service.
 
-use super::support::cli::{Scenario, contains, field, kagi, ok, spawn_logged, wait_port};
-use super::{apply_code, mailed_code, start_services_in};
+use super::support::cli::{Scenario, contains, field, kagi, ok};
+use super::support::services::{self, apply_code, mailed_code};
 use std::process::Command;
 
 /// The phone key (a 32-byte P-256 scalar) the JPKI applet keeps in `0017`, out of the SIM
@@ -31,7 +31,7 @@ fn key_in_image(image: &std::path::Path) -> Vec<u8> {
 fn the_key_made_on_the_sim_through_three_services() {
     let s = Scenario::new("three-on-card", false);
     let dir = &s.dir;
-    let services = start_services_in(&s, &None, None, false, "on-card");
+    let services = services::start(&s);
     let iccid = services.iccid.clone();
     let application = s.apply(&iccid);
     assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
@@ -182,7 +182,7 @@ fn the_key_made_on_the_sim_through_three_services() {
 fn an_unreachable_issuer_at_the_challenge_interrupts_the_download() {
     let s = Scenario::new("on-card-down", false);
     let dir = &s.dir;
-    let mut services = start_services_in(&s, &None, None, false, "on-card");
+    let mut services = services::start(&s);
     let iccid = services.iccid.clone();
     let application = s.apply(&iccid);
     assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
@@ -190,8 +190,8 @@ fn an_unreachable_issuer_at_the_challenge_interrupts_the_download() {
     std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
     let (_, code) = mailed_code(&dir.join("tsm/outbox"));
     std::fs::write(dir.join("code.txt"), &code).unwrap();
-    // The issuer is the last service started: stopped (killed, waited for).
-    drop(services._running.pop());
+    // The issuer stopped (killed, waited for).
+    services.stop_issuer();
     let relay = |capture: &str| {
         let o = s
             .relay()
@@ -224,20 +224,7 @@ fn an_unreachable_issuer_at_the_challenge_interrupts_the_download() {
         0,
         "nothing issued"
     );
-    let link = std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap();
-    let port: u16 = link
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("url = \"http://127.0.0.1:"))
-        .and_then(|p| p.trim_end_matches('"').parse().ok())
-        .expect("the issuer's port in sp-tsm-link.toml");
-    let mut issuer = kagi();
-    issuer
-        .args(["jpki-issuer", "serve", "--config"])
-        .arg(dir.join("issuer/jpki-issuer.toml"));
-    services
-        ._running
-        .push(spawn_logged(issuer, &dir.join("issuer2.log")));
-    wait_port(port);
+    services.restart_issuer(&s, "issuer2.log");
     let (outcome, out) = relay("relay2.bin");
     assert_eq!(outcome, "completed", "{out}");
     let letters = std::fs::read_dir(dir.join("issuer/pin-mailer"))
