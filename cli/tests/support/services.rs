@@ -6,6 +6,7 @@
 //! are killed (by their PID) and reaped when [`Services`] is dropped, also when a test fails.
 
 use super::cli::{Killed, Scenario, field, kagi, ok, spawn_logged, wait_port};
+use super::gate::Gate;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,6 +66,11 @@ pub struct Setup<'a> {
     /// The SP-TSM's `[jpki_issuer] key_generation` (`issuer` or `on-card`); `None` keeps the
     /// line `jpki-issuer init` wrote (`on-card`).
     pub key_generation: Option<&'a str>,
+    /// Appended to the MNO-TSM's mno-tsm.toml (e.g. another provider it hosts).
+    pub mno_extra: &'a str,
+    /// The SP-TSM reaches the MNO-TSM through a [`Gate`] that records the requests
+    /// ([`Services::mno_gate`]).
+    pub mno_gate: bool,
 }
 
 impl Default for Setup<'_> {
@@ -75,6 +81,8 @@ impl Default for Setup<'_> {
             notify: None,
             issuer_tls: false,
             key_generation: None,
+            mno_extra: "",
+            mno_gate: false,
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct Services {
     pub db: Databases,
     /// The processes: [SP-TSM, MNO-TSM, issuer].
     pub _running: Vec<Killed>,
+    /// The gate between the SP-TSM and the MNO-TSM, when [`Setup::mno_gate`].
+    pub mno_gate: Option<Gate>,
 }
 
 impl Services {
@@ -248,7 +258,20 @@ pub fn start_with(s: &Scenario, setup: Setup) -> Services {
         .notify
         .map(|n| n.split_at(n.find("\n[").map_or(n.len(), |i| i + 1)))
         .unwrap_or(("", ""));
-    let mno_link = std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap();
+    let mut mno_link = std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap();
+    let mno_gate = setup.mno_gate.then(|| {
+        // A hold prefix no request line starts with: every request passes, recorded.
+        let gate = Gate::start(mno_port, "-");
+        let direct = format!("url = \"http://127.0.0.1:{mno_port}\"");
+        assert!(mno_link.contains(&direct), "{mno_link}");
+        mno_link = mno_link.replace(&direct, &format!("url = \"{}\"", gate.url()));
+        gate
+    });
+    if !setup.mno_extra.is_empty() {
+        let conf = dir.join("mno/mno-tsm.toml");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{text}\n{}", setup.mno_extra)).unwrap();
+    }
     std::fs::write(
         dir.join("tsm/tsm.toml"),
         format!("{top}{sp_toml}{mno_link}{link}{tables}"),
@@ -284,6 +307,7 @@ pub fn start_with(s: &Scenario, setup: Setup) -> Services {
         mno_port,
         db: setup.db,
         _running: running,
+        mno_gate,
     }
 }
 
@@ -394,4 +418,20 @@ pub fn download(s: &Scenario, iccid: &str) -> (String, PathBuf) {
     let status = check(s, &op);
     let serial = status["serial"].as_str().unwrap().to_string();
     (op, dir.join(format!("issuer/pin-mailer/{serial}.pin")))
+}
+
+/// The phone key (a 32-byte P-256 scalar) the SIM's JPKI applet keeps in its EF `0017`, read
+/// out of the SIM image.
+pub fn phone_key_in_image(image: &Path) -> Vec<u8> {
+    let card = applet_sim::SimCard::from_image(image, None).unwrap();
+    let store = card.store();
+    let names: Vec<String> = store
+        .keys("app/")
+        .into_iter()
+        .filter(|k| k.ends_with("key/0017"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let k = store.get(&names[0]).unwrap().to_vec();
+    assert_eq!(k.len(), 32);
+    k
 }

@@ -11,22 +11,6 @@ use super::support::cli::{Scenario, contains, field, kagi, ok};
 use super::support::services::{self, apply_code, mailed_code};
 use std::process::Command;
 
-/// The phone key (a 32-byte P-256 scalar) the JPKI applet keeps in `0017`, out of the SIM
-/// image.
-fn key_in_image(image: &std::path::Path) -> Vec<u8> {
-    let card = applet_sim::SimCard::from_image(image, None).unwrap();
-    let store = card.store();
-    let names: Vec<String> = store
-        .keys("app/")
-        .into_iter()
-        .filter(|k| k.ends_with("key/0017"))
-        .collect();
-    assert_eq!(names.len(), 1, "{names:?}");
-    let k = store.get(&names[0]).unwrap().to_vec();
-    assert_eq!(k.len(), 32);
-    k
-}
-
 #[test]
 fn the_key_made_on_the_sim_through_three_services() {
     let s = Scenario::new("three-on-card", false);
@@ -147,7 +131,7 @@ fn the_key_made_on_the_sim_through_three_services() {
     assert_eq!(status["state"], "active", "{status}");
 
     // The private key is on the SIM only.
-    let key = key_in_image(&dir.join("sim.img"));
+    let key = services::phone_key_in_image(&dir.join("sim.img"));
     drop(services);
     let mut searched = 0;
     for f in [
