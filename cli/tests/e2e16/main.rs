@@ -39,7 +39,7 @@ pub struct Walk {
 
 impl Walk {
     /// A walk beginning now.
-    pub fn new() -> Walk {
+    pub fn begin() -> Walk {
         Walk {
             start: Instant::now(),
         }

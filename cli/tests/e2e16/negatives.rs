@@ -86,7 +86,7 @@ fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, what: 
 
 #[test]
 fn an_application_from_a_revoked_card_is_refused() {
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new("e2e16-revoked", false);
     let sv = services::start(&s);
     let step = w.step("②③ refused: the card's signature certificate is on its CA's CRL");
@@ -106,7 +106,7 @@ fn an_application_from_a_revoked_card_is_refused() {
 #[test]
 fn an_application_from_an_expired_card_is_refused() {
     use rsa::signature::{SignatureEncoding, Signer as _};
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new("e2e16-expired", false);
     let sv = services::start(&s);
     let step = w.step("②③ refused: the card's signature certificate has expired");
@@ -159,7 +159,7 @@ fn an_application_from_an_expired_card_is_refused() {
 
 #[test]
 fn a_forged_application_is_refused() {
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new("e2e16-forged", false);
     let sv = services::start(&s);
     let step = w.step("②③ refused: the application's signature is forged (one bit flipped)");
@@ -172,7 +172,7 @@ fn a_forged_application_is_refused() {
 
 #[test]
 fn wrong_access_codes_and_passwords_are_counted_and_the_last_locks() {
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new("e2e16-tries", false);
     let dir = &s.dir;
     let sv = services::start(&s);
@@ -291,7 +291,7 @@ fn refusal(r: &ControlResponse) -> String {
 
 #[test]
 fn the_mno_tsm_refuses_another_provider_and_a_replayed_request() {
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new("e2e16-mno", false);
     let dir = &s.dir;
     // The MNO-TSM hosts a second provider of the same SP-TSM; the SP-TSM reaches it through

@@ -71,7 +71,7 @@ fn sp_audit(services: &Services, dir: &Path, op: &str) -> Vec<String> {
 /// Walks ①–⑱ with the three services on SQLite, or each on a database of its own in the
 /// private PostgreSQL `pg`.
 pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
-    let w = Walk::new();
+    let w = Walk::begin();
     let s = Scenario::new(name, false);
     let dir = &s.dir;
     let db = pg.map(Databases::all_on).unwrap_or_default();
