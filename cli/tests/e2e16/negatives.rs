@@ -49,8 +49,8 @@ fn relay_run(s: &Scenario, password: &Path) -> (Option<i32>, Vec<serde_json::Val
 }
 
 /// `application` through the provider (accepted in the on-card mode), the mailed code and a
-/// download: the download's JSON documents; nothing may be certified.
-fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, what: &str) -> String {
+/// download, which the issuer must refuse with `code`: nothing certified.
+fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, code: &str, what: &str) {
     let dir = &s.dir;
     assert_eq!(
         apply_code(s, &sv.iccid, application, "issue.json"),
@@ -59,8 +59,8 @@ fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, what: 
     );
     let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
     std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
-    let (_, code) = mailed_code(&dir.join("tsm/outbox"));
-    std::fs::write(dir.join("code.txt"), code).unwrap();
+    let (_, access) = mailed_code(&dir.join("tsm/outbox"));
+    std::fs::write(dir.join("code.txt"), access).unwrap();
     let (status, docs) = relay_run(s, &dir.join("pw.txt"));
     assert_ne!(status, Some(0), "{what}: {docs:?}");
     assert_eq!(
@@ -81,7 +81,29 @@ fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, what: 
         "failed",
         "{what}: {docs:?}"
     );
-    serde_json::to_string(&docs).unwrap()
+    // The SP-TSM's audit ends with the issuer's refusal; the issuer logs it and certifies
+    // nothing.
+    let trail = sv.sp_row(
+        dir,
+        &format!("SELECT actor, event, detail FROM audit WHERE op_id = '{op}' ORDER BY id"),
+    );
+    assert_eq!(
+        trail.lines().last(),
+        Some(format!("tsm|failed|{code}").as_str()),
+        "{what}: {trail}"
+    );
+    let issuer_trail = sv.issuer_row(dir, "SELECT event FROM audit ORDER BY id");
+    assert_eq!(issuer_trail, "challenge", "{what}");
+    let short = code.trim_start_matches("application.");
+    let log = std::fs::read_to_string(dir.join("issuer.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("application refused")
+            && l.contains("sender=tsm:kagi")
+            && l.contains(&format!("code=\"{short}\""))),
+        "{what}: the issuer's log"
+    );
+    let out = serde_json::to_string(&docs).unwrap();
+    assert!(out.contains(code), "{what}: {out}");
 }
 
 #[test]
@@ -99,8 +121,7 @@ fn an_application_from_a_revoked_card_is_refused() {
         .args(["ca", "revoke", "--kind", "sign", "--dir"])
         .arg(s.dir.join("pki"))
         .arg(&serial));
-    let out = refused_at_the_issuer(&s, &sv, &application, step);
-    assert!(out.contains("application.revoked"), "{step}: {out}");
+    refused_at_the_issuer(&s, &sv, &application, "application.revoked", step);
 }
 
 #[test]
@@ -153,8 +174,7 @@ fn an_application_from_an_expired_card_is_refused() {
         crate::p(&s.dir.join("sign.der")),
     ]);
     assert!(!valid, "{step}: openssl finds it still valid");
-    let out = refused_at_the_issuer(&s, &sv, &application, step);
-    assert!(out.contains("application.expired"), "{step}: {out}");
+    refused_at_the_issuer(&s, &sv, &application, "application.expired", step);
 }
 
 #[test]
@@ -166,8 +186,13 @@ fn a_forged_application_is_refused() {
     let mut forged = std::fs::read(s.apply(&sv.iccid)).unwrap();
     *forged.last_mut().unwrap() ^= 1;
     std::fs::write(s.dir.join("forged.bin"), &forged).unwrap();
-    let out = refused_at_the_issuer(&s, &sv, &s.dir.join("forged.bin"), step);
-    assert!(out.contains("application.bad-signature"), "{step}: {out}");
+    refused_at_the_issuer(
+        &s,
+        &sv,
+        &s.dir.join("forged.bin"),
+        "application.bad-signature",
+        step,
+    );
 }
 
 #[test]
