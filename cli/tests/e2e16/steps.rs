@@ -147,6 +147,13 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
         "0",
         "{s5}: nothing at the issuer yet"
     );
+    assert_eq!(
+        std::fs::read_dir(dir.join("issuer/pin-mailer"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "{s5}: no certificate, no PIN letter: the key is not made yet"
+    );
 
     // ④
     let s4 = w.step("④ the password registered and the access code made (at the SP-TSM)");
