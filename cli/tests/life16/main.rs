@@ -11,12 +11,12 @@ mod support;
 
 mod notices;
 mod pin_reset;
-mod services;
 mod suspension;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use support::cli::{Scenario, kagi, ok};
+use support::services;
 
 /// What openssl makes of a DER CRL: whether it verifies with `ca` (PEM), and its entries as
 /// (serial, reason) in openssl's words — computed without kagi.
@@ -151,7 +151,13 @@ fn text(o: &Output) -> String {
 fn linked_revocation_reaches_eligibility_reads_and_the_broker() {
     let s = Scenario::new("life16-crl", false);
     let dir = &s.dir;
-    let services = services::start(&s);
+    let services = services::start_with(
+        &s,
+        services::Setup {
+            serial: "life",
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let (op, pin_letter) = services::download(&s, &iccid);
     let sign_serial = services::check(&s, &op)["my_number_sign_serial"]

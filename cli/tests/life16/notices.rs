@@ -4,8 +4,8 @@
 //! CRL then lists the phone certificate with the reason (as openssl reads it); audited on all
 //! three sides. A notice signed by another key, and one replayed, are refused.
 
-use crate::services::{self, Services};
 use crate::support::cli::{Scenario, kagi, ok};
+use crate::support::services::{self, Databases, Services};
 use crate::{eligibility, openssl_crl, openssl_serial};
 use std::path::Path;
 use std::process::Command;
@@ -102,7 +102,13 @@ fn issuer_crl(s: &Scenario, services: &Services) -> Vec<(String, String)> {
 fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged() {
     let s = Scenario::new("life16-lost", false);
     let dir = &s.dir;
-    let mut services = services::start(&s);
+    let mut services = services::start_with(
+        &s,
+        services::Setup {
+            serial: "life",
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let (op, _) = services::download(&s, &iccid);
     let phone = phone_serial(&s);
@@ -118,7 +124,7 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
 
     // The SP-TSM is down when the operator reports the loss: the MNO-TSM keeps the notice
     // (queued with the SIM's new state) and records the failed attempt.
-    services::stop_sp_tsm(&mut services);
+    services.stop_sp_tsm();
     ok(kagi()
         .args(["tsm", "mno", "--config"])
         .arg(dir.join("mno/operator.toml"))
@@ -131,7 +137,7 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
     );
     // Back up: the MNO-TSM's sweeper sends it again until the SP-TSM acknowledges (waited
     // for by its audit entry, not by time).
-    services::restart_sp_tsm(&s, &mut services);
+    services.restart_sp_tsm(&s, "sp2.log");
     let start = std::time::Instant::now();
     while !mno_audit(&services, dir, &iccid).contains(&"sim-notice-delivered".to_string()) {
         assert!(
@@ -189,20 +195,27 @@ fn a_lost_sim_reaches_the_sp_tsm_and_the_issuer_crl_retried_until_acknowledged()
 
 #[test]
 fn a_changed_sim_supersedes_the_phone_certificate() {
-    changed_sim("life16-changed", None);
+    changed_sim("life16-changed", Databases::default());
 }
 
 /// The same with the issuer's and the MNO-TSM's state on PostgreSQL.
 #[test]
 fn a_changed_sim_supersedes_the_phone_certificate_on_postgres() {
     let pg = tsm_server::testing::PrivatePostgres::start("life16-changed").unwrap();
-    changed_sim("life16-changed-pg", Some(services::pg_databases(&pg)));
+    changed_sim("life16-changed-pg", Databases::issuer_and_mno_on(&pg));
 }
 
-fn changed_sim(name: &str, pg: Option<(String, String)>) {
+fn changed_sim(name: &str, db: Databases) {
     let s = Scenario::new(name, false);
     let dir = &s.dir;
-    let services = services::start_on(&s, pg);
+    let services = services::start_with(
+        &s,
+        services::Setup {
+            serial: "life",
+            db,
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let (op, _) = services::download(&s, &iccid);
     let phone = phone_serial(&s);

@@ -5,8 +5,8 @@
 //! the PIN and the credential signs with it. Refused: a PIN reset without a signature, an
 //! issue application, a stale one, another card's, a replayed one — each with its own code.
 
-use crate::services;
 use crate::support::cli::{Scenario, field, kagi, ok};
+use crate::support::services;
 use std::path::Path;
 
 /// `kagi --json tsm provider apply-pin-reset`: the refusal code, or `None` when accepted.
@@ -54,7 +54,13 @@ fn pin_reset(
 fn a_pin_reset_needs_a_fresh_signature_with_the_my_number_card() {
     let s = Scenario::new("life16-pin", false);
     let dir = &s.dir;
-    let services = services::start(&s);
+    let services = services::start_with(
+        &s,
+        services::Setup {
+            serial: "life",
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let (op, letter) = services::download(&s, &iccid);
 

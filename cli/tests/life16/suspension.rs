@@ -5,8 +5,8 @@
 //! (the issuer's audit strictly alternates), and the CRL agrees with the final state; a
 //! suspended certificate whose card is revoked is revoked for good.
 
-use crate::services;
 use crate::support::cli::{Scenario, kagi, ok};
+use crate::support::services::{self, Databases};
 use crate::{eligibility, openssl_crl};
 use std::process::Command;
 
@@ -38,20 +38,27 @@ fn crl(s: &Scenario, port: u16) -> Vec<(String, String)> {
 
 #[test]
 fn suspension_and_resumption_are_recorded_at_the_issuer_and_race_safely() {
-    suspension("life16-hold", None);
+    suspension("life16-hold", Databases::default());
 }
 
 /// The same with the issuer's state on PostgreSQL.
 #[test]
 fn suspension_and_resumption_on_postgres() {
     let pg = tsm_server::testing::PrivatePostgres::start("life16-hold").unwrap();
-    suspension("life16-hold-pg", Some(services::pg_databases(&pg)));
+    suspension("life16-hold-pg", Databases::issuer_and_mno_on(&pg));
 }
 
-fn suspension(name: &str, pg: Option<(String, String)>) {
+fn suspension(name: &str, db: Databases) {
     let s = Scenario::new(name, false);
     let dir = &s.dir;
-    let services = services::start_on(&s, pg);
+    let services = services::start_with(
+        &s,
+        services::Setup {
+            serial: "life",
+            db,
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let port = services.issuer_port;
     let (op, _) = services::download(&s, &iccid);

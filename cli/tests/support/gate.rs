@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 struct State {
     /// Requests seen, by request line.
     seen: Vec<String>,
+    /// Their bodies, in the same order.
+    bodies: Vec<Vec<u8>>,
     /// Requests held now.
     held: usize,
     released: bool,
@@ -76,6 +78,18 @@ impl Gate {
         cv.notify_all();
     }
 
+    /// The bodies of the requests so far whose request line starts with `prefix` (a signed
+    /// message captured on its way, to be sent again).
+    pub fn bodies(&self, prefix: &str) -> Vec<Vec<u8>> {
+        let s = self.state.0.lock().unwrap();
+        s.seen
+            .iter()
+            .zip(&s.bodies)
+            .filter(|(l, _)| l.starts_with(prefix))
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
     /// How many requests so far started with `prefix`.
     pub fn seen(&self, prefix: &str) -> usize {
         let s = self.state.0.lock().unwrap();
@@ -120,6 +134,7 @@ fn pass(
         let (m, cv) = state;
         let mut s = m.lock().unwrap();
         s.seen.push(line.trim_end().to_string());
+        s.bodies.push(body.clone());
         if line.starts_with(hold) {
             s.held += 1;
             cv.notify_all();

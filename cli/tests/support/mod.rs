@@ -11,6 +11,7 @@ pub mod cli;
 pub mod gate;
 pub mod gp_cap;
 pub mod schema;
+pub mod services;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

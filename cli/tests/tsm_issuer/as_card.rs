@@ -4,8 +4,8 @@
 //! certificate the JPKI issuer made, and `kagi eligibility read` checks it PIN-less.
 
 use super::support::cli::{Scenario, field, ok};
+use super::support::services::{apply_code, mailed_code};
 use super::support::{PrivatePcsc, reader_name};
-use super::{apply_code, issuer_row, mailed_code, start_services};
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -19,7 +19,7 @@ fn text(o: &std::process::Output) -> String {
 fn after_the_download_the_sim_is_a_card_for_opensc_and_eligibility_reads() {
     let s = Scenario::new("three-card", false);
     let dir = &s.dir;
-    let services = start_services(&s, &None, None, false);
+    let services = super::start_services(&s, Default::default());
     let iccid = services.iccid.clone();
     let application = s.apply(&iccid);
     assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
@@ -34,11 +34,7 @@ fn after_the_download_the_sim_is_a_card_for_opensc_and_eligibility_reads() {
         .arg(dir.join("sim.img")));
     assert_eq!(field(&out, "outcome"), "completed", "{out}");
     // The issuer's own record of the phone certificate (sqlite3), to compare against.
-    let serial = issuer_row(
-        dir,
-        &None,
-        "SELECT serial FROM links WHERE state = 'active'",
-    );
+    let serial = services.issuer_row(dir, "SELECT serial FROM links WHERE state = 'active'");
     assert!(!serial.is_empty());
 
     let stack = PrivatePcsc::start_image(&dir.join("sim.img"));

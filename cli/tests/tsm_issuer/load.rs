@@ -1,7 +1,6 @@
 //! `kagi tsm load --outbox`: the load generator drives the three organisations end to end.
 
 use super::support::cli::{Scenario, kagi, ok};
-use super::{issuer_row, start_services};
 
 /// Three sessions, two at a time, each from a fresh blank SIM and an application signed on
 /// the simulated My Number card to the credential on the SIM: the report (its schema) counts
@@ -12,7 +11,7 @@ use super::{issuer_row, start_services};
 fn the_load_generator_runs_whole_sessions_through_three_services() {
     let s = Scenario::new("three-load", false);
     let dir = &s.dir;
-    let _services = start_services(&s, &None, None, false);
+    let services = super::start_services(&s, Default::default());
     let out = ok(kagi()
         .args(["--json", "tsm", "load", "--sp"])
         .arg(dir.join("tsm/sp.toml"))
@@ -38,9 +37,8 @@ fn the_load_generator_runs_whole_sessions_through_three_services() {
     assert_eq!(v["failed"], 0, "{v}");
     assert_eq!(v["mode"], "three-services", "{v}");
     assert_eq!(
-        issuer_row(
+        services.issuer_row(
             dir,
-            &None,
             "SELECT count(DISTINCT sign_serial) || '|' || count(*) FROM links WHERE state = 'active'"
         ),
         "1|3"

@@ -22,9 +22,8 @@ mod smtp;
 
 use std::path::Path;
 use std::process::Command;
-use support::cli::{
-    CONTACT, Scenario, audit, contains, field, kagi, ok, spawn_logged as spawn, wait_port,
-};
+use support::cli::{Scenario, audit, contains, field, kagi, ok};
+use support::services::{self, Databases, Setup, apply_code, check, mailed_code};
 
 /// The signature certificate inside an application file, found by its own framing: the file
 /// ends with the 256-byte signature after its length (varint 256 = 80 02), and the DER
@@ -65,73 +64,17 @@ fn openssl_serial(dir: &Path, der: &[u8]) -> String {
     s.to_string()
 }
 
-/// `kagi --json tsm provider apply`: the refusal code, or `None` when accepted.
-fn apply_code(s: &Scenario, iccid: &str, application: &Path, out: &str) -> Option<String> {
-    let o = kagi()
-        .args(["--json", "tsm", "provider", "--config"])
-        .arg(s.dir.join("tsm/sp.toml"))
-        .args(["apply", "--iccid", iccid, "--application"])
-        .arg(application)
-        .arg("--password-file")
-        .arg(s.dir.join("pw.txt"))
-        .arg("--out")
-        .arg(s.dir.join(out))
-        .output()
-        .unwrap();
-    if o.status.success() {
-        support::schema::document("tsm.provider.issue", &o.stdout);
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not a JSON error ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    Some(v["error"]["code"].as_str().unwrap().to_string())
-}
-
-/// The one message in the maildir `maildir` (its `new/`): its file and the access code on
-/// its `Access code:` line; checks it is addressed to the contact the application names.
-fn mailed_code(maildir: &Path) -> (std::path::PathBuf, String) {
-    let mails: Vec<_> = std::fs::read_dir(maildir.join("new"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(mails.len(), 1, "one mail: {mails:?}");
-    let text = std::fs::read_to_string(&mails[0]).unwrap();
-    assert!(
-        text.lines()
-            .any(|l| l.trim_end() == format!("To: {CONTACT}")),
-        "addressed to the user: {text}"
-    );
-    let code = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Access code: "))
-        .unwrap_or_else(|| panic!("no access code line: {text}"))
-        .trim()
-        .to_string();
-    // 12 digits in groups of four (signed/src/access.rs).
-    assert!(
-        code.len() == 14
-            && code.char_indices().all(|(i, c)| if i % 5 == 4 {
-                c == '-'
-            } else {
-                c.is_ascii_digit()
-            }),
-        "{code}"
-    );
-    (mails[0].clone(), code)
-}
-
-fn check(s: &Scenario, op: &str) -> serde_json::Value {
-    let out = ok(kagi()
-        .args(["--json", "tsm", "provider", "--config"])
-        .arg(s.dir.join("tsm/sp.toml"))
-        .args(["check", "--credential", op]));
-    serde_json::from_str(&out).unwrap()
+/// The three services with the issuer making the keys (the seed's mode, ⑦⑯⑰), the SIM
+/// `three`, the databases `db`.
+fn start_services(s: &Scenario, db: Databases) -> services::Services {
+    services::start_with(
+        s,
+        Setup {
+            db,
+            key_generation: Some("issuer"),
+            ..Default::default()
+        },
+    )
 }
 
 #[test]
@@ -146,166 +89,16 @@ fn three_services_with_the_issuer_on_postgres() {
     three_processes("three-proc-pg", Some(pg.url.clone()));
 }
 
-/// One row of the issuer's database as `a|b` (sqlite3's and psql's unaligned form).
-fn issuer_row(dir: &Path, pg: &Option<String>, sql: &str) -> String {
-    let o = match pg {
-        None => Command::new("sqlite3")
-            .arg(dir.join("issuer/jpki-issuer.db"))
-            .arg(sql)
-            .output(),
-        Some(url) => Command::new("psql")
-            .args([url.as_str(), "-At", "-F", "|", "-c", sql])
-            .output(),
-    }
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// The three services of a scenario running, each killed when dropped, and the SIM they
-/// serve.
-struct Services {
-    iccid: String,
-    _running: Vec<support::cli::Killed>,
-}
-
-/// Sets up and starts the issuer (its state on `issuer_db`, else SQLite), the MNO-TSM and the
-/// SP-TSM (with `notify` added to its tsm.toml, if given; the issuer over HTTPS with
-/// `issuer_tls`, its development certificate the SP-TSM's `tls_ca`) and registers a SIM as
-/// its operator sells it.
-fn start_services(
-    s: &Scenario,
-    issuer_db: &Option<String>,
-    notify: Option<&str>,
-    issuer_tls: bool,
-) -> Services {
-    start_services_in(s, issuer_db, notify, issuer_tls, "issuer")
-}
-
-/// [`start_services`] with the SP-TSM asking the issuer in `key_generation` mode
-/// (`issuer` or `on-card`).
-fn start_services_in(
-    s: &Scenario,
-    issuer_db: &Option<String>,
-    notify: Option<&str>,
-    issuer_tls: bool,
-    key_generation: &str,
-) -> Services {
-    let dir = &s.dir;
-    let (mno_port, issuer_port) = (
-        tsm_server::testing::free_port().unwrap(),
-        tsm_server::testing::free_port().unwrap(),
-    );
-    // A SIM as the operator sells it (no provider domain), its key certified by the maker.
-    let sim = ok(kagi()
-        .args([
-            "sim",
-            "provision",
-            "--json",
-            "--no-domain",
-            "--serial",
-            "three",
-        ])
-        .arg("--image")
-        .arg(dir.join("sim.img"))
-        .arg("--manufacturer-ca")
-        .arg(dir.join("maker")));
-    let iccid = field(&sim, "iccid");
-
-    ok(kagi()
-        .args(["mno-tsm", "init", "--dir"])
-        .arg(dir.join("mno"))
-        .args(["--listen", &format!("127.0.0.1:{mno_port}")])
-        .arg("--sp-tsm-key")
-        .arg(dir.join("tsm/tsm.pub.pem")));
-    let mut init = kagi();
-    init.args(["--json", "jpki-issuer", "init", "--dir"])
-        .arg(dir.join("issuer"))
-        .args(["--listen", &format!("127.0.0.1:{issuer_port}")])
-        .arg("--sp-tsm-key")
-        .arg(dir.join("tsm/tsm.pub.pem"))
-        .arg("--ca-dir")
-        .arg(dir.join("pki"))
-        .arg("--manufacturer-ca")
-        .arg(s.maker_ca());
-    if issuer_tls {
-        init.arg("--tls");
-    }
-    let init = ok(&mut init);
-    support::schema::document("jpki-issuer.init", init.as_bytes());
-    let link = std::fs::read_to_string(dir.join("issuer/sp-tsm-link.toml")).unwrap();
-    assert_eq!(
-        link.contains(&format!("url = \"https://127.0.0.1:{issuer_port}\"")),
-        issuer_tls,
-        "{link}"
-    );
-    let mut sp_toml = std::fs::read_to_string(dir.join("tsm/tsm.toml")).unwrap();
-    // Its top-level keys go before the file's first table, its tables at the end.
-    let (top, tables) = notify
-        .map(|n| n.split_at(n.find("\n[").map_or(n.len(), |i| i + 1)))
-        .unwrap_or(("", ""));
-    sp_toml = format!("{top}{sp_toml}");
-    sp_toml.push_str(&std::fs::read_to_string(dir.join("mno/sp-tsm-link.toml")).unwrap());
-    // `jpki-issuer init` links in the on-card mode (the preferred one); the seed's mode is
-    // chosen by changing that line.
-    assert!(
-        link.lines().any(|l| l == "key_generation = \"on-card\""),
-        "{link}"
-    );
-    sp_toml.push_str(&link.replace(
-        "key_generation = \"on-card\"",
-        &format!("key_generation = \"{key_generation}\""),
-    ));
-    sp_toml.push_str(tables);
-    std::fs::write(dir.join("tsm/tsm.toml"), sp_toml).unwrap();
-
-    let mut issuer = kagi();
-    issuer
-        .args(["jpki-issuer", "serve", "--config"])
-        .arg(dir.join("issuer/jpki-issuer.toml"));
-    if let Some(url) = issuer_db {
-        issuer.args(["--database", url]);
-    }
-    let mut mno = kagi();
-    mno.args(["mno-tsm", "serve", "--config"])
-        .arg(dir.join("mno/mno-tsm.toml"))
-        .arg("--insecure-file-keys")
-        .arg(dir.join("mno/keys"));
-    let mut sp = kagi();
-    sp.args(["sp-tsm", "serve", "--config"])
-        .arg(dir.join("tsm/tsm.toml"))
-        .arg("--insecure-file-keys")
-        .arg(dir.join("tsm/keys"));
-    let running = vec![
-        spawn(sp, &dir.join("sp.log")),
-        spawn(mno, &dir.join("mno.log")),
-        spawn(issuer, &dir.join("issuer.log")),
-    ];
-    for p in [issuer_port, mno_port, s.port] {
-        wait_port(p);
-    }
-    ok(kagi()
-        .args(["tsm", "mno", "--config"])
-        .arg(dir.join("mno/operator.toml"))
-        .args([
-            "register-card",
-            "--iccid",
-            &iccid,
-            "--cin",
-            &field(&sim, "cin"),
-            "--card-certificate",
-            &field(&sim, "card_certificate"),
-        ]));
-    Services {
-        iccid,
-        _running: running,
-    }
-}
-
 fn three_processes(name: &str, issuer_db: Option<String>) {
     let s = Scenario::new(name, false);
     let dir = &s.dir;
-    let services = start_services(&s, &issuer_db, None, false);
+    let services = start_services(
+        &s,
+        Databases {
+            issuer: issuer_db.clone(),
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
 
     // ②⑤⑯⑰: the application through the SP-TSM to the issuer.
@@ -365,9 +158,8 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         Some("business.in-progress")
     );
     let links = |state: &str| {
-        issuer_row(
+        services.issuer_row(
             dir,
-            &issuer_db,
             &format!(
                 "SELECT count(*) FROM links WHERE sign_serial = '{sign_serial}' AND state = '{state}'"
             ),
@@ -376,18 +168,16 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
     assert_eq!(links("active"), "1");
     assert_eq!(links("revoked"), "1");
     assert_eq!(
-        issuer_row(
+        services.issuer_row(
             dir,
-            &issuer_db,
             &format!(
                 "SELECT reason FROM links WHERE sign_serial = '{sign_serial}' AND state = 'revoked'"
             )
         ),
         "withdrawn"
     );
-    let withdrawn = issuer_row(
+    let withdrawn = services.issuer_row(
         dir,
-        &issuer_db,
         "SELECT actor, detail FROM audit WHERE event = 'withdrawn'",
     );
     assert!(
@@ -413,9 +203,8 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
         .unwrap()
         .count();
     assert_eq!(letters, 2, "a PIN letter per certificate");
-    let active = issuer_row(
+    let active = services.issuer_row(
         dir,
-        &issuer_db,
         &format!(
             "SELECT serial FROM links WHERE sign_serial = '{sign_serial}' AND state = 'active'"
         ),
@@ -443,9 +232,8 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
     assert_eq!(status["my_number_sign_serial"], sign_serial.as_str());
     let phone_serial = status["serial"].as_str().unwrap().to_string();
     assert_eq!(
-        issuer_row(
+        services.issuer_row(
             dir,
-            &issuer_db,
             &format!("SELECT sign_serial, state FROM links WHERE serial = '{phone_serial}'")
         ),
         format!("{sign_serial}|active")
@@ -462,9 +250,8 @@ fn three_processes(name: &str, issuer_db: Option<String>) {
     assert_eq!(status["state"], "revoked", "{status}");
     assert_eq!(status["revoked"], "sign-revoked", "{status}");
     assert_eq!(
-        issuer_row(
+        services.issuer_row(
             dir,
-            &issuer_db,
             &format!("SELECT state, reason FROM links WHERE serial = '{phone_serial}'")
         ),
         "revoked|sign-revoked"

@@ -1,6 +1,5 @@
 //! Racing `Apply`s with one idempotency key through the SP-TSM and the issuer.
 
-use super::start_services;
 use super::support::cli::Scenario;
 use std::process::Command;
 
@@ -13,7 +12,7 @@ fn racing_applys_with_one_key_issue_once() {
     use tsm_protocol::control::{AppletRef, CardTarget, ControlRequest};
     let s = Scenario::new("three-race", false);
     let dir = &s.dir;
-    let services = start_services(&s, &None, None, false);
+    let services = super::start_services(&s, Default::default());
     let iccid = services.iccid.clone();
     let application = std::fs::read(s.apply(&iccid)).unwrap();
     let tsm = tsm_protocol::PartyId::new("tsm:kagi").unwrap();

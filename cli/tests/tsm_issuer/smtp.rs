@@ -2,7 +2,7 @@
 //! certificate withdrawn after a cancel.
 
 use super::support::cli::{Scenario, audit, contains, field, kagi, ok};
-use super::{apply_code, issuer_row, mailed_code, start_services};
+use super::support::services::{self, Setup, apply_code, mailed_code};
 use std::path::Path;
 use std::process::Command;
 
@@ -34,7 +34,15 @@ fn the_access_code_goes_by_smtp_and_a_failed_send_is_retried() {
     let notify = format!(
         "notify_from = \"downloads@sp-tsm.example.jp\"\n[notify]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\ntimeout_secs = 5\n"
     );
-    let services = start_services(&s, &None, Some(&notify), true);
+    let services = services::start_with(
+        &s,
+        Setup {
+            notify: Some(&notify),
+            issuer_tls: true,
+            key_generation: Some("issuer"),
+            ..Default::default()
+        },
+    );
     let iccid = services.iccid.clone();
     let application = s.apply(&iccid);
     assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
@@ -117,9 +125,8 @@ fn the_access_code_goes_by_smtp_and_a_failed_send_is_retried() {
         .arg(dir.join("tsm/sp.toml"))
         .args(["cancel", "--op", &op2]));
     let count = |state: &str| {
-        issuer_row(
+        services.issuer_row(
             dir,
-            &None,
             &format!("SELECT count(*) FROM links WHERE state = '{state}'"),
         )
     };
@@ -134,20 +141,13 @@ fn the_access_code_goes_by_smtp_and_a_failed_send_is_retried() {
     }
     assert_eq!(count("active"), "1");
     assert_eq!(
-        issuer_row(
-            dir,
-            &None,
-            "SELECT reason FROM links WHERE state = 'revoked'"
-        ),
+        services.issuer_row(dir, "SELECT reason FROM links WHERE state = 'revoked'"),
         "withdrawn"
     );
     assert!(
-        issuer_row(
-            dir,
-            &None,
-            "SELECT detail FROM audit WHERE event = 'withdrawn'"
-        )
-        .ends_with(": not-delivered")
+        services
+            .issuer_row(dir, "SELECT detail FROM audit WHERE event = 'withdrawn'")
+            .ends_with(": not-delivered")
     );
     let trail = audit(dir, &op2);
     assert!(trail.contains("withdrawn"), "{trail}");
