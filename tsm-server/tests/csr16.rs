@@ -20,34 +20,15 @@ use tsm_protocol::control::{CredentialBundle, open_answer_as};
 use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
 use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use tsm_protocol::{IdempotencyKey, PartyId};
-use tsm_server::issuer::{Issuer, IssuerConfig, SignCa, UaCa};
+use tsm_server::issuer::{Issuer, IssuerConfig, SignCa};
 use zeroize::Zeroizing;
 
 const SP: &str = "sp:kagi-bank";
 const AID: [u8; 10] = card_wire::jpki::JPKI_AID;
 
-struct TestCaUa(TestCa);
-
-impl UaCa for TestCaUa {
-    fn certify(
-        &self,
-        key: &p256::PublicKey,
-        opaque_id: &str,
-        serial: u32,
-        nb: SystemTime,
-        na: SystemTime,
-    ) -> Result<Vec<u8>, String> {
-        Ok(self
-            .0
-            .issue_auth(key, opaque_id, serial, nb, na)
-            .map_err(|e| e.to_string())?
-            .to_der()
-            .unwrap())
-    }
-    fn certificate_der(&self) -> Vec<u8> {
-        self.0.certificate_der().unwrap()
-    }
-}
+#[path = "issuer_support/mod.rs"]
+mod issuer_support;
+use issuer_support::TestCaUa;
 
 struct Cas {
     sign: TestCa,
@@ -200,6 +181,11 @@ impl Drop for World {
 }
 
 async fn world(name: &str) -> World {
+    let dir = std::env::temp_dir().join(format!("kagi-csr16-{name}-{}", std::process::id()));
+    world_on(name, kagi_db::Backend::Sqlite(dir.join("issuer.db"))).await
+}
+
+async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
     let c = cas();
     let dir = std::env::temp_dir().join(format!("kagi-csr16-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -235,7 +221,6 @@ async fn world(name: &str) -> World {
         max_age: Duration::from_secs(600),
         challenge_key,
     };
-    let backend = kagi_db::Backend::Sqlite(dir.join("issuer.db"));
     World {
         issuer: Issuer::open(config, &backend).await.unwrap(),
         sp_tsm,
@@ -644,3 +629,6 @@ async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> 
     out.extend(done.into_iter().flatten());
     out
 }
+
+#[path = "csr16/supersede.rs"]
+mod supersede;

@@ -18,7 +18,7 @@ use tsm_protocol::control::open_answer_as;
 use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
 use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use tsm_protocol::{IdempotencyKey, PartyId};
-use tsm_server::issuer::{Issuer, IssuerConfig, SignCa, UaCa};
+use tsm_server::issuer::{Issuer, IssuerConfig, SignCa};
 
 const ICCID: &str = "8981100000000000042";
 const SP: &str = "sp:kagi-bank";
@@ -31,50 +31,9 @@ struct Cas {
     card_key: rsa::PrivateKey,
 }
 
-struct TestCaUa(TestCa);
-
-impl UaCa for TestCaUa {
-    fn certify(
-        &self,
-        key: &p256::PublicKey,
-        opaque_id: &str,
-        serial: u32,
-        nb: SystemTime,
-        na: SystemTime,
-    ) -> Result<Vec<u8>, String> {
-        Ok(self
-            .0
-            .issue_auth(key, opaque_id, serial, nb, na)
-            .map_err(|e| e.to_string())?
-            .to_der()
-            .unwrap())
-    }
-    fn certificate_der(&self) -> Vec<u8> {
-        self.0.certificate_der().unwrap()
-    }
-    fn crl(
-        &self,
-        number: u64,
-        this_update: SystemTime,
-        next_update: SystemTime,
-        entries: &[tsm_server::issuer::crl::CrlEntry],
-    ) -> Result<Vec<u8>, String> {
-        let entries: Vec<test_pki::CrlEntry> = entries
-            .iter()
-            .map(|e| test_pki::CrlEntry {
-                serial: e.serial.clone(),
-                revoked_at: e.revoked_at,
-                reason: Some(e.reason),
-            })
-            .collect();
-        Ok(self
-            .0
-            .crl_entries(number, this_update, next_update, &entries)
-            .map_err(|e| e.to_string())?
-            .to_der()
-            .unwrap())
-    }
-}
+#[path = "issuer_support/mod.rs"]
+mod issuer_support;
+use issuer_support::TestCaUa;
 
 fn cas() -> &'static Cas {
     static C: OnceLock<Cas> = OnceLock::new();
@@ -643,5 +602,5 @@ async fn one_key_race(w: &Arc<World>, sign_serial: u32, sign_hex: &str) {
 #[path = "issuer/lifecycle.rs"]
 mod lifecycle;
 
-#[path = "issuer/supersede.rs"]
-mod supersede;
+#[path = "issuer/crl_expiry.rs"]
+mod crl_expiry;

@@ -599,6 +599,13 @@ impl Issuer {
             Some(r) => once::replace_batch(&sender.0, request_id, r, encoded, &link, at),
         };
         // A replacement's application was spent by the issuance it replaces (same request).
+        // A key made on the SIM replaced the applet's earlier one: the SIM's earlier
+        // certificate is superseded now. (A sealed key is delivered later, and the SP-TSM may
+        // still refuse it: nothing earlier is superseded at the issuer then.)
+        let mut finish = finish;
+        if on_card.is_some() {
+            finish.extend(store::supersede_batch(&link, at));
+        }
         if let Some(refused) = self
             .record_with(
                 &link,
@@ -641,8 +648,6 @@ impl Issuer {
         }
         let first_extra = batch.len();
         batch.extend(extra);
-        // Last: a replaced certificate (in `extra`) is already revoked as `withdrawn`.
-        batch.extend(store::supersede_batch(link, at));
         match self.db.commit(batch).await {
             Err(StoreError::Conflict(i)) if i >= first_extra => Err(IssuerError::Internal(
                 "another worker took over this issue request meanwhile; nothing was issued".into(),

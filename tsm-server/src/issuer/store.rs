@@ -224,12 +224,12 @@ pub fn issue_batch(link: &Link, nonce_hex: &str, at: i64) -> Vec<Stmt> {
 }
 
 /// The statements that make `link` the one phone certificate of its SIM and provider, run
-/// last in its issuance's transaction: the SIM's row is written first (a second issuance for
-/// the same SIM waits for this one to commit, then sees its link), then every other active or
-/// held certificate of that SIM and provider is revoked (`superseded`, audited one by one): a
-/// SIM has one JPKI applet per provider, so an earlier certificate is one whose key the SIM
-/// no longer holds — made again after a lost answer the issuer no longer remembers, or
-/// replaced by a new download.
+/// last in the transaction of an issuance for a key made on the SIM (the applet's new key
+/// replaced its earlier one): the SIM's row is written first (a second issuance for the same
+/// SIM waits for this one to commit, then sees its link), then every other active or held
+/// certificate of that SIM and provider is revoked (`superseded`, audited one by one) — one
+/// whose key the SIM no longer holds: made again after a lost answer the issuer no longer
+/// remembers, or replaced by a new download.
 pub fn supersede_batch(link: &Link, at: i64) -> Vec<Stmt> {
     vec![
         Stmt::any(
