@@ -25,14 +25,7 @@ fn reset_code(s: &Scenario, op: &str, application: &Path) -> Option<String> {
     if o.status.success() {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not a JSON error ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    Some(v["error"]["code"].as_str().unwrap().to_string())
+    Some(super::support::services::error_code(&o))
 }
 
 /// A pin-reset application for the SIM signed on the simulated card `card`.

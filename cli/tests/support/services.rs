@@ -329,6 +329,11 @@ pub fn apply_code(s: &Scenario, iccid: &str, application: &Path, out: &str) -> O
         super::schema::document("tsm.provider.issue", &o.stdout);
         return None;
     }
+    Some(error_code(&o))
+}
+
+/// The code of a failed `--json` command's error document.
+pub fn error_code(o: &std::process::Output) -> String {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "not a JSON error ({e}): {}{}",
@@ -336,7 +341,7 @@ pub fn apply_code(s: &Scenario, iccid: &str, application: &Path, out: &str) -> O
             String::from_utf8_lossy(&o.stderr)
         )
     });
-    Some(v["error"]["code"].as_str().unwrap().to_string())
+    v["error"]["code"].as_str().unwrap().to_string()
 }
 
 /// The one message in the maildir `maildir` (its `new/`): its file and the access code on

@@ -3,8 +3,8 @@
 //! OpenSC's `jpki` driver (an independent client) lists and reads the user-authentication
 //! certificate the JPKI issuer made, and `kagi eligibility read` checks it PIN-less.
 
-use super::support::cli::{Scenario, field, ok};
-use super::support::services::{apply_code, mailed_code};
+use super::support::cli::{Scenario, field};
+use super::support::services::download;
 use super::support::{PrivatePcsc, reader_name};
 
 fn text(o: &std::process::Output) -> String {
@@ -21,18 +21,7 @@ fn after_the_download_the_sim_is_a_card_for_opensc_and_eligibility_reads() {
     let dir = &s.dir;
     let services = super::start_services(&s, Default::default());
     let iccid = services.iccid.clone();
-    let application = s.apply(&iccid);
-    assert_eq!(apply_code(&s, &iccid, &application, "issue.json"), None);
-    let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
-    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
-    let (_, code) = mailed_code(&dir.join("tsm/outbox"));
-    std::fs::write(dir.join("code.txt"), &code).unwrap();
-    let out = ok(s
-        .relay()
-        .arg("--sim")
-        .arg("--sim-image")
-        .arg(dir.join("sim.img")));
-    assert_eq!(field(&out, "outcome"), "completed", "{out}");
+    download(&s, &iccid);
     // The issuer's own record of the phone certificate (sqlite3), to compare against.
     let serial = services.issuer_row(dir, "SELECT serial FROM links WHERE state = 'active'");
     assert!(!serial.is_empty());
