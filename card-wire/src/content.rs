@@ -125,18 +125,9 @@ impl Binding<'_> {
     }
 }
 
-fn content_key(
-    shared: &p256::ecdh::SharedSecret,
-    eph: &[u8],
-    card: &[u8],
-    binding: &Binding<'_>,
-) -> Zeroizing<[u8; 32]> {
-    agreed_key(shared, eph, card, &binding.info())
-}
-
 /// A 32-byte key from an ECDH secret between an ephemeral key `eph` and the card's key
 /// `card` (both SEC1 points, the salt of HKDF-SHA256), for the purpose `info`.
-pub(crate) fn agreed_key(
+pub fn agreed_key(
     shared: &p256::ecdh::SharedSecret,
     eph: &[u8],
     card: &[u8],
@@ -163,23 +154,45 @@ pub fn seal(
     binding: &Binding<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, ContentError> {
+    seal_to(card, &binding.info(), &binding.aad(), plaintext)
+}
+
+/// Opens a sealed value with the card's private key agreement key, for `binding` (the card
+/// builds it from its own identity, the calling applet's instance AID and the item).
+pub fn open(
+    card: &p256::SecretKey,
+    binding: &Binding<'_>,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ContentError> {
+    open_with(card, &binding.info(), &binding.aad(), sealed)
+}
+
+/// Seals `plaintext` to the P-256 key `to` — the one sealing kagi uses for values meant for
+/// one key holder (content for a card, an MNO-TSM's keys for an SP-TSM): a fresh ephemeral
+/// key, ECDH with `to`, the key [`agreed_key`] derives for `info`, AES-256-GCM under a fresh
+/// random nonce with associated data `aad`; `VERSION ‖ eph_pub (65) ‖ nonce (12) ‖ ct ‖ tag`.
+pub fn seal_to(
+    to: &p256::PublicKey,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, ContentError> {
     use p256::elliptic_curve::Generate;
     use p256::elliptic_curve::sec1::ToSec1Point;
     let eph = p256::ecdh::EphemeralSecret::try_generate()
         .map_err(|e| ContentError::Random(e.to_string()))?;
     let eph_pub = eph.public_key().to_sec1_point(false);
-    let card_pub = card.to_sec1_point(false);
-    let shared = eph.diffie_hellman(card);
-    let k = content_key(&shared, eph_pub.as_bytes(), card_pub.as_bytes(), binding);
+    let to_pub = to.to_sec1_point(false);
+    let shared = eph.diffie_hellman(to);
+    let k = agreed_key(&shared, eph_pub.as_bytes(), to_pub.as_bytes(), info);
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| ContentError::Random(e.to_string()))?;
-    let aad = binding.aad();
     let ct = cipher(&k)
         .encrypt(
             &Nonce::from(nonce),
             Payload {
                 msg: plaintext,
-                aad: &aad,
+                aad,
             },
         )
         .map_err(|_| ContentError::Random("AES-GCM refused the plaintext".into()))?;
@@ -191,11 +204,11 @@ pub fn seal(
     Ok(out)
 }
 
-/// Opens a sealed value with the card's private key agreement key, for `binding` (the card
-/// builds it from its own identity, the calling applet's instance AID and the item).
-pub fn open(
-    card: &p256::SecretKey,
-    binding: &Binding<'_>,
+/// Opens what [`seal_to`] sealed to `me`'s public key for `info` and `aad`.
+pub fn open_with(
+    me: &p256::SecretKey,
+    info: &[u8],
+    aad: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, ContentError> {
     use p256::elliptic_curve::sec1::ToSec1Point;
@@ -210,17 +223,16 @@ pub fn open(
     let eph_key =
         p256::PublicKey::from_sec1_bytes(eph).map_err(|_| ContentError::BadEphemeralKey)?;
     // Only the uncompressed form is written; another encoding of the same point is refused
-    // so that the salt is the bytes the issuer used.
+    // so that the salt is the bytes the sealer used.
     if eph_key.to_sec1_point(false).as_bytes() != eph {
         return Err(ContentError::BadEphemeralKey);
     }
-    let card_pub = card.public_key().to_sec1_point(false);
-    let shared = p256::ecdh::diffie_hellman(card.to_nonzero_scalar(), eph_key.as_affine());
-    let k = content_key(&shared, eph, card_pub.as_bytes(), binding);
+    let me_pub = me.public_key().to_sec1_point(false);
+    let shared = p256::ecdh::diffie_hellman(me.to_nonzero_scalar(), eph_key.as_affine());
+    let k = agreed_key(&shared, eph, me_pub.as_bytes(), info);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| ContentError::DoesNotOpen)?;
-    let aad = binding.aad();
     let mut plain = cipher(&k)
-        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: &aad })
+        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
         .map_err(|_| ContentError::DoesNotOpen)?;
     let out = Zeroizing::new(plain.clone());
     plain.zeroize();

@@ -16,10 +16,9 @@
 //! - `ver (01) ‖ eph_pub (65) ‖ nonce (12) ‖ ct (49: KVN ‖ ENC ‖ MAC ‖ DEK) ‖ tag (16)`.
 
 use crate::control::InitialKeys;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use card_wire::content::ContentError;
 use p256::elliptic_curve::sec1::ToSec1Point;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// The format version.
 pub const VERSION: u8 = 1;
@@ -91,21 +90,6 @@ impl Context<'_> {
     }
 }
 
-fn key(
-    shared: &p256::ecdh::SharedSecret,
-    eph: &[u8],
-    reply: &[u8],
-    info: &[u8],
-) -> Zeroizing<[u8; 32]> {
-    let salt = [eph, reply].concat();
-    let hk = shared.extract::<sha2::Sha256>(Some(&salt));
-    let mut k = Zeroizing::new([0u8; 32]);
-    if hk.expand(info, &mut k[..]).is_err() {
-        unreachable!("HKDF-SHA256 expands to 32 bytes")
-    }
-    k
-}
-
 /// The SP-TSM's reply key for its operation `op`, derived from its state key (HMAC-SHA256,
 /// a counter byte until the bytes are a scalar).
 pub fn reply_secret(state_key: &[u8], op: &[u8; 16]) -> Result<p256::SecretKey, KeySealError> {
@@ -129,43 +113,20 @@ pub fn reply_public(secret: &p256::SecretKey) -> Vec<u8> {
     secret.public_key().to_sec1_point(false).as_bytes().to_vec()
 }
 
-/// Seals `keys` to the reply key `reply` (SEC1 bytes from the request) for `ctx` (MNO-TSM).
+/// Seals `keys` to the reply key `reply` (SEC1 bytes from the request) for `ctx` (MNO-TSM):
+/// [`card_wire::content::seal_to`] with the context as both HKDF info and associated data.
 pub fn seal(reply: &[u8], ctx: &Context<'_>, keys: &InitialKeys) -> Result<Vec<u8>, KeySealError> {
-    use p256::elliptic_curve::Generate;
     let to = p256::PublicKey::from_sec1_bytes(reply).map_err(|_| KeySealError::BadReplyKey)?;
-    let eph = p256::ecdh::EphemeralSecret::try_generate()
-        .map_err(|e| KeySealError::Random(e.to_string()))?;
-    let eph_pub = eph.public_key().to_sec1_point(false);
-    let to_pub = to.to_sec1_point(false);
-    let info = ctx.info();
-    let k = key(
-        &eph.diffie_hellman(&to),
-        eph_pub.as_bytes(),
-        to_pub.as_bytes(),
-        &info,
-    );
-    let mut nonce = [0u8; NONCE];
-    getrandom::fill(&mut nonce).map_err(|e| KeySealError::Random(e.to_string()))?;
     let mut plain = Zeroizing::new(Vec::with_capacity(PLAIN));
     plain.push(keys.kvn);
     plain.extend_from_slice(&keys.enc);
     plain.extend_from_slice(&keys.mac);
     plain.extend_from_slice(&keys.dek);
-    let ct = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*k))
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: &plain,
-                aad: &info,
-            },
-        )
-        .map_err(|_| KeySealError::Random("AES-GCM refused the plaintext".into()))?;
-    let mut out = Vec::with_capacity(SEALED_LEN);
-    out.push(VERSION);
-    out.extend_from_slice(eph_pub.as_bytes());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    let info = ctx.info();
+    card_wire::content::seal_to(&to, &info, &info, &plain).map_err(|e| match e {
+        ContentError::Random(s) => KeySealError::Random(s),
+        other => KeySealError::Random(other.to_string()),
+    })
 }
 
 /// Opens keys sealed by [`seal`] with the reply key's secret `reply`, for `ctx` (SP-TSM).
@@ -177,45 +138,28 @@ pub fn open(
     if sealed.len() != SEALED_LEN {
         return Err(KeySealError::Malformed("length"));
     }
-    if sealed[0] != VERSION {
-        return Err(KeySealError::Malformed("version"));
-    }
-    let (eph, rest) = sealed[1..].split_at(POINT);
-    let (nonce, ct) = rest.split_at(NONCE);
-    let eph_key =
-        p256::PublicKey::from_sec1_bytes(eph).map_err(|_| KeySealError::Malformed("point"))?;
-    if eph_key.to_sec1_point(false).as_bytes() != eph {
-        return Err(KeySealError::Malformed("point encoding"));
-    }
-    let shared = p256::ecdh::diffie_hellman(reply.to_nonzero_scalar(), eph_key.as_affine());
-    let me = reply.public_key().to_sec1_point(false);
     let info = ctx.info();
-    let k = key(&shared, eph, me.as_bytes(), &info);
-    let nonce: [u8; NONCE] = nonce
-        .try_into()
-        .map_err(|_| KeySealError::Malformed("nonce"))?;
-    let mut plain = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*k))
-        .decrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: ct,
-                aad: &info,
-            },
-        )
-        .map_err(|_| KeySealError::DoesNotOpen)?;
+    let plain =
+        card_wire::content::open_with(reply, &info, &info, sealed).map_err(|e| match e {
+            ContentError::Truncated(_) => KeySealError::Malformed("length"),
+            ContentError::UnknownVersion(_) => KeySealError::Malformed("version"),
+            ContentError::BadEphemeralKey => KeySealError::Malformed("point"),
+            _ => KeySealError::DoesNotOpen,
+        })?;
+    if plain.len() != PLAIN {
+        return Err(KeySealError::Malformed("length"));
+    }
     let part = |i: usize| {
         let mut b = [0u8; 16];
         b.copy_from_slice(&plain[1 + 16 * i..17 + 16 * i]);
         b
     };
-    let keys = InitialKeys {
+    Ok(InitialKeys {
         kvn: plain[0],
         enc: part(0),
         mac: part(1),
         dek: part(2),
-    };
-    plain.zeroize();
-    Ok(keys)
+    })
 }
 
 #[cfg(test)]
@@ -309,6 +253,8 @@ mod tests {
     /// The documented recipe, worked with HMAC-SHA256 and `aes-gcm` directly.
     #[test]
     fn the_documented_recipe_opens_what_seal_made() {
+        use aes_gcm::aead::{Aead, Payload};
+        use aes_gcm::{Aes256Gcm, Nonce};
         use hmac::{KeyInit as _, Mac};
         let mine = reply_secret(&[7; 32], &[1; 16]).unwrap();
         let s = seal(&reply_public(&mine), &CTX, &keys()).unwrap();
