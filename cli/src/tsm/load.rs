@@ -6,6 +6,11 @@
 //! `--concurrency` at a time, and reports sessions per second and the TSM's own time per
 //! session (the sum of its `x-tsm-micros` over the session's requests): p50, p99, max.
 //!
+//! With `--rate N` the load is open: a session starts every 1/N s whether or not earlier ones
+//! finished (at most `--concurrency` in flight; one that waits for a place counts its wait in
+//! its whole-session time, so an overloaded TSM shows as long sessions rather than as a lower
+//! offered rate) — the way to find the rate at which the TSM still meets a latency goal.
+//!
 //! With `--outbox` it loads the three organisations of seed 004 instead (an SP-TSM with its
 //! MNO-TSM and JPKI issuer, [`super::load_three`]): each session is the whole path from the
 //! user's signed application to the credential on the SIM.
@@ -60,6 +65,19 @@ pub struct LoadArgs {
     /// Stop starting sessions after this many seconds.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
+    /// Start this many sessions per second (open load) instead of keeping `--concurrency`
+    /// sessions in flight.
+    #[arg(long, value_name = "PER_SECOND", value_parser = positive_rate)]
+    rate: Option<f64>,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => Ok(r),
+        _ => Err(format!(
+            "{s}: give sessions per second as a number above 0 (at most 100000)"
+        )),
+    }
 }
 
 fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>, Failure> {
@@ -199,6 +217,90 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// One session's result: the TSM's time and the whole session's.
+type Outcome = Result<(Duration, Duration), String>;
+
+/// The closed load: `concurrency` workers, each starting its next session when its last one
+/// ended.
+async fn closed(
+    cards: Vec<Prepared>,
+    concurrency: usize,
+    deadline: Instant,
+    sp: Arc<Party>,
+    relay_client: Client,
+    mailbox: Option<Arc<load_three::Mailbox>>,
+) -> Vec<Outcome> {
+    let queue = Arc::new(tokio::sync::Mutex::new(cards));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (queue, sp, relay_client) = (queue.clone(), sp.clone(), relay_client.clone());
+        let mailbox = mailbox.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let Some(p) = queue.lock().await.pop() else {
+                    break;
+                };
+                out.push(session(&sp, &relay_client, mailbox.as_deref(), p).await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(out) => all.extend(out),
+            Err(e) => all.push(Err(format!("a load worker stopped: {e}"))),
+        }
+    }
+    all
+}
+
+/// The open load: a session started every 1/`rate` s, at most `concurrency` in flight; a
+/// session's whole time counts from when it was due.
+async fn open(
+    cards: Vec<Prepared>,
+    rate: f64,
+    concurrency: usize,
+    deadline: Instant,
+    sp: Arc<Party>,
+    relay_client: Client,
+    mailbox: Option<Arc<load_three::Mailbox>>,
+) -> Vec<Outcome> {
+    let places = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for p in cards {
+        let due = ticks.tick().await;
+        if Instant::now() > deadline {
+            break;
+        }
+        let (sp, relay_client, mailbox) = (sp.clone(), relay_client.clone(), mailbox.clone());
+        let places = places.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok(_place) = places.acquire_owned().await else {
+                return Err("the load's places closed".to_string());
+            };
+            let waited = due.elapsed();
+            session(&sp, &relay_client, mailbox.as_deref(), p)
+                .await
+                .map(|(tsm, whole)| (tsm, whole + waited))
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => all.push(r),
+            Err(e) => all.push(Err(format!("a load session stopped: {e}"))),
+        }
+    }
+    all
+}
+
 /// Runs the load.
 pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     let sp = super::load_party(&args.sp)?;
@@ -265,32 +367,25 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         .map(|o| Arc::new(load_three::Mailbox::watch(o)));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let start = Instant::now();
-    let results = rt.block_on(async {
-        let queue = Arc::new(tokio::sync::Mutex::new(cards));
-        let mut tasks = Vec::new();
-        for _ in 0..args.concurrency.max(1) {
-            let (queue, sp, relay_client) = (queue.clone(), sp.clone(), relay_client.clone());
-            let mailbox = mailbox.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut out = Vec::new();
-                loop {
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                    let Some(p) = queue.lock().await.pop() else {
-                        break;
-                    };
-                    out.push(session(&sp, &relay_client, mailbox.as_deref(), p).await);
-                }
-                out
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap_or_default());
-        }
-        all
-    });
+    let results = match args.rate {
+        None => rt.block_on(closed(
+            cards,
+            args.concurrency,
+            deadline,
+            sp,
+            relay_client,
+            mailbox,
+        )),
+        Some(rate) => rt.block_on(open(
+            cards,
+            rate,
+            args.concurrency,
+            deadline,
+            sp,
+            relay_client,
+            mailbox,
+        )),
+    };
     let wall = start.elapsed();
     let mut ok: Vec<Duration> = results
         .iter()
@@ -318,11 +413,15 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             "session_ms_p50": ms(percentile(&whole, 0.5)),
             "session_ms_p99": ms(percentile(&whole, 0.99)), "mode": mode,
             "concurrency": args.concurrency, "prepare_seconds": prep.as_secs_f64(),
+            "rate": args.rate,
         }));
     } else {
         println!(
-            "{} download sessions ({mode}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed",
+            "{} download sessions ({mode}{}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed",
             ok.len(),
+            args.rate
+                .map(|r| format!(", {r} started per second"))
+                .unwrap_or_default(),
             wall.as_secs_f64(),
             per_s,
             ms(percentile(&ok, 0.5)),

@@ -6,7 +6,7 @@ use super::support::cli::{Scenario, kagi, ok};
 /// the simulated My Number card to the credential on the SIM: the report (its schema) counts
 /// three done and none failed, and the issuer's own table (read with sqlite3) links three
 /// more active phone certificates to the card's signature certificate; every mailed code was
-/// read (the outbox's `new/` is empty).
+/// read (the outbox's `new/` is empty). Then the open load (`--rate`) paces its starts.
 #[test]
 fn the_load_generator_runs_whole_sessions_through_three_services() {
     let s = Scenario::new("three-load", false);
@@ -47,4 +47,40 @@ fn the_load_generator_runs_whole_sessions_through_three_services() {
         .unwrap()
         .count();
     assert_eq!(left, 0);
+
+    // The open load: three sessions started two per second — the third is due a second after
+    // the first, so the run takes at least that long whatever the machine.
+    let load = |extra: &[&str]| {
+        let mut c = kagi();
+        c.args(["--json", "tsm", "load", "--sp"])
+            .arg(dir.join("tsm/sp.toml"))
+            .arg("--mno")
+            .arg(dir.join("mno/operator.toml"))
+            .arg("--ca-dir")
+            .arg(dir.join("pki"))
+            .arg("--outbox")
+            .arg(dir.join("tsm/outbox"))
+            .arg("--manufacturer-ca")
+            .arg(dir.join("maker"))
+            .args(["--sessions", "3", "--max-seconds", "120"])
+            .args(extra);
+        c
+    };
+    let out = ok(&mut load(&["--rate", "2"]));
+    super::support::schema::document("tsm.load", out.as_bytes());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["sessions"], &v["failed"]),
+        (&3.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(v["rate"], 2.0, "{v}");
+    assert!(v["seconds"].as_f64().unwrap() >= 1.0, "{v}");
+    assert_eq!(
+        services.issuer_row(dir, "SELECT count(*) FROM links WHERE state = 'active'"),
+        "6"
+    );
+    // A rate that is no rate is a usage error.
+    let o = load(&["--rate", "0"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
 }
