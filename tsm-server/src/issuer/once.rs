@@ -38,9 +38,10 @@ impl Issuer {
         instance: &[u8],
         request_id: &IdempotencyKey,
         on_card: Option<super::on_card::OnCard<'_>>,
+        transfer: Option<super::transfer::Transfer<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         let key = request_id.to_hex();
-        let hash = request_hash(
+        let mut hash = request_hash(
             provider,
             iccid,
             application,
@@ -48,6 +49,12 @@ impl Issuer {
             instance,
             on_card,
         )?;
+        if let Some(t) = transfer {
+            // A transfer is also recognised by the certificate it moves.
+            let moved = tsm_protocol::codec::encode(&(t.from_serial, t.from_iccid))
+                .map_err(|e| IssuerError::Internal(e.to_string()))?;
+            hash.extend(Sha256::digest(moved));
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if store::claim_issue(&self.db, &sender.0, &key, &hash, now_ms()).await? {
@@ -62,6 +69,7 @@ impl Issuer {
                         request_id,
                         on_card,
                         None,
+                        transfer,
                     )
                     .await;
                 if !matches!(answer, Ok(IssuerResponse::Issued { .. })) {
@@ -107,6 +115,7 @@ impl Issuer {
                                 serial,
                                 new_hash: hash,
                             }),
+                            None,
                         )
                         .await;
                 }

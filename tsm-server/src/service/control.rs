@@ -78,7 +78,7 @@ impl Tsm {
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
             // An SP-TSM hears of a lost or changed SIM from its MNO-TSM (`sim_notice`).
             (ControlRequest::SimChanged { .. } | ControlRequest::CardLost { .. }, "tsm")
-                if self.config.mno.as_ref().is_some_and(|m| &m.party == party) =>
+                if self.config.mno.iter().any(|m| &m.party == party) =>
             {
                 self.sim_notice(party, req).await
             }
@@ -126,6 +126,7 @@ impl Tsm {
             ControlRequest::Issue { .. }
             | ControlRequest::Apply { .. }
             | ControlRequest::ApplyPinReset { .. }
+            | ControlRequest::ApplyTransfer { .. }
             | ControlRequest::ResetPin { .. }
             | ControlRequest::WalletUpdate { .. }
             | ControlRequest::Transfer { .. } => self.create(h, req).await,
@@ -335,7 +336,7 @@ impl Tsm {
     }
 
     /// Rewrites the revocation list file (atomically).
-    async fn write_revocation_list(&self) -> Result<()> {
+    pub(super) async fn write_revocation_list(&self) -> Result<()> {
         let Some(path) = &self.config.revocation_list else {
             return Ok(());
         };

@@ -120,7 +120,7 @@ impl Tsm {
         }))
     }
 
-    async fn issue_at_issuer(
+    pub(super) async fn issue_at_issuer(
         &self,
         req: IssuerRequest,
     ) -> Result<std::result::Result<tsm_protocol::control::CredentialBundle, ErrorReport>> {

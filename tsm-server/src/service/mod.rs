@@ -15,6 +15,7 @@ mod create;
 mod engine;
 mod issuer_link;
 mod mail;
+pub mod mno_links;
 mod operator;
 mod pin_reset;
 mod plan;
@@ -23,6 +24,7 @@ mod registry;
 mod relay;
 mod sim_notice;
 mod suspend;
+mod transfer;
 mod withdraw;
 
 pub use issuer_link::IssuerLink;
@@ -87,9 +89,10 @@ pub struct Config {
     pub operators: BTreeMap<PartyId, Operator>,
     /// On an MNO-TSM: the providers it prepares SIMs for, by party.
     pub hosted: BTreeMap<PartyId, Hosted>,
-    /// On an SP-TSM: the MNO-TSM that prepares SIMs (seed 004 ⑭⑮); `None` when the
-    /// providers' domains and applets are already on the SIMs.
-    pub mno: Option<MnoLink>,
+    /// On an SP-TSM: the MNO-TSMs that prepare SIMs (seed 004 ⑭⑮), each serving the SIMs of
+    /// its ICCID prefixes ([`mno_links`]; checked by [`mno_links::check`] at load); empty when
+    /// the providers' domains and applets are already on the SIMs.
+    pub mno: Vec<MnoLink>,
     /// On an SP-TSM: the JPKI issuer that makes credentials for applications (seed 004
     /// ⑯⑰); `None` when providers bring their credentials sealed themselves.
     pub issuer: Option<IssuerLink>,
@@ -372,6 +375,7 @@ pub fn card_of(req: &ControlRequest) -> Option<&CardTarget> {
         ControlRequest::Issue { card, .. }
         | ControlRequest::Apply { card, .. }
         | ControlRequest::Transfer { card, .. }
+        | ControlRequest::ApplyTransfer { card, .. }
         | ControlRequest::WalletUpdate { card, .. } => Some(card),
         _ => None,
     }

@@ -1,0 +1,220 @@
+//! Transfer to a new SIM on the holder's fresh signature, across operators and within one:
+//! the new SIM prepared by the MNO-TSM serving it and written; then the old certificate on the
+//! issuer's CRL as `superseded` (openssl's reading), `kagi eligibility read` refusing the old
+//! SIM and accepting the new one, both certificates linked to the same My Number serial, and
+//! each operator's MNO-TSM without a trace of the other's SIM. Refused: a transfer application
+//! signed by another card, the same application again (a replay), a transfer to a SIM no link
+//! serves.
+
+use crate::support::cli::{Scenario, kagi, ok};
+use crate::two_mnos::{self, Two};
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// What openssl makes of a DER CRL: whether it verifies with `ca` (PEM), and its entries as
+/// (serial, reason) in openssl's words — computed without kagi.
+fn openssl_crl(crl: &Path, ca: &Path) -> (bool, Vec<(String, String)>) {
+    let o = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(crl)
+        .arg("-CAfile")
+        .arg(ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let verified = String::from_utf8_lossy(&o.stderr).contains("verify OK");
+    let mut entries: Vec<(String, String)> = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(l) = lines.next() {
+        if let Some(serial) = l.strip_prefix("Serial Number: ") {
+            entries.push((serial.to_string(), String::new()));
+        } else if l.starts_with("X509v3 CRL Reason Code")
+            && let Some(last) = entries.last_mut()
+        {
+            last.1 = lines.next().unwrap_or_default().to_string();
+        }
+    }
+    (verified, entries)
+}
+
+/// openssl's serial of the phone certificate on the SIM in `image` (no zero bytes in front).
+fn phone_serial(s: &Scenario, image: &Path) -> String {
+    let der = s.dir.join("phone.der");
+    ok(kagi()
+        .args(["jpki", "read-cert", "--which", "auth", "-o"])
+        .arg(&der)
+        .args(["--sim", "--sim-image"])
+        .arg(image));
+    let o = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-serial", "-in"])
+        .arg(&der)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut serial = text.trim().strip_prefix("serial=").unwrap().to_string();
+    while serial.len() > 2 && serial.starts_with("00") {
+        serial.drain(..2);
+    }
+    serial
+}
+
+/// The issuer's CRL (GET /v1/crl), checked against the UA CA by openssl.
+fn issuer_crl(s: &Scenario, two: &Two) -> Vec<(String, String)> {
+    let f = s.dir.join("got.der");
+    let got = Command::new("curl")
+        .args(["-sf", "-o"])
+        .arg(&f)
+        .arg(format!("http://127.0.0.1:{}/v1/crl", two.issuer_port))
+        .status()
+        .unwrap();
+    assert!(got.success());
+    let (verified, entries) = openssl_crl(&f, &s.dir.join("pki/auth-ca.crt.pem"));
+    assert!(verified, "the issuer's CRL verifies with the UA CA");
+    entries
+}
+
+/// `kagi --json eligibility read` of the SIM in `image` against the UA CA and the CRL just
+/// fetched: (exit code, verdict).
+fn eligibility(s: &Scenario, image: &Path) -> (Option<i32>, String) {
+    let o: Output = kagi()
+        .args(["--json", "eligibility", "read", "--sim", "--sim-image"])
+        .arg(image)
+        .arg("--ca")
+        .arg(s.dir.join("pki/auth-ca.crt.der"))
+        .arg("--crl")
+        .arg(s.dir.join("got.der"))
+        .output()
+        .unwrap();
+    let v = crate::support::schema::document("eligibility.read", &o.stdout);
+    (o.status.code(), v["verdict"].as_str().unwrap().to_string())
+}
+
+/// The holder's transfer application from SIM `from` to SIM `to`, signed on the My Number
+/// card in `card` (certified by the scenario's CAs): its file.
+fn transfer_application(
+    s: &Scenario,
+    card: &str,
+    from: &str,
+    to: &str,
+    out: &str,
+) -> std::path::PathBuf {
+    let o = s.apply_with(
+        card,
+        "pki",
+        to,
+        "sp:kagi-bank",
+        out,
+        &["--kind", "transfer", "--from-iccid", from],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = crate::support::schema::document("jpki.apply", &o.stdout);
+    assert_eq!(v["kind"], "transfer");
+    assert_eq!(v["from_iccid"], from);
+    s.dir.join(out)
+}
+
+/// Moves credential `op` (on `from`) to `to` (its image `image`) on a fresh application and
+/// checks everything the issue asks for after a transfer; the new credential's operation.
+fn transfer(
+    s: &Scenario,
+    two: &Two,
+    (op, from, from_image): (&str, &str, &Path),
+    (to, image): (&str, &Path),
+) -> String {
+    let before = two_mnos::check(s, op);
+    let old_serial = phone_serial(s, from_image);
+    let application = transfer_application(s, "mynumber.img", from, to, "transfer.bin");
+    let new_op = two_mnos::apply_transfer(s, op, to, &application).unwrap();
+    // The same application again: the issuer saw its nonce.
+    assert_eq!(
+        two_mnos::apply_transfer(s, op, to, &application).unwrap_err(),
+        "application.replayed"
+    );
+    // Nothing revoked before the new credential is on the new SIM.
+    assert_eq!(two_mnos::check(s, op)["state"], "active");
+    assert_eq!(two_mnos::relay(s, image), "completed");
+
+    let old = two_mnos::check(s, op);
+    let new = two_mnos::check(s, &new_op);
+    assert_eq!(old["state"], "revoked", "{old}");
+    assert_eq!(old["revoked"], "superseded", "{old}");
+    assert_eq!(new["state"], "active", "{new}");
+    assert_eq!(new["iccid"], to);
+    assert_eq!(
+        new["my_number_sign_serial"], before["my_number_sign_serial"],
+        "both certificates link to the same My Number card"
+    );
+    let new_serial = phone_serial(s, image);
+    assert_ne!(new_serial, old_serial);
+    // The issuer's CRL: the old certificate superseded (the withdrawal goes through the
+    // SP-TSM's outbox: asked again until it is there), the new one not listed.
+    let mut entries = issuer_crl(s, two);
+    for _ in 0..100 {
+        if entries.iter().any(|e| e.0 == old_serial) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        entries = issuer_crl(s, two);
+    }
+    assert!(
+        entries.contains(&(old_serial.clone(), "Superseded".to_string())),
+        "{entries:?}"
+    );
+    assert!(!entries.iter().any(|e| e.0 == new_serial), "{entries:?}");
+    // The relying party: the old SIM refused, the new one accepted.
+    assert_eq!(eligibility(s, from_image), (Some(4), "revoked".to_string()));
+    assert_eq!(eligibility(s, image), (Some(0), "eligible".to_string()));
+    new_op
+}
+
+#[test]
+fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
+    let s = Scenario::new("move16-transfer", false);
+    let dir = &s.dir;
+    let two = two_mnos::start(&s);
+    let (a, b) = (&two.a, &two.b);
+
+    // The first download, to operator A's SIM.
+    let application = s.apply(&a.iccid);
+    let op = two_mnos::apply(&s, &a.iccid, &application).unwrap();
+    assert_eq!(two_mnos::relay(&s, &a.image), "completed");
+
+    // Refused: signed by another My Number card (its own certificate from the same CA).
+    let other = transfer_application(&s, "other-card.img", &a.iccid, &b.iccid, "other.bin");
+    assert_eq!(
+        two_mnos::apply_transfer(&s, &op, &b.iccid, &other).unwrap_err(),
+        "application.other-card"
+    );
+    // Refused: to a SIM of an operator no link serves.
+    let c = ok(kagi()
+        .args(["sim", "provision", "--json", "--no-domain", "--serial", "c"])
+        .args(["--iccid-prefix", "898130", "--image"])
+        .arg(dir.join("sim-c.img"))
+        .arg("--manufacturer-ca")
+        .arg(dir.join("maker")));
+    let c_iccid = crate::support::cli::field(&c, "iccid");
+    let to_c = transfer_application(&s, "mynumber.img", &a.iccid, &c_iccid, "to-c.bin");
+    assert_eq!(
+        two_mnos::apply_transfer(&s, &op, &c_iccid, &to_c).unwrap_err(),
+        "business.no-mno-for-sim"
+    );
+
+    // Across operators: A's SIM to the MVNO's.
+    let moved = transfer(&s, &two, (&op, &a.iccid, &a.image), (&b.iccid, &b.image));
+    assert_eq!(
+        b.row(
+            &s,
+            &format!("SELECT kind, state FROM ops WHERE iccid = '{}'", b.iccid)
+        ),
+        "prepare-sim|completed"
+    );
+    // Neither operator's MNO-TSM holds or logs anything of the other's SIM.
+    assert!(!a.everything(&s).contains(&b.iccid), "MNO-TSM A saw SIM B");
+    assert!(!b.everything(&s).contains(&a.iccid), "MNO-TSM B saw SIM A");
+
+    // Within the MVNO: to a second SIM of its own.
+    let (b2, b2_image) = two_mnos::another_sim(&s, b, "b2");
+    transfer(&s, &two, (&moved, &b.iccid, &b.image), (&b2, &b2_image));
+    assert!(!a.everything(&s).contains(&b2), "MNO-TSM A saw SIM B2");
+    drop(two);
+}
