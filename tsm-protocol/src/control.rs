@@ -390,6 +390,18 @@ pub enum ControlRequest {
         /// The user's access conditions for the new download.
         access: AccessGrant,
     },
+    /// SP-TSM to the MNO-TSM serving a SIM: the provider's credential moved off the SIM (a
+    /// transfer), so the provider's security domain there goes — the MNO-TSM drops it from
+    /// the SIM's record. Answered `Ok` (also when repeated). Only the SP-TSM acting for the
+    /// provider, about a SIM of the MNO-TSM's operators on record for that domain (or none).
+    DeleteProviderDomain {
+        /// The old SIM.
+        iccid: String,
+        /// The provider whose domain goes.
+        provider: crate::ids::PartyId,
+        /// Its domain's AID.
+        sd_aid: Vec<u8>,
+    },
 }
 
 impl ControlRequest {
@@ -417,6 +429,7 @@ impl ControlRequest {
             ControlRequest::Suspend { hold: false, .. } => "resume",
             ControlRequest::ApplyPinReset { .. } => "apply-pin-reset",
             ControlRequest::ApplyTransfer { .. } => "apply-transfer",
+            ControlRequest::DeleteProviderDomain { .. } => "delete-domain",
         }
     }
 

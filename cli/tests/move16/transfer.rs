@@ -167,22 +167,40 @@ fn transfer(
     new_op
 }
 
+/// SIM `iccid`'s provider domain in the registry of the MNO-TSM in `o` (hex; empty: none).
+fn registry_domain(s: &Scenario, o: &two_mnos::Operator, iccid: &str) -> String {
+    o.row(
+        s,
+        &format!("SELECT hex(sd_aid) FROM cards WHERE iccid = '{iccid}'"),
+    )
+}
+
+/// The SP-TSM's queued deletion of the provider's domain on SIM `iccid`: `mno_tsm|state`.
+fn queued_deletion(s: &Scenario, iccid: &str) -> String {
+    two_mnos::row(
+        &s.dir.join("tsm/tsm.db"),
+        &format!("SELECT mno_tsm, state FROM domain_deletions WHERE iccid = '{iccid}'"),
+    )
+}
+
 #[test]
 fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
     let s = Scenario::new("move16-transfer", false);
     let dir = &s.dir;
-    let two = two_mnos::start(&s);
-    let (a, b) = (&two.a, &two.b);
+    let mut two = two_mnos::start(&s);
+    let (a_iccid, a_image) = (two.a.iccid.clone(), two.a.image.clone());
+    let (b_iccid, b_image) = (two.b.iccid.clone(), two.b.image.clone());
 
-    // The first download, to operator A's SIM.
-    let application = s.apply(&a.iccid);
-    let op = two_mnos::apply(&s, &a.iccid, &application).unwrap();
-    assert_eq!(two_mnos::relay(&s, &a.image), "completed");
+    // The first download, to operator A's SIM: A's MNO-TSM records the provider's domain.
+    let application = s.apply(&a_iccid);
+    let op = two_mnos::apply(&s, &a_iccid, &application).unwrap();
+    assert_eq!(two_mnos::relay(&s, &a_image), "completed");
+    assert_eq!(registry_domain(&s, &two.a, &a_iccid), "A00000015153505001");
 
     // Refused: signed by another My Number card (its own certificate from the same CA).
-    let other = transfer_application(&s, "other-card.img", &a.iccid, &b.iccid, "other.bin");
+    let other = transfer_application(&s, "other-card.img", &a_iccid, &b_iccid, "other.bin");
     assert_eq!(
-        two_mnos::apply_transfer(&s, &op, &b.iccid, &other).unwrap_err(),
+        two_mnos::apply_transfer(&s, &op, &b_iccid, &other).unwrap_err(),
         "application.other-card"
     );
     // Refused: to a SIM of an operator no link serves.
@@ -193,28 +211,68 @@ fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
         .arg("--manufacturer-ca")
         .arg(dir.join("maker")));
     let c_iccid = crate::support::cli::field(&c, "iccid");
-    let to_c = transfer_application(&s, "mynumber.img", &a.iccid, &c_iccid, "to-c.bin");
+    let to_c = transfer_application(&s, "mynumber.img", &a_iccid, &c_iccid, "to-c.bin");
     assert_eq!(
         two_mnos::apply_transfer(&s, &op, &c_iccid, &to_c).unwrap_err(),
         "business.no-mno-for-sim"
     );
 
-    // Across operators: A's SIM to the MVNO's.
-    let moved = transfer(&s, &two, (&op, &a.iccid, &a.image), (&b.iccid, &b.image));
+    // Across operators, A's SIM to the MVNO's, while A's MNO-TSM is unreachable: the
+    // transfer and the revocation happen; the deletion on the old SIM waits in the outbox.
+    two_mnos::stop_mno_a(&mut two);
+    let moved = transfer(&s, &two, (&op, &a_iccid, &a_image), (&b_iccid, &b_image));
     assert_eq!(
-        b.row(
+        two.b.row(
             &s,
-            &format!("SELECT kind, state FROM ops WHERE iccid = '{}'", b.iccid)
+            &format!("SELECT kind, state FROM ops WHERE iccid = '{b_iccid}'")
         ),
         "prepare-sim|completed"
     );
+    assert_eq!(queued_deletion(&s, &a_iccid), "tsm:kagi-mobile|due");
+    let events = two_mnos::row(
+        &dir.join("tsm/tsm.db"),
+        &format!("SELECT event FROM audit WHERE op_id = 'sim:{a_iccid}' ORDER BY id"),
+    );
+    assert!(
+        events.starts_with("domain-deletion-queued\ndomain-deletion-failed"),
+        "{events}"
+    );
+    // Back: the sweeper's retry reaches it, and the old SIM's record loses the domain.
+    two_mnos::restart_mno_a(&s, &mut two);
+    for _ in 0..600 {
+        if queued_deletion(&s, &a_iccid).ends_with("|done") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(queued_deletion(&s, &a_iccid), "tsm:kagi-mobile|done");
+    assert_eq!(registry_domain(&s, &two.a, &a_iccid), "");
+    assert_eq!(
+        two.a.row(
+            &s,
+            &format!(
+                "SELECT actor, event FROM audit WHERE op_id = 'sim:{a_iccid}' ORDER BY id DESC LIMIT 1"
+            )
+        ),
+        "tsm:kagi|domain-deleted"
+    );
     // Neither operator's MNO-TSM holds or logs anything of the other's SIM.
-    assert!(!a.everything(&s).contains(&b.iccid), "MNO-TSM A saw SIM B");
-    assert!(!b.everything(&s).contains(&a.iccid), "MNO-TSM B saw SIM A");
+    assert!(
+        !two.a.everything(&s).contains(&b_iccid),
+        "MNO-TSM A saw SIM B"
+    );
+    assert!(
+        !two.b.everything(&s).contains(&a_iccid),
+        "MNO-TSM B saw SIM A"
+    );
 
-    // Within the MVNO: to a second SIM of its own.
-    let (b2, b2_image) = two_mnos::another_sim(&s, b, "b2");
-    transfer(&s, &two, (&moved, &b.iccid, &b.image), (&b2, &b2_image));
-    assert!(!a.everything(&s).contains(&b2), "MNO-TSM A saw SIM B2");
+    // Within the MVNO: to a second SIM of its own (its MNO-TSM up: deleted at once).
+    let (b2, b2_image) = two_mnos::another_sim(&s, &two.b, "b2");
+    assert_eq!(registry_domain(&s, &two.b, &b_iccid), "A00000015153505001");
+    transfer(&s, &two, (&moved, &b_iccid, &b_image), (&b2, &b2_image));
+    assert_eq!(queued_deletion(&s, &b_iccid), "tsm:kagi-mvno|done");
+    assert_eq!(registry_domain(&s, &two.b, &b_iccid), "");
+    assert_eq!(registry_domain(&s, &two.b, &b2), "A00000015153505001");
+    assert!(!two.a.everything(&s).contains(&b2), "MNO-TSM A saw SIM B2");
     drop(two);
 }

@@ -53,7 +53,10 @@ impl Operator {
             .unwrap();
         assert!(dump.status.success());
         let log = std::fs::read_to_string(s.dir.join(format!("{}.log", self.dir))).unwrap();
-        format!("{}{log}", String::from_utf8_lossy(&dump.stdout))
+        // After a restart (`restart_mno`), its second log too.
+        let again =
+            std::fs::read_to_string(s.dir.join(format!("{}-2.log", self.dir))).unwrap_or_default();
+        format!("{}{log}{again}", String::from_utf8_lossy(&dump.stdout))
     }
 }
 
@@ -179,6 +182,25 @@ pub fn start(s: &Scenario) -> Two {
         issuer_port,
         _running: running,
     }
+}
+
+/// Operator A's MNO-TSM stopped (killed, reaped): the old SIM's operator unreachable.
+pub fn stop_mno_a(two: &mut Two) {
+    // The order `start` spawned them in: SP-TSM, issuer, MNO-TSM A, MNO-TSM B.
+    drop(two._running.remove(2));
+}
+
+/// Operator A's MNO-TSM started again on its configuration and database (log mno-a-2.log).
+pub fn restart_mno_a(s: &Scenario, two: &mut Two) {
+    let d = s.dir.join(two.a.dir);
+    let mut mno = kagi();
+    mno.args(["mno-tsm", "serve", "--config"])
+        .arg(d.join("mno-tsm.toml"))
+        .arg("--insecure-file-keys")
+        .arg(d.join("keys"));
+    two._running
+        .push(spawn(mno, &s.dir.join(format!("{}-2.log", two.a.dir))));
+    wait_port(two.a.port);
 }
 
 /// Another SIM of operator `o` (serial `serial`, image sim-SERIAL.img) registered with its

@@ -63,6 +63,17 @@ impl Tsm {
             (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
                 self.card_record(party, iccid).await
             }
+            (ControlRequest::DeleteProviderDomain { .. }, "tsm")
+                if !self.config.operators.is_empty() =>
+            {
+                self.delete_domain(party, req).await
+            }
+            (ControlRequest::DeleteProviderDomain { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not ask for a domain deletion here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
             (ControlRequest::CardRecord { .. }, _) => reject(
                 "business.not-an-mno-tsm",
                 format!(

@@ -263,7 +263,10 @@ impl Tsm {
             ));
         }
         all.push(Store::update_op(&op)?);
-        if let ControlRequest::CreateSecurityDomain { sd_aid, .. } = &op.data.request {
+        // The registry records the provider's domain the operation made on the SIM.
+        if let ControlRequest::CreateSecurityDomain { sd_aid, .. }
+        | ControlRequest::PrepareSim { sd_aid, .. } = &op.data.request
+        {
             batch.push(Store::set_card_domain(&op.iccid, sd_aid, t));
         }
         all.extend(batch);

@@ -12,6 +12,7 @@
 
 mod control;
 mod create;
+mod domain_delete;
 mod engine;
 mod issuer_link;
 mod mail;
@@ -342,6 +343,13 @@ impl Tsm {
         let notified = self.deliver_sim_notices(None).await?;
         if notified > 0 {
             tracing::info!(notified, "SIM notices acknowledged on retry");
+        }
+        let deleted = self.deliver_domain_deletions(None).await?;
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                "old SIMs' provider domain deletions acknowledged on retry"
+            );
         }
         let withdrawn = self.retry_withdrawals().await?;
         if withdrawn > 0 {

@@ -141,6 +141,9 @@ impl Tsm {
         if let Some(w) = &at_issuer {
             batch.extend(Store::revoke_at_issuer(w, t));
         }
+        // The provider's area on the old SIM goes too, through the MNO-TSM serving it
+        // (`domain_delete`: queued here, delivered and retried until acknowledged).
+        batch.extend(self.queue_domain_deletion(&old.iccid, &old.party, t));
         (batch, at_issuer)
     }
 
@@ -157,6 +160,11 @@ impl Tsm {
             tracing::warn!(serial = %w.serial, error = %e, "the issuer's revocation is retried by the sweeper");
         }
         tracing::info!(credential = %old.op_id, serial = %old.serial, "credential superseded by its transfer");
-        self.write_revocation_list().await
+        self.write_revocation_list().await?;
+        // A failure is the outbox's to retry.
+        if let Err(e) = self.deliver_domain_deletions(Some(&old.iccid)).await {
+            tracing::warn!(iccid = %old.iccid, error = %e, "the old SIM's domain deletion is retried by the sweeper");
+        }
+        Ok(())
     }
 }
