@@ -113,6 +113,42 @@ fn transfer_application(
     s.dir.join(out)
 }
 
+/// `kagi jpki sign` on the SIM in `image` with the PIN letter of phone certificate
+/// `serial`; the raw P-256 signature (r ‖ s) checked against the public key of the
+/// certificate read from the SIM, with the p256 crate (ECDSA over SHA-256).
+fn new_sim_signs(s: &Scenario, image: &Path, serial: &str) {
+    use der::{Decode, Encode};
+    use p256::ecdsa::signature::Verifier;
+    let (msg, sig) = (s.dir.join("m.txt"), s.dir.join("m.sig"));
+    std::fs::write(&msg, b"signed on the new SIM").unwrap();
+    ok(kagi()
+        .args(["jpki", "sign", "--sim", "--sim-image"])
+        .arg(image)
+        .arg("--pin-file")
+        .arg(s.dir.join(format!("issuer/pin-mailer/{serial}.pin")))
+        .arg("-i")
+        .arg(&msg)
+        .arg("-o")
+        .arg(&sig));
+    let der = s.dir.join("new-phone.der");
+    ok(kagi()
+        .args(["jpki", "read-cert", "--which", "auth", "-o"])
+        .arg(&der)
+        .args(["--sim", "--sim-image"])
+        .arg(image));
+    let cert = x509_cert::Certificate::from_der(&std::fs::read(&der).unwrap()).unwrap();
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .unwrap();
+    let key =
+        <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(&spki)
+            .unwrap();
+    let signature = p256::ecdsa::Signature::from_slice(&std::fs::read(&sig).unwrap()).unwrap();
+    key.verify(b"signed on the new SIM", &signature).unwrap();
+}
+
 /// Moves credential `op` (on `from`) to `to` (its image `image`) on a fresh application and
 /// checks everything the issue asks for after a transfer; the new credential's operation.
 fn transfer(
@@ -161,6 +197,9 @@ fn transfer(
         "{entries:?}"
     );
     assert!(!entries.iter().any(|e| e.0 == new_serial), "{entries:?}");
+    // The new SIM signs with its phone key (the PIN from the issuer's letter); the signature
+    // checks with the key of the certificate the SIM holds, verified here with p256.
+    new_sim_signs(s, image, &new["serial"].as_str().unwrap().to_string());
     // The relying party: the old SIM refused, the new one accepted.
     assert_eq!(eligibility(s, from_image), (Some(4), "revoked".to_string()));
     assert_eq!(eligibility(s, image), (Some(0), "eligible".to_string()));
