@@ -150,6 +150,33 @@ pub enum IssuerRequest {
         /// The SIM it is on.
         from_iccid: String,
     },
+    /// [`IssuerRequest::Transfer`] in the on-card mode: the new SIM's applet made the key
+    /// against a [`IssuerRequest::Challenge`]; checked as a [`IssuerRequest::Certify`] (the
+    /// nonce spent once, the proof of possession) and as a transfer (the same card, the old
+    /// certificate this SP-TSM's, on `from_iccid`, not revoked). Answered with
+    /// [`IssuerResponse::Issued`] without a sealed key.
+    CertifyTransfer {
+        /// The signed transfer application.
+        application: Vec<u8>,
+        /// The provider the application names.
+        provider: PartyId,
+        /// The new SIM (the application must name it).
+        iccid: String,
+        /// The new SIM's key agreement certificate (as its operator registered it).
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance that made the key.
+        instance: Vec<u8>,
+        /// The request id of the challenge (and what the PIN is sealed under).
+        request_id: IdempotencyKey,
+        /// The challenge's nonce (32 bytes).
+        nonce: Vec<u8>,
+        /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
+        proof: Vec<u8>,
+        /// The phone certificate that moves (upper-case hex).
+        from_serial: String,
+        /// The SIM it is on.
+        from_iccid: String,
+    },
 }
 
 impl IssuerRequest {
@@ -159,6 +186,7 @@ impl IssuerRequest {
         match self {
             IssuerRequest::Issue { provider, .. }
             | IssuerRequest::Transfer { provider, .. }
+            | IssuerRequest::CertifyTransfer { provider, .. }
             | IssuerRequest::Challenge { provider, .. }
             | IssuerRequest::Certify { provider, .. } => Some(provider),
             _ => None,
@@ -176,6 +204,7 @@ impl IssuerRequest {
             IssuerRequest::Suspension { .. } => "suspension",
             IssuerRequest::ResetPin { .. } => "reset-pin",
             IssuerRequest::Transfer { .. } => "transfer",
+            IssuerRequest::CertifyTransfer { .. } => "certify-transfer",
         }
     }
 }

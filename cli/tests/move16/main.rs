@@ -82,7 +82,7 @@ fn code(r: &ControlResponse) -> String {
 fn each_operator_prepares_its_own_sims_and_speaks_only_for_them() {
     let s = Scenario::new("move16-route", false);
     let dir = &s.dir;
-    let two = two_mnos::start(&s);
+    let two = two_mnos::start(&s, "on-card");
     let (a, b) = (&two.a, &two.b);
 
     // A download to the MVNO's SIM: through its MNO-TSM, which makes the provider's domain

@@ -156,15 +156,21 @@ fn transfer(
     two: &Two,
     (op, from, from_image): (&str, &str, &Path),
     (to, image): (&str, &Path),
+    on_card: bool,
 ) -> String {
     let before = two_mnos::check(s, op);
     let old_serial = phone_serial(s, from_image);
     let application = transfer_application(s, "mynumber.img", from, to, "transfer.bin");
     let new_op = two_mnos::apply_transfer(s, op, to, &application).unwrap();
-    // The same application again: the issuer saw its nonce.
+    // The same application again: the issuer saw its nonce (in the on-card mode the issuer
+    // is asked only once the SIM made the key: the SIM's download under way refuses it).
     assert_eq!(
         two_mnos::apply_transfer(s, op, to, &application).unwrap_err(),
-        "application.replayed"
+        if on_card {
+            "business.in-progress"
+        } else {
+            "application.replayed"
+        }
     );
     // Nothing revoked before the new credential is on the new SIM.
     assert_eq!(two_mnos::check(s, op)["state"], "active");
@@ -224,9 +230,20 @@ fn queued_deletion(s: &Scenario, iccid: &str) -> String {
 
 #[test]
 fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
-    let s = Scenario::new("move16-transfer", false);
+    moves("issuer");
+}
+
+/// The same with the phone's key made on each new SIM (the on-card mode: the issuer
+/// certifies it, `CertifyTransfer`).
+#[test]
+fn a_credential_with_its_key_made_on_the_sim_moves_likewise() {
+    moves("on-card");
+}
+
+fn moves(key_generation: &str) {
+    let s = Scenario::new(&format!("move16-transfer-{key_generation}"), false);
     let dir = &s.dir;
-    let mut two = two_mnos::start(&s);
+    let mut two = two_mnos::start(&s, key_generation);
     let (a_iccid, a_image) = (two.a.iccid.clone(), two.a.image.clone());
     let (b_iccid, b_image) = (two.b.iccid.clone(), two.b.image.clone());
 
@@ -236,12 +253,37 @@ fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
     assert_eq!(two_mnos::relay(&s, &a_image), "completed");
     assert_eq!(registry_domain(&s, &two.a, &a_iccid), "A00000015153505001");
 
-    // Refused: signed by another My Number card (its own certificate from the same CA).
-    let other = transfer_application(&s, "other-card.img", &a_iccid, &b_iccid, "other.bin");
-    assert_eq!(
-        two_mnos::apply_transfer(&s, &op, &b_iccid, &other).unwrap_err(),
-        "application.other-card"
-    );
+    // Refused: signed by another My Number card (its own certificate from the same CA) — at
+    // once by the issuer, or in the on-card mode when the issuer is asked to certify the key
+    // the new SIM made (the download fails; the credential stays where it is).
+    let on_card = key_generation == "on-card";
+    if on_card {
+        let (bx, bx_image) = two_mnos::another_sim(&s, &two.b, "bx");
+        let other = transfer_application(&s, "other-card.img", &a_iccid, &bx, "other.bin");
+        let failed = two_mnos::apply_transfer(&s, &op, &bx, &other).unwrap();
+        let o = s
+            .relay()
+            .arg("--sim")
+            .arg("--sim-image")
+            .arg(&bx_image)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Failed: application.other-card"), "{text}");
+        let status = ok(kagi()
+            .args(["--json", "tsm", "provider", "--config"])
+            .arg(dir.join("tsm/sp.toml"))
+            .args(["status", "--op", &failed]));
+        assert_eq!(crate::support::cli::field(&status, "state"), "failed");
+        assert_eq!(two_mnos::check(&s, &op)["state"], "active");
+    } else {
+        let other = transfer_application(&s, "other-card.img", &a_iccid, &b_iccid, "other.bin");
+        assert_eq!(
+            two_mnos::apply_transfer(&s, &op, &b_iccid, &other).unwrap_err(),
+            "application.other-card"
+        );
+    }
     // Refused: to a SIM of an operator no link serves.
     let c = ok(kagi()
         .args(["sim", "provision", "--json", "--no-domain", "--serial", "c"])
@@ -259,7 +301,13 @@ fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
     // Across operators, A's SIM to the MVNO's, while A's MNO-TSM is unreachable: the
     // transfer and the revocation happen; the deletion on the old SIM waits in the outbox.
     two_mnos::stop_mno_a(&mut two);
-    let moved = transfer(&s, &two, (&op, &a_iccid, &a_image), (&b_iccid, &b_image));
+    let moved = transfer(
+        &s,
+        &two,
+        (&op, &a_iccid, &a_image),
+        (&b_iccid, &b_image),
+        on_card,
+    );
     assert_eq!(
         two.b.row(
             &s,
@@ -308,7 +356,13 @@ fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
     // Within the MVNO: to a second SIM of its own (its MNO-TSM up: deleted at once).
     let (b2, b2_image) = two_mnos::another_sim(&s, &two.b, "b2");
     assert_eq!(registry_domain(&s, &two.b, &b_iccid), "A00000015153505001");
-    transfer(&s, &two, (&moved, &b_iccid, &b_image), (&b2, &b2_image));
+    transfer(
+        &s,
+        &two,
+        (&moved, &b_iccid, &b_image),
+        (&b2, &b2_image),
+        on_card,
+    );
     assert_eq!(queued_deletion(&s, &b_iccid), "tsm:kagi-mvno|done");
     assert_eq!(registry_domain(&s, &two.b, &b_iccid), "");
     assert_eq!(registry_domain(&s, &two.b, &b2), "A00000015153505001");

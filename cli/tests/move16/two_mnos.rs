@@ -2,7 +2,7 @@
 //! MNO-TSMs as processes — `tsm:kagi-mobile` (operator `mno:kagi-mobile`, SIMs `898100…`) and
 //! `tsm:kagi-mvno` (operator `mno:kagi-mvno`, SIMs `898120…`) — the SP-TSM linked to both by
 //! their `[[mno_tsm]]` sections, and one SIM of each operator registered with its own MNO-TSM.
-//! The issuer makes the phone's keys (`key_generation = "issuer"`). A variant of
+//! Either key mode (`key_generation`). A variant of
 //! `tests/life16/services.rs` (kept beside it, not shared, until the set-ups are
 //! merged).
 
@@ -83,8 +83,9 @@ fn new_sim(s: &Scenario, serial: &str, prefix: &str, image: &Path) -> (String, S
 }
 
 /// Sets up and starts the issuer, the SP-TSM and the two MNO-TSMs (SQLite each); each
-/// operator registers its SIM with its own MNO-TSM.
-pub fn start(s: &Scenario) -> Two {
+/// operator registers its SIM with its own MNO-TSM. `key_generation`: `on-card` (the SIM
+/// makes the phone's key) or `issuer` (the issuer makes it and seals it to the SIM).
+pub fn start(s: &Scenario, key_generation: &str) -> Two {
     let dir = &s.dir;
     let port = || tsm_server::testing::free_port().unwrap();
     let issuer_port = port();
@@ -134,12 +135,11 @@ pub fn start(s: &Scenario) -> Two {
         sp_toml
             .push_str(&std::fs::read_to_string(dir.join(link).join("sp-tsm-link.toml")).unwrap());
     }
-    // The issuer makes the phone's key and seals it to the SIM (a transfer's mode here).
     let sp_toml = sp_toml.replace(
         "key_generation = \"on-card\"",
-        "key_generation = \"issuer\"",
+        &format!("key_generation = \"{key_generation}\""),
     );
-    assert!(sp_toml.contains("key_generation = \"issuer\""));
+    assert!(sp_toml.contains(&format!("key_generation = \"{key_generation}\"")));
     std::fs::write(dir.join("tsm/tsm.toml"), sp_toml).unwrap();
 
     let mut running = Vec::new();

@@ -365,7 +365,9 @@ impl Issuer {
                 }
                 Ok(IssuerResponse::Status { revoked })
             }
-            req @ IssuerRequest::Transfer { .. } => self.transfer(sender, req).await,
+            req @ (IssuerRequest::Transfer { .. } | IssuerRequest::CertifyTransfer { .. }) => {
+                self.transfer(sender, req).await
+            }
             IssuerRequest::Withdraw { serial, reason } => {
                 self.withdraw(sender, &serial, &reason).await
             }

@@ -5,8 +5,9 @@
 //! the **same card** the moving phone certificate is linked to (`application.other-card`);
 //! that certificate must be this SP-TSM's (`issuer.unknown-certificate`), on the SIM the
 //! application names as the old one (`issuer.wrong-sim`) and not revoked
-//! (`issuer.not-active`). The new certificate is issued as at first download, linked to the
-//! same signature serial; the old one is revoked only when the SP-TSM asks (`Withdraw` with
+//! (`issuer.not-active`). The new certificate is issued as at first download — its key made
+//! here and sealed to the new SIM (`Transfer`), or made on the new SIM and certified
+//! (`CertifyTransfer`, the on-card mode) — linked to the same signature serial; the old one is revoked only when the SP-TSM asks (`Withdraw` with
 //! `sim-changed:`, its CRL reason `superseded`) after the new credential is on the new SIM.
 
 use super::{Issuer, IssuerError, reject, store};
@@ -30,23 +31,46 @@ impl Issuer {
         sender: &PartyId,
         req: IssuerRequest,
     ) -> Result<IssuerResponse, IssuerError> {
-        let IssuerRequest::Transfer {
-            application,
-            provider,
-            iccid,
-            card_certificate,
-            instance,
-            request_id,
-            from_serial,
-            from_iccid,
-        } = req
-        else {
-            return Ok(reject(
-                Layer::Protocol,
-                "protocol.unsupported",
-                "not a transfer",
-            ));
-        };
+        let (application, provider, iccid, card_certificate, instance, request_id);
+        let (from_serial, from_iccid, on_card);
+        match req {
+            IssuerRequest::Transfer {
+                application: a,
+                provider: p,
+                iccid: i,
+                card_certificate: c,
+                instance: n,
+                request_id: r,
+                from_serial: fs,
+                from_iccid: fi,
+            } => {
+                (application, provider, iccid, card_certificate, instance) = (a, p, i, c, n);
+                (request_id, from_serial, from_iccid, on_card) = (r, fs, fi, None);
+            }
+            IssuerRequest::CertifyTransfer {
+                application: a,
+                provider: p,
+                iccid: i,
+                card_certificate: c,
+                instance: n,
+                request_id: r,
+                nonce,
+                proof,
+                from_serial: fs,
+                from_iccid: fi,
+            } => {
+                (application, provider, iccid, card_certificate, instance) = (a, p, i, c, n);
+                (request_id, from_serial, from_iccid) = (r, fs, fi);
+                on_card = Some((nonce, proof));
+            }
+            _ => {
+                return Ok(reject(
+                    Layer::Protocol,
+                    "protocol.unsupported",
+                    "not a transfer",
+                ));
+            }
+        }
         if iccid == from_iccid {
             return Ok(reject(
                 Layer::Business,
@@ -66,7 +90,9 @@ impl Issuer {
             &card_certificate,
             &instance,
             &request_id,
-            None,
+            on_card
+                .as_ref()
+                .map(|(nonce, proof)| super::on_card::OnCard { nonce, proof }),
             Some(transfer),
         )
         .await

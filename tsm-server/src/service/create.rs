@@ -177,6 +177,17 @@ impl Tsm {
             },
             // A transfer application: the issuer checks it and makes the new credential, the
             // request goes on as a transfer (`transfer`).
+            // The on-card mode: the new SIM makes the key in the download's first session.
+            ControlRequest::ApplyTransfer {
+                ref credential,
+                ref card,
+                ..
+            } if self.key_on_card() => {
+                if let Err(refused) = self.transfer_source(party, credential, &card.iccid).await? {
+                    return Ok(refused);
+                }
+                req
+            }
             ControlRequest::ApplyTransfer { .. } => {
                 match self.transfer_at_issuer(party, &idem, req).await? {
                     Ok(transfer) => {
@@ -243,6 +254,18 @@ impl Tsm {
                     None,
                 )
             }
+            ControlRequest::ApplyTransfer {
+                credential,
+                card,
+                access,
+                ..
+            } => (
+                "transfer",
+                card.iccid.clone(),
+                Some(access.clone()),
+                None,
+                Some(*credential),
+            ),
             ControlRequest::Apply { card, access, .. } => (
                 "issue",
                 card.iccid.clone(),

@@ -108,7 +108,12 @@ impl Tsm {
                 batch.push(Store::audit(&op.id, t, "tsm", "domain-installed", ""));
                 Box::pin(self.start_engine(op, session, seq, batch)).await
             }
-            Next::Done(evidence) if matches!(op.data.request, ControlRequest::Apply { .. }) => {
+            Next::Done(evidence)
+                if matches!(
+                    op.data.request,
+                    ControlRequest::Apply { .. } | ControlRequest::ApplyTransfer { .. }
+                ) =>
+            {
                 // The on-card mode's first session: the SIM made the key.
                 Box::pin(self.certify_on_card(op, session, seq, *evidence, batch)).await
             }

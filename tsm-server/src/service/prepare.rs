@@ -281,12 +281,10 @@ impl Tsm {
                 applet.instance.clone()
             }
             // A transfer: the new SIM gets the applet instance the credential had.
-            ControlRequest::Transfer { credential, .. } => self
-                .store
-                .credential(credential)
-                .await?
-                .map(|c| c.instance)
-                .unwrap_or_else(|| card_wire::jpki::JPKI_AID.to_vec()),
+            ControlRequest::Transfer { credential, .. }
+            | ControlRequest::ApplyTransfer { credential, .. } => {
+                self.moved_instance(credential).await?
+            }
             _ => return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue"))),
         };
         let mno = match self.mno_for(&op.iccid) {

@@ -3,8 +3,9 @@
 //! moves and the new SIM — of the same operator or another: the new SIM must be served by one
 //! of this SP-TSM's MNO-TSMs. The JPKI issuer checks the transfer application (the card the
 //! old certificate is linked to, the old SIM bound in the signature) and makes the new
-//! credential sealed to the new SIM ([`IssuerRequest::Transfer`]); the request then goes on
-//! as a [`ControlRequest::Transfer`]: the MNO-TSM serving the new SIM prepares it (the
+//! credential sealed to the new SIM ([`IssuerRequest::Transfer`]; in the on-card mode the
+//! new SIM first makes the key and the issuer certifies it, `IssuerRequest::CertifyTransfer`
+//! from `Tsm::certify_on_card`); the request then goes on as a [`ControlRequest::Transfer`]: the MNO-TSM serving the new SIM prepares it (the
 //! provider's domain and the applet, exactly as for a first download), this SP-TSM writes the
 //! credential, and only once it is written is the old credential revoked (`superseded`, also
 //! at the issuer through the withdrawal outbox: its CRL lists the old certificate as
@@ -51,34 +52,13 @@ impl Tsm {
                 detail,
             ))))
         };
-        let old = match self.store.credential(&credential).await? {
-            Some(c) if c.party == provider.0 => c,
-            _ => return Ok(Err(unknown_credential(&credential, provider))),
+        let old = match self
+            .transfer_source(provider, &credential, &card.iccid)
+            .await?
+        {
+            Ok(old) => old,
+            Err(refused) => return Ok(Err(refused)),
         };
-        if old.state != "active" {
-            return refuse(
-                "business.not-transferable",
-                format!(
-                    "credential {credential} is {} (only an active credential moves)",
-                    old.state
-                ),
-            );
-        }
-        if old.iccid == card.iccid {
-            return refuse(
-                "business.same-sim",
-                format!(
-                    "credential {credential} is on SIM {} already: transfer to another SIM",
-                    card.iccid
-                ),
-            );
-        }
-        if self.key_on_card() {
-            return refuse(
-                "business.transfer-needs-issuer-keys",
-                "this SP-TSM's JPKI issuer certifies keys made on the SIM ([jpki_issuer] key_generation = \"on-card\"): a transfer is made with key_generation = \"issuer\" only in this version".into(),
-            );
-        }
         self.refresh_card(&card.iccid).await?;
         let Some(card_certificate) = self.store.card_certificate(&card.iccid).await? else {
             return refuse(
@@ -113,6 +93,56 @@ impl Tsm {
 }
 
 impl Tsm {
+    /// The applet instance a transfer of `credential` writes to the new SIM: the one the
+    /// credential had (the JPKI AID if it is gone).
+    pub(super) async fn moved_instance(&self, credential: &tsm_protocol::OpId) -> Result<Vec<u8>> {
+        Ok(self
+            .store
+            .credential(credential)
+            .await?
+            .map(|c| c.instance)
+            .unwrap_or_else(|| card_wire::jpki::JPKI_AID.to_vec()))
+    }
+
+    /// The credential `credential` of `provider` a transfer to SIM `new_iccid` moves: active,
+    /// on another SIM; or the refusal.
+    pub(super) async fn transfer_source(
+        &self,
+        provider: &PartyId,
+        credential: &tsm_protocol::OpId,
+        new_iccid: &str,
+    ) -> Result<std::result::Result<CredentialRow, ControlResponse>> {
+        let refuse = |code: &str, detail: String| {
+            Ok(Err(ControlResponse::Rejected(err(
+                Layer::Business,
+                code,
+                detail,
+            ))))
+        };
+        let old = match self.store.credential(credential).await? {
+            Some(c) if c.party == provider.0 => c,
+            _ => return Ok(Err(unknown_credential(credential, provider))),
+        };
+        if old.state != "active" {
+            return refuse(
+                "business.not-transferable",
+                format!(
+                    "credential {credential} is {} (only an active credential moves)",
+                    old.state
+                ),
+            );
+        }
+        if old.iccid == new_iccid {
+            return refuse(
+                "business.same-sim",
+                format!(
+                    "credential {credential} is on SIM {new_iccid} already: transfer to another SIM"
+                ),
+            );
+        }
+        Ok(Ok(old))
+    }
+
     /// The statements revoking `old` (`superseded`) in the transaction that activates the
     /// credential replacing it — the first one only if `old` is still active (a conflict
     /// there: another transfer, or a revocation, won) — and the issuer's revocation queued
