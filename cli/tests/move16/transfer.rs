@@ -205,7 +205,7 @@ fn transfer(
     assert!(!entries.iter().any(|e| e.0 == new_serial), "{entries:?}");
     // The new SIM signs with its phone key (the PIN from the issuer's letter); the signature
     // checks with the key of the certificate the SIM holds, verified here with p256.
-    new_sim_signs(s, image, &new["serial"].as_str().unwrap().to_string());
+    new_sim_signs(s, image, new["serial"].as_str().unwrap());
     // The relying party: the old SIM refused, the new one accepted.
     assert_eq!(eligibility(s, from_image), (Some(4), "revoked".to_string()));
     assert_eq!(eligibility(s, image), (Some(0), "eligible".to_string()));
