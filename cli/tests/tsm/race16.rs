@@ -1,6 +1,6 @@
-//! Issue #16: two transfers of one credential to two new SIMs, accepted together and
-//! downloaded at once by two relays, on SQLite and on a private PostgreSQL — exactly one
-//! completes; the other fails (`business.superseded-meanwhile`, the old credential having been
+//! Issue #16: three transfers of one credential to three new SIMs, accepted together and
+//! downloaded at once by three relays through two TSM instances on one database, on SQLite
+//! and on a private PostgreSQL — exactly one completes; the others fail (`business.superseded-meanwhile`, the old credential having been
 //! superseded in the winner's transaction), so one credential of the three is active.
 
 use super::*;
@@ -60,53 +60,60 @@ async fn state(sp: &Party, credential: OpId) -> (String, Option<RevokeReason>) {
 
 async fn racing_transfers(backend: Backend, name: &str) {
     let world = World::new(name);
-    let server = start(&world, &backend, 0).await;
+    // Two TSM instances on the one database: the relays race through both.
+    let (server, twin) = (
+        start(&world, &backend, 0).await,
+        start(&world, &backend, 0).await,
+    );
     let url = server.url.clone();
     let sp = world.client_party(&world.sp, &url);
     let keys = provider_keys(master(), 0x31);
     for round in 0..3 {
         let serial = |s: &str| format!("{name}-{round}-{s}");
-        let mut a = provision(serial("a").as_bytes(), &PROVIDER_SD, &keys).unwrap();
-        let mut b = provision(serial("b").as_bytes(), &PROVIDER_SD, &keys).unwrap();
-        let mut c = provision(serial("c").as_bytes(), &PROVIDER_SD, &keys).unwrap();
-        for sim in [&a, &b, &c] {
+        let sim = |s: &str| provision(serial(s).as_bytes(), &PROVIDER_SD, &keys).unwrap();
+        let (mut a, mut b, mut c, mut d) = (sim("a"), sim("b"), sim("c"), sim("d"));
+        for sim in [&a, &b, &c, &d] {
             register(&world, &url, sim).await;
         }
         let iss = issue(&world, &sp, &a.iccid).await;
         let out = download(&url, &mut a.card, &iss.ticket, &iss.code, None).await;
         assert_eq!(out.outcome, StopOutcome::Completed, "{}", out.message);
-        // Two transfers of it, both accepted (the old credential is active for both).
+        // Three transfers of it, all accepted (the old credential is active for each).
         let (op_b, t_b, c_b) = transfer(&world, &sp, iss.op, &b.iccid).await;
         let (op_c, t_c, c_c) = transfer(&world, &sp, iss.op, &c.iccid).await;
-        let (ob, oc) = tokio::join!(
+        let (op_d, t_d, c_d) = transfer(&world, &sp, iss.op, &d.iccid).await;
+        let (ob, oc, od) = tokio::join!(
             download(&url, &mut b.card, &t_b, &c_b, None),
-            download(&url, &mut c.card, &t_c, &c_c, None)
+            download(&twin.url, &mut c.card, &t_c, &c_c, None),
+            download(&url, &mut d.card, &t_d, &c_d, None)
         );
-        let outcomes = [(ob.outcome, &ob.message), (oc.outcome, &oc.message)];
+        let outcomes = [
+            (ob.outcome, &ob.message),
+            (oc.outcome, &oc.message),
+            (od.outcome, &od.message),
+        ];
         let won = outcomes
             .iter()
             .filter(|o| o.0 == StopOutcome::Completed)
             .count();
         assert_eq!(won, 1, "round {round}: {outcomes:?}");
-        let lost = outcomes
-            .iter()
-            .find(|o| o.0 != StopOutcome::Completed)
-            .unwrap();
-        assert_eq!(lost.0, StopOutcome::Failed, "round {round}: {outcomes:?}");
-        assert!(lost.1.contains("superseded-meanwhile"), "{}", lost.1);
+        for lost in outcomes.iter().filter(|o| o.0 != StopOutcome::Completed) {
+            assert_eq!(lost.0, StopOutcome::Failed, "round {round}: {outcomes:?}");
+            assert!(lost.1.contains("superseded-meanwhile"), "{}", lost.1);
+        }
         // Exactly one valid credential: the old one superseded, one new one active.
         assert_eq!(
             state(&sp, iss.op).await,
             ("revoked".to_string(), Some(RevokeReason::Superseded))
         );
-        let mut news = vec![state(&sp, op_b).await.0, state(&sp, op_c).await.0];
+        let mut news = Vec::new();
+        for op in [op_b, op_c, op_d] {
+            news.push(state(&sp, op).await.0);
+        }
         news.sort();
-        assert_eq!(
-            news,
-            vec!["active".to_string(), "failed".to_string()],
-            "round {round}"
-        );
+        assert_eq!(news, ["active", "failed", "failed"], "round {round}");
     }
+    twin.stop().await;
     server.stop().await;
     std::fs::remove_dir_all(&world.dir).ok();
 }
