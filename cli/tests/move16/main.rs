@@ -157,8 +157,8 @@ fn each_operator_prepares_its_own_sims_and_speaks_only_for_them() {
         );
         assert_eq!(code(&r), "business.not-your-sim");
         assert_eq!(
-            two_mnos::row(
-                &dir.join("tsm/tsm.db"),
+            two.sp_row(
+                &s,
                 &format!(
                     "SELECT actor, event FROM audit WHERE op_id = 'sim:{about}' ORDER BY id DESC LIMIT 1"
                 )

@@ -221,9 +221,9 @@ fn registry_domain(s: &Scenario, o: &two_mnos::Operator, iccid: &str) -> String 
 }
 
 /// The SP-TSM's queued deletion of the provider's domain on SIM `iccid`: `mno_tsm|state`.
-fn queued_deletion(s: &Scenario, iccid: &str) -> String {
-    two_mnos::row(
-        &s.dir.join("tsm/tsm.db"),
+fn queued_deletion(s: &Scenario, two: &Two, iccid: &str) -> String {
+    two.sp_row(
+        s,
         &format!("SELECT mno_tsm, state FROM domain_deletions WHERE iccid = '{iccid}'"),
     )
 }
@@ -240,10 +240,23 @@ fn a_credential_with_its_key_made_on_the_sim_moves_likewise() {
     moves("on-card");
 }
 
+/// The same with the SP-TSM on a private PostgreSQL (its transfer's transaction, the
+/// deletion outbox and its retry there).
+#[test]
+fn a_credential_moves_likewise_with_the_sp_tsm_on_postgres() {
+    let pg = tsm_server::testing::PrivatePostgres::start("move16").unwrap();
+    moves_on("issuer", Some(pg.url.clone()));
+}
+
 fn moves(key_generation: &str) {
-    let s = Scenario::new(&format!("move16-transfer-{key_generation}"), false);
+    moves_on(key_generation, None)
+}
+
+fn moves_on(key_generation: &str, sp_pg: Option<String>) {
+    let name = format!("move16-transfer-{key_generation}-{}", sp_pg.is_some());
+    let s = Scenario::new(&name, false);
     let dir = &s.dir;
-    let mut two = two_mnos::start(&s, key_generation);
+    let mut two = two_mnos::start_on(&s, key_generation, sp_pg);
     let (a_iccid, a_image) = (two.a.iccid.clone(), two.a.image.clone());
     let (b_iccid, b_image) = (two.b.iccid.clone(), two.b.image.clone());
 
@@ -315,9 +328,9 @@ fn moves(key_generation: &str) {
         ),
         "prepare-sim|completed"
     );
-    assert_eq!(queued_deletion(&s, &a_iccid), "tsm:kagi-mobile|due");
-    let events = two_mnos::row(
-        &dir.join("tsm/tsm.db"),
+    assert_eq!(queued_deletion(&s, &two, &a_iccid), "tsm:kagi-mobile|due");
+    let events = two.sp_row(
+        &s,
         &format!("SELECT event FROM audit WHERE op_id = 'sim:{a_iccid}' ORDER BY id"),
     );
     assert!(
@@ -327,12 +340,12 @@ fn moves(key_generation: &str) {
     // Back: the sweeper's retry reaches it, and the old SIM's record loses the domain.
     two_mnos::restart_mno_a(&s, &mut two);
     for _ in 0..600 {
-        if queued_deletion(&s, &a_iccid).ends_with("|done") {
+        if queued_deletion(&s, &two, &a_iccid).ends_with("|done") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(queued_deletion(&s, &a_iccid), "tsm:kagi-mobile|done");
+    assert_eq!(queued_deletion(&s, &two, &a_iccid), "tsm:kagi-mobile|done");
     assert_eq!(registry_domain(&s, &two.a, &a_iccid), "");
     assert_eq!(
         two.a.row(
@@ -363,7 +376,7 @@ fn moves(key_generation: &str) {
         (&b2, &b2_image),
         on_card,
     );
-    assert_eq!(queued_deletion(&s, &b_iccid), "tsm:kagi-mvno|done");
+    assert_eq!(queued_deletion(&s, &two, &b_iccid), "tsm:kagi-mvno|done");
     assert_eq!(registry_domain(&s, &two.b, &b_iccid), "");
     assert_eq!(registry_domain(&s, &two.b, &b2), "A00000015153505001");
     assert!(!two.a.everything(&s).contains(&b2), "MNO-TSM A saw SIM B2");

@@ -28,7 +28,26 @@ pub struct Two {
     pub a: Operator,
     pub b: Operator,
     pub issuer_port: u16,
+    /// The SP-TSM's PostgreSQL database (its SQLite file tsm/tsm.db when `None`).
+    pub sp_pg: Option<String>,
     pub _running: Vec<support::cli::Killed>,
+}
+
+impl Two {
+    /// One row of the SP-TSM's database as `a|b` (sqlite3's and psql's unaligned form).
+    pub fn sp_row(&self, s: &Scenario, sql: &str) -> String {
+        match &self.sp_pg {
+            None => row(&s.dir.join("tsm/tsm.db"), sql),
+            Some(url) => {
+                let o = Command::new("psql")
+                    .args([url, "-At", "-F", "|", "-c", sql])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                String::from_utf8_lossy(&o.stdout).trim().to_string()
+            }
+        }
+    }
 }
 
 /// One row of a SQLite database as `a|b`.
@@ -86,6 +105,11 @@ fn new_sim(s: &Scenario, serial: &str, prefix: &str, image: &Path) -> (String, S
 /// operator registers its SIM with its own MNO-TSM. `key_generation`: `on-card` (the SIM
 /// makes the phone's key) or `issuer` (the issuer makes it and seals it to the SIM).
 pub fn start(s: &Scenario, key_generation: &str) -> Two {
+    start_on(s, key_generation, None)
+}
+
+/// [`start`] with the SP-TSM on the PostgreSQL database `sp_pg`.
+pub fn start_on(s: &Scenario, key_generation: &str, sp_pg: Option<String>) -> Two {
     let dir = &s.dir;
     let port = || tsm_server::testing::free_port().unwrap();
     let issuer_port = port();
@@ -148,6 +172,9 @@ pub fn start(s: &Scenario, key_generation: &str) -> Two {
         .arg(dir.join("tsm/tsm.toml"))
         .arg("--insecure-file-keys")
         .arg(dir.join("tsm/keys"));
+    if let Some(url) = &sp_pg {
+        sp.args(["--database", url]);
+    }
     running.push(spawn(sp, &dir.join("sp.log")));
     let mut issuer = kagi();
     issuer
@@ -180,6 +207,7 @@ pub fn start(s: &Scenario, key_generation: &str) -> Two {
         a,
         b,
         issuer_port,
+        sp_pg,
         _running: running,
     }
 }
