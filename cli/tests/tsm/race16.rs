@@ -1,6 +1,7 @@
 //! Issue #16: three transfers of one credential to three new SIMs, accepted together and
 //! downloaded at once by three relays through two TSM instances on one database, on SQLite
-//! and on a private PostgreSQL — exactly one completes; the others fail (`business.superseded-meanwhile`, the old credential having been
+//! and on a private PostgreSQL, while a first download to one of those SIMs is refused —
+//! exactly one completes; the others fail (`business.superseded-meanwhile`, the old credential having been
 //! superseded in the winner's transaction), so one credential of the three is active.
 
 use super::*;
@@ -82,6 +83,13 @@ async fn racing_transfers(backend: Backend, name: &str) {
         let (op_b, t_b, c_b) = transfer(&world, &sp, iss.op, &b.iccid).await;
         let (op_c, t_c, c_c) = transfer(&world, &sp, iss.op, &c.iccid).await;
         let (op_d, t_d, c_d) = transfer(&world, &sp, iss.op, &d.iccid).await;
+        // A first download for the same holder to one of those SIMs meanwhile: refused (one
+        // operation per SIM at a time), so it adds no certificate.
+        let (req, _, _, rid) = issue_request(&world, &b.iccid, b"2580");
+        match sp.send(&req, Some(rid)).await.unwrap().response {
+            ControlResponse::Rejected(e) => assert_eq!(e.code, "business.in-progress"),
+            other => panic!("{other:?}"),
+        }
         let (ob, oc, od) = tokio::join!(
             download(&url, &mut b.card, &t_b, &c_b, None),
             download(&twin.url, &mut c.card, &t_c, &c_c, None),
