@@ -1,8 +1,9 @@
 //! Issue #16: three transfers of one credential to three new SIMs, accepted together and
 //! downloaded at once by three relays through two TSM instances on one database, on SQLite
 //! and on a private PostgreSQL, while a first download to one of those SIMs is refused —
-//! exactly one completes; the others fail (`business.superseded-meanwhile`, the old credential having been
-//! superseded in the winner's transaction), so one credential of the three is active.
+//! exactly one completes; the others fail (`business.superseded-meanwhile`, the old
+//! credential having been superseded in the winner's transaction), so one credential of the
+//! three is active.
 
 use super::*;
 
