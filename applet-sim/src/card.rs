@@ -197,6 +197,29 @@ impl SimConfig {
         self
     }
 
+    /// The same UICC with the first digits of its ICCID replaced by `prefix` — an issuer
+    /// identification number (ITU-T E.118: `89`, the country code, the issuer) — and the
+    /// check digit computed again: a SIM of another operator. Apply after
+    /// [`SimConfig::with_serial`] (which makes the ICCID).
+    pub fn with_iccid_prefix(mut self, prefix: &str) -> Result<Self, String> {
+        let Some(iccid) = &self.iccid else {
+            return Err("not a UICC: the card has no ICCID to prefix".into());
+        };
+        let digits = iccid.as_str();
+        let body = &digits[..digits.len() - 1];
+        if !(3..=12).contains(&prefix.len())
+            || !prefix.starts_with("89")
+            || !prefix.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(format!(
+                "ICCID prefix '{prefix}': give 3 to 12 digits starting with 89 (ITU-T E.118: 89, the country code, the issuer)"
+            ));
+        }
+        let new = format!("{prefix}{}", &body[prefix.len()..]);
+        self.iccid = Some(Iccid::with_check_digit(&new).map_err(|e| e.to_string())?);
+        Ok(self)
+    }
+
     /// Deterministic randomness from `seed`.
     pub fn seeded(mut self, seed: u64) -> Self {
         self.seed = Some(seed);

@@ -32,6 +32,11 @@ pub const DOMAIN: &[u8] = b"kagi jpki application v1\0";
 /// issue application never passes for a pin-reset one, nor the other way round.
 pub const DOMAIN_PIN_RESET: &[u8] = b"kagi jpki pin-reset v1\0";
 
+/// What the card signs first for a **transfer** application (the holder's consent to move
+/// the phone credential of one SIM to another, [`Body::signed_bytes_transfer`]): its own
+/// domain, so neither an issue nor a pin-reset application passes for one.
+pub const DOMAIN_TRANSFER: &[u8] = b"kagi jpki transfer v1\0";
+
 /// The kinds of signed application (each signed under its own domain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -111,6 +116,21 @@ impl Body {
     /// canonical encoding.
     pub fn signed_bytes_for(&self, kind: Kind) -> Result<Vec<u8>, ApplicationError> {
         let mut m = kind.domain().to_vec();
+        m.extend(codec::encode(self).map_err(|e| ApplicationError::Malformed(e.to_string()))?);
+        Ok(m)
+    }
+}
+
+impl Body {
+    /// The bytes the card signs for a **transfer** of the phone credential on SIM
+    /// `from_iccid` to this body's SIM: [`DOMAIN_TRANSFER`], the canonical encoding of
+    /// `from_iccid`, then the body's. The old SIM is bound by the signature but not carried in
+    /// the file: the checker takes it from the credential being moved ([`check_transfer`]).
+    pub fn signed_bytes_transfer(&self, from_iccid: &str) -> Result<Vec<u8>, ApplicationError> {
+        let mut m = DOMAIN_TRANSFER.to_vec();
+        m.extend(
+            codec::encode(&from_iccid).map_err(|e| ApplicationError::Malformed(e.to_string()))?,
+        );
         m.extend(codec::encode(self).map_err(|e| ApplicationError::Malformed(e.to_string()))?);
         Ok(m)
     }
@@ -309,6 +329,29 @@ pub fn check_kind(
     expect: &Expect,
     kind: Kind,
 ) -> Result<Verified, ApplicationError> {
+    check_signed(bytes, trust, expect, |b| b.signed_bytes_for(kind))
+}
+
+/// [`check`] for a **transfer** application moving the credential of SIM `from_iccid` to
+/// `expect.iccid` ([`Body::signed_bytes_transfer`]): one signed for another old SIM, or of
+/// another kind, does not verify ([`ApplicationError::BadSignature`]).
+pub fn check_transfer(
+    bytes: &[u8],
+    trust: &Trust,
+    expect: &Expect,
+    from_iccid: &str,
+) -> Result<Verified, ApplicationError> {
+    check_signed(bytes, trust, expect, |b| {
+        b.signed_bytes_transfer(from_iccid)
+    })
+}
+
+fn check_signed(
+    bytes: &[u8],
+    trust: &Trust,
+    expect: &Expect,
+    message: impl Fn(&Body) -> Result<Vec<u8>, ApplicationError>,
+) -> Result<Verified, ApplicationError> {
     let app = Application::decode(bytes)?;
     check_contact(&app.body.contact)?;
     let key = CertKey::from_certificate(&app.certificate)
@@ -318,7 +361,7 @@ pub fn check_kind(
             "a My Number card's signature key is RSA".into(),
         ));
     };
-    key.verify(&app.body.signed_bytes_for(kind)?, &app.signature)
+    key.verify(&message(&app.body)?, &app.signature)
         .map_err(|_| ApplicationError::BadSignature)?;
     let j = judge(&app.certificate, trust, expect.now);
     let serial = j.serial.clone().unwrap_or_default();

@@ -6,7 +6,8 @@
 
 use kagi_certs::Trust;
 use kagi_certs::application::{
-    Application, ApplicationError, Body, DOMAIN, Expect, NonceLog, VERSION, check,
+    Application, ApplicationError, Body, DOMAIN, DOMAIN_TRANSFER, Expect, NonceLog, VERSION, check,
+    check_transfer,
 };
 use proptest::prelude::*;
 use rsa::signature::{SignatureEncoding, Signer};
@@ -137,6 +138,63 @@ fn a_valid_application_is_accepted_and_its_serial_is_the_certificates() {
     let mut m = DOMAIN.to_vec();
     m.extend(body_bytes(&body));
     assert_eq!(body.signed_bytes().unwrap(), m);
+}
+
+/// A transfer application from SIM `from` to the body's, signed over the layout written out
+/// by hand: the transfer domain, the old ICCID as a length-prefixed string, the body.
+fn transfer_application(body: Body, from: &str) -> Vec<u8> {
+    let mut m = DOMAIN_TRANSFER.to_vec();
+    m.push(from.len() as u8);
+    m.extend(from.as_bytes());
+    m.extend(body_bytes(&body));
+    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(world().key.clone())
+        .sign(&m)
+        .to_vec();
+    Application {
+        body,
+        certificate: valid_cert(0x77),
+        signature,
+    }
+    .encode()
+    .unwrap()
+}
+
+#[test]
+fn a_transfer_application_binds_the_old_sim_and_passes_for_nothing_else() {
+    const OLD: &str = "8981100000000000025";
+    let body = body_at(SystemTime::now());
+    let bytes = transfer_application(body.clone(), OLD);
+    let v = check_transfer(&bytes, &trust(), &expect(), OLD).unwrap();
+    assert_eq!(v.sign_serial, "77");
+    assert_eq!(v.application.body.iccid, ICCID, "the new SIM");
+    // Presented as the move of another SIM's credential, or as an issue application.
+    let other = check_transfer(&bytes, &trust(), &expect(), "8981100000000000033");
+    assert_eq!(other.unwrap_err(), ApplicationError::BadSignature);
+    assert_eq!(refused(&bytes, &trust(), &expect()), "bad-signature");
+    // An issue application does not pass for a transfer either.
+    let issue = application(body.clone(), valid_cert(0x77));
+    assert_eq!(
+        check_transfer(&issue, &trust(), &expect(), OLD).unwrap_err(),
+        ApplicationError::BadSignature
+    );
+    // The same checks as any application: the new SIM named, fresh.
+    let e = Expect {
+        iccid: OLD,
+        ..expect()
+    };
+    assert_eq!(
+        check_transfer(&bytes, &trust(), &e, OLD)
+            .unwrap_err()
+            .code(),
+        "wrong-sim"
+    );
+    let stale = transfer_application(body_at(SystemTime::now() - Duration::from_secs(3600)), OLD);
+    assert_eq!(
+        check_transfer(&stale, &trust(), &expect(), OLD)
+            .unwrap_err()
+            .code(),
+        "stale"
+    );
 }
 
 #[test]

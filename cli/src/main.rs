@@ -175,6 +175,10 @@ enum SimCmd {
         /// create-sd`).
         #[arg(long, conflicts_with = "provider_keys")]
         no_domain: bool,
+        /// Begin the ICCID with this issuer prefix (89, country code, issuer: ITU-T E.118),
+        /// e.g. 898120 for another operator's SIM; default 898100.
+        #[arg(long, requires = "no_domain")]
+        iccid_prefix: Option<String>,
         /// The card manufacturer's test CA directory (`manufacturer-ca.*`, made on first
         /// use); the default is the image's directory.
         #[arg(long)]
@@ -501,7 +505,7 @@ fn cmd_sim_provision(
     image: &Path,
     serial: &str,
     provider_keys: Option<&Path>,
-    sd: &str,
+    (sd, iccid_prefix): (&str, Option<&str>),
     no_domain: bool,
     manufacturer_ca: Option<&Path>,
 ) -> Result<(), Failure> {
@@ -523,7 +527,7 @@ fn cmd_sim_provision(
                 &maker,
             )?
         }
-        _ => kagi_fixtures::sim::blank_with(serial.as_bytes(), &maker)?,
+        _ => kagi_fixtures::sim::blank_with_prefix(serial.as_bytes(), iccid_prefix, &maker)?,
     };
     sim.card.save_image(image)?;
     let cert_path = image.with_extension("card.crt.der");
@@ -710,13 +714,14 @@ fn main() -> ExitCode {
             provider_keys,
             sd,
             no_domain,
+            iccid_prefix,
             manufacturer_ca,
         }) => cmd_sim_provision(
             cli.json,
             image,
             serial,
             provider_keys.as_deref(),
-            sd,
+            (sd, iccid_prefix.as_deref()),
             *no_domain,
             manufacturer_ca.as_deref(),
         ),

@@ -129,6 +129,10 @@ pub const CODES: &[Code] = &[
         "this SP-TSM has no JPKI issuer configured: configure [jpki_issuer] or bring a sealed credential",
     ),
     c(
+        "business.no-mno-for-sim",
+        "no MNO-TSM linked to this SP-TSM serves the SIM (by its ICCID prefix): the SIM's operator must be linked first ([[mno_tsm]] with its iccid_prefixes)",
+    ),
+    c(
         "business.no-outbox",
         "this SP-TSM has no outbox for the user's access code: configure [notify]",
     ),
@@ -161,6 +165,10 @@ pub const CODES: &[Code] = &[
         "the sender does not act for the provider it names",
     ),
     c(
+        "business.not-your-sim",
+        "an operator's notice about a SIM its MNO-TSM does not serve (another operator's ICCID prefix): refused and audited",
+    ),
+    c(
         "business.nothing-to-do",
         "the request changes nothing (no updates given)",
     ),
@@ -171,6 +179,14 @@ pub const CODES: &[Code] = &[
     c(
         "business.pin-reset-needs-signature",
         "this SP-TSM resets a PIN only on the holder's fresh pin-reset application (kagi jpki apply --kind pin-reset, then kagi tsm provider apply-pin-reset)",
+    ),
+    c(
+        "business.same-sim",
+        "a transfer to the SIM the credential is already on: transfer to another SIM",
+    ),
+    c(
+        "business.superseded-meanwhile",
+        "the credential was moved or revoked while this transfer ran: the transfer is void and its certificate withdrawn",
     ),
     c(
         "business.unknown-card",
@@ -258,6 +274,10 @@ pub const CODES: &[Code] = &[
         "the SP-TSM does not act for the provider it names at this issuer",
     ),
     c(
+        "issuer.same-sim",
+        "a transfer to the SIM the phone certificate is already on: transfer to another SIM",
+    ),
+    c(
         "issuer.sign-ca",
         "the issuer cannot read its signature CA or its revocation data: retry later; its operator checks the files",
     ),
@@ -268,6 +288,10 @@ pub const CODES: &[Code] = &[
     c(
         "issuer.unknown-sp-tsm",
         "the sender is not an SP-TSM this issuer serves: its operator must add it",
+    ),
+    c(
+        "issuer.wrong-sim",
+        "the transfer names another SIM than the one the phone certificate is on",
     ),
     c(
         "keygen.malformed",

@@ -370,6 +370,38 @@ pub enum ControlRequest {
         /// The user's access conditions.
         access: AccessGrant,
     },
+    /// Move a credential the JPKI issuer made to a new SIM — of the same operator or another
+    /// (an MVNO) — on the holder's fresh **transfer** application (`kagi jpki apply --kind
+    /// transfer --from-iccid OLD --iccid NEW`, signed with the My Number card the credential
+    /// is linked to). The JPKI issuer checks it as an application for the new SIM and that
+    /// its card is the old certificate's, and makes the new credential (linked to the same
+    /// signature serial); the request goes on as a [`ControlRequest::Transfer`]: downloaded
+    /// through the MNO-TSM serving the new SIM, and only once it is written is the old
+    /// certificate revoked (`superseded`).
+    ApplyTransfer {
+        /// The issuing operation of the credential that moves (on the old SIM).
+        credential: OpId,
+        /// The new SIM.
+        card: CardTarget,
+        /// The applet on the new SIM.
+        applet: AppletRef,
+        /// The signed transfer application.
+        application: Vec<u8>,
+        /// The user's access conditions for the new download.
+        access: AccessGrant,
+    },
+    /// SP-TSM to the MNO-TSM serving a SIM: the provider's credential moved off the SIM (a
+    /// transfer), so the provider's security domain there goes — the MNO-TSM drops it from
+    /// the SIM's record. Answered `Ok` (also when repeated). Only the SP-TSM acting for the
+    /// provider, about a SIM of the MNO-TSM's operators on record for that domain (or none).
+    DeleteProviderDomain {
+        /// The old SIM.
+        iccid: String,
+        /// The provider whose domain goes.
+        provider: crate::ids::PartyId,
+        /// Its domain's AID.
+        sd_aid: Vec<u8>,
+    },
 }
 
 impl ControlRequest {
@@ -396,6 +428,8 @@ impl ControlRequest {
             ControlRequest::Suspend { hold: true, .. } => "suspend",
             ControlRequest::Suspend { hold: false, .. } => "resume",
             ControlRequest::ApplyPinReset { .. } => "apply-pin-reset",
+            ControlRequest::ApplyTransfer { .. } => "apply-transfer",
+            ControlRequest::DeleteProviderDomain { .. } => "delete-domain",
         }
     }
 
@@ -409,6 +443,7 @@ impl ControlRequest {
                 | ControlRequest::Transfer { .. }
                 | ControlRequest::ResetPin { .. }
                 | ControlRequest::ApplyPinReset { .. }
+                | ControlRequest::ApplyTransfer { .. }
                 | ControlRequest::WalletUpdate { .. }
                 | ControlRequest::CreateSecurityDomain { .. }
                 | ControlRequest::PrepareSim { .. }

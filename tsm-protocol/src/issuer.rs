@@ -123,6 +123,60 @@ pub enum IssuerRequest {
         /// The request id the sealed PIN is bound to (the SP-TSM's idempotency key).
         request_id: IdempotencyKey,
     },
+    /// ⑥⑯ for a move to a new SIM: the holder's **transfer** application
+    /// (`kagi_certs::application::check_transfer`: signed with the old SIM's ICCID bound in),
+    /// checked as an [`IssuerRequest::Issue`] for the new SIM — signature, signature CA and
+    /// CRL, freshness, a nonce never seen — and its signature certificate must be the one
+    /// phone certificate `from_serial` is linked to (`issuer.not-the-holder` otherwise), that
+    /// certificate this SP-TSM's, on `from_iccid`, and not revoked. The new certificate is
+    /// linked to the same signature serial. Answered with [`IssuerResponse::Issued`]; the old
+    /// one stays valid until the SP-TSM asks its revocation ([`IssuerRequest::Withdraw`],
+    /// `sim-changed:`) once the new one is on the new SIM.
+    Transfer {
+        /// The signed transfer application.
+        application: Vec<u8>,
+        /// The provider the application names.
+        provider: PartyId,
+        /// The new SIM (the application must name it).
+        iccid: String,
+        /// The new SIM's key agreement certificate (as its operator registered it).
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance on the new SIM.
+        instance: Vec<u8>,
+        /// The request id the sealed values are bound to (the SP-TSM's idempotency key).
+        request_id: IdempotencyKey,
+        /// The phone certificate that moves (upper-case hex).
+        from_serial: String,
+        /// The SIM it is on.
+        from_iccid: String,
+    },
+    /// [`IssuerRequest::Transfer`] in the on-card mode: the new SIM's applet made the key
+    /// against a [`IssuerRequest::Challenge`]; checked as a [`IssuerRequest::Certify`] (the
+    /// nonce spent once, the proof of possession) and as a transfer (the same card, the old
+    /// certificate this SP-TSM's, on `from_iccid`, not revoked). Answered with
+    /// [`IssuerResponse::Issued`] without a sealed key.
+    CertifyTransfer {
+        /// The signed transfer application.
+        application: Vec<u8>,
+        /// The provider the application names.
+        provider: PartyId,
+        /// The new SIM (the application must name it).
+        iccid: String,
+        /// The new SIM's key agreement certificate (as its operator registered it).
+        card_certificate: Vec<u8>,
+        /// The JPKI applet instance that made the key.
+        instance: Vec<u8>,
+        /// The request id of the challenge (and what the PIN is sealed under).
+        request_id: IdempotencyKey,
+        /// The challenge's nonce (32 bytes).
+        nonce: Vec<u8>,
+        /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
+        proof: Vec<u8>,
+        /// The phone certificate that moves (upper-case hex).
+        from_serial: String,
+        /// The SIM it is on.
+        from_iccid: String,
+    },
 }
 
 impl IssuerRequest {
@@ -131,6 +185,8 @@ impl IssuerRequest {
     pub fn provider(&self) -> Option<&PartyId> {
         match self {
             IssuerRequest::Issue { provider, .. }
+            | IssuerRequest::Transfer { provider, .. }
+            | IssuerRequest::CertifyTransfer { provider, .. }
             | IssuerRequest::Challenge { provider, .. }
             | IssuerRequest::Certify { provider, .. } => Some(provider),
             _ => None,
@@ -147,6 +203,8 @@ impl IssuerRequest {
             IssuerRequest::Withdraw { .. } => "withdraw",
             IssuerRequest::Suspension { .. } => "suspension",
             IssuerRequest::ResetPin { .. } => "reset-pin",
+            IssuerRequest::Transfer { .. } => "transfer",
+            IssuerRequest::CertifyTransfer { .. } => "certify-transfer",
         }
     }
 }

@@ -102,8 +102,10 @@ struct TsmFile {
     provider: Vec<ProviderEntry>,
     #[serde(default)]
     operator: Vec<OperatorEntry>,
+    /// `[[mno_tsm]]` (one per operator) or, the one-operator form, a single `[mno_tsm]`
+    /// table: read by [`mno_entries`].
     #[serde(default)]
-    mno_tsm: Option<MnoTsmEntry>,
+    mno_tsm: Option<toml::Value>,
     #[serde(default)]
     jpki_issuer: Option<IssuerEntry>,
     /// The sender address of the access-code mails (⑪); [`DEFAULT_NOTIFY_FROM`] when absent.
@@ -150,13 +152,18 @@ struct OperatorEntry {
     isd_diversification: Option<String>,
 }
 
-/// `[mno_tsm]` of `tsm.toml`: the MNO-TSM that prepares SIMs for this SP-TSM.
+/// `[[mno_tsm]]` of `tsm.toml`: an MNO-TSM that prepares SIMs for this SP-TSM.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MnoTsmEntry {
     party: String,
     url: String,
     public_key: String,
+    /// The SIMs it serves: ICCID issuer prefixes (ITU-T E.118: `89`, the country code, the
+    /// issuer; `crate::service::mno_links`). Needed with several `[[mno_tsm]]`; a single
+    /// link without them serves every SIM.
+    #[serde(default)]
+    iccid_prefixes: Vec<String>,
     /// Where phones reach it (default: `url`).
     #[serde(default)]
     relay_url: Option<String>,
@@ -296,25 +303,34 @@ pub fn load(
         }
         trust.add_pem(party.clone(), &files::read_text(&rel(path, &o.public_key))?)?;
     }
-    let mno = match &f.mno_tsm {
-        None => None,
-        Some(m) => {
-            let party = PartyId::new(&m.party)?;
-            trust.add_pem(party.clone(), &files::read_text(&rel(path, &m.public_key))?)?;
-            let http = https_client(path, "mno_tsm", m.tls_ca.as_deref())?;
-            let url = m.url.trim_end_matches('/').to_string();
-            Some(crate::service::MnoLink {
-                party,
-                relay_url: m
-                    .relay_url
-                    .as_deref()
-                    .map(|u| u.trim_end_matches('/').to_string())
-                    .unwrap_or_else(|| url.clone()),
-                url,
-                http,
-            })
+    let mut mno = Vec::new();
+    for m in mno_entries(path, f.mno_tsm.clone())? {
+        let party = PartyId::new(&m.party)?;
+        if party.role() != "tsm" {
+            return Err(SetupError::Config {
+                config: path.to_path_buf(),
+                message: format!("[[mno_tsm]] {}: an MNO-TSM's party is tsm:NAME", m.party),
+            });
         }
-    };
+        trust.add_pem(party.clone(), &files::read_text(&rel(path, &m.public_key))?)?;
+        let http = https_client(path, "mno_tsm", m.tls_ca.as_deref())?;
+        let url = m.url.trim_end_matches('/').to_string();
+        mno.push(crate::service::MnoLink {
+            party,
+            relay_url: m
+                .relay_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| url.clone()),
+            url,
+            http,
+            iccid_prefixes: m.iccid_prefixes,
+        });
+    }
+    crate::service::mno_links::check(&mno).map_err(|message| SetupError::Config {
+        config: path.to_path_buf(),
+        message,
+    })?;
     let issuer = match &f.jpki_issuer {
         None => None,
         Some(i) => {
@@ -361,6 +377,26 @@ pub fn load(
         limits: f.limits,
         sp_tsm_links: Default::default(),
     })
+}
+
+/// The MNO-TSM links of `tsm.toml`: an array of tables (`[[mno_tsm]]`) or one table
+/// (`[mno_tsm]`, the one-operator form users' files and the README have).
+fn mno_entries(path: &Path, v: Option<toml::Value>) -> Result<Vec<MnoTsmEntry>, SetupError> {
+    let bad = |e: toml::de::Error| {
+        SetupError::from(FileError::invalid(path, format!("[[mno_tsm]]: {e}")))
+    };
+    match v {
+        None => Ok(Vec::new()),
+        Some(t @ toml::Value::Table(_)) => Ok(vec![t.try_into().map_err(bad)?]),
+        Some(toml::Value::Array(a)) => a.into_iter().map(|t| t.try_into().map_err(bad)).collect(),
+        Some(other) => Err(SetupError::Config {
+            config: path.to_path_buf(),
+            message: format!(
+                "mno_tsm is a {}: write one [[mno_tsm]] section per MNO-TSM (party, url, public_key, iccid_prefixes)",
+                other.type_str()
+            ),
+        }),
+    }
 }
 
 /// The client for another service of a `[section]` of `tsm.toml`: trusting only the PEM
@@ -462,7 +498,7 @@ pub async fn serve(
 pub use kagi_serve::files::DevTls;
 
 mod mno;
-pub use mno::{MNO_TSM_PARTY, init_mno, load_mno};
+pub use mno::{MNO_TSM_PARTY, MnoIdentity, init_mno, init_mno_as, load_mno};
 
 /// Writes a development TSM in `dir`: signing keys for the TSM, a provider (`sp:kagi-bank`) and
 /// an operator (`mno:kagi-mobile`), the state key, development master key files in

@@ -53,7 +53,7 @@ fn init_writes_private_secrets_and_load_reads_them_back() {
     assert!(!dir.join("keys/isd.keys").exists());
     assert_eq!(loaded.config.providers.len(), 1);
     assert_eq!(loaded.config.operators.len(), 0);
-    assert!(loaded.config.mno.is_none());
+    assert!(loaded.config.mno.is_empty());
     assert_eq!(loaded.database, dir.join("tsm.db").display().to_string());
     assert!(loaded.tls.is_none());
     let before = std::fs::read(dir.join("tsm.toml")).unwrap();
@@ -217,7 +217,7 @@ fn an_mno_tsm_is_its_own_configuration_and_the_sp_tsm_links_to_it() {
     text.push_str(&link);
     std::fs::write(sp.join("tsm.toml"), text).unwrap();
     let sp_loaded = setup::load(&sp.join("tsm.toml"), &Overrides::default(), &file_keys).unwrap();
-    let m = sp_loaded.config.mno.as_ref().expect("the MNO-TSM link");
+    let m = sp_loaded.config.mno.first().expect("the MNO-TSM link");
     assert_eq!(m.party.0, setup::MNO_TSM_PARTY);
     assert_eq!(m.url, "http://127.0.0.1:9");
     assert!(sp_loaded.config.operators.is_empty());

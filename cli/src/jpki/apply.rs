@@ -37,10 +37,15 @@ pub struct ApplyArgs {
     /// provider refuses one outside its time window.
     #[arg(long)]
     at_unix: Option<u64>,
-    /// What is applied for: `issue` (a phone credential) or `pin-reset` (a new PIN for the
-    /// phone credential linked to this card; signed under its own domain).
-    #[arg(long, default_value = "issue", value_parser = ["issue", "pin-reset"])]
+    /// What is applied for: `issue` (a phone credential), `pin-reset` (a new PIN for the
+    /// phone credential linked to this card) or `transfer` (move the phone credential of SIM
+    /// --from-iccid to SIM --iccid); each signed under its own domain.
+    #[arg(long, default_value = "issue", value_parser = ["issue", "pin-reset", "transfer"])]
     kind: String,
+    /// With `--kind transfer`: the SIM whose phone credential moves (its ICCID; signed into
+    /// the application, so it moves that credential only).
+    #[arg(long, required_if_eq("kind", "transfer"))]
+    from_iccid: Option<String>,
     /// The signature password (6–16 upper-case letters and digits), from a file, an
     /// environment variable or a prompt.
     #[command(flatten)]
@@ -59,11 +64,13 @@ pub fn run(a: &ApplyArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
             None => std::time::SystemTime::now(),
         },
     )?;
-    let kind = match a.kind.as_str() {
-        "pin-reset" => kagi_certs::application::Kind::PinReset,
-        _ => kagi_certs::application::Kind::Issue,
+    let message = match (a.kind.as_str(), &a.from_iccid) {
+        ("transfer", Some(from)) => body.signed_bytes_transfer(from)?,
+        ("transfer", None) => return Err("--kind transfer needs --from-iccid OLD".into()),
+        (_, Some(_)) => return Err("--from-iccid is for --kind transfer only".into()),
+        ("pin-reset", None) => body.signed_bytes_for(kagi_certs::application::Kind::PinReset)?,
+        _ => body.signed_bytes_for(kagi_certs::application::Kind::Issue)?,
     };
-    let message = body.signed_bytes_for(kind)?;
     let mut ch = a.target.open(trace)?;
     jpki::select(&mut ch)?;
     verify(&mut ch, Pin::Sign, &a.pin)?;
@@ -91,6 +98,8 @@ pub fn run(a: &ApplyArgs, trace: bool, json_out: bool) -> Result<(), Failure> {
             "contact": a.contact,
             "sign_serial": serial,
             "created_at": app.body.created_at,
+            "kind": a.kind,
+            "from_iccid": a.from_iccid,
             "nonce": hex::encode(app.body.nonce),
         }));
     } else {

@@ -13,7 +13,7 @@ pub enum MnoTsmCmd {
     /// Create an MNO-TSM's keys and configuration in DIR: mno-tsm.toml, its P-256 key, the
     /// operator's key and client configuration (operator.toml), the simulated SIMs'
     /// issuer-domain keys (keys/isd.keys, development only), and sp-tsm-link.toml — the
-    /// [mno_tsm] section to append to the SP-TSM's tsm.toml.
+    /// [[mno_tsm]] section to append to the SP-TSM's tsm.toml (one per MNO-TSM it links to).
     Init {
         /// Where to write (created).
         #[arg(long)]
@@ -36,27 +36,51 @@ pub enum MnoTsmCmd {
         /// acknowledged. Without it the notices wait (url of [[sp_tsm]] in mno-tsm.toml).
         #[arg(long)]
         sp_tsm_url: Option<String>,
+        /// The MNO-TSM's party (tsm:NAME): give each of an SP-TSM's MNO-TSMs its own.
+        #[arg(long, default_value = tsm_server::setup::MNO_TSM_PARTY)]
+        name: String,
+        /// Its operator's party (mno:NAME).
+        #[arg(long, default_value = "mno:kagi-mobile")]
+        operator: String,
+        /// An ICCID issuer prefix of the operator's SIMs (89, country code, issuer: ITU-T
+        /// E.118), repeatable: written as iccid_prefixes of the [[mno_tsm]] section in
+        /// sp-tsm-link.toml. Needed when the SP-TSM links to several MNO-TSMs; without it
+        /// the link serves every SIM.
+        #[arg(long = "iccid-prefix")]
+        iccid_prefixes: Vec<String>,
     },
     /// Run the MNO-TSM until SIGINT or SIGTERM (its configuration is mno-tsm.toml;
     /// --insecure-file-keys DIR reads the issuer-domain keys from DIR/NAME.keys).
     Serve(Box<ServeArgs>),
 }
 
-fn init(
-    dir: &Path,
-    listen: &str,
+/// `kagi mno-tsm init`'s arguments.
+struct InitArgs<'a> {
+    dir: &'a Path,
+    listen: &'a str,
     tls: bool,
-    sp_tsm_key: &Path,
-    sp_tsm: &str,
-    sp_tsm_url: Option<&str>,
-    json_out: bool,
-) -> Result<(), Failure> {
+    sp_tsm_key: &'a Path,
+    sp_tsm: &'a str,
+    sp_tsm_url: Option<&'a str>,
+    id: tsm_server::setup::MnoIdentity,
+}
+
+fn init(a: InitArgs<'_>, json_out: bool) -> Result<(), Failure> {
+    let InitArgs {
+        dir,
+        listen,
+        tls,
+        sp_tsm_key,
+        sp_tsm,
+        sp_tsm_url,
+        id,
+    } = a;
     let https = tls;
     let tls = tls
         .then(|| crate::common::dev_tls_certificate("kagi MNO-TSM"))
         .transpose()?;
     let sp_tsm = tsm_protocol::PartyId::new(sp_tsm)?;
-    tsm_server::setup::init_mno(dir, listen, tls, &sp_tsm, sp_tsm_key, sp_tsm_url)?;
+    tsm_server::setup::init_mno_as(dir, listen, tls, &sp_tsm, sp_tsm_key, sp_tsm_url, &id)?;
     let file = |f: &str| dir.join(f).display().to_string();
     if json_out {
         crate::print_json(serde_json::json!({
@@ -87,13 +111,23 @@ pub fn run(cmd: &MnoTsmCmd, json_out: bool) -> Result<(), Failure> {
             sp_tsm_key,
             sp_tsm,
             sp_tsm_url,
+            name,
+            operator,
+            iccid_prefixes,
         } => init(
-            dir,
-            listen,
-            *tls,
-            sp_tsm_key,
-            sp_tsm,
-            sp_tsm_url.as_deref(),
+            InitArgs {
+                dir,
+                listen,
+                tls: *tls,
+                sp_tsm_key,
+                sp_tsm,
+                sp_tsm_url: sp_tsm_url.as_deref(),
+                id: tsm_server::setup::MnoIdentity {
+                    name: tsm_protocol::PartyId::new(name)?,
+                    operator: tsm_protocol::PartyId::new(operator)?,
+                    iccid_prefixes: iccid_prefixes.clone(),
+                },
+            },
             json_out,
         ),
         MnoTsmCmd::Serve(a) => serve(a),

@@ -252,6 +252,29 @@ pub enum ProviderCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Move a credential to a new SIM — of the same operator or another (MVNO) — on the
+    /// holder's fresh transfer application (`kagi jpki apply --kind transfer --from-iccid OLD
+    /// --iccid NEW`, signed with the My Number card the credential is linked to): the JPKI
+    /// issuer makes the new credential, the new SIM's MNO-TSM prepares it, and once it is
+    /// written the old certificate is revoked (superseded). The access code is mailed to the
+    /// application's contact.
+    ApplyTransfer {
+        /// The issuing operation of the credential that moves.
+        #[arg(long)]
+        credential: String,
+        /// The new SIM.
+        #[arg(long)]
+        iccid: String,
+        /// The signed transfer application.
+        #[arg(long)]
+        application: PathBuf,
+        /// File with the user's password.
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Where to write the operation and device ticket (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write wallet data (member id, tickets, points) through the relay.
     Wallet {
         /// The SIM.

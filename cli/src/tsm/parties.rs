@@ -547,6 +547,32 @@ pub(super) async fn provider_cmd(
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
+        ProviderCmd::ApplyTransfer {
+            credential,
+            iccid,
+            application,
+            password_file,
+            out,
+        } => {
+            let bytes = std::fs::read(application)
+                .map_err(|e| format!("{}: {e}", application.display()))?;
+            let password = read_secret(password_file)?;
+            let req = ControlRequest::ApplyTransfer {
+                credential: op_id(credential)?,
+                card: CardTarget {
+                    iccid: iccid.clone(),
+                },
+                applet: AppletRef::jpki(),
+                application: bytes,
+                access: provider::access_grant(&password, 5, 30 * 60_000)?,
+            };
+            let r = sp.send(&req, None).await?;
+            if let ControlResponse::Rejected(e) = r.response {
+                return Err(Box::new(crate::exit::Refused(e)));
+            }
+            write_grant(out, &r, json!({}), json_out)?;
+            Ok(())
+        }
         ProviderCmd::Wallet {
             iccid,
             member,

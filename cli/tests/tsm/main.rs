@@ -17,6 +17,7 @@ mod failover;
 mod flow;
 mod lifecycle;
 mod pg_processes;
+mod race16;
 mod two_services;
 
 use card_wire::scp03::AesKey;
@@ -117,7 +118,7 @@ impl World {
             providers,
             operators,
             hosted: BTreeMap::new(),
-            mno: None,
+            mno: Vec::new(),
             issuer: None,
             state_key: AesKey::new(&[0x11; 16]).unwrap(),
             revocation_list: Some(self.dir.join("revoked.txt")),

@@ -46,7 +46,7 @@ fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
         providers: BTreeMap::new(),
         operators,
         hosted,
-        mno: None,
+        mno: Vec::new(),
         issuer: None,
         state_key: AesKey::new(&[0x22; 16]).unwrap(),
         revocation_list: None,
@@ -137,7 +137,7 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     );
     sp_config.operators.clear();
     sp_config.trust.add(me.party().clone(), *me.verifying_key());
-    sp_config.mno = Some(MnoLink::new(me.party().clone(), &mno_server.url));
+    sp_config.mno = vec![MnoLink::new(me.party().clone(), &mno_server.url)];
     let sp_server = start_with(sp_config, &sp_backend, 0).await;
     let (mno_url, sp_url) = (mno_server.url.clone(), sp_server.url.clone());
     let sp = world.client_party(&world.sp, &sp_url);

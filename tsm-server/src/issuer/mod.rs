@@ -38,6 +38,7 @@ mod once;
 mod pin_reset;
 pub mod setup;
 pub mod store;
+mod transfer;
 
 use kagi_db::{Db, StoreError};
 use std::collections::BTreeMap;
@@ -299,6 +300,7 @@ impl Issuer {
                     &instance,
                     &request_id,
                     None,
+                    None,
                 )
                 .await
             }
@@ -334,6 +336,7 @@ impl Issuer {
                         nonce: &nonce,
                         proof: &proof,
                     }),
+                    None,
                 )
                 .await
             }
@@ -361,6 +364,9 @@ impl Issuer {
                     }
                 }
                 Ok(IssuerResponse::Status { revoked })
+            }
+            req @ (IssuerRequest::Transfer { .. } | IssuerRequest::CertifyTransfer { .. }) => {
+                self.transfer(sender, req).await
             }
             IssuerRequest::Withdraw { serial, reason } => {
                 self.withdraw(sender, &serial, &reason).await
@@ -463,6 +469,7 @@ impl Issuer {
         request_id: &IdempotencyKey,
         on_card: Option<on_card::OnCard<'_>>,
         replacing: Option<once::Replacing>,
+        transfer: Option<transfer::Transfer<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         use kagi_certs::application as app;
         let now = SystemTime::now();
@@ -470,16 +477,17 @@ impl Issuer {
             Ok(t) => t,
             Err(answer) => return Ok(*answer),
         };
-        let verified = match app::check(
-            application,
-            &trust,
-            &app::Expect {
-                iccid,
-                provider: &provider.0,
-                now,
-                max_age: self.config.max_age,
-            },
-        ) {
+        let expect = app::Expect {
+            iccid,
+            provider: &provider.0,
+            now,
+            max_age: self.config.max_age,
+        };
+        let checked = match transfer {
+            None => app::check(application, &trust, &expect),
+            Some(t) => app::check_transfer(application, &trust, &expect, t.from_iccid),
+        };
+        let verified = match checked {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(sender = %sender, code = e.code(), "application refused");
@@ -490,6 +498,13 @@ impl Issuer {
                 ));
             }
         };
+        if let Some(t) = &transfer
+            && let Some(refused) = self
+                .transfer_refusal(sender, t, &verified.sign_serial)
+                .await?
+        {
+            return Ok(refused);
+        }
         let target = match SealTarget::verify(
             &self.config.manufacturer_ca,
             card_certificate,

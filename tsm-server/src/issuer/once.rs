@@ -41,9 +41,10 @@ impl Issuer {
         instance: &[u8],
         request_id: &IdempotencyKey,
         on_card: Option<super::on_card::OnCard<'_>>,
+        transfer: Option<super::transfer::Transfer<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         let key = request_id.to_hex();
-        let hash = request_hash(
+        let mut hash = request_hash(
             provider,
             iccid,
             application,
@@ -51,6 +52,12 @@ impl Issuer {
             instance,
             on_card,
         )?;
+        if let Some(t) = transfer {
+            // A transfer is also recognised by the certificate it moves.
+            let moved = tsm_protocol::codec::encode(&(t.from_serial, t.from_iccid))
+                .map_err(|e| IssuerError::Internal(e.to_string()))?;
+            hash.extend(Sha256::digest(moved));
+        }
         // The same Certify with a key made again (its answer was lost).
         let made_again = |r: &store::IssueRecord| {
             on_card.is_some()
@@ -59,7 +66,9 @@ impl Issuer {
                 && r.request_hash[..32] == hash[..32]
                 && r.request_hash != hash
         };
-        let issue = async |replacing| {
+        // A replacement's transfer was done by the issuance it replaces.
+        let issue = async |replacing: Option<Replacing>| {
+            let transfer = if replacing.is_some() { None } else { transfer };
             self.issue(
                 sender,
                 provider,
@@ -70,6 +79,7 @@ impl Issuer {
                 request_id,
                 on_card,
                 replacing,
+                transfer,
             )
             .await
         };

@@ -63,6 +63,17 @@ impl Tsm {
             (ControlRequest::CardRecord { iccid }, "tsm") if !self.config.operators.is_empty() => {
                 self.card_record(party, iccid).await
             }
+            (ControlRequest::DeleteProviderDomain { .. }, "tsm")
+                if !self.config.operators.is_empty() =>
+            {
+                self.delete_domain(party, req).await
+            }
+            (ControlRequest::DeleteProviderDomain { .. }, _) => reject(
+                "business.not-an-mno-tsm",
+                format!(
+                    "{party} may not ask for a domain deletion here (only an SP-TSM, at an MNO-TSM)"
+                ),
+            ),
             (ControlRequest::CardRecord { .. }, _) => reject(
                 "business.not-an-mno-tsm",
                 format!(
@@ -78,7 +89,7 @@ impl Tsm {
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
             // An SP-TSM hears of a lost or changed SIM from its MNO-TSM (`sim_notice`).
             (ControlRequest::SimChanged { .. } | ControlRequest::CardLost { .. }, "tsm")
-                if self.config.mno.as_ref().is_some_and(|m| &m.party == party) =>
+                if self.config.mno.iter().any(|m| &m.party == party) =>
             {
                 self.sim_notice(party, req).await
             }
@@ -126,6 +137,7 @@ impl Tsm {
             ControlRequest::Issue { .. }
             | ControlRequest::Apply { .. }
             | ControlRequest::ApplyPinReset { .. }
+            | ControlRequest::ApplyTransfer { .. }
             | ControlRequest::ResetPin { .. }
             | ControlRequest::WalletUpdate { .. }
             | ControlRequest::Transfer { .. } => self.create(h, req).await,
@@ -335,7 +347,7 @@ impl Tsm {
     }
 
     /// Rewrites the revocation list file (atomically).
-    async fn write_revocation_list(&self) -> Result<()> {
+    pub(super) async fn write_revocation_list(&self) -> Result<()> {
         let Some(path) = &self.config.revocation_list else {
             return Ok(());
         };

@@ -132,9 +132,17 @@ impl Tsm {
         if let Some(existing) = self.store.op_by_idem(&party.0, &idem.to_hex()).await? {
             return self.again_mailed(existing, &request_hash).await;
         }
+        // A SIM no linked MNO-TSM serves is refused before anyone is asked anything.
+        if let Some(card) = super::card_of(&req)
+            && !self.config.mno.is_empty()
+            && let Err(e) = self.mno_for(&card.iccid)
+        {
+            return Ok(ControlResponse::Rejected(e));
+        }
         // An application's access grant is checked before the issuer makes anything.
-        if let ControlRequest::Apply { access, .. } | ControlRequest::ApplyPinReset { access, .. } =
-            &req
+        if let ControlRequest::Apply { access, .. }
+        | ControlRequest::ApplyPinReset { access, .. }
+        | ControlRequest::ApplyTransfer { access, .. } = &req
             && let Some(e) = self.access_refusal(access)
         {
             return Ok(ControlResponse::Rejected(e));
@@ -167,6 +175,35 @@ impl Tsm {
                 }
                 Err(refused) => return Ok(refused),
             },
+            // A transfer application: the issuer checks it and makes the new credential, the
+            // request goes on as a transfer (`transfer`).
+            // The on-card mode: the new SIM makes the key in the download's first session.
+            ControlRequest::ApplyTransfer {
+                ref credential,
+                ref card,
+                ..
+            } if self.key_on_card() => {
+                if let Err(refused) = self.transfer_source(party, credential, &card.iccid).await? {
+                    return Ok(refused);
+                }
+                req
+            }
+            ControlRequest::ApplyTransfer { .. } => {
+                match self.transfer_at_issuer(party, &idem, req).await? {
+                    Ok(transfer) => {
+                        if let ControlRequest::Transfer { new_credential, .. } = &transfer {
+                            *issued = cert_facts(&new_credential.certificate).ok().map(|f| f.0);
+                        }
+                        if let Some(existing) =
+                            self.store.op_by_idem(&party.0, &idem.to_hex()).await?
+                        {
+                            return self.again_mailed(existing, &request_hash).await;
+                        }
+                        transfer
+                    }
+                    Err(refused) => return Ok(refused),
+                }
+            }
             // A pin-reset application: the issuer checks it and makes the PIN, the request
             // goes on as a PIN reset.
             ControlRequest::ApplyPinReset { .. } => {
@@ -217,6 +254,18 @@ impl Tsm {
                     None,
                 )
             }
+            ControlRequest::ApplyTransfer {
+                credential,
+                card,
+                access,
+                ..
+            } => (
+                "transfer",
+                card.iccid.clone(),
+                Some(access.clone()),
+                None,
+                Some(*credential),
+            ),
             ControlRequest::Apply { card, access, .. } => (
                 "issue",
                 card.iccid.clone(),

@@ -4,7 +4,7 @@
 use crate::store::ops::OpRow;
 use crate::store::{Stmt, Store};
 use sha2::{Digest, Sha256};
-use tsm_protocol::control::{ControlRequest, OpState, RevokeReason};
+use tsm_protocol::control::{ControlRequest, OpState};
 use tsm_protocol::receipt::{ExecutionReceipt, StepRecord};
 use tsm_protocol::relay::{ServerMsg, StopOutcome};
 use tsm_protocol::script::{Evidence, Next};
@@ -108,7 +108,12 @@ impl Tsm {
                 batch.push(Store::audit(&op.id, t, "tsm", "domain-installed", ""));
                 Box::pin(self.start_engine(op, session, seq, batch)).await
             }
-            Next::Done(evidence) if matches!(op.data.request, ControlRequest::Apply { .. }) => {
+            Next::Done(evidence)
+                if matches!(
+                    op.data.request,
+                    ControlRequest::Apply { .. } | ControlRequest::ApplyTransfer { .. }
+                ) =>
+            {
                 // The on-card mode's first session: the SIM made the key.
                 Box::pin(self.certify_on_card(op, session, seq, *evidence, batch)).await
             }
@@ -171,6 +176,8 @@ impl Tsm {
         mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
+        // The operation as it was, should a racing transfer void this one.
+        let before = op.clone();
         let cert = credential_of(&op.data.request).map(|c| c.certificate.clone());
         let my_number = credential_of(&op.data.request)
             .map(|c| c.my_number_sign_serial.clone())
@@ -239,6 +246,17 @@ impl Tsm {
         // Credentials first, then the operation (compare-and-swap: a cancellation or
         // revocation that landed first wins and nothing here is written), then the card.
         let mut all = vec![Store::credential_state(&op.id, "pending", "active", t)];
+        // A transfer revokes the credential it replaces in this transaction, if that one is
+        // still active (`transfer`): the statement at `guard` decides a race.
+        let guard = all.len();
+        let mut superseded = None;
+        if let ControlRequest::Transfer { credential, .. } = &op.data.request
+            && let Some(old) = self.store.credential(credential).await?
+        {
+            let (stmts, w) = self.supersede(&old, &op.party, t);
+            all.extend(stmts);
+            superseded = Some((old, w));
+        }
         for d in &running.deletions {
             all.push(Store::credential_deleted(d, t));
             batch.push(Store::audit(
@@ -250,19 +268,31 @@ impl Tsm {
             ));
         }
         all.push(Store::update_op(&op)?);
-        if let ControlRequest::CreateSecurityDomain { sd_aid, .. } = &op.data.request {
+        // The registry records the provider's domain the operation made on the SIM.
+        if let ControlRequest::CreateSecurityDomain { sd_aid, .. }
+        | ControlRequest::PrepareSim { sd_aid, .. } = &op.data.request
+        {
             batch.push(Store::set_card_domain(&op.iccid, sd_aid, t));
         }
         all.extend(batch);
         all.push(Store::erase_sealed_if_over(&op.id));
-        self.store.commit(all).await?;
+        match self.store.commit(all).await {
+            Ok(()) => {}
+            Err(crate::store::StoreError::Conflict(i)) if superseded.is_some() && i == guard => {
+                // Another transfer (or a revocation) of the credential won: this one is void.
+                let e = ErrorReport::new(
+                    tsm_protocol::Layer::Business,
+                    "business.superseded-meanwhile",
+                    false,
+                    "the credential was moved or revoked meanwhile: this transfer is void and its certificate is withdrawn",
+                );
+                return self.finish_failed(before, session, e, Vec::new()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(op = %op.id, kind = %op.kind, sessions = ev.sessions, "operation completed");
-        // A transfer completes by revoking the credential it replaces.
-        if let ControlRequest::Transfer { credential, .. } = &op.data.request
-            && let Some(old) = self.store.credential(credential).await?
-        {
-            self.revoke_row(old, RevokeReason::Superseded, &op.party)
-                .await?;
+        if let Some((old, w)) = superseded {
+            self.superseded(&old, w).await?;
         }
         Ok(stop)
     }

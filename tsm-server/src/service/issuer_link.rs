@@ -120,7 +120,7 @@ impl Tsm {
         }))
     }
 
-    async fn issue_at_issuer(
+    pub(super) async fn issue_at_issuer(
         &self,
         req: IssuerRequest,
     ) -> Result<std::result::Result<tsm_protocol::control::CredentialBundle, ErrorReport>> {
@@ -270,23 +270,49 @@ impl Tsm {
         ev: Evidence,
         batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
-        let ControlRequest::Apply {
-            subscriber_ref,
-            card,
-            applet,
-            application,
-            access,
-        } = op.data.request.clone()
-        else {
-            return self
-                .finish_failed(
-                    op,
-                    session,
-                    err(Layer::Tsm, "tsm.script", "not an application"),
-                    batch,
-                )
-                .await;
-        };
+        // An application, or a transfer's (the credential it moves, with its serial, SIM and
+        // applet instance).
+        let (subscriber_ref, card, applet, application, access, moved) =
+            match op.data.request.clone() {
+                ControlRequest::Apply {
+                    subscriber_ref,
+                    card,
+                    applet,
+                    application,
+                    access,
+                } => (subscriber_ref, card, applet, application, access, None),
+                ControlRequest::ApplyTransfer {
+                    credential,
+                    card,
+                    applet,
+                    application,
+                    access,
+                } => {
+                    let Some(old) = self.store.credential(&credential).await? else {
+                        let e = err(
+                            Layer::Business,
+                            "business.unknown-credential",
+                            "the credential the transfer moves is gone",
+                        );
+                        return self.finish_failed(op, session, e, batch).await;
+                    };
+                    let applet = tsm_protocol::control::AppletRef {
+                        instance: old.instance.clone(),
+                        ..applet
+                    };
+                    (String::new(), card, applet, application, access, Some(old))
+                }
+                _ => {
+                    return self
+                        .finish_failed(
+                            op,
+                            session,
+                            err(Layer::Tsm, "tsm.script", "not an application"),
+                            batch,
+                        )
+                        .await;
+                }
+            };
         let challenge = self.store.challenge(&op.id).await?.map(|c| c.challenge);
         let (Some(challenge), Some(proof), Some(request_id)) =
             (challenge, ev.generated, Self::request_id(&op))
@@ -308,18 +334,33 @@ impl Tsm {
         self.store
             .commit(vec![Store::drop_challenge(&op.id)])
             .await?;
-        let req = IssuerRequest::Certify {
-            application,
-            provider: PartyId(op.party.clone()),
-            iccid: card.iccid.clone(),
-            card_certificate,
-            instance: applet.instance.clone(),
-            request_id,
-            nonce: challenge
-                .get(card_wire::keygen::POINT_LEN..)
-                .unwrap_or_default()
-                .to_vec(),
-            proof,
+        let nonce = challenge
+            .get(card_wire::keygen::POINT_LEN..)
+            .unwrap_or_default()
+            .to_vec();
+        let req = match &moved {
+            None => IssuerRequest::Certify {
+                application,
+                provider: PartyId(op.party.clone()),
+                iccid: card.iccid.clone(),
+                card_certificate,
+                instance: applet.instance.clone(),
+                request_id,
+                nonce,
+                proof,
+            },
+            Some(old) => IssuerRequest::CertifyTransfer {
+                application,
+                provider: PartyId(op.party.clone()),
+                iccid: card.iccid.clone(),
+                card_certificate,
+                instance: applet.instance.clone(),
+                request_id,
+                nonce,
+                proof,
+                from_serial: old.serial.clone(),
+                from_iccid: old.iccid.clone(),
+            },
         };
         let credential = match self.issue_at_issuer(req).await? {
             Ok(c) => c,
@@ -350,12 +391,21 @@ impl Tsm {
             instance: applet.instance.clone(),
             deletion_pending: false,
         };
-        let mut issue = ControlRequest::Issue {
-            subscriber_ref,
-            card,
-            applet,
-            credential,
-            access,
+        let mut issue = match moved {
+            None => ControlRequest::Issue {
+                subscriber_ref,
+                card,
+                applet,
+                credential,
+                access,
+            },
+            // A transfer's: the old credential is superseded when this one is written.
+            Some(old) => ControlRequest::Transfer {
+                credential: old.op_id,
+                card,
+                new_credential: credential,
+                access,
+            },
         };
         let mut batch = batch;
         if let Some(blob) = crate::store::sealed::take_sealed(&mut issue) {

@@ -52,7 +52,8 @@ impl Tsm {
         req: &ControlRequest,
     ) -> Option<std::result::Result<String, ErrorReport>> {
         let (ControlRequest::Apply { application, .. }
-        | ControlRequest::ApplyPinReset { application, .. }) = req
+        | ControlRequest::ApplyPinReset { application, .. }
+        | ControlRequest::ApplyTransfer { application, .. }) = req
         else {
             return None;
         };

@@ -12,9 +12,11 @@
 
 mod control;
 mod create;
+mod domain_delete;
 mod engine;
 mod issuer_link;
 mod mail;
+pub mod mno_links;
 mod operator;
 mod pin_reset;
 mod plan;
@@ -23,6 +25,7 @@ mod registry;
 mod relay;
 mod sim_notice;
 mod suspend;
+mod transfer;
 mod withdraw;
 
 pub use issuer_link::IssuerLink;
@@ -87,9 +90,10 @@ pub struct Config {
     pub operators: BTreeMap<PartyId, Operator>,
     /// On an MNO-TSM: the providers it prepares SIMs for, by party.
     pub hosted: BTreeMap<PartyId, Hosted>,
-    /// On an SP-TSM: the MNO-TSM that prepares SIMs (seed 004 ⑭⑮); `None` when the
-    /// providers' domains and applets are already on the SIMs.
-    pub mno: Option<MnoLink>,
+    /// On an SP-TSM: the MNO-TSMs that prepare SIMs (seed 004 ⑭⑮), each serving the SIMs of
+    /// its ICCID prefixes ([`mno_links`]; checked by [`mno_links::check`] at load); empty when
+    /// the providers' domains and applets are already on the SIMs.
+    pub mno: Vec<MnoLink>,
     /// On an SP-TSM: the JPKI issuer that makes credentials for applications (seed 004
     /// ⑯⑰); `None` when providers bring their credentials sealed themselves.
     pub issuer: Option<IssuerLink>,
@@ -340,6 +344,13 @@ impl Tsm {
         if notified > 0 {
             tracing::info!(notified, "SIM notices acknowledged on retry");
         }
+        let deleted = self.deliver_domain_deletions(None).await?;
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                "old SIMs' provider domain deletions acknowledged on retry"
+            );
+        }
         let withdrawn = self.retry_withdrawals().await?;
         if withdrawn > 0 {
             tracing::info!(withdrawn, "undelivered phone certificates withdrawn");
@@ -372,6 +383,7 @@ pub fn card_of(req: &ControlRequest) -> Option<&CardTarget> {
         ControlRequest::Issue { card, .. }
         | ControlRequest::Apply { card, .. }
         | ControlRequest::Transfer { card, .. }
+        | ControlRequest::ApplyTransfer { card, .. }
         | ControlRequest::WalletUpdate { card, .. } => Some(card),
         _ => None,
     }

@@ -70,6 +70,16 @@ impl Tsm {
                     Err(e) => return Ok(Err(e)),
                 }
             }
+            // The same for a transfer's new SIM, in the instance the credential had.
+            ControlRequest::ApplyTransfer {
+                card, credential, ..
+            } => {
+                let instance = self.moved_instance(credential).await?;
+                match self.challenge_for(op, &card.iccid, &instance).await? {
+                    Ok(challenge) => recipes::jpki_generate(&instance, &challenge),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
             ControlRequest::Issue {
                 applet, credential, ..
             } => recipes::jpki_credential(&applet.instance, &request_id, credential),

@@ -45,11 +45,14 @@ pub struct MnoLink {
     pub relay_url: String,
     /// The HTTP client (trusting its TLS certificate).
     pub http: reqwest::Client,
+    /// The ICCID issuer prefixes of the SIMs it serves (`super::mno_links`); empty: every SIM
+    /// (only as the SP-TSM's single link).
+    pub iccid_prefixes: Vec<String>,
 }
 
 impl MnoLink {
     /// A link to the MNO-TSM `party` at `url` (phones reach it there too), trusting the
-    /// system's TLS roots.
+    /// system's TLS roots, serving every SIM (set `iccid_prefixes` for one of several).
     pub fn new(party: PartyId, url: &str) -> MnoLink {
         kagi_serve::tls_provider();
         let url = url.trim_end_matches('/').to_string();
@@ -58,6 +61,7 @@ impl MnoLink {
             relay_url: url.clone(),
             url,
             http: reqwest::Client::new(),
+            iccid_prefixes: Vec::new(),
         }
     }
 }
@@ -236,16 +240,25 @@ impl Tsm {
         }
     }
 
-    /// SP-TSM: sends `req` to the MNO-TSM, signed, with a fresh message id and nonce; its
-    /// verified answer, or why there is none (`tsm.mno-unreachable` may succeed later).
+    /// SP-TSM: the MNO-TSM link serving SIM `iccid` (`super::mno_links`), or the refusal
+    /// (`tsm.no-mno` without any link, `business.no-mno-for-sim`).
+    pub(super) fn mno_for(&self, iccid: &str) -> std::result::Result<&MnoLink, ErrorReport> {
+        if self.config.mno.is_empty() {
+            return Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured"));
+        }
+        super::mno_links::serving(&self.config.mno, iccid)
+            .ok_or_else(|| super::mno_links::no_link(&self.config.mno, iccid))
+    }
+
+    /// SP-TSM: sends `req` to the MNO-TSM `mno` (the one serving the SIM it is about),
+    /// signed, with a fresh message id and nonce; its verified answer (signed by `mno`, as
+    /// `exchange` checks), or why there is none (`tsm.mno-unreachable` may succeed later).
     pub(super) async fn send_to_mno(
         &self,
+        mno: &MnoLink,
         req: &ControlRequest,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<std::result::Result<ControlResponse, ErrorReport>> {
-        let Some(mno) = &self.config.mno else {
-            return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
-        };
         let peer = Peer {
             party: &mno.party,
             http: &mno.http,
@@ -263,10 +276,20 @@ impl Tsm {
         &self,
         op: &OpRow,
     ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
-        let (ControlRequest::Issue { applet, .. } | ControlRequest::Apply { applet, .. }) =
-            &op.data.request
-        else {
-            return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue")));
+        let instance = match &op.data.request {
+            ControlRequest::Issue { applet, .. } | ControlRequest::Apply { applet, .. } => {
+                applet.instance.clone()
+            }
+            // A transfer: the new SIM gets the applet instance the credential had.
+            ControlRequest::Transfer { credential, .. }
+            | ControlRequest::ApplyTransfer { credential, .. } => {
+                self.moved_instance(credential).await?
+            }
+            _ => return Ok(Err(err(Layer::Tsm, "tsm.script", "not an issue"))),
+        };
+        let mno = match self.mno_for(&op.iccid) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
         };
         let provider = PartyId(op.party.clone());
         let Some(p) = self.config.providers.get(&provider) else {
@@ -287,11 +310,11 @@ impl Tsm {
             provider: provider.clone(),
             sd_aid: p.sd_aid.clone(),
             privileges: vec![0x80, 0x40, 0x00],
-            instance: applet.instance.clone(),
+            instance,
             reply_key: tsm_protocol::keyseal::reply_public(&reply),
         };
         let answer = match self
-            .send_to_mno(&req, Some(IdempotencyKey(op.id.0)))
+            .send_to_mno(mno, &req, Some(IdempotencyKey(op.id.0)))
             .await?
         {
             Ok(a) => a,
@@ -305,9 +328,6 @@ impl Tsm {
                 sealed_initial_keys,
                 ..
             } => {
-                let Some(mno) = &self.config.mno else {
-                    return Ok(Err(err(Layer::Tsm, "tsm.no-mno", "no MNO-TSM configured")));
-                };
                 let ctx = tsm_protocol::keyseal::Context {
                     mno: &mno.party.0,
                     sp_tsm: &self.config.policy.me.0,
@@ -340,9 +360,10 @@ impl Tsm {
         }
     }
 
-    /// Whether an operation first needs the MNO-TSM (an issue on an SP-TSM with one).
+    /// Whether an operation first needs the MNO-TSM (an issue, or a transfer to a new SIM,
+    /// on an SP-TSM with MNO-TSMs): the new SIM's provider domain and applet are made there.
     pub(super) fn needs_mno(&self, op: &OpRow) -> bool {
-        self.config.mno.is_some() && op.kind == "issue"
+        !self.config.mno.is_empty() && (op.kind == "issue" || op.kind == "transfer")
     }
 
     /// SP-TSM, after the user's entries were right: the relay goes to the MNO-TSM first.
@@ -353,10 +374,14 @@ impl Tsm {
         mut batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
         let t = now();
-        let (url, asked) = match &self.config.mno {
-            Some(m) => (m.relay_url.clone(), self.ask_mno(&op).await?),
-            None => return self.start_engine(op, session, 0, batch).await,
+        if self.config.mno.is_empty() {
+            return self.start_engine(op, session, 0, batch).await;
+        }
+        let url = match self.mno_for(&op.iccid) {
+            Ok(m) => m.relay_url.clone(),
+            Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
+        let asked = self.ask_mno(&op).await?;
         let reply = match asked {
             Ok((_, Some(ticket), _)) => {
                 op.data.phase = 1;

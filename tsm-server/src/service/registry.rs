@@ -55,13 +55,21 @@ impl Tsm {
     /// unreachable MNO-TSM leaves the copy as it is (logged); a SIM the MNO-TSM does not know
     /// leaves none to act on when there was none.
     pub(super) async fn refresh_card(&self, iccid: &str) -> Result<()> {
-        if self.config.mno.is_none() {
+        if self.config.mno.is_empty() {
             return Ok(());
         }
+        // Asked only of the MNO-TSM serving the SIM (no other learns of it).
+        let mno = match self.mno_for(iccid) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(iccid, code = %e.code, "no MNO-TSM serves the SIM: its record is not refreshed");
+                return Ok(());
+            }
+        };
         let req = ControlRequest::CardRecord {
             iccid: iccid.to_string(),
         };
-        let answer = match self.send_to_mno(&req, None).await? {
+        let answer = match self.send_to_mno(mno, &req, None).await? {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(iccid, code = %e.code, detail = %e.detail, "the SIM's record could not be refreshed from the MNO-TSM");

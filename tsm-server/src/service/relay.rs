@@ -218,6 +218,7 @@ impl Tsm {
         match &op.data.request {
             ControlRequest::Issue { access, .. }
             | ControlRequest::Apply { access, .. }
+            | ControlRequest::ApplyTransfer { access, .. }
             | ControlRequest::Transfer { access, .. }
             | ControlRequest::ResetPin { access, .. }
             | ControlRequest::WalletUpdate { access, .. }

@@ -11,8 +11,9 @@
 //!   a replayed one). One attempt per notice at a time: it is claimed by a conditional update.
 //!   Audited under `sim:ICCID`: `sim-notice-queued`, `sim-notice-delivered`,
 //!   `sim-notice-failed`.
-//! - **SP-TSM**: a notice signed by its own MNO-TSM (`[mno_tsm]`; anyone else is refused
-//!   `business.not-an-operator`) marks its copy of the SIM lost or replaced and revokes every
+//! - **SP-TSM**: a notice signed by the MNO-TSM serving the SIM (the `[[mno_tsm]]` whose
+//!   `iccid_prefixes` match it; a party that is no link is refused `business.not-an-operator`,
+//!   another link `business.not-your-sim`, audited `sim-notice-refused`) marks its copy of the SIM lost or replaced and revokes every
 //!   credential on it (`card-lost`, `superseded`; audited with the MNO-TSM as actor), each
 //!   revocation also asked of the JPKI issuer (`withdraw`'s outbox): the phone certificate
 //!   goes on the issuer's CRL (`keyCompromise`, `superseded`). A repeated notice changes
@@ -284,6 +285,32 @@ impl Tsm {
             )));
         }
         let t = now();
+        // Only the MNO-TSM serving the SIM speaks for it: another operator's word about it is
+        // refused (and audited), whatever it says.
+        match self.mno_for(&iccid) {
+            Ok(link) if &link.party == party => {}
+            served => {
+                let by = served.map_or_else(|e| e.code, |l| l.party.0.clone());
+                let detail = format!("{state} {iccid} from {party}, the SIM is served by {by}");
+                self.store
+                    .commit(vec![audit(
+                        &iccid,
+                        t,
+                        &party.0,
+                        "sim-notice-refused",
+                        &detail,
+                    )])
+                    .await?;
+                tracing::warn!(iccid = %iccid, mno_tsm = %party, served_by = %by, "SIM notice from an MNO-TSM that does not serve the SIM refused");
+                return Ok(ControlResponse::Rejected(err(
+                    Layer::Business,
+                    "business.not-your-sim",
+                    format!(
+                        "{party} does not serve SIM {iccid} (its ICCID prefix is linked to {by}): only the SIM's own MNO-TSM may report it {state}"
+                    ),
+                )));
+            }
+        }
         if let Some(card) = self.store.card(&iccid).await? {
             // The registry is the MNO-TSM's: its word marks this SP-TSM's copy.
             let mark =

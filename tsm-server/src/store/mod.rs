@@ -73,6 +73,12 @@ pub const SCHEMA: Schema = Schema {
         sp_tsm TEXT NOT NULL, iccid TEXT NOT NULL, kind TEXT NOT NULL, new_iccid TEXT NOT NULL,
         state TEXT NOT NULL, tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
         updated_at BIGINT NOT NULL, PRIMARY KEY (sp_tsm, iccid, kind))",
+        // An SP-TSM's deletions of a provider's domain on a transferred-from SIM, for the
+        // MNO-TSM serving it (`service::domain_delete`), until each acknowledges.
+        "CREATE TABLE IF NOT EXISTS domain_deletions (
+        mno_tsm TEXT NOT NULL, iccid TEXT NOT NULL, provider TEXT NOT NULL, sd_aid BYTES NOT NULL,
+        state TEXT NOT NULL, tries BIGINT NOT NULL, next_at BIGINT NOT NULL, last_error TEXT,
+        updated_at BIGINT NOT NULL, PRIMARY KEY (mno_tsm, iccid, provider))",
         // The on-card mode's pending challenge of an operation (`keygen`).
         "CREATE TABLE IF NOT EXISTS keygen_challenges (
         op_id TEXT PRIMARY KEY, challenge BYTES NOT NULL, expires_at BIGINT NOT NULL,

@@ -282,7 +282,7 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
         providers,
         operators,
         hosted: BTreeMap::new(),
-        mno: None,
+        mno: Vec::new(),
         issuer: None,
         state_key: AesKey::new(&[0x11; 16]).unwrap(),
         revocation_list: None,

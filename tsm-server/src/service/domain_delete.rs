@@ -1,0 +1,273 @@
+//! After a transfer, the provider's area on the old SIM goes (issue #16's lifecycle):
+//!
+//! - **SP-TSM**: in the transaction that supersedes the old credential it queues one
+//!   deletion for the MNO-TSM serving the old SIM (`domain_deletions`, a transactional outbox
+//!   like the SIM notices'), sends it at once and has the sweeper retry it (5 s, doubling, at
+//!   most 5 minutes; one attempt at a time, claimed by a conditional update) until that
+//!   MNO-TSM acknowledges — an unreachable MNO-TSM, or an old SIM that is gone, delays the
+//!   deletion but never the revocation. Audited under `sim:ICCID`:
+//!   `domain-deletion-queued`, `domain-deletion-failed`, `domain-deletion-delivered`.
+//! - **MNO-TSM**: a signed [`ControlRequest::DeleteProviderDomain`] from the SP-TSM acting for
+//!   the provider (its trust list), about one of its operators' SIMs whose registry names that
+//!   provider's domain (or none), drops the domain from the SIM's record (the SIM then takes
+//!   that provider's domain anew only through a fresh preparation) and audits
+//!   `domain-deleted` under `sim:ICCID`. A repeat is acknowledged again. The card itself is
+//!   not reached here: what the registry says is what the operator's next session with the
+//!   SIM acts on (deleting it with the issuer-domain keys is not implemented yet).
+
+use crate::store::{Stmt, StoreError};
+use tsm_protocol::control::{ControlRequest, ControlResponse};
+use tsm_protocol::{Layer, PartyId};
+
+use super::mail::pause_after;
+use super::{Result, Tsm, err, now};
+
+/// How long one delivery attempt holds a deletion before another instance may try.
+const LEASE_MS: i64 = 120_000;
+
+fn audit(iccid: &str, at: i64, actor: &str, event: &str, detail: &str) -> Stmt {
+    Stmt::any(
+        "INSERT INTO audit (op_id, at, actor, event, detail) VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            format!("sim:{iccid}").into(),
+            at.into(),
+            actor.into(),
+            event.into(),
+            detail.into(),
+        ],
+    )
+}
+
+impl Tsm {
+    /// SP-TSM: the statements queueing the deletion of `provider`'s domain on the old SIM
+    /// `iccid` at the MNO-TSM serving it (none without one), for the transfer's transaction.
+    pub(super) fn queue_domain_deletion(&self, iccid: &str, provider: &str, at: i64) -> Vec<Stmt> {
+        let (Ok(mno), Some(p)) = (
+            self.mno_for(iccid),
+            self.config.providers.get(&PartyId(provider.to_string())),
+        ) else {
+            return Vec::new();
+        };
+        vec![
+            Stmt::any(
+                "INSERT INTO domain_deletions (mno_tsm, iccid, provider, sd_aid, state, tries, next_at, last_error, updated_at)
+                 VALUES ($1, $2, $3, $4, 'due', 0, $5, NULL, $5)
+                 ON CONFLICT (mno_tsm, iccid, provider) DO UPDATE SET state = 'due', tries = 0,
+                 next_at = excluded.next_at, updated_at = excluded.updated_at",
+                vec![
+                    mno.party.0.clone().into(),
+                    iccid.into(),
+                    provider.into(),
+                    p.sd_aid.clone().into(),
+                    at.into(),
+                ],
+            ),
+            audit(
+                iccid,
+                at,
+                provider,
+                "domain-deletion-queued",
+                &format!("for {}", mno.party),
+            ),
+        ]
+    }
+
+    /// SP-TSM: tries every due deletion (about `iccid` only, if given); how many were
+    /// acknowledged.
+    pub(super) async fn deliver_domain_deletions(&self, iccid: Option<&str>) -> Result<usize> {
+        if self.config.mno.is_empty() {
+            return Ok(0);
+        }
+        let t = now();
+        let rows = self
+            .store
+            .query(
+                "SELECT mno_tsm, iccid, provider, sd_aid FROM domain_deletions
+                 WHERE state = 'due' AND next_at <= $1 AND (CAST($2 AS TEXT) = '' OR iccid = $2)
+                 ORDER BY next_at LIMIT 100",
+                vec![t.into(), iccid.unwrap_or("").into()],
+            )
+            .await?;
+        let mut n = 0;
+        for r in rows {
+            let (mno_tsm, iccid, provider) = (r[0].text(), r[1].text(), r[2].text());
+            if self
+                .deliver_deletion(&mno_tsm, &iccid, &provider, r[3].blob())
+                .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn deliver_deletion(
+        &self,
+        mno_tsm: &str,
+        iccid: &str,
+        provider: &str,
+        sd_aid: Vec<u8>,
+    ) -> Result<bool> {
+        let key = |extra: Vec<kagi_db::Val>| {
+            let mut v: Vec<kagi_db::Val> = vec![mno_tsm.into(), iccid.into(), provider.into()];
+            v.extend(extra);
+            v
+        };
+        let t = now();
+        match self
+            .store
+            .commit(vec![Stmt::one(
+                "UPDATE domain_deletions SET tries = tries + 1, next_at = $5, updated_at = $4
+                 WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due' AND next_at <= $4",
+                key(vec![t.into(), (t + LEASE_MS).into()]),
+            )])
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let req = ControlRequest::DeleteProviderDomain {
+            iccid: iccid.into(),
+            provider: PartyId(provider.into()),
+            sd_aid,
+        };
+        // Only the MNO-TSM serving the SIM is asked (the one it was queued for).
+        let answer = match self.mno_for(iccid) {
+            Ok(link) if link.party.0 == mno_tsm => {
+                match self.send_to_mno(link, &req, None).await? {
+                    Ok(ControlResponse::Ok) => Ok(()),
+                    Ok(ControlResponse::Rejected(e)) | Err(e) => Err(e.to_string()),
+                    Ok(_) => Err("the MNO-TSM answered something else".to_string()),
+                }
+            }
+            _ => Err(format!(
+                "{mno_tsm} no longer serves SIM {iccid} in tsm.toml ([[mno_tsm]] iccid_prefixes)"
+            )),
+        };
+        let t = now();
+        let me = self.party().0.clone();
+        match answer {
+            Ok(()) => {
+                self.store
+                    .commit(vec![
+                        Stmt::any(
+                            "UPDATE domain_deletions SET state = 'done', last_error = NULL, updated_at = $4
+                             WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
+                            key(vec![t.into()]),
+                        ),
+                        audit(iccid, t, &me, "domain-deletion-delivered", mno_tsm),
+                    ])
+                    .await?;
+                tracing::info!(
+                    mno_tsm,
+                    iccid,
+                    provider,
+                    "the old SIM's provider domain deletion acknowledged"
+                );
+                Ok(true)
+            }
+            Err(why) => {
+                let tries: i64 = self
+                    .store
+                    .query(
+                        "SELECT tries FROM domain_deletions WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3",
+                        key(vec![]),
+                    )
+                    .await?
+                    .first()
+                    .map_or(1, |r| r[0].int());
+                let pause = pause_after(tries);
+                let detail = format!(
+                    "{mno_tsm}: {why} (attempt {tries}; tried again in {} s)",
+                    pause / 1000
+                );
+                self.store
+                    .commit(vec![
+                        Stmt::any(
+                            "UPDATE domain_deletions SET last_error = $4, next_at = $5
+                             WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
+                            key(vec![why.clone().into(), (t + pause).into()]),
+                        ),
+                        audit(iccid, t, &me, "domain-deletion-failed", &detail),
+                    ])
+                    .await?;
+                tracing::warn!(mno_tsm, iccid, error = %why, "the old SIM's provider domain deletion is retried");
+                Ok(false)
+            }
+        }
+    }
+
+    /// MNO-TSM: an SP-TSM's `DeleteProviderDomain` (see the module).
+    pub(super) async fn delete_domain(
+        &self,
+        sender: &PartyId,
+        req: ControlRequest,
+    ) -> Result<ControlResponse> {
+        let ControlRequest::DeleteProviderDomain {
+            iccid,
+            provider,
+            sd_aid,
+        } = req
+        else {
+            return Ok(ControlResponse::Rejected(err(
+                Layer::Protocol,
+                "protocol.unsupported",
+                "not a domain deletion",
+            )));
+        };
+        let refuse = |code: &str, detail: String| {
+            Ok(ControlResponse::Rejected(err(
+                Layer::Business,
+                code,
+                detail,
+            )))
+        };
+        match self.config.hosted.get(&provider) {
+            Some(h) if &h.sp_tsm == sender && h.sd_aid == sd_aid => {}
+            _ => {
+                return refuse(
+                    "business.not-your-provider",
+                    format!("{sender} does not act here for {provider}'s domain"),
+                );
+            }
+        }
+        let card = match self.store.card(&iccid).await? {
+            Some(c) if self.config.operators.contains_key(&PartyId(c.mno.clone())) => c,
+            _ => {
+                return refuse(
+                    "business.unknown-card",
+                    format!("SIM {iccid} is not registered with this MNO-TSM"),
+                );
+            }
+        };
+        if !card.sd_aid.is_empty() && card.sd_aid != sd_aid {
+            return refuse(
+                "business.not-the-sims-provider",
+                format!(
+                    "SIM {iccid} is registered for the provider domain {}, not {}",
+                    hex::encode_upper(&card.sd_aid),
+                    hex::encode_upper(&sd_aid)
+                ),
+            );
+        }
+        let t = now();
+        self.store
+            .commit(vec![
+                crate::store::Store::set_card_domain(&iccid, &[], t),
+                audit(
+                    &iccid,
+                    t,
+                    &sender.0,
+                    "domain-deleted",
+                    &format!(
+                        "{provider}'s domain {} (its credential moved to another SIM)",
+                        hex::encode_upper(&sd_aid)
+                    ),
+                ),
+            ])
+            .await?;
+        tracing::info!(iccid = %iccid, provider = %provider, sp_tsm = %sender, "provider domain dropped from the SIM's record");
+        Ok(ControlResponse::Ok)
+    }
+}
