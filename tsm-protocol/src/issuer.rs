@@ -78,6 +78,22 @@ pub enum IssuerRequest {
         /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
         proof: Vec<u8>,
     },
+    /// ②③ at the SP-TSM's `Apply`, before anything is stored, mailed or asked of the MNO-TSM
+    /// (the on-card mode, where the issuer otherwise sees the application only at
+    /// [`IssuerRequest::Certify`]): the issuer runs an issue's application checks — signature,
+    /// signature CA, its CRL and revocation list, freshness, the SIM and provider it names,
+    /// this SP-TSM acting for that provider, the application not used before — and changes
+    /// nothing but its audit trail: the nonce stays unspent (the Certify spends it, once).
+    /// Answered with [`IssuerResponse::ApplicationChecked`] or refused with the code an issue
+    /// would get.
+    CheckApplication {
+        /// The application as `kagi jpki apply` wrote it.
+        application: Vec<u8>,
+        /// The provider the application must name (one the asking SP-TSM serves).
+        provider: PartyId,
+        /// The SIM the application must name.
+        iccid: String,
+    },
     /// The standing of phone certificates this SP-TSM relayed (linked revocation). Answered
     /// with [`IssuerResponse::Status`].
     Status {
@@ -188,7 +204,8 @@ impl IssuerRequest {
             | IssuerRequest::Transfer { provider, .. }
             | IssuerRequest::CertifyTransfer { provider, .. }
             | IssuerRequest::Challenge { provider, .. }
-            | IssuerRequest::Certify { provider, .. } => Some(provider),
+            | IssuerRequest::Certify { provider, .. }
+            | IssuerRequest::CheckApplication { provider, .. } => Some(provider),
             _ => None,
         }
     }
@@ -199,6 +216,7 @@ impl IssuerRequest {
             IssuerRequest::Issue { .. } => "issue",
             IssuerRequest::Challenge { .. } => "challenge",
             IssuerRequest::Certify { .. } => "certify",
+            IssuerRequest::CheckApplication { .. } => "check-application",
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
             IssuerRequest::Suspension { .. } => "suspension",
@@ -241,6 +259,14 @@ pub enum IssuerResponse {
         challenge: Vec<u8>,
         /// Until when the issuer accepts an answer to it (Unix milliseconds).
         expires_at: u64,
+    },
+    /// The application passed every check of [`IssuerRequest::CheckApplication`]: the
+    /// signature certificate it was signed under.
+    ApplicationChecked {
+        /// The signature certificate's serial (upper-case hex, as kagi prints serials).
+        sign_serial: String,
+        /// Its notAfter (Unix seconds): no phone certificate of this application outlives it.
+        not_after: u64,
     },
     /// Which of the asked serials are revoked (the others are not, or not this issuer's).
     Status {

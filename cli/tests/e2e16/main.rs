@@ -10,14 +10,16 @@
 //! report.
 //!
 //! The negative paths (`negatives`): an application signed by a revoked card, by an expired
-//! card, a forged signature, wrong access codes and passwords (counted down, the last locks),
+//! card, a forged signature, one used before (refused at `Apply`), the issuer unreachable at
+//! `Apply`, wrong access codes and passwords (counted down, the last locks),
 //! a request to the MNO-TSM for a provider that does not own the SIM, and a captured
 //! inter-service message sent again.
 //!
-//! The default key generation is on the card (`key_generation = "on-card"`): the issuer is
-//! asked first when the SIM has made the key, so its checks of the application (②③) come
-//! after the applet's installation (⑭⑮), within the download. The seed's mode (the issuer
-//! makes the key, ⑦) is walked by `tests/tsm_issuer`.
+//! The default key generation is on the card (`key_generation = "on-card"`): the issuer
+//! checks the application (②③) at the SP-TSM's `Apply`, before ④ (nothing stored, mailed
+//! or asked of the MNO-TSM for a refused one), and certifies the key once the SIM has made
+//! it, within the download (⑯, checking the application again and spending its nonce). The
+//! seed's mode (the issuer makes the key, ⑦) is walked by `tests/tsm_issuer`.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,11 +1,11 @@
 //! The negative paths of issue #16, each named: applications the issuer must refuse (a
-//! revoked card, an expired card, a forged signature), wrong access codes and passwords
-//! (counted, the last locks), an MNO-TSM request for a provider that does not own the SIM,
-//! and a captured inter-service message sent again.
+//! revoked card, an expired card, a forged signature, an application used before), wrong
+//! access codes and passwords (counted, the last locks), an MNO-TSM request for a provider
+//! that does not own the SIM, and a captured inter-service message sent again.
 //!
-//! In the on-card mode the SP-TSM takes an application without the issuer; the issuer sees
-//! it first with the SIM's key (⑯), refuses it there, and nothing is certified.
-//! (`tests/tsm_issuer` refuses the same applications at ②③ in the seed's mode.)
+//! The issuer checks an application (②③) at the SP-TSM's `Apply`, before ④, also in the
+//! on-card mode: a refused one gets no operation, no mail, no request to the MNO-TSM and no
+//! challenge. (`tests/tsm_issuer` refuses the same applications in the seed's mode.)
 
 use crate::steps::{JPKI_AID, PROVIDER_SD};
 use crate::support::cli::{CONTACT, Scenario, field, kagi, ok};
@@ -48,70 +48,144 @@ fn relay_run(s: &Scenario, password: &Path) -> (Option<i32>, Vec<serde_json::Val
     (o.status.code(), docs)
 }
 
-/// `application` through the provider (accepted in the on-card mode), the mailed code and a
-/// download, which the issuer must refuse with `code`: nothing certified.
-fn refused_at_the_issuer(s: &Scenario, sv: &Services, application: &Path, code: &str, what: &str) {
+/// `kagi --json tsm provider apply` of `application` for `iccid`: its exit code and the
+/// `error` of its JSON answer.
+fn apply_answer(s: &Scenario, iccid: &str, application: &Path) -> (Option<i32>, serde_json::Value) {
+    let o = kagi()
+        .args(["--json", "tsm", "provider", "--config"])
+        .arg(s.dir.join("tsm/sp.toml"))
+        .args(["apply", "--iccid", iccid, "--application"])
+        .arg(application)
+        .arg("--password-file")
+        .arg(s.dir.join("pw.txt"))
+        .arg("--out")
+        .arg(s.dir.join("refused.json"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code(), v["error"].clone())
+}
+
+/// What an `Apply` leaves behind in each service, counted.
+#[derive(Debug, PartialEq, Eq)]
+struct Traces {
+    /// Mails in the SP-TSM's outbox.
+    mails: usize,
+    /// The SP-TSM's operations, queued mails and audit entries.
+    sp: String,
+    /// Requests the MNO-TSM got (through the gate) and its operations.
+    mno: (usize, String),
+    /// The issuer's challenges, links and PIN letters.
+    issuer: (String, usize),
+}
+
+fn traces(s: &Scenario, sv: &Services) -> Traces {
     let dir = &s.dir;
-    assert_eq!(
-        apply_code(s, &sv.iccid, application, "issue.json"),
-        None,
-        "{what}"
-    );
-    let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
-    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
-    let (_, access) = mailed_code(&dir.join("tsm/outbox"));
-    std::fs::write(dir.join("code.txt"), access).unwrap();
-    let (status, docs) = relay_run(s, &dir.join("pw.txt"));
-    assert_ne!(status, Some(0), "{what}: {docs:?}");
-    assert_eq!(
-        sv.issuer_row(dir, "SELECT count(*) FROM links"),
-        "0",
-        "{what}: nothing certified"
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.join("issuer/pin-mailer"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0,
-        "{what}: no PIN letter"
-    );
-    let op = field(&issued, "op");
-    assert_eq!(
-        sv.sp_row(dir, &format!("SELECT state FROM ops WHERE id = '{op}'")),
-        "failed",
-        "{what}: {docs:?}"
-    );
-    // The SP-TSM's audit ends with the issuer's refusal; the issuer logs it and certifies
-    // nothing.
-    let trail = sv.sp_row(
-        dir,
-        &format!("SELECT actor, event, detail FROM audit WHERE op_id = '{op}' ORDER BY id"),
-    );
-    assert_eq!(
-        trail.lines().last(),
-        Some(format!("tsm|failed|{code}").as_str()),
-        "{what}: {trail}"
-    );
-    let issuer_trail = sv.issuer_row(dir, "SELECT event FROM audit ORDER BY id");
-    assert_eq!(issuer_trail, "challenge", "{what}");
+    let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
+    Traces {
+        mails: count(&dir.join("tsm/outbox/new")) + count(&dir.join("tsm/outbox/cur")),
+        sp: sv.sp_row(
+            dir,
+            "SELECT (SELECT count(*) FROM ops), (SELECT count(*) FROM code_mail), (SELECT count(*) FROM audit)",
+        ),
+        mno: (
+            sv.mno_gate.as_ref().expect("the MNO-TSM's gate").seen(""),
+            sv.mno_row(dir, "SELECT count(*) FROM ops"),
+        ),
+        issuer: (
+            sv.issuer_row(
+                dir,
+                "SELECT (SELECT count(*) FROM challenges), (SELECT count(*) FROM links)",
+            ),
+            count(&dir.join("issuer/pin-mailer")),
+        ),
+    }
+}
+
+/// The three services with the MNO-TSM behind a gate that counts its requests.
+fn start(s: &Scenario) -> Services {
+    services::start_with(
+        s,
+        Setup {
+            mno_gate: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// `application` through the provider, refused at `Apply` with the issuer's `code` (exit 1):
+/// nothing of ④ and after happened — no mail, no operation at the SP-TSM, no request to the
+/// MNO-TSM, no challenge, certificate or PIN letter at the issuer —, and the issuer's audit
+/// and log hold the refusal.
+fn refused_at_apply(s: &Scenario, sv: &Services, application: &Path, code: &str, what: &str) {
+    let dir = &s.dir;
+    let before = traces(s, sv);
+    let (status, error) = apply_answer(s, &sv.iccid, application);
+    assert_eq!(status, Some(1), "{what}: {error}");
+    assert_eq!(error["code"], code, "{what}: {error}");
+    assert_eq!(error["retryable"], false, "{what}: {error}");
+    assert_eq!(traces(s, sv), before, "{what}: nothing done");
     let short = code.trim_start_matches("application.");
-    let log = std::fs::read_to_string(dir.join("issuer.log")).unwrap();
+    let checks = sv.issuer_row(
+        dir,
+        "SELECT actor, event, detail FROM audit WHERE event LIKE 'application-%' ORDER BY id",
+    );
+    assert_eq!(
+        checks.lines().last(),
+        Some(
+            format!(
+                "tsm:kagi|application-refused|{code} sim {} provider sp:kagi-bank",
+                sv.iccid
+            )
+            .as_str()
+        ),
+        "{what}: the issuer's audit"
+    );
+    // (The issuer's log, also of a restart.)
+    let log: String = ["issuer.log", "issuer2.log"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .collect();
     assert!(
         log.lines().any(|l| l.contains("application refused")
             && l.contains("sender=tsm:kagi")
             && l.contains(&format!("code=\"{short}\""))),
         "{what}: the issuer's log"
     );
-    let out = serde_json::to_string(&docs).unwrap();
-    assert!(out.contains(code), "{what}: {out}");
+}
+
+/// [`refused_at_apply`] on services with nothing done yet: every count stays zero.
+fn refused_first(s: &Scenario, sv: &Services, application: &Path, code: &str, what: &str) {
+    let zero = Traces {
+        mails: 0,
+        sp: "0|0|0".into(),
+        mno: (0, "0".into()),
+        issuer: ("0|0".into(), 0),
+    };
+    assert_eq!(traces(s, sv), zero, "{what}: a fresh start");
+    refused_at_apply(s, sv, application, code, what);
+    assert_eq!(
+        sv.issuer_row(
+            &s.dir,
+            "SELECT count(*) FROM audit WHERE event IN ('challenge', 'issued', 'application-checked')"
+        ),
+        "0",
+        "{what}: the issuer did nothing else"
+    );
 }
 
 #[test]
 fn an_application_from_a_revoked_card_is_refused() {
     let w = Walk::begin();
     let s = Scenario::new("e2e16-revoked", false);
-    let sv = services::start(&s);
-    let step = w.step("②③ refused: the card's signature certificate is on its CA's CRL");
+    let sv = start(&s);
+    let step = w.step("②③ refused at Apply: the card's signature certificate is on its CA's CRL");
     let application = s.apply(&sv.iccid);
     let app = kagi_certs::application::Application::decode(&std::fs::read(&application).unwrap())
         .unwrap();
@@ -121,7 +195,7 @@ fn an_application_from_a_revoked_card_is_refused() {
         .args(["ca", "revoke", "--kind", "sign", "--dir"])
         .arg(s.dir.join("pki"))
         .arg(&serial));
-    refused_at_the_issuer(&s, &sv, &application, "application.revoked", step);
+    refused_first(&s, &sv, &application, "application.revoked", step);
 }
 
 #[test]
@@ -129,8 +203,8 @@ fn an_application_from_an_expired_card_is_refused() {
     use rsa::signature::{SignatureEncoding, Signer as _};
     let w = Walk::begin();
     let s = Scenario::new("e2e16-expired", false);
-    let sv = services::start(&s);
-    let step = w.step("②③ refused: the card's signature certificate has expired");
+    let sv = start(&s);
+    let step = w.step("②③ refused at Apply: the card's signature certificate has expired");
     // A card whose certificate the scenario's signature CA issued for a time now past.
     let ca = test_pki::store::load_or_create(&s.dir.join("pki"), "sign-ca", "unused").unwrap();
     let card = test_pki::generate_rsa_key().unwrap();
@@ -174,24 +248,80 @@ fn an_application_from_an_expired_card_is_refused() {
         crate::p(&s.dir.join("sign.der")),
     ]);
     assert!(!valid, "{step}: openssl finds it still valid");
-    refused_at_the_issuer(&s, &sv, &application, "application.expired", step);
+    refused_first(&s, &sv, &application, "application.expired", step);
 }
 
 #[test]
 fn a_forged_application_is_refused() {
     let w = Walk::begin();
     let s = Scenario::new("e2e16-forged", false);
-    let sv = services::start(&s);
-    let step = w.step("②③ refused: the application's signature is forged (one bit flipped)");
+    let sv = start(&s);
+    let step =
+        w.step("②③ refused at Apply: the application's signature is forged (one bit flipped)");
     let mut forged = std::fs::read(s.apply(&sv.iccid)).unwrap();
     *forged.last_mut().unwrap() ^= 1;
     std::fs::write(s.dir.join("forged.bin"), &forged).unwrap();
-    refused_at_the_issuer(
+    refused_first(
         &s,
         &sv,
         &s.dir.join("forged.bin"),
         "application.bad-signature",
         step,
+    );
+}
+
+#[test]
+fn an_application_is_held_while_the_issuer_is_down_and_refused_when_used_again() {
+    let w = Walk::begin();
+    let s = Scenario::new("e2e16-replayed", false);
+    let dir = &s.dir;
+    let mut sv = start(&s);
+    let application = s.apply(&sv.iccid);
+
+    let step = w.step("②③ the issuer unreachable at Apply: a retryable refusal, nothing kept");
+    sv.stop_issuer();
+    let before = traces(&s, &sv);
+    let (status, error) = apply_answer(&s, &sv.iccid, &application);
+    assert_eq!(status, Some(1), "{step}: {error}");
+    assert_eq!(error["code"], "tsm.issuer-unreachable", "{step}: {error}");
+    assert_eq!(error["retryable"], true, "{step}: {error}");
+    assert_eq!(traces(&s, &sv), before, "{step}: nothing done");
+    sv.restart_issuer(&s, "issuer2.log");
+
+    let step = w.step("②③④⑪ the same application once the issuer is back: accepted, downloaded");
+    assert_eq!(
+        apply_code(&s, &sv.iccid, &application, "issue.json"),
+        None,
+        "{step}"
+    );
+    let issued = std::fs::read_to_string(dir.join("issue.json")).unwrap();
+    std::fs::write(dir.join("ticket.txt"), field(&issued, "ticket")).unwrap();
+    let (_, code) = mailed_code(&dir.join("tsm/outbox"));
+    std::fs::write(dir.join("code.txt"), code).unwrap();
+    let (status, docs) = relay_run(&s, &dir.join("pw.txt"));
+    assert_eq!(status, Some(0), "{step}: {docs:?}");
+    assert_eq!(
+        sv.issuer_row(dir, "SELECT count(*) FROM applications"),
+        "1",
+        "{step}: the application spent once, by the Certify"
+    );
+
+    let step = w.step("②③ refused at Apply: the same application sent again (replay)");
+    // The counts see what a download leaves.
+    let done = traces(&s, &sv);
+    assert_eq!(done.mails, 1, "{step}: {done:?}");
+    assert!(done.sp.starts_with("1|1|"), "{step}: {done:?}");
+    assert!(done.mno.0 > 0 && done.mno.1 == "1", "{step}: {done:?}");
+    assert_eq!(done.issuer, ("1|1".to_string(), 1), "{step}: {done:?}");
+    refused_at_apply(&s, &sv, &application, "application.replayed", step);
+    let checks = sv.issuer_row(
+        dir,
+        "SELECT event FROM audit WHERE event LIKE 'application-%' ORDER BY id",
+    );
+    assert_eq!(
+        checks.lines().collect::<Vec<_>>(),
+        ["application-checked", "application-refused"],
+        "{step}: the issuer's audit of the two checks"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Seed 004's 別紙1 ①–⑱, walked once through the three services: one named step each, in
 //! the order the on-card mode takes them.
 
-use crate::support::cli::{CONTACT, Scenario, kagi, ok};
+use crate::support::cli::{CONTACT, Scenario, kagi, ok, pin_named};
 use crate::support::services::{
     self, Databases, Services, Setup, apply_code, check, mailed_code, phone_key_in_image,
 };
@@ -57,16 +57,6 @@ pub fn sd_key_version(image: &Path, sd: &str) -> u8 {
     assert!(r.sw.is_success(), "INITIALIZE UPDATE: {:?}", r.sw);
     // KDD (10 bytes), then the key version.
     r.data[10]
-}
-
-/// Whether `pin` occurs in `bytes` within a few characters after the word "pin" (any case):
-/// the PIN written into a log line or a record in clear.
-fn pin_named(bytes: &[u8], pin: &str) -> bool {
-    let text = String::from_utf8_lossy(bytes).to_lowercase();
-    text.match_indices(pin).any(|(i, _)| {
-        let from = text[..i].char_indices().rev().nth(11).map_or(0, |(j, _)| j);
-        text[from..i].contains("pin")
-    })
 }
 
 /// The SP-TSM's audit trail of operation `op` as `actor|event|detail` lines.
@@ -151,18 +141,29 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
         "sp:kagi-bank|accepted|issue",
         "{s5}"
     );
-    // The on-card mode asks the issuer only once the SIM made the key (⑥…⑰).
+
+    // ②③ (the SP-TSM asked the issuer before it stored the operation: `negatives` shows a
+    // refused application leaves nothing)
+    let s23 =
+        w.step("②③ the issuer checked the application at Apply: signature, CA, CRL, nonce unused");
+    assert_eq!(
+        sv.issuer_row(dir, "SELECT actor, event, detail FROM audit ORDER BY id"),
+        format!(
+            "tsm:kagi|application-checked|sign {sign_serial} sim {iccid} provider sp:kagi-bank"
+        ),
+        "{s23}: the issuer's audit: the check, for the card's certificate, and nothing else"
+    );
     assert_eq!(
         sv.issuer_row(dir, "SELECT count(*) FROM applications"),
         "0",
-        "{s5}: nothing at the issuer yet"
+        "{s23}: the nonce is not spent by the check (the Certify spends it)"
     );
     assert_eq!(
         std::fs::read_dir(dir.join("issuer/pin-mailer"))
             .map(|d| d.count())
             .unwrap_or(0),
         0,
-        "{s5}: no certificate, no PIN letter: the key is not made yet"
+        "{s23}: no certificate, no PIN letter: the key is not made yet"
     );
 
     // ④
@@ -316,9 +317,9 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
     let issuer_trail = sv.issuer_row(dir, "SELECT actor, event, detail FROM audit ORDER BY id");
     let issuer_trail: Vec<&str> = issuer_trail.lines().collect();
     assert_eq!(
-        issuer_trail[0],
+        issuer_trail[1],
         format!("tsm:kagi|challenge|SIM {iccid}"),
-        "{s6}"
+        "{s6}: after the application's check"
     );
 
     // ⑦
@@ -350,8 +351,9 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
         "{s7}: the certificate is for the key the SIM holds"
     );
 
-    // ②③
-    let s23 = w.step("②③ the issuer checks the signature certificate (CA, CRL) and the nonce");
+    // ②③ again at ⑯: the Certify checks the application as the Apply's check did, and
+    // spends its nonce.
+    let s23 = w.step("②③ checked again by the Certify (⑯), the application's nonce spent");
     assert_eq!(
         sv.issuer_row(dir, "SELECT sign_serial, nonce FROM applications"),
         format!("{sign_serial}|{}", hex::encode(app.body.nonce)),
@@ -434,13 +436,13 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
     // ⑯⑰
     let s16 = w.step("⑯⑰ the issuer certifies the key made on the SIM (UA CA)");
     assert_eq!(
-        issuer_trail[1],
+        issuer_trail[2],
         format!(
             "tsm:kagi|issued|phone {phone} sign {sign_serial} sim {iccid} provider sp:kagi-bank"
         ),
         "{s16}"
     );
-    assert_eq!(issuer_trail.len(), 2, "{s16}: {issuer_trail:?}");
+    assert_eq!(issuer_trail.len(), 3, "{s16}: {issuer_trail:?}");
     assert_eq!(
         trail[5..7],
         [

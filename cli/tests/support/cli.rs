@@ -300,3 +300,14 @@ pub fn spawn_logged(mut c: Command, log: &Path) -> Killed {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Whether `pin` occurs in `bytes` within a few characters after the word "pin" (any case):
+/// the PIN written into a log line or a record in clear. (A PIN is four digits: searched
+/// bare, it would be found in timestamps; sealed, its bytes are nowhere.)
+pub fn pin_named(bytes: &[u8], pin: &str) -> bool {
+    let text = String::from_utf8_lossy(bytes).to_lowercase();
+    text.match_indices(pin).any(|(i, _)| {
+        let from = text[..i].char_indices().rev().nth(11).map_or(0, |(j, _)| j);
+        text[from..i].contains("pin")
+    })
+}

@@ -20,6 +20,9 @@
 //!   the card's tag under its manufacturer-certified key (`card_wire::keygen`); Certify checks
 //!   the application as Issue does, spends the nonce once, checks the proof and certifies that
 //!   key — same link, same validity rule — and seals only the PIN.
+//! - **CheckApplication** (②③ at the SP-TSM's `Apply` in the on-card mode, [`check`]): an
+//!   issue's application checks and the issuer's records of revoked serials and used nonces,
+//!   spending nothing; audited, accepted or refused.
 //! - **Status**: which of the asked phone certificates are revoked. Before answering (and every
 //!   few seconds while serving) the issuer reloads the signature CA's CRL and revocation list
 //!   and revokes, per newly revoked signature serial and in one transaction, every phone
@@ -30,6 +33,7 @@
 //! [`UaCa`] — in this build a file key store (`ua_ca_key`, PKCS#8 DER, 0600) the CLI opens;
 //! an HSM-backed CA is the production choice.
 
+mod check;
 pub mod crl;
 mod hold;
 pub mod http;
@@ -273,16 +277,28 @@ impl Issuer {
                 ),
             ));
         };
-        if let Some(provider) = req.provider()
-            && !providers.contains(provider)
-        {
-            return Ok(reject(
+        let mut refused = req.provider().filter(|p| !providers.contains(p)).map(|p| {
+            reject(
                 Layer::Business,
                 "issuer.not-your-provider",
-                format!("{sender} does not act for {provider}"),
-            ));
+                format!("{sender} does not act for {p}"),
+            )
+        });
+        // A check is audited also when refused here.
+        if !matches!(req, IssuerRequest::CheckApplication { .. })
+            && let Some(refused) = refused.take()
+        {
+            return Ok(refused);
         }
         match req {
+            IssuerRequest::CheckApplication {
+                application,
+                provider,
+                iccid,
+            } => {
+                self.check_application(sender, &provider, &iccid, &application, refused)
+                    .await
+            }
             IssuerRequest::Issue {
                 application,
                 provider,
@@ -471,33 +487,13 @@ impl Issuer {
         replacing: Option<once::Replacing>,
         transfer: Option<transfer::Transfer<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
-        use kagi_certs::application as app;
         let now = SystemTime::now();
-        let trust = match self.sign_trust() {
-            Ok(t) => t,
-            Err(answer) => return Ok(*answer),
-        };
-        let expect = app::Expect {
-            iccid,
-            provider: &provider.0,
-            now,
-            max_age: self.config.max_age,
-        };
-        let checked = match transfer {
-            None => app::check(application, &trust, &expect),
-            Some(t) => app::check_transfer(application, &trust, &expect, t.from_iccid),
-        };
-        let verified = match checked {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(sender = %sender, code = e.code(), "application refused");
-                return Ok(reject(
-                    Layer::Business,
-                    &format!("application.{}", e.code()),
-                    e.to_string(),
-                ));
-            }
-        };
+        let from_iccid = transfer.as_ref().map(|t| t.from_iccid);
+        let verified =
+            match self.verify_application(sender, provider, iccid, application, now, from_iccid) {
+                Ok(v) => v,
+                Err(refused) => return Ok(*refused),
+            };
         if let Some(t) = &transfer
             && let Some(refused) = self
                 .transfer_refusal(sender, t, &verified.sign_serial)

@@ -361,6 +361,26 @@ pub fn audit(at: i64, actor: &str, event: &str, detail: &str) -> Stmt {
     )
 }
 
+/// What an issue's commit would find for signature serial `sign_serial` and the application
+/// nonce `nonce_hex` ([`issue_batch`]): (the serial recorded as revoked, the nonce used).
+/// Read in one statement; a check only — the issue's transaction decides again.
+pub async fn application_standing(
+    db: &Db,
+    sign_serial: &str,
+    nonce_hex: &str,
+) -> Result<(bool, bool), StoreError> {
+    let rows = db
+        .query(
+            "SELECT CAST((SELECT COUNT(*) FROM sign_certs WHERE serial = $1 AND revoked = 1) AS BIGINT),
+             CAST((SELECT COUNT(*) FROM applications WHERE sign_serial = $1 AND nonce = $2) AS BIGINT)",
+            vec![sign_serial.into(), nonce_hex.into()],
+        )
+        .await?;
+    Ok(rows
+        .first()
+        .map_or((false, false), |r| (r[0].int() > 0, r[1].int() > 0)))
+}
+
 /// The signature serials already recorded as revoked.
 pub async fn revoked_sign_serials(db: &Db) -> Result<Vec<String>, StoreError> {
     Ok(db

@@ -158,8 +158,15 @@ impl Tsm {
         // request goes on as an issue.
         let mut req = match req {
             // The on-card mode: the SIM makes the key in the download's first session, and
-            // the issuer is asked then (`Tsm::certify_on_card`).
-            ControlRequest::Apply { .. } if self.key_on_card() => req,
+            // the issuer certifies it then (`Tsm::certify_on_card`); it checks the
+            // application now (②③), before anything is stored, mailed or asked of the
+            // MNO-TSM (`Tsm::check_at_issuer`).
+            ControlRequest::Apply { .. } if self.key_on_card() => {
+                match self.check_at_issuer(party, &req).await? {
+                    Ok(()) => req,
+                    Err(refused) => return Ok(refused),
+                }
+            }
             ControlRequest::Apply { .. } => match self.apply_at_issuer(party, &idem, req).await? {
                 Ok(issue) => {
                     if let ControlRequest::Issue { credential, .. } = &issue {

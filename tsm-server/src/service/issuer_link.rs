@@ -120,6 +120,48 @@ impl Tsm {
         }))
     }
 
+    /// The on-card mode's `Apply` (②③ before ④): the JPKI issuer checks the application as
+    /// an issue would, spending nothing; `Err` is the answer to the provider — the issuer's
+    /// refusal (its `application.*` code) or, when it cannot be reached,
+    /// `tsm.issuer-unreachable` (retryable: nothing was stored).
+    pub(super) async fn check_at_issuer(
+        &self,
+        provider: &PartyId,
+        req: &ControlRequest,
+    ) -> Result<std::result::Result<(), ControlResponse>> {
+        let ControlRequest::Apply {
+            card, application, ..
+        } = req
+        else {
+            return Ok(Ok(()));
+        };
+        let asked = IssuerRequest::CheckApplication {
+            application: application.clone(),
+            provider: provider.clone(),
+            iccid: card.iccid.clone(),
+        };
+        let refusal = match self.send_to_issuer(&asked).await? {
+            Ok(IssuerResponse::ApplicationChecked {
+                sign_serial,
+                not_after,
+            }) => {
+                tracing::info!(iccid = %card.iccid, sign_serial = %sign_serial, not_after, "the JPKI issuer accepted the application");
+                return Ok(Ok(()));
+            }
+            Ok(IssuerResponse::Rejected(e)) => {
+                tracing::warn!(iccid = %card.iccid, code = %e.code, "the JPKI issuer refused the application");
+                e
+            }
+            Ok(_) => err(
+                Layer::Protocol,
+                "protocol.issuer-answer",
+                "the JPKI issuer answered an application check with something else",
+            ),
+            Err(e) => e,
+        };
+        Ok(Err(ControlResponse::Rejected(refusal)))
+    }
+
     pub(super) async fn issue_at_issuer(
         &self,
         req: IssuerRequest,
@@ -176,8 +218,9 @@ impl Tsm {
     }
 }
 
-/// The on-card mode (`[jpki_issuer] key_generation = "on-card"`): an `Apply` stays an
-/// application until the SIM made the key. The download's first session loads and installs
+/// The on-card mode (`[jpki_issuer] key_generation = "on-card"`): an `Apply` is checked by
+/// the issuer first ([`Tsm::check_at_issuer`]) and stays an application until the SIM made
+/// the key. The download's first session loads and installs
 /// the JPKI applet and has it generate the key against the issuer's challenge
 /// ([`Tsm::challenge_for`], `recipes::jpki_generate`; the challenge is kept with the
 /// operation, `store::keygen`); its answer goes to the issuer
