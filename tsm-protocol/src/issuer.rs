@@ -16,6 +16,15 @@ use crate::error::ErrorReport;
 use crate::ids::{IdempotencyKey, PartyId};
 use serde::{Deserialize, Serialize};
 
+/// The phone certificate a transfer application moves, and the SIM it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moves {
+    /// The phone certificate's serial (upper-case hex).
+    pub from_serial: String,
+    /// The SIM it is on (the application names it).
+    pub from_iccid: String,
+}
+
 /// A request to the JPKI issuer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IssuerRequest {
@@ -93,6 +102,9 @@ pub enum IssuerRequest {
         provider: PartyId,
         /// The SIM the application must name.
         iccid: String,
+        /// A transfer application's certificate that moves (checked as a
+        /// [`IssuerRequest::Transfer`] would check it); `None` for a first application.
+        moves: Option<Moves>,
     },
     /// The standing of phone certificates this SP-TSM relayed (linked revocation). Answered
     /// with [`IssuerResponse::Status`].

@@ -67,7 +67,39 @@ fn check(application: &[u8], provider: &str, iccid: &str) -> IssuerRequest {
         application: application.to_vec(),
         provider: PartyId::new(provider).unwrap(),
         iccid: iccid.into(),
+        moves: None,
     }
+}
+
+/// A transfer application (card of signature serial `serial`) of the credential on SIM
+/// `from` to SIM `to`, made now.
+fn transfer_application(serial: u32, from: &str, to: &str) -> Vec<u8> {
+    use rsa::signature::{SignatureEncoding, Signer as _};
+    let now = SystemTime::now();
+    let cert = cas()
+        .sign
+        .issue_sign(
+            &cas().card_key.to_public_key(),
+            &BasicFacts::synthetic(),
+            serial,
+            now - Duration::from_secs(86_400),
+            now + Duration::from_secs(30 * 86_400),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let body = Body::new(to, SP, "user-1", "holder@example.jp", now).unwrap();
+    let key = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(cas().card_key.clone());
+    let signature = key
+        .sign(&body.signed_bytes_transfer(from).unwrap())
+        .to_vec();
+    Application {
+        body,
+        certificate: cert,
+        signature,
+    }
+    .encode()
+    .unwrap()
 }
 
 /// The signature certificate's serial (upper-case hex of its DER integer's bytes, no zero
@@ -296,4 +328,75 @@ async fn each_refusal_has_its_code_and_is_audited() {
     ] {
         assert_eq!(rows(&w, sql).await, ["0"], "{sql}");
     }
+}
+
+/// A transfer application checked at Apply with the certificate it moves: accepted for the
+/// card the certificate is linked to and the SIM it is on, spending nothing; refused for
+/// another card (`application.other-card`), another old SIM than the one signed for
+/// (`application.bad-signature`: the signature binds it), a first application passed off as
+/// a transfer (`application.bad-signature`: another signature domain) and a certificate the
+/// issuer never made for this SP-TSM (`issuer.unknown-certificate`).
+#[tokio::test]
+async fn a_transfer_application_is_checked_with_the_certificate_it_moves() {
+    let w = world("check16-transfer").await;
+    let (mut old_ch, old) = sim(&[0x16, 0x31]);
+    let (_, new) = sim(&[0x16, 0x32]);
+    let rid = IdempotencyKey::random().unwrap();
+    let challenge = w.challenge(&old, rid).await;
+    let proof = generate_on_card(&mut old_ch, &challenge);
+    let IssuerResponse::Issued { serial, .. } = w.certify(&old, 1630, rid, &challenge, proof).await
+    else {
+        panic!("not issued");
+    };
+    let ask = |application: Vec<u8>, from_serial: &str, from_iccid: &str| {
+        IssuerRequest::CheckApplication {
+            application,
+            provider: PartyId::new(SP).unwrap(),
+            iccid: new.iccid.clone(),
+            moves: Some(tsm_protocol::issuer::Moves {
+                from_serial: from_serial.into(),
+                from_iccid: from_iccid.into(),
+            }),
+        }
+    };
+    let app = transfer_application(1630, &old.iccid, &new.iccid);
+    let (sign_serial, not_after) = sign_facts(&app);
+    assert_eq!(
+        w.send(&ask(app.clone(), &serial, &old.iccid)).await,
+        IssuerResponse::ApplicationChecked {
+            sign_serial,
+            not_after
+        }
+    );
+    assert_eq!(
+        rows(&w, "SELECT count(*) FROM applications").await,
+        ["1"],
+        "only the first download's application is spent"
+    );
+    assert_eq!(
+        code(
+            w.send(&ask(
+                transfer_application(1631, &old.iccid, &new.iccid),
+                &serial,
+                &old.iccid
+            ))
+            .await
+        ),
+        "application.other-card"
+    );
+    assert_eq!(
+        code(w.send(&ask(app.clone(), &serial, &new.iccid)).await),
+        "application.bad-signature"
+    );
+    assert_eq!(
+        code(
+            w.send(&ask(valid(1630, &new.iccid), &serial, &old.iccid))
+                .await
+        ),
+        "application.bad-signature"
+    );
+    assert_eq!(
+        code(w.send(&ask(app, "7FFFFFFF", &old.iccid)).await),
+        "issuer.unknown-certificate"
+    );
 }

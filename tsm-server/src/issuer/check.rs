@@ -50,19 +50,24 @@ impl Issuer {
     }
 
     /// Answers a [`CheckApplication`](tsm_protocol::issuer::IssuerRequest::CheckApplication)
-    /// of `sender`; `refused`: the answer when the sender does not act for `provider`
-    /// (`issuer.not-your-provider`). Audited either way.
+    /// of `sender` (a transfer application's when it `moves` a certificate); `refused`: the
+    /// answer when the sender does not act for `provider` (`issuer.not-your-provider`).
+    /// Audited either way.
     pub(super) async fn check_application(
         &self,
         sender: &PartyId,
         provider: &PartyId,
         iccid: &str,
         application: &[u8],
+        moves: Option<super::transfer::Transfer<'_>>,
         refused: Option<IssuerResponse>,
     ) -> Result<IssuerResponse, IssuerError> {
         let answer = match refused {
             Some(r) => r,
-            None => self.checked(sender, provider, iccid, application).await?,
+            None => {
+                self.checked(sender, provider, iccid, application, moves)
+                    .await?
+            }
         };
         let iccid: String = iccid
             .chars()
@@ -87,13 +92,15 @@ impl Issuer {
         Ok(answer)
     }
 
-    /// The checks themselves: the application's, then the issuer's own records.
+    /// The checks themselves: the application's, a transfer's (the certificate it moves),
+    /// then the issuer's own records.
     async fn checked(
         &self,
         sender: &PartyId,
         provider: &PartyId,
         iccid: &str,
         application: &[u8],
+        moves: Option<super::transfer::Transfer<'_>>,
     ) -> Result<IssuerResponse, IssuerError> {
         let verified = match self.verify_application(
             sender,
@@ -101,11 +108,18 @@ impl Issuer {
             iccid,
             application,
             SystemTime::now(),
-            None,
+            moves.map(|t| t.from_iccid),
         ) {
             Ok(v) => v,
             Err(refused) => return Ok(*refused),
         };
+        if let Some(t) = &moves
+            && let Some(refused) = self
+                .transfer_refusal(sender, t, &verified.sign_serial)
+                .await?
+        {
+            return Ok(refused);
+        }
         let (revoked, used) = store::application_standing(
             &self.db,
             &verified.sign_serial,

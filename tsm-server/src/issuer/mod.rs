@@ -295,8 +295,13 @@ impl Issuer {
                 application,
                 provider,
                 iccid,
+                moves,
             } => {
-                self.check_application(sender, &provider, &iccid, &application, refused)
+                let moves = moves.as_ref().map(|m| transfer::Transfer {
+                    from_serial: &m.from_serial,
+                    from_iccid: &m.from_iccid,
+                });
+                self.check_application(sender, &provider, &iccid, &application, moves, refused)
                     .await
             }
             IssuerRequest::Issue {

@@ -162,7 +162,7 @@ impl Tsm {
             // application now (②③), before anything is stored, mailed or asked of the
             // MNO-TSM (`Tsm::check_at_issuer`).
             ControlRequest::Apply { .. } if self.key_on_card() => {
-                match self.check_at_issuer(party, &req).await? {
+                match self.check_at_issuer(party, &req, None).await? {
                     Ok(()) => req,
                     Err(refused) => return Ok(refused),
                 }
@@ -190,10 +190,20 @@ impl Tsm {
                 ref card,
                 ..
             } if self.key_on_card() => {
-                if let Err(refused) = self.transfer_source(party, credential, &card.iccid).await? {
-                    return Ok(refused);
+                let old = match self.transfer_source(party, credential, &card.iccid).await? {
+                    Ok(old) => old,
+                    Err(refused) => return Ok(refused),
+                };
+                // Checked now like a first application (②③ before ④), with the
+                // certificate it moves.
+                let moves = tsm_protocol::issuer::Moves {
+                    from_serial: old.serial,
+                    from_iccid: old.iccid,
+                };
+                match self.check_at_issuer(party, &req, Some(moves)).await? {
+                    Ok(()) => req,
+                    Err(refused) => return Ok(refused),
                 }
-                req
             }
             ControlRequest::ApplyTransfer { .. } => {
                 match self.transfer_at_issuer(party, &idem, req).await? {

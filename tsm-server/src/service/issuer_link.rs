@@ -123,15 +123,20 @@ impl Tsm {
     /// The on-card mode's `Apply` (②③ before ④): the JPKI issuer checks the application as
     /// an issue would, spending nothing; `Err` is the answer to the provider — the issuer's
     /// refusal (its `application.*` code) or, when it cannot be reached,
-    /// `tsm.issuer-unreachable` (retryable: nothing was stored).
+    /// `tsm.issuer-unreachable` (retryable: nothing was stored). An `ApplyTransfer` is
+    /// checked the same way, with the certificate it `moves`.
     pub(super) async fn check_at_issuer(
         &self,
         provider: &PartyId,
         req: &ControlRequest,
+        moves: Option<tsm_protocol::issuer::Moves>,
     ) -> Result<std::result::Result<(), ControlResponse>> {
-        let ControlRequest::Apply {
+        let (ControlRequest::Apply {
             card, application, ..
-        } = req
+        }
+        | ControlRequest::ApplyTransfer {
+            card, application, ..
+        }) = req
         else {
             return Ok(Ok(()));
         };
@@ -139,6 +144,7 @@ impl Tsm {
             application: application.clone(),
             provider: provider.clone(),
             iccid: card.iccid.clone(),
+            moves,
         };
         let refusal = match self.send_to_issuer(&asked).await? {
             Ok(IssuerResponse::ApplicationChecked {
