@@ -188,6 +188,10 @@ fn write_grant(
         ..
     } = &r.response
     else {
+        // A refusal keeps the TSM's code (and the catalogue's hint) under `--json`.
+        if let ControlResponse::Rejected(e) = &r.response {
+            return Err(Box::new(crate::exit::Refused(e.clone())));
+        }
         return Err(format!("the TSM did not accept: {:?}", r.response).into());
     };
     let mut doc = json!({
@@ -355,9 +359,6 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, valid_minutes * 60_000)?,
             };
             let r = sp.send(&req, None).await?;
-            if let ControlResponse::Rejected(e) = r.response {
-                return Err(Box::new(crate::exit::Refused(e)));
-            }
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
@@ -541,9 +542,6 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = sp.send(&req, None).await?;
-            if let ControlResponse::Rejected(e) = r.response {
-                return Err(Box::new(crate::exit::Refused(e)));
-            }
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
@@ -567,9 +565,6 @@ pub(super) async fn provider_cmd(
                 access: provider::access_grant(&password, 5, 30 * 60_000)?,
             };
             let r = sp.send(&req, None).await?;
-            if let ControlResponse::Rejected(e) = r.response {
-                return Err(Box::new(crate::exit::Refused(e)));
-            }
             write_grant(out, &r, json!({}), json_out)?;
             Ok(())
         }
