@@ -151,6 +151,7 @@ async fn a_checked_application_spends_nothing_and_then_certifies_once() {
     let (serial, not_after) = sign_facts(&app);
     // 1621 = 0x0655.
     assert_eq!(serial, "0655");
+    let (crl_number, _) = w.issuer.crl().await.unwrap();
     for _ in 0..2 {
         assert_eq!(
             w.send(&check(&app, SP, &s.iccid)).await,
@@ -165,6 +166,8 @@ async fn a_checked_application_spends_nothing_and_then_certifies_once() {
         ["0"],
         "nothing spent"
     );
+    // Audited, but the CRL did not change: its number neither.
+    assert_eq!(w.issuer.crl().await.unwrap().0, crl_number);
     let entry = format!(
         "application-checked|sign 0655 sim {} provider {SP}",
         s.iccid

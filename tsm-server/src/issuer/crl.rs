@@ -19,7 +19,8 @@
 //! sweep audits each such drop (`crl-dropped`), which raises the number.
 //!
 //! Its CRL number is the id of the newest entry of the issuer's audit trail (append-only,
-//! and every state change writes one), read in the same statement as the entries, so a later
+//! and every state change writes one) that can change the list — issuances, PIN resets and
+//! application checks do not raise it —, read in the same statement as the entries, so a later
 //! CRL never has a smaller number than an earlier one and a change always raises it.
 //! Published as a file (`crl` in `jpki-issuer.toml`, written atomically when the number
 //! changes and at least hourly) and over HTTP (`GET /v1/crl`), and made on demand by

@@ -520,7 +520,8 @@ pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
 /// (serial, state, reason, when in Unix milliseconds) — none when nothing is revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlRow {
-    /// The newest audit entry's id (the CRL number).
+    /// The newest id of an audit entry that can change the CRL (the CRL number): every entry
+    /// but issuances, PIN resets and application checks, which leave the list as it is.
     pub number: i64,
     /// A revoked or held phone certificate.
     pub entry: Option<(String, String, String, i64)>,
@@ -532,7 +533,9 @@ pub struct CrlRow {
 pub async fn crl_rows(db: &Db, now_s: i64) -> Result<Vec<CrlRow>, StoreError> {
     Ok(db
         .query(
-            "SELECT CAST((SELECT COALESCE(MAX(id), 0) FROM audit) AS BIGINT), l.serial, l.state,
+            "SELECT CAST((SELECT COALESCE(MAX(id), 0) FROM audit WHERE event NOT IN
+             ('issued', 'pin-reset', 'application-checked', 'application-refused')) AS BIGINT),
+             l.serial, l.state,
              COALESCE(l.reason, ''), COALESCE(l.revoked_at, l.issued_at)
              FROM (SELECT 1 AS one) d LEFT JOIN links l ON l.state IN ('revoked', 'held')
              AND l.not_after >= $1
