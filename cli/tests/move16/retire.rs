@@ -5,8 +5,9 @@
 //! applet-sim, not through kagi's TSM — no longer holds the provider's domain, its JPKI
 //! instance or its load file, while the issuer domain and every other applet stay. A used
 //! ticket is refused; a fresh ticket on the cleaned SIM ends completed, deleting nothing; a
-//! repeated `DeleteProviderDomain` is acknowledged; a lost SIM gets no ticket; the new SIM
-//! still signs.
+//! repeated `DeleteProviderDomain` is acknowledged; the new SIM still signs; a credential
+//! moving back to a SIM before its ticket ran is refused, after it ran it moves and that SIM's
+//! new domain gets no ticket; a lost SIM gets no ticket.
 
 use crate::support::cli::{Scenario, field, kagi, ok};
 use crate::two_mnos::{self, Operator, Two};
@@ -105,19 +106,17 @@ fn retire_ticket(s: &Scenario, o: &Operator, iccid: &str) -> Result<PathBuf, Str
 /// `kagi --json relay` of the ticket in `ticket` at the MNO-TSM of `o` with the SIM in
 /// `image`: its outcome.
 fn relay_at(o: &Operator, ticket: &Path, image: &Path) -> String {
-    let got = kagi()
-        .args([
-            "relay",
-            "--json",
-            "--tsm",
-            &format!("http://127.0.0.1:{}", o.port),
-        ])
+    let mut c = kagi();
+    c.args(["relay", "--json", "--tsm"])
+        .arg(format!("http://127.0.0.1:{}", o.port))
         .arg("--ticket-file")
-        .arg(ticket)
-        .args(["--sim", "--sim-image"])
-        .arg(image)
-        .output()
-        .unwrap();
+        .arg(ticket);
+    outcome(c.args(["--sim", "--sim-image"]).arg(image))
+}
+
+/// The outcome the relay `c` reports, whether or not it completed.
+fn outcome(c: &mut Command) -> String {
+    let got = c.output().unwrap();
     // The first JSON document on stdout is the relay's report (a failure adds an error).
     let first = serde_json::Deserializer::from_slice(&got.stdout)
         .into_iter::<serde_json::Value>()
@@ -334,22 +333,56 @@ fn the_old_sims_provider_domain_is_deleted_on_the_card_with_the_operators_ticket
         .to_string();
     crate::transfer::new_sim_signs(&s, &b.image, &serial);
 
-    // Within the MVNO, SIM B to B2; then SIM B is reported lost: no ticket for it.
+    // Within the MVNO, SIM B to B2: SIM B's deletion queued. Back to SIM B before its
+    // ticket ran: refused at the MNO-TSM (the old domain must go first), nothing moves.
     let (b2, b2_image) = two_mnos::another_sim(&s, b, "b2");
-    move_to(&s, &two, &moved, &b.iccid, &b2, &b2_image);
+    let on_b2 = move_to(&s, &two, &moved, &b.iccid, &b2, &b2_image);
     assert!(sim_events(&s, b, &b.iccid).contains(&"domain-deletion-on-card-queued".to_string()));
-    let early = retire_ticket(&s, b, &b.iccid).unwrap();
+    let application =
+        crate::transfer::transfer_application(&s, "mynumber.img", &b2, &b.iccid, "back.bin");
+    let early_back = two_mnos::apply_transfer(&s, &on_b2, &b.iccid, &application).unwrap();
+    assert_eq!(
+        outcome(s.relay().arg("--sim").arg("--sim-image").arg(&b.image)),
+        "failed"
+    );
+    assert_eq!(two_mnos::check(&s, &on_b2)["state"], "active");
+    assert_eq!(
+        two.sp_row(
+            &s,
+            &format!("SELECT state FROM ops WHERE id = '{early_back}'")
+        ),
+        "failed"
+    );
+    // The ticket runs on SIM B; then the credential moves back to it, and SIM B's domain,
+    // made anew, is not deleted again: no ticket for it.
+    let ticket = retire_ticket(&s, b, &b.iccid).unwrap();
+    assert_eq!(relay_at(b, &ticket, &b.image), "completed");
+    assert!(!contents(&b.image).apps.iter().any(|(aid, _)| aid == SD));
+    let back = move_to(&s, &two, &on_b2, &b2, &b.iccid, &b.image);
+    assert_eq!(
+        retire_ticket(&s, b, &b.iccid).unwrap_err(),
+        "business.nothing-to-retire"
+    );
+    assert!(contents(&b.image).apps.iter().any(|(aid, _)| aid == SD));
+    let serial = two_mnos::check(&s, &back)["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::transfer::new_sim_signs(&s, &b.image, &serial);
+
+    // SIM B2, now the old one, is reported lost: no ticket for it, and the ticket fetched
+    // before the loss opens nothing on it either.
+    let early = retire_ticket(&s, b, &b2).unwrap();
     ok(kagi()
         .args(["tsm", "mno", "--config"])
         .arg(s.dir.join(b.dir).join("operator.toml"))
-        .args(["card-lost", "--iccid", &b.iccid]));
+        .args(["card-lost", "--iccid", &b2]));
     assert_eq!(
-        retire_ticket(&s, b, &b.iccid).unwrap_err(),
+        retire_ticket(&s, b, &b2).unwrap_err(),
         "business.card-not-active"
     );
-    // The ticket fetched before the loss opens nothing on it either.
-    assert_eq!(relay_at(b, &early, &b.image), "failed");
-    assert!(contents(&b.image).apps.iter().any(|(aid, _)| aid == SD));
+    assert_eq!(relay_at(b, &early, &b2_image), "failed");
+    assert!(contents(&b2_image).apps.iter().any(|(aid, _)| aid == SD));
     // Another operator's SIM is as unknown to it.
     assert_eq!(
         retire_ticket(&s, b, &a.iccid).unwrap_err(),

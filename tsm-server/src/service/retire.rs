@@ -21,9 +21,10 @@
 //!   operator's next `retire-ticket` replaces an expired or used ticket by a fresh
 //!   operation for the same domain (a session on a SIM whose domain is already gone ends
 //!   completed, deleting nothing). A used ticket is refused.
-//! - While the operation is live it is the SP-TSM's operation on that SIM: a new preparation
-//!   of the SIM for the provider is refused as `business.in-progress` until it ends (it would
-//!   otherwise race the deletion).
+//! - While the operation is live, a new preparation of the SIM for the provider (the
+//!   credential moving back) is refused as `business.in-progress`: the old domain, holding
+//!   the provider's keys, must go first. Once a later preparation made the domain again (the
+//!   SIM's record names it), no retire ticket is given and no retire session deletes it.
 
 use crate::store::ops::{CardRow, Created, OpData, OpRow};
 use crate::store::{Stmt, Store, StoreError};
@@ -174,6 +175,15 @@ impl Tsm {
                 format!("no provider domain deletion was accepted for SIM {iccid}"),
             );
         };
+        // Prepared for the provider again since: its domain stays.
+        if domain_of(&newest.data.request).is_some_and(|(_, sd)| card.sd_aid == sd) {
+            return reject(
+                "business.nothing-to-retire",
+                format!(
+                    "SIM {iccid} holds the provider's domain again (prepared anew): nothing to delete"
+                ),
+            );
+        }
         let t = now();
         if !newest.state.is_final()
             && t <= newest.expires_at
@@ -245,6 +255,30 @@ impl Tsm {
         })
     }
 
+    /// MNO-TSM, before a `PrepareSim` of `party` (an SP-TSM) for SIM `iccid`: the refusal
+    /// while a retire operation of its is live there — the old domain, with the provider's
+    /// keys, must go before the SIM can be prepared anew.
+    pub(super) async fn retire_pending(
+        &self,
+        party: &str,
+        iccid: &str,
+    ) -> Result<Option<ErrorReport>> {
+        let live = self.store.live_ops_on(iccid).await?;
+        Ok(live
+            .iter()
+            .find(|o| o.kind == KIND && o.party == party)
+            .map(|o| {
+                err(
+                    Layer::Business,
+                    "business.in-progress",
+                    format!(
+                        "the provider's old domain on SIM {iccid} awaits its deletion on the card (operation {}): the operator's retire ticket (kagi tsm mno retire-ticket) must run with the SIM first",
+                        o.id
+                    ),
+                )
+            }))
+    }
+
     /// MNO-TSM: the plan of a retire operation: the issuer domain opened with the SIM's
     /// issuer-domain keys, the provider's domain and its content absent.
     pub(super) async fn retire_plan(&self, op: &OpRow) -> Result<PlanResult> {
@@ -268,6 +302,16 @@ impl Tsm {
                 format!(
                     "SIM {} is {}: its provider domain is not deleted through it",
                     op.iccid, card.state
+                ),
+            )));
+        }
+        if card.sd_aid == sd_aid {
+            return Ok(Err(err(
+                Layer::Business,
+                "business.nothing-to-retire",
+                format!(
+                    "SIM {} was prepared for the provider again: its domain stays",
+                    op.iccid
                 ),
             )));
         }
