@@ -311,6 +311,10 @@ pub struct RegistryEntry {
     /// Executable modules (tag `84`; scope [`StatusScope::LoadFilesAndModules`]).
     #[serde(serialize_with = "hex_list_ser")]
     pub modules: Vec<Vec<u8>>,
+    /// The security domain it is associated with (tag `CC`, GP Card Specification 11.4.3.1),
+    /// when the card gives it (the tagged format only).
+    #[serde(skip)]
+    pub associated_sd: Option<Vec<u8>>,
 }
 
 fn hex_opt_ser<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
@@ -377,6 +381,7 @@ fn parse_status_tags(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntr
             .map(|t| t.value.to_vec())
             .unwrap_or_default();
         let version = e3.find(Tag(0xCE))?.map(|t| t.value.to_vec());
+        let associated_sd = e3.find(Tag(0xCC))?.map(|t| t.value.to_vec());
         let modules = tlv::find_all(e3.value, Tag(0x84))?
             .iter()
             .map(|t| t.value.to_vec())
@@ -388,6 +393,7 @@ fn parse_status_tags(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEntr
             privileges,
             version,
             modules,
+            associated_sd,
         });
     }
     Ok(out)
@@ -424,6 +430,7 @@ fn parse_status_legacy(scope: StatusScope, data: &[u8]) -> Result<Vec<RegistryEn
             privileges: vec![*privilege],
             version: None,
             modules,
+            associated_sd: None,
         });
     }
     Ok(out)
@@ -447,6 +454,20 @@ mod tests {
             ("SELECTABLE", vec![0])
         );
         assert!(parse_status(StatusScope::Applications, false, &[0x08, 1, 2]).is_err());
+        assert_eq!(e[0].associated_sd, None);
+    }
+
+    #[test]
+    fn tagged_status_names_the_associated_domain() {
+        // GP Card Specification Table 11-36: an application's E3 with its associated
+        // security domain's AID under CC (bytes written out by hand).
+        let tagged = hex::decode("E3184F0501020304059F700107C50100CC08A000000151000000").unwrap();
+        let e = parse_status(StatusScope::Applications, true, &tagged).unwrap();
+        assert_eq!(e[0].aid, [1, 2, 3, 4, 5]);
+        assert_eq!(
+            e[0].associated_sd.as_deref(),
+            Some(&[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00][..])
+        );
     }
 
     #[test]

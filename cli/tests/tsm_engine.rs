@@ -493,3 +493,183 @@ fn a_session_on_a_further_interindustry_channel_works() {
     assert_eq!(channel, Some(6));
     assert!(ev.key_proof.is_some());
 }
+
+/// One key set whatever the card: the GP test keys of the fixtures' issuer domains.
+struct FixedKeys(StaticKeys);
+
+impl CardKeys for FixedKeys {
+    fn for_card(&self, _: &[u8; 10]) -> Result<StaticKeys, card_wire::scp03::Scp03Error> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A relay that passes the first `pass` DELETE commands on, then answers every other one
+/// "referenced data not found" itself (an unauthenticated status word: no R-MAC to check).
+struct SwallowsDeletes<'a> {
+    card: &'a mut SimCard,
+    pass: usize,
+}
+
+impl Transport for SwallowsDeletes<'_> {
+    fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if c.get(1) == Some(&0xE4) {
+            if self.pass == 0 {
+                return Ok(vec![0x6A, 0x88]);
+            }
+            self.pass -= 1;
+        }
+        self.card.transmit(c)
+    }
+    fn reset(&mut self, k: ResetKind) -> Result<Vec<u8>, TransportError> {
+        self.card.reset(k)
+    }
+    fn atr(&self) -> Option<Vec<u8>> {
+        self.card.atr()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.card.capabilities()
+    }
+    fn describe(&self) -> String {
+        "swallows deletes".into()
+    }
+}
+
+/// AIDs of the card's registry entries and load files, read with applet-sim.
+fn on_card(card: &SimCard) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let apps = applet_sim::registry::entries(card.store())
+        .iter()
+        .map(|e| e.aid.as_bytes().to_vec())
+        .collect();
+    let files = applet_sim::registry::load_files(card.store())
+        .iter()
+        .map(|l| l.aid.as_bytes().to_vec())
+        .collect();
+    (apps, files)
+}
+
+/// Through the issuer domain, a provider's domain goes with its content — the JPKI instance,
+/// then its load file, then the domain (GP refuses a domain that still has content) — and the
+/// deletion counts only once GET STATUS under R-MAC no longer lists it: a relay answering
+/// DELETE with `6A88` itself does not pass for it.
+#[test]
+fn a_domain_goes_with_its_content_and_a_relay_cannot_fake_the_deletion() {
+    let mut s = sim("tsm-retire");
+    let c = credential(ca(), &s);
+    done(drive(
+        &mut Engine::new(plan(&s.cin, jpki_goals(&c)), keys(), [3; 32]),
+        &mut s.card,
+        &mut Wire::default(),
+        |_, _| {},
+    ));
+    let (apps, files) = on_card(&s.card);
+    assert!(apps.contains(&PROVIDER_SD.to_vec()) && apps.contains(&jpki::JPKI_AID.to_vec()));
+    assert!(files.contains(&jpki::JPKI_PACKAGE.to_vec()));
+    // GP's default issuer domain AID, with the GP test keys (KVN 30) the fixtures put there.
+    const ISD: [u8; 8] = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+    let retire = || {
+        let p = Plan {
+            sd_aid: ISD.to_vec(),
+            kvn: 0x30,
+            ..plan(
+                &s.cin,
+                vec![Goal::DomainAbsent {
+                    aid: PROVIDER_SD.to_vec(),
+                }],
+            )
+        };
+        let k: Arc<dyn CardKeys> = Arc::new(FixedKeys(StaticKeys::default_test_keys(0x30)));
+        Engine::new(p, k, [4; 32])
+    };
+    // The lying relay passes the instance's and the load file's DELETE on and fakes the
+    // domain's: the check after the round finds the domain still there, and so does every
+    // new session, until the sessions run out.
+    let mut liar = SwallowsDeletes {
+        card: &mut s.card,
+        pass: 2,
+    };
+    let next = drive(&mut retire(), &mut liar, &mut Wire::default(), |_, _| {});
+    assert!(matches!(next, Next::Interrupted(_)), "{next:?}");
+    let (still, still_files) = on_card(&s.card);
+    assert!(still.contains(&PROVIDER_SD.to_vec()));
+    assert!(!still.contains(&jpki::JPKI_AID.to_vec()));
+    assert!(!still_files.contains(&jpki::JPKI_PACKAGE.to_vec()));
+    // An honest relay finishes: the domain, empty now, goes.
+    let ev = done(drive(
+        &mut retire(),
+        &mut s.card,
+        &mut Wire::default(),
+        |_, _| {},
+    ));
+    let names: Vec<_> = ev.steps.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(
+        names,
+        [format!("delete:{}", hex::encode_upper(PROVIDER_SD))]
+    );
+    let (after, after_files) = on_card(&s.card);
+    let gone = [PROVIDER_SD.to_vec(), jpki::JPKI_AID.to_vec()];
+    assert_eq!(
+        after,
+        apps.iter()
+            .filter(|a| !gone.contains(a))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert!(after.contains(&ISD.to_vec()));
+    assert_eq!(
+        after_files,
+        files
+            .iter()
+            .filter(|f| **f != jpki::JPKI_PACKAGE.to_vec())
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    // Again on the cleaned card: met at once, nothing sent but the probe.
+    let ev = done(drive(
+        &mut retire(),
+        &mut s.card,
+        &mut Wire::default(),
+        |_, _| {},
+    ));
+    assert!(ev.steps.is_empty());
+    // On another SIM with an honest relay from the start: the three deletions in GP's order
+    // in one session.
+    let mut t = sim("tsm-retire-2");
+    let c = credential(ca(), &t);
+    done(drive(
+        &mut Engine::new(plan(&t.cin, jpki_goals(&c)), keys(), [5; 32]),
+        &mut t.card,
+        &mut Wire::default(),
+        |_, _| {},
+    ));
+    let p = Plan {
+        sd_aid: ISD.to_vec(),
+        kvn: 0x30,
+        ..plan(
+            &t.cin,
+            vec![Goal::DomainAbsent {
+                aid: PROVIDER_SD.to_vec(),
+            }],
+        )
+    };
+    let k: Arc<dyn CardKeys> = Arc::new(FixedKeys(StaticKeys::default_test_keys(0x30)));
+    let ev = done(drive(
+        &mut Engine::new(p, k, [6; 32]),
+        &mut t.card,
+        &mut Wire::default(),
+        |_, _| {},
+    ));
+    assert_eq!(ev.sessions, 1);
+    let names: Vec<_> = ev.steps.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            &jpki::JPKI_AID[..],
+            &jpki::JPKI_PACKAGE[..],
+            &PROVIDER_SD[..]
+        ]
+        .iter()
+        .map(|a| format!("delete:{}", hex::encode_upper(a)))
+        .collect::<Vec<_>>()
+    );
+    assert!(!on_card(&t.card).0.contains(&PROVIDER_SD.to_vec()));
+}

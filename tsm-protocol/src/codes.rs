@@ -173,6 +173,10 @@ pub const CODES: &[Code] = &[
         "the request changes nothing (no updates given)",
     ),
     c(
+        "business.nothing-to-retire",
+        "no provider domain deletion was accepted for this SIM, so there is nothing to delete on it: a retire ticket exists only after a credential moved off the SIM",
+    ),
+    c(
         "business.op-over",
         "the operation ended (finished, cancelled or expired) while the SP-TSM was asking the issuer for its challenge: nothing was written; start a new download if it is still wanted",
     ),

@@ -392,7 +392,9 @@ pub enum ControlRequest {
     },
     /// SP-TSM to the MNO-TSM serving a SIM: the provider's credential moved off the SIM (a
     /// transfer), so the provider's security domain there goes — the MNO-TSM drops it from
-    /// the SIM's record. Answered `Ok` (also when repeated). Only the SP-TSM acting for the
+    /// the SIM's record and, for an active SIM, queues its deletion on the card (a
+    /// `retire-domain` operation whose ticket the operator fetches with
+    /// [`ControlRequest::RetireTicket`]). Answered `Ok` (also when repeated). Only the SP-TSM acting for the
     /// provider, about a SIM of the MNO-TSM's operators on record for that domain (or none).
     DeleteProviderDomain {
         /// The old SIM.
@@ -401,6 +403,17 @@ pub enum ControlRequest {
         provider: crate::ids::PartyId,
         /// Its domain's AID.
         sd_aid: Vec<u8>,
+    },
+    /// Operator to its MNO-TSM: the device ticket of the SIM's `retire-domain` operation
+    /// (queued when a [`ControlRequest::DeleteProviderDomain`] was accepted), for the
+    /// subscriber's phone to run `kagi relay` with the old SIM: it deletes the provider's
+    /// domain there with the issuer-domain keys. Answered [`ControlResponse::Accepted`] (no
+    /// access code: the ticket alone opens the session); a ticket that expired or was used is
+    /// replaced by a fresh one. Refused for a SIM that is not active (a lost SIM gets none)
+    /// or that no domain deletion was accepted for.
+    RetireTicket {
+        /// The old SIM.
+        iccid: String,
     },
 }
 
@@ -430,6 +443,7 @@ impl ControlRequest {
             ControlRequest::ApplyPinReset { .. } => "apply-pin-reset",
             ControlRequest::ApplyTransfer { .. } => "apply-transfer",
             ControlRequest::DeleteProviderDomain { .. } => "delete-domain",
+            ControlRequest::RetireTicket { .. } => "retire-ticket",
         }
     }
 

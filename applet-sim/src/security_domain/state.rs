@@ -19,8 +19,9 @@ pub(super) struct LoadContext {
     pub(super) delegated: bool,
 }
 
-/// One GET STATUS entry: AID, life cycle, privileges, module AIDs.
-pub(super) type StatusItem = (Vec<u8>, u8, Vec<u8>, Vec<Vec<u8>>);
+/// One GET STATUS entry: AID, life cycle, privileges, module AIDs, the associated security
+/// domain's AID (none for the issuer domain).
+pub(super) type StatusItem = (Vec<u8>, u8, Vec<u8>, Vec<Vec<u8>>, Option<Vec<u8>>);
 
 /// An open secure channel and the key version it was opened with.
 pub(super) struct Session {

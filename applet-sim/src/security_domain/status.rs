@@ -109,6 +109,7 @@ impl SecurityDomain {
                 card_lc,
                 ISD_PRIVILEGES.to_vec(),
                 vec![],
+                None,
             )],
             0x40 => ctx
                 .registry
@@ -120,6 +121,7 @@ impl SecurityDomain {
                         e.life_cycle,
                         e.privileges.to_vec(),
                         vec![],
+                        e.sd.as_ref().map(|a| a.as_bytes().to_vec()),
                     )
                 })
                 .collect(),
@@ -140,6 +142,7 @@ impl SecurityDomain {
                         app_state::LOADED,
                         vec![0x00],
                         modules,
+                        Some(lf.sd.as_bytes().to_vec()),
                     )
                 })
                 .collect(),
@@ -156,7 +159,7 @@ impl SecurityDomain {
         }
         let mut out = Vec::new();
         let mut next = start;
-        for (aid, lc, privs, modules) in &items[start..] {
+        for (aid, lc, privs, modules, sd) in &items[start..] {
             let encoded = if tags {
                 let mut body = tlv(0x4F, aid);
                 body.extend(tlv(0x9F70, &[*lc]));
@@ -171,6 +174,10 @@ impl SecurityDomain {
                 }
                 for m in modules {
                     body.extend(tlv(0x84, m));
+                }
+                // The associated security domain (GP Card Specification Table 11-36).
+                if let Some(sd) = sd {
+                    body.extend(tlv(0xCC, sd));
                 }
                 tlv(0xE3, &body)
             } else {

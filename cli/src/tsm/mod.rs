@@ -345,6 +345,19 @@ pub enum MnoCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The device ticket that deletes a provider's domain on an old SIM whose credential moved
+    /// to another SIM: hand it to the subscriber, whose phone runs `kagi relay --tsm
+    /// MNO-TSM --ticket-file …` with the old SIM (the ticket alone opens the session). Writes
+    /// the ticket (JSON) to --out; an expired or used ticket is replaced by a fresh one. A lost
+    /// SIM gets none.
+    RetireTicket {
+        /// The old SIM's ICCID.
+        #[arg(long)]
+        iccid: String,
+        /// Where to write the ticket (JSON, private).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The SIM was lost: every credential on it is revoked at once.
     CardLost {
         /// ICCID.

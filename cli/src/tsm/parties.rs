@@ -636,6 +636,14 @@ pub(super) async fn mno_cmd(config: &Path, cmd: &MnoCmd, json_out: bool) -> Resu
             write_grant(out, &r, json!({}), json_out)?;
             return Ok(());
         }
+        MnoCmd::RetireTicket { iccid, out } => {
+            let req = ControlRequest::RetireTicket {
+                iccid: iccid.clone(),
+            };
+            let r = mno.send(&req, None).await?;
+            write_grant(out, &r, json!({}), json_out)?;
+            return Ok(());
+        }
         MnoCmd::RegisterCard {
             iccid,
             cin,

@@ -3,11 +3,13 @@
 //! by its own MNO-TSM only (the other one stores and logs nothing of it); a SIM no link
 //! serves is refused when the application comes; a notice from the MNO-TSM that does not
 //! serve the SIM is refused and audited, and changes nothing. Transfers to a new SIM, across
-//! operators and within one: `transfer`.
+//! operators and within one: `transfer`; the provider's domain then deleted on the old SIM
+//! with the operator's ticket: `retire`.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod retire;
 mod transfer;
 mod two_mnos;
 

@@ -91,7 +91,7 @@ fn eligibility(s: &Scenario, image: &Path) -> (Option<i32>, String) {
 
 /// The holder's transfer application from SIM `from` to SIM `to`, signed on the My Number
 /// card in `card` (certified by the scenario's CAs): its file.
-fn transfer_application(
+pub(crate) fn transfer_application(
     s: &Scenario,
     card: &str,
     from: &str,
@@ -116,7 +116,7 @@ fn transfer_application(
 /// `kagi jpki sign` on the SIM in `image` with the PIN letter of phone certificate
 /// `serial`; the raw P-256 signature (r ‖ s) checked against the public key of the
 /// certificate read from the SIM, with the p256 crate (ECDSA over SHA-256).
-fn new_sim_signs(s: &Scenario, image: &Path, serial: &str) {
+pub(crate) fn new_sim_signs(s: &Scenario, image: &Path, serial: &str) {
     use der::{Decode, Encode};
     use p256::ecdsa::signature::Verifier;
     let (msg, sig) = (s.dir.join("m.txt"), s.dir.join("m.sig"));
@@ -330,10 +330,11 @@ fn moves_on(key_generation: &str, sp_pg: Option<String>) {
         two.a.row(
             &s,
             &format!(
-                "SELECT actor, event FROM audit WHERE op_id = 'sim:{a_iccid}' ORDER BY id DESC LIMIT 1"
+                "SELECT actor, event FROM audit WHERE op_id = 'sim:{a_iccid}' ORDER BY id DESC LIMIT 2"
             )
         ),
-        "tsm:kagi|domain-deleted"
+        // Newest first: the deletion on the card queued with the record's change (`retire`).
+        "tsm:kagi|domain-deletion-on-card-queued\ntsm:kagi|domain-deleted"
     );
     // Neither operator's MNO-TSM holds or logs anything of the other's SIM.
     assert!(

@@ -134,6 +134,32 @@ impl Engine {
                         ));
                     }
                 }
+                Goal::DomainAbsent { aid } => {
+                    if !apps.iter().any(|e| &e.aid == aid) {
+                        continue;
+                    }
+                    let delete = |target: &[u8], related: bool| {
+                        gp::delete(target, related).map(|c| {
+                            (
+                                format!("delete:{}", hex::encode_upper(target)),
+                                c,
+                                Expect::Deleted,
+                            )
+                        })
+                    };
+                    let of_domain = |e: &&RegistryEntry| {
+                        e.associated_sd.as_deref() == Some(aid.as_slice()) && &e.aid != aid
+                    };
+                    // Its applications, then its load files (with any instance left of
+                    // them), then the domain: GP refuses a domain that still has content.
+                    for e in apps.iter().filter(of_domain) {
+                        q.push(delete(&e.aid, false).map_err(bad)?);
+                    }
+                    for e in load_files.iter().filter(of_domain) {
+                        q.push(delete(&e.aid, true).map_err(bad)?);
+                    }
+                    q.push(delete(aid, false).map_err(bad)?);
+                }
             }
         }
         Ok(q)
@@ -284,6 +310,16 @@ impl Engine {
         }
         if !queue.is_empty() {
             return self.act(session, queue);
+        }
+        if self
+            .evidence
+            .steps
+            .iter()
+            .any(|s| s.name.starts_with("delete:"))
+        {
+            // GET STATUS again (under R-MAC) before the deletions count as done.
+            self.confirming = true;
+            return self.probe(session, None, Vec::new(), Vec::new(), None);
         }
         self.state = State::Finished;
         Next::Done(Box::new(std::mem::take(&mut self.evidence)))

@@ -75,6 +75,15 @@ pub enum Goal {
         /// Delete related objects too (a load file with its instances).
         related: bool,
     },
+    /// The security domain is absent, with everything associated with it (seen through the
+    /// issuer domain, whose GET STATUS names each entry's domain under tag `CC`): its
+    /// applications deleted first, then its load files with their related instances, then
+    /// the domain itself — a domain with associated content cannot be deleted (GP Card
+    /// Specification 11.2). Met when the card lists no such domain.
+    DomainAbsent {
+        /// The domain's AID.
+        aid: Vec<u8>,
+    },
 }
 
 /// The postcondition of a personalisation script.
@@ -231,6 +240,9 @@ pub struct Engine {
     current: KeySet,
     /// The card's key diversification data, from the current session's INITIALIZE UPDATE.
     kdd: Option<[u8; 10]>,
+    /// The probe running after deletions, to confirm on the card (under R-MAC) that what was
+    /// deleted is gone: a `6A88` answer to DELETE carries no R-MAC and proves nothing.
+    confirming: bool,
 }
 
 fn report(layer: Layer, code: &str, retryable: bool, detail: impl Into<String>) -> ErrorReport {
@@ -271,6 +283,7 @@ impl Engine {
             plan,
             current,
             kdd: None,
+            confirming: false,
             nonce,
             state: State::Idle,
             evidence: Evidence::default(),
@@ -283,6 +296,7 @@ impl Engine {
     /// budget starts again; the next step is [`Engine::open`].
     pub fn resume(&mut self) {
         self.budget = 0;
+        self.confirming = false;
         self.state = State::Idle;
     }
 
@@ -328,6 +342,7 @@ impl Engine {
         };
         self.evidence.sessions += 1;
         self.budget += 1;
+        self.confirming = false;
         self.state = State::Authenticating(hs);
         Next::Order(vec![
             AgentCmd::OpenChannel {

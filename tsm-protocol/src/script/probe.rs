@@ -88,7 +88,7 @@ impl Engine {
     /// Sends the probe round: EXTERNAL AUTHENTICATE (first round of a session), the card
     /// image number, and the registry pages still to read (`next_pages`: the scopes that
     /// answered `6310`).
-    fn probe(
+    pub(super) fn probe(
         &mut self,
         mut session: SecureSession,
         ea: Option<Command>,
@@ -110,7 +110,8 @@ impl Engine {
         }
         let first = next_pages.is_none();
         let mut plain: Vec<(&str, Command, Expect)> = Vec::new();
-        if first {
+        // The check after deletions runs in a session whose card was identified already.
+        if first && !self.confirming {
             match gp::get_cin() {
                 Ok(c) => plain.push(("get-data-cin", c, Expect::Cin)),
                 Err(e) => return tsm(e.to_string()),
@@ -276,7 +277,14 @@ impl Engine {
             Ok(q) => q,
             Err(e) => return Next::Failed(e),
         };
-        if queue.is_empty() {
+        let confirming = std::mem::take(&mut self.confirming);
+        if confirming && queue.iter().any(|(_, _, e)| matches!(e, Expect::Deleted)) {
+            // Something deleted is still listed (a DELETE's unauthenticated "not found" was
+            // not the card's): a new session probes and deletes again, within the budget.
+            return self.open();
+        }
+        // After the deletions' check, the rest of the plan was done in this session already.
+        if queue.is_empty() || confirming {
             self.state = State::Finished;
             return Next::Done(Box::new(std::mem::take(&mut self.evidence)));
         }

@@ -66,7 +66,7 @@ impl Tsm {
             (ControlRequest::DeleteProviderDomain { .. }, "tsm")
                 if !self.config.operators.is_empty() =>
             {
-                self.delete_domain(party, req).await
+                self.delete_domain(h, req).await
             }
             (ControlRequest::DeleteProviderDomain { .. }, _) => reject(
                 "business.not-an-mno-tsm",
@@ -87,6 +87,19 @@ impl Tsm {
                 ),
             ),
             (ControlRequest::CreateSecurityDomain { .. }, "mno") => self.create(h, req).await,
+            // An operator asks its MNO-TSM for the ticket that deletes a provider's domain on
+            // an old SIM (`retire`).
+            (ControlRequest::RetireTicket { iccid }, "mno")
+                if !self.config.operators.is_empty() =>
+            {
+                self.retire_ticket(party, h, iccid).await
+            }
+            (ControlRequest::RetireTicket { .. }, _) => reject(
+                "business.not-an-operator",
+                format!(
+                    "{party} may not ask for a retire ticket here (only an operator, at its MNO-TSM)"
+                ),
+            ),
             // An SP-TSM hears of a lost or changed SIM from its MNO-TSM (`sim_notice`).
             (ControlRequest::SimChanged { .. } | ControlRequest::CardLost { .. }, "tsm")
                 if self.config.mno.iter().any(|m| &m.party == party) =>

@@ -453,6 +453,12 @@ impl Tsm {
             }
             Some(_) => {}
         }
+        // The provider's old domain still to be deleted on the card: that first.
+        if kind == "prepare-sim"
+            && let Some(e) = self.retire_pending(&party.0, &iccid).await?
+        {
+            return Ok(ControlResponse::Rejected(e));
+        }
         // One live operation per card and provider at a time.
         if let Some(live) = self
             .store

@@ -11,10 +11,13 @@
 //!   the provider (its trust list), about one of its operators' SIMs whose registry names that
 //!   provider's domain (or none), drops the domain from the SIM's record (the SIM then takes
 //!   that provider's domain anew only through a fresh preparation) and audits
-//!   `domain-deleted` under `sim:ICCID`. A repeat is acknowledged again. The card itself is
-//!   not reached here: what the registry says is what the operator's next session with the
-//!   SIM acts on (deleting it with the issuer-domain keys is not implemented yet).
+//!   `domain-deleted` under `sim:ICCID`. A repeat is acknowledged again. When the SIM is
+//!   active and its record named the domain, the same transaction queues the deletion on the
+//!   card itself: a `retire-domain` operation with a device ticket the operator hands to the
+//!   subscriber for a relay session with the old SIM under the issuer-domain keys (`retire`).
+//!   A lost SIM gets none (nothing reaches it).
 
+use crate::store::ops::Created;
 use crate::store::{Stmt, StoreError};
 use tsm_protocol::control::{ControlRequest, ControlResponse};
 use tsm_protocol::{Layer, PartyId};
@@ -201,9 +204,11 @@ impl Tsm {
     /// MNO-TSM: an SP-TSM's `DeleteProviderDomain` (see the module).
     pub(super) async fn delete_domain(
         &self,
-        sender: &PartyId,
+        h: &tsm_protocol::signing::Header,
         req: ControlRequest,
     ) -> Result<ControlResponse> {
+        let sender = &h.sender;
+        let request = req.clone();
         let ControlRequest::DeleteProviderDomain {
             iccid,
             provider,
@@ -252,21 +257,58 @@ impl Tsm {
             );
         }
         let t = now();
-        self.store
-            .commit(vec![
-                crate::store::Store::set_card_domain(&iccid, &[], t),
-                audit(
-                    &iccid,
-                    t,
-                    &sender.0,
-                    "domain-deleted",
-                    &format!(
-                        "{provider}'s domain {} (its credential moved to another SIM)",
-                        hex::encode_upper(&sd_aid)
-                    ),
+        let dropped = vec![
+            crate::store::Store::set_card_domain(&iccid, &[], t),
+            audit(
+                &iccid,
+                t,
+                &sender.0,
+                "domain-deleted",
+                &format!(
+                    "{provider}'s domain {} (its credential moved to another SIM)",
+                    hex::encode_upper(&sd_aid)
                 ),
-            ])
-            .await?;
+            ),
+        ];
+        // The domain on record and the SIM reachable: the deletion on the card is queued in
+        // the same transaction (`retire`). A repeat finds the record without the domain.
+        if card.state == "active" && card.sd_aid == sd_aid {
+            let (op, _ticket, mut extra) =
+                self.new_retire_op(&sender.0, &iccid, request, (h.msg_id, h.nonce), t)?;
+            // Statement 1: the SIM still active; 2: its record still names the domain (a
+            // racing repeat queues nothing twice).
+            extra.insert(0, crate::store::Store::require_active_card(&iccid));
+            extra.insert(
+                1,
+                Stmt::one(
+                    "UPDATE cards SET updated_at = updated_at WHERE iccid = $1 AND sd_aid = $2",
+                    vec![iccid.clone().into(), sd_aid.clone().into()],
+                ),
+            );
+            extra.extend(dropped.iter().cloned());
+            extra.push(audit(
+                &iccid,
+                t,
+                &sender.0,
+                "domain-deletion-on-card-queued",
+                &format!("operation {}", op.id),
+            ));
+            match self.store.create_op(&op, extra).await {
+                Ok(Created::New) => {
+                    tracing::info!(iccid = %iccid, provider = %provider, op = %op.id, "provider domain dropped from the SIM's record; its deletion on the SIM queued");
+                    return Ok(ControlResponse::Ok);
+                }
+                // Lost meanwhile, or a racing repeat dropped the domain first: as without.
+                Err(StoreError::Conflict(1 | 2)) => {}
+                // Another operation of the SP-TSM is live on the SIM: the record changes, the
+                // card is left as it is (logged for the operator).
+                Ok(_) => {
+                    tracing::warn!(iccid = %iccid, provider = %provider, "another operation is live on the SIM: its domain deletion on the card is not queued");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store.commit(dropped).await?;
         tracing::info!(iccid = %iccid, provider = %provider, sp_tsm = %sender, "provider domain dropped from the SIM's record");
         Ok(ControlResponse::Ok)
     }

@@ -274,6 +274,15 @@ impl Tsm {
         {
             batch.push(Store::set_card_domain(&op.iccid, sd_aid, t));
         }
+        // A retire operation: the provider's domain is gone from the SIM.
+        if op.kind == super::retire::KIND {
+            let deletions = ev
+                .steps
+                .iter()
+                .filter(|s| s.name.starts_with("delete:"))
+                .count();
+            batch.extend(Self::retired_audit(&op, deletions, t));
+        }
         all.extend(batch);
         all.push(Store::erase_sealed_if_over(&op.id));
         match self.store.commit(all).await {

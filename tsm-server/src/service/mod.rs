@@ -23,6 +23,7 @@ mod plan;
 mod prepare;
 mod registry;
 mod relay;
+mod retire;
 mod sim_notice;
 mod suspend;
 mod transfer;
@@ -30,6 +31,7 @@ mod withdraw;
 
 pub use issuer_link::IssuerLink;
 pub use prepare::{INITIAL_KVN, MnoLink};
+pub use retire::RETIRE_VALID_MS;
 pub use sim_notice::{SpTsmLink, SpTsmLinks};
 
 use crate::store::ops::OpRow;

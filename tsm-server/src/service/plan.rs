@@ -27,6 +27,9 @@ impl Tsm {
         if let ControlRequest::PrepareSim { .. } = &op.data.request {
             return self.prepare_plan(op).await;
         }
+        if op.kind == super::retire::KIND {
+            return self.retire_plan(op).await;
+        }
         let party = PartyId(op.party.clone());
         let Some(p) = self.config.providers.get(&party) else {
             return Ok(Err(err(

@@ -136,9 +136,10 @@ impl Tsm {
             // A new secure session continues from a probe; order numbers go on.
             return self.start_engine(op, session, last_seq, batch).await;
         }
-        if op.kind == "prepare-sim" {
+        if op.kind == "prepare-sim" || op.kind == super::retire::KIND {
             // The MNO-TSM's part of a download: the ticket alone opens it (it reached the
-            // phone only through the SP-TSM, which checked the user's entries).
+            // phone only through the SP-TSM, which checked the user's entries); the same for
+            // a retire operation's (it reached the phone only through the operator).
             op.state = OpState::Running;
             batch.push(Store::audit(&op.id, t, "relay", "authorised", "ticket"));
             return self.start_engine(op, session, last_seq, batch).await;

@@ -288,6 +288,18 @@ impl Store {
         rows.iter().map(|r| op_from(r)).collect()
     }
 
+    /// The newest operation of `kind` on card `iccid`, whatever its state.
+    pub async fn newest_op_on(&self, iccid: &str, kind: &str) -> Result<Option<OpRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, kind, party, state, iccid, idem_key, request_hash, parent, created_at, expires_at, updated_at, version, data FROM ops
+                 WHERE iccid = $1 AND kind = $2 ORDER BY created_at DESC LIMIT 1",
+                vec![iccid.into(), kind.into()],
+            )
+            .await?;
+        rows.first().map(|r| op_from(r)).transpose()
+    }
+
     /// Statement registering a device ticket for an operation.
     pub fn insert_ticket(hash: &[u8; 32], op: &OpId) -> Stmt {
         Stmt::one(
