@@ -7,7 +7,7 @@
 #  2. load: `kagi tsm load` (a separate process, loopback) drives 1000 complete download
 #     sessions, 8 at a time, against one TSM on SQLite, then on a private PostgreSQL;
 #     sessions/s and the TSM's own time per session (p50/p99); then an open load (`--rate`)
-#     at 40 and 70 sessions/s on SQLite, its p99 against the 50 ms goal.
+#     at 150 and 300 sessions/s on SQLite, its p99 against the 50 ms goal.
 # Stops only the processes and the PostgreSQL instance it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,7 +104,7 @@ load() { # $1: label, rest: serve arguments
 load sqlite
 echo "== open load: sessions due at a fixed rate (at most 64 in flight), SQLite; the rate the TSM"
 echo "   serves with a p99 of 50 ms or less is its capacity at that latency goal"
-for rate in 40 70; do
+for rate in 150 300; do
     p=$(free_port)
     rm -rf "$work/load"
     "$K" tsm init --dir "$work/load" --listen "127.0.0.1:$p" >/dev/null
@@ -112,7 +112,7 @@ for rate in 40 70; do
     printf '  %3s/s      ' "$rate"
     "$K" tsm load --sp "$work/load/sp.toml" --mno "$work/load/mno.toml" \
         --provider-keys "$work/load/keys/provider.keys" --ca-dir "$work/pki" \
-        --sessions $((rate * 20)) --concurrency 64 --rate "$rate" --max-seconds 60 2>/dev/null
+        --sessions $((rate * 10)) --concurrency 64 --rate "$rate" --max-seconds 60 2>/dev/null
     stop_tsm
 done
 pg=$(bash scripts/private-postgres.sh start "$work/pg" "$(free_port)")

@@ -11,6 +11,7 @@
 //! - [`request`]: a sender's side of the control envelope: sign a request, open its answer.
 //! - [`access`]: one-time access codes, device tickets, legacy PBKDF2 password verifiers.
 //! - [`password`]: password verifiers in PHC form (Argon2id, PBKDF2) with a policy.
+//! - [`relief`]: Argon2id computed on the user's device, a keyed digest at the server.
 //! - [`certkey`]: the public key of a card certificate, to check the card's signatures.
 //!
 //! Everything that arrives from outside is parsed without panicking into a typed error.
@@ -23,6 +24,7 @@ pub mod certkey;
 pub mod codec;
 pub mod ids;
 pub mod password;
+pub mod relief;
 pub mod request;
 pub mod signing;
 

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// Argon2id cost parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     /// Memory, KiB (`m`).
     pub m_kib: u32,
@@ -236,7 +236,7 @@ impl Phc {
     }
 }
 
-fn argon2id(
+pub(crate) fn argon2id(
     password: &str,
     salt: &[u8],
     p: &Params,

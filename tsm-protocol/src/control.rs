@@ -99,6 +99,11 @@ pub enum GrantVerifier {
         /// PBKDF2-HMAC-SHA256(password, salt, iterations).
         hash: [u8; 32],
     },
+    /// Argon2id computed on the user's device ([`crate::relief`]): the TSM keeps the
+    /// derivation (parameters, salt) and a digest of the device's key, tells the relay the
+    /// derivation when it asks for the entries, and checks the key in microseconds; the
+    /// password never reaches the TSM. Refused below the OWASP floor like `Argon2id`.
+    Argon2idRelief(crate::relief::ReliefVerifier),
 }
 
 impl std::fmt::Debug for GrantVerifier {
@@ -106,6 +111,7 @@ impl std::fmt::Debug for GrantVerifier {
         match self {
             GrantVerifier::Argon2id(_) => f.write_str("Argon2id(<verifier>)"),
             GrantVerifier::Pbkdf2 { iterations, .. } => write!(f, "Pbkdf2({iterations})"),
+            GrantVerifier::Argon2idRelief(v) => write!(f, "{v:?}"),
         }
     }
 }
@@ -120,6 +126,23 @@ impl GrantVerifier {
         crate::password::new_verifier(password, params).map(GrantVerifier::Argon2id)
     }
 
+    /// A new server-relief verifier of `password` with `params` and a fresh salt (what the
+    /// provider tools send: the device derives, the TSM only digests).
+    pub fn relief(
+        password: &str,
+        params: &crate::password::Params,
+    ) -> Result<GrantVerifier, crate::password::PasswordError> {
+        crate::relief::ReliefVerifier::new(password, params).map(GrantVerifier::Argon2idRelief)
+    }
+
+    /// What the device derives with, for a server-relief verifier.
+    pub fn derivation(&self) -> Option<&crate::relief::Derivation> {
+        match self {
+            GrantVerifier::Argon2idRelief(v) => Some(&v.derivation),
+            _ => None,
+        }
+    }
+
     /// Whether a new grant may carry this verifier under `policy`: Argon2id at or above its
     /// floor; PBKDF2 never.
     pub fn accept(
@@ -128,6 +151,7 @@ impl GrantVerifier {
     ) -> Result<(), crate::password::PasswordError> {
         match self {
             GrantVerifier::Argon2id(phc) => crate::password::accept(phc, policy).map(|_| ()),
+            GrantVerifier::Argon2idRelief(v) => v.check_strength(policy),
             GrantVerifier::Pbkdf2 { iterations, .. } => {
                 Err(crate::password::PasswordError::Malformed(format!(
                     "a PBKDF2 verifier ({iterations} iterations) is no longer accepted"
@@ -136,8 +160,9 @@ impl GrantVerifier {
         }
     }
 
-    /// The verifier to check a password against; `None` if an Argon2id string does not
-    /// parse (it then matches nothing).
+    /// The verifier to check a typed password against; `None` if an Argon2id string does
+    /// not parse (it then matches nothing) and for a server-relief verifier (checked by
+    /// [`crate::access::check_entries`] itself).
     pub fn verifier(&self) -> Option<crate::password::Verifier> {
         match self {
             GrantVerifier::Argon2id(phc) => crate::password::Phc::parse(phc)
@@ -152,6 +177,7 @@ impl GrantVerifier {
                 iterations: *iterations,
                 hash: *hash,
             }),
+            GrantVerifier::Argon2idRelief(_) => None,
         }
     }
 }

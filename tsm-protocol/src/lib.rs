@@ -40,7 +40,7 @@ pub mod relay;
 pub mod script;
 pub mod seal;
 
-pub use kagi_signed::{codec, ids, password, signing};
+pub use kagi_signed::{codec, ids, password, relief, signing};
 
 pub use error::{ErrorReport, Layer};
 pub use ids::{BadPartyId, IdempotencyKey, KeyId, MsgId, Nonce, OpId, PartyId, SessionId};

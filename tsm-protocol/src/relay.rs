@@ -6,7 +6,9 @@
 //!
 //! The relay is untrusted. It holds no key and sees nothing in clear that matters: the card
 //! commands are SCP03-wrapped end to end between the TSM and the card; the only secrets the
-//! user types (access code, password) authorise the download and are checked by the TSM.
+//! user types (access code, password) authorise the download and are checked by the TSM —
+//! the password as a key the app derives with the Argon2id parameters the TSM names in
+//! [`ServerMsg::AskCredentials`] ([`crate::relief`]), so it never leaves the phone.
 //!
 //! Exactly once: the agent applies `Order { seq }` only if `seq` is above the last order it
 //! applied (after a resumed session the server may skip numbers it sent and never got an
@@ -56,8 +58,71 @@ pub enum AgentMsg {
 pub struct UserCredentials {
     /// The one-time access code (from the provider's letter or message).
     pub access_code: String,
-    /// The password the user registered with the provider.
-    pub password: String,
+    /// The password the user registered with the provider, or the key the app derived
+    /// from it.
+    pub password: PasswordEntry,
+}
+
+/// The password as the app sends it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PasswordEntry {
+    /// As typed: the TSM does the Argon2id work (grants made before server relief, or an app
+    /// that does not derive).
+    Typed(String),
+    /// Argon2id of the password with the derivation the TSM sent in
+    /// [`ServerMsg::AskCredentials`] ([`crate::relief`]): the password stays on the phone.
+    Derived(Vec<u8>),
+}
+
+impl From<&str> for PasswordEntry {
+    fn from(s: &str) -> PasswordEntry {
+        PasswordEntry::Typed(s.to_owned())
+    }
+}
+
+impl From<String> for PasswordEntry {
+    fn from(s: String) -> PasswordEntry {
+        PasswordEntry::Typed(s)
+    }
+}
+
+impl From<crate::relief::DerivedKey> for PasswordEntry {
+    fn from(k: crate::relief::DerivedKey) -> PasswordEntry {
+        PasswordEntry::Derived(k.as_bytes().to_vec())
+    }
+}
+
+impl PasswordEntry {
+    /// The typed password, or `None` once derived.
+    pub fn typed(&self) -> Option<&str> {
+        match self {
+            PasswordEntry::Typed(s) => Some(s),
+            PasswordEntry::Derived(_) => None,
+        }
+    }
+
+    /// The entry an app sends for a TSM that asked with `derive`: the typed password derived
+    /// within `limits` (the password then stays here), or as it is when the TSM asked for no
+    /// derivation or it is derived already.
+    pub fn for_derivation(
+        self,
+        derive: Option<&crate::relief::Derivation>,
+        limits: &crate::relief::DerivationLimits,
+    ) -> Result<PasswordEntry, crate::password::PasswordError> {
+        match (derive, &self) {
+            (Some(d), PasswordEntry::Typed(pw)) => d.derive(pw, limits).map(PasswordEntry::from),
+            _ => Ok(self),
+        }
+    }
+}
+
+impl Drop for PasswordEntry {
+    fn drop(&mut self) {
+        match self {
+            PasswordEntry::Typed(s) => zeroize::Zeroize::zeroize(s),
+            PasswordEntry::Derived(k) => zeroize::Zeroize::zeroize(k),
+        }
+    }
 }
 
 impl std::fmt::Debug for UserCredentials {
@@ -69,7 +134,6 @@ impl std::fmt::Debug for UserCredentials {
 impl Drop for UserCredentials {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.access_code);
-        zeroize::Zeroize::zeroize(&mut self.password);
     }
 }
 
@@ -82,6 +146,9 @@ pub enum ServerMsg {
         session: SessionId,
         /// Entries left before the operation locks.
         attempts_left: u8,
+        /// For a server-relief grant: what the app derives the password with
+        /// ([`PasswordEntry::Derived`]); `None`: send it typed.
+        derive: Option<crate::relief::Derivation>,
     },
     /// Card commands to run.
     Order {

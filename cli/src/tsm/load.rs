@@ -15,7 +15,7 @@
 //! MNO-TSM and JPKI issuer, [`super::load_three`]): each session is the whole path from the
 //! user's signed application to the credential on the SIM.
 
-use super::load_job::{Job, PASSWORD, Prepared};
+use super::load_job::{Job, PASSWORD, Prepared, phone_entry};
 use super::load_three;
 use crate::Failure;
 use crate::print_json;
@@ -90,6 +90,7 @@ fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>,
     let maker = kagi_fixtures::sim::manufacturer_ca()?.certificate().clone();
     let now = std::time::SystemTime::now();
     let grant = provider::access_grant(PASSWORD, 3, 600_000)?;
+    let entry = phone_entry(&grant)?;
     let mut out = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
         let sim = provision(format!("load-{run}-{i}").as_bytes(), &PROVIDER_SD, &keys)?;
@@ -132,6 +133,7 @@ fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>,
                 request,
                 request_id,
             },
+            entry.clone(),
         ));
     }
     Ok(out)
@@ -186,7 +188,7 @@ async fn session(
     };
     let creds = UserCredentials {
         access_code: code,
-        password: PASSWORD.into(),
+        password: p.password.clone(),
     };
     let mut never = |_| None;
     let out = kagi_online::tsm::relay::run(
@@ -198,6 +200,7 @@ async fn session(
             ask: &mut never,
             agent: "kagi tsm load".into(),
             capture: None,
+            limits: tsm_protocol::relief::DerivationLimits::production(),
         },
     )
     .await

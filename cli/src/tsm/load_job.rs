@@ -6,6 +6,20 @@ use tsm_protocol::control::ControlRequest;
 /// The password every session's user registers (the load's own, not a secret).
 pub(crate) const PASSWORD: &str = "load-password";
 
+/// What each simulated phone sends for [`PASSWORD`] under `grant`: the key a phone derives
+/// for a server-relief grant, computed here once before the clock starts (a real phone does
+/// this Argon2id on its own processor, not on the TSM's cores), else the password as typed.
+pub(crate) fn phone_entry(
+    grant: &tsm_protocol::control::AccessGrant,
+) -> Result<tsm_protocol::relay::PasswordEntry, String> {
+    tsm_protocol::relay::PasswordEntry::from(PASSWORD)
+        .for_derivation(
+            grant.password.derivation(),
+            &tsm_protocol::relief::DerivationLimits::production(),
+        )
+        .map_err(|e| e.to_string())
+}
+
 /// A SIM ready for one session, and what the session asks.
 pub(crate) struct Prepared {
     pub(crate) card: applet_sim::SimCard,
@@ -15,6 +29,8 @@ pub(crate) struct Prepared {
     /// The provider's domain (made already, or to be made by the MNO-TSM).
     pub(crate) sd_aid: Vec<u8>,
     pub(crate) job: Job,
+    /// What the phone sends for the password ([`phone_entry`]).
+    pub(crate) password: tsm_protocol::relay::PasswordEntry,
 }
 
 /// What a session asks of the TSM.
@@ -33,8 +49,13 @@ pub(crate) enum Job {
 
 impl Prepared {
     /// The session of `sim` (the provider's domain at [`PROVIDER_SD`]) that runs `job`.
-    pub(crate) fn new(sim: ProvisionedSim, job: Job) -> Prepared {
+    pub(crate) fn new(
+        sim: ProvisionedSim,
+        job: Job,
+        password: tsm_protocol::relay::PasswordEntry,
+    ) -> Prepared {
         Prepared {
+            password,
             card: sim.card,
             iccid: sim.iccid,
             cin: sim.cin,

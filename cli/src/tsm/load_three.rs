@@ -8,7 +8,7 @@
 //! from the SP-TSM's maildir outbox, and the relay runs the download (SP-TSM, MNO-TSM,
 //! SP-TSM).
 
-use super::load_job::{Job, PASSWORD, Prepared};
+use super::load_job::{Job, PASSWORD, Prepared, phone_entry};
 use crate::Failure;
 use kagi::jpki::{self, Pin};
 use kagi_certs::application::{Application, Body};
@@ -48,6 +48,7 @@ pub fn prepare(
     let certificate = jpki::read_der(&mut my_number, jpki::EF_SIGN_CERT)?;
     let key = CertKey::from_certificate(&certificate)?;
     let grant = provider::access_grant(PASSWORD, 5, 600_000)?;
+    let entry = phone_entry(&grant)?;
     let mut out = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let sim = kagi_fixtures::sim::blank_with(format!("load3-{run}-{i}").as_bytes(), &maker)?;
@@ -72,7 +73,11 @@ pub fn prepare(
             application,
             access: grant.clone(),
         };
-        out.push(Prepared::new(sim, Job::Apply { request, contact }));
+        out.push(Prepared::new(
+            sim,
+            Job::Apply { request, contact },
+            entry.clone(),
+        ));
     }
     Ok(out)
 }

@@ -492,7 +492,7 @@ pub fn relay(args: &RelayArgs, trace: bool, json_out: bool) -> Result<(), Failur
     let given = match (&args.access_code_file, &args.password_file) {
         (Some(c), Some(p)) => Some(UserCredentials {
             access_code: read_secret(c)?.to_string(),
-            password: read_secret(p)?.to_string(),
+            password: read_secret(p)?.to_string().into(),
         }),
         _ => None,
     };
@@ -523,7 +523,7 @@ pub fn relay(args: &RelayArgs, trace: bool, json_out: bool) -> Result<(), Failur
         let password = rpassword::prompt_password("password: ").ok()?;
         Some(UserCredentials {
             access_code: code,
-            password,
+            password: password.into(),
         })
     };
     let out = runtime()?.block_on(async {
@@ -536,6 +536,7 @@ pub fn relay(args: &RelayArgs, trace: bool, json_out: bool) -> Result<(), Failur
                 ask: &mut ask,
                 agent: format!("kagi relay {}", env!("CARGO_PKG_VERSION")),
                 capture: capture.as_mut(),
+                limits: tsm_protocol::relief::DerivationLimits::production(),
             },
         )
         .await

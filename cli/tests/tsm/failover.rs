@@ -152,6 +152,7 @@ async fn downloads_and_issues_survive_a_killed_primary() {
                     ask: &mut ask,
                     agent: "kagi-failover-relay".into(),
                     capture: None,
+                    limits: tsm_protocol::relief::DerivationLimits::production(),
                 },
             ))
         })

@@ -291,6 +291,7 @@ async fn full_flow(backend: Backend, name: &str) {
             ask: &mut ask,
             agent: "kagi-test-relay".into(),
             capture: None,
+            limits: tsm_protocol::relief::DerivationLimits::production(),
         },
     )
     .await

@@ -493,6 +493,7 @@ async fn download(
             ask: &mut ask,
             agent: "kagi-test-relay".into(),
             capture,
+            limits: tsm_protocol::relief::DerivationLimits::production(),
         },
     )
     .await

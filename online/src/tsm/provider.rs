@@ -82,14 +82,15 @@ pub fn bundle(
     )
 }
 
-/// The user's access grant: an Argon2id verifier of the password (OWASP's minimum
-/// parameters, m=19456 KiB, t=2, p=1, with a fresh salt).
+/// The user's access grant: a server-relief verifier of the password (Argon2id at OWASP's
+/// minimum parameters, m=19456 KiB, t=2, p=1, with a fresh salt, computed by the phone at
+/// download time; the TSM keeps a digest: [`tsm_protocol::relief`]).
 pub fn access_grant(
     password: &str,
     max_attempts: u8,
     valid_for_ms: u64,
 ) -> Result<AccessGrant, String> {
-    let password = GrantVerifier::argon2id(password, &tsm_protocol::password::Params::OWASP_MIN)
+    let password = GrantVerifier::relief(password, &tsm_protocol::password::Params::OWASP_MIN)
         .map_err(|e| e.to_string())?;
     Ok(AccessGrant {
         password,

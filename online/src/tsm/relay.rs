@@ -1,14 +1,18 @@
 //! The relay ("common app"): connects a card — a PC/SC reader, a vpcd-served or in-process
 //! simulator — to the TSM, and carries orders and reports. It holds no secrets: the card
-//! commands are SCP03-wrapped end to end; the access code and password the user types go to
-//! the TSM, which checks them. A lost connection is retried with the same message (the TSM
+//! commands are SCP03-wrapped end to end; the access code the user types goes to the TSM,
+//! which checks it, with the password — derived here with Argon2id when the TSM's grant is a
+//! server-relief one (the password then never leaves the phone), else as typed. A lost connection is retried with the same message (the TSM
 //! answers repeats exactly once); the link delay option models the phone's network.
 
 use super::client::{Client, ClientError};
 use card_wire::Transport;
 use std::time::{Duration, Instant};
 use tsm_protocol::SessionId;
-use tsm_protocol::relay::{Agent, AgentMsg, ServerMsg, StopOutcome, UserCredentials};
+use tsm_protocol::relay::{
+    Agent, AgentMsg, PasswordEntry, ServerMsg, StopOutcome, UserCredentials,
+};
+use tsm_protocol::relief::DerivationLimits;
 
 /// How a relay session went.
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ pub struct Options<'a> {
     pub agent: String,
     /// Every body sent and received is appended here (a capture, for inspection).
     pub capture: Option<&'a mut Vec<u8>>,
+    /// The Argon2id parameters this app derives a password with when the TSM asks for it
+    /// (server relief; [`DerivationLimits::production`] outside tests).
+    pub limits: DerivationLimits,
 }
 
 /// Why the relay stopped without an outcome from the TSM.
@@ -59,6 +66,9 @@ pub enum RelayError {
     /// The user gave up at the credentials prompt.
     #[error("no access code and password given")]
     NoCredentials,
+    /// The TSM asked to derive the password with parameters this app does not use.
+    #[error("the TSM asked to derive the password in a way this app refuses: {0}")]
+    Derivation(#[from] tsm_protocol::password::PasswordError),
 }
 
 /// Runs one relay session to its end.
@@ -79,11 +89,18 @@ pub async fn run(
         session: None,
         retries: 0,
     };
+    // Entries known beforehand go with the hello only once derived; a typed password waits
+    // for the TSM's ask, which says whether (and how) to derive it: it then stays here.
+    let mut held = opts.credentials.take();
+    let early = match &held {
+        Some(c) if matches!(c.password, PasswordEntry::Derived(_)) => held.take(),
+        _ => None,
+    };
     let mut msg = AgentMsg::Hello {
         ticket: opts.ticket.clone(),
         agent: opts.agent.clone(),
         resume: None,
-        credentials: opts.credentials.take(),
+        credentials: early,
     };
     // While the operator's TSM prepares the SIM (a `Continue`): its client, and the provider's
     // session to resume afterwards.
@@ -153,9 +170,26 @@ pub async fn run(
             ServerMsg::AskCredentials {
                 session,
                 attempts_left,
+                derive,
             } => {
                 out.session = Some(session);
-                let c = (opts.ask)(attempts_left).ok_or(RelayError::NoCredentials)?;
+                let mut c = match held.take() {
+                    Some(c) => c,
+                    None => (opts.ask)(attempts_left).ok_or(RelayError::NoCredentials)?,
+                };
+                if let (Some(d), PasswordEntry::Typed(_)) = (&derive, &c.password) {
+                    // Argon2id (tens of milliseconds): off the async runtime.
+                    let (d, limits) = (d.clone(), opts.limits);
+                    let typed =
+                        std::mem::replace(&mut c.password, PasswordEntry::Derived(Vec::new()));
+                    c.password = tokio::task::spawn_blocking(move || {
+                        typed.for_derivation(Some(&d), &limits)
+                    })
+                    .await
+                    .map_err(|e| {
+                        RelayError::Protocol(format!("the password derivation stopped: {e}"))
+                    })??;
+                }
                 AgentMsg::Credentials {
                     session,
                     credentials: c,

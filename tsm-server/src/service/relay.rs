@@ -5,8 +5,8 @@
 use crate::store::ops::OpRow;
 use crate::store::{Stmt, Store};
 use tsm_protocol::access;
-use tsm_protocol::control::{ControlRequest, OpState};
-use tsm_protocol::relay::{AgentMsg, ServerMsg, StopOutcome, UserCredentials};
+use tsm_protocol::control::{ControlRequest, GrantVerifier, OpState};
+use tsm_protocol::relay::{AgentMsg, PasswordEntry, ServerMsg, StopOutcome, UserCredentials};
 use tsm_protocol::{Layer, OpId, SessionId};
 
 use super::{Result, ServiceError, Tsm, encode, err, now};
@@ -152,6 +152,7 @@ impl Tsm {
                 let reply = ServerMsg::AskCredentials {
                     session,
                     attempts_left: op.data.attempts_left,
+                    derive: Self::derivation(&op),
                 };
                 batch.push(Store::put_session(
                     &session.to_hex(),
@@ -228,6 +229,11 @@ impl Tsm {
         }
     }
 
+    /// What the app derives the password with, for a server-relief grant.
+    fn derivation(op: &OpRow) -> Option<tsm_protocol::relief::Derivation> {
+        Self::grant(op).and_then(|g| g.password.derivation().cloned())
+    }
+
     async fn check_credentials(
         &self,
         mut op: OpRow,
@@ -259,13 +265,22 @@ impl Tsm {
         op.version += 1;
         self.entry_checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Argon2id takes tens of milliseconds: off the async runtime.
         let (id, code_hash, policy) = (op.id, op.data.code_hash, self.password_policy);
-        let ok = tokio::task::spawn_blocking(move || {
+        let relieved = matches!(
+            (&grant.password, &creds.password),
+            (GrantVerifier::Argon2idRelief(_), PasswordEntry::Derived(_))
+        );
+        let ok = if relieved {
+            // The device did the Argon2id work: a digest and a comparison.
             access::check_entries(&id, &code_hash, &grant, &creds, &policy)
-        })
-        .await
-        .map_err(|e| ServiceError::Hashing(e.to_string()))?;
+        } else {
+            // Argon2id takes tens of milliseconds: off the async runtime.
+            tokio::task::spawn_blocking(move || {
+                access::check_entries(&id, &code_hash, &grant, &creds, &policy)
+            })
+            .await
+            .map_err(|e| ServiceError::Hashing(e.to_string()))?
+        };
         if !ok {
             let left = op.data.attempts_left;
             let reply = if left == 0 {
@@ -284,6 +299,7 @@ impl Tsm {
                 ServerMsg::AskCredentials {
                     session,
                     attempts_left: left,
+                    derive: Self::derivation(&op),
                 }
             };
             batch.push(Store::put_session(
