@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use tsm_protocol::access;
 use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
 use tsm_protocol::signing::{self};
-use tsm_protocol::{ErrorReport, Layer, OpId};
+use tsm_protocol::{ErrorReport, Layer};
 
-use super::{Result, Secrets, Tsm, err, now, unknown_card, unknown_credential};
+use super::{NewOp, Result, Tsm, err, now, unknown_card, unknown_credential};
 
 /// Serial (hex) and notAfter (Unix seconds) of a DER certificate.
 pub(super) fn cert_facts(der: &[u8]) -> std::result::Result<(String, i64), String> {
@@ -480,17 +480,13 @@ impl Tsm {
                 ),
             );
         }
-        let id = OpId::random()?;
-        let code = access::new_access_code()?;
-        let ticket = access::new_ticket()?;
-        let mut proof_nonce = [0u8; 32];
-        getrandom::fill(&mut proof_nonce)?;
-        let secrets = Secrets {
-            code: code.to_string(),
-            ticket: ticket.to_string(),
-        };
-        let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
-        let sealed_secrets = card_wire::state_seal::seal(&self.config.state_key, &id.0, &plain);
+        let NewOp {
+            id,
+            code,
+            ticket,
+            proof_nonce,
+            sealed_secrets,
+        } = self.new_op()?;
         let t = now();
         let mut children = Vec::new();
         if let Some(old) = supersedes {

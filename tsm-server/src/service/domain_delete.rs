@@ -23,23 +23,11 @@ use tsm_protocol::control::{ControlRequest, ControlResponse};
 use tsm_protocol::{Layer, PartyId};
 
 use super::mail::pause_after;
+use super::retire::sim_audit;
 use super::{Result, Tsm, err, now};
 
 /// How long one delivery attempt holds a deletion before another instance may try.
 const LEASE_MS: i64 = 120_000;
-
-fn audit(iccid: &str, at: i64, actor: &str, event: &str, detail: &str) -> Stmt {
-    Stmt::any(
-        "INSERT INTO audit (op_id, at, actor, event, detail) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            format!("sim:{iccid}").into(),
-            at.into(),
-            actor.into(),
-            event.into(),
-            detail.into(),
-        ],
-    )
-}
 
 impl Tsm {
     /// SP-TSM: the statements queueing the deletion of `provider`'s domain on the old SIM
@@ -65,7 +53,7 @@ impl Tsm {
                     at.into(),
                 ],
             ),
-            audit(
+            sim_audit(
                 iccid,
                 at,
                 provider,
@@ -159,7 +147,7 @@ impl Tsm {
                              WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
                             key(vec![t.into()]),
                         ),
-                        audit(iccid, t, &me, "domain-deletion-delivered", mno_tsm),
+                        sim_audit(iccid, t, &me, "domain-deletion-delivered", mno_tsm),
                     ])
                     .await?;
                 tracing::info!(
@@ -192,7 +180,7 @@ impl Tsm {
                              WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
                             key(vec![why.clone().into(), (t + pause).into()]),
                         ),
-                        audit(iccid, t, &me, "domain-deletion-failed", &detail),
+                        sim_audit(iccid, t, &me, "domain-deletion-failed", &detail),
                     ])
                     .await?;
                 tracing::warn!(mno_tsm, iccid, error = %why, "the old SIM's provider domain deletion is retried");
@@ -259,7 +247,7 @@ impl Tsm {
         let t = now();
         let dropped = vec![
             crate::store::Store::set_card_domain(&iccid, &[], t),
-            audit(
+            sim_audit(
                 &iccid,
                 t,
                 &sender.0,
@@ -286,7 +274,7 @@ impl Tsm {
                 ),
             );
             extra.extend(dropped.iter().cloned());
-            extra.push(audit(
+            extra.push(sim_audit(
                 &iccid,
                 t,
                 &sender.0,

@@ -234,6 +234,39 @@ impl Drop for Secrets {
     }
 }
 
+/// A new operation's id and one-time values: its access code and device ticket (also sealed
+/// under the state key, for answering a repeated request) and the nonce its key proof signs.
+struct NewOp {
+    id: OpId,
+    code: zeroize::Zeroizing<String>,
+    ticket: zeroize::Zeroizing<String>,
+    proof_nonce: [u8; 32],
+    sealed_secrets: Vec<u8>,
+}
+
+impl Tsm {
+    fn new_op(&self) -> Result<NewOp> {
+        let id = OpId::random()?;
+        let code = tsm_protocol::access::new_access_code()?;
+        let ticket = tsm_protocol::access::new_ticket()?;
+        let mut proof_nonce = [0u8; 32];
+        getrandom::fill(&mut proof_nonce)?;
+        let secrets = Secrets {
+            code: code.to_string(),
+            ticket: ticket.to_string(),
+        };
+        let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
+        let sealed_secrets = card_wire::state_seal::seal(&self.config.state_key, &id.0, &plain);
+        Ok(NewOp {
+            id,
+            code,
+            ticket,
+            proof_nonce,
+            sealed_secrets,
+        })
+    }
+}
+
 fn credential_of(req: &ControlRequest) -> Option<&CredentialBundle> {
     match req {
         ControlRequest::Issue { credential, .. } => Some(credential),

@@ -36,7 +36,7 @@ use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
 use tsm_protocol::script::{Goal, Plan};
 use tsm_protocol::{ErrorReport, Layer, MsgId, Nonce, OpId, PartyId};
 
-use super::{Result, Secrets, Tsm, err, now, unknown_card};
+use super::{NewOp, Result, Secrets, Tsm, err, now, unknown_card};
 
 /// How long a retire operation (and its device ticket) lives: a week, as long as any
 /// device ticket (the subscriber must first get it from the operator).
@@ -83,17 +83,13 @@ impl Tsm {
         request_id: (MsgId, Nonce),
         t: i64,
     ) -> Result<(OpRow, String, Vec<Stmt>)> {
-        let id = OpId::random()?;
-        let code = access::new_access_code()?;
-        let ticket = access::new_ticket()?;
-        let mut proof_nonce = [0u8; 32];
-        getrandom::fill(&mut proof_nonce)?;
-        let secrets = Secrets {
-            code: code.to_string(),
-            ticket: ticket.to_string(),
-        };
-        let plain = zeroize::Zeroizing::new(tsm_protocol::codec::encode(&secrets)?);
-        let sealed_secrets = card_wire::state_seal::seal(&self.config.state_key, &id.0, &plain);
+        let NewOp {
+            id,
+            code,
+            ticket,
+            proof_nonce,
+            sealed_secrets,
+        } = self.new_op()?;
         let request_hash = Sha256::digest(tsm_protocol::codec::encode(&request)?).to_vec();
         let op = OpRow {
             id,
