@@ -6,6 +6,10 @@
 //! download completes. The issuer issued one certificate (one link, one PIN letter), the
 //! SIM holds that certificate and the key it certifies, and the SP-TSM keeps no challenge,
 //! no sealed content and no second credential.
+//!
+//! And the clean failure: a Certify the issuer turns away for now (the SP-TSM's budget of
+//! refused checks spent, `issuer.check-budget`, retryable) interrupts the download — nothing
+//! certified, spent or kept half-made — and the relay's next session completes it.
 
 use super::oncard;
 use super::support::{self, Tweak, party};
@@ -81,9 +85,17 @@ async fn relay(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
-    let w = Arc::new(oncard::world("audit16-restart").await);
+/// An SP-TSM in the on-card mode with the issuer of `w` (served over HTTP), a SIM with the
+/// provider's domain registered there, and the holder's Apply accepted.
+struct Download {
+    sp: support::World,
+    card: applet_sim::SimCard,
+    ticket: String,
+    code: String,
+    _dir: support::TempDir,
+}
+
+async fn download(w: &Arc<oncard::World>, name: &str, sim_serial: &[u8], sign: u32) -> Download {
     let url = serve_issuer(w.clone()).await;
     // The SP-TSM: the issuer's SP-TSM key, the issuer trusted, in the on-card mode, acting
     // for the provider of the applications with the SIM's provider domain keys.
@@ -93,7 +105,7 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
     let issuer_party = w.issuer.party().clone();
     let issuer_key = w.issuer_key;
     // The access code goes to the holder's mail address (seed 004 ⑪): a maildir here.
-    let dir = support::TempDir::new("audit16-restart");
+    let dir = support::TempDir::new(name);
     let maildir = dir.0.join("outbox");
     let outbox = Arc::new(
         kagi_notify::Outbox::open(
@@ -126,14 +138,11 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
     sp.answers.add(party("tsm:kagi"), *w.sp_tsm.verifying_key());
     sp.signers.insert(oncard::SP, bank);
 
-    let sim = kagi_fixtures::sim::provision(
-        &[0x16, 0x70],
-        &oncard::PROVIDER_SD,
-        &oncard::provider_keys(),
-    )
-    .unwrap();
+    let sim =
+        kagi_fixtures::sim::provision(sim_serial, &oncard::PROVIDER_SD, &oncard::provider_keys())
+            .unwrap();
     let iccid = sim.iccid.clone();
-    let mut card = sim.card;
+    let card = sim.card;
     let mut register = support::register_card(&iccid);
     if let ControlRequest::RegisterCard {
         card_certificate,
@@ -151,7 +160,7 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
             iccid: iccid.clone(),
         },
         applet: AppletRef::jpki(),
-        application: oncard::application(&iccid, 1670),
+        application: oncard::application(&iccid, sign),
         access: support::grant(3),
     };
     let ticket = match sp.send(oncard::SP, &apply).await {
@@ -175,48 +184,56 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
                 .map(|c| c.trim().to_string())
         })
         .unwrap();
+    Download {
+        sp,
+        card,
+        ticket,
+        code,
+        _dir: dir,
+    }
+}
 
-    // The first session: up to the key made on the SIM, its report held by the relay.
-    let mut agent = Agent::new();
-    let hello = AgentMsg::Hello {
-        ticket: ticket.clone(),
+/// The relay's first message of a new session, with the holder's entries.
+fn hello(d: &Download) -> AgentMsg {
+    AgentMsg::Hello {
+        ticket: d.ticket.clone(),
         agent: "kagi-test".into(),
         resume: None,
         credentials: Some(UserCredentials {
-            access_code: code.clone(),
+            access_code: d.code.clone(),
             password: support::PASSWORD.into(),
         }),
-    };
-    let held = match relay(&sp.tsm, &mut card, &mut agent, hello, true).await {
-        Err(report) => report,
-        Ok(stop) => panic!("the session ended before the key was made: {stop:?}"),
-    };
-    let challenges = |db: &kagi_db::Db| {
-        let db = db.clone();
-        async move {
-            db.query("SELECT state FROM challenges ORDER BY nonce", vec![])
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r[0].text())
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(
-        challenges(w.issuer.db()).await,
-        ["open"],
-        "one challenge, not spent"
-    );
-    // The SP-TSM stops; a new one on the same database takes the relay's report.
-    let fresh = sp.instance().await;
-    let old = std::mem::replace(&mut sp.tsm, fresh);
-    drop(old);
-    let (outcome, message) = relay(&sp.tsm, &mut card, &mut agent, held, false)
-        .await
-        .unwrap();
-    assert_eq!(outcome, StopOutcome::Completed, "{message}");
+    }
+}
 
-    // The issuer: one certificate, one link, one PIN letter, the challenge spent.
+/// The states of the issuer's challenges, sorted.
+async fn challenges(db: &kagi_db::Db) -> Vec<String> {
+    let mut v: Vec<String> = db
+        .query("SELECT state FROM challenges", vec![])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].text())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Rows of the SP-TSM's `sql`, each as `a|b|…`.
+async fn rows(store: &tsm_server::store::Store, sql: &'static str) -> Vec<String> {
+    store
+        .query(sql, vec![])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.iter().map(|v| v.text()).collect::<Vec<_>>().join("|"))
+        .collect()
+}
+
+/// The issuer issued one certificate, active, with one PIN letter; the SP-TSM completed the
+/// operation with one credential of that serial and keeps no challenge or sealed content;
+/// the SIM holds that certificate and the key it certifies.
+async fn issued_once(w: &oncard::World, d: Download) {
     let links = w
         .issuer
         .db()
@@ -226,36 +243,24 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
     assert_eq!(links.len(), 1, "{links:?}");
     let serial = links[0][0].text();
     assert_eq!(links[0][1].text(), "active");
-    assert_eq!(challenges(w.issuer.db()).await, ["used"]);
     let letters: Vec<_> = std::fs::read_dir(w.dir.join("pin-mailer"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(letters, [format!("{serial}.pin")]);
-    // The SP-TSM: the operation completed, one credential of that serial, active; no kept
-    // challenge, no sealed content.
-    let store = sp.tsm.store();
-    let q = |sql: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .query(sql, vec![])
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.iter().map(|v| v.text()).collect::<Vec<_>>().join("|"))
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(q("SELECT state FROM ops").await, ["completed"]);
+    let store = d.sp.tsm.store();
+    assert_eq!(rows(store, "SELECT state FROM ops").await, ["completed"]);
     assert_eq!(
-        q("SELECT serial, state FROM credentials").await,
+        rows(store, "SELECT serial, state FROM credentials").await,
         [format!("{serial}|active")]
     );
-    assert!(q("SELECT op_id FROM keygen_challenges").await.is_empty());
-    assert!(q("SELECT op_id FROM sealed").await.is_empty());
-    // The SIM: that certificate, certifying the key it holds.
-    let mut ch = kagi::channel::CardChannel::new(card);
+    assert!(
+        rows(store, "SELECT op_id FROM keygen_challenges")
+            .await
+            .is_empty()
+    );
+    assert!(rows(store, "SELECT op_id FROM sealed").await.is_empty());
+    let mut ch = kagi::channel::CardChannel::new(d.card);
     kagi::jpki::select(&mut ch).unwrap();
     let cert_der = kagi::jpki::read_der(&mut ch, card_wire::jpki::EF_AUTH_CERT).unwrap();
     use der::Decode;
@@ -278,4 +283,109 @@ async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
         on_card.public_key().to_sec1_point(false).as_bytes(),
         &point[..]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sp_tsm_restarted_between_challenge_and_certify_completes_once() {
+    let w = Arc::new(oncard::world("audit16-restart").await);
+    let mut d = download(&w, "audit16-restart", &[0x16, 0x70], 1670).await;
+    // The first session: up to the key made on the SIM, its report held by the relay.
+    let mut agent = Agent::new();
+    let first = hello(&d);
+    let held = match relay(&d.sp.tsm, &mut d.card, &mut agent, first, true).await {
+        Err(report) => report,
+        Ok(stop) => panic!("the session ended before the key was made: {stop:?}"),
+    };
+    assert_eq!(
+        challenges(w.issuer.db()).await,
+        ["open"],
+        "one challenge, not spent"
+    );
+    // The SP-TSM stops; a new one on the same database takes the relay's report.
+    let fresh = d.sp.instance().await;
+    let old = std::mem::replace(&mut d.sp.tsm, fresh);
+    drop(old);
+    let (outcome, message) = relay(&d.sp.tsm, &mut d.card, &mut agent, held, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome, StopOutcome::Completed, "{message}");
+    // The challenge kept with the operation was generated against again and spent once.
+    assert_eq!(challenges(w.issuer.db()).await, ["used"]);
+    issued_once(&w, d).await;
+}
+
+/// The SP-TSM's budget of refused checks spent when it asks Certify: the issuer turns it
+/// away (`issuer.check-budget`, retryable) before anything is verified or spent; the download
+/// is interrupted, not failed — nothing certified, no credential —, and the relay's next
+/// session, the window over, makes the key again against a new challenge and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certify_turned_away_by_the_budget_interrupts_and_the_next_session_completes() {
+    const WINDOW: u64 = 5_000;
+    let budget = tsm_server::issuer::CheckBudget {
+        refusals: 1,
+        window: std::time::Duration::from_millis(WINDOW),
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "kagi-oncard-audit16-certify-budget-{}",
+        std::process::id()
+    ));
+    let w = Arc::new(
+        oncard::world_with(
+            "audit16-certify-budget",
+            kagi_db::Backend::Sqlite(dir.join("issuer.db")),
+            budget,
+        )
+        .await,
+    );
+    let mut d = download(&w, "audit16-certify-budget", &[0x16, 0x71], 1671).await;
+    super::align(WINDOW, WINDOW - 300).await;
+    // One bad check of the SP-TSM spends its budget for this window.
+    let other = "8981000000000016719";
+    let bad = super::check(oncard::application(other, 1672), "8981000000000016727");
+    assert_eq!(oncard::code(w.send(&bad).await), "application.wrong-sim");
+    let mut agent = Agent::new();
+    let first = hello(&d);
+    let (outcome, message) = relay(&d.sp.tsm, &mut d.card, &mut agent, first, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome, StopOutcome::Interrupted, "{message}");
+    let store = d.sp.tsm.store().clone();
+    assert_eq!(rows(&store, "SELECT state FROM ops").await, ["interrupted"]);
+    assert_eq!(
+        rows(
+            &store,
+            "SELECT detail FROM audit WHERE event = 'interrupted'"
+        )
+        .await,
+        ["issuer.check-budget"]
+    );
+    assert!(
+        rows(&store, "SELECT op_id FROM credentials")
+            .await
+            .is_empty()
+    );
+    assert!(
+        rows(&store, "SELECT op_id FROM keygen_challenges")
+            .await
+            .is_empty()
+    );
+    let n = w
+        .issuer
+        .db()
+        .query("SELECT count(*) FROM links", vec![])
+        .await
+        .unwrap();
+    assert_eq!(n[0][0].int(), 0, "nothing certified");
+    assert_eq!(challenges(w.issuer.db()).await, ["open"], "nothing spent");
+    // The next window: a new session completes.
+    super::align(WINDOW, WINDOW).await;
+    let mut agent = Agent::new();
+    let first = hello(&d);
+    let (outcome, message) = relay(&d.sp.tsm, &mut d.card, &mut agent, first, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome, StopOutcome::Completed, "{message}");
+    // The first challenge is left to expire; the second was spent by the one Certify.
+    assert_eq!(challenges(w.issuer.db()).await, ["open", "used"]);
+    issued_once(&w, d).await;
 }
