@@ -24,15 +24,15 @@
 //!   issue's application checks and the issuer's records of revoked serials and used nonces,
 //!   spending nothing; audited, accepted or refused. Refused checks (and issues) of an SP-TSM
 //!   are limited per minute ([`budget`]: then `issuer.check-budget`, retryable).
-//!
-//! A request refused at the signed-message layer (forged, unknown signer, expired, from the
-//! future, replayed, not a message) leaves a bounded `request-refused` event in the issuer's
-//! audit trail ([`crate::refusals`]).
 //! - **Status**: which of the asked phone certificates are revoked. Before answering (and every
 //!   few seconds while serving) the issuer reloads the signature CA's CRL and revocation list
 //!   and revokes, per newly revoked signature serial and in one transaction, every phone
 //!   certificate linked to it ([`store`]'s rule: never an active phone certificate linked to a
 //!   revoked signature certificate).
+//!
+//! A request refused at the signed-message layer (forged, unknown signer, expired, from the
+//! future, replayed, not a message) leaves a bounded `request-refused` event in the issuer's
+//! audit trail ([`crate::refusals`]).
 //!
 //! Keys: its signing key (P-256, answers), and the user-authentication CA's key behind
 //! [`UaCa`] — in this build a file key store (`ua_ca_key`, PKCS#8 DER, 0600) the CLI opens;
