@@ -266,6 +266,10 @@ pub const CODES: &[Code] = &[
         "the SIM's key agreement certificate does not check against the card manufacturer's CA",
     ),
     c(
+        "issuer.check-budget",
+        "the SP-TSM made too many refused application checks within the issuer's window (refused_checks_per_minute): retry after the window (retry_after_ms), and find out why its applications are refused",
+    ),
+    c(
         "issuer.in-progress",
         "another request with the same idempotency key is still being answered: send it again later",
     ),

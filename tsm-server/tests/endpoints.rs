@@ -1,6 +1,7 @@
 //! The TSM's endpoints take any bytes. Garbage gets an error, never a panic; a valid request
 //! with one bit flipped is refused with a `protocol.*` code (or as a malformed message) and
-//! changes nothing in the tables, while the same request unaltered is accepted.
+//! changes nothing in the tables but the trail of refused messages, which counts it once
+//! (`tsm_server::refusals`), while the same request unaltered is accepted.
 
 mod support;
 
@@ -86,6 +87,7 @@ proptest! {
         let n = bad.len();
         bad[flip % n] ^= 1 << bit;
         let before = e.rt.block_on(e.w.dump());
+        let refused = e.rt.block_on(refused_total(e.w.tsm.store()));
         match e.rt.block_on(e.w.tsm.control(&bad)) {
             Ok(answer) => match answer_body(e, &answer) {
                 ControlResponse::Rejected(r) => {
@@ -98,6 +100,7 @@ proptest! {
             Err(other) => prop_assert!(false, "{other}"),
         }
         prop_assert_eq!(e.rt.block_on(e.w.dump()), before, "the altered request changed the tables");
+        prop_assert_eq!(e.rt.block_on(refused_total(e.w.tsm.store())), refused + 1);
         // The same request unaltered is accepted (and cancelled again for the next case).
         let answer = e.rt.block_on(e.w.tsm.control(&out.bytes)).unwrap();
         let op = match answer_body(e, &answer) {
@@ -114,7 +117,10 @@ proptest! {
         let e = env();
         let _one = e.lock.lock().unwrap_or_else(|p| p.into_inner());
         let before = e.rt.block_on(e.w.dump());
+        let refused = e.rt.block_on(refused_total(e.w.tsm.store()));
         let _ = e.rt.block_on(e.w.tsm.control(&b));
+        // Garbage to the control endpoint is one refused message, counted.
+        prop_assert_eq!(e.rt.block_on(refused_total(e.w.tsm.store())), refused + 1);
         let _ = e.rt.block_on(e.w.tsm.relay(&b));
         let hello = tsm_protocol::codec::encode(&AgentMsg::Hello {
             ticket: "00".repeat(16), agent: "fuzz".into(), resume: None, credentials: None,

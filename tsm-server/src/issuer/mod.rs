@@ -22,17 +22,23 @@
 //!   key — same link, same validity rule — and seals only the PIN.
 //! - **CheckApplication** (②③ at the SP-TSM's `Apply` in the on-card mode, [`check`]): an
 //!   issue's application checks and the issuer's records of revoked serials and used nonces,
-//!   spending nothing; audited, accepted or refused.
+//!   spending nothing; audited, accepted or refused. Refused checks (and issues) of an SP-TSM
+//!   are limited per minute ([`budget`]: then `issuer.check-budget`, retryable).
 //! - **Status**: which of the asked phone certificates are revoked. Before answering (and every
 //!   few seconds while serving) the issuer reloads the signature CA's CRL and revocation list
 //!   and revokes, per newly revoked signature serial and in one transaction, every phone
 //!   certificate linked to it ([`store`]'s rule: never an active phone certificate linked to a
 //!   revoked signature certificate).
 //!
+//! A request refused at the signed-message layer (forged, unknown signer, expired, from the
+//! future, replayed, not a message) leaves a bounded `request-refused` event in the issuer's
+//! audit trail ([`crate::refusals`]).
+//!
 //! Keys: its signing key (P-256, answers), and the user-authentication CA's key behind
 //! [`UaCa`] — in this build a file key store (`ua_ca_key`, PKCS#8 DER, 0600) the CLI opens;
 //! an HSM-backed CA is the production choice.
 
+mod budget;
 mod check;
 pub mod crl;
 mod hold;
@@ -40,9 +46,11 @@ pub mod http;
 mod on_card;
 mod once;
 mod pin_reset;
+mod refused;
 pub mod setup;
 pub mod store;
 mod transfer;
+mod withdraw;
 
 use kagi_db::{Db, StoreError};
 use std::collections::BTreeMap;
@@ -54,6 +62,8 @@ use tsm_protocol::seal::SealTarget;
 use tsm_protocol::signing::{self, Policy, Signer, Trust};
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, PartyId};
 use zeroize::Zeroizing;
+
+pub use budget::{CheckBudget, DEFAULT_REFUSED_CHECKS};
 
 /// The user-authentication CA: certifies the phone's public key.
 pub trait UaCa: Send + Sync {
@@ -171,6 +181,8 @@ pub struct Issuer {
     /// Where the CRL is published ([`crl`]), if anywhere.
     crl_file: Option<PathBuf>,
     published: std::sync::Mutex<crl::Published>,
+    /// The budget of refused application checks per SP-TSM ([`budget`]).
+    check_budget: CheckBudget,
 }
 
 impl Issuer {
@@ -181,7 +193,15 @@ impl Issuer {
             db,
             crl_file: None,
             published: Default::default(),
+            check_budget: CheckBudget::default(),
         }
+    }
+
+    /// Sets the budget of refused application checks per SP-TSM ([`budget`]; by default
+    /// [`DEFAULT_REFUSED_CHECKS`] a minute).
+    pub fn with_check_budget(mut self, budget: CheckBudget) -> Issuer {
+        self.check_budget = budget;
+        self
     }
 
     /// Publishes the CRL ([`crl`]) to `path` from now on: at every sweep when it changed,
@@ -212,18 +232,28 @@ impl Issuer {
         &self.config.policy.me
     }
 
-    /// Handles a signed request; the answer is signed.
+    /// Handles a signed request; the answer is signed. A request refused at the
+    /// signed-message layer leaves a bounded `request-refused` audit event
+    /// ([`crate::refusals`]).
     pub async fn handle(&self, body: &[u8]) -> Result<Vec<u8>, IssuerError> {
-        let (header, verified) = signing::receive_request::<IssuerRequest>(
+        let received = signing::receive_request::<IssuerRequest>(
             body,
             &self.config.trust,
             &self.config.policy,
             now_ms() as u64,
-        )
-        .map_err(|e| IssuerError::BadRequest(e.to_string()))?;
+        );
+        let (header, verified) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                let e = signing::ProtocolError::from(e);
+                self.audit_refusal(None, &e).await;
+                return Err(IssuerError::BadRequest(e.to_string()));
+            }
+        };
         let answer = match verified {
             Err(e) => {
-                tracing::warn!(sender = %header.sender, error = %e, "issuer request refused");
+                tracing::warn!(sender = %crate::refusals::sanitise(&header.sender.0), error = %e, "issuer request refused");
+                self.audit_refusal(Some(&header), &e).await;
                 IssuerResponse::Rejected(ErrorReport::from(&e))
             }
             Ok(env) => {
@@ -236,6 +266,7 @@ impl Issuer {
                 {
                     let e = signing::ProtocolError::Replayed(h.msg_id, h.sender.clone());
                     tracing::warn!(sender = %h.sender, "replayed issuer request");
+                    self.audit_refusal(Some(h), &e).await;
                     IssuerResponse::Rejected(ErrorReport::from(&e))
                 } else {
                     tracing::info!(sender = %h.sender, request = env.body.name(), "issuer request");
@@ -263,7 +294,8 @@ impl Issuer {
         })
     }
 
-    async fn answer(
+    /// Answers a verified request (within the budget of refused checks: [`budget`]).
+    async fn answer_request(
         &self,
         sender: &PartyId,
         req: IssuerRequest,
@@ -412,67 +444,6 @@ impl Issuer {
                 )
                 .await
             }
-        }
-    }
-
-    /// Revokes phone certificate `serial` that `sender` got but could not deliver (seed 004's
-    /// flow broken after ⑰): only that SP-TSM's own, with an audit entry naming the reason.
-    async fn withdraw(
-        &self,
-        sender: &PartyId,
-        serial: &str,
-        reason: &str,
-    ) -> Result<IssuerResponse, IssuerError> {
-        let reason: String = reason
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect();
-        let at = now_ms();
-        let Some(sign_serial) = store::link(&self.db, serial)
-            .await?
-            .filter(|l| l.sp_tsm == sender.0)
-            .map(|l| l.sign_serial)
-        else {
-            return Ok(reject(
-                Layer::Business,
-                "issuer.unknown-certificate",
-                format!("no phone certificate {serial} was issued to {sender}"),
-            ));
-        };
-        let detail = format!("phone {serial} sign {sign_serial}: {reason}");
-        // The SP-TSM's revocation of a delivered one names why first (`sim-lost: …`).
-        let link_reason = match reason.split(':').next().unwrap_or_default() {
-            r @ ("sim-lost" | "sim-changed" | "holder-request") => r,
-            _ => "withdrawn",
-        };
-        self.db
-            .commit(store::withdraw_batch(
-                serial,
-                &sender.0,
-                link_reason,
-                &detail,
-                at,
-            ))
-            .await?;
-        self.refresh_crl().await;
-        match store::link(&self.db, serial).await? {
-            Some(l) if l.sp_tsm == sender.0 && l.state == "revoked" => {
-                tracing::info!(serial, sp_tsm = %sender, reason = %reason, "undelivered phone certificate revoked");
-                Ok(IssuerResponse::Status {
-                    revoked: vec![RevokedPhone {
-                        serial: l.serial,
-                        sign_serial: l.sign_serial,
-                        reason: l.reason.unwrap_or_default(),
-                        revoked_at: l.revoked_at.unwrap_or(0).max(0) as u64,
-                    }],
-                })
-            }
-            _ => Ok(reject(
-                Layer::Business,
-                "issuer.unknown-certificate",
-                format!("no phone certificate {serial} was issued to {sender}"),
-            )),
         }
     }
 

@@ -54,6 +54,11 @@ pub const SCHEMA: Schema = Schema {
         iccid TEXT NOT NULL, provider TEXT NOT NULL, serial TEXT NOT NULL, at BIGINT NOT NULL,
         PRIMARY KEY (iccid, provider))",
         "CREATE INDEX IF NOT EXISTS audit_event ON audit (event, detail)",
+        // Refused signed messages, counted per sender, code and minute (`crate::refusals`).
+        crate::refusals::DDL_TABLE,
+        crate::refusals::DDL_INDEX,
+        // The refused application checks per SP-TSM and window (`budget`).
+        super::budget::DDL,
     ],
 };
 
@@ -512,6 +517,8 @@ pub async fn purge_replay(db: &Db, now: i64) -> Result<(), StoreError> {
             "DELETE FROM challenges WHERE expires_at < $1",
             vec![(now - 86_400_000).into()],
         ),
+        super::budget::purge(now),
+        crate::refusals::purge(now),
     ])
     .await
 }

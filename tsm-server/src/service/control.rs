@@ -1,6 +1,7 @@
 //! The control API: signed requests in, signed answers out; the providers' requests
 //! (status, operations, cancellation, revocation) and the revocation list.
 
+use crate::refusals::{REQUEST_REFUSED, Refusal};
 use crate::store::ops::{CardRow, CredentialRow, OpRow};
 use crate::store::{Store, StoreError};
 use tsm_protocol::control::{ControlRequest, ControlResponse, CredentialStatus, RevokeReason};
@@ -12,18 +13,35 @@ use super::{
 };
 
 impl Tsm {
-    /// Handles a signed control request; the answer is signed.
+    /// Handles a signed control request; the answer is signed. A request refused at the
+    /// signed-message layer (forged, unknown signer, expired, from the future, replayed, not
+    /// a message at all) leaves a bounded `request-refused` audit event ([`crate::refusals`]).
     pub async fn control(&self, body: &[u8]) -> Result<Vec<u8>> {
-        let (header, verified) = signing::receive_request::<ControlRequest>(
+        let received = signing::receive_request::<ControlRequest>(
             body,
             &self.config.trust,
             &self.config.policy,
             now() as u64,
-        )
-        .map_err(|e| ServiceError::BadRequest(e.into()))?;
+        );
+        let (header, verified) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                let e = signing::ProtocolError::from(e);
+                self.audit_refusal(Refusal::new(REQUEST_REFUSED, None, &e, &self.config.trust))
+                    .await;
+                return Err(ServiceError::BadRequest(e));
+            }
+        };
         let answer = match verified {
             Err(e) => {
-                tracing::warn!(sender = %header.sender, error = %e, "control request refused");
+                tracing::warn!(sender = %crate::refusals::sanitise(&header.sender.0), error = %e, "control request refused");
+                self.audit_refusal(Refusal::new(
+                    REQUEST_REFUSED,
+                    Some(&header),
+                    &e,
+                    &self.config.trust,
+                ))
+                .await;
                 ControlResponse::Rejected(ErrorReport::from(&e))
             }
             Ok(env) => {
@@ -32,6 +50,13 @@ impl Tsm {
                 if !self.store.first_seen(&h.sender.0, &h.msg_id, keep).await? {
                     let e = signing::ProtocolError::Replayed(h.msg_id, h.sender.clone());
                     tracing::warn!(sender = %h.sender, "replayed control request");
+                    self.audit_refusal(Refusal::new(
+                        REQUEST_REFUSED,
+                        Some(h),
+                        &e,
+                        &self.config.trust,
+                    ))
+                    .await;
                     ControlResponse::Rejected(ErrorReport::from(&e))
                 } else {
                     tracing::info!(sender = %h.sender, request = env.body.name(), "control request");
@@ -43,6 +68,11 @@ impl Tsm {
             .signer
             .answer(&header, &answer, now() as u64)
             .map_err(ServiceError::from)
+    }
+
+    /// Audits a refused signed message in this TSM's database ([`crate::refusals`]).
+    pub(super) async fn audit_refusal(&self, refusal: Refusal) {
+        refusal.record(&self.store, now(), true).await;
     }
 
     async fn handle(&self, h: &signing::Header, req: ControlRequest) -> Result<ControlResponse> {

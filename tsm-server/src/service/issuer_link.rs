@@ -413,7 +413,12 @@ impl Tsm {
         };
         let credential = match self.issue_at_issuer(req).await? {
             Ok(c) => c,
-            Err(e) if e.code == "tsm.issuer-unreachable" => {
+            // Unreachable, or a refusal of its own worth a retry (`issuer.check-budget` — the
+            // SP-TSM's budget of refused checks spent —, `issuer.sign-ca`, `issuer.in-progress`):
+            Err(e)
+                if e.code == "tsm.issuer-unreachable"
+                    || (e.retryable && e.code.starts_with("issuer.")) =>
+            {
                 // A later session generates again against a new challenge (if the issuer
                 // did issue, it revokes that certificate when it certifies the new key).
                 return self.issuer_unreachable(op, session, seq, e, batch).await;
@@ -476,8 +481,9 @@ impl Tsm {
 }
 
 impl Tsm {
-    /// The JPKI issuer could not be reached (asking for a challenge, or certifying): the
-    /// operation is interrupted, not failed — a later session of the relay carries on.
+    /// The JPKI issuer could not be reached (asking for a challenge, or certifying), or
+    /// refused for now (a retryable `issuer.*` refusal of a Certify): the operation is
+    /// interrupted, not failed — a later session of the relay carries on.
     pub(super) async fn issuer_unreachable(
         &self,
         mut op: OpRow,
@@ -503,7 +509,7 @@ impl Tsm {
         ));
         batch.push(Store::audit(&op.id, t, "tsm", "interrupted", &e.code));
         self.store.save_op(&op, batch).await?;
-        tracing::warn!(op = %op.id, "the JPKI issuer is unreachable: the download stops here for now");
+        tracing::warn!(op = %op.id, code = %e.code, "the JPKI issuer cannot be asked now: the download stops here for now");
         Ok(stop)
     }
 }

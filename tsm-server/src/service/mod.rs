@@ -485,18 +485,28 @@ impl Tsm {
             Ok(r) => return Ok(Err(unreachable(format!("HTTP {}", r.status())))),
             Err(e) => return Ok(Err(unreachable(e.to_string()))),
         };
-        Ok(tsm_protocol::control::open_answer_as::<A>(
+        match tsm_protocol::control::open_answer_as::<A>(
             &bytes,
             &out.header,
             &self.config.trust,
             signing::now_ms(),
-        )
-        .map_err(|e| {
-            err(
-                Layer::Protocol,
-                peer.bad_answer,
-                format!("the answer of {} does not verify: {e}", peer.who),
-            )
-        }))
+        ) {
+            Ok(a) => Ok(Ok(a)),
+            Err(e) => {
+                // Audited (bounded, `answer-refused`), the body never.
+                self.audit_refusal(crate::refusals::Refusal::of_bytes(
+                    crate::refusals::ANSWER_REFUSED,
+                    &bytes,
+                    &e,
+                    &self.config.trust,
+                ))
+                .await;
+                Ok(Err(err(
+                    Layer::Protocol,
+                    peer.bad_answer,
+                    format!("the answer of {} does not verify: {e}", peer.who),
+                )))
+            }
+        }
     }
 }

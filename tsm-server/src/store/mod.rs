@@ -50,6 +50,9 @@ pub const SCHEMA: Schema = Schema {
         id SERIAL_PK, op_id TEXT NOT NULL, at BIGINT NOT NULL, actor TEXT NOT NULL,
         event TEXT NOT NULL, detail TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS audit_op ON audit (op_id, id)",
+        // Refused signed messages, counted per sender, code and minute (`crate::refusals`).
+        crate::refusals::DDL_TABLE,
+        crate::refusals::DDL_INDEX,
         // The sealed parts of a running operation's request (`sealed`): deleted when it ends.
         "CREATE TABLE IF NOT EXISTS sealed (op_id TEXT PRIMARY KEY, data BYTES NOT NULL)",
         // The SIMs' key agreement certificates, as their operators registered them.

@@ -138,12 +138,13 @@ impl Store {
             .await
     }
 
-    /// Forgets replay entries past their keep time.
+    /// Forgets replay entries past their keep time, and the counters of refused messages
+    /// of minutes long past (`crate::refusals`; their audit events stay).
     pub async fn purge_replay(&self, now: i64) -> Result<(), StoreError> {
-        self.commit(vec![Stmt::any(
-            "DELETE FROM replay WHERE keep_until < $1",
-            vec![now.into()],
-        )])
+        self.commit(vec![
+            Stmt::any("DELETE FROM replay WHERE keep_until < $1", vec![now.into()]),
+            crate::refusals::purge(now),
+        ])
         .await
     }
 

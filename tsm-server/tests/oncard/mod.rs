@@ -175,6 +175,8 @@ pub struct World {
     pub issuer: Issuer,
     pub sp_tsm: Signer,
     pub issuer_trust: Trust,
+    /// The issuer's public key (its answers' signer).
+    pub issuer_key: p256::ecdsa::VerifyingKey,
     pub dir: std::path::PathBuf,
 }
 
@@ -191,6 +193,15 @@ pub async fn world(name: &str) -> World {
 
 /// [`world`] with the issuer's database on `backend`.
 pub async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
+    world_with(name, backend, tsm_server::issuer::CheckBudget::default()).await
+}
+
+/// [`world_on`] with the issuer's budget of refused checks `budget`.
+pub async fn world_with(
+    name: &str,
+    backend: kagi_db::Backend,
+    budget: tsm_server::issuer::CheckBudget,
+) -> World {
     let c = cas();
     let dir = std::env::temp_dir().join(format!("kagi-oncard-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -202,6 +213,7 @@ pub async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
     trust.add(sp_tsm.party().clone(), *sp_tsm.verifying_key());
     let mut issuer_trust = Trust::new();
     issuer_trust.add(me.party().clone(), *me.verifying_key());
+    let issuer_key = *me.verifying_key();
     let mut challenge_key = Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut challenge_key[..]).unwrap();
     let config = IssuerConfig {
@@ -227,9 +239,13 @@ pub async fn world_on(name: &str, backend: kagi_db::Backend) -> World {
         challenge_key,
     };
     World {
-        issuer: Issuer::open(config, &backend).await.unwrap(),
+        issuer: Issuer::open(config, &backend)
+            .await
+            .unwrap()
+            .with_check_budget(budget),
         sp_tsm,
         issuer_trust,
+        issuer_key,
         dir,
     }
 }

@@ -57,6 +57,9 @@ pub fn bad_luhn(iccid: &str) -> String {
     format!("{body}{}", (d + 1) % 10)
 }
 
+/// A change to the TSM's configuration ([`World::tweaked`]), applied to every instance.
+pub type Tweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 /// A TSM and the keys of the parties that talk to it.
 pub struct World {
     /// The TSM.
@@ -70,6 +73,7 @@ pub struct World {
     pub answers: Trust,
     /// The CA that issues the credentials' certificates.
     pub ca: Arc<test_pki::TestCa>,
+    tweak: Option<Tweak>,
 }
 
 fn keys(kvn: u8, scheme: Diversification) -> Arc<DiversifiedMaster> {
@@ -83,6 +87,15 @@ fn keys(kvn: u8, scheme: Diversification) -> Arc<DiversifiedMaster> {
 impl World {
     /// A TSM on `backend` trusting the four parties.
     pub async fn new(backend: &Backend, ca: Arc<test_pki::TestCa>) -> World {
+        World::tweaked(backend, ca, None).await
+    }
+
+    /// [`World::new`] with `tweak` applied to the configuration (of every instance).
+    pub async fn tweaked(
+        backend: &Backend,
+        ca: Arc<test_pki::TestCa>,
+        tweak: Option<Tweak>,
+    ) -> World {
         let tsm_signer = Signer::generate(party("tsm:kagi")).unwrap();
         let mut signers = BTreeMap::new();
         for name in [BANK, SHOP, MNO, OTHER_MNO] {
@@ -91,7 +104,10 @@ impl World {
         let mut answers = Trust::new();
         answers.add(tsm_signer.party().clone(), *tsm_signer.verifying_key());
         let tsm_pem = tsm_signer.to_pkcs8_pem().unwrap().to_string();
-        let config = config(&tsm_pem, &signers);
+        let mut config = config(&tsm_pem, &signers);
+        if let Some(t) = &tweak {
+            t(&mut config);
+        }
         let store = Store::open(backend).await.unwrap();
         World {
             tsm: Arc::new(Tsm::new(config, store)),
@@ -100,13 +116,18 @@ impl World {
             signers,
             answers,
             ca,
+            tweak,
         }
     }
 
     /// Another TSM instance on the same database, with the same keys and parties.
     pub async fn instance(&self) -> Arc<Tsm> {
         let store = Store::open(&self.backend).await.unwrap();
-        Arc::new(Tsm::new(config(&self.tsm_pem, &self.signers), store))
+        let mut config = config(&self.tsm_pem, &self.signers);
+        if let Some(t) = &self.tweak {
+            t(&mut config);
+        }
+        Arc::new(Tsm::new(config, store))
     }
 
     /// `who` sends `req` (signed, with an idempotency key when it creates an operation);
@@ -240,7 +261,8 @@ impl World {
     }
 
     /// Every row of the TSM's tables but the replay log (which records every signed request,
-    /// refused or not), as text, to compare before and after.
+    /// refused or not) and the trail of signed messages refused ([`refused_total`] counts
+    /// those), as text, to compare before and after.
     pub async fn dump(&self) -> String {
         dump(self.tsm.store()).await
     }
@@ -290,7 +312,7 @@ fn config(tsm_pem: &str, signers: &BTreeMap<&'static str, Signer>) -> Config {
     }
 }
 
-/// Every row of the TSM's tables but the replay log, as text.
+/// Every row of the TSM's tables but the replay log and the refused messages' trail, as text.
 pub async fn dump(store: &Store) -> String {
     let mut out = String::new();
     for sql in [
@@ -299,7 +321,7 @@ pub async fn dump(store: &Store) -> String {
         "SELECT * FROM credentials ORDER BY op_id",
         "SELECT * FROM tickets ORDER BY op_id",
         "SELECT * FROM sessions ORDER BY id",
-        "SELECT * FROM audit ORDER BY id",
+        "SELECT * FROM audit WHERE event NOT IN ('request-refused', 'answer-refused') ORDER BY id",
         "SELECT * FROM sealed ORDER BY op_id",
         "SELECT * FROM card_certs ORDER BY iccid",
     ] {
@@ -310,6 +332,15 @@ pub async fn dump(store: &Store) -> String {
         }
     }
     out
+}
+
+/// How many signed messages the TSM refused and counted (`tsm_server::refusals`), in all.
+pub async fn refused_total(store: &Store) -> i64 {
+    store
+        .query("SELECT COALESCE(SUM(n), 0) FROM refusals", vec![])
+        .await
+        .unwrap()[0][0]
+        .int()
 }
 
 /// 16 random bytes.
