@@ -21,11 +21,18 @@
 //! at most [`CLAIMED_MAX`] characters). Never the message's body.
 //!
 //! Bounded: one event per (actor, event, code) and minute, whatever is flooded. The count is
-//! kept in the table `refusals` by one atomic upsert (`ON CONFLICT … DO UPDATE SET n = n + 1`,
+//! kept in the table `refusals` by one atomic upsert (`ON CONFLICT … DO UPDATE SET n = n + k`,
 //! SQLite and PostgreSQL); the transaction that made the minute's row inserts the audit
-//! event, and every refusal rewrites its detail from the counter, in the same transaction.
+//! event, and every write rewrites its detail from the counter, in the same transaction.
+//!
+//! The writes are bounded too: each service instance counts refusals in memory first
+//! ([`Gate`]) and writes a key's count only at its 1st, 2nd, 4th, 8th … refusal of the minute,
+//! plus what is held back at each sweep (every few seconds) — a flood of a million forged
+//! messages costs about 20 database writes per key and minute, not a million. What is held back
+//! and not yet written is lost if the instance stops before its next sweep.
 
 use kagi_db::{Db, Stmt, StoreError};
+use std::collections::HashMap;
 use tsm_protocol::signing::{Header, ProtocolError, Trust};
 
 /// The `refusals` table (each service's schema lists it).
@@ -108,10 +115,12 @@ impl Refusal {
         Refusal::new(event, header.as_ref(), error, trust)
     }
 
-    /// The statements recording it at `now` (Unix ms): `op_column`, the audit table has an
-    /// `op_id` column (the TSM's; written `-`).
-    pub fn statements(&self, now: i64, op_column: bool) -> Vec<Stmt> {
-        let window = now.div_euclid(WINDOW_MS) * WINDOW_MS;
+    /// The statements recording it at `now` (Unix ms) as `count` refusals of its key (this
+    /// one and those held back before it): `op_column`, the audit table has an `op_id` column
+    /// (the TSM's; written `-`).
+    pub fn statements(&self, now: i64, count: u64, op_column: bool) -> Vec<Stmt> {
+        let window = window_of(now);
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
         let key = |more: Vec<kagi_db::Val>| {
             let mut v = vec![
                 self.actor.clone().into(),
@@ -122,29 +131,31 @@ impl Refusal {
             v.extend(more);
             v
         };
-        let count = Stmt::any(
+        let upsert = Stmt::any(
             "INSERT INTO refusals (actor, event, code, window_at, n, first_msg, last_msg, claimed)
-             VALUES ($1, $2, $3, $4, 1, $5, $5, $6)
-             ON CONFLICT (actor, event, code, window_at) DO UPDATE SET n = refusals.n + 1,
+             VALUES ($1, $2, $3, $4, $7, $5, $5, $6)
+             ON CONFLICT (actor, event, code, window_at) DO UPDATE SET n = refusals.n + $7,
              last_msg = excluded.last_msg, claimed = excluded.claimed",
             key(vec![
                 self.msg_id.clone().into(),
                 self.claimed.clone().into(),
+                count.into(),
             ]),
         );
+        // The row is new exactly when its count is what this write added (no row holds 0).
         let first = if op_column {
             Stmt::any(
                 "INSERT INTO audit (op_id, at, actor, event, detail)
                  SELECT '-', window_at, actor, event, code FROM refusals
-                 WHERE actor = $1 AND event = $2 AND code = $3 AND window_at = $4 AND n = 1",
-                key(vec![]),
+                 WHERE actor = $1 AND event = $2 AND code = $3 AND window_at = $4 AND n = $5",
+                key(vec![count.into()]),
             )
         } else {
             Stmt::any(
                 "INSERT INTO audit (at, actor, event, detail)
                  SELECT window_at, actor, event, code FROM refusals
-                 WHERE actor = $1 AND event = $2 AND code = $3 AND window_at = $4 AND n = 1",
-                key(vec![]),
+                 WHERE actor = $1 AND event = $2 AND code = $3 AND window_at = $4 AND n = $5",
+                key(vec![count.into()]),
             )
         };
         let detail = Stmt::any(
@@ -154,12 +165,13 @@ impl Refusal {
              WHERE event = $2 AND actor = $1 AND at = $4 AND (detail = $3 OR detail LIKE $5)",
             key(vec![format!("{} x%", self.code).into()]),
         );
-        vec![count, first, detail]
+        vec![upsert, first, detail]
     }
 
-    /// Records it in `db` at `now` (one transaction); a failure is logged, not answered: the
-    /// refusal itself goes out either way.
-    pub async fn record(&self, db: &Db, now: i64, op_column: bool) {
+    /// Records it in `db` at `now` through `gate`: written at once with what its key held
+    /// back when the gate says so, else only counted there (written by [`Gate::flush`]). A
+    /// failure is logged, not answered: the refusal itself goes out either way.
+    pub async fn record(&self, gate: &Gate, db: &Db, now: i64, op_column: bool) {
         tracing::debug!(
             event = self.event,
             actor = %self.actor,
@@ -167,9 +179,82 @@ impl Refusal {
             msg = %self.msg_id,
             "refused signed message audited"
         );
-        if let Err(e) = db.commit(self.statements(now, op_column)).await {
+        if let Some(count) = gate.admit(self, now) {
+            self.write(db, now, count, op_column).await;
+        }
+    }
+
+    async fn write(&self, db: &Db, now: i64, count: u64, op_column: bool) {
+        if let Err(e) = db.commit(self.statements(now, count, op_column)).await {
             let e: StoreError = e;
             tracing::error!(error = %e, code = self.code, "the refusal could not be audited");
+        }
+    }
+}
+
+fn window_of(now: i64) -> i64 {
+    now.div_euclid(WINDOW_MS) * WINDOW_MS
+}
+
+/// The in-memory count in front of the table (one per service instance): how many refusals
+/// of each key (actor, event, code, minute) this instance saw, and how many of them it has
+/// not written yet. Its keys are bounded by the parties a service trusts (strangers are one
+/// actor), the two events, the refusal codes and the minutes since the last flush.
+#[derive(Debug, Default)]
+pub struct Gate {
+    held: std::sync::Mutex<HashMap<GateKey, Held>>,
+}
+
+type GateKey = (String, &'static str, &'static str, i64);
+
+#[derive(Debug)]
+struct Held {
+    seen: u64,
+    unwritten: u64,
+    last: Refusal,
+}
+
+impl Gate {
+    /// Counts `r` at `now`; `Some(n)`: write now, as `n` refusals (this one and the `n - 1`
+    /// held back before it) — at the key's 1st, 2nd, 4th, 8th … refusal this minute.
+    pub fn admit(&self, r: &Refusal, now: i64) -> Option<u64> {
+        let key = (r.actor.clone(), r.event, r.code, window_of(now));
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let h = held.entry(key).or_insert_with(|| Held {
+            seen: 0,
+            unwritten: 0,
+            last: r.clone(),
+        });
+        h.seen = h.seen.saturating_add(1);
+        h.unwritten = h.unwritten.saturating_add(1);
+        h.last = r.clone();
+        if h.seen.is_power_of_two() {
+            Some(std::mem::take(&mut h.unwritten))
+        } else {
+            None
+        }
+    }
+
+    /// Takes what is held back: each key's last refusal, its minute and its unwritten count;
+    /// keys of minutes before `now`'s are forgotten.
+    pub fn drain(&self, now: i64) -> Vec<(Refusal, i64, u64)> {
+        let current = window_of(now);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        held.retain(|(_, _, _, window), h| {
+            if h.unwritten > 0 {
+                out.push((h.last.clone(), *window, std::mem::take(&mut h.unwritten)));
+            }
+            *window >= current
+        });
+        out
+    }
+
+    /// Writes what is held back into `db` (the sweep's part; also before a test reads the
+    /// trail).
+    pub async fn flush(&self, db: &Db, now: i64, op_column: bool) {
+        for (r, window, count) in self.drain(now) {
+            r.write(db, window, count, op_column).await;
         }
     }
 }
@@ -196,6 +281,67 @@ pub fn sanitise(claimed: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(actor: &str, code: &'static str) -> Refusal {
+        Refusal {
+            event: REQUEST_REFUSED,
+            actor: actor.into(),
+            code,
+            msg_id: "-".into(),
+            claimed: actor.into(),
+        }
+    }
+
+    #[test]
+    fn a_flood_is_written_at_powers_of_two_and_the_rest_at_the_flush() {
+        let gate = Gate::default();
+        let t = 7 * WINDOW_MS + 5;
+        let r = refusal(UNKNOWN_SENDER, "protocol.bad-signature");
+        let writes: Vec<(usize, u64)> = (1..=1000)
+            .filter_map(|i| gate.admit(&r, t).map(|n| (i, n)))
+            .collect();
+        // 1, 2, 4, … 512: ten writes; each carries what came since the one before.
+        assert_eq!(
+            writes,
+            vec![
+                (1, 1),
+                (2, 1),
+                (4, 2),
+                (8, 4),
+                (16, 8),
+                (32, 16),
+                (64, 32),
+                (128, 64),
+                (256, 128),
+                (512, 256)
+            ]
+        );
+        // The other 488 come out at the flush, once; another key keeps its own count.
+        let other = refusal("sp:bank", "protocol.replayed");
+        assert_eq!(gate.admit(&other, t), Some(1));
+        let mut drained = gate.drain(t);
+        drained.sort_by_key(|(r, _, _)| r.actor.clone());
+        let counts: Vec<(String, i64, u64)> = drained
+            .into_iter()
+            .map(|(r, w, n)| (r.actor, w, n))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![(UNKNOWN_SENDER.to_string(), 7 * WINDOW_MS, 488)]
+        );
+        assert!(gate.drain(t).is_empty());
+        // The next minute starts again at 1; the old minute is forgotten at its drain.
+        assert_eq!(gate.admit(&r, t + WINDOW_MS), Some(1));
+        assert_eq!(gate.admit(&r, t), None);
+        let late = gate.drain(t + WINDOW_MS);
+        assert_eq!(late.len(), 1);
+        assert_eq!((late[0].1, late[0].2), (7 * WINDOW_MS, 1));
+        assert_eq!(
+            gate.held.lock().unwrap().len(),
+            1,
+            "only the current minute stays"
+        );
+    }
 
     #[test]
     fn a_claimed_name_keeps_only_safe_characters_and_is_cut() {

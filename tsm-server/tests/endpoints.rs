@@ -100,6 +100,8 @@ proptest! {
             Err(other) => prop_assert!(false, "{other}"),
         }
         prop_assert_eq!(e.rt.block_on(e.w.dump()), before, "the altered request changed the tables");
+        // Counted in memory first; written at the latest by the sweep's flush.
+        e.rt.block_on(e.w.tsm.flush_refusals());
         prop_assert_eq!(e.rt.block_on(refused_total(e.w.tsm.store())), refused + 1);
         // The same request unaltered is accepted (and cancelled again for the next case).
         let answer = e.rt.block_on(e.w.tsm.control(&out.bytes)).unwrap();
@@ -120,6 +122,8 @@ proptest! {
         let refused = e.rt.block_on(refused_total(e.w.tsm.store()));
         let _ = e.rt.block_on(e.w.tsm.control(&b));
         // Garbage to the control endpoint is one refused message, counted.
+        // Counted in memory first; written at the latest by the sweep's flush.
+        e.rt.block_on(e.w.tsm.flush_refusals());
         prop_assert_eq!(e.rt.block_on(refused_total(e.w.tsm.store())), refused + 1);
         let _ = e.rt.block_on(e.w.tsm.relay(&b));
         let hello = tsm_protocol::codec::encode(&AgentMsg::Hello {

@@ -183,6 +183,8 @@ pub struct Issuer {
     published: std::sync::Mutex<crl::Published>,
     /// The budget of refused application checks per SP-TSM ([`budget`]).
     check_budget: CheckBudget,
+    /// The in-memory count of refused requests in front of the trail ([`crate::refusals`]).
+    refusal_gate: crate::refusals::Gate,
 }
 
 impl Issuer {
@@ -194,6 +196,7 @@ impl Issuer {
             crl_file: None,
             published: Default::default(),
             check_budget: CheckBudget::default(),
+            refusal_gate: Default::default(),
         }
     }
 
@@ -719,6 +722,7 @@ impl Issuer {
 
     /// The periodic work while serving: revocations synced, old replay entries dropped.
     pub async fn sweep(&self) -> Result<(), IssuerError> {
+        self.flush_refusals().await;
         self.sync_revocations().await?;
         self.db
             .commit(vec![store::note_crl_drops(now_ms() / 1000, now_ms())])

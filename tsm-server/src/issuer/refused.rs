@@ -16,7 +16,13 @@ impl Issuer {
             e,
             &self.config.trust,
         )
-        .record(&self.db, now_ms(), false)
+        .record(&self.refusal_gate, &self.db, now_ms(), false)
         .await;
+    }
+
+    /// Writes the refusals counted in memory and not yet in the trail (the sweep does this
+    /// every few seconds).
+    pub async fn flush_refusals(&self) {
+        self.refusal_gate.flush(&self.db, now_ms(), false).await;
     }
 }

@@ -72,7 +72,15 @@ impl Tsm {
 
     /// Audits a refused signed message in this TSM's database ([`crate::refusals`]).
     pub(super) async fn audit_refusal(&self, refusal: Refusal) {
-        refusal.record(&self.store, now(), true).await;
+        refusal
+            .record(&self.refusal_gate, &self.store, now(), true)
+            .await;
+    }
+
+    /// Writes the refusals counted in memory and not yet in the trail (the sweep does this
+    /// every few seconds).
+    pub async fn flush_refusals(&self) {
+        self.refusal_gate.flush(&self.store, now(), true).await;
     }
 
     async fn handle(&self, h: &signing::Header, req: ControlRequest) -> Result<ControlResponse> {

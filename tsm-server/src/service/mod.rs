@@ -215,6 +215,8 @@ pub struct Tsm {
     store: Store,
     engines: Mutex<HashMap<SessionId, Running>>,
     entry_checks: std::sync::atomic::AtomicU64,
+    /// The in-memory count of refused messages in front of the trail ([`crate::refusals`]).
+    refusal_gate: crate::refusals::Gate,
     password_policy: tsm_protocol::password::Policy,
     /// On an MNO-TSM: the SP-TSMs it notifies of lost and changed SIMs.
     sp_tsm_links: SpTsmLinks,
@@ -285,6 +287,7 @@ impl Tsm {
             store,
             engines: Mutex::new(HashMap::new()),
             entry_checks: std::sync::atomic::AtomicU64::new(0),
+            refusal_gate: Default::default(),
             password_policy: tsm_protocol::password::Policy::production(),
             sp_tsm_links: SpTsmLinks::new(),
         }
@@ -322,6 +325,7 @@ impl Tsm {
     /// session made no progress for [`RUNNING_STALL_MS`] — by a conditional update on each
     /// operation's version; forgets old replay entries.
     pub async fn sweep(&self) -> Result<usize> {
+        self.flush_refusals().await;
         let t = now();
         let rows = self
             .store
