@@ -45,6 +45,12 @@ pub enum IssuerRequest {
         /// The request id the sealed values are bound to (the SP-TSM's idempotency key of
         /// the issue: the card opens them only under it).
         request_id: IdempotencyKey,
+        /// A **transfer** (`kagi jpki apply --kind transfer`): the phone certificate that
+        /// moves to this SIM, linked to the same signature serial. The issuer also checks it
+        /// is this SP-TSM's, on that SIM, not revoked, and of the application's card; the old
+        /// one stays valid until the SP-TSM asks its revocation ([`IssuerRequest::Withdraw`],
+        /// `sim-changed:`) once the new one is on the new SIM. `None`: a first issue.
+        moves: Option<Moves>,
     },
     /// The on-card mode, step 1: a challenge for the SIM's applet to generate the phone's
     /// key against ([`card_wire::keygen`]: the issuer's ephemeral point and a fresh nonce,
@@ -86,6 +92,9 @@ pub enum IssuerRequest {
         nonce: Vec<u8>,
         /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
         proof: Vec<u8>,
+        /// A transfer's certificate that moves, checked as for [`IssuerRequest::Issue`];
+        /// `None`: a first issue.
+        moves: Option<Moves>,
     },
     /// ②③ at the SP-TSM's `Apply`, before anything is stored, mailed or asked of the MNO-TSM
     /// (the on-card mode, where the issuer otherwise sees the application only at
@@ -102,8 +111,8 @@ pub enum IssuerRequest {
         provider: PartyId,
         /// The SIM the application must name.
         iccid: String,
-        /// A transfer application's certificate that moves (checked as a
-        /// [`IssuerRequest::Transfer`] would check it); `None` for a first application.
+        /// A transfer application's certificate that moves (checked as an
+        /// [`IssuerRequest::Issue`] with it would be); `None` for a first application.
         moves: Option<Moves>,
     },
     /// The standing of phone certificates this SP-TSM relayed (linked revocation). Answered
@@ -151,60 +160,6 @@ pub enum IssuerRequest {
         /// The request id the sealed PIN is bound to (the SP-TSM's idempotency key).
         request_id: IdempotencyKey,
     },
-    /// ⑥⑯ for a move to a new SIM: the holder's **transfer** application
-    /// (`kagi_certs::application::check_transfer`: signed with the old SIM's ICCID bound in),
-    /// checked as an [`IssuerRequest::Issue`] for the new SIM — signature, signature CA and
-    /// CRL, freshness, a nonce never seen — and its signature certificate must be the one
-    /// phone certificate `from_serial` is linked to (`issuer.not-the-holder` otherwise), that
-    /// certificate this SP-TSM's, on `from_iccid`, and not revoked. The new certificate is
-    /// linked to the same signature serial. Answered with [`IssuerResponse::Issued`]; the old
-    /// one stays valid until the SP-TSM asks its revocation ([`IssuerRequest::Withdraw`],
-    /// `sim-changed:`) once the new one is on the new SIM.
-    Transfer {
-        /// The signed transfer application.
-        application: Vec<u8>,
-        /// The provider the application names.
-        provider: PartyId,
-        /// The new SIM (the application must name it).
-        iccid: String,
-        /// The new SIM's key agreement certificate (as its operator registered it).
-        card_certificate: Vec<u8>,
-        /// The JPKI applet instance on the new SIM.
-        instance: Vec<u8>,
-        /// The request id the sealed values are bound to (the SP-TSM's idempotency key).
-        request_id: IdempotencyKey,
-        /// The phone certificate that moves (upper-case hex).
-        from_serial: String,
-        /// The SIM it is on.
-        from_iccid: String,
-    },
-    /// [`IssuerRequest::Transfer`] in the on-card mode: the new SIM's applet made the key
-    /// against a [`IssuerRequest::Challenge`]; checked as a [`IssuerRequest::Certify`] (the
-    /// nonce spent once, the proof of possession) and as a transfer (the same card, the old
-    /// certificate this SP-TSM's, on `from_iccid`, not revoked). Answered with
-    /// [`IssuerResponse::Issued`] without a sealed key.
-    CertifyTransfer {
-        /// The signed transfer application.
-        application: Vec<u8>,
-        /// The provider the application names.
-        provider: PartyId,
-        /// The new SIM (the application must name it).
-        iccid: String,
-        /// The new SIM's key agreement certificate (as its operator registered it).
-        card_certificate: Vec<u8>,
-        /// The JPKI applet instance that made the key.
-        instance: Vec<u8>,
-        /// The request id of the challenge (and what the PIN is sealed under).
-        request_id: IdempotencyKey,
-        /// The challenge's nonce (32 bytes).
-        nonce: Vec<u8>,
-        /// The applet's answer: point (65) ‖ proof of possession (64) ‖ card tag (32).
-        proof: Vec<u8>,
-        /// The phone certificate that moves (upper-case hex).
-        from_serial: String,
-        /// The SIM it is on.
-        from_iccid: String,
-    },
 }
 
 impl IssuerRequest {
@@ -213,8 +168,6 @@ impl IssuerRequest {
     pub fn provider(&self) -> Option<&PartyId> {
         match self {
             IssuerRequest::Issue { provider, .. }
-            | IssuerRequest::Transfer { provider, .. }
-            | IssuerRequest::CertifyTransfer { provider, .. }
             | IssuerRequest::Challenge { provider, .. }
             | IssuerRequest::Certify { provider, .. }
             | IssuerRequest::CheckApplication { provider, .. } => Some(provider),
@@ -225,16 +178,16 @@ impl IssuerRequest {
     /// A short name for logs and the audit trail.
     pub fn name(&self) -> &'static str {
         match self {
-            IssuerRequest::Issue { .. } => "issue",
+            IssuerRequest::Issue { moves: None, .. } => "issue",
+            IssuerRequest::Issue { moves: Some(_), .. } => "transfer",
             IssuerRequest::Challenge { .. } => "challenge",
-            IssuerRequest::Certify { .. } => "certify",
+            IssuerRequest::Certify { moves: None, .. } => "certify",
+            IssuerRequest::Certify { moves: Some(_), .. } => "certify-transfer",
             IssuerRequest::CheckApplication { .. } => "check-application",
             IssuerRequest::Status { .. } => "status",
             IssuerRequest::Withdraw { .. } => "withdraw",
             IssuerRequest::Suspension { .. } => "suspension",
             IssuerRequest::ResetPin { .. } => "reset-pin",
-            IssuerRequest::Transfer { .. } => "transfer",
-            IssuerRequest::CertifyTransfer { .. } => "certify-transfer",
         }
     }
 }

@@ -595,6 +595,7 @@ async fn racing_bad_checks_get_at_most_the_budget_verified_and_good_ones_do_not_
         card_certificate: Vec::new(),
         instance: oncard::AID.to_vec(),
         request_id: tsm_protocol::IdempotencyKey::random().unwrap(),
+        moves: None,
     };
     assert_eq!(code(w.send(&issue).await), "issuer.check-budget");
     // The next window: checked again.

@@ -191,6 +191,7 @@ async fn a_checked_application_spends_nothing_and_then_certifies_once() {
             request_id: rid,
             nonce: challenge[65..].to_vec(),
             proof,
+            moves: None,
         })
         .await;
     let IssuerResponse::Issued { credential, .. } = answer else {

@@ -169,6 +169,7 @@ async fn racing_certifies_with_one_challenge_issue_once() {
         request_id: rid,
         nonce: challenge[65..].to_vec(),
         proof: proof.clone(),
+        moves: None,
     };
     let mut other = req.clone();
     if let IssuerRequest::Certify { request_id, .. } = &mut other {
@@ -230,6 +231,7 @@ async fn a_key_made_again_after_a_lost_answer_replaces_the_first_certificate() {
         request_id: rid,
         nonce: challenge[65..].to_vec(),
         proof,
+        moves: None,
     };
     let issued = |r: IssuerResponse| match r {
         IssuerResponse::Issued {

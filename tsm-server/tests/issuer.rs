@@ -185,6 +185,7 @@ impl World {
             card_certificate: self.sim_cert.clone(),
             instance: card_wire::jpki::JPKI_AID.to_vec(),
             request_id,
+            moves: None,
         }
     }
 

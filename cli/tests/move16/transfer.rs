@@ -234,7 +234,7 @@ fn a_credential_moves_to_another_operators_sim_and_then_within_that_operator() {
 }
 
 /// The same with the phone's key made on each new SIM (the on-card mode: the issuer
-/// certifies it, `CertifyTransfer`).
+/// certifies it, a `Certify` that `moves` the old certificate).
 #[test]
 fn a_credential_with_its_key_made_on_the_sim_moves_likewise() {
     moves("on-card");

@@ -346,7 +346,12 @@ impl Issuer {
                 card_certificate,
                 instance,
                 request_id,
+                moves,
             } => {
+                let transfer = match transfer::moving(&iccid, moves.as_ref()) {
+                    Ok(t) => t,
+                    Err(refused) => return Ok(*refused),
+                };
                 self.issue_once(
                     sender,
                     &provider,
@@ -356,7 +361,7 @@ impl Issuer {
                     &instance,
                     &request_id,
                     None,
-                    None,
+                    transfer,
                 )
                 .await
             }
@@ -379,7 +384,12 @@ impl Issuer {
                 request_id,
                 nonce,
                 proof,
+                moves,
             } => {
+                let transfer = match transfer::moving(&iccid, moves.as_ref()) {
+                    Ok(t) => t,
+                    Err(refused) => return Ok(*refused),
+                };
                 self.issue_once(
                     sender,
                     &provider,
@@ -392,7 +402,7 @@ impl Issuer {
                         nonce: &nonce,
                         proof: &proof,
                     }),
-                    None,
+                    transfer,
                 )
                 .await
             }
@@ -420,9 +430,6 @@ impl Issuer {
                     }
                 }
                 Ok(IssuerResponse::Status { revoked })
-            }
-            req @ (IssuerRequest::Transfer { .. } | IssuerRequest::CertifyTransfer { .. }) => {
-                self.transfer(sender, req).await
             }
             IssuerRequest::Withdraw { serial, reason } => {
                 self.withdraw(sender, &serial, &reason).await

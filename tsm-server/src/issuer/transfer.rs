@@ -6,12 +6,13 @@
 //! that certificate must be this SP-TSM's (`issuer.unknown-certificate`), on the SIM the
 //! application names as the old one (`issuer.wrong-sim`) and not revoked
 //! (`issuer.not-active`). The new certificate is issued as at first download — its key made
-//! here and sealed to the new SIM (`Transfer`), or made on the new SIM and certified
-//! (`CertifyTransfer`, the on-card mode) — linked to the same signature serial; the old one is revoked only when the SP-TSM asks (`Withdraw` with
-//! `sim-changed:`, its CRL reason `superseded`) after the new credential is on the new SIM.
+//! here and sealed to the new SIM (an `Issue` that `moves` it), or made on the new SIM and
+//! certified (a `Certify` that `moves` it, the on-card mode) — linked to the same signature
+//! serial; the old one is revoked only when the SP-TSM asks (`Withdraw` with `sim-changed:`,
+//! its CRL reason `superseded`) after the new credential is on the new SIM.
 
 use super::{Issuer, IssuerError, reject, store};
-use tsm_protocol::issuer::{IssuerRequest, IssuerResponse};
+use tsm_protocol::issuer::{IssuerResponse, Moves};
 use tsm_protocol::{Layer, PartyId};
 
 /// The certificate a transfer moves.
@@ -23,81 +24,26 @@ pub(super) struct Transfer<'a> {
     pub from_iccid: &'a str,
 }
 
-impl Issuer {
-    /// [`IssuerRequest::Transfer`] from `sender`: issued once per idempotency key, as an
-    /// issue is.
-    pub(super) async fn transfer(
-        &self,
-        sender: &PartyId,
-        req: IssuerRequest,
-    ) -> Result<IssuerResponse, IssuerError> {
-        let (application, provider, iccid, card_certificate, instance, request_id);
-        let (from_serial, from_iccid, on_card);
-        match req {
-            IssuerRequest::Transfer {
-                application: a,
-                provider: p,
-                iccid: i,
-                card_certificate: c,
-                instance: n,
-                request_id: r,
-                from_serial: fs,
-                from_iccid: fi,
-            } => {
-                (application, provider, iccid, card_certificate, instance) = (a, p, i, c, n);
-                (request_id, from_serial, from_iccid, on_card) = (r, fs, fi, None);
-            }
-            IssuerRequest::CertifyTransfer {
-                application: a,
-                provider: p,
-                iccid: i,
-                card_certificate: c,
-                instance: n,
-                request_id: r,
-                nonce,
-                proof,
-                from_serial: fs,
-                from_iccid: fi,
-            } => {
-                (application, provider, iccid, card_certificate, instance) = (a, p, i, c, n);
-                (request_id, from_serial, from_iccid) = (r, fs, fi);
-                on_card = Some((nonce, proof));
-            }
-            _ => {
-                return Ok(reject(
-                    Layer::Protocol,
-                    "protocol.unsupported",
-                    "not a transfer",
-                ));
-            }
-        }
-        if iccid == from_iccid {
-            return Ok(reject(
-                Layer::Business,
-                "issuer.same-sim",
-                format!("SIM {iccid} is the one the credential is on: transfer to another SIM"),
-            ));
-        }
-        let transfer = Transfer {
-            from_serial: &from_serial,
-            from_iccid: &from_iccid,
-        };
-        self.issue_once(
-            sender,
-            &provider,
-            &iccid,
-            &application,
-            &card_certificate,
-            &instance,
-            &request_id,
-            on_card
-                .as_ref()
-                .map(|(nonce, proof)| super::on_card::OnCard { nonce, proof }),
-            Some(transfer),
-        )
-        .await
+/// What an [`IssuerRequest::Issue`] or [`IssuerRequest::Certify`] for SIM `iccid` `moves`
+/// there (a transfer), or the refusal when that is the SIM the certificate is on.
+pub(super) fn moving<'a>(
+    iccid: &str,
+    moves: Option<&'a Moves>,
+) -> Result<Option<Transfer<'a>>, Box<IssuerResponse>> {
+    match moves {
+        Some(m) if m.from_iccid == iccid => Err(Box::new(reject(
+            Layer::Business,
+            "issuer.same-sim",
+            format!("SIM {iccid} is the one the credential is on: transfer to another SIM"),
+        ))),
+        m => Ok(m.map(|m| Transfer {
+            from_serial: &m.from_serial,
+            from_iccid: &m.from_iccid,
+        })),
     }
+}
 
+impl Issuer {
     /// Why the verified transfer application of the card of `sign_serial` may not move `t`'s
     /// certificate, if it may not.
     pub(super) async fn transfer_refusal(

@@ -22,12 +22,12 @@ use crate::store::{Stmt, StoreError};
 use tsm_protocol::control::{ControlRequest, ControlResponse};
 use tsm_protocol::{Layer, PartyId};
 
-use super::mail::pause_after;
+use super::outbox::{Outbox, outbox};
 use super::retire::sim_audit;
 use super::{Result, Tsm, err, now};
 
-/// How long one delivery attempt holds a deletion before another instance may try.
-const LEASE_MS: i64 = 120_000;
+/// The `domain_deletions` outbox.
+const DELETIONS: Outbox = outbox!("domain_deletions", "mno_tsm", "iccid", "provider");
 
 impl Tsm {
     /// SP-TSM: the statements queueing the deletion of `provider`'s domain on the old SIM
@@ -99,24 +99,9 @@ impl Tsm {
         provider: &str,
         sd_aid: Vec<u8>,
     ) -> Result<bool> {
-        let key = |extra: Vec<kagi_db::Val>| {
-            let mut v: Vec<kagi_db::Val> = vec![mno_tsm.into(), iccid.into(), provider.into()];
-            v.extend(extra);
-            v
-        };
-        let t = now();
-        match self
-            .store
-            .commit(vec![Stmt::one(
-                "UPDATE domain_deletions SET tries = tries + 1, next_at = $5, updated_at = $4
-                 WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due' AND next_at <= $4",
-                key(vec![t.into(), (t + LEASE_MS).into()]),
-            )])
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let key = [mno_tsm, iccid, provider];
+        if !DELETIONS.claim(&self.store, key, now()).await? {
+            return Ok(false);
         }
         let req = ControlRequest::DeleteProviderDomain {
             iccid: iccid.into(),
@@ -142,11 +127,7 @@ impl Tsm {
             Ok(()) => {
                 self.store
                     .commit(vec![
-                        Stmt::any(
-                            "UPDATE domain_deletions SET state = 'done', last_error = NULL, updated_at = $4
-                             WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
-                            key(vec![t.into()]),
-                        ),
+                        DELETIONS.done(key, t),
                         sim_audit(iccid, t, &me, "domain-deletion-delivered", mno_tsm),
                     ])
                     .await?;
@@ -159,27 +140,14 @@ impl Tsm {
                 Ok(true)
             }
             Err(why) => {
-                let tries: i64 = self
-                    .store
-                    .query(
-                        "SELECT tries FROM domain_deletions WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3",
-                        key(vec![]),
-                    )
-                    .await?
-                    .first()
-                    .map_or(1, |r| r[0].int());
-                let pause = pause_after(tries);
+                let (failed, tries, pause) = DELETIONS.failed(&self.store, key, &why, t).await?;
                 let detail = format!(
                     "{mno_tsm}: {why} (attempt {tries}; tried again in {} s)",
                     pause / 1000
                 );
                 self.store
                     .commit(vec![
-                        Stmt::any(
-                            "UPDATE domain_deletions SET last_error = $4, next_at = $5
-                             WHERE mno_tsm = $1 AND iccid = $2 AND provider = $3 AND state = 'due'",
-                            key(vec![why.clone().into(), (t + pause).into()]),
-                        ),
+                        failed,
                         sim_audit(iccid, t, &me, "domain-deletion-failed", &detail),
                     ])
                     .await?;

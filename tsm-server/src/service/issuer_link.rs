@@ -107,6 +107,7 @@ impl Tsm {
             card_certificate,
             instance: applet.instance.clone(),
             request_id: *idem,
+            moves: None,
         };
         Ok(Ok(ControlRequest::Issue {
             subscriber_ref,
@@ -387,29 +388,19 @@ impl Tsm {
             .get(card_wire::keygen::POINT_LEN..)
             .unwrap_or_default()
             .to_vec();
-        let req = match &moved {
-            None => IssuerRequest::Certify {
-                application,
-                provider: PartyId(op.party.clone()),
-                iccid: card.iccid.clone(),
-                card_certificate,
-                instance: applet.instance.clone(),
-                request_id,
-                nonce,
-                proof,
-            },
-            Some(old) => IssuerRequest::CertifyTransfer {
-                application,
-                provider: PartyId(op.party.clone()),
-                iccid: card.iccid.clone(),
-                card_certificate,
-                instance: applet.instance.clone(),
-                request_id,
-                nonce,
-                proof,
+        let req = IssuerRequest::Certify {
+            application,
+            provider: PartyId(op.party.clone()),
+            iccid: card.iccid.clone(),
+            card_certificate,
+            instance: applet.instance.clone(),
+            request_id,
+            nonce,
+            proof,
+            moves: moved.as_ref().map(|old| tsm_protocol::issuer::Moves {
                 from_serial: old.serial.clone(),
                 from_iccid: old.iccid.clone(),
-            },
+            }),
         };
         let credential = match self.issue_at_issuer(req).await? {
             Ok(c) => c,

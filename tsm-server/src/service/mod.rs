@@ -18,6 +18,7 @@ mod issuer_link;
 mod mail;
 pub mod mno_links;
 mod operator;
+mod outbox;
 mod pin_reset;
 mod plan;
 mod prepare;

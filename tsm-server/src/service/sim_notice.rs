@@ -25,11 +25,12 @@ use std::collections::BTreeMap;
 use tsm_protocol::control::{ControlRequest, ControlResponse, RevokeReason};
 use tsm_protocol::{Layer, PartyId};
 
-use super::mail::pause_after;
+use super::outbox::{Outbox, outbox};
+use super::retire::sim_audit;
 use super::{Peer, Result, Tsm, err, now};
 
-/// How long one delivery attempt holds a notice before another instance may try.
-const LEASE_MS: i64 = 120_000;
+/// The `sim_notices` outbox.
+const NOTICES: Outbox = outbox!("sim_notices", "sp_tsm", "iccid", "kind");
 
 /// An SP-TSM an MNO-TSM sends SIM notices to.
 pub struct SpTsmLink {
@@ -54,19 +55,6 @@ struct Notice {
 /// The audit trail's key for a SIM's notices.
 fn audit_key(iccid: &str) -> String {
     format!("sim:{iccid}")
-}
-
-fn audit(iccid: &str, at: i64, actor: &str, event: &str, detail: &str) -> Stmt {
-    Stmt::any(
-        "INSERT INTO audit (op_id, at, actor, event, detail) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            audit_key(iccid).into(),
-            at.into(),
-            actor.into(),
-            event.into(),
-            detail.into(),
-        ],
-    )
 }
 
 /// MNO-TSM: the statements queueing notice `kind` (`lost`, `changed`) about `iccid` for
@@ -140,28 +128,9 @@ impl Tsm {
 
     /// One attempt at `n`, if nobody else holds it; whether the SP-TSM acknowledged it.
     async fn deliver_notice(&self, n: &Notice) -> Result<bool> {
-        let t = now();
-        let key = |extra: Vec<kagi_db::Val>| {
-            let mut v: Vec<kagi_db::Val> = vec![
-                n.sp_tsm.clone().into(),
-                n.iccid.clone().into(),
-                n.kind.clone().into(),
-            ];
-            v.extend(extra);
-            v
-        };
-        match self
-            .store
-            .commit(vec![Stmt::one(
-                "UPDATE sim_notices SET tries = tries + 1, next_at = $5, updated_at = $4
-                 WHERE sp_tsm = $1 AND iccid = $2 AND kind = $3 AND state = 'due' AND next_at <= $4",
-                key(vec![t.into(), (t + LEASE_MS).into()]),
-            )])
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let key = [n.sp_tsm.as_str(), n.iccid.as_str(), n.kind.as_str()];
+        if !NOTICES.claim(&self.store, key, now()).await? {
+            return Ok(false);
         }
         let party = PartyId(n.sp_tsm.clone());
         let req = match n.kind.as_str() {
@@ -203,36 +172,19 @@ impl Tsm {
             Ok(()) => {
                 self.store
                     .commit(vec![
-                        Stmt::any(
-                            "UPDATE sim_notices SET state = 'done', last_error = NULL, updated_at = $4
-                             WHERE sp_tsm = $1 AND iccid = $2 AND kind = $3 AND state = 'due'",
-                            key(vec![t.into()]),
-                        ),
-                        audit(&n.iccid, t, &me, "sim-notice-delivered", &what),
+                        NOTICES.done(key, t),
+                        sim_audit(&n.iccid, t, &me, "sim-notice-delivered", &what),
                     ])
                     .await?;
                 tracing::info!(sp_tsm = %n.sp_tsm, iccid = %n.iccid, kind = %n.kind, "SIM notice acknowledged");
                 Ok(true)
             }
             Err(why) => {
-                let tries: i64 = self
-                    .store
-                    .query(
-                        "SELECT tries FROM sim_notices WHERE sp_tsm = $1 AND iccid = $2 AND kind = $3",
-                        key(vec![]),
-                    )
-                    .await?
-                    .first()
-                    .map_or(1, |r| r[0].int());
-                let pause = pause_after(tries);
+                let (failed, tries, pause) = NOTICES.failed(&self.store, key, &why, t).await?;
                 self.store
                     .commit(vec![
-                        Stmt::any(
-                            "UPDATE sim_notices SET last_error = $4, next_at = $5
-                             WHERE sp_tsm = $1 AND iccid = $2 AND kind = $3 AND state = 'due'",
-                            key(vec![why.clone().into(), (t + pause).into()]),
-                        ),
-                        audit(
+                        failed,
+                        sim_audit(
                             &n.iccid,
                             t,
                             &me,
@@ -293,7 +245,7 @@ impl Tsm {
                 let by = served.map_or_else(|e| e.code, |l| l.party.0.clone());
                 let detail = format!("{state} {iccid} from {party}, the SIM is served by {by}");
                 self.store
-                    .commit(vec![audit(
+                    .commit(vec![sim_audit(
                         &iccid,
                         t,
                         &party.0,

@@ -3,8 +3,8 @@
 //! moves and the new SIM — of the same operator or another: the new SIM must be served by one
 //! of this SP-TSM's MNO-TSMs. The JPKI issuer checks the transfer application (the card the
 //! old certificate is linked to, the old SIM bound in the signature) and makes the new
-//! credential sealed to the new SIM ([`IssuerRequest::Transfer`]; in the on-card mode the
-//! new SIM first makes the key and the issuer certifies it, `IssuerRequest::CertifyTransfer`
+//! credential sealed to the new SIM ([`IssuerRequest::Issue`] that `moves` it; in the on-card
+//! mode the new SIM first makes the key and the issuer certifies it, a `Certify` that `moves` it
 //! from `Tsm::certify_on_card`); the request then goes on as a [`ControlRequest::Transfer`]: the MNO-TSM serving the new SIM prepares it (the
 //! provider's domain and the applet, exactly as for a first download), this SP-TSM writes the
 //! credential, and only once it is written is the old credential revoked (`superseded`, also
@@ -27,7 +27,7 @@ use tsm_protocol::{IdempotencyKey, Layer, PartyId};
 use super::{Result, Tsm, err, unknown_credential};
 
 impl Tsm {
-    /// An `ApplyTransfer` of `provider` made a `Transfer`: the issuer's new credential for
+    /// An `ApplyTransfer` of `provider` made a `ControlRequest::Transfer`: the issuer's new credential for
     /// the new SIM under `idem`; or the refusal to answer the provider with.
     pub(super) async fn transfer_at_issuer(
         &self,
@@ -70,15 +70,17 @@ impl Tsm {
             );
         };
         // Sealed for the applet instance the credential had: the new SIM gets the same one.
-        let asked = IssuerRequest::Transfer {
+        let asked = IssuerRequest::Issue {
             application,
             provider: provider.clone(),
             iccid: card.iccid.clone(),
             card_certificate,
             instance: old.instance.clone(),
             request_id: *idem,
-            from_serial: old.serial.clone(),
-            from_iccid: old.iccid.clone(),
+            moves: Some(tsm_protocol::issuer::Moves {
+                from_serial: old.serial.clone(),
+                from_iccid: old.iccid.clone(),
+            }),
         };
         Ok(Ok(ControlRequest::Transfer {
             credential,

@@ -298,6 +298,7 @@ impl World {
             request_id,
             nonce: challenge[65..].to_vec(),
             proof,
+            moves: None,
         })
         .await
     }
