@@ -89,34 +89,25 @@ impl Tsm {
         else {
             return Ok(Ok(req));
         };
-        self.refresh_card(&card.iccid).await?;
-        let Some(card_certificate) = self.store.card_certificate(&card.iccid).await? else {
-            return Ok(Err(ControlResponse::Rejected(err(
-                Layer::Business,
-                "business.no-card-certificate",
-                format!(
-                    "SIM {} has no registered key agreement certificate: the operator registers it with the SIM (register-card --card-certificate)",
-                    card.iccid
-                ),
-            ))));
-        };
-        let asked = IssuerRequest::Issue {
-            application,
-            provider: provider.clone(),
-            iccid: card.iccid.clone(),
-            card_certificate,
-            instance: applet.instance.clone(),
-            request_id: *idem,
-            moves: None,
+        let credential = match self
+            .sealed_by_issuer(
+                provider,
+                &card.iccid,
+                application,
+                applet.instance.clone(),
+                idem,
+                None,
+            )
+            .await?
+        {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(ControlResponse::Rejected(e))),
         };
         Ok(Ok(ControlRequest::Issue {
             subscriber_ref,
             card,
             applet,
-            credential: match self.issue_at_issuer(asked).await? {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(ControlResponse::Rejected(e))),
-            },
+            credential,
             access,
         }))
     }
@@ -167,6 +158,35 @@ impl Tsm {
             Err(e) => e,
         };
         Ok(Err(ControlResponse::Rejected(refusal)))
+    }
+
+    /// The issuer's credential for `application` with the key it makes, sealed to SIM
+    /// `iccid`'s registered key agreement certificate (the registry refreshed first) and
+    /// applet `instance` under `idem`; a transfer when it `moves` a certificate (seed 004's
+    /// ⑦⑯⑰). `Err`: the refusal to answer the provider with.
+    pub(super) async fn sealed_by_issuer(
+        &self,
+        provider: &PartyId,
+        iccid: &str,
+        application: Vec<u8>,
+        instance: Vec<u8>,
+        idem: &IdempotencyKey,
+        moves: Option<tsm_protocol::issuer::Moves>,
+    ) -> Result<std::result::Result<tsm_protocol::control::CredentialBundle, ErrorReport>> {
+        self.refresh_card(iccid).await?;
+        let Some(card_certificate) = self.store.card_certificate(iccid).await? else {
+            return Ok(Err(no_card_certificate(iccid)));
+        };
+        self.issue_at_issuer(IssuerRequest::Issue {
+            application,
+            provider: provider.clone(),
+            iccid: iccid.into(),
+            card_certificate,
+            instance,
+            request_id: *idem,
+            moves,
+        })
+        .await
     }
 
     pub(super) async fn issue_at_issuer(

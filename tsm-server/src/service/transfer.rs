@@ -21,7 +21,6 @@ use crate::store::ops::CredentialRow;
 use crate::store::withdraw::Withdrawal;
 use crate::store::{Stmt, Store};
 use tsm_protocol::control::{ControlRequest, ControlResponse};
-use tsm_protocol::issuer::IssuerRequest;
 use tsm_protocol::{IdempotencyKey, Layer, PartyId};
 
 use super::{Result, Tsm, err, unknown_credential};
@@ -45,13 +44,6 @@ impl Tsm {
         else {
             return Ok(Ok(req));
         };
-        let refuse = |code: &str, detail: String| {
-            Ok(Err(ControlResponse::Rejected(err(
-                Layer::Business,
-                code,
-                detail,
-            ))))
-        };
         let old = match self
             .transfer_source(provider, &credential, &card.iccid)
             .await?
@@ -59,36 +51,29 @@ impl Tsm {
             Ok(old) => old,
             Err(refused) => return Ok(Err(refused)),
         };
-        self.refresh_card(&card.iccid).await?;
-        let Some(card_certificate) = self.store.card_certificate(&card.iccid).await? else {
-            return refuse(
-                "business.no-card-certificate",
-                format!(
-                    "SIM {} has no registered key agreement certificate: its operator registers it with the SIM (register-card --card-certificate)",
-                    card.iccid
-                ),
-            );
-        };
         // Sealed for the applet instance the credential had: the new SIM gets the same one.
-        let asked = IssuerRequest::Issue {
-            application,
-            provider: provider.clone(),
-            iccid: card.iccid.clone(),
-            card_certificate,
-            instance: old.instance.clone(),
-            request_id: *idem,
-            moves: Some(tsm_protocol::issuer::Moves {
-                from_serial: old.serial.clone(),
-                from_iccid: old.iccid.clone(),
-            }),
+        let moves = tsm_protocol::issuer::Moves {
+            from_serial: old.serial.clone(),
+            from_iccid: old.iccid.clone(),
+        };
+        let new_credential = match self
+            .sealed_by_issuer(
+                provider,
+                &card.iccid,
+                application,
+                old.instance.clone(),
+                idem,
+                Some(moves),
+            )
+            .await?
+        {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(ControlResponse::Rejected(e))),
         };
         Ok(Ok(ControlRequest::Transfer {
             credential,
             card,
-            new_credential: match self.issue_at_issuer(asked).await? {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(ControlResponse::Rejected(e))),
-            },
+            new_credential,
             access,
         }))
     }
