@@ -65,6 +65,12 @@ pub struct LoadArgs {
     /// Stop starting sessions after this many seconds.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
+    /// Three organisations: make every application first (their rate reported on its own:
+    /// the SP-TSM and the JPKI issuer; each access code read from the outbox), then time the
+    /// download sessions alone (the SP-TSM with the MNO-TSM, and the issuer too in the
+    /// on-card mode) — the user applies and downloads at different times.
+    #[arg(long, requires = "outbox")]
+    applications_first: bool,
     /// Start this many sessions per second (open load) instead of keeping `--concurrency`
     /// sessions in flight.
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_rate)]
@@ -139,28 +145,30 @@ fn prepare(args: &LoadArgs, run: &str, key_file: &Path) -> Result<Vec<Prepared>,
     Ok(out)
 }
 
-/// One download: the issue request (or the application), then the relay session. Returns
-/// the TSM's time and the session's own.
-async fn session(
+/// A session's first step: the issue request (or the application, then the access code
+/// from the SP-TSM's outbox). Returns the device ticket, the access code and the TSM's time.
+async fn request(
     sp: &Party,
-    relay_client: &Client,
     mailbox: Option<&load_three::Mailbox>,
-    mut p: Prepared,
-) -> Result<(Duration, Duration), String> {
-    let start = Instant::now();
-    let (request, request_id) = match &p.job {
+    job: &Job,
+    iccid: &str,
+) -> Result<(String, String, Duration), String> {
+    let (request, request_id) = match job {
         Job::Issue {
             request,
             request_id,
         } => (request, Some(*request_id)),
         Job::Apply { request, .. } => (request, None),
+        Job::Download { ticket, code } => {
+            return Ok((ticket.clone(), code.to_string(), Duration::ZERO));
+        }
     };
     let a = sp
         .send(request, request_id)
         .await
         .map_err(|e| e.to_string())?;
-    let mut tsm = Duration::from_micros(a.exchange.tsm_micros);
-    let (ticket, code) = match (a.response, &p.job, mailbox) {
+    let tsm = Duration::from_micros(a.exchange.tsm_micros);
+    match (a.response, job, mailbox) {
         (
             ControlResponse::Accepted {
                 device_ticket: Some(ticket),
@@ -169,7 +177,7 @@ async fn session(
             },
             Job::Issue { .. },
             _,
-        ) => (ticket, code),
+        ) => Ok((ticket, code, tsm)),
         (
             ControlResponse::Accepted {
                 device_ticket: Some(ticket),
@@ -181,11 +189,62 @@ async fn session(
             let code = mailbox
                 .code_for(contact, Duration::from_secs(30))
                 .await
-                .ok_or_else(|| format!("{}: no access code mailed to {contact}", p.iccid))?;
-            (ticket, code.to_string())
+                .ok_or_else(|| format!("{iccid}: no access code mailed to {contact}"))?;
+            Ok((ticket, code.to_string(), tsm))
         }
-        (other, _, _) => return Err(format!("{} refused: {other:?}", p.iccid)),
-    };
+        (other, _, _) => Err(format!("{iccid} refused: {other:?}")),
+    }
+}
+
+/// The applications alone (`--applications-first`), `concurrency` at a time: each
+/// prepared SIM's job becomes its download; the TSM's time and the whole time of each.
+async fn applications(
+    cards: Vec<Prepared>,
+    concurrency: usize,
+    sp: Arc<Party>,
+    mailbox: Option<Arc<load_three::Mailbox>>,
+) -> Result<(Vec<Prepared>, Vec<Duration>), String> {
+    let queue = Arc::new(tokio::sync::Mutex::new(cards));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (queue, sp, mailbox) = (queue.clone(), sp.clone(), mailbox.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(mut p) = queue.lock().await.pop() {
+                let (ticket, code, tsm) =
+                    request(&sp, mailbox.as_deref(), &p.job, &p.iccid).await?;
+                p.job = Job::Download {
+                    ticket,
+                    code: zeroize::Zeroizing::new(code),
+                };
+                out.push((p, tsm));
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let (mut cards, mut times) = (Vec::new(), Vec::new());
+    for t in tasks {
+        for (p, tsm) in t
+            .await
+            .map_err(|e| format!("an application worker stopped: {e}"))??
+        {
+            cards.push(p);
+            times.push(tsm);
+        }
+    }
+    Ok((cards, times))
+}
+
+/// One download: the issue request (or the application), then the relay session. Returns
+/// the TSM's time and the session's own.
+async fn session(
+    sp: &Party,
+    relay_client: &Client,
+    mailbox: Option<&load_three::Mailbox>,
+    mut p: Prepared,
+) -> Result<(Duration, Duration), String> {
+    let start = Instant::now();
+    let (ticket, code, mut tsm) = request(sp, mailbox, &p.job, &p.iccid).await?;
     let creds = UserCredentials {
         access_code: code,
         password: p.password.clone(),
@@ -210,6 +269,20 @@ async fn session(
         return Err(format!("{}: {:?} {}", p.iccid, out.outcome, out.message));
     }
     Ok((tsm, start.elapsed()))
+}
+
+/// This process's CPU time so far (user and system).
+fn own_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |v: nix::sys::time::TimeVal| {
+                Duration::new(v.tv_sec().max(0) as u64, (v.tv_usec().max(0) as u32) * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -368,7 +441,22 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         .outbox
         .as_deref()
         .map(|o| Arc::new(load_three::Mailbox::watch(o)));
+    let (cards, applied) = if args.applications_first {
+        let start = Instant::now();
+        let (cards, mut times) = rt.block_on(applications(
+            cards,
+            args.concurrency,
+            sp.clone(),
+            mailbox.clone(),
+        ))?;
+        let wall = start.elapsed();
+        times.sort();
+        (cards, Some((times, wall)))
+    } else {
+        (cards, None)
+    };
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let cpu_before = own_cpu();
     let start = Instant::now();
     let results = match args.rate {
         None => rt.block_on(closed(
@@ -390,6 +478,9 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         )),
     };
     let wall = start.elapsed();
+    // The generator's own CPU while the clock ran (its simulated SIMs, TLS-less HTTP, the
+    // phones' work): on the same cores as the services, so it is part of what they share.
+    let generator_cpu = own_cpu().saturating_sub(cpu_before);
     let mut ok: Vec<Duration> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|t| t.0))
@@ -408,6 +499,16 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     };
     let per_s = ok.len() as f64 / wall.as_secs_f64().max(1e-9);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let generator_ms = ms(generator_cpu) / results.len().max(1) as f64;
+    let applications = applied.as_ref().map(|(times, wall)| {
+        (
+            times.len(),
+            wall.as_secs_f64(),
+            times.len() as f64 / wall.as_secs_f64().max(1e-9),
+            ms(percentile(times, 0.5)),
+            ms(percentile(times, 0.99)),
+        )
+    });
     if json_out {
         print_json(json!({
             "sessions": ok.len(), "failed": failed.len(), "seconds": wall.as_secs_f64(),
@@ -416,11 +517,20 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             "session_ms_p50": ms(percentile(&whole, 0.5)),
             "session_ms_p99": ms(percentile(&whole, 0.99)), "mode": mode,
             "concurrency": args.concurrency, "prepare_seconds": prep.as_secs_f64(),
-            "rate": args.rate,
+            "rate": args.rate, "generator_cpu_ms_per_session": generator_ms,
+            "applications": applications.map(|(n, secs, per_s, p50, p99)| json!({
+                "count": n, "seconds": secs, "per_second": per_s,
+                "tsm_ms_p50": p50, "tsm_ms_p99": p99,
+            })),
         }));
     } else {
+        if let Some((n, secs, per_s, p50, p99)) = applications {
+            println!(
+                "{n} applications first in {secs:.2} s: {per_s:.0} applications/s; SP-TSM time per application p50 {p50:.1} ms, p99 {p99:.1} ms (the downloads below are timed alone)"
+            );
+        }
         println!(
-            "{} download sessions ({mode}{}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed",
+            "{} download sessions ({mode}{}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed; load generator CPU {:.2} ms per session",
             ok.len(),
             args.rate
                 .map(|r| format!(", {r} started per second"))
@@ -432,7 +542,8 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             ms(percentile(&ok, 1.0)),
             ms(percentile(&whole, 0.5)),
             ms(percentile(&whole, 0.99)),
-            failed.len()
+            failed.len(),
+            generator_ms
         );
     }
     if let Some(f) = failed.first() {

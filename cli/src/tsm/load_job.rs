@@ -45,6 +45,11 @@ pub(crate) enum Job {
         request: ControlRequest,
         contact: String,
     },
+    /// The request was made already (`--applications-first`): the download only.
+    Download {
+        ticket: String,
+        code: zeroize::Zeroizing<String>,
+    },
 }
 
 impl Prepared {

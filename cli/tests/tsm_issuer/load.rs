@@ -80,6 +80,36 @@ fn the_load_generator_runs_whole_sessions_through_three_services() {
         services.issuer_row(dir, "SELECT count(*) FROM links WHERE state = 'active'"),
         "6"
     );
+    // Applications first: three applications timed on their own (each access code read from
+    // the outbox), then three downloads; three more linked certificates.
+    let out = ok(&mut load(&["--applications-first", "--concurrency", "2"]));
+    super::support::schema::document("tsm.load", out.as_bytes());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["sessions"], &v["failed"], &v["applications"]["count"]),
+        (&3.into(), &0.into(), &3.into()),
+        "{v}"
+    );
+    assert!(v["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(
+        services.issuer_row(dir, "SELECT count(*) FROM links WHERE state = 'active'"),
+        "9"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("tsm/outbox/new")).unwrap().count(), 0);
+    // --applications-first needs the three services (--outbox).
+    let o = kagi()
+        .args(["tsm", "load", "--sp"])
+        .arg(dir.join("tsm/sp.toml"))
+        .arg("--mno")
+        .arg(dir.join("mno/operator.toml"))
+        .arg("--ca-dir")
+        .arg(dir.join("pki"))
+        .arg("--provider-keys")
+        .arg(dir.join("tsm/keys/provider.keys"))
+        .arg("--applications-first")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
     // A rate that is no rate is a usage error.
     let o = load(&["--rate", "0"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));

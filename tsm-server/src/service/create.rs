@@ -155,7 +155,15 @@ impl Tsm {
             Some(Err(e)) => return Ok(ControlResponse::Rejected(e)),
         };
         // An application: the JPKI issuer makes the credential (sealed to the SIM), and the
-        // request goes on as an issue.
+        // request goes on as an issue. Those that went to the issuer refreshed the SIM's
+        // record from the MNO-TSM on the way (`Tsm::sealed_by_issuer`, the PIN reset's).
+        let refreshed = match req {
+            ControlRequest::ApplyPinReset { .. } => true,
+            ControlRequest::Apply { .. } | ControlRequest::ApplyTransfer { .. } => {
+                !self.key_on_card()
+            }
+            _ => false,
+        };
         let mut req = match req {
             // The on-card mode: the SIM makes the key in the download's first session, and
             // the issuer certifies it then (`Tsm::certify_on_card`); it checks the
@@ -400,7 +408,7 @@ impl Tsm {
             .map_or(1_800_000, |a| a.valid_for_ms)
             .clamp(60_000, 7 * 86_400_000) as i64;
         let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
-        if !operator_request && kind != "prepare-sim" {
+        if !operator_request && kind != "prepare-sim" && !refreshed {
             // An SP-TSM with an MNO-TSM: the operator's record, as it is now.
             self.refresh_card(&iccid).await?;
         }

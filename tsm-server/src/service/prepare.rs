@@ -272,10 +272,14 @@ impl Tsm {
 
     /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key
     /// every time: the first call creates the MNO-TSM's operation, the next ones read it).
+    /// The initial keys sealed in the answer are opened only when `keys` (after the
+    /// MNO-TSM's session: before it they are of no use, and opening costs a key agreement).
     async fn ask_mno(
         &self,
         op: &OpRow,
-    ) -> Result<std::result::Result<(OpState, Option<String>, InitialKeys), ErrorReport>> {
+        keys: bool,
+    ) -> Result<std::result::Result<(OpState, Option<String>, Option<InitialKeys>), ErrorReport>>
+    {
         let instance = match &op.data.request {
             ControlRequest::Issue { applet, .. } | ControlRequest::Apply { applet, .. } => {
                 applet.instance.clone()
@@ -328,6 +332,9 @@ impl Tsm {
                 sealed_initial_keys,
                 ..
             } => {
+                if !keys {
+                    return Ok(Ok((state, device_ticket, None)));
+                }
                 let ctx = tsm_protocol::keyseal::Context {
                     mno: &mno.party.0,
                     sp_tsm: &self.config.policy.me.0,
@@ -337,7 +344,7 @@ impl Tsm {
                     op: &mno_op.0,
                 };
                 match tsm_protocol::keyseal::open(&reply, &ctx, &sealed_initial_keys) {
-                    Ok(keys) => Ok(Ok((state, device_ticket, keys))),
+                    Ok(keys) => Ok(Ok((state, device_ticket, Some(keys)))),
                     Err(e) => {
                         tracing::warn!(op = %op.id, error = %e, "the MNO-TSM's sealed initial keys do not open");
                         Ok(Err(err(
@@ -381,7 +388,7 @@ impl Tsm {
             Ok(m) => m.relay_url.clone(),
             Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
-        let asked = self.ask_mno(&op).await?;
+        let asked = self.ask_mno(&op, false).await?;
         let reply = match asked {
             Ok((_, Some(ticket), _)) => {
                 op.data.phase = 1;
@@ -435,8 +442,8 @@ impl Tsm {
         mut plan: Plan,
         provider: KeySet,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>), ErrorReport>> {
-        let keys = match self.ask_mno(op).await? {
-            Ok((OpState::Completed, _, k)) => k,
+        let keys = match self.ask_mno(op, true).await? {
+            Ok((OpState::Completed, _, Some(k))) => k,
             Ok((state, _, _)) => {
                 return Ok(Err(err(
                     Layer::Business,
