@@ -32,6 +32,10 @@ pub enum AgentMsg {
         resume: Option<SessionId>,
         /// The user's entries, when the app asked for them before connecting.
         credentials: Option<UserCredentials>,
+        /// Coming back from the server a [`ServerMsg::Continue`] sent the relay to: the
+        /// signed receipt that server ended its session with (the MNO-TSM's SIM
+        /// preparation), which the provider's TSM checks instead of asking that server.
+        prepared: Option<crate::Sealed>,
     },
     /// The user's entries, when the server asked for them.
     Credentials {
@@ -180,6 +184,9 @@ pub enum ServerMsg {
         outcome: StopOutcome,
         /// For the user.
         message: String,
+        /// The operation's signed receipt, when another server acts on it: a completed SIM
+        /// preparation of an MNO-TSM, which the relay hands back with its `Hello`.
+        receipt: Option<crate::Sealed>,
     },
 }
 

@@ -128,6 +128,7 @@ proptest! {
         let _ = e.rt.block_on(e.w.tsm.relay(&b));
         let hello = tsm_protocol::codec::encode(&AgentMsg::Hello {
             ticket: "00".repeat(16), agent: "fuzz".into(), resume: None, credentials: None,
+            prepared: None,
         }).unwrap();
         let mut bad = hello.clone();
         let n = bad.len();

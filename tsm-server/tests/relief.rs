@@ -44,6 +44,7 @@ async fn open(tsm: &Tsm, ticket: &str) -> (SessionId, u8, Option<Derivation>) {
         agent: "kagi-test".into(),
         resume: None,
         credentials: None,
+        prepared: None,
     };
     match relay(tsm, hello).await {
         ServerMsg::AskCredentials {

@@ -255,6 +255,15 @@ pub fn walk(name: &str, pg: Option<&tsm_server::testing::PrivatePostgres>) {
         "tsm:kagi|completed",
         "{s14}: the request, signed by the SP-TSM, in the MNO-TSM's database"
     );
+    // Asked once: the relay brought the MNO-TSM's receipt back to the SP-TSM, which checked
+    // it instead of asking again, in both of its sessions (the key made, the credential
+    // written). The SP-TSM's signed requests at the MNO-TSM: the SIM's record at the
+    // application, the preparation.
+    assert_eq!(
+        sv.mno_row(dir, "SELECT count(*) FROM replay WHERE sender = 'tsm:kagi'"),
+        "2",
+        "{s14}: the SP-TSM's signed requests at the MNO-TSM"
+    );
 
     // ⑮
     let s15 = w.step("⑮ the MNO-TSM creates the provider's domain and installs the JPKI applet");

@@ -18,6 +18,7 @@ mod flow;
 mod lifecycle;
 mod pg_processes;
 mod race16;
+mod relayed_receipt;
 mod two_services;
 
 use card_wire::scp03::AesKey;

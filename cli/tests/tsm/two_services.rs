@@ -7,13 +7,13 @@ use super::*;
 use card_wire::scp03::{Diversification, DiversifiedMaster, HostOptions, StaticKeys};
 use tsm_server::service::{Hosted, MnoLink, Operator};
 
-const MNO_TSM: &str = "tsm:kagi-mobile";
+pub(super) const MNO_TSM: &str = "tsm:kagi-mobile";
 /// The GP test key: the simulated SIMs' issuer-domain keys (the MNO-TSM's only).
 const ISD_KEY: [u8; 16] = [
     0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F,
 ];
 
-fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
+pub(super) fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
     let mut trust = Trust::new();
     trust.add(world.mno.party().clone(), *world.mno.verifying_key());
     trust.add(world.tsm.party().clone(), *world.tsm.verifying_key());
@@ -55,7 +55,7 @@ fn mno_config(world: &World, me: &Signer, other_sp_tsm: &Signer) -> Config {
 }
 
 /// A client of the MNO-TSM signing as `who`.
-fn at_mno(who: &Signer, me: &Signer, url: &str) -> Party {
+pub(super) fn at_mno(who: &Signer, me: &Signer, url: &str) -> Party {
     let mut trust = Trust::new();
     trust.add(me.party().clone(), *me.verifying_key());
     Party {

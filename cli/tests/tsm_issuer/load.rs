@@ -90,12 +90,20 @@ fn the_load_generator_runs_whole_sessions_through_three_services() {
         (&3.into(), &0.into(), &3.into()),
         "{v}"
     );
-    assert!(v["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        v["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     assert_eq!(
         services.issuer_row(dir, "SELECT count(*) FROM links WHERE state = 'active'"),
         "9"
     );
-    assert_eq!(std::fs::read_dir(dir.join("tsm/outbox/new")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.join("tsm/outbox/new"))
+            .unwrap()
+            .count(),
+        0
+    );
     // --applications-first needs the three services (--outbox).
     let o = kagi()
         .args(["tsm", "load", "--sp"])

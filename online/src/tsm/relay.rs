@@ -101,6 +101,7 @@ pub async fn run(
         agent: opts.agent.clone(),
         resume: None,
         credentials: early,
+        prepared: None,
     };
     // While the operator's TSM prepares the SIM (a `Continue`): its client, and the provider's
     // session to resume afterwards.
@@ -146,10 +147,14 @@ pub async fn run(
                     agent: opts.agent.clone(),
                     resume: None,
                     credentials: None,
+                    prepared: None,
                 }
             }
             ServerMsg::Stop {
-                outcome, message, ..
+                outcome,
+                message,
+                receipt,
+                ..
             } if detour.is_some() => {
                 agent.close(card);
                 agent = Agent::new();
@@ -160,11 +165,13 @@ pub async fn run(
                     out.elapsed = start.elapsed();
                     return Ok(out);
                 }
+                // The operator's TSM's receipt goes back with the relay (opaque here).
                 AgentMsg::Hello {
                     ticket: opts.ticket.clone(),
                     agent: opts.agent.clone(),
                     resume: home,
                     credentials: None,
+                    prepared: receipt,
                 }
             }
             ServerMsg::AskCredentials {

@@ -501,6 +501,7 @@ impl Tsm {
             children.push(old);
         }
         let op = OpRow {
+            relayed_receipt: None,
             id,
             kind: kind.into(),
             party: party.0.clone(),

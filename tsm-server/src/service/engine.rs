@@ -216,13 +216,14 @@ impl Tsm {
         let sealed = self.config.signer.seal(h, &receipt)?;
         op.state = OpState::Completed;
         op.updated_at = t;
-        op.data.receipt = Some(sealed);
+        op.data.receipt = Some(sealed.clone());
         op.data.steps = ev.steps.iter().map(|s| s.name.clone()).collect();
         op.data.cin = ev.cin.clone();
         // The one-time code is consumed only now, at completion.
         op.data.code_hash = [0; 32];
         op.data.sealed_secrets.clear();
-        let stop = Self::stop(session, StopOutcome::Completed, "the download is complete");
+        let mut stop = Self::stop(session, StopOutcome::Completed, "the download is complete");
+        Self::with_receipt(&mut stop, &op, Some(&sealed));
         let bytes = tsm_protocol::codec::encode(&stop)?;
         batch.extend([
             Store::put_session(&session.to_hex(), &op.id, seq + 1, bytes, t),

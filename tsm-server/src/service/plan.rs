@@ -19,7 +19,7 @@ impl Tsm {
     /// deletions of the provider's revoked applets on that card riding along.
     async fn plan(
         &self,
-        op: &OpRow,
+        op: &mut OpRow,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>, Vec<OpId>), ErrorReport>> {
         if let ControlRequest::CreateSecurityDomain { .. } = &op.data.request {
             return self.domain_plan(op).await;
@@ -235,12 +235,12 @@ impl Tsm {
     /// A new engine for the operation's plan, and its first order (`seq` + 1).
     pub(super) async fn start_engine(
         &self,
-        op: OpRow,
+        mut op: OpRow,
         session: SessionId,
         seq: i64,
         batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
-        let (plan, keys, deletions) = match self.plan(&op).await? {
+        let (plan, keys, deletions) = match self.plan(&mut op).await? {
             Ok(p) => p,
             // The issuer's challenge could not be asked for: a later session asks again.
             Err(e) if e.code == "tsm.issuer-unreachable" => {

@@ -24,9 +24,11 @@ use card_wire::scp03::keys::{KeyPurpose, kdf3};
 use card_wire::scp03::{AesKey, CardKeys, Scp03Error, StaticKeys};
 use std::sync::Arc;
 use tsm_protocol::control::{ControlRequest, ControlResponse, InitialKeys, OpState};
+use tsm_protocol::receipt::ExecutionReceipt;
 use tsm_protocol::recipes;
 use tsm_protocol::relay::{ServerMsg, StopOutcome};
 use tsm_protocol::script::{Goal, KeySet, Plan};
+use tsm_protocol::signing::Kind;
 use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, SessionId};
 
 use super::{Peer, Result, Tsm, encode, err, now};
@@ -34,6 +36,10 @@ use crate::store::Store;
 
 /// The key version of a new provider domain's initial keys.
 pub const INITIAL_KVN: u8 = 0x20;
+
+/// An SP-TSM operation's phase once the MNO-TSM's preparation of its SIM is confirmed (phase
+/// 1: the relay was sent to the MNO-TSM).
+pub const MNO_CONFIRMED: u8 = 2;
 
 /// The MNO-TSM an SP-TSM asks to prepare SIMs.
 pub struct MnoLink {
@@ -272,14 +278,7 @@ impl Tsm {
 
     /// SP-TSM: asks the MNO-TSM to prepare the SIM of an issue (the same idempotency key
     /// every time: the first call creates the MNO-TSM's operation, the next ones read it).
-    /// The initial keys sealed in the answer are opened only when `keys` (after the
-    /// MNO-TSM's session: before it they are of no use, and opening costs a key agreement).
-    async fn ask_mno(
-        &self,
-        op: &OpRow,
-        keys: bool,
-    ) -> Result<std::result::Result<(OpState, Option<String>, Option<InitialKeys>), ErrorReport>>
-    {
+    async fn ask_mno(&self, op: &OpRow) -> Result<std::result::Result<Asked, ErrorReport>> {
         let instance = match &op.data.request {
             ControlRequest::Issue { applet, .. } | ControlRequest::Apply { applet, .. } => {
                 applet.instance.clone()
@@ -331,30 +330,12 @@ impl Tsm {
                 device_ticket,
                 sealed_initial_keys,
                 ..
-            } => {
-                if !keys {
-                    return Ok(Ok((state, device_ticket, None)));
-                }
-                let ctx = tsm_protocol::keyseal::Context {
-                    mno: &mno.party.0,
-                    sp_tsm: &self.config.policy.me.0,
-                    provider: &provider.0,
-                    iccid: &op.iccid,
-                    sd_aid: &p.sd_aid,
-                    op: &mno_op.0,
-                };
-                match tsm_protocol::keyseal::open(&reply, &ctx, &sealed_initial_keys) {
-                    Ok(keys) => Ok(Ok((state, device_ticket, Some(keys)))),
-                    Err(e) => {
-                        tracing::warn!(op = %op.id, error = %e, "the MNO-TSM's sealed initial keys do not open");
-                        Ok(Err(err(
-                            Layer::Protocol,
-                            "protocol.mno-sealed-keys",
-                            e.to_string(),
-                        )))
-                    }
-                }
-            }
+            } => Ok(Ok(Asked {
+                state,
+                ticket: device_ticket,
+                mno_op,
+                sealed: sealed_initial_keys,
+            })),
             ControlResponse::Rejected(e) => {
                 tracing::warn!(op = %op.id, code = %e.code, "the MNO-TSM refused to prepare the SIM");
                 Ok(Err(e))
@@ -388,18 +369,29 @@ impl Tsm {
             Ok(m) => m.relay_url.clone(),
             Err(e) => return self.finish_failed(op, session, e, batch).await,
         };
-        let asked = self.ask_mno(&op, false).await?;
+        let asked = self.ask_mno(&op).await?;
         let reply = match asked {
-            Ok((_, Some(ticket), _)) => {
+            Ok(Asked {
+                ticket: Some(ticket),
+                mno_op,
+                sealed,
+                ..
+            }) => {
                 op.data.phase = 1;
                 batch.push(Store::audit(&op.id, t, "tsm", "sent-to-mno", &url));
+                // What the relay's return is checked against (`Tsm::after_mno`).
+                batch.push(Store::put_mno_prepared(&op.id, &mno_op, sealed, t));
                 ServerMsg::Continue {
                     session,
                     url,
                     ticket,
                 }
             }
-            Ok((state, None, _)) => {
+            Ok(Asked {
+                state,
+                ticket: None,
+                ..
+            }) => {
                 // The MNO-TSM's operation is over already (a repeat): go on here.
                 if state == OpState::Completed {
                     op.data.phase = 1;
@@ -436,26 +428,50 @@ impl Tsm {
 
     /// SP-TSM: the issue's plan after the MNO-TSM prepared the SIM: the domain opened with
     /// its initial keys, which are replaced by the provider's before anything is written.
+    /// The MNO-TSM's preparation counts as confirmed once its receipt checked or it answered
+    /// that its operation completed: the operation's phase becomes [`MNO_CONFIRMED`], and a
+    /// later session of the operation (the on-card mode writes the credential in a second
+    /// one) uses the initial keys kept for it without asking again.
     pub(super) async fn after_mno(
         &self,
-        op: &OpRow,
+        op: &mut OpRow,
         mut plan: Plan,
         provider: KeySet,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>), ErrorReport>> {
-        let keys = match self.ask_mno(op, true).await? {
-            Ok((OpState::Completed, _, Some(k))) => k,
-            Ok((state, _, _)) => {
-                return Ok(Err(err(
-                    Layer::Business,
-                    "business.mno-not-prepared",
-                    format!(
-                        "the operator's TSM has not prepared the SIM (its operation is {}): run the download again",
-                        state.name()
-                    ),
-                )));
-            }
-            Err(e) => return Ok(Err(e)),
+        // Confirmed earlier in this operation, or the relay came back with the MNO-TSM's
+        // receipt for this preparation (checked against what its answer named): no need to
+        // ask again.
+        let known = if op.data.phase >= MNO_CONFIRMED {
+            self.kept_initial_keys(op).await?
+        } else {
+            self.relayed_preparation(op).await?
         };
+        let keys = match known {
+            Some(keys) => keys,
+            None => match self.ask_mno(op).await? {
+                Ok(Asked {
+                    state: OpState::Completed,
+                    mno_op,
+                    sealed,
+                    ..
+                }) => match self.open_initial_keys(op, &mno_op, &sealed) {
+                    Ok(k) => k,
+                    Err(e) => return Ok(Err(e)),
+                },
+                Ok(Asked { state, .. }) => {
+                    return Ok(Err(err(
+                        Layer::Business,
+                        "business.mno-not-prepared",
+                        format!(
+                            "the operator's TSM has not prepared the SIM (its operation is {}): run the download again",
+                            state.name()
+                        ),
+                    )));
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        op.data.phase = MNO_CONFIRMED;
         let initial = match static_keys(&keys) {
             Ok(k) => k,
             Err(e) => return Ok(Err(err(Layer::Tsm, "tsm.keys", e))),
@@ -466,5 +482,102 @@ impl Tsm {
         plan.new_keys = Some(provider.clone());
         plan.fallback = Some(provider);
         Ok(Ok((plan, Arc::new(Fixed(initial)))))
+    }
+}
+
+/// The MNO-TSM's answer to a `PrepareSim`, as the SP-TSM uses it.
+struct Asked {
+    /// Its operation's state.
+    state: OpState,
+    /// The device ticket for its session (while there is one to run).
+    ticket: Option<String>,
+    /// Its operation.
+    mno_op: OpId,
+    /// The domain's initial keys, sealed to this operation's reply key.
+    sealed: Vec<u8>,
+}
+
+impl Tsm {
+    /// SP-TSM: the initial keys `sealed` in the MNO-TSM's answer for operation `mno_op`,
+    /// opened with the reply key of operation `op`.
+    fn open_initial_keys(
+        &self,
+        op: &OpRow,
+        mno_op: &OpId,
+        sealed: &[u8],
+    ) -> std::result::Result<InitialKeys, ErrorReport> {
+        let mno = self.mno_for(&op.iccid)?;
+        let provider = PartyId(op.party.clone());
+        let Some(p) = self.config.providers.get(&provider) else {
+            return Err(err(
+                Layer::Tsm,
+                "tsm.unknown-provider",
+                "no keys for the provider",
+            ));
+        };
+        let reply = tsm_protocol::keyseal::reply_secret(self.config.state_key.as_bytes(), &op.id.0)
+            .map_err(|e| err(Layer::Tsm, "tsm.keys", e.to_string()))?;
+        let ctx = tsm_protocol::keyseal::Context {
+            mno: &mno.party.0,
+            sp_tsm: &self.config.policy.me.0,
+            provider: &provider.0,
+            iccid: &op.iccid,
+            sd_aid: &p.sd_aid,
+            op: &mno_op.0,
+        };
+        tsm_protocol::keyseal::open(&reply, &ctx, sealed).map_err(|e| {
+            tracing::warn!(op = %op.id, error = %e, "the MNO-TSM's sealed initial keys do not open");
+            err(Layer::Protocol, "protocol.mno-sealed-keys", e.to_string())
+        })
+    }
+
+    /// SP-TSM: the initial keys kept for operation `op`, if they are still kept and open.
+    async fn kept_initial_keys(&self, op: &OpRow) -> Result<Option<InitialKeys>> {
+        Ok(match self.store.mno_prepared(&op.id).await? {
+            Some((mno_op, keys)) => self.open_initial_keys(op, &mno_op, &keys).ok(),
+            None => None,
+        })
+    }
+
+    /// SP-TSM: the initial keys of a SIM preparation the relay brought the MNO-TSM's receipt
+    /// back for — signed by the MNO-TSM serving the SIM, to this SP-TSM, for the operation
+    /// its answer named, completed on this SIM — or `None` (no receipt, or one that does not
+    /// check: then the MNO-TSM is asked, as a relay may lose or alter what it carries).
+    async fn relayed_preparation(&self, op: &OpRow) -> Result<Option<InitialKeys>> {
+        let Some(sealed) = &op.relayed_receipt else {
+            return Ok(None);
+        };
+        let Some((mno_op, keys)) = self.store.mno_prepared(&op.id).await? else {
+            return Ok(None);
+        };
+        let Ok(mno) = self.mno_for(&op.iccid) else {
+            return Ok(None);
+        };
+        let checked = tsm_protocol::signing::verify_document::<ExecutionReceipt>(
+            sealed,
+            Kind::Receipt,
+            &self.config.trust,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|env| {
+            let (h, r) = (&env.header, &env.body);
+            if h.sender != mno.party {
+                Err(format!("signed by {}, not {}", h.sender, mno.party))
+            } else if h.recipient != self.config.policy.me {
+                Err(format!("addressed to {}", h.recipient))
+            } else if r.op != mno_op || r.kind != "prepare-sim" || r.iccid != op.iccid {
+                Err(format!("for {} {} on {}", r.kind, r.op, r.iccid))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(why) = checked {
+            tracing::warn!(op = %op.id, why, "the relayed MNO-TSM receipt does not check: asking the MNO-TSM");
+            return Ok(None);
+        }
+        match self.open_initial_keys(op, &mno_op, &keys) {
+            Ok(k) => Ok(Some(k)),
+            Err(_) => Ok(None),
+        }
     }
 }

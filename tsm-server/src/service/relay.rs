@@ -7,7 +7,7 @@ use crate::store::{Stmt, Store};
 use tsm_protocol::access;
 use tsm_protocol::control::{ControlRequest, GrantVerifier, OpState};
 use tsm_protocol::relay::{AgentMsg, PasswordEntry, ServerMsg, StopOutcome, UserCredentials};
-use tsm_protocol::{Layer, OpId, SessionId};
+use tsm_protocol::{Layer, OpId, Sealed, SessionId};
 
 use super::{Result, ServiceError, Tsm, encode, err, now};
 
@@ -22,7 +22,11 @@ impl Tsm {
                 agent,
                 resume,
                 credentials,
-            } => self.hello(&ticket, &agent, resume, credentials).await?,
+                prepared,
+            } => {
+                self.hello(&ticket, &agent, resume, credentials, prepared)
+                    .await?
+            }
             AgentMsg::Credentials {
                 session,
                 credentials,
@@ -46,6 +50,7 @@ impl Tsm {
             session,
             outcome,
             message: message.into(),
+            receipt: None,
         }
     }
 
@@ -70,7 +75,23 @@ impl Tsm {
             ),
             _ => (StopOutcome::Refused, "the operation was cancelled".into()),
         };
-        Self::stop(session, outcome, msg)
+        let mut stop = Self::stop(session, outcome, msg);
+        Self::with_receipt(&mut stop, op, op.data.receipt.as_ref());
+        stop
+    }
+
+    /// A completed SIM preparation's stop carries its signed receipt: the relay hands it
+    /// to the SP-TSM, which checks it instead of asking (`Tsm::after_mno`).
+    pub(super) fn with_receipt(stop: &mut ServerMsg, op: &OpRow, sealed: Option<&Sealed>) {
+        if let ServerMsg::Stop {
+            outcome: StopOutcome::Completed,
+            receipt,
+            ..
+        } = stop
+            && op.kind == "prepare-sim"
+        {
+            *receipt = sealed.cloned();
+        }
     }
 
     async fn hello(
@@ -79,6 +100,7 @@ impl Tsm {
         agent: &str,
         resume: Option<SessionId>,
         credentials: Option<UserCredentials>,
+        prepared: Option<Sealed>,
     ) -> Result<ServerMsg> {
         let none = SessionId([0; 16]);
         let Some(mut op) = self
@@ -133,7 +155,9 @@ impl Tsm {
         )];
         tracing::info!(op = %op.id, session = %session, resumed, "relay session");
         if resumed && matches!(op.state, OpState::Running | OpState::Interrupted) {
-            // A new secure session continues from a probe; order numbers go on.
+            // A new secure session continues from a probe; order numbers go on. Back from
+            // the MNO-TSM, with its receipt for the SIM's preparation (checked there).
+            op.relayed_receipt = prepared;
             return self.start_engine(op, session, last_seq, batch).await;
         }
         if op.kind == "prepare-sim" || op.kind == super::retire::KIND {

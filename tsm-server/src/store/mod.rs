@@ -55,6 +55,12 @@ pub const SCHEMA: Schema = Schema {
         crate::refusals::DDL_INDEX,
         // The sealed parts of a running operation's request (`sealed`): deleted when it ends.
         "CREATE TABLE IF NOT EXISTS sealed (op_id TEXT PRIMARY KEY, data BYTES NOT NULL)",
+        // An SP-TSM's record of the MNO-TSM operation preparing an operation's SIM, with the
+        // initial keys as sealed to it (`sealed::put_mno_prepared`): until the sweep after
+        // the operation ends.
+        "CREATE TABLE IF NOT EXISTS mno_prepared (
+        op_id TEXT PRIMARY KEY, mno_op TEXT NOT NULL, sealed_keys BYTES NOT NULL,
+        updated_at BIGINT NOT NULL)",
         // The SIMs' key agreement certificates, as their operators registered them.
         "CREATE TABLE IF NOT EXISTS card_certs (
         iccid TEXT PRIMARY KEY, cert BYTES NOT NULL, updated_at BIGINT NOT NULL)",

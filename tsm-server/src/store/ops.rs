@@ -73,6 +73,9 @@ pub struct OpRow {
     pub version: i64,
     /// The rest.
     pub data: OpData,
+    /// Not stored: the MNO-TSM's receipt for this operation's SIM preparation, as the relay
+    /// brought it back in this request (checked in `Tsm::after_mno`).
+    pub relayed_receipt: Option<Sealed>,
 }
 
 fn decode_state(s: &str) -> OpState {
@@ -94,6 +97,7 @@ fn corrupt(what: &str) -> StoreError {
 
 fn op_from(r: &[Val]) -> Result<OpRow, StoreError> {
     Ok(OpRow {
+        relayed_receipt: None,
         id: OpId::from_hex(&r[0].text()).ok_or_else(|| corrupt("operation id"))?,
         kind: r[1].text(),
         party: r[2].text(),
@@ -138,12 +142,14 @@ impl Store {
             .await
     }
 
-    /// Forgets replay entries past their keep time, and the counters of refused messages
-    /// of minutes long past (`crate::refusals`; their audit events stay).
+    /// Forgets replay entries past their keep time, the counters of refused messages of
+    /// minutes long past (`crate::refusals`; their audit events stay) and the MNO-TSM
+    /// preparations kept for operations that are over (`sealed`).
     pub async fn purge_replay(&self, now: i64) -> Result<(), StoreError> {
         self.commit(vec![
             Stmt::any("DELETE FROM replay WHERE keep_until < $1", vec![now.into()]),
             crate::refusals::purge(now),
+            Self::forget_mno_prepared(),
         ])
         .await
     }
@@ -371,6 +377,7 @@ pub(crate) mod tests {
     /// An operation row for store tests: operation `id`, idempotency key `idem`.
     pub(crate) fn op(id: u8, idem: Option<&str>) -> OpRow {
         OpRow {
+            relayed_receipt: None,
             id: OpId([id; 16]),
             kind: "issue".into(),
             party: "sp:bank".into(),

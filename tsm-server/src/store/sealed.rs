@@ -84,6 +84,47 @@ impl Store {
         Ok(rows.first().map(|r| r[0].blob()))
     }
 
+    /// Statement keeping, for SP-TSM operation `op`, the MNO-TSM operation `mno_op` that
+    /// prepares its SIM and the domain's initial keys as the MNO-TSM sealed them to the
+    /// operation's reply key (only this SP-TSM, with its state key, opens them): what the
+    /// MNO-TSM's receipt, brought back by the relay, is checked against. Deleted by the sweep
+    /// once the operation is over ([`Store::forget_mno_prepared`]).
+    pub fn put_mno_prepared(op: &OpId, mno_op: &OpId, sealed: Vec<u8>, now: i64) -> Stmt {
+        Stmt::one(
+            "INSERT INTO mno_prepared (op_id, mno_op, sealed_keys, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (op_id) DO UPDATE SET mno_op = $2, sealed_keys = $3, updated_at = $4",
+            vec![
+                op.to_hex().into(),
+                mno_op.to_hex().into(),
+                sealed.into(),
+                now.into(),
+            ],
+        )
+    }
+
+    /// The MNO-TSM operation and sealed initial keys kept for operation `op`.
+    pub async fn mno_prepared(&self, op: &OpId) -> Result<Option<(OpId, Vec<u8>)>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT mno_op, sealed_keys FROM mno_prepared WHERE op_id = $1",
+                vec![op.to_hex().into()],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| {
+            let id = hex::decode(r[0].text()).ok()?;
+            Some((OpId(id.try_into().ok()?), r[1].blob()))
+        }))
+    }
+
+    /// Statement deleting what [`Store::put_mno_prepared`] kept for operations that are over.
+    pub fn forget_mno_prepared() -> Stmt {
+        Stmt::any(
+            "DELETE FROM mno_prepared WHERE EXISTS (SELECT 1 FROM ops WHERE ops.id = mno_prepared.op_id
+             AND ops.state IN ('completed', 'failed', 'expired', 'cancelled'))",
+            vec![],
+        )
+    }
+
     /// Statement setting (or, with `None`, clearing) the key agreement certificate of SIM
     /// `iccid`: put it in the batch after [`Store::register_card`], which fails the whole
     /// batch when the SIM is another operator's.

@@ -203,6 +203,7 @@ fn hello(d: &Download) -> AgentMsg {
             access_code: d.code.clone(),
             password: support::PASSWORD.into(),
         }),
+        prepared: None,
     }
 }
 

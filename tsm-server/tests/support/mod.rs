@@ -438,6 +438,7 @@ pub async fn hello(
             access_code: code.into(),
             password: password.into(),
         }),
+        prepared: None,
     })
     .unwrap();
     let answer = tsm.relay(&msg).await?;
