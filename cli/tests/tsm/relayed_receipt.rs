@@ -6,13 +6,12 @@
 //! requests in its replay table (the SIM's record at the issue, then one `PrepareSim` with
 //! the receipt, two without).
 
-use super::two_services::{MNO_TSM, at_mno, mno_config};
+use super::two_services::{MNO_TSM, at_mno, registered_blank_sim, start_two};
 use super::*;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tsm_protocol::Sealed;
 use tsm_protocol::relay::AgentMsg;
-use tsm_server::service::MnoLink;
 
 /// What the relay's path to the SP-TSM does to the receipt it carries back.
 #[derive(Clone)]
@@ -156,12 +155,7 @@ async fn the_mno_tsm_receipt_comes_back_with_the_relay_and_a_tampered_one_is_not
     );
     let me = Signer::generate(party(MNO_TSM)).unwrap();
     let other = Signer::generate(party("tsm:other-sp")).unwrap();
-    let mno_server = start_with(mno_config(&world, &me, &other), &mno_backend, 0).await;
-    let mut sp_config = world.config();
-    sp_config.operators.clear();
-    sp_config.trust.add(me.party().clone(), *me.verifying_key());
-    sp_config.mno = vec![MnoLink::new(me.party().clone(), &mno_server.url)];
-    let sp_server = start_with(sp_config, &sp_backend, 0).await;
+    let (mno_server, sp_server) = start_two(&world, &me, &other, &mno_backend, &sp_backend).await;
     let sp = world.client_party(&world.sp, &sp_server.url);
     let operator = at_mno(&world.mno, &me, &mno_server.url);
     let proxy = Proxy::start(&sp_server.url).await;
@@ -181,20 +175,7 @@ async fn the_mno_tsm_receipt_comes_back_with_the_relay_and_a_tampered_one_is_not
             (_, None) => unreachable!("the first download's receipt was seen"),
         };
         *proxy.tamper.lock().unwrap() = tamper;
-        let mut sim = kagi_fixtures::sim::blank(format!("{name}-{i}").as_bytes()).unwrap();
-        let reg = ControlRequest::RegisterCard {
-            iccid: sim.iccid.clone(),
-            cin: sim.cin.clone(),
-            sd_aid: PROVIDER_SD.to_vec(),
-            free_memory: 64 * 1024,
-            card_certificate: Some(sim.card_certificate.clone()),
-        };
-        assert_eq!(ask(&operator, &reg).await, ControlResponse::Ok);
-        world
-            .card_certs
-            .lock()
-            .unwrap()
-            .insert(sim.iccid.clone(), sim.card_certificate.clone());
+        let mut sim = registered_blank_sim(&world, &operator, &format!("{name}-{i}")).await;
         let before = asked(&mno_store, &sp_tsm).await;
         let iss = issue(&world, &sp, &sim.iccid).await;
         let out = download(&proxy.url, &mut sim.card, &iss.ticket, &iss.code, None).await;

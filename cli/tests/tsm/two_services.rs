@@ -123,12 +123,17 @@ fn unknown_key_version(r: kagi::Result<()>) -> bool {
     )
 }
 
-async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
-    let log = tsm_log();
-    let world = World::new(name);
-    let me = Signer::generate(party(MNO_TSM)).unwrap();
-    let other = Signer::generate(party("tsm:other-sp")).unwrap();
-    let mno_server = start_with(mno_config(&world, &me, &other), &mno_backend, 0).await;
+/// The MNO-TSM (its own signing key `me`, trusting the world's operator, SP-TSM and
+/// another SP-TSM `other`) and the SP-TSM linked to it (the world's combined configuration
+/// without the operator's keys), each on its own runtime and database.
+pub(super) async fn start_two(
+    world: &World,
+    me: &Signer,
+    other: &Signer,
+    mno_backend: &Backend,
+    sp_backend: &Backend,
+) -> (Running, Running) {
+    let mno_server = start_with(mno_config(world, me, other), mno_backend, 0).await;
     let mut sp_config = world.config();
     assert_eq!(
         sp_config.operators.len(),
@@ -138,13 +143,18 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
     sp_config.operators.clear();
     sp_config.trust.add(me.party().clone(), *me.verifying_key());
     sp_config.mno = vec![MnoLink::new(me.party().clone(), &mno_server.url)];
-    let sp_server = start_with(sp_config, &sp_backend, 0).await;
-    let (mno_url, sp_url) = (mno_server.url.clone(), sp_server.url.clone());
-    let sp = world.client_party(&world.sp, &sp_url);
-    let operator = at_mno(&world.mno, &me, &mno_url);
+    let sp_server = start_with(sp_config, sp_backend, 0).await;
+    (mno_server, sp_server)
+}
 
-    // A SIM with no provider domain: the operator registers it with its MNO-TSM only.
-    let mut sim = kagi_fixtures::sim::blank(format!("{name}-phone").as_bytes()).unwrap();
+/// A SIM with no provider domain (made from `seed`), registered by the operator with its
+/// MNO-TSM only (and its certificate noted for the world's provider).
+pub(super) async fn registered_blank_sim(
+    world: &World,
+    operator: &Party,
+    seed: &str,
+) -> ProvisionedSim {
+    let sim = kagi_fixtures::sim::blank(seed.as_bytes()).unwrap();
     let reg = ControlRequest::RegisterCard {
         iccid: sim.iccid.clone(),
         cin: sim.cin.clone(),
@@ -152,12 +162,26 @@ async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
         free_memory: 64 * 1024,
         card_certificate: Some(sim.card_certificate.clone()),
     };
-    assert_eq!(ask(&operator, &reg).await, ControlResponse::Ok);
+    assert_eq!(ask(operator, &reg).await, ControlResponse::Ok);
     world
         .card_certs
         .lock()
         .unwrap()
         .insert(sim.iccid.clone(), sim.card_certificate.clone());
+    sim
+}
+
+async fn two_services(mno_backend: Backend, sp_backend: Backend, name: &str) {
+    let log = tsm_log();
+    let world = World::new(name);
+    let me = Signer::generate(party(MNO_TSM)).unwrap();
+    let other = Signer::generate(party("tsm:other-sp")).unwrap();
+    let (mno_server, sp_server) = start_two(&world, &me, &other, &mno_backend, &sp_backend).await;
+    let (mno_url, sp_url) = (mno_server.url.clone(), sp_server.url.clone());
+    let sp = world.client_party(&world.sp, &sp_url);
+    let operator = at_mno(&world.mno, &me, &mno_url);
+
+    let mut sim = registered_blank_sim(&world, &operator, &format!("{name}-phone")).await;
 
     // The download: ⑬ at the SP-TSM, ⑭⑮ at the MNO-TSM, ⑱ at the SP-TSM.
     let iss = issue(&world, &sp, &sim.iccid).await;
