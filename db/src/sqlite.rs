@@ -14,7 +14,8 @@
 //! applied), a commit in FULL mode (an fsync) and schema changes — goes to the blocking
 //! thread pool and waits there as long as `busy_timeout` (10 s) allows. The log is copied
 //! back into the database file (a checkpoint, with its fsyncs) by a thread of its own every
-//! [`CHECKPOINT_EVERY`], never by a request's commit.
+//! [`CHECKPOINT_EVERY`], holding the writer's connection meanwhile, never by a request's
+//! commit.
 
 use crate::{Expect, Stmt, StoreError, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -41,6 +42,8 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct Sqlite {
     inner: Arc<Inner>,
+    /// Dropped with the last clone: stops the checkpoint thread (which holds `inner` too).
+    _checkpointer: Arc<Checkpointer>,
 }
 
 struct Inner {
@@ -49,13 +52,14 @@ struct Inner {
     next: AtomicUsize,
     /// `KAGI_TSM_SQLITE_SYNC=full`: every commit syncs, so none runs inline.
     full_sync: bool,
-    /// Dropped (with the last clone) to stop the checkpoint thread, which is then joined.
-    checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
-impl Drop for Inner {
+/// The checkpoint thread's stop signal (dropped) and handle (joined).
+struct Checkpointer(Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>);
+
+impl Drop for Checkpointer {
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self.checkpointer.take() {
+        if let Some((stop, thread)) = self.0.take() {
             drop(stop);
             let _ = thread.join();
         }
@@ -116,25 +120,47 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-/// The checkpoint thread: every [`CHECKPOINT_EVERY`] a passive checkpoint (it waits for
-/// nobody and nobody waits for it) on a connection of its own, until `stop` is dropped.
-fn checkpointer(
-    path: &Path,
-) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StoreError> {
-    let c = connect(path)?;
+/// The checkpoint thread: every [`CHECKPOINT_EVERY`] a passive checkpoint on a connection of
+/// its own (most of the copying and the fsyncs, beside the commits), then one on the writer's
+/// connection, holding it, until `stop` is dropped. Holding the writer matters: the log is
+/// reset (and cut back to [`WAL_LIMIT`]) only by a write that starts after a checkpoint copied
+/// all of it, which commits landing during the checkpoint would prevent for ever under a
+/// steady load (the log then grows without end, and deleted rows' frames stay in it). A
+/// checkpoint a reader held back is tried again a few times, a millisecond apart; commits
+/// meanwhile wait on the blocking pool.
+fn checkpointer(inner: Arc<Inner>, path: &Path) -> Result<Checkpointer, StoreError> {
+    let own = connect(path)?;
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("kagi-sqlite-checkpoint".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                // Most of the log first, beside the commits (the copying and its fsyncs);
+                // then what they added meanwhile, holding the writer.
+                if let Err(e) = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "SQLite checkpoint failed (tried again shortly)");
+                }
+                let Ok(c) = inner.writer.lock() else {
+                    return;
+                };
+                for _ in 0..5 {
+                    // (busy, frames in the log, frames copied)
+                    match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    }) {
+                        Ok((log, copied)) if copied >= log => break,
+                        Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SQLite checkpoint failed (tried again shortly)");
+                            break;
+                        }
+                    }
                 }
             }
         })
         .map_err(|e| db(format!("checkpoint thread: {e}")))?;
-    Ok((stop, thread))
+    Ok(Checkpointer(Some((stop, thread))))
 }
 
 fn read(c: &Connection, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>, Failed> {
@@ -217,14 +243,15 @@ impl Sqlite {
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(writer),
+            readers,
+            next: AtomicUsize::new(0),
+            full_sync: full_sync(),
+        });
         Ok(Sqlite {
-            inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                readers,
-                next: AtomicUsize::new(0),
-                full_sync: full_sync(),
-                checkpointer: Some(checkpointer(path)?),
-            }),
+            _checkpointer: Arc::new(checkpointer(inner.clone(), path)?),
+            inner,
         })
     }
 

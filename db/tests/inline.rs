@@ -164,3 +164,85 @@ async fn the_checkpoint_thread_copies_the_log_into_the_file() {
     drop(db);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_reset_under_a_steady_load() {
+    let d = dir("steady");
+    let path = d.join("t.db");
+    let db = Db::open(&Backend::Sqlite(path.clone()), &SCHEMA)
+        .await
+        .unwrap();
+    let rows = 32i64;
+    db.commit(
+        (0..rows)
+            .map(|i| {
+                Stmt::one(
+                    "INSERT INTO t (id, v) VALUES ($1, $2)",
+                    vec![i.into(), vec![0u8; 4096].into()],
+                )
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // Two writers rewrite the same 32 rows of 4 KB 400 times each (about 100 MB of log
+    // traffic) while two readers read: commits land all the time, also while the log is
+    // being checkpointed (which, checkpointing beside the writer, kept the log from ever
+    // being reset: it grew without end).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, stop) = (db.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(count(&db).await, rows);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..2u8)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for k in 0..400u32 {
+                    let b = (k as u8) ^ w;
+                    let batch = (0..rows)
+                        .map(|i| {
+                            Stmt::one(
+                                "UPDATE t SET v = $2 WHERE id = $1",
+                                vec![i.into(), vec![b; 4096].into()],
+                            )
+                        })
+                        .collect();
+                    db.commit(batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // The log file's size, sampled while the writers run: it shrinks each time the log is
+    // reset after a complete checkpoint and cut back to the size limit.
+    let wal = d.join("t.db-wal");
+    let (mut last, mut cut_back) = (0u64, 0u32);
+    for w in writers {
+        while !w.is_finished() {
+            let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if len < last {
+                cut_back += 1;
+            }
+            last = len;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert!(
+        cut_back > 0,
+        "the write-ahead log was never reset under the load ({last} bytes at the end)"
+    );
+    drop(db);
+    std::fs::remove_dir_all(&d).unwrap();
+}
