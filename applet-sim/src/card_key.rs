@@ -17,6 +17,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// Where the card keeps its private key agreement key (the 32-byte scalar).
 pub const KEY: &str = "card/ecka/key";
+/// Where the card keeps the public half (uncompressed SEC1), so that opening a sealed value
+/// does not compute it again (cards provisioned before it was kept compute it).
+pub const PUBLIC: &str = "card/ecka/public";
 /// Where the card keeps its certificate (DER).
 pub const CERT: &str = "card/ecka/cert";
 /// Where the card keeps its certificate's serial number (big-endian bytes).
@@ -45,9 +48,11 @@ pub fn generate(store: &mut Store) -> Result<Vec<u8>, StoreError> {
     use p256::elliptic_curve::sec1::ToSec1Point;
     let key = p256::SecretKey::generate();
     let mut scalar = key.to_bytes().to_vec();
+    let public = key.public_key().to_sec1_point(false).as_bytes().to_vec();
     store.begin();
     let r = store
         .put(KEY, &scalar)
+        .and_then(|_| store.put(PUBLIC, &public))
         .and_then(|_| store.remove(CERT))
         .and_then(|_| store.remove(SERIAL));
     scalar.zeroize();
@@ -58,7 +63,7 @@ pub fn generate(store: &mut Store) -> Result<Vec<u8>, StoreError> {
             return Err(e);
         }
     }
-    Ok(key.public_key().to_sec1_point(false).as_bytes().to_vec())
+    Ok(public)
 }
 
 /// Stores the manufacturer's certificate for the card's key and its serial number.
@@ -92,6 +97,10 @@ pub(crate) fn open_for(
         return Err(OpenError::NoCardKey);
     };
     let key = p256::SecretKey::from_slice(scalar).map_err(|_| OpenError::NoCardKey)?;
+    let public = match store.get(PUBLIC).map(p256::PublicKey::from_sec1_bytes) {
+        Some(Ok(p)) => p,
+        _ => key.public_key(),
+    };
     let iccid = store
         .get(crate::uicc::ICCID_KEY)
         .and_then(|ef| card_wire::uicc::Iccid::from_ef(ef).ok())
@@ -104,7 +113,13 @@ pub(crate) fn open_for(
         role,
         request_id,
     };
-    Ok(content::open(&key, &binding, sealed)?)
+    Ok(content::open_as(
+        &key,
+        &public,
+        &binding.info(),
+        &binding.aad(),
+        sealed,
+    )?)
 }
 
 /// The card's tag over a key the instance `applet` generated ([`card_wire::keygen`]).
@@ -158,5 +173,72 @@ impl AppletStore<'_> {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         open_for(self, role, request_id, sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iccid() -> card_wire::uicc::Iccid {
+        card_wire::uicc::Iccid::with_check_digit("898110000000000001").unwrap()
+    }
+
+    fn sealed_to(store: &Store, instance: &[u8]) -> Vec<u8> {
+        let public = p256::PublicKey::from_sec1_bytes(store.get(PUBLIC).unwrap()).unwrap();
+        let iccid = iccid();
+        let binding = Binding {
+            iccid: iccid.as_str(),
+            card_serial: &[0x42],
+            instance,
+            role: Role::PinEf(0x18),
+            request_id: &[7; 16],
+        };
+        content::seal(&public, &binding, b"2468").unwrap()
+    }
+
+    fn card() -> Store {
+        let mut store = Store::new(1 << 20);
+        generate(&mut store).unwrap();
+        set_certificate(&mut store, &[0x30, 0x00], &[0x42]).unwrap();
+        store.put(crate::uicc::ICCID_KEY, &iccid().to_ef()).unwrap();
+        store
+    }
+
+    #[test]
+    fn the_card_opens_with_its_kept_public_key_or_without_it() {
+        let instance_hex = "D392F000260100000001";
+        let instance = [0xD3, 0x92, 0xF0, 0x00, 0x26, 0x01, 0x00, 0x00, 0x00, 0x01];
+        let mut store = card();
+        // The public half kept beside the key is the key's own.
+        let scalar = p256::SecretKey::from_slice(store.get(KEY).unwrap()).unwrap();
+        assert_eq!(
+            p256::PublicKey::from_sec1_bytes(store.get(PUBLIC).unwrap()).unwrap(),
+            scalar.public_key()
+        );
+        let sealed = sealed_to(&store, &instance);
+        let open = |store: &mut Store| {
+            open_for(
+                &AppletStore::new(store, instance_hex, false),
+                Role::PinEf(0x18),
+                &[7; 16],
+                &sealed,
+            )
+            .map(|v| v.to_vec())
+        };
+        assert_eq!(open(&mut store).unwrap(), b"2468");
+        // A card provisioned before the public half was kept computes it.
+        store.remove(PUBLIC).unwrap();
+        assert_eq!(open(&mut store).unwrap(), b"2468");
+        // A kept public half that is not the card's opens nothing (never another value).
+        let other = p256::SecretKey::from_slice(&[9; 32]).unwrap().public_key();
+        use p256::elliptic_curve::sec1::ToSec1Point;
+        store
+            .put(PUBLIC, other.to_sec1_point(false).as_bytes())
+            .unwrap();
+        assert!(matches!(
+            open(&mut store),
+            Err(OpenError::Content(ContentError::DoesNotOpen))
+        ));
     }
 }

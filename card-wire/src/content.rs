@@ -211,6 +211,19 @@ pub fn open_with(
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, ContentError> {
+    open_as(me, &me.public_key(), info, aad, sealed)
+}
+
+/// [`open_with`] for a holder that keeps its public key `me_pub` (computing it from `me` is a
+/// scalar multiplication, a third of the opening). A `me_pub` that is not `me`'s half opens
+/// nothing ([`ContentError::DoesNotOpen`]): the key derivation binds the sealer's view of it.
+pub fn open_as(
+    me: &p256::SecretKey,
+    me_pub: &p256::PublicKey,
+    info: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ContentError> {
     use p256::elliptic_curve::sec1::ToSec1Point;
     if sealed.len() < MIN_LEN {
         return Err(ContentError::Truncated(sealed.len()));
@@ -227,7 +240,7 @@ pub fn open_with(
     if eph_key.to_sec1_point(false).as_bytes() != eph {
         return Err(ContentError::BadEphemeralKey);
     }
-    let me_pub = me.public_key().to_sec1_point(false);
+    let me_pub = me_pub.to_sec1_point(false);
     let shared = p256::ecdh::diffie_hellman(me.to_nonzero_scalar(), eph_key.as_affine());
     let k = agreed_key(&shared, eph, me_pub.as_bytes(), info);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| ContentError::DoesNotOpen)?;
@@ -284,6 +297,19 @@ mod tests {
         assert_eq!(open(&a, &bind, &s2).unwrap().as_slice(), b"2468");
         assert_eq!(open(&b, &bind, &s3).unwrap().as_slice(), b"2468");
         assert_eq!(open(&b, &bind, &s1), Err(ContentError::DoesNotOpen));
+    }
+
+    #[test]
+    fn a_holder_naming_its_public_key_opens_only_with_its_own() {
+        let (a, b) = (key(5), key(6));
+        let bind = binding(Role::KeyEf(0x17));
+        let s = seal(&a.public_key(), &bind, b"value").unwrap();
+        let open_a = |public: &p256::PublicKey| {
+            open_as(&a, public, &bind.info(), &bind.aad(), &s).map(|v| v.to_vec())
+        };
+        assert_eq!(open_a(&a.public_key()).unwrap(), b"value");
+        // Another key's public half named as its own: the derivation differs, nothing opens.
+        assert_eq!(open_a(&b.public_key()), Err(ContentError::DoesNotOpen));
     }
 
     #[test]

@@ -16,12 +16,19 @@
 //! back into the database file (a checkpoint, with its fsyncs) by a thread of its own every
 //! [`CHECKPOINT_EVERY`], holding the writer's connection meanwhile, never by a request's
 //! commit.
+//!
+//! **Which connection reads.** A connection's page cache is thrown away whenever it starts a
+//! read after another connection committed, which under a steady load is nearly every read
+//! of a reader (a tenth of a TSM's CPU went to emptying and refilling caches). The writer's
+//! cache stays valid across its own commits, so a read runs on the writer's connection when
+//! it is free, then on the first free reader (always in the same order, so the first ones stay
+//! warm); only when none is free does it wait on the blocking pool.
 
 use crate::{Expect, Stmt, StoreError, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
@@ -50,6 +57,10 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
+    /// The checkpoint thread waits for the writer's connection: calls do not take it inline
+    /// meanwhile (a mutex is not fair; reads and commits taking it back to back starved the
+    /// checkpoint, and the log was never reset).
+    checkpoint_waiting: AtomicBool,
     /// `KAGI_TSM_SQLITE_SYNC=full`: every commit syncs, so none runs inline.
     full_sync: bool,
 }
@@ -141,7 +152,10 @@ fn checkpointer(inner: Arc<Inner>, path: &Path) -> Result<Checkpointer, StoreErr
                 if let Err(e) = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "SQLite checkpoint failed (tried again shortly)");
                 }
-                let Ok(c) = inner.writer.lock() else {
+                inner.checkpoint_waiting.store(true, Ordering::Relaxed);
+                let writer = inner.writer.lock();
+                inner.checkpoint_waiting.store(false, Ordering::Relaxed);
+                let Ok(c) = writer else {
                     return;
                 };
                 for _ in 0..5 {
@@ -247,6 +261,7 @@ impl Sqlite {
             writer: Mutex::new(writer),
             readers,
             next: AtomicUsize::new(0),
+            checkpoint_waiting: AtomicBool::new(false),
             full_sync: full_sync(),
         });
         Ok(Sqlite {
@@ -281,10 +296,20 @@ impl Sqlite {
         sql: &'static str,
         params: Vec<Val>,
     ) -> Result<Vec<Vec<Val>>, StoreError> {
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % READERS;
-        // Here, on the first free reader from the i-th on, when nothing waits.
-        for k in 0..READERS {
-            match self.inner.readers[(i + k) % READERS].try_lock() {
+        // Here, on the writer's connection or the first free reader, when nothing waits.
+        if !self.inner.checkpoint_waiting.load(Ordering::Relaxed) {
+            match self.inner.writer.try_lock() {
+                Ok(c) => match read(&c, sql, &params) {
+                    Ok(rows) => return Ok(rows),
+                    Err(Failed::Final(e)) => return Err(e),
+                    Err(Failed::Busy) => {}
+                },
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(db("writer lock poisoned")),
+            }
+        }
+        for reader in &self.inner.readers {
+            match reader.try_lock() {
                 Ok(c) => match read(&c, sql, &params) {
                     Ok(rows) => return Ok(rows),
                     Err(Failed::Final(e)) => return Err(e),
@@ -294,6 +319,7 @@ impl Sqlite {
                 Err(TryLockError::Poisoned(_)) => return Err(db("reader lock poisoned")),
             }
         }
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % READERS;
         let inner = self.inner.clone();
         Self::blocking(move || {
             let mut c = inner.readers[i]
@@ -305,7 +331,8 @@ impl Sqlite {
     }
 
     pub(super) async fn commit(&self, batch: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
-        if !self.inner.full_sync {
+        // Inline only when no checkpoint waits for the writer (it goes first).
+        if !self.inner.full_sync && !self.inner.checkpoint_waiting.load(Ordering::Relaxed) {
             match self.inner.writer.try_lock() {
                 Ok(mut c) => match write(&mut c, &batch) {
                     Ok(counts) => return Ok(counts),

@@ -1,7 +1,9 @@
 //! SQLite calls run on the caller's thread when nothing waits and on the blocking pool when
 //! something would (module docs of `kagi_db::sqlite`): a commit meeting another process's
 //! write lock waits for it and is applied exactly once; racing commits from many tasks all
-//! land; the log is copied into the database file by the checkpoint thread, not by a commit.
+//! land; reads beside them (on the writer's connection when it is free) never see half a
+//! transaction; the log is copied into the database file by the checkpoint thread, not by a
+//! commit.
 
 use kagi_db::{Backend, Db, Schema, Stmt, StoreError};
 use std::path::PathBuf;
@@ -123,6 +125,72 @@ async fn racing_conditional_updates_all_land_once() {
         .unwrap()[0][0]
         .int();
     assert_eq!(n, 1600);
+    drop(db);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_beside_racing_commits_see_whole_transactions() {
+    let d = dir("whole");
+    let db = Db::open(&Backend::Sqlite(d.join("t.db")), &SCHEMA)
+        .await
+        .unwrap();
+    db.commit(vec![
+        Stmt::one("INSERT INTO c (id, n) VALUES (1, 0)", vec![]),
+        Stmt::one("INSERT INTO c (id, n) VALUES (2, 0)", vec![]),
+    ])
+    .await
+    .unwrap();
+    // Every commit raises both rows in two statements of one transaction; a read that ran on
+    // a connection between them (the writer's, in the middle of a commit) would see them
+    // differ.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    db.commit(vec![
+                        Stmt::one("UPDATE c SET n = n + 1 WHERE id = 1", vec![]),
+                        Stmt::one("UPDATE c SET n = n + 1 WHERE id = 2", vec![]),
+                    ])
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                let mut last = 0;
+                loop {
+                    let rows = db
+                        .query("SELECT n FROM c ORDER BY id", vec![])
+                        .await
+                        .unwrap();
+                    let (a, b) = (rows[0][0].int(), rows[1][0].int());
+                    assert_eq!(a, b, "a read saw half a transaction");
+                    assert!(a >= last, "a read went back in time: {a} after {last}");
+                    last = a;
+                    reads += 1;
+                    if a == 1000 {
+                        return reads;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads >= 4, "each reader read at least once: {reads}");
     drop(db);
     std::fs::remove_dir_all(&d).unwrap();
 }
