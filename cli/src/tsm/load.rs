@@ -242,7 +242,7 @@ async fn session(
     relay_client: &Client,
     mailbox: Option<&load_three::Mailbox>,
     mut p: Prepared,
-) -> Result<(Duration, Duration), String> {
+) -> Outcome {
     let start = Instant::now();
     let (ticket, code, mut tsm) = request(sp, mailbox, &p.job, &p.iccid).await?;
     let creds = UserCredentials {
@@ -268,7 +268,7 @@ async fn session(
     if out.outcome != StopOutcome::Completed {
         return Err(format!("{}: {:?} {}", p.iccid, out.outcome, out.message));
     }
-    Ok((tsm, start.elapsed()))
+    Ok((tsm, start.elapsed(), out.round_trips))
 }
 
 /// This process's CPU time so far (user and system).
@@ -293,8 +293,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// One session's result: the TSM's time and the whole session's.
-type Outcome = Result<(Duration, Duration), String>;
+/// One session's result: the TSM's time, the whole session's, and the relay's HTTP round
+/// trips (at every TSM it went to).
+type Outcome = Result<(Duration, Duration, u32), String>;
 
 /// The closed load: `concurrency` workers, each starting its next session when its last one
 /// ended.
@@ -364,7 +365,7 @@ async fn open(
             let waited = due.elapsed();
             session(&sp, &relay_client, mailbox.as_deref(), p)
                 .await
-                .map(|(tsm, whole)| (tsm, whole + waited))
+                .map(|(tsm, whole, trips)| (tsm, whole + waited, trips))
         }));
     }
     let mut all = Vec::new();
@@ -489,6 +490,10 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|t| t.1))
         .collect();
+    let round_trips: u64 = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|t| u64::from(t.2)))
+        .sum();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     ok.sort();
     whole.sort();
@@ -500,6 +505,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
     let per_s = ok.len() as f64 / wall.as_secs_f64().max(1e-9);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let generator_ms = ms(generator_cpu) / results.len().max(1) as f64;
+    let round_trips = round_trips as f64 / ok.len().max(1) as f64;
     let applications = applied.as_ref().map(|(times, wall)| {
         (
             times.len(),
@@ -518,6 +524,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             "session_ms_p99": ms(percentile(&whole, 0.99)), "mode": mode,
             "concurrency": args.concurrency, "prepare_seconds": prep.as_secs_f64(),
             "rate": args.rate, "generator_cpu_ms_per_session": generator_ms,
+            "round_trips_per_session": round_trips,
             "applications": applications.map(|(n, secs, per_s, p50, p99)| json!({
                 "count": n, "seconds": secs, "per_second": per_s,
                 "tsm_ms_p50": p50, "tsm_ms_p99": p99,
@@ -530,7 +537,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             );
         }
         println!(
-            "{} download sessions ({mode}{}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {} failed; load generator CPU {:.2} ms per session",
+            "{} download sessions ({mode}{}) in {:.2} s: {:.0} sessions/s; TSM time per session p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole session p50 {:.1} ms, p99 {:.1} ms; {:.1} relay round trips per session; {} failed; load generator CPU {:.2} ms per session",
             ok.len(),
             args.rate
                 .map(|r| format!(", {r} started per second"))
@@ -542,6 +549,7 @@ pub fn run(args: &LoadArgs, json_out: bool) -> Result<(), Failure> {
             ms(percentile(&ok, 1.0)),
             ms(percentile(&whole, 0.5)),
             ms(percentile(&whole, 0.99)),
+            round_trips,
             failed.len(),
             generator_ms
         );

@@ -94,6 +94,14 @@ fn the_load_generator_runs_whole_sessions_through_three_services() {
         v["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0,
         "{v}"
     );
+    // The relay's round trips of a download with the issuer's key (research note
+    // `tsm-anchors.md` §5: every secure session is INITIALIZE UPDATE, then EXTERNAL
+    // AUTHENTICATE with the probe, then the actions): at the SP-TSM the hello (answered by
+    // the hand-over) and, after the MNO-TSM, the return hello (INITIALIZE UPDATE), two reports
+    // answered by orders and the last one by the stop — 5; at the MNO-TSM two sessions (the
+    // new domain on the issuer domain, then the applet and keys on it) — the hello and 6
+    // reports — 7.
+    assert_eq!(v["round_trips_per_session"], 12.0, "{v}");
     assert_eq!(
         services.issuer_row(dir, "SELECT count(*) FROM links WHERE state = 'active'"),
         "9"
