@@ -156,7 +156,11 @@ impl Tsm {
         };
         // An application: the JPKI issuer makes the credential (sealed to the SIM), and the
         // request goes on as an issue. Those that went to the issuer refreshed the SIM's
-        // record from the MNO-TSM on the way (`Tsm::sealed_by_issuer`, the PIN reset's).
+        // record from the MNO-TSM on the way (`Tsm::sealed_by_issuer`, the PIN reset's); the
+        // rest refresh it below. Not one refresh up here for all: the order differs on
+        // purpose — the issuer's seal needs the record first, while the on-card mode's
+        // application is checked at the issuer before anything is asked of the MNO-TSM, and
+        // a PIN reset learns its SIM only from the credential.
         let refreshed = match req {
             ControlRequest::ApplyPinReset { .. } => true,
             ControlRequest::Apply { .. } | ControlRequest::ApplyTransfer { .. } => {
