@@ -110,10 +110,9 @@ impl Store {
                 vec![op.to_hex().into()],
             )
             .await?;
-        Ok(rows.first().and_then(|r| {
-            let id = hex::decode(r[0].text()).ok()?;
-            Some((OpId(id.try_into().ok()?), r[1].blob()))
-        }))
+        Ok(rows
+            .first()
+            .and_then(|r| Some((OpId::from_hex(&r[0].text())?, r[1].blob()))))
     }
 
     /// Statement deleting what [`Store::put_mno_prepared`] kept for operations that are over.
