@@ -3,8 +3,8 @@
 //! that hands over a key of its own instead of the card's is caught here, since it cannot
 //! get the manufacturer to certify it.
 
-use crate::{CertError, issued_by};
-use der::{Decode, Encode};
+use crate::{CertError, certificate_issued_by};
+use der::Decode;
 use std::time::SystemTime;
 use x509_cert::Certificate;
 
@@ -41,17 +41,7 @@ pub fn check_card_certificate(
     let cert =
         Certificate::from_der(card_der).map_err(|e| refuse(format!("it does not parse ({e})")))?;
     let tbs = cert.tbs_certificate();
-    let tbs_der = tbs
-        .to_der()
-        .map_err(|e| refuse(format!("it does not encode ({e})")))?;
-    if tbs.issuer() != ca.tbs_certificate().subject()
-        || !issued_by(
-            ca,
-            &tbs_der,
-            &cert.signature_algorithm().oid,
-            cert.signature().raw_bytes(),
-        )
-    {
+    if !certificate_issued_by(ca, &cert) {
         return Err(refuse(format!(
             "it is not signed by the manufacturer CA {} (issuer {})",
             ca.tbs_certificate().subject(),
@@ -84,6 +74,7 @@ pub fn check_card_certificate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use der::Encode;
     use std::time::Duration;
 
     fn card_cert(

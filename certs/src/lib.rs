@@ -78,6 +78,39 @@ pub fn issued_by(
         .is_ok_and(|spki| rsa_signed(&spki, tbs, alg, sig))
 }
 
+/// Whether `ca` issued `cert`: `cert` names `ca`'s subject as its issuer, is in its one
+/// canonical form (see [`canonical`]) and `ca`'s key verifies its signature.
+pub fn certificate_issued_by(ca: &Certificate, cert: &Certificate) -> bool {
+    let tbs = cert.tbs_certificate();
+    tbs.issuer() == ca.tbs_certificate().subject()
+        && canonical(cert).is_ok()
+        && tbs.to_der().is_ok_and(|tbs_der| {
+            issued_by(
+                ca,
+                &tbs_der,
+                &cert.signature_algorithm().oid,
+                cert.signature().raw_bytes(),
+            )
+        })
+}
+
+/// Whether `ca` issued the CRL `crl`: same rules as [`certificate_issued_by`] (issuer name,
+/// outer algorithm equal to the signed one, no unused signature bits, signature verifies).
+pub fn crl_issued_by(ca: &Certificate, crl: &CertificateList) -> bool {
+    let list = &crl.tbs_cert_list;
+    list.issuer == *ca.tbs_certificate().subject()
+        && crl.signature_algorithm == list.signature
+        && crl.signature.unused_bits() == 0
+        && list.to_der().is_ok_and(|crl_tbs| {
+            issued_by(
+                ca,
+                &crl_tbs,
+                &crl.signature_algorithm.oid,
+                crl.signature.raw_bytes(),
+            )
+        })
+}
+
 /// The verdict on a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -166,19 +199,7 @@ impl Trust {
 impl Trust {
     /// Whether one of the CAs signed `crl` (its issuer named and its signature verifying).
     pub fn signed_by_a_ca(&self, crl: &CertificateList) -> bool {
-        let list = &crl.tbs_cert_list;
-        let Ok(crl_tbs) = list.to_der() else {
-            return false;
-        };
-        self.cas.iter().any(|ca| {
-            list.issuer == *ca.tbs_certificate().subject()
-                && issued_by(
-                    ca,
-                    &crl_tbs,
-                    &crl.signature_algorithm.oid,
-                    crl.signature.raw_bytes(),
-                )
-        })
+        self.cas.iter().any(|ca| crl_issued_by(ca, crl))
     }
 
     /// Refuses revocation data no trusted CA signed: an error naming the first CRL whose
@@ -202,22 +223,12 @@ impl Trust {
     pub fn revoked_serials(&self) -> Vec<String> {
         let mut out: Vec<String> = self.revoked.iter().map(hex::encode_upper).collect();
         for crl in &self.crls {
-            let list = &crl.tbs_cert_list;
-            let crl_tbs = list.to_der().unwrap_or_default();
-            let signed = self.cas.iter().any(|ca| {
-                list.issuer == *ca.tbs_certificate().subject()
-                    && issued_by(
-                        ca,
-                        &crl_tbs,
-                        &crl.signature_algorithm.oid,
-                        crl.signature.raw_bytes(),
-                    )
-            });
-            if !signed {
+            if !self.signed_by_a_ca(crl) {
                 continue;
             }
             out.extend(
-                list.revoked_certificates
+                crl.tbs_cert_list
+                    .revoked_certificates
                     .iter()
                     .flatten()
                     .map(|r| hex::encode_upper(strip(r.serial_number.as_bytes()))),
@@ -250,6 +261,28 @@ fn strip(serial: &[u8]) -> &[u8] {
     &serial[skip..]
 }
 
+/// The two parts of a certificate its issuer's signature does not cover, held to their one
+/// allowed form: the outer `signatureAlgorithm` must be the TBS `signature` byte for byte
+/// (RFC 5280 4.1.1.2), and the `signatureValue` BIT STRING must have no unused bits (an RSA
+/// signature is whole octets). Otherwise two different encodings would pass as one
+/// certificate.
+fn canonical(cert: &Certificate) -> std::result::Result<(), String> {
+    if cert.signature_algorithm() != cert.tbs_certificate().signature() {
+        return Err(
+            "the certificate's signatureAlgorithm differs from the one inside what is signed \
+             (RFC 5280 4.1.1.2)"
+                .into(),
+        );
+    }
+    if cert.signature().unused_bits() != 0 {
+        return Err(format!(
+            "the certificate's signature BIT STRING has {} unused bits (must be 0)",
+            cert.signature().unused_bits()
+        ));
+    }
+    Ok(())
+}
+
 /// Judges a DER authentication certificate against `trust` at time `now`.
 pub fn judge(cert_der: &[u8], trust: &Trust, now: SystemTime) -> Judgement {
     let mut report = Judgement {
@@ -271,6 +304,11 @@ pub fn judge(cert_der: &[u8], trust: &Trust, now: SystemTime) -> Judgement {
             return report;
         }
     };
+    if let Err(why) = canonical(&cert) {
+        report.verdict = Verdict::NotAJpkiCard;
+        report.reasons.push(why);
+        return report;
+    }
     let tbs = cert.tbs_certificate();
     let serial = strip(tbs.serial_number().as_bytes()).to_vec();
     report.serial = Some(hex::encode_upper(&serial));
@@ -284,16 +322,7 @@ pub fn judge(cert_der: &[u8], trust: &Trust, now: SystemTime) -> Judgement {
     };
     report.not_before = Some(secs(&tbs.validity().not_before));
     report.not_after = Some(secs(&tbs.validity().not_after));
-    let tbs_der = tbs.to_der().unwrap_or_default();
-    let issuer = trust.cas.iter().find(|ca| {
-        ca.tbs_certificate().subject() == tbs.issuer()
-            && issued_by(
-                ca,
-                &tbs_der,
-                &cert.signature_algorithm().oid,
-                cert.signature().raw_bytes(),
-            )
-    });
+    let issuer = trust.cas.iter().find(|ca| certificate_issued_by(ca, &cert));
     let Some(issuer) = issuer else {
         report.verdict = Verdict::UnknownIssuer;
         report.reasons.push(format!(
@@ -316,22 +345,14 @@ pub fn judge(cert_der: &[u8], trust: &Trust, now: SystemTime) -> Judgement {
             .push("serial is on the revocation list".into());
     }
     for crl in &trust.crls {
-        let list = &crl.tbs_cert_list;
-        let crl_tbs = list.to_der().unwrap_or_default();
-        if list.issuer != *issuer.tbs_certificate().subject()
-            || !issued_by(
-                issuer,
-                &crl_tbs,
-                &crl.signature_algorithm.oid,
-                crl.signature.raw_bytes(),
-            )
-        {
+        if !crl_issued_by(issuer, crl) {
             report
                 .reasons
                 .push("a CRL not signed by the issuing CA was ignored".into());
             continue;
         }
-        if list
+        if crl
+            .tbs_cert_list
             .revoked_certificates
             .iter()
             .flatten()

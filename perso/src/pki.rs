@@ -17,7 +17,7 @@ pub fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>> {
     kagi_certs::pem_or_der(bytes, label).map_err(|e| Error::Certificate(e.0))
 }
 
-pub use kagi_certs::{SHA256_RSA, issued_by, rsa_signed};
+pub use kagi_certs::{SHA256_RSA, certificate_issued_by, rsa_signed};
 
 /// PEM text of `der` under `label`.
 pub fn to_pem(der: &[u8], label: &str) -> Result<String> {

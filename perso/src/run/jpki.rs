@@ -322,7 +322,6 @@ pub(super) fn check_issued(
     csr_path: &Path,
     ca: &x509_cert::Certificate,
 ) -> Result<()> {
-    use der::Encode;
     let bad = |m: String| Error::Certificate(format!("{}: {m}", cert_path.display()));
     let csr_bytes =
         std::fs::read(csr_path).map_err(|e| bad(format!("{}: {e}", csr_path.display())))?;
@@ -333,15 +332,7 @@ pub(super) fn check_issued(
             "the CA certified another public key than the card's request".into(),
         ));
     }
-    let tbs_der = tbs.to_der().map_err(|e| bad(e.to_string()))?;
-    if tbs.issuer() != ca.tbs_certificate().subject()
-        || !crate::pki::issued_by(
-            ca,
-            &tbs_der,
-            &cert.signature_algorithm().oid,
-            cert.signature().raw_bytes(),
-        )
-    {
+    if !crate::pki::certificate_issued_by(ca, cert) {
         return Err(bad(format!(
             "not issued by the profile's CA {}",
             ca.tbs_certificate().subject()
