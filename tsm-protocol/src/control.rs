@@ -443,6 +443,10 @@ pub enum ControlRequest {
     },
 }
 
+/// The operation kind (and [`ControlRequest::name`]) of a SIM preparation: an MNO-TSM's
+/// operation that creates a provider's domain on a SIM and installs the applet in it.
+pub const PREPARE_SIM: &str = "prepare-sim";
+
 impl ControlRequest {
     /// A short name for logs and the audit trail.
     pub fn name(&self) -> &'static str {
@@ -461,7 +465,7 @@ impl ControlRequest {
             ControlRequest::CheckEligibility { .. } => "check-eligibility",
             ControlRequest::CreateSecurityDomain { .. } => "create-sd",
             ControlRequest::CardCertificate { .. } => "card-certificate",
-            ControlRequest::PrepareSim { .. } => "prepare-sim",
+            ControlRequest::PrepareSim { .. } => PREPARE_SIM,
             ControlRequest::CardRecord { .. } => "card-record",
             ControlRequest::Apply { .. } => "apply",
             ControlRequest::Suspend { hold: true, .. } => "suspend",

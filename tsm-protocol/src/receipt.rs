@@ -61,9 +61,12 @@ pub use kagi_signed::certkey::{CertKey, CertKeyError};
 /// Why a provider refuses a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
-    /// Another operation's or request's receipt.
+    /// Another operation's or request's receipt (or one of another kind).
     #[error("the receipt is for another operation or request")]
     OtherOperation,
+    /// The operation ran on another card.
+    #[error("the receipt is for another card")]
+    OtherCard,
     /// It certifies another certificate than the one issued.
     #[error("the receipt names another certificate")]
     OtherCertificate,
@@ -94,5 +97,19 @@ impl ExecutionReceipt {
             &key_proof_message(op, &self.key_proof_nonce),
             &self.key_proof,
         )?)
+    }
+
+    /// The SP-TSM's checks of an MNO-TSM's receipt for a SIM preparation (the signature and
+    /// the envelope's sender and recipient are checked before, on the signed document): it
+    /// is a [`PREPARE_SIM`](crate::control::PREPARE_SIM) receipt, for the MNO-TSM's
+    /// operation `op`, on the card `iccid`.
+    pub fn check_preparation(&self, op: &OpId, iccid: &str) -> Result<(), ReceiptError> {
+        if self.op != *op || self.kind != crate::control::PREPARE_SIM {
+            return Err(ReceiptError::OtherOperation);
+        }
+        if self.iccid != iccid {
+            return Err(ReceiptError::OtherCard);
+        }
+        Ok(())
     }
 }

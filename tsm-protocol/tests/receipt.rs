@@ -95,3 +95,27 @@ fn a_receipt_is_checked_and_each_refusal_says_why() {
         Err(ReceiptError::KeyProof(CertKeyError::Certificate(_)))
     ));
 }
+
+/// An MNO-TSM's receipt for a SIM preparation passes the SP-TSM's check only for that
+/// operation, of that kind (the string `prepare-sim` written out here), on that card.
+#[test]
+fn a_preparation_receipt_is_for_one_operation_kind_and_card() {
+    let mut r = case().receipt;
+    r.kind = "prepare-sim".into();
+    let iccid = r.iccid.clone();
+    assert_eq!(r.check_preparation(&r.op, &iccid), Ok(()));
+    assert_eq!(
+        r.check_preparation(&OpId([0x12; 16]), &iccid),
+        Err(ReceiptError::OtherOperation)
+    );
+    assert_eq!(
+        r.check_preparation(&r.op, "8981000000000000002"),
+        Err(ReceiptError::OtherCard)
+    );
+    let mut issue = r.clone();
+    issue.kind = "issue".into();
+    assert_eq!(
+        issue.check_preparation(&r.op, &iccid),
+        Err(ReceiptError::OtherOperation)
+    );
+}

@@ -4,7 +4,9 @@
 use crate::refusals::{REQUEST_REFUSED, Refusal};
 use crate::store::ops::{CardRow, CredentialRow, OpRow};
 use crate::store::{Store, StoreError};
-use tsm_protocol::control::{ControlRequest, ControlResponse, CredentialStatus, RevokeReason};
+use tsm_protocol::control::{
+    ControlRequest, ControlResponse, CredentialStatus, PREPARE_SIM, RevokeReason,
+};
 use tsm_protocol::signing::{self};
 use tsm_protocol::{ErrorReport, Layer, OpId, PartyId};
 
@@ -308,7 +310,7 @@ impl Tsm {
             tsm_protocol::codec::decode::<Secrets>(&p).ok()
         });
         let live = !existing.state.is_final();
-        if existing.kind == "prepare-sim" {
+        if existing.kind == PREPARE_SIM {
             let ticket = secrets.as_ref().filter(|_| live).map(|s| s.ticket.clone());
             return Ok(self.prepared(
                 &existing.id,

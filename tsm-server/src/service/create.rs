@@ -6,7 +6,7 @@ use crate::store::ops::{Created, CredentialRow, OpData, OpRow};
 use crate::store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 use tsm_protocol::access;
-use tsm_protocol::control::{ControlRequest, ControlResponse, OpState};
+use tsm_protocol::control::{ControlRequest, ControlResponse, OpState, PREPARE_SIM};
 use tsm_protocol::signing::{self};
 use tsm_protocol::{ErrorReport, Layer};
 
@@ -382,7 +382,7 @@ impl Tsm {
                         "a security domain needs the Security Domain privilege (80)".into(),
                     );
                 }
-                ("prepare-sim", iccid.clone(), None, None, None)
+                (PREPARE_SIM, iccid.clone(), None, None, None)
             }
             ControlRequest::WalletUpdate {
                 card,
@@ -412,7 +412,7 @@ impl Tsm {
             .map_or(1_800_000, |a| a.valid_for_ms)
             .clamp(60_000, 7 * 86_400_000) as i64;
         let operator_request = matches!(req, ControlRequest::CreateSecurityDomain { .. });
-        if !operator_request && kind != "prepare-sim" && !refreshed {
+        if !operator_request && kind != PREPARE_SIM && !refreshed {
             // An SP-TSM with an MNO-TSM: the operator's record, as it is now.
             self.refresh_card(&iccid).await?;
         }
@@ -466,7 +466,7 @@ impl Tsm {
             Some(_) => {}
         }
         // The provider's old domain still to be deleted on the card: that first.
-        if kind == "prepare-sim"
+        if kind == PREPARE_SIM
             && let Some(e) = self.retire_pending(&party.0, &iccid).await?
         {
             return Ok(ControlResponse::Rejected(e));
@@ -505,7 +505,6 @@ impl Tsm {
             children.push(old);
         }
         let op = OpRow {
-            relayed_receipt: None,
             id,
             kind: kind.into(),
             party: party.0.clone(),
@@ -581,7 +580,7 @@ impl Tsm {
             r => r?,
         };
         match created {
-            Created::New if kind == "prepare-sim" => {
+            Created::New if kind == PREPARE_SIM => {
                 tracing::info!(op = %id, kind, iccid = %iccid, "SIM preparation accepted");
                 Ok(self.prepared(
                     &id,

@@ -4,7 +4,7 @@
 use crate::store::ops::OpRow;
 use crate::store::{Stmt, Store};
 use sha2::{Digest, Sha256};
-use tsm_protocol::control::{ControlRequest, OpState};
+use tsm_protocol::control::{ControlRequest, OpState, PREPARE_SIM};
 use tsm_protocol::receipt::{ExecutionReceipt, StepRecord};
 use tsm_protocol::relay::{ServerMsg, StopOutcome};
 use tsm_protocol::script::{Evidence, Next};
@@ -101,7 +101,7 @@ impl Tsm {
                 Ok(order)
             }
             Next::Done(_)
-                if (op.kind == "create-sd" || op.kind == "prepare-sim") && op.data.phase == 0 =>
+                if (op.kind == "create-sd" || op.kind == PREPARE_SIM) && op.data.phase == 0 =>
             {
                 // The domain exists: now its keys, in a session of its own.
                 op.data.phase = 1;

@@ -10,7 +10,7 @@ use tsm_protocol::control::ControlRequest;
 use tsm_protocol::recipes;
 use tsm_protocol::relay::ServerMsg;
 use tsm_protocol::script::{Engine, Goal, Plan};
-use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, SessionId};
+use tsm_protocol::{ErrorReport, Layer, OpId, PartyId, Sealed, SessionId};
 
 use super::{Result, Running, Tsm, credential_of, err};
 
@@ -20,6 +20,7 @@ impl Tsm {
     async fn plan(
         &self,
         op: &mut OpRow,
+        relayed: Option<&Sealed>,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>, Vec<OpId>), ErrorReport>> {
         if let ControlRequest::CreateSecurityDomain { .. } = &op.data.request {
             return self.domain_plan(op).await;
@@ -168,7 +169,7 @@ impl Tsm {
                 source: p.keys.clone(),
                 kvn: p.kvn,
             };
-            return Ok(match self.after_mno(op, plan, provider).await? {
+            return Ok(match self.after_mno(op, plan, provider, relayed).await? {
                 Ok((plan, keys)) => Ok((plan, keys, deletions)),
                 Err(e) => Err(e),
             });
@@ -235,12 +236,27 @@ impl Tsm {
     /// A new engine for the operation's plan, and its first order (`seq` + 1).
     pub(super) async fn start_engine(
         &self,
-        mut op: OpRow,
+        op: OpRow,
         session: SessionId,
         seq: i64,
         batch: Vec<Stmt>,
     ) -> Result<ServerMsg> {
-        let (plan, keys, deletions) = match self.plan(&mut op).await? {
+        self.start_engine_relayed(op, session, seq, batch, None)
+            .await
+    }
+
+    /// [`Tsm::start_engine`] for a session the relay resumed with `relayed`: the MNO-TSM's
+    /// signed receipt for this operation's SIM preparation, as the relay brought it back in
+    /// this very request (checked in [`Tsm::after_mno`]; never stored).
+    pub(super) async fn start_engine_relayed(
+        &self,
+        mut op: OpRow,
+        session: SessionId,
+        seq: i64,
+        batch: Vec<Stmt>,
+        relayed: Option<&Sealed>,
+    ) -> Result<ServerMsg> {
+        let (plan, keys, deletions) = match self.plan(&mut op, relayed).await? {
             Ok(p) => p,
             // The issuer's challenge could not be asked for: a later session asks again.
             Err(e) if e.code == "tsm.issuer-unreachable" => {

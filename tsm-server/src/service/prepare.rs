@@ -29,7 +29,7 @@ use tsm_protocol::recipes;
 use tsm_protocol::relay::{ServerMsg, StopOutcome};
 use tsm_protocol::script::{Goal, KeySet, Plan};
 use tsm_protocol::signing::Kind;
-use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, SessionId};
+use tsm_protocol::{ErrorReport, IdempotencyKey, Layer, OpId, PartyId, Sealed, SessionId};
 
 use super::{Peer, Result, Tsm, encode, err, now};
 use crate::store::Store;
@@ -437,6 +437,7 @@ impl Tsm {
         op: &mut OpRow,
         mut plan: Plan,
         provider: KeySet,
+        relayed: Option<&Sealed>,
     ) -> Result<std::result::Result<(Plan, Arc<dyn CardKeys>), ErrorReport>> {
         // Confirmed earlier in this operation, or the relay came back with the MNO-TSM's
         // receipt for this preparation (checked against what its answer named): no need to
@@ -444,7 +445,7 @@ impl Tsm {
         let known = if op.data.phase >= MNO_CONFIRMED {
             self.kept_initial_keys(op).await?
         } else {
-            self.relayed_preparation(op).await?
+            self.relayed_preparation(op, relayed).await?
         };
         let keys = match known {
             Some(keys) => keys,
@@ -543,8 +544,12 @@ impl Tsm {
     /// back for — signed by the MNO-TSM serving the SIM, to this SP-TSM, for the operation
     /// its answer named, completed on this SIM — or `None` (no receipt, or one that does not
     /// check: then the MNO-TSM is asked, as a relay may lose or alter what it carries).
-    async fn relayed_preparation(&self, op: &OpRow) -> Result<Option<InitialKeys>> {
-        let Some(sealed) = &op.relayed_receipt else {
+    async fn relayed_preparation(
+        &self,
+        op: &OpRow,
+        relayed: Option<&Sealed>,
+    ) -> Result<Option<InitialKeys>> {
+        let Some(sealed) = relayed else {
             return Ok(None);
         };
         let Some((mno_op, keys)) = self.store.mno_prepared(&op.id).await? else {
@@ -560,15 +565,15 @@ impl Tsm {
         )
         .map_err(|e| e.to_string())
         .and_then(|env| {
-            let (h, r) = (&env.header, &env.body);
+            let h = &env.header;
             if h.sender != mno.party {
                 Err(format!("signed by {}, not {}", h.sender, mno.party))
             } else if h.recipient != self.config.policy.me {
                 Err(format!("addressed to {}", h.recipient))
-            } else if r.op != mno_op || r.kind != "prepare-sim" || r.iccid != op.iccid {
-                Err(format!("for {} {} on {}", r.kind, r.op, r.iccid))
             } else {
-                Ok(())
+                env.body
+                    .check_preparation(&mno_op, &op.iccid)
+                    .map_err(|e| e.to_string())
             }
         });
         if let Err(why) = checked {

@@ -5,7 +5,7 @@
 use crate::store::ops::OpRow;
 use crate::store::{Stmt, Store};
 use tsm_protocol::access;
-use tsm_protocol::control::{ControlRequest, GrantVerifier, OpState};
+use tsm_protocol::control::{ControlRequest, GrantVerifier, OpState, PREPARE_SIM};
 use tsm_protocol::relay::{AgentMsg, PasswordEntry, ServerMsg, StopOutcome, UserCredentials};
 use tsm_protocol::{Layer, OpId, Sealed, SessionId};
 
@@ -88,7 +88,7 @@ impl Tsm {
             receipt,
             ..
         } = stop
-            && op.kind == "prepare-sim"
+            && op.kind == PREPARE_SIM
         {
             *receipt = sealed.cloned();
         }
@@ -157,10 +157,11 @@ impl Tsm {
         if resumed && matches!(op.state, OpState::Running | OpState::Interrupted) {
             // A new secure session continues from a probe; order numbers go on. Back from
             // the MNO-TSM, with its receipt for the SIM's preparation (checked there).
-            op.relayed_receipt = prepared;
-            return self.start_engine(op, session, last_seq, batch).await;
+            return self
+                .start_engine_relayed(op, session, last_seq, batch, prepared.as_ref())
+                .await;
         }
-        if op.kind == "prepare-sim" || op.kind == super::retire::KIND {
+        if op.kind == PREPARE_SIM || op.kind == super::retire::KIND {
             // The MNO-TSM's part of a download: the ticket alone opens it (it reached the
             // phone only through the SP-TSM, which checked the user's entries); the same for
             // a retire operation's (it reached the phone only through the operator).

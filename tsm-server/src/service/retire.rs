@@ -92,7 +92,6 @@ impl Tsm {
         } = self.new_op()?;
         let request_hash = Sha256::digest(tsm_protocol::codec::encode(&request)?).to_vec();
         let op = OpRow {
-            relayed_receipt: None,
             id,
             kind: KIND.into(),
             party: party.into(),

@@ -86,7 +86,6 @@ mod tests {
 
     fn op(id: u8) -> OpRow {
         OpRow {
-            relayed_receipt: None,
             iccid: format!("8981{id}"),
             expires_at: i64::MAX,
             ..crate::store::ops::tests::op(id, Some(&format!("k{id}")))

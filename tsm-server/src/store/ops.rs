@@ -73,9 +73,6 @@ pub struct OpRow {
     pub version: i64,
     /// The rest.
     pub data: OpData,
-    /// Not stored: the MNO-TSM's receipt for this operation's SIM preparation, as the relay
-    /// brought it back in this request (checked in `Tsm::after_mno`).
-    pub relayed_receipt: Option<Sealed>,
 }
 
 fn decode_state(s: &str) -> OpState {
@@ -97,7 +94,6 @@ fn corrupt(what: &str) -> StoreError {
 
 fn op_from(r: &[Val]) -> Result<OpRow, StoreError> {
     Ok(OpRow {
-        relayed_receipt: None,
         id: OpId::from_hex(&r[0].text()).ok_or_else(|| corrupt("operation id"))?,
         kind: r[1].text(),
         party: r[2].text(),
@@ -377,7 +373,6 @@ pub(crate) mod tests {
     /// An operation row for store tests: operation `id`, idempotency key `idem`.
     pub(crate) fn op(id: u8, idem: Option<&str>) -> OpRow {
         OpRow {
-            relayed_receipt: None,
             id: OpId([id; 16]),
             kind: "issue".into(),
             party: "sp:bank".into(),
