@@ -19,6 +19,45 @@
 use crate::ids::SessionId;
 use serde::{Deserialize, Serialize};
 
+/// The relay protocol's version: the shape of [`AgentMsg`] and [`ServerMsg`] (their
+/// canonical encoding is not self-describing, so a field added anywhere changes it). Raised
+/// with every change of either; a server may speak several.
+pub const VERSION: u16 = 1;
+
+/// The HTTP header the relay names its protocol version in, on every request, and the server
+/// the version it answered in: a phone app and the servers are upgraded apart, and a server
+/// that does not speak the app's version says so (see [`unsupported_version`]) instead of
+/// failing to decode its messages.
+pub const VERSION_HEADER: &str = "kagi-relay-version";
+
+/// The versions a server built from this crate speaks.
+pub const SPOKEN: &[u16] = &[VERSION];
+
+/// Whether a server speaks the version a relay named in [`VERSION_HEADER`] (`None`: the
+/// header was missing or not a number), and if not, what it answers: which versions it
+/// speaks and what to do.
+pub fn unsupported_version(named: Option<&str>) -> Option<String> {
+    let spoken = SPOKEN
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match named.map(|v| v.trim().parse::<u16>()) {
+        Some(Ok(v)) if SPOKEN.contains(&v) => None,
+        Some(Ok(v)) => Some(format!(
+            "the app speaks relay protocol version {v}; this server speaks {spoken}: update the {}",
+            if v < VERSION {
+                "app"
+            } else {
+                "server (or use an older app)"
+            }
+        )),
+        Some(Err(_)) | None => Some(format!(
+            "the app did not name its relay protocol version (header {VERSION_HEADER}); this server speaks {spoken}: update the app"
+        )),
+    }
+}
+
 /// What the agent sends (HTTP request bodies).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMsg {

@@ -3,6 +3,8 @@
 //!
 //! - `POST /v1/control` — a signed control request; the answer is signed.
 //! - `POST /v1/relay` — the relay's messages (Hello, Credentials, Report); orders or a stop.
+//!   The request names its relay-protocol version in `kagi-relay-version`; one this TSM
+//!   does not speak (or none) is a `400` that says which it speaks.
 //! - `GET /v1/revoked` — the revocation list (one `0x` serial per line).
 //! - `GET /v1/health` — `ok`, the database backend and `db=writable` after a test write;
 //!   `503` and `unwritable …: the TSM cannot write its database (…)` when it cannot.
@@ -17,14 +19,15 @@ use crate::service::{ServiceError, Tsm};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
 use std::time::Instant;
+use tsm_protocol::relay;
 
 fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
-    let mut resp = match r {
+    let resp = match r {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -62,6 +65,11 @@ fn answer(start: Instant, r: Result<Vec<u8>, ServiceError>) -> Response {
                 .into_response()
         }
     };
+    timed(start, resp)
+}
+
+/// `resp` with `x-tsm-micros`: the time since `start`.
+fn timed(start: Instant, mut resp: Response) -> Response {
     if let Ok(v) = HeaderValue::from_str(&start.elapsed().as_micros().to_string()) {
         resp.headers_mut().insert("x-tsm-micros", v);
     }
@@ -73,9 +81,19 @@ async fn control(State(tsm): State<Arc<Tsm>>, body: Bytes) -> Response {
     answer(start, tsm.control(&body).await)
 }
 
-async fn relay(State(tsm): State<Arc<Tsm>>, body: Bytes) -> Response {
+async fn relay(State(tsm): State<Arc<Tsm>>, headers: HeaderMap, body: Bytes) -> Response {
     let start = Instant::now();
-    answer(start, tsm.relay(&body).await)
+    let named = headers
+        .get(relay::VERSION_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let mut resp = match relay::unsupported_version(named) {
+        // Refused before decoding: another version's messages may not decode at all.
+        Some(why) => timed(start, (StatusCode::BAD_REQUEST, why).into_response()),
+        None => answer(start, tsm.relay(&body).await),
+    };
+    resp.headers_mut()
+        .insert(relay::VERSION_HEADER, HeaderValue::from(relay::VERSION));
+    resp
 }
 
 async fn revoked(State(tsm): State<Arc<Tsm>>) -> Response {

@@ -18,6 +18,7 @@ mod flow;
 mod lifecycle;
 mod pg_processes;
 mod race16;
+mod relay_version;
 mod relayed_receipt;
 mod two_services;
 

@@ -94,9 +94,17 @@ async fn forward(
             })
             .unwrap();
         }
+        // The relay's protocol version goes along (the TSM refuses a request without it).
+        let version = head
+            .lines()
+            .find_map(|l| l.strip_prefix("kagi-relay-version:"))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string();
         let answer = http
             .post(format!("{target}{path}"))
             .header("content-type", "application/octet-stream")
+            .header("kagi-relay-version", version)
             .body(body)
             .send()
             .await

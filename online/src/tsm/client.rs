@@ -147,6 +147,16 @@ impl Client {
 
     /// POSTs `body` to `path`, retrying what a restart or a busy TSM causes.
     pub async fn post(&self, path: &str, body: &[u8]) -> Result<(Vec<u8>, Exchange), ClientError> {
+        self.post_with(path, &[], body).await
+    }
+
+    /// [`Client::post`] with extra request `headers` (the relay's protocol version).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(Vec<u8>, Exchange), ClientError> {
         let url = format!("{}{path}", self.base);
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
@@ -158,13 +168,14 @@ impl Client {
             if !self.link.rtt.is_zero() {
                 tokio::time::sleep(self.link.rtt / 2).await;
             }
-            let sent = self
+            let mut request = self
                 .http
                 .post(&url)
-                .header("content-type", "application/octet-stream")
-                .body(body.to_vec())
-                .send()
-                .await;
+                .header("content-type", "application/octet-stream");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let sent = request.body(body.to_vec()).send().await;
             let last = match sent {
                 Ok(r) if r.status().is_success() => {
                     let tsm_micros = r

@@ -106,11 +106,13 @@ pub async fn run(
     // While the operator's TSM prepares the SIM (a `Continue`): its client, and the provider's
     // session to resume afterwards.
     let mut detour: Option<(Client, SessionId)> = None;
+    let version_text = tsm_protocol::relay::VERSION.to_string();
+    let version = [(tsm_protocol::relay::VERSION_HEADER, version_text.as_str())];
     loop {
         let body =
             tsm_protocol::codec::encode(&msg).map_err(|e| RelayError::Protocol(e.to_string()))?;
         let at = detour.as_ref().map(|(c, _)| c).unwrap_or(client);
-        let (answer, ex) = at.post("/v1/relay", &body).await?;
+        let (answer, ex) = at.post_with("/v1/relay", &version, &body).await?;
         out.round_trips += 1;
         out.retries += ex.attempts.saturating_sub(1);
         out.tsm_time += Duration::from_micros(ex.tsm_micros);
