@@ -183,13 +183,15 @@ pub fn router(broker: Arc<Broker>) -> Router {
         broker,
         &Limits {
             rate_per_second: 0,
+            peer_rate_per_second: 0,
             ..Limits::default()
         },
     )
 }
 
 /// The routes, the logins (`/v1/holder/login`, `/v1/holder/login-password`) under the
-/// per-client rate limit of `limits`.
+/// per-client rate limit of `limits`, the services' signed requests (`/v1/service/redeem`,
+/// `/v1/admin`) under its rate for peers.
 pub fn router_with(broker: Arc<Broker>, limits: &Limits) -> Router {
     let limited = kagi_serve::rate_limited(
         Router::new()
@@ -197,14 +199,19 @@ pub fn router_with(broker: Arc<Broker>, limits: &Limits) -> Router {
             .route("/v1/holder/login-password", post(login_password)),
         limits,
     );
+    let peers = kagi_serve::peer_rate_limited(
+        Router::new()
+            .route("/v1/service/redeem", post(redeem))
+            .route("/v1/admin", post(admin)),
+        limits,
+    );
     Router::new()
         .route("/v1/holder/challenge", post(challenge))
         .merge(limited)
+        .merge(peers)
         .route("/v1/holder/act", post(act))
         .route("/v1/holder/audit", get(audit))
         .route("/v1/keys", get(keys))
-        .route("/v1/service/redeem", post(redeem))
-        .route("/v1/admin", post(admin))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(broker)
@@ -222,6 +229,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = Limits {
         rate_per_second: 0,
+        peer_rate_per_second: 0,
         ..Limits::default()
     };
     serve_limited(broker, listener, shutdown, tls, sweep_every, &limits).await

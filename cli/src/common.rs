@@ -34,6 +34,13 @@ pub struct LimitArgs {
     /// Per client address, the burst allowed above that rate (default 20).
     #[arg(long, value_name = "N")]
     pub rate_burst: Option<u32>,
+    /// Per client address, requests a second to the endpoints of signed requests between
+    /// services (default 2000; 0 turns that rate limit off).
+    #[arg(long, value_name = "N")]
+    pub peer_rate_per_second: Option<u32>,
+    /// Per client address, the burst allowed above that rate (default 4000).
+    #[arg(long, value_name = "N")]
+    pub peer_rate_burst: Option<u32>,
 }
 
 impl LimitArgs {
@@ -55,6 +62,8 @@ impl LimitArgs {
             health_reserve: self.health_reserve,
             rate_per_second: self.rate_per_second,
             rate_burst: self.rate_burst,
+            peer_rate_per_second: self.peer_rate_per_second,
+            peer_rate_burst: self.peer_rate_burst,
         }
         .apply(&mut l)
         .map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ mod rate;
 
 pub use conn::HEALTH;
 pub use limits::{Limits, LimitsError, LimitsFile};
-pub use rate::rate_limited;
+pub use rate::{peer_rate_limited, rate_limited};
 
 use axum::Router;
 use std::future::Future;

@@ -29,6 +29,14 @@ pub struct Limits {
     pub rate_per_second: u32,
     /// ... and this many in a burst. Default 20.
     pub rate_burst: u32,
+    /// Per client address, the endpoints of signed requests between services (a TSM's
+    /// `/v1/control`, the issuer's `/v1/issuer`, the broker's `/v1/service/redeem` and
+    /// `/v1/admin`) accept this many requests a second on average: far above what one
+    /// partner sends (an SP-TSM's few hundred a second), far below what a flood of forged
+    /// signatures, each checked, would cost. 0 turns it off. Default 2000.
+    pub peer_rate_per_second: u32,
+    /// ... and this many in a burst. Default 4000.
+    pub peer_rate_burst: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +49,8 @@ impl Default for Limits {
             health_reserve: 16,
             rate_per_second: 5,
             rate_burst: 20,
+            peer_rate_per_second: 2000,
+            peer_rate_burst: 4000,
         }
     }
 }
@@ -90,6 +100,10 @@ pub struct LimitsFile {
     pub rate_per_second: Option<u32>,
     /// [`Limits::rate_burst`].
     pub rate_burst: Option<u32>,
+    /// [`Limits::peer_rate_per_second`].
+    pub peer_rate_per_second: Option<u32>,
+    /// [`Limits::peer_rate_burst`].
+    pub peer_rate_burst: Option<u32>,
 }
 
 /// A limit that makes no sense (a zero or negative timeout, no connection at all).
@@ -151,6 +165,18 @@ impl LimitsFile {
             }
             limits.rate_burst = n;
         }
+        if let Some(n) = self.peer_rate_per_second {
+            limits.peer_rate_per_second = n;
+        }
+        if let Some(n) = self.peer_rate_burst {
+            if n == 0 {
+                return Err(LimitsError(
+                    "peer_rate_burst must be at least 1 (turn the rate limit off with peer_rate_per_second = 0)"
+                        .to_string(),
+                ));
+            }
+            limits.peer_rate_burst = n;
+        }
         Ok(())
     }
 }
@@ -184,9 +210,11 @@ mod tests {
             header_timeout_secs: Some(0.5),
             max_connections: Some(3),
             rate_per_second: Some(0),
+            peer_rate_per_second: Some(50),
             ..LimitsFile::default()
         };
         f.apply(&mut l).unwrap();
+        assert_eq!((l.peer_rate_per_second, l.peer_rate_burst), (50, 4000));
         assert_eq!(l.header_read_timeout, Duration::from_millis(500));
         assert_eq!(l.max_connections, 3);
         assert_eq!(l.rate_per_second, 0);
@@ -206,6 +234,10 @@ mod tests {
             },
             LimitsFile {
                 rate_burst: Some(0),
+                ..LimitsFile::default()
+            },
+            LimitsFile {
+                peer_rate_burst: Some(0),
                 ..LimitsFile::default()
             },
         ] {

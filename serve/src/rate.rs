@@ -20,15 +20,34 @@ pub fn rate_limited<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     limits: &Limits,
 ) -> Router<S> {
-    if limits.rate_per_second == 0 {
+    limited(routes, limits.rate_per_second, limits.rate_burst)
+}
+
+/// [`rate_limited`] at the rate for signed requests between services
+/// ([`Limits::peer_rate_per_second`], [`Limits::peer_rate_burst`]): a partner's own traffic
+/// stays far below it; one address flooding the endpoint with requests whose signatures
+/// must each be checked is held to it.
+pub fn peer_rate_limited<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    limits: &Limits,
+) -> Router<S> {
+    limited(routes, limits.peer_rate_per_second, limits.peer_rate_burst)
+}
+
+fn limited<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    per_second: u32,
+    burst: u32,
+) -> Router<S> {
+    if per_second == 0 {
         return routes;
     }
-    let period = Duration::from_nanos(1_000_000_000 / u64::from(limits.rate_per_second))
-        .max(Duration::from_nanos(1));
+    let period =
+        Duration::from_nanos(1_000_000_000 / u64::from(per_second)).max(Duration::from_nanos(1));
     let Some(config) = GovernorConfigBuilder::default()
         .key_extractor(PeerIpKeyExtractor)
         .period(period)
-        .burst_size(limits.rate_burst.max(1))
+        .burst_size(burst.max(1))
         .finish()
     else {
         return routes;

@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::{get, post};
-use kagi_serve::{Limits, rate_limited};
+use kagi_serve::{Limits, peer_rate_limited, rate_limited};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,12 @@ fn app(limits: &Limits) -> Router {
         Router::new().route("/v1/login", post(|| async { "welcome\n" })),
         limits,
     );
+    let peers = peer_rate_limited(
+        Router::new().route("/v1/peer", post(|| async { "signed\n" })),
+        limits,
+    );
     Router::new()
+        .merge(peers)
         .route("/v1/health", get(|| async { "ok\n" }))
         .route(
             "/v1/echo",
@@ -100,6 +105,8 @@ fn limits() -> Limits {
         health_reserve: 2,
         rate_per_second: 1,
         rate_burst: 2,
+        peer_rate_per_second: 1,
+        peer_rate_burst: 4,
     }
 }
 
@@ -290,6 +297,40 @@ async fn a_zero_rate_turns_the_limit_off() {
     .await;
     for _ in 0..6 {
         let a = request(addr, &post_req("/v1/login", "")).await.unwrap();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+}
+
+/// The services' signed endpoints have their own rate: a burst of logins does not spend it,
+/// and past its own burst (4 here) a peer gets `429` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_have_their_own_rate() {
+    let (addr, _stop) = start(limits()).await;
+    for _ in 0..3 {
+        request(addr, &post_req("/v1/login", "")).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(request(addr, &post_req("/v1/peer", "")).await.unwrap());
+    }
+    for (i, a) in answers.iter().take(4).enumerate() {
+        assert!(a.starts_with("HTTP/1.1 200"), "peer request {i}: {a}");
+    }
+    assert!(
+        answers
+            .iter()
+            .skip(4)
+            .any(|a| a.starts_with("HTTP/1.1 429")),
+        "{answers:?}"
+    );
+    // Off at 0.
+    let (addr, _stop2) = start(Limits {
+        peer_rate_per_second: 0,
+        ..limits()
+    })
+    .await;
+    for _ in 0..8 {
+        let a = request(addr, &post_req("/v1/peer", "")).await.unwrap();
         assert!(a.starts_with("HTTP/1.1 200"), "{a}");
     }
 }

@@ -139,17 +139,21 @@ pub fn router(tsm: Arc<Tsm>) -> Router {
         tsm,
         &Limits {
             rate_per_second: 0,
+            peer_rate_per_second: 0,
             ..Limits::default()
         },
     )
 }
 
 /// The routes, `/v1/relay` (where access codes and passwords are tried) under the per-client
-/// rate limit of `limits`.
+/// rate limit of `limits`, `/v1/control` (signed requests of the provider and the other
+/// services) under its rate for peers.
 pub fn router_with(tsm: Arc<Tsm>, limits: &Limits) -> Router {
     let limited = kagi_serve::rate_limited(Router::new().route("/v1/relay", post(relay)), limits);
+    let peers =
+        kagi_serve::peer_rate_limited(Router::new().route("/v1/control", post(control)), limits);
     Router::new()
-        .route("/v1/control", post(control))
+        .merge(peers)
         .merge(limited)
         .route("/v1/revoked", get(revoked))
         .route("/v1/health", get(health))
@@ -179,6 +183,7 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let limits = Limits {
         rate_per_second: 0,
+        peer_rate_per_second: 0,
         ..Limits::default()
     };
     serve_limited(tsm, listener, shutdown, tls, &limits).await

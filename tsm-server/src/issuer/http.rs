@@ -75,10 +75,24 @@ async fn health(State(i): State<Arc<Issuer>>) -> Response {
     }
 }
 
-/// The issuer's routes.
+/// The issuer's routes (without a rate limit; see [`router_with`]).
 pub fn router(i: Arc<Issuer>) -> Router {
+    router_with(
+        i,
+        &kagi_serve::Limits {
+            peer_rate_per_second: 0,
+            ..kagi_serve::Limits::default()
+        },
+    )
+}
+
+/// The issuer's routes, `/v1/issuer` (the SP-TSM's signed requests) under the rate for
+/// peers of `limits`.
+pub fn router_with(i: Arc<Issuer>, limits: &kagi_serve::Limits) -> Router {
+    let peers =
+        kagi_serve::peer_rate_limited(Router::new().route("/v1/issuer", post(issuer)), limits);
     Router::new()
-        .route("/v1/issuer", post(issuer))
+        .merge(peers)
         .route("/v1/crl", get(crl))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(tsm_protocol::codec::MAX_MESSAGE))
@@ -96,7 +110,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sweeper = i.clone();
     kagi_serve::serve_limited(
-        router(i),
+        router_with(i, limits),
         listener,
         shutdown,
         tls,
