@@ -304,8 +304,9 @@ impl Sqlite {
                     Err(Failed::Final(e)) => return Err(e),
                     Err(Failed::Busy) => {}
                 },
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Poisoned(_)) => return Err(db("writer lock poisoned")),
+                // A write panicked while holding it (its transaction state unknown): the
+                // readers still read what was committed.
+                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {}
             }
         }
         for reader in &self.inner.readers {
@@ -353,5 +354,38 @@ impl Sqlite {
             waiting(&mut c, |c| write(c, &batch))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that panicked while holding the writer's connection (its mutex poisoned) does
+    /// not stop reads: they go to the readers and see what was committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_go_on_after_a_write_panicked() {
+        let dir = std::env::temp_dir().join(format!("kagi-poison-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Sqlite::open(&dir.join("p.db")).unwrap();
+        s.ddl(&["CREATE TABLE t (v BIGINT NOT NULL)".to_string()])
+            .await
+            .unwrap();
+        s.commit(vec![Stmt::any("INSERT INTO t (v) VALUES (7)", vec![])])
+            .await
+            .unwrap();
+        let inner = s.inner.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = inner.writer.lock();
+            panic!("a write panics while holding the writer (expected in this test)");
+        })
+        .join();
+        assert!(s.inner.writer.is_poisoned());
+        for _ in 0..3 {
+            let rows = s.query("SELECT v FROM t", vec![]).await.unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0][0].int(), 7);
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
