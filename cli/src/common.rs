@@ -71,6 +71,24 @@ impl LimitArgs {
     }
 }
 
+/// A server's runtime.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Threads that serve requests. Several services on one small machine serve more, with
+    /// lower tails, at 1 each (fewer thread switches; `scripts/tsm-bench.sh` measures it);
+    /// a service alone on a machine may use one per core.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+}
+
+impl RuntimeArgs {
+    /// The runtime with these workers.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Failure> {
+        runtime_with(usize::from(self.workers))
+    }
+}
+
 /// A party id, checked.
 pub fn party_id(s: &str) -> Result<PartyId, Failure> {
     Ok(PartyId::new(s)?)
@@ -78,8 +96,12 @@ pub fn party_id(s: &str) -> Result<PartyId, Failure> {
 
 /// The servers' and clients' runtime (two workers: the machines are small).
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    runtime_with(2)
+}
+
+fn runtime_with(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?)
 }

@@ -126,6 +126,8 @@ pub struct ServeArgs {
     keys: KeyStoreArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    runtime: super::common::RuntimeArgs,
 }
 
 /// Where the broker's KEKs are.

@@ -4,7 +4,7 @@
 use super::*;
 
 use crate::Failure;
-use crate::common::{init_logging, runtime, shutdown_signal};
+use crate::common::{init_logging, shutdown_signal};
 use crate::perso::HsmArgs;
 use broker_server::setup::Loaded;
 use std::path::{Path, PathBuf};
@@ -98,7 +98,7 @@ pub(super) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let limits = args.limits.limits(loaded.limits.as_ref())?;
     let listen = args.listen.clone().unwrap_or(loaded.listen.clone());
     let sweep = std::time::Duration::from_secs(args.sweep_seconds.max(1));
-    let rt = runtime()?;
+    let rt = args.runtime.runtime()?;
     let stop = {
         let _in = rt.enter();
         shutdown_signal()?

@@ -98,6 +98,8 @@ pub struct IssuerServeArgs {
     log_json: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    runtime: crate::common::RuntimeArgs,
 }
 
 /// The user-authentication CA from its file key store.
@@ -217,7 +219,7 @@ fn serve(args: &IssuerServeArgs) -> Result<(), Failure> {
     );
     let loaded = tsm_server::issuer::setup::load_issuer(&args.config, &overrides, &open_ua_ca)?;
     let limits = args.limits.limits(loaded.limits.as_ref())?;
-    let rt = runtime()?;
+    let rt = args.runtime.runtime()?;
     let stop = {
         let _in = rt.enter();
         shutdown_signal()?

@@ -95,6 +95,8 @@ pub struct ServeArgs {
     hsm: super::perso::HsmArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    runtime: crate::common::RuntimeArgs,
 }
 
 #[derive(Subcommand)]

@@ -3,7 +3,7 @@
 use super::*;
 
 use crate::Failure;
-use crate::common::{init_logging, runtime, shutdown_signal};
+use crate::common::{init_logging, shutdown_signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -94,7 +94,7 @@ pub(super) fn serve_loaded(
     };
     let loaded = load(&args.config, &overrides, &*keys)?;
     let limits = args.limits.limits(loaded.limits.as_ref())?;
-    let rt = runtime()?;
+    let rt = args.runtime.runtime()?;
     let stop = {
         let _in = rt.enter();
         shutdown_signal()?

@@ -223,9 +223,14 @@ impl Store {
     pub async fn save_op(&self, op: &OpRow, extra: Vec<Stmt>) -> Result<(), StoreError> {
         let mut batch = vec![Self::update_op(op)?];
         batch.extend(extra);
-        // An operation that ends here takes its sealed parts with it.
-        batch.push(Self::erase_sealed_if_over(&op.id));
-        batch.push(Self::drop_challenge_if_over(&op.id));
+        // An operation that ends here takes its sealed parts with it. One saved in a state
+        // that is not final stays so in this transaction (the compare-and-swap above fails the
+        // whole batch otherwise), so the two deletions could find nothing: not run then, at
+        // every relay round trip.
+        if op.state.is_final() {
+            batch.push(Self::erase_sealed_if_over(&op.id));
+            batch.push(Self::drop_challenge_if_over(&op.id));
+        }
         self.commit(batch).await
     }
 
