@@ -110,7 +110,14 @@ fn success_failure_and_usage() {
 
     // A server with no thread to serve on is a usage error, before anything is read.
     for cmd in ["tsm", "sp-tsm", "mno-tsm", "jpki-issuer", "broker"] {
-        let o = kagi(&[cmd, "serve", "--config", "/nonexistent.toml", "--workers", "0"]);
+        let o = kagi(&[
+            cmd,
+            "serve",
+            "--config",
+            "/nonexistent.toml",
+            "--workers",
+            "0",
+        ]);
         assert_eq!(code(&o), 2, "{cmd}: {}", text(&o));
         assert!(text(&o).contains("--workers"), "{cmd}: {}", text(&o));
     }

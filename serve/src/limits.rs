@@ -123,6 +123,26 @@ fn secs(name: &str, v: Option<f64>, into: &mut Duration) -> Result<(), LimitsErr
     Ok(())
 }
 
+/// A rate and its burst, each `(key, value, field)`: the rate may be 0 (off), the burst not.
+fn rate(
+    per_second: (&str, Option<u32>, &mut u32),
+    burst: (&str, Option<u32>, &mut u32),
+) -> Result<(), LimitsError> {
+    if let Some(n) = per_second.1 {
+        *per_second.2 = n;
+    }
+    if let Some(n) = burst.1 {
+        if n == 0 {
+            return Err(LimitsError(format!(
+                "{} must be at least 1 (turn the rate limit off with {} = 0)",
+                burst.0, per_second.0
+            )));
+        }
+        *burst.2 = n;
+    }
+    Ok(())
+}
+
 impl LimitsFile {
     /// Overrides the fields of `limits` this section sets (later sections, such as command-line
     /// flags, override earlier ones).
@@ -153,30 +173,26 @@ impl LimitsFile {
         if let Some(n) = self.health_reserve {
             limits.health_reserve = n;
         }
-        if let Some(n) = self.rate_per_second {
-            limits.rate_per_second = n;
-        }
-        if let Some(n) = self.rate_burst {
-            if n == 0 {
-                return Err(LimitsError(
-                    "rate_burst must be at least 1 (turn the rate limit off with rate_per_second = 0)"
-                        .to_string(),
-                ));
-            }
-            limits.rate_burst = n;
-        }
-        if let Some(n) = self.peer_rate_per_second {
-            limits.peer_rate_per_second = n;
-        }
-        if let Some(n) = self.peer_rate_burst {
-            if n == 0 {
-                return Err(LimitsError(
-                    "peer_rate_burst must be at least 1 (turn the rate limit off with peer_rate_per_second = 0)"
-                        .to_string(),
-                ));
-            }
-            limits.peer_rate_burst = n;
-        }
+        rate(
+            (
+                "rate_per_second",
+                self.rate_per_second,
+                &mut limits.rate_per_second,
+            ),
+            ("rate_burst", self.rate_burst, &mut limits.rate_burst),
+        )?;
+        rate(
+            (
+                "peer_rate_per_second",
+                self.peer_rate_per_second,
+                &mut limits.peer_rate_per_second,
+            ),
+            (
+                "peer_rate_burst",
+                self.peer_rate_burst,
+                &mut limits.peer_rate_burst,
+            ),
+        )?;
         Ok(())
     }
 }
