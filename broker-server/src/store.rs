@@ -74,6 +74,7 @@ pub const SCHEMA: Schema = Schema {
         back_channel::DDL[2],
         back_channel::DDL[3],
     ],
+    migrations: &[],
 };
 
 /// A card's holder record.

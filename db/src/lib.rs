@@ -148,6 +148,19 @@ pub enum StoreError {
     /// The schema is newer than this build.
     #[error("the database schema is version {0}, newer than this kagi ({1}): upgrade kagi")]
     TooNew(i64, i64),
+    /// The schema is older than this build and it has no step from that version: nothing was
+    /// changed.
+    #[error(
+        "the database's {component} schema is version {from}; this kagi has no migration from it (its schema is version {to}): upgrade through a kagi that knows version {from}"
+    )]
+    NoMigration {
+        /// Whose tables.
+        component: &'static str,
+        /// The database's version.
+        from: i64,
+        /// This build's.
+        to: i64,
+    },
 }
 
 /// Which database.
@@ -248,12 +261,73 @@ pub struct Schema {
     pub name: &'static str,
     /// The version this build writes.
     pub version: i64,
-    /// `CREATE TABLE IF NOT EXISTS …` / `CREATE INDEX IF NOT EXISTS …` statements.
+    /// `CREATE TABLE IF NOT EXISTS …` / `CREATE INDEX IF NOT EXISTS …` statements: the
+    /// tables as this version has them (a new database is created so).
     pub ddl: &'static [&'static str],
+    /// How a database of an earlier version becomes this one: a step per version, in order
+    /// (`to` = 2, 3, …); run before `ddl`, in one transaction with the version's update, so a
+    /// failed step leaves the database as it was.
+    pub migrations: &'static [Migration],
+}
+
+/// One step of a schema's history: the statements (PostgreSQL's words, as in
+/// [`Schema::ddl`]) that bring a database from version `to - 1` to `to`, such as
+/// `ALTER TABLE … ADD COLUMN …`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The version this step brings the database to.
+    pub to: i64,
+    /// Its statements.
+    pub statements: &'static [&'static str],
+}
+
+/// The tables every schema shares: the versions, and the health check's row.
+pub(crate) const BASE_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kagi_health (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
+];
+
+/// What [`Db::open`] does to bring a database to a schema, worked out from the version the
+/// database holds (`None`: a new database).
+pub(crate) enum Upgrade {
+    /// Create the tables; record the version.
+    Create,
+    /// Run these steps' statements (each a list), then record the version and create what is
+    /// missing.
+    Steps(Vec<Vec<String>>),
+}
+
+impl Schema {
+    /// What to do to a database at version `found`.
+    pub(crate) fn upgrade(
+        &self,
+        found: Option<i64>,
+        translate: fn(&str) -> String,
+    ) -> Result<Upgrade, StoreError> {
+        let Some(v) = found else {
+            return Ok(Upgrade::Create);
+        };
+        if v > self.version {
+            return Err(StoreError::TooNew(v, self.version));
+        }
+        let mut steps = Vec::new();
+        for to in v + 1..=self.version {
+            let Some(m) = self.migrations.iter().find(|m| m.to == to) else {
+                return Err(StoreError::NoMigration {
+                    component: self.name,
+                    from: v,
+                    to: self.version,
+                });
+            };
+            steps.push(m.statements.iter().map(|s| translate(s)).collect());
+        }
+        Ok(Upgrade::Steps(steps))
+    }
 }
 
 impl Db {
-    /// Opens (creating and migrating) the database for `schema`.
+    /// Opens the database for `schema`: creates its tables, or brings an older one up to
+    /// `schema.version` through its [`Migration`]s; refuses a newer one.
     pub async fn open(backend: &Backend, schema: &Schema) -> Result<Db, StoreError> {
         let db = match backend {
             Backend::Sqlite(path) => Db::Sqlite(sqlite::Sqlite::open(path)?),
@@ -272,46 +346,12 @@ impl Db {
     }
 
     async fn migrate(&self, schema: &Schema) -> Result<(), StoreError> {
-        let mut statements = vec![
-            "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS kagi_health (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
-        ];
-        statements.extend_from_slice(schema.ddl);
-        let ddl: Vec<String> = statements
-            .iter()
-            .map(|s| match self {
-                Db::Sqlite(_) => s
-                    .replace("BYTES", "BLOB")
-                    .replace("SERIAL_PK", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-                Db::Postgres(_) => s
-                    .replace("BYTES", "BYTEA")
-                    .replace("SERIAL_PK", "BIGSERIAL PRIMARY KEY"),
-            })
-            .collect();
+        // Under one lock (SQLite: an immediate transaction; PostgreSQL: an advisory lock and
+        // a transaction): several instances starting together migrate once.
         match self {
-            Db::Sqlite(s) => s.ddl(&ddl).await?,
-            Db::Postgres(p) => p.ddl(&ddl).await?,
+            Db::Sqlite(s) => s.upgrade(*schema).await,
+            Db::Postgres(p) => p.upgrade(schema).await,
         }
-        let rows = self
-            .query(
-                "SELECT version FROM schema_versions WHERE component = $1",
-                vec![schema.name.into()],
-            )
-            .await?;
-        match rows.first().map(|r| r[0].int()) {
-            None => {
-                self.commit(vec![Stmt::any(
-                    "INSERT INTO schema_versions (component, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    vec![schema.name.into(), schema.version.into()],
-                )])
-                .await?;
-            }
-            Some(v) if v > schema.version => {
-                return Err(StoreError::TooNew(v, schema.version));
-            }
-            Some(_) => {}
-        }
-        Ok(())
     }
 
     /// Whether the database takes a write now (a disk full, a read-only file system or a

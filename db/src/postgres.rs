@@ -2,7 +2,7 @@
 //! networks; put a TLS-terminating proxy in front otherwise). Several TSM instances share one
 //! database; the compare-and-swap statements of [`crate::Db::commit`] keep them apart.
 
-use crate::{Expect, Stmt, StoreError, Val};
+use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Upgrade, Val};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -46,6 +46,43 @@ impl ToSql for Val {
     to_sql_checked!();
 }
 
+/// PostgreSQL's column words, as PostgreSQL has them.
+fn pg_types(s: &str) -> String {
+    s.replace("BYTES", "BYTEA")
+        .replace("SERIAL_PK", "BIGSERIAL PRIMARY KEY")
+}
+
+async fn upgrade_locked(
+    c: &mut deadpool_postgres::Object,
+    schema: &Schema,
+) -> Result<(), StoreError> {
+    c.batch_execute(&BASE_DDL.join(";\n")).await.map_err(db)?;
+    let tx = c.transaction().await.map_err(db)?;
+    let found: Option<i64> = tx
+        .query_opt(
+            "SELECT version FROM schema_versions WHERE component = $1",
+            &[&schema.name],
+        )
+        .await
+        .map_err(db)?
+        .map(|r| r.get(0));
+    if let Upgrade::Steps(steps) = schema.upgrade(found, pg_types)? {
+        for step in steps {
+            tx.batch_execute(&step.join(";\n")).await.map_err(db)?;
+        }
+    }
+    let ddl: Vec<String> = schema.ddl.iter().map(|s| pg_types(s)).collect();
+    tx.batch_execute(&ddl.join(";\n")).await.map_err(db)?;
+    tx.execute(
+        "INSERT INTO schema_versions (component, version) VALUES ($1, $2)
+         ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+        &[&schema.name, &schema.version],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
 impl Postgres {
     /// Connects (the pool holds up to 16 connections).
     pub async fn open(url: &str) -> Result<Postgres, StoreError> {
@@ -63,13 +100,16 @@ impl Postgres {
         Ok(Postgres { pool })
     }
 
-    pub(super) async fn ddl(&self, statements: &[String]) -> Result<(), StoreError> {
-        let c = self.pool.get().await.map_err(db)?;
-        // Several instances may start together: one migrates, the others wait.
+    /// Brings the database to `schema` under an advisory lock (several instances may start
+    /// together: one migrates, the others wait and find it done) and in one transaction: read
+    /// the version, run the steps from it (or create the tables), record the version, create
+    /// what is missing.
+    pub(super) async fn upgrade(&self, schema: &Schema) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await.map_err(db)?;
         c.batch_execute("SELECT pg_advisory_lock(4242)")
             .await
             .map_err(db)?;
-        let r = c.batch_execute(&statements.join(";\n")).await.map_err(db);
+        let r = upgrade_locked(&mut c, schema).await;
         c.batch_execute("SELECT pg_advisory_unlock(4242)")
             .await
             .map_err(db)?;

@@ -24,7 +24,7 @@
 //! it is free, then on the first free reader (always in the same order, so the first ones stay
 //! warm); only when none is free does it wait on the blocking pool.
 
-use crate::{Expect, Stmt, StoreError, Val, sqlite_sql};
+use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Upgrade, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql};
 use std::path::Path;
@@ -41,6 +41,12 @@ const WAL_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// How long a call sent to the blocking pool waits for another process's lock.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// PostgreSQL's column words in SQLite's.
+fn sqlite_types(s: &str) -> String {
+    s.replace("BYTES", "BLOB")
+        .replace("SERIAL_PK", "INTEGER PRIMARY KEY AUTOINCREMENT")
+}
 
 /// How often the checkpoint thread copies the log into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -278,6 +284,7 @@ impl Sqlite {
             .map_err(|e| db(format!("database task: {e}")))?
     }
 
+    #[cfg(test)]
     pub(super) async fn ddl(&self, statements: &[String]) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         let sql = statements.join(";\n");
@@ -287,6 +294,51 @@ impl Sqlite {
                 .lock()
                 .map_err(|_| db("writer lock poisoned"))?;
             waiting(&mut c, |c| c.execute_batch(&sql).map_err(Failed::from))
+        })
+        .await
+    }
+
+    /// Brings the database to `schema` in one immediate transaction: read the version, run
+    /// the steps from it (or create the tables), record the version, create what is missing.
+    pub(super) async fn upgrade(&self, schema: Schema) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        Self::blocking(move || {
+            let mut c = inner
+                .writer
+                .lock()
+                .map_err(|_| db("writer lock poisoned"))?;
+            waiting(&mut c, |c| {
+                c.execute_batch(&BASE_DDL.join(";\n"))?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let found: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM schema_versions WHERE component = ?1",
+                        [schema.name],
+                        |r| r.get(0),
+                    )
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+                match schema.upgrade(found, sqlite_types).map_err(Failed::Final)? {
+                    Upgrade::Create => {}
+                    Upgrade::Steps(steps) => {
+                        for step in steps {
+                            tx.execute_batch(&step.join(";\n"))?;
+                        }
+                    }
+                }
+                let ddl: Vec<String> = schema.ddl.iter().map(|s| sqlite_types(s)).collect();
+                tx.execute_batch(&ddl.join(";\n"))?;
+                tx.execute(
+                    "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
+                     ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    rusqlite::params![schema.name, schema.version],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
         })
         .await
     }

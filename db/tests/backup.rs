@@ -18,6 +18,7 @@ const SCHEMA: Schema = Schema {
         "CREATE TABLE IF NOT EXISTS a (id BIGINT PRIMARY KEY)",
         "CREATE TABLE IF NOT EXISTS b (id BIGINT PRIMARY KEY)",
     ],
+    migrations: &[],
 };
 
 async fn count(db: &Db, sql: &'static str) -> i64 {

@@ -12,6 +12,7 @@ const SCHEMA: Schema = Schema {
     name: "failover-test",
     version: 1,
     ddl: &["CREATE TABLE IF NOT EXISTS ops (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"],
+    migrations: &[],
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ const SCHEMA: Schema = Schema {
         "CREATE TABLE IF NOT EXISTS t (id BIGINT PRIMARY KEY, v BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS c (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
     ],
+    migrations: &[],
 };
 
 fn dir(name: &str) -> PathBuf {

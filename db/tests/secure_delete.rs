@@ -10,6 +10,7 @@ const SCHEMA: Schema = Schema {
     name: "secure-delete-test",
     version: 1,
     ddl: &["CREATE TABLE IF NOT EXISTS s (id BIGINT PRIMARY KEY, v BLOB NOT NULL)"],
+    migrations: &[],
 };
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

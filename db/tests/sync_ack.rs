@@ -19,6 +19,7 @@ const SCHEMA: Schema = Schema {
     name: "sync-ack-test",
     version: 1,
     ddl: &["CREATE TABLE IF NOT EXISTS ops (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"],
+    migrations: &[],
 };
 
 async fn set_standby(url: &str, names: &str) {

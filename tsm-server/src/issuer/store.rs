@@ -60,6 +60,7 @@ pub const SCHEMA: Schema = Schema {
         // The refused application checks per SP-TSM and window (`budget`).
         super::budget::DDL,
     ],
+    migrations: &[],
 };
 
 /// How long a `pending` claim of an issue request holds before another request with the same

@@ -93,6 +93,7 @@ pub const SCHEMA: Schema = Schema {
         op_id TEXT PRIMARY KEY, challenge BYTES NOT NULL, expires_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL)",
     ],
+    migrations: &[],
 };
 
 /// The TSM's database.
