@@ -26,7 +26,7 @@
 
 use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Upgrade, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, ToSql};
+use rusqlite::{Connection, OptionalExtension, ToSql};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -284,61 +284,60 @@ impl Sqlite {
             .map_err(|e| db(format!("database task: {e}")))?
     }
 
-    #[cfg(test)]
-    pub(super) async fn ddl(&self, statements: &[String]) -> Result<(), StoreError> {
+    /// `f` on the writer's connection, on the blocking pool, waiting out another process's
+    /// lock.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Failed> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        let sql = statements.join(";\n");
         Self::blocking(move || {
             let mut c = inner
                 .writer
                 .lock()
                 .map_err(|_| db("writer lock poisoned"))?;
-            waiting(&mut c, |c| c.execute_batch(&sql).map_err(Failed::from))
+            waiting(&mut c, f)
         })
         .await
+    }
+
+    #[cfg(test)]
+    pub(super) async fn ddl(&self, statements: &[String]) -> Result<(), StoreError> {
+        let sql = statements.join(";\n");
+        self.on_writer(move |c| c.execute_batch(&sql).map_err(Failed::from))
+            .await
     }
 
     /// Brings the database to `schema` in one immediate transaction: read the version, run
     /// the steps from it (or create the tables), record the version, create what is missing.
     pub(super) async fn upgrade(&self, schema: Schema) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        Self::blocking(move || {
-            let mut c = inner
-                .writer
-                .lock()
-                .map_err(|_| db("writer lock poisoned"))?;
-            waiting(&mut c, |c| {
-                c.execute_batch(&BASE_DDL.join(";\n"))?;
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let found: Option<i64> = tx
-                    .query_row(
-                        "SELECT version FROM schema_versions WHERE component = ?1",
-                        [schema.name],
-                        |r| r.get(0),
-                    )
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-                match schema.upgrade(found, sqlite_types).map_err(Failed::Final)? {
-                    Upgrade::Create => {}
-                    Upgrade::Steps(steps) => {
-                        for step in steps {
-                            tx.execute_batch(&step.join(";\n"))?;
-                        }
+        self.on_writer(move |c| {
+            c.execute_batch(&BASE_DDL.join(";\n"))?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM schema_versions WHERE component = ?1",
+                    [schema.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match schema.upgrade(found, sqlite_types).map_err(Failed::Final)? {
+                Upgrade::Create => {}
+                Upgrade::Steps(steps) => {
+                    for step in steps {
+                        tx.execute_batch(&step.join(";\n"))?;
                     }
                 }
-                let ddl: Vec<String> = schema.ddl.iter().map(|s| sqlite_types(s)).collect();
-                tx.execute_batch(&ddl.join(";\n"))?;
-                tx.execute(
-                    "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
+            }
+            let ddl: Vec<String> = schema.ddl.iter().map(|s| sqlite_types(s)).collect();
+            tx.execute_batch(&ddl.join(";\n"))?;
+            tx.execute(
+                "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
                      ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                    rusqlite::params![schema.name, schema.version],
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
+                rusqlite::params![schema.name, schema.version],
+            )?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -397,15 +396,7 @@ impl Sqlite {
                 Err(TryLockError::Poisoned(_)) => return Err(db("writer lock poisoned")),
             }
         }
-        let inner = self.inner.clone();
-        Self::blocking(move || {
-            let mut c = inner
-                .writer
-                .lock()
-                .map_err(|_| db("writer lock poisoned"))?;
-            waiting(&mut c, |c| write(c, &batch))
-        })
-        .await
+        self.on_writer(move |c| write(c, &batch)).await
     }
 }
 
