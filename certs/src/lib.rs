@@ -99,8 +99,7 @@ pub fn certificate_issued_by(ca: &Certificate, cert: &Certificate) -> bool {
 pub fn crl_issued_by(ca: &Certificate, crl: &CertificateList) -> bool {
     let list = &crl.tbs_cert_list;
     list.issuer == *ca.tbs_certificate().subject()
-        && crl.signature_algorithm == list.signature
-        && crl.signature.unused_bits() == 0
+        && one_form(&crl.signature_algorithm, &list.signature, &crl.signature).is_ok()
         && list.to_der().is_ok_and(|crl_tbs| {
             issued_by(
                 ca,
@@ -267,17 +266,30 @@ fn strip(serial: &[u8]) -> &[u8] {
 /// signature is whole octets). Otherwise two different encodings would pass as one
 /// certificate.
 fn canonical(cert: &Certificate) -> std::result::Result<(), String> {
-    if cert.signature_algorithm() != cert.tbs_certificate().signature() {
+    one_form(
+        cert.signature_algorithm(),
+        cert.tbs_certificate().signature(),
+        cert.signature(),
+    )
+}
+
+/// [`canonical`]'s rule on the parts of a certificate or CRL outside what is signed: the outer
+/// algorithm, the signed one, the signature.
+fn one_form(
+    outer: &x509_cert::spki::AlgorithmIdentifierOwned,
+    signed: &x509_cert::spki::AlgorithmIdentifierOwned,
+    signature: &der::asn1::BitString,
+) -> std::result::Result<(), String> {
+    if outer != signed {
         return Err(
-            "the certificate's signatureAlgorithm differs from the one inside what is signed \
-             (RFC 5280 4.1.1.2)"
+            "the signatureAlgorithm differs from the one inside what is signed (RFC 5280 4.1.1.2)"
                 .into(),
         );
     }
-    if cert.signature().unused_bits() != 0 {
+    if signature.unused_bits() != 0 {
         return Err(format!(
-            "the certificate's signature BIT STRING has {} unused bits (must be 0)",
-            cert.signature().unused_bits()
+            "the signature BIT STRING has {} unused bits (must be 0)",
+            signature.unused_bits()
         ));
     }
     Ok(())

@@ -287,41 +287,32 @@ pub(crate) const BASE_DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS kagi_health (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
 ];
 
-/// What [`Db::open`] does to bring a database to a schema, worked out from the version the
-/// database holds (`None`: a new database).
-pub(crate) enum Upgrade {
-    /// Create the tables; record the version.
-    Create,
-    /// Run these steps' statements (each a list), then record the version and create what is
-    /// missing.
-    Steps(Vec<Vec<String>>),
-}
-
 impl Schema {
-    /// What to do to a database at version `found`.
+    /// What brings a database at version `found` (`None`: a new one) to this schema, in order
+    /// and in `translate`'s words: the steps from `found`, then the DDL (which may name what
+    /// the steps added). A newer version, or one with no step from it, is refused.
     pub(crate) fn upgrade(
         &self,
         found: Option<i64>,
         translate: fn(&str) -> String,
-    ) -> Result<Upgrade, StoreError> {
-        let Some(v) = found else {
-            return Ok(Upgrade::Create);
-        };
-        if v > self.version {
-            return Err(StoreError::TooNew(v, self.version));
+    ) -> Result<Vec<String>, StoreError> {
+        let from = found.unwrap_or(self.version);
+        if from > self.version {
+            return Err(StoreError::TooNew(from, self.version));
         }
-        let mut steps = Vec::new();
-        for to in v + 1..=self.version {
+        let mut out = Vec::new();
+        for to in from + 1..=self.version {
             let Some(m) = self.migrations.iter().find(|m| m.to == to) else {
                 return Err(StoreError::NoMigration {
                     component: self.name,
-                    from: v,
+                    from,
                     to: self.version,
                 });
             };
-            steps.push(m.statements.iter().map(|s| translate(s)).collect());
+            out.extend(m.statements.iter().map(|s| translate(s)));
         }
-        Ok(Upgrade::Steps(steps))
+        out.extend(self.ddl.iter().map(|s| translate(s)));
+        Ok(out)
     }
 }
 

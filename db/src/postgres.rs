@@ -2,7 +2,7 @@
 //! networks; put a TLS-terminating proxy in front otherwise). Several TSM instances share one
 //! database; the compare-and-swap statements of [`crate::Db::commit`] keep them apart.
 
-use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Upgrade, Val};
+use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Val};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -66,13 +66,10 @@ async fn upgrade_locked(
         .await
         .map_err(db)?
         .map(|r| r.get(0));
-    if let Upgrade::Steps(steps) = schema.upgrade(found, pg_types)? {
-        for step in steps {
-            tx.batch_execute(&step.join(";\n")).await.map_err(db)?;
-        }
-    }
-    let ddl: Vec<String> = schema.ddl.iter().map(|s| pg_types(s)).collect();
-    tx.batch_execute(&ddl.join(";\n")).await.map_err(db)?;
+    let statements = schema.upgrade(found, pg_types)?;
+    tx.batch_execute(&statements.join(";\n"))
+        .await
+        .map_err(db)?;
     tx.execute(
         "INSERT INTO schema_versions (component, version) VALUES ($1, $2)
          ON CONFLICT (component) DO UPDATE SET version = excluded.version",

@@ -24,7 +24,7 @@
 //! it is free, then on the first free reader (always in the same order, so the first ones stay
 //! warm); only when none is free does it wait on the blocking pool.
 
-use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Upgrade, Val, sqlite_sql};
+use crate::{BASE_DDL, Expect, Schema, Stmt, StoreError, Val, sqlite_sql};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql};
 use std::path::Path;
@@ -321,16 +321,8 @@ impl Sqlite {
                     |r| r.get(0),
                 )
                 .optional()?;
-            match schema.upgrade(found, sqlite_types).map_err(Failed::Final)? {
-                Upgrade::Create => {}
-                Upgrade::Steps(steps) => {
-                    for step in steps {
-                        tx.execute_batch(&step.join(";\n"))?;
-                    }
-                }
-            }
-            let ddl: Vec<String> = schema.ddl.iter().map(|s| sqlite_types(s)).collect();
-            tx.execute_batch(&ddl.join(";\n"))?;
+            let statements = schema.upgrade(found, sqlite_types).map_err(Failed::Final)?;
+            tx.execute_batch(&statements.join(";\n"))?;
             tx.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
                      ON CONFLICT (component) DO UPDATE SET version = excluded.version",

@@ -37,25 +37,31 @@ pub const SPOKEN: &[u16] = &[VERSION];
 /// header was missing or not a number), and if not, what it answers: which versions it
 /// speaks and what to do.
 pub fn unsupported_version(named: Option<&str>) -> Option<String> {
+    let named = named.map(|v| v.trim().parse::<u16>());
+    if let Some(Ok(v)) = named
+        && SPOKEN.contains(&v)
+    {
+        return None;
+    }
+    // Only a refusal spells out what is spoken (not every request of the hot path).
     let spoken = SPOKEN
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    match named.map(|v| v.trim().parse::<u16>()) {
-        Some(Ok(v)) if SPOKEN.contains(&v) => None,
-        Some(Ok(v)) => Some(format!(
+    Some(match named {
+        Some(Ok(v)) => format!(
             "the app speaks relay protocol version {v}; this server speaks {spoken}: update the {}",
             if v < VERSION {
                 "app"
             } else {
                 "server (or use an older app)"
             }
-        )),
-        Some(Err(_)) | None => Some(format!(
+        ),
+        Some(Err(_)) | None => format!(
             "the app did not name its relay protocol version (header {VERSION_HEADER}); this server speaks {spoken}: update the app"
-        )),
-    }
+        ),
+    })
 }
 
 /// What the agent sends (HTTP request bodies).
